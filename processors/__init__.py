@@ -1,0 +1,1 @@
+"""Pure processing code: Documents in, Documents out. Nothing here imports Kafka or the network."""

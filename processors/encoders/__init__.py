@@ -1,0 +1,1 @@
+"""Encoders give documents embeddings."""

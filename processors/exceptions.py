@@ -1,0 +1,34 @@
+"""Errors raised by processors; the stage loop turns them into dead letters or error replies."""
+
+__all__ = [
+    "StreamsearchError",
+    "ProcessorError",
+    "ConfigError",
+    "BadDocumentError",
+    "DimensionMismatchError",
+    "ModelNotFoundError",
+]
+
+
+class StreamsearchError(Exception):
+    """The one base of every error streamsearch raises on purpose."""
+
+
+class ProcessorError(StreamsearchError):
+    """A processor could not handle its input."""
+
+
+class ConfigError(StreamsearchError):
+    """A processor's configuration is invalid."""
+
+
+class BadDocumentError(ProcessorError):
+    """A Document lacks what the processor needs (text, embedding, ...)."""
+
+
+class DimensionMismatchError(BadDocumentError):
+    """An embedding's dimension differs from the index's."""
+
+
+class ModelNotFoundError(ConfigError):
+    """The model directory does not exist or holds no model."""

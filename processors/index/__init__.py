@@ -1,0 +1,1 @@
+"""The shard index: RocksDB holds the truth, FAISS is derived from it."""

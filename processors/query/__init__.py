@@ -1,0 +1,1 @@
+"""Search-request parameters and the query language: plain data, checked, never executed."""

@@ -1,0 +1,1 @@
+"""Rankers turn chunk-level hits into ranked document matches and merge ranked lists."""

@@ -1,0 +1,1 @@
+"""Segmenters turn a Document into chunks, one granularity down."""

@@ -1,0 +1,1 @@
+"""The runtime: everything that talks to Kafka."""

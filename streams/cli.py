@@ -1,0 +1,161 @@
+"""The ``streamsearch`` command: parses arguments and starts things; no logic of its own."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from confluent_kafka import KafkaException
+
+from streams.exceptions import StreamsearchError
+from streams.flow import load_flow, with_state_dir
+from streams.kafka import KafkaSettings
+from streams.logs import configure_logging
+
+logger = logging.getLogger(__name__)
+
+
+def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected failures into one readable line and exit code 1, not a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (StreamsearchError, KafkaException) as exc:
+            click.echo(f"streamsearch: error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("streamsearch: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group()
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO, or STREAMSEARCH_LOG_LEVEL).")
+@click.option("--log-json", is_flag=True, default=None, help="JSON log lines (or STREAMSEARCH_LOG_JSON=1).")
+def main(log_level: str | None, log_json: bool | None) -> None:
+    """Neural search as an event-streaming pipeline on Kafka."""
+    configure_logging(log_level, as_json=log_json)
+
+
+@main.command("hello-world")
+@click.option("--limit", default=1000, show_default=True, help="Docstrings to index.")
+@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: deploy/flows/hello.yml).")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Where shard state and stage logs go.")
+@one_line_errors
+def hello_world(limit: int, flow_path: Path | None, state_dir: Path | None) -> None:
+    """Index Python's docstrings on the embedded broker and search them while they stream in."""
+    from streams.hello_world import DEFAULT_FLOW, run_hello_world
+
+    logging.getLogger().setLevel(logging.WARNING)
+    run_hello_world(limit=limit, flow_path=flow_path or DEFAULT_FLOW, state_dir=state_dir)
+
+
+@main.command("run")
+@click.argument("flow_path", type=click.Path(path_type=Path))
+@click.option("--stage", default=None, help="Run only this stage (in this process unless --replicas > 1).")
+@click.option("--replicas", type=int, default=None, help="Processes for --stage (bounded by its partitions).")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Overrides the flow's state_dir.")
+@one_line_errors
+def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Path | None) -> None:
+    """Run a flow's stages: all of them supervised (with the embedded broker if no Kafka is set), or one."""
+    flow = load_flow(flow_path)
+    flow = with_state_dir(flow, state_dir) if state_dir else flow
+    if stage is not None and not replicas:
+        from streams.stage import StageLoop
+        from streams.topology import build_stage
+
+        flow.stage(stage)
+        settings = KafkaSettings.from_env(flow.kafka)
+        if not settings.bootstrap_servers:
+            raise StreamsearchError("`run --stage` joins a running flow: set KAFKA_BOOTSTRAP_SERVERS")
+        loop = StageLoop(build_stage(flow, stage), settings)
+        loop.install_signal_handlers()
+        loop.run()
+        return
+    from streams.local import LocalRuntime
+
+    stages = [stage] if stage else None
+    with LocalRuntime(flow, flow_path=flow_path, stages=stages,
+                      replicas={stage: replicas} if stage and replicas else None) as runtime:
+        assert runtime.settings is not None
+        click.echo(f"flow {flow.name!r} running; broker {runtime.settings.bootstrap_servers}; "
+                   f"logs in {runtime.flow.state_dir / 'logs'}. Ctrl-C stops.")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+
+
+def _client(flow_name: str) -> Any:
+    from streams.client import Client
+    from streams.local import discover_bootstrap
+
+    return Client(flow_name, settings=KafkaSettings(discover_bootstrap(), KafkaSettings.from_env().extra))
+
+
+def _flow_name(flow: str) -> str:
+    return load_flow(flow).name if flow.endswith((".yml", ".yaml")) else flow
+
+
+@main.command("index")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
+@one_line_errors
+def index(file: Path, flow: str) -> None:
+    """Index a JSONL file of {"id", "text", ...} objects into a running flow."""
+    from streams.corpora import read_jsonl
+
+    docs = list(read_jsonl(file))
+    with _client(_flow_name(flow)) as client:
+        receipt = client.index(docs, progress=True, total=len(docs))
+    click.echo(f"sent {receipt.count} documents; last offsets {receipt.offsets}")
+
+
+@main.command("search")
+@click.argument("text")
+@click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
+@click.option("--top-k", type=int, default=None, help="Documents to return (flow default if unset).")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Deadline in seconds.")
+@one_line_errors
+def search(text: str, flow: str, top_k: int | None, timeout: float) -> None:
+    """Search a running flow and print the matches."""
+    from streams.hello_world import format_reply
+
+    with _client(_flow_name(flow)) as client:
+        reply = client.search(text, top_k=top_k, timeout_s=timeout)
+    if reply.errors:
+        raise StreamsearchError("; ".join(reply.errors))
+    click.echo(format_reply(text, reply))
+
+
+@main.command("eval")
+@click.option("--beir", "beir_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: deploy/flows/beir.yml).")
+@click.option("--limit-queries", type=int, default=None, help="Evaluate only the first N test queries.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None)
+@one_line_errors
+def evaluate(beir_dir: Path, flow_path: Path | None, limit_queries: int | None, state_dir: Path | None) -> None:
+    """Index a BEIR folder through the pipeline, send its test queries, print nDCG@10 and recall@100."""
+    from streams.evaluate import DEFAULT_EVAL_FLOW, run_eval
+
+    logging.getLogger().setLevel(logging.WARNING)
+    result = run_eval(beir_dir, flow_path=flow_path or DEFAULT_EVAL_FLOW, state_dir=state_dir,
+                      limit_queries=limit_queries)
+    click.echo(f"queries = {result.queries}")
+    click.echo(f"nDCG@10 = {result.ndcg_at_10:.5f}")
+    click.echo(f"recall@100 = {result.recall_at_100:.5f}")
+    click.echo(f"P@10 = {result.precision_at_10:.5f}")
+    click.echo(f"MRR = {result.mrr:.5f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Request/reply client: index and delete on the ingest topic, search over query/reply topics.
+
+Each client owns a one-partition reply topic; replies are matched to waiting futures by
+request id, so many searches can be in flight over one producer and one consumer.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from confluent_kafka import KafkaError, Message, TopicPartition
+from tqdm import tqdm
+
+from processors.document import Document
+from streams import headers as h
+from streams.admin import delete_topics, ensure_topics
+from streams.exceptions import PayloadTooLargeError, RequestTimeoutError
+from streams.flow import DEFAULT_MAX_PAYLOAD_BYTES
+from streams.kafka import KafkaSettings, StageProducer, make_consumer
+from streams.query import query_headers
+from streams.serde import DOCUMENT, REQUEST, SEARCH_REPLY, Request, SearchReply
+from streams.topics import FlowTopics, TopicShape
+
+__all__ = ["IndexReceipt", "Client"]
+
+logger = logging.getLogger(__name__)
+
+REPLY_GRACE_S = 2.0
+"""How long past the deadline the client waits for the joiner's (partial) reply."""
+
+
+@dataclass(slots=True)
+class IndexReceipt:
+    """Where the written records landed: ingest partition -> last offset. Pass it to
+    ``search(after=...)`` to read your own writes."""
+
+    offsets: dict[int, int] = field(default_factory=dict)
+    count: int = 0
+
+    def note(self, partition: int, offset: int) -> None:
+        if offset > self.offsets.get(partition, -1):
+            self.offsets[partition] = offset
+
+    def merge(self, other: "IndexReceipt") -> "IndexReceipt":
+        merged = IndexReceipt(dict(self.offsets), self.count + other.count)
+        for partition, offset in other.offsets.items():
+            merged.note(partition, offset)
+        return merged
+
+
+class Client:
+    """Talks to a running flow through Kafka only."""
+
+    def __init__(
+        self,
+        flow: str,
+        *,
+        settings: KafkaSettings | None = None,
+        timeout_s: float = 10.0,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self.topics = FlowTopics(flow, 1)
+        self.settings = settings or KafkaSettings.from_env()
+        self.timeout_s = timeout_s
+        self.max_payload_bytes = max_payload_bytes
+        self.reply_topic = f"{flow}.reply.{uuid.uuid4().hex[:12]}"
+        self._producer = StageProducer(self.settings)
+        self._futures: dict[str, concurrent.futures.Future[SearchReply]] = {}
+        self._lock = threading.Lock()
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def index(self, docs: Iterable[Document], *, progress: bool = False, total: int | None = None) -> IndexReceipt:
+        """Upsert documents (key = id) on the ingest topic and wait until all are delivered.
+
+        :raises PayloadTooLargeError: before sending anything too large for the flow.
+        :raises DeliveryError: if the broker did not take every record.
+        """
+        receipt = IndexReceipt()
+        bar = tqdm(total=total, unit="doc", desc="ingest", disable=not progress)
+        for doc in docs:
+            value = DOCUMENT.encode(doc)
+            if len(value) > self.max_payload_bytes:
+                raise PayloadTooLargeError(
+                    f"document {doc.id!r} is {len(value)} bytes, over max_payload_bytes={self.max_payload_bytes}")
+            self._send(receipt, doc.id, value, (DOCUMENT.header(),))
+            bar.update(1)
+        self._producer.flush()
+        bar.close()
+        return receipt
+
+    def delete(self, ids: Iterable[str]) -> IndexReceipt:
+        """Delete documents by id: a tombstone per id on the ingest topic."""
+        receipt = IndexReceipt()
+        for doc_id in ids:
+            self._send(receipt, doc_id, None, ())
+        self._producer.flush()
+        return receipt
+
+    def _send(self, receipt: IndexReceipt, key: str, value: bytes | None, headers: Sequence[h.Header]) -> None:
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                receipt.note(msg.partition(), msg.offset())
+
+        self._producer.produce(self.topics.ingest, value=value, key=key, headers=headers, on_delivery=delivered)
+        receipt.count += 1
+
+    # -- search ----------------------------------------------------------------------------
+
+    def search(
+        self,
+        texts: str | Sequence[str],
+        *,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+        after: IndexReceipt | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> SearchReply:
+        """Search and wait for the reply.
+
+        :param texts: one query or several (answered together, one list of matches each).
+        :param top_k: documents per query (the flow's default if None).
+        :param timeout_s: the deadline; the reply comes by then, flagged partial if shards were missing.
+        :param after: wait until the shards have applied these writes (read-your-writes).
+        :raises RequestTimeoutError: if no reply came, not even a partial one.
+        """
+        future = self.search_async(texts, top_k=top_k, timeout_s=timeout_s, after=after, parameters=parameters)
+        wait = (timeout_s or self.timeout_s) + REPLY_GRACE_S
+        try:
+            return future.result(timeout=wait)
+        except concurrent.futures.TimeoutError as exc:
+            with self._lock:
+                self._futures = {k: f for k, f in self._futures.items() if f is not future}
+            raise RequestTimeoutError(f"no reply within {wait:.1f}s: is the flow {self.topics.flow!r} running?") from exc
+
+    def search_async(
+        self,
+        texts: str | Sequence[str],
+        *,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+        after: IndexReceipt | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> concurrent.futures.Future[SearchReply]:
+        """Send a search; the future resolves with the reply (see ``search``)."""
+        self._ensure_listener()
+        queries = [texts] if isinstance(texts, str) else list(texts)
+        request_id = uuid.uuid4().hex
+        params = dict(parameters or {})
+        if top_k is not None:
+            params["top_k"] = top_k
+        deadline_ms = int((time.time() + (timeout_s or self.timeout_s)) * 1000)
+        request = Request(
+            request_id=request_id, kind="search",
+            docs=[Document(id=f"q{i}", text=text) for i, text in enumerate(queries)],
+            reply_to=self.reply_topic, deadline_ms=deadline_ms, parameters=params,
+            min_offsets=dict(after.offsets) if after else {},
+        )
+        future: concurrent.futures.Future[SearchReply] = concurrent.futures.Future()
+        with self._lock:
+            self._futures[request_id] = future
+        self._producer.produce(self.topics.query, value=REQUEST.encode(request), key=request_id,
+                               headers=query_headers(request_id, self.reply_topic, deadline_ms) + (REQUEST.header(),))
+        self._producer.raw.flush(5)
+        return future
+
+    def _ensure_listener(self) -> None:
+        if self._listener is not None:
+            return
+        ensure_topics(self.settings, [TopicShape(self.reply_topic, 1)])
+        consumer = make_consumer(self.settings, group_id=self.reply_topic)
+        consumer.assign([TopicPartition(self.reply_topic, 0, 0)])
+        ready = threading.Event()
+        self._listener = threading.Thread(target=self._listen, args=(consumer, ready), daemon=True, name="replies")
+        self._listener.start()
+        ready.wait(10)
+
+    def _listen(self, consumer: Any, ready: threading.Event) -> None:
+        try:
+            while not self._stop.is_set():
+                ready.set()
+                for msg in consumer.consume(num_messages=256, timeout=0.05):
+                    if msg.error() is not None or msg.value() is None:
+                        continue
+                    try:
+                        reply = SEARCH_REPLY.decode(msg.value())
+                    except Exception:
+                        logger.exception("undecodable reply")
+                        continue
+                    with self._lock:
+                        future = self._futures.pop(reply.request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(reply)
+        finally:
+            consumer.close()
+
+    def close(self) -> None:
+        """Stop listening, delete the reply topic, flush what is queued."""
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.join(5)
+            delete_topics(self.settings, [self.reply_topic])
+            self._listener = None
+        self._producer.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -1,0 +1,78 @@
+"""``streamsearch eval``: index a BEIR corpus through the pipeline, query it, score it."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from processors.evaluators.metrics import ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank
+from streams.corpora import load_beir
+from streams.flow import load_flow
+from streams.local import LocalRuntime
+from streams.progress import IndexProgress
+
+__all__ = ["EvalResult", "run_eval", "DEFAULT_EVAL_FLOW"]
+
+DEFAULT_EVAL_FLOW = Path(__file__).resolve().parent.parent / "deploy" / "flows" / "beir.yml"
+QUERIES_PER_REQUEST = 16
+
+
+@dataclass(frozen=True, slots=True)
+class EvalResult:
+    """Mean metrics over the evaluated queries."""
+
+    queries: int
+    ndcg_at_10: float
+    recall_at_100: float
+    precision_at_10: float
+    mrr: float
+
+
+def run_eval(beir_dir: Path, *, flow_path: Path = DEFAULT_EVAL_FLOW, state_dir: Path | None = None,
+             limit_queries: int | None = None, print_fn: Callable[[str], None] = print) -> EvalResult:
+    """Index the corpus, wait until every shard has applied it, send the test queries, score.
+
+    Queries go as search requests of 16 with ``after=`` the index receipt, so no query can
+    see a half-built index.
+    """
+    dataset = load_beir(beir_dir)
+    flow = load_flow(flow_path)
+    query_ids = sorted(dataset.queries, key=lambda q: (len(q), q))[:limit_queries]
+    with LocalRuntime(flow, flow_path=flow_path, state_dir=state_dir) as runtime:
+        assert runtime.settings is not None
+        client = runtime.client()
+        try:
+            runtime.wait_ready(client)
+            print_fn(f"indexing {len(dataset.corpus)} documents from {beir_dir} through flow {flow.name!r}")
+            progress = IndexProgress(runtime.settings, runtime.flow.topics, total=len(dataset.corpus))
+            receipt = client.index(dataset.corpus)
+            progress.expect(receipt)
+            progress.wait()
+            progress.close()
+            rankings: dict[str, list[str]] = {}
+            for start in tqdm(range(0, len(query_ids), QUERIES_PER_REQUEST), desc="queries", unit="batch"):
+                batch = query_ids[start : start + QUERIES_PER_REQUEST]
+                reply = client.search([dataset.queries[q] for q in batch], top_k=100, after=receipt, timeout_s=120)
+                if reply.partial:
+                    raise RuntimeError(f"partial reply during eval: missing {reply.missing_shards} {reply.errors}")
+                for query_id, doc in zip(batch, reply.docs):
+                    rankings[query_id] = [match.id for match in doc.matches]
+        finally:
+            client.close()
+    return score(rankings, dataset.qrels)
+
+
+def score(rankings: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> EvalResult:
+    """Mean nDCG@10, recall@100, P@10 and MRR over the ranked queries."""
+    ids = sorted(rankings)
+    return EvalResult(
+        queries=len(ids),
+        ndcg_at_10=statistics.fmean(ndcg_at_k(rankings[q], qrels[q], 10) for q in ids),
+        recall_at_100=statistics.fmean(recall_at_k(rankings[q], qrels[q], 100) for q in ids),
+        precision_at_10=statistics.fmean(precision_at_k(rankings[q], qrels[q], 10) for q in ids),
+        mrr=statistics.fmean(reciprocal_rank(rankings[q], qrels[q]) for q in ids),
+    )

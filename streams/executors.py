@@ -1,0 +1,78 @@
+"""The executors a flow may name in ``uses``, per stage, and how their ``with`` is checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping
+
+from processors.encoders.transformer import TransformerEncoder, TransformerEncoderConfig
+from processors.index.compound import CompoundIndexerConfig
+from processors.rankers.chunk2doc import Chunk2DocRanker, Chunk2DocRankerConfig
+from processors.segmenters.sentence import Sentencizer, SentencizerConfig
+from streams.exceptions import FlowConfigError
+
+__all__ = ["Executor", "EXECUTORS", "build_config"]
+
+
+@dataclass(frozen=True, slots=True)
+class Executor:
+    """An executor name bound to its config class and constructor."""
+
+    config_type: type
+    build: Callable[[Any], Any]
+
+
+EXECUTORS: Mapping[str, Mapping[str, Executor]] = {
+    "segment": {"Sentencizer": Executor(SentencizerConfig, Sentencizer)},
+    "encode": {"TransformerEncoder": Executor(TransformerEncoderConfig, TransformerEncoder)},
+    # The index stage builds one CompoundIndexer per partition itself: it needs path and codec.
+    "index": {"CompoundIndexer": Executor(CompoundIndexerConfig, lambda config: config)},
+    "ranker": {"Chunk2DocRanker": Executor(Chunk2DocRankerConfig, Chunk2DocRanker)},
+}
+
+
+def build_config(config_type: type, params: Mapping[str, Any], where: str) -> Any:
+    """Build a frozen config from YAML values, checking names and simple types.
+
+    :raises FlowConfigError: naming the unknown key or the value of the wrong type.
+    """
+    hints = typing.get_type_hints(config_type)
+    names = [f.name for f in dataclasses.fields(config_type)]
+    for key, value in params.items():
+        if key not in hints:
+            raise FlowConfigError(f"{where}: unknown parameter {key!r}; known: {', '.join(names)}")
+        problem = _type_problem(value, hints[key])
+        if problem:
+            raise FlowConfigError(f"{where}: parameter {key!r} {problem}")
+    try:
+        return config_type(**params)
+    except (TypeError, ValueError) as exc:
+        raise FlowConfigError(f"{where}: {exc}") from exc
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        problems = [_type_problem(value, arg) for arg in args]
+        return None if any(p is None for p in problems) else problems[0]
+    if hint is type(None):
+        return None if value is None else f"must be null, got {value!r}"
+    if origin is Literal:
+        return None if value in args else f"must be one of {', '.join(map(str, args))}, got {value!r}"
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return f"must be a list, got {value!r}"
+        return next((p for item in value if (p := _type_problem(item, args[0]))), None)
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(hint, type):
+        ok = isinstance(value, hint)
+    else:
+        ok = True
+    return None if ok else f"must be {getattr(hint, '__name__', hint)}, got {value!r}"

@@ -1,0 +1,237 @@
+"""The Flow YAML: which executors each stage uses, how many replicas, how many shards.
+
+A flow is fully described and checked before anything runs (the Topology idea): a bad key,
+an unknown executor or a wrong type is reported with its line in the YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from streams.exceptions import FlowConfigError
+from streams.executors import EXECUTORS, build_config
+from streams.topics import FlowTopics
+
+__all__ = ["STAGE_ORDER", "StageConfig", "SearchDefaults", "FlowSpec", "load_flow", "parse_flow", "with_state_dir"]
+
+STAGE_ORDER = ("segment", "encode", "index", "join")
+REQUIRED_STAGES = ("encode", "index", "join")
+DEFAULT_USES = {"segment": "Sentencizer", "encode": "TransformerEncoder", "index": "CompoundIndexer"}
+DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+_FLOW_KEYS = {"name", "stages", "state_dir", "kafka", "max_payload_bytes", "search"}
+_STAGE_KEYS = {"uses", "with", "replicas", "shards", "ranker", "metrics_port"}
+
+
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    """One stage: its executor (with checked config), replicas and, for the index, its ranker."""
+
+    name: str
+    uses: str | None
+    config: Any
+    replicas: int = 1
+    ranker_uses: str | None = None
+    ranker_config: Any = None
+
+    def build(self) -> Any:
+        """A fresh processor instance (cheap: models load in ``warm_up``)."""
+        return EXECUTORS[self.name][self.uses].build(self.config) if self.uses else None
+
+    def build_ranker(self) -> Any:
+        return EXECUTORS["ranker"][self.ranker_uses].build(self.ranker_config) if self.ranker_uses else None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchDefaults:
+    """Per-flow defaults a request may override."""
+
+    top_k: int = 10
+    timeout_s: float = 10.0
+    chunk_oversample: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSpec:
+    """A checked flow: name, stages in data-flow order, shard count and runtime settings."""
+
+    name: str
+    stages: tuple[StageConfig, ...]
+    shards: int
+    state_dir: Path
+    kafka: Mapping[str, Any] = field(default_factory=dict)
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    search: SearchDefaults = SearchDefaults()
+    source: Path | None = None
+
+    @property
+    def topics(self) -> FlowTopics:
+        return FlowTopics(self.name, self.shards)
+
+    def stage(self, name: str) -> StageConfig:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise FlowConfigError(
+            f"flow {self.name!r} has no stage {name!r}; it has {', '.join(s.name for s in self.stages)}"
+        )
+
+    def input_topic(self, stage_name: str) -> str:
+        """The index-path topic a stage reads: the output of the stage before it, or ingest."""
+        names = [s.name for s in self.stages]
+        position = names.index(stage_name)
+        previous = names[position - 1] if position > 0 else None
+        return {None: self.topics.ingest, "segment": self.topics.segmented, "encode": self.topics.encoded}[previous]
+
+    def output_topic(self, stage_name: str) -> str:
+        return {"segment": self.topics.segmented, "encode": self.topics.encoded}[stage_name]
+
+
+def load_flow(path: str | Path) -> FlowSpec:
+    """Read and check a flow YAML file.
+
+    :raises FlowConfigError: with the file, line and reason.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise FlowConfigError(f"cannot read flow {path}: {exc.strerror}") from exc
+    return parse_flow(text, source=path)
+
+
+def parse_flow(text: str, *, source: Path | None = None) -> FlowSpec:
+    """Check a flow YAML text; see ``load_flow``."""
+    where = str(source) if source else "<flow>"
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise FlowConfigError(f"{where}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    lines = _key_lines(root)
+
+    def fail(path: tuple[str, ...], message: str) -> FlowConfigError:
+        line = lines.get(path) or next((lines[path[:i]] for i in range(len(path), 0, -1) if path[:i] in lines), None)
+        return FlowConfigError(f"{where}{f':{line}' if line else ''}: {message}")
+
+    if not isinstance(data, dict):
+        raise fail((), "a flow is a mapping with 'name' and 'stages'")
+    for key in data:
+        if key not in _FLOW_KEYS:
+            raise fail((key,), f"unknown key {key!r}; known: {', '.join(sorted(_FLOW_KEYS))}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise fail(("name",), "'name' must be letters, digits, '-' or '_' (it prefixes every topic)")
+    stages_data = data.get("stages")
+    if not isinstance(stages_data, dict) or not stages_data:
+        raise fail(("stages",), "'stages' must map stage names to their settings")
+    names = list(stages_data)
+    for stage_name in names:
+        if stage_name not in STAGE_ORDER:
+            raise fail(("stages", stage_name), f"unknown stage {stage_name!r}; stages are {', '.join(STAGE_ORDER)}")
+    missing = [s for s in REQUIRED_STAGES if s not in names]
+    if missing:
+        raise fail(("stages",), f"flow needs the stages {', '.join(missing)}")
+    if names != [s for s in STAGE_ORDER if s in names]:
+        raise fail(("stages",), f"stages must come in data-flow order: {', '.join(STAGE_ORDER)}")
+
+    shards = 1
+    stages = []
+    for stage_name in names:
+        settings = stages_data[stage_name] or {}
+        path = ("stages", stage_name)
+        if not isinstance(settings, dict):
+            raise fail(path, f"stage {stage_name!r} must be a mapping")
+        for key in settings:
+            if key not in _STAGE_KEYS:
+                raise fail(path + (key,), f"stage {stage_name}: unknown key {key!r}; known: {', '.join(sorted(_STAGE_KEYS))}")
+        replicas = settings.get("replicas", 1)
+        if not isinstance(replicas, int) or replicas < 1:
+            raise fail(path + ("replicas",), f"stage {stage_name}: replicas must be a positive integer")
+        if "shards" in settings:
+            if stage_name != "index":
+                raise fail(path + ("shards",), "only the index stage has shards")
+            shards = settings["shards"]
+            if not isinstance(shards, int) or shards < 1:
+                raise fail(path + ("shards",), "index: shards must be a positive integer")
+        stages.append(_stage(stage_name, settings, replicas, path, fail))
+    state_dir = Path(data.get("state_dir") or Path(".streamsearch") / "state")
+    search = data.get("search") or {}
+    try:
+        defaults = SearchDefaults(**search)
+    except TypeError as exc:
+        raise fail(("search",), f"search: {exc}; known: top_k, timeout_s, chunk_oversample") from exc
+    kafka = data.get("kafka") or {}
+    if not isinstance(kafka, dict):
+        raise fail(("kafka",), "'kafka' must map librdkafka settings to values")
+    max_payload = data.get("max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES)
+    if not isinstance(max_payload, int) or max_payload < 1024:
+        raise fail(("max_payload_bytes",), "max_payload_bytes must be an integer >= 1024")
+    return FlowSpec(
+        name=name,
+        stages=tuple(stages),
+        shards=shards,
+        state_dir=state_dir,
+        kafka=kafka,
+        max_payload_bytes=max_payload,
+        search=defaults,
+        source=source,
+    )
+
+
+def _stage(name: str, settings: dict[str, Any], replicas: int, path: tuple[str, ...], fail: Any) -> StageConfig:
+    uses = settings.get("uses", DEFAULT_USES.get(name))
+    params = settings.get("with") or {}
+    if not isinstance(params, dict):
+        raise fail(path + ("with",), f"stage {name}: 'with' must be a mapping")
+    config = None
+    if name == "join":
+        if uses is not None or params:
+            raise fail(path, "the join stage takes no executor: it merges shard results by score")
+    else:
+        known = EXECUTORS[name]
+        if uses not in known:
+            raise fail(path + ("uses",), f"stage {name}: unknown executor {uses!r}; available: {', '.join(known)}")
+        try:
+            config = build_config(known[uses].config_type, params, f"stage {name} ({uses})")
+        except FlowConfigError as exc:
+            raise fail(path + ("with",), str(exc)) from exc
+    ranker_uses, ranker_config = None, None
+    if "ranker" in settings:
+        if name != "index":
+            raise fail(path + ("ranker",), "only the index stage has a ranker")
+    if name == "index":
+        ranker = settings.get("ranker") or {}
+        ranker_uses = ranker.get("uses", "Chunk2DocRanker")
+        if ranker_uses not in EXECUTORS["ranker"]:
+            raise fail(
+                path + ("ranker",), f"unknown ranker {ranker_uses!r}; available: {', '.join(EXECUTORS['ranker'])}"
+            )
+        ranker_config = build_config(
+            EXECUTORS["ranker"][ranker_uses].config_type, ranker.get("with") or {}, f"stage index ranker ({ranker_uses})"
+        )
+    return StageConfig(
+        name=name, uses=uses, config=config, replicas=replicas, ranker_uses=ranker_uses, ranker_config=ranker_config
+    )
+
+
+def _key_lines(node: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """Map each key path of a composed YAML mapping to its 1-based line."""
+    lines: dict[tuple[str, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key_path = path + (str(key_node.value),)
+            lines[key_path] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key_path))
+    return lines
+
+
+def with_state_dir(flow: FlowSpec, state_dir: Path) -> FlowSpec:
+    """The same flow keeping its shard state elsewhere (tests, benchmarks)."""
+    return dataclasses.replace(flow, state_dir=state_dir)

@@ -1,0 +1,86 @@
+"""The hello-world: index Python's own docstrings and search them while they stream in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from streams.client import Client, IndexReceipt
+from streams.corpora import stdlib_docstrings
+from streams.flow import load_flow
+from streams.local import LocalRuntime
+from streams.progress import IndexProgress
+from streams.serde import SearchReply
+
+__all__ = ["EXAMPLE_QUERIES", "run_hello_world", "format_reply"]
+
+EXAMPLE_QUERIES = (
+    "parse command line arguments",
+    "compress data with gzip",
+    "read a CSV file",
+    "encode binary data as base64 text",
+)
+
+DEFAULT_FLOW = Path(__file__).resolve().parent.parent / "deploy" / "flows" / "hello.yml"
+
+
+def format_reply(query: str, reply: SearchReply, index: int = 0) -> str:
+    """The top matches of one query: rank, score, document and the sentence that matched."""
+    lines = [f'\n  "{query}"' + ("  (partial: " + ", ".join(map(str, reply.missing_shards)) + " missing)" if reply.partial else "")]
+    matches = reply.docs[index].matches if index < len(reply.docs) else []
+    if not matches:
+        lines.append("     (no matches yet)")
+    for rank, match in enumerate(matches, start=1):
+        score = match.scores["score"]
+        lines.append(f"  {rank}. {score.value:.3f}  {match.id}")
+        if match.chunks:
+            lines.append(f"           ↳ {match.chunks[0].text[:110]}")
+    return "\n".join(lines)
+
+
+def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Path | None = None,
+                    top_k: int = 3, print_fn: Callable[[str], None] = print) -> dict[str, SearchReply]:
+    """Start everything, stream the corpus, answer the example queries during and after indexing.
+
+    :returns: the final reply of each example query (for tests and callers).
+    """
+    flow = load_flow(flow_path)
+    docs = list(stdlib_docstrings(limit=limit))
+    with LocalRuntime(flow, flow_path=flow_path, state_dir=state_dir) as runtime:
+        assert runtime.settings is not None
+        broker = runtime.broker.bootstrap_servers if runtime.broker else runtime.settings.bootstrap_servers
+        print_fn(f"streamsearch hello-world: broker {broker}, flow {flow.name!r} "
+                 f"({', '.join(s.name for s in flow.stages)}; {flow.shards} shards)")
+        print_fn(f"stage logs: {runtime.flow.state_dir / 'logs'}")
+        client = runtime.client()
+        try:
+            print_fn("waiting for the stages to join their groups ...")
+            runtime.wait_ready(client)
+            print_fn(f"streaming {len(docs)} docstrings of the Python standard library onto {flow.topics.ingest}")
+            progress = IndexProgress(runtime.settings, runtime.flow.topics, total=len(docs))
+            receipt = client.index(docs)
+            progress.expect(receipt)
+            _search_while_indexing(client, progress, top_k, print_fn)
+            progress.wait()
+            progress.close()
+            print_fn("\nindexing done; final answers (read-your-writes: the shards have applied every document):")
+            final = _ask(client, top_k, receipt, print_fn)
+        finally:
+            client.close()
+    return final
+
+
+def _search_while_indexing(client: Client, progress: IndexProgress, top_k: int, print_fn: Callable[[str], None]) -> None:
+    rounds = 0
+    while not progress.wait(timeout=20 if rounds else 5) and rounds < 3:
+        rounds += 1
+        print_fn(f"\n-- while indexing ({progress.indexed} documents encoded so far) --")
+        reply = client.search(EXAMPLE_QUERIES[0], top_k=top_k)
+        print_fn(format_reply(EXAMPLE_QUERIES[0], reply))
+
+
+def _ask(client: Client, top_k: int, receipt: IndexReceipt, print_fn: Callable[[str], None]) -> dict[str, SearchReply]:
+    reply = client.search(list(EXAMPLE_QUERIES), top_k=top_k, after=receipt, timeout_s=30)
+    for i, query in enumerate(EXAMPLE_QUERIES):
+        print_fn(format_reply(query, reply, i))
+    return {query: reply for query in EXAMPLE_QUERIES}

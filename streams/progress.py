@@ -1,0 +1,71 @@
+"""Indexing progress, measured where it happens: by tailing ``<flow>.encoded``.
+
+Producing to the ingest topic takes a second; encoding takes minutes. The bar counts the
+documents that left the encoder, and is done when every ingest partition's last written
+offset has come through (the ``ss-ingest-offset`` header).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from confluent_kafka import TopicPartition
+from tqdm import tqdm
+
+from streams import headers as h
+from streams.client import IndexReceipt
+from streams.kafka import KafkaSettings, make_consumer
+from streams.topics import FlowTopics
+
+__all__ = ["IndexProgress"]
+
+
+class IndexProgress:
+    """A progress bar over encoded documents; ``wait()`` returns when the receipt is through."""
+
+    def __init__(self, settings: KafkaSettings, topics: FlowTopics, *, total: int, disable: bool = False) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._bar = tqdm(total=total, unit="doc", desc="indexed", disable=disable)
+        self._target: dict[int, int] | None = None
+        self._seen: dict[int, int] = {}
+        self._done = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tail, daemon=True, name="index-progress")
+        self._thread.start()
+
+    @property
+    def indexed(self) -> int:
+        return int(self._bar.n)
+
+    def expect(self, receipt: IndexReceipt) -> None:
+        """Set what "done" means: these ingest offsets have come through the encoder."""
+        self._target = dict(receipt.offsets)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._bar.close()
+
+    def _tail(self) -> None:
+        consumer = make_consumer(self._settings, group_id=f"{self._topics.flow}.progress.{uuid.uuid4().hex[:8]}")
+        consumer.assign([TopicPartition(self._topics.encoded, p, 0) for p in range(self._topics.partitions)])
+        try:
+            while not self._stop.is_set() and not self._done.is_set():
+                for msg in consumer.consume(num_messages=512, timeout=0.1):
+                    if msg.error() is not None:
+                        continue
+                    headers = dict(msg.headers() or [])
+                    offset = h.read_int(headers, h.INGEST_OFFSET)
+                    if offset is not None:
+                        self._seen[msg.partition()] = max(self._seen.get(msg.partition(), -1), offset)
+                    if msg.value() is not None:
+                        self._bar.update(1)
+                if self._target is not None and all(self._seen.get(p, -1) >= o for p, o in self._target.items()):
+                    self._done.set()
+        finally:
+            consumer.close()

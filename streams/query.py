@@ -1,0 +1,108 @@
+"""The query path of the encode stage: embed each query once, fan it out to every shard.
+
+The request goes to every partition of ``<flow>.search`` (shard p answers partition p), and
+an opening part goes to ``<flow>.partials`` so the joiner answers by the deadline even if no
+shard does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Sequence
+
+from processors.encoders.base import Encoder
+from processors.exceptions import BadDocumentError
+from processors.query.parameters import SearchParameters
+from streams import headers as h
+from streams.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, PartialResult, Request, SearchReply
+from streams.stage import Inbound, Output
+from streams.topics import FlowTopics
+
+__all__ = ["QueryFanout", "is_expired", "error_reply"]
+
+logger = logging.getLogger(__name__)
+
+
+def is_expired(record: Inbound) -> bool:
+    """A query-path record nobody waits for any more (checked without decoding)."""
+    deadline = h.read_int(record.headers, h.DEADLINE_MS)
+    return deadline is not None and deadline < time.time() * 1000
+
+
+def query_headers(request_id: str, reply_to: str, deadline_ms: int) -> tuple[h.Header, ...]:
+    return (
+        (h.REQUEST_ID, request_id.encode()),
+        (h.REPLY_TO, reply_to.encode()),
+        h.int_header(h.DEADLINE_MS, deadline_ms),
+    )
+
+
+def error_reply(record: Inbound, error: Exception) -> list[Output]:
+    """Answer a failed query at once, if its headers say where: never leave a client waiting."""
+    request_id = record.headers.get(h.REQUEST_ID)
+    reply_to = record.headers.get(h.REPLY_TO)
+    if not request_id or not reply_to:
+        return []
+    reply = SearchReply(
+        request_id=request_id.decode(), docs=[], partial=True, missing_shards=[], stale_shards=[],
+        errors=[f"{type(error).__name__}: {error}"],
+    )
+    return [Output(reply_to.decode(), SEARCH_REPLY.encode(reply), request_id, None,
+                   ((h.REQUEST_ID, request_id), SEARCH_REPLY.header()))]
+
+
+class QueryFanout:
+    """Encodes the query documents at root level and sends one copy per shard."""
+
+    def __init__(self, *, encoder: Encoder, topics: FlowTopics, defaults: SearchParameters) -> None:
+        self._encoder = encoder
+        self._topics = topics
+        self._defaults = defaults
+
+    def process(self, records: Sequence[Inbound]) -> list[Output]:
+        live = [r for r in records if not is_expired(r)]
+        requests = [self._decode(r) for r in live]
+        docs = [doc for request in requests for doc in request.docs]
+        encoded = iter(self._encoder.run(docs=docs, traversal_paths=["r"]).docs) if docs else iter(())
+        outputs: list[Output] = []
+        shards = list(range(self._topics.partitions))
+        for request in requests:
+            request = dataclasses.replace(request, docs=[next(encoded) for _ in request.docs])
+            headers = query_headers(request.request_id, request.reply_to, request.deadline_ms)
+            value = REQUEST.encode(request)
+            for shard in shards:
+                outputs.append(Output(self._topics.search, value, request.request_id, shard,
+                                      headers + (REQUEST.header(),)))
+            opening = PartialResult(
+                request_id=request.request_id, shard=-1, expected_shards=shards, reply_to=request.reply_to,
+                deadline_ms=request.deadline_ms, parameters=request.parameters,
+                docs=[dataclasses.replace(d, embedding=None) for d in request.docs],
+            )
+            outputs.append(Output(self._topics.partials, PARTIAL_RESULT.encode(opening), request.request_id, None,
+                                  headers + (PARTIAL_RESULT.header(),)))
+        return outputs
+
+    def _decode(self, record: Inbound) -> Request:
+        """Decode and check a request, so shards receive only valid ones.
+
+        :raises SerdeError, InvalidParameterError, BadDocumentError: the reply says which.
+        """
+        assert record.value is not None, "a query record needs a value"
+        request = REQUEST.decode(record.value, record.headers.get(h.SCHEMA))
+        if request.kind != "search":
+            raise BadDocumentError(f"request kind {request.kind!r} on the query topic; only 'search' is served here")
+        if not request.docs:
+            raise BadDocumentError("a search request needs at least one query document")
+        for doc in request.docs:
+            if not doc.text:
+                raise BadDocumentError(f"query document {doc.id!r} has no text")
+        params = SearchParameters.parse(request.parameters, self._defaults)
+        return dataclasses.replace(request, parameters=params.to_dict())
+
+    def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
+        return error_reply(record, error)
+
+    def tick(self) -> list[Output]:
+        return []

@@ -1,0 +1,184 @@
+"""The index stage: shard p applies partition p of ``<flow>.encoded`` and answers partition p of
+``<flow>.search``.
+
+RocksDB is the truth: each batch's documents and its consumed offsets go into one write
+batch, and on assignment the shard resumes from its stored offset, not from the group's.
+A search that names ``min_offsets`` waits (until shortly before its deadline) for the shard
+to apply that ingest offset: read-your-writes without sleeping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING
+
+from processors.index.base import Change
+from processors.query.parameters import SearchParameters
+from processors.rankers.base import Ranker
+from streams import headers as h
+from streams.query import error_reply, is_expired, query_headers
+from streams.serde import PARTIAL_RESULT, REQUEST, PartialResult, Request
+from streams.stage import Inbound, Output
+from streams.state.shards import ShardCheckpoint, ShardStates
+from streams.topics import FlowTopics
+from streams.transform import decode_document, ingest_offset_of, is_marker
+
+__all__ = ["ShardIngest", "ShardSearch"]
+
+logger = logging.getLogger(__name__)
+
+STALE_MARGIN_MS = 200
+"""A waiting search is answered (flagged stale) this long before its deadline."""
+
+
+class ShardIngest:
+    """Applies encoded documents and tombstones to the partition's shard index."""
+
+    def __init__(self, *, states: ShardStates, topics: FlowTopics) -> None:
+        self._states = states
+        self._topics = topics
+
+    def assigned(self, partitions: Sequence[int]) -> dict[int, int]:
+        starts = {}
+        for partition in partitions:
+            checkpoint = self._states.open(partition)
+            starts[partition] = checkpoint.encoded_offset + 1 if checkpoint.encoded_offset >= 0 else OFFSET_BEGINNING
+            logger.info("shard opened", extra={"partition": partition, "resume_offset": starts[partition],
+                                              "ingest_offset": checkpoint.ingest_offset})
+        return starts
+
+    def revoked(self, partitions: Sequence[int]) -> None:
+        for partition in partitions:
+            self._states.close(partition)
+
+    def close(self) -> None:
+        self._states.close_all()
+
+    def process(self, records: Sequence[Inbound]) -> list[Output]:
+        by_partition: dict[int, list[Inbound]] = {}
+        for record in records:
+            by_partition.setdefault(record.partition, []).append(record)
+        for partition, part in by_partition.items():
+            changes = []
+            for record in part:
+                if is_marker(record):
+                    continue
+                if record.value is None:
+                    if record.key is None:
+                        raise ValueError("a tombstone needs the document id as its key")
+                    changes.append(Change(record.key.decode(), None))
+                else:
+                    doc = decode_document(record)
+                    changes.append(Change(doc.id, doc))
+            self._apply(partition, changes, part[-1])
+        return []
+
+    def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
+        """Count the bad record as applied, so a restart does not dead-letter it twice."""
+        self._apply(record.partition, [], record)
+        return []
+
+    def tick(self) -> list[Output]:
+        return []
+
+    def _apply(self, partition: int, changes: list[Change], last: Inbound) -> None:
+        index = self._states.get(partition)
+        if index is None:
+            raise RuntimeError(f"shard {partition} is not open on this process")
+        previous = self._states.checkpoint(partition)
+        checkpoint = ShardCheckpoint(
+            encoded_offset=last.offset,
+            ingest_offset=max(previous.ingest_offset, ingest_offset_of(last, self._topics.ingest)),
+        )
+        index.apply(changes=changes, checkpoint=checkpoint.to_bytes())
+        self._states.set_checkpoint(partition, checkpoint)
+
+
+@dataclass(slots=True)
+class _Waiting:
+    partition: int
+    request: Request
+    record: Inbound
+
+
+class ShardSearch:
+    """Answers searches on the partitions this process owns, from their shard index."""
+
+    def __init__(self, *, states: ShardStates, ranker: Ranker, topics: FlowTopics) -> None:
+        self._states = states
+        self._ranker = ranker
+        self._topics = topics
+        self._waiting: list[_Waiting] = []
+
+    def process(self, records: Sequence[Inbound]) -> list[Output]:
+        outputs = []
+        for record in records:
+            if is_expired(record):
+                continue
+            assert record.value is not None, "a search record needs a value"
+            request = REQUEST.decode(record.value, record.headers.get(h.SCHEMA))
+            if self._caught_up(record.partition, request):
+                outputs.append(self._answer(record.partition, request, stale=False))
+            else:
+                self._waiting.append(_Waiting(record.partition, request, record))
+        return outputs
+
+    def tick(self) -> list[Output]:
+        if not self._waiting:
+            return []
+        now = time.time() * 1000
+        outputs, still = [], []
+        for waiting in self._waiting:
+            if self._states.get(waiting.partition) is None:
+                continue  # the partition moved away; its new owner answers
+            if self._caught_up(waiting.partition, waiting.request):
+                outputs.append(self._answer(waiting.partition, waiting.request, stale=False))
+            elif now >= waiting.request.deadline_ms - STALE_MARGIN_MS:
+                outputs.append(self._answer(waiting.partition, waiting.request, stale=True))
+            else:
+                still.append(waiting)
+        self._waiting = still
+        return outputs
+
+    def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
+        """Tell the joiner this shard failed (so it need not wait), or the client directly."""
+        request_id = record.headers.get(h.REQUEST_ID)
+        reply_to = record.headers.get(h.REPLY_TO)
+        deadline = h.read_int(record.headers, h.DEADLINE_MS)
+        if not request_id or not reply_to or deadline is None:
+            return error_reply(record, error)
+        part = PartialResult(
+            request_id=request_id.decode(), shard=record.partition, expected_shards=[], reply_to=reply_to.decode(),
+            deadline_ms=deadline, parameters={}, docs=[], error=f"shard {record.partition}: {type(error).__name__}: {error}",
+        )
+        return [Output(self._topics.partials, PARTIAL_RESULT.encode(part), request_id, None,
+                       query_headers(part.request_id, part.reply_to, deadline) + (PARTIAL_RESULT.header(),))]
+
+    def _caught_up(self, partition: int, request: Request) -> bool:
+        wanted = request.min_offsets.get(partition)
+        return wanted is None or self._states.checkpoint(partition).ingest_offset >= wanted
+
+    def _answer(self, partition: int, request: Request, *, stale: bool) -> Output:
+        index = self._states.get(partition)
+        if index is None:
+            raise RuntimeError(f"shard {partition} is not open on this process")
+        params = SearchParameters.parse(request.parameters)
+        queries = np.stack([np.asarray(doc.embedding, dtype=np.float32).reshape(-1) for doc in request.docs])
+        hits = index.search(embeddings=queries, top_k=params.top_k * params.chunk_oversample)
+        ranked = self._ranker.run(hits=hits, top_k=params.top_k).matches
+        docs = [dataclasses.replace(doc, embedding=None, matches=list(matches))
+                for doc, matches in zip(request.docs, ranked)]
+        part = PartialResult(
+            request_id=request.request_id, shard=partition, expected_shards=list(range(self._topics.partitions)),
+            reply_to=request.reply_to, deadline_ms=request.deadline_ms, parameters=request.parameters,
+            docs=docs, stale=stale,
+        )
+        return Output(self._topics.partials, PARTIAL_RESULT.encode(part), request.request_id, None,
+                      query_headers(request.request_id, request.reply_to, request.deadline_ms)
+                      + (PARTIAL_RESULT.header(),))

@@ -1,0 +1,311 @@
+"""The stage loop: poll -> decode -> process -> produce -> commit, for every stage.
+
+A stage has up to two input paths, each with its own consumer: the index path (ingest,
+segmented, encoded) and the query path (query, search, partials). The query consumer is
+polled first and is the one the loop blocks on when idle, so a query never waits behind a
+large ingest backlog. Stages differ only in their ``StageSpec``: topics and handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from streams import headers as h
+from streams.checkpoint import Checkpoint
+from streams.exceptions import PayloadTooLargeError
+from streams.kafka import Header, KafkaSettings, StageProducer, headers_of, make_consumer
+
+__all__ = ["Inbound", "Output", "PathHandler", "PathSpec", "StageSpec", "StageLoop"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A consumed record, detached from librdkafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+    @classmethod
+    def of(cls, msg: Message) -> "Inbound":
+        return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), headers_of(msg))
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A record to produce."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | str | None = None
+    partition: int | None = None
+    headers: tuple[Header, ...] = ()
+
+
+class PathHandler(Protocol):
+    """What a stage does with one input path.
+
+    ``process`` may raise for a batch: the loop then retries each record alone, and sends
+    the one that still fails to the dead-letter topic with ``on_failure``'s extra outputs.
+    """
+
+    def process(self, records: Sequence[Inbound]) -> list[Output]: ...
+
+    def on_failure(self, record: Inbound, error: Exception) -> list[Output]: ...
+
+    def tick(self) -> list[Output]: ...
+
+
+class PartitionAware(Protocol):
+    """A handler that owns per-partition state (the shard)."""
+
+    def assigned(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Open state for new partitions; return the offset to resume each from (-2 = beginning)."""
+        ...
+
+    def revoked(self, partitions: Sequence[int]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PathSpec:
+    """One input path: its topic, consumer group and handler.
+
+    :param follow_index_path: assign this path's partitions to mirror the index path's
+        assignment (co-partitioning: shard p answers search partition p), no subscription.
+    """
+
+    topic: str
+    group_id: str
+    handler: PathHandler
+    batch_size: int = 64
+    follow_index_path: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """A stage, fully described before it runs."""
+
+    flow: str
+    name: str
+    dead_letter_topic: str
+    index_path: PathSpec | None = None
+    query_path: PathSpec | None = None
+    max_payload_bytes: int = 8 * 1024 * 1024
+    consumer_overrides: dict[str, object] = field(default_factory=dict)
+
+
+class _Path:
+    def __init__(self, spec: PathSpec, consumer: Consumer, producer: StageProducer) -> None:
+        self.spec = spec
+        self.consumer = consumer
+        self.checkpoint = Checkpoint(consumer, producer)
+
+
+class StageLoop:
+    """Runs one stage until stopped; safe to stop from a signal handler or another thread."""
+
+    IDLE_POLL_S = 0.02
+
+    def __init__(self, spec: StageSpec, settings: KafkaSettings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.producer = StageProducer(settings)
+        self._stop = threading.Event()
+        self._index: _Path | None = None
+        self._query: _Path | None = None
+        self.processed = 0
+        self.dead_letters = 0
+        self._index_has_backlog = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self) -> None:
+        """Subscribe and loop until ``stop``; commits and leaves the group on the way out."""
+        self._start()
+        logger.info("stage running", extra={"stage": self.spec.name, "flow": self.spec.flow})
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            self._close()
+
+    def _start(self) -> None:
+        overrides = self.spec.consumer_overrides
+        if self.spec.query_path is not None:
+            qspec = self.spec.query_path
+            self._query = _Path(qspec, make_consumer(self.settings, group_id=qspec.group_id, **overrides), self.producer)
+            if not qspec.follow_index_path:
+                self._query.consumer.subscribe([qspec.topic], on_revoke=self._on_revoke_query)
+        if self.spec.index_path is not None:
+            ispec = self.spec.index_path
+            self._index = _Path(ispec, make_consumer(self.settings, group_id=ispec.group_id, **overrides), self.producer)
+            self._index.consumer.subscribe(
+                [ispec.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+
+    def step(self) -> None:
+        """One round: queries first (blocking briefly when idle), then ingest, then timers."""
+        busy = False
+        if self._query is not None:
+            idle_wait = 0.0 if self._index is not None and self._index_has_backlog else self.IDLE_POLL_S
+            busy = self._poll(self._query, idle_wait)
+        if self._index is not None:
+            self._index_has_backlog = self._poll(self._index, 0.0 if (busy or self._query) else self.IDLE_POLL_S)
+        for path in (self._query, self._index):
+            if path is not None:
+                self._emit(path.spec.handler.tick())
+                path.checkpoint.commit()
+
+
+    def _close(self) -> None:
+        for path in (self._query, self._index):
+            if path is None:
+                continue
+            try:
+                path.checkpoint.commit(asynchronous=False)
+            finally:
+                path.consumer.close()
+        self.producer.close()
+        close = getattr(self.spec.index_path.handler if self.spec.index_path else None, "close", None)
+        if close is not None:
+            close()
+        logger.info("stage stopped", extra={"stage": self.spec.name, "processed": self.processed})
+
+    # -- one batch -------------------------------------------------------------------------
+
+    def _poll(self, path: _Path, timeout: float) -> bool:
+        messages = path.consumer.consume(num_messages=path.spec.batch_size, timeout=timeout)
+        records = []
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    logger.warning("consume error", extra={"stage": self.spec.name, "error": str(err)})
+                continue
+            records.append(Inbound.of(msg))
+        if not records:
+            return False
+        accepted = []
+        for record in records:
+            size = len(record.value or b"")
+            if size > self.spec.max_payload_bytes:
+                self._dead_letter(path, record, PayloadTooLargeError(
+                    f"{size} bytes exceeds max_payload_bytes={self.spec.max_payload_bytes}"))
+            else:
+                accepted.append(record)
+        self._process(path, accepted)
+        for record in records:
+            path.checkpoint.record(record.topic, record.partition, record.offset)
+        self.processed += len(records)
+        path.checkpoint.commit()
+        return True
+
+    def _process(self, path: _Path, records: list[Inbound]) -> None:
+        if not records:
+            return
+        try:
+            self._emit(path.spec.handler.process(records))
+            return
+        except Exception as exc:  # isolate the bad record below; nothing is lost
+            if len(records) == 1:
+                self._dead_letter(path, records[0], exc)
+                return
+            logger.info("batch failed, retrying record by record", extra={"stage": self.spec.name, "error": str(exc)})
+        for record in records:
+            try:
+                self._emit(path.spec.handler.process([record]))
+            except Exception as exc:
+                self._dead_letter(path, record, exc)
+
+    def _emit(self, outputs: Sequence[Output]) -> None:
+        for out in outputs:
+            self.producer.produce(out.topic, value=out.value, key=out.key, partition=out.partition, headers=out.headers)
+
+    def _dead_letter(self, path: _Path, record: Inbound, error: Exception) -> None:
+        """Keep the bad record, with why and where it came from, and let the handler react."""
+        self.dead_letters += 1
+        logger.warning(
+            "dead letter",
+            extra={
+                "stage": self.spec.name,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "error": f"{type(error).__name__}: {error}",
+            },
+        )
+        headers = [(k, v) for k, v in record.headers.items()] + [
+            (h.DEAD_LETTER_STAGE, self.spec.name.encode()),
+            (h.DEAD_LETTER_ERROR_CLASS, type(error).__name__.encode()),
+            (h.DEAD_LETTER_MESSAGE, str(error)[:2000].encode()),
+            (h.DEAD_LETTER_TOPIC, record.topic.encode()),
+            h.int_header(h.DEAD_LETTER_PARTITION, record.partition),
+            h.int_header(h.DEAD_LETTER_OFFSET, record.offset),
+        ]
+        value = record.value if len(record.value or b"") <= self.spec.max_payload_bytes else None
+        self.producer.produce(self.spec.dead_letter_topic, value=value, key=record.key, headers=headers)
+        try:
+            self._emit(path.spec.handler.on_failure(record, error))
+        except Exception:
+            logger.exception("on_failure raised", extra={"stage": self.spec.name})
+
+    # -- rebalance -------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assert self._index is not None
+        handler = self._index.spec.handler
+        numbers = [tp.partition for tp in partitions]
+        starts = handler.assigned(numbers) if hasattr(handler, "assigned") else {}
+        for tp in partitions:
+            if tp.partition in starts:
+                tp.offset = starts[tp.partition]
+        consumer.incremental_assign(partitions)
+        if self._query is not None and self._query.spec.follow_index_path:
+            self._query.consumer.incremental_assign([TopicPartition(self._query.spec.topic, p) for p in numbers])
+        logger.info("partitions assigned", extra={"stage": self.spec.name, "partitions": numbers})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assert self._index is not None
+        self._index.checkpoint.revoke(partitions)
+        self._release(consumer, partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release(consumer, partitions)
+
+    def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assert self._index is not None
+        numbers = [tp.partition for tp in partitions]
+        if self._query is not None and self._query.spec.follow_index_path:
+            self._query.consumer.incremental_unassign([TopicPartition(self._query.spec.topic, p) for p in numbers])
+        handler = self._index.spec.handler
+        if hasattr(handler, "revoked"):
+            handler.revoked(numbers)
+        consumer.incremental_unassign(partitions)
+        logger.info("partitions revoked", extra={"stage": self.spec.name, "partitions": numbers})
+
+    def _on_revoke_query(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assert self._query is not None
+        self._query.checkpoint.revoke(partitions)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,1 @@
+"""State kept by stages: shard indexes per partition."""

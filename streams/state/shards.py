@@ -1,0 +1,78 @@
+"""Maps the partitions a process owns to their shard indexes, one directory each."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
+from streams.serde import DOCUMENT
+
+__all__ = ["ShardCheckpoint", "ShardStates"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardCheckpoint:
+    """What a shard has applied: the last encoded offset and the ingest offset it derives from."""
+
+    encoded_offset: int = -1
+    ingest_offset: int = -1
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"encoded_offset": self.encoded_offset, "ingest_offset": self.ingest_offset}).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> "ShardCheckpoint":
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        return cls(encoded_offset=int(data["encoded_offset"]), ingest_offset=int(data["ingest_offset"]))
+
+
+class ShardStates:
+    """Open shard indexes by partition, under ``<state_dir>/<flow>/index/<partition>``."""
+
+    def __init__(self, *, root: Path, flow: str, config: CompoundIndexerConfig) -> None:
+        self._dir = Path(root) / flow / "index"
+        self._config = config
+        self._open: dict[int, CompoundIndexer] = {}
+        self._checkpoints: dict[int, ShardCheckpoint] = {}
+
+    def path(self, partition: int) -> Path:
+        return self._dir / str(partition)
+
+    def open(self, partition: int) -> ShardCheckpoint:
+        """Open (or create) a shard and return its stored checkpoint."""
+        if partition not in self._open:
+            index = CompoundIndexer(self._config, path=self.path(partition), codec=DOCUMENT)
+            index.warm_up()
+            self._open[partition] = index
+            self._checkpoints[partition] = ShardCheckpoint.from_bytes(index.checkpoint())
+        return self._checkpoints[partition]
+
+    def close(self, partition: int) -> None:
+        index = self._open.pop(partition, None)
+        self._checkpoints.pop(partition, None)
+        if index is not None:
+            index.close()
+
+    def close_all(self) -> None:
+        for partition in list(self._open):
+            self.close(partition)
+
+    def get(self, partition: int) -> CompoundIndexer | None:
+        return self._open.get(partition)
+
+    def checkpoint(self, partition: int) -> ShardCheckpoint:
+        return self._checkpoints.get(partition, ShardCheckpoint())
+
+    def set_checkpoint(self, partition: int, checkpoint: ShardCheckpoint) -> None:
+        self._checkpoints[partition] = checkpoint
+
+    def partitions(self) -> Iterator[int]:
+        return iter(sorted(self._open))

@@ -1,0 +1,63 @@
+"""Builds each stage's StageSpec from a FlowSpec: which topics, groups and handlers it has."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from processors.document import Document
+from processors.query.parameters import SearchParameters
+from streams.flow import FlowSpec
+from streams.joiner import Joiner
+from streams.query import QueryFanout
+from streams.shard import ShardIngest, ShardSearch
+from streams.stage import PathSpec, StageSpec
+from streams.state.shards import ShardStates
+from streams.transform import DocumentTransform
+
+__all__ = ["build_stage"]
+
+
+def build_stage(flow: FlowSpec, name: str) -> StageSpec:
+    """The StageSpec of one stage of the flow; processors are built, not yet warmed up.
+
+    :raises FlowConfigError: if the flow has no such stage.
+    """
+    stage = flow.stage(name)
+    topics = flow.topics
+    group = f"{flow.name}.{name}"
+    common = dict(flow=flow.name, name=name, dead_letter_topic=topics.dead_letter,
+                  max_payload_bytes=flow.max_payload_bytes)
+    defaults = SearchParameters.parse(
+        {"top_k": flow.search.top_k, "chunk_oversample": flow.search.chunk_oversample})
+    if name == "segment":
+        segmenter = stage.build()
+        segmenter.warm_up()
+        transform = DocumentTransform(run=lambda docs: segmenter.run(docs=docs).docs,
+                                      output_topic=topics.segmented, ingest_topic=topics.ingest)
+        return StageSpec(**common, index_path=PathSpec(flow.input_topic(name), group, transform))
+    if name == "encode":
+        encoder = stage.build()
+        encoder.warm_up()
+
+        def encode(docs: Sequence[Document]) -> Sequence[Document]:
+            return encoder.run(docs=docs).docs
+
+        transform = DocumentTransform(run=encode, output_topic=topics.encoded, ingest_topic=topics.ingest)
+        fanout = QueryFanout(encoder=encoder, topics=topics, defaults=defaults)
+        return StageSpec(
+            **common,
+            index_path=PathSpec(flow.input_topic(name), group, transform, batch_size=32),
+            query_path=PathSpec(topics.query, f"{group}.query", fanout, batch_size=16),
+        )
+    if name == "index":
+        states = ShardStates(root=flow.state_dir, flow=flow.name, config=stage.config)
+        ranker = stage.build_ranker()
+        return StageSpec(
+            **common,
+            index_path=PathSpec(topics.encoded, group, ShardIngest(states=states, topics=topics), batch_size=256),
+            query_path=PathSpec(topics.search, f"{group}.search", ShardSearch(states=states, ranker=ranker, topics=topics),
+                                follow_index_path=True),
+        )
+    if name == "join":
+        return StageSpec(**common, query_path=PathSpec(topics.partials, group, Joiner(), batch_size=256))
+    raise AssertionError(f"unhandled stage {name}")  # flow.stage() already rejected unknown names
