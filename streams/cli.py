@@ -12,6 +12,7 @@ from typing import Any, Callable
 import click
 from confluent_kafka import KafkaException
 
+from streams.admin import ensure_topics
 from streams.exceptions import StreamsearchError
 from streams.flow import load_flow, with_state_dir
 from streams.kafka import KafkaSettings
@@ -76,6 +77,7 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
         settings = KafkaSettings.from_env(flow.kafka)
         if not settings.bootstrap_servers:
             raise StreamsearchError("`run --stage` joins a running flow: set KAFKA_BOOTSTRAP_SERVERS")
+        ensure_topics(settings, flow.topics.shapes())  # idempotent; a real cluster may not have them yet
         loop = StageLoop(build_stage(flow, stage), settings)
         loop.install_signal_handlers()
         loop.run()

@@ -16,7 +16,7 @@ from typing import Sequence
 from processors.query.parameters import SearchParameters
 from processors.rankers.merge import merge_matches
 from streams import headers as h
-from streams.query import is_expired
+from streams.query import decode_live
 from streams.serde import PARTIAL_RESULT, SEARCH_REPLY, PartialResult, SearchReply
 from streams.stage import Inbound, Output
 
@@ -63,11 +63,7 @@ class Joiner:
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
         outputs = []
-        for record in records:
-            if is_expired(record):
-                continue
-            assert record.value is not None, "a partial result needs a value"
-            part = PARTIAL_RESULT.decode(record.value, record.headers.get(h.SCHEMA))
+        for _, part in decode_live(records, PARTIAL_RESULT):
             if part.request_id in self._replied:
                 continue
             pending = self._pending.get(part.request_id)

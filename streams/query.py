@@ -10,25 +10,41 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Sequence
+from typing import Iterator, Sequence, TypeVar
 
 from processors.encoders.base import Encoder
 from processors.exceptions import BadDocumentError
 from processors.query.parameters import SearchParameters
 from streams import headers as h
-from streams.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, PartialResult, Request, SearchReply
+from streams.exceptions import SerdeError
+from streams.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec, PartialResult, Request, SearchReply
 from streams.stage import Inbound, Output
 from streams.topics import FlowTopics
 
-__all__ = ["QueryFanout", "is_expired", "error_reply"]
+__all__ = ["QueryFanout", "is_expired", "decode_live", "error_reply"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def is_expired(record: Inbound) -> bool:
     """A query-path record nobody waits for any more (checked without decoding)."""
     deadline = h.read_int(record.headers, h.DEADLINE_MS)
     return deadline is not None and deadline < time.time() * 1000
+
+
+def decode_live(records: Sequence[Inbound], codec: Codec[T]) -> Iterator[tuple[Inbound, T]]:
+    """Decode the query-path records somebody still waits for; expired ones are skipped.
+
+    :raises SerdeError: on a malformed record (the loop isolates and dead-letters it).
+    """
+    for record in records:
+        if is_expired(record):
+            continue
+        if record.value is None:
+            raise SerdeError("a query-path record needs a value")
+        yield record, codec.decode(record.value, record.headers.get(h.SCHEMA))
 
 
 def query_headers(request_id: str, reply_to: str, deadline_ms: int) -> tuple[h.Header, ...]:
@@ -62,8 +78,7 @@ class QueryFanout:
         self._defaults = defaults
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
-        live = [r for r in records if not is_expired(r)]
-        requests = [self._decode(r) for r in live]
+        requests = [self._check(request) for _, request in decode_live(records, REQUEST)]
         docs = [doc for request in requests for doc in request.docs]
         encoded = iter(self._encoder.run(docs=docs, traversal_paths=["r"]).docs) if docs else iter(())
         outputs: list[Output] = []
@@ -84,13 +99,11 @@ class QueryFanout:
                                   headers + (PARTIAL_RESULT.header(),)))
         return outputs
 
-    def _decode(self, record: Inbound) -> Request:
-        """Decode and check a request, so shards receive only valid ones.
+    def _check(self, request: Request) -> Request:
+        """Check a request, so shards receive only valid ones.
 
-        :raises SerdeError, InvalidParameterError, BadDocumentError: the reply says which.
+        :raises InvalidParameterError, BadDocumentError: the error reply says which.
         """
-        assert record.value is not None, "a query record needs a value"
-        request = REQUEST.decode(record.value, record.headers.get(h.SCHEMA))
         if request.kind != "search":
             raise BadDocumentError(f"request kind {request.kind!r} on the query topic; only 'search' is served here")
         if not request.docs:

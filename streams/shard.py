@@ -22,7 +22,7 @@ from processors.index.base import Change
 from processors.query.parameters import SearchParameters
 from processors.rankers.base import Ranker
 from streams import headers as h
-from streams.query import error_reply, is_expired, query_headers
+from streams.query import decode_live, error_reply, query_headers
 from streams.serde import PARTIAL_RESULT, REQUEST, PartialResult, Request
 from streams.stage import Inbound, Output
 from streams.state.shards import ShardCheckpoint, ShardStates
@@ -118,11 +118,7 @@ class ShardSearch:
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
         outputs = []
-        for record in records:
-            if is_expired(record):
-                continue
-            assert record.value is not None, "a search record needs a value"
-            request = REQUEST.decode(record.value, record.headers.get(h.SCHEMA))
+        for record, request in decode_live(records, REQUEST):
             if self._caught_up(record.partition, request):
                 outputs.append(self._answer(record.partition, request, stale=False))
             else:

@@ -1,0 +1,88 @@
+"""Query latency: p50/p99 of sequential searches over request/reply topics against the
+same work in-process (encode the query + FAISS flat search + chunk->doc ranking), in the
+same run. Goal: p50 overhead <= 15 ms.
+
+    python benchmarks/query.py [--docs 1000] [--queries 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from setup import FLOW, machine, peak_rss_mib, scifact
+
+from processors.encoders.transformer import TransformerEncoder
+from processors.index.base import Change
+from processors.index.compound import CompoundIndexer
+from processors.rankers.chunk2doc import Chunk2DocRanker
+from streams.flow import load_flow
+from streams.local import LocalRuntime
+from streams.serde import DOCUMENT
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+
+
+def in_process(docs, queries, top_k: int) -> list[float]:  # type: ignore[no-untyped-def]
+    flow = load_flow(FLOW)
+    encoder = TransformerEncoder(flow.stage("encode").config)
+    encoder.warm_up()
+    encoded = encoder.run(docs=docs).docs
+    with tempfile.TemporaryDirectory() as state:
+        index = CompoundIndexer(flow.stage("index").config, path=Path(state), codec=DOCUMENT)
+        index.warm_up()
+        index.apply(changes=[Change(d.id, d) for d in encoded], checkpoint=b"0")
+        ranker = Chunk2DocRanker(flow.stage("index").ranker_config)
+        latencies = []
+        for text in queries:
+            started = time.perf_counter()
+            vector = encoder.encode_texts([text])
+            ranker.run(hits=index.search(embeddings=vector, top_k=top_k), top_k=top_k)
+            latencies.append(time.perf_counter() - started)
+        index.close()
+    return latencies
+
+
+def pipeline(docs, queries, top_k: int) -> list[float]:  # type: ignore[no-untyped-def]
+    with tempfile.TemporaryDirectory() as state, LocalRuntime(load_flow(FLOW), flow_path=FLOW,
+                                                              state_dir=Path(state)) as runtime:
+        client = runtime.client()
+        runtime.wait_ready(client)
+        receipt = client.index(docs)
+        client.search("warm up", after=receipt, timeout_s=3600)
+        latencies = []
+        for text in queries:
+            started = time.perf_counter()
+            reply = client.search(text, top_k=top_k, timeout_s=10)
+            latencies.append(time.perf_counter() - started)
+            assert not reply.partial and len(reply.docs[0].matches) == top_k
+        client.close()
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--docs", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--top-k", type=int, default=10)
+    args = parser.parse_args()
+    docs, queries = scifact(args.docs)
+    queries = (queries * (args.queries // len(queries) + 1))[: args.queries]
+    base = percentiles(in_process(docs, queries, args.top_k))
+    rss = peak_rss_mib()
+    piped = percentiles(pipeline(docs, queries, args.top_k))
+    print(f"machine: {machine()}")
+    print(f"index: {len(docs)} SciFact docs, 2 shards; {len(queries)} sequential queries, top_k={args.top_k}")
+    print(f"in-process encode + FAISS : p50 {base[0]:7.1f} ms   p99 {base[1]:7.1f} ms   peak RSS {rss:6.0f} MiB")
+    print(f"request/reply over Kafka  : p50 {piped[0]:7.1f} ms   p99 {piped[1]:7.1f} ms")
+    print(f"p50 overhead              : {piped[0] - base[0]:7.1f} ms  (goal <= 15 ms)")
+
+
+if __name__ == "__main__":
+    main()

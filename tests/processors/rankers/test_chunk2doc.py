@@ -1,0 +1,60 @@
+import pytest
+
+from processors.document import Direction, Document, Score
+from processors.exceptions import ConfigError
+from processors.index.base import Hit
+from processors.rankers.chunk2doc import Chunk2DocRanker, Chunk2DocRankerConfig
+from processors.rankers.merge import merge_matches
+
+
+def hit(root_id: str, chunk: int, value: float, direction: Direction) -> Hit:
+    score = Score(value, "op", direction)
+    return Hit(root=Document(id=root_id), node=Document(id=f"{root_id}/{chunk}", scores={"score": score}), score=score)
+
+
+SIM = Direction.SIMILARITY
+DIST = Direction.DISTANCE
+
+
+class TestChunk2DocRanker:
+    @pytest.mark.parametrize(("aggregation", "expected"), [("max", 0.9), ("min", 0.1), ("mean", 0.5)])
+    def test_aggregations(self, aggregation: str, expected: float) -> None:
+        ranker = Chunk2DocRanker(Chunk2DocRankerConfig(aggregation=aggregation))  # type: ignore[arg-type]
+        matches = ranker.run(hits=[[hit("a", 0, 0.1, SIM), hit("a", 1, 0.9, SIM), hit("a", 2, 0.5, SIM)]], top_k=5).matches
+        assert matches[0][0].scores["score"].value == pytest.approx(expected)
+        assert matches[0][0].scores["score"].op_name == f"chunk2doc.{aggregation}(op)"
+
+    def test_similarity_sorts_descending_and_keeps_best_chunk_first(self) -> None:
+        ranker = Chunk2DocRanker()
+        hits = [hit("a", 0, 0.2, SIM), hit("b", 0, 0.8, SIM), hit("a", 1, 0.6, SIM)]
+        matches = ranker.run(hits=[hits], top_k=5).matches[0]
+        assert [m.id for m in matches] == ["b", "a"]
+        assert [c.id for c in matches[1].chunks] == ["a/1", "a/0"]
+
+    def test_distance_sorts_ascending(self) -> None:
+        ranker = Chunk2DocRanker(Chunk2DocRankerConfig(aggregation="min"))
+        hits = [hit("a", 0, 0.2, DIST), hit("b", 0, 0.8, DIST), hit("a", 1, 0.6, DIST)]
+        matches = ranker.run(hits=[hits], top_k=5).matches[0]
+        assert [m.id for m in matches] == ["a", "b"]
+        assert matches[0].chunks[0].id == "a/0"
+
+    def test_top_k_cuts_documents_not_chunks(self) -> None:
+        hits = [hit("a", i, 0.9 - i / 100, SIM) for i in range(5)] + [hit("b", 0, 0.5, SIM)]
+        matches = Chunk2DocRanker().run(hits=[hits], top_k=2).matches[0]
+        assert [m.id for m in matches] == ["a", "b"]
+
+    def test_bad_aggregation(self) -> None:
+        with pytest.raises(ConfigError, match="aggregation"):
+            Chunk2DocRankerConfig(aggregation="median")  # type: ignore[arg-type]
+
+
+class TestMerge:
+    def test_merge_respects_direction_and_dedupes(self) -> None:
+        def match(doc_id: str, value: float, direction: Direction) -> Document:
+            return Document(id=doc_id, scores={"score": Score(value, "op", direction)})
+
+        shard0 = [match("a", 0.9, SIM), match("c", 0.3, SIM)]
+        shard1 = [match("b", 0.7, SIM), match("a", 0.8, SIM)]
+        assert [m.id for m in merge_matches([shard0, shard1], 2)] == ["a", "b"]
+        merged = merge_matches([[match("a", 0.9, DIST)], [match("b", 0.2, DIST)]], 5)
+        assert [m.id for m in merged] == ["b", "a"]

@@ -1,0 +1,45 @@
+"""Factory fixtures for integration tests: real flows on the session broker."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from streams.flow import load_flow
+from streams.local import LocalRuntime
+
+FlowFactory = Callable[[str], LocalRuntime]
+
+
+@pytest.fixture(scope="module")
+def start_flow(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowFactory]:  # type: ignore[no-untyped-def]
+    """Start a flow from YAML text (``{name}`` is replaced by a unique flow name) and wait
+    until every stage answers; all flows started are stopped at the end of the module."""
+    runtimes: list[LocalRuntime] = []
+
+    def start(yaml_text: str) -> LocalRuntime:
+        name = f"t{uuid.uuid4().hex[:8]}"
+        folder = tmp_path_factory.mktemp(name)
+        path = folder / "flow.yml"
+        path.write_text(yaml_text.replace("{name}", name))
+        runtime = LocalRuntime(load_flow(path), flow_path=path, state_dir=folder / "state").start()
+        runtimes.append(runtime)
+        client = runtime.client()
+        try:
+            runtime.wait_ready(client, timeout=180)
+        finally:
+            client.close()
+        return runtime
+
+    yield start
+    for runtime in runtimes:
+        runtime.stop()
+
+
+def stage_logs(runtime: LocalRuntime) -> str:
+    """Every stage log of a runtime, for assertion messages."""
+    folder = Path(runtime.flow.state_dir) / "logs"
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(folder.glob("*.log")))

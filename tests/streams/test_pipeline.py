@@ -1,0 +1,172 @@
+"""End to end through Kafka: ingest -> segment -> encode -> shards -> joiner -> reply."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from processors.document import Document
+from streams import headers as h
+from streams.corpora import stdlib_docstrings
+from streams.kafka import StageProducer, make_consumer
+from streams.local import LocalRuntime
+from tests.streams.fixtures import stage_logs
+
+pytestmark = pytest.mark.kafka
+
+FLOW = """
+name: {name}
+stages:
+  segment:
+    uses: Sentencizer
+    with: {min_sent_len: 3, punctuation: ".,!?"}
+  encode:
+    uses: TransformerEncoder
+    with: {traversal_paths: [c], max_length: 128}
+  index:
+    uses: CompoundIndexer
+    with: {dim: 384, metric: inner_product}
+    shards: 2
+    replicas: 2
+  join: {}
+search:
+  top_k: 5
+"""
+
+BUS_STOP = "Someone is waiting at the bus stop. John looks surprised, his face seems familiar."
+UNRELATED = [
+    "The stock market closed higher today. Investors cheered the quarterly earnings.",
+    "Photosynthesis converts light into chemical energy. Chlorophyll absorbs mostly red and blue light.",
+    "The recipe needs two cups of flour. Bake the bread for forty minutes.",
+]
+
+
+@pytest.fixture(scope="module")
+def flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
+    return start_flow(FLOW)
+
+
+@pytest.fixture(scope="module")
+def client(flow: LocalRuntime):  # type: ignore[no-untyped-def]
+    with flow.client() as c:
+        yield c
+
+
+def _corpus_with_unique_sentences(count: int) -> list[tuple[Document, str]]:
+    """Real docstrings, each with a sentence no other chosen document contains."""
+    chosen: list[tuple[Document, str]] = []
+    seen: set[str] = set()
+    for doc in stdlib_docstrings():
+        sentences = [s.strip() for s in re.split(r"[.,!?]\s", " ".join((doc.text or "").split())) if len(s.strip()) > 40]
+        fresh = [s for s in sentences if s not in seen]
+        if not fresh:
+            continue
+        seen.update(sentences)
+        chosen.append((Document(id=f"std/{doc.id}", text=doc.text), max(fresh, key=len)))
+        if len(chosen) == count:
+            return chosen
+    raise AssertionError("not enough docstrings")
+
+
+def test_each_of_50_documents_is_found_by_one_of_its_sentences(client, flow) -> None:  # type: ignore[no-untyped-def]
+    corpus = _corpus_with_unique_sentences(50)
+    receipt = client.index([doc for doc, _ in corpus])
+    assert receipt.count == 50
+    sentences = [sentence for _, sentence in corpus]
+    reply = client.search(sentences, top_k=3, after=receipt, timeout_s=60)
+    assert not reply.partial, stage_logs(flow)
+    assert len(reply.docs) == 50
+    misses = [(doc.id, q.matches[0].id if q.matches else None) for (doc, _), q in zip(corpus, reply.docs)
+              if not q.matches or q.matches[0].id != doc.id]
+    assert misses == []
+    top = reply.docs[0].matches[0]
+    assert top.scores["score"].value > 0.95
+    assert top.scores["score"].op_name.startswith("chunk2doc.max(faiss.flat_ip")
+    assert top.chunks and top.chunks[0].parent_id == top.id
+
+
+@pytest.mark.parametrize("paraphrase", [
+    "A person waits for the bus at the stop.",
+    "John seems astonished.",
+    "His face looks like one I know.",
+])
+def test_a_paraphrase_of_each_sentence_finds_the_parent_document(client, paraphrase: str) -> None:  # type: ignore[no-untyped-def]
+    docs = [Document(id="bus", text=BUS_STOP)] + [Document(id=f"other{i}", text=t) for i, t in enumerate(UNRELATED)]
+    receipt = client.index(docs)
+    reply = client.search(paraphrase, top_k=4, after=receipt, timeout_s=60)
+    ranked = [m.id for m in reply.docs[0].matches if m.id == "bus" or m.id.startswith("other")]
+    assert ranked[0] == "bus"
+    bus = reply.docs[0].matches[0]
+    assert bus.chunks[0].text in {"Someone is waiting at the bus stop.", "John looks surprised,", "his face seems familiar."}
+
+
+def test_deleted_document_disappears_and_resent_id_replaces_the_old_version(client) -> None:  # type: ignore[no-untyped-def]
+    receipt = client.index([
+        Document(id="volatile", text="Glaciers carve deep valleys into the granite mountains."),
+        Document(id="replaced", text="The violin concerto was premiered in Leipzig."),
+    ])
+    assert "volatile" in _top_ids(client, "glaciers shaping mountain valleys", receipt)
+    receipt = receipt.merge(client.delete(["volatile"]))
+    receipt = receipt.merge(client.index([Document(id="replaced", text="Quantum computers use qubits.")]))
+    assert "volatile" not in _top_ids(client, "glaciers shaping mountain valleys", receipt)
+    reply = client.search("qubits in quantum computing", top_k=1, after=receipt, timeout_s=60)
+    assert reply.docs[0].matches[0].id == "replaced"
+    assert reply.docs[0].matches[0].text == "Quantum computers use qubits."
+    old = client.search("violin concerto premiere in Leipzig", top_k=5, after=receipt, timeout_s=60)
+    assert all(m.text != "The violin concerto was premiered in Leipzig." for m in old.docs[0].matches)
+
+
+def _top_ids(client, text: str, receipt) -> list[str]:  # type: ignore[no-untyped-def]
+    reply = client.search(text, top_k=5, after=receipt, timeout_s=60)
+    assert not reply.partial
+    return [m.id for m in reply.docs[0].matches]
+
+
+def test_malformed_avro_is_dead_lettered_and_later_documents_are_indexed(client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+    topics = flow.flow.topics
+    producer = StageProducer(kafka_settings)
+    producer.produce(topics.ingest, value=b"\x07not avro at all", key="broken", partition=0)
+    producer.flush()
+    receipt = client.index([Document(id="after-bad", text="Volcanic eruptions release sulfur dioxide.")])
+    reply = client.search("volcano eruption gases", top_k=1, after=receipt, timeout_s=60)
+    assert reply.docs[0].matches[0].id == "after-bad"
+
+    consumer = make_consumer(kafka_settings, group_id=f"{topics.flow}.dl-check")
+    consumer.assign([TopicPartition(topics.dead_letter, 0, 0)])
+    found = None
+    for _ in range(100):
+        for msg in consumer.consume(num_messages=100, timeout=0.1):
+            if msg.error() is None and msg.key() == b"broken":
+                found = dict(msg.headers())
+        if found:
+            break
+    consumer.close()
+    assert found is not None
+    assert found[h.DEAD_LETTER_STAGE] == b"segment"
+    assert found[h.DEAD_LETTER_ERROR_CLASS] == b"SerdeError"
+    assert b"malformed" in found[h.DEAD_LETTER_MESSAGE]
+    assert found[h.DEAD_LETTER_TOPIC] == topics.ingest.encode()
+    assert found[h.DEAD_LETTER_PARTITION] == b"0"
+
+
+def test_bad_parameter_gets_an_error_reply_not_a_timeout(client) -> None:  # type: ignore[no-untyped-def]
+    reply = client.search("anything", parameters={"top_k": "ten"}, timeout_s=10)
+    assert reply.partial
+    assert reply.errors and "top_k" in reply.errors[0]
+    reply = client.search("anything", parameters={"no_such_knob": 1}, timeout_s=10)
+    assert reply.errors and "no_such_knob" in reply.errors[0]
+
+
+def test_search_with_one_shard_stopped_returns_partial_by_its_deadline(client, flow) -> None:  # type: ignore[no-untyped-def]
+    assert flow.local_flow is not None
+    flow.local_flow.pause("index", 0)
+    try:
+        # search() raises RequestTimeoutError if no reply comes: a reply means the joiner answered.
+        reply = client.search("bus stop", timeout_s=2)
+    finally:
+        flow.local_flow.resume("index", 0)
+    assert reply.partial
+    assert reply.missing_shards and set(reply.missing_shards) <= {0, 1}
+    assert not reply.errors
