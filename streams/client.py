@@ -22,7 +22,7 @@ from streams import headers as h
 from streams.admin import delete_topics, ensure_topics
 from streams.exceptions import PayloadTooLargeError, RequestTimeoutError
 from streams.flow import DEFAULT_MAX_PAYLOAD_BYTES
-from streams.kafka import KafkaSettings, StageProducer, make_consumer
+from streams.kafka import KafkaSettings, StageProducer, consume_batch, make_consumer
 from streams.query import query_headers
 from streams.serde import DOCUMENT, REQUEST, SEARCH_REPLY, Request, SearchReply
 from streams.topics import FlowTopics, TopicShape
@@ -187,7 +187,7 @@ class Client:
         try:
             while not self._stop.is_set():
                 ready.set()
-                for msg in consumer.consume(num_messages=256, timeout=0.05):
+                for msg in consume_batch(consumer, max_records=256, timeout=0.05):
                     if msg.error() is not None or msg.value() is None:
                         continue
                     try:

@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from streams.exceptions import DeliveryError
 
-__all__ = ["KafkaSettings", "StageProducer", "make_consumer", "Header", "headers_of"]
+__all__ = ["KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "Header", "headers_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +56,12 @@ class StageProducer:
 
     def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
         self._config = {
-            **settings.base(),
             "enable.idempotence": True,
             "linger.ms": 2,
             "message.max.bytes": 16 * 1024 * 1024,
             "partitioner": "murmur2_random",  # the Java client's partitioner: same keys, same partitions
             **overrides,
+            **settings.base(),  # the user's settings win over our defaults
         }
         self._producer: Producer | None = None
         self._failures: list[str] = []
@@ -125,10 +125,12 @@ def make_consumer(settings: KafkaSettings, *, group_id: str, **overrides: Any) -
     """A consumer that commits only what the checkpoint says, tuned for low latency.
 
     Short session and poll timeouts: the embedded broker completes a multi-member join only
-    after the rebalance timeout (see ``shared/EMBEDDED_BROKER.md``).
+    after the rebalance timeout. A short ``fetch.wait.max.ms`` by default: the embedded broker
+    answers a fetch only when that wait is over, even if data arrived (Kafka answers at once),
+    so the wait is the latency of every hop. Paths where latency does not matter pass a
+    longer one, which spares the broker. See ``shared/EMBEDDED_BROKER.md``.
     """
     config = {
-        **settings.base(),
         "group.id": group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -141,7 +143,9 @@ def make_consumer(settings: KafkaSettings, *, group_id: str, **overrides: Any) -
         "receive.message.max.bytes": 64 * 1024 * 1024,
         "fetch.max.bytes": 32 * 1024 * 1024,
         **overrides,
+        **settings.base(),  # the user's settings win over our defaults, but not over the group
     }
+    config["group.id"] = group_id
     return Consumer(config)
 
 
@@ -149,3 +153,16 @@ def headers_of(msg: Message) -> dict[str, bytes]:
     """A record's headers as a dict (the last value of a repeated key wins)."""
     return {key: value for key, value in (msg.headers() or []) if value is not None}
 
+
+
+def consume_batch(consumer: Consumer, *, max_records: int, timeout: float) -> list[Message]:
+    """Block up to ``timeout`` for the first record, then take what is already queued.
+
+    ``Consumer.consume(n, timeout)`` waits the whole timeout unless n records arrive, which
+    would add the timeout to every idle hop of a query.
+    """
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    rest = consumer.consume(num_messages=max_records - 1, timeout=0) if max_records > 1 else []
+    return [first, *rest]

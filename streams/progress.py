@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from streams import headers as h
 from streams.client import IndexReceipt
-from streams.kafka import KafkaSettings, make_consumer
+from streams.kafka import KafkaSettings, consume_batch, make_consumer
 from streams.topics import FlowTopics
 
 __all__ = ["IndexProgress"]
@@ -56,7 +56,7 @@ class IndexProgress:
         consumer.assign([TopicPartition(self._topics.encoded, p, 0) for p in range(self._topics.partitions)])
         try:
             while not self._stop.is_set() and not self._done.is_set():
-                for msg in consumer.consume(num_messages=512, timeout=0.1):
+                for msg in consume_batch(consumer, max_records=512, timeout=0.1):
                     if msg.error() is not None:
                         continue
                     headers = dict(msg.headers() or [])

@@ -16,6 +16,9 @@ from streams.transform import DocumentTransform
 
 __all__ = ["build_stage"]
 
+INDEX_PATH_FETCH_WAIT_MS = 100
+"""Index-path consumers wait longer per fetch: ingest is throughput, not latency."""
+
 
 def build_stage(flow: FlowSpec, name: str) -> StageSpec:
     """The StageSpec of one stage of the flow; processors are built, not yet warmed up.
@@ -34,7 +37,8 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
         segmenter.warm_up()
         transform = DocumentTransform(run=lambda docs: segmenter.run(docs=docs).docs,
                                       output_topic=topics.segmented, ingest_topic=topics.ingest)
-        return StageSpec(**common, index_path=PathSpec(flow.input_topic(name), group, transform))
+        return StageSpec(**common, index_path=PathSpec(flow.input_topic(name), group, transform,
+                                                       fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS))
     if name == "encode":
         encoder = stage.build()
         encoder.warm_up()
@@ -46,18 +50,22 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
         fanout = QueryFanout(encoder=encoder, topics=topics, defaults=defaults)
         return StageSpec(
             **common,
-            index_path=PathSpec(flow.input_topic(name), group, transform, batch_size=32),
-            query_path=PathSpec(topics.query, f"{group}.query", fanout, batch_size=16),
+            index_path=PathSpec(flow.input_topic(name), group, transform, batch_size=32,
+                                fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS),
+            query_path=PathSpec(topics.query, f"{group}.query", fanout, batch_size=16,
+                                fetch_wait_ms=flow.search.fetch_wait_ms),
         )
     if name == "index":
         states = ShardStates(root=flow.state_dir, flow=flow.name, config=stage.config)
         ranker = stage.build_ranker()
         return StageSpec(
             **common,
-            index_path=PathSpec(topics.encoded, group, ShardIngest(states=states, topics=topics), batch_size=256),
+            index_path=PathSpec(topics.encoded, group, ShardIngest(states=states, topics=topics), batch_size=256,
+                                fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS),
             query_path=PathSpec(topics.search, f"{group}.search", ShardSearch(states=states, ranker=ranker, topics=topics),
-                                follow_index_path=True),
+                                follow_index_path=True, fetch_wait_ms=flow.search.fetch_wait_ms),
         )
     if name == "join":
-        return StageSpec(**common, query_path=PathSpec(topics.partials, group, Joiner(), batch_size=256))
+        return StageSpec(**common, query_path=PathSpec(topics.partials, group, Joiner(), batch_size=256,
+                                                       fetch_wait_ms=flow.search.fetch_wait_ms))
     raise AssertionError(f"unhandled stage {name}")  # flow.stage() already rejected unknown names

@@ -99,6 +99,9 @@ class TransformerEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress bars report the work that matters
 
         if self.config.device == "auto":
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -107,8 +110,11 @@ class TransformerEncoder:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
         dim = int(model.config.hidden_size)
-        logger.info("encoder loaded", extra={"model": str(path), "device": str(device), "dim": dim})
+        logger.info("encoder loaded", extra={"model": str(path), "device": str(device), "dim": dim,
+                                             "threads": torch.get_num_threads()})
         self._loaded = _Loaded(tokenizer=tokenizer, model=model, device=device, dim=dim)
+        # One forward pass now: the first real batch (or query) should not pay for lazy init.
+        self.encode_texts(["warm up"] * min(2, self.config.batch_size))
         return self._loaded
 
     def run(
