@@ -169,7 +169,7 @@ class Client:
             self._futures[request_id] = future
         self._producer.produce(self.topics.query, value=REQUEST.encode(request), key=request_id,
                                headers=query_headers(request_id, self.reply_topic, deadline_ms) + (REQUEST.header(),))
-        self._producer.raw.flush(5)
+        self._producer.raw.poll(0)  # no flush: concurrent searches must not wait on each other
         return future
 
     def _ensure_listener(self) -> None:

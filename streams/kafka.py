@@ -57,7 +57,9 @@ class StageProducer:
     def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
         self._config = {
             "enable.idempotence": True,
-            "linger.ms": 2,
+            # No lingering: stages flush at the end of each batch anyway, and every hop of a
+            # query would otherwise wait this long before its record leaves.
+            "linger.ms": 0,
             "message.max.bytes": 16 * 1024 * 1024,
             "partitioner": "murmur2_random",  # the Java client's partitioner: same keys, same partitions
             **overrides,
