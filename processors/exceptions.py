@@ -7,6 +7,7 @@ __all__ = [
     "BadDocumentError",
     "DimensionMismatchError",
     "ModelNotFoundError",
+    "InvalidParameterError",
 ]
 
 
@@ -32,3 +33,7 @@ class DimensionMismatchError(BadDocumentError):
 
 class ModelNotFoundError(ConfigError):
     """The model directory does not exist or holds no model."""
+
+
+class InvalidParameterError(StreamsearchError):
+    """A request parameter is unknown or has the wrong type or range."""

@@ -127,13 +127,17 @@ def index(file: Path, flow: str) -> None:
 @click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
 @click.option("--top-k", type=int, default=None, help="Documents to return (flow default if unset).")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Deadline in seconds.")
+@click.option("--filter-by", multiple=True, help="Search only this field (repeatable; multi-field flows).")
+@click.option("--index-type", default=None, help="Shard index to answer from: flat, hnsw, ivf, ivf_pq.")
 @one_line_errors
-def search(text: str, flow: str, top_k: int | None, timeout: float) -> None:
+def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: tuple[str, ...],
+           index_type: str | None) -> None:
     """Search a running flow and print the matches."""
     from streams.hello_world import format_reply
 
     with _client(_flow_name(flow)) as client:
-        reply = client.search(text, top_k=top_k, timeout_s=timeout)
+        reply = client.search(text, top_k=top_k, timeout_s=timeout, filter_by=filter_by or None,
+                              index_type=index_type)
     if reply.errors:
         raise StreamsearchError("; ".join(reply.errors))
     click.echo(format_reply(text, reply))

@@ -115,24 +115,12 @@ class Client:
 
     # -- search ----------------------------------------------------------------------------
 
-    def search(
-        self,
-        texts: str | Sequence[str],
-        *,
-        top_k: int | None = None,
-        timeout_s: float | None = None,
-        after: IndexReceipt | None = None,
-        parameters: Mapping[str, Any] | None = None,
-    ) -> SearchReply:
-        """Search and wait for the reply.
+    def search(self, texts: str | Sequence[str], *, timeout_s: float | None = None, **options: Any) -> SearchReply:
+        """Search and wait for the reply; options as for ``search_async``.
 
-        :param texts: one query or several (answered together, one list of matches each).
-        :param top_k: documents per query (the flow's default if None).
-        :param timeout_s: the deadline; the reply comes by then, flagged partial if shards were missing.
-        :param after: wait until the shards have applied these writes (read-your-writes).
         :raises RequestTimeoutError: if no reply came, not even a partial one.
         """
-        future = self.search_async(texts, top_k=top_k, timeout_s=timeout_s, after=after, parameters=parameters)
+        future = self.search_async(texts, timeout_s=timeout_s, **options)
         wait = (timeout_s or self.timeout_s) + REPLY_GRACE_S
         try:
             return future.result(timeout=wait)
@@ -148,15 +136,29 @@ class Client:
         top_k: int | None = None,
         timeout_s: float | None = None,
         after: IndexReceipt | None = None,
+        filter_by: Sequence[str] | None = None,
+        index_type: str | None = None,
         parameters: Mapping[str, Any] | None = None,
     ) -> concurrent.futures.Future[SearchReply]:
-        """Send a search; the future resolves with the reply (see ``search``)."""
+        """Send a search; the future resolves with the reply.
+
+        :param texts: one query or several (answered together, one list of matches each; the
+            query documents get ids ``q0``, ``q1``, ... in the reply and in ``ground_truth``).
+        :param top_k: documents per query (the flow's default if None).
+        :param timeout_s: the deadline; the reply comes by then, flagged partial if parts were missing.
+        :param after: wait until the shards have applied these writes (read-your-writes).
+        :param filter_by: search only these fields of a multi-field flow.
+        :param index_type: answer from this shard index type (flat, hnsw, ivf, ivf_pq).
+        :param parameters: any other request parameter (``query_language``, ``ground_truth``, ...).
+        """
         self._ensure_listener()
         queries = [texts] if isinstance(texts, str) else list(texts)
         request_id = uuid.uuid4().hex
         params = dict(parameters or {})
-        if top_k is not None:
-            params["top_k"] = top_k
+        for key, value in (("top_k", top_k), ("filter_by", list(filter_by) if filter_by else None),
+                           ("index_type", index_type)):
+            if value is not None:
+                params[key] = value
         deadline_ms = int((time.time() + (timeout_s or self.timeout_s)) * 1000)
         request = Request(
             request_id=request_id, kind="search",

@@ -11,6 +11,7 @@ from typing import Any, Callable, Literal, Mapping
 from processors.encoders.transformer import TransformerEncoder, TransformerEncoderConfig
 from processors.index.compound import CompoundIndexerConfig
 from processors.rankers.chunk2doc import Chunk2DocRanker, Chunk2DocRankerConfig
+from processors.segmenters.fields import FieldMapper, FieldMapperConfig
 from processors.segmenters.sentence import Sentencizer, SentencizerConfig
 from streams.exceptions import FlowConfigError
 
@@ -26,7 +27,10 @@ class Executor:
 
 
 EXECUTORS: Mapping[str, Mapping[str, Executor]] = {
-    "segment": {"Sentencizer": Executor(SentencizerConfig, Sentencizer)},
+    "segment": {
+        "Sentencizer": Executor(SentencizerConfig, Sentencizer),
+        "FieldMapper": Executor(FieldMapperConfig, FieldMapper),
+    },
     "encode": {"TransformerEncoder": Executor(TransformerEncoderConfig, TransformerEncoder)},
     # The index stage builds one CompoundIndexer per partition itself: it needs path and codec.
     "index": {"CompoundIndexer": Executor(CompoundIndexerConfig, lambda config: config)},

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from processors.query.operators import Operation, QueryLanguageError, parse_operations
 from streams.exceptions import FlowConfigError
 from streams.executors import EXECUTORS, build_config
 from streams.topics import FlowTopics
@@ -24,7 +25,7 @@ REQUIRED_STAGES = ("encode", "index", "join")
 DEFAULT_USES = {"segment": "Sentencizer", "encode": "TransformerEncoder", "index": "CompoundIndexer"}
 DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 _FLOW_KEYS = {"name", "stages", "state_dir", "kafka", "max_payload_bytes", "search"}
-_STAGE_KEYS = {"uses", "with", "replicas", "shards", "ranker", "metrics_port"}
+_STAGE_KEYS = {"uses", "with", "replicas", "shards", "ranker", "metrics_port", "filter_by", "query_language"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,10 @@ class StageConfig:
     replicas: int = 1
     ranker_uses: str | None = None
     ranker_config: Any = None
+    filter_by: tuple[str, ...] = ()
+    """Fields this stage handles (encode: embeds, index: indexes); empty means all."""
+    query_language: tuple[Operation, ...] = ()
+    """Default query-language operations (index: before its top-k cut; join: on the merged reply)."""
 
     def build(self) -> Any:
         """A fresh processor instance (cheap: models load in ``warm_up``)."""
@@ -75,6 +80,16 @@ class FlowSpec:
     @property
     def topics(self) -> FlowTopics:
         return FlowTopics(self.name, self.shards)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The fields searched separately: the index's ``filter_by``, else the FieldMapper's;
+        empty for a flow without fields (one part per shard)."""
+        index = self.stage("index")
+        if index.filter_by:
+            return index.filter_by
+        segment = next((s for s in self.stages if s.name == "segment"), None)
+        return tuple(getattr(segment.config, "fields", ())) if segment else ()
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:
@@ -197,7 +212,7 @@ def _stage(name: str, settings: dict[str, Any], replicas: int, path: tuple[str, 
     config = None
     if name == "join":
         if uses is not None or params:
-            raise fail(path, "the join stage takes no executor: it merges shard results by score")
+            raise fail(path, "the join stage takes no executor: it merges shard results by score (query_language applies)")
     else:
         known = EXECUTORS[name]
         if uses not in known:
@@ -220,8 +235,22 @@ def _stage(name: str, settings: dict[str, Any], replicas: int, path: tuple[str, 
         ranker_config = build_config(
             EXECUTORS["ranker"][ranker_uses].config_type, ranker.get("with") or {}, f"stage index ranker ({ranker_uses})"
         )
+    filter_by = settings.get("filter_by") or []
+    if not isinstance(filter_by, list) or not all(isinstance(f, str) and f for f in filter_by):
+        raise fail(path + ("filter_by",), f"stage {name}: filter_by must be a list of field names")
+    if filter_by and name not in ("encode", "index"):
+        raise fail(path + ("filter_by",), "only the encode and index stages take filter_by")
+    operations: tuple[Operation, ...] = ()
+    if "query_language" in settings:
+        if name not in ("index", "join"):
+            raise fail(path + ("query_language",), "only the index and join stages take query_language")
+        try:
+            operations = parse_operations(settings["query_language"])
+        except QueryLanguageError as exc:
+            raise fail(path + ("query_language",), f"stage {name}: query_language: {exc}") from exc
     return StageConfig(
-        name=name, uses=uses, config=config, replicas=replicas, ranker_uses=ranker_uses, ranker_config=ranker_config
+        name=name, uses=uses, config=config, replicas=replicas, ranker_uses=ranker_uses, ranker_config=ranker_config,
+        filter_by=tuple(filter_by), query_language=operations,
     )
 
 

@@ -1,18 +1,23 @@
 """Fan-in: the parts of one search meet here, keyed by request id, and leave as one reply.
 
-The joiner knows which shards to expect (from any part) and the deadline. It replies as
+The joiner knows which parts to expect (shards x selected fields, from any part) and the
+deadline: a query limited to one field never waits for the others. It replies as
 soon as every expected shard has answered, or at the deadline with what it has and
 ``partial: true`` naming the shards that did not answer. It never waits past a deadline.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from processors.document import Direction, Document, Score
+from processors.evaluators.evaluate import RunningStats, evaluate, parse_metrics
+from processors.query.operators import Operation, apply_operations
 from processors.query.parameters import SearchParameters
 from processors.rankers.merge import merge_matches
 from streams import headers as h
@@ -28,36 +33,52 @@ REMEMBER_REPLIED = 50_000
 """Replied request ids kept to drop late parts (a bounded set, oldest forgotten first)."""
 
 
+PartKey = tuple[int, str | None]
+
+
 @dataclass(slots=True)
 class PendingRequest:
-    """The parts of one request received so far."""
+    """The parts of one request received so far, keyed by (shard, field)."""
 
     request_id: str
     reply_to: str
     deadline_ms: int
-    expected: list[int] = field(default_factory=list)
+    expected: list[PartKey] = field(default_factory=list)
     opening: PartialResult | None = None
-    parts: dict[int, PartialResult] = field(default_factory=dict)
+    parts: dict[PartKey, PartialResult] = field(default_factory=dict)
 
     def add(self, part: PartialResult) -> None:
         if part.expected_shards and not self.expected:
-            self.expected = list(part.expected_shards)
+            fields: list[str | None] = list(part.expected_fields) or [None]
+            self.expected = [(shard, f) for shard in part.expected_shards for f in fields]
         if part.shard < 0:
             self.opening = part
+        elif part.error is not None and part.field_name is None:
+            # A shard that failed before splitting by field answers for all of its fields.
+            self.parts[(part.shard, None)] = part
         else:
-            self.parts[part.shard] = part
+            self.parts[(part.shard, part.field_name)] = part
+
+    def answered(self, key: PartKey) -> bool:
+        return key in self.parts or (key[0], None) in self.parts
+
+    @property
+    def missing(self) -> list[PartKey]:
+        return [key for key in self.expected if not self.answered(key)]
 
     @property
     def complete(self) -> bool:
-        return bool(self.expected) and all(shard in self.parts for shard in self.expected)
+        return bool(self.expected) and not self.missing
 
 
 class Joiner:
     """Merges shard results per request and replies on the request's reply topic."""
 
-    def __init__(self) -> None:
+    def __init__(self, operations: Sequence[Operation] = ()) -> None:
+        self._operations = tuple(operations)
         self._pending: dict[str, PendingRequest] = {}
         self._replied: OrderedDict[str, None] = OrderedDict()
+        self.evaluations = RunningStats()
         self.replies = 0
         self.partial_replies = 0
 
@@ -91,31 +112,58 @@ class Joiner:
         self._replied[pending.request_id] = None
         while len(self._replied) > REMEMBER_REPLIED:
             self._replied.popitem(last=False)
-        reply = build_reply(pending)
+        try:
+            reply = build_reply(pending, self.evaluations, self._operations)
+        except Exception as exc:  # a reply with the error beats no reply: the client would hang
+            logger.exception("reply failed", extra={"request_id": pending.request_id})
+            reply = SearchReply(pending.request_id, [], True, [], [], [f"join: {type(exc).__name__}: {exc}"])
         self.replies += 1
         self.partial_replies += reply.partial
         return Output(pending.reply_to, SEARCH_REPLY.encode(reply), pending.request_id, None,
                       ((h.REQUEST_ID, pending.request_id.encode()), SEARCH_REPLY.header()))
 
 
-def build_reply(pending: PendingRequest) -> SearchReply:
-    """Merge each query's matches across shards, best first by score direction, cut to top_k."""
-    shard_parts = [pending.parts[s] for s in sorted(pending.parts)]
-    answered = [p for p in shard_parts if p.error is None and p.docs]
+def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
+                operations: Sequence[Operation] = ()) -> SearchReply:
+    """Merge each query's matches across shards and fields, best first by score direction,
+    apply the join stage's query language, cut to top_k; evaluate against ground truth when
+    the request carries it."""
+    parts = [pending.parts[key] for key in sorted(pending.parts, key=lambda k: (k[0], k[1] or ""))]
+    answered = [p for p in parts if p.error is None and p.docs]
     template = pending.opening or (answered[0] if answered else None)
     params = SearchParameters.parse(template.parameters) if template else SearchParameters()
     docs = []
+    ops = params.operations_for("join", operations)
     for i, query in enumerate(template.docs if template else []):
         lists = [part.docs[i].matches for part in answered if i < len(part.docs)]
-        query.matches = merge_matches(lists, params.top_k)
+        query.matches = merge_matches(lists, sum(len(m) for m in lists) if ops else params.top_k)
         docs.append(query)
-    missing = [s for s in pending.expected if s not in pending.parts] if pending.expected else []
-    errors = [p.error for p in shard_parts if p.error]
+    if ops:
+        docs = [dataclasses.replace(doc, matches=doc.matches[: params.top_k]) for doc in apply_operations(docs, ops)]
+    if params.ground_truth:
+        _evaluate(docs, params, stats if stats is not None else RunningStats())
+    missing = pending.missing if pending.expected else []
     return SearchReply(
         request_id=pending.request_id,
         docs=docs,
-        partial=bool(missing) or not pending.expected or bool(errors),
-        missing_shards=missing,
-        stale_shards=[p.shard for p in shard_parts if p.stale],
-        errors=errors,
+        partial=bool(missing) or not pending.expected or any(p.error for p in parts),
+        missing_shards=sorted({shard for shard, _ in missing}),
+        stale_shards=sorted({p.shard for p in parts if p.stale}),
+        errors=[p.error for p in parts if p.error],
     )
+
+
+def _evaluate(docs: list[Document], params: SearchParameters, stats: RunningStats) -> None:
+    """Scores named after each metric on the query documents, and the running mean/std."""
+    assert params.ground_truth is not None
+    metrics = parse_metrics(params.metrics)
+    for query in docs:
+        relevance = params.ground_truth.get(query.id)
+        if relevance is None:
+            continue
+        values = evaluate([m.id for m in query.matches], relevance, metrics)
+        stats.update(values)
+        for name, value in values.items():
+            query.scores[name] = Score(value, f"evaluator.{name}", Direction.SIMILARITY)
+            query.scores[f"{name}.mean"] = Score(stats.mean(name), "evaluator.running_mean", Direction.SIMILARITY)
+            query.scores[f"{name}.std"] = Score(stats.std(name), "evaluator.running_std", Direction.DISTANCE)

@@ -13,8 +13,9 @@ import time
 from typing import Iterator, Sequence, TypeVar
 
 from processors.encoders.base import Encoder
+from processors.index.base import INDEX_TYPES
 from processors.exceptions import BadDocumentError
-from processors.query.parameters import SearchParameters
+from processors.query.parameters import InvalidParameterError, SearchParameters
 from streams import headers as h
 from streams.exceptions import SerdeError
 from streams.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec, PartialResult, Request, SearchReply
@@ -72,10 +73,12 @@ def error_reply(record: Inbound, error: Exception) -> list[Output]:
 class QueryFanout:
     """Encodes the query documents at root level and sends one copy per shard."""
 
-    def __init__(self, *, encoder: Encoder, topics: FlowTopics, defaults: SearchParameters) -> None:
+    def __init__(self, *, encoder: Encoder, topics: FlowTopics, defaults: SearchParameters,
+                 fields: Sequence[str] = ()) -> None:
         self._encoder = encoder
         self._topics = topics
         self._defaults = defaults
+        self._fields = tuple(fields)
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
         requests = [self._check(request) for _, request in decode_live(records, REQUEST)]
@@ -94,6 +97,7 @@ class QueryFanout:
                 request_id=request.request_id, shard=-1, expected_shards=shards, reply_to=request.reply_to,
                 deadline_ms=request.deadline_ms, parameters=request.parameters,
                 docs=[dataclasses.replace(d, embedding=None) for d in request.docs],
+                expected_fields=list(request.parameters["filter_by"] or []),
             )
             outputs.append(Output(self._topics.partials, PARTIAL_RESULT.encode(opening), request.request_id, None,
                                   headers + (PARTIAL_RESULT.header(),)))
@@ -112,7 +116,18 @@ class QueryFanout:
             if not doc.text:
                 raise BadDocumentError(f"query document {doc.id!r} has no text")
         params = SearchParameters.parse(request.parameters, self._defaults)
-        return dataclasses.replace(request, parameters=params.to_dict())
+        if params.filter_by is not None:
+            unknown = [f for f in params.filter_by if f not in self._fields]
+            if unknown:
+                known = ", ".join(self._fields) if self._fields else "none: this flow has no fields"
+                raise InvalidParameterError(f"filter_by names unknown fields {unknown}; known: {known}")
+        if params.index_type is not None and params.index_type not in INDEX_TYPES:
+            raise InvalidParameterError(f"index_type {params.index_type!r}; known: {', '.join(INDEX_TYPES)}")
+        for stage in ("index", "join"):
+            params.operations_for(stage)  # raises QueryLanguageError now, not on every shard
+        # The shards and the joiner see the fields explicitly: every field when none is chosen.
+        selected = list(params.filter_by or self._fields) or None
+        return dataclasses.replace(request, parameters={**params.to_dict(), "filter_by": selected})
 
     def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
         return error_reply(record, error)

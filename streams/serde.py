@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -66,6 +66,8 @@ class PartialResult:
     docs: list[Document]
     error: str | None = None
     stale: bool = False
+    field_name: str | None = None
+    expected_fields: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -191,7 +193,9 @@ def _partial_to_avro(p: PartialResult) -> dict[str, Any]:
     return {
         "request_id": p.request_id,
         "shard": p.shard,
+        "field_name": p.field_name,
         "expected_shards": p.expected_shards,
+        "expected_fields": p.expected_fields,
         "reply_to": p.reply_to,
         "deadline_ms": p.deadline_ms,
         "parameters": _params_to_avro(p.parameters),
@@ -212,6 +216,8 @@ def _partial_from_avro(rec: dict[str, Any]) -> PartialResult:
         docs=[doc_from_avro(d) for d in rec["docs"]],
         error=rec["error"],
         stale=rec["stale"],
+        field_name=rec["field_name"],
+        expected_fields=list(rec["expected_fields"]),
     )
 
 

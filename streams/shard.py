@@ -18,7 +18,9 @@ from typing import Sequence
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING
 
+from processors.document import Document, copy_tree
 from processors.index.base import Change
+from processors.query.operators import Operation, apply_operations
 from processors.query.parameters import SearchParameters
 from processors.rankers.base import Ranker
 from streams import headers as h
@@ -40,9 +42,10 @@ STALE_MARGIN_MS = 200
 class ShardIngest:
     """Applies encoded documents and tombstones to the partition's shard index."""
 
-    def __init__(self, *, states: ShardStates, topics: FlowTopics) -> None:
+    def __init__(self, *, states: ShardStates, topics: FlowTopics, filter_by: Sequence[str] = ()) -> None:
         self._states = states
         self._topics = topics
+        self._filter_by = tuple(filter_by)
 
     def assigned(self, partitions: Sequence[int]) -> dict[int, int]:
         starts = {}
@@ -75,9 +78,22 @@ class ShardIngest:
                     changes.append(Change(record.key.decode(), None))
                 else:
                     doc = decode_document(record)
-                    changes.append(Change(doc.id, doc))
+                    changes.append(Change(doc.id, self._only_indexed_fields(doc)))
             self._apply(partition, changes, part[-1])
         return []
+
+    def _only_indexed_fields(self, doc: Document) -> Document:
+        """With ``filter_by``, nodes of other fields keep their text but lose their vector."""
+        if not self._filter_by:
+            return doc
+        copy = copy_tree(doc)
+        stack = [copy]
+        while stack:
+            node = stack.pop()
+            if node.field_name is not None and node.field_name not in self._filter_by:
+                node.embedding = None
+            stack.extend(node.chunks)
+        return copy
 
     def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
         """Count the bad record as applied, so a restart does not dead-letter it twice."""
@@ -110,17 +126,19 @@ class _Waiting:
 class ShardSearch:
     """Answers searches on the partitions this process owns, from their shard index."""
 
-    def __init__(self, *, states: ShardStates, ranker: Ranker, topics: FlowTopics) -> None:
+    def __init__(self, *, states: ShardStates, ranker: Ranker, topics: FlowTopics,
+                 operations: Sequence[Operation] = ()) -> None:
         self._states = states
         self._ranker = ranker
         self._topics = topics
+        self._operations = tuple(operations)
         self._waiting: list[_Waiting] = []
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
         outputs = []
         for record, request in decode_live(records, REQUEST):
             if self._caught_up(record.partition, request):
-                outputs.append(self._answer(record.partition, request, stale=False))
+                outputs.extend(self._answer(record.partition, request, stale=False))
             else:
                 self._waiting.append(_Waiting(record.partition, request, record))
         return outputs
@@ -134,9 +152,9 @@ class ShardSearch:
             if self._states.get(waiting.partition) is None:
                 continue  # the partition moved away; its new owner answers
             if self._caught_up(waiting.partition, waiting.request):
-                outputs.append(self._answer(waiting.partition, waiting.request, stale=False))
+                outputs.extend(self._answer(waiting.partition, waiting.request, stale=False))
             elif now >= waiting.request.deadline_ms - STALE_MARGIN_MS:
-                outputs.append(self._answer(waiting.partition, waiting.request, stale=True))
+                outputs.extend(self._answer(waiting.partition, waiting.request, stale=True))
             else:
                 still.append(waiting)
         self._waiting = still
@@ -160,20 +178,36 @@ class ShardSearch:
         wanted = request.min_offsets.get(partition)
         return wanted is None or self._states.checkpoint(partition).ingest_offset >= wanted
 
-    def _answer(self, partition: int, request: Request, *, stale: bool) -> Output:
+    def _answer(self, partition: int, request: Request, *, stale: bool) -> list[Output]:
+        """One part per selected field (or one part when the flow has no fields)."""
+        params = SearchParameters.parse(request.parameters)
+        fields: list[str | None] = list(params.filter_by) if params.filter_by else [None]
+        return [self._answer_field(partition, request, params, field_name, stale=stale) for field_name in fields]
+
+    def _answer_field(self, partition: int, request: Request, params: SearchParameters, field_name: str | None,
+                      *, stale: bool) -> Output:
         index = self._states.get(partition)
         if index is None:
             raise RuntimeError(f"shard {partition} is not open on this process")
-        params = SearchParameters.parse(request.parameters)
         queries = np.stack([np.asarray(doc.embedding, dtype=np.float32).reshape(-1) for doc in request.docs])
-        hits = index.search(embeddings=queries, top_k=params.top_k * params.chunk_oversample)
-        ranked = self._ranker.run(hits=hits, top_k=params.top_k).matches
+        options: dict[str, object] = {}
+        if params.index_type is not None:
+            options["index_type"] = params.index_type
+        if field_name is not None:
+            options["fields"] = [field_name]
+        hits = index.search(embeddings=queries, top_k=params.top_k * params.chunk_oversample, **options)
+        operations = params.operations_for("index", self._operations)
+        # With operations (e.g. a tag filter), rank every hit first so the filter cannot empty the top_k.
+        ranked = self._ranker.run(hits=hits, top_k=len(hits[0]) if operations and hits else params.top_k).matches
         docs = [dataclasses.replace(doc, embedding=None, matches=list(matches))
                 for doc, matches in zip(request.docs, ranked)]
+        if operations:
+            docs = [dataclasses.replace(doc, matches=doc.matches[: params.top_k])
+                    for doc in apply_operations(docs, operations)]
         part = PartialResult(
             request_id=request.request_id, shard=partition, expected_shards=list(range(self._topics.partitions)),
             reply_to=request.reply_to, deadline_ms=request.deadline_ms, parameters=request.parameters,
-            docs=docs, stale=stale,
+            docs=docs, stale=stale, field_name=field_name, expected_fields=list(params.filter_by or []),
         )
         return Output(self._topics.partials, PARTIAL_RESULT.encode(part), request.request_id, None,
                       query_headers(request.request_id, request.reply_to, request.deadline_ms)

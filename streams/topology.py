@@ -44,10 +44,10 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
         encoder.warm_up()
 
         def encode(docs: Sequence[Document]) -> Sequence[Document]:
-            return encoder.run(docs=docs).docs
+            return encoder.run(docs=docs, filter_by=stage.filter_by).docs
 
         transform = DocumentTransform(run=encode, output_topic=topics.encoded, ingest_topic=topics.ingest)
-        fanout = QueryFanout(encoder=encoder, topics=topics, defaults=defaults)
+        fanout = QueryFanout(encoder=encoder, topics=topics, defaults=defaults, fields=flow.fields)
         return StageSpec(
             **common,
             index_path=PathSpec(flow.input_topic(name), group, transform, batch_size=32,
@@ -60,12 +60,13 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
         ranker = stage.build_ranker()
         return StageSpec(
             **common,
-            index_path=PathSpec(topics.encoded, group, ShardIngest(states=states, topics=topics), batch_size=256,
+            index_path=PathSpec(topics.encoded, group, ShardIngest(states=states, topics=topics, filter_by=stage.filter_by), batch_size=256,
                                 fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS),
-            query_path=PathSpec(topics.search, f"{group}.search", ShardSearch(states=states, ranker=ranker, topics=topics),
+            query_path=PathSpec(topics.search, f"{group}.search", ShardSearch(states=states, ranker=ranker, topics=topics,
+                                                                      operations=stage.query_language),
                                 follow_index_path=True, fetch_wait_ms=flow.search.fetch_wait_ms),
         )
     if name == "join":
-        return StageSpec(**common, query_path=PathSpec(topics.partials, group, Joiner(), batch_size=256,
+        return StageSpec(**common, query_path=PathSpec(topics.partials, group, Joiner(stage.query_language), batch_size=256,
                                                        fetch_wait_ms=flow.search.fetch_wait_ms))
     raise AssertionError(f"unhandled stage {name}")  # flow.stage() already rejected unknown names

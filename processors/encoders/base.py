@@ -26,5 +26,9 @@ class Encoder(Protocol):
     def warm_up(self) -> None: ...
 
     def run(
-        self, *, docs: Sequence[Document], traversal_paths: Sequence[str] | None = None
+        self,
+        *,
+        docs: Sequence[Document],
+        traversal_paths: Sequence[str] | None = None,
+        filter_by: Sequence[str] | None = None,
     ) -> EncodeResult: ...

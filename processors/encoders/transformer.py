@@ -118,17 +118,23 @@ class TransformerEncoder:
         return self._loaded
 
     def run(
-        self, *, docs: Sequence[Document], traversal_paths: Sequence[str] | None = None
+        self,
+        *,
+        docs: Sequence[Document],
+        traversal_paths: Sequence[str] | None = None,
+        filter_by: Sequence[str] | None = None,
     ) -> EncodeResult:
         """Embed the text of every node on the traversal paths.
 
         :param docs: root documents.
         :param traversal_paths: overrides the configured paths for this call (queries use ``r``).
+        :param filter_by: embed only nodes whose ``field_name`` is one of these (all if empty).
         :returns: copies of the documents whose traversed nodes carry float32 embeddings.
         """
         paths = tuple(traversal_paths) if traversal_paths is not None else self.config.traversal_paths
         copies = [copy_tree(doc) for doc in docs]
-        nodes = [node for doc in copies for path in paths for node in traverse(doc, path) if node.text]
+        nodes = [node for doc in copies for path in paths for node in traverse(doc, path)
+                 if node.text and (not filter_by or node.field_name in filter_by)]
         if nodes:
             vectors = self.encode_texts([node.text or "" for node in nodes])
             for node, vector in zip(nodes, vectors):

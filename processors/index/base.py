@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
-from processors.document import Document, Score
+import faiss
+import numpy as np
 
-__all__ = ["DocumentCodec", "Change", "Hit", "ApplyResult", "IndexStats"]
+from processors.document import Direction, Document, Score
+from processors.exceptions import ConfigError
+
+__all__ = [
+    "Metric",
+    "IndexType",
+    "INDEX_TYPES",
+    "DocumentCodec",
+    "SearchTuning",
+    "VectorIndex",
+    "Change",
+    "Hit",
+    "ApplyResult",
+    "IndexStats",
+]
+
+Metric = Literal["inner_product", "l2"]
+IndexType = Literal["flat", "hnsw", "ivf", "ivf_pq"]
+INDEX_TYPES: tuple[str, ...] = get_args(IndexType)
 
 
 class DocumentCodec(Protocol):
@@ -16,6 +35,72 @@ class DocumentCodec(Protocol):
     def encode(self, doc: Document) -> bytes: ...
 
     def decode(self, data: bytes) -> Document: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SearchTuning:
+    """Per-call search effort; None keeps the index's configured value.
+
+    An index reads only the knob it has (HNSW ``ef_search``, IVF ``nprobe``), so one request
+    can carry both and still be answered by any index type.
+
+    :param ef_search: HNSW candidate list size; larger is slower and more exact.
+    :param nprobe: IVF lists scanned per query; ``nlist`` makes IVF-Flat exact.
+    :param allowed: restrict the search to these vector ids (multi-field search).
+    :raises ConfigError: if a knob is given and below 1.
+    """
+
+    ef_search: int | None = None
+    nprobe: int | None = None
+    allowed: np.ndarray | None = None
+    """Only these vector ids may be returned (a field's vectors); None allows all."""
+
+    def selector(self) -> "faiss.IDSelector | None":
+        """A FAISS selector for ``allowed``; the caller keeps it referenced while searching."""
+        return faiss.IDSelectorBatch(self.allowed) if self.allowed is not None else None
+
+    def __post_init__(self) -> None:
+        for name in ("ef_search", "nprobe"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"search: {name} must be at least 1, got {value}")
+
+
+class VectorIndex(Protocol):
+    """A FAISS index over our own int64 vector ids; derived from RocksDB, never saved.
+
+    Ids are never reused: a re-sent document gets new vector ids, its old ones are removed.
+    """
+
+    @property
+    def op_name(self) -> str:
+        """Names the index in a hit's score, e.g. ``faiss.hnsw_ip``."""
+        ...
+
+    @property
+    def direction(self) -> Direction: ...
+
+    @property
+    def size(self) -> int:
+        """Live vectors, removed ones excluded."""
+        ...
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """True when it has drifted from the data it was built for and should be rebuilt."""
+        ...
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove these ids; returns how many were present."""
+        ...
+
+    def search(
+        self, queries: np.ndarray, k: int, tuning: SearchTuning | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), best first, one row per query; id -1 pads a row short of k."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +137,5 @@ class IndexStats:
     documents: int
     vectors: int
     checkpoint: bytes | None
+    index_types: tuple[str, ...] = ("flat",)
+    """Index types built and kept in step, in ``INDEX_TYPES`` order; flat always is."""

@@ -4,10 +4,14 @@ RocksDB is the source of truth. Every write (upserts, deletes and the caller's c
 goes into one WriteBatch, so after a crash the stored checkpoint says exactly which input
 the stored data reflects. FAISS is rebuilt from the stored vectors when the index opens.
 
+One set of stored vectors serves every index type: the flat (exact) index is always kept;
+HNSW, IVF and IVF-PQ are built from the stored vectors when first asked for (no re-encoding,
+no re-ingest) and then follow every write, like the flat one.
+
 Key layout (one RocksDB per shard):
     d/<doc id>     the root document, embeddings stripped (codec bytes)
     dv/<doc id>    int64 ids of the document's vectors
-    v/<vector id>  float32 vector bytes + utf-8 "<doc id>\\0<node path>"
+    v/<vector id>  float32 vector bytes + utf-8 "<doc id>\\0<node path>\\0<field name>"
     m/checkpoint   the caller's opaque checkpoint
     m/next_vid     the next vector id
     m/config       dim and metric, checked on reopen
@@ -18,17 +22,31 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from rocksdict import Options, Rdict, WriteBatch
 
 from processors.document import Document, Score, copy_tree
 from processors.exceptions import ConfigError, DimensionMismatchError
-from processors.index.base import ApplyResult, Change, DocumentCodec, Hit, IndexStats
-from processors.index.faiss_flat import FlatVectorIndex, Metric
+from processors.index.base import (
+    INDEX_TYPES,
+    ApplyResult,
+    Change,
+    DocumentCodec,
+    Hit,
+    IndexStats,
+    IndexType,
+    Metric,
+    SearchTuning,
+    VectorIndex,
+)
+from processors.index.faiss_flat import FlatVectorIndex
+from processors.index.faiss_hnsw import HnswVectorIndex
+from processors.index.faiss_ivf import IvfVectorIndex, ProductQuantization, auto_pq_m, training_size_needed
 
 __all__ = ["CompoundIndexerConfig", "CompoundIndexer"]
 
@@ -40,54 +58,84 @@ _CHECKPOINT, _NEXT_VID, _CONFIG = b"m/checkpoint", b"m/next_vid", b"m/config"
 
 @dataclass(frozen=True, slots=True)
 class CompoundIndexerConfig:
-    """Shape of the vectors a shard holds.
+    """Shape of the vectors a shard holds, and the index types that serve them.
+
+    Only ``dim`` and ``metric`` are stored with the shard; the index type and its parameters
+    can change between runs (or per request) without re-encoding or re-ingesting.
 
     :param dim: embedding dimension; a document with another one is rejected.
     :param metric: ``inner_product`` (similarity) or ``l2`` (distance).
+    :param index_type: what answers a search that does not choose: ``flat`` (exact), ``hnsw``,
+        ``ivf`` or ``ivf_pq``; a non-flat default is built at ``warm_up`` and kept ready.
+    :param hnsw_m: HNSW neighbours per node.
+    :param hnsw_ef_construction: HNSW candidate list size while inserting.
+    :param hnsw_ef_search: HNSW candidate list size per query.
+    :param ivf_nlist: IVF lists; 0 picks about 4*sqrt(n) (at most n/39, at most 4096) when built.
+    :param ivf_nprobe: IVF lists scanned per query.
+    :param pq_m: IVF-PQ sub-quantizers; must divide ``dim``; 0 picks dim/8 or the next divisor below.
+    :param pq_bits: bits per IVF-PQ sub-vector code.
     """
 
     dim: int = 384
     metric: Metric = "inner_product"
+    index_type: IndexType = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 128
+    ivf_nlist: int = 0
+    ivf_nprobe: int = 16
+    pq_m: int = 0
+    pq_bits: int = 8
 
     def __post_init__(self) -> None:
         if self.dim < 1:
             raise ConfigError(f"CompoundIndexer: dim must be positive, got {self.dim}")
         if self.metric not in ("inner_product", "l2"):
             raise ConfigError(f"CompoundIndexer: metric {self.metric!r}; use inner_product or l2")
+        _known(self.index_type)
+        for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"CompoundIndexer: {name} must be positive, got {getattr(self, name)}")
+        if self.ivf_nlist < 0 or self.pq_m < 0:
+            raise ConfigError("CompoundIndexer: ivf_nlist and pq_m must be 0 (automatic) or positive")
+        if self.pq_m and self.dim % self.pq_m:
+            raise ConfigError(f"CompoundIndexer: pq_m {self.pq_m} must divide dim {self.dim}")
+        if not 1 <= self.pq_bits <= 16:
+            raise ConfigError(f"CompoundIndexer: pq_bits must be between 1 and 16, got {self.pq_bits}")
 
 
 class CompoundIndexer:
-    """One shard's documents and vectors, upserted and deleted by document id."""
+    """One shard's documents and vectors, upserted and deleted by document id.
+
+    Searches are answered by the index type the call (or the config) chooses. An IVF type the
+    shard holds too few vectors to train is answered by the flat index meanwhile, which the
+    hits' ``op_name`` shows; it is built once there are enough. An index that drifted from the
+    data (HNSW past 20% tombstones, IVF under-trained and since doubled) is rebuilt by ``apply``.
+    """
 
     def __init__(self, config: CompoundIndexerConfig, *, path: Path, codec: DocumentCodec) -> None:
         self.config = config
         self.path = Path(path)
         self._codec = codec
         self._db: Rdict | None = None
-        self._vectors = FlatVectorIndex(dim=config.dim, metric=config.metric)
-        self._vid_owner: dict[int, tuple[str, str]] = {}
-        self._next_vid = 0
+        self._reset_derived()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def warm_up(self) -> None:
-        """Open RocksDB and rebuild FAISS from the stored vectors."""
+        """Open RocksDB, rebuild FAISS from the stored vectors, and build the default index type."""
         if self._db is not None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(self.path), options=Options(raw_mode=True))
         self._check_config()
+        self._reset_derived()
         raw_next = self._db.get(_NEXT_VID)
         self._next_vid = struct.unpack(">q", raw_next)[0] if raw_next else 0
-        ids, vectors = [], []
-        for key, value in self._scan(_VEC):
-            vid = struct.unpack(">q", key[len(_VEC) :])[0]
-            vector, owner = self._split_vector_value(value)
-            ids.append(vid)
-            vectors.append(vector)
-            self._vid_owner[vid] = owner
-        if ids:
-            self._vectors.add(np.array(ids, dtype=np.int64), np.stack(vectors))
+        ids, vectors, owners = self._stored_vectors()
+        self._own(zip(ids.tolist(), owners))
+        self._vectors.add(ids, vectors)
+        self._index_for(self.config.index_type, stored=(ids, vectors))
         logger.info("shard index opened", extra={"path": str(self.path), "vectors": len(ids)})
 
     def close(self) -> None:
@@ -100,9 +148,16 @@ class CompoundIndexer:
         """Close and delete every file of this shard (before a rebuild)."""
         self.close()
         Rdict.destroy(str(self.path))
-        self._vectors = FlatVectorIndex(dim=self.config.dim, metric=self.config.metric)
-        self._vid_owner.clear()
-        self._next_vid = 0
+        self._reset_derived()
+
+    def build(self, index_type: str) -> bool:
+        """Build an index type from the stored vectors now, rather than at the first search using it.
+
+        :param index_type: one of ``INDEX_TYPES``; building one already built does nothing.
+        :returns: False if the shard holds too few vectors to train it yet (flat answers meanwhile).
+        :raises ConfigError: for an unknown index type.
+        """
+        return index_type == "flat" or self._index_for(_known(index_type)) is not self._vectors
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -133,30 +188,40 @@ class CompoundIndexer:
             removed_vids.extend(self._stage_removal(batch, doc_id))
         new_ids: list[int] = []
         new_vectors: list[np.ndarray] = []
-        new_owners: list[tuple[str, str]] = []
+        new_owners: list[tuple[str, str, str]] = []
         for doc, nodes in planned:
             vids = []
             for path, node in nodes:
                 vid = self._next_vid
                 self._next_vid += 1
                 vector = np.asarray(node.embedding, dtype="<f4").reshape(-1)
-                batch.put(_VEC + struct.pack(">q", vid), vector.tobytes() + f"{doc.id}\0{path}".encode())
+                field_name = node.field_name or ""
+                batch.put(_VEC + struct.pack(">q", vid),
+                          vector.tobytes() + f"{doc.id}\0{path}\0{field_name}".encode())
                 vids.append(vid)
                 new_ids.append(vid)
                 new_vectors.append(vector)
-                new_owners.append((doc.id, path))
+                new_owners.append((doc.id, path, field_name))
             batch.put(_DOC + doc.id.encode(), self._codec.encode(_strip_embeddings(doc)))
             batch.put(_DOC_VIDS + doc.id.encode(), np.array(vids, dtype=">i8").tobytes())
         batch.put(_NEXT_VID, struct.pack(">q", self._next_vid))
         batch.put(_CHECKPOINT, checkpoint)
         db.write(batch)
         # FAISS follows RocksDB only after the write succeeded.
-        removed = self._vectors.remove(np.array(removed_vids, dtype=np.int64))
+        gone = np.array(removed_vids, dtype=np.int64)
+        added = np.array(new_ids, dtype=np.int64)
+        added_vectors = np.stack(new_vectors) if new_vectors else np.empty((0, self.config.dim), np.float32)
+        removed = self._vectors.remove(gone)
+        self._vectors.add(added, added_vectors)
+        for index in self._approximate.values():
+            index.remove(gone)
+            index.add(added, added_vectors)
         for vid in removed_vids:
-            self._vid_owner.pop(vid, None)
-        if new_ids:
-            self._vectors.add(np.array(new_ids, dtype=np.int64), np.stack(new_vectors))
-            self._vid_owner.update(zip(new_ids, new_owners))
+            owner = self._vid_owner.pop(vid, None)
+            if owner is not None:
+                self._field_vids.get(owner[2], set()).discard(vid)
+        self._own(zip(new_ids, new_owners))
+        self._refresh_approximate()
         return ApplyResult(
             upserted=len(planned),
             deleted=sum(1 for doc in last.values() if doc is None),
@@ -189,26 +254,54 @@ class CompoundIndexer:
 
     def stats(self) -> IndexStats:
         documents = sum(1 for _ in self._scan(_DOC_VIDS))
-        return IndexStats(documents=documents, vectors=self._vectors.size, checkpoint=self.checkpoint())
+        built = tuple(name for name in INDEX_TYPES if name == "flat" or name in self._approximate)
+        return IndexStats(
+            documents=documents, vectors=self._vectors.size, checkpoint=self.checkpoint(), index_types=built
+        )
 
     def doc_ids(self) -> Iterator[str]:
         """Every stored root document id, in key order."""
         for key, _ in self._scan(_DOC_VIDS):
             yield key[len(_DOC_VIDS) :].decode()
 
-    def search(self, *, embeddings: np.ndarray, top_k: int) -> list[list[Hit]]:
+    def search(
+        self,
+        *,
+        embeddings: np.ndarray,
+        top_k: int,
+        index_type: str | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> list[list[Hit]]:
         """The ``top_k`` nearest vectors for each query, best first, with their documents.
 
         :param embeddings: one query vector per row.
         :param top_k: vectors (not documents) per query.
+        :param index_type: ``flat``, ``hnsw``, ``ivf`` or ``ivf_pq``; None uses the configured one.
+            A type not built yet is built now from the stored vectors.
+        :param ef_search: HNSW candidate list size for this call; None uses the configured one.
+        :param nprobe: IVF lists scanned for this call; None uses the configured one.
+        :param fields: only vectors of nodes with one of these ``field_name``s (multi-field search).
+        :returns: per query, hits whose score's ``op_name`` names the index that answered.
         :raises DimensionMismatchError: if the queries' width differs from ``dim``.
+        :raises ConfigError: for an unknown index type, or an ``ef_search``/``nprobe`` below 1.
         """
+        chosen = _known(self.config.index_type if index_type is None else index_type)
+        allowed = None
+        if fields is not None:
+            vids = set().union(*(self._field_vids.get(name, set()) for name in fields))
+            allowed = np.fromiter(sorted(vids), dtype=np.int64, count=len(vids))
+        tuning = SearchTuning(ef_search=ef_search, nprobe=nprobe, allowed=allowed)
         queries = np.asarray(embeddings, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.config.dim:
             raise DimensionMismatchError(
                 f"query embeddings have shape {queries.shape}, the index holds {self.config.dim}-d vectors"
             )
-        scores, ids = self._vectors.search(queries, top_k)
+        index = self._index_for(chosen)
+        if top_k < 1 or index.size == 0 or (allowed is not None and not len(allowed)):
+            return [[] for _ in queries]
+        scores, ids = index.search(queries, top_k, tuning)
         roots: dict[str, Document | None] = {}
         results: list[list[Hit]] = []
         for row_scores, row_ids in zip(scores, ids):
@@ -217,7 +310,7 @@ class CompoundIndexer:
                 owner = self._vid_owner.get(int(vid))
                 if owner is None:
                     continue
-                doc_id, path = owner
+                doc_id, path, _ = owner
                 if doc_id not in roots:
                     roots[doc_id] = self.get(doc_id)
                 root = roots[doc_id]
@@ -225,13 +318,81 @@ class CompoundIndexer:
                     continue
                 node = copy_tree(_node_at(root, path))
                 node.chunks, node.matches = [], []
-                score = Score(float(value), self._vectors.op_name, self._vectors.direction)
+                score = Score(float(value), index.op_name, index.direction)
                 node.scores = {**node.scores, "score": score}
                 hits.append(Hit(root=root, node=node, score=score))
             results.append(hits)
         return results
 
     # -- internals -------------------------------------------------------------------------
+
+    def _reset_derived(self) -> None:
+        """Forget everything derived from RocksDB: the FAISS indexes and the vector owners."""
+        self._vectors = FlatVectorIndex(dim=self.config.dim, metric=self.config.metric)
+        self._approximate: dict[str, VectorIndex] = {}
+        self._untrainable: set[str] = set()
+        self._vid_owner: dict[int, tuple[str, str, str]] = {}
+        self._field_vids: dict[str, set[int]] = {}
+        self._next_vid = 0
+
+    def _index_for(self, index_type: str, stored: tuple[np.ndarray, np.ndarray] | None = None) -> VectorIndex:
+        """The index of this type, built now from the stored vectors if need be; flat while untrainable.
+
+        :param stored: the stored (ids, vectors) when the caller holds them already.
+        """
+        if index_type == "flat":
+            return self._vectors
+        built = self._approximate.get(index_type)
+        if built is not None:
+            return built
+        needed = 0 if index_type == "hnsw" else training_size_needed(nlist=self.config.ivf_nlist,
+                                                                     pq=self._pq(index_type))
+        if self._vectors.size < needed:
+            if index_type not in self._untrainable:
+                self._untrainable.add(index_type)
+                logger.warning("%s needs %d vectors to train, the shard holds %d: flat answers until then",
+                               index_type, needed, self._vectors.size)
+            return self._vectors
+        started = time.perf_counter()
+        ids, vectors = stored if stored is not None else self._stored_vectors()[:2]
+        index = self._new_index(index_type, training=vectors)
+        index.add(ids, vectors)
+        self._approximate[index_type] = index
+        self._untrainable.discard(index_type)
+        logger.info("%s index built from %d stored vectors in %.2f s", index_type, len(ids),
+                    time.perf_counter() - started, extra={"path": str(self.path)})
+        return index
+
+    def _new_index(self, index_type: str, *, training: np.ndarray) -> VectorIndex:
+        config = self.config
+        if index_type == "hnsw":
+            return HnswVectorIndex(dim=config.dim, metric=config.metric, m=config.hnsw_m,
+                                   ef_construction=config.hnsw_ef_construction, ef_search=config.hnsw_ef_search)
+        return IvfVectorIndex(dim=config.dim, metric=config.metric, nlist=config.ivf_nlist,
+                              nprobe=config.ivf_nprobe, pq=self._pq(index_type), training=training)
+
+    def _pq(self, index_type: str) -> ProductQuantization | None:
+        if index_type != "ivf_pq":
+            return None
+        return ProductQuantization(m=self.config.pq_m or auto_pq_m(self.config.dim), bits=self.config.pq_bits)
+
+    def _refresh_approximate(self) -> None:
+        """After a write: rebuild the indexes that drifted from the data, and build the default once it can be."""
+        for name in [name for name, index in self._approximate.items() if index.needs_rebuild]:
+            del self._approximate[name]
+            self._index_for(name)
+        self._index_for(self.config.index_type)
+
+    def _stored_vectors(self) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str, str]]]:
+        """Every stored vector: ids, a (n, dim) float32 matrix and each one's (doc id, node path, field)."""
+        ids, vectors, owners = [], [], []
+        for key, value in self._scan(_VEC):
+            vector, owner = self._split_vector_value(value)
+            ids.append(struct.unpack(">q", key[len(_VEC) :])[0])
+            vectors.append(vector)
+            owners.append(owner)
+        matrix = np.stack(vectors) if vectors else np.empty((0, self.config.dim), np.float32)
+        return np.array(ids, dtype=np.int64), matrix, owners
 
     def _open_db(self) -> Rdict:
         if self._db is None:
@@ -256,11 +417,27 @@ class CompoundIndexer:
                 return
             yield key, value
 
-    def _split_vector_value(self, value: bytes) -> tuple[np.ndarray, tuple[str, str]]:
+    def _split_vector_value(self, value: bytes) -> tuple[np.ndarray, tuple[str, str, str]]:
         width = self.config.dim * 4
         vector = np.frombuffer(value[:width], dtype="<f4")
-        doc_id, _, path = value[width:].decode().partition("\0")
-        return vector, (doc_id, path)
+        doc_id, path, field_name = value[width:].decode().split("\0")
+        return vector, (doc_id, path, field_name)
+
+    def _own(self, owners: Iterable[tuple[int, tuple[str, str, str]]]) -> None:
+        """Record whose node each vector is, and which field's, for field-restricted search."""
+        for vid, owner in owners:
+            self._vid_owner[vid] = owner
+            self._field_vids.setdefault(owner[2], set()).add(vid)
+
+
+def _known(index_type: str) -> str:
+    """The index type, checked.
+
+    :raises ConfigError: naming the known types.
+    """
+    if index_type not in INDEX_TYPES:
+        raise ConfigError(f"index_type {index_type!r} is unknown; use one of {', '.join(INDEX_TYPES)}")
+    return index_type
 
 
 def _embedded_nodes(doc: Document, path: str = "") -> Iterator[tuple[str, Document]]:

@@ -1,40 +1,53 @@
-"""Exact vector search with FAISS, ids mapped to our own int64 vector ids."""
+"""Exact vector search with FAISS, ids mapped to our own int64 vector ids.
+
+It also holds what every FAISS index here shares (``FaissVectorIndex``): the metric, the
+op name, and adding and removing by our ids where FAISS keeps them itself.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 import faiss
 import numpy as np
 
 from processors.document import Direction
 from processors.exceptions import ConfigError
+from processors.index.base import Metric, SearchTuning
 
-__all__ = ["Metric", "FlatVectorIndex"]
+__all__ = ["FaissVectorIndex", "FlatVectorIndex", "faiss_metric"]
 
 logger = logging.getLogger(__name__)
 
-Metric = Literal["inner_product", "l2"]
+
+def faiss_metric(metric: Metric) -> int:
+    """The FAISS metric constant for ours; the one check every FAISS index makes.
+
+    :raises ConfigError: for any other metric.
+    """
+    if metric not in ("inner_product", "l2"):
+        raise ConfigError(f"vector index: metric {metric!r}; use inner_product or l2")
+    return faiss.METRIC_INNER_PRODUCT if metric == "inner_product" else faiss.METRIC_L2
 
 
-class FlatVectorIndex:
-    """A flat (exact) FAISS index with id mapping; on a GPU when faiss-gpu sees one.
+class FaissVectorIndex:
+    """A FAISS index that keeps our int64 ids itself; subclasses choose the structure and search.
 
     It is derived state: the shard index rebuilds it from RocksDB, so it is never saved here.
+
+    :param kind: the structure's name in ``op_name`` (``faiss.<kind>_<ip|l2>``).
+    :param index: the FAISS index, already supporting ``add_with_ids`` and ``remove_ids``.
     """
 
-    def __init__(self, *, dim: int, metric: Metric) -> None:
-        if metric not in ("inner_product", "l2"):
-            raise ConfigError(f"vector index: metric {metric!r}; use inner_product or l2")
+    def __init__(self, *, dim: int, metric: Metric, kind: str, index: faiss.Index) -> None:
         self.dim = dim
         self.metric = metric
-        flat = faiss.IndexFlatIP(dim) if metric == "inner_product" else faiss.IndexFlatL2(dim)
-        self._index = faiss.IndexIDMap2(_maybe_on_gpu(flat))
+        self.kind = kind
+        self._index = index
 
     @property
     def op_name(self) -> str:
-        return f"faiss.flat_{'ip' if self.metric == 'inner_product' else 'l2'}"
+        return f"faiss.{self.kind}_{'ip' if self.metric == 'inner_product' else 'l2'}"
 
     @property
     def direction(self) -> Direction:
@@ -43,6 +56,11 @@ class FlatVectorIndex:
     @property
     def size(self) -> int:
         return int(self._index.ntotal)
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """False unless a subclass knows better: removal is exact here."""
+        return False
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
@@ -53,13 +71,28 @@ class FlatVectorIndex:
             return 0
         return int(self._index.remove_ids(ids.astype(np.int64)))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return (scores, ids) of shape (queries, k'); k' = min(k, size), ids -1 pad nothing."""
-        k = min(k, self.size)
+
+class FlatVectorIndex(FaissVectorIndex):
+    """A flat (exact) FAISS index with id mapping; on a GPU when faiss-gpu sees one."""
+
+    def __init__(self, *, dim: int, metric: Metric) -> None:
+        flat = faiss.IndexFlat(dim, faiss_metric(metric))
+        super().__init__(dim=dim, metric=metric, kind="flat", index=faiss.IndexIDMap2(_maybe_on_gpu(flat)))
+
+    def search(
+        self, queries: np.ndarray, k: int, tuning: SearchTuning | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (scores, ids) of shape (queries, k'); k' = min(k, size), ids -1 pad nothing.
+
+        :param tuning: only ``allowed`` applies: an exact search has no effort knob.
+        """
+        selector = tuning.selector() if tuning else None
+        k = min(k, self.size if selector is None else len(tuning.allowed))  # type: ignore[union-attr, arg-type]
         if k == 0:
             empty = np.empty((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        return self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        params = faiss.SearchParameters(sel=selector) if selector is not None else None
+        return self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
 
 
 def _maybe_on_gpu(index: faiss.Index) -> faiss.Index:

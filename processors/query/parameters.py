@@ -2,31 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Sequence
 
-from processors.exceptions import StreamsearchError
+from processors.exceptions import InvalidParameterError
+from processors.query.operators import Operation, merge_operations, parse_operations
 
 __all__ = ["InvalidParameterError", "SearchParameters", "MAX_TOP_K"]
 
 MAX_TOP_K = 10_000
-
-
-class InvalidParameterError(StreamsearchError):
-    """A request parameter is unknown or has the wrong type or range."""
+_STAGES = ("index", "join")
 
 
 @dataclass(frozen=True, slots=True)
 class SearchParameters:
-    """What one search asks for.
+    """What one search asks for; every field may be set per request.
 
     :param top_k: documents per query in the reply.
     :param chunk_oversample: vectors fetched per wanted document on each shard, so that a
         document with several matching chunks does not crowd others out of the top_k.
+    :param filter_by: fields to search (multi-field flows); None searches every field.
+    :param index_type: the shard index to answer from (flat, hnsw, ivf, ivf_pq); None = the flow's.
+    :param ground_truth: query doc id -> {doc id: grade}; the reply then carries evaluations.
+    :param metrics: what to evaluate, e.g. ``ndcg@10``, ``recall@100``, ``precision@10``, ``mrr``.
+    :param query_language: operations ``{operator, parameters, priority, traversal_paths, stage}``
+        added to (or overriding by name) the stage's own; ``stage`` is ``index`` or ``join``.
     """
 
     top_k: int = 10
     chunk_oversample: int = 5
+    filter_by: tuple[str, ...] | None = None
+    index_type: str | None = None
+    ground_truth: Mapping[str, Mapping[str, int]] | None = None
+    metrics: tuple[str, ...] = ("ndcg@10", "recall@100", "precision@10", "mrr")
+    query_language: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], defaults: "SearchParameters | None" = None) -> "SearchParameters":
@@ -35,16 +44,70 @@ class SearchParameters:
         :raises InvalidParameterError: naming the unknown parameter or the bad value.
         """
         base = defaults or cls()
-        known = {"top_k": base.top_k, "chunk_oversample": base.chunk_oversample}
+        known = {f.name for f in fields(cls)}
         for key in raw:
             if key not in known:
                 raise InvalidParameterError(f"unknown parameter {key!r}; known: {', '.join(sorted(known))}")
-        values = {**known, **raw}
+        values = {**base.to_dict(), **raw}
         for key, upper in (("top_k", MAX_TOP_K), ("chunk_oversample", 100)):
             value = values[key]
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= upper:
                 raise InvalidParameterError(f"parameter {key!r} must be an integer in 1..{upper}, got {value!r}")
+        values["filter_by"] = _names("filter_by", values["filter_by"], allow_none=True)
+        values["metrics"] = _names("metrics", values["metrics"], allow_none=False)
+        if values["index_type"] is not None and not isinstance(values["index_type"], str):
+            raise InvalidParameterError(f"parameter 'index_type' must be a string, got {values['index_type']!r}")
+        values["ground_truth"] = _ground_truth(values["ground_truth"])
+        values["query_language"] = _operations(values["query_language"])
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"top_k": self.top_k, "chunk_oversample": self.chunk_oversample}
+        """JSON-ready, to travel with the request to shards and joiner."""
+        return {
+            "top_k": self.top_k,
+            "chunk_oversample": self.chunk_oversample,
+            "filter_by": list(self.filter_by) if self.filter_by is not None else None,
+            "index_type": self.index_type,
+            "ground_truth": {q: dict(g) for q, g in self.ground_truth.items()} if self.ground_truth else None,
+            "metrics": list(self.metrics),
+            "query_language": [dict(op) for op in self.query_language],
+        }
+
+    def operations_for(self, stage: str, defaults: Sequence[Operation] = ()) -> tuple[Operation, ...]:
+        """The operations one stage runs: its defaults, overridden by name or extended by the
+        request's operations meant for it (``stage`` defaults to ``join``).
+
+        :raises QueryLanguageError: naming the operator, parameter or type at fault.
+        """
+        raw = [{k: v for k, v in op.items() if k != "stage"} for op in self.query_language
+               if op.get("stage", "join") == stage]
+        return merge_operations(defaults, parse_operations(raw))
+
+
+def _names(key: str, value: Any, *, allow_none: bool) -> tuple[str, ...] | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
+        raise InvalidParameterError(f"parameter {key!r} must be a non-empty list of names, got {value!r}")
+    return tuple(value)
+
+
+def _ground_truth(value: Any) -> dict[str, dict[str, int]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(
+        isinstance(q, str) and isinstance(g, Mapping)
+        and all(isinstance(d, str) and isinstance(r, int) and not isinstance(r, bool) for d, r in g.items())
+        for q, g in value.items()
+    ):
+        raise InvalidParameterError("parameter 'ground_truth' must map query ids to {document id: integer grade}")
+    return {q: dict(g) for q, g in value.items()}
+
+
+def _operations(value: Any) -> tuple[dict[str, Any], ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(op, Mapping) for op in value):
+        raise InvalidParameterError("parameter 'query_language' must be a list of {operator, parameters, ...} objects")
+    for op in value:
+        if op.get("stage", "join") not in _STAGES:
+            raise InvalidParameterError(f"query_language: stage must be one of {', '.join(_STAGES)}, got {op.get('stage')!r}")
+    return tuple(dict(op) for op in value)

@@ -8,23 +8,24 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from processors.document import Document, Score
+from processors.document import Direction, Document, Score
 from processors.exceptions import ConfigError
 from processors.index.base import Hit
 from processors.rankers.base import SCORE_NAME, RankResult, rank_key
 
 __all__ = ["Chunk2DocRankerConfig", "Chunk2DocRanker"]
 
-Aggregation = Literal["min", "max", "mean"]
-_AGGREGATE = {"min": np.min, "max": np.max, "mean": np.mean}
+Aggregation = Literal["min", "max", "mean", "sum", "inverse"]
+_AGGREGATE = {"min": np.min, "max": np.max, "mean": np.mean, "sum": np.sum}
 
 
 @dataclass(frozen=True, slots=True)
 class Chunk2DocRankerConfig:
     """How chunk scores become a document score.
 
-    :param aggregation: ``min``, ``max`` or ``mean`` of the document's chunk scores. With a
-        similarity ``max`` keeps the best chunk; with a distance ``min`` does.
+    :param aggregation: ``min``, ``max``, ``mean`` or ``sum`` of the document's chunk scores
+        (same direction as the chunks'). With a similarity ``max`` keeps the best chunk; with a
+        distance ``min`` does. ``inverse`` turns distances into a similarity, 1 / (1 + min d).
     :param keep_chunks: matched chunks kept on each match (best first), to show why it matched.
     """
 
@@ -32,9 +33,9 @@ class Chunk2DocRankerConfig:
     keep_chunks: int = 3
 
     def __post_init__(self) -> None:
-        if self.aggregation not in _AGGREGATE:
+        if self.aggregation not in (*_AGGREGATE, "inverse"):
             raise ConfigError(
-                f"Chunk2DocRanker: aggregation {self.aggregation!r}; use one of {sorted(_AGGREGATE)}"
+                f"Chunk2DocRanker: aggregation {self.aggregation!r}; use one of {sorted([*_AGGREGATE, 'inverse'])}"
             )
         if self.keep_chunks < 0:
             raise ConfigError("Chunk2DocRanker: keep_chunks must be >= 0")
@@ -68,8 +69,7 @@ class Chunk2DocRanker:
             first = group[0].score
             if any(hit.score.direction is not first.direction for hit in group):
                 raise ConfigError("Chunk2DocRanker: chunk scores of one document mix distance and similarity")
-            value = float(_AGGREGATE[self.config.aggregation]([hit.score.value for hit in group]))
-            score = Score(value, f"chunk2doc.{self.config.aggregation}({first.op_name})", first.direction)
+            score = self._aggregate(group, first)
             best_chunks = sorted(group, key=lambda hit: (hit.score.sort_key(), hit.node.id))
             root = group[0].root
             matches.append(
@@ -84,3 +84,12 @@ class Chunk2DocRanker:
             )
         matches.sort(key=rank_key)
         return matches[:top_k]
+
+    def _aggregate(self, group: list[Hit], first: Score) -> Score:
+        values = [hit.score.value for hit in group]
+        name = self.config.aggregation
+        if name == "inverse":
+            if first.direction is not Direction.DISTANCE:
+                raise ConfigError("Chunk2DocRanker: 'inverse' turns distances into similarities; these are similarities")
+            return Score(1.0 / (1.0 + min(values)), f"chunk2doc.inverse({first.op_name})", Direction.SIMILARITY)
+        return Score(float(_AGGREGATE[name](values)), f"chunk2doc.{name}({first.op_name})", first.direction)

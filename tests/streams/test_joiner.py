@@ -54,3 +54,47 @@ class TestJoiner:
         reply = SEARCH_REPLY.decode(outputs[0].value)
         assert reply.partial and reply.errors == ["shard 1: boom"]
         assert [m.id for m in reply.docs[0].matches] == ["a"]
+
+
+def field_part(shard: int, field_name: str | None, expected_fields: list[str], matches: list[tuple[str, float]],
+               parameters: dict | None = None) -> Inbound:
+    deadline_ms = int(time.time() * 1000) + 60_000
+    query = Document(id="q0", text="q", matches=[
+        Document(id=doc_id, scores={"score": Score(value, "op", Direction.SIMILARITY)}) for doc_id, value in matches])
+    value = PartialResult("r", shard, [0, 1], "replies", deadline_ms, parameters or {"top_k": 5}, [query],
+                          field_name=field_name, expected_fields=expected_fields)
+    return Inbound("f.partials", 0, 0, b"r", PARTIAL_RESULT.encode(value), {h.DEADLINE_MS: str(deadline_ms).encode()})
+
+
+class TestJoinerFields:
+    def test_expects_one_part_per_shard_and_selected_field(self) -> None:
+        joiner = Joiner()
+        fields = ["title", "summary"]
+        assert joiner.process([field_part(-1, None, fields, []), field_part(0, "title", fields, [("11", 0.6)]),
+                               field_part(1, "title", fields, []), field_part(0, "summary", fields, [("10", 0.5)])]) == []
+        outputs = joiner.process([field_part(1, "summary", fields, [("11", 0.2)])])
+        reply = SEARCH_REPLY.decode(outputs[0].value)
+        assert not reply.partial
+        assert [(m.id, m.scores["score"].value) for m in reply.docs[0].matches] == [("11", 0.6), ("10", 0.5)]
+
+    def test_one_selected_field_completes_without_the_others(self) -> None:
+        joiner = Joiner()
+        outputs = joiner.process([field_part(0, "title", ["title"], [("11", 0.6)]), field_part(1, "title", ["title"], [])])
+        assert len(outputs) == 1 and not SEARCH_REPLY.decode(outputs[0].value).partial
+
+    def test_ground_truth_gives_evaluations_and_running_stats(self) -> None:
+        joiner = Joiner()
+        params = {"top_k": 5, "ground_truth": {"q0": {"a": 1}}, "metrics": ["mrr", "recall@1"]}
+        first = joiner.process([field_part(0, None, [], [("a", 0.9)], params), field_part(1, None, [], [], params)])
+        scores = SEARCH_REPLY.decode(first[0].value).docs[0].scores
+        assert scores["mrr"].value == 1.0 and scores["recall@1"].value == 1.0
+        params["ground_truth"] = {"q0": {"b": 1}}
+        raw = [field_part(0, None, [], [("a", 0.9), ("b", 0.5)], params), field_part(1, None, [], [], params)]
+        decoded = [PARTIAL_RESULT.decode(r.value) for r in raw]
+        for part in decoded:
+            part.request_id = "r2"
+        second = joiner.process([Inbound("f.partials", 0, 0, b"r2", PARTIAL_RESULT.encode(p), raw[0].headers)
+                                 for p in decoded])
+        scores = SEARCH_REPLY.decode(second[0].value).docs[0].scores
+        assert scores["mrr"].value == 0.5
+        assert scores["mrr.mean"].value == 0.75 and scores["mrr.std"].value == 0.25

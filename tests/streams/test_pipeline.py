@@ -170,3 +170,25 @@ def test_search_with_one_shard_stopped_returns_partial_by_its_deadline(client, f
     assert reply.partial
     assert reply.missing_shards and set(reply.missing_shards) <= {0, 1}
     assert not reply.errors
+
+
+def test_query_language_per_request_on_shard_and_joiner(client) -> None:  # type: ignore[no-untyped-def]
+    docs = [Document(id=f"lang-{lang}-{i}", text=f"Rivers flow into the sea number {i}.", tags={"lang": lang})
+            for lang in ("en", "de") for i in range(3)]
+    receipt = client.index(docs)
+    only_de = [{"operator": "filter", "stage": "index", "traversal_paths": ["m"],
+                "parameters": {"conditions": {"tags.lang": "de"}}}]
+    reply = client.search("rivers flowing to the sea", top_k=3, after=receipt, timeout_s=60,
+                          parameters={"query_language": only_de})
+    assert [m.tags["lang"] for m in reply.docs[0].matches] == ["de", "de", "de"]
+    by_id = only_de + [{"operator": "sort", "traversal_paths": ["m"], "parameters": {"field": "id", "reverse": True}},
+                       {"operator": "slice", "traversal_paths": ["m"], "parameters": {"start": 0, "end": 2},
+                        "priority": 1}]
+    reply = client.search("rivers flowing to the sea", top_k=3, after=receipt, timeout_s=60,
+                          parameters={"query_language": by_id})
+    assert [m.id for m in reply.docs[0].matches] == ["lang-de-2", "lang-de-1"]
+
+
+def test_unknown_operator_gets_an_error_reply(client) -> None:  # type: ignore[no-untyped-def]
+    reply = client.search("anything", timeout_s=10, parameters={"query_language": [{"operator": "__import__"}]})
+    assert reply.errors and "__import__" in reply.errors[0] and "filter" in reply.errors[0]

@@ -94,3 +94,34 @@ class TestCompoundIndexer:
         other = CompoundIndexer(CompoundIndexerConfig(dim=DIM * 2), path=tmp_path, codec=DOCUMENT)
         with pytest.raises(ConfigError, match="rebuild"):
             other.warm_up()
+
+
+class TestFieldRestrictedSearch:
+    @pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf"])
+    def test_only_the_named_fields_vectors_answer(self, tmp_path: Path, index_type: str) -> None:
+        index = open_index(tmp_path)
+        docs = []
+        for i in range(300):
+            docs.append(Document(id=f"d{i}", chunks=[
+                Document(id=f"d{i}/title", field_name="title", embedding=unit(2 * i)),
+                Document(id=f"d{i}/summary", field_name="summary", embedding=unit(2 * i + 1))]))
+        index.apply(changes=[Change(d.id, d) for d in docs], checkpoint=b"1")
+        query = unit(2 * 7 + 1)[None]  # exactly d7's summary vector
+        extra = {"nprobe": 1000} if index_type == "ivf" else {}
+        titles = index.search(embeddings=query, top_k=5, fields=["title"], index_type=index_type, **extra)[0]
+        assert titles and all(hit.node.field_name == "title" for hit in titles)
+        summaries = index.search(embeddings=query, top_k=5, fields=["summary"], index_type=index_type, **extra)[0]
+        assert summaries[0].node.id == "d7/summary"
+        assert index.search(embeddings=query, top_k=5, fields=["author"])[0] == []
+
+    def test_field_of_each_vector_survives_reopen_and_replacement(self, tmp_path: Path) -> None:
+        index = open_index(tmp_path)
+        doc = Document(id="a", chunks=[Document(id="a/t", field_name="title", embedding=unit(1))])
+        index.apply(changes=[Change("a", doc)], checkpoint=b"1")
+        index.close()
+        index = open_index(tmp_path)
+        assert index.search(embeddings=unit(1)[None], top_k=1, fields=["title"])[0][0].node.id == "a/t"
+        moved = Document(id="a", chunks=[Document(id="a/s", field_name="summary", embedding=unit(1))])
+        index.apply(changes=[Change("a", moved)], checkpoint=b"2")
+        assert index.search(embeddings=unit(1)[None], top_k=1, fields=["title"])[0] == []
+        assert index.search(embeddings=unit(1)[None], top_k=1, fields=["summary"])[0][0].node.id == "a/s"

@@ -58,3 +58,20 @@ class TestMerge:
         assert [m.id for m in merge_matches([shard0, shard1], 2)] == ["a", "b"]
         merged = merge_matches([[match("a", 0.9, DIST)], [match("b", 0.2, DIST)]], 5)
         assert [m.id for m in merged] == ["b", "a"]
+
+
+class TestAggregationsAcrossDirections:
+    def test_sum_and_inverse(self) -> None:
+        hits = [hit("a", 0, 0.5, DIST), hit("a", 1, 1.5, DIST), hit("b", 0, 0.2, DIST)]
+        summed = Chunk2DocRanker(Chunk2DocRankerConfig(aggregation="sum")).run(hits=[hits], top_k=5).matches[0]
+        assert {m.id: m.scores["score"].value for m in summed} == {"a": 2.0, "b": 0.2}
+        assert [m.id for m in summed] == ["b", "a"]  # a distance: smaller first
+        inverse = Chunk2DocRanker(Chunk2DocRankerConfig(aggregation="inverse")).run(hits=[hits], top_k=5).matches[0]
+        assert [m.id for m in inverse] == ["b", "a"]
+        assert inverse[0].scores["score"].direction is SIM
+        assert inverse[0].scores["score"].value == pytest.approx(1 / 1.2)
+
+    def test_inverse_of_similarities_is_refused(self) -> None:
+        ranker = Chunk2DocRanker(Chunk2DocRankerConfig(aggregation="inverse"))
+        with pytest.raises(ConfigError, match="inverse"):
+            ranker.run(hits=[[hit("a", 0, 0.5, SIM)]], top_k=1)

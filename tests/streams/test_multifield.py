@@ -1,0 +1,69 @@
+"""Multi-field search (JEP 3) end to end through Kafka, with the shipped example flow."""
+
+from pathlib import Path
+
+import pytest
+
+from processors.document import Document
+from streams.local import LocalRuntime
+
+pytestmark = pytest.mark.kafka
+
+FLOW = (Path(__file__).resolve().parents[2] / "deploy" / "flows" / "jep3.yml").read_text().replace(
+    "name: jep3", "name: {name}")
+BOOKS = [
+    Document(id="10", tags={"title": "the story of the art",
+                            "summary": "This is a book about the history of the art, and the stories of the great painters"}),
+    Document(id="11", tags={"title": "hackers and painters",
+                            "summary": "This book discusses hacking, start-up companies, and many other technological issues"}),
+]
+
+
+@pytest.fixture(scope="module")
+def flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
+    return start_flow(FLOW)
+
+
+@pytest.fixture(scope="module")
+def indexed(flow: LocalRuntime):  # type: ignore[no-untyped-def]
+    with flow.client() as client:
+        yield client, client.index(BOOKS)
+
+
+def ids(reply) -> list[str]:  # type: ignore[no-untyped-def]
+    assert not reply.partial, reply
+    return [m.id for m in reply.docs[0].matches]
+
+
+def test_title_only_search_finds_hackers_and_painters(indexed) -> None:  # type: ignore[no-untyped-def]
+    client, receipt = indexed
+    assert ids(client.search("painter", filter_by=["title"], top_k=1, after=receipt, timeout_s=60)) == ["11"]
+    reply = client.search("painter", filter_by=["title"], after=receipt, timeout_s=60)
+    assert ids(reply)[0] == "11"
+    assert reply.docs[0].matches[0].chunks[0].field_name == "title"
+
+
+def test_summary_only_search_ranks_the_art_book_first(indexed) -> None:  # type: ignore[no-untyped-def]
+    client, receipt = indexed
+    reply = client.search("painter", filter_by=["summary"], after=receipt, timeout_s=60)
+    assert ids(reply)[0] == "10"
+    assert all(chunk.field_name == "summary" for m in reply.docs[0].matches for chunk in m.chunks)
+
+
+def test_no_filter_returns_both(indexed) -> None:  # type: ignore[no-untyped-def]
+    client, receipt = indexed
+    assert sorted(ids(client.search("painter", after=receipt, timeout_s=60))) == ["10", "11"]
+
+
+def test_unknown_field_is_an_error_reply(indexed) -> None:  # type: ignore[no-untyped-def]
+    client, _ = indexed
+    reply = client.search("painter", filter_by=["author"], timeout_s=10)
+    assert reply.errors and "author" in reply.errors[0] and "title, summary" in reply.errors[0]
+
+
+def test_a_one_field_query_does_not_wait_for_the_other_fields_deadline(indexed) -> None:  # type: ignore[no-untyped-def]
+    client, receipt = indexed
+    # With a 20 s deadline, a reply that is complete (not partial) can only come from the joiner
+    # counting title parts alone: had it waited for summary parts, it would answer partial at 20 s.
+    reply = client.search("painter", filter_by=["title"], after=receipt, timeout_s=20)
+    assert not reply.partial and reply.missing_shards == []
