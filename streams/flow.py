@@ -40,6 +40,8 @@ class StageConfig:
     ranker_config: Any = None
     filter_by: tuple[str, ...] = ()
     """Fields this stage handles (encode: embeds, index: indexes); empty means all."""
+    metrics_port: int | None = None
+    """Prometheus port of the stage's processes (replica i of a local run serves port + i)."""
     query_language: tuple[Operation, ...] = ()
     """Default query-language operations (index: before its top-k cut; join: on the merged reply)."""
 
@@ -248,9 +250,12 @@ def _stage(name: str, settings: dict[str, Any], replicas: int, path: tuple[str, 
             operations = parse_operations(settings["query_language"])
         except QueryLanguageError as exc:
             raise fail(path + ("query_language",), f"stage {name}: query_language: {exc}") from exc
+    metrics_port = settings.get("metrics_port")
+    if metrics_port is not None and (not isinstance(metrics_port, int) or not 1 <= metrics_port <= 65535):
+        raise fail(path + ("metrics_port",), f"stage {name}: metrics_port must be a port number")
     return StageConfig(
         name=name, uses=uses, config=config, replicas=replicas, ranker_uses=ranker_uses, ranker_config=ranker_config,
-        filter_by=tuple(filter_by), query_language=operations,
+        filter_by=tuple(filter_by), query_language=operations, metrics_port=metrics_port,
     )
 
 

@@ -21,6 +21,7 @@ from processors.query.operators import Operation, apply_operations
 from processors.query.parameters import SearchParameters
 from processors.rankers.merge import merge_matches
 from streams import headers as h
+from streams.metrics import QUERY_SECONDS, REPLIES
 from streams.query import decode_live
 from streams.serde import PARTIAL_RESULT, SEARCH_REPLY, PartialResult, SearchReply
 from streams.stage import Inbound, Output
@@ -43,6 +44,7 @@ class PendingRequest:
     request_id: str
     reply_to: str
     deadline_ms: int
+    created_ms: int | None = None
     expected: list[PartKey] = field(default_factory=list)
     opening: PartialResult | None = None
     parts: dict[PartKey, PartialResult] = field(default_factory=dict)
@@ -74,8 +76,9 @@ class PendingRequest:
 class Joiner:
     """Merges shard results per request and replies on the request's reply topic."""
 
-    def __init__(self, operations: Sequence[Operation] = ()) -> None:
+    def __init__(self, operations: Sequence[Operation] = (), *, flow: str = "") -> None:
         self._operations = tuple(operations)
+        self._flow = flow
         self._pending: dict[str, PendingRequest] = {}
         self._replied: OrderedDict[str, None] = OrderedDict()
         self.evaluations = RunningStats()
@@ -84,13 +87,13 @@ class Joiner:
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
         outputs = []
-        for _, part in decode_live(records, PARTIAL_RESULT):
+        for record, part in decode_live(records, PARTIAL_RESULT):
             if part.request_id in self._replied:
                 continue
             pending = self._pending.get(part.request_id)
             if pending is None:
                 pending = self._pending[part.request_id] = PendingRequest(
-                    part.request_id, part.reply_to, part.deadline_ms)
+                    part.request_id, part.reply_to, part.deadline_ms, h.read_int(record.headers, h.CREATED_MS))
             pending.add(part)
             if pending.complete:
                 outputs.append(self._reply(pending))
@@ -119,6 +122,9 @@ class Joiner:
             reply = SearchReply(pending.request_id, [], True, [], [], [f"join: {type(exc).__name__}: {exc}"])
         self.replies += 1
         self.partial_replies += reply.partial
+        REPLIES.labels(self._flow, str(reply.partial).lower()).inc()
+        if pending.created_ms:
+            QUERY_SECONDS.labels(self._flow).observe(max(0.0, time.time() - pending.created_ms / 1000))
         return Output(pending.reply_to, SEARCH_REPLY.encode(reply), pending.request_id, None,
                       ((h.REQUEST_ID, pending.request_id.encode()), SEARCH_REPLY.header()))
 

@@ -22,7 +22,7 @@ from streams.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec, PartialR
 from streams.stage import Inbound, Output
 from streams.topics import FlowTopics
 
-__all__ = ["QueryFanout", "is_expired", "decode_live", "error_reply"]
+__all__ = ["QueryFanout", "is_expired", "decode_live", "error_reply", "query_headers", "created_ms_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +48,20 @@ def decode_live(records: Sequence[Inbound], codec: Codec[T]) -> Iterator[tuple[I
         yield record, codec.decode(record.value, record.headers.get(h.SCHEMA))
 
 
-def query_headers(request_id: str, reply_to: str, deadline_ms: int) -> tuple[h.Header, ...]:
-    return (
+def query_headers(request_id: str, reply_to: str, deadline_ms: int, created_ms: int | None = None
+                  ) -> tuple[h.Header, ...]:
+    headers = (
         (h.REQUEST_ID, request_id.encode()),
         (h.REPLY_TO, reply_to.encode()),
         h.int_header(h.DEADLINE_MS, deadline_ms),
     )
+    return headers + ((h.int_header(h.CREATED_MS, created_ms),) if created_ms is not None else ())
+
+
+def created_ms_of(record: Inbound) -> int:
+    """When the query entered the flow: the header if set upstream, else this record's timestamp."""
+    created = h.read_int(record.headers, h.CREATED_MS)
+    return created if created is not None else record.timestamp_ms
 
 
 def error_reply(record: Inbound, error: Exception) -> list[Output]:
@@ -81,14 +89,15 @@ class QueryFanout:
         self._fields = tuple(fields)
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
-        requests = [self._check(request) for _, request in decode_live(records, REQUEST)]
+        live = [(created_ms_of(record), self._check(request)) for record, request in decode_live(records, REQUEST)]
+        requests = [request for _, request in live]
         docs = [doc for request in requests for doc in request.docs]
         encoded = iter(self._encoder.run(docs=docs, traversal_paths=["r"]).docs) if docs else iter(())
         outputs: list[Output] = []
         shards = list(range(self._topics.partitions))
-        for request in requests:
+        for created_ms, request in live:
             request = dataclasses.replace(request, docs=[next(encoded) for _ in request.docs])
-            headers = query_headers(request.request_id, request.reply_to, request.deadline_ms)
+            headers = query_headers(request.request_id, request.reply_to, request.deadline_ms, created_ms)
             value = REQUEST.encode(request)
             for shard in shards:
                 outputs.append(Output(self._topics.search, value, request.request_id, shard,

@@ -24,7 +24,8 @@ from processors.query.operators import Operation, apply_operations
 from processors.query.parameters import SearchParameters
 from processors.rankers.base import Ranker
 from streams import headers as h
-from streams.query import decode_live, error_reply, query_headers
+from streams.metrics import INDEX_VECTORS
+from streams.query import created_ms_of, decode_live, error_reply, query_headers
 from streams.serde import PARTIAL_RESULT, REQUEST, PartialResult, Request
 from streams.stage import Inbound, Output
 from streams.state.shards import ShardCheckpoint, ShardStates
@@ -114,6 +115,7 @@ class ShardIngest:
         )
         index.apply(changes=changes, checkpoint=checkpoint.to_bytes())
         self._states.set_checkpoint(partition, checkpoint)
+        INDEX_VECTORS.labels(self._topics.flow, str(partition)).set(index.vector_count)
 
 
 @dataclass(slots=True)
@@ -138,7 +140,7 @@ class ShardSearch:
         outputs = []
         for record, request in decode_live(records, REQUEST):
             if self._caught_up(record.partition, request):
-                outputs.extend(self._answer(record.partition, request, stale=False))
+                outputs.extend(self._answer(record, request, stale=False))
             else:
                 self._waiting.append(_Waiting(record.partition, request, record))
         return outputs
@@ -152,9 +154,9 @@ class ShardSearch:
             if self._states.get(waiting.partition) is None:
                 continue  # the partition moved away; its new owner answers
             if self._caught_up(waiting.partition, waiting.request):
-                outputs.extend(self._answer(waiting.partition, waiting.request, stale=False))
+                outputs.extend(self._answer(waiting.record, waiting.request, stale=False))
             elif now >= waiting.request.deadline_ms - STALE_MARGIN_MS:
-                outputs.extend(self._answer(waiting.partition, waiting.request, stale=True))
+                outputs.extend(self._answer(waiting.record, waiting.request, stale=True))
             else:
                 still.append(waiting)
         self._waiting = still
@@ -178,14 +180,16 @@ class ShardSearch:
         wanted = request.min_offsets.get(partition)
         return wanted is None or self._states.checkpoint(partition).ingest_offset >= wanted
 
-    def _answer(self, partition: int, request: Request, *, stale: bool) -> list[Output]:
+    def _answer(self, record: Inbound, request: Request, *, stale: bool) -> list[Output]:
         """One part per selected field (or one part when the flow has no fields)."""
         params = SearchParameters.parse(request.parameters)
         fields: list[str | None] = list(params.filter_by) if params.filter_by else [None]
-        return [self._answer_field(partition, request, params, field_name, stale=stale) for field_name in fields]
+        headers = query_headers(request.request_id, request.reply_to, request.deadline_ms, created_ms_of(record))
+        return [self._answer_field(record.partition, request, params, field_name, headers, stale=stale)
+                for field_name in fields]
 
     def _answer_field(self, partition: int, request: Request, params: SearchParameters, field_name: str | None,
-                      *, stale: bool) -> Output:
+                      headers: tuple[h.Header, ...], *, stale: bool) -> Output:
         index = self._states.get(partition)
         if index is None:
             raise RuntimeError(f"shard {partition} is not open on this process")
@@ -210,5 +214,4 @@ class ShardSearch:
             docs=docs, stale=stale, field_name=field_name, expected_fields=list(params.filter_by or []),
         )
         return Output(self._topics.partials, PARTIAL_RESULT.encode(part), request.request_id, None,
-                      query_headers(request.request_id, request.reply_to, request.deadline_ms)
-                      + (PARTIAL_RESULT.header(),))
+                      headers + (PARTIAL_RESULT.header(),))

@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams import headers as h
 from streams.checkpoint import Checkpoint
 from streams.exceptions import PayloadTooLargeError
+from streams.metrics import BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, serve_metrics
 from streams.kafka import Header, KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer
 
 __all__ = ["Inbound", "Output", "PathHandler", "PathSpec", "StageSpec", "StageLoop"]
@@ -37,10 +38,12 @@ class Inbound:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes]
+    timestamp_ms: int = 0
 
     @classmethod
     def of(cls, msg: Message) -> "Inbound":
-        return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), headers_of(msg))
+        return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), headers_of(msg),
+                   msg.timestamp()[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ class StageSpec:
     query_path: PathSpec | None = None
     max_payload_bytes: int = 8 * 1024 * 1024
     consumer_overrides: dict[str, object] = field(default_factory=dict)
+    metrics_port: int | None = None
 
 
 class _Path:
@@ -131,6 +135,7 @@ class StageLoop:
         self.processed = 0
         self.dead_letters = 0
         self._index_has_backlog = False
+        self._next_lag_report = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -156,6 +161,7 @@ class StageLoop:
         return make_consumer(self.settings, group_id=path.group_id, **overrides)
 
     def _start(self) -> None:
+        serve_metrics(self.spec.metrics_port)
         if self.spec.query_path is not None:
             qspec = self.spec.query_path
             self._query = _Path(qspec, self._consumer(qspec), self.producer)
@@ -180,6 +186,24 @@ class StageLoop:
             if path is not None:
                 self._emit(path.spec.handler.tick())
                 path.checkpoint.commit()
+        if time.monotonic() >= self._next_lag_report:
+            self._report_lag()
+
+    def _report_lag(self) -> None:
+        """Lag from the high watermark seen in fetch responses: the embedded broker's
+        ListOffsets answer is wrong, the fetch response's is right (and Kafka's are both)."""
+        self._next_lag_report = time.monotonic() + 5
+        for path in (self._index, self._query):
+            if path is None:
+                continue
+            try:
+                for tp in path.consumer.position(path.consumer.assignment()):
+                    _, high = path.consumer.get_watermark_offsets(tp, cached=True)
+                    if tp.offset >= 0 and high >= 0:
+                        CONSUMER_LAG.labels(self.spec.flow, self.spec.name, tp.topic, str(tp.partition)).set(
+                            max(0, high - tp.offset))
+            except KafkaException as exc:
+                logger.debug("lag not available", extra={"error": str(exc)})
 
 
     def _close(self) -> None:
@@ -210,7 +234,7 @@ class StageLoop:
             records.append(Inbound.of(msg))
         if not records:
             return False
-        logger.debug("batch", extra={"stage": self.spec.name, "topic": path.spec.topic, "records": len(records)})
+        RECORDS_IN.labels(self.spec.flow, self.spec.name, path.spec.topic).inc(len(records))
         accepted = []
         for record in records:
             size = len(record.value or b"")
@@ -230,10 +254,8 @@ class StageLoop:
         if not records:
             return
         try:
-            started = time.perf_counter()
-            self._emit(path.spec.handler.process(records))
-            logger.debug("processed", extra={"stage": self.spec.name, "records": len(records),
-                                             "ms": round((time.perf_counter() - started) * 1000, 1)})
+            with BATCH_SECONDS.labels(self.spec.flow, self.spec.name, path.spec.topic).time():
+                self._emit(path.spec.handler.process(records))
             return
         except Exception as exc:  # isolate the bad record below; nothing is lost
             if len(records) == 1:
@@ -247,12 +269,15 @@ class StageLoop:
                 self._dead_letter(path, record, exc)
 
     def _emit(self, outputs: Sequence[Output]) -> None:
+        if outputs:
+            RECORDS_OUT.labels(self.spec.flow, self.spec.name).inc(len(outputs))
         for out in outputs:
             self.producer.produce(out.topic, value=out.value, key=out.key, partition=out.partition, headers=out.headers)
 
     def _dead_letter(self, path: _Path, record: Inbound, error: Exception) -> None:
         """Keep the bad record, with why and where it came from, and let the handler react."""
         self.dead_letters += 1
+        DEAD_LETTERS.labels(self.spec.flow, self.spec.name, type(error).__name__).inc()
         logger.warning(
             "dead letter",
             extra={

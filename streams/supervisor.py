@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from streams.flow import FlowSpec
+from streams.metrics import PORT_ENV
 
 __all__ = ["StageProcess", "LocalFlow"]
 
@@ -75,6 +76,9 @@ class LocalFlow:
     def _spawn(self, stage: str, replica: int, restarts: int = 0) -> StageProcess:
         log = open(self.log_dir / f"{stage}-{replica}.log", "ab")
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers, "PYTHONUNBUFFERED": "1"}
+        port = self.flow.stage(stage).metrics_port
+        if port:
+            env[PORT_ENV] = str(port + replica)  # replicas share a host here, so each needs its own port
         command = [sys.executable, "-m", "streams.cli", "run", str(self.flow_path), "--stage", stage,
                    "--state-dir", str(self.flow.state_dir)]
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -29,7 +29,7 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
     topics = flow.topics
     group = f"{flow.name}.{name}"
     common = dict(flow=flow.name, name=name, dead_letter_topic=topics.dead_letter,
-                  max_payload_bytes=flow.max_payload_bytes)
+                  max_payload_bytes=flow.max_payload_bytes, metrics_port=stage.metrics_port)
     defaults = SearchParameters.parse(
         {"top_k": flow.search.top_k, "chunk_oversample": flow.search.chunk_oversample})
     if name == "segment":
@@ -67,6 +67,6 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
                                 follow_index_path=True, fetch_wait_ms=flow.search.fetch_wait_ms),
         )
     if name == "join":
-        return StageSpec(**common, query_path=PathSpec(topics.partials, group, Joiner(stage.query_language), batch_size=256,
+        return StageSpec(**common, query_path=PathSpec(topics.partials, group, Joiner(stage.query_language, flow=flow.name), batch_size=256,
                                                        fetch_wait_ms=flow.search.fetch_wait_ms))
     raise AssertionError(f"unhandled stage {name}")  # flow.stage() already rejected unknown names

@@ -252,6 +252,11 @@ class CompoundIndexer:
         raw = self._open_db().get(_DOC + doc_id.encode())
         return self._codec.decode(raw) if raw is not None else None
 
+    @property
+    def vector_count(self) -> int:
+        """Vectors searchable now (cheap, unlike ``stats``, which counts documents on disk)."""
+        return self._vectors.size
+
     def stats(self) -> IndexStats:
         documents = sum(1 for _ in self._scan(_DOC_VIDS))
         built = tuple(name for name in INDEX_TYPES if name == "flat" or name in self._approximate)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import socket
+import time
+import urllib.request
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -16,24 +19,51 @@ from tests.streams.fixtures import stage_logs
 
 pytestmark = pytest.mark.kafka
 
+def _free_port_block(size: int) -> int:
+    """A base port whose next ``size`` ports are free now (the stages bind them moments later)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + size < 65535 and all(_free(base + i) for i in range(size)):
+            return base
+    raise AssertionError("no free port block")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+PORT = _free_port_block(5)
+METRICS_PORTS = {"segment": PORT, "encode": PORT + 1, "index": PORT + 2, "join": PORT + 4}  # index: 2 replicas
 FLOW = """
 name: {name}
 stages:
   segment:
     uses: Sentencizer
     with: {min_sent_len: 3, punctuation: ".,!?"}
+    metrics_port: SEGMENT_PORT
   encode:
     uses: TransformerEncoder
     with: {traversal_paths: [c], max_length: 128}
+    metrics_port: ENCODE_PORT
   index:
     uses: CompoundIndexer
     with: {dim: 384, metric: inner_product}
     shards: 2
     replicas: 2
-  join: {}
+    metrics_port: INDEX_PORT
+  join:
+    metrics_port: JOIN_PORT
 search:
   top_k: 5
-"""
+""".replace("SEGMENT_PORT", str(METRICS_PORTS["segment"])).replace("ENCODE_PORT", str(METRICS_PORTS["encode"])).replace(
+    "INDEX_PORT", str(METRICS_PORTS["index"])).replace("JOIN_PORT", str(METRICS_PORTS["join"]))
 
 BUS_STOP = "Someone is waiting at the bus stop. John looks surprised, his face seems familiar."
 UNRELATED = [
@@ -192,3 +222,41 @@ def test_query_language_per_request_on_shard_and_joiner(client) -> None:  # type
 def test_unknown_operator_gets_an_error_reply(client) -> None:  # type: ignore[no-untyped-def]
     reply = client.search("anything", timeout_s=10, parameters={"query_language": [{"operator": "__import__"}]})
     assert reply.errors and "__import__" in reply.errors[0] and "filter" in reply.errors[0]
+
+
+def _metric(port: int, name: str, **labels: str) -> float:
+    """The sum of a metric's samples on a stage's /metrics page, filtered by labels."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_move_after_an_ingest_and_a_search(client, flow) -> None:  # type: ignore[no-untyped-def]
+    topics = flow.flow.topics
+    before = _metric(METRICS_PORTS["segment"], "streamsearch_records_in_total", topic=topics.ingest)
+    replies_before = _metric(METRICS_PORTS["join"], "streamsearch_replies_total")
+    receipt = client.index([Document(id=f"metric-{i}", text=f"Metrics document number {i}.") for i in range(4)])
+    client.search("metrics document", after=receipt, timeout_s=60)
+    assert _metric(METRICS_PORTS["segment"], "streamsearch_records_in_total", topic=topics.ingest) >= before + 4
+    assert _metric(METRICS_PORTS["encode"], "streamsearch_records_out_total") > 0
+    assert _metric(METRICS_PORTS["encode"], "streamsearch_batch_seconds_count", topic=topics.segmented) > 0
+    vectors = sum(_metric(METRICS_PORTS["index"] + replica, "streamsearch_index_vectors") for replica in (0, 1))
+    assert vectors >= 4
+    assert _metric(METRICS_PORTS["join"], "streamsearch_replies_total") >= replies_before + 1
+    assert _metric(METRICS_PORTS["join"], "streamsearch_query_seconds_count", flow=topics.flow) >= 1
+
+
+
+def test_dead_letters_are_counted(flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+    port = METRICS_PORTS["segment"]
+    before = _metric(port, "streamsearch_dead_letters_total", error="SerdeError")
+    producer = StageProducer(kafka_settings)
+    producer.produce(flow.flow.topics.ingest, value=b"\x01garbage", key="metric-bad")
+    producer.flush()
+    deadline = time.monotonic() + 60
+    while _metric(port, "streamsearch_dead_letters_total", error="SerdeError") < before + 1:
+        assert time.monotonic() < deadline, "dead letter not counted within 60 s"
+        time.sleep(0.1)  # polling a condition: the metric is only observable by scraping

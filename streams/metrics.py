@@ -1,0 +1,44 @@
+"""Prometheus metrics of a stage process, served on the stage's ``metrics_port``."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+__all__ = [
+    "RECORDS_IN", "RECORDS_OUT", "DEAD_LETTERS", "BATCH_SECONDS", "CONSUMER_LAG", "INDEX_VECTORS",
+    "QUERY_SECONDS", "REPLIES", "serve_metrics",
+]
+
+logger = logging.getLogger(__name__)
+
+RECORDS_IN = Counter("streamsearch_records_in_total", "Records consumed", ["flow", "stage", "topic"])
+RECORDS_OUT = Counter("streamsearch_records_out_total", "Records produced", ["flow", "stage"])
+DEAD_LETTERS = Counter("streamsearch_dead_letters_total", "Records sent to the dead-letter topic",
+                       ["flow", "stage", "error"])
+BATCH_SECONDS = Histogram("streamsearch_batch_seconds", "Time to process one consumed batch",
+                          ["flow", "stage", "topic"], buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+CONSUMER_LAG = Gauge("streamsearch_consumer_lag", "Records behind the fetch-response high watermark",
+                     ["flow", "stage", "topic", "partition"])
+INDEX_VECTORS = Gauge("streamsearch_index_vectors", "Vectors in a shard's index", ["flow", "partition"])
+QUERY_SECONDS = Histogram("streamsearch_query_seconds", "Search latency at the joiner, from the query record's "
+                          "timestamp to the reply", ["flow"],
+                          buckets=(.005, .01, .02, .03, .05, .075, .1, .2, .5, 1, 2, 5, 10))
+REPLIES = Counter("streamsearch_replies_total", "Search replies sent by the joiner", ["flow", "partial"])
+
+PORT_ENV = "STREAMSEARCH_METRICS_PORT"
+
+
+def serve_metrics(configured_port: int | None) -> int | None:
+    """Expose /metrics on ``STREAMSEARCH_METRICS_PORT`` or the configured port; None disables.
+
+    :returns: the port serving, or None.
+    """
+    port = int(os.environ[PORT_ENV]) if os.environ.get(PORT_ENV) else configured_port
+    if not port:
+        return None
+    start_http_server(port, addr=os.environ.get("STREAMSEARCH_METRICS_ADDR", "0.0.0.0"))
+    logger.info("metrics served", extra={"port": port})
+    return port
