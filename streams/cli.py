@@ -50,13 +50,17 @@ def main(log_level: str | None, log_json: bool | None) -> None:
 @click.option("--limit", default=1000, show_default=True, help="Docstrings to index.")
 @click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: deploy/flows/hello.yml).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Where shard state and stage logs go.")
+@click.option("--port", default=0, show_default="a free port", help="Port of the search page and HTTP API.")
+@click.option("--serve/--no-serve", default=None,
+              help="Keep serving the search page after the demo (default: when run in a terminal).")
 @one_line_errors
-def hello_world(limit: int, flow_path: Path | None, state_dir: Path | None) -> None:
+def hello_world(limit: int, flow_path: Path | None, state_dir: Path | None, port: int, serve: bool | None) -> None:
     """Index Python's docstrings on the embedded broker and search them while they stream in."""
     from streams.hello_world import DEFAULT_FLOW, run_hello_world
 
     logging.getLogger().setLevel(logging.WARNING)
-    run_hello_world(limit=limit, flow_path=flow_path or DEFAULT_FLOW, state_dir=state_dir)
+    run_hello_world(limit=limit, flow_path=flow_path or DEFAULT_FLOW, state_dir=state_dir, bridge_port=port,
+                    keep_serving=sys.stdin.isatty() if serve is None else serve)
 
 
 @main.command("run")
@@ -141,6 +145,22 @@ def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: t
     if reply.errors:
         raise StreamsearchError("; ".join(reply.errors))
     click.echo(format_reply(text, reply))
+
+
+@main.command("serve")
+@click.option("--flow", required=True, help="Flow name or flow YAML (a YAML also gives the page its field filter).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@one_line_errors
+def serve(flow: str, host: str, port: int) -> None:
+    """Serve the HTTP bridge and the search page for a running flow (bearer token: STREAMSEARCH_TOKEN)."""
+    import uvicorn
+
+    from streams.http import create_app
+
+    fields = load_flow(flow).fields if flow.endswith((".yml", ".yaml")) else ()
+    with _client(_flow_name(flow)) as client:
+        uvicorn.run(create_app(client, flow_fields=fields), host=host, port=port)
 
 
 @main.command("eval")

@@ -125,8 +125,7 @@ class Client:
         try:
             return future.result(timeout=wait)
         except concurrent.futures.TimeoutError as exc:
-            with self._lock:
-                self._futures = {k: f for k, f in self._futures.items() if f is not future}
+            future.cancel()
             raise RequestTimeoutError(f"no reply within {wait:.1f}s: is the flow {self.topics.flow!r} running?") from exc
 
     def search_async(
@@ -169,10 +168,15 @@ class Client:
         future: concurrent.futures.Future[SearchReply] = concurrent.futures.Future()
         with self._lock:
             self._futures[request_id] = future
+        future.add_done_callback(lambda _: self._forget(request_id))  # cancelled or timed out: no leak
         self._producer.produce(self.topics.query, value=REQUEST.encode(request), key=request_id,
                                headers=query_headers(request_id, self.reply_topic, deadline_ms) + (REQUEST.header(),))
         self._producer.raw.poll(0)  # no flush: concurrent searches must not wait on each other
         return future
+
+    def _forget(self, request_id: str) -> None:
+        with self._lock:
+            self._futures.pop(request_id, None)
 
     def _ensure_listener(self) -> None:
         if self._listener is not None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 from typing import Callable
 
 from streams.client import Client, IndexReceipt
 from streams.corpora import stdlib_docstrings
 from streams.flow import load_flow
+from streams.http import create_app, serving
 from streams.local import LocalRuntime
 from streams.progress import IndexProgress
 from streams.serde import SearchReply
@@ -39,34 +42,39 @@ def format_reply(query: str, reply: SearchReply, index: int = 0) -> str:
 
 
 def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Path | None = None,
-                    top_k: int = 3, print_fn: Callable[[str], None] = print) -> dict[str, SearchReply]:
-    """Start everything, stream the corpus, answer the example queries during and after indexing.
+                    top_k: int = 3, print_fn: Callable[[str], None] = print, bridge_port: int = 0,
+                    keep_serving: bool = False) -> dict[str, SearchReply]:
+    """Start everything (the HTTP bridge too), stream the corpus, answer the example queries
+    during and after indexing; with ``keep_serving``, go on serving until Ctrl-C.
 
     :returns: the final reply of each example query (for tests and callers).
     """
     flow = load_flow(flow_path)
     docs = list(stdlib_docstrings(limit=limit))
-    with LocalRuntime(flow, flow_path=flow_path, state_dir=state_dir) as runtime:
+    with LocalRuntime(flow, flow_path=flow_path, state_dir=state_dir) as runtime, contextlib.ExitStack() as stack:
         assert runtime.settings is not None
         broker = runtime.broker.bootstrap_servers if runtime.broker else runtime.settings.bootstrap_servers
         print_fn(f"streamsearch hello-world: broker {broker}, flow {flow.name!r} "
                  f"({', '.join(s.name for s in flow.stages)}; {flow.shards} shards)")
         print_fn(f"stage logs: {runtime.flow.state_dir / 'logs'}")
-        client = runtime.client()
-        try:
-            print_fn("waiting for the stages to join their groups ...")
-            runtime.wait_ready(client)
-            print_fn(f"streaming {len(docs)} docstrings of the Python standard library onto {flow.topics.ingest}")
-            progress = IndexProgress(runtime.settings, runtime.flow.topics, total=len(docs))
-            receipt = client.index(docs)
-            progress.expect(receipt)
-            _search_while_indexing(client, progress, top_k, print_fn)
-            progress.wait()
-            progress.close()
-            print_fn("\nindexing done; final answers (read-your-writes: the shards have applied every document):")
-            final = _ask(client, top_k, receipt, print_fn)
-        finally:
-            client.close()
+        client = stack.enter_context(runtime.client())
+        url = stack.enter_context(serving(create_app(client, flow_fields=flow.fields), port=bridge_port))
+        print_fn(f"search page and HTTP API: {url}/  (OpenAPI: {url}/docs)")
+        print_fn("waiting for the stages to join their groups ...")
+        runtime.wait_ready(client)
+        print_fn(f"streaming {len(docs)} docstrings of the Python standard library onto {flow.topics.ingest}")
+        progress = IndexProgress(runtime.settings, runtime.flow.topics, total=len(docs))
+        receipt = client.index(docs)
+        progress.expect(receipt)
+        _search_while_indexing(client, progress, top_k, print_fn)
+        progress.wait()
+        progress.close()
+        print_fn("\nindexing done; final answers (read-your-writes: the shards have applied every document):")
+        final = _ask(client, top_k, receipt, print_fn)
+        if keep_serving:
+            print_fn(f"\nstill serving {url}/ -- Ctrl-C stops")
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
     return final
 
 

@@ -19,5 +19,6 @@ def test_hello_world_finds_argparse_for_command_line_parsing(broker, tmp_path: P
     assert top[0] in {"argparse", "getopt", "optparse"}
     output = "\n".join(printed)
     assert "while indexing" in output and "final answers" in output
+    assert "search page and HTTP API: http://127.0.0.1:" in output
     # Every match is printed with its score and the sentence that matched.
     assert "↳" in output

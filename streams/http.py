@@ -1,0 +1,295 @@
+"""The HTTP bridge: JSON over HTTP in front of one request/reply ``Client``, plus the search page.
+
+Thin on purpose: it validates, translates and maps outcomes to status codes; every search
+goes through ``Client.search_async``, so all HTTP requests share one producer and one
+reply consumer and await their own future (no thread or consumer per request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import uvicorn
+
+from confluent_kafka import KafkaException
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, status
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from processors.document import Document
+from streams.client import REPLY_GRACE_S, Client, IndexReceipt
+from streams.exceptions import PayloadTooLargeError, StreamsearchError
+from streams.serde import SearchReply
+
+__all__ = ["create_app", "serving", "DocIn", "SearchIn", "DEFAULT_MAX_BODY_BYTES", "TOKEN_ENV"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+TOKEN_ENV = "STREAMSEARCH_TOKEN"
+PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+
+# -- request bodies ----------------------------------------------------------------------------
+
+
+class DocIn(BaseModel):
+    """A document to index; ``id`` is the Kafka key, so resending an id replaces it."""
+
+    id: str = Field(min_length=1)
+    text: str
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class SearchIn(BaseModel):
+    """A search; unset options fall back to the flow's defaults."""
+
+    texts: str | list[str] = Field(min_length=1)
+    top_k: int | None = Field(default=None, ge=1, le=1000)
+    filter_by: list[str] | None = None
+    query_language: list[dict[str, Any]] | None = None
+    index_type: str | None = None
+    deadline_s: float | None = Field(default=None, gt=0, le=300)
+    after: dict[int, int] | None = Field(default=None, description="An index receipt's offsets: read your writes.")
+
+
+# -- replies -----------------------------------------------------------------------------------
+
+
+def _match_json(match: Document) -> dict[str, Any]:
+    score = match.scores.get("score")
+    chunk = match.chunks[0] if match.chunks else None
+    return {
+        "id": match.id,
+        "text": match.text,
+        "tags": match.tags,
+        "score": {"value": score.value, "op_name": score.op_name, "direction": score.direction.value}
+        if score else None,
+        "chunk": {"text": chunk.text, "location": chunk.location, "field_name": chunk.field_name} if chunk else None,
+    }
+
+
+def _reply_json(texts: list[str], reply: SearchReply, latency_ms: float) -> dict[str, Any]:
+    return {
+        "results": [{"query": text, "matches": [_match_json(m) for m in doc.matches]}
+                    for text, doc in zip(texts, reply.docs)],
+        "partial": reply.partial,
+        "missing_shards": reply.missing_shards,
+        "stale_shards": reply.stale_shards,
+        "errors": reply.errors,
+        "latency_ms": round(latency_ms, 1),
+    }
+
+
+def _receipt_json(receipt: IndexReceipt) -> dict[str, Any]:
+    return {"count": receipt.count, "offsets": receipt.offsets}
+
+
+def _unavailable(exc: BaseException) -> HTTPException:
+    logger.warning("broker unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"broker unavailable: {type(exc).__name__}: {exc}")
+
+
+# -- middleware and auth -----------------------------------------------------------------------
+
+
+class BodyLimit:
+    """Answer 413 to a body over ``max_bytes``: by its Content-Length, else by counting it.
+
+    The body is buffered (at most ``max_bytes``) and replayed, so a chunked upload without
+    Content-Length is stopped too.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"},
+                                status_code=413)
+        await response(scope, receive, send)
+
+
+def _auth(token: str | None) -> Callable[..., None]:
+    bearer = HTTPBearer(auto_error=False)
+
+    def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if token is None:
+            return
+        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+# -- the app -----------------------------------------------------------------------------------
+
+
+def create_app(
+    client: Client,
+    *,
+    flow_fields: Sequence[str] = (),
+    token: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """Build the bridge over one running client; the caller owns (and closes) the client.
+
+    :param client: the flow's request/reply client, shared by every HTTP request.
+    :param flow_fields: the flow's fields, offered by ``/status`` for the page's field filter.
+    :param token: the bearer token every endpoint but ``/healthz`` and the page itself requires
+        (OpenAPI included); ``STREAMSEARCH_TOKEN`` if None, no auth if neither is set (or it is "").
+    :param max_body_bytes: larger request bodies get 413.
+    :returns: the ASGI app.
+    """
+    token = (token if token is not None else os.environ.get(TOKEN_ENV)) or None
+    app = FastAPI(title="streamsearch", summary=f"Search the flow {client.topics.flow!r} over Kafka",
+                  docs_url=None, openapi_url=None)  # served below, behind the token
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    api = APIRouter(dependencies=[Depends(_auth(token))])
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="streamsearch API")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process answers; says nothing about the broker (a search does)."""
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return PAGE.read_text(encoding="utf-8")
+
+    @api.get("/status")
+    async def flow_status() -> dict[str, Any]:
+        """The flow this bridge talks to and its fields (for the page's filter)."""
+        return {"flow": client.topics.flow, "fields": list(flow_fields)}
+
+    @api.post("/index", status_code=status.HTTP_202_ACCEPTED)
+    async def index(body: DocIn | list[DocIn]) -> dict[str, Any]:
+        """Upsert one document or a list; 202 once the broker has them (searchable moments later).
+
+        Pass the returned ``offsets`` as a search's ``after`` to read your own writes.
+        """
+        docs = [Document(id=d.id, text=d.text, tags=dict(d.tags)) for d in (body if isinstance(body, list) else [body])]
+        try:
+            receipt = await run_in_threadpool(client.index, docs)  # it waits for delivery
+        except PayloadTooLargeError as exc:
+            raise HTTPException(413, str(exc)) from exc
+        except (StreamsearchError, KafkaException) as exc:
+            raise _unavailable(exc) from exc
+        return _receipt_json(receipt)
+
+    @api.delete("/docs/{doc_id}", status_code=status.HTTP_202_ACCEPTED)
+    async def delete(doc_id: str) -> dict[str, Any]:
+        """Delete a document by id (a tombstone on the ingest topic)."""
+        try:
+            receipt = await run_in_threadpool(client.delete, [doc_id])
+        except (StreamsearchError, KafkaException) as exc:
+            raise _unavailable(exc) from exc
+        return _receipt_json(receipt)
+
+    @api.post("/search", responses={400: {}, 503: {}, 504: {"description": "partial results by the deadline"}})
+    async def search(body: SearchIn) -> JSONResponse:
+        """Search; 504 carries the partial results when shards missed the deadline."""
+        texts = [body.texts] if isinstance(body.texts, str) else body.texts
+        deadline_s = body.deadline_s or client.timeout_s
+        parameters = {"query_language": body.query_language} if body.query_language is not None else None
+        started = time.perf_counter()
+        try:
+            future = client.search_async(
+                texts, top_k=body.top_k, timeout_s=deadline_s, filter_by=body.filter_by,
+                index_type=body.index_type, parameters=parameters,
+                after=IndexReceipt(dict(body.after)) if body.after else None,
+            )
+            reply = await asyncio.wait_for(asyncio.wrap_future(future), deadline_s + REPLY_GRACE_S)
+        except asyncio.TimeoutError as exc:  # not even the joiner's partial reply: Kafka is not reachable
+            raise _unavailable(TimeoutError(f"no reply within {deadline_s + REPLY_GRACE_S:.1f}s")) from exc
+        except (StreamsearchError, KafkaException) as exc:
+            raise _unavailable(exc) from exc
+        payload = _reply_json(texts, reply, (time.perf_counter() - started) * 1000)
+        if reply.errors:
+            return JSONResponse({"detail": "; ".join(reply.errors), **payload}, status.HTTP_400_BAD_REQUEST)
+        if reply.partial:
+            return JSONResponse({"detail": f"shards {reply.missing_shards} missed the deadline", **payload},
+                                status.HTTP_504_GATEWAY_TIMEOUT)
+        return JSONResponse(payload)
+
+    app.include_router(api)
+    return app
+
+
+@contextlib.contextmanager
+def serving(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve an app with uvicorn in a background thread (port 0: a free one); yields its URL.
+
+    :raises StreamsearchError: if uvicorn does not start within 30 s.
+    """
+    if not port:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True, name="uvicorn")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:  # uvicorn offers no event to wait on
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise StreamsearchError(f"HTTP bridge did not start on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

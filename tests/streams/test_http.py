@@ -1,0 +1,223 @@
+"""The HTTP bridge in-process (httpx over ASGI) in front of a real flow on the session broker."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Iterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from streams.client import Client
+from streams.http import create_app
+from streams.local import LocalRuntime
+from tests.streams.fixtures import stage_logs
+from tests.streams.test_pipeline import FLOW  # the same small flow: 2 shards, 2 index replicas
+
+pytestmark = pytest.mark.kafka
+
+
+TOPICS = {
+    "volcano": "Volcanic eruptions release sulfur dioxide. Lava flows destroy the forest.",
+    "violin": "The violin concerto was premiered in Leipzig. The audience applauded for minutes.",
+    "bread": "The recipe needs two cups of flour. Bake the bread for forty minutes.",
+    "glacier": "Glaciers carve deep valleys into the granite mountains. The ice moves slowly.",
+}
+QUERIES = {
+    "volcano": "gases from an erupting volcano",
+    "violin": "first performance of a concerto for violin",
+    "bread": "how long to bake bread",
+    "glacier": "ice shaping mountain valleys",
+}
+
+
+@pytest.fixture(scope="module")
+def flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
+    return start_flow(FLOW)
+
+
+@pytest.fixture(scope="module")
+def client(flow: LocalRuntime) -> Iterator[Client]:
+    with flow.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def app(client: Client) -> FastAPI:
+    return create_app(client, token="")  # "" = no auth, whatever STREAMSEARCH_TOKEN says
+
+
+@pytest.fixture(scope="module")
+def receipt(app: FastAPI) -> dict[str, Any]:
+    """The four topic documents, indexed once through the bridge."""
+    docs = [{"id": doc_id, "text": text, "tags": {"topic": doc_id}} for doc_id, text in TOPICS.items()]
+    response = call(app, "POST", "/index", json=docs)
+    assert response.status_code == 202, response.text
+    assert response.json()["count"] == 4
+    return response.json()
+
+
+def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        async with _http(app) as http:
+            return await http.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def _http(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge", timeout=120)
+
+
+def test_index_then_search_returns_the_document_with_its_matched_chunk(app, receipt, flow) -> None:  # type: ignore[no-untyped-def]
+    response = call(app, "POST", "/search", json={"texts": "how long to bake bread", "top_k": 2,
+                                                  "after": receipt["offsets"], "deadline_s": 30})
+    assert response.status_code == 200, (response.text, stage_logs(flow))
+    body = response.json()
+    assert body["partial"] is False and body["errors"] == [] and body["latency_ms"] > 0
+    top = body["results"][0]["matches"][0]
+    assert top["id"] == "bread"
+    assert top["tags"] == {"topic": "bread"}
+    assert top["text"] == TOPICS["bread"]
+    assert top["score"]["op_name"].startswith("chunk2doc.max(faiss.flat_ip")
+    assert top["score"]["direction"] == "similarity" and top["score"]["value"] > 0.3
+    chunk = top["chunk"]
+    assert chunk["text"] in TOPICS["bread"]
+    start, end = chunk["location"]
+    assert TOPICS["bread"][start:end] == chunk["text"]
+
+
+def test_single_document_index_and_delete(app, receipt) -> None:  # type: ignore[no-untyped-def]
+    added = call(app, "POST", "/index", json={"id": "qubit", "text": "Quantum computers use qubits."})
+    assert added.status_code == 202 and added.json()["count"] == 1
+    after = added.json()["offsets"]
+    found = call(app, "POST", "/search", json={"texts": ["qubits in quantum computing"], "top_k": 1, "after": after})
+    assert found.json()["results"][0]["matches"][0]["id"] == "qubit"
+    deleted = call(app, "DELETE", "/docs/qubit")
+    assert deleted.status_code == 202
+    after = {p: max(o, after.get(p, -1)) for p, o in deleted.json()["offsets"].items()}
+    gone = call(app, "POST", "/search", json={"texts": "qubits in quantum computing", "top_k": 5, "after": after})
+    assert "qubit" not in [m["id"] for m in gone.json()["results"][0]["matches"]]
+
+
+def test_status_healthz_and_openapi(app, client) -> None:  # type: ignore[no-untyped-def]
+    assert call(app, "GET", "/healthz").json() == {"status": "ok"}
+    assert call(app, "GET", "/status").json() == {"flow": client.topics.flow, "fields": []}
+    assert "/search" in call(app, "GET", "/openapi.json").json()["paths"]
+    assert call(app, "GET", "/docs").status_code == 200
+    assert "<form id=\"search\"" in call(app, "GET", "/").text
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"texts": "x", "top_k": "ten"}, "top_k"),
+    ({"top_k": 3}, "texts"),
+    ({"texts": "x", "deadline_s": -1}, "deadline_s"),
+])
+def test_bad_schema_is_422_naming_the_field(app, body, field) -> None:  # type: ignore[no-untyped-def]
+    response = call(app, "POST", "/search", json=body)
+    assert response.status_code == 422
+    assert field in [str(part) for error in response.json()["detail"] for part in error["loc"]]
+
+
+def test_invalid_json_and_bad_document_are_422(app) -> None:  # type: ignore[no-untyped-def]
+    response = call(app, "POST", "/search", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    response = call(app, "POST", "/index", json={"text": "no id"})
+    assert response.status_code == 422 and "id" in response.text
+
+
+def test_oversized_body_is_413_by_content_length_and_by_actual_size(client) -> None:  # type: ignore[no-untyped-def]
+    small = create_app(client, token="", max_body_bytes=1024)
+    big = {"id": "big", "text": "word " * 1000}
+    assert call(small, "POST", "/index", json=big).status_code == 413
+
+    async def chunked() -> Any:  # no Content-Length: the middleware must count
+        for _ in range(10):
+            yield b"x" * 200
+
+    response = call(small, "POST", "/index", content=chunked(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert call(small, "POST", "/search", json={"texts": "fits", "deadline_s": 10}).status_code == 200
+
+
+def test_default_limit_is_8_mib(app) -> None:  # type: ignore[no-untyped-def]
+    response = call(app, "POST", "/index", json={"id": "huge", "text": "a" * (8 * 1024 * 1024 + 1)})
+    assert response.status_code == 413
+
+
+def test_unknown_query_language_operator_is_400_with_the_message(app) -> None:  # type: ignore[no-untyped-def]
+    response = call(app, "POST", "/search", json={"texts": "anything", "deadline_s": 10,
+                                                  "query_language": [{"operator": "__import__"}]})
+    assert response.status_code == 400
+    assert "__import__" in response.json()["detail"]
+
+
+def test_bad_parameter_is_400(app) -> None:  # type: ignore[no-untyped-def]
+    response = call(app, "POST", "/search", json={"texts": "anything", "deadline_s": 10, "index_type": "nope"})
+    assert response.status_code == 400, response.text
+    assert "nope" in response.json()["detail"]
+
+
+def test_token_required_when_configured(client) -> None:  # type: ignore[no-untyped-def]
+    secured = create_app(client, token="s3cret")
+    search = {"texts": "bake bread", "deadline_s": 10}
+    assert call(secured, "POST", "/search", json=search).status_code == 401
+    assert call(secured, "GET", "/status").status_code == 401
+    assert call(secured, "DELETE", "/docs/x").status_code == 401
+    assert call(secured, "GET", "/docs").status_code == 401
+    assert call(secured, "GET", "/openapi.json").status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert call(secured, "POST", "/search", json=search, headers=wrong).status_code == 401
+    right = {"Authorization": "Bearer s3cret"}
+    assert call(secured, "POST", "/search", json=search, headers=right).status_code == 200
+    assert call(secured, "GET", "/status", headers=right).status_code == 200
+    assert call(secured, "GET", "/healthz").status_code == 200
+    assert call(secured, "GET", "/").status_code == 200
+
+
+def test_token_from_environment(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("STREAMSEARCH_TOKEN", "from-env")
+    secured = create_app(client)
+    assert call(secured, "GET", "/status").status_code == 401
+    assert call(secured, "GET", "/status", headers={"Authorization": "Bearer from-env"}).status_code == 200
+
+
+def test_200_concurrent_searches_over_one_client_each_answered_correctly(app, receipt, flow) -> None:  # type: ignore[no-untyped-def]
+    topics = list(QUERIES) * 50
+
+    async def go() -> list[httpx.Response]:
+        async with _http(app) as http:
+            return await asyncio.gather(*(
+                http.post("/search", json={"texts": QUERIES[t], "top_k": 1, "after": receipt["offsets"],
+                                           "deadline_s": 60})
+                for t in topics))
+
+    responses = asyncio.run(go())
+    assert [r.status_code for r in responses] == [200] * 200, stage_logs(flow)
+    assert [r.json()["results"][0]["matches"][0]["id"] for r in responses] == topics
+    assert [r.json()["results"][0]["query"] for r in responses] == [QUERIES[t] for t in topics]
+
+
+def test_broker_silence_is_503_not_a_hang(flow) -> None:  # type: ignore[no-untyped-def]
+    # A client of a flow nobody runs: requests go out, no reply ever comes back.
+    assert flow.settings is not None
+    with Client(f"{flow.flow.name}-nobody", settings=flow.settings) as lonely:
+        response = call(create_app(lonely, token=""), "POST", "/search", json={"texts": "x", "deadline_s": 0.5})
+    assert response.status_code == 503
+    assert "no reply" in response.json()["detail"]
+
+
+def test_search_with_one_shard_paused_is_504_with_partial_results(app, receipt, flow) -> None:  # type: ignore[no-untyped-def]
+    assert flow.local_flow is not None
+    flow.local_flow.pause("index", 0)
+    try:
+        response = call(app, "POST", "/search", json={"texts": "how long to bake bread", "deadline_s": 2})
+    finally:
+        flow.local_flow.resume("index", 0)
+    assert response.status_code == 504, response.text
+    body = response.json()
+    assert body["partial"] is True
+    assert body["missing_shards"] and set(body["missing_shards"]) <= {0, 1}
+    assert len(body["results"]) == 1  # what the answering shard found is still there
+    assert response.json()["detail"].startswith("shards")
