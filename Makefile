@@ -7,6 +7,8 @@ PIP := $(PYTHON) -m pip
 .PHONY: install hello-world test eval bench
 
 install:
+	# Debian's Chromium for the browser test (Playwright drives it; it never downloads a browser).
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	# torch first, pinned: these machines hold its CPU build; a bare `torch` pulls GBs of CUDA wheels.
 	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
 	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
