@@ -105,6 +105,8 @@ def _client(flow_name: str) -> Any:
     from streams.client import Client
     from streams.local import discover_bootstrap
 
+    logging.getLogger("streams").setLevel(max(logging.WARNING, logging.getLogger().level))  # keep output clean
+
     return Client(flow_name, settings=KafkaSettings(discover_bootstrap(), KafkaSettings.from_env().extra))
 
 
@@ -161,6 +163,29 @@ def serve(flow: str, host: str, port: int) -> None:
     fields = load_flow(flow).fields if flow.endswith((".yml", ".yaml")) else ()
     with _client(_flow_name(flow)) as client:
         uvicorn.run(create_app(client, flow_fields=fields), host=host, port=port)
+
+
+@main.command("dead-letters")
+@click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
+@click.option("--from-offset", type=int, default=0, show_default=True, help="First dead-letter offset to read.")
+@click.option("--redrive", is_flag=True, help="Put the listed records back on their source topic, after a fix.")
+@one_line_errors
+def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
+    """List the records stages could not process, with why and where they came from."""
+    from streams import dead_letters as dl
+    from streams.local import discover_bootstrap
+    from streams.topics import FlowTopics
+
+    logging.getLogger("streams").setLevel(logging.WARNING)
+    settings = KafkaSettings(discover_bootstrap(), KafkaSettings.from_env().extra)
+    letters = dl.read_dead_letters(settings, FlowTopics(_flow_name(flow), 1), from_offset=from_offset)
+    for letter in letters:
+        key = letter.key.decode(errors="replace") if letter.key else "-"
+        click.echo(f"{letter.offset}\t{letter.stage}\t{letter.error_class}\t"
+                   f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}\tkey={key}\t{letter.message}")
+    click.echo(f"{len(letters)} dead letters", err=True)
+    if redrive:
+        click.echo(f"re-driven: {dl.redrive(settings, letters)}", err=True)
 
 
 @main.command("eval")

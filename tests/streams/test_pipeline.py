@@ -260,3 +260,40 @@ def test_dead_letters_are_counted(flow, kafka_settings) -> None:  # type: ignore
     while _metric(port, "streamsearch_dead_letters_total", error="SerdeError") < before + 1:
         assert time.monotonic() < deadline, "dead letter not counted within 60 s"
         time.sleep(0.1)  # polling a condition: the metric is only observable by scraping
+
+
+def test_dead_letters_are_listed_and_can_be_redriven(flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+    from streams.dead_letters import read_dead_letters, redrive
+
+    topics = flow.flow.topics
+    producer = StageProducer(kafka_settings)
+    producer.produce(topics.ingest, value=b"\x05broken again", key="redrive-me", partition=1)
+    producer.flush()
+    deadline = time.monotonic() + 60
+    while not (mine := [d for d in read_dead_letters(kafka_settings, topics) if d.key == b"redrive-me"]):
+        assert time.monotonic() < deadline, "dead letter not listed within 60 s"
+    letter = mine[0]
+    assert (letter.stage, letter.error_class) == ("segment", "SerdeError")
+    assert (letter.source_topic, letter.source_partition) == (topics.ingest, 1)
+    assert "malformed" in letter.message and letter.value == b"\x05broken again"
+    assert redrive(kafka_settings, [letter]) == 1
+    # Re-driven unchanged, the stage processes it again and dead-letters it again: a second copy appears.
+    while len([d for d in read_dead_letters(kafka_settings, topics, from_offset=letter.offset)
+               if d.key == b"redrive-me"]) < 2:
+        assert time.monotonic() < deadline, "re-driven record not processed again within 60 s"
+
+
+def test_dead_letters_command_prints_one_line_per_record(flow, broker) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "dead-letters", "--flow", flow.flow.name],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers})
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert lines and all(len(fields) == 6 for fields in lines)
+    assert any(f[1] == "segment" and f[2] == "SerdeError" and f[3].startswith(f"{flow.flow.topics.ingest}[")
+               for f in lines)
+    assert result.stderr.strip().endswith(f"{len(lines)} dead letters")

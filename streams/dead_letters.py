@@ -1,0 +1,91 @@
+"""Reading the dead-letter topic and re-driving its records after a fix."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import TopicPartition
+
+from streams import headers as h
+from streams.kafka import KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer
+from streams.topics import FlowTopics
+
+__all__ = ["DeadLetter", "read_dead_letters", "redrive"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record a stage could not process, with why and where it came from."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    stage: str
+    error_class: str
+    message: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    original_headers: tuple[h.Header, ...]
+
+
+def read_dead_letters(settings: KafkaSettings, topics: FlowTopics, *, from_offset: int = 0,
+                      timeout: float = 15.0) -> list[DeadLetter]:
+    """Every dead letter from ``from_offset`` up to the end of the topic.
+
+    "The end" is the high watermark of fetch responses (the embedded broker's ListOffsets is
+    wrong), so the reader fetches until it has reached it.
+    """
+    consumer = make_consumer(settings, group_id=f"{topics.flow}.dead-letters.{uuid.uuid4().hex[:8]}")
+    partition = TopicPartition(topics.dead_letter, 0, from_offset)
+    consumer.assign([partition])
+    letters: list[DeadLetter] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for msg in consume_batch(consumer, max_records=500, timeout=0.2):
+                if msg.error() is None:
+                    letters.append(_letter(msg.offset(), msg.key(), msg.value(), headers_of(msg)))
+            _, high = consumer.get_watermark_offsets(partition, cached=True)
+            position = consumer.position([partition])[0].offset
+            if high >= 0 and (high <= from_offset or position >= high):
+                break
+    finally:
+        consumer.close()
+    return letters
+
+
+def _letter(offset: int, key: bytes | None, value: bytes | None, headers: dict[str, bytes]) -> DeadLetter:
+    text = {name: raw.decode(errors="replace") for name, raw in headers.items()}
+    return DeadLetter(
+        offset=offset, key=key, value=value,
+        stage=text.get(h.DEAD_LETTER_STAGE, "?"), error_class=text.get(h.DEAD_LETTER_ERROR_CLASS, "?"),
+        message=text.get(h.DEAD_LETTER_MESSAGE, ""), source_topic=text.get(h.DEAD_LETTER_TOPIC, ""),
+        source_partition=h.read_int(headers, h.DEAD_LETTER_PARTITION) or 0,
+        source_offset=h.read_int(headers, h.DEAD_LETTER_OFFSET) or -1,
+        original_headers=tuple((k, v) for k, v in headers.items() if not k.startswith("ss-dl-")),
+    )
+
+
+def redrive(settings: KafkaSettings, letters: list[DeadLetter]) -> int:
+    """Put records back on their source topic and partition (order and co-partitioning kept),
+    with their original key and headers, for the stage to process again after a fix.
+
+    :returns: how many were re-driven; letters without a payload (oversized ones) are skipped.
+    """
+    producer = StageProducer(settings)
+    sent = 0
+    for letter in letters:
+        if letter.value is None or not letter.source_topic:
+            logger.warning("not re-driven: no payload kept", extra={"offset": letter.offset})
+            continue
+        producer.produce(letter.source_topic, value=letter.value, key=letter.key, partition=letter.source_partition,
+                         headers=letter.original_headers)
+        sent += 1
+    producer.flush()
+    return sent
