@@ -188,6 +188,36 @@ def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
         click.echo(f"re-driven: {dl.redrive(settings, letters)}", err=True)
 
 
+@main.command("status")
+@click.option("--flow", "flow_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The flow YAML of the running flow.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+@one_line_errors
+def status(flow_path: Path, as_json: bool) -> None:
+    """Per stage: members, throughput, lag per partition; per shard: documents, vectors, offsets; dead letters."""
+    import dataclasses
+    import json
+
+    from streams.local import discover_bootstrap
+    from streams.status import collect_status
+
+    logging.getLogger("streams").setLevel(logging.WARNING)
+    settings = KafkaSettings(discover_bootstrap(), KafkaSettings.from_env().extra)
+    report = collect_status(settings, load_flow(flow_path))
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report), indent=2))
+        return
+    click.echo(f"flow {report.flow}    dead letters: {report.dead_letters}")
+    click.echo(f"{'stage':<8} {'members':>7} {'records/s':>10} {'lag':>7}  per partition")
+    for st in report.stages:
+        per = " ".join(f"{p.partition}:{p.lag}" for p in st.lag)
+        click.echo(f"{st.stage:<8} {st.members:>7} {st.throughput:>10.1f} {st.total_lag:>7}  {per}")
+    click.echo(f"{'shard':<6} {'documents':>9} {'vectors':>8} {'encoded@':>9} {'ingest@':>8}  index types  owner")
+    for sh in report.shards:
+        click.echo(f"{sh['partition']:<6} {sh['documents']:>9} {sh['vectors']:>8} {sh['encoded_offset']:>9} "
+                   f"{sh['ingest_offset']:>8}  {','.join(sh['index_types']):<11}  {sh['owner']}")
+
+
 @main.command("eval")
 @click.option("--beir", "beir_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: deploy/flows/beir.yml).")

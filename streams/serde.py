@@ -32,6 +32,7 @@ __all__ = [
     "REQUEST",
     "PARTIAL_RESULT",
     "SEARCH_REPLY",
+    "STAGE_STATUS",
 ]
 
 SCHEMA_HEADER = "ss-schema"
@@ -85,7 +86,7 @@ class SearchReply:
 def _load_schemas() -> dict[str, Any]:
     named: dict[str, Any] = {}
     parsed = {}
-    for name in ("document", "request", "partial_result", "search_reply"):
+    for name in ("document", "request", "partial_result", "search_reply", "stage_status"):
         with open(SCHEMA_DIR / f"{name}.avsc") as f:
             parsed[name] = fastavro.parse_schema(json.load(f), named_schemas=named)
     return parsed
@@ -288,3 +289,5 @@ DOCUMENT: Codec[Document] = Codec("document", doc_to_avro, doc_from_avro)
 REQUEST: Codec[Request] = Codec("request", _request_to_avro, _request_from_avro)
 PARTIAL_RESULT: Codec[PartialResult] = Codec("partial_result", _partial_to_avro, _partial_from_avro)
 SEARCH_REPLY: Codec[SearchReply] = Codec("search_reply", _reply_to_avro, _reply_from_avro)
+STAGE_STATUS: Codec[dict[str, Any]] = Codec("stage_status", dict, dict)
+"""Status records are plain dicts: they are read by people and scripts, never processed."""

@@ -57,6 +57,20 @@ class ShardIngest:
                                               "ingest_offset": checkpoint.ingest_offset})
         return starts
 
+    def shard_status(self) -> list[dict[str, object]]:
+        """Per open shard: documents, vectors, applied offsets and built index types."""
+        report = []
+        for partition in self._states.partitions():
+            index = self._states.get(partition)
+            if index is None:
+                continue
+            stats = index.stats()
+            checkpoint = self._states.checkpoint(partition)
+            report.append({"partition": partition, "documents": stats.documents, "vectors": stats.vectors,
+                           "encoded_offset": checkpoint.encoded_offset, "ingest_offset": checkpoint.ingest_offset,
+                           "index_types": list(stats.index_types)})
+        return report
+
     def revoked(self, partitions: Sequence[int]) -> None:
         for partition in partitions:
             self._states.close(partition)

@@ -9,7 +9,9 @@ large ingest backlog. Stages differ only in their ``StageSpec``: topics and hand
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from streams import headers as h
 from streams.checkpoint import Checkpoint
+from streams.serde import STAGE_STATUS
 from streams.exceptions import PayloadTooLargeError
 from streams.metrics import BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, serve_metrics
 from streams.kafka import Header, KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer
@@ -26,6 +29,9 @@ from streams.kafka import Header, KafkaSettings, StageProducer, consume_batch, h
 __all__ = ["Inbound", "Output", "PathHandler", "PathSpec", "StageSpec", "StageLoop"]
 
 logger = logging.getLogger(__name__)
+
+MEMBER = f"{socket.gethostname()}:{os.getpid()}"
+"""This process, in status reports."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,7 @@ class StageSpec:
     max_payload_bytes: int = 8 * 1024 * 1024
     consumer_overrides: dict[str, object] = field(default_factory=dict)
     metrics_port: int | None = None
+    status_topic: str | None = None
 
 
 class _Path:
@@ -136,6 +143,8 @@ class StageLoop:
         self.dead_letters = 0
         self._index_has_backlog = False
         self._next_lag_report = 0.0
+        self._status_processed = 0
+        self._status_at = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -188,6 +197,24 @@ class StageLoop:
                 path.checkpoint.commit()
         if time.monotonic() >= self._next_lag_report:
             self._report_lag()
+            self._publish_status()
+
+    def _publish_status(self) -> None:
+        """What this process does, for ``streamsearch status``: members, throughput, shards."""
+        if self.spec.status_topic is None:
+            return
+        now = time.monotonic()
+        rate = (self.processed - self._status_processed) / max(now - self._status_at, 1e-3)
+        self._status_processed, self._status_at = self.processed, now
+        handler = self.spec.index_path.handler if self.spec.index_path else None
+        report = {
+            "stage": self.spec.name, "member": MEMBER, "ts_ms": int(time.time() * 1000),
+            "processed": self.processed, "rate": rate, "dead_letters": self.dead_letters,
+            "partitions": sorted(tp.partition for tp in self._index.consumer.assignment()) if self._index else [],
+            "shards": handler.shard_status() if hasattr(handler, "shard_status") else [],
+        }
+        self.producer.produce(self.spec.status_topic, value=STAGE_STATUS.encode(report),
+                              key=f"{self.spec.name}/{MEMBER}", headers=(STAGE_STATUS.header(),))
 
     def _report_lag(self) -> None:
         """Lag from the high watermark seen in fetch responses: the embedded broker's

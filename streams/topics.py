@@ -50,6 +50,10 @@ class FlowTopics:
     def dead_letter(self) -> str:
         return f"{self.flow}.dead-letter"
 
+    @property
+    def status(self) -> str:
+        return f"{self.flow}.status"
+
     def shapes(self) -> list[TopicShape]:
         """All topics to create. ``encoded`` is compacted: it is the index's changelog."""
         p = self.partitions
@@ -61,4 +65,5 @@ class FlowTopics:
             TopicShape(self.search, p),
             TopicShape(self.partials, p),
             TopicShape(self.dead_letter, 1),
+            TopicShape(self.status, 1, (("cleanup.policy", "compact"),)),
         ]

@@ -29,7 +29,8 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
     topics = flow.topics
     group = f"{flow.name}.{name}"
     common = dict(flow=flow.name, name=name, dead_letter_topic=topics.dead_letter,
-                  max_payload_bytes=flow.max_payload_bytes, metrics_port=stage.metrics_port)
+                  max_payload_bytes=flow.max_payload_bytes, metrics_port=stage.metrics_port,
+                  status_topic=topics.status)
     defaults = SearchParameters.parse(
         {"top_k": flow.search.top_k, "chunk_oversample": flow.search.chunk_oversample})
     if name == "segment":

@@ -297,3 +297,55 @@ def test_dead_letters_command_prints_one_line_per_record(flow, broker) -> None: 
     assert any(f[1] == "segment" and f[2] == "SerdeError" and f[3].startswith(f"{flow.flow.topics.ingest}[")
                for f in lines)
     assert result.stderr.strip().endswith(f"{len(lines)} dead letters")
+
+
+def test_status_reports_known_lag_shards_and_dead_letters(client, flow, kafka_settings, broker) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from streams.status import collect_status
+
+    def encode_lag() -> int:
+        report = collect_status(kafka_settings, flow.flow)
+        return next(s for s in report.stages if s.stage == "encode").total_lag
+
+    def settled() -> bool:
+        """Encode's asynchronous commit has landed and the shards' periodic reports show documents."""
+        report = collect_status(kafka_settings, flow.flow)
+        encode = next(s for s in report.stages if s.stage == "encode")
+        return encode.total_lag == 0 and sum(s["documents"] for s in report.shards) > 0 and report.dead_letters > 0
+
+    producer = StageProducer(kafka_settings)
+    producer.produce(flow.flow.topics.ingest, value=b"\x03not a document", key="status-bad", partition=0)
+    producer.flush()
+    receipt = client.index([Document(id="status-warm", text="Warm up before the status check.")])
+    client.search("warm up", after=receipt, timeout_s=60)
+    deadline = time.monotonic() + 60
+    while not settled():
+        assert time.monotonic() < deadline, "encode never caught up, or no shard documents or dead letter seen"
+    assert flow.local_flow is not None
+    flow.local_flow.pause("encode", 0)
+    try:
+        client.index([Document(id=f"status-{i}", text=f"Status document number {i}.") for i in range(5)])
+        while (lag := encode_lag()) < 5:  # the segment stage forwards them; the stopped encoder cannot
+            assert time.monotonic() < deadline, f"encode lag stuck at {lag}"
+        report = collect_status(kafka_settings, flow.flow)
+    finally:
+        flow.local_flow.resume("encode", 0)
+    stages = {s.stage: s for s in report.stages}
+    assert stages["encode"].total_lag == 5
+    assert stages["segment"].total_lag == 0 and stages["segment"].members == 1
+    assert {s["partition"] for s in report.shards} == {0, 1}
+    assert sum(s["documents"] for s in report.shards) > 0 and all(s["index_types"] for s in report.shards)
+    assert report.dead_letters >= 1
+
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "status", "--flow", str(flow.flow_path), "--json"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers})
+    assert result.returncode == 0, result.stderr
+    parsed = json.loads(result.stdout)
+    assert parsed["flow"] == flow.flow.name
+    assert [s["stage"] for s in parsed["stages"]] == ["segment", "encode", "index", "join"]
+    assert all("lag" in p for s in parsed["stages"] for p in s["lag"])
