@@ -7,6 +7,7 @@ disk: a restart empties every topic (see shared/EMBEDDED_BROKER.md).
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import subprocess
 import time
@@ -64,6 +65,15 @@ class EmbeddedBroker:
                 time.sleep(0.05)
         self.stop()
         raise BrokerError(f"embedded broker did not open port {self.port} within {timeout}s")
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): unreachable, state kept, as a network partition looks."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

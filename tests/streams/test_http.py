@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Iterator
 
 import httpx
@@ -221,3 +222,16 @@ def test_search_with_one_shard_paused_is_504_with_partial_results(app, receipt, 
     assert body["missing_shards"] and set(body["missing_shards"]) <= {0, 1}
     assert len(body["results"]) == 1  # what the answering shard found is still there
     assert response.json()["detail"].startswith("shards")
+
+
+def test_broker_outage_is_503_and_the_bridge_recovers_by_itself(app, broker) -> None:  # type: ignore[no-untyped-def]
+    search = {"texts": "bake bread", "deadline_s": 2}
+    broker.pause()
+    try:
+        assert call(app, "POST", "/search", json=search).status_code == 503
+    finally:
+        broker.resume()
+    deadline = time.monotonic() + 90
+    while (response := call(app, "POST", "/search", json={**search, "deadline_s": 10})).status_code != 200:
+        assert time.monotonic() < deadline, f"bridge did not recover: {response.status_code} {response.text}"
+    assert response.json()["results"][0]["matches"]
