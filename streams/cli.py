@@ -65,40 +65,61 @@ def hello_world(limit: int, flow_path: Path | None, state_dir: Path | None, port
 
 @main.command("run")
 @click.argument("flow_path", type=click.Path(path_type=Path))
-@click.option("--stage", default=None, help="Run only this stage (in this process unless --replicas > 1).")
-@click.option("--replicas", type=int, default=None, help="Processes for --stage (bounded by its partitions).")
+@click.option("--stage", default=None, help="Join a running flow with this stage: one consumer in this process, or --replicas N.")
+@click.option("--replicas", type=int, default=None, help="Supervised processes of --stage to add (its partitions bound the useful number).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Overrides the flow's state_dir.")
 @one_line_errors
 def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Path | None) -> None:
-    """Run a flow's stages: all of them supervised (with the embedded broker if no Kafka is set), or one."""
+    """Run a flow's stages: all of them supervised (with the embedded broker if no Kafka is set),
+    or one stage joining a running flow (``--replicas N`` adds N supervised consumers)."""
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
-    if stage is not None and not replicas:
-        from streams.stage import StageLoop
-        from streams.topology import build_stage
+    if stage is not None:
+        from streams.local import discover_bootstrap
 
         flow.stage(stage)
-        settings = KafkaSettings.from_env(flow.kafka)
-        if not settings.bootstrap_servers:
-            raise StreamsearchError("`run --stage` joins a running flow: set KAFKA_BOOTSTRAP_SERVERS")
+        settings = KafkaSettings(discover_bootstrap(), KafkaSettings.from_env(flow.kafka).extra)
         ensure_topics(settings, flow.topics.shapes())  # idempotent; a real cluster may not have them yet
-        loop = StageLoop(build_stage(flow, stage), settings)
-        loop.install_signal_handlers()
-        loop.run()
+        if not replicas:
+            from streams.stage import StageLoop
+            from streams.topology import build_stage
+
+            loop = StageLoop(build_stage(flow, stage), settings)
+            loop.install_signal_handlers()
+            loop.run()
+            return
+        _supervise(flow, flow_path, settings.bootstrap_servers, stage, replicas)
         return
     from streams.local import LocalRuntime
 
-    stages = [stage] if stage else None
-    with LocalRuntime(flow, flow_path=flow_path, stages=stages,
-                      replicas={stage: replicas} if stage and replicas else None) as runtime:
+    with LocalRuntime(flow, flow_path=flow_path) as runtime:
         assert runtime.settings is not None
         click.echo(f"flow {flow.name!r} running; broker {runtime.settings.bootstrap_servers}; "
                    f"logs in {runtime.flow.state_dir / 'logs'}. Ctrl-C stops.")
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            pass
+        _wait_for_signal()
+
+
+def _supervise(flow: Any, flow_path: Path, bootstrap: str, stage: str, replicas: int) -> None:
+    """Add ``replicas`` supervised processes of one stage to a running flow, until Ctrl-C."""
+    from streams.supervisor import LocalFlow
+
+    partitions = flow.topics.partitions
+    if replicas > partitions:
+        click.echo(f"streamsearch: warning: {replicas} replicas of {stage!r} but {partitions} partitions: "
+                   f"{replicas - partitions} will stay idle", err=True)
+    with LocalFlow(flow, flow_path=flow_path, bootstrap_servers=bootstrap, log_dir=flow.state_dir / "logs",
+                   stages=[stage], replicas={stage: replicas}):
+        click.echo(f"{replicas} more {stage!r} replicas joined flow {flow.name!r} on {bootstrap}; "
+                   f"logs in {flow.state_dir / 'logs'}. Ctrl-C stops them.")
+        _wait_for_signal()
+
+
+def _wait_for_signal() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
 
 
 def _client(flow_name: str) -> Any:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from streams.client import Client, IndexReceipt
 from streams.corpora import stdlib_docstrings
@@ -15,7 +15,7 @@ from streams.local import LocalRuntime
 from streams.progress import IndexProgress
 from streams.serde import SearchReply
 
-__all__ = ["EXAMPLE_QUERIES", "run_hello_world", "format_reply"]
+__all__ = ["EXAMPLE_QUERIES", "format_reply", "run_hello_world"]
 
 EXAMPLE_QUERIES = (
     "parse command line arguments",
@@ -27,9 +27,14 @@ EXAMPLE_QUERIES = (
 DEFAULT_FLOW = Path(__file__).resolve().parent.parent / "deploy" / "flows" / "hello.yml"
 
 
+def _partial_note(reply: SearchReply) -> str:
+    notes = [f"shard {s} missing" for s in reply.missing_shards] + [f"shard {s} restoring" for s in reply.restoring_shards]
+    return f"  (partial: {', '.join(notes) or 'incomplete'})" if reply.partial else ""
+
+
 def format_reply(query: str, reply: SearchReply, index: int = 0) -> str:
     """The top matches of one query: rank, score, document and the sentence that matched."""
-    lines = [f'\n  "{query}"' + ("  (partial: " + ", ".join(map(str, reply.missing_shards)) + " missing)" if reply.partial else "")]
+    lines = [f'\n  "{query}"' + _partial_note(reply)]
     matches = reply.docs[index].matches if index < len(reply.docs) else []
     if not matches:
         lines.append("     (no matches yet)")

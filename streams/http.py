@@ -15,15 +15,15 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import uvicorn
-
 from confluent_kafka import KafkaException
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, status
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -34,7 +34,7 @@ from streams.client import REPLY_GRACE_S, Client, IndexReceipt
 from streams.exceptions import PayloadTooLargeError, StreamsearchError
 from streams.serde import SearchReply
 
-__all__ = ["create_app", "serving", "DocIn", "SearchIn", "DEFAULT_MAX_BODY_BYTES", "TOKEN_ENV"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "TOKEN_ENV", "DocIn", "SearchIn", "create_app", "serving"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ def _reply_json(texts: list[str], reply: SearchReply, latency_ms: float) -> dict
         "partial": reply.partial,
         "missing_shards": reply.missing_shards,
         "stale_shards": reply.stale_shards,
+        "restoring_shards": reply.restoring_shards,
         "errors": reply.errors,
         "latency_ms": round(latency_ms, 1),
     }
@@ -242,7 +243,9 @@ def create_app(
 
     @api.post("/search", responses={400: {}, 503: {}, 504: {"description": "partial results by the deadline"}})
     async def search(body: SearchIn) -> JSONResponse:
-        """Search; 504 carries the partial results when shards missed the deadline."""
+        """Search; 504 carries the partial results when shards missed the deadline. A shard that is
+        restoring its state answers at once without matches: 200 with ``partial`` and
+        ``restoring_shards``, so a caller can retry soon without having waited for a deadline."""
         texts = [body.texts] if isinstance(body.texts, str) else body.texts
         deadline_s = body.deadline_s or client.timeout_s
         parameters = {"query_language": body.query_language} if body.query_language is not None else None
@@ -254,14 +257,14 @@ def create_app(
                 after=IndexReceipt(dict(body.after)) if body.after else None,
             )
             reply = await asyncio.wait_for(asyncio.wrap_future(future), deadline_s + REPLY_GRACE_S)
-        except asyncio.TimeoutError as exc:  # not even the joiner's partial reply: Kafka is not reachable
+        except TimeoutError as exc:  # not even the joiner's partial reply: Kafka is not reachable
             raise _unavailable(TimeoutError(f"no reply within {deadline_s + REPLY_GRACE_S:.1f}s")) from exc
         except (StreamsearchError, KafkaException) as exc:
             raise _unavailable(exc) from exc
         payload = _reply_json(texts, reply, (time.perf_counter() - started) * 1000)
         if reply.errors:
             return JSONResponse({"detail": "; ".join(reply.errors), **payload}, status.HTTP_400_BAD_REQUEST)
-        if reply.partial:
+        if reply.missing_shards:
             return JSONResponse({"detail": f"shards {reply.missing_shards} missed the deadline", **payload},
                                 status.HTTP_504_GATEWAY_TIMEOUT)
         return JSONResponse(payload)

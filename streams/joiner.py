@@ -3,7 +3,9 @@
 The joiner knows which parts to expect (shards x selected fields, from any part) and the
 deadline: a query limited to one field never waits for the others. It replies as
 soon as every expected shard has answered, or at the deadline with what it has and
-``partial: true`` naming the shards that did not answer. It never waits past a deadline.
+``partial: true`` naming the shards that did not answer. A shard still restoring its state
+answers at once without matches; the reply is then partial and names it in
+``restoring_shards``. It never waits past a deadline.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from processors.document import Direction, Document, Score
 from processors.evaluators.evaluate import RunningStats, evaluate, parse_metrics
@@ -152,10 +154,11 @@ def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
     return SearchReply(
         request_id=pending.request_id,
         docs=docs,
-        partial=bool(missing) or not pending.expected or any(p.error for p in parts),
+        partial=bool(missing) or not pending.expected or any(p.error or p.restoring for p in parts),
         missing_shards=sorted({shard for shard, _ in missing}),
         stale_shards=sorted({p.shard for p in parts if p.stale}),
         errors=[p.error for p in parts if p.error],
+        restoring_shards=sorted({p.shard for p in parts if p.restoring}),
     )
 
 

@@ -39,6 +39,11 @@ def serve_metrics(configured_port: int | None) -> int | None:
     port = int(os.environ[PORT_ENV]) if os.environ.get(PORT_ENV) else configured_port
     if not port:
         return None
-    start_http_server(port, addr=os.environ.get("STREAMSEARCH_METRICS_ADDR", "0.0.0.0"))
+    try:
+        start_http_server(port, addr=os.environ.get("STREAMSEARCH_METRICS_ADDR", "0.0.0.0"))
+    except OSError as exc:  # e.g. a replica added on a host where the port is taken: serve, unscraped
+        logger.warning(f"metrics port {port} unavailable ({exc}); this process serves no /metrics",
+                       extra={"port": port})
+        return None
     logger.info("metrics served", extra={"port": port})
     return port

@@ -23,16 +23,16 @@ from processors.document import Direction, Document, Score
 from streams.exceptions import SerdeError
 
 __all__ = [
-    "SCHEMA_HEADER",
-    "Request",
-    "PartialResult",
-    "SearchReply",
-    "Codec",
     "DOCUMENT",
-    "REQUEST",
     "PARTIAL_RESULT",
+    "REQUEST",
+    "SCHEMA_HEADER",
     "SEARCH_REPLY",
     "STAGE_STATUS",
+    "Codec",
+    "PartialResult",
+    "Request",
+    "SearchReply",
 ]
 
 SCHEMA_HEADER = "ss-schema"
@@ -69,6 +69,7 @@ class PartialResult:
     stale: bool = False
     field_name: str | None = None
     expected_fields: list[str] = field(default_factory=list)
+    restoring: bool = False
 
 
 @dataclass(slots=True)
@@ -81,6 +82,7 @@ class SearchReply:
     missing_shards: list[int]
     stale_shards: list[int]
     errors: list[str]
+    restoring_shards: list[int] = field(default_factory=list)
 
 
 def _load_schemas() -> dict[str, Any]:
@@ -203,6 +205,7 @@ def _partial_to_avro(p: PartialResult) -> dict[str, Any]:
         "docs": [doc_to_avro(d) for d in p.docs],
         "error": p.error,
         "stale": p.stale,
+        "restoring": p.restoring,
     }
 
 
@@ -219,6 +222,7 @@ def _partial_from_avro(rec: dict[str, Any]) -> PartialResult:
         stale=rec["stale"],
         field_name=rec["field_name"],
         expected_fields=list(rec["expected_fields"]),
+        restoring=rec["restoring"],
     )
 
 
@@ -229,6 +233,7 @@ def _reply_to_avro(r: SearchReply) -> dict[str, Any]:
         "partial": r.partial,
         "missing_shards": r.missing_shards,
         "stale_shards": r.stale_shards,
+        "restoring_shards": r.restoring_shards,
         "errors": r.errors,
     }
 
@@ -241,6 +246,7 @@ def _reply_from_avro(rec: dict[str, Any]) -> SearchReply:
         missing_shards=list(rec["missing_shards"]),
         stale_shards=list(rec["stale_shards"]),
         errors=list(rec["errors"]),
+        restoring_shards=list(rec["restoring_shards"]),
     )
 
 

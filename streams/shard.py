@@ -3,8 +3,10 @@
 
 RocksDB is the truth: each batch's documents and its consumed offsets go into one write
 batch, and on assignment the shard resumes from its stored offset, not from the group's.
-A search that names ``min_offsets`` waits (until shortly before its deadline) for the shard
-to apply that ingest offset: read-your-writes without sleeping.
+A shard restores before it serves (``streams/state/restore.py``): until it has read its
+partition to the end, searches get a ``restoring`` part at once, never silently incomplete
+results. A search that names ``min_offsets`` waits (until shortly before its deadline) for
+the shard to apply that ingest offset: read-your-writes without sleeping.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING
@@ -28,6 +30,7 @@ from streams.metrics import INDEX_VECTORS
 from streams.query import created_ms_of, decode_live, error_reply, query_headers
 from streams.serde import PARTIAL_RESULT, REQUEST, PartialResult, Request
 from streams.stage import Inbound, Output
+from streams.state.restore import Verdict
 from streams.state.shards import ShardCheckpoint, ShardStates
 from streams.topics import FlowTopics
 from streams.transform import decode_document, ingest_offset_of, is_marker
@@ -53,9 +56,45 @@ class ShardIngest:
         for partition in partitions:
             checkpoint = self._states.open(partition)
             starts[partition] = checkpoint.encoded_offset + 1 if checkpoint.encoded_offset >= 0 else OFFSET_BEGINNING
-            logger.info("shard opened", extra={"partition": partition, "resume_offset": starts[partition],
-                                              "ingest_offset": checkpoint.ingest_offset})
+            logger.info("shard opened, restoring", extra={"partition": partition, "resume_offset": starts[partition],
+                                                          "ingest_offset": checkpoint.ingest_offset})
         return starts
+
+    # -- restore (the stage loop reports what its consumer sees) ---------------------------
+
+    def watermarks(self, partition: int, low: int, high: int) -> int | None:
+        """The partition's watermarks from the last fetch response; returns an offset to seek
+        to when the shard had to be rebuilt."""
+        if self._states.get(partition) is None:
+            return None
+        checkpoint = self._states.checkpoint(partition)
+        next_offset = checkpoint.encoded_offset + 1 if checkpoint.encoded_offset >= 0 else -1
+        verdict = self._states.restore.observe(partition, next_offset, low, high)
+        if verdict is Verdict.CAUGHT_UP:
+            self._log_restored(partition)
+        elif verdict is Verdict.BEYOND_END:
+            return self.out_of_range(partition, f"stored offset {checkpoint.encoded_offset} is past the end of "
+                                                f"{self._topics.encoded} (high watermark {high})")
+        return None
+
+    def end_reached(self, partition: int) -> None:
+        if self._states.restore.end_reached(partition):
+            self._log_restored(partition)
+
+    def out_of_range(self, partition: int, why: str = "the broker answered OFFSET_OUT_OF_RANGE") -> int:
+        """The topic no longer holds what the shard applied: rebuild it from the beginning."""
+        logger.warning(f"shard {partition}: {why}; the topic was recreated or truncated (or the memory-only broker "
+                       f"restarted): rebuilding the shard from the beginning of {self._topics.encoded}",
+                       extra={"partition": partition})
+        self._states.destroy(partition)
+        return OFFSET_BEGINNING
+
+    def _log_restored(self, partition: int) -> None:
+        index = self._states.get(partition)
+        logger.info("shard restored, serving", extra={
+            "partition": partition, "seconds": round(self._states.restore.seconds_restoring(partition), 3),
+            "documents": index.stats().documents if index else 0,
+            "encoded_offset": self._states.checkpoint(partition).encoded_offset})
 
     def shard_status(self) -> list[dict[str, object]]:
         """Per open shard: documents, vectors, applied offsets and built index types."""
@@ -67,6 +106,7 @@ class ShardIngest:
             stats = index.stats()
             checkpoint = self._states.checkpoint(partition)
             report.append({"partition": partition, "documents": stats.documents, "vectors": stats.vectors,
+                           "restoring": self._states.restore.is_restoring(partition),
                            "encoded_offset": checkpoint.encoded_offset, "ingest_offset": checkpoint.ingest_offset,
                            "index_types": list(stats.index_types)})
         return report
@@ -153,7 +193,9 @@ class ShardSearch:
     def process(self, records: Sequence[Inbound]) -> list[Output]:
         outputs = []
         for record, request in decode_live(records, REQUEST):
-            if self._caught_up(record.partition, request):
+            if self._states.restore.is_restoring(record.partition):
+                outputs.extend(self._answer(record, request, restoring=True))
+            elif self._caught_up(record.partition, request):
                 outputs.extend(self._answer(record, request, stale=False))
             else:
                 self._waiting.append(_Waiting(record.partition, request, record))
@@ -167,7 +209,9 @@ class ShardSearch:
         for waiting in self._waiting:
             if self._states.get(waiting.partition) is None:
                 continue  # the partition moved away; its new owner answers
-            if self._caught_up(waiting.partition, waiting.request):
+            if self._states.restore.is_restoring(waiting.partition):
+                outputs.extend(self._answer(waiting.record, waiting.request, restoring=True))
+            elif self._caught_up(waiting.partition, waiting.request):
                 outputs.extend(self._answer(waiting.record, waiting.request, stale=False))
             elif now >= waiting.request.deadline_ms - STALE_MARGIN_MS:
                 outputs.extend(self._answer(waiting.record, waiting.request, stale=True))
@@ -194,16 +238,33 @@ class ShardSearch:
         wanted = request.min_offsets.get(partition)
         return wanted is None or self._states.checkpoint(partition).ingest_offset >= wanted
 
-    def _answer(self, record: Inbound, request: Request, *, stale: bool) -> list[Output]:
+    def _answer(self, record: Inbound, request: Request, *, stale: bool = False,
+                restoring: bool = False) -> list[Output]:
         """One part per selected field (or one part when the flow has no fields)."""
         params = SearchParameters.parse(request.parameters)
         fields: list[str | None] = list(params.filter_by) if params.filter_by else [None]
         headers = query_headers(request.request_id, request.reply_to, request.deadline_ms, created_ms_of(record))
-        return [self._answer_field(record.partition, request, params, field_name, headers, stale=stale)
+        return [self._answer_field(record.partition, request, params, field_name, headers, stale=stale,
+                                   restoring=restoring)
                 for field_name in fields]
 
     def _answer_field(self, partition: int, request: Request, params: SearchParameters, field_name: str | None,
-                      headers: tuple[h.Header, ...], *, stale: bool) -> Output:
+                      headers: tuple[h.Header, ...], *, stale: bool, restoring: bool) -> Output:
+        docs = [dataclasses.replace(doc, embedding=None, matches=[]) for doc in request.docs] if restoring \
+            else self._search(partition, request, params, field_name)
+        part = PartialResult(
+            request_id=request.request_id, shard=partition, expected_shards=list(range(self._topics.partitions)),
+            reply_to=request.reply_to, deadline_ms=request.deadline_ms, parameters=request.parameters,
+            docs=docs, stale=stale, field_name=field_name, expected_fields=list(params.filter_by or []),
+            restoring=restoring,
+        )
+        return Output(self._topics.partials, PARTIAL_RESULT.encode(part), request.request_id, None,
+                      headers + (PARTIAL_RESULT.header(),))
+
+    def _search(self, partition: int, request: Request, params: SearchParameters,
+                field_name: str | None) -> list[Document]:
+        """This shard's top-k per query document: chunk hits ranked to documents, then the
+        index stage's query language."""
         index = self._states.get(partition)
         if index is None:
             raise RuntimeError(f"shard {partition} is not open on this process")
@@ -222,10 +283,4 @@ class ShardSearch:
         if operations:
             docs = [dataclasses.replace(doc, matches=doc.matches[: params.top_k])
                     for doc in apply_operations(docs, operations)]
-        part = PartialResult(
-            request_id=request.request_id, shard=partition, expected_shards=list(range(self._topics.partitions)),
-            reply_to=request.reply_to, deadline_ms=request.deadline_ms, parameters=request.parameters,
-            docs=docs, stale=stale, field_name=field_name, expected_fields=list(params.filter_by or []),
-        )
-        return Output(self._topics.partials, PARTIAL_RESULT.encode(part), request.request_id, None,
-                      headers + (PARTIAL_RESULT.header(),))
+        return docs

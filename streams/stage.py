@@ -14,19 +14,20 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams import headers as h
 from streams.checkpoint import Checkpoint
-from streams.serde import STAGE_STATUS
 from streams.exceptions import PayloadTooLargeError
-from streams.metrics import BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, serve_metrics
 from streams.kafka import Header, KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer
+from streams.metrics import BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, serve_metrics
+from streams.serde import STAGE_STATUS
 
-__all__ = ["Inbound", "Output", "PathHandler", "PathSpec", "StageSpec", "StageLoop"]
+__all__ = ["Inbound", "Output", "PathHandler", "PathSpec", "StageLoop", "StageSpec"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Inbound:
     timestamp_ms: int = 0
 
     @classmethod
-    def of(cls, msg: Message) -> "Inbound":
+    def of(cls, msg: Message) -> Inbound:
         return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), headers_of(msg),
                    msg.timestamp()[1])
 
@@ -87,6 +88,20 @@ class PartitionAware(Protocol):
     def revoked(self, partitions: Sequence[int]) -> None: ...
 
 
+class Restoring(PartitionAware, Protocol):
+    """A stateful handler that restores before it serves, from what the consumer sees."""
+
+    def watermarks(self, partition: int, low: int, high: int) -> int | None:
+        """The watermarks of the last fetch response; returns an offset to seek to, if any."""
+        ...
+
+    def end_reached(self, partition: int) -> None: ...
+
+    def out_of_range(self, partition: int) -> int:
+        """The broker said the position is out of range; returns the offset to seek to."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class PathSpec:
     """One input path: its topic, consumer group and handler.
@@ -95,6 +110,7 @@ class PathSpec:
         assignment (co-partitioning: shard p answers search partition p), no subscription.
     :param fetch_wait_ms: the consumer's ``fetch.wait.max.ms``: short on query paths
         (latency), longer on index paths (fewer idle fetches for the broker to serve).
+    :param consumer_config: librdkafka settings of this path's consumer (the user's win).
     """
 
     topic: str
@@ -103,6 +119,7 @@ class PathSpec:
     batch_size: int = 64
     follow_index_path: bool = False
     fetch_wait_ms: int = 5
+    consumer_config: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +148,7 @@ class StageLoop:
     """Runs one stage until stopped; safe to stop from a signal handler or another thread."""
 
     IDLE_POLL_S = 0.02
+    WATCH_EVERY_S = 0.1
 
     def __init__(self, spec: StageSpec, settings: KafkaSettings) -> None:
         self.spec = spec
@@ -145,6 +163,7 @@ class StageLoop:
         self._next_lag_report = 0.0
         self._status_processed = 0
         self._status_at = time.monotonic()
+        self._next_watch = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -166,7 +185,7 @@ class StageLoop:
             self._close()
 
     def _consumer(self, path: PathSpec) -> Consumer:
-        overrides = {"fetch.wait.max.ms": path.fetch_wait_ms, **self.spec.consumer_overrides}
+        overrides = {"fetch.wait.max.ms": path.fetch_wait_ms, **path.consumer_config, **self.spec.consumer_overrides}
         return make_consumer(self.settings, group_id=path.group_id, **overrides)
 
     def _start(self) -> None:
@@ -191,6 +210,7 @@ class StageLoop:
             busy = self._poll(self._query, idle_wait)
         if self._index is not None:
             self._index_has_backlog = self._poll(self._index, 0.0 if (busy or self._query) else self.IDLE_POLL_S)
+            self._watch_watermarks(self._index)
         for path in (self._query, self._index):
             if path is not None:
                 self._emit(path.spec.handler.tick())
@@ -251,16 +271,46 @@ class StageLoop:
 
     def _poll(self, path: _Path, timeout: float) -> bool:
         messages = consume_batch(path.consumer, max_records=path.spec.batch_size, timeout=timeout)
-        records = []
+        records, ends = [], []
         for msg in messages:
             err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    logger.warning("consume error", extra={"stage": self.spec.name, "error": str(err)})
+            if err is None:
+                records.append(Inbound.of(msg))
+            elif err.code() == KafkaError._PARTITION_EOF:
+                ends.append(msg.partition())
+            elif err.code() == KafkaError._AUTO_OFFSET_RESET and hasattr(path.spec.handler, "out_of_range"):
+                self._seek(path, msg.topic(), msg.partition(), path.spec.handler.out_of_range(msg.partition()))
+            else:
+                logger.warning("consume error", extra={"stage": self.spec.name, "error": str(err)})
+        if records:
+            self._take(path, records)
+        end_reached = getattr(path.spec.handler, "end_reached", None)
+        for partition in ends if end_reached is not None else ():
+            end_reached(partition)  # after the batch: the records before the end are applied
+        return bool(records)
+
+    def _watch_watermarks(self, path: _Path) -> None:
+        """Tell a restoring handler the watermarks its consumer saw, a few times a second."""
+        watermarks = getattr(path.spec.handler, "watermarks", None)
+        now = time.monotonic()
+        if watermarks is None or now < self._next_watch:
+            return
+        self._next_watch = now + self.WATCH_EVERY_S
+        for tp in path.consumer.assignment():
+            try:
+                low, high = path.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
                 continue
-            records.append(Inbound.of(msg))
-        if not records:
-            return False
+            seek_to = watermarks(tp.partition, low, high)
+            if seek_to is not None:
+                self._seek(path, tp.topic, tp.partition, seek_to)
+
+    def _seek(self, path: _Path, topic: str, partition: int, offset: int) -> None:
+        path.consumer.seek(TopicPartition(topic, partition, offset))
+        logger.info("seeked", extra={"stage": self.spec.name, "topic": topic, "partition": partition, "offset": offset})
+
+    def _take(self, path: _Path, records: list[Inbound]) -> None:
+        """Process, dead-letter what fails, note the offsets and commit."""
         RECORDS_IN.labels(self.spec.flow, self.spec.name, path.spec.topic).inc(len(records))
         accepted = []
         for record in records:
@@ -275,7 +325,6 @@ class StageLoop:
             path.checkpoint.record(record.topic, record.partition, record.offset)
         self.processed += len(records)
         path.checkpoint.commit()
-        return True
 
     def _process(self, path: _Path, records: list[Inbound]) -> None:
         if not records:

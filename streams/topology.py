@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from processors.document import Document
 from processors.query.parameters import SearchParameters
@@ -18,6 +18,11 @@ __all__ = ["build_stage"]
 
 INDEX_PATH_FETCH_WAIT_MS = 100
 """Index-path consumers wait longer per fetch: ingest is throughput, not latency."""
+
+SHARD_CONSUMER_CONFIG: dict[str, object] = {
+    "enable.partition.eof": True,  # "restored" = the end of the partition was reached
+    "auto.offset.reset": "error",  # a stored offset out of range rebuilds the shard, never skips silently
+}
 
 
 def build_stage(flow: FlowSpec, name: str) -> StageSpec:
@@ -61,8 +66,9 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
         ranker = stage.build_ranker()
         return StageSpec(
             **common,
-            index_path=PathSpec(topics.encoded, group, ShardIngest(states=states, topics=topics, filter_by=stage.filter_by), batch_size=256,
-                                fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS),
+            index_path=PathSpec(topics.encoded, group, ShardIngest(states=states, topics=topics, filter_by=stage.filter_by),
+                                batch_size=256, fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS,
+                                consumer_config=SHARD_CONSUMER_CONFIG),
             query_path=PathSpec(topics.search, f"{group}.search", ShardSearch(states=states, ranker=ranker, topics=topics,
                                                                       operations=stage.query_language),
                                 follow_index_path=True, fetch_wait_ms=flow.search.fetch_wait_ms),

@@ -264,6 +264,11 @@ class CompoundIndexer:
             documents=documents, vectors=self._vectors.size, checkpoint=self.checkpoint(), index_types=built
         )
 
+    def vectors_by_node(self) -> dict[tuple[str, str, str], np.ndarray]:
+        """Every stored vector by (doc id, node path, field): what two builds of an index compare."""
+        _, matrix, owners = self._stored_vectors()
+        return dict(zip(owners, matrix))
+
     def doc_ids(self) -> Iterator[str]:
         """Every stored root document id, in key order."""
         for key, _ in self._scan(_DOC_VIDS):

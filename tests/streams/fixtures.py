@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
+from processors.document import Document
+from streams.corpora import stdlib_docstrings
 from streams.flow import load_flow
 from streams.local import LocalRuntime
 
@@ -43,3 +46,19 @@ def stage_logs(runtime: LocalRuntime) -> str:
     """Every stage log of a runtime, for assertion messages."""
     folder = Path(runtime.flow.state_dir) / "logs"
     return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(folder.glob("*.log")))
+
+
+def corpus_with_unique_sentences(count: int) -> list[tuple[Document, str]]:
+    """Real docstrings, each with a sentence no other chosen document contains."""
+    chosen: list[tuple[Document, str]] = []
+    seen: set[str] = set()
+    for doc in stdlib_docstrings():
+        sentences = [s.strip() for s in re.split(r"[.,!?]\s", " ".join((doc.text or "").split())) if len(s.strip()) > 40]
+        fresh = [s for s in sentences if s not in seen]
+        if not fresh:
+            continue
+        seen.update(sentences)
+        chosen.append((Document(id=f"std/{doc.id}", text=doc.text), max(fresh, key=len)))
+        if len(chosen) == count:
+            return chosen
+    raise AssertionError("not enough docstrings")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 import urllib.request
@@ -12,10 +11,9 @@ from confluent_kafka import TopicPartition
 
 from processors.document import Document
 from streams import headers as h
-from streams.corpora import stdlib_docstrings
 from streams.kafka import StageProducer, make_consumer
 from streams.local import LocalRuntime
-from tests.streams.fixtures import stage_logs
+from tests.streams.fixtures import corpus_with_unique_sentences, stage_logs
 
 pytestmark = pytest.mark.kafka
 
@@ -84,24 +82,8 @@ def client(flow: LocalRuntime):  # type: ignore[no-untyped-def]
         yield c
 
 
-def _corpus_with_unique_sentences(count: int) -> list[tuple[Document, str]]:
-    """Real docstrings, each with a sentence no other chosen document contains."""
-    chosen: list[tuple[Document, str]] = []
-    seen: set[str] = set()
-    for doc in stdlib_docstrings():
-        sentences = [s.strip() for s in re.split(r"[.,!?]\s", " ".join((doc.text or "").split())) if len(s.strip()) > 40]
-        fresh = [s for s in sentences if s not in seen]
-        if not fresh:
-            continue
-        seen.update(sentences)
-        chosen.append((Document(id=f"std/{doc.id}", text=doc.text), max(fresh, key=len)))
-        if len(chosen) == count:
-            return chosen
-    raise AssertionError("not enough docstrings")
-
-
 def test_each_of_50_documents_is_found_by_one_of_its_sentences(client, flow) -> None:  # type: ignore[no-untyped-def]
-    corpus = _corpus_with_unique_sentences(50)
+    corpus = corpus_with_unique_sentences(50)
     receipt = client.index([doc for doc, _ in corpus])
     assert receipt.count == 50
     sentences = [sentence for _, sentence in corpus]

@@ -1,0 +1,236 @@
+"""Nothing lost: restarts, kill -9 in rotation, a broker that forgets everything, a replica
+added under load. Modelled on Kafka Streams' exactly-once system test: kill, restart, then
+count every document (lost, duplicated, wrong content) and search for each one."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from processors.document import Document
+from streams.client import IndexReceipt
+from streams.flow import load_flow
+from streams.local import LocalRuntime
+from streams.supervisor import LocalFlow
+from tests.streams.fixtures import corpus_with_unique_sentences, stage_logs
+from tests.streams.recovery import read_shards, text_hash, wait_applied
+
+pytestmark = pytest.mark.kafka
+
+FLOW = """
+name: {name}
+stages:
+  segment:
+    uses: Sentencizer
+    with: {min_sent_len: 3, punctuation: ".,!?"}
+  encode:
+    uses: TransformerEncoder
+    with: {traversal_paths: [c], max_length: 128}
+  index:
+    uses: CompoundIndexer
+    with: {dim: 384, metric: inner_product}
+    shards: SHARDS
+  join: {}
+search:
+  top_k: 3
+"""
+
+
+def _flow_yaml(shards: int = 2) -> str:
+    return FLOW.replace("SHARDS", str(shards))
+
+
+def _restart_stages(runtime: LocalRuntime) -> None:
+    """Stop every stage process (SIGTERM) and start them again on the same state."""
+    assert runtime.local_flow is not None and runtime.settings is not None
+    runtime.local_flow.stop()
+    runtime.local_flow = LocalFlow(runtime.flow, flow_path=runtime.flow_path,
+                                   bootstrap_servers=runtime.settings.bootstrap_servers,
+                                   log_dir=runtime.flow.state_dir / "logs").start()
+
+
+def _stop_stages(runtime: LocalRuntime) -> None:
+    assert runtime.local_flow is not None
+    runtime.local_flow.stop()
+
+
+def _contents(runtime: LocalRuntime):  # type: ignore[no-untyped-def]
+    flow = runtime.flow
+    return read_shards(flow.state_dir, flow.name, flow.topics.partitions, flow.stage("index").config)
+
+
+def _assert_exact(runtime: LocalRuntime, expected: dict[str, str]) -> dict[str, int]:
+    """The stopped flow's shards hold exactly ``expected`` (id -> text): each once, right
+    content, one vector per chunk. Returns the counts for the report."""
+    contents = _contents(runtime)
+    lost = sorted(set(expected) - set(contents.docs))
+    extra = sorted(set(contents.docs) - set(expected))
+    on_two_shards = sorted(doc_id for doc_id, shards in contents.shards_of.items() if len(shards) > 1)
+    wrong = sorted(doc_id for doc_id, doc in contents.docs.items()
+                   if doc_id in expected and text_hash(doc.text) != text_hash(expected[doc_id]))
+    chunk_mismatch = sorted(doc_id for doc_id, doc in contents.docs.items()
+                            if contents.per_doc.get(doc_id, 0) != len(doc.chunks))
+    duplicated_vectors = contents.vectors - len(contents.vector_table)
+    report = {"expected": len(expected), "lost": len(lost), "extra": len(extra), "on_two_shards": len(on_two_shards),
+              "wrong_content": len(wrong), "chunk_mismatch": len(chunk_mismatch), "duplicated_vectors": duplicated_vectors}
+    assert (lost, extra, on_two_shards, wrong, chunk_mismatch, duplicated_vectors) == ([], [], [], [], [], 0), (
+        f"{report}\nlost {lost[:5]} extra {extra[:5]} wrong {wrong[:5]} chunks {chunk_mismatch[:5]}\n"
+        f"{stage_logs(runtime)}")
+    return report
+
+
+def _assert_findable(runtime: LocalRuntime, corpus: list[tuple[Document, str]]) -> None:
+    with runtime.client() as client:
+        for doc, sentence in corpus:
+            reply = client.search(sentence, timeout_s=20)
+            assert not reply.partial, reply
+            assert reply.docs[0].matches and reply.docs[0].matches[0].id == doc.id, (sentence, reply.docs[0].matches[:3])
+
+
+def test_updates_and_deletes_survive_a_restart(start_flow) -> None:  # type: ignore[no-untyped-def]
+    runtime = start_flow(_flow_yaml())
+    corpus = corpus_with_unique_sentences(8)
+    docs = [doc for doc, _ in corpus]
+    updated = {docs[0].id: "Lighthouses guide ships along rocky coasts at night. Their lamps rotate slowly.",
+               docs[1].id: "Volcanoes erupt molten rock called lava. Ash clouds can ground airplanes."}
+    deleted = [docs[2].id, docs[3].id]
+    with runtime.client() as client:
+        client.index(docs)
+        client.index([Document(id=doc_id, text=text) for doc_id, text in updated.items()])
+        receipt = client.delete(deleted)
+        wait_applied(client, receipt)
+
+    _restart_stages(runtime)
+    with runtime.client() as client:
+        wait_applied(client, receipt)
+        lighthouse = client.search("a lamp on the coast that guides ships", timeout_s=20)
+        assert lighthouse.docs[0].matches[0].id == docs[0].id
+        assert "Lighthouses" in lighthouse.docs[0].matches[0].text
+        for doc, sentence in corpus[2:4]:
+            assert doc.id not in {m.id for m in client.search(sentence, timeout_s=20).docs[0].matches}
+    _stop_stages(runtime)
+    expected = {doc.id: doc.text or "" for doc in docs if doc.id not in deleted} | updated
+    _assert_exact(runtime, expected)
+
+
+KILL_DOCS = 120
+KILL_CYCLES = 3
+
+
+@pytest.mark.parametrize("victim", ["index", "encode"])
+def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow, victim: str) -> None:  # type: ignore[no-untyped-def]
+    runtime = start_flow(_flow_yaml())
+    assert runtime.local_flow is not None
+    corpus = corpus_with_unique_sentences(KILL_DOCS)
+    receipts: list[IndexReceipt] = []
+
+    def ingest() -> None:
+        with runtime.client() as client:
+            for start in range(0, KILL_DOCS, 20):
+                receipts.append(client.index([doc for doc, _ in corpus[start:start + 20]]))
+                time.sleep(0.5)  # spread the ingest over the kill cycles (pacing, not synchronisation)
+
+    producer = threading.Thread(target=ingest)
+    producer.start()
+    rng = random.Random(KILL_DOCS)
+    kills = 0
+    for _ in range(KILL_CYCLES):
+        time.sleep(rng.uniform(0.5, 3.0))  # a random moment: the point of the test
+        process = runtime.local_flow.find(victim).process
+        process.kill()  # SIGKILL: no commit, no clean close of RocksDB or the producer
+        process.wait()
+        kills += 1
+        deadline = time.monotonic() + 30
+        while runtime.local_flow.find(victim).process is process:  # the supervisor restarts it
+            assert time.monotonic() < deadline, "supervisor did not restart the stage"
+            time.sleep(0.1)
+    producer.join()
+    assert len(receipts) == KILL_DOCS // 20
+    final = IndexReceipt()
+    for receipt in receipts:
+        final = final.merge(receipt)
+    with runtime.client() as client:
+        wait_applied(client, final)
+    assert runtime.local_flow.find(victim).restarts == kills
+    _assert_findable(runtime, corpus)
+    _stop_stages(runtime)
+    report = _assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
+    print(f"kill -9 {victim}: N={KILL_DOCS} K={kills} lost={report['lost']} duplicated={report['duplicated_vectors']}")
+
+
+def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The memory-only broker restarts empty; the shards' stored offsets point past the end of
+    the new topics: one clear log line each, a rebuild, no crash loop, no stale documents."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)  # this test runs its own brokers
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "flow.yml"
+    path.write_text(_flow_yaml().replace("{name}", "rebuild"))
+    flow = load_flow(path)
+    before = corpus_with_unique_sentences(10)
+    after = corpus_with_unique_sentences(13)[10:]
+    with LocalRuntime(flow, flow_path=path, state_dir=tmp_path / "state") as first:
+        with first.client() as client:
+            first.wait_ready(client)
+            wait_applied(client, client.index([doc for doc, _ in before]))
+    with LocalRuntime(flow, flow_path=path, state_dir=tmp_path / "state") as second:  # a new, empty broker
+        with second.client() as client:
+            second.wait_ready(client)
+            receipt = client.index([doc for doc, _ in after])
+            wait_applied(client, receipt)
+            for doc, sentence in before:
+                assert doc.id not in {m.id for m in client.search(sentence, timeout_s=20).docs[0].matches}
+        _assert_findable(second, after)
+        assert second.local_flow is not None
+        assert second.local_flow.find("index").restarts == 0
+        logs = (tmp_path / "state" / "logs" / "index-0.log").read_text()
+        _stop_stages(second)
+        rebuilt = [line for line in logs.splitlines() if "rebuilding the shard" in line]
+        assert sorted(line.split("shard ", 1)[1].split(":")[0] for line in rebuilt) == ["0", "1"], logs[-3000:]
+        _assert_exact(second, {doc.id: doc.text or "" for doc, _ in after})
+
+
+def test_a_replica_added_under_load_loses_nothing_and_flags_moving_shards(start_flow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    runtime = start_flow(_flow_yaml(shards=4))
+    corpus = corpus_with_unique_sentences(60)
+    first, second = corpus[:40], corpus[40:]
+    with runtime.client() as client:
+        wait_applied(client, client.index([doc for doc, _ in first]))
+
+    replica_state = tmp_path / "replica-state"  # another machine: no local state, it must restore
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": runtime.settings.bootstrap_servers}  # type: ignore[union-attr]
+    added = subprocess.Popen([sys.executable, "-m", "streams.cli", "run", str(runtime.flow_path), "--stage", "index",
+                              "--replicas", "1", "--state-dir", str(replica_state)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    replies, moved = [], False
+    try:
+        with runtime.client() as client:
+            receipt = client.index([doc for doc, _ in second])
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (moved and len(replies) >= 100):
+                doc, sentence = first[len(replies) % len(first)]
+                sent = time.monotonic()
+                reply = client.search(sentence, timeout_s=5)  # raises if nothing came by the deadline
+                replies.append((doc.id, reply, time.monotonic() - sent))
+                moved = moved or any((replica_state / runtime.flow.name / "index").glob("*"))
+            assert moved, "the added replica never took a shard"
+            for doc_id, reply, seconds in replies:
+                assert seconds < 5 + 1.5, (doc_id, seconds)
+                if reply.partial:
+                    assert reply.restoring_shards or reply.missing_shards, reply
+                else:  # never silently incomplete: a complete reply finds the document
+                    assert reply.docs[0].matches[0].id == doc_id, (doc_id, reply.docs[0].matches[:3])
+            wait_applied(client, receipt)
+        _assert_findable(runtime, corpus)
+    finally:
+        added.terminate()
+        output = added.communicate(timeout=30)[0].decode(errors="replace")
+    partial = sum(1 for _, reply, _ in replies if reply.partial)
+    print(f"replica added: {len(replies)} queries, {partial} flagged partial (restoring or moving)")
+    assert "more 'index' replicas joined" in output, output
