@@ -239,6 +239,49 @@ def status(flow_path: Path, as_json: bool) -> None:
                    f"{sh['ingest_offset']:>8}  {','.join(sh['index_types']):<11}  {sh['owner']}")
 
 
+@main.command("replay")
+@click.argument("flow_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--stage", type=click.Choice(["index"]), default="index", show_default=True,
+              help="The stateful stage to rebuild.")
+@click.option("--from-beginning", "from_beginning", is_flag=True, help="Delete the shards and rebuild them (default).")
+@click.option("--from-timestamp", "from_timestamp", default=None,
+              help="Apply records from this time on again, over the current state: ISO 8601 or epoch milliseconds.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Overrides the flow's state_dir.")
+@one_line_errors
+def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: str | None,
+           state_dir: Path | None) -> None:
+    """Rebuild the index from <flow>.encoded (no re-encoding); the index stage must be stopped."""
+    from streams.local import discover_bootstrap
+    from streams.replay import replay_index
+
+    if from_beginning and from_timestamp:
+        raise click.UsageError("--from-beginning and --from-timestamp exclude each other")
+    flow = load_flow(flow_path)
+    flow = with_state_dir(flow, state_dir) if state_dir else flow
+    logging.getLogger("streams").setLevel(logging.WARNING)
+    settings = KafkaSettings(discover_bootstrap(), KafkaSettings.from_env(flow.kafka).extra)
+    result = replay_index(flow, settings, from_timestamp_ms=_epoch_ms(from_timestamp) if from_timestamp else None)
+    click.echo(f"replayed {result.records} records of {flow.topics.encoded} in {result.seconds:.1f}s into "
+               f"{flow.state_dir / flow.name / 'index'}")
+    for partition in sorted(result.documents):
+        click.echo(f"  shard {partition}: {result.documents[partition]} documents, {result.vectors[partition]} vectors")
+
+
+def _epoch_ms(value: str) -> int:
+    """Epoch milliseconds from digits or an ISO 8601 time (UTC when it names no zone)."""
+    import datetime
+
+    if value.isdigit():
+        return int(value)
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is neither epoch milliseconds nor ISO 8601") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
 @main.command("eval")
 @click.option("--beir", "beir_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: deploy/flows/beir.yml).")

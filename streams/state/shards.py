@@ -71,7 +71,12 @@ class ShardStates:
             index.close()
 
     def destroy(self, partition: int) -> ShardCheckpoint:
-        """Delete a shard's state and open it empty (its topic no longer matches it)."""
+        """Delete a shard's state and open it empty (its topic no longer matches it).
+
+        Opening it first takes RocksDB's lock, so a shard another process holds is never
+        deleted under it (a directory removed with its LOCK file would let both proceed).
+        """
+        self.open(partition)
         self.close(partition)
         shutil.rmtree(self.path(partition), ignore_errors=True)
         return self.open(partition)
