@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import logging
 import signal
 import sys
@@ -108,7 +109,7 @@ def _supervise(flow: Any, flow_path: Path, bootstrap: str, stage: str, replicas:
         click.echo(f"streamsearch: warning: {replicas} replicas of {stage!r} but {partitions} partitions: "
                    f"{replicas - partitions} will stay idle", err=True)
     with LocalFlow(flow, flow_path=flow_path, bootstrap_servers=bootstrap, log_dir=flow.state_dir / "logs",
-                   stages=[stage], replicas={stage: replicas}):
+                   stages=[stage], replicas={stage: replicas}, label=f"added-{os.getpid()}"):
         click.echo(f"{replicas} more {stage!r} replicas joined flow {flow.name!r} on {bootstrap}; "
                    f"logs in {flow.state_dir / 'logs'}. Ctrl-C stops them.")
         _wait_for_signal()

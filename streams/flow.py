@@ -24,7 +24,8 @@ STAGE_ORDER = ("segment", "encode", "index", "join")
 REQUIRED_STAGES = ("encode", "index", "join")
 DEFAULT_USES = {"segment": "Sentencizer", "encode": "TransformerEncoder", "index": "CompoundIndexer"}
 DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
-_FLOW_KEYS = {"name", "stages", "state_dir", "kafka", "max_payload_bytes", "search"}
+_FLOW_KEYS = {"name", "stages", "state_dir", "kafka", "max_payload_bytes", "search", "processing_guarantee"}
+PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
 _STAGE_KEYS = {"uses", "with", "replicas", "shards", "ranker", "metrics_port", "filter_by", "query_language"}
 
 
@@ -76,6 +77,7 @@ class FlowSpec:
     state_dir: Path
     kafka: Mapping[str, Any] = field(default_factory=dict)
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    processing_guarantee: str = "at_least_once"
     search: SearchDefaults = SearchDefaults()
     source: Path | None = None
 
@@ -194,6 +196,10 @@ def parse_flow(text: str, *, source: Path | None = None) -> FlowSpec:
     max_payload = data.get("max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES)
     if not isinstance(max_payload, int) or max_payload < 1024:
         raise fail(("max_payload_bytes",), "max_payload_bytes must be an integer >= 1024")
+    guarantee = data.get("processing_guarantee", "at_least_once")
+    if guarantee not in PROCESSING_GUARANTEES:
+        raise fail(("processing_guarantee",), f"processing_guarantee must be one of {', '.join(PROCESSING_GUARANTEES)}, "
+                                              f"got {guarantee!r}")
     return FlowSpec(
         name=name,
         stages=tuple(stages),
@@ -201,6 +207,7 @@ def parse_flow(text: str, *, source: Path | None = None) -> FlowSpec:
         state_dir=state_dir,
         kafka=kafka,
         max_payload_bytes=max_payload,
+        processing_guarantee=guarantee,
         search=defaults,
         source=source,
     )

@@ -72,6 +72,8 @@ class StageProducer:
     def raw(self) -> Producer:
         if self._producer is None:
             self._producer = Producer(self._config)
+            if "transactional.id" in self._config:
+                self._producer.init_transactions(30)  # fences an older instance with the same id
         return self._producer
 
     def produce(

@@ -21,7 +21,7 @@ from typing import Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams import headers as h
-from streams.checkpoint import Checkpoint
+from streams.checkpoint import Checkpoint, TransactionalCheckpoint
 from streams.exceptions import PayloadTooLargeError
 from streams.kafka import Header, KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer
 from streams.metrics import BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, serve_metrics
@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 MEMBER = f"{socket.gethostname()}:{os.getpid()}"
 """This process, in status reports."""
+
+REPLICA_ENV = "STREAMSEARCH_REPLICA"
+"""The replica number the supervisor gives a stage process (part of its transactional id)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +138,20 @@ class StageSpec:
     consumer_overrides: dict[str, object] = field(default_factory=dict)
     metrics_port: int | None = None
     status_topic: str | None = None
+    exactly_once: bool = False
 
 
 class _Path:
-    def __init__(self, spec: PathSpec, consumer: Consumer, producer: StageProducer) -> None:
+    def __init__(self, spec: PathSpec, consumer: Consumer, producer: StageProducer,
+                 checkpoint: Checkpoint | None = None) -> None:
         self.spec = spec
         self.consumer = consumer
-        self.checkpoint = Checkpoint(consumer, producer)
+        self.producer = producer
+        self.checkpoint = checkpoint or Checkpoint(consumer, producer)
+
+    @property
+    def transactional(self) -> bool:
+        return isinstance(self.checkpoint, TransactionalCheckpoint)
 
 
 class StageLoop:
@@ -197,10 +207,23 @@ class StageLoop:
                 self._query.consumer.subscribe([qspec.topic], on_revoke=self._on_revoke_query)
         if self.spec.index_path is not None:
             ispec = self.spec.index_path
-            self._index = _Path(ispec, self._consumer(ispec), self.producer)
+            consumer = self._consumer(ispec)
+            if self.spec.exactly_once:
+                producer = StageProducer(self.settings, **{"transactional.id": self._transactional_id(),
+                                                           "transaction.timeout.ms": 15000})
+                self._index = _Path(ispec, consumer, producer, TransactionalCheckpoint(
+                    consumer, producer, flow=self.spec.flow, stage=self.spec.name))
+            else:
+                self._index = _Path(ispec, consumer, self.producer)
             self._index.consumer.subscribe(
                 [ispec.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
             )
+
+    def _transactional_id(self) -> str:
+        """Stable per supervised replica, so a restarted replica aborts its predecessor's open
+        transaction at once instead of downstream waiting for it to time out; Kafka >= 2.5 also
+        fences zombies by group generation (``send_offsets_to_transaction``)."""
+        return f"{self.spec.flow}.{self.spec.name}.{os.environ.get(REPLICA_ENV) or MEMBER}"
 
     def step(self) -> None:
         """One round: queries first (blocking briefly when idle), then ingest, then timers."""
@@ -213,7 +236,7 @@ class StageLoop:
             self._watch_watermarks(self._index)
         for path in (self._query, self._index):
             if path is not None:
-                self._emit(path.spec.handler.tick())
+                self._emit(path, path.spec.handler.tick())
                 path.checkpoint.commit()
         if time.monotonic() >= self._next_lag_report:
             self._report_lag()
@@ -261,6 +284,8 @@ class StageLoop:
                 path.checkpoint.commit(asynchronous=False)
             finally:
                 path.consumer.close()
+                if path.producer is not self.producer:
+                    path.producer.close()
         self.producer.close()
         close = getattr(self.spec.index_path.handler if self.spec.index_path else None, "close", None)
         if close is not None:
@@ -310,7 +335,10 @@ class StageLoop:
         logger.info("seeked", extra={"stage": self.spec.name, "topic": topic, "partition": partition, "offset": offset})
 
     def _take(self, path: _Path, records: list[Inbound]) -> None:
-        """Process, dead-letter what fails, note the offsets and commit."""
+        """Process, dead-letter what fails, note the offsets and commit (in one transaction
+        with ``exactly_once``)."""
+        if path.transactional:
+            path.checkpoint.begin()  # type: ignore[attr-defined]
         RECORDS_IN.labels(self.spec.flow, self.spec.name, path.spec.topic).inc(len(records))
         accepted = []
         for record in records:
@@ -331,7 +359,7 @@ class StageLoop:
             return
         try:
             with BATCH_SECONDS.labels(self.spec.flow, self.spec.name, path.spec.topic).time():
-                self._emit(path.spec.handler.process(records))
+                self._emit(path, path.spec.handler.process(records))
             return
         except Exception as exc:  # isolate the bad record below; nothing is lost
             if len(records) == 1:
@@ -340,15 +368,18 @@ class StageLoop:
             logger.info("batch failed, retrying record by record", extra={"stage": self.spec.name, "error": str(exc)})
         for record in records:
             try:
-                self._emit(path.spec.handler.process([record]))
+                self._emit(path, path.spec.handler.process([record]))
             except Exception as exc:
                 self._dead_letter(path, record, exc)
 
-    def _emit(self, outputs: Sequence[Output]) -> None:
-        if outputs:
-            RECORDS_OUT.labels(self.spec.flow, self.spec.name).inc(len(outputs))
+    def _emit(self, path: _Path, outputs: Sequence[Output]) -> None:
+        if not outputs:
+            return
+        if path.transactional:
+            path.checkpoint.begin()  # type: ignore[attr-defined]
+        RECORDS_OUT.labels(self.spec.flow, self.spec.name).inc(len(outputs))
         for out in outputs:
-            self.producer.produce(out.topic, value=out.value, key=out.key, partition=out.partition, headers=out.headers)
+            path.producer.produce(out.topic, value=out.value, key=out.key, partition=out.partition, headers=out.headers)
 
     def _dead_letter(self, path: _Path, record: Inbound, error: Exception) -> None:
         """Keep the bad record, with why and where it came from, and let the handler react."""
@@ -373,9 +404,9 @@ class StageLoop:
             h.int_header(h.DEAD_LETTER_OFFSET, record.offset),
         ]
         value = record.value if len(record.value or b"") <= self.spec.max_payload_bytes else None
-        self.producer.produce(self.spec.dead_letter_topic, value=value, key=record.key, headers=headers)
+        path.producer.produce(self.spec.dead_letter_topic, value=value, key=record.key, headers=headers)
         try:
-            self._emit(path.spec.handler.on_failure(record, error))
+            self._emit(path, path.spec.handler.on_failure(record, error))
         except Exception:
             logger.exception("on_failure raised", extra={"stage": self.spec.name})
 

@@ -15,6 +15,7 @@ from typing import IO
 
 from streams.flow import FlowSpec
 from streams.metrics import PORT_ENV
+from streams.stage import REPLICA_ENV
 
 __all__ = ["StageProcess", "LocalFlow"]
 
@@ -51,6 +52,7 @@ class LocalFlow:
         stages: list[str] | None = None,
         replicas: dict[str, int] | None = None,
         restart: bool = True,
+        label: str = "main",
     ) -> None:
         self.flow = flow
         self.flow_path = Path(flow_path)
@@ -59,6 +61,7 @@ class LocalFlow:
         self.stages = stages or [s.name for s in flow.stages]
         self.replicas = {s.name: s.replicas for s in flow.stages} | (replicas or {})
         self.restart = restart
+        self.label = label
         self.processes: list[StageProcess] = []
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -74,8 +77,10 @@ class LocalFlow:
         return self
 
     def _spawn(self, stage: str, replica: int, restarts: int = 0) -> StageProcess:
-        log = open(self.log_dir / f"{stage}-{replica}.log", "ab")
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers, "PYTHONUNBUFFERED": "1"}
+        name = f"{stage}-{replica}" if self.label == "main" else f"{stage}-{self.label}-{replica}"
+        log = open(self.log_dir / f"{name}.log", "ab")
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers, "PYTHONUNBUFFERED": "1",
+               REPLICA_ENV: f"{self.label}-{replica}"}
         port = self.flow.stage(stage).metrics_port
         if port:
             env[PORT_ENV] = str(port + replica)  # replicas share a host here, so each needs its own port

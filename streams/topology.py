@@ -38,13 +38,16 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
                   status_topic=topics.status)
     defaults = SearchParameters.parse(
         {"top_k": flow.search.top_k, "chunk_oversample": flow.search.chunk_oversample})
+    # Stateless stages commit outputs and offsets in one transaction; the shard needs none:
+    # its offsets are in its own RocksDB write batch.
+    exactly_once = flow.processing_guarantee == "exactly_once"
     if name == "segment":
         segmenter = stage.build()
         segmenter.warm_up()
         transform = DocumentTransform(run=lambda docs: segmenter.run(docs=docs).docs,
                                       output_topic=topics.segmented, ingest_topic=topics.ingest)
-        return StageSpec(**common, index_path=PathSpec(flow.input_topic(name), group, transform,
-                                                       fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS))
+        return StageSpec(**common, exactly_once=exactly_once,
+                         index_path=PathSpec(flow.input_topic(name), group, transform, fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS))
     if name == "encode":
         encoder = stage.build()
         encoder.warm_up()
@@ -56,6 +59,7 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
         fanout = QueryFanout(encoder=encoder, topics=topics, defaults=defaults, fields=flow.fields)
         return StageSpec(
             **common,
+            exactly_once=exactly_once,
             index_path=PathSpec(flow.input_topic(name), group, transform, batch_size=32,
                                 fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS),
             query_path=PathSpec(topics.query, f"{group}.query", fanout, batch_size=16,

@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import TopicPartition
 
 from processors.document import Document
 from streams.client import IndexReceipt
 from streams.flow import load_flow, with_state_dir
+from streams.kafka import make_consumer
 from streams.local import LocalRuntime
 from streams.supervisor import LocalFlow
 from tests.streams.fixtures import corpus_with_unique_sentences, stage_logs
@@ -43,8 +45,8 @@ search:
 """
 
 
-def _flow_yaml(shards: int = 2) -> str:
-    return FLOW.replace("SHARDS", str(shards))
+def _flow_yaml(shards: int = 2, guarantee: str = "at_least_once") -> str:
+    return FLOW.replace("SHARDS", str(shards)) + f"processing_guarantee: {guarantee}\n"
 
 
 def _restart_stages(runtime: LocalRuntime) -> None:
@@ -124,9 +126,10 @@ KILL_DOCS = 120
 KILL_CYCLES = 3
 
 
-@pytest.mark.parametrize("victim", ["index", "encode"])
-def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow, victim: str) -> None:  # type: ignore[no-untyped-def]
-    runtime = start_flow(_flow_yaml())
+@pytest.mark.parametrize(("victim", "guarantee"), [("index", "at_least_once"), ("encode", "at_least_once"),
+                                                   ("encode", "exactly_once")])
+def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow, victim: str, guarantee: str) -> None:  # type: ignore[no-untyped-def]
+    runtime = start_flow(_flow_yaml(guarantee=guarantee))
     assert runtime.local_flow is not None
     corpus = corpus_with_unique_sentences(KILL_DOCS)
     receipts: list[IndexReceipt] = []
@@ -160,9 +163,22 @@ def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow, victim: s
         wait_applied(client, final)
     assert runtime.local_flow.find(victim).restarts == kills
     _assert_findable(runtime, corpus)
+    if guarantee == "exactly_once":  # only send_offsets_to_transaction commits the segment stage's offsets
+        assert _committed_total(runtime, f"{runtime.flow.name}.segment", runtime.flow.topics.ingest) == KILL_DOCS
     _stop_stages(runtime)
     report = _assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
-    print(f"kill -9 {victim}: N={KILL_DOCS} K={kills} lost={report['lost']} duplicated={report['duplicated_vectors']}")
+    print(f"kill -9 {victim} ({guarantee}): N={KILL_DOCS} K={kills} lost={report['lost']} "
+          f"duplicated={report['duplicated_vectors']}")
+
+
+def _committed_total(runtime: LocalRuntime, group: str, topic: str) -> int:
+    assert runtime.settings is not None
+    consumer = make_consumer(runtime.settings, group_id=group)
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(runtime.flow.topics.partitions)]
+        return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
+    finally:
+        consumer.close()
 
 
 def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
