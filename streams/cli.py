@@ -234,9 +234,11 @@ def status(flow_path: Path, as_json: bool) -> None:
     for st in report.stages:
         per = " ".join(f"{p.partition}:{p.lag}" for p in st.lag)
         click.echo(f"{st.stage:<8} {st.members:>7} {st.throughput:>10.1f} {st.total_lag:>7}  {per}")
-    click.echo(f"{'shard':<6} {'documents':>9} {'vectors':>8} {'encoded@':>9} {'ingest@':>8}  index types  owner")
+    click.echo(f"{'shard':<6} {'state':<9} {'documents':>9} {'vectors':>8} {'encoded@':>9} {'ingest@':>8}  "
+               "index types  owner")
     for sh in report.shards:
-        click.echo(f"{sh['partition']:<6} {sh['documents']:>9} {sh['vectors']:>8} {sh['encoded_offset']:>9} "
+        state = "restoring" if sh.get("restoring") else "serving"
+        click.echo(f"{sh['partition']:<6} {state:<9} {sh['documents']:>9} {sh['vectors']:>8} {sh['encoded_offset']:>9} "
                    f"{sh['ingest_offset']:>8}  {','.join(sh['index_types']):<11}  {sh['owner']}")
 
 

@@ -55,10 +55,11 @@ class FlowTopics:
         return f"{self.flow}.status"
 
     def shapes(self) -> list[TopicShape]:
-        """All topics to create. ``encoded`` is compacted: it is the index's changelog."""
+        """All topics to create. ``encoded`` is compacted: it is the index's changelog.
+        ``ingest`` keeps everything: it is the source of truth a re-encode starts from."""
         p = self.partitions
         return [
-            TopicShape(self.ingest, p),
+            TopicShape(self.ingest, p, (("retention.ms", "-1"),)),
             TopicShape(self.segmented, p),
             TopicShape(self.encoded, p, (("cleanup.policy", "compact"),)),
             TopicShape(self.query, p),
