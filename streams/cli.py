@@ -125,11 +125,21 @@ def _wait_for_signal() -> None:
 
 def _client(flow_name: str) -> Any:
     from streams.client import Client
-    from streams.local import discover_bootstrap
 
     logging.getLogger("streams").setLevel(max(logging.WARNING, logging.getLogger().level))  # keep output clean
 
-    return Client(flow_name, settings=KafkaSettings(discover_bootstrap(), KafkaSettings.from_env().extra))
+    return Client(flow_name, settings=_command_settings())
+
+
+def _command_settings(flow_extra: dict[str, Any] | None = None) -> KafkaSettings:
+    """Settings for a short-lived command: the running flow's broker, and librdkafka's own log
+    lines routed through Python logging (silenced), so a failure prints our one line only."""
+    from streams.local import discover_bootstrap
+
+    quiet = logging.getLogger("librdkafka")
+    quiet.setLevel(logging.CRITICAL)
+    extra = {**KafkaSettings.from_env(flow_extra).extra, "logger": quiet}
+    return KafkaSettings(discover_bootstrap(), extra)
 
 
 def _flow_name(flow: str) -> str:
@@ -195,11 +205,10 @@ def serve(flow: str, host: str, port: int) -> None:
 def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
     """List the records stages could not process, with why and where they came from."""
     from streams import dead_letters as dl
-    from streams.local import discover_bootstrap
     from streams.topics import FlowTopics
 
     logging.getLogger("streams").setLevel(logging.WARNING)
-    settings = KafkaSettings(discover_bootstrap(), KafkaSettings.from_env().extra)
+    settings = _command_settings()
     letters = dl.read_dead_letters(settings, FlowTopics(_flow_name(flow), 1), from_offset=from_offset)
     for letter in letters:
         key = letter.key.decode(errors="replace") if letter.key else "-"
@@ -220,11 +229,10 @@ def status(flow_path: Path, as_json: bool) -> None:
     import dataclasses
     import json
 
-    from streams.local import discover_bootstrap
     from streams.status import collect_status
 
     logging.getLogger("streams").setLevel(logging.WARNING)
-    settings = KafkaSettings(discover_bootstrap(), KafkaSettings.from_env().extra)
+    settings = _command_settings()
     report = collect_status(settings, load_flow(flow_path))
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))
@@ -254,7 +262,6 @@ def status(flow_path: Path, as_json: bool) -> None:
 def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: str | None,
            state_dir: Path | None) -> None:
     """Rebuild the index from <flow>.encoded (no re-encoding); the index stage must be stopped."""
-    from streams.local import discover_bootstrap
     from streams.replay import replay_index
 
     if from_beginning and from_timestamp:
@@ -262,7 +269,7 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
     logging.getLogger("streams").setLevel(logging.WARNING)
-    settings = KafkaSettings(discover_bootstrap(), KafkaSettings.from_env(flow.kafka).extra)
+    settings = _command_settings(dict(flow.kafka))
     result = replay_index(flow, settings, from_timestamp_ms=_epoch_ms(from_timestamp) if from_timestamp else None)
     click.echo(f"replayed {result.records} records of {flow.topics.encoded} in {result.seconds:.1f}s into "
                f"{flow.state_dir / flow.name / 'index'}")
