@@ -25,3 +25,4 @@ eval: install
 bench: install
 	$(PYTHON) benchmarks/ingest.py
 	$(PYTHON) benchmarks/query.py
+	$(PYTHON) benchmarks/restore.py
