@@ -77,10 +77,12 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
     flow = with_state_dir(flow, state_dir) if state_dir else flow
     if stage is not None:
         from streams.local import discover_bootstrap
+        from streams.versions import claim_serving
 
         flow.stage(stage)
         settings = KafkaSettings(discover_bootstrap(), KafkaSettings.from_env(flow.kafka).extra)
         ensure_topics(settings, flow.topics.shapes())  # idempotent; a real cluster may not have them yet
+        claim_serving(settings, flow.topics)  # the first version to run serves; later ones wait for a reindex
         if not replicas:
             from streams.stage import StageLoop
             from streams.topology import build_stage
@@ -237,7 +239,8 @@ def status(flow_path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))
         return
-    click.echo(f"flow {report.flow}    dead letters: {report.dead_letters}")
+    serving = "serving" if report.serving_version == report.version else f"not serving: version {report.serving_version} is"
+    click.echo(f"flow {report.flow} version {report.version} ({serving})    dead letters: {report.dead_letters}")
     click.echo(f"{'stage':<8} {'members':>7} {'records/s':>10} {'lag':>7}  per partition")
     for st in report.stages:
         per = " ".join(f"{p.partition}:{p.lag}" for p in st.lag)
@@ -272,9 +275,67 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
     settings = _command_settings(dict(flow.kafka))
     result = replay_index(flow, settings, from_timestamp_ms=_epoch_ms(from_timestamp) if from_timestamp else None)
     click.echo(f"replayed {result.records} records of {flow.topics.encoded} in {result.seconds:.1f}s into "
-               f"{flow.state_dir / flow.name / 'index'}")
+               f"{flow.state_dir / flow.topics.prefix / 'index'}")
     for partition in sorted(result.documents):
         click.echo(f"  shard {partition}: {result.documents[partition]} documents, {result.vectors[partition]} vectors")
+
+
+@main.command("reindex")
+@click.option("--flow", "flow_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The new version's flow YAML: same name, a higher `version:`, new executors.")
+@click.option("--run/--no-run", "run_stages", default=True, show_default=True,
+              help="Run the new version's stages here, supervised (--no-run: they are deployed elsewhere).")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Overrides the flow's state_dir.")
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Give up waiting after this many seconds.")
+@one_line_errors
+def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s: float | None) -> None:
+    """Build a new index version from <flow>.ingest and switch queries to it once it has caught up;
+    the serving version answers until then."""
+    from contextlib import nullcontext
+
+    from streams.reindex import plan_reindex, switch_when_caught_up
+    from streams.supervisor import LocalFlow
+
+    flow = load_flow(flow_path)
+    flow = with_state_dir(flow, state_dir) if state_dir else flow
+    logging.getLogger("streams").setLevel(logging.WARNING)
+    settings = _command_settings(dict(flow.kafka))
+    plan = plan_reindex(settings, flow)
+    click.echo(f"building version {flow.version} of flow {flow.name!r} from {plan.records} records of "
+               f"{flow.topics.ingest}; version {plan.serving.version} serves meanwhile", err=True)
+    stages = (LocalFlow(flow, flow_path=flow_path, bootstrap_servers=settings.bootstrap_servers,
+                        log_dir=flow.state_dir / "logs", label=f"v{flow.version}") if run_stages else nullcontext())
+    with stages:
+        result = switch_when_caught_up(settings, plan, timeout_s=timeout_s)
+        click.echo(f"version {result.version} of flow {flow.name!r} serves queries now (was {result.previous}); "
+                   f"caught up in {result.seconds:.1f}s. Stop version {result.previous}'s stages when you no longer "
+                   f"want to switch back (`streamsearch versions --flow {flow.name} --serve {result.previous}`).")
+        if run_stages:
+            click.echo(f"version {result.version}'s stages run here; logs in {flow.state_dir / 'logs'}. "
+                       "Ctrl-C stops them.")
+            _wait_for_signal()
+
+
+@main.command("versions")
+@click.option("--flow", required=True, help="Flow name or flow YAML.")
+@click.option("--serve", "serve_version", type=int, default=None, help="Switch queries to this version now.")
+@one_line_errors
+def versions(flow: str, serve_version: int | None) -> None:
+    """Show which index version of a flow serves queries, or switch it (e.g. back after a reindex)."""
+    import datetime
+
+    from streams.versions import read_serving, switch_serving
+
+    logging.getLogger("streams").setLevel(logging.WARNING)
+    settings = _command_settings()
+    name = _flow_name(flow)
+    serving = switch_serving(settings, name, serve_version) if serve_version else read_serving(settings, name)
+    if serving is None:
+        click.echo(f"flow {name!r}: version 1 serves (no version named yet)")
+        return
+    since = datetime.datetime.fromtimestamp(serving.since_ms / 1000, datetime.timezone.utc).isoformat(timespec="seconds")
+    previous = f"; replaced version {serving.previous}" if serving.previous is not None else ""
+    click.echo(f"flow {name!r}: version {serving.version} serves since {since} ({serving.reason}{previous})")
 
 
 def _epoch_ms(value: str) -> int:

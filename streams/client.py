@@ -1,7 +1,9 @@
 """Request/reply client: index and delete on the ingest topic, search over query/reply topics.
 
 Each client owns a one-partition reply topic; replies are matched to waiting futures by
-request id, so many searches can be in flight over one producer and one consumer.
+request id, so many searches can be in flight over one producer and one consumer. The same
+consumer follows ``<flow>.versions``: searches go to the serving index version, and switch
+when a reindex has built a new one (``streams/versions.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from streams.kafka import KafkaSettings, StageProducer, consume_batch, make_cons
 from streams.query import query_headers
 from streams.serde import DOCUMENT, REQUEST, SEARCH_REPLY, Request, SearchReply
 from streams.topics import FlowTopics, TopicShape
+from streams.versions import serving_of
 
 __all__ = ["IndexReceipt", "Client"]
 
@@ -64,8 +67,11 @@ class Client:
         settings: KafkaSettings | None = None,
         timeout_s: float = 10.0,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        version: int | None = None,
     ) -> None:
-        self.topics = FlowTopics(flow, 1)
+        """:param version: search this index version only; None follows the serving version."""
+        self.topics = FlowTopics(flow, 1, version or 1)
+        self._pinned = version is not None
         self.settings = settings or KafkaSettings.from_env()
         self.timeout_s = timeout_s
         self.max_payload_bytes = max_payload_bytes
@@ -178,22 +184,37 @@ class Client:
         with self._lock:
             self._futures.pop(request_id, None)
 
+    @property
+    def version(self) -> int:
+        """The index version searches go to now."""
+        return self.topics.version
+
     def _ensure_listener(self) -> None:
         if self._listener is not None:
             return
-        ensure_topics(self.settings, [TopicShape(self.reply_topic, 1)])
-        consumer = make_consumer(self.settings, group_id=self.reply_topic)
-        consumer.assign([TopicPartition(self.reply_topic, 0, 0)])
+        versions = self.topics.versions
+        ensure_topics(self.settings, [TopicShape(self.reply_topic, 1),
+                                      TopicShape(versions, 1, (("cleanup.policy", "compact"),))])
+        consumer = make_consumer(self.settings, group_id=self.reply_topic, **{"enable.partition.eof": True})
+        consumer.assign([TopicPartition(self.reply_topic, 0, 0), TopicPartition(versions, 0, 0)])
         ready = threading.Event()
+        if self._pinned:
+            ready.set()
         self._listener = threading.Thread(target=self._listen, args=(consumer, ready), daemon=True, name="replies")
         self._listener.start()
-        ready.wait(10)
+        if not ready.wait(10):
+            logger.warning("serving version unknown after 10s: searching version %d", self.version)
 
     def _listen(self, consumer: Any, ready: threading.Event) -> None:
+        """Replies resolve their futures; records of ``<flow>.versions`` move searches to the
+        serving version (``ready`` once that topic has been read to its end)."""
+        versions = self.topics.versions
         try:
             while not self._stop.is_set():
-                ready.set()
                 for msg in consume_batch(consumer, max_records=256, timeout=0.05):
+                    if msg.topic() == versions:
+                        self._follow(msg, ready)
+                        continue
                     if msg.error() is not None or msg.value() is None:
                         continue
                     try:
@@ -207,6 +228,23 @@ class Client:
                         future.set_result(reply)
         finally:
             consumer.close()
+
+    def _follow(self, msg: Message, ready: threading.Event) -> None:
+        error = msg.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                ready.set()
+            return
+        try:
+            serving = serving_of(msg)
+        except Exception:
+            logger.exception("undecodable serving-version record")
+            return
+        if serving is None or self._pinned or serving.version == self.topics.version:
+            return
+        logger.info("searches now go to index version %d (was %d)", serving.version, self.topics.version,
+                    extra={"flow": self.topics.flow, "reason": serving.reason})
+        self.topics = FlowTopics(self.topics.flow, 1, serving.version)
 
     def close(self) -> None:
         """Stop listening, delete the reply topic, flush what is queued."""

@@ -24,7 +24,7 @@ STAGE_ORDER = ("segment", "encode", "index", "join")
 REQUIRED_STAGES = ("encode", "index", "join")
 DEFAULT_USES = {"segment": "Sentencizer", "encode": "TransformerEncoder", "index": "CompoundIndexer"}
 DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
-_FLOW_KEYS = {"name", "stages", "state_dir", "kafka", "max_payload_bytes", "search", "processing_guarantee"}
+_FLOW_KEYS = {"name", "version", "stages", "state_dir", "kafka", "max_payload_bytes", "search", "processing_guarantee"}
 PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
 _STAGE_KEYS = {"uses", "with", "replicas", "shards", "ranker", "metrics_port", "filter_by", "query_language"}
 
@@ -80,10 +80,18 @@ class FlowSpec:
     processing_guarantee: str = "at_least_once"
     search: SearchDefaults = SearchDefaults()
     source: Path | None = None
+    version: int = 1
+    """The index version this YAML builds: a reindex with new executors gets a higher one, its own
+    topics and state, and the shared ingest topic (``FlowTopics``)."""
 
     @property
     def topics(self) -> FlowTopics:
-        return FlowTopics(self.name, self.shards)
+        return FlowTopics(self.name, self.shards, self.version)
+
+    @property
+    def label(self) -> str:
+        """The flow as people name it: ``hello``, or ``hello v2`` for a later version."""
+        return self.name if self.version == 1 else f"{self.name} v{self.version}"
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -151,6 +159,10 @@ def parse_flow(text: str, *, source: Path | None = None) -> FlowSpec:
     name = data.get("name")
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise fail(("name",), "'name' must be letters, digits, '-' or '_' (it prefixes every topic)")
+    version = data.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise fail(("version",), "'version' must be a positive integer (the index version: "
+                                 "`streamsearch reindex` builds a higher one beside the serving one)")
     stages_data = data.get("stages")
     if not isinstance(stages_data, dict) or not stages_data:
         raise fail(("stages",), "'stages' must map stage names to their settings")
@@ -210,6 +222,7 @@ def parse_flow(text: str, *, source: Path | None = None) -> FlowSpec:
         processing_guarantee=guarantee,
         search=defaults,
         source=source,
+        version=version,
     )
 
 

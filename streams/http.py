@@ -90,6 +90,7 @@ def _reply_json(texts: list[str], reply: SearchReply, latency_ms: float) -> dict
         "stale_shards": reply.stale_shards,
         "restoring_shards": reply.restoring_shards,
         "errors": reply.errors,
+        "version": reply.version,
         "latency_ms": round(latency_ms, 1),
     }
 

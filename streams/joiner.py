@@ -78,9 +78,10 @@ class PendingRequest:
 class Joiner:
     """Merges shard results per request and replies on the request's reply topic."""
 
-    def __init__(self, operations: Sequence[Operation] = (), *, flow: str = "") -> None:
+    def __init__(self, operations: Sequence[Operation] = (), *, flow: str = "", version: int = 1) -> None:
         self._operations = tuple(operations)
         self._flow = flow
+        self._version = version
         self._pending: dict[str, PendingRequest] = {}
         self._replied: OrderedDict[str, None] = OrderedDict()
         self.evaluations = RunningStats()
@@ -122,6 +123,7 @@ class Joiner:
         except Exception as exc:  # a reply with the error beats no reply: the client would hang
             logger.exception("reply failed", extra={"request_id": pending.request_id})
             reply = SearchReply(pending.request_id, [], True, [], [], [f"join: {type(exc).__name__}: {exc}"])
+        reply.version = self._version
         self.replies += 1
         self.partial_replies += reply.partial
         REPLIES.labels(self._flow, str(reply.partial).lower()).inc()

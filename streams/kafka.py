@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from streams.exceptions import DeliveryError
 
-__all__ = ["KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "Header", "headers_of"]
+__all__ = ["KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "fetch_high_watermarks", "Header", "headers_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -170,3 +172,24 @@ def consume_batch(consumer: Consumer, *, max_records: int, timeout: float) -> li
         return []
     rest = consumer.consume(num_messages=max_records - 1, timeout=0) if max_records > 1 else []
     return [first, *rest]
+
+
+def fetch_high_watermarks(settings: KafkaSettings, partitions: dict[str, int],
+                          timeout: float) -> dict[tuple[str, int], int]:
+    """High watermarks as fetch responses report them: assign, fetch once, read the cache.
+    Not ListOffsets: the embedded broker answers that wrongly (``shared/EMBEDDED_BROKER.md``)."""
+    consumer = make_consumer(settings, group_id=f"status.{uuid.uuid4().hex[:8]}", **{"max.partition.fetch.bytes": 1})
+    wanted = [TopicPartition(t, p, 0) for t, n in partitions.items() for p in range(n)]
+    consumer.assign(wanted)
+    highs: dict[tuple[str, int], int] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(highs) < len(wanted) and time.monotonic() < deadline:
+            consume_batch(consumer, max_records=100, timeout=0.1)
+            for tp in wanted:
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    highs[(tp.topic, tp.partition)] = high
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): highs.get((tp.topic, tp.partition), 0) for tp in wanted}

@@ -15,6 +15,7 @@ from streams.exceptions import BrokerError
 from streams.flow import FlowSpec, with_state_dir
 from streams.kafka import KafkaSettings
 from streams.supervisor import LocalFlow
+from streams.versions import claim_serving
 
 __all__ = ["LocalRuntime", "BOOTSTRAP_FILE"]
 
@@ -47,6 +48,7 @@ class LocalRuntime:
             BOOTSTRAP_FILE.write_text(self.broker.bootstrap_servers)
         self.settings = settings
         ensure_topics(settings, self.flow.topics.shapes())
+        claim_serving(settings, self.flow.topics)
         self.local_flow = LocalFlow(
             self.flow, flow_path=self.flow_path, bootstrap_servers=settings.bootstrap_servers,
             log_dir=self.flow.state_dir / "logs", stages=self._stages, replicas=self._replicas,

@@ -52,10 +52,10 @@ def replay_index(flow: FlowSpec, settings: KafkaSettings, *, from_timestamp_ms: 
         no record at that time, or the end of a partition is not reached within ``timeout_s``.
     """
     topics = flow.topics
-    states = ShardStates(root=flow.state_dir, flow=flow.name, config=flow.stage("index").config)
+    states = ShardStates(root=flow.state_dir, flow=topics.prefix, config=flow.stage("index").config)
     ingest = ShardIngest(states=states, topics=topics, filter_by=flow.stage("index").filter_by)
     partitions = list(range(topics.partitions))
-    consumer = make_consumer(settings, group_id=f"{flow.name}.replay.{uuid.uuid4().hex[:8]}",
+    consumer = make_consumer(settings, group_id=f"{topics.prefix}.replay.{uuid.uuid4().hex[:8]}",
                              **{"enable.partition.eof": True, "fetch.wait.max.ms": 100})
     result = ReplayResult()
     started = time.monotonic()

@@ -28,6 +28,7 @@ __all__ = [
     "REQUEST",
     "SCHEMA_HEADER",
     "SEARCH_REPLY",
+    "SERVING_VERSION",
     "STAGE_STATUS",
     "Codec",
     "PartialResult",
@@ -83,12 +84,14 @@ class SearchReply:
     stale_shards: list[int]
     errors: list[str]
     restoring_shards: list[int] = field(default_factory=list)
+    version: int = 1
+    """The index version that answered (``FlowTopics``): a reindex switches it."""
 
 
 def _load_schemas() -> dict[str, Any]:
     named: dict[str, Any] = {}
     parsed = {}
-    for name in ("document", "request", "partial_result", "search_reply", "stage_status"):
+    for name in ("document", "request", "partial_result", "search_reply", "stage_status", "serving_version"):
         with open(SCHEMA_DIR / f"{name}.avsc") as f:
             parsed[name] = fastavro.parse_schema(json.load(f), named_schemas=named)
     return parsed
@@ -235,6 +238,7 @@ def _reply_to_avro(r: SearchReply) -> dict[str, Any]:
         "stale_shards": r.stale_shards,
         "restoring_shards": r.restoring_shards,
         "errors": r.errors,
+        "version": r.version,
     }
 
 
@@ -247,6 +251,7 @@ def _reply_from_avro(rec: dict[str, Any]) -> SearchReply:
         stale_shards=list(rec["stale_shards"]),
         errors=list(rec["errors"]),
         restoring_shards=list(rec["restoring_shards"]),
+        version=rec["version"],
     )
 
 
@@ -297,3 +302,4 @@ PARTIAL_RESULT: Codec[PartialResult] = Codec("partial_result", _partial_to_avro,
 SEARCH_REPLY: Codec[SearchReply] = Codec("search_reply", _reply_to_avro, _reply_from_avro)
 STAGE_STATUS: Codec[dict[str, Any]] = Codec("stage_status", dict, dict)
 """Status records are plain dicts: they are read by people and scripts, never processed."""
+SERVING_VERSION: Codec[dict[str, Any]] = Codec("serving_version", dict, dict)

@@ -17,8 +17,9 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.flow import FlowSpec
-from streams.kafka import KafkaSettings, consume_batch, make_consumer
+from streams.kafka import KafkaSettings, consume_batch, fetch_high_watermarks, make_consumer
 from streams.serde import STAGE_STATUS
+from streams.versions import read_serving
 
 __all__ = ["PartitionLag", "StageState", "FlowStatus", "collect_status", "STALE_AFTER_S"]
 
@@ -54,6 +55,9 @@ class FlowStatus:
     stages: list[StageState]
     shards: list[dict[str, Any]]
     dead_letters: int
+    version: int = 1
+    serving_version: int = 1
+    """The version ``<flow>.versions`` names: queries go there, whichever version this status is of."""
 
 
 def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 15.0) -> FlowStatus:
@@ -61,12 +65,12 @@ def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 
     topics = flow.topics
     inputs = {s.name: (flow.input_topic(s.name) if s.name != "join" else topics.partials) for s in flow.stages}
     partitions = {topic: topics.partitions for topic in inputs.values()} | {topics.dead_letter: 1}
-    highs = _high_watermarks(settings, partitions, timeout)
+    highs = fetch_high_watermarks(settings, partitions, timeout)
     admin = AdminClient(settings.base())
     reports = _live_reports(settings, topics.status, highs_timeout=timeout)
     stages = []
     for stage in flow.stages:
-        group = f"{flow.name}.{stage.name}"
+        group = topics.group(stage.name)
         topic = inputs[stage.name]
         committed = _committed(admin, group, topic, topics.partitions)
         lag = [PartitionLag(topic, p, committed[p], highs[(topic, p)], max(0, highs[(topic, p)] - max(committed[p], 0)))
@@ -77,7 +81,9 @@ def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 
         stages.append(StageState(stage.name, group, members, sum(r["rate"] for r in mine), lag, mine))
     shards = sorted((dict(s, owner=r["member"]) for r in reports if r["stage"] == "index" for s in r["shards"]),
                     key=lambda s: s["partition"])
-    return FlowStatus(flow.name, stages, shards, highs[(topics.dead_letter, 0)])
+    serving = read_serving(settings, flow.name, timeout=timeout)
+    return FlowStatus(flow.name, stages, shards, highs[(topics.dead_letter, 0)], flow.version,
+                      serving.version if serving else 1)
 
 
 def _committed(admin: AdminClient, group: str, topic: str, count: int) -> dict[int, int]:
@@ -94,28 +100,9 @@ def _members(admin: AdminClient, group: str) -> int:
         return 0
 
 
-def _high_watermarks(settings: KafkaSettings, partitions: dict[str, int], timeout: float) -> dict[tuple[str, int], int]:
-    """High watermarks as fetch responses report them: assign, fetch once, read the cache."""
-    consumer = make_consumer(settings, group_id=f"status.{uuid.uuid4().hex[:8]}", **{"max.partition.fetch.bytes": 1})
-    wanted = [TopicPartition(t, p, 0) for t, n in partitions.items() for p in range(n)]
-    consumer.assign(wanted)
-    highs: dict[tuple[str, int], int] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        while len(highs) < len(wanted) and time.monotonic() < deadline:
-            consume_batch(consumer, max_records=100, timeout=0.1)
-            for tp in wanted:
-                _, high = consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0:
-                    highs[(tp.topic, tp.partition)] = high
-    finally:
-        consumer.close()
-    return {(tp.topic, tp.partition): highs.get((tp.topic, tp.partition), 0) for tp in wanted}
-
-
 def _live_reports(settings: KafkaSettings, topic: str, *, highs_timeout: float) -> list[dict[str, Any]]:
     """The latest report of each stage process, if it is recent."""
-    high = _high_watermarks(settings, {topic: 1}, highs_timeout)[(topic, 0)]
+    high = fetch_high_watermarks(settings, {topic: 1}, highs_timeout)[(topic, 0)]
     consumer = make_consumer(settings, group_id=f"status.{uuid.uuid4().hex[:8]}")
     consumer.assign([TopicPartition(topic, 0, 0)])
     latest: dict[bytes, dict[str, Any]] = {}

@@ -16,43 +16,63 @@ class TopicShape:
 
 @dataclass(frozen=True, slots=True)
 class FlowTopics:
-    """Every topic of one flow. The index path (ingest, segmented, encoded, search) shares
-    one partition count, so partition p of each feeds shard p."""
+    """Every topic of one version of a flow. The index path (ingest, segmented, encoded,
+    search) shares one partition count, so partition p of each feeds shard p.
+
+    Versions share ``<flow>.ingest``, the source of truth, and ``<flow>.versions``, which names
+    the one that serves queries; every other topic belongs to one version: version 1 has the
+    plain names (``<flow>.encoded``), version N > 1 is prefixed ``<flow>.vN`` (``<flow>.v2.encoded``).
+    A reindex builds a new version beside the serving one, like a new index behind an alias.
+    """
 
     flow: str
     partitions: int
+    version: int = 1
+
+    @property
+    def prefix(self) -> str:
+        """What this version's own topics, consumer groups and state directories are named by."""
+        return self.flow if self.version == 1 else f"{self.flow}.v{self.version}"
 
     @property
     def ingest(self) -> str:
         return f"{self.flow}.ingest"
 
     @property
+    def versions(self) -> str:
+        return f"{self.flow}.versions"
+
+    @property
     def segmented(self) -> str:
-        return f"{self.flow}.segmented"
+        return f"{self.prefix}.segmented"
 
     @property
     def encoded(self) -> str:
-        return f"{self.flow}.encoded"
+        return f"{self.prefix}.encoded"
 
     @property
     def query(self) -> str:
-        return f"{self.flow}.query"
+        return f"{self.prefix}.query"
 
     @property
     def search(self) -> str:
-        return f"{self.flow}.search"
+        return f"{self.prefix}.search"
 
     @property
     def partials(self) -> str:
-        return f"{self.flow}.partials"
+        return f"{self.prefix}.partials"
 
     @property
     def dead_letter(self) -> str:
-        return f"{self.flow}.dead-letter"
+        return f"{self.prefix}.dead-letter"
 
     @property
     def status(self) -> str:
-        return f"{self.flow}.status"
+        return f"{self.prefix}.status"
+
+    def group(self, stage: str) -> str:
+        """The consumer group of a stage's index path (its query path adds a suffix)."""
+        return f"{self.prefix}.{stage}"
 
     def shapes(self) -> list[TopicShape]:
         """All topics to create. ``encoded`` is compacted: it is the index's changelog.
@@ -60,6 +80,7 @@ class FlowTopics:
         p = self.partitions
         return [
             TopicShape(self.ingest, p, (("retention.ms", "-1"),)),
+            TopicShape(self.versions, 1, (("cleanup.policy", "compact"),)),
             TopicShape(self.segmented, p),
             TopicShape(self.encoded, p, (("cleanup.policy", "compact"),)),
             TopicShape(self.query, p),

@@ -32,8 +32,8 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
     """
     stage = flow.stage(name)
     topics = flow.topics
-    group = f"{flow.name}.{name}"
-    common = dict(flow=flow.name, name=name, dead_letter_topic=topics.dead_letter,
+    group = topics.group(name)
+    common = dict(flow=topics.prefix, name=name, dead_letter_topic=topics.dead_letter,
                   max_payload_bytes=flow.max_payload_bytes, metrics_port=stage.metrics_port,
                   status_topic=topics.status)
     defaults = SearchParameters.parse(
@@ -66,7 +66,7 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
                                 fetch_wait_ms=flow.search.fetch_wait_ms),
         )
     if name == "index":
-        states = ShardStates(root=flow.state_dir, flow=flow.name, config=stage.config)
+        states = ShardStates(root=flow.state_dir, flow=topics.prefix, config=stage.config)
         ranker = stage.build_ranker()
         return StageSpec(
             **common,
@@ -78,6 +78,6 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
                                 follow_index_path=True, fetch_wait_ms=flow.search.fetch_wait_ms),
         )
     if name == "join":
-        return StageSpec(**common, query_path=PathSpec(topics.partials, group, Joiner(stage.query_language, flow=flow.name), batch_size=256,
+        return StageSpec(**common, query_path=PathSpec(topics.partials, group, Joiner(stage.query_language, flow=topics.prefix, version=flow.version), batch_size=256,
                                                        fetch_wait_ms=flow.search.fetch_wait_ms))
     raise AssertionError(f"unhandled stage {name}")  # flow.stage() already rejected unknown names

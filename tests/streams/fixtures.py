@@ -62,3 +62,27 @@ def corpus_with_unique_sentences(count: int) -> list[tuple[Document, str]]:
         if len(chosen) == count:
             return chosen
     raise AssertionError("not enough docstrings")
+
+
+SENTENCE_FLOW = """
+name: {name}
+stages:
+  segment:
+    uses: Sentencizer
+    with: {min_sent_len: 3, punctuation: ".,!?"}
+  encode:
+    uses: TransformerEncoder
+    with: {traversal_paths: [c], max_length: 128}
+  index:
+    uses: CompoundIndexer
+    with: {dim: 384, metric: inner_product}
+    shards: SHARDS
+  join: {}
+search:
+  top_k: 3
+"""
+
+
+def sentence_flow_yaml(shards: int = 2, guarantee: str = "at_least_once") -> str:
+    """A flow of sentence chunks, MiniLM, ``shards`` shards (``{name}`` still to fill in)."""
+    return SENTENCE_FLOW.replace("SHARDS", str(shards)) + f"processing_guarantee: {guarantee}\n"

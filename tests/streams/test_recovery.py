@@ -21,33 +21,10 @@ from streams.flow import load_flow, with_state_dir
 from streams.kafka import make_consumer
 from streams.local import LocalRuntime
 from streams.supervisor import LocalFlow
-from tests.streams.fixtures import corpus_with_unique_sentences, stage_logs
+from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
 from tests.streams.recovery import read_shards, text_hash, wait_applied
 
 pytestmark = pytest.mark.kafka
-
-FLOW = """
-name: {name}
-stages:
-  segment:
-    uses: Sentencizer
-    with: {min_sent_len: 3, punctuation: ".,!?"}
-  encode:
-    uses: TransformerEncoder
-    with: {traversal_paths: [c], max_length: 128}
-  index:
-    uses: CompoundIndexer
-    with: {dim: 384, metric: inner_product}
-    shards: SHARDS
-  join: {}
-search:
-  top_k: 3
-"""
-
-
-def _flow_yaml(shards: int = 2, guarantee: str = "at_least_once") -> str:
-    return FLOW.replace("SHARDS", str(shards)) + f"processing_guarantee: {guarantee}\n"
-
 
 def _restart_stages(runtime: LocalRuntime) -> None:
     """Stop every stage process (SIGTERM) and start them again on the same state."""
@@ -97,7 +74,7 @@ def _assert_findable(runtime: LocalRuntime, corpus: list[tuple[Document, str]]) 
 
 
 def test_updates_and_deletes_survive_a_restart(start_flow) -> None:  # type: ignore[no-untyped-def]
-    runtime = start_flow(_flow_yaml())
+    runtime = start_flow(sentence_flow_yaml())
     corpus = corpus_with_unique_sentences(8)
     docs = [doc for doc, _ in corpus]
     updated = {docs[0].id: "Lighthouses guide ships along rocky coasts at night. Their lamps rotate slowly.",
@@ -129,7 +106,7 @@ KILL_CYCLES = 3
 @pytest.mark.parametrize(("victim", "guarantee"), [("index", "at_least_once"), ("encode", "at_least_once"),
                                                    ("encode", "exactly_once")])
 def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow, victim: str, guarantee: str) -> None:  # type: ignore[no-untyped-def]
-    runtime = start_flow(_flow_yaml(guarantee=guarantee))
+    runtime = start_flow(sentence_flow_yaml(guarantee=guarantee))
     assert runtime.local_flow is not None
     corpus = corpus_with_unique_sentences(KILL_DOCS)
     receipts: list[IndexReceipt] = []
@@ -187,7 +164,7 @@ def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: P
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)  # this test runs its own brokers
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "flow.yml"
-    path.write_text(_flow_yaml().replace("{name}", "rebuild"))
+    path.write_text(sentence_flow_yaml().replace("{name}", "rebuild"))
     flow = load_flow(path)
     before = corpus_with_unique_sentences(10)
     after = corpus_with_unique_sentences(13)[10:]
@@ -213,7 +190,7 @@ def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: P
 
 
 def test_a_replica_added_under_load_loses_nothing_and_flags_moving_shards(start_flow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    runtime = start_flow(_flow_yaml(shards=4))
+    runtime = start_flow(sentence_flow_yaml(shards=4))
     corpus = corpus_with_unique_sentences(60)
     first, second = corpus[:40], corpus[40:]
     with runtime.client() as client:
@@ -267,7 +244,7 @@ def _top(client, queries: list[str]) -> list[list[tuple[str, float]]]:  # type: 
 
 
 def test_replay_rebuilds_an_index_equal_to_the_original(start_flow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    runtime = start_flow(_flow_yaml())
+    runtime = start_flow(sentence_flow_yaml())
     assert runtime.settings is not None
     bootstrap = runtime.settings.bootstrap_servers
     corpus = corpus_with_unique_sentences(30)

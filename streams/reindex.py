@@ -1,0 +1,174 @@
+"""``streamsearch reindex``: build a new index version from the ingest topic, then switch queries.
+
+The new version (a flow YAML with a higher ``version:``, new model or segmentation) gets its
+own topics, groups and shard state, and reads the shared ``<flow>.ingest`` from the
+beginning: the ingest topic is the source of truth, which is why it keeps everything. The
+serving version goes on answering meanwhile. "Caught up" is checked end to end: a search on
+the new version that must see every ingest record that existed when the reindex started
+(``min_offsets``, the read-your-writes wait of each shard) comes back complete, with no shard
+restoring or stale. Only then does ``<flow>.versions`` name the new version, and clients
+follow (``streams/versions.py``). Records written during the reindex reach both versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import TopicPartition
+from tqdm import tqdm
+
+from streams.admin import ensure_topics
+from streams.client import Client, IndexReceipt
+from streams.exceptions import FlowConfigError, RequestTimeoutError, StreamsearchError
+from streams.flow import FlowSpec
+from streams.kafka import KafkaSettings, consume_batch, fetch_high_watermarks, make_consumer
+from streams.serde import STAGE_STATUS
+from streams.status import STALE_AFTER_S
+from streams.versions import ServingVersion, publish_serving, read_serving
+
+__all__ = ["ReindexPlan", "ReindexResult", "plan_reindex", "switch_when_caught_up", "wait_caught_up"]
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 3.0
+"""Deadline of each catch-up probe: a shard still behind holds it until just before."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReindexPlan:
+    """What the new version must reach: every ingest partition's high watermark at the start."""
+
+    flow: FlowSpec
+    serving: ServingVersion
+    targets: dict[int, int]
+
+    @property
+    def records(self) -> int:
+        return sum(self.targets.values())
+
+
+@dataclass(frozen=True, slots=True)
+class ReindexResult:
+    version: int
+    previous: int
+    records: int
+    seconds: float
+
+
+def plan_reindex(settings: KafkaSettings, flow: FlowSpec) -> ReindexPlan:
+    """Check that ``flow`` can be built beside the serving version, create its topics and take
+    the ingest high watermarks it must reach.
+
+    :raises StreamsearchError: if the flow has no ingest topic (nothing to reindex), or its
+        version is not above the serving one, or its shard count differs from the ingest topic's.
+    """
+    topics = flow.topics
+    highs = _ingest_highs(settings, flow)
+    serving = read_serving(settings, flow.name)
+    if serving is None:  # a flow that has only ever had version 1 and never named it
+        serving = publish_serving(settings, flow.name, 1, previous=None, reason="serving before a reindex")
+    if flow.version <= serving.version:
+        where = f"{flow.source}: " if flow.source else ""
+        raise FlowConfigError(f"{where}version {flow.version} is not above the serving version {serving.version} of "
+                              f"flow {flow.name!r}: set `version: {serving.version + 1}` in the new flow YAML")
+    ensure_topics(settings, topics.shapes())  # checks the shard count against the ingest topic
+    targets = {p: highs[(topics.ingest, p)] for p in range(topics.partitions)}
+    logger.info("reindex planned", extra={"flow": flow.name, "version": flow.version, "serving": serving.version,
+                                          "ingest_records": sum(targets.values())})
+    return ReindexPlan(flow, serving, targets)
+
+
+def _ingest_highs(settings: KafkaSettings, flow: FlowSpec) -> dict[tuple[str, int], int]:
+    from confluent_kafka.admin import AdminClient
+
+    ingest = flow.topics.ingest
+    found = AdminClient(settings.base()).list_topics(timeout=10).topics.get(ingest)
+    if found is None or found.error is not None:
+        raise StreamsearchError(f"flow {flow.name!r} has no topic {ingest} on {settings.bootstrap_servers}: "
+                                "nothing to reindex (start the flow first with `streamsearch run`)")
+    if len(found.partitions) != flow.topics.partitions:
+        raise FlowConfigError(f"{ingest} has {len(found.partitions)} partitions but version {flow.version} has "
+                              f"{flow.topics.partitions} shards: a version keeps the ingest topic's partition count")
+    return fetch_high_watermarks(settings, {ingest: flow.topics.partitions}, timeout=15)
+
+
+def wait_caught_up(settings: KafkaSettings, plan: ReindexPlan, *, progress: bool = True,
+                   timeout_s: float | None = None) -> None:
+    """Return once the new version answers complete searches that include every planned
+    ingest record. The bar follows the shards' reported ingest offsets (status reports).
+
+    :raises StreamsearchError: if ``timeout_s`` passes first.
+    """
+    flow = plan.flow
+    wanted = IndexReceipt({p: high - 1 for p, high in plan.targets.items() if high > 0})
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    bar = tqdm(total=plan.records, unit="record", desc=f"reindex v{flow.version}", disable=not progress)
+    reports = _ShardReports(settings, flow.topics.status)
+    probe = Client(flow.name, settings=settings, version=flow.version, timeout_s=PROBE_TIMEOUT_S)
+    try:
+        while True:
+            applied = reports.applied_ingest_offsets()
+            bar.update(sum(min(applied.get(p, -1) + 1, high) for p, high in plan.targets.items()) - bar.n)
+            if _answers_complete(probe, wanted):
+                bar.update(plan.records - bar.n)
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise StreamsearchError(f"version {flow.version} of flow {flow.name!r} did not catch up within "
+                                        f"{timeout_s:.0f}s; it keeps building, version {plan.serving.version} serves")
+    finally:
+        bar.close()
+        probe.close()
+        reports.close()
+
+
+def _answers_complete(probe: Client, wanted: IndexReceipt) -> bool:
+    """One search that every shard must answer having applied ``wanted``: not partial, not stale."""
+    try:
+        reply = probe.search("reindex caught up?", top_k=1, after=wanted)
+    except RequestTimeoutError:  # the new version's stages are still starting
+        return False
+    return not reply.partial and not reply.stale_shards and not reply.errors
+
+
+class _ShardReports:
+    """Follows a version's ``<prefix>.status`` for the shards' applied ingest offsets (progress only)."""
+
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        self._consumer = make_consumer(settings, group_id=f"{topic}.reindex.{uuid.uuid4().hex[:8]}")
+        self._consumer.assign([TopicPartition(topic, 0, 0)])
+        self._latest: dict[bytes, dict[str, Any]] = {}
+
+    def applied_ingest_offsets(self) -> dict[int, int]:
+        for msg in consume_batch(self._consumer, max_records=500, timeout=0.1):
+            if msg.error() is None and msg.value() is not None:
+                self._latest[msg.key()] = STAGE_STATUS.decode(msg.value())
+        fresh_after = time.time() * 1000 - STALE_AFTER_S * 1000
+        applied: dict[int, int] = {}
+        for report in self._latest.values():
+            if report["stage"] != "index" or report["ts_ms"] < fresh_after:
+                continue
+            for shard in report["shards"]:
+                applied[shard["partition"]] = max(applied.get(shard["partition"], -1), shard["ingest_offset"])
+        return applied
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def switch_when_caught_up(settings: KafkaSettings, plan: ReindexPlan, *, progress: bool = True,
+                          timeout_s: float | None = None) -> ReindexResult:
+    """Wait until the new version (its stages started by the caller, here or elsewhere) has
+    caught up, then name it the serving version. The previous version keeps running until its
+    operator stops it: until then, ``streamsearch versions --serve`` switches back at once."""
+    started = time.monotonic()
+    wait_caught_up(settings, plan, progress=progress, timeout_s=timeout_s)
+    flow = plan.flow
+    publish_serving(settings, flow.name, flow.version, previous=plan.serving.version,
+                    reason=f"reindex caught up on {plan.records} ingest records")
+    logger.info("index version switched", extra={"flow": flow.name, "version": flow.version,
+                                                 "previous": plan.serving.version})
+    return ReindexResult(flow.version, plan.serving.version, plan.records, time.monotonic() - started)

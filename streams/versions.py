@@ -1,0 +1,115 @@
+"""Which index version of a flow serves queries: one record on the compacted ``<flow>.versions``.
+
+A reindex builds version N+1 beside the serving version N (its own topics, groups and shard
+state; the ingest topic shared) and, once N+1 has caught up, writes this record. Clients and
+the HTTP bridge follow it: they send each search to the serving version's query topic, so the
+switch needs no restart and no request sees two versions. It is the alias of a search index,
+kept in Kafka so that every process sees the same one.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, Message, TopicPartition
+
+from streams.exceptions import BrokerError
+from streams.kafka import KafkaSettings, StageProducer, consume_batch, make_consumer
+from streams.serde import SERVING_VERSION
+from streams.topics import FlowTopics
+
+__all__ = ["SERVING_KEY", "ServingVersion", "claim_serving", "publish_serving", "read_serving", "serving_of",
+           "switch_serving"]
+
+SERVING_KEY = b"serving"
+
+
+@dataclass(frozen=True, slots=True)
+class ServingVersion:
+    version: int
+    since_ms: int
+    previous: int | None = None
+    reason: str = ""
+
+
+def serving_of(msg: Message) -> ServingVersion | None:
+    """The serving record in a message of ``<flow>.versions``, or None for anything else."""
+    if msg.error() is not None or msg.key() != SERVING_KEY or msg.value() is None:
+        return None
+    record = SERVING_VERSION.decode(msg.value())
+    return ServingVersion(record["version"], record["since_ms"], record["previous"], record["reason"])
+
+
+def read_serving(settings: KafkaSettings, flow: str, *, timeout: float = 10.0) -> ServingVersion | None:
+    """The latest serving record of a flow, read to the end of ``<flow>.versions``; None if
+    the flow never named one (a flow that has only version 1, from before versions existed).
+
+    :raises BrokerError: if the flow has no ingest topic, or the end of ``<flow>.versions`` is
+        not reached within ``timeout``.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    topics = FlowTopics(flow, 1)
+    existing = AdminClient(settings.base()).list_topics(timeout=10).topics
+    if topics.ingest not in existing:
+        raise BrokerError(f"no flow {flow!r} on {settings.bootstrap_servers} (no topic {topics.ingest})")
+    topic = topics.versions
+    if topic not in existing:
+        return None
+    consumer = make_consumer(settings, group_id=f"{flow}.versions.{uuid.uuid4().hex[:8]}",
+                             **{"enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    latest: ServingVersion | None = None
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for msg in consume_batch(consumer, max_records=100, timeout=0.2):
+                error = msg.error()
+                if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                    return latest
+                latest = serving_of(msg) or latest
+    finally:
+        consumer.close()
+    raise BrokerError(f"could not read {topic} to its end within {timeout:.0f}s")
+
+
+def publish_serving(settings: KafkaSettings, flow: str, version: int, *, previous: int | None,
+                    reason: str) -> ServingVersion:
+    """Name the version that serves from now on; followers switch within a poll."""
+    serving = ServingVersion(version, int(time.time() * 1000), previous, reason)
+    producer = StageProducer(settings)
+    try:
+        producer.produce(FlowTopics(flow, 1).versions, key=SERVING_KEY, headers=(SERVING_VERSION.header(),),
+                         value=SERVING_VERSION.encode({"version": version, "since_ms": serving.since_ms,
+                                                       "previous": previous, "reason": reason}))
+        producer.flush()
+    finally:
+        producer.close()
+    return serving
+
+
+def claim_serving(settings: KafkaSettings, topics: FlowTopics) -> ServingVersion:
+    """The serving version, after naming ``topics.version`` if none is named yet: the first
+    version of a flow to run serves it. A later version serves only when a reindex says so."""
+    serving = read_serving(settings, topics.flow)
+    if serving is None:
+        serving = publish_serving(settings, topics.flow, topics.version, previous=None, reason="first run")
+    return serving
+
+
+def switch_serving(settings: KafkaSettings, flow: str, version: int) -> ServingVersion:
+    """An operator's switch, e.g. back to the previous version after a reindex. The version
+    must exist (its query topic); whether its stages still run is the operator's call.
+
+    :raises BrokerError: if the flow has no such version.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    query = FlowTopics(flow, 1, version).query
+    if query not in AdminClient(settings.base()).list_topics(timeout=10).topics:
+        raise BrokerError(f"flow {flow!r} has no version {version} (no topic {query})")
+    current = read_serving(settings, flow)
+    return publish_serving(settings, flow, version, previous=current.version if current else None,
+                           reason="switched by an operator")
