@@ -66,7 +66,7 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
                                 fetch_wait_ms=flow.search.fetch_wait_ms),
         )
     if name == "index":
-        states = ShardStates(root=flow.state_dir, flow=topics.prefix, config=stage.config)
+        states = ShardStates(root=flow.state_dir, flow=topics.prefix, config=stage.config, private_when_locked=True)
         ranker = stage.build_ranker()
         return StageSpec(
             **common,

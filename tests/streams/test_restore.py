@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +176,64 @@ def test_out_of_range_from_the_broker_rebuilds_at_once(shard) -> None:  # type: 
     assert ingest.out_of_range(0) == OFFSET_BEGINNING
     index = states.get(0)
     assert index is not None and list(index.doc_ids()) == []
+
+
+HOLD_LOCK = """
+import sys
+from rocksdict import Rdict
+db = Rdict(sys.argv[1])
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_shard_another_process_still_holds_is_restored_into_a_private_copy(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A hung previous owner on a shared state dir keeps RocksDB's lock: the new owner restores
+    a private copy from the topic, never touches the shared directory, and deletes its copy on close."""
+    first = _states(tmp_path)
+    ShardIngest(states=first, topics=TOPICS).assigned([0])
+    ShardIngest(states=first, topics=TOPICS).process([_encoded(i, f"d{i}", i) for i in range(3)])
+    first.close_all()
+    shared = first.path(0)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(shared)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        with pytest.raises(Exception, match="LOCK"):  # replay and tools: a held shard is an error
+            _states(tmp_path).open(0)
+
+        stage = ShardStates(root=tmp_path, flow=TOPICS.flow, config=CompoundIndexerConfig(dim=DIM),
+                            private_when_locked=True)
+        ingest = ShardIngest(states=stage, topics=TOPICS)
+        with caplog.at_level("WARNING"):
+            assert ingest.assigned([0]) == {0: OFFSET_BEGINNING}  # restores from the topic's beginning
+        private = stage.path(0)
+        assert private != shared and private.parent == shared.parent and private.is_dir()
+        assert any("is held by another process" in r.getMessage() for r in caplog.records)
+        assert stage.restore.is_restoring(0)
+        ingest.process([_encoded(i, f"d{i}", i) for i in range(3)])
+        index = stage.get(0)
+        assert index is not None and sorted(index.doc_ids()) == ["d0", "d1", "d2"]
+
+        assert stage.destroy(0).encoded_offset == -1  # a rebuild empties the private copy only
+        rebuilt = stage.get(0)
+        assert stage.path(0) == private and rebuilt is not None and list(rebuilt.doc_ids()) == []
+        ingest.close()
+        assert not private.exists()
+    finally:
+        holder.communicate("")
+    reopened = _states(tmp_path)  # the shared directory kept what the previous owner applied
+    assert reopened.open(0).encoded_offset == 2
+    reopened.close_all()
+
+
+def test_private_copies_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    states = ShardStates(root=tmp_path, flow=TOPICS.flow, config=CompoundIndexerConfig(dim=DIM),
+                         private_when_locked=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = states.path(0).parent / f"0.{dead.stdout.strip()}"
+    abandoned.mkdir(parents=True)
+    mine = states.path(0).parent / f"0.{os.getpid()}"
+    mine.mkdir()
+    states._remove_abandoned_copies(0)
+    assert not abandoned.exists() and mine.exists()
