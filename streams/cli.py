@@ -200,7 +200,8 @@ def serve(flow: str, host: str, port: int) -> None:
 
 
 @main.command("dead-letters")
-@click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
+@click.option("--flow", default="hello", show_default=True,
+              help="Flow name (version 1) or flow YAML (its version).")
 @click.option("--from-offset", type=int, default=0, show_default=True, help="First dead-letter offset to read.")
 @click.option("--redrive", is_flag=True, help="Put the listed records back on their source topic, after a fix.")
 @one_line_errors
@@ -211,7 +212,8 @@ def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
 
     logging.getLogger("streams").setLevel(logging.WARNING)
     settings = _command_settings()
-    letters = dl.read_dead_letters(settings, FlowTopics(_flow_name(flow), 1), from_offset=from_offset)
+    topics = load_flow(flow).topics if flow.endswith((".yml", ".yaml")) else FlowTopics(flow, 1)  # a YAML names its version
+    letters = dl.read_dead_letters(settings, topics, from_offset=from_offset)
     for letter in letters:
         key = letter.key.decode(errors="replace") if letter.key else "-"
         click.echo(f"{letter.offset}\t{letter.stage}\t{letter.error_class}\t"
@@ -287,8 +289,11 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
               help="Run the new version's stages here, supervised (--no-run: they are deployed elsewhere).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Overrides the flow's state_dir.")
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Give up waiting after this many seconds.")
+@click.option("--allow-dead-letters", is_flag=True,
+              help="Switch even if the new version dead-lettered documents (they would not be found).")
 @one_line_errors
-def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s: float | None) -> None:
+def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s: float | None,
+            allow_dead_letters: bool) -> None:
     """Build a new index version from <flow>.ingest and switch queries to it once it has caught up;
     the serving version answers until then."""
     from contextlib import nullcontext
@@ -306,7 +311,10 @@ def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s
     stages = (LocalFlow(flow, flow_path=flow_path, bootstrap_servers=settings.bootstrap_servers,
                         log_dir=flow.state_dir / "logs", label=f"v{flow.version}") if run_stages else nullcontext())
     with stages:
-        result = switch_when_caught_up(settings, plan, timeout_s=timeout_s)
+        result = switch_when_caught_up(settings, plan, timeout_s=timeout_s, allow_dead_letters=allow_dead_letters)
+        if result.dead_letters:
+            click.echo(f"version {result.version} dead-lettered {result.dead_letters} records "
+                       f"(`streamsearch dead-letters --flow {flow_path}`)", err=True)
         click.echo(f"version {result.version} of flow {flow.name!r} serves queries now (was {result.previous}); "
                    f"caught up in {result.seconds:.1f}s. Stop version {result.previous}'s stages when you no longer "
                    f"want to switch back (`streamsearch versions --flow {flow.name} --serve {result.previous}`).")

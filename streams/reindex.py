@@ -23,14 +23,16 @@ from tqdm import tqdm
 
 from streams.admin import ensure_topics
 from streams.client import Client, IndexReceipt
+from streams.dead_letters import DeadLetter, read_dead_letters
 from streams.exceptions import FlowConfigError, RequestTimeoutError, StreamsearchError
 from streams.flow import FlowSpec
 from streams.kafka import KafkaSettings, consume_batch, fetch_high_watermarks, make_consumer
-from streams.serde import STAGE_STATUS
+from streams.serde import STAGE_STATUS, SearchReply
 from streams.status import STALE_AFTER_S
 from streams.versions import ServingVersion, publish_serving, read_serving
 
-__all__ = ["ReindexPlan", "ReindexResult", "plan_reindex", "switch_when_caught_up", "wait_caught_up"]
+__all__ = ["ReindexPlan", "ReindexResult", "plan_reindex", "index_path_dead_letters", "switch_when_caught_up",
+           "wait_caught_up"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class ReindexResult:
     previous: int
     records: int
     seconds: float
+    dead_letters: int = 0
 
 
 def plan_reindex(settings: KafkaSettings, flow: FlowSpec) -> ReindexPlan:
@@ -97,10 +100,12 @@ def _ingest_highs(settings: KafkaSettings, flow: FlowSpec) -> dict[tuple[str, in
 
 
 def wait_caught_up(settings: KafkaSettings, plan: ReindexPlan, *, progress: bool = True,
-                   timeout_s: float | None = None) -> None:
+                   timeout_s: float | None = None) -> list[str]:
     """Return once the new version answers complete searches that include every planned
-    ingest record. The bar follows the shards' reported ingest offsets (status reports).
+    ingest record; the bar follows the shards' reported ingest offsets (status reports).
 
+    :returns: the probe's errors if the shards report every record applied but searches fail
+        (an index that cannot take the model's vectors): caught up, yet unable to serve.
     :raises StreamsearchError: if ``timeout_s`` passes first.
     """
     flow = plan.flow
@@ -113,9 +118,13 @@ def wait_caught_up(settings: KafkaSettings, plan: ReindexPlan, *, progress: bool
         while True:
             applied = reports.applied_ingest_offsets()
             bar.update(sum(min(applied.get(p, -1) + 1, high) for p, high in plan.targets.items()) - bar.n)
-            if _answers_complete(probe, wanted):
+            reply = _probe(probe, wanted)
+            if reply is not None and not reply.partial and not reply.stale_shards and not reply.errors:
                 bar.update(plan.records - bar.n)
-                return
+                return []
+            if reply is not None and reply.errors and all(applied.get(p, -1) >= offset
+                                                          for p, offset in wanted.offsets.items()):
+                return list(reply.errors)
             if deadline is not None and time.monotonic() > deadline:
                 raise StreamsearchError(f"version {flow.version} of flow {flow.name!r} did not catch up within "
                                         f"{timeout_s:.0f}s; it keeps building, version {plan.serving.version} serves")
@@ -125,13 +134,12 @@ def wait_caught_up(settings: KafkaSettings, plan: ReindexPlan, *, progress: bool
         reports.close()
 
 
-def _answers_complete(probe: Client, wanted: IndexReceipt) -> bool:
-    """One search that every shard must answer having applied ``wanted``: not partial, not stale."""
+def _probe(probe: Client, wanted: IndexReceipt) -> SearchReply | None:
+    """One search that every shard answers only once it has applied ``wanted`` (or flags stale)."""
     try:
-        reply = probe.search("reindex caught up?", top_k=1, after=wanted)
+        return probe.search("reindex caught up?", top_k=1, after=wanted)
     except RequestTimeoutError:  # the new version's stages are still starting
-        return False
-    return not reply.partial and not reply.stale_shards and not reply.errors
+        return None
 
 
 class _ShardReports:
@@ -160,15 +168,40 @@ class _ShardReports:
 
 
 def switch_when_caught_up(settings: KafkaSettings, plan: ReindexPlan, *, progress: bool = True,
-                          timeout_s: float | None = None) -> ReindexResult:
+                          timeout_s: float | None = None, allow_dead_letters: bool = False) -> ReindexResult:
     """Wait until the new version (its stages started by the caller, here or elsewhere) has
     caught up, then name it the serving version. The previous version keeps running until its
-    operator stops it: until then, ``streamsearch versions --serve`` switches back at once."""
+    operator stops it: until then, ``streamsearch versions --serve`` switches back at once.
+
+    :raises StreamsearchError: if the new version dead-lettered documents (a segmenter that
+        fails, a model whose dimension the index does not take), so that switching would lose
+        them from search (``allow_dead_letters`` accepts that), or if it answers searches with
+        errors. An operator's ``versions --serve`` can still switch.
+    """
     started = time.monotonic()
-    wait_caught_up(settings, plan, progress=progress, timeout_s=timeout_s)
+    errors = wait_caught_up(settings, plan, progress=progress, timeout_s=timeout_s)
     flow = plan.flow
+    lost = index_path_dead_letters(settings, flow)
+    problems = [f"answers searches with errors ({errors[0]})"] if errors else []
+    if lost and not allow_dead_letters:
+        first = lost[0]
+        problems.insert(0, f"dead-lettered {len(lost)} records (first: stage {first.stage}: {first.error_class}: "
+                           f"{first.message})")
+    if problems:
+        raise StreamsearchError(
+            f"version {flow.version} caught up but {' and '.join(problems)}; version {plan.serving.version} keeps "
+            f"serving. See `streamsearch dead-letters --flow {flow.source or flow.name}`; switch anyway with "
+            f"`streamsearch versions --flow {flow.name} --serve {flow.version}`")
     publish_serving(settings, flow.name, flow.version, previous=plan.serving.version,
                     reason=f"reindex caught up on {plan.records} ingest records")
     logger.info("index version switched", extra={"flow": flow.name, "version": flow.version,
-                                                 "previous": plan.serving.version})
-    return ReindexResult(flow.version, plan.serving.version, plan.records, time.monotonic() - started)
+                                                 "previous": plan.serving.version, "dead_letters": len(lost)})
+    return ReindexResult(flow.version, plan.serving.version, plan.records, time.monotonic() - started, len(lost))
+
+
+def index_path_dead_letters(settings: KafkaSettings, flow: FlowSpec) -> list[DeadLetter]:
+    """Records of the new version's index path that a stage could not process (bad queries,
+    also dead-lettered there, do not count)."""
+    topics = flow.topics
+    sources = {topics.ingest, topics.segmented, topics.encoded}
+    return [letter for letter in read_dead_letters(settings, topics) if letter.source_topic in sources]

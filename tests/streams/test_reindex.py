@@ -170,16 +170,40 @@ def test_reindex_builds_a_new_version_and_switches_queries_when_it_has_caught_up
     assert all(old.docs[doc.id].chunks for doc in corpus)
 
 
-def test_reindex_refuses_a_version_that_is_not_newer(start_flow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_reindex_never_switches_to_a_version_that_is_not_newer_or_lost_documents(start_flow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     runtime = start_flow(V1)
+    name = runtime.flow.name
+    with runtime.client() as client:
+        wait_applied(client, client.index([doc for doc, _ in corpus_with_unique_sentences(6)]))
     same = tmp_path / "same.yml"
-    same.write_text(V1.replace("{name}", runtime.flow.name))
+    same.write_text(V1.replace("{name}", name))
     result = subprocess.run([sys.executable, "-m", "streams.cli", "reindex", "--flow", str(same), "--no-run"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "version 1 is not above the serving version 1" in lines[0], result.stderr
     assert "set `version: 2`" in lines[0]
+
+    # A model of another dimension than the index takes: every document is dead-lettered, so
+    # the new version is empty however "caught up" it is. It must not serve.
+    wrong_dim = tmp_path / "wrong-dim.yml"
+    wrong_dim.write_text(V2.replace("{name}", name).replace("dim: 384", "dim: 8"))
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "reindex", "--flow", str(wrong_dim),
+                             "--state-dir", str(tmp_path / "v2"), "--timeout", "300"],
+                            capture_output=True, text=True, timeout=420)
+    assert result.returncode == 1, result.stdout + result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("streamsearch: error: version 2 caught up but dead-lettered 6 records "
+                            "(first: stage index: "), result.stderr
+    assert "version 1 keeps serving" in error, error
+    with runtime.client() as client:
+        reply = client.search("anything", timeout_s=10)
+        assert reply.version == 1 and not reply.partial and reply.docs[0].matches
+    letters = subprocess.run([sys.executable, "-m", "streams.cli", "dead-letters", "--flow", str(wrong_dim)],
+                             capture_output=True, text=True, timeout=120)
+    assert letters.returncode == 0, letters.stderr
+    from_index_path = [line for line in letters.stdout.splitlines() if f"\t{name}.v2.encoded[" in line]
+    assert len(from_index_path) == 6 and all("DimensionMismatchError" in line for line in from_index_path), letters.stdout
 
 
 def test_versions_of_an_unknown_flow_is_one_clear_line(broker) -> None:  # type: ignore[no-untyped-def]
