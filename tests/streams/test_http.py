@@ -77,6 +77,7 @@ def test_index_then_search_returns_the_document_with_its_matched_chunk(app, rece
     assert response.status_code == 200, (response.text, stage_logs(flow))
     body = response.json()
     assert body["partial"] is False and body["errors"] == [] and body["latency_ms"] > 0
+    assert body["version"] == 1
     top = body["results"][0]["matches"][0]
     assert top["id"] == "bread"
     assert top["tags"] == {"topic": "bread"}

@@ -78,6 +78,7 @@ def test_search_page_shows_the_document_with_its_matched_chunk_highlighted(base_
     assert "CSV" in mark.inner_text()
     expect(first.locator(".text")).to_contain_text("CSV parsing and writing")
     expect(page.locator("#meta")).to_contain_text(" ms")
+    expect(page.locator("#meta")).to_contain_text("index v1")
     assert page.locator("#field").is_hidden()  # a flow without fields offers no filter
 
     SCREENSHOT.parent.mkdir(exist_ok=True)
