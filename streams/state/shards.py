@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
-import os
 import shutil
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,10 @@ from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from streams.serde import DOCUMENT
 from streams.state.restore import RestoreTracker
 
-__all__ = ["ShardCheckpoint", "ShardStates"]
+__all__ = ["ShardCheckpoint", "ShardStates", "PRIVATE_INFIX"]
+
+PRIVATE_INFIX = ".private-"
+"""Private copies are ``<partition>.private-<random>``, beside the shared ``<partition>``."""
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ class ShardStates:
 
     With ``private_when_locked`` (the index stage), a shard whose directory another process
     still holds (a previous owner that is hung, not dead, on a shared state dir) is restored
-    into a private directory ``<partition>.<pid>`` from the topic instead of failing: its
+    into a private directory ``<partition>.private-<random>`` from the topic instead of failing: its
     partition has moved here, and waiting for the lock would leave the shard unserved. The
     private copy is deleted on close; the shared directory is never touched meanwhile.
     """
@@ -80,11 +85,14 @@ class ShardStates:
         except Exception as exc:  # rocksdict raises a bare Exception for a held lock
             if not self._private_when_locked or not _is_lock_error(exc):
                 raise
-        self._remove_abandoned_copies(partition)
-        private = self._dir / f"{partition}.{os.getpid()}"
-        shutil.rmtree(private, ignore_errors=True)
         logger.warning(f"shard {partition}: {shared} is held by another process (a previous owner that has not let "
-                       f"go); restoring a private copy in {private} from the topic", extra={"partition": partition})
+                       "go); restoring a private copy from the topic", extra={"partition": partition})
+        return self._open_private(partition)
+
+    def _open_private(self, partition: int) -> CompoundIndexer:
+        """A new, empty private copy; unique names, so processes on a shared volume never collide."""
+        self._remove_abandoned_copies(partition)
+        private = self._dir / f"{partition}{PRIVATE_INFIX}{uuid.uuid4().hex[:12]}"
         self._private[partition] = private
         return self._warm(private)
 
@@ -94,10 +102,10 @@ class ShardStates:
         return index
 
     def _remove_abandoned_copies(self, partition: int) -> None:
-        """Private copies of processes that died before closing them (kill -9)."""
-        for copy in self._dir.glob(f"{partition}.*"):
-            pid = copy.name.rpartition(".")[2]
-            if pid.isdigit() and not _alive(int(pid)):
+        """Private copies whose owner is gone (kill -9 before closing them): RocksDB's lock
+        on them is free. Judged by the lock, not by a pid, which other containers may reuse."""
+        for copy in self._dir.glob(f"{partition}{PRIVATE_INFIX}*"):
+            if copy not in self._private.values() and _abandoned(copy):
                 shutil.rmtree(copy, ignore_errors=True)
 
     def close(self, partition: int) -> None:
@@ -121,7 +129,13 @@ class ShardStates:
         self.close(partition)  # a private copy is deleted by closing it
         if not private:
             shutil.rmtree(path, ignore_errors=True)
-        return self.open(partition)
+            return self.open(partition)
+        # Stay private: the shared directory, if its lock was freed meanwhile, holds old state.
+        index = self._open_private(partition)
+        self._open[partition] = index
+        self._checkpoints[partition] = ShardCheckpoint.from_bytes(index.checkpoint())
+        self.restore.start(partition)
+        return self._checkpoints[partition]
 
     def close_all(self) -> None:
         for partition in list(self._open):
@@ -147,11 +161,16 @@ def _is_lock_error(exc: Exception) -> bool:
     return message.startswith("IO error") and "/LOCK" in message
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
+def _abandoned(copy: Path, min_age_s: float = 60.0) -> bool:
+    """Nobody holds the copy's RocksDB lock (a POSIX record lock, as RocksDB takes it). A copy
+    without a LOCK file counts only when old: its owner may be creating it right now."""
+    lock = copy / "LOCK"
+    if not lock.exists():
+        return time.time() - copy.stat().st_mtime > min_age_s
+    with open(lock, "a") as handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        fcntl.lockf(handle, fcntl.LOCK_UN)
     return True

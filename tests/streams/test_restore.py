@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from confluent_kafka import OFFSET_BEGINNING
+from rocksdict import Rdict
 
 from processors.document import Document
 from processors.index.compound import CompoundIndexerConfig
@@ -20,7 +20,7 @@ from streams.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, Request
 from streams.shard import ShardIngest, ShardSearch
 from streams.stage import Inbound
 from streams.state.restore import RestoreTracker, Verdict
-from streams.state.shards import ShardStates
+from streams.state.shards import PRIVATE_INFIX, ShardStates
 from streams.topics import FlowTopics
 
 DIM = 8
@@ -215,9 +215,11 @@ def test_a_shard_another_process_still_holds_is_restored_into_a_private_copy(tmp
         index = stage.get(0)
         assert index is not None and sorted(index.doc_ids()) == ["d0", "d1", "d2"]
 
-        assert stage.destroy(0).encoded_offset == -1  # a rebuild empties the private copy only
+        assert stage.destroy(0).encoded_offset == -1  # a rebuild replaces the private copy only
         rebuilt = stage.get(0)
-        assert stage.path(0) == private and rebuilt is not None and list(rebuilt.doc_ids()) == []
+        assert stage.path(0) != shared and rebuilt is not None and list(rebuilt.doc_ids()) == []
+        assert not private.exists() and stage.restore.is_restoring(0)
+        private = stage.path(0)
         ingest.close()
         assert not private.exists()
     finally:
@@ -227,13 +229,19 @@ def test_a_shard_another_process_still_holds_is_restored_into_a_private_copy(tmp
     reopened.close_all()
 
 
-def test_private_copies_of_dead_processes_are_removed(tmp_path: Path) -> None:
+def test_private_copies_are_removed_only_when_nobody_holds_them(tmp_path: Path) -> None:
     states = ShardStates(root=tmp_path, flow=TOPICS.flow, config=CompoundIndexerConfig(dim=DIM),
                          private_when_locked=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    abandoned = states.path(0).parent / f"0.{dead.stdout.strip()}"
-    abandoned.mkdir(parents=True)
-    mine = states.path(0).parent / f"0.{os.getpid()}"
-    mine.mkdir()
-    states._remove_abandoned_copies(0)
-    assert not abandoned.exists() and mine.exists()
+    folder = states.path(0).parent
+    abandoned, held, starting = (folder / f"0{PRIVATE_INFIX}{name}" for name in ("abandoned", "held", "starting"))
+    for copy in (abandoned, held):
+        Rdict(str(copy)).close()  # a RocksDB directory with its LOCK file, as a killed owner leaves it
+    starting.mkdir()  # an owner that has just created its directory
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(held)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        states._remove_abandoned_copies(0)
+        assert not abandoned.exists() and held.exists() and starting.exists()
+    finally:
+        holder.communicate("")
