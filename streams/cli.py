@@ -148,6 +148,11 @@ def _flow_name(flow: str) -> str:
     return load_flow(flow).name if flow.endswith((".yml", ".yaml")) else flow
 
 
+def _flow_kafka(flow: str) -> dict[str, Any] | None:
+    """A flow YAML's librdkafka settings (SASL, TLS, ...); a bare name has none."""
+    return dict(load_flow(flow).kafka) if flow.endswith((".yml", ".yaml")) else None
+
+
 @main.command("index")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
@@ -196,6 +201,7 @@ def serve(flow: str, host: str, port: int) -> None:
 
     fields = load_flow(flow).fields if flow.endswith((".yml", ".yaml")) else ()
     with _client(_flow_name(flow)) as client:
+        client.start()  # reply topic and serving version before the first request, off the event loop
         uvicorn.run(create_app(client, flow_fields=fields), host=host, port=port)
 
 
@@ -211,7 +217,7 @@ def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
     from streams.topics import FlowTopics
 
     logging.getLogger("streams").setLevel(logging.WARNING)
-    settings = _command_settings()
+    settings = _command_settings(_flow_kafka(flow))
     topics = load_flow(flow).topics if flow.endswith((".yml", ".yaml")) else FlowTopics(flow, 1)  # a YAML names its version
     letters = dl.read_dead_letters(settings, topics, from_offset=from_offset)
     for letter in letters:
@@ -311,7 +317,13 @@ def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s
     stages = (LocalFlow(flow, flow_path=flow_path, bootstrap_servers=settings.bootstrap_servers,
                         log_dir=flow.state_dir / "logs", label=f"v{flow.version}") if run_stages else nullcontext())
     with stages:
-        result = switch_when_caught_up(settings, plan, timeout_s=timeout_s, allow_dead_letters=allow_dead_letters)
+        try:
+            result = switch_when_caught_up(settings, plan, timeout_s=timeout_s, allow_dead_letters=allow_dead_letters)
+        except StreamsearchError as exc:
+            if run_stages:  # leaving this block stops them: say so, the advice in exc assumes they run
+                raise StreamsearchError(f"{exc} (version {flow.version}'s stages stop with this command; its "
+                                        "topics and state stay, and a rerun of the same flow resumes)") from exc
+            raise
         if result.dead_letters:
             click.echo(f"version {result.version} dead-lettered {result.dead_letters} records "
                        f"(`streamsearch dead-letters --flow {flow_path}`)", err=True)
@@ -319,8 +331,9 @@ def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s
                    f"caught up in {result.seconds:.1f}s. Stop version {result.previous}'s stages when you no longer "
                    f"want to switch back (`streamsearch versions --flow {flow.name} --serve {result.previous}`).")
         if run_stages:
-            click.echo(f"version {result.version}'s stages run here; logs in {flow.state_dir / 'logs'}. "
-                       "Ctrl-C stops them.")
+            click.echo(f"version {result.version}'s stages run here (logs in {flow.state_dir / 'logs'}): keep this "
+                       f"running. Ctrl-C stops them, and with them the serving version, until they run elsewhere "
+                       f"(`streamsearch run {flow_path} --stage ...`).")
             _wait_for_signal()
 
 
@@ -335,8 +348,10 @@ def versions(flow: str, serve_version: int | None) -> None:
     from streams.versions import read_serving, switch_serving
 
     logging.getLogger("streams").setLevel(logging.WARNING)
-    settings = _command_settings()
+    settings = _command_settings(_flow_kafka(flow))
     name = _flow_name(flow)
+    if serve_version is not None and serve_version < 1:
+        raise click.BadParameter("versions start at 1", param_hint="--serve")
     serving = switch_serving(settings, name, serve_version) if serve_version else read_serving(settings, name)
     if serving is None:
         click.echo(f"flow {name!r}: version 1 serves (no version named yet)")

@@ -80,6 +80,7 @@ class Client:
         self._futures: dict[str, concurrent.futures.Future[SearchReply]] = {}
         self._lock = threading.Lock()
         self._listener: threading.Thread | None = None
+        self._listener_lock = threading.Lock()
         self._stop = threading.Event()
 
     # -- writes ----------------------------------------------------------------------------
@@ -189,9 +190,18 @@ class Client:
         """The index version searches go to now."""
         return self.topics.version
 
+    def start(self) -> "Client":
+        """Create the reply topic and read the serving version now, not on the first search
+        (a server calls this before it takes requests)."""
+        self._ensure_listener()
+        return self
+
     def _ensure_listener(self) -> None:
-        if self._listener is not None:
-            return
+        with self._listener_lock:
+            if self._listener is None:
+                self._start_listener()
+
+    def _start_listener(self) -> None:
         versions = self.topics.versions
         ensure_topics(self.settings, [TopicShape(self.reply_topic, 1),
                                       TopicShape(versions, 1, (("cleanup.policy", "compact"),))])

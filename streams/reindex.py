@@ -12,6 +12,7 @@ follow (``streams/versions.py``). Records written during the reindex reach both 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -29,7 +30,7 @@ from streams.flow import FlowSpec
 from streams.kafka import KafkaSettings, consume_batch, fetch_high_watermarks, make_consumer
 from streams.serde import STAGE_STATUS, SearchReply
 from streams.status import STALE_AFTER_S
-from streams.versions import ServingVersion, publish_serving, read_serving
+from streams.versions import ServingVersion, publish_build, publish_serving, read_builds, read_serving
 
 __all__ = ["ReindexPlan", "ReindexResult", "plan_reindex", "index_path_dead_letters", "switch_when_caught_up",
            "wait_caught_up"]
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 3.0
 """Deadline of each catch-up probe: a shard still behind holds it until just before."""
+PROBE_INTERVAL_S = 1.0
+"""At most one probe per second, however fast a restoring shard answers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +81,25 @@ def plan_reindex(settings: KafkaSettings, flow: FlowSpec) -> ReindexPlan:
         where = f"{flow.source}: " if flow.source else ""
         raise FlowConfigError(f"{where}version {flow.version} is not above the serving version {serving.version} of "
                               f"flow {flow.name!r}: set `version: {serving.version + 1}` in the new flow YAML")
+    built_with = read_builds(settings, flow.name).get(flow.version)
+    fingerprint = executors_fingerprint(flow)
+    if built_with is not None and built_with != fingerprint:
+        raise FlowConfigError(f"version {flow.version} of flow {flow.name!r} was built before with other executors; "
+                              f"its topics and state hold their output: give the new flow YAML a new `version:`")
     ensure_topics(settings, topics.shapes())  # checks the shard count against the ingest topic
+    if built_with is None:
+        publish_build(settings, flow.name, flow.version, fingerprint)
     targets = {p: highs[(topics.ingest, p)] for p in range(topics.partitions)}
     logger.info("reindex planned", extra={"flow": flow.name, "version": flow.version, "serving": serving.version,
                                           "ingest_records": sum(targets.values())})
     return ReindexPlan(flow, serving, targets)
+
+
+def executors_fingerprint(flow: FlowSpec) -> str:
+    """What decides a version's index content: each stage's executor and settings. A rerun
+    with the same ones resumes the build; other ones must not write into it."""
+    content = [(s.name, s.uses, repr(s.config), s.filter_by) for s in flow.stages if s.name != "join"]
+    return hashlib.sha256(repr((content, flow.shards)).encode()).hexdigest()
 
 
 def _ingest_highs(settings: KafkaSettings, flow: FlowSpec) -> dict[tuple[str, int], int]:
@@ -113,11 +130,13 @@ def wait_caught_up(settings: KafkaSettings, plan: ReindexPlan, *, progress: bool
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     bar = tqdm(total=plan.records, unit="record", desc=f"reindex v{flow.version}", disable=not progress)
     reports = _ShardReports(settings, flow.topics.status)
-    probe = Client(flow.name, settings=settings, version=flow.version, timeout_s=PROBE_TIMEOUT_S)
+    probe = None
     try:
+        probe = Client(flow.name, settings=settings, version=flow.version, timeout_s=PROBE_TIMEOUT_S)
         while True:
             applied = reports.applied_ingest_offsets()
             bar.update(sum(min(applied.get(p, -1) + 1, high) for p, high in plan.targets.items()) - bar.n)
+            asked = time.monotonic()
             reply = _probe(probe, wanted)
             if reply is not None and not reply.partial and not reply.stale_shards and not reply.errors:
                 bar.update(plan.records - bar.n)
@@ -127,10 +146,13 @@ def wait_caught_up(settings: KafkaSettings, plan: ReindexPlan, *, progress: bool
                 return list(reply.errors)
             if deadline is not None and time.monotonic() > deadline:
                 raise StreamsearchError(f"version {flow.version} of flow {flow.name!r} did not catch up within "
-                                        f"{timeout_s:.0f}s; it keeps building, version {plan.serving.version} serves")
+                                        f"{timeout_s:.0f}s; version {plan.serving.version} keeps serving")
+            # A restoring shard answers at once: pace the probes, not the condition they test.
+            time.sleep(max(0.0, PROBE_INTERVAL_S - (time.monotonic() - asked)))
     finally:
         bar.close()
-        probe.close()
+        if probe is not None:
+            probe.close()
         reports.close()
 
 

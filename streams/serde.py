@@ -30,6 +30,7 @@ __all__ = [
     "SEARCH_REPLY",
     "SERVING_VERSION",
     "STAGE_STATUS",
+    "VERSION_BUILD",
     "Codec",
     "PartialResult",
     "Request",
@@ -91,7 +92,8 @@ class SearchReply:
 def _load_schemas() -> dict[str, Any]:
     named: dict[str, Any] = {}
     parsed = {}
-    for name in ("document", "request", "partial_result", "search_reply", "stage_status", "serving_version"):
+    for name in ("document", "request", "partial_result", "search_reply", "stage_status", "serving_version",
+                 "version_build"):
         with open(SCHEMA_DIR / f"{name}.avsc") as f:
             parsed[name] = fastavro.parse_schema(json.load(f), named_schemas=named)
     return parsed
@@ -303,3 +305,4 @@ SEARCH_REPLY: Codec[SearchReply] = Codec("search_reply", _reply_to_avro, _reply_
 STAGE_STATUS: Codec[dict[str, Any]] = Codec("stage_status", dict, dict)
 """Status records are plain dicts: they are read by people and scripts, never processed."""
 SERVING_VERSION: Codec[dict[str, Any]] = Codec("serving_version", dict, dict)
+VERSION_BUILD: Codec[dict[str, Any]] = Codec("version_build", dict, dict)

@@ -12,16 +12,17 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from streams.exceptions import BrokerError
 from streams.kafka import KafkaSettings, StageProducer, consume_batch, make_consumer
-from streams.serde import SERVING_VERSION
+from streams.serde import SERVING_VERSION, VERSION_BUILD, Codec
 from streams.topics import FlowTopics
 
-__all__ = ["SERVING_KEY", "ServingVersion", "claim_serving", "publish_serving", "read_serving", "serving_of",
-           "switch_serving"]
+__all__ = ["SERVING_KEY", "ServingVersion", "claim_serving", "publish_build", "publish_serving", "read_builds",
+           "read_serving", "serving_of", "switch_serving"]
 
 SERVING_KEY = b"serving"
 
@@ -44,59 +45,89 @@ def serving_of(msg: Message) -> ServingVersion | None:
 
 def read_serving(settings: KafkaSettings, flow: str, *, timeout: float = 10.0) -> ServingVersion | None:
     """The latest serving record of a flow, read to the end of ``<flow>.versions``; None if
-    the flow never named one (a flow that has only version 1, from before versions existed).
+    the flow never named one.
 
     :raises BrokerError: if the flow has no ingest topic, or the end of ``<flow>.versions`` is
         not reached within ``timeout``.
     """
-    from confluent_kafka.admin import AdminClient
+    return _read_versions(settings, flow, timeout)[0]
 
+
+def read_builds(settings: KafkaSettings, flow: str, *, timeout: float = 10.0) -> dict[int, str]:
+    """Version -> fingerprint of the executors each reindex built it with."""
+    return _read_versions(settings, flow, timeout)[1]
+
+
+def publish_build(settings: KafkaSettings, flow: str, version: int, fingerprint: str) -> None:
+    _publish(settings, flow, f"build/v{version}".encode(), VERSION_BUILD,
+             {"version": version, "fingerprint": fingerprint, "started_ms": int(time.time() * 1000)})
+
+
+def _read_versions(settings: KafkaSettings, flow: str, timeout: float) -> tuple[ServingVersion | None, dict[int, str]]:
     topics = FlowTopics(flow, 1)
-    existing = AdminClient(settings.base()).list_topics(timeout=10).topics
+    existing = _topic_names(settings)
     if topics.ingest not in existing:
         raise BrokerError(f"no flow {flow!r} on {settings.bootstrap_servers} (no topic {topics.ingest})")
     topic = topics.versions
     if topic not in existing:
-        return None
+        return None, {}
     consumer = make_consumer(settings, group_id=f"{flow}.versions.{uuid.uuid4().hex[:8]}",
                              **{"enable.partition.eof": True})
     consumer.assign([TopicPartition(topic, 0, 0)])
     latest: ServingVersion | None = None
+    builds: dict[int, str] = {}
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             for msg in consume_batch(consumer, max_records=100, timeout=0.2):
                 error = msg.error()
                 if error is not None and error.code() == KafkaError._PARTITION_EOF:
-                    return latest
+                    return latest, builds
                 latest = serving_of(msg) or latest
+                if error is None and (msg.key() or b"").startswith(b"build/v") and msg.value() is not None:
+                    build = VERSION_BUILD.decode(msg.value())
+                    builds[build["version"]] = build["fingerprint"]
     finally:
         consumer.close()
     raise BrokerError(f"could not read {topic} to its end within {timeout:.0f}s")
+
+
+def _topic_names(settings: KafkaSettings) -> set[str]:
+    from confluent_kafka.admin import AdminClient
+
+    return set(AdminClient(settings.base()).list_topics(timeout=10).topics)
 
 
 def publish_serving(settings: KafkaSettings, flow: str, version: int, *, previous: int | None,
                     reason: str) -> ServingVersion:
     """Name the version that serves from now on; followers switch within a poll."""
     serving = ServingVersion(version, int(time.time() * 1000), previous, reason)
+    _publish(settings, flow, SERVING_KEY, SERVING_VERSION,
+             {"version": version, "since_ms": serving.since_ms, "previous": previous, "reason": reason})
+    return serving
+
+
+def _publish(settings: KafkaSettings, flow: str, key: bytes, codec: Codec[dict[str, Any]], record: dict[str, Any]) -> None:
     producer = StageProducer(settings)
     try:
-        producer.produce(FlowTopics(flow, 1).versions, key=SERVING_KEY, headers=(SERVING_VERSION.header(),),
-                         value=SERVING_VERSION.encode({"version": version, "since_ms": serving.since_ms,
-                                                       "previous": previous, "reason": reason}))
+        producer.produce(FlowTopics(flow, 1).versions, key=key, value=codec.encode(record), headers=(codec.header(),))
         producer.flush()
     finally:
         producer.close()
-    return serving
 
 
 def claim_serving(settings: KafkaSettings, topics: FlowTopics) -> ServingVersion:
-    """The serving version, after naming ``topics.version`` if none is named yet: the first
-    version of a flow to run serves it. A later version serves only when a reindex says so."""
+    """The serving version, after naming one if none is named yet: the oldest version that
+    exists (its query topic), so stages of a newer version deployed before its reindex do not
+    take over; a flow's first version serves itself."""
     serving = read_serving(settings, topics.flow)
-    if serving is None:
-        serving = publish_serving(settings, topics.flow, topics.version, previous=None, reason="first run")
-    return serving
+    if serving is not None:
+        return serving
+    existing = _topic_names(settings)
+    oldest = next((v for v in range(1, topics.version) if FlowTopics(topics.flow, 1, v).query in existing),
+                  topics.version)
+    return publish_serving(settings, topics.flow, oldest, previous=None,
+                           reason="first run" if oldest == topics.version else "serving before a newer version ran")
 
 
 def switch_serving(settings: KafkaSettings, flow: str, version: int) -> ServingVersion:
@@ -105,10 +136,8 @@ def switch_serving(settings: KafkaSettings, flow: str, version: int) -> ServingV
 
     :raises BrokerError: if the flow has no such version.
     """
-    from confluent_kafka.admin import AdminClient
-
     query = FlowTopics(flow, 1, version).query
-    if query not in AdminClient(settings.base()).list_topics(timeout=10).topics:
+    if query not in _topic_names(settings):
         raise BrokerError(f"flow {flow!r} has no version {version} (no topic {query})")
     current = read_serving(settings, flow)
     return publish_serving(settings, flow, version, previous=current.version if current else None,

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 
 from processors.document import Document
+from streams.admin import ensure_topics
 from streams.flow import load_flow
 from streams.local import LocalRuntime
 from streams.serde import SearchReply
+from streams.topics import FlowTopics
+from streams.versions import claim_serving, read_serving
 from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
 from tests.streams.recovery import read_shards, wait_applied
 
@@ -204,6 +207,27 @@ def test_reindex_never_switches_to_a_version_that_is_not_newer_or_lost_documents
     assert letters.returncode == 0, letters.stderr
     from_index_path = [line for line in letters.stdout.splitlines() if f"\t{name}.v2.encoded[" in line]
     assert len(from_index_path) == 6 and all("DimensionMismatchError" in line for line in from_index_path), letters.stdout
+
+    # Fixing the executors but keeping `version: 2` would mix two builds in one version's topics and state.
+    fixed = tmp_path / "fixed.yml"
+    fixed.write_text(V2.replace("{name}", name))
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "reindex", "--flow", str(fixed), "--no-run"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"streamsearch: error: version 2 of flow {name!r} was built before with other executors; its topics and "
+        "state hold their output: give the new flow YAML a new `version:`"], result.stderr
+
+
+def test_the_oldest_existing_version_serves_when_none_is_named(kafka_settings) -> None:  # type: ignore[no-untyped-def]
+    """Stages of a new version deployed before its reindex must not take over the flow."""
+    older, fresh = f"c{uuid.uuid4().hex[:8]}", f"c{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka_settings, FlowTopics(older, 1).shapes())
+    ensure_topics(kafka_settings, FlowTopics(older, 1, 3).shapes())
+    assert claim_serving(kafka_settings, FlowTopics(older, 1, 3)).version == 1
+    assert read_serving(kafka_settings, older).version == 1  # type: ignore[union-attr]
+    ensure_topics(kafka_settings, FlowTopics(fresh, 1, 2).shapes())
+    assert claim_serving(kafka_settings, FlowTopics(fresh, 1, 2)).version == 2  # a flow's first version serves
 
 
 def test_versions_of_an_unknown_flow_is_one_clear_line(broker) -> None:  # type: ignore[no-untyped-def]
