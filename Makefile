@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
-#   make hello-world   installs everything, then runs the demo on the embedded broker
-#   make test          installs everything, then runs the whole test suite (broker tests included)
+#   make hello-world   installs everything, then runs the demo on a local broker (Apache Kafka)
+#   make test          installs everything, then runs the whole suite on Apache Kafka, and the
+#                      hello-world and core pipeline tests on Tansu (the memory-only broker) too
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
@@ -12,12 +13,18 @@ install:
 	# torch first, pinned: these machines hold its CPU build; a bare `torch` pulls GBs of CUDA wheels.
 	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
 	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
+	# Apache Kafka (KRaft) jars from Maven Central into ~/.cache/streamsearch, once (deploy/kafka/pom.xml).
+	$(PYTHON) -m streams.local.apache_kafka >/dev/null
 
 hello-world: install
 	$(PYTHON) -m streams.cli hello-world $(ARGS)
 
+# The suites the local default must keep passing on the memory-only broker as well.
+TANSU_TESTS := tests/streams/test_hello_world.py tests/streams/test_pipeline.py
+
 test: install
-	$(PYTHON) -m pytest $(ARGS)
+	STREAMSEARCH_TEST_BROKER=kafka $(PYTHON) -m pytest $(ARGS)
+	STREAMSEARCH_TEST_BROKER=tansu $(PYTHON) -m pytest $(TANSU_TESTS) $(ARGS)
 
 eval: install
 	$(PYTHON) -m streams.cli eval --beir ../shared/data/scifact $(ARGS)

@@ -17,7 +17,7 @@ from setup import FLOW, machine, peak_rss_mib, scifact
 
 from processors.encoders.transformer import TransformerEncoder
 from streams.flow import load_flow
-from streams.local import LocalRuntime
+from streams.local.runtime import LocalRuntime
 
 
 def in_process(docs) -> float:  # type: ignore[no-untyped-def]

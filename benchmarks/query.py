@@ -20,7 +20,7 @@ from processors.index.base import Change
 from processors.index.compound import CompoundIndexer
 from processors.rankers.chunk2doc import Chunk2DocRanker
 from streams.flow import load_flow
-from streams.local import LocalRuntime
+from streams.local.runtime import LocalRuntime
 from streams.serde import DOCUMENT
 
 

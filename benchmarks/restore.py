@@ -34,7 +34,7 @@ from processors.index.base import Change
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from streams import headers as h
 from streams.admin import ensure_topics
-from streams.broker import EmbeddedBroker
+from streams.local.tansu import TansuBroker
 from streams.flow import FlowSpec, parse_flow, with_state_dir
 from streams.kafka import KafkaSettings, StageProducer
 from streams.replay import replay_index
@@ -208,9 +208,10 @@ def main() -> int:
     generated = _status_mib("self", "VmHWM") or peak_rss_mib()
     build_mem, replay_mem = Memory(), Memory()
     baseline_apply, replay_apply, replay_decode = Timer(), Timer(), Timer()
-    with tempfile.TemporaryDirectory(prefix="restore-bench-") as tmp, EmbeddedBroker() as broker:
+    with tempfile.TemporaryDirectory(prefix="restore-bench-") as tmp, TansuBroker() as broker:
         settings = KafkaSettings(broker.bootstrap_servers)
-        ensure_topics(settings, flow.topics.shapes())
+        ensure_topics(settings, flow.topics.shapes(), topic_settings=flow.topic_settings,
+                      max_payload_bytes=flow.max_payload_bytes)
         produce_s = produce(settings, flow.topics.encoded, docs)
 
         built = Path(tmp) / "in-process"

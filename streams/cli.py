@@ -17,6 +17,7 @@ from streams.admin import ensure_topics
 from streams.exceptions import StreamsearchError
 from streams.flow import load_flow, with_state_dir
 from streams.kafka import KafkaSettings
+from streams.local.brokers import BrokerKind
 from streams.logs import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,12 @@ def main(log_level: str | None, log_json: bool | None) -> None:
     configure_logging(log_level, as_json=log_json)
 
 
+BROKER_OPTION = click.option(
+    "--broker", type=click.Choice([k.value for k in BrokerKind]), default=BrokerKind.AUTO.value, show_default=True,
+    help="The local broker to start when KAFKA_BOOTSTRAP_SERVERS is unset: Apache Kafka (durable; needs Java 17 "
+         "and `make install`), Tansu (memory-only), or auto (Apache Kafka when it can run here).")
+
+
 @main.command("hello-world")
 @click.option("--limit", default=1000, show_default=True, help="Docstrings to index.")
 @click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: deploy/flows/hello.yml).")
@@ -54,14 +61,16 @@ def main(log_level: str | None, log_json: bool | None) -> None:
 @click.option("--port", default=0, show_default="a free port", help="Port of the search page and HTTP API.")
 @click.option("--serve/--no-serve", default=None,
               help="Keep serving the search page after the demo (default: when run in a terminal).")
+@BROKER_OPTION
 @one_line_errors
-def hello_world(limit: int, flow_path: Path | None, state_dir: Path | None, port: int, serve: bool | None) -> None:
-    """Index Python's docstrings on the embedded broker and search them while they stream in."""
+def hello_world(limit: int, flow_path: Path | None, state_dir: Path | None, port: int, serve: bool | None,
+                broker: str) -> None:
+    """Index Python's docstrings on a local broker and search them while they stream in."""
     from streams.hello_world import DEFAULT_FLOW, run_hello_world
 
     logging.getLogger().setLevel(logging.WARNING)
     run_hello_world(limit=limit, flow_path=flow_path or DEFAULT_FLOW, state_dir=state_dir, bridge_port=port,
-                    keep_serving=sys.stdin.isatty() if serve is None else serve)
+                    keep_serving=sys.stdin.isatty() if serve is None else serve, broker=BrokerKind(broker))
 
 
 @main.command("run")
@@ -69,19 +78,21 @@ def hello_world(limit: int, flow_path: Path | None, state_dir: Path | None, port
 @click.option("--stage", default=None, help="Join a running flow with this stage: one consumer in this process, or --replicas N.")
 @click.option("--replicas", type=int, default=None, help="Supervised processes of --stage to add (its partitions bound the useful number).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Overrides the flow's state_dir.")
+@BROKER_OPTION
 @one_line_errors
-def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Path | None) -> None:
-    """Run a flow's stages: all of them supervised (with the embedded broker if no Kafka is set),
+def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Path | None, broker: str) -> None:
+    """Run a flow's stages: all of them supervised (with a local broker if no Kafka is set),
     or one stage joining a running flow (``--replicas N`` adds N supervised consumers)."""
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
     if stage is not None:
-        from streams.local import discover_bootstrap
+        from streams.local.runtime import discover_bootstrap
         from streams.versions import claim_serving
 
         flow.stage(stage)
         settings = KafkaSettings(discover_bootstrap(), KafkaSettings.from_env(flow.kafka).extra)
-        ensure_topics(settings, flow.topics.shapes())  # idempotent; a real cluster may not have them yet
+        ensure_topics(settings, flow.topics.shapes(), topic_settings=flow.topic_settings,
+                      max_payload_bytes=flow.max_payload_bytes)  # idempotent; a real cluster may not have them yet
         claim_serving(settings, flow.topics)  # the first version to run serves; later ones wait for a reindex
         if not replicas:
             from streams.stage import StageLoop
@@ -93,18 +104,19 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
             return
         _supervise(flow, flow_path, settings.bootstrap_servers, stage, replicas)
         return
-    from streams.local import LocalRuntime
+    from streams.local.runtime import LocalRuntime
 
-    with LocalRuntime(flow, flow_path=flow_path) as runtime:
+    with LocalRuntime(flow, flow_path=flow_path, broker=BrokerKind(broker)) as runtime:
         assert runtime.settings is not None
-        click.echo(f"flow {flow.name!r} running; broker {runtime.settings.bootstrap_servers}; "
+        click.echo(f"flow {flow.name!r} running; broker {runtime.settings.bootstrap_servers}"
+                   f"{f' ({runtime.broker_kind.label})' if runtime.broker_kind else ''}; "
                    f"logs in {runtime.flow.state_dir / 'logs'}. Ctrl-C stops.")
         _wait_for_signal()
 
 
 def _supervise(flow: Any, flow_path: Path, bootstrap: str, stage: str, replicas: int) -> None:
     """Add ``replicas`` supervised processes of one stage to a running flow, until Ctrl-C."""
-    from streams.supervisor import LocalFlow
+    from streams.local.supervisor import LocalFlow
 
     partitions = flow.topics.partitions
     if replicas > partitions:
@@ -136,7 +148,7 @@ def _client(flow_name: str) -> Any:
 def _command_settings(flow_extra: dict[str, Any] | None = None) -> KafkaSettings:
     """Settings for a short-lived command: the running flow's broker, and librdkafka's own log
     lines routed through Python logging (silenced), so a failure prints our one line only."""
-    from streams.local import discover_bootstrap
+    from streams.local.runtime import discover_bootstrap
 
     quiet = logging.getLogger("librdkafka")
     quiet.setLevel(logging.CRITICAL)
@@ -259,6 +271,14 @@ def status(flow_path: Path, as_json: bool) -> None:
         state = "restoring" if sh.get("restoring") else "serving"
         click.echo(f"{sh['partition']:<6} {state:<9} {sh['documents']:>9} {sh['vectors']:>8} {sh['encoded_offset']:>9} "
                    f"{sh['ingest_offset']:>8}  {','.join(sh['index_types']):<11}  {sh['owner']}")
+    click.echo(f"{'topic':<28} {'parts':>5} {'RF':>3} {'min.isr':>7} {'max.message.bytes':>17}  cleanup  retention.ms"
+               f"    ({report.brokers} broker{'s' if report.brokers != 1 else ''})")
+    for tp in report.topics:
+        cfg = tp.config
+        click.echo(f"{tp.name:<28} {tp.partitions:>5} {tp.replication_factor:>3} {cfg.get('min.insync.replicas', '-'):>7} "
+                   f"{cfg.get('max.message.bytes', '-'):>17}  {cfg.get('cleanup.policy', '-'):<7}  {cfg.get('retention.ms', '-')}")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}")
 
 
 @main.command("replay")
@@ -305,7 +325,7 @@ def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s
     from contextlib import nullcontext
 
     from streams.reindex import plan_reindex, switch_when_caught_up
-    from streams.supervisor import LocalFlow
+    from streams.local.supervisor import LocalFlow
 
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow

@@ -203,8 +203,8 @@ class Client:
 
     def _start_listener(self) -> None:
         versions = self.topics.versions
-        ensure_topics(self.settings, [TopicShape(self.reply_topic, 1),
-                                      TopicShape(versions, 1, (("cleanup.policy", "compact"),))])
+        shared = [shape for shape in self.topics.shapes() if shape.name == versions]
+        ensure_topics(self.settings, [TopicShape(self.reply_topic, 1), *shared], max_payload_bytes=self.max_payload_bytes)
         consumer = make_consumer(self.settings, group_id=self.reply_topic, **{"enable.partition.eof": True})
         consumer.assign([TopicPartition(self.reply_topic, 0, 0), TopicPartition(versions, 0, 0)])
         ready = threading.Event()

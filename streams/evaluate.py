@@ -12,7 +12,7 @@ from tqdm import tqdm
 from processors.evaluators.metrics import ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank
 from streams.corpora import load_beir
 from streams.flow import load_flow
-from streams.local import LocalRuntime
+from streams.local.runtime import LocalRuntime
 from streams.progress import IndexProgress
 
 __all__ = ["EvalResult", "run_eval", "DEFAULT_EVAL_FLOW"]

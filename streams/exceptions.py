@@ -26,7 +26,16 @@ class BrokerError(StreamsearchError):
 
 
 class DeliveryError(StreamsearchError):
-    """A produced record was not delivered."""
+    """A produced record was not delivered.
+
+    ``failures`` holds each refused record's topic, partition, key and librdkafka error, so a
+    stage can dead-letter the input behind a permanently refused output (too large, not
+    authorised) and stop, without committing, on a transient one.
+    """
+
+    def __init__(self, message: str, failures: tuple = ()) -> None:  # type: ignore[type-arg]
+        super().__init__(message)
+        self.failures = failures
 
 
 class PayloadTooLargeError(StreamsearchError):

@@ -16,7 +16,7 @@ import yaml
 from processors.query.operators import Operation, QueryLanguageError, parse_operations
 from streams.exceptions import FlowConfigError
 from streams.executors import EXECUTORS, build_config
-from streams.topics import FlowTopics
+from streams.topics import TOPIC_ROLES, FlowTopics, TopicSettings
 
 __all__ = ["STAGE_ORDER", "StageConfig", "SearchDefaults", "FlowSpec", "load_flow", "parse_flow", "with_state_dir"]
 
@@ -24,7 +24,9 @@ STAGE_ORDER = ("segment", "encode", "index", "join")
 REQUIRED_STAGES = ("encode", "index", "join")
 DEFAULT_USES = {"segment": "Sentencizer", "encode": "TransformerEncoder", "index": "CompoundIndexer"}
 DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
-_FLOW_KEYS = {"name", "version", "stages", "state_dir", "kafka", "max_payload_bytes", "search", "processing_guarantee"}
+_FLOW_KEYS = {"name", "version", "stages", "state_dir", "kafka", "max_payload_bytes", "search", "processing_guarantee",
+              "topics"}
+_TOPICS_KEYS = {"replication_factor", "min_insync_replicas", "config"}
 PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
 _STAGE_KEYS = {"uses", "with", "replicas", "shards", "ranker", "metrics_port", "filter_by", "query_language"}
 
@@ -80,6 +82,8 @@ class FlowSpec:
     processing_guarantee: str = "at_least_once"
     search: SearchDefaults = SearchDefaults()
     source: Path | None = None
+    topic_settings: TopicSettings = TopicSettings()
+    """The ``topics:`` section: replication and per-topic configs of the topics ``run`` creates."""
     version: int = 1
     """The index version this YAML builds: a reindex with new executors gets a higher one, its own
     topics and state, and the shared ingest topic (``FlowTopics``)."""
@@ -212,8 +216,10 @@ def parse_flow(text: str, *, source: Path | None = None) -> FlowSpec:
     if guarantee not in PROCESSING_GUARANTEES:
         raise fail(("processing_guarantee",), f"processing_guarantee must be one of {', '.join(PROCESSING_GUARANTEES)}, "
                                               f"got {guarantee!r}")
+    topic_settings = _topic_settings(data.get("topics"), fail)
     return FlowSpec(
         name=name,
+        topic_settings=topic_settings,
         stages=tuple(stages),
         shards=shards,
         state_dir=state_dir,
@@ -224,6 +230,37 @@ def parse_flow(text: str, *, source: Path | None = None) -> FlowSpec:
         source=source,
         version=version,
     )
+
+
+def _topic_settings(section: Any, fail: Any) -> TopicSettings:
+    if section is None:
+        return TopicSettings()
+    if not isinstance(section, dict):
+        raise fail(("topics",), "'topics' must be a mapping: replication_factor, min_insync_replicas, config")
+    for key in section:
+        if key not in _TOPICS_KEYS:
+            raise fail(("topics", key), f"topics: unknown key {key!r}; known: {', '.join(sorted(_TOPICS_KEYS))}")
+    counts = {}
+    for key in ("replication_factor", "min_insync_replicas"):
+        value = section.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise fail(("topics", key), f"topics: {key} must be a positive integer")
+        counts[key] = value
+    if counts["replication_factor"] and counts["min_insync_replicas"] and \
+            counts["min_insync_replicas"] > counts["replication_factor"]:
+        raise fail(("topics", "min_insync_replicas"),
+                   "topics: min_insync_replicas above replication_factor would refuse every write")
+    config = section.get("config") or {}
+    if not isinstance(config, dict):
+        raise fail(("topics", "config"), f"topics.config maps a topic ({', '.join(TOPIC_ROLES)}) to Kafka topic configs")
+    checked: dict[str, dict[str, str]] = {}
+    for role, entries in config.items():
+        if role not in TOPIC_ROLES:
+            raise fail(("topics", "config", str(role)), f"topics.config: unknown topic {role!r}; known: {', '.join(TOPIC_ROLES)}")
+        if not isinstance(entries, dict) or not all(isinstance(k, str) for k in entries):
+            raise fail(("topics", "config", role), f"topics.config.{role} must map Kafka topic configs to values")
+        checked[role] = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in entries.items()}
+    return TopicSettings(counts["replication_factor"], counts["min_insync_replicas"], checked)
 
 
 def _stage(name: str, settings: dict[str, Any], replicas: int, path: tuple[str, ...], fail: Any) -> StageConfig:

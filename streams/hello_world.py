@@ -11,7 +11,8 @@ from streams.client import Client, IndexReceipt
 from streams.corpora import stdlib_docstrings
 from streams.flow import load_flow
 from streams.http import create_app, serving
-from streams.local import LocalRuntime
+from streams.local.brokers import BrokerKind
+from streams.local.runtime import LocalRuntime
 from streams.progress import IndexProgress
 from streams.serde import SearchReply
 
@@ -48,7 +49,7 @@ def format_reply(query: str, reply: SearchReply, index: int = 0) -> str:
 
 def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Path | None = None,
                     top_k: int = 3, print_fn: Callable[[str], None] = print, bridge_port: int = 0,
-                    keep_serving: bool = False) -> dict[str, SearchReply]:
+                    keep_serving: bool = False, broker: BrokerKind = BrokerKind.AUTO) -> dict[str, SearchReply]:
     """Start everything (the HTTP bridge too), stream the corpus, answer the example queries
     during and after indexing; with ``keep_serving``, go on serving until Ctrl-C.
 
@@ -56,10 +57,11 @@ def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Pa
     """
     flow = load_flow(flow_path)
     docs = list(stdlib_docstrings(limit=limit))
-    with LocalRuntime(flow, flow_path=flow_path, state_dir=state_dir) as runtime, contextlib.ExitStack() as stack:
+    with LocalRuntime(flow, flow_path=flow_path, state_dir=state_dir, broker=broker) as runtime, \
+            contextlib.ExitStack() as stack:
         assert runtime.settings is not None
-        broker = runtime.broker.bootstrap_servers if runtime.broker else runtime.settings.bootstrap_servers
-        print_fn(f"streamsearch hello-world: broker {broker}, flow {flow.name!r} "
+        started = f" ({runtime.broker_kind.label}, started here)" if runtime.broker_kind else ""
+        print_fn(f"streamsearch hello-world: broker {runtime.settings.bootstrap_servers}{started}, flow {flow.name!r} "
                  f"({', '.join(s.name for s in flow.stages)}; {flow.shards} shards)")
         print_fn(f"stage logs: {runtime.flow.state_dir / 'logs'}")
         client = stack.enter_context(runtime.client())

@@ -17,12 +17,45 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from streams.exceptions import DeliveryError
 
-__all__ = ["KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "fetch_high_watermarks", "Header", "headers_of"]
+__all__ = ["KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "fetch_high_watermarks", "Header", "headers_of",
+           "DeliveryFailure", "PERMANENT_DELIVERY_ERRORS", "record_size"]
 
 logger = logging.getLogger(__name__)
 
 Header = tuple[str, bytes]
 ENV_PREFIX = "STREAMSEARCH_KAFKA_"
+
+
+PERMANENT_DELIVERY_ERRORS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_RECORD, KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.INVALID_MSG,
+})
+"""Refusals that retrying the same record can never cure: the input behind it is dead-lettered."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFailure:
+    """One record the broker (or librdkafka) refused."""
+
+    topic: str
+    partition: int
+    key: bytes | None
+    error: KafkaError
+    size: int
+
+    @property
+    def permanent(self) -> bool:
+        return self.error.code() in PERMANENT_DELIVERY_ERRORS
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]: {self.error.str()} ({self.size} bytes)"
+
+
+def record_size(key: bytes | str | None, value: bytes | None, headers: Sequence[Header]) -> int:
+    """An upper bound, in bytes, of one record alone in a record batch (format v2: 61-byte batch
+    header, varint-framed fields), which is what a topic's ``max.message.bytes`` limits."""
+    key_len = len(key.encode() if isinstance(key, str) else key or b"")
+    return 61 + 21 + key_len + len(value or b"") + 5 + sum(10 + len(k) + len(v or b"") for k, v in headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +101,7 @@ class StageProducer:
             **settings.base(),  # the user's settings win over our defaults
         }
         self._producer: Producer | None = None
-        self._failures: list[str] = []
+        self._failures: list[DeliveryFailure] = []
 
     @property
     def raw(self) -> Producer:
@@ -92,7 +125,7 @@ class StageProducer:
 
         def report(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
-                self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+                self._failures.append(DeliveryFailure(msg.topic(), msg.partition(), msg.key(), err, len(msg)))
             if on_delivery is not None:
                 on_delivery(err, msg)
 
@@ -116,10 +149,10 @@ class StageProducer:
             return
         left = self._producer.flush(timeout)
         failures, self._failures = self._failures, []
-        if left:
-            failures.append(f"{left} records still queued after {timeout}s")
-        if failures:
-            raise DeliveryError("delivery failed: " + "; ".join(failures[:5]))
+        reasons = [str(f) for f in failures[:5]] + ([f"{left} records still queued after {timeout}s"] if left else [])
+        if reasons:
+            # Only an error without queued records can be judged by its failures alone.
+            raise DeliveryError("delivery failed: " + "; ".join(reasons), tuple(failures) if not left else ())
 
     def close(self) -> None:
         if self._producer is not None:

@@ -86,7 +86,8 @@ def plan_reindex(settings: KafkaSettings, flow: FlowSpec) -> ReindexPlan:
     if built_with is not None and built_with != fingerprint:
         raise FlowConfigError(f"version {flow.version} of flow {flow.name!r} was built before with other executors; "
                               f"its topics and state hold their output: give the new flow YAML a new `version:`")
-    ensure_topics(settings, topics.shapes())  # checks the shard count against the ingest topic
+    ensure_topics(settings, topics.shapes(), topic_settings=flow.topic_settings,  # checks the shard count
+                  max_payload_bytes=flow.max_payload_bytes)
     if built_with is None:
         publish_build(settings, flow.name, flow.version, fingerprint)
     targets = {p: highs[(topics.ingest, p)] for p in range(topics.partitions)}

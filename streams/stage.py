@@ -22,8 +22,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from streams import headers as h
 from streams.checkpoint import Checkpoint, TransactionalCheckpoint
-from streams.exceptions import PayloadTooLargeError
-from streams.kafka import Header, KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer
+from streams.admin import max_message_bytes
+from streams.exceptions import DeliveryError, PayloadTooLargeError
+from streams.kafka import Header, KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer, record_size
+from streams.topics import RECORD_OVERHEAD_BYTES
 from streams.metrics import BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, serve_metrics
 from streams.serde import STAGE_STATUS
 
@@ -174,6 +176,8 @@ class StageLoop:
         self._status_processed = 0
         self._status_at = time.monotonic()
         self._next_watch = 0.0
+        self._failed = False
+        self._topic_limits: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -191,6 +195,9 @@ class StageLoop:
         try:
             while not self._stop.is_set():
                 self.step()
+        except BaseException:
+            self._failed = True  # what is pending may be undelivered: leave it uncommitted
+            raise
         finally:
             self._close()
 
@@ -281,7 +288,8 @@ class StageLoop:
             if path is None:
                 continue
             try:
-                path.checkpoint.commit(asynchronous=False)
+                if not self._failed:
+                    path.checkpoint.commit(asynchronous=False)
             finally:
                 path.consumer.close()
                 if path.producer is not self.producer:
@@ -352,7 +360,30 @@ class StageLoop:
         for record in records:
             path.checkpoint.record(record.topic, record.partition, record.offset)
         self.processed += len(records)
-        path.checkpoint.commit()
+        try:
+            path.checkpoint.commit()
+        except DeliveryError as exc:
+            self._dead_letter_refused(path, accepted, exc)
+            path.checkpoint.commit()
+
+    def _dead_letter_refused(self, path: _Path, records: Sequence[Inbound], error: DeliveryError) -> None:
+        """The broker refused some outputs of this batch for good (too large, not authorised):
+        dead-letter the inputs they came from (outputs carry their input's key), then commit.
+
+        :raises DeliveryError: when a failure is transient or cannot be traced to an input: the
+            stage stops without committing, and the batch runs again after a restart.
+        """
+        if not error.failures or not all(f.permanent for f in error.failures):
+            raise error
+        refused = {f.key: f for f in error.failures}
+        culprits = [r for r in records if r.key in refused]
+        if not culprits:
+            raise error
+        for record in culprits:
+            failure = refused[record.key]
+            self._dead_letter(path, record, PayloadTooLargeError(
+                f"the broker refused the output for {failure.topic}: {failure.error.str()} "
+                f"({failure.size} bytes; the topic takes up to {self._topic_limit(failure.topic)})"))
 
     def _process(self, path: _Path, records: list[Inbound]) -> None:
         if not records:
@@ -377,9 +408,27 @@ class StageLoop:
             return
         if path.transactional:
             path.checkpoint.begin()  # type: ignore[attr-defined]
+        for out in outputs:  # all checked before any is produced: a failed batch is retried record by record
+            size = record_size(out.key, out.value, out.headers)
+            limit = self._topic_limit(out.topic)
+            if size > limit:
+                raise PayloadTooLargeError(
+                    f"output record for {out.topic} is {size} bytes, over the topic's max.message.bytes={limit}")
         RECORDS_OUT.labels(self.spec.flow, self.spec.name).inc(len(outputs))
         for out in outputs:
             path.producer.produce(out.topic, value=out.value, key=out.key, partition=out.partition, headers=out.headers)
+
+    def _topic_limit(self, topic: str) -> int:
+        """The largest record ``topic`` takes: its ``max.message.bytes`` (asked once per topic), else
+        the flow's payload limit plus record overhead."""
+        if topic not in self._topic_limits:
+            try:
+                limit = max_message_bytes(self.settings, topic)
+            except Exception as exc:  # an unanswered describe must not stop the stage
+                logger.debug("topic limit unknown", extra={"topic": topic, "error": str(exc)})
+                limit = None
+            self._topic_limits[topic] = limit or self.spec.max_payload_bytes + RECORD_OVERHEAD_BYTES
+        return self._topic_limits[topic]
 
     def _dead_letter(self, path: _Path, record: Inbound, error: Exception) -> None:
         """Keep the bad record, with why and where it came from, and let the handler react."""

@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from streams.admin import TopicDescription, describe_topics, topic_warnings
 from streams.flow import FlowSpec
 from streams.kafka import KafkaSettings, consume_batch, fetch_high_watermarks, make_consumer
 from streams.serde import STAGE_STATUS
@@ -58,6 +59,10 @@ class FlowStatus:
     version: int = 1
     serving_version: int = 1
     """The version ``<flow>.versions`` names: queries go there, whichever version this status is of."""
+    brokers: int = 0
+    topics: list[TopicDescription] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Unsafe topic settings for production (replication 1 on a cluster, unclean leader election)."""
 
 
 def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 15.0) -> FlowStatus:
@@ -82,8 +87,10 @@ def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 
     shards = sorted((dict(s, owner=r["member"]) for r in reports if r["stage"] == "index" for s in r["shards"]),
                     key=lambda s: s["partition"])
     serving = read_serving(settings, flow.name, timeout=timeout)
+    brokers = len(admin.list_topics(timeout=timeout).brokers)
+    described = describe_topics(settings, [shape.name for shape in topics.shapes()], timeout=timeout)
     return FlowStatus(flow.name, stages, shards, highs[(topics.dead_letter, 0)], flow.version,
-                      serving.version if serving else 1)
+                      serving.version if serving else 1, brokers, described, topic_warnings(described, brokers))
 
 
 def _committed(admin: AdminClient, group: str, topic: str, count: int) -> dict[int, int]:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
-__all__ = ["FlowTopics", "TopicShape"]
+__all__ = ["FlowTopics", "TopicShape", "TopicSettings", "TOPIC_ROLES", "RECORD_OVERHEAD_BYTES"]
+
+TOPIC_ROLES = ("ingest", "versions", "segmented", "encoded", "query", "search", "partials", "dead_letter", "status")
+"""What each topic of a flow is for; the ``topics.config`` keys of a flow YAML."""
+
+RECORD_OVERHEAD_BYTES = 64 * 1024
+"""Room above ``max_payload_bytes`` in a topic's ``max.message.bytes`` for the record batch header,
+the key and the headers (trace, offsets, dead-letter reasons)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,6 +20,31 @@ class TopicShape:
     name: str
     partitions: int
     config: tuple[tuple[str, str], ...] = ()
+    role: str = ""
+    """One of :data:`TOPIC_ROLES`: which ``topics.config`` entry of the flow applies."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSettings:
+    """The ``topics:`` section of a flow YAML: how the topics ``run`` creates are replicated and
+    configured. Topics that exist already are left as they are (``status`` shows and checks them).
+
+    ``replication_factor`` None means 3 on a cluster of 3 or more brokers, else the broker count;
+    ``min_insync_replicas`` None means 2 with a replication factor of 3 or more, else 1.
+    ``config`` maps a role (:data:`TOPIC_ROLES`) to Kafka topic configs that override the defaults
+    (``ingest`` kept forever, ``encoded``/``status``/``versions`` compacted, ``max.message.bytes``
+    from ``max_payload_bytes``).
+    """
+
+    replication_factor: int | None = None
+    min_insync_replicas: int | None = None
+    config: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def replication_for(self, brokers: int) -> int:
+        return self.replication_factor or min(3, max(brokers, 1))
+
+    def min_insync_for(self, replication: int) -> int:
+        return self.min_insync_replicas or (2 if replication >= 3 else 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +111,16 @@ class FlowTopics:
         """All topics to create. ``encoded`` is compacted: it is the index's changelog.
         ``ingest`` keeps everything: it is the source of truth a re-encode starts from."""
         p = self.partitions
+        kept = (("retention.ms", "-1"), ("retention.bytes", "-1"))
+        compacted = (("cleanup.policy", "compact"),)
         return [
-            TopicShape(self.ingest, p, (("retention.ms", "-1"),)),
-            TopicShape(self.versions, 1, (("cleanup.policy", "compact"),)),
-            TopicShape(self.segmented, p),
-            TopicShape(self.encoded, p, (("cleanup.policy", "compact"),)),
-            TopicShape(self.query, p),
-            TopicShape(self.search, p),
-            TopicShape(self.partials, p),
-            TopicShape(self.dead_letter, 1),
-            TopicShape(self.status, 1, (("cleanup.policy", "compact"),)),
+            TopicShape(self.ingest, p, kept, "ingest"),
+            TopicShape(self.versions, 1, compacted, "versions"),
+            TopicShape(self.segmented, p, (), "segmented"),
+            TopicShape(self.encoded, p, compacted, "encoded"),
+            TopicShape(self.query, p, (), "query"),
+            TopicShape(self.search, p, (), "search"),
+            TopicShape(self.partials, p, (), "partials"),
+            TopicShape(self.dead_letter, 1, kept, "dead_letter"),
+            TopicShape(self.status, 1, compacted, "status"),
         ]

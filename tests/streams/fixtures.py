@@ -12,7 +12,7 @@ import pytest
 from processors.document import Document
 from streams.corpora import stdlib_docstrings
 from streams.flow import load_flow
-from streams.local import LocalRuntime
+from streams.local.runtime import LocalRuntime
 
 FlowFactory = Callable[[str], LocalRuntime]
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from streams.client import Client
 from streams.http import create_app
-from streams.local import LocalRuntime
+from streams.local.runtime import LocalRuntime
 from tests.streams.fixtures import stage_logs
 from tests.streams.test_pipeline import FLOW  # the same small flow: 2 shards, 2 index replicas
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from processors.document import Document
-from streams.local import LocalRuntime
+from streams.local.runtime import LocalRuntime
 
 pytestmark = pytest.mark.kafka
 

@@ -12,7 +12,7 @@ from confluent_kafka import TopicPartition
 from processors.document import Document
 from streams import headers as h
 from streams.kafka import StageProducer, make_consumer
-from streams.local import LocalRuntime
+from streams.local.runtime import LocalRuntime
 from tests.streams.fixtures import corpus_with_unique_sentences, stage_logs
 
 pytestmark = pytest.mark.kafka

@@ -4,7 +4,7 @@ import pytest
 
 from processors.document import Direction
 from streams.corpora import stdlib_docstrings
-from streams.local import LocalRuntime
+from streams.local.runtime import LocalRuntime
 
 pytestmark = pytest.mark.kafka
 

@@ -19,8 +19,8 @@ from processors.document import Document
 from streams.client import IndexReceipt
 from streams.flow import load_flow, with_state_dir
 from streams.kafka import make_consumer
-from streams.local import LocalRuntime
-from streams.supervisor import LocalFlow
+from streams.local.runtime import LocalRuntime
+from streams.local.supervisor import LocalFlow
 from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
 from tests.streams.recovery import read_shards, text_hash, wait_applied
 

@@ -17,7 +17,7 @@ import pytest
 from processors.document import Document
 from streams.admin import ensure_topics
 from streams.flow import load_flow
-from streams.local import LocalRuntime
+from streams.local.runtime import LocalRuntime
 from streams.serde import SearchReply
 from streams.topics import FlowTopics
 from streams.versions import claim_serving, read_serving

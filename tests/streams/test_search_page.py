@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, expect, sync_playwright
 from processors.document import Document
 from streams.client import Client
 from streams.http import create_app, serving
-from streams.local import LocalRuntime
+from streams.local.runtime import LocalRuntime
 from tests.streams.test_pipeline import FLOW  # the same small flow: 2 shards, 2 index replicas
 
 pytestmark = pytest.mark.kafka

@@ -15,7 +15,7 @@ from types import TracebackType
 
 from streams.exceptions import BrokerError
 
-__all__ = ["EmbeddedBroker"]
+__all__ = ["TansuBroker"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class EmbeddedBroker:
+class TansuBroker:
     """A Tansu broker on a free loopback port, stopped on exit."""
 
     def __init__(self, port: int | None = None) -> None:
@@ -37,7 +37,7 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> "EmbeddedBroker":
+    def start(self, timeout: float = 20.0) -> "TansuBroker":
         """Start the broker and wait until it accepts connections.
 
         :raises BrokerError: if the binary is missing or the port never opens.
@@ -85,7 +85,7 @@ class EmbeddedBroker:
                 self._process.wait()
         self._process = None
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> "TansuBroker":
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

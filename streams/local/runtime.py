@@ -9,12 +9,12 @@ from pathlib import Path
 from types import TracebackType
 
 from streams.admin import ensure_topics
-from streams.broker import EmbeddedBroker
+from streams.local.brokers import BrokerKind, LocalBroker, start_local_broker
 from streams.client import Client
 from streams.exceptions import BrokerError
 from streams.flow import FlowSpec, with_state_dir
 from streams.kafka import KafkaSettings
-from streams.supervisor import LocalFlow
+from streams.local.supervisor import LocalFlow
 from streams.versions import claim_serving
 
 __all__ = ["LocalRuntime", "BOOTSTRAP_FILE"]
@@ -26,28 +26,35 @@ BOOTSTRAP_FILE = Path(".streamsearch") / "bootstrap"
 
 
 class LocalRuntime:
-    """Starts the embedded broker when KAFKA_BOOTSTRAP_SERVERS is unset, creates the flow's
-    topics and runs its stages as supervised local processes."""
+    """Starts a local broker when KAFKA_BOOTSTRAP_SERVERS is unset (``broker``: Apache Kafka with
+    its data under the state dir, Tansu, or ``auto``), creates the flow's topics and runs its
+    stages as supervised local processes."""
 
     def __init__(self, flow: FlowSpec, *, flow_path: Path, state_dir: Path | None = None,
-                 stages: list[str] | None = None, replicas: dict[str, int] | None = None) -> None:
+                 stages: list[str] | None = None, replicas: dict[str, int] | None = None,
+                 broker: BrokerKind | str = BrokerKind.AUTO) -> None:
         self.flow = with_state_dir(flow, state_dir) if state_dir else flow
         self.flow_path = flow_path
         self._stages = stages
         self._replicas = replicas
-        self.broker: EmbeddedBroker | None = None
+        self._broker_kind = BrokerKind(broker)
+        self.broker: LocalBroker | None = None
+        self.broker_kind: BrokerKind | None = None
         self.local_flow: LocalFlow | None = None
         self.settings: KafkaSettings | None = None
 
     def start(self) -> "LocalRuntime":
         settings = KafkaSettings.from_env(self.flow.kafka)
         if not settings.bootstrap_servers:
-            self.broker = EmbeddedBroker().start()
+            self.broker_kind, self.broker = start_local_broker(self._broker_kind, self.flow.state_dir / "kafka")
+            logger.info("local broker started", extra={"broker": self.broker_kind.value,
+                                                       "bootstrap": self.broker.bootstrap_servers})
             settings = KafkaSettings(self.broker.bootstrap_servers, settings.extra)
             BOOTSTRAP_FILE.parent.mkdir(parents=True, exist_ok=True)
             BOOTSTRAP_FILE.write_text(self.broker.bootstrap_servers)
         self.settings = settings
-        ensure_topics(settings, self.flow.topics.shapes())
+        ensure_topics(settings, self.flow.topics.shapes(), topic_settings=self.flow.topic_settings,
+                      max_payload_bytes=self.flow.max_payload_bytes)
         claim_serving(settings, self.flow.topics)
         self.local_flow = LocalFlow(
             self.flow, flow_path=self.flow_path, bootstrap_servers=settings.bootstrap_servers,

@@ -21,6 +21,9 @@ __all__ = ["StageProcess", "LocalFlow"]
 
 logger = logging.getLogger(__name__)
 
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+"""The folder that holds the ``streams`` package, so stage processes import this very copy."""
+
 
 @dataclass(slots=True)
 class StageProcess:
@@ -84,10 +87,12 @@ class LocalFlow:
         port = self.flow.stage(stage).metrics_port
         if port:
             env[PORT_ENV] = str(port + replica)  # replicas share a host here, so each needs its own port
-        command = [sys.executable, "-m", "streams.cli", "run", str(self.flow_path), "--stage", stage,
-                   "--state-dir", str(self.flow.state_dir)]
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   cwd=Path(__file__).resolve().parent.parent)
+        # The caller's working directory, absolute paths, and -P: a module in that directory (an
+        # http.py, say) must not shadow the standard library or ours in the stage process.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+        command = [sys.executable, "-P", "-m", "streams.cli", "run", str(self.flow_path.resolve()), "--stage", stage,
+                   "--state-dir", str(Path(self.flow.state_dir).resolve())]
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         return StageProcess(stage, replica, process, log, restarts)
 
     def _watch(self) -> None:
