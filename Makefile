@@ -33,3 +33,4 @@ bench: install
 	$(PYTHON) benchmarks/ingest.py
 	$(PYTHON) benchmarks/query.py
 	$(PYTHON) benchmarks/restore.py
+	$(PYTHON) benchmarks/vectors.py

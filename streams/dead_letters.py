@@ -66,10 +66,14 @@ def _letter(offset: int, key: bytes | None, value: bytes | None, headers: dict[s
         offset=offset, key=key, value=value,
         stage=text.get(h.DEAD_LETTER_STAGE, "?"), error_class=text.get(h.DEAD_LETTER_ERROR_CLASS, "?"),
         message=text.get(h.DEAD_LETTER_MESSAGE, ""), source_topic=text.get(h.DEAD_LETTER_TOPIC, ""),
-        source_partition=h.read_int(headers, h.DEAD_LETTER_PARTITION) or 0,
-        source_offset=h.read_int(headers, h.DEAD_LETTER_OFFSET) or -1,
+        source_partition=_or(h.read_int(headers, h.DEAD_LETTER_PARTITION), 0),
+        source_offset=_or(h.read_int(headers, h.DEAD_LETTER_OFFSET), -1),  # offset 0 is an offset, not "none"
         original_headers=tuple((k, v) for k, v in headers.items() if not k.startswith("ss-dl-")),
     )
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def redrive(settings: KafkaSettings, letters: list[DeadLetter]) -> int:

@@ -55,9 +55,15 @@ class ShardIngest:
         starts = {}
         for partition in partitions:
             checkpoint = self._states.open(partition)
-            starts[partition] = checkpoint.encoded_offset + 1 if checkpoint.encoded_offset >= 0 else OFFSET_BEGINNING
-            logger.info("shard opened, restoring", extra={"partition": partition, "resume_offset": starts[partition],
-                                                          "ingest_offset": checkpoint.ingest_offset})
+            if checkpoint.encoded_offset >= 0:
+                starts[partition] = checkpoint.encoded_offset + 1
+                logger.info(f"shard {partition}: resuming from its stored offset {starts[partition]} of "
+                            f"{self._topics.encoded}, no rebuild", extra={"partition": partition,
+                                                                          "ingest_offset": checkpoint.ingest_offset})
+            else:
+                starts[partition] = OFFSET_BEGINNING
+                logger.info(f"shard {partition}: empty, restoring from the beginning of {self._topics.encoded}",
+                            extra={"partition": partition})
         return starts
 
     # -- restore (the stage loop reports what its consumer sees) ---------------------------

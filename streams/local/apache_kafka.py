@@ -10,6 +10,7 @@ starting a node again on the same directory resumes its topics, offsets and grou
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
 import shutil
@@ -55,7 +56,9 @@ def kafka_libs_dir() -> Path:
     if configured:
         return Path(configured)
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "streamsearch" / f"kafka_2.13-{KAFKA_VERSION}" / "libs"
+    # Named after the pom's content too, so that a changed pom resolves again instead of reusing old jars.
+    stamp = hashlib.sha1(_POM.read_bytes()).hexdigest()[:8] if _POM.exists() else "installed"
+    return cache / "streamsearch" / f"kafka_2.13-{KAFKA_VERSION}-{stamp}" / "libs"
 
 
 def java_version() -> int | None:
@@ -120,6 +123,15 @@ def _read_properties(path: Path) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
+def _listener_port(listeners: str, name: str) -> int:
+    """The port of listener ``name`` in a ``listeners`` value (``NAME://host:port,...``)."""
+    for listener in listeners.split(","):
+        listener_name, _, address = listener.strip().partition("://")
+        if listener_name == name:
+            return int(address.rsplit(":", 1)[1])
+    raise BrokerError(f"no {name} listener in listeners={listeners}")
+
+
 class KafkaNode:
     """One combined broker+controller process.
 
@@ -128,18 +140,25 @@ class KafkaNode:
     :param node_id: the KRaft node id.
     :param voters: ``controller.quorum.voters`` (``id@host:port,...``); None for a single node.
     :param settings: broker settings over :data:`BROKER_SETTINGS` (first start only).
+    :param properties: the complete ``server.properties`` of the first start, written as given instead
+        of :meth:`properties` (no default added); node id and ports are read from it (``listeners``
+        must have a ``PLAINTEXT`` and a ``CONTROLLER`` listener on loopback). docker-compose.yml's test
+        starts Kafka with the configuration the compose file renders this way.
     """
 
     def __init__(self, data_dir: Path, *, node_id: int = 1, port: int | None = None,
                  controller_port: int | None = None, voters: str | None = None,
-                 settings: Mapping[str, str] | None = None) -> None:
+                 settings: Mapping[str, str] | None = None, properties: Mapping[str, str] | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.node_id = node_id
         self._properties_path = self.data_dir / "server.properties"
-        if self._properties_path.exists():
-            stored = _read_properties(self._properties_path)
-            self.port = int(stored["listeners"].split("PLAINTEXT://127.0.0.1:")[1].split(",")[0])
-            self.controller_port = int(stored["listeners"].split("CONTROLLER://127.0.0.1:")[1].split(",")[0])
+        self._given = None if properties is None or self._properties_path.exists() else dict(properties)
+        if self._given is not None:
+            self.node_id = int(self._given["node.id"])
+        if self._properties_path.exists() or self._given is not None:
+            stored = self._given if self._given is not None else _read_properties(self._properties_path)
+            self.port = _listener_port(stored["listeners"], "PLAINTEXT")
+            self.controller_port = _listener_port(stored["listeners"], "CONTROLLER")
             self._voters = stored["controller.quorum.voters"]
         else:
             self.port = port or _free_port()
@@ -157,7 +176,10 @@ class KafkaNode:
         return self.data_dir / "server.log"
 
     def properties(self, *, replication: int) -> dict[str, str]:
-        """The server.properties of a first start: listeners, quorum, replication of internal topics."""
+        """The server.properties of a first start: listeners, quorum, replication of internal topics
+        (the ``properties`` the node was given, if any)."""
+        if self._given is not None:
+            return dict(self._given)
         return {
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
@@ -200,7 +222,9 @@ class KafkaNode:
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
-            raise BrokerError(f"kafka storage format failed: {(result.stderr or result.stdout).strip()[-300:]}")
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            reason = [line for line in lines if not line.lstrip().startswith(("at ", "... ", "SLF4J:"))]  # no trace
+            raise BrokerError(f"kafka storage format failed: {' | '.join(reason or lines)[-500:]}")
         staged.rename(self._properties_path)
 
     def _java(self, main: str, *args: str) -> list[str]:

@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from processors.document import Document
 from streams.client import IndexReceipt
 from streams.flow import load_flow, with_state_dir
-from streams.kafka import make_consumer
+from streams.kafka import consume_batch, make_consumer
+from streams.local.brokers import BrokerKind
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import LocalFlow
 from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
@@ -105,7 +106,7 @@ KILL_CYCLES = 3
 
 @pytest.mark.parametrize(("victim", "guarantee"), [("index", "at_least_once"), ("encode", "at_least_once"),
                                                    ("encode", "exactly_once")])
-def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow, victim: str, guarantee: str) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow, broker_kind, victim: str, guarantee: str) -> None:  # type: ignore[no-untyped-def]
     runtime = start_flow(sentence_flow_yaml(guarantee=guarantee))
     assert runtime.local_flow is not None
     corpus = corpus_with_unique_sentences(KILL_DOCS)
@@ -142,10 +143,38 @@ def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow, victim: s
     _assert_findable(runtime, corpus)
     if guarantee == "exactly_once":  # only send_offsets_to_transaction commits the segment stage's offsets
         assert _committed_total(runtime, f"{runtime.flow.name}.segment", runtime.flow.topics.ingest) == KILL_DOCS
+        if broker_kind is BrokerKind.KAFKA:  # read_committed readers see each document once, whatever was killed
+            for topic in (runtime.flow.topics.segmented, runtime.flow.topics.encoded):
+                keys = _committed_keys(runtime, topic)
+                assert sorted(keys) == sorted(doc.id.encode() for doc, _ in corpus), \
+                    f"{topic}: {len(keys)} records visible to read_committed for {KILL_DOCS} documents"
     _stop_stages(runtime)
     report = _assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
     print(f"kill -9 {victim} ({guarantee}): N={KILL_DOCS} K={kills} lost={report['lost']} "
           f"duplicated={report['duplicated_vectors']}")
+
+
+def _committed_keys(runtime: LocalRuntime, topic: str) -> list[bytes]:
+    """The keys of every record of ``topic`` a read_committed consumer sees, to the end."""
+    assert runtime.settings is not None
+    partitions = runtime.flow.topics.partitions
+    consumer = make_consumer(runtime.settings, group_id=f"committed-{time.monotonic_ns()}",
+                             **{"isolation.level": "read_committed", "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    keys: list[bytes] = []
+    ended: set[int] = set()
+    deadline = time.monotonic() + 60
+    try:
+        while len(ended) < partitions and time.monotonic() < deadline:
+            for msg in consume_batch(consumer, max_records=500, timeout=0.5):
+                if msg.error() is None:
+                    keys.append(msg.key())
+                elif msg.error().code() == KafkaError._PARTITION_EOF:
+                    ended.add(msg.partition())
+    finally:
+        consumer.close()
+    assert len(ended) == partitions, f"{topic} not read to its end"
+    return keys
 
 
 def _committed_total(runtime: LocalRuntime, group: str, topic: str) -> int:
@@ -159,7 +188,7 @@ def _committed_total(runtime: LocalRuntime, group: str, topic: str) -> int:
 
 
 def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """The memory-only broker restarts empty; the shards' stored offsets point past the end of
+    """The memory-only broker (Tansu, whatever the session runs on) restarts empty; the shards' stored offsets point past the end of
     the new topics: one clear log line each, a rebuild, no crash loop, no stale documents."""
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)  # this test runs its own brokers
     monkeypatch.chdir(tmp_path)
@@ -168,11 +197,11 @@ def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: P
     flow = load_flow(path)
     before = corpus_with_unique_sentences(10)
     after = corpus_with_unique_sentences(13)[10:]
-    with LocalRuntime(flow, flow_path=path, state_dir=tmp_path / "state") as first:
+    with LocalRuntime(flow, flow_path=path, state_dir=tmp_path / "state", broker=BrokerKind.TANSU) as first:
         with first.client() as client:
             first.wait_ready(client)
             wait_applied(client, client.index([doc for doc, _ in before]))
-    with LocalRuntime(flow, flow_path=path, state_dir=tmp_path / "state") as second:  # a new, empty broker
+    with LocalRuntime(flow, flow_path=path, state_dir=tmp_path / "state", broker=BrokerKind.TANSU) as second:  # empty
         with second.client() as client:
             second.wait_ready(client)
             receipt = client.index([doc for doc, _ in after])
