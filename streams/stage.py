@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -178,6 +178,7 @@ class StageLoop:
         self._next_watch = 0.0
         self._failed = False
         self._topic_limits: dict[str, int] = {}
+        self._callback_error: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -211,7 +212,7 @@ class StageLoop:
             qspec = self.spec.query_path
             self._query = _Path(qspec, self._consumer(qspec), self.producer)
             if not qspec.follow_index_path:
-                self._query.consumer.subscribe([qspec.topic], on_revoke=self._on_revoke_query)
+                self._query.consumer.subscribe([qspec.topic], on_revoke=self._guarded(self._on_revoke_query))
         if self.spec.index_path is not None:
             ispec = self.spec.index_path
             consumer = self._consumer(ispec)
@@ -223,7 +224,8 @@ class StageLoop:
             else:
                 self._index = _Path(ispec, consumer, self.producer)
             self._index.consumer.subscribe(
-                [ispec.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+                [ispec.topic], on_assign=self._guarded(self._on_assign), on_revoke=self._guarded(self._on_revoke),
+                on_lost=self._guarded(self._on_lost),
             )
 
     def _transactional_id(self) -> str:
@@ -284,7 +286,9 @@ class StageLoop:
 
 
     def _close(self) -> None:
-        for path in (self._query, self._index):
+        # The index consumer first: closing it revokes its partitions, and the revoke callback
+        # unassigns the query partitions that mirror them on the query consumer, still open.
+        for path in (self._index, self._query):
             if path is None:
                 continue
             try:
@@ -295,6 +299,8 @@ class StageLoop:
                 if path.producer is not self.producer:
                     path.producer.close()
         self.producer.close()
+        if self._callback_error is not None:
+            logger.error("rebalance callback failed during close", extra={"error": repr(self._callback_error)})
         close = getattr(self.spec.index_path.handler if self.spec.index_path else None, "close", None)
         if close is not None:
             close()
@@ -304,6 +310,7 @@ class StageLoop:
 
     def _poll(self, path: _Path, timeout: float) -> bool:
         messages = consume_batch(path.consumer, max_records=path.spec.batch_size, timeout=timeout)
+        self._raise_callback_error()
         records, ends = [], []
         for msg in messages:
             err = msg.error()
@@ -460,6 +467,25 @@ class StageLoop:
             logger.exception("on_failure raised", extra={"stage": self.spec.name})
 
     # -- rebalance -------------------------------------------------------------------------
+
+    def _guarded(self, callback: Callable[[Consumer, list[TopicPartition]], None]
+                 ) -> Callable[[Consumer, list[TopicPartition]], None]:
+        """A rebalance callback that never lets an exception into librdkafka (it would surface as
+        a SystemError far from its cause): the error is kept and raised by the loop after the poll."""
+
+        def call(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            try:
+                callback(consumer, partitions)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by _raise_callback_error
+                logger.exception("rebalance callback failed", extra={"stage": self.spec.name})
+                self._callback_error = self._callback_error or exc
+
+        return call
+
+    def _raise_callback_error(self) -> None:
+        if self._callback_error is not None:
+            error, self._callback_error = self._callback_error, None
+            raise error
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self._index is not None

@@ -315,6 +315,8 @@ def test_the_local_kafka_keeps_everything_across_broker_restarts_and_a_full_stop
         again.local_flow.stop()
         logs = "\n".join(p.read_text() for p in sorted((tmp_path / "state" / "logs").glob("index-*.log")))
         assert "rebuilding the shard" not in logs
+        assert "Traceback" not in logs and "SystemError" not in logs, logs[-3000:]  # a normal stop is quiet
+        assert logs.count("stage stopped") == 2 * len(list((tmp_path / "state" / "logs").glob("index-*.log"))), logs[-3000:]
         assert logs.count("resuming from its stored offset") >= 2, logs[-3000:]
         contents = read_shards(tmp_path / "state", "durable", 2, flow.stage("index").config)
         assert sorted(contents.docs) == sorted(doc.id for doc, _ in corpus)
