@@ -88,11 +88,14 @@ class ShardIngest:
             self._log_restored(partition)
 
     def out_of_range(self, partition: int, why: str = "the broker answered OFFSET_OUT_OF_RANGE") -> int:
-        """The topic no longer holds what the shard applied: rebuild it from the beginning."""
+        """The topic no longer holds what the shard applied: rebuild it from the beginning, keeping
+        the old state aside (the topic cannot give it back) rather than deleting it."""
+        self._states.destroy(partition, keep_aside=True)
+        aside = self._states.set_aside.get(partition)
+        kept = f"; its previous state is kept at {aside} (delete it when not needed)" if aside else ""
         logger.warning(f"shard {partition}: {why}; the topic was recreated or truncated (or the memory-only broker "
-                       f"restarted): rebuilding the shard from the beginning of {self._topics.encoded}",
+                       f"restarted): rebuilding the shard from the beginning of {self._topics.encoded}{kept}",
                        extra={"partition": partition})
-        self._states.destroy(partition)
         return OFFSET_BEGINNING
 
     def _log_restored(self, partition: int) -> None:

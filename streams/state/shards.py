@@ -63,6 +63,8 @@ class ShardStates:
         self._open: dict[int, CompoundIndexer] = {}
         self._checkpoints: dict[int, ShardCheckpoint] = {}
         self._private: dict[int, Path] = {}
+        self.set_aside: dict[int, Path] = {}
+        """Where ``destroy(keep_aside=True)`` moved each partition's previous state."""
         self.restore = RestoreTracker()
 
     def path(self, partition: int) -> Path:
@@ -118,8 +120,9 @@ class ShardStates:
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
 
-    def destroy(self, partition: int) -> ShardCheckpoint:
-        """Delete a shard's state and open it empty (its topic no longer matches it).
+    def destroy(self, partition: int, *, keep_aside: bool = False) -> ShardCheckpoint:
+        """Delete a shard's state, or with ``keep_aside`` move it to ``<p>.set-aside-<time>`` (state
+        the topic can no longer rebuild is never deleted unasked), and open it empty.
 
         Opening it first takes RocksDB's lock, so a shard another process holds is never
         deleted under it (a directory removed with its LOCK file would let both proceed).
@@ -128,7 +131,12 @@ class ShardStates:
         path, private = self.path(partition), partition in self._private
         self.close(partition)  # a private copy is deleted by closing it
         if not private:
-            shutil.rmtree(path, ignore_errors=True)
+            if keep_aside and path.exists():
+                aside = path.with_name(f"{path.name}.set-aside-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:4]}")
+                path.rename(aside)
+                self.set_aside[partition] = aside
+            else:
+                shutil.rmtree(path, ignore_errors=True)
             return self.open(partition)
         # Stay private: the shared directory, if its lock was freed meanwhile, holds old state.
         index = self._open_private(partition)

@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING
 from rocksdict import Rdict
 
 from processors.document import Document
-from processors.index.compound import CompoundIndexerConfig
+from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from processors.rankers.chunk2doc import Chunk2DocRanker, Chunk2DocRankerConfig
 from streams import headers as h
 from streams.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, Request
@@ -156,10 +156,18 @@ def test_a_stored_offset_past_the_end_rebuilds_the_shard_from_the_beginning(shar
     clock.now += 1.5
     with caplog.at_level("WARNING"):
         assert ingest.watermarks(0, low=0, high=5) == OFFSET_BEGINNING
+    aside = states.set_aside[0]
     expected_line = (f"shard 0: stored offset 19 is past the end of {TOPICS.encoded} (high watermark 5); the topic "
                      "was recreated or truncated (or the memory-only broker restarted): rebuilding the shard from the "
-                     f"beginning of {TOPICS.encoded}")
+                     f"beginning of {TOPICS.encoded}; its previous state is kept at {aside} (delete it when not needed)")
     assert [r.getMessage() for r in caplog.records if "rebuilding" in r.getMessage()] == [expected_line]
+    # What the topic can no longer give back is kept, not deleted: the old shard opens with its 20 documents.
+    kept = CompoundIndexer(states._config, path=aside, codec=DOCUMENT)
+    kept.warm_up()
+    try:
+        assert sorted(kept.doc_ids()) == sorted(f"old{i}" for i in range(20))
+    finally:
+        kept.close()
     index = states.get(0)
     assert index is not None and list(index.doc_ids()) == [] and index.vector_count == 0
     assert states.checkpoint(0).encoded_offset == -1 and states.restore.is_restoring(0)
