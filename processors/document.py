@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
-__all__ = ["Direction", "Score", "Document", "traverse", "copy_tree"]
+from processors.exceptions import InvalidDocumentError
+
+__all__ = [
+    "Direction", "Score", "Document", "traverse", "copy_tree",
+    "MAX_ID_BYTES", "validate_document", "validate_id", "validate_text",
+]
+
+MAX_ID_BYTES = 512
+"""The longest document id accepted, in UTF-8 bytes (it is the Kafka key and a RocksDB key)."""
+
+_ID_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""C0 and C1 control characters (NUL included), DEL, and surrogates (never valid UTF-8 alone)."""
+_TEXT_REFUSED = re.compile(r"[\x00\ud800-\udfff]")
 
 
 class Direction(str, enum.Enum):
@@ -95,3 +108,70 @@ def copy_tree(doc: Document) -> Document:
         scores=dict(doc.scores),
         location=list(doc.location),
     )
+
+
+def validate_id(value: str, *, name: str = "id") -> None:
+    """Refuse an id that is empty, over ``MAX_ID_BYTES``, or holds a control character or surrogate.
+
+    :param name: names the value in the message (``id``, ``docs[3].id``...).
+    :raises InvalidDocumentError: naming the field, the character and its index (ASCII-only message).
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidDocumentError(f"{name} must be a non-empty string, got {_preview(value)}")
+    bad = _ID_REFUSED.search(value)
+    if bad is not None:
+        raise InvalidDocumentError(f"{name} {_preview(value)} contains {_character(bad)} at index {bad.start()}")
+    size = len(value.encode())
+    if size > MAX_ID_BYTES:
+        raise InvalidDocumentError(f"{name} {_preview(value)} is {size} bytes in UTF-8; at most {MAX_ID_BYTES}")
+
+
+def validate_text(value: str | None, *, name: str = "text") -> None:
+    """Refuse text holding NUL or a surrogate (not encodable as UTF-8); None passes.
+
+    :param name: names the value in the message.
+    :raises InvalidDocumentError: naming the field, the character and its index (ASCII-only message).
+    """
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidDocumentError(f"{name} must be a string, got {type(value).__name__}")
+    bad = _TEXT_REFUSED.search(value)
+    if bad is not None:
+        raise InvalidDocumentError(f"{name} contains {_character(bad)} at index {bad.start()}")
+
+
+def validate_document(doc: Document) -> None:
+    """The one check of a Document entering the system (HTTP bridge, client, every stage's decode).
+
+    The root id must pass ``validate_id``; the text and tags of every node, ``validate_text``.
+    Chunk ids are not checked: they are never keys, only part of their root's record.
+
+    :raises InvalidDocumentError: naming the first field refused.
+    """
+    validate_id(doc.id)
+    _validate_texts(doc, "")
+
+
+def _validate_texts(node: Document, where: str) -> None:
+    validate_text(node.text, name=f"{where}text")
+    for key, value in node.tags.items():
+        validate_text(key, name=f"{where}tags key {_preview(key)}")
+        validate_text(value, name=f"{where}tags[{_preview(key)}]")
+    for i, chunk in enumerate(node.chunks):
+        _validate_texts(chunk, f"{where}chunks[{i}].")
+
+
+def _character(match: re.Match[str]) -> str:
+    code = ord(match.group(0))
+    if code == 0:
+        return "NUL (U+0000)"
+    if 0xD800 <= code <= 0xDFFF:
+        return f"a lone surrogate U+{code:04X}"
+    return f"control character U+{code:04X}"
+
+
+def _preview(value: object) -> str:
+    """An ASCII-only, bounded rendering: messages travel in headers and JSON that must encode."""
+    text = ascii(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."

@@ -5,6 +5,7 @@ __all__ = [
     "ProcessorError",
     "ConfigError",
     "BadDocumentError",
+    "InvalidDocumentError",
     "DimensionMismatchError",
     "ModelNotFoundError",
     "InvalidParameterError",
@@ -25,6 +26,10 @@ class ConfigError(StreamsearchError):
 
 class BadDocumentError(ProcessorError):
     """A Document lacks what the processor needs (text, embedding, ...)."""
+
+
+class InvalidDocumentError(BadDocumentError):
+    """A Document's id or text is refused at the entry (empty or long id, control characters, lone surrogates)."""
 
 
 class DimensionMismatchError(BadDocumentError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -21,15 +22,18 @@ from typing import Any
 
 import uvicorn
 from confluent_kafka import KafkaException
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from processors.document import Document
+from processors.document import Document, validate_document, validate_id, validate_text
+from processors.exceptions import InvalidDocumentError
 from streams.client import REPLY_GRACE_S, Client, IndexReceipt
 from streams.exceptions import PayloadTooLargeError, StreamsearchError
 from streams.serde import SearchReply
@@ -97,6 +101,19 @@ def _reply_json(texts: list[str], reply: SearchReply, latency_ms: float) -> dict
 
 def _receipt_json(receipt: IndexReceipt) -> dict[str, Any]:
     return {"count": receipt.count, "offsets": receipt.offsets}
+
+
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped, so that a lone surrogate a request carried
+    (and a 422 echoes) still encodes: an answer, never a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _refused(exc: InvalidDocumentError, where: str = "") -> HTTPException:
+    """422 with the validator's message (ASCII only), prefixed with the item it names in a list."""
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{where}{exc}")
 
 
 def _unavailable(exc: BaseException) -> HTTPException:
@@ -196,6 +213,11 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     api = APIRouter(dependencies=[Depends(_auth(token))])
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, rendered ASCII-safe (its own fails on a lone surrogate it echoes)."""
+        return _AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi() -> dict[str, Any]:
         return app.openapi()
@@ -225,10 +247,17 @@ def create_app(
         Pass the returned ``offsets`` as a search's ``after`` to read your own writes.
         """
         docs = [Document(id=d.id, text=d.text, tags=dict(d.tags)) for d in (body if isinstance(body, list) else [body])]
+        for i, doc in enumerate(docs):
+            try:
+                validate_document(doc)
+            except InvalidDocumentError as exc:
+                raise _refused(exc, f"document {i}: " if isinstance(body, list) else "") from exc
         try:
             receipt = await run_in_threadpool(client.index, docs)  # it waits for delivery
         except PayloadTooLargeError as exc:
             raise HTTPException(413, str(exc)) from exc
+        except InvalidDocumentError as exc:  # a StreamsearchError, but the request's fault, not the broker's
+            raise _refused(exc) from exc
         except (StreamsearchError, KafkaException) as exc:
             raise _unavailable(exc) from exc
         return _receipt_json(receipt)
@@ -236,6 +265,10 @@ def create_app(
     @api.delete("/docs/{doc_id}", status_code=status.HTTP_202_ACCEPTED)
     async def delete(doc_id: str) -> dict[str, Any]:
         """Delete a document by id (a tombstone on the ingest topic)."""
+        try:
+            validate_id(doc_id)
+        except InvalidDocumentError as exc:
+            raise _refused(exc) from exc
         try:
             receipt = await run_in_threadpool(client.delete, [doc_id])
         except (StreamsearchError, KafkaException) as exc:
@@ -248,6 +281,13 @@ def create_app(
         restoring its state answers at once without matches: 200 with ``partial`` and
         ``restoring_shards``, so a caller can retry soon without having waited for a deadline."""
         texts = [body.texts] if isinstance(body.texts, str) else body.texts
+        named = [("texts" if isinstance(body.texts, str) else f"texts[{i}]", text) for i, text in enumerate(texts)]
+        named += [(f"filter_by[{i}]", name) for i, name in enumerate(body.filter_by or [])]
+        try:
+            for name, text in named:
+                validate_text(text, name=name)
+        except InvalidDocumentError as exc:
+            raise _refused(exc) from exc
         deadline_s = body.deadline_s or client.timeout_s
         parameters = {"query_language": body.query_language} if body.query_language is not None else None
         started = time.perf_counter()

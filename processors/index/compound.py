@@ -11,10 +11,18 @@ no re-ingest) and then follow every write, like the flat one.
 Key layout (one RocksDB per shard):
     d/<doc id>     the root document, embeddings stripped (codec bytes)
     dv/<doc id>    int64 ids of the document's vectors
-    v/<vector id>  float32 vector bytes + utf-8 "<doc id>\\0<node path>\\0<field name>"
+    v/<vector id>  float32 vector bytes + the owner: 0xFF, then doc id, node path and field name,
+                   each as a big-endian uint32 byte count and its UTF-8 bytes
     m/checkpoint   the caller's opaque checkpoint
     m/next_vid     the next vector id
     m/config       dim and metric, checked on reopen
+    m/format       the layout new writes use (2), set on the first open by this code; a newer one is refused
+
+A key is a fixed prefix and the whole id, and an owner is length-prefixed, so nothing stored
+depends on what an id contains (NUL, '/', control characters...). Shards written before
+format 2 hold owners as UTF-8 "<doc id>\\0<node path>\\0<field name>", with no 0xFF (never in
+UTF-8): such a value is read by its last two NULs, so ids holding NUL are recovered too.
+They are read as they are and never rewritten; every new vector is written in format 2.
 """
 
 from __future__ import annotations
@@ -48,12 +56,16 @@ from processors.index.faiss_flat import FlatVectorIndex
 from processors.index.faiss_hnsw import HnswVectorIndex
 from processors.index.faiss_ivf import IvfVectorIndex, ProductQuantization, auto_pq_m, training_size_needed
 
-__all__ = ["CompoundIndexerConfig", "CompoundIndexer"]
+__all__ = ["CompoundIndexerConfig", "CompoundIndexer", "FORMAT"]
 
 logger = logging.getLogger(__name__)
 
 _DOC, _DOC_VIDS, _VEC = b"d/", b"dv/", b"v/"
-_CHECKPOINT, _NEXT_VID, _CONFIG = b"m/checkpoint", b"m/next_vid", b"m/config"
+_CHECKPOINT, _NEXT_VID, _CONFIG, _FORMAT = b"m/checkpoint", b"m/next_vid", b"m/config", b"m/format"
+FORMAT = 2
+"""The storage layout this code writes; it reads every one up to it."""
+_OWNER_TAG = b"\xff"
+"""Starts a format-2 owner; a format-1 owner is UTF-8 text, which never holds 0xFF."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,14 +208,13 @@ class CompoundIndexer:
                 self._next_vid += 1
                 vector = np.asarray(node.embedding, dtype="<f4").reshape(-1)
                 field_name = node.field_name or ""
-                batch.put(_VEC + struct.pack(">q", vid),
-                          vector.tobytes() + f"{doc.id}\0{path}\0{field_name}".encode())
+                batch.put(_VEC + struct.pack(">q", vid), vector.tobytes() + _pack_owner(doc.id, path, field_name))
                 vids.append(vid)
                 new_ids.append(vid)
                 new_vectors.append(vector)
                 new_owners.append((doc.id, path, field_name))
-            batch.put(_DOC + doc.id.encode(), self._codec.encode(_strip_embeddings(doc)))
-            batch.put(_DOC_VIDS + doc.id.encode(), np.array(vids, dtype=">i8").tobytes())
+            batch.put(_DOC + _utf8(doc.id), self._codec.encode(_strip_embeddings(doc)))
+            batch.put(_DOC_VIDS + _utf8(doc.id), np.array(vids, dtype=">i8").tobytes())
         batch.put(_NEXT_VID, struct.pack(">q", self._next_vid))
         batch.put(_CHECKPOINT, checkpoint)
         db.write(batch)
@@ -231,14 +242,14 @@ class CompoundIndexer:
 
     def _stage_removal(self, batch: WriteBatch, doc_id: str) -> list[int]:
         db = self._open_db()
-        raw = db.get(_DOC_VIDS + doc_id.encode())
+        raw = db.get(_DOC_VIDS + _utf8(doc_id))
         if raw is None:
             return []
         vids = np.frombuffer(raw, dtype=">i8").astype(np.int64).tolist()
         for vid in vids:
             batch.delete(_VEC + struct.pack(">q", vid))
-        batch.delete(_DOC + doc_id.encode())
-        batch.delete(_DOC_VIDS + doc_id.encode())
+        batch.delete(_DOC + _utf8(doc_id))
+        batch.delete(_DOC_VIDS + _utf8(doc_id))
         return vids
 
     # -- reads -----------------------------------------------------------------------------
@@ -249,7 +260,7 @@ class CompoundIndexer:
 
     def get(self, doc_id: str) -> Document | None:
         """The stored root document (without embeddings), or None."""
-        raw = self._open_db().get(_DOC + doc_id.encode())
+        raw = self._open_db().get(_DOC + _utf8(doc_id))
         return self._codec.decode(raw) if raw is not None else None
 
     @property
@@ -272,7 +283,7 @@ class CompoundIndexer:
     def doc_ids(self) -> Iterator[str]:
         """Every stored root document id, in key order."""
         for key, _ in self._scan(_DOC_VIDS):
-            yield key[len(_DOC_VIDS) :].decode()
+            yield key[len(_DOC_VIDS) :].decode("utf-8", "surrogatepass")
 
     def search(
         self,
@@ -311,16 +322,20 @@ class CompoundIndexer:
         index = self._index_for(chosen)
         if top_k < 1 or index.size == 0 or (allowed is not None and not len(allowed)):
             return [[] for _ in queries]
-        scores, ids = index.search(queries, top_k, tuning)
+        available = index.size if allowed is None else len(allowed)
+        scores, ids = _search_past_ties(index, queries, top_k, tuning, available)
         roots: dict[str, Document | None] = {}
         results: list[list[Hit]] = []
         for row_scores, row_ids in zip(scores, ids):
-            hits = []
-            for value, vid in zip(row_scores, row_ids):
-                owner = self._vid_owner.get(int(vid))
-                if owner is None:
-                    continue
-                doc_id, path, _ = owner
+            found = [(Score(float(value), index.op_name, index.direction), owner)
+                     for value, vid in zip(row_scores, row_ids)
+                     if (owner := self._vid_owner.get(int(vid))) is not None]
+            # Equal scores in document id order, then node path: never in the order vectors were added.
+            found.sort(key=lambda pair: (pair[0].sort_key(), pair[1][0], pair[1][1]))
+            hits: list[Hit] = []
+            for score, (doc_id, path, _) in found:
+                if len(hits) == top_k:
+                    break
                 if doc_id not in roots:
                     roots[doc_id] = self.get(doc_id)
                 root = roots[doc_id]
@@ -328,7 +343,6 @@ class CompoundIndexer:
                     continue
                 node = copy_tree(_node_at(root, path))
                 node.chunks, node.matches = [], []
-                score = Score(float(value), index.op_name, index.direction)
                 node.scores = {**node.scores, "score": score}
                 hits.append(Hit(root=root, node=node, score=score))
             results.append(hits)
@@ -411,6 +425,10 @@ class CompoundIndexer:
 
     def _check_config(self) -> None:
         db = self._open_db()
+        stored_format = db.get(_FORMAT)
+        if stored_format is not None and int(stored_format) > FORMAT:
+            raise ConfigError(f"shard index at {self.path} has storage format {int(stored_format)}, this "
+                              f"streamsearch reads up to {FORMAT}: upgrade it, or rebuild the shard by replay")
         wanted = json.dumps({"dim": self.config.dim, "metric": self.config.metric}).encode()
         stored = db.get(_CONFIG)
         if stored is None:
@@ -420,6 +438,8 @@ class CompoundIndexer:
                 f"shard index at {self.path} was built with {stored.decode()}, "
                 f"now configured {wanted.decode()}: rebuild it by replay"
             )
+        if stored_format is None:
+            db.put(_FORMAT, str(FORMAT).encode())
 
     def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._open_db().items(from_key=prefix):
@@ -429,15 +449,71 @@ class CompoundIndexer:
 
     def _split_vector_value(self, value: bytes) -> tuple[np.ndarray, tuple[str, str, str]]:
         width = self.config.dim * 4
-        vector = np.frombuffer(value[:width], dtype="<f4")
-        doc_id, path, field_name = value[width:].decode().split("\0")
-        return vector, (doc_id, path, field_name)
+        return np.frombuffer(value[:width], dtype="<f4"), _unpack_owner(value[width:])
 
     def _own(self, owners: Iterable[tuple[int, tuple[str, str, str]]]) -> None:
         """Record whose node each vector is, and which field's, for field-restricted search."""
         for vid, owner in owners:
             self._vid_owner[vid] = owner
             self._field_vids.setdefault(owner[2], set()).add(vid)
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8, lone surrogates passed through: any str has bytes that decode back to it."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _pack_owner(doc_id: str, path: str, field_name: str) -> bytes:
+    """A vector's owner in format 2: the tag, then each part as a uint32 byte count and its bytes."""
+    parts = [_utf8(part) for part in (doc_id, path, field_name)]
+    return _OWNER_TAG + b"".join(struct.pack(">I", len(part)) + part for part in parts)
+
+
+def _unpack_owner(raw: bytes) -> tuple[str, str, str]:
+    """A vector's (doc id, node path, field name), stored in format 2 or in format 1.
+
+    :raises ConfigError: if the bytes are neither (a damaged shard: rebuild it by replay).
+    """
+    if not raw.startswith(_OWNER_TAG):
+        # Format 1: path and field never hold NUL, so the last two NULs split it, even for ids holding NUL.
+        parts = raw.decode("utf-8", "surrogatepass").rsplit("\0", 2)
+        if len(parts) != 3:
+            raise ConfigError(f"a stored vector owner is unreadable: {raw[:80]!r}")
+        return parts[0], parts[1], parts[2]
+    owner, at = [], len(_OWNER_TAG)
+    for _ in range(3):
+        if at + 4 > len(raw):
+            raise ConfigError(f"a stored vector owner is truncated: {raw[:80]!r}")
+        (size,) = struct.unpack_from(">I", raw, at)
+        at += 4
+        if at + size > len(raw):
+            raise ConfigError(f"a stored vector owner is truncated: {raw[:80]!r}")
+        owner.append(raw[at : at + size].decode("utf-8", "surrogatepass"))
+        at += size
+    return owner[0], owner[1], owner[2]
+
+
+def _search_past_ties(index: VectorIndex, queries: np.ndarray, top_k: int, tuning: SearchTuning,
+                      available: int) -> tuple[np.ndarray, np.ndarray]:
+    """The index's ``top_k`` per query, widened past any run of equal scores at the cut.
+
+    Which of several tied vectors FAISS keeps depends on the order they were added, which a
+    replay or a rebalance changes; with the whole run fetched, the caller cuts it by document id.
+    """
+    k = min(top_k, available)
+    while True:
+        scores, ids = index.search(queries, k, tuning)
+        if k >= available or ids.shape[1] < k or not _tied_at_cut(scores, ids, top_k):
+            return scores, ids
+        k = min(2 * k, available)
+
+
+def _tied_at_cut(scores: np.ndarray, ids: np.ndarray, top_k: int) -> bool:
+    """True if a full row's last score equals its score at position ``top_k``: more may tie beyond."""
+    if ids.shape[1] < top_k:
+        return False
+    last = ids.shape[1] - 1
+    return bool(np.any((ids[:, last] != -1) & (scores[:, top_k - 1] == scores[:, last])))
 
 
 def _known(index_type: str) -> str:

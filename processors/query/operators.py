@@ -116,7 +116,9 @@ def _sort_key(field: FieldRef, doc: Document) -> tuple[int, Any] | None:
 
 
 def _sorted(docs: list[Document], *, field: FieldRef, reverse: bool) -> list[Document]:
-    keyed = [(_sort_key(field, doc), doc) for doc in docs]
+    """Ties, and the documents without a value (last), in ascending id order, whatever ``reverse`` says."""
+    keyed = sorted(((_sort_key(field, doc), doc) for doc in docs), key=lambda pair: pair[1].id)
+    # Python's sort is stable, also reversed: equal keys keep the id order of the first pass.
     present = sorted((pair for pair in keyed if pair[0] is not None), key=lambda pair: pair[0], reverse=reverse)
     return [doc for _, doc in present] + [doc for key, doc in keyed if key is None]
 

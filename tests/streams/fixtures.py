@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from processors.document import Document
+from processors.segmenters.sentence import Sentencizer, SentencizerConfig
 from streams.corpora import stdlib_docstrings
 from streams.flow import load_flow
 from streams.local.runtime import LocalRuntime
@@ -48,20 +48,36 @@ def stage_logs(runtime: LocalRuntime) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(folder.glob("*.log")))
 
 
+SEGMENTER = Sentencizer(SentencizerConfig(min_sent_len=3, punctuation=".,!?"))
+"""The segmenter of ``SENTENCE_FLOW``: what decides which chunks the shards hold."""
+
+
 def corpus_with_unique_sentences(count: int) -> list[tuple[Document, str]]:
-    """Real docstrings, each with a sentence no other chosen document contains."""
+    """Real docstrings that share no chunk under ``SENTENCE_FLOW``'s segmenter, each with its
+    longest chunk (over 40 characters) as the query that must find it first.
+
+    Two chosen documents holding the same chunk would tie on it, and either could come first
+    (two docstrings share "Written by Marc-Andre Lemburg (mal@lemburg.com).").
+    """
     chosen: list[tuple[Document, str]] = []
     seen: set[str] = set()
     for doc in stdlib_docstrings():
-        sentences = [s.strip() for s in re.split(r"[.,!?]\s", " ".join((doc.text or "").split())) if len(s.strip()) > 40]
-        fresh = [s for s in sentences if s not in seen]
-        if not fresh:
+        doc = Document(id=f"std/{doc.id}", text=doc.text)
+        chunks = [chunk.text or "" for chunk in SEGMENTER.run(docs=[doc]).docs[0].chunks]
+        keys = {_chunk_key(text) for text in chunks}
+        query = max(chunks, key=len, default="")
+        if len(query) <= 40 or keys & seen:
             continue
-        seen.update(sentences)
-        chosen.append((Document(id=f"std/{doc.id}", text=doc.text), max(fresh, key=len)))
+        seen |= keys
+        chosen.append((doc, query))
         if len(chosen) == count:
             return chosen
     raise AssertionError("not enough docstrings")
+
+
+def _chunk_key(text: str) -> str:
+    """Whitespace, case and end punctuation aside, chunks that embed alike compare equal."""
+    return " ".join(text.split()).rstrip(".,!?").casefold()
 
 
 SENTENCE_FLOW = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any, Iterator
 
@@ -127,6 +128,58 @@ def test_invalid_json_and_bad_document_are_422(app) -> None:  # type: ignore[no-
     assert response.status_code == 422
     response = call(app, "POST", "/index", json={"text": "no id"})
     assert response.status_code == 422 and "id" in response.text
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('{"id": "evil\\u0000id", "text": "Some sentence here."}', "id 'evil\\x00id' contains NUL (U+0000) at index 4"),
+    ('{"id": "ok", "text": "Some\\u0000sentence."}', "text contains NUL (U+0000) at index 4"),
+    ('{"id": "ok", "text": "\\ud800"}', "text contains a lone surrogate U+D800 at index 0"),
+    ('{"id": "ok", "text": "x", "tags": {"k": "\\udfff"}}', "tags['k'] contains a lone surrogate U+DFFF"),
+    ('{"id": "ctl\\u001b", "text": "x"}', "contains control character U+001B"),
+    ('{"id": "' + "x" * 513 + '", "text": "x"}', "is 513 bytes in UTF-8; at most 512"),
+    ('[{"id": "fine", "text": "x"}, {"id": "evil\\u0000id", "text": "x"}]', "document 1: id"),
+])
+def test_a_hostile_document_is_422_with_the_message(app, body, message) -> None:  # type: ignore[no-untyped-def]
+    response = call(app, "POST", "/index", content=body.encode(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert message in response.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [
+    '{"id": "\\ud800", "text": "x"}',
+    '[{"id": "ok", "text": "x"}, {"id": "\\udc80x", "text": "x"}]',
+])
+def test_a_lone_surrogate_id_is_422_naming_the_field_never_500(app, body) -> None:  # type: ignore[no-untyped-def]
+    """Pydantic refuses it before we look; FastAPI's own 422 would echo it and fail to encode (500)."""
+    response = call(app, "POST", "/index", content=body.encode(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "id" in [str(part) for error in response.json()["detail"] for part in error["loc"]]
+
+
+def test_nothing_of_a_refused_list_is_indexed(app) -> None:  # type: ignore[no-untyped-def]
+    fine = {"id": "refused-batch", "text": "Meteorites glow brightly while crossing the upper atmosphere."}
+    body = json.dumps([fine, {"id": "evil\x00id", "text": "x"}])
+    refused = call(app, "POST", "/index", content=body.encode(), headers={"Content-Type": "application/json"})
+    assert refused.status_code == 422
+    marker = call(app, "POST", "/index", json={"id": "after-refused", "text": "Bees dance to show where flowers are."})
+    assert marker.status_code == 202
+    response = call(app, "POST", "/search", json={"texts": fine["text"], "top_k": 10, "after": marker.json()["offsets"],
+                                                  "deadline_s": 30})
+    assert response.status_code == 200, response.text
+    assert "refused-batch" not in [m["id"] for m in response.json()["results"][0]["matches"]]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "message"), [
+    ("DELETE", "/docs/evil%00id", None, "id 'evil\\x00id' contains NUL"),
+    ("POST", "/search", '{"texts": "\\ud800", "deadline_s": 10}', "texts contains a lone surrogate U+D800"),
+    ("POST", "/search", '{"texts": ["ok", "a\\u0000"], "deadline_s": 10}', "texts[1] contains NUL"),
+    ("POST", "/search", '{"texts": "ok", "filter_by": ["\\ud800"], "deadline_s": 10}', "filter_by[0] contains a lone"),
+])
+def test_hostile_ids_and_query_texts_are_422(app, method, path, body, message) -> None:  # type: ignore[no-untyped-def]
+    kwargs: dict[str, Any] = {"content": body.encode(), "headers": {"Content-Type": "application/json"}} if body else {}
+    response = call(app, method, path, **kwargs)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["detail"]
 
 
 def test_oversized_body_is_413_by_content_length_and_by_actual_size(client) -> None:  # type: ignore[no-untyped-def]

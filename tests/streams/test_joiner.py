@@ -1,5 +1,6 @@
 """The joiner's fan-in logic, driven with records as the stage loop would hand them over."""
 
+import itertools
 import time
 
 from processors.document import Direction, Document, Score
@@ -98,3 +99,17 @@ class TestJoinerFields:
         scores = SEARCH_REPLY.decode(second[0].value).docs[0].scores
         assert scores["mrr"].value == 0.5
         assert scores["mrr.mean"].value == 0.75 and scores["mrr.std"].value == 0.25
+
+
+class TestJoinerTies:
+    def test_equal_scores_across_shards_and_fields_reply_in_id_order_whatever_arrives_first(self) -> None:
+        fields = ["title", "summary"]
+        parts = [field_part(0, "title", fields, [("d", 0.5), ("b", 0.5)]),
+                 field_part(0, "summary", fields, [("b", 0.5), ("f", 0.5)]),
+                 field_part(1, "title", fields, [("c", 0.5), ("a", 0.5)]),
+                 field_part(1, "summary", fields, [("e", 0.5), ("a", 0.5)])]
+        answers = set()
+        for order in itertools.permutations(parts):
+            outputs = Joiner().process(list(order))
+            answers.add(tuple(m.id for m in SEARCH_REPLY.decode(outputs[0].value).docs[0].matches))
+        assert answers == {("a", "b", "c", "d", "e")}  # top_k 5 of six tied documents: the first five ids

@@ -11,8 +11,10 @@ from confluent_kafka import TopicPartition
 
 from processors.document import Document
 from streams import headers as h
+from streams.dead_letters import read_dead_letters
 from streams.kafka import StageProducer, make_consumer
 from streams.local.runtime import LocalRuntime
+from streams.serde import DOCUMENT
 from tests.streams.fixtures import corpus_with_unique_sentences, stage_logs
 
 pytestmark = pytest.mark.kafka
@@ -161,6 +163,25 @@ def test_malformed_avro_is_dead_lettered_and_later_documents_are_indexed(client,
     assert b"malformed" in found[h.DEAD_LETTER_MESSAGE]
     assert found[h.DEAD_LETTER_TOPIC] == topics.ingest.encode()
     assert found[h.DEAD_LETTER_PARTITION] == b"0"
+
+
+def test_a_nul_in_an_id_is_dead_lettered_with_the_reason(client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+    """Issue 11: such an id reached a shard, whose next warm_up failed on it for ever."""
+    topics = flow.flow.topics
+    producer = StageProducer(kafka_settings)  # straight onto ingest, as a producer other than the Client could
+    producer.produce(topics.ingest, value=DOCUMENT.encode(Document(id="evil\x00id", text="Some sentence here.")),
+                     key=b"evil\x00id", partition=0, headers=[DOCUMENT.header()])
+    producer.flush()
+    receipt = client.index([Document(id="after-nul", text="Volcanic ash grounded every flight in the region.")])
+    reply = client.search("volcanic ash stops air travel", top_k=3, after=receipt, timeout_s=60)
+    assert reply.docs[0].matches[0].id == "after-nul", stage_logs(flow)
+    deadline = time.monotonic() + 30
+    while not (letters := [d for d in read_dead_letters(kafka_settings, topics) if d.key == b"evil\x00id"]):
+        assert time.monotonic() < deadline, "no dead letter for the NUL id"
+        time.sleep(0.5)
+    assert (letters[0].stage, letters[0].error_class, letters[0].source_topic) == ("segment", "InvalidDocumentError",
+                                                                                 topics.ingest)
+    assert "id 'evil\\x00id' contains NUL (U+0000)" in letters[0].message
 
 
 def test_bad_parameter_gets_an_error_reply_not_a_timeout(client) -> None:  # type: ignore[no-untyped-def]

@@ -1,12 +1,16 @@
+import json
+import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rocksdict import Options, Rdict
 
 from processors.document import Direction, Document
 from processors.exceptions import ConfigError, DimensionMismatchError
 from processors.index.base import Change
-from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
+from processors.index.compound import FORMAT, CompoundIndexer, CompoundIndexerConfig
 from streams.serde import DOCUMENT
 
 DIM = 8
@@ -125,3 +129,168 @@ class TestFieldRestrictedSearch:
         index.apply(changes=[Change("a", moved)], checkpoint=b"2")
         assert index.search(embeddings=unit(1)[None], top_k=1, fields=["title"])[0] == []
         assert index.search(embeddings=unit(1)[None], top_k=1, fields=["summary"])[0][0].node.id == "a/s"
+
+
+HOSTILE_IDS = [
+    "evil\x00id", "\x00", "trailing\x00", "a\x00\x00b", "ctl\x01\x1b\x7f\x85\x9f", "line\nbreak\ttab",
+    "with/slash/c0", "d/looks-like-a-key", "v/1", "m/checkpoint", "\u00fcnic\u00f8de \u6587\u5b57 \U0001f680",
+    "\ufeffbom", "x" * 2000,
+]
+
+
+def hostile_doc(doc_id: str, seed: int, field_name: str | None = None) -> Document:
+    return Document(id=doc_id, text=f"text of {doc_id}", tags={"k\x00": "v\x00"}, chunks=[
+        Document(id=f"{doc_id}/{i}", parent_id=doc_id, field_name=field_name, embedding=unit(seed + i))
+        for i in range(2)])
+
+
+class TestAnyIdRoundTrips:
+    """Storage never depends on what an id holds: ids are refused at the entry, not by the shard."""
+
+    def test_hostile_ids_survive_close_and_reopen(self, tmp_path: Path) -> None:
+        index = open_index(tmp_path)
+        index.apply(changes=[Change(doc_id, hostile_doc(doc_id, 10 * i, field_name="f\x00/"))
+                             for i, doc_id in enumerate(HOSTILE_IDS)], checkpoint=b"1")
+        before = index.vectors_by_node()
+        index.close()
+        index = open_index(tmp_path)  # the reopen a NUL-joined owner failed on
+        assert sorted(index.doc_ids()) == sorted(HOSTILE_IDS)
+        assert index.stats().documents == len(HOSTILE_IDS) and index.stats().vectors == 2 * len(HOSTILE_IDS)
+        assert index.vectors_by_node().keys() == before.keys()
+        for i, doc_id in enumerate(HOSTILE_IDS):
+            hit = index.search(embeddings=unit(10 * i + 1)[None], top_k=1, fields=["f\x00/"])[0][0]
+            assert (hit.root.id, hit.node.id) == (doc_id, f"{doc_id}/1")
+            assert index.get(doc_id).tags == {"k\x00": "v\x00"}  # type: ignore[union-attr]
+
+    def test_hostile_ids_are_replaced_and_deleted_after_reopen(self, tmp_path: Path) -> None:
+        index = open_index(tmp_path)
+        index.apply(changes=[Change(doc_id, hostile_doc(doc_id, 10 * i)) for i, doc_id in enumerate(HOSTILE_IDS)],
+                    checkpoint=b"1")
+        index.close()
+        index = open_index(tmp_path)
+        index.apply(changes=[Change("evil\x00id", None), Change("a\x00\x00b", hostile_doc("a\x00\x00b", 500))],
+                    checkpoint=b"2")
+        index.close()
+        index = open_index(tmp_path)
+        assert "evil\x00id" not in set(index.doc_ids()) and index.get("evil\x00id") is None
+        assert index.stats().vectors == 2 * (len(HOSTILE_IDS) - 1)
+        assert index.search(embeddings=unit(500)[None], top_k=1)[0][0].root.id == "a\x00\x00b"
+
+    def test_a_lone_surrogate_is_no_storage_concern_either(self, tmp_path: Path) -> None:
+        """Avro refuses it (so the entry does), but the shard's own keys take any str."""
+
+        class PickleCodec:
+            def encode(self, doc: Document) -> bytes:
+                return pickle.dumps(doc)
+
+            def decode(self, data: bytes) -> Document:
+                return pickle.loads(data)  # noqa: S301 - the test's own bytes
+
+        config = CompoundIndexerConfig(dim=DIM)
+        index = CompoundIndexer(config, path=tmp_path, codec=PickleCodec())
+        index.warm_up()
+        index.apply(changes=[Change("\ud800x", hostile_doc("\ud800x", 1))], checkpoint=b"1")
+        index.close()
+        index = CompoundIndexer(config, path=tmp_path, codec=PickleCodec())
+        index.warm_up()
+        assert list(index.doc_ids()) == ["\ud800x"]
+        assert index.search(embeddings=unit(1)[None], top_k=1)[0][0].root.id == "\ud800x"
+
+
+def write_format_1_shard(path: Path, docs: list[Document], *, checkpoint: bytes = b"old") -> None:
+    """A shard as streamsearch wrote it before format 2: owners as NUL-joined UTF-8, no m/format."""
+    db = Rdict(str(path), options=Options(raw_mode=True))
+    db[b"m/config"] = json.dumps({"dim": DIM, "metric": "inner_product"}).encode()
+    vid = 0
+    for doc in docs:
+        vids = []
+        for i, chunk in enumerate(doc.chunks):
+            owner = f"{doc.id}\0c{i}\0{chunk.field_name or ''}".encode()
+            db[b"v/" + struct.pack(">q", vid)] = np.asarray(chunk.embedding, dtype="<f4").tobytes() + owner
+            vids.append(vid)
+            vid += 1
+        stripped = Document(id=doc.id, text=doc.text, tags=doc.tags, chunks=[
+            Document(id=c.id, parent_id=c.parent_id, field_name=c.field_name, text=c.text) for c in doc.chunks])
+        db[b"d/" + doc.id.encode()] = DOCUMENT.encode(stripped)
+        db[b"dv/" + doc.id.encode()] = np.array(vids, dtype=">i8").tobytes()
+    db[b"m/next_vid"] = struct.pack(">q", vid)
+    db[b"m/checkpoint"] = checkpoint
+    db.close()
+
+
+class TestFormat1Shards:
+    def test_a_shard_written_before_format_2_opens_searches_and_takes_writes(self, tmp_path: Path) -> None:
+        old = [doc_with_chunks("a", [1, 2]), doc_with_chunks("b/x", [3]),
+               Document(id="t", chunks=[Document(id="t/0", field_name="title", embedding=unit(4))])]
+        write_format_1_shard(tmp_path, old)
+        index = open_index(tmp_path)
+        assert index.checkpoint() == b"old" and sorted(index.doc_ids()) == ["a", "b/x", "t"]
+        assert index.search(embeddings=unit(2)[None], top_k=1)[0][0].node.id == "a/1"
+        assert index.search(embeddings=unit(4)[None], top_k=1, fields=["title"])[0][0].node.id == "t/0"
+        # New vectors (format 2) next to old ones (format 1), replacing one of them; then reopened.
+        index.apply(changes=[Change("c", doc_with_chunks("c", [5])), Change("b/x", doc_with_chunks("b/x", [6]))],
+                    checkpoint=b"new")
+        index.close()
+        index = open_index(tmp_path)
+        assert index.stats().vectors == 5 and sorted(index.doc_ids()) == ["a", "b/x", "c", "t"]
+        for seed, node_id in [(1, "a/0"), (5, "c/0"), (6, "b/x/0"), (4, "t/0")]:
+            assert index.search(embeddings=unit(seed)[None], top_k=1)[0][0].node.id == node_id
+        assert index.search(embeddings=unit(3)[None], top_k=1)[0][0].node.id != "b/x/0"  # the old vector is gone
+        index.close()
+        db = Rdict(str(tmp_path), options=Options(raw_mode=True))
+        try:
+            assert db[b"m/format"] == str(FORMAT).encode()
+        finally:
+            db.close()
+
+    def test_a_format_1_shard_holding_a_nul_id_opens_again(self, tmp_path: Path) -> None:
+        """The crash loop of issue 11: such a shard failed every warm_up; its last two NULs split it."""
+        write_format_1_shard(tmp_path, [doc_with_chunks("evil\x00id", [1]), doc_with_chunks("ok", [2])])
+        index = open_index(tmp_path)
+        assert sorted(index.doc_ids()) == ["evil\x00id", "ok"]
+        assert index.search(embeddings=unit(1)[None], top_k=1)[0][0].root.id == "evil\x00id"
+        index.apply(changes=[Change("evil\x00id", None)], checkpoint=b"2")
+        assert list(index.doc_ids()) == ["ok"] and index.stats().vectors == 1
+
+    def test_a_shard_of_a_newer_format_is_refused(self, tmp_path: Path) -> None:
+        open_index(tmp_path).close()
+        db = Rdict(str(tmp_path), options=Options(raw_mode=True))
+        db[b"m/format"] = str(FORMAT + 1).encode()
+        db.close()
+        with pytest.raises(ConfigError, match=f"storage format {FORMAT + 1}"):
+            open_index(tmp_path)
+
+
+class TestEqualScores:
+    """Identical vectors tie; which documents make the cut, and in what order, goes by document id."""
+
+    IDS = [f"doc{i:02d}" for i in range(12)]
+
+    @pytest.mark.parametrize("metric", ["inner_product", "l2"])
+    @pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+    def test_insertion_order_never_decides(self, tmp_path: Path, metric: str, index_type: str) -> None:
+        answers = set()
+        for attempt, seed in enumerate([0, 1, 2, 3]):
+            order = list(self.IDS)
+            np.random.default_rng(seed).shuffle(order)
+            index = open_index(tmp_path / str(attempt), metric=metric)
+            # one batch per document: vector ids follow the shuffled order
+            for doc_id in order:
+                index.apply(changes=[Change(doc_id, Document(id=doc_id, chunks=[
+                    Document(id=f"{doc_id}/0", embedding=unit(7)), Document(id=f"{doc_id}/1", embedding=unit(8))]))],
+                    checkpoint=b"x")
+            hits = index.search(embeddings=unit(7)[None], top_k=5, index_type=index_type)[0]
+            answers.add(tuple((hit.root.id, hit.node.id) for hit in hits))
+            index.close()
+        assert answers == {tuple((doc_id, f"{doc_id}/0") for doc_id in self.IDS[:5])}
+
+    def test_ties_across_fields_and_chunks_order_by_document_then_node(self, tmp_path: Path) -> None:
+        index = open_index(tmp_path)
+        docs = [Document(id=doc_id, chunks=[
+            Document(id=f"{doc_id}/body", field_name="body", embedding=unit(3)),
+            Document(id=f"{doc_id}/title", field_name="title", embedding=unit(3))]) for doc_id in ["z", "b", "m"]]
+        index.apply(changes=[Change(d.id, d) for d in docs], checkpoint=b"1")
+        hits = index.search(embeddings=unit(3)[None], top_k=6, fields=["title", "body"])[0]
+        assert [hit.node.id for hit in hits] == ["b/body", "b/title", "m/body", "m/title", "z/body", "z/title"]
+        cut = index.search(embeddings=unit(3)[None], top_k=3, fields=["title"])[0]
+        assert [hit.node.id for hit in cut] == ["b/title", "m/title", "z/title"]

@@ -1,4 +1,5 @@
 import logging
+import random
 from typing import Any
 
 import pytest
@@ -288,6 +289,20 @@ class TestSort:
         assert order == ["3", "0", "6", "1", "7", "4", "2", "5", "missing", "nan-score"]
         by_score = run(docs, Operation("sort", {"field": "scores.s", "reverse": True}))
         assert [d.id for d in by_score] == [d.id for d in docs]
+
+    @pytest.mark.parametrize("reverse", [False, True])
+    @pytest.mark.parametrize("direction", [Direction.SIMILARITY, Direction.DISTANCE])
+    def test_ties_and_missing_values_go_in_id_order_whatever_the_input_order(self, reverse: bool,
+                                                                            direction: Direction) -> None:
+        docs = [Document(id=doc_id, scores={"s": Score(value, "op", direction)})
+                for doc_id, value in [("d", 0.5), ("b", 0.5), ("e", 0.9), ("a", 0.5), ("c", 0.9)]]
+        docs += [Document(id="y"), Document(id="x")]
+        sort = Operation("sort", {"field": "scores.s", "reverse": reverse})
+        orders = [random.Random(seed).sample(docs, len(docs)) for seed in range(30)]
+        answers = {tuple(doc.id for doc in run(order, sort)) for order in orders}
+        best_first = direction is Direction.SIMILARITY
+        high, low = ("c", "e"), ("a", "b", "d")
+        assert answers == {(*(high + low if best_first != reverse else low + high), "x", "y")}
 
     @pytest.mark.parametrize(("parameters", "message"), [
         ({}, "missing parameter 'field'"),

@@ -1,3 +1,6 @@
+import itertools
+import random
+
 import pytest
 
 from processors.document import Direction, Document, Score
@@ -75,3 +78,33 @@ class TestAggregationsAcrossDirections:
         ranker = Chunk2DocRanker(Chunk2DocRankerConfig(aggregation="inverse"))
         with pytest.raises(ConfigError, match="inverse"):
             ranker.run(hits=[[hit("a", 0, 0.5, SIM)]], top_k=1)
+
+
+class TestEqualScores:
+    """Equal scores order by document id, whatever order the hits or the shards' lists came in."""
+
+    @pytest.mark.parametrize(("direction", "aggregation"), [(SIM, "max"), (DIST, "min")])
+    def test_ranker_orders_ties_by_id_and_cuts_the_same_documents(self, direction: Direction, aggregation: str) -> None:
+        ranker = Chunk2DocRanker(Chunk2DocRankerConfig(aggregation=aggregation))  # type: ignore[arg-type]
+        better = 0.9 if direction is SIM else 0.1
+        hits = [hit(doc_id, 0, 0.5, direction) for doc_id in ["d", "b", "e", "a", "c"]]
+        hits.append(hit("z", 0, better, direction))
+        answers = set()
+        for seed in range(6):
+            shuffled = list(hits)
+            random.Random(seed).shuffle(shuffled)
+            answers.add(tuple(m.id for m in ranker.run(hits=[shuffled], top_k=4).matches[0]))
+        assert answers == {("z", "a", "b", "c")}
+
+    def test_ranker_orders_tied_chunks_by_node_id(self) -> None:
+        hits = [hit("a", chunk, 0.5, SIM) for chunk in (2, 0, 1)]
+        assert [c.id for c in Chunk2DocRanker().run(hits=[hits], top_k=1).matches[0][0].chunks] == ["a/0", "a/1", "a/2"]
+
+    @pytest.mark.parametrize("direction", [SIM, DIST])
+    def test_merge_orders_ties_across_shards_by_id(self, direction: Direction) -> None:
+        def match(doc_id: str) -> Document:
+            return Document(id=doc_id, scores={"score": Score(0.5, "op", direction)})
+
+        shards = [[match("d"), match("a")], [match("c")], [match("b"), match("e")]]
+        answers = {tuple(m.id for m in merge_matches(order, 3)) for order in itertools.permutations(shards)}
+        assert answers == {("a", "b", "c")}

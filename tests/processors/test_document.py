@@ -1,0 +1,73 @@
+"""The one validation of Documents entering the system."""
+
+import pytest
+
+from processors.document import MAX_ID_BYTES, Document, validate_document, validate_id, validate_text
+from processors.exceptions import BadDocumentError, InvalidDocumentError
+
+
+class TestValidateId:
+    @pytest.mark.parametrize("doc_id", [
+        "a", "std/os.path", "with space", "d/looks-like-a-key", "\u00fcnic\u00f8de \u6587\u5b57 \U0001f680",
+        "x" * MAX_ID_BYTES, "\u00e9" * (MAX_ID_BYTES // 2),
+    ])
+    def test_accepted(self, doc_id: str) -> None:
+        validate_id(doc_id)
+
+    @pytest.mark.parametrize(("doc_id", "message"), [
+        ("", "id must be a non-empty string"),
+        ("evil\x00id", r"id 'evil\\x00id' contains NUL \(U\+0000\) at index 4"),
+        ("tab\there", "control character U\\+0009 at index 3"),
+        ("new\nline", "control character U\\+000A"),
+        ("del\x7f", "control character U\\+007F"),
+        ("c1\x85", "control character U\\+0085"),
+        ("\ud800", r"id '\\ud800' contains a lone surrogate U\+D800 at index 0"),
+        ("ok\udfff", "lone surrogate U\\+DFFF at index 2"),
+        ("x" * (MAX_ID_BYTES + 1), f"is {MAX_ID_BYTES + 1} bytes in UTF-8; at most {MAX_ID_BYTES}"),
+        ("\u00e9" * (MAX_ID_BYTES // 2 + 1), f"is {MAX_ID_BYTES + 2} bytes in UTF-8"),
+    ])
+    def test_refused_naming_the_field(self, doc_id: str, message: str) -> None:
+        with pytest.raises(InvalidDocumentError, match=message) as refused:
+            validate_id(doc_id)
+        assert str(refused.value).isascii()  # it travels in headers and JSON
+        assert isinstance(refused.value, BadDocumentError)
+
+    def test_the_message_names_the_given_field(self) -> None:
+        with pytest.raises(InvalidDocumentError, match=r"^docs\[3\]\.id "):
+            validate_id("a\x00", name="docs[3].id")
+
+
+class TestValidateText:
+    @pytest.mark.parametrize("text", [
+        None, "", "tabs\tand\nnewlines\r\n are text", "\x01\x85 control is fine", "\U0001f680",
+    ])
+    def test_accepted(self, text: str | None) -> None:
+        validate_text(text)
+
+    @pytest.mark.parametrize(("text", "message"), [
+        ("a\x00b", r"text contains NUL \(U\+0000\) at index 1"),
+        ("\ud83d", r"text contains a lone surrogate U\+D83D at index 0"),
+        ("x\udc80", "lone surrogate U\\+DC80 at index 1"),
+    ])
+    def test_refused(self, text: str, message: str) -> None:
+        with pytest.raises(InvalidDocumentError, match=message):
+            validate_text(text)
+
+
+class TestValidateDocument:
+    def test_a_plain_document_passes(self) -> None:
+        validate_document(Document(id="a", text="Some sentence here.", tags={"k": "v"},
+                                   chunks=[Document(id="a/0", text="Some sentence here.")]))
+
+    @pytest.mark.parametrize(("doc", "message"), [
+        (Document(id="evil\x00id", text="Some sentence here."), r"^id 'evil\\x00id' contains NUL"),
+        (Document(id="a", text="bad \ud800"), "^text contains a lone surrogate"),
+        (Document(id="a", text="nul\x00"), r"^text contains NUL"),
+        (Document(id="a", tags={"k": "\ud800"}), r"^tags\['k'\] contains a lone surrogate"),
+        (Document(id="a", tags={"\x00": "v"}), r"^tags key '\\x00' contains NUL"),
+        (Document(id="a", chunks=[Document(id="a/0"), Document(id="a/1", text="\x00")]),
+         r"^chunks\[1\]\.text contains NUL"),
+    ])
+    def test_refused_naming_the_field(self, doc: Document, message: str) -> None:
+        with pytest.raises(InvalidDocumentError, match=message):
+            validate_document(doc)
