@@ -1,8 +1,9 @@
 """Ingest throughput: documents/s through the whole pipeline (ingest -> encode -> shards,
 until every shard has applied the last document) against the same encoder in-process on
-the same texts, measured in the same run. Goal: pipeline >= 0.9 x in-process.
+the same texts, measured in the same run. Goal: pipeline >= 0.9 x in-process. The pipeline runs
+on Apache Kafka and on Tansu (``--broker both``, the default), each run on a fresh broker.
 
-    python benchmarks/ingest.py [--docs 600]
+    python benchmarks/ingest.py [--docs 600] [--broker kafka|tansu|both]
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import time
 from pathlib import Path
 
 import yaml
-from setup import FLOW, machine, peak_rss_mib, scifact
+from setup import (BROKER_CHOICES, FLOW, ProcessTreePeaks, broker_kinds, broker_label, fresh_broker, machine,
+                   markdown_table, peak_rss_mib, scifact)
 
 from processors.encoders.transformer import TransformerEncoder
 from streams.flow import load_flow
@@ -30,11 +32,13 @@ def in_process(docs) -> float:  # type: ignore[no-untyped-def]
     return len(docs) / (time.perf_counter() - started)
 
 
-def pipeline(docs, *, query_fetch_wait_ms: int) -> float:  # type: ignore[no-untyped-def]
-    """Documents/s from the first produce until every shard has applied the last document."""
+def pipeline(docs, *, query_fetch_wait_ms: int,  # type: ignore[no-untyped-def]
+             broker: str) -> tuple[float, ProcessTreePeaks]:
+    """Documents/s from the first produce until every shard has applied the last document, on a
+    fresh broker of this kind; and the peak RSS of every process of the run."""
     settings = yaml.safe_load(FLOW.read_text())
     settings["search"]["fetch_wait_ms"] = query_fetch_wait_ms
-    with tempfile.TemporaryDirectory() as state:
+    with tempfile.TemporaryDirectory() as state, fresh_broker(broker), ProcessTreePeaks() as peaks:
         flow_path = Path(state) / "flow.yml"
         flow_path.write_text(yaml.safe_dump(settings))
         with LocalRuntime(load_flow(flow_path), flow_path=flow_path, state_dir=Path(state)) as runtime:
@@ -46,24 +50,42 @@ def pipeline(docs, *, query_fetch_wait_ms: int) -> float:  # type: ignore[no-unt
             elapsed = time.perf_counter() - started
             assert not reply.partial and not reply.stale_shards, reply
             client.close()
-    return len(docs) / elapsed
+            peaks.sample()
+    return len(docs) / elapsed, peaks
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=600)
+    parser.add_argument("--broker", choices=BROKER_CHOICES, default="both")
     args = parser.parse_args()
     docs, _ = scifact(args.docs)
     baseline = in_process(docs)
     rss_in_process = peak_rss_mib()
-    default = pipeline(docs, query_fetch_wait_ms=5)
-    bulk = pipeline(docs, query_fetch_wait_ms=100)
+    kinds = broker_kinds(args.broker)
+    default = {kind: pipeline(docs, query_fetch_wait_ms=5, broker=kind) for kind in kinds}
+    bulk = {kind: pipeline(docs, query_fetch_wait_ms=100, broker=kind) for kind in kinds}
     print(f"machine: {machine()}")
     print(f"documents: {len(docs)} SciFact (title + text, max_length 256), flow deploy/flows/beir.yml, 2 shards")
-    print(f"in-process encoder                       : {baseline:6.2f} docs/s   peak RSS {rss_in_process:5.0f} MiB")
-    print(f"pipeline, query fetch wait 5 ms (default): {default:6.2f} docs/s   ratio {default / baseline:5.3f}  (goal >= 0.9)")
-    print(f"pipeline, query fetch wait 100 ms (bulk) : {bulk:6.2f} docs/s   ratio {bulk / baseline:5.3f}")
-    print(f"peak RSS of the largest stage process    : {peak_rss_mib(children=True):5.0f} MiB")
+    print(f"in-process encoder (baseline): {baseline:6.2f} docs/s   peak RSS {rss_in_process:5.0f} MiB")
+
+    def stages_mib(peaks: ProcessTreePeaks) -> float:
+        return sum(mib for role, mib in peaks.by_role_mib().items() if role.startswith("stage"))
+
+    def largest_stage(peaks: ProcessTreePeaks) -> float:
+        return max((kib / 1024 for role, kib in peaks.peaks.values() if role.startswith("stage")), default=0.0)
+
+    rows = [
+        ("pipeline docs/s, query fetch wait 5 ms (default)", [f"{default[k][0]:.2f}" for k in kinds]),
+        ("  ratio to in-process (goal >= 0.9)", [f"{default[k][0] / baseline:.3f}" for k in kinds]),
+        ("pipeline docs/s, query fetch wait 100 ms (bulk)", [f"{bulk[k][0]:.2f}" for k in kinds]),
+        ("  ratio to in-process", [f"{bulk[k][0] / baseline:.3f}" for k in kinds]),
+        ("peak RSS, all processes (MiB, default run)", [f"{default[k][1].total_mib():.0f}" for k in kinds]),
+        ("  of which the broker (MiB)", [f"{default[k][1].by_role_mib().get('broker', 0.0):.0f}" for k in kinds]),
+        ("  of which the stage processes (MiB)", [f"{stages_mib(default[k][1]):.0f}" for k in kinds]),
+        ("  largest stage process (MiB)", [f"{largest_stage(default[k][1]):.0f}" for k in kinds]),
+    ]
+    print(markdown_table([broker_label(k) for k in kinds], rows))
 
 
 if __name__ == "__main__":

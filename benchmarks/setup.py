@@ -1,9 +1,16 @@
-"""What both benchmarks share: the SciFact texts, the flow they run, and RSS readings."""
+"""What the benchmarks share: the SciFact texts, the flow they run, the brokers they run on, RSS
+readings and the machine."""
 
 from __future__ import annotations
 
+import os
 import resource
+import statistics
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +35,184 @@ def peak_rss_mib(children: bool = False) -> float:
 
 
 def machine() -> str:
-    import os
     import platform
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return (f"{model}, nproc {len(os.sched_getaffinity(0))} ({os.cpu_count()} cores), "
+            f"Python {platform.python_version()}")
+
+
+def percentiles(samples: Sequence[float]) -> tuple[float, float]:
+    """p50 and p99 of latencies in seconds, in milliseconds."""
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+
+
+# -- brokers -------------------------------------------------------------------------------------
+
+BROKER_CHOICES = ("kafka", "tansu", "both")
+
+
+def broker_kinds(choice: str) -> list[str]:
+    """``--broker kafka|tansu|both`` -> the brokers to run on, in order."""
+    return ["kafka", "tansu"] if choice == "both" else [choice]
+
+
+def broker_label(kind: str) -> str:
+    from streams.local.apache_kafka import KAFKA_VERSION
+
+    return f"Apache Kafka {KAFKA_VERSION}" if kind == "kafka" else "Tansu (memory-only)"
+
+
+@contextmanager
+def fresh_broker(kind: str) -> Iterator[str]:
+    """A new broker of this kind on loopback, with KAFKA_BOOTSTRAP_SERVERS pointing at it (so a
+    LocalRuntime uses it and starts none of its own); stopped and the variable restored after.
+    Yields the bootstrap servers."""
+    from streams.local.brokers import start_local_broker
+
+    if kind == "kafka":
+        from streams.local.apache_kafka import install_kafka
+
+        install_kafka()  # a no-op after `make install`
+    previous = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as data:
+        _, broker = start_local_broker(kind, Path(data))
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
+        try:
+            yield broker.bootstrap_servers
+        finally:
+            broker.stop()
+            if previous is None:
+                os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+            else:
+                os.environ["KAFKA_BOOTSTRAP_SERVERS"] = previous
+
+
+# -- peak RSS of a process tree ------------------------------------------------------------------
+
+
+def _status_kib(pid: int | str, field: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _children_of() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def _role(pid: int) -> str:
+    if pid == os.getpid():
+        return "benchmark"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return "other"
+    line = b" ".join(argv)
+    if b"kafka.Kafka" in line or b"tansu" in line or b" broker --listener-url" in line:
+        return "broker"
+    if b"streams.cli run" in line and b"--stage" in argv:
+        return f"stage {argv[argv.index(b'--stage') + 1].decode()}"
+    return "other"
+
+
+class ProcessTreePeaks:
+    """Peak RSS (VmHWM) of this process and all its descendants, sampled every ``interval`` s
+    while running: per process its last VmHWM reading (VmHWM only grows), summed by role
+    (benchmark, broker, stage <name>, other). A process that exits between two samples is
+    counted with its VmHWM at the last one. ``start`` resets this process's own VmHWM
+    (``/proc/self/clear_refs``) so that an earlier phase of the same run is not counted."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.peaks: dict[tuple[int, str], tuple[str, int]] = {}  # (pid, start time) -> (role, KiB)
+        self.self_reset = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "ProcessTreePeaks":
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.self_reset = True
+        except OSError:
+            self.self_reset = False
+        self.sample()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        """Read VmHWM of every process in the tree now (call it before stopping processes too)."""
+        tree = _children_of()
+        todo, seen = [os.getpid()], set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            todo.extend(tree.get(pid, []))
+            hwm = _status_kib(pid, "VmHWM")
+            if hwm is None:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    started = f.read().rsplit(")", 1)[1].split()[19]
+            except (OSError, IndexError):
+                continue
+            key = (pid, started)
+            role = self.peaks[key][0] if key in self.peaks else _role(pid)
+            self.peaks[key] = (role, max(hwm, self.peaks.get(key, (role, 0))[1]))
+
+    def by_role_mib(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for role, kib in self.peaks.values():
+            totals[role] = totals.get(role, 0.0) + kib / 1024
+        return dict(sorted(totals.items()))
+
+    def total_mib(self) -> float:
+        return sum(kib for _, kib in self.peaks.values()) / 1024
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]) -> str:
+    """A markdown table: the first column names the row, then one column per ``columns``."""
+    widths = [max(len(name) for name, _ in rows)] + [
+        max(len(col), *(len(values[i]) for _, values in rows)) for i, col in enumerate(columns)]
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
+    out = [line(["", *columns]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line([name, *values]) for name, values in rows]
+    return "\n".join(out)

@@ -14,12 +14,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, Union
 
+import numpy as np
 from confluent_kafka import KafkaError, Message, TopicPartition
 from tqdm import tqdm
 
-from processors.document import Document
+from processors.document import Document, validate_document
 from streams import headers as h
 from streams.admin import delete_topics, ensure_topics
 from streams.exceptions import PayloadTooLargeError, RequestTimeoutError
@@ -30,7 +31,7 @@ from streams.serde import DOCUMENT, REQUEST, SEARCH_REPLY, Request, SearchReply
 from streams.topics import FlowTopics, TopicShape
 from streams.versions import serving_of
 
-__all__ = ["IndexReceipt", "Client"]
+__all__ = ["IndexReceipt", "Client", "VectorsLike", "query_documents"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,46 @@ class IndexReceipt:
         for partition, offset in other.offsets.items():
             merged.note(partition, offset)
         return merged
+
+
+VectorsLike = Union[np.ndarray, Sequence[Sequence[float]]]
+"""Query embeddings: an ``(n, d)`` array, or n rows of d numbers."""
+
+
+def query_documents(texts: str | Sequence[str] | None, vectors: VectorsLike | None) -> list[Document]:
+    """The query documents of a search: ``q0``, ``q1``, ... with a text or an embedding each.
+
+    :raises ValueError: if both or neither are given, if ``texts`` is empty, or if ``vectors``
+        is not a non-empty 2-D array of finite numbers.
+    """
+    if (texts is None) == (vectors is None):
+        raise ValueError("search needs either texts or vectors, not both" if texts is not None
+                         else "search needs texts or vectors")
+    if texts is not None:
+        queries = [texts] if isinstance(texts, str) else list(texts)
+        if not queries:
+            raise ValueError("search needs at least one query text")
+        return [Document(id=f"q{i}", text=text) for i, text in enumerate(queries)]
+    return [Document(id=f"q{i}", embedding=row) for i, row in enumerate(_query_matrix(vectors))]
+
+
+def _query_matrix(vectors: VectorsLike) -> np.ndarray:
+    try:
+        given = np.asarray(vectors)
+    except ValueError as exc:  # ragged rows
+        raise ValueError(f"vectors must be a 2-D array (n queries, d dimensions): {exc}") from exc
+    if given.dtype.kind not in "fiu":
+        raise ValueError(f"vectors must hold numbers, got dtype {given.dtype}")
+    if given.ndim != 2:
+        hint = "; for one vector v pass [v] or v[None, :]" if given.ndim == 1 else ""
+        raise ValueError(f"vectors must be 2-D (n queries, d dimensions), got shape {given.shape}{hint}")
+    if given.shape[0] == 0 or given.shape[1] == 0:
+        raise ValueError(f"vectors must be non-empty, got shape {given.shape}")
+    with np.errstate(over="ignore"):
+        matrix = np.ascontiguousarray(given, dtype="<f4")
+    if not np.isfinite(matrix).all():
+        raise ValueError("vectors must be finite (no NaN or infinity, within float32 range)")
+    return matrix
 
 
 class Client:
@@ -88,12 +129,14 @@ class Client:
     def index(self, docs: Iterable[Document], *, progress: bool = False, total: int | None = None) -> IndexReceipt:
         """Upsert documents (key = id) on the ingest topic and wait until all are delivered.
 
+        :raises InvalidDocumentError: for an id or text the flow refuses (control characters, lone surrogates).
         :raises PayloadTooLargeError: before sending anything too large for the flow.
         :raises DeliveryError: if the broker did not take every record.
         """
         receipt = IndexReceipt()
         bar = tqdm(total=total, unit="doc", desc="ingest", disable=not progress)
         for doc in docs:
+            validate_document(doc)  # the stages refuse what fails this anyway: say so here, before sending
             value = DOCUMENT.encode(doc)
             if len(value) > self.max_payload_bytes:
                 raise PayloadTooLargeError(
@@ -122,12 +165,14 @@ class Client:
 
     # -- search ----------------------------------------------------------------------------
 
-    def search(self, texts: str | Sequence[str], *, timeout_s: float | None = None, **options: Any) -> SearchReply:
-        """Search and wait for the reply; options as for ``search_async``.
+    def search(self, texts: str | Sequence[str] | None = None, *, vectors: VectorsLike | None = None,
+               timeout_s: float | None = None, **options: Any) -> SearchReply:
+        """Search and wait for the reply; arguments as for ``search_async``.
 
+        :raises ValueError: on invalid ``texts``/``vectors`` (see ``search_async``), before sending.
         :raises RequestTimeoutError: if no reply came, not even a partial one.
         """
-        future = self.search_async(texts, timeout_s=timeout_s, **options)
+        future = self.search_async(texts, vectors=vectors, timeout_s=timeout_s, **options)
         wait = (timeout_s or self.timeout_s) + REPLY_GRACE_S
         try:
             return future.result(timeout=wait)
@@ -137,8 +182,9 @@ class Client:
 
     def search_async(
         self,
-        texts: str | Sequence[str],
+        texts: str | Sequence[str] | None = None,
         *,
+        vectors: VectorsLike | None = None,
         top_k: int | None = None,
         timeout_s: float | None = None,
         after: IndexReceipt | None = None,
@@ -148,17 +194,27 @@ class Client:
     ) -> concurrent.futures.Future[SearchReply]:
         """Send a search; the future resolves with the reply.
 
+        Give either ``texts`` (the flow's encoder embeds them) or ``vectors`` (already embedded:
+        the encoder is skipped), never both.
+
         :param texts: one query or several (answered together, one list of matches each; the
             query documents get ids ``q0``, ``q1``, ... in the reply and in ``ground_truth``).
+        :param vectors: query embeddings, shape ``(n, d)``: one row per query (ids ``q0`` ...
+            as for texts), ``d`` the flow's dimension; a numpy array or a list of lists of
+            numbers, sent as float32 (little-endian). A search for one vector ``v`` is
+            ``vectors=[v]`` (or ``v[None, :]``). A width other than the index's is answered with
+            an error reply (``reply.errors``), like any invalid request.
         :param top_k: documents per query (the flow's default if None).
         :param timeout_s: the deadline; the reply comes by then, flagged partial if parts were missing.
         :param after: wait until the shards have applied these writes (read-your-writes).
         :param filter_by: search only these fields of a multi-field flow.
         :param index_type: answer from this shard index type (flat, hnsw, ivf, ivf_pq).
         :param parameters: any other request parameter (``query_language``, ``ground_truth``, ...).
+        :raises ValueError: if both or neither of ``texts`` and ``vectors`` are given, or
+            ``vectors`` is not a non-empty 2-D array of finite numbers (float32 range).
         """
+        queries = query_documents(texts, vectors)
         self._ensure_listener()
-        queries = [texts] if isinstance(texts, str) else list(texts)
         request_id = uuid.uuid4().hex
         params = dict(parameters or {})
         for key, value in (("top_k", top_k), ("filter_by", list(filter_by) if filter_by else None),
@@ -167,8 +223,7 @@ class Client:
                 params[key] = value
         deadline_ms = int((time.time() + (timeout_s or self.timeout_s)) * 1000)
         request = Request(
-            request_id=request_id, kind="search",
-            docs=[Document(id=f"q{i}", text=text) for i, text in enumerate(queries)],
+            request_id=request_id, kind="search", docs=queries,
             reply_to=self.reply_topic, deadline_ms=deadline_ms, parameters=params,
             min_offsets=dict(after.offsets) if after else {},
         )

@@ -79,7 +79,9 @@ def error_reply(record: Inbound, error: Exception) -> list[Output]:
 
 
 class QueryFanout:
-    """Encodes the query documents at root level and sends one copy per shard."""
+    """Encodes the query documents at root level and sends one copy per shard. A query document
+    that carries an embedding (``Client.search(vectors=...)``) is not encoded: the encoder only
+    checks its dimension, and a batch of such queries never touches the model."""
 
     def __init__(self, *, encoder: Encoder, topics: FlowTopics, defaults: SearchParameters,
                  fields: Sequence[str] = ()) -> None:
@@ -122,8 +124,8 @@ class QueryFanout:
         if not request.docs:
             raise BadDocumentError("a search request needs at least one query document")
         for doc in request.docs:
-            if not doc.text:
-                raise BadDocumentError(f"query document {doc.id!r} has no text")
+            if not doc.text and doc.embedding is None:
+                raise BadDocumentError(f"query document {doc.id!r} has neither text nor an embedding")
         params = SearchParameters.parse(request.parameters, self._defaults)
         if params.filter_by is not None:
             unknown = [f for f in params.filter_by if f not in self._fields]

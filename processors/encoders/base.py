@@ -18,7 +18,8 @@ class EncodeResult:
 
 
 class Encoder(Protocol):
-    """Embeds the text of documents; the model loads in ``warm_up``."""
+    """Embeds the text of documents; the model loads in ``warm_up``. ``run`` embeds only nodes
+    without an embedding: a given one is kept as it is (after a dimension check)."""
 
     @property
     def dim(self) -> int: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import numpy as np
 
 from processors.document import Document, copy_tree, traverse
 from processors.encoders.base import EncodeResult
-from processors.exceptions import ConfigError, ModelNotFoundError
+from processors.exceptions import BadDocumentError, ConfigError, DimensionMismatchError, ModelNotFoundError
 
 __all__ = ["TransformerEncoderConfig", "TransformerEncoder", "default_model_path"]
 
@@ -76,6 +77,7 @@ class TransformerEncoder:
     def __init__(self, config: TransformerEncoderConfig | None = None) -> None:
         self.config = config or TransformerEncoderConfig()
         self._loaded: _Loaded | None = None
+        self._config_dim: int | None = None
 
     @property
     def model_path(self) -> str:
@@ -124,22 +126,64 @@ class TransformerEncoder:
         traversal_paths: Sequence[str] | None = None,
         filter_by: Sequence[str] | None = None,
     ) -> EncodeResult:
-        """Embed the text of every node on the traversal paths.
+        """Embed the text of every node on the traversal paths that has no embedding yet.
+
+        A node that already carries an embedding (a pre-embedded document, a vector query) is
+        kept exactly as given: its vector is only checked, never recomputed, and when no
+        traversed node needs embedding the model is neither loaded nor called.
 
         :param docs: root documents.
         :param traversal_paths: overrides the configured paths for this call (queries use ``r``).
         :param filter_by: embed only nodes whose ``field_name`` is one of these (all if empty).
-        :returns: copies of the documents whose traversed nodes carry float32 embeddings.
+        :returns: copies of the documents whose traversed nodes carry embeddings (float32 when
+            computed here; a given embedding keeps its dtype and bytes).
+        :raises DimensionMismatchError: if a given embedding's size differs from the model's dimension.
+        :raises BadDocumentError: if a given embedding is not numeric or not finite.
         """
         paths = tuple(traversal_paths) if traversal_paths is not None else self.config.traversal_paths
         copies = [copy_tree(doc) for doc in docs]
-        nodes = [node for doc in copies for path in paths for node in traverse(doc, path)
-                 if node.text and (not filter_by or node.field_name in filter_by)]
+        traversed = [(doc, path, node) for doc in copies for path in paths for node in traverse(doc, path)
+                     if not filter_by or node.field_name in filter_by]
+        for doc, path, node in traversed:
+            if node.embedding is not None:
+                self._check_given(doc, path, node)
+        nodes = [node for _, _, node in traversed if node.embedding is None and node.text]
         if nodes:
             vectors = self.encode_texts([node.text or "" for node in nodes])
             for node, vector in zip(nodes, vectors):
                 node.embedding = vector
         return EncodeResult(docs=tuple(copies))
+
+    def _check_given(self, root: Document, path: str, node: Document) -> None:
+        """A given embedding must fit the model's (and so the index's) dimension and be finite."""
+        where = f"document {root.id!r}" + ("" if node is root else f" node {node.id!r} (path {path!r})")
+        vector = np.asarray(node.embedding)
+        if vector.dtype.kind not in "fiu":
+            raise BadDocumentError(f"{where}: embedding has dtype {vector.dtype}; a numeric vector is needed")
+        dim = self.output_dim
+        if vector.size != dim or vector.ndim > 2 or (vector.ndim == 2 and 1 not in vector.shape):
+            raise DimensionMismatchError(
+                f"{where}: embedding has shape {vector.shape}, the model {Path(self.model_path).name} "
+                f"produces {dim}-d vectors")
+        if not np.all(np.isfinite(vector)):
+            raise BadDocumentError(f"{where}: embedding holds NaN or infinite values")
+
+    @property
+    def output_dim(self) -> int:
+        """The embedding dimension, read from the model's config.json when the model is not loaded
+        (checking a given embedding must not load the model)."""
+        if self._loaded is not None:
+            return self._loaded.dim
+        if self._config_dim is None:
+            config = Path(self.model_path) / "config.json"
+            try:
+                self._config_dim = int(json.loads(config.read_text())["hidden_size"])
+            except FileNotFoundError as exc:
+                raise ModelNotFoundError(
+                    f"TransformerEncoder: no model at {config.parent} (config.json missing)") from exc
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ModelNotFoundError(f"TransformerEncoder: {config} names no hidden_size") from exc
+        return self._config_dim
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed raw texts; one float32 row per text, in input order."""

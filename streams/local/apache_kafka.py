@@ -115,7 +115,10 @@ def _free_port() -> int:
 
 def _new_cluster_id() -> str:
     """A Kafka cluster id: a random UUID in URL-safe base64 without padding (what StorageTool prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:  # StorageTool reads an id that starts with "-" as an option (1 in 64 ids)
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _read_properties(path: Path) -> dict[str, str]:

@@ -5,7 +5,7 @@ import pytest
 
 from processors.document import Document
 from processors.encoders.transformer import TransformerEncoder, TransformerEncoderConfig
-from processors.exceptions import ConfigError, ModelNotFoundError
+from processors.exceptions import BadDocumentError, ConfigError, DimensionMismatchError, ModelNotFoundError
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +51,73 @@ class TestTransformerEncoder:
             TransformerEncoder(TransformerEncoderConfig(pretrained_model_name_or_path=str(tmp_path))).warm_up()
         with pytest.raises(ConfigError):
             TransformerEncoderConfig(pooling_strategy="median")  # type: ignore[arg-type]
+
+
+class TestGivenEmbeddings:
+    """Nodes that already carry an embedding are checked, never re-encoded; the model is not
+    even loaded when nothing needs it (these tests use an encoder whose model never loads)."""
+
+    @staticmethod
+    def unloaded(monkeypatch: pytest.MonkeyPatch, **config: object) -> tuple[TransformerEncoder, list[list[str]]]:
+        enc = TransformerEncoder(TransformerEncoderConfig(**config))  # type: ignore[arg-type]
+        calls: list[list[str]] = []
+
+        def fake_encode(texts):  # type: ignore[no-untyped-def]
+            calls.append(list(texts))
+            return np.full((len(texts), 384), 0.5, np.float32)
+
+        def no_model() -> None:
+            raise AssertionError("the model must not load")
+
+        monkeypatch.setattr(enc, "encode_texts", fake_encode)
+        monkeypatch.setattr(enc, "_warm", no_model)
+        return enc, calls
+
+    def test_pre_embedded_documents_skip_the_model_and_keep_their_bytes(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        enc, calls = self.unloaded(monkeypatch)
+        vector = np.random.default_rng(0).standard_normal(384).astype(np.float32)
+        docs = [Document(id="v", text="has text too", embedding=vector), Document(id="only-vector", embedding=vector)]
+        out = enc.run(docs=docs).docs
+        assert calls == [] and enc._loaded is None
+        assert all(d.embedding is not None and d.embedding.tobytes() == vector.tobytes() for d in out)
+        assert out[0].embedding.dtype == np.float32
+
+    def test_only_nodes_without_an_embedding_are_encoded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        enc, calls = self.unloaded(monkeypatch, traversal_paths=("c",))
+        given = np.ones(384, np.float32) / np.sqrt(384)
+        doc = Document(id="d", text="root", chunks=[Document(id="d/0", text="given", embedding=given),
+                                                    Document(id="d/1", text="to encode")])
+        out = enc.run(docs=[doc]).docs[0]
+        assert calls == [["to encode"]]
+        assert out.chunks[0].embedding.tobytes() == given.tobytes()
+        assert np.allclose(out.chunks[1].embedding, 0.5)
+        assert doc.chunks[1].embedding is None  # the caller's document is untouched
+
+    def test_query_path_root_embeddings_skip_the_model(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        enc, calls = self.unloaded(monkeypatch, traversal_paths=("c",))
+        queries = [Document(id=f"q{i}", embedding=np.eye(384, dtype=np.float32)[i]) for i in range(3)]
+        out = enc.run(docs=queries, traversal_paths=["r"]).docs
+        assert calls == [] and [int(np.argmax(q.embedding)) for q in out] == [0, 1, 2]
+
+    @pytest.mark.parametrize("embedding, error, message", [
+        (np.ones(383, np.float32), DimensionMismatchError, r"shape \(383,\).*384-d"),
+        (np.ones((2, 384), np.float32), DimensionMismatchError, r"shape \(2, 384\)"),
+        (np.full(384, np.nan, np.float32), BadDocumentError, "NaN or infinite"),
+        (np.array(["x"] * 384), BadDocumentError, "numeric"),
+    ])
+    def test_a_given_embedding_that_does_not_fit_is_rejected_clearly(
+            self, monkeypatch: pytest.MonkeyPatch, embedding: np.ndarray, error: type, message: str) -> None:
+        enc, calls = self.unloaded(monkeypatch)
+        with pytest.raises(error, match=rf"document 'bad'.*{message}"):
+            enc.run(docs=[Document(id="ok", text="fine"), Document(id="bad", embedding=embedding)])
+        assert calls == []  # checked before anything is encoded
+
+    def test_a_row_vector_fits(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        enc, _ = self.unloaded(monkeypatch)
+        row = np.ones((1, 384), np.float32)
+        assert enc.run(docs=[Document(id="r", embedding=row)]).docs[0].embedding.shape == (1, 384)
+
+    def test_the_dimension_is_the_loaded_models(self, encoder: TransformerEncoder) -> None:
+        assert encoder.output_dim == encoder.dim == 384
+        with pytest.raises(DimensionMismatchError):
+            encoder.run(docs=[Document(id="bad", embedding=np.ones(768, np.float32))], traversal_paths=["r"])

@@ -1,0 +1,189 @@
+"""Pre-embedded workload: documents that carry their embeddings and vector queries, on Apache
+Kafka and on Tansu in the same run, each on its own fresh broker, against in-process FAISS.
+
+The flow has no segmenter; the encoder is present but skipped (every document and query carries
+its vector, so the model is never called, though the stage loads it at start as always); a flat
+inner-product index on 2 shards. ``--docs`` random unit float32 vectors (dim 384) are indexed
+as root documents, then ``--queries`` sequential top-10 searches with other random unit vectors
+go over request/reply. Per broker it prints:
+
+- insert vectors/s: documents produced and acknowledged by the broker per second (``Client.index``);
+- seconds until all searchable: from the first produce until a read-your-writes search
+  (``search(after=receipt)``) is answered by every shard, i.e. every vector is applied;
+- query p50/p99 over the topics, and recall@10 against exact numpy search;
+- peak RSS, all processes: the sum of per-process peaks (VmHWM) of this process, the broker
+  (the JVM for Kafka) and the stage processes, sampled every 0.25 s from the broker's start on.
+
+The baseline, measured in the same run on the same vectors and queries: one in-process FAISS
+IndexFlatIP (all vectors, no shards), vectors added per second, one query per search.
+
+    python benchmarks/vectors.py [--docs 100000] [--queries 1000] [--broker kafka|tansu|both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from setup import (BROKER_CHOICES, ProcessTreePeaks, broker_kinds, broker_label, fresh_broker, machine,
+                   markdown_table, percentiles)
+
+from processors.document import Document
+from streams.flow import load_flow
+from streams.local.runtime import LocalRuntime
+
+DIM = 384
+FLOW_YAML = """\
+name: vectors
+stages:
+  encode:
+    uses: TransformerEncoder
+    with: {traversal_paths: [r]}
+  index:
+    uses: CompoundIndexer
+    with: {dim: 384, metric: inner_product}
+    ranker: {uses: Chunk2DocRanker, with: {aggregation: max, keep_chunks: 0}}
+    shards: 2
+  join: {}
+search:
+  top_k: 10
+  chunk_oversample: 1
+  timeout_s: 10
+"""
+
+
+@dataclass
+class Figures:
+    insert_per_s: float = 0.0
+    searchable_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    recall: float = 0.0
+    rss_total_mib: float = 0.0
+    rss_by_role: dict[str, float] = field(default_factory=dict)
+
+
+def unit_vectors(n: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((n, DIM), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids per query by inner product (numpy, in blocks of 100 queries)."""
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), 100):
+        scores = queries[start : start + 100] @ vectors.T
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        out[start : start + 100] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
+def recall_at(found: list[list[int]], exact: np.ndarray, k: int) -> float:
+    return float(np.mean([len(set(f[:k]) & set(e[:k].tolist())) / k for f, e in zip(found, exact)]))
+
+
+def baseline(vectors: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: int) -> Figures:
+    import faiss
+
+    with ProcessTreePeaks() as peaks:
+        index = faiss.IndexFlatIP(DIM)
+        started = time.perf_counter()
+        index.add(vectors)
+        added = len(vectors) / (time.perf_counter() - started)
+        index.search(queries[:10], k)  # warm
+        latencies, found = [], []
+        for query in queries:
+            started = time.perf_counter()
+            _, ids = index.search(query[None, :], k)
+            latencies.append(time.perf_counter() - started)
+            found.append(ids[0].tolist())
+        del index
+    p50, p99 = percentiles(latencies)
+    return Figures(added, 0.0, p50, p99, recall_at(found, exact, k), peaks.total_mib(), peaks.by_role_mib())
+
+
+def pipeline(kind: str, vectors: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: int) -> Figures:
+    figures = Figures()
+    with tempfile.TemporaryDirectory(prefix="vectors-bench-") as state, fresh_broker(kind), \
+            ProcessTreePeaks() as peaks:
+        flow_path = Path(state) / "flow.yml"
+        flow_path.write_text(FLOW_YAML)
+        runtime = LocalRuntime(load_flow(flow_path), flow_path=flow_path, state_dir=Path(state))
+        try:
+            runtime.start()
+            client = runtime.client()
+            runtime.wait_ready(client, timeout=300)
+            docs = (Document(id=f"v{i}", embedding=vector) for i, vector in enumerate(vectors))
+            started = time.perf_counter()
+            receipt = client.index(docs)
+            figures.insert_per_s = len(vectors) / (time.perf_counter() - started)
+            reply = client.search(vectors=queries[:1], top_k=k, after=receipt, timeout_s=3600)
+            figures.searchable_s = time.perf_counter() - started
+            assert not reply.partial and not reply.stale_shards and not reply.errors, reply
+            for query in queries[:10]:  # warm the query path
+                client.search(vectors=query[None, :], top_k=k)
+            latencies, found = [], []
+            for query in queries:
+                started = time.perf_counter()
+                reply = client.search(vectors=query[None, :], top_k=k, timeout_s=10)
+                latencies.append(time.perf_counter() - started)
+                assert not reply.partial and not reply.errors and len(reply.docs[0].matches) == k, reply
+                found.append([int(m.id[1:]) for m in reply.docs[0].matches])
+            figures.p50_ms, figures.p99_ms = percentiles(latencies)
+            figures.recall = recall_at(found, exact, k)
+            peaks.sample()  # the stages' last readings before they stop
+            client.close()
+        finally:
+            runtime.stop()
+        peaks.sample()
+    figures.rss_total_mib, figures.rss_by_role = peaks.total_mib(), peaks.by_role_mib()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--broker", choices=BROKER_CHOICES, default="both")
+    args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]  # other work on the machine skews every figure
+    vectors = unit_vectors(args.docs, seed=1)
+    queries = unit_vectors(args.queries, seed=2)
+    exact = exact_top(vectors, queries, args.top_k)
+    base = baseline(vectors, queries, exact, args.top_k)
+    kinds = broker_kinds(args.broker)
+    results = {kind: pipeline(kind, vectors, queries, exact, args.top_k) for kind in kinds}
+
+    print(f"machine: {machine()}; load average (1 min) at start {load_at_start:.2f}, "
+          f"at end {os.getloadavg()[0]:.2f}")
+    print(f"workload: {args.docs} random unit {DIM}-d float32 vectors as pre-embedded root documents "
+          f"(no segmenter, encoder skipped), flat inner-product index, 2 shards; {args.queries} sequential "
+          f"top-{args.top_k} vector searches (random unit queries); each broker fresh")
+    columns = [broker_label(kind) for kind in kinds] + ["in-process FAISS IndexFlatIP (baseline)"]
+    figures = [results[kind] for kind in kinds]
+    rows = [
+        ("insert vectors/s", [f"{f.insert_per_s:,.0f}" for f in figures] + [f"{base.insert_per_s:,.0f} (index.add)"]),
+        ("seconds until all searchable", [f"{f.searchable_s:.1f}" for f in figures] + ["-"]),
+        ("end-to-end vectors/s (all searchable)", [f"{args.docs / f.searchable_s:,.0f}" for f in figures] + ["-"]),
+        ("query p50 ms", [f"{f.p50_ms:.2f}" for f in figures] + [f"{base.p50_ms:.2f}"]),
+        ("query p99 ms", [f"{f.p99_ms:.2f}" for f in figures] + [f"{base.p99_ms:.2f}"]),
+        (f"recall@{args.top_k} vs exact numpy", [f"{f.recall:.4f}" for f in figures] + [f"{base.recall:.4f}"]),
+        ("peak RSS, all processes (MiB)", [f"{f.rss_total_mib:,.0f}" for f in figures]
+         + [f"{base.rss_total_mib:,.0f} (this process)"]),
+    ]
+    roles = sorted({role for f in figures for role in f.rss_by_role})
+    rows += [(f"  of which {role} (MiB)", [f"{f.rss_by_role.get(role, 0.0):,.0f}" for f in figures] + ["-"])
+             for role in roles]
+    print(markdown_table(columns, rows))
+
+
+if __name__ == "__main__":
+    main()
