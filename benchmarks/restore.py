@@ -7,7 +7,7 @@ over the floor, which is applying the same Documents to a ``CompoundIndexer`` st
 memory in batches of 256 (the index stage's batch size) with a checkpoint per batch. The
 difference is consuming from the broker and decoding Avro. The Documents are synthetic: root
 documents of ``--chunks-per-doc`` chunks, each chunk a random unit-norm float32 vector, so no
-model is loaded. The broker is the embedded one (Tansu, memory-only); producing the topic is
+model is loaded. The broker is Apache Kafka and Tansu, each fresh, in one run (``--broker``); producing the topic is
 timed and shown, but is not part of either figure.
 
     python benchmarks/restore.py [--chunks 100000] [--chunks-per-doc 10] [--dim 384]
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from setup import machine, peak_rss_mib
+from setup import BROKER_CHOICES, broker_kinds, broker_label, fresh_broker, machine, peak_rss_mib
 
 import streams.shard
 from processors.document import Document
@@ -34,7 +34,6 @@ from processors.index.base import Change
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from streams import headers as h
 from streams.admin import ensure_topics
-from streams.local.tansu import TansuBroker
 from streams.flow import FlowSpec, parse_flow, with_state_dir
 from streams.kafka import KafkaSettings, StageProducer
 from streams.replay import replay_index
@@ -198,8 +197,17 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=100_000, help="chunks (vectors) in the shard")
     parser.add_argument("--chunks-per-doc", type=int, default=10, help="chunks per root document (one record each)")
     parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--broker", choices=BROKER_CHOICES, default="both", help="the broker(s) to replay from")
     args = parser.parse_args()
+    failures = 0
+    for kind in broker_kinds(args.broker):
+        print(f"\n== {broker_label(kind)} ==")
+        failures += run(kind, args)
+    return 1 if failures else 0
 
+
+def run(kind: str, args: argparse.Namespace) -> int:
+    """One restore measurement on a fresh broker of ``kind``; returns 1 on a mismatch."""
     flow: FlowSpec = parse_flow(FLOW_YAML.format(dim=args.dim))
     config = flow.stage("index").config
     docs = synthetic_docs(args.chunks, args.chunks_per_doc, args.dim)
@@ -208,8 +216,8 @@ def main() -> int:
     generated = _status_mib("self", "VmHWM") or peak_rss_mib()
     build_mem, replay_mem = Memory(), Memory()
     baseline_apply, replay_apply, replay_decode = Timer(), Timer(), Timer()
-    with tempfile.TemporaryDirectory(prefix="restore-bench-") as tmp, TansuBroker() as broker:
-        settings = KafkaSettings(broker.bootstrap_servers)
+    with tempfile.TemporaryDirectory(prefix="restore-bench-") as tmp, fresh_broker(kind) as bootstrap:
+        settings = KafkaSettings(bootstrap)
         ensure_topics(settings, flow.topics.shapes(), topic_settings=flow.topic_settings,
                       max_payload_bytes=flow.max_payload_bytes)
         produce_s = produce(settings, flow.topics.encoded, docs)
