@@ -87,7 +87,7 @@ def ensure_topics(settings: KafkaSettings, shapes: Sequence[TopicShape], timeout
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise BrokerError(f"cannot create topic {name}: {exc.args[0]}") from exc
-    _wait_visible(admin, [s.name for s in shapes], timeout)
+    _wait_visible(settings, admin, [s.name for s in shapes], timeout)
 
 
 def _topic_config(shape: TopicShape, topic_settings: TopicSettings, replication: int,
@@ -171,14 +171,33 @@ def topic_warnings(described: Sequence[TopicDescription], brokers: int) -> list[
     return warnings
 
 
-def _wait_visible(admin: AdminClient, names: Sequence[str], timeout: float) -> None:
+def _wait_visible(settings: KafkaSettings, admin: AdminClient, names: Sequence[str], timeout: float) -> None:
+    """Wait until every broker lists ``names``. Each broker applies new topics from the cluster's
+    metadata log a moment after the controller created them (0.1 s and more on a loaded cluster);
+    a client that asks a lagging broker meanwhile is told they do not exist."""
     deadline = time.monotonic() + timeout
+    brokers = {b.id: f"{b.host}:{b.port}" for b in admin.list_topics(timeout=10).brokers.values()}
+    confirmed: set[int] = set()
     while True:
-        topics = admin.list_topics(timeout=10).topics
-        if all(name in topics and not topics[name].error for name in names):
+        for broker in set(brokers) - confirmed:
+            if len(brokers) == 1:
+                asked = admin
+            else:  # a client that knows only this broker asks it, most of the time: the answer says who answered
+                asked = AdminClient({**settings.base(), "bootstrap.servers": brokers[broker]})
+            try:
+                metadata = asked.list_topics(timeout=10 if len(brokers) == 1 else 2)
+            except KafkaException:
+                if len(brokers) == 1:
+                    raise
+                confirmed.add(broker)  # a broker that died and is not fenced yet answers nobody
+                continue
+            if all(name in metadata.topics and not metadata.topics[name].error for name in names):
+                confirmed.add(metadata.orig_broker_id if metadata.orig_broker_id in brokers else broker)
+        if confirmed >= set(brokers):
             return
         if time.monotonic() > deadline:
-            raise BrokerError(f"topics not visible after {timeout}s: {[n for n in names if n not in topics]}")
+            raise BrokerError(f"topics {list(names)} not visible on brokers {sorted(set(brokers) - confirmed)} "
+                              f"after {timeout}s")
         time.sleep(0.05)
 
 

@@ -163,11 +163,19 @@ class StageProducer:
 def make_consumer(settings: KafkaSettings, *, group_id: str, **overrides: Any) -> Consumer:
     """A consumer that commits only what the checkpoint says, tuned for low latency.
 
-    Short session and poll timeouts: the embedded broker completes a multi-member join only
-    after the rebalance timeout. A short ``fetch.wait.max.ms`` by default: the embedded broker
-    answers a fetch only when that wait is over, even if data arrived (Kafka answers at once),
-    so the wait is the latency of every hop. Paths where latency does not matter pass a
-    longer one, which spares the broker. See ``shared/EMBEDDED_BROKER.md``.
+    Short poll timeout: the embedded broker completes a multi-member join only after the
+    rebalance timeout. A session timeout longer than an Apache Kafka failover (a dead broker's
+    partitions and group coordinators move after ``broker.session.timeout.ms``, 9 s, plus an
+    election when it was the active controller): librdkafka drops its assignment when its
+    coordinator is silent for the session timeout and rejoins as a new member, admitted once the
+    old member's session has expired on the new coordinator; with 6 s, every group a killed broker
+    coordinated stopped for 12 s (``tests/streams/test_cluster.py``). The price: a stage process
+    killed -9 is replaced in its group after this timeout.
+
+    A short ``fetch.wait.max.ms`` by default: the embedded broker answers a fetch only when that
+    wait is over, even if data arrived (Kafka answers at once), so the wait is the latency of
+    every hop. Paths where latency does not matter pass a longer one, which spares the broker.
+    See ``shared/EMBEDDED_BROKER.md``.
     """
     config = {
         "group.id": group_id,
@@ -175,7 +183,7 @@ def make_consumer(settings: KafkaSettings, *, group_id: str, **overrides: Any) -
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": 5,
-        "session.timeout.ms": 6000,
+        "session.timeout.ms": 20000,
         "heartbeat.interval.ms": 1000,
         "max.poll.interval.ms": 30000,
         "partition.assignment.strategy": "cooperative-sticky",
