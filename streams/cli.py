@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import math
 import os
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -13,8 +16,8 @@ from typing import Any, Callable
 import click
 from confluent_kafka import KafkaException
 
-from streams.admin import ensure_topics
-from streams.exceptions import StreamsearchError
+from streams.admin import check_broker, ensure_topics
+from streams.exceptions import BrokerError, RequestTimeoutError, StreamsearchError
 from streams.flow import load_flow, with_state_dir
 from streams.kafka import KafkaSettings
 from streams.local.brokers import BrokerKind
@@ -90,6 +93,7 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
         from streams.versions import claim_serving
 
         flow.stage(stage)
+        check_broker(_command_settings(dict(flow.kafka)))  # one line, not librdkafka's retries, if unreachable
         settings = KafkaSettings(discover_bootstrap(), KafkaSettings.from_env(flow.kafka).extra)
         ensure_topics(settings, flow.topics.shapes(), topic_settings=flow.topic_settings,
                       max_payload_bytes=flow.max_payload_bytes)  # idempotent; a real cluster may not have them yet
@@ -106,12 +110,44 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
         return
     from streams.local.runtime import LocalRuntime
 
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        check_broker(_command_settings(dict(flow.kafka)))  # one line, not librdkafka's retries, if unreachable
+    _stop_on_sigterm()  # from here on, so that a TERM while starting stops what started
     with LocalRuntime(flow, flow_path=flow_path, broker=BrokerKind(broker)) as runtime:
         assert runtime.settings is not None
-        click.echo(f"flow {flow.name!r} running; broker {runtime.settings.bootstrap_servers}"
-                   f"{f' ({runtime.broker_kind.label})' if runtime.broker_kind else ''}; "
-                   f"logs in {runtime.flow.state_dir / 'logs'}. Ctrl-C stops.")
+        logs = runtime.flow.state_dir / "logs"
+        click.echo(f"flow {flow.name!r} starting on broker {_broker_origin(runtime)}; logs in {logs}; "
+                   f"waiting until every stage is assigned and all {flow.shards} shards serve ...")
+        _wait_ready(runtime)
+        click.echo(f"flow {flow.name!r} running: every stage assigned, all {flow.shards} shards serving. Ctrl-C stops.")
         _wait_for_signal()
+
+
+READY_WARNING_S = 180.0
+"""After this long, ``run`` says the flow is still not ready (and goes on waiting)."""
+
+
+def _broker_origin(runtime: Any) -> str:
+    """The broker's address and where it comes from: started here, joined, or configured."""
+    address = runtime.settings.bootstrap_servers
+    if runtime.broker_kind is not None:
+        return f"{address} ({runtime.broker_kind.label}, started here)"
+    if runtime.joined is not None:
+        owner = (f"`streamsearch run` pid {runtime.joined.owner_pid}" if runtime.joined.owner_pid
+                 else "a run that has exited")
+        return f"{address} (this directory's local broker, started by {owner}; it stops with that run)"
+    return address
+
+
+def _wait_ready(runtime: Any) -> None:
+    """Until a search of this flow version is answered by every shard: a warning line after
+    ``READY_WARNING_S``, then on until it is, or Ctrl-C."""
+    with runtime.client(version=runtime.flow.version) as client:
+        try:
+            runtime.wait_ready(client, timeout=READY_WARNING_S)
+        except BrokerError as exc:
+            click.echo(f"streamsearch: warning: {exc}; still waiting", err=True)
+            runtime.wait_ready(client, timeout=math.inf)
 
 
 def _supervise(flow: Any, flow_path: Path, bootstrap: str, stage: str, replicas: int) -> None:
@@ -129,20 +165,33 @@ def _supervise(flow: Any, flow_path: Path, bootstrap: str, stage: str, replicas:
         _wait_for_signal()
 
 
-def _wait_for_signal() -> None:
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops like Ctrl-C: stages, then the broker this process started."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+def _wait_for_signal() -> None:
+    _stop_on_sigterm()
     try:
         signal.pause()
     except KeyboardInterrupt:
         pass
 
 
-def _client(flow_name: str) -> Any:
+def _client(flow: str) -> Any:
+    """A client of a flow that exists on the broker.
+
+    :raises BrokerError: in one line, if the broker is unreachable or has no such flow.
+    """
     from streams.client import Client
+    from streams.status import require_flow
+    from streams.topics import FlowTopics
 
     logging.getLogger("streams").setLevel(max(logging.WARNING, logging.getLogger().level))  # keep output clean
-
-    return Client(flow_name, settings=_command_settings())
+    logging.getLogger("streams.admin").setLevel(logging.ERROR)  # not the replication of the client's own reply topic
+    settings = _command_settings(_flow_kafka(flow))
+    require_flow(settings, FlowTopics(_flow_name(flow), 1))  # before the client creates anything
+    return Client(_flow_name(flow), settings=settings)
 
 
 def _command_settings(flow_extra: dict[str, Any] | None = None) -> KafkaSettings:
@@ -168,15 +217,26 @@ def _flow_kafka(flow: str) -> dict[str, Any] | None:
 @main.command("index")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
+@click.option("--wait", is_flag=True, help="Return once every shard has applied the documents: searchable (read-your-writes).")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="With --wait: give up after S seconds.")
 @one_line_errors
-def index(file: Path, flow: str) -> None:
+def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
     """Index a JSONL file of {"id", "text", ...} objects into a running flow."""
     from streams.corpora import read_jsonl
+    from streams.progress import wait_searchable
 
     docs = list(read_jsonl(file))
-    with _client(_flow_name(flow)) as client:
+    with _client(flow) as client:
         receipt = client.index(docs, progress=True, total=len(docs))
-    click.echo(f"sent {receipt.count} documents; last offsets {receipt.offsets}")
+        click.echo(f"sent {receipt.count} documents; last offsets {receipt.offsets}")
+        if wait:
+            click.echo("waiting until every shard has applied them ...", err=True)
+            try:
+                reply = wait_searchable(client, receipt, timeout=timeout)
+            except RequestTimeoutError as exc:
+                raise StreamsearchError(f"{exc}; raise --timeout, or see `streamsearch status`") from exc
+            version = f" by index version {reply.version}" if reply is not None else ""
+            click.echo(f"{receipt.count} documents searchable{version}")
 
 
 @main.command("search")
@@ -191,13 +251,31 @@ def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: t
            index_type: str | None) -> None:
     """Search a running flow and print the matches."""
     from streams.hello_world import format_reply
+    from streams.status import START_HINT, running_stages
 
-    with _client(_flow_name(flow)) as client:
-        reply = client.search(text, top_k=top_k, timeout_s=timeout, filter_by=filter_by or None,
-                              index_type=index_type)
+    with _client(flow) as client:
+        try:
+            reply = client.search(text, top_k=top_k, timeout_s=timeout, filter_by=filter_by or None,
+                                  index_type=index_type)
+        except RequestTimeoutError as exc:  # a flow that does not run, or a deadline too short for it?
+            answering = ("encode", "join")  # the stages a reply needs, even a partial one
+            running = running_stages(client.settings, client.topics, answering)
+            name, where = client.topics.flow, client.settings.bootstrap_servers
+            if not running:
+                raise StreamsearchError(f"no reply: no stage of flow {name!r} is running on {where}; {START_HINT}") from exc
+            if set(answering) - running:
+                missing = " and ".join(sorted(set(answering) - running))
+                raise StreamsearchError(f"no reply: the {missing} stage of flow {name!r} is not running on {where} "
+                                        f"(see `streamsearch status`)") from exc
+            raise StreamsearchError(f"no reply within {timeout:g}s: flow {name!r} runs, the deadline was too short "
+                                    "for it; raise --timeout") from exc
     if reply.errors:
         raise StreamsearchError("; ".join(reply.errors))
     click.echo(format_reply(text, reply))
+    scored = sorted({f"{m.scores['score'].op_name} ({m.scores['score'].direction.value})"
+                     for doc in reply.docs for m in doc.matches if "score" in m.scores})
+    click.echo(f"\n  answered by index version {reply.version}"
+               f"{'; scores: ' + ', '.join(scored) if scored else ''}")
 
 
 @main.command("serve")
@@ -211,10 +289,33 @@ def serve(flow: str, host: str, port: int) -> None:
 
     from streams.http import create_app
 
-    fields = load_flow(flow).fields if flow.endswith((".yml", ".yaml")) else ()
-    with _client(_flow_name(flow)) as client:
+    spec = load_flow(flow) if flow.endswith((".yml", ".yaml")) else None
+    with _client(flow) as client:
+        listener = _listen(host, port)  # a busy port is one line, before anything is started
         client.start()  # reply topic and serving version before the first request, off the event loop
-        uvicorn.run(create_app(client, flow_fields=fields), host=host, port=port)
+        server = uvicorn.Server(uvicorn.Config(create_app(client, flow=spec), host=host, port=port))
+        server.run(sockets=[listener])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``.
+
+    :raises StreamsearchError: if the address is taken or cannot be bound.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise StreamsearchError(f"cannot serve on {host}:{port}: {exc.strerror}") from exc
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a socket in TIME_WAIT is free
+    try:
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as exc:
+        listener.close()
+        raise StreamsearchError(f"cannot serve on {host}:{port}: {exc.strerror}"
+                                f"{'; choose another --port' if exc.errno == errno.EADDRINUSE else ''}") from exc
+    return listener
 
 
 @main.command("dead-letters")
@@ -226,11 +327,13 @@ def serve(flow: str, host: str, port: int) -> None:
 def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
     """List the records stages could not process, with why and where they came from."""
     from streams import dead_letters as dl
+    from streams.status import require_flow
     from streams.topics import FlowTopics
 
     logging.getLogger("streams").setLevel(logging.WARNING)
     settings = _command_settings(_flow_kafka(flow))
     topics = load_flow(flow).topics if flow.endswith((".yml", ".yaml")) else FlowTopics(flow, 1)  # a YAML names its version
+    require_flow(settings, topics, "dead_letter")
     letters = dl.read_dead_letters(settings, topics, from_offset=from_offset)
     for letter in letters:
         key = letter.key.decode(errors="replace") if letter.key else "-"
@@ -251,11 +354,13 @@ def status(flow_path: Path, as_json: bool) -> None:
     import dataclasses
     import json
 
-    from streams.status import collect_status
+    from streams.status import collect_status, require_flow
 
     logging.getLogger("streams").setLevel(logging.WARNING)
-    settings = _command_settings()
-    report = collect_status(settings, load_flow(flow_path))
+    spec = load_flow(flow_path)
+    settings = _command_settings(dict(spec.kafka))
+    require_flow(settings, spec.topics, "status")
+    report = collect_status(settings, spec)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))
         return
@@ -365,11 +470,14 @@ def versions(flow: str, serve_version: int | None) -> None:
     """Show which index version of a flow serves queries, or switch it (e.g. back after a reindex)."""
     import datetime
 
+    from streams.status import require_flow
+    from streams.topics import FlowTopics
     from streams.versions import read_serving, switch_serving
 
     logging.getLogger("streams").setLevel(logging.WARNING)
     settings = _command_settings(_flow_kafka(flow))
     name = _flow_name(flow)
+    require_flow(settings, FlowTopics(name, 1))
     if serve_version is not None and serve_version < 1:
         raise click.BadParameter("versions start at 1", param_hint="--serve")
     serving = switch_serving(settings, name, serve_version) if serve_version else read_serving(settings, name)

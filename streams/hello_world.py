@@ -65,7 +65,7 @@ def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Pa
                  f"({', '.join(s.name for s in flow.stages)}; {flow.shards} shards)")
         print_fn(f"stage logs: {runtime.flow.state_dir / 'logs'}")
         client = stack.enter_context(runtime.client())
-        url = stack.enter_context(serving(create_app(client, flow_fields=flow.fields), port=bridge_port))
+        url = stack.enter_context(serving(create_app(client, flow=runtime.flow), port=bridge_port))
         print_fn(f"search page and HTTP API: {url}/  (OpenAPI: {url}/docs)")
         print_fn("waiting for the stages to join their groups ...")
         runtime.wait_ready(client)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -36,7 +37,9 @@ from processors.document import Document, validate_document, validate_id, valida
 from processors.exceptions import InvalidDocumentError
 from streams.client import REPLY_GRACE_S, Client, IndexReceipt
 from streams.exceptions import PayloadTooLargeError, StreamsearchError
+from streams.flow import FlowSpec
 from streams.serde import SearchReply
+from streams.status import collect_status, collect_status_by_name
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "TOKEN_ENV", "DocIn", "SearchIn", "create_app", "serving"]
 
@@ -191,17 +194,24 @@ def _auth(token: str | None) -> Callable[..., None]:
 # -- the app -----------------------------------------------------------------------------------
 
 
+STATUS_TIMEOUT_S = 10.0
+
+
 def create_app(
     client: Client,
     *,
-    flow_fields: Sequence[str] = (),
+    flow: FlowSpec | None = None,
+    flow_fields: Sequence[str] | None = None,
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """Build the bridge over one running client; the caller owns (and closes) the client.
 
     :param client: the flow's request/reply client, shared by every HTTP request.
-    :param flow_fields: the flow's fields, offered by ``/status`` for the page's field filter.
+    :param flow: the flow's YAML, for ``/status`` (stages, lag, shards, topics; what
+        ``streamsearch status --json`` shows). Without it, ``/status`` says what the flow's name
+        alone tells and ``note`` says what is missing.
+    :param flow_fields: the fields ``/status`` offers the page's field filter (default: the flow's).
     :param token: the bearer token every endpoint but ``/healthz`` and the page itself requires
         (OpenAPI included); ``STREAMSEARCH_TOKEN`` if None, no auth if neither is set (or it is "").
     :param max_body_bytes: larger request bodies get 413.
@@ -235,10 +245,23 @@ def create_app(
     async def page() -> str:
         return PAGE.read_text(encoding="utf-8")
 
-    @api.get("/status")
-    async def flow_status() -> dict[str, Any]:
-        """The flow this bridge talks to and its fields (for the page's filter)."""
-        return {"flow": client.topics.flow, "fields": list(flow_fields)}
+    fields = list(flow_fields if flow_fields is not None else flow.fields if flow is not None else ())
+
+    def report() -> dict[str, Any]:
+        found = (collect_status(client.settings, flow, timeout=STATUS_TIMEOUT_S) if flow is not None
+                 else collect_status_by_name(client.settings, client.topics.flow, timeout=STATUS_TIMEOUT_S))
+        return {**dataclasses.asdict(found), "fields": fields}
+
+    @api.get("/status", responses={503: {"description": "the broker did not answer: flow and fields only"}})
+    async def flow_status() -> JSONResponse:
+        """What ``streamsearch status --json`` shows (stages, lag, shards, topics, serving version,
+        dead letters, warnings) and the flow's fields, for the page's filter."""
+        try:
+            return JSONResponse(await run_in_threadpool(report))
+        except (StreamsearchError, KafkaException) as exc:
+            detail = _unavailable(exc).detail
+            return JSONResponse({"detail": detail, "flow": client.topics.flow, "fields": fields},
+                                status.HTTP_503_SERVICE_UNAVAILABLE)
 
     @api.post("/index", status_code=status.HTTP_202_ACCEPTED)
     async def index(body: DocIn | list[DocIn]) -> dict[str, Any]:

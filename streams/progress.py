@@ -2,23 +2,62 @@
 
 Producing to the ingest topic takes a second; encoding takes minutes. The bar counts the
 documents that left the encoder, and is done when every ingest partition's last written
-offset has come through (the ``ss-ingest-offset`` header).
+offset has come through (the ``ss-ingest-offset`` header). ``wait_searchable`` goes one step
+further: every shard has applied the writes and answers with them (read-your-writes).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 from confluent_kafka import TopicPartition
 from tqdm import tqdm
 
 from streams import headers as h
-from streams.client import IndexReceipt
+from streams.client import Client, IndexReceipt
+from streams.exceptions import RequestTimeoutError
 from streams.kafka import KafkaSettings, consume_batch, make_consumer
+from streams.serde import SearchReply
 from streams.topics import FlowTopics
 
-__all__ = ["IndexProgress"]
+__all__ = ["IndexProgress", "wait_searchable"]
+
+PROBE_DEADLINE_S = 10.0
+"""Each probe search's deadline: a shard behind the receipt waits until shortly before it."""
+
+
+def wait_searchable(client: Client, receipt: IndexReceipt, *, timeout: float) -> SearchReply | None:
+    """Wait until every shard has applied the writes of ``receipt`` and answers: a search with
+    ``after=receipt`` comes back complete and not stale.
+
+    A restoring shard answers at once, a shard still behind answers ``stale`` by the deadline,
+    and a stage that is restarting may leave a probe unanswered: each means "ask again".
+
+    :param timeout: give up after this many seconds.
+    :returns: the first complete, fresh reply; None when the receipt holds no writes.
+    :raises RequestTimeoutError: naming the shards still behind, if ``timeout`` passes first.
+    """
+    if not receipt.offsets:
+        return None
+    deadline = time.monotonic() + timeout
+    last: SearchReply | None = None
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            last = client.search("are my writes applied?", top_k=1, after=receipt,
+                                 timeout_s=max(1.0, min(PROBE_DEADLINE_S, left)))
+        except RequestTimeoutError:
+            continue
+        if last.errors:
+            raise RequestTimeoutError(f"cannot check the writes: {'; '.join(last.errors)}")
+        if not last.partial and not last.stale_shards:
+            return last
+        if last.restoring_shards:
+            time.sleep(0.2)  # the restoring shard answered at once: do not spin on it
+    behind = "no reply" if last is None else (
+        f"shards behind: stale {last.stale_shards}, missing {last.missing_shards}, restoring {last.restoring_shards}")
+    raise RequestTimeoutError(f"writes not searchable after {timeout:.0f}s ({behind})")
 
 
 class IndexProgress:

@@ -13,18 +13,23 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.admin import TopicDescription, describe_topics, topic_warnings
-from streams.flow import FlowSpec
+from streams.admin import TopicDescription, check_broker, describe_topics, topic_warnings
+from streams.exceptions import BrokerError
+from streams.flow import STAGE_ORDER, FlowSpec
 from streams.kafka import KafkaSettings, consume_batch, fetch_high_watermarks, make_consumer
 from streams.serde import STAGE_STATUS
+from streams.topics import FlowTopics
 from streams.versions import read_serving
 
-__all__ = ["PartitionLag", "StageState", "FlowStatus", "collect_status", "STALE_AFTER_S"]
+__all__ = ["PartitionLag", "StageState", "FlowStatus", "collect_status", "collect_status_by_name", "require_flow",
+           "running_stages", "STALE_AFTER_S", "START_HINT"]
 
 STALE_AFTER_S = 15.0
+
+START_HINT = "start it with streamsearch run FLOW.yml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,8 @@ class FlowStatus:
     topics: list[TopicDescription] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     """Unsafe topic settings for production (replication 1 on a cluster, unclean leader election)."""
+    note: str | None = None
+    """What this report leaves out and why (a flow known by its name only, not its YAML)."""
 
 
 def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 15.0) -> FlowStatus:
@@ -93,11 +100,91 @@ def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 
                       serving.version if serving else 1, brokers, described, topic_warnings(described, brokers))
 
 
+def collect_status_by_name(settings: KafkaSettings, flow: str, *, timeout: float = 15.0) -> FlowStatus:
+    """What can be known of a running flow from its name alone: the serving version's topics,
+    the stages and shards that report live, dead letters. Lag needs each stage's input topic,
+    which only the flow's YAML says (``note`` says so).
+
+    :raises BrokerError: if the broker is unreachable or has no such flow.
+    """
+    existing = require_flow(settings, FlowTopics(flow, 1), timeout=timeout)
+    serving = read_serving(settings, flow, timeout=timeout)
+    version = serving.version if serving else 1
+    topics = FlowTopics(flow, existing[f"{flow}.ingest"], version)
+    admin = AdminClient(settings.base())
+    reports = _live_reports(settings, topics.status, highs_timeout=timeout) if topics.status in existing else []
+    stages = []
+    for name in STAGE_ORDER:
+        mine = [r for r in reports if r["stage"] == name]
+        members = max(_members(admin, topics.group(name)), len({r["member"] for r in mine}))
+        if members:
+            stages.append(StageState(name, topics.group(name), members, sum(r["rate"] for r in mine), [], mine))
+    shards = sorted((dict(s, owner=r["member"]) for r in reports if r["stage"] == "index" for s in r["shards"]),
+                    key=lambda s: s["partition"])
+    dead_letters = (fetch_high_watermarks(settings, {topics.dead_letter: 1}, timeout)[(topics.dead_letter, 0)]
+                    if topics.dead_letter in existing else 0)
+    brokers = len(admin.list_topics(timeout=timeout).brokers)
+    described = describe_topics(settings, [shape.name for shape in topics.shapes()], timeout=timeout)
+    return FlowStatus(flow, stages, shards, dead_letters, version, version, brokers, described,
+                      topic_warnings(described, brokers),
+                      note="known by name only: stages that report live, no lag per partition "
+                           "(give the flow's YAML for everything `streamsearch status` shows)")
+
+
+def require_flow(settings: KafkaSettings, topics: FlowTopics, *roles: str, timeout: float = 10.0) -> dict[str, int]:
+    """Check that a flow exists on the broker: its ingest topic and the topics of ``roles``
+    (``dead_letter``, ``query``, ... of ``topics.version``). Only ``run`` creates them.
+
+    :returns: every topic on the broker and its partition count.
+    :raises BrokerError: naming the broker and the first missing topic, or if it is unreachable.
+    """
+    check_broker(settings, timeout=timeout)
+    found = AdminClient(settings.base()).list_topics(timeout=timeout).topics
+    existing = {name: len(meta.partitions) for name, meta in found.items() if not meta.error}
+    where = settings.bootstrap_servers
+    if topics.ingest not in existing:
+        raise BrokerError(f"no flow {topics.flow!r} on {where} (no topic {topics.ingest}); {START_HINT}")
+    for role in roles:
+        name = getattr(topics, role)
+        if name not in existing:
+            raise BrokerError(f"flow {topics.flow!r} has no version {topics.version} on {where} (no topic {name}); "
+                              f"{START_HINT}")
+    return existing
+
+
+def running_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[str, ...], *,
+                   timeout: float = 10.0) -> set[str]:
+    """Which of ``stages`` of a flow version have a live process: a member in the consumer
+    group of its query path, or else (the memory-only broker describes no members) a recent
+    report on ``<flow>.status``."""
+    admin = AdminClient(settings.base())
+    groups = {"encode": f"{topics.group('encode')}.query", "index": f"{topics.group('index')}.search"}
+    members = {stage: _described_members(admin, groups.get(stage, topics.group(stage))) for stage in stages}
+    running = {stage for stage, count in members.items() if count}
+    if any(count is None for count in members.values()):
+        reports = _live_reports(settings, topics.status, highs_timeout=timeout)
+        running |= {r["stage"] for r in reports if members.get(r["stage"], 0) is None}
+    return running
+
+
 def _committed(admin: AdminClient, group: str, topic: str, count: int) -> dict[int, int]:
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(count)])
     result = admin.list_consumer_group_offsets([request])[group].result()
     found = {tp.partition: tp.offset for tp in result.topic_partitions}
     return {p: found.get(p, -1) for p in range(count)}
+
+
+def _described_members(admin: AdminClient, group: str) -> int | None:
+    """The group's members as the broker describes them; None when it cannot tell: an error, or
+    no members in a state other than empty or dead (the memory-only broker describes live groups
+    as stable, or unknown, with no members)."""
+    try:
+        described = admin.describe_consumer_groups([group])[group].result()
+    except Exception:
+        return None
+    if not described.members and described.state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
+        return None
+    return len(described.members)
 
 
 def _members(admin: AdminClient, group: str) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import TracebackType
 
 from streams.admin import ensure_topics
+from streams.local.bootstrap import BOOTSTRAP_FILE, DirectoryBroker, JoinedBroker, discover_bootstrap
 from streams.local.brokers import BrokerKind, LocalBroker, start_local_broker
 from streams.client import Client
 from streams.exceptions import BrokerError
@@ -17,18 +18,19 @@ from streams.kafka import KafkaSettings
 from streams.local.supervisor import LocalFlow
 from streams.versions import claim_serving
 
-__all__ = ["LocalRuntime", "BOOTSTRAP_FILE"]
+__all__ = ["LocalRuntime", "BOOTSTRAP_FILE", "discover_bootstrap"]
 
 logger = logging.getLogger(__name__)
-
-BOOTSTRAP_FILE = Path(".streamsearch") / "bootstrap"
-"""Where ``streamsearch run`` leaves the embedded broker's address for ``index`` and ``search``."""
 
 
 class LocalRuntime:
     """Starts a local broker when KAFKA_BOOTSTRAP_SERVERS is unset (``broker``: Apache Kafka with
     its data under the state dir, Tansu, or ``auto``), creates the flow's topics and runs its
-    stages as supervised local processes."""
+    stages as supervised local processes.
+
+    One local broker per working directory: when another ``run`` here has started one, this
+    runtime joins it (``joined``) and neither starts, stops nor records a broker.
+    """
 
     def __init__(self, flow: FlowSpec, *, flow_path: Path, state_dir: Path | None = None,
                  stages: list[str] | None = None, replicas: dict[str, int] | None = None,
@@ -42,16 +44,36 @@ class LocalRuntime:
         self.broker_kind: BrokerKind | None = None
         self.local_flow: LocalFlow | None = None
         self.settings: KafkaSettings | None = None
+        self.joined: JoinedBroker | None = None
+        """The directory's broker another ``run`` started, when this runtime joined it."""
+        self._directory: DirectoryBroker | None = None
 
     def start(self) -> "LocalRuntime":
+        """Broker (started or joined), topics, stages; on failure, stop what was started.
+
+        :raises BrokerError: if the broker cannot start or be reached.
+        """
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> "LocalRuntime":
         settings = KafkaSettings.from_env(self.flow.kafka)
         if not settings.bootstrap_servers:
-            self.broker_kind, self.broker = start_local_broker(self._broker_kind, self.flow.state_dir / "kafka")
-            logger.info("local broker started", extra={"broker": self.broker_kind.value,
-                                                       "bootstrap": self.broker.bootstrap_servers})
-            settings = KafkaSettings(self.broker.bootstrap_servers, settings.extra)
-            BOOTSTRAP_FILE.parent.mkdir(parents=True, exist_ok=True)
-            BOOTSTRAP_FILE.write_text(self.broker.bootstrap_servers)
+            self._directory = DirectoryBroker()
+            self.joined = self._directory.claim()
+            if self.joined is not None:
+                logger.info("joined the local broker of this directory",
+                            extra={"bootstrap": self.joined.bootstrap_servers, "owner_pid": self.joined.owner_pid})
+                settings = KafkaSettings(self.joined.bootstrap_servers, settings.extra)
+            else:
+                self.broker_kind, self.broker = start_local_broker(self._broker_kind, self.flow.state_dir / "kafka")
+                logger.info("local broker started", extra={"broker": self.broker_kind.value,
+                                                           "bootstrap": self.broker.bootstrap_servers})
+                settings = KafkaSettings(self.broker.bootstrap_servers, settings.extra)
+                self._directory.publish(self.broker.bootstrap_servers)
         self.settings = settings
         ensure_topics(settings, self.flow.topics.shapes(), topic_settings=self.flow.topic_settings,
                       max_payload_bytes=self.flow.max_payload_bytes)
@@ -84,12 +106,16 @@ class LocalRuntime:
         raise BrokerError(f"flow {self.flow.name!r} not ready after {timeout:.0f}s; see {self.flow.state_dir / 'logs'}")
 
     def stop(self) -> None:
+        """Stop the stages, then the broker if this runtime started it (and remove its address)."""
         if self.local_flow is not None:
             self.local_flow.stop()
+            self.local_flow = None
         if self.broker is not None:
             self.broker.stop()
-            if BOOTSTRAP_FILE.exists() and BOOTSTRAP_FILE.read_text() == self.broker.bootstrap_servers:
-                BOOTSTRAP_FILE.unlink()
+            self.broker = None
+        if self._directory is not None:
+            self._directory.release()
+            self._directory = None
 
     def __enter__(self) -> "LocalRuntime":
         return self.start()
@@ -98,12 +124,3 @@ class LocalRuntime:
                  tb: TracebackType | None) -> None:
         self.stop()
 
-
-def discover_bootstrap() -> str:
-    """KAFKA_BOOTSTRAP_SERVERS, else the address a local ``streamsearch run`` left behind."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        return configured
-    if BOOTSTRAP_FILE.exists():
-        return BOOTSTRAP_FILE.read_text().strip()
-    raise BrokerError("no broker: set KAFKA_BOOTSTRAP_SERVERS or start a flow with `streamsearch run FLOW.yml`")

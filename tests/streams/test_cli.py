@@ -1,8 +1,19 @@
-"""The CLI fails with one readable line and a non-zero exit code, never a traceback."""
+"""The CLI fails with one readable line and a non-zero exit code, never a traceback; and, run as a
+user would from a directory of their own, it says what is true (running, searchable, why no reply)."""
 
+import json
+import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,3 +46,244 @@ def test_invalid_jsonl_names_the_line(tmp_path: Path) -> None:
     result = streamsearch("index", str(data), env={"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     assert result.returncode == 1
     assert result.stderr.strip() == f"streamsearch: error: {data}:2: need an object with 'id' and 'text'"
+
+
+# -- with a broker: run as a user would, from a directory outside the checkout ----------------------
+
+FLOW_YAML = """
+name: NAME
+stages:
+  segment:
+    uses: Sentencizer
+    with: {min_sent_len: 3, punctuation: ".,!?"}
+  encode:
+    uses: TransformerEncoder
+    with: {traversal_paths: [c], max_length: 128}
+  index:
+    uses: CompoundIndexer
+    with: {dim: 384, metric: inner_product}
+    shards: 2
+  join: {}
+search:
+  top_k: 3
+"""
+
+DOCS = {
+    "volcano": "Volcanic eruptions release sulfur dioxide. Lava flows destroy the forest.",
+    "violin": "The violin concerto was premiered in Leipzig. The audience applauded for minutes.",
+    "bread": "The recipe needs two cups of flour. Bake the bread for forty minutes.",
+}
+
+
+def _user_env(**extra: str) -> dict[str, str]:
+    """The environment of a user who has not set KAFKA_BOOTSTRAP_SERVERS (the session broker's)."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    return {**env, **extra}
+
+
+def _cli(cwd: Path, *args: str, env: dict[str, str] | None = None,
+         timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env if env is not None else _user_env())
+
+
+class Background:
+    """A long-running command (``run``, ``serve``) started in ``cwd``; its stdout lines collected."""
+
+    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.stderr_path = cwd / f"stderr-{args[0]}-{time.monotonic_ns()}.txt"
+        self._stderr = self.stderr_path.open("w")
+        self.process = subprocess.Popen([sys.executable, "-m", "streams.cli", *args], cwd=cwd, text=True,
+                                        env=env if env is not None else _user_env(),
+                                        stdout=subprocess.PIPE, stderr=self._stderr)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, prefix: str, timeout: float = 400) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [line for line in self.lines if line.startswith(prefix)]
+            if found:
+                return found[0]
+            assert self.process.poll() is None, f"exited {self.process.returncode}: {self.lines}\n{self.stderr()}"
+            time.sleep(0.2)
+        raise AssertionError(f"no line {prefix!r} within {timeout}s: {self.lines}\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()[-4000:]
+
+    def stop(self) -> int:
+        """SIGTERM, as a user's Ctrl-C or a service manager would; the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        code = self.process.wait(120)
+        self._reader.join(10)
+        self._stderr.close()
+        return code
+
+
+@dataclass
+class RunningFlow:
+    folder: Path
+    run: Background
+    bootstrap: str
+
+
+@pytest.fixture(scope="module")
+def flow_dir(broker_kind, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFlow]:  # type: ignore[no-untyped-def]
+    """`streamsearch run a.yml` in a fresh directory, no KAFKA_BOOTSTRAP_SERVERS: it starts the
+    directory's local broker, over the stale address a crashed run left behind."""
+    folder = tmp_path_factory.mktemp("user")
+    (folder / "a.yml").write_text(FLOW_YAML.replace("NAME", "clia"))
+    (folder / ".streamsearch").mkdir()
+    (folder / ".streamsearch" / "bootstrap").write_text("127.0.0.1:1")  # stale: nothing answers there
+    run = Background(folder, "run", "a.yml", "--broker", broker_kind.value)
+    try:
+        starting = run.wait_for("flow 'clia' starting on broker ")
+        bootstrap = starting.split("broker ", 1)[1].split(" ", 1)[0]
+        assert "started here" in starting, starting
+        yield RunningFlow(folder, run, bootstrap)
+    finally:
+        run.stop()
+
+
+@pytest.mark.kafka
+def test_run_says_running_once_every_stage_is_assigned(flow_dir: RunningFlow) -> None:
+    running = flow_dir.run.wait_for("flow 'clia' running")
+    assert running == "flow 'clia' running: every stage assigned, all 2 shards serving. Ctrl-C stops."
+    assert flow_dir.run.lines.index(running) == 1  # after the "starting ..." line, nothing between
+    assert (flow_dir.folder / ".streamsearch" / "bootstrap").read_text() == flow_dir.bootstrap  # the stale one replaced
+    result = _cli(flow_dir.folder, "search", "anything", "--flow", "clia", "--timeout", "10")
+    assert result.returncode == 0, result.stderr
+    assert "partial" not in result.stdout, result.stdout  # every shard answers at once
+
+
+@pytest.mark.kafka
+def test_index_wait_returns_when_searchable_and_search_names_the_index(flow_dir: RunningFlow) -> None:
+    flow_dir.run.wait_for("flow 'clia' running")
+    data = flow_dir.folder / "docs.jsonl"
+    data.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in DOCS.items()))
+    indexed = _cli(flow_dir.folder, "index", "docs.jsonl", "--flow", "clia", "--wait")
+    assert indexed.returncode == 0, indexed.stderr
+    assert indexed.stdout.splitlines()[-1] == "3 documents searchable by index version 1", indexed.stdout
+    found = _cli(flow_dir.folder, "search", "how long to bake bread", "--flow", "clia", "--top-k", "1")
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.strip().splitlines()
+    assert lines[1].split()[-1] == "bread", found.stdout  # read-your-writes: found right after --wait returned
+    assert lines[-1].strip() == "answered by index version 1; scores: chunk2doc.max(faiss.flat_ip) (similarity)"
+
+
+@pytest.mark.kafka
+def test_a_short_deadline_is_not_a_flow_that_does_not_run(flow_dir: RunningFlow) -> None:
+    flow_dir.run.wait_for("flow 'clia' running")
+    result = _cli(flow_dir.folder, "search", "anything", "--flow", "clia", "--timeout", "0.001")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "streamsearch: error: no reply within 0.001s: flow 'clia' runs, the deadline was too short for it; "
+        "raise --timeout"]
+
+
+@pytest.mark.kafka
+def test_a_second_run_in_the_directory_joins_its_broker_and_leaves_it(flow_dir: RunningFlow, broker_kind) -> None:  # type: ignore[no-untyped-def]
+    flow_dir.run.wait_for("flow 'clia' running")
+    address = flow_dir.folder / ".streamsearch" / "bootstrap"
+    (flow_dir.folder / "b.yml").write_text(FLOW_YAML.replace("NAME", "clib"))
+    second = Background(flow_dir.folder, "run", str((flow_dir.folder / "b.yml").resolve()), "--broker", broker_kind.value)
+    try:
+        starting = second.wait_for("flow 'clib' starting on broker ")
+        assert starting.startswith(
+            f"flow 'clib' starting on broker {flow_dir.bootstrap} (this directory's local broker, started by "
+            f"`streamsearch run` pid {flow_dir.run.process.pid}; it stops with that run)"), starting
+        second.wait_for("flow 'clib' running")
+        assert address.read_text() == flow_dir.bootstrap
+        both = _cli(flow_dir.folder, "versions", "--flow", "clib")
+        assert both.returncode == 0 and both.stdout.startswith("flow 'clib': version 1 serves"), both.stderr
+    finally:
+        assert second.stop() == 0, second.stderr()
+    assert address.read_text() == flow_dir.bootstrap  # the joiner leaves the address, and the broker, alone
+    assert _cli(flow_dir.folder, "search", "lava", "--flow", "clia").returncode == 0
+
+    deadline = time.monotonic() + 60  # the memory-only broker knows no group members: reports age out in 15 s
+    while True:
+        stopped = _cli(flow_dir.folder, "search", "anything", "--flow", "clib", "--timeout", "2")
+        assert stopped.returncode == 1
+        if "no stage" in stopped.stderr or time.monotonic() > deadline:
+            break
+    assert stopped.stderr.strip().splitlines() == [
+        f"streamsearch: error: no reply: no stage of flow 'clib' is running on {flow_dir.bootstrap}; "
+        "start it with streamsearch run FLOW.yml"]
+
+
+@pytest.mark.kafka
+def test_serve_gives_the_status_command_report_and_refuses_a_busy_port(flow_dir: RunningFlow) -> None:
+    flow_dir.run.wait_for("flow 'clia' running")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = Background(flow_dir.folder, "serve", "--flow", "a.yml", "--port", str(port))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=30)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and server.process.poll() is None, server.stderr()
+                time.sleep(0.5)
+        assert status.status_code == 200, status.text
+        report = status.json()
+        assert (report["flow"], report["fields"], report["note"], report["serving_version"]) == ("clia", [], None, 1)
+        assert [(st["stage"], st["members"], len(st["lag"])) for st in report["stages"]] == [
+            ("segment", 1, 2), ("encode", 1, 2), ("index", 1, 2), ("join", 1, 2)]
+        assert sorted(sh["partition"] for sh in report["shards"]) == [0, 1]
+
+        busy = _cli(flow_dir.folder, "serve", "--flow", "clia", "--port", str(port))
+        assert busy.returncode == 1
+        assert busy.stderr.strip().splitlines() == [
+            f"streamsearch: error: cannot serve on 127.0.0.1:{port}: Address already in use; choose another --port"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.kafka
+def test_only_the_run_that_started_the_broker_removes_its_address(flow_dir: RunningFlow) -> None:
+    flow_dir.run.wait_for("flow 'clia' running")
+    assert flow_dir.run.stop() == 0, flow_dir.run.stderr()
+    assert not (flow_dir.folder / ".streamsearch" / "bootstrap").exists()
+    gone = _cli(flow_dir.folder, "search", "anything", "--flow", "clia")
+    assert gone.returncode == 1 and gone.stderr.startswith("streamsearch: error: no broker"), gone.stderr
+
+
+@pytest.mark.kafka
+def test_an_unknown_flow_is_refused_in_one_line_and_nothing_is_created(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from confluent_kafka.admin import AdminClient
+
+    env = _user_env(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers)
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"id": "d", "text": "some text"}) + "\n")
+    (tmp_path / "nosuch.yml").write_text(FLOW_YAML.replace("NAME", "nosuch"))
+    refused = f"streamsearch: error: no flow 'nosuch' on {broker.bootstrap_servers} (no topic nosuch.ingest); " \
+              "start it with streamsearch run FLOW.yml"
+    for command in (["index", "docs.jsonl", "--flow", "nosuch"], ["index", "docs.jsonl", "--flow", "nosuch.yml"],
+                    ["search", "hello", "--flow", "nosuch"], ["versions", "--flow", "nosuch"],
+                    ["dead-letters", "--flow", "nosuch"], ["serve", "--flow", "nosuch", "--port", "0"],
+                    ["status", "--flow", "nosuch.yml"]):
+        result = _cli(tmp_path, *command, env=env, timeout=60)
+        assert (result.returncode, result.stderr.strip().splitlines()) == (1, [refused]), (command, result.stderr)
+    topics = AdminClient({"bootstrap.servers": broker.bootstrap_servers}).list_topics(timeout=10).topics
+    assert not [name for name in topics if name.startswith("nosuch.")]
+
+
+def test_run_against_an_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a.yml").write_text(FLOW_YAML.replace("NAME", "clia"))
+    env = _user_env(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    for command in (["run", "a.yml"], ["run", "a.yml", "--stage", "join"]):
+        result = _cli(tmp_path, *command, env=env, timeout=60)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("streamsearch: error: cannot reach Kafka at 127.0.0.1:1"), lines

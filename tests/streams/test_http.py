@@ -106,10 +106,38 @@ def test_single_document_index_and_delete(app, receipt) -> None:  # type: ignore
 
 def test_status_healthz_and_openapi(app, client) -> None:  # type: ignore[no-untyped-def]
     assert call(app, "GET", "/healthz").json() == {"status": "ok"}
-    assert call(app, "GET", "/status").json() == {"flow": client.topics.flow, "fields": []}
+    by_name = call(app, "GET", "/status").json()  # the app knows the flow by its name only
+    assert (by_name["flow"], by_name["fields"], by_name["version"]) == (client.topics.flow, [], 1)
+    assert by_name["note"].startswith("known by name only")
+    assert {st["stage"] for st in by_name["stages"]} == {"segment", "encode", "index", "join"}
+    assert sorted(sh["partition"] for sh in by_name["shards"]) == [0, 1]
+    assert f"{client.topics.flow}.ingest" in {tp["name"] for tp in by_name["topics"]}
     assert "/search" in call(app, "GET", "/openapi.json").json()["paths"]
     assert call(app, "GET", "/docs").status_code == 200
     assert "<form id=\"search\"" in call(app, "GET", "/").text
+
+
+def test_status_with_the_flow_yaml_is_what_the_status_command_prints(client, flow) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from streams.status import collect_status
+
+    report = call(create_app(client, token="", flow=flow.flow), "GET", "/status").json()
+    expected = dataclasses.asdict(collect_status(flow.settings, flow.flow))
+    assert report["fields"] == [] and report["note"] is None
+    assert set(report) == set(expected) | {"fields"}
+    assert [(st["stage"], st["group"]) for st in report["stages"]] == [(st["stage"], st["group"]) for st in expected["stages"]]
+    assert [len(st["lag"]) for st in report["stages"]] == [2, 2, 2, 2]  # per partition, as `status --json`
+    assert report["topics"] == expected["topics"] and report["serving_version"] == 1
+
+
+def test_status_without_a_broker_is_503_naming_the_flow_and_fields(flow) -> None:  # type: ignore[no-untyped-def]
+    from streams.kafka import KafkaSettings
+
+    lonely = Client(flow.flow.name, settings=KafkaSettings("127.0.0.1:1", {"socket.timeout.ms": 1000}))
+    response = call(create_app(lonely, token="", flow_fields=("title",)), "GET", "/status")
+    assert response.status_code == 503
+    assert (response.json()["flow"], response.json()["fields"]) == (flow.flow.name, ["title"])
 
 
 @pytest.mark.parametrize(("body", "field"), [

@@ -235,4 +235,5 @@ def test_versions_of_an_unknown_flow_is_one_clear_line(broker) -> None:  # type:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"streamsearch: error: no flow 'nosuchflow' on {broker.bootstrap_servers} (no topic nosuchflow.ingest)"]
+        f"streamsearch: error: no flow 'nosuchflow' on {broker.bootstrap_servers} (no topic nosuchflow.ingest); "
+        "start it with streamsearch run FLOW.yml"]

@@ -1,0 +1,169 @@
+"""One local broker per working directory: the ``run`` that starts it owns it, later ones join it.
+
+``.streamsearch/bootstrap`` holds the broker's address, for ``index``, ``search`` and the user.
+``.streamsearch/broker.lock`` is locked (``flock``) by the owning process for as long as it runs
+and holds its pid: a second ``run`` sees that the directory's broker has an owner and joins it
+instead of starting another, and only the owner removes the address. The kernel drops the lock
+when the owner dies, even by SIGKILL, so the next ``run`` replaces a stale address.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from streams.exceptions import BrokerError
+
+__all__ = ["BOOTSTRAP_FILE", "LOCK_FILE", "JoinedBroker", "DirectoryBroker", "discover_bootstrap"]
+
+logger = logging.getLogger(__name__)
+
+BOOTSTRAP_FILE = Path(".streamsearch") / "bootstrap"
+"""Where ``streamsearch run`` leaves the local broker's address for ``index`` and ``search``."""
+
+LOCK_FILE = Path(".streamsearch") / "broker.lock"
+"""Locked by the process that started the directory's local broker, while it runs; holds its pid."""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedBroker:
+    """A running broker of this directory that another process started."""
+
+    bootstrap_servers: str
+    owner_pid: int | None
+    """The ``run`` that owns it and stops it when it stops; None when its owner is gone."""
+
+
+class DirectoryBroker:
+    """This process's claim on the working directory's local broker: join it, or own it."""
+
+    def __init__(self, folder: Path = BOOTSTRAP_FILE.parent) -> None:
+        self._bootstrap = Path(folder) / BOOTSTRAP_FILE.name
+        self._lock_path = Path(folder) / LOCK_FILE.name
+        self._lock: IO[str] | None = None
+        self._published: str | None = None
+
+    @property
+    def owned(self) -> bool:
+        return self._lock is not None
+
+    def claim(self, *, wait_s: float = 180.0) -> JoinedBroker | None:
+        """Join the directory's broker if it answers; else become its owner.
+
+        While another process owns the directory but its broker is not up yet (it is starting),
+        wait for it rather than start a second one.
+
+        :param wait_s: how long to wait for another owner's broker to come up.
+        :returns: the broker to join, or None: this process owns the directory now and must
+            start a broker and :meth:`publish` its address.
+        :raises BrokerError: if the owner's broker does not answer within ``wait_s``.
+        """
+        self._bootstrap.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + wait_s
+        told = False
+        while True:
+            lock = open(self._lock_path, "a+")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                owner_alive = False
+            except BlockingIOError:
+                owner_alive = True
+            address = self._answering_address()
+            if address is not None:
+                owner = self._owner_pid(lock) if owner_alive else None
+                lock.close()  # a broker whose run died (or predates the lock) is joined, never owned
+                return JoinedBroker(address, owner)
+            if not owner_alive:
+                lock.seek(0)
+                lock.truncate()
+                lock.write(f"{os.getpid()}\n")
+                lock.flush()
+                self._lock = lock
+                return None
+            owner = self._owner_pid(lock)
+            lock.close()
+            if time.monotonic() > deadline:
+                raise BrokerError(f"the local broker of `streamsearch run` (pid {owner}) in {Path.cwd()} did not "
+                                  f"answer within {wait_s:.0f}s; stop that run or start this one elsewhere")
+            if not told:
+                logger.info("waiting for the local broker another run in this directory starts",
+                            extra={"owner_pid": owner})
+                told = True
+            time.sleep(0.5)
+
+    def publish(self, bootstrap_servers: str) -> None:
+        """Write the owned broker's address, atomically (a reader never sees half of it)."""
+        assert self.owned, "claim() the directory first"
+        partial = self._bootstrap.with_name(f"{self._bootstrap.name}.{os.getpid()}")
+        partial.write_text(bootstrap_servers)
+        os.replace(partial, self._bootstrap)
+        self._published = bootstrap_servers
+
+    def release(self) -> None:
+        """Remove the address this process published (after its broker stopped), then let go of
+        the directory. Idempotent; a process that joined releases nothing."""
+        if self._published is not None:
+            try:
+                if self._bootstrap.read_text().strip() == self._published:
+                    self._bootstrap.unlink()
+            except FileNotFoundError:
+                pass
+            self._published = None
+        if self._lock is not None:
+            self._lock.truncate(0)
+            self._lock.close()  # closing drops the flock
+            self._lock = None
+
+    def _answering_address(self) -> str | None:
+        """The recorded address if a broker answers there, else None (absent or stale)."""
+        try:
+            address = self._bootstrap.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return address if address and _answers(address) else None
+
+    @staticmethod
+    def _owner_pid(lock: IO[str]) -> int | None:
+        lock.seek(0)
+        text = lock.read().strip()
+        return int(text) if text.isdigit() else None
+
+
+def _answers(bootstrap_servers: str) -> bool:
+    """A Kafka broker answers metadata requests at one of these addresses. A closed port is
+    refused at once; only an open one costs a metadata request."""
+    from streams.admin import check_broker
+    from streams.kafka import KafkaSettings
+
+    for address in bootstrap_servers.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                break
+        except (OSError, ValueError):
+            continue
+    else:
+        return False
+    quiet = logging.getLogger("librdkafka")
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        check_broker(KafkaSettings(bootstrap_servers, {"logger": quiet}), timeout=5.0)
+    except BrokerError:
+        return False
+    return True
+
+
+def discover_bootstrap() -> str:
+    """KAFKA_BOOTSTRAP_SERVERS, else the address a local ``streamsearch run`` left behind."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        return configured
+    if BOOTSTRAP_FILE.exists():
+        return BOOTSTRAP_FILE.read_text().strip()
+    raise BrokerError("no broker: set KAFKA_BOOTSTRAP_SERVERS or start a flow with `streamsearch run FLOW.yml`")
