@@ -86,9 +86,12 @@ def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Pa
 
 
 def _search_while_indexing(client: Client, progress: IndexProgress, top_k: int, print_fn: Callable[[str], None]) -> None:
-    rounds = 0
-    while not progress.wait(timeout=20 if rounds else 5) and rounds < 3:
-        rounds += 1
+    """Ask the first example query as soon as the documents are sent, then every 20 s (up to 3
+    times) while the encoder works: the first answer always comes mid-stream, however fast the
+    machine, since the stages have only begun when the last record is delivered."""
+    for rounds in range(3):
+        if rounds and progress.wait(timeout=20):
+            return
         print_fn(f"\n-- while indexing ({progress.indexed} documents encoded so far) --")
         reply = client.search(EXAMPLE_QUERIES[0], top_k=top_k)
         print_fn(format_reply(EXAMPLE_QUERIES[0], reply))
