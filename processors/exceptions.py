@@ -9,6 +9,8 @@ __all__ = [
     "DimensionMismatchError",
     "ModelNotFoundError",
     "InvalidParameterError",
+    "RequestLimitError",
+    "RegexBudgetError",
 ]
 
 
@@ -42,3 +44,11 @@ class ModelNotFoundError(ConfigError):
 
 class InvalidParameterError(StreamsearchError):
     """A request parameter is unknown or has the wrong type or range."""
+
+
+class RequestLimitError(InvalidParameterError):
+    """A request exceeds one of its per-request limits (``RequestLimits``); the message names it."""
+
+
+class RegexBudgetError(RequestLimitError):
+    """A request's regex conditions used up their evaluation time (``RequestLimits.regex_budget_s``)."""

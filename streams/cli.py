@@ -17,7 +17,7 @@ import click
 from confluent_kafka import KafkaException
 
 from streams.admin import check_broker, ensure_topics
-from streams.exceptions import BrokerError, RequestTimeoutError, StreamsearchError
+from streams.exceptions import EXIT_CONFIG, BrokerError, RequestTimeoutError, StateConfigError, StreamsearchError
 from streams.flow import load_flow, with_state_dir
 from streams.kafka import KafkaSettings
 from streams.local.brokers import BrokerKind
@@ -35,7 +35,7 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except (StreamsearchError, KafkaException) as exc:
             click.echo(f"streamsearch: error: {exc}", err=True)
-            sys.exit(1)
+            sys.exit(EXIT_CONFIG if isinstance(exc, StateConfigError) else 1)  # a supervisor does not restart it
         except KeyboardInterrupt:
             click.echo("streamsearch: interrupted", err=True)
             sys.exit(130)
@@ -221,11 +221,14 @@ def _flow_kafka(flow: str) -> dict[str, Any] | None:
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="With --wait: give up after S seconds.")
 @one_line_errors
 def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
-    """Index a JSONL file of {"id", "text", ...} objects into a running flow."""
+    """Index a JSONL file of {"id", "text", ...} objects into a running flow; "text" is optional
+    when the flow maps fields (e.g. {"id": "10", "title": ..., "summary": ...})."""
     from streams.corpora import read_jsonl
     from streams.progress import wait_searchable
 
-    docs = list(read_jsonl(file))
+    # A flow YAML says which fields it maps; a bare name does not, so any string field may do.
+    fields = load_flow(flow).fields if flow.endswith((".yml", ".yaml")) else None
+    docs = list(read_jsonl(file, fields=fields))
     with _client(flow) as client:
         receipt = client.index(docs, progress=True, total=len(docs))
         click.echo(f"sent {receipt.count} documents; last offsets {receipt.offsets}")
@@ -287,13 +290,15 @@ def serve(flow: str, host: str, port: int) -> None:
     """Serve the HTTP bridge and the search page for a running flow (bearer token: STREAMSEARCH_TOKEN)."""
     import uvicorn
 
-    from streams.http import create_app
+    from streams.http import create_app, warn_if_unprotected
 
     spec = load_flow(flow) if flow.endswith((".yml", ".yaml")) else None
     with _client(flow) as client:
         listener = _listen(host, port)  # a busy port is one line, before anything is started
         client.start()  # reply topic and serving version before the first request, off the event loop
-        server = uvicorn.Server(uvicorn.Config(create_app(client, flow=spec), host=host, port=port))
+        app = create_app(client, flow=spec)
+        warn_if_unprotected(app, host)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port))
         server.run(sockets=[listener])
 
 

@@ -9,6 +9,7 @@ when a reindex has built a new one (``streams/versions.py``).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -17,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from tqdm import tqdm
 
 from processors.document import Document, validate_document
 from streams import headers as h
 from streams.admin import delete_topics, ensure_topics
-from streams.exceptions import PayloadTooLargeError, RequestTimeoutError
+from streams.exceptions import DeliveryError, PayloadTooLargeError, RequestTimeoutError
 from streams.flow import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.kafka import KafkaSettings, StageProducer, consume_batch, make_consumer
 from streams.query import query_headers
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 REPLY_GRACE_S = 2.0
 """How long past the deadline the client waits for the joiner's (partial) reply."""
+
+_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE})
 
 
 @dataclass(slots=True)
@@ -143,7 +146,7 @@ class Client:
                     f"document {doc.id!r} is {len(value)} bytes, over max_payload_bytes={self.max_payload_bytes}")
             self._send(receipt, doc.id, value, (DOCUMENT.header(),))
             bar.update(1)
-        self._producer.flush()
+        self._flush()
         bar.close()
         return receipt
 
@@ -152,8 +155,25 @@ class Client:
         receipt = IndexReceipt()
         for doc_id in ids:
             self._send(receipt, doc_id, None, ())
-        self._producer.flush()
+        self._flush()
         return receipt
+
+    def _flush(self) -> None:
+        """Wait until the writes are delivered; a failed search was answered through its future.
+
+        :raises PayloadTooLargeError: if the broker refused a write as too large for the topic.
+        :raises DeliveryError: if any other write failed.
+        """
+        try:
+            self._producer.flush()
+        except DeliveryError as exc:
+            writes = [f for f in exc.failures if f.topic == self.topics.ingest]
+            if exc.failures and not writes:
+                return
+            if writes and all(f.error.code() in _TOO_LARGE for f in writes):
+                raise PayloadTooLargeError(
+                    f"the broker refused {len(writes)} records as too large: {writes[0]}") from exc
+            raise
 
     def _send(self, receipt: IndexReceipt, key: str, value: bytes | None, headers: Sequence[h.Header]) -> None:
         def delivered(err: KafkaError | None, msg: Message) -> None:
@@ -212,9 +232,10 @@ class Client:
         :param parameters: any other request parameter (``query_language``, ``ground_truth``, ...).
         :raises ValueError: if both or neither of ``texts`` and ``vectors`` are given, or
             ``vectors`` is not a non-empty 2-D array of finite numbers (float32 range).
+        :raises PayloadTooLargeError: before sending a request over ``max_payload_bytes``; a
+            request the broker refuses as too large fails its future with it.
         """
         queries = query_documents(texts, vectors)
-        self._ensure_listener()
         request_id = uuid.uuid4().hex
         params = dict(parameters or {})
         for key, value in (("top_k", top_k), ("filter_by", list(filter_by) if filter_by else None),
@@ -227,13 +248,33 @@ class Client:
             reply_to=self.reply_topic, deadline_ms=deadline_ms, parameters=params,
             min_offsets=dict(after.offsets) if after else {},
         )
+        value = REQUEST.encode(request)
+        if len(value) > self.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"search request is {len(value)} bytes, over max_payload_bytes={self.max_payload_bytes}")
+        self._ensure_listener()
         future: concurrent.futures.Future[SearchReply] = concurrent.futures.Future()
         with self._lock:
             self._futures[request_id] = future
         future.add_done_callback(lambda _: self._forget(request_id))  # cancelled or timed out: no leak
-        self._producer.produce(self.topics.query, value=REQUEST.encode(request), key=request_id,
-                               headers=query_headers(request_id, self.reply_topic, deadline_ms) + (REQUEST.header(),))
-        self._producer.raw.poll(0)  # no flush: concurrent searches must not wait on each other
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:  # no reply will come: say why now, not at the deadline
+                refused = (PayloadTooLargeError(f"the broker refused the search request ({len(value)} bytes): "
+                                                f"{err.str()}") if err.code() in _TOO_LARGE
+                           else DeliveryError(f"search request not delivered: {err.str()}"))
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(refused)
+
+        headers = query_headers(request_id, self.reply_topic, deadline_ms) + (REQUEST.header(),)
+        try:
+            self._producer.produce(self.topics.query, value=value, key=request_id, headers=headers,
+                                   on_delivery=delivered)
+        except KafkaException as exc:
+            future.cancel()
+            if exc.args and exc.args[0].code() in _TOO_LARGE:
+                raise PayloadTooLargeError(f"search request is {len(value)} bytes: {exc.args[0].str()}") from exc
+            raise
         return future
 
     def _forget(self, request_id: str) -> None:
@@ -276,6 +317,7 @@ class Client:
         versions = self.topics.versions
         try:
             while not self._stop.is_set():
+                self._producer.poll(0)  # delivery reports of searches: a refused one fails its future
                 for msg in consume_batch(consumer, max_records=256, timeout=0.05):
                     if msg.topic() == versions:
                         self._follow(msg, ready)

@@ -7,9 +7,10 @@ import json
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
-from processors.document import Document
+from processors.document import Document, validate_document
+from processors.exceptions import InvalidDocumentError
 from streams.exceptions import StreamsearchError
 
 __all__ = ["stdlib_docstrings", "read_jsonl", "BeirDataset", "load_beir"]
@@ -57,23 +58,74 @@ def _documented(tree: ast.Module, module: str) -> Iterator[tuple[int, str, ast.A
                     yield 2, f"{module}.{node.name}.{item.name}", item
 
 
-def read_jsonl(path: Path) -> Iterator[Document]:
-    """Documents from JSON lines with ``id`` and ``text`` (other string fields become tags).
+def read_jsonl(path: Path, *, fields: Sequence[str] | None = None) -> Iterator[Document]:
+    """Documents from JSON lines: ``id``, ``text``, and other string values as tags (the fields a
+    multi-field flow maps, e.g. ``{"id": "10", "title": "...", "summary": "..."}``).
 
-    :raises StreamsearchError: naming the line that is not a JSON object with id and text.
+    :param path: the file.
+    :param fields: the fields the flow maps (``text`` or tag names); ``()`` for a flow without
+        fields, where ``text`` is required; None when unknown (a flow given by name): then a
+        line needs ``text`` or at least one other string value.
+    :raises StreamsearchError: naming the file and line, and what is wrong with it: not a JSON
+        object, an id that is neither a string nor an integer, nothing to index, or an id or
+        text ``validate_document`` refuses.
     """
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            where = f"{path}:{number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise StreamsearchError(f"{path}:{number}: invalid JSON: {exc.msg}") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("id"), (str, int)) or not isinstance(row.get("text"), str):
-                raise StreamsearchError(f"{path}:{number}: need an object with 'id' and 'text'")
-            tags = {k: v for k, v in row.items() if k not in ("id", "text") and isinstance(v, str)}
-            yield Document(id=str(row["id"]), text=row["text"], tags=tags)
+                raise StreamsearchError(f"{where}: invalid JSON: {exc.msg}") from exc
+            except ValueError as exc:  # e.g. an integer of more digits than Python converts
+                raise StreamsearchError(f"{where}: invalid JSON: {exc}") from exc
+            if not isinstance(row, dict):
+                raise StreamsearchError(f"{where}: need a JSON object with 'id', got a {type(row).__name__}")
+            doc = Document(id=_row_id(row.get("id"), where), text=_row_text(row.get("text"), where),
+                           tags={k: v for k, v in row.items() if k not in ("id", "text") and isinstance(v, str)})
+            _check_content(doc, fields, where)
+            try:
+                validate_document(doc)
+            except InvalidDocumentError as exc:
+                raise StreamsearchError(f"{where}: {exc}") from exc
+            yield doc
+
+
+def _row_id(value: object, where: str) -> str:
+    """An id as a string: an integer is taken as its decimal digits; other numbers are refused,
+    since ``1.0`` and ``1`` would name different documents."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if value is None:
+        raise StreamsearchError(f"{where}: need an 'id' (a string, or an integer taken as a string)")
+    if isinstance(value, float):
+        raise StreamsearchError(f"{where}: 'id' {value!r} is a number but not an integer; write ids as strings, "
+                                f"e.g. \"id\": \"{value!r}\"")
+    shown = json.dumps(value) if isinstance(value, bool) else f"a {type(value).__name__}"
+    raise StreamsearchError(f"{where}: 'id' must be a string (or an integer, taken as a string), got {shown}")
+
+
+def _row_text(value: object, where: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise StreamsearchError(f"{where}: 'text' must be a string, got a {type(value).__name__}")
+
+
+def _check_content(doc: Document, fields: Sequence[str] | None, where: str) -> None:
+    """Refuse a line that would index nothing: no text where the flow needs it, no mapped field."""
+    if doc.text:
+        return
+    if fields is None:
+        if not doc.tags:
+            raise StreamsearchError(f"{where}: need 'text', or fields (other string values) for a flow that maps them")
+    elif not fields:
+        raise StreamsearchError(f"{where}: need 'text': this flow maps no fields")
+    elif not any(doc.tags.get(name) for name in fields):
+        raise StreamsearchError(f"{where}: need 'text' or one of the flow's fields: {', '.join(fields)}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,10 @@ from processors.exceptions import StreamsearchError
 __all__ = [
     "StreamsearchError",
     "SerdeError",
+    "DecodeLimitError",
     "FlowConfigError",
+    "StateConfigError",
+    "EXIT_CONFIG",
     "BrokerError",
     "DeliveryError",
     "PayloadTooLargeError",
@@ -17,8 +20,20 @@ class SerdeError(StreamsearchError):
     """A record is not valid Avro for the expected schema."""
 
 
+class DecodeLimitError(SerdeError):
+    """A record nests Documents deeper, or holds more of them, than ``DecodeLimits`` allows."""
+
+
 class FlowConfigError(StreamsearchError):
     """A flow YAML is malformed or names something that does not exist."""
+
+
+class StateConfigError(FlowConfigError):
+    """Stored state was built with other settings (a shard's dim or metric): a restart cannot fix it."""
+
+
+EXIT_CONFIG = 78
+"""A stage's exit status for a ``StateConfigError`` (sysexits' EX_CONFIG): its supervisor does not restart it."""
 
 
 class BrokerError(StreamsearchError):

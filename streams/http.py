@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -19,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
 from confluent_kafka import KafkaException
@@ -31,6 +33,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from processors.document import Document, validate_document, validate_id, validate_text
@@ -41,7 +44,7 @@ from streams.flow import FlowSpec
 from streams.serde import SearchReply
 from streams.status import collect_status, collect_status_by_name
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "TOKEN_ENV", "DocIn", "SearchIn", "create_app", "serving"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "TOKEN_ENV", "DocIn", "SearchIn", "create_app", "serving", "warn_if_unprotected"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +63,21 @@ class DocIn(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+Offset = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+"""What a Kafka offset field carries (Avro long); the flow refuses implausible ones (HTTP 400)."""
+
+
 class SearchIn(BaseModel):
-    """A search; unset options fall back to the flow's defaults."""
+    """A search; unset options fall back to the flow's defaults. The flow checks the
+    per-request limits (README, "Per-request limits") and answers 400 naming the one exceeded."""
 
     texts: str | list[str] = Field(min_length=1)
     top_k: int | None = Field(default=None, ge=1, le=1000)
     filter_by: list[str] | None = None
     query_language: list[dict[str, Any]] | None = None
     index_type: str | None = None
-    deadline_s: float | None = Field(default=None, gt=0, le=300)
-    after: dict[int, int] | None = Field(default=None, description="An index receipt's offsets: read your writes.")
+    deadline_s: float | None = Field(default=None, gt=0, le=300, allow_inf_nan=False)
+    after: dict[int, Offset] | None = Field(default=None, description="An index receipt's offsets: read your writes.")
 
 
 # -- replies -----------------------------------------------------------------------------------
@@ -106,12 +114,23 @@ def _receipt_json(receipt: IndexReceipt) -> dict[str, Any]:
     return {"count": receipt.count, "offsets": receipt.offsets}
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as null: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
 class _AsciiJSONResponse(JSONResponse):
-    """JSON with every non-ASCII character escaped, so that a lone surrogate a request carried
-    (and a 422 echoes) still encodes: an answer, never a 500."""
+    """JSON with every non-ASCII character escaped and non-finite numbers as null, so that a lone
+    surrogate or a NaN a request carried (and a 422 echoes) still encodes: an answer, never a 500."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+        return json.dumps(_finite(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def _refused(exc: InvalidDocumentError, where: str = "") -> HTTPException:
@@ -219,14 +238,21 @@ def create_app(
     """
     token = (token if token is not None else os.environ.get(TOKEN_ENV)) or None
     app = FastAPI(title="streamsearch", summary=f"Search the flow {client.topics.flow!r} over Kafka",
-                  docs_url=None, openapi_url=None)  # served below, behind the token
+                  docs_url=None, openapi_url=None,  # served below, behind the token
+                  default_response_class=_AsciiJSONResponse)
+    app.state.token_required = token is not None
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     api = APIRouter(dependencies=[Depends(_auth(token))])
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        """FastAPI's 422, rendered ASCII-safe (its own fails on a lone surrogate it echoes)."""
+        """FastAPI's 422, rendered ASCII-safe (its own fails on a lone surrogate or a NaN it echoes)."""
         return _AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Every error detail ASCII-safe: it may quote what the request carried."""
+        return _AsciiJSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi() -> dict[str, Any]:
@@ -257,11 +283,11 @@ def create_app(
         """What ``streamsearch status --json`` shows (stages, lag, shards, topics, serving version,
         dead letters, warnings) and the flow's fields, for the page's filter."""
         try:
-            return JSONResponse(await run_in_threadpool(report))
+            return _AsciiJSONResponse(await run_in_threadpool(report))
         except (StreamsearchError, KafkaException) as exc:
             detail = _unavailable(exc).detail
-            return JSONResponse({"detail": detail, "flow": client.topics.flow, "fields": fields},
-                                status.HTTP_503_SERVICE_UNAVAILABLE)
+            return _AsciiJSONResponse({"detail": detail, "flow": client.topics.flow, "fields": fields},
+                                      status.HTTP_503_SERVICE_UNAVAILABLE)
 
     @api.post("/index", status_code=status.HTTP_202_ACCEPTED)
     async def index(body: DocIn | list[DocIn]) -> dict[str, Any]:
@@ -285,9 +311,10 @@ def create_app(
             raise _unavailable(exc) from exc
         return _receipt_json(receipt)
 
-    @api.delete("/docs/{doc_id}", status_code=status.HTTP_202_ACCEPTED)
+    @api.delete("/docs/{doc_id:path}", status_code=status.HTTP_202_ACCEPTED)
     async def delete(doc_id: str) -> dict[str, Any]:
-        """Delete a document by id (a tombstone on the ingest topic)."""
+        """Delete a document by id (a tombstone on the ingest topic); the id may contain ``/``
+        (``DELETE /docs/guides/intro``), and is percent-decoded."""
         try:
             validate_id(doc_id)
         except InvalidDocumentError as exc:
@@ -298,7 +325,8 @@ def create_app(
             raise _unavailable(exc) from exc
         return _receipt_json(receipt)
 
-    @api.post("/search", responses={400: {}, 503: {}, 504: {"description": "partial results by the deadline"}})
+    @api.post("/search", responses={400: {"description": "refused by the flow, e.g. over a per-request limit"},
+                                     413: {}, 503: {}, 504: {"description": "partial results by the deadline"}})
     async def search(body: SearchIn) -> JSONResponse:
         """Search; 504 carries the partial results when shards missed the deadline. A shard that is
         restoring its state answers at once without matches: 200 with ``partial`` and
@@ -306,6 +334,7 @@ def create_app(
         texts = [body.texts] if isinstance(body.texts, str) else body.texts
         named = [("texts" if isinstance(body.texts, str) else f"texts[{i}]", text) for i, text in enumerate(texts)]
         named += [(f"filter_by[{i}]", name) for i, name in enumerate(body.filter_by or [])]
+        named += [("index_type", body.index_type)] if body.index_type is not None else []
         try:
             for name, text in named:
                 validate_text(text, name=name)
@@ -323,18 +352,43 @@ def create_app(
             reply = await asyncio.wait_for(asyncio.wrap_future(future), deadline_s + REPLY_GRACE_S)
         except TimeoutError as exc:  # not even the joiner's partial reply: Kafka is not reachable
             raise _unavailable(TimeoutError(f"no reply within {deadline_s + REPLY_GRACE_S:.1f}s")) from exc
+        except PayloadTooLargeError as exc:
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from exc
         except (StreamsearchError, KafkaException) as exc:
             raise _unavailable(exc) from exc
         payload = _reply_json(texts, reply, (time.perf_counter() - started) * 1000)
         if reply.errors:
-            return JSONResponse({"detail": "; ".join(reply.errors), **payload}, status.HTTP_400_BAD_REQUEST)
+            return _AsciiJSONResponse({"detail": "; ".join(reply.errors), **payload}, status.HTTP_400_BAD_REQUEST)
         if reply.missing_shards:
-            return JSONResponse({"detail": f"shards {reply.missing_shards} missed the deadline", **payload},
-                                status.HTTP_504_GATEWAY_TIMEOUT)
-        return JSONResponse(payload)
+            return _AsciiJSONResponse({"detail": f"shards {reply.missing_shards} missed the deadline", **payload},
+                                      status.HTTP_504_GATEWAY_TIMEOUT)
+        return _AsciiJSONResponse(payload)
 
     app.include_router(api)
     return app
+
+
+def warn_if_unprotected(app: FastAPI, host: str) -> bool:
+    """Warn (once, at start) when the bridge listens beyond loopback without a token.
+
+    :param app: an app from :func:`create_app`.
+    :param host: the address it binds.
+    :returns: whether it warned.
+    """
+    if getattr(app.state, "token_required", True) or _is_loopback(host):
+        return False
+    logger.warning("the HTTP bridge listens on %s without a token: anyone who reaches it can index, delete and "
+                   "search; set %s", host, TOKEN_ENV)
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name may resolve to any interface
 
 
 @contextlib.contextmanager
@@ -343,6 +397,7 @@ def serving(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0) -> Iterator
 
     :raises StreamsearchError: if uvicorn does not start within 30 s.
     """
+    warn_if_unprotected(app, host)
     if not port:
         with socket.socket() as probe:
             probe.bind((host, 0))

@@ -139,7 +139,8 @@ def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
     apply the join stage's query language, cut to top_k; evaluate against ground truth when
     the request carries it."""
     parts = [pending.parts[key] for key in sorted(pending.parts, key=lambda k: (k[0], k[1] or ""))]
-    answered = [p for p in parts if p.error is None and p.docs]
+    # A part can carry both matches and an error (a shard's window limit): its matches still count.
+    answered = [p for p in parts if p.docs]
     template = pending.opening or (answered[0] if answered else None)
     params = SearchParameters.parse(template.parameters) if template else SearchParameters()
     docs = []

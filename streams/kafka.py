@@ -140,6 +140,11 @@ class StageProducer:
                 self.raw.poll(0.05)
         self.raw.poll(0)
 
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve delivery callbacks; nothing before the first ``produce`` (it does not connect)."""
+        if self._producer is not None:
+            self._producer.poll(timeout)
+
     def flush(self, timeout: float = 30.0) -> None:
         """Wait for every queued record.
 

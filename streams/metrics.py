@@ -9,7 +9,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
     "RECORDS_IN", "RECORDS_OUT", "DEAD_LETTERS", "BATCH_SECONDS", "CONSUMER_LAG", "INDEX_VECTORS",
-    "QUERY_SECONDS", "REPLIES", "TRANSACTIONS", "serve_metrics",
+    "QUERY_SECONDS", "REPLIES", "TRANSACTIONS", "TRUNCATED_TEXTS", "serve_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,8 @@ QUERY_SECONDS = Histogram("streamsearch_query_seconds", "Search latency at the j
                           buckets=(.005, .01, .02, .03, .05, .075, .1, .2, .5, 1, 2, 5, 10))
 TRANSACTIONS = Counter("streamsearch_transactions_total", "Kafka transactions of exactly_once stages",
                        ["flow", "stage", "outcome"])
+TRUNCATED_TEXTS = Counter("streamsearch_truncated_texts_total", "Texts longer than the encoder's max_length, "
+                          "embedded from their first max_length tokens only", ["flow", "stage"])
 REPLIES = Counter("streamsearch_replies_total", "Search replies sent by the joiner", ["flow", "partial"])
 
 PORT_ENV = "STREAMSEARCH_METRICS_PORT"

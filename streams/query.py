@@ -15,6 +15,8 @@ from typing import Iterator, Sequence, TypeVar
 from processors.encoders.base import Encoder
 from processors.index.base import INDEX_TYPES
 from processors.exceptions import BadDocumentError
+from processors.query.limits import REQUEST_LIMITS, RequestLimits
+from processors.query.lookups import describe
 from processors.query.parameters import InvalidParameterError, SearchParameters
 from streams import headers as h
 from streams.exceptions import SerdeError
@@ -22,26 +24,39 @@ from streams.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec, PartialR
 from streams.stage import Inbound, Output
 from streams.topics import FlowTopics
 
-__all__ = ["QueryFanout", "is_expired", "decode_live", "error_reply", "query_headers", "created_ms_of"]
+__all__ = ["DEFAULT_TIMEOUT_MS", "QueryFanout", "is_expired", "decode_live", "error_reply", "query_headers", "created_ms_of"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-def is_expired(record: Inbound) -> bool:
-    """A query-path record nobody waits for any more (checked without decoding)."""
+DEFAULT_TIMEOUT_MS = 10_000
+"""A query-path record without a deadline header expires this long after its timestamp
+(``SearchDefaults.timeout_s``; the encode stage uses its flow's)."""
+
+
+def is_expired(record: Inbound, default_timeout_ms: int = DEFAULT_TIMEOUT_MS) -> bool:
+    """A query-path record nobody waits for any more (checked without decoding).
+
+    :param default_timeout_ms: a record without a (readable) deadline header expires this long
+        after its timestamp, so one that cannot be answered is not taken up again for ever.
+    """
     deadline = h.read_int(record.headers, h.DEADLINE_MS)
-    return deadline is not None and deadline < time.time() * 1000
+    if deadline is None:
+        deadline = record.timestamp_ms + default_timeout_ms
+    return deadline < time.time() * 1000
 
 
-def decode_live(records: Sequence[Inbound], codec: Codec[T]) -> Iterator[tuple[Inbound, T]]:
+def decode_live(records: Sequence[Inbound], codec: Codec[T], *,
+                default_timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Iterator[tuple[Inbound, T]]:
     """Decode the query-path records somebody still waits for; expired ones are skipped.
 
+    :param default_timeout_ms: the deadline of a record without one, after its timestamp.
     :raises SerdeError: on a malformed record (the loop isolates and dead-letters it).
     """
     for record in records:
-        if is_expired(record):
+        if is_expired(record, default_timeout_ms):
             continue
         if record.value is None:
             raise SerdeError("a query-path record needs a value")
@@ -84,14 +99,17 @@ class QueryFanout:
     checks its dimension, and a batch of such queries never touches the model."""
 
     def __init__(self, *, encoder: Encoder, topics: FlowTopics, defaults: SearchParameters,
-                 fields: Sequence[str] = ()) -> None:
+                 fields: Sequence[str] = (), limits: RequestLimits = REQUEST_LIMITS,
+                 timeout_s: float = DEFAULT_TIMEOUT_MS / 1000) -> None:
         self._encoder = encoder
+        self._timeout_ms = int(timeout_s * 1000)
         self._topics = topics
         self._defaults = defaults
         self._fields = tuple(fields)
+        self._limits = limits
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
-        live = [(created_ms_of(record), self._check(request)) for record, request in decode_live(records, REQUEST)]
+        live = [(created_ms_of(record), self._check(request)) for record, request in decode_live(records, REQUEST, default_timeout_ms=self._timeout_ms)]
         requests = [request for _, request in live]
         docs = [doc for request in requests for doc in request.docs]
         encoded = iter(self._encoder.run(docs=docs, traversal_paths=["r"]).docs) if docs else iter(())
@@ -115,9 +133,10 @@ class QueryFanout:
         return outputs
 
     def _check(self, request: Request) -> Request:
-        """Check a request, so shards receive only valid ones.
+        """Check a request, so shards receive only valid ones within the per-request limits.
 
-        :raises InvalidParameterError, BadDocumentError: the error reply says which.
+        :raises InvalidParameterError, BadDocumentError: the error reply says which
+            (``RequestLimitError`` names the limit).
         """
         if request.kind != "search":
             raise BadDocumentError(f"request kind {request.kind!r} on the query topic; only 'search' is served here")
@@ -127,15 +146,11 @@ class QueryFanout:
             if not doc.text and doc.embedding is None:
                 raise BadDocumentError(f"query document {doc.id!r} has neither text nor an embedding")
         params = SearchParameters.parse(request.parameters, self._defaults)
-        if params.filter_by is not None:
-            unknown = [f for f in params.filter_by if f not in self._fields]
-            if unknown:
-                known = ", ".join(self._fields) if self._fields else "none: this flow has no fields"
-                raise InvalidParameterError(f"filter_by names unknown fields {unknown}; known: {known}")
+        # Also parses the operations: a QueryLanguageError now, not on every shard.
+        self._limits.check(params, queries=len(request.docs), after=request.min_offsets, fields=self._fields,
+                           partitions=self._topics.partitions)
         if params.index_type is not None and params.index_type not in INDEX_TYPES:
-            raise InvalidParameterError(f"index_type {params.index_type!r}; known: {', '.join(INDEX_TYPES)}")
-        for stage in ("index", "join"):
-            params.operations_for(stage)  # raises QueryLanguageError now, not on every shard
+            raise InvalidParameterError(f"index_type {describe(params.index_type)}; known: {', '.join(INDEX_TYPES)}")
         # The shards and the joiner see the fields explicitly: every field when none is chosen.
         selected = list(params.filter_by or self._fields) or None
         return dataclasses.replace(request, parameters={**params.to_dict(), "filter_by": selected})

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Mapping, TypeVar
 
 import fastavro
 import numpy as np
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from processors.document import Direction, Document, Score
-from streams.exceptions import SerdeError
+from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
 
 __all__ = [
+    "DECODE_LIMITS",
     "DOCUMENT",
     "PARTIAL_RESULT",
     "REQUEST",
@@ -32,6 +34,7 @@ __all__ = [
     "STAGE_STATUS",
     "VERSION_BUILD",
     "Codec",
+    "DecodeLimits",
     "PartialResult",
     "Request",
     "SearchReply",
@@ -41,6 +44,47 @@ SCHEMA_HEADER = "ss-schema"
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
 T = TypeVar("T")
+
+MAX_DOCUMENT_DEPTH_ENV = "STREAMSEARCH_MAX_DOCUMENT_DEPTH"
+MAX_DOCUMENTS_ENV = "STREAMSEARCH_MAX_DOCUMENTS"
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """What one record may hold, checked before fastavro's reader runs: it recurses in C once
+    per nested record, so a Document nested thousands deep would overflow the stack.
+
+    :param max_document_depth: Documents nested in Documents (chunks, matches); a root is 1.
+    :param max_documents: Documents in one record, at any depth.
+    """
+
+    max_document_depth: int = 32
+    max_documents: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_document_depth", "max_documents"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise FlowConfigError(f"{name} must be a positive integer, not {value!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> DecodeLimits:
+        """The defaults, overridden by ``STREAMSEARCH_MAX_DOCUMENT_DEPTH`` and ``STREAMSEARCH_MAX_DOCUMENTS``.
+
+        :raises FlowConfigError: if a variable is set to anything but a positive integer.
+        """
+        values = {}
+        for name, env in (("max_document_depth", MAX_DOCUMENT_DEPTH_ENV), ("max_documents", MAX_DOCUMENTS_ENV)):
+            raw = environ.get(env, "").strip()
+            if raw:
+                if not raw.isdigit() or int(raw) < 1:
+                    raise FlowConfigError(f"{env}={raw!r}: expected a positive integer")
+                values[name] = int(raw)
+        return cls(**values)
+
+
+DECODE_LIMITS = DecodeLimits.from_env()
+"""The caps every codec applies unless a call passes its own."""
 
 
 @dataclass(slots=True)
@@ -257,6 +301,250 @@ def _reply_from_avro(rec: dict[str, Any]) -> SearchReply:
     )
 
 
+# -- bounded pre-scan ----------------------------------------------------------------------------
+# A walk of the writer schema's binary encoding with an explicit stack: it checks the caps and
+# that every declared length fits in the bytes left, and copies nothing (strings are skipped).
+
+_NODE_RECORDS = frozenset({"streamsearch.Document"})
+"""The records the caps count: the recursive Document."""
+
+# Node kinds, the commonest first (the scan tests them in this order). _OPTIONAL is a union of
+# null and one other type: one zero byte, the commonest Document field.
+_LEN, _OPTIONAL_LEN, _VARINT, _SKIP, _OPTIONAL, _ARRAY, _RECORD, _UNION, _ENUM = range(9)
+_FIXED_SIZES = {"null": 0, "boolean": 1, "float": 4, "double": 8}
+_LEN_NODE = (_LEN,)
+
+
+def _compile(schema: Any, named: Mapping[str, Any], done: dict[str, Any]) -> tuple[Any, ...]:
+    """A parsed schema as nested tuples ``(kind, ...)``; a record is one shared node, so a
+    Document's ``chunks`` point back at it."""
+    if isinstance(schema, list):
+        branches = tuple(_compile(branch, named, done) for branch in schema)
+        if len(branches) == 2 and branches[0] == (_SKIP, 0):
+            return (_OPTIONAL_LEN,) if branches[1] is _LEN_NODE else (_OPTIONAL, branches[1])
+        return (_UNION, branches)
+    if isinstance(schema, str):
+        if schema in done:
+            return done[schema]
+        schema = named[schema] if schema in named else {"type": schema}
+    kind = schema["type"]
+    if not isinstance(kind, str) or kind in named:
+        return _compile(kind, named, done)
+    if kind in _FIXED_SIZES:
+        return (_SKIP, _FIXED_SIZES[kind])
+    if kind in ("int", "long"):
+        return (_VARINT,)
+    if kind in ("string", "bytes"):
+        return _LEN_NODE
+    if kind == "fixed":
+        return (_SKIP, schema["size"])
+    if kind == "enum":
+        return (_ENUM, len(schema["symbols"]))
+    if kind == "array":
+        items = _compile(schema["items"], named, done)
+        if not _takes_bytes(items):  # a count could not be checked against the bytes left
+            raise TypeError(f"the pre-scan cannot bound an array of zero-byte items: {schema}")
+        return _array((items,))
+    if kind == "map":  # an array of (key, value) items, as far as the scan is concerned
+        return _array((_LEN_NODE, _compile(schema["values"], named, done)))
+    if kind in ("record", "error"):
+        fields: list[Any] = []
+        node = done[schema["name"]] = (_RECORD, fields, schema["name"] in _NODE_RECORDS)
+        fields.extend(_compile(f["type"], named, done) for f in schema["fields"])
+        return node
+    raise TypeError(f"no pre-scan for Avro type {kind!r}")
+
+
+def _array(items: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An array node: its item's fields, and whether they are all strings or numbers (scanned in place)."""
+    return (_ARRAY, items, all(item[0] in (_LEN, _VARINT) for item in items))
+
+
+def _takes_bytes(node: tuple[Any, ...]) -> bool:
+    if node[0] == _SKIP:
+        return bool(node[1])
+    return node[0] != _RECORD or any(_takes_bytes(f) for f in node[1])
+
+
+def _varint_tail(data: bytes, pos: int, first: int) -> tuple[int, int]:
+    """The rest of a varint whose first byte had the continuation bit: (zigzag value, next pos)."""
+    value, shift = first & 0x7F, 7
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError(f"a varint at byte {pos} runs over 10 bytes")
+
+
+def _long(data: bytes, pos: int) -> tuple[int, int]:
+    """A zigzag varint at ``pos``: (value, next pos)."""
+    byte = data[pos]
+    if byte < 0x80:
+        value, pos = byte, pos + 1
+    elif data[pos + 1] < 0x80:  # two bytes: lengths of embeddings, most offsets
+        value, pos = (byte & 0x7F) | (data[pos + 1] << 7), pos + 2
+    else:
+        value, pos = _varint_tail(data, pos + 1, byte)
+    return (value >> 1) ^ -(value & 1), pos
+
+
+def _block(data: bytes, pos: int) -> tuple[int, int]:
+    """An array or map block's item count (0 ends the array), checked against the bytes left."""
+    byte = data[pos]
+    if byte < 0x80 and not byte & 1:  # a count under 64
+        count, pos = byte >> 1, pos + 1
+    else:
+        count, pos = _long(data, pos)
+    if count < 0:  # a block with its size in bytes; the items follow all the same
+        count = -count
+        size, pos = _long(data, pos)
+        if not 0 <= size <= len(data) - pos:
+            raise ValueError(f"a block of {size} bytes at byte {pos} with {len(data) - pos} bytes left")
+    if count > len(data) - pos:  # every item takes at least one byte (checked by _compile)
+        raise ValueError(f"a block of {count} items at byte {pos} with {len(data) - pos} bytes left")
+    return count, pos
+
+
+def _scan_flat(data: bytes, pos: int, count: int, items: tuple[Any, ...]) -> int:
+    """Skip the blocks of an array or map of strings and numbers, the first block's count read."""
+    end = len(data)
+    while count:
+        for _ in range(count):
+            for item in items:
+                byte = data[pos]
+                if byte > 0x7F:
+                    length, pos = _long(data, pos)
+                else:
+                    length, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+                if item[0] == _LEN:
+                    if not 0 <= length <= end - pos:
+                        raise ValueError(f"a length of {length} at byte {pos} with {end - pos} bytes left")
+                    pos += length
+        count, pos = _block(data, pos)
+    return pos
+
+
+def _prescan(data: bytes, root: tuple[Any, ...], limits: DecodeLimits, name: str) -> None:
+    """Walk one record without recursion or copies, so nothing unbounded reaches fastavro.
+
+    :raises DecodeLimitError: if Documents nest deeper or are more than ``limits`` allow.
+    :raises SerdeError: on a length or count larger than the bytes left, or malformed bytes.
+    """
+    end = len(data)
+    pos = depth = documents = 0
+    max_depth, max_documents = limits.max_document_depth, limits.max_documents
+    seq: Any = (root,)
+    i = 0
+    # Frames: (seq, i) resumes a sequence of fields, [node, left] an array or map block, None
+    # leaves a Document.
+    stack: list[Any] = []
+    push, pop = stack.append, stack.pop
+    try:
+        while True:
+            n = len(seq)
+            while i < n:
+                node = seq[i]
+                i += 1
+                kind = node[0]
+                if kind == _OPTIONAL_LEN or kind == _LEN:
+                    byte = data[pos]
+                    pos += 1
+                    if kind == _OPTIONAL_LEN:
+                        if byte == 0:
+                            continue
+                        if byte != 2:  # a longer varint, or no branch
+                            index, pos = _long(data, pos - 1)
+                            if index == 0:
+                                continue
+                            if index != 1:
+                                raise ValueError(f"union branch {index} at byte {pos} of 2")
+                        byte = data[pos]
+                        pos += 1
+                    if byte > 0x7F:
+                        length, pos = _long(data, pos - 1)
+                    else:
+                        length = (byte >> 1) ^ -(byte & 1)
+                    if not 0 <= length <= end - pos:
+                        raise ValueError(f"a length of {length} at byte {pos} with {end - pos} bytes left")
+                    pos += length
+                elif kind == _ARRAY:
+                    if data[pos] == 0:  # empty
+                        pos += 1
+                        continue
+                    count, pos = _block(data, pos)
+                    if count == 0:  # written in more than one byte
+                        continue
+                    if node[2]:
+                        pos = _scan_flat(data, pos, count, node[1])
+                        continue
+                    push((seq, i))
+                    push([node, count - 1])
+                    seq, i = node[1], 0
+                    n = len(seq)
+                elif kind == _VARINT:
+                    byte = data[pos]
+                    pos = _long(data, pos)[1] if byte > 0x7F else pos + 1
+                elif kind == _SKIP:
+                    pos += node[1]
+                elif kind == _RECORD:
+                    push((seq, i))
+                    if node[2]:
+                        depth += 1
+                        documents += 1
+                        if depth > max_depth:
+                            raise DecodeLimitError(
+                                f"{name} record refused: Documents nested deeper than max_document_depth="
+                                f"{max_depth} ({MAX_DOCUMENT_DEPTH_ENV})")
+                        if documents > max_documents:
+                            raise DecodeLimitError(
+                                f"{name} record refused: more than max_documents={max_documents} Documents "
+                                f"({MAX_DOCUMENTS_ENV})")
+                        push(None)
+                    seq, i = node[1], 0
+                    n = len(seq)
+                elif kind == _ENUM:
+                    index, pos = _long(data, pos)
+                    if not 0 <= index < node[1]:
+                        raise ValueError(f"enum symbol {index} at byte {pos} of {node[1]}")
+                else:  # _OPTIONAL or _UNION: scan the chosen branch as a sequence of one
+                    if data[pos] == 0 and kind == _OPTIONAL:
+                        pos += 1
+                        continue
+                    index, pos = _long(data, pos)
+                    branches = ((_SKIP, 0), node[1]) if kind == _OPTIONAL else node[1]
+                    if not 0 <= index < len(branches):
+                        raise ValueError(f"union branch {index} at byte {pos} of {len(branches)}")
+                    push((seq, i))
+                    seq, i, n = (branches[index],), 0, 1
+            if not stack:
+                break
+            frame = pop()
+            if frame is None:
+                depth -= 1
+            elif type(frame) is list:
+                if frame[1] == 0:
+                    frame[1], pos = _block(data, pos)
+                    if frame[1] == 0:
+                        continue
+                frame[1] -= 1
+                push(frame)
+                seq, i = frame[0][1], 0
+            else:
+                seq, i = frame
+    except IndexError:
+        raise SerdeError(f"malformed {name} record: truncated") from None
+    except ValueError as exc:
+        raise SerdeError(f"malformed {name} record: {exc}") from None
+    if pos > end:
+        raise SerdeError(f"malformed {name} record: truncated")
+    if pos != end:
+        raise SerdeError(f"malformed {name} record: {end - pos} bytes left after decoding")
+
+
 # -- codecs --------------------------------------------------------------------------------------
 
 
@@ -268,21 +556,26 @@ class Codec(Generic[T]):
         self.fingerprint = fingerprint(to_parsing_canonical_form(self.schema), "CRC-64-AVRO")
         self._to_avro = to_avro
         self._from_avro = from_avro
+        self._scan_root = _compile(self.schema, self.schema.get("__named_schemas", {}), {})
 
     def encode(self, value: T) -> bytes:
         buffer = io.BytesIO()
         fastavro.schemaless_writer(buffer, self.schema, self._to_avro(value))
         return buffer.getvalue()
 
-    def decode(self, data: bytes, fingerprint_header: bytes | str | None = None) -> T:
-        """Decode a record, rejecting it if its header names another schema.
+    def decode(self, data: bytes, fingerprint_header: bytes | str | None = None, *,
+               limits: DecodeLimits | None = None) -> T:
+        """Decode a record, rejecting it if its header names another schema or it breaks the caps.
 
+        :param limits: the caps to check before decoding; ``DECODE_LIMITS`` if None.
+        :raises DecodeLimitError: if Documents nest deeper or are more than the caps allow.
         :raises SerdeError: on a foreign fingerprint, truncated or malformed bytes.
         """
         if fingerprint_header is not None:
             seen = fingerprint_header.decode() if isinstance(fingerprint_header, bytes) else fingerprint_header
             if seen != self.fingerprint:
                 raise SerdeError(f"record written with schema {seen}, expected {self.schema['name']} {self.fingerprint}")
+        _prescan(data, self._scan_root, limits or DECODE_LIMITS, self.schema["name"])
         buffer = io.BytesIO(data)
         try:
             value = self._from_avro(fastavro.schemaless_reader(buffer, self.schema, None))

@@ -17,13 +17,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from confluent_kafka import OFFSET_BEGINNING
 
 from processors.document import Document, copy_tree
 from processors.index.base import Change
-from processors.query.operators import Operation, apply_operations
+from processors.query.operators import Operation
 from processors.query.parameters import SearchParameters
+from processors.query.window import WindowedSearch, WindowedSearchConfig
 from processors.rankers.base import Ranker
 from streams import headers as h
 from streams.metrics import INDEX_VECTORS
@@ -192,11 +192,11 @@ class ShardSearch:
     """Answers searches on the partitions this process owns, from their shard index."""
 
     def __init__(self, *, states: ShardStates, ranker: Ranker, topics: FlowTopics,
-                 operations: Sequence[Operation] = ()) -> None:
+                 operations: Sequence[Operation] = (), window: WindowedSearchConfig | None = None) -> None:
         self._states = states
-        self._ranker = ranker
         self._topics = topics
         self._operations = tuple(operations)
+        self._window = WindowedSearch(window or WindowedSearchConfig(), ranker=ranker)
         self._waiting: list[_Waiting] = []
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
@@ -218,14 +218,17 @@ class ShardSearch:
         for waiting in self._waiting:
             if self._states.get(waiting.partition) is None:
                 continue  # the partition moved away; its new owner answers
-            if self._states.restore.is_restoring(waiting.partition):
-                outputs.extend(self._answer(waiting.record, waiting.request, restoring=True))
-            elif self._caught_up(waiting.partition, waiting.request):
-                outputs.extend(self._answer(waiting.record, waiting.request, stale=False))
-            elif now >= waiting.request.deadline_ms - STALE_MARGIN_MS:
-                outputs.extend(self._answer(waiting.record, waiting.request, stale=True))
-            else:
-                still.append(waiting)
+            try:
+                if self._states.restore.is_restoring(waiting.partition):
+                    outputs.extend(self._answer(waiting.record, waiting.request, restoring=True))
+                elif self._caught_up(waiting.partition, waiting.request):
+                    outputs.extend(self._answer(waiting.record, waiting.request, stale=False))
+                elif now >= waiting.request.deadline_ms - STALE_MARGIN_MS:
+                    outputs.extend(self._answer(waiting.record, waiting.request, stale=True))
+                else:
+                    still.append(waiting)
+            except Exception as exc:  # e.g. a spent regex budget: answer that request, keep the stage
+                outputs.extend(self.on_failure(waiting.record, exc))
         self._waiting = still
         return outputs
 
@@ -259,37 +262,39 @@ class ShardSearch:
 
     def _answer_field(self, partition: int, request: Request, params: SearchParameters, field_name: str | None,
                       headers: tuple[h.Header, ...], *, stale: bool, restoring: bool) -> Output:
-        docs = [dataclasses.replace(doc, embedding=None, matches=[]) for doc in request.docs] if restoring \
-            else self._search(partition, request, params, field_name)
+        docs, notice = ([dataclasses.replace(doc, embedding=None, matches=[]) for doc in request.docs], None) \
+            if restoring else self._search(partition, request, params, field_name)
         part = PartialResult(
             request_id=request.request_id, shard=partition, expected_shards=list(range(self._topics.partitions)),
             reply_to=request.reply_to, deadline_ms=request.deadline_ms, parameters=request.parameters,
-            docs=docs, stale=stale, field_name=field_name, expected_fields=list(params.filter_by or []),
-            restoring=restoring,
+            docs=docs, error=notice, stale=stale, field_name=field_name,
+            expected_fields=list(params.filter_by or []), restoring=restoring,
         )
         return Output(self._topics.partials, PARTIAL_RESULT.encode(part), request.request_id, None,
                       headers + (PARTIAL_RESULT.header(),))
 
     def _search(self, partition: int, request: Request, params: SearchParameters,
-                field_name: str | None) -> list[Document]:
+                field_name: str | None) -> tuple[list[Document], str | None]:
         """This shard's top-k per query document: chunk hits ranked to documents, then the
-        index stage's query language."""
+        index stage's query language, the window widened until top_k pass (``WindowedSearch``).
+
+        :returns: the query documents with their matches, and what to report when the window
+            stopped at its limit (None otherwise).
+        """
         index = self._states.get(partition)
         if index is None:
             raise RuntimeError(f"shard {partition} is not open on this process")
-        queries = np.stack([np.asarray(doc.embedding, dtype=np.float32).reshape(-1) for doc in request.docs])
         options: dict[str, object] = {}
         if params.index_type is not None:
             options["index_type"] = params.index_type
         if field_name is not None:
             options["fields"] = [field_name]
-        hits = index.search(embeddings=queries, top_k=params.top_k * params.chunk_oversample, **options)
-        operations = params.operations_for("index", self._operations)
-        # With operations (e.g. a tag filter), rank every hit first so the filter cannot empty the top_k.
-        ranked = self._ranker.run(hits=hits, top_k=len(hits[0]) if operations and hits else params.top_k).matches
-        docs = [dataclasses.replace(doc, embedding=None, matches=list(matches))
-                for doc, matches in zip(request.docs, ranked)]
-        if operations:
-            docs = [dataclasses.replace(doc, matches=doc.matches[: params.top_k])
-                    for doc in apply_operations(docs, operations)]
-        return docs
+        result = self._window.run(index=index, queries=request.docs, top_k=params.top_k,
+                                  chunk_oversample=params.chunk_oversample,
+                                  operations=params.operations_for("index", self._operations), search_options=options)
+        notice = None
+        if result.limited:
+            notice = (f"shard {partition}: index-stage window limit reached ({result.vectors_read} vectors read, "
+                      f"MAX_WINDOW_VECTORS {self._window.config.max_vectors}): fewer than top_k={params.top_k} "
+                      f"documents passed for {', '.join(result.limited)}; more may exist on this shard")
+        return list(result.docs), notice

@@ -16,7 +16,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import IO, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -24,6 +25,7 @@ from streams import headers as h
 from streams.checkpoint import Checkpoint, TransactionalCheckpoint
 from streams.admin import max_message_bytes
 from streams.exceptions import DeliveryError, PayloadTooLargeError
+from streams.inflight import CrashLoopError, InFlightLog
 from streams.kafka import Header, KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer, record_size
 from streams.topics import RECORD_OVERHEAD_BYTES
 from streams.metrics import BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, serve_metrics
@@ -141,15 +143,18 @@ class StageSpec:
     metrics_port: int | None = None
     status_topic: str | None = None
     exactly_once: bool = False
+    inflight_dir: Path | None = None
+    """Where the crash-loop breaker notes in-flight offsets (``streams/inflight.py``); None: off."""
 
 
 class _Path:
     def __init__(self, spec: PathSpec, consumer: Consumer, producer: StageProducer,
-                 checkpoint: Checkpoint | None = None) -> None:
+                 checkpoint: Checkpoint | None = None, inflight: InFlightLog | None = None) -> None:
         self.spec = spec
         self.consumer = consumer
         self.producer = producer
         self.checkpoint = checkpoint or Checkpoint(consumer, producer)
+        self.inflight = inflight
 
     @property
     def transactional(self) -> bool:
@@ -179,6 +184,7 @@ class StageLoop:
         self._failed = False
         self._topic_limits: dict[str, int] = {}
         self._callback_error: BaseException | None = None
+        self._fault_report: IO[str] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -198,6 +204,9 @@ class StageLoop:
                 self.step()
         except BaseException:
             self._failed = True  # what is pending may be undelivered: leave it uncommitted
+            for path in (self._index, self._query):
+                if path is not None and path.inflight is not None:
+                    path.inflight.abandon()  # an exception of ours, not a record that killed the process
             raise
         finally:
             self._close()
@@ -206,11 +215,16 @@ class StageLoop:
         overrides = {"fetch.wait.max.ms": path.fetch_wait_ms, **path.consumer_config, **self.spec.consumer_overrides}
         return make_consumer(self.settings, group_id=path.group_id, **overrides)
 
+    def _inflight(self, path: PathSpec) -> InFlightLog | None:
+        return InFlightLog(self.spec.inflight_dir, path.group_id) if self.spec.inflight_dir is not None else None
+
     def _start(self) -> None:
         serve_metrics(self.spec.metrics_port)
+        if self.spec.inflight_dir is not None:
+            self._fault_report = InFlightLog(self.spec.inflight_dir, "").enable_fault_reports()
         if self.spec.query_path is not None:
             qspec = self.spec.query_path
-            self._query = _Path(qspec, self._consumer(qspec), self.producer)
+            self._query = _Path(qspec, self._consumer(qspec), self.producer, inflight=self._inflight(qspec))
             if not qspec.follow_index_path:
                 self._query.consumer.subscribe([qspec.topic], on_revoke=self._guarded(self._on_revoke_query))
         if self.spec.index_path is not None:
@@ -220,9 +234,9 @@ class StageLoop:
                 producer = StageProducer(self.settings, **{"transactional.id": self._transactional_id(),
                                                            "transaction.timeout.ms": 15000})
                 self._index = _Path(ispec, consumer, producer, TransactionalCheckpoint(
-                    consumer, producer, flow=self.spec.flow, stage=self.spec.name))
+                    consumer, producer, flow=self.spec.flow, stage=self.spec.name), inflight=self._inflight(ispec))
             else:
-                self._index = _Path(ispec, consumer, self.producer)
+                self._index = _Path(ispec, consumer, self.producer, inflight=self._inflight(ispec))
             self._index.consumer.subscribe(
                 [ispec.topic], on_assign=self._guarded(self._on_assign), on_revoke=self._guarded(self._on_revoke),
                 on_lost=self._guarded(self._on_lost),
@@ -301,6 +315,8 @@ class StageLoop:
         self.producer.close()
         if self._callback_error is not None:
             logger.error("rebalance callback failed during close", extra={"error": repr(self._callback_error)})
+        if self.spec.inflight_dir is not None:
+            InFlightLog(self.spec.inflight_dir, "").disable_fault_reports(self._fault_report)
         close = getattr(self.spec.index_path.handler if self.spec.index_path else None, "close", None)
         if close is not None:
             close()
@@ -355,15 +371,25 @@ class StageLoop:
         if path.transactional:
             path.checkpoint.begin()  # type: ignore[attr-defined]
         RECORDS_IN.labels(self.spec.flow, self.spec.name, path.spec.topic).inc(len(records))
-        accepted = []
+        verdict = path.inflight.begin(records) if path.inflight is not None else None
+        accepted, killers = [], []
         for record in records:
             size = len(record.value or b"")
-            if size > self.spec.max_payload_bytes:
+            where = (record.topic, record.partition, record.offset)
+            killer = verdict.poisoned.get(where) if verdict else None
+            if killer is not None:
+                if where not in verdict.lettered:  # type: ignore[union-attr]
+                    self._dead_letter(path, record, CrashLoopError(killer))
+                    killers.append(record)
+            elif size > self.spec.max_payload_bytes:
                 self._dead_letter(path, record, PayloadTooLargeError(
                     f"{size} bytes exceeds max_payload_bytes={self.spec.max_payload_bytes}"))
             else:
                 accepted.append(record)
-        self._process(path, accepted)
+        if killers and path.inflight is not None and not path.transactional:
+            path.producer.flush()  # delivered before the rest runs: a later crash must not send them twice
+            path.inflight.lettered(killers)
+        self._process(path, accepted, isolate=verdict.isolate if verdict else False)
         for record in records:
             path.checkpoint.record(record.topic, record.partition, record.offset)
         self.processed += len(records)
@@ -372,6 +398,8 @@ class StageLoop:
         except DeliveryError as exc:
             self._dead_letter_refused(path, accepted, exc)
             path.checkpoint.commit()
+        if path.inflight is not None:
+            path.inflight.end(records)
 
     def _dead_letter_refused(self, path: _Path, records: Sequence[Inbound], error: DeliveryError) -> None:
         """The broker refused some outputs of this batch for good (too large, not authorised):
@@ -392,8 +420,21 @@ class StageLoop:
                 f"the broker refused the output for {failure.topic}: {failure.error.str()} "
                 f"({failure.size} bytes; the topic takes up to {self._topic_limit(failure.topic)})"))
 
-    def _process(self, path: _Path, records: list[Inbound]) -> None:
+    def _process(self, path: _Path, records: list[Inbound], *, isolate: bool = False) -> None:
+        """Process a batch; if it raises, or ``isolate`` (it killed the process before), record by
+        record, dead-lettering the one that fails."""
         if not records:
+            return
+        if isolate:
+            logger.warning("processing record by record: this batch killed the stage before",
+                           extra={"stage": self.spec.name, "records": len(records)})
+            for record in records:
+                if path.inflight is not None:
+                    path.inflight.begin_record(record)
+                try:
+                    self._emit(path, path.spec.handler.process([record]))
+                except Exception as exc:
+                    self._dead_letter(path, record, exc)
             return
         try:
             with BATCH_SECONDS.labels(self.spec.flow, self.spec.name, path.spec.topic).time():

@@ -12,7 +12,7 @@ from streams.query import QueryFanout
 from streams.shard import ShardIngest, ShardSearch
 from streams.stage import PathSpec, StageSpec
 from streams.state.shards import ShardStates
-from streams.transform import DocumentTransform
+from streams.transform import DocumentTransform, TruncationReport
 
 __all__ = ["build_stage"]
 
@@ -35,7 +35,7 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
     group = topics.group(name)
     common = dict(flow=topics.prefix, name=name, dead_letter_topic=topics.dead_letter,
                   max_payload_bytes=flow.max_payload_bytes, metrics_port=stage.metrics_port,
-                  status_topic=topics.status)
+                  status_topic=topics.status, inflight_dir=flow.state_dir / topics.prefix / "inflight")
     defaults = SearchParameters.parse(
         {"top_k": flow.search.top_k, "chunk_oversample": flow.search.chunk_oversample})
     # Stateless stages commit outputs and offsets in one transaction; the shard needs none:
@@ -52,11 +52,16 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
         encoder = stage.build()
         encoder.warm_up()
 
+        truncations = TruncationReport(flow=topics.prefix, stage=name)
+
         def encode(docs: Sequence[Document]) -> Sequence[Document]:
-            return encoder.run(docs=docs, filter_by=stage.filter_by).docs
+            result = encoder.run(docs=docs, filter_by=stage.filter_by)
+            truncations.record(result.truncated)
+            return result.docs
 
         transform = DocumentTransform(run=encode, output_topic=topics.encoded, ingest_topic=topics.ingest)
-        fanout = QueryFanout(encoder=encoder, topics=topics, defaults=defaults, fields=flow.fields)
+        fanout = QueryFanout(encoder=encoder, topics=topics, defaults=defaults, fields=flow.fields,
+                             timeout_s=flow.search.timeout_s)
         return StageSpec(
             **common,
             exactly_once=exactly_once,
@@ -66,7 +71,8 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
                                 fetch_wait_ms=flow.search.fetch_wait_ms),
         )
     if name == "index":
-        states = ShardStates(root=flow.state_dir, flow=topics.prefix, config=stage.config, private_when_locked=True)
+        states = ShardStates(root=flow.state_dir, flow=topics.prefix, config=stage.config, private_when_locked=True,
+                             source=flow.source)
         ranker = stage.build_ranker()
         return StageSpec(
             **common,

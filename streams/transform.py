@@ -8,15 +8,18 @@ must reach the shard. Each output carries the source ingest offset.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable, Sequence
 
 from processors.document import Document, validate_document
+from processors.encoders.base import Truncated
 from streams import headers as h
 from streams.exceptions import SerdeError
+from streams.metrics import TRUNCATED_TEXTS
 from streams.serde import DOCUMENT
 from streams.stage import Inbound, Output
 
-__all__ = ["DocumentTransform", "ingest_offset_of"]
+__all__ = ["DocumentTransform", "TruncationReport", "ingest_offset_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,3 +89,41 @@ class DocumentTransform:
 def watermark_marker(topic: str, partition: int, ingest_offset: int) -> Output:
     return Output(topic, None, h.WATERMARK_KEY, partition,
                   ((h.KIND, h.WATERMARK), h.int_header(h.INGEST_OFFSET, ingest_offset)))
+
+
+class TruncationReport:
+    """Counts the texts an encoder embedded from their first ``max_length`` tokens only
+    (``streamsearch_truncated_texts_total``) and says so in a warning naming a document: the
+    first at once, then at most one per interval, summing up what came since."""
+
+    def __init__(self, *, flow: str, stage: str, interval_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._metric = TRUNCATED_TEXTS.labels(flow, stage)
+        self._stage = stage
+        self._interval_s = interval_s
+        self._clock = clock
+        self._logged_at: float | None = None
+        self._unreported = 0
+
+    def record(self, truncated: Sequence[Truncated]) -> None:
+        """Count a batch's truncated texts; log if the last line is older than the interval.
+
+        :param truncated: what the encoder reported for one batch (often nothing).
+        """
+        if not truncated:
+            return
+        self._metric.inc(len(truncated))
+        self._unreported += len(truncated)
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < self._interval_s:
+            return
+        example = max(truncated, key=lambda item: item.tokens)
+        node = "" if example.node_id == example.doc_id else f", node {example.node_id!r}"
+        logger.warning(
+            f"{self._stage}: {self._unreported} text(s) longer than max_length={example.max_length} tokens "
+            f"were embedded from their first {example.max_length} tokens only, e.g. document {example.doc_id!r}{node} "
+            f"({example.tokens} tokens): the rest of such a text cannot be found. Segment it (a Sentencizer "
+            f"with a smaller max_sent_len) or raise max_length",
+            extra={"doc_id": example.doc_id, "node_id": example.node_id, "tokens": example.tokens,
+                   "truncated": self._unreported})
+        self._logged_at, self._unreported = now, 0

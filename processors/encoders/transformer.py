@@ -12,7 +12,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from processors.document import Document, copy_tree, traverse
-from processors.encoders.base import EncodeResult
+from processors.encoders.base import EncodeResult, Truncated
 from processors.exceptions import BadDocumentError, ConfigError, DimensionMismatchError, ModelNotFoundError
 
 __all__ = ["TransformerEncoderConfig", "TransformerEncoder", "default_model_path"]
@@ -35,7 +35,9 @@ class TransformerEncoderConfig:
 
     :param pretrained_model_name_or_path: a local model directory; None means the default.
     :param pooling_strategy: ``mean`` (masked), ``cls`` or ``max`` over token states.
-    :param max_length: tokens per text; longer texts are truncated.
+    :param max_length: tokens per text; a longer text is embedded from its first ``max_length``
+        tokens, and ``run`` reports it (``EncodeResult.truncated``). Segment long texts (the
+        Sentencizer's windows) so that nothing is truncated.
     :param batch_size: texts per forward pass.
     :param traversal_paths: which nodes to embed on the index path (``r``, ``c``, ``cc`` ...).
     :param normalize: L2-normalise, so inner product equals cosine similarity.
@@ -136,7 +138,8 @@ class TransformerEncoder:
         :param traversal_paths: overrides the configured paths for this call (queries use ``r``).
         :param filter_by: embed only nodes whose ``field_name`` is one of these (all if empty).
         :returns: copies of the documents whose traversed nodes carry embeddings (float32 when
-            computed here; a given embedding keeps its dtype and bytes).
+            computed here; a given embedding keeps its dtype and bytes), and the nodes whose text
+            was longer than ``max_length`` tokens.
         :raises DimensionMismatchError: if a given embedding's size differs from the model's dimension.
         :raises BadDocumentError: if a given embedding is not numeric or not finite.
         """
@@ -147,12 +150,15 @@ class TransformerEncoder:
         for doc, path, node in traversed:
             if node.embedding is not None:
                 self._check_given(doc, path, node)
-        nodes = [node for _, _, node in traversed if node.embedding is None and node.text]
-        if nodes:
-            vectors = self.encode_texts([node.text or "" for node in nodes])
-            for node, vector in zip(nodes, vectors):
+        todo = [(root, node) for root, _, node in traversed if node.embedding is None and node.text]
+        truncated = []
+        if todo:
+            vectors, tokens = self._encode([node.text or "" for _, node in todo])
+            for (root, node), vector, count in zip(todo, vectors, tokens):
                 node.embedding = vector
-        return EncodeResult(docs=tuple(copies))
+                if count > self.config.max_length:
+                    truncated.append(Truncated(root.id, node.id, count, self.config.max_length))
+        return EncodeResult(docs=tuple(copies), truncated=tuple(truncated))
 
     def _check_given(self, root: Document, path: str, node: Document) -> None:
         """A given embedding must fit the model's (and so the index's) dimension and be finite."""
@@ -186,17 +192,32 @@ class TransformerEncoder:
         return self._config_dim
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed raw texts; one float32 row per text, in input order."""
+        """Embed raw texts; one float32 row per text, in input order. A text longer than
+        ``max_length`` tokens is embedded from its first ``max_length`` tokens."""
+        return self._encode(texts)[0]
+
+    def _encode(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """Embed raw texts.
+
+        :returns: one float32 row per text, in input order, and each text's whole token count.
+        """
         import torch
 
         loaded = self._warm()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), loaded.dim), dtype=np.float32)
+        tokens = [0] * len(texts)
         with torch.inference_mode():
             for start in range(0, len(order), self.config.batch_size):
                 batch_idx = order[start : start + self.config.batch_size]
+                batch_texts = [texts[i] for i in batch_idx]
+                # Counting the whole texts costs a second (Rust) tokenization: ~1% of a forward pass.
+                counted = loaded.tokenizer(batch_texts, truncation=False, verbose=False,  # type: ignore[operator]
+                                           return_attention_mask=False)["input_ids"]
+                for i, ids in zip(batch_idx, counted):
+                    tokens[i] = len(ids)
                 batch = loaded.tokenizer(  # type: ignore[operator]
-                    [texts[i] for i in batch_idx],
+                    batch_texts,
                     padding=True,
                     truncation=True,
                     max_length=self.config.max_length,
@@ -207,7 +228,7 @@ class TransformerEncoder:
                 if self.config.normalize:
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out[batch_idx] = pooled.float().cpu().numpy()
-        return out
+        return out, tokens
 
     def _pool(self, states, mask):  # type: ignore[no-untyped-def]
         if self.config.pooling_strategy == "cls":

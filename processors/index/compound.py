@@ -434,10 +434,10 @@ class CompoundIndexer:
         if stored is None:
             db.put(_CONFIG, wanted)
         elif stored != wanted:
-            raise ConfigError(
-                f"shard index at {self.path} was built with {stored.decode()}, "
-                f"now configured {wanted.decode()}: rebuild it by replay"
-            )
+            was, now = json.loads(stored), json.loads(wanted)
+            changed = ", ".join(f"{key} {was.get(key)!r}, now {value!r}" for key, value in now.items()
+                                if was.get(key) != value)
+            raise ConfigError(f"shard index at {self.path} was built with {changed}: rebuild it by replay")
         if stored_format is None:
             db.put(_FORMAT, str(FORMAT).encode())
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import numbers
 import operator
+import threading
+import time
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
@@ -17,7 +19,7 @@ from typing import Any, Callable, Literal, Mapping
 import regex
 
 from processors.document import Document, Score
-from processors.exceptions import InvalidParameterError
+from processors.exceptions import InvalidParameterError, RegexBudgetError
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ __all__ = [
     "MAX_PATTERN_LENGTH",
     "MAX_REPEAT_PRODUCT",
     "REGEX_TIMEOUT",
+    "WARNING_INTERVAL_S",
+    "RegexBudget",
     "describe",
 ]
 
@@ -41,7 +45,11 @@ MAX_REPEAT_PRODUCT = 10_000
 them when compiling, so ``((a{1000}){1000}){1000}`` would exhaust memory before any timeout."""
 
 REGEX_TIMEOUT = 0.05
-"""Seconds one regex search may take before the value counts as not matching."""
+"""Seconds one regex search may take before the value counts as not matching (less when the
+request's :class:`RegexBudget` has less left)."""
+
+WARNING_INTERVAL_S = 10.0
+"""At most one regex-timeout warning line per this many seconds, per process; it counts the rest."""
 
 ATTRIBUTES: Mapping[str, Callable[[Document], Any]] = MappingProxyType({
     name: operator.attrgetter(name)
@@ -59,6 +67,68 @@ _VERBOSE_FLAG = regex.compile(r"\(\?[\w^-]*x")
 
 class QueryLanguageError(InvalidParameterError):
     """An operation of the query language is unknown, malformed or carries a bad value."""
+
+
+class _TimeoutWarnings:
+    """Regex timeouts as warning lines, at most one per ``WARNING_INTERVAL_S``: a hostile pattern
+    times out on every value it meets, and one line per value would flood the log."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = float("-inf")
+        self._quiet = 0
+
+    def note(self, pattern: str, length: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < WARNING_INTERVAL_S:
+                self._quiet += 1
+                return
+            quiet, self._quiet, self._last = self._quiet, 0, now
+        skipped = f" ({quiet} more timeouts not logged in the last {WARNING_INTERVAL_S:.0f} s)" if quiet else ""
+        logger.warning("regex %r timed out on a %d-character value; counted as no match%s",
+                       pattern[:40], length, skipped)
+
+
+_TIMEOUTS = _TimeoutWarnings()
+
+
+class RegexBudget:
+    """The regex evaluation time one request has left, spent by every regex condition it runs
+    (on a shard, or at the joiner); once spent, the next regex evaluation raises.
+
+    :param seconds: the budget, ``RequestLimits.regex_budget_s``.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._left = seconds
+        self._lock = threading.Lock()
+
+    @property
+    def left(self) -> float:
+        """Seconds left; zero or less once spent."""
+        return self._left
+
+    def search(self, pattern: regex.Pattern, text: str) -> bool:
+        """Whether ``pattern`` occurs in ``text``; a search that times out counts as no match.
+
+        :raises RegexBudgetError: when the request's regex conditions have used up the budget.
+        """
+        left = self._left
+        if left <= 0:
+            raise RegexBudgetError(
+                f"regex conditions took over {self.seconds:g} s on this request; the limit regex_budget_s is "
+                f"{self.seconds:g} s (pattern {describe(pattern.pattern)})")
+        started = time.perf_counter()
+        try:
+            return pattern.search(text, timeout=min(REGEX_TIMEOUT, left)) is not None
+        except TimeoutError:
+            _TIMEOUTS.note(pattern.pattern, len(text))
+            return False
+        finally:
+            with self._lock:
+                self._left -= time.perf_counter() - started
 
 
 def describe(value: object) -> str:
@@ -131,9 +201,10 @@ def _folded(lookup: str, value: object) -> str:
     return _string(lookup, value).casefold()
 
 
-def _scalars(lookup: str, value: object) -> tuple[Any, ...]:
+def _scalars(lookup: str, value: object) -> frozenset[Any]:
+    # A set: a long list costs one hash per tested value, not one comparison per item.
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) or _is_number(v) for v in value):
-        return tuple(value)
+        return frozenset(value)
     raise QueryLanguageError(f"lookup {lookup!r} needs a list of strings or numbers, got {describe(value)}")
 
 
@@ -154,6 +225,14 @@ def _pattern(lookup: str, value: object) -> regex.Pattern:
         raise QueryLanguageError(f"regex pattern {describe(pattern)} does not compile: {error}") from None
 
 
+def _hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 def _ordered(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
     """A comparison that is simply false across kinds (string against number)."""
 
@@ -164,15 +243,13 @@ def _ordered(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
     return test
 
 
-def _search(actual: Any, pattern: regex.Pattern) -> bool:
-    if not isinstance(actual, str):
-        return False
-    try:
-        return pattern.search(actual, timeout=REGEX_TIMEOUT) is not None
-    except TimeoutError:
-        logger.warning("regex %r timed out on a %d-character value; counted as no match",
-                       pattern.pattern[:40], len(actual))
-        return False
+def _search(actual: Any, pattern: regex.Pattern, budget: RegexBudget) -> bool:
+    return isinstance(actual, str) and budget.search(pattern, actual)
+
+
+def _plain(test: Callable[[Any, Any], bool]) -> Callable[[Any, Any, RegexBudget], bool]:
+    """A test that spends no regex budget."""
+    return lambda actual, expected, _budget: test(actual, expected)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,21 +257,24 @@ class _Lookup:
     """How a lookup checks its payload value, and its test of a present field value."""
 
     check: Callable[[str, object], Any]
-    test: Callable[[Any, Any], bool]
+    test: Callable[[Any, Any, RegexBudget], bool]
 
 
 _LOOKUPS: Mapping[str, _Lookup] = MappingProxyType({
-    "exact": _Lookup(_scalar, lambda actual, expected: bool(actual == expected)),
-    "neq": _Lookup(_scalar, lambda actual, expected: actual != expected),
-    "contains": _Lookup(_string, lambda actual, expected: isinstance(actual, str) and expected in actual),
-    "icontains": _Lookup(_folded, lambda actual, expected: isinstance(actual, str) and expected in actual.casefold()),
-    "in": _Lookup(_scalars, lambda actual, expected: actual in expected),
-    "startswith": _Lookup(_string, lambda actual, expected: isinstance(actual, str) and actual.startswith(expected)),
-    "endswith": _Lookup(_string, lambda actual, expected: isinstance(actual, str) and actual.endswith(expected)),
-    "gt": _Lookup(_scalar, _ordered(operator.gt)),
-    "gte": _Lookup(_scalar, _ordered(operator.ge)),
-    "lt": _Lookup(_scalar, _ordered(operator.lt)),
-    "lte": _Lookup(_scalar, _ordered(operator.le)),
+    "exact": _Lookup(_scalar, _plain(lambda actual, expected: bool(actual == expected))),
+    "neq": _Lookup(_scalar, _plain(lambda actual, expected: actual != expected)),
+    "contains": _Lookup(_string, _plain(lambda actual, expected: isinstance(actual, str) and expected in actual)),
+    "icontains": _Lookup(_folded, _plain(
+        lambda actual, expected: isinstance(actual, str) and expected in actual.casefold())),
+    "in": _Lookup(_scalars, _plain(lambda actual, expected: _hashable(actual) and actual in expected)),
+    "startswith": _Lookup(_string, _plain(
+        lambda actual, expected: isinstance(actual, str) and actual.startswith(expected))),
+    "endswith": _Lookup(_string, _plain(
+        lambda actual, expected: isinstance(actual, str) and actual.endswith(expected))),
+    "gt": _Lookup(_scalar, _plain(_ordered(operator.gt))),
+    "gte": _Lookup(_scalar, _plain(_ordered(operator.ge))),
+    "lt": _Lookup(_scalar, _plain(_ordered(operator.lt))),
+    "lte": _Lookup(_scalar, _plain(_ordered(operator.le))),
     "regex": _Lookup(_pattern, _search),
 })
 
@@ -232,9 +312,13 @@ class Condition:
         except QueryLanguageError as error:
             raise QueryLanguageError(f"condition {describe(key)}: {error}") from None
 
-    def matches(self, doc: Document) -> bool:
-        """Whether ``doc`` meets the condition; a missing value meets only ``neq``."""
+    def matches(self, doc: Document, budget: RegexBudget) -> bool:
+        """Whether ``doc`` meets the condition; a missing value meets only ``neq``.
+
+        :param budget: the request's regex evaluation time, spent by a ``regex`` lookup.
+        :raises RegexBudgetError: when a regex lookup finds the budget spent.
+        """
         actual = self.field.value(doc)
         if actual is None:
             return self.lookup == "neq"
-        return _LOOKUPS[self.lookup].test(actual, self.expected)
+        return _LOOKUPS[self.lookup].test(actual, self.expected, budget)

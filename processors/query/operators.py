@@ -19,7 +19,8 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from processors.document import Document, copy_tree, traverse
-from processors.query.lookups import Condition, FieldRef, QueryLanguageError, describe
+from processors.query.limits import REQUEST_LIMITS
+from processors.query.lookups import Condition, FieldRef, QueryLanguageError, RegexBudget, describe
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ DOCUMENT_FIELDS: tuple[str, ...] = tuple(f.name for f in _FIELDS)
 """The field names ``select`` and ``exclude`` accept."""
 
 _KEYS = ("operator", "parameters", "priority", "traversal_paths", "name")
+
+_VALIDATING = RegexBudget(0.0)
+"""The budget of steps built only to check an operation: they are never run."""
 
 
 def _integer(name: str, value: object, *, nullable: bool = False) -> int | None:
@@ -67,7 +71,7 @@ def _reset(docs: list[Document], *, fields: frozenset[str]) -> list[Document]:
     return [dataclasses.replace(doc, **{f.name: _default(f) for f in _FIELDS if f.name in fields}) for doc in docs]
 
 
-def _filter(parameters: Mapping[str, Any]) -> Step:
+def _filter(parameters: Mapping[str, Any], budget: RegexBudget) -> Step:
     conditions = parameters["conditions"]
     if not isinstance(conditions, Mapping):
         raise QueryLanguageError(
@@ -79,22 +83,22 @@ def _filter(parameters: Mapping[str, Any]) -> Step:
     if not parsed:  # no condition keeps everything, so that a request can switch a default filter off
         return list
     test = all if combine == "and" else any
-    return lambda docs: [doc for doc in docs if test(condition.matches(doc) for condition in parsed)]
+    return lambda docs: [doc for doc in docs if test(condition.matches(doc, budget) for condition in parsed)]
 
 
-def _select(parameters: Mapping[str, Any]) -> Step:
+def _select(parameters: Mapping[str, Any], budget: RegexBudget) -> Step:
     keep = _field_names(parameters["fields"]) | {"id"}
     return partial(_reset, fields=frozenset(DOCUMENT_FIELDS) - keep)
 
 
-def _exclude(parameters: Mapping[str, Any]) -> Step:
+def _exclude(parameters: Mapping[str, Any], budget: RegexBudget) -> Step:
     fields = _field_names(parameters["fields"])
     if "id" in fields:
         raise QueryLanguageError("field 'id' cannot be excluded")
     return partial(_reset, fields=fields)
 
 
-def _slice(parameters: Mapping[str, Any]) -> Step:
+def _slice(parameters: Mapping[str, Any], budget: RegexBudget) -> Step:
     start = _integer("start", parameters["start"])
     end = _integer("end", parameters["end"], nullable=True)
     return lambda docs: docs[start:end]
@@ -123,24 +127,25 @@ def _sorted(docs: list[Document], *, field: FieldRef, reverse: bool) -> list[Doc
     return [doc for _, doc in present] + [doc for key, doc in keyed if key is None]
 
 
-def _sort(parameters: Mapping[str, Any]) -> Step:
+def _sort(parameters: Mapping[str, Any], budget: RegexBudget) -> Step:
     reverse = parameters["reverse"]
     if not isinstance(reverse, bool):
         raise QueryLanguageError(f"parameter 'reverse' must be true or false, got {describe(reverse)}")
     return partial(_sorted, field=FieldRef.parse(parameters["field"]), reverse=reverse)
 
 
-def _reverse(parameters: Mapping[str, Any]) -> Step:
+def _reverse(parameters: Mapping[str, Any], budget: RegexBudget) -> Step:
     return lambda docs: docs[::-1]
 
 
 @dataclass(frozen=True, slots=True)
 class _Operator:
-    """An operator's parameters (required, then optional with defaults) and its compiler."""
+    """An operator's parameters (required, then optional with defaults) and its compiler, which
+    binds the regex budget its conditions spend."""
 
     required: tuple[str, ...]
     defaults: Mapping[str, Any]
-    compile: Callable[[Mapping[str, Any]], Step]
+    compile: Callable[[Mapping[str, Any], RegexBudget], Step]
 
 
 _OPERATORS: Mapping[str, _Operator] = MappingProxyType({
@@ -163,7 +168,7 @@ def _operator(name: object) -> _Operator:
     return spec
 
 
-def _compile(spec: _Operator, parameters: object) -> tuple[dict[str, Any], Step]:
+def _compile(spec: _Operator, parameters: object, budget: RegexBudget) -> tuple[dict[str, Any], Step]:
     """Check an operator's parameters; the one place they are validated.
 
     :returns: the parameters with defaults filled in, and what the operator does to a list.
@@ -178,7 +183,7 @@ def _compile(spec: _Operator, parameters: object) -> tuple[dict[str, Any], Step]
         if key not in parameters:
             raise QueryLanguageError(f"missing parameter {key!r}")
     values = {**spec.defaults, **parameters}
-    return values, spec.compile(values)
+    return values, spec.compile(values, budget)
 
 
 def _freeze(value: Any) -> Any:
@@ -219,6 +224,9 @@ class Operation:
     :param traversal_paths: the document lists to act on: ``r`` the root list, ``m`` each root's
         matches, ``c`` its chunks, ``cm`` the matches of each chunk, and so on. A list is accepted.
     :param name: what a request names to override this operation; empty means the operator's name.
+    :param regex_budget: the regex evaluation time of the request this operation runs for, shared
+        by the operations of one request (``SearchParameters.operations_for``); None: each
+        ``apply_operations`` call gets ``RequestLimits.regex_budget_s`` of its own.
     :raises QueryLanguageError: naming the operator, parameter, field or path at fault.
     """
 
@@ -227,11 +235,12 @@ class Operation:
     priority: int = 0
     traversal_paths: tuple[str, ...] = ("r",)
     name: str = ""
+    regex_budget: RegexBudget | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         spec = _operator(self.operator)
         try:
-            values, _ = _compile(spec, self.parameters)
+            values, _ = _compile(spec, self.parameters, _VALIDATING)
             _integer("priority", self.priority)
             paths = _check_paths(self.traversal_paths)
             if not isinstance(self.name, str):
@@ -321,12 +330,17 @@ def apply_operations(docs: Sequence[Document], operations: Iterable[Operation]) 
     """Run operations over copies of ``docs``, in ascending priority; the input is never changed.
 
     :param docs: the root documents.
-    :param operations: checked operations, e.g. from :func:`merge_operations`.
+    :param operations: checked operations, e.g. from :func:`merge_operations`; their regex
+        conditions spend the operations' ``regex_budget`` (else a budget for this call alone).
     :returns: the new root list.
+    :raises RegexBudgetError: when regex conditions have used up the request's budget.
     """
+    ordered = sorted(operations, key=attrgetter("priority"))
+    budget = next((op.regex_budget for op in ordered if op.regex_budget is not None), None) \
+        or RegexBudget(REQUEST_LIMITS.regex_budget_s)
     roots = [copy_tree(doc) for doc in docs]
-    for operation in sorted(operations, key=attrgetter("priority")):
-        _, step = _compile(_OPERATORS[operation.operator], operation.parameters)
+    for operation in ordered:
+        _, step = _compile(_OPERATORS[operation.operator], operation.parameters, budget)
         for path in operation.traversal_paths:
             if path == "r":
                 roots = step(roots)

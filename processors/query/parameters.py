@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import dataclasses
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 from processors.exceptions import InvalidParameterError
+from processors.query.limits import REQUEST_LIMITS
+from processors.query.lookups import RegexBudget, describe
 from processors.query.operators import Operation, merge_operations, parse_operations
 
 __all__ = ["InvalidParameterError", "SearchParameters", "MAX_TOP_K"]
@@ -21,12 +24,15 @@ class SearchParameters:
     :param top_k: documents per query in the reply.
     :param chunk_oversample: vectors fetched per wanted document on each shard, so that a
         document with several matching chunks does not crowd others out of the top_k.
-    :param filter_by: fields to search (multi-field flows); None searches every field.
+    :param filter_by: fields to search (multi-field flows), each once; None searches every field.
     :param index_type: the shard index to answer from (flat, hnsw, ivf, ivf_pq); None = the flow's.
     :param ground_truth: query doc id -> {doc id: grade}; the reply then carries evaluations.
     :param metrics: what to evaluate, e.g. ``ndcg@10``, ``recall@100``, ``precision@10``, ``mrr``.
     :param query_language: operations ``{operator, parameters, priority, traversal_paths, stage}``
         added to (or overriding by name) the stage's own; ``stage`` is ``index`` or ``join``.
+
+    Not a parameter: ``regex_budget``, the regex evaluation time of this request on the stage
+    that parsed it, shared by every operation :meth:`operations_for` gives.
     """
 
     top_k: int = 10
@@ -36,6 +42,10 @@ class SearchParameters:
     ground_truth: Mapping[str, Mapping[str, int]] | None = None
     metrics: tuple[str, ...] = ("ndcg@10", "recall@100", "precision@10", "mrr")
     query_language: tuple[Mapping[str, Any], ...] = ()
+    regex_budget: RegexBudget = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regex_budget", RegexBudget(REQUEST_LIMITS.regex_budget_s))
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], defaults: "SearchParameters | None" = None) -> "SearchParameters":
@@ -44,7 +54,7 @@ class SearchParameters:
         :raises InvalidParameterError: naming the unknown parameter or the bad value.
         """
         base = defaults or cls()
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls) if f.init}
         for key in raw:
             if key not in known:
                 raise InvalidParameterError(f"unknown parameter {key!r}; known: {', '.join(sorted(known))}")
@@ -52,7 +62,8 @@ class SearchParameters:
         for key, upper in (("top_k", MAX_TOP_K), ("chunk_oversample", 100)):
             value = values[key]
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= upper:
-                raise InvalidParameterError(f"parameter {key!r} must be an integer in 1..{upper}, got {value!r}")
+                raise InvalidParameterError(
+                    f"parameter {key!r} must be an integer in 1..{upper}, got {describe(value)}")
         values["filter_by"] = _names("filter_by", values["filter_by"], allow_none=True)
         values["metrics"] = _names("metrics", values["metrics"], allow_none=False)
         if values["index_type"] is not None and not isinstance(values["index_type"], str):
@@ -75,21 +86,23 @@ class SearchParameters:
 
     def operations_for(self, stage: str, defaults: Sequence[Operation] = ()) -> tuple[Operation, ...]:
         """The operations one stage runs: its defaults, overridden by name or extended by the
-        request's operations meant for it (``stage`` defaults to ``join``).
+        request's operations meant for it (``stage`` defaults to ``join``). They spend this
+        request's ``regex_budget``, however often they are applied.
 
         :raises QueryLanguageError: naming the operator, parameter or type at fault.
         """
         raw = [{k: v for k, v in op.items() if k != "stage"} for op in self.query_language
                if op.get("stage", "join") == stage]
-        return merge_operations(defaults, parse_operations(raw))
+        return tuple(dataclasses.replace(op, regex_budget=self.regex_budget)
+                     for op in merge_operations(defaults, parse_operations(raw)))
 
 
 def _names(key: str, value: Any, *, allow_none: bool) -> tuple[str, ...] | None:
     if value is None and allow_none:
         return None
     if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
-        raise InvalidParameterError(f"parameter {key!r} must be a non-empty list of names, got {value!r}")
-    return tuple(value)
+        raise InvalidParameterError(f"parameter {key!r} must be a non-empty list of names, got {describe(value)}")
+    return tuple(dict.fromkeys(value))  # each name once, in its first place
 
 
 def _ground_truth(value: Any) -> dict[str, dict[str, int]] | None:

@@ -12,7 +12,7 @@ from streams.admin import ensure_topics
 from streams.local.bootstrap import BOOTSTRAP_FILE, DirectoryBroker, JoinedBroker, discover_bootstrap
 from streams.local.brokers import BrokerKind, LocalBroker, start_local_broker
 from streams.client import Client
-from streams.exceptions import BrokerError
+from streams.exceptions import BrokerError, StateConfigError
 from streams.flow import FlowSpec, with_state_dir
 from streams.kafka import KafkaSettings
 from streams.local.supervisor import LocalFlow
@@ -93,9 +93,14 @@ class LocalRuntime:
         """Wait until a search is answered by every shard (all stages are up and assigned).
 
         :raises BrokerError: if that does not happen within ``timeout``.
+        :raises StateConfigError: if a stage stopped for good (its state was built with other settings).
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            stopped = self.local_flow.stopped if self.local_flow is not None else {}
+            if stopped:
+                name, reason = next(iter(stopped.items()))
+                raise StateConfigError(f"stage {name} stopped: {reason}")
             try:
                 reply = client.search("ready?", timeout_s=3)
             except Exception as exc:  # stages still starting: the request may expire unanswered

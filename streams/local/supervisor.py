@@ -9,20 +9,43 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from streams.exceptions import EXIT_CONFIG
 from streams.flow import FlowSpec
 from streams.metrics import PORT_ENV
 from streams.stage import REPLICA_ENV
 
-__all__ = ["StageProcess", "LocalFlow"]
+__all__ = ["StageProcess", "LocalFlow", "restart_delay"]
 
 logger = logging.getLogger(__name__)
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 """The folder that holds the ``streams`` package, so stage processes import this very copy."""
+
+STABLE_AFTER_S = 30.0
+"""A stage that exits after running this long is restarted at once, and its backoff starts afresh."""
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+
+
+def restart_delay(exit_code: int, uptime_s: float, quick_exits: int) -> float | None:
+    """How long to wait before restarting a stage process that ended; None: do not restart it.
+
+    :param exit_code: its status: ``EXIT_CONFIG`` (stored state built with other settings) is
+        never restarted, and a signal (negative: killed, or a native crash, which the stage's
+        crash-loop breaker counts on a rerun to handle) is restarted at once.
+    :param uptime_s: how long it ran.
+    :param quick_exits: how many exits in a row before this one came under ``STABLE_AFTER_S``.
+    :returns: 0, or a delay doubling with each quick exit in a row, up to ``MAX_BACKOFF_S``.
+    """
+    if exit_code == EXIT_CONFIG:
+        return None
+    if exit_code < 0 or uptime_s >= STABLE_AFTER_S:
+        return 0.0
+    return min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** quick_exits)
 
 
 @dataclass(slots=True)
@@ -35,6 +58,13 @@ class StageProcess:
     log: IO[bytes]
     restarts: int = 0
     paused: bool = False
+    started: float = field(default_factory=time.monotonic)
+    quick_exits: int = 0
+    """Exits in a row that came under ``STABLE_AFTER_S`` after a start (the backoff's exponent)."""
+    restart_at: float | None = None
+    """When the supervisor starts the next process of this replica (it has ended)."""
+    stopped: str | None = None
+    """Why it ended and is not restarted: the last line of its log."""
 
 
 class LocalFlow:
@@ -79,9 +109,12 @@ class LocalFlow:
             self._watcher.start()
         return self
 
-    def _spawn(self, stage: str, replica: int, restarts: int = 0) -> StageProcess:
+    def _log_path(self, stage: str, replica: int) -> Path:
         name = f"{stage}-{replica}" if self.label == "main" else f"{stage}-{self.label}-{replica}"
-        log = open(self.log_dir / f"{name}.log", "ab")
+        return self.log_dir / f"{name}.log"
+
+    def _spawn(self, stage: str, replica: int, restarts: int = 0, quick_exits: int = 0) -> StageProcess:
+        log = open(self._log_path(stage, replica), "ab")
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers, "PYTHONUNBUFFERED": "1",
                REPLICA_ENV: f"{self.label}-{replica}"}
         port = self.flow.stage(stage).metrics_port
@@ -93,17 +126,38 @@ class LocalFlow:
         command = [sys.executable, "-P", "-m", "streams.cli", "run", str(self.flow_path.resolve()), "--stage", stage,
                    "--state-dir", str(Path(self.flow.state_dir).resolve())]
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        return StageProcess(stage, replica, process, log, restarts)
+        return StageProcess(stage, replica, process, log, restarts, quick_exits=quick_exits)
 
     def _watch(self) -> None:
         while not self._stop.wait(0.5):
             for i, proc in enumerate(self.processes):
-                code = proc.process.poll()
-                if code is not None and not self._stop.is_set():
-                    logger.warning("stage died, restarting",
-                                   extra={"stage": proc.stage, "replica": proc.replica, "exit_code": code})
-                    proc.log.close()
-                    self.processes[i] = self._spawn(proc.stage, proc.replica, proc.restarts + 1)
+                if self._stop.is_set():
+                    return
+                if proc.stopped is None and proc.restart_at is None and proc.process.poll() is not None:
+                    self._ended(proc)
+                if proc.restart_at is not None and time.monotonic() >= proc.restart_at:
+                    self.processes[i] = self._spawn(proc.stage, proc.replica, proc.restarts + 1, proc.quick_exits)
+
+    def _ended(self, proc: StageProcess) -> None:
+        """Schedule the restart of a process that ended (at once, or backed off), or give it up."""
+        proc.log.close()
+        code = proc.process.returncode
+        uptime = time.monotonic() - proc.started
+        where = {"stage": proc.stage, "replica": proc.replica, "exit_code": code}
+        delay = restart_delay(code, uptime, proc.quick_exits)
+        if delay is None:
+            proc.stopped = _last_line(self._log_path(proc.stage, proc.replica)) or f"exit code {code}"
+            logger.error(f"stage {proc.stage} (replica {proc.replica}) stopped with a configuration error and is "
+                         f"not restarted: {proc.stopped}", extra=where)
+            return
+        proc.quick_exits = 0 if uptime >= STABLE_AFTER_S else proc.quick_exits + 1
+        proc.restart_at = time.monotonic() + delay
+        logger.warning(f"stage died, restarting{f' in {delay:.0f} s' if delay else ''}", extra=where)
+
+    @property
+    def stopped(self) -> dict[str, str]:
+        """The replicas that ended for good (``EXIT_CONFIG``), by ``stage-replica``, and why."""
+        return {f"{p.stage}-{p.replica}": p.stopped for p in self.processes if p.stopped is not None}
 
     def find(self, stage: str, replica: int = 0) -> StageProcess:
         return next(p for p in self.processes if p.stage == stage and p.replica == replica)
@@ -142,3 +196,15 @@ class LocalFlow:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def _last_line(log: Path) -> str | None:
+    """A stage's last error line (``streamsearch: error: ...``, prefix dropped), else its last line."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    errors = [line for line in lines if line.startswith("streamsearch: error: ")]
+    return errors[-1].removeprefix("streamsearch: error: ") if errors else (lines[-1] if lines else None)

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from processors.exceptions import ConfigError
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
+from streams.exceptions import StateConfigError
 from streams.serde import DOCUMENT
 from streams.state.restore import RestoreTracker
 
@@ -56,8 +58,10 @@ class ShardStates:
     """
 
     def __init__(self, *, root: Path, flow: str, config: CompoundIndexerConfig,
-                 private_when_locked: bool = False) -> None:
+                 private_when_locked: bool = False, source: Path | None = None) -> None:
+        """:param source: the flow YAML, named in the command that rebuilds a shard built with other settings."""
         self._dir = Path(root) / flow / "index"
+        self._source = source
         self._config = config
         self._private_when_locked = private_when_locked
         self._open: dict[int, CompoundIndexer] = {}
@@ -99,8 +103,16 @@ class ShardStates:
         return self._warm(private)
 
     def _warm(self, path: Path) -> CompoundIndexer:
+        """:raises StateConfigError: if the shard was built with another dim or metric, saying how to rebuild."""
         index = CompoundIndexer(self._config, path=path, codec=DOCUMENT)
-        index.warm_up()
+        try:
+            index.warm_up()
+        except ConfigError as exc:
+            index.close()  # lets go of RocksDB's lock: a replay may delete the shard now
+            raise StateConfigError(
+                f"{exc}. Stop the index stage, then run `streamsearch replay {self._source or 'FLOW.yml'} "
+                f"--from-beginning` (it rebuilds from the encoded topic; a new dim means a new model: "
+                f"`streamsearch reindex`), or give the flow a new state_dir") from exc
         return index
 
     def _remove_abandoned_copies(self, partition: int) -> None:
@@ -127,7 +139,10 @@ class ShardStates:
         Opening it first takes RocksDB's lock, so a shard another process holds is never
         deleted under it (a directory removed with its LOCK file would let both proceed).
         """
-        self.open(partition)
+        try:
+            self.open(partition)
+        except StateConfigError:  # built with other settings, and its lock was free: it may go
+            pass
         path, private = self.path(partition), partition in self._private
         self.close(partition)  # a private copy is deleted by closing it
         if not private:

@@ -45,7 +45,26 @@ def test_invalid_jsonl_names_the_line(tmp_path: Path) -> None:
     data.write_text('{"id": 1, "text": "fine"}\n{"id": 2}\n')
     result = streamsearch("index", str(data), env={"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     assert result.returncode == 1
-    assert result.stderr.strip() == f"streamsearch: error: {data}:2: need an object with 'id' and 'text'"
+    assert result.stderr.strip() == (f"streamsearch: error: {data}:2: need 'text', or fields (other string values) "
+                                     "for a flow that maps them")
+
+
+def test_multi_field_jsonl_is_read_for_a_flow_that_maps_fields(tmp_path: Path) -> None:
+    """The JEP 3 example (no text) passes the reader, so the one error left is the absent broker;
+    a number id that is not an integer is refused, saying to write it as a string."""
+    env = {"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "HOME": str(tmp_path)}
+    books, flow = ROOT / "deploy" / "flows" / "jep3-books.jsonl", ROOT / "deploy" / "flows" / "jep3.yml"
+    result = streamsearch("index", str(books), "--flow", str(flow), env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("streamsearch: error: cannot reach Kafka at 127.0.0.1:1")
+    data = tmp_path / "books.jsonl"
+    data.write_text('{"id": 10, "title": "the story of the art"}\n{"id": 11.5, "title": "hackers and painters"}\n')
+    result = streamsearch("index", str(data), "--flow", str(flow), env=env)
+    assert result.stderr.strip() == (f"streamsearch: error: {data}:2: 'id' 11.5 is a number but not an integer; "
+                                     'write ids as strings, e.g. "id": "11.5"')
+    data.write_text('{"id": "12", "author": "Gombrich"}\n')
+    result = streamsearch("index", str(data), "--flow", str(flow), env=env)
+    assert result.stderr.strip() == f"streamsearch: error: {data}:1: need 'text' or one of the flow's fields: title, summary"
 
 
 # -- with a broker: run as a user would, from a directory outside the checkout ----------------------

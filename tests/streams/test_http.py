@@ -106,7 +106,10 @@ def test_single_document_index_and_delete(app, receipt) -> None:  # type: ignore
 
 def test_status_healthz_and_openapi(app, client) -> None:  # type: ignore[no-untyped-def]
     assert call(app, "GET", "/healthz").json() == {"status": "ok"}
-    by_name = call(app, "GET", "/status").json()  # the app knows the flow by its name only
+    deadline = time.monotonic() + 60
+    # The app knows the flow by its name only: shards come from the stages' reports, published every 5 s.
+    while len((by_name := call(app, "GET", "/status").json())["shards"]) < 2:
+        assert time.monotonic() < deadline, f"both shards not reported within 60 s: {by_name}"
     assert (by_name["flow"], by_name["fields"], by_name["version"]) == (client.topics.flow, [], 1)
     assert by_name["note"].startswith("known by name only")
     assert {st["stage"] for st in by_name["stages"]} == {"segment", "encode", "index", "join"}
@@ -317,3 +320,99 @@ def test_broker_outage_is_503_and_the_bridge_recovers_by_itself(app, broker) -> 
     while (response := call(app, "POST", "/search", json={**search, "deadline_s": 10})).status_code != 200:
         assert time.monotonic() < deadline, f"bridge did not recover: {response.status_code} {response.text}"
     assert response.json()["results"][0]["matches"]
+
+
+# -- issue 11: hostile input, per-request limits, no 500 ----------------------------------------------
+
+
+def test_an_id_with_a_slash_can_be_indexed_found_and_deleted(app) -> None:  # type: ignore[no-untyped-def]
+    added = call(app, "POST", "/index", json={"id": "guides/intro", "text": "Penguins huddle together to stay warm."})
+    assert added.status_code == 202
+    search = {"texts": "penguins keeping warm", "top_k": 1, "deadline_s": 30}
+    found = call(app, "POST", "/search", json={**search, "after": added.json()["offsets"]})
+    assert found.json()["results"][0]["matches"][0]["id"] == "guides/intro"
+    deleted = call(app, "DELETE", "/docs/guides/intro")
+    assert deleted.status_code == 202, deleted.text
+    after = {p: max(o, added.json()["offsets"].get(p, -1)) for p, o in deleted.json()["offsets"].items()}
+    gone = call(app, "POST", "/search", json={**search, "top_k": 5, "after": after})
+    assert "guides/intro" not in [m["id"] for m in gone.json()["results"][0]["matches"]]
+
+
+@pytest.mark.parametrize(("body", "limit"), [
+    ({"texts": ["anything"] * 100}, "the limit max_queries is 64"),
+    ({"texts": "x", "after": {"0": 1e18}}, "offsets are 0..max_offset"),
+    ({"texts": "x", "after": {"-1": 0}}, "after names partition -1; the flow has partitions 0..1"),
+    ({"texts": "x", "after": {"7": 0}}, "the flow has partitions 0..1"),
+    ({"texts": "x", "query_language": [{"operator": "filter", "parameters": {
+        "conditions": {"tags.topic__in": list(range(1_000_000))}}}]}, "the limit max_query_language_bytes is 65536"),
+    ({"texts": "x", "filter_by": ["title"] * 100_000}, "unknown fields ['title']; known: none"),
+])
+def test_a_request_over_a_limit_is_400_naming_it_at_once(app, body, limit) -> None:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    response = call(app, "POST", "/search", json={"deadline_s": 30, **body})
+    assert response.status_code == 400, response.text
+    assert limit in response.json()["detail"]
+    assert time.monotonic() - started < 15  # refused by the encode stage, not parked until the deadline
+
+
+def test_a_catastrophic_regex_spends_the_budget_and_is_400_naming_it(app, flow) -> None:  # type: ignore[no-untyped-def]
+    slow = [{"id": f"slow{i}", "text": "a" * 60 + "!"} for i in range(16)]
+    added = call(app, "POST", "/index", json=slow)
+    try:
+        response = call(app, "POST", "/search", json={
+            "texts": "aaaa", "top_k": 20, "deadline_s": 30, "after": added.json()["offsets"],
+            "query_language": [{"operator": "filter", "stage": "index", "traversal_paths": ["m"],
+                                "parameters": {"conditions": {"text__regex": "(a|aa)+$"}}}]})
+        assert response.status_code == 400, (response.text, stage_logs(flow))
+        assert "the limit regex_budget_s is 0.25 s" in response.json()["detail"]
+    finally:
+        for doc in slow:
+            call(app, "DELETE", f"/docs/{doc['id']}")
+
+
+def test_a_search_the_broker_refuses_as_too_large_is_413_not_503(flow) -> None:  # type: ignore[no-untyped-def]
+    # The client's own limit let it through (64 MiB); the query topic takes 8 MiB + 64 KiB.
+    with Client(flow.flow.name, settings=flow.settings, max_payload_bytes=64 * 1024 * 1024) as roomy:
+        app = create_app(roomy, token="", max_body_bytes=32 * 1024 * 1024)
+        response = call(app, "POST", "/search", json={"texts": "a " * (5 * 1024 * 1024), "deadline_s": 10})
+    assert response.status_code == 413, response.text
+    assert "refused the search request" in response.json()["detail"]
+
+
+FUZZ_SECONDS = 45.0
+"""What the schema fuzz test may spend on requests; cases drawn later are not sent."""
+
+
+def test_no_input_from_the_openapi_schema_gives_a_5xx_but_503_or_504(flow) -> None:  # type: ignore[no-untyped-def]
+    """schemathesis draws valid and invalid requests for every operation from the bridge's OpenAPI
+    schema and sends them in-process to the bridge in front of the running flow."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.generation import GenerationMode
+
+    statuses: dict[tuple[str, str, int], int] = {}
+    stop = time.monotonic() + FUZZ_SECONDS
+    with Client(flow.flow.name, settings=flow.settings, timeout_s=3) as short:  # a parked `after` waits 3 s at most
+        schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(short, token=""))
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE),
+                              operation.as_strategy(GenerationMode.NEGATIVE))
+
+            @given(case=cases)
+            @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            def send(case) -> None:  # type: ignore[no-untyped-def]
+                if time.monotonic() > stop:
+                    return
+                if isinstance(case.body, dict) and isinstance(case.body.get("deadline_s"), (int, float)):
+                    case.body["deadline_s"] = min(case.body["deadline_s"], 3)
+                response = case.call()
+                key = (case.method, case.path, response.status_code)
+                statuses[key] = statuses.get(key, 0) + 1
+                assert response.status_code < 500 or response.status_code in (503, 504), (
+                    response.status_code, response.text[:500], case.as_curl_command())
+
+            send()
+    assert any(code == 200 for _, path, code in statuses if path == "/search"), statuses  # the flow answered
+    assert any(code == 202 for _, path, code in statuses if path == "/index"), statuses

@@ -56,6 +56,15 @@ class TestJoiner:
         assert reply.partial and reply.errors == ["shard 1: boom"]
         assert [m.id for m in reply.docs[0].matches] == ["a"]
 
+    def test_matches_of_a_part_that_also_reports_an_error_are_kept(self) -> None:
+        """A shard whose window stopped at its limit answers what it found, and says so."""
+        joiner = Joiner()
+        outputs = joiner.process([part(-1, []), part(0, [("a", 0.5)]),
+                                  part(1, [("b", 0.7)], error="shard 1: index-stage window limit reached")])
+        reply = SEARCH_REPLY.decode(outputs[0].value)
+        assert reply.partial and reply.errors == ["shard 1: index-stage window limit reached"]
+        assert [m.id for m in reply.docs[0].matches] == ["b", "a"]
+
 
 def field_part(shard: int, field_name: str | None, expected_fields: list[str], matches: list[tuple[str, float]],
                parameters: dict | None = None) -> Inbound:

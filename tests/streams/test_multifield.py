@@ -67,3 +67,20 @@ def test_a_one_field_query_does_not_wait_for_the_other_fields_deadline(indexed) 
     # counting title parts alone: had it waited for summary parts, it would answer partial at 20 s.
     reply = client.search("painter", filter_by=["title"], after=receipt, timeout_s=20)
     assert not reply.partial and reply.missing_shards == []
+
+
+def test_the_jep3_example_file_indexes_through_the_cli(flow: LocalRuntime) -> None:
+    """``streamsearch index deploy/flows/jep3-books.jsonl`` (no text, only the mapped fields), as the
+    README runs it; re-indexing the same two books changes nothing the other tests see."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    indexed = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "index", "deploy/flows/jep3-books.jsonl", "--flow", flow.flow.name,
+         "--wait", "--timeout", "120"],
+        capture_output=True, text=True, cwd=root, timeout=180)  # KAFKA_BOOTSTRAP_SERVERS: the session broker's
+    assert indexed.returncode == 0, indexed.stderr
+    assert indexed.stdout.splitlines()[-1] == "2 documents searchable by index version 1", indexed.stdout
+    with flow.client() as client:
+        assert ids(client.search("painter", filter_by=["title"], top_k=1, timeout_s=60)) == ["11"]

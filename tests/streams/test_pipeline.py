@@ -184,6 +184,35 @@ def test_a_nul_in_an_id_is_dead_lettered_with_the_reason(client, flow, kafka_set
     assert "id 'evil\\x00id' contains NUL (U+0000)" in letters[0].message
 
 
+def test_documents_nested_5000_deep_are_dead_lettered_on_ingest_and_query_and_nothing_restarts(
+        client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+    """Issue 11: such a record killed the stage in fastavro's reader (SIGSEGV), again on every
+    restart; on the query topic, without a deadline header, for ever."""
+    from streams.serde import REQUEST
+    from tests.streams.test_serde import DEFAULT_PREFIX
+
+    topics = flow.flow.topics
+    deep = DEFAULT_PREFIX * 5625  # 135 KB, as reported
+    producer = StageProducer(kafka_settings)
+    producer.produce(topics.ingest, value=deep, key=b"deep-ingest", partition=0, headers=[DOCUMENT.header()])
+    request = b"\x14deep-query\x06\x02" + deep + b"\x00\x00\x02t\x02\x00"  # a search Request holding it
+    producer.produce(topics.query, value=request, key=b"deep-query", headers=[REQUEST.header()])  # no deadline
+    producer.flush()
+    receipt = client.index([Document(id="after-deep", text="Glaciers carve deep valleys over thousands of years.")])
+    reply = client.search("how glaciers shape valleys", top_k=1, after=receipt, timeout_s=60)
+    assert reply.docs[0].matches[0].id == "after-deep", stage_logs(flow)
+    deadline = time.monotonic() + 30
+    wanted = {b"deep-ingest": ("segment", topics.ingest), b"deep-query": ("encode", topics.query)}
+    while len(letters := {d.key: d for d in read_dead_letters(kafka_settings, topics) if d.key in wanted}) < 2:
+        assert time.monotonic() < deadline, f"dead letters: {sorted(letters)}"
+        time.sleep(0.5)
+    for key, (stage, topic) in wanted.items():
+        letter = letters[key]
+        assert (letter.stage, letter.error_class, letter.source_topic) == (stage, "DecodeLimitError", topic)
+        assert "Documents nested deeper than max_document_depth=32" in letter.message
+    assert flow.local_flow.find("segment").restarts == 0 and flow.local_flow.find("encode").restarts == 0
+
+
 def test_bad_parameter_gets_an_error_reply_not_a_timeout(client) -> None:  # type: ignore[no-untyped-def]
     reply = client.search("anything", parameters={"top_k": "ten"}, timeout_s=10)
     assert reply.partial

@@ -1,12 +1,16 @@
 """Documents are validated where the stages decode them: a refused one is dead-lettered by the stage loop."""
 
+import logging
+
 import pytest
 
 from processors.document import Document
+from processors.encoders.base import Truncated
 from processors.exceptions import InvalidDocumentError
+from streams.metrics import TRUNCATED_TEXTS
 from streams.serde import DOCUMENT
 from streams.stage import Inbound
-from streams.transform import DocumentTransform, decode_document
+from streams.transform import DocumentTransform, TruncationReport, decode_document
 
 
 def record(doc: Document, offset: int = 0) -> Inbound:
@@ -33,3 +37,26 @@ class TestDecodeDocument:
         assert len(transform.process([good])) == 1
         with pytest.raises(InvalidDocumentError, match="NUL"):
             transform.process([good, record(Document(id="evil\x00id", text="Some sentence here."), offset=2)])
+
+
+class TestTruncationReport:
+    """Every truncated text is counted; the log names a document at once, then once per interval."""
+
+    def test_counted_in_the_metric_and_logged_rate_limited(self, caplog: pytest.LogCaptureFixture) -> None:
+        now = [0.0]
+        report = TruncationReport(flow="trunc-test", stage="encode", interval_s=60, clock=lambda: now[0])
+        counter = TRUNCATED_TEXTS.labels("trunc-test", "encode")
+        before = counter._value.get()
+        with caplog.at_level(logging.WARNING, logger="streams.transform"):
+            report.record([])
+            report.record([Truncated("log", "log", 900, 128)])
+            now[0] = 30.0
+            report.record([Truncated("a", "a/0", 200, 128), Truncated("b", "b/3", 300, 128)])
+            now[0] = 61.0
+            report.record([Truncated("c", "c/1", 150, 128)])
+        assert counter._value.get() - before == 4
+        lines = [r.getMessage() for r in caplog.records if r.name == "streams.transform"]
+        assert len(lines) == 2
+        assert lines[0].startswith("encode: 1 text(s) longer than max_length=128 tokens were embedded from their "
+                                   "first 128 tokens only, e.g. document 'log' (900 tokens)")
+        assert lines[1].startswith("encode: 3 text(s)") and "document 'c', node 'c/1' (150 tokens)" in lines[1]

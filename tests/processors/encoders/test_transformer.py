@@ -64,12 +64,12 @@ class TestGivenEmbeddings:
 
         def fake_encode(texts):  # type: ignore[no-untyped-def]
             calls.append(list(texts))
-            return np.full((len(texts), 384), 0.5, np.float32)
+            return np.full((len(texts), 384), 0.5, np.float32), [1] * len(texts)
 
         def no_model() -> None:
             raise AssertionError("the model must not load")
 
-        monkeypatch.setattr(enc, "encode_texts", fake_encode)
+        monkeypatch.setattr(enc, "_encode", fake_encode)
         monkeypatch.setattr(enc, "_warm", no_model)
         return enc, calls
 
@@ -121,3 +121,37 @@ class TestGivenEmbeddings:
         assert encoder.output_dim == encoder.dim == 384
         with pytest.raises(DimensionMismatchError):
             encoder.run(docs=[Document(id="bad", embedding=np.ones(768, np.float32))], traversal_paths=["r"])
+
+
+class TestTruncation:
+    """A text longer than max_length tokens is embedded from its start only, and reported."""
+
+    LOG_LINE = "2026-11-30 10:51:06 INFO worker-3 processed batch 1234 from queue ingest in 12 ms"
+
+    def test_a_root_text_over_max_length_is_reported_with_its_document(self) -> None:
+        enc = TransformerEncoder(TransformerEncoderConfig(max_length=32))
+        long_text = " ".join([self.LOG_LINE] * 25)
+        result = enc.run(docs=[Document(id="log", text=long_text), Document(id="short", text="a short text")])
+        [truncated] = result.truncated
+        assert (truncated.doc_id, truncated.node_id, truncated.max_length) == ("log", "log", 32)
+        assert truncated.tokens > 25 * 20  # the whole text's tokens, not the 32 read
+        assert all(doc.embedding is not None for doc in result.docs)
+
+    def test_chunks_are_reported_by_node_and_texts_that_fit_are_not(self, encoder: TransformerEncoder) -> None:
+        doc = Document(id="d", chunks=[Document(id="d/0", text="fits easily"),
+                                       Document(id="d/1", text=" ".join([self.LOG_LINE] * 25))])
+        result = encoder.run(docs=[doc])
+        assert [(t.doc_id, t.node_id) for t in result.truncated] == [("d", "d/1")]
+        assert encoder.run(docs=[Document(id="e", chunks=[Document(id="e/0", text=self.LOG_LINE)])]).truncated == ()
+
+    def test_a_sentencizer_window_fits_the_encoder(self, encoder: TransformerEncoder) -> None:
+        """The flows' pairing (max_sent_len 300 characters, max_length 128 tokens) truncates no window
+        of a long unpunctuated log line, so its last words are embedded too."""
+        from processors.segmenters.sentence import Sentencizer, SentencizerConfig
+
+        text = " ".join([self.LOG_LINE] * 24 + [self.LOG_LINE.replace("ingest", "whale")])
+        segmented = Sentencizer(SentencizerConfig(min_sent_len=8, max_sent_len=300)).run(
+            docs=[Document(id="log", text=text)]).docs
+        narrow = TransformerEncoder(TransformerEncoderConfig(traversal_paths=("c",), max_length=128))
+        result = narrow.run(docs=segmented)
+        assert result.truncated == () and "whale" in result.docs[0].chunks[-1].text

@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from processors.document import Direction, Document, Score, copy_tree, traverse
+from processors.query import lookups
 from processors.query.lookups import ATTRIBUTES, LOOKUPS
 from processors.query.operators import (
     DOCUMENT_FIELDS,
@@ -146,7 +147,9 @@ class TestFilter:
         with pytest.raises(QueryLanguageError, match="unknown lookup 'b'"):
             Operation("filter", {"conditions": {"tags.a__b": "x"}})
 
-    def test_regex_timeout_is_no_match_and_a_warning(self, caplog: pytest.LogCaptureFixture) -> None:
+    def test_regex_timeout_is_no_match_and_a_warning(self, caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(lookups, "_TIMEOUTS", lookups._TimeoutWarnings())  # no line of an earlier test's
         docs = [Document(id="slow", text="a" * 60 + "!"), Document(id="fast", text="aa")]
         with caplog.at_level(logging.WARNING, logger="processors.query.lookups"):
             result = run(docs, Operation("filter", {"conditions": {"text__regex": "(a|aa)+$"}}))

@@ -1,0 +1,194 @@
+"""The crash-loop breaker: what a stage process was working on when it died.
+
+A record that kills the process (a native library's segfault, an abort, memory exhaustion) is
+never dead-lettered by the ordinary failure path, because nothing survives to catch it: the
+supervisor restarts the stage, it reads the same record and dies again, for good. So before a
+batch is processed each stage notes, per partition, the offsets it is working on in a small file,
+and removes the note when the batch is through. A process that starts and finds a note over the
+offsets it is about to process knows its predecessor died on them:
+
+1. first crash over a range: process it again as usual (the crash may have had another cause);
+2. ``crash_limit`` crashes over a range: process it record by record, noting each record alone;
+3. a record noted alone that was in flight at a crash: dead-letter it with the reason
+   "crashed the stage N times (signal)", unprocessed. Nothing else is skipped.
+
+Notes are written with an atomic rename and no fsync: they must survive the process, not the
+machine. The signal comes from ``faulthandler``, which each stage process points at a file named
+after its pid; a process killed by SIGKILL (the OOM killer) leaves no report and is named so.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import os
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+__all__ = ["InFlightLog", "InFlightVerdict", "CrashLoopError", "DEFAULT_CRASH_LIMIT"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CRASH_LIMIT = 2
+"""Crashes over the same offsets before a batch is isolated, and the killing record dead-lettered."""
+
+_FATAL = re.compile(r"Fatal Python error: (.+)")
+
+
+class _Record(Protocol):
+    topic: str
+    partition: int
+    offset: int
+
+
+class CrashLoopError(Exception):
+    """The reason a record that kept killing the stage process is dead-lettered."""
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightVerdict:
+    """What to do with a batch, given the notes its predecessor left."""
+
+    poisoned: dict[tuple[str, int, int], str]
+    """(topic, partition, offset) → the dead-letter reason: records that killed the stage."""
+    isolate: bool
+    """Process the rest record by record, noting each alone."""
+    lettered: frozenset[tuple[str, int, int]] = frozenset()
+    """Poisoned records already dead-lettered by a process that died later: skip them."""
+
+
+class InFlightLog:
+    """Notes of in-flight offsets for one consumer group, under ``directory``.
+
+    :param directory: where the notes and the fault reports live (the stage's state dir).
+    :param group: the consumer group whose partitions the notes are about.
+    :param crash_limit: crashes over the same offsets before isolating them (≥ 1).
+    """
+
+    def __init__(self, directory: Path, group: str, *, crash_limit: int = DEFAULT_CRASH_LIMIT) -> None:
+        self._dir = Path(directory)
+        self._group = group
+        self._limit = max(1, crash_limit)
+        self._faults: dict[int, str] = {}
+        self._dir.mkdir(parents=True, exist_ok=True)
+
+    # -- notes -------------------------------------------------------------------------------
+
+    def _path(self, topic: str, partition: int) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{self._group}__{topic}__{partition}")
+        return self._dir / f"{safe}.json"
+
+    def _read(self, topic: str, partition: int) -> dict | None:  # type: ignore[type-arg]
+        try:
+            note = json.loads(self._path(topic, partition).read_text())
+            return {"first": int(note["first"]), "last": int(note["last"]), "crashes": int(note["crashes"]),
+                    "pid": int(note["pid"]), "poisoned": {int(k): str(v) for k, v in note.get("poisoned", {}).items()},
+                    "lettered": [int(o) for o in note.get("lettered", [])]}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _write(self, topic: str, partition: int, first: int, last: int, crashes: int,
+               poisoned: dict[int, str] | None = None, lettered: Sequence[int] = ()) -> None:
+        path = self._path(topic, partition)
+        staged = path.with_suffix(f".{os.getpid()}.tmp")
+        staged.write_text(json.dumps({"first": first, "last": last, "crashes": crashes, "pid": os.getpid(),
+                                      "poisoned": {str(k): v for k, v in (poisoned or {}).items()},
+                                      "lettered": sorted(lettered)}))
+        os.replace(staged, path)
+
+    def begin(self, records: Sequence[_Record]) -> InFlightVerdict:
+        """Note the batch's offsets, per partition, and judge it against what a dead predecessor noted."""
+        by_partition: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for record in records:
+            by_partition[(record.topic, record.partition)].append(record.offset)
+        poisoned: dict[tuple[str, int, int], str] = {}
+        lettered: set[tuple[str, int, int]] = set()
+        isolate = False
+        for (topic, partition), offsets in by_partition.items():
+            first, last = min(offsets), max(offsets)
+            note = self._read(topic, partition)
+            crashes, known, done = 0, {}, []
+            if note is not None and note["pid"] != os.getpid() and note["first"] <= last and first <= note["last"]:
+                # What the dead process had judged still holds for the offsets this batch has again.
+                known = {o: why for o, why in note["poisoned"].items() if first <= o <= last}
+                done = [o for o in note["lettered"] if first <= o <= last]
+                crashes = note["crashes"] + 1  # the process that wrote it died working on these offsets
+                signal = self.fault_of(note["pid"])
+                logger.warning(f"{topic}[{partition}] offsets {note['first']}..{note['last']} were in flight when "
+                               f"the stage process died ({signal}); crash {crashes} over them",
+                               extra={"topic": topic, "partition": partition})
+                alone = note["first"] == note["last"]
+                if alone and crashes >= self._limit:
+                    known[note["first"]] = f"crashed the stage {crashes} times ({signal})"
+                    crashes = 0  # the rest of the batch starts afresh
+                elif alone or crashes >= self._limit:
+                    isolate = True  # find the record that kills it; a lone one keeps its count
+            poisoned.update({(topic, partition, o): why for o, why in known.items()})
+            lettered.update((topic, partition, o) for o in done)
+            self._write(topic, partition, first, last, crashes, known, done)
+        return InFlightVerdict(poisoned, isolate, frozenset(lettered))
+
+    def begin_record(self, record: _Record) -> None:
+        """In isolation, note one record alone: if it kills the process, the next one dead-letters it."""
+        note = self._read(record.topic, record.partition) or {"crashes": 0, "poisoned": {}, "lettered": []}
+        self._write(record.topic, record.partition, record.offset, record.offset, note["crashes"],
+                    note["poisoned"], note["lettered"])
+
+    def lettered(self, records: Sequence[_Record]) -> None:
+        """These poisoned records are in the dead-letter topic (delivered): a later crash must not send them again."""
+        for record in records:
+            note = self._read(record.topic, record.partition)
+            if note is not None:
+                self._write(record.topic, record.partition, note["first"], note["last"], note["crashes"],
+                            note["poisoned"], [*note["lettered"], record.offset])
+
+    def abandon(self) -> None:
+        """This process stops on an exception of its own (a broker outage, say), not killed by a record:
+        drop its notes, so that its exit is not counted as a crash over them."""
+        for path in self._dir.glob("*.json"):
+            try:
+                if json.loads(path.read_text()).get("pid") == os.getpid():
+                    path.unlink(missing_ok=True)
+            except (OSError, ValueError, AttributeError):
+                continue
+
+    def end(self, records: Sequence[_Record]) -> None:
+        """The batch is through (outputs delivered, offsets committed): forget its notes."""
+        for topic, partition in {(r.topic, r.partition) for r in records}:
+            self._path(topic, partition).unlink(missing_ok=True)
+
+    # -- fault reports -----------------------------------------------------------------------
+
+    def _fault_path(self, pid: int) -> Path:
+        return self._dir / f"fault-{pid}.log"
+
+    def enable_fault_reports(self) -> IO[str]:
+        """Point ``faulthandler`` at this process's report file (kept open for the process's life)."""
+        report = open(self._fault_path(os.getpid()), "w")  # noqa: SIM115 - faulthandler needs it open
+        faulthandler.enable(file=report)
+        return report
+
+    def disable_fault_reports(self, report: IO[str] | None) -> None:
+        """A clean exit: no fault to report."""
+        if report is not None:
+            faulthandler.disable()
+            report.close()
+            self._fault_path(os.getpid()).unlink(missing_ok=True)
+
+    def fault_of(self, pid: int) -> str:
+        """How process ``pid`` died, from its fault report."""
+        if pid not in self._faults:
+            path = self._fault_path(pid)
+            try:
+                text = path.read_text(errors="replace")
+                path.unlink(missing_ok=True)  # read once: the process is gone
+            except OSError:
+                text = ""
+            match = _FATAL.search(text)
+            self._faults[pid] = match.group(1).strip() if match else "no fault report: killed, e.g. SIGKILL or out of memory"
+        return self._faults[pid]

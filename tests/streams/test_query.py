@@ -1,0 +1,68 @@
+"""The query path's deadline checks: a record without a deadline header expires too."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from processors.document import Document
+from processors.query.parameters import SearchParameters
+from streams import headers as h
+from streams.exceptions import DecodeLimitError
+from streams.query import DEFAULT_TIMEOUT_MS, QueryFanout, decode_live, is_expired
+from streams.serde import REQUEST, Request
+from streams.stage import Inbound
+from streams.topics import FlowTopics
+from tests.streams.test_query_fuzz import FixedEncoder
+from tests.streams.test_serde import nested
+
+TOPICS = FlowTopics("deadlines", 2)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def query(value: bytes, *, age_ms: int, deadline_ms: int | None = None) -> Inbound:
+    headers = {h.SCHEMA: REQUEST.header()[1]}
+    if deadline_ms is not None:
+        headers[h.DEADLINE_MS] = str(deadline_ms).encode()
+    return Inbound(TOPICS.query, 0, 0, b"r", value, headers, timestamp_ms=now_ms() - age_ms)
+
+
+def request(request_id: str = "r") -> bytes:
+    return REQUEST.encode(Request(request_id, "search", [Document(id="q0", text="q")], "replies",
+                                  now_ms() + 60_000, {}, {}))
+
+
+class TestDeadlines:
+    def test_the_header_decides_when_there_is_one(self) -> None:
+        assert is_expired(query(b"", age_ms=0, deadline_ms=now_ms() - 1))
+        assert not is_expired(query(b"", age_ms=10**9, deadline_ms=now_ms() + 60_000))
+
+    @pytest.mark.parametrize("header", [None, "soon"])
+    def test_without_a_readable_header_a_record_expires_a_timeout_after_its_timestamp(self, header: str | None) -> None:
+        def record(age_ms: int) -> Inbound:
+            r = query(b"", age_ms=age_ms)
+            return r if header is None else Inbound(r.topic, 0, 0, b"r", b"", {h.DEADLINE_MS: header.encode()},
+                                                    r.timestamp_ms)
+
+        assert not is_expired(record(0))
+        assert is_expired(record(DEFAULT_TIMEOUT_MS + 1000))
+        assert not is_expired(record(DEFAULT_TIMEOUT_MS + 1000), default_timeout_ms=60_000)
+
+    def test_an_expired_headerless_record_is_skipped_undecoded(self) -> None:
+        deep = query(nested(5000), age_ms=DEFAULT_TIMEOUT_MS + 1000)  # would be refused if it were decoded
+        assert list(decode_live([deep], REQUEST)) == []
+        with pytest.raises(DecodeLimitError, match="max_document_depth"):
+            list(decode_live([query(b"\x02r\x06\x02" + nested(40) + b"\x00\x00\x02t\x02\x00", age_ms=0)], REQUEST))
+
+    def test_the_encode_stage_gives_headerless_queries_its_flow_timeout(self) -> None:
+        fanout = QueryFanout(encoder=FixedEncoder(), topics=TOPICS, defaults=SearchParameters(),  # type: ignore[arg-type]
+                             timeout_s=30)
+        old = query(request("old"), age_ms=20_000)
+        assert {o.key for o in fanout.process([old])} == {"old"}
+        assert fanout.process([query(request("older"), age_ms=31_000)]) == []
+        default = QueryFanout(encoder=FixedEncoder(), topics=TOPICS, defaults=SearchParameters())  # type: ignore[arg-type]
+        assert default.process([old]) == []
