@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from processors.document import Document, validate_document
 from streams import headers as h
-from streams.admin import delete_topics, ensure_topics
+from streams.admin import check_broker, delete_topics, ensure_topics
 from streams.exceptions import DeliveryError, PayloadTooLargeError, RequestTimeoutError
 from streams.flow import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.kafka import KafkaSettings, StageProducer, consume_batch, make_consumer
@@ -101,6 +101,20 @@ def _query_matrix(vectors: VectorsLike) -> np.ndarray:
     return matrix
 
 
+def _local_settings() -> KafkaSettings:
+    """KAFKA_BOOTSTRAP_SERVERS (and STREAMSEARCH_KAFKA_* settings), else the broker that a
+    ``streamsearch run`` in this directory started, found as the CLI finds it.
+
+    :raises BrokerError: when neither names a broker.
+    """
+    settings = KafkaSettings.from_env()
+    if settings.bootstrap_servers:
+        return settings
+    from streams.local.bootstrap import discover_bootstrap
+
+    return KafkaSettings(discover_bootstrap(), settings.extra)
+
+
 class Client:
     """Talks to a running flow through Kafka only."""
 
@@ -116,7 +130,7 @@ class Client:
         """:param version: search this index version only; None follows the serving version."""
         self.topics = FlowTopics(flow, 1, version or 1)
         self._pinned = version is not None
-        self.settings = settings or KafkaSettings.from_env()
+        self.settings = settings or _local_settings()
         self.timeout_s = timeout_s
         self.max_payload_bytes = max_payload_bytes
         self.reply_topic = f"{flow}.reply.{uuid.uuid4().hex[:12]}"
@@ -363,6 +377,8 @@ class Client:
         self._producer.close()
 
     def __enter__(self) -> "Client":
+        """Fail fast, with one :class:`BrokerError`, when the broker cannot be reached."""
+        check_broker(self.settings, timeout=10)
         return self
 
     def __exit__(self, *_: object) -> None:
