@@ -30,6 +30,9 @@ TRANSACTIONS = Counter("streamsearch_transactions_total", "Kafka transactions of
                        ["flow", "stage", "outcome"])
 TRUNCATED_TEXTS = Counter("streamsearch_truncated_texts_total", "Texts longer than the encoder's max_length, "
                           "embedded from their first max_length tokens only", ["flow", "stage"])
+REJECTED_REQUESTS = Counter("streamsearch_rejected_requests_total",
+                            "Requests refused with an error reply (invalid parameters, limits): answered, not lost",
+                            ["flow", "stage", "error"])
 REPLIES = Counter("streamsearch_replies_total", "Search replies sent by the joiner", ["flow", "partial"])
 
 PORT_ENV = "STREAMSEARCH_METRICS_PORT"

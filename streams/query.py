@@ -14,7 +14,6 @@ from typing import Iterator, Sequence, TypeVar
 
 from processors.encoders.base import Encoder
 from processors.index.base import INDEX_TYPES
-from processors.exceptions import BadDocumentError
 from processors.query.limits import REQUEST_LIMITS, RequestLimits
 from processors.query.lookups import describe
 from processors.query.parameters import InvalidParameterError, SearchParameters
@@ -135,16 +134,16 @@ class QueryFanout:
     def _check(self, request: Request) -> Request:
         """Check a request, so shards receive only valid ones within the per-request limits.
 
-        :raises InvalidParameterError, BadDocumentError: the error reply says which
+        :raises InvalidParameterError: a request the flow refuses; the error reply says why
             (``RequestLimitError`` names the limit).
         """
         if request.kind != "search":
-            raise BadDocumentError(f"request kind {request.kind!r} on the query topic; only 'search' is served here")
+            raise InvalidParameterError(f"request kind {request.kind!r} on the query topic; only 'search' is served here")
         if not request.docs:
-            raise BadDocumentError("a search request needs at least one query document")
+            raise InvalidParameterError("a search request needs at least one query document")
         for doc in request.docs:
             if not doc.text and doc.embedding is None:
-                raise BadDocumentError(f"query document {doc.id!r} has neither text nor an embedding")
+                raise InvalidParameterError(f"query document {doc.id!r} has neither text nor an embedding")
         params = SearchParameters.parse(request.parameters, self._defaults)
         # Also parses the operations: a QueryLanguageError now, not on every shard.
         self._limits.check(params, queries=len(request.docs), after=request.min_offsets, fields=self._fields,

@@ -24,11 +24,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from streams import headers as h
 from streams.checkpoint import Checkpoint, TransactionalCheckpoint
 from streams.admin import max_message_bytes
+from processors.exceptions import InvalidParameterError
 from streams.exceptions import DeliveryError, PayloadTooLargeError
 from streams.inflight import CrashLoopError, InFlightLog
 from streams.kafka import Header, KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer, record_size
 from streams.topics import RECORD_OVERHEAD_BYTES
-from streams.metrics import BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, serve_metrics
+from streams.metrics import (BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, REJECTED_REQUESTS,
+                             serve_metrics)
 from streams.serde import STAGE_STATUS
 
 __all__ = ["Inbound", "Output", "PathHandler", "PathSpec", "StageLoop", "StageSpec"]
@@ -434,7 +436,7 @@ class StageLoop:
                 try:
                     self._emit(path, path.spec.handler.process([record]))
                 except Exception as exc:
-                    self._dead_letter(path, record, exc)
+                    self._fail(path, record, exc)
             return
         try:
             with BATCH_SECONDS.labels(self.spec.flow, self.spec.name, path.spec.topic).time():
@@ -442,14 +444,27 @@ class StageLoop:
             return
         except Exception as exc:  # isolate the bad record below; nothing is lost
             if len(records) == 1:
-                self._dead_letter(path, records[0], exc)
+                self._fail(path, records[0], exc)
                 return
             logger.info("batch failed, retrying record by record", extra={"stage": self.spec.name, "error": str(exc)})
         for record in records:
             try:
                 self._emit(path, path.spec.handler.process([record]))
             except Exception as exc:
-                self._dead_letter(path, record, exc)
+                self._fail(path, record, exc)
+
+    def _fail(self, path: _Path, record: Inbound, error: Exception) -> None:
+        """A record that failed alone: a request the flow refuses is answered (the handler's error
+        reply) and counted, not dead-lettered, since nothing was lost; anything else is dead-lettered."""
+        if not isinstance(error, InvalidParameterError):
+            self._dead_letter(path, record, error)
+            return
+        REJECTED_REQUESTS.labels(self.spec.flow, self.spec.name, type(error).__name__).inc()
+        logger.debug("request rejected", extra={"stage": self.spec.name, "error": f"{type(error).__name__}: {error}"})
+        try:
+            self._emit(path, path.spec.handler.on_failure(record, error))
+        except Exception:
+            logger.exception("on_failure raised", extra={"stage": self.spec.name})
 
     def _emit(self, path: _Path, outputs: Sequence[Output]) -> None:
         if not outputs:

@@ -221,6 +221,21 @@ def test_bad_parameter_gets_an_error_reply_not_a_timeout(client) -> None:  # typ
     assert reply.errors and "no_such_knob" in reply.errors[0]
 
 
+def test_refused_requests_are_answered_and_counted_not_dead_lettered(client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+    topics = flow.flow.topics
+    letters_before = len(read_dead_letters(kafka_settings, topics))
+    rejected_before = _metric(METRICS_PORTS["encode"], "streamsearch_rejected_requests_total")
+    refused = [{"top_k": 0}, {"index_type": "nosuch"}, {"filter_by": ["nosuchfield"]}]
+    for parameters in refused:
+        reply = client.search("anything", parameters=parameters, timeout_s=10)
+        assert reply.errors, parameters
+    deadline = time.monotonic() + 30  # the metric is scraped: wait for the stage's counter
+    while _metric(METRICS_PORTS["encode"], "streamsearch_rejected_requests_total") < rejected_before + 3:
+        assert time.monotonic() < deadline, "rejected requests not counted"
+        time.sleep(0.2)
+    assert len(read_dead_letters(kafka_settings, topics)) == letters_before, "a refused request is not a dead letter"
+
+
 def test_search_with_one_shard_stopped_returns_partial_by_its_deadline(client, flow) -> None:  # type: ignore[no-untyped-def]
     assert flow.local_flow is not None
     flow.local_flow.pause("index", 0)
