@@ -24,8 +24,9 @@ STAGE_ORDER = ("segment", "encode", "index", "join")
 REQUIRED_STAGES = ("encode", "index", "join")
 DEFAULT_USES = {"segment": "Sentencizer", "encode": "TransformerEncoder", "index": "CompoundIndexer"}
 DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_CHUNKS_PER_DOCUMENT = 10_000
 _FLOW_KEYS = {"name", "version", "stages", "state_dir", "kafka", "max_payload_bytes", "search", "processing_guarantee",
-              "topics"}
+              "topics", "max_chunks_per_document"}
 _TOPICS_KEYS = {"replication_factor", "min_insync_replicas", "config"}
 PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
 _STAGE_KEYS = {"uses", "with", "replicas", "shards", "ranker", "metrics_port", "filter_by", "query_language"}
@@ -82,6 +83,8 @@ class FlowSpec:
     processing_guarantee: str = "at_least_once"
     search: SearchDefaults = SearchDefaults()
     source: Path | None = None
+    max_chunks_per_document: int = DEFAULT_MAX_CHUNKS_PER_DOCUMENT
+    """A document segmented into more chunks is dead-lettered (its encoding would hold a stage for minutes)."""
     topic_settings: TopicSettings = TopicSettings()
     """The ``topics:`` section: replication and per-topic configs of the topics ``run`` creates."""
     version: int = 1
@@ -217,8 +220,12 @@ def parse_flow(text: str, *, source: Path | None = None) -> FlowSpec:
         raise fail(("processing_guarantee",), f"processing_guarantee must be one of {', '.join(PROCESSING_GUARANTEES)}, "
                                               f"got {guarantee!r}")
     topic_settings = _topic_settings(data.get("topics"), fail)
+    max_chunks = data.get("max_chunks_per_document", DEFAULT_MAX_CHUNKS_PER_DOCUMENT)
+    if not isinstance(max_chunks, int) or isinstance(max_chunks, bool) or max_chunks < 1:
+        raise fail(("max_chunks_per_document",), "max_chunks_per_document must be a positive integer")
     return FlowSpec(
         name=name,
+        max_chunks_per_document=max_chunks,
         topic_settings=topic_settings,
         stages=tuple(stages),
         shards=shards,

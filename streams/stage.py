@@ -8,6 +8,7 @@ large ingest backlog. Stages differ only in their ``StageSpec``: topics and hand
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import signal
@@ -168,6 +169,7 @@ class StageLoop:
 
     IDLE_POLL_S = 0.02
     WATCH_EVERY_S = 0.1
+    KEEPALIVE_S = 2.0
 
     def __init__(self, spec: StageSpec, settings: KafkaSettings) -> None:
         self.spec = spec
@@ -187,6 +189,7 @@ class StageLoop:
         self._topic_limits: dict[str, int] = {}
         self._callback_error: BaseException | None = None
         self._fault_report: IO[str] | None = None
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -319,6 +322,8 @@ class StageLoop:
             logger.error("rebalance callback failed during close", extra={"error": repr(self._callback_error)})
         if self.spec.inflight_dir is not None:
             InFlightLog(self.spec.inflight_dir, "").disable_fault_reports(self._fault_report)
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
         close = getattr(self.spec.index_path.handler if self.spec.index_path else None, "close", None)
         if close is not None:
             close()
@@ -440,7 +445,7 @@ class StageLoop:
             return
         try:
             with BATCH_SECONDS.labels(self.spec.flow, self.spec.name, path.spec.topic).time():
-                self._emit(path, path.spec.handler.process(records))
+                self._emit(path, self._call(path, records))
             return
         except Exception as exc:  # isolate the bad record below; nothing is lost
             if len(records) == 1:
@@ -452,6 +457,52 @@ class StageLoop:
                 self._emit(path, path.spec.handler.process([record]))
             except Exception as exc:
                 self._fail(path, record, exc)
+
+    def _call(self, path: _Path, records: list[Inbound]) -> list[Output]:
+        """``handler.process(records)``, keeping this member in its groups however long it runs.
+
+        A batch can take longer than ``max.poll.interval.ms`` (a 0.5 MB document of short sentences
+        on 2 cores): the member would be evicted, its commit refused and the batch run again,
+        forever. So a stateless handler runs in a worker thread while this thread pauses the
+        consumers and polls them every :attr:`KEEPALIVE_S` (no records come from paused partitions;
+        the poll serves the interval, heartbeats and rebalances). A stateful handler (the shard) runs
+        inline: rebalance callbacks open and close its state, and its batches are bounded anyway.
+        """
+        handler = path.spec.handler
+        if hasattr(handler, "assigned"):
+            return handler.process(records)
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="process")
+        future = self._worker.submit(handler.process, records)
+        try:
+            return future.result(timeout=self.KEEPALIVE_S)
+        except concurrent.futures.TimeoutError:
+            pass
+        consumers = [p.consumer for p in (self._index, self._query) if p is not None]
+        for consumer in consumers:
+            consumer.pause(consumer.assignment())  # drops what was prefetched: fetched again on resume
+        logger.info("long batch: polling paused consumers to stay in the group",
+                    extra={"stage": self.spec.name, "records": len(records)})
+        try:
+            while True:
+                try:
+                    return future.result(timeout=self.KEEPALIVE_S)
+                except concurrent.futures.TimeoutError:
+                    for consumer in consumers:
+                        self._keep_alive(consumer)
+        finally:
+            for consumer in consumers:
+                consumer.resume(consumer.assignment())
+
+    @staticmethod
+    def _keep_alive(consumer: Consumer) -> None:
+        """Poll a paused consumer; a record from a partition assigned meanwhile (not paused) is put back."""
+        msg = consumer.poll(0)
+        if msg is None or msg.error() is not None:
+            return
+        where = TopicPartition(msg.topic(), msg.partition(), msg.offset())
+        consumer.pause([where])
+        consumer.seek(where)
 
     def _fail(self, path: _Path, record: Inbound, error: Exception) -> None:
         """A record that failed alone: a request the flow refuses is answered (the handler's error

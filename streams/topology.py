@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from processors.document import Document
+from processors.exceptions import BadDocumentError
 from processors.query.parameters import SearchParameters
 from streams.flow import FlowSpec
 from streams.joiner import Joiner
@@ -44,7 +45,16 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
     if name == "segment":
         segmenter = stage.build()
         segmenter.warm_up()
-        transform = DocumentTransform(run=lambda docs: segmenter.run(docs=docs).docs,
+
+        def segment(docs: Sequence[Document]) -> Sequence[Document]:
+            segmented = segmenter.run(docs=docs).docs
+            for doc in segmented:
+                if len(doc.chunks) > flow.max_chunks_per_document:
+                    raise BadDocumentError(f"document {doc.id!r} has {len(doc.chunks)} chunks, over "
+                                           f"max_chunks_per_document={flow.max_chunks_per_document}")
+            return segmented
+
+        transform = DocumentTransform(run=segment,
                                       output_topic=topics.segmented, ingest_topic=topics.ingest)
         return StageSpec(**common, exactly_once=exactly_once,
                          index_path=PathSpec(flow.input_topic(name), group, transform, fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS))

@@ -60,3 +60,34 @@ class TestTruncationReport:
         assert lines[0].startswith("encode: 1 text(s) longer than max_length=128 tokens were embedded from their "
                                    "first 128 tokens only, e.g. document 'log' (900 tokens)")
         assert lines[1].startswith("encode: 3 text(s)") and "document 'c', node 'c/1' (150 tokens)" in lines[1]
+
+
+def test_a_document_over_the_chunk_cap_is_refused_by_the_segment_stage_with_the_cap_named() -> None:
+    import pytest
+
+    from processors.document import Document
+    from processors.exceptions import BadDocumentError
+    from streams.flow import parse_flow
+    from streams.serde import DOCUMENT
+    from streams.stage import Inbound
+    from streams.topology import build_stage
+
+    flow = parse_flow("""
+name: capped
+max_chunks_per_document: 50
+stages:
+  segment: {uses: Sentencizer, with: {min_sent_len: 3}}
+  encode: {uses: TransformerEncoder}
+  index: {uses: CompoundIndexer, with: {dim: 384}}
+  join: {}
+""")
+    handler = build_stage(flow, "segment").index_path.handler  # type: ignore[union-attr]
+
+    def record(doc: Document, offset: int) -> Inbound:
+        return Inbound("capped.ingest", 0, offset, doc.id.encode(), DOCUMENT.encode(doc), dict([DOCUMENT.header()]))
+
+    small = Document(id="small", text=" ".join(f"Sentence number {i} is here." for i in range(50)))
+    big = Document(id="big", text=" ".join(f"Sentence number {i} is here." for i in range(51)))
+    assert len(handler.process([record(small, 0)])) == 1
+    with pytest.raises(BadDocumentError, match="document 'big' has 51 chunks, over max_chunks_per_document=50"):
+        handler.process([record(big, 1)])
