@@ -11,6 +11,7 @@ __all__ = [
     "EXIT_CONFIG",
     "BrokerError",
     "DeliveryError",
+    "GroupMembershipLost",
     "PayloadTooLargeError",
     "RequestTimeoutError",
 ]
@@ -38,6 +39,10 @@ EXIT_CONFIG = 78
 
 class BrokerError(StreamsearchError):
     """The Kafka broker is unreachable or refused an operation."""
+
+
+class GroupMembershipLost(BrokerError):
+    """A stage's consumer lost its partitions and did not get any back: the process restarts to rejoin."""
 
 
 class DeliveryError(StreamsearchError):

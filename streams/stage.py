@@ -26,7 +26,7 @@ from streams import headers as h
 from streams.checkpoint import Checkpoint, TransactionalCheckpoint
 from streams.admin import max_message_bytes
 from processors.exceptions import InvalidParameterError
-from streams.exceptions import DeliveryError, PayloadTooLargeError
+from streams.exceptions import DeliveryError, GroupMembershipLost, PayloadTooLargeError
 from streams.inflight import CrashLoopError, InFlightLog
 from streams.kafka import Header, KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer, record_size
 from streams.topics import RECORD_OVERHEAD_BYTES
@@ -158,6 +158,8 @@ class _Path:
         self.producer = producer
         self.checkpoint = checkpoint or Checkpoint(consumer, producer)
         self.inflight = inflight
+        self.had_partitions = False
+        self.empty_since: float | None = None
 
     @property
     def transactional(self) -> bool:
@@ -170,6 +172,7 @@ class StageLoop:
     IDLE_POLL_S = 0.02
     WATCH_EVERY_S = 0.1
     KEEPALIVE_S = 2.0
+    ORPHANED_AFTER_S = 60.0
 
     def __init__(self, spec: StageSpec, settings: KafkaSettings) -> None:
         self.spec = spec
@@ -269,6 +272,28 @@ class StageLoop:
         if time.monotonic() >= self._next_lag_report:
             self._report_lag()
             self._publish_status()
+            self._watch_membership()
+
+    def _watch_membership(self) -> None:
+        """Exit (the supervisor restarts the stage) when a consumer that had partitions has had none
+        for :attr:`ORPHANED_AFTER_S`. Seen on Apache Kafka: a consumer whose group session timed
+        out while its coordinator restarted never rejoined, and the stage sat idle for good. A
+        replica that never had partitions (more replicas than partitions) is left alone.
+
+        :raises GroupMembershipLost: naming the topic and how long it has been without partitions.
+        """
+        now = time.monotonic()
+        for path in (self._index, self._query):
+            if path is None or path.spec.follow_index_path:
+                continue
+            if path.consumer.assignment():
+                path.had_partitions, path.empty_since = True, None
+            elif path.had_partitions:
+                path.empty_since = path.empty_since or now
+                if now - path.empty_since > self.ORPHANED_AFTER_S:
+                    raise GroupMembershipLost(
+                        f"the consumer of {path.spec.topic} (group {path.spec.group_id}) has had no partitions for "
+                        f"{now - path.empty_since:.0f}s after it had some: restarting the stage to rejoin")
 
     def _publish_status(self) -> None:
         """What this process does, for ``streamsearch status``: members, throughput, shards."""
