@@ -350,22 +350,25 @@ def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
 
 
 @main.command("status")
-@click.option("--flow", "flow_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The flow YAML of the running flow.")
+@click.option("--flow", "flow", required=True,
+              help="Flow name or flow YAML (with the YAML, lag per partition too: it names each stage's input).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
 @one_line_errors
-def status(flow_path: Path, as_json: bool) -> None:
+def status(flow: str, as_json: bool) -> None:
     """Per stage: members, throughput, lag per partition; per shard: documents, vectors, offsets; dead letters."""
     import dataclasses
     import json
 
-    from streams.status import collect_status, require_flow
+    from streams.status import collect_status, collect_status_by_name, require_flow
 
     logging.getLogger("streams").setLevel(logging.WARNING)
-    spec = load_flow(flow_path)
-    settings = _command_settings(dict(spec.kafka))
-    require_flow(settings, spec.topics, "status")
-    report = collect_status(settings, spec)
+    if flow.endswith((".yml", ".yaml")):
+        spec = load_flow(flow)
+        settings = _command_settings(dict(spec.kafka))
+        require_flow(settings, spec.topics, "status")
+        report = collect_status(settings, spec)
+    else:
+        report = collect_status_by_name(_command_settings(), flow)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))
         return
@@ -389,6 +392,8 @@ def status(flow_path: Path, as_json: bool) -> None:
                    f"{cfg.get('max.message.bytes', '-'):>17}  {cfg.get('cleanup.policy', '-'):<7}  {cfg.get('retention.ms', '-')}")
     for warning in report.warnings:
         click.echo(f"warning: {warning}")
+    if getattr(report, "note", None):
+        click.echo(f"note: {report.note}")
 
 
 @main.command("replay")

@@ -184,6 +184,23 @@ def test_run_says_running_once_every_stage_is_assigned(flow_dir: RunningFlow) ->
 
 
 @pytest.mark.kafka
+def test_status_takes_a_flow_name_like_every_other_command(flow_dir: RunningFlow) -> None:
+    flow_dir.run.wait_for("flow 'clia' running")
+    deadline = time.monotonic() + 60  # shards come from the stages' reports, published every 5 s
+    while True:
+        result = _cli(flow_dir.folder, "status", "--flow", "clia", "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        if len(report["shards"]) == 2:
+            break
+        assert time.monotonic() < deadline, report
+    assert report["flow"] == "clia" and report["note"].startswith("known by name only")
+    assert {t["name"] for t in report["topics"]} >= {"clia.ingest", "clia.encoded"}
+    shown = _cli(flow_dir.folder, "status", "--flow", "clia")
+    assert shown.returncode == 0 and shown.stdout.splitlines()[0].startswith("flow clia version 1 (serving)"), shown
+
+
+@pytest.mark.kafka
 def test_index_wait_returns_when_searchable_and_search_names_the_index(flow_dir: RunningFlow) -> None:
     flow_dir.run.wait_for("flow 'clia' running")
     data = flow_dir.folder / "docs.jsonl"
@@ -291,7 +308,7 @@ def test_an_unknown_flow_is_refused_in_one_line_and_nothing_is_created(broker, t
     for command in (["index", "docs.jsonl", "--flow", "nosuch"], ["index", "docs.jsonl", "--flow", "nosuch.yml"],
                     ["search", "hello", "--flow", "nosuch"], ["versions", "--flow", "nosuch"],
                     ["dead-letters", "--flow", "nosuch"], ["serve", "--flow", "nosuch", "--port", "0"],
-                    ["status", "--flow", "nosuch.yml"]):
+                    ["status", "--flow", "nosuch.yml"], ["status", "--flow", "nosuch"]):
         result = _cli(tmp_path, *command, env=env, timeout=60)
         assert (result.returncode, result.stderr.strip().splitlines()) == (1, [refused]), (command, result.stderr)
     topics = AdminClient({"bootstrap.servers": broker.bootstrap_servers}).list_topics(timeout=10).topics
