@@ -475,12 +475,14 @@ def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s
 @main.command("versions")
 @click.option("--flow", required=True, help="Flow name or flow YAML.")
 @click.option("--serve", "serve_version", type=int, default=None, help="Switch queries to this version now.")
+@click.option("--force", is_flag=True, help="Switch even if no process runs some stage of that version.")
 @one_line_errors
-def versions(flow: str, serve_version: int | None) -> None:
+def versions(flow: str, serve_version: int | None, force: bool) -> None:
     """Show which index version of a flow serves queries, or switch it (e.g. back after a reindex)."""
     import datetime
 
-    from streams.status import require_flow
+    from streams.exceptions import BrokerError
+    from streams.status import require_flow, running_stages
     from streams.topics import FlowTopics
     from streams.versions import read_serving, switch_serving
 
@@ -490,6 +492,15 @@ def versions(flow: str, serve_version: int | None) -> None:
     require_flow(settings, FlowTopics(name, 1))
     if serve_version is not None and serve_version < 1:
         raise click.BadParameter("versions start at 1", param_hint="--serve")
+    if serve_version is not None and not force:
+        target = FlowTopics(name, 1, serve_version)
+        require_flow(settings, target, "query", "partials")
+        stages = ("encode", "index", "join")
+        missing = [stage for stage in stages if stage not in running_stages(settings, target, stages)]
+        if missing:  # every search would wait out its deadline
+            raise BrokerError(f"no process runs the {', '.join(missing)} stage(s) of version {serve_version} of flow "
+                              f"{name!r}: start them (`streamsearch run` of its YAML joins this directory's broker), "
+                              "or pass --force")
     serving = switch_serving(settings, name, serve_version) if serve_version else read_serving(settings, name)
     if serving is None:
         click.echo(f"flow {name!r}: version 1 serves (no version named yet)")

@@ -158,7 +158,8 @@ def running_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[st
     group of its query path, or else (the memory-only broker describes no members) a recent
     report on ``<flow>.status``."""
     admin = AdminClient(settings.base())
-    groups = {"encode": f"{topics.group('encode')}.query", "index": f"{topics.group('index')}.search"}
+    # The index stage's search path assigns itself its shards' partitions (no group): its index path says.
+    groups = {"encode": f"{topics.group('encode')}.query"}
     members = {stage: _described_members(admin, groups.get(stage, topics.group(stage))) for stage in stages}
     running = {stage for stage, count in members.items() if count}
     if any(count is None for count in members.values()):

@@ -184,6 +184,17 @@ def test_run_says_running_once_every_stage_is_assigned(flow_dir: RunningFlow) ->
 
 
 @pytest.mark.kafka
+def test_serving_a_version_nobody_runs_is_refused(flow_dir: RunningFlow) -> None:
+    flow_dir.run.wait_for("flow 'clia' running")
+    missing = _cli(flow_dir.folder, "versions", "--flow", "clia", "--serve", "2")
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        f"streamsearch: error: flow 'clia' has no version 2 on {flow_dir.bootstrap} (no topic clia.v2.query); "
+        "start it with streamsearch run FLOW.yml"], missing.stderr
+    served = _cli(flow_dir.folder, "versions", "--flow", "clia", "--serve", "1")  # it runs: allowed
+    assert served.returncode == 0 and "version 1 serves" in served.stdout, served.stderr
+
+
+@pytest.mark.kafka
 def test_status_takes_a_flow_name_like_every_other_command(flow_dir: RunningFlow) -> None:
     flow_dir.run.wait_for("flow 'clia' running")
     deadline = time.monotonic() + 60  # shards come from the stages' reports, published every 5 s
