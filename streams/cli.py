@@ -327,7 +327,8 @@ def _listen(host: str, port: int) -> socket.socket:
 @click.option("--flow", default="hello", show_default=True,
               help="Flow name (version 1) or flow YAML (its version).")
 @click.option("--from-offset", type=int, default=0, show_default=True, help="First dead-letter offset to read.")
-@click.option("--redrive", is_flag=True, help="Put the listed records back on their source topic, after a fix.")
+@click.option("--redrive", is_flag=True,
+              help="Put the listed records back on their source topic, after a fix (each letter once: re-drives are remembered).")
 @one_line_errors
 def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
     """List the records stages could not process, with why and where they came from."""
@@ -346,7 +347,10 @@ def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
                    f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}\tkey={key}\t{letter.message}")
     click.echo(f"{len(letters)} dead letters", err=True)
     if redrive:
-        click.echo(f"re-driven: {dl.redrive(settings, letters)}", err=True)
+        done = dl.redriven_up_to(settings, topics)
+        fresh = [letter for letter in letters if letter.offset >= done]
+        before = f" ({len(letters) - len(fresh)} re-driven before: not again)" if len(fresh) < len(letters) else ""
+        click.echo(f"re-driven: {dl.redrive(settings, fresh, topics=topics)}{before}", err=True)
 
 
 @main.command("status")

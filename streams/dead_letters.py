@@ -13,7 +13,7 @@ from streams import headers as h
 from streams.kafka import KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer
 from streams.topics import FlowTopics
 
-__all__ = ["DeadLetter", "read_dead_letters", "redrive"]
+__all__ = ["DeadLetter", "read_dead_letters", "redrive", "redriven_up_to"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,27 @@ def _or(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
-def redrive(settings: KafkaSettings, letters: list[DeadLetter]) -> int:
+def _redrive_group(topics: FlowTopics) -> str:
+    return f"{topics.prefix}.dead-letters.redrive"
+
+
+def redriven_up_to(settings: KafkaSettings, topics: FlowTopics) -> int:
+    """The dead-letter offset up to which letters were re-driven (a consumer group's committed
+    offset, so it lives in Kafka with the letters); 0 when none was."""
+    consumer = make_consumer(settings, group_id=_redrive_group(topics))
+    try:
+        [tp] = consumer.committed([TopicPartition(topics.dead_letter, 0)], timeout=10)
+    finally:
+        consumer.close()
+    return max(tp.offset, 0)
+
+
+def redrive(settings: KafkaSettings, letters: list[DeadLetter], *, topics: FlowTopics | None = None) -> int:
     """Put records back on their source topic and partition (order and co-partitioning kept),
     with their original key and headers, for the stage to process again after a fix.
 
+    :param topics: the flow's topics: remember, once they are delivered, that these letters were
+        re-driven (``redriven_up_to``), so that the next re-drive does not send them again.
     :returns: how many were re-driven; letters without a payload (oversized ones) are skipped.
     """
     producer = StageProducer(settings)
@@ -92,4 +109,11 @@ def redrive(settings: KafkaSettings, letters: list[DeadLetter]) -> int:
                          headers=letter.original_headers)
         sent += 1
     producer.flush()
+    if topics is not None and letters:
+        consumer = make_consumer(settings, group_id=_redrive_group(topics))
+        try:
+            consumer.commit(offsets=[TopicPartition(topics.dead_letter, 0, max(le.offset for le in letters) + 1)],
+                            asynchronous=False)
+        finally:
+            consumer.close()
     return sent

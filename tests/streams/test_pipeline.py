@@ -346,6 +346,26 @@ def test_dead_letters_command_prints_one_line_per_record(flow, broker) -> None: 
     assert result.stderr.strip().endswith(f"{len(lines)} dead letters")
 
 
+def test_redrive_sends_each_dead_letter_once(flow, broker) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    def redrive() -> tuple[int, str]:
+        result = subprocess.run([sys.executable, "-m", "streams.cli", "dead-letters", "--flow", flow.flow.name,
+                                 "--redrive"], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers})
+        assert result.returncode == 0, result.stderr
+        listed, outcome = result.stderr.strip().splitlines()[-2:]
+        return int(listed.split()[0]), outcome
+
+    listed, outcome = redrive()
+    assert listed > 0 and outcome.startswith("re-driven: ") and "before" not in outcome, outcome
+    # The second re-drive sends none of those again (only letters written since, by records failing again).
+    _, again = redrive()
+    assert again.endswith(f" ({listed} re-driven before: not again)"), again
+
+
 def test_status_reports_known_lag_shards_and_dead_letters(client, flow, kafka_settings, broker) -> None:  # type: ignore[no-untyped-def]
     import json
     import os
