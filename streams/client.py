@@ -140,16 +140,21 @@ class Client:
         self._listener: threading.Thread | None = None
         self._listener_lock = threading.Lock()
         self._stop = threading.Event()
+        self._reachable = False
 
     # -- writes ----------------------------------------------------------------------------
 
     def index(self, docs: Iterable[Document], *, progress: bool = False, total: int | None = None) -> IndexReceipt:
         """Upsert documents (key = id) on the ingest topic and wait until all are delivered.
 
+        :raises BrokerError: at the first call, within 10 s, when the broker cannot be reached.
         :raises InvalidDocumentError: for an id or text the flow refuses (control characters, lone surrogates).
         :raises PayloadTooLargeError: before sending anything too large for the flow.
         :raises DeliveryError: if the broker did not take every record.
         """
+        if not self._reachable:  # once: fail in seconds with one BrokerError, not after a 30 s delivery timeout
+            check_broker(self.settings, timeout=10)
+            self._reachable = True
         receipt = IndexReceipt()
         bar = tqdm(total=total, unit="doc", desc="ingest", disable=not progress)
         for doc in docs:
@@ -377,8 +382,6 @@ class Client:
         self._producer.close()
 
     def __enter__(self) -> "Client":
-        """Fail fast, with one :class:`BrokerError`, when the broker cannot be reached."""
-        check_broker(self.settings, timeout=10)
         return self
 
     def __exit__(self, *_: object) -> None:
