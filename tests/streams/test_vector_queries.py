@@ -12,7 +12,7 @@ import pytest
 
 from processors.document import Document
 from processors.encoders.transformer import TransformerEncoder
-from processors.exceptions import BadDocumentError, DimensionMismatchError
+from processors.exceptions import DimensionMismatchError, InvalidParameterError
 from processors.query.parameters import SearchParameters
 from streams import headers as h
 from streams.client import Client, query_documents
@@ -121,7 +121,7 @@ class TestQueryPath:
 
     @pytest.mark.parametrize("docs, error, message", [
         ([Document(id="q0", embedding=np.ones(128, np.float32))], DimensionMismatchError, "384-d"),
-        ([Document(id="q0")], BadDocumentError, "neither text nor an embedding"),
+        ([Document(id="q0")], InvalidParameterError, "neither text nor an embedding"),
     ])
     def test_a_query_that_does_not_fit_gets_an_error_reply(self, modelless_encoder, docs, error, message) -> None:  # type: ignore[no-untyped-def]
         fanout = QueryFanout(encoder=modelless_encoder, topics=TOPICS, defaults=SearchParameters())
