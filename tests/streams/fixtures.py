@@ -102,3 +102,23 @@ search:
 def sentence_flow_yaml(shards: int = 2, guarantee: str = "at_least_once") -> str:
     """A flow of sentence chunks, MiniLM, ``shards`` shards (``{name}`` still to fill in)."""
     return SENTENCE_FLOW.replace("SHARDS", str(shards)) + f"processing_guarantee: {guarantee}\n"
+
+
+ROOT_FLOW = """
+name: {name}
+stages:
+  encode:
+    uses: TransformerEncoder
+    with: {traversal_paths: [r], max_length: 128}
+  index:
+    uses: CompoundIndexer
+    with: {dim: 384, metric: METRIC}
+    ranker: {uses: Chunk2DocRanker, with: {aggregation: AGGREGATION, keep_chunks: 0}}
+    shards: 2
+  join: {}
+"""
+
+
+def root_flow_yaml(metric: str = "inner_product", aggregation: str = "max") -> str:
+    """A flow of one vector per document (no segmenter), 2 shards (``{name}`` still to fill in)."""
+    return ROOT_FLOW.replace("METRIC", metric).replace("AGGREGATION", aggregation)

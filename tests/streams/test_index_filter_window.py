@@ -7,22 +7,11 @@ import pytest
 
 from processors.document import Document
 from streams.local.runtime import LocalRuntime
+from tests.streams.fixtures import root_flow_yaml
 
 pytestmark = pytest.mark.kafka
 
-FLOW = """
-name: {name}
-stages:
-  encode:
-    uses: TransformerEncoder
-    with: {traversal_paths: [r], max_length: 128}
-  index:
-    uses: CompoundIndexer
-    with: {dim: 384, metric: inner_product}
-    ranker: {uses: Chunk2DocRanker, with: {aggregation: max, keep_chunks: 0}}
-    shards: 2
-  join: {}
-"""
+FLOW = root_flow_yaml()
 QUERY = "rivers and streams in a green valley"
 WATERS = ["river", "stream", "brook", "creek", "mountain stream", "clear river"]
 PLACES = ["a green valley", "a quiet valley", "the wooded valley", "a grassy valley", "the valley floor",

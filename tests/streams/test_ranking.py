@@ -5,34 +5,22 @@ import pytest
 from processors.document import Direction
 from streams.corpora import stdlib_docstrings
 from streams.local.runtime import LocalRuntime
+from tests.streams.fixtures import root_flow_yaml
 
 pytestmark = pytest.mark.kafka
 
-FLOW = """
-name: {name}
-stages:
-  encode:
-    uses: TransformerEncoder
-    with: {traversal_paths: [r], max_length: 128}
-  index:
-    uses: CompoundIndexer
-    with: {dim: 384, metric: METRIC}
-    ranker: {uses: Chunk2DocRanker, with: {aggregation: AGGREGATION, keep_chunks: 0}}
-    shards: 2
-  join: {}
-"""
 QUERIES = ["parse command line arguments", "compress a file", "send an email", "random numbers", "date and time"]
 CORPUS = list(stdlib_docstrings(limit=60))
 
 
 @pytest.fixture(scope="module")
 def similarity_flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
-    return start_flow(FLOW.replace("METRIC", "inner_product").replace("AGGREGATION", "max"))
+    return start_flow(root_flow_yaml("inner_product", "max"))
 
 
 @pytest.fixture(scope="module")
 def distance_flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
-    return start_flow(FLOW.replace("METRIC", "l2").replace("AGGREGATION", "min"))
+    return start_flow(root_flow_yaml("l2", "min"))
 
 
 def ranked(runtime: LocalRuntime, **options) -> tuple[list[list[str]], list[Direction]]:  # type: ignore[no-untyped-def]

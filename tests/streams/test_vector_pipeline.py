@@ -15,23 +15,12 @@ from streams.client import Client, IndexReceipt
 from streams.dead_letters import read_dead_letters
 from streams.local.runtime import LocalRuntime
 from tests.streams.fixtures import stage_logs
+from tests.streams.fixtures import root_flow_yaml
 from tests.streams.recovery import read_shards
 
 pytestmark = pytest.mark.kafka
 
-FLOW = """
-name: {name}
-stages:
-  encode:
-    uses: TransformerEncoder
-    with: {traversal_paths: [r], max_length: 128}
-  index:
-    uses: CompoundIndexer
-    with: {dim: 384, metric: inner_product}
-    ranker: {uses: Chunk2DocRanker, with: {aggregation: max, keep_chunks: 0}}
-    shards: 2
-  join: {}
-search:
+FLOW = root_flow_yaml() + """search:
   top_k: 5
   timeout_s: 30
 """
