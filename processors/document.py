@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -144,22 +145,41 @@ def validate_text(value: str | None, *, name: str = "text") -> None:
 def validate_document(doc: Document) -> None:
     """The one check of a Document entering the system (HTTP bridge, client, every stage's decode).
 
-    The root id must pass ``validate_id``; the text and tags of every node, ``validate_text``.
-    Chunk ids are not checked: they are never keys, only part of their root's record.
+    The root id must pass ``validate_id``. Every node (the root, its chunks and matches, at any
+    depth) must have text and tags ``validate_text`` accepts, a numeric embedding of finite values
+    (NaN in an index makes every distance NaN and its order arbitrary), and a finite weight and
+    scores. Chunk and match ids are not checked: they are never keys, only part of their root's record.
 
     :raises InvalidDocumentError: naming the first field refused.
     """
     validate_id(doc.id)
-    _validate_texts(doc, "")
+    _validate_node(doc, "")
 
 
-def _validate_texts(node: Document, where: str) -> None:
+def _validate_node(node: Document, where: str) -> None:
     validate_text(node.text, name=f"{where}text")
     for key, value in node.tags.items():
         validate_text(key, name=f"{where}tags key {_preview(key)}")
         validate_text(value, name=f"{where}tags[{_preview(key)}]")
+    if node.embedding is not None:
+        _validate_embedding(node.embedding, f"{where}embedding")
+    if not math.isfinite(node.weight):
+        raise InvalidDocumentError(f"{where}weight must be a finite number, got {node.weight!r}")
+    for name, score in node.scores.items():
+        if not math.isfinite(score.value):
+            raise InvalidDocumentError(f"{where}scores[{_preview(name)}] must be a finite number, got {score.value!r}")
     for i, chunk in enumerate(node.chunks):
-        _validate_texts(chunk, f"{where}chunks[{i}].")
+        _validate_node(chunk, f"{where}chunks[{i}].")
+    for i, match in enumerate(node.matches):
+        _validate_node(match, f"{where}matches[{i}].")
+
+
+def _validate_embedding(value: object, name: str) -> None:
+    vector = np.asarray(value)
+    if vector.dtype.kind not in "fiu":
+        raise InvalidDocumentError(f"{name} has dtype {vector.dtype}; a numeric (float or integer) array is needed")
+    if vector.dtype.kind == "f" and not np.isfinite(vector).all():
+        raise InvalidDocumentError(f"{name} holds NaN or infinite values")
 
 
 def _character(match: re.Match[str]) -> str:

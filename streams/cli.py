@@ -102,7 +102,7 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
             from streams.stage import StageLoop
             from streams.topology import build_stage
 
-            loop = StageLoop(build_stage(flow, stage), settings)
+            loop = StageLoop(build_stage(flow, stage, settings), settings)
             loop.install_signal_handlers()
             loop.run()
             return

@@ -21,7 +21,8 @@ import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from tqdm import tqdm
 
-from processors.document import Document, validate_document
+from processors.document import Document, validate_document, validate_text
+from processors.exceptions import InvalidDocumentError
 from streams import headers as h
 from streams.admin import check_broker, delete_topics, ensure_topics
 from streams.exceptions import DeliveryError, PayloadTooLargeError, RequestTimeoutError
@@ -68,8 +69,9 @@ VectorsLike = Union[np.ndarray, Sequence[Sequence[float]]]
 def query_documents(texts: str | Sequence[str] | None, vectors: VectorsLike | None) -> list[Document]:
     """The query documents of a search: ``q0``, ``q1``, ... with a text or an embedding each.
 
-    :raises ValueError: if both or neither are given, if ``texts`` is empty, or if ``vectors``
-        is not a non-empty 2-D array of finite numbers.
+    :raises ValueError: if both or neither are given, if ``texts`` is empty or holds a text
+        ``validate_text`` refuses (NUL, a lone surrogate), or if ``vectors`` is not a non-empty 2-D
+        array of finite numbers.
     """
     if (texts is None) == (vectors is None):
         raise ValueError("search needs either texts or vectors, not both" if texts is not None
@@ -78,6 +80,11 @@ def query_documents(texts: str | Sequence[str] | None, vectors: VectorsLike | No
         queries = [texts] if isinstance(texts, str) else list(texts)
         if not queries:
             raise ValueError("search needs at least one query text")
+        for i, text in enumerate(queries):
+            try:
+                validate_text(text, name=f"query text {i}")
+            except InvalidDocumentError as exc:  # the encode stage would refuse it: say so before sending
+                raise ValueError(str(exc)) from None
         return [Document(id=f"q{i}", text=text) for i, text in enumerate(queries)]
     return [Document(id=f"q{i}", embedding=row) for i, row in enumerate(_query_matrix(vectors))]
 
@@ -133,8 +140,8 @@ class Client:
         self.settings = settings or _local_settings()
         self.timeout_s = timeout_s
         self.max_payload_bytes = max_payload_bytes
-        self.reply_topic = f"{flow}.reply.{uuid.uuid4().hex[:12]}"
-        self._producer = StageProducer(self.settings)
+        self.reply_topic = self.topics.new_reply_topic()
+        self._producer = StageProducer(self.settings, max_payload_bytes=max_payload_bytes)
         self._futures: dict[str, concurrent.futures.Future[SearchReply]] = {}
         self._lock = threading.Lock()
         self._listener: threading.Thread | None = None

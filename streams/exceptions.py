@@ -14,6 +14,8 @@ __all__ = [
     "GroupMembershipLost",
     "PayloadTooLargeError",
     "RequestTimeoutError",
+    "ReplyTopicError",
+    "InvalidRecordError",
 ]
 
 
@@ -64,3 +66,11 @@ class PayloadTooLargeError(StreamsearchError):
 
 class RequestTimeoutError(StreamsearchError):
     """No reply arrived before the request's deadline (plus grace)."""
+
+
+class ReplyTopicError(StreamsearchError):
+    """A query-path record names a ``reply_to`` that is not one of its flow's existing reply topics."""
+
+
+class InvalidRecordError(StreamsearchError):
+    """A record decodes, but holds what no stage of its flow writes (a shard the flow does not have)."""

@@ -20,13 +20,17 @@ from dataclasses import dataclass, field
 from processors.document import Direction, Document, Score
 from processors.evaluators.evaluate import RunningStats, evaluate, parse_metrics
 from processors.query.operators import Operation, apply_operations
+from processors.exceptions import InvalidParameterError
+from processors.query.limits import REQUEST_LIMITS, RequestLimits
 from processors.query.parameters import SearchParameters
 from processors.rankers.merge import merge_matches
 from streams import headers as h
+from streams.exceptions import InvalidRecordError, ReplyTopicError
 from streams.metrics import QUERY_SECONDS, REPLIES
 from streams.query import decode_live
 from streams.serde import PARTIAL_RESULT, SEARCH_REPLY, PartialResult, SearchReply
 from streams.stage import Inbound, Output
+from streams.topics import FlowTopics
 
 __all__ = ["Joiner", "PendingRequest"]
 
@@ -78,7 +82,14 @@ class PendingRequest:
 class Joiner:
     """Merges shard results per request and replies on the request's reply topic."""
 
-    def __init__(self, operations: Sequence[Operation] = (), *, flow: str = "", version: int = 1) -> None:
+    def __init__(self, operations: Sequence[Operation] = (), *, flow: str = "", version: int = 1,
+                 topics: FlowTopics | None = None, fields: Sequence[str] = (),
+                 limits: RequestLimits = REQUEST_LIMITS) -> None:
+        """:param topics: the flow's topics: parts naming another reply topic or shard are refused
+            (None: not checked, for joiners under test). :param fields: the flow's fields."""
+        self._topics = topics
+        self._fields = frozenset(fields)
+        self._limits = limits
         self._operations = tuple(operations)
         self._flow = flow
         self._version = version
@@ -91,6 +102,7 @@ class Joiner:
     def process(self, records: Sequence[Inbound]) -> list[Output]:
         outputs = []
         for record, part in decode_live(records, PARTIAL_RESULT):
+            self._check(part)
             if part.request_id in self._replied:
                 continue
             pending = self._pending.get(part.request_id)
@@ -101,6 +113,33 @@ class Joiner:
             if pending.complete:
                 outputs.append(self._reply(pending))
         return outputs
+
+    def _check(self, part: PartialResult) -> None:
+        """Refuse a part no stage of this flow writes: it would make the joiner expect parts that
+        never come (shards x fields it does not have), keep it past the deadline limit, or write
+        its reply into a topic of the flow.
+
+        :raises ReplyTopicError: for a ``reply_to`` that is not a reply topic of the flow.
+        :raises InvalidRecordError: for any other field out of its flow's range.
+        """
+        if self._topics is None:
+            return
+        if not self._topics.is_reply_topic(part.reply_to):
+            raise ReplyTopicError(f"reply_to {part.reply_to[:300]!r} is not a reply topic of flow {self._topics.flow!r}")
+        try:
+            self._limits.check_deadline(part.deadline_ms, time.time() * 1000)
+        except InvalidParameterError as exc:
+            raise InvalidRecordError(f"partial result: {exc}") from None
+        shards = range(self._topics.partitions)
+        if part.shard != -1 and part.shard not in shards:
+            raise InvalidRecordError(f"partial result from shard {part.shard}; the flow has shards 0..{len(shards) - 1}")
+        if len(set(part.expected_shards)) != len(part.expected_shards) or not set(part.expected_shards) <= set(shards):
+            raise InvalidRecordError(f"partial result expects shards {part.expected_shards[:10]}; the flow has "
+                                     f"shards 0..{len(shards) - 1}, each once")
+        named = [*part.expected_fields, *([part.field_name] if part.field_name is not None else [])]
+        if len(set(part.expected_fields)) != len(part.expected_fields) or not set(named) <= self._fields:
+            raise InvalidRecordError(f"partial result names fields {named[:10]}; the flow's fields are "
+                                     f"{sorted(self._fields)}, each once")
 
     def tick(self) -> list[Output]:
         now = time.time() * 1000
@@ -130,7 +169,7 @@ class Joiner:
         if pending.created_ms:
             QUERY_SECONDS.labels(self._flow).observe(max(0.0, time.time() - pending.created_ms / 1000))
         return Output(pending.reply_to, SEARCH_REPLY.encode(reply), pending.request_id, None,
-                      ((h.REQUEST_ID, pending.request_id.encode()), SEARCH_REPLY.header()))
+                      ((h.REQUEST_ID, pending.request_id.encode()), SEARCH_REPLY.header()), reply=True)
 
 
 def build_reply(pending: PendingRequest, stats: RunningStats | None = None,

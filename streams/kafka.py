@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from streams.topics import RECORD_OVERHEAD_BYTES
 from streams.exceptions import DeliveryError
 
 __all__ = ["KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "fetch_high_watermarks", "Header", "headers_of",
@@ -89,8 +90,14 @@ class StageProducer:
     checkpoint never commits input whose output was lost.
     """
 
-    def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
+    def __init__(self, settings: KafkaSettings, *, max_payload_bytes: int | None = None, **overrides: Any) -> None:
+        """:param max_payload_bytes: the flow's payload limit. Its topics take record batches up to
+            ``max_payload_bytes + RECORD_OVERHEAD_BYTES`` (``max.message.bytes``), so no batch is built
+            larger: librdkafka's default ``batch.size`` of 1 MB would put small records together into
+            a batch the broker refuses as too large (a record larger than ``batch.size`` goes alone)."""
+        batch = {"batch.size": min(1_000_000, max_payload_bytes + RECORD_OVERHEAD_BYTES)} if max_payload_bytes else {}
         self._config = {
+            **batch,
             "enable.idempotence": True,
             # No lingering: stages flush at the end of each batch anyway, and every hop of a
             # query would otherwise wait this long before its record leaves.
@@ -120,11 +127,16 @@ class StageProducer:
         partition: int | None = None,
         headers: Sequence[Header] = (),
         on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+        best_effort: bool = False,
     ) -> None:
-        """Queue a record; waits (serving callbacks) while the local queue is full."""
+        """Queue a record; waits (serving callbacks) while the local queue is full.
+
+        :param best_effort: a failure to deliver this record is only reported to ``on_delivery``,
+            never raised by ``flush`` (a reply to a client that has gone).
+        """
 
         def report(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
+            if err is not None and not best_effort:
                 self._failures.append(DeliveryFailure(msg.topic(), msg.partition(), msg.key(), err, len(msg)))
             if on_delivery is not None:
                 on_delivery(err, msg)

@@ -9,7 +9,8 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
     "RECORDS_IN", "RECORDS_OUT", "DEAD_LETTERS", "BATCH_SECONDS", "CONSUMER_LAG", "INDEX_VECTORS",
-    "QUERY_SECONDS", "REPLIES", "TRANSACTIONS", "TRUNCATED_TEXTS", "serve_metrics",
+    "QUERY_SECONDS", "REJECTED_REQUESTS", "REPLIES", "TRANSACTIONS", "TRUNCATED_TEXTS", "UNDELIVERABLE_REPLIES",
+    "serve_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ TRUNCATED_TEXTS = Counter("streamsearch_truncated_texts_total", "Texts longer th
 REJECTED_REQUESTS = Counter("streamsearch_rejected_requests_total",
                             "Requests refused with an error reply (invalid parameters, limits): answered, not lost",
                             ["flow", "stage", "error"])
+UNDELIVERABLE_REPLIES = Counter("streamsearch_undeliverable_replies_total",
+                                "Replies not sent: their reply topic does not exist (the client is gone) or refused them",
+                                ["flow", "stage"])
 REPLIES = Counter("streamsearch_replies_total", "Search replies sent by the joiner", ["flow", "partial"])
 
 PORT_ENV = "STREAMSEARCH_METRICS_PORT"

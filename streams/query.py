@@ -21,6 +21,7 @@ from streams import headers as h
 from streams.exceptions import SerdeError
 from streams.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec, PartialResult, Request, SearchReply
 from streams.stage import Inbound, Output
+from streams.reply_topics import ReplyTopics
 from streams.topics import FlowTopics
 
 __all__ = ["DEFAULT_TIMEOUT_MS", "QueryFanout", "is_expired", "decode_live", "error_reply", "query_headers", "created_ms_of"]
@@ -85,11 +86,11 @@ def error_reply(record: Inbound, error: Exception) -> list[Output]:
     if not request_id or not reply_to:
         return []
     reply = SearchReply(
-        request_id=request_id.decode(), docs=[], partial=True, missing_shards=[], stale_shards=[],
+        request_id=request_id.decode(errors="replace"), docs=[], partial=True, missing_shards=[], stale_shards=[],
         errors=[f"{type(error).__name__}: {error}"],
     )
-    return [Output(reply_to.decode(), SEARCH_REPLY.encode(reply), request_id, None,
-                   ((h.REQUEST_ID, request_id), SEARCH_REPLY.header()))]
+    return [Output(reply_to.decode(errors="replace"), SEARCH_REPLY.encode(reply), request_id, None,
+                   ((h.REQUEST_ID, request_id), SEARCH_REPLY.header()), reply=True)]
 
 
 class QueryFanout:
@@ -97,9 +98,15 @@ class QueryFanout:
     that carries an embedding (``Client.search(vectors=...)``) is not encoded: the encoder only
     checks its dimension, and a batch of such queries never touches the model."""
 
+    MINI_BATCH_DOCS = 32
+    """Query documents encoded at a time; the deadlines are checked between mini-batches, so a
+    request whose client has given up is not encoded (64 texts of 128 tokens take seconds here)."""
+
     def __init__(self, *, encoder: Encoder, topics: FlowTopics, defaults: SearchParameters,
                  fields: Sequence[str] = (), limits: RequestLimits = REQUEST_LIMITS,
-                 timeout_s: float = DEFAULT_TIMEOUT_MS / 1000) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_MS / 1000, reply_topics: ReplyTopics | None = None) -> None:
+        """:param reply_topics: where replies may go; None: checks reply topic names only."""
+        self._reply_topics = reply_topics or ReplyTopics(topics, None)
         self._encoder = encoder
         self._timeout_ms = int(timeout_s * 1000)
         self._topics = topics
@@ -109,26 +116,49 @@ class QueryFanout:
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
         live = [(created_ms_of(record), self._check(request)) for record, request in decode_live(records, REQUEST, default_timeout_ms=self._timeout_ms)]
-        requests = [request for _, request in live]
-        docs = [doc for request in requests for doc in request.docs]
-        encoded = iter(self._encoder.run(docs=docs, traversal_paths=["r"]).docs) if docs else iter(())
+        outputs: list[Output] = []
+        for batch in self._mini_batches(live):
+            now_ms = time.time() * 1000
+            batch = [item for item in batch if item[1].deadline_ms >= now_ms]  # expired meanwhile: nobody waits
+            if not batch:
+                continue
+            docs = [doc for _, request in batch for doc in request.docs]
+            encoded = iter(self._encoder.run(docs=docs, traversal_paths=["r"]).docs)
+            for created_ms, request in batch:
+                outputs.extend(self._fan_out(created_ms, dataclasses.replace(
+                    request, docs=[next(encoded) for _ in request.docs])))
+        return outputs
+
+    def _mini_batches(self, live: list[tuple[int, Request]]) -> Iterator[list[tuple[int, Request]]]:
+        """Requests in groups of about ``MINI_BATCH_DOCS`` documents, those due first first."""
+        batch: list[tuple[int, Request]] = []
+        size = 0
+        for item in sorted(live, key=lambda item: item[1].deadline_ms):
+            if batch and size + len(item[1].docs) > self.MINI_BATCH_DOCS:
+                yield batch
+                batch, size = [], 0
+            batch.append(item)
+            size += len(item[1].docs)
+        if batch:
+            yield batch
+
+    def _fan_out(self, created_ms: int, request: Request) -> list[Output]:
+        """The request to every shard, and the opening part that tells the joiner what to expect."""
         outputs: list[Output] = []
         shards = list(range(self._topics.partitions))
-        for created_ms, request in live:
-            request = dataclasses.replace(request, docs=[next(encoded) for _ in request.docs])
-            headers = query_headers(request.request_id, request.reply_to, request.deadline_ms, created_ms)
-            value = REQUEST.encode(request)
-            for shard in shards:
-                outputs.append(Output(self._topics.search, value, request.request_id, shard,
-                                      headers + (REQUEST.header(),)))
-            opening = PartialResult(
-                request_id=request.request_id, shard=-1, expected_shards=shards, reply_to=request.reply_to,
-                deadline_ms=request.deadline_ms, parameters=request.parameters,
-                docs=[dataclasses.replace(d, embedding=None) for d in request.docs],
-                expected_fields=list(request.parameters["filter_by"] or []),
-            )
-            outputs.append(Output(self._topics.partials, PARTIAL_RESULT.encode(opening), request.request_id, None,
-                                  headers + (PARTIAL_RESULT.header(),)))
+        headers = query_headers(request.request_id, request.reply_to, request.deadline_ms, created_ms)
+        value = REQUEST.encode(request)
+        for shard in shards:
+            outputs.append(Output(self._topics.search, value, request.request_id, shard,
+                                  headers + (REQUEST.header(),)))
+        opening = PartialResult(
+            request_id=request.request_id, shard=-1, expected_shards=shards, reply_to=request.reply_to,
+            deadline_ms=request.deadline_ms, parameters=request.parameters,
+            docs=[dataclasses.replace(d, embedding=None) for d in request.docs],
+            expected_fields=list(request.parameters["filter_by"] or []),
+        )
+        outputs.append(Output(self._topics.partials, PARTIAL_RESULT.encode(opening), request.request_id, None,
+                              headers + (PARTIAL_RESULT.header(),)))
         return outputs
 
     def _check(self, request: Request) -> Request:
@@ -137,6 +167,7 @@ class QueryFanout:
         :raises InvalidParameterError: a request the flow refuses; the error reply says why
             (``RequestLimitError`` names the limit).
         """
+        self._reply_topics.check(request.reply_to)  # no reply possible: dead-lettered
         if request.kind != "search":
             raise InvalidParameterError(f"request kind {request.kind!r} on the query topic; only 'search' is served here")
         if not request.docs:
@@ -144,6 +175,7 @@ class QueryFanout:
         for doc in request.docs:
             if not doc.text and doc.embedding is None:
                 raise InvalidParameterError(f"query document {doc.id!r} has neither text nor an embedding")
+        self._limits.check_deadline(request.deadline_ms, time.time() * 1000)
         params = SearchParameters.parse(request.parameters, self._defaults)
         # Also parses the operations: a QueryLanguageError now, not on every shard.
         self._limits.check(params, queries=len(request.docs), after=request.min_offsets, fields=self._fields,

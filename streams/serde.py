@@ -14,13 +14,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Mapping, TypeVar
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 import fastavro
 import numpy as np
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from processors.document import Direction, Document, Score
+from processors.document import Direction, Document, Score, validate_document
 from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
 
 __all__ = [
@@ -551,8 +551,12 @@ def _prescan(data: bytes, root: tuple[Any, ...], limits: DecodeLimits, name: str
 class Codec(Generic[T]):
     """Encodes one record type to schemaless Avro and back, checking the writer fingerprint."""
 
-    def __init__(self, schema_name: str, to_avro: Any, from_avro: Any) -> None:
+    def __init__(self, schema_name: str, to_avro: Any, from_avro: Any,
+                 validate: Callable[[T], None] | None = None) -> None:
+        """:param validate: checks a decoded value (raising ``InvalidDocumentError``), so that every
+            reader of this type refuses what no writer of ours produces (NaN vectors, NUL in ids)."""
         self.schema = _PARSED[schema_name]
+        self._validate = validate
         self.fingerprint = fingerprint(to_parsing_canonical_form(self.schema), "CRC-64-AVRO")
         self._to_avro = to_avro
         self._from_avro = from_avro
@@ -570,6 +574,7 @@ class Codec(Generic[T]):
         :param limits: the caps to check before decoding; ``DECODE_LIMITS`` if None.
         :raises DecodeLimitError: if Documents nest deeper or are more than the caps allow.
         :raises SerdeError: on a foreign fingerprint, truncated or malformed bytes.
+        :raises InvalidDocumentError: for a value the codec's validation refuses.
         """
         if fingerprint_header is not None:
             seen = fingerprint_header.decode() if isinstance(fingerprint_header, bytes) else fingerprint_header
@@ -585,15 +590,25 @@ class Codec(Generic[T]):
             raise SerdeError(
                 f"malformed {self.schema['name']} record: {len(data) - buffer.tell()} bytes left after decoding"
             )
+        if self._validate is not None:
+            self._validate(value)
         return value
 
     def header(self) -> tuple[str, bytes]:
         return (SCHEMA_HEADER, self.fingerprint.encode())
 
 
-DOCUMENT: Codec[Document] = Codec("document", doc_to_avro, doc_from_avro)
-REQUEST: Codec[Request] = Codec("request", _request_to_avro, _request_from_avro)
-PARTIAL_RESULT: Codec[PartialResult] = Codec("partial_result", _partial_to_avro, _partial_from_avro)
+def _validate_docs(value: Request | PartialResult) -> None:
+    for doc in value.docs:
+        validate_document(doc)
+
+
+DOCUMENT: Codec[Document] = Codec("document", doc_to_avro, doc_from_avro, validate_document)
+STORED_DOCUMENT: Codec[Document] = Codec("document", doc_to_avro, doc_from_avro)
+"""A shard's own stored documents: validated when they entered (``DOCUMENT``), not on every read,
+so that what a shard stores never decides whether it can read it back."""
+REQUEST: Codec[Request] = Codec("request", _request_to_avro, _request_from_avro, _validate_docs)
+PARTIAL_RESULT: Codec[PartialResult] = Codec("partial_result", _partial_to_avro, _partial_from_avro, _validate_docs)
 SEARCH_REPLY: Codec[SearchReply] = Codec("search_reply", _reply_to_avro, _reply_from_avro)
 STAGE_STATUS: Codec[dict[str, Any]] = Codec("stage_status", dict, dict)
 """Status records are plain dicts: they are read by people and scripts, never processed."""

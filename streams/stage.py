@@ -31,7 +31,8 @@ from streams.inflight import CrashLoopError, InFlightLog
 from streams.kafka import Header, KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer, record_size
 from streams.topics import RECORD_OVERHEAD_BYTES
 from streams.metrics import (BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, REJECTED_REQUESTS,
-                             serve_metrics)
+                             UNDELIVERABLE_REPLIES, serve_metrics)
+from streams.reply_topics import ReplyTopics
 from streams.serde import STAGE_STATUS
 
 __all__ = ["Inbound", "Output", "PathHandler", "PathSpec", "StageLoop", "StageSpec"]
@@ -72,6 +73,9 @@ class Output:
     key: bytes | str | None = None
     partition: int | None = None
     headers: tuple[Header, ...] = ()
+    reply: bool = False
+    """A reply to a client: sent only to an existing reply topic of the flow, best effort (a client
+    that has gone loses nothing; its reply is counted, not retried, and no input is held back)."""
 
 
 class PathHandler(Protocol):
@@ -148,6 +152,8 @@ class StageSpec:
     exactly_once: bool = False
     inflight_dir: Path | None = None
     """Where the crash-loop breaker notes in-flight offsets (``streams/inflight.py``); None: off."""
+    reply_topics: ReplyTopics | None = None
+    """Where replies may go (``Output.reply``); None: anywhere (stages under test)."""
 
 
 class _Path:
@@ -177,7 +183,7 @@ class StageLoop:
     def __init__(self, spec: StageSpec, settings: KafkaSettings) -> None:
         self.spec = spec
         self.settings = settings
-        self.producer = StageProducer(settings)
+        self.producer = StageProducer(settings, max_payload_bytes=spec.max_payload_bytes)
         self._stop = threading.Event()
         self._index: _Path | None = None
         self._query: _Path | None = None
@@ -239,8 +245,9 @@ class StageLoop:
             ispec = self.spec.index_path
             consumer = self._consumer(ispec)
             if self.spec.exactly_once:
-                producer = StageProducer(self.settings, **{"transactional.id": self._transactional_id(),
-                                                           "transaction.timeout.ms": 15000})
+                producer = StageProducer(self.settings, max_payload_bytes=self.spec.max_payload_bytes,
+                                         **{"transactional.id": self._transactional_id(),
+                                            "transaction.timeout.ms": 15000})
                 self._index = _Path(ispec, consumer, producer, TransactionalCheckpoint(
                     consumer, producer, flow=self.spec.flow, stage=self.spec.name), inflight=self._inflight(ispec))
             else:
@@ -553,9 +560,21 @@ class StageLoop:
             if size > limit:
                 raise PayloadTooLargeError(
                     f"output record for {out.topic} is {size} bytes, over the topic's max.message.bytes={limit}")
-        RECORDS_OUT.labels(self.spec.flow, self.spec.name).inc(len(outputs))
         for out in outputs:
-            path.producer.produce(out.topic, value=out.value, key=out.key, partition=out.partition, headers=out.headers)
+            if out.reply and self.spec.reply_topics is not None and not self.spec.reply_topics.usable(out.topic):
+                self._undeliverable_reply(out.topic, "no such reply topic of this flow")
+                continue
+            RECORDS_OUT.labels(self.spec.flow, self.spec.name).inc()
+            path.producer.produce(out.topic, value=out.value, key=out.key, partition=out.partition, headers=out.headers,
+                                  on_delivery=self._reply_delivered if out.reply else None, best_effort=out.reply)
+
+    def _reply_delivered(self, error: KafkaError | None, msg: Message) -> None:
+        if error is not None:  # e.g. the client deleted its topic meanwhile
+            self._undeliverable_reply(msg.topic(), error.str())
+
+    def _undeliverable_reply(self, topic: str, reason: str) -> None:
+        UNDELIVERABLE_REPLIES.labels(self.spec.flow, self.spec.name).inc()
+        logger.info("reply not sent", extra={"stage": self.spec.name, "topic": topic[:300], "reason": reason})
 
     def _topic_limit(self, topic: str) -> int:
         """The largest record ``topic`` takes: its ``max.message.bytes`` (asked once per topic), else

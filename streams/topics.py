@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -45,6 +47,13 @@ class TopicSettings:
 
     def min_insync_for(self, replication: int) -> int:
         return self.min_insync_replicas or (2 if replication >= 3 else 1)
+
+
+REPLY_INFIX = ".reply."
+"""Reply topics are ``<flow>.reply.<random>``."""
+
+_LEGAL_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+"""What Kafka accepts as a topic name (``org.apache.kafka.common.internals.Topic``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +111,16 @@ class FlowTopics:
     @property
     def status(self) -> str:
         return f"{self.prefix}.status"
+
+    def new_reply_topic(self) -> str:
+        """A client's own one-partition reply topic, ``<flow>.reply.<random>``: shared by versions,
+        since a client follows the serving one."""
+        return f"{self.flow}{REPLY_INFIX}{uuid.uuid4().hex[:12]}"
+
+    def is_reply_topic(self, name: str) -> bool:
+        """Whether ``name`` is a reply topic of this flow: the only topics a stage answers to, so a
+        request naming ``<flow>.ingest`` as its ``reply_to`` cannot make a stage write into the flow."""
+        return name.startswith(f"{self.flow}{REPLY_INFIX}") and _LEGAL_TOPIC.fullmatch(name) is not None
 
     def group(self, stage: str) -> str:
         """The consumer group of a stage's index path (its query path adds a suffix)."""

@@ -9,7 +9,9 @@ from processors.exceptions import BadDocumentError
 from processors.query.parameters import SearchParameters
 from streams.flow import FlowSpec
 from streams.joiner import Joiner
+from streams.kafka import KafkaSettings
 from streams.query import QueryFanout
+from streams.reply_topics import ReplyTopics
 from streams.shard import ShardIngest, ShardSearch
 from streams.stage import PathSpec, StageSpec
 from streams.state.shards import ShardStates
@@ -26,15 +28,17 @@ SHARD_CONSUMER_CONFIG: dict[str, object] = {
 }
 
 
-def build_stage(flow: FlowSpec, name: str) -> StageSpec:
+def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None) -> StageSpec:
     """The StageSpec of one stage of the flow; processors are built, not yet warmed up.
 
+    :param settings: the cluster, asked which reply topics exist; None checks their names only.
     :raises FlowConfigError: if the flow has no such stage.
     """
     stage = flow.stage(name)
     topics = flow.topics
     group = topics.group(name)
-    common = dict(flow=topics.prefix, name=name, dead_letter_topic=topics.dead_letter,
+    reply_topics = ReplyTopics(topics, settings)
+    common = dict(flow=topics.prefix, name=name, dead_letter_topic=topics.dead_letter, reply_topics=reply_topics,
                   max_payload_bytes=flow.max_payload_bytes, metrics_port=stage.metrics_port,
                   status_topic=topics.status, inflight_dir=flow.state_dir / topics.prefix / "inflight")
     defaults = SearchParameters.parse(
@@ -71,7 +75,7 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
 
         transform = DocumentTransform(run=encode, output_topic=topics.encoded, ingest_topic=topics.ingest)
         fanout = QueryFanout(encoder=encoder, topics=topics, defaults=defaults, fields=flow.fields,
-                             timeout_s=flow.search.timeout_s)
+                             timeout_s=flow.search.timeout_s, reply_topics=reply_topics)
         return StageSpec(
             **common,
             exactly_once=exactly_once,
@@ -94,6 +98,7 @@ def build_stage(flow: FlowSpec, name: str) -> StageSpec:
                                 follow_index_path=True, fetch_wait_ms=flow.search.fetch_wait_ms),
         )
     if name == "join":
-        return StageSpec(**common, query_path=PathSpec(topics.partials, group, Joiner(stage.query_language, flow=topics.prefix, version=flow.version), batch_size=256,
+        return StageSpec(**common, query_path=PathSpec(topics.partials, group, Joiner(stage.query_language, flow=topics.prefix, version=flow.version, topics=topics,
+                                                                          fields=flow.fields), batch_size=256,
                                                        fetch_wait_ms=flow.search.fetch_wait_ms))
     raise AssertionError(f"unhandled stage {name}")  # flow.stage() already rejected unknown names

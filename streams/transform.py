@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any, Callable, Sequence
 
-from processors.document import Document, validate_document
+from processors.document import Document
 from processors.encoders.base import Truncated
 from streams import headers as h
 from streams.exceptions import SerdeError
@@ -36,14 +36,13 @@ def decode_document(record: Inbound) -> Document:
     """Decode an index-path record, check that its key is its id, and validate it.
 
     :raises SerdeError: on malformed Avro, a foreign schema, or a key that is not the doc id.
-    :raises InvalidDocumentError: for an id or text ``validate_document`` refuses (the stage
-        dead-letters the record with that reason).
+    :raises InvalidDocumentError: for a document ``validate_document`` refuses (the codec checks
+        it; the stage dead-letters the record with that reason).
     """
     assert record.value is not None
     doc = DOCUMENT.decode(record.value, record.headers.get(h.SCHEMA))
     if record.key is not None and record.key.decode(errors="replace") != doc.id:
         raise SerdeError(f"record key {record.key!r} differs from document id {doc.id!r}")
-    validate_document(doc)
     return doc
 
 

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 __all__ = ["RequestLimitError", "RequestLimits", "REQUEST_LIMITS"]
 
 
+CLOCK_SKEW_MS = 30_000
+"""How far a client's clock may run ahead of a stage's before its deadlines look too far away."""
+
+
 @dataclass(frozen=True, slots=True)
 class RequestLimits:
     """The most one search request may ask for; each refusal names the limit by its field name.
@@ -34,6 +38,8 @@ class RequestLimits:
         fails with an error once its budget is spent.
     :param max_fetch: ``queries × top_k × chunk_oversample``: the vectors one request reads
         from each shard in its first window (``MAX_WINDOW_VECTORS`` bounds its widening).
+    :param max_deadline_s: how far in the future a request's deadline may be, in seconds (the
+        joiner keeps a request until its deadline; the HTTP bridge's ``deadline_s`` has the same cap).
     :param max_offset: the largest ingest offset ``after`` may name: 2**53 - 1, the largest
         integer a JSON number carries exactly; a partition taking a million records a second
         reaches it in 285 years. Its partitions must be the flow's (``0 .. shards - 1``).
@@ -46,6 +52,7 @@ class RequestLimits:
     max_in_items: int = 1_000
     regex_budget_s: float = 0.25
     max_fetch: int = 20_000
+    max_deadline_s: float = 300.0
     max_offset: int = 2**53 - 1
 
     def __post_init__(self) -> None:
@@ -53,6 +60,13 @@ class RequestLimits:
             value = getattr(self, spec.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"RequestLimits.{spec.name} must be a positive number, got {value!r}")
+
+    def check_deadline(self, deadline_ms: int, now_ms: float) -> None:
+        """:raises RequestLimitError: if ``deadline_ms`` is over ``max_deadline_s`` from ``now_ms``
+            (plus :data:`CLOCK_SKEW_MS`: the deadline comes from the client's clock)."""
+        if deadline_ms > now_ms + self.max_deadline_s * 1000 + CLOCK_SKEW_MS:
+            raise RequestLimitError(f"the deadline is {_short(int((deadline_ms - now_ms) / 1000))} s away; the limit "
+                                    f"max_deadline_s is {self.max_deadline_s:g}")
 
     def check(self, params: SearchParameters, *, queries: int, after: Mapping[int, int],
               fields: Sequence[str], partitions: int) -> None:

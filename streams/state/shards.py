@@ -15,7 +15,7 @@ from pathlib import Path
 from processors.exceptions import ConfigError
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from streams.exceptions import StateConfigError
-from streams.serde import DOCUMENT
+from streams.serde import STORED_DOCUMENT
 from streams.state.restore import RestoreTracker
 
 __all__ = ["ShardCheckpoint", "ShardStates", "PRIVATE_INFIX"]
@@ -104,7 +104,7 @@ class ShardStates:
 
     def _warm(self, path: Path) -> CompoundIndexer:
         """:raises StateConfigError: if the shard was built with another dim or metric, saying how to rebuild."""
-        index = CompoundIndexer(self._config, path=path, codec=DOCUMENT)
+        index = CompoundIndexer(self._config, path=path, codec=STORED_DOCUMENT)
         try:
             index.warm_up()
         except ConfigError as exc:

@@ -12,7 +12,7 @@ import numpy as np
 from processors.document import Document
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from streams.client import Client, IndexReceipt
-from streams.serde import DOCUMENT, SearchReply
+from streams.serde import STORED_DOCUMENT, SearchReply
 
 
 def wait_applied(client: Client, receipt: IndexReceipt, *, timeout: float = 240.0) -> SearchReply:
@@ -61,7 +61,7 @@ def read_shards(state_dir: Path, flow: str, partitions: int, config: CompoundInd
         path = Path(state_dir) / flow / "index" / str(partition)
         if not path.exists():
             continue
-        index = CompoundIndexer(config, path=path, codec=DOCUMENT)
+        index = CompoundIndexer(config, path=path, codec=STORED_DOCUMENT)
         index.warm_up()
         try:
             for doc_id in index.doc_ids():

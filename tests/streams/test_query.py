@@ -32,7 +32,7 @@ def query(value: bytes, *, age_ms: int, deadline_ms: int | None = None) -> Inbou
 
 
 def request(request_id: str = "r") -> bytes:
-    return REQUEST.encode(Request(request_id, "search", [Document(id="q0", text="q")], "replies",
+    return REQUEST.encode(Request(request_id, "search", [Document(id="q0", text="q")], "deadlines.reply.t",
                                   now_ms() + 60_000, {}, {}))
 
 

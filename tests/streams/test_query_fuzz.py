@@ -72,7 +72,7 @@ valid_operations = st.lists(st.one_of(
 
 def record(topic: str, value: bytes, request_id: str, deadline_ms: int) -> Inbound:
     return Inbound(topic, 0, 0, request_id.encode(), value, {
-        h.REQUEST_ID: request_id.encode(), h.REPLY_TO: b"replies", h.DEADLINE_MS: str(deadline_ms).encode()})
+        h.REQUEST_ID: request_id.encode(), h.REPLY_TO: b"fuzz.reply.t", h.DEADLINE_MS: str(deadline_ms).encode()})
 
 
 @settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
@@ -81,7 +81,7 @@ def test_payloads_never_crash_a_stage_and_never_run(payload: object) -> None:
     topics = FlowTopics("fuzz", 2)
     fanout = QueryFanout(encoder=FixedEncoder(), topics=topics, defaults=SearchParameters())  # type: ignore[arg-type]
     deadline = int(time.time() * 1000) + 60_000
-    request = Request("r1", "search", [Document(id="q0", text="query")], "replies", deadline,
+    request = Request("r1", "search", [Document(id="q0", text="query")], "fuzz.reply.t", deadline,
                       {"query_language": payload}, {})
     inbound = record(topics.query, REQUEST.encode(request), "r1", deadline)
     try:
@@ -97,7 +97,7 @@ def test_payloads_never_crash_a_stage_and_never_run(payload: object) -> None:
     params = PARTIAL_RESULT.decode(opening.value).parameters
     joiner = Joiner()
     parts = [opening.value] + [PARTIAL_RESULT.encode(PartialResult(
-        "r1", shard, [0, 1], "replies", deadline, params,
+        "r1", shard, [0, 1], "fuzz.reply.t", deadline, params,
         [Document(id="q0", matches=[Document(id=f"d{shard}{i}", text="t", tags={"k": str(i)},
                                              scores={"score": Score(0.5 - i / 10, "op", Direction.SIMILARITY)})
                                     for i in range(3)])])) for shard in (0, 1)]

@@ -28,10 +28,10 @@ def fanout() -> QueryFanout:
 
 def inbound(parameters: dict[str, Any], *, texts: int = 1, after: dict[int, int] | None = None) -> Inbound:
     deadline = int(time.time() * 1000) + 60_000
-    request = Request("r1", "search", [Document(id=f"q{i}", text="painter") for i in range(texts)], "replies",
+    request = Request("r1", "search", [Document(id=f"q{i}", text="painter") for i in range(texts)], "limits.reply.t",
                       deadline, parameters, after or {})
     return Inbound(TOPICS.query, 0, 0, b"r1", REQUEST.encode(request), {
-        h.REQUEST_ID: b"r1", h.REPLY_TO: b"replies", h.DEADLINE_MS: str(deadline).encode(), h.SCHEMA: REQUEST.header()[1]})
+        h.REQUEST_ID: b"r1", h.REPLY_TO: b"limits.reply.t", h.DEADLINE_MS: str(deadline).encode(), h.SCHEMA: REQUEST.header()[1]})
 
 
 def refused(record: Inbound, error: type[Exception] = RequestLimitError) -> str:
@@ -40,7 +40,7 @@ def refused(record: Inbound, error: type[Exception] = RequestLimitError) -> str:
     with pytest.raises(error) as failure:
         handler.process([record])
     [reply] = handler.on_failure(record, failure.value)
-    assert reply.topic == "replies"
+    assert reply.topic == "limits.reply.t"
     [message] = SEARCH_REPLY.decode(reply.value).errors
     return message
 

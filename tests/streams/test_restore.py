@@ -16,7 +16,7 @@ from processors.document import Document
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from processors.rankers.chunk2doc import Chunk2DocRanker, Chunk2DocRankerConfig
 from streams import headers as h
-from streams.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, Request
+from streams.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, STORED_DOCUMENT, Request
 from streams.shard import ShardIngest, ShardSearch
 from streams.stage import Inbound
 from streams.state.restore import RestoreTracker, Verdict
@@ -162,7 +162,7 @@ def test_a_stored_offset_past_the_end_rebuilds_the_shard_from_the_beginning(shar
                      f"beginning of {TOPICS.encoded}; its previous state is kept at {aside} (delete it when not needed)")
     assert [r.getMessage() for r in caplog.records if "rebuilding" in r.getMessage()] == [expected_line]
     # What the topic can no longer give back is kept, not deleted: the old shard opens with its 20 documents.
-    kept = CompoundIndexer(states._config, path=aside, codec=DOCUMENT)
+    kept = CompoundIndexer(states._config, path=aside, codec=STORED_DOCUMENT)
     kept.warm_up()
     try:
         assert sorted(kept.doc_ids()) == sorted(f"old{i}" for i in range(20))

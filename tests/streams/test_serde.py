@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processors.document import Direction, Document, Score
+from processors.exceptions import InvalidDocumentError
 from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
-from streams.serde import (DECODE_LIMITS, DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY, SERVING_VERSION,
+from streams.serde import (DECODE_LIMITS, DOCUMENT, PARTIAL_RESULT, STORED_DOCUMENT, REQUEST, SEARCH_REPLY, SERVING_VERSION,
                            STAGE_STATUS, VERSION_BUILD, DecodeLimits, PartialResult, Request, SearchReply,
                            doc_from_avro)
 
@@ -114,8 +115,10 @@ def refuses_quickly(data: bytes, match: str) -> None:
 class TestDecodeLimits:
     def test_the_all_default_prefix_is_24_bytes_and_its_repetition_a_valid_document(self) -> None:
         assert len(DEFAULT_PREFIX) == 24
-        doc = DOCUMENT.decode(nested(3))
+        doc = STORED_DOCUMENT.decode(nested(3))  # valid Avro...
         assert doc.chunks[0].chunks[0].chunks == [] and doc.mime_type == ""
+        with pytest.raises(InvalidDocumentError, match="id must be a non-empty string"):
+            DOCUMENT.decode(nested(3))  # ...but no Document a stage takes: its id is empty
 
     def test_a_document_nested_5000_deep_is_refused_in_a_process_that_survives(self) -> None:
         """Before the pre-scan this killed the process (SIGSEGV in fastavro's reader): run it in a
@@ -157,21 +160,21 @@ class TestDecodeLimits:
 
     def test_deep_but_allowed_documents_decode_as_before(self) -> None:
         raw = nested(32)
-        assert DOCUMENT.decode(raw).chunks[0].chunks[0].mime_type == ""
+        assert STORED_DOCUMENT.decode(raw).chunks[0].chunks[0].mime_type == ""
         doc = nested_docs(32)
         data = DOCUMENT.encode(doc)
-        back = DOCUMENT.decode(data)
+        back = STORED_DOCUMENT.decode(data)
         assert back == doc and DOCUMENT.encode(back) == data
         assert back == doc_from_avro(fastavro.schemaless_reader(io.BytesIO(data), DOCUMENT.schema, None))
 
     def test_one_level_over_the_cap_is_refused_and_the_cap_is_configurable(self) -> None:
         with pytest.raises(DecodeLimitError, match="max_document_depth=32"):
-            DOCUMENT.decode(nested(33))
+            STORED_DOCUMENT.decode(nested(33))
         with pytest.raises(DecodeLimitError, match="max_document_depth=32"):
-            DOCUMENT.decode(DOCUMENT.encode(nested_docs(33)))
-        assert DOCUMENT.decode(nested(33), limits=DecodeLimits(max_document_depth=33)).chunks
+            STORED_DOCUMENT.decode(DOCUMENT.encode(nested_docs(33)))
+        assert STORED_DOCUMENT.decode(nested(33), limits=DecodeLimits(max_document_depth=33)).chunks
         with pytest.raises(DecodeLimitError, match="max_document_depth=4 "):
-            DOCUMENT.decode(nested(5), limits=DecodeLimits(max_document_depth=4))
+            STORED_DOCUMENT.decode(nested(5), limits=DecodeLimits(max_document_depth=4))
 
     def test_documents_in_envelopes_count_from_depth_one(self) -> None:
         deep = nested_docs(32)
@@ -185,9 +188,9 @@ class TestDecodeLimits:
         doc = Document(id="d", chunks=[Document(id=f"d/{i}") for i in range(10)],
                        matches=[Document(id="m", chunks=[Document(id="m/0")])])
         data = DOCUMENT.encode(doc)
-        assert DOCUMENT.decode(data, limits=DecodeLimits(max_documents=13)) == doc
+        assert STORED_DOCUMENT.decode(data, limits=DecodeLimits(max_documents=13)) == doc
         with pytest.raises(DecodeLimitError, match="more than max_documents=12 Documents"):
-            DOCUMENT.decode(data, limits=DecodeLimits(max_documents=12))
+            STORED_DOCUMENT.decode(data, limits=DecodeLimits(max_documents=12))
 
     def test_limits_come_from_the_environment_and_are_checked(self) -> None:
         assert DecodeLimits.from_env({}) == DecodeLimits(32, 100_000) == DECODE_LIMITS
@@ -222,15 +225,15 @@ class TestDecodeLimits:
                   + b"\x80\x00" * 4)
         assert fastavro.schemaless_reader(io.BytesIO(longer), DOCUMENT.schema, None) == \
             fastavro.schemaless_reader(io.BytesIO(canonical), DOCUMENT.schema, None)
-        assert DOCUMENT.decode(longer) == Document(id="x", text="t")
+        assert STORED_DOCUMENT.decode(longer) == Document(id="x", text="t")
 
     def test_a_truncated_record_and_trailing_bytes_are_named(self) -> None:
         data = DOCUMENT.encode(tree())
         for cut in (1, 10, len(data) // 2, len(data) - 1):
             with pytest.raises(SerdeError, match="malformed streamsearch.Document record"):
-                DOCUMENT.decode(data[:cut])
+                STORED_DOCUMENT.decode(data[:cut])
         with pytest.raises(SerdeError, match="1 bytes left after decoding"):
-            DOCUMENT.decode(data + b"\x00")
+            STORED_DOCUMENT.decode(data + b"\x00")
 
 
 def documents() -> st.SearchStrategy[Document]:
@@ -258,14 +261,14 @@ class TestDecodeFuzz:
         for codec in CODECS:
             try:
                 codec.decode(data)
-            except SerdeError:
+            except (SerdeError, InvalidDocumentError):  # not Avro of the type, or a value no stage takes
                 pass
 
     @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(doc=documents())
     def test_any_valid_document_passes_the_pre_scan_and_decodes_the_same(self, doc: Document) -> None:
         data = DOCUMENT.encode(doc)
-        assert DOCUMENT.encode(DOCUMENT.decode(data)) == data
+        assert DOCUMENT.encode(STORED_DOCUMENT.decode(data)) == data
 
     @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(doc=documents(), edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from(
@@ -284,7 +287,7 @@ class TestDecodeFuzz:
                     del data[i]
         damaged = bytes(data)
         try:
-            DOCUMENT.decode(damaged)
+            STORED_DOCUMENT.decode(damaged)
         except DecodeLimitError:
             return
         except SerdeError as refused:

@@ -98,12 +98,12 @@ class TestQueryDocuments:
 
 def query_record(request: Request) -> Inbound:
     return Inbound(TOPICS.query, 0, 0, request.request_id.encode(), REQUEST.encode(request), {
-        h.REQUEST_ID: request.request_id.encode(), h.REPLY_TO: b"replies",
+        h.REQUEST_ID: request.request_id.encode(), h.REPLY_TO: b"vec.reply.t",
         h.DEADLINE_MS: str(request.deadline_ms).encode(), h.SCHEMA: REQUEST.header()[1]})
 
 
 def search_request(docs: list[Document], request_id: str = "r1") -> Request:
-    return Request(request_id, "search", docs, "replies", int(time.time() * 1000) + 60_000, {}, {})
+    return Request(request_id, "search", docs, "vec.reply.t", int(time.time() * 1000) + 60_000, {}, {})
 
 
 class TestQueryPath:

@@ -11,7 +11,7 @@ from processors.document import Direction, Document
 from processors.exceptions import ConfigError, DimensionMismatchError
 from processors.index.base import Change
 from processors.index.compound import FORMAT, CompoundIndexer, CompoundIndexerConfig
-from streams.serde import DOCUMENT
+from streams.serde import DOCUMENT, STORED_DOCUMENT
 
 DIM = 8
 
@@ -28,7 +28,7 @@ def doc_with_chunks(doc_id: str, seeds: list[int]) -> Document:
 
 
 def open_index(path: Path, metric: str = "inner_product") -> CompoundIndexer:
-    index = CompoundIndexer(CompoundIndexerConfig(dim=DIM, metric=metric), path=path, codec=DOCUMENT)  # type: ignore[arg-type]
+    index = CompoundIndexer(CompoundIndexerConfig(dim=DIM, metric=metric), path=path, codec=STORED_DOCUMENT)  # type: ignore[arg-type]
     index.warm_up()
     return index
 
@@ -95,7 +95,7 @@ class TestCompoundIndexer:
 
     def test_reopening_with_another_dimension_fails(self, tmp_path: Path) -> None:
         open_index(tmp_path).close()
-        other = CompoundIndexer(CompoundIndexerConfig(dim=DIM * 2), path=tmp_path, codec=DOCUMENT)
+        other = CompoundIndexer(CompoundIndexerConfig(dim=DIM * 2), path=tmp_path, codec=STORED_DOCUMENT)
         with pytest.raises(ConfigError, match="rebuild"):
             other.warm_up()
 

@@ -7,7 +7,7 @@ from processors.document import Direction, Document
 from processors.exceptions import ConfigError
 from processors.index.base import INDEX_TYPES, Change
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
-from streams.serde import DOCUMENT
+from streams.serde import STORED_DOCUMENT
 
 DIM = 16
 N = 2000
@@ -29,7 +29,7 @@ def upserts(vectors: np.ndarray, start: int = 0) -> list[Change]:
 
 
 def open_index(path: Path, **config) -> CompoundIndexer:  # type: ignore[no-untyped-def]
-    index = CompoundIndexer(CompoundIndexerConfig(dim=DIM, **config), path=path, codec=DOCUMENT)
+    index = CompoundIndexer(CompoundIndexerConfig(dim=DIM, **config), path=path, codec=STORED_DOCUMENT)
     index.warm_up()
     return index
 

@@ -12,7 +12,7 @@ from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from processors.query.operators import Operation
 from processors.query.window import MAX_WINDOW_VECTORS, WindowedSearch, WindowedSearchConfig
 from processors.rankers.chunk2doc import Chunk2DocRanker, Chunk2DocRankerConfig
-from streams.serde import DOCUMENT
+from streams.serde import STORED_DOCUMENT
 
 DIM = 16
 QUERY = np.eye(DIM, dtype=np.float32)[0]
@@ -39,7 +39,7 @@ def only(lang: str) -> Operation:
 @pytest.fixture
 def shard(tmp_path: Path):  # type: ignore[no-untyped-def]
     """60 English documents close to the query, 2 German ones farther away."""
-    index = CompoundIndexer(CompoundIndexerConfig(dim=DIM), path=tmp_path, codec=DOCUMENT)  # type: ignore[arg-type]
+    index = CompoundIndexer(CompoundIndexerConfig(dim=DIM), path=tmp_path, codec=STORED_DOCUMENT)  # type: ignore[arg-type]
     index.warm_up()
     english = [Change(f"en{i:02}", tagged(f"en{i:02}", "en", [near(i, 0.1 + i / 1000)])) for i in range(60)]
     german = [Change(f"de{i}", tagged(f"de{i}", "de", [near(100 + i, 0.9)])) for i in range(2)]
@@ -88,7 +88,7 @@ class TestWindowedSearch:
         assert len(result.docs[0].matches) == 3 and result.limited == ()
 
     def test_no_filter_widens_for_documents_with_many_chunks(self, tmp_path: Path) -> None:
-        index = CompoundIndexer(CompoundIndexerConfig(dim=DIM), path=tmp_path, codec=DOCUMENT)  # type: ignore[arg-type]
+        index = CompoundIndexer(CompoundIndexerConfig(dim=DIM), path=tmp_path, codec=STORED_DOCUMENT)  # type: ignore[arg-type]
         index.warm_up()
         # "long" has 20 chunks nearer the query than any other document.
         changes = [Change("long", tagged("long", "en", [near(i, 0.05) for i in range(20)]))]
@@ -104,7 +104,7 @@ class TestWindowedSearch:
         answers = []
         for order in (range(20), reversed(range(20))):
             index = CompoundIndexer(CompoundIndexerConfig(dim=DIM), path=tmp_path / str(len(answers)),
-                                    codec=DOCUMENT)  # type: ignore[arg-type]
+                                    codec=STORED_DOCUMENT)  # type: ignore[arg-type]
             index.warm_up()
             changes = [Change(f"en{i:02}", tagged(f"en{i:02}", "en", [near(0, 0.2)])) for i in order]
             changes += [Change("zz-de", tagged("zz-de", "de", [near(0, 0.2)]))]

@@ -1,0 +1,97 @@
+"""Where a stage may send a reply: the flow's reply topics that exist, asked of the cluster.
+
+A query-path record names its ``reply_to``; it is written by whoever can write to the query
+topic. A stage answering it blindly would write into any topic (``<flow>.ingest``) or wait
+``topic.metadata.propagation.max.ms`` (30 s) on every batch for one that does not exist, and
+a reply topic disappears for good when its client closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka.admin import AdminClient
+
+from streams.exceptions import ReplyTopicError
+from streams.kafka import KafkaSettings
+from streams.topics import FlowTopics
+
+__all__ = ["ReplyTopics"]
+
+logger = logging.getLogger(__name__)
+
+
+class ReplyTopics:
+    """The reply topics of one flow that exist, remembered for a short while.
+
+    A topic seen to exist is trusted for :attr:`EXISTS_TTL_S` (a client's topic lives as long as
+    the client); one seen missing for :attr:`MISSING_TTL_S`, so a flood of records naming it costs
+    one metadata request per interval. When the cluster does not answer, a topic counts as
+    existing: a broker blip must not refuse good requests.
+    """
+
+    EXISTS_TTL_S = 30.0
+    MISSING_TTL_S = 2.0
+    REMEMBERED = 10_000
+    LOOKUP_TIMEOUT_S = 5.0
+
+    def __init__(self, topics: FlowTopics, settings: KafkaSettings | None) -> None:
+        """:param settings: the cluster to ask; None checks names only (processors under test)."""
+        self._topics = topics
+        self._settings = settings
+        self._admin: AdminClient | None = None
+        self._seen: OrderedDict[str, tuple[bool, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, name: str) -> None:
+        """:raises ReplyTopicError: if ``name`` is not a reply topic of the flow, or does not exist."""
+        if not self._topics.is_reply_topic(name):
+            raise ReplyTopicError(f"reply_to {name[:300]!r} is not a reply topic of flow {self._topics.flow!r} "
+                                  f"(expected {self._topics.flow}.reply.<id>)")
+        if not self.exists(name):
+            raise ReplyTopicError(f"reply_to topic {name!r} does not exist (its client is gone)")
+
+    def usable(self, name: str) -> bool:
+        """Whether a reply to ``name`` can be sent; never raises."""
+        try:
+            self.check(name)
+        except ReplyTopicError:
+            return False
+        return True
+
+    def exists(self, name: str) -> bool:
+        if self._settings is None:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            known = self._seen.get(name)
+            if known is not None and now < known[1]:
+                return known[0]
+        found = self._lookup(name)
+        with self._lock:
+            self._seen[name] = (found, now + (self.EXISTS_TTL_S if found else self.MISSING_TTL_S))
+            self._seen.move_to_end(name)
+            while len(self._seen) > self.REMEMBERED:
+                self._seen.popitem(last=False)
+        return found
+
+    def _lookup(self, name: str) -> bool:
+        assert self._settings is not None
+        if self._admin is None:
+            self._admin = AdminClient(self._settings.base())
+        # DescribeTopics, not a metadata request: that one may auto-create the topic it names.
+        future = self._admin.describe_topics(TopicCollection([name]),
+                                             request_timeout=self.LOOKUP_TIMEOUT_S)[name]
+        try:
+            future.result(timeout=self.LOOKUP_TIMEOUT_S + 5)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return False
+            logger.debug("reply topic lookup failed", extra={"topic": name, "error": str(exc)})
+        except TimeoutError:
+            logger.debug("reply topic lookup timed out", extra={"topic": name})
+        return True
