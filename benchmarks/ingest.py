@@ -46,7 +46,7 @@ def pipeline(docs, *, query_fetch_wait_ms: int,  # type: ignore[no-untyped-def]
             runtime.wait_ready(client)
             started = time.perf_counter()
             receipt = client.index(docs)
-            reply = client.search("done?", after=receipt, timeout_s=3600)
+            reply = client.search("done?", after=receipt, timeout_s=300)  # at most max_deadline_s
             elapsed = time.perf_counter() - started
             assert not reply.partial and not reply.stale_shards, reply
             client.close()

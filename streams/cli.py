@@ -88,6 +88,7 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
     or one stage joining a running flow (``--replicas N`` adds N supervised consumers)."""
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
+    flow.check_dimensions()  # before a broker starts: one line, not a dead letter per document
     if stage is not None:
         from streams.local.runtime import discover_bootstrap
         from streams.versions import claim_serving
@@ -448,6 +449,7 @@ def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s
 
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
+    flow.check_dimensions()
     logging.getLogger("streams").setLevel(logging.WARNING)
     settings = _command_settings(dict(flow.kafka))
     plan = plan_reindex(settings, flow)

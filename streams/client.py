@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from processors.document import Document, validate_document, validate_text
 from processors.exceptions import InvalidDocumentError
+from processors.query.limits import REQUEST_LIMITS
 from streams import headers as h
 from streams.admin import check_broker, delete_topics, ensure_topics
 from streams.exceptions import DeliveryError, PayloadTooLargeError, RequestTimeoutError
@@ -69,8 +70,8 @@ VectorsLike = Union[np.ndarray, Sequence[Sequence[float]]]
 def query_documents(texts: str | Sequence[str] | None, vectors: VectorsLike | None) -> list[Document]:
     """The query documents of a search: ``q0``, ``q1``, ... with a text or an embedding each.
 
-    :raises ValueError: if both or neither are given, if ``texts`` is empty or holds a text
-        ``validate_text`` refuses (NUL, a lone surrogate), or if ``vectors`` is not a non-empty 2-D
+    :raises ValueError: if both or neither are given, if ``texts`` is empty or holds a blank text
+        or one ``validate_text`` refuses (NUL, a lone surrogate), or if ``vectors`` is not a non-empty 2-D
         array of finite numbers.
     """
     if (texts is None) == (vectors is None):
@@ -85,6 +86,8 @@ def query_documents(texts: str | Sequence[str] | None, vectors: VectorsLike | No
                 validate_text(text, name=f"query text {i}")
             except InvalidDocumentError as exc:  # the encode stage would refuse it: say so before sending
                 raise ValueError(str(exc)) from None
+            if not text.strip():
+                raise ValueError(f"query text {i} is empty or only whitespace")
         return [Document(id=f"q{i}", text=text) for i, text in enumerate(queries)]
     return [Document(id=f"q{i}", embedding=row) for i, row in enumerate(_query_matrix(vectors))]
 
@@ -256,8 +259,9 @@ class Client:
         :param filter_by: search only these fields of a multi-field flow.
         :param index_type: answer from this shard index type (flat, hnsw, ivf, ivf_pq).
         :param parameters: any other request parameter (``query_language``, ``ground_truth``, ...).
-        :raises ValueError: if both or neither of ``texts`` and ``vectors`` are given, or
-            ``vectors`` is not a non-empty 2-D array of finite numbers (float32 range).
+        :raises ValueError: if both or neither of ``texts`` and ``vectors`` are given, a text is
+            blank, ``vectors`` is not a non-empty 2-D array of finite numbers (float32 range), or
+            ``timeout_s`` is over ``max_deadline_s`` (300 s).
         :raises PayloadTooLargeError: before sending a request over ``max_payload_bytes``; a
             request the broker refuses as too large fails its future with it.
         """
@@ -268,7 +272,11 @@ class Client:
                            ("index_type", index_type)):
             if value is not None:
                 params[key] = value
-        deadline_ms = int((time.time() + (timeout_s or self.timeout_s)) * 1000)
+        wait_s = timeout_s or self.timeout_s
+        if not 0 < wait_s <= REQUEST_LIMITS.max_deadline_s:  # the encode stage would refuse it
+            raise ValueError(f"timeout_s must be in (0, {REQUEST_LIMITS.max_deadline_s:g}] seconds "
+                             f"(max_deadline_s), got {wait_s!r}")
+        deadline_ms = int((time.time() + wait_s) * 1000)
         request = Request(
             request_id=request_id, kind="search", docs=queries,
             reply_to=self.reply_topic, deadline_ms=deadline_ms, parameters=params,

@@ -110,6 +110,26 @@ class FlowSpec:
         segment = next((s for s in self.stages if s.name == "segment"), None)
         return tuple(getattr(segment.config, "fields", ())) if segment else ()
 
+    def check_dimensions(self) -> None:
+        """Refuse an index whose ``dim`` differs from what the encoder produces, before anything runs:
+        otherwise every document would be dead-lettered at the shard, one by one.
+
+        Reads the model's ``config.json`` only (no weights load).
+
+        :raises FlowConfigError: naming both dimensions and the value to set.
+        :raises ModelNotFoundError: if the encoder's model is not where the flow says.
+        """
+        encode = next((s for s in self.stages if s.name == "encode"), None)
+        index_dim = getattr(self.stage("index").config, "dim", None)
+        if encode is None or index_dim is None:
+            return
+        produced = getattr(encode.build(), "output_dim", None)
+        if produced is not None and produced != index_dim:
+            raise FlowConfigError(
+                f"{self.source or self.name}: stages.index.with.dim is {index_dim}, but the encoder "
+                f"({encode.uses}) produces {produced}-d vectors; set dim: {produced} (or use a model of "
+                f"{index_dim} dimensions)")
+
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:
             if stage.name == name:

@@ -104,6 +104,11 @@ class StageProducer:
             "linger.ms": 0,
             "message.max.bytes": 16 * 1024 * 1024,
             "partitioner": "murmur2_random",  # the Java client's partitioner: same keys, same partitions
+            # A topic the cluster says does not exist fails its records after this wait (librdkafka's
+            # default is 30 s, for topics just created elsewhere). Every topic a stage or client
+            # writes was created and seen on every broker first (``ensure_topics``), except a reply
+            # topic whose client has just deleted it: that must not hold a stage's flush for 30 s.
+            "topic.metadata.propagation.max.ms": 2000,
             **overrides,
             **settings.base(),  # the user's settings win over our defaults
         }

@@ -173,8 +173,9 @@ class QueryFanout:
         if not request.docs:
             raise InvalidParameterError("a search request needs at least one query document")
         for doc in request.docs:
-            if not doc.text and doc.embedding is None:
-                raise InvalidParameterError(f"query document {doc.id!r} has neither text nor an embedding")
+            if not (doc.text or "").strip() and doc.embedding is None:
+                raise InvalidParameterError(f"query document {doc.id!r} has neither text (whitespace does not "
+                                            "count) nor an embedding")
         self._limits.check_deadline(request.deadline_ms, time.time() * 1000)
         params = SearchParameters.parse(request.parameters, self._defaults)
         # Also parses the operations: a QueryLanguageError now, not on every shard.

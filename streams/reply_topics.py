@@ -63,6 +63,11 @@ class ReplyTopics:
             return False
         return True
 
+    def gone(self, name: str) -> None:
+        """A reply to ``name`` failed: take it for missing without asking (its client has left)."""
+        with self._lock:
+            self._seen[name] = (False, time.monotonic() + self.MISSING_TTL_S)
+
     def exists(self, name: str) -> bool:
         if self._settings is None:
             return True

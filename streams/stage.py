@@ -570,6 +570,8 @@ class StageLoop:
 
     def _reply_delivered(self, error: KafkaError | None, msg: Message) -> None:
         if error is not None:  # e.g. the client deleted its topic meanwhile
+            if self.spec.reply_topics is not None:
+                self.spec.reply_topics.gone(msg.topic())
             self._undeliverable_reply(msg.topic(), error.str())
 
     def _undeliverable_reply(self, topic: str, reason: str) -> None:

@@ -60,6 +60,7 @@ class LocalRuntime:
             raise
 
     def _start(self) -> "LocalRuntime":
+        self.flow.check_dimensions()
         settings = KafkaSettings.from_env(self.flow.kafka)
         if not settings.bootstrap_servers:
             self._directory = DirectoryBroker()

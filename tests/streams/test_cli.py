@@ -299,6 +299,37 @@ def test_serve_gives_the_status_command_report_and_refuses_a_busy_port(flow_dir:
 
 
 @pytest.mark.kafka
+def test_run_new_yml_takes_over_a_reindexed_version_from_the_reindex_command(flow_dir: RunningFlow) -> None:
+    """The new version's stages first live in `reindex`; `run new.yml` in the same directory joins its
+    broker and the new version's groups, so closing `reindex` leaves version 2 serving. (The flow
+    serves version 2 afterwards: only the broker-owner test comes after this one.)"""
+    flow_dir.run.wait_for("flow 'clia' running")
+    folder = flow_dir.folder
+    data = folder / "docs.jsonl"
+    data.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in DOCS.items()))
+    assert _cli(folder, "index", "docs.jsonl", "--flow", "clia", "--wait").returncode == 0
+    (folder / "b.yml").write_text(FLOW_YAML.replace("NAME", "clia").replace("max_length: 128", "max_length: 256")
+                                  + "version: 2\n")
+    reindex = Background(folder, "reindex", "--flow", "b.yml")
+    takeover = None
+    try:
+        reindex.wait_for("version 2 of flow 'clia' serves queries now (was 1)")
+        takeover = Background(folder, "run", "b.yml")
+        assert "this directory's local broker" in takeover.wait_for("flow 'clia' starting on broker ")
+        takeover.wait_for("flow 'clia' running")
+        reindex.stop()
+        for query, expected in (("sulfur dioxide from volcanic eruptions", "volcano"), ("bake bread with flour", "bread")):
+            found = _cli(folder, "search", query, "--flow", "clia", "--timeout", "20")
+            assert found.returncode == 0, found.stderr + takeover.stderr()
+            assert "answered by index version 2" in found.stdout and "partial" not in found.stdout, found.stdout
+            assert found.stdout.strip().splitlines()[1].split()[-1] == expected, found.stdout
+    finally:
+        reindex.stop()
+        if takeover is not None:
+            takeover.stop()
+
+
+@pytest.mark.kafka
 def test_only_the_run_that_started_the_broker_removes_its_address(flow_dir: RunningFlow) -> None:
     flow_dir.run.wait_for("flow 'clia' running")
     assert flow_dir.run.stop() == 0, flow_dir.run.stderr()
@@ -334,3 +365,16 @@ def test_run_against_an_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("streamsearch: error: cannot reach Kafka at 127.0.0.1:1"), lines
+
+
+def test_an_index_dim_the_encoder_does_not_produce_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """Not discovered per document at the shard (every one dead-lettered): one line at start, no broker,
+    whether the whole flow runs or one stage joins."""
+    (tmp_path / "dim.yml").write_text(FLOW_YAML.replace("NAME", "clidim").replace("dim: 384", "dim: 8"))
+    for command in (["run", "dim.yml"], ["run", "dim.yml", "--stage", "index"], ["reindex", "--flow", "dim.yml"]):
+        result = _cli(tmp_path, *command, env=_user_env(), timeout=60)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            "streamsearch: error: dim.yml: stages.index.with.dim is 8, but the encoder (TransformerEncoder) produces "
+            "384-d vectors; set dim: 384 (or use a model of 8 dimensions)"], command
+    assert not (tmp_path / ".streamsearch").exists() and not (tmp_path / "state").exists()

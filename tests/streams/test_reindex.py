@@ -21,7 +21,7 @@ from streams.local.runtime import LocalRuntime
 from streams.serde import SearchReply
 from streams.topics import FlowTopics
 from streams.versions import claim_serving, read_serving
-from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
+from tests.streams.fixtures import SEGMENTER, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
 from tests.streams.recovery import read_shards, wait_applied
 
 pytestmark = pytest.mark.kafka
@@ -187,26 +187,31 @@ def test_reindex_never_switches_to_a_version_that_is_not_newer_or_lost_documents
     assert len(lines) == 1 and "version 1 is not above the serving version 1" in lines[0], result.stderr
     assert "set `version: 2`" in lines[0]
 
-    # A model of another dimension than the index takes: every document is dead-lettered, so
-    # the new version is empty however "caught up" it is. It must not serve.
-    wrong_dim = tmp_path / "wrong-dim.yml"
-    wrong_dim.write_text(V2.replace("{name}", name).replace("dim: 384", "dim: 8"))
-    result = subprocess.run([sys.executable, "-m", "streams.cli", "reindex", "--flow", str(wrong_dim),
+    # A version whose segmenter refuses documents (one chunk at most): those are dead-lettered, so the
+    # new version lacks them however "caught up" it is. It must not serve. (An index dim the model
+    # does not produce is refused before anything starts: tests/streams/test_cli.py.)
+    corpus = [doc for doc, _ in corpus_with_unique_sentences(6)]
+    refused = sum(1 for doc in corpus if len(SEGMENTER.run(docs=[doc]).docs[0].chunks) > 1)
+    assert refused, "the corpus needs documents of several sentences"
+    one_chunk = tmp_path / "one-chunk.yml"
+    one_chunk.write_text(V1.replace("{name}", name) + "version: 2\nmax_chunks_per_document: 1\n")
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "reindex", "--flow", str(one_chunk),
                              "--state-dir", str(tmp_path / "v2"), "--timeout", "300"],
                             capture_output=True, text=True, timeout=420)
     assert result.returncode == 1, result.stdout + result.stderr
     error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("streamsearch: error: version 2 caught up but dead-lettered 6 records "
-                            "(first: stage index: "), result.stderr
+    assert error.startswith(f"streamsearch: error: version 2 caught up but dead-lettered {refused} records "
+                            "(first: stage segment: "), result.stderr
     assert "version 1 keeps serving" in error, error
     with runtime.client() as client:
         reply = client.search("anything", timeout_s=10)
         assert reply.version == 1 and not reply.partial and reply.docs[0].matches
-    letters = subprocess.run([sys.executable, "-m", "streams.cli", "dead-letters", "--flow", str(wrong_dim)],
+    letters = subprocess.run([sys.executable, "-m", "streams.cli", "dead-letters", "--flow", str(one_chunk)],
                              capture_output=True, text=True, timeout=120)
     assert letters.returncode == 0, letters.stderr
-    from_index_path = [line for line in letters.stdout.splitlines() if f"\t{name}.v2.encoded[" in line]
-    assert len(from_index_path) == 6 and all("DimensionMismatchError" in line for line in from_index_path), letters.stdout
+    from_ingest = [line for line in letters.stdout.splitlines() if f"\t{name}.ingest[" in line]
+    assert len(from_ingest) == refused and all("max_chunks_per_document=1" in line for line in from_ingest), \
+        letters.stdout
 
     # Fixing the executors but keeping `version: 2` would mix two builds in one version's topics and state.
     fixed = tmp_path / "fixed.yml"

@@ -68,6 +68,8 @@ class TestQueryDocuments:
         (None, None, "texts or vectors"),
         ("both", [[1.0]], "not both"),
         ([], None, "at least one query text"),
+        (["fine", "  "], None, "query text 1 is empty or only whitespace"),
+        (["a\x00b"], None, "query text 0 contains NUL"),
         (None, np.ones(DIM, np.float32), r"2-D .* shape \(384,\); for one vector v pass \[v\]"),
         (None, np.ones((1, 2, DIM), np.float32), "2-D"),
         (None, np.ones((0, DIM), np.float32), "non-empty"),
@@ -121,7 +123,8 @@ class TestQueryPath:
 
     @pytest.mark.parametrize("docs, error, message", [
         ([Document(id="q0", embedding=np.ones(128, np.float32))], DimensionMismatchError, "384-d"),
-        ([Document(id="q0")], InvalidParameterError, "neither text nor an embedding"),
+        ([Document(id="q0")], InvalidParameterError, "neither text"),
+        ([Document(id="q0", text=" \n\t")], InvalidParameterError, "whitespace does not count"),
     ])
     def test_a_query_that_does_not_fit_gets_an_error_reply(self, modelless_encoder, docs, error, message) -> None:  # type: ignore[no-untyped-def]
         fanout = QueryFanout(encoder=modelless_encoder, topics=TOPICS, defaults=SearchParameters())
