@@ -42,6 +42,7 @@ REPLY_GRACE_S = 2.0
 """How long past the deadline the client waits for the joiner's (partial) reply."""
 
 _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE})
+_UNKNOWN_TOPIC = frozenset({KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART})
 
 
 @dataclass(slots=True)
@@ -294,9 +295,14 @@ class Client:
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
             if err is not None:  # no reply will come: say why now, not at the deadline
-                refused = (PayloadTooLargeError(f"the broker refused the search request ({len(value)} bytes): "
-                                                f"{err.str()}") if err.code() in _TOO_LARGE
-                           else DeliveryError(f"search request not delivered: {err.str()}"))
+                if err.code() in _TOO_LARGE:
+                    refused: Exception = PayloadTooLargeError(
+                        f"the broker refused the search request ({len(value)} bytes): {err.str()}")
+                elif err.code() in _UNKNOWN_TOPIC:
+                    refused = DeliveryError(f"no topic {msg.topic()}: flow {self.topics.flow!r} was never run on "
+                                            "this cluster (start it with streamsearch run FLOW.yml)")
+                else:
+                    refused = DeliveryError(f"search request not delivered: {err.str()}")
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
                     future.set_exception(refused)
 

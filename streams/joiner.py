@@ -26,6 +26,7 @@ from processors.query.parameters import SearchParameters
 from processors.rankers.merge import merge_matches
 from streams import headers as h
 from streams.exceptions import InvalidRecordError, ReplyTopicError
+from streams.flow import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.metrics import QUERY_SECONDS, REPLIES
 from streams.query import decode_live
 from streams.serde import PARTIAL_RESULT, SEARCH_REPLY, PartialResult, SearchReply
@@ -84,9 +85,12 @@ class Joiner:
 
     def __init__(self, operations: Sequence[Operation] = (), *, flow: str = "", version: int = 1,
                  topics: FlowTopics | None = None, fields: Sequence[str] = (),
-                 limits: RequestLimits = REQUEST_LIMITS) -> None:
+                 limits: RequestLimits = REQUEST_LIMITS, max_reply_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
         """:param topics: the flow's topics: parts naming another reply topic or shard are refused
-            (None: not checked, for joiners under test). :param fields: the flow's fields."""
+            (None: not checked, for joiners under test). :param fields: the flow's fields.
+        :param max_reply_bytes: the flow's ``max_payload_bytes``: a larger reply is replaced by an
+            error reply saying so."""
+        self._max_reply_bytes = max_reply_bytes
         self._topics = topics
         self._fields = frozenset(fields)
         self._limits = limits
@@ -163,12 +167,18 @@ class Joiner:
             logger.exception("reply failed", extra={"request_id": pending.request_id})
             reply = SearchReply(pending.request_id, [], True, [], [], [f"join: {type(exc).__name__}: {exc}"])
         reply.version = self._version
+        value = SEARCH_REPLY.encode(reply)
+        if len(value) > self._max_reply_bytes:  # an answer the client can read beats one it never gets
+            reply = SearchReply(pending.request_id, [], True, [], [], [
+                f"join: the reply is {len(value)} bytes, over max_payload_bytes={self._max_reply_bytes}: "
+                "ask for fewer documents (top_k) or smaller ones (query_language select)"], version=self._version)
+            value = SEARCH_REPLY.encode(reply)
         self.replies += 1
         self.partial_replies += reply.partial
         REPLIES.labels(self._flow, str(reply.partial).lower()).inc()
         if pending.created_ms:
             QUERY_SECONDS.labels(self._flow).observe(max(0.0, time.time() - pending.created_ms / 1000))
-        return Output(pending.reply_to, SEARCH_REPLY.encode(reply), pending.request_id, None,
+        return Output(pending.reply_to, value, pending.request_id, None,
                       ((h.REQUEST_ID, pending.request_id.encode()), SEARCH_REPLY.header()), reply=True)
 
 

@@ -550,23 +550,39 @@ class StageLoop:
             logger.exception("on_failure raised", extra={"stage": self.spec.name})
 
     def _emit(self, path: _Path, outputs: Sequence[Output]) -> None:
+        """Produce a handler's outputs: all checked before any is produced (a failed batch is retried
+        record by record); replies only to usable reply topics (others are counted and dropped).
+
+        :raises PayloadTooLargeError: if an output is larger than its topic takes.
+        """
         if not outputs:
             return
         if path.transactional:
             path.checkpoint.begin()  # type: ignore[attr-defined]
-        for out in outputs:  # all checked before any is produced: a failed batch is retried record by record
-            size = record_size(out.key, out.value, out.headers)
-            limit = self._topic_limit(out.topic)
-            if size > limit:
-                raise PayloadTooLargeError(
-                    f"output record for {out.topic} is {size} bytes, over the topic's max.message.bytes={limit}")
+        sendable = []
         for out in outputs:
             if out.reply and self.spec.reply_topics is not None and not self.spec.reply_topics.usable(out.topic):
                 self._undeliverable_reply(out.topic, "no such reply topic of this flow")
                 continue
+            size = record_size(out.key, out.value, out.headers)
+            # A client creates its reply topic with the flow's payload limit; asking each one's
+            # max.message.bytes would remember every client that ever searched.
+            limit = self._default_limit if out.reply else self._topic_limit(out.topic)
+            if size > limit and out.reply:  # from a deadline tick too: never an exception there
+                self._undeliverable_reply(out.topic, f"reply of {size} bytes, over {limit}")
+                continue
+            if size > limit:
+                raise PayloadTooLargeError(
+                    f"output record for {out.topic} is {size} bytes, over the topic's max.message.bytes={limit}")
+            sendable.append(out)
+        for out in sendable:
             RECORDS_OUT.labels(self.spec.flow, self.spec.name).inc()
             path.producer.produce(out.topic, value=out.value, key=out.key, partition=out.partition, headers=out.headers,
                                   on_delivery=self._reply_delivered if out.reply else None, best_effort=out.reply)
+
+    @property
+    def _default_limit(self) -> int:
+        return self.spec.max_payload_bytes + RECORD_OVERHEAD_BYTES
 
     def _reply_delivered(self, error: KafkaError | None, msg: Message) -> None:
         if error is not None:  # e.g. the client deleted its topic meanwhile
@@ -587,7 +603,7 @@ class StageLoop:
             except Exception as exc:  # an unanswered describe must not stop the stage
                 logger.debug("topic limit unknown", extra={"topic": topic, "error": str(exc)})
                 limit = None
-            self._topic_limits[topic] = limit or self.spec.max_payload_bytes + RECORD_OVERHEAD_BYTES
+            self._topic_limits[topic] = limit or self._default_limit
         return self._topic_limits[topic]
 
     def _dead_letter(self, path: _Path, record: Inbound, error: Exception) -> None:

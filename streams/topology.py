@@ -98,7 +98,8 @@ def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None
                                 follow_index_path=True, fetch_wait_ms=flow.search.fetch_wait_ms),
         )
     if name == "join":
-        return StageSpec(**common, query_path=PathSpec(topics.partials, group, Joiner(stage.query_language, flow=topics.prefix, version=flow.version, topics=topics,
-                                                                          fields=flow.fields), batch_size=256,
+        joiner = Joiner(stage.query_language, flow=topics.prefix, version=flow.version, topics=topics,
+                        fields=flow.fields, max_reply_bytes=flow.max_payload_bytes)
+        return StageSpec(**common, query_path=PathSpec(topics.partials, group, joiner, batch_size=256,
                                                        fetch_wait_ms=flow.search.fetch_wait_ms))
     raise AssertionError(f"unhandled stage {name}")  # flow.stage() already rejected unknown names

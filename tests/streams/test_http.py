@@ -11,9 +11,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from streams.admin import ensure_topics
 from streams.client import Client
 from streams.http import create_app
 from streams.local.runtime import LocalRuntime
+from streams.topics import FlowTopics
 from tests.streams.fixtures import stage_logs
 from tests.streams.test_pipeline import FLOW  # the same small flow: 2 shards, 2 index replicas
 
@@ -286,12 +288,23 @@ def test_200_concurrent_searches_over_one_client_each_answered_correctly(app, re
 
 
 def test_broker_silence_is_503_not_a_hang(flow) -> None:  # type: ignore[no-untyped-def]
-    # A client of a flow nobody runs: requests go out, no reply ever comes back.
+    # A client of a flow whose stages do not run: requests go out, no reply ever comes back.
     assert flow.settings is not None
-    with Client(f"{flow.flow.name}-nobody", settings=flow.settings) as lonely:
+    idle = FlowTopics(f"{flow.flow.name}-idle", 1)
+    ensure_topics(flow.settings, idle.shapes())
+    with Client(idle.flow, settings=flow.settings) as lonely:
         response = call(create_app(lonely, token=""), "POST", "/search", json={"texts": "x", "deadline_s": 0.5})
     assert response.status_code == 503
     assert "no reply" in response.json()["detail"]
+
+
+def test_a_flow_never_run_is_503_naming_it(flow) -> None:  # type: ignore[no-untyped-def]
+    assert flow.settings is not None
+    with Client(f"{flow.flow.name}-never", settings=flow.settings) as lonely:
+        response = call(create_app(lonely, token=""), "POST", "/search", json={"texts": "x", "deadline_s": 10})
+    assert response.status_code == 503
+    assert f"no topic {flow.flow.name}-never.query: flow '{flow.flow.name}-never' was never run" in \
+        response.json()["detail"], response.text
 
 
 def test_search_with_one_shard_paused_is_504_with_partial_results(app, receipt, flow) -> None:  # type: ignore[no-untyped-def]

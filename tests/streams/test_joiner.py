@@ -1,11 +1,17 @@
 """The joiner's fan-in logic, driven with records as the stage loop would hand them over."""
 
+import dataclasses
 import itertools
+import re
 import time
+
+import pytest
 
 from processors.document import Direction, Document, Score
 from streams import headers as h
+from streams.exceptions import InvalidRecordError, ReplyTopicError
 from streams.joiner import Joiner
+from streams.topics import FlowTopics
 from streams.serde import PARTIAL_RESULT, SEARCH_REPLY, PartialResult
 from streams.stage import Inbound
 
@@ -65,6 +71,34 @@ class TestJoiner:
         assert reply.partial and reply.errors == ["shard 1: index-stage window limit reached"]
         assert [m.id for m in reply.docs[0].matches] == ["b", "a"]
 
+
+    def test_a_reply_over_the_payload_limit_becomes_an_error_reply_that_fits(self) -> None:
+        joiner = Joiner(max_reply_bytes=500)
+        big = [(f"doc-{i}-" + "x" * 400, 0.5) for i in range(2)]
+        outputs = joiner.process([part(-1, []), part(0, big), part(1, [("c", 0.9)])])
+        reply = SEARCH_REPLY.decode(outputs[0].value)
+        assert len(outputs[0].value) <= 500 and reply.partial and not reply.docs
+        assert reply.errors[0].startswith("join: the reply is ") and "over max_payload_bytes=500" in reply.errors[0]
+
+    def test_parts_no_stage_of_the_flow_writes_are_refused(self) -> None:
+        topics = FlowTopics("f", 2)
+        joiner = Joiner(topics=topics, fields=["title"])
+        deadline = int(time.time() * 1000) + 60_000
+        good = PartialResult("r", 0, [0, 1], topics.new_reply_topic(), deadline, {}, [Document(id="q0")],
+                             field_name="title", expected_fields=["title"])
+        bad = {
+            "is not a reply topic": dataclasses.replace(good, reply_to="f.ingest"),
+            "from shard 2; the flow has shards 0..1": dataclasses.replace(good, shard=2),
+            "expects shards [0, 0]": dataclasses.replace(good, expected_shards=[0, 0]),
+            "names fields ['body', 'title']": dataclasses.replace(good, expected_fields=["body"]),
+            "the limit max_deadline_s is 300": dataclasses.replace(good, deadline_ms=deadline + 10**9),
+        }
+        for message, value in bad.items():
+            record = Inbound("f.partials", 0, 0, b"r", PARTIAL_RESULT.encode(value), {h.DEADLINE_MS: str(deadline).encode()})
+            with pytest.raises((ReplyTopicError, InvalidRecordError), match=re.escape(message)):
+                joiner.process([record])
+        assert joiner.process([Inbound("f.partials", 0, 0, b"r", PARTIAL_RESULT.encode(good),
+                                       {h.DEADLINE_MS: str(deadline).encode()})]) == []
 
 def field_part(shard: int, field_name: str | None, expected_fields: list[str], matches: list[tuple[str, float]],
                parameters: dict | None = None) -> Inbound:

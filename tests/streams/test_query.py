@@ -66,3 +66,37 @@ class TestDeadlines:
         assert fanout.process([query(request("older"), age_ms=31_000)]) == []
         default = QueryFanout(encoder=FixedEncoder(), topics=TOPICS, defaults=SearchParameters())  # type: ignore[arg-type]
         assert default.process([old]) == []
+
+
+class _SlowEncoder(FixedEncoder):
+    """Each call takes ``seconds`` of the test's clock: the work of a mini-batch of long texts."""
+
+    def __init__(self, clock: list[float], seconds: float) -> None:
+        self.clock, self.seconds, self.calls = clock, seconds, 0
+
+    def run(self, *, docs, traversal_paths=None, filter_by=None):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        self.clock[0] += self.seconds
+        return super().run(docs=docs)
+
+
+def test_a_request_due_while_earlier_ones_encode_is_not_encoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline is checked between mini-batches: a client that has given up costs no encoding."""
+    clock = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    start = int(clock[0] * 1000)
+
+    def record(request_id: str, texts: int, deadline_ms: int) -> Inbound:
+        value = REQUEST.encode(Request(request_id, "search", [Document(id=f"q{i}", text="q") for i in range(texts)],
+                                       "deadlines.reply.t", deadline_ms, {}, {}))
+        return Inbound(TOPICS.query, 0, 0, request_id.encode(), value,
+                       {h.SCHEMA: REQUEST.header()[1], h.DEADLINE_MS: str(deadline_ms).encode()}, start)
+
+    encoder = _SlowEncoder(clock, seconds=5.0)
+    fanout = QueryFanout(encoder=encoder, topics=TOPICS, defaults=SearchParameters())  # type: ignore[arg-type]
+    assert QueryFanout.MINI_BATCH_DOCS == 32
+    records = [record("late", 1, start + 8_000), record("first", 32, start + 3_000), record("second", 1, start + 4_000)]
+    outputs = fanout.process(records)
+    # "first" (due first) fills a mini-batch and takes 5 s: "second" is then past its deadline and
+    # dropped unencoded; "late" is still due and is encoded in the next mini-batch.
+    assert {o.key for o in outputs} == {"first", "late"} and encoder.calls == 2
