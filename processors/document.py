@@ -20,8 +20,14 @@ from processors.exceptions import InvalidDocumentError
 
 __all__ = [
     "Direction", "Score", "Document", "traverse", "copy_tree",
-    "MAX_ID_BYTES", "validate_document", "validate_id", "validate_text",
+    "MAX_EMBEDDING_MAGNITUDE", "MAX_ID_BYTES", "validate_document", "validate_embedding", "validate_id",
+    "validate_text",
 ]
+
+MAX_EMBEDDING_MAGNITUDE = 1e15
+"""The largest absolute value an embedding may hold: an inner product or squared L2 distance of two
+384-d vectors bounded by it stays far inside float32 (about 4e32 at most; float32 ends near 3.4e38).
+Model outputs are many orders of magnitude smaller."""
 
 MAX_ID_BYTES = 512
 """The longest document id accepted, in UTF-8 bytes (it is the Kafka key and a RocksDB key)."""
@@ -162,7 +168,7 @@ def _validate_node(node: Document, where: str) -> None:
         validate_text(key, name=f"{where}tags key {_preview(key)}")
         validate_text(value, name=f"{where}tags[{_preview(key)}]")
     if node.embedding is not None:
-        _validate_embedding(node.embedding, f"{where}embedding")
+        validate_embedding(node.embedding, f"{where}embedding")
     if not math.isfinite(node.weight):
         raise InvalidDocumentError(f"{where}weight must be a finite number, got {node.weight!r}")
     for name, score in node.scores.items():
@@ -174,12 +180,22 @@ def _validate_node(node: Document, where: str) -> None:
         _validate_node(match, f"{where}matches[{i}].")
 
 
-def _validate_embedding(value: object, name: str) -> None:
+def validate_embedding(value: object, name: str = "embedding") -> None:
+    """Refuse an embedding an index cannot score: not numeric, NaN or infinite once stored as float32
+    (as every index stores it: 1e300 in float64 is inf there), or beyond ``MAX_EMBEDDING_MAGNITUDE``.
+
+    :raises InvalidDocumentError: naming the field.
+    """
     vector = np.asarray(value)
     if vector.dtype.kind not in "fiu":
         raise InvalidDocumentError(f"{name} has dtype {vector.dtype}; a numeric (float or integer) array is needed")
-    if vector.dtype.kind == "f" and not np.isfinite(vector).all():
-        raise InvalidDocumentError(f"{name} holds NaN or infinite values")
+    with np.errstate(over="ignore", invalid="ignore"):
+        stored = vector.astype(np.float32)
+    if not np.isfinite(stored).all():
+        raise InvalidDocumentError(f"{name} holds NaN or infinite values (as float32)")
+    if stored.size and float(np.abs(stored).max()) > MAX_EMBEDDING_MAGNITUDE:
+        raise InvalidDocumentError(f"{name} holds values beyond +-{MAX_EMBEDDING_MAGNITUDE:g}: its scores would "
+                                   "overflow float32")
 
 
 def _character(match: re.Match[str]) -> str:

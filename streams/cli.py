@@ -88,7 +88,8 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
     or one stage joining a running flow (``--replicas N`` adds N supervised consumers)."""
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
-    flow.check_dimensions()  # before a broker starts: one line, not a dead letter per document
+    if stage in (None, "encode", "index"):  # a join or segment container need not hold the model
+        flow.check_dimensions()  # before a broker starts: one line, not a dead letter per document
     if stage is not None:
         from streams.local.runtime import discover_bootstrap
         from streams.versions import claim_serving

@@ -21,14 +21,14 @@ import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from tqdm import tqdm
 
-from processors.document import Document, validate_document, validate_text
+from processors.document import Document, validate_document, validate_embedding, validate_text
 from processors.exceptions import InvalidDocumentError
 from processors.query.limits import REQUEST_LIMITS
 from streams import headers as h
 from streams.admin import check_broker, delete_topics, ensure_topics
 from streams.exceptions import DeliveryError, PayloadTooLargeError, RequestTimeoutError
 from streams.flow import DEFAULT_MAX_PAYLOAD_BYTES
-from streams.kafka import KafkaSettings, StageProducer, consume_batch, make_consumer
+from streams.kafka import UNKNOWN_TOPIC_ERRORS, KafkaSettings, StageProducer, consume_batch, make_consumer
 from streams.query import query_headers
 from streams.serde import DOCUMENT, REQUEST, SEARCH_REPLY, Request, SearchReply
 from streams.topics import FlowTopics, TopicShape
@@ -42,7 +42,6 @@ REPLY_GRACE_S = 2.0
 """How long past the deadline the client waits for the joiner's (partial) reply."""
 
 _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE})
-_UNKNOWN_TOPIC = frozenset({KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART})
 
 
 @dataclass(slots=True)
@@ -107,8 +106,10 @@ def _query_matrix(vectors: VectorsLike) -> np.ndarray:
         raise ValueError(f"vectors must be non-empty, got shape {given.shape}")
     with np.errstate(over="ignore"):
         matrix = np.ascontiguousarray(given, dtype="<f4")
-    if not np.isfinite(matrix).all():
-        raise ValueError("vectors must be finite (no NaN or infinity, within float32 range)")
+    try:
+        validate_embedding(matrix, "vectors")  # what every stage checks: finite in float32, bounded
+    except InvalidDocumentError as exc:
+        raise ValueError(f"vectors must be finite numbers within float32 range: {exc}") from None
     return matrix
 
 
@@ -298,7 +299,7 @@ class Client:
                 if err.code() in _TOO_LARGE:
                     refused: Exception = PayloadTooLargeError(
                         f"the broker refused the search request ({len(value)} bytes): {err.str()}")
-                elif err.code() in _UNKNOWN_TOPIC:
+                elif err.code() in UNKNOWN_TOPIC_ERRORS:
                     refused = DeliveryError(f"no topic {msg.topic()}: flow {self.topics.flow!r} was never run on "
                                             "this cluster (start it with streamsearch run FLOW.yml)")
                 else:

@@ -103,14 +103,25 @@ class Joiner:
         self.replies = 0
         self.partial_replies = 0
 
+    MAX_PENDING = 10_000
+    """Requests held at once; past this, the one due first is answered now, partial (load shedding:
+    parts written straight to the partials topic must not fill memory)."""
+
     def process(self, records: Sequence[Inbound]) -> list[Output]:
-        outputs = []
-        for record, part in decode_live(records, PARTIAL_RESULT):
+        # Everything decoded and checked before any state changes: the loop retries a failed batch
+        # record by record, and a request completed (and remembered as replied) by the first try
+        # would never be answered.
+        parts = list(decode_live(records, PARTIAL_RESULT))
+        for _, part in parts:
             self._check(part)
+        outputs = []
+        for record, part in parts:
             if part.request_id in self._replied:
                 continue
             pending = self._pending.get(part.request_id)
             if pending is None:
+                if len(self._pending) >= self.MAX_PENDING:
+                    outputs.append(self._reply(min(self._pending.values(), key=lambda p: p.deadline_ms)))
                 pending = self._pending[part.request_id] = PendingRequest(
                     part.request_id, part.reply_to, part.deadline_ms, h.read_int(record.headers, h.CREATED_MS))
             pending.add(part)

@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from streams.topics import RECORD_OVERHEAD_BYTES
 from streams.exceptions import DeliveryError
 
-__all__ = ["KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "fetch_high_watermarks", "Header", "headers_of",
+__all__ = ["UNKNOWN_TOPIC_ERRORS", "KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "fetch_high_watermarks", "Header", "headers_of",
            "DeliveryFailure", "PERMANENT_DELIVERY_ERRORS", "record_size"]
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ PERMANENT_DELIVERY_ERRORS = frozenset({
     KafkaError.INVALID_RECORD, KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.INVALID_MSG,
 })
 """Refusals that retrying the same record can never cure: the input behind it is dead-lettered."""
+
+UNKNOWN_TOPIC_ERRORS = frozenset({KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART})
+"""The topic does not exist (librdkafka's own error, or the broker's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,10 @@ class StageProducer:
             # writes was created and seen on every broker first (``ensure_topics``), except a reply
             # topic whose client has just deleted it: that must not hold a stage's flush for 30 s.
             "topic.metadata.propagation.max.ms": 2000,
+            # Never create a topic by writing to it (librdkafka's producer default is true): a reply to
+            # a client that has just deleted its topic would bring it back, for good, on a cluster
+            # with auto.create.topics.enable (Apache Kafka's default).
+            "allow.auto.create.topics": False,
             **overrides,
             **settings.base(),  # the user's settings win over our defaults
         }

@@ -22,10 +22,13 @@ from confluent_kafka import OFFSET_BEGINNING
 from processors.document import Document, copy_tree
 from processors.index.base import Change
 from processors.query.operators import Operation
+from processors.exceptions import InvalidParameterError
+from processors.query.limits import REQUEST_LIMITS
 from processors.query.parameters import SearchParameters
 from processors.query.window import WindowedSearch, WindowedSearchConfig
 from processors.rankers.base import Ranker
 from streams import headers as h
+from streams.exceptions import InvalidRecordError
 from streams.metrics import INDEX_VECTORS
 from streams.query import created_ms_of, decode_live, error_reply, query_headers
 from streams.serde import PARTIAL_RESULT, REQUEST, PartialResult, Request
@@ -199,15 +202,32 @@ class ShardSearch:
         self._window = WindowedSearch(window or WindowedSearchConfig(), ranker=ranker)
         self._waiting: list[_Waiting] = []
 
+    MAX_WAITING = 10_000
+    """Requests parked for their read-your-writes offsets; past this, the one due first is answered
+    ``stale`` at once (a flood of requests naming offsets far ahead must not fill memory)."""
+
     def process(self, records: Sequence[Inbound]) -> list[Output]:
+        # Everything decoded and checked before any state changes: the loop retries a failed batch
+        # record by record, and a request parked by the first try would be parked twice.
+        now_ms = time.time() * 1000
+        decoded = list(decode_live(records, REQUEST))
+        for _, request in decoded:
+            try:  # the encode stage refuses these: only a record written past it gets here
+                REQUEST_LIMITS.check_deadline(request.deadline_ms, now_ms)
+            except InvalidParameterError as exc:
+                raise InvalidRecordError(f"search request: {exc}") from None
         outputs = []
-        for record, request in decode_live(records, REQUEST):
+        for record, request in decoded:
             if self._states.restore.is_restoring(record.partition):
                 outputs.extend(self._answer(record, request, restoring=True))
             elif self._caught_up(record.partition, request):
                 outputs.extend(self._answer(record, request, stale=False))
             else:
                 self._waiting.append(_Waiting(record.partition, request, record))
+        while len(self._waiting) > self.MAX_WAITING:
+            first = min(self._waiting, key=lambda waiting: waiting.request.deadline_ms)
+            self._waiting.remove(first)
+            outputs.extend(self._answer(first.record, first.request, stale=True))
         return outputs
 
     def tick(self) -> list[Output]:
@@ -233,14 +253,18 @@ class ShardSearch:
         return outputs
 
     def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
-        """Tell the joiner this shard failed (so it need not wait), or the client directly."""
+        """Tell the joiner this shard failed (so it need not wait), or the client directly; nobody
+        about a record no stage writes (it is dead-lettered)."""
+        if isinstance(error, InvalidRecordError):
+            return []
         request_id = record.headers.get(h.REQUEST_ID)
         reply_to = record.headers.get(h.REPLY_TO)
         deadline = h.read_int(record.headers, h.DEADLINE_MS)
         if not request_id or not reply_to or deadline is None:
             return error_reply(record, error)
-        part = PartialResult(
-            request_id=request_id.decode(), shard=record.partition, expected_shards=[], reply_to=reply_to.decode(),
+        part = PartialResult(  # headers are anybody's bytes: this must not raise
+            request_id=request_id.decode(errors="replace"), shard=record.partition, expected_shards=[],
+            reply_to=reply_to.decode(errors="replace"),
             deadline_ms=deadline, parameters={}, docs=[], error=f"shard {record.partition}: {type(error).__name__}: {error}",
         )
         return [Output(self._topics.partials, PARTIAL_RESULT.encode(part), request_id, None,

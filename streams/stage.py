@@ -28,7 +28,8 @@ from streams.admin import max_message_bytes
 from processors.exceptions import InvalidParameterError
 from streams.exceptions import DeliveryError, GroupMembershipLost, PayloadTooLargeError
 from streams.inflight import CrashLoopError, InFlightLog
-from streams.kafka import Header, KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer, record_size
+from streams.kafka import (UNKNOWN_TOPIC_ERRORS, Header, KafkaSettings, StageProducer, consume_batch, headers_of,
+                           make_consumer, record_size)
 from streams.topics import RECORD_OVERHEAD_BYTES
 from streams.metrics import (BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, REJECTED_REQUESTS,
                              UNDELIVERABLE_REPLIES, serve_metrics)
@@ -586,8 +587,8 @@ class StageLoop:
 
     def _reply_delivered(self, error: KafkaError | None, msg: Message) -> None:
         if error is not None:  # e.g. the client deleted its topic meanwhile
-            if self.spec.reply_topics is not None:
-                self.spec.reply_topics.gone(msg.topic())
+            if self.spec.reply_topics is not None and error.code() in UNKNOWN_TOPIC_ERRORS:
+                self.spec.reply_topics.gone(msg.topic())  # not on a timeout in a failover: the client is there
             self._undeliverable_reply(msg.topic(), error.str())
 
     def _undeliverable_reply(self, topic: str, reason: str) -> None:

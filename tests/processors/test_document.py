@@ -1,5 +1,6 @@
 """The one validation of Documents entering the system."""
 
+import numpy as np
 import pytest
 
 from processors.document import MAX_ID_BYTES, Document, validate_document, validate_id, validate_text
@@ -71,3 +72,24 @@ class TestValidateDocument:
     def test_refused_naming_the_field(self, doc: Document, message: str) -> None:
         with pytest.raises(InvalidDocumentError, match=message):
             validate_document(doc)
+
+
+class TestEmbeddingValidation:
+    """What an index stores is float32: an embedding must be finite there, and small enough that
+    inner products and L2 distances stay finite."""
+
+    @pytest.mark.parametrize("vector, message", [
+        (np.full(4, 1e300), "NaN or infinite values \\(as float32\\)"),
+        (np.array([1.0, np.nan]), "NaN or infinite"),
+        (np.full(4, 1e16, dtype=np.float32), "beyond"),
+        (np.full(4, 10**17, dtype=np.int64), "beyond"),
+        (np.array(["1.0"]), "dtype <U3"),
+        (np.array([1 + 2j]), "complex128"),
+    ])
+    def test_refused(self, vector: np.ndarray, message: str) -> None:
+        with pytest.raises(InvalidDocumentError, match=message):
+            validate_document(Document(id="d", chunks=[Document(id="d/0", embedding=vector)]))
+
+    def test_accepted(self) -> None:
+        for vector in (np.ones(384, np.float32), np.arange(8, dtype=np.int16), np.full(3, -1e15), np.empty(0)):
+            validate_document(Document(id="d", embedding=vector))

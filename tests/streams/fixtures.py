@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -122,3 +123,9 @@ stages:
 def root_flow_yaml(metric: str = "inner_product", aggregation: str = "max") -> str:
     """A flow of one vector per document (no segmenter), 2 shards (``{name}`` still to fill in)."""
     return ROOT_FLOW.replace("METRIC", metric).replace("AGGREGATION", aggregation)
+
+
+def later_ms(seconds: float = 120.0) -> int:
+    """A deadline ``seconds`` from now, in epoch ms: well inside ``max_deadline_s``, computed when the
+    record is built (one built at collection would have expired in a long suite)."""
+    return int((time.time() + seconds) * 1000)

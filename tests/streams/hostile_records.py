@@ -79,7 +79,7 @@ class HostileRecords:
         self.reply_topic = reply_topic
         self.rng = random.Random(seed)
         self.count = 0
-        self.deadline_ms = int(time.time() * 1000) + 200_000
+        self.deadline_ms = int(time.time() * 1000) + 290_000  # the joiner refuses parts due after 330 s
 
     def _key(self) -> str:
         self.count += 1
@@ -213,7 +213,7 @@ class HostileRecords:
     def _cycle(self, n: int, kinds: list, header: h.Header, *, query_path: bool = True  # type: ignore[type-arg]
                ) -> Iterator[Hostile]:
         """``n`` records, the kinds in turn; query-path records carry a request's headers (a deadline
-        in 200 s: expired records are skipped unread, by design)."""
+        in 290 s: expired records are skipped unread, by design)."""
         for i in range(n):
             kind, make = kinds[i % len(kinds)]
             key = self._key()

@@ -100,6 +100,32 @@ class TestJoiner:
         assert joiner.process([Inbound("f.partials", 0, 0, b"r", PARTIAL_RESULT.encode(good),
                                        {h.DEADLINE_MS: str(deadline).encode()})]) == []
 
+    def test_a_refused_part_in_a_batch_loses_no_reply(self) -> None:
+        """The loop retries a failed batch record by record: the first try must not have consumed
+        the request its good part completed."""
+        topics = FlowTopics("f", 2)
+        joiner = Joiner(topics=topics)
+        deadline = int(time.time() * 1000) + 60_000
+        reply_to = topics.new_reply_topic()
+        good = [PartialResult("r1", shard, [0, 1], reply_to, deadline, {"top_k": 2}, [Document(id="q0")])
+                for shard in (-1, 0, 1)]
+        bad = dataclasses.replace(good[0], request_id="r2", shard=9)
+        records = [Inbound("f.partials", 0, i, b"r", PARTIAL_RESULT.encode(value), {h.DEADLINE_MS: str(deadline).encode()})
+                   for i, value in enumerate([*good, bad])]
+        with pytest.raises(InvalidRecordError):
+            joiner.process(records)
+        replies = [out for record in records[:3] for out in joiner.process([record])]
+        assert [SEARCH_REPLY.decode(out.value).request_id for out in replies] == ["r1"]
+
+    def test_past_max_pending_the_request_due_first_is_answered_at_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(Joiner, "MAX_PENDING", 2)
+        joiner = Joiner()
+        now = int(time.time() * 1000)
+        outputs = [out for i, due in enumerate([30_000, 10_000, 20_000])
+                   for out in joiner.process([part(-1, [], deadline_ms=now + due, request_id=f"r{i}")])]
+        shed = [SEARCH_REPLY.decode(out.value) for out in outputs]
+        assert [(r.request_id, r.partial) for r in shed] == [("r1", True)]  # due first, answered with what it had
+
 def field_part(shard: int, field_name: str | None, expected_fields: list[str], matches: list[tuple[str, float]],
                parameters: dict | None = None) -> Inbound:
     deadline_ms = int(time.time() * 1000) + 60_000

@@ -22,6 +22,7 @@ from streams.stage import Inbound
 from streams.state.restore import RestoreTracker, Verdict
 from streams.state.shards import PRIVATE_INFIX, ShardStates
 from streams.topics import FlowTopics
+from tests.streams.fixtures import later_ms
 
 DIM = 8
 TOPICS = FlowTopics("restore", 1)
@@ -100,11 +101,11 @@ def _encoded(offset: int, doc_id: str, seed: int) -> Inbound:
 
 def _search_record(request_id: str) -> Inbound:
     vector = np.ones(DIM, dtype=np.float32) / np.sqrt(DIM)
-    request = Request(request_id=request_id, kind="search", reply_to="replies", deadline_ms=2**62,
+    request = Request(request_id=request_id, kind="search", reply_to="replies", deadline_ms=later_ms(),
                       docs=[Document(id="q", text="q", embedding=vector)], parameters={"top_k": 3}, min_offsets={})
     return Inbound(TOPICS.search, 0, 0, request_id.encode(), REQUEST.encode(request),
                    {h.SCHEMA: REQUEST.header()[1], h.REQUEST_ID: request_id.encode(), h.REPLY_TO: b"replies",
-                    **dict([h.int_header(h.DEADLINE_MS, 2**62)])})
+                    **dict([h.int_header(h.DEADLINE_MS, request.deadline_ms)])})
 
 
 def _parts(outputs: list) -> list:  # type: ignore[type-arg]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,13 @@ from processors.index.compound import CompoundIndexerConfig
 from processors.query.window import WindowedSearchConfig
 from processors.rankers.chunk2doc import Chunk2DocRanker
 from streams import headers as h
+from streams.exceptions import InvalidRecordError
 from streams.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, PartialResult, Request
 from streams.shard import ShardIngest, ShardSearch
 from streams.stage import Inbound
 from streams.state.shards import ShardStates
 from streams.topics import FlowTopics
+from tests.streams.fixtures import later_ms
 
 DIM = 8
 TOPICS = FlowTopics("window", 1)
@@ -36,11 +39,11 @@ def _encoded(offset: int, doc_id: str, lang: str, similarity: float) -> Inbound:
 
 
 def _search_record(parameters: dict) -> Inbound:  # type: ignore[type-arg]
-    request = Request(request_id="r", kind="search", reply_to="replies", deadline_ms=2**62,
+    request = Request(request_id="r", kind="search", reply_to="replies", deadline_ms=later_ms(),
                       docs=[Document(id="q0", text="q", embedding=QUERY)], parameters=parameters, min_offsets={})
     return Inbound(TOPICS.search, 0, 0, b"r", REQUEST.encode(request),
                    {h.SCHEMA: REQUEST.header()[1], h.REQUEST_ID: b"r", h.REPLY_TO: b"replies",
-                    **dict([h.int_header(h.DEADLINE_MS, 2**62)])})
+                    **dict([h.int_header(h.DEADLINE_MS, request.deadline_ms)])})
 
 
 def _answer(tmp_path: Path, parameters: dict, max_vectors: int) -> PartialResult:  # type: ignore[type-arg]
@@ -77,3 +80,17 @@ def test_the_window_limit_is_reported_with_what_was_found(tmp_path: Path) -> Non
 def test_without_a_filter_nothing_changes(tmp_path: Path, top_k: int) -> None:
     part = _answer(tmp_path, {"top_k": top_k}, max_vectors=1)
     assert [m.id for m in part.docs[0].matches] == ["de-near", "en00", "en01"][:top_k] and part.error is None
+
+
+def test_a_search_record_no_encode_stage_wrote_is_refused_before_it_is_parked(tmp_path: Path) -> None:
+    """A request written straight to the search topic, due in 10^8 years and waiting for an offset
+    that never comes, would stay parked for good: refused, and nobody is told (it is dead-lettered)."""
+    states = ShardStates(root=tmp_path, flow=TOPICS.flow, config=CompoundIndexerConfig(dim=DIM))
+    search = ShardSearch(states=states, ranker=Chunk2DocRanker(), topics=TOPICS)
+    record = _search_record({"top_k": 3})
+    request = REQUEST.decode(record.value)
+    far = Inbound(record.topic, 0, 1, b"r", REQUEST.encode(dataclasses.replace(
+        request, deadline_ms=2**62, min_offsets={0: 10**12})), record.headers)
+    with pytest.raises(InvalidRecordError, match="the limit max_deadline_s is 300"):
+        search.process([far])
+    assert search.on_failure(far, InvalidRecordError("x")) == [] and search.tick() == []
