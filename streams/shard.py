@@ -262,6 +262,8 @@ class ShardSearch:
         deadline = h.read_int(record.headers, h.DEADLINE_MS)
         if not request_id or not reply_to or deadline is None:
             return error_reply(record, error)
+        if not self._topics.is_reply_topic(reply_to.decode(errors="replace")):
+            return []  # the joiner would refuse the part: nobody can be answered
         part = PartialResult(  # headers are anybody's bytes: this must not raise
             request_id=request_id.decode(errors="replace"), shard=record.partition, expected_shards=[],
             reply_to=reply_to.decode(errors="replace"),

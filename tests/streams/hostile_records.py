@@ -167,6 +167,35 @@ class HostileRecords:
             yield Hostile("deadline in 10^8 years", key.encode(), value, self._query_headers(key) + (REQUEST.header(),),
                           rejected=True)
 
+    # -- <flow>.search: Requests as the encode stage fans them out -------------------------------
+
+    def search(self, n: int) -> Iterator[Hostile]:
+        """Written past the encode stage's checks, straight to the shards' topic."""
+        kinds: list[tuple[str, Callable[[str], tuple[bytes | None, tuple[h.Header, ...]] | bytes | None]]] = [
+            ("random bytes", lambda key: self.rng.randbytes(self.rng.randrange(1, 300))),
+            ("truncated", lambda key: _damaged(self.rng, REQUEST.encode(self._request(key, self._vector_query())))),
+            ("a PartialResult on search", lambda key: (PARTIAL_RESULT.encode(self._part(key)), (PARTIAL_RESULT.header(),))),
+            ("nested 5,625 deep", lambda key: _deep(REQUEST.encode(self._request(key, Document(id="q0", chunks=[
+                Document(id="q0/0")]))), DOCUMENT.encode(Document(id="q0/0")))),
+            ("1e30 query vector", lambda key: REQUEST.encode(self._request(key, Document(
+                id="q0", embedding=_vector([1e30] * 384))))),
+            ("7-d query vector", lambda key: REQUEST.encode(self._request(key, Document(
+                id="q0", embedding=_vector([0.1] * 7))))),
+            ("parked for 10^8 years", lambda key: REQUEST.encode(dataclasses.replace(
+                self._request(key, self._vector_query()), deadline_ms=2**62, min_offsets={0: 10**12, 1: 10**12}))),
+            ("headers not UTF-8", lambda key: (self.rng.randbytes(40), (
+                (h.REQUEST_ID, b"\xff\xfe" + key.encode()), (h.REPLY_TO, b"\xc3\x28"), REQUEST.header()))),
+        ]
+        for record in self._cycle(n, kinds, REQUEST.header()):
+            if record.kind == "headers not UTF-8":  # its own headers replace the request's
+                record = dataclasses.replace(record, headers=tuple(
+                    (k, v) for k, v in record.headers if k not in (h.REQUEST_ID, h.REPLY_TO) or v[:1] in (b"\xff", b"\xc3")))
+            yield record
+
+    @staticmethod
+    def _vector_query() -> Document:
+        return Document(id="q0", embedding=_vector([0.05] * 384))
+
     def _request(self, key: str, doc: Document | None = None) -> Request:
         return Request(key, "search", [doc or Document(id="q0", text="hostile")], self.reply_topic,
                        self.deadline_ms, {}, {})
