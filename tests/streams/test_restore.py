@@ -101,10 +101,10 @@ def _encoded(offset: int, doc_id: str, seed: int) -> Inbound:
 
 def _search_record(request_id: str) -> Inbound:
     vector = np.ones(DIM, dtype=np.float32) / np.sqrt(DIM)
-    request = Request(request_id=request_id, kind="search", reply_to="replies", deadline_ms=later_ms(),
+    request = Request(request_id=request_id, kind="search", reply_to="restore.reply.t", deadline_ms=later_ms(),
                       docs=[Document(id="q", text="q", embedding=vector)], parameters={"top_k": 3}, min_offsets={})
     return Inbound(TOPICS.search, 0, 0, request_id.encode(), REQUEST.encode(request),
-                   {h.SCHEMA: REQUEST.header()[1], h.REQUEST_ID: request_id.encode(), h.REPLY_TO: b"replies",
+                   {h.SCHEMA: REQUEST.header()[1], h.REQUEST_ID: request_id.encode(), h.REPLY_TO: b"restore.reply.t",
                     **dict([h.int_header(h.DEADLINE_MS, request.deadline_ms)])})
 
 

@@ -34,11 +34,11 @@ def _encoded(offset: int) -> Inbound:
 
 
 def _search(deadline_ms: int, min_offsets: dict[int, int]) -> Inbound:
-    request = Request(request_id="r", kind="search", reply_to="replies", deadline_ms=deadline_ms,
+    request = Request(request_id="r", kind="search", reply_to="regex-budget.reply.t", deadline_ms=deadline_ms,
                       docs=[Document(id="q0", text="q", embedding=np.eye(DIM, dtype=np.float32)[0])],
                       parameters={"top_k": 20, "query_language": [CATASTROPHIC]}, min_offsets=min_offsets)
     return Inbound(TOPICS.search, 0, 0, b"r", REQUEST.encode(request),
-                   {h.SCHEMA: REQUEST.header()[1], h.REQUEST_ID: b"r", h.REPLY_TO: b"replies",
+                   {h.SCHEMA: REQUEST.header()[1], h.REQUEST_ID: b"r", h.REPLY_TO: b"regex-budget.reply.t",
                     **dict([h.int_header(h.DEADLINE_MS, deadline_ms)])})
 
 

@@ -39,10 +39,10 @@ def _encoded(offset: int, doc_id: str, lang: str, similarity: float) -> Inbound:
 
 
 def _search_record(parameters: dict) -> Inbound:  # type: ignore[type-arg]
-    request = Request(request_id="r", kind="search", reply_to="replies", deadline_ms=later_ms(),
+    request = Request(request_id="r", kind="search", reply_to="window.reply.t", deadline_ms=later_ms(),
                       docs=[Document(id="q0", text="q", embedding=QUERY)], parameters=parameters, min_offsets={})
     return Inbound(TOPICS.search, 0, 0, b"r", REQUEST.encode(request),
-                   {h.SCHEMA: REQUEST.header()[1], h.REQUEST_ID: b"r", h.REPLY_TO: b"replies",
+                   {h.SCHEMA: REQUEST.header()[1], h.REQUEST_ID: b"r", h.REPLY_TO: b"window.reply.t",
                     **dict([h.int_header(h.DEADLINE_MS, request.deadline_ms)])})
 
 
