@@ -262,6 +262,8 @@ def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: t
         try:
             reply = client.search(text, top_k=top_k, timeout_s=timeout, filter_by=filter_by or None,
                                   index_type=index_type)
+        except ValueError as exc:  # refused before sending: a blank text, a timeout over the limit
+            raise StreamsearchError(str(exc)) from None
         except RequestTimeoutError as exc:  # a flow that does not run, or a deadline too short for it?
             answering = ("encode", "join")  # the stages a reply needs, even a partial one
             running = running_stages(client.settings, client.topics, answering)

@@ -274,7 +274,7 @@ class Client:
                            ("index_type", index_type)):
             if value is not None:
                 params[key] = value
-        wait_s = timeout_s or self.timeout_s
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
         if not 0 < wait_s <= REQUEST_LIMITS.max_deadline_s:  # the encode stage would refuse it
             raise ValueError(f"timeout_s must be in (0, {REQUEST_LIMITS.max_deadline_s:g}] seconds "
                              f"(max_deadline_s), got {wait_s!r}")

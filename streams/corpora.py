@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
+
 from processors.document import Document, validate_document
 from processors.exceptions import InvalidDocumentError
 from streams.exceptions import StreamsearchError
@@ -59,16 +61,18 @@ def _documented(tree: ast.Module, module: str) -> Iterator[tuple[int, str, ast.A
 
 
 def read_jsonl(path: Path, *, fields: Sequence[str] | None = None) -> Iterator[Document]:
-    """Documents from JSON lines: ``id``, ``text``, and other string values as tags (the fields a
-    multi-field flow maps, e.g. ``{"id": "10", "title": "...", "summary": "..."}``).
+    """Documents from JSON lines: ``id``, ``text``, an optional ``embedding`` (a list of numbers: a
+    pre-embedded document), and other values as tags (the fields a multi-field flow maps, e.g.
+    ``{"id": "10", "title": "...", "summary": "..."}``; numbers kept as their JSON text).
 
     :param path: the file.
     :param fields: the fields the flow maps (``text`` or tag names); ``()`` for a flow without
         fields, where ``text`` is required; None when unknown (a flow given by name): then a
         line needs ``text`` or at least one other string value.
     :raises StreamsearchError: naming the file and line, and what is wrong with it: not a JSON
-        object, an id that is neither a string nor an integer, nothing to index, or an id or
-        text ``validate_document`` refuses.
+        object, an id that is neither a string nor an integer, a list or object other than
+        ``embedding``, nothing to index, or a document ``validate_document`` refuses (a NaN in
+        the embedding, a NUL in the text).
     """
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -84,7 +88,7 @@ def read_jsonl(path: Path, *, fields: Sequence[str] | None = None) -> Iterator[D
             if not isinstance(row, dict):
                 raise StreamsearchError(f"{where}: need a JSON object with 'id', got a {type(row).__name__}")
             doc = Document(id=_row_id(row.get("id"), where), text=_row_text(row.get("text"), where),
-                           tags={k: v for k, v in row.items() if k not in ("id", "text") and isinstance(v, str)})
+                           tags=_row_tags(row, where), embedding=_row_embedding(row.get("embedding"), where))
             _check_content(doc, fields, where)
             try:
                 validate_document(doc)
@@ -109,6 +113,35 @@ def _row_id(value: object, where: str) -> str:
     raise StreamsearchError(f"{where}: 'id' must be a string (or an integer, taken as a string), got {shown}")
 
 
+def _row_tags(row: dict[str, object], where: str) -> dict[str, str]:
+    """Other values as tags: strings as they are, numbers and booleans as their JSON text, null
+    skipped; a list or object is refused (nothing a user wrote is dropped without a word)."""
+    tags = {}
+    for key, value in row.items():
+        if key in ("id", "text", "embedding") or value is None:
+            continue
+        if isinstance(value, str):
+            tags[key] = value
+        elif isinstance(value, (bool, int, float)):
+            tags[key] = json.dumps(value)
+        else:
+            raise StreamsearchError(f"{where}: field {key!r} is a {type(value).__name__}; fields are strings (or "
+                                    "numbers, kept as text), and only 'embedding' may be a list of numbers")
+    return tags
+
+
+def _row_embedding(value: object, where: str) -> np.ndarray | None:
+    """A pre-embedded document's vector: a flat list of numbers, sent as float32 (checked as every
+    stage checks it; its width is checked against the flow's model by the encode stage)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+        raise StreamsearchError(f"{where}: 'embedding' must be a non-empty list of numbers")
+    with np.errstate(over="ignore"):
+        return np.asarray(value, dtype="<f4")
+
+
 def _row_text(value: object, where: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
@@ -116,8 +149,9 @@ def _row_text(value: object, where: str) -> str | None:
 
 
 def _check_content(doc: Document, fields: Sequence[str] | None, where: str) -> None:
-    """Refuse a line that would index nothing: no text where the flow needs it, no mapped field."""
-    if doc.text:
+    """Refuse a line that would index nothing: no text where the flow needs it, no mapped field.
+    A line with an embedding is indexed by it."""
+    if doc.text or doc.embedding is not None:
         return
     if fields is None:
         if not doc.tags:

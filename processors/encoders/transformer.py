@@ -169,8 +169,7 @@ class TransformerEncoder:
         dim = self.output_dim
         if vector.size != dim or vector.ndim > 2 or (vector.ndim == 2 and 1 not in vector.shape):
             raise DimensionMismatchError(
-                f"{where}: embedding has shape {vector.shape}, the model {Path(self.model_path).name} "
-                f"produces {dim}-d vectors")
+                f"{where}: embedding has shape {vector.shape}; the encoder's model produces {dim}-d vectors")
         if not np.all(np.isfinite(vector)):
             raise BadDocumentError(f"{where}: embedding holds NaN or infinite values")
 

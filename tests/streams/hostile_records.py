@@ -34,8 +34,9 @@ class Hostile:
     key: bytes
     value: bytes | None
     headers: tuple[h.Header, ...]
-    rejected: bool = False
-    """A well-formed request the flow refuses by its limits: answered with an error, not dead-lettered."""
+    refusal: str | None = None
+    """For a well-formed request the flow refuses (a limit, a vector of the wrong width): what its
+    error reply says. It is answered and counted, not dead-lettered."""
 
 
 def zigzag(n: int) -> bytes:
@@ -148,8 +149,6 @@ class HostileRecords:
                 id="q0", embedding=_vector([np.nan] * 384))))),
             ("-inf query vector", lambda key: REQUEST.encode(self._request(key, Document(
                 id="q0", embedding=_vector([-np.inf] + [0.0] * 383))))),
-            ("7-d query vector", lambda key: REQUEST.encode(self._request(key, Document(
-                id="q0", embedding=_vector([0.1] * 7))))),
             ("NUL in query text", lambda key: REQUEST.encode(self._request(key, Document(id="q0", text="a\x00b")))),
             ("reply_to the ingest topic", lambda key: REQUEST.encode(dataclasses.replace(
                 self._request(key), reply_to=self.topics.ingest))),
@@ -160,12 +159,18 @@ class HostileRecords:
             ("no value", lambda key: None),
         ]
         yield from self._cycle(n, kinds, REQUEST.header())
-        # Well-formed but refused: answered with an error naming the limit, not dead-lettered.
-        for _ in range(max(1, n // 100)):
+        # Well-formed but refused: answered with an error saying why, not dead-lettered.
+        refused = [
+            ("deadline in 10^8 years", lambda key: dataclasses.replace(self._request(key), deadline_ms=2**62),
+             "the limit max_deadline_s is 300"),
+            ("7-d query vector", lambda key: self._request(key, Document(id="q0", embedding=_vector([0.1] * 7))),
+             "a vector of 7 values; this flow's model produces 384-d vectors"),
+        ]
+        for i in range(max(2, n // 50)):
+            kind, make, says = refused[i % len(refused)]
             key = self._key()
-            value = REQUEST.encode(dataclasses.replace(self._request(key), deadline_ms=2**62))
-            yield Hostile("deadline in 10^8 years", key.encode(), value, self._query_headers(key) + (REQUEST.header(),),
-                          rejected=True)
+            yield Hostile(kind, key.encode(), REQUEST.encode(make(key)), self._query_headers(key) + (REQUEST.header(),),
+                          refusal=says)
 
     # -- <flow>.search: Requests as the encode stage fans them out -------------------------------
 

@@ -299,6 +299,18 @@ def test_serve_gives_the_status_command_report_and_refuses_a_busy_port(flow_dir:
 
 
 @pytest.mark.kafka
+def test_a_search_refused_before_sending_is_one_line(flow_dir: RunningFlow) -> None:
+    flow_dir.run.wait_for("flow 'clia' running")
+    for args, message in ((["   "], "query text 0 is empty or only whitespace"),
+                          (["kafka", "--timeout", "1000"], "timeout_s must be in (0, 300] seconds"),
+                          (["kafka", "--timeout", "0"], "timeout_s must be in (0, 300] seconds")):
+        result = _cli(flow_dir.folder, "search", *args, "--flow", "clia")
+        assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+            f"streamsearch: error: {message}" + result.stderr.strip().split(message, 1)[1]], result.stderr
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.kafka
 def test_run_new_yml_takes_over_a_reindexed_version_from_the_reindex_command(flow_dir: RunningFlow) -> None:
     """The new version's stages first live in `reindex`; `run new.yml` in the same directory joins its
     broker and the new version's groups, so closing `reindex` leaves version 2 serving. (The flow

@@ -30,7 +30,7 @@ class TestReadJsonl:
 
     def test_id_and_text_with_tags(self, tmp_path: Path) -> None:
         [doc] = read_jsonl(lines(tmp_path, {"id": "a", "text": "Some text.", "lang": "en", "year": 1999}))
-        assert doc == Document(id="a", text="Some text.", tags={"lang": "en"})
+        assert doc == Document(id="a", text="Some text.", tags={"lang": "en", "year": "1999"})  # numbers as text
 
     def test_integer_ids_are_taken_as_strings(self, tmp_path: Path) -> None:
         assert [d.id for d in read_jsonl(lines(tmp_path, {"id": 10, "title": "x"}, {"id": -3, "text": "y"}))] \
@@ -44,7 +44,7 @@ class TestReadJsonl:
         ({"title": "x"}, "need an 'id' (a string, or an integer taken as a string)"),
         ({"id": "a", "text": 5}, "'text' must be a string, got a int"),
         ({"id": "a"}, "need 'text', or fields (other string values) for a flow that maps them"),
-        ({"id": "a", "text": "", "year": 2000}, "need 'text', or fields"),
+        ({"id": "a", "text": "", "year": None}, "need 'text', or fields"),
         ({"id": "a\u0000b", "text": "x"}, "id 'a\\x00b' contains NUL"),
         ({"id": "a", "text": "\ud800"}, "text contains a lone surrogate U+D800"),
         ([1, 2], "need a JSON object with 'id', got a list"),
@@ -64,3 +64,27 @@ class TestReadJsonl:
         with pytest.raises(StreamsearchError, match="need 'text' or one of the flow's fields: summary"):
             list(read_jsonl(path, fields=("summary",)))
         assert [d.id for d in read_jsonl(path, fields=("text", "title"))] == ["a"]
+
+
+class TestNothingInALineIsDroppedSilently:
+    def test_an_embedding_is_read_as_a_pre_embedded_document_and_numbers_kept_as_tags(self, tmp_path: Path) -> None:
+        path = tmp_path / "vectors.jsonl"
+        path.write_text('{"id": "v1", "embedding": [0.5, -1, 2e3], "year": 2001, "draft": false, "note": null}\n')
+        [doc] = read_jsonl(path)
+        assert doc.embedding is not None and doc.embedding.dtype.str == "<f4"
+        assert doc.embedding.tolist() == [0.5, -1.0, 2000.0] and doc.text is None
+        assert doc.tags == {"year": "2001", "draft": "false"}
+
+    @pytest.mark.parametrize("line, message", [
+        ('{"id": "a", "text": "t", "embedding": [NaN, 1.0]}', ":1: embedding holds NaN or infinite values"),
+        ('{"id": "a", "text": "t", "embedding": [1e39]}', ":1: embedding holds NaN or infinite values"),
+        ('{"id": "a", "text": "t", "embedding": []}', ":1: 'embedding' must be a non-empty list of numbers"),
+        ('{"id": "a", "text": "t", "embedding": ["1"]}', ":1: 'embedding' must be a non-empty list of numbers"),
+        ('{"id": "a", "text": "t", "authors": ["x", "y"]}', ":1: field 'authors' is a list; fields are strings"),
+        ('{"id": "a", "text": "t", "meta": {"k": 1}}', ":1: field 'meta' is a dict"),
+    ])
+    def test_what_cannot_be_indexed_is_refused_naming_the_line(self, tmp_path: Path, line: str, message: str) -> None:
+        path = tmp_path / "docs.jsonl"
+        path.write_text(line + "\n")
+        with pytest.raises(StreamsearchError, match=message):
+            list(read_jsonl(path))

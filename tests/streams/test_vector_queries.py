@@ -122,7 +122,8 @@ class TestQueryPath:
         assert [d.id for d in opening.docs] == ["q0", "q1"] and all(d.embedding is None for d in opening.docs)
 
     @pytest.mark.parametrize("docs, error, message", [
-        ([Document(id="q0", embedding=np.ones(128, np.float32))], DimensionMismatchError, "384-d"),
+        ([Document(id="q0", embedding=np.ones(128, np.float32))], InvalidParameterError,
+         "a vector of 128 values; this flow's model produces 384-d vectors"),
         ([Document(id="q0")], InvalidParameterError, "neither text"),
         ([Document(id="q0", text=" \n\t")], InvalidParameterError, "whitespace does not count"),
     ])
