@@ -133,7 +133,7 @@ class _AsciiJSONResponse(JSONResponse):
         return json.dumps(_finite(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def _refused(exc: InvalidDocumentError, where: str = "") -> HTTPException:
+def _refused(exc: Exception, where: str = "") -> HTTPException:
     """422 with the validator's message (ASCII only), prefixed with the item it names in a list."""
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{where}{exc}")
 
@@ -354,6 +354,8 @@ def create_app(
             raise _unavailable(TimeoutError(f"no reply within {deadline_s + REPLY_GRACE_S:.1f}s")) from exc
         except PayloadTooLargeError as exc:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from exc
+        except ValueError as exc:  # the client refuses it before sending (a blank text)
+            raise _refused(exc) from exc
         except (StreamsearchError, KafkaException) as exc:
             raise _unavailable(exc) from exc
         payload = _reply_json(texts, reply, (time.perf_counter() - started) * 1000)
