@@ -72,7 +72,8 @@ def ensure_topics(settings: KafkaSettings, shapes: Sequence[TopicShape], timeout
         if replication > brokers:
             raise BrokerError(f"topics: replication_factor {replication} but the cluster at "
                               f"{settings.bootstrap_servers} has {brokers} broker(s)")
-        if topic_settings.replication_factor is None and brokers < 3:
+        # Said for a flow's topics (they have a role); a client's reply topic is gone with the client.
+        if topic_settings.replication_factor is None and brokers < 3 and any(s.role for s in missing):
             logger.warning(f"the cluster has {brokers} broker(s): topics get replication factor {replication} "
                            "(3 on a production cluster; set topics.replication_factor to choose)")
         futures = admin.create_topics(
