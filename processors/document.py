@@ -189,8 +189,8 @@ def validate_embedding(value: object, name: str = "embedding") -> None:
     vector = np.asarray(value)
     if vector.dtype.kind not in "fiu":
         raise InvalidDocumentError(f"{name} has dtype {vector.dtype}; a numeric (float or integer) array is needed")
-    with np.errstate(over="ignore", invalid="ignore"):
-        stored = vector.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # no copy for the usual float32 vector
+        stored = vector.astype(np.float32, copy=False)
     if not np.isfinite(stored).all():
         raise InvalidDocumentError(f"{name} holds NaN or infinite values (as float32)")
     if stored.size and float(np.abs(stored).max()) > MAX_EMBEDDING_MAGNITUDE:

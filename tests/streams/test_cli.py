@@ -15,6 +15,8 @@ from typing import Iterator
 import httpx
 import pytest
 
+from tests.streams.fixtures import sentence_flow_yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -69,23 +71,8 @@ def test_multi_field_jsonl_is_read_for_a_flow_that_maps_fields(tmp_path: Path) -
 
 # -- with a broker: run as a user would, from a directory outside the checkout ----------------------
 
-FLOW_YAML = """
-name: NAME
-stages:
-  segment:
-    uses: Sentencizer
-    with: {min_sent_len: 3, punctuation: ".,!?"}
-  encode:
-    uses: TransformerEncoder
-    with: {traversal_paths: [c], max_length: 128}
-  index:
-    uses: CompoundIndexer
-    with: {dim: 384, metric: inner_product}
-    shards: 2
-  join: {}
-search:
-  top_k: 3
-"""
+FLOW_YAML = sentence_flow_yaml(shards=2).replace("{name}", "NAME")
+"""The flow a user writes: sentence chunks, MiniLM, 2 shards (``NAME`` to fill in)."""
 
 DOCS = {
     "volcano": "Volcanic eruptions release sulfur dioxide. Lava flows destroy the forest.",
