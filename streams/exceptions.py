@@ -10,6 +10,7 @@ __all__ = [
     "StateConfigError",
     "EXIT_CONFIG",
     "BrokerError",
+    "KafkaConfigError",
     "DeliveryError",
     "GroupMembershipLost",
     "PayloadTooLargeError",
@@ -41,6 +42,10 @@ EXIT_CONFIG = 78
 
 class BrokerError(StreamsearchError):
     """The Kafka broker is unreachable or refused an operation."""
+
+
+class KafkaConfigError(StreamsearchError):
+    """A librdkafka setting (from the environment or a flow's ``kafka:`` map) is unknown or invalid."""
 
 
 class GroupMembershipLost(BrokerError):

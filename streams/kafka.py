@@ -13,18 +13,25 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.topics import RECORD_OVERHEAD_BYTES
-from streams.exceptions import DeliveryError
+from streams.exceptions import DeliveryError, KafkaConfigError
 
 __all__ = ["UNKNOWN_TOPIC_ERRORS", "KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "fetch_high_watermarks", "Header", "headers_of",
-           "DeliveryFailure", "PERMANENT_DELIVERY_ERRORS", "record_size"]
+           "DeliveryFailure", "PERMANENT_DELIVERY_ERRORS", "record_size",
+           "check_client_properties", "ENV_PREFIX"]
 
 logger = logging.getLogger(__name__)
 
 Header = tuple[str, bytes]
 ENV_PREFIX = "STREAMSEARCH_KAFKA_"
+"""librdkafka pass-through, and nothing else: ``STREAMSEARCH_KAFKA_SASL_MECHANISM`` -> ``sasl.mechanism``.
+The product's own settings never start with it (the local broker's are ``STREAMSEARCH_LOCAL_KAFKA_*``)."""
+
+RENAMED_SETTINGS = {"STREAMSEARCH_KAFKA_LIBS": "STREAMSEARCH_LOCAL_KAFKA_LIBS",
+                    "STREAMSEARCH_KAFKA_HEAP": "STREAMSEARCH_LOCAL_KAFKA_HEAP"}
+"""The local broker's settings that once lived in the pass-through namespace, and their names now."""
 
 
 PERMANENT_DELIVERY_ERRORS = frozenset({
@@ -74,16 +81,63 @@ class KafkaSettings:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, flow_extra: Mapping[str, Any] | None = None) -> "KafkaSettings":
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    def from_env(cls, flow_extra: Mapping[str, Any] | None = None,
+                 environ: Mapping[str, str] = os.environ) -> "KafkaSettings":
+        """The cluster of ``KAFKA_BOOTSTRAP_SERVERS`` with the flow's and the environment's librdkafka settings.
+
+        :raises KafkaConfigError: naming the variable or the flow's ``kafka:`` key, when librdkafka has
+            no such property or refuses its value (checked here, once, so that no command blames
+            connectivity for a typo).
+        """
+        bootstrap = environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+        sources = {str(key): f"the flow's kafka: {key}" for key in (flow_extra or {})}
         extra = dict(flow_extra or {})
-        for key, value in os.environ.items():
+        for key, value in environ.items():
             if key.startswith(ENV_PREFIX):
-                extra[key[len(ENV_PREFIX) :].lower().replace("_", ".")] = value
+                name = key[len(ENV_PREFIX) :].lower().replace("_", ".")
+                extra[name], sources[name] = value, key
+        check_client_properties(extra, sources)
         return cls(bootstrap_servers=bootstrap, extra=extra)
 
     def base(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.bootstrap_servers, **self.extra}
+
+
+def check_client_properties(properties: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """Refuse a setting librdkafka does not know or whose value it refuses, naming where it came from.
+
+    librdkafka checks names and values when a client is created, not when it connects, so a
+    throwaway producer (which never connects: no record is sent) is the authoritative check.
+
+    :raises KafkaConfigError: one line naming the variable or flow key and librdkafka's reason.
+    """
+    checked = {name: value for name, value in properties.items() if name != "logger"}  # logger: our own object
+    try:
+        _throwaway_producer(checked)
+        return
+    except KafkaException as exc:
+        combined = exc.args[0].str()
+    # Some settings are valid only together (a SASL protocol and its mechanism): blame one alone if it fails alone.
+    for name, value in checked.items():
+        try:
+            _throwaway_producer({name: value})
+        except KafkaException as exc:
+            source = sources.get(name, name)
+            hint = f"; that setting is now {RENAMED_SETTINGS[source]}" if source in RENAMED_SETTINGS else ""
+            passthrough = (f" ({ENV_PREFIX}* variables are passed to librdkafka as client settings{hint})"
+                           if source.startswith(ENV_PREFIX) else "")
+            raise KafkaConfigError(f"{source}: {exc.args[0].str()}{passthrough}") from None
+    raise KafkaConfigError(f"librdkafka refuses the settings {', '.join(sorted(sources.get(n, n) for n in checked))}"
+                           f" together: {combined}")
+
+
+def _throwaway_producer(properties: Mapping[str, Any]) -> None:
+    Producer({**properties, "logger": _SILENT})
+
+
+_SILENT = logging.getLogger("streams.kafka.config-check")
+_SILENT.addHandler(logging.NullHandler())
+_SILENT.propagate = False
 
 
 class StageProducer:

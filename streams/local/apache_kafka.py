@@ -47,12 +47,12 @@ checks the compose file against them). The message size limit is Kafka's default
 
 JAVA_MIN_VERSION = 17
 _POM = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"
-_HEAP = os.environ.get("STREAMSEARCH_KAFKA_HEAP", "-Xmx512m -Xms128m")
+_HEAP = os.environ.get("STREAMSEARCH_LOCAL_KAFKA_HEAP", "-Xmx512m -Xms128m")
 
 
 def kafka_libs_dir() -> Path:
-    """Where the broker's jars live: ``STREAMSEARCH_KAFKA_LIBS``, else a per-user cache by version."""
-    configured = os.environ.get("STREAMSEARCH_KAFKA_LIBS")
+    """Where the broker's jars live: ``STREAMSEARCH_LOCAL_KAFKA_LIBS``, else a per-user cache by version."""
+    configured = os.environ.get("STREAMSEARCH_LOCAL_KAFKA_LIBS")
     if configured:
         return Path(configured)
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))

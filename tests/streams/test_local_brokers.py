@@ -19,7 +19,7 @@ def test_auto_takes_apache_kafka_when_java_and_the_jars_are_there() -> None:
 
 
 def test_auto_falls_back_to_tansu_without_the_jars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STREAMSEARCH_KAFKA_LIBS", str(tmp_path / "empty"))
+    monkeypatch.setenv("STREAMSEARCH_LOCAL_KAFKA_LIBS", str(tmp_path / "empty"))
     assert kafka_libs_dir() == tmp_path / "empty"
     assert not kafka_available()
     assert resolve_kind("auto") is BrokerKind.TANSU
