@@ -44,6 +44,7 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group()
+@click.version_option(package_name="streamsearch", prog_name="streamsearch", message="%(prog)s %(version)s")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO, or STREAMSEARCH_LOG_LEVEL).")
 @click.option("--log-json", is_flag=True, default=None, help="JSON log lines (or STREAMSEARCH_LOG_JSON=1).")
 def main(log_level: str | None, log_json: bool | None) -> None:
@@ -110,10 +111,15 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
             return
         _supervise(flow, flow_path, settings.bootstrap_servers, stage, replicas)
         return
+    from streams.local.bootstrap import FlowRunLock
     from streams.local.runtime import LocalRuntime
 
+    for warning in flow.idle_replicas():
+        click.echo(f"streamsearch: warning: {warning}", err=True)
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         check_broker(_command_settings(dict(flow.kafka)))  # one line, not librdkafka's retries, if unreachable
+    run_lock = FlowRunLock(flow.topics.prefix)
+    run_lock.acquire()
     _stop_on_sigterm()  # from here on, so that a TERM while starting stops what started
     with LocalRuntime(flow, flow_path=flow_path, broker=BrokerKind(broker)) as runtime:
         assert runtime.settings is not None
@@ -156,10 +162,8 @@ def _supervise(flow: Any, flow_path: Path, bootstrap: str, stage: str, replicas:
     """Add ``replicas`` supervised processes of one stage to a running flow, until Ctrl-C."""
     from streams.local.supervisor import LocalFlow
 
-    partitions = flow.topics.partitions
-    if replicas > partitions:
-        click.echo(f"streamsearch: warning: {replicas} replicas of {stage!r} but {partitions} partitions: "
-                   f"{replicas - partitions} will stay idle", err=True)
+    for warning in flow.idle_replicas({stage: replicas}):
+        click.echo(f"streamsearch: warning: {warning}", err=True)
     with LocalFlow(flow, flow_path=flow_path, bootstrap_servers=bootstrap, log_dir=flow.state_dir / "logs",
                    stages=[stage], replicas={stage: replicas}, label=f"added-{os.getpid()}"):
         click.echo(f"{replicas} more {stage!r} replicas joined flow {flow.name!r} on {bootstrap}; "
@@ -302,6 +306,10 @@ def serve(flow: str, host: str, port: int) -> None:
         client.start()  # reply topic and serving version before the first request, off the event loop
         app = create_app(client, flow=spec)
         warn_if_unprotected(app, host)
+        bound_host, bound_port = listener.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        click.echo(f"serving flow {client.topics.flow!r}: search page http://{shown}:{bound_port}/ , "
+                   f"API docs http://{shown}:{bound_port}/docs (Ctrl-C stops)")
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port))
         server.run(sockets=[listener])
 

@@ -7,6 +7,7 @@ an unknown executor or a wrong type is reported with its line in the YAML.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -109,6 +110,17 @@ class FlowSpec:
             return index.filter_by
         segment = next((s for s in self.stages if s.name == "segment"), None)
         return tuple(getattr(segment.config, "fields", ())) if segment else ()
+
+    def idle_replicas(self, replicas: Mapping[str, int] | None = None) -> list[str]:
+        """Why some processes would do nothing: every stage reads topics of ``shards`` partitions,
+        and a consumer group gives each partition to one member.
+
+        :param replicas: process counts per stage to check (default: the YAML's).
+        :returns: one warning per stage that has more replicas than partitions.
+        """
+        counts = {s.name: s.replicas for s in self.stages} | dict(replicas or {})
+        return [f"{count} replicas of stage {name!r} but {self.shards} partitions: {count - self.shards} will stay "
+                f"idle (raise the index's shards to use them)" for name, count in counts.items() if count > self.shards]
 
     def check_dimensions(self) -> None:
         """Refuse an index whose ``dim`` differs from what the encoder produces, before anything runs:
@@ -225,10 +237,15 @@ def parse_flow(text: str, *, source: Path | None = None) -> FlowSpec:
         stages.append(_stage(stage_name, settings, replicas, path, fail))
     state_dir = Path(data.get("state_dir") or Path(".streamsearch") / "state")
     search = data.get("search") or {}
-    try:
-        defaults = SearchDefaults(**search)
-    except TypeError as exc:
-        raise fail(("search",), f"search: {exc}; known: top_k, timeout_s, chunk_oversample, fetch_wait_ms") from exc
+    if not isinstance(search, dict):
+        raise fail(("search",), "'search' must map setting names to values")
+    known = [f.name for f in dataclasses.fields(SearchDefaults)]
+    for key in search:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            raise fail(("search", key), f"search: unknown key {key!r}"
+                                        f"{f' (did you mean {close[0]!r}?)' if close else ''}; known: {', '.join(known)}")
+    defaults = SearchDefaults(**search)
     kafka = data.get("kafka") or {}
     if not isinstance(kafka, dict):
         raise fail(("kafka",), "'kafka' must map librdkafka settings to values")

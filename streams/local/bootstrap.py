@@ -20,7 +20,8 @@ from typing import IO
 
 from streams.exceptions import BrokerError
 
-__all__ = ["BOOTSTRAP_FILE", "LOCK_FILE", "JoinedBroker", "DirectoryBroker", "discover_bootstrap"]
+__all__ = ["BOOTSTRAP_FILE", "LOCK_FILE", "RUNS_FOLDER", "JoinedBroker", "DirectoryBroker", "FlowRunLock",
+           "discover_bootstrap"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,10 @@ BOOTSTRAP_FILE = Path(".streamsearch") / "bootstrap"
 
 LOCK_FILE = Path(".streamsearch") / "broker.lock"
 """Locked by the process that started the directory's local broker, while it runs; holds its pid."""
+
+
+RUNS_FOLDER = Path(".streamsearch") / "runs"
+"""``<flow version prefix>.lock``: locked by the ``run`` of that flow version in this directory, holding its pid."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +138,41 @@ class DirectoryBroker:
         lock.seek(0)
         text = lock.read().strip()
         return int(text) if text.isdigit() else None
+
+
+class FlowRunLock:
+    """One ``run`` of a flow version per directory: a second would start every stage again, sharing
+    the first one's shard state directories. Capacity is added with ``run FLOW.yml --stage S
+    --replicas N`` (or a run on another host); the kernel drops the lock when the run dies."""
+
+    def __init__(self, prefix: str, folder: Path = RUNS_FOLDER) -> None:
+        self._path = Path(folder) / f"{prefix}.lock"
+        self._prefix = prefix
+        self._lock: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """:raises BrokerError: naming the running ``run``'s pid, if there is one."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(self._path, "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = DirectoryBroker._owner_pid(lock)
+            lock.close()
+            raise BrokerError(f"flow {self._prefix!r} already runs from this directory (`streamsearch run` pid "
+                              f"{owner}): a second run would start every stage again; to add capacity, "
+                              f"`streamsearch run FLOW.yml --stage STAGE --replicas N`") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.truncate(0)
+            self._lock.close()
+            self._lock = None
 
 
 def _answers(bootstrap_servers: str) -> bool:

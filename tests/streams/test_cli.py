@@ -272,6 +272,9 @@ def test_serve_gives_the_status_command_report_and_refuses_a_busy_port(flow_dir:
                 time.sleep(0.5)
         assert status.status_code == 200, status.text
         report = status.json()
+        assert server.wait_for("serving flow 'clia': ") == (
+            f"serving flow 'clia': search page http://127.0.0.1:{port}/ , API docs http://127.0.0.1:{port}/docs "
+            "(Ctrl-C stops)")
         assert (report["flow"], report["fields"], report["note"], report["serving_version"]) == ("clia", [], None, 1)
         assert [(st["stage"], st["members"], len(st["lag"])) for st in report["stages"]] == [
             ("segment", 1, 2), ("encode", 1, 2), ("index", 1, 2), ("join", 1, 2)]
@@ -377,3 +380,42 @@ def test_an_index_dim_the_encoder_does_not_produce_is_refused_before_anything_st
             "streamsearch: error: dim.yml: stages.index.with.dim is 8, but the encoder (TransformerEncoder) produces "
             "384-d vectors; set dim: 384 (or use a model of 8 dimensions)"], command
     assert not (tmp_path / ".streamsearch").exists() and not (tmp_path / "state").exists()
+
+
+@pytest.mark.kafka
+def test_a_second_run_of_the_same_flow_in_the_directory_is_refused(flow_dir: RunningFlow) -> None:
+    """It would start every stage again on the first run's shard state; capacity has its own command."""
+    flow_dir.run.wait_for("flow 'clia' running")
+    again = _cli(flow_dir.folder, "run", "a.yml", timeout=60)
+    assert again.returncode == 1 and again.stderr.strip().splitlines() == [
+        f"streamsearch: error: flow 'clia' already runs from this directory (`streamsearch run` pid "
+        f"{flow_dir.run.process.pid}): a second run would start every stage again; to add capacity, "
+        "`streamsearch run FLOW.yml --stage STAGE --replicas N`"], again.stderr
+
+
+def test_version_is_printed() -> None:
+    from importlib.metadata import version
+
+    result = streamsearch("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"streamsearch {version('streamsearch')}")
+
+
+def test_a_typo_in_the_search_defaults_names_the_key_and_the_likely_one(tmp_path: Path) -> None:
+    flow = tmp_path / "typo.yml"
+    flow.write_text(FLOW_YAML.replace("NAME", "typo") + "search:\n  topk: 5\n")
+    result = streamsearch("run", str(flow), env=_user_env(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1"))
+    line = len(FLOW_YAML.splitlines()) + 2
+    assert (result.returncode, result.stderr.strip().splitlines()) == (1, [
+        f"streamsearch: error: {flow}:{line}: search: unknown key 'topk' (did you mean 'top_k'?); known: top_k, "
+        "timeout_s, chunk_oversample, fetch_wait_ms"]), result.stderr
+
+
+def test_replicas_beyond_the_partitions_are_a_warning(tmp_path: Path) -> None:
+    flow = tmp_path / "wide.yml"
+    flow.write_text(FLOW_YAML.replace("NAME", "wide").replace("  join: {}", "  join: {replicas: 3}"))
+    assert "join: {replicas: 3}" in flow.read_text()
+    result = _cli(tmp_path, "run", str(flow), env=_user_env(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1"), timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == ("streamsearch: warning: 3 replicas of stage 'join' but 2 partitions: 1 will stay idle "
+                        "(raise the index's shards to use them)"), lines
+    assert lines[1].startswith("streamsearch: error: cannot reach Kafka at 127.0.0.1:1")
