@@ -260,7 +260,7 @@ def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: t
            index_type: str | None) -> None:
     """Search a running flow and print the matches."""
     from streams.hello_world import format_reply
-    from streams.status import START_HINT, running_stages
+    from streams.status import why_no_reply
 
     with _client(flow) as client:
         try:
@@ -269,17 +269,8 @@ def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: t
         except ValueError as exc:  # refused before sending: a blank text, a timeout over the limit
             raise StreamsearchError(str(exc)) from None
         except RequestTimeoutError as exc:  # a flow that does not run, or a deadline too short for it?
-            answering = ("encode", "join")  # the stages a reply needs, even a partial one
-            running = running_stages(client.settings, client.topics, answering)
-            name, where = client.topics.flow, client.settings.bootstrap_servers
-            if not running:
-                raise StreamsearchError(f"no reply: no stage of flow {name!r} is running on {where}; {START_HINT}") from exc
-            if set(answering) - running:
-                missing = " and ".join(sorted(set(answering) - running))
-                raise StreamsearchError(f"no reply: the {missing} stage of flow {name!r} is not running on {where} "
-                                        f"(see `streamsearch status`)") from exc
-            raise StreamsearchError(f"no reply within {timeout:g}s: flow {name!r} runs, the deadline was too short "
-                                    "for it; raise --timeout") from exc
+            raise StreamsearchError(why_no_reply(client.settings, client.topics, timeout)
+                                    .replace("raise the timeout", "raise --timeout")) from exc
     if reply.errors:
         raise StreamsearchError("; ".join(reply.errors))
     click.echo(format_reply(text, reply))
@@ -501,7 +492,7 @@ def versions(flow: str, serve_version: int | None, force: bool) -> None:
     from streams.exceptions import BrokerError
     from streams.status import require_flow, running_stages
     from streams.topics import FlowTopics
-    from streams.versions import read_serving, switch_serving
+    from streams.versions import existing_versions, read_serving, switch_serving
 
     logging.getLogger("streams").setLevel(logging.WARNING)
     settings = _command_settings(_flow_kafka(flow))
@@ -521,10 +512,19 @@ def versions(flow: str, serve_version: int | None, force: bool) -> None:
     serving = switch_serving(settings, name, serve_version) if serve_version else read_serving(settings, name)
     if serving is None:
         click.echo(f"flow {name!r}: version 1 serves (no version named yet)")
-        return
-    since = datetime.datetime.fromtimestamp(serving.since_ms / 1000, datetime.timezone.utc).isoformat(timespec="seconds")
-    previous = f"; replaced version {serving.previous}" if serving.previous is not None else ""
-    click.echo(f"flow {name!r}: version {serving.version} serves since {since} ({serving.reason}{previous})")
+    else:
+        since = datetime.datetime.fromtimestamp(serving.since_ms / 1000,
+                                                datetime.timezone.utc).isoformat(timespec="seconds")
+        previous = f"; replaced version {serving.previous}" if serving.previous is not None else ""
+        click.echo(f"flow {name!r}: version {serving.version} serves since {since} ({serving.reason}{previous})")
+    serving_version = serving.version if serving else 1
+    for version in existing_versions(settings, name):
+        stages = ("encode", "index", "join")
+        running = running_stages(settings, FlowTopics(name, 1, version), stages)
+        state = f"stages running: {', '.join(s for s in stages if s in running)}" if running else "no stage runs"
+        warning = "  <- serving, but no stage answers: searches get no reply" \
+            if version == serving_version and not running else ""
+        click.echo(f"  version {version}{' (serving)' if version == serving_version else ''}: {state}{warning}")
 
 
 def _epoch_ms(value: str) -> int:

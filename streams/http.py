@@ -42,7 +42,7 @@ from streams.client import REPLY_GRACE_S, Client, IndexReceipt
 from streams.exceptions import PayloadTooLargeError, StreamsearchError
 from streams.flow import FlowSpec
 from streams.serde import SearchReply
-from streams.status import collect_status, collect_status_by_name
+from streams.status import collect_status, collect_status_by_name, why_no_reply
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "TOKEN_ENV", "DocIn", "SearchIn", "create_app", "serving", "warn_if_unprotected"]
 
@@ -350,8 +350,13 @@ def create_app(
                 after=IndexReceipt(dict(body.after)) if body.after else None,
             )
             reply = await asyncio.wait_for(asyncio.wrap_future(future), deadline_s + REPLY_GRACE_S)
-        except TimeoutError as exc:  # not even the joiner's partial reply: Kafka is not reachable
-            raise _unavailable(TimeoutError(f"no reply within {deadline_s + REPLY_GRACE_S:.1f}s")) from exc
+        except TimeoutError as exc:  # not even the joiner's partial reply: which stages run, which version serves?
+            try:
+                why = await run_in_threadpool(why_no_reply, client.settings, client.topics, deadline_s)
+            except (StreamsearchError, KafkaException) as unreachable:
+                raise _unavailable(unreachable) from exc
+            logger.warning("no reply", extra={"error": why})
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, why) from exc
         except PayloadTooLargeError as exc:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from exc
         except ValueError as exc:  # the client refuses it before sending (a blank text)

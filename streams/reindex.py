@@ -211,10 +211,12 @@ def switch_when_caught_up(settings: KafkaSettings, plan: ReindexPlan, *, progres
         problems.insert(0, f"dead-lettered {len(lost)} records (first: stage {first.stage}: {first.error_class}: "
                            f"{first.message})")
     if problems:
+        where = flow.source or flow.name
+        anyway = (f"; to switch anyway (without them), `streamsearch reindex --flow {where} --allow-dead-letters` "
+                  "resumes this version and switches" if lost and not allow_dead_letters and not errors else "")
         raise StreamsearchError(
             f"version {flow.version} caught up but {' and '.join(problems)}; version {plan.serving.version} keeps "
-            f"serving. See `streamsearch dead-letters --flow {flow.source or flow.name}`; switch anyway with "
-            f"`streamsearch versions --flow {flow.name} --serve {flow.version}`")
+            f"serving. See `streamsearch dead-letters --flow {where}`{anyway}")
     publish_serving(settings, flow.name, flow.version, previous=plan.serving.version,
                     reason=f"reindex caught up on {plan.records} ingest records")
     logger.info("index version switched", extra={"flow": flow.name, "version": flow.version,

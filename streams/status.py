@@ -23,10 +23,10 @@ from streams.flow import STAGE_ORDER, FlowSpec
 from streams.kafka import KafkaSettings, consume_batch, fetch_high_watermarks, make_consumer
 from streams.serde import STAGE_STATUS
 from streams.topics import FlowTopics
-from streams.versions import read_serving
+from streams.versions import existing_versions, read_serving
 
 __all__ = ["PartitionLag", "StageState", "FlowStatus", "collect_status", "collect_status_by_name", "require_flow",
-           "running_stages", "STALE_AFTER_S", "START_HINT"]
+           "running_stages", "why_no_reply", "ANSWERING_STAGES", "STALE_AFTER_S", "START_HINT"]
 
 STALE_AFTER_S = 15.0
 
@@ -168,6 +168,33 @@ def running_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[st
         reports = _live_reports(settings, topics.status, highs_timeout=timeout)
         running |= {r["stage"] for r in reports if members.get(r["stage"], 0) is None}
     return running
+
+
+ANSWERING_STAGES = ("encode", "join")
+"""The stages any reply needs, even a partial one: the query path's fan-out and the fan-in."""
+
+
+def why_no_reply(settings: KafkaSettings, topics: FlowTopics, timeout_s: float) -> str:
+    """Why a search of ``topics``' version got no reply by its deadline, in one line that says what
+    to run: no stage runs (and, when the serving version is one nobody runs while another version
+    does, which command switches back), one answering stage is missing, or the deadline was short."""
+    name, where = topics.flow, settings.bootstrap_servers
+    running = running_stages(settings, topics, ANSWERING_STAGES)
+    if not running:
+        others = [v for v in existing_versions(settings, name) if v != topics.version
+                  and running_stages(settings, FlowTopics(name, topics.partitions, v), ANSWERING_STAGES)]
+        if others:
+            return (f"no reply: version {topics.version} of flow {name!r} serves queries but none of its stages "
+                    f"runs on {where}; version {others[-1]} runs: switch back with `streamsearch versions --flow "
+                    f"{name} --serve {others[-1]}`, or start version {topics.version}'s stages (`streamsearch run` "
+                    f"of its YAML)")
+        return f"no reply: no stage of flow {name!r} is running on {where}; {START_HINT}"
+    if set(ANSWERING_STAGES) - running:
+        missing = " and ".join(sorted(set(ANSWERING_STAGES) - running))
+        return (f"no reply: the {missing} stage of flow {name!r} is not running on {where} "
+                f"(see `streamsearch status`)")
+    return (f"no reply within {timeout_s:g}s: flow {name!r} runs, the deadline was too short for it; "
+            "raise the timeout")
 
 
 COUNTED_LAG = 10_000

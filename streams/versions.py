@@ -21,8 +21,8 @@ from streams.kafka import KafkaSettings, StageProducer, consume_batch, make_cons
 from streams.serde import SERVING_VERSION, VERSION_BUILD, Codec
 from streams.topics import FlowTopics
 
-__all__ = ["SERVING_KEY", "ServingVersion", "claim_serving", "publish_build", "publish_serving", "read_builds",
-           "read_serving", "serving_of", "switch_serving"]
+__all__ = ["SERVING_KEY", "ServingVersion", "claim_serving", "existing_versions", "publish_build", "publish_serving",
+           "read_builds", "read_serving", "serving_of", "switch_serving"]
 
 SERVING_KEY = b"serving"
 
@@ -90,6 +90,15 @@ def _read_versions(settings: KafkaSettings, flow: str, timeout: float) -> tuple[
     finally:
         consumer.close()
     raise BrokerError(f"could not read {topic} to its end within {timeout:.0f}s")
+
+
+def existing_versions(settings: KafkaSettings, flow: str) -> list[int]:
+    """The index versions of a flow that exist on the cluster (their query topics), oldest first."""
+    names = _topic_names(settings)
+    prefix = f"{flow}.v"
+    found = {int(n[len(prefix):-len(".query")]) for n in names
+             if n.startswith(prefix) and n.endswith(".query") and n[len(prefix):-len(".query")].isdigit()}
+    return sorted(found | ({1} if FlowTopics(flow, 1).query in names else set()))
 
 
 def _topic_names(settings: KafkaSettings) -> set[str]:

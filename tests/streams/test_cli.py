@@ -255,6 +255,17 @@ def test_a_second_run_in_the_directory_joins_its_broker_and_leaves_it(flow_dir: 
 
 
 @pytest.mark.kafka
+def test_a_second_run_of_the_same_flow_in_the_directory_is_refused(flow_dir: RunningFlow) -> None:
+    """It would start every stage again on the first run's shard state; capacity has its own command."""
+    flow_dir.run.wait_for("flow 'clia' running")
+    again = _cli(flow_dir.folder, "run", "a.yml", timeout=60)
+    assert again.returncode == 1 and again.stderr.strip().splitlines() == [
+        f"streamsearch: error: flow 'clia' already runs from this directory (`streamsearch run` pid "
+        f"{flow_dir.run.process.pid}): a second run would start every stage again; to add capacity, "
+        "`streamsearch run FLOW.yml --stage STAGE --replicas N`"], again.stderr
+
+
+@pytest.mark.kafka
 def test_serve_gives_the_status_command_report_and_refuses_a_busy_port(flow_dir: RunningFlow) -> None:
     flow_dir.run.wait_for("flow 'clia' running")
     with socket.socket() as probe:
@@ -304,7 +315,7 @@ def test_a_search_refused_before_sending_is_one_line(flow_dir: RunningFlow) -> N
 def test_run_new_yml_takes_over_a_reindexed_version_from_the_reindex_command(flow_dir: RunningFlow) -> None:
     """The new version's stages first live in `reindex`; `run new.yml` in the same directory joins its
     broker and the new version's groups, so closing `reindex` leaves version 2 serving. (The flow
-    serves version 2 afterwards: only the broker-owner test comes after this one.)"""
+    serves version 1 again afterwards.)"""
     flow_dir.run.wait_for("flow 'clia' running")
     folder = flow_dir.folder
     data = folder / "docs.jsonl"
@@ -325,10 +336,46 @@ def test_run_new_yml_takes_over_a_reindexed_version_from_the_reindex_command(flo
             assert found.returncode == 0, found.stderr + takeover.stderr()
             assert "answered by index version 2" in found.stdout and "partial" not in found.stdout, found.stdout
             assert found.stdout.strip().splitlines()[1].split()[-1] == expected, found.stdout
+        assert takeover.stop() == 0
+        _a_served_version_nobody_runs_is_named_with_its_fix(flow_dir)
     finally:
         reindex.stop()
         if takeover is not None:
             takeover.stop()
+
+
+def _a_served_version_nobody_runs_is_named_with_its_fix(flow_dir: RunningFlow) -> None:
+    """Version 2 serves, its run has stopped, version 1 still runs: CLI and HTTP name the version
+    and the command that switches back (not 'no stage running', not 'broker unavailable'),
+    `versions` lists both, and that command brings answers back."""
+    folder = flow_dir.folder
+    why = (f"no reply: version 2 of flow 'clia' serves queries but none of its stages runs on {flow_dir.bootstrap}; "
+           "version 1 runs: switch back with `streamsearch versions --flow clia --serve 1`, or start version 2's "
+           "stages (`streamsearch run` of its YAML)")
+    deadline = time.monotonic() + 60  # the stopped run's consumers leave their groups as they close
+    while True:
+        searched = _cli(folder, "search", "lava", "--flow", "clia", "--timeout", "2")
+        if searched.stderr.strip().splitlines() == [f"streamsearch: error: {why}"] or time.monotonic() > deadline:
+            break
+    assert searched.returncode == 1 and searched.stderr.strip().splitlines() == [f"streamsearch: error: {why}"], \
+        searched.stderr
+    listed = _cli(folder, "versions", "--flow", "clia")
+    assert listed.returncode == 0 and listed.stdout.splitlines()[1:] == [
+        "  version 1: stages running: encode, index, join",
+        "  version 2 (serving): no stage runs  <- serving, but no stage answers: searches get no reply"], listed.stdout
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = Background(folder, "serve", "--flow", "clia", "--port", str(port))
+    try:
+        server.wait_for("serving flow 'clia': ")
+        answer = httpx.post(f"http://127.0.0.1:{port}/search", json={"texts": "lava", "deadline_s": 2}, timeout=60)
+        assert (answer.status_code, answer.json()["detail"]) == (503, why), answer.text
+    finally:
+        server.stop()
+    assert _cli(folder, "versions", "--flow", "clia", "--serve", "1").returncode == 0
+    back = _cli(folder, "search", "lava", "--flow", "clia", "--timeout", "20")
+    assert back.returncode == 0 and "answered by index version 1" in back.stdout, back.stdout + back.stderr
 
 
 @pytest.mark.kafka
@@ -380,17 +427,6 @@ def test_an_index_dim_the_encoder_does_not_produce_is_refused_before_anything_st
             "streamsearch: error: dim.yml: stages.index.with.dim is 8, but the encoder (TransformerEncoder) produces "
             "384-d vectors; set dim: 384 (or use a model of 8 dimensions)"], command
     assert not (tmp_path / ".streamsearch").exists() and not (tmp_path / "state").exists()
-
-
-@pytest.mark.kafka
-def test_a_second_run_of_the_same_flow_in_the_directory_is_refused(flow_dir: RunningFlow) -> None:
-    """It would start every stage again on the first run's shard state; capacity has its own command."""
-    flow_dir.run.wait_for("flow 'clia' running")
-    again = _cli(flow_dir.folder, "run", "a.yml", timeout=60)
-    assert again.returncode == 1 and again.stderr.strip().splitlines() == [
-        f"streamsearch: error: flow 'clia' already runs from this directory (`streamsearch run` pid "
-        f"{flow_dir.run.process.pid}): a second run would start every stage again; to add capacity, "
-        "`streamsearch run FLOW.yml --stage STAGE --replicas N`"], again.stderr
 
 
 def test_version_is_printed() -> None:

@@ -203,6 +203,8 @@ def test_reindex_never_switches_to_a_version_that_is_not_newer_or_lost_documents
     assert error.startswith(f"streamsearch: error: version 2 caught up but dead-lettered {refused} records "
                             "(first: stage segment: "), result.stderr
     assert "version 1 keeps serving" in error, error
+    assert f"`streamsearch reindex --flow {one_chunk} --allow-dead-letters` resumes this version and switches" \
+        in error and "--serve 2" not in error, error  # not a switch to a version whose stages stop with reindex
     with runtime.client() as client:
         reply = client.search("anything", timeout_s=10)
         assert reply.version == 1 and not reply.partial and reply.docs[0].matches
