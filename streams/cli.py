@@ -81,7 +81,7 @@ def hello_world(limit: int, flow_path: Path | None, state_dir: Path | None, port
 @click.argument("flow_path", type=click.Path(path_type=Path))
 @click.option("--stage", default=None, help="Join a running flow with this stage: one consumer in this process, or --replicas N.")
 @click.option("--replicas", type=int, default=None, help="Supervised processes of --stage to add (its partitions bound the useful number).")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Overrides the flow's state_dir.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Overrides the flow's state_dir for shard state and logs (the local broker's log stays under the YAML's).")
 @BROKER_OPTION
 @one_line_errors
 def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Path | None, broker: str) -> None:
@@ -205,10 +205,14 @@ def _command_settings(flow_extra: dict[str, Any] | None = None) -> KafkaSettings
     lines routed through Python logging (silenced), so a failure prints our one line only."""
     from streams.local.runtime import discover_bootstrap
 
+    extra = {**KafkaSettings.from_env(flow_extra).extra, "logger": _quiet_librdkafka()}
+    return KafkaSettings(discover_bootstrap(), extra)
+
+
+def _quiet_librdkafka() -> logging.Logger:
     quiet = logging.getLogger("librdkafka")
     quiet.setLevel(logging.CRITICAL)
-    extra = {**KafkaSettings.from_env(flow_extra).extra, "logger": quiet}
-    return KafkaSettings(discover_bootstrap(), extra)
+    return quiet
 
 
 def _flow_name(flow: str) -> str:
@@ -410,11 +414,12 @@ def status(flow: str, as_json: bool) -> None:
 @click.option("--from-beginning", "from_beginning", is_flag=True, help="Delete the shards and rebuild them (default).")
 @click.option("--from-timestamp", "from_timestamp", default=None,
               help="Apply records from this time on again, over the current state: ISO 8601 or epoch milliseconds.")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Overrides the flow's state_dir.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Overrides the flow's state_dir for shard state and logs (the local broker's log stays under the YAML's).")
 @one_line_errors
 def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: str | None,
            state_dir: Path | None) -> None:
     """Rebuild the index from <flow>.encoded (no re-encoding); the index stage must be stopped."""
+    from streams.local.runtime import durable_local_broker
     from streams.replay import replay_index
 
     if from_beginning and from_timestamp:
@@ -422,8 +427,9 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
     logging.getLogger("streams").setLevel(logging.WARNING)
-    settings = _command_settings(dict(flow.kafka))
-    result = replay_index(flow, settings, from_timestamp_ms=_epoch_ms(from_timestamp) if from_timestamp else None)
+    with durable_local_broker(flow, flow_path) as broker:  # the flow may be stopped: its broker with it
+        settings = KafkaSettings(broker.bootstrap_servers, {**broker.extra, "logger": _quiet_librdkafka()})
+        result = replay_index(flow, settings, from_timestamp_ms=_epoch_ms(from_timestamp) if from_timestamp else None)
     click.echo(f"replayed {result.records} records of {flow.topics.encoded} in {result.seconds:.1f}s into "
                f"{flow.state_dir / flow.topics.prefix / 'index'}")
     for partition in sorted(result.documents):

@@ -2,25 +2,75 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
 from streams.admin import ensure_topics
 from streams.local.bootstrap import BOOTSTRAP_FILE, DirectoryBroker, JoinedBroker, discover_bootstrap
+from streams.local.apache_kafka import kafka_available
 from streams.local.brokers import BrokerKind, LocalBroker, start_local_broker
 from streams.client import Client
 from streams.exceptions import BrokerError, StateConfigError
-from streams.flow import FlowSpec, with_state_dir
+from streams.flow import FlowSpec, load_flow, with_state_dir
 from streams.kafka import KafkaSettings
 from streams.local.supervisor import LocalFlow
 from streams.versions import claim_serving
 
-__all__ = ["LocalRuntime", "BOOTSTRAP_FILE", "discover_bootstrap"]
+__all__ = ["LocalRuntime", "BOOTSTRAP_FILE", "discover_bootstrap", "broker_data_dir", "durable_local_broker"]
 
 logger = logging.getLogger(__name__)
+
+
+def broker_data_dir(flow_path: Path) -> Path:
+    """Where the directory's local Apache Kafka keeps its log: under the ``state_dir`` the flow YAML
+    names, never a ``--state-dir`` override. The broker holds the topics every state dir is built
+    from: a run with another state dir (say, one a replay filled) must find the same topics, not
+    start an empty broker whose offsets would make its shards set their state aside."""
+    return load_flow(flow_path).state_dir / "kafka"
+
+
+@contextlib.contextmanager
+def durable_local_broker(flow: FlowSpec, flow_path: Path) -> Iterator[KafkaSettings]:
+    """The broker a command on a flow needs while no ``run`` may be up: the configured cluster, the
+    directory's running broker, or else its Apache Kafka started again from its log for the
+    command's duration (published, so a ``run`` started meanwhile joins it; stopped after).
+
+    :raises BrokerError: when the flow never ran here on a durable broker (no log to start from),
+        or the local broker would be the memory-only one, whose topics are gone once it stopped.
+    """
+    settings = KafkaSettings.from_env(flow.kafka)
+    if settings.bootstrap_servers:
+        yield settings
+        return
+    directory = DirectoryBroker()
+    joined = directory.claim()
+    if joined is not None:
+        yield KafkaSettings(joined.bootstrap_servers, settings.extra)
+        return
+    broker: LocalBroker | None = None
+    try:
+        data_dir = broker_data_dir(flow_path)
+        if not data_dir.is_dir():
+            raise BrokerError(f"no broker: nothing runs here and no local broker log is in {data_dir} (flow "
+                              f"{flow.name!r} never ran in this directory on Apache Kafka); set "
+                              "KAFKA_BOOTSTRAP_SERVERS or start the flow with `streamsearch run FLOW.yml`")
+        if not kafka_available():
+            raise BrokerError("no broker: the local Apache Kafka cannot start here (Java >= 17 and `make install`'s "
+                              "jars); the memory-only broker would hold no topics")
+        _, broker = start_local_broker(BrokerKind.KAFKA, data_dir)
+        directory.publish(broker.bootstrap_servers)
+        logger.info("local broker started from its log", extra={"bootstrap": broker.bootstrap_servers,
+                                                               "log_dir": str(data_dir)})
+        yield KafkaSettings(broker.bootstrap_servers, settings.extra)
+    finally:
+        if broker is not None:
+            broker.stop()
+        directory.release()
 
 
 class LocalRuntime:
@@ -70,7 +120,7 @@ class LocalRuntime:
                             extra={"bootstrap": self.joined.bootstrap_servers, "owner_pid": self.joined.owner_pid})
                 settings = KafkaSettings(self.joined.bootstrap_servers, settings.extra)
             else:
-                self.broker_kind, self.broker = start_local_broker(self._broker_kind, self.flow.state_dir / "kafka")
+                self.broker_kind, self.broker = start_local_broker(self._broker_kind, broker_data_dir(self.flow_path))
                 logger.info("local broker started", extra={"broker": self.broker_kind.value,
                                                            "bootstrap": self.broker.bootstrap_servers})
                 settings = KafkaSettings(self.broker.bootstrap_servers, settings.extra)
