@@ -58,8 +58,8 @@ def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None
                                            f"max_chunks_per_document={flow.max_chunks_per_document}")
             return segmented
 
-        transform = DocumentTransform(run=segment,
-                                      output_topic=topics.segmented, ingest_topic=topics.ingest)
+        transform = DocumentTransform(run=segment, output_topic=topics.segmented, ingest_topic=topics.ingest,
+                                      partitions=topics.partitions)
         return StageSpec(**common, exactly_once=exactly_once,
                          index_path=PathSpec(flow.input_topic(name), group, transform, fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS))
     if name == "encode":
@@ -73,7 +73,8 @@ def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None
             truncations.record(result.truncated)
             return result.docs
 
-        transform = DocumentTransform(run=encode, output_topic=topics.encoded, ingest_topic=topics.ingest)
+        transform = DocumentTransform(run=encode, output_topic=topics.encoded, ingest_topic=topics.ingest,
+                                      partitions=topics.partitions)
         fanout = QueryFanout(encoder=encoder, topics=topics, defaults=defaults, fields=flow.fields,
                              timeout_s=flow.search.timeout_s, reply_topics=reply_topics)
         return StageSpec(

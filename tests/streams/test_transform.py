@@ -32,7 +32,8 @@ class TestDecodeDocument:
             decode_document(record(doc))
 
     def test_the_transform_raises_so_the_stage_dead_letters_the_record(self) -> None:
-        transform = DocumentTransform(run=lambda docs: docs, output_topic="f.segmented", ingest_topic="f.ingest")
+        transform = DocumentTransform(run=lambda docs: docs, output_topic="f.segmented", ingest_topic="f.ingest",
+                                      partitions=1)
         good = record(Document(id="good", text="Some sentence here."), offset=1)
         assert len(transform.process([good])) == 1
         with pytest.raises(InvalidDocumentError, match="NUL"):
