@@ -15,7 +15,7 @@ from streams.reply_topics import ReplyTopics
 from streams.shard import ShardIngest, ShardSearch
 from streams.stage import PathSpec, StageSpec
 from streams.state.shards import ShardStates
-from streams.transform import DocumentTransform, TruncationReport
+from streams.transform import DocumentTransform, TruncationReport, require_vectors
 
 __all__ = ["build_stage"]
 
@@ -71,7 +71,7 @@ def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None
         def encode(docs: Sequence[Document]) -> Sequence[Document]:
             result = encoder.run(docs=docs, filter_by=stage.filter_by)
             truncations.record(result.truncated)
-            return result.docs
+            return [require_vectors(doc, fields=flow.fields) for doc in result.docs]
 
         transform = DocumentTransform(run=encode, output_topic=topics.encoded, ingest_topic=topics.ingest,
                                       partitions=topics.partitions)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from processors.document import Document
 from processors.encoders.base import Truncated
+from processors.exceptions import BadDocumentError
 from streams import headers as h
 from streams.exceptions import InvalidRecordError, SerdeError
 from streams.metrics import TRUNCATED_TEXTS
@@ -21,7 +22,7 @@ from streams.partitioner import LIBRDKAFKA_PARTITIONER, partition_of
 from streams.serde import DOCUMENT
 from streams.stage import Inbound, Output
 
-__all__ = ["DocumentTransform", "TruncationReport", "ingest_offset_of"]
+__all__ = ["DocumentTransform", "TruncationReport", "ingest_offset_of", "require_vectors"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,28 @@ def decode_document(record: Inbound) -> Document:
     if record.key is not None and record.key.decode(errors="replace") != doc.id:
         raise SerdeError(f"record key {record.key!r} differs from document id {doc.id!r}")
     return doc
+
+
+def require_vectors(doc: Document, *, fields: Sequence[str] = ()) -> Document:
+    """Refuse an encoded document that holds no vector: the index would count it, and nothing
+    could ever find it (an empty text, or none of the fields a multi-field flow maps).
+
+    :param fields: the fields the flow maps (named in the reason).
+    :raises BadDocumentError: naming the document and why it has nothing to index.
+    """
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if node.embedding is not None:
+            return doc
+        stack.extend(node.chunks)
+    if fields:
+        present = [name for name in ("text", *doc.tags) if (doc.text if name == "text" else doc.tags.get(name))]
+        why = (f"it has none of the fields this flow maps ({', '.join(fields)}), only "
+               f"{', '.join(present) or 'empty ones'}")
+    else:
+        why = "it has no text to embed and no embedding"
+    raise BadDocumentError(f"document {doc.id!r} has nothing to index: {why}; no search could ever find it")
 
 
 def is_marker(record: Inbound) -> bool:
