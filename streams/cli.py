@@ -234,7 +234,7 @@ def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
     """Index a JSONL file of {"id", "text", ...} objects into a running flow; "text" is optional
     when the flow maps fields (e.g. {"id": "10", "title": ..., "summary": ...})."""
     from streams.corpora import read_jsonl
-    from streams.progress import wait_searchable
+    from streams.progress import dead_lettered, wait_searchable
 
     # A flow YAML says which fields it maps; a bare name does not, so any string field may do.
     fields = load_flow(flow).fields if flow.endswith((".yml", ".yaml")) else None
@@ -249,7 +249,12 @@ def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
             except RequestTimeoutError as exc:
                 raise StreamsearchError(f"{exc}; raise --timeout, or see `streamsearch status`") from exc
             version = f" by index version {reply.version}" if reply is not None else ""
-            click.echo(f"{receipt.count} documents searchable{version}")
+            refused = dead_lettered(client.settings, client.topics, receipt, [doc.id for doc in docs])
+            click.echo(f"{receipt.count - len(refused)} documents searchable{version}")
+            if refused:
+                raise StreamsearchError(
+                    f"{len(refused)} of {receipt.count} documents were dead-lettered, not indexed; the first: "
+                    f"{refused[0].message} (all: `streamsearch dead-letters --flow {flow}`)")
 
 
 @main.command("search")

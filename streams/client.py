@@ -51,14 +51,22 @@ class IndexReceipt:
 
     offsets: dict[int, int] = field(default_factory=dict)
     count: int = 0
+    first: dict[int, int] = field(default_factory=dict)
+    """Ingest partition -> first offset written: with ``offsets``, the span the writes took."""
 
     def note(self, partition: int, offset: int) -> None:
         if offset > self.offsets.get(partition, -1):
             self.offsets[partition] = offset
+        if offset < self.first.get(partition, offset + 1):
+            self.first[partition] = offset
+
+    def spans(self, partition: int, offset: int) -> bool:
+        """The ingest offset lies within what this receipt wrote to the partition."""
+        return self.first.get(partition, 0) <= offset <= self.offsets.get(partition, -1)
 
     def merge(self, other: "IndexReceipt") -> "IndexReceipt":
-        merged = IndexReceipt(dict(self.offsets), self.count + other.count)
-        for partition, offset in other.offsets.items():
+        merged = IndexReceipt(dict(self.offsets), self.count + other.count, dict(self.first))
+        for partition, offset in (*other.first.items(), *other.offsets.items()):
             merged.note(partition, offset)
         return merged
 

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from streams.topics import RECORD_OVERHEAD_BYTES
 from streams.exceptions import DeliveryError, KafkaConfigError
+from streams.partitioner import LIBRDKAFKA_PARTITIONER
 
 __all__ = ["UNKNOWN_TOPIC_ERRORS", "KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "fetch_high_watermarks", "Header", "headers_of",
            "DeliveryFailure", "PERMANENT_DELIVERY_ERRORS", "record_size",
@@ -160,7 +161,6 @@ class StageProducer:
             # query would otherwise wait this long before its record leaves.
             "linger.ms": 0,
             "message.max.bytes": 16 * 1024 * 1024,
-            "partitioner": "murmur2_random",  # the Java client's partitioner: same keys, same partitions
             # A topic the cluster says does not exist fails its records after this wait (librdkafka's
             # default is 30 s, for topics just created elsewhere). Every topic a stage or client
             # writes was created and seen on every broker first (``ensure_topics``), except a reply
@@ -171,7 +171,8 @@ class StageProducer:
             # with auto.create.topics.enable (Apache Kafka's default).
             "allow.auto.create.topics": False,
             **overrides,
-            **settings.base(),  # the user's settings win over our defaults
+            **settings.base(),  # the user's settings win over our defaults, but not over the partitioner:
+            "partitioner": LIBRDKAFKA_PARTITIONER,  # an id on another partition of ingest is refused
         }
         self._producer: Producer | None = None
         self._failures: list[DeliveryFailure] = []

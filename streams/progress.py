@@ -11,18 +11,20 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Collection
 
 from confluent_kafka import TopicPartition
 from tqdm import tqdm
 
 from streams import headers as h
 from streams.client import Client, IndexReceipt
+from streams.dead_letters import DeadLetter, read_dead_letters
 from streams.exceptions import RequestTimeoutError
 from streams.kafka import KafkaSettings, consume_batch, make_consumer
 from streams.serde import SearchReply
 from streams.topics import FlowTopics
 
-__all__ = ["IndexProgress", "wait_searchable"]
+__all__ = ["IndexProgress", "dead_lettered", "wait_searchable"]
 
 PROBE_DEADLINE_S = 10.0
 """Each probe search's deadline: a shard behind the receipt waits until shortly before it."""
@@ -58,6 +60,25 @@ def wait_searchable(client: Client, receipt: IndexReceipt, *, timeout: float) ->
     behind = "no reply" if last is None else (
         f"shards behind: stale {last.stale_shards}, missing {last.missing_shards}, restoring {last.restoring_shards}")
     raise RequestTimeoutError(f"writes not searchable after {timeout:.0f}s ({behind})")
+
+
+def dead_lettered(settings: KafkaSettings, topics: FlowTopics, receipt: IndexReceipt,
+                  ids: Collection[str]) -> list[DeadLetter]:
+    """The dead letters of a receipt's writes (by ingest partition and offset, and document id):
+    documents a stage refused, which no search finds however long one waits. Read after
+    ``wait_searchable``: by then every stage has handled the writes."""
+    wanted = set(ids)
+    return [letter for letter in read_dead_letters(settings, topics)
+            if letter.key is not None and letter.key.decode(errors="replace") in wanted
+            and receipt.spans(*_ingest_position(letter, topics))]
+
+
+def _ingest_position(letter: DeadLetter, topics: FlowTopics) -> tuple[int, int]:
+    """Where the dead-lettered record's document was written to ingest (partitions are co-numbered)."""
+    if letter.source_topic == topics.ingest:
+        return letter.source_partition, letter.source_offset
+    offset = h.read_int(dict(letter.original_headers), h.INGEST_OFFSET)
+    return letter.source_partition, -1 if offset is None else offset
 
 
 class IndexProgress:

@@ -112,8 +112,9 @@ class Restoring(PartitionAware, Protocol):
 
     def end_reached(self, partition: int) -> None: ...
 
-    def out_of_range(self, partition: int) -> int:
-        """The broker said the position is out of range; returns the offset to seek to."""
+    def out_of_range(self, partition: int, low: int, high: int) -> int:
+        """The broker said the position is out of range; given the log start and end offsets it
+        reports now (< 0: unknown), returns the offset to go on from."""
         ...
 
 
@@ -367,7 +368,7 @@ class StageLoop:
     def _poll(self, path: _Path, timeout: float) -> bool:
         messages = consume_batch(path.consumer, max_records=path.spec.batch_size, timeout=timeout)
         self._raise_callback_error()
-        records, ends = [], []
+        records, ends, out_of_range = [], [], []
         for msg in messages:
             err = msg.error()
             if err is None:
@@ -375,11 +376,13 @@ class StageLoop:
             elif err.code() == KafkaError._PARTITION_EOF:
                 ends.append(msg.partition())
             elif err.code() == KafkaError._AUTO_OFFSET_RESET and hasattr(path.spec.handler, "out_of_range"):
-                self._seek(path, msg.topic(), msg.partition(), path.spec.handler.out_of_range(msg.partition()))
+                out_of_range.append((msg.topic(), msg.partition()))
             else:
                 logger.warning("consume error", extra={"stage": self.spec.name, "error": str(err)})
         if records:
             self._take(path, records)
+        for topic, partition in out_of_range:  # after the batch: the handler judges what it has applied
+            self._out_of_range(path, topic, partition)
         end_reached = getattr(path.spec.handler, "end_reached", None)
         for partition in ends if end_reached is not None else ():
             end_reached(partition)  # after the batch: the records before the end are applied
@@ -400,6 +403,23 @@ class StageLoop:
             seek_to = watermarks(tp.partition, low, high)
             if seek_to is not None:
                 self._seek(path, tp.topic, tp.partition, seek_to)
+
+    def _out_of_range(self, path: _Path, topic: str, partition: int) -> None:
+        """The broker answered OFFSET_OUT_OF_RANGE; with ``auto.offset.reset: error`` librdkafka then
+        stops fetching the partition, and a seek fails (``_STATE``, "Failed to seek"): the handler
+        chooses where to go on from the log start and end the broker reports now, and the partition
+        is assigned again at that offset (incrementally: the group's assignment is unchanged)."""
+        where = TopicPartition(topic, partition)
+        try:
+            low, high = path.consumer.get_watermark_offsets(where, timeout=10, cached=False)
+        except KafkaException as exc:
+            logger.warning("watermarks not available", extra={"stage": self.spec.name, "error": str(exc)})
+            low, high = -1, -1
+        offset = path.spec.handler.out_of_range(partition, low, high)
+        path.consumer.incremental_unassign([where])
+        path.consumer.incremental_assign([TopicPartition(topic, partition, offset)])
+        logger.info("assigned again after out of range", extra={"stage": self.spec.name, "topic": topic,
+                                                                "partition": partition, "offset": offset})
 
     def _seek(self, path: _Path, topic: str, partition: int, offset: int) -> None:
         path.consumer.seek(TopicPartition(topic, partition, offset))

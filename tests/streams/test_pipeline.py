@@ -7,13 +7,14 @@ import time
 import urllib.request
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Producer, TopicPartition
 
 from processors.document import Document
 from streams import headers as h
 from streams.dead_letters import read_dead_letters
 from streams.kafka import StageProducer, make_consumer
 from streams.local.runtime import LocalRuntime
+from streams.partitioner import partition_of
 from streams.serde import DOCUMENT
 from tests.streams.fixtures import corpus_with_unique_sentences, stage_logs
 
@@ -163,6 +164,46 @@ def test_malformed_avro_is_dead_lettered_and_later_documents_are_indexed(client,
     assert b"malformed" in found[h.DEAD_LETTER_MESSAGE]
     assert found[h.DEAD_LETTER_TOPIC] == topics.ingest.encode()
     assert found[h.DEAD_LETTER_PARTITION] == b"0"
+
+
+def test_an_id_written_with_another_partitioner_never_splits_across_shards(client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+    """Issue 20: a plain librdkafka producer (partitioner consistent_random) put many ids on other
+    partitions than the Client (murmur2): an update through the Client left the old copy on the
+    other shard, found by its old text, and a delete never reached it. Such a record is refused
+    where ingest is read, with a dead letter naming the partitioner to use."""
+    topics = flow.flow.topics
+    ids = [f"split-{i}" for i in range(12)]
+    landed: dict[str, int] = {}
+    plain = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers})  # librdkafka's default partitioner
+    for doc_id in ids:
+        old = Document(id=doc_id, text=f"Old copy {doc_id}. The lighthouse keeper painted every shutter green.")
+        plain.produce(topics.ingest, key=doc_id, value=DOCUMENT.encode(old), headers=[DOCUMENT.header()],
+                      on_delivery=lambda err, msg: landed.__setitem__(msg.key().decode(), msg.partition()))
+    assert plain.flush(30) == 0
+    elsewhere = {doc_id for doc_id in ids if landed[doc_id] != partition_of(doc_id.encode(), topics.partitions)}
+    assert elsewhere and elsewhere != set(ids), landed  # the issue's case: ids the partitioners put apart
+
+    receipt = client.index([Document(id=doc_id, text=f"New copy {doc_id}. A glacier calved into the fjord at dawn.")
+                            for doc_id in ids])
+    reply = client.search("the lighthouse keeper painted the shutters green", top_k=40, after=receipt, timeout_s=60)
+    assert not reply.partial, stage_logs(flow)
+    texts = {m.id: " ".join([m.text or ""] + [c.text or "" for c in m.chunks]) for m in reply.docs[0].matches}
+    assert [doc_id for doc_id in ids if "Old copy" in texts.get(doc_id, "")] == [], texts
+    deleted = client.delete(ids)
+    reply = client.search("the lighthouse keeper painted the shutters green", top_k=40, after=deleted, timeout_s=60)
+    assert not reply.partial and not {m.id for m in reply.docs[0].matches} & set(ids), reply.docs[0].matches
+
+    deadline = time.monotonic() + 30
+    while len(letters := {d.key.decode(): d for d in read_dead_letters(kafka_settings, topics)
+                          if d.key and d.key.decode() in ids}) < len(elsewhere):
+        assert time.monotonic() < deadline, letters
+        time.sleep(0.5)
+    assert set(letters) == elsewhere
+    for doc_id, letter in letters.items():
+        assert (letter.stage, letter.error_class, letter.source_partition) == ("segment", "InvalidRecordError",
+                                                                             landed[doc_id])
+        assert (f"belongs on partition {partition_of(doc_id.encode(), topics.partitions)}" in letter.message
+                and "partitioner=murmur2_random" in letter.message), letter.message
 
 
 def test_a_nul_in_an_id_is_dead_lettered_with_the_reason(client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
