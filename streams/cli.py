@@ -278,6 +278,8 @@ def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: t
                                     "for it; raise --timeout") from exc
     if reply.errors:
         raise StreamsearchError("; ".join(reply.errors))
+    for warning in reply.warnings:  # a short but good result: said, and the matches shown
+        click.echo(f"streamsearch: warning: {warning}", err=True)
     click.echo(format_reply(text, reply))
     scored = sorted({f"{m.scores['score'].op_name} ({m.scores['score'].direction.value})"
                      for doc in reply.docs for m in doc.matches if "score" in m.scores})

@@ -60,7 +60,7 @@ class DocIn(BaseModel):
 
     id: str = Field(min_length=1)
     text: str
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str | bool | int | float] = Field(default_factory=dict, description="Typed: a number compares as a number.")
 
 
 Offset = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -105,6 +105,7 @@ def _reply_json(texts: list[str], reply: SearchReply, latency_ms: float) -> dict
         "stale_shards": reply.stale_shards,
         "restoring_shards": reply.restoring_shards,
         "errors": reply.errors,
+        "warnings": reply.warnings,
         "version": reply.version,
         "latency_ms": round(latency_ms, 1),
     }
