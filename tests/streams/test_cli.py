@@ -15,6 +15,7 @@ from typing import Iterator
 import httpx
 import pytest
 
+from processors.query.limits import REQUEST_LIMITS
 from tests.streams.fixtures import sentence_flow_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,6 +212,19 @@ def test_index_wait_returns_when_searchable_and_search_names_the_index(flow_dir:
     lines = found.stdout.strip().splitlines()
     assert lines[1].split()[-1] == "bread", found.stdout  # read-your-writes: found right after --wait returned
     assert lines[-1].strip() == "answered by index version 1; scores: chunk2doc.max(faiss.flat_ip) (similarity)"
+
+
+@pytest.mark.kafka
+def test_top_k_is_bounded_by_the_one_limit_the_flow_applies(flow_dir: RunningFlow) -> None:
+    """`--top-k` promises what the flow accepts (its help names max_top_k), and a refusal names it."""
+    flow_dir.run.wait_for("flow 'clia' running")
+    limit = REQUEST_LIMITS.max_top_k
+    assert f"1..{limit} (max_top_k)" in " ".join(_cli(flow_dir.folder, "search", "--help").stdout.split())
+    accepted = _cli(flow_dir.folder, "search", "bread", "--flow", "clia", "--top-k", str(limit))
+    assert accepted.returncode == 0, accepted.stderr
+    refused = _cli(flow_dir.folder, "search", "bread", "--flow", "clia", "--top-k", str(limit + 1))
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == f"streamsearch: error: parameter 'top_k' is {limit + 1}; the limit max_top_k is {limit}"
 
 
 @pytest.mark.kafka
