@@ -16,6 +16,7 @@ from typing import Any, Callable
 import click
 from confluent_kafka import KafkaException
 
+from processors.query.limits import REQUEST_LIMITS
 from streams.admin import check_broker, ensure_topics
 from streams.exceptions import EXIT_CONFIG, BrokerError, RequestTimeoutError, StateConfigError, StreamsearchError
 from streams.flow import load_flow, with_state_dir
@@ -260,7 +261,8 @@ def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
 @main.command("search")
 @click.argument("text")
 @click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
-@click.option("--top-k", type=int, default=None, help="Documents to return (flow default if unset).")
+@click.option("--top-k", type=int, default=None,
+              help=f"Documents to return, 1..{REQUEST_LIMITS.max_top_k} (max_top_k); the flow's default if unset.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Deadline in seconds.")
 @click.option("--filter-by", multiple=True, help="Search only this field (repeatable; multi-field flows).")
 @click.option("--index-type", default=None, help="Shard index to answer from: flat, hnsw, ivf, ivf_pq.")
@@ -282,6 +284,8 @@ def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: t
                                     .replace("raise the timeout", "raise --timeout")) from exc
     if reply.errors:
         raise StreamsearchError("; ".join(reply.errors))
+    for warning in reply.warnings:  # a short but good result: said, and the matches shown
+        click.echo(f"streamsearch: warning: {warning}", err=True)
     click.echo(format_reply(text, reply))
     scored = sorted({f"{m.scores['score'].op_name} ({m.scores['score'].direction.value})"
                      for doc in reply.docs for m in doc.matches if "score" in m.scores})

@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from tqdm import tqdm
 
 from processors.document import Document, validate_document, validate_embedding, validate_text
-from processors.exceptions import InvalidDocumentError
+from processors.exceptions import InvalidDocumentError, InvalidParameterError
 from processors.query.limits import REQUEST_LIMITS
 from streams import headers as h
 from streams.admin import check_broker, delete_topics, ensure_topics
@@ -271,7 +271,8 @@ class Client:
         :param parameters: any other request parameter (``query_language``, ``ground_truth``, ...).
         :raises ValueError: if both or neither of ``texts`` and ``vectors`` are given, a text is
             blank, ``vectors`` is not a non-empty 2-D array of finite numbers (float32 range), or
-            ``timeout_s`` is over ``max_deadline_s`` (300 s).
+            ``timeout_s`` is over ``max_deadline_s`` (300 s), or ``top_k`` is not in
+            ``1..max_top_k`` (the message names the limit).
         :raises PayloadTooLargeError: before sending a request over ``max_payload_bytes``; a
             request the broker refuses as too large fails its future with it.
         """
@@ -282,6 +283,11 @@ class Client:
                            ("index_type", index_type)):
             if value is not None:
                 params[key] = value
+        if top_k is not None:
+            try:
+                REQUEST_LIMITS.check_count("top_k", top_k)  # the encode stage would refuse it
+            except InvalidParameterError as exc:
+                raise ValueError(str(exc)) from None
         wait_s = self.timeout_s if timeout_s is None else timeout_s
         if not 0 < wait_s <= REQUEST_LIMITS.max_deadline_s:  # the encode stage would refuse it
             raise ValueError(f"timeout_s must be in (0, {REQUEST_LIMITS.max_deadline_s:g}] seconds "

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from processors.document import Direction, Document, Score
@@ -199,7 +199,7 @@ def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
     apply the join stage's query language, cut to top_k; evaluate against ground truth when
     the request carries it."""
     parts = [pending.parts[key] for key in sorted(pending.parts, key=lambda k: (k[0], k[1] or ""))]
-    # A part can carry both matches and an error (a shard's window limit): its matches still count.
+    # A part can carry both matches and a warning (a shard's window limit): its matches count.
     answered = [p for p in parts if p.docs]
     template = pending.opening or (answered[0] if answered else None)
     params = SearchParameters.parse(template.parameters) if template else SearchParameters()
@@ -209,8 +209,14 @@ def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
         lists = [part.docs[i].matches for part in answered if i < len(part.docs)]
         query.matches = merge_matches(lists, sum(len(m) for m in lists) if ops else params.top_k)
         docs.append(query)
+    warnings = [p.warning for p in parts if p.warning]
     if ops:
+        # the queries some shard cut at top_k: only there may a filter have missed documents
+        merged = {doc.id: len(doc.matches) for i, doc in enumerate(docs)
+                  if any(i < len(part.docs) and len(part.docs[i].matches) >= params.top_k for part in answered)}
         docs = [dataclasses.replace(doc, matches=doc.matches[: params.top_k]) for doc in apply_operations(docs, ops)]
+        if any(op.operator == "filter" for op in ops):
+            warnings += _filtered_short(docs, merged, params.top_k)
     if params.ground_truth:
         _evaluate(docs, params, stats if stats is not None else RunningStats())
     missing = pending.missing if pending.expected else []
@@ -222,7 +228,19 @@ def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
         stale_shards=sorted({p.shard for p in parts if p.stale}),
         errors=[p.error for p in parts if p.error],
         restoring_shards=sorted({p.shard for p in parts if p.restoring}),
+        warnings=warnings,
     )
+
+
+def _filtered_short(docs: Sequence[Document], merged: Mapping[str, int], top_k: int) -> list[str]:
+    """A warning per query that a join-stage filter left with fewer than ``top_k`` matches, when
+    a shard had cut its matches at top_k (``merged`` holds those queries, with the matches merged):
+    the filter ran after that cut, so more documents that pass it may exist. A filter at the index
+    stage runs before the cut and widens the window."""
+    return [f"join: a join-stage filter kept {len(doc.matches)} of the {merged[doc.id]} documents the shards "
+            f"sent for {doc.id}, fewer than top_k={top_k}; it ran after each shard's top-k cut, so more may "
+            f"match: give the filter \"stage\": \"index\" to filter before the cut"
+            for doc in docs if doc.id in merged and len(doc.matches) < top_k and len(doc.matches) < merged[doc.id]]
 
 
 def _evaluate(docs: list[Document], params: SearchParameters, stats: RunningStats) -> None:

@@ -350,7 +350,7 @@ class ShardSearch:
         part = PartialResult(
             request_id=request.request_id, shard=partition, expected_shards=list(range(self._topics.partitions)),
             reply_to=request.reply_to, deadline_ms=request.deadline_ms, parameters=request.parameters,
-            docs=docs, error=notice, stale=stale, field_name=field_name,
+            docs=docs, warning=notice, stale=stale, field_name=field_name,
             expected_fields=list(params.filter_by or []), restoring=restoring,
         )
         return Output(self._topics.partials, PARTIAL_RESULT.encode(part), request.request_id, None,
@@ -361,8 +361,8 @@ class ShardSearch:
         """This shard's top-k per query document: chunk hits ranked to documents, then the
         index stage's query language, the window widened until top_k pass (``WindowedSearch``).
 
-        :returns: the query documents with their matches, and what to report when the window
-            stopped at its limit (None otherwise).
+        :returns: the query documents with their matches, and the warning to give when the window
+            stopped at its limit (None otherwise): the matches are good, there may be more.
         """
         index = self._states.get(partition)
         if index is None:

@@ -15,6 +15,7 @@ from typing import Iterator
 import httpx
 import pytest
 
+from processors.query.limits import REQUEST_LIMITS
 from tests.streams.fixtures import sentence_flow_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,6 +236,19 @@ def test_index_wait_never_counts_a_document_that_yields_nothing_to_index(flow_di
         "(all: `streamsearch dead-letters --flow clia`)"), indexed.stderr
     found = _cli(flow_dir.folder, "search", "Ok", "--flow", "clia", "--top-k", "1")
     assert found.returncode == 0 and found.stdout.strip().splitlines()[1].split()[-1] == "toast", found.stdout
+
+
+@pytest.mark.kafka
+def test_top_k_is_bounded_by_the_one_limit_the_flow_applies(flow_dir: RunningFlow) -> None:
+    """`--top-k` promises what the flow accepts (its help names max_top_k), and a refusal names it."""
+    flow_dir.run.wait_for("flow 'clia' running")
+    limit = REQUEST_LIMITS.max_top_k
+    assert f"1..{limit} (max_top_k)" in " ".join(_cli(flow_dir.folder, "search", "--help").stdout.split())
+    accepted = _cli(flow_dir.folder, "search", "bread", "--flow", "clia", "--top-k", str(limit))
+    assert accepted.returncode == 0, accepted.stderr
+    refused = _cli(flow_dir.folder, "search", "bread", "--flow", "clia", "--top-k", str(limit + 1))
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == f"streamsearch: error: parameter 'top_k' is {limit + 1}; the limit max_top_k is {limit}"
 
 
 @pytest.mark.kafka
