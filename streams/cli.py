@@ -20,7 +20,7 @@ from processors.query.limits import REQUEST_LIMITS
 from streams.admin import check_broker, ensure_topics
 from streams.exceptions import EXIT_CONFIG, BrokerError, RequestTimeoutError, StateConfigError, StreamsearchError
 from streams.flow import load_flow, with_state_dir
-from streams.kafka import KafkaSettings
+from streams.kafka import QUIET_LIBRDKAFKA, KafkaSettings
 from streams.local.brokers import BrokerKind
 from streams.logs import configure_logging
 
@@ -114,6 +114,7 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
         return
     from streams.local.bootstrap import FlowRunLock
     from streams.local.runtime import LocalRuntime
+    from streams.local.supervisor import stage_logs_shown
 
     for warning in flow.idle_replicas():
         click.echo(f"streamsearch: warning: {warning}", err=True)
@@ -124,8 +125,8 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
     _stop_on_sigterm()  # from here on, so that a TERM while starting stops what started
     with LocalRuntime(flow, flow_path=flow_path, broker=BrokerKind(broker)) as runtime:
         assert runtime.settings is not None
-        logs = runtime.flow.state_dir / "logs"
-        click.echo(f"flow {flow.name!r} starting on broker {_broker_origin(runtime)}; logs in {logs}; "
+        click.echo(f"flow {flow.name!r} starting on broker {_broker_origin(runtime)}; "
+                   f"logs in {stage_logs_shown(runtime.flow)}; "
                    f"waiting until every stage is assigned and all {flow.shards} shards serve ...")
         _wait_ready(runtime)
         click.echo(f"flow {flow.name!r} running: every stage assigned, all {flow.shards} shards serving. Ctrl-C stops.")
@@ -161,14 +162,14 @@ def _wait_ready(runtime: Any) -> None:
 
 def _supervise(flow: Any, flow_path: Path, bootstrap: str, stage: str, replicas: int) -> None:
     """Add ``replicas`` supervised processes of one stage to a running flow, until Ctrl-C."""
-    from streams.local.supervisor import LocalFlow
+    from streams.local.supervisor import LocalFlow, stage_logs_shown
 
     for warning in flow.idle_replicas({stage: replicas}):
         click.echo(f"streamsearch: warning: {warning}", err=True)
-    with LocalFlow(flow, flow_path=flow_path, bootstrap_servers=bootstrap, log_dir=flow.state_dir / "logs",
+    with LocalFlow(flow, flow_path=flow_path, bootstrap_servers=bootstrap,
                    stages=[stage], replicas={stage: replicas}, label=f"added-{os.getpid()}"):
         click.echo(f"{replicas} more {stage!r} replicas joined flow {flow.name!r} on {bootstrap}; "
-                   f"logs in {flow.state_dir / 'logs'}. Ctrl-C stops them.")
+                   f"logs in {stage_logs_shown(flow)}. Ctrl-C stops them.")
         _wait_for_signal()
 
 
@@ -206,14 +207,8 @@ def _command_settings(flow_extra: dict[str, Any] | None = None) -> KafkaSettings
     lines routed through Python logging (silenced), so a failure prints our one line only."""
     from streams.local.runtime import discover_bootstrap
 
-    extra = {**KafkaSettings.from_env(flow_extra).extra, "logger": _quiet_librdkafka()}
+    extra = {**KafkaSettings.from_env(flow_extra).extra, "logger": QUIET_LIBRDKAFKA}
     return KafkaSettings(discover_bootstrap(), extra)
-
-
-def _quiet_librdkafka() -> logging.Logger:
-    quiet = logging.getLogger("librdkafka")
-    quiet.setLevel(logging.CRITICAL)
-    return quiet
 
 
 def _flow_name(flow: str) -> str:
@@ -437,7 +432,7 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
     flow = with_state_dir(flow, state_dir) if state_dir else flow
     logging.getLogger("streams").setLevel(logging.WARNING)
     with durable_local_broker(flow, flow_path) as broker:  # the flow may be stopped: its broker with it
-        settings = KafkaSettings(broker.bootstrap_servers, {**broker.extra, "logger": _quiet_librdkafka()})
+        settings = KafkaSettings(broker.bootstrap_servers, {**broker.extra, "logger": QUIET_LIBRDKAFKA})
         result = replay_index(flow, settings, from_timestamp_ms=_epoch_ms(from_timestamp) if from_timestamp else None)
     click.echo(f"replayed {result.records} records of {flow.topics.encoded} in {result.seconds:.1f}s into "
                f"{flow.state_dir / flow.topics.prefix / 'index'}")
@@ -462,7 +457,7 @@ def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s
     from contextlib import nullcontext
 
     from streams.reindex import plan_reindex, switch_when_caught_up
-    from streams.local.supervisor import LocalFlow
+    from streams.local.supervisor import LocalFlow, stage_logs_shown
 
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
@@ -473,7 +468,7 @@ def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s
     click.echo(f"building version {flow.version} of flow {flow.name!r} from {plan.records} records of "
                f"{flow.topics.ingest}; version {plan.serving.version} serves meanwhile", err=True)
     stages = (LocalFlow(flow, flow_path=flow_path, bootstrap_servers=settings.bootstrap_servers,
-                        log_dir=flow.state_dir / "logs", label=f"v{flow.version}") if run_stages else nullcontext())
+                        label=f"v{flow.version}") if run_stages else nullcontext())
     with stages:
         try:
             result = switch_when_caught_up(settings, plan, timeout_s=timeout_s, allow_dead_letters=allow_dead_letters)
@@ -489,7 +484,7 @@ def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s
                    f"caught up in {result.seconds:.1f}s. Stop version {result.previous}'s stages when you no longer "
                    f"want to switch back (`streamsearch versions --flow {flow.name} --serve {result.previous}`).")
         if run_stages:
-            click.echo(f"version {result.version}'s stages run here (logs in {flow.state_dir / 'logs'}): keep this "
+            click.echo(f"version {result.version}'s stages run here (logs in {stage_logs_shown(flow)}): keep this "
                        f"running. Ctrl-C stops them, and with them the serving version, until they run elsewhere "
                        f"(`streamsearch run {flow_path} --stage ...`).")
             _wait_for_signal()

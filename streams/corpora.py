@@ -15,7 +15,11 @@ from processors.document import Document, TagValue, validate_document
 from processors.exceptions import InvalidDocumentError
 from streams.exceptions import StreamsearchError
 
-__all__ = ["stdlib_docstrings", "read_jsonl", "BeirDataset", "load_beir"]
+__all__ = ["stdlib_docstrings", "read_jsonl", "BeirDataset", "load_beir", "TITLE_TAG"]
+
+TITLE_TAG = "title"
+"""The tag that names a document for people (a docstring's qualified name, a BEIR title, a JSONL
+line's ``title``): results show it next to the id."""
 
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3"}
 
@@ -42,7 +46,7 @@ def stdlib_docstrings(limit: int | None = None) -> Iterator[Document]:
         for depth, name, node in _documented(tree, module):
             text = ast.get_docstring(node, clean=True)
             if text and len(text) >= 20:
-                by_depth[depth].append(Document(id=name, text=text, tags={"title": name, "module": module}))
+                by_depth[depth].append(Document(id=name, text=text, tags={TITLE_TAG: name, "module": module}))
     docs = by_depth[0] + by_depth[1] + by_depth[2]
     yield from docs[:limit] if limit is not None else docs
 
@@ -184,7 +188,7 @@ def load_beir(folder: Path, split: str = "test") -> BeirDataset:
         for line in f:
             row = json.loads(line)
             title = row.get("title") or ""
-            corpus.append(Document(id=str(row["_id"]), text=f"{title} {row.get('text') or ''}", tags={"title": title}))
+            corpus.append(Document(id=str(row["_id"]), text=f"{title} {row.get('text') or ''}", tags={TITLE_TAG: title}))
     qrels: dict[str, dict[str, int]] = {}
     with open(folder / "qrels" / f"{split}.tsv", encoding="utf-8") as f:
         for number, line in enumerate(f):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from processors.document import Document
 from streams.client import Client, IndexReceipt
-from streams.corpora import stdlib_docstrings
+from streams.corpora import TITLE_TAG, stdlib_docstrings
 from streams.flow import load_flow
 from streams.http import create_app, serving
 from streams.local.brokers import BrokerKind
 from streams.local.runtime import LocalRuntime
+from streams.local.supervisor import stage_logs_shown
 from streams.progress import IndexProgress
 from streams.serde import SearchReply
 
@@ -33,8 +36,14 @@ def _partial_note(reply: SearchReply) -> str:
     return f"  (partial: {', '.join(notes) or 'incomplete'})" if reply.partial else ""
 
 
+SNIPPET_CHARS = 120
+"""How much of a root-level match's text a result line shows."""
+
+
 def format_reply(query: str, reply: SearchReply, index: int = 0) -> str:
-    """The top matches of one query: rank, score, document and the sentence that matched."""
+    """The top matches of one query: rank, score, document id, and under it what makes the id
+    readable: the sentence that matched (chunk-level flows), else the document's title and the
+    start of its text (root-level flows, whose matches carry no chunk)."""
     lines = [f'\n  "{query}"' + _partial_note(reply)]
     matches = reply.docs[index].matches if index < len(reply.docs) else []
     if not matches:
@@ -42,9 +51,24 @@ def format_reply(query: str, reply: SearchReply, index: int = 0) -> str:
     for rank, match in enumerate(matches, start=1):
         score = match.scores["score"]
         lines.append(f"  {rank}. {score.value:.3f}  {match.id}")
-        if match.chunks:
-            lines.append(f"           ↳ {match.chunks[0].text[:110]}")
+        shown = match.chunks[0].text[:110] if match.chunks else _title_and_snippet(match)
+        if shown:
+            lines.append(f"           ↳ {shown}")
     return "\n".join(lines)
+
+
+def _title_and_snippet(match: Document) -> str:
+    """The ``title`` tag (unless it is the id, or the text starts with it, as BEIR's title + text
+    does) and the first ``SNIPPET_CHARS`` of the text, whitespace collapsed, cut at a word."""
+    title = match.tags.get(TITLE_TAG)
+    title = " ".join(title.split()) if isinstance(title, str) and title.strip() != match.id else ""
+    text = " ".join((match.text or "").split())
+    snippet = textwrap.shorten(text, SNIPPET_CHARS, placeholder=" …") if text else ""
+    if text and snippet == "…":  # one word longer than the width: cut it
+        snippet = text[:SNIPPET_CHARS - 1] + "…"
+    if title and text.startswith(title):
+        title = ""
+    return " — ".join(part for part in (title, snippet) if part)
 
 
 def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Path | None = None,
@@ -63,7 +87,7 @@ def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Pa
         started = f" ({runtime.broker_kind.label}, started here)" if runtime.broker_kind else ""
         print_fn(f"streamsearch hello-world: broker {runtime.settings.bootstrap_servers}{started}, flow {flow.name!r} "
                  f"({', '.join(s.name for s in flow.stages)}; {flow.shards} shards)")
-        print_fn(f"stage logs: {runtime.flow.state_dir / 'logs'}")
+        print_fn(f"stage logs: {stage_logs_shown(runtime.flow)}")
         client = stack.enter_context(runtime.client())
         url = stack.enter_context(serving(create_app(client, flow=runtime.flow), port=bridge_port))
         print_fn(f"search page and HTTP API: {url}/  (OpenAPI: {url}/docs)")

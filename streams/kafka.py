@@ -6,6 +6,7 @@ errors surfaced at flush, and the environment/flow pass-through of librdkafka se
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -17,13 +18,27 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from streams.topics import RECORD_OVERHEAD_BYTES
 from streams.exceptions import DeliveryError, KafkaConfigError
+from streams.logs import RepeatLimit
 from streams.partitioner import LIBRDKAFKA_PARTITIONER
 
 __all__ = ["UNKNOWN_TOPIC_ERRORS", "KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "fetch_high_watermarks", "Header", "headers_of",
            "DeliveryFailure", "PERMANENT_DELIVERY_ERRORS", "record_size",
-           "check_client_properties", "ENV_PREFIX"]
+           "check_client_properties", "ENV_PREFIX", "LIBRDKAFKA_LOGGER", "QUIET_LIBRDKAFKA"]
 
 logger = logging.getLogger(__name__)
+
+LIBRDKAFKA_LOGGER = logging.getLogger("librdkafka")
+"""Where the log lines and errors of every client the product creates go (``KafkaSettings.base``):
+the process's structured logs, at librdkafka's level mapped by confluent-kafka (``%3`` ERROR, ``%4``
+WARNING, ``%5``/``%6`` INFO), never librdkafka's raw ``%4|...`` lines on stderr; each kind of line at
+most once per ``RepeatLimit.interval_s`` (a connection-refused storm is one line every 10 s)."""
+LIBRDKAFKA_LOGGER.addFilter(RepeatLimit())
+
+QUIET_LIBRDKAFKA = logging.getLogger("librdkafka.quiet")
+"""For a client whose failure the caller reports itself in one line (a short command, a probe):
+its librdkafka lines go nowhere."""
+QUIET_LIBRDKAFKA.addHandler(logging.NullHandler())
+QUIET_LIBRDKAFKA.propagate = False
 
 Header = tuple[str, bytes]
 ENV_PREFIX = "STREAMSEARCH_KAFKA_"
@@ -101,7 +116,17 @@ class KafkaSettings:
         return cls(bootstrap_servers=bootstrap, extra=extra)
 
     def base(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap_servers, **self.extra}
+        """The settings every client is created with: librdkafka's log lines and errors go to
+        ``LIBRDKAFKA_LOGGER`` unless ``extra`` names another ``logger``."""
+        config = {"bootstrap.servers": self.bootstrap_servers, "logger": LIBRDKAFKA_LOGGER, **self.extra}
+        config.setdefault("error_cb", functools.partial(_log_client_error, config["logger"]))
+        return config
+
+
+def _log_client_error(log: logging.Logger, error: KafkaError) -> None:
+    """An error no call returns (a broker unreachable, all brokers down), which confluent-kafka
+    drops without an ``error_cb``: logged, a fatal one as an error, others (retried) as warnings."""
+    log.log(logging.ERROR if error.fatal() else logging.WARNING, "%s", error.str(), extra={"code": error.name()})
 
 
 def check_client_properties(properties: Mapping[str, Any], sources: Mapping[str, str]) -> None:
@@ -112,7 +137,8 @@ def check_client_properties(properties: Mapping[str, Any], sources: Mapping[str,
 
     :raises KafkaConfigError: one line naming the variable or flow key and librdkafka's reason.
     """
-    checked = {name: value for name, value in properties.items() if name != "logger"}  # logger: our own object
+    checked = {name: value for name, value in properties.items()
+               if name not in ("logger", "error_cb")}  # our own objects
     try:
         _throwaway_producer(checked)
         return
@@ -133,12 +159,7 @@ def check_client_properties(properties: Mapping[str, Any], sources: Mapping[str,
 
 
 def _throwaway_producer(properties: Mapping[str, Any]) -> None:
-    Producer({**properties, "logger": _SILENT})
-
-
-_SILENT = logging.getLogger("streams.kafka.config-check")
-_SILENT.addHandler(logging.NullHandler())
-_SILENT.propagate = False
+    Producer({**properties, "logger": QUIET_LIBRDKAFKA})
 
 
 class StageProducer:

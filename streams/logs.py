@@ -8,9 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "RepeatLimit"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
@@ -42,3 +47,42 @@ def configure_logging(level: str | None = None, *, as_json: bool | None = None) 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("STREAMSEARCH_LOG_LEVEL", "INFO")).upper())
+
+
+class RepeatLimit(logging.Filter):
+    """Lets the first record of a kind through, then at most one per ``interval_s``, which carries
+    ``suppressed=N``: how many of its kind were dropped since the last one shown.
+
+    A record's kind is its logger, level and message with every number replaced, so that retries
+    that differ only in a port, a client's number or a duration ("Connect to ...:9092 failed:
+    Connection refused (after 0ms ...)", from every client of a process, several times a second once
+    its broker is gone) are one kind: a log that says it once in a while, and how often, rather than
+    a flood that buries everything else.
+    """
+
+    _NUMBER = re.compile(r"\d+")
+
+    def __init__(self, interval_s: float = 10.0, *, kinds: int = 1024,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """:param kinds: how many kinds are remembered (the least recently seen are forgotten)."""
+        super().__init__()
+        self.interval_s = interval_s
+        self._kinds = kinds
+        self._clock = clock
+        self._seen: OrderedDict[tuple[str, int, str], tuple[float, int]] = OrderedDict()
+        self._lock = threading.Lock()  # librdkafka's lines arrive from whichever thread polls a client
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = (record.name, record.levelno, self._NUMBER.sub("#", record.getMessage()))
+        now = self._clock()
+        with self._lock:
+            shown_at, suppressed = self._seen.pop(kind, (None, 0))
+            if shown_at is not None and now - shown_at < self.interval_s:
+                self._seen[kind] = (shown_at, suppressed + 1)
+                return False
+            self._seen[kind] = (now, 0)
+            while len(self._seen) > self._kinds:
+                self._seen.popitem(last=False)
+        if suppressed:
+            record.suppressed = suppressed
+        return True

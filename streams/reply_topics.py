@@ -91,6 +91,7 @@ class ReplyTopics:
         assert self._settings is not None
         if self._admin is None:
             self._admin = AdminClient(self._settings.base())
+        self._admin.poll(0)  # serves its librdkafka log lines and errors, which would pile up unserved
         # DescribeTopics, not a metadata request: that one may auto-create the topic it names.
         future = self._admin.describe_topics(TopicCollection([name]),
                                              request_timeout=self.LOOKUP_TIMEOUT_S)[name]

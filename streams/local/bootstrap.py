@@ -179,7 +179,7 @@ def _answers(bootstrap_servers: str) -> bool:
     """A Kafka broker answers metadata requests at one of these addresses. A closed port is
     refused at once; only an open one costs a metadata request."""
     from streams.admin import check_broker
-    from streams.kafka import KafkaSettings
+    from streams.kafka import QUIET_LIBRDKAFKA, KafkaSettings
 
     for address in bootstrap_servers.split(","):
         host, _, port = address.strip().rpartition(":")
@@ -190,10 +190,8 @@ def _answers(bootstrap_servers: str) -> bool:
             continue
     else:
         return False
-    quiet = logging.getLogger("librdkafka")
-    quiet.setLevel(logging.CRITICAL)
     try:
-        check_broker(KafkaSettings(bootstrap_servers, {"logger": quiet}), timeout=5.0)
+        check_broker(KafkaSettings(bootstrap_servers, {"logger": QUIET_LIBRDKAFKA}), timeout=5.0)
     except BrokerError:
         return False
     return True

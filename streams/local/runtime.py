@@ -18,7 +18,7 @@ from streams.client import Client
 from streams.exceptions import BrokerError, StateConfigError
 from streams.flow import FlowSpec, load_flow, with_state_dir
 from streams.kafka import KafkaSettings
-from streams.local.supervisor import LocalFlow
+from streams.local.supervisor import LocalFlow, stage_logs_shown
 from streams.versions import claim_serving
 
 __all__ = ["LocalRuntime", "BOOTSTRAP_FILE", "discover_bootstrap", "broker_data_dir", "durable_local_broker"]
@@ -131,7 +131,7 @@ class LocalRuntime:
         claim_serving(settings, self.flow.topics)
         self.local_flow = LocalFlow(
             self.flow, flow_path=self.flow_path, bootstrap_servers=settings.bootstrap_servers,
-            log_dir=self.flow.state_dir / "logs", stages=self._stages, replicas=self._replicas,
+            stages=self._stages, replicas=self._replicas,
         ).start()
         return self
 
@@ -159,7 +159,7 @@ class LocalRuntime:
                 continue
             if not reply.partial:
                 return
-        raise BrokerError(f"flow {self.flow.name!r} not ready after {timeout:.0f}s; see {self.flow.state_dir / 'logs'}")
+        raise BrokerError(f"flow {self.flow.name!r} not ready after {timeout:.0f}s; see {stage_logs_shown(self.flow)}")
 
     def stop(self) -> None:
         """Stop the stages, then the broker if this runtime started it (and remove its address)."""

@@ -18,7 +18,7 @@ from streams.flow import FlowSpec
 from streams.metrics import PORT_ENV
 from streams.stage import REPLICA_ENV
 
-__all__ = ["StageProcess", "LocalFlow", "restart_delay"]
+__all__ = ["StageProcess", "LocalFlow", "restart_delay", "stage_log_dir", "stage_logs_shown", "stage_log_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,25 @@ STABLE_AFTER_S = 30.0
 """A stage that exits after running this long is restarted at once, and its backoff starts afresh."""
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
+
+
+def stage_log_dir(flow: FlowSpec) -> Path:
+    """Where the stage processes run here write their output: ``<state_dir>/logs``, which every
+    flow (and version) run with that state dir shares; each file names its flow version."""
+    return Path(flow.state_dir) / "logs"
+
+
+def stage_logs_shown(flow: FlowSpec) -> str:
+    """The stage logs of one flow version, as people are told where to look: a glob."""
+    return str(stage_log_dir(flow) / f"{flow.topics.prefix}.*.log")
+
+
+def stage_log_files(flow: FlowSpec) -> list[Path]:
+    """The stage logs of one flow version in its state dir (not those of its later versions,
+    whose prefix ``<name>.v<N>`` the glob also matches), by name."""
+    stages = {stage.name for stage in flow.stages}
+    return sorted(path for path in stage_log_dir(flow).glob(f"{flow.topics.prefix}.*.log")
+                  if path.name[len(flow.topics.prefix) + 1:].split("-", 1)[0] in stages)
 
 
 def restart_delay(exit_code: int, uptime_s: float, quick_exits: int) -> float | None:
@@ -70,8 +89,9 @@ class StageProcess:
 class LocalFlow:
     """Starts every replica of every stage (or only some stages) and keeps them alive.
 
-    Stage output goes to ``<log_dir>/<stage>-<replica>.log``, so the caller's terminal stays
-    readable. ``pause``/``resume`` stop a process without killing it (SIGSTOP), as a hung
+    Stage output goes to ``<log_dir>/<flow prefix>.<stage>-<replica>.log`` (``hello.index-0.log``,
+    ``hello.v2.index-v2-0.log`` for a non-main ``label``), so the caller's terminal stays readable
+    and two flows, or two versions, run in one state dir keep their own logs. ``pause``/``resume`` stop a process without killing it (SIGSTOP), as a hung
     shard would be.
     """
 
@@ -81,7 +101,7 @@ class LocalFlow:
         *,
         flow_path: Path,
         bootstrap_servers: str,
-        log_dir: Path,
+        log_dir: Path | None = None,
         stages: list[str] | None = None,
         replicas: dict[str, int] | None = None,
         restart: bool = True,
@@ -90,7 +110,7 @@ class LocalFlow:
         self.flow = flow
         self.flow_path = Path(flow_path)
         self.bootstrap_servers = bootstrap_servers
-        self.log_dir = Path(log_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None else stage_log_dir(flow)
         self.stages = stages or [s.name for s in flow.stages]
         self.replicas = {s.name: s.replicas for s in flow.stages} | (replicas or {})
         self.restart = restart
@@ -109,12 +129,13 @@ class LocalFlow:
             self._watcher.start()
         return self
 
-    def _log_path(self, stage: str, replica: int) -> Path:
+    def log_path(self, stage: str, replica: int = 0) -> Path:
+        """The file one replica of a stage writes to (appended to across restarts and runs)."""
         name = f"{stage}-{replica}" if self.label == "main" else f"{stage}-{self.label}-{replica}"
-        return self.log_dir / f"{name}.log"
+        return self.log_dir / f"{self.flow.topics.prefix}.{name}.log"
 
     def _spawn(self, stage: str, replica: int, restarts: int = 0, quick_exits: int = 0) -> StageProcess:
-        log = open(self._log_path(stage, replica), "ab")
+        log = open(self.log_path(stage, replica), "ab")
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers, "PYTHONUNBUFFERED": "1",
                REPLICA_ENV: f"{self.label}-{replica}"}
         port = self.flow.stage(stage).metrics_port
@@ -146,7 +167,7 @@ class LocalFlow:
         where = {"stage": proc.stage, "replica": proc.replica, "exit_code": code}
         delay = restart_delay(code, uptime, proc.quick_exits)
         if delay is None:
-            proc.stopped = _last_line(self._log_path(proc.stage, proc.replica)) or f"exit code {code}"
+            proc.stopped = _last_line(self.log_path(proc.stage, proc.replica)) or f"exit code {code}"
             logger.error(f"stage {proc.stage} (replica {proc.replica}) stopped with a configuration error and is "
                          f"not restarted: {proc.stopped}", extra=where)
             return

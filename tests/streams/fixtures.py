@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +13,7 @@ from processors.segmenters.sentence import Sentencizer, SentencizerConfig
 from streams.corpora import stdlib_docstrings
 from streams.flow import load_flow
 from streams.local.runtime import LocalRuntime
+from streams.local.supervisor import stage_log_files
 
 FlowFactory = Callable[[str], LocalRuntime]
 
@@ -44,9 +44,8 @@ def start_flow(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flo
 
 
 def stage_logs(runtime: LocalRuntime) -> str:
-    """Every stage log of a runtime, for assertion messages."""
-    folder = Path(runtime.flow.state_dir) / "logs"
-    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(folder.glob("*.log")))
+    """Every stage log of a runtime's flow version, for assertion messages."""
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in stage_log_files(runtime.flow))
 
 
 SEGMENTER = Sentencizer(SentencizerConfig(min_sent_len=3, punctuation=".,!?"))

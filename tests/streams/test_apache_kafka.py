@@ -314,10 +314,11 @@ def test_the_local_kafka_keeps_everything_across_broker_restarts_and_a_full_stop
                 assert doc.id in [m.id for m in client.search(sentence, timeout_s=20).docs[0].matches], stage_logs(again)
         assert again.local_flow is not None
         again.local_flow.stop()
-        logs = "\n".join(p.read_text() for p in sorted((tmp_path / "state" / "logs").glob("index-*.log")))
+        index_logs = [again.local_flow.log_path("index", replica) for replica in range(flow.stage("index").replicas)]
+        logs = "\n".join(p.read_text() for p in index_logs)
         assert "rebuilding the shard" not in logs
         assert "Traceback" not in logs and "SystemError" not in logs, logs[-3000:]  # a normal stop is quiet
-        assert logs.count("stage stopped") == 2 * len(list((tmp_path / "state" / "logs").glob("index-*.log"))), logs[-3000:]
+        assert logs.count("stage stopped") == 2 * len(index_logs), logs[-3000:]
         assert logs.count("resuming from its stored offset") >= 2, logs[-3000:]
         contents = read_shards(tmp_path / "state", "durable", 2, flow.stage("index").config)
         assert sorted(contents.docs) == sorted(doc.id for doc, _ in corpus)
@@ -374,7 +375,7 @@ def test_a_shard_whose_records_were_deleted_before_it_applied_them_keeps_its_sta
         for doc, sentence in deleted:
             assert doc.id not in [m.id for m in client.search(sentence, timeout_s=20).docs[0].matches]
     assert runtime.local_flow.find("index").restarts == 0, stage_logs(runtime)
-    log = (Path(runtime.flow.state_dir) / "logs" / "index-0.log").read_text()
+    log = runtime.local_flow.log_path("index").read_text()
     reason = (f"records 3..5 of {topics.encoded} were deleted (retention or delete_records) before the shard "
               "applied them")
     [line] = [line for line in log.splitlines() if "were deleted" in line]

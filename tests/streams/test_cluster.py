@@ -32,6 +32,7 @@ from streams.flow import load_flow
 from streams.kafka import KafkaSettings, StageProducer, fetch_high_watermarks
 from streams.local.apache_kafka import KafkaCluster
 from streams.local.runtime import LocalRuntime
+from streams.local.supervisor import stage_log_files
 from streams.serde import SearchReply
 from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
 from tests.streams.recovery import wait_applied
@@ -354,7 +355,7 @@ def test_kill_9_partition_leaders_during_ingest_and_queries(cluster: KafkaCluste
             assert reply.docs[0].matches and reply.docs[0].matches[0].id == doc.id, \
                 (sentence, reply.docs[0].matches[:3])
     # no stage lost its partitions: every consumer rode through the failovers of its group coordinator
-    revoked = [f"{log.name}: {line}" for log in sorted((Path(runtime.flow.state_dir) / "logs").glob("*.log"))
+    revoked = [f"{log.name}: {line}" for log in stage_log_files(runtime.flow)
                for line in log.read_text(errors="replace").splitlines() if "partitions revoked" in line]
     assert not revoked, f"{revoked}: session.timeout.ms shorter than a failover?\n{details}"
     runtime.local_flow.stop()

@@ -211,7 +211,7 @@ def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: P
         _assert_findable(second, after)
         assert second.local_flow is not None
         assert second.local_flow.find("index").restarts == 0
-        logs = (tmp_path / "state" / "logs" / "index-0.log").read_text()
+        logs = second.local_flow.log_path("index").read_text()
         _stop_stages(second)
         rebuilt = [line for line in logs.splitlines() if "rebuilding the shard" in line]
         assert sorted(line.split("shard ", 1)[1].split(":")[0] for line in rebuilt) == ["0", "1"], logs[-3000:]

@@ -14,7 +14,8 @@ import pytest
 from streams.exceptions import EXIT_CONFIG, StateConfigError
 from streams.flow import load_flow
 from streams.local.runtime import LocalRuntime
-from streams.local.supervisor import MAX_BACKOFF_S, STABLE_AFTER_S, LocalFlow, StageProcess, restart_delay
+from streams.local.supervisor import (MAX_BACKOFF_S, STABLE_AFTER_S, LocalFlow, StageProcess, restart_delay,
+                                      stage_log_files, stage_logs_shown)
 
 HELLO = Path(__file__).resolve().parents[2] / "deploy" / "flows" / "hello.yml"
 ERROR_LINE = "shard index at /s/f/index/0 was built with metric 'inner_product', now 'l2': rebuild it by replay"
@@ -39,7 +40,7 @@ class ScriptedFlow(LocalFlow):
             script = f"import os; os.kill(os.getpid(), {-code})"
         else:
             script = f"import sys; print('traceback noise'); print({'streamsearch: error: ' + ERROR_LINE!r}); sys.exit({code})"
-        log = open(self._log_path(stage, replica), "ab")
+        log = open(self.log_path(stage, replica), "ab")
         process = subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT)
         return StageProcess(stage, replica, process, log, restarts, quick_exits=quick_exits)
 
@@ -95,3 +96,30 @@ class TestSupervisor:
                 runtime.wait_ready(client=None, timeout=math.inf)  # type: ignore[arg-type]
         finally:
             runtime.local_flow.stop()
+
+
+class TestStageLogs:
+    """Issue 21: two flows run in one directory (one state dir) both wrote ``logs/segment-0.log``."""
+
+    def test_flows_and_versions_sharing_a_state_dir_each_write_their_own_files(self, tmp_path: Path) -> None:
+        text = HELLO.read_text()
+        specs = {}
+        for key, yaml in (("hello", text), ("other", text.replace("name: hello", "name: other")),
+                          ("hello v2", text + "version: 2\n")):
+            (tmp_path / f"{len(specs)}.yml").write_text(yaml + f"state_dir: {tmp_path / 'state'}\n")
+            specs[key] = load_flow(tmp_path / f"{len(specs)}.yml")
+        flows = {key: LocalFlow(spec, flow_path=HELLO, bootstrap_servers="unused:9092") for key, spec in specs.items()}
+        added = LocalFlow(specs["hello"], flow_path=HELLO, bootstrap_servers="unused:9092", label="added-7")
+        logs = tmp_path / "state" / "logs"
+        assert {key: flow.log_path("segment") for key, flow in flows.items()} == {
+            "hello": logs / "hello.segment-0.log", "other": logs / "other.segment-0.log",
+            "hello v2": logs / "hello.v2.segment-0.log"}
+        assert added.log_path("index", 1) == logs / "hello.index-added-7-1.log"
+        for flow in [*flows.values(), added]:
+            flow.log_dir.mkdir(parents=True, exist_ok=True)
+            for stage in flow.stages:
+                flow.log_path(stage).touch()
+        assert stage_log_files(specs["hello"]) == sorted(
+            [flows["hello"].log_path(s) for s in flows["hello"].stages] + [added.log_path(s) for s in added.stages])
+        assert stage_log_files(specs["hello v2"]) == sorted(flows["hello v2"].log_path(s) for s in flows["hello v2"].stages)
+        assert stage_logs_shown(specs["other"]) == str(logs / "other.*.log")

@@ -17,6 +17,7 @@ from streams.admin import ensure_topics
 from streams.dead_letters import read_dead_letters
 from streams.kafka import KafkaSettings, StageProducer, consume_batch, make_consumer
 from streams.local.runtime import LocalRuntime
+from streams.local.supervisor import stage_log_files
 from streams.serde import SEARCH_REPLY
 from streams.topics import TopicShape
 from tests.streams.fixtures import FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
@@ -114,7 +115,7 @@ def test_ten_thousand_hostile_records_are_each_dead_lettered_and_the_flow_keeps_
     assert runtime.local_flow is not None
     assert all(p.restarts == 0 and p.process.poll() is None for p in runtime.local_flow.processes), \
         stage_logs(runtime)
-    logs = "\n".join(path.read_text() for path in (Path(runtime.flow.state_dir) / "logs").glob("*.log"))
+    logs = "\n".join(path.read_text() for path in stage_log_files(runtime.flow))
     assert "Traceback" not in logs and "crashed the stage" not in logs, stage_logs(runtime)
     faults = list((Path(runtime.flow.state_dir) / topics.prefix / "inflight").glob("fault-*.log"))
     assert faults and not any(path.stat().st_size for path in faults), faults
