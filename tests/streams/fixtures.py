@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +42,10 @@ def start_flow(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flo
     yield start
     for runtime in runtimes:
         runtime.stop()
+
+
+RAW_LIBRDKAFKA_LINE = re.compile(r"%\d\|")
+"""How librdkafka writes a line to stderr when no logger takes it: ``%4|<time>|GETPID|...``."""
 
 
 def stage_logs(runtime: LocalRuntime) -> str:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from processors.query.limits import REQUEST_LIMITS
-from tests.streams.fixtures import sentence_flow_yaml
+from tests.streams.fixtures import RAW_LIBRDKAFKA_LINE, FlowFactory, root_flow_yaml, sentence_flow_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -274,6 +274,11 @@ def test_a_second_run_in_the_directory_joins_its_broker_and_leaves_it(flow_dir: 
             f"`streamsearch run` pid {flow_dir.run.process.pid}; it stops with that run)"), starting
         second.wait_for("flow 'clib' running")
         assert address.read_text() == flow_dir.bootstrap
+        # Two flows, one state dir: each its own stage logs (both wrote logs/segment-0.log), as the line says.
+        logs = Path(".streamsearch") / "state" / "logs"
+        assert f"logs in {logs / 'clib.*.log'}; " in starting, starting
+        assert "flow=clib" in (flow_dir.folder / logs / "clib.segment-0.log").read_text()
+        assert "flow=clib" not in (flow_dir.folder / logs / "clia.segment-0.log").read_text()
         both = _cli(flow_dir.folder, "versions", "--flow", "clib")
         assert both.returncode == 0 and both.stdout.startswith("flow 'clib': version 1 serves"), both.stderr
     finally:
@@ -421,8 +426,39 @@ def test_only_the_run_that_started_the_broker_removes_its_address(flow_dir: Runn
     flow_dir.run.wait_for("flow 'clia' running")
     assert flow_dir.run.stop() == 0, flow_dir.run.stderr()
     assert not (flow_dir.folder / ".streamsearch" / "bootstrap").exists()
+    raw = [line for line in flow_dir.run.stderr_path.read_text().splitlines() if RAW_LIBRDKAFKA_LINE.match(line)]
+    assert not raw, raw  # librdkafka's lines go through logging (structured), never as they come
     gone = _cli(flow_dir.folder, "search", "anything", "--flow", "clia")
     assert gone.returncode == 1 and gone.stderr.startswith("streamsearch: error: no broker"), gone.stderr
+
+
+@pytest.mark.kafka
+def test_search_shows_a_root_level_match_by_its_title_and_the_start_of_its_text(  # type: ignore[no-untyped-def]
+        broker, start_flow: FlowFactory, tmp_path: Path) -> None:
+    """Issue 21: a flow without a segmenter (one vector per document, as deploy/flows/beir.yml) printed
+    bare ids; its matches carry no chunk to show. Now the title tag and the text's first 120
+    characters (whitespace collapsed, cut at a word) say what was found."""
+    runtime = start_flow(root_flow_yaml())
+    try:
+        env = _user_env(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers)
+        rows = [{"id": "42", "title": "Kafka Streams", "text": (
+                    "A client library for building applications\n\nand microservices, where the input and output "
+                    "data are stored in Kafka clusters. It combines the simplicity of writing Java applications.")},
+                {"id": "7", "text": "Bake the bread\n\n   for forty minutes."}]
+        (tmp_path / "docs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        indexed = _cli(tmp_path, "index", "docs.jsonl", "--flow", runtime.flow.name, "--wait", env=env)
+        assert indexed.returncode == 0, indexed.stderr
+        for query, expected in (
+                ("a library for stream processing applications on Kafka", [
+                    "  1. ", "42", "           ↳ Kafka Streams — A client library for building applications and "
+                    "microservices, where the input and output data are stored in Kafka …"]),
+                ("how long to bake bread", ["  1. ", "7", "           ↳ Bake the bread for forty minutes."])):
+            found = _cli(tmp_path, "search", query, "--flow", runtime.flow.name, "--top-k", "1", env=env)
+            assert found.returncode == 0, found.stderr
+            lines = found.stdout.strip().splitlines()
+            assert (lines[1][:5], lines[1].split()[-1], lines[2]) == tuple(expected), found.stdout
+    finally:
+        runtime.stop()
 
 
 @pytest.mark.kafka

@@ -5,11 +5,13 @@ from pathlib import Path
 import pytest
 
 from streams.hello_world import EXAMPLE_QUERIES, run_hello_world
+from tests.streams.fixtures import RAW_LIBRDKAFKA_LINE
 
 pytestmark = pytest.mark.kafka
 
 
-def test_hello_world_finds_argparse_for_command_line_parsing(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_hello_world_finds_argparse_for_command_line_parsing(broker, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                            capfd: pytest.CaptureFixture[str]) -> None:
     printed: list[str] = []
     replies = run_hello_world(limit=120, state_dir=tmp_path, top_k=3, print_fn=printed.append)
     reply = replies["parse command line arguments"]
@@ -22,3 +24,6 @@ def test_hello_world_finds_argparse_for_command_line_parsing(broker, tmp_path: P
     assert "search page and HTTP API: http://127.0.0.1:" in output
     # Every match is printed with its score and the sentence that matched.
     assert "↳" in output
+    assert f"stage logs: {tmp_path / 'logs' / 'hello.*.log'}" in output
+    raw = [line for line in capfd.readouterr().err.splitlines() if RAW_LIBRDKAFKA_LINE.match(line)]
+    assert not raw, raw  # librdkafka's lines go through logging, never raw on the console

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from streams.exceptions import KafkaConfigError
-from streams.kafka import KafkaSettings
+from streams.kafka import LIBRDKAFKA_LOGGER, KafkaSettings
 from streams.local.apache_kafka import kafka_libs_dir
 
 
@@ -18,8 +18,9 @@ class TestPassThrough:
         settings = KafkaSettings.from_env({"linger.ms": 5}, environ={
             "KAFKA_BOOTSTRAP_SERVERS": "h:9092", "STREAMSEARCH_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
             "STREAMSEARCH_KAFKA_CLIENT_ID": "app", "STREAMSEARCH_LOG_LEVEL": "DEBUG"})
-        assert settings.base() == {"bootstrap.servers": "h:9092", "linger.ms": 5, "security.protocol": "PLAINTEXT",
-                                   "client.id": "app"}
+        base = settings.base()
+        assert (base.pop("logger"), callable(base.pop("error_cb"))) == (LIBRDKAFKA_LOGGER, True)  # ours: not librdkafka's
+        assert base == {"bootstrap.servers": "h:9092", "linger.ms": 5, "security.protocol": "PLAINTEXT", "client.id": "app"}
 
     def test_settings_valid_only_together_pass(self) -> None:
         KafkaSettings.from_env(environ={"STREAMSEARCH_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
