@@ -198,7 +198,7 @@ class QueryFanout:
             if record.value is None:
                 raise SerdeError("a query-path record needs a value")
             request = REQUEST.decode(record.value, record.headers.get(h.SCHEMA))
-            live.append((record, self._check(dataclasses.replace(request, deadline_ms=deadline_ms))))
+            live.append((record, self._check(request, deadline_ms)))
         outputs = [out for record, deadline_ms in expired for out in self._expired.answer(record, deadline_ms, now_ms)]
         for batch in self._mini_batches(live):
             now_ms = time.time() * 1000
@@ -247,8 +247,9 @@ class QueryFanout:
                               headers + (PARTIAL_RESULT.header(),)))
         return outputs
 
-    def _check(self, request: Request) -> Request:
-        """Check a request, so shards receive only valid ones within the per-request limits.
+    def _check(self, request: Request, deadline_ms: int) -> Request:
+        """Check a request, so shards receive only valid ones within the per-request limits; it
+        leaves with ``deadline_ms``, its deadline on the flow's clock.
 
         :raises InvalidParameterError: a request the flow refuses; the error reply says why
             (``RequestLimitError`` names the limit).
@@ -266,7 +267,9 @@ class QueryFanout:
             if doc.embedding is not None and dim is not None and doc.embedding.size != dim:
                 raise InvalidParameterError(f"query document {doc.id!r} is a vector of {doc.embedding.size} values; "
                                             f"this flow's model produces {dim}-d vectors")
-        self._limits.check_deadline(request.deadline_ms, time.time() * 1000)
+        now_ms = time.time() * 1000
+        self._limits.check_deadline(request.deadline_ms, now_ms)  # as the client's clock said (skew allowed)
+        self._limits.check_deadline(deadline_ms, now_ms)
         params = SearchParameters.parse(request.parameters, self._defaults)
         # Also parses the operations: a QueryLanguageError now, not on every shard.
         self._limits.check(params, queries=len(request.docs), after=request.min_offsets, fields=self._fields,
@@ -275,7 +278,8 @@ class QueryFanout:
             raise InvalidParameterError(f"index_type {describe(params.index_type)}; known: {', '.join(INDEX_TYPES)}")
         # The shards and the joiner see the fields explicitly: every field when none is chosen.
         selected = list(params.filter_by or self._fields) or None
-        return dataclasses.replace(request, parameters={**params.to_dict(), "filter_by": selected})
+        return dataclasses.replace(request, deadline_ms=deadline_ms,
+                                   parameters={**params.to_dict(), "filter_by": selected})
 
     def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
         return error_reply(record, error)
