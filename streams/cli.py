@@ -18,7 +18,8 @@ from confluent_kafka import KafkaException
 
 from processors.query.limits import REQUEST_LIMITS
 from streams.admin import check_broker, ensure_topics
-from streams.exceptions import EXIT_CONFIG, BrokerError, RequestTimeoutError, StateConfigError, StreamsearchError
+from streams.exceptions import (EXIT_CONFIG, BrokerError, RequestExpiredError, RequestTimeoutError, StateConfigError,
+                                StreamsearchError)
 from streams.flow import load_flow, with_state_dir
 from streams.kafka import KafkaSettings
 from streams.local.brokers import BrokerKind
@@ -228,14 +229,15 @@ def _flow_kafka(flow: str) -> dict[str, Any] | None:
 @main.command("index")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
-@click.option("--wait", is_flag=True, help="Return once every shard has applied the documents: searchable (read-your-writes).")
+@click.option("--wait", is_flag=True, help="Return once every shard has applied the documents: searchable (read-your-writes); "
+                   "exit 1 naming those a stage dead-lettered on the way.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="With --wait: give up after S seconds.")
 @one_line_errors
 def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
     """Index a JSONL file of {"id", "text", ...} objects into a running flow; "text" is optional
     when the flow maps fields (e.g. {"id": "10", "title": ..., "summary": ...})."""
     from streams.corpora import read_jsonl
-    from streams.progress import dead_lettered, wait_searchable
+    from streams.progress import wait_searchable
 
     # A flow YAML says which fields it maps; a bare name does not, so any string field may do.
     fields = load_flow(flow).fields if flow.endswith((".yml", ".yaml")) else None
@@ -246,16 +248,23 @@ def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
         if wait:
             click.echo("waiting until every shard has applied them ...", err=True)
             try:
-                reply = wait_searchable(client, receipt, timeout=timeout)
+                searchable = wait_searchable(client, receipt, timeout=timeout)
             except RequestTimeoutError as exc:
                 raise StreamsearchError(f"{exc}; raise --timeout, or see `streamsearch status`") from exc
+            reply, letters = searchable.reply, searchable.dead_letters
             version = f" by index version {reply.version}" if reply is not None else ""
-            refused = dead_lettered(client.settings, client.topics, receipt, [doc.id for doc in docs])
-            click.echo(f"{receipt.count - len(refused)} documents searchable{version}")
-            if refused:
-                raise StreamsearchError(
-                    f"{len(refused)} of {receipt.count} documents were dead-lettered, not indexed; the first: "
-                    f"{refused[0].message} (all: `streamsearch dead-letters --flow {flow}`)")
+            click.echo(f"{receipt.count - len(letters)} documents searchable{version}")
+            if letters:
+                raise StreamsearchError(_dead_lettered(letters, receipt.count, flow))
+
+
+def _dead_lettered(letters: list[Any], count: int, flow: str) -> str:
+    """One line naming the documents a stage dead-lettered on the way, and why."""
+    shown = "; ".join(f"{(letter.key or b'').decode(errors='replace')!r} by {letter.stage}: {letter.error_class}: "
+                      f"{letter.message[:200]}" for letter in letters[:3])
+    more = f"; and {len(letters) - 3} more" if len(letters) > 3 else ""
+    return (f"{len(letters)} of {count} documents were dead-lettered on the way and are not searchable: {shown}{more} "
+            f"(`streamsearch dead-letters --flow {flow}`)")
 
 
 @main.command("search")
@@ -279,6 +288,8 @@ def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: t
                                   index_type=index_type)
         except ValueError as exc:  # refused before sending: a blank text, a timeout over the limit
             raise StreamsearchError(str(exc)) from None
+        except RequestExpiredError:  # answered: the flow says why
+            raise
         except RequestTimeoutError as exc:  # a flow that does not run, or a deadline too short for it?
             raise StreamsearchError(why_no_reply(client.settings, client.topics, timeout)
                                     .replace("raise the timeout", "raise --timeout")) from exc

@@ -231,9 +231,9 @@ def test_index_wait_never_counts_a_document_that_yields_nothing_to_index(flow_di
     assert indexed.returncode == 1, indexed
     assert indexed.stdout.splitlines()[-1] == "2 documents searchable by index version 1", indexed.stdout
     assert indexed.stderr.strip().splitlines()[-1] == (
-        "streamsearch: error: 1 of 3 documents were dead-lettered, not indexed; the first: document 'blank' has "
-        "nothing to index: it has no text to embed and no embedding; no search could ever find it "
-        "(all: `streamsearch dead-letters --flow clia`)"), indexed.stderr
+        "streamsearch: error: 1 of 3 documents were dead-lettered on the way and are not searchable: 'blank' by "
+        "encode: BadDocumentError: document 'blank' has nothing to index: it has no text to embed and no embedding; "
+        "no search could ever find it (`streamsearch dead-letters --flow clia`)"), indexed.stderr
     found = _cli(flow_dir.folder, "search", "Ok", "--flow", "clia", "--top-k", "1")
     assert found.returncode == 0 and found.stdout.strip().splitlines()[1].split()[-1] == "toast", found.stdout
 
