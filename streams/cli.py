@@ -18,6 +18,7 @@ from confluent_kafka import KafkaException
 
 from streams.admin import check_broker, ensure_topics
 from streams.exceptions import EXIT_CONFIG, BrokerError, RequestTimeoutError, StateConfigError, StreamsearchError
+from streams.extras import require_stage_extras
 from streams.flow import load_flow, with_state_dir
 from streams.kafka import KafkaSettings
 from streams.local.brokers import BrokerKind
@@ -89,6 +90,7 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
     or one stage joining a running flow (``--replicas N`` adds N supervised consumers)."""
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
+    require_stage_extras(flow, [stage] if stage else None)  # one line, not stage processes dying on an import
     if stage in (None, "encode", "index"):  # a join or segment container need not hold the model
         flow.check_dimensions()  # before a broker starts: one line, not a dead letter per document
     if stage is not None:
@@ -420,12 +422,13 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
            state_dir: Path | None) -> None:
     """Rebuild the index from <flow>.encoded (no re-encoding); the index stage must be stopped."""
     from streams.local.runtime import durable_local_broker
-    from streams.replay import replay_index
 
     if from_beginning and from_timestamp:
         raise click.UsageError("--from-beginning and --from-timestamp exclude each other")
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
+    require_stage_extras(flow, [stage])
+    from streams.replay import replay_index  # the shard's FAISS and RocksDB: after the check that names their extra
     logging.getLogger("streams").setLevel(logging.WARNING)
     with durable_local_broker(flow, flow_path) as broker:  # the flow may be stopped: its broker with it
         settings = KafkaSettings(broker.bootstrap_servers, {**broker.extra, "logger": _quiet_librdkafka()})

@@ -13,7 +13,6 @@ import io
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
 import fastavro
@@ -22,6 +21,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from processors.document import Direction, Document, Score, validate_document
 from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
+from streams.resources import SCHEMAS
 
 __all__ = [
     "DECODE_LIMITS",
@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 SCHEMA_HEADER = "ss-schema"
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
 T = TypeVar("T")
 
@@ -89,7 +88,7 @@ DECODE_LIMITS = DecodeLimits.from_env()
 
 @dataclass(slots=True)
 class Request:
-    """A request envelope (see ``schemas/request.avsc``)."""
+    """A request envelope (see ``streams/schemas/request.avsc``)."""
 
     request_id: str
     kind: str
@@ -138,7 +137,7 @@ def _load_schemas() -> dict[str, Any]:
     parsed = {}
     for name in ("document", "request", "partial_result", "search_reply", "stage_status", "serving_version",
                  "version_build"):
-        with open(SCHEMA_DIR / f"{name}.avsc") as f:
+        with open(SCHEMAS / f"{name}.avsc") as f:
             parsed[name] = fastavro.parse_schema(json.load(f), named_schemas=named)
     return parsed
 
