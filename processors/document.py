@@ -19,9 +19,9 @@ import numpy as np
 from processors.exceptions import InvalidDocumentError
 
 __all__ = [
-    "Direction", "Score", "Document", "traverse", "copy_tree",
-    "MAX_EMBEDDING_MAGNITUDE", "MAX_ID_BYTES", "validate_document", "validate_embedding", "validate_id",
-    "validate_text",
+    "Direction", "Score", "Document", "TagValue", "traverse", "copy_tree",
+    "MAX_EMBEDDING_MAGNITUDE", "MAX_TAG_INTEGER", "MAX_ID_BYTES", "validate_document", "validate_embedding", "validate_id",
+    "validate_tag_value", "validate_text",
 ]
 
 MAX_EMBEDDING_MAGNITUDE = 1e15
@@ -31,6 +31,13 @@ Model outputs are many orders of magnitude smaller."""
 
 MAX_ID_BYTES = 512
 """The longest document id accepted, in UTF-8 bytes (it is the Kafka key and a RocksDB key)."""
+
+MAX_TAG_INTEGER = 2**63 - 1
+"""The largest integer a tag holds (an Avro long); a larger one is refused rather than rounded."""
+
+TagValue = str | bool | int | float
+"""What a tag holds: typed, as JSON wrote it, so that ``tags.minutes__lte: 10`` compares numbers
+(``streams/schemas/document.avsc`` carries the type as a union branch)."""
 
 _ID_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 """C0 and C1 control characters (NUL included), DEL, and surrogates (never valid UTF-8 alone)."""
@@ -70,7 +77,7 @@ class Document:
     blob: bytes | None = None
     uri: str | None = None
     embedding: np.ndarray | None = None
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, TagValue] = field(default_factory=dict)
     field_name: str | None = None
     modality: str | None = None
     weight: float = 1.0
@@ -166,7 +173,7 @@ def _validate_node(node: Document, where: str) -> None:
     validate_text(node.text, name=f"{where}text")
     for key, value in node.tags.items():
         validate_text(key, name=f"{where}tags key {_preview(key)}")
-        validate_text(value, name=f"{where}tags[{_preview(key)}]")
+        validate_tag_value(value, name=f"{where}tags[{_preview(key)}]")
     if node.embedding is not None:
         validate_embedding(node.embedding, f"{where}embedding")
     if not math.isfinite(node.weight):
@@ -178,6 +185,26 @@ def _validate_node(node: Document, where: str) -> None:
         _validate_node(chunk, f"{where}chunks[{i}].")
     for i, match in enumerate(node.matches):
         _validate_node(match, f"{where}matches[{i}].")
+
+
+def validate_tag_value(value: object, *, name: str = "tag") -> None:
+    """Refuse a tag value the wire cannot carry as it is: a string ``validate_text`` refuses, an
+    integer beyond an Avro long, a NaN or infinity, or anything but a string, boolean or number.
+
+    :raises InvalidDocumentError: naming the tag.
+    """
+    if isinstance(value, str):
+        validate_text(value, name=name)
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        if not -MAX_TAG_INTEGER - 1 <= value <= MAX_TAG_INTEGER:
+            raise InvalidDocumentError(f"{name} is an integer beyond +-2**63; write it as a string")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidDocumentError(f"{name} must be a finite number, got {value!r}")
+    else:
+        raise InvalidDocumentError(f"{name} must be a string, boolean or number, got {type(value).__name__}")
 
 
 def validate_embedding(value: object, name: str = "embedding") -> None:

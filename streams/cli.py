@@ -16,8 +16,10 @@ from typing import Any, Callable
 import click
 from confluent_kafka import KafkaException
 
+from processors.query.limits import REQUEST_LIMITS
 from streams.admin import check_broker, ensure_topics
-from streams.exceptions import EXIT_CONFIG, BrokerError, RequestTimeoutError, StateConfigError, StreamsearchError
+from streams.exceptions import (EXIT_CONFIG, BrokerError, RequestExpiredError, RequestTimeoutError, StateConfigError,
+                                StreamsearchError)
 from streams.extras import require_stage_extras
 from streams.flow import load_flow, with_state_dir
 from streams.kafka import KafkaSettings
@@ -61,7 +63,7 @@ BROKER_OPTION = click.option(
 
 @main.command("hello-world")
 @click.option("--limit", default=1000, show_default=True, help="Docstrings to index.")
-@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: deploy/flows/hello.yml).")
+@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: the example flow hello.yml, streams/flows/).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Where shard state and stage logs go.")
 @click.option("--port", default=0, show_default="a free port", help="Port of the search page and HTTP API.")
 @click.option("--serve/--no-serve", default=None,
@@ -229,7 +231,8 @@ def _flow_kafka(flow: str) -> dict[str, Any] | None:
 @main.command("index")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
-@click.option("--wait", is_flag=True, help="Return once every shard has applied the documents: searchable (read-your-writes).")
+@click.option("--wait", is_flag=True, help="Return once every shard has applied the documents: searchable (read-your-writes); "
+                   "exit 1 naming those a stage dead-lettered on the way.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="With --wait: give up after S seconds.")
 @one_line_errors
 def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
@@ -247,17 +250,30 @@ def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
         if wait:
             click.echo("waiting until every shard has applied them ...", err=True)
             try:
-                reply = wait_searchable(client, receipt, timeout=timeout)
+                searchable = wait_searchable(client, receipt, timeout=timeout)
             except RequestTimeoutError as exc:
                 raise StreamsearchError(f"{exc}; raise --timeout, or see `streamsearch status`") from exc
+            reply, letters = searchable.reply, searchable.dead_letters
             version = f" by index version {reply.version}" if reply is not None else ""
-            click.echo(f"{receipt.count} documents searchable{version}")
+            click.echo(f"{receipt.count - len(letters)} documents searchable{version}")
+            if letters:
+                raise StreamsearchError(_dead_lettered(letters, receipt.count, flow))
+
+
+def _dead_lettered(letters: list[Any], count: int, flow: str) -> str:
+    """One line naming the documents a stage dead-lettered on the way, and why."""
+    shown = "; ".join(f"{(letter.key or b'').decode(errors='replace')!r} by {letter.stage}: {letter.error_class}: "
+                      f"{letter.message[:200]}" for letter in letters[:3])
+    more = f"; and {len(letters) - 3} more" if len(letters) > 3 else ""
+    return (f"{len(letters)} of {count} documents were dead-lettered on the way and are not searchable: {shown}{more} "
+            f"(`streamsearch dead-letters --flow {flow}`)")
 
 
 @main.command("search")
 @click.argument("text")
 @click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
-@click.option("--top-k", type=int, default=None, help="Documents to return (flow default if unset).")
+@click.option("--top-k", type=int, default=None,
+              help=f"Documents to return, 1..{REQUEST_LIMITS.max_top_k} (max_top_k); the flow's default if unset.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Deadline in seconds.")
 @click.option("--filter-by", multiple=True, help="Search only this field (repeatable; multi-field flows).")
 @click.option("--index-type", default=None, help="Shard index to answer from: flat, hnsw, ivf, ivf_pq.")
@@ -274,11 +290,15 @@ def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: t
                                   index_type=index_type)
         except ValueError as exc:  # refused before sending: a blank text, a timeout over the limit
             raise StreamsearchError(str(exc)) from None
+        except RequestExpiredError:  # answered: the flow says why
+            raise
         except RequestTimeoutError as exc:  # a flow that does not run, or a deadline too short for it?
             raise StreamsearchError(why_no_reply(client.settings, client.topics, timeout)
                                     .replace("raise the timeout", "raise --timeout")) from exc
     if reply.errors:
         raise StreamsearchError("; ".join(reply.errors))
+    for warning in reply.warnings:  # a short but good result: said, and the matches shown
+        click.echo(f"streamsearch: warning: {warning}", err=True)
     click.echo(format_reply(text, reply))
     scored = sorted({f"{m.scores['score'].op_name} ({m.scores['score'].direction.value})"
                      for doc in reply.docs for m in doc.matches if "score" in m.scores})
@@ -553,7 +573,7 @@ def _epoch_ms(value: str) -> int:
 
 @main.command("eval")
 @click.option("--beir", "beir_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: deploy/flows/beir.yml).")
+@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: the example flow beir.yml, streams/flows/).")
 @click.option("--limit-queries", type=int, default=None, help="Evaluate only the first N test queries.")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None)
 @one_line_errors

@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from processors.document import Document, validate_document
+from processors.document import Document, TagValue, validate_document
 from processors.exceptions import InvalidDocumentError
 from streams.exceptions import StreamsearchError
 
@@ -63,7 +63,8 @@ def _documented(tree: ast.Module, module: str) -> Iterator[tuple[int, str, ast.A
 def read_jsonl(path: Path, *, fields: Sequence[str] | None = None) -> Iterator[Document]:
     """Documents from JSON lines: ``id``, ``text``, an optional ``embedding`` (a list of numbers: a
     pre-embedded document), and other values as tags (the fields a multi-field flow maps, e.g.
-    ``{"id": "10", "title": "...", "summary": "..."}``; numbers kept as their JSON text).
+    ``{"id": "10", "title": "...", "summary": "..."}``; numbers and booleans stay typed, so that
+    a filter ``tags.minutes__lte: 10`` compares numbers).
 
     :param path: the file.
     :param fields: the fields the flow maps (``text`` or tag names); ``()`` for a flow without
@@ -113,20 +114,18 @@ def _row_id(value: object, where: str) -> str:
     raise StreamsearchError(f"{where}: 'id' must be a string (or an integer, taken as a string), got {shown}")
 
 
-def _row_tags(row: dict[str, object], where: str) -> dict[str, str]:
-    """Other values as tags: strings as they are, numbers and booleans as their JSON text, null
-    skipped; a list or object is refused (nothing a user wrote is dropped without a word)."""
+def _row_tags(row: dict[str, object], where: str) -> dict[str, TagValue]:
+    """Other values as tags: strings, numbers and booleans as they are (typed), null skipped; a
+    list or object is refused (nothing a user wrote is dropped without a word)."""
     tags = {}
     for key, value in row.items():
         if key in ("id", "text", "embedding") or value is None:
             continue
-        if isinstance(value, str):
+        if isinstance(value, (str, bool, int, float)):
             tags[key] = value
-        elif isinstance(value, (bool, int, float)):
-            tags[key] = json.dumps(value)
         else:
-            raise StreamsearchError(f"{where}: field {key!r} is a {type(value).__name__}; fields are strings (or "
-                                    "numbers, kept as text), and only 'embedding' may be a list of numbers")
+            raise StreamsearchError(f"{where}: field {key!r} is a {type(value).__name__}; fields are strings, "
+                                    "numbers or booleans, and only 'embedding' may be a list of numbers")
     return tags
 
 

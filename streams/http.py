@@ -37,8 +37,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from processors.document import Document, validate_document, validate_id, validate_text
-from processors.exceptions import InvalidDocumentError
-from streams.client import REPLY_GRACE_S, Client, IndexReceipt
+from processors.exceptions import InvalidDocumentError, InvalidParameterError
+from processors.query.limits import REQUEST_LIMITS
+from streams.client import REPLY_GRACE_S, Client, IndexReceipt, is_expired_reply
 from streams.exceptions import PayloadTooLargeError, StreamsearchError
 from streams.flow import FlowSpec
 from streams.serde import SearchReply
@@ -60,7 +61,7 @@ class DocIn(BaseModel):
 
     id: str = Field(min_length=1)
     text: str
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str | bool | int | float] = Field(default_factory=dict, description="Typed: a number compares as a number.")
 
 
 Offset = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -72,11 +73,12 @@ class SearchIn(BaseModel):
     per-request limits (README, "Per-request limits") and answers 400 naming the one exceeded."""
 
     texts: str | list[str] = Field(min_length=1)
-    top_k: int | None = Field(default=None, ge=1, le=1000)
+    top_k: int | None = Field(default=None, ge=1, description="1..max_top_k (GET /limits); over it: 422 naming the limit",
+                              json_schema_extra={"maximum": REQUEST_LIMITS.max_top_k})
     filter_by: list[str] | None = None
     query_language: list[dict[str, Any]] | None = None
     index_type: str | None = None
-    deadline_s: float | None = Field(default=None, gt=0, le=300, allow_inf_nan=False)
+    deadline_s: float | None = Field(default=None, gt=0, le=REQUEST_LIMITS.max_deadline_s, allow_inf_nan=False)
     after: dict[int, Offset] | None = Field(default=None, description="An index receipt's offsets: read your writes.")
 
 
@@ -105,6 +107,7 @@ def _reply_json(texts: list[str], reply: SearchReply, latency_ms: float) -> dict
         "stale_shards": reply.stale_shards,
         "restoring_shards": reply.restoring_shards,
         "errors": reply.errors,
+        "warnings": reply.warnings,
         "version": reply.version,
         "latency_ms": round(latency_ms, 1),
     }
@@ -289,6 +292,11 @@ def create_app(
             return _AsciiJSONResponse({"detail": detail, "flow": client.topics.flow, "fields": fields},
                                       status.HTTP_503_SERVICE_UNAVAILABLE)
 
+    @api.get("/limits")
+    async def limits() -> dict[str, float]:
+        """The per-request limits the flow applies (``RequestLimits``): the page bounds its inputs by them."""
+        return dataclasses.asdict(REQUEST_LIMITS)
+
     @api.post("/index", status_code=status.HTTP_202_ACCEPTED)
     async def index(body: DocIn | list[DocIn]) -> dict[str, Any]:
         """Upsert one document or a list; 202 once the broker has them (searchable moments later).
@@ -340,6 +348,11 @@ def create_app(
                 validate_text(text, name=name)
         except InvalidDocumentError as exc:
             raise _refused(exc) from exc
+        if body.top_k is not None:
+            try:
+                REQUEST_LIMITS.check_count("top_k", body.top_k)
+            except InvalidParameterError as exc:  # what the flow would answer, without the round trip
+                raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
         deadline_s = body.deadline_s or client.timeout_s
         parameters = {"query_language": body.query_language} if body.query_language is not None else None
         started = time.perf_counter()
@@ -364,8 +377,9 @@ def create_app(
         except (StreamsearchError, KafkaException) as exc:
             raise _unavailable(exc) from exc
         payload = _reply_json(texts, reply, (time.perf_counter() - started) * 1000)
-        if reply.errors:
-            return _AsciiJSONResponse({"detail": "; ".join(reply.errors), **payload}, status.HTTP_400_BAD_REQUEST)
+        if reply.errors:  # refused (400), or taken up after its deadline (504)
+            code = status.HTTP_504_GATEWAY_TIMEOUT if is_expired_reply(reply) else status.HTTP_400_BAD_REQUEST
+            return _AsciiJSONResponse({"detail": "; ".join(reply.errors), **payload}, code)
         if reply.missing_shards:
             return _AsciiJSONResponse({"detail": f"shards {reply.missing_shards} missed the deadline", **payload},
                                       status.HTTP_504_GATEWAY_TIMEOUT)

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from processors.document import Direction, Document, Score
@@ -28,7 +28,7 @@ from streams import headers as h
 from streams.exceptions import InvalidRecordError, ReplyTopicError
 from streams.flow import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.metrics import QUERY_SECONDS, REPLIES
-from streams.query import decode_live
+from streams.query import ExpiredRequests, decode_live, split_expired
 from streams.serde import PARTIAL_RESULT, SEARCH_REPLY, PartialResult, SearchReply
 from streams.stage import Inbound, Output
 from streams.topics import FlowTopics
@@ -102,6 +102,7 @@ class Joiner:
         self.evaluations = RunningStats()
         self.replies = 0
         self.partial_replies = 0
+        self._expired = ExpiredRequests(flow=flow, stage="join")
 
     MAX_PENDING = 10_000
     """Requests held at once; past this, the one due first is answered now, partial (load shedding:
@@ -111,10 +112,11 @@ class Joiner:
         # Everything decoded and checked before any state changes: the loop retries a failed batch
         # record by record, and a request completed (and remembered as replied) by the first try
         # would never be answered.
-        parts = list(decode_live(records, PARTIAL_RESULT))
+        live, expired = split_expired(records)
+        parts = list(decode_live(live, PARTIAL_RESULT))
         for _, part in parts:
             self._check(part)
-        outputs = []
+        outputs = self._answer_expired(expired)
         for record, part in parts:
             if part.request_id in self._replied:
                 continue
@@ -128,6 +130,26 @@ class Joiner:
             if pending.complete:
                 outputs.append(self._reply(pending))
         return outputs
+
+    def _answer_expired(self, records: list[Inbound]) -> list[Output]:
+        """Parts that came after their deadline, of a request this joiner never held (it was
+        behind, or restarting): answer the request once, with the error, rather than never."""
+        outputs: list[Output] = []
+        now_ms = time.time() * 1000
+        for record in records:
+            raw_id = record.headers.get(h.REQUEST_ID)
+            request_id = raw_id.decode(errors="replace") if raw_id else None
+            if request_id is None or request_id in self._replied or request_id in self._pending:
+                continue
+            self._remember_replied(request_id)
+            deadline_ms = h.read_int(record.headers, h.DEADLINE_MS)
+            outputs.extend(self._expired.answer(record, now_ms if deadline_ms is None else deadline_ms, now_ms))
+        return outputs
+
+    def _remember_replied(self, request_id: str) -> None:
+        self._replied[request_id] = None
+        while len(self._replied) > REMEMBER_REPLIED:
+            self._replied.popitem(last=False)
 
     def _check(self, part: PartialResult) -> None:
         """Refuse a part no stage of this flow writes: it would make the joiner expect parts that
@@ -169,9 +191,7 @@ class Joiner:
 
     def _reply(self, pending: PendingRequest) -> Output:
         del self._pending[pending.request_id]
-        self._replied[pending.request_id] = None
-        while len(self._replied) > REMEMBER_REPLIED:
-            self._replied.popitem(last=False)
+        self._remember_replied(pending.request_id)
         try:
             reply = build_reply(pending, self.evaluations, self._operations)
         except Exception as exc:  # a reply with the error beats no reply: the client would hang
@@ -199,7 +219,7 @@ def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
     apply the join stage's query language, cut to top_k; evaluate against ground truth when
     the request carries it."""
     parts = [pending.parts[key] for key in sorted(pending.parts, key=lambda k: (k[0], k[1] or ""))]
-    # A part can carry both matches and an error (a shard's window limit): its matches still count.
+    # A part can carry both matches and a warning (a shard's window limit): its matches count.
     answered = [p for p in parts if p.docs]
     template = pending.opening or (answered[0] if answered else None)
     params = SearchParameters.parse(template.parameters) if template else SearchParameters()
@@ -209,8 +229,14 @@ def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
         lists = [part.docs[i].matches for part in answered if i < len(part.docs)]
         query.matches = merge_matches(lists, sum(len(m) for m in lists) if ops else params.top_k)
         docs.append(query)
+    warnings = [p.warning for p in parts if p.warning]
     if ops:
+        # the queries some shard cut at top_k: only there may a filter have missed documents
+        merged = {doc.id: len(doc.matches) for i, doc in enumerate(docs)
+                  if any(i < len(part.docs) and len(part.docs[i].matches) >= params.top_k for part in answered)}
         docs = [dataclasses.replace(doc, matches=doc.matches[: params.top_k]) for doc in apply_operations(docs, ops)]
+        if any(op.operator == "filter" for op in ops):
+            warnings += _filtered_short(docs, merged, params.top_k)
     if params.ground_truth:
         _evaluate(docs, params, stats if stats is not None else RunningStats())
     missing = pending.missing if pending.expected else []
@@ -222,7 +248,19 @@ def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
         stale_shards=sorted({p.shard for p in parts if p.stale}),
         errors=[p.error for p in parts if p.error],
         restoring_shards=sorted({p.shard for p in parts if p.restoring}),
+        warnings=warnings,
     )
+
+
+def _filtered_short(docs: Sequence[Document], merged: Mapping[str, int], top_k: int) -> list[str]:
+    """A warning per query that a join-stage filter left with fewer than ``top_k`` matches, when
+    a shard had cut its matches at top_k (``merged`` holds those queries, with the matches merged):
+    the filter ran after that cut, so more documents that pass it may exist. A filter at the index
+    stage runs before the cut and widens the window."""
+    return [f"join: a join-stage filter kept {len(doc.matches)} of the {merged[doc.id]} documents the shards "
+            f"sent for {doc.id}, fewer than top_k={top_k}; it ran after each shard's top-k cut, so more may "
+            f"match: give the filter \"stage\": \"index\" to filter before the cut"
+            for doc in docs if doc.id in merged and len(doc.matches) < top_k and len(doc.matches) < merged[doc.id]]
 
 
 def _evaluate(docs: list[Document], params: SearchParameters, stats: RunningStats) -> None:

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from streams.topics import RECORD_OVERHEAD_BYTES
 from streams.exceptions import DeliveryError, KafkaConfigError
+from streams.partitioner import LIBRDKAFKA_PARTITIONER
 
 __all__ = ["UNKNOWN_TOPIC_ERRORS", "KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "fetch_high_watermarks", "Header", "headers_of",
            "DeliveryFailure", "PERMANENT_DELIVERY_ERRORS", "record_size",
@@ -160,7 +161,6 @@ class StageProducer:
             # query would otherwise wait this long before its record leaves.
             "linger.ms": 0,
             "message.max.bytes": 16 * 1024 * 1024,
-            "partitioner": "murmur2_random",  # the Java client's partitioner: same keys, same partitions
             # A topic the cluster says does not exist fails its records after this wait (librdkafka's
             # default is 30 s, for topics just created elsewhere). Every topic a stage or client
             # writes was created and seen on every broker first (``ensure_topics``), except a reply
@@ -171,7 +171,8 @@ class StageProducer:
             # with auto.create.topics.enable (Apache Kafka's default).
             "allow.auto.create.topics": False,
             **overrides,
-            **settings.base(),  # the user's settings win over our defaults
+            **settings.base(),  # the user's settings win over our defaults, but not over the partitioner:
+            "partitioner": LIBRDKAFKA_PARTITIONER,  # an id on another partition of ingest is refused
         }
         self._producer: Producer | None = None
         self._failures: list[DeliveryFailure] = []
@@ -194,11 +195,13 @@ class StageProducer:
         headers: Sequence[Header] = (),
         on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
         best_effort: bool = False,
+        timestamp: int | None = None,
     ) -> None:
         """Queue a record; waits (serving callbacks) while the local queue is full.
 
         :param best_effort: a failure to deliver this record is only reported to ``on_delivery``,
             never raised by ``flush`` (a reply to a client that has gone).
+        :param timestamp: its CreateTime in epoch ms (None: librdkafka's clock now).
         """
 
         def report(err: KafkaError | None, msg: Message) -> None:
@@ -210,6 +213,8 @@ class StageProducer:
         kwargs: dict[str, Any] = {"value": value, "key": key, "headers": list(headers), "on_delivery": report}
         if partition is not None:
             kwargs["partition"] = partition
+        if timestamp is not None:
+            kwargs["timestamp"] = timestamp
         while True:
             try:
                 self.raw.produce(topic, **kwargs)

@@ -28,8 +28,8 @@ from streams.dead_letters import DeadLetter, read_dead_letters
 from streams.exceptions import FlowConfigError, RequestTimeoutError, StreamsearchError
 from streams.flow import FlowSpec
 from streams.kafka import KafkaSettings, consume_batch, fetch_high_watermarks, make_consumer
-from streams.serde import STAGE_STATUS, SearchReply
-from streams.status import STALE_AFTER_S
+from streams.serde import SearchReply
+from streams.status import STALE_AFTER_S, decode_report
 from streams.versions import ServingVersion, publish_build, publish_serving, read_builds, read_serving
 
 __all__ = ["ReindexPlan", "ReindexResult", "plan_reindex", "index_path_dead_letters", "switch_when_caught_up",
@@ -175,8 +175,8 @@ class _ShardReports:
 
     def applied_ingest_offsets(self) -> dict[int, int]:
         for msg in consume_batch(self._consumer, max_records=500, timeout=0.1):
-            if msg.error() is None and msg.value() is not None:
-                self._latest[msg.key()] = STAGE_STATUS.decode(msg.value())
+            if msg.error() is None and msg.value() is not None and (report := decode_report(msg)) is not None:
+                self._latest[msg.key()] = report
         fresh_after = time.time() * 1000 - STALE_AFTER_S * 1000
         applied: dict[int, int] = {}
         for report in self._latest.values():

@@ -111,6 +111,8 @@ class PartialResult:
     parameters: dict[str, Any]
     docs: list[Document]
     error: str | None = None
+    warning: str | None = None
+    """Why this part is short though it answered (not an error: its matches count)."""
     stale: bool = False
     field_name: str | None = None
     expected_fields: list[str] = field(default_factory=list)
@@ -128,6 +130,8 @@ class SearchReply:
     stale_shards: list[int]
     errors: list[str]
     restoring_shards: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Why a query has fewer than top_k matches though every shard answered: not an error."""
     version: int = 1
     """The index version that answered (``FlowTopics``): a reindex switches it."""
 
@@ -143,6 +147,16 @@ def _load_schemas() -> dict[str, Any]:
 
 
 _PARSED = _load_schemas()
+
+EARLIER_SCHEMAS: Mapping[str, tuple[str, ...]] = {"document": ("document-1",)}
+"""Earlier writer schemas (``streams/schemas/earlier/<name>.avsc``) a codec still reads, resolved to the
+current one: records kept in ``<flow>.ingest``, ``<flow>.encoded`` and a shard's store outlive
+an upgrade. document-1 held tags as strings only."""
+
+
+def _load_earlier(name: str) -> Any:
+    with open(SCHEMAS / "earlier" / f"{name}.avsc") as f:
+        return fastavro.parse_schema(json.load(f), named_schemas={})
 
 
 # -- dataclass <-> Avro dicts ------------------------------------------------------------------
@@ -252,6 +266,7 @@ def _partial_to_avro(p: PartialResult) -> dict[str, Any]:
         "parameters": _params_to_avro(p.parameters),
         "docs": [doc_to_avro(d) for d in p.docs],
         "error": p.error,
+        "warning": p.warning,
         "stale": p.stale,
         "restoring": p.restoring,
     }
@@ -267,6 +282,7 @@ def _partial_from_avro(rec: dict[str, Any]) -> PartialResult:
         parameters=_params_from_avro(rec["parameters"]),
         docs=[doc_from_avro(d) for d in rec["docs"]],
         error=rec["error"],
+        warning=rec["warning"],
         stale=rec["stale"],
         field_name=rec["field_name"],
         expected_fields=list(rec["expected_fields"]),
@@ -283,6 +299,7 @@ def _reply_to_avro(r: SearchReply) -> dict[str, Any]:
         "stale_shards": r.stale_shards,
         "restoring_shards": r.restoring_shards,
         "errors": r.errors,
+        "warnings": r.warnings,
         "version": r.version,
     }
 
@@ -296,6 +313,7 @@ def _reply_from_avro(rec: dict[str, Any]) -> SearchReply:
         stale_shards=list(rec["stale_shards"]),
         errors=list(rec["errors"]),
         restoring_shards=list(rec["restoring_shards"]),
+        warnings=list(rec["warnings"]),
         version=rec["version"],
     )
 
@@ -560,6 +578,12 @@ class Codec(Generic[T]):
         self._to_avro = to_avro
         self._from_avro = from_avro
         self._scan_root = _compile(self.schema, self.schema.get("__named_schemas", {}), {})
+        self._earlier: dict[str, tuple[Any, tuple[Any, ...]]] = {}
+        """Earlier writer schemas by fingerprint, with their pre-scan trees."""
+        for name in EARLIER_SCHEMAS.get(schema_name, ()):
+            earlier = _load_earlier(name)
+            self._earlier[fingerprint(to_parsing_canonical_form(earlier), "CRC-64-AVRO")] = (
+                earlier, _compile(earlier, earlier.get("__named_schemas", {}), {}))
 
     def encode(self, value: T) -> bytes:
         buffer = io.BytesIO()
@@ -575,14 +599,28 @@ class Codec(Generic[T]):
         :raises SerdeError: on a foreign fingerprint, truncated or malformed bytes.
         :raises InvalidDocumentError: for a value the codec's validation refuses.
         """
+        writer, scan_root = self.schema, self._scan_root
         if fingerprint_header is not None:
             seen = fingerprint_header.decode() if isinstance(fingerprint_header, bytes) else fingerprint_header
             if seen != self.fingerprint:
-                raise SerdeError(f"record written with schema {seen}, expected {self.schema['name']} {self.fingerprint}")
-        _prescan(data, self._scan_root, limits or DECODE_LIMITS, self.schema["name"])
+                if seen not in self._earlier:
+                    raise SerdeError(f"record written with schema {seen}, expected {self.schema['name']} "
+                                     f"{self.fingerprint}")
+                writer, scan_root = self._earlier[seen]
+        return self._decode(data, writer, scan_root, limits)
+
+    def decode_earliest(self, data: bytes, *, limits: DecodeLimits | None = None) -> T:
+        """Decode a headerless record written with the first schema of this type (an earlier one
+        if there is one): what a shard stored before its values carried a format byte."""
+        writer, scan_root = next(iter(self._earlier.values()), (self.schema, self._scan_root))
+        return self._decode(data, writer, scan_root, limits)
+
+    def _decode(self, data: bytes, writer: Any, scan_root: tuple[Any, ...], limits: DecodeLimits | None) -> T:
+        _prescan(data, scan_root, limits or DECODE_LIMITS, self.schema["name"])
         buffer = io.BytesIO(data)
+        reader = None if writer is self.schema else self.schema
         try:
-            value = self._from_avro(fastavro.schemaless_reader(buffer, self.schema, None))
+            value = self._from_avro(fastavro.schemaless_reader(buffer, writer, reader))
         except Exception as exc:  # fastavro raises many types on garbage input
             raise SerdeError(f"malformed {self.schema['name']} record: {type(exc).__name__}: {exc}") from exc
         if buffer.tell() != len(data):
@@ -603,9 +641,30 @@ def _validate_docs(value: Request | PartialResult) -> None:
 
 
 DOCUMENT: Codec[Document] = Codec("document", doc_to_avro, doc_from_avro, validate_document)
-STORED_DOCUMENT: Codec[Document] = Codec("document", doc_to_avro, doc_from_avro)
-"""A shard's own stored documents: validated when they entered (``DOCUMENT``), not on every read,
-so that what a shard stores never decides whether it can read it back."""
+class StoredDocumentCodec:
+    """A shard's own stored documents: validated when they entered (``DOCUMENT``), not on every read,
+    so that what a shard stores never decides whether it can read it back.
+
+    A value is :data:`STORED_FORMAT` then the current schema's bytes. A value without it was
+    stored before typed tags, with ``streams/schemas/earlier/document-1.avsc``: such a record starts with
+    its id's length, a zigzag varint whose first byte is always even, so never this odd byte.
+    """
+
+    def __init__(self) -> None:
+        self._codec: Codec[Document] = Codec("document", doc_to_avro, doc_from_avro)
+
+    def encode(self, doc: Document) -> bytes:
+        return STORED_FORMAT + self._codec.encode(doc)
+
+    def decode(self, data: bytes, *, limits: DecodeLimits | None = None) -> Document:
+        if data[:1] == STORED_FORMAT:
+            return self._codec.decode(data[1:], limits=limits)
+        return self._codec.decode_earliest(data, limits=limits)
+
+
+STORED_FORMAT = b"\x01"
+"""The first byte of a stored document written with the current Document schema."""
+STORED_DOCUMENT = StoredDocumentCodec()
 REQUEST: Codec[Request] = Codec("request", _request_to_avro, _request_from_avro, _validate_docs)
 PARTIAL_RESULT: Codec[PartialResult] = Codec("partial_result", _partial_to_avro, _partial_from_avro, _validate_docs)
 SEARCH_REPLY: Codec[SearchReply] = Codec("search_reply", _reply_to_avro, _reply_from_avro)

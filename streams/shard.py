@@ -21,6 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING
 
 from processors.document import Document, copy_tree
 from processors.index.base import Change
+from processors.index.compound import CompoundIndexer
 from processors.query.operators import Operation
 from processors.exceptions import InvalidParameterError
 from processors.query.limits import REQUEST_LIMITS
@@ -82,24 +83,79 @@ class ShardIngest:
         if verdict is Verdict.CAUGHT_UP:
             self._log_restored(partition)
         elif verdict is Verdict.BEYOND_END:
-            return self.out_of_range(partition, f"stored offset {checkpoint.encoded_offset} is past the end of "
-                                                f"{self._topics.encoded} (high watermark {high})")
+            self._rebuild(partition, f"stored offset {checkpoint.encoded_offset} is past the end of "
+                                     f"{self._topics.encoded} (high watermark {high})")
+            return OFFSET_BEGINNING
         return None
 
     def end_reached(self, partition: int) -> None:
         if self._states.restore.end_reached(partition):
             self._log_restored(partition)
 
-    def out_of_range(self, partition: int, why: str = "the broker answered OFFSET_OUT_OF_RANGE") -> int:
-        """The topic no longer holds what the shard applied: rebuild it from the beginning, keeping
-        the old state aside (the topic cannot give it back) rather than deleting it."""
+    def out_of_range(self, partition: int, low: int, high: int) -> int:
+        """The broker answered OFFSET_OUT_OF_RANGE for the shard's position.
+
+        Below the log start (retention or ``delete_records`` removed records the shard had not
+        applied): the shard keeps its state and goes on from the log start. The records in between
+        are gone, so up to that many documents may be missing or stale; the shard says so once in
+        its log and, for as long as it holds that state, in ``status``. Rebuilding instead would
+        lose every document below the new log start, which the topic cannot give back.
+        Past the end (the topic was recreated or truncated), or watermarks unknown: the old state
+        cannot be told apart from the topic's, so it is set aside (never deleted) and the shard
+        rebuilt from the log start.
+
+        :param low: the log start offset the broker reports now (< 0: unknown).
+        :param high: the high watermark the broker reports now (< 0: unknown).
+        :returns: the offset to resume from.
+        """
+        checkpoint = self._states.checkpoint(partition)
+        next_offset = checkpoint.encoded_offset + 1
+        if checkpoint.encoded_offset >= 0 and next_offset < low:
+            return self._skip_to_log_start(partition, checkpoint, low)
+        self._rebuild(partition, f"the broker answered OFFSET_OUT_OF_RANGE for offset {next_offset} of "
+                                 f"{self._topics.encoded} (log start {low}, high watermark {high})")
+        return low if low >= 0 else OFFSET_BEGINNING
+
+    def _skip_to_log_start(self, partition: int, checkpoint: ShardCheckpoint, low: int) -> int:
+        """Keep the state, note the records lost to it, and resume at the log start ``low``."""
+        first = checkpoint.encoded_offset + 1
+        lost = low - first
+        reason = (f"records {first}..{low - 1} of {self._topics.encoded} were deleted (retention or delete_records) "
+                  f"before the shard applied them")
+        noted = dataclasses.replace(checkpoint, encoded_offset=low - 1, missing=checkpoint.missing + lost,
+                                    missing_reason=reason)
+        index = self._note(partition, noted)
+        logger.warning(f"shard {partition}: {reason}: up to {lost} documents may be missing or stale; keeping its "
+                       f"{index.stats().documents} documents and going on from the log start offset {low}. Re-send "
+                       f"those documents, or run `streamsearch reindex` while {self._topics.ingest} still holds them",
+                       extra={"partition": partition, "missing": lost, "log_start": low})
+        return low
+
+    def _rebuild(self, partition: int, why: str) -> None:
+        """Rebuild the shard from the topic, keeping the old state aside (the topic cannot give
+        it back) rather than deleting it, and note its documents as possibly missing."""
+        old = self._states.get(partition)
+        documents = old.stats().documents if old is not None else 0
         self._states.destroy(partition, keep_aside=True)
         aside = self._states.set_aside.get(partition)
-        kept = f"; its previous state is kept at {aside} (delete it when not needed)" if aside else ""
+        kept = ""
+        if documents:
+            kept = (f"; up to {documents} documents it held may be missing (those not in the topic now); its "
+                    f"previous state is kept at {aside} (delete it when not needed)")
+            self._note(partition, ShardCheckpoint(
+                missing=documents, missing_reason=f"{why}: rebuilt from the topic, previous state kept at {aside}"))
         logger.warning(f"shard {partition}: {why}; the topic was recreated or truncated (or the memory-only broker "
                        f"restarted): rebuilding the shard from the beginning of {self._topics.encoded}{kept}",
-                       extra={"partition": partition})
-        return OFFSET_BEGINNING
+                       extra={"partition": partition, "missing": documents})
+
+    def _note(self, partition: int, checkpoint: ShardCheckpoint) -> CompoundIndexer:
+        """Store a checkpoint at once (no change applied), so a restart resumes from it."""
+        index = self._states.get(partition)
+        if index is None:
+            raise RuntimeError(f"shard {partition} is not open on this process")
+        index.apply(changes=[], checkpoint=checkpoint.to_bytes())
+        self._states.set_checkpoint(partition, checkpoint)
+        return index
 
     def _log_restored(self, partition: int) -> None:
         index = self._states.get(partition)
@@ -120,7 +176,8 @@ class ShardIngest:
             report.append({"partition": partition, "documents": stats.documents, "vectors": stats.vectors,
                            "restoring": self._states.restore.is_restoring(partition),
                            "encoded_offset": checkpoint.encoded_offset, "ingest_offset": checkpoint.ingest_offset,
-                           "index_types": list(stats.index_types)})
+                           "index_types": list(stats.index_types), "missing": checkpoint.missing,
+                           "missing_reason": checkpoint.missing_reason})
         return report
 
     def revoked(self, partitions: Sequence[int]) -> None:
@@ -146,7 +203,7 @@ class ShardIngest:
                 else:
                     doc = decode_document(record)
                     changes.append(Change(doc.id, self._only_indexed_fields(doc)))
-            self._apply(partition, changes, part[-1])
+            self._apply(partition, changes, part)
         return []
 
     def _only_indexed_fields(self, doc: Document) -> Document:
@@ -164,20 +221,23 @@ class ShardIngest:
 
     def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
         """Count the bad record as applied, so a restart does not dead-letter it twice."""
-        self._apply(record.partition, [], record)
+        self._apply(record.partition, [], [record])
         return []
 
     def tick(self) -> list[Output]:
         return []
 
-    def _apply(self, partition: int, changes: list[Change], last: Inbound) -> None:
+    def _apply(self, partition: int, changes: list[Change], batch: Sequence[Inbound]) -> None:
+        """Apply ``changes`` with the batch's checkpoint: its last encoded offset, and the highest
+        ingest offset it carries (not the last's: a stage's output order need not follow ingest's)."""
+        last = batch[-1]
         index = self._states.get(partition)
         if index is None:
             raise RuntimeError(f"shard {partition} is not open on this process")
         previous = self._states.checkpoint(partition)
-        checkpoint = ShardCheckpoint(
-            encoded_offset=last.offset,
-            ingest_offset=max(previous.ingest_offset, ingest_offset_of(last, self._topics.ingest)),
+        checkpoint = dataclasses.replace(
+            previous, encoded_offset=last.offset,
+            ingest_offset=max(previous.ingest_offset, *(ingest_offset_of(r, self._topics.ingest) for r in batch)),
         )
         index.apply(changes=changes, checkpoint=checkpoint.to_bytes())
         self._states.set_checkpoint(partition, checkpoint)
@@ -293,7 +353,7 @@ class ShardSearch:
         part = PartialResult(
             request_id=request.request_id, shard=partition, expected_shards=list(range(self._topics.partitions)),
             reply_to=request.reply_to, deadline_ms=request.deadline_ms, parameters=request.parameters,
-            docs=docs, error=notice, stale=stale, field_name=field_name,
+            docs=docs, warning=notice, stale=stale, field_name=field_name,
             expected_fields=list(params.filter_by or []), restoring=restoring,
         )
         return Output(self._topics.partials, PARTIAL_RESULT.encode(part), request.request_id, None,
@@ -304,8 +364,8 @@ class ShardSearch:
         """This shard's top-k per query document: chunk hits ranked to documents, then the
         index stage's query language, the window widened until top_k pass (``WindowedSearch``).
 
-        :returns: the query documents with their matches, and what to report when the window
-            stopped at its limit (None otherwise).
+        :returns: the query documents with their matches, and the warning to give when the window
+            stopped at its limit (None otherwise): the matches are good, there may be more.
         """
         index = self._states.get(partition)
         if index is None:

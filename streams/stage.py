@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams import headers as h
 from streams.checkpoint import Checkpoint, TransactionalCheckpoint
@@ -58,11 +58,14 @@ class Inbound:
     value: bytes | None
     headers: dict[str, bytes]
     timestamp_ms: int = 0
+    log_append_time: bool = False
+    """Whether ``timestamp_ms`` is the broker's (LogAppendTime), not the producer's (CreateTime)."""
 
     @classmethod
     def of(cls, msg: Message) -> Inbound:
+        kind, timestamp = msg.timestamp()
         return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), headers_of(msg),
-                   msg.timestamp()[1])
+                   timestamp, kind == TIMESTAMP_LOG_APPEND_TIME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +115,9 @@ class Restoring(PartitionAware, Protocol):
 
     def end_reached(self, partition: int) -> None: ...
 
-    def out_of_range(self, partition: int) -> int:
-        """The broker said the position is out of range; returns the offset to seek to."""
+    def out_of_range(self, partition: int, low: int, high: int) -> int:
+        """The broker said the position is out of range; given the log start and end offsets it
+        reports now (< 0: unknown), returns the offset to go on from."""
         ...
 
 
@@ -367,7 +371,7 @@ class StageLoop:
     def _poll(self, path: _Path, timeout: float) -> bool:
         messages = consume_batch(path.consumer, max_records=path.spec.batch_size, timeout=timeout)
         self._raise_callback_error()
-        records, ends = [], []
+        records, ends, out_of_range = [], [], []
         for msg in messages:
             err = msg.error()
             if err is None:
@@ -375,11 +379,13 @@ class StageLoop:
             elif err.code() == KafkaError._PARTITION_EOF:
                 ends.append(msg.partition())
             elif err.code() == KafkaError._AUTO_OFFSET_RESET and hasattr(path.spec.handler, "out_of_range"):
-                self._seek(path, msg.topic(), msg.partition(), path.spec.handler.out_of_range(msg.partition()))
+                out_of_range.append((msg.topic(), msg.partition()))
             else:
                 logger.warning("consume error", extra={"stage": self.spec.name, "error": str(err)})
         if records:
             self._take(path, records)
+        for topic, partition in out_of_range:  # after the batch: the handler judges what it has applied
+            self._out_of_range(path, topic, partition)
         end_reached = getattr(path.spec.handler, "end_reached", None)
         for partition in ends if end_reached is not None else ():
             end_reached(partition)  # after the batch: the records before the end are applied
@@ -401,6 +407,23 @@ class StageLoop:
             if seek_to is not None:
                 self._seek(path, tp.topic, tp.partition, seek_to)
 
+    def _out_of_range(self, path: _Path, topic: str, partition: int) -> None:
+        """The broker answered OFFSET_OUT_OF_RANGE; with ``auto.offset.reset: error`` librdkafka then
+        stops fetching the partition, and a seek fails (``_STATE``, "Failed to seek"): the handler
+        chooses where to go on from the log start and end the broker reports now, and the partition
+        is assigned again at that offset (incrementally: the group's assignment is unchanged)."""
+        where = TopicPartition(topic, partition)
+        try:
+            low, high = path.consumer.get_watermark_offsets(where, timeout=10, cached=False)
+        except KafkaException as exc:
+            logger.warning("watermarks not available", extra={"stage": self.spec.name, "error": str(exc)})
+            low, high = -1, -1
+        offset = path.spec.handler.out_of_range(partition, low, high)
+        path.consumer.incremental_unassign([where])
+        path.consumer.incremental_assign([TopicPartition(topic, partition, offset)])
+        logger.info("assigned again after out of range", extra={"stage": self.spec.name, "topic": topic,
+                                                                "partition": partition, "offset": offset})
+
     def _seek(self, path: _Path, topic: str, partition: int, offset: int) -> None:
         path.consumer.seek(TopicPartition(topic, partition, offset))
         logger.info("seeked", extra={"stage": self.spec.name, "topic": topic, "partition": partition, "offset": offset})
@@ -412,7 +435,7 @@ class StageLoop:
             path.checkpoint.begin()  # type: ignore[attr-defined]
         RECORDS_IN.labels(self.spec.flow, self.spec.name, path.spec.topic).inc(len(records))
         verdict = path.inflight.begin(records) if path.inflight is not None else None
-        accepted, killers = [], []
+        accepted, killers, oversized = [], [], []
         for record in records:
             size = len(record.value or b"")
             where = (record.topic, record.partition, record.offset)
@@ -422,14 +445,18 @@ class StageLoop:
                     self._dead_letter(path, record, CrashLoopError(killer))
                     killers.append(record)
             elif size > self.spec.max_payload_bytes:
-                self._dead_letter(path, record, PayloadTooLargeError(
-                    f"{size} bytes exceeds max_payload_bytes={self.spec.max_payload_bytes}"))
+                oversized.append((record, size))
             else:
                 accepted.append(record)
         if killers and path.inflight is not None and not path.transactional:
             path.producer.flush()  # delivered before the rest runs: a later crash must not send them twice
             path.inflight.lettered(killers)
         self._process(path, accepted, isolate=verdict.isolate if verdict else False)
+        # After the batch's outputs: a watermark marker must not overtake the records before it
+        # (a shard would claim an ingest offset whose predecessors it has not applied).
+        for record, size in oversized:
+            self._dead_letter(path, record, PayloadTooLargeError(
+                f"{size} bytes exceeds max_payload_bytes={self.spec.max_payload_bytes}"))
         for record in records:
             path.checkpoint.record(record.topic, record.partition, record.offset)
         self.processed += len(records)

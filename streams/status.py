@@ -14,13 +14,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaError, TopicPartition
+from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.admin import TopicDescription, check_broker, describe_topics, topic_warnings
-from streams.exceptions import BrokerError
+from streams.exceptions import BrokerError, SerdeError, UnknownFlowError
 from streams.flow import STAGE_ORDER, FlowSpec
-from streams.kafka import KafkaSettings, consume_batch, fetch_high_watermarks, make_consumer
+from streams.headers import SCHEMA
+from streams.kafka import KafkaSettings, consume_batch, fetch_high_watermarks, headers_of, make_consumer
 from streams.serde import STAGE_STATUS
 from streams.topics import FlowTopics
 from streams.versions import existing_versions, read_serving
@@ -68,7 +69,8 @@ class FlowStatus:
     brokers: int = 0
     topics: list[TopicDescription] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    """Unsafe topic settings for production (replication 1 on a cluster, unclean leader election)."""
+    """Unsafe topic settings for production (replication 1 on a cluster, unclean leader election),
+    and shards that may be missing documents."""
     note: str | None = None
     """What this report leaves out and why (a flow known by its name only, not its YAML)."""
 
@@ -99,7 +101,8 @@ def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 
     brokers = len(admin.list_topics(timeout=timeout).brokers)
     described = describe_topics(settings, [shape.name for shape in topics.shapes()], timeout=timeout)
     return FlowStatus(flow.name, stages, shards, highs[(topics.dead_letter, 0)], flow.version,
-                      serving.version if serving else 1, brokers, described, topic_warnings(described, brokers))
+                      serving.version if serving else 1, brokers, described,
+                      topic_warnings(described, brokers) + shard_warnings(shards))
 
 
 def collect_status_by_name(settings: KafkaSettings, flow: str, *, timeout: float = 15.0) -> FlowStatus:
@@ -128,7 +131,7 @@ def collect_status_by_name(settings: KafkaSettings, flow: str, *, timeout: float
     brokers = len(admin.list_topics(timeout=timeout).brokers)
     described = describe_topics(settings, [shape.name for shape in topics.shapes()], timeout=timeout)
     return FlowStatus(flow, stages, shards, dead_letters, version, version, brokers, described,
-                      topic_warnings(described, brokers),
+                      topic_warnings(described, brokers) + shard_warnings(shards),
                       note="known by name only: stages that report live, no lag per partition "
                            "(give the flow's YAML for everything `streamsearch status` shows)")
 
@@ -138,18 +141,19 @@ def require_flow(settings: KafkaSettings, topics: FlowTopics, *roles: str, timeo
     (``dead_letter``, ``query``, ... of ``topics.version``). Only ``run`` creates them.
 
     :returns: every topic on the broker and its partition count.
-    :raises BrokerError: naming the broker and the first missing topic, or if it is unreachable.
+    :raises UnknownFlowError: naming the broker and the first missing topic.
+    :raises BrokerError: if the broker is unreachable.
     """
     check_broker(settings, timeout=timeout)
     found = AdminClient(settings.base()).list_topics(timeout=timeout).topics
     existing = {name: len(meta.partitions) for name, meta in found.items() if not meta.error}
     where = settings.bootstrap_servers
     if topics.ingest not in existing:
-        raise BrokerError(f"no flow {topics.flow!r} on {where} (no topic {topics.ingest}); {START_HINT}")
+        raise UnknownFlowError(f"no flow {topics.flow!r} on {where} (no topic {topics.ingest}); {START_HINT}")
     for role in roles:
         name = getattr(topics, role)
         if name not in existing:
-            raise BrokerError(f"flow {topics.flow!r} has no version {topics.version} on {where} (no topic {name}); "
+            raise UnknownFlowError(f"flow {topics.flow!r} has no version {topics.version} on {where} (no topic {name}); "
                               f"{START_HINT}")
     return existing
 
@@ -259,6 +263,21 @@ def _members(admin: AdminClient, group: str) -> int:
         return 0
 
 
+def decode_report(msg: Message) -> dict[str, Any] | None:
+    """A stage's report, or None for one written with another schema (a process of an older
+    release, still on the compacted topic): it is not misread."""
+    try:
+        return STAGE_STATUS.decode(msg.value(), headers_of(msg).get(SCHEMA))
+    except SerdeError:
+        return None
+
+
+def shard_warnings(shards: list[dict[str, Any]]) -> list[str]:
+    """One line per shard that may be missing documents, saying how many and why."""
+    return [f"shard {shard['partition']} may be missing up to {shard['missing']} documents: {shard['missing_reason']}"
+            for shard in shards if shard.get("missing")]
+
+
 def _live_reports(settings: KafkaSettings, topic: str, *, highs_timeout: float) -> list[dict[str, Any]]:
     """The latest report of each stage process, if it is recent."""
     high = fetch_high_watermarks(settings, {topic: 1}, highs_timeout)[(topic, 0)]
@@ -271,8 +290,10 @@ def _live_reports(settings: KafkaSettings, topic: str, *, highs_timeout: float) 
         while position < high and time.monotonic() < deadline:
             for msg in consume_batch(consumer, max_records=500, timeout=0.2):
                 if msg.error() is None and msg.value() is not None:
-                    latest[msg.key()] = STAGE_STATUS.decode(msg.value())
                     position = msg.offset() + 1
+                    report = decode_report(msg)
+                    if report is not None:
+                        latest[msg.key()] = report
     finally:
         consumer.close()
     now_ms = time.time() * 1000

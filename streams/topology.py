@@ -15,7 +15,7 @@ from streams.reply_topics import ReplyTopics
 from streams.shard import ShardIngest, ShardSearch
 from streams.stage import PathSpec, StageSpec
 from streams.state.shards import ShardStates
-from streams.transform import DocumentTransform, TruncationReport
+from streams.transform import DocumentTransform, TruncationReport, require_vectors
 
 __all__ = ["build_stage"]
 
@@ -58,8 +58,8 @@ def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None
                                            f"max_chunks_per_document={flow.max_chunks_per_document}")
             return segmented
 
-        transform = DocumentTransform(run=segment,
-                                      output_topic=topics.segmented, ingest_topic=topics.ingest)
+        transform = DocumentTransform(run=segment, output_topic=topics.segmented, ingest_topic=topics.ingest,
+                                      partitions=topics.partitions)
         return StageSpec(**common, exactly_once=exactly_once,
                          index_path=PathSpec(flow.input_topic(name), group, transform, fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS))
     if name == "encode":
@@ -71,9 +71,10 @@ def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None
         def encode(docs: Sequence[Document]) -> Sequence[Document]:
             result = encoder.run(docs=docs, filter_by=stage.filter_by)
             truncations.record(result.truncated)
-            return result.docs
+            return [require_vectors(doc, fields=flow.fields) for doc in result.docs]
 
-        transform = DocumentTransform(run=encode, output_topic=topics.encoded, ingest_topic=topics.ingest)
+        transform = DocumentTransform(run=encode, output_topic=topics.encoded, ingest_topic=topics.ingest,
+                                      partitions=topics.partitions)
         fanout = QueryFanout(encoder=encoder, topics=topics, defaults=defaults, fields=flow.fields,
                              timeout_s=flow.search.timeout_s, reply_topics=reply_topics)
         return StageSpec(

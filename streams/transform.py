@@ -1,8 +1,9 @@
 """The index path of the stateless stages (segment, encode): Documents in, Documents out.
 
 Output goes to the same partition number as the input, keyed by root document id, so
-partition p of ingest flows, in order, into shard p. Tombstones pass through: a delete
-must reach the shard. Each output carries the source ingest offset.
+partition p of ingest flows, in order, into shard p; a record on a partition other than the
+one its id belongs on (``streams/partitioner.py``) is refused where ingest is read. Tombstones
+pass through: a delete must reach the shard. Each output carries the source ingest offset.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from typing import Any, Callable, Sequence
 
 from processors.document import Document
 from processors.encoders.base import Truncated
+from processors.exceptions import BadDocumentError
 from streams import headers as h
-from streams.exceptions import SerdeError
+from streams.exceptions import InvalidRecordError, SerdeError
 from streams.metrics import TRUNCATED_TEXTS
+from streams.partitioner import LIBRDKAFKA_PARTITIONER, partition_of
 from streams.serde import DOCUMENT
 from streams.stage import Inbound, Output
 
-__all__ = ["DocumentTransform", "TruncationReport", "ingest_offset_of"]
+__all__ = ["DocumentTransform", "TruncationReport", "ingest_offset_of", "require_vectors"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,28 @@ def decode_document(record: Inbound) -> Document:
     return doc
 
 
+def require_vectors(doc: Document, *, fields: Sequence[str] = ()) -> Document:
+    """Refuse an encoded document that holds no vector: the index would count it, and nothing
+    could ever find it (an empty text, or none of the fields a multi-field flow maps).
+
+    :param fields: the fields the flow maps (named in the reason).
+    :raises BadDocumentError: naming the document and why it has nothing to index.
+    """
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if node.embedding is not None:
+            return doc
+        stack.extend(node.chunks)
+    if fields:
+        present = [name for name in ("text", *doc.tags) if (doc.text if name == "text" else doc.tags.get(name))]
+        why = (f"it has none of the fields this flow maps ({', '.join(fields)}), only "
+               f"{', '.join(present) or 'empty ones'}")
+    else:
+        why = "it has no text to embed and no embedding"
+    raise BadDocumentError(f"document {doc.id!r} has nothing to index: {why}; no search could ever find it")
+
+
 def is_marker(record: Inbound) -> bool:
     return record.headers.get(h.KIND) == h.WATERMARK
 
@@ -54,15 +79,21 @@ class DocumentTransform:
     """Runs a processor over the documents of a batch and forwards them, order kept."""
 
     def __init__(
-        self, *, run: Callable[[Sequence[Document]], Sequence[Document]], output_topic: str, ingest_topic: str
+        self, *, run: Callable[[Sequence[Document]], Sequence[Document]], output_topic: str, ingest_topic: str,
+        partitions: int,
     ) -> None:
+        """:param partitions: the flow's partition count, which decides the partition each id belongs on."""
         self._run = run
         self._output_topic = output_topic
         self._ingest_topic = ingest_topic
+        self._partitions = partitions
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
         changes = [r for r in records if r.value is not None and not is_marker(r)]
-        docs = self._run([decode_document(r) for r in changes]) if changes else []
+        decoded = [decode_document(r) for r in changes]
+        for record in records:
+            self._check_partition(record)
+        docs = self._run(decoded) if changes else []
         by_offset = {(r.partition, r.offset): doc for r, doc in zip(changes, docs)}
         outputs = []
         for record in records:
@@ -76,6 +107,27 @@ class DocumentTransform:
                 kind = ((h.KIND, h.WATERMARK),) if is_marker(record) else ()
                 outputs.append(Output(self._output_topic, None, key, record.partition, headers + kind))
         return outputs
+
+    def _check_partition(self, record: Inbound) -> None:
+        """A record read from ingest must be on the partition its id belongs on (``partition_of``):
+        on another it would reach another shard, and a later update or delete of the id, written
+        with the right partitioner, would leave that copy searchable for ever.
+
+        :raises InvalidRecordError: naming both partitions and the partitioner to produce with.
+        """
+        if record.topic != self._ingest_topic or is_marker(record):
+            return
+        key = record.key if record.key is not None else (
+            decode_document(record).id.encode() if record.value is not None else None)
+        if key is None:
+            return  # a tombstone without a key: the shard refuses it, naming that
+        expected = partition_of(key, self._partitions)
+        if record.partition != expected:
+            raise InvalidRecordError(
+                f"document {key.decode(errors='replace')!r} is on partition {record.partition} of {self._ingest_topic}, "
+                f"but its id belongs on partition {expected}: produce keyed by document id with Kafka's default "
+                f"partitioner (murmur2 of the key: the Java producer's; librdkafka partitioner="
+                f"{LIBRDKAFKA_PARTITIONER}), as streamsearch's Client does; any other would split an id across shards")
 
     def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
         """The record is dead-lettered; a marker keeps the shard's watermark moving."""

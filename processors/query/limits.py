@@ -1,5 +1,8 @@
 """What one search request may cost: every per-request limit, declared and checked in one place.
 
+The CLI, the client, the HTTP bridge (``GET /limits``) and the search page read their bounds
+from :data:`REQUEST_LIMITS` too, so that no front door promises what the flow refuses.
+
 The encode stage checks each request once, before it fans out, and answers a request over a
 limit with an error reply naming the limit (HTTP 400). The regex budget alone is spent where
 conditions run (on each shard and at the joiner): see :class:`~processors.query.lookups.RegexBudget`.
@@ -12,7 +15,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from processors.exceptions import InvalidParameterError, RequestLimitError
-from processors.query.lookups import Condition
+from processors.query.lookups import Condition, describe
 
 if TYPE_CHECKING:
     from processors.query.parameters import SearchParameters
@@ -29,6 +32,8 @@ class RequestLimits:
     """The most one search request may ask for; each refusal names the limit by its field name.
 
     :param max_queries: query documents (texts or vectors) per request.
+    :param max_top_k: documents per query in the reply (``top_k``).
+    :param max_chunk_oversample: vectors per wanted document in a shard's first window.
     :param max_query_language_bytes: the request's ``query_language`` as compact UTF-8 JSON.
     :param max_operations: operations in the request's ``query_language``.
     :param max_conditions: filter conditions over all the request's operations.
@@ -46,6 +51,8 @@ class RequestLimits:
     """
 
     max_queries: int = 64
+    max_top_k: int = 1_000
+    max_chunk_oversample: int = 100
     max_query_language_bytes: int = 65_536
     max_operations: int = 16
     max_conditions: int = 32
@@ -60,6 +67,21 @@ class RequestLimits:
             value = getattr(self, spec.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"RequestLimits.{spec.name} must be a positive number, got {value!r}")
+
+    def check_count(self, name: str, value: object) -> int:
+        """The check of ``top_k`` or ``chunk_oversample`` (``name``) against ``max_<name>``: the
+        flow applies it to every request, and the client, CLI and HTTP bridge before sending.
+
+        :returns: ``value``.
+        :raises InvalidParameterError: if it is not a positive integer.
+        :raises RequestLimitError: if it is over its limit, naming the limit.
+        """
+        limit = getattr(self, f"max_{name}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidParameterError(f"parameter {name!r} must be an integer in 1..{limit}, got {describe(value)}")
+        if value > limit:
+            raise RequestLimitError(f"parameter {name!r} is {_short(value)}; the limit max_{name} is {limit}")
+        return value
 
     def check_deadline(self, deadline_ms: int, now_ms: float) -> None:
         """:raises RequestLimitError: if ``deadline_ms`` is over ``max_deadline_s`` from ``now_ms``

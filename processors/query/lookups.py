@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "QueryLanguageError",
+    "ConditionTypeError",
     "FieldRef",
     "Condition",
     "ATTRIBUTES",
@@ -67,6 +68,11 @@ _VERBOSE_FLAG = regex.compile(r"\(\?[\w^-]*x")
 
 class QueryLanguageError(InvalidParameterError):
     """An operation of the query language is unknown, malformed or carries a bad value."""
+
+
+class ConditionTypeError(QueryLanguageError):
+    """A condition met a value of a kind its lookup never matches (a string tag against a number):
+    refused rather than counted as no match, which would return nothing without a word."""
 
 
 class _TimeoutWarnings:
@@ -180,15 +186,43 @@ class FieldRef:
         score = doc.scores.get(self.key)
         return None if score is None else score.value
 
+    @property
+    def name(self) -> str:
+        """The field as a payload names it."""
+        return {"attribute": "", "tag": "tags.", "score": "scores."}[self.kind] + self.key
+
     def score(self, doc: Document) -> Score | None:
         """The named score on ``doc``, or ``None`` when missing or when this is no score field."""
         return doc.scores.get(self.key) if self.kind == "score" else None
+
+
+def _kind(value: object) -> str:
+    """A value's kind as JSON names it; values of different kinds never compare equal or ordered."""
+    if isinstance(value, bool):
+        return "boolean"
+    if _is_number(value):
+        return "number"
+    if isinstance(value, (str, regex.Pattern)):
+        return "string"
+    return type(value).__name__
+
+
+def _kinds(expected: object) -> frozenset[str]:
+    """The kinds of value a condition's expected value (an ``in`` set: any of its items') can match."""
+    items = expected if isinstance(expected, frozenset) else (expected,)
+    return frozenset(_kind(item) for item in items)
 
 
 def _scalar(lookup: str, value: object) -> Any:
     if isinstance(value, str) or _is_number(value):
         return value
     raise QueryLanguageError(f"lookup {lookup!r} needs a string or a number, got {describe(value)}")
+
+
+def _literal(lookup: str, value: object) -> Any:
+    if isinstance(value, bool):  # a boolean tag is matched by exact, neq and in, never ordered
+        return value
+    return _scalar(lookup, value)
 
 
 def _string(lookup: str, value: object) -> str:
@@ -203,9 +237,10 @@ def _folded(lookup: str, value: object) -> str:
 
 def _scalars(lookup: str, value: object) -> frozenset[Any]:
     # A set: a long list costs one hash per tested value, not one comparison per item.
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) or _is_number(v) for v in value):
-        return frozenset(value)
-    raise QueryLanguageError(f"lookup {lookup!r} needs a list of strings or numbers, got {describe(value)}")
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, bool)) or _is_number(v) for v in value):
+        # True == 1 in a set: each value is keyed with its kind so that a boolean never matches a number
+        return frozenset((_kind(v), v) for v in value)
+    raise QueryLanguageError(f"lookup {lookup!r} needs a list of strings, numbers or booleans, got {describe(value)}")
 
 
 def _pattern(lookup: str, value: object) -> regex.Pattern:
@@ -258,15 +293,18 @@ class _Lookup:
 
     check: Callable[[str, object], Any]
     test: Callable[[Any, Any, RegexBudget], bool]
+    typed: bool = True
+    """Whether a value of another kind than the expected one can never match (every lookup but ``neq``)."""
 
 
 _LOOKUPS: Mapping[str, _Lookup] = MappingProxyType({
-    "exact": _Lookup(_scalar, _plain(lambda actual, expected: bool(actual == expected))),
-    "neq": _Lookup(_scalar, _plain(lambda actual, expected: actual != expected)),
+    "exact": _Lookup(_literal, _plain(lambda actual, expected: bool(actual == expected))),
+    "neq": _Lookup(_literal, _plain(lambda actual, expected: actual != expected or _kind(actual) != _kind(expected)),
+                   typed=False),
     "contains": _Lookup(_string, _plain(lambda actual, expected: isinstance(actual, str) and expected in actual)),
     "icontains": _Lookup(_folded, _plain(
         lambda actual, expected: isinstance(actual, str) and expected in actual.casefold())),
-    "in": _Lookup(_scalars, _plain(lambda actual, expected: _hashable(actual) and actual in expected)),
+    "in": _Lookup(_scalars, _plain(lambda actual, expected: _hashable(actual) and (_kind(actual), actual) in expected)),
     "startswith": _Lookup(_string, _plain(
         lambda actual, expected: isinstance(actual, str) and actual.startswith(expected))),
     "endswith": _Lookup(_string, _plain(
@@ -317,8 +355,22 @@ class Condition:
 
         :param budget: the request's regex evaluation time, spent by a ``regex`` lookup.
         :raises RegexBudgetError: when a regex lookup finds the budget spent.
+        :raises ConditionTypeError: when the value is of a kind the lookup never matches.
         """
         actual = self.field.value(doc)
         if actual is None:
             return self.lookup == "neq"
-        return _LOOKUPS[self.lookup].test(actual, self.expected, budget)
+        spec = _LOOKUPS[self.lookup]
+        if spec.typed:
+            self._check_kind(doc, actual)
+        return spec.test(actual, self.expected, budget)
+
+    def _check_kind(self, doc: Document, actual: object) -> None:
+        kinds = _kinds(self.expected) if self.lookup != "in" else frozenset(kind for kind, _ in self.expected)
+        kind = _kind(actual)
+        if kinds and kind not in kinds:  # an empty 'in' list matches nothing, whatever the kind
+            wanted = " or ".join(sorted(kinds))
+            raise ConditionTypeError(
+                f"condition {describe(f'{self.field.name}__{self.lookup}')}: {self.field.name} of document "
+                f"{describe(doc.id)} is {describe(actual)}, a {kind}; the condition compares with a {wanted}, "
+                f"which never matches a {kind}: compare with a {kind}, or index the value as a {wanted}")

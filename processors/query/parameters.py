@@ -11,9 +11,8 @@ from processors.query.limits import REQUEST_LIMITS
 from processors.query.lookups import RegexBudget, describe
 from processors.query.operators import Operation, merge_operations, parse_operations
 
-__all__ = ["InvalidParameterError", "SearchParameters", "MAX_TOP_K"]
+__all__ = ["InvalidParameterError", "SearchParameters"]
 
-MAX_TOP_K = 10_000
 _STAGES = ("index", "join")
 
 
@@ -52,6 +51,7 @@ class SearchParameters:
         """Check request parameters over the flow's defaults.
 
         :raises InvalidParameterError: naming the unknown parameter or the bad value.
+        :raises RequestLimitError: for ``top_k`` or ``chunk_oversample`` over its limit, naming it.
         """
         base = defaults or cls()
         known = {f.name for f in fields(cls) if f.init}
@@ -59,11 +59,8 @@ class SearchParameters:
             if key not in known:
                 raise InvalidParameterError(f"unknown parameter {key!r}; known: {', '.join(sorted(known))}")
         values = {**base.to_dict(), **raw}
-        for key, upper in (("top_k", MAX_TOP_K), ("chunk_oversample", 100)):
-            value = values[key]
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= upper:
-                raise InvalidParameterError(
-                    f"parameter {key!r} must be an integer in 1..{upper}, got {describe(value)}")
+        for key in ("top_k", "chunk_oversample"):
+            REQUEST_LIMITS.check_count(key, values[key])
         values["filter_by"] = _names("filter_by", values["filter_by"], allow_none=True)
         values["metrics"] = _names("metrics", values["metrics"], allow_none=False)
         if values["index_type"] is not None and not isinstance(values["index_type"], str):

@@ -4,6 +4,7 @@ on its own (multi-field search, Jina's JEP 3)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -59,8 +60,10 @@ class FieldMapper:
         chunks = []
         for name in self.config.fields:
             value = doc.text if name == TEXT_FIELD else doc.tags.get(name)
-            if not value:
+            if value is None or value == "":
                 continue
+            if not isinstance(value, str):  # a typed tag (a number, a boolean) is embedded as its JSON text
+                value = json.dumps(value)
             chunks.append(Document(
                 id=f"{doc.id}/{name}", parent_id=doc.id, granularity=doc.granularity + 1, mime_type=doc.mime_type,
                 text=value, field_name=name, offset=len(chunks), tags={"field": name},

@@ -25,7 +25,7 @@ class SentencizerConfig:
     """How to cut sentences.
 
     :param min_sent_len: sentences shorter than this (characters) are dropped; a window of a
-        long sentence never is.
+        long sentence never is, nor are the sentences of a text that has no longer one.
     :param max_sent_len: a longer sentence becomes several overlapping windows of at most this
         many characters, cut between words (inside a word only when one word is longer);
         nothing of it is dropped.
@@ -96,13 +96,19 @@ class Sentencizer:
         return SegmentResult(docs=tuple(self._segment(doc) for doc in docs))
 
     def _segment(self, doc: Document) -> Document:
+        """The sentences of at least ``min_sent_len`` characters; when none is that long (a text
+        such as "Toast."), every sentence: a short text is indexed whole, never dropped."""
+        segmented = self._sentences(doc, self.config.min_sent_len)
+        return segmented if segmented.chunks else self._sentences(doc, 0)
+
+    def _sentences(self, doc: Document, min_sent_len: int) -> Document:
         chunks: list[Document] = []
         text = doc.text or ""
         for match in self._pattern.finditer(text):
             windows = self._windows(text, match.start(), match.end())
             for start, end in windows:
                 sentence = " ".join(text[start:end].split())
-                if len(windows) == 1 and len(sentence) < self.config.min_sent_len:
+                if len(windows) == 1 and len(sentence) < min_sent_len:
                     continue
                 chunks.append(
                     Document(

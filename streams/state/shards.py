@@ -28,20 +28,29 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ShardCheckpoint:
-    """What a shard has applied: the last encoded offset and the ingest offset it derives from."""
+    """What a shard has applied: the last encoded offset and the ingest offset it derives from,
+    and how many documents it may lack because the topic lost records before the shard applied
+    them (``missing``, an upper bound, with ``missing_reason``). Kept with the data, so that a
+    restart still says so; a rebuild from the beginning (``replay``) starts a shard without it."""
 
     encoded_offset: int = -1
     ingest_offset: int = -1
+    missing: int = 0
+    missing_reason: str = ""
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"encoded_offset": self.encoded_offset, "ingest_offset": self.ingest_offset}).encode()
+        data: dict[str, object] = {"encoded_offset": self.encoded_offset, "ingest_offset": self.ingest_offset}
+        if self.missing:
+            data |= {"missing": self.missing, "missing_reason": self.missing_reason}
+        return json.dumps(data).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> ShardCheckpoint:
         if not raw:
             return cls()
         data = json.loads(raw)
-        return cls(encoded_offset=int(data["encoded_offset"]), ingest_offset=int(data["ingest_offset"]))
+        return cls(encoded_offset=int(data["encoded_offset"]), ingest_offset=int(data["ingest_offset"]),
+                   missing=int(data.get("missing", 0)), missing_reason=str(data.get("missing_reason", "")))
 
 
 class ShardStates:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from processors.document import Document
 from streams import headers as h
@@ -26,7 +27,7 @@ from streams.client import Client
 from streams.dead_letters import read_dead_letters
 from streams.flow import load_flow
 from streams.http import create_app
-from streams.kafka import KafkaSettings, StageProducer, consume_batch, make_consumer
+from streams.kafka import KafkaSettings, StageProducer, consume_batch, fetch_high_watermarks, make_consumer
 from streams.local.apache_kafka import KafkaCluster
 from streams.local.brokers import BrokerKind, LocalBroker
 from streams.local.runtime import LocalRuntime
@@ -321,3 +322,69 @@ def test_the_local_kafka_keeps_everything_across_broker_restarts_and_a_full_stop
         contents = read_shards(tmp_path / "state", "durable", 2, flow.stage("index").config)
         assert sorted(contents.docs) == sorted(doc.id for doc, _ in corpus)
         assert contents.vectors == len(contents.vector_table)  # no vector twice
+
+
+# -- records deleted before a shard applied them -----------------------------------------------
+
+
+RETAINED_FLOW = """
+topics:
+  config:
+    encoded: {cleanup.policy: "compact,delete"}
+"""
+"""Retention as well as compaction on ``encoded``: records can leave the log before a lagging shard applies them
+(Kafka refuses delete_records on a topic that is only compacted)."""
+
+
+def _encoded_end(settings: KafkaSettings, topic: str, reached: int) -> int:
+    """Wait until partition 0 of ``topic`` ends at ``reached`` or beyond; its high watermark."""
+    deadline = time.monotonic() + 120
+    while (high := fetch_high_watermarks(settings, {topic: 1}, timeout=10)[(topic, 0)]) < reached:
+        assert time.monotonic() < deadline, f"{topic} ends at {high}, not {reached}, after 120 s"
+        time.sleep(0.2)
+    return high
+
+
+def test_a_shard_whose_records_were_deleted_before_it_applied_them_keeps_its_state_and_says_what_may_be_missing(
+        kafka, start_flow) -> None:  # type: ignore[no-untyped-def]
+    """Issue 20: delete_records (or retention) removed records a lagging shard had not applied. Kafka
+    answered OFFSET_OUT_OF_RANGE, the shard destroyed its state, its seek failed ("Failed to seek to
+    offset -2") and the index stage exited. Now it keeps what it holds, goes on from the log start,
+    and says in its log and in `status` how many documents may be missing and why."""
+    runtime = start_flow(sentence_flow_yaml(shards=1) + RETAINED_FLOW)
+    assert runtime.settings is not None and runtime.local_flow is not None
+    topics = runtime.flow.topics
+    corpus = corpus_with_unique_sentences(9)
+    kept, deleted, later = corpus[:3], corpus[3:6], corpus[6:]
+    with runtime.client() as client:
+        wait_applied(client, client.index([doc for doc, _ in kept]))
+        runtime.local_flow.pause("index", 0)  # the shard lags ...
+        try:
+            client.index([doc for doc, _ in deleted])
+            end = _encoded_end(runtime.settings, topics.encoded, len(kept) + len(deleted))
+            where = TopicPartition(topics.encoded, 0, end)  # ... while its records are deleted
+            admin = AdminClient(runtime.settings.base())  # kept: a destroyed client never resolves its futures
+            [done] = admin.delete_records([where]).values()
+            assert done.result(timeout=30).low_watermark == end
+        finally:
+            runtime.local_flow.resume("index", 0)
+        wait_applied(client, client.index([doc for doc, _ in later]))
+        for doc, sentence in kept + later:
+            assert doc.id in [m.id for m in client.search(sentence, timeout_s=20).docs[0].matches], stage_logs(runtime)
+        for doc, sentence in deleted:
+            assert doc.id not in [m.id for m in client.search(sentence, timeout_s=20).docs[0].matches]
+    assert runtime.local_flow.find("index").restarts == 0, stage_logs(runtime)
+    log = (Path(runtime.flow.state_dir) / "logs" / "index-0.log").read_text()
+    reason = (f"records 3..5 of {topics.encoded} were deleted (retention or delete_records) before the shard "
+              "applied them")
+    [line] = [line for line in log.splitlines() if "were deleted" in line]
+    assert f"shard 0: {reason}: up to 3 documents may be missing or stale; keeping its 3 documents" in line, line
+    assert "Failed to seek" not in log and "Traceback" not in log, log[-3000:]
+    deadline = time.monotonic() + 30  # the stage reports every few seconds
+    while True:
+        shown = _cli("status", "--flow", str(runtime.flow_path), bootstrap=runtime.settings.bootstrap_servers)
+        assert shown.returncode == 0, shown.stderr
+        if f"warning: shard 0 may be missing up to 3 documents: {reason}" in shown.stdout.splitlines():
+            break
+        assert time.monotonic() < deadline, shown.stdout
+        time.sleep(1)

@@ -15,6 +15,7 @@ from typing import Iterator
 import httpx
 import pytest
 
+from processors.query.limits import REQUEST_LIMITS
 from streams.resources import EXAMPLE_FLOWS
 from tests.streams.fixtures import sentence_flow_yaml
 
@@ -83,9 +84,12 @@ DOCS = {
 
 
 def _user_env(**extra: str) -> dict[str, str]:
-    """The environment of a user who has not set KAFKA_BOOTSTRAP_SERVERS (the session broker's)."""
+    """The environment of a user who has not set KAFKA_BOOTSTRAP_SERVERS (the session broker's),
+    running this tree's code: the commands run in another directory, where ``python -m`` would
+    otherwise import whichever streamsearch is installed."""
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-    return {**env, **extra}
+    tree = str(Path(__file__).resolve().parents[2])
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [tree, env.get("PYTHONPATH")])), **extra}
 
 
 def _cli(cwd: Path, *args: str, env: dict[str, str] | None = None,
@@ -212,6 +216,40 @@ def test_index_wait_returns_when_searchable_and_search_names_the_index(flow_dir:
     lines = found.stdout.strip().splitlines()
     assert lines[1].split()[-1] == "bread", found.stdout  # read-your-writes: found right after --wait returned
     assert lines[-1].strip() == "answered by index version 1; scores: chunk2doc.max(faiss.flat_ip) (similarity)"
+
+
+@pytest.mark.kafka
+def test_index_wait_never_counts_a_document_that_yields_nothing_to_index(flow_dir: RunningFlow) -> None:
+    """Issue 21: a text shorter than min_sent_len and a line without text gave no vector, yet
+    `index --wait` said "3 documents searchable" and no search ever found them. Now a short text is
+    one chunk (found), and a document with nothing to index is dead-lettered, named, and not counted."""
+    flow_dir.run.wait_for("flow 'clia' running")
+    data = flow_dir.folder / "short.jsonl"
+    rows = [{"id": "toast", "text": "Ok"}, {"id": "blank", "text": "", "note": "no text at all"},
+            {"id": "tides", "text": "The moon pulls the oceans. Tides rise twice a day."}]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    indexed = _cli(flow_dir.folder, "index", "short.jsonl", "--flow", "clia", "--wait")
+    assert indexed.returncode == 1, indexed
+    assert indexed.stdout.splitlines()[-1] == "2 documents searchable by index version 1", indexed.stdout
+    assert indexed.stderr.strip().splitlines()[-1] == (
+        "streamsearch: error: 1 of 3 documents were dead-lettered on the way and are not searchable: 'blank' by "
+        "encode: BadDocumentError: document 'blank' has nothing to index: it has no text to embed and no embedding; "
+        "no search could ever find it (`streamsearch dead-letters --flow clia`)"), indexed.stderr
+    found = _cli(flow_dir.folder, "search", "Ok", "--flow", "clia", "--top-k", "1")
+    assert found.returncode == 0 and found.stdout.strip().splitlines()[1].split()[-1] == "toast", found.stdout
+
+
+@pytest.mark.kafka
+def test_top_k_is_bounded_by_the_one_limit_the_flow_applies(flow_dir: RunningFlow) -> None:
+    """`--top-k` promises what the flow accepts (its help names max_top_k), and a refusal names it."""
+    flow_dir.run.wait_for("flow 'clia' running")
+    limit = REQUEST_LIMITS.max_top_k
+    assert f"1..{limit} (max_top_k)" in " ".join(_cli(flow_dir.folder, "search", "--help").stdout.split())
+    accepted = _cli(flow_dir.folder, "search", "bread", "--flow", "clia", "--top-k", str(limit))
+    assert accepted.returncode == 0, accepted.stderr
+    refused = _cli(flow_dir.folder, "search", "bread", "--flow", "clia", "--top-k", str(limit + 1))
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == f"streamsearch: error: parameter 'top_k' is {limit + 1}; the limit max_top_k is {limit}"
 
 
 @pytest.mark.kafka

@@ -30,7 +30,7 @@ class TestReadJsonl:
 
     def test_id_and_text_with_tags(self, tmp_path: Path) -> None:
         [doc] = read_jsonl(lines(tmp_path, {"id": "a", "text": "Some text.", "lang": "en", "year": 1999}))
-        assert doc == Document(id="a", text="Some text.", tags={"lang": "en", "year": "1999"})  # numbers as text
+        assert doc == Document(id="a", text="Some text.", tags={"lang": "en", "year": 1999})  # typed
 
     def test_integer_ids_are_taken_as_strings(self, tmp_path: Path) -> None:
         assert [d.id for d in read_jsonl(lines(tmp_path, {"id": 10, "title": "x"}, {"id": -3, "text": "y"}))] \
@@ -67,13 +67,13 @@ class TestReadJsonl:
 
 
 class TestNothingInALineIsDroppedSilently:
-    def test_an_embedding_is_read_as_a_pre_embedded_document_and_numbers_kept_as_tags(self, tmp_path: Path) -> None:
+    def test_an_embedding_is_read_as_a_pre_embedded_document_and_typed_values_kept_as_tags(self, tmp_path: Path) -> None:
         path = tmp_path / "vectors.jsonl"
         path.write_text('{"id": "v1", "embedding": [0.5, -1, 2e3], "year": 2001, "draft": false, "note": null}\n')
         [doc] = read_jsonl(path)
         assert doc.embedding is not None and doc.embedding.dtype.str == "<f4"
         assert doc.embedding.tolist() == [0.5, -1.0, 2000.0] and doc.text is None
-        assert doc.tags == {"year": "2001", "draft": "false"}
+        assert doc.tags == {"year": 2001, "draft": False}
 
     @pytest.mark.parametrize("line, message", [
         ('{"id": "a", "text": "t", "embedding": [NaN, 1.0]}', ":1: embedding holds NaN or infinite values"),
@@ -82,6 +82,8 @@ class TestNothingInALineIsDroppedSilently:
         ('{"id": "a", "text": "t", "embedding": ["1"]}', ":1: 'embedding' must be a non-empty list of numbers"),
         ('{"id": "a", "text": "t", "authors": ["x", "y"]}', ":1: field 'authors' is a list; fields are strings"),
         ('{"id": "a", "text": "t", "meta": {"k": 1}}', ":1: field 'meta' is a dict"),
+        ('{"id": "a", "text": "t", "n": 9223372036854775808}', r":1: tags\['n'\] is an integer beyond"),
+        ('{"id": "a", "text": "t", "n": NaN}', r":1: tags\['n'\] must be a finite number"),
     ])
     def test_what_cannot_be_indexed_is_refused_naming_the_line(self, tmp_path: Path, line: str, message: str) -> None:
         path = tmp_path / "docs.jsonl"

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from processors.query.limits import REQUEST_LIMITS
 from streams.admin import ensure_topics
 from streams.client import Client
 from streams.http import create_app
@@ -303,8 +304,7 @@ def test_a_flow_never_run_is_503_naming_it(flow) -> None:  # type: ignore[no-unt
     with Client(f"{flow.flow.name}-never", settings=flow.settings) as lonely:
         response = call(create_app(lonely, token=""), "POST", "/search", json={"texts": "x", "deadline_s": 10})
     assert response.status_code == 503
-    assert f"no topic {flow.flow.name}-never.query: flow '{flow.flow.name}-never' was never run" in \
-        response.json()["detail"], response.text
+    assert f"UnknownFlowError: no flow '{flow.flow.name}-never' on " in response.json()["detail"], response.text
 
 
 def test_search_with_one_shard_paused_is_504_with_partial_results(app, receipt, flow) -> None:  # type: ignore[no-untyped-def]
@@ -366,6 +366,19 @@ def test_a_request_over_a_limit_is_400_naming_it_at_once(app, body, limit) -> No
     assert response.status_code == 400, response.text
     assert limit in response.json()["detail"]
     assert time.monotonic() - started < 15  # refused by the encode stage, not parked until the deadline
+
+
+def test_one_top_k_limit_named_in_the_refusal_and_served_to_the_page(app) -> None:  # type: ignore[no-untyped-def]
+    """The bridge, the page (which reads GET /limits) and the flow bound top_k by one declaration:
+    the limit is accepted, one over it is refused naming it."""
+    limits = call(app, "GET", "/limits").json()
+    assert limits["max_top_k"] == REQUEST_LIMITS.max_top_k and limits["max_queries"] == REQUEST_LIMITS.max_queries
+    at_limit = call(app, "POST", "/search", json={"texts": "x", "top_k": REQUEST_LIMITS.max_top_k, "deadline_s": 30})
+    assert at_limit.status_code == 200, at_limit.text
+    over = call(app, "POST", "/search", json={"texts": "x", "top_k": REQUEST_LIMITS.max_top_k + 1})
+    assert over.status_code == 400
+    assert over.json()["detail"] == f"parameter 'top_k' is {REQUEST_LIMITS.max_top_k + 1}; the limit max_top_k is " \
+                                    f"{REQUEST_LIMITS.max_top_k}"
 
 
 def test_a_catastrophic_regex_spends_the_budget_and_is_400_naming_it(app, flow) -> None:  # type: ignore[no-untyped-def]

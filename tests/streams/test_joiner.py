@@ -17,12 +17,12 @@ from streams.stage import Inbound
 
 
 def part(shard: int, matches: list[tuple[str, float]], *, deadline_ms: int | None = None, request_id: str = "r",
-         error: str | None = None) -> Inbound:
+         error: str | None = None, warning: str | None = None, parameters: dict | None = None) -> Inbound:
     deadline_ms = deadline_ms or int(time.time() * 1000) + 60_000
     query = Document(id="q0", text="q", matches=[
         Document(id=doc_id, scores={"score": Score(value, "op", Direction.SIMILARITY)}) for doc_id, value in matches])
     value = PartialResult(request_id, shard, [0, 1], "replies", deadline_ms,
-                          {"top_k": 2}, [query], error=error)
+                          parameters or {"top_k": 2}, [query], error=error, warning=warning)
     return Inbound("f.partials", 0, shard + 1, request_id.encode(), PARTIAL_RESULT.encode(value),
                    {h.DEADLINE_MS: str(deadline_ms).encode()})
 
@@ -62,14 +62,28 @@ class TestJoiner:
         assert reply.partial and reply.errors == ["shard 1: boom"]
         assert [m.id for m in reply.docs[0].matches] == ["a"]
 
-    def test_matches_of_a_part_that_also_reports_an_error_are_kept(self) -> None:
-        """A shard whose window stopped at its limit answers what it found, and says so."""
+    def test_a_part_short_of_top_k_is_a_warning_not_an_error(self) -> None:
+        """A shard whose window stopped at its limit answers what it found, and says so: a
+        warning on a complete reply, not an error (which a CLI and HTTP treat as a failure)."""
         joiner = Joiner()
         outputs = joiner.process([part(-1, []), part(0, [("a", 0.5)]),
-                                  part(1, [("b", 0.7)], error="shard 1: index-stage window limit reached")])
+                                  part(1, [("b", 0.7)], warning="shard 1: index-stage window limit reached")])
         reply = SEARCH_REPLY.decode(outputs[0].value)
-        assert reply.partial and reply.errors == ["shard 1: index-stage window limit reached"]
+        assert not reply.partial and not reply.errors
+        assert reply.warnings == ["shard 1: index-stage window limit reached"]
         assert [m.id for m in reply.docs[0].matches] == ["b", "a"]
+
+    def test_a_join_stage_filter_short_of_top_k_says_so(self) -> None:
+        only_b = {"top_k": 2, "query_language": [{"operator": "filter", "traversal_paths": ["m"],
+                                                  "parameters": {"conditions": {"id__in": ["b"]}}}]}
+        joiner = Joiner()
+        outputs = joiner.process([part(shard, matches, parameters=only_b) for shard, matches in
+                                  ((-1, []), (0, [("a", 0.5), ("c", 0.4)]), (1, [("b", 0.7), ("d", 0.1)]))])
+        reply = SEARCH_REPLY.decode(outputs[0].value)
+        assert [m.id for m in reply.docs[0].matches] == ["b"] and not reply.errors and not reply.partial
+        assert reply.warnings == ["join: a join-stage filter kept 1 of the 4 documents the shards sent for q0, fewer "
+                                  "than top_k=2; it ran after each shard's top-k cut, so more may match: give the "
+                                  "filter \"stage\": \"index\" to filter before the cut"]
 
 
     def test_a_reply_over_the_payload_limit_becomes_an_error_reply_that_fits(self) -> None:
@@ -182,3 +196,19 @@ class TestJoinerTies:
             outputs = Joiner().process(list(order))
             answers.add(tuple(m.id for m in SEARCH_REPLY.decode(outputs[0].value).docs[0].matches))
         assert answers == {("a", "b", "c", "d", "e")}  # top_k 5 of six tied documents: the first five ids
+
+
+def test_a_request_the_joiner_sees_only_after_its_deadline_is_answered_once_with_the_expiry() -> None:
+    """A joiner behind its input (or restarting) must not leave the client waiting in silence."""
+    joiner = Joiner(flow="f")
+    past = int(time.time() * 1000) - 5_000
+
+    def late(shard: int) -> Inbound:
+        record = part(shard, [], deadline_ms=past, request_id="gone")
+        return dataclasses.replace(record, headers={**record.headers, h.REQUEST_ID: b"gone", h.REPLY_TO: b"f.reply.x"})
+
+    [out] = joiner.process([late(-1), late(0)])
+    reply = SEARCH_REPLY.decode(out.value)
+    assert out.topic == "f.reply.x" and reply.request_id == "gone"
+    assert reply.errors[0].startswith("RequestExpiredError: the join stage took the request up ")
+    assert joiner.process([late(1)]) == [] and joiner.tick() == []

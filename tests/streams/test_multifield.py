@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from processors.document import Document
+from streams.exceptions import SearchError
 from streams.local.runtime import LocalRuntime
 from streams.resources import EXAMPLE_FLOWS
 
@@ -58,8 +59,9 @@ def test_no_filter_returns_both(indexed) -> None:  # type: ignore[no-untyped-def
 
 def test_unknown_field_is_an_error_reply(indexed) -> None:  # type: ignore[no-untyped-def]
     client, _ = indexed
-    reply = client.search("painter", filter_by=["author"], timeout_s=10)
-    assert reply.errors and "author" in reply.errors[0] and "title, summary" in reply.errors[0]
+    with pytest.raises(SearchError) as refused:
+        client.search("painter", filter_by=["author"], timeout_s=10)
+    assert "author" in refused.value.errors[0] and "title, summary" in refused.value.errors[0]
 
 
 def test_a_one_field_query_does_not_wait_for_the_other_fields_deadline(indexed) -> None:  # type: ignore[no-untyped-def]

@@ -160,7 +160,8 @@ def test_a_stored_offset_past_the_end_rebuilds_the_shard_from_the_beginning(shar
     aside = states.set_aside[0]
     expected_line = (f"shard 0: stored offset 19 is past the end of {TOPICS.encoded} (high watermark 5); the topic "
                      "was recreated or truncated (or the memory-only broker restarted): rebuilding the shard from the "
-                     f"beginning of {TOPICS.encoded}; its previous state is kept at {aside} (delete it when not needed)")
+                     f"beginning of {TOPICS.encoded}; up to 20 documents it held may be missing (those not in the topic "
+                     f"now); its previous state is kept at {aside} (delete it when not needed)")
     assert [r.getMessage() for r in caplog.records if "rebuilding" in r.getMessage()] == [expected_line]
     # What the topic can no longer give back is kept, not deleted: the old shard opens with its 20 documents.
     kept = CompoundIndexer(states._config, path=aside, codec=STORED_DOCUMENT)
@@ -172,19 +173,44 @@ def test_a_stored_offset_past_the_end_rebuilds_the_shard_from_the_beginning(shar
     index = states.get(0)
     assert index is not None and list(index.doc_ids()) == [] and index.vector_count == 0
     assert states.checkpoint(0).encoded_offset == -1 and states.restore.is_restoring(0)
+    assert states.checkpoint(0).missing == 20
     ingest.process([_encoded(i, f"new{i}", 100 + i) for i in range(5)])
     assert ingest.watermarks(0, low=0, high=5) is None
     assert sorted(index.doc_ids()) == [f"new{i}" for i in range(5)]
     assert not states.restore.is_restoring(0)
 
 
-def test_out_of_range_from_the_broker_rebuilds_at_once(shard) -> None:  # type: ignore[no-untyped-def]
+def test_out_of_range_past_the_end_rebuilds_at_once_from_the_log_start(shard) -> None:  # type: ignore[no-untyped-def]
     states, ingest, _ = shard
     ingest.assigned([0])
     ingest.process([_encoded(i, f"d{i}", i) for i in range(3)])
-    assert ingest.out_of_range(0) == OFFSET_BEGINNING
+    assert ingest.out_of_range(0, low=0, high=1) == 0  # the topic was recreated: it ends before offset 3
     index = states.get(0)
     assert index is not None and list(index.doc_ids()) == []
+    assert states.checkpoint(0).missing == 3 and str(states.set_aside[0]) in states.checkpoint(0).missing_reason
+
+
+def test_out_of_range_below_the_log_start_keeps_the_state_and_says_what_may_be_missing(shard, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Retention or delete_records removed records 3..7 before the shard applied them: what it
+    holds is kept (the topic cannot give it back), it goes on from the log start, and it says, in
+    its log and in status (across a restart), how many documents may be missing and why."""
+    states, ingest, _ = shard
+    ingest.assigned([0])
+    ingest.process([_encoded(i, f"d{i}", i) for i in range(3)])
+    with caplog.at_level("WARNING"):
+        assert ingest.out_of_range(0, low=8, high=12) == 8
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"shard 0: records 3..7 of {TOPICS.encoded} were deleted (retention or delete_records) "
+                           "before the shard applied them: up to 5 documents may be missing or stale; keeping its 3 "
+                           "documents and going on from the log start offset 8."), line
+    assert 0 not in states.set_aside
+    ingest.process([_encoded(i, f"d{i}", i) for i in range(8, 10)])
+    ingest.revoked([0])
+    assert ingest.assigned([0]) == {0: 10}  # the note is stored with the data
+    [status] = ingest.shard_status()
+    assert status["documents"] == 5 and status["missing"] == 5
+    assert status["missing_reason"] == (f"records 3..7 of {TOPICS.encoded} were deleted (retention or "
+                                        "delete_records) before the shard applied them")
 
 
 HOLD_LOCK = """

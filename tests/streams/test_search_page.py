@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
 from processors.document import Document
+from processors.query.limits import REQUEST_LIMITS
 from streams.client import Client
 from streams.http import create_app, serving
 from streams.local.runtime import LocalRuntime
@@ -35,12 +36,20 @@ DOCS = {
     "sqlite3": "The sqlite3 extension module provides a DB-API 2.0 compliant interface to the SQLite library.",
 }
 
+FILLER = ("The harbour committee met on a grey morning to discuss the accounts of the fish market and the "
+          "repairs to the old stone quay. ")
+KEEPER = "The lighthouse keeper wrote every storm and every passing ship into his logbook by lamplight."
+LONG = FILLER * 65 + KEEPER + " " + FILLER * 65
+"""A 16k-character document whose matched sentence sits in its middle (4,900 px down when the
+page showed whole documents)."""
+
 
 @pytest.fixture(scope="module")
 def client(start_flow) -> Iterator[Client]:  # type: ignore[no-untyped-def]
     flow: LocalRuntime = start_flow(FLOW)
     with flow.client() as c:
-        receipt = c.index([Document(id=i, text=t) for i, t in DOCS.items()])
+        receipt = c.index([Document(id=i, text=t, tags={"module": i}) for i, t in DOCS.items()]
+                          + [Document(id="harbour-7", text=LONG, tags={"title": "The keeper's log", "year": 1911})])
         c.search("warm up", after=receipt, timeout_s=60)  # every document is applied before the page asks
         yield c
 
@@ -88,6 +97,31 @@ def test_search_page_shows_the_document_with_its_matched_chunk_highlighted(base_
     target = SCREENSHOT if os.environ.get("STREAMSEARCH_UPDATE_SCREENSHOT") == "1" else tmp_path / "search-page.png"
     page.screenshot(path=str(target), full_page=True)
     assert target.stat().st_size > 10_000
+    page.close()
+
+
+def test_a_long_document_shows_its_matched_passage_in_context_its_tags_and_the_whole_text_in_place(
+        base_url: str, browser: Browser) -> None:
+    page = browser.new_page(viewport={"width": 1000, "height": 700})
+    page.on("dialog", lambda dialog: dialog.accept("s3cret"))
+    page.goto(base_url)
+    expect(page.locator("#topk")).to_have_attribute("max", str(REQUEST_LIMITS.max_top_k))  # GET /limits
+    page.fill("#q", "a lighthouse keeper writing in his logbook")
+    page.press("#q", "Enter")
+    first = page.locator("li.match").first
+    expect(first).to_have_attribute("data-id", "harbour-7", timeout=30_000)
+    expect(first.locator(".title")).to_have_text("The keeper's log")
+    expect(first.locator(".tags li")).to_have_text(["title: The keeper's log", "year: 1911"])
+    snippet = first.locator("p.text").first
+    expect(snippet.locator("mark")).to_have_text(KEEPER)
+    assert len(snippet.inner_text()) < 3 * len(KEEPER) + 400  # the passage in context, not 26k characters
+    mark_box, item_box = snippet.locator("mark").bounding_box(), first.bounding_box()
+    assert mark_box is not None and item_box is not None and mark_box["y"] - item_box["y"] < 150
+    whole = first.locator("details.whole")
+    expect(whole.locator("summary")).to_have_text(f"whole document ({len(LONG)} characters)")
+    whole.locator("summary").click()
+    expect(whole.locator("p.text")).to_have_text(LONG.strip(), use_inner_text=True)
+    expect(whole.locator("mark")).to_have_text(KEEPER)
     page.close()
 
 

@@ -11,15 +11,17 @@ import tracemalloc
 from pathlib import Path
 
 import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors.document import Direction, Document, Score
+from processors.document import Direction, Document, Score, validate_document
 from processors.exceptions import InvalidDocumentError
+from streams import serde
 from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
-from streams.serde import (DECODE_LIMITS, DOCUMENT, PARTIAL_RESULT, STORED_DOCUMENT, REQUEST, SEARCH_REPLY, SERVING_VERSION,
+from streams.serde import (DECODE_LIMITS, DOCUMENT, PARTIAL_RESULT, STORED_DOCUMENT, STORED_FORMAT, REQUEST, SEARCH_REPLY, SERVING_VERSION,
                            STAGE_STATUS, VERSION_BUILD, DecodeLimits, PartialResult, Request, SearchReply,
                            doc_from_avro)
 
@@ -115,7 +117,7 @@ def refuses_quickly(data: bytes, match: str) -> None:
 class TestDecodeLimits:
     def test_the_all_default_prefix_is_24_bytes_and_its_repetition_a_valid_document(self) -> None:
         assert len(DEFAULT_PREFIX) == 24
-        doc = STORED_DOCUMENT.decode(nested(3))  # valid Avro...
+        doc = STORED_DOCUMENT.decode(STORED_FORMAT + nested(3))  # valid Avro...
         assert doc.chunks[0].chunks[0].chunks == [] and doc.mime_type == ""
         with pytest.raises(InvalidDocumentError, match="id must be a non-empty string"):
             DOCUMENT.decode(nested(3))  # ...but no Document a stage takes: its id is empty
@@ -160,21 +162,21 @@ class TestDecodeLimits:
 
     def test_deep_but_allowed_documents_decode_as_before(self) -> None:
         raw = nested(32)
-        assert STORED_DOCUMENT.decode(raw).chunks[0].chunks[0].mime_type == ""
+        assert STORED_DOCUMENT.decode(STORED_FORMAT + raw).chunks[0].chunks[0].mime_type == ""
         doc = nested_docs(32)
         data = DOCUMENT.encode(doc)
-        back = STORED_DOCUMENT.decode(data)
+        back = STORED_DOCUMENT.decode(STORED_FORMAT + data)
         assert back == doc and DOCUMENT.encode(back) == data
         assert back == doc_from_avro(fastavro.schemaless_reader(io.BytesIO(data), DOCUMENT.schema, None))
 
     def test_one_level_over_the_cap_is_refused_and_the_cap_is_configurable(self) -> None:
         with pytest.raises(DecodeLimitError, match="max_document_depth=32"):
-            STORED_DOCUMENT.decode(nested(33))
+            STORED_DOCUMENT.decode(STORED_FORMAT + nested(33))
         with pytest.raises(DecodeLimitError, match="max_document_depth=32"):
-            STORED_DOCUMENT.decode(DOCUMENT.encode(nested_docs(33)))
-        assert STORED_DOCUMENT.decode(nested(33), limits=DecodeLimits(max_document_depth=33)).chunks
+            STORED_DOCUMENT.decode(STORED_FORMAT + DOCUMENT.encode(nested_docs(33)))
+        assert STORED_DOCUMENT.decode(STORED_FORMAT + nested(33), limits=DecodeLimits(max_document_depth=33)).chunks
         with pytest.raises(DecodeLimitError, match="max_document_depth=4 "):
-            STORED_DOCUMENT.decode(nested(5), limits=DecodeLimits(max_document_depth=4))
+            STORED_DOCUMENT.decode(STORED_FORMAT + nested(5), limits=DecodeLimits(max_document_depth=4))
 
     def test_documents_in_envelopes_count_from_depth_one(self) -> None:
         deep = nested_docs(32)
@@ -188,9 +190,9 @@ class TestDecodeLimits:
         doc = Document(id="d", chunks=[Document(id=f"d/{i}") for i in range(10)],
                        matches=[Document(id="m", chunks=[Document(id="m/0")])])
         data = DOCUMENT.encode(doc)
-        assert STORED_DOCUMENT.decode(data, limits=DecodeLimits(max_documents=13)) == doc
+        assert STORED_DOCUMENT.decode(STORED_FORMAT + data, limits=DecodeLimits(max_documents=13)) == doc
         with pytest.raises(DecodeLimitError, match="more than max_documents=12 Documents"):
-            STORED_DOCUMENT.decode(data, limits=DecodeLimits(max_documents=12))
+            STORED_DOCUMENT.decode(STORED_FORMAT + data, limits=DecodeLimits(max_documents=12))
 
     def test_limits_come_from_the_environment_and_are_checked(self) -> None:
         assert DecodeLimits.from_env({}) == DecodeLimits(32, 100_000) == DECODE_LIMITS
@@ -225,15 +227,15 @@ class TestDecodeLimits:
                   + b"\x80\x00" * 4)
         assert fastavro.schemaless_reader(io.BytesIO(longer), DOCUMENT.schema, None) == \
             fastavro.schemaless_reader(io.BytesIO(canonical), DOCUMENT.schema, None)
-        assert STORED_DOCUMENT.decode(longer) == Document(id="x", text="t")
+        assert STORED_DOCUMENT.decode(STORED_FORMAT + longer) == Document(id="x", text="t")
 
     def test_a_truncated_record_and_trailing_bytes_are_named(self) -> None:
         data = DOCUMENT.encode(tree())
         for cut in (1, 10, len(data) // 2, len(data) - 1):
             with pytest.raises(SerdeError, match="malformed streamsearch.Document record"):
-                STORED_DOCUMENT.decode(data[:cut])
+                STORED_DOCUMENT.decode(STORED_FORMAT + data[:cut])
         with pytest.raises(SerdeError, match="1 bytes left after decoding"):
-            STORED_DOCUMENT.decode(data + b"\x00")
+            STORED_DOCUMENT.decode(STORED_FORMAT + data + b"\x00")
 
 
 def documents() -> st.SearchStrategy[Document]:
@@ -268,7 +270,7 @@ class TestDecodeFuzz:
     @given(doc=documents())
     def test_any_valid_document_passes_the_pre_scan_and_decodes_the_same(self, doc: Document) -> None:
         data = DOCUMENT.encode(doc)
-        assert DOCUMENT.encode(STORED_DOCUMENT.decode(data)) == data
+        assert DOCUMENT.encode(STORED_DOCUMENT.decode(STORED_FORMAT + data)) == data
 
     @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(doc=documents(), edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from(
@@ -287,7 +289,7 @@ class TestDecodeFuzz:
                     del data[i]
         damaged = bytes(data)
         try:
-            STORED_DOCUMENT.decode(damaged)
+            STORED_DOCUMENT.decode(STORED_FORMAT + damaged)
         except DecodeLimitError:
             return
         except SerdeError as refused:
@@ -300,3 +302,27 @@ class TestDecodeFuzz:
                 return
             if buffer.tell() == len(damaged):
                 assert re.search(r"(union branch|enum symbol|a length of) -\d", str(refused)), refused
+
+
+class TestTypedTags:
+    """Tags keep their JSON type on the wire; records of the schema before typed tags stay readable."""
+
+    def test_typed_tags_round_trip(self) -> None:
+        doc = Document(id="d", tags={"title": "Soup", "minutes": 10, "rating": 4.5, "vegan": True},
+                       chunks=[Document(id="d/0", tags={"n": -(2**63)})])
+        assert DOCUMENT.decode(DOCUMENT.encode(doc), DOCUMENT.header()[1]) == doc
+        assert STORED_DOCUMENT.decode(STORED_DOCUMENT.encode(doc)) == doc
+
+    def test_a_tag_the_wire_cannot_carry_is_refused(self) -> None:
+        for value in (2**63, float("nan"), None, ["a"]):
+            with pytest.raises(InvalidDocumentError, match=r"tags\['x'\]"):
+                validate_document(Document(id="d", tags={"x": value}))  # type: ignore[dict-item]
+
+    def test_records_of_the_earlier_schema_are_read(self) -> None:
+        earlier = serde._load_earlier("document-1")
+        old = Document(id="d", text="t", tags={"minutes": "10"}, chunks=[Document(id="d/0", tags={"field": "t"})])
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, earlier, serde.doc_to_avro(old))
+        header = fingerprint(to_parsing_canonical_form(earlier), "CRC-64-AVRO")
+        assert DOCUMENT.decode(buffer.getvalue(), header) == old  # <flow>.ingest / .encoded from before
+        assert STORED_DOCUMENT.decode(buffer.getvalue()) == old  # a shard's store from before

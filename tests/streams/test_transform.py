@@ -6,7 +6,7 @@ import pytest
 
 from processors.document import Document
 from processors.encoders.base import Truncated
-from processors.exceptions import InvalidDocumentError
+from processors.exceptions import BadDocumentError, InvalidDocumentError
 from streams.metrics import TRUNCATED_TEXTS
 from streams.serde import DOCUMENT
 from streams.stage import Inbound
@@ -32,7 +32,8 @@ class TestDecodeDocument:
             decode_document(record(doc))
 
     def test_the_transform_raises_so_the_stage_dead_letters_the_record(self) -> None:
-        transform = DocumentTransform(run=lambda docs: docs, output_topic="f.segmented", ingest_topic="f.ingest")
+        transform = DocumentTransform(run=lambda docs: docs, output_topic="f.segmented", ingest_topic="f.ingest",
+                                      partitions=1)
         good = record(Document(id="good", text="Some sentence here."), offset=1)
         assert len(transform.process([good])) == 1
         with pytest.raises(InvalidDocumentError, match="NUL"):
@@ -91,3 +92,20 @@ stages:
     assert len(handler.process([record(small, 0)])) == 1
     with pytest.raises(BadDocumentError, match="document 'big' has 51 chunks, over max_chunks_per_document=50"):
         handler.process([record(big, 1)])
+
+
+def test_a_document_without_a_vector_is_refused_naming_why() -> None:
+    """Issue 21: JSONL lines with `text` sent to the JEP 3 flow (fields title, summary) gave no chunk,
+    no vector, and were counted searchable; the encode stage now refuses them, naming the fields."""
+    import numpy as np
+
+    from streams.transform import require_vectors
+
+    only_text = Document(id="t", text="Some sentence here.", tags={"year": "2020"})
+    with pytest.raises(BadDocumentError, match=r"^document 't' has nothing to index: it has none of the fields this "
+                                               r"flow maps \(title, summary\), only text, year; no search"):
+        require_vectors(only_text, fields=("title", "summary"))
+    with pytest.raises(BadDocumentError, match="it has no text to embed and no embedding"):
+        require_vectors(Document(id="e", text=""))
+    chunk = Document(id="c/0", text="x", embedding=np.ones(4, np.float32))
+    assert require_vectors(Document(id="c", chunks=[chunk])).id == "c"

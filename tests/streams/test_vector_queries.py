@@ -17,6 +17,7 @@ from processors.query.parameters import SearchParameters
 from streams import headers as h
 from streams.client import Client, query_documents
 from streams.kafka import KafkaSettings
+from streams.partitioner import partition_of
 from streams.query import QueryFanout
 from streams.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Request
 from streams.stage import Inbound
@@ -137,24 +138,27 @@ class TestQueryPath:
 
 
 def ingest_record(doc: Document, offset: int = 7) -> Inbound:
-    return Inbound(TOPICS.ingest, 1, offset, doc.id.encode(), DOCUMENT.encode(doc), {h.SCHEMA: DOCUMENT.header()[1]})
+    partition = partition_of(doc.id.encode(), TOPICS.partitions)  # where the Client writes it
+    return Inbound(TOPICS.ingest, partition, offset, doc.id.encode(), DOCUMENT.encode(doc), {h.SCHEMA: DOCUMENT.header()[1]})
 
 
 class TestIndexPath:
     def test_a_pre_embedded_document_is_forwarded_with_its_exact_vector(self, modelless_encoder) -> None:  # type: ignore[no-untyped-def]
         transform = DocumentTransform(run=lambda docs: modelless_encoder.run(docs=docs).docs,
-                                      output_topic=TOPICS.encoded, ingest_topic=TOPICS.ingest)
+                                      output_topic=TOPICS.encoded, ingest_topic=TOPICS.ingest,
+                                      partitions=TOPICS.partitions)
         vector = unit_vectors(1)[0]
         [output] = transform.process([ingest_record(Document(id="pre", text="label", embedding=vector))])
-        assert (output.topic, output.partition, output.key) == (TOPICS.encoded, 1, b"pre")
+        assert (output.topic, output.partition, output.key) == (TOPICS.encoded, partition_of(b"pre", 2), b"pre")
         encoded = DOCUMENT.decode(output.value)
         assert encoded.embedding.dtype == np.dtype("<f4") and encoded.embedding.tobytes() == vector.tobytes()
 
     def test_a_wrong_dimension_fails_the_record_with_its_reason(self, modelless_encoder) -> None:  # type: ignore[no-untyped-def]
         transform = DocumentTransform(run=lambda docs: modelless_encoder.run(docs=docs).docs,
-                                      output_topic=TOPICS.encoded, ingest_topic=TOPICS.ingest)
+                                      output_topic=TOPICS.encoded, ingest_topic=TOPICS.ingest,
+                                      partitions=TOPICS.partitions)
         record = ingest_record(Document(id="wide", embedding=np.ones(768, np.float32)))
         with pytest.raises(DimensionMismatchError, match=r"document 'wide': embedding has shape \(768,\).*384-d"):
             transform.process([record])
         [marker] = transform.on_failure(record, DimensionMismatchError("x"))  # the loop dead-letters the record
-        assert marker.value is None and marker.partition == 1
+        assert marker.value is None and marker.partition == record.partition

@@ -35,7 +35,7 @@ class TestRequestLimits:
         raw = {"top_k": 10, "filter_by": ["title"], "query_language": [regex_filter("^a"), {"operator": "reverse"}]}
         assert check(raw, queries=64, after={0: 5, 1: 2**53 - 1}).filter_by == ("title",)
         check({"top_k": 100}, queries=16)  # what `streamsearch eval` sends: 8000 vectors per shard
-        check({"top_k": 10_000, "chunk_oversample": 2})
+        check({"top_k": 1_000, "chunk_oversample": 20})  # max_top_k, and max_fetch exactly
 
     def test_filter_by_of_100000_repeats_is_one_field(self) -> None:
         assert check({"filter_by": ["title"] * 100_000}).filter_by == ("title",)
@@ -49,8 +49,10 @@ class TestRequestLimits:
 
     @pytest.mark.parametrize(("kwargs", "raw", "limit"), [
         ({"queries": 65}, {}, "the limit max_queries is 64"),
-        ({}, {"top_k": 10_000}, r"queries × top_k × chunk_oversample = 1 × 10000 × 5 = 50000; the limit "
-                                r"max_fetch is 20000"),
+        ({}, {"top_k": 1_000, "chunk_oversample": 21}, r"queries × top_k × chunk_oversample = 1 × 1000 × 21 = "
+                                                        r"21000; the limit max_fetch is 20000"),
+        ({}, {"top_k": 1_001}, r"parameter 'top_k' is 1001; the limit max_top_k is 1000"),
+        ({}, {"chunk_oversample": 101}, r"parameter 'chunk_oversample' is 101; the limit max_chunk_oversample is 100"),
         ({"queries": 16}, {"top_k": 251}, "max_fetch"),
         ({"after": {0: 10**18}}, {}, r"offset 1000000000000000000 of partition 0; offsets are 0..max_offset"),
         ({"after": {0: -1}}, {}, "max_offset"),

@@ -130,8 +130,25 @@ class TestFilter:
         {"tags.size__gt": 5}, {"text__gt": 1}, {"weight__gt": "a"}, {"weight__contains": "1"},
         {"weight__regex": "1"}, {"tags.size__exact": 10},
     ])
-    def test_type_mismatch_is_no_match(self, tree: list[Document], conditions: dict[str, Any]) -> None:
-        assert run(tree, Operation("filter", {"conditions": conditions})) == []
+    def test_type_mismatch_is_refused(self, tree: list[Document], conditions: dict[str, Any]) -> None:
+        """A comparison that can never match because of a kind (a text tag against a number) is an
+        error naming the document and the kinds, not an empty result without a word."""
+        with pytest.raises(lookups.ConditionTypeError, match="never matches"):
+            run(tree, Operation("filter", {"conditions": conditions}))
+
+    @pytest.mark.parametrize(("conditions", "kept"), [
+        ({"tags.minutes__lte": 10}, ["a"]), ({"tags.minutes__gt": 9.5}, ["a", "b"]),
+        ({"tags.minutes": 10}, ["a"]), ({"tags.minutes__in": [10, "10"]}, ["a"]),
+        ({"tags.vegan": True}, ["b"]), ({"tags.vegan__in": [1]}, []), ({"tags.vegan__neq": 1}, ["a", "b"]),
+    ])
+    def test_typed_tags_compare_as_their_kind(self, conditions: dict[str, Any], kept: list[str]) -> None:
+        docs = [Document(id="a", tags={"minutes": 10, "vegan": False}),
+                Document(id="b", tags={"minutes": 12.5, "vegan": True})]
+        if conditions == {"tags.vegan__in": [1]}:  # True == 1 in Python: a boolean is not the number 1
+            with pytest.raises(lookups.ConditionTypeError):
+                run(docs, Operation("filter", {"conditions": conditions}))
+            return
+        assert [doc.id for doc in run(docs, Operation("filter", {"conditions": conditions}))] == kept
 
     def test_or_combines(self, tree: list[Document]) -> None:
         operation = Operation("filter", {"conditions": {"tags.color": "red", "weight__lt": 2}, "combine": "or"})
@@ -176,9 +193,9 @@ class TestFilter:
         ({"tags.": "a"}, "unknown field 'tags.'"),
         ({"__class__": "a"}, "condition '__class__': unknown lookup ''"),
         ({"__class____exact": "a"}, "unknown field '__class__'"),
-        ({"text__in": "abc"}, "lookup 'in' needs a list of strings or numbers, got 'abc'"),
+        ({"text__in": "abc"}, "lookup 'in' needs a list of strings, numbers or booleans, got 'abc'"),
         ({"text__in": [["a"]]}, "lookup 'in' needs a list"),
-        ({"text__in": [True]}, "lookup 'in' needs a list"),
+        ({"text__in": [None]}, "lookup 'in' needs a list"),
         ({"text": None}, "lookup 'exact' needs a string or a number, got None"),
         ({"weight__gt": True}, "lookup 'gt' needs a string or a number, got True"),
         ({"text__exact": [1]}, "got a list"),

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from processors.document import Direction, Document, Score, copy_tree
 from processors.exceptions import RegexBudgetError
-from processors.query.lookups import ATTRIBUTES, LOOKUPS
+from processors.query.lookups import ATTRIBUTES, LOOKUPS, ConditionTypeError
 from processors.query.operators import (
     DOCUMENT_FIELDS,
     OPERATORS,
@@ -119,8 +119,8 @@ def fuzz_tree() -> list[Document]:
 
 def parse_and_apply(payload: object) -> tuple[Operation, ...] | None:
     """Parse, then apply to a fresh tree: only QueryLanguageError may come out of parsing, only
-    RegexBudgetError (a catastrophic pattern spent the request's budget) of applying, and no
-    eval or exec may run on the way."""
+    RegexBudgetError (a catastrophic pattern spent the request's budget) or ConditionTypeError (a
+    comparison across kinds) of applying, and no eval or exec may run on the way."""
     refuse = mock.Mock(side_effect=AssertionError("a payload reached eval or exec"))
     with mock.patch("builtins.eval", refuse), mock.patch("builtins.exec", refuse):
         try:
@@ -131,7 +131,7 @@ def parse_and_apply(payload: object) -> tuple[Operation, ...] | None:
         before = [copy_tree(doc) for doc in docs]
         try:
             result = apply_operations(docs, operations)
-        except RegexBudgetError:
+        except (RegexBudgetError, ConditionTypeError):
             assert docs == before
             return operations
     assert all(isinstance(op, Operation) for op in operations)

@@ -37,6 +37,14 @@ class TestSentencizer:
         # Every word is kept, in windows cut between words; min_sent_len applies to whole sentences only.
         assert [c.text for c in chunks] == ["A much", "longer", "sentence", "here."]
 
+    def test_a_text_with_no_sentence_of_min_length_is_kept_whole_not_dropped(self) -> None:
+        """Issue 21: "Toast." under min_sent_len=8 gave no chunk, so no vector: reported searchable, never found."""
+        config = SentencizerConfig(min_sent_len=8)
+        [toast, two] = Sentencizer(config).run(docs=[Document(id="t", text="Toast."),
+                                                     Document(id="u", text="Hi. Go on!")]).docs
+        assert [(c.id, c.text, c.location) for c in toast.chunks] == [("t/0", "Toast.", [0, 6])]
+        assert [c.text for c in two.chunks] == ["Hi.", "Go on!"]
+
     def test_does_not_mutate_input_and_handles_missing_text(self) -> None:
         original = Document(id="d", text=None)
         result = Sentencizer().run(docs=[original]).docs[0]
