@@ -20,6 +20,7 @@ from processors.query.limits import REQUEST_LIMITS
 from streams.admin import check_broker, ensure_topics
 from streams.exceptions import (EXIT_CONFIG, BrokerError, RequestExpiredError, RequestTimeoutError, StateConfigError,
                                 StreamsearchError)
+from streams.extras import require_stage_extras
 from streams.flow import load_flow, with_state_dir
 from streams.kafka import KafkaSettings
 from streams.local.brokers import BrokerKind
@@ -62,7 +63,7 @@ BROKER_OPTION = click.option(
 
 @main.command("hello-world")
 @click.option("--limit", default=1000, show_default=True, help="Docstrings to index.")
-@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: deploy/flows/hello.yml).")
+@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: the example flow hello.yml, streams/flows/).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Where shard state and stage logs go.")
 @click.option("--port", default=0, show_default="a free port", help="Port of the search page and HTTP API.")
 @click.option("--serve/--no-serve", default=None,
@@ -91,6 +92,7 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
     or one stage joining a running flow (``--replicas N`` adds N supervised consumers)."""
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
+    require_stage_extras(flow, [stage] if stage else None)  # one line, not stage processes dying on an import
     if stage in (None, "encode", "index"):  # a join or segment container need not hold the model
         flow.check_dimensions()  # before a broker starts: one line, not a dead letter per document
     if stage is not None:
@@ -440,12 +442,13 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
            state_dir: Path | None) -> None:
     """Rebuild the index from <flow>.encoded (no re-encoding); the index stage must be stopped."""
     from streams.local.runtime import durable_local_broker
-    from streams.replay import replay_index
 
     if from_beginning and from_timestamp:
         raise click.UsageError("--from-beginning and --from-timestamp exclude each other")
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
+    require_stage_extras(flow, [stage])
+    from streams.replay import replay_index  # the shard's FAISS and RocksDB: after the check that names their extra
     logging.getLogger("streams").setLevel(logging.WARNING)
     with durable_local_broker(flow, flow_path) as broker:  # the flow may be stopped: its broker with it
         settings = KafkaSettings(broker.bootstrap_servers, {**broker.extra, "logger": _quiet_librdkafka()})
@@ -570,7 +573,7 @@ def _epoch_ms(value: str) -> int:
 
 @main.command("eval")
 @click.option("--beir", "beir_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: deploy/flows/beir.yml).")
+@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: the example flow beir.yml, streams/flows/).")
 @click.option("--limit-queries", type=int, default=None, help="Evaluate only the first N test queries.")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None)
 @one_line_errors

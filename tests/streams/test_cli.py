@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from processors.query.limits import REQUEST_LIMITS
+from streams.resources import EXAMPLE_FLOWS
 from tests.streams.fixtures import sentence_flow_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +57,7 @@ def test_multi_field_jsonl_is_read_for_a_flow_that_maps_fields(tmp_path: Path) -
     """The JEP 3 example (no text) passes the reader, so the one error left is the absent broker;
     a number id that is not an integer is refused, saying to write it as a string."""
     env = {"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "HOME": str(tmp_path)}
-    books, flow = ROOT / "deploy" / "flows" / "jep3-books.jsonl", ROOT / "deploy" / "flows" / "jep3.yml"
+    books, flow = EXAMPLE_FLOWS / "jep3-books.jsonl", EXAMPLE_FLOWS / "jep3.yml"
     result = streamsearch("index", str(books), "--flow", str(flow), env=env)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("streamsearch: error: cannot reach Kafka at 127.0.0.1:1")

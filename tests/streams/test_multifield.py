@@ -7,10 +7,11 @@ import pytest
 from processors.document import Document
 from streams.exceptions import SearchError
 from streams.local.runtime import LocalRuntime
+from streams.resources import EXAMPLE_FLOWS
 
 pytestmark = pytest.mark.kafka
 
-FLOW = (Path(__file__).resolve().parents[2] / "deploy" / "flows" / "jep3.yml").read_text().replace(
+FLOW = (EXAMPLE_FLOWS / "jep3.yml").read_text().replace(
     "name: jep3", "name: {name}")
 BOOKS = [
     Document(id="10", tags={"title": "the story of the art",
@@ -72,14 +73,14 @@ def test_a_one_field_query_does_not_wait_for_the_other_fields_deadline(indexed) 
 
 
 def test_the_jep3_example_file_indexes_through_the_cli(flow: LocalRuntime) -> None:
-    """``streamsearch index deploy/flows/jep3-books.jsonl`` (no text, only the mapped fields), as the
+    """``streamsearch index streams/flows/jep3-books.jsonl`` (no text, only the mapped fields), as the
     README runs it; re-indexing the same two books changes nothing the other tests see."""
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[2]
     indexed = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "index", "deploy/flows/jep3-books.jsonl", "--flow", flow.flow.name,
+        [sys.executable, "-m", "streams.cli", "index", "streams/flows/jep3-books.jsonl", "--flow", flow.flow.name,
          "--wait", "--timeout", "120"],
         capture_output=True, text=True, cwd=root, timeout=180)  # KAFKA_BOOTSTRAP_SERVERS: the session broker's
     assert indexed.returncode == 0, indexed.stderr

@@ -15,8 +15,9 @@ from streams.exceptions import EXIT_CONFIG, StateConfigError
 from streams.flow import load_flow
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import MAX_BACKOFF_S, STABLE_AFTER_S, LocalFlow, StageProcess, restart_delay
+from streams.resources import EXAMPLE_FLOWS
 
-HELLO = Path(__file__).resolve().parents[2] / "deploy" / "flows" / "hello.yml"
+HELLO = EXAMPLE_FLOWS / "hello.yml"
 ERROR_LINE = "shard index at /s/f/index/0 was built with metric 'inner_product', now 'l2': rebuild it by replay"
 
 
