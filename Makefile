@@ -12,8 +12,9 @@ install:
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	# torch first, pinned: these machines hold its CPU build; a bare `torch` pulls GBs of CUDA wheels.
 	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
-	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
-	# Apache Kafka (KRaft) jars from Maven Central into ~/.cache/streamsearch, once (deploy/kafka/pom.xml).
+	# Every extra (encode, index, local: README "Install") and the tests' tools; editable, for development.
+	$(PIP) install --quiet --disable-pip-version-check -e '.[all,test]'
+	# Apache Kafka (KRaft) jars from Maven Central into ~/.cache/streamsearch, once (streams/local/kafka/pom.xml).
 	$(PYTHON) -m streams.local.apache_kafka >/dev/null
 
 hello-world: install

@@ -66,7 +66,7 @@ def main() -> None:
     default = {kind: pipeline(docs, query_fetch_wait_ms=5, broker=kind) for kind in kinds}
     bulk = {kind: pipeline(docs, query_fetch_wait_ms=100, broker=kind) for kind in kinds}
     print(f"machine: {machine()}")
-    print(f"documents: {len(docs)} SciFact (title + text, max_length 256), flow deploy/flows/beir.yml, 2 shards")
+    print(f"documents: {len(docs)} SciFact (title + text, max_length 256), flow streams/flows/beir.yml, 2 shards")
     print(f"in-process encoder (baseline): {baseline:6.2f} docs/s   peak RSS {rss_in_process:5.0f} MiB")
 
     def stages_mib(peaks: ProcessTreePeaks) -> float:

@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from streams.corpora import load_beir  # noqa: E402
+from streams.resources import EXAMPLE_FLOWS  # noqa: E402
 
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
-FLOW = ROOT / "deploy" / "flows" / "beir.yml"
+FLOW = EXAMPLE_FLOWS / "beir.yml"
 
 
 def scifact(limit: int):  # type: ignore[no-untyped-def]

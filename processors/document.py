@@ -37,7 +37,7 @@ MAX_TAG_INTEGER = 2**63 - 1
 
 TagValue = str | bool | int | float
 """What a tag holds: typed, as JSON wrote it, so that ``tags.minutes__lte: 10`` compares numbers
-(``schemas/document.avsc`` carries the type as a union branch)."""
+(``streams/schemas/document.avsc`` carries the type as a union branch)."""
 
 _ID_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 """C0 and C1 control characters (NUL included), DEL, and surrogates (never valid UTF-8 alone)."""

@@ -18,7 +18,9 @@ from confluent_kafka import KafkaException
 
 from processors.query.limits import REQUEST_LIMITS
 from streams.admin import check_broker, ensure_topics
-from streams.exceptions import EXIT_CONFIG, BrokerError, RequestTimeoutError, StateConfigError, StreamsearchError
+from streams.exceptions import (EXIT_CONFIG, BrokerError, RequestExpiredError, RequestTimeoutError, StateConfigError,
+                                StreamsearchError)
+from streams.extras import require_stage_extras
 from streams.flow import load_flow, with_state_dir
 from streams.kafka import QUIET_LIBRDKAFKA, KafkaSettings
 from streams.local.brokers import BrokerKind
@@ -61,7 +63,7 @@ BROKER_OPTION = click.option(
 
 @main.command("hello-world")
 @click.option("--limit", default=1000, show_default=True, help="Docstrings to index.")
-@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: deploy/flows/hello.yml).")
+@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: the example flow hello.yml, streams/flows/).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Where shard state and stage logs go.")
 @click.option("--port", default=0, show_default="a free port", help="Port of the search page and HTTP API.")
 @click.option("--serve/--no-serve", default=None,
@@ -90,6 +92,7 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
     or one stage joining a running flow (``--replicas N`` adds N supervised consumers)."""
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
+    require_stage_extras(flow, [stage] if stage else None)  # one line, not stage processes dying on an import
     if stage in (None, "encode", "index"):  # a join or segment container need not hold the model
         flow.check_dimensions()  # before a broker starts: one line, not a dead letter per document
     if stage is not None:
@@ -223,14 +226,15 @@ def _flow_kafka(flow: str) -> dict[str, Any] | None:
 @main.command("index")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
-@click.option("--wait", is_flag=True, help="Return once every shard has applied the documents: searchable (read-your-writes).")
+@click.option("--wait", is_flag=True, help="Return once every shard has applied the documents: searchable (read-your-writes); "
+                   "exit 1 naming those a stage dead-lettered on the way.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="With --wait: give up after S seconds.")
 @one_line_errors
 def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
     """Index a JSONL file of {"id", "text", ...} objects into a running flow; "text" is optional
     when the flow maps fields (e.g. {"id": "10", "title": ..., "summary": ...})."""
     from streams.corpora import read_jsonl
-    from streams.progress import dead_lettered, wait_searchable
+    from streams.progress import wait_searchable
 
     # A flow YAML says which fields it maps; a bare name does not, so any string field may do.
     fields = load_flow(flow).fields if flow.endswith((".yml", ".yaml")) else None
@@ -241,16 +245,23 @@ def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
         if wait:
             click.echo("waiting until every shard has applied them ...", err=True)
             try:
-                reply = wait_searchable(client, receipt, timeout=timeout)
+                searchable = wait_searchable(client, receipt, timeout=timeout)
             except RequestTimeoutError as exc:
                 raise StreamsearchError(f"{exc}; raise --timeout, or see `streamsearch status`") from exc
+            reply, letters = searchable.reply, searchable.dead_letters
             version = f" by index version {reply.version}" if reply is not None else ""
-            refused = dead_lettered(client.settings, client.topics, receipt, [doc.id for doc in docs])
-            click.echo(f"{receipt.count - len(refused)} documents searchable{version}")
-            if refused:
-                raise StreamsearchError(
-                    f"{len(refused)} of {receipt.count} documents were dead-lettered, not indexed; the first: "
-                    f"{refused[0].message} (all: `streamsearch dead-letters --flow {flow}`)")
+            click.echo(f"{receipt.count - len(letters)} documents searchable{version}")
+            if letters:
+                raise StreamsearchError(_dead_lettered(letters, receipt.count, flow))
+
+
+def _dead_lettered(letters: list[Any], count: int, flow: str) -> str:
+    """One line naming the documents a stage dead-lettered on the way, and why."""
+    shown = "; ".join(f"{(letter.key or b'').decode(errors='replace')!r} by {letter.stage}: {letter.error_class}: "
+                      f"{letter.message[:200]}" for letter in letters[:3])
+    more = f"; and {len(letters) - 3} more" if len(letters) > 3 else ""
+    return (f"{len(letters)} of {count} documents were dead-lettered on the way and are not searchable: {shown}{more} "
+            f"(`streamsearch dead-letters --flow {flow}`)")
 
 
 @main.command("search")
@@ -274,6 +285,8 @@ def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: t
                                   index_type=index_type)
         except ValueError as exc:  # refused before sending: a blank text, a timeout over the limit
             raise StreamsearchError(str(exc)) from None
+        except RequestExpiredError:  # answered: the flow says why
+            raise
         except RequestTimeoutError as exc:  # a flow that does not run, or a deadline too short for it?
             raise StreamsearchError(why_no_reply(client.settings, client.topics, timeout)
                                     .replace("raise the timeout", "raise --timeout")) from exc
@@ -424,12 +437,13 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
            state_dir: Path | None) -> None:
     """Rebuild the index from <flow>.encoded (no re-encoding); the index stage must be stopped."""
     from streams.local.runtime import durable_local_broker
-    from streams.replay import replay_index
 
     if from_beginning and from_timestamp:
         raise click.UsageError("--from-beginning and --from-timestamp exclude each other")
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
+    require_stage_extras(flow, [stage])
+    from streams.replay import replay_index  # the shard's FAISS and RocksDB: after the check that names their extra
     logging.getLogger("streams").setLevel(logging.WARNING)
     with durable_local_broker(flow, flow_path) as broker:  # the flow may be stopped: its broker with it
         settings = KafkaSettings(broker.bootstrap_servers, {**broker.extra, "logger": QUIET_LIBRDKAFKA})
@@ -554,7 +568,7 @@ def _epoch_ms(value: str) -> int:
 
 @main.command("eval")
 @click.option("--beir", "beir_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: deploy/flows/beir.yml).")
+@click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: the example flow beir.yml, streams/flows/).")
 @click.option("--limit-queries", type=int, default=None, help="Evaluate only the first N test queries.")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None)
 @one_line_errors

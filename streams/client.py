@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
@@ -25,16 +25,22 @@ from processors.document import Document, validate_document, validate_embedding,
 from processors.exceptions import InvalidDocumentError, InvalidParameterError
 from processors.query.limits import REQUEST_LIMITS
 from streams import headers as h
-from streams.admin import check_broker, delete_topics, ensure_topics
-from streams.exceptions import DeliveryError, PayloadTooLargeError, RequestTimeoutError
+from streams.admin import delete_topics, ensure_topics
+from streams.exceptions import (DeliveryError, PayloadTooLargeError, RequestExpiredError, RequestTimeoutError,
+                                SearchError, UnknownFlowError)
 from streams.flow import DEFAULT_MAX_PAYLOAD_BYTES
-from streams.kafka import UNKNOWN_TOPIC_ERRORS, KafkaSettings, StageProducer, consume_batch, make_consumer
+from streams.kafka import (UNKNOWN_TOPIC_ERRORS, KafkaSettings, StageProducer, consume_batch, fetch_high_watermarks,
+                           make_consumer)
 from streams.query import query_headers
 from streams.serde import DOCUMENT, REQUEST, SEARCH_REPLY, Request, SearchReply
+from streams.status import require_flow
 from streams.topics import FlowTopics, TopicShape
 from streams.versions import serving_of
 
-__all__ = ["IndexReceipt", "Client", "VectorsLike", "query_documents"]
+if TYPE_CHECKING:
+    from streams.progress import Searchable
+
+__all__ = ["IndexReceipt", "Client", "VectorsLike", "query_documents", "raise_for_errors", "is_expired_reply"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,27 +53,41 @@ _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SI
 @dataclass(slots=True)
 class IndexReceipt:
     """Where the written records landed: ingest partition -> last offset. Pass it to
-    ``search(after=...)`` to read your own writes."""
+    ``search(after=...)`` to read your own writes, or to ``wait_searchable`` to learn which of
+    them a stage dead-lettered on the way."""
 
     offsets: dict[int, int] = field(default_factory=dict)
     count: int = 0
-    first: dict[int, int] = field(default_factory=dict)
-    """Ingest partition -> first offset written: with ``offsets``, the span the writes took."""
+    spans: dict[int, list[list[int]]] = field(default_factory=dict)
+    """Every offset written, per ingest partition, as runs ``[first, last]`` (other writers may
+    interleave): a dead letter is this receipt's when its source ingest offset is in one."""
+    dead_letters_from: dict[str, int] = field(default_factory=dict)
+    """Dead-letter topic -> its end before these writes: their letters can only come after it."""
 
     def note(self, partition: int, offset: int) -> None:
         if offset > self.offsets.get(partition, -1):
             self.offsets[partition] = offset
-        if offset < self.first.get(partition, offset + 1):
-            self.first[partition] = offset
+        runs = self.spans.setdefault(partition, [])
+        if runs and runs[-1][1] == offset - 1:
+            runs[-1][1] = offset
+        else:
+            runs.append([offset, offset])
 
-    def spans(self, partition: int, offset: int) -> bool:
-        """The ingest offset lies within what this receipt wrote to the partition."""
-        return self.first.get(partition, 0) <= offset <= self.offsets.get(partition, -1)
+    def wrote(self, partition: int, offset: int) -> bool:
+        """Whether this receipt's writes include ingest ``offset`` of ``partition``."""
+        return any(first <= offset <= last for first, last in self.spans.get(partition, ()))
 
     def merge(self, other: "IndexReceipt") -> "IndexReceipt":
-        merged = IndexReceipt(dict(self.offsets), self.count + other.count, dict(self.first))
-        for partition, offset in (*other.first.items(), *other.offsets.items()):
-            merged.note(partition, offset)
+        merged = IndexReceipt(dict(self.offsets), self.count + other.count,
+                              {p: [list(run) for run in runs] for p, runs in self.spans.items()},
+                              dict(self.dead_letters_from))
+        for partition, offset in other.offsets.items():
+            if offset > merged.offsets.get(partition, -1):
+                merged.offsets[partition] = offset
+        for partition, runs in other.spans.items():
+            merged.spans.setdefault(partition, []).extend(list(run) for run in runs)
+        for topic, start in other.dead_letters_from.items():
+            merged.dead_letters_from[topic] = min(start, merged.dead_letters_from.get(topic, start))
         return merged
 
 
@@ -146,8 +166,11 @@ class Client:
         timeout_s: float = 10.0,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         version: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """:param version: search this index version only; None follows the serving version."""
+        """:param version: search this index version only; None follows the serving version.
+        :param clock: this host's clock (epoch seconds), for the deadline and timestamp of a
+            search; the flow measures the deadline on its own clock (see ``search_async``)."""
         self.topics = FlowTopics(flow, 1, version or 1)
         self._pinned = version is not None
         self.settings = settings or _local_settings()
@@ -160,7 +183,9 @@ class Client:
         self._listener: threading.Thread | None = None
         self._listener_lock = threading.Lock()
         self._stop = threading.Event()
-        self._reachable = False
+        self._clock = clock
+        self._contacted = False
+        self._dead_letter_ends: dict[str, int] = {}
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -168,14 +193,13 @@ class Client:
         """Upsert documents (key = id) on the ingest topic and wait until all are delivered.
 
         :raises BrokerError: at the first call, within 10 s, when the broker cannot be reached.
+        :raises UnknownFlowError: at the first call, when the broker has no such flow.
         :raises InvalidDocumentError: for an id or text the flow refuses (control characters, lone surrogates).
         :raises PayloadTooLargeError: before sending anything too large for the flow.
         :raises DeliveryError: if the broker did not take every record.
         """
-        if not self._reachable:  # once: fail in seconds with one BrokerError, not after a 30 s delivery timeout
-            check_broker(self.settings, timeout=10)
-            self._reachable = True
-        receipt = IndexReceipt()
+        self._first_contact()
+        receipt = IndexReceipt(dead_letters_from=self._dead_letters_end())
         bar = tqdm(total=total, unit="doc", desc="ingest", disable=not progress)
         for doc in docs:
             validate_document(doc)  # the stages refuse what fails this anyway: say so here, before sending
@@ -190,12 +214,44 @@ class Client:
         return receipt
 
     def delete(self, ids: Iterable[str]) -> IndexReceipt:
-        """Delete documents by id: a tombstone per id on the ingest topic."""
+        """Delete documents by id: a tombstone per id on the ingest topic.
+
+        :raises BrokerError: as ``index``; :raises UnknownFlowError: as ``index``.
+        """
+        self._first_contact()
         receipt = IndexReceipt()
         for doc_id in ids:
             self._send(receipt, doc_id, None, ())
         self._flush()
         return receipt
+
+    def _first_contact(self) -> None:
+        """Once: fail in seconds with one line when the broker cannot be reached or has no such
+        flow, not after a 30 s delivery timeout (and before the client creates any topic).
+
+        :raises BrokerError: if the broker is unreachable; :raises UnknownFlowError: no such flow.
+        """
+        if not self._contacted:
+            require_flow(self.settings, self.topics)
+            self._contacted = True
+
+    def _dead_letters_end(self) -> dict[str, int]:
+        """The end of the serving version's dead-letter topic, read once per version: a receipt's
+        letters come after it, so a wait reads only those (0, the beginning, if unknown)."""
+        topic = self.topics.dead_letter
+        if topic not in self._dead_letter_ends:
+            self._dead_letter_ends[topic] = fetch_high_watermarks(self.settings, {topic: 1}, timeout=5)[(topic, 0)]
+        return {topic: self._dead_letter_ends[topic]}
+
+    def wait_searchable(self, receipt: IndexReceipt, *, timeout: float = 60.0) -> "Searchable":
+        """Wait until every shard has applied ``receipt`` (read-your-writes); ``dead_letters`` of
+        the result name the documents a stage dead-lettered on the way, with the reason.
+
+        :raises RequestTimeoutError: naming the shards still behind, if ``timeout`` passes first.
+        """
+        from streams.progress import wait_searchable
+
+        return wait_searchable(self, receipt, timeout=timeout)
 
     def _flush(self) -> None:
         """Wait until the writes are delivered; a failed search was answered through its future.
@@ -226,18 +282,25 @@ class Client:
 
     def search(self, texts: str | Sequence[str] | None = None, *, vectors: VectorsLike | None = None,
                timeout_s: float | None = None, **options: Any) -> SearchReply:
-        """Search and wait for the reply; arguments as for ``search_async``.
+        """Search and wait for the reply; arguments as for ``search_async``. A reply with results
+        is returned, even flagged ``partial`` with ``errors`` (a shard failed or missed the deadline).
 
         :raises ValueError: on invalid ``texts``/``vectors`` (see ``search_async``), before sending.
+        :raises UnknownFlowError: at the first search, when the broker has no such flow.
+        :raises SearchError: if the flow answered with errors and no results (an invalid request,
+            one over a limit, a reply too large); ``errors`` lists them.
+        :raises RequestExpiredError: if a stage took the request up only after its deadline.
         :raises RequestTimeoutError: if no reply came, not even a partial one.
         """
         future = self.search_async(texts, vectors=vectors, timeout_s=timeout_s, **options)
         wait = (timeout_s or self.timeout_s) + REPLY_GRACE_S
         try:
-            return future.result(timeout=wait)
+            reply = future.result(timeout=wait)
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
             raise RequestTimeoutError(f"no reply within {wait:.1f}s: is the flow {self.topics.flow!r} running?") from exc
+        raise_for_errors(reply)
+        return reply
 
     def search_async(
         self,
@@ -264,7 +327,9 @@ class Client:
             ``vectors=[v]`` (or ``v[None, :]``). A width other than the index's is answered with
             an error reply (``reply.errors``), like any invalid request.
         :param top_k: documents per query (the flow's default if None).
-        :param timeout_s: the deadline; the reply comes by then, flagged partial if parts were missing.
+        :param timeout_s: the deadline, in seconds from when the broker appends the request (the
+            flow's clock, not this host's: a host clock some seconds off does not shorten it);
+            the reply comes by then, flagged partial if parts were missing.
         :param after: wait until the shards have applied these writes (read-your-writes).
         :param filter_by: search only these fields of a multi-field flow.
         :param index_type: answer from this shard index type (flat, hnsw, ivf, ivf_pq).
@@ -292,7 +357,8 @@ class Client:
         if not 0 < wait_s <= REQUEST_LIMITS.max_deadline_s:  # the encode stage would refuse it
             raise ValueError(f"timeout_s must be in (0, {REQUEST_LIMITS.max_deadline_s:g}] seconds "
                              f"(max_deadline_s), got {wait_s!r}")
-        deadline_ms = int((time.time() + wait_s) * 1000)
+        sent_ms = int(self._clock() * 1000)
+        deadline_ms = sent_ms + int(wait_s * 1000)
         request = Request(
             request_id=request_id, kind="search", docs=queries,
             reply_to=self.reply_topic, deadline_ms=deadline_ms, parameters=params,
@@ -314,17 +380,18 @@ class Client:
                     refused: Exception = PayloadTooLargeError(
                         f"the broker refused the search request ({len(value)} bytes): {err.str()}")
                 elif err.code() in UNKNOWN_TOPIC_ERRORS:
-                    refused = DeliveryError(f"no topic {msg.topic()}: flow {self.topics.flow!r} was never run on "
+                    refused = UnknownFlowError(f"no topic {msg.topic()}: flow {self.topics.flow!r} was never run on "
                                             "this cluster (start it with streamsearch run FLOW.yml)")
                 else:
                     refused = DeliveryError(f"search request not delivered: {err.str()}")
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
                     future.set_exception(refused)
 
-        headers = query_headers(request_id, self.reply_topic, deadline_ms) + (REQUEST.header(),)
+        headers = query_headers(request_id, self.reply_topic, deadline_ms,
+                                timeout_ms=int(wait_s * 1000)) + (REQUEST.header(),)
         try:
             self._producer.produce(self.topics.query, value=value, key=request_id, headers=headers,
-                                   on_delivery=delivered)
+                                   on_delivery=delivered, timestamp=sent_ms)
         except KafkaException as exc:
             future.cancel()
             if exc.args and exc.args[0].code() in _TOO_LARGE:
@@ -353,6 +420,7 @@ class Client:
                 self._start_listener()
 
     def _start_listener(self) -> None:
+        self._first_contact()
         versions = self.topics.versions
         shared = [shape for shape in self.topics.shapes() if shape.name == versions]
         ensure_topics(self.settings, [TopicShape(self.reply_topic, 1), *shared], max_payload_bytes=self.max_payload_bytes)
@@ -422,3 +490,22 @@ class Client:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def raise_for_errors(reply: SearchReply) -> None:
+    """Raise what a reply with errors and no results means; return for any other reply.
+
+    :raises RequestExpiredError: if a stage took the request up only after its deadline.
+    :raises SearchError: for any other such reply (refused, over a limit, too large).
+    """
+    if not reply.errors or reply.docs:
+        return
+    message = "; ".join(reply.errors)
+    if is_expired_reply(reply):
+        raise RequestExpiredError(message)
+    raise SearchError(message, reply)
+
+
+def is_expired_reply(reply: SearchReply) -> bool:
+    """Whether a stage answered the request with ``RequestExpiredError``: it came too late to work on."""
+    return any(error.startswith(f"{RequestExpiredError.__name__}:") for error in reply.errors)

@@ -15,6 +15,9 @@ from streams.topics import FlowTopics
 
 __all__ = ["DeadLetter", "read_dead_letters", "redrive", "redriven_up_to"]
 
+NO_INGEST_OFFSET = -1
+"""A letter's ``ingest_offset`` when it traces back to no ingest record (a request, a foreign record)."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,6 +35,10 @@ class DeadLetter:
     source_partition: int
     source_offset: int
     original_headers: tuple[h.Header, ...]
+    ingest_offset: int = NO_INGEST_OFFSET
+    """The offset of the ingest record it derives from, in partition ``source_partition``: its own
+    offset when it was read from the ingest topic, else its ``ss-ingest-offset`` header (the index
+    path is co-partitioned). What tells a writer which of its documents were dead-lettered."""
 
 
 def read_dead_letters(settings: KafkaSettings, topics: FlowTopics, *, from_offset: int = 0,
@@ -50,7 +57,7 @@ def read_dead_letters(settings: KafkaSettings, topics: FlowTopics, *, from_offse
         while time.monotonic() < deadline:
             for msg in consume_batch(consumer, max_records=500, timeout=0.2):
                 if msg.error() is None:
-                    letters.append(_letter(msg.offset(), msg.key(), msg.value(), headers_of(msg)))
+                    letters.append(_letter(msg.offset(), msg.key(), msg.value(), headers_of(msg), topics.ingest))
             _, high = consumer.get_watermark_offsets(partition, cached=True)
             position = consumer.position([partition])[0].offset
             if high >= 0 and (high <= from_offset or position >= high):
@@ -60,15 +67,20 @@ def read_dead_letters(settings: KafkaSettings, topics: FlowTopics, *, from_offse
     return letters
 
 
-def _letter(offset: int, key: bytes | None, value: bytes | None, headers: dict[str, bytes]) -> DeadLetter:
+def _letter(offset: int, key: bytes | None, value: bytes | None, headers: dict[str, bytes],
+            ingest_topic: str) -> DeadLetter:
     text = {name: raw.decode(errors="replace") for name, raw in headers.items()}
+    source_offset = _or(h.read_int(headers, h.DEAD_LETTER_OFFSET), -1)  # offset 0 is an offset, not "none"
+    from_ingest = text.get(h.DEAD_LETTER_TOPIC) == ingest_topic
+    ingest_offset = source_offset if from_ingest else _or(h.read_int(headers, h.INGEST_OFFSET), NO_INGEST_OFFSET)
     return DeadLetter(
         offset=offset, key=key, value=value,
         stage=text.get(h.DEAD_LETTER_STAGE, "?"), error_class=text.get(h.DEAD_LETTER_ERROR_CLASS, "?"),
         message=text.get(h.DEAD_LETTER_MESSAGE, ""), source_topic=text.get(h.DEAD_LETTER_TOPIC, ""),
         source_partition=_or(h.read_int(headers, h.DEAD_LETTER_PARTITION), 0),
-        source_offset=_or(h.read_int(headers, h.DEAD_LETTER_OFFSET), -1),  # offset 0 is an offset, not "none"
+        source_offset=source_offset,
         original_headers=tuple((k, v) for k, v in headers.items() if not k.startswith("ss-dl-")),
+        ingest_offset=ingest_offset,
     )
 
 

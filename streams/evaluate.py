@@ -17,10 +17,11 @@ from streams.corpora import BeirDataset, load_beir
 from streams.flow import load_flow
 from streams.local.runtime import LocalRuntime
 from streams.progress import IndexProgress
+from streams.resources import EXAMPLE_FLOWS
 
 __all__ = ["EvalResult", "run_eval", "DEFAULT_EVAL_FLOW", "eval_flow_name"]
 
-DEFAULT_EVAL_FLOW = Path(__file__).resolve().parent.parent / "deploy" / "flows" / "beir.yml"
+DEFAULT_EVAL_FLOW = EXAMPLE_FLOWS / "beir.yml"
 QUERIES_PER_REQUEST = 16
 
 

@@ -1,5 +1,7 @@
 """Errors of the runtime; all derive from the one StreamsearchError."""
 
+from typing import Any
+
 from processors.exceptions import StreamsearchError
 
 __all__ = [
@@ -15,6 +17,9 @@ __all__ = [
     "GroupMembershipLost",
     "PayloadTooLargeError",
     "RequestTimeoutError",
+    "RequestExpiredError",
+    "SearchError",
+    "UnknownFlowError",
     "ReplyTopicError",
     "InvalidRecordError",
 ]
@@ -48,6 +53,11 @@ class KafkaConfigError(StreamsearchError):
     """A librdkafka setting (from the environment or a flow's ``kafka:`` map) is unknown or invalid."""
 
 
+class UnknownFlowError(BrokerError):
+    """The broker has no such flow (no ``<flow>.ingest``) or not the version asked for: only
+    ``streamsearch run`` creates a flow's topics, so a misspelt name fails here, not in a delivery."""
+
+
 class GroupMembershipLost(BrokerError):
     """A stage's consumer lost its partitions and did not get any back: the process restarts to rejoin."""
 
@@ -71,6 +81,24 @@ class PayloadTooLargeError(StreamsearchError):
 
 class RequestTimeoutError(StreamsearchError):
     """No reply arrived before the request's deadline (plus grace)."""
+
+
+class RequestExpiredError(RequestTimeoutError):
+    """A stage took a request up only after its deadline (a backlog, a stage restarting): it
+    answers with this error, naming by how much, instead of working for nobody."""
+
+
+class SearchError(StreamsearchError):
+    """The flow answered a search with errors and no results: an invalid request or one over a
+    limit (the encode stage refuses it before it fans out), or a reply too large to send.
+
+    ``errors`` are the reply's messages, ``reply`` the ``SearchReply`` itself.
+    """
+
+    def __init__(self, message: str, reply: Any = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+        self.errors: list[str] = list(getattr(reply, "errors", None) or [message])
 
 
 class ReplyTopicError(StreamsearchError):

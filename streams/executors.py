@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping
 
 from processors.encoders.transformer import TransformerEncoder, TransformerEncoderConfig
-from processors.index.compound import CompoundIndexerConfig
+from processors.index.config import CompoundIndexerConfig
 from processors.rankers.chunk2doc import Chunk2DocRanker, Chunk2DocRankerConfig
 from processors.segmenters.fields import FieldMapper, FieldMapperConfig
 from processors.segmenters.sentence import Sentencizer, SentencizerConfig
@@ -24,6 +24,9 @@ class Executor:
 
     config_type: type
     build: Callable[[Any], Any]
+    extra: str | None = None
+    """The optional dependencies (``pip install 'streamsearch[EXTRA]'``) a process running it needs;
+    None when the core install runs it. A flow is read and checked without any of them."""
 
 
 EXECUTORS: Mapping[str, Mapping[str, Executor]] = {
@@ -31,9 +34,9 @@ EXECUTORS: Mapping[str, Mapping[str, Executor]] = {
         "Sentencizer": Executor(SentencizerConfig, Sentencizer),
         "FieldMapper": Executor(FieldMapperConfig, FieldMapper),
     },
-    "encode": {"TransformerEncoder": Executor(TransformerEncoderConfig, TransformerEncoder)},
+    "encode": {"TransformerEncoder": Executor(TransformerEncoderConfig, TransformerEncoder, extra="encode")},
     # The index stage builds one CompoundIndexer per partition itself: it needs path and codec.
-    "index": {"CompoundIndexer": Executor(CompoundIndexerConfig, lambda config: config)},
+    "index": {"CompoundIndexer": Executor(CompoundIndexerConfig, lambda config: config, extra="index")},
     "ranker": {"Chunk2DocRanker": Executor(Chunk2DocRankerConfig, Chunk2DocRanker)},
 }
 

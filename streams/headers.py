@@ -13,6 +13,7 @@ __all__ = [
     "SCHEMA",
     "INGEST_OFFSET",
     "DEADLINE_MS",
+    "TIMEOUT_MS",
     "REQUEST_ID",
     "REPLY_TO",
     "KIND",
@@ -26,7 +27,11 @@ SCHEMA = SCHEMA_HEADER
 INGEST_OFFSET = "ss-ingest-offset"
 """The ingest-topic offset a record derives from: shard p's freshness watermark."""
 DEADLINE_MS = "ss-deadline-ms"
-"""Query-path records: epoch ms after which nobody waits; expired records are skipped undecoded."""
+"""Query-path records: epoch ms after which nobody waits. On ``<flow>.query`` the client's clock's
+(the encode stage rebases it, see ``TIMEOUT_MS``); downstream the flow's."""
+TIMEOUT_MS = "ss-timeout-ms"
+"""Query records: the client's timeout, relative, so that the encode stage can measure the deadline
+on the flow's clock from when the request entered Kafka (a client's clock may be off)."""
 REQUEST_ID = "ss-request-id"
 CREATED_MS = "ss-created-ms"
 """Query-path records: when the query entered the flow (its query record's timestamp)."""

@@ -17,6 +17,7 @@ from streams.local.brokers import BrokerKind
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_logs_shown
 from streams.progress import IndexProgress
+from streams.resources import EXAMPLE_FLOWS
 from streams.serde import SearchReply
 
 __all__ = ["EXAMPLE_QUERIES", "format_reply", "run_hello_world"]
@@ -28,7 +29,7 @@ EXAMPLE_QUERIES = (
     "encode binary data as base64 text",
 )
 
-DEFAULT_FLOW = Path(__file__).resolve().parent.parent / "deploy" / "flows" / "hello.yml"
+DEFAULT_FLOW = EXAMPLE_FLOWS / "hello.yml"
 
 
 def _partial_note(reply: SearchReply) -> str:

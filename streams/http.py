@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from processors.document import Document, validate_document, validate_id, validate_text
 from processors.exceptions import InvalidDocumentError, InvalidParameterError
 from processors.query.limits import REQUEST_LIMITS
-from streams.client import REPLY_GRACE_S, Client, IndexReceipt
+from streams.client import REPLY_GRACE_S, Client, IndexReceipt, is_expired_reply
 from streams.exceptions import PayloadTooLargeError, StreamsearchError
 from streams.flow import FlowSpec
 from streams.serde import SearchReply
@@ -377,8 +377,9 @@ def create_app(
         except (StreamsearchError, KafkaException) as exc:
             raise _unavailable(exc) from exc
         payload = _reply_json(texts, reply, (time.perf_counter() - started) * 1000)
-        if reply.errors:
-            return _AsciiJSONResponse({"detail": "; ".join(reply.errors), **payload}, status.HTTP_400_BAD_REQUEST)
+        if reply.errors:  # refused (400), or taken up after its deadline (504)
+            code = status.HTTP_504_GATEWAY_TIMEOUT if is_expired_reply(reply) else status.HTTP_400_BAD_REQUEST
+            return _AsciiJSONResponse({"detail": "; ".join(reply.errors), **payload}, code)
         if reply.missing_shards:
             return _AsciiJSONResponse({"detail": f"shards {reply.missing_shards} missed the deadline", **payload},
                                       status.HTTP_504_GATEWAY_TIMEOUT)

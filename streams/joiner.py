@@ -28,7 +28,7 @@ from streams import headers as h
 from streams.exceptions import InvalidRecordError, ReplyTopicError
 from streams.flow import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.metrics import QUERY_SECONDS, REPLIES
-from streams.query import decode_live
+from streams.query import ExpiredRequests, decode_live, split_expired
 from streams.serde import PARTIAL_RESULT, SEARCH_REPLY, PartialResult, SearchReply
 from streams.stage import Inbound, Output
 from streams.topics import FlowTopics
@@ -102,6 +102,7 @@ class Joiner:
         self.evaluations = RunningStats()
         self.replies = 0
         self.partial_replies = 0
+        self._expired = ExpiredRequests(flow=flow, stage="join")
 
     MAX_PENDING = 10_000
     """Requests held at once; past this, the one due first is answered now, partial (load shedding:
@@ -111,10 +112,11 @@ class Joiner:
         # Everything decoded and checked before any state changes: the loop retries a failed batch
         # record by record, and a request completed (and remembered as replied) by the first try
         # would never be answered.
-        parts = list(decode_live(records, PARTIAL_RESULT))
+        live, expired = split_expired(records)
+        parts = list(decode_live(live, PARTIAL_RESULT))
         for _, part in parts:
             self._check(part)
-        outputs = []
+        outputs = self._answer_expired(expired)
         for record, part in parts:
             if part.request_id in self._replied:
                 continue
@@ -128,6 +130,26 @@ class Joiner:
             if pending.complete:
                 outputs.append(self._reply(pending))
         return outputs
+
+    def _answer_expired(self, records: list[Inbound]) -> list[Output]:
+        """Parts that came after their deadline, of a request this joiner never held (it was
+        behind, or restarting): answer the request once, with the error, rather than never."""
+        outputs: list[Output] = []
+        now_ms = time.time() * 1000
+        for record in records:
+            raw_id = record.headers.get(h.REQUEST_ID)
+            request_id = raw_id.decode(errors="replace") if raw_id else None
+            if request_id is None or request_id in self._replied or request_id in self._pending:
+                continue
+            self._remember_replied(request_id)
+            deadline_ms = h.read_int(record.headers, h.DEADLINE_MS)
+            outputs.extend(self._expired.answer(record, now_ms if deadline_ms is None else deadline_ms, now_ms))
+        return outputs
+
+    def _remember_replied(self, request_id: str) -> None:
+        self._replied[request_id] = None
+        while len(self._replied) > REMEMBER_REPLIED:
+            self._replied.popitem(last=False)
 
     def _check(self, part: PartialResult) -> None:
         """Refuse a part no stage of this flow writes: it would make the joiner expect parts that
@@ -169,9 +191,7 @@ class Joiner:
 
     def _reply(self, pending: PendingRequest) -> Output:
         del self._pending[pending.request_id]
-        self._replied[pending.request_id] = None
-        while len(self._replied) > REMEMBER_REPLIED:
-            self._replied.popitem(last=False)
+        self._remember_replied(pending.request_id)
         try:
             reply = build_reply(pending, self.evaluations, self._operations)
         except Exception as exc:  # a reply with the error beats no reply: the client would hang

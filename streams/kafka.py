@@ -216,11 +216,13 @@ class StageProducer:
         headers: Sequence[Header] = (),
         on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
         best_effort: bool = False,
+        timestamp: int | None = None,
     ) -> None:
         """Queue a record; waits (serving callbacks) while the local queue is full.
 
         :param best_effort: a failure to deliver this record is only reported to ``on_delivery``,
             never raised by ``flush`` (a reply to a client that has gone).
+        :param timestamp: its CreateTime in epoch ms (None: librdkafka's clock now).
         """
 
         def report(err: KafkaError | None, msg: Message) -> None:
@@ -232,6 +234,8 @@ class StageProducer:
         kwargs: dict[str, Any] = {"value": value, "key": key, "headers": list(headers), "on_delivery": report}
         if partition is not None:
             kwargs["partition"] = partition
+        if timestamp is not None:
+            kwargs["timestamp"] = timestamp
         while True:
             try:
                 self.raw.produce(topic, **kwargs)

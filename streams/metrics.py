@@ -9,7 +9,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
     "RECORDS_IN", "RECORDS_OUT", "DEAD_LETTERS", "BATCH_SECONDS", "CONSUMER_LAG", "INDEX_VECTORS",
-    "QUERY_SECONDS", "REJECTED_REQUESTS", "REPLIES", "TRANSACTIONS", "TRUNCATED_TEXTS", "UNDELIVERABLE_REPLIES",
+    "QUERY_SECONDS", "REJECTED_REQUESTS", "EXPIRED_REQUESTS", "REPLIES", "TRANSACTIONS", "TRUNCATED_TEXTS", "UNDELIVERABLE_REPLIES",
     "serve_metrics",
 ]
 
@@ -34,6 +34,9 @@ TRUNCATED_TEXTS = Counter("streamsearch_truncated_texts_total", "Texts longer th
 REJECTED_REQUESTS = Counter("streamsearch_rejected_requests_total",
                             "Requests refused with an error reply (invalid parameters, limits): answered, not lost",
                             ["flow", "stage", "error"])
+EXPIRED_REQUESTS = Counter("streamsearch_expired_requests_total",
+                           "Requests a stage took up only after their deadline: answered with RequestExpiredError "
+                           "where a reply topic exists, not worked on", ["flow", "stage"])
 UNDELIVERABLE_REPLIES = Counter("streamsearch_undeliverable_replies_total",
                                 "Replies not sent: their reply topic does not exist (the client is gone) or refused them",
                                 ["flow", "stage"])

@@ -3,7 +3,8 @@
 Producing to the ingest topic takes a second; encoding takes minutes. The bar counts the
 documents that left the encoder, and is done when every ingest partition's last written
 offset has come through (the ``ss-ingest-offset`` header). ``wait_searchable`` goes one step
-further: every shard has applied the writes and answers with them (read-your-writes).
+further: every shard has applied the writes and answers with them (read-your-writes), and it
+names the documents a stage dead-lettered on the way (the shards' watermarks move past them).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Collection
+from dataclasses import dataclass
 
 from confluent_kafka import TopicPartition
 from tqdm import tqdm
@@ -19,66 +20,73 @@ from tqdm import tqdm
 from streams import headers as h
 from streams.client import Client, IndexReceipt
 from streams.dead_letters import DeadLetter, read_dead_letters
-from streams.exceptions import RequestTimeoutError
+from streams.exceptions import RequestTimeoutError, SearchError
 from streams.kafka import KafkaSettings, consume_batch, make_consumer
 from streams.serde import SearchReply
 from streams.topics import FlowTopics
 
-__all__ = ["IndexProgress", "dead_lettered", "wait_searchable"]
+__all__ = ["IndexProgress", "Searchable", "wait_searchable", "dead_letters_of"]
 
 PROBE_DEADLINE_S = 10.0
 """Each probe search's deadline: a shard behind the receipt waits until shortly before it."""
 
 
-def wait_searchable(client: Client, receipt: IndexReceipt, *, timeout: float) -> SearchReply | None:
+@dataclass(frozen=True, slots=True)
+class Searchable:
+    """The end of a read-your-writes wait: every shard has applied the receipt's writes.
+
+    :param reply: the first complete, fresh reply; None when the receipt holds no writes.
+    :param dead_letters: the receipt's records a stage dead-lettered on the way, with the stage
+        and the reason: those documents are not searchable (``streamsearch dead-letters`` shows
+        them too, and re-drives them after a fix).
+    """
+
+    reply: SearchReply | None
+    dead_letters: list[DeadLetter]
+
+
+def dead_letters_of(client: Client, receipt: IndexReceipt) -> list[DeadLetter]:
+    """The dead letters, on the serving version's dead-letter topic, whose source traces back to
+    an ingest offset ``receipt`` wrote; read from where that topic ended before the writes."""
+    topics = client.topics
+    start = receipt.dead_letters_from.get(topics.dead_letter, 0)
+    return [letter for letter in read_dead_letters(client.settings, topics, from_offset=start)
+            if receipt.wrote(letter.source_partition, letter.ingest_offset)]
+
+
+def wait_searchable(client: Client, receipt: IndexReceipt, *, timeout: float) -> Searchable:
     """Wait until every shard has applied the writes of ``receipt`` and answers: a search with
-    ``after=receipt`` comes back complete and not stale.
+    ``after=receipt`` comes back complete and not stale. A record dead-lettered on the way moves
+    the shard's watermark past it, so the wait ends, and names it.
 
     A restoring shard answers at once, a shard still behind answers ``stale`` by the deadline,
     and a stage that is restarting may leave a probe unanswered: each means "ask again".
 
     :param timeout: give up after this many seconds.
-    :returns: the first complete, fresh reply; None when the receipt holds no writes.
+    :returns: the first complete, fresh reply and the receipt's dead letters.
     :raises RequestTimeoutError: naming the shards still behind, if ``timeout`` passes first.
     """
     if not receipt.offsets:
-        return None
+        return Searchable(None, [])
     deadline = time.monotonic() + timeout
     last: SearchReply | None = None
     while (left := deadline - time.monotonic()) > 0:
         try:
             last = client.search("are my writes applied?", top_k=1, after=receipt,
                                  timeout_s=max(1.0, min(PROBE_DEADLINE_S, left)))
-        except RequestTimeoutError:
+        except RequestTimeoutError:  # unanswered, or expired in a backlog: ask again
             continue
+        except SearchError as exc:
+            raise RequestTimeoutError(f"cannot check the writes: {exc}") from exc
         if last.errors:
             raise RequestTimeoutError(f"cannot check the writes: {'; '.join(last.errors)}")
         if not last.partial and not last.stale_shards:
-            return last
+            return Searchable(last, dead_letters_of(client, receipt))
         if last.restoring_shards:
             time.sleep(0.2)  # the restoring shard answered at once: do not spin on it
     behind = "no reply" if last is None else (
         f"shards behind: stale {last.stale_shards}, missing {last.missing_shards}, restoring {last.restoring_shards}")
     raise RequestTimeoutError(f"writes not searchable after {timeout:.0f}s ({behind})")
-
-
-def dead_lettered(settings: KafkaSettings, topics: FlowTopics, receipt: IndexReceipt,
-                  ids: Collection[str]) -> list[DeadLetter]:
-    """The dead letters of a receipt's writes (by ingest partition and offset, and document id):
-    documents a stage refused, which no search finds however long one waits. Read after
-    ``wait_searchable``: by then every stage has handled the writes."""
-    wanted = set(ids)
-    return [letter for letter in read_dead_letters(settings, topics)
-            if letter.key is not None and letter.key.decode(errors="replace") in wanted
-            and receipt.spans(*_ingest_position(letter, topics))]
-
-
-def _ingest_position(letter: DeadLetter, topics: FlowTopics) -> tuple[int, int]:
-    """Where the dead-lettered record's document was written to ingest (partitions are co-numbered)."""
-    if letter.source_topic == topics.ingest:
-        return letter.source_partition, letter.source_offset
-    offset = h.read_int(dict(letter.original_headers), h.INGEST_OFFSET)
-    return letter.source_partition, -1 if offset is None else offset
 
 
 class IndexProgress:

@@ -13,7 +13,6 @@ import io
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
 import fastavro
@@ -22,6 +21,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from processors.document import Direction, Document, Score, validate_document
 from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
+from streams.resources import SCHEMAS
 
 __all__ = [
     "DECODE_LIMITS",
@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 SCHEMA_HEADER = "ss-schema"
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
 T = TypeVar("T")
 
@@ -89,7 +88,7 @@ DECODE_LIMITS = DecodeLimits.from_env()
 
 @dataclass(slots=True)
 class Request:
-    """A request envelope (see ``schemas/request.avsc``)."""
+    """A request envelope (see ``streams/schemas/request.avsc``)."""
 
     request_id: str
     kind: str
@@ -142,7 +141,7 @@ def _load_schemas() -> dict[str, Any]:
     parsed = {}
     for name in ("document", "request", "partial_result", "search_reply", "stage_status", "serving_version",
                  "version_build"):
-        with open(SCHEMA_DIR / f"{name}.avsc") as f:
+        with open(SCHEMAS / f"{name}.avsc") as f:
             parsed[name] = fastavro.parse_schema(json.load(f), named_schemas=named)
     return parsed
 
@@ -150,13 +149,13 @@ def _load_schemas() -> dict[str, Any]:
 _PARSED = _load_schemas()
 
 EARLIER_SCHEMAS: Mapping[str, tuple[str, ...]] = {"document": ("document-1",)}
-"""Earlier writer schemas (``schemas/earlier/<name>.avsc``) a codec still reads, resolved to the
+"""Earlier writer schemas (``streams/schemas/earlier/<name>.avsc``) a codec still reads, resolved to the
 current one: records kept in ``<flow>.ingest``, ``<flow>.encoded`` and a shard's store outlive
 an upgrade. document-1 held tags as strings only."""
 
 
 def _load_earlier(name: str) -> Any:
-    with open(SCHEMA_DIR / "earlier" / f"{name}.avsc") as f:
+    with open(SCHEMAS / "earlier" / f"{name}.avsc") as f:
         return fastavro.parse_schema(json.load(f), named_schemas={})
 
 
@@ -647,7 +646,7 @@ class StoredDocumentCodec:
     so that what a shard stores never decides whether it can read it back.
 
     A value is :data:`STORED_FORMAT` then the current schema's bytes. A value without it was
-    stored before typed tags, with ``schemas/earlier/document-1.avsc``: such a record starts with
+    stored before typed tags, with ``streams/schemas/earlier/document-1.avsc``: such a record starts with
     its id's length, a zigzag varint whose first byte is always even, so never this odd byte.
     """
 

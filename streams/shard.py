@@ -203,7 +203,7 @@ class ShardIngest:
                 else:
                     doc = decode_document(record)
                     changes.append(Change(doc.id, self._only_indexed_fields(doc)))
-            self._apply(partition, changes, part[-1])
+            self._apply(partition, changes, part)
         return []
 
     def _only_indexed_fields(self, doc: Document) -> Document:
@@ -221,20 +221,23 @@ class ShardIngest:
 
     def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
         """Count the bad record as applied, so a restart does not dead-letter it twice."""
-        self._apply(record.partition, [], record)
+        self._apply(record.partition, [], [record])
         return []
 
     def tick(self) -> list[Output]:
         return []
 
-    def _apply(self, partition: int, changes: list[Change], last: Inbound) -> None:
+    def _apply(self, partition: int, changes: list[Change], batch: Sequence[Inbound]) -> None:
+        """Apply ``changes`` with the batch's checkpoint: its last encoded offset, and the highest
+        ingest offset it carries (not the last's: a stage's output order need not follow ingest's)."""
+        last = batch[-1]
         index = self._states.get(partition)
         if index is None:
             raise RuntimeError(f"shard {partition} is not open on this process")
         previous = self._states.checkpoint(partition)
         checkpoint = dataclasses.replace(
             previous, encoded_offset=last.offset,
-            ingest_offset=max(previous.ingest_offset, ingest_offset_of(last, self._topics.ingest)),
+            ingest_offset=max(previous.ingest_offset, *(ingest_offset_of(r, self._topics.ingest) for r in batch)),
         )
         index.apply(changes=changes, checkpoint=checkpoint.to_bytes())
         self._states.set_checkpoint(partition, checkpoint)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams import headers as h
 from streams.checkpoint import Checkpoint, TransactionalCheckpoint
@@ -58,11 +58,14 @@ class Inbound:
     value: bytes | None
     headers: dict[str, bytes]
     timestamp_ms: int = 0
+    log_append_time: bool = False
+    """Whether ``timestamp_ms`` is the broker's (LogAppendTime), not the producer's (CreateTime)."""
 
     @classmethod
     def of(cls, msg: Message) -> Inbound:
+        kind, timestamp = msg.timestamp()
         return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), headers_of(msg),
-                   msg.timestamp()[1])
+                   timestamp, kind == TIMESTAMP_LOG_APPEND_TIME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +435,7 @@ class StageLoop:
             path.checkpoint.begin()  # type: ignore[attr-defined]
         RECORDS_IN.labels(self.spec.flow, self.spec.name, path.spec.topic).inc(len(records))
         verdict = path.inflight.begin(records) if path.inflight is not None else None
-        accepted, killers = [], []
+        accepted, killers, oversized = [], [], []
         for record in records:
             size = len(record.value or b"")
             where = (record.topic, record.partition, record.offset)
@@ -442,14 +445,18 @@ class StageLoop:
                     self._dead_letter(path, record, CrashLoopError(killer))
                     killers.append(record)
             elif size > self.spec.max_payload_bytes:
-                self._dead_letter(path, record, PayloadTooLargeError(
-                    f"{size} bytes exceeds max_payload_bytes={self.spec.max_payload_bytes}"))
+                oversized.append((record, size))
             else:
                 accepted.append(record)
         if killers and path.inflight is not None and not path.transactional:
             path.producer.flush()  # delivered before the rest runs: a later crash must not send them twice
             path.inflight.lettered(killers)
         self._process(path, accepted, isolate=verdict.isolate if verdict else False)
+        # After the batch's outputs: a watermark marker must not overtake the records before it
+        # (a shard would claim an ingest offset whose predecessors it has not applied).
+        for record, size in oversized:
+            self._dead_letter(path, record, PayloadTooLargeError(
+                f"{size} bytes exceeds max_payload_bytes={self.spec.max_payload_bytes}"))
         for record in records:
             path.checkpoint.record(record.topic, record.partition, record.offset)
         self.processed += len(records)

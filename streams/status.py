@@ -18,7 +18,7 @@ from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, Ka
 from confluent_kafka.admin import AdminClient
 
 from streams.admin import TopicDescription, check_broker, describe_topics, topic_warnings
-from streams.exceptions import BrokerError, SerdeError
+from streams.exceptions import BrokerError, SerdeError, UnknownFlowError
 from streams.flow import STAGE_ORDER, FlowSpec
 from streams.headers import SCHEMA
 from streams.kafka import KafkaSettings, consume_batch, fetch_high_watermarks, headers_of, make_consumer
@@ -141,18 +141,19 @@ def require_flow(settings: KafkaSettings, topics: FlowTopics, *roles: str, timeo
     (``dead_letter``, ``query``, ... of ``topics.version``). Only ``run`` creates them.
 
     :returns: every topic on the broker and its partition count.
-    :raises BrokerError: naming the broker and the first missing topic, or if it is unreachable.
+    :raises UnknownFlowError: naming the broker and the first missing topic.
+    :raises BrokerError: if the broker is unreachable.
     """
     check_broker(settings, timeout=timeout)
     found = AdminClient(settings.base()).list_topics(timeout=timeout).topics
     existing = {name: len(meta.partitions) for name, meta in found.items() if not meta.error}
     where = settings.bootstrap_servers
     if topics.ingest not in existing:
-        raise BrokerError(f"no flow {topics.flow!r} on {where} (no topic {topics.ingest}); {START_HINT}")
+        raise UnknownFlowError(f"no flow {topics.flow!r} on {where} (no topic {topics.ingest}); {START_HINT}")
     for role in roles:
         name = getattr(topics, role)
         if name not in existing:
-            raise BrokerError(f"flow {topics.flow!r} has no version {topics.version} on {where} (no topic {name}); "
+            raise UnknownFlowError(f"flow {topics.flow!r} has no version {topics.version} on {where} (no topic {name}); "
                               f"{START_HINT}")
     return existing
 

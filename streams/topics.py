@@ -128,7 +128,9 @@ class FlowTopics:
 
     def shapes(self) -> list[TopicShape]:
         """All topics to create. ``encoded`` is compacted: it is the index's changelog.
-        ``ingest`` keeps everything: it is the source of truth a re-encode starts from."""
+        ``ingest`` keeps everything: it is the source of truth a re-encode starts from. ``query``
+        stamps records with the broker's clock (LogAppendTime): a request's deadline counts from
+        then, whatever the client's clock says (``streams.query.flow_deadline_ms``)."""
         p = self.partitions
         kept = (("retention.ms", "-1"), ("retention.bytes", "-1"))
         compacted = (("cleanup.policy", "compact"),)
@@ -137,7 +139,7 @@ class FlowTopics:
             TopicShape(self.versions, 1, compacted, "versions"),
             TopicShape(self.segmented, p, (), "segmented"),
             TopicShape(self.encoded, p, compacted, "encoded"),
-            TopicShape(self.query, p, (), "query"),
+            TopicShape(self.query, p, (("message.timestamp.type", "LogAppendTime"),), "query"),
             TopicShape(self.search, p, (), "search"),
             TopicShape(self.partials, p, (), "partials"),
             TopicShape(self.dead_letter, 1, kept, "dead_letter"),

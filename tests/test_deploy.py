@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from streams.exceptions import BrokerError
 from streams.flow import load_flow
 from streams.local.apache_kafka import BROKER_SETTINGS, KAFKA_VERSION, KafkaNode, install_kafka
+from streams.resources import EXAMPLE_FLOWS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,12 +94,12 @@ def _free_port() -> int:
 def test_compose_runs_every_stage_of_the_default_flow_against_kraft_kafka() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    flow = load_flow(ROOT / "deploy" / "flows" / "hello.yml")
+    flow = load_flow(EXAMPLE_FLOWS / "hello.yml")
     assert services["kafka"]["image"].startswith("apache/kafka")
     assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
     for stage in flow.stages:
         service = services[stage.name]
-        assert service["command"][:4] == ["run", "deploy/flows/hello.yml", "--stage", stage.name]
+        assert service["command"][:4] == ["run", str(EXAMPLE_FLOWS.relative_to(ROOT) / "hello.yml"), "--stage", stage.name]
         assert service["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert services["index"]["deploy"]["replicas"] == flow.stage("index").replicas
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
-import faiss
 import numpy as np
 
 from processors.document import Direction, Document, Score
 from processors.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    import faiss
 
 __all__ = [
     "Metric",
@@ -57,6 +59,8 @@ class SearchTuning:
 
     def selector(self) -> "faiss.IDSelector | None":
         """A FAISS selector for ``allowed``; the caller keeps it referenced while searching."""
+        import faiss  # here, not at the top: the flow's types above are read without the index extra
+
         return faiss.IDSelectorBatch(self.allowed) if self.allowed is not None else None
 
     def __post_init__(self) -> None:

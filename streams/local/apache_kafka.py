@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from streams.exceptions import BrokerError
+from streams.resources import KAFKA_POM
 
 __all__ = [
     "KAFKA_VERSION", "BROKER_SETTINGS", "kafka_libs_dir", "kafka_available", "install_kafka",
@@ -46,7 +47,6 @@ BROKER_SETTINGS: Mapping[str, str] = {
 checks the compose file against them). The message size limit is Kafka's default (about 1 MB)."""
 
 JAVA_MIN_VERSION = 17
-_POM = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"
 _HEAP = os.environ.get("STREAMSEARCH_LOCAL_KAFKA_HEAP", "-Xmx512m -Xms128m")
 
 
@@ -57,7 +57,7 @@ def kafka_libs_dir() -> Path:
         return Path(configured)
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     # Named after the pom's content too, so that a changed pom resolves again instead of reusing old jars.
-    stamp = hashlib.sha1(_POM.read_bytes()).hexdigest()[:8] if _POM.exists() else "installed"
+    stamp = hashlib.sha1(KAFKA_POM.read_bytes()).hexdigest()[:8] if KAFKA_POM.exists() else "installed"
     return cache / "streamsearch" / f"kafka_2.13-{KAFKA_VERSION}-{stamp}" / "libs"
 
 
@@ -92,12 +92,12 @@ def install_kafka(*, quiet: bool = True) -> Path:
     if (target / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
         return target
     mvn = shutil.which("mvn")
-    if mvn is None or not _POM.exists():
-        raise BrokerError(f"cannot resolve Apache Kafka {KAFKA_VERSION}: needs Maven (mvn) and {_POM}")
+    if mvn is None or not KAFKA_POM.exists():
+        raise BrokerError(f"cannot resolve Apache Kafka {KAFKA_VERSION}: needs Maven (mvn) and {KAFKA_POM}")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    command = [mvn, "-B", "-f", str(_POM), "dependency:copy-dependencies",
+    command = [mvn, "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
                f"-Dkafka.version={KAFKA_VERSION}", f"-Dkafka.libs={partial}"]
     result = subprocess.run(command + (["-q"] if quiet else []), capture_output=quiet, text=True, check=False)
     if result.returncode != 0:

@@ -16,6 +16,7 @@ from streams.local.apache_kafka import kafka_available
 from streams.local.brokers import BrokerKind, LocalBroker, start_local_broker
 from streams.client import Client
 from streams.exceptions import BrokerError, StateConfigError
+from streams.extras import require_stage_extras
 from streams.flow import FlowSpec, load_flow, with_state_dir
 from streams.kafka import KafkaSettings
 from streams.local.supervisor import LocalFlow, stage_logs_shown
@@ -110,6 +111,7 @@ class LocalRuntime:
             raise
 
     def _start(self) -> "LocalRuntime":
+        require_stage_extras(self.flow, self._stages)
         self.flow.check_dimensions()
         settings = KafkaSettings.from_env(self.flow.kafka)
         if not settings.bootstrap_servers:

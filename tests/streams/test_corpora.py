@@ -10,9 +10,9 @@ import pytest
 from processors.document import Document
 from streams.corpora import read_jsonl
 from streams.exceptions import StreamsearchError
+from streams.resources import EXAMPLE_FLOWS
 
-ROOT = Path(__file__).resolve().parents[2]
-BOOKS = ROOT / "deploy" / "flows" / "jep3-books.jsonl"
+BOOKS = EXAMPLE_FLOWS / "jep3-books.jsonl"
 
 
 def lines(tmp_path: Path, *rows: object) -> Path:

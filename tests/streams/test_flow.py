@@ -4,8 +4,9 @@ import pytest
 
 from streams.exceptions import FlowConfigError
 from streams.flow import load_flow, parse_flow
+from streams.resources import EXAMPLE_FLOWS
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "flows"
+
 GOOD = """name: f
 stages:
   segment:
@@ -21,7 +22,7 @@ stages:
 
 
 class TestFlow:
-    @pytest.mark.parametrize("path", sorted(DEPLOY.glob("*.yml")), ids=lambda p: p.name)
+    @pytest.mark.parametrize("path", sorted(EXAMPLE_FLOWS.glob("*.yml")), ids=lambda p: p.name)
     def test_shipped_flows_load(self, path: Path) -> None:
         flow = load_flow(path)
         assert [s.name for s in flow.stages][-2:] == ["index", "join"]

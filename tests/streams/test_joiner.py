@@ -196,3 +196,19 @@ class TestJoinerTies:
             outputs = Joiner().process(list(order))
             answers.add(tuple(m.id for m in SEARCH_REPLY.decode(outputs[0].value).docs[0].matches))
         assert answers == {("a", "b", "c", "d", "e")}  # top_k 5 of six tied documents: the first five ids
+
+
+def test_a_request_the_joiner_sees_only_after_its_deadline_is_answered_once_with_the_expiry() -> None:
+    """A joiner behind its input (or restarting) must not leave the client waiting in silence."""
+    joiner = Joiner(flow="f")
+    past = int(time.time() * 1000) - 5_000
+
+    def late(shard: int) -> Inbound:
+        record = part(shard, [], deadline_ms=past, request_id="gone")
+        return dataclasses.replace(record, headers={**record.headers, h.REQUEST_ID: b"gone", h.REPLY_TO: b"f.reply.x"})
+
+    [out] = joiner.process([late(-1), late(0)])
+    reply = SEARCH_REPLY.decode(out.value)
+    assert out.topic == "f.reply.x" and reply.request_id == "gone"
+    assert reply.errors[0].startswith("RequestExpiredError: the join stage took the request up ")
+    assert joiner.process([late(1)]) == [] and joiner.tick() == []

@@ -5,11 +5,13 @@ from pathlib import Path
 import pytest
 
 from processors.document import Document
+from streams.exceptions import SearchError
 from streams.local.runtime import LocalRuntime
+from streams.resources import EXAMPLE_FLOWS
 
 pytestmark = pytest.mark.kafka
 
-FLOW = (Path(__file__).resolve().parents[2] / "deploy" / "flows" / "jep3.yml").read_text().replace(
+FLOW = (EXAMPLE_FLOWS / "jep3.yml").read_text().replace(
     "name: jep3", "name: {name}")
 BOOKS = [
     Document(id="10", tags={"title": "the story of the art",
@@ -57,8 +59,9 @@ def test_no_filter_returns_both(indexed) -> None:  # type: ignore[no-untyped-def
 
 def test_unknown_field_is_an_error_reply(indexed) -> None:  # type: ignore[no-untyped-def]
     client, _ = indexed
-    reply = client.search("painter", filter_by=["author"], timeout_s=10)
-    assert reply.errors and "author" in reply.errors[0] and "title, summary" in reply.errors[0]
+    with pytest.raises(SearchError) as refused:
+        client.search("painter", filter_by=["author"], timeout_s=10)
+    assert "author" in refused.value.errors[0] and "title, summary" in refused.value.errors[0]
 
 
 def test_a_one_field_query_does_not_wait_for_the_other_fields_deadline(indexed) -> None:  # type: ignore[no-untyped-def]
@@ -70,14 +73,14 @@ def test_a_one_field_query_does_not_wait_for_the_other_fields_deadline(indexed) 
 
 
 def test_the_jep3_example_file_indexes_through_the_cli(flow: LocalRuntime) -> None:
-    """``streamsearch index deploy/flows/jep3-books.jsonl`` (no text, only the mapped fields), as the
+    """``streamsearch index streams/flows/jep3-books.jsonl`` (no text, only the mapped fields), as the
     README runs it; re-indexing the same two books changes nothing the other tests see."""
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[2]
     indexed = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "index", "deploy/flows/jep3-books.jsonl", "--flow", flow.flow.name,
+        [sys.executable, "-m", "streams.cli", "index", "streams/flows/jep3-books.jsonl", "--flow", flow.flow.name,
          "--wait", "--timeout", "120"],
         capture_output=True, text=True, cwd=root, timeout=180)  # KAFKA_BOOTSTRAP_SERVERS: the session broker's
     assert indexed.returncode == 0, indexed.stderr

@@ -12,6 +12,7 @@ from confluent_kafka import Producer, TopicPartition
 from processors.document import Document
 from streams import headers as h
 from streams.dead_letters import read_dead_letters
+from streams.exceptions import SearchError
 from streams.kafka import StageProducer, make_consumer
 from streams.local.runtime import LocalRuntime
 from streams.partitioner import partition_of
@@ -255,11 +256,11 @@ def test_documents_nested_5000_deep_are_dead_lettered_on_ingest_and_query_and_no
 
 
 def test_bad_parameter_gets_an_error_reply_not_a_timeout(client) -> None:  # type: ignore[no-untyped-def]
-    reply = client.search("anything", parameters={"top_k": "ten"}, timeout_s=10)
-    assert reply.partial
-    assert reply.errors and "top_k" in reply.errors[0]
-    reply = client.search("anything", parameters={"no_such_knob": 1}, timeout_s=10)
-    assert reply.errors and "no_such_knob" in reply.errors[0]
+    with pytest.raises(SearchError) as refused:
+        client.search("anything", parameters={"top_k": "ten"}, timeout_s=10)
+    assert refused.value.reply.partial and "top_k" in refused.value.errors[0]
+    with pytest.raises(SearchError, match="no_such_knob"):
+        client.search("anything", parameters={"no_such_knob": 1}, timeout_s=10)
 
 
 def test_refused_requests_are_answered_and_counted_not_dead_lettered(client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
@@ -268,8 +269,8 @@ def test_refused_requests_are_answered_and_counted_not_dead_lettered(client, flo
     rejected_before = _metric(METRICS_PORTS["encode"], "streamsearch_rejected_requests_total")
     refused = [{"top_k": 0}, {"index_type": "nosuch"}, {"filter_by": ["nosuchfield"]}]
     for parameters in refused:
-        reply = client.search("anything", parameters=parameters, timeout_s=10)
-        assert reply.errors, parameters
+        with pytest.raises(SearchError):
+            client.search("anything", parameters=parameters, timeout_s=10)
     deadline = time.monotonic() + 30  # the metric is scraped: wait for the stage's counter
     while _metric(METRICS_PORTS["encode"], "streamsearch_rejected_requests_total") < rejected_before + 3:
         assert time.monotonic() < deadline, "rejected requests not counted"
@@ -308,8 +309,9 @@ def test_query_language_per_request_on_shard_and_joiner(client) -> None:  # type
 
 
 def test_unknown_operator_gets_an_error_reply(client) -> None:  # type: ignore[no-untyped-def]
-    reply = client.search("anything", timeout_s=10, parameters={"query_language": [{"operator": "__import__"}]})
-    assert reply.errors and "__import__" in reply.errors[0] and "filter" in reply.errors[0]
+    with pytest.raises(SearchError) as refused:
+        client.search("anything", timeout_s=10, parameters={"query_language": [{"operator": "__import__"}]})
+    assert "__import__" in refused.value.errors[0] and "filter" in refused.value.errors[0]
 
 
 def _metric(port: int, name: str, **labels: str) -> float:

@@ -4,6 +4,7 @@ import pytest
 
 from processors.document import Direction
 from streams.corpora import stdlib_docstrings
+from streams.exceptions import SearchError
 from streams.local.runtime import LocalRuntime
 from tests.streams.fixtures import root_flow_yaml
 
@@ -53,5 +54,6 @@ def test_switching_the_index_type_per_request_gives_the_exact_top_10(similarity_
 
 def test_unknown_index_type_is_an_error_reply(similarity_flow) -> None:  # type: ignore[no-untyped-def]
     with similarity_flow.client() as client:
-        reply = client.search("x", index_type="annoy", timeout_s=10)
-    assert reply.errors and "annoy" in reply.errors[0] and "hnsw" in reply.errors[0]
+        with pytest.raises(SearchError) as refused:
+            client.search("x", index_type="annoy", timeout_s=10)
+    assert "annoy" in refused.value.errors[0] and "hnsw" in refused.value.errors[0]

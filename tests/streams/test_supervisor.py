@@ -16,8 +16,9 @@ from streams.flow import load_flow
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import (MAX_BACKOFF_S, STABLE_AFTER_S, LocalFlow, StageProcess, restart_delay,
                                       stage_log_files, stage_logs_shown)
+from streams.resources import EXAMPLE_FLOWS
 
-HELLO = Path(__file__).resolve().parents[2] / "deploy" / "flows" / "hello.yml"
+HELLO = EXAMPLE_FLOWS / "hello.yml"
 ERROR_LINE = "shard index at /s/f/index/0 was built with metric 'inner_product', now 'l2': rebuild it by replay"
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from streams.exceptions import SearchError
+
 from streams.local.runtime import LocalRuntime
 from tests.streams.fixtures import root_flow_yaml
 
@@ -57,11 +59,11 @@ def test_a_number_from_jsonl_compares_as_a_number(flow: LocalRuntime, stage: str
 
 
 def test_a_comparison_across_kinds_is_an_error_reply_naming_it(flow: LocalRuntime) -> None:
-    with flow.client() as client:
-        reply = client.search(QUERY, top_k=4, timeout_s=60, parameters=_filter({"tags.minutes__lte": "15"}))
-    assert reply.errors
-    assert "condition 'tags.minutes__lte'" in reply.errors[0] and "a number" in reply.errors[0]
-    assert "never matches" in reply.errors[0]
+    with flow.client() as client, pytest.raises(SearchError) as refused:
+        client.search(QUERY, top_k=4, timeout_s=60, parameters=_filter({"tags.minutes__lte": "15"}))
+    errors = refused.value.errors
+    assert errors and "condition 'tags.minutes__lte'" in errors[0] and "a number" in errors[0]
+    assert "never matches" in errors[0] and "ConditionTypeError" in errors[0]
 
 
 def test_a_join_stage_filter_short_of_top_k_says_so(flow: LocalRuntime) -> None:

@@ -13,6 +13,7 @@ import pytest
 from processors.document import Document
 from streams.client import Client, IndexReceipt
 from streams.dead_letters import read_dead_letters
+from streams.exceptions import SearchError
 from streams.local.runtime import LocalRuntime
 from tests.streams.fixtures import stage_logs
 from tests.streams.fixtures import root_flow_yaml
@@ -80,8 +81,9 @@ def test_a_text_document_beside_them_is_still_encoded(client, indexed) -> None: 
 
 def test_a_query_vector_of_the_wrong_width_gets_an_error_reply(client) -> None:  # type: ignore[no-untyped-def]
     started = time.monotonic()
-    reply = client.search(vectors=np.ones((1, 100), np.float32), timeout_s=20)
-    assert reply.partial and reply.errors and "384-d" in reply.errors[0], reply
+    with pytest.raises(SearchError) as refused:
+        client.search(vectors=np.ones((1, 100), np.float32), timeout_s=20)
+    assert refused.value.reply.partial and "384-d" in refused.value.errors[0], refused.value.reply
     assert time.monotonic() - started < 15  # answered at once, not by the deadline
 
 

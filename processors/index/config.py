@@ -1,0 +1,69 @@
+"""A shard index's configuration, apart from the index itself: a flow is checked (by the client,
+the CLI, the HTTP bridge) without FAISS or RocksDB, which only the index stage needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from processors.exceptions import ConfigError
+from processors.index.base import INDEX_TYPES, IndexType, Metric
+
+__all__ = ["CompoundIndexerConfig", "known_index_type"]
+
+
+@dataclass(frozen=True, slots=True)
+class CompoundIndexerConfig:
+    """Shape of the vectors a shard holds, and the index types that serve them.
+
+    Only ``dim`` and ``metric`` are stored with the shard; the index type and its parameters
+    can change between runs (or per request) without re-encoding or re-ingesting.
+
+    :param dim: embedding dimension; a document with another one is rejected.
+    :param metric: ``inner_product`` (similarity) or ``l2`` (distance).
+    :param index_type: what answers a search that does not choose: ``flat`` (exact), ``hnsw``,
+        ``ivf`` or ``ivf_pq``; a non-flat default is built at ``warm_up`` and kept ready.
+    :param hnsw_m: HNSW neighbours per node.
+    :param hnsw_ef_construction: HNSW candidate list size while inserting.
+    :param hnsw_ef_search: HNSW candidate list size per query.
+    :param ivf_nlist: IVF lists; 0 picks about 4*sqrt(n) (at most n/39, at most 4096) when built.
+    :param ivf_nprobe: IVF lists scanned per query.
+    :param pq_m: IVF-PQ sub-quantizers; must divide ``dim``; 0 picks dim/8 or the next divisor below.
+    :param pq_bits: bits per IVF-PQ sub-vector code.
+    """
+
+    dim: int = 384
+    metric: Metric = "inner_product"
+    index_type: IndexType = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 128
+    ivf_nlist: int = 0
+    ivf_nprobe: int = 16
+    pq_m: int = 0
+    pq_bits: int = 8
+
+    def __post_init__(self) -> None:
+        if self.dim < 1:
+            raise ConfigError(f"CompoundIndexer: dim must be positive, got {self.dim}")
+        if self.metric not in ("inner_product", "l2"):
+            raise ConfigError(f"CompoundIndexer: metric {self.metric!r}; use inner_product or l2")
+        known_index_type(self.index_type)
+        for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"CompoundIndexer: {name} must be positive, got {getattr(self, name)}")
+        if self.ivf_nlist < 0 or self.pq_m < 0:
+            raise ConfigError("CompoundIndexer: ivf_nlist and pq_m must be 0 (automatic) or positive")
+        if self.pq_m and self.dim % self.pq_m:
+            raise ConfigError(f"CompoundIndexer: pq_m {self.pq_m} must divide dim {self.dim}")
+        if not 1 <= self.pq_bits <= 16:
+            raise ConfigError(f"CompoundIndexer: pq_bits must be between 1 and 16, got {self.pq_bits}")
+
+
+def known_index_type(index_type: str) -> str:
+    """The index type, checked.
+
+    :raises ConfigError: naming the known types.
+    """
+    if index_type not in INDEX_TYPES:
+        raise ConfigError(f"index_type {index_type!r} is unknown; use one of {', '.join(INDEX_TYPES)}")
+    return index_type
