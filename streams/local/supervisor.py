@@ -89,10 +89,10 @@ class StageProcess:
 class LocalFlow:
     """Starts every replica of every stage (or only some stages) and keeps them alive.
 
-    Stage output goes to ``<log_dir>/<flow prefix>.<stage>-<replica>.log`` (``hello.index-0.log``,
-    ``hello.v2.index-v2-0.log`` for a non-main ``label``), so the caller's terminal stays readable
-    and two flows, or two versions, run in one state dir keep their own logs. ``pause``/``resume`` stop a process without killing it (SIGSTOP), as a hung
-    shard would be.
+    Stage output goes to ``<log_dir>/<flow prefix>.<stage>-<replica>.log`` (``hello.index-0.log``;
+    ``hello.v2.index-v2-0.log`` with the ``label`` ``v2``), so the caller's terminal stays readable
+    and two flows, or two versions, run in one state dir keep their own logs. ``pause``/``resume``
+    stop a process without killing it (SIGSTOP), as a hung shard would be.
     """
 
     def __init__(
