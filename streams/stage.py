@@ -44,7 +44,8 @@ MEMBER = f"{socket.gethostname()}:{os.getpid()}"
 """This process, in status reports."""
 
 REPLICA_ENV = "STREAMSEARCH_REPLICA"
-"""The replica number the supervisor gives a stage process (part of its transactional id)."""
+"""The name the supervisor gives a stage process: the same for every restart of one replica, unique
+among the replicas of every supervisor running (its transactional id is built from it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,9 +260,15 @@ class StageLoop:
             )
 
     def _transactional_id(self) -> str:
-        """Stable per supervised replica, so a restarted replica aborts its predecessor's open
-        transaction at once instead of downstream waiting for it to time out; Kafka >= 2.5 also
-        fences zombies by group generation (``send_offsets_to_transaction``)."""
+        """Unique per live producer, stable across the restarts of one supervised replica.
+
+        Unique: two producers with one id fence each other (two runs of one flow, on two hosts or
+        added for capacity, would kill each other's stages in turn). Stable: a replica the supervisor
+        restarts after a kill -9 aborts its predecessor's open transaction at once (``init_transactions``)
+        instead of downstream read_committed readers waiting ``transaction.timeout.ms`` for it. Zombies
+        are not fenced by the id but by the group generation the offsets carry into the transaction
+        (KIP-447, Kafka >= 2.5: ``send_offsets_to_transaction`` with the consumer's group metadata), so
+        the id need not follow the input partitions. Unsupervised: this process (host and pid)."""
         return f"{self.spec.flow}.{self.spec.name}.{os.environ.get(REPLICA_ENV) or MEMBER}"
 
     def step(self) -> None:
