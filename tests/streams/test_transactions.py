@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
+import streams
 from streams.admin import ensure_topics
 from streams.checkpoint import TransactionalCheckpoint
 from streams.client import IndexReceipt
@@ -96,6 +97,7 @@ def test_a_batch_commits_outputs_and_offsets_in_one_transaction_and_reruns_after
 
 
 TWO_RUNS_DOCS = 300
+PACKAGE_ROOT = Path(streams.__file__).resolve().parents[1]
 
 
 def _members_with_partitions(settings: KafkaSettings, group: str) -> int:
@@ -128,7 +130,8 @@ def test_two_runs_of_one_exactly_once_flow_share_the_work_without_fencing_each_o
     output = open(host / "run.log", "wb")
     second = subprocess.Popen([sys.executable, "-m", "streams.cli", "run", str(flow_path), "--state-dir",
                                str(host / "state")], cwd=host, stdout=output, stderr=subprocess.STDOUT,
-                              env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers})
+                              env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+                                   "PYTHONPATH": str(PACKAGE_ROOT)})  # this copy of streams, from any directory
     try:
         deadline = time.monotonic() + 180
         groups = [flow.topics.group(stage) for stage in ("segment", "encode", "index")]
