@@ -1,9 +1,12 @@
 """The stage loop: poll -> decode -> process -> produce -> commit, for every stage.
 
-A stage has up to two input paths, each with its own consumer: the index path (ingest,
-segmented, encoded) and the query path (query, search, partials). The query consumer is
-polled first and is the one the loop blocks on when idle, so a query never waits behind a
-large ingest backlog. Stages differ only in their ``StageSpec``: topics and handlers.
+A stage has up to two input paths, each with its own consumer and producer: the index path
+(ingest, segmented, encoded) and the query path (query, search, partials). When the paths share
+no state (the encode stage), the query path runs in a thread of its own, so a query never waits
+behind the index path: its backlog, a long batch, or a commit that waits for a broker failover
+(a transaction of ``exactly_once``, a flush). When they do (the shard: its search reads what its
+ingest writes, and one rebalance moves both), one thread serves both, the query consumer polled
+first and the one the loop blocks on when idle. Stages differ only in their ``StageSpec``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ MEMBER = f"{socket.gethostname()}:{os.getpid()}"
 """This process, in status reports."""
 
 REPLICA_ENV = "STREAMSEARCH_REPLICA"
-"""The replica number the supervisor gives a stage process (part of its transactional id)."""
+"""The name the supervisor gives a stage process: the same for every restart of one replica, unique
+among the replicas of every supervisor running (its transactional id is built from it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,9 @@ class _Path:
         self.inflight = inflight
         self.had_partitions = False
         self.empty_since: float | None = None
+        self.processed = 0
+        self.worker: concurrent.futures.ThreadPoolExecutor | None = None
+        """Runs a stateless handler's batch while the path's thread keeps its consumer in the group."""
 
     @property
     def transactional(self) -> bool:
@@ -183,16 +190,20 @@ class StageLoop:
     IDLE_POLL_S = 0.02
     WATCH_EVERY_S = 0.1
     KEEPALIVE_S = 2.0
+    REPORT_EVERY_S = 5.0
+    """Lag, status and membership checks."""
     ORPHANED_AFTER_S = 60.0
 
     def __init__(self, spec: StageSpec, settings: KafkaSettings) -> None:
         self.spec = spec
         self.settings = settings
         self.producer = StageProducer(settings, max_payload_bytes=spec.max_payload_bytes)
+        """Status reports only: a record of a report waiting for a broker failover holds no path's flush."""
         self._stop = threading.Event()
         self._index: _Path | None = None
         self._query: _Path | None = None
-        self.processed = 0
+        self._query_thread: threading.Thread | None = None
+        self._thread_error: BaseException | None = None
         self.dead_letters = 0
         self._index_has_backlog = False
         self._next_lag_report = 0.0
@@ -203,7 +214,6 @@ class StageLoop:
         self._topic_limits: dict[str, int] = {}
         self._callback_error: BaseException | None = None
         self._fault_report: IO[str] | None = None
-        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -214,21 +224,65 @@ class StageLoop:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
+    @property
+    def processed(self) -> int:
+        return sum(path.processed for path in (self._index, self._query) if path is not None)
+
     def run(self) -> None:
         """Subscribe and loop until ``stop``; commits and leaves the group on the way out."""
         self._start()
+        if self._index is not None and self._query is not None and not self._query.spec.follow_index_path:
+            self._query_thread = threading.Thread(target=self._serve_queries, name="query-path", daemon=True)
+            self._query_thread.start()
         logger.info("stage running", extra={"stage": self.spec.name, "flow": self.spec.flow})
         try:
             while not self._stop.is_set():
                 self.step()
+            if self._thread_error is not None:
+                raise self._thread_error
         except BaseException:
             self._failed = True  # what is pending may be undelivered: leave it uncommitted
+            self._join_query_thread()
             for path in (self._index, self._query):
                 if path is not None and path.inflight is not None:
                     path.inflight.abandon()  # an exception of ours, not a record that killed the process
             raise
         finally:
+            self._join_query_thread()
             self._close()
+
+    def _serve_queries(self) -> None:
+        """The query path's own loop (paths that share no state): whatever the index path waits for
+        (a transaction's commit during a broker failover, a flush, a long batch), queries go on. An
+        exception stops the stage: the main thread raises it."""
+        assert self._query is not None
+        next_report = 0.0
+        try:
+            while not self._stop.is_set():
+                self._poll(self._query, self.IDLE_POLL_S)
+                self._emit(self._query, self._query.spec.handler.tick())
+                self._query.checkpoint.commit()
+                if time.monotonic() >= next_report:
+                    next_report = time.monotonic() + self.REPORT_EVERY_S
+                    self._report_lag()
+                    self._watch_membership()
+        except BaseException as exc:  # noqa: BLE001 - raised by run() in the main thread
+            logger.exception("query path failed", extra={"stage": self.spec.name})
+            self._thread_error = exc
+            self._stop.set()
+
+    def _paths_of_this_thread(self) -> list[_Path]:
+        """The paths whose consumer the calling thread polls. A consumer is used by one thread only:
+        confluent-kafka's ``assignment()`` waits for ever while another thread polls the consumer."""
+        if threading.current_thread() is self._query_thread:
+            return [self._query] if self._query is not None else []
+        owned = (self._index,) if self._query_thread is not None else (self._index, self._query)
+        return [path for path in owned if path is not None]
+
+    def _join_query_thread(self) -> None:
+        if self._query_thread is not None:
+            self._stop.set()
+            self._query_thread.join()
 
     def _consumer(self, path: PathSpec) -> Consumer:
         overrides = {"fetch.wait.max.ms": path.fetch_wait_ms, **path.consumer_config, **self.spec.consumer_overrides}
@@ -243,7 +297,7 @@ class StageLoop:
             self._fault_report = InFlightLog(self.spec.inflight_dir, "").enable_fault_reports()
         if self.spec.query_path is not None:
             qspec = self.spec.query_path
-            self._query = _Path(qspec, self._consumer(qspec), self.producer, inflight=self._inflight(qspec))
+            self._query = _Path(qspec, self._consumer(qspec), self._own_producer(), inflight=self._inflight(qspec))
             if not qspec.follow_index_path:
                 self._query.consumer.subscribe([qspec.topic], on_revoke=self._guarded(self._on_revoke_query))
         if self.spec.index_path is not None:
@@ -256,32 +310,46 @@ class StageLoop:
                 self._index = _Path(ispec, consumer, producer, TransactionalCheckpoint(
                     consumer, producer, flow=self.spec.flow, stage=self.spec.name), inflight=self._inflight(ispec))
             else:
-                self._index = _Path(ispec, consumer, self.producer, inflight=self._inflight(ispec))
+                self._index = _Path(ispec, consumer, self._own_producer(), inflight=self._inflight(ispec))
             self._index.consumer.subscribe(
                 [ispec.topic], on_assign=self._guarded(self._on_assign), on_revoke=self._guarded(self._on_revoke),
                 on_lost=self._guarded(self._on_lost),
             )
 
+    def _own_producer(self) -> StageProducer:
+        """A path's producer: a path's commit flushes its own outputs only, never the other path's or a
+        status report (one waiting for a failover of its partition's leader would hold the commit)."""
+        return StageProducer(self.settings, max_payload_bytes=self.spec.max_payload_bytes)
+
     def _transactional_id(self) -> str:
-        """Stable per supervised replica, so a restarted replica aborts its predecessor's open
-        transaction at once instead of downstream waiting for it to time out; Kafka >= 2.5 also
-        fences zombies by group generation (``send_offsets_to_transaction``)."""
+        """Unique per live producer, stable across the restarts of one supervised replica.
+
+        Unique: two producers with one id fence each other (two runs of one flow, on two hosts or
+        added for capacity, would kill each other's stages in turn). Stable: a replica the supervisor
+        restarts after a kill -9 aborts its predecessor's open transaction at once (``init_transactions``)
+        instead of downstream read_committed readers waiting ``transaction.timeout.ms`` for it. Zombies
+        are not fenced by the id but by the group generation the offsets carry into the transaction
+        (KIP-447, Kafka >= 2.5: ``send_offsets_to_transaction`` with the consumer's group metadata), so
+        the id need not follow the input partitions. Unsupervised: this process (host and pid)."""
         return f"{self.spec.flow}.{self.spec.name}.{os.environ.get(REPLICA_ENV) or MEMBER}"
 
     def step(self) -> None:
-        """One round: queries first (blocking briefly when idle), then ingest, then timers."""
+        """One round: queries first (blocking briefly when idle), then ingest, then timers. Queries
+        only when this thread serves them (see :meth:`_serve_queries`)."""
         busy = False
-        if self._query is not None:
+        query = self._query if self._query_thread is None else None
+        if query is not None:
             idle_wait = 0.0 if self._index is not None and self._index_has_backlog else self.IDLE_POLL_S
-            busy = self._poll(self._query, idle_wait)
+            busy = self._poll(query, idle_wait)
         if self._index is not None:
-            self._index_has_backlog = self._poll(self._index, 0.0 if (busy or self._query) else self.IDLE_POLL_S)
+            self._index_has_backlog = self._poll(self._index, 0.0 if (busy or query) else self.IDLE_POLL_S)
             self._watch_watermarks(self._index)
-        for path in (self._query, self._index):
+        for path in (query, self._index):
             if path is not None:
                 self._emit(path, path.spec.handler.tick())
                 path.checkpoint.commit()
         if time.monotonic() >= self._next_lag_report:
+            self._next_lag_report = time.monotonic() + self.REPORT_EVERY_S
             self._report_lag()
             self._publish_status()
             self._watch_membership()
@@ -295,8 +363,8 @@ class StageLoop:
         :raises GroupMembershipLost: naming the topic and how long it has been without partitions.
         """
         now = time.monotonic()
-        for path in (self._index, self._query):
-            if path is None or path.spec.follow_index_path:
+        for path in self._paths_of_this_thread():
+            if path.spec.follow_index_path:
                 continue
             if path.consumer.assignment():
                 path.had_partitions, path.empty_since = True, None
@@ -322,15 +390,13 @@ class StageLoop:
             "shards": handler.shard_status() if hasattr(handler, "shard_status") else [],
         }
         self.producer.produce(self.spec.status_topic, value=STAGE_STATUS.encode(report),
-                              key=f"{self.spec.name}/{MEMBER}", headers=(STAGE_STATUS.header(),))
+                              key=f"{self.spec.name}/{MEMBER}", headers=(STAGE_STATUS.header(),),
+                              best_effort=True)  # the next report replaces a lost one
 
     def _report_lag(self) -> None:
         """Lag from the high watermark seen in fetch responses: the embedded broker's
         ListOffsets answer is wrong, the fetch response's is right (and Kafka's are both)."""
-        self._next_lag_report = time.monotonic() + 5
-        for path in (self._index, self._query):
-            if path is None:
-                continue
+        for path in self._paths_of_this_thread():
             try:
                 for tp in path.consumer.position(path.consumer.assignment()):
                     _, high = path.consumer.get_watermark_offsets(tp, cached=True)
@@ -352,15 +418,14 @@ class StageLoop:
                     path.checkpoint.commit(asynchronous=False)
             finally:
                 path.consumer.close()
-                if path.producer is not self.producer:
-                    path.producer.close()
+                path.producer.close()
+                if path.worker is not None:
+                    path.worker.shutdown(wait=True)
         self.producer.close()
         if self._callback_error is not None:
             logger.error("rebalance callback failed during close", extra={"error": repr(self._callback_error)})
         if self.spec.inflight_dir is not None:
             InFlightLog(self.spec.inflight_dir, "").disable_fault_reports(self._fault_report)
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)
         close = getattr(self.spec.index_path.handler if self.spec.index_path else None, "close", None)
         if close is not None:
             close()
@@ -459,7 +524,7 @@ class StageLoop:
                 f"{size} bytes exceeds max_payload_bytes={self.spec.max_payload_bytes}"))
         for record in records:
             path.checkpoint.record(record.topic, record.partition, record.offset)
-        self.processed += len(records)
+        path.processed += len(records)
         try:
             path.checkpoint.commit()
         except DeliveryError as exc:
@@ -524,21 +589,22 @@ class StageLoop:
         A batch can take longer than ``max.poll.interval.ms`` (a 0.5 MB document of short sentences
         on 2 cores): the member would be evicted, its commit refused and the batch run again,
         forever. So a stateless handler runs in a worker thread while this thread pauses the
-        consumers and polls them every :attr:`KEEPALIVE_S` (no records come from paused partitions;
-        the poll serves the interval, heartbeats and rebalances). A stateful handler (the shard) runs
-        inline: rebalance callbacks open and close its state, and its batches are bounded anyway.
+        consumers it polls and polls them every :attr:`KEEPALIVE_S` (no records come from paused
+        partitions; the poll serves the interval, heartbeats and rebalances); a query path in its own
+        thread goes on meanwhile. A stateful handler (the shard) runs inline: rebalance callbacks open
+        and close its state, and its batches are bounded anyway.
         """
         handler = path.spec.handler
         if hasattr(handler, "assigned"):
             return handler.process(records)
-        if self._worker is None:
-            self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="process")
-        future = self._worker.submit(handler.process, records)
+        if path.worker is None:
+            path.worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="process")
+        future = path.worker.submit(handler.process, records)
         try:
             return future.result(timeout=self.KEEPALIVE_S)
         except concurrent.futures.TimeoutError:
             pass
-        consumers = [p.consumer for p in (self._index, self._query) if p is not None]
+        consumers = [p.consumer for p in self._paths_of_this_thread()]
         for consumer in consumers:
             consumer.pause(consumer.assignment())  # drops what was prefetched: fetched again on resume
         logger.info("long batch: polling paused consumers to stay in the group",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -62,6 +63,28 @@ class TransformerEncoderConfig:
         object.__setattr__(self, "traversal_paths", tuple(self.traversal_paths))
 
 
+class _TurnLock:
+    """A lock taken in the order it was asked for. ``threading.Lock`` is not fair: a thread that
+    releases it and asks again at once (the next forward pass of a long document) nearly always gets
+    it back, and a query asking meanwhile would wait for the whole document."""
+
+    def __init__(self) -> None:
+        self._turn = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._turn:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._turn.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *_: object) -> None:
+        with self._turn:
+            self._serving += 1
+            self._turn.notify_all()
+
+
 @dataclass(slots=True)
 class _Loaded:
     tokenizer: object
@@ -74,12 +97,17 @@ class TransformerEncoder:
     """Embeds document text with a transformer and a pooling strategy.
 
     Texts are sorted by length before batching: padding is what costs time on CPU.
+    Safe to call from several threads (a stage encodes documents and queries at once).
     """
 
     def __init__(self, config: TransformerEncoderConfig | None = None) -> None:
         self.config = config or TransformerEncoderConfig()
         self._loaded: _Loaded | None = None
         self._config_dim: int | None = None
+        self._lock = _TurnLock()
+        """One forward pass at a time: a fast tokenizer is not reentrant (each call sets its truncation
+        and padding; two threads at once fail with "Already borrowed"). Taken per mini-batch, in turn,
+        so another caller waits for one ``batch_size`` pass at most, not for a whole long document."""
 
     @property
     def model_path(self) -> str:
@@ -206,8 +234,8 @@ class TransformerEncoder:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), loaded.dim), dtype=np.float32)
         tokens = [0] * len(texts)
-        with torch.inference_mode():
-            for start in range(0, len(order), self.config.batch_size):
+        for start in range(0, len(order), self.config.batch_size):
+            with self._lock, torch.inference_mode():
                 batch_idx = order[start : start + self.config.batch_size]
                 batch_texts = [texts[i] for i in batch_idx]
                 # Counting the whole texts costs a second (Rust) tokenization: ~1% of a forward pass.

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -115,6 +117,9 @@ class LocalFlow:
         self.replicas = {s.name: s.replicas for s in flow.stages} | (replicas or {})
         self.restart = restart
         self.label = label
+        self.instance = f"{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
+        """This supervisor, among every one running the flow's stages on any host: part of each replica's
+        name (``REPLICA_ENV``), so two runs of one flow never share a transactional id."""
         self.processes: list[StageProcess] = []
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -137,7 +142,7 @@ class LocalFlow:
     def _spawn(self, stage: str, replica: int, restarts: int = 0, quick_exits: int = 0) -> StageProcess:
         log = open(self.log_path(stage, replica), "ab")
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers, "PYTHONUNBUFFERED": "1",
-               REPLICA_ENV: f"{self.label}-{replica}"}
+               REPLICA_ENV: f"{self.label}-{replica}.{self.instance}"}
         port = self.flow.stage(stage).metrics_port
         if port:
             env[PORT_ENV] = str(port + replica)  # replicas share a host here, so each needs its own port

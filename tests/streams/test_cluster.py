@@ -19,12 +19,14 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
+from processors.document import Document
 from streams.admin import describe_topics
 from streams.client import IndexReceipt
 from streams.exceptions import RequestTimeoutError
@@ -34,9 +36,10 @@ from streams.local.apache_kafka import KafkaCluster
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_log_files
 from streams.serde import SearchReply
+from streams.topics import TopicShape
 from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
 from tests.streams.recovery import wait_applied
-from tests.streams.test_recovery import _assert_exact
+from tests.streams.test_recovery import _assert_exact, _committed_keys, _committed_total
 
 pytestmark = pytest.mark.kafka
 
@@ -71,11 +74,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
         started.stop()
 
 
-@pytest.fixture
-def runtime(cluster: KafkaCluster, tmp_path: Path) -> Iterator[LocalRuntime]:
-    path = tmp_path / "flow.yml"
-    path.write_text(sentence_flow_yaml().replace("{name}", f"cluster{os.getpid()}") + TOPICS_YAML)
-    started = LocalRuntime(load_flow(path), flow_path=path, state_dir=tmp_path / "state").start()
+@contextmanager
+def _running(cluster: KafkaCluster, path: Path) -> Iterator[LocalRuntime]:
+    """The flow at ``path`` running on the cluster, every stage ready."""
+    started = LocalRuntime(load_flow(path), flow_path=path, state_dir=path.parent / "state").start()
     try:
         assert started.settings is not None and started.settings.bootstrap_servers == cluster.bootstrap_servers
         with started.client() as client:
@@ -83,6 +85,14 @@ def runtime(cluster: KafkaCluster, tmp_path: Path) -> Iterator[LocalRuntime]:
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture
+def runtime(cluster: KafkaCluster, tmp_path: Path) -> Iterator[LocalRuntime]:
+    path = tmp_path / "flow.yml"
+    path.write_text(sentence_flow_yaml().replace("{name}", f"cluster{os.getpid()}") + TOPICS_YAML)
+    with _running(cluster, path) as started:
+        yield started
 
 
 # -- waiting on the cluster ------------------------------------------------------------------
@@ -158,13 +168,15 @@ class Kill:
 
 
 def _kill_and_return(cluster: KafkaCluster, metadata: Metadata, node_id: int, watched: Sequence[tuple[str, int]],
-                     flow_partitions: dict[str, int], why: str) -> Kill:
-    """SIGKILL a node, wait until the partitions it led have new leaders (the failover), start it
-    again on its data, wait until it is registered and in the ISR of every partition of the flow."""
+                     flow_partitions: dict[str, int], why: str, *, then: Callable[[], None] = lambda: None) -> Kill:
+    """SIGKILL a node (and call ``then`` at once), wait until the partitions it led have new leaders
+    (the failover), start it again on its data, wait until it is registered and in the ISR of every
+    partition of the flow."""
     controller = metadata.controller() == node_id
     node = cluster.node(node_id)
     killed_at = time.monotonic()
     node.kill()
+    then()
 
     def moved() -> bool:
         now = metadata.partitions(sorted({topic for topic, _ in watched}))
@@ -182,6 +194,18 @@ def _kill_and_return(cluster: KafkaCluster, metadata: Metadata, node_id: int, wa
 
     _wait_until(in_sync, 180, f"node {node_id} back in the ISR of every partition")
     return Kill(node_id, why, controller, killed_at, moved_at, round(time.monotonic() - moved_at, 1))
+
+
+def _create_topics(settings: KafkaSettings, shapes: Sequence[TopicShape],
+                   replicas: Callable[[TopicShape], list[list[int]]]) -> None:
+    """Create topics on chosen brokers (``replicas(shape)``: one broker list per partition, the first
+    its leader), configured as the flow would; the flow then finds them and leaves them so."""
+    admin = AdminClient(settings.base())
+    futures = admin.create_topics([NewTopic(shape.name, shape.partitions, replica_assignment=replicas(shape),
+                                            config={"min.insync.replicas": "2", **dict(shape.config)})
+                                   for shape in shapes], operation_timeout=30)
+    for future in futures.values():
+        future.result()
 
 
 def _busiest(settings: KafkaSettings, topic: str, partitions: int) -> int:
@@ -221,6 +245,73 @@ class QueryOutcome:
     """time.monotonic() when the query was sent."""
     seconds: float
     error: str = ""
+
+
+class QueryStream:
+    """Searches for the documents of ``corpus``, one after the other, from a thread, until stopped:
+    each outcome is kept (a reply, or the timeout of a query nobody answered)."""
+
+    def __init__(self, runtime: LocalRuntime, corpus: Sequence[tuple[Document, str]], timeout_s: float,
+                 *, reply_replicas: list[int] | None = None) -> None:
+        """:param reply_replicas: create the client's reply topic on these brokers (the first leads)."""
+        self.outcomes: list[QueryOutcome] = []
+        self.reply_topic = ""
+        self._runtime, self._corpus, self._timeout_s = runtime, corpus, timeout_s
+        self._reply_replicas = reply_replicas
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="queries")
+
+    def __enter__(self) -> "QueryStream":
+        self._thread.start()
+        _wait_until(lambda: len(self.outcomes) >= 5, 120, "queries answered before the kill")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(self._timeout_s + 30)
+        assert not self._thread.is_alive()
+
+    def _run(self) -> None:
+        with self._runtime.client() as client:
+            if self._reply_replicas is not None:
+                assert self._runtime.settings is not None
+                _create_topics(self._runtime.settings, [TopicShape(client.reply_topic, 1)],
+                               lambda shape: [self._reply_replicas])
+            client.start()
+            self.reply_topic = client.reply_topic
+            i = 0
+            while not self._stop.is_set():
+                doc, sentence = self._corpus[i % len(self._corpus)]
+                i += 1
+                sent = time.monotonic()
+                try:
+                    reply = client.search(sentence, timeout_s=self._timeout_s)
+                    self.outcomes.append(QueryOutcome(doc.id, reply, sent, time.monotonic() - sent))
+                except RequestTimeoutError as exc:
+                    self.outcomes.append(QueryOutcome(doc.id, None, sent, time.monotonic() - sent, str(exc)))
+
+
+def _assert_answered(outcomes: Sequence[QueryOutcome], timeout_s: float, outage: Kill, runtime: LocalRuntime) -> str:
+    """Every query answered by its deadline, complete and right or flagged partial, some of them
+    during ``outage``; returns the report line."""
+    met = [o for o in outcomes if o.sent < outage.moved_at and o.sent + o.seconds > outage.killed_at]
+    assert met, "no query was under way while the leader was dead"
+    failed = [o for o in outcomes if o.reply is None]
+    partial = [o for o in outcomes if o.reply is not None and o.reply.partial]
+    wrong = [o for o in outcomes if o.reply is not None and not o.reply.partial and
+             (not o.reply.docs[0].matches or o.reply.docs[0].matches[0].id != o.doc_id)]
+    unflagged = [o for o in partial if not (o.reply and (o.reply.missing_shards or o.reply.restoring_shards
+                                                         or o.reply.errors or o.reply.stale_shards))]
+    report = (f"queries answered={len(outcomes) - len(failed)} partial={len(partial)} failed={len(failed)} "
+              f"(during the failover: {len(met)}, slowest {max(o.seconds for o in met):.1f}s)")
+    timed_out = [(o.doc_id, f"sent {o.sent - outage.killed_at:+.1f}s after the kill", o.error) for o in failed]
+    assert not failed, f"{report}: {timed_out}\n{outage}\n{stage_logs(runtime)}"
+    # a complete reply that misses the document would be silently incomplete
+    assert not wrong, [(o.doc_id, o.reply.docs[0].matches[:3] if o.reply else None) for o in wrong]
+    assert not unflagged, [o.reply for o in unflagged]
+    late = [o for o in outcomes if o.seconds > timeout_s + 1.5]
+    assert not late, [(o.doc_id, round(o.seconds, 1)) for o in late]
+    return report
 
 
 def test_kill_9_partition_leaders_during_ingest_and_queries(cluster: KafkaCluster, runtime: LocalRuntime) -> None:
@@ -289,61 +380,18 @@ def test_kill_9_partition_leaders_during_ingest_and_queries(cluster: KafkaCluste
         wait_applied(client, final)
 
     # (2) kill -9 the leader of most query-path partitions while queries stream
-    outcomes: list[QueryOutcome] = []
-    stop_queries = threading.Event()
-    reply_topic: list[str] = []
-
-    def query() -> None:
-        with runtime.client() as client:
-            client.start()
-            reply_topic.append(client.reply_topic)
-            i = 0
-            while not stop_queries.is_set():
-                doc, sentence = corpus[i % DOCS]
-                i += 1
-                sent = time.monotonic()
-                try:
-                    reply = client.search(sentence, timeout_s=QUERY_TIMEOUT_S)
-                    outcomes.append(QueryOutcome(doc.id, reply, sent, time.monotonic() - sent))
-                except RequestTimeoutError as exc:
-                    outcomes.append(QueryOutcome(doc.id, None, sent, time.monotonic() - sent, str(exc)))
-
-    searcher = threading.Thread(target=query, name="queries")
-    searcher.start()
-    try:
-        _wait_until(lambda: len(outcomes) >= 5, 120, "queries answered before the kill")
-        path = [topics.query, topics.search, topics.partials, reply_topic[0]]
+    with QueryStream(runtime, corpus, QUERY_TIMEOUT_S) as queries:
+        path = [topics.query, topics.search, topics.partials, queries.reply_topic]
         led: dict[int, list[tuple[str, int]]] = {}
         for (name, p), (leader, _) in metadata.partitions(path).items():
             led.setdefault(leader, []).append((name, p))
-        victim = max(led, key=lambda node: (len(led[node]), (reply_topic[0], 0) in led[node]))
+        victim = max(led, key=lambda node: (len(led[node]), (queries.reply_topic, 0) in led[node]))
         kills.append(_kill_and_return(cluster, metadata, victim, led[victim], flow_partitions,
                                       f"leader of {', '.join(f'{t}[{p}]' for t, p in sorted(led[victim]))}"))
-        answered = len(outcomes)
-        _wait_until(lambda: len(outcomes) >= answered + QUERIES_AFTER_RETURN, 120, "queries after the broker's return")
-    finally:
-        stop_queries.set()
-        searcher.join(QUERY_TIMEOUT_S + 30)
-    assert not searcher.is_alive()
-
-    outage = kills[-1]
-    met = [o for o in outcomes if o.sent < outage.moved_at and o.sent + o.seconds > outage.killed_at]
-    assert met, "no query was under way while the leader was dead"
-    failed = [o for o in outcomes if o.reply is None]
-    partial = [o for o in outcomes if o.reply is not None and o.reply.partial]
-    wrong = [o for o in outcomes if o.reply is not None and not o.reply.partial and
-             (not o.reply.docs[0].matches or o.reply.docs[0].matches[0].id != o.doc_id)]
-    unflagged = [o for o in partial if not (o.reply and (o.reply.missing_shards or o.reply.restoring_shards
-                                                         or o.reply.errors or o.reply.stale_shards))]
-    report_queries = (f"queries answered={len(outcomes) - len(failed)} partial={len(partial)} failed={len(failed)} "
-                      f"(during the failover: {len(met)}, slowest {max(o.seconds for o in met):.1f}s)")
-    timed_out = [(o.doc_id, f"sent {o.sent - outage.killed_at:+.1f}s after the kill", o.error) for o in failed]
-    assert not failed, f"{report_queries}: {timed_out}\n{outage}\n{stage_logs(runtime)}"
-    # a complete reply that misses the document would be silently incomplete
-    assert not wrong, [(o.doc_id, o.reply.docs[0].matches[:3] if o.reply else None) for o in wrong]
-    assert not unflagged, [o.reply for o in unflagged]
-    late = [o for o in outcomes if o.seconds > QUERY_TIMEOUT_S + 1.5]
-    assert not late, [(o.doc_id, round(o.seconds, 1)) for o in late]
+        answered = len(queries.outcomes)
+        _wait_until(lambda: len(queries.outcomes) >= answered + QUERIES_AFTER_RETURN, 120,
+                    "queries after the broker's return")
+    report_queries = _assert_answered(queries.outcomes, QUERY_TIMEOUT_S, kills[-1], runtime)
 
     details = "; ".join(str(k) for k in kills)
 
@@ -371,3 +419,75 @@ def test_kill_9_partition_leaders_during_ingest_and_queries(cluster: KafkaCluste
 
     print(f"\ncluster kill -9: N={DOCS} kills={len(kills)} lost={report['lost']} "
           f"duplicated={report['duplicated_vectors'] + report['on_two_shards']} {report_queries} ({details})")
+
+
+EOS_DOCS = 64
+QUERY_DEADLINE_S = 5.0
+"""The queries' deadline in the exactly_once test: none of its queries meets the killed broker, so
+they are answered as fast as without the kill (well under a second), while the index path's commit
+waits for the failover (9 s or more) and would hold them past this deadline if they waited for it."""
+
+
+def test_queries_do_not_wait_for_a_transaction_stuck_on_a_killed_leader(cluster: KafkaCluster,
+                                                                        tmp_path: Path) -> None:
+    """``exactly_once``: kill -9 the broker that leads every partition of ``encoded`` while the encode
+    stage has documents to encode and write there in transactions. Its commit waits for the failover
+    (or the transaction's timeout, then an abort and a rerun); the queries it encodes meanwhile must
+    not wait with it, nor behind its batch. Every other topic lives on the two other brokers, so
+    nothing on the query path waits for the killed one: each query is answered by a deadline shorter
+    than a failover, and exactly once holds."""
+    path = tmp_path / "flow.yml"
+    path.write_text(sentence_flow_yaml(guarantee="exactly_once").replace("{name}", f"eos{os.getpid()}") + TOPICS_YAML)
+    settings, flow = KafkaSettings(cluster.bootstrap_servers), load_flow(path)
+    metadata = Metadata(settings)
+    victim = next(node for node in (1, 2, 3) if node != metadata.controller())  # no quorum election to wait for
+    others = [node for node in (1, 2, 3) if node != victim]
+    topics = flow.topics
+
+    def replicas(shape: TopicShape) -> list[list[int]]:
+        if shape.name == topics.encoded:
+            return [[victim, *others[p % 2:], *others[:p % 2]] for p in range(shape.partitions)]
+        return [others[p % 2:] + others[:p % 2] for p in range(shape.partitions)]
+
+    _create_topics(settings, topics.shapes(), replicas)
+    corpus = corpus_with_unique_sentences(EOS_DOCS)
+    first, second = corpus[:EOS_DOCS // 2], corpus[EOS_DOCS // 2:]
+    with _running(cluster, path) as runtime:
+        assert runtime.local_flow is not None
+        with runtime.client() as client:
+            receipts = [client.index([doc for doc, _ in first])]
+            wait_applied(client, receipts[0])
+            with QueryStream(runtime, first, QUERY_DEADLINE_S, reply_replicas=others) as queries:
+                # The second half waits on segmented for the encode stage, held (SIGSTOP) for the second
+                # it takes, so that the stage encodes and writes it while the leader of encoded is dead.
+                runtime.local_flow.pause("encode")
+                try:
+                    receipts.append(client.index([doc for doc, _ in second]))
+                    _wait_until(lambda: _committed_total(runtime, topics.group("segment"), topics.ingest) == EOS_DOCS,
+                                60, "the second half segmented")
+                finally:
+                    outage = _kill_and_return(
+                        cluster, metadata, victim, [(topics.encoded, p) for p in range(topics.partitions)],
+                        {topics.encoded: topics.partitions}, f"leader of every {topics.encoded} partition",
+                        then=lambda: runtime.local_flow.resume("encode"))  # type: ignore[union-attr]
+                answered = len(queries.outcomes)
+                _wait_until(lambda: len(queries.outcomes) >= answered + QUERIES_AFTER_RETURN, 120,
+                            "queries after the broker's return")
+        report_queries = _assert_answered(queries.outcomes, QUERY_DEADLINE_S, outage, runtime)
+        final = IndexReceipt()
+        for receipt in receipts:
+            final = final.merge(receipt)
+        with runtime.client() as client:
+            wait_applied(client, final)
+            for doc, sentence in second:
+                reply = client.search(sentence, timeout_s=20)
+                assert not reply.partial and reply.docs[0].matches[0].id == doc.id, (sentence, reply)
+        for topic in (topics.segmented, topics.encoded):  # read_committed readers see each document once
+            keys = _committed_keys(runtime, topic)
+            assert sorted(keys) == sorted(doc.id.encode() for doc, _ in corpus), \
+                f"{topic}: {len(keys)} records visible to read_committed for {EOS_DOCS} documents"
+        aborted = (Path(runtime.flow.state_dir) / "logs" / "encode-0.log").read_text().count("transaction failed")
+        runtime.local_flow.stop()
+        report = _assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
+    print(f"\nexactly_once, kill -9 the leader of {topics.encoded}: N={EOS_DOCS} lost={report['lost']} "
+          f"duplicated={report['duplicated_vectors']} transactions aborted={aborted} {report_queries} ({outage})")

@@ -155,3 +155,31 @@ class TestTruncation:
         narrow = TransformerEncoder(TransformerEncoderConfig(traversal_paths=("c",), max_length=128))
         result = narrow.run(docs=segmented)
         assert result.truncated == () and "whale" in result.docs[0].chunks[-1].text
+
+
+def test_a_caller_waits_for_one_forward_pass_of_another_not_for_all_of_them() -> None:
+    """The encode stage embeds queries while it embeds a long document: a query takes the next turn
+    between two passes of the document, and both get the vectors they would get alone."""
+    import threading
+    import time
+
+    encoder = TransformerEncoder(TransformerEncoderConfig(batch_size=1))
+    encoder.warm_up()
+    long_texts = [f"sentence number {i} of a long document about lighthouses" for i in range(60)]
+    query = ["a lamp that guides ships"]
+    alone = encoder.encode_texts(long_texts), encoder.encode_texts(query)
+    done: list[str] = []
+    results: dict[str, np.ndarray] = {}
+
+    def encode(name: str, texts: list[str]) -> None:
+        results[name] = encoder.encode_texts(texts)
+        done.append(name)
+
+    document = threading.Thread(target=encode, args=("document", long_texts))
+    document.start()
+    while encoder._lock._serving < 1:  # the document's first pass is over: it is mid-way
+        time.sleep(0.001)  # polling interval of a condition
+    encode("query", query)
+    document.join()
+    assert done == ["query", "document"], "the query waited for the whole document"
+    assert np.array_equal(results["document"], alone[0]) and np.array_equal(results["query"], alone[1])
