@@ -47,6 +47,12 @@ def configure_logging(level: str | None = None, *, as_json: bool | None = None) 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("STREAMSEARCH_LOG_LEVEL", "INFO")).upper())
+    # Libraries' own chatter (FAISS names each SIMD build it tries) is not ours to show at INFO.
+    for chatty in QUIET_LIBRARIES:
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
+
+
+QUIET_LIBRARIES = ("faiss", "faiss.loader")
 
 
 class RepeatLimit(logging.Filter):

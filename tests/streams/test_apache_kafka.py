@@ -318,7 +318,9 @@ def test_the_local_kafka_keeps_everything_across_broker_restarts_and_a_full_stop
         logs = "\n".join(p.read_text() for p in index_logs)
         assert "rebuilding the shard" not in logs
         assert "Traceback" not in logs and "SystemError" not in logs, logs[-3000:]  # a normal stop is quiet
-        assert logs.count("stage stopped") == 2 * len(index_logs), logs[-3000:]
+        # Every process that ran stopped cleanly (one may have exited to rejoin during a slow broker restart,
+        # and been started again by its supervisor): each "running" has its "stopped".
+        assert logs.count("stage stopped") == logs.count("stage running") >= 2 * len(index_logs), logs[-3000:]
         assert logs.count("resuming from its stored offset") >= 2, logs[-3000:]
         contents = read_shards(tmp_path / "state", "durable", 2, flow.stage("index").config)
         assert sorted(contents.docs) == sorted(doc.id for doc, _ in corpus)

@@ -486,7 +486,7 @@ def test_queries_do_not_wait_for_a_transaction_stuck_on_a_killed_leader(cluster:
             keys = _committed_keys(runtime, topic)
             assert sorted(keys) == sorted(doc.id.encode() for doc, _ in corpus), \
                 f"{topic}: {len(keys)} records visible to read_committed for {EOS_DOCS} documents"
-        aborted = (Path(runtime.flow.state_dir) / "logs" / "encode-0.log").read_text().count("transaction failed")
+        aborted = runtime.local_flow.log_path("encode", 0).read_text().count("transaction failed")
         runtime.local_flow.stop()
         report = _assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
     print(f"\nexactly_once, kill -9 the leader of {topics.encoded}: N={EOS_DOCS} lost={report['lost']} "
