@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-__all__ = ["configure_logging", "RepeatLimit"]
+__all__ = ["CountedThrottle", "configure_logging", "RepeatLimit"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
@@ -92,3 +92,25 @@ class RepeatLimit(logging.Filter):
         if suppressed:
             record.suppressed = suppressed
         return True
+
+
+class CountedThrottle:
+    """Counts events between log lines and says when the next line is due: at the first event, then
+    at most once per ``interval_s``. The caller writes the line, with the count it is handed, so that
+    a flood of expired requests or truncated texts is one line in a while that says how many."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._logged_at: float | None = None
+        self._count = 0
+
+    def add(self, count: int = 1) -> int | None:
+        """Count ``count`` events; :returns: the events since the last line when a line is due, else None."""
+        self._count += count
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < self._interval_s:
+            return None
+        self._logged_at, due = now, self._count
+        self._count = 0
+        return due

@@ -24,6 +24,7 @@ from streams.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec, PartialR
 from streams.stage import Inbound, Output
 from streams.reply_topics import ReplyTopics
 from streams.topics import FlowTopics
+from streams.logs import CountedThrottle
 
 __all__ = ["DEFAULT_TIMEOUT_MS", "ExpiredRequests", "QueryFanout", "is_expired", "split_expired", "decode_live",
            "error_reply", "flow_deadline_ms", "query_headers", "created_ms_of"]
@@ -94,22 +95,16 @@ class ExpiredRequests:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._metric = EXPIRED_REQUESTS.labels(flow, stage)
         self._stage = stage
-        self._interval_s = interval_s
-        self._clock = clock
-        self._logged_at: float | None = None
-        self._unlogged = 0
+        self._throttle = CountedThrottle(interval_s, clock)
 
     def answer(self, record: Inbound, deadline_ms: float, now_ms: float) -> list[Output]:
         """The error reply for one expired request; counts and (rate-limited) logs it."""
         late_ms = max(0, int(now_ms - deadline_ms))
         self._metric.inc()
-        self._unlogged += 1
-        now = self._clock()
-        if self._logged_at is None or now - self._logged_at >= self._interval_s:
-            logger.warning(f"{self._stage}: {self._unlogged} request(s) taken up after their deadline, answered "
+        if (expired := self._throttle.add()) is not None:
+            logger.warning(f"{self._stage}: {expired} request(s) taken up after their deadline, answered "
                            f"with RequestExpiredError, e.g. one {late_ms} ms late: the stage is behind its input",
-                           extra={"stage": self._stage, "late_ms": late_ms, "expired": self._unlogged})
-            self._logged_at, self._unlogged = now, 0
+                           extra={"stage": self._stage, "late_ms": late_ms, "expired": expired})
         return error_reply(record, RequestExpiredError(
             f"the {self._stage} stage took the request up {late_ms} ms after its deadline (a backlog, or a stage "
             "restarting): not searched; retry, or raise the timeout"))

@@ -21,6 +21,7 @@ from streams.metrics import TRUNCATED_TEXTS
 from streams.partitioner import LIBRDKAFKA_PARTITIONER, partition_of
 from streams.serde import DOCUMENT
 from streams.stage import Inbound, Output
+from streams.logs import CountedThrottle
 
 __all__ = ["DocumentTransform", "TruncationReport", "ingest_offset_of", "require_vectors"]
 
@@ -151,10 +152,7 @@ class TruncationReport:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._metric = TRUNCATED_TEXTS.labels(flow, stage)
         self._stage = stage
-        self._interval_s = interval_s
-        self._clock = clock
-        self._logged_at: float | None = None
-        self._unreported = 0
+        self._throttle = CountedThrottle(interval_s, clock)
 
     def record(self, truncated: Sequence[Truncated]) -> None:
         """Count a batch's truncated texts; log if the last line is older than the interval.
@@ -164,17 +162,14 @@ class TruncationReport:
         if not truncated:
             return
         self._metric.inc(len(truncated))
-        self._unreported += len(truncated)
-        now = self._clock()
-        if self._logged_at is not None and now - self._logged_at < self._interval_s:
+        if (unreported := self._throttle.add(len(truncated))) is None:
             return
         example = max(truncated, key=lambda item: item.tokens)
         node = "" if example.node_id == example.doc_id else f", node {example.node_id!r}"
         logger.warning(
-            f"{self._stage}: {self._unreported} text(s) longer than max_length={example.max_length} tokens "
+            f"{self._stage}: {unreported} text(s) longer than max_length={example.max_length} tokens "
             f"were embedded from their first {example.max_length} tokens only, e.g. document {example.doc_id!r}{node} "
             f"({example.tokens} tokens): the rest of such a text cannot be found. Segment it (a Sentencizer "
             f"with a smaller max_sent_len) or raise max_length",
             extra={"doc_id": example.doc_id, "node_id": example.node_id, "tokens": example.tokens,
-                   "truncated": self._unreported})
-        self._logged_at, self._unreported = now, 0
+                   "truncated": unreported})
