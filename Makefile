@@ -21,7 +21,7 @@ hello-world: install
 	$(PYTHON) -m streams.cli hello-world $(ARGS)
 
 # The suites the local default must keep passing on the memory-only broker as well.
-TANSU_TESTS := tests/streams/test_hello_world.py tests/streams/test_pipeline.py
+TANSU_TESTS := tests/e2e/test_hello_world.py tests/e2e/test_pipeline.py
 
 test: install
 	STREAMSEARCH_TEST_BROKER=kafka $(PYTHON) -m pytest $(ARGS)

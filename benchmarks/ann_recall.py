@@ -26,8 +26,8 @@ from processors.encoders.transformer import TransformerEncoder
 from processors.index.base import INDEX_TYPES, Change
 from processors.index.compound import CompoundIndexer
 from processors.index.faiss_ivf import auto_pq_m, nlist_for
-from streams.flow import load_flow
-from streams.serde import DOCUMENT
+from streams.flow.parse import load_flow
+from streams.wire.serde import DOCUMENT
 
 CACHE = ROOT / ".streamsearch" / "cache"
 

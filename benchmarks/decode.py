@@ -1,4 +1,4 @@
-"""What the bounded pre-scan adds to decoding a record (``streams/serde.py``).
+"""What the bounded pre-scan adds to decoding a record (``streams/wire/serde.py``).
 
 For three typical records: the pre-scan alone, fastavro's reader alone, and ``Codec.decode``
 (pre-scan, reader, dataclasses), each the fastest of many timeit rounds, in microseconds.
@@ -17,7 +17,7 @@ import numpy as np
 from setup import machine
 
 from processors.document import Direction, Document, Score
-from streams.serde import DECODE_LIMITS, DOCUMENT, PARTIAL_RESULT, REQUEST, PartialResult, Request, _prescan
+from streams.wire.serde import DECODE_LIMITS, DOCUMENT, PARTIAL_RESULT, REQUEST, PartialResult, Request, _prescan
 
 
 def records() -> list[tuple[str, object, object]]:

@@ -18,7 +18,7 @@ from setup import (BROKER_CHOICES, FLOW, ProcessTreePeaks, broker_kinds, broker_
                    markdown_table, peak_rss_mib, scifact)
 
 from processors.encoders.transformer import TransformerEncoder
-from streams.flow import load_flow
+from streams.flow.parse import load_flow
 from streams.local.runtime import LocalRuntime
 
 

@@ -20,9 +20,9 @@ from processors.encoders.transformer import TransformerEncoder
 from processors.index.base import Change
 from processors.index.compound import CompoundIndexer
 from processors.rankers.chunk2doc import Chunk2DocRanker
-from streams.flow import load_flow
+from streams.flow.parse import load_flow
 from streams.local.runtime import LocalRuntime
-from streams.serde import DOCUMENT
+from streams.wire.serde import DOCUMENT
 
 
 def in_process(docs, queries, top_k: int) -> list[float]:  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Restore time: rebuild one shard of N chunks by replaying ``<flow>.encoded`` (``streams/replay.py``),
+"""Restore time: rebuild one shard of N chunks by replaying ``<flow>.encoded`` (``streams/ops/replay.py``),
 against building the same index in-process from the same Documents, measured in the same run.
 
 A shard that lost its local state (new node, disk gone, index config changed) is restored by
@@ -28,20 +28,20 @@ from typing import Any
 import numpy as np
 from setup import BROKER_CHOICES, broker_kinds, broker_label, fresh_broker, machine, peak_rss_mib
 
-import streams.shard
+from streams.stages.shard import ingest as shard_ingest
 from processors.document import Document
 from processors.index.base import Change
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
-from streams import headers as h
-from streams.admin import ensure_topics
-from streams.flow import FlowSpec, parse_flow, with_state_dir
-from streams.kafka import KafkaSettings, StageProducer
-from streams.replay import replay_index
-from streams.serde import DOCUMENT
-from streams.state.shards import ShardCheckpoint
+from streams.wire import headers as h
+from streams.kafka.admin import ensure_topics
+from streams.flow.parse import FlowSpec, parse_flow, with_state_dir
+from streams.kafka.clients import KafkaSettings, StageProducer
+from streams.ops.replay import replay_index
+from streams.wire.serde import DOCUMENT
+from streams.stages.shard.states import ShardCheckpoint
 
 BATCH = 256
-"""Records per apply in the baseline: the index stage's batch size (``streams/topology.py``)."""
+"""Records per apply in the baseline: the index stage's batch size (``streams/stages/kinds.py``)."""
 
 FLOW_YAML = """\
 name: restore-bench
@@ -229,7 +229,7 @@ def run(kind: str, args: argparse.Namespace) -> int:
 
         replayed = with_state_dir(flow, Path(tmp) / "replayed")
         with phase_rss(replay_mem), timed(CompoundIndexer, "apply", replay_apply), \
-                timed(streams.shard, "decode_document", replay_decode):
+                timed(shard_ingest, "decode_document", replay_decode):
             started = time.perf_counter()
             result = replay_index(replayed, settings, progress=False)
             replay_s = time.perf_counter() - started

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streams.corpora import load_beir  # noqa: E402
+from streams.demo.corpora import load_beir  # noqa: E402
 from streams.resources import EXAMPLE_FLOWS  # noqa: E402
 
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"

@@ -34,7 +34,7 @@ from setup import (BROKER_CHOICES, ProcessTreePeaks, broker_kinds, broker_label,
                    markdown_table, percentiles)
 
 from processors.document import Document
-from streams.flow import load_flow
+from streams.flow.parse import load_flow
 from streams.local.runtime import LocalRuntime
 
 DIM = 384

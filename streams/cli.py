@@ -17,14 +17,14 @@ import click
 from confluent_kafka import KafkaException
 
 from processors.query.limits import REQUEST_LIMITS
-from streams.admin import check_broker, ensure_topics
+from streams.kafka.admin import check_broker, ensure_topics
 from streams.exceptions import (EXIT_CONFIG, BrokerError, RequestExpiredError, RequestTimeoutError, StateConfigError,
                                 StreamsearchError)
-from streams.extras import require_stage_extras
-from streams.flow import load_flow, with_state_dir
-from streams.kafka import QUIET_LIBRDKAFKA, KafkaSettings
+from streams.stages.extras import require_stage_extras
+from streams.flow.parse import load_flow, with_state_dir
+from streams.kafka.clients import QUIET_LIBRDKAFKA, KafkaSettings
 from streams.local.brokers import BrokerKind
-from streams.logs import configure_logging
+from streams.runtime.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ BROKER_OPTION = click.option(
 def hello_world(limit: int, flow_path: Path | None, state_dir: Path | None, port: int, serve: bool | None,
                 broker: str) -> None:
     """Index Python's docstrings on a local broker and search them while they stream in."""
-    from streams.hello_world import DEFAULT_FLOW, run_hello_world
+    from streams.demo.hello_world import DEFAULT_FLOW, run_hello_world
 
     logging.getLogger().setLevel(logging.WARNING)
     run_hello_world(limit=limit, flow_path=flow_path or DEFAULT_FLOW, state_dir=state_dir, bridge_port=port,
@@ -97,7 +97,7 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
         flow.check_dimensions()  # before a broker starts: one line, not a dead letter per document
     if stage is not None:
         from streams.local.runtime import discover_bootstrap
-        from streams.versions import claim_serving
+        from streams.ops.versions import claim_serving
 
         flow.stage(stage)
         check_broker(_command_settings(dict(flow.kafka)))  # one line, not librdkafka's retries, if unreachable
@@ -106,8 +106,8 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
                       max_payload_bytes=flow.max_payload_bytes)  # idempotent; a real cluster may not have them yet
         claim_serving(settings, flow.topics)  # the first version to run serves; later ones wait for a reindex
         if not replicas:
-            from streams.stage import StageLoop
-            from streams.topology import build_stage
+            from streams.runtime.loop import StageLoop
+            from streams.stages.kinds import build_stage
 
             loop = StageLoop(build_stage(flow, stage, settings), settings)
             loop.install_signal_handlers()
@@ -195,11 +195,11 @@ def _client(flow: str) -> Any:
     :raises BrokerError: in one line, if the broker is unreachable or has no such flow.
     """
     from streams.client import Client
-    from streams.status import require_flow
-    from streams.topics import FlowTopics
+    from streams.ops.status import require_flow
+    from streams.wire.topics import FlowTopics
 
     logging.getLogger("streams").setLevel(max(logging.WARNING, logging.getLogger().level))  # keep output clean
-    logging.getLogger("streams.admin").setLevel(logging.ERROR)  # not the replication of the client's own reply topic
+    logging.getLogger("streams.kafka.admin").setLevel(logging.ERROR)  # not the replication of the client's own reply topic
     settings = _command_settings(_flow_kafka(flow))
     require_flow(settings, FlowTopics(_flow_name(flow), 1))  # before the client creates anything
     return Client(_flow_name(flow), settings=settings)
@@ -233,8 +233,8 @@ def _flow_kafka(flow: str) -> dict[str, Any] | None:
 def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
     """Index a JSONL file of {"id", "text", ...} objects into a running flow; "text" is optional
     when the flow maps fields (e.g. {"id": "10", "title": ..., "summary": ...})."""
-    from streams.corpora import read_jsonl
-    from streams.progress import wait_searchable
+    from streams.demo.corpora import read_jsonl
+    from streams.client.progress import wait_searchable
 
     # A flow YAML says which fields it maps; a bare name does not, so any string field may do.
     fields = load_flow(flow).fields if flow.endswith((".yml", ".yaml")) else None
@@ -276,8 +276,8 @@ def _dead_lettered(letters: list[Any], count: int, flow: str) -> str:
 def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: tuple[str, ...],
            index_type: str | None) -> None:
     """Search a running flow and print the matches."""
-    from streams.hello_world import format_reply
-    from streams.status import why_no_reply
+    from streams.demo.hello_world import format_reply
+    from streams.ops.status import why_no_reply
 
     with _client(flow) as client:
         try:
@@ -310,7 +310,7 @@ def serve(flow: str, host: str, port: int) -> None:
     """Serve the HTTP bridge and the search page for a running flow (bearer token: STREAMSEARCH_TOKEN)."""
     import uvicorn
 
-    from streams.http import create_app, warn_if_unprotected
+    from streams.client.http import create_app, warn_if_unprotected
 
     spec = load_flow(flow) if flow.endswith((".yml", ".yaml")) else None
     with _client(flow) as client:
@@ -356,9 +356,9 @@ def _listen(host: str, port: int) -> socket.socket:
 @one_line_errors
 def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
     """List the records stages could not process, with why and where they came from."""
-    from streams import dead_letters as dl
-    from streams.status import require_flow
-    from streams.topics import FlowTopics
+    from streams.ops import dead_letters as dl
+    from streams.ops.status import require_flow
+    from streams.wire.topics import FlowTopics
 
     logging.getLogger("streams").setLevel(logging.WARNING)
     settings = _command_settings(_flow_kafka(flow))
@@ -387,7 +387,7 @@ def status(flow: str, as_json: bool) -> None:
     import dataclasses
     import json
 
-    from streams.status import collect_status, collect_status_by_name, require_flow
+    from streams.ops.status import collect_status, collect_status_by_name, require_flow
 
     logging.getLogger("streams").setLevel(logging.WARNING)
     if flow.endswith((".yml", ".yaml")):
@@ -443,7 +443,7 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
     require_stage_extras(flow, [stage])
-    from streams.replay import replay_index  # the shard's FAISS and RocksDB: after the check that names their extra
+    from streams.ops.replay import replay_index  # the shard's FAISS and RocksDB: after the check that names their extra
     logging.getLogger("streams").setLevel(logging.WARNING)
     with durable_local_broker(flow, flow_path) as broker:  # the flow may be stopped: its broker with it
         settings = KafkaSettings(broker.bootstrap_servers, {**broker.extra, "logger": QUIET_LIBRDKAFKA})
@@ -470,7 +470,7 @@ def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s
     the serving version answers until then."""
     from contextlib import nullcontext
 
-    from streams.reindex import plan_reindex, switch_when_caught_up
+    from streams.ops.reindex import plan_reindex, switch_when_caught_up
     from streams.local.supervisor import LocalFlow, stage_logs_shown
 
     flow = load_flow(flow_path)
@@ -514,9 +514,9 @@ def versions(flow: str, serve_version: int | None, force: bool) -> None:
     import datetime
 
     from streams.exceptions import BrokerError
-    from streams.status import require_flow, running_stages
-    from streams.topics import FlowTopics
-    from streams.versions import existing_versions, read_serving, switch_serving
+    from streams.ops.status import require_flow, running_stages
+    from streams.wire.topics import FlowTopics
+    from streams.ops.versions import existing_versions, read_serving, switch_serving
 
     logging.getLogger("streams").setLevel(logging.WARNING)
     settings = _command_settings(_flow_kafka(flow))
@@ -574,7 +574,7 @@ def _epoch_ms(value: str) -> int:
 @one_line_errors
 def evaluate(beir_dir: Path, flow_path: Path | None, limit_queries: int | None, state_dir: Path | None) -> None:
     """Index a BEIR folder through the pipeline, send its test queries, print nDCG@10 and recall@100."""
-    from streams.evaluate import DEFAULT_EVAL_FLOW, run_eval
+    from streams.demo.beir import DEFAULT_EVAL_FLOW, run_eval
 
     logging.getLogger().setLevel(logging.WARNING)
     result = run_eval(beir_dir, flow_path=flow_path or DEFAULT_EVAL_FLOW, state_dir=state_dir,

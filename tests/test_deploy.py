@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.exceptions import BrokerError
-from streams.flow import load_flow
+from streams.flow.parse import load_flow
 from streams.local.apache_kafka import BROKER_SETTINGS, KAFKA_VERSION, KafkaNode, install_kafka
 from streams.resources import EXAMPLE_FLOWS
 

@@ -178,8 +178,8 @@ class FlowRunLock:
 def _answers(bootstrap_servers: str) -> bool:
     """A Kafka broker answers metadata requests at one of these addresses. A closed port is
     refused at once; only an open one costs a metadata request."""
-    from streams.admin import check_broker
-    from streams.kafka import QUIET_LIBRDKAFKA, KafkaSettings
+    from streams.kafka.admin import check_broker
+    from streams.kafka.clients import QUIET_LIBRDKAFKA, KafkaSettings
 
     for address in bootstrap_servers.split(","):
         host, _, port = address.strip().rpartition(":")

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from streams.admin import ensure_topics
+from streams.kafka.admin import ensure_topics
 from streams.local.bootstrap import BOOTSTRAP_FILE, DirectoryBroker, JoinedBroker, discover_bootstrap
 from streams.local.apache_kafka import kafka_available
 from streams.local.brokers import BrokerKind, LocalBroker, start_local_broker
 from streams.client import Client
 from streams.exceptions import BrokerError, StateConfigError
-from streams.extras import require_stage_extras
-from streams.flow import FlowSpec, load_flow, with_state_dir
-from streams.kafka import KafkaSettings
+from streams.stages.extras import require_stage_extras
+from streams.flow.parse import FlowSpec, load_flow, with_state_dir
+from streams.kafka.clients import KafkaSettings
 from streams.local.supervisor import LocalFlow, stage_logs_shown
-from streams.versions import claim_serving
+from streams.ops.versions import claim_serving
 
 __all__ = ["LocalRuntime", "BOOTSTRAP_FILE", "discover_bootstrap", "broker_data_dir", "durable_local_broker"]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import IO
 
 from streams.exceptions import EXIT_CONFIG
-from streams.flow import FlowSpec
-from streams.metrics import PORT_ENV
-from streams.stage import REPLICA_ENV
+from streams.flow.parse import FlowSpec
+from streams.runtime.metrics import PORT_ENV
+from streams.runtime.loop import REPLICA_ENV
 
 __all__ = ["StageProcess", "LocalFlow", "restart_delay", "stage_log_dir", "stage_logs_shown", "stage_log_files"]
 

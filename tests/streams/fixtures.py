@@ -11,8 +11,8 @@ import pytest
 
 from processors.document import Document
 from processors.segmenters.sentence import Sentencizer, SentencizerConfig
-from streams.corpora import stdlib_docstrings
-from streams.flow import load_flow
+from streams.demo.corpora import stdlib_docstrings
+from streams.flow.parse import load_flow
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_log_files
 

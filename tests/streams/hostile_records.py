@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from processors.document import Direction, Document, Score
-from streams import headers as h
-from streams.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, PartialResult, Request
-from streams.topics import FlowTopics
+from streams.wire import headers as h
+from streams.wire.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, PartialResult, Request
+from streams.wire.topics import FlowTopics
 
 DEEP_PREFIX = b"\x00" * 12 + b"\x00\x00\x00\x00\x00\x00\xf0\x3f" + b"\x00" * 3 + b"\x02"
-"""An all-default Document up to its ``chunks`` array holding one item (tests/streams/test_serde.py);
+"""An all-default Document up to its ``chunks`` array holding one item (tests/streams/wire/test_serde.py);
 repeated 5,625 times it is the 135 KB record that overflowed fastavro's C stack."""
 
 

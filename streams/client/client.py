@@ -1,0 +1,511 @@
+"""Request/reply client: index and delete on the ingest topic, search over query/reply topics.
+
+Each client owns a one-partition reply topic; replies are matched to waiting futures by
+request id, so many searches can be in flight over one producer and one consumer. The same
+consumer follows ``<flow>.versions``: searches go to the serving index version, and switch
+when a reindex has built a new one (``streams/ops/versions.py``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
+
+import numpy as np
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from tqdm import tqdm
+
+from processors.document import Document, validate_document, validate_embedding, validate_text
+from processors.exceptions import InvalidDocumentError, InvalidParameterError
+from processors.query.limits import REQUEST_LIMITS
+from streams.wire import headers as h
+from streams.kafka.admin import delete_topics, ensure_topics
+from streams.exceptions import (DeliveryError, PayloadTooLargeError, RequestExpiredError, RequestTimeoutError,
+                                SearchError, UnknownFlowError)
+from streams.flow.parse import DEFAULT_MAX_PAYLOAD_BYTES
+from streams.kafka.clients import (UNKNOWN_TOPIC_ERRORS, KafkaSettings, StageProducer, consume_batch, fetch_high_watermarks,
+                           make_consumer)
+from streams.stages.fanout import query_headers
+from streams.wire.serde import DOCUMENT, REQUEST, SEARCH_REPLY, Request, SearchReply
+from streams.ops.status import require_flow
+from streams.wire.topics import FlowTopics, TopicShape
+from streams.ops.versions import serving_of
+
+if TYPE_CHECKING:
+    from streams.client.progress import Searchable
+
+__all__ = ["IndexReceipt", "Client", "VectorsLike", "query_documents", "raise_for_errors", "is_expired_reply"]
+
+logger = logging.getLogger(__name__)
+
+REPLY_GRACE_S = 2.0
+"""How long past the deadline the client waits for the joiner's (partial) reply."""
+
+_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
+@dataclass(slots=True)
+class IndexReceipt:
+    """Where the written records landed: ingest partition -> last offset. Pass it to
+    ``search(after=...)`` to read your own writes, or to ``wait_searchable`` to learn which of
+    them a stage dead-lettered on the way."""
+
+    offsets: dict[int, int] = field(default_factory=dict)
+    count: int = 0
+    spans: dict[int, list[list[int]]] = field(default_factory=dict)
+    """Every offset written, per ingest partition, as runs ``[first, last]`` (other writers may
+    interleave): a dead letter is this receipt's when its source ingest offset is in one."""
+    dead_letters_from: dict[str, int] = field(default_factory=dict)
+    """Dead-letter topic -> its end before these writes: their letters can only come after it."""
+
+    def note(self, partition: int, offset: int) -> None:
+        if offset > self.offsets.get(partition, -1):
+            self.offsets[partition] = offset
+        runs = self.spans.setdefault(partition, [])
+        if runs and runs[-1][1] == offset - 1:
+            runs[-1][1] = offset
+        else:
+            runs.append([offset, offset])
+
+    def wrote(self, partition: int, offset: int) -> bool:
+        """Whether this receipt's writes include ingest ``offset`` of ``partition``."""
+        return any(first <= offset <= last for first, last in self.spans.get(partition, ()))
+
+    def merge(self, other: "IndexReceipt") -> "IndexReceipt":
+        merged = IndexReceipt(dict(self.offsets), self.count + other.count,
+                              {p: [list(run) for run in runs] for p, runs in self.spans.items()},
+                              dict(self.dead_letters_from))
+        for partition, offset in other.offsets.items():
+            if offset > merged.offsets.get(partition, -1):
+                merged.offsets[partition] = offset
+        for partition, runs in other.spans.items():
+            merged.spans.setdefault(partition, []).extend(list(run) for run in runs)
+        for topic, start in other.dead_letters_from.items():
+            merged.dead_letters_from[topic] = min(start, merged.dead_letters_from.get(topic, start))
+        return merged
+
+
+VectorsLike = Union[np.ndarray, Sequence[Sequence[float]]]
+"""Query embeddings: an ``(n, d)`` array, or n rows of d numbers."""
+
+
+def query_documents(texts: str | Sequence[str] | None, vectors: VectorsLike | None) -> list[Document]:
+    """The query documents of a search: ``q0``, ``q1``, ... with a text or an embedding each.
+
+    :raises ValueError: if both or neither are given, if ``texts`` is empty or holds a blank text
+        or one ``validate_text`` refuses (NUL, a lone surrogate), or if ``vectors`` is not a non-empty 2-D
+        array of finite numbers.
+    """
+    if (texts is None) == (vectors is None):
+        raise ValueError("search needs either texts or vectors, not both" if texts is not None
+                         else "search needs texts or vectors")
+    if texts is not None:
+        queries = [texts] if isinstance(texts, str) else list(texts)
+        if not queries:
+            raise ValueError("search needs at least one query text")
+        for i, text in enumerate(queries):
+            try:
+                validate_text(text, name=f"query text {i}")
+            except InvalidDocumentError as exc:  # the encode stage would refuse it: say so before sending
+                raise ValueError(str(exc)) from None
+            if not text.strip():
+                raise ValueError(f"query text {i} is empty or only whitespace")
+        return [Document(id=f"q{i}", text=text) for i, text in enumerate(queries)]
+    return [Document(id=f"q{i}", embedding=row) for i, row in enumerate(_query_matrix(vectors))]
+
+
+def _query_matrix(vectors: VectorsLike) -> np.ndarray:
+    try:
+        given = np.asarray(vectors)
+    except ValueError as exc:  # ragged rows
+        raise ValueError(f"vectors must be a 2-D array (n queries, d dimensions): {exc}") from exc
+    if given.dtype.kind not in "fiu":
+        raise ValueError(f"vectors must hold numbers, got dtype {given.dtype}")
+    if given.ndim != 2:
+        hint = "; for one vector v pass [v] or v[None, :]" if given.ndim == 1 else ""
+        raise ValueError(f"vectors must be 2-D (n queries, d dimensions), got shape {given.shape}{hint}")
+    if given.shape[0] == 0 or given.shape[1] == 0:
+        raise ValueError(f"vectors must be non-empty, got shape {given.shape}")
+    with np.errstate(over="ignore"):
+        matrix = np.ascontiguousarray(given, dtype="<f4")
+    try:
+        validate_embedding(matrix, "vectors")  # what every stage checks: finite in float32, bounded
+    except InvalidDocumentError as exc:
+        raise ValueError(f"vectors must be finite numbers within float32 range: {exc}") from None
+    return matrix
+
+
+def _local_settings() -> KafkaSettings:
+    """KAFKA_BOOTSTRAP_SERVERS (and STREAMSEARCH_KAFKA_* settings), else the broker that a
+    ``streamsearch run`` in this directory started, found as the CLI finds it.
+
+    :raises BrokerError: when neither names a broker.
+    """
+    settings = KafkaSettings.from_env()
+    if settings.bootstrap_servers:
+        return settings
+    from streams.local.bootstrap import discover_bootstrap
+
+    return KafkaSettings(discover_bootstrap(), settings.extra)
+
+
+class Client:
+    """Talks to a running flow through Kafka only."""
+
+    def __init__(
+        self,
+        flow: str,
+        *,
+        settings: KafkaSettings | None = None,
+        timeout_s: float = 10.0,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        version: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """:param version: search this index version only; None follows the serving version.
+        :param clock: this host's clock (epoch seconds), for the deadline and timestamp of a
+            search; the flow measures the deadline on its own clock (see ``search_async``)."""
+        self.topics = FlowTopics(flow, 1, version or 1)
+        self._pinned = version is not None
+        self.settings = settings or _local_settings()
+        self.timeout_s = timeout_s
+        self.max_payload_bytes = max_payload_bytes
+        self.reply_topic = self.topics.new_reply_topic()
+        self._producer = StageProducer(self.settings, max_payload_bytes=max_payload_bytes)
+        self._futures: dict[str, concurrent.futures.Future[SearchReply]] = {}
+        self._lock = threading.Lock()
+        self._listener: threading.Thread | None = None
+        self._listener_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._clock = clock
+        self._contacted = False
+        self._dead_letter_ends: dict[str, int] = {}
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def index(self, docs: Iterable[Document], *, progress: bool = False, total: int | None = None) -> IndexReceipt:
+        """Upsert documents (key = id) on the ingest topic and wait until all are delivered.
+
+        :raises BrokerError: at the first call, within 10 s, when the broker cannot be reached.
+        :raises UnknownFlowError: at the first call, when the broker has no such flow.
+        :raises InvalidDocumentError: for an id or text the flow refuses (control characters, lone surrogates).
+        :raises PayloadTooLargeError: before sending anything too large for the flow.
+        :raises DeliveryError: if the broker did not take every record.
+        """
+        self._first_contact()
+        receipt = IndexReceipt(dead_letters_from=self._dead_letters_end())
+        bar = tqdm(total=total, unit="doc", desc="ingest", disable=not progress)
+        for doc in docs:
+            validate_document(doc)  # the stages refuse what fails this anyway: say so here, before sending
+            value = DOCUMENT.encode(doc)
+            if len(value) > self.max_payload_bytes:
+                raise PayloadTooLargeError(
+                    f"document {doc.id!r} is {len(value)} bytes, over max_payload_bytes={self.max_payload_bytes}")
+            self._send(receipt, doc.id, value, (DOCUMENT.header(),))
+            bar.update(1)
+        self._flush()
+        bar.close()
+        return receipt
+
+    def delete(self, ids: Iterable[str]) -> IndexReceipt:
+        """Delete documents by id: a tombstone per id on the ingest topic.
+
+        :raises BrokerError: as ``index``; :raises UnknownFlowError: as ``index``.
+        """
+        self._first_contact()
+        receipt = IndexReceipt()
+        for doc_id in ids:
+            self._send(receipt, doc_id, None, ())
+        self._flush()
+        return receipt
+
+    def _first_contact(self) -> None:
+        """Once: fail in seconds with one line when the broker cannot be reached or has no such
+        flow, not after a 30 s delivery timeout (and before the client creates any topic).
+
+        :raises BrokerError: if the broker is unreachable; :raises UnknownFlowError: no such flow.
+        """
+        if not self._contacted:
+            require_flow(self.settings, self.topics)
+            self._contacted = True
+
+    def _dead_letters_end(self) -> dict[str, int]:
+        """The end of the serving version's dead-letter topic, read once per version: a receipt's
+        letters come after it, so a wait reads only those (0, the beginning, if unknown)."""
+        topic = self.topics.dead_letter
+        if topic not in self._dead_letter_ends:
+            self._dead_letter_ends[topic] = fetch_high_watermarks(self.settings, {topic: 1}, timeout=5)[(topic, 0)]
+        return {topic: self._dead_letter_ends[topic]}
+
+    def wait_searchable(self, receipt: IndexReceipt, *, timeout: float = 60.0) -> "Searchable":
+        """Wait until every shard has applied ``receipt`` (read-your-writes); ``dead_letters`` of
+        the result name the documents a stage dead-lettered on the way, with the reason.
+
+        :raises RequestTimeoutError: naming the shards still behind, if ``timeout`` passes first.
+        """
+        from streams.client.progress import wait_searchable
+
+        return wait_searchable(self, receipt, timeout=timeout)
+
+    def _flush(self) -> None:
+        """Wait until the writes are delivered; a failed search was answered through its future.
+
+        :raises PayloadTooLargeError: if the broker refused a write as too large for the topic.
+        :raises DeliveryError: if any other write failed.
+        """
+        try:
+            self._producer.flush()
+        except DeliveryError as exc:
+            writes = [f for f in exc.failures if f.topic == self.topics.ingest]
+            if exc.failures and not writes:
+                return
+            if writes and all(f.error.code() in _TOO_LARGE for f in writes):
+                raise PayloadTooLargeError(
+                    f"the broker refused {len(writes)} records as too large: {writes[0]}") from exc
+            raise
+
+    def _send(self, receipt: IndexReceipt, key: str, value: bytes | None, headers: Sequence[h.Header]) -> None:
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                receipt.note(msg.partition(), msg.offset())
+
+        self._producer.produce(self.topics.ingest, value=value, key=key, headers=headers, on_delivery=delivered)
+        receipt.count += 1
+
+    # -- search ----------------------------------------------------------------------------
+
+    def search(self, texts: str | Sequence[str] | None = None, *, vectors: VectorsLike | None = None,
+               timeout_s: float | None = None, **options: Any) -> SearchReply:
+        """Search and wait for the reply; arguments as for ``search_async``. A reply with results
+        is returned, even flagged ``partial`` with ``errors`` (a shard failed or missed the deadline).
+
+        :raises ValueError: on invalid ``texts``/``vectors`` (see ``search_async``), before sending.
+        :raises UnknownFlowError: at the first search, when the broker has no such flow.
+        :raises SearchError: if the flow answered with errors and no results (an invalid request,
+            one over a limit, a reply too large); ``errors`` lists them.
+        :raises RequestExpiredError: if a stage took the request up only after its deadline.
+        :raises RequestTimeoutError: if no reply came, not even a partial one.
+        """
+        future = self.search_async(texts, vectors=vectors, timeout_s=timeout_s, **options)
+        wait = (timeout_s or self.timeout_s) + REPLY_GRACE_S
+        try:
+            reply = future.result(timeout=wait)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            raise RequestTimeoutError(f"no reply within {wait:.1f}s: is the flow {self.topics.flow!r} running?") from exc
+        raise_for_errors(reply)
+        return reply
+
+    def search_async(
+        self,
+        texts: str | Sequence[str] | None = None,
+        *,
+        vectors: VectorsLike | None = None,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+        after: IndexReceipt | None = None,
+        filter_by: Sequence[str] | None = None,
+        index_type: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> concurrent.futures.Future[SearchReply]:
+        """Send a search; the future resolves with the reply.
+
+        Give either ``texts`` (the flow's encoder embeds them) or ``vectors`` (already embedded:
+        the encoder is skipped), never both.
+
+        :param texts: one query or several (answered together, one list of matches each; the
+            query documents get ids ``q0``, ``q1``, ... in the reply and in ``ground_truth``).
+        :param vectors: query embeddings, shape ``(n, d)``: one row per query (ids ``q0`` ...
+            as for texts), ``d`` the flow's dimension; a numpy array or a list of lists of
+            numbers, sent as float32 (little-endian). A search for one vector ``v`` is
+            ``vectors=[v]`` (or ``v[None, :]``). A width other than the index's is answered with
+            an error reply (``reply.errors``), like any invalid request.
+        :param top_k: documents per query (the flow's default if None).
+        :param timeout_s: the deadline, in seconds from when the broker appends the request (the
+            flow's clock, not this host's: a host clock some seconds off does not shorten it);
+            the reply comes by then, flagged partial if parts were missing.
+        :param after: wait until the shards have applied these writes (read-your-writes).
+        :param filter_by: search only these fields of a multi-field flow.
+        :param index_type: answer from this shard index type (flat, hnsw, ivf, ivf_pq).
+        :param parameters: any other request parameter (``query_language``, ``ground_truth``, ...).
+        :raises ValueError: if both or neither of ``texts`` and ``vectors`` are given, a text is
+            blank, ``vectors`` is not a non-empty 2-D array of finite numbers (float32 range), or
+            ``timeout_s`` is over ``max_deadline_s`` (300 s), or ``top_k`` is not in
+            ``1..max_top_k`` (the message names the limit).
+        :raises PayloadTooLargeError: before sending a request over ``max_payload_bytes``; a
+            request the broker refuses as too large fails its future with it.
+        """
+        queries = query_documents(texts, vectors)
+        request_id = uuid.uuid4().hex
+        params = dict(parameters or {})
+        for key, value in (("top_k", top_k), ("filter_by", list(filter_by) if filter_by else None),
+                           ("index_type", index_type)):
+            if value is not None:
+                params[key] = value
+        if top_k is not None:
+            try:
+                REQUEST_LIMITS.check_count("top_k", top_k)  # the encode stage would refuse it
+            except InvalidParameterError as exc:
+                raise ValueError(str(exc)) from None
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        if not 0 < wait_s <= REQUEST_LIMITS.max_deadline_s:  # the encode stage would refuse it
+            raise ValueError(f"timeout_s must be in (0, {REQUEST_LIMITS.max_deadline_s:g}] seconds "
+                             f"(max_deadline_s), got {wait_s!r}")
+        sent_ms = int(self._clock() * 1000)
+        deadline_ms = sent_ms + int(wait_s * 1000)
+        request = Request(
+            request_id=request_id, kind="search", docs=queries,
+            reply_to=self.reply_topic, deadline_ms=deadline_ms, parameters=params,
+            min_offsets=dict(after.offsets) if after else {},
+        )
+        value = REQUEST.encode(request)
+        if len(value) > self.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"search request is {len(value)} bytes, over max_payload_bytes={self.max_payload_bytes}")
+        self._ensure_listener()
+        future: concurrent.futures.Future[SearchReply] = concurrent.futures.Future()
+        with self._lock:
+            self._futures[request_id] = future
+        future.add_done_callback(lambda _: self._forget(request_id))  # cancelled or timed out: no leak
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:  # no reply will come: say why now, not at the deadline
+                if err.code() in _TOO_LARGE:
+                    refused: Exception = PayloadTooLargeError(
+                        f"the broker refused the search request ({len(value)} bytes): {err.str()}")
+                elif err.code() in UNKNOWN_TOPIC_ERRORS:
+                    refused = UnknownFlowError(f"no topic {msg.topic()}: flow {self.topics.flow!r} was never run on "
+                                            "this cluster (start it with streamsearch run FLOW.yml)")
+                else:
+                    refused = DeliveryError(f"search request not delivered: {err.str()}")
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(refused)
+
+        headers = query_headers(request_id, self.reply_topic, deadline_ms,
+                                timeout_ms=int(wait_s * 1000)) + (REQUEST.header(),)
+        try:
+            self._producer.produce(self.topics.query, value=value, key=request_id, headers=headers,
+                                   on_delivery=delivered, timestamp=sent_ms)
+        except KafkaException as exc:
+            future.cancel()
+            if exc.args and exc.args[0].code() in _TOO_LARGE:
+                raise PayloadTooLargeError(f"search request is {len(value)} bytes: {exc.args[0].str()}") from exc
+            raise
+        return future
+
+    def _forget(self, request_id: str) -> None:
+        with self._lock:
+            self._futures.pop(request_id, None)
+
+    @property
+    def version(self) -> int:
+        """The index version searches go to now."""
+        return self.topics.version
+
+    def start(self) -> "Client":
+        """Create the reply topic and read the serving version now, not on the first search
+        (a server calls this before it takes requests)."""
+        self._ensure_listener()
+        return self
+
+    def _ensure_listener(self) -> None:
+        with self._listener_lock:
+            if self._listener is None:
+                self._start_listener()
+
+    def _start_listener(self) -> None:
+        self._first_contact()
+        versions = self.topics.versions
+        shared = [shape for shape in self.topics.shapes() if shape.name == versions]
+        ensure_topics(self.settings, [TopicShape(self.reply_topic, 1), *shared], max_payload_bytes=self.max_payload_bytes)
+        consumer = make_consumer(self.settings, group_id=self.reply_topic, **{"enable.partition.eof": True})
+        consumer.assign([TopicPartition(self.reply_topic, 0, 0), TopicPartition(versions, 0, 0)])
+        ready = threading.Event()
+        if self._pinned:
+            ready.set()
+        self._listener = threading.Thread(target=self._listen, args=(consumer, ready), daemon=True, name="replies")
+        self._listener.start()
+        if not ready.wait(10):
+            logger.warning("serving version unknown after 10s: searching version %d", self.version)
+
+    def _listen(self, consumer: Any, ready: threading.Event) -> None:
+        """Replies resolve their futures; records of ``<flow>.versions`` move searches to the
+        serving version (``ready`` once that topic has been read to its end)."""
+        versions = self.topics.versions
+        try:
+            while not self._stop.is_set():
+                self._producer.poll(0)  # delivery reports of searches: a refused one fails its future
+                for msg in consume_batch(consumer, max_records=256, timeout=0.05):
+                    if msg.topic() == versions:
+                        self._follow(msg, ready)
+                        continue
+                    if msg.error() is not None or msg.value() is None:
+                        continue
+                    try:
+                        reply = SEARCH_REPLY.decode(msg.value())
+                    except Exception:
+                        logger.exception("undecodable reply")
+                        continue
+                    with self._lock:
+                        future = self._futures.pop(reply.request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(reply)
+        finally:
+            consumer.close()
+
+    def _follow(self, msg: Message, ready: threading.Event) -> None:
+        error = msg.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                ready.set()
+            return
+        try:
+            serving = serving_of(msg)
+        except Exception:
+            logger.exception("undecodable serving-version record")
+            return
+        if serving is None or self._pinned or serving.version == self.topics.version:
+            return
+        logger.info("searches now go to index version %d (was %d)", serving.version, self.topics.version,
+                    extra={"flow": self.topics.flow, "reason": serving.reason})
+        self.topics = FlowTopics(self.topics.flow, 1, serving.version)
+
+    def close(self) -> None:
+        """Stop listening, delete the reply topic, flush what is queued."""
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.join(5)
+            delete_topics(self.settings, [self.reply_topic])
+            self._listener = None
+        self._producer.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def raise_for_errors(reply: SearchReply) -> None:
+    """Raise what a reply with errors and no results means; return for any other reply.
+
+    :raises RequestExpiredError: if a stage took the request up only after its deadline.
+    :raises SearchError: for any other such reply (refused, over a limit, too large).
+    """
+    if not reply.errors or reply.docs:
+        return
+    message = "; ".join(reply.errors)
+    if is_expired_reply(reply):
+        raise RequestExpiredError(message)
+    raise SearchError(message, reply)
+
+
+def is_expired_reply(reply: SearchReply) -> bool:
+    """Whether a stage answered the request with ``RequestExpiredError``: it came too late to work on."""
+    return any(error.startswith(f"{RequestExpiredError.__name__}:") for error in reply.errors)

@@ -1,0 +1,1 @@
+"""The hello-world and BEIR evaluation."""

@@ -1,0 +1,1 @@
+"""Flow YAML: parsing, the typed spec, executor construction."""

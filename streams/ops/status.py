@@ -1,0 +1,300 @@
+"""``streamsearch status``: what each stage and shard of a running flow is doing.
+
+Lag is computed here, from the groups' committed offsets and the high watermark of fetch
+responses (the embedded broker's ListOffsets is wrong), so a stopped stage shows its true
+lag. Members, throughput and shard contents come from the reports stage processes publish
+on ``<flow>.status``; a report older than ``STALE_AFTER_S`` is a process that is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaError, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streams.kafka.admin import TopicDescription, check_broker, describe_topics, topic_warnings
+from streams.exceptions import SerdeError, UnknownFlowError
+from streams.flow.parse import STAGE_ORDER, FlowSpec
+from streams.wire.headers import SCHEMA
+from streams.kafka.clients import KafkaSettings, consume_batch, fetch_high_watermarks, headers_of, make_consumer
+from streams.wire.serde import STAGE_STATUS
+from streams.wire.topics import FlowTopics
+from streams.ops.versions import existing_versions, read_serving
+
+__all__ = ["PartitionLag", "StageState", "FlowStatus", "collect_status", "collect_status_by_name", "require_flow",
+           "running_stages", "why_no_reply", "ANSWERING_STAGES", "STALE_AFTER_S", "START_HINT"]
+
+STALE_AFTER_S = 15.0
+
+START_HINT = "start it with streamsearch run FLOW.yml"
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int
+    high_watermark: int
+    lag: int
+
+
+@dataclass(slots=True)
+class StageState:
+    stage: str
+    group: str
+    members: int
+    throughput: float
+    lag: list[PartitionLag] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def total_lag(self) -> int:
+        return sum(p.lag for p in self.lag)
+
+
+@dataclass(slots=True)
+class FlowStatus:
+    flow: str
+    stages: list[StageState]
+    shards: list[dict[str, Any]]
+    dead_letters: int
+    version: int = 1
+    serving_version: int = 1
+    """The version ``<flow>.versions`` names: queries go there, whichever version this status is of."""
+    brokers: int = 0
+    topics: list[TopicDescription] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Unsafe topic settings for production (replication 1 on a cluster, unclean leader election),
+    and shards that may be missing documents."""
+    note: str | None = None
+    """What this report leaves out and why (a flow known by its name only, not its YAML)."""
+
+
+def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 15.0) -> FlowStatus:
+    """Read groups, offsets, watermarks and the latest live reports of every stage."""
+    topics = flow.topics
+    inputs = {s.name: (flow.input_topic(s.name) if s.name != "join" else topics.partials) for s in flow.stages}
+    partitions = {topic: topics.partitions for topic in inputs.values()} | {topics.dead_letter: 1}
+    highs = fetch_high_watermarks(settings, partitions, timeout)
+    admin = AdminClient(settings.base())
+    reports = _live_reports(settings, topics.status, highs_timeout=timeout)
+    stages = []
+    for stage in flow.stages:
+        group = topics.group(stage.name)
+        topic = inputs[stage.name]
+        committed = _committed(admin, group, topic, topics.partitions)
+        lag = _records_behind(settings, [
+            PartitionLag(topic, p, committed[p], highs[(topic, p)], max(0, highs[(topic, p)] - max(committed[p], 0)))
+            for p in range(topics.partitions)], timeout=min(timeout, 5.0))
+        mine = [r for r in reports if r["stage"] == stage.name]
+        # The embedded broker describes its groups with no members: live reports count them too.
+        members = max(_members(admin, group), len({r["member"] for r in mine}))
+        stages.append(StageState(stage.name, group, members, sum(r["rate"] for r in mine), lag, mine))
+    shards = sorted((dict(s, owner=r["member"]) for r in reports if r["stage"] == "index" for s in r["shards"]),
+                    key=lambda s: s["partition"])
+    serving = read_serving(settings, flow.name, timeout=timeout)
+    brokers = len(admin.list_topics(timeout=timeout).brokers)
+    described = describe_topics(settings, [shape.name for shape in topics.shapes()], timeout=timeout)
+    return FlowStatus(flow.name, stages, shards, highs[(topics.dead_letter, 0)], flow.version,
+                      serving.version if serving else 1, brokers, described,
+                      topic_warnings(described, brokers) + shard_warnings(shards))
+
+
+def collect_status_by_name(settings: KafkaSettings, flow: str, *, timeout: float = 15.0) -> FlowStatus:
+    """What can be known of a running flow from its name alone: the serving version's topics,
+    the stages and shards that report live, dead letters. Lag needs each stage's input topic,
+    which only the flow's YAML says (``note`` says so).
+
+    :raises BrokerError: if the broker is unreachable or has no such flow.
+    """
+    existing = require_flow(settings, FlowTopics(flow, 1), timeout=timeout)
+    serving = read_serving(settings, flow, timeout=timeout)
+    version = serving.version if serving else 1
+    topics = FlowTopics(flow, existing[f"{flow}.ingest"], version)
+    admin = AdminClient(settings.base())
+    reports = _live_reports(settings, topics.status, highs_timeout=timeout) if topics.status in existing else []
+    stages = []
+    for name in STAGE_ORDER:
+        mine = [r for r in reports if r["stage"] == name]
+        members = max(_members(admin, topics.group(name)), len({r["member"] for r in mine}))
+        if members:
+            stages.append(StageState(name, topics.group(name), members, sum(r["rate"] for r in mine), [], mine))
+    shards = sorted((dict(s, owner=r["member"]) for r in reports if r["stage"] == "index" for s in r["shards"]),
+                    key=lambda s: s["partition"])
+    dead_letters = (fetch_high_watermarks(settings, {topics.dead_letter: 1}, timeout)[(topics.dead_letter, 0)]
+                    if topics.dead_letter in existing else 0)
+    brokers = len(admin.list_topics(timeout=timeout).brokers)
+    described = describe_topics(settings, [shape.name for shape in topics.shapes()], timeout=timeout)
+    return FlowStatus(flow, stages, shards, dead_letters, version, version, brokers, described,
+                      topic_warnings(described, brokers) + shard_warnings(shards),
+                      note="known by name only: stages that report live, no lag per partition "
+                           "(give the flow's YAML for everything `streamsearch status` shows)")
+
+
+def require_flow(settings: KafkaSettings, topics: FlowTopics, *roles: str, timeout: float = 10.0) -> dict[str, int]:
+    """Check that a flow exists on the broker: its ingest topic and the topics of ``roles``
+    (``dead_letter``, ``query``, ... of ``topics.version``). Only ``run`` creates them.
+
+    :returns: every topic on the broker and its partition count.
+    :raises UnknownFlowError: naming the broker and the first missing topic.
+    :raises BrokerError: if the broker is unreachable.
+    """
+    check_broker(settings, timeout=timeout)
+    found = AdminClient(settings.base()).list_topics(timeout=timeout).topics
+    existing = {name: len(meta.partitions) for name, meta in found.items() if not meta.error}
+    where = settings.bootstrap_servers
+    if topics.ingest not in existing:
+        raise UnknownFlowError(f"no flow {topics.flow!r} on {where} (no topic {topics.ingest}); {START_HINT}")
+    for role in roles:
+        name = getattr(topics, role)
+        if name not in existing:
+            raise UnknownFlowError(f"flow {topics.flow!r} has no version {topics.version} on {where} (no topic {name}); "
+                              f"{START_HINT}")
+    return existing
+
+
+def running_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[str, ...], *,
+                   timeout: float = 10.0) -> set[str]:
+    """Which of ``stages`` of a flow version have a live process: a member in the consumer
+    group of its query path, or else (the memory-only broker describes no members) a recent
+    report on ``<flow>.status``."""
+    admin = AdminClient(settings.base())
+    # The index stage's search path assigns itself its shards' partitions (no group): its index path says.
+    groups = {"encode": f"{topics.group('encode')}.query"}
+    members = {stage: _described_members(admin, groups.get(stage, topics.group(stage))) for stage in stages}
+    running = {stage for stage, count in members.items() if count}
+    if any(count is None for count in members.values()):
+        reports = _live_reports(settings, topics.status, highs_timeout=timeout)
+        running |= {r["stage"] for r in reports if members.get(r["stage"], 0) is None}
+    return running
+
+
+ANSWERING_STAGES = ("encode", "join")
+"""The stages any reply needs, even a partial one: the query path's fan-out and the fan-in."""
+
+
+def why_no_reply(settings: KafkaSettings, topics: FlowTopics, timeout_s: float) -> str:
+    """Why a search of ``topics``' version got no reply by its deadline, in one line that says what
+    to run: no stage runs (and, when the serving version is one nobody runs while another version
+    does, which command switches back), one answering stage is missing, or the deadline was short."""
+    name, where = topics.flow, settings.bootstrap_servers
+    running = running_stages(settings, topics, ANSWERING_STAGES)
+    if not running:
+        others = [v for v in existing_versions(settings, name) if v != topics.version
+                  and running_stages(settings, FlowTopics(name, topics.partitions, v), ANSWERING_STAGES)]
+        if others:
+            return (f"no reply: version {topics.version} of flow {name!r} serves queries but none of its stages "
+                    f"runs on {where}; version {others[-1]} runs: switch back with `streamsearch versions --flow "
+                    f"{name} --serve {others[-1]}`, or start version {topics.version}'s stages (`streamsearch run` "
+                    f"of its YAML)")
+        return f"no reply: no stage of flow {name!r} is running on {where}; {START_HINT}"
+    if set(ANSWERING_STAGES) - running:
+        missing = " and ".join(sorted(set(ANSWERING_STAGES) - running))
+        return (f"no reply: the {missing} stage of flow {name!r} is not running on {where} "
+                f"(see `streamsearch status`)")
+    return (f"no reply within {timeout_s:g}s: flow {name!r} runs, the deadline was too short for it; "
+            "raise the timeout")
+
+
+COUNTED_LAG = 10_000
+"""Up to this many offsets behind, lag is counted record by record (see ``_records_behind``)."""
+
+
+def _records_behind(settings: KafkaSettings, lags: list[PartitionLag], *, timeout: float) -> list[PartitionLag]:
+    """Lag in records, not offsets: a transaction's commit marker takes an offset that no consumer
+    ever receives, so an exactly-once stage that is caught up sits one offset behind the high
+    watermark of its input for good. Where the gap is small, the records a read_committed consumer
+    sees past the committed offset are counted; a larger gap keeps the offset difference (markers
+    are then noise), and so does a partition not read to its end within ``timeout``.
+    """
+    small = {(g.topic, g.partition): g for g in lags if 0 < g.lag <= COUNTED_LAG}
+    if not small:
+        return lags
+    consumer = make_consumer(settings, group_id=f"status.{uuid.uuid4().hex[:8]}",
+                             **{"enable.partition.eof": True, "isolation.level": "read_committed"})
+    consumer.assign([TopicPartition(t, p, max(g.committed, 0)) for (t, p), g in small.items()])
+    counted = dict.fromkeys(small, 0)
+    ended: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(ended) < len(small) and time.monotonic() < deadline:
+            for msg in consume_batch(consumer, max_records=1000, timeout=0.1):
+                key = (msg.topic(), msg.partition())
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        ended.add(key)
+                elif key in counted and msg.offset() < small[key].high_watermark:
+                    counted[key] += 1
+    finally:
+        consumer.close()
+    return [dataclasses.replace(g, lag=counted[(g.topic, g.partition)]) if (g.topic, g.partition) in ended else g
+            for g in lags]
+
+
+def _committed(admin: AdminClient, group: str, topic: str, count: int) -> dict[int, int]:
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(count)])
+    result = admin.list_consumer_group_offsets([request])[group].result()
+    found = {tp.partition: tp.offset for tp in result.topic_partitions}
+    return {p: found.get(p, -1) for p in range(count)}
+
+
+def _described_members(admin: AdminClient, group: str) -> int | None:
+    """The group's members as the broker describes them; None when it cannot tell: an error, or
+    no members in a state other than empty or dead (the memory-only broker describes live groups
+    as stable, or unknown, with no members)."""
+    try:
+        described = admin.describe_consumer_groups([group])[group].result()
+    except Exception:
+        return None
+    if not described.members and described.state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
+        return None
+    return len(described.members)
+
+
+def _members(admin: AdminClient, group: str) -> int:
+    try:
+        return len(admin.describe_consumer_groups([group])[group].result().members)
+    except Exception:  # an unknown group has no members
+        return 0
+
+
+def decode_report(msg: Message) -> dict[str, Any] | None:
+    """A stage's report, or None for one written with another schema (a process of an older
+    release, still on the compacted topic): it is not misread."""
+    try:
+        return STAGE_STATUS.decode(msg.value(), headers_of(msg).get(SCHEMA))
+    except SerdeError:
+        return None
+
+
+def shard_warnings(shards: list[dict[str, Any]]) -> list[str]:
+    """One line per shard that may be missing documents, saying how many and why."""
+    return [f"shard {shard['partition']} may be missing up to {shard['missing']} documents: {shard['missing_reason']}"
+            for shard in shards if shard.get("missing")]
+
+
+def _live_reports(settings: KafkaSettings, topic: str, *, highs_timeout: float) -> list[dict[str, Any]]:
+    """The latest report of each stage process, if it is recent."""
+    high = fetch_high_watermarks(settings, {topic: 1}, highs_timeout)[(topic, 0)]
+    consumer = make_consumer(settings, group_id=f"status.{uuid.uuid4().hex[:8]}")
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    latest: dict[bytes, dict[str, Any]] = {}
+    deadline = time.monotonic() + highs_timeout
+    try:
+        position = 0
+        while position < high and time.monotonic() < deadline:
+            for msg in consume_batch(consumer, max_records=500, timeout=0.2):
+                if msg.error() is None and msg.value() is not None:
+                    position = msg.offset() + 1
+                    report = decode_report(msg)
+                    if report is not None:
+                        latest[msg.key()] = report
+    finally:
+        consumer.close()
+    now_ms = time.time() * 1000
+    return [r for r in latest.values() if now_ms - r["ts_ms"] <= STALE_AFTER_S * 1000]

@@ -1,0 +1,1 @@
+"""The one stage loop: poll, decode, process, produce, commit. Knows handlers, not what stages do."""

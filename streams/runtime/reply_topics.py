@@ -1,0 +1,107 @@
+"""Where a stage may send a reply: the flow's reply topics that exist, asked of the cluster.
+
+A query-path record names its ``reply_to``; it is written by whoever can write to the query
+topic. A stage answering it blindly would write into any topic (``<flow>.ingest``) or wait
+``topic.metadata.propagation.max.ms`` (librdkafka's default 30 s; 2 s in ``StageProducer``) on
+every batch for one that does not exist, and a reply topic disappears for good when its client
+closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka.admin import AdminClient
+
+from streams.exceptions import ReplyTopicError
+from streams.kafka.clients import UNKNOWN_TOPIC_ERRORS, KafkaSettings
+from streams.wire.topics import FlowTopics
+
+__all__ = ["ReplyTopics"]
+
+logger = logging.getLogger(__name__)
+
+
+class ReplyTopics:
+    """The reply topics of one flow that exist, remembered for a short while.
+
+    A topic seen to exist is trusted for :attr:`EXISTS_TTL_S` (a client's topic lives as long as
+    the client); one seen missing for :attr:`MISSING_TTL_S`, so a flood of records naming it costs
+    one metadata request per interval. When the cluster does not answer, a topic counts as
+    existing: a broker blip must not refuse good requests.
+    """
+
+    EXISTS_TTL_S = 30.0
+    MISSING_TTL_S = 2.0
+    REMEMBERED = 10_000
+    LOOKUP_TIMEOUT_S = 5.0
+
+    def __init__(self, topics: FlowTopics, settings: KafkaSettings | None) -> None:
+        """:param settings: the cluster to ask; None checks names only (processors under test)."""
+        self._topics = topics
+        self._settings = settings
+        self._admin: AdminClient | None = None
+        self._seen: OrderedDict[str, tuple[bool, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, name: str) -> None:
+        """:raises ReplyTopicError: if ``name`` is not a reply topic of the flow, or does not exist."""
+        if not self._topics.is_reply_topic(name):
+            raise ReplyTopicError(f"reply_to {name[:300]!r} is not a reply topic of flow {self._topics.flow!r} "
+                                  f"(expected {self._topics.flow}.reply.<id>)")
+        if not self.exists(name):
+            raise ReplyTopicError(f"reply_to topic {name!r} does not exist (its client is gone)")
+
+    def usable(self, name: str) -> bool:
+        """Whether a reply to ``name`` can be sent; never raises (it runs on a stage's deadline tick)."""
+        try:
+            self.check(name)
+        except ReplyTopicError:
+            return False
+        except Exception:  # an unexpected answer of the cluster: try to send, delivery decides
+            logger.debug("reply topic check failed", exc_info=True, extra={"topic": name[:300]})
+        return True
+
+    def gone(self, name: str) -> None:
+        """A reply to ``name`` failed: take it for missing without asking (its client has left)."""
+        with self._lock:
+            self._seen[name] = (False, time.monotonic() + self.MISSING_TTL_S)
+
+    def exists(self, name: str) -> bool:
+        if self._settings is None:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            known = self._seen.get(name)
+            if known is not None and now < known[1]:
+                return known[0]
+        found = self._lookup(name)
+        with self._lock:
+            self._seen[name] = (found, now + (self.EXISTS_TTL_S if found else self.MISSING_TTL_S))
+            self._seen.move_to_end(name)
+            while len(self._seen) > self.REMEMBERED:
+                self._seen.popitem(last=False)
+        return found
+
+    def _lookup(self, name: str) -> bool:
+        assert self._settings is not None
+        if self._admin is None:
+            self._admin = AdminClient(self._settings.base())
+        self._admin.poll(0)  # serves its librdkafka log lines and errors, which would pile up unserved
+        # DescribeTopics, not a metadata request: that one may auto-create the topic it names.
+        future = self._admin.describe_topics(TopicCollection([name]),
+                                             request_timeout=self.LOOKUP_TIMEOUT_S)[name]
+        try:
+            future.result(timeout=self.LOOKUP_TIMEOUT_S + 5)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() in UNKNOWN_TOPIC_ERRORS:
+                return False
+            logger.debug("reply topic lookup failed", extra={"topic": name, "error": str(exc)})
+        except Exception as exc:  # a timeout, or anything else: the cluster did not say "no such topic"
+            logger.debug("reply topic lookup failed", extra={"topic": name, "error": repr(exc)})
+        return True

@@ -1,0 +1,1 @@
+"""One module per stage kind, in data-flow order: documents, fan-out, shard, join."""

@@ -1,0 +1,283 @@
+"""The query path of the encode stage: embed each query once, fan it out to every shard.
+
+The request goes to every partition of ``<flow>.search`` (shard p answers partition p), and
+an opening part goes to ``<flow>.partials`` so the joiner answers by the deadline even if no
+shard does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Callable, Iterator, Sequence, TypeVar
+
+from processors.encoders.base import Encoder
+from processors.index.base import INDEX_TYPES
+from processors.query.limits import CLOCK_SKEW_MS, REQUEST_LIMITS, RequestLimits
+from processors.query.lookups import describe
+from processors.query.parameters import InvalidParameterError, SearchParameters
+from streams.wire import headers as h
+from streams.exceptions import RequestExpiredError, SerdeError
+from streams.runtime.metrics import EXPIRED_REQUESTS
+from streams.wire.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec, PartialResult, Request, SearchReply
+from streams.runtime.loop import Inbound, Output
+from streams.runtime.reply_topics import ReplyTopics
+from streams.wire.topics import FlowTopics
+from streams.runtime.logs import CountedThrottle
+
+__all__ = ["DEFAULT_TIMEOUT_MS", "ExpiredRequests", "QueryFanout", "is_expired", "split_expired", "decode_live",
+           "error_reply", "flow_deadline_ms", "query_headers", "created_ms_of"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+DEFAULT_TIMEOUT_MS = 10_000
+"""A query-path record without a deadline header expires this long after its timestamp
+(``SearchDefaults.timeout_s``; the encode stage uses its flow's)."""
+
+
+def is_expired(record: Inbound, default_timeout_ms: int = DEFAULT_TIMEOUT_MS) -> bool:
+    """A query-path record nobody waits for any more (checked without decoding).
+
+    :param default_timeout_ms: a record without a (readable) deadline header expires this long
+        after its timestamp, so one that cannot be answered is not taken up again for ever.
+    """
+    deadline = h.read_int(record.headers, h.DEADLINE_MS)
+    if deadline is None:
+        deadline = record.timestamp_ms + default_timeout_ms
+    return deadline < time.time() * 1000
+
+
+def split_expired(records: Sequence[Inbound], default_timeout_ms: int = DEFAULT_TIMEOUT_MS
+                  ) -> tuple[list[Inbound], list[Inbound]]:
+    """The records somebody still waits for, and the expired ones (by ``is_expired``)."""
+    live: list[Inbound] = []
+    expired: list[Inbound] = []
+    for record in records:
+        (expired if is_expired(record, default_timeout_ms) else live).append(record)
+    return live, expired
+
+
+def flow_deadline_ms(record: Inbound, now_ms: float, default_timeout_ms: int = DEFAULT_TIMEOUT_MS) -> int:
+    """A query record's deadline on the flow's clock: its timeout after it entered Kafka.
+
+    The client's deadline header is read on the client's clock, and a host some seconds behind
+    would see every request expire before a stage reads it. So the timeout (``ss-timeout-ms``;
+    else the deadline header less the CreateTime, both the producer's clock) counts from the
+    record's LogAppendTime (the broker's clock; the query topic is created with it), or, for a
+    CreateTime, from that time trusted to within :data:`CLOCK_SKEW_MS` of now: a client's clock may
+    be that far behind or ahead, and a request from a backlog still expires.
+
+    :param default_timeout_ms: the timeout of a record that names none.
+    """
+    timeout = h.read_int(record.headers, h.TIMEOUT_MS)
+    deadline = h.read_int(record.headers, h.DEADLINE_MS)
+    if record.log_append_time:
+        if timeout is None and deadline is not None:  # an absolute deadline alone: nothing to rebase it on
+            return deadline
+        entered = float(record.timestamp_ms)
+    else:
+        entered = min(now_ms, record.timestamp_ms + CLOCK_SKEW_MS)
+        if timeout is None and deadline is not None:
+            timeout = deadline - record.timestamp_ms
+    return int(entered + (default_timeout_ms if timeout is None else timeout))
+
+
+class ExpiredRequests:
+    """Requests a stage took up only after their deadline: each answered with a
+    ``RequestExpiredError`` (where its headers name a reply topic), counted in
+    ``streamsearch_expired_requests_total``, and logged at most once per ``interval_s``."""
+
+    def __init__(self, *, flow: str, stage: str, interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._metric = EXPIRED_REQUESTS.labels(flow, stage)
+        self._stage = stage
+        self._throttle = CountedThrottle(interval_s, clock)
+
+    def answer(self, record: Inbound, deadline_ms: float, now_ms: float) -> list[Output]:
+        """The error reply for one expired request; counts and (rate-limited) logs it."""
+        late_ms = max(0, int(now_ms - deadline_ms))
+        self._metric.inc()
+        if (expired := self._throttle.add()) is not None:
+            logger.warning(f"{self._stage}: {expired} request(s) taken up after their deadline, answered "
+                           f"with RequestExpiredError, e.g. one {late_ms} ms late: the stage is behind its input",
+                           extra={"stage": self._stage, "late_ms": late_ms, "expired": expired})
+        return error_reply(record, RequestExpiredError(
+            f"the {self._stage} stage took the request up {late_ms} ms after its deadline (a backlog, or a stage "
+            "restarting): not searched; retry, or raise the timeout"))
+
+
+def decode_live(records: Sequence[Inbound], codec: Codec[T], *,
+                default_timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Iterator[tuple[Inbound, T]]:
+    """Decode the query-path records somebody still waits for; expired ones are skipped.
+
+    :param default_timeout_ms: the deadline of a record without one, after its timestamp.
+    :raises SerdeError: on a malformed record (the loop isolates and dead-letters it).
+    """
+    for record in records:
+        if is_expired(record, default_timeout_ms):
+            continue
+        if record.value is None:
+            raise SerdeError("a query-path record needs a value")
+        yield record, codec.decode(record.value, record.headers.get(h.SCHEMA))
+
+
+def query_headers(request_id: str, reply_to: str, deadline_ms: int, created_ms: int | None = None, *,
+                  timeout_ms: int | None = None) -> tuple[h.Header, ...]:
+    """:param timeout_ms: a client's relative timeout (``TIMEOUT_MS``), on ``<flow>.query`` only."""
+    headers = (
+        (h.REQUEST_ID, request_id.encode()),
+        (h.REPLY_TO, reply_to.encode()),
+        h.int_header(h.DEADLINE_MS, deadline_ms),
+    )
+    headers += (h.int_header(h.TIMEOUT_MS, timeout_ms),) if timeout_ms is not None else ()
+    return headers + ((h.int_header(h.CREATED_MS, created_ms),) if created_ms is not None else ())
+
+
+def created_ms_of(record: Inbound) -> int:
+    """When the query entered the flow: the header if set upstream, else this record's timestamp."""
+    created = h.read_int(record.headers, h.CREATED_MS)
+    return created if created is not None else record.timestamp_ms
+
+
+def error_reply(record: Inbound, error: Exception) -> list[Output]:
+    """Answer a failed query at once, if its headers say where: never leave a client waiting."""
+    request_id = record.headers.get(h.REQUEST_ID)
+    reply_to = record.headers.get(h.REPLY_TO)
+    if not request_id or not reply_to:
+        return []
+    reply = SearchReply(
+        request_id=request_id.decode(errors="replace"), docs=[], partial=True, missing_shards=[], stale_shards=[],
+        errors=[f"{type(error).__name__}: {error}"],
+    )
+    return [Output(reply_to.decode(errors="replace"), SEARCH_REPLY.encode(reply), request_id, None,
+                   ((h.REQUEST_ID, request_id), SEARCH_REPLY.header()), reply=True)]
+
+
+class QueryFanout:
+    """Encodes the query documents at root level and sends one copy per shard. A query document
+    that carries an embedding (``Client.search(vectors=...)``) is not encoded: the encoder only
+    checks its dimension, and a batch of such queries never touches the model."""
+
+    MINI_BATCH_DOCS = 32
+    """Query documents encoded at a time; the deadlines are checked between mini-batches, so a
+    request whose client has given up is not encoded (64 texts of 128 tokens take seconds here)."""
+
+    def __init__(self, *, encoder: Encoder, topics: FlowTopics, defaults: SearchParameters,
+                 fields: Sequence[str] = (), limits: RequestLimits = REQUEST_LIMITS,
+                 timeout_s: float = DEFAULT_TIMEOUT_MS / 1000, reply_topics: ReplyTopics | None = None) -> None:
+        """:param reply_topics: where replies may go; None: checks reply topic names only."""
+        self._reply_topics = reply_topics or ReplyTopics(topics, None)
+        self._encoder = encoder
+        self._timeout_ms = int(timeout_s * 1000)
+        self._topics = topics
+        self._defaults = defaults
+        self._fields = tuple(fields)
+        self._limits = limits
+        self._expired = ExpiredRequests(flow=topics.flow, stage="encode")
+
+    def process(self, records: Sequence[Inbound]) -> list[Output]:
+        """Rebase each request's deadline on the flow's clock, answer the expired ones with an
+        error, check and encode the rest, and fan them out."""
+        now_ms = time.time() * 1000
+        live: list[tuple[Inbound, Request]] = []
+        expired: list[tuple[Inbound, int]] = []
+        for record in records:  # all decoded and checked before anything is counted: a failed batch is retried
+            deadline_ms = flow_deadline_ms(record, now_ms, self._timeout_ms)
+            if deadline_ms < now_ms:  # answered undecoded: a backlog costs no decoding
+                expired.append((record, deadline_ms))
+                continue
+            if record.value is None:
+                raise SerdeError("a query-path record needs a value")
+            request = REQUEST.decode(record.value, record.headers.get(h.SCHEMA))
+            live.append((record, self._check(request, deadline_ms)))
+        outputs = [out for record, deadline_ms in expired for out in self._expired.answer(record, deadline_ms, now_ms)]
+        for batch in self._mini_batches(live):
+            now_ms = time.time() * 1000
+            for record, request in batch:
+                if request.deadline_ms < now_ms:  # expired meanwhile: say so, do not encode it
+                    outputs.extend(self._expired.answer(record, request.deadline_ms, now_ms))
+            batch = [item for item in batch if item[1].deadline_ms >= now_ms]
+            if not batch:
+                continue
+            docs = [doc for _, request in batch for doc in request.docs]
+            encoded = iter(self._encoder.run(docs=docs, traversal_paths=["r"]).docs)
+            for record, request in batch:
+                outputs.extend(self._fan_out(created_ms_of(record), dataclasses.replace(
+                    request, docs=[next(encoded) for _ in request.docs])))
+        return outputs
+
+    def _mini_batches(self, live: list[tuple[Inbound, Request]]) -> Iterator[list[tuple[Inbound, Request]]]:
+        """Requests in groups of about ``MINI_BATCH_DOCS`` documents, those due first first."""
+        batch: list[tuple[Inbound, Request]] = []
+        size = 0
+        for item in sorted(live, key=lambda item: item[1].deadline_ms):
+            if batch and size + len(item[1].docs) > self.MINI_BATCH_DOCS:
+                yield batch
+                batch, size = [], 0
+            batch.append(item)
+            size += len(item[1].docs)
+        if batch:
+            yield batch
+
+    def _fan_out(self, created_ms: int, request: Request) -> list[Output]:
+        """The request to every shard, and the opening part that tells the joiner what to expect."""
+        outputs: list[Output] = []
+        shards = list(range(self._topics.partitions))
+        headers = query_headers(request.request_id, request.reply_to, request.deadline_ms, created_ms)
+        value = REQUEST.encode(request)
+        for shard in shards:
+            outputs.append(Output(self._topics.search, value, request.request_id, shard,
+                                  headers + (REQUEST.header(),)))
+        opening = PartialResult(
+            request_id=request.request_id, shard=-1, expected_shards=shards, reply_to=request.reply_to,
+            deadline_ms=request.deadline_ms, parameters=request.parameters,
+            docs=[dataclasses.replace(d, embedding=None) for d in request.docs],
+            expected_fields=list(request.parameters["filter_by"] or []),
+        )
+        outputs.append(Output(self._topics.partials, PARTIAL_RESULT.encode(opening), request.request_id, None,
+                              headers + (PARTIAL_RESULT.header(),)))
+        return outputs
+
+    def _check(self, request: Request, deadline_ms: int) -> Request:
+        """Check a request, so shards receive only valid ones within the per-request limits; it
+        leaves with ``deadline_ms``, its deadline on the flow's clock.
+
+        :raises InvalidParameterError: a request the flow refuses; the error reply says why
+            (``RequestLimitError`` names the limit).
+        """
+        self._reply_topics.check(request.reply_to)  # no reply possible: dead-lettered
+        if request.kind != "search":
+            raise InvalidParameterError(f"request kind {request.kind!r} on the query topic; only 'search' is served here")
+        if not request.docs:
+            raise InvalidParameterError("a search request needs at least one query document")
+        dim = getattr(self._encoder, "output_dim", None)  # from the model's config: no weights load
+        for doc in request.docs:
+            if not (doc.text or "").strip() and doc.embedding is None:
+                raise InvalidParameterError(f"query document {doc.id!r} has neither text (whitespace does not "
+                                            "count) nor an embedding")
+            if doc.embedding is not None and dim is not None and doc.embedding.size != dim:
+                raise InvalidParameterError(f"query document {doc.id!r} is a vector of {doc.embedding.size} values; "
+                                            f"this flow's model produces {dim}-d vectors")
+        now_ms = time.time() * 1000
+        self._limits.check_deadline(request.deadline_ms, now_ms)  # as the client's clock said (skew allowed)
+        self._limits.check_deadline(deadline_ms, now_ms)
+        params = SearchParameters.parse(request.parameters, self._defaults)
+        # Also parses the operations: a QueryLanguageError now, not on every shard.
+        self._limits.check(params, queries=len(request.docs), after=request.min_offsets, fields=self._fields,
+                           partitions=self._topics.partitions)
+        if params.index_type is not None and params.index_type not in INDEX_TYPES:
+            raise InvalidParameterError(f"index_type {describe(params.index_type)}; known: {', '.join(INDEX_TYPES)}")
+        # The shards and the joiner see the fields explicitly: every field when none is chosen.
+        selected = list(params.filter_by or self._fields) or None
+        return dataclasses.replace(request, deadline_ms=deadline_ms,
+                                   parameters={**params.to_dict(), "filter_by": selected})
+
+    def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
+        return error_reply(record, error)
+
+    def tick(self) -> list[Output]:
+        return []

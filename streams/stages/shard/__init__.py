@@ -1,0 +1,1 @@
+"""The index stage: ingest into sharded state, answer searches, restore from a changelog."""

@@ -1,0 +1,183 @@
+"""The index stage: shard p applies partition p of ``<flow>.encoded`` and answers partition p of
+``<flow>.search``.
+
+RocksDB is the truth: each batch's documents and its consumed offsets go into one write
+batch, and on assignment the shard resumes from its stored offset, not from the group's.
+A shard restores before it serves (``streams/stages/shard/restore.py``): until it has read its
+partition to the end, searches get a ``restoring`` part at once, never silently incomplete
+results. A search that names ``min_offsets`` waits (until shortly before its deadline) for
+the shard to apply that ingest offset: read-your-writes without sleeping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+from processors.document import Document
+from processors.query.operators import Operation
+from processors.exceptions import InvalidParameterError
+from processors.query.limits import REQUEST_LIMITS
+from processors.query.parameters import SearchParameters
+from processors.query.window import WindowedSearch, WindowedSearchConfig
+from processors.rankers.base import Ranker
+from streams.wire import headers as h
+from streams.exceptions import InvalidRecordError
+from streams.stages.fanout import created_ms_of, decode_live, error_reply, query_headers
+from streams.wire.serde import PARTIAL_RESULT, REQUEST, PartialResult, Request
+from streams.runtime.loop import Inbound, Output
+from streams.stages.shard.states import ShardStates
+from streams.wire.topics import FlowTopics
+
+__all__ = ["ShardSearch"]
+
+logger = logging.getLogger(__name__)
+
+STALE_MARGIN_MS = 200
+"""A waiting search is answered (flagged stale) this long before its deadline."""
+
+
+@dataclass(slots=True)
+class _Waiting:
+    partition: int
+    request: Request
+    record: Inbound
+
+
+class ShardSearch:
+    """Answers searches on the partitions this process owns, from their shard index."""
+
+    def __init__(self, *, states: ShardStates, ranker: Ranker, topics: FlowTopics,
+                 operations: Sequence[Operation] = (), window: WindowedSearchConfig | None = None) -> None:
+        self._states = states
+        self._topics = topics
+        self._operations = tuple(operations)
+        self._window = WindowedSearch(window or WindowedSearchConfig(), ranker=ranker)
+        self._waiting: list[_Waiting] = []
+
+    MAX_WAITING = 10_000
+    """Requests parked for their read-your-writes offsets; past this, the one due first is answered
+    ``stale`` at once (a flood of requests naming offsets far ahead must not fill memory)."""
+
+    def process(self, records: Sequence[Inbound]) -> list[Output]:
+        # Everything decoded and checked before any state changes: the loop retries a failed batch
+        # record by record, and a request parked by the first try would be parked twice.
+        now_ms = time.time() * 1000
+        decoded = list(decode_live(records, REQUEST))
+        for _, request in decoded:
+            try:  # the encode stage refuses these: only a record written past it gets here
+                REQUEST_LIMITS.check_deadline(request.deadline_ms, now_ms)
+            except InvalidParameterError as exc:
+                raise InvalidRecordError(f"search request: {exc}") from None
+        outputs = []
+        for record, request in decoded:
+            if self._states.restore.is_restoring(record.partition):
+                outputs.extend(self._answer(record, request, restoring=True))
+            elif self._caught_up(record.partition, request):
+                outputs.extend(self._answer(record, request, stale=False))
+            else:
+                self._waiting.append(_Waiting(record.partition, request, record))
+        while len(self._waiting) > self.MAX_WAITING:
+            first = min(self._waiting, key=lambda waiting: waiting.request.deadline_ms)
+            self._waiting.remove(first)
+            outputs.extend(self._answer(first.record, first.request, stale=True))
+        return outputs
+
+    def tick(self) -> list[Output]:
+        if not self._waiting:
+            return []
+        now = time.time() * 1000
+        outputs, still = [], []
+        for waiting in self._waiting:
+            if self._states.get(waiting.partition) is None:
+                continue  # the partition moved away; its new owner answers
+            try:
+                if self._states.restore.is_restoring(waiting.partition):
+                    outputs.extend(self._answer(waiting.record, waiting.request, restoring=True))
+                elif self._caught_up(waiting.partition, waiting.request):
+                    outputs.extend(self._answer(waiting.record, waiting.request, stale=False))
+                elif now >= waiting.request.deadline_ms - STALE_MARGIN_MS:
+                    outputs.extend(self._answer(waiting.record, waiting.request, stale=True))
+                else:
+                    still.append(waiting)
+            except Exception as exc:  # e.g. a spent regex budget: answer that request, keep the stage
+                outputs.extend(self.on_failure(waiting.record, exc))
+        self._waiting = still
+        return outputs
+
+    def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
+        """Tell the joiner this shard failed (so it need not wait), or the client directly; nobody
+        about a record no stage writes (it is dead-lettered)."""
+        if isinstance(error, InvalidRecordError):
+            return []
+        request_id = record.headers.get(h.REQUEST_ID)
+        reply_to = record.headers.get(h.REPLY_TO)
+        deadline = h.read_int(record.headers, h.DEADLINE_MS)
+        if not request_id or not reply_to or deadline is None:
+            return error_reply(record, error)
+        if not self._topics.is_reply_topic(reply_to.decode(errors="replace")):
+            return []  # the joiner would refuse the part: nobody can be answered
+        part = PartialResult(  # headers are anybody's bytes: this must not raise
+            request_id=request_id.decode(errors="replace"), shard=record.partition, expected_shards=[],
+            reply_to=reply_to.decode(errors="replace"),
+            deadline_ms=deadline, parameters={}, docs=[], error=f"shard {record.partition}: {type(error).__name__}: {error}",
+        )
+        return [Output(self._topics.partials, PARTIAL_RESULT.encode(part), request_id, None,
+                       query_headers(part.request_id, part.reply_to, deadline) + (PARTIAL_RESULT.header(),))]
+
+    def _caught_up(self, partition: int, request: Request) -> bool:
+        wanted = request.min_offsets.get(partition)
+        return wanted is None or self._states.checkpoint(partition).ingest_offset >= wanted
+
+    def _answer(self, record: Inbound, request: Request, *, stale: bool = False,
+                restoring: bool = False) -> list[Output]:
+        """One part per selected field (or one part when the flow has no fields)."""
+        params = SearchParameters.parse(request.parameters)
+        fields: list[str | None] = list(params.filter_by) if params.filter_by else [None]
+        headers = query_headers(request.request_id, request.reply_to, request.deadline_ms, created_ms_of(record))
+        return [self._answer_field(record.partition, request, params, field_name, headers, stale=stale,
+                                   restoring=restoring)
+                for field_name in fields]
+
+    def _answer_field(self, partition: int, request: Request, params: SearchParameters, field_name: str | None,
+                      headers: tuple[h.Header, ...], *, stale: bool, restoring: bool) -> Output:
+        docs, notice = ([dataclasses.replace(doc, embedding=None, matches=[]) for doc in request.docs], None) \
+            if restoring else self._search(partition, request, params, field_name)
+        part = PartialResult(
+            request_id=request.request_id, shard=partition, expected_shards=list(range(self._topics.partitions)),
+            reply_to=request.reply_to, deadline_ms=request.deadline_ms, parameters=request.parameters,
+            docs=docs, warning=notice, stale=stale, field_name=field_name,
+            expected_fields=list(params.filter_by or []), restoring=restoring,
+        )
+        return Output(self._topics.partials, PARTIAL_RESULT.encode(part), request.request_id, None,
+                      headers + (PARTIAL_RESULT.header(),))
+
+    def _search(self, partition: int, request: Request, params: SearchParameters,
+                field_name: str | None) -> tuple[list[Document], str | None]:
+        """This shard's top-k per query document: chunk hits ranked to documents, then the
+        index stage's query language, the window widened until top_k pass (``WindowedSearch``).
+
+        :returns: the query documents with their matches, and the warning to give when the window
+            stopped at its limit (None otherwise): the matches are good, there may be more.
+        """
+        index = self._states.get(partition)
+        if index is None:
+            raise RuntimeError(f"shard {partition} is not open on this process")
+        options: dict[str, object] = {}
+        if params.index_type is not None:
+            options["index_type"] = params.index_type
+        if field_name is not None:
+            options["fields"] = [field_name]
+        result = self._window.run(index=index, queries=request.docs, top_k=params.top_k,
+                                  chunk_oversample=params.chunk_oversample,
+                                  operations=params.operations_for("index", self._operations), search_options=options)
+        notice = None
+        if result.limited:
+            notice = (f"shard {partition}: index-stage window limit reached ({result.vectors_read} vectors read, "
+                      f"MAX_WINDOW_VECTORS {self._window.config.max_vectors}): fewer than top_k={params.top_k} "
+                      f"documents passed for {', '.join(result.limited)}; more may exist on this shard")
+        return list(result.docs), notice

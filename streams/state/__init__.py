@@ -1,1 +1,0 @@
-"""State kept by stages: shard indexes per partition."""

@@ -1,0 +1,1 @@
+"""What is on a topic: names, records, bytes and headers. Imports no Kafka client."""

@@ -1,0 +1,61 @@
+"""Record header names streamsearch reads and writes, and their codecs."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from streams.kafka.clients import Header
+
+from streams.wire.serde import SCHEMA_HEADER
+
+__all__ = [
+    "Header",
+    "SCHEMA",
+    "INGEST_OFFSET",
+    "DEADLINE_MS",
+    "TIMEOUT_MS",
+    "REQUEST_ID",
+    "REPLY_TO",
+    "KIND",
+    "WATERMARK",
+    "WATERMARK_KEY",
+    "int_header",
+    "read_int",
+]
+
+SCHEMA = SCHEMA_HEADER
+INGEST_OFFSET = "ss-ingest-offset"
+"""The ingest-topic offset a record derives from: shard p's freshness watermark."""
+DEADLINE_MS = "ss-deadline-ms"
+"""Query-path records: epoch ms after which nobody waits. On ``<flow>.query`` the client's clock's
+(the encode stage rebases it, see ``TIMEOUT_MS``); downstream the flow's."""
+TIMEOUT_MS = "ss-timeout-ms"
+"""Query records: the client's timeout, relative, so that the encode stage can measure the deadline
+on the flow's clock from when the request entered Kafka (a client's clock may be off)."""
+REQUEST_ID = "ss-request-id"
+CREATED_MS = "ss-created-ms"
+"""Query-path records: when the query entered the flow (its query record's timestamp)."""
+REPLY_TO = "ss-reply-to"
+KIND = "ss-kind"
+WATERMARK = b"watermark"
+"""KIND of a marker that only advances the watermark (its ingest record was dead-lettered)."""
+WATERMARK_KEY = b"\x00streamsearch-watermark"
+
+DEAD_LETTER_STAGE = "ss-dl-stage"
+DEAD_LETTER_ERROR_CLASS = "ss-dl-error-class"
+DEAD_LETTER_MESSAGE = "ss-dl-message"
+DEAD_LETTER_TOPIC = "ss-dl-topic"
+DEAD_LETTER_PARTITION = "ss-dl-partition"
+DEAD_LETTER_OFFSET = "ss-dl-offset"
+
+
+def int_header(name: str, value: int) -> tuple[str, bytes]:
+    return (name, str(value).encode())
+
+
+def read_int(headers: Mapping[str, bytes], name: str) -> int | None:
+    raw = headers.get(name)
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,117 @@
+"""The HTTP bridge's answers to hostile input that never reaches Kafka: a 4xx, never a 500.
+(The bridge runs in-process over a client of an address nobody listens on: none of these
+requests may get as far as the broker. ``test_http.py`` covers the rest, in front of a flow.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Iterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from streams.client import Client
+from streams.client.http import PAGE, create_app, warn_if_unprotected
+from streams.kafka.clients import KafkaSettings
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    with Client("nobody", settings=KafkaSettings("127.0.0.1:1", {"socket.timeout.ms": 1000})) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def app(client: Client) -> FastAPI:
+    return create_app(client, token="")
+
+
+def call(app: FastAPI, method: str, path: str, body: str | None = None) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bridge", timeout=60) as http:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            return await http.request(method, path, content=body.encode() if body else None, headers=headers)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ('{"texts": "x", "top_k": NaN}', "top_k"),
+    ('{"texts": "x", "top_k": Infinity}', "top_k"),
+    ('{"texts": "x", "top_k": -Infinity}', "top_k"),
+    ('{"texts": "x", "top_k": 1e400}', "top_k"),
+    ('{"texts": "x", "deadline_s": NaN}', "deadline_s"),
+    ('{"texts": "x", "deadline_s": Infinity}', "deadline_s"),
+    ('{"texts": "x", "deadline_s": 1e400}', "deadline_s"),
+    ('{"texts": "x", "after": {"0": 1e400}}', "after"),
+    ('{"texts": "x", "after": {"0": NaN}}', "after"),
+    ('{"texts": "x", "after": {"0": 1e30}}', "after"),  # beyond what an Avro long carries
+])
+def test_non_finite_and_huge_numbers_are_422_naming_the_field(app: FastAPI, body: str, field: str) -> None:
+    response = call(app, "POST", "/search", body)
+    assert response.status_code == 422, response.text
+    assert field in [str(part) for error in response.json()["detail"] for part in error["loc"]]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('{"texts": "x", "index_type": "\\ud800"}', "index_type contains a lone surrogate U+D800"),
+    ('{"texts": "\\udfff", "top_k": 3}', "texts contains a lone surrogate U+DFFF"),
+])
+def test_lone_surrogates_in_search_fields_are_422(app: FastAPI, body: str, message: str) -> None:
+    response = call(app, "POST", "/search", body)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["detail"]
+
+
+def test_a_query_record_over_the_payload_limit_is_413_not_503(app: FastAPI) -> None:
+    # Under the 8 MiB body limit, but its query language travels as ASCII-escaped JSON: 3× larger.
+    values = ["é" * 1000] * 3000
+    body = json.dumps({"texts": "x", "query_language": [
+        {"operator": "filter", "parameters": {"conditions": {"text__in": values}}}]}, ensure_ascii=False)
+    assert len(body.encode()) < 8 * 1024 * 1024
+    response = call(app, "POST", "/search", body)
+    assert response.status_code == 413, response.text
+    assert "over max_payload_bytes" in response.json()["detail"]
+
+
+def test_an_id_with_a_slash_reaches_the_delete_handler(app: FastAPI) -> None:
+    # The handler sees the whole id: here it refuses it, so nothing is sent to the (absent) broker.
+    response = call(app, "DELETE", "/docs/guides/evil%00intro")
+    assert response.status_code == 422, response.text
+    assert "id 'guides/evil\\x00intro' contains NUL" in response.json()["detail"]
+
+
+def test_the_bridge_warns_when_it_listens_beyond_loopback_without_a_token(client: Client, caplog) -> None:  # type: ignore[no-untyped-def]
+    open_app, closed_app = create_app(client, token=""), create_app(client, token="s3cret")
+    with caplog.at_level(logging.WARNING, logger="streams.client.http"):
+        assert warn_if_unprotected(open_app, "0.0.0.0")
+        assert warn_if_unprotected(open_app, "bridge.example.org")
+        assert not warn_if_unprotected(closed_app, "0.0.0.0")
+        for loopback in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"):
+            assert not warn_if_unprotected(open_app, loopback)
+    assert [r.getMessage() for r in caplog.records][0] == (
+        "the HTTP bridge listens on 0.0.0.0 without a token: anyone who reaches it can index, delete and search; "
+        "set STREAMSEARCH_TOKEN")
+
+
+def test_the_page_takes_the_token_from_a_prompt_into_memory_never_from_the_url() -> None:
+    page = PAGE.read_text()
+    assert "location.search" not in page and "URLSearchParams" not in page
+    assert "Storage" not in page  # neither sessionStorage nor localStorage
+    assert 'headers["Authorization"] = "Bearer " + token' in page
+
+
+def test_a_401_keeps_its_challenge_header(client: Client) -> None:
+    response = call(create_app(client, token="s3cret"), "POST", "/search", '{"texts": "x"}')
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+
+
+def test_validation_errors_are_json_even_when_they_echo_nan(app: FastAPI) -> None:
+    response = call(app, "POST", "/index", '{"id": "x", "text": NaN}')
+    assert response.status_code == 422
+    detail: list[dict[str, Any]] = response.json()["detail"]
+    assert detail[0]["loc"][-1] == "text" and detail[0]["input"] is None

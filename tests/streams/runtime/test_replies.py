@@ -1,0 +1,94 @@
+"""Replies go only to existing reply topics of the flow, best effort: a client that has gone (its
+reply topic deleted) or a reply_to aimed elsewhere never stops a stage or holds back its commits."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from streams.kafka.admin import delete_topics, ensure_topics
+from streams.kafka.clients import KafkaSettings, StageProducer, make_consumer
+from streams.runtime.metrics import UNDELIVERABLE_REPLIES
+from streams.runtime.reply_topics import ReplyTopics
+from streams.runtime.loop import Inbound, Output, PathSpec, StageLoop, StageSpec
+from streams.exceptions import ReplyTopicError
+from streams.wire.topics import FlowTopics, TopicShape
+from tests.e2e.test_apache_kafka import _read_all
+
+pytestmark = pytest.mark.kafka
+
+
+class _Answering:
+    """Answers each record on the reply topic its value names, and copies it to a sink."""
+
+    def __init__(self, sink: str) -> None:
+        self.sink = sink
+
+    def process(self, records: list[Inbound]) -> list[Output]:
+        outputs = []
+        for r in records:
+            outputs.append(Output(r.value.decode(), value=b"reply", key=r.key, reply=True))  # type: ignore[union-attr]
+            outputs.append(Output(self.sink, value=r.value, key=r.key, partition=0))
+        return outputs
+
+    def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
+        return []
+
+    def tick(self) -> list[Output]:
+        return []
+
+
+def test_replies_to_gone_or_foreign_topics_are_dropped_and_counted_and_the_rest_flows(
+        kafka_settings: KafkaSettings) -> None:
+    name = f"rep{uuid.uuid4().hex[:6]}"
+    topics = FlowTopics(name, 1)
+    source, sink = f"{name}.in", f"{name}.out"
+    live, gone = topics.new_reply_topic(), topics.new_reply_topic()
+    ensure_topics(kafka_settings, [TopicShape(t, 1) for t in (source, sink, topics.dead_letter, live, gone)])
+    replies = ReplyTopics(topics, kafka_settings)
+    assert replies.exists(gone)  # seen, and remembered: the client deletes it only now
+    delete_topics(kafka_settings, [gone])
+    targets = [live, gone, sink, f"{name}.reply.never", "elsewhere.reply.x", live]
+    feeder = StageProducer(kafka_settings)
+    for i, target in enumerate(targets):
+        feeder.produce(source, value=target.encode(), key=f"k{i}", partition=0)
+    feeder.flush()
+    spec = StageSpec(flow=name, name="answer", dead_letter_topic=topics.dead_letter, reply_topics=replies,
+                     index_path=PathSpec(source, f"{name}.stage", _Answering(sink), batch_size=10))
+    before = UNDELIVERABLE_REPLIES.labels(name, "answer")._value.get()
+    loop = StageLoop(spec, kafka_settings)
+    loop._start()
+    started = time.monotonic()
+    try:
+        while loop.processed < len(targets):
+            assert time.monotonic() - started < 120, "the input was not processed"
+            loop.step()
+    finally:
+        loop._close()
+    # The deleted topic was still remembered as existing: its reply failed at delivery, counted,
+    # and the batch committed anyway. The rest were refused before producing.
+    assert UNDELIVERABLE_REPLIES.labels(name, "answer")._value.get() - before == 4  # gone, sink, never, elsewhere
+    assert [m.key() for m in _read_all(kafka_settings, sink, 1)] == [f"k{i}".encode() for i in range(len(targets))]
+    assert [m.key() for m in _read_all(kafka_settings, live, 1)] == [b"k0", b"k5"]
+    consumer = make_consumer(kafka_settings, group_id=f"{name}.stage")
+    try:
+        assert consumer.committed([TopicPartition(source, 0)], timeout=10)[0].offset == len(targets)
+    finally:
+        consumer.close()
+
+
+def test_reply_topic_names_and_existence(kafka_settings: KafkaSettings) -> None:
+    topics = FlowTopics(f"rn{uuid.uuid4().hex[:6]}", 1)
+    mine = topics.new_reply_topic()
+    ensure_topics(kafka_settings, [TopicShape(mine, 1)])
+    replies = ReplyTopics(topics, kafka_settings)
+    replies.check(mine)
+    for name, message in ((topics.ingest, "is not a reply topic"), (f"{topics.flow}.reply.a b", "is not a reply topic"),
+                          (f"{topics.flow}.reply.gone", "does not exist")):
+        with pytest.raises(ReplyTopicError, match=message):
+            replies.check(name)
+    # Asking never creates the topic it asks about.
+    assert not replies.exists(f"{topics.flow}.reply.gone")
