@@ -24,7 +24,7 @@ from streams.stages.extras import require_stage_extras
 from streams.flow.parse import load_flow, with_state_dir
 from streams.kafka.clients import QUIET_LIBRDKAFKA, KafkaSettings
 from streams.local.brokers import BrokerKind
-from streams.runtime.logs import configure_logging
+from streams.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from streams.wire.topics import RECORD_OVERHEAD_BYTES
 from streams.exceptions import DeliveryError, KafkaConfigError
-from streams.runtime.logs import RepeatLimit
+from streams.logs import RepeatLimit
 from streams.wire.partitioner import LIBRDKAFKA_PARTITIONER
 
 __all__ = ["UNKNOWN_TOPIC_ERRORS", "KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "fetch_high_watermarks", "Header", "headers_of",

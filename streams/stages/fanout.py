@@ -24,7 +24,7 @@ from streams.wire.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec, Par
 from streams.runtime.loop import Inbound, Output
 from streams.runtime.reply_topics import ReplyTopics
 from streams.wire.topics import FlowTopics
-from streams.runtime.logs import CountedThrottle
+from streams.logs import CountedThrottle
 
 __all__ = ["DEFAULT_TIMEOUT_MS", "ExpiredRequests", "QueryFanout", "is_expired", "split_expired", "decode_live",
            "error_reply", "flow_deadline_ms", "query_headers", "created_ms_of"]

@@ -16,7 +16,7 @@ from streams.kafka.clients import LIBRDKAFKA_LOGGER, KafkaSettings
 from streams.local.apache_kafka import install_kafka
 from streams.local.brokers import BrokerKind, start_local_broker
 from streams.local.supervisor import LocalFlow
-from streams.runtime.logs import RepeatLimit
+from streams.logs import RepeatLimit
 from tests.streams.fixtures import RAW_LIBRDKAFKA_LINE, sentence_flow_yaml
 
 
