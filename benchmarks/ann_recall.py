@@ -27,7 +27,7 @@ from processors.index.base import INDEX_TYPES, Change
 from processors.index.compound import CompoundIndexer
 from processors.index.faiss_ivf import auto_pq_m, nlist_for
 from streams.flow.parse import load_flow
-from streams.wire.serde import DOCUMENT
+from streams.wire.codec import DOCUMENT
 
 CACHE = ROOT / ".streamsearch" / "cache"
 

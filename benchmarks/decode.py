@@ -1,4 +1,4 @@
-"""What the bounded pre-scan adds to decoding a record (``streams/wire/serde.py``).
+"""What the bounded pre-scan adds to decoding a record (``streams/wire/prescan.py``).
 
 For three typical records: the pre-scan alone, fastavro's reader alone, and ``Codec.decode``
 (pre-scan, reader, dataclasses), each the fastest of many timeit rounds, in microseconds.
@@ -17,7 +17,9 @@ import numpy as np
 from setup import machine
 
 from processors.document import Direction, Document, Score
-from streams.wire.serde import DECODE_LIMITS, DOCUMENT, PARTIAL_RESULT, REQUEST, PartialResult, Request, _prescan
+from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST
+from streams.wire.prescan import DECODE_LIMITS, prescan
+from streams.wire.records import PartialResult, Request
 
 
 def records() -> list[tuple[str, object, object]]:
@@ -48,7 +50,7 @@ def main() -> None:
         def best(call) -> float:  # type: ignore[no-untyped-def]
             return min(timeit.repeat(call, number=200, repeat=args.rounds)) / 200 * 1e6
 
-        scan = best(lambda: _prescan(data, root, DECODE_LIMITS, name))
+        scan = best(lambda: prescan(data, root, DECODE_LIMITS, name))
         reader = best(lambda: fastavro.schemaless_reader(io.BytesIO(data), schema, None))
         decode = best(lambda: codec.decode(data))  # type: ignore[attr-defined]
         print(f"{name:30s} {len(data):6d} {scan:8.1f}µ {reader:8.1f}µ {decode:8.1f}µ {scan / decode:6.0%}")

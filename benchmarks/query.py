@@ -22,7 +22,7 @@ from processors.index.compound import CompoundIndexer
 from processors.rankers.chunk2doc import Chunk2DocRanker
 from streams.flow.parse import load_flow
 from streams.local.runtime import LocalRuntime
-from streams.wire.serde import DOCUMENT
+from streams.wire.codec import DOCUMENT
 
 
 def in_process(docs, queries, top_k: int) -> list[float]:  # type: ignore[no-untyped-def]

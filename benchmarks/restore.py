@@ -37,7 +37,7 @@ from streams.kafka.admin import ensure_topics
 from streams.flow.parse import FlowSpec, parse_flow, with_state_dir
 from streams.kafka.clients import KafkaSettings, StageProducer
 from streams.ops.replay import replay_index
-from streams.wire.serde import DOCUMENT
+from streams.wire.codec import DOCUMENT
 from streams.stages.shard.states import ShardCheckpoint
 
 BATCH = 256

@@ -89,7 +89,7 @@ def test_the_core_wheel_installs_without_model_or_index_libraries_and_serves_cli
 
     # The client and the bridge import; the codecs parse the Avro schemas, read from the package.
     used = _run([python, "-c", "from streams.client import Client; from streams.client.http import create_app; "
-                 "from streams.wire.serde import DOCUMENT, REQUEST; from streams.resources import EXAMPLE_FLOWS; "
+                 "from streams.wire.codec import DOCUMENT, REQUEST; from streams.resources import EXAMPLE_FLOWS; "
                  "print(sorted(p.name for p in EXAMPLE_FLOWS.glob('*.yml')))"], cwd=outside)
     assert used.returncode == 0, used.stderr
     assert used.stdout.split("\n")[0] == "['beir.yml', 'hello.yml', 'jep3.yml']"

@@ -32,7 +32,8 @@ from streams.flow.parse import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.kafka.clients import (UNKNOWN_TOPIC_ERRORS, KafkaSettings, StageProducer, consume_batch, fetch_high_watermarks,
                            make_consumer)
 from streams.stages.fanout import query_headers
-from streams.wire.serde import DOCUMENT, REQUEST, SEARCH_REPLY, Request, SearchReply
+from streams.wire.codec import DOCUMENT, REQUEST, SEARCH_REPLY
+from streams.wire.records import Request, SearchReply
 from streams.ops.status import require_flow
 from streams.wire.topics import FlowTopics, TopicShape
 from streams.ops.versions import serving_of

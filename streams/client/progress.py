@@ -22,7 +22,7 @@ from streams.client import Client, IndexReceipt
 from streams.ops.dead_letters import DeadLetter, read_dead_letters
 from streams.exceptions import RequestTimeoutError, SearchError
 from streams.kafka.clients import KafkaSettings, consume_batch, make_consumer
-from streams.wire.serde import SearchReply
+from streams.wire.records import SearchReply
 from streams.wire.topics import FlowTopics
 
 __all__ = ["IndexProgress", "Searchable", "wait_searchable", "dead_letters_of"]

@@ -18,7 +18,7 @@ from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_logs_shown
 from streams.client.progress import IndexProgress
 from streams.resources import EXAMPLE_FLOWS
-from streams.wire.serde import SearchReply
+from streams.wire.records import SearchReply
 
 __all__ = ["EXAMPLE_QUERIES", "format_reply", "run_hello_world"]
 

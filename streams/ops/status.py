@@ -22,7 +22,7 @@ from streams.exceptions import SerdeError, UnknownFlowError
 from streams.flow.parse import STAGE_ORDER, FlowSpec
 from streams.wire.headers import SCHEMA
 from streams.kafka.clients import KafkaSettings, consume_batch, fetch_high_watermarks, headers_of, make_consumer
-from streams.wire.serde import STAGE_STATUS
+from streams.wire.codec import STAGE_STATUS
 from streams.wire.topics import FlowTopics
 from streams.ops.versions import existing_versions, read_serving
 

@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 
 from streams.exceptions import BrokerError
 from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, make_consumer
-from streams.wire.serde import SERVING_VERSION, VERSION_BUILD, Codec
+from streams.wire.codec import SERVING_VERSION, VERSION_BUILD, Codec
 from streams.wire.topics import FlowTopics
 
 __all__ = ["SERVING_KEY", "ServingVersion", "claim_serving", "existing_versions", "publish_build", "publish_serving",

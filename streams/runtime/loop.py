@@ -37,7 +37,7 @@ from streams.wire.topics import RECORD_OVERHEAD_BYTES
 from streams.runtime.metrics import (BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, REJECTED_REQUESTS,
                              UNDELIVERABLE_REPLIES, serve_metrics)
 from streams.runtime.reply_topics import ReplyTopics
-from streams.wire.serde import STAGE_STATUS
+from streams.wire.codec import STAGE_STATUS
 
 __all__ = ["Inbound", "Output", "PathHandler", "PathSpec", "StageLoop", "StageSpec"]
 

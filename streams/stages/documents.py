@@ -19,7 +19,7 @@ from streams.wire import headers as h
 from streams.exceptions import InvalidRecordError, SerdeError
 from streams.runtime.metrics import TRUNCATED_TEXTS
 from streams.wire.partitioner import LIBRDKAFKA_PARTITIONER, partition_of
-from streams.wire.serde import DOCUMENT
+from streams.wire.codec import DOCUMENT
 from streams.runtime.loop import Inbound, Output
 from streams.logs import CountedThrottle
 

@@ -20,7 +20,8 @@ from processors.query.parameters import InvalidParameterError, SearchParameters
 from streams.wire import headers as h
 from streams.exceptions import RequestExpiredError, SerdeError
 from streams.runtime.metrics import EXPIRED_REQUESTS
-from streams.wire.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec, PartialResult, Request, SearchReply
+from streams.wire.codec import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec
+from streams.wire.records import PartialResult, Request, SearchReply
 from streams.runtime.loop import Inbound, Output
 from streams.runtime.reply_topics import ReplyTopics
 from streams.wire.topics import FlowTopics

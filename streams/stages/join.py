@@ -29,7 +29,8 @@ from streams.exceptions import InvalidRecordError, ReplyTopicError
 from streams.flow.parse import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.runtime.metrics import QUERY_SECONDS, REPLIES
 from streams.stages.fanout import ExpiredRequests, decode_live, split_expired
-from streams.wire.serde import PARTIAL_RESULT, SEARCH_REPLY, PartialResult, SearchReply
+from streams.wire.codec import PARTIAL_RESULT, SEARCH_REPLY
+from streams.wire.records import PartialResult, SearchReply
 from streams.runtime.loop import Inbound, Output
 from streams.wire.topics import FlowTopics
 

@@ -6,7 +6,7 @@ from typing import Mapping
 
 from streams.kafka.clients import Header
 
-from streams.wire.serde import SCHEMA_HEADER
+from streams.wire.codec import SCHEMA_HEADER
 
 __all__ = [
     "Header",

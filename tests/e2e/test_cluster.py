@@ -35,7 +35,7 @@ from streams.kafka.clients import KafkaSettings, StageProducer, fetch_high_water
 from streams.local.apache_kafka import KafkaCluster
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_log_files
-from streams.wire.serde import SearchReply
+from streams.wire.records import SearchReply
 from streams.wire.topics import TopicShape
 from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
 from tests.streams.recovery import wait_applied

@@ -16,7 +16,7 @@ from streams.exceptions import SearchError
 from streams.kafka.clients import StageProducer, make_consumer
 from streams.local.runtime import LocalRuntime
 from streams.wire.partitioner import partition_of
-from streams.wire.serde import DOCUMENT
+from streams.wire.codec import DOCUMENT
 from tests.streams.fixtures import corpus_with_unique_sentences, stage_logs
 
 pytestmark = pytest.mark.kafka
@@ -230,7 +230,7 @@ def test_documents_nested_5000_deep_are_dead_lettered_on_ingest_and_query_and_no
         client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
     """Issue 11: such a record killed the stage in fastavro's reader (SIGSEGV), again on every
     restart; on the query topic, without a deadline header, for ever."""
-    from streams.wire.serde import REQUEST
+    from streams.wire.codec import REQUEST
     from tests.streams.wire.test_serde import DEFAULT_PREFIX
 
     topics = flow.flow.topics

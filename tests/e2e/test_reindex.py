@@ -18,7 +18,7 @@ from processors.document import Document
 from streams.kafka.admin import ensure_topics
 from streams.flow.parse import load_flow
 from streams.local.runtime import LocalRuntime
-from streams.wire.serde import SearchReply
+from streams.wire.records import SearchReply
 from streams.wire.topics import FlowTopics
 from streams.ops.versions import claim_serving, read_serving
 from tests.streams.fixtures import SEGMENTER, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs

@@ -18,7 +18,7 @@ from streams.ops.dead_letters import read_dead_letters
 from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, make_consumer
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_log_files
-from streams.wire.serde import SEARCH_REPLY
+from streams.wire.codec import SEARCH_REPLY
 from streams.wire.topics import TopicShape
 from tests.streams.fixtures import FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
 from tests.streams.hostile_records import Hostile, HostileRecords

@@ -20,7 +20,8 @@ import numpy as np
 
 from processors.document import Direction, Document, Score
 from streams.wire import headers as h
-from streams.wire.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, PartialResult, Request
+from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST
+from streams.wire.records import PartialResult, Request
 from streams.wire.topics import FlowTopics
 
 DEEP_PREFIX = b"\x00" * 12 + b"\x00\x00\x00\x00\x00\x00\xf0\x3f" + b"\x00" * 3 + b"\x02"

@@ -12,7 +12,8 @@ import numpy as np
 from processors.document import Document
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from streams.client import Client, IndexReceipt
-from streams.wire.serde import STORED_DOCUMENT, SearchReply
+from streams.wire.codec import STORED_DOCUMENT
+from streams.wire.records import SearchReply
 
 
 def wait_applied(client: Client, receipt: IndexReceipt, *, timeout: float = 240.0) -> SearchReply:

@@ -15,7 +15,7 @@ from pathlib import Path
 from processors.exceptions import ConfigError
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from streams.exceptions import StateConfigError
-from streams.wire.serde import STORED_DOCUMENT
+from streams.wire.codec import STORED_DOCUMENT
 from streams.stages.shard.restore import RestoreTracker
 
 __all__ = ["ShardCheckpoint", "ShardStates", "PRIVATE_INFIX"]

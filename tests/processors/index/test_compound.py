@@ -11,7 +11,7 @@ from processors.document import Direction, Document
 from processors.exceptions import ConfigError, DimensionMismatchError
 from processors.index.base import Change
 from processors.index.compound import FORMAT, CompoundIndexer, CompoundIndexerConfig
-from streams.wire.serde import DOCUMENT, STORED_DOCUMENT
+from streams.wire.codec import DOCUMENT, STORED_DOCUMENT
 
 DIM = 8
 

@@ -7,7 +7,7 @@ from processors.document import Direction, Document
 from processors.exceptions import ConfigError
 from processors.index.base import INDEX_TYPES, Change
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
-from streams.wire.serde import STORED_DOCUMENT
+from streams.wire.codec import STORED_DOCUMENT
 
 DIM = 16
 N = 2000

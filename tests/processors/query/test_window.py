@@ -12,7 +12,7 @@ from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from processors.query.operators import Operation
 from processors.query.window import MAX_WINDOW_VECTORS, WindowedSearch, WindowedSearchConfig
 from processors.rankers.chunk2doc import Chunk2DocRanker, Chunk2DocRankerConfig
-from streams.wire.serde import STORED_DOCUMENT
+from streams.wire.codec import STORED_DOCUMENT
 
 DIM = 16
 QUERY = np.eye(DIM, dtype=np.float32)[0]

@@ -8,7 +8,7 @@ from processors.document import Document
 from processors.encoders.base import Truncated
 from processors.exceptions import BadDocumentError, InvalidDocumentError
 from streams.runtime.metrics import TRUNCATED_TEXTS
-from streams.wire.serde import DOCUMENT
+from streams.wire.codec import DOCUMENT
 from streams.runtime.loop import Inbound
 from streams.stages.documents import DocumentTransform, TruncationReport, decode_document
 
@@ -69,7 +69,7 @@ def test_a_document_over_the_chunk_cap_is_refused_by_the_segment_stage_with_the_
     from processors.document import Document
     from processors.exceptions import BadDocumentError
     from streams.flow.parse import parse_flow
-    from streams.wire.serde import DOCUMENT
+    from streams.wire.codec import DOCUMENT
     from streams.runtime.loop import Inbound
     from streams.stages.kinds import build_stage
 

@@ -12,7 +12,8 @@ from streams.wire import headers as h
 from streams.exceptions import DecodeLimitError
 from processors.query.limits import CLOCK_SKEW_MS
 from streams.stages.fanout import DEFAULT_TIMEOUT_MS, QueryFanout, decode_live, flow_deadline_ms, is_expired
-from streams.wire.serde import REQUEST, SEARCH_REPLY, Request
+from streams.wire.codec import REQUEST, SEARCH_REPLY
+from streams.wire.records import Request
 from streams.runtime.loop import Inbound
 from streams.wire.topics import FlowTopics
 from tests.streams.stages.test_fanout_fuzz import FixedEncoder

@@ -18,7 +18,8 @@ from processors.query.parameters import SearchParameters
 from streams.wire import headers as h
 from streams.stages.join import Joiner
 from streams.stages.fanout import QueryFanout
-from streams.wire.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, PartialResult, Request
+from streams.wire.codec import PARTIAL_RESULT, REQUEST, SEARCH_REPLY
+from streams.wire.records import PartialResult, Request
 from streams.runtime.loop import Inbound
 from streams.wire.topics import FlowTopics
 

@@ -12,7 +12,8 @@ from streams.wire import headers as h
 from streams.exceptions import InvalidRecordError, ReplyTopicError
 from streams.stages.join import Joiner
 from streams.wire.topics import FlowTopics
-from streams.wire.serde import PARTIAL_RESULT, SEARCH_REPLY, PartialResult
+from streams.wire.codec import PARTIAL_RESULT, SEARCH_REPLY
+from streams.wire.records import PartialResult
 from streams.runtime.loop import Inbound
 
 

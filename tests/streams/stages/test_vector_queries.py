@@ -20,7 +20,8 @@ from streams.client.client import query_documents
 from streams.kafka.clients import KafkaSettings
 from streams.wire.partitioner import partition_of
 from streams.stages.fanout import QueryFanout
-from streams.wire.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Request
+from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY
+from streams.wire.records import Request
 from streams.runtime.loop import Inbound
 from streams.wire.topics import FlowTopics
 from streams.stages.documents import DocumentTransform

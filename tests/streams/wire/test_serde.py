@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 from processors.document import Direction, Document, Score, validate_document
 from processors.exceptions import InvalidDocumentError
-from streams.wire import serde
+from streams.wire import codec as serde
 from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
-from streams.wire.serde import (DECODE_LIMITS, DOCUMENT, PARTIAL_RESULT, STORED_DOCUMENT, STORED_FORMAT, REQUEST, SEARCH_REPLY, SERVING_VERSION,
-                           STAGE_STATUS, VERSION_BUILD, DecodeLimits, PartialResult, Request, SearchReply,
-                           doc_from_avro)
+from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, STORED_DOCUMENT, STORED_FORMAT, REQUEST, SEARCH_REPLY, SERVING_VERSION, STAGE_STATUS, VERSION_BUILD, doc_from_avro
+from streams.wire.prescan import DECODE_LIMITS, DecodeLimits
+from streams.wire.records import PartialResult, Request, SearchReply
 
 
 def tree() -> Document:
@@ -128,7 +128,7 @@ class TestDecodeLimits:
         child = textwrap.dedent(f"""
             import struct
             from streams.exceptions import DecodeLimitError
-            from streams.wire.serde import DOCUMENT, REQUEST
+            from streams.wire.codec import DOCUMENT, REQUEST
             prefix = {DEFAULT_PREFIX!r}
             innermost = prefix[:-1] + b"\\x00\\x00"
             records = {{

@@ -16,7 +16,8 @@ from processors.document import Document
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from processors.rankers.chunk2doc import Chunk2DocRanker, Chunk2DocRankerConfig
 from streams.wire import headers as h
-from streams.wire.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, STORED_DOCUMENT, Request
+from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, STORED_DOCUMENT
+from streams.wire.records import Request
 from streams.stages.shard.ingest import ShardIngest
 from streams.stages.shard.search import ShardSearch
 from streams.runtime.loop import Inbound

@@ -12,7 +12,8 @@ from processors.document import Document
 from processors.index.compound import CompoundIndexerConfig
 from processors.rankers.chunk2doc import Chunk2DocRanker
 from streams.wire import headers as h
-from streams.wire.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, Request
+from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST
+from streams.wire.records import Request
 from streams.stages.shard.search import STALE_MARGIN_MS
 from streams.stages.shard.ingest import ShardIngest
 from streams.stages.shard.search import ShardSearch

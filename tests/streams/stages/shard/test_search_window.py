@@ -15,7 +15,8 @@ from processors.query.window import WindowedSearchConfig
 from processors.rankers.chunk2doc import Chunk2DocRanker
 from streams.wire import headers as h
 from streams.exceptions import InvalidRecordError
-from streams.wire.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, PartialResult, Request
+from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST
+from streams.wire.records import PartialResult, Request
 from streams.stages.shard.ingest import ShardIngest
 from streams.stages.shard.search import ShardSearch
 from streams.runtime.loop import Inbound

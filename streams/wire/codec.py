@@ -1,0 +1,341 @@
+"""The only Avro path: schemaless fastavro records, the schema fingerprint in a header.
+
+Why not the Confluent wire format: it needs a schema registry to resolve its 4-byte schema
+ids, and streamsearch must run with nothing but a broker. The CRC-64-AVRO (Rabin) fingerprint
+of the parsing canonical form, sent in the ``ss-schema`` header, identifies the writer schema
+just as well; a consumer rejects a record whose fingerprint it does not know instead of
+misreading it. Every decode runs the bounded pre-scan (``streams.wire.prescan``) first.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Callable, Generic, Mapping, TypeVar
+
+import fastavro
+import numpy as np
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from processors.document import Direction, Document, Score, validate_document
+from streams.exceptions import SerdeError
+from streams.resources import SCHEMAS
+from streams.wire.prescan import DECODE_LIMITS, DecodeLimits, ScanNode, compile_scan, prescan
+from streams.wire.records import PartialResult, Request, SearchReply
+
+__all__ = [
+    "DOCUMENT",
+    "PARTIAL_RESULT",
+    "REQUEST",
+    "SCHEMA_HEADER",
+    "SEARCH_REPLY",
+    "SERVING_VERSION",
+    "STAGE_STATUS",
+    "STORED_DOCUMENT",
+    "STORED_FORMAT",
+    "VERSION_BUILD",
+    "Codec",
+    "StoredDocumentCodec",
+    "doc_from_avro",
+    "doc_to_avro",
+]
+
+SCHEMA_HEADER = "ss-schema"
+
+T = TypeVar("T")
+
+
+def _load_schemas() -> dict[str, Any]:
+    named: dict[str, Any] = {}
+    parsed = {}
+    for name in ("document", "request", "partial_result", "search_reply", "stage_status", "serving_version",
+                 "version_build"):
+        with open(SCHEMAS / f"{name}.avsc") as f:
+            parsed[name] = fastavro.parse_schema(json.load(f), named_schemas=named)
+    return parsed
+
+
+_PARSED = _load_schemas()
+
+EARLIER_SCHEMAS: Mapping[str, tuple[str, ...]] = {"document": ("document-1",)}
+"""Earlier writer schemas (``streams/schemas/earlier/<name>.avsc``) a codec still reads, resolved to the
+current one: records kept in ``<flow>.ingest``, ``<flow>.encoded`` and a shard's store outlive
+an upgrade. document-1 held tags as strings only."""
+
+
+def _load_earlier(name: str) -> Any:
+    with open(SCHEMAS / "earlier" / f"{name}.avsc") as f:
+        return fastavro.parse_schema(json.load(f), named_schemas={})
+
+
+# -- dataclass <-> Avro dicts ------------------------------------------------------------------
+
+
+def doc_to_avro(doc: Document) -> dict[str, Any]:
+    embedding = None
+    if doc.embedding is not None:
+        array = np.asarray(doc.embedding)
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        embedding = {"dtype": little.dtype.str, "shape": list(array.shape), "data": little.tobytes()}
+    return {
+        "id": doc.id,
+        "parent_id": doc.parent_id,
+        "granularity": doc.granularity,
+        "adjacency": doc.adjacency,
+        "mime_type": doc.mime_type,
+        "text": doc.text,
+        "blob": doc.blob,
+        "uri": doc.uri,
+        "embedding": embedding,
+        "tags": doc.tags,
+        "field_name": doc.field_name,
+        "modality": doc.modality,
+        "weight": doc.weight,
+        "offset": doc.offset,
+        "location": doc.location,
+        "scores": {
+            name: {"value": s.value, "op_name": s.op_name, "direction": s.direction.value}
+            for name, s in doc.scores.items()
+        },
+        "chunks": [doc_to_avro(c) for c in doc.chunks],
+        "matches": [doc_to_avro(m) for m in doc.matches],
+    }
+
+
+def doc_from_avro(rec: dict[str, Any]) -> Document:
+    embedding = None
+    if rec["embedding"] is not None:
+        e = rec["embedding"]
+        embedding = np.frombuffer(e["data"], dtype=np.dtype(e["dtype"])).reshape(e["shape"])
+    return Document(
+        id=rec["id"],
+        parent_id=rec["parent_id"],
+        granularity=rec["granularity"],
+        adjacency=rec["adjacency"],
+        mime_type=rec["mime_type"],
+        text=rec["text"],
+        blob=rec["blob"],
+        uri=rec["uri"],
+        embedding=embedding,
+        tags=dict(rec["tags"]),
+        field_name=rec["field_name"],
+        modality=rec["modality"],
+        weight=rec["weight"],
+        offset=rec["offset"],
+        location=list(rec["location"]),
+        scores={
+            name: Score(s["value"], s["op_name"], Direction(s["direction"])) for name, s in rec["scores"].items()
+        },
+        chunks=[doc_from_avro(c) for c in rec["chunks"]],
+        matches=[doc_from_avro(m) for m in rec["matches"]],
+    )
+
+
+def _params_to_avro(params: dict[str, Any]) -> dict[str, str]:
+    return {key: json.dumps(value) for key, value in params.items()}
+
+
+def _params_from_avro(params: dict[str, str]) -> dict[str, Any]:
+    return {key: json.loads(value) for key, value in params.items()}
+
+
+def _request_to_avro(r: Request) -> dict[str, Any]:
+    return {
+        "request_id": r.request_id,
+        "kind": r.kind,
+        "docs": [doc_to_avro(d) for d in r.docs],
+        "parameters": _params_to_avro(r.parameters),
+        "reply_to": r.reply_to,
+        "deadline_ms": r.deadline_ms,
+        "min_offsets": {str(p): o for p, o in r.min_offsets.items()},
+    }
+
+
+def _request_from_avro(rec: dict[str, Any]) -> Request:
+    return Request(
+        request_id=rec["request_id"],
+        kind=rec["kind"],
+        docs=[doc_from_avro(d) for d in rec["docs"]],
+        reply_to=rec["reply_to"],
+        deadline_ms=rec["deadline_ms"],
+        parameters=_params_from_avro(rec["parameters"]),
+        min_offsets={int(p): o for p, o in rec["min_offsets"].items()},
+    )
+
+
+def _partial_to_avro(p: PartialResult) -> dict[str, Any]:
+    return {
+        "request_id": p.request_id,
+        "shard": p.shard,
+        "field_name": p.field_name,
+        "expected_shards": p.expected_shards,
+        "expected_fields": p.expected_fields,
+        "reply_to": p.reply_to,
+        "deadline_ms": p.deadline_ms,
+        "parameters": _params_to_avro(p.parameters),
+        "docs": [doc_to_avro(d) for d in p.docs],
+        "error": p.error,
+        "warning": p.warning,
+        "stale": p.stale,
+        "restoring": p.restoring,
+    }
+
+
+def _partial_from_avro(rec: dict[str, Any]) -> PartialResult:
+    return PartialResult(
+        request_id=rec["request_id"],
+        shard=rec["shard"],
+        expected_shards=list(rec["expected_shards"]),
+        reply_to=rec["reply_to"],
+        deadline_ms=rec["deadline_ms"],
+        parameters=_params_from_avro(rec["parameters"]),
+        docs=[doc_from_avro(d) for d in rec["docs"]],
+        error=rec["error"],
+        warning=rec["warning"],
+        stale=rec["stale"],
+        field_name=rec["field_name"],
+        expected_fields=list(rec["expected_fields"]),
+        restoring=rec["restoring"],
+    )
+
+
+def _reply_to_avro(r: SearchReply) -> dict[str, Any]:
+    return {
+        "request_id": r.request_id,
+        "docs": [doc_to_avro(d) for d in r.docs],
+        "partial": r.partial,
+        "missing_shards": r.missing_shards,
+        "stale_shards": r.stale_shards,
+        "restoring_shards": r.restoring_shards,
+        "errors": r.errors,
+        "warnings": r.warnings,
+        "version": r.version,
+    }
+
+
+def _reply_from_avro(rec: dict[str, Any]) -> SearchReply:
+    return SearchReply(
+        request_id=rec["request_id"],
+        docs=[doc_from_avro(d) for d in rec["docs"]],
+        partial=rec["partial"],
+        missing_shards=list(rec["missing_shards"]),
+        stale_shards=list(rec["stale_shards"]),
+        errors=list(rec["errors"]),
+        restoring_shards=list(rec["restoring_shards"]),
+        warnings=list(rec["warnings"]),
+        version=rec["version"],
+    )
+
+
+# -- codecs --------------------------------------------------------------------------------------
+
+
+class Codec(Generic[T]):
+    """Encodes one record type to schemaless Avro and back, checking the writer fingerprint."""
+
+    def __init__(self, schema_name: str, to_avro: Any, from_avro: Any,
+                 validate: Callable[[T], None] | None = None) -> None:
+        """:param validate: checks a decoded value (raising ``InvalidDocumentError``), so that every
+            reader of this type refuses what no writer of ours produces (NaN vectors, NUL in ids)."""
+        self.schema = _PARSED[schema_name]
+        self._validate = validate
+        self.fingerprint = fingerprint(to_parsing_canonical_form(self.schema), "CRC-64-AVRO")
+        self._to_avro = to_avro
+        self._from_avro = from_avro
+        self._scan_root = compile_scan(self.schema)
+        self._earlier: dict[str, tuple[Any, ScanNode]] = {}
+        """Earlier writer schemas by fingerprint, with their pre-scan trees."""
+        for name in EARLIER_SCHEMAS.get(schema_name, ()):
+            earlier = _load_earlier(name)
+            self._earlier[fingerprint(to_parsing_canonical_form(earlier), "CRC-64-AVRO")] = (
+                earlier, compile_scan(earlier))
+
+    def encode(self, value: T) -> bytes:
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, self.schema, self._to_avro(value))
+        return buffer.getvalue()
+
+    def decode(self, data: bytes, fingerprint_header: bytes | str | None = None, *,
+               limits: DecodeLimits | None = None) -> T:
+        """Decode a record, rejecting it if its header names another schema or it breaks the caps.
+
+        :param limits: the caps to check before decoding; ``DECODE_LIMITS`` if None.
+        :raises DecodeLimitError: if Documents nest deeper or are more than the caps allow.
+        :raises SerdeError: on a foreign fingerprint, truncated or malformed bytes.
+        :raises InvalidDocumentError: for a value the codec's validation refuses.
+        """
+        writer, scan_root = self.schema, self._scan_root
+        if fingerprint_header is not None:
+            seen = fingerprint_header.decode() if isinstance(fingerprint_header, bytes) else fingerprint_header
+            if seen != self.fingerprint:
+                if seen not in self._earlier:
+                    raise SerdeError(f"record written with schema {seen}, expected {self.schema['name']} "
+                                     f"{self.fingerprint}")
+                writer, scan_root = self._earlier[seen]
+        return self._decode(data, writer, scan_root, limits)
+
+    def decode_earliest(self, data: bytes, *, limits: DecodeLimits | None = None) -> T:
+        """Decode a headerless record written with the first schema of this type (an earlier one
+        if there is one): what a shard stored before its values carried a format byte."""
+        writer, scan_root = next(iter(self._earlier.values()), (self.schema, self._scan_root))
+        return self._decode(data, writer, scan_root, limits)
+
+    def _decode(self, data: bytes, writer: Any, scan_root: ScanNode, limits: DecodeLimits | None) -> T:
+        prescan(data, scan_root, limits or DECODE_LIMITS, self.schema["name"])
+        buffer = io.BytesIO(data)
+        reader = None if writer is self.schema else self.schema
+        try:
+            value = self._from_avro(fastavro.schemaless_reader(buffer, writer, reader))
+        except Exception as exc:  # fastavro raises many types on garbage input
+            raise SerdeError(f"malformed {self.schema['name']} record: {type(exc).__name__}: {exc}") from exc
+        if buffer.tell() != len(data):
+            raise SerdeError(
+                f"malformed {self.schema['name']} record: {len(data) - buffer.tell()} bytes left after decoding"
+            )
+        if self._validate is not None:
+            self._validate(value)
+        return value
+
+    def header(self) -> tuple[str, bytes]:
+        return (SCHEMA_HEADER, self.fingerprint.encode())
+
+
+def _validate_docs(value: Request | PartialResult) -> None:
+    for doc in value.docs:
+        validate_document(doc)
+
+
+DOCUMENT: Codec[Document] = Codec("document", doc_to_avro, doc_from_avro, validate_document)
+
+
+class StoredDocumentCodec:
+    """A shard's own stored documents: validated when they entered (``DOCUMENT``), not on every read,
+    so that what a shard stores never decides whether it can read it back.
+
+    A value is :data:`STORED_FORMAT` then the current schema's bytes. A value without it was
+    stored before typed tags, with ``streams/schemas/earlier/document-1.avsc``: such a record starts with
+    its id's length, a zigzag varint whose first byte is always even, so never this odd byte.
+    """
+
+    def __init__(self) -> None:
+        self._codec: Codec[Document] = Codec("document", doc_to_avro, doc_from_avro)
+
+    def encode(self, doc: Document) -> bytes:
+        return STORED_FORMAT + self._codec.encode(doc)
+
+    def decode(self, data: bytes, *, limits: DecodeLimits | None = None) -> Document:
+        if data[:1] == STORED_FORMAT:
+            return self._codec.decode(data[1:], limits=limits)
+        return self._codec.decode_earliest(data, limits=limits)
+
+
+STORED_FORMAT = b"\x01"
+"""The first byte of a stored document written with the current Document schema."""
+STORED_DOCUMENT = StoredDocumentCodec()
+REQUEST: Codec[Request] = Codec("request", _request_to_avro, _request_from_avro, _validate_docs)
+PARTIAL_RESULT: Codec[PartialResult] = Codec("partial_result", _partial_to_avro, _partial_from_avro, _validate_docs)
+SEARCH_REPLY: Codec[SearchReply] = Codec("search_reply", _reply_to_avro, _reply_from_avro)
+STAGE_STATUS: Codec[dict[str, Any]] = Codec("stage_status", dict, dict)
+"""Status records are plain dicts: they are read by people and scripts, never processed."""
+SERVING_VERSION: Codec[dict[str, Any]] = Codec("serving_version", dict, dict)
+VERSION_BUILD: Codec[dict[str, Any]] = Codec("version_build", dict, dict)

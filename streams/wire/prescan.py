@@ -1,0 +1,387 @@
+"""Bounded decoding: what one record may hold, checked before fastavro's reader runs.
+
+fastavro's reader recurses in C once per nested record, so a Document nested thousands deep
+would overflow the stack, and it allocates what a declared length says before reading it. The
+pre-scan walks the writer schema's binary encoding with an explicit stack: it checks the caps
+and that every declared length fits in the bytes left, and copies nothing (strings are skipped).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
+
+__all__ = ["DECODE_LIMITS", "MAX_DOCUMENTS_ENV", "MAX_DOCUMENT_DEPTH_ENV", "DecodeLimits", "ScanNode", "compile_scan",
+           "prescan"]
+
+MAX_DOCUMENT_DEPTH_ENV = "STREAMSEARCH_MAX_DOCUMENT_DEPTH"
+MAX_DOCUMENTS_ENV = "STREAMSEARCH_MAX_DOCUMENTS"
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """What one record may hold, checked before fastavro's reader runs: it recurses in C once
+    per nested record, so a Document nested thousands deep would overflow the stack.
+
+    :param max_document_depth: Documents nested in Documents (chunks, matches); a root is 1.
+    :param max_documents: Documents in one record, at any depth.
+    """
+
+    max_document_depth: int = 32
+    max_documents: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_document_depth", "max_documents"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise FlowConfigError(f"{name} must be a positive integer, not {value!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> DecodeLimits:
+        """The defaults, overridden by ``STREAMSEARCH_MAX_DOCUMENT_DEPTH`` and ``STREAMSEARCH_MAX_DOCUMENTS``.
+
+        :raises FlowConfigError: if a variable is set to anything but a positive integer.
+        """
+        values = {}
+        for name, env in (("max_document_depth", MAX_DOCUMENT_DEPTH_ENV), ("max_documents", MAX_DOCUMENTS_ENV)):
+            raw = environ.get(env, "").strip()
+            if raw:
+                if not raw.isdigit() or int(raw) < 1:
+                    raise FlowConfigError(f"{env}={raw!r}: expected a positive integer")
+                values[name] = int(raw)
+        return cls(**values)
+
+
+DECODE_LIMITS = DecodeLimits.from_env()
+"""The caps every codec applies unless a call passes its own."""
+
+_NODE_RECORDS = frozenset({"streamsearch.Document"})
+"""The records the caps count: the recursive Document."""
+
+# Node kinds, the commonest first (the scan tests them in this order). _OPTIONAL is a union of
+# null and one other type: one zero byte, the commonest Document field.
+_LEN, _OPTIONAL_LEN, _VARINT, _SKIP, _OPTIONAL, _ARRAY, _RECORD, _UNION, _ENUM = range(9)
+_FIXED_SIZES = {"null": 0, "boolean": 1, "float": 4, "double": 8}
+_LEN_NODE = (_LEN,)
+_NULL_NODE = (_SKIP, 0)
+
+ScanNode = tuple[Any, ...]
+"""A compiled schema node, ``(kind, ...)``; a record's node is shared by every reference to it."""
+
+
+# -- compiling a parsed schema into scan nodes -----------------------------------------------------
+
+
+def compile_scan(schema: Any) -> ScanNode:
+    """The pre-scan tree of a schema parsed by ``fastavro.parse_schema``."""
+    return _compile(schema, schema.get("__named_schemas", {}), {})
+
+
+def _compile(schema: Any, named: Mapping[str, Any], done: dict[str, Any]) -> ScanNode:
+    """A parsed schema as nested tuples ``(kind, ...)``; a record is one shared node, so a
+    Document's ``chunks`` point back at it."""
+    if isinstance(schema, list):
+        return _compile_union(schema, named, done)
+    if isinstance(schema, str):
+        if schema in done:
+            return done[schema]
+        schema = named[schema] if schema in named else {"type": schema}
+    kind = schema["type"]
+    if not isinstance(kind, str) or kind in named:
+        return _compile(kind, named, done)
+    if kind in _COMPOUND:
+        return _COMPOUND[kind](schema, named, done)
+    return _compile_primitive(schema)
+
+
+def _compile_primitive(schema: Mapping[str, Any]) -> ScanNode:
+    """A type that holds no other type."""
+    kind = schema["type"]
+    if kind in _FIXED_SIZES:
+        return (_SKIP, _FIXED_SIZES[kind])
+    if kind in ("int", "long"):
+        return (_VARINT,)
+    if kind in ("string", "bytes"):
+        return _LEN_NODE
+    if kind == "fixed":
+        return (_SKIP, schema["size"])
+    if kind == "enum":
+        return (_ENUM, len(schema["symbols"]))
+    raise TypeError(f"no pre-scan for Avro type {kind!r}")
+
+
+def _compile_union(schema: list[Any], named: Mapping[str, Any], done: dict[str, Any]) -> ScanNode:
+    branches = tuple(_compile(branch, named, done) for branch in schema)
+    if len(branches) == 2 and branches[0] == _NULL_NODE:
+        return (_OPTIONAL_LEN,) if branches[1] is _LEN_NODE else (_OPTIONAL, branches[1])
+    return (_UNION, branches)
+
+
+def _compile_array(schema: Mapping[str, Any], named: Mapping[str, Any], done: dict[str, Any]) -> ScanNode:
+    items = _compile(schema["items"], named, done)
+    if not _takes_bytes(items):  # a count could not be checked against the bytes left
+        raise TypeError(f"the pre-scan cannot bound an array of zero-byte items: {schema}")
+    return _array((items,))
+
+
+def _compile_record(schema: Mapping[str, Any], named: Mapping[str, Any], done: dict[str, Any]) -> ScanNode:
+    fields: list[Any] = []
+    node = done[schema["name"]] = (_RECORD, fields, schema["name"] in _NODE_RECORDS)
+    fields.extend(_compile(f["type"], named, done) for f in schema["fields"])
+    return node
+
+
+def _compile_map(schema: Mapping[str, Any], named: Mapping[str, Any], done: dict[str, Any]) -> ScanNode:
+    """An array of (key, value) items, as far as the scan is concerned."""
+    return _array((_LEN_NODE, _compile(schema["values"], named, done)))
+
+
+_COMPOUND = {"array": _compile_array, "map": _compile_map, "record": _compile_record, "error": _compile_record}
+"""The types that hold others, by type name."""
+
+
+def _array(items: tuple[Any, ...]) -> ScanNode:
+    """An array node: its item's fields, and whether they are all strings or numbers (scanned in place)."""
+    return (_ARRAY, items, all(item[0] in (_LEN, _VARINT) for item in items))
+
+
+def _takes_bytes(node: ScanNode) -> bool:
+    if node[0] == _SKIP:
+        return bool(node[1])
+    return node[0] != _RECORD or any(_takes_bytes(f) for f in node[1])
+
+
+# -- reading the binary encoding -------------------------------------------------------------------
+
+
+def _varint_tail(data: bytes, pos: int, first: int) -> tuple[int, int]:
+    """The rest of a varint whose first byte had the continuation bit: (zigzag value, next pos)."""
+    value, shift = first & 0x7F, 7
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError(f"a varint at byte {pos} runs over 10 bytes")
+
+
+def _long(data: bytes, pos: int) -> tuple[int, int]:
+    """A zigzag varint at ``pos``: (value, next pos)."""
+    byte = data[pos]
+    if byte < 0x80:
+        value, pos = byte, pos + 1
+    elif data[pos + 1] < 0x80:  # two bytes: lengths of embeddings, most offsets
+        value, pos = (byte & 0x7F) | (data[pos + 1] << 7), pos + 2
+    else:
+        value, pos = _varint_tail(data, pos + 1, byte)
+    return (value >> 1) ^ -(value & 1), pos
+
+
+def _block(data: bytes, pos: int) -> tuple[int, int]:
+    """An array or map block's item count (0 ends the array), checked against the bytes left."""
+    byte = data[pos]
+    if byte < 0x80 and not byte & 1:  # a count under 64
+        count, pos = byte >> 1, pos + 1
+    else:
+        count, pos = _long(data, pos)
+    if count < 0:  # a block with its size in bytes; the items follow all the same
+        count = -count
+        size, pos = _long(data, pos)
+        if not 0 <= size <= len(data) - pos:
+            raise ValueError(f"a block of {size} bytes at byte {pos} with {len(data) - pos} bytes left")
+    if count > len(data) - pos:  # every item takes at least one byte (checked by _compile)
+        raise ValueError(f"a block of {count} items at byte {pos} with {len(data) - pos} bytes left")
+    return count, pos
+
+
+def _skip_bytes(data: bytes, pos: int, byte: int) -> int:
+    """Past a string or bytes value whose length's first byte, at ``pos - 1``, was ``byte``."""
+    if byte > 0x7F:
+        length, pos = _long(data, pos - 1)
+    else:
+        length = (byte >> 1) ^ -(byte & 1)
+    if not 0 <= length <= len(data) - pos:
+        raise ValueError(f"a length of {length} at byte {pos} with {len(data) - pos} bytes left")
+    return pos + length
+
+
+def _skip_optional_bytes(data: bytes, pos: int) -> int:
+    """Past a union of null and a string or bytes value."""
+    byte = data[pos]
+    if byte == 0:
+        return pos + 1
+    if byte == 2:
+        pos += 1
+    else:  # a longer varint, or no branch
+        index, pos = _long(data, pos)
+        if index == 0:
+            return pos
+        if index != 1:
+            raise ValueError(f"union branch {index} at byte {pos} of 2")
+    return _skip_bytes(data, pos + 1, data[pos])
+
+
+def _scan_flat(data: bytes, pos: int, count: int, items: tuple[Any, ...]) -> int:
+    """Skip the blocks of an array or map of strings and numbers, the first block's count read."""
+    end = len(data)
+    while count:
+        for _ in range(count):
+            for item in items:
+                byte = data[pos]
+                if byte > 0x7F:
+                    length, pos = _long(data, pos)
+                else:
+                    length, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+                if item[0] == _LEN:
+                    if not 0 <= length <= end - pos:
+                        raise ValueError(f"a length of {length} at byte {pos} with {end - pos} bytes left")
+                    pos += length
+        count, pos = _block(data, pos)
+    return pos
+
+
+# -- the walk ----------------------------------------------------------------------------------------
+
+
+class _Documents:
+    """The Documents a walk is inside of and has met, against the caps."""
+
+    __slots__ = ("depth", "count", "_limits", "_name")
+
+    def __init__(self, limits: DecodeLimits, name: str) -> None:
+        self.depth = self.count = 0
+        self._limits = limits
+        self._name = name
+
+    def enter(self) -> None:
+        """:raises DecodeLimitError: if this Document nests too deep or is one too many."""
+        self.depth += 1
+        self.count += 1
+        if self.depth > self._limits.max_document_depth:
+            raise DecodeLimitError(
+                f"{self._name} record refused: Documents nested deeper than max_document_depth="
+                f"{self._limits.max_document_depth} ({MAX_DOCUMENT_DEPTH_ENV})")
+        if self.count > self._limits.max_documents:
+            raise DecodeLimitError(
+                f"{self._name} record refused: more than max_documents={self._limits.max_documents} Documents "
+                f"({MAX_DOCUMENTS_ENV})")
+
+
+def prescan(data: bytes, root: ScanNode, limits: DecodeLimits, name: str) -> None:
+    """Walk one record without recursion or copies, so nothing unbounded reaches fastavro.
+
+    :param root: the writer schema's tree (:func:`compile_scan`).
+    :param name: the record type, for messages.
+    :raises DecodeLimitError: if Documents nest deeper or are more than ``limits`` allow.
+    :raises SerdeError: on a length or count larger than the bytes left, or malformed bytes.
+    """
+    end = len(data)
+    try:
+        pos = _walk(data, root, _Documents(limits, name))
+    except IndexError:
+        raise SerdeError(f"malformed {name} record: truncated") from None
+    except ValueError as exc:
+        raise SerdeError(f"malformed {name} record: {exc}") from None
+    if pos > end:
+        raise SerdeError(f"malformed {name} record: truncated")
+    if pos != end:
+        raise SerdeError(f"malformed {name} record: {end - pos} bytes left after decoding")
+
+
+def _walk(data: bytes, root: ScanNode, documents: _Documents) -> int:
+    """The position after ``root``'s value. Scalars are skipped in line (the hot path); a node
+    holding others opens a sequence of them. Frames on the stack: ``(seq, i)`` resumes a sequence
+    of fields, ``[node, left]`` an array or map block, None leaves a Document."""
+    pos = 0
+    seq: Any = (root,)
+    i = 0
+    stack: list[Any] = []
+    while True:
+        n = len(seq)
+        while i < n:
+            node = seq[i]
+            i += 1
+            kind = node[0]
+            if kind == _LEN:
+                pos = _skip_bytes(data, pos + 1, data[pos])
+            elif kind == _OPTIONAL_LEN:
+                pos = _skip_optional_bytes(data, pos)
+            elif kind == _VARINT:
+                pos = _long(data, pos)[1] if data[pos] > 0x7F else pos + 1
+            elif kind == _SKIP:
+                pos += node[1]
+            else:
+                opened, pos = _open(data, pos, node, (seq, i), documents, stack)
+                if opened is not None:
+                    seq, i, n = opened, 0, len(opened)
+        if not stack:
+            return pos
+        seq, i, pos = _resume(data, pos, stack, documents)
+
+
+def _open(data: bytes, pos: int, node: ScanNode, resume: tuple[Any, int], documents: _Documents,
+          stack: list[Any]) -> tuple[Any, int]:
+    """A node that holds others: (the sequence to walk next, ``resume`` pushed to come back to;
+    or None if the node was read whole), and the next pos."""
+    kind = node[0]
+    if kind == _ARRAY:
+        return _open_array(data, pos, node, resume, stack)
+    if kind == _RECORD:
+        stack.append(resume)
+        if node[2]:
+            documents.enter()
+            stack.append(None)
+        return node[1], pos
+    if kind == _ENUM:
+        index, pos = _long(data, pos)
+        if not 0 <= index < node[1]:
+            raise ValueError(f"enum symbol {index} at byte {pos} of {node[1]}")
+        return None, pos
+    # _OPTIONAL or _UNION: scan the chosen branch as a sequence of one
+    if data[pos] == 0 and kind == _OPTIONAL:
+        return None, pos + 1
+    index, pos = _long(data, pos)
+    branches = (_NULL_NODE, node[1]) if kind == _OPTIONAL else node[1]
+    if not 0 <= index < len(branches):
+        raise ValueError(f"union branch {index} at byte {pos} of {len(branches)}")
+    stack.append(resume)
+    return (branches[index],), pos
+
+
+def _open_array(data: bytes, pos: int, node: ScanNode, resume: tuple[Any, int], stack: list[Any]) -> tuple[Any, int]:
+    if data[pos] == 0:  # empty
+        return None, pos + 1
+    count, pos = _block(data, pos)
+    if count == 0:  # written in more than one byte
+        return None, pos
+    if node[2]:
+        return None, _scan_flat(data, pos, count, node[1])
+    stack.append(resume)
+    stack.append([node, count - 1])
+    return node[1], pos
+
+
+def _resume(data: bytes, pos: int, stack: list[Any], documents: _Documents) -> tuple[Any, int, int]:
+    """Pop frames up to a sequence to go on with: (sequence, index in it, pos); an empty sequence
+    once the stack is empty."""
+    while stack:
+        frame = stack.pop()
+        if frame is None:
+            documents.depth -= 1
+        elif type(frame) is list:
+            if frame[1] == 0:
+                frame[1], pos = _block(data, pos)
+                if frame[1] == 0:
+                    continue
+            frame[1] -= 1
+            stack.append(frame)
+            return frame[0][1], 0, pos
+        else:
+            return frame[0], frame[1], pos
+    return (), 0, pos
