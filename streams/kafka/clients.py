@@ -19,9 +19,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from streams.wire.topics import RECORD_OVERHEAD_BYTES
 from streams.exceptions import DeliveryError, KafkaConfigError
 from streams.logs import RepeatLimit
+from streams.wire.headers import Header
 from streams.wire.partitioner import LIBRDKAFKA_PARTITIONER
 
-__all__ = ["UNKNOWN_TOPIC_ERRORS", "KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "fetch_high_watermarks", "Header", "headers_of",
+__all__ = ["UNKNOWN_TOPIC_ERRORS", "KafkaSettings", "StageProducer", "make_consumer", "consume_batch", "fetch_high_watermarks", "headers_of",
            "DeliveryFailure", "PERMANENT_DELIVERY_ERRORS", "record_size",
            "check_client_properties", "ENV_PREFIX", "LIBRDKAFKA_LOGGER", "QUIET_LIBRDKAFKA"]
 
@@ -40,7 +41,6 @@ its librdkafka lines go nowhere."""
 QUIET_LIBRDKAFKA.addHandler(logging.NullHandler())
 QUIET_LIBRDKAFKA.propagate = False
 
-Header = tuple[str, bytes]
 ENV_PREFIX = "STREAMSEARCH_KAFKA_"
 """librdkafka pass-through, and nothing else: ``STREAMSEARCH_KAFKA_SASL_MECHANISM`` -> ``sasl.mechanism``.
 The product's own settings never start with it (the local broker's are ``STREAMSEARCH_LOCAL_KAFKA_*``)."""

@@ -31,13 +31,14 @@ from streams.kafka.admin import max_message_bytes
 from processors.exceptions import InvalidParameterError
 from streams.exceptions import DeliveryError, GroupMembershipLost, PayloadTooLargeError
 from streams.runtime.inflight import CrashLoopError, InFlightLog
-from streams.kafka.clients import (UNKNOWN_TOPIC_ERRORS, Header, KafkaSettings, StageProducer, consume_batch, headers_of,
+from streams.kafka.clients import (UNKNOWN_TOPIC_ERRORS, KafkaSettings, StageProducer, consume_batch, headers_of,
                            make_consumer, record_size)
 from streams.wire.topics import RECORD_OVERHEAD_BYTES
 from streams.runtime.metrics import (BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, REJECTED_REQUESTS,
                              UNDELIVERABLE_REPLIES, serve_metrics)
 from streams.runtime.reply_topics import ReplyTopics
 from streams.wire.codec import STAGE_STATUS
+from streams.wire.headers import Header
 
 __all__ = ["Inbound", "Output", "PathHandler", "PathSpec", "StageLoop", "StageSpec"]
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from streams.kafka.clients import Header
-
 from streams.wire.codec import SCHEMA_HEADER
 
 __all__ = [
@@ -22,6 +20,9 @@ __all__ = [
     "int_header",
     "read_int",
 ]
+
+Header = tuple[str, bytes]
+"""One Kafka record header as streamsearch writes it: (name, value)."""
 
 SCHEMA = SCHEMA_HEADER
 INGEST_OFFSET = "ss-ingest-offset"
