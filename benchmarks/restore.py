@@ -151,8 +151,8 @@ def produce(settings: KafkaSettings, topic: str, docs: Sequence[Document]) -> fl
     producer = StageProducer(settings)
     started = time.perf_counter()
     for ingest_offset, doc in enumerate(docs):
-        producer.produce(topic, value=DOCUMENT.encode(doc), key=doc.id.encode(), partition=0,
-                         headers=(h.int_header(h.INGEST_OFFSET, ingest_offset), DOCUMENT.header()))
+        value, headers = DOCUMENT.encode_record(doc, (h.int_header(h.INGEST_OFFSET, ingest_offset),))
+        producer.produce(topic, value=value, key=doc.id.encode(), partition=0, headers=headers)
     producer.flush(timeout=600)
     seconds = time.perf_counter() - started
     producer.close()

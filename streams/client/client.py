@@ -30,7 +30,7 @@ from streams.exceptions import (DeliveryError, PayloadTooLargeError, RequestExpi
                                 SearchError, UnknownFlowError)
 from streams.flow.parse import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.kafka.clients import (UNKNOWN_TOPIC_ERRORS, KafkaSettings, StageProducer, consume_batch, fetch_high_watermarks,
-                           make_consumer)
+                           headers_of, make_consumer)
 from streams.stages.fanout import query_headers
 from streams.wire.codec import DOCUMENT, REQUEST, SEARCH_REPLY
 from streams.wire.records import Request, SearchReply
@@ -204,11 +204,11 @@ class Client:
         bar = tqdm(total=total, unit="doc", desc="ingest", disable=not progress)
         for doc in docs:
             validate_document(doc)  # the stages refuse what fails this anyway: say so here, before sending
-            value = DOCUMENT.encode(doc)
+            value, headers = DOCUMENT.encode_record(doc)
             if len(value) > self.max_payload_bytes:
                 raise PayloadTooLargeError(
                     f"document {doc.id!r} is {len(value)} bytes, over max_payload_bytes={self.max_payload_bytes}")
-            self._send(receipt, doc.id, value, (DOCUMENT.header(),))
+            self._send(receipt, doc.id, value, headers)
             bar.update(1)
         self._flush()
         bar.close()
@@ -365,7 +365,7 @@ class Client:
             reply_to=self.reply_topic, deadline_ms=deadline_ms, parameters=params,
             min_offsets=dict(after.offsets) if after else {},
         )
-        value = REQUEST.encode(request)
+        value, schema_header = REQUEST.encode_record(request)
         if len(value) > self.max_payload_bytes:
             raise PayloadTooLargeError(
                 f"search request is {len(value)} bytes, over max_payload_bytes={self.max_payload_bytes}")
@@ -389,7 +389,7 @@ class Client:
                     future.set_exception(refused)
 
         headers = query_headers(request_id, self.reply_topic, deadline_ms,
-                                timeout_ms=int(wait_s * 1000)) + (REQUEST.header(),)
+                                timeout_ms=int(wait_s * 1000)) + schema_header
         try:
             self._producer.produce(self.topics.query, value=value, key=request_id, headers=headers,
                                    on_delivery=delivered, timestamp=sent_ms)
@@ -449,7 +449,7 @@ class Client:
                     if msg.error() is not None or msg.value() is None:
                         continue
                     try:
-                        reply = SEARCH_REPLY.decode(msg.value())
+                        reply = SEARCH_REPLY.decode_record(msg.value(), headers_of(msg))
                     except Exception:
                         logger.exception("undecodable reply")
                         continue

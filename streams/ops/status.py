@@ -20,7 +20,6 @@ from confluent_kafka.admin import AdminClient
 from streams.kafka.admin import TopicDescription, check_broker, describe_topics, topic_warnings
 from streams.exceptions import SerdeError, UnknownFlowError
 from streams.flow.parse import STAGE_ORDER, FlowSpec
-from streams.wire.headers import SCHEMA
 from streams.kafka.clients import KafkaSettings, consume_batch, fetch_high_watermarks, headers_of, make_consumer
 from streams.wire.codec import STAGE_STATUS
 from streams.wire.topics import FlowTopics
@@ -267,7 +266,7 @@ def decode_report(msg: Message) -> dict[str, Any] | None:
     """A stage's report, or None for one written with another schema (a process of an older
     release, still on the compacted topic): it is not misread."""
     try:
-        return STAGE_STATUS.decode(msg.value(), headers_of(msg).get(SCHEMA))
+        return STAGE_STATUS.decode_record(msg.value(), headers_of(msg))
     except SerdeError:
         return None
 

@@ -17,7 +17,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from streams.exceptions import BrokerError
-from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, make_consumer
+from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer
 from streams.wire.codec import SERVING_VERSION, VERSION_BUILD, Codec
 from streams.wire.topics import FlowTopics
 
@@ -39,7 +39,7 @@ def serving_of(msg: Message) -> ServingVersion | None:
     """The serving record in a message of ``<flow>.versions``, or None for anything else."""
     if msg.error() is not None or msg.key() != SERVING_KEY or msg.value() is None:
         return None
-    record = SERVING_VERSION.decode(msg.value())
+    record = SERVING_VERSION.decode_record(msg.value(), headers_of(msg))
     return ServingVersion(record["version"], record["since_ms"], record["previous"], record["reason"])
 
 
@@ -85,7 +85,7 @@ def _read_versions(settings: KafkaSettings, flow: str, timeout: float) -> tuple[
                     return latest, builds
                 latest = serving_of(msg) or latest
                 if error is None and (msg.key() or b"").startswith(b"build/v") and msg.value() is not None:
-                    build = VERSION_BUILD.decode(msg.value())
+                    build = VERSION_BUILD.decode_record(msg.value(), headers_of(msg))
                     builds[build["version"]] = build["fingerprint"]
     finally:
         consumer.close()
@@ -119,7 +119,8 @@ def publish_serving(settings: KafkaSettings, flow: str, version: int, *, previou
 def _publish(settings: KafkaSettings, flow: str, key: bytes, codec: Codec[dict[str, Any]], record: dict[str, Any]) -> None:
     producer = StageProducer(settings)
     try:
-        producer.produce(FlowTopics(flow, 1).versions, key=key, value=codec.encode(record), headers=(codec.header(),))
+        value, headers = codec.encode_record(record)
+        producer.produce(FlowTopics(flow, 1).versions, key=key, value=value, headers=headers)
         producer.flush()
     finally:
         producer.close()

@@ -390,8 +390,8 @@ class StageLoop:
             "partitions": sorted(tp.partition for tp in self._index.consumer.assignment()) if self._index else [],
             "shards": handler.shard_status() if hasattr(handler, "shard_status") else [],
         }
-        self.producer.produce(self.spec.status_topic, value=STAGE_STATUS.encode(report),
-                              key=f"{self.spec.name}/{MEMBER}", headers=(STAGE_STATUS.header(),),
+        value, headers = STAGE_STATUS.encode_record(report)
+        self.producer.produce(self.spec.status_topic, value=value, key=f"{self.spec.name}/{MEMBER}", headers=headers,
                               best_effort=True)  # the next report replaces a lost one
 
     def _report_lag(self) -> None:

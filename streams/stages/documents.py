@@ -44,7 +44,7 @@ def decode_document(record: Inbound) -> Document:
         it; the stage dead-letters the record with that reason).
     """
     assert record.value is not None
-    doc = DOCUMENT.decode(record.value, record.headers.get(h.SCHEMA))
+    doc = DOCUMENT.decode_record(record.value, record.headers)
     if record.key is not None and record.key.decode(errors="replace") != doc.id:
         raise SerdeError(f"record key {record.key!r} differs from document id {doc.id!r}")
     return doc
@@ -102,8 +102,8 @@ class DocumentTransform:
             key: Any = record.key if record.key is not None else (doc.id.encode() if doc else None)
             headers: tuple[h.Header, ...] = (h.int_header(h.INGEST_OFFSET, ingest_offset_of(record, self._ingest_topic)),)
             if doc is not None:
-                outputs.append(Output(self._output_topic, DOCUMENT.encode(doc), key, record.partition,
-                                      headers + (DOCUMENT.header(),)))
+                value, with_schema = DOCUMENT.encode_record(doc, headers)
+                outputs.append(Output(self._output_topic, value, key, record.partition, with_schema))
             else:  # a tombstone or a watermark marker: forward as it is
                 kind = ((h.KIND, h.WATERMARK),) if is_marker(record) else ()
                 outputs.append(Output(self._output_topic, None, key, record.partition, headers + kind))

@@ -123,7 +123,7 @@ def decode_live(records: Sequence[Inbound], codec: Codec[T], *,
             continue
         if record.value is None:
             raise SerdeError("a query-path record needs a value")
-        yield record, codec.decode(record.value, record.headers.get(h.SCHEMA))
+        yield record, codec.decode_record(record.value, record.headers)
 
 
 def query_headers(request_id: str, reply_to: str, deadline_ms: int, created_ms: int | None = None, *,
@@ -154,8 +154,8 @@ def error_reply(record: Inbound, error: Exception) -> list[Output]:
         request_id=request_id.decode(errors="replace"), docs=[], partial=True, missing_shards=[], stale_shards=[],
         errors=[f"{type(error).__name__}: {error}"],
     )
-    return [Output(reply_to.decode(errors="replace"), SEARCH_REPLY.encode(reply), request_id, None,
-                   ((h.REQUEST_ID, request_id), SEARCH_REPLY.header()), reply=True)]
+    value, headers = SEARCH_REPLY.encode_record(reply, ((h.REQUEST_ID, request_id),))
+    return [Output(reply_to.decode(errors="replace"), value, request_id, None, headers, reply=True)]
 
 
 class QueryFanout:
@@ -193,7 +193,7 @@ class QueryFanout:
                 continue
             if record.value is None:
                 raise SerdeError("a query-path record needs a value")
-            request = REQUEST.decode(record.value, record.headers.get(h.SCHEMA))
+            request = REQUEST.decode_record(record.value, record.headers)
             live.append((record, self._check(request, deadline_ms)))
         outputs = [out for record, deadline_ms in expired for out in self._expired.answer(record, deadline_ms, now_ms)]
         for batch in self._mini_batches(live):
@@ -229,18 +229,17 @@ class QueryFanout:
         outputs: list[Output] = []
         shards = list(range(self._topics.partitions))
         headers = query_headers(request.request_id, request.reply_to, request.deadline_ms, created_ms)
-        value = REQUEST.encode(request)
+        value, search_headers = REQUEST.encode_record(request, headers)
         for shard in shards:
-            outputs.append(Output(self._topics.search, value, request.request_id, shard,
-                                  headers + (REQUEST.header(),)))
+            outputs.append(Output(self._topics.search, value, request.request_id, shard, search_headers))
         opening = PartialResult(
             request_id=request.request_id, shard=-1, expected_shards=shards, reply_to=request.reply_to,
             deadline_ms=request.deadline_ms, parameters=request.parameters,
             docs=[dataclasses.replace(d, embedding=None) for d in request.docs],
             expected_fields=list(request.parameters["filter_by"] or []),
         )
-        outputs.append(Output(self._topics.partials, PARTIAL_RESULT.encode(opening), request.request_id, None,
-                              headers + (PARTIAL_RESULT.header(),)))
+        value, part_headers = PARTIAL_RESULT.encode_record(opening, headers)
+        outputs.append(Output(self._topics.partials, value, request.request_id, None, part_headers))
         return outputs
 
     def _check(self, request: Request, deadline_ms: int) -> Request:

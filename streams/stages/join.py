@@ -199,19 +199,18 @@ class Joiner:
             logger.exception("reply failed", extra={"request_id": pending.request_id})
             reply = SearchReply(pending.request_id, [], True, [], [], [f"join: {type(exc).__name__}: {exc}"])
         reply.version = self._version
-        value = SEARCH_REPLY.encode(reply)
+        value, headers = SEARCH_REPLY.encode_record(reply, ((h.REQUEST_ID, pending.request_id.encode()),))
         if len(value) > self._max_reply_bytes:  # an answer the client can read beats one it never gets
             reply = SearchReply(pending.request_id, [], True, [], [], [
                 f"join: the reply is {len(value)} bytes, over max_payload_bytes={self._max_reply_bytes}: "
                 "ask for fewer documents (top_k) or smaller ones (query_language select)"], version=self._version)
-            value = SEARCH_REPLY.encode(reply)
+            value, headers = SEARCH_REPLY.encode_record(reply, ((h.REQUEST_ID, pending.request_id.encode()),))
         self.replies += 1
         self.partial_replies += reply.partial
         REPLIES.labels(self._flow, str(reply.partial).lower()).inc()
         if pending.created_ms:
             QUERY_SECONDS.labels(self._flow).observe(max(0.0, time.time() - pending.created_ms / 1000))
-        return Output(pending.reply_to, value, pending.request_id, None,
-                      ((h.REQUEST_ID, pending.request_id.encode()), SEARCH_REPLY.header()), reply=True)
+        return Output(pending.reply_to, value, pending.request_id, None, headers, reply=True)
 
 
 def build_reply(pending: PendingRequest, stats: RunningStats | None = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Callable, Generic, Mapping, TypeVar
+from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
 
 import fastavro
 import numpy as np
@@ -20,6 +20,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from processors.document import Direction, Document, Score, validate_document
 from streams.exceptions import SerdeError
 from streams.resources import SCHEMAS
+from streams.wire.headers import SCHEMA, Header
 from streams.wire.prescan import DECODE_LIMITS, DecodeLimits, ScanNode, compile_scan, prescan
 from streams.wire.records import PartialResult, Request, SearchReply
 
@@ -27,7 +28,6 @@ __all__ = [
     "DOCUMENT",
     "PARTIAL_RESULT",
     "REQUEST",
-    "SCHEMA_HEADER",
     "SEARCH_REPLY",
     "SERVING_VERSION",
     "STAGE_STATUS",
@@ -39,8 +39,6 @@ __all__ = [
     "doc_from_avro",
     "doc_to_avro",
 ]
-
-SCHEMA_HEADER = "ss-schema"
 
 T = TypeVar("T")
 
@@ -296,8 +294,29 @@ class Codec(Generic[T]):
             self._validate(value)
         return value
 
-    def header(self) -> tuple[str, bytes]:
-        return (SCHEMA_HEADER, self.fingerprint.encode())
+    def header(self) -> Header:
+        return (SCHEMA, self.fingerprint.encode())
+
+    def encode_record(self, value: T, headers: Sequence[Header] = ()) -> tuple[bytes, tuple[Header, ...]]:
+        """A record for a topic that carries this type (``streams.wire.topics.TOPIC_CODECS``): its
+        value, and ``headers`` with the fingerprint header added."""
+        return self.encode(value), (*headers, self.header())
+
+    def decode_record(self, value: bytes | None, headers: Mapping[str, bytes], *,
+                      limits: DecodeLimits | None = None) -> T:
+        """A record of a topic that carries this type, checked against the fingerprint in its headers.
+
+        A record without the header is read with the current schema: producers outside
+        streamsearch may not set it, and the pre-scan and validation still run.
+
+        :param headers: the record's headers by name (``headers_of(msg)``, ``Inbound.headers``).
+        :raises SerdeError: for a null value, a fingerprint of another schema, malformed bytes.
+        :raises DecodeLimitError: if Documents nest deeper or are more than the caps allow.
+        :raises InvalidDocumentError: for a value the codec's validation refuses.
+        """
+        if value is None:
+            raise SerdeError(f"a {self.schema['name']} record needs a value")
+        return self.decode(value, headers.get(SCHEMA), limits=limits)
 
 
 def _validate_docs(value: Request | PartialResult) -> None:

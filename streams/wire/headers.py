@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from streams.wire.codec import SCHEMA_HEADER
 
 __all__ = [
     "Header",
@@ -24,7 +23,8 @@ __all__ = [
 Header = tuple[str, bytes]
 """One Kafka record header as streamsearch writes it: (name, value)."""
 
-SCHEMA = SCHEMA_HEADER
+SCHEMA = "ss-schema"
+"""The CRC-64-AVRO fingerprint of the record's writer schema (``streams.wire.codec``)."""
 INGEST_OFFSET = "ss-ingest-offset"
 """The ingest-topic offset a record derives from: shard p's freshness watermark."""
 DEADLINE_MS = "ss-deadline-ms"

@@ -1,13 +1,16 @@
-"""Topic names and shapes of a flow, as ARCHITECTURE.md fixes them."""
+"""Topic names and shapes of a flow, as ARCHITECTURE.md fixes them, and the records each carries."""
 
 from __future__ import annotations
 
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
-__all__ = ["FlowTopics", "TopicShape", "TopicSettings", "TOPIC_ROLES", "RECORD_OVERHEAD_BYTES"]
+from streams.wire.codec import (DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY, SERVING_VERSION, STAGE_STATUS,
+                                VERSION_BUILD, Codec)
+
+__all__ = ["FlowTopics", "TopicShape", "TopicSettings", "TOPIC_CODECS", "TOPIC_ROLES", "REPLY_ROLE", "RECORD_OVERHEAD_BYTES"]
 
 TOPIC_ROLES = ("ingest", "versions", "segmented", "encoded", "query", "search", "partials", "dead_letter", "status")
 """What each topic of a flow is for; the ``topics.config`` keys of a flow YAML."""
@@ -15,6 +18,26 @@ TOPIC_ROLES = ("ingest", "versions", "segmented", "encoded", "query", "search", 
 RECORD_OVERHEAD_BYTES = 64 * 1024
 """Room above ``max_payload_bytes`` in a topic's ``max.message.bytes`` for the record batch header,
 the key and the headers (trace, offsets, dead-letter reasons)."""
+
+
+REPLY_ROLE = "reply"
+"""A client's reply topic (``FlowTopics.new_reply_topic``): not one of a flow's own topics."""
+
+TOPIC_CODECS: Mapping[str, tuple[Codec[Any], ...]] = {
+    "ingest": (DOCUMENT,),
+    "versions": (SERVING_VERSION, VERSION_BUILD),  # told apart by key: "serving", "build/v<N>"
+    "segmented": (DOCUMENT,),
+    "encoded": (DOCUMENT,),
+    "query": (REQUEST,),
+    "search": (REQUEST,),
+    "partials": (PARTIAL_RESULT,),
+    "dead_letter": (),  # a record of any topic, kept as it came
+    "status": (STAGE_STATUS,),
+    REPLY_ROLE: (SEARCH_REPLY,),
+}
+"""What each topic role (:data:`TOPIC_ROLES`, and reply topics) carries. Producers write through
+``Codec.encode_record``, which adds the schema fingerprint header; every decoder of a topic reads
+through ``Codec.decode_record``, which refuses a record whose header names another schema."""
 
 
 @dataclass(frozen=True, slots=True)

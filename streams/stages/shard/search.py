@@ -127,8 +127,8 @@ class ShardSearch:
             reply_to=reply_to.decode(errors="replace"),
             deadline_ms=deadline, parameters={}, docs=[], error=f"shard {record.partition}: {type(error).__name__}: {error}",
         )
-        return [Output(self._topics.partials, PARTIAL_RESULT.encode(part), request_id, None,
-                       query_headers(part.request_id, part.reply_to, deadline) + (PARTIAL_RESULT.header(),))]
+        value, headers = PARTIAL_RESULT.encode_record(part, query_headers(part.request_id, part.reply_to, deadline))
+        return [Output(self._topics.partials, value, request_id, None, headers)]
 
     def _caught_up(self, partition: int, request: Request) -> bool:
         wanted = request.min_offsets.get(partition)
@@ -154,8 +154,8 @@ class ShardSearch:
             docs=docs, warning=notice, stale=stale, field_name=field_name,
             expected_fields=list(params.filter_by or []), restoring=restoring,
         )
-        return Output(self._topics.partials, PARTIAL_RESULT.encode(part), request.request_id, None,
-                      headers + (PARTIAL_RESULT.header(),))
+        value, part_headers = PARTIAL_RESULT.encode_record(part, headers)
+        return Output(self._topics.partials, value, request.request_id, None, part_headers)
 
     def _search(self, partition: int, request: Request, params: SearchParameters,
                 field_name: str | None) -> tuple[list[Document], str | None]:

@@ -1,0 +1,135 @@
+"""Each topic names the records it carries (``TOPIC_CODECS``): producing through it adds the schema
+fingerprint header, and every decode of it checks that header."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import Message
+
+from processors.document import Document
+from streams.exceptions import SerdeError
+from streams.ops.status import decode_report
+from streams.ops.versions import SERVING_KEY, serving_of
+from streams.runtime.loop import Inbound
+from streams.stages.documents import decode_document
+from streams.stages.fanout import decode_live
+from streams.wire import headers as h
+from streams.wire.records import PartialResult, Request, SearchReply
+from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY, SERVING_VERSION, STAGE_STATUS, VERSION_BUILD, Codec
+from streams.wire.topics import REPLY_ROLE, TOPIC_CODECS, TOPIC_ROLES, FlowTopics
+
+TOPICS = FlowTopics("fp", 2)
+LATER_MS = 2**50
+"""A deadline nobody reaches: the query-path decoders skip expired records undecoded."""
+
+VALUES: dict[str, Any] = {
+    "streamsearch.Document": Document(id="d", text="t"),
+    "streamsearch.Request": Request("r", "search", [Document(id="q", text="q")], "fp.reply.x", LATER_MS, {}, {}),
+    "streamsearch.PartialResult": PartialResult("r", 0, [0, 1], "fp.reply.x", LATER_MS, {}, []),
+    "streamsearch.SearchReply": SearchReply("r", [], False, [], [], []),
+    "streamsearch.StageStatus": {"stage": "index", "member": "h:1", "ts_ms": 1, "processed": 0, "rate": 0.0,
+                                 "dead_letters": 0, "partitions": [0], "shards": []},
+    "streamsearch.ServingVersion": {"version": 2, "since_ms": 1, "previous": 1, "reason": "reindex"},
+    "streamsearch.VersionBuild": {"version": 2, "fingerprint": "abc", "started_ms": 1},
+}
+"""A valid value of each record type."""
+
+CARRIED = [pytest.param(role, codec, id=f"{role}-{codec.schema['name'].split('.')[1]}")
+           for role, codecs in TOPIC_CODECS.items() for codec in codecs]
+"""Every (topic role, record type) that carries Avro: the flow's topics, reply topics included."""
+
+
+def value_of(codec: Codec[Any]) -> Any:
+    return VALUES[codec.schema["name"]]
+
+
+def other_fingerprint(codec: Codec[Any]) -> bytes:
+    """The fingerprint of another record type of ours."""
+    other = REQUEST if codec is not REQUEST else DOCUMENT
+    return other.fingerprint.encode()
+
+
+def test_every_topic_role_names_what_it_carries() -> None:
+    assert set(TOPIC_CODECS) == {*TOPIC_ROLES, REPLY_ROLE}
+    assert TOPIC_CODECS["dead_letter"] == ()  # a record of any topic, kept as it came
+    assert {role for role, *_ in (p.values for p in CARRIED)} == set(TOPIC_ROLES) - {"dead_letter"} | {REPLY_ROLE}
+
+
+@pytest.mark.parametrize("role, codec", CARRIED)
+def test_producing_through_a_topic_adds_its_fingerprint_and_decoding_reads_it(role: str,
+                                                                              codec: Codec[Any]) -> None:
+    value, headers = codec.encode_record(value_of(codec), ((h.REQUEST_ID, b"r"),))
+    assert headers == ((h.REQUEST_ID, b"r"), (h.SCHEMA, codec.fingerprint.encode()))
+    assert codec.decode_record(value, dict(headers)) == value_of(codec)
+
+
+@pytest.mark.parametrize("role, codec", CARRIED)
+@pytest.mark.parametrize("fingerprint", ["another record type", "unknown", "empty"])
+def test_a_record_with_a_wrong_fingerprint_is_refused(role: str, codec: Codec[Any], fingerprint: str) -> None:
+    value, _ = codec.encode_record(value_of(codec))  # well-formed bytes of the topic's own type
+    wrong = {"another record type": other_fingerprint(codec), "unknown": b"123456789", "empty": b""}[fingerprint]
+    with pytest.raises(SerdeError, match=f"record written with schema .*, expected {codec.schema['name']}"):
+        codec.decode_record(value, {h.SCHEMA: wrong})
+
+
+@pytest.mark.parametrize("role, codec", CARRIED)
+def test_a_null_value_is_refused(role: str, codec: Codec[Any]) -> None:
+    with pytest.raises(SerdeError, match="needs a value"):
+        codec.decode_record(None, {h.SCHEMA: codec.fingerprint.encode()})
+
+
+def test_a_record_without_the_header_is_read_with_the_current_schema() -> None:
+    """Producers outside streamsearch may not set ``ss-schema``: the pre-scan and validation still run."""
+    value, _ = DOCUMENT.encode_record(Document(id="d", text="t"))
+    assert DOCUMENT.decode_record(value, {}) == Document(id="d", text="t")
+
+
+# -- every place a topic's records are decoded goes through its codec -------------------------------
+
+
+def _inbound(topic: str, codec: Codec[Any], fingerprint: bytes) -> Inbound:
+    value, _ = codec.encode_record(value_of(codec))
+    key = b"d" if codec is DOCUMENT else b"r"
+    return Inbound(topic, 0, 0, key, value, {h.SCHEMA: fingerprint, h.DEADLINE_MS: str(LATER_MS).encode()})
+
+
+def _message(topic: str, key: bytes, codec: Codec[Any], fingerprint: bytes) -> Message:
+    value, _ = codec.encode_record(value_of(codec))
+    return Message(topic=topic, partition=0, offset=0, key=key, value=value, headers=[(h.SCHEMA, fingerprint)])
+
+
+def _decode_sites() -> list[Any]:
+    """(topic, its codec, a decode of one record with the given fingerprint) for each decode site."""
+    return [
+        pytest.param(DOCUMENT, lambda fp: decode_document(_inbound(TOPICS.ingest, DOCUMENT, fp)),
+                     id="ingest/segmented/encoded: stages.documents.decode_document"),
+        pytest.param(REQUEST, lambda fp: list(decode_live([_inbound(TOPICS.search, REQUEST, fp)],
+                                                                  REQUEST)),
+                     id="search: stages.fanout.decode_live"),
+        pytest.param(PARTIAL_RESULT, lambda fp: list(decode_live([_inbound(TOPICS.partials, PARTIAL_RESULT, fp)],
+                                                                  PARTIAL_RESULT)),
+                     id="partials: stages.fanout.decode_live"),
+        pytest.param(SERVING_VERSION, lambda fp: serving_of(_message(TOPICS.versions, SERVING_KEY, SERVING_VERSION, fp)),
+                     id="versions: ops.versions.serving_of"),
+    ]
+
+
+@pytest.mark.parametrize("codec, decode", _decode_sites())
+def test_every_decode_site_checks_the_fingerprint(codec: Codec[Any], decode: Any) -> None:
+    assert decode(codec.fingerprint.encode())  # its own fingerprint: read
+    with pytest.raises(SerdeError, match="record written with schema"):
+        decode(other_fingerprint(codec))
+
+
+def test_a_status_report_of_another_schema_is_skipped_not_misread() -> None:
+    good = _message(TOPICS.status, b"index/h:1", STAGE_STATUS, STAGE_STATUS.fingerprint.encode())
+    assert decode_report(good) == VALUES["streamsearch.StageStatus"]
+    assert decode_report(_message(TOPICS.status, b"index/h:1", STAGE_STATUS, b"42")) is None
+
+
+def test_builds_and_replies_have_their_own_codecs() -> None:
+    """The versions topic carries two record types, told apart by key; a reply topic carries replies."""
+    assert TOPIC_CODECS["versions"] == (SERVING_VERSION, VERSION_BUILD)
+    assert TOPIC_CODECS[REPLY_ROLE] == (SEARCH_REPLY,)
