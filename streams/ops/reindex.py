@@ -17,7 +17,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from confluent_kafka import TopicPartition
 from tqdm import tqdm
@@ -28,9 +27,9 @@ from streams.ops.dead_letters import DeadLetter, read_dead_letters
 from streams.exceptions import FlowConfigError, RequestTimeoutError, StreamsearchError
 from streams.flow.parse import FlowSpec
 from streams.kafka.clients import KafkaSettings, consume_batch, fetch_high_watermarks, make_consumer
-from streams.wire.records import SearchReply
+from streams.wire.records import SearchReply, ServingVersion, StageStatus
 from streams.ops.status import STALE_AFTER_S, decode_report
-from streams.ops.versions import ServingVersion, publish_build, publish_serving, read_builds, read_serving
+from streams.ops.versions import publish_build, publish_serving, read_builds, read_serving
 
 __all__ = ["ReindexPlan", "ReindexResult", "plan_reindex", "index_path_dead_letters", "switch_when_caught_up",
            "wait_caught_up"]
@@ -171,7 +170,7 @@ class _ShardReports:
     def __init__(self, settings: KafkaSettings, topic: str) -> None:
         self._consumer = make_consumer(settings, group_id=f"{topic}.reindex.{uuid.uuid4().hex[:8]}")
         self._consumer.assign([TopicPartition(topic, 0, 0)])
-        self._latest: dict[bytes, dict[str, Any]] = {}
+        self._latest: dict[bytes, StageStatus] = {}
 
     def applied_ingest_offsets(self) -> dict[int, int]:
         for msg in consume_batch(self._consumer, max_records=500, timeout=0.1):
@@ -180,10 +179,10 @@ class _ShardReports:
         fresh_after = time.time() * 1000 - STALE_AFTER_S * 1000
         applied: dict[int, int] = {}
         for report in self._latest.values():
-            if report["stage"] != "index" or report["ts_ms"] < fresh_after:
+            if report.stage != "index" or report.ts_ms < fresh_after:
                 continue
-            for shard in report["shards"]:
-                applied[shard["partition"]] = max(applied.get(shard["partition"], -1), shard["ingest_offset"])
+            for shard in report.shards:
+                applied[shard.partition] = max(applied.get(shard.partition, -1), shard.ingest_offset)
         return applied
 
     def close(self) -> None:

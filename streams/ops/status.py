@@ -22,6 +22,7 @@ from streams.exceptions import SerdeError, UnknownFlowError
 from streams.flow.parse import STAGE_ORDER, FlowSpec
 from streams.kafka.clients import KafkaSettings, consume_batch, fetch_high_watermarks, headers_of, make_consumer
 from streams.wire.codec import STAGE_STATUS
+from streams.wire.records import StageStatus
 from streams.wire.topics import FlowTopics
 from streams.ops.versions import existing_versions, read_serving
 
@@ -49,7 +50,7 @@ class StageState:
     members: int
     throughput: float
     lag: list[PartitionLag] = field(default_factory=list)
-    reports: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[StageStatus] = field(default_factory=list)
 
     @property
     def total_lag(self) -> int:
@@ -90,11 +91,11 @@ def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 
         lag = _records_behind(settings, [
             PartitionLag(topic, p, committed[p], highs[(topic, p)], max(0, highs[(topic, p)] - max(committed[p], 0)))
             for p in range(topics.partitions)], timeout=min(timeout, 5.0))
-        mine = [r for r in reports if r["stage"] == stage.name]
+        mine = [r for r in reports if r.stage == stage.name]
         # The embedded broker describes its groups with no members: live reports count them too.
-        members = max(_members(admin, group), len({r["member"] for r in mine}))
-        stages.append(StageState(stage.name, group, members, sum(r["rate"] for r in mine), lag, mine))
-    shards = sorted((dict(s, owner=r["member"]) for r in reports if r["stage"] == "index" for s in r["shards"]),
+        members = max(_members(admin, group), len({r.member for r in mine}))
+        stages.append(StageState(stage.name, group, members, sum(r.rate for r in mine), lag, mine))
+    shards = sorted((dict(dataclasses.asdict(s), owner=r.member) for r in reports if r.stage == "index" for s in r.shards),
                     key=lambda s: s["partition"])
     serving = read_serving(settings, flow.name, timeout=timeout)
     brokers = len(admin.list_topics(timeout=timeout).brokers)
@@ -119,11 +120,11 @@ def collect_status_by_name(settings: KafkaSettings, flow: str, *, timeout: float
     reports = _live_reports(settings, topics.status, highs_timeout=timeout) if topics.status in existing else []
     stages = []
     for name in STAGE_ORDER:
-        mine = [r for r in reports if r["stage"] == name]
-        members = max(_members(admin, topics.group(name)), len({r["member"] for r in mine}))
+        mine = [r for r in reports if r.stage == name]
+        members = max(_members(admin, topics.group(name)), len({r.member for r in mine}))
         if members:
-            stages.append(StageState(name, topics.group(name), members, sum(r["rate"] for r in mine), [], mine))
-    shards = sorted((dict(s, owner=r["member"]) for r in reports if r["stage"] == "index" for s in r["shards"]),
+            stages.append(StageState(name, topics.group(name), members, sum(r.rate for r in mine), [], mine))
+    shards = sorted((dict(dataclasses.asdict(s), owner=r.member) for r in reports if r.stage == "index" for s in r.shards),
                     key=lambda s: s["partition"])
     dead_letters = (fetch_high_watermarks(settings, {topics.dead_letter: 1}, timeout)[(topics.dead_letter, 0)]
                     if topics.dead_letter in existing else 0)
@@ -169,7 +170,7 @@ def running_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[st
     running = {stage for stage, count in members.items() if count}
     if any(count is None for count in members.values()):
         reports = _live_reports(settings, topics.status, highs_timeout=timeout)
-        running |= {r["stage"] for r in reports if members.get(r["stage"], 0) is None}
+        running |= {r.stage for r in reports if members.get(r.stage, 0) is None}
     return running
 
 
@@ -262,7 +263,7 @@ def _members(admin: AdminClient, group: str) -> int:
         return 0
 
 
-def decode_report(msg: Message) -> dict[str, Any] | None:
+def decode_report(msg: Message) -> StageStatus | None:
     """A stage's report, or None for one written with another schema (a process of an older
     release, still on the compacted topic): it is not misread."""
     try:
@@ -277,12 +278,12 @@ def shard_warnings(shards: list[dict[str, Any]]) -> list[str]:
             for shard in shards if shard.get("missing")]
 
 
-def _live_reports(settings: KafkaSettings, topic: str, *, highs_timeout: float) -> list[dict[str, Any]]:
+def _live_reports(settings: KafkaSettings, topic: str, *, highs_timeout: float) -> list[StageStatus]:
     """The latest report of each stage process, if it is recent."""
     high = fetch_high_watermarks(settings, {topic: 1}, highs_timeout)[(topic, 0)]
     consumer = make_consumer(settings, group_id=f"status.{uuid.uuid4().hex[:8]}")
     consumer.assign([TopicPartition(topic, 0, 0)])
-    latest: dict[bytes, dict[str, Any]] = {}
+    latest: dict[bytes, StageStatus] = {}
     deadline = time.monotonic() + highs_timeout
     try:
         position = 0
@@ -296,4 +297,4 @@ def _live_reports(settings: KafkaSettings, topic: str, *, highs_timeout: float) 
     finally:
         consumer.close()
     now_ms = time.time() * 1000
-    return [r for r in latest.values() if now_ms - r["ts_ms"] <= STALE_AFTER_S * 1000]
+    return [r for r in latest.values() if now_ms - r.ts_ms <= STALE_AFTER_S * 1000]

@@ -11,36 +11,32 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from streams.exceptions import BrokerError
 from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer
 from streams.wire.codec import SERVING_VERSION, VERSION_BUILD, Codec
+from streams.wire.records import ServingVersion, VersionBuild
 from streams.wire.topics import FlowTopics
 
-__all__ = ["SERVING_KEY", "ServingVersion", "claim_serving", "existing_versions", "publish_build", "publish_serving",
+__all__ = ["SERVING_KEY", "claim_serving", "existing_versions", "publish_build", "publish_serving",
            "read_builds", "read_serving", "serving_of", "switch_serving"]
 
 SERVING_KEY = b"serving"
 
-
-@dataclass(frozen=True, slots=True)
-class ServingVersion:
-    version: int
-    since_ms: int
-    previous: int | None = None
-    reason: str = ""
+T = TypeVar("T")
 
 
 def serving_of(msg: Message) -> ServingVersion | None:
-    """The serving record in a message of ``<flow>.versions``, or None for anything else."""
+    """The serving record in a message of ``<flow>.versions``, or None for anything else.
+
+    :raises SerdeError: for a serving record written with another schema, or malformed.
+    """
     if msg.error() is not None or msg.key() != SERVING_KEY or msg.value() is None:
         return None
-    record = SERVING_VERSION.decode_record(msg.value(), headers_of(msg))
-    return ServingVersion(record["version"], record["since_ms"], record["previous"], record["reason"])
+    return SERVING_VERSION.decode_record(msg.value(), headers_of(msg))
 
 
 def read_serving(settings: KafkaSettings, flow: str, *, timeout: float = 10.0) -> ServingVersion | None:
@@ -60,7 +56,7 @@ def read_builds(settings: KafkaSettings, flow: str, *, timeout: float = 10.0) ->
 
 def publish_build(settings: KafkaSettings, flow: str, version: int, fingerprint: str) -> None:
     _publish(settings, flow, f"build/v{version}".encode(), VERSION_BUILD,
-             {"version": version, "fingerprint": fingerprint, "started_ms": int(time.time() * 1000)})
+             VersionBuild(version, fingerprint, int(time.time() * 1000)))
 
 
 def _read_versions(settings: KafkaSettings, flow: str, timeout: float) -> tuple[ServingVersion | None, dict[int, str]]:
@@ -86,7 +82,7 @@ def _read_versions(settings: KafkaSettings, flow: str, timeout: float) -> tuple[
                 latest = serving_of(msg) or latest
                 if error is None and (msg.key() or b"").startswith(b"build/v") and msg.value() is not None:
                     build = VERSION_BUILD.decode_record(msg.value(), headers_of(msg))
-                    builds[build["version"]] = build["fingerprint"]
+                    builds[build.version] = build.fingerprint
     finally:
         consumer.close()
     raise BrokerError(f"could not read {topic} to its end within {timeout:.0f}s")
@@ -111,12 +107,11 @@ def publish_serving(settings: KafkaSettings, flow: str, version: int, *, previou
                     reason: str) -> ServingVersion:
     """Name the version that serves from now on; followers switch within a poll."""
     serving = ServingVersion(version, int(time.time() * 1000), previous, reason)
-    _publish(settings, flow, SERVING_KEY, SERVING_VERSION,
-             {"version": version, "since_ms": serving.since_ms, "previous": previous, "reason": reason})
+    _publish(settings, flow, SERVING_KEY, SERVING_VERSION, serving)
     return serving
 
 
-def _publish(settings: KafkaSettings, flow: str, key: bytes, codec: Codec[dict[str, Any]], record: dict[str, Any]) -> None:
+def _publish(settings: KafkaSettings, flow: str, key: bytes, codec: Codec[T], record: T) -> None:
     producer = StageProducer(settings)
     try:
         value, headers = codec.encode_record(record)

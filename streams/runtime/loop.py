@@ -38,6 +38,7 @@ from streams.runtime.metrics import (BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, 
                              UNDELIVERABLE_REPLIES, serve_metrics)
 from streams.runtime.reply_topics import ReplyTopics
 from streams.wire.codec import STAGE_STATUS
+from streams.wire.records import ShardStatus, StageStatus
 from streams.wire.headers import Header
 
 __all__ = ["Inbound", "Output", "PathHandler", "PathSpec", "StageLoop", "StageSpec"]
@@ -384,12 +385,12 @@ class StageLoop:
         rate = (self.processed - self._status_processed) / max(now - self._status_at, 1e-3)
         self._status_processed, self._status_at = self.processed, now
         handler = self.spec.index_path.handler if self.spec.index_path else None
-        report = {
-            "stage": self.spec.name, "member": MEMBER, "ts_ms": int(time.time() * 1000),
-            "processed": self.processed, "rate": rate, "dead_letters": self.dead_letters,
-            "partitions": sorted(tp.partition for tp in self._index.consumer.assignment()) if self._index else [],
-            "shards": handler.shard_status() if hasattr(handler, "shard_status") else [],
-        }
+        report = StageStatus(
+            stage=self.spec.name, member=MEMBER, ts_ms=int(time.time() * 1000),
+            processed=self.processed, rate=rate, dead_letters=self.dead_letters,
+            partitions=sorted(tp.partition for tp in self._index.consumer.assignment()) if self._index else [],
+            shards=[ShardStatus(**s) for s in handler.shard_status()] if hasattr(handler, "shard_status") else [],
+        )
         value, headers = STAGE_STATUS.encode_record(report)
         self.producer.produce(self.spec.status_topic, value=value, key=f"{self.spec.name}/{MEMBER}", headers=headers,
                               best_effort=True)  # the next report replaces a lost one

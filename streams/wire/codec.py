@@ -9,6 +9,7 @@ misreading it. Every decode runs the bounded pre-scan (``streams.wire.prescan``)
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
@@ -22,7 +23,8 @@ from streams.exceptions import SerdeError
 from streams.resources import SCHEMAS
 from streams.wire.headers import SCHEMA, Header
 from streams.wire.prescan import DECODE_LIMITS, DecodeLimits, ScanNode, compile_scan, prescan
-from streams.wire.records import PartialResult, Request, SearchReply
+from streams.wire.records import (PartialResult, Request, SearchReply, ServingVersion, ShardStatus, StageStatus,
+                                  VersionBuild)
 
 __all__ = [
     "DOCUMENT",
@@ -225,6 +227,10 @@ def _reply_from_avro(rec: dict[str, Any]) -> SearchReply:
     )
 
 
+def _status_from_avro(rec: dict[str, Any]) -> StageStatus:
+    return StageStatus(**{**rec, "shards": [ShardStatus(**shard) for shard in rec["shards"]]})
+
+
 # -- codecs --------------------------------------------------------------------------------------
 
 
@@ -354,7 +360,6 @@ STORED_DOCUMENT = StoredDocumentCodec()
 REQUEST: Codec[Request] = Codec("request", _request_to_avro, _request_from_avro, _validate_docs)
 PARTIAL_RESULT: Codec[PartialResult] = Codec("partial_result", _partial_to_avro, _partial_from_avro, _validate_docs)
 SEARCH_REPLY: Codec[SearchReply] = Codec("search_reply", _reply_to_avro, _reply_from_avro)
-STAGE_STATUS: Codec[dict[str, Any]] = Codec("stage_status", dict, dict)
-"""Status records are plain dicts: they are read by people and scripts, never processed."""
-SERVING_VERSION: Codec[dict[str, Any]] = Codec("serving_version", dict, dict)
-VERSION_BUILD: Codec[dict[str, Any]] = Codec("version_build", dict, dict)
+STAGE_STATUS: Codec[StageStatus] = Codec("stage_status", dataclasses.asdict, _status_from_avro)
+SERVING_VERSION: Codec[ServingVersion] = Codec("serving_version", dataclasses.asdict, lambda rec: ServingVersion(**rec))
+VERSION_BUILD: Codec[VersionBuild] = Codec("version_build", dataclasses.asdict, lambda rec: VersionBuild(**rec))

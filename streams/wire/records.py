@@ -11,7 +11,7 @@ from typing import Any
 
 from processors.document import Document
 
-__all__ = ["PartialResult", "Request", "SearchReply"]
+__all__ = ["PartialResult", "Request", "SearchReply", "ServingVersion", "ShardStatus", "StageStatus", "VersionBuild"]
 
 
 @dataclass(slots=True)
@@ -62,3 +62,63 @@ class SearchReply:
     """Why a query has fewer than top_k matches though every shard answered: not an error."""
     version: int = 1
     """The index version that answered (``FlowTopics``): a reindex switches it."""
+
+
+@dataclass(slots=True)
+class ShardStatus:
+    """One shard of an index stage process, as it reports it (``stage_status.avsc``)."""
+
+    partition: int
+    documents: int
+    vectors: int
+    encoded_offset: int
+    ingest_offset: int
+    index_types: list[str]
+    restoring: bool = False
+    """Still replaying its partition: not serving."""
+    missing: int = 0
+    """Documents the shard may lack (an upper bound): its topic lost records before it applied them."""
+    missing_reason: str = ""
+
+
+@dataclass(slots=True)
+class StageStatus:
+    """What one stage process reports every few seconds on ``<flow>.status`` (compacted), keyed by
+    ``stage/member``: read by ``streamsearch status`` and a reindex's progress."""
+
+    stage: str
+    member: str
+    """host:pid of the process."""
+    ts_ms: int
+    processed: int
+    """Records consumed since the process started."""
+    rate: float
+    """Records per second over the last report interval."""
+    dead_letters: int = 0
+    partitions: list[int] = field(default_factory=list)
+    """Index-path partitions owned."""
+    shards: list[ShardStatus] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ServingVersion:
+    """Which index version of a flow answers queries: the record keyed ``serving`` on ``<flow>.versions``."""
+
+    version: int
+    since_ms: int
+    """When it started serving."""
+    previous: int | None = None
+    """The version it replaced."""
+    reason: str = ""
+    """First run, reindex caught up, or an operator's switch."""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionBuild:
+    """A reindex started building a version (key ``build/v<N>`` on ``<flow>.versions``): what its executors
+    were, so that a rerun with other executors cannot mix two models into one version."""
+
+    version: int
+    fingerprint: str
+    """sha256 of the stages' executors and their settings."""
+    started_ms: int

@@ -15,7 +15,7 @@ from streams.kafka.admin import ensure_topics
 from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, make_consumer
 from streams.ops.versions import SERVING_KEY, read_serving
 from streams.wire import headers as h
-from streams.wire.records import SearchReply
+from streams.wire.records import SearchReply, ServingVersion
 from streams.wire.codec import SEARCH_REPLY, SERVING_VERSION
 from streams.wire.topics import FlowTopics
 
@@ -71,7 +71,7 @@ def test_a_reply_with_a_foreign_fingerprint_does_not_answer_a_search(kafka_setti
 
 def test_a_serving_record_with_a_foreign_fingerprint_is_refused(kafka_settings: KafkaSettings,
                                                                 topics: FlowTopics) -> None:
-    value, _ = SERVING_VERSION.encode_record({"version": 7, "since_ms": 1, "previous": 1, "reason": "forged"})
+    value, _ = SERVING_VERSION.encode_record(ServingVersion(7, 1, 1, "forged"))
     _produce(kafka_settings, topics.versions, SERVING_KEY, value, (FOREIGN,))
     with pytest.raises(SerdeError, match="record written with schema 123456789, expected streamsearch.ServingVersion"):
         read_serving(kafka_settings, topics.flow)

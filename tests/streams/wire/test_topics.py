@@ -3,8 +3,11 @@ fingerprint header, and every decode of it checks that header."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 from typing import Any
 
+import fastavro
 import pytest
 from confluent_kafka import Message
 
@@ -16,7 +19,8 @@ from streams.runtime.loop import Inbound
 from streams.stages.documents import decode_document
 from streams.stages.fanout import decode_live
 from streams.wire import headers as h
-from streams.wire.records import PartialResult, Request, SearchReply
+from streams.wire.records import (PartialResult, Request, SearchReply, ServingVersion, ShardStatus, StageStatus,
+                                  VersionBuild)
 from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY, SERVING_VERSION, STAGE_STATUS, VERSION_BUILD, Codec
 from streams.wire.topics import REPLY_ROLE, TOPIC_CODECS, TOPIC_ROLES, FlowTopics
 
@@ -29,10 +33,11 @@ VALUES: dict[str, Any] = {
     "streamsearch.Request": Request("r", "search", [Document(id="q", text="q")], "fp.reply.x", LATER_MS, {}, {}),
     "streamsearch.PartialResult": PartialResult("r", 0, [0, 1], "fp.reply.x", LATER_MS, {}, []),
     "streamsearch.SearchReply": SearchReply("r", [], False, [], [], []),
-    "streamsearch.StageStatus": {"stage": "index", "member": "h:1", "ts_ms": 1, "processed": 0, "rate": 0.0,
-                                 "dead_letters": 0, "partitions": [0], "shards": []},
-    "streamsearch.ServingVersion": {"version": 2, "since_ms": 1, "previous": 1, "reason": "reindex"},
-    "streamsearch.VersionBuild": {"version": 2, "fingerprint": "abc", "started_ms": 1},
+    "streamsearch.StageStatus": StageStatus("index", "h:1", 1, 10, 0.5, 0, [0], [
+        ShardStatus(0, documents=3, vectors=9, encoded_offset=8, ingest_offset=2, index_types=["flat"], missing=1,
+                    missing_reason="deleted")]),
+    "streamsearch.ServingVersion": ServingVersion(2, 1, 1, "reindex"),
+    "streamsearch.VersionBuild": VersionBuild(2, "abc", 1),
 }
 """A valid value of each record type."""
 
@@ -133,3 +138,14 @@ def test_builds_and_replies_have_their_own_codecs() -> None:
     """The versions topic carries two record types, told apart by key; a reply topic carries replies."""
     assert TOPIC_CODECS["versions"] == (SERVING_VERSION, VERSION_BUILD)
     assert TOPIC_CODECS[REPLY_ROLE] == (SEARCH_REPLY,)
+
+
+def test_status_versions_and_builds_are_dataclasses_and_read_what_earlier_releases_wrote() -> None:
+    """They were plain dicts (``Codec[dict]``): the schemas did not change, so the bytes are the same."""
+    for codec, value in ((STAGE_STATUS, VALUES["streamsearch.StageStatus"]),
+                         (SERVING_VERSION, VALUES["streamsearch.ServingVersion"]),
+                         (VERSION_BUILD, VALUES["streamsearch.VersionBuild"])):
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, codec.schema, dataclasses.asdict(value))  # as a dict codec wrote it
+        assert codec.decode_record(buffer.getvalue(), dict([codec.header()])) == value
+        assert codec.encode(value) == buffer.getvalue()
