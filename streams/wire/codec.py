@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 import fastavro
 import numpy as np
@@ -23,8 +24,15 @@ from streams.exceptions import SerdeError
 from streams.resources import SCHEMAS
 from streams.wire.headers import SCHEMA, Header
 from streams.wire.prescan import DECODE_LIMITS, DecodeLimits, ScanNode, compile_scan, prescan
-from streams.wire.records import (PartialResult, Request, SearchReply, ServingVersion, ShardStatus, StageStatus,
-                                  VersionBuild)
+from streams.wire.records import (
+    PartialResult,
+    Request,
+    SearchReply,
+    ServingVersion,
+    ShardStatus,
+    StageStatus,
+    VersionBuild,
+)
 
 __all__ = [
     "DOCUMENT",

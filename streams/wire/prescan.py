@@ -9,8 +9,9 @@ and that every declared length fits in the bytes left, and copies nothing (strin
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
 
@@ -88,7 +89,7 @@ def _compile(schema: Any, named: Mapping[str, Any], done: dict[str, Any]) -> Sca
     if isinstance(schema, str):
         if schema in done:
             return done[schema]
-        schema = named[schema] if schema in named else {"type": schema}
+        schema = named.get(schema, {"type": schema})
     kind = schema["type"]
     if not isinstance(kind, str) or kind in named:
         return _compile(kind, named, done)
@@ -252,7 +253,7 @@ def _scan_flat(data: bytes, pos: int, count: int, items: tuple[Any, ...]) -> int
 class _Documents:
     """The Documents a walk is inside of and has met, against the caps."""
 
-    __slots__ = ("depth", "count", "_limits", "_name")
+    __slots__ = ("_limits", "_name", "count", "depth")
 
     def __init__(self, limits: DecodeLimits, name: str) -> None:
         self.depth = self.count = 0

@@ -15,8 +15,8 @@ from streams.kafka.admin import ensure_topics
 from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, make_consumer
 from streams.ops.versions import SERVING_KEY, read_serving
 from streams.wire import headers as h
-from streams.wire.records import SearchReply, ServingVersion
 from streams.wire.codec import SEARCH_REPLY, SERVING_VERSION
+from streams.wire.records import SearchReply, ServingVersion
 from streams.wire.topics import FlowTopics
 
 pytestmark = pytest.mark.kafka

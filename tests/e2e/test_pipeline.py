@@ -231,7 +231,7 @@ def test_documents_nested_5000_deep_are_dead_lettered_on_ingest_and_query_and_no
     """Issue 11: such a record killed the stage in fastavro's reader (SIGSEGV), again on every
     restart; on the query topic, without a deadline header, for ever."""
     from streams.wire.codec import REQUEST
-    from tests.streams.wire.test_serde import DEFAULT_PREFIX
+    from tests.streams.wire.fixtures import DEFAULT_PREFIX
 
     topics = flow.flow.topics
     deep = DEFAULT_PREFIX * 5625  # 135 KB, as reported

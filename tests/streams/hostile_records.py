@@ -25,7 +25,7 @@ from streams.wire.records import PartialResult, Request
 from streams.wire.topics import FlowTopics
 
 DEEP_PREFIX = b"\x00" * 12 + b"\x00\x00\x00\x00\x00\x00\xf0\x3f" + b"\x00" * 3 + b"\x02"
-"""An all-default Document up to its ``chunks`` array holding one item (tests/streams/wire/test_serde.py);
+"""An all-default Document up to its ``chunks`` array holding one item (tests/streams/wire/fixtures.py);
 repeated 5,625 times it is the 135 KB record that overflowed fastavro's C stack."""
 
 

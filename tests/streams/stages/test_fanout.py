@@ -17,7 +17,7 @@ from streams.wire.records import Request
 from streams.runtime.loop import Inbound
 from streams.wire.topics import FlowTopics
 from tests.streams.stages.test_fanout_fuzz import FixedEncoder
-from tests.streams.wire.test_serde import nested
+from tests.streams.wire.fixtures import nested
 
 TOPICS = FlowTopics("deadlines", 2)
 

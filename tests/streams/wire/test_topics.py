@@ -19,9 +19,25 @@ from streams.runtime.loop import Inbound
 from streams.stages.documents import decode_document
 from streams.stages.fanout import decode_live
 from streams.wire import headers as h
-from streams.wire.records import (PartialResult, Request, SearchReply, ServingVersion, ShardStatus, StageStatus,
-                                  VersionBuild)
-from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY, SERVING_VERSION, STAGE_STATUS, VERSION_BUILD, Codec
+from streams.wire.codec import (
+    DOCUMENT,
+    PARTIAL_RESULT,
+    REQUEST,
+    SEARCH_REPLY,
+    SERVING_VERSION,
+    STAGE_STATUS,
+    VERSION_BUILD,
+    Codec,
+)
+from streams.wire.records import (
+    PartialResult,
+    Request,
+    SearchReply,
+    ServingVersion,
+    ShardStatus,
+    StageStatus,
+    VersionBuild,
+)
 from streams.wire.topics import REPLY_ROLE, TOPIC_CODECS, TOPIC_ROLES, FlowTopics
 
 TOPICS = FlowTopics("fp", 2)
