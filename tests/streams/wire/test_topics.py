@@ -3,8 +3,10 @@ fingerprint header, and every decode of it checks that header."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import io
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -165,3 +167,23 @@ def test_status_versions_and_builds_are_dataclasses_and_read_what_earlier_releas
         fastavro.schemaless_writer(buffer, codec.schema, dataclasses.asdict(value))  # as a dict codec wrote it
         assert codec.decode_record(buffer.getvalue(), dict([codec.header()])) == value
         assert codec.encode(value) == buffer.getvalue()
+
+
+CODEC_NAMES = {"DOCUMENT", "REQUEST", "PARTIAL_RESULT", "SEARCH_REPLY", "STAGE_STATUS", "SERVING_VERSION", "VERSION_BUILD",
+               "codec"}
+STREAMS = Path(__file__).resolve().parents[3] / "streams"
+
+
+def test_no_topic_record_is_written_or_read_past_the_fingerprint() -> None:
+    """Outside ``wire/codec.py``, topic records go through ``encode_record``/``decode_record`` only: a bare
+    ``decode`` would skip the header check, a bare ``encode`` could leave the header off."""
+    bypasses = []
+    for path in sorted(STREAMS.rglob("*.py")):
+        if path == STREAMS / "wire" / "codec.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("encode", "decode", "header") and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id in CODEC_NAMES):
+                bypasses.append(f"{path.relative_to(STREAMS.parent)}:{node.lineno} {node.func.value.id}.{node.func.attr}")
+    assert not bypasses, bypasses
