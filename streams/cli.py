@@ -22,6 +22,7 @@ from streams.exceptions import (EXIT_CONFIG, BrokerError, RequestExpiredError, R
                                 StreamsearchError)
 from streams.stages.extras import require_stage_extras
 from streams.flow.parse import load_flow, with_state_dir
+from streams.stages.kinds import KINDS, QUERY_PATH_KINDS, STATEFUL_KINDS
 from streams.kafka.clients import QUIET_LIBRDKAFKA, KafkaSettings
 from streams.local.brokers import BrokerKind
 from streams.logs import configure_logging
@@ -93,7 +94,7 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
     flow = load_flow(flow_path)
     flow = with_state_dir(flow, state_dir) if state_dir else flow
     require_stage_extras(flow, [stage] if stage else None)  # one line, not stage processes dying on an import
-    if stage in (None, "encode", "index"):  # a join or segment container need not hold the model
+    if stage is None or (stage in KINDS and KINDS[stage].needs_model):  # a join or segment container need not hold the model
         flow.check_dimensions()  # before a broker starts: one line, not a dead letter per document
     if stage is not None:
         from streams.local.runtime import discover_bootstrap
@@ -426,7 +427,7 @@ def status(flow: str, as_json: bool) -> None:
 
 @main.command("replay")
 @click.argument("flow_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--stage", type=click.Choice(["index"]), default="index", show_default=True,
+@click.option("--stage", type=click.Choice(STATEFUL_KINDS), default=STATEFUL_KINDS[0], show_default=True,
               help="The stateful stage to rebuild.")
 @click.option("--from-beginning", "from_beginning", is_flag=True, help="Delete the shards and rebuild them (default).")
 @click.option("--from-timestamp", "from_timestamp", default=None,
@@ -449,7 +450,7 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
         settings = KafkaSettings(broker.bootstrap_servers, {**broker.extra, "logger": QUIET_LIBRDKAFKA})
         result = replay_index(flow, settings, from_timestamp_ms=_epoch_ms(from_timestamp) if from_timestamp else None)
     click.echo(f"replayed {result.records} records of {flow.topics.encoded} in {result.seconds:.1f}s into "
-               f"{flow.state_dir / flow.topics.prefix / 'index'}")
+               f"{flow.state_dir / flow.topics.prefix / stage}")
     for partition in sorted(result.documents):
         click.echo(f"  shard {partition}: {result.documents[partition]} documents, {result.vectors[partition]} vectors")
 
@@ -527,7 +528,7 @@ def versions(flow: str, serve_version: int | None, force: bool) -> None:
     if serve_version is not None and not force:
         target = FlowTopics(name, 1, serve_version)
         require_flow(settings, target, "query", "partials")
-        stages = ("encode", "index", "join")
+        stages = QUERY_PATH_KINDS
         missing = [stage for stage in stages if stage not in running_stages(settings, target, stages)]
         if missing:  # every search would wait out its deadline
             raise BrokerError(f"no process runs the {', '.join(missing)} stage(s) of version {serve_version} of flow "
@@ -543,7 +544,7 @@ def versions(flow: str, serve_version: int | None, force: bool) -> None:
         click.echo(f"flow {name!r}: version {serving.version} serves since {since} ({serving.reason}{previous})")
     serving_version = serving.version if serving else 1
     for version in existing_versions(settings, name):
-        stages = ("encode", "index", "join")
+        stages = QUERY_PATH_KINDS
         running = running_stages(settings, FlowTopics(name, 1, version), stages)
         state = f"stages running: {', '.join(s for s in stages if s in running)}" if running else "no stage runs"
         warning = "  <- serving, but no stage answers: searches get no reply" \

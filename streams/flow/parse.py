@@ -16,21 +16,23 @@ import yaml
 
 from processors.query.operators import Operation, QueryLanguageError, parse_operations
 from streams.exceptions import FlowConfigError
-from streams.flow.executors import EXECUTORS, build_config
+from streams.flow.executors import DEFAULT_RANKER, RANKERS, build_config
+from streams.stages.kinds import ENCODE, INDEX, KINDS, SEGMENT
 from streams.wire.topics import TOPIC_ROLES, FlowTopics, TopicSettings
 
-__all__ = ["STAGE_ORDER", "StageConfig", "SearchDefaults", "FlowSpec", "load_flow", "parse_flow", "with_state_dir"]
+__all__ = ["StageConfig", "SearchDefaults", "FlowSpec", "load_flow", "parse_flow", "with_state_dir"]
 
-STAGE_ORDER = ("segment", "encode", "index", "join")
-REQUIRED_STAGES = ("encode", "index", "join")
-DEFAULT_USES = {"segment": "Sentencizer", "encode": "TransformerEncoder", "index": "CompoundIndexer"}
 DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_CHUNKS_PER_DOCUMENT = 10_000
 _FLOW_KEYS = {"name", "version", "stages", "state_dir", "kafka", "max_payload_bytes", "search", "processing_guarantee",
               "topics", "max_chunks_per_document"}
 _TOPICS_KEYS = {"replication_factor", "min_insync_replicas", "config"}
 PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
-_STAGE_KEYS = {"uses", "with", "replicas", "shards", "ranker", "metrics_port", "filter_by", "query_language"}
+_COMMON_STAGE_KEYS = frozenset({"uses", "with", "replicas", "metrics_port"})
+_STAGE_KEYS = _COMMON_STAGE_KEYS.union(*(kind.keys for kind in KINDS.values()))
+_ONLY = {"shards": ("has shards", "have shards"), "ranker": ("has a ranker", "have a ranker"),
+         "filter_by": ("takes filter_by", "take filter_by"), "query_language": ("takes query_language", "take query_language")}
+"""How the error for a key a kind does not take says which kinds take it (singular, plural)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +54,10 @@ class StageConfig:
 
     def build(self) -> Any:
         """A fresh processor instance (cheap: models load in ``warm_up``)."""
-        return EXECUTORS[self.name][self.uses].build(self.config) if self.uses else None
+        return KINDS[self.name].executors[self.uses].build(self.config) if self.uses else None
 
     def build_ranker(self) -> Any:
-        return EXECUTORS["ranker"][self.ranker_uses].build(self.ranker_config) if self.ranker_uses else None
+        return RANKERS[self.ranker_uses].build(self.ranker_config) if self.ranker_uses else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +107,10 @@ class FlowSpec:
     def fields(self) -> tuple[str, ...]:
         """The fields searched separately: the index's ``filter_by``, else the FieldMapper's;
         empty for a flow without fields (one part per shard)."""
-        index = self.stage("index")
+        index = self.stage(INDEX.name)
         if index.filter_by:
             return index.filter_by
-        segment = next((s for s in self.stages if s.name == "segment"), None)
+        segment = next((s for s in self.stages if s.name == SEGMENT.name), None)
         return tuple(getattr(segment.config, "fields", ())) if segment else ()
 
     def idle_replicas(self, replicas: Mapping[str, int] | None = None) -> list[str]:
@@ -131,8 +133,8 @@ class FlowSpec:
         :raises FlowConfigError: naming both dimensions and the value to set.
         :raises ModelNotFoundError: if the encoder's model is not where the flow says.
         """
-        encode = next((s for s in self.stages if s.name == "encode"), None)
-        index_dim = getattr(self.stage("index").config, "dim", None)
+        encode = next((s for s in self.stages if s.name == ENCODE.name), None)
+        index_dim = getattr(self.stage(INDEX.name).config, "dim", None)
         if encode is None or index_dim is None:
             return
         produced = getattr(encode.build(), "output_dim", None)
@@ -154,11 +156,14 @@ class FlowSpec:
         """The index-path topic a stage reads: the output of the stage before it, or ingest."""
         names = [s.name for s in self.stages]
         position = names.index(stage_name)
-        previous = names[position - 1] if position > 0 else None
-        return {None: self.topics.ingest, "segment": self.topics.segmented, "encode": self.topics.encoded}[previous]
+        return self.output_topic(names[position - 1]) if position > 0 else self.topics.ingest
 
     def output_topic(self, stage_name: str) -> str:
-        return {"segment": self.topics.segmented, "encode": self.topics.encoded}[stage_name]
+        """The index-path topic a stage writes (its kind's ``writes`` role)."""
+        role = KINDS[stage_name].writes
+        if role is None:
+            raise KeyError(stage_name)
+        return str(getattr(self.topics, role))
 
 
 def load_flow(path: str | Path) -> FlowSpec:
@@ -207,13 +212,13 @@ def parse_flow(text: str, *, source: Path | None = None) -> FlowSpec:
         raise fail(("stages",), "'stages' must map stage names to their settings")
     names = list(stages_data)
     for stage_name in names:
-        if stage_name not in STAGE_ORDER:
-            raise fail(("stages", stage_name), f"unknown stage {stage_name!r}; stages are {', '.join(STAGE_ORDER)}")
-    missing = [s for s in REQUIRED_STAGES if s not in names]
+        if stage_name not in KINDS:
+            raise fail(("stages", stage_name), f"unknown stage {stage_name!r}; stages are {', '.join(KINDS)}")
+    missing = [s for s, kind in KINDS.items() if kind.required and s not in names]
     if missing:
         raise fail(("stages",), f"flow needs the stages {', '.join(missing)}")
-    if names != [s for s in STAGE_ORDER if s in names]:
-        raise fail(("stages",), f"stages must come in data-flow order: {', '.join(STAGE_ORDER)}")
+    if names != [s for s in KINDS if s in names]:
+        raise fail(("stages",), f"stages must come in data-flow order: {', '.join(KINDS)}")
 
     shards = 1
     stages = []
@@ -229,11 +234,10 @@ def parse_flow(text: str, *, source: Path | None = None) -> FlowSpec:
         if not isinstance(replicas, int) or replicas < 1:
             raise fail(path + ("replicas",), f"stage {stage_name}: replicas must be a positive integer")
         if "shards" in settings:
-            if stage_name != "index":
-                raise fail(path + ("shards",), "only the index stage has shards")
+            _require_key(stage_name, "shards", path, fail)
             shards = settings["shards"]
             if not isinstance(shards, int) or shards < 1:
-                raise fail(path + ("shards",), "index: shards must be a positive integer")
+                raise fail(path + ("shards",), f"{stage_name}: shards must be a positive integer")
         stages.append(_stage(stage_name, settings, replicas, path, fail))
     state_dir = Path(data.get("state_dir") or Path(".streamsearch") / "state")
     search = data.get("search") or {}
@@ -308,16 +312,17 @@ def _topic_settings(section: Any, fail: Any) -> TopicSettings:
 
 
 def _stage(name: str, settings: dict[str, Any], replicas: int, path: tuple[str, ...], fail: Any) -> StageConfig:
-    uses = settings.get("uses", DEFAULT_USES.get(name))
+    kind = KINDS[name]
+    uses = settings.get("uses", kind.default_uses)
     params = settings.get("with") or {}
     if not isinstance(params, dict):
         raise fail(path + ("with",), f"stage {name}: 'with' must be a mapping")
     config = None
-    if name == "join":
+    if not kind.executors:
         if uses is not None or params:
-            raise fail(path, "the join stage takes no executor: it merges shard results by score (query_language applies)")
+            raise fail(path, f"the {name} stage takes no executor: {kind.without_executor}")
     else:
-        known = EXECUTORS[name]
+        known = kind.executors
         if uses not in known:
             raise fail(path + ("uses",), f"stage {name}: unknown executor {uses!r}; available: {', '.join(known)}")
         try:
@@ -326,27 +331,25 @@ def _stage(name: str, settings: dict[str, Any], replicas: int, path: tuple[str, 
             raise fail(path + ("with",), str(exc)) from exc
     ranker_uses, ranker_config = None, None
     if "ranker" in settings:
-        if name != "index":
-            raise fail(path + ("ranker",), "only the index stage has a ranker")
-    if name == "index":
+        _require_key(name, "ranker", path, fail)
+    if "ranker" in kind.keys:
         ranker = settings.get("ranker") or {}
-        ranker_uses = ranker.get("uses", "Chunk2DocRanker")
-        if ranker_uses not in EXECUTORS["ranker"]:
+        ranker_uses = ranker.get("uses", DEFAULT_RANKER)
+        if ranker_uses not in RANKERS:
             raise fail(
-                path + ("ranker",), f"unknown ranker {ranker_uses!r}; available: {', '.join(EXECUTORS['ranker'])}"
+                path + ("ranker",), f"unknown ranker {ranker_uses!r}; available: {', '.join(RANKERS)}"
             )
         ranker_config = build_config(
-            EXECUTORS["ranker"][ranker_uses].config_type, ranker.get("with") or {}, f"stage index ranker ({ranker_uses})"
+            RANKERS[ranker_uses].config_type, ranker.get("with") or {}, f"stage {name} ranker ({ranker_uses})"
         )
     filter_by = settings.get("filter_by") or []
     if not isinstance(filter_by, list) or not all(isinstance(f, str) and f for f in filter_by):
         raise fail(path + ("filter_by",), f"stage {name}: filter_by must be a list of field names")
-    if filter_by and name not in ("encode", "index"):
-        raise fail(path + ("filter_by",), "only the encode and index stages take filter_by")
+    if filter_by:
+        _require_key(name, "filter_by", path, fail)
     operations: tuple[Operation, ...] = ()
     if "query_language" in settings:
-        if name not in ("index", "join"):
-            raise fail(path + ("query_language",), "only the index and join stages take query_language")
+        _require_key(name, "query_language", path, fail)
         try:
             operations = parse_operations(settings["query_language"])
         except QueryLanguageError as exc:
@@ -358,6 +361,16 @@ def _stage(name: str, settings: dict[str, Any], replicas: int, path: tuple[str, 
         name=name, uses=uses, config=config, replicas=replicas, ranker_uses=ranker_uses, ranker_config=ranker_config,
         filter_by=tuple(filter_by), query_language=operations, metrics_port=metrics_port,
     )
+
+
+def _require_key(name: str, key: str, path: tuple[str, ...], fail: Any) -> None:
+    """:raises FlowConfigError: if the kind of stage ``name`` does not take ``key``, naming those that do."""
+    if key in KINDS[name].keys:
+        return
+    holders = [kind.name for kind in KINDS.values() if key in kind.keys]
+    one, many = _ONLY[key]
+    raise fail(path + (key,), f"only the {' and '.join(holders)} stage{'s' if len(holders) > 1 else ''} "
+                              f"{many if len(holders) > 1 else one}")
 
 
 def _key_lines(node: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
