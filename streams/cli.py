@@ -21,7 +21,8 @@ from streams.kafka.admin import check_broker, ensure_topics
 from streams.exceptions import (EXIT_CONFIG, BrokerError, RequestExpiredError, RequestTimeoutError, StateConfigError,
                                 StreamsearchError)
 from streams.stages.extras import require_stage_extras
-from streams.flow.parse import load_flow, with_state_dir
+from streams.flow.parse import load_flow
+from streams.flow.spec import with_state_dir
 from streams.stages.kinds import KINDS, QUERY_PATH_KINDS, STATEFUL_KINDS
 from streams.kafka.clients import QUIET_LIBRDKAFKA, KafkaSettings
 from streams.local.brokers import BrokerKind

@@ -26,7 +26,7 @@ from streams.kafka.admin import ensure_topics
 from streams.client import Client, IndexReceipt
 from streams.ops.dead_letters import DeadLetter, read_dead_letters
 from streams.exceptions import FlowConfigError, RequestTimeoutError, StreamsearchError
-from streams.flow.parse import FlowSpec
+from streams.flow.spec import FlowSpec
 from streams.stages.kinds import KINDS, STATEFUL_KINDS
 from streams.kafka.clients import KafkaSettings, consume_batch, fetch_high_watermarks, make_consumer
 from streams.wire.serde import SearchReply

@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams.kafka.admin import TopicDescription, check_broker, describe_topics, topic_warnings
 from streams.exceptions import SerdeError, UnknownFlowError
-from streams.flow.parse import FlowSpec
+from streams.flow.spec import FlowSpec
 from streams.stages.kinds import ANSWERING_KINDS, KINDS, STATEFUL_KINDS
 from streams.wire.headers import SCHEMA
 from streams.kafka.clients import KafkaSettings, consume_batch, fetch_high_watermarks, headers_of, make_consumer

@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 
 from streams.exceptions import StreamsearchError
 from streams.flow.executors import RANKERS
-from streams.flow.parse import FlowSpec
+from streams.flow.spec import FlowSpec
 from streams.stages.kinds import KINDS
 
 __all__ = ["DISTRIBUTION", "MissingExtraError", "missing_requirements", "require_extras", "require_stage_extras",

@@ -21,7 +21,7 @@ from streams.runtime.loop import PathSpec, StageSpec
 from streams.runtime.reply_topics import ReplyTopics
 
 if TYPE_CHECKING:
-    from streams.flow.parse import FlowSpec, StageConfig
+    from streams.flow.spec import FlowSpec, StageConfig
 
 __all__ = ["StageKind", "KINDS", "SEGMENT", "ENCODE", "INDEX", "JOIN", "STATEFUL_KINDS", "ANSWERING_KINDS", "QUERY_PATH_KINDS", "build_stage"]
 
