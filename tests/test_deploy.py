@@ -116,7 +116,8 @@ def test_compose_runs_every_stage_of_the_default_flow_against_kraft_kafka() -> N
 def test_the_image_installs_the_extras_of_every_executor_of_every_stage_kind() -> None:
     executors = [executor for kind in KINDS.values() for executor in kind.executors.values()] + list(RANKERS.values())
     wanted = {executor.extra for executor in executors if executor.extra}
-    [installed] = re.findall(r'pip install --no-cache-dir "\.\[([a-z,]+)\]"', (ROOT / "deploy" / "Dockerfile").read_text())
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    [installed] = re.findall(r'pip install --no-cache-dir "\.\[([a-z,]+)\]"', dockerfile)
     assert set(installed.split(",")) == wanted
 
 

@@ -30,7 +30,8 @@ _TOPICS_KEYS = {"replication_factor", "min_insync_replicas", "config"}
 _COMMON_STAGE_KEYS = frozenset({"uses", "with", "replicas", "metrics_port"})
 _STAGE_KEYS = _COMMON_STAGE_KEYS.union(*(kind.keys for kind in KINDS.values()))
 _ONLY = {"shards": ("has shards", "have shards"), "ranker": ("has a ranker", "have a ranker"),
-         "filter_by": ("takes filter_by", "take filter_by"), "query_language": ("takes query_language", "take query_language")}
+         "filter_by": ("takes filter_by", "take filter_by"),
+         "query_language": ("takes query_language", "take query_language")}
 """How the error for a key a kind does not take says which kinds take it (singular, plural)."""
 
 KeyPath = tuple[str, ...]

@@ -9,6 +9,7 @@ on ``<flow>.status``; a report older than ``STALE_AFTER_S`` is a process that is
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,17 +19,18 @@ from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, Ka
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka.admin import TopicDescription, check_broker, describe_topics, topic_warnings
-from streams.exceptions import SerdeError, UnknownFlowError
+from streams.exceptions import BrokerError, SerdeError, UnknownFlowError
 from streams.flow.spec import FlowSpec
-from streams.stages.kinds import ANSWERING_KINDS, KINDS, STATEFUL_KINDS
+from streams.stages.kinds import ANSWERING_KINDS, KINDS, QUERY_PATH_KINDS, STATEFUL_KINDS
 from streams.wire.headers import SCHEMA
 from streams.kafka.clients import KafkaSettings, consume_batch, fetch_high_watermarks, headers_of, make_consumer
 from streams.wire.serde import STAGE_STATUS
 from streams.wire.topics import FlowTopics
-from streams.ops.versions import existing_versions, read_serving
+from streams.ops.versions import ServingVersion, existing_versions, read_serving
 
-__all__ = ["PartitionLag", "StageState", "FlowStatus", "collect_status", "collect_status_by_name", "require_flow",
-           "running_stages", "why_no_reply", "STALE_AFTER_S", "START_HINT"]
+__all__ = ["PartitionLag", "StageState", "FlowStatus", "collect_status", "collect_status_by_name", "format_status",
+           "require_flow", "require_running_version", "running_stages", "versions_report", "why_no_reply",
+           "STALE_AFTER_S", "START_HINT"]
 
 STALE_AFTER_S = 15.0
 
@@ -185,6 +187,43 @@ def running_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[st
     return running
 
 
+def require_running_version(settings: KafkaSettings, name: str, version: int) -> None:
+    """Check that ``version`` of flow ``name`` could answer searches: its topics exist and every
+    stage of the query path has a live process.
+
+    :raises UnknownFlowError: if the version has no topics.
+    :raises BrokerError: naming the stages no process runs.
+    """
+    target = FlowTopics(name, 1, version)
+    require_flow(settings, target, "query", "partials")
+    running = running_stages(settings, target, QUERY_PATH_KINDS)
+    missing = [stage for stage in QUERY_PATH_KINDS if stage not in running]
+    if missing:
+        raise BrokerError(f"no process runs the {', '.join(missing)} stage(s) of version {version} of flow "
+                          f"{name!r}: start them (`streamsearch run` of its YAML joins this directory's broker), "
+                          "or pass --force")
+
+
+def versions_report(settings: KafkaSettings, name: str, serving: ServingVersion | None) -> list[str]:
+    """``streamsearch versions`` as lines: which version serves since when, then each version's running stages."""
+    if serving is None:
+        lines = [f"flow {name!r}: version 1 serves (no version named yet)"]
+    else:
+        since = datetime.datetime.fromtimestamp(serving.since_ms / 1000,
+                                                datetime.UTC).isoformat(timespec="seconds")
+        previous = f"; replaced version {serving.previous}" if serving.previous is not None else ""
+        lines = [f"flow {name!r}: version {serving.version} serves since {since} ({serving.reason}{previous})"]
+    serving_version = serving.version if serving else 1
+    for version in existing_versions(settings, name):
+        running = running_stages(settings, FlowTopics(name, 1, version), QUERY_PATH_KINDS)
+        state = (f"stages running: {', '.join(s for s in QUERY_PATH_KINDS if s in running)}" if running
+                 else "no stage runs")
+        warning = "  <- serving, but no stage answers: searches get no reply" \
+            if version == serving_version and not running else ""
+        lines.append(f"  version {version}{' (serving)' if version == serving_version else ''}: {state}{warning}")
+    return lines
+
+
 def why_no_reply(settings: KafkaSettings, topics: FlowTopics, timeout_s: float) -> str:
     """Why a search of ``topics``' version got no reply by its deadline, in one line that says what
     to run: no stage runs (and, when the serving version is one nobody runs while another version
@@ -206,6 +245,33 @@ def why_no_reply(settings: KafkaSettings, topics: FlowTopics, timeout_s: float) 
                 f"(see `streamsearch status`)")
     return (f"no reply within {timeout_s:g}s: flow {name!r} runs, the deadline was too short for it; "
             "raise the timeout")
+
+
+def format_status(report: FlowStatus) -> list[str]:
+    """``streamsearch status`` as lines: the flow, then tables of stages, shards and topics, then warnings."""
+    serving = ("serving" if report.serving_version == report.version
+               else f"not serving: version {report.serving_version} is")
+    lines = [f"flow {report.flow} version {report.version} ({serving})    dead letters: {report.dead_letters}",
+             f"{'stage':<8} {'members':>7} {'records/s':>10} {'lag':>7}  per partition"]
+    for st in report.stages:
+        per = " ".join(f"{p.partition}:{p.lag}" for p in st.lag)
+        lines.append(f"{st.stage:<8} {st.members:>7} {st.throughput:>10.1f} {st.total_lag:>7}  {per}")
+    lines.append(f"{'shard':<6} {'state':<9} {'documents':>9} {'vectors':>8} {'encoded@':>9} {'ingest@':>8}  "
+                 "index types  owner")
+    for sh in report.shards:
+        state = "restoring" if sh.get("restoring") else "serving"
+        lines.append(f"{sh['partition']:<6} {state:<9} {sh['documents']:>9} {sh['vectors']:>8} "
+                     f"{sh['encoded_offset']:>9} {sh['ingest_offset']:>8}  {','.join(sh['index_types']):<11}  {sh['owner']}")
+    lines.append(f"{'topic':<28} {'parts':>5} {'RF':>3} {'min.isr':>7} {'max.message.bytes':>17}  cleanup  retention.ms"
+                 f"    ({report.brokers} broker{'s' if report.brokers != 1 else ''})")
+    for tp in report.topics:
+        cfg = tp.config
+        lines.append(f"{tp.name:<28} {tp.partitions:>5} {tp.replication_factor:>3} "
+                     f"{cfg.get('min.insync.replicas', '-'):>7} {cfg.get('max.message.bytes', '-'):>17}  {cfg.get('cleanup.policy', '-'):<7}  "
+                     f"{cfg.get('retention.ms', '-')}")
+    lines += [f"warning: {warning}" for warning in report.warnings]
+    lines += [f"note: {report.note}"] if report.note else []
+    return lines
 
 
 COUNTED_LAG = 10_000

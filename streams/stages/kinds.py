@@ -23,7 +23,8 @@ from streams.runtime.reply_topics import ReplyTopics
 if TYPE_CHECKING:
     from streams.flow.spec import FlowSpec, StageConfig
 
-__all__ = ["StageKind", "KINDS", "SEGMENT", "ENCODE", "INDEX", "JOIN", "STATEFUL_KINDS", "ANSWERING_KINDS", "QUERY_PATH_KINDS", "build_stage"]
+__all__ = ["StageKind", "StageBuild", "KINDS", "SEGMENT", "ENCODE", "INDEX", "JOIN", "STATEFUL_KINDS", "ANSWERING_KINDS",
+           "QUERY_PATH_KINDS", "build_stage"]
 
 INDEX_PATH_FETCH_WAIT_MS = 100
 """Index-path consumers wait longer per fetch: ingest is throughput, not latency."""
@@ -63,7 +64,7 @@ class StageKind:
     default_uses: str | None = None
     required: bool = True
     keys: frozenset[str] = frozenset()
-    """The YAML keys this kind takes beyond those every kind takes (``uses``, ``with``, ``replicas``, ``metrics_port``)."""
+    """The YAML keys this kind takes beyond those of every kind (``uses``, ``with``, ``replicas``, ``metrics_port``)."""
     without_executor: str = ""
     """Why the kind takes no ``uses``/``with`` (its kinds with no executors say so in the error)."""
     index_path: bool = False
@@ -165,8 +166,8 @@ def _build_index(b: StageBuild) -> StageSpec:
     ranker = stage.build_ranker()
     return StageSpec(
         **b.common,
-        index_path=PathSpec(topics.encoded, b.group, ShardIngest(states=states, topics=topics, filter_by=stage.filter_by),
-                            batch_size=256, fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS,
+        index_path=PathSpec(topics.encoded, b.group,
+                            ShardIngest(states=states, topics=topics, filter_by=stage.filter_by), batch_size=256, fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS,
                             consumer_config=SHARD_CONSUMER_CONFIG),
         query_path=PathSpec(topics.search, f"{b.group}.search", ShardSearch(states=states, ranker=ranker, topics=topics,
                                                                             operations=stage.query_language),
