@@ -474,7 +474,7 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
     with durable_local_broker(flow, flow_path) as broker:  # the flow may be stopped: its broker with it
         settings = KafkaSettings(broker.bootstrap_servers, {**broker.extra, "logger": QUIET_LIBRDKAFKA})
         result = replay_index(flow, settings, from_timestamp_ms=_epoch_ms(from_timestamp) if from_timestamp else None)
-    click.echo(f"replayed {result.records} records of {flow.topics.encoded} in {result.seconds:.1f}s into "
+    click.echo(f"replayed {result.records} records of {flow.input_topic(stage)} in {result.seconds:.1f}s into "
                f"{flow.state_dir / flow.topics.prefix / stage}")
     for partition in sorted(result.documents):
         click.echo(f"  shard {partition}: {result.documents[partition]} documents, {result.vectors[partition]} vectors")
