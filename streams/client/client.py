@@ -28,7 +28,7 @@ from streams.wire import headers as h
 from streams.kafka.admin import delete_topics, ensure_topics
 from streams.exceptions import (DeliveryError, PayloadTooLargeError, RequestExpiredError, RequestTimeoutError,
                                 SearchError, UnknownFlowError)
-from streams.flow.parse import DEFAULT_MAX_PAYLOAD_BYTES
+from streams.flow.spec import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.kafka.clients import (UNKNOWN_TOPIC_ERRORS, KafkaSettings, StageProducer, consume_batch, fetch_high_watermarks,
                            headers_of, make_consumer)
 from streams.stages.fanout import query_headers

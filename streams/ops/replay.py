@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from tqdm import tqdm
 
 from streams.exceptions import StreamsearchError
-from streams.flow.parse import FlowSpec
+from streams.flow.spec import FlowSpec
 from streams.kafka.clients import KafkaSettings, consume_batch, make_consumer
 from streams.stages.shard.ingest import ShardIngest
 from streams.runtime.loop import Inbound
