@@ -22,7 +22,7 @@ from streams.exceptions import StreamsearchError
 from streams.flow.parse import FlowSpec
 from streams.kafka.clients import KafkaSettings, consume_batch, make_consumer
 from streams.stages.shard.ingest import ShardIngest
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 from streams.stages.shard.states import ShardStates
 
 __all__ = ["ReplayResult", "replay_index"]

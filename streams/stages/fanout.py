@@ -21,7 +21,7 @@ from streams.wire import headers as h
 from streams.exceptions import RequestExpiredError, SerdeError
 from streams.runtime.metrics import EXPIRED_REQUESTS
 from streams.wire.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec, PartialResult, Request, SearchReply
-from streams.runtime.loop import Inbound, Output
+from streams.runtime.spec import Inbound, Output
 from streams.runtime.reply_topics import ReplyTopics
 from streams.wire.topics import FlowTopics
 from streams.logs import CountedThrottle

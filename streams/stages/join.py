@@ -30,7 +30,7 @@ from streams.flow.parse import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.runtime.metrics import QUERY_SECONDS, REPLIES
 from streams.stages.fanout import ExpiredRequests, decode_live, split_expired
 from streams.wire.serde import PARTIAL_RESULT, SEARCH_REPLY, PartialResult, SearchReply
-from streams.runtime.loop import Inbound, Output
+from streams.runtime.spec import Inbound, Output
 from streams.wire.topics import FlowTopics
 
 __all__ = ["Joiner", "PendingRequest"]

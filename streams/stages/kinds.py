@@ -14,7 +14,7 @@ from streams.stages.fanout import QueryFanout
 from streams.runtime.reply_topics import ReplyTopics
 from streams.stages.shard.ingest import ShardIngest
 from streams.stages.shard.search import ShardSearch
-from streams.runtime.loop import PathSpec, StageSpec
+from streams.runtime.spec import PathSpec, StageSpec
 from streams.stages.shard.states import ShardStates
 from streams.stages.documents import DocumentTransform, TruncationReport, require_vectors
 

@@ -21,7 +21,7 @@ from processors.document import Document, copy_tree
 from processors.index.base import Change
 from processors.index.compound import CompoundIndexer
 from streams.runtime.metrics import INDEX_VECTORS
-from streams.runtime.loop import Inbound, Output
+from streams.runtime.spec import Inbound, Output
 from streams.stages.shard.restore import Verdict
 from streams.stages.shard.states import ShardCheckpoint, ShardStates
 from streams.wire.topics import FlowTopics

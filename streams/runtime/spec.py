@@ -1,0 +1,133 @@
+"""What a stage is, declared before it runs: its paths, their handlers, and the records they see and make.
+
+The Topology idea of Kafka Streams: a ``StageSpec`` names the topics, consumer groups and handlers of
+a stage, and the loop (``streams/runtime/loop.py``) runs any of them the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Message
+
+from streams.kafka.clients import Header, headers_of
+from streams.runtime.reply_topics import ReplyTopics
+
+__all__ = ["Inbound", "Output", "PartitionAware", "PathHandler", "PathSpec", "Restoring", "StageSpec"]
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A consumed record, detached from librdkafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    timestamp_ms: int = 0
+    log_append_time: bool = False
+    """Whether ``timestamp_ms`` is the broker's (LogAppendTime), not the producer's (CreateTime)."""
+
+    @classmethod
+    def of(cls, msg: Message) -> Inbound:
+        kind, timestamp = msg.timestamp()
+        return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), headers_of(msg),
+                   timestamp, kind == TIMESTAMP_LOG_APPEND_TIME)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A record to produce."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | str | None = None
+    partition: int | None = None
+    headers: tuple[Header, ...] = ()
+    reply: bool = False
+    """A reply to a client: sent only to an existing reply topic of the flow, best effort (a client
+    that has gone loses nothing; its reply is counted, not retried, and no input is held back)."""
+
+
+class PathHandler(Protocol):
+    """What a stage does with one input path.
+
+    ``process`` may raise for a batch: the loop then retries each record alone, and sends
+    the one that still fails to the dead-letter topic with ``on_failure``'s extra outputs.
+    """
+
+    def process(self, records: Sequence[Inbound]) -> list[Output]: ...
+
+    def on_failure(self, record: Inbound, error: Exception) -> list[Output]: ...
+
+    def tick(self) -> list[Output]: ...
+
+
+class PartitionAware(Protocol):
+    """A handler that owns per-partition state (the shard)."""
+
+    def assigned(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Open state for new partitions; return the offset to resume each from (-2 = beginning)."""
+        ...
+
+    def revoked(self, partitions: Sequence[int]) -> None: ...
+
+
+class Restoring(PartitionAware, Protocol):
+    """A stateful handler that restores before it serves, from what the consumer sees."""
+
+    def watermarks(self, partition: int, low: int, high: int) -> int | None:
+        """The watermarks of the last fetch response; returns an offset to seek to, if any."""
+        ...
+
+    def end_reached(self, partition: int) -> None: ...
+
+    def out_of_range(self, partition: int, low: int, high: int) -> int:
+        """The broker said the position is out of range; given the log start and end offsets it
+        reports now (< 0: unknown), returns the offset to go on from."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PathSpec:
+    """One input path: its topic, consumer group and handler.
+
+    :param follow_index_path: assign this path's partitions to mirror the index path's
+        assignment (co-partitioning: shard p answers search partition p), no subscription.
+    :param fetch_wait_ms: the consumer's ``fetch.wait.max.ms``: short on query paths
+        (latency), longer on index paths (fewer idle fetches for the broker to serve).
+    :param consumer_config: librdkafka settings of this path's consumer (the user's win).
+    """
+
+    topic: str
+    group_id: str
+    handler: PathHandler
+    batch_size: int = 64
+    follow_index_path: bool = False
+    fetch_wait_ms: int = 5
+    consumer_config: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """A stage, fully described before it runs."""
+
+    flow: str
+    name: str
+    dead_letter_topic: str
+    index_path: PathSpec | None = None
+    query_path: PathSpec | None = None
+    max_payload_bytes: int = 8 * 1024 * 1024
+    consumer_overrides: dict[str, object] = field(default_factory=dict)
+    metrics_port: int | None = None
+    status_topic: str | None = None
+    exactly_once: bool = False
+    inflight_dir: Path | None = None
+    """Where the crash-loop breaker notes in-flight offsets (``streams/runtime/inflight.py``); None: off."""
+    reply_topics: ReplyTopics | None = None
+    """Where replies may go (``Output.reply``); None: anywhere (stages under test)."""
