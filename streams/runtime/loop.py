@@ -160,8 +160,11 @@ class StageLoop:
             if transactional else None
         inflight = InFlightLog(self.spec.inflight_dir, spec.group_id) if self.spec.inflight_dir is not None else None
         path = InputPath(spec, consumer, producer, checkpoint, inflight=inflight)
-        path.keepalive = KeepAlive(self.spec.name, self.KEEPALIVE_S)
-        path.restore = RestoreHooks(spec.handler, consumer, stage=self.spec.name, watch_every_s=self.WATCH_EVERY_S)
+        if spec.partition_aware is None:  # a stateful handler runs inline: rebalances open and close its state
+            path.keepalive = KeepAlive(self.spec.name, self.KEEPALIVE_S)
+        if spec.restoring is not None:
+            path.restore = RestoreHooks(spec.restoring, consumer, stage=self.spec.name,
+                                        watch_every_s=self.WATCH_EVERY_S)
         path.failures = Failures(spec.handler, emit=functools.partial(self._emit, path),
                                  keep=functools.partial(self._letters.keep, producer), flow=self.spec.flow,
                                  stage=self.spec.name,
@@ -239,9 +242,8 @@ class StageLoop:
             logger.error("rebalance callback failed during close", extra={"error": repr(self._rebalance.error)})
         if self.spec.inflight_dir is not None:
             InFlightLog(self.spec.inflight_dir, "").disable_fault_reports(self._fault_report)
-        close = getattr(self.spec.index_path.handler if self.spec.index_path else None, "close", None)
-        if close is not None:
-            close()
+        if self.spec.index_path is not None and (state := self.spec.index_path.partition_aware) is not None:
+            state.close()
         logger.info("stage stopped", extra={"stage": self.spec.name, "processed": self.processed})
 
     # -- one batch -------------------------------------------------------------------------
@@ -256,7 +258,7 @@ class StageLoop:
                 records.append(Inbound.of(msg))
             elif err.code() == KafkaError._PARTITION_EOF:
                 ends.append(msg.partition())
-            elif err.code() == KafkaError._AUTO_OFFSET_RESET and hasattr(path.spec.handler, "out_of_range"):
+            elif err.code() == KafkaError._AUTO_OFFSET_RESET and path.restore is not None:
                 out_of_range.append((msg.topic(), msg.partition()))
             else:
                 logger.warning("consume error", extra={"stage": self.spec.name, "error": str(err)})
@@ -303,10 +305,10 @@ class StageLoop:
     def _call(self, path: InputPath, records: list[Inbound]) -> list[Output]:
         """``handler.process(records)``: a stateless handler's in the path's worker thread, keeping this
         member in its groups however long it runs (``streams/runtime/keepalive.py``)."""
-        handler = path.spec.handler
-        if hasattr(handler, "assigned") or path.keepalive is None:
-            return handler.process(records)
-        return path.keepalive.call(handler.process, records, [p.consumer for p in self._paths_of_this_thread()])
+        if path.keepalive is None:
+            return path.spec.handler.process(records)
+        consumers = [p.consumer for p in self._paths_of_this_thread()]
+        return path.keepalive.call(path.spec.handler.process, records, consumers)
 
     def _emit(self, path: InputPath, outputs: list[Output]) -> None:
         """Produce a handler's outputs with the path's producer, in its transaction with ``exactly_once``.

@@ -59,9 +59,9 @@ class Rebalance:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self._index is not None
-        handler = self._index.spec.handler
+        state = self._index.spec.partition_aware
         numbers = [tp.partition for tp in partitions]
-        starts = handler.assigned(numbers) if hasattr(handler, "assigned") else {}
+        starts = state.assigned(numbers) if state is not None else {}
         for tp in partitions:
             if tp.partition in starts:
                 tp.offset = starts[tp.partition]
@@ -83,9 +83,8 @@ class Rebalance:
         numbers = [tp.partition for tp in partitions]
         if (following := self._following()) is not None:
             following.consumer.incremental_unassign([TopicPartition(following.spec.topic, p) for p in numbers])
-        handler = self._index.spec.handler
-        if hasattr(handler, "revoked"):
-            handler.revoked(numbers)
+        if (state := self._index.spec.partition_aware) is not None:
+            state.revoked(numbers)
         consumer.incremental_unassign(partitions)
         logger.info("partitions revoked", extra={"stage": self._stage, "partitions": numbers})
 

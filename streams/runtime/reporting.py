@@ -49,12 +49,12 @@ class StatusReport:
         now = time.monotonic()
         rate = (processed - self._processed) / max(now - self._at, 1e-3)
         self._processed, self._at = processed, now
-        handler = self._spec.index_path.handler if self._spec.index_path else None
+        state = self._spec.index_path.partition_aware if self._spec.index_path else None
         report = {
             "stage": self._spec.name, "member": MEMBER, "ts_ms": int(time.time() * 1000),
             "processed": processed, "rate": rate, "dead_letters": dead_letters,
             "partitions": sorted(tp.partition for tp in index.consumer.assignment()) if index else [],
-            "shards": handler.shard_status() if hasattr(handler, "shard_status") else [],
+            "shards": state.shard_status() if state is not None else [],
         }
         self._producer.produce(self._spec.status_topic, value=STAGE_STATUS.encode(report),
                                key=f"{self._spec.name}/{MEMBER}", headers=(STAGE_STATUS.header(),),

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from streams.runtime.spec import PathHandler
+from streams.runtime.spec import Restoring
 
 __all__ = ["RestoreHooks"]
 
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 class RestoreHooks:
     """One restoring handler and the consumer of its path."""
 
-    def __init__(self, handler: PathHandler, consumer: Consumer, *, stage: str, watch_every_s: float) -> None:
+    def __init__(self, handler: Restoring, consumer: Consumer, *, stage: str, watch_every_s: float) -> None:
         self._handler = handler
         self._consumer = consumer
         self._stage = stage
@@ -29,9 +29,8 @@ class RestoreHooks:
 
     def watch(self) -> None:
         """Tell the handler the watermarks its consumer saw, a few times a second."""
-        watermarks = getattr(self._handler, "watermarks", None)
         now = time.monotonic()
-        if watermarks is None or now < self._next_watch:
+        if now < self._next_watch:
             return
         self._next_watch = now + self._every_s
         for tp in self._consumer.assignment():
@@ -39,7 +38,7 @@ class RestoreHooks:
                 low, high = self._consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
-            seek_to = watermarks(tp.partition, low, high)
+            seek_to = self._handler.watermarks(tp.partition, low, high)
             if seek_to is not None:
                 self._consumer.seek(TopicPartition(tp.topic, tp.partition, seek_to))
                 logger.info("seeked", extra={"stage": self._stage, "topic": tp.topic, "partition": tp.partition,
@@ -47,9 +46,8 @@ class RestoreHooks:
 
     def ends(self, partitions: Sequence[int]) -> None:
         """The consumer reached the end of ``partitions`` (after the batch: the records before the end are applied)."""
-        end_reached = getattr(self._handler, "end_reached", None)
-        for partition in partitions if end_reached is not None else ():
-            end_reached(partition)
+        for partition in partitions:
+            self._handler.end_reached(partition)
 
     def out_of_range(self, topic: str, partition: int) -> None:
         """The broker answered OFFSET_OUT_OF_RANGE; with ``auto.offset.reset: error`` librdkafka then
@@ -62,7 +60,7 @@ class RestoreHooks:
         except KafkaException as exc:
             logger.warning("watermarks not available", extra={"stage": self._stage, "error": str(exc)})
             low, high = -1, -1
-        offset = self._handler.out_of_range(partition, low, high)  # type: ignore[attr-defined]
+        offset = self._handler.out_of_range(partition, low, high)
         self._consumer.incremental_unassign([where])
         self._consumer.incremental_assign([TopicPartition(topic, partition, offset)])
         logger.info("assigned again after out of range", extra={"stage": self._stage, "topic": topic,

@@ -6,6 +6,7 @@ a stage, and the loop (``streams/runtime/loop.py``) runs any of them the same wa
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,8 @@ class PathHandler(Protocol):
 
     ``process`` may raise for a batch: the loop then retries each record alone, and sends
     the one that still fails to the dead-letter topic with ``on_failure``'s extra outputs.
+    Any object with these three methods is one; a handler that does more declares it by
+    subclassing :class:`PartitionAware` or :class:`Restoring`.
     """
 
     def process(self, records: Sequence[Inbound]) -> list[Output]: ...
@@ -68,29 +71,48 @@ class PathHandler(Protocol):
     def tick(self) -> list[Output]: ...
 
 
-class PartitionAware(Protocol):
-    """A handler that owns per-partition state (the shard)."""
+class PartitionAware(abc.ABC):
+    """A handler that owns per-partition state (the shard), declared by subclassing: the loop reads
+    the declaration (:attr:`PathSpec.partition_aware`) and never probes a handler for methods.
 
+    The loop then runs its batches inline, not in a worker thread (its rebalance callbacks open and
+    close that state; ``streams/runtime/keepalive.py``), calls these hooks on the index path's
+    rebalances, reports its partitions in status records and closes it when the stage stops.
+    """
+
+    @abc.abstractmethod
     def assigned(self, partitions: Sequence[int]) -> dict[int, int]:
         """Open state for new partitions; return the offset to resume each from (-2 = beginning)."""
-        ...
 
-    def revoked(self, partitions: Sequence[int]) -> None: ...
+    @abc.abstractmethod
+    def revoked(self, partitions: Sequence[int]) -> None:
+        """Close the state of partitions taken away (revoked or lost)."""
+
+    @abc.abstractmethod
+    def shard_status(self) -> list[dict[str, object]]:
+        """Per open partition, what ``streamsearch status`` shows of it."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """The stage stops: close every partition's state."""
 
 
-class Restoring(PartitionAware, Protocol):
-    """A stateful handler that restores before it serves, from what the consumer sees."""
+class Restoring(PartitionAware):
+    """A stateful handler that restores before it serves, from what the consumer sees
+    (``streams/runtime/restore.py``), declared by subclassing."""
 
+    @abc.abstractmethod
     def watermarks(self, partition: int, low: int, high: int) -> int | None:
         """The watermarks of the last fetch response; returns an offset to seek to, if any."""
-        ...
 
-    def end_reached(self, partition: int) -> None: ...
+    @abc.abstractmethod
+    def end_reached(self, partition: int) -> None:
+        """The consumer reached the end of ``partition`` (the records before it are applied)."""
 
+    @abc.abstractmethod
     def out_of_range(self, partition: int, low: int, high: int) -> int:
         """The broker said the position is out of range; given the log start and end offsets it
         reports now (< 0: unknown), returns the offset to go on from."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +133,16 @@ class PathSpec:
     follow_index_path: bool = False
     fetch_wait_ms: int = 5
     consumer_config: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def partition_aware(self) -> PartitionAware | None:
+        """The handler, if it declares that it owns per-partition state."""
+        return self.handler if isinstance(self.handler, PartitionAware) else None
+
+    @property
+    def restoring(self) -> Restoring | None:
+        """The handler, if it declares that it restores before it serves."""
+        return self.handler if isinstance(self.handler, Restoring) else None
 
 
 @dataclass(frozen=True, slots=True)
