@@ -16,13 +16,11 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-
-from processors.exceptions import InvalidParameterError
 from streams.exceptions import DeliveryError, PayloadTooLargeError
 from streams.kafka.clients import StageProducer
-from streams.runtime.inflight import InFlightVerdict
+from streams.runtime.inflight import CrashLoopError, InFlightVerdict
 from streams.runtime.metrics import DEAD_LETTERS, REJECTED_REQUESTS
-from streams.runtime.spec import Inbound, Output, PathHandler, StageSpec
+from streams.runtime.spec import FailurePolicy, Inbound, Output, PathHandler, StageSpec
 from streams.wire import headers as h
 
 __all__ = ["DeadLetterTopic", "Failures", "Screened", "screen"]
@@ -67,15 +65,38 @@ def screen(records: Sequence[Inbound], *, max_payload_bytes: int, verdict: InFli
 class Failures:
     """One path's records through its handler, and what happens to those that fail."""
 
-    def __init__(self, handler: PathHandler, *, emit: Emit, keep: Keep, flow: str, stage: str,
+    def __init__(self, handler: PathHandler, policy: FailurePolicy, *, emit: Emit, keep: Keep, flow: str, stage: str,
                  timed: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext) -> None:
         """:param timed: a context that times a whole batch (a metric of the stage)."""
         self._handler = handler
+        self._policy = policy
         self._emit = emit
         self._keep = keep
         self._flow = flow
         self._stage = stage
         self._timed = timed
+
+    def take(self, records: list[Inbound], *, max_payload_bytes: int, verdict: InFlightVerdict | None = None,
+             call: Callable[[list[Inbound]], list[Output]] | None = None,
+             noting: Callable[[Inbound], None] | None = None,
+             lettered: Callable[[list[Inbound]], None] | None = None) -> Screened:
+        """Screen a batch (:func:`screen`), then process it: records that killed the stage are
+        dead-lettered unprocessed (then ``lettered`` is told of them), the rest is :meth:`run`, and
+        records over ``max_payload_bytes`` are dead-lettered after the batch's outputs (a watermark
+        marker must not overtake the records before it: a shard would claim an ingest offset whose
+        predecessors it has not applied).
+
+        :param verdict: the crash-loop breaker's judgement of this batch.
+        """
+        screened = screen(records, max_payload_bytes=max_payload_bytes, verdict=verdict)
+        for record, killer in screened.poisoned:
+            self.dead_letter(record, CrashLoopError(killer))
+        if screened.poisoned and lettered is not None:
+            lettered([record for record, _ in screened.poisoned])
+        self.run(screened.accepted, call=call, isolate=verdict.isolate if verdict else False, noting=noting)
+        for record, size in screened.oversized:
+            self.dead_letter(record, PayloadTooLargeError(f"{size} bytes exceeds max_payload_bytes={max_payload_bytes}"))
+        return screened
 
     def run(self, records: list[Inbound], *, call: Callable[[list[Inbound]], list[Output]] | None = None,
             isolate: bool = False, noting: Callable[[Inbound], None] | None = None) -> None:
@@ -113,9 +134,10 @@ class Failures:
             self.fail(record, exc)
 
     def fail(self, record: Inbound, error: Exception) -> None:
-        """A record that failed alone: a request the flow refuses is answered (the handler's error
-        reply) and counted, not dead-lettered, since nothing was lost; anything else is dead-lettered."""
-        if not isinstance(error, InvalidParameterError):
+        """A record that failed alone: a request the flow refuses (the policy says which) is answered
+        (the handler's error reply) and counted, not dead-lettered, since nothing was lost; anything
+        else is dead-lettered."""
+        if not self._policy.rejects(error):
             self.dead_letter(record, error)
             return
         REJECTED_REQUESTS.labels(self._flow, self._stage, type(error).__name__).inc()

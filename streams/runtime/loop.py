@@ -22,11 +22,11 @@ from typing import IO
 
 from confluent_kafka import KafkaError
 
-from streams.exceptions import DeliveryError, PayloadTooLargeError
+from streams.exceptions import DeliveryError
 from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, make_consumer
 from streams.runtime.checkpoint import TransactionalCheckpoint
-from streams.runtime.failures import DeadLetterTopic, Failures, screen
-from streams.runtime.inflight import CrashLoopError, InFlightLog
+from streams.runtime.failures import DeadLetterTopic, Failures
+from streams.runtime.inflight import InFlightLog
 from streams.runtime.keepalive import KeepAlive
 from streams.runtime.metrics import BATCH_SECONDS, RECORDS_IN, serve_metrics
 from streams.runtime.outputs import Outputs, TopicLimits
@@ -165,7 +165,7 @@ class StageLoop:
         if spec.restoring is not None:
             path.restore = RestoreHooks(spec.restoring, consumer, stage=self.spec.name,
                                         watch_every_s=self.WATCH_EVERY_S)
-        path.failures = Failures(spec.handler, emit=functools.partial(self._emit, path),
+        path.failures = Failures(spec.handler, self.spec.failure_policy, emit=functools.partial(self._emit, path),
                                  keep=functools.partial(self._letters.keep, producer), flow=self.spec.flow,
                                  stage=self.spec.name,
                                  timed=BATCH_SECONDS.labels(self.spec.flow, self.spec.name, spec.topic).time)
@@ -276,21 +276,12 @@ class StageLoop:
         if path.transactional:
             path.checkpoint.begin()  # type: ignore[attr-defined]
         RECORDS_IN.labels(self.spec.flow, self.spec.name, path.spec.topic).inc(len(records))
-        verdict = path.inflight.begin(records) if path.inflight is not None else None
-        screened = screen(records, max_payload_bytes=self.spec.max_payload_bytes, verdict=verdict)
-        for record, killer in screened.poisoned:
-            path.failures.dead_letter(record, CrashLoopError(killer))
-        if screened.poisoned and path.inflight is not None and not path.transactional:
-            path.producer.flush()  # delivered before the rest runs: a later crash must not send them twice
-            path.inflight.lettered([record for record, _ in screened.poisoned])
-        path.failures.run(screened.accepted, call=functools.partial(self._call, path),
-                          isolate=verdict.isolate if verdict else False,
-                          noting=path.inflight.begin_record if path.inflight is not None else None)
-        # After the batch's outputs: a watermark marker must not overtake the records before it
-        # (a shard would claim an ingest offset whose predecessors it has not applied).
-        for record, size in screened.oversized:
-            path.failures.dead_letter(record, PayloadTooLargeError(
-                f"{size} bytes exceeds max_payload_bytes={self.spec.max_payload_bytes}"))
+        inflight = path.inflight
+        verdict = inflight.begin(records) if inflight is not None else None
+        screened = path.failures.take(
+            records, max_payload_bytes=self.spec.max_payload_bytes, verdict=verdict,
+            call=functools.partial(self._call, path), noting=inflight.begin_record if inflight is not None else None,
+            lettered=functools.partial(self._lettered, path) if inflight is not None and not path.transactional else None)
         for record in records:
             path.checkpoint.record(record.topic, record.partition, record.offset)
         path.processed += len(records)
@@ -299,8 +290,16 @@ class StageLoop:
         except DeliveryError as exc:
             path.failures.refused(screened.accepted, exc, self._topic_limits)
             path.checkpoint.commit()
-        if path.inflight is not None:
-            path.inflight.end(records)
+        if inflight is not None:
+            inflight.end(records)
+
+    @staticmethod
+    def _lettered(path: InputPath, killers: list[Inbound]) -> None:
+        """Records that killed the stage are dead-lettered: delivered before the rest runs, and noted,
+        so that a later crash does not send them twice."""
+        path.producer.flush()
+        assert path.inflight is not None
+        path.inflight.lettered(killers)
 
     def _call(self, path: InputPath, records: list[Inbound]) -> list[Output]:
         """``handler.process(records)``: a stateless handler's in the path's worker thread, keeping this

@@ -17,7 +17,7 @@ from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Message
 from streams.kafka.clients import Header, headers_of
 from streams.runtime.reply_topics import ReplyTopics
 
-__all__ = ["Inbound", "Output", "PartitionAware", "PathHandler", "PathSpec", "Restoring", "StageSpec"]
+__all__ = ["FailurePolicy", "Inbound", "Output", "PartitionAware", "PathHandler", "PathSpec", "Restoring", "StageSpec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +116,20 @@ class Restoring(PartitionAware):
 
 
 @dataclass(frozen=True, slots=True)
+class FailurePolicy:
+    """What a record that fails alone is, as the stage decides (the loop knows no processor's errors;
+    Kafka Streams' exception handlers are the same idea): a request the flow refuses, answered with
+    the handler's error reply and counted since nothing is lost, or a loss, dead-lettered.
+    Applied by ``streams/runtime/failures.py``, in the stage loop and in replay alike."""
+
+    rejected: tuple[type[Exception], ...] = ()
+    """The errors that refuse a request; any other failure is dead-lettered."""
+
+    def rejects(self, error: Exception) -> bool:
+        return isinstance(error, self.rejected)
+
+
+@dataclass(frozen=True, slots=True)
 class PathSpec:
     """One input path: its topic, consumer group and handler.
 
@@ -163,3 +177,5 @@ class StageSpec:
     """Where the crash-loop breaker notes in-flight offsets (``streams/runtime/inflight.py``); None: off."""
     reply_topics: ReplyTopics | None = None
     """Where replies may go (``Output.reply``); None: anywhere (stages under test)."""
+    failure_policy: FailurePolicy = FailurePolicy()
+    """Which failures refuse a request rather than lose a record; by default every one is dead-lettered."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from processors.document import Document
-from processors.exceptions import BadDocumentError
+from processors.exceptions import BadDocumentError, InvalidParameterError
 from processors.query.parameters import SearchParameters
 from streams.flow.parse import FlowSpec
 from streams.stages.join import Joiner
@@ -14,11 +14,11 @@ from streams.stages.fanout import QueryFanout
 from streams.runtime.reply_topics import ReplyTopics
 from streams.stages.shard.ingest import ShardIngest
 from streams.stages.shard.search import ShardSearch
-from streams.runtime.spec import PathSpec, StageSpec
+from streams.runtime.spec import FailurePolicy, PathSpec, StageSpec
 from streams.stages.shard.states import ShardStates
 from streams.stages.documents import DocumentTransform, TruncationReport, require_vectors
 
-__all__ = ["build_stage"]
+__all__ = ["FAILURE_POLICY", "build_stage"]
 
 INDEX_PATH_FETCH_WAIT_MS = 100
 """Index-path consumers wait longer per fetch: ingest is throughput, not latency."""
@@ -27,6 +27,10 @@ SHARD_CONSUMER_CONFIG: dict[str, object] = {
     "enable.partition.eof": True,  # "restored" = the end of the partition was reached
     "auto.offset.reset": "error",  # a stored offset out of range rebuilds the shard, never skips silently
 }
+
+
+FAILURE_POLICY = FailurePolicy(rejected=(InvalidParameterError,))
+"""Every stage's: a request with an invalid parameter is answered with the error, not dead-lettered."""
 
 
 def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None) -> StageSpec:
@@ -41,7 +45,8 @@ def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None
     reply_topics = ReplyTopics(topics, settings)
     common = dict(flow=topics.prefix, name=name, dead_letter_topic=topics.dead_letter, reply_topics=reply_topics,
                   max_payload_bytes=flow.max_payload_bytes, metrics_port=stage.metrics_port,
-                  status_topic=topics.status, inflight_dir=flow.state_dir / topics.prefix / "inflight")
+                  status_topic=topics.status, inflight_dir=flow.state_dir / topics.prefix / "inflight",
+                  failure_policy=FAILURE_POLICY)
     defaults = SearchParameters.parse(
         {"top_k": flow.search.top_k, "chunk_oversample": flow.search.chunk_oversample})
     # Stateless stages commit outputs and offsets in one transaction; the shard needs none:
