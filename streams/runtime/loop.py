@@ -18,6 +18,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from typing import IO
 
 from confluent_kafka import KafkaError
@@ -149,13 +150,15 @@ class StageLoop:
             self._stop.set()
             self._query_thread.join()
 
-    def _path(self, spec: PathSpec, producer: StageProducer | None = None, *, transactional: bool = False) -> InputPath:
+    def _path(self, spec: PathSpec, *, transactional: bool = False) -> InputPath:
         """A path with its own consumer and producer: a path's commit flushes its own outputs only, never
         the other path's or a status report (one waiting for a failover of its partition's leader would
-        hold the commit)."""
+        hold the commit). ``transactional``: its outputs and offsets commit in one transaction."""
         consumer = make_consumer(self.settings, group_id=spec.group_id, **{
             "fetch.wait.max.ms": spec.fetch_wait_ms, **spec.consumer_config, **self.spec.consumer_overrides})
-        producer = producer or StageProducer(self.settings, max_payload_bytes=self.spec.max_payload_bytes)
+        transactions = {"transactional.id": self._transactional_id(), "transaction.timeout.ms": 15000} \
+            if transactional else {}
+        producer = StageProducer(self.settings, max_payload_bytes=self.spec.max_payload_bytes, **transactions)
         checkpoint = TransactionalCheckpoint(consumer, producer, flow=self.spec.flow, stage=self.spec.name) \
             if transactional else None
         inflight = InFlightLog(self.spec.inflight_dir, spec.group_id) if self.spec.inflight_dir is not None else None
@@ -178,12 +181,7 @@ class StageLoop:
         if self.spec.query_path is not None:
             self._query = self._path(self.spec.query_path)
         if self.spec.index_path is not None:
-            transactional = None
-            if self.spec.exactly_once:
-                transactional = StageProducer(self.settings, max_payload_bytes=self.spec.max_payload_bytes,
-                                              **{"transactional.id": self._transactional_id(),
-                                                 "transaction.timeout.ms": 15000})
-            self._index = self._path(self.spec.index_path, transactional, transactional=transactional is not None)
+            self._index = self._path(self.spec.index_path, transactional=self.spec.exactly_once)
         self._rebalance.subscribe(self._index, self._query)
 
     def _transactional_id(self) -> str:
@@ -281,7 +279,7 @@ class StageLoop:
         screened = path.failures.take(
             records, max_payload_bytes=self.spec.max_payload_bytes, verdict=verdict,
             call=functools.partial(self._call, path), noting=inflight.begin_record if inflight is not None else None,
-            lettered=functools.partial(self._lettered, path) if inflight is not None and not path.transactional else None)
+            lettered=path.lettered if inflight is not None and not path.transactional else None)
         for record in records:
             path.checkpoint.record(record.topic, record.partition, record.offset)
         path.processed += len(records)
@@ -293,14 +291,6 @@ class StageLoop:
         if inflight is not None:
             inflight.end(records)
 
-    @staticmethod
-    def _lettered(path: InputPath, killers: list[Inbound]) -> None:
-        """Records that killed the stage are dead-lettered: delivered before the rest runs, and noted,
-        so that a later crash does not send them twice."""
-        path.producer.flush()
-        assert path.inflight is not None
-        path.inflight.lettered(killers)
-
     def _call(self, path: InputPath, records: list[Inbound]) -> list[Output]:
         """``handler.process(records)``: a stateless handler's in the path's worker thread, keeping this
         member in its groups however long it runs (``streams/runtime/keepalive.py``)."""
@@ -309,7 +299,7 @@ class StageLoop:
         consumers = [p.consumer for p in self._paths_of_this_thread()]
         return path.keepalive.call(path.spec.handler.process, records, consumers)
 
-    def _emit(self, path: InputPath, outputs: list[Output]) -> None:
+    def _emit(self, path: InputPath, outputs: Sequence[Output]) -> None:
         """Produce a handler's outputs with the path's producer, in its transaction with ``exactly_once``.
 
         :raises PayloadTooLargeError: if an output is larger than its topic takes.

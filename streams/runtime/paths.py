@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from confluent_kafka import Consumer
 
 from streams.kafka.clients import StageProducer
@@ -10,7 +12,7 @@ from streams.runtime.failures import Failures
 from streams.runtime.inflight import InFlightLog
 from streams.runtime.keepalive import KeepAlive
 from streams.runtime.restore import RestoreHooks
-from streams.runtime.spec import PathSpec
+from streams.runtime.spec import Inbound, PathSpec
 
 __all__ = ["InputPath"]
 
@@ -38,3 +40,10 @@ class InputPath:
     @property
     def transactional(self) -> bool:
         return isinstance(self.checkpoint, TransactionalCheckpoint)
+
+    def lettered(self, killers: Sequence[Inbound]) -> None:
+        """Records that killed the stage were dead-lettered: delivered before the rest of the batch runs,
+        and noted, so that a later crash does not send them twice."""
+        self.producer.flush()
+        assert self.inflight is not None
+        self.inflight.lettered(killers)
