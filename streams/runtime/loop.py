@@ -7,6 +7,11 @@ behind the index path: its backlog, a long batch, or a commit that waits for a b
 (a transaction of ``exactly_once``, a flush). When they do (the shard: its search reads what its
 ingest writes, and one rebalance moves both), one thread serves both, the query consumer polled
 first and the one the loop blocks on when idle. Stages differ only in their ``StageSpec``.
+
+The loop composes the parts of ``streams/runtime/``: ``spec`` (what a stage and its handlers declare),
+``paths`` (one input path), ``failures`` (isolate, retry, reject or dead-letter), ``outputs`` (sizes,
+reply gating), ``keepalive`` (long batches), ``restore`` and ``rebalance`` (what a stateful handler is
+told), ``reporting`` (status, lag, membership) and ``checkpoint``/``inflight`` (commits, crash loops).
 """
 
 
