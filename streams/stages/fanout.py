@@ -21,7 +21,7 @@ from streams.wire import headers as h
 from streams.exceptions import RequestExpiredError, SerdeError
 from streams.runtime.metrics import EXPIRED_REQUESTS
 from streams.wire.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec, PartialResult, Request, SearchReply
-from streams.runtime.loop import Inbound, Output
+from streams.runtime.spec import Inbound, Output, PathHandler
 from streams.runtime.reply_topics import ReplyTopics
 from streams.wire.topics import FlowTopics
 from streams.logs import CountedThrottle
@@ -157,7 +157,7 @@ def error_reply(record: Inbound, error: Exception) -> list[Output]:
                    ((h.REQUEST_ID, request_id), SEARCH_REPLY.header()), reply=True)]
 
 
-class QueryFanout:
+class QueryFanout(PathHandler):
     """Encodes the query documents at root level and sends one copy per shard. A query document
     that carries an embedding (``Client.search(vectors=...)``) is not encoded: the encoder only
     checks its dimension, and a batch of such queries never touches the model."""

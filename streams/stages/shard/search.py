@@ -29,7 +29,7 @@ from streams.wire import headers as h
 from streams.exceptions import InvalidRecordError
 from streams.stages.fanout import created_ms_of, decode_live, error_reply, query_headers
 from streams.wire.serde import PARTIAL_RESULT, REQUEST, PartialResult, Request
-from streams.runtime.loop import Inbound, Output
+from streams.runtime.spec import Inbound, Output, PathHandler
 from streams.stages.shard.states import ShardStates
 from streams.wire.topics import FlowTopics
 
@@ -48,7 +48,7 @@ class _Waiting:
     record: Inbound
 
 
-class ShardSearch:
+class ShardSearch(PathHandler):
     """Answers searches on the partitions this process owns, from their shard index."""
 
     def __init__(self, *, states: ShardStates, ranker: Ranker, topics: FlowTopics,

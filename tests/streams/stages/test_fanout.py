@@ -13,7 +13,7 @@ from streams.exceptions import DecodeLimitError
 from processors.query.limits import CLOCK_SKEW_MS
 from streams.stages.fanout import DEFAULT_TIMEOUT_MS, QueryFanout, decode_live, flow_deadline_ms, is_expired
 from streams.wire.serde import REQUEST, SEARCH_REPLY, Request
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 from streams.wire.topics import FlowTopics
 from tests.streams.stages.test_fanout_fuzz import FixedEncoder
 from tests.streams.wire.test_serde import nested

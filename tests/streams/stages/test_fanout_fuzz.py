@@ -19,7 +19,7 @@ from streams.wire import headers as h
 from streams.stages.join import Joiner
 from streams.stages.fanout import QueryFanout
 from streams.wire.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, PartialResult, Request
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 from streams.wire.topics import FlowTopics
 
 EXECUTED: list[str] = []

@@ -14,7 +14,7 @@ from processors.query.parameters import SearchParameters
 from streams.wire import headers as h
 from streams.stages.fanout import QueryFanout
 from streams.wire.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Request
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 from streams.wire.topics import FlowTopics
 from tests.streams.stages.test_fanout_fuzz import FixedEncoder
 

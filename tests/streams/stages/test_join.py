@@ -13,7 +13,7 @@ from streams.exceptions import InvalidRecordError, ReplyTopicError
 from streams.stages.join import Joiner
 from streams.wire.topics import FlowTopics
 from streams.wire.serde import PARTIAL_RESULT, SEARCH_REPLY, PartialResult
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 
 
 def part(shard: int, matches: list[tuple[str, float]], *, deadline_ms: int | None = None, request_id: str = "r",

@@ -21,7 +21,7 @@ from streams.kafka.clients import KafkaSettings
 from streams.wire.partitioner import partition_of
 from streams.stages.fanout import QueryFanout
 from streams.wire.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Request
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 from streams.wire.topics import FlowTopics
 from streams.stages.documents import DocumentTransform
 
