@@ -6,6 +6,11 @@ ids, vectors and search results as the index that consumed it live: upserts by i
 tombstones make replaying every version harmless. Replay runs with the index stage stopped
 (the stage holds each shard's RocksDB lock), or into another ``--state-dir``. A running index
 stage needs no command: a shard without local state restores itself the same way.
+
+Records go through the stage's own failure path (``streams/runtime/failures.py``) with the index
+stage's policy: what the live stage dead-lettered, replay skips and reports, never dies on. A record
+that killed the live stage (its crash-loop breaker dead-lettered it) would kill replay too: the
+dead-letter topic names it, and replay sets it apart unprocessed, as the stage did.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
@@ -21,8 +27,12 @@ from tqdm import tqdm
 from streams.exceptions import StreamsearchError
 from streams.flow.spec import FlowSpec
 from streams.kafka.clients import KafkaSettings, consume_batch, make_consumer
+from streams.ops.dead_letters import read_dead_letters
+from streams.runtime.failures import Failures
+from streams.runtime.inflight import CrashLoopError, InFlightVerdict
+from streams.stages.kinds import FAILURE_POLICY
 from streams.stages.shard.ingest import ShardIngest
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound, Output
 from streams.stages.shard.states import ShardStates
 
 __all__ = ["ReplayResult", "replay_index"]
@@ -38,6 +48,8 @@ class ReplayResult:
     seconds: float = 0.0
     documents: dict[int, int] = field(default_factory=dict)
     vectors: dict[int, int] = field(default_factory=dict)
+    skipped: int = 0
+    """Records not applied: those the live stage dead-lettered (each logged with its reason)."""
 
 
 def replay_index(flow: FlowSpec, settings: KafkaSettings, *, from_timestamp_ms: int | None = None,
@@ -54,17 +66,18 @@ def replay_index(flow: FlowSpec, settings: KafkaSettings, *, from_timestamp_ms: 
     topics = flow.topics
     states = ShardStates(root=flow.state_dir, flow=topics.prefix, config=flow.stage("index").config)
     ingest = ShardIngest(states=states, topics=topics, filter_by=flow.stage("index").filter_by)
+    result = ReplayResult()
+    apply = _Records(ingest, flow, result, killers=_killers(settings, flow)).apply
     partitions = list(range(topics.partitions))
     consumer = make_consumer(settings, group_id=f"{topics.prefix}.replay.{uuid.uuid4().hex[:8]}",
                              **{"enable.partition.eof": True, "fetch.wait.max.ms": 100})
-    result = ReplayResult()
     started = time.monotonic()
     try:
         starts = _open_shards(ingest, states, partitions, rebuild=from_timestamp_ms is None)
         if from_timestamp_ms is not None:
             starts = _offsets_at(consumer, topics.encoded, partitions, from_timestamp_ms)
         consumer.assign([TopicPartition(topics.encoded, p, starts[p]) for p in partitions])
-        result.records = _apply_to_end(consumer, ingest, topics.encoded, partitions, batch_size, progress,
+        result.records = _apply_to_end(consumer, apply, topics.encoded, partitions, batch_size, progress,
                                        started + timeout_s)
         for partition in partitions:
             index = states.get(partition)
@@ -103,7 +116,7 @@ def _offsets_at(consumer, topic: str, partitions: list[int], timestamp_ms: int) 
     return starts
 
 
-def _apply_to_end(consumer, ingest: ShardIngest, topic: str, partitions: list[int], batch_size: int,  # type: ignore[no-untyped-def]
+def _apply_to_end(consumer, apply: Callable[[list[Inbound]], None], topic: str, partitions: list[int], batch_size: int,  # type: ignore[no-untyped-def]
                   progress: bool, deadline: float) -> int:
     """Consume and apply until every partition has reported its end; a bar counts records."""
     waiting = set(partitions)
@@ -122,7 +135,7 @@ def _apply_to_end(consumer, ingest: ShardIngest, topic: str, partitions: list[in
                 else:
                     raise StreamsearchError(f"replay of {topic}: {err}")
             if records:
-                _apply(ingest, records)
+                apply(records)
                 applied += len(records)
                 bar.update(len(records))
             waiting.difference_update(ends)
@@ -131,21 +144,38 @@ def _apply_to_end(consumer, ingest: ShardIngest, topic: str, partitions: list[in
     return applied
 
 
-def _apply(ingest: ShardIngest, records: list[Inbound]) -> None:
-    """As the stage does: a batch that fails is applied record by record, and a record that
-    still fails is skipped and logged (the live stage sent it to the dead-letter topic)."""
-    try:
-        ingest.process(records)
-        return
-    except Exception:  # isolate the bad record below
-        pass
-    for record in records:
-        try:
-            ingest.process([record])
-        except Exception as exc:
-            logger.warning("replay skipped a bad record", extra={
-                "partition": record.partition, "offset": record.offset, "error": f"{type(exc).__name__}: {exc}"})
-            ingest.on_failure(record, exc)
+def _killers(settings: KafkaSettings, flow: FlowSpec) -> dict[tuple[str, int, int], str]:
+    """The records of ``<flow>.encoded`` that killed the live index stage (its crash-loop breaker
+    dead-lettered them), by (topic, partition, offset), with the reason."""
+    return {(letter.source_topic, letter.source_partition, letter.source_offset): letter.message
+            for letter in read_dead_letters(settings, flow.topics)
+            if letter.source_topic == flow.topics.encoded and letter.error_class == CrashLoopError.__name__}
+
+
+class _Records:
+    """Applies batches as the live index stage does, through its failure path and policy: a batch
+    that fails is applied record by record; a record that still fails, is too large, or killed the
+    stage is skipped and reported (the live stage sent it to the dead-letter topic already)."""
+
+    def __init__(self, ingest: ShardIngest, flow: FlowSpec, result: ReplayResult,
+                 killers: dict[tuple[str, int, int], str]) -> None:
+        self._result = result
+        self._max_payload_bytes = flow.max_payload_bytes
+        self._verdict = InFlightVerdict(poisoned=killers, isolate=False)
+        self._failures = Failures(ingest, FAILURE_POLICY, emit=self._no_outputs, keep=self._skip,
+                                  flow=flow.topics.prefix, stage="index")
+
+    def apply(self, records: list[Inbound]) -> None:
+        self._failures.take(records, max_payload_bytes=self._max_payload_bytes, verdict=self._verdict)
+
+    @staticmethod
+    def _no_outputs(outputs: Sequence[Output]) -> None:
+        """The shard's outputs are its state: its handler produces no record, and replay has no producer."""
+
+    def _skip(self, record: Inbound, error: Exception) -> None:
+        self._result.skipped += 1
+        logger.warning("replay skipped a bad record", extra={
+            "partition": record.partition, "offset": record.offset, "error": f"{type(error).__name__}: {error}"})
 
 
 def _remaining(consumer, topic: str, partitions: set[int]) -> int:  # type: ignore[no-untyped-def]

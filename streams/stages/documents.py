@@ -20,7 +20,7 @@ from streams.exceptions import InvalidRecordError, SerdeError
 from streams.runtime.metrics import TRUNCATED_TEXTS
 from streams.wire.partitioner import LIBRDKAFKA_PARTITIONER, partition_of
 from streams.wire.codec import DOCUMENT
-from streams.runtime.loop import Inbound, Output
+from streams.runtime.spec import Inbound, Output, PathHandler
 from streams.logs import CountedThrottle
 
 __all__ = ["DocumentTransform", "TruncationReport", "ingest_offset_of", "require_vectors"]
@@ -76,7 +76,7 @@ def is_marker(record: Inbound) -> bool:
     return record.headers.get(h.KIND) == h.WATERMARK
 
 
-class DocumentTransform:
+class DocumentTransform(PathHandler):
     """Runs a processor over the documents of a batch and forwards them, order kept."""
 
     def __init__(

@@ -22,7 +22,7 @@ from streams.exceptions import RequestExpiredError, SerdeError
 from streams.runtime.metrics import EXPIRED_REQUESTS
 from streams.wire.codec import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec
 from streams.wire.records import PartialResult, Request, SearchReply
-from streams.runtime.loop import Inbound, Output
+from streams.runtime.spec import Inbound, Output, PathHandler
 from streams.runtime.reply_topics import ReplyTopics
 from streams.wire.topics import FlowTopics
 from streams.logs import CountedThrottle
@@ -158,7 +158,7 @@ def error_reply(record: Inbound, error: Exception) -> list[Output]:
     return [Output(reply_to.decode(errors="replace"), value, request_id, None, headers, reply=True)]
 
 
-class QueryFanout:
+class QueryFanout(PathHandler):
     """Encodes the query documents at root level and sends one copy per shard. A query document
     that carries an embedding (``Client.search(vectors=...)``) is not encoded: the encoder only
     checks its dimension, and a batch of such queries never touches the model."""

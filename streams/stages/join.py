@@ -31,7 +31,7 @@ from streams.runtime.metrics import QUERY_SECONDS, REPLIES
 from streams.stages.fanout import ExpiredRequests, decode_live, split_expired
 from streams.wire.codec import PARTIAL_RESULT, SEARCH_REPLY
 from streams.wire.records import PartialResult, SearchReply
-from streams.runtime.loop import Inbound, Output
+from streams.runtime.spec import Inbound, Output, PathHandler
 from streams.wire.topics import FlowTopics
 
 __all__ = ["Joiner", "PendingRequest"]
@@ -81,7 +81,7 @@ class PendingRequest:
         return bool(self.expected) and not self.missing
 
 
-class Joiner:
+class Joiner(PathHandler):
     """Merges shard results per request and replies on the request's reply topic."""
 
     def __init__(self, operations: Sequence[Operation] = (), *, flow: str = "", version: int = 1,

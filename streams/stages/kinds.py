@@ -13,18 +13,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from processors.document import Document
-from processors.exceptions import BadDocumentError
+from processors.exceptions import BadDocumentError, InvalidParameterError
 from processors.query.parameters import SearchParameters
 from streams.flow.executors import ENCODERS, INDEXERS, SEGMENTERS, Executor
 from streams.kafka.clients import KafkaSettings
-from streams.runtime.loop import PathSpec, StageSpec
+from streams.runtime.spec import FailurePolicy, PathSpec, StageSpec
 from streams.runtime.reply_topics import ReplyTopics
 
 if TYPE_CHECKING:
     from streams.flow.spec import FlowSpec, StageConfig
 
-__all__ = ["StageKind", "StageBuild", "KINDS", "SEGMENT", "ENCODE", "INDEX", "JOIN", "STATEFUL_KINDS", "ANSWERING_KINDS",
-           "QUERY_PATH_KINDS", "build_stage"]
+__all__ = ["FAILURE_POLICY", "StageKind", "StageBuild", "KINDS", "SEGMENT", "ENCODE", "INDEX", "JOIN", "STATEFUL_KINDS",
+           "ANSWERING_KINDS", "QUERY_PATH_KINDS", "build_stage"]
 
 INDEX_PATH_FETCH_WAIT_MS = 100
 """Index-path consumers wait longer per fetch: ingest is throughput, not latency."""
@@ -83,6 +83,10 @@ class StageKind:
     """A live process shows as a member of ``<group><suffix>`` (the shard's search path has no group)."""
 
 
+FAILURE_POLICY = FailurePolicy(rejected=(InvalidParameterError,))
+"""Every stage's: a request with an invalid parameter is answered with the error, not dead-lettered."""
+
+
 def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None) -> StageSpec:
     """The StageSpec of one stage of the flow; processors are built, not yet warmed up.
 
@@ -95,7 +99,8 @@ def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None
     reply_topics = ReplyTopics(topics, settings)
     common = dict(flow=topics.prefix, name=name, dead_letter_topic=topics.dead_letter, reply_topics=reply_topics,
                   max_payload_bytes=flow.max_payload_bytes, metrics_port=stage.metrics_port,
-                  status_topic=topics.status, inflight_dir=flow.state_dir / topics.prefix / "inflight")
+                  status_topic=topics.status, inflight_dir=flow.state_dir / topics.prefix / "inflight",
+                  failure_policy=FAILURE_POLICY)
     defaults = SearchParameters.parse(
         {"top_k": flow.search.top_k, "chunk_oversample": flow.search.chunk_oversample})
     # Stateless stages commit outputs and offsets in one transaction; the shard needs none:

@@ -30,7 +30,8 @@ from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, f
 from streams.local.apache_kafka import KafkaCluster
 from streams.local.brokers import BrokerKind, LocalBroker
 from streams.local.runtime import LocalRuntime
-from streams.runtime.loop import Inbound, Output, PathSpec, StageLoop, StageSpec
+from streams.runtime.loop import StageLoop
+from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
 from streams.wire.topics import RECORD_OVERHEAD_BYTES, TopicShape
 from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
 from tests.streams.recovery import read_shards, wait_applied

@@ -21,7 +21,7 @@ from processors.document import Document, copy_tree
 from processors.index.base import Change
 from processors.index.compound import CompoundIndexer
 from streams.runtime.metrics import INDEX_VECTORS
-from streams.runtime.loop import Inbound, Output
+from streams.runtime.spec import Inbound, Output, PathHandler, Restoring
 from streams.stages.shard.restore import Verdict
 from streams.stages.shard.states import ShardCheckpoint, ShardStates
 from streams.wire.topics import FlowTopics
@@ -31,8 +31,9 @@ __all__ = ["ShardIngest"]
 
 logger = logging.getLogger(__name__)
 
-class ShardIngest:
-    """Applies encoded documents and tombstones to the partition's shard index."""
+class ShardIngest(PathHandler, Restoring):
+    """Applies encoded documents and tombstones to the partition's shard index; owns the shards of
+    its partitions and restores each before it serves (declared: ``Restoring``)."""
 
     def __init__(self, *, states: ShardStates, topics: FlowTopics, filter_by: Sequence[str] = ()) -> None:
         self._states = states

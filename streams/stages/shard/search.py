@@ -30,7 +30,7 @@ from streams.exceptions import InvalidRecordError
 from streams.stages.fanout import created_ms_of, decode_live, error_reply, query_headers
 from streams.wire.codec import PARTIAL_RESULT, REQUEST
 from streams.wire.records import PartialResult, Request
-from streams.runtime.loop import Inbound, Output
+from streams.runtime.spec import Inbound, Output, PathHandler
 from streams.stages.shard.states import ShardStates
 from streams.wire.topics import FlowTopics
 
@@ -49,7 +49,7 @@ class _Waiting:
     record: Inbound
 
 
-class ShardSearch:
+class ShardSearch(PathHandler):
     """Answers searches on the partitions this process owns, from their shard index."""
 
     def __init__(self, *, states: ShardStates, ranker: Ranker, topics: FlowTopics,

@@ -29,7 +29,8 @@ import os, sys, time, ctypes
 from pathlib import Path
 from confluent_kafka import TopicPartition
 from streams.kafka.clients import KafkaSettings
-from streams.runtime.loop import Output, PathSpec, StageLoop, StageSpec
+from streams.runtime.loop import StageLoop
+from streams.runtime.spec import Output, PathSpec, StageSpec
 
 bootstrap, name, inflight = sys.argv[1:4]
 

@@ -11,7 +11,8 @@ from confluent_kafka import TopicPartition
 
 from streams.kafka.admin import ensure_topics
 from streams.kafka.clients import KafkaSettings, StageProducer, make_consumer
-from streams.runtime.loop import Inbound, Output, PathSpec, StageLoop, StageSpec
+from streams.runtime.loop import StageLoop
+from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
 from streams.wire.topics import TopicShape
 from tests.e2e.test_apache_kafka import _read_all
 

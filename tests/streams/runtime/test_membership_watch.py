@@ -9,7 +9,9 @@ import pytest
 
 from streams.exceptions import GroupMembershipLost
 from streams.kafka.clients import KafkaSettings
-from streams.runtime.loop import PathSpec, StageLoop, StageSpec, _Path
+from streams.runtime.loop import StageLoop
+from streams.runtime.paths import InputPath as _Path
+from streams.runtime.spec import PathSpec, StageSpec
 
 
 class _Consumer:

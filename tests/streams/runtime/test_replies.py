@@ -13,7 +13,8 @@ from streams.kafka.admin import delete_topics, ensure_topics
 from streams.kafka.clients import KafkaSettings, StageProducer, make_consumer
 from streams.runtime.metrics import UNDELIVERABLE_REPLIES
 from streams.runtime.reply_topics import ReplyTopics
-from streams.runtime.loop import Inbound, Output, PathSpec, StageLoop, StageSpec
+from streams.runtime.loop import StageLoop
+from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
 from streams.exceptions import ReplyTopicError
 from streams.wire.topics import FlowTopics, TopicShape
 from tests.e2e.test_apache_kafka import _read_all

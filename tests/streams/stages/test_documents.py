@@ -9,7 +9,7 @@ from processors.encoders.base import Truncated
 from processors.exceptions import BadDocumentError, InvalidDocumentError
 from streams.runtime.metrics import TRUNCATED_TEXTS
 from streams.wire.codec import DOCUMENT
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 from streams.stages.documents import DocumentTransform, TruncationReport, decode_document
 
 
@@ -70,7 +70,7 @@ def test_a_document_over_the_chunk_cap_is_refused_by_the_segment_stage_with_the_
     from processors.exceptions import BadDocumentError
     from streams.flow.parse import parse_flow
     from streams.wire.codec import DOCUMENT
-    from streams.runtime.loop import Inbound
+    from streams.runtime.spec import Inbound
     from streams.stages.kinds import build_stage
 
     flow = parse_flow("""

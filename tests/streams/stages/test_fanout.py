@@ -14,7 +14,7 @@ from processors.query.limits import CLOCK_SKEW_MS
 from streams.stages.fanout import DEFAULT_TIMEOUT_MS, QueryFanout, decode_live, flow_deadline_ms, is_expired
 from streams.wire.codec import REQUEST, SEARCH_REPLY
 from streams.wire.records import Request
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 from streams.wire.topics import FlowTopics
 from tests.streams.stages.test_fanout_fuzz import FixedEncoder
 from tests.streams.wire.fixtures import nested

@@ -20,7 +20,7 @@ from streams.stages.join import Joiner
 from streams.stages.fanout import QueryFanout
 from streams.wire.codec import PARTIAL_RESULT, REQUEST, SEARCH_REPLY
 from streams.wire.records import PartialResult, Request
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 from streams.wire.topics import FlowTopics
 
 EXECUTED: list[str] = []

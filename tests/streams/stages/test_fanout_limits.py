@@ -15,7 +15,7 @@ from streams.wire import headers as h
 from streams.stages.fanout import QueryFanout
 from streams.wire.codec import PARTIAL_RESULT, REQUEST, SEARCH_REPLY
 from streams.wire.records import Request
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 from streams.wire.topics import FlowTopics
 from tests.streams.stages.test_fanout_fuzz import FixedEncoder
 

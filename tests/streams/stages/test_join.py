@@ -14,7 +14,7 @@ from streams.stages.join import Joiner
 from streams.wire.topics import FlowTopics
 from streams.wire.codec import PARTIAL_RESULT, SEARCH_REPLY
 from streams.wire.records import PartialResult
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 
 
 def part(shard: int, matches: list[tuple[str, float]], *, deadline_ms: int | None = None, request_id: str = "r",

@@ -22,7 +22,7 @@ from streams.wire.partitioner import partition_of
 from streams.stages.fanout import QueryFanout
 from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY
 from streams.wire.records import Request
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 from streams.wire.topics import FlowTopics
 from streams.stages.documents import DocumentTransform
 

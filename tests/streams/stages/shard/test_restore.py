@@ -20,7 +20,7 @@ from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, STORED_DOCUMEN
 from streams.wire.records import Request
 from streams.stages.shard.ingest import ShardIngest
 from streams.stages.shard.search import ShardSearch
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 from streams.stages.shard.restore import RestoreTracker, Verdict
 from streams.stages.shard.states import PRIVATE_INFIX, ShardStates
 from streams.wire.topics import FlowTopics

@@ -17,7 +17,7 @@ from streams.wire.records import Request
 from streams.stages.shard.search import STALE_MARGIN_MS
 from streams.stages.shard.ingest import ShardIngest
 from streams.stages.shard.search import ShardSearch
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 from streams.stages.shard.states import ShardStates
 from streams.wire.topics import FlowTopics
 

@@ -19,7 +19,7 @@ from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST
 from streams.wire.records import PartialResult, Request
 from streams.stages.shard.ingest import ShardIngest
 from streams.stages.shard.search import ShardSearch
-from streams.runtime.loop import Inbound
+from streams.runtime.spec import Inbound
 from streams.stages.shard.states import ShardStates
 from streams.wire.topics import FlowTopics
 from tests.streams.fixtures import later_ms

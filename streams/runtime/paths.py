@@ -1,0 +1,49 @@
+"""One input path of a running stage, and what runs its records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from confluent_kafka import Consumer
+
+from streams.kafka.clients import StageProducer
+from streams.runtime.checkpoint import Checkpoint, TransactionalCheckpoint
+from streams.runtime.failures import Failures
+from streams.runtime.inflight import InFlightLog
+from streams.runtime.keepalive import KeepAlive
+from streams.runtime.restore import RestoreHooks
+from streams.runtime.spec import Inbound, PathSpec
+
+__all__ = ["InputPath"]
+
+
+class InputPath:
+    """A path's consumer and producer, the checkpoint that commits them and the crash-loop breaker's
+    notes; the loop adds what runs its records (``failures``, and what its handler declares it needs)."""
+
+    failures: Failures
+    """Set by the loop once the path is made: what fails is produced with the path's producer."""
+
+    def __init__(self, spec: PathSpec, consumer: Consumer, producer: StageProducer,
+                 checkpoint: Checkpoint | None = None, inflight: InFlightLog | None = None) -> None:
+        self.spec = spec
+        self.consumer = consumer
+        self.producer = producer
+        self.checkpoint = checkpoint or Checkpoint(consumer, producer)
+        self.inflight = inflight
+        self.processed = 0
+        self.keepalive: KeepAlive | None = None
+        """Runs a stateless handler's batch while the path's thread keeps its consumer in the group."""
+        self.restore: RestoreHooks | None = None
+        """Tells a restoring handler what the consumer sees."""
+
+    @property
+    def transactional(self) -> bool:
+        return isinstance(self.checkpoint, TransactionalCheckpoint)
+
+    def lettered(self, killers: Sequence[Inbound]) -> None:
+        """Records that killed the stage were dead-lettered: delivered before the rest of the batch runs,
+        and noted, so that a later crash does not send them twice."""
+        self.producer.flush()
+        assert self.inflight is not None
+        self.inflight.lettered(killers)

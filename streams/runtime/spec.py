@@ -1,0 +1,182 @@
+"""What a stage is, declared before it runs: its paths, their handlers, and the records they see and make.
+
+The Topology idea of Kafka Streams: a ``StageSpec`` names the topics, consumer groups and handlers of
+a stage, and the loop (``streams/runtime/loop.py``) runs any of them the same way.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Message
+
+from streams.kafka.clients import headers_of
+from streams.wire.headers import Header
+from streams.runtime.reply_topics import ReplyTopics
+
+__all__ = ["FailurePolicy", "Inbound", "Output", "PartitionAware", "PathHandler", "PathSpec", "Restoring", "StageSpec"]
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A consumed record, detached from librdkafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    timestamp_ms: int = 0
+    log_append_time: bool = False
+    """Whether ``timestamp_ms`` is the broker's (LogAppendTime), not the producer's (CreateTime)."""
+
+    @classmethod
+    def of(cls, msg: Message) -> Inbound:
+        kind, timestamp = msg.timestamp()
+        return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), headers_of(msg),
+                   timestamp, kind == TIMESTAMP_LOG_APPEND_TIME)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A record to produce."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | str | None = None
+    partition: int | None = None
+    headers: tuple[Header, ...] = ()
+    reply: bool = False
+    """A reply to a client: sent only to an existing reply topic of the flow, best effort (a client
+    that has gone loses nothing; its reply is counted, not retried, and no input is held back)."""
+
+
+class PathHandler(Protocol):
+    """What a stage does with one input path.
+
+    ``process`` may raise for a batch: the loop then retries each record alone, and sends
+    the one that still fails to the dead-letter topic with ``on_failure``'s extra outputs.
+    Any object with these three methods is one; a handler that does more declares it by
+    subclassing :class:`PartitionAware` or :class:`Restoring`.
+    """
+
+    def process(self, records: Sequence[Inbound]) -> list[Output]: ...
+
+    def on_failure(self, record: Inbound, error: Exception) -> list[Output]: ...
+
+    def tick(self) -> list[Output]: ...
+
+
+class PartitionAware(abc.ABC):
+    """A handler that owns per-partition state (the shard), declared by subclassing: the loop reads
+    the declaration (:attr:`PathSpec.partition_aware`) and never probes a handler for methods.
+
+    The loop then runs its batches inline, not in a worker thread (its rebalance callbacks open and
+    close that state; ``streams/runtime/keepalive.py``), calls these hooks on the index path's
+    rebalances, reports its partitions in status records and closes it when the stage stops.
+    """
+
+    @abc.abstractmethod
+    def assigned(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Open state for new partitions; return the offset to resume each from (-2 = beginning)."""
+
+    @abc.abstractmethod
+    def revoked(self, partitions: Sequence[int]) -> None:
+        """Close the state of partitions taken away (revoked or lost)."""
+
+    @abc.abstractmethod
+    def shard_status(self) -> list[dict[str, object]]:
+        """Per open partition, what ``streamsearch status`` shows of it."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """The stage stops: close every partition's state."""
+
+
+class Restoring(PartitionAware):
+    """A stateful handler that restores before it serves, from what the consumer sees
+    (``streams/runtime/restore.py``), declared by subclassing."""
+
+    @abc.abstractmethod
+    def watermarks(self, partition: int, low: int, high: int) -> int | None:
+        """The watermarks of the last fetch response; returns an offset to seek to, if any."""
+
+    @abc.abstractmethod
+    def end_reached(self, partition: int) -> None:
+        """The consumer reached the end of ``partition`` (the records before it are applied)."""
+
+    @abc.abstractmethod
+    def out_of_range(self, partition: int, low: int, high: int) -> int:
+        """The broker said the position is out of range; given the log start and end offsets it
+        reports now (< 0: unknown), returns the offset to go on from."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailurePolicy:
+    """What a record that fails alone is, as the stage decides (the loop knows no processor's errors;
+    Kafka Streams' exception handlers are the same idea): a request the flow refuses, answered with
+    the handler's error reply and counted since nothing is lost, or a loss, dead-lettered.
+    Applied by ``streams/runtime/failures.py``, in the stage loop and in replay alike."""
+
+    rejected: tuple[type[Exception], ...] = ()
+    """The errors that refuse a request; any other failure is dead-lettered."""
+
+    def rejects(self, error: Exception) -> bool:
+        return isinstance(error, self.rejected)
+
+
+@dataclass(frozen=True, slots=True)
+class PathSpec:
+    """One input path: its topic, consumer group and handler.
+
+    :param follow_index_path: assign this path's partitions to mirror the index path's
+        assignment (co-partitioning: shard p answers search partition p), no subscription.
+    :param fetch_wait_ms: the consumer's ``fetch.wait.max.ms``: short on query paths
+        (latency), longer on index paths (fewer idle fetches for the broker to serve).
+    :param consumer_config: librdkafka settings of this path's consumer (the user's win).
+    """
+
+    topic: str
+    group_id: str
+    handler: PathHandler
+    batch_size: int = 64
+    follow_index_path: bool = False
+    fetch_wait_ms: int = 5
+    consumer_config: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def partition_aware(self) -> PartitionAware | None:
+        """The handler, if it declares that it owns per-partition state."""
+        return self.handler if isinstance(self.handler, PartitionAware) else None
+
+    @property
+    def restoring(self) -> Restoring | None:
+        """The handler, if it declares that it restores before it serves."""
+        return self.handler if isinstance(self.handler, Restoring) else None
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """A stage, fully described before it runs."""
+
+    flow: str
+    name: str
+    dead_letter_topic: str
+    index_path: PathSpec | None = None
+    query_path: PathSpec | None = None
+    max_payload_bytes: int = 8 * 1024 * 1024
+    consumer_overrides: dict[str, object] = field(default_factory=dict)
+    metrics_port: int | None = None
+    status_topic: str | None = None
+    exactly_once: bool = False
+    inflight_dir: Path | None = None
+    """Where the crash-loop breaker notes in-flight offsets (``streams/runtime/inflight.py``); None: off."""
+    reply_topics: ReplyTopics | None = None
+    """Where replies may go (``Output.reply``); None: anywhere (stages under test)."""
+    failure_policy: FailurePolicy = FailurePolicy()
+    """Which failures refuse a request rather than lose a record; by default every one is dead-lettered."""
