@@ -34,7 +34,8 @@ DIM = 384  # the flow's encoder's (MiniLM): the flow is checked against it
 REPLAY = """
 import dataclasses, json, os, sys
 from pathlib import Path
-from streams.flow.parse import load_flow, with_state_dir
+from streams.flow.parse import load_flow
+from streams.flow.spec import with_state_dir
 from streams.kafka.clients import KafkaSettings
 from streams.ops.replay import replay_index
 from streams.stages.shard.ingest import ShardIngest
