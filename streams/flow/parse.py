@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from processors.query.operators import Operation, QueryLanguageError, parse_operations
+from processors.exceptions import QueryLanguageError
+from processors.query.operators import Operation, parse_operations
 from streams.exceptions import FlowConfigError
 from streams.flow.executors import EXECUTORS, build_config
 from streams.wire.topics import TOPIC_ROLES, FlowTopics, TopicSettings
