@@ -21,12 +21,15 @@ from processors.document import Document, Score, copy_tree
 from processors.exceptions import DimensionMismatchError
 from processors.index.base import ApplyResult, Change, DocumentCodec, Hit, IndexStats, SearchTuning, VectorIndex
 from processors.index.config import CompoundIndexerConfig
-from processors.index.store import Owner, ShardStore
+from processors.index.store import Owner, ShardStore, ShardWrite
 from processors.index.types import EXACT, INDEX_TYPES, VECTOR_INDEX_TYPES, known_index_type
 
 __all__ = ["CompoundIndexerConfig", "CompoundIndexer"]
 
 logger = logging.getLogger(__name__)
+
+_Planned = list[tuple[Document, list[tuple[str, Document]]]]
+"""Upserted documents, each with its embedded nodes and their paths."""
 
 _NO_VECTORS = np.empty((0, 0), np.float32)
 """What the exact index trains on: nothing."""
@@ -94,6 +97,21 @@ class CompoundIndexer:
         """
         last = {change.doc_id: change.doc for change in changes}
         planned = [(doc, list(_embedded_nodes(doc))) for doc in last.values() if doc is not None]
+        self._check_dims(planned)
+        write = self._store.begin()
+        removed_vids = [vid for doc_id in last for vid in write.remove_document(doc_id)]
+        new_ids, new_vectors, new_owners = self._stage_vectors(write, planned)
+        self._store.commit(write, next_vid=self._next_vid, checkpoint=checkpoint)
+        removed = self._follow(removed_vids, new_ids, new_vectors, new_owners)
+        return ApplyResult(
+            upserted=len(planned),
+            deleted=sum(1 for doc in last.values() if doc is None),
+            vectors_added=len(new_ids),
+            vectors_removed=removed,
+        )
+
+    def _check_dims(self, planned: _Planned) -> None:
+        """Refuse the whole batch before anything is written if one embedding has another width."""
         for doc, nodes in planned:
             for path, node in nodes:
                 size = int(np.asarray(node.embedding).size)
@@ -102,10 +120,10 @@ class CompoundIndexer:
                         f"document {doc.id!r} node {path or 'root'}: embedding has {size} values, "
                         f"the index holds {self.config.dim}"
                     )
-        write = self._store.begin()
-        removed_vids: list[int] = []
-        for doc_id in last:
-            removed_vids.extend(write.remove_document(doc_id))
+
+    def _stage_vectors(self, write: ShardWrite, planned: _Planned
+                       ) -> tuple[list[int], list[np.ndarray], list[Owner]]:
+        """Stage each upserted document and its vectors under new ids; returns the ids, vectors and owners."""
         new_ids: list[int] = []
         new_vectors: list[np.ndarray] = []
         new_owners: list[Owner] = []
@@ -122,8 +140,11 @@ class CompoundIndexer:
                 new_vectors.append(vector)
                 new_owners.append(owner)
             write.put_document(_strip_embeddings(doc), vids)
-        self._store.commit(write, next_vid=self._next_vid, checkpoint=checkpoint)
-        # FAISS follows RocksDB only after the write succeeded.
+        return new_ids, new_vectors, new_owners
+
+    def _follow(self, removed_vids: list[int], new_ids: list[int], new_vectors: list[np.ndarray],
+                new_owners: list[Owner]) -> int:
+        """FAISS follows RocksDB, only after the write succeeded; returns how many vectors were removed."""
         gone = np.array(removed_vids, dtype=np.int64)
         added = np.array(new_ids, dtype=np.int64)
         added_vectors = np.stack(new_vectors) if new_vectors else np.empty((0, self.config.dim), np.float32)
@@ -138,12 +159,7 @@ class CompoundIndexer:
                 self._field_vids.get(owner[2], set()).discard(vid)
         self._own(zip(new_ids, new_owners))
         self._refresh_approximate()
-        return ApplyResult(
-            upserted=len(planned),
-            deleted=sum(1 for doc in last.values() if doc is None),
-            vectors_added=len(new_ids),
-            vectors_removed=removed,
-        )
+        return removed
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -199,10 +215,7 @@ class CompoundIndexer:
         :raises ConfigError: for an unknown index type, or an ``ef_search``/``nprobe`` below 1.
         """
         chosen = known_index_type(self.config.index_type if index_type is None else index_type)
-        allowed = None
-        if fields is not None:
-            vids = set().union(*(self._field_vids.get(name, set()) for name in fields))
-            allowed = np.fromiter(sorted(vids), dtype=np.int64, count=len(vids))
+        allowed = self._allowed(fields) if fields is not None else None
         tuning = SearchTuning(ef_search=ef_search, nprobe=nprobe, allowed=allowed)
         queries = np.asarray(embeddings, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.config.dim:
@@ -215,28 +228,38 @@ class CompoundIndexer:
         available = index.size if allowed is None else len(allowed)
         scores, ids = _search_past_ties(index, queries, top_k, tuning, available)
         roots: dict[str, Document | None] = {}
-        results: list[list[Hit]] = []
-        for row_scores, row_ids in zip(scores, ids):
-            found = [(Score(float(value), index.op_name, index.direction), owner)
-                     for value, vid in zip(row_scores, row_ids)
-                     if (owner := self._vid_owner.get(int(vid))) is not None]
-            # Equal scores in document id order, then node path: never in the order vectors were added.
-            found.sort(key=lambda pair: (pair[0].sort_key(), pair[1][0], pair[1][1]))
-            hits: list[Hit] = []
-            for score, (doc_id, path, _) in found:
-                if len(hits) == top_k:
-                    break
-                if doc_id not in roots:
-                    roots[doc_id] = self._store.document(doc_id)
-                root = roots[doc_id]
-                if root is None:
-                    continue
-                node = copy_tree(_node_at(root, path))
-                node.chunks, node.matches = [], []
-                node.scores = {**node.scores, "score": score}
-                hits.append(Hit(root=root, node=node, score=score))
-            results.append(hits)
-        return results
+        return [self._hits(index, row_scores, row_ids, top_k, roots) for row_scores, row_ids in zip(scores, ids)]
+
+    def _allowed(self, fields: Sequence[str]) -> np.ndarray:
+        """The ids of the vectors of nodes with one of these field names, sorted."""
+        vids = set().union(*(self._field_vids.get(name, set()) for name in fields))
+        return np.fromiter(sorted(vids), dtype=np.int64, count=len(vids))
+
+    def _hits(self, index: VectorIndex, row_scores: np.ndarray, row_ids: np.ndarray, top_k: int,
+              roots: dict[str, Document | None]) -> list[Hit]:
+        """One query's hits from its FAISS row: owners looked up, ties cut by document id, ``top_k`` kept.
+
+        :param roots: the root documents read so far for this search, shared by its queries.
+        """
+        found = [(Score(float(value), index.op_name, index.direction), owner)
+                 for value, vid in zip(row_scores, row_ids)
+                 if (owner := self._vid_owner.get(int(vid))) is not None]
+        # Equal scores in document id order, then node path: never in the order vectors were added.
+        found.sort(key=lambda pair: (pair[0].sort_key(), pair[1][0], pair[1][1]))
+        hits: list[Hit] = []
+        for score, (doc_id, path, _) in found:
+            if len(hits) == top_k:
+                break
+            if doc_id not in roots:
+                roots[doc_id] = self._store.document(doc_id)
+            root = roots[doc_id]
+            if root is None:
+                continue
+            node = copy_tree(_node_at(root, path))
+            node.chunks, node.matches = [], []
+            node.scores = {**node.scores, "score": score}
+            hits.append(Hit(root=root, node=node, score=score))
+        return hits
 
     # -- internals -------------------------------------------------------------------------
 
