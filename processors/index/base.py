@@ -9,7 +9,7 @@ import numpy as np
 
 from processors.document import Direction, Document, Score
 from processors.exceptions import ConfigError
-from processors.index.types import INDEX_TYPES, IndexType  # the table's names, for callers of this contract
+from processors.index.types import IndexType
 
 if TYPE_CHECKING:
     import faiss
