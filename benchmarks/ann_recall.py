@@ -23,7 +23,8 @@ from setup import FLOW, ROOT, machine, scifact
 
 from processors.document import Document
 from processors.encoders.transformer import TransformerEncoder
-from processors.index.base import INDEX_TYPES, Change
+from processors.index.base import Change
+from processors.index.types import INDEX_TYPES
 from processors.index.compound import CompoundIndexer
 from processors.index.faiss_ivf import auto_pq_m, nlist_for
 from streams.flow.parse import load_flow

@@ -9,6 +9,8 @@ __all__ = [
     "DimensionMismatchError",
     "ModelNotFoundError",
     "InvalidParameterError",
+    "QueryLanguageError",
+    "ConditionTypeError",
     "RequestLimitError",
     "RegexBudgetError",
 ]
@@ -44,6 +46,15 @@ class ModelNotFoundError(ConfigError):
 
 class InvalidParameterError(StreamsearchError):
     """A request parameter is unknown or has the wrong type or range."""
+
+
+class QueryLanguageError(InvalidParameterError):
+    """An operation of the query language is unknown, malformed or carries a bad value."""
+
+
+class ConditionTypeError(QueryLanguageError):
+    """A condition met a value of a kind its lookup never matches (a string tag against a number):
+    refused rather than counted as no match, which would return nothing without a word."""
 
 
 class RequestLimitError(InvalidParameterError):

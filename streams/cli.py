@@ -17,6 +17,7 @@ from typing import Any, Callable
 import click
 from confluent_kafka import KafkaException
 
+from processors.index.types import INDEX_TYPES
 from processors.query.limits import REQUEST_LIMITS
 from streams.kafka.admin import check_broker, ensure_topics
 from streams.exceptions import (EXIT_CONFIG, BrokerError, RequestExpiredError, RequestTimeoutError, StateConfigError,
@@ -329,7 +330,7 @@ def _dead_lettered(letters: list[Any], count: int, flow: CommandFlow) -> str:
               help=f"Documents to return, 1..{REQUEST_LIMITS.max_top_k} (max_top_k); the flow's default if unset.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Deadline in seconds.")
 @click.option("--filter-by", multiple=True, help="Search only this field (repeatable; multi-field flows).")
-@click.option("--index-type", default=None, help="Shard index to answer from: flat, hnsw, ivf, ivf_pq.")
+@click.option("--index-type", default=None, help=f"Shard index to answer from: {', '.join(INDEX_TYPES)}.")
 @one_line_errors
 def search(text: str, flow: CommandFlow, top_k: int | None, timeout: float, filter_by: tuple[str, ...],
            index_type: str | None) -> None:

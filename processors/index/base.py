@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from processors.document import Direction, Document, Score
 from processors.exceptions import ConfigError
+from processors.index.types import IndexType
 
 if TYPE_CHECKING:
     import faiss
@@ -27,8 +28,6 @@ __all__ = [
 ]
 
 Metric = Literal["inner_product", "l2"]
-IndexType = Literal["flat", "hnsw", "ivf", "ivf_pq"]
-INDEX_TYPES: tuple[str, ...] = get_args(IndexType)
 
 
 class DocumentCodec(Protocol):

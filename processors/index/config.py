@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from processors.exceptions import ConfigError
-from processors.index.base import INDEX_TYPES, IndexType, Metric
+from processors.index.base import Metric
+from processors.index.types import IndexType, known_index_type
 
-__all__ = ["CompoundIndexerConfig", "known_index_type"]
+__all__ = ["CompoundIndexerConfig"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +21,8 @@ class CompoundIndexerConfig:
 
     :param dim: embedding dimension; a document with another one is rejected.
     :param metric: ``inner_product`` (similarity) or ``l2`` (distance).
-    :param index_type: what answers a search that does not choose: ``flat`` (exact), ``hnsw``,
-        ``ivf`` or ``ivf_pq``; a non-flat default is built at ``warm_up`` and kept ready.
+    :param index_type: what answers a search that does not choose: a name in ``INDEX_TYPES``
+        (``processors/index/types.py``); a non-flat default is built at ``warm_up`` and kept ready.
     :param hnsw_m: HNSW neighbours per node.
     :param hnsw_ef_construction: HNSW candidate list size while inserting.
     :param hnsw_ef_search: HNSW candidate list size per query.
@@ -58,12 +59,3 @@ class CompoundIndexerConfig:
         if not 1 <= self.pq_bits <= 16:
             raise ConfigError(f"CompoundIndexer: pq_bits must be between 1 and 16, got {self.pq_bits}")
 
-
-def known_index_type(index_type: str) -> str:
-    """The index type, checked.
-
-    :raises ConfigError: naming the known types.
-    """
-    if index_type not in INDEX_TYPES:
-        raise ConfigError(f"index_type {index_type!r} is unknown; use one of {', '.join(INDEX_TYPES)}")
-    return index_type

@@ -31,7 +31,8 @@ def faiss_metric(metric: Metric) -> int:
 
 
 class FaissVectorIndex:
-    """A FAISS index that keeps our int64 ids itself; subclasses choose the structure and search.
+    """A FAISS index that keeps our int64 ids itself; subclasses choose the structure, and the search
+    when it has an effort knob.
 
     It is derived state: the shard index rebuilds it from RocksDB, so it is never saved here.
 
@@ -71,20 +72,12 @@ class FaissVectorIndex:
             return 0
         return int(self._index.remove_ids(ids.astype(np.int64)))
 
-
-class FlatVectorIndex(FaissVectorIndex):
-    """A flat (exact) FAISS index with id mapping; on a GPU when faiss-gpu sees one."""
-
-    def __init__(self, *, dim: int, metric: Metric) -> None:
-        flat = faiss.IndexFlat(dim, faiss_metric(metric))
-        super().__init__(dim=dim, metric=metric, kind="flat", index=faiss.IndexIDMap2(_maybe_on_gpu(flat)))
-
     def search(
         self, queries: np.ndarray, k: int, tuning: SearchTuning | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return (scores, ids) of shape (queries, k'); k' = min(k, size), ids -1 pad nothing.
 
-        :param tuning: only ``allowed`` applies: an exact search has no effort knob.
+        :param tuning: only ``allowed`` applies here; a subclass with an effort knob reads it too.
         """
         selector = tuning.selector() if tuning else None
         k = min(k, self.size if selector is None else len(tuning.allowed))  # type: ignore[union-attr, arg-type]
@@ -93,6 +86,14 @@ class FlatVectorIndex(FaissVectorIndex):
             return empty.astype(np.float32), empty.astype(np.int64)
         params = faiss.SearchParameters(sel=selector) if selector is not None else None
         return self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
+
+
+class FlatVectorIndex(FaissVectorIndex):
+    """A flat (exact) FAISS index with id mapping; on a GPU when faiss-gpu sees one."""
+
+    def __init__(self, *, dim: int, metric: Metric) -> None:
+        flat = faiss.IndexFlat(dim, faiss_metric(metric))
+        super().__init__(dim=dim, metric=metric, kind="flat", index=faiss.IndexIDMap2(_maybe_on_gpu(flat)))
 
 
 def _maybe_on_gpu(index: faiss.Index) -> faiss.Index:

@@ -19,13 +19,11 @@ from typing import Any, Callable, Literal, Mapping
 import regex
 
 from processors.document import Document, Score
-from processors.exceptions import InvalidParameterError, RegexBudgetError
+from processors.exceptions import ConditionTypeError, QueryLanguageError, RegexBudgetError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "QueryLanguageError",
-    "ConditionTypeError",
     "FieldRef",
     "Condition",
     "ATTRIBUTES",
@@ -64,15 +62,6 @@ ATTRIBUTES: Mapping[str, Callable[[Document], Any]] = MappingProxyType({
 _COUNTED_REPEAT = regex.compile(r"\{([0-9]*),?([0-9]*)\}")
 # Verbose mode lets whitespace and comments split a count ("a{1 0}"), out of the scan's sight.
 _VERBOSE_FLAG = regex.compile(r"\(\?[\w^-]*x")
-
-
-class QueryLanguageError(InvalidParameterError):
-    """An operation of the query language is unknown, malformed or carries a bad value."""
-
-
-class ConditionTypeError(QueryLanguageError):
-    """A condition met a value of a kind its lookup never matches (a string tag against a number):
-    refused rather than counted as no match, which would return nothing without a word."""
 
 
 class _TimeoutWarnings:

@@ -19,13 +19,13 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from processors.document import Document, copy_tree, traverse
+from processors.exceptions import QueryLanguageError
 from processors.query.limits import REQUEST_LIMITS
-from processors.query.lookups import Condition, FieldRef, QueryLanguageError, RegexBudget, describe
+from processors.query.lookups import Condition, FieldRef, RegexBudget, describe
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "QueryLanguageError",
     "Operation",
     "OPERATORS",
     "DOCUMENT_FIELDS",

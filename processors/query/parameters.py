@@ -24,7 +24,7 @@ class SearchParameters:
     :param chunk_oversample: vectors fetched per wanted document on each shard, so that a
         document with several matching chunks does not crowd others out of the top_k.
     :param filter_by: fields to search (multi-field flows), each once; None searches every field.
-    :param index_type: the shard index to answer from (flat, hnsw, ivf, ivf_pq); None = the flow's.
+    :param index_type: the shard index type to answer from (``processors.index.types.INDEX_TYPES``); None = the flow's.
     :param ground_truth: query doc id -> {doc id: grade}; the reply then carries evaluations.
     :param metrics: what to evaluate, e.g. ``ndcg@10``, ``recall@100``, ``precision@10``, ``mrr``.
     :param query_language: operations ``{operator, parameters, priority, traversal_paths, stage}``

@@ -333,7 +333,7 @@ class Client:
             the reply comes by then, flagged partial if parts were missing.
         :param after: wait until the shards have applied these writes (read-your-writes).
         :param filter_by: search only these fields of a multi-field flow.
-        :param index_type: answer from this shard index type (flat, hnsw, ivf, ivf_pq).
+        :param index_type: answer from this shard index type (a name in ``processors.index.types.INDEX_TYPES``).
         :param parameters: any other request parameter (``query_language``, ``ground_truth``, ...).
         :raises ValueError: if both or neither of ``texts`` and ``vectors`` are given, a text is
             blank, ``vectors`` is not a non-empty 2-D array of finite numbers (float32 range), or

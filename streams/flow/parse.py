@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from processors.query.operators import Operation, QueryLanguageError, parse_operations
+from processors.exceptions import QueryLanguageError
+from processors.query.operators import Operation, parse_operations
 from streams.exceptions import FlowConfigError
 from streams.flow.executors import DEFAULT_RANKER, RANKERS, build_config
 from streams.flow.spec import (DEFAULT_MAX_CHUNKS_PER_DOCUMENT, DEFAULT_MAX_PAYLOAD_BYTES, PROCESSING_GUARANTEES,

@@ -13,7 +13,7 @@ import time
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from processors.encoders.base import Encoder
-from processors.index.base import INDEX_TYPES
+from processors.index.types import INDEX_TYPES
 from processors.query.limits import CLOCK_SKEW_MS, REQUEST_LIMITS, RequestLimits
 from processors.query.lookups import describe
 from processors.query.parameters import InvalidParameterError, SearchParameters

@@ -10,7 +10,8 @@ from rocksdict import Options, Rdict
 from processors.document import Direction, Document
 from processors.exceptions import ConfigError, DimensionMismatchError
 from processors.index.base import Change
-from processors.index.compound import FORMAT, CompoundIndexer, CompoundIndexerConfig
+from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
+from processors.index.store import FORMAT
 from streams.wire.codec import DOCUMENT, STORED_DOCUMENT
 
 DIM = 8

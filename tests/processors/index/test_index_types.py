@@ -5,7 +5,8 @@ import pytest
 
 from processors.document import Direction, Document
 from processors.exceptions import ConfigError
-from processors.index.base import INDEX_TYPES, Change
+from processors.index.base import Change
+from processors.index.types import INDEX_TYPES
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from streams.wire.codec import STORED_DOCUMENT
 

@@ -5,13 +5,13 @@ from typing import Any
 import pytest
 
 from processors.document import Direction, Document, Score, copy_tree, traverse
+from processors.exceptions import ConditionTypeError, QueryLanguageError
 from processors.query import lookups
 from processors.query.lookups import ATTRIBUTES, LOOKUPS
 from processors.query.operators import (
     DOCUMENT_FIELDS,
     OPERATORS,
     Operation,
-    QueryLanguageError,
     apply_operations,
     merge_operations,
     parse_operations,
@@ -133,7 +133,7 @@ class TestFilter:
     def test_type_mismatch_is_refused(self, tree: list[Document], conditions: dict[str, Any]) -> None:
         """A comparison that can never match because of a kind (a text tag against a number) is an
         error naming the document and the kinds, not an empty result without a word."""
-        with pytest.raises(lookups.ConditionTypeError, match="never matches"):
+        with pytest.raises(ConditionTypeError, match="never matches"):
             run(tree, Operation("filter", {"conditions": conditions}))
 
     @pytest.mark.parametrize(("conditions", "kept"), [
@@ -145,7 +145,7 @@ class TestFilter:
         docs = [Document(id="a", tags={"minutes": 10, "vegan": False}),
                 Document(id="b", tags={"minutes": 12.5, "vegan": True})]
         if conditions == {"tags.vegan__in": [1]}:  # True == 1 in Python: a boolean is not the number 1
-            with pytest.raises(lookups.ConditionTypeError):
+            with pytest.raises(ConditionTypeError):
                 run(docs, Operation("filter", {"conditions": conditions}))
             return
         assert [doc.id for doc in run(docs, Operation("filter", {"conditions": conditions}))] == kept

@@ -7,13 +7,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processors.document import Direction, Document, Score, copy_tree
-from processors.exceptions import RegexBudgetError
-from processors.query.lookups import ATTRIBUTES, LOOKUPS, ConditionTypeError
+from processors.exceptions import ConditionTypeError, QueryLanguageError, RegexBudgetError
+from processors.query.lookups import ATTRIBUTES, LOOKUPS
 from processors.query.operators import (
     DOCUMENT_FIELDS,
     OPERATORS,
     Operation,
-    QueryLanguageError,
     apply_operations,
     merge_operations,
     parse_operations,

@@ -1,0 +1,238 @@
+"""A shard's RocksDB: documents, vectors and the consumed checkpoint under one key layout.
+
+RocksDB is the source of truth of a shard index. Every write (upserts, deletes and the caller's
+checkpoint) goes into one WriteBatch, so after a crash the stored checkpoint says exactly which
+input the stored data reflects. Only this module knows how keys and values are laid out.
+
+Key layout (one RocksDB per shard):
+    d/<doc id>     the root document, embeddings stripped (codec bytes)
+    dv/<doc id>    int64 ids of the document's vectors
+    v/<vector id>  float32 vector bytes + the owner: 0xFF, then doc id, node path and field name,
+                   each as a big-endian uint32 byte count and its UTF-8 bytes
+    m/checkpoint   the caller's opaque checkpoint
+    m/next_vid     the next vector id
+    m/config       dim and metric, checked on reopen
+    m/format       the layout new writes use (2), set on the first open by this code; a newer one is refused
+
+A key is a fixed prefix and the whole id, and an owner is length-prefixed, so nothing stored
+depends on what an id contains (NUL, '/', control characters...). Shards written before
+format 2 hold owners as UTF-8 "<doc id>\\0<node path>\\0<field name>", with no 0xFF (never in
+UTF-8): such a value is read by its last two NULs, so ids holding NUL are recovered too.
+They are read as they are and never rewritten; every new vector is written in format 2.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from rocksdict import Options, Rdict, WriteBatch
+
+from processors.document import Document
+from processors.exceptions import ConfigError
+from processors.index.base import DocumentCodec, Metric
+
+__all__ = ["FORMAT", "Owner", "ShardStore", "ShardWrite"]
+
+_DOC, _DOC_VIDS, _VEC = b"d/", b"dv/", b"v/"
+_CHECKPOINT, _NEXT_VID, _CONFIG, _FORMAT = b"m/checkpoint", b"m/next_vid", b"m/config", b"m/format"
+FORMAT = 2
+"""The storage layout this code writes; it reads every one up to it."""
+_OWNER_TAG = b"\xff"
+"""Starts a format-2 owner; a format-1 owner is UTF-8 text, which never holds 0xFF."""
+
+Owner = tuple[str, str, str]
+"""Whose vector it is: (doc id, node path, field name); the path is '' for the root, 'c3.c1' below."""
+
+
+class ShardStore:
+    """One shard's RocksDB, opened and closed by the shard index; it holds nothing derived.
+
+    :param path: the shard's directory, one per flow, stage and partition.
+    :param dim: vector width; stored with ``metric`` on the first open and checked on every later one.
+    :param codec: turns stored documents into bytes and back.
+    """
+
+    def __init__(self, path: Path, *, dim: int, metric: Metric, codec: DocumentCodec) -> None:
+        self.path = Path(path)
+        self.dim = dim
+        self.metric = metric
+        self._codec = codec
+        self._db: Rdict | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    def open(self) -> None:
+        """Open (or create) the shard's RocksDB and check it was built for this dim and metric.
+
+        :raises ConfigError: for a newer storage format, or a dim or metric other than stored.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._db = Rdict(str(self.path), options=Options(raw_mode=True))
+        self._check_config()
+
+    def close(self) -> None:
+        """Close RocksDB; safe to call twice."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def destroy(self) -> None:
+        """Close and delete every file of this shard."""
+        self.close()
+        Rdict.destroy(str(self.path))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def next_vid(self) -> int:
+        """The next vector id to give: ids are never reused."""
+        raw = self._open_db().get(_NEXT_VID)
+        return struct.unpack(">q", raw)[0] if raw else 0
+
+    def checkpoint(self) -> bytes | None:
+        """The checkpoint stored with the last write, or None for a new shard."""
+        return self._open_db().get(_CHECKPOINT)
+
+    def document(self, doc_id: str) -> Document | None:
+        """The stored root document (without embeddings), or None."""
+        raw = self._open_db().get(_DOC + _utf8(doc_id))
+        return self._codec.decode(raw) if raw is not None else None
+
+    def document_count(self) -> int:
+        """Stored root documents, counted on disk."""
+        return sum(1 for _ in self._scan(_DOC_VIDS))
+
+    def doc_ids(self) -> Iterator[str]:
+        """Every stored root document id, in key order."""
+        for key, _ in self._scan(_DOC_VIDS):
+            yield key[len(_DOC_VIDS) :].decode("utf-8", "surrogatepass")
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray, list[Owner]]:
+        """Every stored vector: ids, a (n, dim) float32 matrix and each one's owner."""
+        ids, vectors, owners = [], [], []
+        width = self.dim * 4
+        for key, value in self._scan(_VEC):
+            ids.append(struct.unpack(">q", key[len(_VEC) :])[0])
+            vectors.append(np.frombuffer(value[:width], dtype="<f4"))
+            owners.append(_unpack_owner(value[width:]))
+        matrix = np.stack(vectors) if vectors else np.empty((0, self.dim), np.float32)
+        return np.array(ids, dtype=np.int64), matrix, owners
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def begin(self) -> ShardWrite:
+        """A new atomic write; nothing is stored until :meth:`commit`."""
+        return ShardWrite(self._open_db(), self._codec)
+
+    def commit(self, write: ShardWrite, *, next_vid: int, checkpoint: bytes) -> None:
+        """Store the staged write with the next vector id and the checkpoint, in one WriteBatch."""
+        write.batch.put(_NEXT_VID, struct.pack(">q", next_vid))
+        write.batch.put(_CHECKPOINT, checkpoint)
+        self._open_db().write(write.batch)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _open_db(self) -> Rdict:
+        if self._db is None:
+            raise ConfigError(f"shard index at {self.path} is not open: call warm_up() first")
+        return self._db
+
+    def _check_config(self) -> None:
+        db = self._open_db()
+        stored_format = db.get(_FORMAT)
+        if stored_format is not None and int(stored_format) > FORMAT:
+            raise ConfigError(f"shard index at {self.path} has storage format {int(stored_format)}, this "
+                              f"streamsearch reads up to {FORMAT}: upgrade it, or rebuild the shard by replay")
+        wanted = json.dumps({"dim": self.dim, "metric": self.metric}).encode()
+        stored = db.get(_CONFIG)
+        if stored is None:
+            db.put(_CONFIG, wanted)
+        elif stored != wanted:
+            was, now = json.loads(stored), json.loads(wanted)
+            changed = ", ".join(f"{key} {was.get(key)!r}, now {value!r}" for key, value in now.items()
+                                if was.get(key) != value)
+            raise ConfigError(f"shard index at {self.path} was built with {changed}: rebuild it by replay")
+        if stored_format is None:
+            db.put(_FORMAT, str(FORMAT).encode())
+
+    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self._open_db().items(from_key=prefix):
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+
+class ShardWrite:
+    """One atomic write being staged (:meth:`ShardStore.begin`): documents removed and put, with their vectors.
+
+    :param db: the open RocksDB, read for what a removal removes; written only by :meth:`ShardStore.commit`.
+    """
+
+    def __init__(self, db: Rdict, codec: DocumentCodec) -> None:
+        self._db = db
+        self._codec = codec
+        self.batch = WriteBatch(raw_mode=True)
+
+    def remove_document(self, doc_id: str) -> list[int]:
+        """Stage the removal of a stored document and its vectors.
+
+        :returns: the ids of the vectors removed; none if the document is not stored.
+        """
+        raw = self._db.get(_DOC_VIDS + _utf8(doc_id))
+        if raw is None:
+            return []
+        vids = np.frombuffer(raw, dtype=">i8").astype(np.int64).tolist()
+        for vid in vids:
+            self.batch.delete(_VEC + struct.pack(">q", vid))
+        self.batch.delete(_DOC + _utf8(doc_id))
+        self.batch.delete(_DOC_VIDS + _utf8(doc_id))
+        return vids
+
+    def put_vector(self, vid: int, vector: np.ndarray, owner: Owner) -> None:
+        """Stage one vector (little-endian float32) and its owner, in format 2."""
+        self.batch.put(_VEC + struct.pack(">q", vid), vector.tobytes() + _pack_owner(*owner))
+
+    def put_document(self, doc: Document, vids: list[int]) -> None:
+        """Stage a root document, its embeddings already stripped, and the ids of its vectors."""
+        self.batch.put(_DOC + _utf8(doc.id), self._codec.encode(doc))
+        self.batch.put(_DOC_VIDS + _utf8(doc.id), np.array(vids, dtype=">i8").tobytes())
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8, lone surrogates passed through: any str has bytes that decode back to it."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _pack_owner(doc_id: str, path: str, field_name: str) -> bytes:
+    """A vector's owner in format 2: the tag, then each part as a uint32 byte count and its bytes."""
+    parts = [_utf8(part) for part in (doc_id, path, field_name)]
+    return _OWNER_TAG + b"".join(struct.pack(">I", len(part)) + part for part in parts)
+
+
+def _unpack_owner(raw: bytes) -> Owner:
+    """A vector's (doc id, node path, field name), stored in format 2 or in format 1.
+
+    :raises ConfigError: if the bytes are neither (a damaged shard: rebuild it by replay).
+    """
+    if not raw.startswith(_OWNER_TAG):
+        # Format 1: path and field never hold NUL, so the last two NULs split it, even for ids holding NUL.
+        parts = raw.decode("utf-8", "surrogatepass").rsplit("\0", 2)
+        if len(parts) != 3:
+            raise ConfigError(f"a stored vector owner is unreadable: {raw[:80]!r}")
+        return parts[0], parts[1], parts[2]
+    owner, at = [], len(_OWNER_TAG)
+    for _ in range(3):
+        if at + 4 > len(raw):
+            raise ConfigError(f"a stored vector owner is truncated: {raw[:80]!r}")
+        (size,) = struct.unpack_from(">I", raw, at)
+        at += 4
+        if at + size > len(raw):
+            raise ConfigError(f"a stored vector owner is truncated: {raw[:80]!r}")
+        owner.append(raw[at : at + size].decode("utf-8", "surrogatepass"))
+        at += size
+    return owner[0], owner[1], owner[2]
