@@ -98,17 +98,17 @@ def _match_json(match: Document) -> dict[str, Any]:
     }
 
 
+REPLY_INTERNAL = frozenset({"request_id", "docs"})
+"""SearchReply fields the bridge does not pass on as they are: ``docs`` become ``results``."""
+
+
 def _reply_json(texts: list[str], reply: SearchReply, latency_ms: float) -> dict[str, Any]:
+    """Every reply field (a new one reaches HTTP with no edit here), the matches per query, and the latency."""
+    fields = {f.name: getattr(reply, f.name) for f in dataclasses.fields(reply) if f.name not in REPLY_INTERNAL}
     return {
         "results": [{"query": text, "matches": [_match_json(m) for m in doc.matches]}
                     for text, doc in zip(texts, reply.docs)],
-        "partial": reply.partial,
-        "missing_shards": reply.missing_shards,
-        "stale_shards": reply.stale_shards,
-        "restoring_shards": reply.restoring_shards,
-        "errors": reply.errors,
-        "warnings": reply.warnings,
-        "version": reply.version,
+        **fields,
         "latency_ms": round(latency_ms, 1),
     }
 

@@ -208,31 +208,14 @@ def _partial_from_avro(rec: dict[str, Any]) -> PartialResult:
 
 
 def _reply_to_avro(r: SearchReply) -> dict[str, Any]:
-    return {
-        "request_id": r.request_id,
-        "docs": [doc_to_avro(d) for d in r.docs],
-        "partial": r.partial,
-        "missing_shards": r.missing_shards,
-        "stale_shards": r.stale_shards,
-        "restoring_shards": r.restoring_shards,
-        "errors": r.errors,
-        "warnings": r.warnings,
-        "version": r.version,
-    }
+    """Every field as the schema names it: a new reply field is its schema line and its dataclass field."""
+    return {**{f.name: getattr(r, f.name) for f in dataclasses.fields(r)}, "docs": [doc_to_avro(d) for d in r.docs]}
 
 
 def _reply_from_avro(rec: dict[str, Any]) -> SearchReply:
-    return SearchReply(
-        request_id=rec["request_id"],
-        docs=[doc_from_avro(d) for d in rec["docs"]],
-        partial=rec["partial"],
-        missing_shards=list(rec["missing_shards"]),
-        stale_shards=list(rec["stale_shards"]),
-        errors=list(rec["errors"]),
-        restoring_shards=list(rec["restoring_shards"]),
-        warnings=list(rec["warnings"]),
-        version=rec["version"],
-    )
+    fields = {f.name for f in dataclasses.fields(SearchReply)}  # a field an earlier schema lacks takes its default
+    known = {k: v for k, v in rec.items() if k in fields}
+    return SearchReply(**{**known, "docs": [doc_from_avro(d) for d in rec["docs"]]})
 
 
 def _status_from_avro(rec: dict[str, Any]) -> StageStatus:

@@ -115,3 +115,19 @@ def test_validation_errors_are_json_even_when_they_echo_nan(app: FastAPI) -> Non
     assert response.status_code == 422
     detail: list[dict[str, Any]] = response.json()["detail"]
     assert detail[0]["loc"][-1] == "text" and detail[0]["input"] is None
+
+
+def test_every_reply_field_reaches_the_json_answer() -> None:
+    """The bridge passes a reply's fields on by the dataclass: a new reply field needs no edit in http.py."""
+    import dataclasses
+
+    from processors.document import Document
+    from streams.client.http import REPLY_INTERNAL, _reply_json
+    from streams.wire.records import SearchReply
+
+    reply = SearchReply(request_id="r1", docs=[Document(id="q", text="x")], partial=False, missing_shards=[],
+                        stale_shards=[], errors=[], warnings=["fewer"], version=2)
+    answer = _reply_json(["x"], reply, 1.24)
+    passed = {f.name for f in dataclasses.fields(SearchReply)} - REPLY_INTERNAL
+    assert passed <= answer.keys() and "request_id" not in answer
+    assert answer["warnings"] == ["fewer"] and answer["version"] == 2 and answer["latency_ms"] == 1.2

@@ -140,3 +140,17 @@ class TestTypedTags:
         header = fingerprint(to_parsing_canonical_form(earlier), "CRC-64-AVRO")
         assert DOCUMENT.decode(buffer.getvalue(), header) == old  # <flow>.ingest / .encoded from before
         assert STORED_DOCUMENT.decode(buffer.getvalue()) == old  # a shard's store from before
+
+
+def test_every_reply_field_is_in_the_schema_and_survives_the_wire() -> None:
+    """A new reply field is a schema line and a dataclass field; the mapping between them is derived, not listed."""
+    import dataclasses
+
+    schema_fields = [f["name"] for f in SEARCH_REPLY.schema["fields"]]
+    assert sorted(schema_fields) == sorted(f.name for f in dataclasses.fields(SearchReply))
+    reply = SearchReply(request_id="r1", docs=[Document(id="q", text="x")], partial=True, missing_shards=[1],
+                        stale_shards=[2], errors=["e"], restoring_shards=[3], warnings=["w"], version=4)
+    value, headers = SEARCH_REPLY.encode_record(reply, [])
+    back = SEARCH_REPLY.decode_record(value, dict(headers))
+    assert dataclasses.replace(back, docs=[]) == dataclasses.replace(reply, docs=[])
+    assert [d.id for d in back.docs] == ["q"]
