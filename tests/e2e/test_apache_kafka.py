@@ -32,7 +32,7 @@ from streams.local.brokers import BrokerKind, LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.runtime.loop import Inbound, Output, PathSpec, StageLoop, StageSpec
 from streams.wire.topics import RECORD_OVERHEAD_BYTES, TopicShape
-from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
+from tests.streams.fixtures import FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
 from tests.streams.recovery import read_shards, wait_applied
 from tests.e2e.test_http import call
 
@@ -95,7 +95,7 @@ topics:
 """
 
 
-def test_topics_carry_the_settings_the_flow_asked_for_and_status_shows_them(kafka, start_flow) -> None:  # type: ignore[no-untyped-def]
+def test_topics_carry_the_settings_the_flow_asked_for_and_status_shows_them(kafka: LocalBroker, start_flow: FlowFactory) -> None:
     runtime = start_flow(sentence_flow_yaml() + TOPICS_SECTION)
     assert runtime.settings is not None
     topics = runtime.flow.topics
@@ -139,7 +139,7 @@ def _long_document(doc_id: str, sentences: int) -> Document:
     return Document(id=doc_id, text=text)
 
 
-def test_an_encoded_record_over_the_topic_limit_is_dead_lettered_and_later_documents_are_indexed(kafka, start_flow) -> None:  # type: ignore[no-untyped-def]
+def test_an_encoded_record_over_the_topic_limit_is_dead_lettered_and_later_documents_are_indexed(kafka: LocalBroker, start_flow: FlowFactory) -> None:
     runtime = start_flow(sentence_flow_yaml(shards=1) + LIMITED_FLOW)
     assert runtime.settings is not None
     topics = runtime.flow.topics
@@ -182,7 +182,7 @@ class _Oversize:
         return []
 
 
-def test_an_output_the_broker_refuses_dead_letters_its_input_and_nothing_is_committed_past_it(kafka) -> None:  # type: ignore[no-untyped-def]
+def test_an_output_the_broker_refuses_dead_letters_its_input_and_nothing_is_committed_past_it(kafka: LocalBroker) -> None:
     """The stage does not know the limit (as with a broker-wide limit it cannot read): the broker's
     MSG_SIZE_TOO_LARGE delivery report is what dead-letters the input."""
     settings = KafkaSettings(kafka.bootstrap_servers)
@@ -230,7 +230,7 @@ topics:
 """
 
 
-def test_the_encoded_log_is_compacted_and_a_replay_from_it_equals_the_live_index(kafka, start_flow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_encoded_log_is_compacted_and_a_replay_from_it_equals_the_live_index(kafka: LocalBroker, start_flow: FlowFactory, tmp_path: Path) -> None:
     runtime = start_flow(sentence_flow_yaml(shards=1) + COMPACTED_FLOW)
     assert runtime.settings is not None
     topics = runtime.flow.topics
@@ -275,7 +275,7 @@ def test_the_encoded_log_is_compacted_and_a_replay_from_it_equals_the_live_index
 # -- persistence across broker restarts ------------------------------------------------------------
 
 
-def test_the_local_kafka_keeps_everything_across_broker_restarts_and_a_full_stop(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_local_kafka_keeps_everything_across_broker_restarts_and_a_full_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM, then kill -9, of the broker under running stages; then everything stopped and
     started again on the same state dir: shards resume from their stored offsets, nothing is
     rebuilt, lost or duplicated; searches during an outage are answered by their deadline."""
@@ -348,7 +348,7 @@ def _encoded_end(settings: KafkaSettings, topic: str, reached: int) -> int:
 
 
 def test_a_shard_whose_records_were_deleted_before_it_applied_them_keeps_its_state_and_says_what_may_be_missing(
-        kafka, start_flow) -> None:  # type: ignore[no-untyped-def]
+        kafka: LocalBroker, start_flow: FlowFactory) -> None:
     """Issue 20: delete_records (or retention) removed records a lagging shard had not applied. Kafka
     answered OFFSET_OUT_OF_RANGE, the shard destroyed its state, its seek failed ("Failed to seek to
     offset -2") and the index stage exited. Now it keeps what it holds, goes on from the log start,

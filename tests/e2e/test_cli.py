@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from processors.query.limits import REQUEST_LIMITS
+from streams.local.brokers import BrokerKind, LocalBroker
 from streams.resources import EXAMPLE_FLOWS
 from tests.streams.fixtures import RAW_LIBRDKAFKA_LINE, FlowFactory, root_flow_yaml, sentence_flow_yaml
 
@@ -147,7 +148,7 @@ class RunningFlow:
 
 
 @pytest.fixture(scope="module")
-def flow_dir(broker_kind, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFlow]:  # type: ignore[no-untyped-def]
+def flow_dir(broker_kind: BrokerKind, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFlow]:
     """`streamsearch run a.yml` in a fresh directory, no KAFKA_BOOTSTRAP_SERVERS: it starts the
     directory's local broker, over the stale address a crashed run left behind."""
     folder = tmp_path_factory.mktemp("user")
@@ -266,7 +267,7 @@ def test_a_short_deadline_is_not_a_flow_that_does_not_run(flow_dir: RunningFlow)
 
 
 @pytest.mark.kafka
-def test_a_second_run_in_the_directory_joins_its_broker_and_leaves_it(flow_dir: RunningFlow, broker_kind) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_run_in_the_directory_joins_its_broker_and_leaves_it(flow_dir: RunningFlow, broker_kind: BrokerKind) -> None:
     flow_dir.run.wait_for("flow 'clia' running")
     address = flow_dir.folder / ".streamsearch" / "bootstrap"
     (flow_dir.folder / "b.yml").write_text(FLOW_YAML.replace("NAME", "clib"))
@@ -438,8 +439,8 @@ def test_only_the_run_that_started_the_broker_removes_its_address(flow_dir: Runn
 
 
 @pytest.mark.kafka
-def test_search_shows_a_root_level_match_by_its_title_and_the_start_of_its_text(  # type: ignore[no-untyped-def]
-        broker, start_flow: FlowFactory, tmp_path: Path) -> None:
+def test_search_shows_a_root_level_match_by_its_title_and_the_start_of_its_text(
+        broker: LocalBroker, start_flow: FlowFactory, tmp_path: Path) -> None:
     """Issue 21: a flow without a segmenter (one vector per document, as streams/flows/beir.yml) printed
     bare ids; its matches carry no chunk to show. Now the title tag and the text's first 120
     characters (whitespace collapsed, cut at a word) say what was found."""
@@ -467,7 +468,7 @@ def test_search_shows_a_root_level_match_by_its_title_and_the_start_of_its_text(
 
 
 @pytest.mark.kafka
-def test_an_unknown_flow_is_refused_in_one_line_and_nothing_is_created(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_unknown_flow_is_refused_in_one_line_and_nothing_is_created(broker: LocalBroker, tmp_path: Path) -> None:
     from confluent_kafka.admin import AdminClient
 
     env = _user_env(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers)

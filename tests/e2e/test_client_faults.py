@@ -5,6 +5,7 @@ names the documents a stage dead-lettered on the way."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ from streams.client import Client
 from streams.client.client import raise_for_errors
 from streams.exceptions import RequestExpiredError, SearchError, UnknownFlowError
 from streams.local.runtime import LocalRuntime
-from tests.streams.fixtures import sentence_flow_yaml
+from tests.streams.fixtures import FlowFactory, sentence_flow_yaml
 
 pytestmark = pytest.mark.kafka
 
@@ -45,12 +46,12 @@ TOO_LARGE_ONCE_SEGMENTED = " ".join(f"Sentence number {i} talks about a differen
 
 
 @pytest.fixture(scope="module")
-def flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
+def flow(start_flow: FlowFactory) -> LocalRuntime:
     return start_flow(FLOW)
 
 
 @pytest.fixture(scope="module")
-def client(flow: LocalRuntime):  # type: ignore[no-untyped-def]
+def client(flow: LocalRuntime) -> Iterator[Client]:
     with flow.client() as client:
         yield client
 

@@ -16,14 +16,14 @@ import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
 from processors.document import Document
-from streams.client import IndexReceipt
+from streams.client import Client, IndexReceipt
 from streams.flow.parse import load_flow, with_state_dir
 from streams.kafka.clients import consume_batch, make_consumer
 from streams.local.brokers import BrokerKind
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import LocalFlow
-from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
-from tests.streams.recovery import read_shards, text_hash, wait_applied
+from tests.streams.fixtures import FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
+from tests.streams.recovery import ShardContents, read_shards, text_hash, wait_applied
 
 pytestmark = pytest.mark.kafka
 
@@ -41,7 +41,7 @@ def _stop_stages(runtime: LocalRuntime) -> None:
     runtime.local_flow.stop()
 
 
-def _contents(runtime: LocalRuntime):  # type: ignore[no-untyped-def]
+def _contents(runtime: LocalRuntime) -> ShardContents:
     flow = runtime.flow
     return read_shards(flow.state_dir, flow.name, flow.topics.partitions, flow.stage("index").config)
 
@@ -74,7 +74,7 @@ def _assert_findable(runtime: LocalRuntime, corpus: list[tuple[Document, str]]) 
             assert reply.docs[0].matches and reply.docs[0].matches[0].id == doc.id, (sentence, reply.docs[0].matches[:3])
 
 
-def test_updates_and_deletes_survive_a_restart(start_flow) -> None:  # type: ignore[no-untyped-def]
+def test_updates_and_deletes_survive_a_restart(start_flow: FlowFactory) -> None:
     runtime = start_flow(sentence_flow_yaml())
     corpus = corpus_with_unique_sentences(8)
     docs = [doc for doc, _ in corpus]
@@ -106,7 +106,7 @@ KILL_CYCLES = 3
 
 @pytest.mark.parametrize(("victim", "guarantee"), [("index", "at_least_once"), ("encode", "at_least_once"),
                                                    ("encode", "exactly_once")])
-def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow, broker_kind, victim: str, guarantee: str) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow: FlowFactory, broker_kind: BrokerKind, victim: str, guarantee: str) -> None:
     runtime = start_flow(sentence_flow_yaml(guarantee=guarantee))
     assert runtime.local_flow is not None
     corpus = corpus_with_unique_sentences(KILL_DOCS)
@@ -187,7 +187,7 @@ def _committed_total(runtime: LocalRuntime, group: str, topic: str) -> int:
         consumer.close()
 
 
-def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The memory-only broker (Tansu, whatever the session runs on) restarts empty; the shards' stored offsets point past the end of
     the new topics: one clear log line each, a rebuild, no crash loop, no stale documents."""
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)  # this test runs its own brokers
@@ -218,7 +218,7 @@ def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: P
         _assert_exact(second, {doc.id: doc.text or "" for doc, _ in after})
 
 
-def test_a_replica_added_under_load_loses_nothing_and_flags_moving_shards(start_flow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_replica_added_under_load_loses_nothing_and_flags_moving_shards(start_flow: FlowFactory, tmp_path: Path) -> None:
     runtime = start_flow(sentence_flow_yaml(shards=4))
     corpus = corpus_with_unique_sentences(60)
     first, second = corpus[:40], corpus[40:]
@@ -263,7 +263,7 @@ def _cli(*args: str, bootstrap: str) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap})
 
 
-def _top(client, queries: list[str]) -> list[list[tuple[str, float]]]:  # type: ignore[no-untyped-def]
+def _top(client: Client, queries: list[str]) -> list[list[tuple[str, float]]]:
     tops = []
     for query in queries:
         reply = client.search(query, timeout_s=20)
@@ -272,7 +272,7 @@ def _top(client, queries: list[str]) -> list[list[tuple[str, float]]]:  # type: 
     return tops
 
 
-def test_replay_rebuilds_an_index_equal_to_the_original(start_flow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_replay_rebuilds_an_index_equal_to_the_original(start_flow: FlowFactory, tmp_path: Path) -> None:
     runtime = start_flow(sentence_flow_yaml())
     assert runtime.settings is not None
     bootstrap = runtime.settings.bootstrap_servers

@@ -17,6 +17,7 @@ from streams.client import Client
 from streams.client.http import create_app, serving
 from streams.local.runtime import LocalRuntime
 from tests.e2e.test_pipeline import FLOW  # the same small flow: 2 shards, 2 index replicas
+from tests.streams.fixtures import FlowFactory
 
 pytestmark = pytest.mark.kafka
 
@@ -45,7 +46,7 @@ page showed whole documents)."""
 
 
 @pytest.fixture(scope="module")
-def client(start_flow) -> Iterator[Client]:  # type: ignore[no-untyped-def]
+def client(start_flow: FlowFactory) -> Iterator[Client]:
     flow: LocalRuntime = start_flow(FLOW)
     with flow.client() as c:
         receipt = c.index([Document(id=i, text=t, tags={"module": i}) for i, t in DOCS.items()]

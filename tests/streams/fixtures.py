@@ -13,6 +13,7 @@ from processors.document import Document
 from processors.segmenters.sentence import Sentencizer, SentencizerConfig
 from streams.demo.corpora import stdlib_docstrings
 from streams.flow.parse import load_flow
+from streams.local.brokers import LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_log_files
 
@@ -20,7 +21,7 @@ FlowFactory = Callable[[str], LocalRuntime]
 
 
 @pytest.fixture(scope="module")
-def start_flow(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowFactory]:  # type: ignore[no-untyped-def]
+def start_flow(broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowFactory]:
     """Start a flow from YAML text (``{name}`` is replaced by a unique flow name) and wait
     until every stage answers; all flows started are stopped at the end of the module."""
     runtimes: list[LocalRuntime] = []

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import time
 
 import pytest
 
 from processors.document import Document
+from processors.encoders.base import EncodeResult
 from processors.query.parameters import SearchParameters
 from streams.wire import headers as h
 from streams.exceptions import DecodeLimitError
@@ -79,7 +81,8 @@ class _SlowEncoder(FixedEncoder):
     def __init__(self, clock: list[float], seconds: float) -> None:
         self.clock, self.seconds, self.calls = clock, seconds, 0
 
-    def run(self, *, docs, traversal_paths=None, filter_by=None):  # type: ignore[no-untyped-def]
+    def run(self, *, docs: Sequence[Document], traversal_paths: Sequence[str] | None = None,
+            filter_by: Sequence[str] | None = None) -> EncodeResult:
         self.calls += 1
         self.clock[0] += self.seconds
         return super().run(docs=docs)

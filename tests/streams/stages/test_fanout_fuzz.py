@@ -31,7 +31,8 @@ class FixedEncoder:
 
     def warm_up(self) -> None: ...
 
-    def run(self, *, docs: Sequence[Document], traversal_paths=None, filter_by=None) -> EncodeResult:  # type: ignore[no-untyped-def]
+    def run(self, *, docs: Sequence[Document], traversal_paths: Sequence[str] | None = None,
+            filter_by: Sequence[str] | None = None) -> EncodeResult:
         return EncodeResult(docs=tuple(Document(id=d.id, text=d.text, embedding=np.ones(4, np.float32)) for d in docs))
 
 
