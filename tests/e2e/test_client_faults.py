@@ -5,13 +5,13 @@ names the documents a stage dead-lettered on the way."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import json
 import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from streams.client import Client
 from streams.client.client import raise_for_errors
 from streams.exceptions import RequestExpiredError, SearchError, UnknownFlowError
 from streams.local.runtime import LocalRuntime
-from tests.streams.fixtures import FlowFactory, sentence_flow_yaml
+from tests.e2e.fixtures import FlowFactory, sentence_flow_yaml
 
 pytestmark = pytest.mark.kafka
 

@@ -6,7 +6,7 @@ import pytest
 
 from streams.demo.hello_world import EXAMPLE_QUERIES, run_hello_world
 from streams.local.brokers import LocalBroker
-from tests.streams.fixtures import RAW_LIBRDKAFKA_LINE
+from tests.e2e.fixtures import RAW_LIBRDKAFKA_LINE
 
 pytestmark = pytest.mark.kafka
 

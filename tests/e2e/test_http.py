@@ -18,8 +18,7 @@ from streams.client.http import create_app
 from streams.local.brokers import LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.wire.topics import FlowTopics
-from tests.streams.fixtures import FlowFactory, stage_logs
-from tests.e2e.test_pipeline import FLOW  # the same small flow: 2 shards, 2 index replicas
+from tests.e2e.fixtures import PIPELINE_FLOW, FlowFactory, bridge_client, call, stage_logs
 
 pytestmark = pytest.mark.kafka
 
@@ -40,7 +39,7 @@ QUERIES = {
 
 @pytest.fixture(scope="module")
 def flow(start_flow: FlowFactory) -> LocalRuntime:
-    return start_flow(FLOW)
+    return start_flow(PIPELINE_FLOW)
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +61,6 @@ def receipt(app: FastAPI) -> dict[str, Any]:
     assert response.status_code == 202, response.text
     assert response.json()["count"] == 4
     return response.json()
-
-
-def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        async with _http(app) as http:
-            return await http.request(method, path, **kwargs)
-
-    return asyncio.run(go())
-
-
-def _http(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge", timeout=120)
 
 
 def test_index_then_search_returns_the_document_with_its_matched_chunk(app: FastAPI, receipt: dict[str, Any], flow: LocalRuntime) -> None:
@@ -277,7 +264,7 @@ def test_200_concurrent_searches_over_one_client_each_answered_correctly(app: Fa
     topics = list(QUERIES) * 50
 
     async def go() -> list[httpx.Response]:
-        async with _http(app) as http:
+        async with bridge_client(app) as http:
             return await asyncio.gather(*(
                 http.post("/search", json={"texts": QUERIES[t], "top_k": 1, "after": receipt["offsets"],
                                            "deadline_s": 60})

@@ -7,7 +7,7 @@ import pytest
 
 from processors.document import Document
 from streams.local.runtime import LocalRuntime
-from tests.streams.fixtures import FlowFactory, root_flow_yaml
+from tests.e2e.fixtures import FlowFactory, root_flow_yaml
 
 pytestmark = pytest.mark.kafka
 

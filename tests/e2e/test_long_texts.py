@@ -5,7 +5,7 @@ import pytest
 
 from processors.document import Document
 from streams.local.runtime import LocalRuntime
-from tests.streams.fixtures import FlowFactory
+from tests.e2e.fixtures import FlowFactory
 
 pytestmark = pytest.mark.kafka
 

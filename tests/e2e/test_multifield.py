@@ -11,7 +11,7 @@ from streams.exceptions import SearchError
 from streams.local.runtime import LocalRuntime
 from streams.resources import EXAMPLE_FLOWS
 from streams.wire.serde import SearchReply
-from tests.streams.fixtures import FlowFactory
+from tests.e2e.fixtures import FlowFactory
 
 pytestmark = pytest.mark.kafka
 

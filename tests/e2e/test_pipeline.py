@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-import socket
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Producer, TopicPartition
@@ -20,55 +19,9 @@ from streams.local.brokers import LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.wire.partitioner import partition_of
 from streams.wire.serde import DOCUMENT
-from tests.streams.fixtures import FlowFactory, corpus_with_unique_sentences, stage_logs
+from tests.e2e.fixtures import METRICS_PORTS, PIPELINE_FLOW, FlowFactory, corpus_with_unique_sentences, stage_logs
 
 pytestmark = pytest.mark.kafka
-
-def _free_port_block(size: int) -> int:
-    """A base port whose next ``size`` ports are free now (the stages bind them moments later)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + size < 65535 and all(_free(base + i) for i in range(size)):
-            return base
-    raise AssertionError("no free port block")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-PORT = _free_port_block(5)
-METRICS_PORTS = {"segment": PORT, "encode": PORT + 1, "index": PORT + 2, "join": PORT + 4}  # index: 2 replicas
-FLOW = """
-name: {name}
-stages:
-  segment:
-    uses: Sentencizer
-    with: {min_sent_len: 3, punctuation: ".,!?"}
-    metrics_port: SEGMENT_PORT
-  encode:
-    uses: TransformerEncoder
-    with: {traversal_paths: [c], max_length: 128}
-    metrics_port: ENCODE_PORT
-  index:
-    uses: CompoundIndexer
-    with: {dim: 384, metric: inner_product}
-    shards: 2
-    replicas: 2
-    metrics_port: INDEX_PORT
-  join:
-    metrics_port: JOIN_PORT
-search:
-  top_k: 5
-""".replace("SEGMENT_PORT", str(METRICS_PORTS["segment"])).replace("ENCODE_PORT", str(METRICS_PORTS["encode"])).replace(
-    "INDEX_PORT", str(METRICS_PORTS["index"])).replace("JOIN_PORT", str(METRICS_PORTS["join"]))
 
 BUS_STOP = "Someone is waiting at the bus stop. John looks surprised, his face seems familiar."
 UNRELATED = [
@@ -80,7 +33,7 @@ UNRELATED = [
 
 @pytest.fixture(scope="module")
 def flow(start_flow: FlowFactory) -> LocalRuntime:
-    return start_flow(FLOW)
+    return start_flow(PIPELINE_FLOW)
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +187,7 @@ def test_documents_nested_5000_deep_are_dead_lettered_on_ingest_and_query_and_no
     """Issue 11: such a record killed the stage in fastavro's reader (SIGSEGV), again on every
     restart; on the query topic, without a deadline header, for ever."""
     from streams.wire.serde import REQUEST
-    from tests.streams.wire.test_serde import DEFAULT_PREFIX
+    from tests.fixtures import DEFAULT_PREFIX
 
     topics = flow.flow.topics
     deep = DEFAULT_PREFIX * 5625  # 135 KB, as reported

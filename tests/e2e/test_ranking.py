@@ -8,7 +8,7 @@ from processors.document import Direction
 from streams.demo.corpora import stdlib_docstrings
 from streams.exceptions import SearchError
 from streams.local.runtime import LocalRuntime
-from tests.streams.fixtures import FlowFactory, root_flow_yaml
+from tests.e2e.fixtures import FlowFactory, root_flow_yaml
 
 pytestmark = pytest.mark.kafka
 

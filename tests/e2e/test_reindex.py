@@ -4,13 +4,13 @@ without a restart, an operator can switch back, and the old version can then be 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import os
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,8 +24,8 @@ from streams.local.runtime import LocalRuntime
 from streams.wire.serde import SearchReply
 from streams.wire.topics import FlowTopics
 from streams.ops.versions import claim_serving, read_serving
-from tests.streams.fixtures import SEGMENTER, FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
-from tests.streams.recovery import read_shards, wait_applied
+from tests.e2e.fixtures import SEGMENTER, FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
+from tests.e2e.recovery import read_shards, wait_applied
 
 pytestmark = pytest.mark.kafka
 

@@ -18,7 +18,7 @@ from streams.flow.parse import load_flow
 from streams.local.brokers import LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.stages.shard.states import ShardCheckpoint, ShardStates
-from tests.streams.fixtures import SENTENCE_FLOW, stage_logs
+from tests.e2e.fixtures import SENTENCE_FLOW, stage_logs
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 import streams
@@ -27,14 +27,13 @@ from streams.client import IndexReceipt
 from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, make_consumer
 from streams.local.brokers import BrokerKind
 from streams.wire.topics import TopicShape
-from tests.streams.fixtures import FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
-from tests.streams.recovery import read_shards, text_hash, wait_applied
-from tests.e2e.test_recovery import _committed_keys
+from tests.e2e.fixtures import FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
+from tests.e2e.recovery import committed_keys, read_shards, text_hash, wait_applied
 
 pytestmark = pytest.mark.kafka
 
 
-def _poll_until(consumer: Consumer, count: int, timeout: float = 20.0) -> list:
+def _poll_until(consumer: Consumer, count: int, timeout: float = 20.0) -> list[Message]:
     records: list = []
     deadline = time.monotonic() + timeout
     while len(records) < count and time.monotonic() < deadline:
@@ -150,7 +149,7 @@ def test_two_runs_of_one_exactly_once_flow_share_the_work_without_fencing_each_o
                 assert not reply.partial and reply.docs[0].matches[0].id == doc.id, (sentence, reply)
         if broker_kind is BrokerKind.KAFKA:  # Tansu shows aborted records (EMBEDDED_BROKER.md)
             for topic in (flow.topics.segmented, flow.topics.encoded):
-                keys = _committed_keys(first, topic)
+                keys = committed_keys(first, topic)
                 assert sorted(keys) == sorted(doc.id.encode() for doc, _ in corpus), \
                     f"{topic}: {len(keys)} records visible to read_committed for {TWO_RUNS_DOCS} documents"
     finally:

@@ -5,8 +5,8 @@ answered with an error reply (query) or dead-lettered with their reason (documen
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -17,9 +17,9 @@ from streams.ops.dead_letters import read_dead_letters
 from streams.exceptions import SearchError
 from streams.kafka.clients import KafkaSettings
 from streams.local.runtime import LocalRuntime
-from tests.streams.fixtures import FlowFactory, stage_logs
-from tests.streams.fixtures import root_flow_yaml
-from tests.streams.recovery import read_shards
+from tests.e2e.fixtures import FlowFactory, stage_logs
+from tests.e2e.fixtures import root_flow_yaml
+from tests.e2e.recovery import read_shards
 
 pytestmark = pytest.mark.kafka
 

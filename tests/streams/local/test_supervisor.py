@@ -3,11 +3,11 @@ never after a configuration error (EXIT_CONFIG)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest

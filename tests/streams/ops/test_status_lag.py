@@ -8,8 +8,8 @@ import pytest
 
 from processors.document import Document
 from streams.ops.status import collect_status
-from tests.streams.fixtures import FlowFactory, sentence_flow_yaml
-from tests.streams.recovery import wait_applied
+from tests.e2e.fixtures import FlowFactory, sentence_flow_yaml
+from tests.e2e.recovery import wait_applied
 
 pytestmark = pytest.mark.kafka
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import time
+from collections.abc import Sequence
 
 import pytest
 
@@ -17,8 +17,8 @@ from streams.stages.fanout import DEFAULT_TIMEOUT_MS, QueryFanout, decode_live, 
 from streams.wire.serde import REQUEST, SEARCH_REPLY, Request
 from streams.runtime.loop import Inbound
 from streams.wire.topics import FlowTopics
-from tests.streams.stages.test_fanout_fuzz import FixedEncoder
-from tests.streams.wire.test_serde import nested
+from tests.streams.stages.fixtures import FixedEncoder
+from tests.fixtures import nested
 
 TOPICS = FlowTopics("deadlines", 2)
 

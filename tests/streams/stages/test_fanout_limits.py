@@ -16,7 +16,7 @@ from streams.stages.fanout import QueryFanout
 from streams.wire.serde import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Request
 from streams.runtime.loop import Inbound
 from streams.wire.topics import FlowTopics
-from tests.streams.stages.test_fanout_fuzz import FixedEncoder
+from tests.streams.stages.fixtures import FixedEncoder
 
 TOPICS = FlowTopics("limits", 2)
 FIELDS = ("title", "summary")

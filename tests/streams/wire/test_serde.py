@@ -24,6 +24,7 @@ from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
 from streams.wire.serde import (DECODE_LIMITS, DOCUMENT, PARTIAL_RESULT, STORED_DOCUMENT, STORED_FORMAT, REQUEST, SEARCH_REPLY, SERVING_VERSION,
                            STAGE_STATUS, VERSION_BUILD, DecodeLimits, PartialResult, Request, SearchReply,
                            doc_from_avro)
+from tests.fixtures import DEFAULT_PREFIX, nested
 
 
 def tree() -> Document:
@@ -73,17 +74,6 @@ class TestSerde:
 # -- bounded decoding: the pre-scan before fastavro's recursive reader -----------------------------
 
 ROOT = Path(__file__).resolve().parents[3]
-
-DEFAULT_PREFIX = b"\x00" * 12 + struct.pack("<d", 1.0) + b"\x00" * 3 + b"\x02"
-"""An all-default Document (empty id and mime type, every option null, no tags, scores or
-location) up to its ``chunks`` array, which holds one item: the next such Document."""
-
-
-def nested(depth: int) -> bytes:
-    """A Document ``depth`` levels deep, each the only chunk of the one above, closed properly."""
-    innermost = DEFAULT_PREFIX[:-1] + b"\x00\x00"  # no chunks, no matches
-    return DEFAULT_PREFIX * (depth - 1) + innermost + b"\x00\x00" * (depth - 1)  # end of chunks, no matches
-
 
 def nested_docs(depth: int) -> Document:
     doc = Document(id=f"d{depth}", text="leaf")

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +17,14 @@ from processors.document import Document
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from processors.rankers.chunk2doc import Chunk2DocRanker, Chunk2DocRankerConfig
 from streams.wire import headers as h
-from streams.wire.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, STORED_DOCUMENT, Request
+from streams.wire.serde import DOCUMENT, PARTIAL_RESULT, REQUEST, STORED_DOCUMENT, PartialResult, Request
 from streams.stages.shard.ingest import ShardIngest
 from streams.stages.shard.search import ShardSearch
-from streams.runtime.loop import Inbound
+from streams.runtime.loop import Inbound, Output
 from streams.stages.shard.restore import RestoreTracker, Verdict
 from streams.stages.shard.states import PRIVATE_INFIX, ShardStates
 from streams.wire.topics import FlowTopics
-from tests.streams.fixtures import later_ms
+from tests.streams.stages.shard.fixtures import later_ms
 
 DIM = 8
 TOPICS = FlowTopics("restore", 1)
@@ -110,7 +110,7 @@ def _search_record(request_id: str) -> Inbound:
                     **dict([h.int_header(h.DEADLINE_MS, request.deadline_ms)])})
 
 
-def _parts(outputs: list) -> list:  # type: ignore[type-arg]
+def _parts(outputs: list[Output]) -> list[PartialResult]:
     return [PARTIAL_RESULT.decode(o.value, dict(o.headers).get(h.SCHEMA)) for o in outputs]
 
 
