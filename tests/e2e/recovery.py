@@ -117,7 +117,7 @@ def committed_keys(runtime: LocalRuntime, topic: str) -> list[bytes]:
     keys: list[bytes] = []
     for msg in records:
         key = msg.key()
-        assert isinstance(key, bytes), f"{topic}: a record without a key at offset {msg.offset()}"  # stages key every record
+        assert isinstance(key, bytes), f"{topic}: a record without a key at offset {msg.offset()}"
         keys.append(key)
     return keys
 

@@ -69,7 +69,8 @@ topics:
 """
 
 
-def test_topics_carry_the_settings_the_flow_asked_for_and_status_shows_them(kafka: LocalBroker, start_flow: FlowFactory) -> None:
+def test_topics_carry_the_settings_the_flow_asked_for_and_status_shows_them(
+        kafka: LocalBroker, start_flow: FlowFactory) -> None:
     runtime = start_flow(sentence_flow_yaml() + TOPICS_SECTION)
     assert runtime.settings is not None
     topics = runtime.flow.topics
@@ -113,7 +114,8 @@ def _long_document(doc_id: str, sentences: int) -> Document:
     return Document(id=doc_id, text=text)
 
 
-def test_an_encoded_record_over_the_topic_limit_is_dead_lettered_and_later_documents_are_indexed(kafka: LocalBroker, start_flow: FlowFactory) -> None:
+def test_an_encoded_record_over_the_topic_limit_is_dead_lettered_and_later_documents_are_indexed(
+        kafka: LocalBroker, start_flow: FlowFactory) -> None:
     runtime = start_flow(sentence_flow_yaml(shards=1) + LIMITED_FLOW)
     assert runtime.settings is not None
     topics = runtime.flow.topics
@@ -156,7 +158,8 @@ class _Oversize:
         return []
 
 
-def test_an_output_the_broker_refuses_dead_letters_its_input_and_nothing_is_committed_past_it(kafka: LocalBroker) -> None:
+def test_an_output_the_broker_refuses_dead_letters_its_input_and_nothing_is_committed_past_it(
+        kafka: LocalBroker) -> None:
     """The stage does not know the limit (as with a broker-wide limit it cannot read): the broker's
     MSG_SIZE_TOO_LARGE delivery report is what dead-letters the input."""
     settings = KafkaSettings(kafka.bootstrap_servers)
@@ -204,7 +207,8 @@ topics:
 """
 
 
-def test_the_encoded_log_is_compacted_and_a_replay_from_it_equals_the_live_index(kafka: LocalBroker, start_flow: FlowFactory, tmp_path: Path) -> None:
+def test_the_encoded_log_is_compacted_and_a_replay_from_it_equals_the_live_index(
+        kafka: LocalBroker, start_flow: FlowFactory, tmp_path: Path) -> None:
     runtime = start_flow(sentence_flow_yaml(shards=1) + COMPACTED_FLOW)
     assert runtime.settings is not None
     topics = runtime.flow.topics
@@ -249,7 +253,8 @@ def test_the_encoded_log_is_compacted_and_a_replay_from_it_equals_the_live_index
 # -- persistence across broker restarts ------------------------------------------------------------
 
 
-def test_the_local_kafka_keeps_everything_across_broker_restarts_and_a_full_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_local_kafka_keeps_everything_across_broker_restarts_and_a_full_stop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM, then kill -9, of the broker under running stages; then everything stopped and
     started again on the same state dir: shards resume from their stored offsets, nothing is
     rebuilt, lost or duplicated; searches during an outage are answered by their deadline."""

@@ -211,7 +211,8 @@ def test_a_short_deadline_is_not_a_flow_that_does_not_run(flow_dir: RunningFlow)
 
 
 @pytest.mark.kafka
-def test_a_second_run_in_the_directory_joins_its_broker_and_leaves_it(flow_dir: RunningFlow, broker_kind: BrokerKind) -> None:
+def test_a_second_run_in_the_directory_joins_its_broker_and_leaves_it(
+        flow_dir: RunningFlow, broker_kind: BrokerKind) -> None:
     flow_dir.run.wait_for("flow 'clia' running")
     address = flow_dir.folder / ".streamsearch" / "bootstrap"
     (flow_dir.folder / "b.yml").write_text(FLOW_YAML.replace("NAME", "clib"))

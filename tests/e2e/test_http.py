@@ -63,7 +63,8 @@ def receipt(app: FastAPI) -> dict[str, Any]:
     return response.json()
 
 
-def test_index_then_search_returns_the_document_with_its_matched_chunk(app: FastAPI, receipt: dict[str, Any], flow: LocalRuntime) -> None:
+def test_index_then_search_returns_the_document_with_its_matched_chunk(
+        app: FastAPI, receipt: dict[str, Any], flow: LocalRuntime) -> None:
     response = call(app, "POST", "/search", json={"texts": "how long to bake bread", "top_k": 2,
                                                   "after": receipt["offsets"], "deadline_s": 30})
     assert response.status_code == 200, (response.text, stage_logs(flow))
@@ -197,7 +198,8 @@ def test_nothing_of_a_refused_list_is_indexed(app: FastAPI) -> None:
     ("POST", "/search", '{"texts": ["ok", "a\\u0000"], "deadline_s": 10}', "texts[1] contains NUL"),
     ("POST", "/search", '{"texts": "ok", "filter_by": ["\\ud800"], "deadline_s": 10}', "filter_by[0] contains a lone"),
 ])
-def test_hostile_ids_and_query_texts_are_422(app: FastAPI, method: str, path: str, body: str | None, message: str) -> None:
+def test_hostile_ids_and_query_texts_are_422(
+        app: FastAPI, method: str, path: str, body: str | None, message: str) -> None:
     kwargs: dict[str, Any] = {"content": body.encode(), "headers": {"Content-Type": "application/json"}} if body else {}
     response = call(app, method, path, **kwargs)
     assert response.status_code == 422, response.text
@@ -260,7 +262,8 @@ def test_token_from_environment(client: Client, monkeypatch: pytest.MonkeyPatch)
     assert call(secured, "GET", "/status", headers={"Authorization": "Bearer from-env"}).status_code == 200
 
 
-def test_200_concurrent_searches_over_one_client_each_answered_correctly(app: FastAPI, receipt: dict[str, Any], flow: LocalRuntime) -> None:
+def test_200_concurrent_searches_over_one_client_each_answered_correctly(
+        app: FastAPI, receipt: dict[str, Any], flow: LocalRuntime) -> None:
     topics = list(QUERIES) * 50
 
     async def go() -> list[httpx.Response]:
@@ -295,7 +298,8 @@ def test_a_flow_never_run_is_503_naming_it(flow: LocalRuntime) -> None:
     assert f"UnknownFlowError: no flow '{flow.flow.name}-never' on " in response.json()["detail"], response.text
 
 
-def test_search_with_one_shard_paused_is_504_with_partial_results(app: FastAPI, receipt: dict[str, Any], flow: LocalRuntime) -> None:
+def test_search_with_one_shard_paused_is_504_with_partial_results(
+        app: FastAPI, receipt: dict[str, Any], flow: LocalRuntime) -> None:
     assert flow.local_flow is not None
     flow.local_flow.pause("index", 0)
     try:

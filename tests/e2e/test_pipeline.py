@@ -96,7 +96,8 @@ def _top_ids(client: Client, text: str, receipt: IndexReceipt) -> list[str]:
     return [m.id for m in reply.docs[0].matches]
 
 
-def test_malformed_avro_is_dead_lettered_and_later_documents_are_indexed(client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
+def test_malformed_avro_is_dead_lettered_and_later_documents_are_indexed(
+        client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     topics = flow.flow.topics
     producer = StageProducer(kafka_settings)
     producer.produce(topics.ingest, value=b"\x07not avro at all", key="broken", partition=0)
@@ -123,7 +124,8 @@ def test_malformed_avro_is_dead_lettered_and_later_documents_are_indexed(client:
     assert found[h.DEAD_LETTER_PARTITION] == b"0"
 
 
-def test_an_id_written_with_another_partitioner_never_splits_across_shards(client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
+def test_an_id_written_with_another_partitioner_never_splits_across_shards(
+        client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     """Issue 20: a plain librdkafka producer (partitioner consistent_random) put many ids on other
     partitions than the Client (murmur2): an update through the Client left the old copy on the
     other shard, found by its old text, and a delete never reached it. Such a record is refused
@@ -163,7 +165,8 @@ def test_an_id_written_with_another_partitioner_never_splits_across_shards(clien
                 and "partitioner=murmur2_random" in letter.message), letter.message
 
 
-def test_a_nul_in_an_id_is_dead_lettered_with_the_reason(client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
+def test_a_nul_in_an_id_is_dead_lettered_with_the_reason(
+        client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     """Issue 11: such an id reached a shard, whose next warm_up failed on it for ever."""
     topics = flow.flow.topics
     producer = StageProducer(kafka_settings)  # straight onto ingest, as a producer other than the Client could
@@ -219,7 +222,8 @@ def test_bad_parameter_gets_an_error_reply_not_a_timeout(client: Client) -> None
         client.search("anything", parameters={"no_such_knob": 1}, timeout_s=10)
 
 
-def test_refused_requests_are_answered_and_counted_not_dead_lettered(client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
+def test_refused_requests_are_answered_and_counted_not_dead_lettered(
+        client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     topics = flow.flow.topics
     letters_before = len(read_dead_letters(kafka_settings, topics))
     rejected_before = _metric(METRICS_PORTS["encode"], "streamsearch_rejected_requests_total")
@@ -365,7 +369,8 @@ def test_redrive_sends_each_dead_letter_once(flow: LocalRuntime, broker: LocalBr
     assert again.endswith(f" ({listed} re-driven before: not again)"), again
 
 
-def test_status_reports_known_lag_shards_and_dead_letters(client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings, broker: LocalBroker) -> None:
+def test_status_reports_known_lag_shards_and_dead_letters(
+        client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings, broker: LocalBroker) -> None:
     import json
     import os
     import subprocess

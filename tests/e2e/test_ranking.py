@@ -35,7 +35,8 @@ def ranked(runtime: LocalRuntime, **options: Any) -> tuple[list[list[str]], list
             [m.scores["score"].direction for q in reply.docs for m in q.matches])
 
 
-def test_distance_and_similarity_flows_give_the_same_document_order(similarity_flow: LocalRuntime, distance_flow: LocalRuntime) -> None:
+def test_distance_and_similarity_flows_give_the_same_document_order(
+        similarity_flow: LocalRuntime, distance_flow: LocalRuntime) -> None:
     by_similarity, similarity_directions = ranked(similarity_flow)
     by_distance, distance_directions = ranked(distance_flow)
     assert set(similarity_directions) == {Direction.SIMILARITY}
@@ -45,7 +46,8 @@ def test_distance_and_similarity_flows_give_the_same_document_order(similarity_f
 
 
 @pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
-def test_switching_the_index_type_per_request_gives_the_exact_top_10(similarity_flow: LocalRuntime, index_type: str) -> None:
+def test_switching_the_index_type_per_request_gives_the_exact_top_10(
+        similarity_flow: LocalRuntime, index_type: str) -> None:
     exact, _ = ranked(similarity_flow)
     switched, _ = ranked(similarity_flow, index_type=index_type)
     assert switched == exact

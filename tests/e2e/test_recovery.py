@@ -79,7 +79,8 @@ KILL_CYCLES = 3
 
 @pytest.mark.parametrize(("victim", "guarantee"), [("index", "at_least_once"), ("encode", "at_least_once"),
                                                    ("encode", "exactly_once")])
-def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow: FlowFactory, broker_kind: BrokerKind, victim: str, guarantee: str) -> None:
+def test_kill_9_during_ingest_loses_and_duplicates_nothing(
+        start_flow: FlowFactory, broker_kind: BrokerKind, victim: str, guarantee: str) -> None:
     runtime = start_flow(sentence_flow_yaml(guarantee=guarantee))
     assert runtime.local_flow is not None
     corpus = corpus_with_unique_sentences(KILL_DOCS)
@@ -127,7 +128,8 @@ def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow: FlowFacto
           f"duplicated={report['duplicated_vectors']}")
 
 
-def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The memory-only broker (Tansu, whatever the session runs on) restarts empty; the shards' stored offsets point past the end of
     the new topics: one clear log line each, a rebuild, no crash loop, no stale documents."""
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)  # this test runs its own brokers
@@ -158,7 +160,8 @@ def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: P
         assert_exact(second, {doc.id: doc.text or "" for doc, _ in after})
 
 
-def test_a_replica_added_under_load_loses_nothing_and_flags_moving_shards(start_flow: FlowFactory, tmp_path: Path) -> None:
+def test_a_replica_added_under_load_loses_nothing_and_flags_moving_shards(
+        start_flow: FlowFactory, tmp_path: Path) -> None:
     runtime = start_flow(sentence_flow_yaml(shards=4))
     corpus = corpus_with_unique_sentences(60)
     first, second = corpus[:40], corpus[40:]

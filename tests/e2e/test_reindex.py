@@ -57,7 +57,9 @@ def _cli(*args: str, **kwargs: object) -> subprocess.Popen[str]:
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)  # type: ignore[call-overload]
 
 
-def _wait_for(condition: Callable[[], object], what: str, timeout: float = 300.0, *, why: Callable[[], str] = lambda: "") -> None:
+def _wait_for(
+        condition: Callable[[], object], what: str, timeout: float = 300.0, *,
+        why: Callable[[], str] = lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"{what} not within {timeout:.0f}s\n{why()}"
@@ -69,7 +71,8 @@ def _query(doc: Document) -> str:
     return " ".join((doc.text or "").split()[:40])
 
 
-def test_reindex_builds_a_new_version_and_switches_queries_when_it_has_caught_up(broker: LocalBroker, tmp_path: Path) -> None:
+def test_reindex_builds_a_new_version_and_switches_queries_when_it_has_caught_up(
+        broker: LocalBroker, tmp_path: Path) -> None:
     name = f"r{uuid.uuid4().hex[:8]}"
     v1_path, v2_path = tmp_path / "v1.yml", tmp_path / "v2.yml"
     v1_path.write_text(V1.replace("{name}", name))
@@ -176,7 +179,8 @@ def test_reindex_builds_a_new_version_and_switches_queries_when_it_has_caught_up
     assert all(old.docs[doc.id].chunks for doc in corpus)
 
 
-def test_reindex_never_switches_to_a_version_that_is_not_newer_or_lost_documents(start_flow: FlowFactory, tmp_path: Path) -> None:
+def test_reindex_never_switches_to_a_version_that_is_not_newer_or_lost_documents(
+        start_flow: FlowFactory, tmp_path: Path) -> None:
     runtime = start_flow(V1)
     name = runtime.flow.name
     with runtime.client() as client:

@@ -56,7 +56,8 @@ def indexed(client: Client) -> tuple[np.ndarray, IndexReceipt]:
     return vectors, receipt
 
 
-def test_a_vector_query_finds_the_document_whose_vector_it_is(client: Client, flow: LocalRuntime, indexed: tuple[np.ndarray, IndexReceipt]) -> None:
+def test_a_vector_query_finds_the_document_whose_vector_it_is(
+        client: Client, flow: LocalRuntime, indexed: tuple[np.ndarray, IndexReceipt]) -> None:
     vectors, receipt = indexed
     picks = [0, 3, 150, DOCS - 1]
     reply = client.search(vectors=vectors[picks], top_k=3, after=receipt, timeout_s=60)
@@ -89,7 +90,8 @@ def test_a_query_vector_of_the_wrong_width_gets_an_error_reply(client: Client) -
     assert time.monotonic() - started < 15  # answered at once, not by the deadline
 
 
-def test_a_document_vector_of_the_wrong_width_is_dead_lettered_with_its_reason(client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
+def test_a_document_vector_of_the_wrong_width_is_dead_lettered_with_its_reason(
+        client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     bad = client.index([Document(id="too-wide", embedding=np.ones(768, np.float32))])
     later = np.zeros(384, np.float32)
     later[5] = 1.0
@@ -104,7 +106,8 @@ def test_a_document_vector_of_the_wrong_width_is_dead_lettered_with_its_reason(c
     assert "document 'too-wide': embedding has shape (768,)" in letter.message and "384-d" in letter.message
 
 
-def test_pre_embedded_documents_are_indexed_with_exactly_the_given_bytes(client: Client, flow: LocalRuntime, indexed: tuple[np.ndarray, IndexReceipt]) -> None:
+def test_pre_embedded_documents_are_indexed_with_exactly_the_given_bytes(
+        client: Client, flow: LocalRuntime, indexed: tuple[np.ndarray, IndexReceipt]) -> None:
     """Last in the module: it stops the flow to open its shards."""
     vectors, receipt = indexed
     reply = client.search(vectors=vectors[:1], top_k=1, after=receipt, timeout_s=60)

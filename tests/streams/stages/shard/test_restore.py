@@ -123,7 +123,8 @@ def shard(tmp_path: Path) -> Iterator[tuple[ShardStates, ShardIngest, ShardSearc
     ingest.close()
 
 
-def test_a_restoring_shard_answers_at_once_flagged_restoring_and_without_matches(shard: tuple[ShardStates, ShardIngest, ShardSearch]) -> None:
+def test_a_restoring_shard_answers_at_once_flagged_restoring_and_without_matches(
+        shard: tuple[ShardStates, ShardIngest, ShardSearch]) -> None:
     _, ingest, search = shard
     assert ingest.assigned([0]) == {0: OFFSET_BEGINNING}
     ingest.process([_encoded(i, f"d{i}", i) for i in range(3)])
@@ -136,7 +137,8 @@ def test_a_restoring_shard_answers_at_once_flagged_restoring_and_without_matches
     assert {m.id for m in serving.docs[0].matches} == {"d0", "d1", "d2"}
 
 
-def test_a_reopened_shard_restores_again_from_its_stored_offset(shard: tuple[ShardStates, ShardIngest, ShardSearch]) -> None:
+def test_a_reopened_shard_restores_again_from_its_stored_offset(
+        shard: tuple[ShardStates, ShardIngest, ShardSearch]) -> None:
     states, ingest, _ = shard
     ingest.assigned([0])
     ingest.process([_encoded(i, f"d{i}", i) for i in range(4)])
@@ -147,7 +149,8 @@ def test_a_reopened_shard_restores_again_from_its_stored_offset(shard: tuple[Sha
     assert not states.restore.is_restoring(0)
 
 
-def test_a_stored_offset_past_the_end_rebuilds_the_shard_from_the_beginning(shard: tuple[ShardStates, ShardIngest, ShardSearch], caplog: pytest.LogCaptureFixture) -> None:
+def test_a_stored_offset_past_the_end_rebuilds_the_shard_from_the_beginning(
+        shard: tuple[ShardStates, ShardIngest, ShardSearch], caplog: pytest.LogCaptureFixture) -> None:
     states, ingest, _ = shard
     clock = Clock()
     states.restore = RestoreTracker(grace_s=1.0, clock=clock)
@@ -182,7 +185,8 @@ def test_a_stored_offset_past_the_end_rebuilds_the_shard_from_the_beginning(shar
     assert not states.restore.is_restoring(0)
 
 
-def test_out_of_range_past_the_end_rebuilds_at_once_from_the_log_start(shard: tuple[ShardStates, ShardIngest, ShardSearch]) -> None:
+def test_out_of_range_past_the_end_rebuilds_at_once_from_the_log_start(
+        shard: tuple[ShardStates, ShardIngest, ShardSearch]) -> None:
     states, ingest, _ = shard
     ingest.assigned([0])
     ingest.process([_encoded(i, f"d{i}", i) for i in range(3)])
@@ -192,7 +196,8 @@ def test_out_of_range_past_the_end_rebuilds_at_once_from_the_log_start(shard: tu
     assert states.checkpoint(0).missing == 3 and str(states.set_aside[0]) in states.checkpoint(0).missing_reason
 
 
-def test_out_of_range_below_the_log_start_keeps_the_state_and_says_what_may_be_missing(shard: tuple[ShardStates, ShardIngest, ShardSearch], caplog: pytest.LogCaptureFixture) -> None:
+def test_out_of_range_below_the_log_start_keeps_the_state_and_says_what_may_be_missing(
+        shard: tuple[ShardStates, ShardIngest, ShardSearch], caplog: pytest.LogCaptureFixture) -> None:
     """Retention or delete_records removed records 3..7 before the shard applied them: what it
     holds is kept (the topic cannot give it back), it goes on from the log start, and it says, in
     its log and in status (across a restart), how many documents may be missing and why."""
@@ -224,7 +229,8 @@ sys.stdin.read()
 """
 
 
-def test_a_shard_another_process_still_holds_is_restored_into_a_private_copy(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_shard_another_process_still_holds_is_restored_into_a_private_copy(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A hung previous owner on a shared state dir keeps RocksDB's lock: the new owner restores
     a private copy from the topic, never touches the shared directory, and deletes its copy on close."""
     first = _states(tmp_path)
