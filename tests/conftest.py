@@ -15,7 +15,7 @@ import pytest
 from streams.kafka.clients import KafkaSettings
 from streams.local.brokers import BrokerKind, LocalBroker, start_local_broker
 
-pytest_plugins = ["tests.streams.fixtures"]
+pytest_plugins = ["tests.e2e.fixtures"]
 
 TEST_BROKER = BrokerKind(os.environ.get("STREAMSEARCH_TEST_BROKER", BrokerKind.KAFKA.value))
 if TEST_BROKER is BrokerKind.AUTO:

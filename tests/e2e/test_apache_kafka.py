@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,16 +24,16 @@ from streams.kafka.admin import describe_topics, ensure_topics
 from streams.ops.dead_letters import read_dead_letters
 from streams.flow.parse import load_flow
 from streams.client.http import create_app
-from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, fetch_high_watermarks, make_consumer
+from streams.kafka.clients import KafkaSettings, StageProducer, fetch_high_watermarks, make_consumer
 from streams.local.apache_kafka import KafkaCluster
 from streams.local.brokers import BrokerKind, LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.runtime.loop import StageLoop
 from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
 from streams.wire.topics import RECORD_OVERHEAD_BYTES, TopicShape
-from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
-from tests.streams.recovery import read_shards, wait_applied
-from tests.e2e.test_http import call
+from tests.e2e.fixtures import FlowFactory, call, cli, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
+from tests.e2e.recovery import read_shards, wait_applied
+from tests.fixtures import read_all
 
 pytestmark = pytest.mark.kafka
 
@@ -59,30 +57,6 @@ def kafka(broker: LocalBroker, broker_kind: BrokerKind, tmp_path_factory: pytest
         own.stop()
 
 
-def _cli(*args: str, bootstrap: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap})
-
-
-def _read_all(settings: KafkaSettings, topic: str, partitions: int, **config: object) -> list:  # type: ignore[type-arg]
-    """Every record of ``topic`` from the beginning to the high watermark (as of the fetch)."""
-    consumer = make_consumer(settings, group_id=f"read-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True, **config})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    records, ended = [], set()
-    deadline = time.monotonic() + 60
-    try:
-        while len(ended) < partitions:
-            assert time.monotonic() < deadline, f"{topic} not read to its end in 60 s"
-            for msg in consume_batch(consumer, max_records=500, timeout=0.5):
-                if msg.error() is None:
-                    records.append(msg)
-                elif msg.error().code() == msg.error()._PARTITION_EOF:
-                    ended.add(msg.partition())
-    finally:
-        consumer.close()
-    return records
-
-
 # -- topic settings ----------------------------------------------------------------------------
 
 
@@ -96,7 +70,8 @@ topics:
 """
 
 
-def test_topics_carry_the_settings_the_flow_asked_for_and_status_shows_them(kafka, start_flow) -> None:  # type: ignore[no-untyped-def]
+def test_topics_carry_the_settings_the_flow_asked_for_and_status_shows_them(
+        kafka: LocalBroker, start_flow: FlowFactory) -> None:
     runtime = start_flow(sentence_flow_yaml() + TOPICS_SECTION)
     assert runtime.settings is not None
     topics = runtime.flow.topics
@@ -113,13 +88,13 @@ def test_topics_carry_the_settings_the_flow_asked_for_and_status_shows_them(kafk
     assert described[topics.query].config["unclean.leader.election.enable"] == "true"
     assert described[topics.segmented].config["unclean.leader.election.enable"] == "false"
 
-    shown = _cli("status", "--flow", str(runtime.flow_path), bootstrap=runtime.settings.bootstrap_servers)
+    shown = cli("status", "--flow", str(runtime.flow_path), bootstrap=runtime.settings.bootstrap_servers)
     assert shown.returncode == 0, shown.stderr
     assert f"{topics.encoded}" in shown.stdout and "compact" in shown.stdout
     warnings = [line for line in shown.stdout.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: {topics.query}: unclean.leader.election.enable=true "
                         "(a failover can lose acknowledged records)"], shown.stdout
-    as_json = json.loads(_cli("status", "--flow", str(runtime.flow_path), "--json",
+    as_json = json.loads(cli("status", "--flow", str(runtime.flow_path), "--json",
                               bootstrap=runtime.settings.bootstrap_servers).stdout)
     assert as_json["brokers"] == 1 and len(as_json["topics"]) == len(topics.shapes())
 
@@ -140,7 +115,8 @@ def _long_document(doc_id: str, sentences: int) -> Document:
     return Document(id=doc_id, text=text)
 
 
-def test_an_encoded_record_over_the_topic_limit_is_dead_lettered_and_later_documents_are_indexed(kafka, start_flow) -> None:  # type: ignore[no-untyped-def]
+def test_an_encoded_record_over_the_topic_limit_is_dead_lettered_and_later_documents_are_indexed(
+        kafka: LocalBroker, start_flow: FlowFactory) -> None:
     runtime = start_flow(sentence_flow_yaml(shards=1) + LIMITED_FLOW)
     assert runtime.settings is not None
     topics = runtime.flow.topics
@@ -183,7 +159,8 @@ class _Oversize:
         return []
 
 
-def test_an_output_the_broker_refuses_dead_letters_its_input_and_nothing_is_committed_past_it(kafka) -> None:  # type: ignore[no-untyped-def]
+def test_an_output_the_broker_refuses_dead_letters_its_input_and_nothing_is_committed_past_it(
+        kafka: LocalBroker) -> None:
     """The stage does not know the limit (as with a broker-wide limit it cannot read): the broker's
     MSG_SIZE_TOO_LARGE delivery report is what dead-letters the input."""
     settings = KafkaSettings(kafka.bootstrap_servers)
@@ -208,8 +185,8 @@ def test_an_output_the_broker_refuses_dead_letters_its_input_and_nothing_is_comm
             loop.step()
     finally:
         loop._close()
-    assert [m.key() for m in _read_all(settings, sink, 1)] == [b"a", b"b", b"c"]
-    [letter] = _read_all(settings, dead, 1)
+    assert [m.key() for m in read_all(settings, sink, 1)] == [b"a", b"b", b"c"]
+    [letter] = read_all(settings, dead, 1)
     headers = dict(letter.headers())
     assert letter.key() == b"big"
     reason = headers[h.DEAD_LETTER_MESSAGE].decode()
@@ -231,7 +208,8 @@ topics:
 """
 
 
-def test_the_encoded_log_is_compacted_and_a_replay_from_it_equals_the_live_index(kafka, start_flow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_encoded_log_is_compacted_and_a_replay_from_it_equals_the_live_index(
+        kafka: LocalBroker, start_flow: FlowFactory, tmp_path: Path) -> None:
     runtime = start_flow(sentence_flow_yaml(shards=1) + COMPACTED_FLOW)
     assert runtime.settings is not None
     topics = runtime.flow.topics
@@ -252,7 +230,7 @@ def test_the_encoded_log_is_compacted_and_a_replay_from_it_equals_the_live_index
         written += 1
 
         deadline = time.monotonic() + 120
-        while len(remaining := _read_all(runtime.settings, topics.encoded, 1)) >= written:
+        while len(remaining := read_all(runtime.settings, topics.encoded, 1)) >= written:
             assert time.monotonic() < deadline, f"{topics.encoded} not compacted in 120 s: {len(remaining)} of {written}"
             time.sleep(1)  # the log cleaner runs on its own schedule (log.cleaner.backoff.ms): poll its result
         live_top = [m.id for m in client.search("river number 5", top_k=10, timeout_s=20).docs[0].matches]
@@ -263,7 +241,7 @@ def test_the_encoded_log_is_compacted_and_a_replay_from_it_equals_the_live_index
 
     runtime.local_flow.stop()  # type: ignore[union-attr]
     live = read_shards(runtime.flow.state_dir, runtime.flow.name, 1, runtime.flow.stage("index").config)
-    replay = _cli("replay", str(runtime.flow_path), "--from-beginning", "--state-dir", str(tmp_path / "replayed"),
+    replay = cli("replay", str(runtime.flow_path), "--from-beginning", "--state-dir", str(tmp_path / "replayed"),
                   bootstrap=runtime.settings.bootstrap_servers)
     assert replay.returncode == 0, replay.stderr
     replayed = read_shards(tmp_path / "replayed", runtime.flow.name, 1, runtime.flow.stage("index").config)
@@ -276,7 +254,8 @@ def test_the_encoded_log_is_compacted_and_a_replay_from_it_equals_the_live_index
 # -- persistence across broker restarts ------------------------------------------------------------
 
 
-def test_the_local_kafka_keeps_everything_across_broker_restarts_and_a_full_stop(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_local_kafka_keeps_everything_across_broker_restarts_and_a_full_stop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM, then kill -9, of the broker under running stages; then everything stopped and
     started again on the same state dir: shards resume from their stored offsets, nothing is
     rebuilt, lost or duplicated; searches during an outage are answered by their deadline."""
@@ -349,7 +328,7 @@ def _encoded_end(settings: KafkaSettings, topic: str, reached: int) -> int:
 
 
 def test_a_shard_whose_records_were_deleted_before_it_applied_them_keeps_its_state_and_says_what_may_be_missing(
-        kafka, start_flow) -> None:  # type: ignore[no-untyped-def]
+        kafka: LocalBroker, start_flow: FlowFactory) -> None:
     """Issue 20: delete_records (or retention) removed records a lagging shard had not applied. Kafka
     answered OFFSET_OUT_OF_RANGE, the shard destroyed its state, its seek failed ("Failed to seek to
     offset -2") and the index stage exited. Now it keeps what it holds, goes on from the log start,
@@ -385,7 +364,7 @@ def test_a_shard_whose_records_were_deleted_before_it_applied_them_keeps_its_sta
     assert "Failed to seek" not in log and "Traceback" not in log, log[-3000:]
     deadline = time.monotonic() + 30  # the stage reports every few seconds
     while True:
-        shown = _cli("status", "--flow", str(runtime.flow_path), bootstrap=runtime.settings.bootstrap_servers)
+        shown = cli("status", "--flow", str(runtime.flow_path), bootstrap=runtime.settings.bootstrap_servers)
         assert shown.returncode == 0, shown.stderr
         if f"warning: shard 0 may be missing up to 3 documents: {reason}" in shown.stdout.splitlines():
             break

@@ -2,11 +2,9 @@
 user would from a directory of their own, it says what is true (running, searchable, why no reply)."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +14,18 @@ import httpx
 import pytest
 
 from processors.query.limits import REQUEST_LIMITS
+from streams.local.brokers import BrokerKind, LocalBroker
 from streams.resources import EXAMPLE_FLOWS
-from tests.streams.fixtures import RAW_LIBRDKAFKA_LINE, FlowFactory, root_flow_yaml, sentence_flow_yaml
+from tests.e2e.fixtures import (
+    CLI_DOCS,
+    RAW_LIBRDKAFKA_LINE,
+    Background,
+    FlowFactory,
+    root_flow_yaml,
+    sentence_flow_yaml,
+    user_cli,
+    user_env,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,69 +84,6 @@ def test_multi_field_jsonl_is_read_for_a_flow_that_maps_fields(tmp_path: Path) -
 FLOW_YAML = sentence_flow_yaml(shards=2).replace("{name}", "NAME")
 """The flow a user writes: sentence chunks, MiniLM, 2 shards (``NAME`` to fill in)."""
 
-DOCS = {
-    "volcano": "Volcanic eruptions release sulfur dioxide. Lava flows destroy the forest.",
-    "violin": "The violin concerto was premiered in Leipzig. The audience applauded for minutes.",
-    "bread": "The recipe needs two cups of flour. Bake the bread for forty minutes.",
-}
-
-
-def _user_env(**extra: str) -> dict[str, str]:
-    """The environment of a user who has not set KAFKA_BOOTSTRAP_SERVERS (the session broker's),
-    running this tree's code: the commands run in another directory, where ``python -m`` would
-    otherwise import whichever streamsearch is installed."""
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-    tree = str(Path(__file__).resolve().parents[2])
-    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [tree, env.get("PYTHONPATH")])), **extra}
-
-
-def _cli(cwd: Path, *args: str, env: dict[str, str] | None = None,
-         timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env=env if env is not None else _user_env())
-
-
-class Background:
-    """A long-running command (``run``, ``serve``) started in ``cwd``; its stdout lines collected."""
-
-    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.stderr_path = cwd / f"stderr-{args[0]}-{time.monotonic_ns()}.txt"
-        self._stderr = self.stderr_path.open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "streams.cli", *args], cwd=cwd, text=True,
-                                        env=env if env is not None else _user_env(),
-                                        stdout=subprocess.PIPE, stderr=self._stderr)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, prefix: str, timeout: float = 400) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [line for line in self.lines if line.startswith(prefix)]
-            if found:
-                return found[0]
-            assert self.process.poll() is None, f"exited {self.process.returncode}: {self.lines}\n{self.stderr()}"
-            time.sleep(0.2)
-        raise AssertionError(f"no line {prefix!r} within {timeout}s: {self.lines}\n{self.stderr()}")
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()[-4000:]
-
-    def stop(self) -> int:
-        """SIGTERM, as a user's Ctrl-C or a service manager would; the exit code."""
-        if self.process.poll() is None:
-            self.process.terminate()
-        code = self.process.wait(120)
-        self._reader.join(10)
-        self._stderr.close()
-        return code
-
-
 @dataclass
 class RunningFlow:
     folder: Path
@@ -147,7 +92,7 @@ class RunningFlow:
 
 
 @pytest.fixture(scope="module")
-def flow_dir(broker_kind, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFlow]:  # type: ignore[no-untyped-def]
+def flow_dir(broker_kind: BrokerKind, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFlow]:
     """`streamsearch run a.yml` in a fresh directory, no KAFKA_BOOTSTRAP_SERVERS: it starts the
     directory's local broker, over the stale address a crashed run left behind."""
     folder = tmp_path_factory.mktemp("user")
@@ -170,7 +115,7 @@ def test_run_says_running_once_every_stage_is_assigned(flow_dir: RunningFlow) ->
     assert running == "flow 'clia' running: every stage assigned, all 2 shards serving. Ctrl-C stops."
     assert flow_dir.run.lines.index(running) == 1  # after the "starting ..." line, nothing between
     assert (flow_dir.folder / ".streamsearch" / "bootstrap").read_text() == flow_dir.bootstrap  # the stale one replaced
-    result = _cli(flow_dir.folder, "search", "anything", "--flow", "clia", "--timeout", "10")
+    result = user_cli(flow_dir.folder, "search", "anything", "--flow", "clia", "--timeout", "10")
     assert result.returncode == 0, result.stderr
     assert "partial" not in result.stdout, result.stdout  # every shard answers at once
 
@@ -178,11 +123,11 @@ def test_run_says_running_once_every_stage_is_assigned(flow_dir: RunningFlow) ->
 @pytest.mark.kafka
 def test_serving_a_version_nobody_runs_is_refused(flow_dir: RunningFlow) -> None:
     flow_dir.run.wait_for("flow 'clia' running")
-    missing = _cli(flow_dir.folder, "versions", "--flow", "clia", "--serve", "2")
+    missing = user_cli(flow_dir.folder, "versions", "--flow", "clia", "--serve", "2")
     assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
         f"streamsearch: error: flow 'clia' has no version 2 on {flow_dir.bootstrap} (no topic clia.v2.query); "
         "start it with streamsearch run FLOW.yml"], missing.stderr
-    served = _cli(flow_dir.folder, "versions", "--flow", "clia", "--serve", "1")  # it runs: allowed
+    served = user_cli(flow_dir.folder, "versions", "--flow", "clia", "--serve", "1")  # it runs: allowed
     assert served.returncode == 0 and "version 1 serves" in served.stdout, served.stderr
 
 
@@ -191,7 +136,7 @@ def test_status_takes_a_flow_name_like_every_other_command(flow_dir: RunningFlow
     flow_dir.run.wait_for("flow 'clia' running")
     deadline = time.monotonic() + 60  # shards come from the stages' reports, published every 5 s
     while True:
-        result = _cli(flow_dir.folder, "status", "--flow", "clia", "--json")
+        result = user_cli(flow_dir.folder, "status", "--flow", "clia", "--json")
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
         if len(report["shards"]) == 2:
@@ -199,7 +144,7 @@ def test_status_takes_a_flow_name_like_every_other_command(flow_dir: RunningFlow
         assert time.monotonic() < deadline, report
     assert report["flow"] == "clia" and report["note"].startswith("known by name only")
     assert {t["name"] for t in report["topics"]} >= {"clia.ingest", "clia.encoded"}
-    shown = _cli(flow_dir.folder, "status", "--flow", "clia")
+    shown = user_cli(flow_dir.folder, "status", "--flow", "clia")
     assert shown.returncode == 0 and shown.stdout.splitlines()[0].startswith("flow clia version 1 (serving)"), shown
 
 
@@ -207,11 +152,11 @@ def test_status_takes_a_flow_name_like_every_other_command(flow_dir: RunningFlow
 def test_index_wait_returns_when_searchable_and_search_names_the_index(flow_dir: RunningFlow) -> None:
     flow_dir.run.wait_for("flow 'clia' running")
     data = flow_dir.folder / "docs.jsonl"
-    data.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in DOCS.items()))
-    indexed = _cli(flow_dir.folder, "index", "docs.jsonl", "--flow", "clia", "--wait")
+    data.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in CLI_DOCS.items()))
+    indexed = user_cli(flow_dir.folder, "index", "docs.jsonl", "--flow", "clia", "--wait")
     assert indexed.returncode == 0, indexed.stderr
     assert indexed.stdout.splitlines()[-1] == "3 documents searchable by index version 1", indexed.stdout
-    found = _cli(flow_dir.folder, "search", "how long to bake bread", "--flow", "clia", "--top-k", "1")
+    found = user_cli(flow_dir.folder, "search", "how long to bake bread", "--flow", "clia", "--top-k", "1")
     assert found.returncode == 0, found.stderr
     lines = found.stdout.strip().splitlines()
     assert lines[1].split()[-1] == "bread", found.stdout  # read-your-writes: found right after --wait returned
@@ -228,14 +173,14 @@ def test_index_wait_never_counts_a_document_that_yields_nothing_to_index(flow_di
     rows = [{"id": "toast", "text": "Ok"}, {"id": "blank", "text": "", "note": "no text at all"},
             {"id": "tides", "text": "The moon pulls the oceans. Tides rise twice a day."}]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    indexed = _cli(flow_dir.folder, "index", "short.jsonl", "--flow", "clia", "--wait")
+    indexed = user_cli(flow_dir.folder, "index", "short.jsonl", "--flow", "clia", "--wait")
     assert indexed.returncode == 1, indexed
     assert indexed.stdout.splitlines()[-1] == "2 documents searchable by index version 1", indexed.stdout
     assert indexed.stderr.strip().splitlines()[-1] == (
         "streamsearch: error: 1 of 3 documents were dead-lettered on the way and are not searchable: 'blank' by "
         "encode: BadDocumentError: document 'blank' has nothing to index: it has no text to embed and no embedding; "
         "no search could ever find it (`streamsearch dead-letters --flow clia`)"), indexed.stderr
-    found = _cli(flow_dir.folder, "search", "Ok", "--flow", "clia", "--top-k", "1")
+    found = user_cli(flow_dir.folder, "search", "Ok", "--flow", "clia", "--top-k", "1")
     assert found.returncode == 0 and found.stdout.strip().splitlines()[1].split()[-1] == "toast", found.stdout
 
 
@@ -244,10 +189,10 @@ def test_top_k_is_bounded_by_the_one_limit_the_flow_applies(flow_dir: RunningFlo
     """`--top-k` promises what the flow accepts (its help names max_top_k), and a refusal names it."""
     flow_dir.run.wait_for("flow 'clia' running")
     limit = REQUEST_LIMITS.max_top_k
-    assert f"1..{limit} (max_top_k)" in " ".join(_cli(flow_dir.folder, "search", "--help").stdout.split())
-    accepted = _cli(flow_dir.folder, "search", "bread", "--flow", "clia", "--top-k", str(limit))
+    assert f"1..{limit} (max_top_k)" in " ".join(user_cli(flow_dir.folder, "search", "--help").stdout.split())
+    accepted = user_cli(flow_dir.folder, "search", "bread", "--flow", "clia", "--top-k", str(limit))
     assert accepted.returncode == 0, accepted.stderr
-    refused = _cli(flow_dir.folder, "search", "bread", "--flow", "clia", "--top-k", str(limit + 1))
+    refused = user_cli(flow_dir.folder, "search", "bread", "--flow", "clia", "--top-k", str(limit + 1))
     assert refused.returncode == 1
     assert refused.stderr.strip() == f"streamsearch: error: parameter 'top_k' is {limit + 1}; the limit max_top_k is {limit}"
 
@@ -255,7 +200,7 @@ def test_top_k_is_bounded_by_the_one_limit_the_flow_applies(flow_dir: RunningFlo
 @pytest.mark.kafka
 def test_a_short_deadline_is_not_a_flow_that_does_not_run(flow_dir: RunningFlow) -> None:
     flow_dir.run.wait_for("flow 'clia' running")
-    result = _cli(flow_dir.folder, "search", "anything", "--flow", "clia", "--timeout", "0.001")
+    result = user_cli(flow_dir.folder, "search", "anything", "--flow", "clia", "--timeout", "0.001")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     # The flow answers a request it took up after its deadline (on the flow's clock) with the expiry.
@@ -266,7 +211,8 @@ def test_a_short_deadline_is_not_a_flow_that_does_not_run(flow_dir: RunningFlow)
 
 
 @pytest.mark.kafka
-def test_a_second_run_in_the_directory_joins_its_broker_and_leaves_it(flow_dir: RunningFlow, broker_kind) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_run_in_the_directory_joins_its_broker_and_leaves_it(
+        flow_dir: RunningFlow, broker_kind: BrokerKind) -> None:
     flow_dir.run.wait_for("flow 'clia' running")
     address = flow_dir.folder / ".streamsearch" / "bootstrap"
     (flow_dir.folder / "b.yml").write_text(FLOW_YAML.replace("NAME", "clib"))
@@ -283,16 +229,16 @@ def test_a_second_run_in_the_directory_joins_its_broker_and_leaves_it(flow_dir: 
         assert f"logs in {logs / 'clib.*.log'}; " in starting, starting
         assert "flow=clib" in (flow_dir.folder / logs / "clib.segment-0.log").read_text()
         assert "flow=clib" not in (flow_dir.folder / logs / "clia.segment-0.log").read_text()
-        both = _cli(flow_dir.folder, "versions", "--flow", "clib")
+        both = user_cli(flow_dir.folder, "versions", "--flow", "clib")
         assert both.returncode == 0 and both.stdout.startswith("flow 'clib': version 1 serves"), both.stderr
     finally:
         assert second.stop() == 0, second.stderr()
     assert address.read_text() == flow_dir.bootstrap  # the joiner leaves the address, and the broker, alone
-    assert _cli(flow_dir.folder, "search", "lava", "--flow", "clia").returncode == 0
+    assert user_cli(flow_dir.folder, "search", "lava", "--flow", "clia").returncode == 0
 
     deadline = time.monotonic() + 60  # the memory-only broker knows no group members: reports age out in 15 s
     while True:
-        stopped = _cli(flow_dir.folder, "search", "anything", "--flow", "clib", "--timeout", "2")
+        stopped = user_cli(flow_dir.folder, "search", "anything", "--flow", "clib", "--timeout", "2")
         assert stopped.returncode == 1
         if "no stage" in stopped.stderr or time.monotonic() > deadline:
             break
@@ -305,7 +251,7 @@ def test_a_second_run_in_the_directory_joins_its_broker_and_leaves_it(flow_dir: 
 def test_a_second_run_of_the_same_flow_in_the_directory_is_refused(flow_dir: RunningFlow) -> None:
     """It would start every stage again on the first run's shard state; capacity has its own command."""
     flow_dir.run.wait_for("flow 'clia' running")
-    again = _cli(flow_dir.folder, "run", "a.yml", timeout=60)
+    again = user_cli(flow_dir.folder, "run", "a.yml", timeout=60)
     assert again.returncode == 1 and again.stderr.strip().splitlines() == [
         f"streamsearch: error: flow 'clia' already runs from this directory (`streamsearch run` pid "
         f"{flow_dir.run.process.pid}): a second run would start every stage again; to add capacity, "
@@ -338,7 +284,7 @@ def test_serve_gives_the_status_command_report_and_refuses_a_busy_port(flow_dir:
             ("segment", 1, 2), ("encode", 1, 2), ("index", 1, 2), ("join", 1, 2)]
         assert sorted(sh["partition"] for sh in report["shards"]) == [0, 1]
 
-        busy = _cli(flow_dir.folder, "serve", "--flow", "clia", "--port", str(port))
+        busy = user_cli(flow_dir.folder, "serve", "--flow", "clia", "--port", str(port))
         assert busy.returncode == 1
         assert busy.stderr.strip().splitlines() == [
             f"streamsearch: error: cannot serve on 127.0.0.1:{port}: Address already in use; choose another --port"]
@@ -352,7 +298,7 @@ def test_a_search_refused_before_sending_is_one_line(flow_dir: RunningFlow) -> N
     for args, message in ((["   "], "query text 0 is empty or only whitespace"),
                           (["kafka", "--timeout", "1000"], "timeout_s must be in (0, 300] seconds"),
                           (["kafka", "--timeout", "0"], "timeout_s must be in (0, 300] seconds")):
-        result = _cli(flow_dir.folder, "search", *args, "--flow", "clia")
+        result = user_cli(flow_dir.folder, "search", *args, "--flow", "clia")
         assert result.returncode == 1 and result.stderr.strip().splitlines() == [
             f"streamsearch: error: {message}" + result.stderr.strip().split(message, 1)[1]], result.stderr
         assert "Traceback" not in result.stderr
@@ -366,8 +312,8 @@ def test_run_new_yml_takes_over_a_reindexed_version_from_the_reindex_command(flo
     flow_dir.run.wait_for("flow 'clia' running")
     folder = flow_dir.folder
     data = folder / "docs.jsonl"
-    data.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in DOCS.items()))
-    assert _cli(folder, "index", "docs.jsonl", "--flow", "clia", "--wait").returncode == 0
+    data.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in CLI_DOCS.items()))
+    assert user_cli(folder, "index", "docs.jsonl", "--flow", "clia", "--wait").returncode == 0
     (folder / "b.yml").write_text(FLOW_YAML.replace("NAME", "clia").replace("max_length: 128", "max_length: 256")
                                   + "version: 2\n")
     # --allow-dead-letters: an earlier test of this module indexed a document with nothing to index ('blank').
@@ -380,7 +326,7 @@ def test_run_new_yml_takes_over_a_reindexed_version_from_the_reindex_command(flo
         takeover.wait_for("flow 'clia' running")
         reindex.stop()
         for query, expected in (("sulfur dioxide from volcanic eruptions", "volcano"), ("bake bread with flour", "bread")):
-            found = _cli(folder, "search", query, "--flow", "clia", "--timeout", "20")
+            found = user_cli(folder, "search", query, "--flow", "clia", "--timeout", "20")
             assert found.returncode == 0, found.stderr + takeover.stderr()
             assert "answered by index version 2" in found.stdout and "partial" not in found.stdout, found.stdout
             assert found.stdout.strip().splitlines()[1].split()[-1] == expected, found.stdout
@@ -402,12 +348,12 @@ def _a_served_version_nobody_runs_is_named_with_its_fix(flow_dir: RunningFlow) -
            "stages (`streamsearch run` of its YAML)")
     deadline = time.monotonic() + 60  # the stopped run's consumers leave their groups as they close
     while True:
-        searched = _cli(folder, "search", "lava", "--flow", "clia", "--timeout", "2")
+        searched = user_cli(folder, "search", "lava", "--flow", "clia", "--timeout", "2")
         if searched.stderr.strip().splitlines() == [f"streamsearch: error: {why}"] or time.monotonic() > deadline:
             break
     assert searched.returncode == 1 and searched.stderr.strip().splitlines() == [f"streamsearch: error: {why}"], \
         searched.stderr
-    listed = _cli(folder, "versions", "--flow", "clia")
+    listed = user_cli(folder, "versions", "--flow", "clia")
     assert listed.returncode == 0 and listed.stdout.splitlines()[1:] == [
         "  version 1: stages running: encode, index, join",
         "  version 2 (serving): no stage runs  <- serving, but no stage answers: searches get no reply"], listed.stdout
@@ -421,8 +367,8 @@ def _a_served_version_nobody_runs_is_named_with_its_fix(flow_dir: RunningFlow) -
         assert (answer.status_code, answer.json()["detail"]) == (503, why), answer.text
     finally:
         server.stop()
-    assert _cli(folder, "versions", "--flow", "clia", "--serve", "1").returncode == 0
-    back = _cli(folder, "search", "lava", "--flow", "clia", "--timeout", "20")
+    assert user_cli(folder, "versions", "--flow", "clia", "--serve", "1").returncode == 0
+    back = user_cli(folder, "search", "lava", "--flow", "clia", "--timeout", "20")
     assert back.returncode == 0 and "answered by index version 1" in back.stdout, back.stdout + back.stderr
 
 
@@ -433,32 +379,32 @@ def test_only_the_run_that_started_the_broker_removes_its_address(flow_dir: Runn
     assert not (flow_dir.folder / ".streamsearch" / "bootstrap").exists()
     raw = [line for line in flow_dir.run.stderr_path.read_text().splitlines() if RAW_LIBRDKAFKA_LINE.match(line)]
     assert not raw, raw  # librdkafka's lines go through logging (structured), never as they come
-    gone = _cli(flow_dir.folder, "search", "anything", "--flow", "clia")
+    gone = user_cli(flow_dir.folder, "search", "anything", "--flow", "clia")
     assert gone.returncode == 1 and gone.stderr.startswith("streamsearch: error: no broker"), gone.stderr
 
 
 @pytest.mark.kafka
-def test_search_shows_a_root_level_match_by_its_title_and_the_start_of_its_text(  # type: ignore[no-untyped-def]
-        broker, start_flow: FlowFactory, tmp_path: Path) -> None:
+def test_search_shows_a_root_level_match_by_its_title_and_the_start_of_its_text(
+        broker: LocalBroker, start_flow: FlowFactory, tmp_path: Path) -> None:
     """Issue 21: a flow without a segmenter (one vector per document, as streams/flows/beir.yml) printed
     bare ids; its matches carry no chunk to show. Now the title tag and the text's first 120
     characters (whitespace collapsed, cut at a word) say what was found."""
     runtime = start_flow(root_flow_yaml())
     try:
-        env = _user_env(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers)
+        env = user_env(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers)
         rows = [{"id": "42", "title": "Kafka Streams", "text": (
                     "A client library for building applications\n\nand microservices, where the input and output "
                     "data are stored in Kafka clusters. It combines the simplicity of writing Java applications.")},
                 {"id": "7", "text": "Bake the bread\n\n   for forty minutes."}]
         (tmp_path / "docs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-        indexed = _cli(tmp_path, "index", "docs.jsonl", "--flow", runtime.flow.name, "--wait", env=env)
+        indexed = user_cli(tmp_path, "index", "docs.jsonl", "--flow", runtime.flow.name, "--wait", env=env)
         assert indexed.returncode == 0, indexed.stderr
         for query, expected in (
                 ("a library for stream processing applications on Kafka", [
                     "  1. ", "42", "           ↳ Kafka Streams — A client library for building applications and "
                     "microservices, where the input and output data are stored in Kafka …"]),
                 ("how long to bake bread", ["  1. ", "7", "           ↳ Bake the bread for forty minutes."])):
-            found = _cli(tmp_path, "search", query, "--flow", runtime.flow.name, "--top-k", "1", env=env)
+            found = user_cli(tmp_path, "search", query, "--flow", runtime.flow.name, "--top-k", "1", env=env)
             assert found.returncode == 0, found.stderr
             lines = found.stdout.strip().splitlines()
             assert (lines[1][:5], lines[1].split()[-1], lines[2]) == tuple(expected), found.stdout
@@ -467,10 +413,10 @@ def test_search_shows_a_root_level_match_by_its_title_and_the_start_of_its_text(
 
 
 @pytest.mark.kafka
-def test_an_unknown_flow_is_refused_in_one_line_and_nothing_is_created(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_unknown_flow_is_refused_in_one_line_and_nothing_is_created(broker: LocalBroker, tmp_path: Path) -> None:
     from confluent_kafka.admin import AdminClient
 
-    env = _user_env(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers)
+    env = user_env(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers)
     (tmp_path / "docs.jsonl").write_text(json.dumps({"id": "d", "text": "some text"}) + "\n")
     (tmp_path / "nosuch.yml").write_text(FLOW_YAML.replace("NAME", "nosuch"))
     refused = f"streamsearch: error: no flow 'nosuch' on {broker.bootstrap_servers} (no topic nosuch.ingest); " \
@@ -479,7 +425,7 @@ def test_an_unknown_flow_is_refused_in_one_line_and_nothing_is_created(broker, t
                     ["search", "hello", "--flow", "nosuch"], ["versions", "--flow", "nosuch"],
                     ["dead-letters", "--flow", "nosuch"], ["serve", "--flow", "nosuch", "--port", "0"],
                     ["status", "--flow", "nosuch.yml"], ["status", "--flow", "nosuch"]):
-        result = _cli(tmp_path, *command, env=env, timeout=60)
+        result = user_cli(tmp_path, *command, env=env, timeout=60)
         assert (result.returncode, result.stderr.strip().splitlines()) == (1, [refused]), (command, result.stderr)
     topics = AdminClient({"bootstrap.servers": broker.bootstrap_servers}).list_topics(timeout=10).topics
     assert not [name for name in topics if name.startswith("nosuch.")]
@@ -487,9 +433,9 @@ def test_an_unknown_flow_is_refused_in_one_line_and_nothing_is_created(broker, t
 
 def test_run_against_an_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "a.yml").write_text(FLOW_YAML.replace("NAME", "clia"))
-    env = _user_env(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    env = user_env(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
     for command in (["run", "a.yml"], ["run", "a.yml", "--stage", "join"]):
-        result = _cli(tmp_path, *command, env=env, timeout=60)
+        result = user_cli(tmp_path, *command, env=env, timeout=60)
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("streamsearch: error: cannot reach Kafka at 127.0.0.1:1"), lines
@@ -500,7 +446,7 @@ def test_an_index_dim_the_encoder_does_not_produce_is_refused_before_anything_st
     whether the whole flow runs or one stage joins."""
     (tmp_path / "dim.yml").write_text(FLOW_YAML.replace("NAME", "clidim").replace("dim: 384", "dim: 8"))
     for command in (["run", "dim.yml"], ["run", "dim.yml", "--stage", "index"], ["reindex", "--flow", "dim.yml"]):
-        result = _cli(tmp_path, *command, env=_user_env(), timeout=60)
+        result = user_cli(tmp_path, *command, env=user_env(), timeout=60)
         assert result.returncode == 1, result.stderr
         assert result.stderr.strip().splitlines() == [
             "streamsearch: error: dim.yml: stages.index.with.dim is 8, but the encoder (TransformerEncoder) produces "
@@ -518,7 +464,7 @@ def test_version_is_printed() -> None:
 def test_a_typo_in_the_search_defaults_names_the_key_and_the_likely_one(tmp_path: Path) -> None:
     flow = tmp_path / "typo.yml"
     flow.write_text(FLOW_YAML.replace("NAME", "typo") + "search:\n  topk: 5\n")
-    result = streamsearch("run", str(flow), env=_user_env(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1"))
+    result = streamsearch("run", str(flow), env=user_env(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1"))
     line = len(FLOW_YAML.splitlines()) + 2
     assert (result.returncode, result.stderr.strip().splitlines()) == (1, [
         f"streamsearch: error: {flow}:{line}: search: unknown key 'topk' (did you mean 'top_k'?); known: top_k, "
@@ -529,7 +475,7 @@ def test_replicas_beyond_the_partitions_are_a_warning(tmp_path: Path) -> None:
     flow = tmp_path / "wide.yml"
     flow.write_text(FLOW_YAML.replace("NAME", "wide").replace("  join: {}", "  join: {replicas: 3}"))
     assert "join: {replicas: 3}" in flow.read_text()
-    result = _cli(tmp_path, "run", str(flow), env=_user_env(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1"), timeout=60)
+    result = user_cli(tmp_path, "run", str(flow), env=user_env(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1"), timeout=60)
     lines = result.stderr.strip().splitlines()
     assert lines[0] == ("streamsearch: warning: 3 replicas of stage 'join' but 2 partitions: 1 will stay idle "
                         "(raise the index's shards to use them)"), lines

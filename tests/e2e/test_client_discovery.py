@@ -11,12 +11,13 @@ import pytest
 from processors.document import Document
 from streams.client import Client
 from streams.exceptions import BrokerError
+from streams.local.brokers import LocalBroker
 from streams.local.runtime import BOOTSTRAP_FILE
 
 pytestmark = pytest.mark.kafka
 
 
-def test_the_client_finds_the_broker_a_run_in_this_directory_started(broker, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_the_client_finds_the_broker_a_run_in_this_directory_started(broker: LocalBroker, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     monkeypatch.chdir(tmp_path)

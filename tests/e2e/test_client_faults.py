@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from streams.client import Client
 from streams.client.client import raise_for_errors
 from streams.exceptions import RequestExpiredError, SearchError, UnknownFlowError
 from streams.local.runtime import LocalRuntime
-from tests.streams.fixtures import sentence_flow_yaml
+from tests.e2e.fixtures import FlowFactory, sentence_flow_yaml
 
 pytestmark = pytest.mark.kafka
 
@@ -45,12 +46,12 @@ TOO_LARGE_ONCE_SEGMENTED = " ".join(f"Sentence number {i} talks about a differen
 
 
 @pytest.fixture(scope="module")
-def flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
+def flow(start_flow: FlowFactory) -> LocalRuntime:
     return start_flow(FLOW)
 
 
 @pytest.fixture(scope="module")
-def client(flow: LocalRuntime):  # type: ignore[no-untyped-def]
+def client(flow: LocalRuntime) -> Iterator[Client]:
     with flow.client() as client:
         yield client
 

@@ -37,9 +37,8 @@ from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_log_files
 from streams.wire.records import SearchReply
 from streams.wire.topics import TopicShape
-from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
-from tests.streams.recovery import wait_applied
-from tests.e2e.test_recovery import _assert_exact, _committed_keys, _committed_total
+from tests.e2e.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
+from tests.e2e.recovery import assert_exact, committed_keys, committed_total, wait_applied
 
 pytestmark = pytest.mark.kafka
 
@@ -407,7 +406,7 @@ def test_kill_9_partition_leaders_during_ingest_and_queries(cluster: KafkaCluste
                for line in log.read_text(errors="replace").splitlines() if "partitions revoked" in line]
     assert not revoked, f"{revoked}: session.timeout.ms shorter than a failover?\n{details}"
     runtime.local_flow.stop()
-    report = _assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
+    report = assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
 
     # the records on the brokers were written by idempotent producers (a producer id per batch)
     for name in (topics.ingest, topics.segmented, topics.encoded):
@@ -463,7 +462,7 @@ def test_queries_do_not_wait_for_a_transaction_stuck_on_a_killed_leader(cluster:
                 runtime.local_flow.pause("encode")
                 try:
                     receipts.append(client.index([doc for doc, _ in second]))
-                    _wait_until(lambda: _committed_total(runtime, topics.group("segment"), topics.ingest) == EOS_DOCS,
+                    _wait_until(lambda: committed_total(runtime, topics.group("segment"), topics.ingest) == EOS_DOCS,
                                 60, "the second half segmented")
                 finally:
                     outage = _kill_and_return(
@@ -483,11 +482,11 @@ def test_queries_do_not_wait_for_a_transaction_stuck_on_a_killed_leader(cluster:
                 reply = client.search(sentence, timeout_s=20)
                 assert not reply.partial and reply.docs[0].matches[0].id == doc.id, (sentence, reply)
         for topic in (topics.segmented, topics.encoded):  # read_committed readers see each document once
-            keys = _committed_keys(runtime, topic)
+            keys = committed_keys(runtime, topic)
             assert sorted(keys) == sorted(doc.id.encode() for doc, _ in corpus), \
                 f"{topic}: {len(keys)} records visible to read_committed for {EOS_DOCS} documents"
         aborted = runtime.local_flow.log_path("encode", 0).read_text().count("transaction failed")
         runtime.local_flow.stop()
-        report = _assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
+        report = assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
     print(f"\nexactly_once, kill -9 the leader of {topics.encoded}: N={EOS_DOCS} lost={report['lost']} "
           f"duplicated={report['duplicated_vectors']} transactions aborted={aborted} {report_queries} ({outage})")

@@ -5,12 +5,13 @@ from pathlib import Path
 import pytest
 
 from streams.demo.hello_world import EXAMPLE_QUERIES, run_hello_world
-from tests.streams.fixtures import RAW_LIBRDKAFKA_LINE
+from streams.local.brokers import LocalBroker
+from tests.e2e.fixtures import RAW_LIBRDKAFKA_LINE
 
 pytestmark = pytest.mark.kafka
 
 
-def test_hello_world_finds_argparse_for_command_line_parsing(broker, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_hello_world_finds_argparse_for_command_line_parsing(broker: LocalBroker, tmp_path: Path,
                                                             capfd: pytest.CaptureFixture[str]) -> None:
     printed: list[str] = []
     replies = run_hello_world(limit=120, state_dir=tmp_path, top_k=3, print_fn=printed.append)

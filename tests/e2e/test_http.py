@@ -15,10 +15,10 @@ from processors.query.limits import REQUEST_LIMITS
 from streams.kafka.admin import ensure_topics
 from streams.client import Client
 from streams.client.http import create_app
+from streams.local.brokers import LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.wire.topics import FlowTopics
-from tests.streams.fixtures import stage_logs
-from tests.e2e.test_pipeline import FLOW  # the same small flow: 2 shards, 2 index replicas
+from tests.e2e.fixtures import PIPELINE_FLOW, FlowFactory, bridge_client, call, stage_logs
 
 pytestmark = pytest.mark.kafka
 
@@ -38,8 +38,8 @@ QUERIES = {
 
 
 @pytest.fixture(scope="module")
-def flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
-    return start_flow(FLOW)
+def flow(start_flow: FlowFactory) -> LocalRuntime:
+    return start_flow(PIPELINE_FLOW)
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +63,8 @@ def receipt(app: FastAPI) -> dict[str, Any]:
     return response.json()
 
 
-def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        async with _http(app) as http:
-            return await http.request(method, path, **kwargs)
-
-    return asyncio.run(go())
-
-
-def _http(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge", timeout=120)
-
-
-def test_index_then_search_returns_the_document_with_its_matched_chunk(app, receipt, flow) -> None:  # type: ignore[no-untyped-def]
+def test_index_then_search_returns_the_document_with_its_matched_chunk(
+        app: FastAPI, receipt: dict[str, Any], flow: LocalRuntime) -> None:
     response = call(app, "POST", "/search", json={"texts": "how long to bake bread", "top_k": 2,
                                                   "after": receipt["offsets"], "deadline_s": 30})
     assert response.status_code == 200, (response.text, stage_logs(flow))
@@ -94,7 +83,7 @@ def test_index_then_search_returns_the_document_with_its_matched_chunk(app, rece
     assert TOPICS["bread"][start:end] == chunk["text"]
 
 
-def test_single_document_index_and_delete(app, receipt) -> None:  # type: ignore[no-untyped-def]
+def test_single_document_index_and_delete(app: FastAPI, receipt: dict[str, Any]) -> None:
     added = call(app, "POST", "/index", json={"id": "qubit", "text": "Quantum computers use qubits."})
     assert added.status_code == 202 and added.json()["count"] == 1
     after = added.json()["offsets"]
@@ -107,7 +96,7 @@ def test_single_document_index_and_delete(app, receipt) -> None:  # type: ignore
     assert "qubit" not in [m["id"] for m in gone.json()["results"][0]["matches"]]
 
 
-def test_status_healthz_and_openapi(app, client) -> None:  # type: ignore[no-untyped-def]
+def test_status_healthz_and_openapi(app: FastAPI, client: Client) -> None:
     assert call(app, "GET", "/healthz").json() == {"status": "ok"}
     deadline = time.monotonic() + 60
     # The app knows the flow by its name only: shards come from the stages' reports, published every 5 s.
@@ -123,7 +112,7 @@ def test_status_healthz_and_openapi(app, client) -> None:  # type: ignore[no-unt
     assert "<form id=\"search\"" in call(app, "GET", "/").text
 
 
-def test_status_with_the_flow_yaml_is_what_the_status_command_prints(client, flow) -> None:  # type: ignore[no-untyped-def]
+def test_status_with_the_flow_yaml_is_what_the_status_command_prints(client: Client, flow: LocalRuntime) -> None:
     import dataclasses
 
     from streams.ops.status import collect_status
@@ -137,7 +126,7 @@ def test_status_with_the_flow_yaml_is_what_the_status_command_prints(client, flo
     assert report["topics"] == expected["topics"] and report["serving_version"] == 1
 
 
-def test_status_without_a_broker_is_503_naming_the_flow_and_fields(flow) -> None:  # type: ignore[no-untyped-def]
+def test_status_without_a_broker_is_503_naming_the_flow_and_fields(flow: LocalRuntime) -> None:
     from streams.kafka.clients import KafkaSettings
 
     lonely = Client(flow.flow.name, settings=KafkaSettings("127.0.0.1:1", {"socket.timeout.ms": 1000}))
@@ -151,13 +140,13 @@ def test_status_without_a_broker_is_503_naming_the_flow_and_fields(flow) -> None
     ({"top_k": 3}, "texts"),
     ({"texts": "x", "deadline_s": -1}, "deadline_s"),
 ])
-def test_bad_schema_is_422_naming_the_field(app, body, field) -> None:  # type: ignore[no-untyped-def]
+def test_bad_schema_is_422_naming_the_field(app: FastAPI, body: dict[str, Any], field: str) -> None:
     response = call(app, "POST", "/search", json=body)
     assert response.status_code == 422
     assert field in [str(part) for error in response.json()["detail"] for part in error["loc"]]
 
 
-def test_invalid_json_and_bad_document_are_422(app) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_json_and_bad_document_are_422(app: FastAPI) -> None:
     response = call(app, "POST", "/search", content=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 422
     response = call(app, "POST", "/index", json={"text": "no id"})
@@ -173,7 +162,7 @@ def test_invalid_json_and_bad_document_are_422(app) -> None:  # type: ignore[no-
     ('{"id": "' + "x" * 513 + '", "text": "x"}', "is 513 bytes in UTF-8; at most 512"),
     ('[{"id": "fine", "text": "x"}, {"id": "evil\\u0000id", "text": "x"}]', "document 1: id"),
 ])
-def test_a_hostile_document_is_422_with_the_message(app, body, message) -> None:  # type: ignore[no-untyped-def]
+def test_a_hostile_document_is_422_with_the_message(app: FastAPI, body: str, message: str) -> None:
     response = call(app, "POST", "/index", content=body.encode(), headers={"Content-Type": "application/json"})
     assert response.status_code == 422, response.text
     assert message in response.json()["detail"]
@@ -183,14 +172,14 @@ def test_a_hostile_document_is_422_with_the_message(app, body, message) -> None:
     '{"id": "\\ud800", "text": "x"}',
     '[{"id": "ok", "text": "x"}, {"id": "\\udc80x", "text": "x"}]',
 ])
-def test_a_lone_surrogate_id_is_422_naming_the_field_never_500(app, body) -> None:  # type: ignore[no-untyped-def]
+def test_a_lone_surrogate_id_is_422_naming_the_field_never_500(app: FastAPI, body: str) -> None:
     """Pydantic refuses it before we look; FastAPI's own 422 would echo it and fail to encode (500)."""
     response = call(app, "POST", "/index", content=body.encode(), headers={"Content-Type": "application/json"})
     assert response.status_code == 422, response.text
     assert "id" in [str(part) for error in response.json()["detail"] for part in error["loc"]]
 
 
-def test_nothing_of_a_refused_list_is_indexed(app) -> None:  # type: ignore[no-untyped-def]
+def test_nothing_of_a_refused_list_is_indexed(app: FastAPI) -> None:
     fine = {"id": "refused-batch", "text": "Meteorites glow brightly while crossing the upper atmosphere."}
     body = json.dumps([fine, {"id": "evil\x00id", "text": "x"}])
     refused = call(app, "POST", "/index", content=body.encode(), headers={"Content-Type": "application/json"})
@@ -209,14 +198,15 @@ def test_nothing_of_a_refused_list_is_indexed(app) -> None:  # type: ignore[no-u
     ("POST", "/search", '{"texts": ["ok", "a\\u0000"], "deadline_s": 10}', "texts[1] contains NUL"),
     ("POST", "/search", '{"texts": "ok", "filter_by": ["\\ud800"], "deadline_s": 10}', "filter_by[0] contains a lone"),
 ])
-def test_hostile_ids_and_query_texts_are_422(app, method, path, body, message) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_ids_and_query_texts_are_422(
+        app: FastAPI, method: str, path: str, body: str | None, message: str) -> None:
     kwargs: dict[str, Any] = {"content": body.encode(), "headers": {"Content-Type": "application/json"}} if body else {}
     response = call(app, method, path, **kwargs)
     assert response.status_code == 422, response.text
     assert message in response.json()["detail"]
 
 
-def test_oversized_body_is_413_by_content_length_and_by_actual_size(client) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_body_is_413_by_content_length_and_by_actual_size(client: Client) -> None:
     small = create_app(client, token="", max_body_bytes=1024)
     big = {"id": "big", "text": "word " * 1000}
     assert call(small, "POST", "/index", json=big).status_code == 413
@@ -230,25 +220,25 @@ def test_oversized_body_is_413_by_content_length_and_by_actual_size(client) -> N
     assert call(small, "POST", "/search", json={"texts": "fits", "deadline_s": 10}).status_code == 200
 
 
-def test_default_limit_is_8_mib(app) -> None:  # type: ignore[no-untyped-def]
+def test_default_limit_is_8_mib(app: FastAPI) -> None:
     response = call(app, "POST", "/index", json={"id": "huge", "text": "a" * (8 * 1024 * 1024 + 1)})
     assert response.status_code == 413
 
 
-def test_unknown_query_language_operator_is_400_with_the_message(app) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_query_language_operator_is_400_with_the_message(app: FastAPI) -> None:
     response = call(app, "POST", "/search", json={"texts": "anything", "deadline_s": 10,
                                                   "query_language": [{"operator": "__import__"}]})
     assert response.status_code == 400
     assert "__import__" in response.json()["detail"]
 
 
-def test_bad_parameter_is_400(app) -> None:  # type: ignore[no-untyped-def]
+def test_bad_parameter_is_400(app: FastAPI) -> None:
     response = call(app, "POST", "/search", json={"texts": "anything", "deadline_s": 10, "index_type": "nope"})
     assert response.status_code == 400, response.text
     assert "nope" in response.json()["detail"]
 
 
-def test_token_required_when_configured(client) -> None:  # type: ignore[no-untyped-def]
+def test_token_required_when_configured(client: Client) -> None:
     secured = create_app(client, token="s3cret")
     search = {"texts": "bake bread", "deadline_s": 10}
     assert call(secured, "POST", "/search", json=search).status_code == 401
@@ -265,18 +255,19 @@ def test_token_required_when_configured(client) -> None:  # type: ignore[no-unty
     assert call(secured, "GET", "/").status_code == 200
 
 
-def test_token_from_environment(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_token_from_environment(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMSEARCH_TOKEN", "from-env")
     secured = create_app(client)
     assert call(secured, "GET", "/status").status_code == 401
     assert call(secured, "GET", "/status", headers={"Authorization": "Bearer from-env"}).status_code == 200
 
 
-def test_200_concurrent_searches_over_one_client_each_answered_correctly(app, receipt, flow) -> None:  # type: ignore[no-untyped-def]
+def test_200_concurrent_searches_over_one_client_each_answered_correctly(
+        app: FastAPI, receipt: dict[str, Any], flow: LocalRuntime) -> None:
     topics = list(QUERIES) * 50
 
     async def go() -> list[httpx.Response]:
-        async with _http(app) as http:
+        async with bridge_client(app) as http:
             return await asyncio.gather(*(
                 http.post("/search", json={"texts": QUERIES[t], "top_k": 1, "after": receipt["offsets"],
                                            "deadline_s": 60})
@@ -288,7 +279,7 @@ def test_200_concurrent_searches_over_one_client_each_answered_correctly(app, re
     assert [r.json()["results"][0]["query"] for r in responses] == [QUERIES[t] for t in topics]
 
 
-def test_broker_silence_is_503_not_a_hang(flow) -> None:  # type: ignore[no-untyped-def]
+def test_broker_silence_is_503_not_a_hang(flow: LocalRuntime) -> None:
     # A client of a flow whose stages do not run: requests go out, no reply ever comes back.
     assert flow.settings is not None
     idle = FlowTopics(f"{flow.flow.name}-idle", 1)
@@ -299,7 +290,7 @@ def test_broker_silence_is_503_not_a_hang(flow) -> None:  # type: ignore[no-unty
     assert "no reply" in response.json()["detail"]
 
 
-def test_a_flow_never_run_is_503_naming_it(flow) -> None:  # type: ignore[no-untyped-def]
+def test_a_flow_never_run_is_503_naming_it(flow: LocalRuntime) -> None:
     assert flow.settings is not None
     with Client(f"{flow.flow.name}-never", settings=flow.settings) as lonely:
         response = call(create_app(lonely, token=""), "POST", "/search", json={"texts": "x", "deadline_s": 10})
@@ -307,7 +298,8 @@ def test_a_flow_never_run_is_503_naming_it(flow) -> None:  # type: ignore[no-unt
     assert f"UnknownFlowError: no flow '{flow.flow.name}-never' on " in response.json()["detail"], response.text
 
 
-def test_search_with_one_shard_paused_is_504_with_partial_results(app, receipt, flow) -> None:  # type: ignore[no-untyped-def]
+def test_search_with_one_shard_paused_is_504_with_partial_results(
+        app: FastAPI, receipt: dict[str, Any], flow: LocalRuntime) -> None:
     assert flow.local_flow is not None
     flow.local_flow.pause("index", 0)
     try:
@@ -322,7 +314,7 @@ def test_search_with_one_shard_paused_is_504_with_partial_results(app, receipt, 
     assert response.json()["detail"].startswith("shards")
 
 
-def test_broker_outage_is_503_and_the_bridge_recovers_by_itself(app, broker) -> None:  # type: ignore[no-untyped-def]
+def test_broker_outage_is_503_and_the_bridge_recovers_by_itself(app: FastAPI, broker: LocalBroker) -> None:
     search = {"texts": "bake bread", "deadline_s": 2}
     broker.pause()
     try:
@@ -338,7 +330,7 @@ def test_broker_outage_is_503_and_the_bridge_recovers_by_itself(app, broker) -> 
 # -- issue 11: hostile input, per-request limits, no 500 ----------------------------------------------
 
 
-def test_an_id_with_a_slash_can_be_indexed_found_and_deleted(app) -> None:  # type: ignore[no-untyped-def]
+def test_an_id_with_a_slash_can_be_indexed_found_and_deleted(app: FastAPI) -> None:
     added = call(app, "POST", "/index", json={"id": "guides/intro", "text": "Penguins huddle together to stay warm."})
     assert added.status_code == 202
     search = {"texts": "penguins keeping warm", "top_k": 1, "deadline_s": 30}
@@ -360,7 +352,7 @@ def test_an_id_with_a_slash_can_be_indexed_found_and_deleted(app) -> None:  # ty
         "conditions": {"tags.topic__in": list(range(1_000_000))}}}]}, "the limit max_query_language_bytes is 65536"),
     ({"texts": "x", "filter_by": ["title"] * 100_000}, "unknown fields ['title']; known: none"),
 ])
-def test_a_request_over_a_limit_is_400_naming_it_at_once(app, body, limit) -> None:  # type: ignore[no-untyped-def]
+def test_a_request_over_a_limit_is_400_naming_it_at_once(app: FastAPI, body: dict[str, Any], limit: str) -> None:
     started = time.monotonic()
     response = call(app, "POST", "/search", json={"deadline_s": 30, **body})
     assert response.status_code == 400, response.text
@@ -368,7 +360,7 @@ def test_a_request_over_a_limit_is_400_naming_it_at_once(app, body, limit) -> No
     assert time.monotonic() - started < 15  # refused by the encode stage, not parked until the deadline
 
 
-def test_one_top_k_limit_named_in_the_refusal_and_served_to_the_page(app) -> None:  # type: ignore[no-untyped-def]
+def test_one_top_k_limit_named_in_the_refusal_and_served_to_the_page(app: FastAPI) -> None:
     """The bridge, the page (which reads GET /limits) and the flow bound top_k by one declaration:
     the limit is accepted, one over it is refused naming it."""
     limits = call(app, "GET", "/limits").json()
@@ -381,7 +373,7 @@ def test_one_top_k_limit_named_in_the_refusal_and_served_to_the_page(app) -> Non
                                     f"{REQUEST_LIMITS.max_top_k}"
 
 
-def test_a_catastrophic_regex_spends_the_budget_and_is_400_naming_it(app, flow) -> None:  # type: ignore[no-untyped-def]
+def test_a_catastrophic_regex_spends_the_budget_and_is_400_naming_it(app: FastAPI, flow: LocalRuntime) -> None:
     slow = [{"id": f"slow{i}", "text": "a" * 60 + "!"} for i in range(16)]
     added = call(app, "POST", "/index", json=slow)
     try:
@@ -396,7 +388,7 @@ def test_a_catastrophic_regex_spends_the_budget_and_is_400_naming_it(app, flow) 
             call(app, "DELETE", f"/docs/{doc['id']}")
 
 
-def test_a_search_the_broker_refuses_as_too_large_is_413_not_503(flow) -> None:  # type: ignore[no-untyped-def]
+def test_a_search_the_broker_refuses_as_too_large_is_413_not_503(flow: LocalRuntime) -> None:
     # The client's own limit let it through (64 MiB); the query topic takes 8 MiB + 64 KiB.
     with Client(flow.flow.name, settings=flow.settings, max_payload_bytes=64 * 1024 * 1024) as roomy:
         app = create_app(roomy, token="", max_body_bytes=32 * 1024 * 1024)
@@ -409,7 +401,7 @@ FUZZ_SECONDS = 45.0
 """What the schema fuzz test may spend on requests; cases drawn later are not sent."""
 
 
-def test_no_input_from_the_openapi_schema_gives_a_5xx_but_503_or_504(flow) -> None:  # type: ignore[no-untyped-def]
+def test_no_input_from_the_openapi_schema_gives_a_5xx_but_503_or_504(flow: LocalRuntime) -> None:
     """schemathesis draws valid and invalid requests for every operation from the bridge's OpenAPI
     schema and sends them in-process to the bridge in front of the running flow."""
     import schemathesis
@@ -428,7 +420,7 @@ def test_no_input_from_the_openapi_schema_gives_a_5xx_but_503_or_504(flow) -> No
 
             @given(case=cases)
             @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-            def send(case) -> None:  # type: ignore[no-untyped-def]
+            def send(case: schemathesis.Case) -> None:
                 if time.monotonic() > stop:
                     return
                 if isinstance(case.body, dict) and isinstance(case.body.get("deadline_s"), (int, float)):

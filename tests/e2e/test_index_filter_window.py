@@ -7,7 +7,7 @@ import pytest
 
 from processors.document import Document
 from streams.local.runtime import LocalRuntime
-from tests.streams.fixtures import root_flow_yaml
+from tests.e2e.fixtures import FlowFactory, root_flow_yaml
 
 pytestmark = pytest.mark.kafka
 
@@ -27,11 +27,11 @@ ONLY_GERMAN = [{"operator": "filter", "stage": "index", "traversal_paths": ["m"]
 
 
 @pytest.fixture(scope="module")
-def flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
+def flow(start_flow: FlowFactory) -> LocalRuntime:
     return start_flow(FLOW)
 
 
-def test_a_tag_filter_at_the_index_stage_finds_documents_beyond_the_first_window(flow) -> None:  # type: ignore[no-untyped-def]
+def test_a_tag_filter_at_the_index_stage_finds_documents_beyond_the_first_window(flow: LocalRuntime) -> None:
     assert len(ENGLISH) == 60
     with flow.client() as client:
         receipt = client.index(ENGLISH + GERMAN)

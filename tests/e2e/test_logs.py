@@ -17,7 +17,7 @@ from streams.local.apache_kafka import install_kafka
 from streams.local.brokers import BrokerKind, start_local_broker
 from streams.local.supervisor import LocalFlow
 from streams.logs import RepeatLimit
-from tests.streams.fixtures import RAW_LIBRDKAFKA_LINE, sentence_flow_yaml
+from tests.e2e.fixtures import RAW_LIBRDKAFKA_LINE, sentence_flow_yaml
 
 
 class Clock:

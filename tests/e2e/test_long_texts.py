@@ -5,6 +5,7 @@ import pytest
 
 from processors.document import Document
 from streams.local.runtime import LocalRuntime
+from tests.e2e.fixtures import FlowFactory
 
 pytestmark = pytest.mark.kafka
 
@@ -43,11 +44,11 @@ DOCS = [log(1, "whale")] + [log(n) for n in range(2, 6)] + [
 
 
 @pytest.fixture(scope="module")
-def flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
+def flow(start_flow: FlowFactory) -> LocalRuntime:
     return start_flow(FLOW)
 
 
-def test_a_word_near_the_end_of_a_long_unpunctuated_span_finds_its_document(flow) -> None:  # type: ignore[no-untyped-def]
+def test_a_word_near_the_end_of_a_long_unpunctuated_span_finds_its_document(flow: LocalRuntime) -> None:
     assert len(DOCS[0].text or "") > 2000 and (DOCS[0].text or "").index("whale") > 1800
     with flow.client() as client:
         receipt = client.index(DOCS)
@@ -57,7 +58,7 @@ def test_a_word_near_the_end_of_a_long_unpunctuated_span_finds_its_document(flow
     assert match.id == "log-1" and "whale" in (match.chunks[0].text or "")
 
 
-def test_each_chinese_sentence_is_a_chunk_of_its_own(flow) -> None:  # type: ignore[no-untyped-def]
+def test_each_chinese_sentence_is_a_chunk_of_its_own(flow: LocalRuntime) -> None:
     with flow.client() as client:
         receipt = client.index(DOCS)
         reply = client.search("北京是中国的首都。", top_k=1, after=receipt, timeout_s=60)

@@ -1,13 +1,17 @@
 """Multi-field search (JEP 3) end to end through Kafka, with the shipped example flow."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from processors.document import Document
+from streams.client import Client, IndexReceipt
 from streams.exceptions import SearchError
 from streams.local.runtime import LocalRuntime
 from streams.resources import EXAMPLE_FLOWS
+from streams.wire.records import SearchReply
+from tests.e2e.fixtures import FlowFactory
 
 pytestmark = pytest.mark.kafka
 
@@ -22,22 +26,22 @@ BOOKS = [
 
 
 @pytest.fixture(scope="module")
-def flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
+def flow(start_flow: FlowFactory) -> LocalRuntime:
     return start_flow(FLOW)
 
 
 @pytest.fixture(scope="module")
-def indexed(flow: LocalRuntime):  # type: ignore[no-untyped-def]
+def indexed(flow: LocalRuntime) -> Iterator[tuple[Client, IndexReceipt]]:
     with flow.client() as client:
         yield client, client.index(BOOKS)
 
 
-def ids(reply) -> list[str]:  # type: ignore[no-untyped-def]
+def ids(reply: SearchReply) -> list[str]:
     assert not reply.partial, reply
     return [m.id for m in reply.docs[0].matches]
 
 
-def test_title_only_search_finds_hackers_and_painters(indexed) -> None:  # type: ignore[no-untyped-def]
+def test_title_only_search_finds_hackers_and_painters(indexed: tuple[Client, IndexReceipt]) -> None:
     client, receipt = indexed
     assert ids(client.search("painter", filter_by=["title"], top_k=1, after=receipt, timeout_s=60)) == ["11"]
     reply = client.search("painter", filter_by=["title"], after=receipt, timeout_s=60)
@@ -45,26 +49,26 @@ def test_title_only_search_finds_hackers_and_painters(indexed) -> None:  # type:
     assert reply.docs[0].matches[0].chunks[0].field_name == "title"
 
 
-def test_summary_only_search_ranks_the_art_book_first(indexed) -> None:  # type: ignore[no-untyped-def]
+def test_summary_only_search_ranks_the_art_book_first(indexed: tuple[Client, IndexReceipt]) -> None:
     client, receipt = indexed
     reply = client.search("painter", filter_by=["summary"], after=receipt, timeout_s=60)
     assert ids(reply)[0] == "10"
     assert all(chunk.field_name == "summary" for m in reply.docs[0].matches for chunk in m.chunks)
 
 
-def test_no_filter_returns_both(indexed) -> None:  # type: ignore[no-untyped-def]
+def test_no_filter_returns_both(indexed: tuple[Client, IndexReceipt]) -> None:
     client, receipt = indexed
     assert sorted(ids(client.search("painter", after=receipt, timeout_s=60))) == ["10", "11"]
 
 
-def test_unknown_field_is_an_error_reply(indexed) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_field_is_an_error_reply(indexed: tuple[Client, IndexReceipt]) -> None:
     client, _ = indexed
     with pytest.raises(SearchError) as refused:
         client.search("painter", filter_by=["author"], timeout_s=10)
     assert "author" in refused.value.errors[0] and "title, summary" in refused.value.errors[0]
 
 
-def test_a_one_field_query_does_not_wait_for_the_other_fields_deadline(indexed) -> None:  # type: ignore[no-untyped-def]
+def test_a_one_field_query_does_not_wait_for_the_other_fields_deadline(indexed: tuple[Client, IndexReceipt]) -> None:
     client, receipt = indexed
     # With a 20 s deadline, a reply that is complete (not partial) can only come from the joiner
     # counting title parts alone: had it waited for summary parts, it would answer partial at 20 s.

@@ -2,70 +2,26 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Producer, TopicPartition
 
 from processors.document import Document
+from streams.client import Client, IndexReceipt
 from streams.wire import headers as h
 from streams.ops.dead_letters import read_dead_letters
 from streams.exceptions import SearchError
-from streams.kafka.clients import StageProducer, make_consumer
+from streams.kafka.clients import KafkaSettings, StageProducer, make_consumer
+from streams.local.brokers import LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.wire.partitioner import partition_of
 from streams.wire.codec import DOCUMENT
-from tests.streams.fixtures import corpus_with_unique_sentences, stage_logs
+from tests.e2e.fixtures import METRICS_PORTS, PIPELINE_FLOW, FlowFactory, corpus_with_unique_sentences, stage_logs
 
 pytestmark = pytest.mark.kafka
-
-def _free_port_block(size: int) -> int:
-    """A base port whose next ``size`` ports are free now (the stages bind them moments later)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + size < 65535 and all(_free(base + i) for i in range(size)):
-            return base
-    raise AssertionError("no free port block")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-PORT = _free_port_block(5)
-METRICS_PORTS = {"segment": PORT, "encode": PORT + 1, "index": PORT + 2, "join": PORT + 4}  # index: 2 replicas
-FLOW = """
-name: {name}
-stages:
-  segment:
-    uses: Sentencizer
-    with: {min_sent_len: 3, punctuation: ".,!?"}
-    metrics_port: SEGMENT_PORT
-  encode:
-    uses: TransformerEncoder
-    with: {traversal_paths: [c], max_length: 128}
-    metrics_port: ENCODE_PORT
-  index:
-    uses: CompoundIndexer
-    with: {dim: 384, metric: inner_product}
-    shards: 2
-    replicas: 2
-    metrics_port: INDEX_PORT
-  join:
-    metrics_port: JOIN_PORT
-search:
-  top_k: 5
-""".replace("SEGMENT_PORT", str(METRICS_PORTS["segment"])).replace("ENCODE_PORT", str(METRICS_PORTS["encode"])).replace(
-    "INDEX_PORT", str(METRICS_PORTS["index"])).replace("JOIN_PORT", str(METRICS_PORTS["join"]))
 
 BUS_STOP = "Someone is waiting at the bus stop. John looks surprised, his face seems familiar."
 UNRELATED = [
@@ -76,17 +32,17 @@ UNRELATED = [
 
 
 @pytest.fixture(scope="module")
-def flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
-    return start_flow(FLOW)
+def flow(start_flow: FlowFactory) -> LocalRuntime:
+    return start_flow(PIPELINE_FLOW)
 
 
 @pytest.fixture(scope="module")
-def client(flow: LocalRuntime):  # type: ignore[no-untyped-def]
+def client(flow: LocalRuntime) -> Iterator[Client]:
     with flow.client() as c:
         yield c
 
 
-def test_each_of_50_documents_is_found_by_one_of_its_sentences(client, flow) -> None:  # type: ignore[no-untyped-def]
+def test_each_of_50_documents_is_found_by_one_of_its_sentences(client: Client, flow: LocalRuntime) -> None:
     corpus = corpus_with_unique_sentences(50)
     receipt = client.index([doc for doc, _ in corpus])
     assert receipt.count == 50
@@ -108,7 +64,7 @@ def test_each_of_50_documents_is_found_by_one_of_its_sentences(client, flow) -> 
     "John seems astonished.",
     "His face looks like one I know.",
 ])
-def test_a_paraphrase_of_each_sentence_finds_the_parent_document(client, paraphrase: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_paraphrase_of_each_sentence_finds_the_parent_document(client: Client, paraphrase: str) -> None:
     docs = [Document(id="bus", text=BUS_STOP)] + [Document(id=f"other{i}", text=t) for i, t in enumerate(UNRELATED)]
     receipt = client.index(docs)
     reply = client.search(paraphrase, top_k=4, after=receipt, timeout_s=60)
@@ -118,7 +74,7 @@ def test_a_paraphrase_of_each_sentence_finds_the_parent_document(client, paraphr
     assert bus.chunks[0].text in {"Someone is waiting at the bus stop.", "John looks surprised,", "his face seems familiar."}
 
 
-def test_deleted_document_disappears_and_resent_id_replaces_the_old_version(client) -> None:  # type: ignore[no-untyped-def]
+def test_deleted_document_disappears_and_resent_id_replaces_the_old_version(client: Client) -> None:
     receipt = client.index([
         Document(id="volatile", text="Glaciers carve deep valleys into the granite mountains."),
         Document(id="replaced", text="The violin concerto was premiered in Leipzig."),
@@ -134,13 +90,14 @@ def test_deleted_document_disappears_and_resent_id_replaces_the_old_version(clie
     assert all(m.text != "The violin concerto was premiered in Leipzig." for m in old.docs[0].matches)
 
 
-def _top_ids(client, text: str, receipt) -> list[str]:  # type: ignore[no-untyped-def]
+def _top_ids(client: Client, text: str, receipt: IndexReceipt) -> list[str]:
     reply = client.search(text, top_k=5, after=receipt, timeout_s=60)
     assert not reply.partial
     return [m.id for m in reply.docs[0].matches]
 
 
-def test_malformed_avro_is_dead_lettered_and_later_documents_are_indexed(client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_avro_is_dead_lettered_and_later_documents_are_indexed(
+        client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     topics = flow.flow.topics
     producer = StageProducer(kafka_settings)
     producer.produce(topics.ingest, value=b"\x07not avro at all", key="broken", partition=0)
@@ -167,7 +124,8 @@ def test_malformed_avro_is_dead_lettered_and_later_documents_are_indexed(client,
     assert found[h.DEAD_LETTER_PARTITION] == b"0"
 
 
-def test_an_id_written_with_another_partitioner_never_splits_across_shards(client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_id_written_with_another_partitioner_never_splits_across_shards(
+        client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     """Issue 20: a plain librdkafka producer (partitioner consistent_random) put many ids on other
     partitions than the Client (murmur2): an update through the Client left the old copy on the
     other shard, found by its old text, and a delete never reached it. Such a record is refused
@@ -207,7 +165,8 @@ def test_an_id_written_with_another_partitioner_never_splits_across_shards(clien
                 and "partitioner=murmur2_random" in letter.message), letter.message
 
 
-def test_a_nul_in_an_id_is_dead_lettered_with_the_reason(client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_nul_in_an_id_is_dead_lettered_with_the_reason(
+        client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     """Issue 11: such an id reached a shard, whose next warm_up failed on it for ever."""
     topics = flow.flow.topics
     producer = StageProducer(kafka_settings)  # straight onto ingest, as a producer other than the Client could
@@ -227,7 +186,7 @@ def test_a_nul_in_an_id_is_dead_lettered_with_the_reason(client, flow, kafka_set
 
 
 def test_documents_nested_5000_deep_are_dead_lettered_on_ingest_and_query_and_nothing_restarts(
-        client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+        client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     """Issue 11: such a record killed the stage in fastavro's reader (SIGSEGV), again on every
     restart; on the query topic, without a deadline header, for ever."""
     from streams.wire.codec import REQUEST
@@ -255,7 +214,7 @@ def test_documents_nested_5000_deep_are_dead_lettered_on_ingest_and_query_and_no
     assert flow.local_flow.find("segment").restarts == 0 and flow.local_flow.find("encode").restarts == 0
 
 
-def test_bad_parameter_gets_an_error_reply_not_a_timeout(client) -> None:  # type: ignore[no-untyped-def]
+def test_bad_parameter_gets_an_error_reply_not_a_timeout(client: Client) -> None:
     with pytest.raises(SearchError) as refused:
         client.search("anything", parameters={"top_k": "ten"}, timeout_s=10)
     assert refused.value.reply.partial and "top_k" in refused.value.errors[0]
@@ -263,7 +222,8 @@ def test_bad_parameter_gets_an_error_reply_not_a_timeout(client) -> None:  # typ
         client.search("anything", parameters={"no_such_knob": 1}, timeout_s=10)
 
 
-def test_refused_requests_are_answered_and_counted_not_dead_lettered(client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+def test_refused_requests_are_answered_and_counted_not_dead_lettered(
+        client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     topics = flow.flow.topics
     letters_before = len(read_dead_letters(kafka_settings, topics))
     rejected_before = _metric(METRICS_PORTS["encode"], "streamsearch_rejected_requests_total")
@@ -278,7 +238,7 @@ def test_refused_requests_are_answered_and_counted_not_dead_lettered(client, flo
     assert len(read_dead_letters(kafka_settings, topics)) == letters_before, "a refused request is not a dead letter"
 
 
-def test_search_with_one_shard_stopped_returns_partial_by_its_deadline(client, flow) -> None:  # type: ignore[no-untyped-def]
+def test_search_with_one_shard_stopped_returns_partial_by_its_deadline(client: Client, flow: LocalRuntime) -> None:
     assert flow.local_flow is not None
     flow.local_flow.pause("index", 0)
     try:
@@ -291,7 +251,7 @@ def test_search_with_one_shard_stopped_returns_partial_by_its_deadline(client, f
     assert not reply.errors
 
 
-def test_query_language_per_request_on_shard_and_joiner(client) -> None:  # type: ignore[no-untyped-def]
+def test_query_language_per_request_on_shard_and_joiner(client: Client) -> None:
     docs = [Document(id=f"lang-{lang}-{i}", text=f"Rivers flow into the sea number {i}.", tags={"lang": lang})
             for lang in ("en", "de") for i in range(3)]
     receipt = client.index(docs)
@@ -308,7 +268,7 @@ def test_query_language_per_request_on_shard_and_joiner(client) -> None:  # type
     assert [m.id for m in reply.docs[0].matches] == ["lang-de-2", "lang-de-1"]
 
 
-def test_unknown_operator_gets_an_error_reply(client) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_operator_gets_an_error_reply(client: Client) -> None:
     with pytest.raises(SearchError) as refused:
         client.search("anything", timeout_s=10, parameters={"query_language": [{"operator": "__import__"}]})
     assert "__import__" in refused.value.errors[0] and "filter" in refused.value.errors[0]
@@ -324,7 +284,7 @@ def _metric(port: int, name: str, **labels: str) -> float:
     return total
 
 
-def test_metrics_move_after_an_ingest_and_a_search(client, flow) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_move_after_an_ingest_and_a_search(client: Client, flow: LocalRuntime) -> None:
     topics = flow.flow.topics
     before = _metric(METRICS_PORTS["segment"], "streamsearch_records_in_total", topic=topics.ingest)
     replies_before = _metric(METRICS_PORTS["join"], "streamsearch_replies_total")
@@ -340,7 +300,7 @@ def test_metrics_move_after_an_ingest_and_a_search(client, flow) -> None:  # typ
 
 
 
-def test_dead_letters_are_counted(flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+def test_dead_letters_are_counted(flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     port = METRICS_PORTS["segment"]
     before = _metric(port, "streamsearch_dead_letters_total", error="SerdeError")
     producer = StageProducer(kafka_settings)
@@ -352,7 +312,7 @@ def test_dead_letters_are_counted(flow, kafka_settings) -> None:  # type: ignore
         time.sleep(0.1)  # polling a condition: the metric is only observable by scraping
 
 
-def test_dead_letters_are_listed_and_can_be_redriven(flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+def test_dead_letters_are_listed_and_can_be_redriven(flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     from streams.ops.dead_letters import read_dead_letters, redrive
 
     topics = flow.flow.topics
@@ -373,7 +333,7 @@ def test_dead_letters_are_listed_and_can_be_redriven(flow, kafka_settings) -> No
         assert time.monotonic() < deadline, "re-driven record not processed again within 60 s"
 
 
-def test_dead_letters_command_prints_one_line_per_record(flow, broker) -> None:  # type: ignore[no-untyped-def]
+def test_dead_letters_command_prints_one_line_per_record(flow: LocalRuntime, broker: LocalBroker) -> None:
     import os
     import subprocess
     import sys
@@ -389,7 +349,7 @@ def test_dead_letters_command_prints_one_line_per_record(flow, broker) -> None: 
     assert result.stderr.strip().endswith(f"{len(lines)} dead letters")
 
 
-def test_redrive_sends_each_dead_letter_once(flow, broker) -> None:  # type: ignore[no-untyped-def]
+def test_redrive_sends_each_dead_letter_once(flow: LocalRuntime, broker: LocalBroker) -> None:
     import os
     import subprocess
     import sys
@@ -409,7 +369,8 @@ def test_redrive_sends_each_dead_letter_once(flow, broker) -> None:  # type: ign
     assert again.endswith(f" ({listed} re-driven before: not again)"), again
 
 
-def test_status_reports_known_lag_shards_and_dead_letters(client, flow, kafka_settings, broker) -> None:  # type: ignore[no-untyped-def]
+def test_status_reports_known_lag_shards_and_dead_letters(
+        client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings, broker: LocalBroker) -> None:
     import json
     import os
     import subprocess

@@ -1,12 +1,14 @@
 """Score directions and index switching, end to end through Kafka."""
 
+from typing import Any
+
 import pytest
 
 from processors.document import Direction
 from streams.demo.corpora import stdlib_docstrings
 from streams.exceptions import SearchError
 from streams.local.runtime import LocalRuntime
-from tests.streams.fixtures import root_flow_yaml
+from tests.e2e.fixtures import FlowFactory, root_flow_yaml
 
 pytestmark = pytest.mark.kafka
 
@@ -15,16 +17,16 @@ CORPUS = list(stdlib_docstrings(limit=60))
 
 
 @pytest.fixture(scope="module")
-def similarity_flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
+def similarity_flow(start_flow: FlowFactory) -> LocalRuntime:
     return start_flow(root_flow_yaml("inner_product", "max"))
 
 
 @pytest.fixture(scope="module")
-def distance_flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
+def distance_flow(start_flow: FlowFactory) -> LocalRuntime:
     return start_flow(root_flow_yaml("l2", "min"))
 
 
-def ranked(runtime: LocalRuntime, **options) -> tuple[list[list[str]], list[Direction]]:  # type: ignore[no-untyped-def]
+def ranked(runtime: LocalRuntime, **options: Any) -> tuple[list[list[str]], list[Direction]]:
     with runtime.client() as client:
         receipt = client.index(CORPUS)
         reply = client.search(QUERIES, top_k=10, after=receipt, timeout_s=90, **options)
@@ -33,7 +35,8 @@ def ranked(runtime: LocalRuntime, **options) -> tuple[list[list[str]], list[Dire
             [m.scores["score"].direction for q in reply.docs for m in q.matches])
 
 
-def test_distance_and_similarity_flows_give_the_same_document_order(similarity_flow, distance_flow) -> None:  # type: ignore[no-untyped-def]
+def test_distance_and_similarity_flows_give_the_same_document_order(
+        similarity_flow: LocalRuntime, distance_flow: LocalRuntime) -> None:
     by_similarity, similarity_directions = ranked(similarity_flow)
     by_distance, distance_directions = ranked(distance_flow)
     assert set(similarity_directions) == {Direction.SIMILARITY}
@@ -43,7 +46,8 @@ def test_distance_and_similarity_flows_give_the_same_document_order(similarity_f
 
 
 @pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
-def test_switching_the_index_type_per_request_gives_the_exact_top_10(similarity_flow, index_type: str) -> None:  # type: ignore[no-untyped-def]
+def test_switching_the_index_type_per_request_gives_the_exact_top_10(
+        similarity_flow: LocalRuntime, index_type: str) -> None:
     exact, _ = ranked(similarity_flow)
     switched, _ = ranked(similarity_flow, index_type=index_type)
     assert switched == exact
@@ -52,7 +56,7 @@ def test_switching_the_index_type_per_request_gives_the_exact_top_10(similarity_
     assert reply.docs[0].matches[0].scores["score"].op_name.startswith(f"chunk2doc.max(faiss.{index_type}")
 
 
-def test_unknown_index_type_is_an_error_reply(similarity_flow) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_index_type_is_an_error_reply(similarity_flow: LocalRuntime) -> None:
     with similarity_flow.client() as client:
         with pytest.raises(SearchError) as refused:
             client.search("x", index_type="annoy", timeout_s=10)

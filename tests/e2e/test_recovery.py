@@ -13,18 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
 
 from processors.document import Document
-from streams.client import IndexReceipt
+from streams.client import Client, IndexReceipt
 from streams.flow.parse import load_flow
 from streams.flow.spec import with_state_dir
-from streams.kafka.clients import consume_batch, make_consumer
 from streams.local.brokers import BrokerKind
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import LocalFlow
-from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
-from tests.streams.recovery import read_shards, text_hash, wait_applied
+from tests.e2e.fixtures import FlowFactory, cli, corpus_with_unique_sentences, sentence_flow_yaml
+from tests.e2e.recovery import assert_exact, committed_keys, committed_total, flow_shards, read_shards, wait_applied
 
 pytestmark = pytest.mark.kafka
 
@@ -42,31 +40,6 @@ def _stop_stages(runtime: LocalRuntime) -> None:
     runtime.local_flow.stop()
 
 
-def _contents(runtime: LocalRuntime):  # type: ignore[no-untyped-def]
-    flow = runtime.flow
-    return read_shards(flow.state_dir, flow.name, flow.topics.partitions, flow.stage("index").config)
-
-
-def _assert_exact(runtime: LocalRuntime, expected: dict[str, str]) -> dict[str, int]:
-    """The stopped flow's shards hold exactly ``expected`` (id -> text): each once, right
-    content, one vector per chunk. Returns the counts for the report."""
-    contents = _contents(runtime)
-    lost = sorted(set(expected) - set(contents.docs))
-    extra = sorted(set(contents.docs) - set(expected))
-    on_two_shards = sorted(doc_id for doc_id, shards in contents.shards_of.items() if len(shards) > 1)
-    wrong = sorted(doc_id for doc_id, doc in contents.docs.items()
-                   if doc_id in expected and text_hash(doc.text) != text_hash(expected[doc_id]))
-    chunk_mismatch = sorted(doc_id for doc_id, doc in contents.docs.items()
-                            if contents.per_doc.get(doc_id, 0) != len(doc.chunks))
-    duplicated_vectors = contents.vectors - len(contents.vector_table)
-    report = {"expected": len(expected), "lost": len(lost), "extra": len(extra), "on_two_shards": len(on_two_shards),
-              "wrong_content": len(wrong), "chunk_mismatch": len(chunk_mismatch), "duplicated_vectors": duplicated_vectors}
-    assert (lost, extra, on_two_shards, wrong, chunk_mismatch, duplicated_vectors) == ([], [], [], [], [], 0), (
-        f"{report}\nlost {lost[:5]} extra {extra[:5]} wrong {wrong[:5]} chunks {chunk_mismatch[:5]}\n"
-        f"{stage_logs(runtime)}")
-    return report
-
-
 def _assert_findable(runtime: LocalRuntime, corpus: list[tuple[Document, str]]) -> None:
     with runtime.client() as client:
         for doc, sentence in corpus:
@@ -75,7 +48,7 @@ def _assert_findable(runtime: LocalRuntime, corpus: list[tuple[Document, str]]) 
             assert reply.docs[0].matches and reply.docs[0].matches[0].id == doc.id, (sentence, reply.docs[0].matches[:3])
 
 
-def test_updates_and_deletes_survive_a_restart(start_flow) -> None:  # type: ignore[no-untyped-def]
+def test_updates_and_deletes_survive_a_restart(start_flow: FlowFactory) -> None:
     runtime = start_flow(sentence_flow_yaml())
     corpus = corpus_with_unique_sentences(8)
     docs = [doc for doc, _ in corpus]
@@ -98,7 +71,7 @@ def test_updates_and_deletes_survive_a_restart(start_flow) -> None:  # type: ign
             assert doc.id not in {m.id for m in client.search(sentence, timeout_s=20).docs[0].matches}
     _stop_stages(runtime)
     expected = {doc.id: doc.text or "" for doc in docs if doc.id not in deleted} | updated
-    _assert_exact(runtime, expected)
+    assert_exact(runtime, expected)
 
 
 KILL_DOCS = 120
@@ -107,7 +80,8 @@ KILL_CYCLES = 3
 
 @pytest.mark.parametrize(("victim", "guarantee"), [("index", "at_least_once"), ("encode", "at_least_once"),
                                                    ("encode", "exactly_once")])
-def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow, broker_kind, victim: str, guarantee: str) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_during_ingest_loses_and_duplicates_nothing(
+        start_flow: FlowFactory, broker_kind: BrokerKind, victim: str, guarantee: str) -> None:
     runtime = start_flow(sentence_flow_yaml(guarantee=guarantee))
     assert runtime.local_flow is not None
     corpus = corpus_with_unique_sentences(KILL_DOCS)
@@ -143,52 +117,20 @@ def test_kill_9_during_ingest_loses_and_duplicates_nothing(start_flow, broker_ki
     assert runtime.local_flow.find(victim).restarts == kills
     _assert_findable(runtime, corpus)
     if guarantee == "exactly_once":  # only send_offsets_to_transaction commits the segment stage's offsets
-        assert _committed_total(runtime, f"{runtime.flow.name}.segment", runtime.flow.topics.ingest) == KILL_DOCS
+        assert committed_total(runtime, f"{runtime.flow.name}.segment", runtime.flow.topics.ingest) == KILL_DOCS
         if broker_kind is BrokerKind.KAFKA:  # read_committed readers see each document once, whatever was killed
             for topic in (runtime.flow.topics.segmented, runtime.flow.topics.encoded):
-                keys = _committed_keys(runtime, topic)
+                keys = committed_keys(runtime, topic)
                 assert sorted(keys) == sorted(doc.id.encode() for doc, _ in corpus), \
                     f"{topic}: {len(keys)} records visible to read_committed for {KILL_DOCS} documents"
     _stop_stages(runtime)
-    report = _assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
+    report = assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
     print(f"kill -9 {victim} ({guarantee}): N={KILL_DOCS} K={kills} lost={report['lost']} "
           f"duplicated={report['duplicated_vectors']}")
 
 
-def _committed_keys(runtime: LocalRuntime, topic: str) -> list[bytes]:
-    """The keys of every record of ``topic`` a read_committed consumer sees, to the end."""
-    assert runtime.settings is not None
-    partitions = runtime.flow.topics.partitions
-    consumer = make_consumer(runtime.settings, group_id=f"committed-{time.monotonic_ns()}",
-                             **{"isolation.level": "read_committed", "enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    keys: list[bytes] = []
-    ended: set[int] = set()
-    deadline = time.monotonic() + 60
-    try:
-        while len(ended) < partitions and time.monotonic() < deadline:
-            for msg in consume_batch(consumer, max_records=500, timeout=0.5):
-                if msg.error() is None:
-                    keys.append(msg.key())
-                elif msg.error().code() == KafkaError._PARTITION_EOF:
-                    ended.add(msg.partition())
-    finally:
-        consumer.close()
-    assert len(ended) == partitions, f"{topic} not read to its end"
-    return keys
-
-
-def _committed_total(runtime: LocalRuntime, group: str, topic: str) -> int:
-    assert runtime.settings is not None
-    consumer = make_consumer(runtime.settings, group_id=group)
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(runtime.flow.topics.partitions)]
-        return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
-    finally:
-        consumer.close()
-
-
-def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The memory-only broker (Tansu, whatever the session runs on) restarts empty; the shards' stored offsets point past the end of
     the new topics: one clear log line each, a rebuild, no crash loop, no stale documents."""
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)  # this test runs its own brokers
@@ -216,10 +158,11 @@ def test_a_broker_that_lost_everything_makes_each_shard_rebuild_once(tmp_path: P
         _stop_stages(second)
         rebuilt = [line for line in logs.splitlines() if "rebuilding the shard" in line]
         assert sorted(line.split("shard ", 1)[1].split(":")[0] for line in rebuilt) == ["0", "1"], logs[-3000:]
-        _assert_exact(second, {doc.id: doc.text or "" for doc, _ in after})
+        assert_exact(second, {doc.id: doc.text or "" for doc, _ in after})
 
 
-def test_a_replica_added_under_load_loses_nothing_and_flags_moving_shards(start_flow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_replica_added_under_load_loses_nothing_and_flags_moving_shards(
+        start_flow: FlowFactory, tmp_path: Path) -> None:
     runtime = start_flow(sentence_flow_yaml(shards=4))
     corpus = corpus_with_unique_sentences(60)
     first, second = corpus[:40], corpus[40:]
@@ -259,12 +202,7 @@ def test_a_replica_added_under_load_loses_nothing_and_flags_moving_shards(start_
     assert "more 'index' replicas joined" in output, output
 
 
-def _cli(*args: str, bootstrap: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap})
-
-
-def _top(client, queries: list[str]) -> list[list[tuple[str, float]]]:  # type: ignore[no-untyped-def]
+def _top(client: Client, queries: list[str]) -> list[list[tuple[str, float]]]:
     tops = []
     for query in queries:
         reply = client.search(query, timeout_s=20)
@@ -273,7 +211,7 @@ def _top(client, queries: list[str]) -> list[list[tuple[str, float]]]:  # type: 
     return tops
 
 
-def test_replay_rebuilds_an_index_equal_to_the_original(start_flow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_replay_rebuilds_an_index_equal_to_the_original(start_flow: FlowFactory, tmp_path: Path) -> None:
     runtime = start_flow(sentence_flow_yaml())
     assert runtime.settings is not None
     bootstrap = runtime.settings.bootstrap_servers
@@ -285,13 +223,13 @@ def test_replay_rebuilds_an_index_equal_to_the_original(start_flow, tmp_path: Pa
         wait_applied(client, client.delete([corpus[1][0].id]))
         original_tops = _top(client, queries)
 
-    busy = _cli("replay", str(runtime.flow_path), "--state-dir", str(runtime.flow.state_dir), bootstrap=bootstrap)
+    busy = cli("replay", str(runtime.flow_path), "--state-dir", str(runtime.flow.state_dir), bootstrap=bootstrap)
     assert busy.returncode == 1 and busy.stderr.strip().splitlines()[-1].startswith("streamsearch: error: a shard"), busy
 
     _stop_stages(runtime)
-    original = _contents(runtime)
+    original = flow_shards(runtime)
     replayed_dir = tmp_path / "replayed"
-    done = _cli("replay", str(runtime.flow_path), "--stage", "index", "--from-beginning", "--state-dir",
+    done = cli("replay", str(runtime.flow_path), "--stage", "index", "--from-beginning", "--state-dir",
                 str(replayed_dir), bootstrap=bootstrap)
     assert done.returncode == 0, done.stderr
     assert "replayed" in done.stderr and "rec" in done.stderr  # the progress bar
@@ -302,7 +240,7 @@ def test_replay_rebuilds_an_index_equal_to_the_original(start_flow, tmp_path: Pa
     assert replayed.vector_table == original.vector_table and replayed.vectors == original.vectors
     assert replayed.shards_of == original.shards_of
 
-    again = _cli("replay", str(runtime.flow_path), "--from-timestamp", "1970-01-01T00:00:01", "--state-dir",
+    again = cli("replay", str(runtime.flow_path), "--from-timestamp", "1970-01-01T00:00:01", "--state-dir",
                  str(replayed_dir), bootstrap=bootstrap)  # everything again, over the state: upserts change nothing
     assert again.returncode == 0, again.stderr
     assert read_shards(replayed_dir, runtime.flow.name, runtime.flow.topics.partitions,

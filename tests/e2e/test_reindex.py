@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,14 @@ import pytest
 from processors.document import Document
 from streams.kafka.admin import ensure_topics
 from streams.flow.parse import load_flow
+from streams.kafka.clients import KafkaSettings
+from streams.local.brokers import LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.wire.records import SearchReply
 from streams.wire.topics import FlowTopics
 from streams.ops.versions import claim_serving, read_serving
-from tests.streams.fixtures import SEGMENTER, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
-from tests.streams.recovery import read_shards, wait_applied
+from tests.e2e.fixtures import SEGMENTER, FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
+from tests.e2e.recovery import read_shards, wait_applied
 
 pytestmark = pytest.mark.kafka
 
@@ -54,7 +57,9 @@ def _cli(*args: str, **kwargs: object) -> subprocess.Popen[str]:
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)  # type: ignore[call-overload]
 
 
-def _wait_for(condition, what: str, timeout: float = 300.0, *, why=lambda: "") -> None:  # type: ignore[no-untyped-def]
+def _wait_for(
+        condition: Callable[[], object], what: str, timeout: float = 300.0, *,
+        why: Callable[[], str] = lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"{what} not within {timeout:.0f}s\n{why()}"
@@ -66,7 +71,8 @@ def _query(doc: Document) -> str:
     return " ".join((doc.text or "").split()[:40])
 
 
-def test_reindex_builds_a_new_version_and_switches_queries_when_it_has_caught_up(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_reindex_builds_a_new_version_and_switches_queries_when_it_has_caught_up(
+        broker: LocalBroker, tmp_path: Path) -> None:
     name = f"r{uuid.uuid4().hex[:8]}"
     v1_path, v2_path = tmp_path / "v1.yml", tmp_path / "v2.yml"
     v1_path.write_text(V1.replace("{name}", name))
@@ -173,7 +179,8 @@ def test_reindex_builds_a_new_version_and_switches_queries_when_it_has_caught_up
     assert all(old.docs[doc.id].chunks for doc in corpus)
 
 
-def test_reindex_never_switches_to_a_version_that_is_not_newer_or_lost_documents(start_flow, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_reindex_never_switches_to_a_version_that_is_not_newer_or_lost_documents(
+        start_flow: FlowFactory, tmp_path: Path) -> None:
     runtime = start_flow(V1)
     name = runtime.flow.name
     with runtime.client() as client:
@@ -226,7 +233,7 @@ def test_reindex_never_switches_to_a_version_that_is_not_newer_or_lost_documents
         "state hold their output: give the new flow YAML a new `version:`"], result.stderr
 
 
-def test_the_oldest_existing_version_serves_when_none_is_named(kafka_settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_oldest_existing_version_serves_when_none_is_named(kafka_settings: KafkaSettings) -> None:
     """Stages of a new version deployed before its reindex must not take over the flow."""
     older, fresh = f"c{uuid.uuid4().hex[:8]}", f"c{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_settings, FlowTopics(older, 1).shapes())
@@ -237,7 +244,7 @@ def test_the_oldest_existing_version_serves_when_none_is_named(kafka_settings) -
     assert claim_serving(kafka_settings, FlowTopics(fresh, 1, 2)).version == 2  # a flow's first version serves
 
 
-def test_versions_of_an_unknown_flow_is_one_clear_line(broker) -> None:  # type: ignore[no-untyped-def]
+def test_versions_of_an_unknown_flow_is_one_clear_line(broker: LocalBroker) -> None:
     result = subprocess.run([sys.executable, "-m", "streams.cli", "versions", "--flow", "nosuchflow"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

@@ -16,7 +16,7 @@ from processors.query.limits import REQUEST_LIMITS
 from streams.client import Client
 from streams.client.http import create_app, serving
 from streams.local.runtime import LocalRuntime
-from tests.e2e.test_pipeline import FLOW  # the same small flow: 2 shards, 2 index replicas
+from tests.e2e.fixtures import PIPELINE_FLOW, FlowFactory
 
 pytestmark = pytest.mark.kafka
 
@@ -45,8 +45,8 @@ page showed whole documents)."""
 
 
 @pytest.fixture(scope="module")
-def client(start_flow) -> Iterator[Client]:  # type: ignore[no-untyped-def]
-    flow: LocalRuntime = start_flow(FLOW)
+def client(start_flow: FlowFactory) -> Iterator[Client]:
+    flow: LocalRuntime = start_flow(PIPELINE_FLOW)
     with flow.client() as c:
         receipt = c.index([Document(id=i, text=t, tags={"module": i}) for i, t in DOCS.items()]
                           + [Document(id="harbour-7", text=LONG, tags={"title": "The keeper's log", "year": 1911})])

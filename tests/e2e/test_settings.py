@@ -11,6 +11,7 @@ import pytest
 from streams.exceptions import KafkaConfigError
 from streams.kafka.clients import LIBRDKAFKA_LOGGER, KafkaSettings
 from streams.local.apache_kafka import kafka_libs_dir
+from streams.local.brokers import LocalBroker
 
 
 class TestPassThrough:
@@ -62,7 +63,7 @@ def _cli(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProc
 
 
 @pytest.mark.kafka
-def test_every_command_takes_the_local_broker_settings_and_names_a_bad_one(broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_every_command_takes_the_local_broker_settings_and_names_a_bad_one(broker: LocalBroker, tmp_path: Path) -> None:
     """The README's ``STREAMSEARCH_LOCAL_KAFKA_LIBS`` leaves commands working (they reach the broker and
     say the flow is unknown); the old name fails every command in one line naming it, not the network."""
     (tmp_path / "docs.jsonl").write_text('{"id": "d", "text": "some text"}\n')

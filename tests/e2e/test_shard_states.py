@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,10 @@ import pytest
 from processors.index.compound import CompoundIndexerConfig
 from streams.exceptions import EXIT_CONFIG, StateConfigError
 from streams.flow.parse import load_flow
+from streams.local.brokers import LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.stages.shard.states import ShardCheckpoint, ShardStates
-from tests.streams.fixtures import SENTENCE_FLOW, stage_logs
+from tests.e2e.fixtures import SENTENCE_FLOW, stage_logs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +65,7 @@ class TestStoredSettings:
 
 @pytest.mark.kafka
 def test_a_flow_restarted_with_another_metric_stops_its_index_stage_once_and_the_named_replay_rebuilds_it(
-        broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        broker: LocalBroker, tmp_path: Path) -> None:
     """Issue 11: the index stage crash-looped instead of saying once what changed and how to rebuild."""
     path = tmp_path / "flow.yml"
     yaml_text = SENTENCE_FLOW.replace("{name}", f"t{uuid.uuid4().hex[:8]}").replace("SHARDS", "1")
@@ -73,7 +75,7 @@ def test_a_flow_restarted_with_another_metric_stops_its_index_stage_once_and_the
     def run_index() -> LocalRuntime:
         return LocalRuntime(load_flow(path), flow_path=path, state_dir=state, stages=["index"]).start()
 
-    def wait_for(condition, what: str, timeout: float = 90.0) -> None:  # type: ignore[no-untyped-def]
+    def wait_for(condition: Callable[[], object], what: str, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             assert time.monotonic() < deadline, f"{what}:\n{stage_logs(runtime)}"

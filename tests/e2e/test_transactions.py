@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 import streams
@@ -27,14 +27,13 @@ from streams.client import IndexReceipt
 from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, make_consumer
 from streams.local.brokers import BrokerKind
 from streams.wire.topics import TopicShape
-from tests.streams.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
-from tests.streams.recovery import read_shards, text_hash, wait_applied
-from tests.e2e.test_recovery import _committed_keys
+from tests.e2e.fixtures import FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
+from tests.e2e.recovery import committed_keys, read_shards, text_hash, wait_applied
 
 pytestmark = pytest.mark.kafka
 
 
-def _poll_until(consumer, count: int, timeout: float = 20.0) -> list:  # type: ignore[no-untyped-def]
+def _poll_until(consumer: Consumer, count: int, timeout: float = 20.0) -> list[Message]:
     records: list = []
     deadline = time.monotonic() + timeout
     while len(records) < count and time.monotonic() < deadline:
@@ -42,7 +41,7 @@ def _poll_until(consumer, count: int, timeout: float = 20.0) -> list:  # type: i
     return records
 
 
-def _committed(consumer, topic: str) -> int:  # type: ignore[no-untyped-def]
+def _committed(consumer: Consumer, topic: str) -> int:
     [tp] = consumer.committed([TopicPartition(topic, 0)], timeout=10)
     return tp.offset
 
@@ -115,8 +114,8 @@ def _starts(log_dir: Path) -> dict[str, int]:
     return {str(log): log.read_text(errors="replace").count("stage running") for log in sorted(log_dir.glob("*.log"))}
 
 
-def test_two_runs_of_one_exactly_once_flow_share_the_work_without_fencing_each_other(  # type: ignore[no-untyped-def]
-        start_flow, broker_kind: BrokerKind, tmp_path: Path) -> None:
+def test_two_runs_of_one_exactly_once_flow_share_the_work_without_fencing_each_other(
+        start_flow: FlowFactory, broker_kind: BrokerKind, tmp_path: Path) -> None:
     """A second ``streamsearch run`` of an exactly_once flow (another host, or more capacity) on the
     same cluster: each of its replicas has a transactional id of its own, so no producer fences
     another, no stage restarts, and each document is written and indexed once."""
@@ -150,7 +149,7 @@ def test_two_runs_of_one_exactly_once_flow_share_the_work_without_fencing_each_o
                 assert not reply.partial and reply.docs[0].matches[0].id == doc.id, (sentence, reply)
         if broker_kind is BrokerKind.KAFKA:  # Tansu shows aborted records (EMBEDDED_BROKER.md)
             for topic in (flow.topics.segmented, flow.topics.encoded):
-                keys = _committed_keys(first, topic)
+                keys = committed_keys(first, topic)
                 assert sorted(keys) == sorted(doc.id.encode() for doc, _ in corpus), \
                     f"{topic}: {len(keys)} records visible to read_committed for {TWO_RUNS_DOCS} documents"
     finally:

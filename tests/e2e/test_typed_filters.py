@@ -13,7 +13,7 @@ import pytest
 from streams.exceptions import SearchError
 
 from streams.local.runtime import LocalRuntime
-from tests.streams.fixtures import root_flow_yaml
+from tests.e2e.fixtures import FlowFactory, root_flow_yaml
 
 pytestmark = pytest.mark.kafka
 
@@ -35,7 +35,7 @@ def _filter(conditions: dict, stage: str = "join") -> dict:
 
 
 @pytest.fixture(scope="module")
-def flow(start_flow, tmp_path_factory: pytest.TempPathFactory) -> LocalRuntime:  # type: ignore[no-untyped-def]
+def flow(start_flow: FlowFactory, tmp_path_factory: pytest.TempPathFactory) -> LocalRuntime:
     """The recipes, indexed by `streamsearch index` as a user would: JSONL with number tags."""
     runtime = start_flow(root_flow_yaml())
     path = tmp_path_factory.mktemp("recipes") / "recipes.jsonl"

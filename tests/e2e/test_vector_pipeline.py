@@ -6,6 +6,7 @@ answered with an error reply (query) or dead-lettered with their reason (documen
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -14,10 +15,11 @@ from processors.document import Document
 from streams.client import Client, IndexReceipt
 from streams.ops.dead_letters import read_dead_letters
 from streams.exceptions import SearchError
+from streams.kafka.clients import KafkaSettings
 from streams.local.runtime import LocalRuntime
-from tests.streams.fixtures import stage_logs
-from tests.streams.fixtures import root_flow_yaml
-from tests.streams.recovery import read_shards
+from tests.e2e.fixtures import FlowFactory, stage_logs
+from tests.e2e.fixtures import root_flow_yaml
+from tests.e2e.recovery import read_shards
 
 pytestmark = pytest.mark.kafka
 
@@ -31,12 +33,12 @@ TEXT_DOC = Document(id="text-kafka", text="Kafka is a distributed, partitioned, 
 
 
 @pytest.fixture(scope="module")
-def flow(start_flow) -> LocalRuntime:  # type: ignore[no-untyped-def]
+def flow(start_flow: FlowFactory) -> LocalRuntime:
     return start_flow(FLOW)
 
 
 @pytest.fixture(scope="module")
-def client(flow: LocalRuntime):  # type: ignore[no-untyped-def]
+def client(flow: LocalRuntime) -> Iterator[Client]:
     with flow.client() as c:
         yield c
 
@@ -54,7 +56,8 @@ def indexed(client: Client) -> tuple[np.ndarray, IndexReceipt]:
     return vectors, receipt
 
 
-def test_a_vector_query_finds_the_document_whose_vector_it_is(client, flow, indexed) -> None:  # type: ignore[no-untyped-def]
+def test_a_vector_query_finds_the_document_whose_vector_it_is(
+        client: Client, flow: LocalRuntime, indexed: tuple[np.ndarray, IndexReceipt]) -> None:
     vectors, receipt = indexed
     picks = [0, 3, 150, DOCS - 1]
     reply = client.search(vectors=vectors[picks], top_k=3, after=receipt, timeout_s=60)
@@ -72,14 +75,14 @@ def test_a_vector_query_finds_the_document_whose_vector_it_is(client, flow, inde
     assert listed.docs[0].matches[0].id == "v42"
 
 
-def test_a_text_document_beside_them_is_still_encoded(client, indexed) -> None:  # type: ignore[no-untyped-def]
+def test_a_text_document_beside_them_is_still_encoded(client: Client, indexed: tuple[np.ndarray, IndexReceipt]) -> None:
     _, receipt = indexed
     reply = client.search("what is kafka? a replicated log", top_k=1, after=receipt, timeout_s=60)
     assert reply.docs[0].matches[0].id == TEXT_DOC.id
     assert reply.docs[0].matches[0].scores["score"].value > 0.4  # a real MiniLM embedding, not noise
 
 
-def test_a_query_vector_of_the_wrong_width_gets_an_error_reply(client) -> None:  # type: ignore[no-untyped-def]
+def test_a_query_vector_of_the_wrong_width_gets_an_error_reply(client: Client) -> None:
     started = time.monotonic()
     with pytest.raises(SearchError) as refused:
         client.search(vectors=np.ones((1, 100), np.float32), timeout_s=20)
@@ -87,7 +90,8 @@ def test_a_query_vector_of_the_wrong_width_gets_an_error_reply(client) -> None: 
     assert time.monotonic() - started < 15  # answered at once, not by the deadline
 
 
-def test_a_document_vector_of_the_wrong_width_is_dead_lettered_with_its_reason(client, flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_document_vector_of_the_wrong_width_is_dead_lettered_with_its_reason(
+        client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     bad = client.index([Document(id="too-wide", embedding=np.ones(768, np.float32))])
     later = np.zeros(384, np.float32)
     later[5] = 1.0
@@ -102,7 +106,8 @@ def test_a_document_vector_of_the_wrong_width_is_dead_lettered_with_its_reason(c
     assert "document 'too-wide': embedding has shape (768,)" in letter.message and "384-d" in letter.message
 
 
-def test_pre_embedded_documents_are_indexed_with_exactly_the_given_bytes(client, flow, indexed) -> None:  # type: ignore[no-untyped-def]
+def test_pre_embedded_documents_are_indexed_with_exactly_the_given_bytes(
+        client: Client, flow: LocalRuntime, indexed: tuple[np.ndarray, IndexReceipt]) -> None:
     """Last in the module: it stops the flow to open its shards."""
     vectors, receipt = indexed
     reply = client.search(vectors=vectors[:1], top_k=1, after=receipt, timeout_s=60)

@@ -20,8 +20,8 @@ from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_log_files
 from streams.wire.codec import SEARCH_REPLY
 from streams.wire.topics import TopicShape
-from tests.streams.fixtures import FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
-from tests.streams.hostile_records import Hostile, HostileRecords
+from tests.e2e.fixtures import FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
+from tests.e2e.hostile_records import Hostile, HostileRecords
 
 pytestmark = pytest.mark.kafka
 

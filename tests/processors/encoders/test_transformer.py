@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ class TestGivenEmbeddings:
         enc = TransformerEncoder(TransformerEncoderConfig(**config))  # type: ignore[arg-type]
         calls: list[list[str]] = []
 
-        def fake_encode(texts):  # type: ignore[no-untyped-def]
+        def fake_encode(texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
             calls.append(list(texts))
             return np.full((len(texts), 384), 0.5, np.float32), [1] * len(texts)
 

@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,13 +30,13 @@ def upserts(vectors: np.ndarray, start: int = 0) -> list[Change]:
     return [Change(f"d{start + i}", Document(id=f"d{start + i}", embedding=v)) for i, v in enumerate(vectors)]
 
 
-def open_index(path: Path, **config) -> CompoundIndexer:  # type: ignore[no-untyped-def]
+def open_index(path: Path, **config: Any) -> CompoundIndexer:
     index = CompoundIndexer(CompoundIndexerConfig(dim=DIM, **config), path=path, codec=STORED_DOCUMENT)
     index.warm_up()
     return index
 
 
-def top_ids(index: CompoundIndexer, queries: np.ndarray, k: int = 10, **choice) -> list[list[str]]:  # type: ignore[no-untyped-def]
+def top_ids(index: CompoundIndexer, queries: np.ndarray, k: int = 10, **choice: Any) -> list[list[str]]:
     return [[hit.node.id for hit in hits] for hits in index.search(embeddings=queries, top_k=k, **choice)]
 
 

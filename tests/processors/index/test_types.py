@@ -12,7 +12,7 @@ import pytest
 from processors.exceptions import ConfigError
 from processors.index.base import SearchTuning
 from processors.index.config import CompoundIndexerConfig
-from processors.index.types import EXACT, INDEX_TYPES, VECTOR_INDEX_TYPES, known_index_type
+from processors.index.types import EXACT, INDEX_TYPES, VECTOR_INDEX_TYPES, VectorIndexType, known_index_type
 
 ROWS = list(VECTOR_INDEX_TYPES.values())
 CONFIG = CompoundIndexerConfig(dim=16, pq_m=4, pq_bits=4)
@@ -36,7 +36,7 @@ class TestTable:
         assert set().union(*(row.knobs for row in ROWS)) == knobs  # no knob without a type reading it
 
     @pytest.mark.parametrize("row", ROWS, ids=INDEX_TYPES)
-    def test_each_row_builds_an_empty_index_from_its_training_size(self, row) -> None:  # type: ignore[no-untyped-def]
+    def test_each_row_builds_an_empty_index_from_its_training_size(self, row: VectorIndexType) -> None:
         needed = row.training_size(CONFIG)
         training = np.random.default_rng(0).normal(size=(max(needed, 1) * 4, CONFIG.dim)).astype(np.float32)
         index = row.build(CONFIG, training)

@@ -64,7 +64,8 @@ class TestRequestLimits:
         with pytest.raises(RequestLimitError, match=limit):
             check(raw, **kwargs)
 
-    def test_an_in_list_of_a_million_items_is_refused_by_its_size_before_it_is_parsed(self, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def test_an_in_list_of_a_million_items_is_refused_by_its_size_before_it_is_parsed(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
         parsed = []
         monkeypatch.setattr(lookups.Condition, "parse", classmethod(lambda cls, *a: parsed.append(a)))
         huge = {"operator": "filter", "parameters": {"conditions": {"id__in": list(range(1_000_000))}}}
@@ -102,7 +103,8 @@ class TestRegexBudget:
     def slow_tree(self, matches: int) -> list[Document]:
         return [Document(id="q0", matches=[Document(id=f"d{i}", text=self.SLOW) for i in range(matches)])]
 
-    def test_a_catastrophic_regex_costs_at_most_the_budget_then_fails_naming_it(self, caplog) -> None:  # type: ignore[no-untyped-def]
+    def test_a_catastrophic_regex_costs_at_most_the_budget_then_fails_naming_it(
+            self, caplog: pytest.LogCaptureFixture) -> None:
         params = SearchParameters.parse({"query_language": [regex_filter("(a|aa)+$", stage="join")]})
         started = time.perf_counter()
         with caplog.at_level(logging.WARNING, logger="processors.query.lookups"), \
@@ -130,7 +132,8 @@ class TestRegexBudget:
                                                    traversal_paths=("m",))])
         assert [d.id for d in result[0].matches] == ["fast"]
 
-    def test_warnings_are_rate_limited_and_count_what_they_skipped(self, caplog, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def test_warnings_are_rate_limited_and_count_what_they_skipped(
+            self, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
         clock = iter([0.0, 1.0, 2.0, 11.0])
         monkeypatch.setattr(lookups.time, "monotonic", lambda: next(clock))
         with caplog.at_level(logging.WARNING, logger="processors.query.lookups"):

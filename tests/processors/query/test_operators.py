@@ -17,26 +17,7 @@ from processors.query.operators import (
     parse_operations,
 )
 from processors.query.parameters import InvalidParameterError
-
-PATHS = ("r", "c", "m", "cc", "cm", "mm")
-
-# Every list in the tree holds three documents, alike by position: 0 red, 1 blue, 2 bare.
-POSITIONS = (
-    {"text": "Red apple", "weight": 3.0, "tags": {"color": "red", "size": "10"}, "score": 0.2},
-    {"text": "blue Sky", "weight": 1.0, "tags": {"color": "blue"}, "score": 0.9},
-    {"text": None, "weight": 2.0, "tags": {}, "score": None},
-)
-
-
-def node(doc_id: str, position: int, depth: int) -> Document:
-    spec = POSITIONS[position]
-    scores = {} if spec["score"] is None else {"score": Score(spec["score"], "cosine", Direction.SIMILARITY)}
-    children = range(3) if depth < 2 else ()
-    return Document(
-        id=doc_id, text=spec["text"], weight=spec["weight"], tags=dict(spec["tags"]), scores=scores,
-        chunks=[node(f"{doc_id}.c{i}", i, depth + 1) for i in children],
-        matches=[node(f"{doc_id}.m{i}", i, depth + 1) for i in children],
-    )
+from tests.processors.query.fixtures import PATHS, node
 
 
 def docs_at(roots: list[Document], path: str) -> list[Document]:

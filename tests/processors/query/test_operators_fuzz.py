@@ -17,7 +17,7 @@ from processors.query.operators import (
     merge_operations,
     parse_operations,
 )
-from tests.processors.query.test_operators import PATHS, node
+from tests.processors.query.fixtures import PATHS, node
 
 SENTINEL: list[str] = []
 """Stays empty unless some payload string is evaluated as code."""

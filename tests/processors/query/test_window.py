@@ -1,5 +1,6 @@
 """The index stage's window: widened until top_k documents pass, bounded, never silently short."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from processors.exceptions import ConfigError
 from processors.index.base import Change
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from processors.query.operators import Operation
-from processors.query.window import MAX_WINDOW_VECTORS, WindowedSearch, WindowedSearchConfig
+from processors.query.window import MAX_WINDOW_VECTORS, WindowedSearch, WindowedSearchConfig, WindowResult
 from processors.rankers.chunk2doc import Chunk2DocRanker, Chunk2DocRankerConfig
 from streams.wire.codec import STORED_DOCUMENT
 
@@ -37,7 +38,7 @@ def only(lang: str) -> Operation:
 
 
 @pytest.fixture
-def shard(tmp_path: Path):  # type: ignore[no-untyped-def]
+def shard(tmp_path: Path) -> Iterator[CompoundIndexer]:
     """60 English documents close to the query, 2 German ones farther away."""
     index = CompoundIndexer(CompoundIndexerConfig(dim=DIM), path=tmp_path, codec=STORED_DOCUMENT)  # type: ignore[arg-type]
     index.warm_up()
@@ -49,7 +50,7 @@ def shard(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def search(index: CompoundIndexer, *, top_k: int = 3, operations: tuple[Operation, ...] = (),
-           max_vectors: int = MAX_WINDOW_VECTORS, queries: int = 1):  # type: ignore[no-untyped-def]
+           max_vectors: int = MAX_WINDOW_VECTORS, queries: int = 1) -> WindowResult:
     window = WindowedSearch(WindowedSearchConfig(max_vectors=max_vectors), ranker=Chunk2DocRanker())
     docs = [Document(id=f"q{i}", text="q", embedding=QUERY) for i in range(queries)]
     return window.run(index=index, queries=docs, top_k=top_k, chunk_oversample=5, operations=operations)

@@ -85,7 +85,8 @@ def test_an_id_with_a_slash_reaches_the_delete_handler(app: FastAPI) -> None:
     assert "id 'guides/evil\\x00intro' contains NUL" in response.json()["detail"]
 
 
-def test_the_bridge_warns_when_it_listens_beyond_loopback_without_a_token(client: Client, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_the_bridge_warns_when_it_listens_beyond_loopback_without_a_token(
+        client: Client, caplog: pytest.LogCaptureFixture) -> None:
     open_app, closed_app = create_app(client, token=""), create_app(client, token="s3cret")
     with caplog.at_level(logging.WARNING, logger="streams.client.http"):
         assert warn_if_unprotected(open_app, "0.0.0.0")

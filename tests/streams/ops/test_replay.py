@@ -22,7 +22,7 @@ from streams.runtime.inflight import CrashLoopError
 from streams.runtime.spec import Inbound, StageSpec
 from streams.wire import headers as h
 from streams.wire.codec import DOCUMENT
-from tests.streams.fixtures import root_flow_yaml
+from tests.e2e.fixtures import root_flow_yaml
 
 pytestmark = pytest.mark.kafka
 

@@ -8,13 +8,13 @@ import pytest
 
 from processors.document import Document
 from streams.ops.status import collect_status
-from tests.streams.fixtures import sentence_flow_yaml
-from tests.streams.recovery import wait_applied
+from tests.e2e.fixtures import FlowFactory, sentence_flow_yaml
+from tests.e2e.recovery import wait_applied
 
 pytestmark = pytest.mark.kafka
 
 
-def test_a_caught_up_exactly_once_flow_shows_no_lag(start_flow) -> None:  # type: ignore[no-untyped-def]
+def test_a_caught_up_exactly_once_flow_shows_no_lag(start_flow: FlowFactory) -> None:
     runtime = start_flow(sentence_flow_yaml(guarantee="exactly_once"))
     assert runtime.settings is not None
     with runtime.client() as client:

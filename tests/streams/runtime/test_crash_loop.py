@@ -17,7 +17,7 @@ from streams.ops.dead_letters import read_dead_letters
 from streams.runtime.inflight import InFlightLog
 from streams.kafka.clients import KafkaSettings, StageProducer
 from streams.wire.topics import FlowTopics, TopicShape
-from tests.e2e.test_apache_kafka import _read_all
+from tests.fixtures import read_all
 
 pytestmark = pytest.mark.kafka
 
@@ -99,7 +99,7 @@ def test_records_that_kill_the_stage_are_dead_lettered_with_their_signal_and_not
     assert letters[0].error_class == "CrashLoopError"
     assert letters[0].message == "crashed the stage 3 times (Aborted)", letters[0].message
     assert letters[1].message == "crashed the stage 3 times (Segmentation fault)", letters[1].message
-    delivered = [m.value() for m in _read_all(kafka_settings, f"{name}.out", 1)]
+    delivered = [m.value() for m in read_all(kafka_settings, f"{name}.out", 1)]
     assert sorted(set(delivered)) == [b"a", b"b", b"c"]  # nothing else skipped (a replayed output may repeat)
     assert not list(tmp_path.glob("*.json")), "no note is left once the input is through"
 

@@ -14,7 +14,7 @@ from streams.kafka.clients import KafkaSettings, StageProducer, make_consumer
 from streams.runtime.loop import StageLoop
 from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
 from streams.wire.topics import TopicShape
-from tests.e2e.test_apache_kafka import _read_all
+from tests.fixtures import read_all
 
 pytestmark = pytest.mark.kafka
 
@@ -64,7 +64,7 @@ def test_a_batch_longer_than_the_poll_interval_runs_once_and_commits(kafka_setti
     finally:
         loop._close()
     assert handler.seen == Counter({b"a": 1, b"b": 1, b"c": 1}), "each record processed once: never evicted"
-    assert [m.key() for m in _read_all(kafka_settings, sink, 1)] == [b"a", b"b", b"c"]
+    assert [m.key() for m in read_all(kafka_settings, sink, 1)] == [b"a", b"b", b"c"]
     consumer = make_consumer(kafka_settings, group_id=f"{name}.stage")
     try:
         assert consumer.committed([TopicPartition(source, 0)], timeout=10)[0].offset == 3

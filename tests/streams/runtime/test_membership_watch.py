@@ -5,13 +5,15 @@ timeout during a coordinator restart, on Apache Kafka), so the consumer here is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from streams.exceptions import GroupMembershipLost
 from streams.kafka.clients import KafkaSettings
 from streams.runtime.loop import StageLoop
 from streams.runtime.paths import InputPath as _Path
-from streams.runtime.spec import PathSpec, StageSpec
+from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
 
 
 class _Consumer:
@@ -23,13 +25,13 @@ class _Consumer:
 
 
 class _Handler:
-    def process(self, records):  # type: ignore[no-untyped-def]
+    def process(self, records: Sequence[Inbound]) -> list[Output]:
         return []
 
-    def on_failure(self, record, error):  # type: ignore[no-untyped-def]
+    def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
         return []
 
-    def tick(self):  # type: ignore[no-untyped-def]
+    def tick(self) -> list[Output]:
         return []
 
 

@@ -17,7 +17,7 @@ from streams.runtime.loop import StageLoop
 from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
 from streams.exceptions import ReplyTopicError
 from streams.wire.topics import FlowTopics, TopicShape
-from tests.e2e.test_apache_kafka import _read_all
+from tests.fixtures import read_all
 
 pytestmark = pytest.mark.kafka
 
@@ -72,8 +72,8 @@ def test_replies_to_gone_or_foreign_topics_are_dropped_and_counted_and_the_rest_
     # The deleted topic was still remembered as existing: its reply failed at delivery, counted,
     # and the batch committed anyway. The rest were refused before producing.
     assert UNDELIVERABLE_REPLIES.labels(name, "answer")._value.get() - before == 4  # gone, sink, never, elsewhere
-    assert [m.key() for m in _read_all(kafka_settings, sink, 1)] == [f"k{i}".encode() for i in range(len(targets))]
-    assert [m.key() for m in _read_all(kafka_settings, live, 1)] == [b"k0", b"k5"]
+    assert [m.key() for m in read_all(kafka_settings, sink, 1)] == [f"k{i}".encode() for i in range(len(targets))]
+    assert [m.key() for m in read_all(kafka_settings, live, 1)] == [b"k0", b"k5"]
     consumer = make_consumer(kafka_settings, group_id=f"{name}.stage")
     try:
         assert consumer.committed([TopicPartition(source, 0)], timeout=10)[0].offset == len(targets)

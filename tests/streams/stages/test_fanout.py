@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import pytest
 
 from processors.document import Document
+from processors.encoders.base import EncodeResult
 from processors.query.parameters import SearchParameters
 from streams.wire import headers as h
 from streams.exceptions import DecodeLimitError
@@ -16,7 +18,7 @@ from streams.wire.codec import REQUEST, SEARCH_REPLY
 from streams.wire.records import Request
 from streams.runtime.spec import Inbound
 from streams.wire.topics import FlowTopics
-from tests.streams.stages.test_fanout_fuzz import FixedEncoder
+from tests.streams.stages.fixtures import FixedEncoder
 from tests.streams.wire.fixtures import nested
 
 TOPICS = FlowTopics("deadlines", 2)
@@ -80,7 +82,8 @@ class _SlowEncoder(FixedEncoder):
     def __init__(self, clock: list[float], seconds: float) -> None:
         self.clock, self.seconds, self.calls = clock, seconds, 0
 
-    def run(self, *, docs, traversal_paths=None, filter_by=None):  # type: ignore[no-untyped-def]
+    def run(self, *, docs: Sequence[Document], traversal_paths: Sequence[str] | None = None,
+            filter_by: Sequence[str] | None = None) -> EncodeResult:
         self.calls += 1
         self.clock[0] += self.seconds
         return super().run(docs=docs)

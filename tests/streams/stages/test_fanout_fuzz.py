@@ -6,14 +6,11 @@ here is the handling of the payload, and no broker is needed to drive a handler.
 from __future__ import annotations
 
 import time
-from typing import Sequence
 
-import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from processors.document import Direction, Document, Score
-from processors.encoders.base import EncodeResult
 from processors.query.parameters import SearchParameters
 from streams.wire import headers as h
 from streams.stages.join import Joiner
@@ -22,18 +19,10 @@ from streams.wire.codec import PARTIAL_RESULT, REQUEST, SEARCH_REPLY
 from streams.wire.records import PartialResult, Request
 from streams.runtime.spec import Inbound
 from streams.wire.topics import FlowTopics
+from tests.streams.stages.fixtures import FixedEncoder
 
 EXECUTED: list[str] = []
 CANARY = "__import__('tests.streams.stages.test_fanout_fuzz').streams.test_query_fuzz.EXECUTED.append('x')"
-
-
-class FixedEncoder:
-    dim = 4
-
-    def warm_up(self) -> None: ...
-
-    def run(self, *, docs: Sequence[Document], traversal_paths=None, filter_by=None) -> EncodeResult:  # type: ignore[no-untyped-def]
-        return EncodeResult(docs=tuple(Document(id=d.id, text=d.text, embedding=np.ones(4, np.float32)) for d in docs))
 
 
 json_values = st.recursive(

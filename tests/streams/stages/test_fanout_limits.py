@@ -17,7 +17,7 @@ from streams.wire.codec import PARTIAL_RESULT, REQUEST, SEARCH_REPLY
 from streams.wire.records import Request
 from streams.runtime.spec import Inbound
 from streams.wire.topics import FlowTopics
-from tests.streams.stages.test_fanout_fuzz import FixedEncoder
+from tests.streams.stages.fixtures import FixedEncoder
 
 TOPICS = FlowTopics("limits", 2)
 FIELDS = ("title", "summary")

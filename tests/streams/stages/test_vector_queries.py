@@ -112,7 +112,8 @@ def search_request(docs: list[Document], request_id: str = "r1") -> Request:
 
 
 class TestQueryPath:
-    def test_vector_queries_reach_every_shard_unchanged_without_the_model(self, modelless_encoder) -> None:  # type: ignore[no-untyped-def]
+    def test_vector_queries_reach_every_shard_unchanged_without_the_model(
+            self, modelless_encoder: TransformerEncoder) -> None:
         fanout = QueryFanout(encoder=modelless_encoder, topics=TOPICS, defaults=SearchParameters())
         vectors = unit_vectors(2)
         outputs = fanout.process([query_record(search_request(query_documents(None, vectors)))])
@@ -130,7 +131,9 @@ class TestQueryPath:
         ([Document(id="q0")], InvalidParameterError, "neither text"),
         ([Document(id="q0", text=" \n\t")], InvalidParameterError, "whitespace does not count"),
     ])
-    def test_a_query_that_does_not_fit_gets_an_error_reply(self, modelless_encoder, docs, error, message) -> None:  # type: ignore[no-untyped-def]
+    def test_a_query_that_does_not_fit_gets_an_error_reply(
+            self, modelless_encoder: TransformerEncoder, docs: list[Document], error: type[Exception],
+            message: str) -> None:
         fanout = QueryFanout(encoder=modelless_encoder, topics=TOPICS, defaults=SearchParameters())
         record = query_record(search_request(docs))
         with pytest.raises(error, match=message) as failure:
@@ -145,7 +148,8 @@ def ingest_record(doc: Document, offset: int = 7) -> Inbound:
 
 
 class TestIndexPath:
-    def test_a_pre_embedded_document_is_forwarded_with_its_exact_vector(self, modelless_encoder) -> None:  # type: ignore[no-untyped-def]
+    def test_a_pre_embedded_document_is_forwarded_with_its_exact_vector(
+            self, modelless_encoder: TransformerEncoder) -> None:
         transform = DocumentTransform(run=lambda docs: modelless_encoder.run(docs=docs).docs,
                                       output_topic=TOPICS.encoded, ingest_topic=TOPICS.ingest,
                                       partitions=TOPICS.partitions)
@@ -155,7 +159,7 @@ class TestIndexPath:
         encoded = DOCUMENT.decode(output.value)
         assert encoded.embedding.dtype == np.dtype("<f4") and encoded.embedding.tobytes() == vector.tobytes()
 
-    def test_a_wrong_dimension_fails_the_record_with_its_reason(self, modelless_encoder) -> None:  # type: ignore[no-untyped-def]
+    def test_a_wrong_dimension_fails_the_record_with_its_reason(self, modelless_encoder: TransformerEncoder) -> None:
         transform = DocumentTransform(run=lambda docs: modelless_encoder.run(docs=docs).docs,
                                       output_topic=TOPICS.encoded, ingest_topic=TOPICS.ingest,
                                       partitions=TOPICS.partitions)

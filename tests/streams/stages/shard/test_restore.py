@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,14 @@ from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from processors.rankers.chunk2doc import Chunk2DocRanker, Chunk2DocRankerConfig
 from streams.wire import headers as h
 from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, STORED_DOCUMENT
-from streams.wire.records import Request
+from streams.wire.records import PartialResult, Request
 from streams.stages.shard.ingest import ShardIngest
 from streams.stages.shard.search import ShardSearch
-from streams.runtime.spec import Inbound
+from streams.runtime.spec import Inbound, Output
 from streams.stages.shard.restore import RestoreTracker, Verdict
 from streams.stages.shard.states import PRIVATE_INFIX, ShardStates
 from streams.wire.topics import FlowTopics
-from tests.streams.fixtures import later_ms
+from tests.streams.stages.shard.fixtures import later_ms
 
 DIM = 8
 TOPICS = FlowTopics("restore", 1)
@@ -110,12 +111,12 @@ def _search_record(request_id: str) -> Inbound:
                     **dict([h.int_header(h.DEADLINE_MS, request.deadline_ms)])})
 
 
-def _parts(outputs: list) -> list:  # type: ignore[type-arg]
+def _parts(outputs: list[Output]) -> list[PartialResult]:
     return [PARTIAL_RESULT.decode(o.value, dict(o.headers).get(h.SCHEMA)) for o in outputs]
 
 
 @pytest.fixture
-def shard(tmp_path: Path):  # type: ignore[no-untyped-def]
+def shard(tmp_path: Path) -> Iterator[tuple[ShardStates, ShardIngest, ShardSearch]]:
     states = _states(tmp_path)
     ingest = ShardIngest(states=states, topics=TOPICS)
     search = ShardSearch(states=states, ranker=Chunk2DocRanker(Chunk2DocRankerConfig()), topics=TOPICS)
@@ -123,7 +124,8 @@ def shard(tmp_path: Path):  # type: ignore[no-untyped-def]
     ingest.close()
 
 
-def test_a_restoring_shard_answers_at_once_flagged_restoring_and_without_matches(shard) -> None:  # type: ignore[no-untyped-def]
+def test_a_restoring_shard_answers_at_once_flagged_restoring_and_without_matches(
+        shard: tuple[ShardStates, ShardIngest, ShardSearch]) -> None:
     _, ingest, search = shard
     assert ingest.assigned([0]) == {0: OFFSET_BEGINNING}
     ingest.process([_encoded(i, f"d{i}", i) for i in range(3)])
@@ -136,7 +138,8 @@ def test_a_restoring_shard_answers_at_once_flagged_restoring_and_without_matches
     assert {m.id for m in serving.docs[0].matches} == {"d0", "d1", "d2"}
 
 
-def test_a_reopened_shard_restores_again_from_its_stored_offset(shard) -> None:  # type: ignore[no-untyped-def]
+def test_a_reopened_shard_restores_again_from_its_stored_offset(
+        shard: tuple[ShardStates, ShardIngest, ShardSearch]) -> None:
     states, ingest, _ = shard
     ingest.assigned([0])
     ingest.process([_encoded(i, f"d{i}", i) for i in range(4)])
@@ -147,7 +150,8 @@ def test_a_reopened_shard_restores_again_from_its_stored_offset(shard) -> None: 
     assert not states.restore.is_restoring(0)
 
 
-def test_a_stored_offset_past_the_end_rebuilds_the_shard_from_the_beginning(shard, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_a_stored_offset_past_the_end_rebuilds_the_shard_from_the_beginning(
+        shard: tuple[ShardStates, ShardIngest, ShardSearch], caplog: pytest.LogCaptureFixture) -> None:
     states, ingest, _ = shard
     clock = Clock()
     states.restore = RestoreTracker(grace_s=1.0, clock=clock)
@@ -182,7 +186,8 @@ def test_a_stored_offset_past_the_end_rebuilds_the_shard_from_the_beginning(shar
     assert not states.restore.is_restoring(0)
 
 
-def test_out_of_range_past_the_end_rebuilds_at_once_from_the_log_start(shard) -> None:  # type: ignore[no-untyped-def]
+def test_out_of_range_past_the_end_rebuilds_at_once_from_the_log_start(
+        shard: tuple[ShardStates, ShardIngest, ShardSearch]) -> None:
     states, ingest, _ = shard
     ingest.assigned([0])
     ingest.process([_encoded(i, f"d{i}", i) for i in range(3)])
@@ -192,7 +197,8 @@ def test_out_of_range_past_the_end_rebuilds_at_once_from_the_log_start(shard) ->
     assert states.checkpoint(0).missing == 3 and str(states.set_aside[0]) in states.checkpoint(0).missing_reason
 
 
-def test_out_of_range_below_the_log_start_keeps_the_state_and_says_what_may_be_missing(shard, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_out_of_range_below_the_log_start_keeps_the_state_and_says_what_may_be_missing(
+        shard: tuple[ShardStates, ShardIngest, ShardSearch], caplog: pytest.LogCaptureFixture) -> None:
     """Retention or delete_records removed records 3..7 before the shard applied them: what it
     holds is kept (the topic cannot give it back), it goes on from the log start, and it says, in
     its log and in status (across a restart), how many documents may be missing and why."""
@@ -224,7 +230,8 @@ sys.stdin.read()
 """
 
 
-def test_a_shard_another_process_still_holds_is_restored_into_a_private_copy(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_a_shard_another_process_still_holds_is_restored_into_a_private_copy(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A hung previous owner on a shared state dir keeps RocksDB's lock: the new owner restores
     a private copy from the topic, never touches the shared directory, and deletes its copy on close."""
     first = _states(tmp_path)

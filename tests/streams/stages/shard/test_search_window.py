@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from streams.stages.shard.search import ShardSearch
 from streams.runtime.spec import Inbound
 from streams.stages.shard.states import ShardStates
 from streams.wire.topics import FlowTopics
-from tests.streams.fixtures import later_ms
+from tests.streams.stages.shard.fixtures import later_ms
 
 DIM = 8
 TOPICS = FlowTopics("window", 1)
@@ -40,7 +41,7 @@ def _encoded(offset: int, doc_id: str, lang: str, similarity: float) -> Inbound:
                    {h.SCHEMA: DOCUMENT.header()[1], **dict([h.int_header(h.INGEST_OFFSET, offset)])})
 
 
-def _search_record(parameters: dict) -> Inbound:  # type: ignore[type-arg]
+def _search_record(parameters: dict[str, Any]) -> Inbound:
     request = Request(request_id="r", kind="search", reply_to="window.reply.t", deadline_ms=later_ms(),
                       docs=[Document(id="q0", text="q", embedding=QUERY)], parameters=parameters, min_offsets={})
     return Inbound(TOPICS.search, 0, 0, b"r", REQUEST.encode(request),
@@ -48,7 +49,7 @@ def _search_record(parameters: dict) -> Inbound:  # type: ignore[type-arg]
                     **dict([h.int_header(h.DEADLINE_MS, request.deadline_ms)])})
 
 
-def _answer(tmp_path: Path, parameters: dict, max_vectors: int) -> PartialResult:  # type: ignore[type-arg]
+def _answer(tmp_path: Path, parameters: dict[str, Any], max_vectors: int) -> PartialResult:
     states = ShardStates(root=tmp_path, flow=TOPICS.flow, config=CompoundIndexerConfig(dim=DIM))
     ingest = ShardIngest(states=states, topics=TOPICS)
     search = ShardSearch(states=states, ranker=Chunk2DocRanker(), topics=TOPICS,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,10 +23,10 @@ from streams.wire import headers as h
 from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST
 from streams.wire.records import PartialResult, Request
 from streams.wire.topics import FlowTopics
+from tests.streams.wire.fixtures import DEFAULT_PREFIX
 
-DEEP_PREFIX = b"\x00" * 12 + b"\x00\x00\x00\x00\x00\x00\xf0\x3f" + b"\x00" * 3 + b"\x02"
-"""An all-default Document up to its ``chunks`` array holding one item (tests/streams/wire/fixtures.py);
-repeated 5,625 times it is the 135 KB record that overflowed fastavro's C stack."""
+Make = Callable[[str], tuple[bytes | None, tuple[h.Header, ...]] | bytes | None]
+"""One kind of hostile record: its value (and headers, unless the topic's own schema header) for a key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,7 @@ def _vector(values: list[float] | np.ndarray, dtype: str = "<f4") -> np.ndarray:
 def _deep(prefix: bytes, inner: bytes) -> bytes:
     """``prefix`` + the 135 KB nesting where the encoding of ``inner`` stood."""
     head = prefix.index(inner)
-    return prefix[:head] + DEEP_PREFIX * 5625
+    return prefix[:head] + DEFAULT_PREFIX * 5625  # the 135 KB record that overflowed fastavro's C stack
 
 
 def _damaged(rng: random.Random, valid: bytes) -> bytes:
@@ -245,7 +245,7 @@ class HostileRecords:
 
     # -- common --------------------------------------------------------------------------------
 
-    def _cycle(self, n: int, kinds: list, header: h.Header, *, query_path: bool = True  # type: ignore[type-arg]
+    def _cycle(self, n: int, kinds: Sequence[tuple[str, Make]], header: h.Header, *, query_path: bool = True
                ) -> Iterator[Hostile]:
         """``n`` records, the kinds in turn; query-path records carry a request's headers (a deadline
         in 290 s: expired records are skipped unread, by design)."""

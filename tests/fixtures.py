@@ -1,0 +1,33 @@
+"""Helpers for tests in more than one folder (a helper lives in the fixtures module of the nearest
+folder that holds every test using it; see tests/README.md): a topic read to its end on the session
+broker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import KafkaError, Message, TopicPartition
+
+from streams.kafka.clients import KafkaSettings, consume_batch, make_consumer
+
+
+def read_all(settings: KafkaSettings, topic: str, partitions: int, **config: object) -> list[Message]:
+    """Every record of ``topic`` from the beginning to the high watermark (as of the fetch)."""
+    consumer = make_consumer(settings, group_id=f"read-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True, **config})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    records: list[Message] = []
+    ended: set[int] = set()
+    deadline = time.monotonic() + 60
+    try:
+        while len(ended) < partitions:
+            assert time.monotonic() < deadline, f"{topic} not read to its end in 60 s"
+            for msg in consume_batch(consumer, max_records=500, timeout=0.5):
+                error, partition = msg.error(), msg.partition()
+                if error is None:
+                    records.append(msg)
+                elif error.code() == KafkaError._PARTITION_EOF and partition is not None:
+                    ended.add(partition)
+    finally:
+        consumer.close()
+    return records
