@@ -35,7 +35,8 @@ from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from streams.wire import headers as h
 from streams.kafka.admin import ensure_topics
 from streams.flow.parse import FlowSpec, parse_flow, with_state_dir
-from streams.kafka.clients import KafkaSettings, StageProducer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
 from streams.ops.replay import replay_index
 from streams.wire.serde import DOCUMENT
 from streams.stages.shard.states import ShardCheckpoint

@@ -22,7 +22,7 @@ from streams.exceptions import (EXIT_CONFIG, BrokerError, RequestExpiredError, R
                                 StreamsearchError)
 from streams.stages.extras import require_stage_extras
 from streams.flow.parse import load_flow, with_state_dir
-from streams.kafka.clients import QUIET_LIBRDKAFKA, KafkaSettings
+from streams.kafka.settings import QUIET_LIBRDKAFKA, KafkaSettings
 from streams.local.brokers import BrokerKind
 from streams.logs import configure_logging
 
@@ -96,12 +96,11 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
     if stage in (None, "encode", "index"):  # a join or segment container need not hold the model
         flow.check_dimensions()  # before a broker starts: one line, not a dead letter per document
     if stage is not None:
-        from streams.local.runtime import discover_bootstrap
         from streams.ops.versions import claim_serving
 
         flow.stage(stage)
         check_broker(_command_settings(dict(flow.kafka)))  # one line, not librdkafka's retries, if unreachable
-        settings = KafkaSettings(discover_bootstrap(), KafkaSettings.from_env(flow.kafka).extra)
+        settings = KafkaSettings.discover(flow.kafka)
         ensure_topics(settings, flow.topics.shapes(), topic_settings=flow.topic_settings,
                       max_payload_bytes=flow.max_payload_bytes)  # idempotent; a real cluster may not have them yet
         claim_serving(settings, flow.topics)  # the first version to run serves; later ones wait for a reindex
@@ -208,10 +207,8 @@ def _client(flow: str) -> Any:
 def _command_settings(flow_extra: dict[str, Any] | None = None) -> KafkaSettings:
     """Settings for a short-lived command: the running flow's broker, and librdkafka's own log
     lines routed through Python logging (silenced), so a failure prints our one line only."""
-    from streams.local.runtime import discover_bootstrap
-
-    extra = {**KafkaSettings.from_env(flow_extra).extra, "logger": QUIET_LIBRDKAFKA}
-    return KafkaSettings(discover_bootstrap(), extra)
+    found = KafkaSettings.discover(flow_extra)
+    return KafkaSettings(found.bootstrap_servers, {**found.extra, "logger": QUIET_LIBRDKAFKA})
 
 
 def _flow_name(flow: str) -> str:

@@ -29,8 +29,10 @@ from streams.kafka.admin import delete_topics, ensure_topics
 from streams.exceptions import (DeliveryError, PayloadTooLargeError, RequestExpiredError, RequestTimeoutError,
                                 SearchError, UnknownFlowError)
 from streams.flow.parse import DEFAULT_MAX_PAYLOAD_BYTES
-from streams.kafka.clients import (UNKNOWN_TOPIC_ERRORS, KafkaSettings, StageProducer, consume_batch, fetch_high_watermarks,
-                           make_consumer)
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import UNKNOWN_TOPIC_ERRORS, StageProducer
+from streams.kafka.consumer import consume_batch, make_consumer
+from streams.kafka.reader import fetch_high_watermarks
 from streams.stages.fanout import query_headers
 from streams.wire.serde import DOCUMENT, REQUEST, SEARCH_REPLY, Request, SearchReply
 from streams.ops.status import require_flow
@@ -141,20 +143,6 @@ def _query_matrix(vectors: VectorsLike) -> np.ndarray:
     return matrix
 
 
-def _local_settings() -> KafkaSettings:
-    """KAFKA_BOOTSTRAP_SERVERS (and STREAMSEARCH_KAFKA_* settings), else the broker that a
-    ``streamsearch run`` in this directory started, found as the CLI finds it.
-
-    :raises BrokerError: when neither names a broker.
-    """
-    settings = KafkaSettings.from_env()
-    if settings.bootstrap_servers:
-        return settings
-    from streams.local.bootstrap import discover_bootstrap
-
-    return KafkaSettings(discover_bootstrap(), settings.extra)
-
-
 class Client:
     """Talks to a running flow through Kafka only."""
 
@@ -173,7 +161,7 @@ class Client:
             search; the flow measures the deadline on its own clock (see ``search_async``)."""
         self.topics = FlowTopics(flow, 1, version or 1)
         self._pinned = version is not None
-        self.settings = settings or _local_settings()
+        self.settings = settings or KafkaSettings.discover()
         self.timeout_s = timeout_s
         self.max_payload_bytes = max_payload_bytes
         self.reply_topic = self.topics.new_reply_topic()

@@ -21,7 +21,8 @@ from streams.wire import headers as h
 from streams.client import Client, IndexReceipt
 from streams.ops.dead_letters import DeadLetter, read_dead_letters
 from streams.exceptions import RequestTimeoutError, SearchError
-from streams.kafka.clients import KafkaSettings, consume_batch, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.consumer import consume_batch, make_consumer
 from streams.wire.serde import SearchReply
 from streams.wire.topics import FlowTopics
 

@@ -11,7 +11,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from streams.exceptions import BrokerError
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 from streams.wire.topics import RECORD_OVERHEAD_BYTES, TopicSettings, TopicShape
 
 __all__ = ["ensure_topics", "delete_topics", "check_broker", "describe_topics", "TopicDescription",

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from confluent_kafka import TopicPartition
 
 from streams.wire import headers as h
-from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
+from streams.kafka.consumer import consume_batch, headers_of, make_consumer
 from streams.wire.topics import FlowTopics
 
 __all__ = ["DeadLetter", "read_dead_letters", "redrive", "redriven_up_to"]

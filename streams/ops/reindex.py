@@ -27,7 +27,9 @@ from streams.client import Client, IndexReceipt
 from streams.ops.dead_letters import DeadLetter, read_dead_letters
 from streams.exceptions import FlowConfigError, RequestTimeoutError, StreamsearchError
 from streams.flow.parse import FlowSpec
-from streams.kafka.clients import KafkaSettings, consume_batch, fetch_high_watermarks, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.consumer import consume_batch, make_consumer
+from streams.kafka.reader import fetch_high_watermarks
 from streams.wire.serde import SearchReply
 from streams.ops.status import STALE_AFTER_S, decode_report
 from streams.ops.versions import ServingVersion, publish_build, publish_serving, read_builds, read_serving

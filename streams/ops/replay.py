@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from streams.exceptions import StreamsearchError
 from streams.flow.parse import FlowSpec
-from streams.kafka.clients import KafkaSettings, consume_batch, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.consumer import consume_batch, make_consumer
 from streams.stages.shard.ingest import ShardIngest
 from streams.runtime.loop import Inbound
 from streams.stages.shard.states import ShardStates

@@ -21,7 +21,9 @@ from streams.kafka.admin import TopicDescription, check_broker, describe_topics,
 from streams.exceptions import SerdeError, UnknownFlowError
 from streams.flow.parse import STAGE_ORDER, FlowSpec
 from streams.wire.headers import SCHEMA
-from streams.kafka.clients import KafkaSettings, consume_batch, fetch_high_watermarks, headers_of, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.consumer import consume_batch, headers_of, make_consumer
+from streams.kafka.reader import fetch_high_watermarks
 from streams.wire.serde import STAGE_STATUS
 from streams.wire.topics import FlowTopics
 from streams.ops.versions import existing_versions, read_serving

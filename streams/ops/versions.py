@@ -17,7 +17,9 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from streams.exceptions import BrokerError
-from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
+from streams.kafka.consumer import consume_batch, make_consumer
 from streams.wire.serde import SERVING_VERSION, VERSION_BUILD, Codec
 from streams.wire.topics import FlowTopics
 

@@ -31,8 +31,9 @@ from streams.kafka.admin import max_message_bytes
 from processors.exceptions import InvalidParameterError
 from streams.exceptions import DeliveryError, GroupMembershipLost, PayloadTooLargeError
 from streams.runtime.inflight import CrashLoopError, InFlightLog
-from streams.kafka.clients import (UNKNOWN_TOPIC_ERRORS, Header, KafkaSettings, StageProducer, consume_batch, headers_of,
-                           make_consumer, record_size)
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import UNKNOWN_TOPIC_ERRORS, Header, StageProducer, record_size
+from streams.kafka.consumer import consume_batch, headers_of, make_consumer
 from streams.wire.topics import RECORD_OVERHEAD_BYTES
 from streams.runtime.metrics import (BATCH_SECONDS, CONSUMER_LAG, DEAD_LETTERS, RECORDS_IN, RECORDS_OUT, REJECTED_REQUESTS,
                              UNDELIVERABLE_REPLIES, serve_metrics)

@@ -9,7 +9,7 @@ from processors.exceptions import BadDocumentError
 from processors.query.parameters import SearchParameters
 from streams.flow.parse import FlowSpec
 from streams.stages.join import Joiner
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 from streams.stages.fanout import QueryFanout
 from streams.runtime.reply_topics import ReplyTopics
 from streams.stages.shard.ingest import ShardIngest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from streams.kafka.clients import Header
+from streams.kafka.producer import Header
 
 from streams.wire.serde import SCHEMA_HEADER
 

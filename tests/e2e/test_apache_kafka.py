@@ -26,7 +26,10 @@ from streams.kafka.admin import describe_topics, ensure_topics
 from streams.ops.dead_letters import read_dead_letters
 from streams.flow.parse import load_flow
 from streams.client.http import create_app
-from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, fetch_high_watermarks, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
+from streams.kafka.consumer import consume_batch, make_consumer
+from streams.kafka.reader import fetch_high_watermarks
 from streams.local.apache_kafka import KafkaCluster
 from streams.local.brokers import BrokerKind, LocalBroker
 from streams.local.runtime import LocalRuntime

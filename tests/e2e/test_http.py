@@ -138,7 +138,7 @@ def test_status_with_the_flow_yaml_is_what_the_status_command_prints(client, flo
 
 
 def test_status_without_a_broker_is_503_naming_the_flow_and_fields(flow) -> None:  # type: ignore[no-untyped-def]
-    from streams.kafka.clients import KafkaSettings
+    from streams.kafka.settings import KafkaSettings
 
     lonely = Client(flow.flow.name, settings=KafkaSettings("127.0.0.1:1", {"socket.timeout.ms": 1000}))
     response = call(create_app(lonely, token="", flow_fields=("title",)), "GET", "/status")

@@ -13,7 +13,8 @@ from processors.document import Document
 from streams.wire import headers as h
 from streams.ops.dead_letters import read_dead_letters
 from streams.exceptions import SearchError
-from streams.kafka.clients import StageProducer, make_consumer
+from streams.kafka.producer import StageProducer
+from streams.kafka.consumer import make_consumer
 from streams.local.runtime import LocalRuntime
 from streams.wire.partitioner import partition_of
 from streams.wire.serde import DOCUMENT

@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from processors.document import Document
 from streams.client import IndexReceipt
 from streams.flow.parse import load_flow, with_state_dir
-from streams.kafka.clients import consume_batch, make_consumer
+from streams.kafka.consumer import consume_batch, make_consumer
 from streams.local.brokers import BrokerKind
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import LocalFlow

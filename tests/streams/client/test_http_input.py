@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from streams.client import Client
 from streams.client.http import PAGE, create_app, warn_if_unprotected
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from streams.exceptions import GroupMembershipLost
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 from streams.runtime.loop import PathSpec, StageLoop, StageSpec, _Path
 
 
