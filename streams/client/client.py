@@ -31,8 +31,7 @@ from streams.exceptions import (DeliveryError, PayloadTooLargeError, RequestExpi
 from streams.flow.parse import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.producer import UNKNOWN_TOPIC_ERRORS, StageProducer
-from streams.kafka.consumer import consume_batch, make_consumer
-from streams.kafka.reader import fetch_high_watermarks
+from streams.kafka.reader import TopicReader, fetch_high_watermarks
 from streams.stages.fanout import query_headers
 from streams.wire.serde import DOCUMENT, REQUEST, SEARCH_REPLY, Request, SearchReply
 from streams.ops.status import require_flow
@@ -412,28 +411,28 @@ class Client:
         versions = self.topics.versions
         shared = [shape for shape in self.topics.shapes() if shape.name == versions]
         ensure_topics(self.settings, [TopicShape(self.reply_topic, 1), *shared], max_payload_bytes=self.max_payload_bytes)
-        consumer = make_consumer(self.settings, group_id=self.reply_topic, **{"enable.partition.eof": True})
-        consumer.assign([TopicPartition(self.reply_topic, 0, 0), TopicPartition(versions, 0, 0)])
+        reader = TopicReader(self.settings, group_id=self.reply_topic)
+        reader.assign([TopicPartition(self.reply_topic, 0, 0), TopicPartition(versions, 0, 0)])
         ready = threading.Event()
         if self._pinned:
             ready.set()
-        self._listener = threading.Thread(target=self._listen, args=(consumer, ready), daemon=True, name="replies")
+        self._listener = threading.Thread(target=self._listen, args=(reader, ready), daemon=True, name="replies")
         self._listener.start()
         if not ready.wait(10):
             logger.warning("serving version unknown after 10s: searching version %d", self.version)
 
-    def _listen(self, consumer: Any, ready: threading.Event) -> None:
+    def _listen(self, reader: TopicReader, ready: threading.Event) -> None:
         """Replies resolve their futures; records of ``<flow>.versions`` move searches to the
         serving version (``ready`` once that topic has been read to its end)."""
         versions = self.topics.versions
-        try:
-            while not self._stop.is_set():
+        with reader:
+            for fetched in reader.follow(self._stop, timeout=0.05, max_records=256):
                 self._producer.poll(0)  # delivery reports of searches: a refused one fails its future
-                for msg in consume_batch(consumer, max_records=256, timeout=0.05):
+                for msg in fetched.records:
                     if msg.topic() == versions:
-                        self._follow(msg, ready)
+                        self._follow(msg)
                         continue
-                    if msg.error() is not None or msg.value() is None:
+                    if msg.value() is None:
                         continue
                     try:
                         reply = SEARCH_REPLY.decode(msg.value())
@@ -444,15 +443,10 @@ class Client:
                         future = self._futures.pop(reply.request_id, None)
                     if future is not None and not future.done():
                         future.set_result(reply)
-        finally:
-            consumer.close()
+                if (versions, 0) in fetched.ends:
+                    ready.set()
 
-    def _follow(self, msg: Message, ready: threading.Event) -> None:
-        error = msg.error()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                ready.set()
-            return
+    def _follow(self, msg: Message) -> None:
         try:
             serving = serving_of(msg)
         except Exception:

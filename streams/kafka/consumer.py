@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, KafkaError, Message
 
 from streams.kafka.settings import KafkaSettings
 
-__all__ = ["make_consumer", "consume_batch", "headers_of"]
+__all__ = ["make_consumer", "consume_batch", "headers_of", "Fetched", "split"]
 
 
 def make_consumer(settings: KafkaSettings, *, group_id: str, **overrides: Any) -> Consumer:
@@ -64,3 +65,28 @@ def consume_batch(consumer: Consumer, *, max_records: int, timeout: float) -> li
         return []
     rest = consumer.consume(num_messages=max_records - 1, timeout=0) if max_records > 1 else []
     return [first, *rest]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What one poll returned, sorted: librdkafka delivers a partition's end and its errors as
+    messages among the records."""
+
+    records: list[Message] = field(default_factory=list)
+    ends: list[tuple[str, int]] = field(default_factory=list)
+    """(topic, partition) whose end this poll reached (``_PARTITION_EOF``; needs ``enable.partition.eof``)."""
+    errors: list[KafkaError] = field(default_factory=list)
+
+
+def split(messages: Sequence[Message]) -> Fetched:
+    """Sort polled messages into records, partition ends and errors, keeping each one's order."""
+    fetched = Fetched()
+    for msg in messages:
+        error = msg.error()
+        if error is None:
+            fetched.records.append(msg)
+        elif error.code() == KafkaError._PARTITION_EOF:
+            fetched.ends.append((msg.topic(), msg.partition()))
+        else:
+            fetched.errors.append(error)
+    return fetched

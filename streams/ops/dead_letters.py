@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -12,7 +11,8 @@ from confluent_kafka import TopicPartition
 from streams.wire import headers as h
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.producer import StageProducer
-from streams.kafka.consumer import consume_batch, headers_of, make_consumer
+from streams.kafka.consumer import headers_of, make_consumer
+from streams.kafka.reader import read_to_end
 from streams.wire.topics import FlowTopics
 
 __all__ = ["DeadLetter", "read_dead_letters", "redrive", "redriven_up_to"]
@@ -47,26 +47,12 @@ def read_dead_letters(settings: KafkaSettings, topics: FlowTopics, *, from_offse
                       timeout: float = 15.0) -> list[DeadLetter]:
     """Every dead letter from ``from_offset`` up to the end of the topic.
 
-    "The end" is the high watermark of fetch responses (the embedded broker's ListOffsets is
-    wrong), so the reader fetches until it has reached it.
+    :raises ReadTimeoutError: if the end is not reached within ``timeout`` seconds.
     """
-    consumer = make_consumer(settings, group_id=f"{topics.flow}.dead-letters.{uuid.uuid4().hex[:8]}")
-    partition = TopicPartition(topics.dead_letter, 0, from_offset)
-    consumer.assign([partition])
-    letters: list[DeadLetter] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            for msg in consume_batch(consumer, max_records=500, timeout=0.2):
-                if msg.error() is None:
-                    letters.append(_letter(msg.offset(), msg.key(), msg.value(), headers_of(msg), topics.ingest))
-            _, high = consumer.get_watermark_offsets(partition, cached=True)
-            position = consumer.position([partition])[0].offset
-            if high >= 0 and (high <= from_offset or position >= high):
-                break
-    finally:
-        consumer.close()
-    return letters
+    start = TopicPartition(topics.dead_letter, 0, from_offset)
+    return [_letter(msg.offset(), msg.key(), msg.value(), headers_of(msg), topics.ingest)
+            for msg in read_to_end(settings, [start], group_id=f"{topics.flow}.dead-letters.{uuid.uuid4().hex[:8]}",
+                                   timeout=timeout)]
 
 
 def _letter(offset: int, key: bytes | None, value: bytes | None, headers: dict[str, bytes],

@@ -14,12 +14,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from streams.exceptions import BrokerError
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.producer import StageProducer
-from streams.kafka.consumer import consume_batch, make_consumer
+from streams.kafka.reader import read_to_end
 from streams.wire.serde import SERVING_VERSION, VERSION_BUILD, Codec
 from streams.wire.topics import FlowTopics
 
@@ -73,25 +73,15 @@ def _read_versions(settings: KafkaSettings, flow: str, timeout: float) -> tuple[
     topic = topics.versions
     if topic not in existing:
         return None, {}
-    consumer = make_consumer(settings, group_id=f"{flow}.versions.{uuid.uuid4().hex[:8]}",
-                             **{"enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, 0, 0)])
     latest: ServingVersion | None = None
     builds: dict[int, str] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            for msg in consume_batch(consumer, max_records=100, timeout=0.2):
-                error = msg.error()
-                if error is not None and error.code() == KafkaError._PARTITION_EOF:
-                    return latest, builds
-                latest = serving_of(msg) or latest
-                if error is None and (msg.key() or b"").startswith(b"build/v") and msg.value() is not None:
-                    build = VERSION_BUILD.decode(msg.value())
-                    builds[build["version"]] = build["fingerprint"]
-    finally:
-        consumer.close()
-    raise BrokerError(f"could not read {topic} to its end within {timeout:.0f}s")
+    for msg in read_to_end(settings, [TopicPartition(topic, 0, 0)], group_id=f"{flow}.versions.{uuid.uuid4().hex[:8]}",
+                           timeout=timeout):
+        latest = serving_of(msg) or latest
+        if (msg.key() or b"").startswith(b"build/v") and msg.value() is not None:
+            build = VERSION_BUILD.decode(msg.value())
+            builds[build["version"]] = build["fingerprint"]
+    return latest, builds
 
 
 def existing_versions(settings: KafkaSettings, flow: str) -> list[int]:
