@@ -28,8 +28,7 @@ from streams.ops.dead_letters import DeadLetter, read_dead_letters
 from streams.exceptions import FlowConfigError, RequestTimeoutError, StreamsearchError
 from streams.flow.parse import FlowSpec
 from streams.kafka.settings import KafkaSettings
-from streams.kafka.consumer import consume_batch, make_consumer
-from streams.kafka.reader import fetch_high_watermarks
+from streams.kafka.reader import TopicReader, fetch_high_watermarks
 from streams.wire.serde import SearchReply
 from streams.ops.status import STALE_AFTER_S, decode_report
 from streams.ops.versions import ServingVersion, publish_build, publish_serving, read_builds, read_serving
@@ -171,13 +170,13 @@ class _ShardReports:
     """Follows a version's ``<prefix>.status`` for the shards' applied ingest offsets (progress only)."""
 
     def __init__(self, settings: KafkaSettings, topic: str) -> None:
-        self._consumer = make_consumer(settings, group_id=f"{topic}.reindex.{uuid.uuid4().hex[:8]}")
-        self._consumer.assign([TopicPartition(topic, 0, 0)])
+        self._reader = TopicReader(settings, group_id=f"{topic}.reindex.{uuid.uuid4().hex[:8]}")
+        self._reader.assign([TopicPartition(topic, 0, 0)])
         self._latest: dict[bytes, dict[str, Any]] = {}
 
     def applied_ingest_offsets(self) -> dict[int, int]:
-        for msg in consume_batch(self._consumer, max_records=500, timeout=0.1):
-            if msg.error() is None and msg.value() is not None and (report := decode_report(msg)) is not None:
+        for msg in self._reader.poll(0.1).records:
+            if msg.value() is not None and (report := decode_report(msg)) is not None:
                 self._latest[msg.key()] = report
         fresh_after = time.time() * 1000 - STALE_AFTER_S * 1000
         applied: dict[int, int] = {}
@@ -189,7 +188,7 @@ class _ShardReports:
         return applied
 
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()
 
 
 def switch_when_caught_up(settings: KafkaSettings, plan: ReindexPlan, *, progress: bool = True,
