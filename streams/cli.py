@@ -353,6 +353,7 @@ def _listen(host: str, port: int) -> socket.socket:
 @one_line_errors
 def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
     """List the records stages could not process, with why and where they came from."""
+    from streams.client.dead_letters import read_dead_letters
     from streams.ops import dead_letters as dl
     from streams.ops.status import require_flow
     from streams.wire.topics import FlowTopics
@@ -361,7 +362,7 @@ def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
     settings = _command_settings(_flow_kafka(flow))
     topics = load_flow(flow).topics if flow.endswith((".yml", ".yaml")) else FlowTopics(flow, 1)  # a YAML names its version
     require_flow(settings, topics, "dead_letter")
-    letters = dl.read_dead_letters(settings, topics, from_offset=from_offset)
+    letters = read_dead_letters(settings, topics, from_offset=from_offset)
     for letter in letters:
         key = letter.key.decode(errors="replace") if letter.key else "-"
         click.echo(f"{letter.offset}\t{letter.stage}\t{letter.error_class}\t"

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from streams.wire import headers as h
 from streams.client import Client, IndexReceipt
-from streams.ops.dead_letters import DeadLetter, read_dead_letters
+from streams.client.dead_letters import read_dead_letters
+from streams.wire.dead_letters import DeadLetter
 from streams.exceptions import RequestTimeoutError, SearchError
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.reader import tail

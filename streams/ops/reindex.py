@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from streams.kafka.admin import ensure_topics
 from streams.client import Client, IndexReceipt
-from streams.ops.dead_letters import DeadLetter, read_dead_letters
+from streams.client.dead_letters import read_dead_letters
+from streams.wire.dead_letters import DeadLetter
 from streams.exceptions import FlowConfigError, RequestTimeoutError, StreamsearchError
 from streams.flow.parse import FlowSpec
 from streams.kafka.settings import KafkaSettings

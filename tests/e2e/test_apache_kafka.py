@@ -23,7 +23,7 @@ from confluent_kafka.admin import AdminClient
 from processors.document import Document
 from streams.wire import headers as h
 from streams.kafka.admin import describe_topics, ensure_topics
-from streams.ops.dead_letters import read_dead_letters
+from streams.client.dead_letters import read_dead_letters
 from streams.flow.parse import load_flow
 from streams.client.http import create_app
 from streams.kafka.settings import KafkaSettings

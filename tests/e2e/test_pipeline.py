@@ -11,7 +11,7 @@ from confluent_kafka import Producer, TopicPartition
 
 from processors.document import Document
 from streams.wire import headers as h
-from streams.ops.dead_letters import read_dead_letters
+from streams.client.dead_letters import read_dead_letters
 from streams.exceptions import SearchError
 from streams.kafka.producer import StageProducer
 from streams.kafka.consumer import make_consumer
@@ -354,7 +354,8 @@ def test_dead_letters_are_counted(flow, kafka_settings) -> None:  # type: ignore
 
 
 def test_dead_letters_are_listed_and_can_be_redriven(flow, kafka_settings) -> None:  # type: ignore[no-untyped-def]
-    from streams.ops.dead_letters import read_dead_letters, redrive
+    from streams.client.dead_letters import read_dead_letters
+    from streams.ops.dead_letters import redrive
 
     topics = flow.flow.topics
     producer = StageProducer(kafka_settings)

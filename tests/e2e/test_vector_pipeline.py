@@ -12,7 +12,7 @@ import pytest
 
 from processors.document import Document
 from streams.client import Client, IndexReceipt
-from streams.ops.dead_letters import read_dead_letters
+from streams.client.dead_letters import read_dead_letters
 from streams.exceptions import SearchError
 from streams.local.runtime import LocalRuntime
 from tests.streams.fixtures import stage_logs

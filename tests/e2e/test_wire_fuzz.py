@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from streams.kafka.admin import ensure_topics
-from streams.ops.dead_letters import read_dead_letters
+from streams.client.dead_letters import read_dead_letters
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.producer import StageProducer
 from streams.kafka.consumer import consume_batch, make_consumer

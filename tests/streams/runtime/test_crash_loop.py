@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from streams.kafka.admin import ensure_topics
-from streams.ops.dead_letters import read_dead_letters
+from streams.client.dead_letters import read_dead_letters
 from streams.runtime.inflight import InFlightLog
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.producer import StageProducer
