@@ -25,7 +25,7 @@ from typing import IO, Protocol
 
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from streams.wire import headers as h
+from streams.wire.dead_letters import dead_letter_headers
 from streams.runtime.checkpoint import Checkpoint, TransactionalCheckpoint
 from streams.kafka.admin import max_message_bytes
 from processors.exceptions import InvalidParameterError
@@ -715,14 +715,8 @@ class StageLoop:
                 "error": f"{type(error).__name__}: {error}",
             },
         )
-        headers = [(k, v) for k, v in record.headers.items()] + [
-            (h.DEAD_LETTER_STAGE, self.spec.name.encode()),
-            (h.DEAD_LETTER_ERROR_CLASS, type(error).__name__.encode()),
-            (h.DEAD_LETTER_MESSAGE, str(error)[:2000].encode()),
-            (h.DEAD_LETTER_TOPIC, record.topic.encode()),
-            h.int_header(h.DEAD_LETTER_PARTITION, record.partition),
-            h.int_header(h.DEAD_LETTER_OFFSET, record.offset),
-        ]
+        headers = dead_letter_headers(record.headers, stage=self.spec.name, error=error, topic=record.topic,
+                                      partition=record.partition, offset=record.offset)
         value = record.value if len(record.value or b"") <= self.spec.max_payload_bytes else None
         path.producer.produce(self.spec.dead_letter_topic, value=value, key=record.key, headers=headers)
         try:
