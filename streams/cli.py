@@ -308,12 +308,13 @@ def serve(flow: str, host: str, port: int) -> None:
     import uvicorn
 
     from streams.client.http import create_app, warn_if_unprotected
+    from streams.ops.bridge import StatusInspector
 
     spec = load_flow(flow) if flow.endswith((".yml", ".yaml")) else None
     with _client(flow) as client:
         listener = _listen(host, port)  # a busy port is one line, before anything is started
         client.start()  # reply topic and serving version before the first request, off the event loop
-        app = create_app(client, flow=spec)
+        app = create_app(client, flow=spec, inspector=StatusInspector(client.settings, spec or client.topics.flow))
         warn_if_unprotected(app, host)
         bound_host, bound_port = listener.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host

@@ -25,18 +25,16 @@ from processors.document import Document, validate_document, validate_embedding,
 from processors.exceptions import InvalidDocumentError, InvalidParameterError
 from processors.query.limits import REQUEST_LIMITS
 from streams.wire import headers as h
-from streams.kafka.admin import delete_topics, ensure_topics
+from streams.kafka.admin import delete_topics, ensure_topics, require_flow
 from streams.exceptions import (DeliveryError, PayloadTooLargeError, RequestExpiredError, RequestTimeoutError,
                                 SearchError, UnknownFlowError)
 from streams.flow.parse import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.producer import UNKNOWN_TOPIC_ERRORS, StageProducer
 from streams.kafka.reader import TopicReader, fetch_high_watermarks
-from streams.stages.fanout import query_headers
 from streams.wire.serde import DOCUMENT, REQUEST, SEARCH_REPLY, Request, SearchReply
-from streams.ops.status import require_flow
 from streams.wire.topics import FlowTopics, TopicShape
-from streams.ops.versions import serving_of
+from streams.client.versions import serving_of
 
 if TYPE_CHECKING:
     from streams.client.progress import Searchable
@@ -374,8 +372,8 @@ class Client:
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
                     future.set_exception(refused)
 
-        headers = query_headers(request_id, self.reply_topic, deadline_ms,
-                                timeout_ms=int(wait_s * 1000)) + (REQUEST.header(),)
+        headers = h.query_headers(request_id, self.reply_topic, deadline_ms,
+                                  timeout_ms=int(wait_s * 1000)) + (REQUEST.header(),)
         try:
             self._producer.produce(self.topics.query, value=value, key=request_id, headers=headers,
                                    on_delivery=delivered, timestamp=sent_ms)

@@ -17,8 +17,8 @@ from typing import Any
 from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.kafka.admin import TopicDescription, check_broker, describe_topics, topic_warnings
-from streams.exceptions import ReadTimeoutError, SerdeError, UnknownFlowError
+from streams.kafka.admin import START_HINT, TopicDescription, describe_topics, require_flow, topic_warnings
+from streams.exceptions import ReadTimeoutError, SerdeError
 from streams.flow.parse import STAGE_ORDER, FlowSpec
 from streams.wire.headers import SCHEMA
 from streams.kafka.settings import KafkaSettings
@@ -32,8 +32,6 @@ __all__ = ["PartitionLag", "StageState", "FlowStatus", "collect_status", "collec
            "running_stages", "why_no_reply", "ANSWERING_STAGES", "STALE_AFTER_S", "START_HINT"]
 
 STALE_AFTER_S = 15.0
-
-START_HINT = "start it with streamsearch run FLOW.yml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,28 +134,6 @@ def collect_status_by_name(settings: KafkaSettings, flow: str, *, timeout: float
                       topic_warnings(described, brokers) + shard_warnings(shards),
                       note="known by name only: stages that report live, no lag per partition "
                            "(give the flow's YAML for everything `streamsearch status` shows)")
-
-
-def require_flow(settings: KafkaSettings, topics: FlowTopics, *roles: str, timeout: float = 10.0) -> dict[str, int]:
-    """Check that a flow exists on the broker: its ingest topic and the topics of ``roles``
-    (``dead_letter``, ``query``, ... of ``topics.version``). Only ``run`` creates them.
-
-    :returns: every topic on the broker and its partition count.
-    :raises UnknownFlowError: naming the broker and the first missing topic.
-    :raises BrokerError: if the broker is unreachable.
-    """
-    check_broker(settings, timeout=timeout)
-    found = AdminClient(settings.base()).list_topics(timeout=timeout).topics
-    existing = {name: len(meta.partitions) for name, meta in found.items() if not meta.error}
-    where = settings.bootstrap_servers
-    if topics.ingest not in existing:
-        raise UnknownFlowError(f"no flow {topics.flow!r} on {where} (no topic {topics.ingest}); {START_HINT}")
-    for role in roles:
-        name = getattr(topics, role)
-        if name not in existing:
-            raise UnknownFlowError(f"flow {topics.flow!r} has no version {topics.version} on {where} (no topic {name}); "
-                              f"{START_HINT}")
-    return existing
 
 
 def running_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[str, ...], *,

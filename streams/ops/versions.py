@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import TopicPartition
 
 from streams.exceptions import BrokerError
 from streams.kafka.settings import KafkaSettings
@@ -22,27 +21,10 @@ from streams.kafka.producer import StageProducer
 from streams.kafka.reader import read_to_end
 from streams.wire.serde import SERVING_VERSION, VERSION_BUILD, Codec
 from streams.wire.topics import FlowTopics
+from streams.client.versions import SERVING_KEY, ServingVersion, serving_of
 
 __all__ = ["SERVING_KEY", "ServingVersion", "claim_serving", "existing_versions", "publish_build", "publish_serving",
            "read_builds", "read_serving", "serving_of", "switch_serving"]
-
-SERVING_KEY = b"serving"
-
-
-@dataclass(frozen=True, slots=True)
-class ServingVersion:
-    version: int
-    since_ms: int
-    previous: int | None = None
-    reason: str = ""
-
-
-def serving_of(msg: Message) -> ServingVersion | None:
-    """The serving record in a message of ``<flow>.versions``, or None for anything else."""
-    if msg.error() is not None or msg.key() != SERVING_KEY or msg.value() is None:
-        return None
-    record = SERVING_VERSION.decode(msg.value())
-    return ServingVersion(record["version"], record["since_ms"], record["previous"], record["reason"])
 
 
 def read_serving(settings: KafkaSettings, flow: str, *, timeout: float = 10.0) -> ServingVersion | None:
