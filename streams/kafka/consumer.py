@@ -86,7 +86,7 @@ def split(messages: Sequence[Message]) -> Fetched:
         if error is None:
             fetched.records.append(msg)
         elif error.code() == KafkaError._PARTITION_EOF:
-            fetched.ends.append((msg.topic(), msg.partition()))
+            fetched.ends.append((str(msg.topic()), int(msg.partition() or 0)))
         else:
             fetched.errors.append(error)
     return fetched

@@ -95,11 +95,11 @@ class TopicReader:
             self._learn_ends(ends)
             records = []
             for msg in fetched.records:
-                key = (msg.topic(), msg.partition())
+                key, offset = _position(msg)
                 end = ends.get(key)
-                if (end is None or msg.offset() < end) and msg.offset() >= starts[key]:
+                if (end is None or offset < end) and offset >= starts[key]:
                     records.append(msg)
-                if end is not None and msg.offset() >= end - 1:
+                if end is not None and offset >= end - 1:
                     self._open.discard(key)
             self._open.difference_update(fetched.ends)
             yield Fetched(records, fetched.ends, fetched.errors)
@@ -155,6 +155,11 @@ def tail(settings: KafkaSettings, starts: Iterable[TopicPartition], *, group_id:
     with TopicReader(settings, group_id=group_id) as reader:
         reader.assign(starts)
         yield from reader.follow(stop, timeout=timeout, max_records=max_records)
+
+
+def _position(record: Message) -> tuple[PartitionKey, int]:
+    """Where a record is: its (topic, partition) and offset (a record always has them; an event may not)."""
+    return (str(record.topic()), int(record.partition() or 0)), int(record.offset() or 0)
 
 
 def _not_read(unfinished: Iterable[PartitionKey], timeout: float) -> str:
