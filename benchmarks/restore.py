@@ -34,7 +34,8 @@ from processors.index.base import Change
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from streams.wire import headers as h
 from streams.kafka.admin import ensure_topics
-from streams.flow.parse import FlowSpec, parse_flow, with_state_dir
+from streams.flow.parse import parse_flow
+from streams.flow.spec import FlowSpec, with_state_dir
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.producer import StageProducer
 from streams.ops.replay import replay_index

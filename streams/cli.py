@@ -10,6 +10,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,10 +22,13 @@ from streams.kafka.admin import check_broker, ensure_topics
 from streams.exceptions import (EXIT_CONFIG, BrokerError, RequestExpiredError, RequestTimeoutError, StateConfigError,
                                 StreamsearchError)
 from streams.stages.extras import require_stage_extras
-from streams.flow.parse import load_flow, with_state_dir
+from streams.flow.parse import load_flow
+from streams.flow.spec import FlowSpec, with_state_dir
+from streams.stages.kinds import KINDS, STATEFUL_KINDS
 from streams.kafka.settings import QUIET_LIBRDKAFKA, KafkaSettings
 from streams.local.brokers import BrokerKind
 from streams.logs import configure_logging
+from streams.wire.topics import FlowTopics
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,54 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(130)
 
     return wrapper
+
+
+class CommandFlow:
+    """A flow as a command names it: by name (version 1's topics, no spec) or by its YAML (its
+    version's topics and librdkafka settings). The YAML is read on first use, inside the command,
+    so that a bad one is one line and exit 1 (``one_line_errors``), at the point the command needs it."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self._spec: FlowSpec | None = None
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def spec(self) -> FlowSpec | None:
+        if self._spec is None and self.value.endswith((".yml", ".yaml")):
+            self._spec = load_flow(self.value)
+        return self._spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.spec else self.value
+
+    @property
+    def topics(self) -> FlowTopics:
+        """A YAML's version's topics; a bare name's version 1 (the shared ingest topic names the flow)."""
+        return self.spec.topics if self.spec else FlowTopics(self.value, 1)
+
+    @property
+    def kafka(self) -> Mapping[str, Any] | None:
+        """A flow YAML's librdkafka settings (SASL, TLS, ...); a bare name has none."""
+        return self.spec.kafka if self.spec else None
+
+
+class FlowRef(click.ParamType):
+    """``--flow NAME|FLOW.yml``: a :class:`CommandFlow`."""
+
+    name = "flow"
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str:
+        return "TEXT"  # the help as it was: a name or a path
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> CommandFlow:
+        return value if isinstance(value, CommandFlow) else CommandFlow(str(value))
+
+
+FLOW = FlowRef()
 
 
 @click.group()
@@ -90,16 +142,15 @@ def hello_world(limit: int, flow_path: Path | None, state_dir: Path | None, port
 def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Path | None, broker: str) -> None:
     """Run a flow's stages: all of them supervised (with a local broker if no Kafka is set),
     or one stage joining a running flow (``--replicas N`` adds N supervised consumers)."""
-    flow = load_flow(flow_path)
-    flow = with_state_dir(flow, state_dir) if state_dir else flow
+    flow = _spec(flow_path, state_dir)
     require_stage_extras(flow, [stage] if stage else None)  # one line, not stage processes dying on an import
-    if stage in (None, "encode", "index"):  # a join or segment container need not hold the model
+    if stage is None or (stage in KINDS and KINDS[stage].needs_model):  # a join or segment container holds no model
         flow.check_dimensions()  # before a broker starts: one line, not a dead letter per document
     if stage is not None:
         from streams.ops.versions import claim_serving
 
         flow.stage(stage)
-        check_broker(_command_settings(dict(flow.kafka)))  # one line, not librdkafka's retries, if unreachable
+        check_broker(_command_settings(flow.kafka))  # one line, not librdkafka's retries, if unreachable
         settings = KafkaSettings.discover(flow.kafka)
         ensure_topics(settings, flow.topics.shapes(), topic_settings=flow.topic_settings,
                       max_payload_bytes=flow.max_payload_bytes)  # idempotent; a real cluster may not have them yet
@@ -121,7 +172,7 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
     for warning in flow.idle_replicas():
         click.echo(f"streamsearch: warning: {warning}", err=True)
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        check_broker(_command_settings(dict(flow.kafka)))  # one line, not librdkafka's retries, if unreachable
+        check_broker(_command_settings(flow.kafka))  # one line, not librdkafka's retries, if unreachable
     run_lock = FlowRunLock(flow.topics.prefix)
     run_lock.acquire()
     _stop_on_sigterm()  # from here on, so that a TERM while starting stops what started
@@ -188,54 +239,61 @@ def _wait_for_signal() -> None:
         pass
 
 
-def _client(flow: str) -> Any:
+def _client(flow: CommandFlow) -> Any:
     """A client of a flow that exists on the broker.
 
     :raises BrokerError: in one line, if the broker is unreachable or has no such flow.
     """
     from streams.client import Client
-    from streams.ops.status import require_flow
-    from streams.wire.topics import FlowTopics
 
-    logging.getLogger("streams").setLevel(max(logging.WARNING, logging.getLogger().level))  # keep output clean
     logging.getLogger("streams.kafka.admin").setLevel(logging.ERROR)  # not the replication of the client's own reply topic
-    settings = _command_settings(_flow_kafka(flow))
-    require_flow(settings, FlowTopics(_flow_name(flow), 1))  # before the client creates anything
-    return Client(_flow_name(flow), settings=settings)
+    settings = _connect(flow, quiet=max(logging.WARNING, logging.getLogger().level))  # before it creates anything
+    return Client(flow.name, settings=settings)
 
 
-def _command_settings(flow_extra: dict[str, Any] | None = None) -> KafkaSettings:
+def _connect(flow: CommandFlow, *roles: str, check: bool = True, quiet: int = logging.WARNING) -> KafkaSettings:
+    """The settings of a command on a running flow: our log lines from ``quiet`` up only, and (``check``)
+    the flow's ingest topic and its topics of ``roles`` checked to exist (``require_flow``).
+
+    :raises BrokerError: in one line, if the broker is unreachable or has no such flow.
+    """
+    from streams.kafka.admin import require_flow
+
+    logging.getLogger("streams").setLevel(quiet)  # keep output clean
+    settings = _command_settings(flow.kafka)
+    if check:
+        require_flow(settings, flow.topics, *roles)
+    return settings
+
+
+def _command_settings(flow_extra: Mapping[str, Any] | None = None) -> KafkaSettings:
     """Settings for a short-lived command: the running flow's broker, and librdkafka's own log
     lines routed through Python logging (silenced), so a failure prints our one line only."""
     found = KafkaSettings.discover(flow_extra)
     return KafkaSettings(found.bootstrap_servers, {**found.extra, "logger": QUIET_LIBRDKAFKA})
 
 
-def _flow_name(flow: str) -> str:
-    return load_flow(flow).name if flow.endswith((".yml", ".yaml")) else flow
-
-
-def _flow_kafka(flow: str) -> dict[str, Any] | None:
-    """A flow YAML's librdkafka settings (SASL, TLS, ...); a bare name has none."""
-    return dict(load_flow(flow).kafka) if flow.endswith((".yml", ".yaml")) else None
+def _spec(flow_path: Path, state_dir: Path | None) -> FlowSpec:
+    """A flow YAML's spec, its shard state and logs under ``--state-dir`` when given."""
+    flow = load_flow(flow_path)
+    return with_state_dir(flow, state_dir) if state_dir else flow
 
 
 @main.command("index")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
+@click.option("--flow", type=FLOW, default="hello", show_default=True, help="Flow name or flow YAML.")
 @click.option("--wait", is_flag=True, help="Return once every shard has applied the documents: searchable (read-your-writes); "
                    "exit 1 naming those a stage dead-lettered on the way.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="With --wait: give up after S seconds.")
 @one_line_errors
-def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
+def index(file: Path, flow: CommandFlow, wait: bool, timeout: float) -> None:
     """Index a JSONL file of {"id", "text", ...} objects into a running flow; "text" is optional
     when the flow maps fields (e.g. {"id": "10", "title": ..., "summary": ...})."""
     from streams.demo.corpora import read_jsonl
     from streams.client.progress import wait_searchable
 
     # A flow YAML says which fields it maps; a bare name does not, so any string field may do.
-    fields = load_flow(flow).fields if flow.endswith((".yml", ".yaml")) else None
-    docs = list(read_jsonl(file, fields=fields))
+    docs = list(read_jsonl(file, fields=flow.spec.fields if flow.spec else None))
     with _client(flow) as client:
         receipt = client.index(docs, progress=True, total=len(docs))
         click.echo(f"sent {receipt.count} documents; last offsets {receipt.offsets}")
@@ -252,7 +310,7 @@ def index(file: Path, flow: str, wait: bool, timeout: float) -> None:
                 raise StreamsearchError(_dead_lettered(letters, receipt.count, flow))
 
 
-def _dead_lettered(letters: list[Any], count: int, flow: str) -> str:
+def _dead_lettered(letters: list[Any], count: int, flow: CommandFlow) -> str:
     """One line naming the documents a stage dead-lettered on the way, and why."""
     shown = "; ".join(f"{(letter.key or b'').decode(errors='replace')!r} by {letter.stage}: {letter.error_class}: "
                       f"{letter.message[:200]}" for letter in letters[:3])
@@ -263,14 +321,14 @@ def _dead_lettered(letters: list[Any], count: int, flow: str) -> str:
 
 @main.command("search")
 @click.argument("text")
-@click.option("--flow", default="hello", show_default=True, help="Flow name or flow YAML.")
+@click.option("--flow", type=FLOW, default="hello", show_default=True, help="Flow name or flow YAML.")
 @click.option("--top-k", type=int, default=None,
               help=f"Documents to return, 1..{REQUEST_LIMITS.max_top_k} (max_top_k); the flow's default if unset.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Deadline in seconds.")
 @click.option("--filter-by", multiple=True, help="Search only this field (repeatable; multi-field flows).")
 @click.option("--index-type", default=None, help="Shard index to answer from: flat, hnsw, ivf, ivf_pq.")
 @one_line_errors
-def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: tuple[str, ...],
+def search(text: str, flow: CommandFlow, top_k: int | None, timeout: float, filter_by: tuple[str, ...],
            index_type: str | None) -> None:
     """Search a running flow and print the matches."""
     from streams.demo.hello_world import format_reply
@@ -299,22 +357,22 @@ def search(text: str, flow: str, top_k: int | None, timeout: float, filter_by: t
 
 
 @main.command("serve")
-@click.option("--flow", required=True, help="Flow name or flow YAML (a YAML also gives the page its field filter).")
+@click.option("--flow", type=FLOW, required=True,
+              help="Flow name or flow YAML (a YAML also gives the page its field filter).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @one_line_errors
-def serve(flow: str, host: str, port: int) -> None:
+def serve(flow: CommandFlow, host: str, port: int) -> None:
     """Serve the HTTP bridge and the search page for a running flow (bearer token: STREAMSEARCH_TOKEN)."""
     import uvicorn
 
     from streams.client.http import create_app, warn_if_unprotected
     from streams.ops.bridge import StatusInspector
 
-    spec = load_flow(flow) if flow.endswith((".yml", ".yaml")) else None
     with _client(flow) as client:
         listener = _listen(host, port)  # a busy port is one line, before anything is started
         client.start()  # reply topic and serving version before the first request, off the event loop
-        app = create_app(client, flow=spec, inspector=StatusInspector(client.settings, spec or client.topics.flow))
+        app = create_app(client, flow=flow.spec, inspector=StatusInspector(client.settings, flow.spec or flow.name))
         warn_if_unprotected(app, host)
         bound_host, bound_port = listener.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -346,23 +404,18 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 @main.command("dead-letters")
-@click.option("--flow", default="hello", show_default=True,
+@click.option("--flow", type=FLOW, default="hello", show_default=True,
               help="Flow name (version 1) or flow YAML (its version).")
 @click.option("--from-offset", type=int, default=0, show_default=True, help="First dead-letter offset to read.")
 @click.option("--redrive", is_flag=True,
               help="Put the listed records back on their source topic, after a fix (each letter once: re-drives are remembered).")
 @one_line_errors
-def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
+def dead_letters(flow: CommandFlow, from_offset: int, redrive: bool) -> None:
     """List the records stages could not process, with why and where they came from."""
     from streams.client.dead_letters import read_dead_letters
     from streams.ops import dead_letters as dl
-    from streams.ops.status import require_flow
-    from streams.wire.topics import FlowTopics
 
-    logging.getLogger("streams").setLevel(logging.WARNING)
-    settings = _command_settings(_flow_kafka(flow))
-    topics = load_flow(flow).topics if flow.endswith((".yml", ".yaml")) else FlowTopics(flow, 1)  # a YAML names its version
-    require_flow(settings, topics, "dead_letter")
+    settings, topics = _connect(flow, "dead_letter"), flow.topics  # a YAML names its version
     letters = read_dead_letters(settings, topics, from_offset=from_offset)
     for letter in letters:
         key = letter.key.decode(errors="replace") if letter.key else "-"
@@ -377,55 +430,29 @@ def dead_letters(flow: str, from_offset: int, redrive: bool) -> None:
 
 
 @main.command("status")
-@click.option("--flow", "flow", required=True,
+@click.option("--flow", "flow", type=FLOW, required=True,
               help="Flow name or flow YAML (with the YAML, lag per partition too: it names each stage's input).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
 @one_line_errors
-def status(flow: str, as_json: bool) -> None:
+def status(flow: CommandFlow, as_json: bool) -> None:
     """Per stage: members, throughput, lag per partition; per shard: documents, vectors, offsets; dead letters."""
     import dataclasses
     import json
 
-    from streams.ops.status import collect_status, collect_status_by_name, require_flow
+    from streams.ops.status import collect_status, collect_status_by_name, format_status
 
-    logging.getLogger("streams").setLevel(logging.WARNING)
-    if flow.endswith((".yml", ".yaml")):
-        spec = load_flow(flow)
-        settings = _command_settings(dict(spec.kafka))
-        require_flow(settings, spec.topics, "status")
-        report = collect_status(settings, spec)
-    else:
-        report = collect_status_by_name(_command_settings(), flow)
+    settings = _connect(flow, "status", check=flow.spec is not None)  # a name is checked as it is collected
+    report = collect_status(settings, flow.spec) if flow.spec else collect_status_by_name(settings, flow.name)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))
         return
-    serving = "serving" if report.serving_version == report.version else f"not serving: version {report.serving_version} is"
-    click.echo(f"flow {report.flow} version {report.version} ({serving})    dead letters: {report.dead_letters}")
-    click.echo(f"{'stage':<8} {'members':>7} {'records/s':>10} {'lag':>7}  per partition")
-    for st in report.stages:
-        per = " ".join(f"{p.partition}:{p.lag}" for p in st.lag)
-        click.echo(f"{st.stage:<8} {st.members:>7} {st.throughput:>10.1f} {st.total_lag:>7}  {per}")
-    click.echo(f"{'shard':<6} {'state':<9} {'documents':>9} {'vectors':>8} {'encoded@':>9} {'ingest@':>8}  "
-               "index types  owner")
-    for sh in report.shards:
-        state = "restoring" if sh.get("restoring") else "serving"
-        click.echo(f"{sh['partition']:<6} {state:<9} {sh['documents']:>9} {sh['vectors']:>8} {sh['encoded_offset']:>9} "
-                   f"{sh['ingest_offset']:>8}  {','.join(sh['index_types']):<11}  {sh['owner']}")
-    click.echo(f"{'topic':<28} {'parts':>5} {'RF':>3} {'min.isr':>7} {'max.message.bytes':>17}  cleanup  retention.ms"
-               f"    ({report.brokers} broker{'s' if report.brokers != 1 else ''})")
-    for tp in report.topics:
-        cfg = tp.config
-        click.echo(f"{tp.name:<28} {tp.partitions:>5} {tp.replication_factor:>3} {cfg.get('min.insync.replicas', '-'):>7} "
-                   f"{cfg.get('max.message.bytes', '-'):>17}  {cfg.get('cleanup.policy', '-'):<7}  {cfg.get('retention.ms', '-')}")
-    for warning in report.warnings:
-        click.echo(f"warning: {warning}")
-    if getattr(report, "note", None):
-        click.echo(f"note: {report.note}")
+    for line in format_status(report):
+        click.echo(line)
 
 
 @main.command("replay")
 @click.argument("flow_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--stage", type=click.Choice(["index"]), default="index", show_default=True,
+@click.option("--stage", type=click.Choice(STATEFUL_KINDS), default=STATEFUL_KINDS[0], show_default=True,
               help="The stateful stage to rebuild.")
 @click.option("--from-beginning", "from_beginning", is_flag=True, help="Delete the shards and rebuild them (default).")
 @click.option("--from-timestamp", "from_timestamp", default=None,
@@ -439,16 +466,15 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
 
     if from_beginning and from_timestamp:
         raise click.UsageError("--from-beginning and --from-timestamp exclude each other")
-    flow = load_flow(flow_path)
-    flow = with_state_dir(flow, state_dir) if state_dir else flow
+    flow = _spec(flow_path, state_dir)
     require_stage_extras(flow, [stage])
     from streams.ops.replay import replay_index  # the shard's FAISS and RocksDB: after the check that names their extra
     logging.getLogger("streams").setLevel(logging.WARNING)
     with durable_local_broker(flow, flow_path) as broker:  # the flow may be stopped: its broker with it
         settings = KafkaSettings(broker.bootstrap_servers, {**broker.extra, "logger": QUIET_LIBRDKAFKA})
         result = replay_index(flow, settings, from_timestamp_ms=_epoch_ms(from_timestamp) if from_timestamp else None)
-    click.echo(f"replayed {result.records} records of {flow.topics.encoded} in {result.seconds:.1f}s into "
-               f"{flow.state_dir / flow.topics.prefix / 'index'}")
+    click.echo(f"replayed {result.records} records of {flow.input_topic(stage)} in {result.seconds:.1f}s into "
+               f"{flow.state_dir / flow.topics.prefix / stage}")
     for partition in sorted(result.documents):
         click.echo(f"  shard {partition}: {result.documents[partition]} documents, {result.vectors[partition]} vectors")
 
@@ -472,11 +498,10 @@ def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s
     from streams.ops.reindex import plan_reindex, switch_when_caught_up
     from streams.local.supervisor import LocalFlow, stage_logs_shown
 
-    flow = load_flow(flow_path)
-    flow = with_state_dir(flow, state_dir) if state_dir else flow
+    flow = _spec(flow_path, state_dir)
     flow.check_dimensions()
     logging.getLogger("streams").setLevel(logging.WARNING)
-    settings = _command_settings(dict(flow.kafka))
+    settings = _command_settings(flow.kafka)
     plan = plan_reindex(settings, flow)
     click.echo(f"building version {flow.version} of flow {flow.name!r} from {plan.records} records of "
                f"{flow.topics.ingest}; version {plan.serving.version} serves meanwhile", err=True)
@@ -504,50 +529,23 @@ def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s
 
 
 @main.command("versions")
-@click.option("--flow", required=True, help="Flow name or flow YAML.")
+@click.option("--flow", type=FLOW, required=True, help="Flow name or flow YAML.")
 @click.option("--serve", "serve_version", type=int, default=None, help="Switch queries to this version now.")
 @click.option("--force", is_flag=True, help="Switch even if no process runs some stage of that version.")
 @one_line_errors
-def versions(flow: str, serve_version: int | None, force: bool) -> None:
+def versions(flow: CommandFlow, serve_version: int | None, force: bool) -> None:
     """Show which index version of a flow serves queries, or switch it (e.g. back after a reindex)."""
-    import datetime
+    from streams.ops.status import require_running_version, versions_report
+    from streams.ops.versions import read_serving, switch_serving
 
-    from streams.exceptions import BrokerError
-    from streams.ops.status import require_flow, running_stages
-    from streams.wire.topics import FlowTopics
-    from streams.ops.versions import existing_versions, read_serving, switch_serving
-
-    logging.getLogger("streams").setLevel(logging.WARNING)
-    settings = _command_settings(_flow_kafka(flow))
-    name = _flow_name(flow)
-    require_flow(settings, FlowTopics(name, 1))
+    settings = _connect(flow)
     if serve_version is not None and serve_version < 1:
         raise click.BadParameter("versions start at 1", param_hint="--serve")
     if serve_version is not None and not force:
-        target = FlowTopics(name, 1, serve_version)
-        require_flow(settings, target, "query", "partials")
-        stages = ("encode", "index", "join")
-        missing = [stage for stage in stages if stage not in running_stages(settings, target, stages)]
-        if missing:  # every search would wait out its deadline
-            raise BrokerError(f"no process runs the {', '.join(missing)} stage(s) of version {serve_version} of flow "
-                              f"{name!r}: start them (`streamsearch run` of its YAML joins this directory's broker), "
-                              "or pass --force")
-    serving = switch_serving(settings, name, serve_version) if serve_version else read_serving(settings, name)
-    if serving is None:
-        click.echo(f"flow {name!r}: version 1 serves (no version named yet)")
-    else:
-        since = datetime.datetime.fromtimestamp(serving.since_ms / 1000,
-                                                datetime.timezone.utc).isoformat(timespec="seconds")
-        previous = f"; replaced version {serving.previous}" if serving.previous is not None else ""
-        click.echo(f"flow {name!r}: version {serving.version} serves since {since} ({serving.reason}{previous})")
-    serving_version = serving.version if serving else 1
-    for version in existing_versions(settings, name):
-        stages = ("encode", "index", "join")
-        running = running_stages(settings, FlowTopics(name, 1, version), stages)
-        state = f"stages running: {', '.join(s for s in stages if s in running)}" if running else "no stage runs"
-        warning = "  <- serving, but no stage answers: searches get no reply" \
-            if version == serving_version and not running else ""
-        click.echo(f"  version {version}{' (serving)' if version == serving_version else ''}: {state}{warning}")
+        require_running_version(settings, flow.name, serve_version)  # else every search would wait out its deadline
+    serving = switch_serving(settings, flow.name, serve_version) if serve_version else read_serving(settings, flow.name)
+    for line in versions_report(settings, flow.name, serving):
+        click.echo(line)
 
 
 def _epoch_ms(value: str) -> int:

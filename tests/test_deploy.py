@@ -5,6 +5,7 @@ the compose file's environment renders, so that its configuration is exercised, 
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 import uuid
@@ -18,9 +19,11 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.exceptions import BrokerError
+from streams.flow.executors import RANKERS
 from streams.flow.parse import load_flow
 from streams.local.apache_kafka import BROKER_SETTINGS, KAFKA_VERSION, KafkaNode, install_kafka
 from streams.resources import EXAMPLE_FLOWS
+from streams.stages.kinds import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +104,21 @@ def test_compose_runs_every_stage_of_the_default_flow_against_kraft_kafka() -> N
         service = services[stage.name]
         assert service["command"][:4] == ["run", str(EXAMPLE_FLOWS.relative_to(ROOT) / "hello.yml"), "--stage", stage.name]
         assert service["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
-    assert services["index"]["deploy"]["replicas"] == flow.stage("index").replicas
+    assert set(services) - {"kafka"} == {stage.name for stage in flow.stages}, "one service per stage, no other"
+    for stage in flow.stages:
+        if KINDS[stage.name].stateful:  # its shards on a volume, as many replicas as the flow says
+            service = services[stage.name]
+            state_dir = service["command"][service["command"].index("--state-dir") + 1]
+            assert state_dir in [mount.split(":")[1] for mount in service["volumes"]]
+            assert service["deploy"]["replicas"] == stage.replicas
+
+
+def test_the_image_installs_the_extras_of_every_executor_of_every_stage_kind() -> None:
+    executors = [executor for kind in KINDS.values() for executor in kind.executors.values()] + list(RANKERS.values())
+    wanted = {executor.extra for executor in executors if executor.extra}
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    [installed] = re.findall(r'pip install --no-cache-dir "\.\[([a-z,]+)\]"', dockerfile)
+    assert set(installed.split(",")) == wanted
 
 
 def test_compose_kafka_is_the_tested_release_with_the_tested_settings_and_its_log_on_the_volume(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from streams.wire import headers as h
 from streams.kafka.admin import delete_topics, ensure_topics, require_flow
 from streams.exceptions import (DeliveryError, PayloadTooLargeError, RequestExpiredError, RequestTimeoutError,
                                 SearchError, UnknownFlowError)
-from streams.flow.parse import DEFAULT_MAX_PAYLOAD_BYTES
+from streams.flow.spec import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.producer import UNKNOWN_TOPIC_ERRORS, StageProducer
 from streams.kafka.reader import TopicReader, fetch_high_watermarks

@@ -41,7 +41,7 @@ from processors.exceptions import InvalidDocumentError, InvalidParameterError
 from processors.query.limits import REQUEST_LIMITS
 from streams.client.client import REPLY_GRACE_S, Client, IndexReceipt, is_expired_reply
 from streams.exceptions import PayloadTooLargeError, StreamsearchError
-from streams.flow.parse import FlowSpec
+from streams.flow.spec import FlowSpec
 from streams.wire.serde import SearchReply
 from streams.wire.topics import FlowTopics
 

@@ -1,4 +1,4 @@
-"""The executors a flow may name in ``uses``, per stage, and how their ``with`` is checked."""
+"""The executors a flow may name in ``uses``, by family, and how their ``with`` is checked."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from processors.segmenters.fields import FieldMapper, FieldMapperConfig
 from processors.segmenters.sentence import Sentencizer, SentencizerConfig
 from streams.exceptions import FlowConfigError
 
-__all__ = ["Executor", "EXECUTORS", "build_config"]
+__all__ = ["Executor", "SEGMENTERS", "ENCODERS", "INDEXERS", "RANKERS", "DEFAULT_RANKER", "build_config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +29,20 @@ class Executor:
     None when the core install runs it. A flow is read and checked without any of them."""
 
 
-EXECUTORS: Mapping[str, Mapping[str, Executor]] = {
-    "segment": {
-        "Sentencizer": Executor(SentencizerConfig, Sentencizer),
-        "FieldMapper": Executor(FieldMapperConfig, FieldMapper),
-    },
-    "encode": {"TransformerEncoder": Executor(TransformerEncoderConfig, TransformerEncoder, extra="encode")},
-    # The index stage builds one CompoundIndexer per partition itself: it needs path and codec.
-    "index": {"CompoundIndexer": Executor(CompoundIndexerConfig, lambda config: config, extra="index")},
-    "ranker": {"Chunk2DocRanker": Executor(Chunk2DocRankerConfig, Chunk2DocRanker)},
+SEGMENTERS: Mapping[str, Executor] = {
+    "Sentencizer": Executor(SentencizerConfig, Sentencizer),
+    "FieldMapper": Executor(FieldMapperConfig, FieldMapper),
 }
+ENCODERS: Mapping[str, Executor] = {
+    "TransformerEncoder": Executor(TransformerEncoderConfig, TransformerEncoder, extra="encode"),
+}
+# The index stage builds one CompoundIndexer per partition itself: it needs path and codec.
+INDEXERS: Mapping[str, Executor] = {
+    "CompoundIndexer": Executor(CompoundIndexerConfig, lambda config: config, extra="index"),
+}
+RANKERS: Mapping[str, Executor] = {"Chunk2DocRanker": Executor(Chunk2DocRankerConfig, Chunk2DocRanker)}
+"""The executor families; each stage kind (``streams.stages.kinds``) names the family its ``uses`` picks from."""
+DEFAULT_RANKER = "Chunk2DocRanker"
 
 
 def build_config(config_type: type, params: Mapping[str, Any], where: str) -> Any:

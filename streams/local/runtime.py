@@ -16,7 +16,8 @@ from streams.local.brokers import BrokerKind, LocalBroker, start_local_broker
 from streams.client import Client
 from streams.exceptions import BrokerError, StateConfigError
 from streams.stages.extras import require_stage_extras
-from streams.flow.parse import FlowSpec, load_flow, with_state_dir
+from streams.flow.parse import load_flow
+from streams.flow.spec import FlowSpec, with_state_dir
 from streams.kafka.settings import KafkaSettings
 from streams.local.supervisor import LocalFlow, stage_logs_shown
 from streams.ops.versions import claim_serving

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from streams.exceptions import EXIT_CONFIG
-from streams.flow.parse import FlowSpec
+from streams.flow.spec import FlowSpec
 from streams.runtime.metrics import PORT_ENV
 from streams.runtime.loop import REPLICA_ENV
 

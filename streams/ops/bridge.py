@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from streams.flow.parse import FlowSpec
+from streams.flow.spec import FlowSpec
 from streams.kafka.settings import KafkaSettings
 from streams.ops.status import collect_status, collect_status_by_name, why_no_reply
 from streams.wire.topics import FlowTopics

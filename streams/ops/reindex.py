@@ -27,7 +27,8 @@ from streams.client import Client, IndexReceipt
 from streams.client.dead_letters import read_dead_letters
 from streams.wire.dead_letters import DeadLetter
 from streams.exceptions import FlowConfigError, RequestTimeoutError, StreamsearchError
-from streams.flow.parse import FlowSpec
+from streams.flow.spec import FlowSpec
+from streams.stages.kinds import KINDS, STATEFUL_KINDS
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.reader import TopicReader, fetch_high_watermarks
 from streams.wire.serde import SearchReply
@@ -101,7 +102,7 @@ def plan_reindex(settings: KafkaSettings, flow: FlowSpec) -> ReindexPlan:
 def executors_fingerprint(flow: FlowSpec) -> str:
     """What decides a version's index content: each stage's executor and settings. A rerun
     with the same ones resumes the build; other ones must not write into it."""
-    content = [(s.name, s.uses, repr(s.config), s.filter_by) for s in flow.stages if s.name != "join"]
+    content = [(s.name, s.uses, repr(s.config), s.filter_by) for s in flow.stages if KINDS[s.name].index_path]
     return hashlib.sha256(repr((content, flow.shards)).encode()).hexdigest()
 
 
@@ -182,7 +183,7 @@ class _ShardReports:
         fresh_after = time.time() * 1000 - STALE_AFTER_S * 1000
         applied: dict[int, int] = {}
         for report in self._latest.values():
-            if report["stage"] != "index" or report["ts_ms"] < fresh_after:
+            if report["stage"] not in STATEFUL_KINDS or report["ts_ms"] < fresh_after:
                 continue
             for shard in report["shards"]:
                 applied[shard["partition"]] = max(applied.get(shard["partition"], -1), shard["ingest_offset"])
@@ -230,5 +231,5 @@ def index_path_dead_letters(settings: KafkaSettings, flow: FlowSpec) -> list[Dea
     """Records of the new version's index path that a stage could not process (bad queries,
     also dead-lettered there, do not count)."""
     topics = flow.topics
-    sources = {topics.ingest, topics.segmented, topics.encoded}
+    sources = {topics.ingest} | {getattr(topics, kind.writes) for kind in KINDS.values() if kind.writes}
     return [letter for letter in read_dead_letters(settings, topics) if letter.source_topic in sources]

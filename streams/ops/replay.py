@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from tqdm import tqdm
 
 from streams.exceptions import ReadTimeoutError, StreamsearchError
-from streams.flow.parse import FlowSpec
+from streams.flow.spec import FlowSpec
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.reader import TopicReader
 from streams.stages.shard.ingest import ShardIngest

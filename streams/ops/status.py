@@ -9,6 +9,7 @@ on ``<flow>.status``; a report older than ``STALE_AFTER_S`` is a process that is
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,18 +19,20 @@ from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, Me
 from confluent_kafka.admin import AdminClient
 
 from streams.kafka.admin import START_HINT, TopicDescription, describe_topics, require_flow, topic_warnings
-from streams.exceptions import ReadTimeoutError, SerdeError
-from streams.flow.parse import STAGE_ORDER, FlowSpec
+from streams.exceptions import BrokerError, ReadTimeoutError, SerdeError
+from streams.flow.spec import FlowSpec
+from streams.stages.kinds import ANSWERING_KINDS, KINDS, QUERY_PATH_KINDS, STATEFUL_KINDS
 from streams.wire.headers import SCHEMA
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.consumer import headers_of
 from streams.kafka.reader import fetch_high_watermarks, read_to_end
 from streams.wire.serde import STAGE_STATUS
 from streams.wire.topics import FlowTopics
-from streams.ops.versions import existing_versions, read_serving
+from streams.ops.versions import ServingVersion, existing_versions, read_serving
 
-__all__ = ["PartitionLag", "StageState", "FlowStatus", "collect_status", "collect_status_by_name", "require_flow",
-           "running_stages", "why_no_reply", "ANSWERING_STAGES", "STALE_AFTER_S", "START_HINT"]
+__all__ = ["PartitionLag", "StageState", "FlowStatus", "collect_status", "collect_status_by_name", "format_status",
+           "require_flow", "require_running_version", "running_stages", "versions_report", "why_no_reply",
+           "STALE_AFTER_S", "START_HINT"]
 
 STALE_AFTER_S = 15.0
 
@@ -78,7 +81,7 @@ class FlowStatus:
 def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 15.0) -> FlowStatus:
     """Read groups, offsets, watermarks and the latest live reports of every stage."""
     topics = flow.topics
-    inputs = {s.name: (flow.input_topic(s.name) if s.name != "join" else topics.partials) for s in flow.stages}
+    inputs = {s.name: _lag_input(flow, s.name) for s in flow.stages}
     partitions = {topic: topics.partitions for topic in inputs.values()} | {topics.dead_letter: 1}
     highs = fetch_high_watermarks(settings, partitions, timeout)
     admin = AdminClient(settings.base())
@@ -95,14 +98,25 @@ def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 
         # The embedded broker describes its groups with no members: live reports count them too.
         members = max(_members(admin, group), len({r["member"] for r in mine}))
         stages.append(StageState(stage.name, group, members, sum(r["rate"] for r in mine), lag, mine))
-    shards = sorted((dict(s, owner=r["member"]) for r in reports if r["stage"] == "index" for s in r["shards"]),
-                    key=lambda s: s["partition"])
+    shards = _shards(reports)
     serving = read_serving(settings, flow.name, timeout=timeout)
     brokers = len(admin.list_topics(timeout=timeout).brokers)
     described = describe_topics(settings, [shape.name for shape in topics.shapes()], timeout=timeout)
     return FlowStatus(flow.name, stages, shards, highs[(topics.dead_letter, 0)], flow.version,
                       serving.version if serving else 1, brokers, described,
                       topic_warnings(described, brokers) + shard_warnings(shards))
+
+
+def _lag_input(flow: FlowSpec, stage: str) -> str:
+    """The topic a stage's lag is measured on: its index path's input, else its query path's."""
+    kind = KINDS[stage]
+    return flow.input_topic(stage) if kind.index_path else str(getattr(flow.topics, kind.query_reads or ""))
+
+
+def _shards(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The shards the live reports of stateful stages hold, each with its owner, by partition."""
+    return sorted((dict(s, owner=r["member"]) for r in reports if r["stage"] in STATEFUL_KINDS for s in r["shards"]),
+                  key=lambda s: s["partition"])
 
 
 def collect_status_by_name(settings: KafkaSettings, flow: str, *, timeout: float = 15.0) -> FlowStatus:
@@ -119,13 +133,12 @@ def collect_status_by_name(settings: KafkaSettings, flow: str, *, timeout: float
     admin = AdminClient(settings.base())
     reports = _live_reports(settings, topics.status, highs_timeout=timeout) if topics.status in existing else []
     stages = []
-    for name in STAGE_ORDER:
+    for name in KINDS:
         mine = [r for r in reports if r["stage"] == name]
         members = max(_members(admin, topics.group(name)), len({r["member"] for r in mine}))
         if members:
             stages.append(StageState(name, topics.group(name), members, sum(r["rate"] for r in mine), [], mine))
-    shards = sorted((dict(s, owner=r["member"]) for r in reports if r["stage"] == "index" for s in r["shards"]),
-                    key=lambda s: s["partition"])
+    shards = _shards(reports)
     dead_letters = (fetch_high_watermarks(settings, {topics.dead_letter: 1}, timeout)[(topics.dead_letter, 0)]
                     if topics.dead_letter in existing else 0)
     brokers = len(admin.list_topics(timeout=timeout).brokers)
@@ -142,9 +155,9 @@ def running_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[st
     group of its query path, or else (the memory-only broker describes no members) a recent
     report on ``<flow>.status``."""
     admin = AdminClient(settings.base())
-    # The index stage's search path assigns itself its shards' partitions (no group): its index path says.
-    groups = {"encode": f"{topics.group('encode')}.query"}
-    members = {stage: _described_members(admin, groups.get(stage, topics.group(stage))) for stage in stages}
+    # A shard's search path assigns itself its partitions (no group): its index path's group says.
+    members = {stage: _described_members(admin, topics.group(stage) + KINDS[stage].liveness_suffix)
+               for stage in stages}
     running = {stage for stage, count in members.items() if count}
     if any(count is None for count in members.values()):
         reports = _live_reports(settings, topics.status, highs_timeout=timeout)
@@ -152,8 +165,41 @@ def running_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[st
     return running
 
 
-ANSWERING_STAGES = ("encode", "join")
-"""The stages any reply needs, even a partial one: the query path's fan-out and the fan-in."""
+def require_running_version(settings: KafkaSettings, name: str, version: int) -> None:
+    """Check that ``version`` of flow ``name`` could answer searches: its topics exist and every
+    stage of the query path has a live process.
+
+    :raises UnknownFlowError: if the version has no topics.
+    :raises BrokerError: naming the stages no process runs.
+    """
+    target = FlowTopics(name, 1, version)
+    require_flow(settings, target, "query", "partials")
+    running = running_stages(settings, target, QUERY_PATH_KINDS)
+    missing = [stage for stage in QUERY_PATH_KINDS if stage not in running]
+    if missing:
+        raise BrokerError(f"no process runs the {', '.join(missing)} stage(s) of version {version} of flow "
+                          f"{name!r}: start them (`streamsearch run` of its YAML joins this directory's broker), "
+                          "or pass --force")
+
+
+def versions_report(settings: KafkaSettings, name: str, serving: ServingVersion | None) -> list[str]:
+    """``streamsearch versions`` as lines: which version serves since when, then each version's running stages."""
+    if serving is None:
+        lines = [f"flow {name!r}: version 1 serves (no version named yet)"]
+    else:
+        since = datetime.datetime.fromtimestamp(serving.since_ms / 1000,
+                                                datetime.UTC).isoformat(timespec="seconds")
+        previous = f"; replaced version {serving.previous}" if serving.previous is not None else ""
+        lines = [f"flow {name!r}: version {serving.version} serves since {since} ({serving.reason}{previous})"]
+    serving_version = serving.version if serving else 1
+    for version in existing_versions(settings, name):
+        running = running_stages(settings, FlowTopics(name, 1, version), QUERY_PATH_KINDS)
+        state = (f"stages running: {', '.join(s for s in QUERY_PATH_KINDS if s in running)}" if running
+                 else "no stage runs")
+        warning = "  <- serving, but no stage answers: searches get no reply" \
+            if version == serving_version and not running else ""
+        lines.append(f"  version {version}{' (serving)' if version == serving_version else ''}: {state}{warning}")
+    return lines
 
 
 def why_no_reply(settings: KafkaSettings, topics: FlowTopics, timeout_s: float) -> str:
@@ -161,22 +207,49 @@ def why_no_reply(settings: KafkaSettings, topics: FlowTopics, timeout_s: float) 
     to run: no stage runs (and, when the serving version is one nobody runs while another version
     does, which command switches back), one answering stage is missing, or the deadline was short."""
     name, where = topics.flow, settings.bootstrap_servers
-    running = running_stages(settings, topics, ANSWERING_STAGES)
+    running = running_stages(settings, topics, ANSWERING_KINDS)
     if not running:
         others = [v for v in existing_versions(settings, name) if v != topics.version
-                  and running_stages(settings, FlowTopics(name, topics.partitions, v), ANSWERING_STAGES)]
+                  and running_stages(settings, FlowTopics(name, topics.partitions, v), ANSWERING_KINDS)]
         if others:
             return (f"no reply: version {topics.version} of flow {name!r} serves queries but none of its stages "
                     f"runs on {where}; version {others[-1]} runs: switch back with `streamsearch versions --flow "
                     f"{name} --serve {others[-1]}`, or start version {topics.version}'s stages (`streamsearch run` "
                     f"of its YAML)")
         return f"no reply: no stage of flow {name!r} is running on {where}; {START_HINT}"
-    if set(ANSWERING_STAGES) - running:
-        missing = " and ".join(sorted(set(ANSWERING_STAGES) - running))
+    if set(ANSWERING_KINDS) - running:
+        missing = " and ".join(sorted(set(ANSWERING_KINDS) - running))
         return (f"no reply: the {missing} stage of flow {name!r} is not running on {where} "
                 f"(see `streamsearch status`)")
     return (f"no reply within {timeout_s:g}s: flow {name!r} runs, the deadline was too short for it; "
             "raise the timeout")
+
+
+def format_status(report: FlowStatus) -> list[str]:
+    """``streamsearch status`` as lines: the flow, then tables of stages, shards and topics, then warnings."""
+    serving = ("serving" if report.serving_version == report.version
+               else f"not serving: version {report.serving_version} is")
+    lines = [f"flow {report.flow} version {report.version} ({serving})    dead letters: {report.dead_letters}",
+             f"{'stage':<8} {'members':>7} {'records/s':>10} {'lag':>7}  per partition"]
+    for st in report.stages:
+        per = " ".join(f"{p.partition}:{p.lag}" for p in st.lag)
+        lines.append(f"{st.stage:<8} {st.members:>7} {st.throughput:>10.1f} {st.total_lag:>7}  {per}")
+    lines.append(f"{'shard':<6} {'state':<9} {'documents':>9} {'vectors':>8} {'encoded@':>9} {'ingest@':>8}  "
+                 "index types  owner")
+    for sh in report.shards:
+        state = "restoring" if sh.get("restoring") else "serving"
+        lines.append(f"{sh['partition']:<6} {state:<9} {sh['documents']:>9} {sh['vectors']:>8} "
+                     f"{sh['encoded_offset']:>9} {sh['ingest_offset']:>8}  {','.join(sh['index_types']):<11}  {sh['owner']}")
+    lines.append(f"{'topic':<28} {'parts':>5} {'RF':>3} {'min.isr':>7} {'max.message.bytes':>17}  cleanup  retention.ms"
+                 f"    ({report.brokers} broker{'s' if report.brokers != 1 else ''})")
+    for tp in report.topics:
+        cfg = tp.config
+        lines.append(f"{tp.name:<28} {tp.partitions:>5} {tp.replication_factor:>3} "
+                     f"{cfg.get('min.insync.replicas', '-'):>7} {cfg.get('max.message.bytes', '-'):>17}  {cfg.get('cleanup.policy', '-'):<7}  "
+                     f"{cfg.get('retention.ms', '-')}")
+    lines += [f"warning: {warning}" for warning in report.warnings]
+    lines += [f"note: {report.note}"] if report.note else []
+    return lines
 
 
 COUNTED_LAG = 10_000

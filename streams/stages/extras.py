@@ -15,8 +15,9 @@ from importlib import metadata
 from packaging.requirements import Requirement
 
 from streams.exceptions import StreamsearchError
-from streams.flow.executors import EXECUTORS
-from streams.flow.parse import FlowSpec
+from streams.flow.executors import RANKERS
+from streams.flow.spec import FlowSpec
+from streams.stages.kinds import KINDS
 
 __all__ = ["DISTRIBUTION", "MissingExtraError", "missing_requirements", "require_extras", "require_stage_extras",
            "stage_extras"]
@@ -64,8 +65,8 @@ def require_extras(extras: Iterable[str], what: str) -> None:
 def stage_extras(flow: FlowSpec, stages: Iterable[str] | None = None) -> set[str]:
     """The extras the processes of ``stages`` (default: all of the flow's) need."""
     chosen = [flow.stage(name) for name in stages] if stages is not None else list(flow.stages)
-    executors = [EXECUTORS[stage.name][stage.uses] for stage in chosen if stage.uses]
-    executors += [EXECUTORS["ranker"][stage.ranker_uses] for stage in chosen if stage.ranker_uses]
+    executors = [KINDS[stage.name].executors[stage.uses] for stage in chosen if stage.uses]
+    executors += [RANKERS[stage.ranker_uses] for stage in chosen if stage.ranker_uses]
     return {executor.extra for executor in executors if executor.extra}
 
 

@@ -26,7 +26,7 @@ from processors.query.parameters import SearchParameters
 from processors.rankers.merge import merge_matches
 from streams.wire import headers as h
 from streams.exceptions import InvalidRecordError, ReplyTopicError
-from streams.flow.parse import DEFAULT_MAX_PAYLOAD_BYTES
+from streams.flow.spec import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.runtime.metrics import QUERY_SECONDS, REPLIES
 from streams.stages.fanout import ExpiredRequests, decode_live, split_expired
 from streams.wire.serde import PARTIAL_RESULT, SEARCH_REPLY, PartialResult, SearchReply

@@ -1,24 +1,30 @@
-"""Builds each stage's StageSpec from a FlowSpec: which topics, groups and handlers it has."""
+"""THE table of stage kinds: one row per kind, read by flow parsing, stage building, status,
+reindex, the CLI and the deploy checks; no other module names a stage kind.
+
+A new kind is its row (``KINDS``, in data-flow order), its builder here, its handler module and its
+test. Builders import their handler modules when called: reading a flow (the client, ``status``)
+must not load FAISS, RocksDB or the stages' own imports of the flow spec.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from processors.document import Document
 from processors.exceptions import BadDocumentError
 from processors.query.parameters import SearchParameters
-from streams.flow.parse import FlowSpec
-from streams.stages.join import Joiner
+from streams.flow.executors import ENCODERS, INDEXERS, SEGMENTERS, Executor
 from streams.kafka.settings import KafkaSettings
-from streams.stages.fanout import QueryFanout
-from streams.runtime.reply_topics import ReplyTopics
-from streams.stages.shard.ingest import ShardIngest
-from streams.stages.shard.search import ShardSearch
 from streams.runtime.loop import PathSpec, StageSpec
-from streams.stages.shard.states import ShardStates
-from streams.stages.documents import DocumentTransform, TruncationReport, require_vectors
+from streams.runtime.reply_topics import ReplyTopics
 
-__all__ = ["build_stage"]
+if TYPE_CHECKING:
+    from streams.flow.spec import FlowSpec, StageConfig
+
+__all__ = ["StageKind", "StageBuild", "KINDS", "SEGMENT", "ENCODE", "INDEX", "JOIN", "STATEFUL_KINDS", "ANSWERING_KINDS",
+           "QUERY_PATH_KINDS", "build_stage"]
 
 INDEX_PATH_FETCH_WAIT_MS = 100
 """Index-path consumers wait longer per fetch: ingest is throughput, not latency."""
@@ -27,6 +33,54 @@ SHARD_CONSUMER_CONFIG: dict[str, object] = {
     "enable.partition.eof": True,  # "restored" = the end of the partition was reached
     "auto.offset.reset": "error",  # a stored offset out of range rebuilds the shard, never skips silently
 }
+
+QUERY_GROUP_SUFFIX = ".query"
+"""The consumer group of the fan-out's query path: ``<group>.query``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StageBuild:
+    """What every builder gets: the flow, its stage, and what ``build_stage`` derived for all kinds."""
+
+    flow: FlowSpec
+    stage: StageConfig
+    common: dict[str, Any]
+    """The ``StageSpec`` fields every kind shares (names, dead letters, status, limits)."""
+    group: str
+    reply_topics: ReplyTopics
+    defaults: SearchParameters
+    exactly_once: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StageKind:
+    """One kind of stage: what a flow YAML may say of it and how it runs."""
+
+    name: str
+    """The key under ``stages:`` in a flow YAML, the stage's consumer group suffix and its log name."""
+    build: Callable[[StageBuild], StageSpec]
+    executors: Mapping[str, Executor]
+    """What ``uses`` may name (extras included: ``streams.stages.extras``); empty: no executor."""
+    default_uses: str | None = None
+    required: bool = True
+    keys: frozenset[str] = frozenset()
+    """The YAML keys this kind takes beyond those of every kind (``uses``, ``with``, ``replicas``, ``metrics_port``)."""
+    without_executor: str = ""
+    """Why the kind takes no ``uses``/``with`` (its kinds with no executors say so in the error)."""
+    index_path: bool = False
+    """Reads the previous stage's output (or ingest): part of what decides a version's index content."""
+    writes: str | None = None
+    """The topic role (``FlowTopics``) its index path writes, for the next stage to read."""
+    query_reads: str | None = None
+    """The topic role its query path reads; None: not on the query path."""
+    stateful: bool = False
+    """Holds the shards (state, restore, replay; reports them in status)."""
+    needs_model: bool = False
+    """Runs the model or holds its vectors: starting it checks the index's dim against the model's."""
+    answers_queries: bool = False
+    """Every reply needs it, even a partial one (the fan-out and the fan-in)."""
+    liveness_suffix: str = ""
+    """A live process shows as a member of ``<group><suffix>`` (the shard's search path has no group)."""
 
 
 def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None) -> StageSpec:
@@ -47,61 +101,107 @@ def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None
     # Stateless stages commit outputs and offsets in one transaction; the shard needs none:
     # its offsets are in its own RocksDB write batch.
     exactly_once = flow.processing_guarantee == "exactly_once"
-    if name == "segment":
-        segmenter = stage.build()
-        segmenter.warm_up()
+    return KINDS[name].build(StageBuild(flow, stage, common, group, reply_topics, defaults, exactly_once))
 
-        def segment(docs: Sequence[Document]) -> Sequence[Document]:
-            segmented = segmenter.run(docs=docs).docs
-            for doc in segmented:
-                if len(doc.chunks) > flow.max_chunks_per_document:
-                    raise BadDocumentError(f"document {doc.id!r} has {len(doc.chunks)} chunks, over "
-                                           f"max_chunks_per_document={flow.max_chunks_per_document}")
-            return segmented
 
-        transform = DocumentTransform(run=segment, output_topic=topics.segmented, ingest_topic=topics.ingest,
-                                      partitions=topics.partitions)
-        return StageSpec(**common, exactly_once=exactly_once,
-                         index_path=PathSpec(flow.input_topic(name), group, transform, fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS))
-    if name == "encode":
-        encoder = stage.build()
-        encoder.warm_up()
+def _build_segment(b: StageBuild) -> StageSpec:
+    from streams.stages.documents import DocumentTransform
 
-        truncations = TruncationReport(flow=topics.prefix, stage=name)
+    flow, topics = b.flow, b.flow.topics
+    segmenter = b.stage.build()
+    segmenter.warm_up()
 
-        def encode(docs: Sequence[Document]) -> Sequence[Document]:
-            result = encoder.run(docs=docs, filter_by=stage.filter_by)
-            truncations.record(result.truncated)
-            return [require_vectors(doc, fields=flow.fields) for doc in result.docs]
+    def segment(docs: Sequence[Document]) -> Sequence[Document]:
+        segmented = segmenter.run(docs=docs).docs
+        for doc in segmented:
+            if len(doc.chunks) > flow.max_chunks_per_document:
+                raise BadDocumentError(f"document {doc.id!r} has {len(doc.chunks)} chunks, over "
+                                       f"max_chunks_per_document={flow.max_chunks_per_document}")
+        return segmented
 
-        transform = DocumentTransform(run=encode, output_topic=topics.encoded, ingest_topic=topics.ingest,
-                                      partitions=topics.partitions)
-        fanout = QueryFanout(encoder=encoder, topics=topics, defaults=defaults, fields=flow.fields,
-                             timeout_s=flow.search.timeout_s, reply_topics=reply_topics)
-        return StageSpec(
-            **common,
-            exactly_once=exactly_once,
-            index_path=PathSpec(flow.input_topic(name), group, transform, batch_size=32,
-                                fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS),
-            query_path=PathSpec(topics.query, f"{group}.query", fanout, batch_size=16,
-                                fetch_wait_ms=flow.search.fetch_wait_ms),
-        )
-    if name == "index":
-        states = ShardStates(root=flow.state_dir, flow=topics.prefix, config=stage.config, private_when_locked=True,
-                             source=flow.source)
-        ranker = stage.build_ranker()
-        return StageSpec(
-            **common,
-            index_path=PathSpec(topics.encoded, group, ShardIngest(states=states, topics=topics, filter_by=stage.filter_by),
-                                batch_size=256, fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS,
-                                consumer_config=SHARD_CONSUMER_CONFIG),
-            query_path=PathSpec(topics.search, f"{group}.search", ShardSearch(states=states, ranker=ranker, topics=topics,
-                                                                      operations=stage.query_language),
-                                follow_index_path=True, fetch_wait_ms=flow.search.fetch_wait_ms),
-        )
-    if name == "join":
-        joiner = Joiner(stage.query_language, flow=topics.prefix, version=flow.version, topics=topics,
-                        fields=flow.fields, max_reply_bytes=flow.max_payload_bytes)
-        return StageSpec(**common, query_path=PathSpec(topics.partials, group, joiner, batch_size=256,
-                                                       fetch_wait_ms=flow.search.fetch_wait_ms))
-    raise AssertionError(f"unhandled stage {name}")  # flow.stage() already rejected unknown names
+    transform = DocumentTransform(run=segment, output_topic=flow.output_topic(b.stage.name), ingest_topic=topics.ingest,
+                                  partitions=topics.partitions)
+    return StageSpec(**b.common, exactly_once=b.exactly_once,
+                     index_path=PathSpec(flow.input_topic(b.stage.name), b.group, transform,
+                                         fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS))
+
+
+def _build_encode(b: StageBuild) -> StageSpec:
+    from streams.stages.documents import DocumentTransform, TruncationReport, require_vectors
+    from streams.stages.fanout import QueryFanout
+
+    flow, stage, topics = b.flow, b.stage, b.flow.topics
+    encoder = stage.build()
+    encoder.warm_up()
+
+    truncations = TruncationReport(flow=topics.prefix, stage=stage.name)
+
+    def encode(docs: Sequence[Document]) -> Sequence[Document]:
+        result = encoder.run(docs=docs, filter_by=stage.filter_by)
+        truncations.record(result.truncated)
+        return [require_vectors(doc, fields=flow.fields) for doc in result.docs]
+
+    transform = DocumentTransform(run=encode, output_topic=flow.output_topic(stage.name), ingest_topic=topics.ingest,
+                                  partitions=topics.partitions)
+    fanout = QueryFanout(encoder=encoder, topics=topics, defaults=b.defaults, fields=flow.fields,
+                         timeout_s=flow.search.timeout_s, reply_topics=b.reply_topics)
+    return StageSpec(
+        **b.common,
+        exactly_once=b.exactly_once,
+        index_path=PathSpec(flow.input_topic(stage.name), b.group, transform, batch_size=32,
+                            fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS),
+        query_path=PathSpec(topics.query, f"{b.group}{QUERY_GROUP_SUFFIX}", fanout, batch_size=16,
+                            fetch_wait_ms=flow.search.fetch_wait_ms),
+    )
+
+
+def _build_index(b: StageBuild) -> StageSpec:
+    from streams.stages.shard.ingest import ShardIngest
+    from streams.stages.shard.search import ShardSearch
+    from streams.stages.shard.states import ShardStates
+
+    flow, stage, topics = b.flow, b.stage, b.flow.topics
+    states = ShardStates(root=flow.state_dir, flow=topics.prefix, config=stage.config, private_when_locked=True,
+                         source=flow.source)
+    ranker = stage.build_ranker()
+    return StageSpec(
+        **b.common,
+        index_path=PathSpec(topics.encoded, b.group,
+                            ShardIngest(states=states, topics=topics, filter_by=stage.filter_by), batch_size=256, fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS,
+                            consumer_config=SHARD_CONSUMER_CONFIG),
+        query_path=PathSpec(topics.search, f"{b.group}.search", ShardSearch(states=states, ranker=ranker, topics=topics,
+                                                                            operations=stage.query_language),
+                            follow_index_path=True, fetch_wait_ms=flow.search.fetch_wait_ms),
+    )
+
+
+def _build_join(b: StageBuild) -> StageSpec:
+    from streams.stages.join import Joiner
+
+    flow, topics = b.flow, b.flow.topics
+    joiner = Joiner(b.stage.query_language, flow=topics.prefix, version=flow.version, topics=topics,
+                    fields=flow.fields, max_reply_bytes=flow.max_payload_bytes)
+    return StageSpec(**b.common, query_path=PathSpec(topics.partials, b.group, joiner, batch_size=256,
+                                                     fetch_wait_ms=flow.search.fetch_wait_ms))
+
+
+SEGMENT = StageKind("segment", _build_segment, SEGMENTERS, default_uses="Sentencizer", required=False,
+                    index_path=True, writes="segmented")
+ENCODE = StageKind("encode", _build_encode, ENCODERS, default_uses="TransformerEncoder", keys=frozenset({"filter_by"}),
+                   index_path=True, writes="encoded", query_reads="query", needs_model=True, answers_queries=True,
+                   liveness_suffix=QUERY_GROUP_SUFFIX)
+INDEX = StageKind("index", _build_index, INDEXERS, default_uses="CompoundIndexer",
+                  keys=frozenset({"shards", "ranker", "filter_by", "query_language"}),
+                  index_path=True, query_reads="search", stateful=True, needs_model=True)
+JOIN = StageKind("join", _build_join, {}, keys=frozenset({"query_language"}),
+                 without_executor="it merges shard results by score (query_language applies)",
+                 query_reads="partials", answers_queries=True)
+
+KINDS: Mapping[str, StageKind] = {kind.name: kind for kind in (SEGMENT, ENCODE, INDEX, JOIN)}
+"""Every stage kind by name, in data-flow order: a flow's stages come in this order."""
+
+STATEFUL_KINDS = tuple(name for name, kind in KINDS.items() if kind.stateful)
+ANSWERING_KINDS = tuple(name for name, kind in KINDS.items() if kind.answers_queries)
+"""The stages any reply needs, even a partial one: the query path's fan-out and the fan-in."""
+QUERY_PATH_KINDS = tuple(name for name, kind in KINDS.items() if kind.query_reads is not None)
+"""The stages a search passes through: a version serves only while each of them runs."""

@@ -17,7 +17,8 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from processors.document import Document
 from streams.client import IndexReceipt
-from streams.flow.parse import load_flow, with_state_dir
+from streams.flow.parse import load_flow
+from streams.flow.spec import with_state_dir
 from streams.kafka.consumer import consume_batch, make_consumer
 from streams.local.brokers import BrokerKind
 from streams.local.runtime import LocalRuntime

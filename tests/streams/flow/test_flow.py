@@ -5,6 +5,7 @@ import pytest
 from streams.exceptions import FlowConfigError
 from streams.flow.parse import load_flow, parse_flow
 from streams.resources import EXAMPLE_FLOWS
+from streams.stages.kinds import KINDS
 
 
 GOOD = """name: f
@@ -55,3 +56,26 @@ class TestFlow:
     def test_invalid_flows(self, text: str, message: str) -> None:
         with pytest.raises(FlowConfigError, match=message):
             parse_flow(text)
+
+    @pytest.mark.parametrize(("text", "message"), [
+        (GOOD.replace("    uses: Sentencizer\n", "    shards: 2\n"), r"<flow>:4: only the index stage has shards$"),
+        (GOOD.replace("    uses: Sentencizer\n", "    ranker: {}\n"), r"<flow>:4: only the index stage has a ranker$"),
+        (GOOD.replace("    uses: Sentencizer\n", "    filter_by: [title]\n"),
+         r"<flow>:4: only the encode and index stages take filter_by$"),
+        (GOOD.replace("    with: {traversal_paths: [c]}\n", "    query_language: []\n"),
+         r"<flow>:7: only the index and join stages take query_language$"),
+        (GOOD.replace("  join: {}", "  join: {uses: Joiner}"),
+         r"<flow>:11: the join stage takes no executor: it merges shard results by score \(query_language applies\)$"),
+        (GOOD.replace("  join: {}", "  rank: {}"), rf"<flow>:11: unknown stage 'rank'; stages are {', '.join(KINDS)}$"),
+    ])
+    def test_a_key_or_stage_the_table_of_stage_kinds_does_not_allow_names_those_it_does(self, text: str,
+                                                                                          message: str) -> None:
+        with pytest.raises(FlowConfigError, match=message):
+            parse_flow(text)
+
+    def test_each_stage_reads_what_the_stage_before_it_writes(self) -> None:
+        flow = parse_flow(GOOD.replace("  segment:\n    uses: Sentencizer\n", ""))
+        assert flow.input_topic("encode") == "f.ingest" and flow.output_topic("encode") == "f.encoded"
+        assert flow.input_topic("index") == "f.encoded"
+        with pytest.raises(KeyError):
+            flow.output_topic("join")
