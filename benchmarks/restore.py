@@ -36,7 +36,8 @@ from streams.wire import headers as h
 from streams.kafka.admin import ensure_topics
 from streams.flow.parse import parse_flow
 from streams.flow.spec import FlowSpec, with_state_dir
-from streams.kafka.clients import KafkaSettings, StageProducer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
 from streams.ops.replay import replay_index
 from streams.wire.codec import DOCUMENT
 from streams.stages.shard.states import ShardCheckpoint

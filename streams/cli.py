@@ -26,7 +26,7 @@ from streams.stages.extras import require_stage_extras
 from streams.flow.parse import load_flow
 from streams.flow.spec import FlowSpec, with_state_dir
 from streams.stages.kinds import KINDS, STATEFUL_KINDS
-from streams.kafka.clients import QUIET_LIBRDKAFKA, KafkaSettings
+from streams.kafka.settings import QUIET_LIBRDKAFKA, KafkaSettings
 from streams.local.brokers import BrokerKind
 from streams.logs import configure_logging
 from streams.wire.topics import FlowTopics
@@ -148,12 +148,11 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
     if stage is None or (stage in KINDS and KINDS[stage].needs_model):  # a join or segment container holds no model
         flow.check_dimensions()  # before a broker starts: one line, not a dead letter per document
     if stage is not None:
-        from streams.local.runtime import discover_bootstrap
         from streams.ops.versions import claim_serving
 
         flow.stage(stage)
         check_broker(_command_settings(flow.kafka))  # one line, not librdkafka's retries, if unreachable
-        settings = KafkaSettings(discover_bootstrap(), KafkaSettings.from_env(flow.kafka).extra)
+        settings = KafkaSettings.discover(flow.kafka)
         ensure_topics(settings, flow.topics.shapes(), topic_settings=flow.topic_settings,
                       max_payload_bytes=flow.max_payload_bytes)  # idempotent; a real cluster may not have them yet
         claim_serving(settings, flow.topics)  # the first version to run serves; later ones wait for a reindex
@@ -259,7 +258,7 @@ def _connect(flow: CommandFlow, *roles: str, check: bool = True, quiet: int = lo
 
     :raises BrokerError: in one line, if the broker is unreachable or has no such flow.
     """
-    from streams.ops.status import require_flow
+    from streams.kafka.admin import require_flow
 
     logging.getLogger("streams").setLevel(quiet)  # keep output clean
     settings = _command_settings(flow.kafka)
@@ -271,10 +270,8 @@ def _connect(flow: CommandFlow, *roles: str, check: bool = True, quiet: int = lo
 def _command_settings(flow_extra: Mapping[str, Any] | None = None) -> KafkaSettings:
     """Settings for a short-lived command: the running flow's broker, and librdkafka's own log
     lines routed through Python logging (silenced), so a failure prints our one line only."""
-    from streams.local.runtime import discover_bootstrap
-
-    extra = {**KafkaSettings.from_env(flow_extra).extra, "logger": QUIET_LIBRDKAFKA}
-    return KafkaSettings(discover_bootstrap(), extra)
+    found = KafkaSettings.discover(flow_extra)
+    return KafkaSettings(found.bootstrap_servers, {**found.extra, "logger": QUIET_LIBRDKAFKA})
 
 
 def _spec(flow_path: Path, state_dir: Path | None) -> FlowSpec:
@@ -371,11 +368,12 @@ def serve(flow: CommandFlow, host: str, port: int) -> None:
     import uvicorn
 
     from streams.client.http import create_app, warn_if_unprotected
+    from streams.ops.bridge import StatusInspector
 
     with _client(flow) as client:
         listener = _listen(host, port)  # a busy port is one line, before anything is started
         client.start()  # reply topic and serving version before the first request, off the event loop
-        app = create_app(client, flow=flow.spec)
+        app = create_app(client, flow=flow.spec, inspector=StatusInspector(client.settings, flow.spec or flow.name))
         warn_if_unprotected(app, host)
         bound_host, bound_port = listener.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -415,10 +413,11 @@ def _listen(host: str, port: int) -> socket.socket:
 @one_line_errors
 def dead_letters(flow: CommandFlow, from_offset: int, redrive: bool) -> None:
     """List the records stages could not process, with why and where they came from."""
+    from streams.client.dead_letters import read_dead_letters
     from streams.ops import dead_letters as dl
 
     settings, topics = _connect(flow, "dead_letter"), flow.topics  # a YAML names its version
-    letters = dl.read_dead_letters(settings, topics, from_offset=from_offset)
+    letters = read_dead_letters(settings, topics, from_offset=from_offset)
     for letter in letters:
         key = letter.key.decode(errors="replace") if letter.key else "-"
         click.echo(f"{letter.offset}\t{letter.stage}\t{letter.error_class}\t"

@@ -15,6 +15,7 @@ __all__ = [
     "KafkaConfigError",
     "DeliveryError",
     "GroupMembershipLost",
+    "ReadTimeoutError",
     "PayloadTooLargeError",
     "RequestTimeoutError",
     "RequestExpiredError",
@@ -60,6 +61,18 @@ class UnknownFlowError(BrokerError):
 
 class GroupMembershipLost(BrokerError):
     """A stage's consumer lost its partitions and did not get any back: the process restarts to rejoin."""
+
+
+class ReadTimeoutError(BrokerError):
+    """Partitions were not read to their end in time (``streams.kafka.reader``).
+
+    ``unfinished`` holds their (topic, partition): a caller that can do with part of a topic keeps
+    what it read and knows which partitions it lacks.
+    """
+
+    def __init__(self, message: str, unfinished: frozenset[tuple[str, int]] = frozenset()) -> None:
+        super().__init__(message)
+        self.unfinished = unfinished
 
 
 class DeliveryError(StreamsearchError):

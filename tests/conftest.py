@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 from streams.local.brokers import BrokerKind, LocalBroker, start_local_broker
 
 pytest_plugins = ["tests.e2e.fixtures"]

@@ -9,7 +9,8 @@ import uuid
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
-from streams.kafka.clients import KafkaSettings, consume_batch, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.consumer import consume_batch, make_consumer
 
 
 def read_all(settings: KafkaSettings, topic: str, partitions: int, **config: object) -> list[Message]:

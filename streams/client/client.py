@@ -25,18 +25,19 @@ from processors.document import Document, validate_document, validate_embedding,
 from processors.exceptions import InvalidDocumentError, InvalidParameterError
 from processors.query.limits import REQUEST_LIMITS
 from streams.wire import headers as h
-from streams.kafka.admin import delete_topics, ensure_topics
+from streams.kafka.admin import delete_topics, ensure_topics, require_flow
 from streams.exceptions import (DeliveryError, PayloadTooLargeError, RequestExpiredError, RequestTimeoutError,
                                 SearchError, UnknownFlowError)
 from streams.flow.spec import DEFAULT_MAX_PAYLOAD_BYTES
-from streams.kafka.clients import (UNKNOWN_TOPIC_ERRORS, KafkaSettings, StageProducer, consume_batch, fetch_high_watermarks,
-                           headers_of, make_consumer)
-from streams.stages.fanout import query_headers
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.consumer import headers_of
+from streams.kafka.producer import UNKNOWN_TOPIC_ERRORS, StageProducer
+from streams.kafka.reader import TopicReader, fetch_high_watermarks
 from streams.wire.codec import DOCUMENT, REQUEST, SEARCH_REPLY
+from streams.wire.headers import query_headers
 from streams.wire.records import Request, SearchReply
-from streams.ops.status import require_flow
 from streams.wire.topics import FlowTopics, TopicShape
-from streams.ops.versions import serving_of
+from streams.client.versions import serving_of
 
 if TYPE_CHECKING:
     from streams.client.progress import Searchable
@@ -142,20 +143,6 @@ def _query_matrix(vectors: VectorsLike) -> np.ndarray:
     return matrix
 
 
-def _local_settings() -> KafkaSettings:
-    """KAFKA_BOOTSTRAP_SERVERS (and STREAMSEARCH_KAFKA_* settings), else the broker that a
-    ``streamsearch run`` in this directory started, found as the CLI finds it.
-
-    :raises BrokerError: when neither names a broker.
-    """
-    settings = KafkaSettings.from_env()
-    if settings.bootstrap_servers:
-        return settings
-    from streams.local.bootstrap import discover_bootstrap
-
-    return KafkaSettings(discover_bootstrap(), settings.extra)
-
-
 class Client:
     """Talks to a running flow through Kafka only."""
 
@@ -174,7 +161,7 @@ class Client:
             search; the flow measures the deadline on its own clock (see ``search_async``)."""
         self.topics = FlowTopics(flow, 1, version or 1)
         self._pinned = version is not None
-        self.settings = settings or _local_settings()
+        self.settings = settings or KafkaSettings.discover()
         self.timeout_s = timeout_s
         self.max_payload_bytes = max_payload_bytes
         self.reply_topic = self.topics.new_reply_topic()
@@ -425,28 +412,28 @@ class Client:
         versions = self.topics.versions
         shared = [shape for shape in self.topics.shapes() if shape.name == versions]
         ensure_topics(self.settings, [TopicShape(self.reply_topic, 1), *shared], max_payload_bytes=self.max_payload_bytes)
-        consumer = make_consumer(self.settings, group_id=self.reply_topic, **{"enable.partition.eof": True})
-        consumer.assign([TopicPartition(self.reply_topic, 0, 0), TopicPartition(versions, 0, 0)])
+        reader = TopicReader(self.settings, group_id=self.reply_topic)
+        reader.assign([TopicPartition(self.reply_topic, 0, 0), TopicPartition(versions, 0, 0)])
         ready = threading.Event()
         if self._pinned:
             ready.set()
-        self._listener = threading.Thread(target=self._listen, args=(consumer, ready), daemon=True, name="replies")
+        self._listener = threading.Thread(target=self._listen, args=(reader, ready), daemon=True, name="replies")
         self._listener.start()
         if not ready.wait(10):
             logger.warning("serving version unknown after 10s: searching version %d", self.version)
 
-    def _listen(self, consumer: Any, ready: threading.Event) -> None:
+    def _listen(self, reader: TopicReader, ready: threading.Event) -> None:
         """Replies resolve their futures; records of ``<flow>.versions`` move searches to the
         serving version (``ready`` once that topic has been read to its end)."""
         versions = self.topics.versions
-        try:
-            while not self._stop.is_set():
+        with reader:
+            for fetched in reader.follow(self._stop, timeout=0.05, max_records=256):
                 self._producer.poll(0)  # delivery reports of searches: a refused one fails its future
-                for msg in consume_batch(consumer, max_records=256, timeout=0.05):
+                for msg in fetched.records:
                     if msg.topic() == versions:
-                        self._follow(msg, ready)
+                        self._follow(msg)
                         continue
-                    if msg.error() is not None or msg.value() is None:
+                    if msg.value() is None:
                         continue
                     try:
                         reply = SEARCH_REPLY.decode_record(msg.value(), headers_of(msg))
@@ -457,15 +444,10 @@ class Client:
                         future = self._futures.pop(reply.request_id, None)
                     if future is not None and not future.done():
                         future.set_result(reply)
-        finally:
-            consumer.close()
+                if (versions, 0) in fetched.ends:
+                    ready.set()
 
-    def _follow(self, msg: Message, ready: threading.Event) -> None:
-        error = msg.error()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                ready.set()
-            return
+    def _follow(self, msg: Message) -> None:
         try:
             serving = serving_of(msg)
         except Exception:

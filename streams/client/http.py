@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import uvicorn
 from confluent_kafka import KafkaException
@@ -43,9 +43,10 @@ from streams.client.client import REPLY_GRACE_S, Client, IndexReceipt, is_expire
 from streams.exceptions import PayloadTooLargeError, StreamsearchError
 from streams.flow.spec import FlowSpec
 from streams.wire.records import SearchReply
-from streams.ops.status import collect_status, collect_status_by_name, why_no_reply
+from streams.wire.topics import FlowTopics
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "TOKEN_ENV", "DocIn", "SearchIn", "create_app", "serving", "warn_if_unprotected"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "TOKEN_ENV", "DocIn", "SearchIn", "FlowInspector", "create_app", "serving",
+           "warn_if_unprotected"]
 
 logger = logging.getLogger(__name__)
 
@@ -213,10 +214,43 @@ def _auth(token: str | None) -> Callable[..., None]:
     return check
 
 
+# -- what the bridge tells beyond searching ---------------------------------------------------
+
+
+class FlowInspector(Protocol):
+    """The flow's status and why a search got no reply: operator reads (consumer groups, lag, stage
+    kinds) that an application's client does not make. Whoever starts the bridge passes them in:
+    ``streamsearch serve`` and the demo pass ``streams.ops.bridge.StatusInspector``."""
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /status`` shows (``streamsearch status --json``).
+
+        :raises StreamsearchError: or ``KafkaException``, when the broker does not answer (503).
+        """
+        ...
+
+    def why_no_reply(self, topics: FlowTopics, timeout_s: float) -> str:
+        """One line: why a search of ``topics``' version got no reply within ``timeout_s``."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ClientOnly:
+    """What the client alone can tell, for a bridge created without a ``FlowInspector``."""
+
+    client: Client
+
+    def status(self) -> dict[str, Any]:
+        return {"flow": self.client.topics.flow, "version": self.client.version,
+                "note": "the flow's name and serving version only: this bridge was created without a FlowInspector "
+                        "(`streamsearch serve` passes one)"}
+
+    def why_no_reply(self, topics: FlowTopics, timeout_s: float) -> str:
+        return (f"no reply within {timeout_s:g}s from version {topics.version} of flow {topics.flow!r} "
+                "(`streamsearch status` shows which of its stages run)")
+
+
 # -- the app -----------------------------------------------------------------------------------
-
-
-STATUS_TIMEOUT_S = 10.0
 
 
 def create_app(
@@ -226,17 +260,18 @@ def create_app(
     flow_fields: Sequence[str] | None = None,
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    inspector: FlowInspector | None = None,
 ) -> FastAPI:
     """Build the bridge over one running client; the caller owns (and closes) the client.
 
     :param client: the flow's request/reply client, shared by every HTTP request.
-    :param flow: the flow's YAML, for ``/status`` (stages, lag, shards, topics; what
-        ``streamsearch status --json`` shows). Without it, ``/status`` says what the flow's name
-        alone tells and ``note`` says what is missing.
-    :param flow_fields: the fields ``/status`` offers the page's field filter (default: the flow's).
+    :param flow: the flow's YAML, for the fields ``/status`` offers the page's field filter.
+    :param flow_fields: those fields, if not the flow's.
     :param token: the bearer token every endpoint but ``/healthz`` and the page itself requires
         (OpenAPI included); ``STREAMSEARCH_TOKEN`` if None, no auth if neither is set (or it is "").
     :param max_body_bytes: larger request bodies get 413.
+    :param inspector: what ``/status`` shows and why a search got no reply (503); without one, only
+        what the client knows (the flow's name and serving version; ``note`` says so).
     :returns: the ASGI app.
     """
     token = (token if token is not None else os.environ.get(TOKEN_ENV)) or None
@@ -276,10 +311,10 @@ def create_app(
 
     fields = list(flow_fields if flow_fields is not None else flow.fields if flow is not None else ())
 
+    inspect: FlowInspector = inspector if inspector is not None else _ClientOnly(client)
+
     def report() -> dict[str, Any]:
-        found = (collect_status(client.settings, flow, timeout=STATUS_TIMEOUT_S) if flow is not None
-                 else collect_status_by_name(client.settings, client.topics.flow, timeout=STATUS_TIMEOUT_S))
-        return {**dataclasses.asdict(found), "fields": fields}
+        return {**inspect.status(), "fields": fields}
 
     @api.get("/status", responses={503: {"description": "the broker did not answer: flow and fields only"}})
     async def flow_status() -> JSONResponse:
@@ -365,7 +400,7 @@ def create_app(
             reply = await asyncio.wait_for(asyncio.wrap_future(future), deadline_s + REPLY_GRACE_S)
         except TimeoutError as exc:  # not even the joiner's partial reply: which stages run, which version serves?
             try:
-                why = await run_in_threadpool(why_no_reply, client.settings, client.topics, deadline_s)
+                why = await run_in_threadpool(inspect.why_no_reply, client.topics, deadline_s)
             except (StreamsearchError, KafkaException) as unreachable:
                 raise _unavailable(unreachable) from exc
             logger.warning("no reply", extra={"error": why})

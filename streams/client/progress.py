@@ -19,9 +19,11 @@ from tqdm import tqdm
 
 from streams.wire import headers as h
 from streams.client import Client, IndexReceipt
-from streams.ops.dead_letters import DeadLetter, read_dead_letters
+from streams.client.dead_letters import read_dead_letters
+from streams.wire.dead_letters import DeadLetter
 from streams.exceptions import RequestTimeoutError, SearchError
-from streams.kafka.clients import KafkaSettings, consume_batch, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.reader import tail
 from streams.wire.records import SearchReply
 from streams.wire.topics import FlowTopics
 
@@ -120,20 +122,16 @@ class IndexProgress:
         self._bar.close()
 
     def _tail(self) -> None:
-        consumer = make_consumer(self._settings, group_id=f"{self._topics.flow}.progress.{uuid.uuid4().hex[:8]}")
-        consumer.assign([TopicPartition(self._topics.encoded, p, 0) for p in range(self._topics.partitions)])
-        try:
-            while not self._stop.is_set() and not self._done.is_set():
-                for msg in consume_batch(consumer, max_records=512, timeout=0.1):
-                    if msg.error() is not None:
-                        continue
-                    headers = dict(msg.headers() or [])
-                    offset = h.read_int(headers, h.INGEST_OFFSET)
-                    if offset is not None:
-                        self._seen[msg.partition()] = max(self._seen.get(msg.partition(), -1), offset)
-                    if msg.value() is not None:
-                        self._bar.update(1)
-                if self._target is not None and all(self._seen.get(p, -1) >= o for p, o in self._target.items()):
-                    self._done.set()
-        finally:
-            consumer.close()
+        starts = [TopicPartition(self._topics.encoded, p, 0) for p in range(self._topics.partitions)]
+        for fetched in tail(self._settings, starts, group_id=f"{self._topics.flow}.progress.{uuid.uuid4().hex[:8]}",
+                            stop=self._stop, max_records=512):
+            for msg in fetched.records:
+                headers = dict(msg.headers() or [])
+                offset = h.read_int(headers, h.INGEST_OFFSET)
+                if offset is not None:
+                    self._seen[msg.partition()] = max(self._seen.get(msg.partition(), -1), offset)
+                if msg.value() is not None:
+                    self._bar.update(1)
+            if self._target is not None and all(self._seen.get(p, -1) >= o for p, o in self._target.items()):
+                self._done.set()
+                return

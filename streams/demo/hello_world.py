@@ -13,6 +13,7 @@ from streams.client import Client, IndexReceipt
 from streams.demo.corpora import TITLE_TAG, stdlib_docstrings
 from streams.flow.parse import load_flow
 from streams.client.http import create_app, serving
+from streams.ops.bridge import StatusInspector
 from streams.local.brokers import BrokerKind
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_logs_shown
@@ -90,7 +91,8 @@ def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Pa
                  f"({', '.join(s.name for s in flow.stages)}; {flow.shards} shards)")
         print_fn(f"stage logs: {stage_logs_shown(runtime.flow)}")
         client = stack.enter_context(runtime.client())
-        url = stack.enter_context(serving(create_app(client, flow=runtime.flow), port=bridge_port))
+        app = create_app(client, flow=runtime.flow, inspector=StatusInspector(client.settings, runtime.flow))
+        url = stack.enter_context(serving(app, port=bridge_port))
         print_fn(f"search page and HTTP API: {url}/  (OpenAPI: {url}/docs)")
         print_fn("waiting for the stages to join their groups ...")
         runtime.wait_ready(client)

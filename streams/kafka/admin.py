@@ -10,18 +10,21 @@ from typing import Sequence
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from streams.exceptions import BrokerError
-from streams.kafka.clients import KafkaSettings
-from streams.wire.topics import RECORD_OVERHEAD_BYTES, TopicSettings, TopicShape
+from streams.exceptions import BrokerError, UnknownFlowError
+from streams.kafka.settings import KafkaSettings
+from streams.wire.topics import RECORD_OVERHEAD_BYTES, FlowTopics, TopicSettings, TopicShape
 
-__all__ = ["ensure_topics", "delete_topics", "check_broker", "describe_topics", "TopicDescription",
-           "topic_warnings", "SHOWN_CONFIGS", "max_message_bytes"]
+__all__ = ["ensure_topics", "delete_topics", "check_broker", "require_flow", "describe_topics", "TopicDescription",
+           "topic_warnings", "SHOWN_CONFIGS", "START_HINT", "max_message_bytes"]
 
 SHOWN_CONFIGS = ("cleanup.policy", "retention.ms", "min.insync.replicas", "max.message.bytes",
                  "unclean.leader.election.enable")
 """The topic configs ``status`` shows and checks."""
 
 logger = logging.getLogger(__name__)
+
+START_HINT = "start it with streamsearch run FLOW.yml"
+"""What an error about a flow missing on the broker ends with: only ``run`` creates its topics."""
 
 
 def _admin(settings: KafkaSettings) -> AdminClient:
@@ -39,6 +42,28 @@ def check_broker(settings: KafkaSettings, timeout: float = 10.0) -> None:
         _admin(settings).list_topics(timeout=timeout)
     except KafkaException as exc:
         raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc.args[0]}") from exc
+
+
+def require_flow(settings: KafkaSettings, topics: FlowTopics, *roles: str, timeout: float = 10.0) -> dict[str, int]:
+    """Check that a flow exists on the broker: its ingest topic and the topics of ``roles``
+    (``dead_letter``, ``query``, ... of ``topics.version``). Only ``run`` creates them.
+
+    :returns: every topic on the broker and its partition count.
+    :raises UnknownFlowError: naming the broker and the first missing topic.
+    :raises BrokerError: if the broker is unreachable.
+    """
+    check_broker(settings, timeout=timeout)
+    found = AdminClient(settings.base()).list_topics(timeout=timeout).topics
+    existing = {name: len(meta.partitions) for name, meta in found.items() if not meta.error}
+    where = settings.bootstrap_servers
+    if topics.ingest not in existing:
+        raise UnknownFlowError(f"no flow {topics.flow!r} on {where} (no topic {topics.ingest}); {START_HINT}")
+    for role in roles:
+        name = getattr(topics, role)
+        if name not in existing:
+            raise UnknownFlowError(f"flow {topics.flow!r} has no version {topics.version} on {where} (no topic {name}); "
+                              f"{START_HINT}")
+    return existing
 
 
 def ensure_topics(settings: KafkaSettings, shapes: Sequence[TopicShape], timeout: float = 30.0, *,

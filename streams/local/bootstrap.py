@@ -19,14 +19,11 @@ from pathlib import Path
 from typing import IO
 
 from streams.exceptions import BrokerError
+from streams.kafka.settings import BOOTSTRAP_FILE
 
-__all__ = ["BOOTSTRAP_FILE", "LOCK_FILE", "RUNS_FOLDER", "JoinedBroker", "DirectoryBroker", "FlowRunLock",
-           "discover_bootstrap"]
+__all__ = ["BOOTSTRAP_FILE", "LOCK_FILE", "RUNS_FOLDER", "JoinedBroker", "DirectoryBroker", "FlowRunLock"]
 
 logger = logging.getLogger(__name__)
-
-BOOTSTRAP_FILE = Path(".streamsearch") / "bootstrap"
-"""Where ``streamsearch run`` leaves the local broker's address for ``index`` and ``search``."""
 
 LOCK_FILE = Path(".streamsearch") / "broker.lock"
 """Locked by the process that started the directory's local broker, while it runs; holds its pid."""
@@ -179,7 +176,7 @@ def _answers(bootstrap_servers: str) -> bool:
     """A Kafka broker answers metadata requests at one of these addresses. A closed port is
     refused at once; only an open one costs a metadata request."""
     from streams.kafka.admin import check_broker
-    from streams.kafka.clients import QUIET_LIBRDKAFKA, KafkaSettings
+    from streams.kafka.settings import QUIET_LIBRDKAFKA, KafkaSettings
 
     for address in bootstrap_servers.split(","):
         host, _, port = address.strip().rpartition(":")
@@ -196,12 +193,3 @@ def _answers(bootstrap_servers: str) -> bool:
         return False
     return True
 
-
-def discover_bootstrap() -> str:
-    """KAFKA_BOOTSTRAP_SERVERS, else the address a local ``streamsearch run`` left behind."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        return configured
-    if BOOTSTRAP_FILE.exists():
-        return BOOTSTRAP_FILE.read_text().strip()
-    raise BrokerError("no broker: set KAFKA_BOOTSTRAP_SERVERS or start a flow with `streamsearch run FLOW.yml`")

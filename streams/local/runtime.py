@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 
 from streams.kafka.admin import ensure_topics
-from streams.local.bootstrap import BOOTSTRAP_FILE, DirectoryBroker, JoinedBroker, discover_bootstrap
+from streams.local.bootstrap import BOOTSTRAP_FILE, DirectoryBroker, JoinedBroker
 from streams.local.apache_kafka import kafka_available
 from streams.local.brokers import BrokerKind, LocalBroker, start_local_broker
 from streams.client import Client
@@ -18,11 +18,11 @@ from streams.exceptions import BrokerError, StateConfigError
 from streams.stages.extras import require_stage_extras
 from streams.flow.parse import load_flow
 from streams.flow.spec import FlowSpec, with_state_dir
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 from streams.local.supervisor import LocalFlow, stage_logs_shown
 from streams.ops.versions import claim_serving
 
-__all__ = ["LocalRuntime", "BOOTSTRAP_FILE", "discover_bootstrap", "broker_data_dir", "durable_local_broker"]
+__all__ = ["LocalRuntime", "BOOTSTRAP_FILE", "broker_data_dir", "durable_local_broker"]
 
 logger = logging.getLogger(__name__)
 

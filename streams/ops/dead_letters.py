@@ -1,91 +1,20 @@
-"""Reading the dead-letter topic and re-driving its records after a fix."""
+"""Re-driving dead letters after a fix (reading them: ``streams/client/dead_letters.py``)."""
 
 from __future__ import annotations
 
 import logging
-import time
-import uuid
-from dataclasses import dataclass
 
 from confluent_kafka import TopicPartition
 
-from streams.wire import headers as h
-from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
+from streams.kafka.consumer import make_consumer
+from streams.wire.dead_letters import DeadLetter
 from streams.wire.topics import FlowTopics
 
-__all__ = ["DeadLetter", "read_dead_letters", "redrive", "redriven_up_to"]
-
-NO_INGEST_OFFSET = -1
-"""A letter's ``ingest_offset`` when it traces back to no ingest record (a request, a foreign record)."""
+__all__ = ["redrive", "redriven_up_to"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A record a stage could not process, with why and where it came from."""
-
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    stage: str
-    error_class: str
-    message: str
-    source_topic: str
-    source_partition: int
-    source_offset: int
-    original_headers: tuple[h.Header, ...]
-    ingest_offset: int = NO_INGEST_OFFSET
-    """The offset of the ingest record it derives from, in partition ``source_partition``: its own
-    offset when it was read from the ingest topic, else its ``ss-ingest-offset`` header (the index
-    path is co-partitioned). What tells a writer which of its documents were dead-lettered."""
-
-
-def read_dead_letters(settings: KafkaSettings, topics: FlowTopics, *, from_offset: int = 0,
-                      timeout: float = 15.0) -> list[DeadLetter]:
-    """Every dead letter from ``from_offset`` up to the end of the topic.
-
-    "The end" is the high watermark of fetch responses (the embedded broker's ListOffsets is
-    wrong), so the reader fetches until it has reached it.
-    """
-    consumer = make_consumer(settings, group_id=f"{topics.flow}.dead-letters.{uuid.uuid4().hex[:8]}")
-    partition = TopicPartition(topics.dead_letter, 0, from_offset)
-    consumer.assign([partition])
-    letters: list[DeadLetter] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            for msg in consume_batch(consumer, max_records=500, timeout=0.2):
-                if msg.error() is None:
-                    letters.append(_letter(msg.offset(), msg.key(), msg.value(), headers_of(msg), topics.ingest))
-            _, high = consumer.get_watermark_offsets(partition, cached=True)
-            position = consumer.position([partition])[0].offset
-            if high >= 0 and (high <= from_offset or position >= high):
-                break
-    finally:
-        consumer.close()
-    return letters
-
-
-def _letter(offset: int, key: bytes | None, value: bytes | None, headers: dict[str, bytes],
-            ingest_topic: str) -> DeadLetter:
-    text = {name: raw.decode(errors="replace") for name, raw in headers.items()}
-    source_offset = _or(h.read_int(headers, h.DEAD_LETTER_OFFSET), -1)  # offset 0 is an offset, not "none"
-    from_ingest = text.get(h.DEAD_LETTER_TOPIC) == ingest_topic
-    ingest_offset = source_offset if from_ingest else _or(h.read_int(headers, h.INGEST_OFFSET), NO_INGEST_OFFSET)
-    return DeadLetter(
-        offset=offset, key=key, value=value,
-        stage=text.get(h.DEAD_LETTER_STAGE, "?"), error_class=text.get(h.DEAD_LETTER_ERROR_CLASS, "?"),
-        message=text.get(h.DEAD_LETTER_MESSAGE, ""), source_topic=text.get(h.DEAD_LETTER_TOPIC, ""),
-        source_partition=_or(h.read_int(headers, h.DEAD_LETTER_PARTITION), 0),
-        source_offset=source_offset,
-        original_headers=tuple((k, v) for k, v in headers.items() if not k.startswith("ss-dl-")),
-        ingest_offset=ingest_offset,
-    )
-
-
-def _or(value: int | None, default: int) -> int:
-    return default if value is None else value
 
 
 def _redrive_group(topics: FlowTopics) -> str:

@@ -23,11 +23,13 @@ from tqdm import tqdm
 
 from streams.kafka.admin import ensure_topics
 from streams.client import Client, IndexReceipt
-from streams.ops.dead_letters import DeadLetter, read_dead_letters
+from streams.client.dead_letters import read_dead_letters
+from streams.wire.dead_letters import DeadLetter
 from streams.exceptions import FlowConfigError, RequestTimeoutError, StreamsearchError
 from streams.flow.spec import FlowSpec
 from streams.stages.kinds import KINDS, STATEFUL_KINDS
-from streams.kafka.clients import KafkaSettings, consume_batch, fetch_high_watermarks, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.reader import TopicReader, fetch_high_watermarks
 from streams.wire.records import SearchReply, ServingVersion, StageStatus
 from streams.ops.status import STALE_AFTER_S, decode_report
 from streams.ops.versions import publish_build, publish_serving, read_builds, read_serving
@@ -169,13 +171,13 @@ class _ShardReports:
     """Follows a version's ``<prefix>.status`` for the shards' applied ingest offsets (progress only)."""
 
     def __init__(self, settings: KafkaSettings, topic: str) -> None:
-        self._consumer = make_consumer(settings, group_id=f"{topic}.reindex.{uuid.uuid4().hex[:8]}")
-        self._consumer.assign([TopicPartition(topic, 0, 0)])
+        self._reader = TopicReader(settings, group_id=f"{topic}.reindex.{uuid.uuid4().hex[:8]}")
+        self._reader.assign([TopicPartition(topic, 0, 0)])
         self._latest: dict[bytes, StageStatus] = {}
 
     def applied_ingest_offsets(self) -> dict[int, int]:
-        for msg in consume_batch(self._consumer, max_records=500, timeout=0.1):
-            if msg.error() is None and msg.value() is not None and (report := decode_report(msg)) is not None:
+        for msg in self._reader.poll(0.1).records:
+            if msg.value() is not None and (report := decode_report(msg)) is not None:
                 self._latest[msg.key()] = report
         fresh_after = time.time() * 1000 - STALE_AFTER_S * 1000
         applied: dict[int, int] = {}
@@ -187,7 +189,7 @@ class _ShardReports:
         return applied
 
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()
 
 
 def switch_when_caught_up(settings: KafkaSettings, plan: ReindexPlan, *, progress: bool = True,

@@ -21,13 +21,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from tqdm import tqdm
 
-from streams.exceptions import StreamsearchError
+from streams.exceptions import ReadTimeoutError, StreamsearchError
 from streams.flow.spec import FlowSpec
-from streams.kafka.clients import KafkaSettings, consume_batch, make_consumer
-from streams.ops.dead_letters import read_dead_letters
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.reader import TopicReader
+from streams.client.dead_letters import read_dead_letters
 from streams.runtime.failures import Failures
 from streams.runtime.inflight import CrashLoopError, InFlightVerdict
 from streams.stages.kinds import FAILURE_POLICY
@@ -69,23 +70,22 @@ def replay_index(flow: FlowSpec, settings: KafkaSettings, *, from_timestamp_ms: 
     result = ReplayResult()
     apply = _Records(ingest, flow, result, killers=_killers(settings, flow)).apply
     partitions = list(range(topics.partitions))
-    consumer = make_consumer(settings, group_id=f"{topics.prefix}.replay.{uuid.uuid4().hex[:8]}",
-                             **{"enable.partition.eof": True, "fetch.wait.max.ms": 100})
+    reader = TopicReader(settings, group_id=f"{topics.prefix}.replay.{uuid.uuid4().hex[:8]}",
+                         **{"fetch.wait.max.ms": 100})
     started = time.monotonic()
     try:
         starts = _open_shards(ingest, states, partitions, rebuild=from_timestamp_ms is None)
         if from_timestamp_ms is not None:
-            starts = _offsets_at(consumer, topics.encoded, partitions, from_timestamp_ms)
-        consumer.assign([TopicPartition(topics.encoded, p, starts[p]) for p in partitions])
-        result.records = _apply_to_end(consumer, apply, topics.encoded, partitions, batch_size, progress,
-                                       started + timeout_s)
+            starts = _offsets_at(reader.consumer, topics.encoded, partitions, from_timestamp_ms)
+        reader.assign([TopicPartition(topics.encoded, p, starts[p]) for p in partitions])
+        result.records = _apply_to_end(reader, apply, topics.encoded, batch_size, progress, started + timeout_s)
         for partition in partitions:
             index = states.get(partition)
             assert index is not None
             result.documents[partition] = index.stats().documents
             result.vectors[partition] = index.vector_count
     finally:
-        consumer.close()
+        reader.close()
         ingest.close()
     result.seconds = time.monotonic() - started
     return result
@@ -116,31 +116,25 @@ def _offsets_at(consumer, topic: str, partitions: list[int], timestamp_ms: int) 
     return starts
 
 
-def _apply_to_end(consumer, apply: Callable[[list[Inbound]], None], topic: str, partitions: list[int], batch_size: int,  # type: ignore[no-untyped-def]
-                  progress: bool, deadline: float) -> int:
-    """Consume and apply until every partition has reported its end; a bar counts records."""
-    waiting = set(partitions)
+def _apply_to_end(reader: TopicReader, apply: Callable[[list[Inbound]], None], topic: str, batch_size: int, progress: bool,
+                  deadline: float) -> int:
+    """Consume and apply up to the end of every partition; a bar counts records."""
     applied = 0
     with tqdm(unit="rec", desc="replayed", disable=not progress) as bar:
-        while waiting:
-            if time.monotonic() > deadline:
-                raise StreamsearchError(f"replay did not reach the end of partitions {sorted(waiting)} in time")
-            records, ends = [], []
-            for msg in consume_batch(consumer, max_records=batch_size, timeout=0.5):
-                err = msg.error()
-                if err is None:
-                    records.append(Inbound.of(msg))
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    ends.append(msg.partition())
-                else:
-                    raise StreamsearchError(f"replay of {topic}: {err}")
-            if records:
-                apply(records)
-                applied += len(records)
-                bar.update(len(records))
-            waiting.difference_update(ends)
-            bar.total = applied + _remaining(consumer, topic, waiting)
-            bar.refresh()
+        try:
+            for fetched in reader.to_end(timeout=deadline - time.monotonic(), max_records=batch_size, poll_s=0.5):
+                if fetched.errors:
+                    raise StreamsearchError(f"replay of {topic}: {fetched.errors[0]}")
+                records = [Inbound.of(msg) for msg in fetched.records]
+                if records:
+                    apply(records)
+                    applied += len(records)
+                    bar.update(len(records))
+                bar.total = applied + reader.remaining()
+                bar.refresh()
+        except ReadTimeoutError as exc:
+            raise StreamsearchError(f"replay did not reach the end of partitions {sorted(p for _, p in exc.unfinished)} "
+                                    "in time") from exc
     return applied
 
 
@@ -176,15 +170,3 @@ class _Records:
         self._result.skipped += 1
         logger.warning("replay skipped a bad record", extra={
             "partition": record.partition, "offset": record.offset, "error": f"{type(error).__name__}: {error}"})
-
-
-def _remaining(consumer, topic: str, partitions: set[int]) -> int:  # type: ignore[no-untyped-def]
-    """Records left to the fetched high watermarks (the bar's total grows as fetches report)."""
-    left = 0
-    for partition in partitions:
-        tp = TopicPartition(topic, partition)
-        _, high = consumer.get_watermark_offsets(tp, cached=True)
-        position = consumer.position([tp])[0].offset
-        if high >= 0 and position >= 0:
-            left += max(0, high - position)
-    return left

@@ -15,14 +15,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaError, Message, TopicPartition
+from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.kafka.admin import TopicDescription, check_broker, describe_topics, topic_warnings
-from streams.exceptions import BrokerError, SerdeError, UnknownFlowError
+from streams.kafka.admin import START_HINT, TopicDescription, describe_topics, require_flow, topic_warnings
+from streams.exceptions import BrokerError, ReadTimeoutError, SerdeError
 from streams.flow.spec import FlowSpec
 from streams.stages.kinds import ANSWERING_KINDS, KINDS, QUERY_PATH_KINDS, STATEFUL_KINDS
-from streams.kafka.clients import KafkaSettings, consume_batch, fetch_high_watermarks, headers_of, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.consumer import headers_of
+from streams.kafka.reader import fetch_high_watermarks, read_to_end
 from streams.wire.codec import STAGE_STATUS
 from streams.wire.records import ServingVersion, StageStatus
 from streams.wire.topics import FlowTopics
@@ -33,8 +35,6 @@ __all__ = ["PartitionLag", "StageState", "FlowStatus", "collect_status", "collec
            "STALE_AFTER_S", "START_HINT"]
 
 STALE_AFTER_S = 15.0
-
-START_HINT = "start it with streamsearch run FLOW.yml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,28 +147,6 @@ def collect_status_by_name(settings: KafkaSettings, flow: str, *, timeout: float
                       topic_warnings(described, brokers) + shard_warnings(shards),
                       note="known by name only: stages that report live, no lag per partition "
                            "(give the flow's YAML for everything `streamsearch status` shows)")
-
-
-def require_flow(settings: KafkaSettings, topics: FlowTopics, *roles: str, timeout: float = 10.0) -> dict[str, int]:
-    """Check that a flow exists on the broker: its ingest topic and the topics of ``roles``
-    (``dead_letter``, ``query``, ... of ``topics.version``). Only ``run`` creates them.
-
-    :returns: every topic on the broker and its partition count.
-    :raises UnknownFlowError: naming the broker and the first missing topic.
-    :raises BrokerError: if the broker is unreachable.
-    """
-    check_broker(settings, timeout=timeout)
-    found = AdminClient(settings.base()).list_topics(timeout=timeout).topics
-    existing = {name: len(meta.partitions) for name, meta in found.items() if not meta.error}
-    where = settings.bootstrap_servers
-    if topics.ingest not in existing:
-        raise UnknownFlowError(f"no flow {topics.flow!r} on {where} (no topic {topics.ingest}); {START_HINT}")
-    for role in roles:
-        name = getattr(topics, role)
-        if name not in existing:
-            raise UnknownFlowError(f"flow {topics.flow!r} has no version {topics.version} on {where} (no topic {name}); "
-                              f"{START_HINT}")
-    return existing
 
 
 def running_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[str, ...], *,
@@ -288,23 +266,15 @@ def _records_behind(settings: KafkaSettings, lags: list[PartitionLag], *, timeou
     small = {(g.topic, g.partition): g for g in lags if 0 < g.lag <= COUNTED_LAG}
     if not small:
         return lags
-    consumer = make_consumer(settings, group_id=f"status.{uuid.uuid4().hex[:8]}",
-                             **{"enable.partition.eof": True, "isolation.level": "read_committed"})
-    consumer.assign([TopicPartition(t, p, max(g.committed, 0)) for (t, p), g in small.items()])
     counted = dict.fromkeys(small, 0)
-    ended: set[tuple[str, int]] = set()
-    deadline = time.monotonic() + timeout
+    ended = set(small)
     try:
-        while len(ended) < len(small) and time.monotonic() < deadline:
-            for msg in consume_batch(consumer, max_records=1000, timeout=0.1):
-                key = (msg.topic(), msg.partition())
-                if msg.error() is not None:
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        ended.add(key)
-                elif key in counted and msg.offset() < small[key].high_watermark:
-                    counted[key] += 1
-    finally:
-        consumer.close()
+        for msg in read_to_end(settings, [TopicPartition(t, p, max(g.committed, 0)) for (t, p), g in small.items()],
+                               group_id=f"status.{uuid.uuid4().hex[:8]}", timeout=timeout, read_committed=True,
+                               until={key: g.high_watermark for key, g in small.items()}):
+            counted[(msg.topic(), msg.partition())] += 1
+    except ReadTimeoutError as exc:
+        ended -= exc.unfinished
     return [dataclasses.replace(g, lag=counted[(g.topic, g.partition)]) if (g.topic, g.partition) in ended else g
             for g in lags]
 
@@ -353,21 +323,15 @@ def shard_warnings(shards: list[dict[str, Any]]) -> list[str]:
 
 def _live_reports(settings: KafkaSettings, topic: str, *, highs_timeout: float) -> list[StageStatus]:
     """The latest report of each stage process, if it is recent."""
-    high = fetch_high_watermarks(settings, {topic: 1}, highs_timeout)[(topic, 0)]
-    consumer = make_consumer(settings, group_id=f"status.{uuid.uuid4().hex[:8]}")
-    consumer.assign([TopicPartition(topic, 0, 0)])
     latest: dict[bytes, StageStatus] = {}
-    deadline = time.monotonic() + highs_timeout
     try:
-        position = 0
-        while position < high and time.monotonic() < deadline:
-            for msg in consume_batch(consumer, max_records=500, timeout=0.2):
-                if msg.error() is None and msg.value() is not None:
-                    position = msg.offset() + 1
-                    report = decode_report(msg)
-                    if report is not None:
-                        latest[msg.key()] = report
-    finally:
-        consumer.close()
+        for msg in read_to_end(settings, [TopicPartition(topic, 0, 0)], group_id=f"status.{uuid.uuid4().hex[:8]}",
+                               timeout=highs_timeout):
+            if msg.value() is not None:
+                report = decode_report(msg)
+                if report is not None:
+                    latest[msg.key()] = report
+    except ReadTimeoutError:
+        pass  # the reports read in time
     now_ms = time.time() * 1000
     return [r for r in latest.values() if now_ms - r.ts_ms <= STALE_AFTER_S * 1000]

@@ -13,30 +13,22 @@ import time
 import uuid
 from typing import TypeVar
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import TopicPartition
 
 from streams.exceptions import BrokerError
-from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, headers_of, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
+from streams.kafka.reader import read_to_end
+from streams.kafka.consumer import headers_of
 from streams.wire.codec import SERVING_VERSION, VERSION_BUILD, Codec
-from streams.wire.records import ServingVersion, VersionBuild
+from streams.wire.records import VersionBuild
 from streams.wire.topics import FlowTopics
+from streams.client.versions import SERVING_KEY, ServingVersion, serving_of
 
 __all__ = ["SERVING_KEY", "claim_serving", "existing_versions", "publish_build", "publish_serving",
            "read_builds", "read_serving", "serving_of", "switch_serving"]
 
-SERVING_KEY = b"serving"
-
 T = TypeVar("T")
-
-
-def serving_of(msg: Message) -> ServingVersion | None:
-    """The serving record in a message of ``<flow>.versions``, or None for anything else.
-
-    :raises SerdeError: for a serving record written with another schema, or malformed.
-    """
-    if msg.error() is not None or msg.key() != SERVING_KEY or msg.value() is None:
-        return None
-    return SERVING_VERSION.decode_record(msg.value(), headers_of(msg))
 
 
 def read_serving(settings: KafkaSettings, flow: str, *, timeout: float = 10.0) -> ServingVersion | None:
@@ -67,25 +59,15 @@ def _read_versions(settings: KafkaSettings, flow: str, timeout: float) -> tuple[
     topic = topics.versions
     if topic not in existing:
         return None, {}
-    consumer = make_consumer(settings, group_id=f"{flow}.versions.{uuid.uuid4().hex[:8]}",
-                             **{"enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, 0, 0)])
     latest: ServingVersion | None = None
     builds: dict[int, str] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            for msg in consume_batch(consumer, max_records=100, timeout=0.2):
-                error = msg.error()
-                if error is not None and error.code() == KafkaError._PARTITION_EOF:
-                    return latest, builds
-                latest = serving_of(msg) or latest
-                if error is None and (msg.key() or b"").startswith(b"build/v") and msg.value() is not None:
-                    build = VERSION_BUILD.decode_record(msg.value(), headers_of(msg))
-                    builds[build.version] = build.fingerprint
-    finally:
-        consumer.close()
-    raise BrokerError(f"could not read {topic} to its end within {timeout:.0f}s")
+    for msg in read_to_end(settings, [TopicPartition(topic, 0, 0)], group_id=f"{flow}.versions.{uuid.uuid4().hex[:8]}",
+                           timeout=timeout):
+        latest = serving_of(msg) or latest
+        if (msg.key() or b"").startswith(b"build/v") and msg.value() is not None:
+            build = VERSION_BUILD.decode_record(msg.value(), headers_of(msg))
+            builds[build.version] = build.fingerprint
+    return latest, builds
 
 
 def existing_versions(settings: KafkaSettings, flow: str) -> list[int]:

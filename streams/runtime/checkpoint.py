@@ -9,7 +9,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from streams.runtime.metrics import TRANSACTIONS
 
-from streams.kafka.clients import StageProducer
+from streams.kafka.producer import StageProducer
 
 __all__ = ["Checkpoint", "TransactionalCheckpoint"]
 

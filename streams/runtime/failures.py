@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streams.exceptions import DeliveryError, PayloadTooLargeError
-from streams.kafka.clients import StageProducer
+from streams.kafka.producer import StageProducer
 from streams.runtime.inflight import CrashLoopError, InFlightVerdict
 from streams.runtime.metrics import DEAD_LETTERS, REJECTED_REQUESTS
+from streams.wire.dead_letters import dead_letter_headers
 from streams.runtime.spec import FailurePolicy, Inbound, Output, PathHandler, StageSpec
-from streams.wire import headers as h
 
 __all__ = ["DeadLetterTopic", "Failures", "Screened", "screen"]
 
@@ -198,13 +198,7 @@ class DeadLetterTopic:
                 "error": f"{type(error).__name__}: {error}",
             },
         )
-        headers = [(k, v) for k, v in record.headers.items()] + [
-            (h.DEAD_LETTER_STAGE, self._spec.name.encode()),
-            (h.DEAD_LETTER_ERROR_CLASS, type(error).__name__.encode()),
-            (h.DEAD_LETTER_MESSAGE, str(error)[:2000].encode()),
-            (h.DEAD_LETTER_TOPIC, record.topic.encode()),
-            h.int_header(h.DEAD_LETTER_PARTITION, record.partition),
-            h.int_header(h.DEAD_LETTER_OFFSET, record.offset),
-        ]
+        headers = dead_letter_headers(record.headers, stage=self._spec.name, error=error, topic=record.topic,
+                                      partition=record.partition, offset=record.offset)
         value = record.value if len(record.value or b"") <= self._spec.max_payload_bytes else None
         producer.produce(self._spec.dead_letter_topic, value=value, key=record.key, headers=headers)

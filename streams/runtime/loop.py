@@ -29,7 +29,9 @@ from typing import IO
 from confluent_kafka import KafkaError
 
 from streams.exceptions import DeliveryError
-from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, make_consumer
+from streams.kafka.consumer import consume_batch, make_consumer
+from streams.kafka.producer import StageProducer
+from streams.kafka.settings import KafkaSettings
 from streams.runtime.checkpoint import TransactionalCheckpoint
 from streams.runtime.failures import DeadLetterTopic, Failures
 from streams.runtime.inflight import InFlightLog

@@ -16,7 +16,8 @@ from confluent_kafka import KafkaError, Message
 
 from streams.exceptions import PayloadTooLargeError
 from streams.kafka.admin import max_message_bytes
-from streams.kafka.clients import UNKNOWN_TOPIC_ERRORS, KafkaSettings, StageProducer, record_size
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import UNKNOWN_TOPIC_ERRORS, StageProducer, record_size
 from streams.runtime.metrics import RECORDS_OUT, UNDELIVERABLE_REPLIES
 from streams.runtime.spec import Output, StageSpec
 from streams.wire.topics import RECORD_OVERHEAD_BYTES

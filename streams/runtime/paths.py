@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import Consumer
 
-from streams.kafka.clients import StageProducer
+from streams.kafka.producer import StageProducer
 from streams.runtime.checkpoint import Checkpoint, TransactionalCheckpoint
 from streams.runtime.failures import Failures
 from streams.runtime.inflight import InFlightLog

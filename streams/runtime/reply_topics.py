@@ -18,7 +18,8 @@ from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 
 from streams.exceptions import ReplyTopicError
-from streams.kafka.clients import UNKNOWN_TOPIC_ERRORS, KafkaSettings
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import UNKNOWN_TOPIC_ERRORS
 from streams.wire.topics import FlowTopics
 
 __all__ = ["ReplyTopics"]

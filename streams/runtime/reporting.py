@@ -13,7 +13,7 @@ from typing import Protocol
 from confluent_kafka import Consumer, KafkaException
 
 from streams.exceptions import GroupMembershipLost
-from streams.kafka.clients import StageProducer
+from streams.kafka.producer import StageProducer
 from streams.runtime.metrics import CONSUMER_LAG
 from streams.runtime.spec import PathSpec, StageSpec
 from streams.wire.codec import STAGE_STATUS

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Message
 
-from streams.kafka.clients import headers_of
+from streams.kafka.consumer import headers_of
 from streams.wire.headers import Header
 from streams.runtime.reply_topics import ReplyTopics
 

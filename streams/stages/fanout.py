@@ -18,6 +18,7 @@ from processors.query.limits import CLOCK_SKEW_MS, REQUEST_LIMITS, RequestLimits
 from processors.query.lookups import describe
 from processors.query.parameters import InvalidParameterError, SearchParameters
 from streams.wire import headers as h
+from streams.wire.headers import query_headers
 from streams.exceptions import RequestExpiredError, SerdeError
 from streams.runtime.metrics import EXPIRED_REQUESTS
 from streams.wire.codec import PARTIAL_RESULT, REQUEST, SEARCH_REPLY, Codec
@@ -28,7 +29,7 @@ from streams.wire.topics import FlowTopics
 from streams.logs import CountedThrottle
 
 __all__ = ["DEFAULT_TIMEOUT_MS", "ExpiredRequests", "QueryFanout", "is_expired", "split_expired", "decode_live",
-           "error_reply", "flow_deadline_ms", "query_headers", "created_ms_of"]
+           "error_reply", "flow_deadline_ms", "created_ms_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,18 +125,6 @@ def decode_live(records: Sequence[Inbound], codec: Codec[T], *,
         if record.value is None:
             raise SerdeError("a query-path record needs a value")
         yield record, codec.decode_record(record.value, record.headers)
-
-
-def query_headers(request_id: str, reply_to: str, deadline_ms: int, created_ms: int | None = None, *,
-                  timeout_ms: int | None = None) -> tuple[h.Header, ...]:
-    """:param timeout_ms: a client's relative timeout (``TIMEOUT_MS``), on ``<flow>.query`` only."""
-    headers = (
-        (h.REQUEST_ID, request_id.encode()),
-        (h.REPLY_TO, reply_to.encode()),
-        h.int_header(h.DEADLINE_MS, deadline_ms),
-    )
-    headers += (h.int_header(h.TIMEOUT_MS, timeout_ms),) if timeout_ms is not None else ()
-    return headers + ((h.int_header(h.CREATED_MS, created_ms),) if created_ms is not None else ())
 
 
 def created_ms_of(record: Inbound) -> int:

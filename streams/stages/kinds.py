@@ -16,7 +16,7 @@ from processors.document import Document
 from processors.exceptions import BadDocumentError, InvalidParameterError
 from processors.query.parameters import SearchParameters
 from streams.flow.executors import ENCODERS, INDEXERS, SEGMENTERS, Executor
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 from streams.runtime.spec import FailurePolicy, PathSpec, StageSpec
 from streams.runtime.reply_topics import ReplyTopics
 

@@ -18,6 +18,7 @@ __all__ = [
     "WATERMARK_KEY",
     "int_header",
     "read_int",
+    "query_headers",
 ]
 
 Header = tuple[str, bytes]
@@ -60,3 +61,18 @@ def read_int(headers: Mapping[str, bytes], name: str) -> int | None:
         return int(raw) if raw is not None else None
     except ValueError:
         return None
+
+
+def query_headers(request_id: str, reply_to: str, deadline_ms: int, created_ms: int | None = None, *,
+                  timeout_ms: int | None = None) -> tuple[Header, ...]:
+    """The headers every query-path record carries: who asked, where to reply and by when.
+
+    :param timeout_ms: a client's relative timeout (``TIMEOUT_MS``), on ``<flow>.query`` only.
+    """
+    headers = (
+        (REQUEST_ID, request_id.encode()),
+        (REPLY_TO, reply_to.encode()),
+        int_header(DEADLINE_MS, deadline_ms),
+    )
+    headers += (int_header(TIMEOUT_MS, timeout_ms),) if timeout_ms is not None else ()
+    return headers + ((int_header(CREATED_MS, created_ms),) if created_ms is not None else ())

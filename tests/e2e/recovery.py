@@ -14,7 +14,7 @@ from confluent_kafka import TopicPartition
 from processors.document import Document
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from streams.client import Client, IndexReceipt
-from streams.kafka.clients import make_consumer
+from streams.kafka.consumer import make_consumer
 from streams.local.runtime import LocalRuntime
 from streams.wire.codec import STORED_DOCUMENT
 from streams.wire.records import SearchReply

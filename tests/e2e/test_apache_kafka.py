@@ -21,10 +21,13 @@ from confluent_kafka.admin import AdminClient
 from processors.document import Document
 from streams.wire import headers as h
 from streams.kafka.admin import describe_topics, ensure_topics
-from streams.ops.dead_letters import read_dead_letters
+from streams.client.dead_letters import read_dead_letters
 from streams.flow.parse import load_flow
 from streams.client.http import create_app
-from streams.kafka.clients import KafkaSettings, StageProducer, fetch_high_watermarks, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
+from streams.kafka.consumer import make_consumer
+from streams.kafka.reader import fetch_high_watermarks
 from streams.local.apache_kafka import KafkaCluster
 from streams.local.brokers import BrokerKind, LocalBroker
 from streams.local.runtime import LocalRuntime

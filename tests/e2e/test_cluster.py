@@ -31,7 +31,9 @@ from streams.kafka.admin import describe_topics
 from streams.client import IndexReceipt
 from streams.exceptions import RequestTimeoutError
 from streams.flow.parse import load_flow
-from streams.kafka.clients import KafkaSettings, StageProducer, fetch_high_watermarks
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
+from streams.kafka.reader import fetch_high_watermarks
 from streams.local.apache_kafka import KafkaCluster
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_log_files

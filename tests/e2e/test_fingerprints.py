@@ -12,7 +12,9 @@ from confluent_kafka import TopicPartition
 from streams.client import Client
 from streams.exceptions import SerdeError
 from streams.kafka.admin import ensure_topics
-from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
+from streams.kafka.consumer import consume_batch, make_consumer
 from streams.ops.versions import SERVING_KEY, read_serving
 from streams.wire import headers as h
 from streams.wire.codec import SEARCH_REPLY, SERVING_VERSION

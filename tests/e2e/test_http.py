@@ -16,6 +16,7 @@ from streams.kafka.admin import ensure_topics
 from streams.client import Client
 from streams.client.http import create_app
 from streams.local.brokers import LocalBroker
+from streams.ops.bridge import StatusInspector
 from streams.local.runtime import LocalRuntime
 from streams.wire.topics import FlowTopics
 from tests.e2e.fixtures import PIPELINE_FLOW, FlowFactory, bridge_client, call, stage_logs
@@ -50,7 +51,8 @@ def client(flow: LocalRuntime) -> Iterator[Client]:
 
 @pytest.fixture(scope="module")
 def app(client: Client) -> FastAPI:
-    return create_app(client, token="")  # "" = no auth, whatever STREAMSEARCH_TOKEN says
+    # "" = no auth, whatever STREAMSEARCH_TOKEN says; the inspector as `streamsearch serve --flow NAME` passes it
+    return create_app(client, token="", inspector=StatusInspector(client.settings, client.topics.flow))
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +119,8 @@ def test_status_with_the_flow_yaml_is_what_the_status_command_prints(client: Cli
 
     from streams.ops.status import collect_status
 
-    report = call(create_app(client, token="", flow=flow.flow), "GET", "/status").json()
+    app = create_app(client, token="", flow=flow.flow, inspector=StatusInspector(client.settings, flow.flow))
+    report = call(app, "GET", "/status").json()
     expected = dataclasses.asdict(collect_status(flow.settings, flow.flow))
     assert report["fields"] == [] and report["note"] is None
     assert set(report) == set(expected) | {"fields"}
@@ -127,10 +130,11 @@ def test_status_with_the_flow_yaml_is_what_the_status_command_prints(client: Cli
 
 
 def test_status_without_a_broker_is_503_naming_the_flow_and_fields(flow: LocalRuntime) -> None:
-    from streams.kafka.clients import KafkaSettings
+    from streams.kafka.settings import KafkaSettings
 
     lonely = Client(flow.flow.name, settings=KafkaSettings("127.0.0.1:1", {"socket.timeout.ms": 1000}))
-    response = call(create_app(lonely, token="", flow_fields=("title",)), "GET", "/status")
+    app = create_app(lonely, token="", flow_fields=("title",), inspector=StatusInspector(lonely.settings, flow.flow.name))
+    response = call(app, "GET", "/status")
     assert response.status_code == 503
     assert (response.json()["flow"], response.json()["fields"]) == (flow.flow.name, ["title"])
 
@@ -285,7 +289,8 @@ def test_broker_silence_is_503_not_a_hang(flow: LocalRuntime) -> None:
     idle = FlowTopics(f"{flow.flow.name}-idle", 1)
     ensure_topics(flow.settings, idle.shapes())
     with Client(idle.flow, settings=flow.settings) as lonely:
-        response = call(create_app(lonely, token=""), "POST", "/search", json={"texts": "x", "deadline_s": 0.5})
+        app = create_app(lonely, token="", inspector=StatusInspector(lonely.settings, idle.flow))
+        response = call(app, "POST", "/search", json={"texts": "x", "deadline_s": 0.5})
     assert response.status_code == 503
     assert "no reply" in response.json()["detail"]
 

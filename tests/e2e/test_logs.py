@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 
 from streams.kafka.admin import ensure_topics
 from streams.flow.parse import load_flow
-from streams.kafka.clients import LIBRDKAFKA_LOGGER, KafkaSettings
+from streams.kafka.settings import LIBRDKAFKA_LOGGER, KafkaSettings
 from streams.local.apache_kafka import install_kafka
 from streams.local.brokers import BrokerKind, start_local_broker
 from streams.local.supervisor import LocalFlow

@@ -12,9 +12,11 @@ from confluent_kafka import Producer, TopicPartition
 from processors.document import Document
 from streams.client import Client, IndexReceipt
 from streams.wire import headers as h
-from streams.ops.dead_letters import read_dead_letters
+from streams.client.dead_letters import read_dead_letters
 from streams.exceptions import SearchError
-from streams.kafka.clients import KafkaSettings, StageProducer, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
+from streams.kafka.consumer import make_consumer
 from streams.local.brokers import LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.wire.partitioner import partition_of
@@ -313,7 +315,8 @@ def test_dead_letters_are_counted(flow: LocalRuntime, kafka_settings: KafkaSetti
 
 
 def test_dead_letters_are_listed_and_can_be_redriven(flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
-    from streams.ops.dead_letters import read_dead_letters, redrive
+    from streams.client.dead_letters import read_dead_letters
+    from streams.ops.dead_letters import redrive
 
     topics = flow.flow.topics
     producer = StageProducer(kafka_settings)

@@ -18,7 +18,7 @@ import pytest
 from processors.document import Document
 from streams.kafka.admin import ensure_topics
 from streams.flow.parse import load_flow
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 from streams.local.brokers import LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.wire.records import SearchReply

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from streams.exceptions import KafkaConfigError
-from streams.kafka.clients import LIBRDKAFKA_LOGGER, KafkaSettings
+from streams.kafka.settings import LIBRDKAFKA_LOGGER, KafkaSettings
 from streams.local.apache_kafka import kafka_libs_dir
 from streams.local.brokers import LocalBroker
 

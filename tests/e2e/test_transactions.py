@@ -24,7 +24,9 @@ import streams
 from streams.kafka.admin import ensure_topics
 from streams.runtime.checkpoint import TransactionalCheckpoint
 from streams.client import IndexReceipt
-from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
+from streams.kafka.consumer import consume_batch, make_consumer
 from streams.local.brokers import BrokerKind
 from streams.wire.topics import TopicShape
 from tests.e2e.fixtures import FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs

@@ -13,9 +13,9 @@ import pytest
 
 from processors.document import Document
 from streams.client import Client, IndexReceipt
-from streams.ops.dead_letters import read_dead_letters
+from streams.client.dead_letters import read_dead_letters
 from streams.exceptions import SearchError
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 from streams.local.runtime import LocalRuntime
 from tests.e2e.fixtures import FlowFactory, stage_logs
 from tests.e2e.fixtures import root_flow_yaml

@@ -14,8 +14,10 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from streams.kafka.admin import ensure_topics
-from streams.ops.dead_letters import read_dead_letters
-from streams.kafka.clients import KafkaSettings, StageProducer, consume_batch, make_consumer
+from streams.client.dead_letters import read_dead_letters
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
+from streams.kafka.consumer import consume_batch, make_consumer
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_log_files
 from streams.wire.codec import SEARCH_REPLY

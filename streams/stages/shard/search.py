@@ -27,7 +27,8 @@ from processors.query.window import WindowedSearch, WindowedSearchConfig
 from processors.rankers.base import Ranker
 from streams.wire import headers as h
 from streams.exceptions import InvalidRecordError
-from streams.stages.fanout import created_ms_of, decode_live, error_reply, query_headers
+from streams.stages.fanout import created_ms_of, decode_live, error_reply
+from streams.wire.headers import query_headers
 from streams.wire.codec import PARTIAL_RESULT, REQUEST
 from streams.wire.records import PartialResult, Request
 from streams.runtime.spec import Inbound, Output, PathHandler

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from streams.client import Client
 from streams.client.http import PAGE, create_app, warn_if_unprotected
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,16 @@ def test_validation_errors_are_json_even_when_they_echo_nan(app: FastAPI) -> Non
     assert response.status_code == 422
     detail: list[dict[str, Any]] = response.json()["detail"]
     assert detail[0]["loc"][-1] == "text" and detail[0]["input"] is None
+
+
+def test_without_an_inspector_status_says_what_the_client_knows(client: Client) -> None:
+    """A bridge an application builds itself, with no operator reads passed in: ``/status`` is the
+    flow's name, serving version and fields, and a note saying what is left out; never a 500."""
+    response = call(create_app(client, token="", flow_fields=("title",)), "GET", "/status")
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["flow"], body["version"], body["fields"]) == ("nobody", 1, ["title"])
+    assert "without a FlowInspector" in body["note"]
 
 
 def test_every_reply_field_reaches_the_json_answer() -> None:

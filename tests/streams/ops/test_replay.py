@@ -16,7 +16,8 @@ import pytest
 from processors.document import Document
 from streams.flow.parse import load_flow
 from streams.kafka.admin import ensure_topics
-from streams.kafka.clients import KafkaSettings, StageProducer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
 from streams.runtime.failures import DeadLetterTopic
 from streams.runtime.inflight import CrashLoopError
 from streams.runtime.spec import Inbound, StageSpec
@@ -36,7 +37,7 @@ import dataclasses, json, os, sys
 from pathlib import Path
 from streams.flow.parse import load_flow
 from streams.flow.spec import with_state_dir
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 from streams.ops.replay import replay_index
 from streams.stages.shard.ingest import ShardIngest
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from streams.kafka.admin import ensure_topics
-from streams.ops.dead_letters import read_dead_letters
+from streams.client.dead_letters import read_dead_letters
 from streams.runtime.inflight import InFlightLog
-from streams.kafka.clients import KafkaSettings, StageProducer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
 from streams.wire.topics import FlowTopics, TopicShape
 from tests.fixtures import read_all
 
@@ -28,7 +29,7 @@ STAGE = """
 import os, sys, time, ctypes
 from pathlib import Path
 from confluent_kafka import TopicPartition
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 from streams.runtime.loop import StageLoop
 from streams.runtime.spec import Output, PathSpec, StageSpec
 

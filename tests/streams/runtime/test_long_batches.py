@@ -10,7 +10,9 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from streams.kafka.admin import ensure_topics
-from streams.kafka.clients import KafkaSettings, StageProducer, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
+from streams.kafka.consumer import make_consumer
 from streams.runtime.loop import StageLoop
 from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
 from streams.wire.topics import TopicShape

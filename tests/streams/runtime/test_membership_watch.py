@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from streams.exceptions import GroupMembershipLost
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 from streams.runtime.loop import StageLoop
 from streams.runtime.paths import InputPath as _Path
 from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec

@@ -10,7 +10,9 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from streams.kafka.admin import delete_topics, ensure_topics
-from streams.kafka.clients import KafkaSettings, StageProducer, make_consumer
+from streams.kafka.settings import KafkaSettings
+from streams.kafka.producer import StageProducer
+from streams.kafka.consumer import make_consumer
 from streams.runtime.metrics import UNDELIVERABLE_REPLIES
 from streams.runtime.reply_topics import ReplyTopics
 from streams.runtime.loop import StageLoop

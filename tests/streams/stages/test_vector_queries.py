@@ -17,7 +17,7 @@ from processors.query.parameters import SearchParameters
 from streams.wire import headers as h
 from streams.client import Client
 from streams.client.client import query_documents
-from streams.kafka.clients import KafkaSettings
+from streams.kafka.settings import KafkaSettings
 from streams.wire.partitioner import partition_of
 from streams.stages.fanout import QueryFanout
 from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY

@@ -1,0 +1,92 @@
+"""The consumer every stage and reader polls with, and the batch poll that does not wait out its timeout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from confluent_kafka import Consumer, KafkaError, Message
+
+from streams.kafka.settings import KafkaSettings
+
+__all__ = ["make_consumer", "consume_batch", "headers_of", "Fetched", "split"]
+
+
+def make_consumer(settings: KafkaSettings, *, group_id: str, **overrides: Any) -> Consumer:
+    """A consumer that commits only what the checkpoint says, tuned for low latency.
+
+    Short poll timeout: the embedded broker completes a multi-member join only after the
+    rebalance timeout. A session timeout longer than an Apache Kafka failover (a dead broker's
+    partitions and group coordinators move after ``broker.session.timeout.ms``, 9 s, plus an
+    election when it was the active controller): librdkafka drops its assignment when its
+    coordinator is silent for the session timeout and rejoins as a new member, admitted once the
+    old member's session has expired on the new coordinator; with 6 s, every group a killed broker
+    coordinated stopped for 12 s (``tests/e2e/test_cluster.py``). The price: a stage process
+    killed -9 is replaced in its group after this timeout.
+
+    A short ``fetch.wait.max.ms`` by default: the embedded broker answers a fetch only when that
+    wait is over, even if data arrived (Kafka answers at once), so the wait is the latency of
+    every hop. Paths where latency does not matter pass a longer one, which spares the broker.
+    See ``shared/EMBEDDED_BROKER.md``.
+    """
+    config = {
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 5,
+        "session.timeout.ms": 20000,
+        "heartbeat.interval.ms": 1000,
+        "max.poll.interval.ms": 30000,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "receive.message.max.bytes": 64 * 1024 * 1024,
+        "fetch.max.bytes": 32 * 1024 * 1024,
+        **overrides,
+        **settings.base(),  # the user's settings win over our defaults, but not over the group
+    }
+    config["group.id"] = group_id
+    return Consumer(config)
+
+
+def headers_of(msg: Message) -> dict[str, bytes]:
+    """A record's headers as a dict (the last value of a repeated key wins)."""
+    return {key: value for key, value in (msg.headers() or []) if value is not None}
+
+
+
+def consume_batch(consumer: Consumer, *, max_records: int, timeout: float) -> list[Message]:
+    """Block up to ``timeout`` for the first record, then take what is already queued.
+
+    ``Consumer.consume(n, timeout)`` waits the whole timeout unless n records arrive, which
+    would add the timeout to every idle hop of a query.
+    """
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    rest = consumer.consume(num_messages=max_records - 1, timeout=0) if max_records > 1 else []
+    return [first, *rest]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What one poll returned, sorted: librdkafka delivers a partition's end and its errors as
+    messages among the records."""
+
+    records: list[Message] = field(default_factory=list)
+    ends: list[tuple[str, int]] = field(default_factory=list)
+    """(topic, partition) whose end this poll reached (``_PARTITION_EOF``; needs ``enable.partition.eof``)."""
+    errors: list[KafkaError] = field(default_factory=list)
+
+
+def split(messages: Sequence[Message]) -> Fetched:
+    """Sort polled messages into records, partition ends and errors, keeping each one's order."""
+    fetched = Fetched()
+    for msg in messages:
+        error = msg.error()
+        if error is None:
+            fetched.records.append(msg)
+        elif error.code() == KafkaError._PARTITION_EOF:
+            fetched.ends.append((str(msg.topic()), int(msg.partition() or 0)))
+        else:
+            fetched.errors.append(error)
+    return fetched

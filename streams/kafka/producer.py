@@ -1,0 +1,160 @@
+"""The producer every stage and client writes with: idempotent, lazy, loud at flush; transactions on request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from streams.exceptions import DeliveryError
+from streams.kafka.settings import KafkaSettings
+from streams.wire.partitioner import LIBRDKAFKA_PARTITIONER
+from streams.wire.topics import RECORD_OVERHEAD_BYTES
+
+__all__ = ["StageProducer", "DeliveryFailure", "Header", "PERMANENT_DELIVERY_ERRORS", "UNKNOWN_TOPIC_ERRORS",
+           "record_size"]
+
+Header = tuple[str, bytes]
+
+PERMANENT_DELIVERY_ERRORS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_RECORD, KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.INVALID_MSG,
+})
+"""Refusals that retrying the same record can never cure: the input behind it is dead-lettered."""
+
+UNKNOWN_TOPIC_ERRORS = frozenset({KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART})
+"""The topic does not exist (librdkafka's own error, or the broker's)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFailure:
+    """One record the broker (or librdkafka) refused."""
+
+    topic: str
+    partition: int
+    key: bytes | None
+    error: KafkaError
+    size: int
+
+    @property
+    def permanent(self) -> bool:
+        return self.error.code() in PERMANENT_DELIVERY_ERRORS
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]: {self.error.str()} ({self.size} bytes)"
+
+
+def record_size(key: bytes | str | None, value: bytes | None, headers: Sequence[Header]) -> int:
+    """An upper bound, in bytes, of one record alone in a record batch (format v2: 61-byte batch
+    header, varint-framed fields), which is what a topic's ``max.message.bytes`` limits."""
+    key_len = len(key.encode() if isinstance(key, str) else key or b"")
+    return 61 + 21 + key_len + len(value or b"") + 5 + sum(10 + len(k) + len(v or b"") for k, v in headers)
+
+
+
+class StageProducer:
+    """An idempotent producer that connects on first use and fails loudly at flush.
+
+    Delivery reports are collected; ``flush`` raises if any record was not delivered, so the
+    checkpoint never commits input whose output was lost.
+    """
+
+    def __init__(self, settings: KafkaSettings, *, max_payload_bytes: int | None = None, **overrides: Any) -> None:
+        """:param max_payload_bytes: the flow's payload limit. Its topics take record batches up to
+            ``max_payload_bytes + RECORD_OVERHEAD_BYTES`` (``max.message.bytes``), so no batch is built
+            larger: librdkafka's default ``batch.size`` of 1 MB would put small records together into
+            a batch the broker refuses as too large (a record larger than ``batch.size`` goes alone)."""
+        batch = {"batch.size": min(1_000_000, max_payload_bytes + RECORD_OVERHEAD_BYTES)} if max_payload_bytes else {}
+        self._config = {
+            **batch,
+            "enable.idempotence": True,
+            # No lingering: stages flush at the end of each batch anyway, and every hop of a
+            # query would otherwise wait this long before its record leaves.
+            "linger.ms": 0,
+            "message.max.bytes": 16 * 1024 * 1024,
+            # A topic the cluster says does not exist fails its records after this wait (librdkafka's
+            # default is 30 s, for topics just created elsewhere). Every topic a stage or client
+            # writes was created and seen on every broker first (``ensure_topics``), except a reply
+            # topic whose client has just deleted it: that must not hold a stage's flush for 30 s.
+            "topic.metadata.propagation.max.ms": 2000,
+            # Never create a topic by writing to it (librdkafka's producer default is true): a reply to
+            # a client that has just deleted its topic would bring it back, for good, on a cluster
+            # with auto.create.topics.enable (Apache Kafka's default).
+            "allow.auto.create.topics": False,
+            **overrides,
+            **settings.base(),  # the user's settings win over our defaults, but not over the partitioner:
+            "partitioner": LIBRDKAFKA_PARTITIONER,  # an id on another partition of ingest is refused
+        }
+        self._producer: Producer | None = None
+        self._failures: list[DeliveryFailure] = []
+
+    @property
+    def raw(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(self._config)
+            if "transactional.id" in self._config:
+                self._producer.init_transactions(30)  # fences an older instance with the same id
+        return self._producer
+
+    def produce(
+        self,
+        topic: str,
+        *,
+        value: bytes | None,
+        key: bytes | str | None = None,
+        partition: int | None = None,
+        headers: Sequence[Header] = (),
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+        best_effort: bool = False,
+        timestamp: int | None = None,
+    ) -> None:
+        """Queue a record; waits (serving callbacks) while the local queue is full.
+
+        :param best_effort: a failure to deliver this record is only reported to ``on_delivery``,
+            never raised by ``flush`` (a reply to a client that has gone).
+        :param timestamp: its CreateTime in epoch ms (None: librdkafka's clock now).
+        """
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is not None and not best_effort:
+                self._failures.append(DeliveryFailure(msg.topic(), msg.partition(), msg.key(), err, len(msg)))
+            if on_delivery is not None:
+                on_delivery(err, msg)
+
+        kwargs: dict[str, Any] = {"value": value, "key": key, "headers": list(headers), "on_delivery": report}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if timestamp is not None:
+            kwargs["timestamp"] = timestamp
+        while True:
+            try:
+                self.raw.produce(topic, **kwargs)
+                break
+            except BufferError:
+                self.raw.poll(0.05)
+        self.raw.poll(0)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve delivery callbacks; nothing before the first ``produce`` (it does not connect)."""
+        if self._producer is not None:
+            self._producer.poll(timeout)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait for every queued record.
+
+        :raises DeliveryError: if a record failed or is still queued after ``timeout``.
+        """
+        if self._producer is None:
+            return
+        left = self._producer.flush(timeout)
+        failures, self._failures = self._failures, []
+        reasons = [str(f) for f in failures[:5]] + ([f"{left} records still queued after {timeout}s"] if left else [])
+        if reasons:
+            # Only an error without queued records can be judged by its failures alone.
+            raise DeliveryError("delivery failed: " + "; ".join(reasons), tuple(failures) if not left else ())
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(5)
+            self._producer = None
