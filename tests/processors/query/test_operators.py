@@ -150,7 +150,10 @@ class TestFilter:
         monkeypatch.setattr(lookups, "_TIMEOUTS", lookups._TimeoutWarnings())  # no line of an earlier test's
         docs = [Document(id="slow", text="a" * 60 + "!"), Document(id="fast", text="aa")]
         with caplog.at_level(logging.WARNING, logger="processors.query.lookups"):
-            result = run(docs, Operation("filter", {"conditions": {"text__regex": "(a|aa)+$"}}))
+            # A budget no machine load can spend: under load the slow search's 50 ms timeout takes longer
+            # in wall time, and with the default 0.25 s the fast document found the budget spent (flaky).
+            budget = lookups.RegexBudget(60.0)
+            result = run(docs, Operation("filter", {"conditions": {"text__regex": "(a|aa)+$"}}, regex_budget=budget))
         assert [doc.id for doc in result] == ["fast"]
         assert "timed out" in caplog.text
 

@@ -83,8 +83,9 @@ class TestSupervisor:
         try:
             wait_for(lambda: len(flow.spawned) == 5)
             gaps = [later - earlier for earlier, later in zip(flow.spawned, flow.spawned[1:])]
-            assert 1.0 <= gaps[0] < 2.0 and 2.0 <= gaps[1] < 3.0 and 4.0 <= gaps[2] < 5.0, gaps
-            assert gaps[3] < 1.0, gaps  # SIGKILL: no backoff
+            # Lower bounds only: load can stretch a gap (the watcher ticks every 0.5 s), never shorten it.
+            assert gaps[0] >= 1.0 and gaps[1] >= 2.0 and gaps[2] >= 4.0, gaps
+            assert gaps[3] < 4.0, gaps  # SIGKILL: no backoff (a fourth quick exit would have waited 8 s)
             assert flow.find("index").restarts == 4 and not flow.stopped
         finally:
             flow.stop()
