@@ -478,6 +478,8 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
                f"{flow.state_dir / flow.topics.prefix / stage}")
     for partition in sorted(result.documents):
         click.echo(f"  shard {partition}: {result.documents[partition]} documents, {result.vectors[partition]} vectors")
+    if result.skipped:  # each one logged with its offset and error above
+        click.echo(f"  skipped {result.skipped} bad record(s), as the live stage did (see `streamsearch dead-letters`)")
 
 
 @main.command("reindex")

@@ -31,7 +31,7 @@ from streams.kafka.reader import TopicReader
 from streams.client.dead_letters import read_dead_letters
 from streams.runtime.failures import Failures
 from streams.runtime.inflight import CrashLoopError, InFlightVerdict
-from streams.stages.kinds import FAILURE_POLICY
+from streams.stages.kinds import FAILURE_POLICY, INDEX
 from streams.stages.shard.ingest import ShardIngest
 from streams.runtime.spec import Inbound, Output
 from streams.stages.shard.states import ShardStates
@@ -65,20 +65,21 @@ def replay_index(flow: FlowSpec, settings: KafkaSettings, *, from_timestamp_ms: 
         no record at that time, or the end of a partition is not reached within ``timeout_s``.
     """
     topics = flow.topics
-    states = ShardStates(root=flow.state_dir, flow=topics.prefix, config=flow.stage("index").config)
-    ingest = ShardIngest(states=states, topics=topics, filter_by=flow.stage("index").filter_by)
+    states = ShardStates(root=flow.state_dir, flow=topics.prefix, config=flow.stage(INDEX.name).config)
+    ingest = ShardIngest(states=states, topics=topics, filter_by=flow.stage(INDEX.name).filter_by)
     result = ReplayResult()
     apply = _Records(ingest, flow, result, killers=_killers(settings, flow)).apply
     partitions = list(range(topics.partitions))
+    changelog = flow.input_topic(INDEX.name)  # what the index stage reads is its shards' changelog
     reader = TopicReader(settings, group_id=f"{topics.prefix}.replay.{uuid.uuid4().hex[:8]}",
                          **{"fetch.wait.max.ms": 100})
     started = time.monotonic()
     try:
         starts = _open_shards(ingest, states, partitions, rebuild=from_timestamp_ms is None)
         if from_timestamp_ms is not None:
-            starts = _offsets_at(reader.consumer, topics.encoded, partitions, from_timestamp_ms)
-        reader.assign([TopicPartition(topics.encoded, p, starts[p]) for p in partitions])
-        result.records = _apply_to_end(reader, apply, topics.encoded, batch_size, progress, started + timeout_s)
+            starts = _offsets_at(reader.consumer, changelog, partitions, from_timestamp_ms)
+        reader.assign([TopicPartition(changelog, p, starts[p]) for p in partitions])
+        result.records = _apply_to_end(reader, apply, changelog, batch_size, progress, started + timeout_s)
         for partition in partitions:
             index = states.get(partition)
             assert index is not None
@@ -143,7 +144,7 @@ def _killers(settings: KafkaSettings, flow: FlowSpec) -> dict[tuple[str, int, in
     dead-lettered them), by (topic, partition, offset), with the reason."""
     return {(letter.source_topic, letter.source_partition, letter.source_offset): letter.message
             for letter in read_dead_letters(settings, flow.topics)
-            if letter.source_topic == flow.topics.encoded and letter.error_class == CrashLoopError.__name__}
+            if letter.source_topic == flow.input_topic(INDEX.name) and letter.error_class == CrashLoopError.__name__}
 
 
 class _Records:
@@ -157,7 +158,7 @@ class _Records:
         self._max_payload_bytes = flow.max_payload_bytes
         self._verdict = InFlightVerdict(poisoned=killers, isolate=False)
         self._failures = Failures(ingest, FAILURE_POLICY, emit=self._no_outputs, keep=self._skip,
-                                  flow=flow.topics.prefix, stage="index")
+                                  flow=flow.topics.prefix, stage=INDEX.name)
 
     def apply(self, records: list[Inbound]) -> None:
         self._failures.take(records, max_payload_bytes=self._max_payload_bytes, verdict=self._verdict)

@@ -27,6 +27,7 @@ from streams.runtime.spec import Inbound, Output, PathHandler
 from streams.runtime.reply_topics import ReplyTopics
 from streams.wire.topics import FlowTopics
 from streams.logs import CountedThrottle
+from streams.stages.kinds import ENCODE
 
 __all__ = ["DEFAULT_TIMEOUT_MS", "ExpiredRequests", "QueryFanout", "is_expired", "split_expired", "decode_live",
            "error_reply", "flow_deadline_ms", "created_ms_of"]
@@ -167,7 +168,7 @@ class QueryFanout(PathHandler):
         self._defaults = defaults
         self._fields = tuple(fields)
         self._limits = limits
-        self._expired = ExpiredRequests(flow=topics.flow, stage="encode")
+        self._expired = ExpiredRequests(flow=topics.flow, stage=ENCODE.name)
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
         """Rebase each request's deadline on the flow's clock, answer the expired ones with an

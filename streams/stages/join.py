@@ -33,6 +33,7 @@ from streams.wire.codec import PARTIAL_RESULT, SEARCH_REPLY
 from streams.wire.records import PartialResult, SearchReply
 from streams.runtime.spec import Inbound, Output, PathHandler
 from streams.wire.topics import FlowTopics
+from streams.stages.kinds import JOIN
 
 __all__ = ["Joiner", "PendingRequest"]
 
@@ -103,7 +104,7 @@ class Joiner(PathHandler):
         self.evaluations = RunningStats()
         self.replies = 0
         self.partial_replies = 0
-        self._expired = ExpiredRequests(flow=flow, stage="join")
+        self._expired = ExpiredRequests(flow=flow, stage=JOIN.name)
 
     MAX_PENDING = 10_000
     """Requests held at once; past this, the one due first is answered now, partial (load shedding:
@@ -224,7 +225,7 @@ def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
     template = pending.opening or (answered[0] if answered else None)
     params = SearchParameters.parse(template.parameters) if template else SearchParameters()
     docs = []
-    ops = params.operations_for("join", operations)
+    ops = params.operations_for(JOIN.name, operations)
     for i, query in enumerate(template.docs if template else []):
         lists = [part.docs[i].matches for part in answered if i < len(part.docs)]
         query.matches = merge_matches(lists, sum(len(m) for m in lists) if ops else params.top_k)

@@ -34,6 +34,7 @@ from streams.wire.records import PartialResult, Request
 from streams.runtime.spec import Inbound, Output, PathHandler
 from streams.stages.shard.states import ShardStates
 from streams.wire.topics import FlowTopics
+from streams.stages.kinds import INDEX
 
 __all__ = ["ShardSearch"]
 
@@ -176,7 +177,7 @@ class ShardSearch(PathHandler):
             options["fields"] = [field_name]
         result = self._window.run(index=index, queries=request.docs, top_k=params.top_k,
                                   chunk_oversample=params.chunk_oversample,
-                                  operations=params.operations_for("index", self._operations), search_options=options)
+                                  operations=params.operations_for(INDEX.name, self._operations), search_options=options)
         notice = None
         if result.limited:
             notice = (f"shard {partition}: index-stage window limit reached ({result.vectors_read} vectors read, "

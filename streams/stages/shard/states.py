@@ -17,6 +17,7 @@ from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from streams.exceptions import StateConfigError
 from streams.wire.codec import STORED_DOCUMENT
 from streams.stages.shard.restore import RestoreTracker
+from streams.stages.kinds import INDEX
 
 __all__ = ["ShardCheckpoint", "ShardStates", "PRIVATE_INFIX"]
 
@@ -69,7 +70,7 @@ class ShardStates:
     def __init__(self, *, root: Path, flow: str, config: CompoundIndexerConfig,
                  private_when_locked: bool = False, source: Path | None = None) -> None:
         """:param source: the flow YAML, named in the command that rebuilds a shard built with other settings."""
-        self._dir = Path(root) / flow / "index"
+        self._dir = Path(root) / flow / INDEX.name
         self._source = source
         self._config = config
         self._private_when_locked = private_when_locked
