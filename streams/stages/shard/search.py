@@ -1,12 +1,9 @@
-"""The index stage: shard p applies partition p of ``<flow>.encoded`` and answers partition p of
-``<flow>.search``.
+"""The index stage's query path: shard p answers partition p of ``<flow>.search`` from the state
+``ingest.py`` applies.
 
-RocksDB is the truth: each batch's documents and its consumed offsets go into one write
-batch, and on assignment the shard resumes from its stored offset, not from the group's.
-A shard restores before it serves (``streams/stages/shard/restore.py``): until it has read its
-partition to the end, searches get a ``restoring`` part at once, never silently incomplete
-results. A search that names ``min_offsets`` waits (until shortly before its deadline) for
-the shard to apply that ingest offset: read-your-writes without sleeping.
+Until a shard has read its partition to the end, searches get a ``restoring`` part at once, never
+silently incomplete results. A search that names ``min_offsets`` waits (until shortly before its
+deadline) for the shard to apply that ingest offset: read-your-writes without sleeping.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-
 
 from processors.document import Document
 from processors.query.operators import Operation
