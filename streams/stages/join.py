@@ -224,22 +224,44 @@ def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
     answered = [p for p in parts if p.docs]
     template = pending.opening or (answered[0] if answered else None)
     params = SearchParameters.parse(template.parameters) if template else SearchParameters()
-    docs = []
     ops = params.operations_for(JOIN.name, operations)
+    docs = _merged_queries(template, answered, params, ops)
+    warnings = [p.warning for p in parts if p.warning]
+    if ops:
+        docs, filtered = _join_operations(docs, answered, params, ops)
+        warnings += filtered
+    if params.ground_truth:
+        _evaluate(docs, params, stats if stats is not None else RunningStats())
+    return _reply(pending, parts, docs, warnings)
+
+
+def _merged_queries(template: PartialResult | None, answered: Sequence[PartialResult], params: SearchParameters,
+                    ops: Sequence[Operation]) -> list[Document]:
+    """Each query with the matches of every part merged, best first; all of them when join-stage
+    operations follow (they cut to top_k after), else top_k."""
+    docs = []
     for i, query in enumerate(template.docs if template else []):
         lists = [part.docs[i].matches for part in answered if i < len(part.docs)]
         query.matches = merge_matches(lists, sum(len(m) for m in lists) if ops else params.top_k)
         docs.append(query)
-    warnings = [p.warning for p in parts if p.warning]
-    if ops:
-        # the queries some shard cut at top_k: only there may a filter have missed documents
-        merged = {doc.id: len(doc.matches) for i, doc in enumerate(docs)
-                  if any(i < len(part.docs) and len(part.docs[i].matches) >= params.top_k for part in answered)}
-        docs = [dataclasses.replace(doc, matches=doc.matches[: params.top_k]) for doc in apply_operations(docs, ops)]
-        if any(op.operator == "filter" for op in ops):
-            warnings += _filtered_short(docs, merged, params.top_k)
-    if params.ground_truth:
-        _evaluate(docs, params, stats if stats is not None else RunningStats())
+    return docs
+
+
+def _join_operations(docs: list[Document], answered: Sequence[PartialResult], params: SearchParameters,
+                     ops: Sequence[Operation]) -> tuple[list[Document], list[str]]:
+    """The join stage's query language over the merged queries, cut to top_k, and the warnings of
+    filters that ran after a shard's top-k cut."""
+    # the queries some shard cut at top_k: only there may a filter have missed documents
+    merged = {doc.id: len(doc.matches) for i, doc in enumerate(docs)
+              if any(i < len(part.docs) and len(part.docs[i].matches) >= params.top_k for part in answered)}
+    docs = [dataclasses.replace(doc, matches=doc.matches[: params.top_k]) for doc in apply_operations(docs, ops)]
+    filtered = any(op.operator == "filter" for op in ops)
+    return docs, _filtered_short(docs, merged, params.top_k) if filtered else []
+
+
+def _reply(pending: PendingRequest, parts: Sequence[PartialResult], docs: list[Document],
+           warnings: list[str]) -> SearchReply:
+    """The reply: partial when a shard is missing, failed or restoring, naming which."""
     missing = pending.missing if pending.expected else []
     return SearchReply(
         request_id=pending.request_id,
