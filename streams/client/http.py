@@ -281,7 +281,18 @@ def create_app(
     app.state.token_required = token is not None
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     api = APIRouter(dependencies=[Depends(_auth(token))])
+    _add_error_handlers(app)
+    _add_meta_routes(app, api)
+    fields = list(flow_fields if flow_fields is not None else flow.fields if flow is not None else ())
+    inspect: FlowInspector = inspector if inspector is not None else _ClientOnly(client)
+    _add_status_routes(api, client, inspect, fields)
+    _add_write_routes(api, client)
+    _add_search_route(api, client, inspect)
+    app.include_router(api)
+    return app
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         """FastAPI's 422, rendered ASCII-safe (its own fails on a lone surrogate or a NaN it echoes)."""
@@ -292,6 +303,9 @@ def create_app(
         """Every error detail ASCII-safe: it may quote what the request carried."""
         return _AsciiJSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
 
+
+def _add_meta_routes(app: FastAPI, api: APIRouter) -> None:
+    """The OpenAPI document and its page (behind the token), the health check and the search page."""
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi() -> dict[str, Any]:
         return app.openapi()
@@ -309,10 +323,9 @@ def create_app(
     async def page() -> str:
         return PAGE.read_text(encoding="utf-8")
 
-    fields = list(flow_fields if flow_fields is not None else flow.fields if flow is not None else ())
 
-    inspect: FlowInspector = inspector if inspector is not None else _ClientOnly(client)
-
+def _add_status_routes(api: APIRouter, client: Client, inspect: FlowInspector, fields: list[str]) -> None:
+    """``/status`` (what the inspector reads, and the flow's fields) and ``/limits``."""
     def report() -> dict[str, Any]:
         return {**inspect.status(), "fields": fields}
 
@@ -332,6 +345,9 @@ def create_app(
         """The per-request limits the flow applies (``RequestLimits``): the page bounds its inputs by them."""
         return dataclasses.asdict(REQUEST_LIMITS)
 
+
+def _add_write_routes(api: APIRouter, client: Client) -> None:
+    """``/index`` and ``/docs/{id}``: upserts and deletes, 202 once the broker has them."""
     @api.post("/index", status_code=status.HTTP_202_ACCEPTED)
     async def index(body: DocIn | list[DocIn]) -> dict[str, Any]:
         """Upsert one document or a list; 202 once the broker has them (searchable moments later).
@@ -368,6 +384,8 @@ def create_app(
             raise _unavailable(exc) from exc
         return _receipt_json(receipt)
 
+
+def _add_search_route(api: APIRouter, client: Client, inspect: FlowInspector) -> None:
     @api.post("/search", responses={400: {"description": "refused by the flow, e.g. over a per-request limit"},
                                      413: {}, 503: {}, 504: {"description": "partial results by the deadline"}})
     async def search(body: SearchIn) -> JSONResponse:
@@ -419,9 +437,6 @@ def create_app(
             return _AsciiJSONResponse({"detail": f"shards {reply.missing_shards} missed the deadline", **payload},
                                       status.HTTP_504_GATEWAY_TIMEOUT)
         return _AsciiJSONResponse(payload)
-
-    app.include_router(api)
-    return app
 
 
 def warn_if_unprotected(app: FastAPI, host: str) -> bool:
