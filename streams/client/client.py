@@ -331,20 +331,8 @@ class Client:
         """
         queries = query_documents(texts, vectors)
         request_id = uuid.uuid4().hex
-        params = dict(parameters or {})
-        for key, value in (("top_k", top_k), ("filter_by", list(filter_by) if filter_by else None),
-                           ("index_type", index_type)):
-            if value is not None:
-                params[key] = value
-        if top_k is not None:
-            try:
-                REQUEST_LIMITS.check_count("top_k", top_k)  # the encode stage would refuse it
-            except InvalidParameterError as exc:
-                raise ValueError(str(exc)) from None
-        wait_s = self.timeout_s if timeout_s is None else timeout_s
-        if not 0 < wait_s <= REQUEST_LIMITS.max_deadline_s:  # the encode stage would refuse it
-            raise ValueError(f"timeout_s must be in (0, {REQUEST_LIMITS.max_deadline_s:g}] seconds "
-                             f"(max_deadline_s), got {wait_s!r}")
+        params = search_parameters(parameters, top_k=top_k, filter_by=filter_by, index_type=index_type)
+        wait_s = checked_timeout_s(self.timeout_s if timeout_s is None else timeout_s)
         sent_ms = int(self._clock() * 1000)
         deadline_ms = sent_ms + int(wait_s * 1000)
         request = Request(
@@ -364,16 +352,8 @@ class Client:
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
             if err is not None:  # no reply will come: say why now, not at the deadline
-                if err.code() in _TOO_LARGE:
-                    refused: Exception = PayloadTooLargeError(
-                        f"the broker refused the search request ({len(value)} bytes): {err.str()}")
-                elif err.code() in UNKNOWN_TOPIC_ERRORS:
-                    refused = UnknownFlowError(f"no topic {msg.topic()}: flow {self.topics.flow!r} was never run on "
-                                            "this cluster (start it with streamsearch run FLOW.yml)")
-                else:
-                    refused = DeliveryError(f"search request not delivered: {err.str()}")
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    future.set_exception(refused)
+                    future.set_exception(undelivered(err, msg, len(value), self.topics.flow))
 
         headers = query_headers(request_id, self.reply_topic, deadline_ms,
                                 timeout_ms=int(wait_s * 1000)) + schema_header
@@ -492,3 +472,43 @@ def raise_for_errors(reply: SearchReply) -> None:
 def is_expired_reply(reply: SearchReply) -> bool:
     """Whether a stage answered the request with ``RequestExpiredError``: it came too late to work on."""
     return any(error.startswith(f"{RequestExpiredError.__name__}:") for error in reply.errors)
+
+
+def search_parameters(parameters: Mapping[str, Any] | None, *, top_k: int | None, filter_by: Sequence[str] | None,
+                      index_type: str | None) -> dict[str, Any]:
+    """A search request's parameters: ``parameters`` with the keyword arguments that are set.
+
+    :raises ValueError: if ``top_k`` is outside ``1..max_top_k`` (the encode stage would refuse it).
+    """
+    params = dict(parameters or {})
+    for key, value in (("top_k", top_k), ("filter_by", list(filter_by) if filter_by else None),
+                       ("index_type", index_type)):
+        if value is not None:
+            params[key] = value
+    if top_k is not None:
+        try:
+            REQUEST_LIMITS.check_count("top_k", top_k)
+        except InvalidParameterError as exc:
+            raise ValueError(str(exc)) from None
+    return params
+
+
+def checked_timeout_s(wait_s: float) -> float:
+    """``wait_s``, if within ``(0, max_deadline_s]`` (the encode stage would refuse it otherwise).
+
+    :raises ValueError: naming the limit.
+    """
+    if not 0 < wait_s <= REQUEST_LIMITS.max_deadline_s:
+        raise ValueError(f"timeout_s must be in (0, {REQUEST_LIMITS.max_deadline_s:g}] seconds "
+                         f"(max_deadline_s), got {wait_s!r}")
+    return wait_s
+
+
+def undelivered(err: KafkaError, msg: Message, size: int, flow: str) -> Exception:
+    """Why a search request the producer gave up on will get no reply, as the error its future raises."""
+    if err.code() in _TOO_LARGE:
+        return PayloadTooLargeError(f"the broker refused the search request ({size} bytes): {err.str()}")
+    if err.code() in UNKNOWN_TOPIC_ERRORS:
+        return UnknownFlowError(f"no topic {msg.topic()}: flow {flow!r} was never run on "
+                                "this cluster (start it with streamsearch run FLOW.yml)")
+    return DeliveryError(f"search request not delivered: {err.str()}")
