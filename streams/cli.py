@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import faulthandler
 import functools
 import math
 import os
@@ -29,7 +30,7 @@ from streams.stages.kinds import KINDS, STATEFUL_KINDS
 from streams.kafka.settings import QUIET_LIBRDKAFKA, KafkaSettings
 from streams.local.brokers import BrokerKind
 from streams.logs import configure_logging
-from streams.wire.topics import FlowTopics
+from streams.wire.topics import DEAD_LETTER, STATUS, FlowTopics, TopicRole
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ FLOW = FlowRef()
 def main(log_level: str | None, log_json: bool | None) -> None:
     """Neural search as an event-streaming pipeline on Kafka."""
     configure_logging(log_level, as_json=log_json)
+    if sys.platform != "win32":
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: every thread's stack, to stderr
 
 
 BROKER_OPTION = click.option(
@@ -252,7 +255,7 @@ def _client(flow: CommandFlow) -> Any:
     return Client(flow.name, settings=settings)
 
 
-def _connect(flow: CommandFlow, *roles: str, check: bool = True, quiet: int = logging.WARNING) -> KafkaSettings:
+def _connect(flow: CommandFlow, *roles: TopicRole, check: bool = True, quiet: int = logging.WARNING) -> KafkaSettings:
     """The settings of a command on a running flow: our log lines from ``quiet`` up only, and (``check``)
     the flow's ingest topic and its topics of ``roles`` checked to exist (``require_flow``).
 
@@ -416,7 +419,7 @@ def dead_letters(flow: CommandFlow, from_offset: int, redrive: bool) -> None:
     from streams.client.dead_letters import read_dead_letters
     from streams.ops import dead_letters as dl
 
-    settings, topics = _connect(flow, "dead_letter"), flow.topics  # a YAML names its version
+    settings, topics = _connect(flow, DEAD_LETTER), flow.topics  # a YAML names its version
     letters = read_dead_letters(settings, topics, from_offset=from_offset)
     for letter in letters:
         key = letter.key.decode(errors="replace") if letter.key else "-"
@@ -442,7 +445,7 @@ def status(flow: CommandFlow, as_json: bool) -> None:
 
     from streams.ops.status import collect_status, collect_status_by_name, format_status
 
-    settings = _connect(flow, "status", check=flow.spec is not None)  # a name is checked as it is collected
+    settings = _connect(flow, STATUS, check=flow.spec is not None)  # a name is checked as it is collected
     report = collect_status(settings, flow.spec) if flow.spec else collect_status_by_name(settings, flow.name)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report), indent=2))

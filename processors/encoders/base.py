@@ -43,6 +43,12 @@ class Encoder(Protocol):
     @property
     def dim(self) -> int: ...
 
+    @property
+    def output_dim(self) -> int:
+        """The embedding dimension, known without loading the model (from its config): checking a
+        given vector or the index's ``dim`` must not load weights."""
+        ...
+
     def warm_up(self) -> None: ...
 
     def run(

@@ -20,6 +20,11 @@ class SegmentResult:
 class Segmenter(Protocol):
     """Splits documents into chunks; cheap to construct, loads nothing heavy."""
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The named fields it maps to chunks, each searched on its own; empty for one that splits text."""
+        ...
+
     def warm_up(self) -> None: ...
 
     def run(self, *, docs: Sequence[Document]) -> SegmentResult: ...

@@ -80,6 +80,10 @@ class Sentencizer:
         # or a blank line.
         self._pattern = re.compile(rf"\S.*?(?:{'|'.join(ends)}|(?=\n\s*\n)|$)", re.DOTALL)
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return ()  # sentences of the text: no named fields
+
     def warm_up(self) -> None:
         """Nothing to load."""
 

@@ -20,8 +20,8 @@ from streams.exceptions import FlowConfigError
 from streams.flow.executors import DEFAULT_RANKER, RANKERS, build_config
 from streams.flow.spec import (DEFAULT_MAX_CHUNKS_PER_DOCUMENT, DEFAULT_MAX_PAYLOAD_BYTES, PROCESSING_GUARANTEES,
                                FlowSpec, SearchDefaults, StageConfig)
-from streams.stages.kinds import KINDS, StageKind
-from streams.wire.topics import TOPIC_ROLES, TopicSettings
+from streams.stages.kinds import KINDS, STAGE_TOPIC_ROLES, StageKind
+from streams.wire.topics import FLOW_ROLES, TopicSettings
 
 __all__ = ["load_flow", "parse_flow"]
 
@@ -291,12 +291,13 @@ def _replica_counts(section: dict[str, Any], fail: _Fail) -> tuple[int | None, i
 
 def _topic_configs(config: Any, fail: _Fail) -> dict[str, dict[str, str]]:
     """``topics.config``: Kafka topic configs by topic role, as the strings Kafka takes."""
+    known = list(dict.fromkeys(role.name for role in (*FLOW_ROLES, *STAGE_TOPIC_ROLES)))
     if not isinstance(config, dict):
-        raise fail(("topics", "config"), f"topics.config maps a topic ({', '.join(TOPIC_ROLES)}) to Kafka topic configs")
+        raise fail(("topics", "config"), f"topics.config maps a topic ({', '.join(known)}) to Kafka topic configs")
     checked: dict[str, dict[str, str]] = {}
     for role, entries in config.items():
-        if role not in TOPIC_ROLES:
-            raise fail(("topics", "config", str(role)), f"topics.config: unknown topic {role!r}; known: {', '.join(TOPIC_ROLES)}")
+        if role not in known:
+            raise fail(("topics", "config", str(role)), f"topics.config: unknown topic {role!r}; known: {', '.join(known)}")
         if not isinstance(entries, dict) or not all(isinstance(k, str) for k in entries):
             raise fail(("topics", "config", role), f"topics.config.{role} must map Kafka topic configs to values")
         checked[role] = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in entries.items()}

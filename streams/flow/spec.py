@@ -8,13 +8,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from processors.query.operators import Operation
 from streams.exceptions import FlowConfigError
 from streams.flow.executors import RANKERS
-from streams.stages.kinds import ENCODE, INDEX, KINDS, SEGMENT
+from streams.stages.kinds import ENCODE, INDEX, KINDS, SEGMENT, STAGE_TOPIC_ROLES
 from streams.wire.topics import FlowTopics, TopicSettings
+
+if TYPE_CHECKING:  # the contracts only: reading a flow loads no model, FAISS or RocksDB
+    from processors.encoders.base import Encoder
+    from processors.index.config import CompoundIndexerConfig
+    from processors.segmenters.base import Segmenter
 
 __all__ = ["StageConfig", "SearchDefaults", "FlowSpec", "with_state_dir", "DEFAULT_MAX_PAYLOAD_BYTES",
            "DEFAULT_MAX_CHUNKS_PER_DOCUMENT", "PROCESSING_GUARANTEES"]
@@ -85,7 +90,7 @@ class FlowSpec:
 
     @property
     def topics(self) -> FlowTopics:
-        return FlowTopics(self.name, self.shards, self.version)
+        return FlowTopics(self.name, self.shards, self.version, STAGE_TOPIC_ROLES)
 
     @property
     def label(self) -> str:
@@ -100,7 +105,8 @@ class FlowSpec:
         if index.filter_by:
             return index.filter_by
         segment = next((s for s in self.stages if s.name == SEGMENT.name), None)
-        return tuple(getattr(segment.config, "fields", ())) if segment else ()
+        segmenter: Segmenter | None = segment.build() if segment else None  # cheap: loads nothing
+        return segmenter.fields if segmenter else ()
 
     def idle_replicas(self, replicas: Mapping[str, int] | None = None) -> list[str]:
         """Why some processes would do nothing: every stage reads topics of ``shards`` partitions,
@@ -123,11 +129,13 @@ class FlowSpec:
         :raises ModelNotFoundError: if the encoder's model is not where the flow says.
         """
         encode = next((s for s in self.stages if s.name == ENCODE.name), None)
-        index_dim = getattr(self.stage(INDEX.name).config, "dim", None)
-        if encode is None or index_dim is None:
+        if encode is None:
             return
-        produced = getattr(encode.build(), "output_dim", None)
-        if produced is not None and produced != index_dim:
+        index: CompoundIndexerConfig = self.stage(INDEX.name).config
+        index_dim = index.dim
+        encoder: Encoder = encode.build()
+        produced = encoder.output_dim
+        if produced != index_dim:
             raise FlowConfigError(
                 f"{self.source or self.name}: stages.index.with.dim is {index_dim}, but the encoder "
                 f"({encode.uses}) produces {produced}-d vectors; set dim: {produced} (or use a model of "
@@ -152,7 +160,7 @@ class FlowSpec:
         role = KINDS[stage_name].writes
         if role is None:
             raise KeyError(stage_name)
-        return str(getattr(self.topics, role))
+        return self.topics.name(role)
 
 
 def with_state_dir(flow: FlowSpec, state_dir: Path) -> FlowSpec:

@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 
 from streams.exceptions import BrokerError, UnknownFlowError
 from streams.kafka.settings import KafkaSettings
-from streams.wire.topics import RECORD_OVERHEAD_BYTES, FlowTopics, TopicSettings, TopicShape
+from streams.wire.topics import RECORD_OVERHEAD_BYTES, FlowTopics, TopicRole, TopicSettings, TopicShape
 
 __all__ = ["ensure_topics", "delete_topics", "check_broker", "require_flow", "describe_topics", "TopicDescription",
            "topic_warnings", "SHOWN_CONFIGS", "START_HINT", "max_message_bytes"]
@@ -44,9 +44,9 @@ def check_broker(settings: KafkaSettings, timeout: float = 10.0) -> None:
         raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc.args[0]}") from exc
 
 
-def require_flow(settings: KafkaSettings, topics: FlowTopics, *roles: str, timeout: float = 10.0) -> dict[str, int]:
+def require_flow(settings: KafkaSettings, topics: FlowTopics, *roles: TopicRole, timeout: float = 10.0) -> dict[str, int]:
     """Check that a flow exists on the broker: its ingest topic and the topics of ``roles``
-    (``dead_letter``, ``query``, ... of ``topics.version``). Only ``run`` creates them.
+    (``DEAD_LETTER``, ``QUERY``, ... of ``topics.version``). Only ``run`` creates them.
 
     :returns: every topic on the broker and its partition count.
     :raises UnknownFlowError: naming the broker and the first missing topic.
@@ -59,7 +59,7 @@ def require_flow(settings: KafkaSettings, topics: FlowTopics, *roles: str, timeo
     if topics.ingest not in existing:
         raise UnknownFlowError(f"no flow {topics.flow!r} on {where} (no topic {topics.ingest}); {START_HINT}")
     for role in roles:
-        name = getattr(topics, role)
+        name = topics.name(role)
         if name not in existing:
             raise UnknownFlowError(f"flow {topics.flow!r} has no version {topics.version} on {where} (no topic {name}); "
                               f"{START_HINT}")

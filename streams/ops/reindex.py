@@ -230,5 +230,5 @@ def index_path_dead_letters(settings: KafkaSettings, flow: FlowSpec) -> list[Dea
     """Records of the new version's index path that a stage could not process (bad queries,
     also dead-lettered there, do not count)."""
     topics = flow.topics
-    sources = {topics.ingest} | {getattr(topics, kind.writes) for kind in KINDS.values() if kind.writes}
+    sources = {topics.ingest} | {topics.name(kind.writes) for kind in KINDS.values() if kind.writes}
     return [letter for letter in read_dead_letters(settings, topics) if letter.source_topic in sources]

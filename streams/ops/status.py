@@ -27,7 +27,7 @@ from streams.kafka.consumer import headers_of
 from streams.kafka.reader import fetch_high_watermarks, read_to_end
 from streams.wire.codec import STAGE_STATUS
 from streams.wire.records import ServingVersion, StageStatus
-from streams.wire.topics import FlowTopics
+from streams.wire.topics import PARTIALS, QUERY, FlowTopics
 from streams.ops.versions import existing_versions, read_serving
 
 __all__ = ["PartitionLag", "StageState", "FlowStatus", "collect_status", "collect_status_by_name", "format_status",
@@ -110,7 +110,7 @@ def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 
 def _lag_input(flow: FlowSpec, stage: str) -> str:
     """The topic a stage's lag is measured on: its index path's input, else its query path's."""
     kind = KINDS[stage]
-    return flow.input_topic(stage) if kind.index_path else str(getattr(flow.topics, kind.query_reads or ""))
+    return flow.input_topic(stage) if kind.index_path else flow.topics.name(kind.query_reads) if kind.query_reads else ""
 
 
 def _shards(reports: list[StageStatus]) -> list[dict[str, Any]]:
@@ -173,7 +173,7 @@ def require_running_version(settings: KafkaSettings, name: str, version: int) ->
     :raises BrokerError: naming the stages no process runs.
     """
     target = FlowTopics(name, 1, version)
-    require_flow(settings, target, "query", "partials")
+    require_flow(settings, target, QUERY, PARTIALS)
     running = running_stages(settings, target, QUERY_PATH_KINDS)
     missing = [stage for stage in QUERY_PATH_KINDS if stage not in running]
     if missing:

@@ -244,12 +244,12 @@ class QueryFanout(PathHandler):
             raise InvalidParameterError(f"request kind {request.kind!r} on the query topic; only 'search' is served here")
         if not request.docs:
             raise InvalidParameterError("a search request needs at least one query document")
-        dim = getattr(self._encoder, "output_dim", None)  # from the model's config: no weights load
+        dim = self._encoder.output_dim  # from the model's config: no weights load
         for doc in request.docs:
             if not (doc.text or "").strip() and doc.embedding is None:
                 raise InvalidParameterError(f"query document {doc.id!r} has neither text (whitespace does not "
                                             "count) nor an embedding")
-            if doc.embedding is not None and dim is not None and doc.embedding.size != dim:
+            if doc.embedding is not None and doc.embedding.size != dim:
                 raise InvalidParameterError(f"query document {doc.id!r} is a vector of {doc.embedding.size} values; "
                                             f"this flow's model produces {dim}-d vectors")
         now_ms = time.time() * 1000

@@ -19,12 +19,13 @@ from streams.flow.executors import ENCODERS, INDEXERS, SEGMENTERS, Executor
 from streams.kafka.settings import KafkaSettings
 from streams.runtime.spec import FailurePolicy, PathSpec, StageSpec
 from streams.runtime.reply_topics import ReplyTopics
+from streams.wire.topics import ENCODED, PARTIALS, QUERY, SEARCH, SEGMENTED, TopicRole
 
 if TYPE_CHECKING:
     from streams.flow.spec import FlowSpec, StageConfig
 
 __all__ = ["FAILURE_POLICY", "StageKind", "StageBuild", "KINDS", "SEGMENT", "ENCODE", "INDEX", "JOIN", "STATEFUL_KINDS",
-           "ANSWERING_KINDS", "QUERY_PATH_KINDS", "build_stage"]
+           "ANSWERING_KINDS", "QUERY_PATH_KINDS", "STAGE_TOPIC_ROLES", "build_stage"]
 
 INDEX_PATH_FETCH_WAIT_MS = 100
 """Index-path consumers wait longer per fetch: ingest is throughput, not latency."""
@@ -69,9 +70,10 @@ class StageKind:
     """Why the kind takes no ``uses``/``with`` (its kinds with no executors say so in the error)."""
     index_path: bool = False
     """Reads the previous stage's output (or ingest): part of what decides a version's index content."""
-    writes: str | None = None
-    """The topic role (``FlowTopics``) its index path writes, for the next stage to read."""
-    query_reads: str | None = None
+    writes: TopicRole | None = None
+    """The topic its index path writes, for the next stage to read: one of ``FLOW_ROLES`` or its own
+    (a new ``TopicRole`` here: the flow creates it with the rest)."""
+    query_reads: TopicRole | None = None
     """The topic role its query path reads; None: not on the query path."""
     stateful: bool = False
     """Holds the shards (state, restore, replay; reports them in status)."""
@@ -191,16 +193,16 @@ def _build_join(b: StageBuild) -> StageSpec:
 
 
 SEGMENT = StageKind("segment", _build_segment, SEGMENTERS, default_uses="Sentencizer", required=False,
-                    index_path=True, writes="segmented")
+                    index_path=True, writes=SEGMENTED)
 ENCODE = StageKind("encode", _build_encode, ENCODERS, default_uses="TransformerEncoder", keys=frozenset({"filter_by"}),
-                   index_path=True, writes="encoded", query_reads="query", needs_model=True, answers_queries=True,
+                   index_path=True, writes=ENCODED, query_reads=QUERY, needs_model=True, answers_queries=True,
                    liveness_suffix=QUERY_GROUP_SUFFIX)
 INDEX = StageKind("index", _build_index, INDEXERS, default_uses="CompoundIndexer",
                   keys=frozenset({"shards", "ranker", "filter_by", "query_language"}),
-                  index_path=True, query_reads="search", stateful=True, needs_model=True)
+                  index_path=True, query_reads=SEARCH, stateful=True, needs_model=True)
 JOIN = StageKind("join", _build_join, {}, keys=frozenset({"query_language"}),
                  without_executor="it merges shard results by score (query_language applies)",
-                 query_reads="partials", answers_queries=True)
+                 query_reads=PARTIALS, answers_queries=True)
 
 KINDS: Mapping[str, StageKind] = {kind.name: kind for kind in (SEGMENT, ENCODE, INDEX, JOIN)}
 """Every stage kind by name, in data-flow order: a flow's stages come in this order."""
@@ -208,5 +210,7 @@ KINDS: Mapping[str, StageKind] = {kind.name: kind for kind in (SEGMENT, ENCODE, 
 STATEFUL_KINDS = tuple(name for name, kind in KINDS.items() if kind.stateful)
 ANSWERING_KINDS = tuple(name for name, kind in KINDS.items() if kind.answers_queries)
 """The stages any reply needs, even a partial one: the query path's fan-out and the fan-in."""
+STAGE_TOPIC_ROLES = tuple(kind.writes for kind in KINDS.values() if kind.writes is not None)
+"""The topics stage kinds write; with ``FLOW_ROLES``, every topic of a flow (``FlowSpec.topics``)."""
 QUERY_PATH_KINDS = tuple(name for name, kind in KINDS.items() if kind.query_reads is not None)
 """The stages a search passes through: a version serves only while each of them runs."""

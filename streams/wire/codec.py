@@ -295,7 +295,7 @@ class Codec(Generic[T]):
         return (SCHEMA, self.fingerprint.encode())
 
     def encode_record(self, value: T, headers: Sequence[Header] = ()) -> tuple[bytes, tuple[Header, ...]]:
-        """A record for a topic that carries this type (``streams.wire.topics.TOPIC_CODECS``): its
+        """A record for a topic that carries this type (``streams.wire.topics.TopicRole.codecs``): its
         value, and ``headers`` with the fingerprint header added."""
         return self.encode(value), (*headers, self.header())
 

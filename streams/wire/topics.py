@@ -10,34 +10,60 @@ from typing import Any, Mapping
 from streams.wire.codec import (DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY, SERVING_VERSION, STAGE_STATUS,
                                 VERSION_BUILD, Codec)
 
-__all__ = ["FlowTopics", "TopicShape", "TopicSettings", "TOPIC_CODECS", "TOPIC_ROLES", "REPLY_ROLE", "RECORD_OVERHEAD_BYTES"]
-
-TOPIC_ROLES = ("ingest", "versions", "segmented", "encoded", "query", "search", "partials", "dead_letter", "status")
-"""What each topic of a flow is for; the ``topics.config`` keys of a flow YAML."""
+__all__ = ["FlowTopics", "TopicRole", "TopicShape", "TopicSettings", "FLOW_ROLES", "INGEST", "VERSIONS", "SEGMENTED",
+           "ENCODED", "QUERY", "SEARCH", "PARTIALS", "DEAD_LETTER", "STATUS", "REPLY", "RECORD_OVERHEAD_BYTES"]
 
 RECORD_OVERHEAD_BYTES = 64 * 1024
 """Room above ``max_payload_bytes`` in a topic's ``max.message.bytes`` for the record batch header,
 the key and the headers (trace, offsets, dead-letter reasons)."""
 
+KEPT = (("retention.ms", "-1"), ("retention.bytes", "-1"))
+COMPACTED = (("cleanup.policy", "compact"),)
 
-REPLY_ROLE = "reply"
-"""A client's reply topic (``FlowTopics.new_reply_topic``): not one of a flow's own topics."""
 
-TOPIC_CODECS: Mapping[str, tuple[Codec[Any], ...]] = {
-    "ingest": (DOCUMENT,),
-    "versions": (SERVING_VERSION, VERSION_BUILD),  # told apart by key: "serving", "build/v<N>"
-    "segmented": (DOCUMENT,),
-    "encoded": (DOCUMENT,),
-    "query": (REQUEST,),
-    "search": (REQUEST,),
-    "partials": (PARTIAL_RESULT,),
-    "dead_letter": (),  # a record of any topic, kept as it came
-    "status": (STAGE_STATUS,),
-    REPLY_ROLE: (SEARCH_REPLY,),
-}
-"""What each topic role (:data:`TOPIC_ROLES`, and reply topics) carries. Producers write through
-``Codec.encode_record``, which adds the schema fingerprint header; every decoder of a topic reads
-through ``Codec.decode_record``, which refuses a record whose header names another schema."""
+@dataclass(frozen=True, slots=True)
+class TopicRole:
+    """What one topic of a flow is for: its name, the records it carries and how it is created.
+
+    Producers write through ``Codec.encode_record``, which adds the schema fingerprint header; every
+    decoder of a topic reads through ``Codec.decode_record``, which refuses a record whose header
+    names another schema. A stage kind that writes a topic of its own declares its role in its row
+    (``streams.stages.kinds``); the flow creates it with the rest (:meth:`FlowTopics.shapes`).
+    """
+
+    name: str
+    """The ``topics.config`` key of a flow YAML."""
+    codecs: tuple[Codec[Any], ...]
+    """The record types it carries (several: told apart by key); empty: a record of any topic, kept as it came."""
+    config: tuple[tuple[str, str], ...] = ()
+    """Topic configs it is created with, under the flow's ``topics.config`` for it."""
+    suffix: str = ""
+    """The topic name after the flow's prefix; empty: ``name``."""
+    shared: bool = False
+    """Named ``<flow>.<suffix>`` and shared by every version, not ``<flow>.vN.<suffix>``."""
+    partitioned: bool = True
+    """Has the index path's partition count (partition p feeds shard p); else one partition."""
+
+
+INGEST = TopicRole("ingest", (DOCUMENT,), KEPT, shared=True)
+"""The source of truth a re-encode starts from: kept forever."""
+VERSIONS = TopicRole("versions", (SERVING_VERSION, VERSION_BUILD), COMPACTED, shared=True, partitioned=False)
+"""Which version serves (key ``serving``) and what each was built from (``build/v<N>``)."""
+SEGMENTED = TopicRole("segmented", (DOCUMENT,))
+ENCODED = TopicRole("encoded", (DOCUMENT,), COMPACTED)
+"""The index's changelog: compacted."""
+QUERY = TopicRole("query", (REQUEST,), (("message.timestamp.type", "LogAppendTime"),))
+"""Stamped with the broker's clock: a request's deadline counts from then, whatever the client's clock
+says (``streams.stages.fanout.flow_deadline_ms``)."""
+SEARCH = TopicRole("search", (REQUEST,))
+PARTIALS = TopicRole("partials", (PARTIAL_RESULT,))
+DEAD_LETTER = TopicRole("dead_letter", (), KEPT, suffix="dead-letter", partitioned=False)
+STATUS = TopicRole("status", (STAGE_STATUS,), COMPACTED, partitioned=False)
+REPLY = TopicRole("reply", (SEARCH_REPLY,), partitioned=False)
+"""A client's reply topic (:meth:`FlowTopics.new_reply_topic`): not one of a flow's own topics."""
+
+FLOW_ROLES: tuple[TopicRole, ...] = (INGEST, VERSIONS, SEGMENTED, ENCODED, QUERY, SEARCH, PARTIALS, DEAD_LETTER, STATUS)
+"""Every flow's topics, in data-flow order; a stage kind may add its own (``FlowTopics.stage_roles``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +72,7 @@ class TopicShape:
     partitions: int
     config: tuple[tuple[str, str], ...] = ()
     role: str = ""
-    """One of :data:`TOPIC_ROLES`: which ``topics.config`` entry of the flow applies."""
+    """A :class:`TopicRole`'s name: which ``topics.config`` entry of the flow applies."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +82,7 @@ class TopicSettings:
 
     ``replication_factor`` None means 3 on a cluster of 3 or more brokers, else the broker count;
     ``min_insync_replicas`` None means 2 with a replication factor of 3 or more, else 1.
-    ``config`` maps a role (:data:`TOPIC_ROLES`) to Kafka topic configs that override the defaults
+    ``config`` maps a role (:class:`TopicRole` name) to Kafka topic configs that override the defaults
     (``ingest`` kept forever, ``encoded``/``status``/``versions`` compacted, ``max.message.bytes``
     from ``max_payload_bytes``).
     """
@@ -93,6 +119,8 @@ class FlowTopics:
     flow: str
     partitions: int
     version: int = 1
+    stage_roles: tuple[TopicRole, ...] = field(default=(), compare=False)
+    """Topics stage kinds write beyond :data:`FLOW_ROLES` (``StageKind.writes``): created with the rest."""
 
     @property
     def prefix(self) -> str:
@@ -100,40 +128,49 @@ class FlowTopics:
         return self.flow if self.version == 1 else f"{self.flow}.v{self.version}"
 
     @property
+    def roles(self) -> tuple[TopicRole, ...]:
+        """Every topic role of this flow: :data:`FLOW_ROLES`, then the stage kinds' own."""
+        return FLOW_ROLES + tuple(role for role in self.stage_roles if role not in FLOW_ROLES)
+
+    def name(self, role: TopicRole) -> str:
+        """The topic of ``role`` in this version of the flow."""
+        return f"{self.flow if role.shared else self.prefix}.{role.suffix or role.name}"
+
+    @property
     def ingest(self) -> str:
-        return f"{self.flow}.ingest"
+        return self.name(INGEST)
 
     @property
     def versions(self) -> str:
-        return f"{self.flow}.versions"
+        return self.name(VERSIONS)
 
     @property
     def segmented(self) -> str:
-        return f"{self.prefix}.segmented"
+        return self.name(SEGMENTED)
 
     @property
     def encoded(self) -> str:
-        return f"{self.prefix}.encoded"
+        return self.name(ENCODED)
 
     @property
     def query(self) -> str:
-        return f"{self.prefix}.query"
+        return self.name(QUERY)
 
     @property
     def search(self) -> str:
-        return f"{self.prefix}.search"
+        return self.name(SEARCH)
 
     @property
     def partials(self) -> str:
-        return f"{self.prefix}.partials"
+        return self.name(PARTIALS)
 
     @property
     def dead_letter(self) -> str:
-        return f"{self.prefix}.dead-letter"
+        return self.name(DEAD_LETTER)
 
     @property
     def status(self) -> str:
-        return f"{self.prefix}.status"
+        return self.name(STATUS)
 
     def new_reply_topic(self) -> str:
         """A client's own one-partition reply topic, ``<flow>.reply.<random>``: shared by versions,
@@ -150,21 +187,6 @@ class FlowTopics:
         return f"{self.prefix}.{stage}"
 
     def shapes(self) -> list[TopicShape]:
-        """All topics to create. ``encoded`` is compacted: it is the index's changelog.
-        ``ingest`` keeps everything: it is the source of truth a re-encode starts from. ``query``
-        stamps records with the broker's clock (LogAppendTime): a request's deadline counts from
-        then, whatever the client's clock says (``streams.stages.fanout.flow_deadline_ms``)."""
-        p = self.partitions
-        kept = (("retention.ms", "-1"), ("retention.bytes", "-1"))
-        compacted = (("cleanup.policy", "compact"),)
-        return [
-            TopicShape(self.ingest, p, kept, "ingest"),
-            TopicShape(self.versions, 1, compacted, "versions"),
-            TopicShape(self.segmented, p, (), "segmented"),
-            TopicShape(self.encoded, p, compacted, "encoded"),
-            TopicShape(self.query, p, (("message.timestamp.type", "LogAppendTime"),), "query"),
-            TopicShape(self.search, p, (), "search"),
-            TopicShape(self.partials, p, (), "partials"),
-            TopicShape(self.dead_letter, 1, kept, "dead_letter"),
-            TopicShape(self.status, 1, compacted, "status"),
-        ]
+        """All topics to create, configured as their roles say."""
+        return [TopicShape(self.name(role), self.partitions if role.partitioned else 1, role.config, role.name)
+                for role in self.roles]

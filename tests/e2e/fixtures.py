@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import re
 import socket
 import subprocess
@@ -280,3 +281,30 @@ class Background:
         self._reader.join(10)
         self._stderr.close()
         return code
+
+
+def stop_within(process: subprocess.Popen[bytes], timeout: float, logs: list[Path]) -> None:
+    """Wait ``timeout`` seconds for a ``streamsearch`` process that was told to stop; if it lingers, ask
+    it and its stage processes for every thread's stack (``kill -USR1``, ``streams.cli.main``), kill them,
+    and fail with the stacks: a slow stop is a bug to read, not a wait to raise."""
+    try:
+        process.wait(timeout)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    pids = [process.pid, *map(int, children)]
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all("most recent call first" in log.read_text(errors="replace")
+                                                   for log in logs if log.exists()):
+        time.sleep(0.2)  # polling interval of a condition: the dumps written
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+    tails = "\n".join(f"--- {log}\n{log.read_text(errors='replace')[-6000:]}" for log in logs if log.exists())
+    raise AssertionError(f"pid {process.pid} still running {timeout:.0f} s after it was told to stop:\n{tails}")

@@ -29,7 +29,7 @@ from streams.kafka.producer import StageProducer
 from streams.kafka.consumer import consume_batch, make_consumer
 from streams.local.brokers import BrokerKind
 from streams.wire.topics import TopicShape
-from tests.e2e.fixtures import FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
+from tests.e2e.fixtures import FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs, stop_within
 from tests.e2e.recovery import committed_keys, read_shards, text_hash, wait_applied
 
 pytestmark = pytest.mark.kafka
@@ -156,7 +156,7 @@ def test_two_runs_of_one_exactly_once_flow_share_the_work_without_fencing_each_o
                     f"{topic}: {len(keys)} records visible to read_committed for {TWO_RUNS_DOCS} documents"
     finally:
         second.send_signal(signal.SIGINT)
-        second.wait(60)
+        stop_within(second, 60, [host / "run.log", *sorted((host / "state" / "logs").glob("*.log"))])
         output.close()
         first.local_flow.stop()
     starts = _starts(Path(flow.state_dir) / "logs") | _starts(host / "state" / "logs")

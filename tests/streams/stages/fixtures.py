@@ -14,7 +14,7 @@ class FixedEncoder:
     """An encoder without a model: every text gets the same 4-d vector (for tests of what the stage does
     around encoding, not of the encoding)."""
 
-    dim = 4
+    dim = output_dim = 4
 
     def warm_up(self) -> None: ...
 

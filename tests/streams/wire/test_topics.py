@@ -1,4 +1,4 @@
-"""Each topic names the records it carries (``TOPIC_CODECS``): producing through it adds the schema
+"""Each topic names the records it carries (``TopicRole.codecs``): producing through it adds the schema
 fingerprint header, and every decode of it checks that header."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from streams.wire.records import (
     StageStatus,
     VersionBuild,
 )
-from streams.wire.topics import REPLY_ROLE, TOPIC_CODECS, TOPIC_ROLES, FlowTopics
+from streams.wire.topics import DEAD_LETTER, FLOW_ROLES, REPLY, VERSIONS, FlowTopics, TopicRole
 
 TOPICS = FlowTopics("fp", 2)
 LATER_MS = 2**50
@@ -59,8 +59,8 @@ VALUES: dict[str, Any] = {
 }
 """A valid value of each record type."""
 
-CARRIED = [pytest.param(role, codec, id=f"{role}-{codec.schema['name'].split('.')[1]}")
-           for role, codecs in TOPIC_CODECS.items() for codec in codecs]
+CARRIED = [pytest.param(role.name, codec, id=f"{role.name}-{codec.schema['name'].split('.')[1]}")
+           for role in (*FLOW_ROLES, REPLY) for codec in role.codecs]
 """Every (topic role, record type) that carries Avro: the flow's topics, reply topics included."""
 
 
@@ -75,9 +75,19 @@ def other_fingerprint(codec: Codec[Any]) -> bytes:
 
 
 def test_every_topic_role_names_what_it_carries() -> None:
-    assert set(TOPIC_CODECS) == {*TOPIC_ROLES, REPLY_ROLE}
-    assert TOPIC_CODECS["dead_letter"] == ()  # a record of any topic, kept as it came
-    assert {role for role, *_ in (p.values for p in CARRIED)} == set(TOPIC_ROLES) - {"dead_letter"} | {REPLY_ROLE}
+    assert DEAD_LETTER.codecs == ()  # a record of any topic, kept as it came
+    assert {role for role, *_ in (p.values for p in CARRIED)} == {r.name for r in FLOW_ROLES} - {"dead_letter"} | {"reply"}
+
+
+def test_a_stage_kinds_own_topic_is_created_with_the_flow_and_named_by_version() -> None:
+    """A stage kind's ``writes`` role beyond the flow's own: one row, no other place to name it."""
+    filtered = TopicRole("filtered", (DOCUMENT,), (("cleanup.policy", "compact"),))
+    topics = FlowTopics("fp", 3, 2, (filtered,))
+    shapes = {shape.role: shape for shape in topics.shapes()}
+    assert topics.name(filtered) == "fp.v2.filtered" == shapes["filtered"].name
+    assert shapes["filtered"].partitions == 3 and shapes["filtered"].config == (("cleanup.policy", "compact"),)
+    assert [shape.role for shape in topics.shapes()][:len(FLOW_ROLES)] == [role.name for role in FLOW_ROLES]
+    assert topics == FlowTopics("fp", 3, 2)  # the same flow, however it was built
 
 
 @pytest.mark.parametrize("role, codec", CARRIED)
@@ -154,8 +164,8 @@ def test_a_status_report_of_another_schema_is_skipped_not_misread() -> None:
 
 def test_builds_and_replies_have_their_own_codecs() -> None:
     """The versions topic carries two record types, told apart by key; a reply topic carries replies."""
-    assert TOPIC_CODECS["versions"] == (SERVING_VERSION, VERSION_BUILD)
-    assert TOPIC_CODECS[REPLY_ROLE] == (SEARCH_REPLY,)
+    assert VERSIONS.codecs == (SERVING_VERSION, VERSION_BUILD)
+    assert REPLY.codecs == (SEARCH_REPLY,)
 
 
 def test_status_versions_and_builds_are_dataclasses_and_read_what_earlier_releases_wrote() -> None:
