@@ -5,9 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from processors.document import Document
+import numpy as np
 
-__all__ = ["Encoder", "EncodeResult", "Truncated"]
+from processors.document import Document
+from processors.exceptions import BadDocumentError, DimensionMismatchError
+
+__all__ = ["Encoder", "EncodeResult", "Truncated", "check_embedding"]
+
+
+def check_embedding(vector: object, dim: int, where: str) -> None:
+    """A given embedding must be a finite numeric vector of ``dim`` values (shape ``(dim,)``, or
+    ``(1, dim)``/``(dim, 1)``): what the index stores is what the model would produce.
+
+    :param where: names the document and node in the error.
+    :raises BadDocumentError: if it is not numeric or not finite.
+    :raises DimensionMismatchError: if its size or shape is not ``dim``'s.
+    """
+    array = np.asarray(vector)
+    if array.dtype.kind not in "fiu":
+        raise BadDocumentError(f"{where}: embedding has dtype {array.dtype}; a numeric vector is needed")
+    if array.size != dim or array.ndim > 2 or (array.ndim == 2 and 1 not in array.shape):
+        raise DimensionMismatchError(f"{where}: embedding has shape {array.shape}; this flow's vectors are {dim}-d")
+    if not np.all(np.isfinite(array)):
+        raise BadDocumentError(f"{where}: embedding holds NaN or infinite values")
 
 
 @dataclass(frozen=True, slots=True)

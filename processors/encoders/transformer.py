@@ -13,8 +13,8 @@ from typing import Literal, Sequence
 import numpy as np
 
 from processors.document import Document, copy_tree, traverse
-from processors.encoders.base import EncodeResult, Truncated
-from processors.exceptions import BadDocumentError, ConfigError, DimensionMismatchError, ModelNotFoundError
+from processors.encoders.base import EncodeResult, Truncated, check_embedding
+from processors.exceptions import ConfigError, ModelNotFoundError
 
 __all__ = ["TransformerEncoderConfig", "TransformerEncoder", "default_model_path"]
 
@@ -191,15 +191,7 @@ class TransformerEncoder:
     def _check_given(self, root: Document, path: str, node: Document) -> None:
         """A given embedding must fit the model's (and so the index's) dimension and be finite."""
         where = f"document {root.id!r}" + ("" if node is root else f" node {node.id!r} (path {path!r})")
-        vector = np.asarray(node.embedding)
-        if vector.dtype.kind not in "fiu":
-            raise BadDocumentError(f"{where}: embedding has dtype {vector.dtype}; a numeric vector is needed")
-        dim = self.output_dim
-        if vector.size != dim or vector.ndim > 2 or (vector.ndim == 2 and 1 not in vector.shape):
-            raise DimensionMismatchError(
-                f"{where}: embedding has shape {vector.shape}; the encoder's model produces {dim}-d vectors")
-        if not np.all(np.isfinite(vector)):
-            raise BadDocumentError(f"{where}: embedding holds NaN or infinite values")
+        check_embedding(node.embedding, self.output_dim, where)
 
     @property
     def output_dim(self) -> int:

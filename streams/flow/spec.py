@@ -93,6 +93,13 @@ class FlowSpec:
         return FlowTopics(self.name, self.shards, self.version, STAGE_TOPIC_ROLES)
 
     @property
+    def has_model(self) -> bool:
+        """Whether an encode stage embeds texts. Without one, documents and queries carry their vectors,
+        the index stage reads what documents arrive on and checks them, and the join stage fans queries
+        out: no process imports torch or loads a model."""
+        return any(stage.name == ENCODE.name for stage in self.stages)
+
+    @property
     def label(self) -> str:
         """The flow as people name it: ``hello``, or ``hello v2`` for a later version."""
         return self.name if self.version == 1 else f"{self.name} v{self.version}"

@@ -8,6 +8,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import numpy as np
 
 from streams.kafka.admin import ensure_topics
 from streams.local.bootstrap import BOOTSTRAP_FILE, DirectoryBroker, JoinedBroker
@@ -21,6 +24,7 @@ from streams.flow.spec import FlowSpec, with_state_dir
 from streams.kafka.settings import KafkaSettings
 from streams.local.supervisor import LocalFlow, stage_logs_shown
 from streams.ops.versions import claim_serving
+from streams.stages.kinds import INDEX
 
 __all__ = ["LocalRuntime", "BOOTSTRAP_FILE", "broker_data_dir", "durable_local_broker"]
 
@@ -149,13 +153,16 @@ class LocalRuntime:
         :raises StateConfigError: if a stage stopped for good (its state was built with other settings).
         """
         deadline = time.monotonic() + timeout
+        # A flow without a model answers vector queries only: its probe is a vector of the index's size.
+        probe: dict[str, Any] = ({"texts": "ready?"} if self.flow.has_model else
+                                 {"vectors": np.zeros((1, self.flow.stage(INDEX.name).config.dim), np.float32)})
         while time.monotonic() < deadline:
             stopped = self.local_flow.stopped if self.local_flow is not None else {}
             if stopped:
                 name, reason = next(iter(stopped.items()))
                 raise StateConfigError(f"stage {name} stopped: {reason}")
             try:
-                reply = client.search("ready?", timeout_s=3)
+                reply = client.search(timeout_s=3, **probe)
             except Exception as exc:  # stages still starting: the request may expire unanswered
                 logger.debug("not ready yet", extra={"error": str(exc)})
                 continue

@@ -31,7 +31,7 @@ from streams.kafka.reader import TopicReader
 from streams.client.dead_letters import read_dead_letters
 from streams.runtime.failures import Failures
 from streams.runtime.inflight import CrashLoopError, InFlightVerdict
-from streams.stages.kinds import FAILURE_POLICY, INDEX
+from streams.stages.kinds import FAILURE_POLICY, INDEX, shard_ingest
 from streams.stages.shard.ingest import ShardIngest
 from streams.runtime.spec import Inbound, Output
 from streams.stages.shard.states import ShardStates
@@ -66,7 +66,7 @@ def replay_index(flow: FlowSpec, settings: KafkaSettings, *, from_timestamp_ms: 
     """
     topics = flow.topics
     states = ShardStates(root=flow.state_dir, flow=topics.prefix, config=flow.stage(INDEX.name).config)
-    ingest = ShardIngest(states=states, topics=topics, filter_by=flow.stage(INDEX.name).filter_by)
+    ingest = shard_ingest(flow, states)
     result = ReplayResult()
     apply = _Records(ingest, flow, result, killers=_killers(settings, flow)).apply
     partitions = list(range(topics.partitions))

@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 from streams.kafka.admin import START_HINT, TopicDescription, describe_topics, require_flow, topic_warnings
 from streams.exceptions import BrokerError, ReadTimeoutError, SerdeError
 from streams.flow.spec import FlowSpec
-from streams.stages.kinds import ANSWERING_KINDS, KINDS, QUERY_PATH_KINDS, STATEFUL_KINDS
+from streams.stages.kinds import ANSWERING_KINDS, JOIN, KINDS, QUERY_PATH_KINDS, STATEFUL_KINDS
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.consumer import headers_of
 from streams.kafka.reader import fetch_high_watermarks, read_to_end
@@ -165,6 +165,20 @@ def running_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[st
     return running
 
 
+def expected_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[str, ...]) -> tuple[str, ...]:
+    """``stages`` (query-path or answering kinds) as this flow version runs them: in a flow without a
+    model the join stage's consumer also reads the query topic and fans out, so no encode stage is
+    expected. Told from the join group's assignment; when the broker cannot describe it, all of them."""
+    admin = AdminClient(settings.base())
+    group = topics.group(JOIN.name)
+    try:
+        members = admin.describe_consumer_groups([group])[group].result().members
+    except Exception:  # unknown group, or a broker that does not describe groups: expect every stage
+        return stages
+    read = {tp.topic for member in members if member.assignment for tp in member.assignment.topic_partitions}
+    return tuple(s for s in stages if not (topics.query in read and KINDS[s].query_reads == QUERY))
+
+
 def require_running_version(settings: KafkaSettings, name: str, version: int) -> None:
     """Check that ``version`` of flow ``name`` could answer searches: its topics exist and every
     stage of the query path has a live process.
@@ -174,8 +188,9 @@ def require_running_version(settings: KafkaSettings, name: str, version: int) ->
     """
     target = FlowTopics(name, 1, version)
     require_flow(settings, target, QUERY, PARTIALS)
-    running = running_stages(settings, target, QUERY_PATH_KINDS)
-    missing = [stage for stage in QUERY_PATH_KINDS if stage not in running]
+    stages = expected_stages(settings, target, QUERY_PATH_KINDS)
+    running = running_stages(settings, target, stages)
+    missing = [stage for stage in stages if stage not in running]
     if missing:
         raise BrokerError(f"no process runs the {', '.join(missing)} stage(s) of version {version} of flow "
                           f"{name!r}: start them (`streamsearch run` of its YAML joins this directory's broker), "
@@ -193,8 +208,10 @@ def versions_report(settings: KafkaSettings, name: str, serving: ServingVersion 
         lines = [f"flow {name!r}: version {serving.version} serves since {since} ({serving.reason}{previous})"]
     serving_version = serving.version if serving else 1
     for version in existing_versions(settings, name):
-        running = running_stages(settings, FlowTopics(name, 1, version), QUERY_PATH_KINDS)
-        state = (f"stages running: {', '.join(s for s in QUERY_PATH_KINDS if s in running)}" if running
+        topics = FlowTopics(name, 1, version)
+        stages = expected_stages(settings, topics, QUERY_PATH_KINDS)
+        running = running_stages(settings, topics, stages)
+        state = (f"stages running: {', '.join(s for s in stages if s in running)}" if running
                  else "no stage runs")
         warning = "  <- serving, but no stage answers: searches get no reply" \
             if version == serving_version and not running else ""
@@ -217,8 +234,9 @@ def why_no_reply(settings: KafkaSettings, topics: FlowTopics, timeout_s: float) 
                     f"{name} --serve {others[-1]}`, or start version {topics.version}'s stages (`streamsearch run` "
                     f"of its YAML)")
         return f"no reply: no stage of flow {name!r} is running on {where}; {START_HINT}"
-    if set(ANSWERING_KINDS) - running:
-        missing = " and ".join(sorted(set(ANSWERING_KINDS) - running))
+    expected = expected_stages(settings, topics, ANSWERING_KINDS)
+    if set(expected) - running:
+        missing = " and ".join(sorted(set(expected) - running))
         return (f"no reply: the {missing} stage of flow {name!r} is not running on {where} "
                 f"(see `streamsearch status`)")
     return (f"no reply within {timeout_s:g}s: flow {name!r} runs, the deadline was too short for it; "

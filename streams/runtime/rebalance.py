@@ -33,9 +33,9 @@ class Rebalance:
     def subscribe(self, index: InputPath | None, query: InputPath | None) -> None:
         self._index, self._query = index, query
         if query is not None and not query.spec.follow_index_path:
-            query.consumer.subscribe([query.spec.topic], on_revoke=self._guarded(self._on_revoke_query))
+            query.consumer.subscribe(query.spec.topics, on_revoke=self._guarded(self._on_revoke_query))
         if index is not None:
-            index.consumer.subscribe([index.spec.topic], on_assign=self._guarded(self._on_assign),
+            index.consumer.subscribe(index.spec.topics, on_assign=self._guarded(self._on_assign),
                                      on_revoke=self._guarded(self._on_revoke), on_lost=self._guarded(self._on_lost))
 
     def raise_error(self) -> None:

@@ -139,6 +139,8 @@ class PathSpec:
     :param fetch_wait_ms: the consumer's ``fetch.wait.max.ms``: short on query paths
         (latency), longer on index paths (fewer idle fetches for the broker to serve).
     :param consumer_config: librdkafka settings of this path's consumer (the user's win).
+    :param also_reads: more topics the same consumer subscribes to (one group, one handler that tells
+        records apart by topic), so a small stage serves two topics without a second consumer.
     """
 
     topic: str
@@ -148,6 +150,12 @@ class PathSpec:
     follow_index_path: bool = False
     fetch_wait_ms: int = 5
     consumer_config: dict[str, object] = field(default_factory=dict)
+    also_reads: tuple[str, ...] = ()
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic this path's consumer subscribes to."""
+        return [self.topic, *self.also_reads]
 
     @property
     def partition_aware(self) -> PartitionAware | None:

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from processors.document import Document
-from processors.encoders.base import Truncated
+from processors.encoders.base import Truncated, check_embedding
 from processors.exceptions import BadDocumentError
 from streams.wire import headers as h
 from streams.exceptions import InvalidRecordError, SerdeError
@@ -72,6 +72,48 @@ def require_vectors(doc: Document, *, fields: Sequence[str] = ()) -> Document:
     raise BadDocumentError(f"document {doc.id!r} has nothing to index: {why}; no search could ever find it")
 
 
+def check_partition(record: Inbound, ingest_topic: str, partitions: int) -> None:
+    """A record read from ingest must be on the partition its id belongs on (``partition_of``):
+    on another it would reach another shard, and a later update or delete of the id, written
+    with the right partitioner, would leave that copy searchable for ever.
+
+    :raises InvalidRecordError: naming both partitions and the partitioner to produce with.
+    """
+    if record.topic != ingest_topic or is_marker(record):
+        return
+    key = record.key if record.key is not None else (
+        decode_document(record).id.encode() if record.value is not None else None)
+    if key is None:
+        return  # a tombstone without a key: the shard refuses it, naming that
+    expected = partition_of(key, partitions)
+    if record.partition != expected:
+        raise InvalidRecordError(
+            f"document {key.decode(errors='replace')!r} is on partition {record.partition} of {ingest_topic}, "
+            f"but its id belongs on partition {expected}: produce keyed by document id with Kafka's default "
+            f"partitioner (murmur2 of the key: the Java producer's; librdkafka partitioner="
+            f"{LIBRDKAFKA_PARTITIONER}), as streamsearch's Client does; any other would split an id across shards")
+
+
+def require_given_vectors(doc: Document, dim: int) -> Document:
+    """A document of a flow without a model carries its vectors: each one checked as an encoder
+    checks a given one (numeric, finite, ``dim`` values), and at least one, or nothing could find it.
+
+    :raises BadDocumentError: naming the document and node (``DimensionMismatchError`` for a size).
+    """
+    stack = [(doc, "r")]
+    while stack:
+        node, path = stack.pop()
+        if node.embedding is not None:
+            check_embedding(node.embedding, dim,
+                            f"document {doc.id!r}" + ("" if node is doc else f" node {node.id!r} (path {path!r})"))
+        stack.extend((chunk, f"{path}c") for chunk in node.chunks)
+    try:
+        return require_vectors(doc)
+    except BadDocumentError as exc:
+        raise BadDocumentError(f"{exc}: this flow has no encoder (no stages.encode), so every document carries "
+                               "its embedding") from None
+
+
 def is_marker(record: Inbound) -> bool:
     return record.headers.get(h.KIND) == h.WATERMARK
 
@@ -93,7 +135,7 @@ class DocumentTransform(PathHandler):
         changes = [r for r in records if r.value is not None and not is_marker(r)]
         decoded = [decode_document(r) for r in changes]
         for record in records:
-            self._check_partition(record)
+            check_partition(record, self._ingest_topic, self._partitions)
         docs = self._run(decoded) if changes else []
         by_offset = {(r.partition, r.offset): doc for r, doc in zip(changes, docs)}
         outputs = []
@@ -108,27 +150,6 @@ class DocumentTransform(PathHandler):
                 kind = ((h.KIND, h.WATERMARK),) if is_marker(record) else ()
                 outputs.append(Output(self._output_topic, None, key, record.partition, headers + kind))
         return outputs
-
-    def _check_partition(self, record: Inbound) -> None:
-        """A record read from ingest must be on the partition its id belongs on (``partition_of``):
-        on another it would reach another shard, and a later update or delete of the id, written
-        with the right partitioner, would leave that copy searchable for ever.
-
-        :raises InvalidRecordError: naming both partitions and the partitioner to produce with.
-        """
-        if record.topic != self._ingest_topic or is_marker(record):
-            return
-        key = record.key if record.key is not None else (
-            decode_document(record).id.encode() if record.value is not None else None)
-        if key is None:
-            return  # a tombstone without a key: the shard refuses it, naming that
-        expected = partition_of(key, self._partitions)
-        if record.partition != expected:
-            raise InvalidRecordError(
-                f"document {key.decode(errors='replace')!r} is on partition {record.partition} of {self._ingest_topic}, "
-                f"but its id belongs on partition {expected}: produce keyed by document id with Kafka's default "
-                f"partitioner (murmur2 of the key: the Java producer's; librdkafka partitioner="
-                f"{LIBRDKAFKA_PARTITIONER}), as streamsearch's Client does; any other would split an id across shards")
 
     def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
         """The record is dead-lettered; a marker keeps the shard's watermark moving."""

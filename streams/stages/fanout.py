@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Callable, Iterator, Sequence, TypeVar
 
+from processors.document import Document
 from processors.encoders.base import Encoder
 from processors.index.types import INDEX_TYPES
 from processors.query.limits import CLOCK_SKEW_MS, REQUEST_LIMITS, RequestLimits
@@ -151,24 +152,34 @@ def error_reply(record: Inbound, error: Exception) -> list[Output]:
 class QueryFanout(PathHandler):
     """Encodes the query documents at root level and sends one copy per shard. A query document
     that carries an embedding (``Client.search(vectors=...)``) is not encoded: the encoder only
-    checks its dimension, and a batch of such queries never touches the model."""
+    checks its dimension, and a batch of such queries never touches the model. In a flow without a
+    model (no ``stages.encode``: the join stage fans out) every query must carry its vector."""
 
     MINI_BATCH_DOCS = 32
     """Query documents encoded at a time; the deadlines are checked between mini-batches, so a
     request whose client has given up is not encoded (64 texts of 128 tokens take seconds here)."""
 
-    def __init__(self, *, encoder: Encoder, topics: FlowTopics, defaults: SearchParameters,
+    def __init__(self, *, encoder: Encoder | None, topics: FlowTopics, defaults: SearchParameters,
                  fields: Sequence[str] = (), limits: RequestLimits = REQUEST_LIMITS,
-                 timeout_s: float = DEFAULT_TIMEOUT_MS / 1000, reply_topics: ReplyTopics | None = None) -> None:
-        """:param reply_topics: where replies may go; None: checks reply topic names only."""
+                 timeout_s: float = DEFAULT_TIMEOUT_MS / 1000, reply_topics: ReplyTopics | None = None,
+                 dim: int | None = None, stage: str = ENCODE.name) -> None:
+        """:param encoder: None in a flow without a model: a text query is refused, naming the missing encoder.
+        :param dim: the vectors' dimension when there is no encoder (the index's ``dim``).
+        :param reply_topics: where replies may go; None: checks reply topic names only.
+        :param stage: the stage it runs in (metrics, logs): encode, or join in a flow without a model.
+        :raises ValueError: with neither an encoder nor a dimension.
+        """
+        if encoder is None and dim is None:
+            raise ValueError("a fan-out without an encoder needs the vectors' dimension")
         self._reply_topics = reply_topics or ReplyTopics(topics, None)
         self._encoder = encoder
+        self._dim = dim
         self._timeout_ms = int(timeout_s * 1000)
         self._topics = topics
         self._defaults = defaults
         self._fields = tuple(fields)
         self._limits = limits
-        self._expired = ExpiredRequests(flow=topics.flow, stage=ENCODE.name)
+        self._expired = ExpiredRequests(flow=topics.flow, stage=stage)
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
         """Rebase each request's deadline on the flow's clock, answer the expired ones with an
@@ -195,7 +206,7 @@ class QueryFanout(PathHandler):
             if not batch:
                 continue
             docs = [doc for _, request in batch for doc in request.docs]
-            encoded = iter(self._encoder.run(docs=docs, traversal_paths=["r"]).docs)
+            encoded = iter(self._encoder.run(docs=docs, traversal_paths=["r"]).docs if self._encoder else docs)
             for record, request in batch:
                 outputs.extend(self._fan_out(created_ms_of(record), dataclasses.replace(
                     request, docs=[next(encoded) for _ in request.docs])))
@@ -244,14 +255,8 @@ class QueryFanout(PathHandler):
             raise InvalidParameterError(f"request kind {request.kind!r} on the query topic; only 'search' is served here")
         if not request.docs:
             raise InvalidParameterError("a search request needs at least one query document")
-        dim = self._encoder.output_dim  # from the model's config: no weights load
         for doc in request.docs:
-            if not (doc.text or "").strip() and doc.embedding is None:
-                raise InvalidParameterError(f"query document {doc.id!r} has neither text (whitespace does not "
-                                            "count) nor an embedding")
-            if doc.embedding is not None and doc.embedding.size != dim:
-                raise InvalidParameterError(f"query document {doc.id!r} is a vector of {doc.embedding.size} values; "
-                                            f"this flow's model produces {dim}-d vectors")
+            self._check_query_document(doc)
         now_ms = time.time() * 1000
         self._limits.check_deadline(request.deadline_ms, now_ms)  # as the client's clock said (skew allowed)
         self._limits.check_deadline(deadline_ms, now_ms)
@@ -265,6 +270,25 @@ class QueryFanout(PathHandler):
         selected = list(params.filter_by or self._fields) or None
         return dataclasses.replace(request, deadline_ms=deadline_ms,
                                    parameters={**params.to_dict(), "filter_by": selected})
+
+    def _check_query_document(self, doc: Document) -> None:
+        """:raises InvalidParameterError: a query with nothing to search by, a vector that does not fit,
+            or a text in a flow without a model."""
+        if self._encoder is None:
+            if doc.embedding is None:
+                raise InvalidParameterError(
+                    f"query document {doc.id!r} has no vector, and flow {self._topics.flow!r} has no encoder to "
+                    "embed its text (its YAML has no stages.encode): search with a vector (Client.search(vectors=...))")
+            dim, source = self._dim, "this flow's vectors are"
+        else:
+            if not (doc.text or "").strip() and doc.embedding is None:
+                raise InvalidParameterError(f"query document {doc.id!r} has neither text (whitespace does not "
+                                            "count) nor an embedding")
+            dim, source = self._encoder.output_dim, "this flow's model produces"  # from its config: no weights load
+        # NaN or a non-numeric vector never gets here: decoding refused it (``validate_document``).
+        if doc.embedding is not None and doc.embedding.size != dim:
+            raise InvalidParameterError(f"query document {doc.id!r} is a vector of {doc.embedding.size} values; "
+                                        f"{source} {dim}-d vectors")
 
     def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
         return error_reply(record, error)

@@ -23,9 +23,11 @@ from streams.wire.topics import ENCODED, PARTIALS, QUERY, SEARCH, SEGMENTED, Top
 
 if TYPE_CHECKING:
     from streams.flow.spec import FlowSpec, StageConfig
+    from streams.stages.shard.ingest import ShardIngest
+    from streams.stages.shard.states import ShardStates
 
 __all__ = ["FAILURE_POLICY", "StageKind", "StageBuild", "KINDS", "SEGMENT", "ENCODE", "INDEX", "JOIN", "STATEFUL_KINDS",
-           "ANSWERING_KINDS", "QUERY_PATH_KINDS", "STAGE_TOPIC_ROLES", "build_stage"]
+           "ANSWERING_KINDS", "QUERY_PATH_KINDS", "STAGE_TOPIC_ROLES", "build_stage", "shard_ingest"]
 
 INDEX_PATH_FETCH_WAIT_MS = 100
 """Index-path consumers wait longer per fetch: ingest is throughput, not latency."""
@@ -162,8 +164,18 @@ def _build_encode(b: StageBuild) -> StageSpec:
     )
 
 
-def _build_index(b: StageBuild) -> StageSpec:
+def shard_ingest(flow: FlowSpec, states: ShardStates) -> ShardIngest:
+    """The index stage's index-path handler, as the live stage and replay build it: it applies the topic
+    before it (``encoded``; without a model, what the documents arrive on) and, without a model,
+    checks the vectors the documents carry."""
     from streams.stages.shard.ingest import ShardIngest
+
+    stage = flow.stage(INDEX.name)
+    return ShardIngest(states=states, topics=flow.topics, filter_by=stage.filter_by,
+                       source=flow.input_topic(INDEX.name), given_dim=None if flow.has_model else stage.config.dim)
+
+
+def _build_index(b: StageBuild) -> StageSpec:
     from streams.stages.shard.search import ShardSearch
     from streams.stages.shard.states import ShardStates
 
@@ -171,10 +183,10 @@ def _build_index(b: StageBuild) -> StageSpec:
     states = ShardStates(root=flow.state_dir, flow=topics.prefix, config=stage.config, private_when_locked=True,
                          source=flow.source)
     ranker = stage.build_ranker()
+    ingest = shard_ingest(flow, states)
     return StageSpec(
         **b.common,
-        index_path=PathSpec(topics.encoded, b.group,
-                            ShardIngest(states=states, topics=topics, filter_by=stage.filter_by), batch_size=256, fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS,
+        index_path=PathSpec(flow.input_topic(stage.name), b.group, ingest, batch_size=256, fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS,
                             consumer_config=SHARD_CONSUMER_CONFIG),
         query_path=PathSpec(topics.search, f"{b.group}.search", ShardSearch(states=states, ranker=ranker, topics=topics,
                                                                             operations=stage.query_language),
@@ -183,18 +195,31 @@ def _build_index(b: StageBuild) -> StageSpec:
 
 
 def _build_join(b: StageBuild) -> StageSpec:
+    """The fan-in; in a flow without a model (no encode stage) also the fan-out, on the same consumer."""
     from streams.stages.join import Joiner
 
     flow, topics = b.flow, b.flow.topics
     joiner = Joiner(b.stage.query_language, flow=topics.prefix, version=flow.version, topics=topics,
                     fields=flow.fields, max_reply_bytes=flow.max_payload_bytes)
-    return StageSpec(**b.common, query_path=PathSpec(topics.partials, b.group, joiner, batch_size=256,
-                                                     fetch_wait_ms=flow.search.fetch_wait_ms))
+    if flow.has_model:
+        return StageSpec(**b.common, query_path=PathSpec(topics.partials, b.group, joiner, batch_size=256,
+                                                         fetch_wait_ms=flow.search.fetch_wait_ms))
+    from streams.stages.dispatch import ByTopic
+    from streams.stages.fanout import QueryFanout
+
+    fanout = QueryFanout(encoder=None, dim=flow.stage(INDEX.name).config.dim, topics=topics, defaults=b.defaults,
+                         fields=flow.fields, timeout_s=flow.search.timeout_s, reply_topics=b.reply_topics,
+                         stage=b.stage.name)
+    handler = ByTopic({topics.query: fanout, topics.partials: joiner})
+    return StageSpec(**b.common, query_path=PathSpec(topics.partials, b.group, handler, batch_size=256,
+                                                     fetch_wait_ms=flow.search.fetch_wait_ms,
+                                                     also_reads=(topics.query,)))
 
 
 SEGMENT = StageKind("segment", _build_segment, SEGMENTERS, default_uses="Sentencizer", required=False,
                     index_path=True, writes=SEGMENTED)
 ENCODE = StageKind("encode", _build_encode, ENCODERS, default_uses="TransformerEncoder", keys=frozenset({"filter_by"}),
+                   required=False,
                    index_path=True, writes=ENCODED, query_reads=QUERY, needs_model=True, answers_queries=True,
                    liveness_suffix=QUERY_GROUP_SUFFIX)
 INDEX = StageKind("index", _build_index, INDEXERS, default_uses="CompoundIndexer",

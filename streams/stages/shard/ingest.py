@@ -22,7 +22,8 @@ from streams.runtime.spec import Inbound, Output, PathHandler, Restoring
 from streams.stages.shard.restore import Verdict
 from streams.stages.shard.states import ShardCheckpoint, ShardStates
 from streams.wire.topics import FlowTopics
-from streams.stages.documents import decode_document, ingest_offset_of, is_marker
+from streams.stages.documents import (check_partition, decode_document, ingest_offset_of, is_marker,
+                                     require_given_vectors)
 
 __all__ = ["ShardIngest"]
 
@@ -32,10 +33,18 @@ class ShardIngest(PathHandler, Restoring):
     """Applies encoded documents and tombstones to the partition's shard index; owns the shards of
     its partitions and restores each before it serves (declared: ``Restoring``)."""
 
-    def __init__(self, *, states: ShardStates, topics: FlowTopics, filter_by: Sequence[str] = ()) -> None:
+    def __init__(self, *, states: ShardStates, topics: FlowTopics, filter_by: Sequence[str] = (),
+                 source: str | None = None, given_dim: int | None = None) -> None:
+        """:param source: the topic it applies, its changelog: ``encoded``, or in a flow without a model
+            the one the documents arrive on (``ingest``, or ``segmented``).
+        :param given_dim: in a flow without a model, the documents' vectors are checked here (numeric,
+            finite, this many values), as the encoder would check them; None: the encoder did.
+        """
         self._states = states
         self._topics = topics
         self._filter_by = tuple(filter_by)
+        self._source = source or topics.encoded
+        self._given_dim = given_dim
 
     def assigned(self, partitions: Sequence[int]) -> dict[int, int]:
         starts = {}
@@ -44,11 +53,11 @@ class ShardIngest(PathHandler, Restoring):
             if checkpoint.encoded_offset >= 0:
                 starts[partition] = checkpoint.encoded_offset + 1
                 logger.info(f"shard {partition}: resuming from its stored offset {starts[partition]} of "
-                            f"{self._topics.encoded}, no rebuild", extra={"partition": partition,
+                            f"{self._source}, no rebuild", extra={"partition": partition,
                                                                           "ingest_offset": checkpoint.ingest_offset})
             else:
                 starts[partition] = OFFSET_BEGINNING
-                logger.info(f"shard {partition}: empty, restoring from the beginning of {self._topics.encoded}",
+                logger.info(f"shard {partition}: empty, restoring from the beginning of {self._source}",
                             extra={"partition": partition})
         return starts
 
@@ -66,7 +75,7 @@ class ShardIngest(PathHandler, Restoring):
             self._log_restored(partition)
         elif verdict is Verdict.BEYOND_END:
             self._rebuild(partition, f"stored offset {checkpoint.encoded_offset} is past the end of "
-                                     f"{self._topics.encoded} (high watermark {high})")
+                                     f"{self._source} (high watermark {high})")
             return OFFSET_BEGINNING
         return None
 
@@ -95,14 +104,14 @@ class ShardIngest(PathHandler, Restoring):
         if checkpoint.encoded_offset >= 0 and next_offset < low:
             return self._skip_to_log_start(partition, checkpoint, low)
         self._rebuild(partition, f"the broker answered OFFSET_OUT_OF_RANGE for offset {next_offset} of "
-                                 f"{self._topics.encoded} (log start {low}, high watermark {high})")
+                                 f"{self._source} (log start {low}, high watermark {high})")
         return low if low >= 0 else OFFSET_BEGINNING
 
     def _skip_to_log_start(self, partition: int, checkpoint: ShardCheckpoint, low: int) -> int:
         """Keep the state, note the records lost to it, and resume at the log start ``low``."""
         first = checkpoint.encoded_offset + 1
         lost = low - first
-        reason = (f"records {first}..{low - 1} of {self._topics.encoded} were deleted (retention or delete_records) "
+        reason = (f"records {first}..{low - 1} of {self._source} were deleted (retention or delete_records) "
                   f"before the shard applied them")
         noted = dataclasses.replace(checkpoint, encoded_offset=low - 1, missing=checkpoint.missing + lost,
                                     missing_reason=reason)
@@ -127,7 +136,7 @@ class ShardIngest(PathHandler, Restoring):
             self._note(partition, ShardCheckpoint(
                 missing=documents, missing_reason=f"{why}: rebuilt from the topic, previous state kept at {aside}"))
         logger.warning(f"shard {partition}: {why}; the topic was recreated or truncated (or the memory-only broker "
-                       f"restarted): rebuilding the shard from the beginning of {self._topics.encoded}{kept}",
+                       f"restarted): rebuilding the shard from the beginning of {self._source}{kept}",
                        extra={"partition": partition, "missing": documents})
 
     def _note(self, partition: int, checkpoint: ShardCheckpoint) -> CompoundIndexer:
@@ -183,10 +192,17 @@ class ShardIngest(PathHandler, Restoring):
                         raise ValueError("a tombstone needs the document id as its key")
                     changes.append(Change(record.key.decode(), None))
                 else:
-                    doc = decode_document(record)
+                    doc = self._checked(record)
                     changes.append(Change(doc.id, self._only_indexed_fields(doc)))
             self._apply(partition, changes, part)
         return []
+
+    def _checked(self, record: Inbound) -> Document:
+        """The record's document; read straight from ingest (no stage before the shard), it is also
+        checked for what a stage would have: its partition and, without a model, its vectors."""
+        check_partition(record, self._topics.ingest, self._topics.partitions)
+        doc = decode_document(record)
+        return doc if self._given_dim is None else require_given_vectors(doc, self._given_dim)
 
     def _only_indexed_fields(self, doc: Document) -> Document:
         """With ``filter_by``, nodes of other fields keep their text but lose their vector."""

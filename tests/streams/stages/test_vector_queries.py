@@ -168,3 +168,28 @@ class TestIndexPath:
             transform.process([record])
         [marker] = transform.on_failure(record, DimensionMismatchError("x"))  # the loop dead-letters the record
         assert marker.value is None and marker.partition == record.partition
+
+
+class TestWithoutAModel:
+    """A flow without ``stages.encode``: the fan-out has no encoder, and checks the vectors itself."""
+
+    def test_vector_queries_fan_out_unchanged(self) -> None:
+        fanout = QueryFanout(encoder=None, dim=DIM, topics=TOPICS, defaults=SearchParameters(), stage="join")
+        vectors = unit_vectors(2, seed=3)
+        outputs = fanout.process([query_record(search_request(query_documents(None, vectors)))])
+        searches = [o for o in outputs if o.topic == TOPICS.search]
+        assert sorted(o.partition for o in searches) == [0, 1]
+        assert [d.embedding.tobytes() for d in REQUEST.decode(searches[0].value).docs] == [r.tobytes() for r in vectors]
+
+    @pytest.mark.parametrize("doc, message", [
+        (Document(id="q0", text="what is kafka?"), "has no encoder to embed its text .*no stages.encode"),
+        (Document(id="q0", embedding=np.ones(12, np.float32)), "a vector of 12 values; this flow's vectors are 384-d"),
+    ])
+    def test_a_text_or_a_vector_that_does_not_fit_is_refused(self, doc: Document, message: str) -> None:
+        fanout = QueryFanout(encoder=None, dim=DIM, topics=TOPICS, defaults=SearchParameters(), stage="join")
+        with pytest.raises(InvalidParameterError, match=message):
+            fanout.process([query_record(search_request([doc]))])
+
+    def test_it_needs_the_dimension(self) -> None:
+        with pytest.raises(ValueError, match="dimension"):
+            QueryFanout(encoder=None, topics=TOPICS, defaults=SearchParameters())
