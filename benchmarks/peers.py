@@ -335,7 +335,10 @@ RATIOS: tuple[tuple[str, Callable[[Figures], float | None]], ...] = (
 def ratio(peer: float | None, reference: float | None) -> str:
     if peer is None or reference is None:
         return "-"
-    return f"{peer / reference:.2f}×" if reference else "∞"
+    if not reference:
+        return "∞"
+    value = peer / reference
+    return f"{value:,.0f}×" if value >= 100 else f"{value:.3g}×"  # 0.000123×, 2.67×, 1,234×
 
 
 def report(args: argparse.Namespace, results: list[Figures], failures: list[str], load_at_start: float) -> None:
