@@ -309,7 +309,7 @@ def optional(value: float | None, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
 
-def row(f: Figures, k: int) -> list[str]:
+def row(f: Figures) -> list[str]:
     found = "-" if f.found_p50_ms is None else f"{f.found_p50_ms:.1f} / {f.found_p99_ms:.1f}" + (
         f" ({f.found_missed} missed)" if f.found_missed else "")
     during = "-" if f.ingest_query_p99_ms is None else f"{f.ingest_query_p99_ms:.1f} ({f.ingest_queries} q)"
@@ -353,7 +353,7 @@ def report(args: argparse.Namespace, results: list[Figures], failures: list[str]
     columns = ["start-up s", "insert vec/s", "all searchable after s", "query p50 / p99 ms", f"recall@{k}",
                f"max QPS (clients) recall@{k}", "query p99 during bulk ingest ms", "write→found p50 / p99 ms",
                "peak RSS MiB (all processes)", "load avg before → after"]
-    print(markdown_table(columns, [(f.system, row(f, k)) for f in results]))
+    print(markdown_table(columns, [(f.system, row(f)) for f in results]))
     for f in results:
         if len(f.rss_by_role) > 1:
             print(f"peak RSS of {f.system}: " + ", ".join(f"{role} {mib:,.0f}" for role, mib in f.rss_by_role.items()))
