@@ -1,5 +1,8 @@
-"""What the benchmarks share: the SciFact texts, the flow they run, the brokers they run on, RSS
-readings and the machine."""
+"""What the benchmarks share: the SciFact texts, the flows they run, the brokers they run on, the
+random vector workload, RSS readings and the machine.
+
+Importing it needs numpy and the standard library only (streams.resources is stdlib): the peers'
+benchmarks run parts of it under other virtualenvs (``benchmarks/peers.py``)."""
 
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streams.demo.corpora import load_beir  # noqa: E402
 from streams.resources import EXAMPLE_FLOWS  # noqa: E402
 
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
@@ -25,6 +29,8 @@ FLOW = EXAMPLE_FLOWS / "beir.yml"
 
 def scifact(limit: int):  # type: ignore[no-untyped-def]
     """The first ``limit`` SciFact documents (title + text) and the test queries."""
+    from streams.demo.corpora import load_beir
+
     dataset = load_beir(SCIFACT)
     return dataset.corpus[:limit], list(dataset.queries.values())
 
@@ -52,6 +58,63 @@ def percentiles(samples: Sequence[float]) -> tuple[float, float]:
     """p50 and p99 of latencies in seconds, in milliseconds."""
     ordered = sorted(samples)
     return statistics.median(ordered) * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+
+
+# -- pre-embedded vectors ------------------------------------------------------------------------
+
+DIM = 384
+VECTOR_FLOW_YAML = """\
+name: vectors
+stages:
+  encode:
+    uses: TransformerEncoder
+    with: {traversal_paths: [r]}
+  index:
+    uses: CompoundIndexer
+    with: {dim: 384, metric: inner_product}
+    ranker: {uses: Chunk2DocRanker, with: {aggregation: max, keep_chunks: 0}}
+    shards: 2
+  join: {}
+search:
+  top_k: 10
+  chunk_oversample: 1
+  timeout_s: 10
+"""
+"""The flow for pre-embedded documents: no segmenter; the encoder is present but skipped (every
+document and query carries its vector, so the model is never called, though the stage loads it at
+start as always); a flat inner-product index."""
+
+
+def unit_vectors(n: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((n, DIM), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids per query by inner product (numpy, in blocks of 100 queries)."""
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), 100):
+        scores = queries[start : start + 100] @ vectors.T
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        out[start : start + 100] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
+def recall_at(found: Sequence[Sequence[int]], exact: np.ndarray, k: int) -> float:
+    return float(np.mean([len(set(f[:k]) & set(e[:k].tolist())) / k for f, e in zip(found, exact)]))
+
+
+def flow_runtime(state: Path, flow_yaml: str):  # type: ignore[no-untyped-def]
+    """A LocalRuntime (not started) for ``flow_yaml``, written to ``state``/flow.yml, its stage state
+    under ``state``; it runs on the broker KAFKA_BOOTSTRAP_SERVERS names (``fresh_broker``)."""
+    from streams.flow.parse import load_flow
+    from streams.local.runtime import LocalRuntime
+
+    flow_path = state / "flow.yml"
+    flow_path.write_text(flow_yaml)
+    return LocalRuntime(load_flow(flow_path), flow_path=flow_path, state_dir=state)
 
 
 # -- brokers -------------------------------------------------------------------------------------

@@ -30,32 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from setup import (BROKER_CHOICES, ProcessTreePeaks, broker_kinds, broker_label, fresh_broker, machine,
-                   markdown_table, percentiles)
+from setup import (BROKER_CHOICES, DIM, VECTOR_FLOW_YAML, ProcessTreePeaks, broker_kinds, broker_label,
+                   exact_top, flow_runtime, fresh_broker, machine, markdown_table, percentiles, recall_at,
+                   unit_vectors)
 
 from processors.document import Document
-from streams.flow.parse import load_flow
-from streams.local.runtime import LocalRuntime
-
-DIM = 384
-FLOW_YAML = """\
-name: vectors
-stages:
-  encode:
-    uses: TransformerEncoder
-    with: {traversal_paths: [r]}
-  index:
-    uses: CompoundIndexer
-    with: {dim: 384, metric: inner_product}
-    ranker: {uses: Chunk2DocRanker, with: {aggregation: max, keep_chunks: 0}}
-    shards: 2
-  join: {}
-search:
-  top_k: 10
-  chunk_oversample: 1
-  timeout_s: 10
-"""
-
 
 @dataclass
 class Figures:
@@ -66,27 +45,6 @@ class Figures:
     recall: float = 0.0
     rss_total_mib: float = 0.0
     rss_by_role: dict[str, float] = field(default_factory=dict)
-
-
-def unit_vectors(n: int, seed: int) -> np.ndarray:
-    vectors = np.random.default_rng(seed).standard_normal((n, DIM), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors
-
-
-def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-k ids per query by inner product (numpy, in blocks of 100 queries)."""
-    out = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), 100):
-        scores = queries[start : start + 100] @ vectors.T
-        top = np.argpartition(-scores, k, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
-        out[start : start + 100] = np.take_along_axis(top, order, axis=1)
-    return out
-
-
-def recall_at(found: list[list[int]], exact: np.ndarray, k: int) -> float:
-    return float(np.mean([len(set(f[:k]) & set(e[:k].tolist())) / k for f, e in zip(found, exact)]))
 
 
 def baseline(vectors: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: int) -> Figures:
@@ -113,9 +71,7 @@ def pipeline(kind: str, vectors: np.ndarray, queries: np.ndarray, exact: np.ndar
     figures = Figures()
     with tempfile.TemporaryDirectory(prefix="vectors-bench-") as state, fresh_broker(kind), \
             ProcessTreePeaks() as peaks:
-        flow_path = Path(state) / "flow.yml"
-        flow_path.write_text(FLOW_YAML)
-        runtime = LocalRuntime(load_flow(flow_path), flow_path=flow_path, state_dir=Path(state))
+        runtime = flow_runtime(Path(state), VECTOR_FLOW_YAML)
         try:
             runtime.start()
             client = runtime.client()

