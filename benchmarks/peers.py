@@ -51,6 +51,7 @@ from setup import (
     BROKER_CHOICES,
     DIM,
     ROOT,
+    NO_MODEL_FLOW_YAML,
     VECTOR_FLOW_YAML,
     ProcessTreePeaks,
     broker_kinds,
@@ -150,7 +151,7 @@ class Streamsearch:
         self._stack.enter_context(runtime)
         self.writer = self._stack.enter_context(runtime.client())
         self.reader = self._stack.enter_context(runtime.client())
-        wait_answering(runtime, self.reader)
+        runtime.wait_ready(self.reader, timeout=300)  # a vector probe in a flow without a model
         return time.perf_counter() - started
 
     def insert(self, ids: np.ndarray, vectors: np.ndarray, *, upsert: bool = False) -> Token:
@@ -171,22 +172,6 @@ class Streamsearch:
     def stop(self) -> None:
         self.before_stop()  # the stages' last RSS readings
         self._stack.close()
-
-
-def wait_answering(runtime, client, timeout: float = 300.0) -> None:  # type: ignore[no-untyped-def]
-    """Until a vector search is answered by every shard. ``LocalRuntime.wait_ready`` probes with a
-    text, which a flow without an encoder answers with an error."""
-    probe = unit_vectors(1, seed=4)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if runtime.local_flow.stopped:
-            raise RuntimeError(f"stages stopped: {runtime.local_flow.stopped}")
-        try:
-            if not client.search(vectors=probe, top_k=1, timeout_s=3).partial:
-                return
-        except Exception:  # noqa: BLE001, S112 - stages still starting: the request may expire unanswered
-            continue
-    raise TimeoutError(f"flow not answering after {timeout:.0f}s")
 
 
 # -- peers in child processes --------------------------------------------------------------------
@@ -379,7 +364,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--systems", type=lambda text: text.split(","), default=list(SYSTEMS),
                         help=f"comma-separated, in order: {','.join(SYSTEMS)}")
     parser.add_argument("--flow", type=Path, action="append",
-                        help="a streamsearch flow YAML (repeat for several rows; default: benchmarks/vectors.py's)")
+                        help="a streamsearch flow YAML (repeat for several rows; default: the flow without a model, then the encoder flow of benchmarks/vectors.py)")
     parser.add_argument("--shards", type=integers, default=[1, 2], help="streamsearch index shards, e.g. 1,2")
     parser.add_argument("--broker", choices=BROKER_CHOICES, default="kafka")
     parser.add_argument("--concurrency", type=integers, default=[1, 2, 4, 8, 16, 32], help="client threads")
@@ -389,7 +374,7 @@ def parse_args() -> argparse.Namespace:
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}: choose from {','.join(SYSTEMS)}")
-    args.flow = [path.read_text() for path in args.flow] if args.flow else [VECTOR_FLOW_YAML]
+    args.flow = [path.read_text() for path in args.flow] if args.flow else [NO_MODEL_FLOW_YAML, VECTOR_FLOW_YAML]
     args.bulk = args.docs if args.bulk is None else args.bulk
     return args
 

@@ -79,3 +79,37 @@ class TestFlow:
         assert flow.input_topic("index") == "f.encoded"
         with pytest.raises(KeyError):
             flow.output_topic("join")
+
+
+class TestWithoutAModel:
+    """``stages:`` without ``encode``: documents and queries carry their vectors."""
+
+    TEXT = "name: v\nstages:\n  index: {with: {dim: 8}, shards: 2}\n  join: {}\n"
+
+    def test_the_shards_read_ingest_and_the_join_fans_out(self) -> None:
+        from streams.stages.dispatch import ByTopic
+        from streams.stages.kinds import build_stage
+
+        flow = parse_flow(self.TEXT)
+        assert not flow.has_model and [s.name for s in flow.stages] == ["index", "join"]
+        assert flow.input_topic("index") == "v.ingest"
+        join = build_stage(flow, "join").query_path
+        assert join is not None and join.topics == ["v.partials", "v.query"] and isinstance(join.handler, ByTopic)
+        flow.check_dimensions()  # no encoder: nothing to compare, no model looked for
+
+    def test_a_segmenter_alone_feeds_the_shards(self) -> None:
+        flow = parse_flow(self.TEXT.replace("stages:\n", "stages:\n  segment: {}\n"))
+        assert flow.input_topic("index") == "v.segmented" and not flow.has_model
+
+    def test_a_flow_with_an_encoder_keeps_its_fan_out_in_the_encode_stage(self) -> None:
+        from streams.stages.kinds import build_stage
+
+        flow = parse_flow(GOOD)
+        assert flow.has_model and flow.input_topic("index") == "f.encoded"
+        assert build_stage(flow, "join").query_path.topics == ["f.partials"]  # type: ignore[union-attr]
+
+    def test_topics_config_takes_the_names_of_every_topic(self) -> None:
+        flow = parse_flow(self.TEXT + "topics: {config: {dead_letter: {retention.ms: 1}}}\n")
+        assert flow.topic_settings.config == {"dead_letter": {"retention.ms": "1"}}
+        with pytest.raises(FlowConfigError, match="unknown topic 'nope'; known: ingest, versions, segmented"):
+            parse_flow(self.TEXT + "topics: {config: {nope: {}}}\n")
