@@ -85,20 +85,8 @@ document and query carries its vector, so the model is never called, though the 
 start as always); a flat inner-product index."""
 
 
-NO_MODEL_FLOW_YAML = """\
-name: nomodel
-stages:
-  index:
-    uses: CompoundIndexer
-    with: {dim: 384, metric: inner_product}
-    ranker: {uses: Chunk2DocRanker, with: {aggregation: max, keep_chunks: 0}}
-    shards: 2
-  join: {}
-search:
-  top_k: 10
-  chunk_oversample: 1
-  timeout_s: 10
-"""
+NO_MODEL_FLOW_YAML = VECTOR_FLOW_YAML.replace("name: vectors", "name: nomodel").replace(
+    "  encode:\n    uses: TransformerEncoder\n    with: {traversal_paths: [r]}\n", "")
 """The same index without a model (no ``stages.encode``): documents go from ingest straight to the
 shards, the join stage fans queries out, and no process loads torch."""
 
