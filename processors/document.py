@@ -216,13 +216,22 @@ def validate_embedding(value: object, name: str = "embedding") -> None:
     vector = np.asarray(value)
     if vector.dtype.kind not in "fiu":
         raise InvalidDocumentError(f"{name} has dtype {vector.dtype}; a numeric (float or integer) array is needed")
-    with np.errstate(over="ignore", invalid="ignore"):  # no copy for the usual float32 vector
-        stored = vector.astype(np.float32, copy=False)
-    if not np.isfinite(stored).all():
+    if vector.dtype == np.float32:  # the usual vector: no copy, no error state to set
+        stored = vector
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            stored = vector.astype(np.float32)
+    if not stored.size:
+        return
+    # One pass over the values, on every decode: the largest magnitude is NaN if any value is (max
+    # propagates NaN), infinite if any is, and otherwise says whether scores could overflow.
+    peak = float(max(stored.max(), -stored.min()))
+    if peak <= MAX_EMBEDDING_MAGNITUDE:
+        return
+    if not math.isfinite(peak):
         raise InvalidDocumentError(f"{name} holds NaN or infinite values (as float32)")
-    if stored.size and float(np.abs(stored).max()) > MAX_EMBEDDING_MAGNITUDE:
-        raise InvalidDocumentError(f"{name} holds values beyond +-{MAX_EMBEDDING_MAGNITUDE:g}: its scores would "
-                                   "overflow float32")
+    raise InvalidDocumentError(f"{name} holds values beyond +-{MAX_EMBEDDING_MAGNITUDE:g}: its scores would "
+                               "overflow float32")
 
 
 def _character(match: re.Match[str]) -> str:
