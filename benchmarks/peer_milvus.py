@@ -52,6 +52,9 @@ class MilvusLite:
         return True  # read back with the Strong consistency level
 
     def wait_searchable(self, tokens: Sequence[Token], probe: np.ndarray) -> None:
+        # Seal the inserts into segments, as a Milvus user does after a bulk load: unflushed rows are
+        # searched by copying the memtable on every query (over 0.7 s a query at 20,000 rows here).
+        self.client.flush(COLLECTION)
         self.search(probe, 1, after=True)
 
     def search(self, vector: np.ndarray, k: int, after: Token | None = None) -> list[int]:
