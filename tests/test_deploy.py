@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import time
 import uuid
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from streams.flow.parse import load_flow
 from streams.local.apache_kafka import BROKER_SETTINGS, KAFKA_VERSION, KafkaNode, install_kafka
 from streams.resources import EXAMPLE_FLOWS
 from streams.stages.kinds import KINDS
+from tests.fixtures import free_port_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,12 +88,6 @@ def _external_port(service: Mapping[str, Any]) -> int:
     return int(container_port)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_compose_runs_every_stage_of_the_default_flow_against_kraft_kafka() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
@@ -153,7 +147,7 @@ def _on_loopback(properties: Mapping[str, str], log_dir: Path) -> dict[str, str]
     """``properties`` with only hosts, ports and the log path changed: every listener on a free
     127.0.0.1 port (advertised as such), the quorum voter on the controller listener, the log in ``log_dir``."""
     listeners = _listeners(properties["listeners"])
-    ports = {name: _free_port() for name in listeners}
+    ports = {name: free_port_block() for name in listeners}
     controller = properties["controller.listener.names"].split(",")[0]
     node_id, _, _ = properties["controller.quorum.voters"].partition("@")
     return {

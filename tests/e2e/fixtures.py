@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import re
-import socket
+import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from streams.flow.parse import load_flow
 from streams.local.brokers import LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_log_files
+from tests.fixtures import free_port_block
 
 FlowFactory = Callable[[str], LocalRuntime]
 
@@ -143,27 +143,7 @@ def root_flow_yaml(metric: str = "inner_product", aggregation: str = "max") -> s
     return ROOT_FLOW.replace("METRIC", metric).replace("AGGREGATION", aggregation)
 
 
-def _free_port_block(size: int) -> int:
-    """A base port whose next ``size`` ports are free now (the stages bind them moments later)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + size < 65535 and all(_free(base + i) for i in range(size)):
-            return base
-    raise AssertionError("no free port block")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-_PORT = _free_port_block(5)
+_PORT = free_port_block(5)
 METRICS_PORTS = {"segment": _PORT, "encode": _PORT + 1, "index": _PORT + 2, "join": _PORT + 4}  # index: 2 replicas
 PIPELINE_FLOW = """
 name: {name}

@@ -2,7 +2,6 @@
 user would from a directory of their own, it says what is true (running, searchable, why no reply)."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from tests.e2e.fixtures import (
     user_cli,
     user_env,
 )
+from tests.fixtures import free_port_block
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -261,9 +261,7 @@ def test_a_second_run_of_the_same_flow_in_the_directory_is_refused(flow_dir: Run
 @pytest.mark.kafka
 def test_serve_gives_the_status_command_report_and_refuses_a_busy_port(flow_dir: RunningFlow) -> None:
     flow_dir.run.wait_for("flow 'clia' running")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port_block()
     server = Background(flow_dir.folder, "serve", "--flow", "a.yml", "--port", str(port))
     try:
         deadline = time.monotonic() + 120
@@ -357,9 +355,7 @@ def _a_served_version_nobody_runs_is_named_with_its_fix(flow_dir: RunningFlow) -
     assert listed.returncode == 0 and listed.stdout.splitlines()[1:] == [
         "  version 1: stages running: encode, index, join",
         "  version 2 (serving): no stage runs  <- serving, but no stage answers: searches get no reply"], listed.stdout
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port_block()
     server = Background(folder, "serve", "--flow", "clia", "--port", str(port))
     try:
         server.wait_for("serving flow 'clia': ")
