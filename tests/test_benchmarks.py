@@ -1,6 +1,6 @@
-"""The peers' benchmark runs end to end at a small size (no figure is asserted: timings move with
-the machine's load). Only the in-process systems here: the others need a broker, a model or a
-virtualenv, and run in the full benchmark."""
+"""The benchmarks run end to end at a small size (no figure is asserted: timings move with the
+machine's load). The peers' benchmark with its in-process systems only (the others need a broker, a
+model or a virtualenv, and run in the full benchmark); the query hops on their own Apache Kafka broker."""
 
 from __future__ import annotations
 
@@ -24,3 +24,18 @@ def test_peers_prints_a_row_per_system_with_exact_recall() -> None:
         assert cells[4] == "1.0000", line  # recall@10 of exact search
         assert "missed" not in cells[7], line  # every write found by the search that reads it
     assert "failed" not in done.stdout, done.stdout
+
+
+def test_query_hops_times_every_hop_of_every_query_from_its_records() -> None:
+    """Each query's records are found on every topic it crosses (matched by request id), so each hop
+    row counts all the queries; the benchmark starts its own Apache Kafka broker."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "query_hops.py"), "--vectors", "500", "--queries", "20"],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in done.stdout.splitlines() if line.startswith("| ") and "p50 ms" not in line}
+    hops = ["client -> query topic (broker append)", "join: fan out", "shard: fetch + search + rank",
+            "join: fetch + merge + reply", "client: read and decode the reply", "**end to end**"]
+    assert all(rows[hop][2] == "20" for hop in hops), done.stdout
+    assert float(rows["**end to end**"][0]) > 0, done.stdout

@@ -320,20 +320,25 @@ def _search_past_ties(index: VectorIndex, queries: np.ndarray, top_k: int, tunin
 
     Which of several tied vectors FAISS keeps depends on the order they were added, which a
     replay or a rebalance changes; with the whole run fetched, the caller cuts it by document id.
+    One vector beyond the cut shows whether a run crosses it, so an untied search (the common
+    case) is one FAISS call; a tied one doubles its width until the run ends.
     """
-    k = min(top_k, available)
+    k = min(top_k + 1, available)
     while True:
         scores, ids = index.search(queries, k, tuning)
-        if k >= available or ids.shape[1] < k or not _tied_at_cut(scores, ids, top_k):
+        if k >= available or ids.shape[1] < k or not _tied_past_cut(scores, ids, top_k):
             return scores, ids
         k = min(2 * k, available)
 
 
-def _tied_at_cut(scores: np.ndarray, ids: np.ndarray, top_k: int) -> bool:
-    """True if a full row's last score equals its score at position ``top_k``: more may tie beyond."""
-    if ids.shape[1] < top_k:
-        return False
+def _tied_past_cut(scores: np.ndarray, ids: np.ndarray, top_k: int) -> bool:
+    """True if a row's last hit, beyond position ``top_k``, scores what its ``top_k``-th does: more may tie beyond.
+
+    :param scores: (queries, k) with k > ``top_k``; rows padded with id -1 where the index ran out.
+    """
     last = ids.shape[1] - 1
+    if last < top_k:
+        return False
     return bool(np.any((ids[:, last] != -1) & (scores[:, top_k - 1] == scores[:, last])))
 
 

@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from processors.index.base import Metric, SearchTuning
-from processors.index.faiss_flat import FaissVectorIndex, faiss_metric
+from processors.index.faiss_flat import FaissVectorIndex, faiss_metric, faiss_search
 
 __all__ = ["REBUILD_FRACTION", "HnswVectorIndex"]
 
@@ -95,7 +95,7 @@ class HnswVectorIndex(FaissVectorIndex):
             else:
                 params.sel = allowed if allowed is not None else self._removed_selector()
         params.efSearch = max(ef, k)
-        return self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
+        return faiss_search(self._index, queries, k, params)
 
     def _removed_selector(self) -> faiss.IDSelector:
         if self._skip_removed is None:

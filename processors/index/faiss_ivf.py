@@ -21,7 +21,7 @@ import numpy as np
 
 from processors.exceptions import ConfigError
 from processors.index.base import Metric, SearchTuning
-from processors.index.faiss_flat import FaissVectorIndex, faiss_metric
+from processors.index.faiss_flat import FaissVectorIndex, faiss_metric, faiss_search
 
 __all__ = [
     "AUTO_NLIST_CAP",
@@ -150,4 +150,4 @@ class IvfVectorIndex(FaissVectorIndex):
         allowed = tuning.selector() if tuning else None
         if allowed is not None:
             params.sel = allowed
-        return self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
+        return faiss_search(self._index, queries, k, params)

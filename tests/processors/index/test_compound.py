@@ -9,8 +9,9 @@ from rocksdict import Options, Rdict
 
 from processors.document import Direction, Document
 from processors.exceptions import ConfigError, DimensionMismatchError
-from processors.index.base import Change
-from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
+from processors.index.base import Change, SearchTuning
+from processors.index.compound import CompoundIndexer, CompoundIndexerConfig, _search_past_ties
+from processors.index.faiss_flat import FlatVectorIndex
 from processors.index.store import FORMAT
 from streams.wire.codec import DOCUMENT, STORED_DOCUMENT
 
@@ -295,3 +296,35 @@ class TestEqualScores:
         assert [hit.node.id for hit in hits] == ["b/body", "b/title", "m/body", "m/title", "z/body", "z/title"]
         cut = index.search(embeddings=unit(3)[None], top_k=3, fields=["title"])[0]
         assert [hit.node.id for hit in cut] == ["b/title", "m/title", "z/title"]
+
+
+class _CountedSearches(FlatVectorIndex):
+    """A real flat index that counts its FAISS searches and the widths asked for."""
+
+    def __init__(self) -> None:
+        super().__init__(dim=DIM, metric="inner_product")
+        self.widths: list[int] = []
+
+    def search(self, queries: np.ndarray, k: int, tuning: SearchTuning | None = None) -> tuple[np.ndarray, np.ndarray]:
+        self.widths.append(k)
+        return super().search(queries, k, tuning)
+
+
+class TestSearchPastTies:
+    def test_an_untied_cut_takes_one_faiss_search_one_wider_than_top_k(self) -> None:
+        index = _CountedSearches()
+        index.add(np.arange(50, dtype=np.int64), np.stack([unit(seed) for seed in range(50)]))
+        scores, ids = _search_past_ties(index, unit(99)[None], 10, SearchTuning(), index.size)
+        assert index.widths == [11]
+        assert scores[0, 9] != scores[0, 10] and len(set(ids[0].tolist())) == 11
+
+    def test_a_run_of_ties_across_the_cut_is_fetched_whole(self) -> None:
+        index = _CountedSearches()
+        distinct = np.stack([unit(seed) for seed in range(20)])
+        query = unit(1000)
+        distinct -= np.outer(distinct @ query, query)  # orthogonal to the query: score 0, below the tied run
+        index.add(np.arange(20, dtype=np.int64), distinct)
+        index.add(np.arange(100, 130, dtype=np.int64), np.repeat(query[None], 30, axis=0))  # 30 tied at score 1
+        scores, ids = _search_past_ties(index, query[None], 5, SearchTuning(), index.size)
+        assert index.widths == [6, 12, 24, 48]
+        assert set(range(100, 130)) <= set(ids[0].tolist())

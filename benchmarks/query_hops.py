@@ -1,0 +1,164 @@
+"""Where a vector query's time goes: the per-hop breakdown of sequential queries, from record timestamps.
+
+A query crosses the topics of its flow; each record carries a timestamp (the broker's append time on
+``<flow>.query``, whose role sets ``LogAppendTime``; the producing stage's create time elsewhere,
+which librdkafka stamps at ``produce()``). Subtracting them gives, per hop, the time from one
+record's production to the next stage's output: the consumer's fetch latency plus that stage's work.
+The client's own send and receive are taken from its wall clock. Timestamps have millisecond
+resolution and the processes share one clock (one machine), so per-hop medians are exact to ~1 ms.
+
+    python benchmarks/query_hops.py [--vectors 100000] [--queries 200] [--shards 2] [--broker kafka|tansu]
+                                    [--flow nomodel|vectors]
+
+Prints each hop's p50/p99 beside the in-process FAISS search of the same query on the same vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import yaml
+from confluent_kafka import TopicPartition
+from setup import (
+    NO_MODEL_FLOW_YAML,
+    VECTOR_FLOW_YAML,
+    broker_label,
+    flow_runtime,
+    fresh_broker,
+    machine,
+    markdown_table,
+    unit_vectors,
+)
+
+from processors.document import Document
+from streams.kafka.reader import read_to_end
+from streams.kafka.settings import KafkaSettings
+
+FLOWS = {"nomodel": NO_MODEL_FLOW_YAML, "vectors": VECTOR_FLOW_YAML}
+
+
+def _timestamps(settings: KafkaSettings, topic: str, partitions: int, wanted: set[str]) -> dict[str, list[int]]:
+    """Record timestamps (ms) of ``topic`` by request id (the record key), for the ``wanted`` ids."""
+    by_request: dict[str, list[int]] = defaultdict(list)
+    starts = [TopicPartition(topic, p, 0) for p in range(partitions)]
+    for record in read_to_end(settings, starts, group_id=f"hops-{uuid.uuid4().hex[:8]}", timeout=60):
+        key = (record.key() or b"").decode(errors="replace")
+        if key in wanted:
+            by_request[key].append(record.timestamp()[1])
+    return by_request
+
+
+def _spread(samples: Iterable[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def hops(sent: Mapping[str, tuple[float, float]], stamps: Mapping[str, Mapping[str, list[int]]],
+         route: list[tuple[str, str]]) -> list[tuple[str, list[float]]]:
+    """Per hop, the milliseconds of every query.
+
+    :param sent: request id -> (wall clock ms at send, at reply received).
+    :param stamps: topic role -> request id -> record timestamps (ms).
+    :param route: (hop name, topic role) in the order a query crosses them; a hop ends at the last record
+        of its topic for the request (the slowest shard's partial).
+    """
+    names = [name for name, _ in route] + ["client: read and decode the reply"]
+    out: list[tuple[str, list[float]]] = [(name, []) for name in names]
+    for request, (send_ms, received_ms) in sent.items():
+        previous = send_ms
+        ends = [max(stamps[role].get(request, [0])) for _, role in route]
+        if not all(ends):
+            continue
+        for (_, samples), end in zip(out, ends):
+            samples.append(end - previous)
+            previous = end
+        out[-1][1].append(received_ms - previous)
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
+    spec = yaml.safe_load(FLOWS[args.flow])
+    spec["stages"]["index"]["shards"] = args.shards
+    vectors = unit_vectors(args.vectors, seed=7)
+    queries = unit_vectors(args.queries, seed=8)
+    with tempfile.TemporaryDirectory(prefix="hops-") as state, fresh_broker(args.broker) as bootstrap:
+        runtime = flow_runtime(Path(state), yaml.safe_dump(spec, sort_keys=False))
+        with runtime, runtime.client() as client:
+            runtime.wait_ready(client, timeout=300)
+            receipt = client.index(Document(id=f"v{i}", embedding=v) for i, v in enumerate(vectors))
+            client.search(vectors=queries[:1], top_k=10, after=receipt, timeout_s=300)
+            for vector in queries[:20]:  # warm: caches, fetch sessions
+                client.search(vectors=vector[None, :], top_k=10, timeout_s=10)
+            sent: dict[str, tuple[float, float]] = {}
+            for vector in queries:
+                started = time.time() * 1000
+                reply = client.search(vectors=vector[None, :], top_k=10, timeout_s=10)
+                sent[reply.request_id] = (started, time.time() * 1000)
+            topics, reply_topic = runtime.flow.topics, client.reply_topic
+            settings = KafkaSettings(bootstrap)
+            wanted = set(sent)
+            has_encoder = "encode" in spec["stages"]
+            route = [("client -> query topic (broker append)", "query"),
+                     ("encode" if has_encoder else "join: fan out", "search"),
+                     ("shard: fetch + search + rank", "partials"),
+                     ("join: fetch + merge + reply", "reply")]
+            stamps = {"query": _timestamps(settings, topics.query, args.shards, wanted),
+                      "search": _timestamps(settings, topics.search, args.shards, wanted),
+                      "partials": _timestamps(settings, topics.partials, args.shards, wanted),
+                      "reply": _timestamps(settings, reply_topic, 1, wanted)}
+    baseline = _in_process(vectors, queries)
+    rows = [(name, [*(f"{v:.1f}" for v in _spread(samples)), str(len(samples))])
+            for name, samples in hops(sent, stamps, route)]
+    total = _spread(received - send for send, received in sent.values())
+    rows.append(("**end to end**", [f"{total[0]:.1f}", f"{total[1]:.1f}", str(len(sent))]))
+    for label, (p50, p99) in baseline.items():
+        rows.append((f"baseline: FAISS flat in-process, all vectors, {label}", [f"{p50:.1f}", f"{p99:.1f}",
+                                                                                  str(len(queries))]))
+    print(f"\nquery hops: {args.flow} flow, {args.shards} shard(s), {broker_label(args.broker)}, "
+          f"{args.vectors:,} vectors, {args.queries} sequential top-10 queries; {machine()}; "
+          f"load {os.getloadavg()[0]:.2f}")
+    print(markdown_table(["p50 ms", "p99 ms", "queries"], rows))
+
+
+def _in_process(vectors: np.ndarray, queries: np.ndarray) -> dict[str, tuple[float, float]]:
+    """The same top-10 searches on one flat index in this process: on one OpenMP thread (what the
+    shards do for a single query, ``faiss_search``) and on FAISS's default threads."""
+    import faiss
+
+    from processors.index.faiss_flat import faiss_search
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    out = {}
+    for label, search in (("1 thread", lambda v: faiss_search(index, v, 10)),
+                          (f"{faiss.omp_get_max_threads()} threads", lambda v: index.search(v, 10))):
+        latencies = []
+        for vector in queries:
+            started = time.perf_counter()
+            search(vector[None, :])
+            latencies.append((time.perf_counter() - started) * 1000)
+        out[label] = _spread(latencies)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--broker", choices=("kafka", "tansu"), default="kafka")
+    parser.add_argument("--flow", choices=tuple(FLOWS), default="nomodel")
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
