@@ -166,6 +166,9 @@ class Client:
         self.max_payload_bytes = max_payload_bytes
         self.reply_topic = self.topics.new_reply_topic()
         self._producer = StageProducer(self.settings, max_payload_bytes=max_payload_bytes)
+        """Writes (index, delete): each call ends with a flush."""
+        self._searches = StageProducer(self.settings, max_payload_bytes=max_payload_bytes, linger_ms=0)
+        """Searches: never flushed (a failure reaches the search's future), so they must not linger."""
         self._futures: dict[str, concurrent.futures.Future[SearchReply]] = {}
         self._lock = threading.Lock()
         self._listener: threading.Thread | None = None
@@ -242,7 +245,7 @@ class Client:
         return wait_searchable(self, receipt, timeout=timeout)
 
     def _flush(self) -> None:
-        """Wait until the writes are delivered; a failed search was answered through its future.
+        """Wait until the writes are delivered.
 
         :raises PayloadTooLargeError: if the broker refused a write as too large for the topic.
         :raises DeliveryError: if any other write failed.
@@ -250,9 +253,7 @@ class Client:
         try:
             self._producer.flush()
         except DeliveryError as exc:
-            writes = [f for f in exc.failures if f.topic == self.topics.ingest]
-            if exc.failures and not writes:
-                return
+            writes = exc.failures
             if writes and all(f.error.code() in _TOO_LARGE for f in writes):
                 raise PayloadTooLargeError(
                     f"the broker refused {len(writes)} records as too large: {writes[0]}") from exc
@@ -358,8 +359,8 @@ class Client:
         headers = query_headers(request_id, self.reply_topic, deadline_ms,
                                 timeout_ms=int(wait_s * 1000)) + schema_header
         try:
-            self._producer.produce(self.topics.query, value=value, key=request_id, headers=headers,
-                                   on_delivery=delivered, timestamp=sent_ms)
+            self._searches.produce(self.topics.query, value=value, key=request_id, headers=headers,
+                                   on_delivery=delivered, timestamp=sent_ms, best_effort=True)
         except KafkaException as exc:
             future.cancel()
             if exc.args and exc.args[0].code() in _TOO_LARGE:
@@ -408,7 +409,7 @@ class Client:
         versions = self.topics.versions
         with reader:
             for fetched in reader.follow(self._stop, timeout=0.05, max_records=256):
-                self._producer.poll(0)  # delivery reports of searches: a refused one fails its future
+                self._searches.poll(0)  # delivery reports of searches: a refused one fails its future
                 for msg in fetched.records:
                     if msg.topic() == versions:
                         self._follow(msg)
@@ -447,6 +448,7 @@ class Client:
             delete_topics(self.settings, [self.reply_topic])
             self._listener = None
         self._producer.close()
+        self._searches.close()
 
     def __enter__(self) -> "Client":
         return self

@@ -40,12 +40,15 @@ class Checkpoint:
             self._offsets[key] = offset
 
     def commit(self, *, asynchronous: bool = True) -> None:
-        """Flush outputs, then commit; an empty checkpoint commits nothing.
+        """Flush outputs, then commit; an empty checkpoint commits nothing, but still sends the
+        outputs a timer queued (a parked search answered by ``tick``) instead of letting them linger.
 
         :raises DeliveryError: if an output was not delivered; offsets stay uncommitted, so
             the input is processed again after a restart (at-least-once).
         """
         if not self._offsets:
+            if self._producer.pending:
+                self._producer.flush()
             return
         self._producer.flush()
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in self._offsets.items()]

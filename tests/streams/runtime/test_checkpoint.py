@@ -12,10 +12,11 @@ from streams.exceptions import DeliveryError
 
 
 class Recorder:
-    def __init__(self, fail_flush: bool = False) -> None:
+    def __init__(self, fail_flush: bool = False, pending: bool = False) -> None:
         self.calls: list[str] = []
         self.committed: list[TopicPartition] = []
         self.fail_flush = fail_flush
+        self.pending = pending
 
     def flush(self) -> None:
         self.calls.append("flush")
@@ -43,6 +44,12 @@ class TestCheckpoint:
         rec = Recorder()
         Checkpoint(rec, rec).commit()  # type: ignore[arg-type]
         assert rec.calls == []
+
+    def test_empty_checkpoint_sends_outputs_a_timer_queued(self) -> None:
+        """A parked search answered by ``tick`` has no input offset to commit: its part must not linger."""
+        rec = Recorder(pending=True)
+        Checkpoint(rec, rec).commit()  # type: ignore[arg-type]
+        assert rec.calls == ["flush"]
 
     def test_delivery_failure_leaves_offsets_uncommitted(self) -> None:
         rec = Recorder(fail_flush=True)
