@@ -82,9 +82,7 @@ class StageProducer:
         self._config = {
             **batch,
             "enable.idempotence": True,
-            # No lingering: stages flush at the end of each batch anyway, and every hop of a
-            # query would otherwise wait this long before its record leaves.
-            "linger.ms": 5,
+            "linger.ms": linger_ms,
             "message.max.bytes": 16 * 1024 * 1024,
             # A topic the cluster says does not exist fails its records after this wait (librdkafka's
             # default is 30 s, for topics just created elsewhere). Every topic a stage or client
