@@ -14,134 +14,45 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from tqdm import tqdm
 
-from processors.document import Document, validate_document, validate_embedding, validate_text
-from processors.exceptions import InvalidDocumentError, InvalidParameterError
-from processors.query.limits import REQUEST_LIMITS
-from streams.wire import headers as h
-from streams.kafka.admin import delete_topics, ensure_topics, require_flow
-from streams.exceptions import (DeliveryError, PayloadTooLargeError, RequestExpiredError, RequestTimeoutError,
-                                SearchError, UnknownFlowError)
+from processors.document import Document, validate_document
+from streams.client.queries import (
+    TOO_LARGE,
+    VectorsLike,
+    checked_timeout_s,
+    query_documents,
+    raise_for_errors,
+    search_parameters,
+    undelivered,
+)
+from streams.client.receipts import IndexReceipt
+from streams.client.versions import serving_of
+from streams.exceptions import DeliveryError, PayloadTooLargeError, RequestTimeoutError
 from streams.flow.spec import DEFAULT_MAX_PAYLOAD_BYTES
-from streams.kafka.settings import KafkaSettings
+from streams.kafka.admin import delete_topics, ensure_topics, require_flow
 from streams.kafka.consumer import headers_of
-from streams.kafka.producer import UNKNOWN_TOPIC_ERRORS, StageProducer
+from streams.kafka.producer import StageProducer
 from streams.kafka.reader import TopicReader, fetch_high_watermarks
+from streams.kafka.settings import KafkaSettings
+from streams.wire import headers as h
 from streams.wire.codec import DOCUMENT, REQUEST, SEARCH_REPLY
 from streams.wire.headers import query_headers
 from streams.wire.records import Request, SearchReply
 from streams.wire.topics import FlowTopics, TopicShape
-from streams.client.versions import serving_of
 
 if TYPE_CHECKING:
     from streams.client.progress import Searchable
 
-__all__ = ["IndexReceipt", "Client", "VectorsLike", "query_documents", "raise_for_errors", "is_expired_reply"]
+__all__ = ["REPLY_GRACE_S", "Client"]
 
 logger = logging.getLogger(__name__)
 
 REPLY_GRACE_S = 2.0
 """How long past the deadline the client waits for the joiner's (partial) reply."""
-
-_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE})
-
-
-@dataclass(slots=True)
-class IndexReceipt:
-    """Where the written records landed: ingest partition -> last offset. Pass it to
-    ``search(after=...)`` to read your own writes, or to ``wait_searchable`` to learn which of
-    them a stage dead-lettered on the way."""
-
-    offsets: dict[int, int] = field(default_factory=dict)
-    count: int = 0
-    spans: dict[int, list[list[int]]] = field(default_factory=dict)
-    """Every offset written, per ingest partition, as runs ``[first, last]`` (other writers may
-    interleave): a dead letter is this receipt's when its source ingest offset is in one."""
-    dead_letters_from: dict[str, int] = field(default_factory=dict)
-    """Dead-letter topic -> its end before these writes: their letters can only come after it."""
-
-    def note(self, partition: int, offset: int) -> None:
-        if offset > self.offsets.get(partition, -1):
-            self.offsets[partition] = offset
-        runs = self.spans.setdefault(partition, [])
-        if runs and runs[-1][1] == offset - 1:
-            runs[-1][1] = offset
-        else:
-            runs.append([offset, offset])
-
-    def wrote(self, partition: int, offset: int) -> bool:
-        """Whether this receipt's writes include ingest ``offset`` of ``partition``."""
-        return any(first <= offset <= last for first, last in self.spans.get(partition, ()))
-
-    def merge(self, other: "IndexReceipt") -> "IndexReceipt":
-        merged = IndexReceipt(dict(self.offsets), self.count + other.count,
-                              {p: [list(run) for run in runs] for p, runs in self.spans.items()},
-                              dict(self.dead_letters_from))
-        for partition, offset in other.offsets.items():
-            if offset > merged.offsets.get(partition, -1):
-                merged.offsets[partition] = offset
-        for partition, runs in other.spans.items():
-            merged.spans.setdefault(partition, []).extend(list(run) for run in runs)
-        for topic, start in other.dead_letters_from.items():
-            merged.dead_letters_from[topic] = min(start, merged.dead_letters_from.get(topic, start))
-        return merged
-
-
-VectorsLike = Union[np.ndarray, Sequence[Sequence[float]]]
-"""Query embeddings: an ``(n, d)`` array, or n rows of d numbers."""
-
-
-def query_documents(texts: str | Sequence[str] | None, vectors: VectorsLike | None) -> list[Document]:
-    """The query documents of a search: ``q0``, ``q1``, ... with a text or an embedding each.
-
-    :raises ValueError: if both or neither are given, if ``texts`` is empty or holds a blank text
-        or one ``validate_text`` refuses (NUL, a lone surrogate), or if ``vectors`` is not a non-empty 2-D
-        array of finite numbers.
-    """
-    if (texts is None) == (vectors is None):
-        raise ValueError("search needs either texts or vectors, not both" if texts is not None
-                         else "search needs texts or vectors")
-    if texts is not None:
-        queries = [texts] if isinstance(texts, str) else list(texts)
-        if not queries:
-            raise ValueError("search needs at least one query text")
-        for i, text in enumerate(queries):
-            try:
-                validate_text(text, name=f"query text {i}")
-            except InvalidDocumentError as exc:  # the encode stage would refuse it: say so before sending
-                raise ValueError(str(exc)) from None
-            if not text.strip():
-                raise ValueError(f"query text {i} is empty or only whitespace")
-        return [Document(id=f"q{i}", text=text) for i, text in enumerate(queries)]
-    return [Document(id=f"q{i}", embedding=row) for i, row in enumerate(_query_matrix(vectors))]
-
-
-def _query_matrix(vectors: VectorsLike) -> np.ndarray:
-    try:
-        given = np.asarray(vectors)
-    except ValueError as exc:  # ragged rows
-        raise ValueError(f"vectors must be a 2-D array (n queries, d dimensions): {exc}") from exc
-    if given.dtype.kind not in "fiu":
-        raise ValueError(f"vectors must hold numbers, got dtype {given.dtype}")
-    if given.ndim != 2:
-        hint = "; for one vector v pass [v] or v[None, :]" if given.ndim == 1 else ""
-        raise ValueError(f"vectors must be 2-D (n queries, d dimensions), got shape {given.shape}{hint}")
-    if given.shape[0] == 0 or given.shape[1] == 0:
-        raise ValueError(f"vectors must be non-empty, got shape {given.shape}")
-    with np.errstate(over="ignore"):
-        matrix = np.ascontiguousarray(given, dtype="<f4")
-    try:
-        validate_embedding(matrix, "vectors")  # what every stage checks: finite in float32, bounded
-    except InvalidDocumentError as exc:
-        raise ValueError(f"vectors must be finite numbers within float32 range: {exc}") from None
-    return matrix
-
 
 class Client:
     """Talks to a running flow through Kafka only."""
@@ -254,7 +165,7 @@ class Client:
             self._producer.flush()
         except DeliveryError as exc:
             writes = exc.failures
-            if writes and all(f.error.code() in _TOO_LARGE for f in writes):
+            if writes and all(f.error.code() in TOO_LARGE for f in writes):
                 raise PayloadTooLargeError(
                     f"the broker refused {len(writes)} records as too large: {writes[0]}") from exc
             raise
@@ -363,7 +274,7 @@ class Client:
                                    on_delivery=delivered, timestamp=sent_ms, best_effort=True)
         except KafkaException as exc:
             future.cancel()
-            if exc.args and exc.args[0].code() in _TOO_LARGE:
+            if exc.args and exc.args[0].code() in TOO_LARGE:
                 raise PayloadTooLargeError(f"search request is {len(value)} bytes: {exc.args[0].str()}") from exc
             raise
         return future
@@ -455,62 +366,3 @@ class Client:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-
-def raise_for_errors(reply: SearchReply) -> None:
-    """Raise what a reply with errors and no results means; return for any other reply.
-
-    :raises RequestExpiredError: if a stage took the request up only after its deadline.
-    :raises SearchError: for any other such reply (refused, over a limit, too large).
-    """
-    if not reply.errors or reply.docs:
-        return
-    message = "; ".join(reply.errors)
-    if is_expired_reply(reply):
-        raise RequestExpiredError(message)
-    raise SearchError(message, reply)
-
-
-def is_expired_reply(reply: SearchReply) -> bool:
-    """Whether a stage answered the request with ``RequestExpiredError``: it came too late to work on."""
-    return any(error.startswith(f"{RequestExpiredError.__name__}:") for error in reply.errors)
-
-
-def search_parameters(parameters: Mapping[str, Any] | None, *, top_k: int | None, filter_by: Sequence[str] | None,
-                      index_type: str | None) -> dict[str, Any]:
-    """A search request's parameters: ``parameters`` with the keyword arguments that are set.
-
-    :raises ValueError: if ``top_k`` is outside ``1..max_top_k`` (the encode stage would refuse it).
-    """
-    params = dict(parameters or {})
-    for key, value in (("top_k", top_k), ("filter_by", list(filter_by) if filter_by else None),
-                       ("index_type", index_type)):
-        if value is not None:
-            params[key] = value
-    if top_k is not None:
-        try:
-            REQUEST_LIMITS.check_count("top_k", top_k)
-        except InvalidParameterError as exc:
-            raise ValueError(str(exc)) from None
-    return params
-
-
-def checked_timeout_s(wait_s: float) -> float:
-    """``wait_s``, if within ``(0, max_deadline_s]`` (the encode stage would refuse it otherwise).
-
-    :raises ValueError: naming the limit.
-    """
-    if not 0 < wait_s <= REQUEST_LIMITS.max_deadline_s:
-        raise ValueError(f"timeout_s must be in (0, {REQUEST_LIMITS.max_deadline_s:g}] seconds "
-                         f"(max_deadline_s), got {wait_s!r}")
-    return wait_s
-
-
-def undelivered(err: KafkaError, msg: Message, size: int, flow: str) -> Exception:
-    """Why a search request the producer gave up on will get no reply, as the error its future raises."""
-    if err.code() in _TOO_LARGE:
-        return PayloadTooLargeError(f"the broker refused the search request ({size} bytes): {err.str()}")
-    if err.code() in UNKNOWN_TOPIC_ERRORS:
-        return UnknownFlowError(f"no topic {msg.topic()}: flow {flow!r} was never run on "
-                                "this cluster (start it with streamsearch run FLOW.yml)")
-    return DeliveryError(f"search request not delivered: {err.str()}")

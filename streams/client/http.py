@@ -39,7 +39,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from processors.document import Document, validate_document, validate_id, validate_text
 from processors.exceptions import InvalidDocumentError, InvalidParameterError
 from processors.query.limits import REQUEST_LIMITS
-from streams.client.client import REPLY_GRACE_S, Client, IndexReceipt, is_expired_reply
+from streams.client.client import REPLY_GRACE_S, Client
+from streams.client.receipts import IndexReceipt
+from streams.client.queries import is_expired_reply
 from streams.exceptions import PayloadTooLargeError, StreamsearchError
 from streams.flow.spec import FlowSpec
 from streams.wire.records import SearchReply

@@ -19,7 +19,7 @@ import pytest
 from processors.document import Document
 from streams.kafka.admin import describe_topics
 from streams.client import Client
-from streams.client.client import raise_for_errors
+from streams.client.queries import raise_for_errors
 from streams.exceptions import RequestExpiredError, SearchError, UnknownFlowError
 from streams.local.runtime import LocalRuntime
 from tests.e2e.fixtures import FlowFactory, sentence_flow_yaml

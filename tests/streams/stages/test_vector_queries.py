@@ -16,7 +16,7 @@ from processors.exceptions import DimensionMismatchError, InvalidParameterError
 from processors.query.parameters import SearchParameters
 from streams.wire import headers as h
 from streams.client import Client
-from streams.client.client import query_documents
+from streams.client.queries import query_documents
 from streams.kafka.settings import KafkaSettings
 from streams.wire.partitioner import partition_of
 from streams.stages.fanout import QueryFanout
