@@ -35,3 +35,4 @@ bench: install
 	$(PYTHON) benchmarks/query.py
 	$(PYTHON) benchmarks/restore.py
 	$(PYTHON) benchmarks/vectors.py
+	$(PYTHON) benchmarks/query_hops.py
