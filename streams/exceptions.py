@@ -1,6 +1,6 @@
 """Errors of the runtime; all derive from the one StreamsearchError."""
 
-from typing import Any
+from typing import Protocol
 
 from processors.exceptions import StreamsearchError
 
@@ -101,6 +101,12 @@ class RequestExpiredError(RequestTimeoutError):
     answers with this error, naming by how much, instead of working for nobody."""
 
 
+class _Answer(Protocol):
+    """What a search error reads of a reply (``streams.wire.records.SearchReply``, not imported here)."""
+
+    errors: list[str]
+
+
 class SearchError(StreamsearchError):
     """The flow answered a search with errors and no results: an invalid request or one over a
     limit (the encode stage refuses it before it fans out), or a reply too large to send.
@@ -108,10 +114,10 @@ class SearchError(StreamsearchError):
     ``errors`` are the reply's messages, ``reply`` the ``SearchReply`` itself.
     """
 
-    def __init__(self, message: str, reply: Any = None) -> None:
+    def __init__(self, message: str, reply: _Answer | None = None) -> None:
         super().__init__(message)
         self.reply = reply
-        self.errors: list[str] = list(getattr(reply, "errors", None) or [message])
+        self.errors: list[str] = list(reply.errors if reply is not None and reply.errors else [message])
 
 
 class ReplyTopicError(StreamsearchError):

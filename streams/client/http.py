@@ -448,7 +448,7 @@ def warn_if_unprotected(app: FastAPI, host: str) -> bool:
     :param host: the address it binds.
     :returns: whether it warned.
     """
-    if getattr(app.state, "token_required", True) or _is_loopback(host):
+    if app.state.token_required or _is_loopback(host):
         return False
     logger.warning("the HTTP bridge listens on %s without a token: anyone who reaches it can index, delete and "
                    "search; set %s", host, TOKEN_ENV)
