@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 import uuid
@@ -36,6 +35,7 @@ from setup import (
     fresh_broker,
     machine,
     markdown_table,
+    percentiles,
     unit_vectors,
 )
 
@@ -57,9 +57,9 @@ def _timestamps(settings: KafkaSettings, topic: str, partitions: int, wanted: se
     return by_request
 
 
-def _spread(samples: Iterable[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+def _spread(samples_ms: Iterable[float]) -> tuple[float, float]:
+    """p50 and p99 of latencies in milliseconds (``setup.percentiles`` takes seconds)."""
+    return percentiles([sample / 1000 for sample in samples_ms])
 
 
 def hops(sent: Mapping[str, tuple[float, float]], stamps: Mapping[str, Mapping[str, list[int]]],

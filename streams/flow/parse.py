@@ -99,10 +99,11 @@ def _compose(text: str, where: str) -> tuple[dict[str, Any], _Fail]:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:  # a syntax error: PyYAML says where
+        line = f":{exc.problem_mark.line + 1}" if exc.problem_mark else ""
+        raise FlowConfigError(f"{where}{line}: invalid YAML: {exc.problem or exc}") from exc
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise FlowConfigError(f"{where}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+        raise FlowConfigError(f"{where}: invalid YAML: {exc}") from exc
     fail = _Fail(where, root)
     if not isinstance(data, dict):
         raise fail((), "a flow is a mapping with 'name' and 'stages'")
