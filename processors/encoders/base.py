@@ -10,7 +10,7 @@ import numpy as np
 from processors.document import Document
 from processors.exceptions import BadDocumentError, DimensionMismatchError
 
-__all__ = ["Encoder", "EncodeResult", "Truncated", "check_embedding"]
+__all__ = ["Encoder", "EncodeResult", "Truncated", "check_embedding", "check_embedding_shape"]
 
 
 def check_embedding(vector: object, dim: int, where: str) -> None:
@@ -24,10 +24,19 @@ def check_embedding(vector: object, dim: int, where: str) -> None:
     array = np.asarray(vector)
     if array.dtype.kind not in "fiu":
         raise BadDocumentError(f"{where}: embedding has dtype {array.dtype}; a numeric vector is needed")
-    if array.size != dim or array.ndim > 2 or (array.ndim == 2 and 1 not in array.shape):
-        raise DimensionMismatchError(f"{where}: embedding has shape {array.shape}; this flow's vectors are {dim}-d")
+    check_embedding_shape(array, dim, where)
     if not np.all(np.isfinite(array)):
         raise BadDocumentError(f"{where}: embedding holds NaN or infinite values")
+
+
+def check_embedding_shape(vector: np.ndarray, dim: int, where: str) -> None:
+    """The shape half of :func:`check_embedding`, for a vector whose values a decode has already
+    validated (``processors.document.validate_embedding``: numeric, finite as float32).
+
+    :raises DimensionMismatchError: if its size or shape is not ``dim``'s.
+    """
+    if vector.size != dim or vector.ndim > 2 or (vector.ndim == 2 and 1 not in vector.shape):
+        raise DimensionMismatchError(f"{where}: embedding has shape {vector.shape}; this flow's vectors are {dim}-d")
 
 
 @dataclass(frozen=True, slots=True)

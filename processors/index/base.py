@@ -33,7 +33,10 @@ Metric = Literal["inner_product", "l2"]
 class DocumentCodec(Protocol):
     """Turns Documents into bytes and back; the runtime injects its Avro codec."""
 
-    def encode(self, doc: Document) -> bytes: ...
+    def encode(self, doc: Document) -> bytes:
+        """The document without its embeddings (the index keeps its vectors apart): what ``decode``
+        gives back has ``embedding`` None at every node."""
+        ...
 
     def decode(self, data: bytes) -> Document: ...
 

@@ -139,7 +139,7 @@ class CompoundIndexer:
                 new_ids.append(vid)
                 new_vectors.append(vector)
                 new_owners.append(owner)
-            write.put_document(_strip_embeddings(doc), vids)
+            write.put_document(doc, vids)
         return new_ids, new_vectors, new_owners
 
     def _follow(self, removed_vids: list[int], new_ids: list[int], new_vectors: list[np.ndarray],
@@ -355,13 +355,3 @@ def _node_at(root: Document, path: str) -> Document:
     for step in path.split(".") if path else []:
         node = node.chunks[int(step[1:])]
     return node
-
-
-def _strip_embeddings(doc: Document) -> Document:
-    stripped = copy_tree(doc)
-    stack = [stripped]
-    while stack:
-        node = stack.pop()
-        node.embedding = None
-        stack.extend(node.chunks)
-    return stripped

@@ -198,7 +198,7 @@ class ShardWrite:
         self.batch.put(_VEC + struct.pack(">q", vid), vector.tobytes() + _pack_owner(*owner))
 
     def put_document(self, doc: Document, vids: list[int]) -> None:
-        """Stage a root document, its embeddings already stripped, and the ids of its vectors."""
+        """Stage a root document (the codec writes it without embeddings) and the ids of its vectors."""
         self.batch.put(_DOC + _utf8(doc.id), self._codec.encode(doc))
         self.batch.put(_DOC_VIDS + _utf8(doc.id), np.array(vids, dtype=">i8").tobytes())
 

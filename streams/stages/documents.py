@@ -12,8 +12,10 @@ import logging
 import time
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from processors.document import Document
-from processors.encoders.base import Truncated, check_embedding
+from processors.encoders.base import Truncated, check_embedding_shape
 from processors.exceptions import BadDocumentError
 from streams.wire import headers as h
 from streams.exceptions import InvalidRecordError, SerdeError
@@ -95,8 +97,9 @@ def check_partition(record: Inbound, ingest_topic: str, partitions: int) -> None
 
 
 def require_given_vectors(doc: Document, dim: int) -> Document:
-    """A document of a flow without a model carries its vectors: each one checked as an encoder
-    checks a given one (numeric, finite, ``dim`` values), and at least one, or nothing could find it.
+    """A document of a flow without a model carries its vectors: each one ``dim`` values, and at least
+    one, or nothing could find it. The document is a decoded one (``decode_document``): the codec's
+    validation has already refused a vector that is not numeric or not finite.
 
     :raises BadDocumentError: naming the document and node (``DimensionMismatchError`` for a size).
     """
@@ -104,8 +107,8 @@ def require_given_vectors(doc: Document, dim: int) -> Document:
     while stack:
         node, path = stack.pop()
         if node.embedding is not None:
-            check_embedding(node.embedding, dim,
-                            f"document {doc.id!r}" + ("" if node is doc else f" node {node.id!r} (path {path!r})"))
+            check_embedding_shape(np.asarray(node.embedding), dim, f"document {doc.id!r}" + (
+                "" if node is doc else f" node {node.id!r} (path {path!r})"))
         stack.extend((chunk, f"{path}c") for chunk in node.chunks)
     try:
         return require_vectors(doc)
