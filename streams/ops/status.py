@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 from streams.kafka.admin import START_HINT, TopicDescription, describe_topics, require_flow, topic_warnings
 from streams.exceptions import BrokerError, ReadTimeoutError, SerdeError
 from streams.flow.spec import FlowSpec
-from streams.stages.kinds import ANSWERING_KINDS, JOIN, KINDS, QUERY_PATH_KINDS, STATEFUL_KINDS
+from streams.stages.kinds import ANSWERING_KINDS, JOIN, KINDS, QUERY_PATH_KINDS, STAGE_TOPIC_ROLES, STATEFUL_KINDS
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.consumer import headers_of
 from streams.kafka.reader import fetch_high_watermarks, read_to_end
@@ -129,7 +129,7 @@ def collect_status_by_name(settings: KafkaSettings, flow: str, *, timeout: float
     existing = require_flow(settings, FlowTopics(flow, 1), timeout=timeout)
     serving = read_serving(settings, flow, timeout=timeout)
     version = serving.version if serving else 1
-    topics = FlowTopics(flow, existing[f"{flow}.ingest"], version)
+    topics = FlowTopics(flow, existing[f"{flow}.ingest"], version, STAGE_TOPIC_ROLES)  # every kind's own, as a YAML's
     admin = AdminClient(settings.base())
     reports = _live_reports(settings, topics.status, highs_timeout=timeout) if topics.status in existing else []
     stages = []
