@@ -52,6 +52,16 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class Commands(click.Group):
+    """The ``streamsearch`` group: every command added to it reports expected failures in one line
+    (``one_line_errors``), so a new command declares only its own options."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if cmd.callback is not None:
+            cmd.callback = one_line_errors(cmd.callback)
+        super().add_command(cmd, name)
+
+
 class CommandFlow:
     """A flow as a command names it: by name (version 1's topics, no spec) or by its YAML (its
     version's topics and librdkafka settings). The YAML is read on first use, inside the command,
@@ -100,7 +110,7 @@ class FlowRef(click.ParamType):
 FLOW = FlowRef()
 
 
-@click.group()
+@click.group(cls=Commands)
 @click.version_option(package_name="streamsearch", prog_name="streamsearch", message="%(prog)s %(version)s")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO, or STREAMSEARCH_LOG_LEVEL).")
 @click.option("--log-json", is_flag=True, default=None, help="JSON log lines (or STREAMSEARCH_LOG_JSON=1).")
@@ -125,7 +135,6 @@ BROKER_OPTION = click.option(
 @click.option("--serve/--no-serve", default=None,
               help="Keep serving the search page after the demo (default: when run in a terminal).")
 @BROKER_OPTION
-@one_line_errors
 def hello_world(limit: int, flow_path: Path | None, state_dir: Path | None, port: int, serve: bool | None,
                 broker: str) -> None:
     """Index Python's docstrings on a local broker and search them while they stream in."""
@@ -142,7 +151,6 @@ def hello_world(limit: int, flow_path: Path | None, state_dir: Path | None, port
 @click.option("--replicas", type=int, default=None, help="Supervised processes of --stage to add (its partitions bound the useful number).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Overrides the flow's state_dir for shard state and logs (the local broker's log stays under the YAML's).")
 @BROKER_OPTION
-@one_line_errors
 def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Path | None, broker: str) -> None:
     """Run a flow's stages: all of them supervised (with a local broker if no Kafka is set),
     or one stage joining a running flow (``--replicas N`` adds N supervised consumers)."""
@@ -289,7 +297,6 @@ def _spec(flow_path: Path, state_dir: Path | None) -> FlowSpec:
 @click.option("--wait", is_flag=True, help="Return once every shard has applied the documents: searchable (read-your-writes); "
                    "exit 1 naming those a stage dead-lettered on the way.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="With --wait: give up after S seconds.")
-@one_line_errors
 def index(file: Path, flow: CommandFlow, wait: bool, timeout: float) -> None:
     """Index a JSONL file of {"id", "text", ...} objects into a running flow; "text" is optional
     when the flow maps fields (e.g. {"id": "10", "title": ..., "summary": ...})."""
@@ -331,7 +338,6 @@ def _dead_lettered(letters: list[Any], count: int, flow: CommandFlow) -> str:
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Deadline in seconds.")
 @click.option("--filter-by", multiple=True, help="Search only this field (repeatable; multi-field flows).")
 @click.option("--index-type", default=None, help=f"Shard index to answer from: {', '.join(INDEX_TYPES)}.")
-@one_line_errors
 def search(text: str, flow: CommandFlow, top_k: int | None, timeout: float, filter_by: tuple[str, ...],
            index_type: str | None) -> None:
     """Search a running flow and print the matches."""
@@ -365,7 +371,6 @@ def search(text: str, flow: CommandFlow, top_k: int | None, timeout: float, filt
               help="Flow name or flow YAML (a YAML also gives the page its field filter).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
-@one_line_errors
 def serve(flow: CommandFlow, host: str, port: int) -> None:
     """Serve the HTTP bridge and the search page for a running flow (bearer token: STREAMSEARCH_TOKEN)."""
     import uvicorn
@@ -413,7 +418,6 @@ def _listen(host: str, port: int) -> socket.socket:
 @click.option("--from-offset", type=int, default=0, show_default=True, help="First dead-letter offset to read.")
 @click.option("--redrive", is_flag=True,
               help="Put the listed records back on their source topic, after a fix (each letter once: re-drives are remembered).")
-@one_line_errors
 def dead_letters(flow: CommandFlow, from_offset: int, redrive: bool) -> None:
     """List the records stages could not process, with why and where they came from."""
     from streams.client.dead_letters import read_dead_letters
@@ -437,7 +441,6 @@ def dead_letters(flow: CommandFlow, from_offset: int, redrive: bool) -> None:
 @click.option("--flow", "flow", type=FLOW, required=True,
               help="Flow name or flow YAML (with the YAML, lag per partition too: it names each stage's input).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
-@one_line_errors
 def status(flow: CommandFlow, as_json: bool) -> None:
     """Per stage: members, throughput, lag per partition; per shard: documents, vectors, offsets; dead letters."""
     import dataclasses
@@ -462,7 +465,6 @@ def status(flow: CommandFlow, as_json: bool) -> None:
 @click.option("--from-timestamp", "from_timestamp", default=None,
               help="Apply records from this time on again, over the current state: ISO 8601 or epoch milliseconds.")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="Overrides the flow's state_dir for shard state and logs (the local broker's log stays under the YAML's).")
-@one_line_errors
 def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: str | None,
            state_dir: Path | None) -> None:
     """Rebuild the index from <flow>.encoded (no re-encoding); the index stage must be stopped."""
@@ -494,7 +496,6 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Give up waiting after this many seconds.")
 @click.option("--allow-dead-letters", is_flag=True,
               help="Switch even if the new version dead-lettered documents (they would not be found).")
-@one_line_errors
 def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s: float | None,
             allow_dead_letters: bool) -> None:
     """Build a new index version from <flow>.ingest and switch queries to it once it has caught up;
@@ -538,7 +539,6 @@ def reindex(flow_path: Path, run_stages: bool, state_dir: Path | None, timeout_s
 @click.option("--flow", type=FLOW, required=True, help="Flow name or flow YAML.")
 @click.option("--serve", "serve_version", type=int, default=None, help="Switch queries to this version now.")
 @click.option("--force", is_flag=True, help="Switch even if no process runs some stage of that version.")
-@one_line_errors
 def versions(flow: CommandFlow, serve_version: int | None, force: bool) -> None:
     """Show which index version of a flow serves queries, or switch it (e.g. back after a reindex)."""
     from streams.ops.status import require_running_version, versions_report
@@ -574,7 +574,6 @@ def _epoch_ms(value: str) -> int:
 @click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: the example flow beir.yml, streams/flows/).")
 @click.option("--limit-queries", type=int, default=None, help="Evaluate only the first N test queries.")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None)
-@one_line_errors
 def evaluate(beir_dir: Path, flow_path: Path | None, limit_queries: int | None, state_dir: Path | None) -> None:
     """Index a BEIR folder through the pipeline, send its test queries, print nDCG@10 and recall@100."""
     from streams.demo.beir import DEFAULT_EVAL_FLOW, run_eval
