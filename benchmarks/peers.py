@@ -341,7 +341,9 @@ def report(args: argparse.Namespace, results: list[Figures], failures: list[str]
     print(markdown_table(columns, [(f.system, row(f)) for f in results]))
     for f in results:
         if len(f.rss_by_role) > 1:
-            print(f"peak RSS of {f.system}: " + ", ".join(f"{role} {mib:,.0f}" for role, mib in f.rss_by_role.items()))
+            served = sum(mib for role, mib in f.rss_by_role.items() if role != "benchmark")
+            print(f"peak RSS of {f.system}: " + ", ".join(f"{role} {mib:,.0f}" for role, mib in f.rss_by_role.items())
+                  + f"; without this benchmark's process (the client, holding the vectors): {served:,.0f}")
     reference = next((f for f in results if f.system.startswith("streamsearch")), None)
     others = [f for f in results if f is not reference]
     if reference is not None and others:

@@ -210,15 +210,19 @@ def _role(pid: int) -> str:
 
 
 class ProcessTreePeaks:
-    """Peak RSS (VmHWM) of this process and all its descendants, sampled every ``interval`` s
-    while running: per process its last VmHWM reading (VmHWM only grows), summed by role
-    (benchmark, broker, stage <name>, other). A process that exits between two samples is
-    counted with its VmHWM at the last one. ``start`` resets this process's own VmHWM
-    (``/proc/self/clear_refs``) so that an earlier phase of the same run is not counted."""
+    """Peak RSS of this process and all its descendants, sampled every ``interval`` s while
+    running. At each sample the processes alive then are summed, each at its VmHWM so far (VmHWM
+    only grows: an upper bound of what it held at that moment); the peak is the largest such sum,
+    split by role (benchmark, broker, stage <name>, other) as at that sample. Processes that never
+    run at the same time are not added up: Apache Kafka's storage format step is a JVM of ~120 MiB
+    that exits before the broker starts. A process that exits between two samples is counted with
+    its VmHWM at the last one. ``start`` resets this process's own VmHWM (``/proc/self/clear_refs``)
+    so that an earlier phase of the same run is not counted."""
 
     def __init__(self, interval: float = 0.25) -> None:
         self.interval = interval
         self.peaks: dict[tuple[int, str], tuple[str, int]] = {}  # (pid, start time) -> (role, KiB)
+        self._peak_roles: dict[str, int] = {}  # KiB by role at the sample whose sum was the largest
         self.self_reset = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -249,6 +253,7 @@ class ProcessTreePeaks:
         """Read VmHWM of every process in the tree now (call it before stopping processes too)."""
         tree = _children_of()
         todo, seen = [os.getpid()], set()
+        alive: dict[str, int] = {}
         while todo:
             pid = todo.pop()
             if pid in seen:
@@ -266,15 +271,17 @@ class ProcessTreePeaks:
             key = (pid, started)
             role = self.peaks[key][0] if key in self.peaks else _role(pid)
             self.peaks[key] = (role, max(hwm, self.peaks.get(key, (role, 0))[1]))
+            alive[role] = alive.get(role, 0) + self.peaks[key][1]
+        if sum(alive.values()) > sum(self._peak_roles.values()):
+            self._peak_roles = alive
 
     def by_role_mib(self) -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for role, kib in self.peaks.values():
-            totals[role] = totals.get(role, 0.0) + kib / 1024
-        return dict(sorted(totals.items()))
+        """The peak (:meth:`total_mib`) by role, MiB."""
+        return {role: kib / 1024 for role, kib in sorted(self._peak_roles.items())}
 
     def total_mib(self) -> float:
-        return sum(kib for _, kib in self.peaks.values()) / 1024
+        """The largest sum over the processes alive at one sample, MiB."""
+        return sum(self._peak_roles.values()) / 1024
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]) -> str:

@@ -39,3 +39,21 @@ def test_query_hops_times_every_hop_of_every_query_from_its_records() -> None:
             "join: fetch + merge + reply", "client: read and decode the reply", "**end to end**"]
     assert all(rows[hop][2] == "20" for hop in hops), done.stdout
     assert float(rows["**end to end**"][0]) > 0, done.stdout
+
+
+def test_peak_rss_adds_up_only_processes_alive_at_the_same_time() -> None:
+    """Two children that hold 200 MiB each, one after the other: the peak counts one of them, not both
+    (as it counted Apache Kafka's storage-format JVM beside the broker that starts after it exits)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from setup import ProcessTreePeaks
+
+    hold = "import sys; b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096]); print('held', flush=True); sys.stdin.read()"
+    with ProcessTreePeaks(interval=3600) as peaks:  # sampled here only, while each child holds its memory
+        for _ in range(2):
+            child = subprocess.Popen([sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert child.stdout is not None and child.stdout.readline() == "held\n"
+            peaks.sample()
+            child.communicate("")
+    other = peaks.by_role_mib()["other"]
+    assert 200 <= other < 400, peaks.by_role_mib()
+    assert peaks.total_mib() == sum(peaks.by_role_mib().values())
