@@ -28,6 +28,9 @@ MAX_EMBEDDING_MAGNITUDE = 1e15
 """The largest absolute value an embedding may hold: an inner product or squared L2 distance of two
 384-d vectors bounded by it stays far inside float32 (about 4e32 at most; float32 ends near 3.4e38).
 Model outputs are many orders of magnitude smaller."""
+_SQUARES_WITHIN_MAX = (MAX_EMBEDDING_MAGNITUDE * (1 - 1e-6)) ** 2
+"""A float32 sum of squares at most this has every value within ``MAX_EMBEDDING_MAGNITUDE``
+(``validate_embedding``'s fast path; the margin covers float32's rounding of the sum)."""
 
 MAX_ID_BYTES = 512
 """The longest document id accepted, in UTF-8 bytes (it is the Kafka key and a RocksDB key)."""
@@ -223,8 +226,13 @@ def validate_embedding(value: object, name: str = "embedding") -> None:
             stored = vector.astype(np.float32)
     if not stored.size:
         return
-    # One pass over the values, on every decode: the largest magnitude is NaN if any value is (max
-    # propagates NaN), infinite if any is, and otherwise says whether scores could overflow.
+    # Every decode runs this: first one BLAS call. A sum of squares within MAX**2 (less float32's
+    # rounding) bounds every value; NaN or inf anywhere makes it NaN or inf, and fails the test.
+    flat = stored.reshape(-1)
+    if float(np.dot(flat, flat)) <= _SQUARES_WITHIN_MAX:
+        return
+    # Then the exact pass: the largest magnitude is NaN if any value is (max propagates NaN),
+    # infinite if any is, and otherwise says whether scores could overflow.
     peak = float(max(stored.max(), -stored.min()))
     if peak <= MAX_EMBEDDING_MAGNITUDE:
         return

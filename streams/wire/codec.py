@@ -138,12 +138,12 @@ def doc_from_avro(rec: dict[str, Any]) -> Document:
         blob=rec["blob"],
         uri=rec["uri"],
         embedding=embedding,
-        tags=dict(rec["tags"]),
+        tags=rec["tags"],  # the reader's own fresh dict and list: no copy
         field_name=rec["field_name"],
         modality=rec["modality"],
         weight=rec["weight"],
         offset=rec["offset"],
-        location=list(rec["location"]),
+        location=rec["location"],
         scores={
             name: Score(s["value"], s["op_name"], Direction(s["direction"])) for name, s in rec["scores"].items()
         },

@@ -82,6 +82,8 @@ class TestEmbeddingValidation:
         (np.full(4, 1e300), "NaN or infinite values \\(as float32\\)"),
         (np.array([1.0, np.nan]), "NaN or infinite"),
         (np.full(4, 1e16, dtype=np.float32), "beyond"),
+        (np.concatenate([np.full(383, 1e-3, np.float32), [1.01e15]]).astype(np.float32), "beyond"),
+        (np.concatenate([np.ones(383, np.float32), [np.inf]]).astype(np.float32), "NaN or infinite"),
         (np.full(4, 10**17, dtype=np.int64), "beyond"),
         (np.array(["1.0"]), "dtype <U3"),
         (np.array([1 + 2j]), "complex128"),
@@ -91,5 +93,7 @@ class TestEmbeddingValidation:
             validate_document(Document(id="d", chunks=[Document(id="d/0", embedding=vector)]))
 
     def test_accepted(self) -> None:
-        for vector in (np.ones(384, np.float32), np.arange(8, dtype=np.int16), np.full(3, -1e15), np.empty(0)):
+        # 384 values of 9e14 square to more than 1e30 in sum: past the one-call test, accepted by the exact pass
+        for vector in (np.ones(384, np.float32), np.arange(8, dtype=np.int16), np.full(3, -1e15), np.empty(0),
+                       np.full(384, 9e14, np.float32), np.ones((1, 384), np.float32)):
             validate_document(Document(id="d", embedding=vector))
