@@ -30,6 +30,8 @@ class CompoundIndexerConfig:
     :param ivf_nprobe: IVF lists scanned per query.
     :param pq_m: IVF-PQ sub-quantizers; must divide ``dim``; 0 picks dim/8 or the next divisor below.
     :param pq_bits: bits per IVF-PQ sub-vector code.
+    :param lexical: keep the lexical arm too (``processors/index/lexical.py``): the texts of the nodes
+        that have vectors, analysed and counted in the same write; False: dense search only.
     """
 
     dim: int = 384
@@ -42,6 +44,7 @@ class CompoundIndexerConfig:
     ivf_nprobe: int = 16
     pq_m: int = 0
     pq_bits: int = 8
+    lexical: bool = True
 
     def __post_init__(self) -> None:
         if self.dim < 1:

@@ -175,12 +175,14 @@ class LexicalIndex:
         if self._dead > _COMPACT_DEAD_SHARE * max(self._units, 1):
             self._compact()
 
-    def search(self, terms: Sequence[str], stats: CorpusStats, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, terms: Sequence[str], stats: CorpusStats, k: int,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The units scoring highest for ``terms`` under ``stats``: every unit tied with the k-th
         included (the caller breaks ties by document id), best first, then by vector id.
 
         :param terms: the analysed query (``Analyzer.terms``); a repeated term weighs once per repeat.
         :param stats: corpus-wide statistics (the request's), so that scores match across shards.
+        :param allowed: only these vector ids (a field-restricted search), before the cut.
         :returns: vector ids (int64) and their BM25 scores (float64), as arrays of equal length.
         """
         vids_parts, weight_parts = [], []
@@ -191,6 +193,8 @@ class LexicalIndex:
             vids, tfs = postings.vids[: postings.size], postings.tfs[: postings.size].astype(np.float64)
             lengths = self._lengths[vids].astype(np.float64)
             live = lengths > 0
+            if allowed is not None:
+                live &= np.isin(vids, allowed)
             vids, tfs, lengths = vids[live], tfs[live], lengths[live]
             weight = stats.idf(term) * tfs * (K1 + 1) / (tfs + K1 * (1 - B + B * lengths / stats.avgdl))
             vids_parts.append(vids)

@@ -9,10 +9,15 @@ Key layout (one RocksDB per shard):
     dv/<doc id>    int64 ids of the document's vectors
     v/<vector id>  float32 vector bytes + the owner: 0xFF, then doc id, node path and field name,
                    each as a big-endian uint32 byte count and its UTF-8 bytes
+    l/<vector id>  the lexical arm's term counts of the vector's node (compact JSON), if its text has terms
     m/checkpoint   the caller's opaque checkpoint
     m/next_vid     the next vector id
     m/config       dim and metric, checked on reopen
-    m/format       the layout new writes use (2), set on the first open by this code; a newer one is refused
+    m/analyzer     the analyzer the l/ counts come from (format 3)
+    m/format       the layout new writes use (3), set on the first open by this code; a newer one is refused.
+                   Format 3 adds l/ and m/analyzer: a format-2 shard gets them from its stored documents
+                   on its first open (``replace_terms``), and then older code refuses to open it (it would
+                   leave the counts of deleted vectors behind)
 
 A key is a fixed prefix and the whole id, and an owner is length-prefixed, so nothing stored
 depends on what an id contains (NUL, '/', control characters...). Shards written before
@@ -26,7 +31,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from rocksdict import Options, Rdict, WriteBatch
@@ -37,9 +42,10 @@ from processors.index.base import DocumentCodec, Metric
 
 __all__ = ["FORMAT", "Owner", "ShardStore", "ShardWrite"]
 
-_DOC, _DOC_VIDS, _VEC = b"d/", b"dv/", b"v/"
+_DOC, _DOC_VIDS, _VEC, _TERMS = b"d/", b"dv/", b"v/", b"l/"
 _CHECKPOINT, _NEXT_VID, _CONFIG, _FORMAT = b"m/checkpoint", b"m/next_vid", b"m/config", b"m/format"
-FORMAT = 2
+_ANALYZER = b"m/analyzer"
+FORMAT = 3
 """The storage layout this code writes; it reads every one up to it."""
 WRITE_BUFFER_BYTES = 16 << 20
 """RocksDB's memtable size (its default is 64 MiB, and two can be held while one flushes): every
@@ -118,6 +124,17 @@ class ShardStore:
         for key, _ in self._scan(_DOC_VIDS):
             yield key[len(_DOC_VIDS) :].decode("utf-8", "surrogatepass")
 
+    def terms(self) -> Iterator[tuple[int, dict[str, int]]]:
+        """Every stored unit's term counts (the lexical arm's), by vector id."""
+        for key, value in self._scan(_TERMS):
+            yield struct.unpack(">q", key[len(_TERMS):])[0], json.loads(value)
+
+    @property
+    def analyzer(self) -> str | None:
+        """The name of the analyzer the stored term counts come from; None: none stored (an older shard)."""
+        raw = self._open_db().get(_ANALYZER)
+        return raw.decode() if raw is not None else None
+
     def vectors(self) -> tuple[np.ndarray, np.ndarray, list[Owner]]:
         """Every stored vector: ids, a (n, dim) float32 matrix and each one's owner."""
         ids, vectors, owners = [], [], []
@@ -140,6 +157,19 @@ class ShardStore:
         write.batch.put(_NEXT_VID, struct.pack(">q", next_vid))
         write.batch.put(_CHECKPOINT, checkpoint)
         self._open_db().write(write.batch)
+
+    def replace_terms(self, terms: Iterable[tuple[int, Mapping[str, int]]], analyzer: str) -> None:
+        """Store every unit's term counts anew, from ``analyzer``, in one WriteBatch: an older shard's first
+        open, or one whose analyzer changed."""
+        batch = WriteBatch(raw_mode=True)
+        for key, _ in self._scan(_TERMS):
+            batch.delete(key)
+        for vid, counts in terms:
+            if counts:
+                batch.put(_TERMS + struct.pack(">q", vid), _pack_terms(counts))
+        batch.put(_ANALYZER, analyzer.encode())
+        batch.put(_FORMAT, str(FORMAT).encode())
+        self._open_db().write(batch)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -195,6 +225,7 @@ class ShardWrite:
         vids = np.frombuffer(raw, dtype=">i8").astype(np.int64).tolist()
         for vid in vids:
             self.batch.delete(_VEC + struct.pack(">q", vid))
+            self.batch.delete(_TERMS + struct.pack(">q", vid))
         self.batch.delete(_DOC + _utf8(doc_id))
         self.batch.delete(_DOC_VIDS + _utf8(doc_id))
         return vids
@@ -202,6 +233,20 @@ class ShardWrite:
     def put_vector(self, vid: int, vector: np.ndarray, owner: Owner) -> None:
         """Stage one vector (little-endian float32) and its owner, in format 2."""
         self.batch.put(_VEC + struct.pack(">q", vid), vector.tobytes() + _pack_owner(*owner))
+
+    def terms(self, vids: Sequence[int]) -> list[tuple[int, dict[str, int]]]:
+        """The stored term counts of these units, as before this write (what removing them takes away)."""
+        found = []
+        for vid in vids:
+            raw = self._db.get(_TERMS + struct.pack(">q", vid))
+            if raw is not None:
+                found.append((vid, json.loads(raw)))
+        return found
+
+    def put_terms(self, vid: int, counts: Mapping[str, int]) -> None:
+        """Stage one unit's term counts (the lexical arm's); a unit without terms stores nothing."""
+        if counts:
+            self.batch.put(_TERMS + struct.pack(">q", vid), _pack_terms(counts))
 
     def put_document(self, doc: Document, vids: list[int]) -> None:
         """Stage a root document (the codec writes it without embeddings) and the ids of its vectors."""
@@ -212,6 +257,11 @@ class ShardWrite:
 def _utf8(text: str) -> bytes:
     """UTF-8, lone surrogates passed through: any str has bytes that decode back to it."""
     return text.encode("utf-8", "surrogatepass")
+
+
+def _pack_terms(counts: Mapping[str, int]) -> bytes:
+    """A unit's term counts as compact JSON (terms are analysed text: any str)."""
+    return json.dumps(counts, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
 def _pack_owner(doc_id: str, path: str, field_name: str) -> bytes:
