@@ -80,7 +80,7 @@ class CompoundIndexer:
         when the shard has none from this analyzer (an older shard, or the analyzer changed), or clear
         them when the arm is off (counts that stopped following writes must never be read again)."""
         wanted = self._analyzer.name if self._analyzer is not None else ""
-        if self._store.analyzer != wanted:
+        if (self._store.analyzer or "") != wanted:  # None: no counts (a new or a format-2 shard)
             started = time.perf_counter()
             terms = self._terms_from_documents(owners, ids) if self._analyzer is not None else []
             self._store.replace_terms(terms, wanted)

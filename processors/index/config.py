@@ -31,7 +31,8 @@ class CompoundIndexerConfig:
     :param pq_m: IVF-PQ sub-quantizers; must divide ``dim``; 0 picks dim/8 or the next divisor below.
     :param pq_bits: bits per IVF-PQ sub-vector code.
     :param lexical: keep the lexical arm too (``processors/index/lexical.py``): the texts of the nodes
-        that have vectors, analysed and counted in the same write; False: dense search only.
+        that have vectors, analysed and counted in the same write. Off by default while no search
+        through a flow reads it: turning it on counts a shard's stored documents on its next open.
     """
 
     dim: int = 384
@@ -44,7 +45,7 @@ class CompoundIndexerConfig:
     ivf_nprobe: int = 16
     pq_m: int = 0
     pq_bits: int = 8
-    lexical: bool = True
+    lexical: bool = False
 
     def __post_init__(self) -> None:
         if self.dim < 1:
