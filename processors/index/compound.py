@@ -38,7 +38,7 @@ _NO_VECTORS = np.empty((0, 0), np.float32)
 LEXICAL_OP_NAME = "bm25"
 """The ``op_name`` of a lexical hit's score (a similarity: higher is better)."""
 
-_Terms = list[tuple[int, dict[str, int]]]
+_TermCounts = list[tuple[int, dict[str, int]]]
 """Units' term counts by vector id."""
 
 
@@ -83,22 +83,21 @@ class CompoundIndexer:
         if (self._store.analyzer or "") != wanted:  # None: no counts (a new or a format-2 shard)
             started = time.perf_counter()
             terms = self._terms_from_documents(owners, ids) if self._analyzer is not None else []
-            self._store.replace_terms(terms, wanted)
+            self._store.replace_term_counts(terms, wanted)
             logger.info("lexical term counts rebuilt from the stored documents", extra={
                 "path": str(self.path), "units": len(terms), "seconds": round(time.perf_counter() - started, 3)})
         if self._analyzer is not None:
-            for vid, counts in self._store.terms():
+            for vid, counts in self._store.term_counts():
                 self._lexical.add(vid, counts)
 
-    def _terms_from_documents(self, owners: Sequence[Owner], ids: np.ndarray) -> _Terms:
+    def _terms_from_documents(self, owners: Sequence[Owner], ids: np.ndarray) -> _TermCounts:
         """Each vector's node's text, analysed: read from the stored root documents."""
         assert self._analyzer is not None
-        terms: _Terms = []
-        roots: dict[str, Document | None] = {}
+        terms: _TermCounts = []
+        root_id, root = None, None  # a document's vectors have consecutive ids: one root held at a time
         for vid, (doc_id, path, _) in zip(ids.tolist(), owners):
-            if doc_id not in roots:
-                roots[doc_id] = self._store.document(doc_id)
-            root = roots[doc_id]
+            if doc_id != root_id:
+                root_id, root = doc_id, self._store.document(doc_id)
             text = _node_at(root, path).text if root is not None else None
             if text:
                 terms.append((vid, self._analyzer.counts(text)))
@@ -137,16 +136,16 @@ class CompoundIndexer:
         last = {change.doc_id: change.doc for change in changes}
         planned = [(doc, list(_embedded_nodes(doc))) for doc in last.values() if doc is not None]
         self._check_dims(planned)
-        write = self._store.begin()
+        write = self._store.begin(term_counts=self._analyzer is not None)
         removed_vids = [vid for doc_id in last for vid in write.remove_document(doc_id)]
-        removed_terms = write.terms(removed_vids) if self._analyzer is not None else []
+        removed_terms = write.stored_term_counts(removed_vids) if self._analyzer is not None else []
         new_ids, new_vectors, new_owners, new_terms = self._stage_vectors(write, planned)
         self._store.commit(write, next_vid=self._next_vid, checkpoint=checkpoint)
-        removed = self._follow(removed_vids, new_ids, new_vectors, new_owners)
-        for vid, counts in removed_terms:
+        for vid, counts in removed_terms:  # before FAISS, whose training below is what may fail
             self._lexical.remove(vid, counts)
         for vid, counts in new_terms:
             self._lexical.add(vid, counts)
+        removed = self._follow(removed_vids, new_ids, new_vectors, new_owners)
         return ApplyResult(
             upserted=len(planned),
             deleted=sum(1 for doc in last.values() if doc is None),
@@ -166,13 +165,13 @@ class CompoundIndexer:
                     )
 
     def _stage_vectors(self, write: ShardWrite, planned: _Planned
-                       ) -> tuple[list[int], list[np.ndarray], list[Owner], _Terms]:
+                       ) -> tuple[list[int], list[np.ndarray], list[Owner], _TermCounts]:
         """Stage each upserted document and its vectors under new ids, and each vector's node's term
         counts; returns the ids, vectors, owners and term counts."""
         new_ids: list[int] = []
         new_vectors: list[np.ndarray] = []
         new_owners: list[Owner] = []
-        new_terms: _Terms = []
+        new_terms: _TermCounts = []
         for doc, nodes in planned:
             vids = []
             for path, node in nodes:
@@ -183,7 +182,7 @@ class CompoundIndexer:
                 write.put_vector(vid, vector, owner)
                 if self._analyzer is not None and node.text:
                     counts = self._analyzer.counts(node.text)
-                    write.put_terms(vid, counts)
+                    write.put_term_counts(vid, counts)
                     new_terms.append((vid, counts))
                 vids.append(vid)
                 new_ids.append(vid)
@@ -282,7 +281,11 @@ class CompoundIndexer:
                 for row_scores, row_ids in zip(scores, ids)]
 
     def lexical_stats(self) -> CorpusStats:
-        """This shard's own lexical statistics: what it publishes for the corpus-wide sum."""
+        """This shard's own lexical statistics: what it publishes for the corpus-wide sum.
+
+        :raises ConfigError: if this shard keeps no lexical arm (``lexical: false``).
+        """
+        self._require_lexical()
         return self._lexical.stats()
 
     def analyze(self, text: str) -> list[str]:
@@ -290,9 +293,14 @@ class CompoundIndexer:
 
         :raises ConfigError: if this shard keeps no lexical arm (``lexical: false``).
         """
+        return self._require_lexical().terms(text)
+
+    def _require_lexical(self) -> Analyzer:
+        """Every lexical read refuses alike when the arm is off: empty statistics from one shard would
+        silently skew a corpus-wide sum."""
         if self._analyzer is None:
             raise ConfigError("this index keeps no lexical arm (CompoundIndexer with lexical: false)")
-        return self._analyzer.terms(text)
+        return self._analyzer
 
     def search_lexical(self, *, terms: Sequence[str], stats: CorpusStats, top_k: int,
                        fields: Sequence[str] | None = None) -> list[Hit]:
@@ -302,8 +310,11 @@ class CompoundIndexer:
         :param terms: the analysed query (:meth:`analyze`, or the fan-out's analyzer: the same one).
         :param stats: corpus-wide statistics, so that every shard of a request scores alike; this shard's
             own (:meth:`lexical_stats`) when it holds the whole corpus.
-        :param fields: only units of nodes with one of these ``field_name``s.
+        :param fields: only units of nodes with one of these ``field_name``s (scored with every field's
+            statistics).
+        :raises ConfigError: if this shard keeps no lexical arm (``lexical: false``).
         """
+        self._require_lexical()
         allowed = self._allowed(fields) if fields is not None else None
         if top_k < 1:
             return []

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from processors.exceptions import ConfigError
 from processors.index.base import Metric
 from processors.index.types import IndexType, known_index_type
+from processors.settings import added_later
 
 __all__ = ["CompoundIndexerConfig"]
 
@@ -45,7 +46,7 @@ class CompoundIndexerConfig:
     ivf_nprobe: int = 16
     pq_m: int = 0
     pq_bits: int = 8
-    lexical: bool = False
+    lexical: bool = added_later(False)
 
     def __post_init__(self) -> None:
         if self.dim < 1:

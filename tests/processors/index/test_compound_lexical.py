@@ -90,13 +90,22 @@ def test_a_shard_without_counts_from_this_analyzer_counts_its_stored_documents(t
     with_arm.close()
     db = Rdict(str(tmp_path), options=Options(raw_mode=True))
     try:
-        assert db[b"m/analyzer"] == Analyzer.name.encode() and db[b"m/format"] == str(FORMAT).encode()
-        del db[b"m/analyzer"]  # as a format-2 shard has it: no counts, no analyzer
+        assert db[b"m/analyzer"] == Analyzer().name.encode() and db[b"m/format"] == str(FORMAT).encode()
+        del db[b"m/analyzer"]  # as a format-2 shard has it: no counts, no analyzer, format 2
         for key in [key for key in db.keys(from_key=b"l/") if key.startswith(b"l/")]:
             del db[key]
+        db[b"m/format"] = b"2"
     finally:
         db.close()
-    assert found(open_index(tmp_path), "insulin") == [("b", "b/1"), ("a", "a/0")]
+    open_index(tmp_path, lexical=False).close()
+    assert _stored(tmp_path, b"m/format") == b"2"  # left as it was: older code still opens it
+    recounted = open_index(tmp_path)
+    assert found(recounted, "insulin") == [("b", "b/1"), ("a", "a/0")]
+    live = open_index(tmp_path / "live")
+    live.apply(changes=[Change(d.id, d) for d in CORPUS], checkpoint=b"1")
+    assert recounted.lexical_stats() == live.lexical_stats()
+    recounted.close()
+    assert _stored(tmp_path, b"m/format") == str(FORMAT).encode()
     open_index(tmp_path, lexical=False).close()
     db = Rdict(str(tmp_path), options=Options(raw_mode=True))
     try:
@@ -134,8 +143,47 @@ def test_corpus_wide_statistics_score_a_shard_as_the_whole(tmp_path: Path) -> No
     assert merged == expected
 
 
-def test_the_arm_off_refuses_a_lexical_query(tmp_path: Path) -> None:
+def test_the_arm_off_refuses_every_lexical_read(tmp_path: Path) -> None:
+    """Empty statistics from one shard would skew a corpus-wide sum without a word."""
     from processors.exceptions import ConfigError
 
-    with pytest.raises(ConfigError, match="no lexical arm"):
-        open_index(tmp_path, lexical=False).analyze("insulin")
+    index = open_index(tmp_path, lexical=False)
+    for read in (lambda: index.analyze("insulin"), index.lexical_stats,
+                 lambda: index.search_lexical(terms=["insulin"], stats=CorpusStats(), top_k=1)):
+        with pytest.raises(ConfigError, match="no lexical arm"):
+            read()
+
+
+def test_units_without_terms_come_and_go_without_counts(tmp_path: Path) -> None:
+    index = open_index(tmp_path)
+    index.apply(changes=[Change("s", doc("s", "the and of", "")), Change("a", CORPUS[0])], checkpoint=b"1")
+    assert index.lexical_stats().units == 2 and index.stats().vectors == 4
+    index.apply(changes=[Change("s", None), Change("a", doc("a", "of the"))], checkpoint=b"2")
+    assert index.lexical_stats() == CorpusStats() and found(index, "insulin") == []
+
+
+def test_a_failure_after_the_write_leaves_the_arm_with_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAISS training after the write is what may fail (memory): the arm has followed the write already."""
+    index = open_index(tmp_path)
+    index.apply(changes=[Change(d.id, d) for d in CORPUS[:2]], checkpoint=b"1")
+
+    def fails() -> None:
+        raise MemoryError("training")
+
+    monkeypatch.setattr(index, "_refresh_approximate", fails)
+    with pytest.raises(MemoryError):
+        index.apply(changes=[Change("b", None), Change("c", CORPUS[2])], checkpoint=b"2")
+    monkeypatch.undo()
+    served = index.lexical_stats(), found(index, "memory insulin")
+    index.close()
+    reopened = open_index(tmp_path)
+    assert served == (reopened.lexical_stats(), found(reopened, "memory insulin"))
+    assert ("c", "c/0") in served[1] and not any(doc_id == "b" for doc_id, _ in served[1])  # the write applied
+
+
+def _stored(path: Path, key: bytes) -> bytes | None:
+    db = Rdict(str(path), options=Options(raw_mode=True))
+    try:
+        return db.get(key)
+    finally:
+        db.close()
