@@ -36,3 +36,4 @@ bench: install
 	$(PYTHON) benchmarks/restore.py
 	$(PYTHON) benchmarks/vectors.py
 	$(PYTHON) benchmarks/query_hops.py
+	$(PYTHON) benchmarks/insert_cpu.py

@@ -178,7 +178,8 @@ def _status_kib(pid: int | str, field: str) -> int | None:
     return None
 
 
-def _children_of() -> dict[int, list[int]]:
+def children_of() -> dict[int, list[int]]:
+    """Every process's children by parent pid, from ``/proc``."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -193,7 +194,8 @@ def _children_of() -> dict[int, list[int]]:
     return children
 
 
-def _role(pid: int) -> str:
+def process_role(pid: int) -> str:
+    """What a process of a benchmark's tree is: this benchmark, the broker, ``stage <name>``, or other."""
     if pid == os.getpid():
         return "benchmark"
     try:
@@ -251,7 +253,7 @@ class ProcessTreePeaks:
 
     def sample(self) -> None:
         """Read VmHWM of every process in the tree now (call it before stopping processes too)."""
-        tree = _children_of()
+        tree = children_of()
         todo, seen = [os.getpid()], set()
         alive: dict[str, int] = {}
         while todo:
@@ -269,7 +271,7 @@ class ProcessTreePeaks:
             except (OSError, IndexError):
                 continue
             key = (pid, started)
-            role = self.peaks[key][0] if key in self.peaks else _role(pid)
+            role = self.peaks[key][0] if key in self.peaks else process_role(pid)
             self.peaks[key] = (role, max(hwm, self.peaks.get(key, (role, 0))[1]))
             alive[role] = alive.get(role, 0) + self.peaks[key][1]
         if sum(alive.values()) > sum(self._peak_roles.values()):

@@ -41,6 +41,21 @@ def test_query_hops_times_every_hop_of_every_query_from_its_records() -> None:
     assert float(rows["**end to end**"][0]) > 0, done.stdout
 
 
+def test_insert_cpu_splits_both_rounds_by_process() -> None:
+    """Every process of the flow is found and charged some CPU in each round; the benchmark starts its
+    own Apache Kafka broker."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "insert_cpu.py"), "--vectors", "2000", "--batch", "500"],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in done.stdout.splitlines() if line.startswith("| ")}
+    for role in ("broker", "stage index", "stage join", "benchmark", "all processes"):
+        cells = rows[f"{role} (µs of CPU per vector)"]
+        assert len(cells) == 2 and all(float(cell.replace(",", "")) > 0 for cell in cells), done.stdout
+    assert "baseline: FAISS flat in-process" in done.stdout
+
+
 def test_peak_rss_adds_up_only_processes_alive_at_the_same_time() -> None:
     """Two children that hold 200 MiB each, one after the other: the peak counts one of them, not both
     (as it counted Apache Kafka's storage-format JVM beside the broker that starts after it exits)."""

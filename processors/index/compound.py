@@ -17,10 +17,11 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from processors.document import Document, Score, copy_tree
-from processors.exceptions import DimensionMismatchError
+from processors.document import Direction, Document, Score, copy_tree
+from processors.exceptions import ConfigError, DimensionMismatchError
 from processors.index.base import ApplyResult, Change, DocumentCodec, Hit, IndexStats, SearchTuning, VectorIndex
 from processors.index.config import CompoundIndexerConfig
+from processors.index.lexical import Analyzer, CorpusStats, LexicalIndex
 from processors.index.store import Owner, ShardStore, ShardWrite
 from processors.index.types import EXACT, INDEX_TYPES, VECTOR_INDEX_TYPES, known_index_type
 
@@ -33,6 +34,12 @@ _Planned = list[tuple[Document, list[tuple[str, Document]]]]
 
 _NO_VECTORS = np.empty((0, 0), np.float32)
 """What the exact index trains on: nothing."""
+
+LEXICAL_OP_NAME = "bm25"
+"""The ``op_name`` of a lexical hit's score (a similarity: higher is better)."""
+
+_TermCounts = list[tuple[int, dict[str, int]]]
+"""Units' term counts by vector id."""
 
 
 class CompoundIndexer:
@@ -48,6 +55,7 @@ class CompoundIndexer:
         self.config = config
         self.path = Path(path)
         self._store = ShardStore(self.path, dim=config.dim, metric=config.metric, codec=codec)
+        self._analyzer = Analyzer() if config.lexical else None
         self._reset_derived()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -63,7 +71,37 @@ class CompoundIndexer:
         self._own(zip(ids.tolist(), owners))
         self._vectors.add(ids, vectors)
         self._index_for(self.config.index_type, stored=(ids, vectors))
-        logger.info("shard index opened", extra={"path": str(self.path), "vectors": len(ids)})
+        self._open_lexical(owners, ids)
+        logger.info("shard index opened", extra={"path": str(self.path), "vectors": len(ids),
+                                                 "lexical_units": len(self._lexical)})
+
+    def _open_lexical(self, owners: Sequence[Owner], ids: np.ndarray) -> None:
+        """Build the lexical arm from the stored term counts; first count them from the stored documents
+        when the shard has none from this analyzer (an older shard, or the analyzer changed), or clear
+        them when the arm is off (counts that stopped following writes must never be read again)."""
+        wanted = self._analyzer.name if self._analyzer is not None else ""
+        if (self._store.analyzer or "") != wanted:  # None: no counts (a new or a format-2 shard)
+            started = time.perf_counter()
+            terms = self._terms_from_documents(owners, ids) if self._analyzer is not None else []
+            self._store.replace_term_counts(terms, wanted)
+            logger.info("lexical term counts rebuilt from the stored documents", extra={
+                "path": str(self.path), "units": len(terms), "seconds": round(time.perf_counter() - started, 3)})
+        if self._analyzer is not None:
+            for vid, counts in self._store.term_counts():
+                self._lexical.add(vid, counts)
+
+    def _terms_from_documents(self, owners: Sequence[Owner], ids: np.ndarray) -> _TermCounts:
+        """Each vector's node's text, analysed: read from the stored root documents."""
+        assert self._analyzer is not None
+        terms: _TermCounts = []
+        root_id, root = None, None  # a document's vectors have consecutive ids: one root held at a time
+        for vid, (doc_id, path, _) in zip(ids.tolist(), owners):
+            if doc_id != root_id:
+                root_id, root = doc_id, self._store.document(doc_id)
+            text = _node_at(root, path).text if root is not None else None
+            if text:
+                terms.append((vid, self._analyzer.counts(text)))
+        return terms
 
     def close(self) -> None:
         """Close RocksDB; safe to call twice."""
@@ -98,10 +136,15 @@ class CompoundIndexer:
         last = {change.doc_id: change.doc for change in changes}
         planned = [(doc, list(_embedded_nodes(doc))) for doc in last.values() if doc is not None]
         self._check_dims(planned)
-        write = self._store.begin()
+        write = self._store.begin(term_counts=self._analyzer is not None)
         removed_vids = [vid for doc_id in last for vid in write.remove_document(doc_id)]
-        new_ids, new_vectors, new_owners = self._stage_vectors(write, planned)
+        removed_terms = write.stored_term_counts(removed_vids) if self._analyzer is not None else []
+        new_ids, new_vectors, new_owners, new_terms = self._stage_vectors(write, planned)
         self._store.commit(write, next_vid=self._next_vid, checkpoint=checkpoint)
+        for vid, counts in removed_terms:  # before FAISS, whose training below is what may fail
+            self._lexical.remove(vid, counts)
+        for vid, counts in new_terms:
+            self._lexical.add(vid, counts)
         removed = self._follow(removed_vids, new_ids, new_vectors, new_owners)
         return ApplyResult(
             upserted=len(planned),
@@ -122,11 +165,13 @@ class CompoundIndexer:
                     )
 
     def _stage_vectors(self, write: ShardWrite, planned: _Planned
-                       ) -> tuple[list[int], list[np.ndarray], list[Owner]]:
-        """Stage each upserted document and its vectors under new ids; returns the ids, vectors and owners."""
+                       ) -> tuple[list[int], list[np.ndarray], list[Owner], _TermCounts]:
+        """Stage each upserted document and its vectors under new ids, and each vector's node's term
+        counts; returns the ids, vectors, owners and term counts."""
         new_ids: list[int] = []
         new_vectors: list[np.ndarray] = []
         new_owners: list[Owner] = []
+        new_terms: _TermCounts = []
         for doc, nodes in planned:
             vids = []
             for path, node in nodes:
@@ -135,12 +180,16 @@ class CompoundIndexer:
                 vector = np.asarray(node.embedding, dtype="<f4").reshape(-1)
                 owner = (doc.id, path, node.field_name or "")
                 write.put_vector(vid, vector, owner)
+                if self._analyzer is not None and node.text:
+                    counts = self._analyzer.counts(node.text)
+                    write.put_term_counts(vid, counts)
+                    new_terms.append((vid, counts))
                 vids.append(vid)
                 new_ids.append(vid)
                 new_vectors.append(vector)
                 new_owners.append(owner)
             write.put_document(doc, vids)
-        return new_ids, new_vectors, new_owners
+        return new_ids, new_vectors, new_owners, new_terms
 
     def _follow(self, removed_vids: list[int], new_ids: list[int], new_vectors: list[np.ndarray],
                 new_owners: list[Owner]) -> int:
@@ -228,20 +277,63 @@ class CompoundIndexer:
         available = index.size if allowed is None else len(allowed)
         scores, ids = _search_past_ties(index, queries, top_k, tuning, available)
         roots: dict[str, Document | None] = {}
-        return [self._hits(index, row_scores, row_ids, top_k, roots) for row_scores, row_ids in zip(scores, ids)]
+        return [self._hits(index.op_name, index.direction, row_scores, row_ids, top_k, roots)
+                for row_scores, row_ids in zip(scores, ids)]
+
+    def lexical_stats(self) -> CorpusStats:
+        """This shard's own lexical statistics: what it publishes for the corpus-wide sum.
+
+        :raises ConfigError: if this shard keeps no lexical arm (``lexical: false``).
+        """
+        self._require_lexical()
+        return self._lexical.stats()
+
+    def analyze(self, text: str) -> list[str]:
+        """A query's terms, as the stored texts were analysed.
+
+        :raises ConfigError: if this shard keeps no lexical arm (``lexical: false``).
+        """
+        return self._require_lexical().terms(text)
+
+    def _require_lexical(self) -> Analyzer:
+        """Every lexical read refuses alike when the arm is off: empty statistics from one shard would
+        silently skew a corpus-wide sum."""
+        if self._analyzer is None:
+            raise ConfigError("this index keeps no lexical arm (CompoundIndexer with lexical: false)")
+        return self._analyzer
+
+    def search_lexical(self, *, terms: Sequence[str], stats: CorpusStats, top_k: int,
+                       fields: Sequence[str] | None = None) -> list[Hit]:
+        """The ``top_k`` units (nodes with text and a vector) scoring highest by BM25, best first, ties by
+        document id then node path; the hits' score ``op_name`` is ``bm25``.
+
+        :param terms: the analysed query (:meth:`analyze`, or the fan-out's analyzer: the same one).
+        :param stats: corpus-wide statistics, so that every shard of a request scores alike; this shard's
+            own (:meth:`lexical_stats`) when it holds the whole corpus.
+        :param fields: only units of nodes with one of these ``field_name``s (scored with every field's
+            statistics).
+        :raises ConfigError: if this shard keeps no lexical arm (``lexical: false``).
+        """
+        self._require_lexical()
+        allowed = self._allowed(fields) if fields is not None else None
+        if top_k < 1:
+            return []
+        vids, scores = self._lexical.search(terms, stats, top_k, allowed=allowed)
+        return self._hits(LEXICAL_OP_NAME, Direction.SIMILARITY, scores, vids, top_k, {})
 
     def _allowed(self, fields: Sequence[str]) -> np.ndarray:
         """The ids of the vectors of nodes with one of these field names, sorted."""
         vids = set().union(*(self._field_vids.get(name, set()) for name in fields))
         return np.fromiter(sorted(vids), dtype=np.int64, count=len(vids))
 
-    def _hits(self, index: VectorIndex, row_scores: np.ndarray, row_ids: np.ndarray, top_k: int,
+    def _hits(self, op_name: str, direction: Direction, row_scores: np.ndarray, row_ids: np.ndarray, top_k: int,
               roots: dict[str, Document | None]) -> list[Hit]:
-        """One query's hits from its FAISS row: owners looked up, ties cut by document id, ``top_k`` kept.
+        """One query's hits from its row of ids and scores: owners looked up, ties cut by document id,
+        ``top_k`` kept.
 
         :param roots: the root documents read so far for this search, shared by its queries.
         """
-        found = [(Score(float(value), index.op_name, index.direction), owner)
+        found = [(Score(float(value), op_name, direction), owner)
                  for value, vid in zip(row_scores, row_ids)
                  if (owner := self._vid_owner.get(int(vid))) is not None]
         # Equal scores in document id order, then node path: never in the order vectors were added.
@@ -270,6 +362,7 @@ class CompoundIndexer:
         self._untrainable: set[str] = set()
         self._vid_owner: dict[int, Owner] = {}
         self._field_vids: dict[str, set[int]] = {}
+        self._lexical = LexicalIndex()
         self._next_vid = 0
 
     def _index_for(self, index_type: str, stored: tuple[np.ndarray, np.ndarray] | None = None) -> VectorIndex:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from processors.exceptions import ConfigError
 from processors.index.base import Metric
 from processors.index.types import IndexType, known_index_type
+from processors.settings import added_later
 
 __all__ = ["CompoundIndexerConfig"]
 
@@ -30,6 +31,9 @@ class CompoundIndexerConfig:
     :param ivf_nprobe: IVF lists scanned per query.
     :param pq_m: IVF-PQ sub-quantizers; must divide ``dim``; 0 picks dim/8 or the next divisor below.
     :param pq_bits: bits per IVF-PQ sub-vector code.
+    :param lexical: keep the lexical arm too (``processors/index/lexical.py``): the texts of the nodes
+        that have vectors, analysed and counted in the same write. Off by default while no search
+        through a flow reads it: turning it on counts a shard's stored documents on its next open.
     """
 
     dim: int = 384
@@ -42,6 +46,7 @@ class CompoundIndexerConfig:
     ivf_nprobe: int = 16
     pq_m: int = 0
     pq_bits: int = 8
+    lexical: bool = added_later(False)
 
     def __post_init__(self) -> None:
         if self.dim < 1:

@@ -21,6 +21,7 @@ with text), so a lexical hit ranks back to its document the same way.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,29 +40,34 @@ _COMPACT_DEAD_SHARE = 0.2
 
 
 class Analyzer:
-    """Text to index terms, by tantivy's Rust analyzer: split on non-alphanumerics, drop tokens over
-    40 bytes, lower-case, drop Lucene's 33 English stop words, Snowball English stemming.
+    """Text to index terms: Unicode NFC, then tantivy's Rust analyzer: split on non-alphanumerics,
+    drop tokens over 40 bytes, lower-case, drop Lucene's 33 English stop words, Snowball English stemming.
 
-    The fan-out analyses a query with the same analyzer the shards used for the documents; ``name``
-    is stored with a shard so that a changed analyzer is noticed, not silently mixed.
+    NFC first, so that a query typed with composed accents finds text stored decomposed (the
+    tokenizer would split "cafe" + U+0301). The fan-out analyses a query with the same analyzer
+    the shards used for the documents; :attr:`name`, which holds tantivy's version (its stemmer and
+    Unicode tables may change between releases), is stored with a shard so that a changed analyzer
+    is noticed and the counts redone, never mixed.
     """
 
-    name = "tantivy:simple,remove_long(40),lowercase,stopword(english),stemmer(english)"
-
     def __init__(self) -> None:
+        from importlib.metadata import version
+
         from tantivy import Filter, TextAnalyzerBuilder, Tokenizer
 
         self._analyze: Callable[[str], list[str]] = (
             TextAnalyzerBuilder(Tokenizer.simple()).filter(Filter.remove_long(40)).filter(Filter.lowercase())
             .filter(Filter.stopword("english")).filter(Filter.stemmer("english")).build().analyze)
+        self.name = (f"nfc,tantivy-{version('tantivy')}:simple,remove_long(40),lowercase,stopword(english),"
+                     "stemmer(english)")
 
     def terms(self, text: str) -> list[str]:
         """The text's terms in order, repeats kept (a query's repeated term counts twice)."""
-        return self._analyze(text)
+        return self._analyze(unicodedata.normalize("NFC", text))
 
     def counts(self, text: str) -> dict[str, int]:
         """Term -> occurrences in ``text``: what a shard stores for one unit."""
-        return dict(Counter(self._analyze(text)))
+        return dict(Counter(self.terms(text)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +124,11 @@ class _Postings:
 
 
 class LexicalIndex:
-    """One shard's inverted index over unit term counts, keyed by the units' vector ids.
+    """One shard's inverted index over unit term counts, keyed by the units' vector ids. Not thread-safe:
+    the shard searches in the thread that applies its writes.
+
+    The statistics span all fields: a search restricted to some fields (``allowed``) scores with
+    the whole corpus's, not with those fields' own.
 
     Removing a unit takes its counts (the shard reads them from its store, which it must do to
     delete them anyway): the shard's own statistics stay exact at once, and its postings are
@@ -127,7 +137,7 @@ class LexicalIndex:
 
     def __init__(self) -> None:
         self._postings: dict[str, _Postings] = {}
-        self._lengths = np.zeros(1024, np.float32)
+        self._lengths = np.zeros(1024, np.int32)
         """By vector id: the unit's length in tokens; 0 for a removed or never-used id."""
         self._units = 0
         self._tokens = 0
@@ -147,7 +157,7 @@ class LexicalIndex:
         if not length:
             return
         if vid >= len(self._lengths):
-            grown = np.zeros(max(2 * len(self._lengths), vid + 1), np.float32)
+            grown = np.zeros(max(2 * len(self._lengths), vid + 1), np.int32)
             grown[: len(self._lengths)] = self._lengths
             self._lengths = grown
         self._lengths[vid] = length
@@ -165,7 +175,7 @@ class LexicalIndex:
         if vid >= len(self._lengths) or not self._lengths[vid]:
             return
         self._units -= 1
-        self._tokens -= int(self._lengths[vid])
+        self._tokens -= sum(counts.values())
         self._lengths[vid] = 0
         self._df.subtract(counts.keys())
         for term in counts:
@@ -173,14 +183,21 @@ class LexicalIndex:
                 del self._df[term]
         self._dead += 1
         if self._dead > _COMPACT_DEAD_SHARE * max(self._units, 1):
-            self._compact()
+            self._compact()  # amortised: O(postings) once per 20% of units removed, inside that write
 
-    def search(self, terms: Sequence[str], stats: CorpusStats, k: int) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def dead(self) -> int:
+        """Removed units whose postings are still held (dropped at the next compaction)."""
+        return self._dead
+
+    def search(self, terms: Sequence[str], stats: CorpusStats, k: int,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The units scoring highest for ``terms`` under ``stats``: every unit tied with the k-th
         included (the caller breaks ties by document id), best first, then by vector id.
 
         :param terms: the analysed query (``Analyzer.terms``); a repeated term weighs once per repeat.
         :param stats: corpus-wide statistics (the request's), so that scores match across shards.
+        :param allowed: only these vector ids (a field-restricted search), before the cut.
         :returns: vector ids (int64) and their BM25 scores (float64), as arrays of equal length.
         """
         vids_parts, weight_parts = [], []
@@ -191,6 +208,8 @@ class LexicalIndex:
             vids, tfs = postings.vids[: postings.size], postings.tfs[: postings.size].astype(np.float64)
             lengths = self._lengths[vids].astype(np.float64)
             live = lengths > 0
+            if allowed is not None:
+                live &= np.isin(vids, allowed)
             vids, tfs, lengths = vids[live], tfs[live], lengths[live]
             weight = stats.idf(term) * tfs * (K1 + 1) / (tfs + K1 * (1 - B + B * lengths / stats.avgdl))
             vids_parts.append(vids)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from confluent_kafka import TopicPartition
 from tqdm import tqdm
 
+from processors.settings import settings_repr
 from streams.kafka.admin import ensure_topics
 from streams.client import Client, IndexReceipt
 from streams.client.dead_letters import read_dead_letters
@@ -101,7 +102,7 @@ def plan_reindex(settings: KafkaSettings, flow: FlowSpec) -> ReindexPlan:
 def executors_fingerprint(flow: FlowSpec) -> str:
     """What decides a version's index content: each stage's executor and settings. A rerun
     with the same ones resumes the build; other ones must not write into it."""
-    content = [(s.name, s.uses, repr(s.config), s.filter_by) for s in flow.stages if KINDS[s.name].index_path]
+    content = [(s.name, s.uses, settings_repr(s.config), s.filter_by) for s in flow.stages if KINDS[s.name].index_path]
     return hashlib.sha256(repr((content, flow.shards)).encode()).hexdigest()
 
 

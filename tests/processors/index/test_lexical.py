@@ -104,6 +104,7 @@ def test_removed_and_re_added_units_leave_what_a_fresh_build_has(analyzer: Analy
             index.add(next_vid, analyzer.counts(text))
             live[next_vid], owners[next_vid] = (doc_id, text), doc_id
             next_vid += 1
+    assert index.dead < 60  # compacted at least once on the way (120 removals)
     fresh, fresh_owners = build([live[vid] for vid in sorted(live)], analyzer)
     assert index.stats() == fresh.stats()
     for query in QUERIES:

@@ -1,0 +1,106 @@
+"""Where an insert's CPU goes: CPU seconds of each process of a flow (the broker, each stage, this
+client) per vector, while pre-embedded vectors are inserted in acknowledged batches until all are
+searchable; then the same round again on the same, now warm, broker and stages.
+
+Each process's CPU is its user + system time from ``/proc/<pid>/stat`` (children included in the
+process tree of this one, by role as ``setup.ProcessTreePeaks`` names them), read before and after a
+round. The baseline in the same run: the same vectors added to an in-process FAISS flat index.
+The first round pays the JVM's JIT warming up on a fresh broker; the second shows a warm one.
+
+    python benchmarks/insert_cpu.py [--vectors 50000] [--batch 1000] [--shards 1] [--broker kafka|tansu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from setup import (NO_MODEL_FLOW_YAML, broker_label, children_of, flow_runtime, fresh_broker, machine,
+                   markdown_table, process_role, unit_vectors)
+
+from processors.document import Document
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds_by_role() -> dict[str, float]:
+    """User + system CPU seconds of this process and its descendants now, summed by role."""
+    tree, todo, seen = children_of(), [os.getpid()], set()
+    by_role: dict[str, float] = {}
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo.extend(tree.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        role = process_role(pid)
+        by_role[role] = by_role.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
+    return by_role
+
+
+def run(args: argparse.Namespace) -> None:
+    spec = yaml.safe_load(NO_MODEL_FLOW_YAML)
+    spec["stages"]["index"]["shards"] = args.shards
+    vectors = unit_vectors(args.vectors, seed=11)
+    rounds: list[tuple[str, float, float, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory(prefix="insert-cpu-") as state, fresh_broker(args.broker):
+        runtime = flow_runtime(Path(state), yaml.safe_dump(spec, sort_keys=False))
+        with runtime, runtime.client() as client:
+            runtime.wait_ready(client, timeout=300)
+            for label in ("fresh broker and stages", "the same, warm (upserts of the same ids)"):
+                before, started = cpu_seconds_by_role(), time.perf_counter()
+                receipts = [client.index(Document(id=f"v{i}", embedding=vectors[i])
+                                         for i in range(start, min(start + args.batch, len(vectors))))
+                            for start in range(0, len(vectors), args.batch)]
+                inserted = time.perf_counter() - started
+                receipt = receipts[0]
+                for later in receipts[1:]:
+                    receipt = receipt.merge(later)
+                client.search(vectors=vectors[:1], top_k=1, after=receipt, timeout_s=300)
+                searchable = time.perf_counter() - started
+                after = cpu_seconds_by_role()
+                used = {role: after[role] - before.get(role, 0.0) for role in after}
+                rounds.append((label, inserted, searchable, used))
+    started = time.perf_counter()
+    _in_process(vectors)
+    baseline = time.perf_counter() - started
+    roles = sorted({role for *_, used in rounds for role in used})
+    rows = [(f"{role} (µs of CPU per vector)", [f"{used.get(role, 0.0) / len(vectors) * 1e6:,.1f}"
+                                                 for *_, used in rounds]) for role in roles]
+    rows.append(("all processes (µs of CPU per vector)",
+                 [f"{sum(used.values()) / len(vectors) * 1e6:,.1f}" for *_, used in rounds]))
+    rows.append(("inserted vectors/s", [f"{len(vectors) / inserted:,.0f}" for _, inserted, _, _ in rounds]))
+    rows.append(("all searchable after s", [f"{searchable:.2f}" for _, _, searchable, _ in rounds]))
+    print(f"\ninsert CPU: no-model flow, {args.shards} shard(s), {broker_label(args.broker)}, {len(vectors):,} "
+          f"384-d vectors in acknowledged batches of {args.batch}; {machine()}; load {os.getloadavg()[0]:.2f}")
+    print(markdown_table([label for label, *_ in rounds], rows))
+    print(f"baseline: FAISS flat in-process adds them in {baseline:.3f} s ({len(vectors) / baseline:,.0f} vectors/s)")
+
+
+def _in_process(vectors: np.ndarray) -> None:
+    import faiss
+
+    faiss.IndexFlatIP(vectors.shape[1]).add(vectors)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vectors", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--broker", choices=("kafka", "tansu"), default="kafka")
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
