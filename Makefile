@@ -37,3 +37,4 @@ bench: install
 	$(PYTHON) benchmarks/vectors.py
 	$(PYTHON) benchmarks/query_hops.py
 	$(PYTHON) benchmarks/insert_cpu.py
+	$(PYTHON) benchmarks/shard_apply.py

@@ -56,6 +56,16 @@ def test_insert_cpu_splits_both_rounds_by_process() -> None:
     assert "baseline: FAISS flat in-process" in done.stdout
 
 
+def test_shard_apply_times_both_shapes_beside_the_in_process_floor() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shard_apply.py"), "--docs", "600"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [[cell.strip() for cell in line.split("|")[2:-1]] for line in done.stdout.splitlines()
+            if line.startswith("| ") and "handler" not in line]
+    assert [row[0] for row in rows] == ["600", "60"], done.stdout
+    assert all(float(cell.replace(",", "")) > 0 for row in rows for cell in row), done.stdout
+
+
 def test_peak_rss_adds_up_only_processes_alive_at_the_same_time() -> None:
     """Two children that hold 200 MiB each, one after the other: the peak counts one of them, not both
     (as it counted Apache Kafka's storage-format JVM beside the broker that starts after it exits)."""
