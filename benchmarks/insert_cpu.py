@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from setup import (NO_MODEL_FLOW_YAML, broker_label, children_of, flow_runtime, fresh_broker, machine,
-                   markdown_table, process_role, unit_vectors)
+from setup import (NO_MODEL_FLOW_YAML, broker_label, flow_runtime, fresh_broker, machine, markdown_table,
+                   process_role, process_tree, unit_vectors)
 
 from processors.document import Document
 
@@ -30,14 +30,8 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds_by_role() -> dict[str, float]:
     """User + system CPU seconds of this process and its descendants now, summed by role."""
-    tree, todo, seen = children_of(), [os.getpid()], set()
     by_role: dict[str, float] = {}
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        todo.extend(tree.get(pid, []))
+    for pid in process_tree():
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()

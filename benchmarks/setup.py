@@ -194,6 +194,18 @@ def children_of() -> dict[int, list[int]]:
     return children
 
 
+def process_tree() -> Iterator[int]:
+    """This process's pid, then every descendant's, each once (from ``/proc`` as it is now)."""
+    tree, todo, seen = children_of(), [os.getpid()], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo.extend(tree.get(pid, []))
+        yield pid
+
+
 def process_role(pid: int) -> str:
     """What a process of a benchmark's tree is: this benchmark, the broker, ``stage <name>``, or other."""
     if pid == os.getpid():
@@ -253,15 +265,8 @@ class ProcessTreePeaks:
 
     def sample(self) -> None:
         """Read VmHWM of every process in the tree now (call it before stopping processes too)."""
-        tree = children_of()
-        todo, seen = [os.getpid()], set()
         alive: dict[str, int] = {}
-        while todo:
-            pid = todo.pop()
-            if pid in seen:
-                continue
-            seen.add(pid)
-            todo.extend(tree.get(pid, []))
+        for pid in process_tree():
             hwm = _status_kib(pid, "VmHWM")
             if hwm is None:
                 continue
