@@ -126,7 +126,7 @@ class _Postings:
 class _FieldCounts:
     """One field's units, tokens and document frequencies in one shard."""
 
-    __slots__ = ("units", "tokens", "df")
+    __slots__ = ("df", "tokens", "units")
 
     def __init__(self) -> None:
         self.units = 0
