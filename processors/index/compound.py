@@ -142,17 +142,35 @@ class CompoundIndexer:
         new_ids, new_vectors, new_owners, new_terms = self._stage_vectors(write, planned)
         node_fields = {vid: owner[2] for vid, owner in zip(new_ids, new_owners)}
         self._store.commit(write, next_vid=self._next_vid, checkpoint=checkpoint)
-        for vid, counts in removed_terms:  # before FAISS, whose training below is what may fail
-            self._lexical.remove(vid, counts, self._vid_owner[vid][2])
+        changed: set[tuple[str, str]] = set()
+        for vid, counts, field in [(vid, counts, self._vid_owner[vid][2]) for vid, counts in removed_terms]:
+            self._lexical.remove(vid, counts, field)  # before FAISS, whose training below is what may fail
+            changed.update((field, term) for term in ("", *counts))
         for vid, counts in new_terms:
             self._lexical.add(vid, counts, node_fields[vid])
+            changed.update((node_fields[vid], term) for term in ("", *counts))
         removed = self._follow(removed_vids, new_ids, new_vectors, new_owners)
         return ApplyResult(
             upserted=len(planned),
             deleted=sum(1 for doc in last.values() if doc is None),
             vectors_added=len(new_ids),
             vectors_removed=removed,
+            lexical_changed=frozenset(changed),
         )
+
+    def lexical_counts(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
+        """This shard's own (count, tokens) of each (field, term) key: a term's document frequency in the
+        field (tokens 0), or for (field, "") the field's units and tokens; (0, 0) where it has none.
+
+        :raises ConfigError: if this shard keeps no lexical arm (``lexical: false``).
+        """
+        self._require_lexical()
+        return {key: self._lexical.count(*key) for key in keys}
+
+    def lexical_keys(self) -> list[tuple[str, str]]:
+        """Every (field, term) and (field, "") this shard holds statistics for: what a snapshot of them covers."""
+        self._require_lexical()
+        return self._lexical.keys()
 
     def _check_dims(self, planned: _Planned) -> None:
         """Refuse the whole batch before anything is written if one embedding has another width."""

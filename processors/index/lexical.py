@@ -168,6 +168,18 @@ class LexicalIndex:
                                                        if name in self._fields}
         return CorpusStats.sum(counts.stats() for counts in chosen.values())
 
+    def count(self, field: str, term: str = "") -> tuple[int, int]:
+        """(document frequency, 0) of ``term`` in ``field``; with no term, the field's (units, tokens);
+        (0, 0) for what this shard does not hold."""
+        counts = self._fields.get(field)
+        if counts is None:
+            return 0, 0
+        return (counts.units, counts.tokens) if not term else (counts.df.get(term, 0), 0)
+
+    def keys(self) -> list[tuple[str, str]]:
+        """Every (field, "") and (field, term) this shard holds."""
+        return [key for field, counts in self._fields.items() for key in ((field, ""), *((field, t) for t in counts.df))]
+
     def field_stats(self) -> dict[str, CorpusStats]:
         """This shard's own statistics by field (copies)."""
         return {name: counts.stats() for name, counts in self._fields.items()}
