@@ -134,6 +134,8 @@ class ApplyResult:
     deleted: int
     vectors_added: int
     vectors_removed: int
+    lexical_changed: frozenset[tuple[str, str]] = frozenset()
+    """The lexical arm's (field, term) statistics it changed; (field, "") for a field's units and tokens."""
 
 
 @dataclass(frozen=True, slots=True)

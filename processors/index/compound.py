@@ -88,7 +88,7 @@ class CompoundIndexer:
                 "path": str(self.path), "units": len(terms), "seconds": round(time.perf_counter() - started, 3)})
         if self._analyzer is not None:
             for vid, counts in self._store.term_counts():
-                self._lexical.add(vid, counts)
+                self._lexical.add(vid, counts, self._vid_owner[vid][2])
 
     def _terms_from_documents(self, owners: Sequence[Owner], ids: np.ndarray) -> _TermCounts:
         """Each vector's node's text, analysed: read from the stored root documents."""
@@ -140,18 +140,37 @@ class CompoundIndexer:
         removed_vids = [vid for doc_id in last for vid in write.remove_document(doc_id)]
         removed_terms = write.stored_term_counts(removed_vids) if self._analyzer is not None else []
         new_ids, new_vectors, new_owners, new_terms = self._stage_vectors(write, planned)
+        node_fields = {vid: owner[2] for vid, owner in zip(new_ids, new_owners)}
         self._store.commit(write, next_vid=self._next_vid, checkpoint=checkpoint)
-        for vid, counts in removed_terms:  # before FAISS, whose training below is what may fail
-            self._lexical.remove(vid, counts)
+        changed: set[tuple[str, str]] = set()
+        for vid, counts, field in [(vid, counts, self._vid_owner[vid][2]) for vid, counts in removed_terms]:
+            self._lexical.remove(vid, counts, field)  # before FAISS, whose training below is what may fail
+            changed.update((field, term) for term in ("", *counts))
         for vid, counts in new_terms:
-            self._lexical.add(vid, counts)
+            self._lexical.add(vid, counts, node_fields[vid])
+            changed.update((node_fields[vid], term) for term in ("", *counts))
         removed = self._follow(removed_vids, new_ids, new_vectors, new_owners)
         return ApplyResult(
             upserted=len(planned),
             deleted=sum(1 for doc in last.values() if doc is None),
             vectors_added=len(new_ids),
             vectors_removed=removed,
+            lexical_changed=frozenset(changed),
         )
+
+    def lexical_counts(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
+        """This shard's own (count, tokens) of each (field, term) key: a term's document frequency in the
+        field (tokens 0), or for (field, "") the field's units and tokens; (0, 0) where it has none.
+
+        :raises ConfigError: if this shard keeps no lexical arm (``lexical: false``).
+        """
+        self._require_lexical()
+        return {key: self._lexical.count(*key) for key in keys}
+
+    def lexical_keys(self) -> list[tuple[str, str]]:
+        """Every (field, term) and (field, "") this shard holds statistics for: what a snapshot of them covers."""
+        self._require_lexical()
+        return self._lexical.keys()
 
     def _check_dims(self, planned: _Planned) -> None:
         """Refuse the whole batch before anything is written if one embedding has another width."""
@@ -280,13 +299,14 @@ class CompoundIndexer:
         return [self._hits(index.op_name, index.direction, row_scores, row_ids, top_k, roots)
                 for row_scores, row_ids in zip(scores, ids)]
 
-    def lexical_stats(self) -> CorpusStats:
-        """This shard's own lexical statistics: what it publishes for the corpus-wide sum.
+    def lexical_stats(self, fields: Sequence[str] | None = None) -> CorpusStats:
+        """This shard's own lexical statistics over ``fields`` (node ``field_name``s; "" for none), or over
+        all of them: what it publishes for the corpus-wide sum, and what a search of those fields scores with.
 
         :raises ConfigError: if this shard keeps no lexical arm (``lexical: false``).
         """
         self._require_lexical()
-        return self._lexical.stats()
+        return self._lexical.stats(fields)
 
     def analyze(self, text: str) -> list[str]:
         """A query's terms, as the stored texts were analysed.
@@ -310,8 +330,8 @@ class CompoundIndexer:
         :param terms: the analysed query (:meth:`analyze`, or the fan-out's analyzer: the same one).
         :param stats: corpus-wide statistics, so that every shard of a request scores alike; this shard's
             own (:meth:`lexical_stats`) when it holds the whole corpus.
-        :param fields: only units of nodes with one of these ``field_name``s (scored with every field's
-            statistics).
+        :param fields: only units of nodes with one of these ``field_name``s; ``stats`` should be those
+            fields' (:meth:`lexical_stats` with the same ``fields``, summed over shards).
         :raises ConfigError: if this shard keeps no lexical arm (``lexical: false``).
         """
         self._require_lexical()

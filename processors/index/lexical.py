@@ -123,12 +123,27 @@ class _Postings:
         self.size += 1
 
 
+class _FieldCounts:
+    """One field's units, tokens and document frequencies in one shard."""
+
+    __slots__ = ("df", "tokens", "units")
+
+    def __init__(self) -> None:
+        self.units = 0
+        self.tokens = 0
+        self.df: Counter[str] = Counter()
+
+    def stats(self) -> CorpusStats:
+        return CorpusStats(self.units, self.tokens, dict(self.df))
+
+
 class LexicalIndex:
     """One shard's inverted index over unit term counts, keyed by the units' vector ids. Not thread-safe:
     the shard searches in the thread that applies its writes.
 
-    The statistics span all fields: a search restricted to some fields (``allowed``) scores with
-    the whole corpus's, not with those fields' own.
+    Statistics are kept per field (a node's ``field_name``; "" for none), as Lucene keeps them: a
+    search restricted to some fields scores with theirs (:meth:`stats` of those fields), an
+    unrestricted one with their sum over all fields.
 
     Removing a unit takes its counts (the shard reads them from its store, which it must do to
     delete them anyway): the shard's own statistics stay exact at once, and its postings are
@@ -139,20 +154,39 @@ class LexicalIndex:
         self._postings: dict[str, _Postings] = {}
         self._lengths = np.zeros(1024, np.int32)
         """By vector id: the unit's length in tokens; 0 for a removed or never-used id."""
+        self._fields: dict[str, _FieldCounts] = {}
         self._units = 0
-        self._tokens = 0
-        self._df: Counter[str] = Counter()
         self._dead = 0
 
     def __len__(self) -> int:
         return self._units
 
-    def stats(self) -> CorpusStats:
-        """This shard's own statistics (a copy): what it publishes for the corpus-wide sum."""
-        return CorpusStats(self._units, self._tokens, dict(self._df))
+    def stats(self, fields: Iterable[str] | None = None) -> CorpusStats:
+        """This shard's own statistics (a copy) over ``fields``, or over all of them: what it publishes
+        for the corpus-wide sum."""
+        chosen = self._fields if fields is None else {name: self._fields[name] for name in fields
+                                                       if name in self._fields}
+        return CorpusStats.sum(counts.stats() for counts in chosen.values())
 
-    def add(self, vid: int, counts: Mapping[str, int]) -> None:
-        """Index one unit; ``vid`` is new (vector ids are never reused). A unit without terms is not indexed."""
+    def count(self, field: str, term: str = "") -> tuple[int, int]:
+        """(document frequency, 0) of ``term`` in ``field``; with no term, the field's (units, tokens);
+        (0, 0) for what this shard does not hold."""
+        counts = self._fields.get(field)
+        if counts is None:
+            return 0, 0
+        return (counts.units, counts.tokens) if not term else (counts.df.get(term, 0), 0)
+
+    def keys(self) -> list[tuple[str, str]]:
+        """Every (field, "") and (field, term) this shard holds."""
+        return [key for field, counts in self._fields.items() for key in ((field, ""), *((field, t) for t in counts.df))]
+
+    def field_stats(self) -> dict[str, CorpusStats]:
+        """This shard's own statistics by field (copies)."""
+        return {name: counts.stats() for name, counts in self._fields.items()}
+
+    def add(self, vid: int, counts: Mapping[str, int], field: str = "") -> None:
+        """Index one unit of ``field``; ``vid`` is new (vector ids are never reused). A unit without terms
+        is not indexed."""
         length = sum(counts.values())
         if not length:
             return
@@ -162,25 +196,33 @@ class LexicalIndex:
             self._lengths = grown
         self._lengths[vid] = length
         self._units += 1
-        self._tokens += length
         for term, tf in counts.items():
             postings = self._postings.get(term)
             if postings is None:
                 postings = self._postings[term] = _Postings()
             postings.append(vid, tf)
-        self._df.update(counts.keys())
+        field_counts = self._fields.get(field)
+        if field_counts is None:
+            field_counts = self._fields[field] = _FieldCounts()
+        field_counts.units += 1
+        field_counts.tokens += length
+        field_counts.df.update(counts.keys())
 
-    def remove(self, vid: int, counts: Mapping[str, int]) -> None:
-        """Unindex one unit, given the counts it was added with; an id not indexed is ignored."""
+    def remove(self, vid: int, counts: Mapping[str, int], field: str = "") -> None:
+        """Unindex one unit, given the counts and field it was added with; an id not indexed is ignored."""
         if vid >= len(self._lengths) or not self._lengths[vid]:
             return
         self._units -= 1
-        self._tokens -= sum(counts.values())
         self._lengths[vid] = 0
-        self._df.subtract(counts.keys())
+        field_counts = self._fields[field]
+        field_counts.units -= 1
+        field_counts.tokens -= sum(counts.values())
+        field_counts.df.subtract(counts.keys())
         for term in counts:
-            if self._df[term] <= 0:
-                del self._df[term]
+            if field_counts.df[term] <= 0:
+                del field_counts.df[term]
+        if not field_counts.units:
+            del self._fields[field]
         self._dead += 1
         if self._dead > _COMPACT_DEAD_SHARE * max(self._units, 1):
             self._compact()  # amortised: O(postings) once per 20% of units removed, inside that write

@@ -25,6 +25,7 @@ from streams.resources import SCHEMAS
 from streams.wire.headers import SCHEMA, Header
 from streams.wire.prescan import DECODE_LIMITS, DecodeLimits, ScanNode, compile_scan, prescan
 from streams.wire.records import (
+    LexicalCount,
     PartialResult,
     Request,
     SearchReply,
@@ -41,6 +42,7 @@ __all__ = [
     "SEARCH_REPLY",
     "SERVING_VERSION",
     "STAGE_STATUS",
+    "LEXICAL_COUNT",
     "STORED_DOCUMENT",
     "STORED_FORMAT",
     "VERSION_BUILD",
@@ -57,7 +59,7 @@ def _load_schemas() -> dict[str, Any]:
     named: dict[str, Any] = {}
     parsed = {}
     for name in ("document", "request", "partial_result", "search_reply", "stage_status", "serving_version",
-                 "version_build"):
+                 "version_build", "lexical_count"):
         with open(SCHEMAS / f"{name}.avsc") as f:
             parsed[name] = fastavro.parse_schema(json.load(f), named_schemas=named)
     return parsed
@@ -368,3 +370,4 @@ SEARCH_REPLY: Codec[SearchReply] = Codec("search_reply", _reply_to_avro, _reply_
 STAGE_STATUS: Codec[StageStatus] = Codec("stage_status", dataclasses.asdict, _status_from_avro)
 SERVING_VERSION: Codec[ServingVersion] = Codec("serving_version", dataclasses.asdict, lambda rec: ServingVersion(**rec))
 VERSION_BUILD: Codec[VersionBuild] = Codec("version_build", dataclasses.asdict, lambda rec: VersionBuild(**rec))
+LEXICAL_COUNT: Codec[LexicalCount] = Codec("lexical_count", dataclasses.asdict, lambda rec: LexicalCount(**rec))

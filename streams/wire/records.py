@@ -122,3 +122,34 @@ class VersionBuild:
     fingerprint: str
     """sha256 of the stages' executors and their settings."""
     started_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LexicalCount:
+    """One shard's own lexical statistic, on ``<flow>.lexical-stats`` (``lexical_count.avsc``): keyed by
+    :func:`lexical_key`; a term's document frequency in a field, or a field's units and tokens."""
+
+    count: int
+    tokens: int = 0
+
+
+LEXICAL_KEY_SEPARATOR = "\0"
+"""Between the field and the term of a ``<flow>.lexical-stats`` key: neither a field name nor an analysed
+term holds NUL (validated names; tantivy's simple tokenizer splits on it)."""
+
+
+def lexical_key(field: str, term: str = "") -> bytes:
+    """The key of a field's term (its document frequency), or with no term, of the field's totals."""
+    return f"{field}{LEXICAL_KEY_SEPARATOR}{term}".encode()
+
+
+def parse_lexical_key(key: bytes) -> tuple[str, str]:
+    """(field, term) of a ``<flow>.lexical-stats`` key; term "" for the field's totals.
+
+    :raises ValueError: for a key without the separator.
+    """
+    field, separator, term = key.decode().partition(LEXICAL_KEY_SEPARATOR)
+    if not separator:
+        raise ValueError(f"a lexical statistics key needs field NUL term, got {key[:80]!r}")
+    return field, term
+

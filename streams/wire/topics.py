@@ -7,11 +7,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from streams.wire.codec import (DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY, SERVING_VERSION, STAGE_STATUS,
-                                VERSION_BUILD, Codec)
+from streams.wire.codec import (DOCUMENT, LEXICAL_COUNT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY, SERVING_VERSION,
+                                STAGE_STATUS, VERSION_BUILD, Codec)
 
 __all__ = ["FlowTopics", "TopicRole", "TopicShape", "TopicSettings", "FLOW_ROLES", "INGEST", "VERSIONS", "SEGMENTED",
-           "ENCODED", "QUERY", "SEARCH", "PARTIALS", "DEAD_LETTER", "STATUS", "REPLY", "RECORD_OVERHEAD_BYTES"]
+           "ENCODED", "LEXICAL_STATS", "QUERY", "SEARCH", "PARTIALS", "DEAD_LETTER", "STATUS", "REPLY", "RECORD_OVERHEAD_BYTES"]
 
 RECORD_OVERHEAD_BYTES = 64 * 1024
 """Room above ``max_payload_bytes`` in a topic's ``max.message.bytes`` for the record batch header,
@@ -52,6 +52,9 @@ VERSIONS = TopicRole("versions", (SERVING_VERSION, VERSION_BUILD), COMPACTED, sh
 SEGMENTED = TopicRole("segmented", (DOCUMENT,))
 ENCODED = TopicRole("encoded", (DOCUMENT,), COMPACTED)
 """The index's changelog: compacted."""
+LEXICAL_STATS = TopicRole("lexical_stats", (LEXICAL_COUNT,), COMPACTED, suffix="lexical-stats")
+"""Each shard's own lexical statistics (partition p: shard p's), absolute and compacted: the fan-out sums
+the partitions into the corpus-wide statistics a request carries, so every shard scores alike."""
 QUERY = TopicRole("query", (REQUEST,), (("message.timestamp.type", "LogAppendTime"),))
 """Stamped with the broker's clock: a request's deadline counts from then, whatever the client's clock
 says (``streams.stages.fanout.flow_deadline_ms``)."""
@@ -62,7 +65,8 @@ STATUS = TopicRole("status", (STAGE_STATUS,), COMPACTED, partitioned=False)
 REPLY = TopicRole("reply", (SEARCH_REPLY,), partitioned=False)
 """A client's reply topic (:meth:`FlowTopics.new_reply_topic`): not one of a flow's own topics."""
 
-FLOW_ROLES: tuple[TopicRole, ...] = (INGEST, VERSIONS, SEGMENTED, ENCODED, QUERY, SEARCH, PARTIALS, DEAD_LETTER, STATUS)
+FLOW_ROLES: tuple[TopicRole, ...] = (INGEST, VERSIONS, SEGMENTED, ENCODED, LEXICAL_STATS, QUERY, SEARCH, PARTIALS,
+                                     DEAD_LETTER, STATUS)
 """Every flow's topics, in data-flow order; a stage kind may add its own (``FlowTopics.stage_roles``)."""
 
 
@@ -151,6 +155,10 @@ class FlowTopics:
     @property
     def encoded(self) -> str:
         return self.name(ENCODED)
+
+    @property
+    def lexical_stats(self) -> str:
+        return self.name(LEXICAL_STATS)
 
     @property
     def query(self) -> str:

@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from confluent_kafka import OFFSET_BEGINNING
 
 from processors.document import Document, copy_tree
-from processors.index.base import Change
+from processors.index.base import ApplyResult, Change
 from processors.index.compound import CompoundIndexer
 from streams.runtime.metrics import INDEX_VECTORS
 from streams.runtime.spec import Inbound, Output, PathHandler, Restoring
+from streams.stages.documents import (
+    check_partition,
+    decode_document,
+    ingest_offset_of,
+    is_marker,
+    require_given_vectors,
+)
 from streams.stages.shard.restore import Verdict
 from streams.stages.shard.states import ShardCheckpoint, ShardStates
+from streams.wire.codec import LEXICAL_COUNT
+from streams.wire.records import LexicalCount, lexical_key
 from streams.wire.topics import FlowTopics
-from streams.stages.documents import (check_partition, decode_document, ingest_offset_of, is_marker,
-                                     require_given_vectors)
 
 __all__ = ["ShardIngest"]
 
@@ -45,11 +52,14 @@ class ShardIngest(PathHandler, Restoring):
         self._filter_by = tuple(filter_by)
         self._source = source or topics.encoded
         self._given_dim = given_dim
+        self._unpublished: set[int] = set()
+        """Partitions whose lexical statistics are to be published whole at the next tick (just opened)."""
 
     def assigned(self, partitions: Sequence[int]) -> dict[int, int]:
         starts = {}
         for partition in partitions:
             checkpoint = self._states.open(partition)
+            self._unpublished.add(partition)
             if checkpoint.encoded_offset >= 0:
                 starts[partition] = checkpoint.encoded_offset + 1
                 logger.info(f"shard {partition}: resuming from its stored offset {starts[partition]} of "
@@ -173,6 +183,7 @@ class ShardIngest(PathHandler, Restoring):
 
     def revoked(self, partitions: Sequence[int]) -> None:
         for partition in partitions:
+            self._unpublished.discard(partition)
             self._states.close(partition)
 
     def close(self) -> None:
@@ -182,6 +193,7 @@ class ShardIngest(PathHandler, Restoring):
         by_partition: dict[int, list[Inbound]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
+        outputs: list[Output] = []
         for partition, part in by_partition.items():
             changes = []
             for record in part:
@@ -194,8 +206,23 @@ class ShardIngest(PathHandler, Restoring):
                 else:
                     doc = self._checked(record)
                     changes.append(Change(doc.id, self._only_indexed_fields(doc)))
-            self._apply(partition, changes, part)
-        return []
+            changed = self._apply(partition, changes, part).lexical_changed
+            outputs += self._lexical_statistics(partition, changed)
+        return outputs
+
+    def _lexical_statistics(self, partition: int, keys: Iterable[tuple[str, str]] | None) -> list[Output]:
+        """The shard's own lexical statistics for ``keys`` (all it holds if None) as absolute records on
+        partition p of ``<flow>.lexical-stats``: a zero is a tombstone, so that compaction forgets it.
+        A crash between the store's write and these records is healed by the whole set sent on open."""
+        index = self._states.get(partition)
+        if index is None or not index.config.lexical:
+            return []
+        outputs = []
+        for key, (count, tokens) in sorted(index.lexical_counts(index.lexical_keys() if keys is None else keys).items()):
+            value, headers = LEXICAL_COUNT.encode_record(LexicalCount(count, tokens))
+            outputs.append(Output(self._topics.lexical_stats, None if count == tokens == 0 else value,
+                                  lexical_key(*key), partition, headers))
+        return outputs
 
     def _checked(self, record: Inbound) -> Document:
         """The record's document; read straight from ingest (no stage before the shard), it is also
@@ -223,9 +250,13 @@ class ShardIngest(PathHandler, Restoring):
         return []
 
     def tick(self) -> list[Output]:
-        return []
+        """The whole lexical statistics of the partitions opened since the last tick."""
+        outputs = [output for partition in sorted(self._unpublished)
+                   for output in self._lexical_statistics(partition, None)]
+        self._unpublished.clear()
+        return outputs
 
-    def _apply(self, partition: int, changes: list[Change], batch: Sequence[Inbound]) -> None:
+    def _apply(self, partition: int, changes: list[Change], batch: Sequence[Inbound]) -> ApplyResult:
         """Apply ``changes`` with the batch's checkpoint: its last encoded offset, and the highest
         ingest offset it carries (not the last's: a stage's output order need not follow ingest's)."""
         last = batch[-1]
@@ -237,6 +268,7 @@ class ShardIngest(PathHandler, Restoring):
             previous, encoded_offset=last.offset,
             ingest_offset=max(previous.ingest_offset, *(ingest_offset_of(r, self._topics.ingest) for r in batch)),
         )
-        index.apply(changes=changes, checkpoint=checkpoint.to_bytes())
+        result = index.apply(changes=changes, checkpoint=checkpoint.to_bytes())
         self._states.set_checkpoint(partition, checkpoint)
         INDEX_VECTORS.labels(self._topics.flow, str(partition)).set(index.vector_count)
+        return result

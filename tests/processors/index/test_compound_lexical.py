@@ -187,3 +187,22 @@ def _stored(path: Path, key: bytes) -> bytes | None:
         return db.get(key)
     finally:
         db.close()
+
+
+def test_a_field_search_scores_with_that_fields_statistics(tmp_path: Path) -> None:
+    mixed = open_index(tmp_path / "mixed")
+    mixed.apply(changes=[Change("t1", doc("t1", "insulin and glucose", field_name="title")),
+                         Change("t2", doc("t2", "sleep", field_name="title")),
+                         Change("x", doc("x", "insulin insulin", "glucose liver", field_name="abstract"))],
+                checkpoint=b"1")
+    titles = open_index(tmp_path / "titles")
+    titles.apply(changes=[Change("t1", doc("t1", "insulin and glucose", field_name="title")),
+                          Change("t2", doc("t2", "sleep", field_name="title"))], checkpoint=b"1")
+    assert mixed.lexical_stats(["title"]) == titles.lexical_stats()
+    terms = mixed.analyze("insulin glucose")
+    restricted = mixed.search_lexical(terms=terms, stats=mixed.lexical_stats(["title"]), top_k=5, fields=["title"])
+    alone = titles.search_lexical(terms=terms, stats=titles.lexical_stats(), top_k=5)
+    assert [(h.node.id, h.score.value) for h in restricted] == [(h.node.id, h.score.value) for h in alone]
+    mixed.close()
+    reopened = open_index(tmp_path / "mixed")  # fields come back with the owners on open
+    assert reopened.lexical_stats(["title"]) == titles.lexical_stats()

@@ -130,3 +130,25 @@ def test_nothing_matches_and_empty_texts_are_not_units(analyzer: Analyzer) -> No
     assert vids.size == scores.size == 0 and vids.dtype == np.int64
     index.remove(0, {})  # never indexed: nothing happens
     assert len(index) == 0
+
+
+def test_statistics_are_kept_per_field_and_sum_over_fields(analyzer: Analyzer) -> None:
+    """A search of one field scores with that field's statistics, as an index of that field alone would."""
+    docs = corpus(120)
+    both, titles_only = LexicalIndex(), LexicalIndex()
+    for vid, (_, text) in enumerate(docs):
+        field = "title" if vid % 3 == 0 else "abstract"
+        both.add(vid, analyzer.counts(text), field)
+        if field == "title":
+            titles_only.add(vid, analyzer.counts(text), field)
+    assert both.stats(["title"]) == titles_only.stats()
+    assert both.stats() == CorpusStats.sum(both.field_stats().values()) and set(both.field_stats()) == {"title", "abstract"}
+    allowed = np.arange(0, 120, 3, dtype=np.int64)
+    for query in QUERIES:
+        terms = analyzer.terms(query)
+        restricted = both.search(terms, both.stats(["title"]), 10, allowed=allowed)
+        alone = titles_only.search(terms, titles_only.stats(), 10)
+        assert restricted[0].tolist() == alone[0].tolist() and restricted[1].tolist() == alone[1].tolist(), query
+    for vid in range(0, 120, 3):  # the field emptied: gone from the statistics
+        both.remove(vid, analyzer.counts(docs[vid][1]), "title")
+    assert set(both.field_stats()) == {"abstract"} and both.stats(["title"]) == CorpusStats()

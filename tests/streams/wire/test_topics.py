@@ -32,6 +32,7 @@ from streams.wire.codec import (
     Codec,
 )
 from streams.wire.records import (
+    LexicalCount,
     PartialResult,
     Request,
     SearchReply,
@@ -56,6 +57,7 @@ VALUES: dict[str, Any] = {
                     missing_reason="deleted")]),
     "streamsearch.ServingVersion": ServingVersion(2, 1, 1, "reindex"),
     "streamsearch.VersionBuild": VersionBuild(2, "abc", 1),
+    "streamsearch.LexicalCount": LexicalCount(12, 340),
 }
 """A valid value of each record type."""
 
