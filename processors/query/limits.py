@@ -34,6 +34,8 @@ class RequestLimits:
     :param max_queries: query documents (texts or vectors) per request.
     :param max_top_k: documents per query in the reply (``top_k``).
     :param max_chunk_oversample: vectors per wanted document in a shard's first window.
+    :param max_rrf_k: the constant of reciprocal rank fusion (``rrf_k``).
+    :param max_candidates: documents per arm in a hybrid fusion (``candidates``).
     :param max_query_language_bytes: the request's ``query_language`` as compact UTF-8 JSON.
     :param max_operations: operations in the request's ``query_language``.
     :param max_conditions: filter conditions over all the request's operations.
@@ -53,6 +55,8 @@ class RequestLimits:
     max_queries: int = 64
     max_top_k: int = 1_000
     max_chunk_oversample: int = 100
+    max_rrf_k: int = 10_000
+    max_candidates: int = 1_000
     max_query_language_bytes: int = 65_536
     max_operations: int = 16
     max_conditions: int = 32
@@ -69,7 +73,7 @@ class RequestLimits:
                 raise ValueError(f"RequestLimits.{spec.name} must be a positive number, got {value!r}")
 
     def check_count(self, name: str, value: object) -> int:
-        """The check of ``top_k`` or ``chunk_oversample`` (``name``) against ``max_<name>``: the
+        """The check of a count parameter (``top_k``, ``chunk_oversample``, ...: ``name``) against ``max_<name>``: the
         flow applies it to every request, and the client, CLI and HTTP bridge before sending.
 
         :returns: ``value``.
@@ -106,9 +110,10 @@ class RequestLimits:
         """
         if queries > self.max_queries:
             raise RequestLimitError(f"{queries} query documents; the limit max_queries is {self.max_queries}")
-        fetch = queries * params.top_k * params.chunk_oversample
+        fetch = queries * params.arm_depth * params.chunk_oversample
         if fetch > self.max_fetch:
-            raise RequestLimitError(f"queries × top_k × chunk_oversample = {queries} × {params.top_k} × "
+            depth = "top_k" if params.arm_depth == params.top_k else "candidates"
+            raise RequestLimitError(f"queries × {depth} × chunk_oversample = {queries} × {params.arm_depth} × "
                                     f"{params.chunk_oversample} = {fetch}; the limit max_fetch is {self.max_fetch}")
         self._check_after(after, partitions)
         _check_fields(params.filter_by, fields)

@@ -11,9 +11,15 @@ from processors.query.limits import REQUEST_LIMITS
 from processors.query.lookups import RegexBudget, describe
 from processors.query.operators import Operation, merge_operations, parse_operations
 
-__all__ = ["InvalidParameterError", "SearchParameters"]
+__all__ = ["FUSIONS", "InvalidParameterError", "RETRIEVALS", "SearchParameters"]
 
 _STAGES = ("index", "join")
+
+RETRIEVALS = ("dense", "lexical", "hybrid")
+"""What a search retrieves by: the vectors, BM25 over the texts (the lexical arm), or both fused."""
+
+FUSIONS = ("rrf", "dbsf", "linear")
+"""How ``hybrid`` fuses the two arms' lists (``processors.rankers.fusion``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,13 @@ class SearchParameters:
     :param metrics: what to evaluate, e.g. ``ndcg@10``, ``recall@100``, ``precision@10``, ``mrr``.
     :param query_language: operations ``{operator, parameters, priority, traversal_paths, stage}``
         added to (or overriding by name) the stage's own; ``stage`` is ``index`` or ``join``.
+    :param retrieval: one of :data:`RETRIEVALS`; ``lexical`` and ``hybrid`` need a flow whose indexer keeps
+        the lexical arm (``lexical: true``).
+    :param fusion: one of :data:`FUSIONS`, for ``hybrid``.
+    :param rrf_k: the constant of reciprocal rank fusion, 1/(k + rank) (Cormack et al. 2009 use 60).
+    :param candidates: documents each arm contributes to a hybrid fusion (per query, over all shards); at
+        least ``top_k`` are used.
+    :param dense_weight: the dense arm's weight in ``linear`` fusion, in [0, 1]; the lexical arm has the rest.
 
     Not a parameter: ``regex_budget``, the regex evaluation time of this request on the stage
     that parsed it, shared by every operation :meth:`operations_for` gives.
@@ -41,6 +54,11 @@ class SearchParameters:
     ground_truth: Mapping[str, Mapping[str, int]] | None = None
     metrics: tuple[str, ...] = ("ndcg@10", "recall@100", "precision@10", "mrr")
     query_language: tuple[Mapping[str, Any], ...] = ()
+    retrieval: str = "dense"
+    fusion: str = "rrf"
+    rrf_k: int = 60
+    candidates: int = 100
+    dense_weight: float = 0.5
     regex_budget: RegexBudget = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -59,8 +77,13 @@ class SearchParameters:
             if key not in known:
                 raise InvalidParameterError(f"unknown parameter {key!r}; known: {', '.join(sorted(known))}")
         values = {**base.to_dict(), **raw}
-        for key in ("top_k", "chunk_oversample"):
+        for key in ("top_k", "chunk_oversample", "rrf_k", "candidates"):
             REQUEST_LIMITS.check_count(key, values[key])
+        for key, known_values in (("retrieval", RETRIEVALS), ("fusion", FUSIONS)):
+            if values[key] not in known_values:
+                raise InvalidParameterError(f"parameter {key!r} must be one of {', '.join(known_values)}, "
+                                            f"got {describe(values[key])}")
+        values["dense_weight"] = _unit_interval("dense_weight", values["dense_weight"])
         values["filter_by"] = _names("filter_by", values["filter_by"], allow_none=True)
         values["metrics"] = _names("metrics", values["metrics"], allow_none=False)
         if values["index_type"] is not None and not isinstance(values["index_type"], str):
@@ -79,7 +102,28 @@ class SearchParameters:
             "ground_truth": {q: dict(g) for q, g in self.ground_truth.items()} if self.ground_truth else None,
             "metrics": list(self.metrics),
             "query_language": [dict(op) for op in self.query_language],
+            "retrieval": self.retrieval,
+            "fusion": self.fusion,
+            "rrf_k": self.rrf_k,
+            "candidates": self.candidates,
+            "dense_weight": self.dense_weight,
         }
+
+    @property
+    def arm_depth(self) -> int:
+        """Documents per query each arm's list holds: ``candidates`` (at least ``top_k``) for a hybrid
+        fusion, ``top_k`` for a single arm."""
+        return max(self.top_k, self.candidates) if self.retrieval == "hybrid" else self.top_k
+
+    @property
+    def uses_lexical(self) -> bool:
+        """Whether the lexical arm answers (it needs the corpus statistics with the request)."""
+        return self.retrieval != "dense"
+
+    @property
+    def uses_dense(self) -> bool:
+        """Whether the vectors answer (the query needs an embedding)."""
+        return self.retrieval != "lexical"
 
     def operations_for(self, stage: str, defaults: Sequence[Operation] = ()) -> tuple[Operation, ...]:
         """The operations one stage runs: its defaults, overridden by name or extended by the
@@ -100,6 +144,12 @@ def _names(key: str, value: Any, *, allow_none: bool) -> tuple[str, ...] | None:
     if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
         raise InvalidParameterError(f"parameter {key!r} must be a non-empty list of names, got {describe(value)}")
     return tuple(dict.fromkeys(value))  # each name once, in its first place
+
+
+def _unit_interval(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise InvalidParameterError(f"parameter {key!r} must be a number in [0, 1], got {describe(value)}")
+    return float(value)
 
 
 def _ground_truth(value: Any) -> dict[str, dict[str, int]] | None:
