@@ -308,6 +308,14 @@ class CompoundIndexer:
         self._require_lexical()
         return self._lexical.stats(fields)
 
+    @property
+    def analyzer_name(self) -> str:
+        """The lexical arm's analyzer (``Analyzer.name``), which the fan-out's must equal.
+
+        :raises ConfigError: if this shard keeps no lexical arm (``lexical: false``).
+        """
+        return self._require_lexical().name
+
     def analyze(self, text: str) -> list[str]:
         """A query's terms, as the stored texts were analysed.
 

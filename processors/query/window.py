@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from processors.index.base import Hit
 from processors.query.operators import Operation, apply_operations
 from processors.rankers.base import Ranker
 
-__all__ = ["MAX_WINDOW_VECTORS", "HitSource", "WindowedSearchConfig", "WindowedSearch", "WindowResult"]
+__all__ = ["MAX_WINDOW_VECTORS", "HitSource", "SearchRows", "WindowedSearchConfig", "WindowedSearch", "WindowResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,12 @@ class HitSource(Protocol):
     """What the window searches: a shard index (``CompoundIndexer``)."""
 
     def search(self, *, embeddings: np.ndarray, top_k: int, **options: Any) -> list[list[Hit]]: ...
+
+
+SearchRows = Callable[[Sequence[int], int], list[list[Hit]]]
+"""One arm of a shard's search: (rows of the queries, hits wanted per query) -> each row's hits, best
+first, fewer only when the shard holds no more. The dense arm is ``HitSource.search``; the lexical
+arm ``CompoundIndexer.search_lexical``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,16 @@ class WindowedSearch:
         """
         embeddings = np.stack([np.asarray(doc.embedding, dtype=np.float32).reshape(-1) for doc in queries])
         options = search_options or {}
+
+        def nearest(rows: Sequence[int], window: int) -> list[list[Hit]]:
+            return index.search(embeddings=embeddings[list(rows)], top_k=window, **options)
+
+        return self.run_arm(nearest, queries=queries, top_k=top_k, chunk_oversample=chunk_oversample,
+                            operations=operations)
+
+    def run_arm(self, search: SearchRows, *, queries: Sequence[Document], top_k: int, chunk_oversample: int,
+                operations: Sequence[Operation] = ()) -> WindowResult:
+        """:meth:`run` for any arm: ``search`` gives the hits of a window (``SearchRows``)."""
         filtering = any(operation.operator == "filter" for operation in operations)
         answers: list[Document] = [dataclasses.replace(doc, embedding=None, matches=[]) for doc in queries]
         pending = list(range(len(queries)))
@@ -105,7 +121,7 @@ class WindowedSearch:
             if not first and read + window * len(pending) > self.config.max_vectors:
                 limited = pending
                 break
-            hits = index.search(embeddings=embeddings[pending], top_k=window, **options)
+            hits = search(pending, window)
             read += sum(len(row) for row in hits)
             ranked = self._ranker.run(hits=hits, top_k=max(1, max(len(row) for row in hits))).matches
             still = []

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 from processors.document import Document
 from processors.encoders.base import Encoder
+from processors.index.lexical import Analyzer
 from processors.index.types import INDEX_TYPES
 from processors.query.limits import CLOCK_SKEW_MS, REQUEST_LIMITS, RequestLimits
 from processors.query.lookups import describe
@@ -29,6 +30,7 @@ from streams.runtime.reply_topics import ReplyTopics
 from streams.wire.topics import FlowTopics
 from streams.logs import CountedThrottle
 from streams.stages.kinds import ENCODE
+from streams.stages.lexical_table import LexicalTable
 
 __all__ = ["DEFAULT_TIMEOUT_MS", "ExpiredRequests", "QueryFanout", "is_expired", "split_expired", "decode_live",
            "error_reply", "flow_deadline_ms", "created_ms_of"]
@@ -153,7 +155,10 @@ class QueryFanout(PathHandler):
     """Encodes the query documents at root level and sends one copy per shard. A query document
     that carries an embedding (``Client.search(vectors=...)``) is not encoded: the encoder only
     checks its dimension, and a batch of such queries never touches the model. In a flow without a
-    model (no ``stages.encode``: the join stage fans out) every query must carry its vector."""
+    model (no ``stages.encode``: the join stage fans out) every query must carry its vector.
+
+    A search the lexical arm answers (``retrieval: lexical`` or ``hybrid``) leaves with the corpus-wide
+    statistics of its terms (``LexicalTable``); a ``lexical`` one is not encoded at all."""
 
     MINI_BATCH_DOCS = 32
     """Query documents encoded at a time; the deadlines are checked between mini-batches, so a
@@ -162,8 +167,11 @@ class QueryFanout(PathHandler):
     def __init__(self, *, encoder: Encoder | None, topics: FlowTopics, defaults: SearchParameters,
                  fields: Sequence[str] = (), limits: RequestLimits = REQUEST_LIMITS,
                  timeout_s: float = DEFAULT_TIMEOUT_MS / 1000, reply_topics: ReplyTopics | None = None,
-                 dim: int | None = None, stage: str = ENCODE.name) -> None:
+                 dim: int | None = None, stage: str = ENCODE.name,
+                 lexical: tuple[Analyzer, LexicalTable] | None = None) -> None:
         """:param encoder: None in a flow without a model: a text query is refused, naming the missing encoder.
+        :param lexical: the analyzer and the statistics table, in a flow whose index keeps the lexical arm;
+            None: ``retrieval: lexical`` and ``hybrid`` are refused.
         :param dim: the vectors' dimension when there is no encoder (the index's ``dim``).
         :param reply_topics: where replies may go; None: checks reply topic names only.
         :param stage: the stage it runs in (metrics, logs): encode, or join in a flow without a model.
@@ -179,6 +187,7 @@ class QueryFanout(PathHandler):
         self._defaults = defaults
         self._fields = tuple(fields)
         self._limits = limits
+        self._lexical = lexical
         self._expired = ExpiredRequests(flow=topics.flow, stage=stage)
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
@@ -205,11 +214,13 @@ class QueryFanout(PathHandler):
             batch = [item for item in batch if item[1].deadline_ms >= now_ms]
             if not batch:
                 continue
-            docs = [doc for _, request in batch for doc in request.docs]
-            encoded = iter(self._encoder.run(docs=docs, traversal_paths=["r"]).docs if self._encoder else docs)
+            dense = [request for _, request in batch if request.parameters["retrieval"] != "lexical"]
+            docs = [doc for request in dense for doc in request.docs]
+            encoded = iter(self._encoder.run(docs=docs, traversal_paths=["r"]).docs if self._encoder and docs else docs)
             for record, request in batch:
-                outputs.extend(self._fan_out(created_ms_of(record), dataclasses.replace(
-                    request, docs=[next(encoded) for _ in request.docs])))
+                if request.parameters["retrieval"] != "lexical":
+                    request = dataclasses.replace(request, docs=[next(encoded) for _ in request.docs])
+                outputs.extend(self._fan_out(created_ms_of(record), self._with_statistics(request)))
         return outputs
 
     def _mini_batches(self, live: list[tuple[Inbound, Request]]) -> Iterator[list[tuple[Inbound, Request]]]:
@@ -224,6 +235,14 @@ class QueryFanout(PathHandler):
             size += len(item[1].docs)
         if batch:
             yield batch
+
+    def _with_statistics(self, request: Request) -> Request:
+        """The request with the statistics of its terms, when the lexical arm answers it."""
+        if request.parameters["retrieval"] == "dense" or self._lexical is None:
+            return request
+        analyzer, table = self._lexical
+        terms = [term for doc in request.docs for term in analyzer.terms(doc.text or "")]
+        return dataclasses.replace(request, lexical_statistics=table.statistics(terms, request.parameters["filter_by"]))
 
     def _fan_out(self, created_ms: int, request: Request) -> list[Output]:
         """The request to every shard, and the opening part that tells the joiner what to expect."""
@@ -255,12 +274,16 @@ class QueryFanout(PathHandler):
             raise InvalidParameterError(f"request kind {request.kind!r} on the query topic; only 'search' is served here")
         if not request.docs:
             raise InvalidParameterError("a search request needs at least one query document")
+        params = SearchParameters.parse(request.parameters, self._defaults)
+        if params.uses_lexical and self._lexical is None:
+            raise InvalidParameterError(
+                f"retrieval {params.retrieval!r} needs the lexical arm, and flow {self._topics.flow!r} keeps none: "
+                "give its index stage `lexical: true` (then reindex), or search with retrieval 'dense'")
         for doc in request.docs:
-            self._check_query_document(doc)
+            self._check_query_document(doc, params)
         now_ms = time.time() * 1000
         self._limits.check_deadline(request.deadline_ms, now_ms)  # as the client's clock said (skew allowed)
         self._limits.check_deadline(deadline_ms, now_ms)
-        params = SearchParameters.parse(request.parameters, self._defaults)
         # Also parses the operations: a QueryLanguageError now, not on every shard.
         self._limits.check(params, queries=len(request.docs), after=request.min_offsets, fields=self._fields,
                            partitions=self._topics.partitions)
@@ -271,9 +294,14 @@ class QueryFanout(PathHandler):
         return dataclasses.replace(request, deadline_ms=deadline_ms,
                                    parameters={**params.to_dict(), "filter_by": selected})
 
-    def _check_query_document(self, doc: Document) -> None:
+    def _check_query_document(self, doc: Document, params: SearchParameters) -> None:
         """:raises InvalidParameterError: a query with nothing to search by, a vector that does not fit,
-            or a text in a flow without a model."""
+            a text in a flow without a model, or no text for the lexical arm."""
+        if params.uses_lexical and not (doc.text or "").strip():
+            raise InvalidParameterError(f"query document {doc.id!r} has no text (whitespace does not count), and "
+                                        f"retrieval {params.retrieval!r} searches the texts")
+        if not params.uses_dense:
+            return
         if self._encoder is None:
             if doc.embedding is None:
                 raise InvalidParameterError(

@@ -22,7 +22,9 @@ from streams.runtime.reply_topics import ReplyTopics
 from streams.wire.topics import ENCODED, PARTIALS, QUERY, SEARCH, SEGMENTED, TopicRole
 
 if TYPE_CHECKING:
+    from processors.index.lexical import Analyzer
     from streams.flow.spec import FlowSpec, StageConfig
+    from streams.stages.lexical_table import LexicalTable
     from streams.stages.shard.ingest import ShardIngest
     from streams.stages.shard.states import ShardStates
 
@@ -53,6 +55,24 @@ class StageBuild:
     reply_topics: ReplyTopics
     defaults: SearchParameters
     exactly_once: bool
+    settings: KafkaSettings | None = None
+    """The cluster; None builds a stage for a test without a broker (nothing is read at build)."""
+
+    def lexical_fanout(self) -> tuple[Analyzer, LexicalTable] | None:
+        """What a fan-out needs for the lexical arm, in a flow whose index keeps it: the analyzer and the
+        statistics table, following ``<flow>.lexical-stats`` when there is a cluster. None without the arm."""
+        if not self.flow.stage(INDEX.name).config.lexical:  # the index stage runs a CompoundIndexer
+            return None
+        from processors.index.lexical import Analyzer
+        from streams.stages.lexical_table import LexicalTable
+
+        analyzer = Analyzer()
+        table = LexicalTable(analyzer.name)
+        topics = self.flow.topics
+        if self.settings is not None:
+            table.start(self.settings, topics.lexical_stats, topics.partitions,
+                        client_id=f"{self.group}.lexical-table")
+        return analyzer, table
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +130,7 @@ def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None
     # Stateless stages commit outputs and offsets in one transaction; the shard needs none:
     # its offsets are in its own RocksDB write batch.
     exactly_once = flow.processing_guarantee == "exactly_once"
-    return KINDS[name].build(StageBuild(flow, stage, common, group, reply_topics, defaults, exactly_once))
+    return KINDS[name].build(StageBuild(flow, stage, common, group, reply_topics, defaults, exactly_once, settings))
 
 
 def _build_segment(b: StageBuild) -> StageSpec:
@@ -153,7 +173,7 @@ def _build_encode(b: StageBuild) -> StageSpec:
     transform = DocumentTransform(run=encode, output_topic=flow.output_topic(stage.name), ingest_topic=topics.ingest,
                                   partitions=topics.partitions)
     fanout = QueryFanout(encoder=encoder, topics=topics, defaults=b.defaults, fields=flow.fields,
-                         timeout_s=flow.search.timeout_s, reply_topics=b.reply_topics)
+                         timeout_s=flow.search.timeout_s, reply_topics=b.reply_topics, lexical=b.lexical_fanout())
     return StageSpec(
         **b.common,
         exactly_once=b.exactly_once,
@@ -209,7 +229,7 @@ def _build_join(b: StageBuild) -> StageSpec:
 
     fanout = QueryFanout(encoder=None, dim=flow.stage(INDEX.name).config.dim, topics=topics, defaults=b.defaults,
                          fields=flow.fields, timeout_s=flow.search.timeout_s, reply_topics=b.reply_topics,
-                         stage=b.stage.name)
+                         stage=b.stage.name, lexical=b.lexical_fanout())
     handler = ByTopic({topics.query: fanout, topics.partials: joiner})
     return StageSpec(**b.common, query_path=PathSpec(topics.partials, b.group, handler, batch_size=256,
                                                      fetch_wait_ms=flow.search.fetch_wait_ms,

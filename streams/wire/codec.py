@@ -20,6 +20,7 @@ import numpy as np
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from processors.document import Direction, Document, Score, validate_document
+from processors.index.lexical import CorpusStats
 from streams.exceptions import SerdeError
 from streams.resources import SCHEMAS
 from streams.wire.headers import SCHEMA, Header
@@ -27,6 +28,7 @@ from streams.wire.prescan import DECODE_LIMITS, DecodeLimits, ScanNode, compile_
 from streams.wire.records import (
     LexicalCount,
     PartialResult,
+    LexicalStatistics,
     Request,
     SearchReply,
     ServingVersion,
@@ -67,15 +69,23 @@ def _load_schemas() -> dict[str, Any]:
 
 _PARSED = _load_schemas()
 
-EARLIER_SCHEMAS: Mapping[str, tuple[str, ...]] = {"document": ("document-1",)}
+EARLIER_SCHEMAS: Mapping[str, tuple[str, ...]] = {"document": ("document-1",), "request": ("request-1",)}
 """Earlier writer schemas (``streams/schemas/earlier/<name>.avsc``) a codec still reads, resolved to the
 current one: records kept in ``<flow>.ingest``, ``<flow>.encoded`` and a shard's store outlive
-an upgrade. document-1 held tags as strings only."""
+an upgrade, and a client of the release before writes requests. document-1 held tags as strings only;
+request-1 had no ``lexical_statistics``."""
 
 
 def _load_earlier(name: str) -> Any:
+    """An earlier writer schema; one that names ``streamsearch.Document`` (request-1) reads it as the
+    current Document, as it was written: its fingerprint is then the one its writers sent. (When the
+    Document schema changes, such a file must be kept with the Document it was written with.)"""
+    named: dict[str, Any] = {}
+    if not name.startswith("document"):
+        with open(SCHEMAS / "document.avsc") as f:
+            fastavro.parse_schema(json.load(f), named_schemas=named)
     with open(SCHEMAS / "earlier" / f"{name}.avsc") as f:
-        return fastavro.parse_schema(json.load(f), named_schemas={})
+        return fastavro.parse_schema(json.load(f), named_schemas=named)
 
 
 # -- dataclass <-> Avro dicts ------------------------------------------------------------------
@@ -171,6 +181,11 @@ def _request_to_avro(r: Request) -> dict[str, Any]:
         "reply_to": r.reply_to,
         "deadline_ms": r.deadline_ms,
         "min_offsets": {str(p): o for p, o in r.min_offsets.items()},
+        "lexical_statistics": None if r.lexical_statistics is None else {
+            "analyzer": r.lexical_statistics.analyzer,
+            "fields": [{"field": name, "units": stats.units, "tokens": stats.tokens, "df": dict(stats.df)}
+                       for name, stats in r.lexical_statistics.fields.items()],
+        },
     }
 
 
@@ -183,7 +198,23 @@ def _request_from_avro(rec: dict[str, Any]) -> Request:
         deadline_ms=rec["deadline_ms"],
         parameters=_params_from_avro(rec["parameters"]),
         min_offsets={int(p): o for p, o in rec["min_offsets"].items()},
+        lexical_statistics=_lexical_statistics_from_avro(rec.get("lexical_statistics")),
     )
+
+
+def _lexical_statistics_from_avro(rec: dict[str, Any] | None) -> LexicalStatistics | None:
+    """:raises SerdeError: for a negative count or a field given twice: no fan-out writes them, and a
+    negative frequency would make BM25's idf undefined on every shard."""
+    if rec is None:
+        return None
+    fields: dict[str, CorpusStats] = {}
+    for part in rec["fields"]:
+        if part["field"] in fields:
+            raise SerdeError(f"lexical_statistics names field {part['field'][:100]!r} twice")
+        if part["units"] < 0 or part["tokens"] < 0 or any(count < 0 for count in part["df"].values()):
+            raise SerdeError("lexical_statistics holds a negative count")
+        fields[part["field"]] = CorpusStats(part["units"], part["tokens"], part["df"])
+    return LexicalStatistics(rec["analyzer"], fields)
 
 
 def _partial_to_avro(p: PartialResult) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processors.document import Document
+from processors.index.lexical import CorpusStats
 
 __all__ = ["PartialResult", "Request", "SearchReply", "ServingVersion", "ShardStatus", "StageStatus", "VersionBuild"]
 
@@ -25,6 +26,24 @@ class Request:
     deadline_ms: int
     parameters: dict[str, Any]
     min_offsets: dict[int, int]
+    lexical_statistics: LexicalStatistics | None = None
+    """Set by the fan-out when the lexical arm answers; None on what a client writes."""
+
+
+@dataclass(frozen=True, slots=True)
+class LexicalStatistics:
+    """Corpus-wide BM25 statistics for one request's terms, per field ('' for nodes without one), and
+    the analyzer that made the terms: what every shard of the request scores with."""
+
+    analyzer: str
+    fields: dict[str, CorpusStats]
+
+    def for_field(self, field_name: str | None) -> CorpusStats:
+        """One field's statistics, or, for a search of every field (None), their sum (Lucene would score
+        each field apart; a unit belongs to one field, so the sum counts each unit once)."""
+        if field_name is None:
+            return CorpusStats.sum(self.fields.values())
+        return self.fields.get(field_name, CorpusStats())
 
 
 @dataclass(slots=True)

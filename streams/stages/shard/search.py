@@ -21,8 +21,11 @@ from processors.query.operators import Operation
 from processors.exceptions import InvalidParameterError
 from processors.query.limits import REQUEST_LIMITS
 from processors.query.parameters import SearchParameters
-from processors.query.window import WindowedSearch, WindowedSearchConfig
-from processors.rankers.base import Ranker
+from processors.index.base import Hit
+from processors.index.compound import CompoundIndexer
+from processors.query.window import SearchRows, WindowedSearch, WindowedSearchConfig, WindowResult
+from processors.rankers.base import SCORE_NAME, Ranker
+from processors.rankers.fusion import DENSE_ARM, LEXICAL_ARM
 from streams.wire import headers as h
 from streams.exceptions import InvalidRecordError
 from streams.stages.fanout import created_ms_of, decode_live, error_reply
@@ -190,26 +193,70 @@ class ShardSearch(PathHandler):
 
     def _search(self, partition: int, request: Request, params: SearchParameters,
                 field_name: str | None) -> tuple[list[Document], str | None]:
-        """This shard's top-k per query document: chunk hits ranked to documents, then the
-        index stage's query language, the window widened until top_k pass (``WindowedSearch``).
+        """This shard's answer per query document: for ``dense`` and ``lexical`` retrieval its top-k,
+        for ``hybrid`` each arm's top ``arm_depth`` in one list, each document once with the score of
+        every arm that found it (``fusion.DENSE_ARM``, ``fusion.LEXICAL_ARM``): the joiner fuses, after
+        merging the shards' lists, so that fused scores do not depend on the number of shards.
 
-        :returns: the query documents with their matches, and the warning to give when the window
+        :returns: the query documents with their matches, and the warning to give when a window
             stopped at its limit (None otherwise): the matches are good, there may be more.
+        :raises InvalidParameterError: for a lexical search without statistics from the fan-out, or
+            with an analyzer other than this shard's.
         """
         index = self._states.get(partition)
         if index is None:
             raise RuntimeError(f"shard {partition} is not open on this process")
-        options: dict[str, object] = {}
-        if params.index_type is not None:
-            options["index_type"] = params.index_type
-        if field_name is not None:
-            options["fields"] = [field_name]
-        result = self._window.run(index=index, queries=request.docs, top_k=params.top_k,
-                                  chunk_oversample=params.chunk_oversample,
-                                  operations=params.operations_for(INDEX.name, self._operations), search_options=options)
-        notice = None
-        if result.limited:
-            notice = (f"shard {partition}: index-stage window limit reached ({result.vectors_read} vectors read, "
-                      f"MAX_WINDOW_VECTORS {self._window.config.max_vectors}): fewer than top_k={params.top_k} "
-                      f"documents passed for {', '.join(result.limited)}; more may exist on this shard")
-        return list(result.docs), notice
+        operations = params.operations_for(INDEX.name, self._operations)
+        arms: dict[str, WindowResult] = {}
+        if params.uses_dense:
+            options: dict[str, object] = {}
+            if params.index_type is not None:
+                options["index_type"] = params.index_type
+            if field_name is not None:
+                options["fields"] = [field_name]
+            arms[DENSE_ARM] = self._window.run(index=index, queries=request.docs, top_k=params.arm_depth,
+                                               chunk_oversample=params.chunk_oversample, operations=operations,
+                                               search_options=options)
+        if params.uses_lexical:
+            arms[LEXICAL_ARM] = self._window.run_arm(
+                self._lexical_rows(index, request, field_name), queries=request.docs, top_k=params.arm_depth,
+                chunk_oversample=params.chunk_oversample, operations=operations)
+        notices = [f"shard {partition}: index-stage window limit reached ({result.vectors_read} vectors read, "
+                   f"MAX_WINDOW_VECTORS {self._window.config.max_vectors}): fewer than {params.arm_depth} documents "
+                   f"passed for {', '.join(result.limited)}; more may exist on this shard"
+                   for result in arms.values() if result.limited]
+        docs = next(iter(arms.values())).docs if len(arms) == 1 else _arm_union(arms)
+        return list(docs), "; ".join(notices) or None
+
+    @staticmethod
+    def _lexical_rows(index: CompoundIndexer, request: Request, field_name: str | None) -> SearchRows:
+        """The lexical arm over this request's queries, scored with the request's statistics."""
+        statistics = request.lexical_statistics
+        if statistics is None:
+            raise InvalidParameterError("a lexical search reached the shard without corpus statistics: only the "
+                                        "fan-out (the encode stage) attaches them; send searches to the query topic")
+        if statistics.analyzer != index.analyzer_name:
+            raise InvalidParameterError(f"the fan-out analysed the query with {statistics.analyzer!r}, this shard its "
+                                        f"texts with {index.analyzer_name!r}: upgrade both alike")
+        stats = statistics.for_field(field_name)
+        terms = [index.analyze(doc.text or "") for doc in request.docs]
+        fields = [field_name] if field_name is not None else None
+
+        def best(rows: Sequence[int], window: int) -> list[list[Hit]]:
+            return [index.search_lexical(terms=terms[row], stats=stats, top_k=window, fields=fields) for row in rows]
+
+        return best
+
+
+def _arm_union(arms: dict[str, WindowResult]) -> list[Document]:
+    """Per query, the documents of every arm once (by document id), each with the score of every arm that
+    found it under the arm's name; the first arm's copy keeps its matched chunks."""
+    docs = []
+    for queries in zip(*(result.docs for result in arms.values())):
+        union: dict[str, Document] = {}
+        for arm, query in zip(arms, queries):
+            for match in query.matches:
+                kept = union.setdefault(match.id, match)
+                kept.scores = {**kept.scores, arm: match.scores[SCORE_NAME]}
+        docs.append(dataclasses.replace(queries[0], matches=[union[key] for key in sorted(union)]))
+    return docs
