@@ -23,6 +23,7 @@ from processors.query.operators import Operation, apply_operations
 from processors.exceptions import InvalidParameterError
 from processors.query.limits import REQUEST_LIMITS, RequestLimits
 from processors.query.parameters import SearchParameters
+from processors.rankers.fusion import FusionConfig, fuse, merge_candidates
 from processors.rankers.merge import merge_matches
 from streams.wire import headers as h
 from streams.exceptions import InvalidRecordError, ReplyTopicError
@@ -216,9 +217,9 @@ class Joiner(PathHandler):
 
 def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
                 operations: Sequence[Operation] = ()) -> SearchReply:
-    """Merge each query's matches across shards and fields, best first by score direction,
-    apply the join stage's query language, cut to top_k; evaluate against ground truth when
-    the request carries it."""
+    """Merge each query's matches across shards and fields, best first by score direction (a
+    hybrid search's: fused), apply the join stage's query language, cut to top_k; evaluate against
+    ground truth when the request carries it."""
     parts = [pending.parts[key] for key in sorted(pending.parts, key=lambda k: (k[0], k[1] or ""))]
     # A part can carry both matches and a warning (a shard's window limit): its matches count.
     answered = [p for p in parts if p.docs]
@@ -238,11 +239,18 @@ def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
 def _merged_queries(template: PartialResult | None, answered: Sequence[PartialResult], params: SearchParameters,
                     ops: Sequence[Operation]) -> list[Document]:
     """Each query with the matches of every part merged, best first; all of them when join-stage
-    operations follow (they cut to top_k after), else top_k."""
+    operations follow (they cut to top_k after), else top_k.
+
+    A hybrid search's parts carry each shard's dense and lexical candidates with their arm scores: they
+    are merged by document (each arm keeping its best score, over shards and fields) and fused here,
+    where each arm's list is the global one (``processors.rankers.fusion``)."""
+    hybrid = params.uses_dense and params.uses_lexical
     docs = []
     for i, query in enumerate(template.docs if template else []):
         lists = [part.docs[i].matches for part in answered if i < len(part.docs)]
-        query.matches = merge_matches(lists, sum(len(m) for m in lists) if ops else params.top_k)
+        keep = sum(len(m) for m in lists) if ops else params.top_k
+        query.matches = (fuse(merge_candidates(lists), FusionConfig.of(params), keep) if hybrid
+                         else merge_matches(lists, keep))
         docs.append(query)
     return docs
 
