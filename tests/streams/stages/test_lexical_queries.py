@@ -139,6 +139,18 @@ def test_one_and_three_shards_rank_and_score_alike(pipelines: tuple[Pipeline, Pi
     assert ranked(three.ask(query, retrieval="lexical")) == ranked(one.ask(query, retrieval="lexical"))
 
 
+@pytest.mark.parametrize("fusion", ["rrf", "dbsf", "linear"])
+@pytest.mark.parametrize("query", QUERIES[:4])
+def test_one_and_three_shards_fuse_alike(pipelines: tuple[Pipeline, Pipeline], query: str, fusion: str) -> None:
+    """Each shard sends its arms' lists; the joiner cuts the global lists and fuses: no shard count shows."""
+    one, three = pipelines
+    fused = ranked(one.ask(query, retrieval="hybrid", fusion=fusion, candidates=4, top_k=6))
+    assert fused and all(score >= 0 for _, score in fused)
+    assert ranked(three.ask(query, retrieval="hybrid", fusion=fusion, candidates=4, top_k=6)) == fused
+    reply = one.ask(query, retrieval="hybrid", fusion=fusion)
+    assert {m.scores["score"].op_name for m in reply.docs[0].matches} == {f"fusion.{fusion}"}
+
+
 def test_scores_follow_upserts_and_deletes_in_every_shard_count(tmp_path: Path, pipelines: tuple[Pipeline, Pipeline]) -> None:
     one, three = pipelines
     changes = {"d04": "Zebrafish zebrafish heart regeneration.", "d12": "Zebrafish larvae."}
