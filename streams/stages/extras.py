@@ -15,9 +15,9 @@ from importlib import metadata
 from packaging.requirements import Requirement
 
 from streams.exceptions import StreamsearchError
-from streams.flow.executors import RANKERS
+from streams.flow.executors import INDEXERS, RANKERS
 from streams.flow.spec import FlowSpec
-from streams.stages.kinds import KINDS
+from streams.stages.kinds import INDEX, JOIN, KINDS
 
 __all__ = ["DISTRIBUTION", "MissingExtraError", "missing_requirements", "require_extras", "require_stage_extras",
            "stage_extras"]
@@ -67,7 +67,15 @@ def stage_extras(flow: FlowSpec, stages: Iterable[str] | None = None) -> set[str
     chosen = [flow.stage(name) for name in stages] if stages is not None else list(flow.stages)
     executors = [KINDS[stage.name].executors[stage.uses] for stage in chosen if stage.uses]
     executors += [RANKERS[stage.ranker_uses] for stage in chosen if stage.ranker_uses]
-    return {executor.extra for executor in executors if executor.extra}
+    extras = {executor.extra for executor in executors if executor.extra}
+    if _fans_out_lexical_queries_without_model(flow, [stage.name for stage in chosen]):
+        extras.add(INDEXERS[flow.stage(INDEX.name).uses].extra)  # tantivy, the analyzer the shards use
+    return extras
+
+
+def _fans_out_lexical_queries_without_model(flow: FlowSpec, stages: list[str]) -> bool:
+    """The join stage of a flow without a model fans queries out, and with the lexical arm it analyses them."""
+    return JOIN.name in stages and not flow.has_model and bool(flow.stage(INDEX.name).config.lexical)
 
 
 def require_stage_extras(flow: FlowSpec, stages: Iterable[str] | None = None) -> None:
