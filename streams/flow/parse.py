@@ -16,11 +16,12 @@ import yaml
 
 from processors.exceptions import QueryLanguageError
 from processors.query.operators import Operation, parse_operations
+from processors.query.parameters import FUSIONS, RETRIEVALS
 from streams.exceptions import FlowConfigError
 from streams.flow.executors import DEFAULT_RANKER, RANKERS, build_config
 from streams.flow.spec import (DEFAULT_MAX_CHUNKS_PER_DOCUMENT, DEFAULT_MAX_PAYLOAD_BYTES, PROCESSING_GUARANTEES,
                                FlowSpec, SearchDefaults, StageConfig)
-from streams.stages.kinds import KINDS, STAGE_TOPIC_ROLES, StageKind
+from streams.stages.kinds import INDEX, KINDS, STAGE_TOPIC_ROLES, StageKind
 from streams.wire.topics import FLOW_ROLES, TopicSettings
 
 __all__ = ["load_flow", "parse_flow"]
@@ -72,6 +73,7 @@ def parse_flow(text: str, *, source: Path | None = None) -> FlowSpec:
     stages, shards = _stages(data.get("stages"), fail)
     state_dir = Path(data.get("state_dir") or Path(".streamsearch") / "state")
     search = _search(data.get("search") or {}, fail)
+    _check_retrieval(search, stages, fail)
     kafka = data.get("kafka") or {}
     if not isinstance(kafka, dict):
         raise fail(("kafka",), "'kafka' must map librdkafka settings to values")
@@ -260,7 +262,18 @@ def _search(search: Any, fail: _Fail) -> SearchDefaults:
             close = difflib.get_close_matches(str(key), known, n=1)
             raise fail(("search", key), f"search: unknown key {key!r}"
                                         f"{f' (did you mean {close[0]!r}?)' if close else ''}; known: {', '.join(known)}")
+    for key, allowed in (("retrieval", RETRIEVALS), ("fusion", FUSIONS)):
+        if key in search and search[key] not in allowed:
+            raise fail(("search", key), f"search: {key} must be one of {', '.join(allowed)}, got {search[key]!r}")
     return SearchDefaults(**search)
+
+
+def _check_retrieval(search: SearchDefaults, stages: tuple[StageConfig, ...], fail: _Fail) -> None:
+    """:raises FlowConfigError: for a default retrieval the index cannot answer (no lexical arm)."""
+    index = next(stage for stage in stages if stage.name == INDEX.name)
+    if search.retrieval != "dense" and not index.config.lexical:
+        raise fail(("search", "retrieval"), f"search: retrieval {search.retrieval!r} needs the lexical arm: "
+                                            "give the index stage `with: {lexical: true}`")
 
 
 def _topic_settings(section: Any, fail: _Fail) -> TopicSettings:

@@ -61,6 +61,11 @@ class SearchDefaults:
     top_k: int = 10
     timeout_s: float = 10.0
     chunk_oversample: int = 5
+    retrieval: str = "dense"
+    """``dense``, ``lexical`` or ``hybrid`` (``processors.query.parameters.RETRIEVALS``); the last two need
+    the index stage's lexical arm."""
+    fusion: str = "rrf"
+    """How a hybrid search fuses its arms (``FUSIONS``)."""
     fetch_wait_ms: int = 5
     """Query-path consumers' fetch.wait.max.ms: per-hop latency on the embedded broker, which
     answers a fetch only when this wait is over. Each such consumer costs that broker about

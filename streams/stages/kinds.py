@@ -125,8 +125,8 @@ def build_stage(flow: FlowSpec, name: str, settings: KafkaSettings | None = None
                   max_payload_bytes=flow.max_payload_bytes, metrics_port=stage.metrics_port,
                   status_topic=topics.status, inflight_dir=flow.state_dir / topics.prefix / "inflight",
                   failure_policy=FAILURE_POLICY)
-    defaults = SearchParameters.parse(
-        {"top_k": flow.search.top_k, "chunk_oversample": flow.search.chunk_oversample})
+    defaults = SearchParameters.parse({"top_k": flow.search.top_k, "chunk_oversample": flow.search.chunk_oversample,
+                                       "retrieval": flow.search.retrieval, "fusion": flow.search.fusion})
     # Stateless stages commit outputs and offsets in one transaction; the shard needs none:
     # its offsets are in its own RocksDB write batch.
     exactly_once = flow.processing_guarantee == "exactly_once"

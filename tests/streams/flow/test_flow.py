@@ -52,6 +52,9 @@ class TestFlow:
         (GOOD.replace("name: f", "name: 'bad name!'"), "'name' must be"),
         (GOOD + "extra: 1\n", "unknown key 'extra'"),
         (GOOD.replace("  segment:\n    uses: Sentencizer\n", "") + "  segment: {}\n", "data-flow order"),
+        (GOOD + "search: {retrieval: hybrid}\n", r"retrieval 'hybrid' needs the lexical arm: give the index stage"),
+        (GOOD + "search: {retrieval: sparse}\n", "retrieval must be one of dense, lexical, hybrid, got 'sparse'"),
+        (GOOD + "search: {fusion: max}\n", "fusion must be one of rrf, dbsf, linear"),
     ])
     def test_invalid_flows(self, text: str, message: str) -> None:
         with pytest.raises(FlowConfigError, match=message):
