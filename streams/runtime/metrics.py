@@ -10,7 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 __all__ = [
     "RECORDS_IN", "RECORDS_OUT", "DEAD_LETTERS", "BATCH_SECONDS", "CONSUMER_LAG", "INDEX_VECTORS",
     "QUERY_SECONDS", "REJECTED_REQUESTS", "EXPIRED_REQUESTS", "REPLIES", "TRANSACTIONS", "TRUNCATED_TEXTS", "UNDELIVERABLE_REPLIES",
-    "serve_metrics",
+    "LEXICAL_UNITS", "serve_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,9 @@ BATCH_SECONDS = Histogram("streamsearch_batch_seconds", "Time to process one con
 CONSUMER_LAG = Gauge("streamsearch_consumer_lag", "Records behind the fetch-response high watermark",
                      ["flow", "stage", "topic", "partition"])
 INDEX_VECTORS = Gauge("streamsearch_index_vectors", "Vectors in a shard's index", ["flow", "partition"])
+LEXICAL_UNITS = Gauge("streamsearch_lexical_units", "Texts in the corpus-wide lexical statistics a fan-out holds "
+                      "(<flow>.lexical-stats summed over shards): it trails the shards' vectors by the topic's latency",
+                      ["flow", "field"])
 QUERY_SECONDS = Histogram("streamsearch_query_seconds", "Search latency at the joiner, from the query record's "
                           "timestamp to the reply", ["flow"],
                           buckets=(.005, .01, .02, .03, .05, .075, .1, .2, .5, 1, 2, 5, 10))

@@ -67,8 +67,8 @@ class StageBuild:
         from streams.stages.lexical_table import LexicalTable
 
         analyzer = Analyzer()
-        table = LexicalTable(analyzer.name)
         topics = self.flow.topics
+        table = LexicalTable(analyzer.name, flow=topics.prefix)
         if self.settings is not None:
             table.start(self.settings, topics.lexical_stats, topics.partitions,
                         client_id=f"{self.group}.lexical-table")

@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from processors.index.lexical import CorpusStats
 from streams.kafka.reader import tail
 from streams.kafka.settings import KafkaSettings
+from streams.runtime.metrics import LEXICAL_UNITS
 from streams.runtime.spec import Inbound
 from streams.wire.codec import LEXICAL_COUNT
 from streams.wire.records import LexicalStatistics, parse_lexical_key
@@ -38,9 +39,11 @@ class LexicalTable:
     """Every shard's own lexical statistics and their sums, fed by :meth:`apply` (the records of
     ``<flow>.lexical-stats``), from a reader thread once :meth:`start` ed."""
 
-    def __init__(self, analyzer: str) -> None:
-        """:param analyzer: the name of the analyzer the shards and the fan-out use (``Analyzer.name``)."""
+    def __init__(self, analyzer: str, *, flow: str = "") -> None:
+        """:param analyzer: the name of the analyzer the shards and the fan-out use (``Analyzer.name``).
+        :param flow: the flow's topic prefix, for the ``streamsearch_lexical_units`` gauge."""
         self._analyzer = analyzer
+        self._flow = flow
         self._own: dict[tuple[int, _Key], tuple[int, int]] = {}
         self._sums: dict[_Key, tuple[int, int]] = {}
         self._lock = threading.Lock()
@@ -71,6 +74,8 @@ class LexicalTable:
                     self._sums.pop(key, None)
                 else:
                     self._sums[key] = total
+                if not key[1]:
+                    LEXICAL_UNITS.labels(self._flow, key[0]).set(total[0])
                 self.records += 1
 
     def statistics(self, terms: Iterable[str], fields: Sequence[str] | None = None) -> LexicalStatistics:
