@@ -295,7 +295,7 @@ def _grouped(query: Document, merged: Sequence[Document], params: SearchParamete
     if params.diversity is not None:
         query = _diversified(query, merged, params, picks=len(query.matches))
         place = {m.id: float(i) for i, m in enumerate(query.matches)}
-        key = lambda doc: place[doc.id]  # noqa: E731
+        key = lambda doc: place[doc.id]
     groups = group_matches(query.matches, tag=params.group_by, groups=params.top_k, group_size=params.group_size,
                            key=key, sources=_sources(query, merged))
     return dataclasses.replace(query, matches=flatten(groups, params.group_by))
