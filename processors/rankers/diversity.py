@@ -46,7 +46,7 @@ def mmr(relevance: Sequence[float], vectors: Sequence[np.ndarray | None], ids: S
         penalty = nearest if order else np.zeros(count)
         objective = np.where(open_, diversity * rel - (1.0 - diversity) * penalty, -np.inf)
         best = objective.max()
-        pick = min(np.flatnonzero(objective == best), key=lambda i: (-rel[i], ids[i]))
+        pick = min(np.flatnonzero(objective == best).tolist(), key=lambda i: (-rel[i], ids[i]))
         order.append((int(pick), float(best)))
         open_[pick] = False
         nearest = np.maximum(nearest, units @ units[pick])

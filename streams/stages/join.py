@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from processors.document import Direction, Document, Score
@@ -290,7 +290,7 @@ def _grouped(query: Document, merged: Sequence[Document], params: SearchParamete
     """The query's matches as ``top_k`` groups by ``group_by``, group by group. With diversity, MMR orders
     all the candidates first and a group's place is its best document's place in that order."""
     assert params.group_by is not None
-    key = None
+    key: Callable[[Document], float] | None = None
     query = dataclasses.replace(query, matches=query.matches[: params.arm_depth])
     if params.diversity is not None:
         query = _diversified(query, merged, params, picks=len(query.matches))
