@@ -21,6 +21,7 @@ from processors.document import Direction, Document, Score, copy_tree
 from processors.exceptions import ConfigError, DimensionMismatchError
 from processors.index.base import ApplyResult, Change, DocumentCodec, Hit, IndexStats, SearchTuning, VectorIndex
 from processors.index.config import CompoundIndexerConfig
+from processors.index.faiss_flat import FlatVectorIndex
 from processors.index.lexical import Analyzer, CorpusStats, LexicalIndex
 from processors.index.store import Owner, ShardStore, ShardWrite
 from processors.index.types import EXACT, INDEX_TYPES, VECTOR_INDEX_TYPES, known_index_type
@@ -267,6 +268,7 @@ class CompoundIndexer:
         ef_search: int | None = None,
         nprobe: int | None = None,
         fields: Sequence[str] | None = None,
+        with_vectors: bool = False,
     ) -> list[list[Hit]]:
         """The ``top_k`` nearest vectors for each query, best first, with their documents.
 
@@ -278,6 +280,8 @@ class CompoundIndexer:
         :param nprobe: IVF lists scanned for this call; None uses the configured one.
             A type reads only the knobs its row names (``VectorIndexType.knobs``) and ignores the other.
         :param fields: only vectors of nodes with one of these ``field_name``s (multi-field search).
+        :param with_vectors: each hit's node carries its stored vector as ``embedding`` (for diversity at the
+            joiner); otherwise nodes have none.
         :returns: per query, hits whose score's ``op_name`` names the index that answered.
         :raises DimensionMismatchError: if the queries' width differs from ``dim``.
         :raises ConfigError: for an unknown index type, or an ``ef_search``/``nprobe`` below 1.
@@ -296,7 +300,7 @@ class CompoundIndexer:
         available = index.size if allowed is None else len(allowed)
         scores, ids = _search_past_ties(index, queries, top_k, tuning, available)
         roots: dict[str, Document | None] = {}
-        return [self._hits(index.op_name, index.direction, row_scores, row_ids, top_k, roots)
+        return [self._hits(index.op_name, index.direction, row_scores, row_ids, top_k, roots, with_vectors)
                 for row_scores, row_ids in zip(scores, ids)]
 
     def lexical_stats(self, fields: Sequence[str] | None = None) -> CorpusStats:
@@ -331,7 +335,7 @@ class CompoundIndexer:
         return self._analyzer
 
     def search_lexical(self, *, terms: Sequence[str], stats: CorpusStats, top_k: int,
-                       fields: Sequence[str] | None = None) -> list[Hit]:
+                       fields: Sequence[str] | None = None, with_vectors: bool = False) -> list[Hit]:
         """The ``top_k`` units (nodes with text and a vector) scoring highest by BM25, best first, ties by
         document id then node path; the hits' score ``op_name`` is ``bm25``.
 
@@ -340,6 +344,7 @@ class CompoundIndexer:
             own (:meth:`lexical_stats`) when it holds the whole corpus.
         :param fields: only units of nodes with one of these ``field_name``s; ``stats`` should be those
             fields' (:meth:`lexical_stats` with the same ``fields``, summed over shards).
+        :param with_vectors: as :meth:`search`'s: each hit's node carries its unit's vector.
         :raises ConfigError: if this shard keeps no lexical arm (``lexical: false``).
         """
         self._require_lexical()
@@ -347,7 +352,7 @@ class CompoundIndexer:
         if top_k < 1:
             return []
         vids, scores = self._lexical.search(terms, stats, top_k, allowed=allowed)
-        return self._hits(LEXICAL_OP_NAME, Direction.SIMILARITY, scores, vids, top_k, {})
+        return self._hits(LEXICAL_OP_NAME, Direction.SIMILARITY, scores, vids, top_k, {}, with_vectors)
 
     def _allowed(self, fields: Sequence[str]) -> np.ndarray:
         """The ids of the vectors of nodes with one of these field names, sorted."""
@@ -355,20 +360,21 @@ class CompoundIndexer:
         return np.fromiter(sorted(vids), dtype=np.int64, count=len(vids))
 
     def _hits(self, op_name: str, direction: Direction, row_scores: np.ndarray, row_ids: np.ndarray, top_k: int,
-              roots: dict[str, Document | None]) -> list[Hit]:
+              roots: dict[str, Document | None], with_vectors: bool = False) -> list[Hit]:
         """One query's hits from its row of ids and scores: owners looked up, ties cut by document id,
         ``top_k`` kept.
 
         :param roots: the root documents read so far for this search, shared by its queries.
+        :param with_vectors: give each hit's node its vector (from the exact index, which holds every one).
         """
-        found = [(Score(float(value), op_name, direction), owner)
+        found = [(Score(float(value), op_name, direction), owner, int(vid))
                  for value, vid in zip(row_scores, row_ids)
                  if (owner := self._vid_owner.get(int(vid))) is not None]
         # Equal scores in document id order, then node path: never in the order vectors were added.
-        found.sort(key=lambda pair: (pair[0].sort_key(), pair[1][0], pair[1][1]))
-        hits: list[Hit] = []
-        for score, (doc_id, path, _) in found:
-            if len(hits) == top_k:
+        found.sort(key=lambda hit: (hit[0].sort_key(), hit[1][0], hit[1][1]))
+        kept: list[tuple[Hit, int]] = []
+        for score, (doc_id, path, _), vid in found:
+            if len(kept) == top_k:
                 break
             if doc_id not in roots:
                 roots[doc_id] = self._store.document(doc_id)
@@ -378,14 +384,20 @@ class CompoundIndexer:
             node = copy_tree(_node_at(root, path))
             node.chunks, node.matches = [], []
             node.scores = {**node.scores, "score": score}
-            hits.append(Hit(root=root, node=node, score=score))
-        return hits
+            kept.append((Hit(root=root, node=node, score=score), vid))
+        if with_vectors:
+            vectors = self._vectors.vectors(np.array([vid for _, vid in kept], dtype=np.int64))
+            for (hit, _), vector in zip(kept, vectors):
+                hit.node.embedding = vector
+        return [hit for hit, _ in kept]
 
     # -- internals -------------------------------------------------------------------------
 
     def _reset_derived(self) -> None:
         """Forget everything derived from RocksDB: the FAISS indexes and the vector owners."""
-        self._vectors: VectorIndex = EXACT.build(self.config, _NO_VECTORS)
+        exact = EXACT.build(self.config, _NO_VECTORS)
+        assert isinstance(exact, FlatVectorIndex)  # it hands back stored vectors (``with_vectors``)
+        self._vectors: FlatVectorIndex = exact
         self._approximate: dict[str, VectorIndex] = {}
         self._untrainable: set[str] = set()
         self._vid_owner: dict[int, Owner] = {}

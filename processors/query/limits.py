@@ -35,7 +35,8 @@ class RequestLimits:
     :param max_top_k: documents per query in the reply (``top_k``).
     :param max_chunk_oversample: vectors per wanted document in a shard's first window.
     :param max_rrf_k: the constant of reciprocal rank fusion (``rrf_k``).
-    :param max_candidates: documents per arm in a hybrid fusion (``candidates``).
+    :param max_candidates: documents per arm in a hybrid fusion, MMR diversity or grouping (``candidates``).
+    :param max_group_size: documents per group when grouping (``group_size``).
     :param max_query_language_bytes: the request's ``query_language`` as compact UTF-8 JSON.
     :param max_operations: operations in the request's ``query_language``.
     :param max_conditions: filter conditions over all the request's operations.
@@ -57,6 +58,7 @@ class RequestLimits:
     max_chunk_oversample: int = 100
     max_rrf_k: int = 10_000
     max_candidates: int = 1_000
+    max_group_size: int = 100
     max_query_language_bytes: int = 65_536
     max_operations: int = 16
     max_conditions: int = 32
@@ -112,8 +114,7 @@ class RequestLimits:
             raise RequestLimitError(f"{queries} query documents; the limit max_queries is {self.max_queries}")
         fetch = queries * params.arm_depth * params.chunk_oversample
         if fetch > self.max_fetch:
-            depth = "top_k" if params.arm_depth == params.top_k else "candidates"
-            raise RequestLimitError(f"queries × {depth} × chunk_oversample = {queries} × {params.arm_depth} × "
+            raise RequestLimitError(f"queries × {params.depth_rule} × chunk_oversample = {queries} × {params.arm_depth} × "
                                     f"{params.chunk_oversample} = {fetch}; the limit max_fetch is {self.max_fetch}")
         self._check_after(after, partitions)
         _check_fields(params.filter_by, fields)

@@ -42,6 +42,11 @@ class SearchParameters:
     :param candidates: documents each arm contributes to a hybrid fusion (per query, over all shards); at
         least ``top_k`` are used.
     :param dense_weight: the dense arm's weight in ``linear`` fusion, in [0, 1]; the lexical arm has the rest.
+    :param group_by: a key of the root documents' top-level ``tags``: the reply then holds ``top_k`` groups,
+        one per distinct value, each with its ``group_size`` best documents (``processors.rankers.grouping``).
+    :param group_size: documents per group, at most; 1 without ``group_by``.
+    :param diversity: MMR's λ in [0, 1] (``processors.rankers.diversity``): 1 ranks by relevance alone, lower
+        trades relevance for novelty; None (the default) leaves the ranking as it is.
 
     Not a parameter: ``regex_budget``, the regex evaluation time of this request on the stage
     that parsed it, shared by every operation :meth:`operations_for` gives.
@@ -59,6 +64,9 @@ class SearchParameters:
     rrf_k: int = 60
     candidates: int = 100
     dense_weight: float = 0.5
+    group_by: str | None = None
+    group_size: int = 1
+    diversity: float | None = None
     regex_budget: RegexBudget = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -77,13 +85,18 @@ class SearchParameters:
             if key not in known:
                 raise InvalidParameterError(f"unknown parameter {key!r}; known: {', '.join(sorted(known))}")
         values = {**base.to_dict(), **raw}
-        for key in ("top_k", "chunk_oversample", "rrf_k", "candidates"):
+        for key in ("top_k", "chunk_oversample", "rrf_k", "candidates", "group_size"):
             REQUEST_LIMITS.check_count(key, values[key])
         for key, known_values in (("retrieval", RETRIEVALS), ("fusion", FUSIONS)):
             if values[key] not in known_values:
                 raise InvalidParameterError(f"parameter {key!r} must be one of {', '.join(known_values)}, "
                                             f"got {describe(values[key])}")
         values["dense_weight"] = _unit_interval("dense_weight", values["dense_weight"])
+        if values["diversity"] is not None:
+            values["diversity"] = _unit_interval("diversity", values["diversity"])
+        if values["group_by"] is not None and (not isinstance(values["group_by"], str) or not values["group_by"]):
+            raise InvalidParameterError(f"parameter 'group_by' must be a tag name (a non-empty string) or null, "
+                                        f"got {describe(values['group_by'])}")
         values["filter_by"] = _names("filter_by", values["filter_by"], allow_none=True)
         values["metrics"] = _names("metrics", values["metrics"], allow_none=False)
         if values["index_type"] is not None and not isinstance(values["index_type"], str):
@@ -107,13 +120,32 @@ class SearchParameters:
             "rrf_k": self.rrf_k,
             "candidates": self.candidates,
             "dense_weight": self.dense_weight,
+            "group_by": self.group_by,
+            "group_size": self.group_size,
+            "diversity": self.diversity,
         }
 
     @property
     def arm_depth(self) -> int:
-        """Documents per query each arm's list holds: ``candidates`` (at least ``top_k``) for a hybrid
-        fusion, ``top_k`` for a single arm."""
-        return max(self.top_k, self.candidates) if self.retrieval == "hybrid" else self.top_k
+        """Documents per query each arm's list holds (on each shard, and over all of them at the joiner):
+        ``top_k`` for a plain single-arm search; ``candidates`` (at least ``top_k``) for what the joiner
+        re-ranks: a hybrid fusion, MMR diversity or grouping, grouping at least ``top_k × group_size``."""
+        if not self.reranks:
+            return self.top_k
+        return max(self.top_k * (self.group_size if self.group_by is not None else 1), self.candidates)
+
+    @property
+    def depth_rule(self) -> str:
+        """How :attr:`arm_depth` came about, in the parameters' names (for a limit's message)."""
+        if self.arm_depth == self.top_k:
+            return "top_k"
+        return "candidates" if self.arm_depth == self.candidates else "top_k × group_size"
+
+    @property
+    def reranks(self) -> bool:
+        """Whether the joiner re-ranks a pool of candidates (fusion, diversity, grouping) rather than cut
+        the merged list at ``top_k``."""
+        return self.retrieval == "hybrid" or self.diversity is not None or self.group_by is not None
 
     @property
     def uses_lexical(self) -> bool:

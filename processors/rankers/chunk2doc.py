@@ -56,7 +56,9 @@ class Chunk2DocRanker:
         :param hits: per query, vector hits (any order).
         :param top_k: documents per query.
         :returns: per query, root documents best first; each carries its matched chunks
-            (best first) and a ``score`` whose op_name names the aggregation and the metric.
+            (best first) and a ``score`` whose op_name names the aggregation and the metric. Its
+            ``embedding`` is its best chunk's vector when the hits carry vectors (the index's
+            ``with_vectors``, for diversity), else None; the chunks kept carry none.
         """
         return RankResult(matches=tuple(tuple(self._rank(query_hits, top_k)) for query_hits in hits))
 
@@ -75,8 +77,9 @@ class Chunk2DocRanker:
             matches.append(
                 dataclasses.replace(
                     root,
-                    embedding=None,
-                    chunks=[hit.node for hit in best_chunks[: self.config.keep_chunks] if hit.node is not root],
+                    embedding=best_chunks[0].node.embedding,
+                    chunks=[_without_vector(hit.node) for hit in best_chunks[: self.config.keep_chunks]
+                            if hit.node is not root],
                     matches=[],
                     scores={**root.scores, SCORE_NAME: score},
                     adjacency=1,
@@ -93,3 +96,8 @@ class Chunk2DocRanker:
                 raise ConfigError("Chunk2DocRanker: 'inverse' turns distances into similarities; these are similarities")
             return Score(1.0 / (1.0 + min(values)), f"chunk2doc.inverse({first.op_name})", Direction.SIMILARITY)
         return Score(float(_AGGREGATE[name](values)), f"chunk2doc.{name}({first.op_name})", first.direction)
+
+
+def _without_vector(node: Document) -> Document:
+    """The node without its vector: the match carries its best one already, once."""
+    return dataclasses.replace(node, embedding=None) if node.embedding is not None else node

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from processors.document import Direction, Document, Score
@@ -23,7 +23,9 @@ from processors.query.operators import Operation, apply_operations
 from processors.exceptions import InvalidParameterError
 from processors.query.limits import REQUEST_LIMITS, RequestLimits
 from processors.query.parameters import SearchParameters
-from processors.rankers.fusion import FusionConfig, fuse, merge_candidates
+from processors.rankers.diversity import diversify
+from processors.rankers.fusion import ARMS, FusionConfig, fuse, merge_candidates
+from processors.rankers.grouping import GROUP_RANK, flatten, group_matches
 from processors.rankers.merge import merge_matches
 from streams.wire import headers as h
 from streams.exceptions import InvalidRecordError, ReplyTopicError
@@ -218,28 +220,39 @@ class Joiner(PathHandler):
 def build_reply(pending: PendingRequest, stats: RunningStats | None = None,
                 operations: Sequence[Operation] = ()) -> SearchReply:
     """Merge each query's matches across shards and fields, best first by score direction (a
-    hybrid search's: fused), apply the join stage's query language, cut to top_k; evaluate against
-    ground truth when the request carries it."""
+    hybrid search's: fused), apply the join stage's query language, then diversity and grouping
+    when asked, cut to top_k; evaluate against ground truth when the request carries it."""
     parts = [pending.parts[key] for key in sorted(pending.parts, key=lambda k: (k[0], k[1] or ""))]
     # A part can carry both matches and a warning (a shard's window limit): its matches count.
     answered = [p for p in parts if p.docs]
     template = pending.opening or (answered[0] if answered else None)
     params = SearchParameters.parse(template.parameters) if template else SearchParameters()
     ops = params.operations_for(JOIN.name, operations)
-    docs = _merged_queries(template, answered, params, ops)
+    merged = _merged_queries(template, answered, params, keep_all=bool(ops))
+    docs = apply_operations(merged, ops) if ops else merged
+    cut = _cut_queries(merged, answered, params)
     warnings = [p.warning for p in parts if p.warning]
-    if ops:
-        docs, filtered = _join_operations(docs, answered, params, ops)
-        warnings += filtered
+    if params.group_by is not None:
+        docs = [_grouped(query, merged, params) for query in docs]
+        warnings += _groups_short(docs, cut, params)
+    else:
+        docs = [_diversified(query, merged, params) if params.diversity is not None
+                else dataclasses.replace(query, matches=query.matches[: params.top_k]) for query in docs]
+        if any(op.operator == "filter" for op in ops):
+            warnings += _filtered_short(docs, cut, params.top_k)
+    for query in docs:  # the vectors came for diversity only: the client never asked for them
+        query.matches = [dataclasses.replace(m, embedding=None) if m.embedding is not None else m
+                         for m in query.matches]
     if params.ground_truth:
         _evaluate(docs, params, stats if stats is not None else RunningStats())
     return _reply(pending, parts, docs, warnings)
 
 
 def _merged_queries(template: PartialResult | None, answered: Sequence[PartialResult], params: SearchParameters,
-                    ops: Sequence[Operation]) -> list[Document]:
+                    *, keep_all: bool) -> list[Document]:
     """Each query with the matches of every part merged, best first; all of them when join-stage
-    operations follow (they cut to top_k after), else top_k.
+    operations follow (``keep_all``: they cut after), else the best ``arm_depth``: ``top_k``, or the pool
+    diversity and grouping choose from, the same whatever the number of shards.
 
     A hybrid search's parts carry each shard's dense and lexical candidates with their arm scores: they
     are merged by document (each arm keeping its best score, over shards and fields) and fused here,
@@ -248,23 +261,60 @@ def _merged_queries(template: PartialResult | None, answered: Sequence[PartialRe
     docs = []
     for i, query in enumerate(template.docs if template else []):
         lists = [part.docs[i].matches for part in answered if i < len(part.docs)]
-        keep = sum(len(m) for m in lists) if ops else params.top_k
+        keep = sum(len(m) for m in lists) if keep_all else params.arm_depth
         query.matches = (fuse(merge_candidates(lists), FusionConfig.of(params), keep) if hybrid
                          else merge_matches(lists, keep))
         docs.append(query)
     return docs
 
 
-def _join_operations(docs: list[Document], answered: Sequence[PartialResult], params: SearchParameters,
-                     ops: Sequence[Operation]) -> tuple[list[Document], list[str]]:
-    """The join stage's query language over the merged queries, cut to top_k, and the warnings of
-    filters that ran after a shard's top-k cut."""
-    # the queries some shard cut at top_k: only there may a filter have missed documents
-    merged = {doc.id: len(doc.matches) for i, doc in enumerate(docs)
-              if any(i < len(part.docs) and len(part.docs[i].matches) >= params.top_k for part in answered)}
-    docs = [dataclasses.replace(doc, matches=doc.matches[: params.top_k]) for doc in apply_operations(docs, ops)]
-    filtered = any(op.operator == "filter" for op in ops)
-    return docs, _filtered_short(docs, merged, params.top_k) if filtered else []
+def _sources(query: Document, merged: Sequence[Document]) -> list[Document]:
+    """Each match of ``query`` as it was merged, before the join stage's operations (which may have
+    selected its score, tags or vector away): what diversity and grouping read."""
+    before = next((q for q in merged if q.id == query.id), None)
+    by_id = {m.id: m for m in before.matches} if before is not None else {}
+    return [by_id.get(m.id, m) for m in query.matches]
+
+
+def _diversified(query: Document, merged: Sequence[Document], params: SearchParameters,
+                 picks: int | None = None) -> Document:
+    """The query's matches in MMR order: its ``top_k`` (``picks``: None for all of them)."""
+    assert params.diversity is not None
+    pool = dataclasses.replace(query, matches=query.matches[: params.arm_depth])
+    matches = diversify(pool.matches, diversity=params.diversity, sources=_sources(pool, merged),
+                        picks=params.top_k if picks is None else picks)
+    return dataclasses.replace(query, matches=matches)
+
+
+def _grouped(query: Document, merged: Sequence[Document], params: SearchParameters) -> Document:
+    """The query's matches as ``top_k`` groups by ``group_by``, group by group. With diversity, MMR orders
+    all the candidates first and a group's place is its best document's place in that order."""
+    assert params.group_by is not None
+    key: Callable[[Document], float] | None = None
+    query = dataclasses.replace(query, matches=query.matches[: params.arm_depth])
+    if params.diversity is not None:
+        query = _diversified(query, merged, params, picks=len(query.matches))
+        place = {m.id: float(i) for i, m in enumerate(query.matches)}
+        key = lambda doc: place[doc.id]
+    groups = group_matches(query.matches, tag=params.group_by, groups=params.top_k, group_size=params.group_size,
+                           key=key, sources=_sources(query, merged))
+    return dataclasses.replace(query, matches=flatten(groups, params.group_by))
+
+
+def _cut_queries(merged: Sequence[Document], answered: Sequence[PartialResult],
+                 params: SearchParameters) -> dict[str, int]:
+    """The queries some shard's list was cut for (at its depth, ``arm_depth`` per arm), with the number of
+    matches merged: only for these may more documents exist than the shards sent."""
+    hybrid = params.uses_dense and params.uses_lexical
+    depth = params.arm_depth
+
+    def cut(matches: Sequence[Document]) -> bool:
+        if hybrid:
+            return any(sum(arm in m.scores for m in matches) >= depth for arm in ARMS)
+        return len(matches) >= depth
+
+    return {doc.id: len(doc.matches) for i, doc in enumerate(merged)
+            if any(i < len(part.docs) and cut(part.docs[i].matches) for part in answered)}
 
 
 def _reply(pending: PendingRequest, parts: Sequence[PartialResult], docs: list[Document],
@@ -281,6 +331,19 @@ def _reply(pending: PendingRequest, parts: Sequence[PartialResult], docs: list[D
         restoring_shards=sorted({p.shard for p in parts if p.restoring}),
         warnings=warnings,
     )
+
+
+def _groups_short(docs: Sequence[Document], cut: Mapping[str, int], params: SearchParameters) -> list[str]:
+    """A warning per query that filled fewer than ``top_k`` groups while a shard's list was cut at its depth:
+    documents of other values may exist beyond it."""
+    warnings = []
+    for doc in docs:
+        filled = len({m.scores[GROUP_RANK].value for m in doc.matches})
+        if doc.id in cut and filled < params.top_k:
+            warnings.append(f"join: grouping by {params.group_by!r} filled {filled} of top_k={params.top_k} groups "
+                            f"for {doc.id} from {cut[doc.id]} candidates; a shard cut its list at "
+                            f"{params.arm_depth} ({params.depth_rule}), so more may exist: raise candidates")
+    return warnings
 
 
 def _filtered_short(docs: Sequence[Document], merged: Mapping[str, int], top_k: int) -> list[str]:

@@ -121,3 +121,33 @@ def test_pre_embedded_documents_are_indexed_with_exactly_the_given_bytes(
     assert contents.per_doc[TEXT_DOC.id] == 1
     assert set(contents.shards_of[f"v{i}"][0] for i in range(DOCS)) == {0, 1}  # both shards hold some
     assert contents.docs["v1"].text == "label 1" and contents.docs["v0"].text is None
+
+
+def _at(score: float, axis: int) -> np.ndarray:
+    """A 384-d unit vector whose inner product with the first axis is ``score``, the rest along ``axis``."""
+    vector = np.zeros(384, dtype=np.float32)
+    vector[0], vector[axis] = score, np.sqrt(1 - score**2)
+    return vector
+
+
+def test_grouping_and_diversity_through_the_client(client: Client, flow: LocalRuntime) -> None:
+    """Tagged documents near the first axis, among whatever else the flow holds: grouped by journal, the best
+    paper of each; diversified, a near-duplicate gives way to a different paper; no vector reaches the client."""
+    near_b = _at(0.93, 1) + 0.02 * _at(0.0, 2)
+    papers = [("n-1", _at(0.95, 1), "nature"), ("n-2", near_b / np.linalg.norm(near_b), "nature"),
+              ("s-1", _at(0.80, 3), "science"), ("c-1", _at(0.10, 4), "cell")]
+    receipt = client.index([Document(id=doc_id, embedding=vector, tags={"journal": journal, "set": "grouped"})
+                            for doc_id, vector, journal in papers])
+    query = _at(1.0, 1)[None, :]
+    only = {"query_language": [{"operator": "filter", "stage": "index", "traversal_paths": ["m"],
+                                "parameters": {"conditions": {"tags.set": "grouped"}}}]}
+    grouped = client.search(vectors=query, top_k=3, after=receipt, timeout_s=60,
+                            parameters={"group_by": "journal", **only})
+    assert not grouped.partial and not grouped.errors, stage_logs(flow)
+    assert [(m.id, m.tags["journal"], m.scores["group.rank"].value) for m in grouped.docs[0].matches] == [
+        ("n-1", "nature", 1.0), ("s-1", "science", 2.0), ("c-1", "cell", 3.0)]
+    plain = client.search(vectors=query, top_k=2, after=receipt, timeout_s=60, parameters=only)
+    assert [m.id for m in plain.docs[0].matches] == ["n-1", "n-2"]
+    diverse = client.search(vectors=query, top_k=2, after=receipt, timeout_s=60, parameters={"diversity": 0.5, **only})
+    assert [m.id for m in diverse.docs[0].matches] == ["n-1", "s-1"], stage_logs(flow)
+    assert all(m.embedding is None for m in diverse.docs[0].matches)

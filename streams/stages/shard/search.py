@@ -193,10 +193,13 @@ class ShardSearch(PathHandler):
 
     def _search(self, partition: int, request: Request, params: SearchParameters,
                 field_name: str | None) -> tuple[list[Document], str | None]:
-        """This shard's answer per query document: for ``dense`` and ``lexical`` retrieval its top-k,
-        for ``hybrid`` each arm's top ``arm_depth`` in one list, each document once with the score of
+        """This shard's answer per query document: for ``dense`` and ``lexical`` retrieval its top ``arm_depth``
+        (``top_k``, or the candidates of diversity and grouping), for ``hybrid`` each arm's top ``arm_depth`` in
+        one list, each document once with the score of
         every arm that found it (``fusion.DENSE_ARM``, ``fusion.LEXICAL_ARM``): the joiner fuses, after
-        merging the shards' lists, so that fused scores do not depend on the number of shards.
+        merging the shards' lists, so that fused scores do not depend on the number of shards. With
+        ``diversity``, each match carries its best unit's vector as ``embedding`` (the joiner's MMR reads it,
+        then drops it from the reply).
 
         :returns: the query documents with their matches, and the warning to give when a window
             stopped at its limit (None otherwise): the matches are good, there may be more.
@@ -214,12 +217,15 @@ class ShardSearch(PathHandler):
                 options["index_type"] = params.index_type
             if field_name is not None:
                 options["fields"] = [field_name]
+            if params.diversity is not None:
+                options["with_vectors"] = True
             arms[DENSE_ARM] = self._window.run(index=index, queries=request.docs, top_k=params.arm_depth,
                                                chunk_oversample=params.chunk_oversample, operations=operations,
                                                search_options=options)
         if params.uses_lexical:
             arms[LEXICAL_ARM] = self._window.run_arm(
-                self._lexical_rows(index, request, field_name), queries=request.docs, top_k=params.arm_depth,
+                self._lexical_rows(index, request, field_name, with_vectors=params.diversity is not None),
+                queries=request.docs, top_k=params.arm_depth,
                 chunk_oversample=params.chunk_oversample, operations=operations)
         notices = [f"shard {partition}: index-stage window limit reached ({result.vectors_read} vectors read, "
                    f"MAX_WINDOW_VECTORS {self._window.config.max_vectors}): fewer than {params.arm_depth} documents "
@@ -229,8 +235,10 @@ class ShardSearch(PathHandler):
         return list(docs), "; ".join(notices) or None
 
     @staticmethod
-    def _lexical_rows(index: CompoundIndexer, request: Request, field_name: str | None) -> SearchRows:
-        """The lexical arm over this request's queries, scored with the request's statistics."""
+    def _lexical_rows(index: CompoundIndexer, request: Request, field_name: str | None, *,
+                      with_vectors: bool) -> SearchRows:
+        """The lexical arm over this request's queries, scored with the request's statistics; with its
+        units' vectors when the joiner diversifies (a document only this arm found needs one too)."""
         statistics = request.lexical_statistics
         if statistics is None:
             raise InvalidParameterError("a lexical search reached the shard without corpus statistics: only the "
@@ -243,7 +251,8 @@ class ShardSearch(PathHandler):
         fields = [field_name] if field_name is not None else None
 
         def best(rows: Sequence[int], window: int) -> list[list[Hit]]:
-            return [index.search_lexical(terms=terms[row], stats=stats, top_k=window, fields=fields) for row in rows]
+            return [index.search_lexical(terms=terms[row], stats=stats, top_k=window, fields=fields,
+                                         with_vectors=with_vectors) for row in rows]
 
         return best
 

@@ -95,6 +95,18 @@ class TestCompoundIndexer:
         assert hits[0].score.direction is Direction.DISTANCE
         assert hits[0].node.id == "a/0" and hits[0].score.value < hits[1].score.value
 
+    def test_with_vectors_each_hit_carries_its_nodes_stored_vector_exactly(self, tmp_path: Path) -> None:
+        index = open_index(tmp_path)
+        index.apply(changes=[Change("a", doc_with_chunks("a", [1, 2])), Change("b", doc_with_chunks("b", [3]))],
+                    checkpoint=b"1")
+        index.apply(changes=[Change("a", doc_with_chunks("a", [4, 2]))], checkpoint=b"2")  # new vector ids for a
+        hits = index.search(embeddings=unit(2)[None], top_k=3, with_vectors=True)[0]
+        expected = {"a/0": unit(4), "a/1": unit(2), "b/0": unit(3)}
+        assert {h.node.id for h in hits} == set(expected)
+        for h in hits:
+            assert h.node.embedding is not None and np.array_equal(h.node.embedding, expected[h.node.id])
+        assert all(h.node.embedding is None for h in index.search(embeddings=unit(2)[None], top_k=3)[0])
+
     def test_reopening_with_another_dimension_fails(self, tmp_path: Path) -> None:
         open_index(tmp_path).close()
         other = CompoundIndexer(CompoundIndexerConfig(dim=DIM * 2), path=tmp_path, codec=STORED_DOCUMENT)

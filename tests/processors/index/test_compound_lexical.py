@@ -206,3 +206,12 @@ def test_a_field_search_scores_with_that_fields_statistics(tmp_path: Path) -> No
     mixed.close()
     reopened = open_index(tmp_path / "mixed")  # fields come back with the owners on open
     assert reopened.lexical_stats(["title"]) == titles.lexical_stats()
+
+
+def test_with_vectors_a_lexical_hit_carries_its_units_vector(tmp_path: Path) -> None:
+    index = open_index(tmp_path)
+    index.apply(changes=[Change(d.id, d) for d in CORPUS], checkpoint=b"1")
+    hits = index.search_lexical(terms=index.analyze("insulin"), stats=index.lexical_stats(), top_k=2, with_vectors=True)
+    assert [h.node.id for h in hits] == ["b/1", "a/0"]
+    for h in hits:
+        assert np.array_equal(h.node.embedding, unit(zlib.crc32(h.node.id.encode())))

@@ -54,6 +54,8 @@ class TestRequestLimits:
         ({}, {"top_k": 1_001}, r"parameter 'top_k' is 1001; the limit max_top_k is 1000"),
         ({}, {"chunk_oversample": 101}, r"parameter 'chunk_oversample' is 101; the limit max_chunk_oversample is 100"),
         ({"queries": 16}, {"top_k": 251}, "max_fetch"),
+        ({}, {"top_k": 50, "group_by": "c", "group_size": 100}, r"queries × top_k × group_size × chunk_oversample = "
+                                                                  r"1 × 5000 × 5 = 25000; the limit max_fetch is 20000"),
         ({"after": {0: 10**18}}, {}, r"offset 1000000000000000000 of partition 0; offsets are 0..max_offset"),
         ({"after": {0: -1}}, {}, "max_offset"),
         ({"after": {-1: 0}}, {}, r"after names partition -1; the flow has partitions 0..1"),

@@ -1,5 +1,6 @@
 import pytest
 
+from processors.exceptions import RequestLimitError
 from processors.query.parameters import InvalidParameterError, SearchParameters
 
 
@@ -38,3 +39,32 @@ class TestSearchParameterFields:
     def test_bad_values(self, raw: dict, message: str) -> None:
         with pytest.raises(InvalidParameterError, match=message):
             SearchParameters.parse(raw)
+
+
+class TestGroupingAndDiversity:
+    def test_defaults_leave_the_ranking_alone(self) -> None:
+        params = SearchParameters.parse({})
+        assert (params.group_by, params.group_size, params.diversity) == (None, 1, None)
+        assert not params.reranks and params.arm_depth == params.top_k
+
+    def test_grouping_and_diversity_round_trip_and_widen_the_candidates(self) -> None:
+        params = SearchParameters.parse({"top_k": 5, "group_by": "category", "group_size": 30, "diversity": 0.5})
+        assert SearchParameters.parse(params.to_dict()) == params
+        assert params.arm_depth == 150 and params.depth_rule == "top_k × group_size"  # over candidates (100)
+        assert SearchParameters.parse({"top_k": 5, "group_by": "c"}).arm_depth == 100
+        assert SearchParameters.parse({"top_k": 5, "diversity": 1}).depth_rule == "candidates"
+        assert SearchParameters.parse({"top_k": 5, "group_size": 30}).arm_depth == 5  # no group_by: no groups
+
+    @pytest.mark.parametrize(("raw", "message"), [
+        ({"group_by": ""}, "'group_by' must be a tag name"), ({"group_by": ["a"]}, "'group_by' must be a tag name"),
+        ({"group_size": 0}, "'group_size' must be an integer"), ({"group_size": 2.5}, "'group_size'"),
+        ({"diversity": 1.5}, r"'diversity' must be a number in \[0, 1\]"), ({"diversity": True}, "'diversity'"),
+        ({"diversity": "0.5"}, "'diversity'"),
+    ])
+    def test_bad_values_name_the_parameter(self, raw: dict, message: str) -> None:
+        with pytest.raises(InvalidParameterError, match=message):
+            SearchParameters.parse(raw)
+
+    def test_a_group_size_over_its_limit_names_the_limit(self) -> None:
+        with pytest.raises(RequestLimitError, match="group_size' is 101; the limit max_group_size is 100"):
+            SearchParameters.parse({"group_by": "c", "group_size": 101})

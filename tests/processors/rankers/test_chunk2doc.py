@@ -1,6 +1,7 @@
 import itertools
 import random
 
+import numpy as np
 import pytest
 
 from processors.document import Direction, Document, Score
@@ -45,6 +46,17 @@ class TestChunk2DocRanker:
         hits = [hit("a", i, 0.9 - i / 100, SIM) for i in range(5)] + [hit("b", 0, 0.5, SIM)]
         matches = Chunk2DocRanker().run(hits=[hits], top_k=2).matches[0]
         assert [m.id for m in matches] == ["a", "b"]
+
+    def test_a_match_carries_its_best_chunks_vector_and_the_chunks_none(self) -> None:
+        def with_vector(h: Hit, value: float) -> Hit:
+            return Hit(root=h.root, node=Document(id=h.node.id, scores=h.node.scores, embedding=np.full(2, value)),
+                       score=h.score)
+
+        hits = [with_vector(hit("a", 0, 0.2, SIM), 0.0), with_vector(hit("a", 1, 0.6, SIM), 1.0)]
+        [match] = Chunk2DocRanker().run(hits=[hits], top_k=5).matches[0]
+        assert match.embedding is not None and match.embedding.tolist() == [1.0, 1.0]
+        assert [c.id for c in match.chunks] == ["a/1", "a/0"] and all(c.embedding is None for c in match.chunks)
+        assert Chunk2DocRanker().run(hits=[[hit("b", 0, 0.5, SIM)]], top_k=1).matches[0][0].embedding is None
 
     def test_bad_aggregation(self) -> None:
         with pytest.raises(ConfigError, match="aggregation"):

@@ -10,30 +10,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from processors.document import Document
 from processors.exceptions import InvalidParameterError
-from processors.index.config import CompoundIndexerConfig
-from processors.index.lexical import Analyzer
 from processors.query.parameters import SearchParameters
-from processors.rankers.chunk2doc import Chunk2DocRanker
-from streams.runtime.spec import Inbound, Output
-from streams.stages.fanout import QueryFanout
-from streams.stages.join import Joiner
+from streams.runtime.spec import Inbound
 from streams.stages.lexical_table import LexicalTable
-from streams.stages.shard.ingest import ShardIngest
-from streams.stages.shard.search import ShardSearch
-from streams.stages.shard.states import ShardStates
 from streams.wire import headers as h
-from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, SEARCH_REPLY
-from streams.wire.partitioner import partition_of
+from streams.wire.codec import PARTIAL_RESULT, REQUEST
 from streams.wire.records import Request, SearchReply
 from streams.wire.topics import FlowTopics
-
-DIM = 8
-ANALYZER = Analyzer()
+from tests.streams.stages.fixtures import ANALYZER, Pipeline
 
 CORPUS = {
     "d00": "Insulin resistance and glucose uptake in skeletal muscle.",
@@ -50,62 +38,6 @@ CORPUS = {
     "d11": "Fracture healing after vitamin supplementation.",
 }
 QUERIES = ["insulin glucose", "sleep memory", "osteoblast", "vitamin D fracture", "zebrafish", "nothing matches xyzzy"]
-
-
-def vector(doc_id: str) -> np.ndarray:
-    row = np.random.default_rng(int(doc_id[1:])).standard_normal(DIM).astype(np.float32)
-    return row / np.linalg.norm(row)
-
-
-def inbound(output: Output, offset: int = 0) -> Inbound:
-    assert output.partition is not None or output.topic.endswith("partials")
-    return Inbound(output.topic, output.partition or 0, offset, output.key if isinstance(output.key, bytes | None)
-                   else output.key.encode(), output.value, dict(output.headers))
-
-
-class Pipeline:
-    """One flow's query path, stage by stage, with ``partitions`` shards in one process."""
-
-    def __init__(self, root: Path, partitions: int, *, lexical: bool = True) -> None:
-        self.topics = FlowTopics(f"lexq{partitions}", partitions)
-        self.states = ShardStates(root=root, flow=self.topics.flow,
-                                  config=CompoundIndexerConfig(dim=DIM, lexical=lexical))
-        self.ingest = ShardIngest(states=self.states, topics=self.topics, source=self.topics.ingest, given_dim=DIM)
-        self.ingest.assigned(list(range(partitions)))
-        for partition in range(partitions):
-            self.ingest.end_reached(partition)  # restored: the shards answer
-        self.table = LexicalTable(ANALYZER.name)
-        self.fanout = QueryFanout(encoder=None, dim=DIM, topics=self.topics, defaults=SearchParameters(),
-                                  stage="join", lexical=(ANALYZER, self.table) if lexical else None)
-        self.search = ShardSearch(states=self.states, ranker=Chunk2DocRanker(), topics=self.topics)
-        self.joiner = Joiner(topics=self.topics)
-
-    def index(self, docs: dict[str, str], offset: int = 0) -> None:
-        records = []
-        for i, (doc_id, text) in enumerate(sorted(docs.items())):
-            doc = Document(id=doc_id, text=text, embedding=vector(doc_id))
-            value, headers = DOCUMENT.encode_record(doc)
-            records.append(Inbound(self.topics.ingest, partition_of(doc_id.encode(), self.topics.partitions),
-                                   offset + i, doc_id.encode(), value, dict(headers)))
-        outputs = self.ingest.process(records) + self.ingest.tick()
-        self.table.apply(inbound(o) for o in outputs if o.topic == self.topics.lexical_stats)
-
-    def ask(self, text: str, **parameters: object) -> SearchReply:
-        reply_to = f"{self.topics.flow}.reply.t"
-        request = Request("r", "search", [Document(id="q0", text=text, embedding=vector("q99"))], reply_to,
-                          int(time.time() * 1000) + 60_000, dict(parameters), {})
-        record = Inbound(self.topics.query, 0, 0, b"r", REQUEST.encode(request), {
-            h.REQUEST_ID: b"r", h.REPLY_TO: reply_to.encode(), h.DEADLINE_MS: str(request.deadline_ms).encode()})
-        fanned = self.fanout.process([record])
-        searches = [inbound(o) for o in fanned if o.topic == self.topics.search]
-        parts = [inbound(o) for o in fanned if o.topic == self.topics.partials]
-        parts += [inbound(o) for o in self.search.process(searches)]
-        self.joiner = Joiner(topics=self.topics)  # a fresh one: each ask has request id "r"
-        [reply] = self.joiner.process(parts)
-        return SEARCH_REPLY.decode(reply.value)
-
-    def close(self) -> None:
-        self.ingest.close()
 
 
 @pytest.fixture
