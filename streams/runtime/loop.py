@@ -107,7 +107,8 @@ class StageLoop:
         if self._index is not None and self._query is not None and not self._query.spec.follow_index_path:
             self._query_thread = threading.Thread(target=self._serve_queries, name="query-path", daemon=True)
             self._query_thread.start()
-        logger.info("stage running", extra={"stage": self.spec.name, "flow": self.spec.flow})
+        transactions = {"transactional_id": self._transactional_id()} if self.spec.exactly_once else {}
+        logger.info("stage running", extra={"stage": self.spec.name, "flow": self.spec.flow, **transactions})
         try:
             while not self._stop.is_set():
                 self.step()
