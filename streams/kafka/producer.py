@@ -14,7 +14,8 @@ from streams.wire.partitioner import LIBRDKAFKA_PARTITIONER
 from streams.wire.topics import RECORD_OVERHEAD_BYTES
 
 __all__ = ["BATCH_LINGER_MS", "StageProducer", "DeliveryFailure", "Header", "PERMANENT_DELIVERY_ERRORS",
-           "UNKNOWN_TOPIC_ERRORS", "kafka_error", "record_size"]
+           "UNKNOWN_TOPIC_ERRORS", "kafka_error", "producer_failed",
+           "record_size"]
 
 Header = tuple[str, bytes]
 
@@ -61,6 +62,12 @@ def kafka_error(exc: KafkaException) -> KafkaError:
     ``retriable()``, ``txn_requires_abort()``); one raised without it counts as a plain failure."""
     error = exc.args[0] if exc.args else None
     return error if isinstance(error, KafkaError) else KafkaError(KafkaError._FAIL, str(exc))
+
+
+def producer_failed(error: KafkaError) -> bool:
+    """The producer, not a record, is at fault: it failed for good (``fatal()``; ``_FATAL`` is what
+    ``produce`` says then), or its transaction must be aborted before it takes another record."""
+    return error.fatal() or error.txn_requires_abort() or error.code() in (KafkaError._FATAL, KafkaError._STATE)
 
 
 def record_size(key: bytes | str | None, value: bytes | None, headers: Sequence[Header]) -> int:
@@ -142,6 +149,7 @@ class StageProducer:
         :param timestamp: its CreateTime in epoch ms (None: librdkafka's clock now).
         :raises ProducerFailedError: the producer took no record (a fatal error, a transaction that
             must be aborted, or creating it failed): its owner recovers it, the record is not at fault.
+        :raises KafkaException: the record cannot be taken (a partition the topic does not have).
         """
 
         def report(err: KafkaError | None, msg: Message) -> None:
@@ -155,16 +163,23 @@ class StageProducer:
             kwargs["partition"] = partition
         if timestamp is not None:
             kwargs["timestamp"] = timestamp
+        try:
+            producer = self.raw
+        except KafkaException as exc:  # init_transactions failed
+            raise ProducerFailedError(f"no producer: {exc}", kafka_error(exc)) from exc
         while True:
             try:
-                self.raw.produce(topic, **kwargs)
+                producer.produce(topic, **kwargs)
                 break
             except BufferError:
-                self.raw.poll(0.05)
+                producer.poll(0.05)
             except KafkaException as exc:
-                raise ProducerFailedError(f"the producer took no record: {exc}", kafka_error(exc)) from exc
+                error = kafka_error(exc)
+                if not producer_failed(error):
+                    raise  # the record's own fault (a partition that does not exist, say)
+                raise ProducerFailedError(f"the producer took no record: {exc}", error) from exc
         self._unflushed += 1
-        self.raw.poll(0)
+        producer.poll(0)
 
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery callbacks; nothing before the first ``produce`` (it does not connect)."""

@@ -181,7 +181,7 @@ class TransactionalCheckpoint(Checkpoint):
 
     def _failed(self, error: KafkaError) -> None:
         """The open transaction failed: abort it (or, fatal, replace the producer), then rewind."""
-        if error.fatal():
+        if error.fatal() or error.code() == KafkaError._FATAL:
             self._open = False
             TRANSACTIONS.labels(*self._labels, "abort").inc()
             self._recreate(error)
