@@ -169,10 +169,14 @@ class TestTransactionalCheckpoint:
         assert producer.raws[0].calls == ["begin", "send_offsets", "commit", "commit"] and consumer.seeks == []
 
     def test_a_producer_that_cannot_abort_is_replaced(self) -> None:
-        consumer, producer = FakeConsumer(), FakeStageProducer(commit=[KafkaException(KafkaError(KafkaError._FAIL))],
-                                                               abort=[_fatal(KafkaError._FATAL)])
+        """As seen when the transaction coordinator was killed: sending the offsets fails (its connection),
+        and the abort that follows fails for good (INVALID_TXN_STATE, fatal): this ended the process."""
+        transport = KafkaException(KafkaError(KafkaError._TRANSPORT, "Failed to add offsets to transaction"))
+        consumer, producer = FakeConsumer(), FakeStageProducer(send_offsets=[transport],
+                                                               abort=[_fatal(KafkaError.INVALID_TXN_STATE)])
         _batch(TransactionalCheckpoint(consumer, producer))  # type: ignore[arg-type]
-        assert len(producer.raws) == 2 and consumer.seeks == [("t", 0, 5)]
+        assert [raw.calls for raw in producer.raws] == [["begin", "send_offsets", "abort"], []]
+        assert consumer.seeks == [("t", 0, 5)]
 
     def test_a_fresh_producer_that_cannot_begin_is_replaced_too(self) -> None:
         producer = FakeStageProducer(begin=[_fatal(), _fatal()])
