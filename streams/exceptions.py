@@ -1,8 +1,11 @@
 """Errors of the runtime; all derive from the one StreamsearchError."""
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from processors.exceptions import StreamsearchError
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError
 
 __all__ = [
     "StreamsearchError",
@@ -15,6 +18,7 @@ __all__ = [
     "KafkaConfigError",
     "DeliveryError",
     "GroupMembershipLost",
+    "ProducerFailedError",
     "ReadTimeoutError",
     "PayloadTooLargeError",
     "RequestTimeoutError",
@@ -61,6 +65,19 @@ class UnknownFlowError(BrokerError):
 
 class GroupMembershipLost(BrokerError):
     """A stage's consumer lost its partitions and did not get any back: the process restarts to rejoin."""
+
+
+class ProducerFailedError(BrokerError):
+    """The producer refused a record for a reason of its own, not the record's: a fatal error (it is
+    unusable and must be replaced) or a transaction that must be aborted. Never a record's failure:
+    the stage recovers its producer and runs the batch again instead of dead-lettering its input.
+
+    ``error`` is librdkafka's: ``fatal()``, ``txn_requires_abort()``.
+    """
+
+    def __init__(self, message: str, error: "KafkaError") -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class ReadTimeoutError(BrokerError):

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from streams.exceptions import DeliveryError
+from streams.exceptions import DeliveryError, ProducerFailedError
 from streams.kafka.settings import KafkaSettings
 from streams.wire.partitioner import LIBRDKAFKA_PARTITIONER
 from streams.wire.topics import RECORD_OVERHEAD_BYTES
 
 __all__ = ["BATCH_LINGER_MS", "StageProducer", "DeliveryFailure", "Header", "PERMANENT_DELIVERY_ERRORS",
-           "UNKNOWN_TOPIC_ERRORS", "record_size"]
+           "UNKNOWN_TOPIC_ERRORS", "kafka_error", "producer_failed",
+           "record_size"]
 
 Header = tuple[str, bytes]
 
@@ -53,6 +55,19 @@ class DeliveryFailure:
 
     def __str__(self) -> str:
         return f"{self.topic}[{self.partition}]: {self.error.str()} ({self.size} bytes)"
+
+
+def kafka_error(exc: KafkaException) -> KafkaError:
+    """librdkafka's error inside a ``KafkaException``, which says what to do about it (``fatal()``,
+    ``retriable()``, ``txn_requires_abort()``); one raised without it counts as a plain failure."""
+    error = exc.args[0] if exc.args else None
+    return error if isinstance(error, KafkaError) else KafkaError(KafkaError._FAIL, str(exc))
+
+
+def producer_failed(error: KafkaError) -> bool:
+    """The producer, not a record, is at fault: it failed for good (``fatal()``; ``_FATAL`` is what
+    ``produce`` says then), or its transaction must be aborted before it takes another record."""
+    return error.fatal() or error.txn_requires_abort() or error.code() in (KafkaError._FATAL, KafkaError._STATE)
 
 
 def record_size(key: bytes | str | None, value: bytes | None, headers: Sequence[Header]) -> int:
@@ -109,9 +124,10 @@ class StageProducer:
     @property
     def raw(self) -> Producer:
         if self._producer is None:
-            self._producer = Producer(self._config)
+            producer = Producer(self._config)
             if "transactional.id" in self._config:
-                self._producer.init_transactions(30)  # fences an older instance with the same id
+                producer.init_transactions(30)  # fences an older instance with the same id
+            self._producer = producer  # not before: a failed init_transactions leaves none to use
         return self._producer
 
     def produce(
@@ -131,6 +147,9 @@ class StageProducer:
         :param best_effort: a failure to deliver this record is only reported to ``on_delivery``,
             never raised by ``flush`` (a reply to a client that has gone).
         :param timestamp: its CreateTime in epoch ms (None: librdkafka's clock now).
+        :raises ProducerFailedError: the producer took no record (a fatal error, a transaction that
+            must be aborted, or creating it failed): its owner recovers it, the record is not at fault.
+        :raises KafkaException: the record cannot be taken (a partition the topic does not have).
         """
 
         def report(err: KafkaError | None, msg: Message) -> None:
@@ -144,14 +163,23 @@ class StageProducer:
             kwargs["partition"] = partition
         if timestamp is not None:
             kwargs["timestamp"] = timestamp
+        try:
+            producer = self.raw
+        except KafkaException as exc:  # init_transactions failed
+            raise ProducerFailedError(f"no producer: {exc}", kafka_error(exc)) from exc
         while True:
             try:
-                self.raw.produce(topic, **kwargs)
+                producer.produce(topic, **kwargs)
                 break
             except BufferError:
-                self.raw.poll(0.05)
+                producer.poll(0.05)
+            except KafkaException as exc:
+                error = kafka_error(exc)
+                if not producer_failed(error):
+                    raise  # the record's own fault (a partition that does not exist, say)
+                raise ProducerFailedError(f"the producer took no record: {exc}", error) from exc
         self._unflushed += 1
-        self.raw.poll(0)
+        producer.poll(0)
 
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery callbacks; nothing before the first ``produce`` (it does not connect)."""
@@ -172,6 +200,20 @@ class StageProducer:
         if reasons:
             # Only an error without queued records can be judged by its failures alone.
             raise DeliveryError("delivery failed: " + "; ".join(reasons), tuple(failures) if not left else ())
+
+    def recreate(self) -> None:
+        """Drop the client, without flushing, after a fatal error left it unusable: what it holds is
+        purged (a failed transaction's records are produced again by the batch's rerun), and the next
+        use creates a fresh one. With a ``transactional.id`` the fresh one's ``init_transactions``
+        aborts the open transaction of the old one on the coordinator, and fences it."""
+        if self._producer is not None:
+            # Nothing it says now matters (a failed client may raise from either call): it is dropped.
+            with contextlib.suppress(Exception):
+                self._producer.purge()
+                self._producer.poll(0)  # the purged records' delivery reports, before the client goes
+            self._producer = None
+        self._failures.clear()
+        self._unflushed = 0
 
     def close(self) -> None:
         if self._producer is not None:

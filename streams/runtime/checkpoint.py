@@ -5,15 +5,20 @@ from __future__ import annotations
 import logging
 from typing import Iterable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from streams.runtime.metrics import TRANSACTIONS
+from streams.exceptions import ProducerFailedError
+from streams.runtime.metrics import PRODUCER_RECREATIONS, TRANSACTIONS
 
-from streams.kafka.producer import StageProducer
+from streams.kafka.producer import StageProducer, kafka_error
 
-__all__ = ["Checkpoint", "TransactionalCheckpoint"]
+__all__ = ["Checkpoint", "TransactionalCheckpoint", "MAX_RECREATIONS"]
 
 logger = logging.getLogger(__name__)
+
+MAX_RECREATIONS = 3
+"""Fresh producers that may fail in a row (no commit between them) before the process gives up and
+exits, for its supervisor to restart it: a cause that outlives a new client is not the client's."""
 
 
 class Checkpoint:
@@ -22,13 +27,19 @@ class Checkpoint:
     Order, every time: (1) flush the producer and fail if anything is undelivered, (2) commit
     the consumed offsets + 1. State stores write their offsets inside their own write batch
     while processing, so for them the group commit is informational (lag, monitoring).
+
+    A producer that failed for good (a fatal error) is replaced in-process and the consumer rewinds
+    to its committed offsets (:meth:`recover`): the process lives on, unless ``MAX_RECREATIONS``
+    fresh producers fail in a row.
     """
 
-    def __init__(self, consumer: Consumer, producer: StageProducer) -> None:
+    def __init__(self, consumer: Consumer, producer: StageProducer, *, flow: str = "", stage: str = "") -> None:
         self._consumer = consumer
         self._producer = producer
         self._offsets: dict[tuple[str, int], int] = {}
-
+        self._labels = (flow, stage)
+        self._recreations = 0
+        """Producers replaced since the last commit."""
     @property
     def empty(self) -> bool:
         return not self._offsets
@@ -53,6 +64,7 @@ class Checkpoint:
         self._producer.flush()
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in self._offsets.items()]
         self._offsets.clear()
+        self._recreations = 0
         try:
             self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
         except KafkaException as exc:
@@ -65,6 +77,41 @@ class Checkpoint:
         if any(key in leaving for key in self._offsets):
             self.commit(asynchronous=False)
 
+    def recover(self, error: ProducerFailedError) -> None:
+        """The producer took no record (``StageProducer.produce``): replace it and rewind, so the batch
+        runs again with a fresh one."""
+        self._recreate(error.error)
+        self.rewind()
+
+    def rewind(self) -> None:
+        """Forget what was processed since the last commit and seek back to the committed offsets:
+        the records run again."""
+        self._offsets.clear()
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return
+        for tp in self._consumer.committed(assignment, timeout=30):
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+
+    def _recreate(self, error: KafkaError) -> None:
+        """Drop the producer, unflushed; the next use creates a fresh one. A fatal error means this
+        client is unusable, not that this process is a zombie: a transactional id is this replica's
+        alone, and a consumer group's newer generation fences a zombie's offsets (KIP-447) whatever
+        producer sends them, so replacing the producer and rerunning from the committed offsets is
+        right even then.
+
+        :raises ProducerFailedError: the ``MAX_RECREATIONS``-th fresh producer in a row failed too.
+        """
+        self._recreations += 1
+        if self._recreations > MAX_RECREATIONS:
+            raise ProducerFailedError(f"the producer still fails after {MAX_RECREATIONS} replacements in a row "
+                                      f"({error.name()}: {error.str()}): this process must go", error)
+        PRODUCER_RECREATIONS.labels(*self._labels, error.name()).inc()
+        logger.warning("producer failed for good, replacing it; the batch runs again",
+                       extra={"flow": self._labels[0], "stage": self._labels[1], "error": error.str(),
+                              "code": error.name(), "fatal": error.fatal(), "attempt": self._recreations})
+        self._producer.recreate()
+
 
 class TransactionalCheckpoint(Checkpoint):
     """``processing_guarantee: exactly_once``: a batch's outputs and its consumed offsets
@@ -74,49 +121,85 @@ class TransactionalCheckpoint(Checkpoint):
     offsets, so the batch runs again in a new transaction. Downstream read_committed consumers
     then never see the aborted attempt, on Apache Kafka; the embedded broker shows aborted
     records anyway (``shared/EMBEDDED_BROKER.md``), which upserts by id make harmless.
+
+    As librdkafka sorts a transaction's errors: retriable (a commit that timed out) is tried again;
+    abortable (``txn_requires_abort``) is aborted; fatal (the producer was fenced, or its coordinator
+    lost the transaction in a failover) replaces the producer with a fresh one of the same
+    ``transactional.id``, whose ``init_transactions`` aborts the old transaction. Either way the
+    consumer rewinds and the batch runs again, in this process.
     """
 
+    COMMIT_ATTEMPTS = 3
+    """``commit_transaction`` calls for one transaction while its errors are retriable."""
+
     def __init__(self, consumer: Consumer, producer: StageProducer, *, flow: str = "", stage: str = "") -> None:
-        super().__init__(consumer, producer)
+        super().__init__(consumer, producer, flow=flow, stage=stage)
         self._open = False
-        self._labels = (flow, stage)
 
     def begin(self) -> None:
-        if not self._open:
-            self._producer.raw.begin_transaction()
-            self._open = True
+        """Begin a transaction, with a fresh producer while the current one cannot (a fatal error, or
+        creating it failed: its ``init_transactions`` waits for the coordinator, up to 30 s)."""
+        while not self._open:
+            try:
+                self._producer.raw.begin_transaction()
+                self._open = True
+            except KafkaException as exc:
+                self._recreate(kafka_error(exc))
 
     def commit(self, *, asynchronous: bool = True) -> None:
-        """Send the offsets into the transaction and commit it; abort and rewind on failure."""
+        """Send the offsets into the transaction and commit it; abort or replace the producer, and
+        rewind, on failure."""
         if not self._open:
             return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in self._offsets.items()]
         try:
             if offsets:
                 self._producer.raw.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
-            self._producer.raw.commit_transaction(30)
+            self._commit_transaction()
         except KafkaException as exc:
-            if exc.args and exc.args[0].fatal():  # fenced by a newer instance: this process must go
-                raise
-            logger.warning("transaction failed, aborting", extra={"error": str(exc)})
-            self.abort()
+            self._failed(kafka_error(exc))
             return
         finally:
             self._offsets.clear()
         self._open = False
+        self._recreations = 0
         TRANSACTIONS.labels(*self._labels, "commit").inc()
 
+    def _commit_transaction(self) -> None:
+        for attempt in range(1, self.COMMIT_ATTEMPTS + 1):
+            try:
+                self._producer.raw.commit_transaction(30)
+                return
+            except KafkaException as exc:
+                if not kafka_error(exc).retriable() or attempt == self.COMMIT_ATTEMPTS:
+                    raise
+                logger.warning("transaction commit failed, retrying", extra={"error": str(exc), "attempt": attempt})
+
+    def recover(self, error: ProducerFailedError) -> None:
+        """The producer took no record of the open transaction: abort it, or replace the producer."""
+        self._failed(error.error)
+
+    def _failed(self, error: KafkaError) -> None:
+        """The open transaction failed: abort it (or, fatal, replace the producer), then rewind."""
+        if error.fatal() or error.code() == KafkaError._FATAL:
+            self._open = False
+            TRANSACTIONS.labels(*self._labels, "abort").inc()
+            self._recreate(error)
+            self.rewind()
+            return
+        logger.warning("transaction failed, aborting", extra={"error": error.str(), "code": error.name()})
+        self.abort()
+
     def abort(self) -> None:
-        """Abort the open transaction and rewind to the committed offsets: the batch runs again."""
-        self._offsets.clear()
+        """Abort the open transaction and rewind to the committed offsets: the batch runs again. A
+        producer that cannot abort is replaced: the fresh one's ``init_transactions`` aborts it."""
         if self._open:
             try:
                 self._producer.raw.abort_transaction(30)
+            except KafkaException as exc:
+                self._recreate(kafka_error(exc))
             finally:
                 self._open = False
                 TRANSACTIONS.labels(*self._labels, "abort").inc()
-        assignment = self._consumer.assignment()
-        if not assignment:
-            return
-        for tp in self._consumer.committed(assignment, timeout=30):
-            self._consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+        self.rewind()
+

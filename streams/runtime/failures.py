@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from streams.exceptions import DeliveryError, PayloadTooLargeError
+from streams.exceptions import DeliveryError, PayloadTooLargeError, ProducerFailedError
 from streams.kafka.producer import StageProducer
 from streams.runtime.inflight import CrashLoopError, InFlightVerdict
 from streams.runtime.metrics import DEAD_LETTERS, REJECTED_REQUESTS
@@ -119,6 +119,8 @@ class Failures:
             with self._timed():
                 self._emit((call or self._handler.process)(records))
             return
+        except ProducerFailedError:  # the producer's fault, not a record's: the stage recovers it
+            raise
         except Exception as exc:  # isolate the bad record below; nothing is lost
             if len(records) == 1:
                 self.fail(records[0], exc)
@@ -130,6 +132,8 @@ class Failures:
     def _alone(self, record: Inbound) -> None:
         try:
             self._emit(self._handler.process([record]))
+        except ProducerFailedError:
+            raise
         except Exception as exc:
             self.fail(record, exc)
 
@@ -152,6 +156,8 @@ class Failures:
     def _react(self, record: Inbound, error: Exception) -> None:
         try:
             self._emit(self._handler.on_failure(record, error))
+        except ProducerFailedError:
+            raise
         except Exception:
             logger.exception("on_failure raised", extra={"stage": self._stage})
 

@@ -28,11 +28,11 @@ from typing import IO
 
 from confluent_kafka import KafkaError
 
-from streams.exceptions import DeliveryError
+from streams.exceptions import DeliveryError, ProducerFailedError
 from streams.kafka.consumer import consume_batch, make_consumer
 from streams.kafka.producer import StageProducer
 from streams.kafka.settings import KafkaSettings
-from streams.runtime.checkpoint import TransactionalCheckpoint
+from streams.runtime.checkpoint import Checkpoint, TransactionalCheckpoint
 from streams.runtime.failures import DeadLetterTopic, Failures
 from streams.runtime.inflight import InFlightLog
 from streams.runtime.keepalive import KeepAlive
@@ -107,7 +107,8 @@ class StageLoop:
         if self._index is not None and self._query is not None and not self._query.spec.follow_index_path:
             self._query_thread = threading.Thread(target=self._serve_queries, name="query-path", daemon=True)
             self._query_thread.start()
-        logger.info("stage running", extra={"stage": self.spec.name, "flow": self.spec.flow})
+        transactions = {"transactional_id": self._transactional_id()} if self.spec.exactly_once else {}
+        logger.info("stage running", extra={"stage": self.spec.name, "flow": self.spec.flow, **transactions})
         try:
             while not self._stop.is_set():
                 self.step()
@@ -133,8 +134,7 @@ class StageLoop:
         try:
             while not self._stop.is_set():
                 self._poll(self._query, self.IDLE_POLL_S)
-                self._emit(self._query, self._query.spec.handler.tick())
-                self._query.checkpoint.commit()
+                self._tick(self._query)
                 if time.monotonic() >= next_report:
                     next_report = time.monotonic() + self.REPORT_EVERY_S
                     report_lag(self.spec, self._paths_of_this_thread())
@@ -166,8 +166,8 @@ class StageLoop:
         transactions = {"transactional.id": self._transactional_id(), "transaction.timeout.ms": 15000} \
             if transactional else {}
         producer = StageProducer(self.settings, max_payload_bytes=self.spec.max_payload_bytes, **transactions)
-        checkpoint = TransactionalCheckpoint(consumer, producer, flow=self.spec.flow, stage=self.spec.name) \
-            if transactional else None
+        checkpoint = (TransactionalCheckpoint if transactional else Checkpoint)(
+            consumer, producer, flow=self.spec.flow, stage=self.spec.name)
         inflight = InFlightLog(self.spec.inflight_dir, spec.group_id) if self.spec.inflight_dir is not None else None
         path = InputPath(spec, consumer, producer, checkpoint, inflight=inflight)
         if spec.partition_aware is None:  # a stateful handler runs inline: rebalances open and close its state
@@ -217,13 +217,20 @@ class StageLoop:
                 self._index.restore.watch()
         for path in (query, self._index):
             if path is not None:
-                self._emit(path, path.spec.handler.tick())
-                path.checkpoint.commit()
+                self._tick(path)
         if time.monotonic() >= self._next_lag_report:
             self._next_lag_report = time.monotonic() + self.REPORT_EVERY_S
             report_lag(self.spec, self._paths_of_this_thread())
             self._status.publish(self.processed, self.dead_letters, self._index)
             self._watch_membership()
+
+    def _tick(self, path: InputPath) -> None:
+        """The handler's timers (expired requests, parked searches), then the path's commit."""
+        try:
+            self._emit(path, path.spec.handler.tick())
+        except ProducerFailedError as exc:
+            path.checkpoint.recover(exc)
+        path.checkpoint.commit()
 
     def _watch_membership(self) -> None:
         self._membership.check(self._paths_of_this_thread())
@@ -283,10 +290,16 @@ class StageLoop:
         RECORDS_IN.labels(self.spec.flow, self.spec.name, path.spec.topic).inc(len(records))
         inflight = path.inflight
         verdict = inflight.begin(records) if inflight is not None else None
-        screened = path.failures.take(
-            records, max_payload_bytes=self.spec.max_payload_bytes, verdict=verdict,
-            call=functools.partial(self._call, path), noting=inflight.begin_record if inflight is not None else None,
-            lettered=path.lettered if inflight is not None and not path.transactional else None)
+        try:
+            screened = path.failures.take(
+                records, max_payload_bytes=self.spec.max_payload_bytes, verdict=verdict,
+                call=functools.partial(self._call, path), noting=inflight.begin_record if inflight is not None else None,
+                lettered=path.lettered if inflight is not None and not path.transactional else None)
+        except ProducerFailedError as exc:  # no record's fault: a fresh producer, and the batch runs again
+            path.checkpoint.recover(exc)
+            if inflight is not None:
+                inflight.end(records)
+            return
         for record in records:
             path.checkpoint.record(record.topic, record.partition, record.offset)
         path.processed += len(records)

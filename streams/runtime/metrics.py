@@ -9,8 +9,8 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
     "RECORDS_IN", "RECORDS_OUT", "DEAD_LETTERS", "BATCH_SECONDS", "CONSUMER_LAG", "INDEX_VECTORS",
-    "QUERY_SECONDS", "REJECTED_REQUESTS", "EXPIRED_REQUESTS", "REPLIES", "TRANSACTIONS", "TRUNCATED_TEXTS", "UNDELIVERABLE_REPLIES",
-    "LEXICAL_UNITS", "serve_metrics",
+    "QUERY_SECONDS", "REJECTED_REQUESTS", "EXPIRED_REQUESTS", "REPLIES", "TRANSACTIONS", "PRODUCER_RECREATIONS",
+    "TRUNCATED_TEXTS", "UNDELIVERABLE_REPLIES", "LEXICAL_UNITS", "serve_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ QUERY_SECONDS = Histogram("streamsearch_query_seconds", "Search latency at the j
                           buckets=(.005, .01, .02, .03, .05, .075, .1, .2, .5, 1, 2, 5, 10))
 TRANSACTIONS = Counter("streamsearch_transactions_total", "Kafka transactions of exactly_once stages",
                        ["flow", "stage", "outcome"])
+PRODUCER_RECREATIONS = Counter("streamsearch_producer_recreations_total", "Producers of a stage's path replaced "
+                               "in-process after a fatal error (the batch runs again)", ["flow", "stage", "error"])
 TRUNCATED_TEXTS = Counter("streamsearch_truncated_texts_total", "Texts longer than the encoder's max_length, "
                           "embedded from their first max_length tokens only", ["flow", "stage"])
 REJECTED_REQUESTS = Counter("streamsearch_rejected_requests_total",

@@ -4,6 +4,7 @@ written, and what a read_committed consumer sees on a topic."""
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,3 +133,22 @@ def committed_total(runtime: LocalRuntime, group: str, topic: str) -> int:
         return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
     finally:
         consumer.close()
+
+
+def transactional_id(runtime: LocalRuntime, stage: str) -> str:
+    """The transactional id of an exactly_once stage's running process (replica 0), from its log."""
+    assert runtime.local_flow is not None
+    found: list[str] = []
+    deadline = time.monotonic() + 60
+    while not found:
+        assert time.monotonic() < deadline, f"no transactional_id in the log of {stage}\n{stage_logs(runtime)}"
+        found = re.findall(r"stage running .*transactional_id=(\S+)",
+                           runtime.local_flow.log_path(stage).read_text(errors="replace"))
+        time.sleep(0.1)  # polling interval of a condition
+    return found[-1]
+
+
+def starts(runtime: LocalRuntime, stage: str) -> int:
+    """How many processes of a stage (replica 0) have started (the log has a line per start)."""
+    assert runtime.local_flow is not None
+    return runtime.local_flow.log_path(stage).read_text(errors="replace").count("stage running")

@@ -34,13 +34,13 @@ from streams.flow.parse import load_flow
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.producer import StageProducer
 from streams.kafka.reader import fetch_high_watermarks
-from streams.local.apache_kafka import KafkaCluster
+from streams.local.apache_kafka import BROKER_SETTINGS, KafkaCluster
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_log_files
 from streams.wire.records import SearchReply
 from streams.wire.topics import TopicShape
 from tests.e2e.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
-from tests.e2e.recovery import assert_exact, committed_keys, committed_total, wait_applied
+from tests.e2e.recovery import assert_exact, committed_keys, committed_total, starts, transactional_id, wait_applied
 
 pytestmark = pytest.mark.kafka
 
@@ -492,3 +492,80 @@ def test_queries_do_not_wait_for_a_transaction_stuck_on_a_killed_leader(cluster:
         report = assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
     print(f"\nexactly_once, kill -9 the leader of {topics.encoded}: N={EOS_DOCS} lost={report['lost']} "
           f"duplicated={report['duplicated_vectors']} transactions aborted={aborted} {report_queries} ({outage})")
+
+
+TRANSACTION_STATE = "__transaction_state"
+
+
+def _coordinator_partition(transactional_id: str) -> int:
+    """The partition of ``__transaction_state`` whose leader coordinates a transactional id, as the broker
+    computes it: ``Utils.abs(transactionalId.hashCode) % transaction.state.log.num.partitions``."""
+    code = 0
+    for (unit,) in struct.iter_unpack(">H", transactional_id.encode("utf-16-be")):
+        code = (31 * code + unit) & 0xFFFFFFFF  # java.lang.String.hashCode: over UTF-16 code units, in 32 bits
+    signed = code - (1 << 32) if code >= 1 << 31 else code
+    return (0 if signed == -(1 << 31) else abs(signed)) % int(BROKER_SETTINGS["transaction.state.log.num.partitions"])
+
+
+def test_an_exactly_once_stage_outlives_the_death_of_its_transaction_coordinator(cluster: KafkaCluster,
+                                                                                 tmp_path: Path) -> None:
+    """``exactly_once``: kill -9 the broker that coordinates the encode stage's transactions (the leader
+    of its ``__transaction_state`` partition) while the stage encodes and writes documents in
+    transactions. Whatever librdkafka makes of it (a commit that waits for the failover, an abort, or a
+    fatal error when the new coordinator has aborted the transaction: then the producer is replaced),
+    the stage process lives on: the same process, every document written and indexed once, every
+    query answered by its deadline."""
+    path = tmp_path / "flow.yml"
+    path.write_text(sentence_flow_yaml(guarantee="exactly_once").replace("{name}", f"coord{os.getpid()}") + TOPICS_YAML)
+    corpus = corpus_with_unique_sentences(EOS_DOCS)
+    first, second = corpus[:EOS_DOCS // 2], corpus[EOS_DOCS // 2:]
+    with _running(cluster, path) as runtime:
+        assert runtime.local_flow is not None and runtime.settings is not None
+        topics, metadata = runtime.flow.topics, Metadata(runtime.settings)
+        flow_partitions = {shape.name: shape.partitions for shape in topics.shapes()}
+        encode = runtime.local_flow.find("encode").process.pid
+        with runtime.client() as client:
+            receipts = [client.index([doc for doc, _ in first])]
+            wait_applied(client, receipts[0])
+            tid = transactional_id(runtime, "encode")
+            coordinated_by = (TRANSACTION_STATE, _coordinator_partition(tid))
+            victim = metadata.leader(*coordinated_by)
+            with QueryStream(runtime, first, QUERY_TIMEOUT_S) as queries:
+                # as in the test above: the second half waits on segmented while the encode stage is held,
+                # so that the stage's transactions for it meet the dead coordinator
+                runtime.local_flow.pause("encode")
+                try:
+                    receipts.append(client.index([doc for doc, _ in second]))
+                    _wait_until(lambda: committed_total(runtime, topics.group("segment"), topics.ingest) == EOS_DOCS,
+                                120, "the second half segmented")
+                finally:
+                    led = [key for key, (leader, _) in metadata.partitions(list(flow_partitions)).items()
+                           if leader == victim]
+                    outage = _kill_and_return(
+                        cluster, metadata, victim, [coordinated_by, *led], flow_partitions,
+                        f"coordinator of {tid} ({TRANSACTION_STATE}[{coordinated_by[1]}]) and leader of {len(led)} "
+                        f"flow partitions", then=lambda: runtime.local_flow.resume("encode"))  # type: ignore[union-attr]
+                answered = len(queries.outcomes)
+                _wait_until(lambda: len(queries.outcomes) >= answered + QUERIES_AFTER_RETURN, 120,
+                            "queries after the broker's return")
+        report_queries = _assert_answered(queries.outcomes, QUERY_TIMEOUT_S, outage, runtime)
+        final = IndexReceipt()
+        for receipt in receipts:
+            final = final.merge(receipt)
+        with runtime.client() as client:
+            wait_applied(client, final)
+            for doc, sentence in second:
+                reply = client.search(sentence, timeout_s=20)
+                assert not reply.partial and reply.docs[0].matches[0].id == doc.id, (sentence, reply)
+        assert (runtime.local_flow.find("encode").process.pid, starts(runtime, "encode")) == (encode, 1), \
+            f"the encode stage restarted ({outage})\n{stage_logs(runtime)}"
+        for topic in (topics.segmented, topics.encoded):  # read_committed readers see each document once
+            keys = committed_keys(runtime, topic)
+            assert sorted(keys) == sorted(doc.id.encode() for doc, _ in corpus), \
+                f"{topic}: {len(keys)} records visible to read_committed for {EOS_DOCS} documents"
+        log = runtime.local_flow.log_path("encode", 0).read_text()
+        runtime.local_flow.stop()
+        report = assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
+    print(f"\nexactly_once, kill -9 the transaction coordinator of encode: N={EOS_DOCS} lost={report['lost']} "
+          f"duplicated={report['duplicated_vectors']} transactions aborted={log.count('transaction failed')} "
+          f"producers replaced={log.count('producer failed for good')} {report_queries} ({outage})")

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 import streams
@@ -30,7 +30,8 @@ from streams.kafka.consumer import consume_batch, make_consumer
 from streams.local.brokers import BrokerKind
 from streams.wire.topics import TopicShape
 from tests.e2e.fixtures import FlowFactory, corpus_with_unique_sentences, sentence_flow_yaml, stage_logs, stop_within
-from tests.e2e.recovery import committed_keys, read_shards, text_hash, wait_applied
+from tests.e2e.recovery import (assert_exact, committed_keys, read_shards, starts, text_hash, transactional_id,
+                                wait_applied)
 
 pytestmark = pytest.mark.kafka
 
@@ -175,3 +176,41 @@ def test_two_runs_of_one_exactly_once_flow_share_the_work_without_fencing_each_o
             assert contents.per_doc.get(doc_id, 0) == len(contents.docs[doc_id].chunks), doc_id
     assert sorted(shards_of) == sorted(texts)
     assert not {doc_id: shards for doc_id, shards in shards_of.items() if len(shards) > 1}
+
+
+FENCED_DOCS = 40
+
+
+def test_a_stage_whose_transactional_producer_is_fenced_replaces_it_and_lives_on(
+        start_flow: FlowFactory, broker_kind: BrokerKind) -> None:
+    """A fatal error of an exactly_once stage's producer (here the surest one: fenced by another producer
+    with its transactional id) ends that producer, not the process: nobody else owns the id (it names this
+    replica of this supervisor), so the stage replaces the producer, the batch runs again, the process
+    is the one that started, and each document is written and indexed once."""
+    runtime = start_flow(sentence_flow_yaml(guarantee="exactly_once"))
+    assert runtime.settings is not None and runtime.local_flow is not None
+    corpus = corpus_with_unique_sentences(FENCED_DOCS)
+    first, second = corpus[:FENCED_DOCS // 2], corpus[FENCED_DOCS // 2:]
+    encode = runtime.local_flow.find("encode").process.pid
+    with runtime.client() as client:
+        final = client.index([doc for doc, _ in first])
+        wait_applied(client, final)
+        intruder = Producer({**runtime.settings.base(), "transactional.id": transactional_id(runtime, "encode")})
+        intruder.init_transactions(30)  # bumps the id's epoch: the stage's producer is fenced from now on
+        del intruder
+        final = final.merge(client.index([doc for doc, _ in second]))
+        wait_applied(client, final)
+        for doc, sentence in second:
+            reply = client.search(sentence, timeout_s=20)
+            assert not reply.partial and reply.docs[0].matches[0].id == doc.id, (sentence, reply)
+    log = runtime.local_flow.log_path("encode").read_text(errors="replace")
+    assert (runtime.local_flow.find("encode").process.pid, starts(runtime, "encode")) == (encode, 1), \
+        f"the encode stage restarted\n{stage_logs(runtime)}"
+    if broker_kind is BrokerKind.KAFKA:  # Tansu shows aborted records (EMBEDDED_BROKER.md)
+        assert "producer failed for good" in log, log[-3000:]
+        for topic in (runtime.flow.topics.segmented, runtime.flow.topics.encoded):
+            keys = committed_keys(runtime, topic)
+            assert sorted(keys) == sorted(doc.id.encode() for doc, _ in corpus), \
+                f"{topic}: {len(keys)} records visible to read_committed for {FENCED_DOCS} documents"
+    runtime.local_flow.stop()
+    assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})

@@ -1,14 +1,15 @@
 """Commit order: outputs are delivered before input offsets are committed.
 
-A delivery failure cannot be produced on demand by a broker, so producer and consumer are
-recording fakes here; everything else about checkpoints runs against the broker elsewhere.
+A delivery failure, or a fatal error of a transactional producer, cannot be produced on demand by a
+broker, so producer and consumer are recording fakes here; everything else about checkpoints runs against the broker elsewhere.
 """
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from streams.runtime.checkpoint import Checkpoint
-from streams.exceptions import DeliveryError
+from streams.runtime.checkpoint import MAX_RECREATIONS, Checkpoint, TransactionalCheckpoint
+from streams.runtime.metrics import PRODUCER_RECREATIONS
+from streams.exceptions import DeliveryError, ProducerFailedError
 
 
 class Recorder:
@@ -67,3 +68,136 @@ class TestCheckpoint:
         assert rec.calls == []
         checkpoint.revoke([TopicPartition("t", 0)])
         assert rec.calls == ["flush", "commit"]
+
+
+def _fatal(code: int = KafkaError._FENCED) -> KafkaException:
+    return KafkaException(KafkaError(code, "producer fenced", fatal=True))
+
+
+class FakeTransactions:
+    """One raw transactional producer: the calls it got, and errors raised once per call name."""
+
+    def __init__(self, failing: dict[str, list[KafkaException]]) -> None:
+        self.calls: list[str] = []
+        self.failing = failing
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if self.failing.get(name):
+            raise self.failing[name].pop(0)
+
+    def begin_transaction(self) -> None:
+        self._call("begin")
+
+    def send_offsets_to_transaction(self, offsets: list[TopicPartition], metadata: object, timeout: float) -> None:
+        self._call("send_offsets")
+
+    def commit_transaction(self, timeout: float) -> None:
+        self._call("commit")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self._call("abort")
+
+
+class FakeStageProducer:
+    """A ``StageProducer`` whose ``recreate`` makes a fresh raw producer (errors to come are shared)."""
+
+    def __init__(self, **failing: list[KafkaException]) -> None:
+        self.failing = failing
+        self.raws = [FakeTransactions(failing)]
+        self.pending = False
+
+    @property
+    def raw(self) -> FakeTransactions:
+        return self.raws[-1]
+
+    def recreate(self) -> None:
+        self.raws.append(FakeTransactions(self.failing))
+
+
+class FakeConsumer:
+    """Assigned t[0], committed up to offset 5; notes seeks."""
+
+    def __init__(self) -> None:
+        self.seeks: list[tuple[str, int, int]] = []
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("t", 0)]
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, 5) for tp in partitions]
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+
+def _batch(checkpoint: TransactionalCheckpoint) -> None:
+    checkpoint.begin()
+    checkpoint.record("t", 0, 7)
+    checkpoint.commit()
+
+
+class TestTransactionalCheckpoint:
+    """A transaction's errors as librdkafka sorts them; none of them ends the process (but a producer
+    that fails again and again after being replaced)."""
+
+    def test_a_fatal_error_replaces_the_producer_and_the_batch_runs_again(self) -> None:
+        consumer, producer = FakeConsumer(), FakeStageProducer(commit=[_fatal()])
+        checkpoint = TransactionalCheckpoint(consumer, producer, flow="f", stage="s")  # type: ignore[arg-type]
+        recreated = PRODUCER_RECREATIONS.labels("f", "s", "_FENCED")._value.get()
+        _batch(checkpoint)
+        assert [raw.calls for raw in producer.raws] == [["begin", "send_offsets", "commit"], []]
+        assert consumer.seeks == [("t", 0, 5)] and checkpoint.empty
+        assert PRODUCER_RECREATIONS.labels("f", "s", "_FENCED")._value.get() == recreated + 1
+        _batch(checkpoint)  # the rerun, in a transaction of the fresh producer
+        assert producer.raws[1].calls == ["begin", "send_offsets", "commit"]
+
+    def test_an_abortable_error_aborts_with_the_same_producer(self) -> None:
+        abortable = KafkaException(KafkaError(KafkaError.INVALID_PRODUCER_EPOCH, "epoch", txn_requires_abort=True))
+        consumer, producer = FakeConsumer(), FakeStageProducer(commit=[abortable])
+        _batch(TransactionalCheckpoint(consumer, producer))  # type: ignore[arg-type]
+        assert [raw.calls for raw in producer.raws] == [["begin", "send_offsets", "commit", "abort"]]
+        assert consumer.seeks == [("t", 0, 5)]
+
+    def test_a_retriable_commit_is_tried_again(self) -> None:
+        timed_out = KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True))
+        consumer, producer = FakeConsumer(), FakeStageProducer(commit=[timed_out])
+        _batch(TransactionalCheckpoint(consumer, producer))  # type: ignore[arg-type]
+        assert producer.raws[0].calls == ["begin", "send_offsets", "commit", "commit"] and consumer.seeks == []
+
+    def test_a_producer_that_cannot_abort_is_replaced(self) -> None:
+        """As seen when the transaction coordinator was killed: sending the offsets fails (its connection),
+        and the abort that follows fails for good (INVALID_TXN_STATE, fatal): this ended the process."""
+        transport = KafkaException(KafkaError(KafkaError._TRANSPORT, "Failed to add offsets to transaction"))
+        consumer, producer = FakeConsumer(), FakeStageProducer(send_offsets=[transport],
+                                                               abort=[_fatal(KafkaError.INVALID_TXN_STATE)])
+        _batch(TransactionalCheckpoint(consumer, producer))  # type: ignore[arg-type]
+        assert [raw.calls for raw in producer.raws] == [["begin", "send_offsets", "abort"], []]
+        assert consumer.seeks == [("t", 0, 5)]
+
+    def test_a_fresh_producer_that_cannot_begin_is_replaced_too(self) -> None:
+        producer = FakeStageProducer(begin=[_fatal(), _fatal()])
+        checkpoint = TransactionalCheckpoint(FakeConsumer(), producer)  # type: ignore[arg-type]
+        checkpoint.begin()
+        assert [raw.calls for raw in producer.raws] == [["begin"], ["begin"], ["begin"]]
+
+    def test_the_process_gives_up_when_replaced_producers_keep_failing(self) -> None:
+        producer = FakeStageProducer(commit=[_fatal() for _ in range(MAX_RECREATIONS + 1)])
+        checkpoint = TransactionalCheckpoint(FakeConsumer(), producer)  # type: ignore[arg-type]
+        for _ in range(MAX_RECREATIONS):
+            _batch(checkpoint)
+        with pytest.raises(ProducerFailedError, match="this process must go"):
+            _batch(checkpoint)
+
+    def test_a_commit_between_failures_starts_the_count_afresh(self) -> None:
+        producer = FakeStageProducer(commit=[_fatal() for _ in range(MAX_RECREATIONS)])
+        checkpoint = TransactionalCheckpoint(FakeConsumer(), producer)  # type: ignore[arg-type]
+        for _ in range(MAX_RECREATIONS + 1):  # the last one commits
+            _batch(checkpoint)
+        producer.failing["commit"] = [_fatal() for _ in range(MAX_RECREATIONS)]
+        for _ in range(MAX_RECREATIONS):
+            _batch(checkpoint)
+        assert len(producer.raws) == 2 * MAX_RECREATIONS + 1

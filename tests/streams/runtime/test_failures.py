@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+from confluent_kafka import KafkaError
+
+from streams.exceptions import ProducerFailedError
 from streams.runtime.failures import Failures, screen
 from streams.runtime.inflight import InFlightVerdict
 from streams.runtime.spec import FailurePolicy, Inbound, Output
@@ -72,3 +76,17 @@ def test_screening_sets_apart_records_that_killed_the_stage_and_records_over_the
     assert [r.offset for r in screened.accepted] == [0]
     assert [(r.offset, why) for r, why in screened.poisoned] == [(1, "crashed the stage 3 times (Aborted)")]
     assert [(r.offset, size) for r, size in screened.oversized] == [(2, 11)]
+
+
+def test_a_producer_that_takes_no_record_fails_the_batch_not_a_record() -> None:
+    """A fatal error of the producer is no record's fault: nothing is dead-lettered, the loop recovers."""
+    kept: list[Inbound] = []
+
+    def emit(outputs: Sequence[Output]) -> None:
+        raise ProducerFailedError("the producer took no record", KafkaError(KafkaError._FATAL))
+
+    failures = Failures(_Handler(), FailurePolicy(), emit=emit, flow="f", stage="s",
+                        keep=lambda record, error: kept.append(record))
+    with pytest.raises(ProducerFailedError):
+        failures.run([_record(0, b"a"), _record(1, b"b")])
+    assert kept == []
