@@ -13,8 +13,10 @@ term right it holds every record that shard wrote before it."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -39,8 +41,10 @@ DIM = 16
 TOP_K = 10
 BATCH = 16
 """Queries per search request."""
+IN_FLIGHT = 3
+"""Search requests sent and not answered yet, at most."""
 FUSIONS = ("rrf", "dbsf", "linear")
-HYBRID = {"retrieval": "hybrid", "candidates": 30}
+HYBRID = {"retrieval": "hybrid", "candidates": 20}
 LEXICAL = {"retrieval": "lexical"}
 SETTLE_S = 90.0
 ANALYZER = Analyzer()
@@ -120,15 +124,21 @@ class Flow:
 
     def search(self, queries: Sequence[str], parameters: Mapping[str, object],
                vectors: Callable[[int], np.ndarray] | None = None) -> list[Ranked]:
-        """Every query's top ``TOP_K``, ``BATCH`` queries per request, all requests in flight at once;
-        ``vectors(i)`` is query i's vector (a hybrid search needs one)."""
-        futures = []
+        """Every query's top ``TOP_K``, ``BATCH`` queries per request, ``IN_FLIGHT`` requests at a time (more
+        would wait behind each other on the shards past their deadline); ``vectors(i)`` is query i's vector
+        (a hybrid search needs one)."""
+        answers: list[Ranked] = []
+        pending: deque[concurrent.futures.Future[SearchReply]] = deque()
         for start in range(0, len(queries), BATCH):
             rows = range(start, min(start + BATCH, len(queries)))
             matrix = None if vectors is None else np.stack([vectors(i) for i in rows])
-            futures.append(self.client.search_async([queries[i] for i in rows], vectors=matrix, top_k=TOP_K,
+            pending.append(self.client.search_async([queries[i] for i in rows], vectors=matrix, top_k=TOP_K,
                                                     timeout_s=60, parameters=parameters))
-        return [answer for future in futures for answer in ranked(future.result(timeout=90))]
+            if len(pending) == IN_FLIGHT:
+                answers += ranked(pending.popleft().result(timeout=90))
+        while pending:
+            answers += ranked(pending.popleft().result(timeout=90))
+        return answers
 
     def settle(self, receipt: IndexReceipt, probe: str, expected: Ranked) -> None:
         """Wait until every shard applied ``receipt`` and the lexical answer to ``probe`` is ``expected``;
