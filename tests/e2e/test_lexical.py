@@ -6,7 +6,7 @@ scores included, and equal to BM25 computed in-process over the whole corpus; pe
 would not (Weaviate #2918, Elasticsearch #24232).
 
 The fan-out's table follows the shards' writes asynchronously (tens of ms), and ``after=receipt`` waits
-for the shards only. So each test waits on a condition before asserting (:meth:`Lexical.settle`): a
+for the shards only. So each test waits on a condition before asserting (:meth:`Corpus.settle`): a
 sentinel document per shard gets a fresh term, and the flow's lexical answer for those terms must equal
 the reference's. A shard writes its statistics in order, so once the fan-out scores a shard's sentinel
 term right it holds every record that shard wrote before it."""
