@@ -216,8 +216,9 @@ class Client:
     ) -> concurrent.futures.Future[SearchReply]:
         """Send a search; the future resolves with the reply.
 
-        Give either ``texts`` (the flow's encoder embeds them) or ``vectors`` (already embedded:
-        the encoder is skipped), never both.
+        Give ``texts`` (the flow's encoder embeds them), ``vectors`` (already embedded: the encoder
+        is skipped), or both, one text per vector (a hybrid search in a flow without a model: the
+        vector for the dense arm, the text for the lexical).
 
         :param texts: one query or several (answered together, one list of matches each; the
             query documents get ids ``q0``, ``q1``, ... in the reply and in ``ground_truth``).
@@ -234,8 +235,8 @@ class Client:
         :param filter_by: search only these fields of a multi-field flow.
         :param index_type: answer from this shard index type (a name in ``processors.index.types.INDEX_TYPES``).
         :param parameters: any other request parameter (``query_language``, ``ground_truth``, ...).
-        :raises ValueError: if both or neither of ``texts`` and ``vectors`` are given, a text is
-            blank, ``vectors`` is not a non-empty 2-D array of finite numbers (float32 range), or
+        :raises ValueError: if neither of ``texts`` and ``vectors`` is given, or both with different
+            counts, a text is blank, ``vectors`` is not a non-empty 2-D array of finite numbers (float32 range), or
             ``timeout_s`` is over ``max_deadline_s`` (300 s), or ``top_k`` is not in
             ``1..max_top_k`` (the message names the limit).
         :raises PayloadTooLargeError: before sending a request over ``max_payload_bytes``; a

@@ -28,28 +28,39 @@ VectorsLike = Union[np.ndarray, Sequence[Sequence[float]]]
 
 
 def query_documents(texts: str | Sequence[str] | None, vectors: VectorsLike | None) -> list[Document]:
-    """The query documents of a search: ``q0``, ``q1``, ... with a text or an embedding each.
+    """The query documents of a search: ``q0``, ``q1``, ... with a text, an embedding, or both.
 
-    :raises ValueError: if both or neither are given, if ``texts`` is empty or holds a blank text
-        or one ``validate_text`` refuses (NUL, a lone surrogate), or if ``vectors`` is not a non-empty 2-D
-        array of finite numbers.
+    Both, one text per row of ``vectors``, make each query document carry its text and its vector: what a
+    hybrid search needs in a flow without a model (the vector for the dense arm, the text for the lexical).
+
+    :raises ValueError: if neither is given, if both are given with different counts, if ``texts`` is
+        empty or holds a blank text or one ``validate_text`` refuses (NUL, a lone surrogate), or if
+        ``vectors`` is not a non-empty 2-D array of finite numbers.
     """
-    if (texts is None) == (vectors is None):
-        raise ValueError("search needs either texts or vectors, not both" if texts is not None
-                         else "search needs texts or vectors")
-    if texts is not None:
-        queries = [texts] if isinstance(texts, str) else list(texts)
-        if not queries:
-            raise ValueError("search needs at least one query text")
-        for i, text in enumerate(queries):
-            try:
-                validate_text(text, name=f"query text {i}")
-            except InvalidDocumentError as exc:  # the encode stage would refuse it: say so before sending
-                raise ValueError(str(exc)) from None
-            if not text.strip():
-                raise ValueError(f"query text {i} is empty or only whitespace")
-        return [Document(id=f"q{i}", text=text) for i, text in enumerate(queries)]
-    return [Document(id=f"q{i}", embedding=row) for i, row in enumerate(_query_matrix(vectors))]
+    if texts is None and vectors is None:
+        raise ValueError("search needs texts or vectors")
+    queries = _query_texts(texts) if texts is not None else None
+    matrix = _query_matrix(vectors) if vectors is not None else None
+    if queries is not None and matrix is not None and len(queries) != len(matrix):
+        raise ValueError(f"search with both texts and vectors needs one text per vector, got {len(queries)} texts "
+                         f"and {len(matrix)} vectors")
+    count = len(queries) if queries is not None else len(matrix)  # type: ignore[arg-type]
+    return [Document(id=f"q{i}", text=None if queries is None else queries[i],
+                     embedding=None if matrix is None else matrix[i]) for i in range(count)]
+
+
+def _query_texts(texts: str | Sequence[str]) -> list[str]:
+    queries = [texts] if isinstance(texts, str) else list(texts)
+    if not queries:
+        raise ValueError("search needs at least one query text")
+    for i, text in enumerate(queries):
+        try:
+            validate_text(text, name=f"query text {i}")
+        except InvalidDocumentError as exc:  # the encode stage would refuse it: say so before sending
+            raise ValueError(str(exc)) from None
+        if not text.strip():
+            raise ValueError(f"query text {i} is empty or only whitespace")
+    return queries
 
 
 def _query_matrix(vectors: VectorsLike) -> np.ndarray:

@@ -67,9 +67,17 @@ class TestQueryDocuments:
         assert [(d.id, d.text) for d in query_documents("one", None)] == [("q0", "one")]
         assert [d.text for d in query_documents(["a", "b"], None)] == ["a", "b"]
 
+    def test_texts_and_vectors_together_make_queries_with_both(self) -> None:
+        vectors = unit_vectors(2)
+        docs = query_documents(["a", "b"], vectors)
+        assert [(d.id, d.text) for d in docs] == [("q0", "a"), ("q1", "b")]
+        assert b"".join(d.embedding.tobytes() for d in docs) == vectors.tobytes()
+
     @pytest.mark.parametrize("texts, vectors, message", [
         (None, None, "texts or vectors"),
-        ("both", [[1.0]], "not both"),
+        ("one", [[1.0], [2.0]], "one text per vector, got 1 texts and 2 vectors"),
+        (["  "], [[1.0]], "query text 0 is empty"),
+        (["fine"], [[float("nan")]], "finite"),
         ([], None, "at least one query text"),
         (["fine", "  "], None, "query text 1 is empty or only whitespace"),
         (["a\x00b"], None, "query text 0 contains NUL"),
@@ -94,8 +102,8 @@ class TestQueryDocuments:
         try:
             with pytest.raises(ValueError, match="2-D"):
                 client.search(vectors=np.ones(DIM, np.float32))
-            with pytest.raises(ValueError, match="not both"):
-                client.search_async("text", vectors=unit_vectors(1))
+            with pytest.raises(ValueError, match="one text per vector"):
+                client.search_async("text", vectors=unit_vectors(2))
             assert client._listener is None  # no reply topic was even created
         finally:
             client.close()
