@@ -25,7 +25,8 @@ from streams.kafka.settings import KafkaSettings
 from streams.runtime.metrics import LEXICAL_UNITS
 from streams.runtime.spec import Inbound
 from streams.wire.codec import LEXICAL_COUNT
-from streams.wire.records import LexicalStatistics, parse_lexical_key
+from streams.wire.records import (LEXICAL_SNAPSHOT_BEGIN, LEXICAL_SNAPSHOT_END, LexicalStatistics,
+                                  parse_lexical_key)
 
 __all__ = ["LexicalTable"]
 
@@ -45,6 +46,9 @@ class LexicalTable:
         self._analyzer = analyzer
         self._flow = flow
         self._own: dict[tuple[int, _Key], tuple[int, int]] = {}
+        self._updated: dict[tuple[int, _Key], int] = {}
+        """The offset of each shard's value of a key, to tell a snapshot's keys from stale ones."""
+        self._snapshot_begins: dict[int, int] = {}
         self._sums: dict[_Key, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -58,6 +62,9 @@ class LexicalTable:
         logged and skipped: the table must keep serving."""
         with self._lock:
             for record in records:
+                if record.key in (LEXICAL_SNAPSHOT_BEGIN, LEXICAL_SNAPSHOT_END):
+                    self._snapshot_marker(record)
+                    continue
                 try:
                     key = parse_lexical_key(record.key or b"")
                     value = (0, 0) if record.value is None else _counts(record)
@@ -65,18 +72,38 @@ class LexicalTable:
                     logger.warning("lexical statistics: skipped a record", extra={
                         "partition": record.partition, "offset": record.offset, "error": str(exc)})
                     continue
-                old = self._own.pop((record.partition, key), (0, 0))
-                if value != (0, 0):
-                    self._own[(record.partition, key)] = value
-                total = self._sums.get(key, (0, 0))
-                total = (total[0] - old[0] + value[0], total[1] - old[1] + value[1])
-                if total == (0, 0):
-                    self._sums.pop(key, None)
-                else:
-                    self._sums[key] = total
-                if not key[1]:
-                    LEXICAL_UNITS.labels(self._flow, key[0]).set(total[0])
+                self._set(record.partition, key, value, record.offset)
                 self.records += 1
+
+    def _set(self, partition: int, key: _Key, value: tuple[int, int], offset: int) -> None:
+        """One shard's value for a key, and the sum over shards following it."""
+        old = self._own.pop((partition, key), (0, 0))
+        self._updated.pop((partition, key), None)
+        if value != (0, 0):
+            self._own[(partition, key)] = value
+            self._updated[(partition, key)] = offset
+        total = self._sums.get(key, (0, 0))
+        total = (total[0] - old[0] + value[0], total[1] - old[1] + value[1])
+        if total == (0, 0):
+            self._sums.pop(key, None)
+        else:
+            self._sums[key] = total
+        if not key[1]:
+            LEXICAL_UNITS.labels(self._flow, key[0]).set(total[0])
+
+    def _snapshot_marker(self, record: Inbound) -> None:
+        """At a snapshot's begin, note where it starts; at its end, forget the partition's keys it did not
+        refresh (last written before the begin): statistics a shard no longer holds."""
+        if record.key == LEXICAL_SNAPSHOT_BEGIN:
+            self._snapshot_begins[record.partition] = record.offset
+            return
+        begin = self._snapshot_begins.pop(record.partition, None)
+        if begin is None:  # its begin was not read (the reader started past it): nothing to compare with
+            return
+        stale = [key for (partition, key), offset in self._updated.items()
+                 if partition == record.partition and offset < begin]
+        for key in stale:
+            self._set(record.partition, key, (0, 0), record.offset)
 
     def statistics(self, terms: Iterable[str], fields: Sequence[str] | None = None) -> LexicalStatistics:
         """The sums for these terms, per field: the named ones, or every field the table knows."""

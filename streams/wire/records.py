@@ -157,6 +157,14 @@ LEXICAL_KEY_SEPARATOR = "\0"
 term holds NUL (validated names; tantivy's simple tokenizer splits on it)."""
 
 
+LEXICAL_SNAPSHOT_BEGIN = b"\0\0snapshot-begin"
+LEXICAL_SNAPSHOT_END = b"\0\0snapshot-end"
+"""The keys of the records a shard writes before and after the whole set of its statistics (when a partition
+opens): a reader then forgets the partition's keys the set did not refresh, which a crash between the store's
+write and the records left behind (a term the shard no longer holds). No field or term holds NUL, so no
+statistic has these keys; compaction keeps the latest of each."""
+
+
 def lexical_key(field: str, term: str = "") -> bytes:
     """The key of a field's term (its document frequency), or with no term, of the field's totals."""
     return f"{field}{LEXICAL_KEY_SEPARATOR}{term}".encode()

@@ -29,7 +29,7 @@ from streams.stages.documents import (
 from streams.stages.shard.restore import Verdict
 from streams.stages.shard.states import ShardCheckpoint, ShardStates
 from streams.wire.codec import LEXICAL_COUNT
-from streams.wire.records import LexicalCount, lexical_key
+from streams.wire.records import LEXICAL_SNAPSHOT_BEGIN, LEXICAL_SNAPSHOT_END, LexicalCount, lexical_key
 from streams.wire.topics import FlowTopics
 
 __all__ = ["ShardIngest"]
@@ -210,7 +210,8 @@ class ShardIngest(PathHandler, Restoring):
             outputs += self._lexical_statistics(partition, changed)
         return outputs
 
-    def _lexical_statistics(self, partition: int, keys: Iterable[tuple[str, str]] | None) -> list[Output]:
+    def _lexical_statistics(self, partition: int, keys: Iterable[tuple[str, str]] | None, *,
+                            tombstones: bool = True) -> list[Output]:
         """The shard's own lexical statistics for ``keys`` (all it holds if None) as absolute records on
         partition p of ``<flow>.lexical-stats``: a zero is a tombstone, so that compaction forgets it.
         A crash between the store's write and these records is healed by the whole set sent on open."""
@@ -219,6 +220,8 @@ class ShardIngest(PathHandler, Restoring):
             return []
         outputs = []
         for key, (count, tokens) in sorted(index.lexical_counts(index.lexical_keys() if keys is None else keys).items()):
+            if not tombstones and count == tokens == 0:
+                continue
             value, headers = LEXICAL_COUNT.encode_record(LexicalCount(count, tokens))
             outputs.append(Output(self._topics.lexical_stats, None if count == tokens == 0 else value,
                                   lexical_key(*key), partition, headers))
@@ -250,9 +253,17 @@ class ShardIngest(PathHandler, Restoring):
         return []
 
     def tick(self) -> list[Output]:
-        """The whole lexical statistics of the partitions opened since the last tick."""
-        outputs = [output for partition in sorted(self._unpublished)
-                   for output in self._lexical_statistics(partition, None)]
+        """The whole lexical statistics of the partitions opened since the last tick, each set between a
+        begin and an end marker (``LEXICAL_SNAPSHOT_BEGIN``): readers forget the keys it did not refresh."""
+        outputs = []
+        for partition in sorted(self._unpublished):
+            snapshot = self._lexical_statistics(partition, None, tombstones=False)
+            index = self._states.get(partition)
+            if index is None or not index.config.lexical:
+                continue
+            value, headers = LEXICAL_COUNT.encode_record(LexicalCount(len(snapshot)))
+            outputs += [Output(self._topics.lexical_stats, value, LEXICAL_SNAPSHOT_BEGIN, partition, headers),
+                        *snapshot, Output(self._topics.lexical_stats, value, LEXICAL_SNAPSHOT_END, partition, headers)]
         self._unpublished.clear()
         return outputs
 

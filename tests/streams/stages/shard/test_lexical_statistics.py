@@ -89,3 +89,35 @@ def test_a_shard_without_the_arm_publishes_nothing(tmp_path: Path) -> None:
     dense = shard(tmp_path, lexical=False)
     assert dense.process([record(text("a", "insulin"), "a", 0)]) == [] and dense.tick() == []
     dense.close()
+
+
+def test_a_snapshot_makes_readers_forget_what_a_crash_left_in_the_topic(tmp_path: Path) -> None:
+    """A crash after the store's write and before the records leaves a count the shard no longer holds
+    (here: 'insulin', deleted, its tombstone never sent). The snapshot at the next open is bracketed by
+    markers, and a reader of the topic drops the partition's keys the snapshot did not refresh."""
+    from processors.index.lexical import Analyzer
+    from streams.stages.lexical_table import LexicalTable
+
+    table = LexicalTable(Analyzer().name)
+    topic: list[Inbound] = []
+
+    def send(outputs: list[Output]) -> None:  # the topic, in order, and what a reader applies
+        records = [Inbound(o.topic, o.partition or 0, len(topic) + i, o.key if isinstance(o.key, bytes) else None,
+                           o.value, dict(o.headers)) for i, o in enumerate(outputs)]
+        topic.extend(records)
+        table.apply(records)
+
+    first = shard(tmp_path)
+    send(first.tick())
+    send(first.process([record(text("a", "insulin"), "a", 0), record(text("b", "sleep"), "b", 1)]))
+    lost = first.process([record(text("a", "memory"), "a", 2)])  # applied in the store, never sent: the crash
+    assert {parse_lexical_key(o.key)[1] for o in lost if isinstance(o.key, bytes)} >= {"insulin"}
+    first.close()
+    assert table.statistics(["insulin"]).fields[""].df["insulin"] == 1  # stale
+    again = shard(tmp_path)
+    send(again.tick())
+    assert table.statistics(["insulin", "memori", "sleep"]).fields[""].df == {"insulin": 0, "memori": 1, "sleep": 1}
+    fresh = LexicalTable(Analyzer().name)  # a reader that starts at the beginning of the topic sees the same
+    fresh.apply(topic)
+    assert fresh.statistics(["insulin", "memori"]).fields[""] == table.statistics(["insulin", "memori"]).fields[""]
+    again.close()
