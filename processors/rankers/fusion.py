@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from processors.document import Direction, Document, Score
 from processors.exceptions import ConfigError
-from processors.query.parameters import FUSIONS, SearchParameters
+from processors.query.parameters import DEFAULT_FUSION, FUSIONS, SearchParameters
 from processors.rankers.base import SCORE_NAME
 
 __all__ = ["ARMS", "DENSE_ARM", "LEXICAL_ARM", "ArmList", "FusionConfig", "arm_lists", "dbsf", "fuse",
@@ -61,7 +61,7 @@ class FusionConfig:
     :param dense_weight: w of ``linear``; the lexical arm gets 1 - w.
     """
 
-    method: str = "rrf"
+    method: str = DEFAULT_FUSION
     rrf_k: int = 60
     depth: int = 100
     dense_weight: float = 0.5

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from processors.query.operators import Operation
+from processors.query.parameters import DEFAULT_FUSION
 from streams.exceptions import FlowConfigError
 from streams.flow.executors import RANKERS
 from streams.stages.kinds import ENCODE, INDEX, KINDS, SEGMENT, STAGE_TOPIC_ROLES
@@ -64,7 +65,7 @@ class SearchDefaults:
     retrieval: str = "dense"
     """``dense``, ``lexical`` or ``hybrid`` (``processors.query.parameters.RETRIEVALS``); the last two need
     the index stage's lexical arm."""
-    fusion: str = "rrf"
+    fusion: str = DEFAULT_FUSION
     """How a hybrid search fuses its arms (``FUSIONS``)."""
     fetch_wait_ms: int = 5
     """Query-path consumers' fetch.wait.max.ms: per-hop latency on the embedded broker, which

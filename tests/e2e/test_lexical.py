@@ -25,6 +25,7 @@ import pytest
 
 from processors.document import Document
 from processors.index.lexical import Analyzer, LexicalIndex
+from processors.query.parameters import FUSIONS
 from streams.client import IndexReceipt
 from streams.demo.corpora import load_beir
 from streams.exceptions import RequestTimeoutError, SearchError
@@ -43,7 +44,6 @@ BATCH = 16
 """Queries per search request."""
 IN_FLIGHT = 3
 """Search requests sent and not answered yet, at most."""
-FUSIONS = ("rrf", "dbsf", "linear")
 HYBRID = {"retrieval": "hybrid", "candidates": 20}
 LEXICAL = {"retrieval": "lexical"}
 SETTLE_S = 90.0

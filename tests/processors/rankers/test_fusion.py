@@ -36,6 +36,7 @@ def candidate(doc_id: str, dense: float | None = None, lexical: float | None = N
 
 
 def fused(candidates: list[Document], top_k: int = 10, **config: object) -> list[tuple[str, float]]:
+    config = {"method": "rrf", **config}
     return [(m.id, m.scores["score"].value) for m in fuse(candidates, FusionConfig(**config), top_k)]  # type: ignore[arg-type]
 
 
@@ -62,7 +63,7 @@ class TestRRF:
     def test_each_arm_is_cut_to_depth_and_a_document_past_it_gets_nothing_from_it(self) -> None:
         docs = [candidate("a", dense=0.9), candidate("b", dense=0.8, lexical=1.0), candidate("c", dense=0.7)]
         # depth 1: dense keeps a, lexical keeps b; c is in neither list and is not a result
-        result = fuse(docs, FusionConfig(depth=1, rrf_k=60), 10)
+        result = fuse(docs, FusionConfig("rrf", depth=1, rrf_k=60), 10)
         assert [(m.id, m.scores["score"].value) for m in result] == [("a", 1 / 61), ("b", 1 / 61)]
         assert DENSE_ARM not in result[1].scores  # b is past the dense depth: its dense score is dropped
         assert result[1].scores[LEXICAL_ARM].value == 1.0 and result[1].scores[rank_name(LEXICAL_ARM)].value == 1
@@ -119,7 +120,7 @@ class TestFuse:
             assert len(answers) == 1, method
 
     def test_the_reply_score_is_the_fused_similarity_and_keeps_the_arm_scores_and_ranks(self) -> None:
-        (match,) = fuse([candidate("a", dense=0.4, lexical=3.0)], FusionConfig(), 1)
+        (match,) = fuse([candidate("a", dense=0.4, lexical=3.0)], FusionConfig("rrf"), 1)
         assert match.scores["score"] == Score(2 / 61, "fusion.rrf", SIM)
         assert match.scores[DENSE_ARM] == Score(0.4, "faiss", SIM)
         assert match.scores[LEXICAL_ARM] == Score(3.0, "bm25", SIM)

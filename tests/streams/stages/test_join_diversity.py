@@ -123,7 +123,7 @@ class TestDiversity:
 
         docs = [candidate("a", 0.9, angle=0, arms=arms(0.9, 5.0)), candidate("b", 0.8, angle=1, arms=arms(0.8, 4.0)),
                 candidate("lex", 3.0, angle=90, arms=arms(None, 3.0))]
-        params = {"top_k": 2, "retrieval": "hybrid", "candidates": 10}
+        params = {"top_k": 2, "retrieval": "hybrid", "fusion": "rrf", "candidates": 10}
         # rrf: a 2/61, b 2/62, lex 1/63 -> rel 1, 0.969, 0; second pick: b 0.484 - 0.5 cos 1° < lex 0 - 0.5 cos 90°
         assert [m.id for m in join([docs], params).docs[0].matches] == ["a", "b"]
         diverse = join([docs], {**params, "diversity": 0.5}).docs[0].matches

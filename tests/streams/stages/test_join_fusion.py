@@ -89,7 +89,7 @@ class TestHybridJoin:
                   {"lexical-top": {LEXICAL_ARM: Score(9.0, "bm25", Direction.SIMILARITY)}},
                   {"both": {DENSE_ARM: Score(0.2, "faiss.l2", Direction.DISTANCE),
                             LEXICAL_ARM: Score(8.0, "bm25", Direction.SIMILARITY)}}]
-        reply = search(shards, {"top_k": 3, "retrieval": "hybrid"})
+        reply = search(shards, {"top_k": 3, "retrieval": "hybrid", "fusion": "rrf"})
         assert [m.id for m in reply.docs[0].matches] == ["both", "dense-top", "lexical-top"]
         assert [m.scores["score"].value for m in reply.docs[0].matches] == pytest.approx([2 / 62, 1 / 61, 1 / 61])
 
