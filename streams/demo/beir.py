@@ -65,7 +65,7 @@ class EvalReport:
                     f"recall@100 = {result.recall_at_100:.5f}", f"P@10 = {result.precision_at_10:.5f}",
                     f"MRR = {result.mrr:.5f}"]
         label = {run: f"{run} ({self.fusion})" if run == HYBRID and self.fusion else run for run in self.results}
-        width = max(map(len, label.values()))
+        width = max(len("retrieval"), *map(len, label.values()))
         compared, d = list(self.results)[-1], self.difference
         return [f"queries = {next(iter(self.results.values())).queries}",
                 f"{'retrieval':<{width}}  nDCG@10  recall@100",

@@ -32,3 +32,12 @@ class TestScoreAndReport:
                              "hybrid (rrf)  1.00000  1.00000"]
         assert lines[4].startswith("nDCG@10 hybrid (rrf) - dense = +0.50000, 95% CI [+0.00000, +1.00000]")
         assert difference.mean == pytest.approx(0.5)
+
+    def test_the_columns_line_up_under_the_header_whatever_the_run_names(self) -> None:
+        dense = score({"q1": ["d1"], "q2": ["x"]}, QRELS)
+        difference = paired_bootstrap(dense.ndcg_at_10_per_query, dense.ndcg_at_10_per_query)
+        lines = EvalReport({"dense": dense, "lexical": dense}, difference).lines()
+        assert lines[1:4] == ["retrieval  nDCG@10  recall@100",
+                              "dense      0.50000  0.50000",
+                              "lexical    0.50000  0.50000"]
+        assert lines[4].startswith("nDCG@10 lexical - dense = +0.00000, 95% CI [+0.00000, +0.00000]")
