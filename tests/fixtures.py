@@ -1,6 +1,6 @@
 """Helpers for tests in more than one folder (a helper lives in the fixtures module of the nearest
 folder that holds every test using it; see tests/README.md): a topic read to its end on the session
-broker; ports for a server the test starts."""
+broker; ports for a server the test starts; a flow spec with or without the lexical arm."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
+from streams.flow.parse import load_flow
+from streams.flow.spec import FlowSpec
 from streams.kafka.consumer import consume_batch, make_consumer
 from streams.kafka.settings import KafkaSettings
 
@@ -63,3 +65,12 @@ def _free(port: int) -> bool:
             return True
         except OSError:
             return False
+
+
+def flow_spec(folder: Path, name: str, *, lexical: bool, dim: int = 384) -> FlowSpec:
+    """The spec of a flow ``name`` without a model whose index keeps the lexical arm or not: what a bridge's
+    ``/status`` reads (``lexical``) from a flow's YAML."""
+    path = folder / f"{name}-{'lexical' if lexical else 'dense'}.yml"
+    path.write_text(f"name: {name}\nstages:\n  index: {{with: {{dim: {dim}, lexical: {str(lexical).lower()}}}}}\n"
+                    "  join: {}\n")
+    return load_flow(path)

@@ -212,6 +212,8 @@ class Client:
         after: IndexReceipt | None = None,
         filter_by: Sequence[str] | None = None,
         index_type: str | None = None,
+        retrieval: str | None = None,
+        fusion: str | None = None,
         parameters: Mapping[str, Any] | None = None,
     ) -> concurrent.futures.Future[SearchReply]:
         """Send a search; the future resolves with the reply.
@@ -234,17 +236,25 @@ class Client:
         :param after: wait until the shards have applied these writes (read-your-writes).
         :param filter_by: search only these fields of a multi-field flow.
         :param index_type: answer from this shard index type (a name in ``processors.index.types.INDEX_TYPES``).
-        :param parameters: any other request parameter (``query_language``, ``ground_truth``, ...).
+        :param retrieval: ``dense`` (the vectors), ``lexical`` (BM25 over the texts) or ``hybrid`` (both,
+            fused): ``processors.query.parameters.RETRIEVALS``; the flow's default (dense) if None.
+            ``lexical`` and ``hybrid`` need a flow whose index keeps the lexical arm (``lexical: true``);
+            another flow answers with an error reply naming that.
+        :param fusion: how ``hybrid`` fuses the arms: ``dbsf``, ``rrf`` or ``linear`` (``FUSIONS``).
+        :param parameters: any other request parameter (``query_language``, ``ground_truth``, ``rrf_k``,
+            ``candidates``, ``dense_weight``, ...).
         :raises ValueError: if neither of ``texts`` and ``vectors`` is given, or both with different
             counts, a text is blank, ``vectors`` is not a non-empty 2-D array of finite numbers (float32 range), or
             ``timeout_s`` is over ``max_deadline_s`` (300 s), or ``top_k`` is not in
-            ``1..max_top_k`` (the message names the limit).
+            ``1..max_top_k`` (the message names the limit), or ``retrieval`` or ``fusion`` is not
+            one of its allowed values (the message names them).
         :raises PayloadTooLargeError: before sending a request over ``max_payload_bytes``; a
             request the broker refuses as too large fails its future with it.
         """
         queries = query_documents(texts, vectors)
         request_id = uuid.uuid4().hex
-        params = search_parameters(parameters, top_k=top_k, filter_by=filter_by, index_type=index_type)
+        params = search_parameters(parameters, top_k=top_k, filter_by=filter_by, index_type=index_type,
+                                   retrieval=retrieval, fusion=fusion)
         wait_s = checked_timeout_s(self.timeout_s if timeout_s is None else timeout_s)
         sent_ms = int(self._clock() * 1000)
         deadline_ms = sent_ms + int(wait_s * 1000)

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import uvicorn
 from confluent_kafka import KafkaException
@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from processors.document import Document, validate_document, validate_id, validate_text
 from processors.exceptions import InvalidDocumentError, InvalidParameterError
 from processors.query.limits import REQUEST_LIMITS
+from processors.query.parameters import FUSIONS, RETRIEVALS
 from streams.client.client import REPLY_GRACE_S, Client
 from streams.client.receipts import IndexReceipt
 from streams.client.queries import is_expired_reply
@@ -81,8 +82,26 @@ class SearchIn(BaseModel):
     filter_by: list[str] | None = None
     query_language: list[dict[str, Any]] | None = None
     index_type: str | None = None
+    retrieval: Literal[RETRIEVALS] | None = Field(  # type: ignore[valid-type]
+        default=None, description="dense (the default), lexical (BM25) or hybrid: the last two need a flow whose "
+                                  "index keeps the lexical arm (GET /status: `lexical`), else 400 saying so")
+    fusion: Literal[FUSIONS] | None = Field(default=None, description="How hybrid fuses the arms' lists.")  # type: ignore[valid-type]
+    rrf_k: int | None = Field(default=None, ge=1, le=REQUEST_LIMITS.max_rrf_k, description="The constant of rrf.")
+    candidates: int | None = Field(default=None, ge=1, le=REQUEST_LIMITS.max_candidates,
+                                   description="Documents each arm contributes to a hybrid fusion.")
+    dense_weight: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False,
+                                       description="The dense arm's weight in linear fusion.")
     deadline_s: float | None = Field(default=None, gt=0, le=REQUEST_LIMITS.max_deadline_s, allow_inf_nan=False)
     after: dict[int, Offset] | None = Field(default=None, description="An index receipt's offsets: read your writes.")
+
+    def parameters(self) -> dict[str, Any] | None:
+        """What the client sends as ``parameters``: the fields of :data:`PASSED_AS_PARAMETERS` that are set."""
+        chosen = {key: getattr(self, key) for key in PASSED_AS_PARAMETERS if getattr(self, key) is not None}
+        return chosen or None
+
+
+PASSED_AS_PARAMETERS = ("query_language", "rrf_k", "candidates", "dense_weight")
+"""``SearchIn`` fields that travel in the request's ``parameters`` as they are (the client has no argument of their own)."""
 
 
 # -- replies -----------------------------------------------------------------------------------
@@ -267,7 +286,9 @@ def create_app(
     """Build the bridge over one running client; the caller owns (and closes) the client.
 
     :param client: the flow's request/reply client, shared by every HTTP request.
-    :param flow: the flow's YAML, for the fields ``/status`` offers the page's field filter.
+    :param flow: the flow's YAML, for the fields ``/status`` offers the page's field filter and whether
+        its index keeps the lexical arm (``lexical``, null without the YAML: the page offers its retrieval
+        switch, of ``retrievals``, unless it is false).
     :param flow_fields: those fields, if not the flow's.
     :param token: the bearer token every endpoint but ``/healthz`` and the page itself requires
         (OpenAPI included); ``STREAMSEARCH_TOKEN`` if None, no auth if neither is set (or it is "").
@@ -287,7 +308,8 @@ def create_app(
     _add_meta_routes(app, api)
     fields = list(flow_fields if flow_fields is not None else flow.fields if flow is not None else ())
     inspect: FlowInspector = inspector if inspector is not None else _ClientOnly(client)
-    _add_status_routes(api, client, inspect, fields)
+    lexical = flow.lexical if flow is not None else None
+    _add_status_routes(api, client, inspect, {"fields": fields, "lexical": lexical, "retrievals": list(RETRIEVALS)})
     _add_write_routes(api, client)
     _add_search_route(api, client, inspect)
     app.include_router(api)
@@ -326,20 +348,22 @@ def _add_meta_routes(app: FastAPI, api: APIRouter) -> None:
         return PAGE.read_text(encoding="utf-8")
 
 
-def _add_status_routes(api: APIRouter, client: Client, inspect: FlowInspector, fields: list[str]) -> None:
-    """``/status`` (what the inspector reads, and the flow's fields) and ``/limits``."""
+def _add_status_routes(api: APIRouter, client: Client, inspect: FlowInspector, shape: dict[str, Any]) -> None:
+    """``/status`` (what the inspector reads, and ``shape``: the flow's ``fields`` and ``lexical`` from its
+    YAML, the ``retrievals`` a search may ask for) and ``/limits``."""
     def report() -> dict[str, Any]:
-        return {**inspect.status(), "fields": fields}
+        return {**inspect.status(), **shape}
 
-    @api.get("/status", responses={503: {"description": "the broker did not answer: flow and fields only"}})
+    @api.get("/status", responses={503: {"description": "the broker did not answer: flow, fields, lexical only"}})
     async def flow_status() -> JSONResponse:
         """What ``streamsearch status --json`` shows (stages, lag, shards, topics, serving version,
-        dead letters, warnings) and the flow's fields, for the page's filter."""
+        dead letters, warnings), the flow's fields for the page's filter, and ``lexical`` (whether its index
+        keeps the lexical arm; null when the bridge has no YAML) and ``retrievals``, for its retrieval switch."""
         try:
             return _AsciiJSONResponse(await run_in_threadpool(report))
         except (StreamsearchError, KafkaException) as exc:
             detail = _unavailable(exc).detail
-            return _AsciiJSONResponse({"detail": detail, "flow": client.topics.flow, "fields": fields},
+            return _AsciiJSONResponse({"detail": detail, "flow": client.topics.flow, **shape},
                                       status.HTTP_503_SERVICE_UNAVAILABLE)
 
     @api.get("/limits")
@@ -409,12 +433,12 @@ def _add_search_route(api: APIRouter, client: Client, inspect: FlowInspector) ->
             except InvalidParameterError as exc:  # what the flow would answer, without the round trip
                 raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
         deadline_s = body.deadline_s or client.timeout_s
-        parameters = {"query_language": body.query_language} if body.query_language is not None else None
         started = time.perf_counter()
         try:
             future = client.search_async(
                 texts, top_k=body.top_k, timeout_s=deadline_s, filter_by=body.filter_by,
-                index_type=body.index_type, parameters=parameters,
+                index_type=body.index_type, retrieval=body.retrieval, fusion=body.fusion,
+                parameters=body.parameters(),
                 after=IndexReceipt(dict(body.after)) if body.after else None,
             )
             reply = await asyncio.wait_for(asyncio.wrap_future(future), deadline_s + REPLY_GRACE_S)

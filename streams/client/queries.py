@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError, Message
 from processors.document import Document, validate_embedding, validate_text
 from processors.exceptions import InvalidDocumentError, InvalidParameterError
 from processors.query.limits import REQUEST_LIMITS
+from processors.query.parameters import FUSIONS, RETRIEVALS
 from streams.exceptions import DeliveryError, PayloadTooLargeError, RequestExpiredError, SearchError, UnknownFlowError
 from streams.kafka.producer import UNKNOWN_TOPIC_ERRORS
 from streams.wire.records import SearchReply
@@ -104,14 +105,15 @@ def is_expired_reply(reply: SearchReply) -> bool:
 
 
 def search_parameters(parameters: Mapping[str, Any] | None, *, top_k: int | None, filter_by: Sequence[str] | None,
-                      index_type: str | None) -> dict[str, Any]:
+                      index_type: str | None, retrieval: str | None = None, fusion: str | None = None) -> dict[str, Any]:
     """A search request's parameters: ``parameters`` with the keyword arguments that are set.
 
-    :raises ValueError: if ``top_k`` is outside ``1..max_top_k`` (the encode stage would refuse it).
+    :raises ValueError: if ``top_k`` is outside ``1..max_top_k``, or ``retrieval`` / ``fusion`` is not one
+        of ``RETRIEVALS`` / ``FUSIONS`` (the flow would refuse them; the message names the allowed values).
     """
     params = dict(parameters or {})
     for key, value in (("top_k", top_k), ("filter_by", list(filter_by) if filter_by else None),
-                       ("index_type", index_type)):
+                       ("index_type", index_type), ("retrieval", retrieval), ("fusion", fusion)):
         if value is not None:
             params[key] = value
     if top_k is not None:
@@ -119,6 +121,9 @@ def search_parameters(parameters: Mapping[str, Any] | None, *, top_k: int | None
             REQUEST_LIMITS.check_count("top_k", top_k)
         except InvalidParameterError as exc:
             raise ValueError(str(exc)) from None
+    for key, value, allowed in (("retrieval", retrieval, RETRIEVALS), ("fusion", fusion, FUSIONS)):
+        if value is not None and value not in allowed:
+            raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
     return params
 
 

@@ -5,43 +5,86 @@ from __future__ import annotations
 import hashlib
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import yaml
 from tqdm import tqdm
 
+from processors.evaluators.bootstrap import BootstrapInterval, paired_bootstrap
 from processors.evaluators.metrics import ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank
+from processors.query.parameters import RETRIEVALS
+from streams.client import Client, IndexReceipt
 from streams.demo.corpora import BeirDataset, load_beir
 from streams.flow.parse import load_flow
 from streams.local.runtime import LocalRuntime
 from streams.client.progress import IndexProgress
 from streams.resources import EXAMPLE_FLOWS
 
-__all__ = ["EvalResult", "run_eval", "DEFAULT_EVAL_FLOW", "eval_flow_name"]
+__all__ = ["EvalReport", "EvalResult", "run_eval", "DEFAULT_EVAL_FLOW", "eval_flow_name"]
 
 DEFAULT_EVAL_FLOW = EXAMPLE_FLOWS / "beir.yml"
 QUERIES_PER_REQUEST = 16
+BASELINE, _, HYBRID = RETRIEVALS
+"""The retrieval another one is compared with (dense), and the one that fuses."""
+IDS_ONLY = {"operator": "select", "stage": "index", "traversal_paths": ["m"], "parameters": {"fields": ["scores"]}}
+"""Each shard's matches as ids and scores only: scoring needs no text, and a hybrid reply carries up to
+``candidates`` documents per arm, shard and query (16 queries × 2 arms × 2 shards × 100 full SciFact texts
+would be ~10 MB)."""
 
 
 @dataclass(frozen=True, slots=True)
 class EvalResult:
-    """Mean metrics over the evaluated queries."""
+    """Mean metrics over the evaluated queries, and nDCG@10 per query (for the paired comparison)."""
 
     queries: int
     ndcg_at_10: float
     recall_at_100: float
     precision_at_10: float
     mrr: float
+    ndcg_at_10_per_query: Mapping[str, float] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EvalReport:
+    """One evaluation: the result of each retrieval run (dense first) and, when another retrieval was
+    compared with dense, the paired bootstrap interval of its nDCG@10 difference (that one − dense)."""
+
+    results: Mapping[str, EvalResult]
+    difference: BootstrapInterval | None = None
+    fusion: str | None = None
+    """How the hybrid run fused its arms; None without one."""
+
+    def lines(self) -> list[str]:
+        """What ``streamsearch eval`` prints: a dense run alone as it always did (one metric a line);
+        a comparison as one row per run and the interval of the difference."""
+        if self.difference is None:
+            (result,) = self.results.values()
+            return [f"queries = {result.queries}", f"nDCG@10 = {result.ndcg_at_10:.5f}",
+                    f"recall@100 = {result.recall_at_100:.5f}", f"P@10 = {result.precision_at_10:.5f}",
+                    f"MRR = {result.mrr:.5f}"]
+        label = {run: f"{run} ({self.fusion})" if run == HYBRID and self.fusion else run for run in self.results}
+        width = max(len("retrieval"), *map(len, label.values()))
+        compared, d = list(self.results)[-1], self.difference
+        return [f"queries = {next(iter(self.results.values())).queries}",
+                f"{'retrieval':<{width}}  nDCG@10  recall@100",
+                *(f"{label[run]:<{width}}  {r.ndcg_at_10:.5f}  {r.recall_at_100:.5f}" for run, r in self.results.items()),
+                f"nDCG@10 {label[compared]} - {BASELINE} = {d.mean:+.5f}, {d.confidence:.0%} CI [{d.low:+.5f}, "
+                f"{d.high:+.5f}] (paired bootstrap over the queries, {d.resamples} resamples)"]
 
 
 def run_eval(beir_dir: Path, *, flow_path: Path = DEFAULT_EVAL_FLOW, state_dir: Path | None = None,
-             limit_queries: int | None = None, print_fn: Callable[[str], None] = print) -> EvalResult:
+             limit_queries: int | None = None, retrieval: str = BASELINE, fusion: str = "rrf",
+             print_fn: Callable[[str], None] = print) -> EvalReport:
     """Index the corpus, wait until every shard has applied it, send the test queries, score.
 
     Queries go as search requests of 16 with ``after=`` the index receipt, so no query can
-    see a half-built index.
+    see a half-built index. With ``retrieval`` other than dense the same index answers the
+    queries twice, dense and ``retrieval``, and the report compares them.
+
+    :param retrieval: one of ``RETRIEVALS``; lexical and hybrid need ``lexical: true`` in the flow.
+    :param fusion: one of ``FUSIONS``, for hybrid.
     """
     dataset = load_beir(beir_dir)
     base = load_flow(flow_path)
@@ -49,6 +92,7 @@ def run_eval(beir_dir: Path, *, flow_path: Path = DEFAULT_EVAL_FLOW, state_dir: 
     flow_path = _flow_named(flow_path, name, (state_dir or base.state_dir) / "eval")
     flow = load_flow(flow_path)
     query_ids = sorted(dataset.queries, key=lambda q: (len(q), q))[:limit_queries]
+    runs = list(dict.fromkeys((BASELINE, retrieval)))
     with LocalRuntime(flow, flow_path=flow_path, state_dir=state_dir) as runtime:
         assert runtime.settings is not None
         client = runtime.client()
@@ -61,17 +105,30 @@ def run_eval(beir_dir: Path, *, flow_path: Path = DEFAULT_EVAL_FLOW, state_dir: 
             progress.expect(receipt)
             progress.wait()
             progress.close()
-            rankings: dict[str, list[str]] = {}
-            for start in tqdm(range(0, len(query_ids), QUERIES_PER_REQUEST), desc="queries", unit="batch"):
-                batch = query_ids[start : start + QUERIES_PER_REQUEST]
-                reply = client.search([dataset.queries[q] for q in batch], top_k=100, after=receipt, timeout_s=120)
-                if reply.partial:
-                    raise RuntimeError(f"partial reply during eval: missing {reply.missing_shards} {reply.errors}")
-                for query_id, doc in zip(batch, reply.docs):
-                    rankings[query_id] = [match.id for match in doc.matches]
+            rankings = {run: _rankings(client, dataset, query_ids, receipt, retrieval=run, fusion=fusion)
+                        for run in runs}
         finally:
             client.close()
-    return score(rankings, dataset.qrels)
+    results = {run: score(ranked, dataset.qrels) for run, ranked in rankings.items()}
+    difference = None
+    if retrieval != BASELINE:
+        difference = paired_bootstrap(results[BASELINE].ndcg_at_10_per_query, results[retrieval].ndcg_at_10_per_query)
+    return EvalReport(results, difference, fusion if retrieval == HYBRID else None)
+
+
+def _rankings(client: Client, dataset: BeirDataset, query_ids: list[str], receipt: IndexReceipt, *,
+              retrieval: str, fusion: str) -> dict[str, list[str]]:
+    """Each query's ranked document ids (top 100) as the flow answers them by ``retrieval``."""
+    rankings: dict[str, list[str]] = {}
+    for start in tqdm(range(0, len(query_ids), QUERIES_PER_REQUEST), desc=f"queries ({retrieval})", unit="batch"):
+        batch = query_ids[start : start + QUERIES_PER_REQUEST]
+        reply = client.search([dataset.queries[q] for q in batch], top_k=100, after=receipt, timeout_s=120,
+                              retrieval=retrieval, fusion=fusion, parameters={"query_language": [IDS_ONLY]})
+        if reply.partial:
+            raise RuntimeError(f"partial reply during eval: missing {reply.missing_shards} {reply.errors}")
+        for query_id, doc in zip(batch, reply.docs):
+            rankings[query_id] = [match.id for match in doc.matches]
+    return rankings
 
 
 def eval_flow_name(flow_name: str, beir_dir: Path, dataset: BeirDataset, flow_yaml: bytes) -> str:
@@ -101,12 +158,14 @@ def _flow_named(flow_path: Path, name: str, folder: Path) -> Path:
 
 
 def score(rankings: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> EvalResult:
-    """Mean nDCG@10, recall@100, P@10 and MRR over the ranked queries."""
+    """Mean nDCG@10, recall@100, P@10 and MRR over the ranked queries, and nDCG@10 per query."""
     ids = sorted(rankings)
+    per_query = {q: ndcg_at_k(rankings[q], qrels[q], 10) for q in ids}
     return EvalResult(
         queries=len(ids),
-        ndcg_at_10=statistics.fmean(ndcg_at_k(rankings[q], qrels[q], 10) for q in ids),
+        ndcg_at_10=statistics.fmean(per_query.values()),
         recall_at_100=statistics.fmean(recall_at_k(rankings[q], qrels[q], 100) for q in ids),
         precision_at_10=statistics.fmean(precision_at_k(rankings[q], qrels[q], 10) for q in ids),
         mrr=statistics.fmean(reciprocal_rank(rankings[q], qrels[q]) for q in ids),
+        ndcg_at_10_per_query=per_query,
     )

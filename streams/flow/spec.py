@@ -106,6 +106,12 @@ class FlowSpec:
         return any(stage.name == ENCODE.name for stage in self.stages)
 
     @property
+    def lexical(self) -> bool:
+        """Whether the index keeps the lexical arm (``index: with: {lexical: true}``): searches with
+        ``retrieval: lexical`` or ``hybrid`` are answered, not refused."""
+        return bool(self.stage(INDEX.name).config.lexical)
+
+    @property
     def label(self) -> str:
         """The flow as people name it: ``hello``, or ``hello v2`` for a later version."""
         return self.name if self.version == 1 else f"{self.name} v{self.version}"

@@ -242,6 +242,22 @@ def test_bad_parameter_is_400(app: FastAPI) -> None:
     assert "nope" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("retrieval", ["lexical", "hybrid"])
+def test_a_retrieval_the_flow_has_no_arm_for_is_400_naming_it(app: FastAPI, retrieval: str) -> None:
+    """This flow's index keeps no lexical arm (``lexical: true``): the flow refuses, the bridge says why."""
+    response = call(app, "POST", "/search", json={"texts": "how long to bake bread", "retrieval": retrieval,
+                                                  "fusion": "dbsf", "rrf_k": 30, "deadline_s": 10})
+    assert response.status_code == 400, response.text
+    assert f"retrieval {retrieval!r} needs the lexical arm" in response.json()["detail"]
+
+
+def test_dense_retrieval_asked_for_by_name_answers_as_the_default(app: FastAPI, receipt: dict[str, Any]) -> None:
+    body = {"texts": "how long to bake bread", "top_k": 1, "after": receipt["offsets"], "deadline_s": 30}
+    response = call(app, "POST", "/search", json={**body, "retrieval": "dense", "candidates": 50, "dense_weight": 0.3})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["matches"][0]["id"] == "bread"
+
+
 def test_token_required_when_configured(client: Client) -> None:
     secured = create_app(client, token="s3cret")
     search = {"texts": "bake bread", "deadline_s": 10}

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from processors.document import Document
 from processors.query.limits import REQUEST_LIMITS
@@ -17,6 +17,7 @@ from streams.client import Client
 from streams.client.http import create_app, serving
 from streams.local.runtime import LocalRuntime
 from tests.e2e.fixtures import PIPELINE_FLOW, FlowFactory
+from tests.fixtures import flow_spec
 
 pytestmark = pytest.mark.kafka
 
@@ -141,9 +142,35 @@ def test_field_filter_is_offered_when_the_flow_has_fields(client: Client, browse
         page.goto(url)
         expect(page.locator("#field")).to_be_visible()
         expect(page.locator("#field option")).to_have_text(["all fields", "title", "body"])
-        with page.expect_request("**/search") as request:
-            page.select_option("#field", "title")
-            page.fill("#q", "csv")
-            page.press("#q", "Enter")
-        assert request.value.post_data_json["filter_by"] == ["title"]
+        assert _search_with(page, "#field", "title")["filter_by"] == ["title"]
         page.close()
+
+
+def test_the_retrieval_switch_is_offered_when_the_flow_keeps_the_lexical_arm(
+        client: Client, browser: Browser, tmp_path: Path) -> None:
+    """The switch follows ``/status``'s ``lexical``; its choice goes as ``retrieval``. This flow keeps no lexical
+    arm, so a bridge told otherwise gets the flow's refusal, shown as the 400 it is."""
+    with serving(create_app(client, token="", flow=flow_spec(tmp_path, client.topics.flow, lexical=False))) as url:
+        page = browser.new_page()
+        page.goto(url)
+        expect(page.locator("#flow")).to_contain_text("flow t")
+        expect(page.locator("#retrieval")).to_be_hidden()
+        page.close()
+    with serving(create_app(client, token="", flow=flow_spec(tmp_path, client.topics.flow, lexical=True))) as url:
+        page = browser.new_page()
+        page.goto(url)
+        expect(page.locator("#retrieval")).to_be_visible()
+        expect(page.locator("#retrieval option")).to_have_text(["dense", "lexical", "hybrid"])
+        assert _search_with(page, "#retrieval", "lexical")["retrieval"] == "lexical"
+        expect(page.locator("#meta")).to_contain_text("400: ", timeout=15_000)
+        expect(page.locator("#meta")).to_contain_text("needs the lexical arm")
+        page.close()
+
+
+def _search_with(page: Page, select: str, option: str) -> Any:
+    """Choose ``option`` in the page's ``select``, search "csv"; the JSON body the page sent."""
+    with page.expect_request("**/search") as request:
+        page.select_option(select, option)
+        page.fill("#q", "csv")
+        page.press("#q", "Enter")
+    return request.value.post_data_json

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 from streams.client import Client
 from streams.client.http import PAGE, create_app, warn_if_unprotected
 from streams.kafka.settings import KafkaSettings
+from tests.fixtures import flow_spec
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +144,30 @@ def test_every_reply_field_reaches_the_json_answer() -> None:
     passed = {f.name for f in dataclasses.fields(SearchReply)} - REPLY_INTERNAL
     assert passed <= answer.keys() and "request_id" not in answer
     assert answer["warnings"] == ["fewer"] and answer["version"] == 2 and answer["latency_ms"] == 1.2
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("retrieval", "bm25"), ("fusion", "borda"), ("rrf_k", 0), ("candidates", 10**6), ("dense_weight", 1.5),
+    ("dense_weight", "NaN"),
+])
+def test_a_bad_retrieval_option_is_422_naming_it_before_the_broker(app: FastAPI, field: str, value: Any) -> None:
+    body = json.dumps({"texts": "x", field: value}).replace('"NaN"', "NaN")
+    response = call(app, "POST", "/search", body)
+    assert response.status_code == 422, response.text
+    assert field in [str(part) for error in response.json()["detail"] for part in error["loc"]]
+
+
+def test_the_allowed_retrievals_and_fusions_are_in_the_schema(app: FastAPI) -> None:
+    from processors.query.parameters import FUSIONS, RETRIEVALS
+
+    schema = call(app, "GET", "/openapi.json").json()["components"]["schemas"]["SearchIn"]["properties"]
+    assert [choice["enum"] for choice in schema["retrieval"]["anyOf"] if "enum" in choice] == [list(RETRIEVALS)]
+    assert [choice["enum"] for choice in schema["fusion"]["anyOf"] if "enum" in choice] == [list(FUSIONS)]
+
+
+def test_status_says_whether_the_flow_keeps_the_lexical_arm(client: Client, tmp_path: Path) -> None:
+    """The page shows its retrieval switch by ``lexical``: from the flow's YAML, null without one."""
+    for flow, expected in ((flow_spec(tmp_path, "nobody", lexical=True), True),
+                           (flow_spec(tmp_path, "nobody", lexical=False), False), (None, None)):
+        status = call(create_app(client, token="", flow=flow), "GET", "/status").json()
+        assert (status["lexical"], status["retrievals"]) == (expected, ["dense", "lexical", "hybrid"])
