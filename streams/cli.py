@@ -20,7 +20,7 @@ from confluent_kafka import KafkaException
 
 from processors.index.types import INDEX_TYPES
 from processors.query.limits import REQUEST_LIMITS
-from processors.query.parameters import FUSIONS, RETRIEVALS
+from processors.query.parameters import DEFAULT_FUSION, FUSIONS, RETRIEVALS
 from streams.kafka.admin import check_broker, ensure_topics
 from streams.exceptions import (EXIT_CONFIG, BrokerError, RequestExpiredError, RequestTimeoutError, StateConfigError,
                                 StreamsearchError)
@@ -128,13 +128,17 @@ BROKER_OPTION = click.option(
          "and `make install`), Tansu (memory-only), or auto (Apache Kafka when it can run here).")
 
 
-def retrieval_options(*, retrieval: str | None, fusion: str | None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--retrieval`` and ``--fusion``, the choices of ``processors.query.parameters`` (None: the flow's default)."""
+def retrieval_options(*, retrieval: str | None, fusion: str | None,
+                      multiple: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--retrieval`` and ``--fusion``, the choices of ``processors.query.parameters`` (None: the flow's default).
+
+    :param multiple: ``--retrieval`` may be given several times (a tuple; ``retrieval`` when none is given).
+    """
     def add(command: Callable[..., Any]) -> Callable[..., Any]:
         command = click.option("--fusion", type=click.Choice(FUSIONS), default=fusion, show_default=fusion is not None,
                                help="How hybrid fuses the dense and lexical lists.")(command)
-        return click.option("--retrieval", type=click.Choice(RETRIEVALS), default=retrieval,
-                            show_default=retrieval is not None,
+        return click.option("--retrieval", type=click.Choice(RETRIEVALS), multiple=multiple,
+                            default=(retrieval,) if multiple else retrieval, show_default=retrieval is not None,
                             help="Search the vectors (dense), the texts with BM25 (lexical) or both, fused (hybrid); "
                                  "lexical and hybrid need a flow whose index has `lexical: true`.")(command)
     return add
@@ -588,17 +592,17 @@ def _epoch_ms(value: str) -> int:
 @click.option("--flow", "flow_path", type=click.Path(path_type=Path), default=None, help="Flow YAML (default: the example flow beir.yml, streams/flows/).")
 @click.option("--limit-queries", type=int, default=None, help="Evaluate only the first N test queries.")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None)
-@retrieval_options(retrieval=RETRIEVALS[0], fusion=FUSIONS[0])
+@retrieval_options(retrieval=RETRIEVALS[0], fusion=DEFAULT_FUSION, multiple=True)
 def evaluate(beir_dir: Path, flow_path: Path | None, limit_queries: int | None, state_dir: Path | None,
-             retrieval: str, fusion: str) -> None:
+             retrieval: tuple[str, ...], fusion: str) -> None:
     """Index a BEIR folder through the pipeline, send its test queries, print nDCG@10 and recall@100.
-    With --retrieval lexical or hybrid, the same index answers dense too, and a 95 % paired bootstrap
-    interval of the nDCG@10 difference to dense is printed."""
+    With --retrieval lexical and/or hybrid (repeatable), the same index answers dense too, and a 95 %
+    paired bootstrap interval of each one's nDCG@10 difference to dense is printed."""
     from streams.demo.beir import DEFAULT_EVAL_FLOW, run_eval
 
     logging.getLogger().setLevel(logging.WARNING)
     report = run_eval(beir_dir, flow_path=flow_path or DEFAULT_EVAL_FLOW, state_dir=state_dir,
-                      limit_queries=limit_queries, retrieval=retrieval, fusion=fusion)
+                      limit_queries=limit_queries, retrievals=retrieval, fusion=fusion)
     for line in report.lines():
         click.echo(line)
 

@@ -7,14 +7,14 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import yaml
 from tqdm import tqdm
 
 from processors.evaluators.bootstrap import BootstrapInterval, paired_bootstrap
 from processors.evaluators.metrics import ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank
-from processors.query.parameters import RETRIEVALS
+from processors.query.parameters import DEFAULT_FUSION, RETRIEVALS
 from streams.client import Client, IndexReceipt
 from streams.demo.corpora import BeirDataset, load_beir
 from streams.flow.parse import load_flow
@@ -48,42 +48,42 @@ class EvalResult:
 
 @dataclass(frozen=True, slots=True)
 class EvalReport:
-    """One evaluation: the result of each retrieval run (dense first) and, when another retrieval was
+    """One evaluation: the result of each retrieval run (dense first) and, for each other retrieval
     compared with dense, the paired bootstrap interval of its nDCG@10 difference (that one − dense)."""
 
     results: Mapping[str, EvalResult]
-    difference: BootstrapInterval | None = None
+    differences: Mapping[str, BootstrapInterval] = field(default_factory=dict)
     fusion: str | None = None
     """How the hybrid run fused its arms; None without one."""
 
     def lines(self) -> list[str]:
         """What ``streamsearch eval`` prints: a dense run alone as it always did (one metric a line);
         a comparison as one row per run and the interval of the difference."""
-        if self.difference is None:
+        if not self.differences:
             (result,) = self.results.values()
             return [f"queries = {result.queries}", f"nDCG@10 = {result.ndcg_at_10:.5f}",
                     f"recall@100 = {result.recall_at_100:.5f}", f"P@10 = {result.precision_at_10:.5f}",
                     f"MRR = {result.mrr:.5f}"]
         label = {run: f"{run} ({self.fusion})" if run == HYBRID and self.fusion else run for run in self.results}
         width = max(len("retrieval"), *map(len, label.values()))
-        compared, d = list(self.results)[-1], self.difference
         return [f"queries = {next(iter(self.results.values())).queries}",
                 f"{'retrieval':<{width}}  nDCG@10  recall@100",
                 *(f"{label[run]:<{width}}  {r.ndcg_at_10:.5f}  {r.recall_at_100:.5f}" for run, r in self.results.items()),
-                f"nDCG@10 {label[compared]} - {BASELINE} = {d.mean:+.5f}, {d.confidence:.0%} CI [{d.low:+.5f}, "
-                f"{d.high:+.5f}] (paired bootstrap over the queries, {d.resamples} resamples)"]
+                *(f"nDCG@10 {label[run]} - {BASELINE} = {d.mean:+.5f}, {d.confidence:.0%} CI [{d.low:+.5f}, "
+                  f"{d.high:+.5f}] (paired bootstrap over the queries, {d.resamples} resamples)"
+                  for run, d in self.differences.items())]
 
 
 def run_eval(beir_dir: Path, *, flow_path: Path = DEFAULT_EVAL_FLOW, state_dir: Path | None = None,
-             limit_queries: int | None = None, retrieval: str = BASELINE, fusion: str = "rrf",
-             print_fn: Callable[[str], None] = print) -> EvalReport:
+             limit_queries: int | None = None, retrievals: Sequence[str] = (BASELINE,),
+             fusion: str = DEFAULT_FUSION, print_fn: Callable[[str], None] = print) -> EvalReport:
     """Index the corpus, wait until every shard has applied it, send the test queries, score.
 
     Queries go as search requests of 16 with ``after=`` the index receipt, so no query can
-    see a half-built index. With ``retrieval`` other than dense the same index answers the
-    queries twice, dense and ``retrieval``, and the report compares them.
+    see a half-built index. The same index answers the queries once per retrieval (dense always, first),
+    and the report compares each other one with dense.
 
-    :param retrieval: one of ``RETRIEVALS``; lexical and hybrid need ``lexical: true`` in the flow.
+    :param retrievals: some of ``RETRIEVALS``; lexical and hybrid need ``lexical: true`` in the flow.
     :param fusion: one of ``FUSIONS``, for hybrid.
     """
     dataset = load_beir(beir_dir)
@@ -92,7 +92,7 @@ def run_eval(beir_dir: Path, *, flow_path: Path = DEFAULT_EVAL_FLOW, state_dir: 
     flow_path = _flow_named(flow_path, name, (state_dir or base.state_dir) / "eval")
     flow = load_flow(flow_path)
     query_ids = sorted(dataset.queries, key=lambda q: (len(q), q))[:limit_queries]
-    runs = list(dict.fromkeys((BASELINE, retrieval)))
+    runs = list(dict.fromkeys((BASELINE, *retrievals)))
     with LocalRuntime(flow, flow_path=flow_path, state_dir=state_dir) as runtime:
         assert runtime.settings is not None
         client = runtime.client()
@@ -110,10 +110,9 @@ def run_eval(beir_dir: Path, *, flow_path: Path = DEFAULT_EVAL_FLOW, state_dir: 
         finally:
             client.close()
     results = {run: score(ranked, dataset.qrels) for run, ranked in rankings.items()}
-    difference = None
-    if retrieval != BASELINE:
-        difference = paired_bootstrap(results[BASELINE].ndcg_at_10_per_query, results[retrieval].ndcg_at_10_per_query)
-    return EvalReport(results, difference, fusion if retrieval == HYBRID else None)
+    differences = {run: paired_bootstrap(results[BASELINE].ndcg_at_10_per_query, results[run].ndcg_at_10_per_query)
+                   for run in runs if run != BASELINE}
+    return EvalReport(results, differences, fusion if HYBRID in runs else None)
 
 
 def _rankings(client: Client, dataset: BeirDataset, query_ids: list[str], receipt: IndexReceipt, *,

@@ -25,7 +25,7 @@ class TestScoreAndReport:
         dense = score({"q1": ["d1"], "q2": ["x"]}, QRELS)
         hybrid = score({"q1": ["d1"], "q2": ["d2"]}, QRELS)
         difference = paired_bootstrap(dense.ndcg_at_10_per_query, hybrid.ndcg_at_10_per_query)
-        lines = EvalReport({"dense": dense, "hybrid": hybrid}, difference, "rrf").lines()
+        lines = EvalReport({"dense": dense, "hybrid": hybrid}, {"hybrid": difference}, "rrf").lines()
         assert lines[:4] == ["queries = 2",
                              "retrieval     nDCG@10  recall@100",
                              "dense         0.50000  0.50000",
@@ -36,8 +36,18 @@ class TestScoreAndReport:
     def test_the_columns_line_up_under_the_header_whatever_the_run_names(self) -> None:
         dense = score({"q1": ["d1"], "q2": ["x"]}, QRELS)
         difference = paired_bootstrap(dense.ndcg_at_10_per_query, dense.ndcg_at_10_per_query)
-        lines = EvalReport({"dense": dense, "lexical": dense}, difference).lines()
+        lines = EvalReport({"dense": dense, "lexical": dense}, {"lexical": difference}).lines()
         assert lines[1:4] == ["retrieval  nDCG@10  recall@100",
                               "dense      0.50000  0.50000",
                               "lexical    0.50000  0.50000"]
         assert lines[4].startswith("nDCG@10 lexical - dense = +0.00000, 95% CI [+0.00000, +0.00000]")
+
+
+    def test_several_runs_each_get_their_interval_against_dense(self) -> None:
+        dense = score({"q1": ["d1"], "q2": ["x"]}, QRELS)
+        better = score({"q1": ["d1"], "q2": ["d2"]}, QRELS)
+        differences = {run: paired_bootstrap(dense.ndcg_at_10_per_query, result.ndcg_at_10_per_query)
+                       for run, result in (("lexical", dense), ("hybrid", better))}
+        lines = EvalReport({"dense": dense, "lexical": dense, "hybrid": better}, differences, "dbsf").lines()
+        assert lines[5].startswith("nDCG@10 lexical - dense = +0.00000")
+        assert lines[6].startswith("nDCG@10 hybrid (dbsf) - dense = +0.50000")
