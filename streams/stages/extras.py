@@ -75,7 +75,7 @@ def stage_extras(flow: FlowSpec, stages: Iterable[str] | None = None) -> set[str
 
 def _fans_out_lexical_queries_without_model(flow: FlowSpec, stages: list[str]) -> bool:
     """The join stage of a flow without a model fans queries out, and with the lexical arm it analyses them."""
-    return JOIN.name in stages and not flow.has_model and bool(flow.stage(INDEX.name).config.lexical)
+    return JOIN.name in stages and not flow.has_model and flow.lexical
 
 
 def require_stage_extras(flow: FlowSpec, stages: Iterable[str] | None = None) -> None:

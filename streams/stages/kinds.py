@@ -61,7 +61,7 @@ class StageBuild:
     def lexical_fanout(self) -> tuple[Analyzer, LexicalTable] | None:
         """What a fan-out needs for the lexical arm, in a flow whose index keeps it: the analyzer and the
         statistics table, following ``<flow>.lexical-stats`` when there is a cluster. None without the arm."""
-        if not self.flow.stage(INDEX.name).config.lexical:  # the index stage runs a CompoundIndexer
+        if not self.flow.lexical:
             return None
         from processors.index.lexical import Analyzer
         from streams.stages.lexical_table import LexicalTable
