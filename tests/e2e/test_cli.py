@@ -464,7 +464,7 @@ def test_a_typo_in_the_search_defaults_names_the_key_and_the_likely_one(tmp_path
     line = len(FLOW_YAML.splitlines()) + 2
     assert (result.returncode, result.stderr.strip().splitlines()) == (1, [
         f"streamsearch: error: {flow}:{line}: search: unknown key 'topk' (did you mean 'top_k'?); known: top_k, "
-        "timeout_s, chunk_oversample, fetch_wait_ms"]), result.stderr
+        "timeout_s, chunk_oversample, retrieval, fusion, fetch_wait_ms"]), result.stderr
 
 
 def test_replicas_beyond_the_partitions_are_a_warning(tmp_path: Path) -> None:
