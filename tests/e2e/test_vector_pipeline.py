@@ -106,23 +106,6 @@ def test_a_document_vector_of_the_wrong_width_is_dead_lettered_with_its_reason(
     assert "document 'too-wide': embedding has shape (768,)" in letter.message and "384-d" in letter.message
 
 
-def test_pre_embedded_documents_are_indexed_with_exactly_the_given_bytes(
-        client: Client, flow: LocalRuntime, indexed: tuple[np.ndarray, IndexReceipt]) -> None:
-    """Last in the module: it stops the flow to open its shards."""
-    vectors, receipt = indexed
-    reply = client.search(vectors=vectors[:1], top_k=1, after=receipt, timeout_s=60)
-    assert not reply.stale_shards
-    assert flow.local_flow is not None
-    flow.local_flow.stop()
-    spec = flow.flow
-    contents = read_shards(spec.state_dir, spec.name, spec.topics.partitions, spec.stage("index").config)
-    for i, vector in enumerate(vectors):
-        assert contents.vector_table[(f"v{i}", "", "")] == vector.tobytes(), f"v{i}"
-    assert contents.per_doc[TEXT_DOC.id] == 1
-    assert set(contents.shards_of[f"v{i}"][0] for i in range(DOCS)) == {0, 1}  # both shards hold some
-    assert contents.docs["v1"].text == "label 1" and contents.docs["v0"].text is None
-
-
 def _at(score: float, axis: int) -> np.ndarray:
     """A 384-d unit vector whose inner product with the first axis is ``score``, the rest along ``axis``."""
     vector = np.zeros(384, dtype=np.float32)
@@ -151,3 +134,20 @@ def test_grouping_and_diversity_through_the_client(client: Client, flow: LocalRu
     diverse = client.search(vectors=query, top_k=2, after=receipt, timeout_s=60, parameters={"diversity": 0.5, **only})
     assert [m.id for m in diverse.docs[0].matches] == ["n-1", "s-1"], stage_logs(flow)
     assert all(m.embedding is None for m in diverse.docs[0].matches)
+
+
+def test_pre_embedded_documents_are_indexed_with_exactly_the_given_bytes(
+        client: Client, flow: LocalRuntime, indexed: tuple[np.ndarray, IndexReceipt]) -> None:
+    """Last in the module: it stops the flow to open its shards."""
+    vectors, receipt = indexed
+    reply = client.search(vectors=vectors[:1], top_k=1, after=receipt, timeout_s=60)
+    assert not reply.stale_shards
+    assert flow.local_flow is not None
+    flow.local_flow.stop()
+    spec = flow.flow
+    contents = read_shards(spec.state_dir, spec.name, spec.topics.partitions, spec.stage("index").config)
+    for i, vector in enumerate(vectors):
+        assert contents.vector_table[(f"v{i}", "", "")] == vector.tobytes(), f"v{i}"
+    assert contents.per_doc[TEXT_DOC.id] == 1
+    assert set(contents.shards_of[f"v{i}"][0] for i in range(DOCS)) == {0, 1}  # both shards hold some
+    assert contents.docs["v1"].text == "label 1" and contents.docs["v0"].text is None
