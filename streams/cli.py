@@ -9,6 +9,7 @@ import math
 import os
 import logging
 import signal
+import time
 import socket
 import sys
 from collections.abc import Mapping
@@ -260,10 +261,19 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
 
+SIGNAL_CHECK_S = 0.2
+"""How often the waiting main thread wakes to run a pending signal handler."""
+
+
 def _wait_for_signal() -> None:
+    """Until Ctrl-C or SIGTERM. Not ``signal.pause()``: it returns only for a signal delivered to the main
+    thread, and Linux may deliver a process's SIGINT to any thread (the supervisor's watcher): the handler,
+    which CPython runs on the main thread, then waited until the next signal (a CI run's ``run`` outlived its
+    SIGINT by 60 s, until the test's SIGUSR1 woke it). A short sleep lets the handler run within 0.2 s."""
     _stop_on_sigterm()
     try:
-        signal.pause()
+        while True:
+            time.sleep(SIGNAL_CHECK_S)
     except KeyboardInterrupt:
         pass
 

@@ -1,0 +1,30 @@
+"""``streamsearch run`` stops on a Ctrl-C that Linux delivers to any of its threads: a SIGINT handled by the
+supervisor's watcher thread left ``signal.pause()`` on the main thread asleep (a CI run outlived its SIGINT
+by 60 s)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+CHILD = textwrap.dedent("""
+    import signal, sys, threading, time
+    from streams.cli import _wait_for_signal
+
+    main = threading.main_thread().ident
+
+    def poke() -> None:
+        while sys._current_frames()[main].f_code.co_name != "_wait_for_signal":  # a condition: main is waiting
+            time.sleep(0.01)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # to this thread, not the main one
+
+    threading.Thread(target=poke, daemon=True).start()
+    _wait_for_signal()
+    print("stopped")
+""")
+
+
+def test_a_sigint_delivered_to_another_thread_stops_the_wait() -> None:
+    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout.strip()) == (0, "stopped"), done.stderr
