@@ -475,18 +475,7 @@ def test_queries_do_not_wait_for_a_transaction_stuck_on_a_killed_leader(cluster:
                 _wait_until(lambda: len(queries.outcomes) >= answered + QUERIES_AFTER_RETURN, 120,
                             "queries after the broker's return")
         report_queries = _assert_answered(queries.outcomes, QUERY_DEADLINE_S, outage, runtime)
-        final = IndexReceipt()
-        for receipt in receipts:
-            final = final.merge(receipt)
-        with runtime.client() as client:
-            wait_applied(client, final)
-            for doc, sentence in second:
-                reply = client.search(sentence, timeout_s=20)
-                assert not reply.partial and reply.docs[0].matches[0].id == doc.id, (sentence, reply)
-        for topic in (topics.segmented, topics.encoded):  # read_committed readers see each document once
-            keys = committed_keys(runtime, topic)
-            assert sorted(keys) == sorted(doc.id.encode() for doc, _ in corpus), \
-                f"{topic}: {len(keys)} records visible to read_committed for {EOS_DOCS} documents"
+        _assert_each_document_once(runtime, receipts, second, corpus)
         aborted = runtime.local_flow.log_path("encode", 0).read_text().count("transaction failed")
         runtime.local_flow.stop()
         report = assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
@@ -549,23 +538,31 @@ def test_an_exactly_once_stage_outlives_the_death_of_its_transaction_coordinator
                 _wait_until(lambda: len(queries.outcomes) >= answered + QUERIES_AFTER_RETURN, 120,
                             "queries after the broker's return")
         report_queries = _assert_answered(queries.outcomes, QUERY_TIMEOUT_S, outage, runtime)
-        final = IndexReceipt()
-        for receipt in receipts:
-            final = final.merge(receipt)
-        with runtime.client() as client:
-            wait_applied(client, final)
-            for doc, sentence in second:
-                reply = client.search(sentence, timeout_s=20)
-                assert not reply.partial and reply.docs[0].matches[0].id == doc.id, (sentence, reply)
         assert (runtime.local_flow.find("encode").process.pid, starts(runtime, "encode")) == (encode, 1), \
             f"the encode stage restarted ({outage})\n{stage_logs(runtime)}"
-        for topic in (topics.segmented, topics.encoded):  # read_committed readers see each document once
-            keys = committed_keys(runtime, topic)
-            assert sorted(keys) == sorted(doc.id.encode() for doc, _ in corpus), \
-                f"{topic}: {len(keys)} records visible to read_committed for {EOS_DOCS} documents"
+        _assert_each_document_once(runtime, receipts, second, corpus)
         log = runtime.local_flow.log_path("encode", 0).read_text()
         runtime.local_flow.stop()
         report = assert_exact(runtime, {doc.id: doc.text or "" for doc, _ in corpus})
     print(f"\nexactly_once, kill -9 the transaction coordinator of encode: N={EOS_DOCS} lost={report['lost']} "
           f"duplicated={report['duplicated_vectors']} transactions aborted={log.count('transaction failed')} "
           f"producers replaced={log.count('producer failed for good')} {report_queries} ({outage})")
+
+
+def _assert_each_document_once(runtime: LocalRuntime, receipts: list[IndexReceipt],
+                               second: list[tuple[Document, str]], corpus: list[tuple[Document, str]]) -> None:
+    """After an outage under exactly_once: the second half is found, and read_committed readers of
+    segmented and encoded see each document once."""
+    final = IndexReceipt()
+    for receipt in receipts:
+        final = final.merge(receipt)
+    with runtime.client() as client:
+        wait_applied(client, final)
+        for doc, sentence in second:
+            reply = client.search(sentence, timeout_s=20)
+            assert not reply.partial and reply.docs[0].matches[0].id == doc.id, (sentence, reply)
+    topics = runtime.flow.topics
+    for topic in (topics.segmented, topics.encoded):
+        keys = committed_keys(runtime, topic)
+        assert sorted(keys) == sorted(doc.id.encode() for doc, _ in corpus), \
+            f"{topic}: {len(keys)} records visible to read_committed for {EOS_DOCS} documents"
