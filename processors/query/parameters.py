@@ -11,12 +11,15 @@ from processors.query.limits import REQUEST_LIMITS
 from processors.query.lookups import RegexBudget, describe
 from processors.query.operators import Operation, merge_operations, parse_operations
 
-__all__ = ["DEFAULT_FUSION", "FUSIONS", "InvalidParameterError", "RETRIEVALS", "SearchParameters"]
+__all__ = ["DENSE", "DEFAULT_FUSION", "HYBRID", "LEXICAL", "FUSIONS", "InvalidParameterError", "RETRIEVALS", "SearchParameters"]
 
 _STAGES = ("index", "join")
 
 RETRIEVALS = ("dense", "lexical", "hybrid")
 """What a search retrieves by: the vectors, BM25 over the texts (the lexical arm), or both fused."""
+DENSE, LEXICAL, HYBRID = RETRIEVALS
+"""Its names, for code that tests one (never the string literals)."""
+
 
 FUSIONS = ("rrf", "dbsf", "linear")
 """How ``hybrid`` fuses the two arms' lists (``processors.rankers.fusion``)."""
@@ -63,7 +66,7 @@ class SearchParameters:
     ground_truth: Mapping[str, Mapping[str, int]] | None = None
     metrics: tuple[str, ...] = ("ndcg@10", "recall@100", "precision@10", "mrr")
     query_language: tuple[Mapping[str, Any], ...] = ()
-    retrieval: str = "dense"
+    retrieval: str = DENSE
     fusion: str = DEFAULT_FUSION
     rrf_k: int = 60
     candidates: int = 100
@@ -149,17 +152,17 @@ class SearchParameters:
     def reranks(self) -> bool:
         """Whether the joiner re-ranks a pool of candidates (fusion, diversity, grouping) rather than cut
         the merged list at ``top_k``."""
-        return self.retrieval == "hybrid" or self.diversity is not None or self.group_by is not None
+        return self.retrieval == HYBRID or self.diversity is not None or self.group_by is not None
 
     @property
     def uses_lexical(self) -> bool:
         """Whether the lexical arm answers (it needs the corpus statistics with the request)."""
-        return self.retrieval != "dense"
+        return self.retrieval != DENSE
 
     @property
     def uses_dense(self) -> bool:
         """Whether the vectors answer (the query needs an embedding)."""
-        return self.retrieval != "lexical"
+        return self.retrieval != LEXICAL
 
     def operations_for(self, stage: str, defaults: Sequence[Operation] = ()) -> tuple[Operation, ...]:
         """The operations one stage runs: its defaults, overridden by name or extended by the

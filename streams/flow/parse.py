@@ -16,7 +16,7 @@ import yaml
 
 from processors.exceptions import QueryLanguageError
 from processors.query.operators import Operation, parse_operations
-from processors.query.parameters import FUSIONS, RETRIEVALS
+from processors.query.parameters import DENSE, FUSIONS, RETRIEVALS
 from streams.exceptions import FlowConfigError
 from streams.flow.executors import DEFAULT_RANKER, RANKERS, build_config
 from streams.flow.spec import (DEFAULT_MAX_CHUNKS_PER_DOCUMENT, DEFAULT_MAX_PAYLOAD_BYTES, PROCESSING_GUARANTEES,
@@ -271,7 +271,7 @@ def _search(search: Any, fail: _Fail) -> SearchDefaults:
 def _check_retrieval(search: SearchDefaults, stages: tuple[StageConfig, ...], fail: _Fail) -> None:
     """:raises FlowConfigError: for a default retrieval the index cannot answer (no lexical arm)."""
     index = next(stage for stage in stages if stage.name == INDEX.name)
-    if search.retrieval != "dense" and not index.config.lexical:
+    if search.retrieval != DENSE and not index.config.lexical:
         raise fail(("search", "retrieval"), f"search: retrieval {search.retrieval!r} needs the lexical arm: "
                                             "give the index stage `with: {lexical: true}`")
 

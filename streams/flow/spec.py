@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from processors.query.operators import Operation
-from processors.query.parameters import DEFAULT_FUSION
+from processors.query.parameters import DEFAULT_FUSION, DENSE
 from streams.exceptions import FlowConfigError
 from streams.flow.executors import RANKERS
 from streams.stages.kinds import ENCODE, INDEX, KINDS, SEGMENT, STAGE_TOPIC_ROLES
@@ -62,7 +62,7 @@ class SearchDefaults:
     top_k: int = 10
     timeout_s: float = 10.0
     chunk_oversample: int = 5
-    retrieval: str = "dense"
+    retrieval: str = DENSE
     """``dense``, ``lexical`` or ``hybrid`` (``processors.query.parameters.RETRIEVALS``); the last two need
     the index stage's lexical arm."""
     fusion: str = DEFAULT_FUSION

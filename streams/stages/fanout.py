@@ -18,7 +18,7 @@ from processors.index.lexical import Analyzer
 from processors.index.types import INDEX_TYPES
 from processors.query.limits import CLOCK_SKEW_MS, REQUEST_LIMITS, RequestLimits
 from processors.query.lookups import describe
-from processors.query.parameters import InvalidParameterError, SearchParameters
+from processors.query.parameters import DENSE, LEXICAL, InvalidParameterError, SearchParameters
 from streams.wire import headers as h
 from streams.wire.headers import query_headers
 from streams.exceptions import RequestExpiredError, SerdeError
@@ -214,11 +214,11 @@ class QueryFanout(PathHandler):
             batch = [item for item in batch if item[1].deadline_ms >= now_ms]
             if not batch:
                 continue
-            dense = [request for _, request in batch if request.parameters["retrieval"] != "lexical"]
+            dense = [request for _, request in batch if request.parameters["retrieval"] != LEXICAL]
             docs = [doc for request in dense for doc in request.docs]
             encoded = iter(self._encoder.run(docs=docs, traversal_paths=["r"]).docs if self._encoder and docs else docs)
             for record, request in batch:
-                if request.parameters["retrieval"] != "lexical":
+                if request.parameters["retrieval"] != LEXICAL:  # checked in _check: no second parse
                     request = dataclasses.replace(request, docs=[next(encoded) for _ in request.docs])
                 outputs.extend(self._fan_out(created_ms_of(record), self._with_statistics(request)))
         return outputs
@@ -238,7 +238,7 @@ class QueryFanout(PathHandler):
 
     def _with_statistics(self, request: Request) -> Request:
         """The request with the statistics of its terms, when the lexical arm answers it."""
-        if request.parameters["retrieval"] == "dense" or self._lexical is None:
+        if request.parameters["retrieval"] == DENSE or self._lexical is None:
             return request
         analyzer, table = self._lexical
         terms = [term for doc in request.docs for term in analyzer.terms(doc.text or "")]
