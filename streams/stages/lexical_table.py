@@ -45,9 +45,9 @@ class LexicalTable:
         :param flow: the flow's topic prefix, for the ``streamsearch_lexical_units`` gauge."""
         self._analyzer = analyzer
         self._flow = flow
-        self._own: dict[tuple[int, _Key], tuple[int, int]] = {}
-        self._updated: dict[tuple[int, _Key], int] = {}
-        """The offset of each shard's value of a key, to tell a snapshot's keys from stale ones."""
+        self._own: dict[tuple[int, _Key], tuple[int, int, int]] = {}
+        """Each shard's (partition's) value of a key, count and tokens, with the offset it came at (to tell a
+        snapshot's keys from stale ones)."""
         self._snapshot_begins: dict[int, int] = {}
         self._sums: dict[_Key, tuple[int, int]] = {}
         self._lock = threading.Lock()
@@ -77,11 +77,9 @@ class LexicalTable:
 
     def _set(self, partition: int, key: _Key, value: tuple[int, int], offset: int) -> None:
         """One shard's value for a key, and the sum over shards following it."""
-        old = self._own.pop((partition, key), (0, 0))
-        self._updated.pop((partition, key), None)
+        old = self._own.pop((partition, key), (0, 0, -1))
         if value != (0, 0):
-            self._own[(partition, key)] = value
-            self._updated[(partition, key)] = offset
+            self._own[(partition, key)] = (*value, offset)
         total = self._sums.get(key, (0, 0))
         total = (total[0] - old[0] + value[0], total[1] - old[1] + value[1])
         if total == (0, 0):
@@ -100,7 +98,7 @@ class LexicalTable:
         begin = self._snapshot_begins.pop(record.partition, None)
         if begin is None:  # its begin was not read (the reader started past it): nothing to compare with
             return
-        stale = [key for (partition, key), offset in self._updated.items()
+        stale = [key for (partition, key), (_, _, offset) in self._own.items()
                  if partition == record.partition and offset < begin]
         for key in stale:
             self._set(record.partition, key, (0, 0), record.offset)
