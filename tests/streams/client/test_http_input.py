@@ -131,7 +131,7 @@ def test_without_an_inspector_status_says_what_the_client_knows(client: Client) 
 
 
 def test_every_reply_field_reaches_the_json_answer() -> None:
-    """The bridge passes a reply's fields on by the dataclass: a new reply field needs no edit in http.py."""
+    """The bridge passes a reply's fields on by the dataclass: a new reply field needs no edit in http/payloads.py."""
     import dataclasses
 
     from processors.document import Document
