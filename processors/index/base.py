@@ -57,13 +57,28 @@ class SearchTuning:
     ef_search: int | None = None
     nprobe: int | None = None
     allowed: np.ndarray | None = None
-    """Only these vector ids may be returned (a field's vectors); None allows all."""
+    """Only these vector ids may be returned (a field's vectors, a filter's), ascending; None allows all."""
 
     def selector(self) -> "faiss.IDSelector | None":
-        """A FAISS selector for ``allowed``; the caller keeps it referenced while searching."""
+        """A FAISS selector for ``allowed``; the caller keeps it referenced while searching.
+
+        A bitmap over the ids up to the largest allowed one: one bit test per candidate, and built in
+        microseconds (a hash set of 50,000 ids, ``IDSelectorBatch``, took 3 ms to build, the bitmap 0.02 ms:
+        ``benchmarks/filtered_search.py``). A few ids far apart (ids are never reused, so they grow) take
+        the hash set instead, whose size follows their count.
+        """
         import faiss  # here, not at the top: the flow's types above are read without the index extra
 
-        return faiss.IDSelectorBatch(self.allowed) if self.allowed is not None else None
+        if self.allowed is None:
+            return None
+        if not len(self.allowed) or int(self.allowed[-1]) >= 64 * len(self.allowed) + 65_536:
+            return faiss.IDSelectorBatch(self.allowed)
+        mask = np.zeros(int(self.allowed[-1]) + 1, dtype=np.bool_)
+        mask[self.allowed] = True
+        bits = np.packbits(mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+        selector.referenced_objects = [bits]  # FAISS only points at the bits: keep them alive with it
+        return selector
 
     def __post_init__(self) -> None:
         for name in ("ef_search", "nprobe"):

@@ -23,8 +23,10 @@ from processors.index.base import ApplyResult, Change, DocumentCodec, Hit, Index
 from processors.index.config import CompoundIndexerConfig
 from processors.index.faiss_flat import FlatVectorIndex
 from processors.index.lexical import Analyzer, CorpusStats, LexicalIndex
+from processors.index.scalar import FieldValues, ScalarIndex
 from processors.index.store import Owner, ShardStore, ShardWrite
 from processors.index.types import EXACT, INDEX_TYPES, VECTOR_INDEX_TYPES, known_index_type
+from processors.query.filter import Filter, check_filter, stored_values
 
 __all__ = ["CompoundIndexerConfig", "CompoundIndexer"]
 
@@ -73,6 +75,7 @@ class CompoundIndexer:
         self._vectors.add(ids, vectors)
         self._index_for(self.config.index_type, stored=(ids, vectors))
         self._open_lexical(owners, ids)
+        self._open_fields(owners, ids)
         logger.info("shard index opened", extra={"path": str(self.path), "vectors": len(ids),
                                                  "lexical_units": len(self._lexical)})
 
@@ -90,6 +93,34 @@ class CompoundIndexer:
         if self._analyzer is not None:
             for vid, counts in self._store.term_counts():
                 self._lexical.add(vid, counts, self._vid_owner[vid][2])
+
+    def _open_fields(self, owners: Sequence[Owner], ids: np.ndarray) -> None:
+        """Build the field indexes from the stored values; first extract them from the stored documents
+        when the shard's were stored for another declaration (or none), or clear them when none is declared."""
+        schema = dict(self.config.filterable)
+        if (self._store.filterable or {}) != schema:
+            started = time.perf_counter()
+            values = [(doc_id, self._field_values(doc)) for doc_id in self._store.doc_ids()
+                      if schema and (doc := self._store.document(doc_id)) is not None]
+            self._store.replace_field_values(values, schema)
+            logger.info("field index values extracted from the stored documents", extra={
+                "path": str(self.path), "documents": len(values), "seconds": round(time.perf_counter() - started, 3)})
+        if not schema:
+            return
+        stored = dict(self._store.field_values())
+        start = 0
+        vids = ids.tolist()
+        for end in range(1, len(vids) + 1):  # a document's vectors have consecutive ids
+            if end == len(vids) or owners[end][0] != owners[start][0]:
+                self._scalars.add(vids[start:end], stored.get(owners[start][0], {}))
+                start = end
+
+    def _field_values(self, doc: Document) -> FieldValues:
+        """The root document's filterable tag values, in the stored form; tags that fit no declared type
+        are left out (not filterable), as are undeclared ones."""
+        tags = doc.tags or {}
+        return {name: kept for name, kind in self.config.filterable.items()
+                if name in tags and (kept := stored_values(kind, tags[name]))}
 
     def _terms_from_documents(self, owners: Sequence[Owner], ids: np.ndarray) -> _TermCounts:
         """Each vector's node's text, analysed: read from the stored root documents."""
@@ -137,10 +168,11 @@ class CompoundIndexer:
         last = {change.doc_id: change.doc for change in changes}
         planned = [(doc, list(_embedded_nodes(doc))) for doc in last.values() if doc is not None]
         self._check_dims(planned)
-        write = self._store.begin(term_counts=self._analyzer is not None)
+        write = self._store.begin(term_counts=self._analyzer is not None, field_values=bool(self.config.filterable))
         removed_vids = [vid for doc_id in last for vid in write.remove_document(doc_id)]
         removed_terms = write.stored_term_counts(removed_vids) if self._analyzer is not None else []
         new_ids, new_vectors, new_owners, new_terms = self._stage_vectors(write, planned)
+        new_fields = self._stage_fields(write, planned)
         node_fields = {vid: owner[2] for vid, owner in zip(new_ids, new_owners)}
         self._store.commit(write, next_vid=self._next_vid, checkpoint=checkpoint)
         changed: set[tuple[str, str]] = set()
@@ -151,6 +183,9 @@ class CompoundIndexer:
             self._lexical.add(vid, counts, node_fields[vid])
             changed.update((node_fields[vid], term) for term in ("", *counts))
         removed = self._follow(removed_vids, new_ids, new_vectors, new_owners)
+        self._scalars.remove(removed_vids)
+        for vids, values in new_fields:
+            self._scalars.add(vids, values)
         return ApplyResult(
             upserted=len(planned),
             deleted=sum(1 for doc in last.values() if doc is None),
@@ -211,6 +246,19 @@ class CompoundIndexer:
             write.put_document(doc, vids)
         return new_ids, new_vectors, new_owners, new_terms
 
+    def _stage_fields(self, write: ShardWrite, planned: _Planned) -> list[tuple[list[int], FieldValues]]:
+        """Stage each upserted document's filterable values; returns its vector ids with them. Called after
+        :meth:`_stage_vectors`, which gave each document's vectors consecutive ids in this order."""
+        if not self.config.filterable:
+            return []
+        staged, vid = [], self._next_vid - sum(len(nodes) for _, nodes in planned)
+        for doc, nodes in planned:
+            values = self._field_values(doc)
+            write.put_field_values(doc.id, values)
+            staged.append((list(range(vid, vid + len(nodes))), values))
+            vid += len(nodes)
+        return staged
+
     def _follow(self, removed_vids: list[int], new_ids: list[int], new_vectors: list[np.ndarray],
                 new_owners: list[Owner]) -> int:
         """FAISS follows RocksDB, only after the write succeeded; returns how many vectors were removed."""
@@ -268,6 +316,7 @@ class CompoundIndexer:
         ef_search: int | None = None,
         nprobe: int | None = None,
         fields: Sequence[str] | None = None,
+        filter: Filter | None = None,
         with_vectors: bool = False,
     ) -> list[list[Hit]]:
         """The ``top_k`` nearest vectors for each query, best first, with their documents.
@@ -280,14 +329,21 @@ class CompoundIndexer:
         :param nprobe: IVF lists scanned for this call; None uses the configured one.
             A type reads only the knobs its row names (``VectorIndexType.knobs``) and ignores the other.
         :param fields: only vectors of nodes with one of these ``field_name``s (multi-field search).
+        :param filter: only vectors of documents whose tags it accepts (a pre-filter on the field indexes).
+            When it allows at most ``exact_filter_limit`` vectors the flat index scans just those, whatever
+            the index type (the hits' ``op_name`` then names it); otherwise the index type searches with a
+            selector of the allowed ids.
         :param with_vectors: each hit's node carries its stored vector as ``embedding`` (for diversity at the
             joiner); otherwise nodes have none.
         :returns: per query, hits whose score's ``op_name`` names the index that answered.
         :raises DimensionMismatchError: if the queries' width differs from ``dim``.
         :raises ConfigError: for an unknown index type, or an ``ef_search``/``nprobe`` below 1.
+        :raises InvalidParameterError: for a filter on a field this index does not declare filterable.
         """
         chosen = known_index_type(self.config.index_type if index_type is None else index_type)
-        allowed = self._allowed(fields) if fields is not None else None
+        allowed = self._allowed(fields, filter)
+        if allowed is not None and len(allowed) <= self.config.exact_filter_limit:
+            chosen = EXACT.name
         tuning = SearchTuning(ef_search=ef_search, nprobe=nprobe, allowed=allowed)
         queries = np.asarray(embeddings, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.config.dim:
@@ -335,7 +391,8 @@ class CompoundIndexer:
         return self._analyzer
 
     def search_lexical(self, *, terms: Sequence[str], stats: CorpusStats, top_k: int,
-                       fields: Sequence[str] | None = None, with_vectors: bool = False) -> list[Hit]:
+                       fields: Sequence[str] | None = None, filter: Filter | None = None,
+                       with_vectors: bool = False) -> list[Hit]:
         """The ``top_k`` units (nodes with text and a vector) scoring highest by BM25, best first, ties by
         document id then node path; the hits' score ``op_name`` is ``bm25``.
 
@@ -344,20 +401,31 @@ class CompoundIndexer:
             own (:meth:`lexical_stats`) when it holds the whole corpus.
         :param fields: only units of nodes with one of these ``field_name``s; ``stats`` should be those
             fields' (:meth:`lexical_stats` with the same ``fields``, summed over shards).
+        :param filter: as :meth:`search`'s: only units of documents it accepts (the statistics stay the
+            corpus's: a filter restricts what is ranked, not how terms weigh).
         :param with_vectors: as :meth:`search`'s: each hit's node carries its unit's vector.
         :raises ConfigError: if this shard keeps no lexical arm (``lexical: false``).
+        :raises InvalidParameterError: for a filter on a field this index does not declare filterable.
         """
         self._require_lexical()
-        allowed = self._allowed(fields) if fields is not None else None
+        allowed = self._allowed(fields, filter)
         if top_k < 1:
             return []
         vids, scores = self._lexical.search(terms, stats, top_k, allowed=allowed)
         return self._hits(LEXICAL_OP_NAME, Direction.SIMILARITY, scores, vids, top_k, {}, with_vectors)
 
-    def _allowed(self, fields: Sequence[str]) -> np.ndarray:
-        """The ids of the vectors of nodes with one of these field names, sorted."""
-        vids = set().union(*(self._field_vids.get(name, set()) for name in fields))
-        return np.fromiter(sorted(vids), dtype=np.int64, count=len(vids))
+    def _allowed(self, fields: Sequence[str] | None, filter: Filter | None) -> np.ndarray | None:
+        """The ids of the vectors a search may return, ascending: of nodes with one of these field names,
+        of documents the filter accepts, or both; None when neither restricts it."""
+        allowed = None
+        if fields is not None:
+            vids = set().union(*(self._field_vids.get(name, set()) for name in fields))
+            allowed = np.fromiter(sorted(vids), dtype=np.int64, count=len(vids))
+        if filter is not None:
+            check_filter(filter, self.config.filterable)
+            selected = self._scalars.select(filter)
+            allowed = selected if allowed is None else np.intersect1d(allowed, selected, assume_unique=True)
+        return allowed
 
     def _hits(self, op_name: str, direction: Direction, row_scores: np.ndarray, row_ids: np.ndarray, top_k: int,
               roots: dict[str, Document | None], with_vectors: bool = False) -> list[Hit]:
@@ -403,6 +471,7 @@ class CompoundIndexer:
         self._vid_owner: dict[int, Owner] = {}
         self._field_vids: dict[str, set[int]] = {}
         self._lexical = LexicalIndex()
+        self._scalars = ScalarIndex(self.config.filterable)
         self._next_vid = 0
 
     def _index_for(self, index_type: str, stored: tuple[np.ndarray, np.ndarray] | None = None) -> VectorIndex:

@@ -10,14 +10,18 @@ Key layout (one RocksDB per shard):
     v/<vector id>  float32 vector bytes + the owner: 0xFF, then doc id, node path and field name,
                    each as a big-endian uint32 byte count and its UTF-8 bytes
     l/<vector id>  the lexical arm's term counts of the vector's node (term NUL count NUL ...), if its text has terms
+    s/<doc id>     the document's filterable tag values, JSON {field: [values]}, if it has any (format 4)
     m/checkpoint   the caller's opaque checkpoint
     m/next_vid     the next vector id
     m/config       dim and metric, checked on reopen
     m/analyzer     the analyzer the l/ counts come from (format 3)
-    m/format       the layout (3); a newer one is refused. A new shard is stamped 3 on its first open;
+    m/filterable   the field schema the s/ values follow, JSON {field: type} (format 4)
+    m/format       the layout (4); a newer one is refused. A new shard is stamped 4 on its first open;
                    a format-2 shard stays 2 until the lexical arm is first kept (``replace_term_counts``
                    counts its stored documents and stamps 3), after which older code refuses to open it
-                   (it would leave the counts of deleted vectors behind)
+                   (it would leave the counts of deleted vectors behind). Likewise a shard is stamped 4
+                   when it first keeps field values (``replace_field_values``): format-3 code would leave
+                   a deleted document's values behind, for a later document of the same id to inherit
 
 A key is a fixed prefix and the whole id, and an owner is length-prefixed, so nothing stored
 depends on what an id contains (NUL, '/', control characters...). Shards written before
@@ -32,6 +36,7 @@ import json
 import struct
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from rocksdict import Options, Rdict, WriteBatch
@@ -44,8 +49,8 @@ __all__ = ["FORMAT", "Owner", "ShardStore", "ShardWrite"]
 
 _DOC, _DOC_VIDS, _VEC, _TERMS = b"d/", b"dv/", b"v/", b"l/"
 _CHECKPOINT, _NEXT_VID, _CONFIG, _FORMAT = b"m/checkpoint", b"m/next_vid", b"m/config", b"m/format"
-_ANALYZER = b"m/analyzer"
-FORMAT = 3
+_ANALYZER, _FILTERABLE, _FIELDS = b"m/analyzer", b"m/filterable", b"s/"
+FORMAT = 4
 """The storage layout this code writes; it reads every one up to it."""
 WRITE_BUFFER_BYTES = 16 << 20
 """RocksDB's memtable size (its default is 64 MiB, and two can be held while one flushes): every
@@ -129,6 +134,17 @@ class ShardStore:
         for key, value in self._scan(_TERMS):
             yield struct.unpack(">q", key[len(_TERMS):])[0], _unpack_terms(value)
 
+    def field_values(self) -> Iterator[tuple[str, dict[str, list[Any]]]]:
+        """Every stored document's filterable tag values (the field indexes'), by document id."""
+        for key, value in self._scan(_FIELDS):
+            yield key[len(_FIELDS):].decode("utf-8", "surrogatepass"), json.loads(value)
+
+    @property
+    def filterable(self) -> dict[str, str] | None:
+        """The field schema the stored values follow; None: none stored (an older or a new shard)."""
+        raw = self._open_db().get(_FILTERABLE)
+        return json.loads(raw) if raw is not None else None
+
     @property
     def analyzer(self) -> str | None:
         """The name of the analyzer the stored term counts come from; None: none stored (an older shard)."""
@@ -148,12 +164,13 @@ class ShardStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def begin(self, *, term_counts: bool = False) -> ShardWrite:
+    def begin(self, *, term_counts: bool = False, field_values: bool = False) -> ShardWrite:
         """A new atomic write; nothing is stored until :meth:`commit`.
 
         :param term_counts: the shard keeps the lexical arm's counts: a removal removes them too.
+        :param field_values: the shard keeps filterable values: a removal removes them too.
         """
-        return ShardWrite(self._open_db(), self._codec, term_counts=term_counts)
+        return ShardWrite(self._open_db(), self._codec, term_counts=term_counts, field_values=field_values)
 
     def commit(self, write: ShardWrite, *, next_vid: int, checkpoint: bytes) -> None:
         """Store the staged write with the next vector id and the checkpoint, in one WriteBatch."""
@@ -171,8 +188,28 @@ class ShardStore:
             if unit_counts:
                 batch.put(_TERMS + struct.pack(">q", vid), _pack_terms(unit_counts))
         batch.put(_ANALYZER, analyzer.encode())
-        batch.put(_FORMAT, str(FORMAT).encode())
+        self._stamp(batch, 3)
         self._open_db().write(batch)
+
+    def replace_field_values(self, values: Iterable[tuple[str, Mapping[str, Sequence[Any]]]],
+                             schema: Mapping[str, str]) -> None:
+        """Store every document's filterable values anew, following ``schema``, in one WriteBatch: a
+        shard's first open with fields declared, or one whose declaration changed."""
+        batch = WriteBatch(raw_mode=True)
+        for key, _ in self._scan(_FIELDS):
+            batch.delete(key)
+        for doc_id, doc_values in values:
+            if doc_values:
+                batch.put(_FIELDS + _utf8(doc_id), _pack_fields(doc_values))
+        batch.put(_FILTERABLE, json.dumps(dict(schema), sort_keys=True).encode())
+        self._stamp(batch, 4)
+        self._open_db().write(batch)
+
+    def _stamp(self, batch: WriteBatch, layout: int) -> None:
+        """Raise the stored format to ``layout`` (never lower it): older code then refuses the shard."""
+        stored = self._open_db().get(_FORMAT)
+        if stored is None or int(stored) < layout:
+            batch.put(_FORMAT, str(layout).encode())
 
     # -- internals -------------------------------------------------------------------------
 
@@ -212,10 +249,12 @@ class ShardWrite:
     :param db: the open RocksDB, read for what a removal removes; written only by :meth:`ShardStore.commit`.
     """
 
-    def __init__(self, db: Rdict, codec: DocumentCodec, *, term_counts: bool = False) -> None:
+    def __init__(self, db: Rdict, codec: DocumentCodec, *, term_counts: bool = False,
+                 field_values: bool = False) -> None:
         self._db = db
         self._codec = codec
         self._term_counts = term_counts
+        self._field_values = field_values
         self.batch = WriteBatch(raw_mode=True)
 
     def remove_document(self, doc_id: str) -> list[int]:
@@ -233,6 +272,8 @@ class ShardWrite:
                 self.batch.delete(_TERMS + struct.pack(">q", vid))
         self.batch.delete(_DOC + _utf8(doc_id))
         self.batch.delete(_DOC_VIDS + _utf8(doc_id))
+        if self._field_values:
+            self.batch.delete(_FIELDS + _utf8(doc_id))
         return vids
 
     def put_vector(self, vid: int, vector: np.ndarray, owner: Owner) -> None:
@@ -251,6 +292,11 @@ class ShardWrite:
         if counts:
             self.batch.put(_TERMS + struct.pack(">q", vid), _pack_terms(counts))
 
+    def put_field_values(self, doc_id: str, values: Mapping[str, Sequence[Any]]) -> None:
+        """Stage a document's filterable values; a document without any stores nothing."""
+        if values:
+            self.batch.put(_FIELDS + _utf8(doc_id), _pack_fields(values))
+
     def put_document(self, doc: Document, vids: list[int]) -> None:
         """Stage a root document (the codec writes it without embeddings) and the ids of its vectors."""
         self.batch.put(_DOC + _utf8(doc.id), self._codec.encode(doc))
@@ -260,6 +306,12 @@ class ShardWrite:
 def _utf8(text: str) -> bytes:
     """UTF-8, lone surrogates passed through: any str has bytes that decode back to it."""
     return text.encode("utf-8", "surrogatepass")
+
+
+def _pack_fields(values: Mapping[str, Sequence[Any]]) -> bytes:
+    """Filterable values as compact JSON: strings, finite floats and booleans only (``stored_values``)."""
+    return json.dumps({name: list(members) for name, members in values.items()}, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
 
 
 def _pack_terms(counts: Mapping[str, int]) -> bytes:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from processors.exceptions import InvalidParameterError, RequestLimitError
 from processors.query.lookups import Condition, describe
+from processors.query.filter import FieldSchema, check_filter
 
 if TYPE_CHECKING:
     from processors.query.parameters import SearchParameters
@@ -39,8 +40,9 @@ class RequestLimits:
     :param max_group_size: documents per group when grouping (``group_size``).
     :param max_query_language_bytes: the request's ``query_language`` as compact UTF-8 JSON.
     :param max_operations: operations in the request's ``query_language``.
-    :param max_conditions: filter conditions over all the request's operations.
-    :param max_in_items: values in one ``in`` list.
+    :param max_conditions: filter conditions over all the request's operations, and in its ``filter``.
+    :param max_in_items: values in one ``in`` list (``$in``, ``$nin``, or parts of an ``$and``/``$or``).
+    :param max_filter_depth: nesting of the ``filter`` parameter's objects.
     :param regex_budget_s: regex evaluation time per request, on each shard and at the joiner;
         a regex search times out at ``REGEX_TIMEOUT`` (counted as no match), and the request
         fails with an error once its budget is spent.
@@ -63,6 +65,7 @@ class RequestLimits:
     max_operations: int = 16
     max_conditions: int = 32
     max_in_items: int = 1_000
+    max_filter_depth: int = 16
     regex_budget_s: float = 0.25
     max_fetch: int = 20_000
     max_deadline_s: float = 300.0
@@ -97,7 +100,7 @@ class RequestLimits:
                                     f"max_deadline_s is {self.max_deadline_s:g}")
 
     def check(self, params: SearchParameters, *, queries: int, after: Mapping[int, int],
-              fields: Sequence[str], partitions: int) -> None:
+              fields: Sequence[str], partitions: int, filterable: FieldSchema | None = None) -> None:
         """Refuse a request over any limit, cheapest checks first, so that a huge payload is
         refused by its size before its parts are parsed.
 
@@ -106,8 +109,10 @@ class RequestLimits:
         :param after: the request's read-your-writes offsets, ingest partition -> offset.
         :param fields: the flow's fields (empty when it has none): ``filter_by`` may name only these.
         :param partitions: the flow's partitions (shards): ``after`` may name only these.
+        :param filterable: the flow's filterable fields: ``filter`` may test only these, by their types.
         :raises RequestLimitError: naming the limit and the request's value.
-        :raises InvalidParameterError: for ``filter_by`` naming a field the flow does not have.
+        :raises InvalidParameterError: for ``filter_by`` naming a field the flow does not have, or a
+            ``filter`` on a field it does not declare filterable or with a value not of its type.
         :raises QueryLanguageError: for a malformed operation.
         """
         if queries > self.max_queries:
@@ -118,6 +123,8 @@ class RequestLimits:
                                     f"{params.chunk_oversample} = {fetch}; the limit max_fetch is {self.max_fetch}")
         self._check_after(after, partitions)
         _check_fields(params.filter_by, fields)
+        if params.filter is not None:
+            check_filter(params.filter, filterable or {})
         self._check_query_language(params)
 
     def _check_after(self, after: Mapping[int, int], partitions: int) -> None:

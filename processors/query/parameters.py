@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 from processors.exceptions import InvalidParameterError
+from processors.query.filter import Filter, filter_json, parse_filter
 from processors.query.limits import REQUEST_LIMITS
 from processors.query.lookups import RegexBudget, describe
 from processors.query.operators import Operation, merge_operations, parse_operations
@@ -54,6 +55,8 @@ class SearchParameters:
     :param group_size: documents per group, at most; 1 without ``group_by``.
     :param diversity: MMR's λ in [0, 1] (``processors.rankers.diversity``): 1 ranks by relevance alone, lower
         trades relevance for novelty; None (the default) leaves the ranking as it is.
+    :param filter: conditions on the root documents' tags (``processors.query.filter``), answered by the
+        shards' field indexes before either arm searches; given as JSON, held parsed.
 
     Not a parameter: ``regex_budget``, the regex evaluation time of this request on the stage
     that parsed it, shared by every operation :meth:`operations_for` gives.
@@ -74,6 +77,7 @@ class SearchParameters:
     group_by: str | None = None
     group_size: int = 1
     diversity: float | None = None
+    filter: Filter | None = None
     regex_budget: RegexBudget = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,12 +113,20 @@ class SearchParameters:
         if values["index_type"] is not None and not isinstance(values["index_type"], str):
             raise InvalidParameterError(f"parameter 'index_type' must be a string, got {values['index_type']!r}")
         values["ground_truth"] = _ground_truth(values["ground_truth"])
+        if values.setdefault("filter", None) is not None:
+            values["filter"] = parse_filter(values["filter"], max_conditions=REQUEST_LIMITS.max_conditions,
+                                            max_in_items=REQUEST_LIMITS.max_in_items,
+                                            max_depth=REQUEST_LIMITS.max_filter_depth)
         values["query_language"] = _operations(values["query_language"])
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, to travel with the request to shards and joiner."""
+        """JSON-ready, to travel with the request to shards and joiner. ``filter`` is there only when set:
+        a shard of an earlier version then refuses a filtered search (unknown parameter) rather than
+        answer it unfiltered."""
+        filtered = {"filter": filter_json(self.filter)} if self.filter is not None else {}
         return {
+            **filtered,
             "top_k": self.top_k,
             "chunk_oversample": self.chunk_oversample,
             "filter_by": list(self.filter_by) if self.filter_by is not None else None,

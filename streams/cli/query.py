@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -63,17 +64,20 @@ def _dead_lettered(letters: list[Any], count: int, flow: CommandFlow) -> str:
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Deadline in seconds.")
 @click.option("--filter-by", multiple=True, help="Search only this field (repeatable; multi-field flows).")
 @click.option("--index-type", default=None, help=f"Shard index to answer from: {', '.join(INDEX_TYPES)}.")
+@click.option("--filter", "filter_json", default=None, metavar="JSON",
+              help='Only documents whose tags match, e.g. \'{"year": {"$gte": 2015}}\' (README, "Filtered search").')
 @retrieval_options(retrieval=None, fusion=None)
 def search(text: str, flow: CommandFlow, top_k: int | None, timeout: float, filter_by: tuple[str, ...],
-           index_type: str | None, retrieval: str | None, fusion: str | None) -> None:
+           index_type: str | None, filter_json: str | None, retrieval: str | None, fusion: str | None) -> None:
     """Search a running flow and print the matches."""
     from streams.demo.hello_world import format_reply
     from streams.ops.status import why_no_reply
 
+    conditions = _json_option("--filter", filter_json)
     with _client(flow) as client:
         try:
             reply = client.search(text, top_k=top_k, timeout_s=timeout, filter_by=filter_by or None,
-                                  index_type=index_type, retrieval=retrieval, fusion=fusion)
+                                  index_type=index_type, retrieval=retrieval, fusion=fusion, filter=conditions)
         except ValueError as exc:  # refused before sending: a blank text, a timeout over the limit
             raise StreamsearchError(str(exc)) from None
         except RequestExpiredError:  # answered: the flow says why
@@ -90,6 +94,19 @@ def search(text: str, flow: CommandFlow, top_k: int | None, timeout: float, filt
                      for doc in reply.docs for m in doc.matches if "score" in m.scores})
     click.echo(f"\n  answered by index version {reply.version}"
                f"{'; scores: ' + ', '.join(scored) if scored else ''}")
+
+
+def _json_option(name: str, raw: str | None) -> Any:
+    """An option's JSON value, or None when not given.
+
+    :raises StreamsearchError: in one line, for text that is not JSON.
+    """
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise StreamsearchError(f"{name} is not JSON: {exc}") from None
 
 
 @main.command("serve")

@@ -214,6 +214,7 @@ class Client:
         index_type: str | None = None,
         retrieval: str | None = None,
         fusion: str | None = None,
+        filter: Mapping[str, Any] | None = None,
         parameters: Mapping[str, Any] | None = None,
     ) -> concurrent.futures.Future[SearchReply]:
         """Send a search; the future resolves with the reply.
@@ -241,20 +242,23 @@ class Client:
             ``lexical`` and ``hybrid`` need a flow whose index keeps the lexical arm (``lexical: true``);
             another flow answers with an error reply naming that.
         :param fusion: how ``hybrid`` fuses the arms: ``dbsf``, ``rrf`` or ``linear`` (``FUSIONS``).
+        :param filter: conditions on the documents' tags, e.g. ``{"year": {"$gte": 2015}, "lang": "en"}``
+            (``processors.query.filter``; README, "Filtered search"): only documents it accepts are searched,
+            on fields the flow declares ``filterable``.
         :param parameters: any other request parameter (``query_language``, ``ground_truth``, ``rrf_k``,
             ``candidates``, ``dense_weight``, ...).
         :raises ValueError: if neither of ``texts`` and ``vectors`` is given, or both with different
             counts, a text is blank, ``vectors`` is not a non-empty 2-D array of finite numbers (float32 range), or
             ``timeout_s`` is over ``max_deadline_s`` (300 s), or ``top_k`` is not in
             ``1..max_top_k`` (the message names the limit), or ``retrieval`` or ``fusion`` is not
-            one of its allowed values (the message names them).
+            one of its allowed values (the message names them), or ``filter`` is malformed.
         :raises PayloadTooLargeError: before sending a request over ``max_payload_bytes``; a
             request the broker refuses as too large fails its future with it.
         """
         queries = query_documents(texts, vectors)
         request_id = uuid.uuid4().hex
         params = search_parameters(parameters, top_k=top_k, filter_by=filter_by, index_type=index_type,
-                                   retrieval=retrieval, fusion=fusion)
+                                   retrieval=retrieval, fusion=fusion, filter=filter)
         wait_s = checked_timeout_s(self.timeout_s if timeout_s is None else timeout_s)
         sent_ms = int(self._clock() * 1000)
         deadline_ms = sent_ms + int(wait_s * 1000)

@@ -11,6 +11,7 @@ from confluent_kafka import KafkaError, Message
 
 from processors.document import Document, validate_embedding, validate_text
 from processors.exceptions import InvalidDocumentError, InvalidParameterError
+from processors.query.filter import parse_filter
 from processors.query.limits import REQUEST_LIMITS
 from processors.query.parameters import FUSIONS, RETRIEVALS
 from streams.exceptions import DeliveryError, PayloadTooLargeError, RequestExpiredError, SearchError, UnknownFlowError
@@ -105,15 +106,24 @@ def is_expired_reply(reply: SearchReply) -> bool:
 
 
 def search_parameters(parameters: Mapping[str, Any] | None, *, top_k: int | None, filter_by: Sequence[str] | None,
-                      index_type: str | None, retrieval: str | None = None, fusion: str | None = None) -> dict[str, Any]:
+                      index_type: str | None, retrieval: str | None = None, fusion: str | None = None,
+                      filter: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A search request's parameters: ``parameters`` with the keyword arguments that are set.
 
     :raises ValueError: if ``top_k`` is outside ``1..max_top_k``, or ``retrieval`` / ``fusion`` is not one
-        of ``RETRIEVALS`` / ``FUSIONS`` (the flow would refuse them; the message names the allowed values).
+        of ``RETRIEVALS`` / ``FUSIONS`` (the flow would refuse them; the message names the allowed values),
+        or ``filter`` is malformed or over a limit (its fields and their types are the flow's to check).
     """
     params = dict(parameters or {})
+    if filter is not None:
+        try:
+            parse_filter(filter, max_conditions=REQUEST_LIMITS.max_conditions, max_in_items=REQUEST_LIMITS.max_in_items,
+                         max_depth=REQUEST_LIMITS.max_filter_depth)
+        except InvalidParameterError as exc:
+            raise ValueError(str(exc)) from None
     for key, value in (("top_k", top_k), ("filter_by", list(filter_by) if filter_by else None),
-                       ("index_type", index_type), ("retrieval", retrieval), ("fusion", fusion)):
+                       ("index_type", index_type), ("retrieval", retrieval), ("fusion", fusion),
+                       ("filter", filter)):
         if value is not None:
             params[key] = value
     if top_k is not None:

@@ -112,6 +112,11 @@ class FlowSpec:
         return bool(self.stage(INDEX.name).config.lexical)
 
     @property
+    def filterable(self) -> Mapping[str, str]:
+        """The tag keys a request's ``filter`` may test, with their types (``index: with: {filterable: ...}``)."""
+        return self.stage(INDEX.name).config.filterable
+
+    @property
     def label(self) -> str:
         """The flow as people name it: ``hello``, or ``hello v2`` for a later version."""
         return self.name if self.version == 1 else f"{self.name} v{self.version}"

@@ -165,11 +165,13 @@ class QueryFanout(PathHandler):
     request whose client has given up is not encoded (64 texts of 128 tokens take seconds here)."""
 
     def __init__(self, *, encoder: Encoder | None, topics: FlowTopics, defaults: SearchParameters,
-                 fields: Sequence[str] = (), limits: RequestLimits = REQUEST_LIMITS,
+                 fields: Sequence[str] = (), filterable: FieldSchema | None = None,
+                 limits: RequestLimits = REQUEST_LIMITS,
                  timeout_s: float = DEFAULT_TIMEOUT_MS / 1000, reply_topics: ReplyTopics | None = None,
                  dim: int | None = None, stage: str = ENCODE.name,
                  lexical: tuple[Analyzer, LexicalTable] | None = None) -> None:
         """:param encoder: None in a flow without a model: a text query is refused, naming the missing encoder.
+        :param filterable: the index's filterable fields and types: a ``filter`` on another is refused here.
         :param lexical: the analyzer and the statistics table, in a flow whose index keeps the lexical arm;
             None: ``retrieval: lexical`` and ``hybrid`` are refused.
         :param dim: the vectors' dimension when there is no encoder (the index's ``dim``).
@@ -186,6 +188,7 @@ class QueryFanout(PathHandler):
         self._topics = topics
         self._defaults = defaults
         self._fields = tuple(fields)
+        self._filterable = dict(filterable or {})
         self._limits = limits
         self._lexical = lexical
         self._expired = ExpiredRequests(flow=topics.flow, stage=stage)
@@ -286,7 +289,7 @@ class QueryFanout(PathHandler):
         self._limits.check_deadline(deadline_ms, now_ms)
         # Also parses the operations: a QueryLanguageError now, not on every shard.
         self._limits.check(params, queries=len(request.docs), after=request.min_offsets, fields=self._fields,
-                           partitions=self._topics.partitions)
+                           partitions=self._topics.partitions, filterable=self._filterable)
         if params.index_type is not None and params.index_type not in INDEX_TYPES:
             raise InvalidParameterError(f"index_type {describe(params.index_type)}; known: {', '.join(INDEX_TYPES)}")
         # The shards and the joiner see the fields explicitly: every field when none is chosen.

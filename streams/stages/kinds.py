@@ -173,6 +173,7 @@ def _build_encode(b: StageBuild) -> StageSpec:
     transform = DocumentTransform(run=encode, output_topic=flow.output_topic(stage.name), ingest_topic=topics.ingest,
                                   partitions=topics.partitions)
     fanout = QueryFanout(encoder=encoder, topics=topics, defaults=b.defaults, fields=flow.fields,
+                         filterable=flow.filterable,
                          timeout_s=flow.search.timeout_s, reply_topics=b.reply_topics, lexical=b.lexical_fanout())
     return StageSpec(
         **b.common,
@@ -228,8 +229,8 @@ def _build_join(b: StageBuild) -> StageSpec:
     from streams.stages.fanout import QueryFanout
 
     fanout = QueryFanout(encoder=None, dim=flow.stage(INDEX.name).config.dim, topics=topics, defaults=b.defaults,
-                         fields=flow.fields, timeout_s=flow.search.timeout_s, reply_topics=b.reply_topics,
-                         stage=b.stage.name, lexical=b.lexical_fanout())
+                         fields=flow.fields, filterable=flow.filterable, timeout_s=flow.search.timeout_s,
+                         reply_topics=b.reply_topics, stage=b.stage.name, lexical=b.lexical_fanout())
     handler = ByTopic({topics.query: fanout, topics.partials: joiner})
     return StageSpec(**b.common, query_path=PathSpec(topics.partials, b.group, handler, batch_size=256,
                                                      fetch_wait_ms=flow.search.fetch_wait_ms,

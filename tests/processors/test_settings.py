@@ -13,8 +13,10 @@ BEFORE_THE_LEXICAL_ARM = ("CompoundIndexerConfig(dim=384, metric='inner_product'
 
 def test_a_setting_added_later_is_left_out_at_its_default_only() -> None:
     assert settings_repr(CompoundIndexerConfig()) == BEFORE_THE_LEXICAL_ARM
-    assert settings_repr(CompoundIndexerConfig(lexical=True)) == repr(CompoundIndexerConfig(lexical=True))
-    assert "lexical=True" in settings_repr(CompoundIndexerConfig(lexical=True))
+    assert settings_repr(CompoundIndexerConfig(lexical=True)) == BEFORE_THE_LEXICAL_ARM[:-1] + ", lexical=True)"
+    filtered = CompoundIndexerConfig(filterable={"year": "number"})
+    assert settings_repr(filtered) == BEFORE_THE_LEXICAL_ARM[:-1] + ", filterable=mappingproxy({'year': 'number'}))"
+    assert "filterable" in repr(CompoundIndexerConfig())  # repr itself shows every field
 
 
 def test_other_settings_read_as_their_repr() -> None:

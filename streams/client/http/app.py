@@ -59,7 +59,8 @@ def create_app(
     :param client: the flow's request/reply client, shared by every HTTP request.
     :param flow: the flow's YAML, for the fields ``/status`` offers the page's field filter and whether
         its index keeps the lexical arm (``lexical``, null without the YAML: the page offers its retrieval
-        switch, of ``retrievals``, unless it is false).
+        switch, of ``retrievals``, unless it is false), and its ``filterable`` fields with their types
+        (null without the YAML).
     :param flow_fields: those fields, if not the flow's.
     :param token: the bearer token every endpoint but ``/healthz`` and the page itself requires
         (OpenAPI included); ``STREAMSEARCH_TOKEN`` if None, no auth if neither is set (or it is "").
@@ -80,7 +81,9 @@ def create_app(
     fields = list(flow_fields if flow_fields is not None else flow.fields if flow is not None else ())
     inspect: FlowInspector = inspector if inspector is not None else _ClientOnly(client)
     lexical = flow.lexical if flow is not None else None
-    _add_status_routes(api, client, inspect, {"fields": fields, "lexical": lexical, "retrievals": list(RETRIEVALS)})
+    filterable = dict(flow.filterable) if flow is not None else None
+    _add_status_routes(api, client, inspect, {"fields": fields, "lexical": lexical, "retrievals": list(RETRIEVALS),
+                                              "filterable": filterable})
     _add_write_routes(api, client)
     _add_search_route(api, client, inspect)
     app.include_router(api)

@@ -54,6 +54,10 @@ class SearchIn(BaseModel):
                                    description="Documents each arm contributes to a hybrid fusion.")
     dense_weight: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False,
                                        description="The dense arm's weight in linear fusion.")
+    filter: dict[str, Any] | None = Field(default=None, description=(
+        'Conditions on the documents\' tags, e.g. {"year": {"$gte": 2015}, "lang": "en"}: only documents it '
+        'accepts are searched (README, "Filtered search"); fields must be declared filterable (GET /status: '
+        '`filterable`), else 400 naming them.'))
     deadline_s: float | None = Field(default=None, gt=0, le=REQUEST_LIMITS.max_deadline_s, allow_inf_nan=False)
     after: dict[int, Offset] | None = Field(default=None, description="An index receipt's offsets: read your writes.")
 
@@ -63,7 +67,7 @@ class SearchIn(BaseModel):
         return chosen or None
 
 
-PASSED_AS_PARAMETERS = ("query_language", "rrf_k", "candidates", "dense_weight")
+PASSED_AS_PARAMETERS = ("query_language", "rrf_k", "candidates", "dense_weight", "filter")
 """``SearchIn`` fields that travel in the request's ``parameters`` as they are (the client has no argument of their own)."""
 
 

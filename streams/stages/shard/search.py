@@ -219,12 +219,14 @@ class ShardSearch(PathHandler):
                 options["fields"] = [field_name]
             if params.diversity is not None:
                 options["with_vectors"] = True
+            if params.filter is not None:
+                options["filter"] = params.filter
             arms[DENSE_ARM] = self._window.run(index=index, queries=request.docs, top_k=params.arm_depth,
                                                chunk_oversample=params.chunk_oversample, operations=operations,
                                                search_options=options)
         if params.uses_lexical:
             arms[LEXICAL_ARM] = self._window.run_arm(
-                self._lexical_rows(index, request, field_name, with_vectors=params.diversity is not None),
+                self._lexical_rows(index, request, params, field_name),
                 queries=request.docs, top_k=params.arm_depth,
                 chunk_oversample=params.chunk_oversample, operations=operations)
         notices = [f"shard {partition}: index-stage window limit reached ({result.vectors_read} vectors read, "
@@ -235,10 +237,11 @@ class ShardSearch(PathHandler):
         return list(docs), "; ".join(notices) or None
 
     @staticmethod
-    def _lexical_rows(index: CompoundIndexer, request: Request, field_name: str | None, *,
-                      with_vectors: bool) -> SearchRows:
-        """The lexical arm over this request's queries, scored with the request's statistics; with its
-        units' vectors when the joiner diversifies (a document only this arm found needs one too)."""
+    def _lexical_rows(index: CompoundIndexer, request: Request, params: SearchParameters,
+                      field_name: str | None) -> SearchRows:
+        """The lexical arm over this request's queries, scored with the request's statistics, restricted by
+        its filter; with its units' vectors when the joiner diversifies (a document only this arm found
+        needs one too)."""
         statistics = request.lexical_statistics
         if statistics is None:
             raise InvalidParameterError("a lexical search reached the shard without corpus statistics: only the "
@@ -252,7 +255,8 @@ class ShardSearch(PathHandler):
 
         def best(rows: Sequence[int], window: int) -> list[list[Hit]]:
             return [index.search_lexical(terms=terms[row], stats=stats, top_k=window, fields=fields,
-                                         with_vectors=with_vectors) for row in rows]
+                                         filter=params.filter, with_vectors=params.diversity is not None)
+                    for row in rows]
 
         return best
 

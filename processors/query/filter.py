@@ -1,0 +1,262 @@
+"""The ``filter`` request parameter: conditions on the root documents' tags, answered by the shards' field
+indexes before the vector or BM25 search (a pre-filter), so a selective filter never empties a result
+that exists.
+
+The syntax is JSON in the style of MongoDB's query documents (also Qdrant's and DocArray's filters)::
+
+    {"year": {"$gte": 2015, "$lt": 2020}}                     a range (numbers, or ISO 8601 dates)
+    {"genre": "drama"}                                        equality (shorthand for {"$eq": "drama"})
+    {"genre": {"$in": ["drama", "comedy"]}, "open": true}     several keys: all must hold
+    {"rating": {"$exists": true}}
+    {"$or": [{...}, {...}]}, {"$and": [...]}, {"$not": {...}}
+
+Operators: ``$eq $ne $in $nin $gt $gte $lt $lte $exists``. A field is a top-level key of a root
+document's ``tags``, declared filterable in the flow with a type (:data:`FIELD_TYPES`). A tag holding
+a list matches when one of its values does (MongoDB's rule); ``$ne`` and ``$nin`` are the negations of
+``$eq`` and ``$in``, so they also match documents without the field.
+
+This module parses and checks; it evaluates nothing. The shard's field index
+(``processors.index.scalar``) answers a parsed :data:`Filter` with the set of allowed vector ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+from processors.exceptions import InvalidParameterError, RequestLimitError
+from processors.query.lookups import describe
+
+__all__ = [
+    "FIELD_TYPES",
+    "FieldType",
+    "COMPARISONS",
+    "Comparison",
+    "Combination",
+    "Filter",
+    "FieldSchema",
+    "parse_filter",
+    "check_filter",
+    "filter_json",
+    "conditions_of",
+    "field_schema",
+    "stored_value",
+    "stored_values",
+]
+
+FieldType = Literal["keyword", "number", "date", "boolean"]
+FIELD_TYPES: tuple[FieldType, ...] = ("keyword", "number", "date", "boolean")
+"""What a filterable field holds: exact strings, finite numbers, ISO 8601 dates or date-times (kept as
+seconds since the epoch, UTC where no offset is given), or true/false."""
+
+COMPARISONS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$exists")
+"""The operators of one condition."""
+_ORDERED = ("$gt", "$gte", "$lt", "$lte")
+_SETS = ("$in", "$nin")
+_ALLOWED: Mapping[FieldType, tuple[str, ...]] = {
+    "keyword": ("$eq", "$ne", "$in", "$nin", "$exists"),
+    "number": COMPARISONS,
+    "date": COMPARISONS,
+    "boolean": ("$eq", "$ne", "$exists"),
+}
+_COMBINATIONS = ("$and", "$or", "$not")
+
+FieldSchema = Mapping[str, FieldType]
+"""A flow's filterable fields: tag key -> type (``index: with: {filterable: {...}}``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """One condition: ``field`` compared by ``operator`` (one of :data:`COMPARISONS`) to ``value``
+    (a list for ``$in``/``$nin``, a bool for ``$exists``), as the request gave it."""
+
+    field: str
+    operator: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Combination:
+    """``$and``/``$or`` of its parts, or ``$not`` of its one part."""
+
+    operator: Literal["$and", "$or", "$not"]
+    parts: tuple["Filter", ...]
+
+
+Filter = Union[Comparison, Combination]
+"""A parsed filter: a tree of combinations with comparisons at its leaves."""
+
+
+def parse_filter(raw: Any, *, max_conditions: int, max_in_items: int, max_depth: int) -> Filter:
+    """Parse the JSON form, checking its shape and size; the types of the fields are checked later, where
+    the flow's schema is known (:func:`check_filter`).
+
+    :param raw: the decoded JSON: an object.
+    :param max_conditions: comparisons in the whole filter, at most.
+    :param max_in_items: values in one ``$in``/``$nin`` list, at most.
+    :param max_depth: nesting of objects, at most: the parser never recurses deeper.
+    :raises InvalidParameterError: naming the part at fault.
+    :raises RequestLimitError: for a filter over one of the limits, naming it.
+    """
+    counter = [0]
+    parsed = _parse_object(raw, "filter", counter, 1, max_depth, max_in_items)
+    if counter[0] > max_conditions:
+        raise RequestLimitError(f"filter has {counter[0]} conditions; the limit max_conditions is {max_conditions}")
+    return parsed
+
+
+def _parse_object(raw: Any, where: str, counter: list[int], depth: int, max_depth: int,
+                  max_in_items: int) -> Filter:
+    if depth > max_depth:
+        raise RequestLimitError(f"{where}: nested deeper than {max_depth} objects; the limit is max_filter_depth")
+    if not isinstance(raw, Mapping) or not raw:
+        raise InvalidParameterError(f"{where} must be a non-empty JSON object, got {describe(raw)}")
+    parts: list[Filter] = []
+    for key, value in raw.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidParameterError(f"{where}: a key must be a non-empty string, got {describe(key)}")
+        here = f"{where}.{key}"
+        if key in _COMBINATIONS:
+            parts.append(_parse_combination(key, value, here, counter, depth, max_depth, max_in_items))
+        elif key.startswith("$"):
+            raise InvalidParameterError(f"{where}: unknown operator {key!r}; combine with "
+                                        f"{', '.join(_COMBINATIONS)}, compare with {', '.join(COMPARISONS)}")
+        else:
+            parts.extend(_parse_field(key, value, here, counter, max_in_items))
+    return parts[0] if len(parts) == 1 else Combination("$and", tuple(parts))
+
+
+def _parse_combination(key: str, value: Any, where: str, counter: list[int], depth: int, max_depth: int,
+                       max_in_items: int) -> Filter:
+    if key == "$not":
+        return Combination("$not", (_parse_object(value, where, counter, depth + 1, max_depth, max_in_items),))
+    if not isinstance(value, list) or not value:
+        raise InvalidParameterError(f"{where} must be a non-empty list of filters, got {describe(value)}")
+    if len(value) > max_in_items:
+        raise RequestLimitError(f"{where} lists {len(value)} filters; the limit max_in_items is {max_in_items}")
+    return Combination(key, tuple(_parse_object(part, f"{where}[{i}]", counter, depth + 1, max_depth, max_in_items)
+                                  for i, part in enumerate(value)))  # type: ignore[arg-type]
+
+
+def _parse_field(field: str, value: Any, where: str, counter: list[int], max_in_items: int) -> list[Comparison]:
+    operators = value if isinstance(value, Mapping) and value and all(
+        isinstance(k, str) and k.startswith("$") for k in value) else {"$eq": value}
+    parsed = []
+    for operator, operand in operators.items():
+        if operator not in COMPARISONS:
+            raise InvalidParameterError(f"{where}: unknown operator {operator!r}; known: {', '.join(COMPARISONS)}")
+        if operator in _SETS:
+            if not isinstance(operand, list) or not operand:
+                raise InvalidParameterError(f"{where}.{operator} must be a non-empty list, got {describe(operand)}")
+            if len(operand) > max_in_items:
+                raise RequestLimitError(f"{where}.{operator} lists {len(operand)} values; the limit max_in_items "
+                                        f"is {max_in_items}")
+            operand = tuple(operand)
+        elif operator == "$exists" and not isinstance(operand, bool):
+            raise InvalidParameterError(f"{where}.$exists must be true or false, got {describe(operand)}")
+        counter[0] += 1
+        parsed.append(Comparison(field, operator, operand))
+    return parsed
+
+
+def check_filter(parsed: Filter, schema: FieldSchema) -> None:
+    """Check every comparison against the flow's filterable fields: the field is declared, the operator
+    suits its type, and each value is one of that type.
+
+    :raises InvalidParameterError: naming the field, operator or value at fault, and what is declared.
+    """
+    for comparison in conditions_of(parsed):
+        field_type = schema.get(comparison.field)
+        if field_type is None:
+            known = ", ".join(f"{name} ({kind})" for name, kind in schema.items()) or (
+                "none: declare them in the index stage, `with: {filterable: {FIELD: TYPE}}`")
+            raise InvalidParameterError(f"filter: {comparison.field!r} is not a filterable field; filterable: {known}")
+        if comparison.operator not in _ALLOWED[field_type]:
+            raise InvalidParameterError(f"filter: {comparison.operator} does not apply to {comparison.field!r}, a "
+                                        f"{field_type} field; use {', '.join(_ALLOWED[field_type])}")
+        if comparison.operator == "$exists":
+            continue
+        values = comparison.value if comparison.operator in _SETS else (comparison.value,)
+        for value in values:
+            if stored_value(field_type, value) is None:
+                raise InvalidParameterError(f"filter: {comparison.field!r} is a {field_type} field; "
+                                            f"{comparison.operator} got {describe(value)}")
+
+
+def conditions_of(parsed: Filter) -> list[Comparison]:
+    """The comparisons of a filter, in order (iteratively: the depth was bounded when parsed)."""
+    found, stack = [], [parsed]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Comparison):
+            found.append(node)
+        else:
+            stack.extend(reversed(node.parts))
+    return found
+
+
+def filter_json(parsed: Filter) -> dict[str, Any]:
+    """The JSON form of a parsed filter, explicit (every comparison under its operator): parsing it again
+    gives an equal filter. It travels with the request to the shards."""
+    if isinstance(parsed, Comparison):
+        value = list(parsed.value) if parsed.operator in _SETS else parsed.value
+        return {parsed.field: {parsed.operator: value}}
+    if parsed.operator == "$not":
+        return {"$not": filter_json(parsed.parts[0])}
+    return {parsed.operator: [filter_json(part) for part in parsed.parts]}
+
+
+def field_schema(raw: Any, where: str = "filterable") -> dict[str, FieldType]:
+    """A flow's declaration of filterable fields, checked.
+
+    :raises InvalidParameterError: for a non-mapping, an empty or ``$`` name, or an unknown type.
+    """
+    if not isinstance(raw, Mapping):
+        raise InvalidParameterError(f"{where} must map tag keys to types ({', '.join(FIELD_TYPES)}), "
+                                    f"got {describe(raw)}")
+    for name, kind in raw.items():
+        if not isinstance(name, str) or not name or name.startswith("$"):
+            raise InvalidParameterError(f"{where}: {describe(name)} is not a tag key (non-empty, not starting '$')")
+        if kind not in FIELD_TYPES:
+            raise InvalidParameterError(f"{where}: field {name!r} has type {describe(kind)}; "
+                                        f"use one of {', '.join(FIELD_TYPES)}")
+    return dict(raw)
+
+
+def stored_value(field_type: FieldType, value: Any) -> float | str | bool | None:
+    """A tag value as the field index keeps it: a keyword as the string, a number as a float, a date as
+    seconds since the epoch, a boolean as itself; None when it is not one of the type's (a tag that does
+    not fit its declared type is not indexed, as Elasticsearch's ``ignore_malformed``). A request's values
+    are compared in this form too."""
+    if field_type == "keyword":
+        return value if isinstance(value, str) else None
+    if field_type == "boolean":
+        return value if isinstance(value, bool) else None
+    if field_type == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        number = float(value) if abs(value) < 1e308 else math.inf
+        return number if math.isfinite(number) else None
+    return _epoch_seconds(value)
+
+
+def stored_values(field_type: FieldType, value: Any) -> list[float | str | bool]:
+    """Every indexable value of one tag: a list's members that fit (a multi-valued tag), or the one value."""
+    members: Sequence[Any] = value if isinstance(value, list) else (value,)
+    return [kept for member in members if (kept := stored_value(field_type, member)) is not None]
+
+
+def _epoch_seconds(value: Any) -> float | None:
+    """ISO 8601 date or date-time → seconds since 1970-01-01 UTC (UTC where no offset is given)."""
+    if not isinstance(value, str) or not 8 <= len(value) <= 40:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.timestamp()
