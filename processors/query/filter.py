@@ -154,12 +154,26 @@ def _parse_field(field: str, value: Any, where: str, counter: list[int], max_in_
             if len(operand) > max_in_items:
                 raise RequestLimitError(f"{where}.{operator} lists {len(operand)} values; the limit max_in_items "
                                         f"is {max_in_items}")
+            for member in operand:
+                _check_scalar(member, f"{where}.{operator}")
             operand = tuple(operand)
-        elif operator == "$exists" and not isinstance(operand, bool):
-            raise InvalidParameterError(f"{where}.$exists must be true or false, got {describe(operand)}")
+        elif operator == "$exists":
+            if not isinstance(operand, bool):
+                raise InvalidParameterError(f"{where}.$exists must be true or false, got {describe(operand)}")
+        else:
+            _check_scalar(operand, f"{where}.{operator}")
         counter[0] += 1
         parsed.append(Comparison(field, operator, operand))
     return parsed
+
+
+def _check_scalar(value: Any, where: str) -> None:
+    """A value a comparison may hold: a string, a boolean or a finite number (JSON's scalars but null)."""
+    if isinstance(value, (str, bool)):
+        return
+    if isinstance(value, (int, float)) and (isinstance(value, int) or math.isfinite(value)):
+        return
+    raise InvalidParameterError(f"{where} must be a string, a finite number or a boolean, got {describe(value)}")
 
 
 def check_filter(parsed: Filter, schema: FieldSchema) -> None:

@@ -211,7 +211,7 @@ def _add_search_route(api: APIRouter, client: Client, inspect: FlowInspector) ->
         try:
             future = client.search_async(
                 texts, top_k=body.top_k, timeout_s=deadline_s, filter_by=body.filter_by,
-                index_type=body.index_type, retrieval=body.retrieval, fusion=body.fusion,
+                index_type=body.index_type, retrieval=body.retrieval, fusion=body.fusion, filter=body.filter,
                 parameters=body.parameters(),
                 after=IndexReceipt(dict(body.after)) if body.after else None,
             )

@@ -67,7 +67,7 @@ class SearchIn(BaseModel):
         return chosen or None
 
 
-PASSED_AS_PARAMETERS = ("query_language", "rrf_k", "candidates", "dense_weight", "filter")
+PASSED_AS_PARAMETERS = ("query_language", "rrf_k", "candidates", "dense_weight")
 """``SearchIn`` fields that travel in the request's ``parameters`` as they are (the client has no argument of their own)."""
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import logging
 from pathlib import Path
 from typing import Any, Iterator
@@ -171,3 +172,18 @@ def test_status_says_whether_the_flow_keeps_the_lexical_arm(client: Client, tmp_
                            (flow_spec(tmp_path, "nobody", lexical=False), False), (None, None)):
         status = call(create_app(client, token="", flow=flow), "GET", "/status").json()
         assert (status["lexical"], status["retrievals"]) == (expected, ["dense", "lexical", "hybrid"])
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ('{"texts": "x", "filter": ' + '{"$not": ' * 100_000 + '{"a": 1}' + '}' * 100_000 + '}', 400, "error parsing the body"),
+    ('{"texts": "x", "filter": {"a": {"$gt": NaN}}}', 422, "a finite number"),
+    ('{"texts": "x", "filter": {"a": {"$in": [1, {"$gt": 2}]}}}', 422, "a finite number or a boolean, got a dict"),
+    ('{"texts": "x", "filter": {"a": {"$near": 1}}}', 422, "unknown operator '\\$near'"),
+    ('{"texts": "x", "filter": {"$or": []}}', 422, "non-empty list of filters"),
+    ('{"texts": "x", "filter": [1]}', 422, "filter"),
+])
+def test_a_hostile_or_malformed_filter_is_refused_with_4xx_before_sending(app: FastAPI, body: str, status: int,
+                                                                          message: str) -> None:
+    response = call(app, "POST", "/search", body)
+    assert response.status_code == status, response.text[:500]
+    assert re.search(message, response.text), response.text[:500]
