@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,8 @@ def other_path(config: CompoundIndexerConfig, allowed: int, docs: int) -> Compou
 
 
 def measure(index: CompoundIndexer, index_type: str, queries: np.ndarray, parsed: list[Filter | None],
-            accepted: list[np.ndarray], swapped: list[CompoundIndexerConfig | None]) -> dict[tuple[int, bool], Measured]:
+            accepted: list[np.ndarray], swapped: list[CompoundIndexerConfig | None]
+            ) -> dict[tuple[int, bool], Measured]:
     """Each query asked unfiltered and with every filter in turn (and by the other path where ``swapped``
     gives one), one query per search; keyed by (case number, other path)."""
     base = index.config
@@ -215,22 +217,23 @@ def measure(index: CompoundIndexer, index_type: str, queries: np.ndarray, parsed
     return runs
 
 
-def filter_alone(parsed: list[Filter | None], tags: dict[str, np.ndarray], repeats: int = 200) -> list[tuple[float, float, float]]:
+def filter_alone(parsed: list[Filter | None], tags: dict[str, np.ndarray],
+                 repeats: int = 200) -> list[tuple[float, float, float]]:
     """Per filter: median µs of ``ScalarIndex.select`` over the same values as the shard's, of building
     the selector the search uses (``SearchTuning.selector``: a bitmap), and of a hash-set IDSelectorBatch."""
     scalars = ScalarIndex(SCHEMA)  # type: ignore[arg-type]
     for i in range(len(tags["bucket"])):
-        scalars.add([i], {name: stored_values(kind, value)  # type: ignore[arg-type]
-                          for (name, kind), value in zip(SCHEMA.items(), document_tags(tags, i).values())})
+        scalars.add([i], {name: stored_values(SCHEMA[name], value)  # type: ignore[arg-type]
+                          for name, value in document_tags(tags, i).items()})
     out = []
     for condition in parsed:
         if condition is None:
             out.append((0.0, 0.0, 0.0))
             continue
         allowed = scalars.select(condition)
-        out.append((_median_us(lambda: scalars.select(condition), repeats),  # noqa: B023  (called at once)
-                    _median_us(lambda: SearchTuning(allowed=allowed).selector(), repeats),  # noqa: B023
-                    _median_us(lambda: faiss.IDSelectorBatch(allowed), repeats)))  # noqa: B023
+        out.append((_median_us(partial(scalars.select, condition), repeats),
+                    _median_us(SearchTuning(allowed=allowed).selector, repeats),
+                    _median_us(partial(faiss.IDSelectorBatch, allowed), repeats)))
     return out
 
 
@@ -282,8 +285,8 @@ def main() -> int:
                 path = ", ".join(sorted(run.op_names)) or "-"
                 if other:
                     path += f" (exact_filter_limit {swapped[ci].exact_filter_limit:,})"  # type: ignore[union-attr]
-                rows.append((f"{index_type}{' other path' if other else ''} | {label(case)}", [
-                    f"{len(allowed[ci]):,}", path, f"{hit_rate:.4f}", f"{p50:.2f}", f"{p99:.2f}",
+                rows.append((f"{index_type}{', other path' if other else ''}", [
+                    label(case), f"{len(allowed[ci]):,}", path, f"{hit_rate:.4f}", f"{p50:.2f}", f"{p99:.2f}",
                     "-" if case.raw is None else f"{p99 / base_p99:.2f}"]))
                 if other:
                     continue  # informational: not the path a shard takes
@@ -307,7 +310,8 @@ def main() -> int:
           f"top_k {TOP_K}; hnsw M {config.hnsw_m} efConstruction {config.hnsw_ef_construction} efSearch "
           f"{config.hnsw_ef_search}; exact_filter_limit {config.exact_filter_limit:,}")
     print("; ".join(builds))
-    print(markdown_table(["allowed", "answered by", "recall@10", "p50 ms", "p99 ms", "p99 / unfiltered p99"], rows))
+    print(markdown_table(["filter (selectivity)", "allowed", "answered by", "recall@10", "p50 ms", "p99 ms",
+                          "p99 / unfiltered p99"], rows))
     print()
     print(markdown_table(["allowed", "ScalarIndex.select µs", "bitmap selector µs", "IDSelectorBatch µs"], [
         (label(case), [f"{len(rows_):,}", f"{a:,.0f}", f"{b:,.0f}", f"{c:,.0f}"])
