@@ -330,9 +330,9 @@ class CompoundIndexer:
             A type reads only the knobs its row names (``VectorIndexType.knobs``) and ignores the other.
         :param fields: only vectors of nodes with one of these ``field_name``s (multi-field search).
         :param filter: only vectors of documents whose tags it accepts (a pre-filter on the field indexes).
-            When it allows at most ``exact_filter_limit`` vectors the flat index scans just those, whatever
-            the index type (the hits' ``op_name`` then names it); otherwise the index type searches with a
-            selector of the allowed ids.
+            When it allows at most ``exact_filter_limit`` vectors (or under ``exact_filter_share`` of them)
+            the flat index scans just those, whatever the index type (the hits' ``op_name`` then names it);
+            otherwise the index type searches with a selector of the allowed ids.
         :param with_vectors: each hit's node carries its stored vector as ``embedding`` (for diversity at the
             joiner); otherwise nodes have none.
         :returns: per query, hits whose score's ``op_name`` names the index that answered.
@@ -342,7 +342,8 @@ class CompoundIndexer:
         """
         chosen = known_index_type(self.config.index_type if index_type is None else index_type)
         allowed = self._allowed(fields, filter)
-        if allowed is not None and len(allowed) <= self.config.exact_filter_limit:
+        if allowed is not None and (len(allowed) <= self.config.exact_filter_limit
+                                    or len(allowed) < self.config.exact_filter_share * self._vectors.size):
             chosen = EXACT.name
         tuning = SearchTuning(ef_search=ef_search, nprobe=nprobe, allowed=allowed)
         queries = np.asarray(embeddings, dtype=np.float32)

@@ -11,9 +11,9 @@ The syntax is JSON in the style of MongoDB's query documents (also Qdrant's and 
     {"$or": [{...}, {...}]}, {"$and": [...]}, {"$not": {...}}
 
 Operators: ``$eq $ne $in $nin $gt $gte $lt $lte $exists``. A field is a top-level key of a root
-document's ``tags``, declared filterable in the flow with a type (:data:`FIELD_TYPES`). A tag holding
-a list matches when one of its values does (MongoDB's rule); ``$ne`` and ``$nin`` are the negations of
-``$eq`` and ``$in``, so they also match documents without the field.
+document's ``tags`` (a scalar: the Avro schema holds no lists), declared filterable in the flow with a
+type (:data:`FIELD_TYPES`). ``$ne`` and ``$nin`` are the negations of ``$eq`` and ``$in``, so they also
+match documents without the field (MongoDB's rule).
 
 This module parses and checks; it evaluates nothing. The shard's field index
 (``processors.index.scalar``) answers a parsed :data:`Filter` with the set of allowed vector ids.
@@ -258,9 +258,9 @@ def stored_value(field_type: FieldType, value: Any) -> float | str | bool | None
 
 
 def stored_values(field_type: FieldType, value: Any) -> list[float | str | bool]:
-    """Every indexable value of one tag: a list's members that fit (a multi-valued tag), or the one value."""
-    members: Sequence[Any] = value if isinstance(value, list) else (value,)
-    return [kept for member in members if (kept := stored_value(field_type, member)) is not None]
+    """A tag's indexable value, as a list of none or one: what a document stores for a field."""
+    kept = stored_value(field_type, value)
+    return [] if kept is None else [kept]
 
 
 def _epoch_seconds(value: Any) -> float | None:

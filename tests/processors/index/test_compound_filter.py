@@ -58,14 +58,15 @@ SELECTIVE = [({"bucket": {"$lt": 500}}, lambda i: i % 1000 < 500),
 @pytest.mark.parametrize("index_type, exact_filter_limit, wanted_recall", [
     ("flat", 5000, 1.0),   # the flat index with a selector: exact
     ("flat", 0, 1.0),
-    ("hnsw", 0, 0.97),     # the graph walked with a selector, however few vectors it allows
+    ("hnsw", 0, 0.97),     # the graph walked with a selector, however few vectors it allows (share 0 below)
     ("hnsw", 5000, 1.0),   # at most 5000 allowed: scanned exactly instead
 ])
 def test_a_filter_restricts_the_search_to_the_documents_it_accepts(tmp_path: Path, index_type: str,
                                                                      exact_filter_limit: int,
                                                                      wanted_recall: float) -> None:
     docs, vectors = corpus()
-    index = open_index(tmp_path, index_type=index_type, exact_filter_limit=exact_filter_limit, hnsw_m=16)
+    index = open_index(tmp_path, index_type=index_type, exact_filter_limit=exact_filter_limit, hnsw_m=16,
+                       exact_filter_share=0.0)
     index.apply(changes=[Change(d.id, d) for d in docs], checkpoint=b"1")
     queries = np.random.default_rng(7).normal(size=(20, DIM)).astype(np.float32)
     for raw, accept in SELECTIVE:
@@ -150,4 +151,20 @@ def test_the_lexical_arm_is_filtered_too_and_scores_as_unfiltered(tmp_path: Path
     hits = index.search_lexical(terms=terms, stats=stats, top_k=100, filter=parse({"parity": "odd"}))
     assert [h.root.id for h in hits] == sorted(i for i in unfiltered if int(i[1:]) % 2)
     assert all(h.score.value == unfiltered[h.root.id] for h in hits)
+    index.close()
+
+
+def test_the_path_follows_the_count_and_the_share_the_filter_allows(tmp_path: Path) -> None:
+    docs, _ = corpus()
+    index = open_index(tmp_path, index_type="hnsw", hnsw_m=16, exact_filter_limit=100, exact_filter_share=0.05)
+    index.apply(changes=[Change(d.id, d) for d in docs], checkpoint=b"1")
+    query = docs[0].embedding[None, :]  # type: ignore[index]
+
+    def answered_by(raw: Any) -> str:
+        return index.search(embeddings=query, top_k=3, filter=parse(raw))[0][0].score.op_name
+
+    assert answered_by({"bucket": {"$lt": 3}}) == "faiss.flat_ip"     # 9 allowed: under the count
+    assert answered_by({"bucket": {"$lt": 40}}) == "faiss.flat_ip"    # 120 allowed, 4 %: under the share
+    assert answered_by({"bucket": {"$lt": 100}}) == "faiss.hnsw_ip"   # 300 allowed, 10 %: the walk
+    assert index.search(embeddings=query, top_k=3)[0][0].score.op_name == "faiss.hnsw_ip"
     index.close()

@@ -16,7 +16,7 @@ from processors.index.types import EXACT, INDEX_TYPES, VECTOR_INDEX_TYPES, Vecto
 
 ROWS = list(VECTOR_INDEX_TYPES.values())
 CONFIG = CompoundIndexerConfig(dim=16, pq_m=4, pq_bits=4)
-SHARED = {"dim", "metric", "index_type", "lexical", "filterable", "exact_filter_limit"}
+SHARED = {"dim", "metric", "index_type", "lexical", "filterable", "exact_filter_limit", "exact_filter_share"}
 """Config fields every type reads, or that are not about vector indexes (``lexical``); the rest belong to a row."""
 
 
