@@ -8,10 +8,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping
 
+from processors.encoders.image import ImageEncoder, ImageEncoderConfig
 from processors.encoders.transformer import TransformerEncoder, TransformerEncoderConfig
 from processors.index.config import CompoundIndexerConfig
 from processors.rankers.chunk2doc import Chunk2DocRanker, Chunk2DocRankerConfig
 from processors.segmenters.fields import FieldMapper, FieldMapperConfig
+from processors.segmenters.image import ImagePatcher, ImagePatcherConfig
 from processors.segmenters.sentence import Sentencizer, SentencizerConfig
 from streams.exceptions import FlowConfigError
 
@@ -32,9 +34,11 @@ class Executor:
 SEGMENTERS: Mapping[str, Executor] = {
     "Sentencizer": Executor(SentencizerConfig, Sentencizer),
     "FieldMapper": Executor(FieldMapperConfig, FieldMapper),
+    "ImagePatcher": Executor(ImagePatcherConfig, ImagePatcher, extra="image"),
 }
 ENCODERS: Mapping[str, Executor] = {
     "TransformerEncoder": Executor(TransformerEncoderConfig, TransformerEncoder, extra="encode"),
+    "ImageEncoder": Executor(ImageEncoderConfig, ImageEncoder, extra="image"),
 }
 # The index stage builds one CompoundIndexer per partition itself: it needs path and codec.
 INDEXERS: Mapping[str, Executor] = {

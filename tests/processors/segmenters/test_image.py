@@ -1,0 +1,56 @@
+"""Image chunks: the whole image, then a grid of patches that covers every pixel, within max_patches."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from processors.document import Document
+from processors.exceptions import ConfigError, InvalidDocumentError
+from processors.images import decode_image
+from processors.segmenters.image import IMAGE_MODALITY, ImagePatcher, ImagePatcherConfig
+
+
+def png(width: int, height: int) -> bytes:
+    pixels = np.random.default_rng(width * height).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_the_whole_image_then_patches_covering_every_pixel() -> None:
+    blob = png(200, 130)
+    doc = ImagePatcher(ImagePatcherConfig(patch_size=64)).run(docs=[Document(id="p", blob=blob,
+                                                                             mime_type="image/png")]).docs[0]
+    whole, *patches = doc.chunks
+    assert whole.blob == blob and whole.location == [0, 0, 200, 130] and whole.weight == 1.0
+    assert [c.id for c in doc.chunks] == [f"p/{i}" for i in range(len(doc.chunks))]
+    assert all(c.parent_id == "p" and c.modality == IMAGE_MODALITY and c.granularity == 1 for c in doc.chunks)
+    covered = np.zeros((130, 200), bool)
+    original = np.asarray(decode_image(blob, "p"))
+    for patch in patches:
+        x, y, w, h = patch.location
+        assert (w, h) == (64, 64) and 0 <= x <= 200 - 64 and 0 <= y <= 130 - 64
+        assert np.array_equal(np.asarray(decode_image(patch.blob, "patch")), original[y:y + h, x:x + w])
+        covered[y:y + h, x:x + w] = True
+    assert covered.all()
+    assert len({tuple(p.location) for p in patches}) == len(patches)
+
+
+@pytest.mark.parametrize("max_patches", [1, 3, 10])
+def test_a_large_image_is_covered_more_coarsely_within_max_patches(max_patches: int) -> None:
+    config = ImagePatcherConfig(whole=False, patch_size=32, max_patches=max_patches)
+    doc = ImagePatcher(config).run(docs=[Document(id="big", blob=png(900, 700))]).docs[0]
+    assert 1 <= len(doc.chunks) <= max_patches
+
+
+def test_documents_without_image_bytes_pass_unchanged_and_a_bad_image_is_named() -> None:
+    text = Document(id="t", text="no picture")
+    assert ImagePatcher().run(docs=[text]).docs[0] is text
+    with pytest.raises(InvalidDocumentError, match="document 'broken'"):
+        ImagePatcher().run(docs=[Document(id="broken", blob=png(10, 10)[:40])])
+    with pytest.raises(ConfigError, match="patch_size must be positive"):
+        ImagePatcherConfig(whole=False)
