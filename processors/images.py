@@ -19,7 +19,7 @@ from processors.exceptions import InvalidDocumentError
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["ImageLimits", "IMAGE_LIMITS", "IMAGE_FORMATS", "decode_image", "encode_png"]
+__all__ = ["ImageLimits", "IMAGE_LIMITS", "IMAGE_FORMATS", "decode_image", "encode_png", "sniff_mime_type"]
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 """What Pillow may decode here (its format names); others (EPS, which runs Ghostscript, among them) are refused."""
@@ -100,3 +100,15 @@ def encode_png(image: "Image.Image") -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)  # fast: patches are small and short-lived
     return buffer.getvalue()
+
+
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
+               (b"GIF89a", "image/gif"), (b"BM", "image/bmp"), (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"))
+
+
+def sniff_mime_type(data: bytes) -> str | None:
+    """The image MIME type its first bytes announce (PNG, JPEG, GIF, BMP, TIFF, WebP), or None: a label for
+    a document, read without Pillow; decoding is what proves it an image."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((mime for signature, mime in _SIGNATURES if data.startswith(signature)), None)

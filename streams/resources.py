@@ -26,6 +26,6 @@ def _package_path(*parts: str) -> Path:
 SCHEMAS = _package_path("schemas")
 """The Avro schemas (``*.avsc``): the one source of the wire format."""
 EXAMPLE_FLOWS = _package_path("flows")
-"""The example flows (``hello.yml``, ``beir.yml``, ``jep3.yml``) and the books ``jep3.yml`` indexes."""
+"""The example flows (``hello.yml``, ``beir.yml``, ``jep3.yml``, ``images.yml``) and the books ``jep3.yml`` indexes."""
 KAFKA_POM = _package_path("local", "kafka", "pom.xml")
 """Resolves the pinned Apache Kafka and its runtime jars with Maven (``streams.local.apache_kafka``)."""

@@ -10,6 +10,7 @@ and then follow every write, like the exact one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -243,7 +244,7 @@ class CompoundIndexer:
                 new_ids.append(vid)
                 new_vectors.append(vector)
                 new_owners.append(owner)
-            write.put_document(doc, vids)
+            write.put_document(_without_blobs(doc), vids)
         return new_ids, new_vectors, new_owners, new_terms
 
     def _stage_fields(self, write: ShardWrite, planned: _Planned) -> list[tuple[list[int], FieldValues]]:
@@ -543,6 +544,19 @@ def _tied_past_cut(scores: np.ndarray, ids: np.ndarray, top_k: int) -> bool:
     if last < top_k:
         return False
     return bool(np.any((ids[:, last] != -1) & (scores[:, top_k - 1] == scores[:, last])))
+
+
+def _without_blobs(doc: Document) -> Document:
+    """The document as the shard keeps it: without the bytes of its nodes (an image's, say). Search reads
+    vectors and texts; a reply carrying each match's image would be megabytes (an image flow's segmenter
+    leaves a small ``thumbnail`` tag instead), and the ingest topic keeps the originals."""
+    if doc.blob is None and not any(_has_blob(chunk) for chunk in doc.chunks):
+        return doc
+    return dataclasses.replace(doc, blob=None, chunks=[_without_blobs(chunk) for chunk in doc.chunks])
+
+
+def _has_blob(doc: Document) -> bool:
+    return doc.blob is not None or any(_has_blob(chunk) for chunk in doc.chunks)
 
 
 def _embedded_nodes(doc: Document, path: str = "") -> Iterator[tuple[str, Document]]:

@@ -12,10 +12,13 @@ from processors.exceptions import ConfigError
 from processors.images import IMAGE_LIMITS, ImageLimits, decode_image, encode_png
 from processors.segmenters.base import SegmentResult
 
-__all__ = ["ImagePatcherConfig", "ImagePatcher", "IMAGE_MODALITY"]
+__all__ = ["ImagePatcherConfig", "ImagePatcher", "IMAGE_MODALITY", "THUMBNAIL_TAG"]
 
 IMAGE_MODALITY = "image"
 """The ``modality`` of an image chunk."""
+THUMBNAIL_TAG = "thumbnail"
+"""The root tag holding a small JPEG of the image as a ``data:`` URI: the shards keep no image bytes, so a
+reply's matches show this (the search page does)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,8 @@ class ImagePatcherConfig:
     :param max_patches: patches per image at most; past it the stride grows until they fit, so a large
         image is covered as a small one is, more coarsely.
     :param max_pixels: an image declaring more pixels is refused before it is decoded.
+    :param thumbnail: the longer side of the thumbnail put in the root's ``tags["thumbnail"]`` (about 3 KB
+        at 96), unless the document has that tag already; 0 puts none.
     """
 
     whole: bool = True
@@ -35,12 +40,15 @@ class ImagePatcherConfig:
     stride: int | None = None
     max_patches: int = 64
     max_pixels: int = IMAGE_LIMITS.max_pixels
+    thumbnail: int = 96
 
     def __post_init__(self) -> None:
         if not self.whole and self.patch_size == 0:
             raise ConfigError("ImagePatcher: with whole: false, patch_size must be positive (or no chunk is cut)")
         if self.patch_size < 0 or self.max_patches < 1 or self.max_pixels < 1:
             raise ConfigError("ImagePatcher: patch_size must be 0 or positive, max_patches and max_pixels positive")
+        if not 0 <= self.thumbnail <= 512:
+            raise ConfigError(f"ImagePatcher: thumbnail must be in 0..512 pixels, got {self.thumbnail}")
         if self.stride is not None and self.stride < 1:
             raise ConfigError(f"ImagePatcher: stride must be positive, got {self.stride}")
 
@@ -84,7 +92,10 @@ class ImagePatcher:
                 (0, 0, width, height))
         for left, top, side in self._grid(width, height):
             add(encode_png(image.crop((left, top, left + side, top + side))), "image/png", (left, top, side, side))
-        return dataclasses.replace(doc, chunks=chunks, modality=doc.modality or IMAGE_MODALITY)
+        tags = doc.tags
+        if self.config.thumbnail and THUMBNAIL_TAG not in tags:
+            tags = {**tags, THUMBNAIL_TAG: thumbnail_uri(image, self.config.thumbnail)}
+        return dataclasses.replace(doc, chunks=chunks, modality=doc.modality or IMAGE_MODALITY, tags=tags)
 
     def _grid(self, width: int, height: int) -> list[tuple[int, int, int]]:
         """Patch corners and side: a grid from the top left, with a last row and column flush with the
@@ -98,6 +109,21 @@ class ImagePatcher:
             if len(xs) * len(ys) <= self.config.max_patches or stride >= max(width, height):
                 return [(x, y, side) for y in ys for x in xs][:self.config.max_patches]
             stride *= 2
+
+
+def thumbnail_uri(image: object, side: int) -> str:
+    """A ``data:image/jpeg;base64,...`` URI of the image scaled to fit ``side`` × ``side``."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert isinstance(image, Image.Image)
+    small = image.copy()
+    small.thumbnail((side, side))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=70)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _starts(extent: int, side: int, stride: int) -> list[int]:

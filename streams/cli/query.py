@@ -18,19 +18,21 @@ from streams.exceptions import RequestExpiredError, RequestTimeoutError, Streams
 
 
 @main.command("index")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(exists=True, path_type=Path))
 @click.option("--flow", type=FLOW, default="hello", show_default=True, help="Flow name or flow YAML.")
 @click.option("--wait", is_flag=True, help="Return once every shard has applied the documents: searchable (read-your-writes); "
                    "exit 1 naming those a stage dead-lettered on the way.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="With --wait: give up after S seconds.")
 def index(file: Path, flow: CommandFlow, wait: bool, timeout: float) -> None:
     """Index a JSONL file of {"id", "text", ...} objects into a running flow; "text" is optional
-    when the flow maps fields (e.g. {"id": "10", "title": ..., "summary": ...})."""
-    from streams.demo.corpora import read_jsonl
+    when the flow maps fields (e.g. {"id": "10", "title": ..., "summary": ...}) or a line has an image
+    ("blob": base64, or "uri": a local file). FILE may be a directory of images instead (id = relative path)."""
+    from streams.demo.corpora import read_image_directory, read_jsonl
     from streams.client.progress import wait_searchable
 
     # A flow YAML says which fields it maps; a bare name does not, so any string field may do.
-    docs = list(read_jsonl(file, fields=flow.spec.fields if flow.spec else None))
+    docs = list(read_image_directory(file) if file.is_dir()
+                else read_jsonl(file, fields=flow.spec.fields if flow.spec else None))
     with _client(flow) as client:
         receipt = client.index(docs, progress=True, total=len(docs))
         click.echo(f"sent {receipt.count} documents; last offsets {receipt.offsets}")
@@ -57,27 +59,33 @@ def _dead_lettered(letters: list[Any], count: int, flow: CommandFlow) -> str:
 
 
 @main.command("search")
-@click.argument("text")
+@click.argument("text", required=False)
 @click.option("--flow", type=FLOW, default="hello", show_default=True, help="Flow name or flow YAML.")
 @click.option("--top-k", type=int, default=None,
               help=f"Documents to return, 1..{REQUEST_LIMITS.max_top_k} (max_top_k); the flow's default if unset.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Deadline in seconds.")
 @click.option("--filter-by", multiple=True, help="Search only this field (repeatable; multi-field flows).")
 @click.option("--index-type", default=None, help=f"Shard index to answer from: {', '.join(INDEX_TYPES)}.")
+@click.option("--image", "image", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Search by this image instead of a text (a flow whose encoder embeds images).")
 @click.option("--filter", "filter_json", default=None, metavar="JSON",
               help='Only documents whose tags match, e.g. \'{"year": {"$gte": 2015}}\' (README, "Filtered search").')
 @retrieval_options(retrieval=None, fusion=None)
-def search(text: str, flow: CommandFlow, top_k: int | None, timeout: float, filter_by: tuple[str, ...],
-           index_type: str | None, filter_json: str | None, retrieval: str | None, fusion: str | None) -> None:
-    """Search a running flow and print the matches."""
+def search(text: str | None, flow: CommandFlow, top_k: int | None, timeout: float, filter_by: tuple[str, ...],
+           index_type: str | None, image: Path | None, filter_json: str | None, retrieval: str | None,
+           fusion: str | None) -> None:
+    """Search a running flow by TEXT (or --image FILE) and print the matches."""
     from streams.demo.hello_world import format_reply
     from streams.ops.status import why_no_reply
 
     conditions = _json_option("--filter", filter_json)
     with _client(flow) as client:
         try:
-            reply = client.search(text, top_k=top_k, timeout_s=timeout, filter_by=filter_by or None,
-                                  index_type=index_type, retrieval=retrieval, fusion=fusion, filter=conditions)
+            if (text is None) == (image is None):
+                raise ValueError("give a TEXT to search for, or --image FILE, not both")
+            reply = client.search(text, images=[image] if image is not None else None, top_k=top_k,
+                                  timeout_s=timeout, filter_by=filter_by or None, index_type=index_type,
+                                  retrieval=retrieval, fusion=fusion, filter=conditions)
         except ValueError as exc:  # refused before sending: a blank text, a timeout over the limit
             raise StreamsearchError(str(exc)) from None
         except RequestExpiredError:  # answered: the flow says why
@@ -89,7 +97,7 @@ def search(text: str, flow: CommandFlow, top_k: int | None, timeout: float, filt
         raise StreamsearchError("; ".join(reply.errors))
     for warning in reply.warnings:  # a short but good result: said, and the matches shown
         click.echo(f"streamsearch: warning: {warning}", err=True)
-    click.echo(format_reply(text, reply))
+    click.echo(format_reply(text if text is not None else f"[image] {image}", reply))
     scored = sorted({f"{m.scores['score'].op_name} ({m.scores['score'].direction.value})"
                      for doc in reply.docs for m in doc.matches if "score" in m.scores})
     click.echo(f"\n  answered by index version {reply.version}"

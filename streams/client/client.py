@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
@@ -192,7 +193,18 @@ class Client:
         :raises RequestExpiredError: if a stage took the request up only after its deadline.
         :raises RequestTimeoutError: if no reply came, not even a partial one.
         """
-        future = self.search_async(texts, vectors=vectors, timeout_s=timeout_s, **options)
+        return self._wait(self.search_async(texts, vectors=vectors, timeout_s=timeout_s, **options), timeout_s)
+
+    def probe(self, *, after: IndexReceipt | None = None, timeout_s: float | None = None) -> SearchReply:
+        """A search without a query: every shard answers at once with how fresh it is (``stale_shards``,
+        ``restoring_shards``), and the reply has no documents. What "are these writes applied?" asks, in
+        any flow (a text model's, an image model's, one without a model), without running a model.
+
+        :raises: as :meth:`search`.
+        """
+        return self._wait(self._request("search", [], {"top_k": 1}, timeout_s, after), timeout_s)
+
+    def _wait(self, future: concurrent.futures.Future[SearchReply], timeout_s: float | None) -> SearchReply:
         wait = (timeout_s or self.timeout_s) + REPLY_GRACE_S
         try:
             reply = future.result(timeout=wait)
@@ -207,6 +219,7 @@ class Client:
         texts: str | Sequence[str] | None = None,
         *,
         vectors: VectorsLike | None = None,
+        images: Sequence[bytes | str | Path] | None = None,
         top_k: int | None = None,
         timeout_s: float | None = None,
         after: IndexReceipt | None = None,
@@ -230,6 +243,9 @@ class Client:
             numbers, sent as float32 (little-endian). A search for one vector ``v`` is
             ``vectors=[v]`` (or ``v[None, :]``). A width other than the index's is answered with
             an error reply (``reply.errors``), like any invalid request.
+        :param images: query images instead of texts or vectors, for a flow whose encoder embeds images
+            (``ImageEncoder``): each the encoded bytes (PNG, JPEG, ...) or a path to read them from; ids
+            ``q0`` ... An image that does not decode is answered with an error reply naming it.
         :param top_k: documents per query (the flow's default if None).
         :param timeout_s: the deadline, in seconds from when the broker appends the request (the
             flow's clock, not this host's: a host clock some seconds off does not shorten it);
@@ -255,15 +271,20 @@ class Client:
         :raises PayloadTooLargeError: before sending a request over ``max_payload_bytes``; a
             request the broker refuses as too large fails its future with it.
         """
-        queries = query_documents(texts, vectors)
-        request_id = uuid.uuid4().hex
+        queries = query_documents(texts, vectors, images)
         params = search_parameters(parameters, top_k=top_k, filter_by=filter_by, index_type=index_type,
                                    retrieval=retrieval, fusion=fusion, filter=filter)
+        return self._request("search", queries, params, timeout_s, after)
+
+    def _request(self, kind: str, queries: list[Document], params: dict[str, Any], timeout_s: float | None,
+              after: IndexReceipt | None) -> concurrent.futures.Future[SearchReply]:
+        """Send a request of ``kind``; the future resolves with its reply."""
+        request_id = uuid.uuid4().hex
         wait_s = checked_timeout_s(self.timeout_s if timeout_s is None else timeout_s)
         sent_ms = int(self._clock() * 1000)
         deadline_ms = sent_ms + int(wait_s * 1000)
         request = Request(
-            request_id=request_id, kind="search", docs=queries,
+            request_id=request_id, kind=kind, docs=queries,
             reply_to=self.reply_topic, deadline_ms=deadline_ms, parameters=params,
             min_offsets=dict(after.offsets) if after else {},
         )

@@ -74,8 +74,7 @@ def wait_searchable(client: Client, receipt: IndexReceipt, *, timeout: float) ->
     last: SearchReply | None = None
     while (left := deadline - time.monotonic()) > 0:
         try:
-            last = client.search("are my writes applied?", top_k=1, after=receipt,
-                                 timeout_s=max(1.0, min(PROBE_DEADLINE_S, left)))
+            last = client.probe(after=receipt, timeout_s=max(1.0, min(PROBE_DEADLINE_S, left)))
         except RequestTimeoutError:  # unanswered, or expired in a backlog: ask again
             continue
         except SearchError as exc:

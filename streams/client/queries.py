@@ -4,6 +4,7 @@ reply or a refused delivery stands for."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
@@ -11,6 +12,7 @@ from confluent_kafka import KafkaError, Message
 
 from processors.document import Document, validate_embedding, validate_text
 from processors.exceptions import InvalidDocumentError, InvalidParameterError
+from processors.images import sniff_mime_type
 from processors.query.filter import parse_filter
 from processors.query.limits import REQUEST_LIMITS
 from processors.query.parameters import FUSIONS, RETRIEVALS
@@ -29,18 +31,26 @@ VectorsLike = Union[np.ndarray, Sequence[Sequence[float]]]
 """Query embeddings: an ``(n, d)`` array, or n rows of d numbers."""
 
 
-def query_documents(texts: str | Sequence[str] | None, vectors: VectorsLike | None) -> list[Document]:
-    """The query documents of a search: ``q0``, ``q1``, ... with a text, an embedding, or both.
+def query_documents(texts: str | Sequence[str] | None, vectors: VectorsLike | None,
+                    images: Sequence[bytes | str | Path] | None = None) -> list[Document]:
+    """The query documents of a search: ``q0``, ``q1``, ... with a text, an embedding, or both; or an image
+    each (its bytes, or a path to read them from), for a flow whose encoder embeds images.
 
     Both, one text per row of ``vectors``, make each query document carry its text and its vector: what a
     hybrid search needs in a flow without a model (the vector for the dense arm, the text for the lexical).
 
     :raises ValueError: if neither is given, if both are given with different counts, if ``texts`` is
         empty or holds a blank text or one ``validate_text`` refuses (NUL, a lone surrogate), or if
-        ``vectors`` is not a non-empty 2-D array of finite numbers.
+        ``vectors`` is not a non-empty 2-D array of finite numbers, or ``images`` come with either, hold an
+        empty image or name a file that cannot be read.
     """
+    if images is not None:
+        if texts is not None or vectors is not None:
+            raise ValueError("search by images takes neither texts nor vectors")
+        return [Document(id=f"q{i}", blob=blob, mime_type=sniff_mime_type(blob) or "application/octet-stream",
+                         modality="image") for i, blob in enumerate(_query_images(images))]
     if texts is None and vectors is None:
-        raise ValueError("search needs texts or vectors")
+        raise ValueError("search needs texts, vectors or images")
     queries = _query_texts(texts) if texts is not None else None
     matrix = _query_matrix(vectors) if vectors is not None else None
     if queries is not None and matrix is not None and len(queries) != len(matrix):
@@ -49,6 +59,24 @@ def query_documents(texts: str | Sequence[str] | None, vectors: VectorsLike | No
     count = len(queries) if queries is not None else len(matrix)  # type: ignore[arg-type]
     return [Document(id=f"q{i}", text=None if queries is None else queries[i],
                      embedding=None if matrix is None else matrix[i]) for i in range(count)]
+
+
+def _query_images(images: Sequence[bytes | str | Path]) -> list[bytes]:
+    if isinstance(images, (bytes, str, Path)):
+        images = [images]
+    if not images:
+        raise ValueError("search needs at least one query image")
+    blobs = []
+    for i, image in enumerate(images):
+        if isinstance(image, (str, Path)):
+            try:
+                image = Path(image).read_bytes()
+            except OSError as exc:
+                raise ValueError(f"query image {i}: {exc.strerror or exc}: {image}") from None
+        if not isinstance(image, bytes) or not image:
+            raise ValueError(f"query image {i} is empty or not bytes")
+        blobs.append(image)
+    return blobs
 
 
 def _query_texts(texts: str | Sequence[str]) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import base64
+import binascii
 import json
 import sysconfig
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from processors.images import sniff_mime_type
 from processors.document import Document, TagValue, validate_document
 from processors.exceptions import InvalidDocumentError
 from streams.exceptions import StreamsearchError
@@ -66,7 +69,8 @@ def _documented(tree: ast.Module, module: str) -> Iterator[tuple[int, str, ast.A
 
 def read_jsonl(path: Path, *, fields: Sequence[str] | None = None) -> Iterator[Document]:
     """Documents from JSON lines: ``id``, ``text``, an optional ``embedding`` (a list of numbers: a
-    pre-embedded document), and other values as tags (the fields a multi-field flow maps, e.g.
+    pre-embedded document), an image as ``blob`` (base64) or ``uri`` (a local file, relative to the
+    JSONL's folder, read into ``blob``), and other values as tags (the fields a multi-field flow maps, e.g.
     ``{"id": "10", "title": "...", "summary": "..."}``; numbers and booleans stay typed, so that
     a filter ``tags.minutes__lte: 10`` compares numbers).
 
@@ -92,8 +96,10 @@ def read_jsonl(path: Path, *, fields: Sequence[str] | None = None) -> Iterator[D
                 raise StreamsearchError(f"{where}: invalid JSON: {exc}") from exc
             if not isinstance(row, dict):
                 raise StreamsearchError(f"{where}: need a JSON object with 'id', got a {type(row).__name__}")
+            blob, uri = _row_image(row, path.parent, where)
             doc = Document(id=_row_id(row.get("id"), where), text=_row_text(row.get("text"), where),
-                           tags=_row_tags(row, where), embedding=_row_embedding(row.get("embedding"), where))
+                           tags=_row_tags(row, where), embedding=_row_embedding(row.get("embedding"), where),
+                           blob=blob, uri=uri, mime_type=_mime_type(blob), modality="image" if blob else None)
             _check_content(doc, fields, where)
             try:
                 validate_document(doc)
@@ -123,7 +129,7 @@ def _row_tags(row: dict[str, object], where: str) -> dict[str, TagValue]:
     list or object is refused (nothing a user wrote is dropped without a word)."""
     tags = {}
     for key, value in row.items():
-        if key in ("id", "text", "embedding") or value is None:
+        if key in ("id", "text", "embedding", "blob", "uri") or value is None:
             continue
         if isinstance(value, (str, bool, int, float)):
             tags[key] = value
@@ -145,6 +151,58 @@ def _row_embedding(value: object, where: str) -> np.ndarray | None:
         return np.asarray(value, dtype="<f4")
 
 
+def _row_image(row: dict[str, object], folder: Path, where: str) -> tuple[bytes | None, str | None]:
+    """A line's image bytes and uri: ``blob`` as base64, or the local file ``uri`` names (``file:`` or a
+    path) read; a ``uri`` of another scheme is kept as it is, unread."""
+    blob, uri = row.get("blob"), row.get("uri")
+    if uri is not None and not isinstance(uri, str):
+        raise StreamsearchError(f"{where}: 'uri' must be a string, got a {type(uri).__name__}")
+    if blob is not None:
+        if not isinstance(blob, str):
+            raise StreamsearchError(f"{where}: 'blob' must be base64 text, got a {type(blob).__name__}")
+        try:
+            return base64.b64decode(blob, validate=True), uri
+        except binascii.Error as exc:
+            raise StreamsearchError(f"{where}: 'blob' is not base64: {exc}") from None
+    if uri is None or ("://" in uri and not uri.startswith("file://")):
+        return None, uri
+    file = Path(uri.removeprefix("file://"))
+    file = file if file.is_absolute() else folder / file
+    try:
+        return file.read_bytes(), uri
+    except OSError as exc:
+        raise StreamsearchError(f"{where}: 'uri' {uri!r}: {exc.strerror or exc}") from None
+
+
+def _mime_type(blob: bytes | None) -> str:
+    if blob is None:
+        return "text/plain"
+    return sniff_mime_type(blob) or "application/octet-stream"
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+"""What ``read_image_directory`` takes for an image, by file name."""
+
+
+def read_image_directory(folder: Path) -> Iterator[Document]:
+    """One document per image file under ``folder`` (recursively, in path order): id = its path relative to
+    ``folder`` (``/``-separated), ``blob`` its bytes, ``uri`` its ``file://`` URI. Whether a file decodes is
+    the segment stage's to find (it dead-letters what does not, naming the file).
+
+    :raises StreamsearchError: if the folder holds no image file, or one cannot be read.
+    """
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise StreamsearchError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    for file in files:
+        try:
+            blob = file.read_bytes()
+        except OSError as exc:
+            raise StreamsearchError(f"{file}: {exc.strerror or exc}") from None
+        yield Document(id=file.relative_to(folder).as_posix(), blob=blob, uri=file.resolve().as_uri(),
+                       mime_type=_mime_type(blob), modality="image")
+
+
 def _row_text(value: object, where: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
@@ -154,7 +212,7 @@ def _row_text(value: object, where: str) -> str | None:
 def _check_content(doc: Document, fields: Sequence[str] | None, where: str) -> None:
     """Refuse a line that would index nothing: no text where the flow needs it, no mapped field.
     A line with an embedding is indexed by it."""
-    if doc.text or doc.embedding is not None:
+    if doc.text or doc.embedding is not None or doc.blob:
         return
     if fields is None:
         if not doc.tags:

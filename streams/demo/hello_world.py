@@ -53,7 +53,10 @@ def format_reply(query: str, reply: SearchReply, index: int = 0) -> str:
     for rank, match in enumerate(matches, start=1):
         score = match.scores["score"]
         lines.append(f"  {rank}. {score.value:.3f}  {match.id}")
-        shown = match.chunks[0].text[:110] if match.chunks else _title_and_snippet(match)
+        chunk = match.chunks[0] if match.chunks else None
+        shown = (chunk.text[:110] if chunk is not None and chunk.text
+                 else f"patch {chunk.location} of {match.uri or 'the image'}" if chunk is not None and chunk.location
+                 else _title_and_snippet(match) or (match.uri or ""))
         if shown:
             lines.append(f"           ↳ {shown}")
     return "\n".join(lines)

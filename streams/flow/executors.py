@@ -29,6 +29,8 @@ class Executor:
     extra: str | None = None
     """The optional dependencies (``pip install 'streamsearch[EXTRA]'``) a process running it needs;
     None when the core install runs it. A flow is read and checked without any of them."""
+    embeds: str = "text"
+    """For an encoder: what a query must carry for it to embed (``text`` or ``image``)."""
 
 
 SEGMENTERS: Mapping[str, Executor] = {
@@ -38,7 +40,7 @@ SEGMENTERS: Mapping[str, Executor] = {
 }
 ENCODERS: Mapping[str, Executor] = {
     "TransformerEncoder": Executor(TransformerEncoderConfig, TransformerEncoder, extra="encode"),
-    "ImageEncoder": Executor(ImageEncoderConfig, ImageEncoder, extra="image"),
+    "ImageEncoder": Executor(ImageEncoderConfig, ImageEncoder, extra="image", embeds="image"),
 }
 # The index stage builds one CompoundIndexer per partition itself: it needs path and codec.
 INDEXERS: Mapping[str, Executor] = {

@@ -106,6 +106,16 @@ class FlowSpec:
         return any(stage.name == ENCODE.name for stage in self.stages)
 
     @property
+    def embeds(self) -> str | None:
+        """What the flow's encoder embeds in a query (``text`` or ``image``: ``Executor.embeds``); None
+        without one (queries then carry their vectors)."""
+        if not self.has_model:
+            return None
+        from streams.flow.executors import ENCODERS
+
+        return ENCODERS[self.stage(ENCODE.name).uses].embeds
+
+    @property
     def lexical(self) -> bool:
         """Whether the index keeps the lexical arm (``index: with: {lexical: true}``): searches with
         ``retrieval: lexical`` or ``hybrid`` are answered, not refused."""

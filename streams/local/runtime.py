@@ -153,8 +153,9 @@ class LocalRuntime:
         :raises StateConfigError: if a stage stopped for good (its state was built with other settings).
         """
         deadline = time.monotonic() + timeout
-        # A flow without a model answers vector queries only: its probe is a vector of the index's size.
-        probe: dict[str, Any] = ({"texts": "ready?"} if self.flow.has_model else
+        # A text model's probe is a text (it is embedded: the encoder has loaded); any other flow's a
+        # vector of the index's size, which every encoder passes through unchanged.
+        probe: dict[str, Any] = ({"texts": "ready?"} if self.flow.embeds == "text" else
                                  {"vectors": np.zeros((1, self.flow.stage(INDEX.name).config.dim), np.float32)})
         while time.monotonic() < deadline:
             stopped = self.local_flow.stopped if self.local_flow is not None else {}

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 from processors.document import Document
 from processors.encoders.base import Encoder
+from processors.exceptions import BadDocumentError
 from processors.index.lexical import Analyzer
 from processors.index.types import INDEX_TYPES
 from processors.query.limits import CLOCK_SKEW_MS, REQUEST_LIMITS, RequestLimits
@@ -217,14 +218,45 @@ class QueryFanout(PathHandler):
             batch = [item for item in batch if item[1].deadline_ms >= now_ms]
             if not batch:
                 continue
-            dense = [request for _, request in batch if request.parameters["retrieval"] != LEXICAL]
-            docs = [doc for request in dense for doc in request.docs]
-            encoded = iter(self._encoder.run(docs=docs, traversal_paths=["r"]).docs if self._encoder and docs else docs)
-            for record, request in batch:
-                if request.parameters["retrieval"] != LEXICAL:  # checked in _check: no second parse
-                    request = dataclasses.replace(request, docs=[next(encoded) for _ in request.docs])
-                outputs.extend(self._fan_out(created_ms_of(record), self._with_statistics(request)))
+            for record, request, refused in self._encoded(batch):
+                if refused is not None:
+                    outputs.extend(error_reply(record, refused))
+                else:
+                    outputs.extend(self._fan_out(created_ms_of(record), self._with_statistics(request)))
         return outputs
+
+    def _encoded(self, batch: list[tuple[Inbound, Request]]
+                 ) -> Iterator[tuple[Inbound, Request, InvalidParameterError | BadDocumentError | None]]:
+        """Each request with its query documents embedded (those the dense arm reads), in one encoder call;
+        when a query cannot be (an image that does not decode), each request on its own, so that only
+        the one at fault is refused. A dense query left without a vector (an image query to a text
+        encoder, a text to an image encoder) is refused naming that."""
+        dense = [(record, request) for record, request in batch if request.parameters["retrieval"] != LEXICAL]
+        encoded: dict[str, list[Document]] = {}
+        if self._encoder is not None and dense:
+            try:
+                docs = iter(self._encoder.run(docs=[d for _, r in dense for d in r.docs], traversal_paths=["r"]).docs)
+                encoded = {request.request_id: [next(docs) for _ in request.docs] for _, request in dense}
+            except BadDocumentError:
+                encoded = {}
+        for record, request in batch:
+            if request.parameters["retrieval"] == LEXICAL:  # checked in _check: no second parse
+                yield record, request, None
+                continue
+            try:
+                docs = encoded.get(request.request_id) or (
+                    list(self._encoder.run(docs=request.docs, traversal_paths=["r"]).docs) if self._encoder
+                    else request.docs)
+            except BadDocumentError as exc:
+                yield record, request, exc
+                continue
+            unembedded = [doc.id for doc in docs if doc.embedding is None]
+            if unembedded:
+                yield record, request, InvalidParameterError(
+                    f"query documents {unembedded[:5]} have nothing this flow's encoder "
+                    f"({type(self._encoder).__name__}) embeds: a text for a text model, an image for an image model")
+                continue
+            yield record, dataclasses.replace(request, docs=docs), None
 
     def _mini_batches(self, live: list[tuple[Inbound, Request]]) -> Iterator[list[tuple[Inbound, Request]]]:
         """Requests in groups of about ``MINI_BATCH_DOCS`` documents, those due first first."""
@@ -275,8 +307,6 @@ class QueryFanout(PathHandler):
         self._reply_topics.check(request.reply_to)  # no reply possible: dead-lettered
         if request.kind != "search":
             raise InvalidParameterError(f"request kind {request.kind!r} on the query topic; only 'search' is served here")
-        if not request.docs:
-            raise InvalidParameterError("a search request needs at least one query document")
         params = SearchParameters.parse(request.parameters, self._defaults)
         if params.uses_lexical and self._lexical is None:
             raise InvalidParameterError(
@@ -312,9 +342,9 @@ class QueryFanout(PathHandler):
                     "embed its text (its YAML has no stages.encode): search with a vector (Client.search(vectors=...))")
             dim, source = self._dim, "this flow's vectors are"
         else:
-            if not (doc.text or "").strip() and doc.embedding is None:
+            if not (doc.text or "").strip() and doc.embedding is None and not doc.blob:
                 raise InvalidParameterError(f"query document {doc.id!r} has neither text (whitespace does not "
-                                            "count) nor an embedding")
+                                            "count), an image (blob) nor an embedding")
             dim, source = self._encoder.output_dim, "this flow's model produces"  # from its config: no weights load
         # NaN or a non-numeric vector never gets here: decoding refused it (``validate_document``).
         if doc.embedding is not None and doc.embedding.size != dim:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
 import logging
 import os
@@ -192,7 +194,8 @@ def _add_search_route(api: APIRouter, client: Client, inspect: FlowInspector) ->
         """Search; 504 carries the partial results when shards missed the deadline. A shard that is
         restoring its state answers at once without matches: 200 with ``partial`` and
         ``restoring_shards``, so a caller can retry soon without having waited for a deadline."""
-        texts = [body.texts] if isinstance(body.texts, str) else body.texts
+        texts = [body.texts] if isinstance(body.texts, str) else body.texts or []
+        images = _images(body.images) if body.images is not None else None
         named = [("texts" if isinstance(body.texts, str) else f"texts[{i}]", text) for i, text in enumerate(texts)]
         named += [(f"filter_by[{i}]", name) for i, name in enumerate(body.filter_by or [])]
         named += [("index_type", body.index_type)] if body.index_type is not None else []
@@ -210,7 +213,7 @@ def _add_search_route(api: APIRouter, client: Client, inspect: FlowInspector) ->
         started = time.perf_counter()
         try:
             future = client.search_async(
-                texts, top_k=body.top_k, timeout_s=deadline_s, filter_by=body.filter_by,
+                texts or None, images=images, top_k=body.top_k, timeout_s=deadline_s, filter_by=body.filter_by,
                 index_type=body.index_type, retrieval=body.retrieval, fusion=body.fusion, filter=body.filter,
                 parameters=body.parameters(),
                 after=IndexReceipt(dict(body.after)) if body.after else None,
@@ -229,7 +232,7 @@ def _add_search_route(api: APIRouter, client: Client, inspect: FlowInspector) ->
             raise _refused(exc) from exc
         except (StreamsearchError, KafkaException) as exc:
             raise _unavailable(exc) from exc
-        payload = _reply_json(texts, reply, (time.perf_counter() - started) * 1000)
+        payload = _reply_json(texts or [f"image {i}" for i in range(len(images or []))], reply, (time.perf_counter() - started) * 1000)
         if reply.errors:  # refused (400), or taken up after its deadline (504)
             code = status.HTTP_504_GATEWAY_TIMEOUT if is_expired_reply(reply) else status.HTTP_400_BAD_REQUEST
             return _AsciiJSONResponse({"detail": "; ".join(reply.errors), **payload}, code)
@@ -237,3 +240,14 @@ def _add_search_route(api: APIRouter, client: Client, inspect: FlowInspector) ->
             return _AsciiJSONResponse({"detail": f"shards {reply.missing_shards} missed the deadline", **payload},
                                       status.HTTP_504_GATEWAY_TIMEOUT)
         return _AsciiJSONResponse(payload)
+
+
+def _images(encoded: list[str]) -> list[bytes]:
+    """The query images' bytes from base64.
+
+    :raises HTTPException: 422 naming the one that is not base64.
+    """
+    try:
+        return [base64.b64decode(text, validate=True) for text in encoded]
+    except (binascii.Error, ValueError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"images: not base64: {exc}") from None

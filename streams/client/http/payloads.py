@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import HTTPException, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from processors.document import Document
 from processors.query.limits import REQUEST_LIMITS
@@ -39,7 +39,10 @@ class SearchIn(BaseModel):
     """A search; unset options fall back to the flow's defaults. The flow checks the
     per-request limits (README, "Per-request limits") and answers 400 naming the one exceeded."""
 
-    texts: str | list[str] = Field(min_length=1)
+    texts: str | list[str] | None = Field(default=None, min_length=1, description="What to search for; or give images.")
+    images: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, min_length=1, description="Query images, base64 (PNG, JPEG, ...), instead of texts: for a flow "
+                                                "whose encoder embeds images; the reply's `query` is `image <n>`.")
     top_k: int | None = Field(default=None, ge=1, description="1..max_top_k (GET /limits); over it: 422 naming the limit",
                               json_schema_extra={"maximum": REQUEST_LIMITS.max_top_k})
     filter_by: list[str] | None = None
@@ -60,6 +63,12 @@ class SearchIn(BaseModel):
         '`filterable`), else 400 naming them.'))
     deadline_s: float | None = Field(default=None, gt=0, le=REQUEST_LIMITS.max_deadline_s, allow_inf_nan=False)
     after: dict[int, Offset] | None = Field(default=None, description="An index receipt's offsets: read your writes.")
+
+    @model_validator(mode="after")
+    def _texts_or_images(self) -> "SearchIn":
+        if (self.texts is None) == (self.images is None):
+            raise ValueError("give texts or images, one of them")
+        return self
 
     def parameters(self) -> dict[str, Any] | None:
         """What the client sends as ``parameters``: the fields of :data:`PASSED_AS_PARAMETERS` that are set."""

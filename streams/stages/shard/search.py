@@ -209,6 +209,8 @@ class ShardSearch(PathHandler):
         index = self._states.get(partition)
         if index is None:
             raise RuntimeError(f"shard {partition} is not open on this process")
+        if not request.docs:  # a probe (``Client.probe``): this shard's freshness is the answer
+            return [], None
         operations = params.operations_for(INDEX.name, self._operations)
         arms: dict[str, WindowResult] = {}
         if params.uses_dense:

@@ -54,3 +54,16 @@ def test_documents_without_image_bytes_pass_unchanged_and_a_bad_image_is_named()
         ImagePatcher().run(docs=[Document(id="broken", blob=png(10, 10)[:40])])
     with pytest.raises(ConfigError, match="patch_size must be positive"):
         ImagePatcherConfig(whole=False)
+
+
+def test_the_root_gets_a_small_thumbnail_unless_it_has_one() -> None:
+    import base64
+
+    doc = ImagePatcher().run(docs=[Document(id="t", blob=png(640, 480))]).docs[0]
+    uri = doc.tags["thumbnail"]
+    assert isinstance(uri, str) and uri.startswith("data:image/jpeg;base64,") and len(uri) < 8_000
+    assert decode_image(base64.b64decode(uri.split(",", 1)[1]), "thumb").size == (96, 72)
+    kept = ImagePatcher().run(docs=[Document(id="t", blob=png(64, 64), tags={"thumbnail": "mine"})]).docs[0]
+    assert kept.tags["thumbnail"] == "mine"
+    assert "thumbnail" not in ImagePatcher(ImagePatcherConfig(thumbnail=0)).run(
+        docs=[Document(id="t", blob=png(64, 64))]).docs[0].tags

@@ -74,7 +74,7 @@ class TestQueryDocuments:
         assert b"".join(d.embedding.tobytes() for d in docs) == vectors.tobytes()
 
     @pytest.mark.parametrize("texts, vectors, message", [
-        (None, None, "texts or vectors"),
+        (None, None, "texts, vectors or images"),
         ("one", [[1.0], [2.0]], "one text per vector, got 1 texts and 2 vectors"),
         (["  "], [[1.0]], "query text 0 is empty"),
         (["fine"], [[float("nan")]], "finite"),
