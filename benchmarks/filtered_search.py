@@ -185,8 +185,11 @@ def load(index: CompoundIndexer, vectors: np.ndarray, tags: dict[str, np.ndarray
 
 
 def other_path(config: CompoundIndexerConfig, allowed: int, docs: int) -> CompoundIndexerConfig:
-    """The config under which the shard takes the path it does not take for ``allowed`` vectors."""
-    return dataclasses.replace(config, exact_filter_limit=0 if allowed <= config.exact_filter_limit else docs)
+    """The config under which the shard takes the path it does not take for ``allowed`` vectors: the walk
+    (no count, no share scans exactly) where it scans, the scan (every count does) where it walks."""
+    exact = allowed <= config.exact_filter_limit or allowed < config.exact_filter_share * docs
+    return dataclasses.replace(config, exact_filter_limit=0, exact_filter_share=0.0) if exact else \
+        dataclasses.replace(config, exact_filter_limit=docs)
 
 
 def measure(index: CompoundIndexer, index_type: str, queries: np.ndarray, parsed: list[Filter | None],
@@ -284,7 +287,9 @@ def main() -> int:
                 p50, p99 = percentiles(run.latencies)
                 path = ", ".join(sorted(run.op_names)) or "-"
                 if other:
-                    path += f" (exact_filter_limit {swapped[ci].exact_filter_limit:,})"  # type: ignore[union-attr]
+                    changed = swapped[ci]
+                    assert changed is not None
+                    path += f" (exact_filter_limit {changed.exact_filter_limit:,}, share {changed.exact_filter_share:g})"
                 rows.append((f"{index_type}{', other path' if other else ''}", [
                     label(case), f"{len(allowed[ci]):,}", path, f"{hit_rate:.4f}", f"{p50:.2f}", f"{p99:.2f}",
                     "-" if case.raw is None else f"{p99 / base_p99:.2f}"]))
@@ -308,7 +313,8 @@ def main() -> int:
     print(f"workload: {args.docs:,} documents of one {DIM}-d vector ({CLUSTERS} gaussian clusters, normalised, "
           f"inner product), {args.queries:,} queries of the same mixture one at a time (after {WARM} to warm), "
           f"top_k {TOP_K}; hnsw M {config.hnsw_m} efConstruction {config.hnsw_ef_construction} efSearch "
-          f"{config.hnsw_ef_search}; exact_filter_limit {config.exact_filter_limit:,}")
+          f"{config.hnsw_ef_search}; exact_filter_limit {config.exact_filter_limit:,}, exact_filter_share "
+          f"{config.exact_filter_share:g}")
     print("; ".join(builds))
     print(markdown_table(["filter (selectivity)", "allowed", "answered by", "recall@10", "p50 ms", "p99 ms",
                           "p99 / unfiltered p99"], rows))
