@@ -123,7 +123,7 @@ def test_status_with_the_flow_yaml_is_what_the_status_command_prints(client: Cli
     report = call(app, "GET", "/status").json()
     expected = dataclasses.asdict(collect_status(flow.settings, flow.flow))
     assert report["fields"] == [] and report["note"] is None
-    assert set(report) == set(expected) | {"fields", "lexical", "retrievals", "filterable"}
+    assert set(report) == set(expected) | {"fields", "lexical", "retrievals", "filterable", "embeds"}
     assert report["lexical"] is flow.flow.lexical
     assert [(st["stage"], st["group"]) for st in report["stages"]] == [(st["stage"], st["group"]) for st in expected["stages"]]
     assert [len(st["lag"]) for st in report["stages"]] == [2, 2, 2, 2]  # per partition, as `status --json`

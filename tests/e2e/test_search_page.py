@@ -3,6 +3,7 @@ served by uvicorn on a loopback port, in front of a real flow."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -174,3 +175,45 @@ def _search_with(page: Page, select: str, option: str) -> Any:
         page.fill("#q", "csv")
         page.press("#q", "Enter")
     return request.value.post_data_json
+
+
+def test_an_image_flow_is_searched_by_uploading_an_image_and_shows_thumbnails(
+        start_flow: FlowFactory, browser: Browser, tmp_path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    from streams.resources import EXAMPLE_FLOWS
+
+    def picture(colour: tuple[int, int, int], disc: bool) -> bytes:
+        image = Image.new("RGB", (200, 150), (240, 240, 235))
+        draw = ImageDraw.Draw(image)
+        if disc:
+            draw.ellipse((50, 25, 150, 125), fill=colour)
+        else:
+            for x in range(0, 200, 25):
+                draw.rectangle((x, 0, x + 10, 150), fill=colour)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    images = {"red-disc": picture((200, 20, 20), True), "blue-stripes": picture((20, 40, 200), False),
+              "green-disc": picture((20, 160, 40), True)}
+    flow: LocalRuntime = start_flow((EXAMPLE_FLOWS / "images.yml").read_text().replace("name: images", 'name: "{name}"'))
+    with flow.client() as client:
+        receipt = client.index([Document(id=name, blob=blob) for name, blob in images.items()])
+        client.probe(after=receipt, timeout_s=60)
+        query = tmp_path / "query.png"
+        query.write_bytes(images["blue-stripes"])
+        with serving(create_app(client, token="", flow=flow.flow)) as url:
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
+            page.goto(url)
+            expect(page.locator("#image")).to_be_visible()  # /status says the flow embeds images
+            assert page.locator("#q").is_hidden()
+            page.set_input_files("#image", str(query))
+            page.click("button[type=submit]")
+            first = page.locator("li.match").first
+            expect(first).to_have_attribute("data-id", "blue-stripes", timeout=60_000)
+            thumbnail = first.locator("img.thumb")
+            expect(thumbnail).to_have_attribute("src", re.compile(r"^data:image/jpeg;base64,"))
+            assert page.evaluate("document.querySelector('li.match img.thumb').naturalWidth") == 96
+            expect(first.locator(".tags li")).to_have_count(0)  # the thumbnail is shown, not listed as a tag
+            page.close()
