@@ -19,7 +19,7 @@ from processors.exceptions import InvalidDocumentError
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["ImageLimits", "IMAGE_LIMITS", "IMAGE_FORMATS", "decode_image", "encode_png", "sniff_mime_type"]
+__all__ = ["IMAGE_FORMATS", "IMAGE_LIMITS", "ImageLimits", "decode_image", "encode_png", "sniff_mime_type"]
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 """What Pillow may decode here (its format names); others (EPS, which runs Ghostscript, among them) are refused."""
@@ -44,7 +44,7 @@ IMAGE_LIMITS = ImageLimits()
 
 
 def decode_image(data: bytes | None, where: str, limits: ImageLimits = IMAGE_LIMITS,
-                 draft_size: int | None = None) -> "Image.Image":
+                 draft_size: int | None = None) -> Image.Image:
     """Decode an image to RGB, fully (a truncated file fails here, not later).
 
     :param data: the encoded bytes (a Document's ``blob``).
@@ -84,7 +84,7 @@ def decode_image(data: bytes | None, where: str, limits: ImageLimits = IMAGE_LIM
         raise InvalidDocumentError(f"{where}: image cannot be decoded: {type(exc).__name__}: {exc}") from None
 
 
-def _rgb(image: "Image.Image") -> "Image.Image":
+def _rgb(image: Image.Image) -> Image.Image:
     """Three channels: transparency over white (a transparent pixel's colour is arbitrary), grey spread."""
     from PIL import Image
 
@@ -95,7 +95,7 @@ def _rgb(image: "Image.Image") -> "Image.Image":
     return image.convert("RGB")
 
 
-def encode_png(image: "Image.Image") -> bytes:
+def encode_png(image: Image.Image) -> bytes:
     """Lossless bytes of an image (a patch a segmenter cut), for a chunk's ``blob``."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)  # fast: patches are small and short-lived

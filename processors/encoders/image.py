@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from processors.encoders.base import EncodeResult, check_embedding
 from processors.exceptions import ConfigError, ModelNotFoundError
 from processors.images import IMAGE_LIMITS, ImageLimits, decode_image
 
-__all__ = ["ImageEncoderConfig", "ImageEncoder", "default_weights_path", "MODELS"]
+__all__ = ["MODELS", "ImageEncoder", "ImageEncoderConfig", "default_weights_path"]
 
 logger = logging.getLogger(__name__)
 

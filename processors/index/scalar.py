@@ -24,7 +24,7 @@ import numpy as np
 
 from processors.query.filter import Combination, Comparison, FieldSchema, FieldType, Filter, stored_value
 
-__all__ = ["ScalarIndex", "FieldValues"]
+__all__ = ["FieldValues", "ScalarIndex"]
 
 FieldValues = Mapping[str, Sequence[Any]]
 """A document's indexed values: field -> its values in the stored form (``stored_values``)."""

@@ -23,26 +23,26 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from processors.exceptions import InvalidParameterError, RequestLimitError
 from processors.query.lookups import describe
 
 __all__ = [
-    "FIELD_TYPES",
-    "FieldType",
     "COMPARISONS",
-    "Comparison",
+    "FIELD_TYPES",
     "Combination",
-    "Filter",
+    "Comparison",
     "FieldSchema",
-    "parse_filter",
+    "FieldType",
+    "Filter",
     "check_filter",
-    "filter_json",
     "conditions_of",
     "field_schema",
+    "filter_json",
+    "parse_filter",
     "stored_value",
     "stored_values",
 ]
@@ -83,10 +83,10 @@ class Combination:
     """``$and``/``$or`` of its parts, or ``$not`` of its one part."""
 
     operator: Literal["$and", "$or", "$not"]
-    parts: tuple["Filter", ...]
+    parts: tuple[Filter, ...]
 
 
-Filter = Union[Comparison, Combination]
+Filter = Comparison | Combination
 """A parsed filter: a tree of combinations with comparisons at its leaves."""
 
 
@@ -272,5 +272,5 @@ def _epoch_seconds(value: Any) -> float | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed.timestamp()

@@ -4,15 +4,15 @@ a part of a picture (Jina's image hello-world cut 64 × 64 patches and ranked th
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from processors.document import Document
 from processors.exceptions import ConfigError
 from processors.images import IMAGE_LIMITS, ImageLimits, decode_image, encode_png
 from processors.segmenters.base import SegmentResult
 
-__all__ = ["ImagePatcherConfig", "ImagePatcher", "IMAGE_MODALITY", "THUMBNAIL_TAG"]
+__all__ = ["IMAGE_MODALITY", "THUMBNAIL_TAG", "ImagePatcher", "ImagePatcherConfig"]
 
 IMAGE_MODALITY = "image"
 """The ``modality`` of an image chunk."""

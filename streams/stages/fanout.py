@@ -17,6 +17,7 @@ from processors.encoders.base import Encoder
 from processors.exceptions import BadDocumentError
 from processors.index.lexical import Analyzer
 from processors.index.types import INDEX_TYPES
+from processors.query.filter import FieldSchema
 from processors.query.limits import CLOCK_SKEW_MS, REQUEST_LIMITS, RequestLimits
 from processors.query.lookups import describe
 from processors.query.parameters import DENSE, LEXICAL, InvalidParameterError, SearchParameters

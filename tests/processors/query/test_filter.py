@@ -8,8 +8,16 @@ from typing import Any
 import pytest
 
 from processors.exceptions import InvalidParameterError, RequestLimitError
-from processors.query.filter import (Combination, Comparison, check_filter, field_schema, filter_json, parse_filter,
-                                     stored_value, stored_values)
+from processors.query.filter import (
+    Combination,
+    Comparison,
+    check_filter,
+    field_schema,
+    filter_json,
+    parse_filter,
+    stored_value,
+    stored_values,
+)
 from processors.query.limits import REQUEST_LIMITS
 from processors.query.parameters import SearchParameters
 
