@@ -19,7 +19,8 @@ from processors.exceptions import InvalidDocumentError
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["IMAGE_FORMATS", "IMAGE_LIMITS", "ImageLimits", "decode_image", "encode_png", "sniff_mime_type"]
+__all__ = ["IMAGE_FORMATS", "IMAGE_LIMITS", "ImageLimits", "decode_image", "encode_jpeg", "encode_png",
+           "sniff_mime_type"]
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 """What Pillow may decode here (its format names); others (EPS, which runs Ghostscript, among them) are refused."""
@@ -73,7 +74,7 @@ def decode_image(data: bytes | None, where: str, limits: ImageLimits = IMAGE_LIM
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
-            return _rgb(image)
+            return _rgb(_upright(image))
     except InvalidDocumentError:
         raise
     except UnidentifiedImageError:
@@ -84,15 +85,48 @@ def decode_image(data: bytes | None, where: str, limits: ImageLimits = IMAGE_LIM
         raise InvalidDocumentError(f"{where}: image cannot be decoded: {type(exc).__name__}: {exc}") from None
 
 
+def _upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: a camera's EXIF orientation applied (a portrait photo is
+    stored sideways with orientation 6)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image) or image
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit or 32-bit grey image in 8 bits, scaled rather than clipped (Pillow's conversion clips,
+    so every 16-bit grey above 255 of 65,535 turned white): 16-bit by 257, wider ones by their range."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        scaled = values / 257.0
+    else:
+        low, high = float(np.nanmin(values)), float(np.nanmax(values))
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.nan_to_num(scaled).clip(0, 255).astype(np.uint8), mode="L")
+
+
 def _rgb(image: Image.Image) -> Image.Image:
     """Three channels: transparency over white (a transparent pixel's colour is arbitrary), grey spread."""
     from PIL import Image
+
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _eight_bit(image)
 
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    """Compact bytes of an RGB image (a scaled copy, a thumbnail)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def encode_png(image: Image.Image) -> bytes:

@@ -213,14 +213,14 @@ class ImageEncoder:
 
 
 def _centre_crop(image: object, side: int) -> np.ndarray:
-    """The reference evaluation's view of an image: shorter side scaled to ``side + 32`` (bicubic), the
-    centre ``side × side`` kept; (3, side, side) in 0..255."""
+    """The reference evaluation's view of an image: its centre square, the share ``side / (side + 32)`` of
+    its shorter side, resized (bicubic) to ``side × side``; (3, side, side) in 0..255. Cropping before
+    resizing keeps the cost at the crop's: a 1 × 20,000 strip would otherwise be scaled to 5 million × 256."""
     from PIL import Image
 
     assert isinstance(image, Image.Image)
     width, height = image.size
-    scale = (side + _CROP_PADDING) / min(width, height)
-    resized = image.resize((max(side, round(width * scale)), max(side, round(height * scale))), Image.BICUBIC)
-    left, top = (resized.width - side) // 2, (resized.height - side) // 2
-    cropped = resized.crop((left, top, left + side, top + side))
-    return np.asarray(cropped, dtype=np.float32).transpose(2, 0, 1)
+    crop = max(1, round(min(width, height) * side / (side + _CROP_PADDING)))
+    left, top = (width - crop) // 2, (height - crop) // 2
+    square = image.crop((left, top, left + crop, top + crop)).resize((side, side), Image.BICUBIC)
+    return np.asarray(square, dtype=np.float32).transpose(2, 0, 1)

@@ -253,6 +253,11 @@ class CompoundIndexer:
             return [[] for _ in queries]
         available = index.size if allowed is None else len(allowed)
         scores, ids = _search_past_ties(index, queries, top_k, tuning, available)
+        if allowed is not None and index is not self._indexes.exact and _short(ids, min(top_k, available)):
+            # A walk over a filter that keeps the neighbourhood out (a filter correlated with the vectors)
+            # may end before it finds top_k allowed vectors: the exact scan does, so nothing that exists is lost.
+            index = self._indexes.exact
+            scores, ids = _search_past_ties(index, queries, top_k, tuning, available)
         roots: dict[str, Document | None] = {}
         return [self._hits(index.op_name, index.direction, row_scores, row_ids, top_k, roots, with_vectors)
                 for row_scores, row_ids in zip(scores, ids)]
@@ -349,3 +354,8 @@ def _without_blobs(doc: Document) -> Document:
 
 def _has_blob(doc: Document) -> bool:
     return doc.blob is not None or any(_has_blob(chunk) for chunk in doc.chunks)
+
+
+def _short(ids: np.ndarray, wanted: int) -> bool:
+    """Whether a row of a search's ids holds fewer than ``wanted`` hits (-1 pads a short row)."""
+    return bool(np.any((ids != -1).sum(axis=1) < wanted))

@@ -146,8 +146,13 @@ class IvfVectorIndex(FaissVectorIndex):
         :param tuning: ``nprobe`` overrides the configured lists per query (capped at ``nlist``).
         """
         nprobe = (tuning.nprobe if tuning else None) or self.nprobe
-        params = faiss.SearchParametersIVF(nprobe=min(nprobe, self.nlist))
         allowed = tuning.selector() if tuning else None
+        if allowed is not None:
+            # The lists scanned hold the allowed vectors only in the share the filter allows: scan more of them,
+            # by the square root of the share left out, as HNSW widens its candidate list.
+            share = len(tuning.allowed) / max(1, self.size)  # type: ignore[union-attr, arg-type]
+            nprobe = math.ceil(nprobe / math.sqrt(max(share, 1e-9)))
+        params = faiss.SearchParametersIVF(nprobe=min(nprobe, self.nlist))
         if allowed is not None:
             params.sel = allowed
         return faiss_search(self._index, queries, k, params)

@@ -133,7 +133,7 @@ class ScalarIndex:
 
     def remove(self, vids: Iterable[int]) -> None:
         """Forget these vectors (absent ids are ignored); compacts once most rows are dead."""
-        wanted = np.fromiter(vids, dtype=np.int64)
+        wanted = np.unique(np.fromiter(vids, dtype=np.int64))  # an id given twice is one row
         known = self._vids.view
         if not len(wanted) or not len(known):
             return

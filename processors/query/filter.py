@@ -95,76 +95,81 @@ def parse_filter(raw: Any, *, max_conditions: int, max_in_items: int, max_depth:
     the flow's schema is known (:func:`check_filter`).
 
     :param raw: the decoded JSON: an object.
-    :param max_conditions: comparisons in the whole filter, at most.
+    :param max_conditions: comparisons in the whole filter, at most: parsing stops at the first past it.
     :param max_in_items: values in one ``$in``/``$nin`` list, at most.
     :param max_depth: nesting of objects, at most: the parser never recurses deeper.
     :raises InvalidParameterError: naming the part at fault.
     :raises RequestLimitError: for a filter over one of the limits, naming it.
     """
-    counter = [0]
-    parsed = _parse_object(raw, "filter", counter, 1, max_depth, max_in_items)
-    if counter[0] > max_conditions:
-        raise RequestLimitError(f"filter has {counter[0]} conditions; the limit max_conditions is {max_conditions}")
-    return parsed
+    return _Parser(max_conditions, max_in_items, max_depth).object(raw, "filter", 1)
 
 
-def _parse_object(raw: Any, where: str, counter: list[int], depth: int, max_depth: int,
-                  max_in_items: int) -> Filter:
-    if depth > max_depth:
-        raise RequestLimitError(f"{where}: nested deeper than {max_depth} objects; the limit is max_filter_depth")
-    if not isinstance(raw, Mapping) or not raw:
-        raise InvalidParameterError(f"{where} must be a non-empty JSON object, got {describe(raw)}")
-    parts: list[Filter] = []
-    for key, value in raw.items():
-        if not isinstance(key, str) or not key:
-            raise InvalidParameterError(f"{where}: a key must be a non-empty string, got {describe(key)}")
-        here = f"{where}.{key}"
-        if key in _COMBINATIONS:
-            parts.append(_parse_combination(key, value, here, counter, depth, max_depth, max_in_items))
-        elif key.startswith("$"):
-            raise InvalidParameterError(f"{where}: unknown operator {key!r}; combine with "
-                                        f"{', '.join(_COMBINATIONS)}, compare with {', '.join(COMPARISONS)}")
-        else:
-            parts.extend(_parse_field(key, value, here, counter, max_in_items))
-    return parts[0] if len(parts) == 1 else Combination("$and", tuple(parts))
+@dataclass(slots=True)
+class _Parser:
+    """One filter's parse, with its limits and the comparisons counted so far."""
 
+    max_conditions: int
+    max_in_items: int
+    max_depth: int
+    conditions: int = 0
 
-def _parse_combination(key: str, value: Any, where: str, counter: list[int], depth: int, max_depth: int,
-                       max_in_items: int) -> Filter:
-    if key == "$not":
-        return Combination("$not", (_parse_object(value, where, counter, depth + 1, max_depth, max_in_items),))
-    if not isinstance(value, list) or not value:
-        raise InvalidParameterError(f"{where} must be a non-empty list of filters, got {describe(value)}")
-    if len(value) > max_in_items:
-        raise RequestLimitError(f"{where} lists {len(value)} filters; the limit max_in_items is {max_in_items}")
-    return Combination(key, tuple(_parse_object(part, f"{where}[{i}]", counter, depth + 1, max_depth, max_in_items)
-                                  for i, part in enumerate(value)))  # type: ignore[arg-type]
+    def object(self, raw: Any, where: str, depth: int) -> Filter:
+        if depth > self.max_depth:
+            raise RequestLimitError(f"{where}: nested deeper than {self.max_depth} objects; the limit is "
+                                    "max_filter_depth")
+        if not isinstance(raw, Mapping) or not raw:
+            raise InvalidParameterError(f"{where} must be a non-empty JSON object, got {describe(raw)}")
+        parts: list[Filter] = []
+        for key, value in raw.items():
+            if not isinstance(key, str) or not key:
+                raise InvalidParameterError(f"{where}: a key must be a non-empty string, got {describe(key)}")
+            here = f"{where}.{key}"
+            if key in _COMBINATIONS:
+                parts.append(self.combination(key, value, here, depth))
+            elif key.startswith("$"):
+                raise InvalidParameterError(f"{where}: unknown operator {key!r}; combine with "
+                                            f"{', '.join(_COMBINATIONS)}, compare with {', '.join(COMPARISONS)}")
+            else:
+                parts.extend(self.field(key, value, here))
+        return parts[0] if len(parts) == 1 else Combination("$and", tuple(parts))
 
+    def combination(self, key: str, value: Any, where: str, depth: int) -> Filter:
+        if key == "$not":
+            return Combination("$not", (self.object(value, where, depth + 1),))
+        if not isinstance(value, list) or not value:
+            raise InvalidParameterError(f"{where} must be a non-empty list of filters, got {describe(value)}")
+        if len(value) > self.max_in_items:
+            raise RequestLimitError(f"{where} lists {len(value)} filters; the limit max_in_items is {self.max_in_items}")
+        return Combination(key, tuple(self.object(part, f"{where}[{i}]", depth + 1)  # type: ignore[arg-type]
+                                      for i, part in enumerate(value)))
 
-def _parse_field(field: str, value: Any, where: str, counter: list[int], max_in_items: int) -> list[Comparison]:
-    operators = value if isinstance(value, Mapping) and value and all(
-        isinstance(k, str) and k.startswith("$") for k in value) else {"$eq": value}
-    parsed = []
-    for operator, operand in operators.items():
-        if operator not in COMPARISONS:
-            raise InvalidParameterError(f"{where}: unknown operator {operator!r}; known: {', '.join(COMPARISONS)}")
-        if operator in _SETS:
-            if not isinstance(operand, list) or not operand:
-                raise InvalidParameterError(f"{where}.{operator} must be a non-empty list, got {describe(operand)}")
-            if len(operand) > max_in_items:
-                raise RequestLimitError(f"{where}.{operator} lists {len(operand)} values; the limit max_in_items "
-                                        f"is {max_in_items}")
-            for member in operand:
-                _check_scalar(member, f"{where}.{operator}")
-            operand = tuple(operand)
-        elif operator == "$exists":
-            if not isinstance(operand, bool):
-                raise InvalidParameterError(f"{where}.$exists must be true or false, got {describe(operand)}")
-        else:
-            _check_scalar(operand, f"{where}.{operator}")
-        counter[0] += 1
-        parsed.append(Comparison(field, operator, operand))
-    return parsed
+    def field(self, field: str, value: Any, where: str) -> list[Comparison]:
+        operators = value if isinstance(value, Mapping) and value and all(
+            isinstance(k, str) and k.startswith("$") for k in value) else {"$eq": value}
+        parsed = []
+        for operator, operand in operators.items():
+            if operator not in COMPARISONS:
+                raise InvalidParameterError(f"{where}: unknown operator {operator!r}; known: {', '.join(COMPARISONS)}")
+            if operator in _SETS:
+                if not isinstance(operand, list) or not operand:
+                    raise InvalidParameterError(f"{where}.{operator} must be a non-empty list, got {describe(operand)}")
+                if len(operand) > self.max_in_items:
+                    raise RequestLimitError(f"{where}.{operator} lists {len(operand)} values; the limit max_in_items "
+                                            f"is {self.max_in_items}")
+                for member in operand:
+                    _check_scalar(member, f"{where}.{operator}")
+                operand = tuple(operand)
+            elif operator == "$exists":
+                if not isinstance(operand, bool):
+                    raise InvalidParameterError(f"{where}.$exists must be true or false, got {describe(operand)}")
+            else:
+                _check_scalar(operand, f"{where}.{operator}")
+            self.conditions += 1
+            if self.conditions > self.max_conditions:  # stop here: a huge filter costs the limit's worth only
+                raise RequestLimitError(f"filter has more than {self.max_conditions} conditions; the limit "
+                                        f"max_conditions is {self.max_conditions}")
+            parsed.append(Comparison(field, operator, operand))
+        return parsed
 
 
 def _check_scalar(value: Any, where: str) -> None:
@@ -220,7 +225,27 @@ def filter_json(parsed: Filter) -> dict[str, Any]:
         return {parsed.field: {parsed.operator: value}}
     if parsed.operator == "$not":
         return {"$not": filter_json(parsed.parts[0])}
+    if parsed.operator == "$and" and (merged := _merged(parsed.parts)) is not None:
+        return merged
     return {parsed.operator: [filter_json(part) for part in parsed.parts]}
+
+
+def _merged(parts: tuple[Filter, ...]) -> dict[str, Any] | None:
+    """An ``$and``'s parts as one object (its implicit form, one nesting level less), or None where two
+    parts would need the same key: so that the JSON a shard parses is never nested deeper than the one the
+    fan-out checked."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        if isinstance(part, Comparison):
+            operators = merged.setdefault(part.field, {})
+            if part.operator in operators:
+                return None
+            operators.update(filter_json(part)[part.field])
+        elif part.operator in merged:
+            return None
+        else:
+            merged.update(filter_json(part))
+    return merged
 
 
 def field_schema(raw: Any, where: str = "filterable") -> dict[str, FieldType]:
@@ -252,7 +277,10 @@ def stored_value(field_type: FieldType, value: Any) -> float | str | bool | None
     if field_type == "number":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
-        number = float(value) if abs(value) < 1e308 else math.inf
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past float64's range
+            return None
         return number if math.isfinite(number) else None
     return _epoch_seconds(value)
 
@@ -268,7 +296,7 @@ def _epoch_seconds(value: Any) -> float | None:
     if not isinstance(value, str) or not 8 <= len(value) <= 40:
         return None
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+        parsed = dt.datetime.fromisoformat(value[:-1] + "+00:00" if value[-1] in "Zz" else value)
     except ValueError:
         return None
     if parsed.tzinfo is None:

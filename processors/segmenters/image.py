@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from processors.document import Document
 from processors.exceptions import ConfigError
-from processors.images import IMAGE_LIMITS, ImageLimits, decode_image, encode_png
+from processors.images import IMAGE_LIMITS, ImageLimits, decode_image, encode_jpeg, encode_png
 from processors.segmenters.base import SegmentResult
 
 __all__ = ["IMAGE_MODALITY", "THUMBNAIL_TAG", "ImagePatcher", "ImagePatcherConfig"]
@@ -28,9 +28,12 @@ class ImagePatcherConfig:
     :param whole: the first chunk is the whole image (its bytes as they came).
     :param patch_size: the side of a square patch, in pixels of the image; 0 cuts none.
     :param stride: pixels between patches; None means half a patch (each overlaps its neighbours by half).
-    :param max_patches: patches per image at most; past it the stride grows until they fit, so a large
-        image is covered as a small one is, more coarsely.
+    :param max_patches: patches per image at most; past it the stride doubles until they fit, so a large
+        image is sampled more coarsely: its patches no longer cover every pixel (64 patches of 64 cannot cover
+        a megapixel), and the whole-image chunk stands for the rest.
     :param max_pixels: an image declaring more pixels is refused before it is decoded.
+    :param whole_side: the whole-image chunk is the image's own bytes up to this longer side, else the
+        image scaled to it (JPEG): the chunk travels beside the root's bytes, and the encoder reads 224 pixels.
     :param thumbnail: the longer side of the thumbnail put in the root's ``tags["thumbnail"]`` (about 3 KB
         at 96), unless the document has that tag already; 0 puts none.
     """
@@ -40,6 +43,7 @@ class ImagePatcherConfig:
     stride: int | None = None
     max_patches: int = 64
     max_pixels: int = IMAGE_LIMITS.max_pixels
+    whole_side: int = 512
     thumbnail: int = 96
 
     def __post_init__(self) -> None:
@@ -47,6 +51,8 @@ class ImagePatcherConfig:
             raise ConfigError("ImagePatcher: with whole: false, patch_size must be positive (or no chunk is cut)")
         if self.patch_size < 0 or self.max_patches < 1 or self.max_pixels < 1:
             raise ConfigError("ImagePatcher: patch_size must be 0 or positive, max_patches and max_pixels positive")
+        if self.whole_side < 32:
+            raise ConfigError(f"ImagePatcher: whole_side must be at least 32 pixels, got {self.whole_side}")
         if not 0 <= self.thumbnail <= 512:
             raise ConfigError(f"ImagePatcher: thumbnail must be in 0..512 pixels, got {self.thumbnail}")
         if self.stride is not None and self.stride < 1:
@@ -88,8 +94,14 @@ class ImagePatcher:
                                    weight=box[2] * box[3] / (width * height)))
 
         if self.config.whole:
-            add(doc.blob or b"", doc.mime_type if doc.mime_type.startswith("image/") else "image/png",
-                (0, 0, width, height))
+            side = self.config.whole_side
+            if max(width, height) <= side:
+                add(doc.blob or b"", doc.mime_type if doc.mime_type.startswith("image/") else "image/png",
+                    (0, 0, width, height))
+            else:  # the encoder reads 224 pixels: a second copy of a 6 MB photo would double the record
+                small = image.copy()
+                small.thumbnail((side, side))
+                add(encode_jpeg(small), "image/jpeg", (0, 0, width, height))
         for left, top, side in self._grid(width, height):
             add(encode_png(image.crop((left, top, left + side, top + side))), "image/png", (left, top, side, side))
         tags = doc.tags
@@ -99,7 +111,8 @@ class ImagePatcher:
 
     def _grid(self, width: int, height: int) -> list[tuple[int, int, int]]:
         """Patch corners and side: a grid from the top left, with a last row and column flush with the
-        far edges so that every pixel is in a patch; none for an image smaller than a patch."""
+        far edges, so that every pixel is in a patch while the stride is at most the patch side; none for
+        an image smaller than a patch."""
         side = self.config.patch_size
         if side == 0 or width < side or height < side:
             return []
@@ -114,16 +127,13 @@ class ImagePatcher:
 def thumbnail_uri(image: object, side: int) -> str:
     """A ``data:image/jpeg;base64,...`` URI of the image scaled to fit ``side`` × ``side``."""
     import base64
-    import io
 
     from PIL import Image
 
     assert isinstance(image, Image.Image)
     small = image.copy()
     small.thumbnail((side, side))
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=70)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(small, quality=70)).decode("ascii")
 
 
 def _starts(extent: int, side: int, stride: int) -> list[int]:

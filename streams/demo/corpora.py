@@ -7,13 +7,15 @@ import base64
 import binascii
 import json
 import sysconfig
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from processors.images import sniff_mime_type
+from processors.images import IMAGE_LIMITS, sniff_mime_type
 from processors.document import Document, TagValue, validate_document
 from processors.exceptions import InvalidDocumentError
 from streams.exceptions import StreamsearchError
@@ -69,8 +71,8 @@ def _documented(tree: ast.Module, module: str) -> Iterator[tuple[int, str, ast.A
 
 def read_jsonl(path: Path, *, fields: Sequence[str] | None = None) -> Iterator[Document]:
     """Documents from JSON lines: ``id``, ``text``, an optional ``embedding`` (a list of numbers: a
-    pre-embedded document), an image as ``blob`` (base64) or ``uri`` (a local file, relative to the
-    JSONL's folder, read into ``blob``), and other values as tags (the fields a multi-field flow maps, e.g.
+    pre-embedded document), an image as ``blob`` (base64) or ``uri`` (a file under the JSONL's folder,
+    a path or a ``file:`` URI, read into ``blob``), and other values as tags (the fields a multi-field flow maps, e.g.
     ``{"id": "10", "title": "...", "summary": "..."}``; numbers and booleans stay typed, so that
     a filter ``tags.minutes__lte: 10`` compares numbers).
 
@@ -164,10 +166,20 @@ def _row_image(row: dict[str, object], folder: Path, where: str) -> tuple[bytes 
             return base64.b64decode(blob, validate=True), uri
         except binascii.Error as exc:
             raise StreamsearchError(f"{where}: 'blob' is not base64: {exc}") from None
-    if uri is None or ("://" in uri and not uri.startswith("file://")):
+    if uri is None or ("://" in uri and not uri.startswith("file:")):
         return None, uri
-    file = Path(uri.removeprefix("file://"))
-    file = file if file.is_absolute() else folder / file
+    parsed = urllib.parse.urlparse(uri)
+    file = Path(urllib.request.url2pathname(parsed.path)) if parsed.scheme == "file" else Path(uri)
+    file = (file if file.is_absolute() else folder / file).resolve()
+    if not file.is_relative_to(folder.resolve()):
+        raise StreamsearchError(f"{where}: 'uri' {uri!r} is outside {folder.resolve()}: only files under the JSONL's "
+                                "folder are read (a JSONL from elsewhere must not copy this machine's files into "
+                                "Kafka); copy or link them there")
+    if not file.is_file():
+        raise StreamsearchError(f"{where}: 'uri' {uri!r} is not a regular file")
+    if file.stat().st_size > IMAGE_LIMITS.max_bytes:
+        raise StreamsearchError(f"{where}: 'uri' {uri!r} is {file.stat().st_size} bytes; images are read up to "
+                                f"{IMAGE_LIMITS.max_bytes}")
     try:
         return file.read_bytes(), uri
     except OSError as exc:

@@ -232,20 +232,21 @@ class QueryFanout(PathHandler):
         when a query cannot be (an image that does not decode), each request on its own, so that only
         the one at fault is refused. A dense query left without a vector (an image query to a text
         encoder, a text to an image encoder) is refused naming that."""
-        dense = [(record, request) for record, request in batch if request.parameters["retrieval"] != LEXICAL]
-        encoded: dict[str, list[Document]] = {}
+        dense = [i for i, (_, request) in enumerate(batch) if request.parameters["retrieval"] != LEXICAL]
+        encoded: dict[int, list[Document]] = {}  # by place in the batch: two requests may share an id
         if self._encoder is not None and dense:
             try:
-                docs = iter(self._encoder.run(docs=[d for _, r in dense for d in r.docs], traversal_paths=["r"]).docs)
-                encoded = {request.request_id: [next(docs) for _ in request.docs] for _, request in dense}
+                docs = iter(self._encoder.run(docs=[d for i in dense for d in batch[i][1].docs],
+                                              traversal_paths=["r"]).docs)
+                encoded = {i: [next(docs) for _ in batch[i][1].docs] for i in dense}
             except BadDocumentError:
                 encoded = {}
-        for record, request in batch:
+        for i, (record, request) in enumerate(batch):
             if request.parameters["retrieval"] == LEXICAL:  # checked in _check: no second parse
                 yield record, request, None
                 continue
             try:
-                docs = encoded.get(request.request_id) or (
+                docs = encoded[i] if i in encoded else (
                     list(self._encoder.run(docs=request.docs, traversal_paths=["r"]).docs) if self._encoder
                     else request.docs)
             except BadDocumentError as exc:

@@ -53,3 +53,18 @@ def test_modes_become_rgb_and_transparency_turns_white() -> None:
     assert decode_image(png(mode="L", color=7), "d").getpixel((0, 0)) == (7, 7, 7)
     assert decode_image(png(mode="RGBA", color=(0, 0, 0, 0)), "d").getpixel((3, 3)) == (255, 255, 255)
     assert decode_image(encode_png(Image.new("RGB", (5, 4), (1, 2, 3))), "d").size == (5, 4)
+
+
+def test_sixteen_bit_grey_is_scaled_and_a_camera_orientation_applied() -> None:
+    """Found by an attack: Pillow's own conversion clipped 16-bit grey to white, and EXIF was ignored."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.ones((6, 6)) * 32768).astype(np.uint16)).save(buffer, format="PNG")
+    assert decode_image(buffer.getvalue(), "d").getpixel((0, 0)) == (127, 127, 127)
+    sideways = Image.new("RGB", (40, 10), (1, 2, 3))
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    buffer = io.BytesIO()
+    sideways.save(buffer, format="JPEG", exif=exif.tobytes())
+    assert decode_image(buffer.getvalue(), "d").size == (10, 40)

@@ -249,7 +249,8 @@ def _images(encoded: list[str]) -> list[bytes]:
 
     :raises HTTPException: 422 naming the one that is not base64.
     """
-    try:
-        return [base64.b64decode(text, validate=True) for text in encoded]
+    try:  # a data: URI's prefix and wrapped lines (base64 tools wrap at 76) are taken as they come
+        return [base64.b64decode("".join(text.split(",", 1)[-1].split()) if text.startswith("data:") else
+                                 "".join(text.split()), validate=True) for text in encoded]
     except (binascii.Error, ValueError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"images: not base64: {exc}") from None

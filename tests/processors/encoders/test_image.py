@@ -72,3 +72,15 @@ def test_settings_are_checked_without_loading_anything() -> None:
     with pytest.raises(ConfigError, match="give weights_path for efficientnet-lite2"):
         ImageEncoderConfig(model_name="efficientnet-lite2")
     assert ImageEncoder(ImageEncoderConfig(weights_path="/nowhere.pth")).output_dim == 1280  # no load
+
+
+def test_a_long_thin_image_costs_its_centre_crop_only(encoder: ImageEncoder) -> None:
+    """A 1 × 20,000 strip is within the decode limits; resizing it whole before the crop took gigabytes."""
+    import resource
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 20_000), (10, 200, 10)).save(buffer, format="PNG")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    vector = encoder.encode_images([buffer.getvalue()])
+    assert vector.shape == (1, 1280) and np.isfinite(vector).all()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: far under 4 GB

@@ -168,3 +168,24 @@ def test_the_path_follows_the_count_and_the_share_the_filter_allows(tmp_path: Pa
     assert answered_by({"bucket": {"$lt": 100}}) == "faiss.hnsw_ip"   # 300 allowed, 10 %: the walk
     assert index.search(embeddings=query, top_k=3)[0][0].score.op_name == "faiss.hnsw_ip"
     index.close()
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
+def test_a_filter_against_the_neighbourhood_still_fills_every_row(tmp_path: Path, index_type: str) -> None:
+    """Queries on one side, the filter keeping the other: a graph walk (or the lists scanned) may end before
+    top_k allowed vectors are met; the search then scans the allowed ones exactly (found by an attack)."""
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(6000, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    docs = [Document(id=f"d{i:05d}", embedding=vectors[i], tags={"bucket": float(vectors[i, 0])}) for i in range(6000)]
+    index = open_index(tmp_path, index_type=index_type, hnsw_m=8, hnsw_ef_search=16, ivf_nprobe=1,
+                       exact_filter_limit=0, exact_filter_share=0.0)
+    index.apply(changes=[Change(d.id, d) for d in docs], checkpoint=b"1")
+    queries = rng.normal(size=(40, DIM)).astype(np.float32)
+    queries[:, 0] = np.abs(queries[:, 0]) + 2.0  # far on the side the filter leaves out
+    allowed = np.flatnonzero(vectors[:, 0] < -0.6)
+    for query in queries:
+        hits = index.search(embeddings=query[None, :], top_k=10, filter=parse({"bucket": {"$lt": -0.6}}))[0]
+        assert len(hits) == 10 and all(float(h.root.tags["bucket"]) < -0.6 for h in hits)  # type: ignore[arg-type]
+    assert len(allowed) > 10
+    index.close()

@@ -67,3 +67,12 @@ def test_the_root_gets_a_small_thumbnail_unless_it_has_one() -> None:
     assert kept.tags["thumbnail"] == "mine"
     assert "thumbnail" not in ImagePatcher(ImagePatcherConfig(thumbnail=0)).run(
         docs=[Document(id="t", blob=png(64, 64))]).docs[0].tags
+
+
+def test_a_large_image_s_whole_chunk_is_a_scaled_copy_not_a_second_original() -> None:
+    """The whole-image chunk travels beside the root's bytes: a second copy of a large photo doubled the
+    record past the flow's payload limit (found by an attack)."""
+    blob = png(1600, 1200)
+    whole = ImagePatcher().run(docs=[Document(id="big", blob=blob)]).docs[0].chunks[0]
+    assert whole.mime_type == "image/jpeg" and len(whole.blob or b"") < len(blob) // 4
+    assert decode_image(whole.blob, "whole").size == (512, 384) and whole.location == [0, 0, 1600, 1200]

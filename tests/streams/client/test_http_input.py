@@ -187,3 +187,16 @@ def test_a_hostile_or_malformed_filter_is_refused_with_4xx_before_sending(app: F
     response = call(app, "POST", "/search", body)
     assert response.status_code == status, response.text[:500]
     assert re.search(message, response.text), response.text[:500]
+
+
+def test_images_take_wrapped_base64_and_data_uris_and_refuse_other_text(app: FastAPI) -> None:
+    import base64
+
+    wrapped = "\n".join(base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"x" * 100).decode()[i:i + 76] for i in range(0, 144, 76))
+    for image in (wrapped, "data:image/png;base64," + wrapped):
+        response = call(app, "POST", "/search", json.dumps({"images": [image]}))
+        assert response.status_code == 503, response.text  # decoded and sent: no broker behind this bridge
+    refused = call(app, "POST", "/search", json.dumps({"images": ["not base64!"]}))
+    assert refused.status_code == 422 and "images: not base64" in refused.text
+    both = call(app, "POST", "/search", json.dumps({"texts": "x", "images": [wrapped]}))
+    assert both.status_code == 422 and "give texts or images" in both.text

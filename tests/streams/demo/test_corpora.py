@@ -90,3 +90,32 @@ class TestNothingInALineIsDroppedSilently:
         path.write_text(line + "\n")
         with pytest.raises(StreamsearchError, match=message):
             list(read_jsonl(path))
+
+
+def test_image_lines_read_files_under_the_jsonl_folder_only(tmp_path: Path) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (5, 5)).save(buffer, format="PNG")
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "my cat.png").write_bytes(buffer.getvalue())
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(json.dumps(row) for row in [
+        {"id": "a", "uri": "imgs/my cat.png", "year": 2020},
+        {"id": "b", "uri": (tmp_path / "imgs" / "my cat.png").as_uri()},  # percent-encoded, as read_image_directory writes
+        {"id": "c", "blob": base64.b64encode(buffer.getvalue()).decode()}]) + "\n")
+    docs = list(read_jsonl(good))
+    assert [(d.id, d.blob, d.mime_type, d.modality) for d in docs] == [
+        (i, buffer.getvalue(), "image/png", "image") for i in "abc"]
+    assert docs[0].tags == {"year": 2020}
+    for row, message in (({"id": "x", "uri": "../outside.png"}, "is outside"),
+                         ({"id": "x", "uri": "file:///etc/hostname"}, "is outside"),
+                         ({"id": "x", "uri": "imgs"}, "not a regular file"),
+                         ({"id": "x", "blob": "not base64!"}, "'blob' is not base64")):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps(row) + "\n")
+        with pytest.raises(StreamsearchError, match=f"bad.jsonl:1: .*{message}"):
+            list(read_jsonl(bad))
