@@ -92,7 +92,7 @@ def test_the_core_wheel_installs_without_model_or_index_libraries_and_serves_cli
                  "from streams.wire.codec import DOCUMENT, REQUEST; from streams.resources import EXAMPLE_FLOWS; "
                  "print(sorted(p.name for p in EXAMPLE_FLOWS.glob('*.yml')))"], cwd=outside)
     assert used.returncode == 0, used.stderr
-    assert used.stdout.split("\n")[0] == "['beir.yml', 'hello.yml', 'jep3.yml']"
+    assert used.stdout.split("\n")[0] == "['beir.yml', 'hello.yml', 'images.yml', 'jep3.yml']"
 
     # A command that would run the model or the index says, in one line, which extra to install.
     hello = _run([tmp_path / "core" / "bin" / "streamsearch", "hello-world", "--limit", "5", "--no-serve"], cwd=outside)
