@@ -10,7 +10,17 @@ import numpy as np
 from processors.document import Document
 from processors.exceptions import BadDocumentError, DimensionMismatchError
 
-__all__ = ["Encoder", "EncodeResult", "Truncated", "check_embedding", "check_embedding_shape"]
+__all__ = ["Encoder", "EncodeResult", "Truncated", "check_embedding", "check_embedding_shape", "torch_device"]
+
+
+def torch_device(setting: str) -> object:
+    """The torch device an encoder's ``device`` setting names: ``auto`` takes CUDA when present, else the CPU.
+    Imports torch, so only an encoder's model loading calls it."""
+    import torch
+
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
 
 
 def check_embedding(vector: object, dim: int, where: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from processors.document import Document, copy_tree, traverse
-from processors.encoders.base import EncodeResult, check_embedding
+from processors.encoders.base import EncodeResult, check_embedding, torch_device
 from processors.exceptions import ConfigError, ModelNotFoundError
 from processors.images import IMAGE_LIMITS, ImageLimits, decode_image
 
@@ -118,8 +118,7 @@ class ImageEncoder:
         path = Path(self.weights_path)
         if not path.is_file():
             raise ModelNotFoundError(f"ImageEncoder: no weights at {path}")
-        device = torch.device("cuda" if self.config.device == "auto" and torch.cuda.is_available()
-                              else "cpu" if self.config.device == "auto" else self.config.device)
+        device = torch_device(self.config.device)
         model = EfficientNet.from_name(self.config.model_name)
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)

@@ -13,7 +13,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from processors.document import Document, copy_tree, traverse
-from processors.encoders.base import EncodeResult, Truncated, check_embedding
+from processors.encoders.base import EncodeResult, Truncated, check_embedding, torch_device
 from processors.exceptions import ConfigError, ModelNotFoundError
 
 __all__ = ["TransformerEncoderConfig", "TransformerEncoder", "default_model_path"]
@@ -135,10 +135,7 @@ class TransformerEncoder:
 
         hf_logging.disable_progress_bar()  # our own progress bars report the work that matters
 
-        if self.config.device == "auto":
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        else:
-            device = torch.device(self.config.device)
+        device = torch_device(self.config.device)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
         dim = int(model.config.hidden_size)

@@ -288,3 +288,21 @@ def stop_within(process: subprocess.Popen[bytes], timeout: float, logs: list[Pat
     process.wait()
     tails = "\n".join(f"--- {log}\n{log.read_text(errors='replace')[-6000:]}" for log in logs if log.exists())
     raise AssertionError(f"pid {process.pid} still running {timeout:.0f} s after it was told to stop:\n{tails}")
+
+
+def picture(shape: str, colour: tuple[int, int, int]) -> bytes:
+    """A PNG of a coloured disc or of coloured stripes on a pale ground: images an image flow tells apart."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (256, 192), (240, 240, 235))
+    draw = ImageDraw.Draw(image)
+    if shape == "disc":
+        draw.ellipse((70, 40, 190, 160), fill=colour)
+    else:
+        for x in range(0, 256, 32):
+            draw.rectangle((x, 0, x + 14, 192), fill=colour)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

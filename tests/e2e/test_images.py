@@ -6,7 +6,6 @@ a text query to the image flow is answered with an error naming why."""
 
 from __future__ import annotations
 
-import io
 import struct
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
 from processors.document import Document
 from streams.client import Client, IndexReceipt
@@ -25,24 +23,11 @@ from streams.exceptions import SearchError
 from streams.kafka.settings import KafkaSettings
 from streams.local.runtime import LocalRuntime
 from streams.resources import EXAMPLE_FLOWS
-from tests.e2e.fixtures import FlowFactory, stage_logs
+from tests.e2e.fixtures import FlowFactory, picture, stage_logs
 
 pytestmark = pytest.mark.kafka
 
 COLOURS = [(200, 30, 30), (30, 160, 40), (30, 40, 190), (230, 200, 20), (20, 20, 20), (160, 60, 200)]
-
-
-def picture(shape: str, colour: tuple[int, int, int]) -> bytes:
-    image = Image.new("RGB", (256, 192), (240, 240, 235))
-    draw = ImageDraw.Draw(image)
-    if shape == "disc":
-        draw.ellipse((70, 40, 190, 160), fill=colour)
-    else:
-        for x in range(0, 256, 32):
-            draw.rectangle((x, 0, x + 14, 192), fill=colour)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def bomb() -> bytes:

@@ -3,7 +3,6 @@ served by uvicorn on a loopback port, in front of a real flow."""
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from pathlib import Path
@@ -17,7 +16,7 @@ from processors.query.limits import REQUEST_LIMITS
 from streams.client import Client
 from streams.client.http import create_app, serving
 from streams.local.runtime import LocalRuntime
-from tests.e2e.fixtures import PIPELINE_FLOW, FlowFactory
+from tests.e2e.fixtures import PIPELINE_FLOW, FlowFactory, picture
 from tests.fixtures import flow_spec
 
 pytestmark = pytest.mark.kafka
@@ -179,24 +178,10 @@ def _search_with(page: Page, select: str, option: str) -> Any:
 
 def test_an_image_flow_is_searched_by_uploading_an_image_and_shows_thumbnails(
         start_flow: FlowFactory, browser: Browser, tmp_path: Path) -> None:
-    from PIL import Image, ImageDraw
-
     from streams.resources import EXAMPLE_FLOWS
 
-    def picture(colour: tuple[int, int, int], disc: bool) -> bytes:
-        image = Image.new("RGB", (200, 150), (240, 240, 235))
-        draw = ImageDraw.Draw(image)
-        if disc:
-            draw.ellipse((50, 25, 150, 125), fill=colour)
-        else:
-            for x in range(0, 200, 25):
-                draw.rectangle((x, 0, x + 10, 150), fill=colour)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return buffer.getvalue()
-
-    images = {"red-disc": picture((200, 20, 20), True), "blue-stripes": picture((20, 40, 200), False),
-              "green-disc": picture((20, 160, 40), True)}
+    images = {"red-disc": picture("disc", (200, 20, 20)), "blue-stripes": picture("stripes", (20, 40, 200)),
+              "green-disc": picture("disc", (20, 160, 40))}
     flow: LocalRuntime = start_flow((EXAMPLE_FLOWS / "images.yml").read_text().replace("name: images", 'name: "{name}"'))
     with flow.client() as client:
         receipt = client.index([Document(id=name, blob=blob) for name, blob in images.items()])
