@@ -10,6 +10,9 @@ PIP := $(PYTHON) -m pip
 install:
 	# Debian's Chromium for the browser test (Playwright drives it; it never downloads a browser).
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	# Tux Paint's stamps (GPL-2): the labelled pictures of `hello-world --images`, its tests and benchmark.
+	test -d /usr/share/tuxpaint/stamps || { apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends tuxpaint-stamps-default >/dev/null; }
 	# torch first, pinned: these machines hold its CPU build; a bare `torch` pulls GBs of CUDA wheels.
 	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
 	# Every extra (encode, index, local: README "Install") and the tests' tools; editable, for development.

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
-from processors.document import Document
+from processors.document import Document, traverse
 from processors.exceptions import BadDocumentError, DimensionMismatchError
 
-__all__ = ["Encoder", "EncodeResult", "Truncated", "check_embedding", "check_embedding_shape", "torch_device"]
+__all__ = ["EncodeResult", "Encoder", "Truncated", "check_embedding", "check_embedding_shape", "nodes_to_embed", "torch_device"]
 
 
 def torch_device(setting: str) -> object:
@@ -21,6 +22,26 @@ def torch_device(setting: str) -> object:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(setting)
+
+
+def nodes_to_embed(roots: Sequence[Document], paths: Sequence[str], filter_by: Sequence[str] | None,
+                   dim: int) -> Iterator[tuple[Document, Document, str]]:
+    """The nodes on the traversal paths (of the ``filter_by`` fields, if any) that have no embedding, each
+    with its root and its name for errors (``document 'a' node 'a/1'``); a node that has one is checked
+    (:func:`check_embedding`) instead, so a given vector is kept, never recomputed.
+
+    :raises BadDocumentError, DimensionMismatchError: for a given embedding that does not fit ``dim``.
+    """
+    for root in roots:
+        for path in paths:
+            for node in traverse(root, path):
+                if filter_by and node.field_name not in filter_by:
+                    continue
+                where = f"document {root.id!r}" + ("" if node is root else f" node {node.id!r}")
+                if node.embedding is not None:
+                    check_embedding(node.embedding, dim, where)
+                else:
+                    yield root, node, where
 
 
 def check_embedding(vector: object, dim: int, where: str) -> None:

@@ -17,15 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from processors.document import Document, copy_tree, traverse
-from processors.encoders.base import EncodeResult, check_embedding, torch_device
+from processors.document import Document, copy_tree
+from processors.encoders.base import EncodeResult, nodes_to_embed, torch_device
 from processors.exceptions import ConfigError, ModelNotFoundError
 from processors.images import IMAGE_LIMITS, ImageLimits, decode_image
 
-__all__ = ["MODELS", "ImageEncoder", "ImageEncoderConfig", "default_weights_path"]
+__all__ = ["CLASSES", "MODELS", "ImageEncoder", "ImageEncoderConfig", "default_weights_path"]
 
 logger = logging.getLogger(__name__)
 
+CLASSES = 1000
+"""ImageNet-1k: the classes the packaged weights' classifier scores."""
 MODELS = {f"efficientnet-lite{i}": dim for i, dim in enumerate((1280, 1280, 1280, 1280, 1280))}
 """The networks ``efficientnet-lite-pytorch`` builds, with their feature width (their heads are all 1,280)."""
 
@@ -147,17 +149,8 @@ class ImageEncoder:
         """
         paths = tuple(traversal_paths) if traversal_paths is not None else self.config.traversal_paths
         copies = [copy_tree(doc) for doc in docs]
-        todo = []
-        for root in copies:
-            for path in paths:
-                for node in traverse(root, path):
-                    if filter_by and node.field_name not in filter_by:
-                        continue
-                    where = f"document {root.id!r}" + ("" if node is root else f" node {node.id!r}")
-                    if node.embedding is not None:
-                        check_embedding(node.embedding, self.output_dim, where)
-                    elif node.blob is not None:
-                        todo.append((node, where))
+        todo = [(node, where) for _, node, where in nodes_to_embed(copies, paths, filter_by, self.output_dim)
+                if node.blob is not None]
         if todo:
             vectors = self.encode_images([node.blob for node, _ in todo], [where for _, where in todo])
             for (node, _), vector in zip(todo, vectors):
@@ -169,15 +162,29 @@ class ImageEncoder:
 
         :raises InvalidDocumentError: for one that does not decode, named by ``names`` (its index otherwise).
         """
-        pixels = self.pixels(blobs, names)
-        return self._batches(pixels, features=True)
+        return self.features_and_probabilities(blobs, names)[0]
 
     def class_probabilities(self, blobs: Sequence[bytes | None], names: Sequence[str] | None = None) -> np.ndarray:
         """The ImageNet-1k class probabilities (softmax) of each image: one row of 1,000 per image.
 
         :raises InvalidDocumentError: as :meth:`encode_images`.
         """
-        return self._batches(self.pixels(blobs, names), features=False)
+        return self.features_and_probabilities(blobs, names)[1]
+
+    def features_and_probabilities(self, blobs: Sequence[bytes | None],
+                                   names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Both from one forward pass: (n, ``output_dim``) features (L2-normalised if configured) and
+        (n, 1000) class probabilities, float32, in input order.
+
+        :raises InvalidDocumentError: as :meth:`encode_images`.
+        """
+        pixels = self.pixels(blobs, names)
+        self._warm()
+        parts = [self._forward(pixels[start:start + self.config.batch_size])
+                 for start in range(0, len(pixels), self.config.batch_size)]
+        if not parts:
+            return np.empty((0, self.output_dim), np.float32), np.empty((0, CLASSES), np.float32)
+        return np.concatenate([f for f, _ in parts]), np.concatenate([p for _, p in parts])
 
     def pixels(self, blobs: Sequence[bytes | None], names: Sequence[str] | None = None) -> np.ndarray:
         """Decode, resize, centre-crop and scale: (n, 3, size, size) float32, as the network reads them."""
@@ -189,26 +196,17 @@ class ImageEncoder:
             out[i] = (_centre_crop(image, side) / 255.0 - _MEAN) / _STD
         return out
 
-    def _batches(self, pixels: np.ndarray, *, features: bool) -> np.ndarray:
-        self._warm()
-        parts = [self._forward(pixels[start:start + self.config.batch_size], features=features)
-                 for start in range(0, len(pixels), self.config.batch_size)]
-        width = self.output_dim if features else 1000
-        return np.concatenate(parts) if parts else np.empty((0, width), np.float32)
-
-    def _forward(self, batch: np.ndarray, *, features: bool = True) -> np.ndarray:
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         model = self._model
         with self._lock, torch.inference_mode():
             x = torch.from_numpy(batch).to(self._device)  # type: ignore[arg-type]
-            maps = model.extract_features(x)  # type: ignore[attr-defined]
-            pooled = maps.mean(dim=(2, 3))
-            if not features:
-                return torch.softmax(model._fc(pooled), dim=1).float().cpu().numpy()  # type: ignore[attr-defined]
+            pooled = model.extract_features(x).mean(dim=(2, 3))  # type: ignore[attr-defined]
+            probabilities = torch.softmax(model._fc(pooled), dim=1)  # type: ignore[attr-defined]
             if self.config.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-            return pooled.float().cpu().numpy()
+            return pooled.float().cpu().numpy(), probabilities.float().cpu().numpy()
 
 
 def _centre_crop(image: object, side: int) -> np.ndarray:

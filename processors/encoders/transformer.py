@@ -6,9 +6,10 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from processors.document import Document, copy_tree, traverse
 from processors.encoders.base import EncodeResult, Truncated, check_embedding, torch_device
 from processors.exceptions import ConfigError, ModelNotFoundError
 
-__all__ = ["TransformerEncoderConfig", "TransformerEncoder", "default_model_path"]
+__all__ = ["TransformerEncoder", "TransformerEncoderConfig", "default_model_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class TransformerEncoder:
         todo = [(root, node) for root, _, node in traversed if node.embedding is None and node.text]
         truncated = []
         if todo:
-            vectors, tokens = self._encode([node.text or "" for _, node in todo])
+            vectors, tokens = self.encode_counted([node.text or "" for _, node in todo])
             for (root, node), vector, count in zip(todo, vectors, tokens):
                 node.embedding = vector
                 if count > self.config.max_length:
@@ -210,10 +211,10 @@ class TransformerEncoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed raw texts; one float32 row per text, in input order. A text longer than
         ``max_length`` tokens is embedded from its first ``max_length`` tokens."""
-        return self._encode(texts)[0]
+        return self.encode_counted(texts)[0]
 
-    def _encode(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
-        """Embed raw texts.
+    def encode_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """Embed raw texts, counting their tokens (a caller reports those past ``max_length``).
 
         :returns: one float32 row per text, in input order, and each text's whole token count.
         """

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import re
 import statistics
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import yaml
 from tqdm import tqdm
@@ -16,13 +16,13 @@ from processors.evaluators.bootstrap import BootstrapInterval, paired_bootstrap
 from processors.evaluators.metrics import ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank
 from processors.query.parameters import DEFAULT_FUSION, RETRIEVALS
 from streams.client import Client, IndexReceipt
+from streams.client.progress import IndexProgress
 from streams.demo.corpora import BeirDataset, load_beir
 from streams.flow.parse import load_flow
 from streams.local.runtime import LocalRuntime
-from streams.client.progress import IndexProgress
 from streams.resources import EXAMPLE_FLOWS
 
-__all__ = ["EvalReport", "EvalResult", "run_eval", "DEFAULT_EVAL_FLOW", "eval_flow_name"]
+__all__ = ["DEFAULT_EVAL_FLOW", "EvalReport", "EvalResult", "eval_flow_name", "run_eval"]
 
 DEFAULT_EVAL_FLOW = EXAMPLE_FLOWS / "beir.yml"
 QUERIES_PER_REQUEST = 16

@@ -9,18 +9,18 @@ import json
 import sysconfig
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
-from processors.images import IMAGE_LIMITS, sniff_mime_type
 from processors.document import Document, TagValue, validate_document
 from processors.exceptions import InvalidDocumentError
+from processors.images import IMAGE_LIMITS, sniff_mime_type
 from streams.exceptions import StreamsearchError
 
-__all__ = ["stdlib_docstrings", "read_jsonl", "BeirDataset", "load_beir", "TITLE_TAG"]
+__all__ = ["TITLE_TAG", "BeirDataset", "load_beir", "read_jsonl", "stdlib_docstrings"]
 
 TITLE_TAG = "title"
 """The tag that names a document for people (a docstring's qualified name, a BEIR title, a JSONL

@@ -5,23 +5,24 @@ from __future__ import annotations
 import contextlib
 import textwrap
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from processors.document import Document
 from streams.client import Client, IndexReceipt
+from streams.client.http import create_app, serving
+from streams.client.progress import IndexProgress
 from streams.demo.corpora import TITLE_TAG, stdlib_docstrings
 from streams.flow.parse import load_flow
-from streams.client.http import create_app, serving
-from streams.ops.bridge import StatusInspector
+from streams.flow.spec import FlowSpec
 from streams.local.brokers import BrokerKind
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_logs_shown
-from streams.client.progress import IndexProgress
+from streams.ops.bridge import StatusInspector
 from streams.resources import EXAMPLE_FLOWS
 from streams.wire.records import SearchReply
 
-__all__ = ["EXAMPLE_QUERIES", "format_reply", "run_hello_world"]
+__all__ = ["EXAMPLE_QUERIES", "demo_session", "format_reply", "keep_serving_until_interrupted", "run_hello_world"]
 
 EXAMPLE_QUERIES = (
     "parse command line arguments",
@@ -76,16 +77,11 @@ def _title_and_snippet(match: Document) -> str:
     return " — ".join(part for part in (title, snippet) if part)
 
 
-def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Path | None = None,
-                    top_k: int = 3, print_fn: Callable[[str], None] = print, bridge_port: int = 0,
-                    keep_serving: bool = False, broker: BrokerKind = BrokerKind.AUTO) -> dict[str, SearchReply]:
-    """Start everything (the HTTP bridge too), stream the corpus, answer the example queries
-    during and after indexing; with ``keep_serving``, go on serving until Ctrl-C.
-
-    :returns: the final reply of each example query (for tests and callers).
-    """
-    flow = load_flow(flow_path)
-    docs = list(stdlib_docstrings(limit=limit))
+@contextlib.contextmanager
+def demo_session(flow: FlowSpec, *, flow_path: Path, state_dir: Path | None, bridge_port: int, broker: BrokerKind,
+                 print_fn: Callable[[str], None]) -> Iterator[tuple[LocalRuntime, Client, str]]:
+    """A demo's set-up: a local broker and the flow's stages, a client, the HTTP bridge (its URL printed),
+    every shard answering. Yields the runtime, the client and the bridge's URL."""
     with LocalRuntime(flow, flow_path=flow_path, state_dir=state_dir, broker=broker) as runtime, \
             contextlib.ExitStack() as stack:
         assert runtime.settings is not None
@@ -99,6 +95,27 @@ def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Pa
         print_fn(f"search page and HTTP API: {url}/  (OpenAPI: {url}/docs)")
         print_fn("waiting for the stages to join their groups ...")
         runtime.wait_ready(client)
+        yield runtime, client, url
+
+
+def keep_serving_until_interrupted(url: str, print_fn: Callable[[str], None]) -> None:
+    print_fn(f"\nstill serving {url}/ -- Ctrl-C stops")
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
+
+
+def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Path | None = None,
+                    top_k: int = 3, print_fn: Callable[[str], None] = print, bridge_port: int = 0,
+                    keep_serving: bool = False, broker: BrokerKind = BrokerKind.AUTO) -> dict[str, SearchReply]:
+    """Start everything (the HTTP bridge too), stream the corpus, answer the example queries
+    during and after indexing; with ``keep_serving``, go on serving until Ctrl-C.
+
+    :returns: the final reply of each example query (for tests and callers).
+    """
+    flow = load_flow(flow_path)
+    docs = list(stdlib_docstrings(limit=limit))
+    with demo_session(flow, flow_path=flow_path, state_dir=state_dir, bridge_port=bridge_port, broker=broker,
+                      print_fn=print_fn) as (runtime, client, url):
         print_fn(f"streaming {len(docs)} docstrings of the Python standard library onto {flow.topics.ingest}")
         progress = IndexProgress(runtime.settings, runtime.flow.topics, total=len(docs))
         receipt = client.index(docs)
@@ -109,9 +126,7 @@ def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Pa
         print_fn("\nindexing done; final answers (read-your-writes: the shards have applied every document):")
         final = _ask(client, top_k, receipt, print_fn)
         if keep_serving:
-            print_fn(f"\nstill serving {url}/ -- Ctrl-C stops")
-            with contextlib.suppress(KeyboardInterrupt):
-                threading.Event().wait()
+            keep_serving_until_interrupted(url, print_fn)
     return final
 
 

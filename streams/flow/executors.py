@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
+from processors.encoders.cross_modal import CrossModalEncoder, CrossModalEncoderConfig
 from processors.encoders.image import ImageEncoder, ImageEncoderConfig
 from processors.encoders.transformer import TransformerEncoder, TransformerEncoderConfig
 from processors.index.config import CompoundIndexerConfig
@@ -17,7 +19,11 @@ from processors.segmenters.image import ImagePatcher, ImagePatcherConfig
 from processors.segmenters.sentence import Sentencizer, SentencizerConfig
 from streams.exceptions import FlowConfigError
 
-__all__ = ["Executor", "SEGMENTERS", "ENCODERS", "INDEXERS", "RANKERS", "DEFAULT_RANKER", "build_config"]
+__all__ = ["DEFAULT_RANKER", "ENCODERS", "IMAGE", "INDEXERS", "RANKERS", "SEGMENTERS", "TEXT", "Executor", "build_config"]
+
+
+TEXT, IMAGE = "text", "image"
+"""What a query may carry for an encoder to embed it (``Executor.embeds``; ``/status`` shows them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +35,8 @@ class Executor:
     extra: str | None = None
     """The optional dependencies (``pip install 'streamsearch[EXTRA]'``) a process running it needs;
     None when the core install runs it. A flow is read and checked without any of them."""
-    embeds: str = "text"
-    """For an encoder: what a query must carry for it to embed (``text`` or ``image``)."""
+    embeds: tuple[str, ...] = (TEXT,)
+    """For an encoder: what a query may carry for it to embed (``TEXT``, ``IMAGE``, or both)."""
 
 
 SEGMENTERS: Mapping[str, Executor] = {
@@ -40,7 +46,8 @@ SEGMENTERS: Mapping[str, Executor] = {
 }
 ENCODERS: Mapping[str, Executor] = {
     "TransformerEncoder": Executor(TransformerEncoderConfig, TransformerEncoder, extra="encode"),
-    "ImageEncoder": Executor(ImageEncoderConfig, ImageEncoder, extra="image", embeds="image"),
+    "ImageEncoder": Executor(ImageEncoderConfig, ImageEncoder, extra="image", embeds=(IMAGE,)),
+    "CrossModalEncoder": Executor(CrossModalEncoderConfig, CrossModalEncoder, extra="image", embeds=(TEXT, IMAGE)),
 }
 # The index stage builds one CompoundIndexer per partition itself: it needs path and codec.
 INDEXERS: Mapping[str, Executor] = {

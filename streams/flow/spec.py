@@ -106,9 +106,9 @@ class FlowSpec:
         return any(stage.name == ENCODE.name for stage in self.stages)
 
     @property
-    def embeds(self) -> str | None:
-        """What the flow's encoder embeds in a query (``text`` or ``image``: ``Executor.embeds``); None
-        without one (queries then carry their vectors)."""
+    def embeds(self) -> tuple[str, ...] | None:
+        """What the flow's encoder embeds in a query (``text``, ``image``, or both: ``Executor.embeds``);
+        None without one (queries then carry their vectors)."""
         if not self.has_model:
             return None
         from streams.flow.executors import ENCODERS

@@ -19,6 +19,7 @@ from streams.local.brokers import BrokerKind, LocalBroker, start_local_broker
 from streams.client import Client
 from streams.exceptions import BrokerError, StateConfigError
 from streams.stages.extras import require_stage_extras
+from streams.flow.executors import TEXT
 from streams.flow.parse import load_flow
 from streams.flow.spec import FlowSpec, with_state_dir
 from streams.kafka.settings import KafkaSettings
@@ -155,7 +156,7 @@ class LocalRuntime:
         deadline = time.monotonic() + timeout
         # A text model's probe is a text (it is embedded: the encoder has loaded); any other flow's a
         # vector of the index's size, which every encoder passes through unchanged.
-        probe: dict[str, Any] = ({"texts": "ready?"} if self.flow.embeds == "text" else
+        probe: dict[str, Any] = ({"texts": "ready?"} if TEXT in (self.flow.embeds or ()) else
                                  {"vectors": np.zeros((1, self.flow.stage(INDEX.name).config.dim), np.float32)})
         while time.monotonic() < deadline:
             stopped = self.local_flow.stopped if self.local_flow is not None else {}

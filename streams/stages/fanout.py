@@ -256,7 +256,8 @@ class QueryFanout(PathHandler):
             if unembedded:
                 yield record, request, InvalidParameterError(
                     f"query documents {unembedded[:5]} have nothing this flow's encoder "
-                    f"({type(self._encoder).__name__}) embeds: a text for a text model, an image for an image model")
+                    f"({type(self._encoder).__name__}) embeds: a text for a text model, an image for an image model, "
+                    "either for a cross-modal one")
                 continue
             yield record, dataclasses.replace(request, docs=docs), None
 

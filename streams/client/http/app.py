@@ -62,8 +62,8 @@ def create_app(
     :param flow: the flow's YAML, for the fields ``/status`` offers the page's field filter and whether
         its index keeps the lexical arm (``lexical``, null without the YAML: the page offers its retrieval
         switch, of ``retrievals``, unless it is false), its ``filterable`` fields with their types, and
-        what its encoder ``embeds`` in a query (``text``, ``image``: the page then takes an image file;
-        null without the YAML or a model).
+        what its encoder ``embeds`` in a query (a list of ``text`` and ``image``: the page takes a text,
+        an image file, or either; null without the YAML or a model).
     :param flow_fields: those fields, if not the flow's.
     :param token: the bearer token every endpoint but ``/healthz`` and the page itself requires
         (OpenAPI included); ``STREAMSEARCH_TOKEN`` if None, no auth if neither is set (or it is "").
@@ -85,7 +85,7 @@ def create_app(
     inspect: FlowInspector = inspector if inspector is not None else _ClientOnly(client)
     lexical = flow.lexical if flow is not None else None
     filterable = dict(flow.filterable) if flow is not None else None
-    embeds = flow.embeds if flow is not None else None
+    embeds = list(flow.embeds) if flow is not None and flow.embeds is not None else None
     _add_status_routes(api, client, inspect, {"fields": fields, "lexical": lexical, "retrievals": list(RETRIEVALS),
                                               "filterable": filterable, "embeds": embeds})
     _add_write_routes(api, client)

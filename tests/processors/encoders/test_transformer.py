@@ -70,7 +70,7 @@ class TestGivenEmbeddings:
         def no_model() -> None:
             raise AssertionError("the model must not load")
 
-        monkeypatch.setattr(enc, "_encode", fake_encode)
+        monkeypatch.setattr(enc, "encode_counted", fake_encode)
         monkeypatch.setattr(enc, "_warm", no_model)
         return enc, calls
 

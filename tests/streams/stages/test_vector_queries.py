@@ -150,6 +150,17 @@ class TestQueryPath:
         assert message in SEARCH_REPLY.decode(reply.value).errors[0]
 
 
+    def test_a_text_query_to_an_image_only_encoder_gets_an_error_reply_naming_it(self) -> None:
+        from processors.encoders.image import ImageEncoder
+
+        fanout = QueryFanout(encoder=ImageEncoder(), topics=TOPICS, defaults=SearchParameters())  # never loads:
+        record = query_record(search_request([Document(id="q0", text="a red disc")]))  # nothing to embed
+        [reply] = fanout.process([record])  # the one request of the batch is answered, not searched
+        assert reply.topic == "vec.reply.t"
+        [error] = SEARCH_REPLY.decode(reply.value).errors
+        assert "documents ['q0'] have nothing this flow's encoder (ImageEncoder) embeds" in error
+
+
 def ingest_record(doc: Document, offset: int = 7) -> Inbound:
     partition = partition_of(doc.id.encode(), TOPICS.partitions)  # where the Client writes it
     return Inbound(TOPICS.ingest, partition, offset, doc.id.encode(), DOCUMENT.encode(doc), {h.SCHEMA: DOCUMENT.header()[1]})
