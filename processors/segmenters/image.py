@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from processors.document import Document
 from processors.exceptions import ConfigError
-from processors.images import IMAGE_LIMITS, ImageLimits, decode_image, encode_jpeg, encode_png
+from processors.images import IMAGE_LIMITS, ImageLimits, decode_image, encode_jpeg, encode_png, sniff_mime_type
 from processors.segmenters.base import SegmentResult
 
 __all__ = ["IMAGE_MODALITY", "THUMBNAIL_TAG", "ImagePatcher", "ImagePatcherConfig"]
@@ -96,7 +96,8 @@ class ImagePatcher:
         if self.config.whole:
             side = self.config.whole_side
             if max(width, height) <= side:
-                add(doc.blob or b"", doc.mime_type if doc.mime_type.startswith("image/") else "image/png",
+                # the bytes' own type: a declared one may be wrong (a PNG sent as image/jpeg decodes all the same)
+                add(doc.blob or b"", sniff_mime_type(doc.blob or b"") or "image/png",
                     (0, 0, width, height))
             else:  # the encoder reads 224 pixels: a second copy of a 6 MB photo would double the record
                 small = image.copy()

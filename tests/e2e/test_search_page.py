@@ -201,4 +201,10 @@ def test_an_image_flow_is_searched_by_uploading_an_image_and_shows_thumbnails(
             expect(thumbnail).to_have_attribute("src", re.compile(r"^data:image/jpeg;base64,"))
             assert page.evaluate("document.querySelector('li.match img.thumb').naturalWidth") == 96
             expect(first.locator(".tags li")).to_have_count(0)  # the thumbnail is shown, not listed as a tag
+            page.set_input_files("#image", [])  # no image chosen: the text is searched (the flow embeds both)
+            with page.expect_request("**/search") as request:
+                page.fill("#q", "stripes")
+                page.press("#q", "Enter")
+            assert request.value.post_data_json["texts"] == "stripes"
+            expect(page.locator("li.match img.thumb")).to_have_count(3, timeout=60_000)
             page.close()

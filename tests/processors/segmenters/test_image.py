@@ -21,6 +21,13 @@ def png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+def test_a_wrong_declared_mime_type_is_corrected_from_the_bytes() -> None:
+    """A PNG declared as JPEG (or as text) decodes by its content; its chunk is labelled by what it is."""
+    for declared in ("image/jpeg", "text/plain"):
+        [whole] = ImagePatcher().run(docs=[Document(id="p", blob=png(40, 30), mime_type=declared)]).docs[0].chunks
+        assert whole.mime_type == "image/png" and whole.location == [0, 0, 40, 30]
+
+
 def test_the_whole_image_then_patches_covering_every_pixel() -> None:
     blob = png(200, 130)
     doc = ImagePatcher(ImagePatcherConfig(patch_size=64)).run(docs=[Document(id="p", blob=blob,
