@@ -1,8 +1,8 @@
 """Request/reply client: index and delete on the ingest topic, search over query/reply topics.
 
-Each client owns a one-partition reply topic; replies are matched to waiting futures by
-request id, so many searches can be in flight over one producer and one consumer. The same
-consumer follows ``<flow>.versions``: searches go to the serving index version, and switch
+Each client owns a one-partition reply topic; its listener (``streams.client.replies``) matches replies
+to waiting futures by request id, so many searches can be in flight over one producer and one consumer.
+The same consumer follows ``<flow>.versions``: searches go to the serving index version, and switch
 when a reindex has built a new one (``streams/ops/versions.py``).
 """
 
@@ -14,10 +14,11 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message
 from tqdm import tqdm
 
 from processors.document import Document, validate_document
@@ -31,16 +32,16 @@ from streams.client.queries import (
     undelivered,
 )
 from streams.client.receipts import IndexReceipt
-from streams.client.versions import serving_of
+from streams.client.replies import ReplyListener
+from streams.client.versions import ServingVersion
 from streams.exceptions import DeliveryError, PayloadTooLargeError, RequestTimeoutError
 from streams.flow.spec import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.kafka.admin import delete_topics, ensure_topics, require_flow
-from streams.kafka.consumer import headers_of
 from streams.kafka.producer import StageProducer
-from streams.kafka.reader import TopicReader, fetch_high_watermarks
+from streams.kafka.reader import fetch_high_watermarks
 from streams.kafka.settings import KafkaSettings
 from streams.wire import headers as h
-from streams.wire.codec import DOCUMENT, REQUEST, SEARCH_REPLY
+from streams.wire.codec import DOCUMENT, REQUEST
 from streams.wire.headers import query_headers
 from streams.wire.records import Request, SearchReply
 from streams.wire.topics import FlowTopics, TopicShape
@@ -81,11 +82,8 @@ class Client:
         """Writes (index, delete): each call ends with a flush."""
         self._searches = StageProducer(self.settings, max_payload_bytes=max_payload_bytes, linger_ms=0)
         """Searches: never flushed (a failure reaches the search's future), so they must not linger."""
-        self._futures: dict[str, concurrent.futures.Future[SearchReply]] = {}
-        self._lock = threading.Lock()
-        self._listener: threading.Thread | None = None
+        self._replies: ReplyListener | None = None
         self._listener_lock = threading.Lock()
-        self._stop = threading.Event()
         self._clock = clock
         self._contacted = False
         self._dead_letter_ends: dict[str, int] = {}
@@ -146,7 +144,7 @@ class Client:
             self._dead_letter_ends[topic] = fetch_high_watermarks(self.settings, {topic: 1}, timeout=5)[(topic, 0)]
         return {topic: self._dead_letter_ends[topic]}
 
-    def wait_searchable(self, receipt: IndexReceipt, *, timeout: float = 60.0) -> "Searchable":
+    def wait_searchable(self, receipt: IndexReceipt, *, timeout: float = 60.0) -> Searchable:
         """Wait until every shard has applied ``receipt`` (read-your-writes); ``dead_letters`` of
         the result name the documents a stage dead-lettered on the way, with the reason.
 
@@ -292,11 +290,7 @@ class Client:
         if len(value) > self.max_payload_bytes:
             raise PayloadTooLargeError(
                 f"search request is {len(value)} bytes, over max_payload_bytes={self.max_payload_bytes}")
-        self._ensure_listener()
-        future: concurrent.futures.Future[SearchReply] = concurrent.futures.Future()
-        with self._lock:
-            self._futures[request_id] = future
-        future.add_done_callback(lambda _: self._forget(request_id))  # cancelled or timed out: no leak
+        future = self._ensure_listener().expect(request_id)
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
             if err is not None:  # no reply will come: say why now, not at the deadline
@@ -315,73 +309,33 @@ class Client:
             raise
         return future
 
-    def _forget(self, request_id: str) -> None:
-        with self._lock:
-            self._futures.pop(request_id, None)
-
     @property
     def version(self) -> int:
         """The index version searches go to now."""
         return self.topics.version
 
-    def start(self) -> "Client":
+    def start(self) -> Client:
         """Create the reply topic and read the serving version now, not on the first search
         (a server calls this before it takes requests)."""
         self._ensure_listener()
         return self
 
-    def _ensure_listener(self) -> None:
+    def _ensure_listener(self) -> ReplyListener:
         with self._listener_lock:
-            if self._listener is None:
-                self._start_listener()
+            if self._replies is None:
+                self._first_contact()
+                versions = self.topics.versions
+                shared = [shape for shape in self.topics.shapes() if shape.name == versions]
+                ensure_topics(self.settings, [TopicShape(self.reply_topic, 1), *shared],
+                              max_payload_bytes=self.max_payload_bytes)
+                self._replies = ReplyListener(self.settings, self.reply_topic, versions, on_serving=self._follow,
+                                              between_reads=lambda: self._searches.poll(0))
+                self._replies.start(wait_for_serving=not self._pinned)
+            return self._replies
 
-    def _start_listener(self) -> None:
-        self._first_contact()
-        versions = self.topics.versions
-        shared = [shape for shape in self.topics.shapes() if shape.name == versions]
-        ensure_topics(self.settings, [TopicShape(self.reply_topic, 1), *shared], max_payload_bytes=self.max_payload_bytes)
-        reader = TopicReader(self.settings, group_id=self.reply_topic)
-        reader.assign([TopicPartition(self.reply_topic, 0, 0), TopicPartition(versions, 0, 0)])
-        ready = threading.Event()
-        if self._pinned:
-            ready.set()
-        self._listener = threading.Thread(target=self._listen, args=(reader, ready), daemon=True, name="replies")
-        self._listener.start()
-        if not ready.wait(10):
-            logger.warning("serving version unknown after 10s: searching version %d", self.version)
-
-    def _listen(self, reader: TopicReader, ready: threading.Event) -> None:
-        """Replies resolve their futures; records of ``<flow>.versions`` move searches to the
-        serving version (``ready`` once that topic has been read to its end)."""
-        versions = self.topics.versions
-        with reader:
-            for fetched in reader.follow(self._stop, timeout=0.05, max_records=256):
-                self._searches.poll(0)  # delivery reports of searches: a refused one fails its future
-                for msg in fetched.records:
-                    if msg.topic() == versions:
-                        self._follow(msg)
-                        continue
-                    if msg.value() is None:
-                        continue
-                    try:
-                        reply = SEARCH_REPLY.decode_record(msg.value(), headers_of(msg))
-                    except Exception:
-                        logger.exception("undecodable reply")
-                        continue
-                    with self._lock:
-                        future = self._futures.pop(reply.request_id, None)
-                    if future is not None and not future.done():
-                        future.set_result(reply)
-                if (versions, 0) in fetched.ends:
-                    ready.set()
-
-    def _follow(self, msg: Message) -> None:
-        try:
-            serving = serving_of(msg)
-        except Exception:
-            logger.exception("undecodable serving-version record")
-            return
-        if serving is None or self._pinned or serving.version == self.topics.version:
+    def _follow(self, serving: ServingVersion) -> None:
+        """Searches go to the serving version from now on (unless this client is pinned to one)."""
+        if self._pinned or serving.version == self.topics.version:
             return
         logger.info("searches now go to index version %d (was %d)", serving.version, self.topics.version,
                     extra={"flow": self.topics.flow, "reason": serving.reason})
@@ -389,15 +343,14 @@ class Client:
 
     def close(self) -> None:
         """Stop listening, delete the reply topic, flush what is queued."""
-        self._stop.set()
-        if self._listener is not None:
-            self._listener.join(5)
+        if self._replies is not None:
+            self._replies.stop()
             delete_topics(self.settings, [self.reply_topic])
-            self._listener = None
+            self._replies = None
         self._producer.close()
         self._searches.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -41,7 +41,7 @@ def test_bad_flow_yaml_reports_file_and_line(tmp_path: Path) -> None:
     result = streamsearch("run", str(flow), "--stage", "encode")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert lines == [f"streamsearch: error: {flow}:4: stage encode: unknown executor 'Nope'; available: TransformerEncoder, ImageEncoder"]
+    assert lines == [f"streamsearch: error: {flow}:4: stage encode: unknown executor 'Nope'; available: TransformerEncoder, ImageEncoder, CrossModalEncoder"]
 
 
 def test_unreachable_broker_names_the_address(tmp_path: Path) -> None:

@@ -456,5 +456,9 @@ def test_no_input_from_the_openapi_schema_gives_a_5xx_but_503_or_504(flow: Local
                     response.status_code, response.text[:500], case.as_curl_command())
 
             send()
-    assert any(code == 200 for _, path, code in statuses if path == "/search"), statuses  # the flow answered
+    # Drawn bodies rarely pass every check (a random `filter` or `query_language` is refused, 422), so the
+    # flow's answering is checked with one plain search, not left to the draw.
+    with Client(flow.flow.name, settings=flow.settings, timeout_s=30) as answering:
+        plain = call(create_app(answering, token=""), "POST", "/search", json={"texts": "bread", "top_k": 1})
+    assert plain.status_code == 200, plain.text
     assert any(code == 202 for _, path, code in statuses if path == "/index"), statuses

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import HTTPException, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from processors.document import Document
 from processors.query.limits import REQUEST_LIMITS
@@ -38,6 +38,10 @@ Offset = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 class SearchIn(BaseModel):
     """A search; unset options fall back to the flow's defaults. The flow checks the
     per-request limits (README, "Per-request limits") and answers 400 naming the one exceeded."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["texts"]}, {"required": ["images"]}]})
+    """Texts or images, exactly one of them (``_texts_or_images``), said in the OpenAPI schema too: a
+    client generated from it, or a fuzzer drawing valid bodies, then sends searches that can be answered."""
 
     texts: str | list[str] | None = Field(default=None, min_length=1, description="What to search for; or give images.")
     images: list[Annotated[str, Field(min_length=1)]] | None = Field(
