@@ -69,7 +69,7 @@ class SearchIn(BaseModel):
     after: dict[int, Offset] | None = Field(default=None, description="An index receipt's offsets: read your writes.")
 
     @model_validator(mode="after")
-    def _texts_or_images(self) -> "SearchIn":
+    def _texts_or_images(self) -> SearchIn:
         if (self.texts is None) == (self.images is None):
             raise ValueError("give texts or images, one of them")
         return self
