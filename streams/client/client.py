@@ -83,7 +83,7 @@ class Client:
         self._searches = StageProducer(self.settings, max_payload_bytes=max_payload_bytes, linger_ms=0)
         """Searches: never flushed (a failure reaches the search's future), so they must not linger."""
         self._replies: ReplyListener | None = None
-        self._listener_lock = threading.Lock()
+        self._replies_lock = threading.Lock()
         self._clock = clock
         self._contacted = False
         self._dead_letter_ends: dict[str, int] = {}
@@ -321,7 +321,7 @@ class Client:
         return self
 
     def _ensure_listener(self) -> ReplyListener:
-        with self._listener_lock:
+        with self._replies_lock:
             if self._replies is None:
                 self._first_contact()
                 versions = self.topics.versions

@@ -62,8 +62,23 @@ RAW_LIBRDKAFKA_LINE = re.compile(r"%\d\|")
 """How librdkafka writes a line to stderr when no logger takes it: ``%4|<time>|GETPID|...``."""
 
 
-def stage_logs(runtime: LocalRuntime) -> str:
-    """Every stage log of a runtime's flow version, for assertion messages."""
+def stage_logs(runtime: LocalRuntime, *, stacks: bool = False) -> str:
+    """Every stage log of a runtime's flow version, for assertion messages.
+
+    :param stacks: first ask each live stage process for every thread's stack (``SIGUSR1``, see
+        ``streams/cli/group.py``), to show where a stage that stopped making progress waits.
+    """
+    if stacks and runtime.local_flow is not None:
+        files = stage_log_files(runtime.flow)
+        sizes = [path.stat().st_size for path in files]
+        live = [proc.process for proc in runtime.local_flow.processes if proc.process.poll() is None]
+        for process in live:
+            process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sum(
+                b"hread 0x" in path.read_bytes()[size:] for path, size in zip(files, sizes)) < len(live):
+            time.sleep(0.1)
+        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-12000:]}" for path in files)
     return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in stage_log_files(runtime.flow))
 
 

@@ -152,3 +152,29 @@ def starts(runtime: LocalRuntime, stage: str) -> int:
     """How many processes of a stage (replica 0) have started (the log has a line per start)."""
     assert runtime.local_flow is not None
     return runtime.local_flow.log_path(stage).read_text(errors="replace").count("stage running")
+
+
+def offsets_report(runtime: LocalRuntime, topics: dict[str, str | None]) -> str:
+    """Per partition of each topic: its end, its last stable offset (the end a read_committed reader may
+    read to; below the end while a transaction is open on it, Apache Kafka only), and the offset the
+    group that reads it committed: which topic a pipeline that stopped progressing stopped at."""
+    assert runtime.settings is not None
+    lines = []
+    for topic, group in topics.items():
+        partitions = [TopicPartition(topic, p) for p in range(runtime.flow.topics.partitions)]
+        ends = {isolation: make_consumer(runtime.settings, group_id=group or "offsets-report",
+                                         **{"isolation.level": isolation})
+                for isolation in ("read_uncommitted", "read_committed")}
+        try:
+            committed = ends["read_committed"].committed(partitions, timeout=10) if group else partitions
+            for tp, done in zip(partitions, committed):
+                high = ends["read_uncommitted"].get_watermark_offsets(tp, timeout=10)[1]
+                stable = ends["read_committed"].get_watermark_offsets(tp, timeout=10)[1]
+                lines.append(f"{topic}[{tp.partition}]: end {high}, last stable {stable}, "
+                             f"{group} committed {done.offset if group else '-'}")
+        except Exception as exc:  # a diagnosis: say what failed rather than hide the assertion it explains
+            lines.append(f"{topic}: {exc!r}")
+        finally:
+            for consumer in ends.values():
+                consumer.close()
+    return "\n".join(lines)

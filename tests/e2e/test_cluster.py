@@ -40,7 +40,8 @@ from streams.local.supervisor import stage_log_files
 from streams.wire.records import SearchReply
 from streams.wire.topics import TopicShape
 from tests.e2e.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
-from tests.e2e.recovery import assert_exact, committed_keys, committed_total, starts, transactional_id, wait_applied
+from tests.e2e.recovery import (assert_exact, committed_keys, committed_total, offsets_report, starts, transactional_id,
+                                 wait_applied)
 
 pytestmark = pytest.mark.kafka
 
@@ -557,7 +558,13 @@ def _assert_each_document_once(runtime: LocalRuntime, receipts: list[IndexReceip
     for receipt in receipts:
         final = final.merge(receipt)
     with runtime.client() as client:
-        wait_applied(client, final)
+        try:
+            wait_applied(client, final)
+        except AssertionError as error:
+            topics = runtime.flow.topics
+            where = offsets_report(runtime, {topics.ingest: topics.group("segment"), topics.segmented: topics.group("encode"),
+                                             topics.encoded: topics.group("index")})
+            raise AssertionError(f"{error}\nreceipt {final}\n{where}\n{stage_logs(runtime, stacks=True)}") from None
         for doc, sentence in second:
             reply = client.search(sentence, timeout_s=20)
             assert not reply.partial and reply.docs[0].matches[0].id == doc.id, (sentence, reply)

@@ -30,4 +30,4 @@ def test_search_refuses_it_before_sending(options: dict[str, Any]) -> None:
     with Client("nobody", settings=KafkaSettings("127.0.0.1:1", {"socket.timeout.ms": 1000})) as client:
         with pytest.raises(ValueError, match="must be one of"):
             client.search_async("anything", **options)
-        assert client._listener is None  # nothing was started: no reply topic, no request
+        assert client._replies is None  # nothing was started: no reply topic, no request

@@ -104,7 +104,7 @@ class TestQueryDocuments:
                 client.search(vectors=np.ones(DIM, np.float32))
             with pytest.raises(ValueError, match="one text per vector"):
                 client.search_async("text", vectors=unit_vectors(2))
-            assert client._listener is None  # no reply topic was even created
+            assert client._replies is None  # no reply topic was even created
         finally:
             client.close()
 
