@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+import threading
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -132,6 +133,12 @@ class TransactionalCheckpoint(Checkpoint):
     COMMIT_ATTEMPTS = 3
     """``commit_transaction`` calls for one transaction while its errors are retriable."""
 
+    SEND_OFFSETS_TIMEOUT_S = 30.0
+    """The timeout given to ``send_offsets_to_transaction``."""
+
+    UNCHECKED_TIMEOUT_GRACE_S = 5.0
+    """How long past its own timeout a librdkafka call may take before we stop waiting for it."""
+
     def __init__(self, consumer: Consumer, producer: StageProducer, *, flow: str = "", stage: str = "") -> None:
         super().__init__(consumer, producer, flow=flow, stage=stage)
         self._open = False
@@ -154,7 +161,7 @@ class TransactionalCheckpoint(Checkpoint):
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in self._offsets.items()]
         try:
             if offsets:
-                self._producer.raw.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
+                self._send_offsets(offsets)
             self._commit_transaction()
         except KafkaException as exc:
             self._failed(kafka_error(exc))
@@ -164,6 +171,21 @@ class TransactionalCheckpoint(Checkpoint):
         self._open = False
         self._recreations = 0
         TRANSACTIONS.labels(*self._labels, "commit").inc()
+
+    def _send_offsets(self, offsets: list[TopicPartition]) -> None:
+        """``send_offsets_to_transaction``, bounded by us: librdkafka (2.16 and before) never checks this
+        call's timeout while it looks for the group coordinator (librdkafka #5456), and when that
+        coordinator's broker died and left the metadata nothing wakes the lookup again (#5511): the
+        call, and with it the stage, then waits forever. Seen when the broker that coordinated both the
+        stage's group and its transactions was killed. Past the timeout the producer is left behind
+        (its thread may never return) and counted as failed for good: a fresh producer of the same
+        ``transactional.id`` fences it and aborts its transaction, and the batch runs again.
+
+        :raises KafkaException: the call's own error, or ``_TIMED_OUT`` (fatal) when it did not return.
+        """
+        raw, metadata = self._producer.raw, self._consumer.consumer_group_metadata()
+        _bounded(lambda: raw.send_offsets_to_transaction(offsets, metadata, self.SEND_OFFSETS_TIMEOUT_S),
+                 self.SEND_OFFSETS_TIMEOUT_S + self.UNCHECKED_TIMEOUT_GRACE_S, "send_offsets_to_transaction")
 
     def _commit_transaction(self) -> None:
         for attempt in range(1, self.COMMIT_ATTEMPTS + 1):
@@ -203,3 +225,29 @@ class TransactionalCheckpoint(Checkpoint):
                 TRANSACTIONS.labels(*self._labels, "abort").inc()
         self.rewind()
 
+
+
+def _bounded(call: Callable[[], None], timeout_s: float, name: str) -> None:
+    """Run ``call`` in a daemon thread and wait at most ``timeout_s`` for it.
+
+    :raises KafkaException: whatever ``call`` raised; or, when it has not returned in time, a fatal
+        ``_TIMED_OUT`` (the caller must drop the client the call is still blocked in).
+    """
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which raises it
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        logger.warning("a librdkafka call ignored its timeout; leaving its producer behind",
+                       extra={"call": name, "waited_s": timeout_s})
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{name} did not return within {timeout_s}s "
+                                        "(librdkafka #5456)", fatal=True))
+    if raised:
+        raise raised[0]

@@ -172,7 +172,7 @@ def offsets_report(runtime: LocalRuntime, topics: dict[str, str | None]) -> str:
                 stable = ends["read_committed"].get_watermark_offsets(tp, timeout=10)[1]
                 lines.append(f"{topic}[{tp.partition}]: end {high}, last stable {stable}, "
                              f"{group} committed {done.offset if group else '-'}")
-        except Exception as exc:  # a diagnosis: say what failed rather than hide the assertion it explains
+        except Exception as exc:  # noqa: BLE001 - a diagnosis: say what failed rather than hide the assertion it explains
             lines.append(f"{topic}: {exc!r}")
         finally:
             for consumer in ends.values():

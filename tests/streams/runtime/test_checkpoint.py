@@ -4,6 +4,8 @@ A delivery failure, or a fatal error of a transactional producer, cannot be prod
 broker, so producer and consumer are recording fakes here; everything else about checkpoints runs against the broker elsewhere.
 """
 
+import threading
+
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -74,6 +76,10 @@ def _fatal(code: int = KafkaError._FENCED) -> KafkaException:
     return KafkaException(KafkaError(code, "producer fenced", fatal=True))
 
 
+RELEASE = threading.Event()
+"""Ends the calls a fake left hanging (set when the test that hung them ends)."""
+
+
 class FakeTransactions:
     """One raw transactional producer: the calls it got, and errors raised once per call name."""
 
@@ -91,6 +97,9 @@ class FakeTransactions:
 
     def send_offsets_to_transaction(self, offsets: list[TopicPartition], metadata: object, timeout: float) -> None:
         self._call("send_offsets")
+        if self.failing.get("hang_in_send_offsets"):
+            self.failing["hang_in_send_offsets"].pop(0)
+            RELEASE.wait()  # as librdkafka #5456: the call's own timeout is never checked
 
     def commit_transaction(self, timeout: float) -> None:
         self._call("commit")
@@ -177,6 +186,28 @@ class TestTransactionalCheckpoint:
         _batch(TransactionalCheckpoint(consumer, producer))  # type: ignore[arg-type]
         assert [raw.calls for raw in producer.raws] == [["begin", "send_offsets", "abort"], []]
         assert consumer.seeks == [("t", 0, 5)]
+
+    def test_sending_offsets_that_never_returns_replaces_the_producer(self) -> None:
+        """librdkafka ignores ``send_offsets_to_transaction``'s timeout while the group coordinator's broker
+        is gone (#5456, #5511): seen as an exactly_once stage that stopped for good after that broker was
+        killed. The checkpoint stops waiting, replaces the producer and rewinds; the rerun commits."""
+        consumer, producer = FakeConsumer(), FakeStageProducer(hang_in_send_offsets=[_fatal()])
+        checkpoint = TransactionalCheckpoint(consumer, producer)  # type: ignore[arg-type]
+        checkpoint.SEND_OFFSETS_TIMEOUT_S, checkpoint.UNCHECKED_TIMEOUT_GRACE_S = 0.05, 0.05
+        try:
+            _batch(checkpoint)
+            assert [raw.calls for raw in producer.raws] == [["begin", "send_offsets"], []]
+            assert consumer.seeks == [("t", 0, 5)] and checkpoint.empty
+            _batch(checkpoint)
+            assert producer.raws[1].calls == ["begin", "send_offsets", "commit"]
+        finally:
+            RELEASE.set()
+
+    def test_an_error_raised_in_the_bounded_call_is_the_calls_own(self) -> None:
+        transport = KafkaException(KafkaError(KafkaError._TRANSPORT, "Failed to add offsets to transaction"))
+        consumer, producer = FakeConsumer(), FakeStageProducer(send_offsets=[transport])
+        _batch(TransactionalCheckpoint(consumer, producer))  # type: ignore[arg-type]
+        assert [raw.calls for raw in producer.raws] == [["begin", "send_offsets", "abort"]]  # abortable, not fatal
 
     def test_a_fresh_producer_that_cannot_begin_is_replaced_too(self) -> None:
         producer = FakeStageProducer(begin=[_fatal(), _fatal()])
