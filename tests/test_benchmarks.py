@@ -42,7 +42,7 @@ def test_query_hops_times_every_hop_of_every_query_from_its_records() -> None:
 
 
 def test_insert_cpu_splits_both_rounds_by_process() -> None:
-    """Every process of the flow is found and charged some CPU in each round; the benchmark starts its
+    """Every process of the flow is found and charged its CPU in each round; the benchmark starts its
     own Apache Kafka broker."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "insert_cpu.py"), "--vectors", "2000", "--batch", "500"],
@@ -52,7 +52,11 @@ def test_insert_cpu_splits_both_rounds_by_process() -> None:
             for line in done.stdout.splitlines() if line.startswith("| ")}
     for role in ("broker", "stage index", "stage join", "benchmark", "all processes"):
         cells = rows[f"{role} (µs of CPU per vector)"]
-        assert len(cells) == 2 and all(float(cell.replace(",", "")) > 0 for cell in cells), done.stdout
+        assert len(cells) == 2, done.stdout
+        # CPU time is counted in clock ticks (10 ms): the join's ~3 µs per vector over 2,000 vectors is
+        # under one tick, so it may read 0; every other process does far more work than a tick per round
+        least = 0 if role == "stage join" else 1e-9
+        assert all(float(cell.replace(",", "")) >= least for cell in cells), done.stdout
     assert "baseline: FAISS flat in-process" in done.stdout
 
 
