@@ -115,8 +115,12 @@ def _supervise(flow: Any, flow_path: Path, bootstrap: str, stage: str, replicas:
 
 
 def _stop_on_sigterm() -> None:
-    """SIGTERM stops like Ctrl-C: stages, then the broker this process started."""
+    """SIGTERM stops like Ctrl-C: stages, then the broker this process started. SIGINT is set too: a
+    process started in the background by a shell without job control (``cmd &`` in a script, under
+    nohup) inherits SIGINT ignored, and CPython then leaves it ignored, so the "Ctrl-C stops" this
+    command prints, and a supervisor's SIGINT, would do nothing."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 SIGNAL_CHECK_S = 0.2
