@@ -226,7 +226,6 @@ class TransactionalCheckpoint(Checkpoint):
         self.rewind()
 
 
-
 def _bounded(call: Callable[[], None], timeout_s: float, name: str) -> None:
     """Run ``call`` in a daemon thread and wait at most ``timeout_s`` for it.
 

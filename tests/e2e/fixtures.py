@@ -68,8 +68,8 @@ def stage_logs(runtime: LocalRuntime, *, stacks: bool = False) -> str:
     :param stacks: first ask each live stage process for every thread's stack (``SIGUSR1``, see
         ``streams/cli/group.py``), to show where a stage that stopped making progress waits.
     """
+    files = stage_log_files(runtime.flow)
     if stacks and runtime.local_flow is not None:
-        files = stage_log_files(runtime.flow)
         sizes = [path.stat().st_size for path in files]
         live = [proc.process for proc in runtime.local_flow.processes if proc.process.poll() is None]
         for process in live:
@@ -78,8 +78,8 @@ def stage_logs(runtime: LocalRuntime, *, stacks: bool = False) -> str:
         while time.monotonic() < deadline and sum(
                 b"hread 0x" in path.read_bytes()[size:] for path, size in zip(files, sizes)) < len(live):
             time.sleep(0.1)
-        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-12000:]}" for path in files)
-    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in stage_log_files(runtime.flow))
+    tail = 12000 if stacks else 3000  # stacks are long: keep the log lines before them
+    return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}" for path in files)
 
 
 SEGMENTER = Sentencizer(SentencizerConfig(min_sent_len=3, punctuation=".,!?"))

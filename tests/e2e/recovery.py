@@ -154,24 +154,22 @@ def starts(runtime: LocalRuntime, stage: str) -> int:
     return runtime.local_flow.log_path(stage).read_text(errors="replace").count("stage running")
 
 
-def offsets_report(runtime: LocalRuntime, topics: dict[str, str | None]) -> str:
-    """Per partition of each topic: its end, its last stable offset (the end a read_committed reader may
-    read to; below the end while a transaction is open on it, Apache Kafka only), and the offset the
-    group that reads it committed: which topic a pipeline that stopped progressing stopped at."""
+def offsets_report(runtime: LocalRuntime, groups: dict[str, str]) -> str:
+    """Per partition of each topic (key): its end, its last stable offset (the end a read_committed reader
+    may read to; below the end while a transaction is open on it, Apache Kafka only), and the offset the
+    group (value) that reads it committed: which topic a pipeline that stopped progressing stopped at."""
     assert runtime.settings is not None
     lines = []
-    for topic, group in topics.items():
+    for topic, group in groups.items():
         partitions = [TopicPartition(topic, p) for p in range(runtime.flow.topics.partitions)]
-        ends = {isolation: make_consumer(runtime.settings, group_id=group or "offsets-report",
-                                         **{"isolation.level": isolation})
+        ends = {isolation: make_consumer(runtime.settings, group_id=group, **{"isolation.level": isolation})
                 for isolation in ("read_uncommitted", "read_committed")}
         try:
-            committed = ends["read_committed"].committed(partitions, timeout=10) if group else partitions
-            for tp, done in zip(partitions, committed):
-                high = ends["read_uncommitted"].get_watermark_offsets(tp, timeout=10)[1]
-                stable = ends["read_committed"].get_watermark_offsets(tp, timeout=10)[1]
-                lines.append(f"{topic}[{tp.partition}]: end {high}, last stable {stable}, "
-                             f"{group} committed {done.offset if group else '-'}")
+            for done in ends["read_committed"].committed(partitions, timeout=10):
+                high = ends["read_uncommitted"].get_watermark_offsets(done, timeout=10)[1]
+                stable = ends["read_committed"].get_watermark_offsets(done, timeout=10)[1]
+                lines.append(f"{topic}[{done.partition}]: end {high}, last stable {stable}, "
+                             f"{group} committed {done.offset}")
         except Exception as exc:  # noqa: BLE001 - a diagnosis: say what failed rather than hide the assertion it explains
             lines.append(f"{topic}: {exc!r}")
         finally:
