@@ -34,6 +34,7 @@ eval: install
 	$(PYTHON) -m streams.cli eval --beir ../shared/data/scifact $(ARGS)
 
 bench: install
+	$(PYTHON) benchmarks/encoder.py
 	$(PYTHON) benchmarks/ingest.py
 	$(PYTHON) benchmarks/query.py
 	$(PYTHON) benchmarks/restore.py

@@ -70,6 +70,19 @@ def test_shard_apply_times_both_shapes_beside_the_in_process_floor() -> None:
     assert all(float(cell.replace(",", "")) > 0 for row in rows for cell in row), done.stdout
 
 
+def test_encoder_compares_count_budget_and_int8_each_against_the_first() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "encoder.py"), "--docs", "12", "--rounds", "1",
+                           "--batch-tokens", "512", "--burst-load"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in done.stdout.splitlines() if line.startswith("| by ")}
+    assert list(rows) == ["by count (32 texts a pass)", "by tokens (512 a pass)", "by tokens (2048 a pass), int8"]
+    assert rows["by count (32 texts a pass)"] == [cell.split()[0] + " (1.00×)" for cell in rows["by count (32 texts a pass)"]]
+    assert all(float(cell.split()[0]) > 0 for row in rows.values() for cell in row), done.stdout
+    assert "beside a neighbour" in done.stdout
+
+
 def test_peak_rss_adds_up_only_processes_alive_at_the_same_time() -> None:
     """Two children that hold 200 MiB each, one after the other: the peak counts one of them, not both
     (as it counted Apache Kafka's storage-format JVM beside the broker that starts after it exits)."""

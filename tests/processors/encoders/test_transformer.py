@@ -52,6 +52,55 @@ class TestTransformerEncoder:
             TransformerEncoder(TransformerEncoderConfig(pretrained_model_name_or_path=str(tmp_path))).warm_up()
         with pytest.raises(ConfigError):
             TransformerEncoderConfig(pooling_strategy="median")  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="batch_tokens"):
+            TransformerEncoderConfig(batch_tokens=0)
+        with pytest.raises(ConfigError, match="none or int8"):
+            TransformerEncoderConfig(quantize="fp16")  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="CPU only"):
+            TransformerEncoderConfig(quantize="int8", device="cuda")
+
+
+class TestTokenBudget:
+    """Forward passes are sized by padded tokens: many short texts per pass, few long ones."""
+
+    TEXTS = ([f"note {i}" for i in range(40)]
+             + [" ".join(f"word{i}x{j}" for j in range(60)) for i in range(6)])
+
+    def passes(self, monkeypatch: pytest.MonkeyPatch, config: TransformerEncoderConfig) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        encoder = TransformerEncoder(config)
+        encoder.warm_up()
+        loaded = encoder._loaded
+        assert loaded is not None
+        model, shapes = loaded.model, []
+
+        def recording(**batch):  # type: ignore[no-untyped-def]
+            shapes.append(tuple(batch["input_ids"].shape))
+            return model(**batch)  # type: ignore[operator]
+
+        monkeypatch.setattr(loaded, "model", recording)
+        return encoder.encode_texts(self.TEXTS), shapes
+
+    def test_no_pass_exceeds_the_budget_and_the_vectors_do_not_change(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        by_count, count_shapes = self.passes(monkeypatch, TransformerEncoderConfig(batch_size=32, batch_tokens=10**6))
+        by_tokens, token_shapes = self.passes(monkeypatch, TransformerEncoderConfig(batch_size=32, batch_tokens=256))
+        assert [texts for texts, _ in count_shapes] == [32, 14]
+        assert all(texts * length <= 256 or texts == 1 for texts, length in token_shapes)
+        assert max(texts for texts, _ in token_shapes) == 32  # the short notes still fill a pass
+        assert min(texts for texts, _ in token_shapes) < 4  # the long texts go a few at a time
+        assert np.allclose(by_count, by_tokens, atol=1e-5)
+
+
+def test_int8_quantisation_keeps_the_embeddings_near_and_their_meaning() -> None:
+    texts = ["parse command line arguments", "Command-line parsing library", "a recipe for banana bread"]
+    exact = TransformerEncoder(TransformerEncoderConfig()).encode_texts(texts)
+    int8 = TransformerEncoder(TransformerEncoderConfig(quantize="int8"))
+    vectors = int8.encode_texts(texts)
+    dense = int8._loaded.model.encoder.layer[0].intermediate.dense  # type: ignore[union-attr]
+    assert "DynamicQuantizedLinear" in repr(dense) and "per_channel" in repr(dense)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(vectors, exact, atol=1e-4)  # it is another model
+    assert np.all((vectors * exact).sum(axis=1) > 0.9)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
 
 
 class TestGivenEmbeddings:
