@@ -15,7 +15,7 @@ import numpy as np
 
 from processors.document import Document, copy_tree, traverse
 from processors.encoders.base import EncodeResult, Truncated, check_embedding, torch_device
-from processors.encoders.batching import plan_passes
+from processors.encoders.batching import token_budget_batches
 from processors.exceptions import ConfigError, ModelNotFoundError
 
 __all__ = ["TransformerEncoder", "TransformerEncoderConfig", "default_model_path"]
@@ -23,7 +23,6 @@ __all__ = ["TransformerEncoder", "TransformerEncoderConfig", "default_model_path
 logger = logging.getLogger(__name__)
 
 Pooling = Literal["mean", "cls", "max"]
-Quantize = Literal["none", "int8"]
 
 
 def default_model_path() -> str:
@@ -44,13 +43,10 @@ class TransformerEncoderConfig:
         Sentencizer's windows) so that nothing is truncated.
     :param batch_size: the most texts per forward pass.
     :param batch_tokens: the most padded tokens per forward pass (texts × the longest text's tokens, at
-        most ``max_length``): passes are planned by tokens, shortest texts first
-        (:func:`processors.encoders.batching.plan_passes`). The default, 2,048, is the fastest on a 2-core
-        CPU for abstracts and sentences alike (``benchmarks/encoder.py``); a GPU wants a larger one.
-    :param quantize: ``int8`` runs the model's linear layers with int8 weights (per output channel) and
-        activations quantised at run time (PyTorch dynamic quantisation), on the CPU only: about twice
-        the texts per second, for embeddings that move (``benchmarks/encoder.py`` prints the nDCG@10
-        change). ``none`` (the default) keeps float32.
+        most ``max_length``): batches are planned by tokens, shortest texts first
+        (:func:`processors.encoders.batching.token_budget_batches`). The default, 2,048, encoded
+        abstracts 12–25 % faster than 32 texts a pass on a 2-core CPU and short texts as fast
+        (``benchmarks/encoder.py``); a GPU likely wants a larger one (not measured here).
     :param traversal_paths: which nodes to embed on the index path (``r``, ``c``, ``cc`` ...).
     :param normalize: L2-normalise, so inner product equals cosine similarity.
     :param device: ``auto`` takes CUDA when present, else the CPU.
@@ -61,7 +57,6 @@ class TransformerEncoderConfig:
     max_length: int = 256
     batch_size: int = 32
     batch_tokens: int = 2048
-    quantize: Quantize = "none"
     traversal_paths: tuple[str, ...] = ("r",)
     normalize: bool = True
     device: str = "auto"
@@ -73,10 +68,6 @@ class TransformerEncoderConfig:
             )
         if self.max_length < 1 or self.batch_size < 1 or self.batch_tokens < 1:
             raise ConfigError("TransformerEncoder: max_length, batch_size and batch_tokens must be positive")
-        if self.quantize not in ("none", "int8"):
-            raise ConfigError(f"TransformerEncoder: quantize {self.quantize!r}; use none or int8")
-        if self.quantize == "int8" and self.device not in ("auto", "cpu"):
-            raise ConfigError(f"TransformerEncoder: quantize int8 runs on the CPU only, not on {self.device!r}")
         object.__setattr__(self, "traversal_paths", tuple(self.traversal_paths))
 
 
@@ -105,6 +96,9 @@ class _TurnLock:
 @dataclass(slots=True)
 class _Loaded:
     tokenizer: object
+    counter: object
+    """A second instance of the tokenizer, for counting under its own lock: counting a document's texts
+    must not take a turn of the forward passes' lock (a query would then wait for two passes)."""
     model: object
     device: object
     dim: int = field(default=0)
@@ -123,6 +117,7 @@ class TransformerEncoder:
         self._loaded: _Loaded | None = None
         self._config_dim: int | None = None
         self._lock = _TurnLock()
+        self._count_lock = threading.Lock()
         """One forward pass at a time: a fast tokenizer is not reentrant (each call sets its truncation
         and padding; two threads at once fail with "Already borrowed"). Taken per forward pass, in turn,
         so another caller waits for one pass (at most ``batch_tokens`` padded tokens), not for a whole
@@ -154,16 +149,14 @@ class TransformerEncoder:
 
         hf_logging.disable_progress_bar()  # our own progress bars report the work that matters
 
-        int8 = self.config.quantize == "int8"
-        device = torch_device("cpu" if int8 else self.config.device)
+        device = torch_device(self.config.device)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        counter = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
-        if int8:
-            model = _int8_dynamic(model)
         dim = int(model.config.hidden_size)
         logger.info("encoder loaded", extra={"model": str(path), "device": str(device), "dim": dim,
-                                             "quantize": self.config.quantize, "threads": torch.get_num_threads()})
-        self._loaded = _Loaded(tokenizer=tokenizer, model=model, device=device, dim=dim)
+                                             "threads": torch.get_num_threads()})
+        self._loaded = _Loaded(tokenizer=tokenizer, counter=counter, model=model, device=device, dim=dim)
         # One forward pass now: the first real batch (or query) should not pay for lazy init.
         self.encode_texts(["warm up"] * min(2, self.config.batch_size))
         return self._loaded
@@ -245,14 +238,10 @@ class TransformerEncoder:
         out = np.empty((len(texts), loaded.dim), dtype=np.float32)
         if not texts:
             return out, []
-        with self._lock:
-            # Counting the whole texts costs a second (Rust) tokenization: ~1% of a forward pass.
-            counted = loaded.tokenizer(list(texts), truncation=False, verbose=False,  # type: ignore[operator]
-                                       return_attention_mask=False)["input_ids"]
-        tokens = [len(ids) for ids in counted]
-        passes = plan_passes([min(count, self.config.max_length) for count in tokens],
-                             max_tokens=self.config.batch_tokens, max_texts=self.config.batch_size)
-        for batch_idx in passes:
+        tokens = self.count_tokens(texts)
+        batches = token_budget_batches([min(count, self.config.max_length) for count in tokens],
+                                       max_tokens=self.config.batch_tokens, max_texts=self.config.batch_size)
+        for batch_idx in batches:
             with self._lock, torch.inference_mode():
                 batch = loaded.tokenizer(  # type: ignore[operator]
                     [texts[i] for i in batch_idx],
@@ -268,6 +257,17 @@ class TransformerEncoder:
                 out[batch_idx] = pooled.float().cpu().numpy()
         return out, tokens
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Each text's whole token count, special tokens included (what ``max_length`` is compared
+        with). A second (Rust) tokenization beside the forward pass's: ~1% of its time."""
+        loaded = self._warm()
+        if not texts:
+            return []
+        with self._count_lock:
+            counted = loaded.counter(list(texts), truncation=False, verbose=False,  # type: ignore[operator]
+                                     return_attention_mask=False)["input_ids"]
+        return [len(ids) for ids in counted]
+
     def _pool(self, states, mask):  # type: ignore[no-untyped-def]
         if self.config.pooling_strategy == "cls":
             return states[:, 0]
@@ -277,20 +277,3 @@ class TransformerEncoder:
         return (states * expanded).sum(dim=1) / expanded.sum(dim=1).clamp(min=1e-9)
 
 
-
-def _int8_dynamic(model):  # type: ignore[no-untyped-def]
-    """The model with every ``nn.Linear`` replaced by its dynamically quantised int8 form: weights
-    quantised once per output channel (per tensor moves the embeddings about three times as far: mean
-    cosine to float32 0.93 against 0.98 on SciFact), activations per pass. ``torch.ao.quantization``
-    still works in torch 2.13 but warns that it is deprecated in favour of torchao, a further
-    dependency; its warnings are silenced here and nowhere else."""
-    import warnings
-
-    import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    linears = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model, linears, dtype=torch.qint8)

@@ -54,10 +54,6 @@ class TestTransformerEncoder:
             TransformerEncoderConfig(pooling_strategy="median")  # type: ignore[arg-type]
         with pytest.raises(ConfigError, match="batch_tokens"):
             TransformerEncoderConfig(batch_tokens=0)
-        with pytest.raises(ConfigError, match="none or int8"):
-            TransformerEncoderConfig(quantize="fp16")  # type: ignore[arg-type]
-        with pytest.raises(ConfigError, match="CPU only"):
-            TransformerEncoderConfig(quantize="int8", device="cuda")
 
 
 class TestTokenBudget:
@@ -88,19 +84,6 @@ class TestTokenBudget:
         assert max(texts for texts, _ in token_shapes) == 32  # the short notes still fill a pass
         assert min(texts for texts, _ in token_shapes) < 4  # the long texts go a few at a time
         assert np.allclose(by_count, by_tokens, atol=1e-5)
-
-
-def test_int8_quantisation_keeps_the_embeddings_near_and_their_meaning() -> None:
-    texts = ["parse command line arguments", "Command-line parsing library", "a recipe for banana bread"]
-    exact = TransformerEncoder(TransformerEncoderConfig()).encode_texts(texts)
-    int8 = TransformerEncoder(TransformerEncoderConfig(quantize="int8"))
-    vectors = int8.encode_texts(texts)
-    dense = int8._loaded.model.encoder.layer[0].intermediate.dense  # type: ignore[union-attr]
-    assert "DynamicQuantizedLinear" in repr(dense) and "per_channel" in repr(dense)
-    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert not np.allclose(vectors, exact, atol=1e-4)  # it is another model
-    assert np.all((vectors * exact).sum(axis=1) > 0.9)
-    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
 
 
 class TestGivenEmbeddings:
@@ -229,7 +212,11 @@ def test_a_caller_waits_for_one_forward_pass_of_another_not_for_all_of_them() ->
     document.start()
     while encoder._lock._serving < 1:  # the document's first pass is over: it is mid-way
         time.sleep(0.001)  # polling interval of a condition
+    passes_before = encoder._lock._serving
     encode("query", query)
+    passes_during = encoder._lock._serving - passes_before
     document.join()
     assert done == ["query", "document"], "the query waited for the whole document"
+    # The document's pass under way, then the query's own: counting its tokens takes no turn.
+    assert passes_during <= 2, f"the query waited for {passes_during - 1} passes"
     assert np.array_equal(results["document"], alone[0]) and np.array_equal(results["query"], alone[1])
