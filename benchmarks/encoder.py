@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
-from setup import FLOW, ROOT, machine, markdown_table, peak_rss_mib, scifact
+from setup import FLOW, SCIFACT, machine, markdown_table, peak_rss_mib, scifact, shared_data
 
 from processors.document import Document
 from processors.encoders.transformer import TransformerEncoder
@@ -42,8 +42,7 @@ from processors.segmenters.sentence import Sentencizer
 from streams.demo.corpora import load_beir
 from streams.flow.parse import load_flow
 
-CORPORA = {"scifact": ROOT.parent / "shared" / "data" / "scifact",
-           "nfcorpus": ROOT.parent / "shared" / "data" / "nfcorpus"}
+CORPORA = {"scifact": SCIFACT, "nfcorpus": shared_data("nfcorpus")}
 INT8_MOVE_ALLOWED = 0.005
 """The most SciFact's nDCG@10 may move for int8 to be offered (issue 17)."""
 INT8 = ", int8"

@@ -23,7 +23,17 @@ sys.path.insert(0, str(ROOT))
 
 from streams.resources import EXAMPLE_FLOWS  # noqa: E402
 
-SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+
+def shared_data(name: str) -> Path:
+    """A BEIR corpus of the project's shared data: ``shared/data/<name>`` in the nearest folder above the
+    checkout that has it (a clone need not sit right beside ``shared/``)."""
+    for parent in ROOT.parents:
+        if (parent / "shared" / "data" / name).is_dir():
+            return parent / "shared" / "data" / name
+    return ROOT.parent / "shared" / "data" / name  # load_beir then names what is missing
+
+
+SCIFACT = shared_data("scifact")
 FLOW = EXAMPLE_FLOWS / "beir.yml"
 
 
