@@ -117,11 +117,12 @@ class TransformerEncoder:
         self._loaded: _Loaded | None = None
         self._config_dim: int | None = None
         self._lock = _TurnLock()
-        self._count_lock = threading.Lock()
         """One forward pass at a time: a fast tokenizer is not reentrant (each call sets its truncation
         and padding; two threads at once fail with "Already borrowed"). Taken per forward pass, in turn,
         so another caller waits for one pass (at most ``batch_tokens`` padded tokens), not for a whole
         long document."""
+        self._count_lock = threading.Lock()
+        """Guards the counting tokenizer (``_Loaded.counter``), which no forward pass uses."""
 
     @property
     def model_path(self) -> str:
@@ -275,5 +276,3 @@ class TransformerEncoder:
         if self.config.pooling_strategy == "max":
             return states.masked_fill(expanded == 0, float("-inf")).max(dim=1).values
         return (states * expanded).sum(dim=1) / expanded.sum(dim=1).clamp(min=1e-9)
-
-
