@@ -231,7 +231,7 @@ def run(kind: str, args: argparse.Namespace) -> int:
 
         replayed = with_state_dir(flow, Path(tmp) / "replayed")
         with phase_rss(replay_mem), timed(CompoundIndexer, "apply", replay_apply), \
-                timed(shard_ingest, "decode_document", replay_decode):
+                timed(shard_ingest, "decode_stored_document", replay_decode):
             started = time.perf_counter()
             result = replay_index(replayed, settings, progress=False)
             replay_s = time.perf_counter() - started

@@ -130,6 +130,10 @@ class Change:
 
     doc_id: str
     doc: Document | None
+    stored: bytes | None = None
+    """The upserted document as the shard's ``DocumentCodec`` encodes it, when the caller has those bytes
+    already (the index stage cuts them from the record it read: ``StoredDocumentCodec.cut``); None: the
+    shard encodes ``doc``. Must decode to ``doc`` without embeddings and blobs."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,12 +108,13 @@ class CompoundIndexer:
         :raises DimensionMismatchError: if any embedding's size differs from ``dim``; nothing is written.
         """
         last = {change.doc_id: change.doc for change in changes}
+        stored = {change.doc_id: change.stored for change in changes}
         planned = [(doc, list(embedded_nodes(doc))) for doc in last.values() if doc is not None]
         self._check_dims(planned)
         write = self._store.begin(term_counts=self._lexical.enabled, field_values=self._fields.enabled)
         removed_vids = [vid for doc_id in last for vid in write.remove_document(doc_id)]
         removed_terms = self._lexical.stored_counts(write, removed_vids)
-        new_ids, new_vectors, new_owners, new_terms = self._stage_vectors(write, planned)
+        new_ids, new_vectors, new_owners, new_terms = self._stage_vectors(write, planned, stored)
         new_fields = self._fields.stage(write, planned, self._next_vid)
         self._store.commit(write, next_vid=self._next_vid, checkpoint=checkpoint)
         changed = self._lexical.follow(  # before FAISS, whose training below is what may fail
@@ -139,10 +140,11 @@ class CompoundIndexer:
                         f"the index holds {self.config.dim}"
                     )
 
-    def _stage_vectors(self, write: ShardWrite, planned: Planned
+    def _stage_vectors(self, write: ShardWrite, planned: Planned, stored: dict[str, bytes | None]
                        ) -> tuple[list[int], list[np.ndarray], list[Owner], FieldedTermCounts]:
-        """Stage each upserted document and its vectors under new ids, and each vector's node's term
-        counts; returns the ids, vectors, owners and term counts (with the node's field)."""
+        """Stage each upserted document (``stored``: its bytes, where the caller had them) and its vectors
+        under new ids, and each vector's node's term counts; returns the ids, vectors, owners and term
+        counts (with the node's field)."""
         new_ids: list[int] = []
         new_vectors: list[np.ndarray] = []
         new_owners: list[Owner] = []
@@ -161,7 +163,8 @@ class CompoundIndexer:
                 new_ids.append(vid)
                 new_vectors.append(vector)
                 new_owners.append(owner)
-            write.put_document(_without_blobs(doc), vids)
+            given = stored.get(doc.id)
+            write.put_document(_without_blobs(doc) if given is None else doc, vids, stored=given)
         return new_ids, new_vectors, new_owners, new_terms
 
     def _follow(self, removed_vids: list[int], new_ids: list[int], new_vectors: list[np.ndarray],
@@ -344,16 +347,17 @@ class CompoundIndexer:
 
 
 def _without_blobs(doc: Document) -> Document:
-    """The document as the shard keeps it: without the bytes of its nodes (an image's, say). Search reads
+    """The document as the shard keeps it: without the bytes of any node (an image's, say). Search reads
     vectors and texts; a reply carrying each match's image would be megabytes (an image flow's segmenter
     leaves a small ``thumbnail`` tag instead), and the ingest topic keeps the originals."""
     if not _has_blob(doc):
         return doc
-    return dataclasses.replace(doc, blob=None, chunks=[_without_blobs(chunk) for chunk in doc.chunks])
+    return dataclasses.replace(doc, blob=None, chunks=[_without_blobs(chunk) for chunk in doc.chunks],
+                               matches=[_without_blobs(match) for match in doc.matches])
 
 
 def _has_blob(doc: Document) -> bool:
-    return doc.blob is not None or any(_has_blob(chunk) for chunk in doc.chunks)
+    return doc.blob is not None or any(_has_blob(node) for node in (*doc.chunks, *doc.matches))
 
 
 def _short(ids: np.ndarray, wanted: int) -> bool:

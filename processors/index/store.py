@@ -297,9 +297,10 @@ class ShardWrite:
         if values:
             self.batch.put(_FIELDS + _utf8(doc_id), _pack_fields(values))
 
-    def put_document(self, doc: Document, vids: list[int]) -> None:
-        """Stage a root document (the codec writes it without embeddings) and the ids of its vectors."""
-        self.batch.put(_DOC + _utf8(doc.id), self._codec.encode(doc))
+    def put_document(self, doc: Document, vids: list[int], *, stored: bytes | None = None) -> None:
+        """Stage a root document (the codec writes it without embeddings; ``stored``: what it would write,
+        made by the caller) and the ids of its vectors."""
+        self.batch.put(_DOC + _utf8(doc.id), self._codec.encode(doc) if stored is None else stored)
         self.batch.put(_DOC_VIDS + _utf8(doc.id), np.array(vids, dtype=">i8").tobytes())
 
 

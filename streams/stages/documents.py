@@ -21,7 +21,7 @@ from streams.wire import headers as h
 from streams.exceptions import InvalidRecordError, SerdeError
 from streams.runtime.metrics import TRUNCATED_TEXTS
 from streams.wire.partitioner import LIBRDKAFKA_PARTITIONER, partition_of
-from streams.wire.codec import DOCUMENT
+from streams.wire.codec import DOCUMENT, STORED_DOCUMENT
 from streams.runtime.spec import Inbound, Output, PathHandler
 from streams.logs import CountedThrottle
 
@@ -46,7 +46,22 @@ def decode_document(record: Inbound) -> Document:
         it; the stage dead-letters the record with that reason).
     """
     assert record.value is not None
-    doc = DOCUMENT.decode_record(record.value, record.headers)
+    return _keyed(record, DOCUMENT.decode_record(record.value, record.headers))
+
+
+def decode_stored_document(record: Inbound) -> tuple[Document, bytes | None]:
+    """``decode_document``, and the document's stored form made from the record's bytes
+    (``StoredDocumentCodec.cut``); None for a record written with an earlier schema.
+
+    :raises SerdeError, InvalidDocumentError: as ``decode_document``.
+    """
+    assert record.value is not None
+    doc, cuts = DOCUMENT.decode_record_cuts(record.value, record.headers)
+    return _keyed(record, doc), None if cuts is None else STORED_DOCUMENT.cut(record.value, cuts)
+
+
+def _keyed(record: Inbound, doc: Document) -> Document:
+    """:raises SerdeError: if the record's key is not the document's id."""
     if record.key is not None and record.key.decode(errors="replace") != doc.id:
         raise SerdeError(f"record key {record.key!r} differs from document id {doc.id!r}")
     return doc

@@ -24,7 +24,7 @@ from processors.index.lexical import CorpusStats
 from streams.exceptions import SerdeError
 from streams.resources import SCHEMAS
 from streams.wire.headers import SCHEMA, Header
-from streams.wire.prescan import DECODE_LIMITS, DecodeLimits, ScanNode, compile_scan, prescan
+from streams.wire.prescan import DECODE_LIMITS, Cuts, DecodeLimits, ScanNode, compile_scan, prescan
 from streams.wire.records import (
     LexicalCount,
     PartialResult,
@@ -305,15 +305,22 @@ class Codec(Generic[T]):
         :raises SerdeError: on a foreign fingerprint, truncated or malformed bytes.
         :raises InvalidDocumentError: for a value the codec's validation refuses.
         """
-        writer, scan_root = self.schema, self._scan_root
+        writer, scan_root = self._writer(fingerprint_header)
+        return self._decode(data, writer, scan_root, limits)
+
+    def _writer(self, fingerprint_header: bytes | str | None) -> tuple[Any, ScanNode]:
+        """The writer schema a header names, and its pre-scan tree.
+
+        :raises SerdeError: for a fingerprint of no schema this codec reads.
+        """
         if fingerprint_header is not None:
             seen = fingerprint_header.decode() if isinstance(fingerprint_header, bytes) else fingerprint_header
             if seen != self.fingerprint:
                 if seen not in self._earlier:
                     raise SerdeError(f"record written with schema {seen}, expected {self.schema['name']} "
                                      f"{self.fingerprint}")
-                writer, scan_root = self._earlier[seen]
-        return self._decode(data, writer, scan_root, limits)
+                return self._earlier[seen]
+        return self.schema, self._scan_root
 
     def decode_earliest(self, data: bytes, *, limits: DecodeLimits | None = None) -> T:
         """Decode a headerless record written with the first schema of this type (an earlier one
@@ -321,8 +328,9 @@ class Codec(Generic[T]):
         writer, scan_root = next(iter(self._earlier.values()), (self.schema, self._scan_root))
         return self._decode(data, writer, scan_root, limits)
 
-    def _decode(self, data: bytes, writer: Any, scan_root: ScanNode, limits: DecodeLimits | None) -> T:
-        prescan(data, scan_root, limits or DECODE_LIMITS, self.schema["name"])
+    def _decode(self, data: bytes, writer: Any, scan_root: ScanNode, limits: DecodeLimits | None,
+                cuts: Cuts | None = None) -> T:
+        prescan(data, scan_root, limits or DECODE_LIMITS, self.schema["name"], cuts)
         buffer = io.BytesIO(data)
         reader = None if writer is self.schema else self.schema
         try:
@@ -357,9 +365,21 @@ class Codec(Generic[T]):
         :raises DecodeLimitError: if Documents nest deeper or are more than the caps allow.
         :raises InvalidDocumentError: for a value the codec's validation refuses.
         """
+        return self.decode_record_cuts(value, headers, limits=limits)[0]
+
+    def decode_record_cuts(self, value: bytes | None, headers: Mapping[str, bytes], *,
+                           limits: DecodeLimits | None = None) -> tuple[T, Cuts | None]:
+        """``decode_record``, and the byte ranges of the record's non-null ``CUT_FIELDS`` values that the
+        pre-scan met on its way (:func:`streams.wire.prescan.prescan`); None for a record written with an
+        earlier schema, whose bytes are not the current schema's.
+
+        :raises SerdeError, DecodeLimitError, InvalidDocumentError: as ``decode_record``.
+        """
         if value is None:
             raise SerdeError(f"a {self.schema['name']} record needs a value")
-        return self.decode(value, headers.get(SCHEMA), limits=limits)
+        writer, scan_root = self._writer(headers.get(SCHEMA))
+        cuts: Cuts | None = [] if writer is self.schema else None
+        return self._decode(value, writer, scan_root, limits, cuts), cuts
 
 
 def _validate_docs(value: Request | PartialResult) -> None:
@@ -386,6 +406,20 @@ class StoredDocumentCodec:
         """The document with every embedding written as null: the shard keeps its vectors apart."""
         return STORED_FORMAT + self._codec.encode(doc)
 
+    @staticmethod
+    def cut(record: bytes, cuts: Cuts) -> bytes:
+        """The stored form of a Document record written with the current schema, made from its own bytes:
+        null in place of each range of ``cuts`` (``Codec.decode_record_cuts``: every node's embedding and
+        blob). It decodes to the Document ``encode`` stores, and costs a few copies where encoding the
+        decoded tree again took 190 of a replayed 10-chunk record's ~700 us (``benchmarks/restore.py``)."""
+        parts = [STORED_FORMAT]
+        pos = 0
+        for start, end in cuts:
+            parts += (record[pos:start], _NULL_BRANCH)
+            pos = end
+        parts.append(record[pos:])
+        return b"".join(parts)
+
     def decode(self, data: bytes, *, limits: DecodeLimits | None = None) -> Document:
         if data[:1] == STORED_FORMAT:
             return self._codec.decode(data[1:], limits=limits)
@@ -393,6 +427,8 @@ class StoredDocumentCodec:
 
 
 STORED_FORMAT = b"\x01"
+_NULL_BRANCH = b"\x00"
+"""Branch 0 of a union, null for every field of ``CUT_FIELDS``."""
 """The first byte of a stored document written with the current Document schema."""
 STORED_DOCUMENT = StoredDocumentCodec()
 REQUEST: Codec[Request] = Codec("request", _request_to_avro, _request_from_avro, _validate_docs)

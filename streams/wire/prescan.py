@@ -15,8 +15,8 @@ from typing import Any
 
 from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
 
-__all__ = ["DECODE_LIMITS", "MAX_DOCUMENTS_ENV", "MAX_DOCUMENT_DEPTH_ENV", "DecodeLimits", "ScanNode", "compile_scan",
-           "prescan"]
+__all__ = ["CUT_FIELDS", "DECODE_LIMITS", "MAX_DOCUMENTS_ENV", "MAX_DOCUMENT_DEPTH_ENV", "Cuts", "DecodeLimits",
+           "ScanNode", "compile_scan", "prescan"]
 
 MAX_DOCUMENT_DEPTH_ENV = "STREAMSEARCH_MAX_DOCUMENT_DEPTH"
 MAX_DOCUMENTS_ENV = "STREAMSEARCH_MAX_DOCUMENTS"
@@ -62,9 +62,18 @@ DECODE_LIMITS = DecodeLimits.from_env()
 _NODE_RECORDS = frozenset({"streamsearch.Document"})
 """The records the caps count: the recursive Document."""
 
+CUT_FIELDS: Mapping[str, frozenset[str]] = {"streamsearch.Document": frozenset({"embedding", "blob"})}
+"""Fields whose values a scan can report as byte ranges (``prescan(cuts=...)``): what a shard's stored
+document leaves out (its vectors are kept apart, its nodes' bytes not at all). Each is a union of null
+and a value without nested records, so null written in its place is a valid encoding of the record."""
+
+Cuts = list[tuple[int, int]]
+"""Byte ranges ``[start, end)`` of a record, in order: the non-null values of ``CUT_FIELDS``, union index
+included."""
+
 # Node kinds, the commonest first (the scan tests them in this order). _OPTIONAL is a union of
-# null and one other type: one zero byte, the commonest Document field.
-_LEN, _OPTIONAL_LEN, _VARINT, _SKIP, _OPTIONAL, _ARRAY, _RECORD, _UNION, _ENUM = range(9)
+# null and one other type: one zero byte, the commonest Document field. _CUT is a field of CUT_FIELDS.
+_LEN, _OPTIONAL_LEN, _VARINT, _SKIP, _OPTIONAL, _ARRAY, _RECORD, _UNION, _ENUM, _CUT = range(10)
 _FIXED_SIZES = {"null": 0, "boolean": 1, "float": 4, "double": 8}
 _LEN_NODE = (_LEN,)
 _NULL_NODE = (_SKIP, 0)
@@ -131,8 +140,26 @@ def _compile_array(schema: Mapping[str, Any], named: Mapping[str, Any], done: di
 def _compile_record(schema: Mapping[str, Any], named: Mapping[str, Any], done: dict[str, Any]) -> ScanNode:
     fields: list[Any] = []
     node = done[schema["name"]] = (_RECORD, fields, schema["name"] in _NODE_RECORDS)
-    fields.extend(_compile(f["type"], named, done) for f in schema["fields"])
+    cut = CUT_FIELDS.get(schema["name"], frozenset())
+    for f in schema["fields"]:
+        field = _compile(f["type"], named, done)
+        fields.append(_cut(field, f"{schema['name']}.{f['name']}") if f["name"] in cut else field)
     return node
+
+
+def _cut(node: ScanNode, name: str) -> ScanNode:
+    """A field whose value a scan may cut out: a union of null and a value read in line (no record
+    inside may nest, so its end is known without the walk's stack)."""
+    if node[0] == _OPTIONAL_LEN or (node[0] == _OPTIONAL and _flat(node[1])):
+        return (_CUT, node)
+    raise TypeError(f"{name} cannot be cut: it must be a union of null and a value holding no nested record")
+
+
+def _flat(node: ScanNode) -> bool:
+    """Whether ``_skip_flat`` reads the node whole: scalars, flat arrays, and records of those."""
+    if node[0] == _RECORD:
+        return not node[2] and all(_flat(field) for field in node[1])
+    return node[0] in (_LEN, _OPTIONAL_LEN, _VARINT, _SKIP, _ENUM) or (node[0] == _ARRAY and node[2])
 
 
 def _compile_map(schema: Mapping[str, Any], named: Mapping[str, Any], done: dict[str, Any]) -> ScanNode:
@@ -247,6 +274,52 @@ def _scan_flat(data: bytes, pos: int, count: int, items: tuple[Any, ...]) -> int
     return pos
 
 
+def _skip_flat(data: bytes, pos: int, node: ScanNode) -> int:
+    """Past a value ``_flat`` accepts, checked as the walk would check it."""
+    kind = node[0]
+    if kind == _RECORD:
+        for field in node[1]:
+            pos = _skip_flat(data, pos, field)
+        return pos
+    if kind == _LEN:
+        return _skip_bytes(data, pos + 1, data[pos])
+    if kind == _OPTIONAL_LEN:
+        return _skip_optional_bytes(data, pos)
+    if kind == _VARINT:
+        return _long(data, pos)[1]
+    if kind == _SKIP:
+        return pos + node[1]
+    if kind == _ENUM:
+        index, pos = _long(data, pos)
+        if not 0 <= index < node[1]:
+            raise ValueError(f"enum symbol {index} at byte {pos} of {node[1]}")
+        return pos
+    # a flat _ARRAY
+    if data[pos] == 0:
+        return pos + 1
+    count, pos = _block(data, pos)
+    return _scan_flat(data, pos, count, node[1]) if count else pos
+
+
+def _skip_cut(data: bytes, pos: int, node: ScanNode, cuts: Cuts | None) -> int:
+    """Past a ``_CUT`` field's union; its range is added to ``cuts`` unless it is null."""
+    if data[pos] == 0:
+        return pos + 1
+    start = pos
+    inner = node[1]
+    if inner[0] == _OPTIONAL_LEN:
+        pos = _skip_optional_bytes(data, pos)
+    else:
+        index, pos = _long(data, pos)
+        if index == 1:
+            pos = _skip_flat(data, pos, inner[1])
+        elif index != 0:
+            raise ValueError(f"union branch {index} at byte {pos} of 2")
+    if cuts is not None:
+        cuts.append((start, pos))
+    return pos
+
+
 # -- the walk ----------------------------------------------------------------------------------------
 
 
@@ -274,17 +347,19 @@ class _Documents:
                 f"({MAX_DOCUMENTS_ENV})")
 
 
-def prescan(data: bytes, root: ScanNode, limits: DecodeLimits, name: str) -> None:
+def prescan(data: bytes, root: ScanNode, limits: DecodeLimits, name: str, cuts: Cuts | None = None) -> None:
     """Walk one record without recursion or copies, so nothing unbounded reaches fastavro.
 
     :param root: the writer schema's tree (:func:`compile_scan`).
     :param name: the record type, for messages.
+    :param cuts: if given, the byte ranges of the non-null values of ``CUT_FIELDS`` are appended to it, in
+        order: what a shard's stored form of the record leaves out, found by the walk that checks it anyway.
     :raises DecodeLimitError: if Documents nest deeper or are more than ``limits`` allow.
     :raises SerdeError: on a length or count larger than the bytes left, or malformed bytes.
     """
     end = len(data)
     try:
-        pos = _walk(data, root, _Documents(limits, name))
+        pos = _walk(data, root, _Documents(limits, name), cuts)
     except IndexError:
         raise SerdeError(f"malformed {name} record: truncated") from None
     except ValueError as exc:
@@ -295,11 +370,12 @@ def prescan(data: bytes, root: ScanNode, limits: DecodeLimits, name: str) -> Non
         raise SerdeError(f"malformed {name} record: {end - pos} bytes left after decoding")
 
 
-def _walk(data: bytes, root: ScanNode, documents: _Documents) -> int:
+def _walk(data: bytes, root: ScanNode, documents: _Documents, cuts: Cuts | None) -> int:
     """The position after ``root``'s value. Scalars are skipped in line (the hot path); a node
     holding others opens a sequence of them. Frames on the stack: ``(seq, i)`` resumes a sequence
     of fields, ``[node, left]`` an array or map block, None leaves a Document."""
     pos = 0
+    end = len(data)
     seq: Any = (root,)
     i = 0
     stack: list[Any] = []
@@ -310,13 +386,25 @@ def _walk(data: bytes, root: ScanNode, documents: _Documents) -> int:
             i += 1
             kind = node[0]
             if kind == _LEN:
-                pos = _skip_bytes(data, pos + 1, data[pos])
+                byte = data[pos]
+                if byte > 0x7F:
+                    pos = _skip_bytes(data, pos + 1, byte)
+                else:  # a length under 64, in line: ids, most texts
+                    length = (byte >> 1) ^ -(byte & 1)
+                    pos += 1
+                    if not 0 <= length <= end - pos:
+                        raise ValueError(f"a length of {length} at byte {pos} with {end - pos} bytes left")
+                    pos += length
             elif kind == _OPTIONAL_LEN:
-                pos = _skip_optional_bytes(data, pos)
+                pos = pos + 1 if data[pos] == 0 else _skip_optional_bytes(data, pos)
             elif kind == _VARINT:
                 pos = _long(data, pos)[1] if data[pos] > 0x7F else pos + 1
             elif kind == _SKIP:
                 pos += node[1]
+            elif kind == _CUT:
+                pos = pos + 1 if data[pos] == 0 else _skip_cut(data, pos, node, cuts)
+            elif kind == _ARRAY and data[pos] == 0:  # empty: most tags, scores, locations, matches
+                pos += 1
             else:
                 opened, pos = _open(data, pos, node, (seq, i), documents, stack)
                 if opened is not None:

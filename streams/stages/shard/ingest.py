@@ -21,7 +21,7 @@ from streams.runtime.metrics import INDEX_VECTORS
 from streams.runtime.spec import Inbound, Output, PathHandler, Restoring
 from streams.stages.documents import (
     check_partition,
-    decode_document,
+    decode_stored_document,
     ingest_offset_of,
     is_marker,
     require_given_vectors,
@@ -204,8 +204,8 @@ class ShardIngest(PathHandler, Restoring):
                         raise ValueError("a tombstone needs the document id as its key")
                     changes.append(Change(record.key.decode(), None))
                 else:
-                    doc = self._checked(record)
-                    changes.append(Change(doc.id, self._only_indexed_fields(doc)))
+                    doc, stored = self._checked(record)
+                    changes.append(Change(doc.id, self._only_indexed_fields(doc), stored))
             changed = self._apply(partition, changes, part).lexical_changed
             outputs += self._lexical_statistics(partition, changed)
         return outputs
@@ -227,12 +227,13 @@ class ShardIngest(PathHandler, Restoring):
                                   lexical_key(*key), partition, headers))
         return outputs
 
-    def _checked(self, record: Inbound) -> Document:
-        """The record's document; read straight from ingest (no stage before the shard), it is also
-        checked for what a stage would have: its partition and, without a model, its vectors."""
+    def _checked(self, record: Inbound) -> tuple[Document, bytes | None]:
+        """The record's document and its stored form (``decode_stored_document``: no second encoding);
+        read straight from ingest (no stage before the shard), it is also checked for what a stage would
+        have: its partition and, without a model, its vectors."""
         check_partition(record, self._topics.ingest, self._topics.partitions)
-        doc = decode_document(record)
-        return doc if self._given_dim is None else require_given_vectors(doc, self._given_dim)
+        doc, stored = decode_stored_document(record)
+        return doc if self._given_dim is None else require_given_vectors(doc, self._given_dim), stored
 
     def _only_indexed_fields(self, doc: Document) -> Document:
         """With ``filter_by``, nodes of other fields keep their text but lose their vector."""
