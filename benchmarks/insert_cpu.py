@@ -28,18 +28,51 @@ from processors.document import Document
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+BROKER_THREADS = (("JIT compiler", ("C1 CompilerThre", "C2 CompilerThre", "Sweeper thread")),
+                  ("garbage collector", ("GC Thread", "G1 ")),
+                  ("network and request handlers", ("data-plane-kafk",)))
+"""The broker's (a JVM's) threads by what they do, from their names in ``/proc/<pid>/task/*/comm``;
+the rest counts as ``other``. A fresh JVM spends much of its first minutes compiling its hot paths."""
+
+
+def _cpu_seconds(stat_path: str) -> float | None:
+    try:
+        with open(stat_path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None  # exited meanwhile
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 def cpu_seconds_by_role() -> dict[str, float]:
-    """User + system CPU seconds of this process and its descendants now, summed by role."""
+    """User + system CPU seconds of this process and its descendants now, summed by role; the broker's
+    also by thread group (``broker: <group>``, ``BROKER_THREADS``)."""
     by_role: dict[str, float] = {}
     for pid in process_tree():
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
+        seconds = _cpu_seconds(f"/proc/{pid}/stat")
+        if seconds is None:
+            continue
         role = process_role(pid)
-        by_role[role] = by_role.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
+        by_role[role] = by_role.get(role, 0.0) + seconds
+        if role == "broker":
+            for group, threads in _threads_by_group(pid).items():
+                by_role[f"broker: {group}"] = by_role.get(f"broker: {group}", 0.0) + threads
     return by_role
+
+
+def _threads_by_group(pid: int) -> dict[str, float]:
+    groups: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:
+            continue
+        seconds = _cpu_seconds(str(task / "stat"))
+        if seconds is None:
+            continue
+        group = next((label for label, prefixes in BROKER_THREADS if name.startswith(prefixes)), "other")
+        groups[group] = groups.get(group, 0.0) + seconds
+    return groups
 
 
 def run(args: argparse.Namespace) -> None:
@@ -72,7 +105,8 @@ def run(args: argparse.Namespace) -> None:
     rows = [(f"{role} (µs of CPU per vector)", [f"{used.get(role, 0.0) / len(vectors) * 1e6:,.1f}"
                                                  for *_, used in rounds]) for role in roles]
     rows.append(("all processes (µs of CPU per vector)",
-                 [f"{sum(used.values()) / len(vectors) * 1e6:,.1f}" for *_, used in rounds]))
+                 [f"{sum(v for role, v in used.items() if ':' not in role) / len(vectors) * 1e6:,.1f}"
+                  for *_, used in rounds]))
     rows.append(("inserted vectors/s", [f"{len(vectors) / inserted:,.0f}" for _, inserted, _, _ in rounds]))
     rows.append(("all searchable after s", [f"{searchable:.2f}" for _, _, searchable, _ in rounds]))
     print(f"\ninsert CPU: no-model flow, {args.shards} shard(s), {broker_label(args.broker)}, {len(vectors):,} "

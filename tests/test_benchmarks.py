@@ -57,6 +57,13 @@ def test_insert_cpu_splits_both_rounds_by_process() -> None:
         # under one tick, so it may read 0; every other process does far more work than a tick per round
         least = 0 if role == "stage join" else 1e-9
         assert all(float(cell.replace(",", "")) >= least for cell in cells), done.stdout
+    groups = [f"broker: {group} (µs of CPU per vector)" for group in
+              ("JIT compiler", "garbage collector", "network and request handlers", "other")]
+    for column in range(2):  # the broker's threads by group add up to the broker, within a few clock ticks
+        parts = sum(float(rows[group][column].replace(",", "")) for group in groups if group in rows)
+        broker = float(rows["broker (µs of CPU per vector)"][column].replace(",", ""))
+        assert abs(parts - broker) <= 0.1 * broker, done.stdout
+    assert float(rows[groups[2]][0].replace(",", "")) > 0, done.stdout  # a JVM broker's request handlers are found
     assert "baseline: FAISS flat in-process" in done.stdout
 
 
