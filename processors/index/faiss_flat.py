@@ -209,7 +209,8 @@ class FlatVectorIndex(FaissVectorIndex):
 
     def _dead_selector(self) -> faiss.IDSelector:
         """Every id but the tombstones: a bitmap, one bit test per vector scanned. FAISS points at the bits,
-        which stay where they are until they grow."""
+        which stay where they are until they grow: a shard's searches and writes run in one thread (the
+        stage loop's), never side by side, or a write that grew them could free them under a search."""
         if self._skip_dead is None:
             dead = faiss.IDSelectorBitmap(len(self._dead.bits), faiss.swig_ptr(self._dead.bits))
             self._skip_dead = (dead, faiss.IDSelectorNot(dead))

@@ -371,15 +371,17 @@ class Codec(Generic[T]):
                            limits: DecodeLimits | None = None) -> tuple[T, Cuts | None]:
         """``decode_record``, and the byte ranges of the record's non-null ``CUT_FIELDS`` values that the
         pre-scan met on its way (:func:`streams.wire.prescan.prescan`); None for a record written with an
-        earlier schema, whose bytes are not the current schema's.
+        earlier schema, whose bytes are not the current schema's, or holding a block of records written
+        with its size in bytes, which a cut would leave wrong (``Cuts.sized``).
 
         :raises SerdeError, DecodeLimitError, InvalidDocumentError: as ``decode_record``.
         """
         if value is None:
             raise SerdeError(f"a {self.schema['name']} record needs a value")
         writer, scan_root = self._writer(headers.get(SCHEMA))
-        cuts: Cuts | None = [] if writer is self.schema else None
-        return self._decode(value, writer, scan_root, limits, cuts), cuts
+        cuts = Cuts() if writer is self.schema else None
+        decoded = self._decode(value, writer, scan_root, limits, cuts)
+        return decoded, None if cuts is None or cuts.sized else cuts
 
 
 def _validate_docs(value: Request | PartialResult) -> None:
@@ -407,7 +409,7 @@ class StoredDocumentCodec:
         return STORED_FORMAT + self._codec.encode(doc)
 
     @staticmethod
-    def cut(record: bytes, cuts: Cuts) -> bytes:
+    def cut(record: bytes, cuts: Sequence[tuple[int, int]]) -> bytes:
         """The stored form of a Document record written with the current schema, made from its own bytes:
         null in place of each range of ``cuts`` (``Codec.decode_record_cuts``: every node's embedding and
         blob). It decodes to the Document ``encode`` stores, and costs a few copies where encoding the
@@ -427,9 +429,9 @@ class StoredDocumentCodec:
 
 
 STORED_FORMAT = b"\x01"
+"""The first byte of a stored document written with the current Document schema."""
 _NULL_BRANCH = b"\x00"
 """Branch 0 of a union, null for every field of ``CUT_FIELDS``."""
-"""The first byte of a stored document written with the current Document schema."""
 STORED_DOCUMENT = StoredDocumentCodec()
 REQUEST: Codec[Request] = Codec("request", _request_to_avro, _request_from_avro, _validate_docs)
 PARTIAL_RESULT: Codec[PartialResult] = Codec("partial_result", _partial_to_avro, _partial_from_avro, _validate_docs)

@@ -67,9 +67,19 @@ CUT_FIELDS: Mapping[str, frozenset[str]] = {"streamsearch.Document": frozenset({
 document leaves out (its vectors are kept apart, its nodes' bytes not at all). Each is a union of null
 and a value without nested records, so null written in its place is a valid encoding of the record."""
 
-Cuts = list[tuple[int, int]]
-"""Byte ranges ``[start, end)`` of a record, in order: the non-null values of ``CUT_FIELDS``, union index
-included."""
+class Cuts(list[tuple[int, int]]):
+    """Byte ranges ``[start, end)`` of a record, in order: the non-null values of ``CUT_FIELDS``, union index
+    included.
+
+    ``sized`` is set when the walk met a block of records written with its size in bytes (a negative item
+    count, which the Avro spec allows a writer): a range cut out inside it would leave that size wrong, so
+    such a record's ranges must not be cut out."""
+
+    __slots__ = ("sized",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sized = False
 
 # Node kinds, the commonest first (the scan tests them in this order). _OPTIONAL is a union of
 # null and one other type: one zero byte, the commonest Document field. _CUT is a field of CUT_FIELDS.
@@ -406,21 +416,21 @@ def _walk(data: bytes, root: ScanNode, documents: _Documents, cuts: Cuts | None)
             elif kind == _ARRAY and data[pos] == 0:  # empty: most tags, scores, locations, matches
                 pos += 1
             else:
-                opened, pos = _open(data, pos, node, (seq, i), documents, stack)
+                opened, pos = _open(data, pos, node, (seq, i), documents, stack, cuts)
                 if opened is not None:
                     seq, i, n = opened, 0, len(opened)
         if not stack:
             return pos
-        seq, i, pos = _resume(data, pos, stack, documents)
+        seq, i, pos = _resume(data, pos, stack, documents, cuts)
 
 
 def _open(data: bytes, pos: int, node: ScanNode, resume: tuple[Any, int], documents: _Documents,
-          stack: list[Any]) -> tuple[Any, int]:
+          stack: list[Any], cuts: Cuts | None) -> tuple[Any, int]:
     """A node that holds others: (the sequence to walk next, ``resume`` pushed to come back to;
     or None if the node was read whole), and the next pos."""
     kind = node[0]
     if kind == _ARRAY:
-        return _open_array(data, pos, node, resume, stack)
+        return _open_array(data, pos, node, resume, stack, cuts)
     if kind == _RECORD:
         stack.append(resume)
         if node[2]:
@@ -443,9 +453,12 @@ def _open(data: bytes, pos: int, node: ScanNode, resume: tuple[Any, int], docume
     return (branches[index],), pos
 
 
-def _open_array(data: bytes, pos: int, node: ScanNode, resume: tuple[Any, int], stack: list[Any]) -> tuple[Any, int]:
+def _open_array(data: bytes, pos: int, node: ScanNode, resume: tuple[Any, int], stack: list[Any],
+                cuts: Cuts | None) -> tuple[Any, int]:
     if data[pos] == 0:  # empty
         return None, pos + 1
+    if cuts is not None and not node[2] and data[pos] & 1:  # a negative count: the block's size follows
+        cuts.sized = True
     count, pos = _block(data, pos)
     if count == 0:  # written in more than one byte
         return None, pos
@@ -456,7 +469,8 @@ def _open_array(data: bytes, pos: int, node: ScanNode, resume: tuple[Any, int], 
     return node[1], pos
 
 
-def _resume(data: bytes, pos: int, stack: list[Any], documents: _Documents) -> tuple[Any, int, int]:
+def _resume(data: bytes, pos: int, stack: list[Any], documents: _Documents,
+            cuts: Cuts | None) -> tuple[Any, int, int]:
     """Pop frames up to a sequence to go on with: (sequence, index in it, pos); an empty sequence
     once the stack is empty."""
     while stack:
@@ -465,6 +479,8 @@ def _resume(data: bytes, pos: int, stack: list[Any], documents: _Documents) -> t
             documents.depth -= 1
         elif type(frame) is list:
             if frame[1] == 0:
+                if cuts is not None and data[pos] & 1:  # a negative count: the next block's size follows
+                    cuts.sized = True
                 frame[1], pos = _block(data, pos)
                 if frame[1] == 0:
                     continue

@@ -31,7 +31,7 @@ from streams.wire.codec import (
 from streams.wire.headers import SCHEMA
 from streams.wire.prescan import DECODE_LIMITS, Cuts, compile_scan, prescan
 from streams.wire.records import PartialResult, Request, SearchReply
-from tests.streams.wire.fixtures import documents, tree
+from tests.streams.wire.fixtures import documents, tree, varint
 
 
 class TestSerde:
@@ -133,7 +133,7 @@ class TestStoredFormCut:
     @given(doc=documents())
     def test_the_cut_record_is_the_encoded_stored_document(self, doc: Document) -> None:
         data = DOCUMENT.encode(doc)
-        cuts: Cuts = []  # the scan alone: hypothesis's ids and texts are not all ones validation lets in
+        cuts = Cuts()  # the scan alone: hypothesis's ids and texts are not all ones validation lets in
         prescan(data, compile_scan(DOCUMENT.schema), DECODE_LIMITS, "Document", cuts)
         decoded = STORED_DOCUMENT.decode(STORED_FORMAT + data)
         stored = STORED_DOCUMENT.cut(data, cuts)
@@ -158,6 +158,20 @@ class TestStoredFormCut:
         header = fingerprint(to_parsing_canonical_form(earlier), "CRC-64-AVRO").encode()
         doc, cuts = DOCUMENT.decode_record_cuts(buffer.getvalue(), {SCHEMA: header})
         assert cuts is None and doc.embedding.tolist() == [1.0, 1.0]
+
+    def test_a_block_of_chunks_written_with_its_size_is_encoded_not_cut(self) -> None:
+        """Avro lets a writer give a block a negative count and its size in bytes (Java's blocking encoder
+        does): cutting an embedding out of it would leave that size wrong, and the shard unable to read
+        the document back."""
+        chunk = DOCUMENT.encode(Document(id="d/0", embedding=np.ones(8, np.float32)))
+        plain = DOCUMENT.encode(Document(id="d", chunks=[Document(id="d/0", embedding=np.ones(8, np.float32))]))
+        before_chunks = plain.index(chunk) - 1  # the count byte of the one block: 1, zigzag 02
+        sized = plain[:before_chunks] + varint(-1) + varint(len(chunk)) + chunk + plain[before_chunks + 1 + len(chunk):]
+        doc, cuts = DOCUMENT.decode_record_cuts(sized, {})
+        assert cuts is None and doc.chunks[0].embedding.tolist() == [1.0] * 8
+        assert DOCUMENT.decode_record_cuts(plain, {})[1] is not None
+        stored = STORED_DOCUMENT.encode(doc)  # what the shard stores instead: readable
+        assert STORED_DOCUMENT.decode(stored).chunks[0].id == "d/0"
 
     def test_a_damaged_embedding_is_refused_as_before(self) -> None:
         data = DOCUMENT.encode(Document(id="d", embedding=np.ones(8, np.float32)))
