@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, Message
 
 from streams.exceptions import DeliveryError, ProducerFailedError
 from streams.kafka.consumer import consume_batch, make_consumer
@@ -262,6 +262,8 @@ class StageLoop:
 
     def _poll(self, path: InputPath, timeout: float) -> bool:
         messages = consume_batch(path.consumer, max_records=path.spec.batch_size, timeout=timeout)
+        if messages and path.spec.gather_ms:
+            messages += self._gather(path, messages)
         self._rebalance.raise_error()
         records, ends, out_of_range = [], [], []
         for msg in messages:
@@ -281,6 +283,24 @@ class StageLoop:
                 path.restore.out_of_range(topic, partition)
             path.restore.ends(ends)
         return bool(records)
+
+    def _gather(self, path: InputPath, messages: list[Message]) -> list[Message]:
+        """What arrives for the path's other assigned partitions within ``PathSpec.gather_ms``, stopping as
+        soon as every one has a record (or the batch is full)."""
+        wanted = {tp.partition for tp in path.consumer.assignment()}
+        seen = {msg.partition() for msg in messages if msg.error() is None}
+        more: list[Message] = []
+        deadline = time.monotonic() + path.spec.gather_ms / 1000
+        while not wanted <= seen and (room := path.spec.batch_size - len(messages) - len(more)) > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            got = consume_batch(path.consumer, max_records=room, timeout=left)
+            if not got:
+                break
+            more += got
+            seen.update(msg.partition() for msg in got if msg.error() is None)
+        return more
 
     def _take(self, path: InputPath, records: list[Inbound]) -> None:
         """Process, dead-letter what fails, note the offsets and commit (in one transaction

@@ -141,6 +141,10 @@ class PathSpec:
     :param consumer_config: librdkafka settings of this path's consumer (the user's win).
     :param also_reads: more topics the same consumer subscribes to (one group, one handler that tells
         records apart by topic), so a small stage serves two topics without a second consumer.
+    :param gather_ms: after a poll returned records, how long to wait for records of the path's other
+        assigned partitions before processing the batch (0: not at all). A query fanned out to every shard
+        is one record per partition; they often come in two fetches, and in two batches the shards of one
+        process searched one after the other instead of side by side.
     """
 
     topic: str
@@ -151,6 +155,7 @@ class PathSpec:
     fetch_wait_ms: int = 5
     consumer_config: dict[str, object] = field(default_factory=dict)
     also_reads: tuple[str, ...] = ()
+    gather_ms: float = 0.0
 
     @property
     def topics(self) -> list[str]:

@@ -34,6 +34,10 @@ __all__ = ["FAILURE_POLICY", "StageKind", "StageBuild", "KINDS", "SEGMENT", "ENC
 INDEX_PATH_FETCH_WAIT_MS = 100
 """Index-path consumers wait longer per fetch: ingest is throughput, not latency."""
 
+SEARCH_GATHER_MS = 5.0
+"""How long an index stage holds a search request for its copies to its other partitions (``PathSpec.gather_ms``):
+the copies are produced together, and the second usually arrives within a fetch (a millisecond here)."""
+
 SHARD_CONSUMER_CONFIG: dict[str, object] = {
     "enable.partition.eof": True,  # "restored" = the end of the partition was reached
     "auto.offset.reset": "error",  # a stored offset out of range rebuilds the shard, never skips silently
@@ -211,7 +215,8 @@ def _build_index(b: StageBuild) -> StageSpec:
                             consumer_config=SHARD_CONSUMER_CONFIG),
         query_path=PathSpec(topics.search, f"{b.group}.search", ShardSearch(states=states, ranker=ranker, topics=topics,
                                                                             operations=stage.query_language),
-                            follow_index_path=True, fetch_wait_ms=flow.search.fetch_wait_ms),
+                            follow_index_path=True, fetch_wait_ms=flow.search.fetch_wait_ms,
+                            gather_ms=SEARCH_GATHER_MS),
     )
 
 

@@ -5,7 +5,6 @@ timeout during a coordinator restart, on Apache Kafka), so the consumer here is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import pytest
 
@@ -13,7 +12,8 @@ from streams.exceptions import GroupMembershipLost
 from streams.kafka.settings import KafkaSettings
 from streams.runtime.loop import StageLoop
 from streams.runtime.paths import InputPath as _Path
-from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
+from streams.runtime.spec import PathSpec, StageSpec
+from tests.streams.runtime.handlers import NoOutputs
 
 
 class _Consumer:
@@ -24,20 +24,9 @@ class _Consumer:
         return self.partitions
 
 
-class _Handler:
-    def process(self, records: Sequence[Inbound]) -> list[Output]:
-        return []
-
-    def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
-        return []
-
-    def tick(self) -> list[Output]:
-        return []
-
-
 def _loop(consumer: _Consumer) -> StageLoop:
     spec = StageSpec(flow="f", name="segment", dead_letter_topic="f.dead-letter",
-                     index_path=PathSpec("f.ingest", "f.segment", _Handler()))
+                     index_path=PathSpec("f.ingest", "f.segment", NoOutputs()))
     loop = StageLoop(spec, KafkaSettings("127.0.0.1:1"))
     loop._index = _Path(spec.index_path, consumer, loop.producer)  # type: ignore[arg-type]
     return loop
