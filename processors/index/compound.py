@@ -67,6 +67,7 @@ class CompoundIndexer:
         self._store.open()
         self._reset_derived()
         self._next_vid = self._store.next_vid()
+        self._documents = self._store.document_count()
         ids, vectors, owners = self._store.vectors()
         self._owners.add(zip(ids.tolist(), owners))
         self._indexes.exact.add(ids, vectors)
@@ -117,6 +118,7 @@ class CompoundIndexer:
         new_ids, new_vectors, new_owners, new_terms = self._stage_vectors(write, planned, stored)
         new_fields = self._fields.stage(write, planned, self._next_vid)
         self._store.commit(write, next_vid=self._next_vid, checkpoint=checkpoint)
+        self._documents += write.documents_added
         changed = self._lexical.follow(  # before FAISS, whose training below is what may fail
             [(vid, counts, self._owners.field_of(vid)) for vid, counts in removed_terms], new_terms)
         removed = self._follow(removed_vids, new_ids, new_vectors, new_owners)
@@ -195,7 +197,7 @@ class CompoundIndexer:
         return self._indexes.exact.size
 
     def stats(self) -> IndexStats:
-        return IndexStats(documents=self._store.document_count(), vectors=self._indexes.exact.size,
+        return IndexStats(documents=self._documents, vectors=self._indexes.exact.size,
                           checkpoint=self.checkpoint(), index_types=self._indexes.built())
 
     def vectors_by_node(self) -> dict[Owner, np.ndarray]:
@@ -339,6 +341,9 @@ class CompoundIndexer:
         self._lexical.reset()
         self._fields.reset()
         self._next_vid = 0
+        self._documents = 0
+        """Stored root documents: counted at open, then followed by every write (``stats``, every status report,
+        counted them on disk: a scan of 100,000 keys that held up the shard's searches)."""
 
     def _refresh_approximate(self) -> None:
         """After a write: rebuild the indexes that drifted from the data, and build the default once it can be

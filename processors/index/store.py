@@ -121,7 +121,7 @@ class ShardStore:
         return self._codec.decode(raw) if raw is not None else None
 
     def document_count(self) -> int:
-        """Stored root documents, counted on disk."""
+        """Stored root documents, counted on disk (a scan of every one: the shard counts them once, at open)."""
         return sum(1 for _ in self._scan(_DOC_VIDS))
 
     def doc_ids(self) -> Iterator[str]:
@@ -256,6 +256,8 @@ class ShardWrite:
         self._term_counts = term_counts
         self._field_values = field_values
         self.batch = WriteBatch(raw_mode=True)
+        self.documents_added = 0
+        """Root documents this write adds, less those it removes: what the shard's count moves by once committed."""
 
     def remove_document(self, doc_id: str) -> list[int]:
         """Stage the removal of a stored document and its vectors.
@@ -265,6 +267,7 @@ class ShardWrite:
         raw = self._db.get(_DOC_VIDS + _utf8(doc_id))
         if raw is None:
             return []
+        self.documents_added -= 1
         vids = np.frombuffer(raw, dtype=">i8").astype(np.int64).tolist()
         for vid in vids:
             self.batch.delete(_VEC + struct.pack(">q", vid))
@@ -302,6 +305,7 @@ class ShardWrite:
         made by the caller) and the ids of its vectors."""
         self.batch.put(_DOC + _utf8(doc.id), self._codec.encode(doc) if stored is None else stored)
         self.batch.put(_DOC_VIDS + _utf8(doc.id), np.array(vids, dtype=">i8").tobytes())
+        self.documents_added += 1
 
 
 def _utf8(text: str) -> bytes:

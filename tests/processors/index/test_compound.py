@@ -55,6 +55,24 @@ class TestCompoundIndexer:
         index.apply(changes=[Change("a", None)], checkpoint=b"3")
         assert index.stats().vectors == 0 and index.get("a") is None
 
+    def test_the_document_count_follows_every_write_as_a_count_on_disk_would(self, tmp_path: Path) -> None:
+        """Counted once at open, then followed by the writes: upserts of new and stored ids, deletes of stored
+        and unknown ids, a document without any vector, the same id twice in a batch."""
+        index = open_index(tmp_path)
+        batches = [
+            [Change("a", doc_with_chunks("a", [1, 2])), Change("b", doc_with_chunks("b", [3])),
+             Change("empty", Document(id="empty", text="no vector"))],
+            [Change("a", doc_with_chunks("a", [4])), Change("ghost", None), Change("c", doc_with_chunks("c", [5]))],
+            [Change("b", None), Change("empty", None), Change("c", None), Change("c", doc_with_chunks("c", [6]))],
+            [Change("d", doc_with_chunks("d", [7])), Change("d", None)],
+        ]
+        for i, changes in enumerate(batches):
+            index.apply(changes=changes, checkpoint=str(i).encode())
+            assert index.stats().documents == index._store.document_count()
+        assert index.stats().documents == 2  # a and c
+        index.close()
+        assert open_index(tmp_path).stats().documents == 2
+
     def test_last_change_of_an_id_wins_within_a_batch(self, tmp_path: Path) -> None:
         index = open_index(tmp_path)
         index.apply(changes=[Change("a", doc_with_chunks("a", [1])), Change("a", None),
