@@ -5,7 +5,6 @@ timeout during a coordinator restart, on Apache Kafka), so the consumer here is 
 
 from __future__ import annotations
 
-
 import pytest
 
 from streams.exceptions import GroupMembershipLost
