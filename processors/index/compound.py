@@ -118,7 +118,7 @@ class CompoundIndexer:
         new_ids, new_vectors, new_owners, new_terms = self._stage_vectors(write, planned, stored)
         new_fields = self._fields.stage(write, planned, self._next_vid)
         self._store.commit(write, next_vid=self._next_vid, checkpoint=checkpoint)
-        self._documents += write.documents_added
+        self._documents += write.net_documents
         changed = self._lexical.follow(  # before FAISS, whose training below is what may fail
             [(vid, counts, self._owners.field_of(vid)) for vid, counts in removed_terms], new_terms)
         removed = self._follow(removed_vids, new_ids, new_vectors, new_owners)

@@ -256,7 +256,7 @@ class ShardWrite:
         self._term_counts = term_counts
         self._field_values = field_values
         self.batch = WriteBatch(raw_mode=True)
-        self.documents_added = 0
+        self.net_documents = 0
         """Root documents this write adds, less those it removes: what the shard's count moves by once committed."""
 
     def remove_document(self, doc_id: str) -> list[int]:
@@ -267,7 +267,7 @@ class ShardWrite:
         raw = self._db.get(_DOC_VIDS + _utf8(doc_id))
         if raw is None:
             return []
-        self.documents_added -= 1
+        self.net_documents -= 1
         vids = np.frombuffer(raw, dtype=">i8").astype(np.int64).tolist()
         for vid in vids:
             self.batch.delete(_VEC + struct.pack(">q", vid))
@@ -305,7 +305,7 @@ class ShardWrite:
         made by the caller) and the ids of its vectors."""
         self.batch.put(_DOC + _utf8(doc.id), self._codec.encode(doc) if stored is None else stored)
         self.batch.put(_DOC_VIDS + _utf8(doc.id), np.array(vids, dtype=">i8").tobytes())
-        self.documents_added += 1
+        self.net_documents += 1
 
 
 def _utf8(text: str) -> bytes:
