@@ -4,6 +4,7 @@ model or a virtualenv, and run in the full benchmark); the query hops on their o
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,10 +60,14 @@ def test_insert_cpu_splits_both_rounds_by_process() -> None:
         assert all(float(cell.replace(",", "")) >= least for cell in cells), done.stdout
     groups = [f"broker: {group} (µs of CPU per vector)" for group in
               ("JIT compiler", "garbage collector", "network and request handlers", "other")]
-    for column in range(2):  # the broker's threads by group add up to the broker, within a few clock ticks
+    tick = 1e6 / os.sysconf("SC_CLK_TCK") / 2000  # one clock tick, in µs per vector of this run
+    for column in range(2):
+        # The broker's threads by group add up to the broker: not exactly, as each of its ~100 threads is
+        # rounded down to a tick, threads that ended between two readings are in the process's total only,
+        # and the process and its threads are read at slightly different moments.
         parts = sum(float(rows[group][column].replace(",", "")) for group in groups if group in rows)
         broker = float(rows["broker (µs of CPU per vector)"][column].replace(",", ""))
-        assert abs(parts - broker) <= 0.1 * broker, done.stdout
+        assert abs(parts - broker) <= max(0.25 * broker, 10 * tick), done.stdout
     assert float(rows[groups[2]][0].replace(",", "")) > 0, done.stdout  # a JVM broker's request handlers are found
     assert "baseline: FAISS flat in-process" in done.stdout
 
