@@ -110,13 +110,25 @@ class FaissVectorIndex:
 
         :param tuning: only ``allowed`` applies here; a subclass with an effort knob reads it too.
         """
-        selector = tuning.selector() if tuning else None
-        k = min(k, self.size if selector is None else len(tuning.allowed))  # type: ignore[union-attr, arg-type]
+        allowed = tuning.selector() if tuning else None
+        k = min(k, self.size if allowed is None else len(tuning.allowed))  # type: ignore[union-attr, arg-type]
         if k == 0:
             empty = np.empty((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
+        selector = self._selector(allowed)  # referenced while FAISS searches
         params = faiss.SearchParameters(sel=selector) if selector is not None else None
         return faiss_search(self._index, queries, k, params)
+
+    def _not_removed(self) -> faiss.IDSelector | None:
+        """A selector of every id but those removed and still held (tombstones); None when there are none."""
+        return None
+
+    def _selector(self, allowed: faiss.IDSelector | None) -> faiss.IDSelector | None:
+        """The ids a search may return: ``allowed`` (all if None) but the tombstones (``_not_removed``)."""
+        not_removed = self._not_removed()
+        if not_removed is None or allowed is None:
+            return allowed if not_removed is None else not_removed
+        return faiss.IDSelectorAnd(allowed, not_removed)
 
 
 COMPACT_FRACTION = 0.05
@@ -189,28 +201,12 @@ class FlatVectorIndex(FaissVectorIndex):
         self._pending.clear()
         self._dead_count = 0
 
-    def search(
-        self, queries: np.ndarray, k: int, tuning: SearchTuning | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Return (scores, ids) of shape (queries, k'); k' = min(k, live vectors or allowed ones).
-
-        :param tuning: only ``allowed`` applies here.
-        """
-        if not self._dead_count:
-            return super().search(queries, k, tuning)
-        allowed = tuning.selector() if tuning else None
-        k = min(k, self.size if allowed is None else len(tuning.allowed))  # type: ignore[union-attr, arg-type]
-        if k == 0:
-            empty = np.empty((len(queries), 0))
-            return empty.astype(np.float32), empty.astype(np.int64)
-        skip = self._dead_selector()
-        both = faiss.IDSelectorAnd(allowed, skip) if allowed is not None else None  # referenced while searching
-        return faiss_search(self._index, queries, k, faiss.SearchParameters(sel=both if both is not None else skip))
-
-    def _dead_selector(self) -> faiss.IDSelector:
+    def _not_removed(self) -> faiss.IDSelector | None:
         """Every id but the tombstones: a bitmap, one bit test per vector scanned. FAISS points at the bits,
         which stay where they are until they grow: a shard's searches and writes run in one thread (the
         stage loop's), never side by side, or a write that grew them could free them under a search."""
+        if not self._dead_count:
+            return None
         if self._skip_dead is None:
             dead = faiss.IDSelectorBitmap(len(self._dead.bits), faiss.swig_ptr(self._dead.bits))
             self._skip_dead = (dead, faiss.IDSelectorNot(dead))

@@ -92,15 +92,15 @@ class HnswVectorIndex(FaissVectorIndex):
             # with a filter allowing 5 %, recall@10 was 0.998 at ef 128, 1.0 at ef × √20 (1.2 ms), and
             # 1.0 at ef × 20 (7.6 ms): the square root buys the recall for a sixth of the time.
             ef = math.ceil(ef * math.sqrt(int(self._index.ntotal) / max(1, live)))
-            if self._removed and allowed is not None:
-                both = faiss.IDSelectorAnd(allowed, self._removed_selector())
-                params.sel = both
-            else:
-                params.sel = allowed if allowed is not None else self._removed_selector()
+            selector = self._selector(allowed)  # referenced while FAISS searches
+            params.sel = selector
         params.efSearch = max(ef, k)
         return faiss_search(self._index, queries, k, params)
 
-    def _removed_selector(self) -> faiss.IDSelector:
+    def _not_removed(self) -> faiss.IDSelector | None:
+        """Every id but the tombstones; None when there are none."""
+        if not self._removed:
+            return None
         if self._skip_removed is None:
             removed = faiss.IDSelectorBatch(np.fromiter(self._removed, dtype=np.int64, count=len(self._removed)))
             # Keep the inner selector referenced: the outer one only points at it.
