@@ -18,7 +18,8 @@ from setup import machine
 
 from processors.document import Direction, Document, Score
 from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST
-from streams.wire.prescan import DECODE_LIMITS, prescan
+from streams.wire.limits import DECODE_LIMITS
+from streams.wire.prescan import prescan
 from streams.wire.records import PartialResult, Request
 
 

@@ -24,7 +24,8 @@ from processors.index.lexical import CorpusStats
 from streams.exceptions import SerdeError
 from streams.resources import SCHEMAS
 from streams.wire.headers import SCHEMA, Header
-from streams.wire.prescan import DECODE_LIMITS, Cuts, DecodeLimits, ScanNode, compile_scan, prescan
+from streams.wire.limits import DECODE_LIMITS, DecodeLimits
+from streams.wire.prescan import Cuts, ScanNode, compile_scan, prescan
 from streams.wire.records import (
     LexicalCount,
     PartialResult,

@@ -1,4 +1,4 @@
-"""Bounded decoding: what one record may hold, checked before fastavro's reader runs.
+"""Bounded decoding: a record checked against its caps (``streams/wire/limits.py``) before fastavro's reader runs.
 
 fastavro's reader recurses in C once per nested record, so a Document nested thousands deep
 would overflow the stack, and it allocates what a declared length says before reading it. The
@@ -8,56 +8,13 @@ and that every declared length fits in the bytes left, and copies nothing (strin
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
+from streams.exceptions import SerdeError
+from streams.wire.limits import DecodeLimits, DocumentBudget
 
-__all__ = ["CUT_FIELDS", "DECODE_LIMITS", "MAX_DOCUMENTS_ENV", "MAX_DOCUMENT_DEPTH_ENV", "Cuts", "DecodeLimits",
-           "ScanNode", "compile_scan", "prescan"]
-
-MAX_DOCUMENT_DEPTH_ENV = "STREAMSEARCH_MAX_DOCUMENT_DEPTH"
-MAX_DOCUMENTS_ENV = "STREAMSEARCH_MAX_DOCUMENTS"
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeLimits:
-    """What one record may hold, checked before fastavro's reader runs: it recurses in C once
-    per nested record, so a Document nested thousands deep would overflow the stack.
-
-    :param max_document_depth: Documents nested in Documents (chunks, matches); a root is 1.
-    :param max_documents: Documents in one record, at any depth.
-    """
-
-    max_document_depth: int = 32
-    max_documents: int = 100_000
-
-    def __post_init__(self) -> None:
-        for name in ("max_document_depth", "max_documents"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise FlowConfigError(f"{name} must be a positive integer, not {value!r}")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> DecodeLimits:
-        """The defaults, overridden by ``STREAMSEARCH_MAX_DOCUMENT_DEPTH`` and ``STREAMSEARCH_MAX_DOCUMENTS``.
-
-        :raises FlowConfigError: if a variable is set to anything but a positive integer.
-        """
-        values = {}
-        for name, env in (("max_document_depth", MAX_DOCUMENT_DEPTH_ENV), ("max_documents", MAX_DOCUMENTS_ENV)):
-            raw = environ.get(env, "").strip()
-            if raw:
-                if not raw.isdigit() or int(raw) < 1:
-                    raise FlowConfigError(f"{env}={raw!r}: expected a positive integer")
-                values[name] = int(raw)
-        return cls(**values)
-
-
-DECODE_LIMITS = DecodeLimits.from_env()
-"""The caps every codec applies unless a call passes its own."""
+__all__ = ["CUT_FIELDS", "Cuts", "ScanNode", "compile_scan", "prescan"]
 
 _NODE_RECORDS = frozenset({"streamsearch.Document"})
 """The records the caps count: the recursive Document."""
@@ -333,30 +290,6 @@ def _skip_cut(data: bytes, pos: int, node: ScanNode, cuts: Cuts | None) -> int:
 # -- the walk ----------------------------------------------------------------------------------------
 
 
-class _Documents:
-    """The Documents a walk is inside of and has met, against the caps."""
-
-    __slots__ = ("_limits", "_name", "count", "depth")
-
-    def __init__(self, limits: DecodeLimits, name: str) -> None:
-        self.depth = self.count = 0
-        self._limits = limits
-        self._name = name
-
-    def enter(self) -> None:
-        """:raises DecodeLimitError: if this Document nests too deep or is one too many."""
-        self.depth += 1
-        self.count += 1
-        if self.depth > self._limits.max_document_depth:
-            raise DecodeLimitError(
-                f"{self._name} record refused: Documents nested deeper than max_document_depth="
-                f"{self._limits.max_document_depth} ({MAX_DOCUMENT_DEPTH_ENV})")
-        if self.count > self._limits.max_documents:
-            raise DecodeLimitError(
-                f"{self._name} record refused: more than max_documents={self._limits.max_documents} Documents "
-                f"({MAX_DOCUMENTS_ENV})")
-
-
 def prescan(data: bytes, root: ScanNode, limits: DecodeLimits, name: str, cuts: Cuts | None = None) -> None:
     """Walk one record without recursion or copies, so nothing unbounded reaches fastavro.
 
@@ -369,7 +302,7 @@ def prescan(data: bytes, root: ScanNode, limits: DecodeLimits, name: str, cuts: 
     """
     end = len(data)
     try:
-        pos = _walk(data, root, _Documents(limits, name), cuts)
+        pos = _walk(data, root, DocumentBudget(limits, name), cuts)
     except IndexError:
         raise SerdeError(f"malformed {name} record: truncated") from None
     except ValueError as exc:
@@ -380,7 +313,7 @@ def prescan(data: bytes, root: ScanNode, limits: DecodeLimits, name: str, cuts: 
         raise SerdeError(f"malformed {name} record: {end - pos} bytes left after decoding")
 
 
-def _walk(data: bytes, root: ScanNode, documents: _Documents, cuts: Cuts | None) -> int:
+def _walk(data: bytes, root: ScanNode, documents: DocumentBudget, cuts: Cuts | None) -> int:
     """The position after ``root``'s value. Scalars are skipped in line (the hot path); a node
     holding others opens a sequence of them. Frames on the stack: ``(seq, i)`` resumes a sequence
     of fields, ``[node, left]`` an array or map block, None leaves a Document."""
@@ -424,7 +357,7 @@ def _walk(data: bytes, root: ScanNode, documents: _Documents, cuts: Cuts | None)
         seq, i, pos = _resume(data, pos, stack, documents, cuts)
 
 
-def _open(data: bytes, pos: int, node: ScanNode, resume: tuple[Any, int], documents: _Documents,
+def _open(data: bytes, pos: int, node: ScanNode, resume: tuple[Any, int], documents: DocumentBudget,
           stack: list[Any], cuts: Cuts | None) -> tuple[Any, int]:
     """A node that holds others: (the sequence to walk next, ``resume`` pushed to come back to;
     or None if the node was read whole), and the next pos."""
@@ -469,7 +402,7 @@ def _open_array(data: bytes, pos: int, node: ScanNode, resume: tuple[Any, int], 
     return node[1], pos
 
 
-def _resume(data: bytes, pos: int, stack: list[Any], documents: _Documents,
+def _resume(data: bytes, pos: int, stack: list[Any], documents: DocumentBudget,
             cuts: Cuts | None) -> tuple[Any, int, int]:
     """Pop frames up to a sequence to go on with: (sequence, index in it, pos); an empty sequence
     once the stack is empty."""

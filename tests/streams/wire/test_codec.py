@@ -29,7 +29,8 @@ from streams.wire.codec import (
     doc_from_avro,
 )
 from streams.wire.headers import SCHEMA
-from streams.wire.prescan import DECODE_LIMITS, Cuts, compile_scan, prescan
+from streams.wire.limits import DECODE_LIMITS
+from streams.wire.prescan import Cuts, compile_scan, prescan
 from streams.wire.records import PartialResult, Request, SearchReply
 from tests.streams.wire.fixtures import documents, tree, varint
 

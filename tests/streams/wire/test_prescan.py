@@ -17,7 +17,7 @@ from processors.document import Document
 from processors.exceptions import InvalidDocumentError
 from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
 from streams.wire.codec import DOCUMENT, REQUEST, SEARCH_REPLY, STORED_DOCUMENT, STORED_FORMAT, doc_from_avro
-from streams.wire.prescan import DECODE_LIMITS, DecodeLimits
+from streams.wire.limits import DECODE_LIMITS, DecodeLimits
 from streams.wire.records import Request, SearchReply
 from tests.streams.wire.fixtures import DEFAULT_PREFIX, nested, nested_docs, tree, varint
 
