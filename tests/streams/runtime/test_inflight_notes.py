@@ -1,0 +1,63 @@
+"""The crash-loop breaker's notes on disk: one page written in place, a long note by rename, and what
+another process left always read (no broker: the crash itself is ``test_crash_loop.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from streams.runtime.inflight import NOTE_BYTES, InFlightLog
+
+
+class Record:
+    def __init__(self, offset: int, partition: int = 0) -> None:
+        self.topic, self.partition, self.offset = "t", partition, offset
+
+
+def _note(path: Path) -> dict | None:  # type: ignore[type-arg]
+    data = path.read_bytes()
+    return json.loads(data) if data.strip() else None
+
+
+def test_a_note_is_one_page_in_place_and_a_batch_through_empties_it(tmp_path: Path) -> None:
+    log = InFlightLog(tmp_path, "g")
+    log.begin([Record(5), Record(9)])
+    path = tmp_path / "g__t__0.json"
+    inode = path.stat().st_ino
+    assert path.stat().st_size == NOTE_BYTES
+    assert _note(path) == {"first": 5, "last": 9, "crashes": 0, "pid": os.getpid(), "poisoned": {}, "lettered": []}
+    log.end([Record(5), Record(9)])
+    assert path.read_bytes() == b""
+    log.begin([Record(10)])
+    assert _note(path)["first"] == 10 and path.stat().st_ino == inode  # the same file, written in place
+
+
+def test_a_note_longer_than_a_page_is_renamed_into_place_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "g__t__0.json"
+    reasons = {str(offset): "crashed the stage 2 times (" + "x" * 100 + ")" for offset in range(100)}
+    path.write_text(json.dumps({"first": 0, "last": 99, "crashes": 1, "pid": 1, "poisoned": reasons}))
+    log = InFlightLog(tmp_path, "g")
+    verdict = log.begin([Record(offset) for offset in range(100)])
+    assert len(verdict.poisoned) == 100  # what the dead process judged still holds
+    long_note = _note(path)
+    assert path.stat().st_size > NOTE_BYTES and len(long_note["poisoned"]) == 100 and long_note["pid"] == os.getpid()
+    log.end([Record(0)])
+    assert path.read_bytes() == b""
+    log.begin([Record(100)])  # a short note again goes in place
+    assert path.stat().st_size == NOTE_BYTES and _note(path)["first"] == 100
+
+
+def test_a_note_another_process_renamed_over_the_open_file_is_the_one_read(tmp_path: Path) -> None:
+    """Two processes of a stage may share the directory: one's rename must not leave the other
+    reading, or writing, the file it replaced."""
+    log = InFlightLog(tmp_path, "g")
+    log.begin([Record(5)])
+    log.end([Record(5)])
+    path = tmp_path / "g__t__0.json"
+    staged = tmp_path / "other.tmp"
+    staged.write_text(json.dumps({"first": 7, "last": 7, "crashes": 1, "pid": 1}))
+    os.replace(staged, path)
+    verdict = log.begin([Record(7)])
+    assert list(verdict.poisoned) == [("t", 0, 7)]  # a lone record that crashed twice
+    assert _note(path)["pid"] == os.getpid()  # and the note written after it is in the file now named
