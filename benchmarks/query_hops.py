@@ -8,7 +8,7 @@ The client's own send and receive are taken from its wall clock. Timestamps have
 resolution and the processes share one clock (one machine), so per-hop medians are exact to ~1 ms.
 
     python benchmarks/query_hops.py [--vectors 100000] [--queries 200] [--shards 2] [--broker kafka|tansu]
-                                    [--flow nomodel|vectors]
+                                    [--flow nomodel|vectors] [--flat-scan float32|float16]
 
 Prints each hop's p50/p99 beside the in-process FAISS search of the same query on the same vectors.
 """
@@ -40,6 +40,7 @@ from setup import (
 )
 
 from processors.document import Document
+from processors.index.base import FLAT_SCANS
 from streams.kafka.reader import read_to_end
 from streams.kafka.settings import KafkaSettings
 
@@ -88,6 +89,7 @@ def hops(sent: Mapping[str, tuple[float, float]], stamps: Mapping[str, Mapping[s
 def run(args: argparse.Namespace) -> None:
     spec = yaml.safe_load(FLOWS[args.flow])
     spec["stages"]["index"]["shards"] = args.shards
+    spec["stages"]["index"]["with"]["flat_scan"] = args.flat_scan
     vectors = unit_vectors(args.vectors, seed=7)
     queries = unit_vectors(args.queries, seed=8)
     with tempfile.TemporaryDirectory(prefix="hops-") as state, fresh_broker(args.broker) as bootstrap:
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace) -> None:
     for label, (p50, p99) in baseline.items():
         rows.append((f"baseline: FAISS flat in-process, all vectors, {label}", [f"{p50:.1f}", f"{p99:.1f}",
                                                                                   str(len(queries))]))
-    print(f"\nquery hops: {args.flow} flow, {args.shards} shard(s), {broker_label(args.broker)}, "
+    print(f"\nquery hops: {args.flow} flow, {args.shards} shard(s), flat_scan {args.flat_scan}, {broker_label(args.broker)}, "
           f"{args.vectors:,} vectors, {args.queries} sequential top-10 queries; {machine()}; "
           f"load {os.getloadavg()[0]:.2f}")
     print(markdown_table(["p50 ms", "p99 ms", "queries"], rows))
@@ -157,6 +159,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--broker", choices=("kafka", "tansu"), default="kafka")
     parser.add_argument("--flow", choices=tuple(FLOWS), default="nomodel")
+    parser.add_argument("--flat-scan", choices=FLAT_SCANS, default="float32",
+                        help="the flat index's single-query scan (CompoundIndexer's flat_scan)")
     run(parser.parse_args())
 
 

@@ -15,19 +15,25 @@ if TYPE_CHECKING:
     import faiss
 
 __all__ = [
-    "Metric",
-    "IndexType",
-    "INDEX_TYPES",
+    "FLAT_SCANS",
+    "ApplyResult",
+    "Change",
     "DocumentCodec",
+    "FlatScan",
+    "Hit",
+    "IndexStats",
+    "IndexType",
+    "Metric",
     "SearchTuning",
     "VectorIndex",
-    "Change",
-    "Hit",
-    "ApplyResult",
-    "IndexStats",
 ]
 
 Metric = Literal["inner_product", "l2"]
+
+FlatScan = Literal["float32", "float16"]
+FLAT_SCANS: tuple[FlatScan, ...] = ("float32", "float16")
+"""What the flat index's single-query search scans: its float32 vectors, or a float16 copy first whose
+answers are proven exact (``processors/index/half_scan.py``)."""
 
 
 class DocumentCodec(Protocol):

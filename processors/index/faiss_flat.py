@@ -15,7 +15,8 @@ import numpy as np
 
 from processors.document import Direction
 from processors.exceptions import ConfigError
-from processors.index.base import Metric, SearchTuning
+from processors.index.base import FlatScan, Metric, SearchTuning
+from processors.index.half_scan import HALF_SCAN_MIN_VECTORS, HalfPrecisionScan
 
 __all__ = ["COMPACT_FRACTION", "FaissVectorIndex", "FlatVectorIndex", "faiss_metric", "faiss_search"]
 
@@ -144,11 +145,16 @@ class FlatVectorIndex(FaissVectorIndex):
 
     Removed ids are tombstones until they are ``COMPACT_FRACTION`` of the index, then removed together;
     searches never return a tombstone. On a GPU (no selectors there) every removal is done at once.
+
+    :param scan: ``float32`` scans the vectors as stored; ``float16`` also keeps a half-precision copy
+        (half again the memory) that a single query scans first, answering only what it proves exact
+        (``processors/index/half_scan.py``). Not on a GPU.
     """
 
-    def __init__(self, *, dim: int, metric: Metric) -> None:
+    def __init__(self, *, dim: int, metric: Metric, scan: FlatScan = "float32") -> None:
         flat = _maybe_on_gpu(faiss.IndexFlat(dim, faiss_metric(metric)))
         super().__init__(dim=dim, metric=metric, kind="flat", index=faiss.IndexIDMap2(flat))
+        self._half = HalfPrecisionScan(dim=dim, metric=metric) if scan == "float16" and not _is_gpu(flat) else None
         self._compact_fraction = 0.0 if _is_gpu(flat) else COMPACT_FRACTION
         self._present = _Bits()
         """Vector ids the FAISS index holds, tombstones included."""
@@ -176,8 +182,11 @@ class FlatVectorIndex(FaissVectorIndex):
         ids = ids.astype(np.int64)
         if self._present.any(ids) or self._dead.any(ids):
             raise ValueError("flat index: vector ids are never reused, but an id was added again")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         super().add(ids, vectors)
         self._present.set(ids)
+        if self._half is not None:
+            self._half.add(ids, vectors)
 
     def remove(self, ids: np.ndarray) -> int:
         """Tombstone the live ids among ``ids`` (compacting past ``COMPACT_FRACTION``); returns how many were."""
@@ -197,9 +206,35 @@ class FlatVectorIndex(FaissVectorIndex):
         """Remove every tombstone from FAISS in one pass; the ids stay known, so they are never taken again."""
         gone = np.concatenate(self._pending)
         self._index.remove_ids(gone)
+        if self._half is not None:
+            self._half.remove(gone)
         self._present.clear(gone)
         self._pending.clear()
         self._dead_count = 0
+
+    @property
+    def half_scan_fallbacks(self) -> int:
+        """Single-query searches the half-precision scan could not prove exact (0 without one)."""
+        return self._half.fallbacks if self._half is not None else 0
+
+    def search(
+        self, queries: np.ndarray, k: int, tuning: SearchTuning | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`FaissVectorIndex.search`; a single query over enough vectors goes through the
+        half-precision scan when the index keeps one, and its answer is the float32 scan's."""
+        half = self._half
+        if half is None or not half.active or len(queries) != 1 or self.size < HALF_SCAN_MIN_VECTORS:
+            return super().search(queries, k, tuning)
+        allowed = tuning.selector() if tuning else None
+        available = self.size if allowed is None else min(self.size, len(tuning.allowed))  # type: ignore[union-attr, arg-type]
+        k = min(k, available)
+        width = 4 * k + 16
+        if k == 0 or width >= available:
+            return super().search(queries, k, tuning)
+        selector = self._selector(allowed)  # referenced while FAISS searches
+        params = faiss.SearchParameters(sel=selector) if selector is not None else None
+        answer = half.search(np.ascontiguousarray(queries, dtype=np.float32), k, width, params, self._index)
+        return answer if answer is not None else super().search(queries, k, tuning)
 
     def _not_removed(self) -> faiss.IDSelector | None:
         """Every id but the tombstones: a bitmap, one bit test per vector scanned. FAISS points at the bits,

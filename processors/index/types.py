@@ -51,7 +51,7 @@ class VectorIndexType:
 def _flat(config: CompoundIndexerConfig, training: np.ndarray) -> VectorIndex:
     from processors.index.faiss_flat import FlatVectorIndex
 
-    return FlatVectorIndex(dim=config.dim, metric=config.metric)
+    return FlatVectorIndex(dim=config.dim, metric=config.metric, scan=config.flat_scan)
 
 
 def _hnsw(config: CompoundIndexerConfig, training: np.ndarray) -> VectorIndex:
@@ -80,7 +80,7 @@ def _ivf_training(config: CompoundIndexerConfig, pq: ProductQuantization | None)
     return training_size_needed(nlist=config.ivf_nlist, pq=pq)
 
 
-EXACT = VectorIndexType("flat", build=_flat)
+EXACT = VectorIndexType("flat", build=_flat, settings=("flat_scan",))
 """The exact index: every shard keeps it, and it answers for a type that cannot be trained yet."""
 
 VECTOR_INDEX_TYPES: Mapping[str, VectorIndexType] = {row.name: row for row in (

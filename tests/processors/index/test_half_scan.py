@@ -1,0 +1,95 @@
+"""The flat index's half-precision scan answers what the float32 scan answers, ids and scores to the bit,
+or hands the search back to it: checked against the float32 index on the same vectors, with ties,
+selectors, tombstones, both metrics, clustered vectors (close scores) and vectors past float16's range."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from processors.index.base import SearchTuning
+from processors.index.faiss_flat import FlatVectorIndex
+from processors.index.half_scan import FLOAT16_LIMIT, HALF_SCAN_MIN_VECTORS, error_bound
+from processors.index.hits import search_past_ties
+
+COUNT = HALF_SCAN_MIN_VECTORS + 2_000
+
+
+def pair(vectors: np.ndarray, metric: str) -> tuple[FlatVectorIndex, FlatVectorIndex]:
+    ids = np.arange(len(vectors), dtype=np.int64) * 3 + 5  # ids that are not positions
+    full, half = FlatVectorIndex(dim=vectors.shape[1], metric=metric), \
+        FlatVectorIndex(dim=vectors.shape[1], metric=metric, scan="float16")
+    for index in (full, half):
+        index.add(ids, vectors)
+    return full, half
+
+
+def unit(rows: int, dim: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((rows, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def assert_same(full: FlatVectorIndex, half: FlatVectorIndex, queries: np.ndarray, k: int,
+                tuning: SearchTuning | None = None) -> None:
+    """The same scores, and, as the shard searches (``search_past_ties``), the same top ``k`` ids with
+    the whole run of any score tied at the cut (which of a run FAISS keeps depends on order)."""
+    available = full.size if tuning is None else len(tuning.allowed)  # type: ignore[arg-type]
+    for query in queries:
+        expected, got = full.search(query[None], k, tuning), half.search(query[None], k, tuning)
+        assert np.array_equal(expected[0], got[0]), "scores differ"
+        answers = []
+        for index in (full, half):
+            scores, ids = search_past_ties(index, query[None], k, tuning or SearchTuning(), available)
+            cut = scores[0][k - 1] if full.metric == "inner_product" else -scores[0][k - 1]
+            signed = scores[0] if full.metric == "inner_product" else -scores[0]
+            answers.append(sorted(zip(scores[0][signed >= cut].tolist(), ids[0][signed >= cut].tolist())))
+        assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("metric", ["inner_product", "l2"])
+def test_random_vectors_are_answered_by_the_half_scan_exactly(metric: str) -> None:
+    full, half = pair(unit(COUNT, 64, 1), metric)
+    assert_same(full, half, unit(40, 64, 2), 11)
+    assert half.half_scan_fallbacks == 0  # the bound proved every answer: the fast path ran
+
+
+def test_clustered_vectors_with_close_scores_are_exact_proven_or_not() -> None:
+    """Near-duplicates: scores closer than float16's error, so some answers cannot be proven and fall back."""
+    rng = np.random.default_rng(4)
+    centres = unit(20, 32, 3)
+    vectors = centres[rng.integers(0, 20, COUNT)] + 1e-4 * rng.standard_normal((COUNT, 32)).astype(np.float32)
+    full, half = pair(vectors.astype(np.float32), "inner_product")
+    assert_same(full, half, centres[:10], 10)
+    assert half.half_scan_fallbacks > 0
+
+
+def test_ties_allowed_ids_and_tombstones_are_kept() -> None:
+    vectors = unit(COUNT, 32, 6)
+    vectors[100:140] = vectors[99]  # a run of 41 equal vectors
+    full, half = pair(vectors, "inner_product")
+    for index in (full, half):
+        index.remove(np.arange(5, 5 + 3 * 60, 3))  # tombstones, under the compaction share
+    allowed = SearchTuning(allowed=np.arange(5, 5 + 3 * COUNT, 6, dtype=np.int64))
+    assert_same(full, half, np.vstack([vectors[99], unit(10, 32, 7)]), 50)
+    assert_same(full, half, np.vstack([vectors[99], unit(10, 32, 8)]), 10, allowed)
+
+
+def test_a_vector_past_float16s_range_turns_the_half_scan_off() -> None:
+    vectors = unit(COUNT, 16, 9)
+    full, half = pair(vectors, "inner_product")
+    big = np.full((1, 16), FLOAT16_LIMIT, dtype=np.float32)
+    for index in (full, half):
+        index.add(np.array([10**9]), big)
+    assert_same(full, half, unit(5, 16, 10), 5)
+    assert half._half is not None and not half._half.active
+
+
+def test_the_bound_covers_the_float16_error_it_claims_to() -> None:
+    vectors = unit(2_000, 384, 11) * 3.0
+    query = unit(1, 384, 12)[0] * 2.0
+    for metric in ("inner_product", "l2"):
+        exact = vectors @ query if metric == "inner_product" else ((vectors - query) ** 2).sum(1)
+        halves = vectors.astype(np.float16).astype(np.float32)
+        rounded = halves @ query if metric == "inner_product" else ((halves - query) ** 2).sum(1)
+        bound = error_bound(query, 3.0, metric)
+        assert np.abs(exact - rounded).max() < bound < 0.05 * np.abs(exact).max()
