@@ -93,3 +93,15 @@ def test_the_bound_covers_the_float16_error_it_claims_to() -> None:
         rounded = halves @ query if metric == "inner_product" else ((halves - query) ** 2).sum(1)
         bound = error_bound(query, 3.0, metric)
         assert np.abs(exact - rounded).max() < bound < 0.05 * np.abs(exact).max()
+
+
+def test_the_flow_setting_builds_the_copy_and_refuses_other_values() -> None:
+    from processors.exceptions import ConfigError
+    from processors.index.config import CompoundIndexerConfig
+    from processors.index.types import EXACT
+
+    built = EXACT.build(CompoundIndexerConfig(dim=8, flat_scan="float16"), np.empty((0, 0), np.float32))
+    assert isinstance(built, FlatVectorIndex) and built._half is not None
+    assert EXACT.build(CompoundIndexerConfig(dim=8), np.empty((0, 0), np.float32))._half is None  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="flat_scan 'int8'; use one of float32, float16"):
+        CompoundIndexerConfig(flat_scan="int8")  # type: ignore[arg-type]
