@@ -155,6 +155,8 @@ class FlatVectorIndex(FaissVectorIndex):
         flat = _maybe_on_gpu(faiss.IndexFlat(dim, faiss_metric(metric)))
         super().__init__(dim=dim, metric=metric, kind="flat", index=faiss.IndexIDMap2(flat))
         self._half = HalfPrecisionScan(dim=dim, metric=metric) if scan == "float16" and not _is_gpu(flat) else None
+        if scan == "float16" and self._half is None:
+            logger.info("flat_scan float16 is not used on a GPU: the flat index scans its float32 vectors there")
         self._compact_fraction = 0.0 if _is_gpu(flat) else COMPACT_FRACTION
         self._present = _Bits()
         """Vector ids the FAISS index holds, tombstones included."""
@@ -208,6 +210,7 @@ class FlatVectorIndex(FaissVectorIndex):
         self._index.remove_ids(gone)
         if self._half is not None:
             self._half.remove(gone)
+            self._half.renorm(self._stored())
         self._present.clear(gone)
         self._pending.clear()
         self._dead_count = 0
@@ -223,7 +226,7 @@ class FlatVectorIndex(FaissVectorIndex):
         """As :meth:`FaissVectorIndex.search`; a single query over enough vectors goes through the
         half-precision scan when the index keeps one, and its answer is the float32 scan's."""
         half = self._half
-        if half is None or not half.active or len(queries) != 1 or self.size < HALF_SCAN_MIN_VECTORS:
+        if half is None or len(queries) != 1 or self.size < HALF_SCAN_MIN_VECTORS or not half.worth_trying():
             return super().search(queries, k, tuning)
         allowed = tuning.selector() if tuning else None
         available = self.size if allowed is None else min(self.size, len(tuning.allowed))  # type: ignore[union-attr, arg-type]
@@ -246,6 +249,11 @@ class FlatVectorIndex(FaissVectorIndex):
             dead = faiss.IDSelectorBitmap(len(self._dead.bits), faiss.swig_ptr(self._dead.bits))
             self._skip_dead = (dead, faiss.IDSelectorNot(dead))
         return self._skip_dead[1]
+
+    def _stored(self) -> np.ndarray:
+        """Every vector FAISS holds, shape (ntotal, dim): a view of the flat index's own storage (CPU)."""
+        flat = faiss.downcast_index(self._index.index)
+        return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(flat.ntotal, self.dim)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """The stored vectors of these ids, exactly (a flat index keeps them as added), one row each: an

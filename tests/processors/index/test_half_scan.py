@@ -105,3 +105,54 @@ def test_the_flow_setting_builds_the_copy_and_refuses_other_values() -> None:
     assert EXACT.build(CompoundIndexerConfig(dim=8), np.empty((0, 0), np.float32))._half is None  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="flat_scan 'int8'; use one of float32, float16"):
         CompoundIndexerConfig(flat_scan="int8")  # type: ignore[arg-type]
+
+
+def test_a_query_far_larger_than_the_vectors_is_still_exact_under_l2() -> None:
+    """float32's own rounding in the sums, at |q|^2, outgrows float16's: the bound must cover it (a
+    reviewer's case: 36 of 100 answers differed before it did)."""
+    rng = np.random.default_rng(11)
+    vectors = rng.standard_normal((9_000, 100)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    full, half = pair(vectors, "l2")
+    queries = rng.standard_normal((100, 100)).astype(np.float32)
+    queries *= (1e6 / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    assert_same(full, half, queries, 10)
+
+
+def test_a_vector_that_is_not_finite_turns_the_half_scan_off() -> None:
+    """A NaN would make the largest norm, and so the bound, meaningless (it is refused upstream)."""
+    _, half = pair(unit(COUNT, 16, 14), "inner_product")
+    bad = unit(1, 16, 15)
+    bad[0, 3] = np.nan
+    half.add(np.array([10**9]), bad)
+    assert half._half is not None and not half._half.active
+
+
+def test_after_a_run_of_fallbacks_the_half_scan_rests() -> None:
+    rng = np.random.default_rng(4)
+    centres = unit(20, 32, 3)
+    vectors = (centres[rng.integers(0, 20, COUNT)] + 1e-4 * rng.standard_normal((COUNT, 32))).astype(np.float32)
+    full, half = pair(vectors, "inner_product")
+    queries = np.vstack([centres] * 5)
+    assert_same(full, half, queries, 10)
+    assert 0 < half.half_scan_fallbacks < len(queries) // 2  # not one float16 scan wasted per search
+
+
+def test_a_large_vector_gone_by_compaction_no_longer_widens_the_bound() -> None:
+    vectors = unit(COUNT, 64, 16)
+    full, half = pair(vectors, "inner_product")
+    for index in (full, half):
+        index.add(np.array([10**9]), unit(1, 64, 17) * 1e3)
+        index.remove(np.concatenate([[10**9], np.arange(5, 5 + 3 * 600, 3)]))  # past the compaction share
+    assert half.tombstones == 0
+    assert_same(full, half, unit(20, 64, 18), 10)
+    assert half.half_scan_fallbacks == 0
+
+
+def test_a_short_answer_is_padded_as_faiss_pads_it() -> None:
+    full, half = pair(unit(COUNT, 16, 19), "inner_product")
+    allowed = SearchTuning(allowed=np.concatenate([np.arange(5, 5 + 3 * 30, 3), np.arange(10**8, 10**8 + 200)]))
+    query = unit(1, 16, 20)
+    expected, got = full.search(query, 40, allowed), half.search(query, 40, allowed)
+    assert got[0].shape == expected[0].shape == (1, 40)
+    assert np.array_equal(expected[0], got[0]) and np.array_equal(np.sort(expected[1][0]), np.sort(got[1][0]))
