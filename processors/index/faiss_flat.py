@@ -111,14 +111,19 @@ class FaissVectorIndex:
 
         :param tuning: only ``allowed`` applies here; a subclass with an effort knob reads it too.
         """
-        allowed = tuning.selector() if tuning else None
-        k = min(k, self.size if allowed is None else len(tuning.allowed))  # type: ignore[union-attr, arg-type]
+        k, params, _held = self._plan(k, tuning)
         if k == 0:
             empty = np.empty((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        selector = self._selector(allowed)  # referenced while FAISS searches
-        params = faiss.SearchParameters(sel=selector) if selector is not None else None
         return faiss_search(self._index, queries, k, params)
+
+    def _plan(self, k: int, tuning: SearchTuning | None) -> tuple[int, faiss.SearchParameters | None, tuple[object, ...]]:
+        """``k`` cut to what the search may return, and the FAISS parameters selecting the request's allowed ids
+        but the tombstones; with the selectors themselves, which FAISS only points at: hold them while it searches."""
+        allowed = tuning.selector() if tuning else None
+        k = min(k, self.size if allowed is None else len(tuning.allowed))  # type: ignore[union-attr, arg-type]
+        selector = self._selector(allowed)
+        return k, faiss.SearchParameters(sel=selector) if selector is not None else None, (allowed, selector)
 
     def _not_removed(self) -> faiss.IDSelector | None:
         """A selector of every id but those removed and still held (tombstones); None when there are none."""
@@ -228,14 +233,10 @@ class FlatVectorIndex(FaissVectorIndex):
         half = self._half
         if half is None or len(queries) != 1 or self.size < HALF_SCAN_MIN_VECTORS or not half.worth_trying():
             return super().search(queries, k, tuning)
-        allowed = tuning.selector() if tuning else None
-        available = self.size if allowed is None else min(self.size, len(tuning.allowed))  # type: ignore[union-attr, arg-type]
-        k = min(k, available)
+        k, params, _held = self._plan(k, tuning)
         width = 4 * k + 16
-        if k == 0 or width >= available:
+        if k == 0 or width >= self.size:
             return super().search(queries, k, tuning)
-        selector = self._selector(allowed)  # referenced while FAISS searches
-        params = faiss.SearchParameters(sel=selector) if selector is not None else None
         answer = half.search(np.ascontiguousarray(queries, dtype=np.float32), k, width, params, self._index)
         return answer if answer is not None else super().search(queries, k, tuning)
 

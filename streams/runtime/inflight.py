@@ -16,8 +16,10 @@ Notes must survive the process, not the machine: no fsync. A note is one write i
 a page (:data:`NOTE_BYTES`), over an open descriptor, and a batch through empties the file: a write
 of one page cannot be torn by the process's death, and the pair costs two system calls a batch where
 a temporary file, a rename and an unlink cost five (on a query path, a note for every query). A note
-longer than a page (many poisoned offsets) is written with an atomic rename instead. The signal comes from ``faulthandler``, which each stage process points at a file named
-after its pid; a process killed by SIGKILL (the OOM killer) leaves no report and is named so.
+longer than a page (many poisoned offsets) is written with an atomic rename instead.
+
+The signal comes from ``faulthandler``, which each stage process points at a file named after its
+pid; a process killed by SIGKILL (the OOM killer) leaves no report and is named so.
 """
 
 from __future__ import annotations
