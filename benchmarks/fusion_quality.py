@@ -7,12 +7,14 @@ difference to dense (the baseline, same run). The pipeline answers the same list
 defaults were compared without indexing each corpus once per setting.
 
     python benchmarks/fusion_quality.py [--corpus scifact --corpus nfcorpus] [--cache DIR] [--split test]
-    python benchmarks/fusion_quality.py --select --split train   # how the defaults were chosen
+    python benchmarks/fusion_quality.py --select bm25 --split train     # how the defaults were chosen:
+    python benchmarks/fusion_quality.py --select fusion --split train   # BM25 with the fusions, then every fusion
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,8 @@ from processors.document import Direction, Document, Score
 from processors.encoders.transformer import TransformerEncoder
 from processors.evaluators.bootstrap import paired_bootstrap
 from processors.evaluators.metrics import ndcg_at_k, recall_at_k
-from processors.index.lexical import Analyzer, LexicalIndex
+from processors.index.config import BM25_B, BM25_K1
+from processors.index.lexical import Analyzer, CorpusStats, LexicalIndex
 from processors.query.parameters import FUSIONS
 from processors.rankers.fusion import DENSE_ARM, LEXICAL_ARM, FusionConfig, fuse
 from streams.demo.beir import DEFAULT_EVAL_FLOW
@@ -46,9 +49,37 @@ def embed(texts: list[str], cache: Path) -> np.ndarray:
     return rows
 
 
-def arm_lists(folder: Path, cache: Path, split: str = "test") -> tuple[dict[str, dict[str, int]], dict[str, Ranked],
-                                                                       dict[str, Ranked]]:
-    """Qrels, and per query of ``split`` the dense and the lexical top 1,000 (document id, score)."""
+@dataclass(frozen=True)
+class Bm25:
+    """The lexical arm's two constants (``CompoundIndexerConfig.bm25_k1``/``bm25_b``)."""
+
+    k1: float = BM25_K1
+    b: float = BM25_B
+
+
+@dataclass
+class Arms:
+    """One corpus's queries of a split: their judgements, dense top 1,000, and the lexical index that ranks
+    them for any BM25 constants (scoring is a search-time choice: the index is built once)."""
+
+    qrels: dict[str, dict[str, int]]
+    dense: dict[str, Ranked]
+    ids: list[str]
+    terms: dict[str, list[str]]
+    index: LexicalIndex
+    stats: CorpusStats
+    _lexical: dict[Bm25, dict[str, Ranked]] = field(default_factory=dict)
+
+    def lexical(self, bm25: Bm25 = Bm25()) -> dict[str, Ranked]:
+        """Per query, the lexical top 1,000 (document id, score) under these constants."""
+        if bm25 not in self._lexical:
+            self._lexical[bm25] = {query: [(self.ids[v], float(s)) for v, s in zip(*self.index.search(
+                terms, self.stats, 1000, k1=bm25.k1, b=bm25.b))] for query, terms in self.terms.items()}
+        return self._lexical[bm25]
+
+
+def arm_lists(folder: Path, cache: Path, split: str = "test") -> Arms:
+    """The arms of the corpus in ``folder`` for the queries of ``split``."""
     dataset = load_beir(folder, split)
     docs = sorted(dataset.corpus, key=lambda d: d.id)
     ids = [d.id for d in docs]
@@ -58,51 +89,62 @@ def arm_lists(folder: Path, cache: Path, split: str = "test") -> tuple[dict[str,
     analyzer, lexical = Analyzer(), LexicalIndex()
     for vid, doc in enumerate(docs):
         lexical.add(vid, analyzer.counts(doc.text or ""))
-    stats = lexical.stats()
-    dense, bm25 = {}, {}
+    dense = {}
     similarities = asked @ corpus.T
     for row, query in enumerate(queries):
         top = np.lexsort((np.arange(len(ids)), -similarities[row]))[:1000]
         dense[query] = [(ids[j], float(similarities[row, j])) for j in top]
-        vids, scores = lexical.search(analyzer.terms(dataset.queries[query]), stats, 1000)
-        bm25[query] = [(ids[v], float(s)) for v, s in zip(vids, scores)]
-    return {q: dataset.qrels[q] for q in queries}, dense, bm25
+    return Arms({q: dataset.qrels[q] for q in queries}, dense, ids,
+                {q: analyzer.terms(dataset.queries[q]) for q in queries}, lexical, lexical.stats())
 
 
-def fused(dense: Ranked, bm25: Ranked, config: FusionConfig) -> list[str]:
-    """What the joiner replies (top 100) for these arm lists."""
+def fused(dense: Ranked, bm25: Ranked, config: FusionConfig, top_k: int = 100) -> list[str]:
+    """What the joiner replies (``top_k``) for these arm lists."""
     candidates: dict[str, Document] = {}
     for arm, ranked in ((DENSE_ARM, dense[:config.depth]), (LEXICAL_ARM, bm25[:config.depth])):
         for doc_id, value in ranked:
             candidates.setdefault(doc_id, Document(id=doc_id)).scores[arm] = Score(value, arm, Direction.SIMILARITY)
-    return [match.id for match in fuse(list(candidates.values()), config, 100)]
+    return [match.id for match in fuse(list(candidates.values()), config, top_k)]
 
 
-GRID = ([FusionConfig("dbsf", depth=d) for d in DEPTHS]
-        + [FusionConfig("rrf", rrf_k=k, depth=d) for k in (10, 30, 60, 100) for d in DEPTHS]
-        + [FusionConfig("linear", dense_weight=w, depth=d) for w in (0.3, 0.4, 0.5, 0.6, 0.7) for d in DEPTHS])
-"""The settings ``--select`` scores: every fusion, its constant and the candidate depth."""
+FUSION_GRID = ([FusionConfig("dbsf", depth=d) for d in DEPTHS]
+               + [FusionConfig("rrf", rrf_k=k, depth=d) for k in (10, 30, 60, 100) for d in DEPTHS]
+               + [FusionConfig("linear", dense_weight=w, depth=d) for w in (0.3, 0.4, 0.5, 0.6, 0.7) for d in DEPTHS])
+"""``--select fusion``: every fusion, its constant and the candidate depth (40 settings), under the default BM25."""
+BM25_GRID = [(config, Bm25(k1, b)) for config in (
+    FusionConfig("dbsf", depth=100), FusionConfig("dbsf", depth=200), FusionConfig("rrf", depth=100),
+    FusionConfig("linear", depth=100), FusionConfig("linear", depth=200))
+    for k1 in (0.3, 0.45, 0.6, 0.75, 0.9, 1.2) for b in (0.5, 0.65, 0.75, 0.9)]
+"""``--select bm25``: BM25's k1 and b (Lucene's 1.2 and 0.75 among them) under the fusions at their
+default constants and 100 or 200 candidates (120 settings): the two are chosen together, since the
+best k1 for BM25 alone is not the best for hybrid retrieval."""
+GRIDS: dict[str, list[tuple[FusionConfig, Bm25 | None]]] = {
+    "fusion": [(config, None) for config in FUSION_GRID], "bm25": list(BM25_GRID)}
+"""Each grid by name; a setting without BM25 constants has the default's."""
 
 
-def label(config: FusionConfig) -> str:
+def label(config: FusionConfig, bm25: Bm25 | None = None) -> str:
     """A setting as the tables name it."""
     knob = {"rrf": f" k={config.rrf_k}", "linear": f" w={config.dense_weight}"}.get(config.method, "")
-    return f"{config.method}{knob}, {config.depth} candidates"
+    lexical = "" if bm25 is None else f", BM25 k1={bm25.k1} b={bm25.b}"
+    return f"{config.method}{knob}, {config.depth} candidates{lexical}"
 
 
-def select(data: Path, corpora: list[str], split: str, cache: Path) -> None:
-    """Each setting of :data:`GRID` by its mean nDCG@10 over the corpora's ``split`` queries, best first.
+def select(data: Path, corpora: list[str], split: str, cache: Path, grid: str) -> None:
+    """Each setting of ``GRIDS[grid]`` by its mean nDCG@10 over the corpora's ``split`` queries, best first.
 
     Defaults are chosen this way on the training queries (``--split train``), never on the test queries
     the README reports, and as one setting for every corpus (a mean over them, each corpus weighing one).
     """
     per_corpus: dict[str, dict[str, float]] = {}
     for name in corpora:
-        qrels, dense, bm25 = arm_lists(data / name, cache, split)
-        print(f"{name} {split}: {len(qrels)} queries")
-        for config in tqdm(GRID, desc=name, unit="setting"):
-            per_corpus.setdefault(label(config), {})[name] = float(np.mean(
-                [ndcg_at_k(fused(dense[q], bm25[q], config), qrels[q], 10) for q in qrels]))
+        arms = arm_lists(data / name, cache, split)
+        print(f"{name} {split}: {len(arms.qrels)} queries")
+        for config, bm25 in tqdm(GRIDS[grid], desc=name, unit="setting"):
+            lexical = arms.lexical(bm25 or Bm25())
+            per_corpus.setdefault(label(config, bm25), {})[name] = float(np.mean(
+                [ndcg_at_k(fused(arms.dense[q], lexical[q], config, 10), relevant, 10)
+                 for q, relevant in arms.qrels.items()]))
     ranked = sorted(per_corpus.items(), key=lambda item: (-np.mean(list(item[1].values())), item[0]))
     print(f"| setting | mean nDCG@10 ({split}) | " + " | ".join(corpora) + " |")
     print("|---|---|" + "---|" * len(corpora))
@@ -116,19 +158,21 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SCIFACT.parent, help="the folder of the BEIR corpora")
     parser.add_argument("--cache", type=Path, default=Path(".streamsearch/bench-embeddings"))
     parser.add_argument("--split", default="test", help="the qrels whose queries are scored (default: test)")
-    parser.add_argument("--select", action="store_true",
-                        help="rank every setting of the grid by its mean nDCG@10 over the corpora instead")
+    parser.add_argument("--select", nargs="?", const="fusion", choices=sorted(GRIDS),
+                        help="rank every setting of a grid by its mean nDCG@10 over the corpora instead: the "
+                             "fusions (default) or BM25's k1 and b with the fusions")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     corpora = args.corpus or ["scifact", "nfcorpus"]
     print(f"machine: {machine()}")
     if args.select:
-        select(args.data, corpora, args.split, args.cache)
+        select(args.data, corpora, args.split, args.cache, args.select)
         return
     print("| corpus | retrieval | candidates | nDCG@10 | recall@100 | nDCG@10 - dense, 95 % CI |")
     print("|---|---|---|---|---|---|")
     for name in corpora:
-        qrels, dense, bm25 = arm_lists(args.data / name, args.cache, args.split)
+        arms = arm_lists(args.data / name, args.cache, args.split)
+        qrels, dense, bm25 = arms.qrels, arms.dense, arms.lexical()
         runs: dict[tuple[str, str], dict[str, list[str]]] = {
             ("dense", ""): {q: [d for d, _ in dense[q][:100]] for q in qrels},
             ("lexical", ""): {q: [d for d, _ in bm25[q][:100]] for q in qrels}}

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -114,9 +116,12 @@ def test_peak_rss_adds_up_only_processes_alive_at_the_same_time() -> None:
     assert peaks.total_mib() == sum(peaks.by_role_mib().values())
 
 
-def test_fusion_quality_ranks_every_setting_of_the_grid_on_training_queries(tmp_path: Path) -> None:
-    """``--select`` scores the grid (40 settings) on the queries of the split it is given (here a corpus with only
-    training judgements, so reading the test split would fail) and ranks the settings best first."""
+@pytest.mark.parametrize(("grid", "settings"), [((), 40), (("bm25",), 120)])
+def test_fusion_quality_ranks_every_setting_of_the_grid_on_training_queries(
+        tmp_path: Path, grid: tuple[str, ...], settings: int) -> None:
+    """``--select`` scores a grid (the 40 fusions, or BM25's constants with 5 fusions) on the queries of the split
+    it is given (here a corpus with only training judgements, so reading the test split would fail) and ranks the
+    settings best first."""
     corpus = tmp_path / "data" / "tiny"
     (corpus / "qrels").mkdir(parents=True)
     topics = ["insulin resistance in muscle", "sleep deprivation and memory", "vitamin D and bone density",
@@ -129,13 +134,14 @@ def test_fusion_quality_ranks_every_setting_of_the_grid_on_training_queries(tmp_
     (corpus / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
         f"q{i}\td{i}\t1\n" for i in range(len(topics))), encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fusion_quality.py"), "--select", "--split", "train",
+        [sys.executable, str(ROOT / "benchmarks" / "fusion_quality.py"), "--select", *grid, "--split", "train",
          "--corpus", "tiny", "--data", str(tmp_path / "data"), "--cache", str(tmp_path / "cache")],
         capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tiny train: 6 queries" in done.stdout, done.stdout
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in done.stdout.splitlines()
             if line.startswith("| ") and "candidates" in line]
-    assert len(rows) == 40 and len({row[0] for row in rows}) == 40, done.stdout
+    assert len(rows) == settings and len({row[0] for row in rows}) == settings, done.stdout
+    assert all(("BM25 k1=" in row[0]) == bool(grid) for row in rows), done.stdout
     means = [float(row[1]) for row in rows]
     assert means == sorted(means, reverse=True) and 0.0 < means[0] <= 1.0, done.stdout

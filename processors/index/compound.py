@@ -311,7 +311,7 @@ class CompoundIndexer:
         allowed = self._allowed(fields, filter)
         if top_k < 1:
             return []
-        vids, scores = self._lexical.search(terms, stats, top_k, allowed)
+        vids, scores = self._lexical.search(terms, stats, top_k, allowed, self.config.bm25_k1, self.config.bm25_b)
         return self._hits(LEXICAL_OP_NAME, Direction.SIMILARITY, scores, vids, top_k, {}, with_vectors)
 
     def _allowed(self, fields: Sequence[str] | None, filter: Filter | None) -> np.ndarray | None:

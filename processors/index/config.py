@@ -3,6 +3,7 @@ the CLI, the HTTP bridge) without FAISS or RocksDB, which only the index stage n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -13,7 +14,12 @@ from processors.index.types import IndexType, known_index_type
 from processors.query.filter import FieldType, field_schema
 from processors.settings import added_later
 
-__all__ = ["CompoundIndexerConfig"]
+__all__ = ["BM25_B", "BM25_K1", "CompoundIndexerConfig"]
+
+BM25_K1 = 0.75
+"""The flows' BM25 k1 (:attr:`CompoundIndexerConfig.bm25_k1`)."""
+BM25_B = 0.75
+"""The flows' BM25 b (:attr:`CompoundIndexerConfig.bm25_b`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,12 @@ class CompoundIndexerConfig:
     :param lexical: keep the lexical arm too (``processors/index/lexical.py``): the texts of the nodes
         that have vectors, analysed and counted in the same write. Off by default while no search
         through a flow reads it: turning it on counts a shard's stored documents on its next open.
+    :param bm25_k1: the lexical arm's BM25 term-frequency saturation, read at search time (a change needs
+        no reindex). 0.75, below Lucene's 1.2: the best hybrid nDCG@10 at the default fusion on the training
+        queries of SciFact and NFCorpus together (``benchmarks/fusion_quality.py --select bm25``; the README's
+        "How the defaults were chosen"), where BM25 alone scores 0.0016 better at 1.2.
+    :param bm25_b: the lexical arm's BM25 length normalisation, 0 (none) to 1 (full); Lucene's 0.75, chosen
+        with ``bm25_k1``.
     :param filterable: the top-level tag keys a request's ``filter`` may test, each with its type
         (``keyword``, ``number``, ``date``, ``boolean``: ``processors.query.filter``). Each shard keeps
         their values in field indexes beside the vectors, written with them; a changed declaration is
@@ -68,6 +80,8 @@ class CompoundIndexerConfig:
     pq_m: int = 0
     pq_bits: int = 8
     lexical: bool = added_later(False)
+    bm25_k1: float = added_later(BM25_K1)
+    bm25_b: float = added_later(BM25_B)
     filterable: Mapping[str, FieldType] = added_later(factory=dict)
     exact_filter_limit: int = added_later(5_000)
     exact_filter_share: float = added_later(0.05)
@@ -96,6 +110,9 @@ class CompoundIndexerConfig:
             raise ConfigError(f"CompoundIndexer: exact_filter_limit must be 0 or positive, got {self.exact_filter_limit}")
         if self.flat_scan not in FLAT_SCANS:
             raise ConfigError(f"CompoundIndexer: flat_scan {self.flat_scan!r}; use one of {', '.join(FLAT_SCANS)}")
+        if not (math.isfinite(self.bm25_k1) and self.bm25_k1 >= 0 and 0 <= self.bm25_b <= 1):
+            raise ConfigError(f"CompoundIndexer: need bm25_k1 >= 0 and 0 <= bm25_b <= 1, "
+                              f"got {self.bm25_k1} and {self.bm25_b}")
         if not 1 <= self.pq_bits <= 16:
             raise ConfigError(f"CompoundIndexer: pq_bits must be between 1 and 16, got {self.pq_bits}")
 

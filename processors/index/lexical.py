@@ -232,14 +232,16 @@ class LexicalIndex:
         """Removed units whose postings are still held (dropped at the next compaction)."""
         return self._dead
 
-    def search(self, terms: Sequence[str], stats: CorpusStats, k: int,
-               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, terms: Sequence[str], stats: CorpusStats, k: int, allowed: np.ndarray | None = None,
+               k1: float = K1, b: float = B) -> tuple[np.ndarray, np.ndarray]:
         """The units scoring highest for ``terms`` under ``stats``: every unit tied with the k-th
         included (the caller breaks ties by document id), best first, then by vector id.
 
         :param terms: the analysed query (``Analyzer.terms``); a repeated term weighs once per repeat.
         :param stats: corpus-wide statistics (the request's), so that scores match across shards.
         :param allowed: only these vector ids (a field-restricted search), before the cut.
+        :param k1: term-frequency saturation (0 scores a term's presence only, by its idf).
+        :param b: length normalisation, 0 (none) to 1 (full).
         :returns: vector ids (int64) and their BM25 scores (float64), as arrays of equal length.
         """
         vids_parts, weight_parts = [], []
@@ -253,7 +255,7 @@ class LexicalIndex:
             if allowed is not None:
                 live &= np.isin(vids, allowed)
             vids, tfs, lengths = vids[live], tfs[live], lengths[live]
-            weight = stats.idf(term) * tfs * (K1 + 1) / (tfs + K1 * (1 - B + B * lengths / stats.avgdl))
+            weight = stats.idf(term) * tfs * (k1 + 1) / (tfs + k1 * (1 - b + b * lengths / stats.avgdl))
             vids_parts.append(vids)
             weight_parts.append(repeats * weight)
         if not vids_parts:

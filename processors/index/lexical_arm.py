@@ -165,8 +165,9 @@ class LexicalArm:
             raise ConfigError("this index keeps no lexical arm (CompoundIndexer with lexical: false)")
         return self._analyzer
 
-    def search(self, terms: Sequence[str], stats: CorpusStats, top_k: int,
-               allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """The ``top_k`` units scoring highest by BM25 with these corpus-wide statistics: their vector ids
-        and scores, among the ``allowed`` ids if given. The caller checked :meth:`require` first."""
-        return self._index.search(terms, stats, top_k, allowed=allowed)
+    def search(self, terms: Sequence[str], stats: CorpusStats, top_k: int, allowed: np.ndarray | None,
+               k1: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+        """The ``top_k`` units scoring highest by BM25 (``k1``, ``b``) with these corpus-wide statistics:
+        their vector ids and scores, among the ``allowed`` ids if given. The caller checked :meth:`require`
+        first."""
+        return self._index.search(terms, stats, top_k, allowed=allowed, k1=k1, b=b)

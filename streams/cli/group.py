@@ -18,6 +18,16 @@ from streams.local.brokers import BrokerKind
 from streams.logs import configure_logging
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM stops every command like Ctrl-C: the ``with`` blocks unwind, so stage processes, then the
+    broker the command started, stop with it (a killed ``eval`` left its stages running). SIGINT is set
+    too: a process started in the background by a shell without job control (``cmd &`` in a script, under
+    nohup) inherits SIGINT ignored, and CPython then leaves it ignored, so the "Ctrl-C stops" a command
+    prints, and a supervisor's SIGINT, would do nothing."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn expected failures into one readable line and exit code 1, not a traceback."""
 
@@ -52,6 +62,7 @@ class Commands(click.Group):
 def main(log_level: str | None, log_json: bool | None) -> None:
     """Neural search as an event-streaming pipeline on Kafka."""
     configure_logging(log_level, as_json=log_json)
+    stop_on_sigterm()
     if sys.platform != "win32":
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: every thread's stack, to stderr
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import click
 
 from streams.cli.flowref import _command_settings, _spec
-from streams.cli.group import BROKER_OPTION, main
+from streams.cli.group import BROKER_OPTION, main, stop_on_sigterm
 from streams.exceptions import BrokerError
 from streams.kafka.admin import check_broker, ensure_topics
 from streams.kafka.settings import KafkaSettings
@@ -44,11 +43,13 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
                       max_payload_bytes=flow.max_payload_bytes)  # idempotent; a real cluster may not have them yet
         claim_serving(settings, flow.topics)  # the first version to run serves; later ones wait for a reindex
         if not replicas:
+            from streams.local.supervisor import stop_with_supervisor
             from streams.runtime.loop import StageLoop
             from streams.stages.kinds import build_stage
 
             loop = StageLoop(build_stage(flow, stage, settings), settings)
             loop.install_signal_handlers()
+            stop_with_supervisor(loop.stop)
             loop.run()
             return
         _supervise(flow, flow_path, settings.bootstrap_servers, stage, replicas)
@@ -63,7 +64,6 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
         check_broker(_command_settings(flow.kafka))  # one line, not librdkafka's retries, if unreachable
     run_lock = FlowRunLock(flow.topics.prefix)
     run_lock.acquire()
-    _stop_on_sigterm()  # from here on, so that a TERM while starting stops what started
     with LocalRuntime(flow, flow_path=flow_path, broker=BrokerKind(broker)) as runtime:
         assert runtime.settings is not None
         click.echo(f"flow {flow.name!r} starting on broker {_broker_origin(runtime)}; "
@@ -114,15 +114,6 @@ def _supervise(flow: Any, flow_path: Path, bootstrap: str, stage: str, replicas:
         _wait_for_signal()
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM stops like Ctrl-C: stages, then the broker this process started. SIGINT is set too: a
-    process started in the background by a shell without job control (``cmd &`` in a script, under
-    nohup) inherits SIGINT ignored, and CPython then leaves it ignored, so the "Ctrl-C stops" this
-    command prints, and a supervisor's SIGINT, would do nothing."""
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 SIGNAL_CHECK_S = 0.2
 """How often the waiting main thread wakes to run a pending signal handler."""
 
@@ -132,7 +123,7 @@ def _wait_for_signal() -> None:
     thread, and Linux may deliver a process's SIGINT to any thread (the supervisor's watcher): the handler,
     which CPython runs on the main thread, then waited until the next signal (a CI run's ``run`` outlived its
     SIGINT by 60 s, until the test's SIGUSR1 woke it). A short sleep lets the handler run within 0.2 s."""
-    _stop_on_sigterm()
+    stop_on_sigterm()  # as every command sets them; again for a caller that is not one
     try:
         while True:
             time.sleep(SIGNAL_CHECK_S)

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -20,12 +21,18 @@ from streams.flow.spec import FlowSpec
 from streams.runtime.metrics import PORT_ENV
 from streams.runtime.loop import REPLICA_ENV
 
-__all__ = ["StageProcess", "LocalFlow", "restart_delay", "stage_log_dir", "stage_logs_shown", "stage_log_files"]
+__all__ = ["SUPERVISOR_PID_ENV", "LocalFlow", "StageProcess", "restart_delay", "stage_log_dir", "stage_log_files",
+           "stage_logs_shown", "stop_with_supervisor"]
 
 logger = logging.getLogger(__name__)
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 """The folder that holds the ``streams`` package, so stage processes import this very copy."""
+
+SUPERVISOR_PID_ENV = "STREAMSEARCH_SUPERVISOR_PID"
+"""Set in each stage process the supervisor starts: its parent's pid, which the stage outlives by at most
+``SUPERVISOR_CHECK_S``."""
+SUPERVISOR_CHECK_S = 0.5
 
 STABLE_AFTER_S = 30.0
 """A stage that exits after running this long is restarted at once, and its backoff starts afresh."""
@@ -50,6 +57,30 @@ def stage_log_files(flow: FlowSpec) -> list[Path]:
     stages = {stage.name for stage in flow.stages}
     return sorted(path for path in stage_log_dir(flow).glob(f"{flow.topics.prefix}.*.log")
                   if path.name[len(flow.topics.prefix) + 1:].split("-", 1)[0] in stages)
+
+
+def stop_with_supervisor(stop: Callable[[], object]) -> threading.Thread | None:
+    """In a stage process a supervisor started, call ``stop`` once that supervisor is gone (the process then
+    has another parent): a supervisor killed with SIGKILL, or by the OOM killer, runs no clean-up, and its
+    stages would go on consuming, holding partitions and CPU, with nobody to stop them. A stage started by
+    hand (no ``SUPERVISOR_PID_ENV``) is left alone: it may outlive the shell that started it, by design.
+
+    :returns: the watching thread (a daemon), or None when this process has no supervisor.
+    """
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if not supervisor or not supervisor.isdigit():
+        return None
+
+    def watch() -> None:
+        while os.getppid() == int(supervisor):
+            time.sleep(SUPERVISOR_CHECK_S)
+        logger.warning("the supervisor that started this stage is gone: stopping",
+                       extra={"supervisor_pid": int(supervisor)})
+        stop()
+
+    watcher = threading.Thread(target=watch, name="supervisor-watch", daemon=True)
+    watcher.start()
+    return watcher
 
 
 def restart_delay(exit_code: int, uptime_s: float, quick_exits: int) -> float | None:
@@ -142,7 +173,7 @@ class LocalFlow:
     def _spawn(self, stage: str, replica: int, restarts: int = 0, quick_exits: int = 0) -> StageProcess:
         log = open(self.log_path(stage, replica), "ab")
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers, "PYTHONUNBUFFERED": "1",
-               REPLICA_ENV: f"{self.label}-{replica}.{self.instance}"}
+               REPLICA_ENV: f"{self.label}-{replica}.{self.instance}", SUPERVISOR_PID_ENV: str(os.getpid())}
         port = self.flow.stage(stage).metrics_port
         if port:
             env[PORT_ENV] = str(port + replica)  # replicas share a host here, so each needs its own port

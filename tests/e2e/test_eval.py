@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,61 @@ def test_a_second_corpus_is_evaluated_on_an_index_of_its_own(tmp_path: Path) -> 
         names.append(re.search(r"through flow '([^']+)'", result.stdout + result.stderr).group(1))  # type: ignore[union-attr]
     assert names[0].startswith("beir-first-") and names[1].startswith("beir-second-")
     assert (work / ".streamsearch" / "state" / "eval" / f"{names[1]}.yml").is_file()
+
+
+def _descendants(pid: int) -> set[int]:
+    """The live processes below ``pid`` (from /proc: each process's parent is field 4 of its stat)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended while we read
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.kafka
+def test_a_terminated_eval_stops_its_stages_and_says_so(tmp_path: Path) -> None:
+    """SIGTERM (a CI timeout, ``kill``, a service manager) stops ``eval`` like Ctrl-C: its stage processes and the
+    broker it started stop too (they used to run on, orphaned), and it exits 130 in one line."""
+    corpus = _beir(tmp_path / "corpus", {f"d-{k}": d for k, (_, d) in TOPICS.items()},
+                   {f"q-{k}": q for k, (q, _) in TOPICS.items()}, {f"q-{k}": f"d-{k}" for k in TOPICS})
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    process = subprocess.Popen([sys.executable, "-m", "streams.cli", "eval", "--beir", str(corpus)], cwd=work, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        stages: set[int] = set()
+        while len(stages) < 3:  # encode, index, join
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            stages = {pid for pid in _descendants(process.pid) if b"--stage" in _cmdline(pid)}
+            time.sleep(0.2)
+        started = _descendants(process.pid)
+        process.terminate()
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and err.strip().endswith("streamsearch: interrupted"), err[-2000:]
+    assert not [pid for pid in started if _alive(pid)], "processes outlived the eval that started them"

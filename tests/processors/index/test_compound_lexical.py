@@ -11,6 +11,7 @@ import pytest
 from rocksdict import Options, Rdict
 
 from processors.document import Direction, Document
+from processors.exceptions import ConfigError
 from processors.index.base import Change
 from processors.index.compound import LEXICAL_OP_NAME, CompoundIndexer, CompoundIndexerConfig
 from processors.index.lexical import Analyzer, CorpusStats
@@ -31,8 +32,8 @@ def doc(doc_id: str, *texts: str, field_name: str | None = None) -> Document:
                  field_name=field_name) for i, text in enumerate(texts)])
 
 
-def open_index(path: Path, *, lexical: bool = True) -> CompoundIndexer:
-    index = CompoundIndexer(CompoundIndexerConfig(dim=DIM, lexical=lexical), path=path,
+def open_index(path: Path, *, lexical: bool = True, **config: float) -> CompoundIndexer:
+    index = CompoundIndexer(CompoundIndexerConfig(dim=DIM, lexical=lexical, **config), path=path,  # type: ignore[arg-type]
                             codec=STORED_DOCUMENT)  # type: ignore[arg-type]
     index.warm_up()
     return index
@@ -57,6 +58,24 @@ def test_a_rare_term_finds_its_chunk_with_a_bm25_score(tmp_path: Path) -> None:
     assert hits[0].score.op_name == LEXICAL_OP_NAME and hits[0].score.direction is Direction.SIMILARITY
     assert found(index, "insulin") == [("b", "b/1"), ("a", "a/0")]  # two occurrences beat one
     assert index.lexical_stats().units == 5
+
+
+def test_the_flows_bm25_constants_score_the_search(tmp_path: Path) -> None:
+    """``bm25_k1`` 0 scores a term's presence only: "insulin" twice in b/1 no longer beats once in a/0, and the two
+    (one unit length apart, which ``bm25_b`` 0 ignores) tie and rank by document id."""
+    for path, config, expected in [("k1", {"bm25_k1": 0.0, "bm25_b": 0.0}, [("a", "a/0"), ("b", "b/1")]),
+                                   ("default", {}, [("b", "b/1"), ("a", "a/0")])]:
+        index = open_index(tmp_path / path, **config)
+        index.apply(changes=[Change(d.id, d) for d in CORPUS], checkpoint=b"1")
+        hits = index.search_lexical(terms=index.analyze("insulin"), stats=index.lexical_stats(), top_k=3)
+        assert [(h.root.id, h.node.id) for h in hits] == expected, config
+        assert (hits[0].score.value == hits[1].score.value) == bool(config)
+
+
+@pytest.mark.parametrize("config", [{"bm25_k1": -0.1}, {"bm25_b": 1.5}, {"bm25_k1": float("nan")}])
+def test_bm25_constants_outside_their_range_are_refused(config: dict[str, float]) -> None:
+    with pytest.raises(ConfigError, match="bm25_k1"):
+        CompoundIndexerConfig(dim=DIM, lexical=True, **config)  # type: ignore[arg-type]
 
 
 def test_upserts_and_deletes_keep_the_counts_exact(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
+from processors.index.config import BM25_B, BM25_K1
 from processors.index.lexical import K1, Analyzer, B, CorpusStats, LexicalIndex
 
 WORDS = ["cell", "protein", "gene", "expression", "tumour", "growth", "factor", "immune", "response", "patient", "trial", "dose", "blood", "pressure", "heart", "risk", "mutation", "receptor", "signal", "pathway", "virus", "infection", "vaccine", "brain", "neuron", "memory", "sleep", "diet", "obesity", "insulin", "glucose", "liver", "kidney"]
@@ -34,8 +35,8 @@ def build(docs: list[tuple[str, str]], analyzer: Analyzer) -> tuple[LexicalIndex
 
 
 def ranked(index: LexicalIndex, owners: dict[int, str], terms: list[str], stats: CorpusStats,
-           k: int = 10) -> list[tuple[str, float]]:
-    vids, scores = index.search(terms, stats, k)
+           k: int = 10, k1: float = K1, b: float = B) -> list[tuple[str, float]]:
+    vids, scores = index.search(terms, stats, k, k1=k1, b=b)
     return [(owners[int(v)], float(s)) for v, s in zip(vids, scores)]
 
 
@@ -49,20 +50,22 @@ def test_the_analyzer_lower_cases_stems_and_drops_stop_words(analyzer: Analyzer)
     assert analyzer.counts("cells cell the") == {"cell": 2}
 
 
-def test_the_ranking_is_lucene_bm25_as_bm25s_computes_it(analyzer: Analyzer) -> None:
-    """Same analysed tokens, same k1 and b: the top 10 of every query is bm25s's, in its order."""
+@pytest.mark.parametrize(("k1", "b"), [(K1, B), (BM25_K1, BM25_B), (0.0, 0.0), (2.0, 1.0)])
+def test_the_ranking_is_lucene_bm25_as_bm25s_computes_it(analyzer: Analyzer, k1: float, b: float) -> None:
+    """Same analysed tokens, same k1 and b (Lucene's, the flows', the extremes): the top 10 of every query is
+    bm25s's, in its order."""
     import bm25s  # type: ignore[import-untyped]  # the test extra's
     docs = corpus()
     index, owners = build(docs, analyzer)
-    reference = bm25s.BM25(method="lucene", k1=K1, b=B)
+    reference = bm25s.BM25(method="lucene", k1=k1, b=b)
     reference.index([analyzer.terms(text) for _, text in docs], show_progress=False)
     for query in QUERIES:
         terms = analyzer.terms(query)
-        mine = ranked(index, owners, terms, index.stats())
+        mine = ranked(index, owners, terms, index.stats(), k1=k1, b=b)
         found, scores = reference.retrieve([terms], k=len(mine), show_progress=False)
         theirs = [(docs[int(i)][0], float(s)) for i, s in zip(found[0], scores[0])]
         # bm25s, as Lucene since 8.0, leaves out the constant factor (k1 + 1) that tantivy and Robertson keep
-        assert [score / (K1 + 1) for _, score in mine] == pytest.approx([score for _, score in theirs], rel=1e-5), query
+        assert [score / (k1 + 1) for _, score in mine] == pytest.approx([score for _, score in theirs], rel=1e-5), query
         assert mine == sorted(mine, key=lambda hit: (-hit[1], hit[0]))  # equal scores by document id
         assert {doc for doc, _ in mine} == {doc for doc, _ in theirs} or _tied_at_cut(mine), query
 

@@ -15,8 +15,8 @@ import pytest
 from streams.exceptions import EXIT_CONFIG, StateConfigError
 from streams.flow.parse import load_flow
 from streams.local.runtime import LocalRuntime
-from streams.local.supervisor import (MAX_BACKOFF_S, STABLE_AFTER_S, LocalFlow, StageProcess, restart_delay,
-                                      stage_log_files, stage_logs_shown)
+from streams.local.supervisor import (MAX_BACKOFF_S, STABLE_AFTER_S, SUPERVISOR_PID_ENV, LocalFlow, StageProcess,
+                                      restart_delay, stage_log_files, stage_logs_shown, stop_with_supervisor)
 from streams.resources import EXAMPLE_FLOWS
 
 HELLO = EXAMPLE_FLOWS / "hello.yml"
@@ -126,3 +126,39 @@ class TestStageLogs:
             [flows["hello"].log_path(s) for s in flows["hello"].stages] + [added.log_path(s) for s in added.stages])
         assert stage_log_files(specs["hello v2"]) == sorted(flows["hello v2"].log_path(s) for s in flows["hello v2"].stages)
         assert stage_logs_shown(specs["other"]) == str(logs / "other.*.log")
+
+
+class TestOrphanedStages:
+    """A stage process whose supervisor was killed (SIGKILL, the OOM killer: no clean-up ran) stops by itself;
+    one started by hand is left alone."""
+
+    STAGE = ("import sys, threading\n"
+             "from streams.local.supervisor import stop_with_supervisor\n"
+             "stopped = threading.Event()\n"
+             "assert stop_with_supervisor(stopped.set) is not None\n"
+             "print('watching', flush=True)\n"
+             "stopped.wait(60)\n"
+             "open(sys.argv[1], 'w').write('stopped' if stopped.is_set() else 'timed out')\n")
+    SUPERVISOR = ("import os, subprocess, sys, time\n"
+                  f"env = {{**os.environ, {SUPERVISOR_PID_ENV!r}: str(os.getpid())}}\n"
+                  "log = open(sys.argv[2], 'w')\n"
+                  "subprocess.Popen([sys.executable, '-c', sys.argv[3], sys.argv[1]], env=env, stdout=log)\n"
+                  "time.sleep(60)\n")
+
+    def test_a_stage_stops_when_its_supervisor_is_killed(self, tmp_path: Path) -> None:
+        flag, log = tmp_path / "flag", tmp_path / "stage.log"
+        supervisor = subprocess.Popen([sys.executable, "-c", self.SUPERVISOR, str(flag), str(log), self.STAGE],
+                                      cwd=Path(__file__).resolve().parents[3])
+        try:
+            wait_for(lambda: log.exists() and "watching" in log.read_text())
+            assert not flag.exists()  # the supervisor is alive: the stage runs on
+            supervisor.kill()
+            wait_for(lambda: flag.exists() and flag.read_text())
+            assert flag.read_text() == "stopped"
+        finally:
+            supervisor.kill()
+            supervisor.wait()
+
+    def test_a_stage_started_by_hand_has_no_watcher(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv(SUPERVISOR_PID_ENV, raising=False)
+        assert stop_with_supervisor(lambda: None) is None
