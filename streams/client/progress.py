@@ -23,11 +23,14 @@ from streams.client.dead_letters import read_dead_letters
 from streams.wire.dead_letters import DeadLetter
 from streams.exceptions import RequestTimeoutError, SearchError
 from streams.kafka.settings import KafkaSettings
-from streams.kafka.reader import tail
+from streams.kafka.reader import fetch_high_watermarks, tail
 from streams.wire.records import SearchReply
 from streams.wire.topics import FlowTopics
 
 __all__ = ["IndexProgress", "Searchable", "wait_searchable", "dead_letters_of"]
+
+FIRST_OFFSETS_TIMEOUT_S = 10.0
+"""How long the bar may take to learn where the ingest topic ends; past it, it counts every record."""
 
 PROBE_DEADLINE_S = 10.0
 """Each probe search's deadline: a shard behind the receipt waits until shortly before it."""
@@ -97,7 +100,12 @@ class IndexProgress:
         self._settings = settings
         self._topics = topics
         self._bar = tqdm(total=total, unit="doc", desc="indexed", disable=disable)
+        self._first = {partition: high for (_, partition), high in fetch_high_watermarks(
+            settings, {topics.ingest: topics.partitions}, timeout=FIRST_OFFSETS_TIMEOUT_S).items()}
+        """Per ingest partition, the first offset written after this bar started: what was written before
+        (a run stopped half-way and started again re-sends its corpus) is not counted."""
         self._target: dict[int, int] | None = None
+        self._indexed = 0
         self._seen: dict[int, int] = {}
         self._done = threading.Event()
         self._stop = threading.Event()
@@ -106,7 +114,8 @@ class IndexProgress:
 
     @property
     def indexed(self) -> int:
-        return int(self._bar.n)
+        """Documents of this run that left the encoder (counted here: a disabled tqdm counts nothing)."""
+        return self._indexed
 
     def expect(self, receipt: IndexReceipt) -> None:
         """Set what "done" means: these ingest offsets have come through the encoder."""
@@ -129,7 +138,8 @@ class IndexProgress:
                 offset = h.read_int(headers, h.INGEST_OFFSET)
                 if offset is not None:
                     self._seen[msg.partition()] = max(self._seen.get(msg.partition(), -1), offset)
-                if msg.value() is not None:
+                if msg.value() is not None and (offset is None or offset >= self._first.get(msg.partition(), 0)):
+                    self._indexed += 1
                     self._bar.update(1)
             if self._target is not None and all(self._seen.get(p, -1) >= o for p, o in self._target.items()):
                 self._done.set()
