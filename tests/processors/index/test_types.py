@@ -16,8 +16,10 @@ from processors.index.types import EXACT, INDEX_TYPES, VECTOR_INDEX_TYPES, Vecto
 
 ROWS = list(VECTOR_INDEX_TYPES.values())
 CONFIG = CompoundIndexerConfig(dim=16, pq_m=4, pq_bits=4)
-SHARED = {"dim", "metric", "index_type", "lexical", "filterable", "exact_filter_limit", "exact_filter_share"}
-"""Config fields every type reads, or that are not about vector indexes (``lexical``); the rest belong to a row."""
+SHARED = {"dim", "metric", "index_type", "lexical", "bm25_k1", "bm25_b", "filterable", "exact_filter_limit",
+          "exact_filter_share"}
+"""Config fields every type reads, or that are not about vector indexes (``lexical``, ``bm25_*``); the rest belong to a
+row."""
 
 
 class TestTable:
