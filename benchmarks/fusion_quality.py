@@ -25,8 +25,7 @@ from processors.document import Direction, Document, Score
 from processors.encoders.transformer import TransformerEncoder
 from processors.evaluators.bootstrap import paired_bootstrap
 from processors.evaluators.metrics import ndcg_at_k, recall_at_k
-from processors.index.config import BM25_B, BM25_K1
-from processors.index.lexical import Analyzer, CorpusStats, LexicalIndex
+from processors.index.lexical import B, K1, Analyzer, CorpusStats, LexicalIndex
 from processors.query.parameters import FUSIONS
 from processors.rankers.fusion import DENSE_ARM, LEXICAL_ARM, FusionConfig, fuse
 from streams.demo.beir import DEFAULT_EVAL_FLOW
@@ -53,8 +52,8 @@ def embed(texts: list[str], cache: Path) -> np.ndarray:
 class Bm25:
     """The lexical arm's two constants (``CompoundIndexerConfig.bm25_k1``/``bm25_b``)."""
 
-    k1: float = BM25_K1
-    b: float = BM25_B
+    k1: float = K1
+    b: float = B
 
 
 @dataclass

@@ -10,16 +10,12 @@ from types import MappingProxyType
 
 from processors.exceptions import ConfigError, InvalidParameterError
 from processors.index.base import FLAT_SCANS, FlatScan, Metric
+from processors.index.lexical import B, K1
 from processors.index.types import IndexType, known_index_type
 from processors.query.filter import FieldType, field_schema
 from processors.settings import added_later
 
-__all__ = ["BM25_B", "BM25_K1", "CompoundIndexerConfig"]
-
-BM25_K1 = 0.75
-"""The flows' BM25 k1 (:attr:`CompoundIndexerConfig.bm25_k1`)."""
-BM25_B = 0.75
-"""The flows' BM25 b (:attr:`CompoundIndexerConfig.bm25_b`)."""
+__all__ = ["CompoundIndexerConfig"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +76,8 @@ class CompoundIndexerConfig:
     pq_m: int = 0
     pq_bits: int = 8
     lexical: bool = added_later(False)
-    bm25_k1: float = added_later(BM25_K1)
-    bm25_b: float = added_later(BM25_B)
+    bm25_k1: float = added_later(K1)
+    bm25_b: float = added_later(B)
     filterable: Mapping[str, FieldType] = added_later(factory=dict)
     exact_filter_limit: int = added_later(5_000)
     exact_filter_share: float = added_later(0.05)

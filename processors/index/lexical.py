@@ -30,10 +30,12 @@ import numpy as np
 
 __all__ = ["K1", "Analyzer", "B", "CorpusStats", "LexicalIndex"]
 
-K1 = 1.2
-"""Term-frequency saturation: Lucene's and tantivy's default."""
+K1 = 0.75
+"""Term-frequency saturation, the flows' default (``CompoundIndexerConfig.bm25_k1``): below Lucene's and
+tantivy's 1.2, because hybrid retrieval scored best with it on the training queries of SciFact and NFCorpus
+(``benchmarks/fusion_quality.py --select bm25``; the README's "How the defaults were chosen")."""
 B = 0.75
-"""Length normalisation: Lucene's and tantivy's default."""
+"""Length normalisation: Lucene's and tantivy's default, and the flows' (``CompoundIndexerConfig.bm25_b``)."""
 
 _COMPACT_DEAD_SHARE = 0.2
 """Postings of removed units are dropped once they are this share of all units (as HNSW's rebuild)."""
