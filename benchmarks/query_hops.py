@@ -8,7 +8,7 @@ The client's own send and receive are taken from its wall clock. Timestamps have
 resolution and the processes share one clock (one machine), so per-hop medians are exact to ~1 ms.
 
     python benchmarks/query_hops.py [--vectors 100000] [--queries 200] [--shards 2] [--broker kafka|tansu]
-                                    [--flow nomodel|vectors] [--flat-scan float32|float16]
+                                    [--flow nomodel|vectors] [--flat-scan float32|float16] [--bulk N]
 
 Prints each hop's p50/p99 beside the in-process FAISS search of the same query on the same vectors.
 """
@@ -16,13 +16,17 @@ Prints each hop's p50/p99 beside the in-process FAISS search of the same query o
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import os
 import tempfile
+import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -101,10 +105,13 @@ def run(args: argparse.Namespace) -> None:
             for vector in queries[:20]:  # warm: caches, fetch sessions
                 client.search(vectors=vector[None, :], top_k=10, timeout_s=10)
             sent: dict[str, tuple[float, float]] = {}
-            for vector in queries:
-                started = time.time() * 1000
-                reply = client.search(vectors=vector[None, :], top_k=10, timeout_s=10)
-                sent[reply.request_id] = (started, time.time() * 1000)
+            with _bulk_upsert(runtime, vectors[:args.bulk]) as writer:
+                for n in itertools.count():
+                    if (writer is None and n == len(queries)) or (writer is not None and not writer.is_alive()):
+                        break
+                    started = time.time() * 1000
+                    reply = client.search(vectors=queries[n % len(queries)][None, :], top_k=10, timeout_s=10)
+                    sent[reply.request_id] = (started, time.time() * 1000)
             topics, reply_topic = runtime.flow.topics, client.reply_topic
             settings = KafkaSettings(bootstrap)
             wanted = set(sent)
@@ -125,10 +132,45 @@ def run(args: argparse.Namespace) -> None:
     for label, (p50, p99) in baseline.items():
         rows.append((f"baseline: FAISS flat in-process, all vectors, {label}", [f"{p50:.1f}", f"{p99:.1f}",
                                                                                   str(len(queries))]))
+    during = f", while {args.bulk:,} of them are upserted again in acknowledged batches of {BULK_BATCH:,}" \
+        if args.bulk else ""
     print(f"\nquery hops: {args.flow} flow, {args.shards} shard(s), flat_scan {args.flat_scan}, {broker_label(args.broker)}, "
-          f"{args.vectors:,} vectors, {args.queries} sequential top-10 queries; {machine()}; "
+          f"{args.vectors:,} vectors, {len(sent)} sequential top-10 queries{during}; {machine()}; "
           f"load {os.getloadavg()[0]:.2f}")
     print(markdown_table(["p50 ms", "p99 ms", "queries"], rows))
+
+
+BULK_BATCH = 1000
+"""Documents per acknowledged write of ``--bulk``, as ``peers.py`` inserts."""
+
+
+@contextlib.contextmanager
+def _bulk_upsert(runtime: Any, vectors: np.ndarray) -> Iterator[threading.Thread | None]:
+    """A thread that writes ``vectors`` again under their ids (same content: the index keeps its answers),
+    with its own client, batch after acknowledged batch; None when there are none. Joined on exit, and its
+    error raised."""
+    if not len(vectors):
+        yield None
+        return
+    failed: list[BaseException] = []
+
+    def upsert() -> None:
+        try:
+            with runtime.client() as writer:
+                for start in range(0, len(vectors), BULK_BATCH):
+                    writer.index(Document(id=f"v{i}", embedding=vectors[i])
+                                 for i in range(start, min(start + BULK_BATCH, len(vectors))))
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=upsert, name="bulk-upsert")
+    thread.start()
+    try:
+        yield thread
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _in_process(vectors: np.ndarray, queries: np.ndarray) -> dict[str, tuple[float, float]]:
@@ -161,6 +203,9 @@ def main() -> None:
     parser.add_argument("--flow", choices=tuple(FLOWS), default="nomodel")
     parser.add_argument("--flat-scan", choices=FLAT_SCANS, default="float32",
                         help="the flat index's single-query scan (CompoundIndexer's flat_scan)")
+    parser.add_argument("--bulk", type=int, default=0,
+                        help="upsert this many of the vectors again while querying, and query until it is done "
+                             "(--queries then cycles): which hop a bulk ingest slows")
     run(parser.parse_args())
 
 
