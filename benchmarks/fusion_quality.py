@@ -110,7 +110,7 @@ FUSION_GRID = ([FusionConfig("dbsf", depth=d) for d in DEPTHS]
                + [FusionConfig("rrf", rrf_k=k, depth=d) for k in (10, 30, 60, 100) for d in DEPTHS]
                + [FusionConfig("linear", dense_weight=w, depth=d) for w in (0.3, 0.4, 0.5, 0.6, 0.7) for d in DEPTHS])
 """``--select fusion``: every fusion, its constant and the candidate depth (40 settings), under the default BM25."""
-BM25_GRID = [(config, Bm25(k1, b)) for config in (
+BM25_GRID: list[tuple[FusionConfig, Bm25 | None]] = [(config, Bm25(k1, b)) for config in (
     FusionConfig("dbsf", depth=100), FusionConfig("dbsf", depth=200), FusionConfig("rrf", depth=100),
     FusionConfig("linear", depth=100), FusionConfig("linear", depth=200))
     for k1 in (0.3, 0.45, 0.6, 0.75, 0.9, 1.2) for b in (0.5, 0.65, 0.75, 0.9)]
@@ -118,7 +118,7 @@ BM25_GRID = [(config, Bm25(k1, b)) for config in (
 default constants and 100 or 200 candidates (120 settings): the two are chosen together, since the
 best k1 for BM25 alone is not the best for hybrid retrieval."""
 GRIDS: dict[str, list[tuple[FusionConfig, Bm25 | None]]] = {
-    "fusion": [(config, None) for config in FUSION_GRID], "bm25": list(BM25_GRID)}
+    "fusion": [(config, None) for config in FUSION_GRID], "bm25": BM25_GRID}
 """Each grid by name; a setting without BM25 constants has the default's."""
 
 

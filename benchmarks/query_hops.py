@@ -106,9 +106,8 @@ def run(args: argparse.Namespace) -> None:
                 client.search(vectors=vector[None, :], top_k=10, timeout_s=10)
             sent: dict[str, tuple[float, float]] = {}
             with _bulk_upsert(runtime, vectors[:args.bulk]) as writer:
-                for n in itertools.count():
-                    if (writer is None and n == len(queries)) or (writer is not None and not writer.is_alive()):
-                        break
+                asking = (lambda n: n < len(queries)) if writer is None else (lambda n: writer.is_alive())
+                for n in itertools.takewhile(asking, itertools.count()):
                     started = time.time() * 1000
                     reply = client.search(vectors=queries[n % len(queries)][None, :], top_k=10, timeout_s=10)
                     sent[reply.request_id] = (started, time.time() * 1000)
