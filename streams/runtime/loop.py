@@ -6,7 +6,8 @@ no state (the encode stage), the query path runs in a thread of its own, so a qu
 behind the index path: its backlog, a long batch, or a commit that waits for a broker failover
 (a transaction of ``exactly_once``, a flush). When they do (the shard: its search reads what its
 ingest writes, and one rebalance moves both), one thread serves both, the query consumer polled
-first and the one the loop blocks on when idle. Stages differ only in their ``StageSpec``.
+first and the one the loop blocks on when idle, and again between slices of an index batch
+(``PathSpec.slice_records``). Stages differ only in their ``StageSpec``.
 
 The loop composes the parts of ``streams/runtime/``: ``spec`` (what a stage and its handlers declare),
 ``paths`` (one input path), ``failures`` (isolate, retry, reject or dead-letter), ``outputs`` (sizes,
@@ -23,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import IO
 
 from confluent_kafka import KafkaError, Message
@@ -207,7 +208,7 @@ class StageLoop:
         """One round: queries first (blocking briefly when idle), then ingest, then timers. Queries
         only when this thread serves them (see :meth:`_serve_queries`)."""
         busy = False
-        query = self._query if self._query_thread is None else None
+        query = self._query if self._serves_query_path_inline() else None
         if query is not None:
             idle_wait = 0.0 if self._index is not None and self._index_has_backlog else self.IDLE_POLL_S
             busy = self._poll(query, idle_wait)
@@ -310,11 +311,16 @@ class StageLoop:
         RECORDS_IN.labels(self.spec.flow, self.spec.name, path.spec.topic).inc(len(records))
         inflight = path.inflight
         verdict = inflight.begin(records) if inflight is not None else None
+        accepted: list[Inbound] = []
         try:
-            screened = path.failures.take(
-                records, max_payload_bytes=self.spec.max_payload_bytes, verdict=verdict,
-                call=functools.partial(self._call, path), noting=inflight.begin_record if inflight is not None else None,
-                lettered=path.lettered if inflight is not None and not path.transactional else None)
+            for first, part in self._slices(path, records):
+                if not first:
+                    self._serve_waiting_queries()
+                accepted += path.failures.take(
+                    part, max_payload_bytes=self.spec.max_payload_bytes, verdict=verdict,
+                    call=functools.partial(self._call, path),
+                    noting=inflight.begin_record if inflight is not None else None,
+                    lettered=path.lettered if inflight is not None and not path.transactional else None).accepted
         except ProducerFailedError as exc:  # no record's fault: a fresh producer, and the batch runs again
             path.checkpoint.recover(exc)
             if inflight is not None:
@@ -326,10 +332,28 @@ class StageLoop:
         try:
             path.checkpoint.commit()
         except DeliveryError as exc:
-            path.failures.refused(screened.accepted, exc, self._topic_limits)
+            path.failures.refused(accepted, exc, self._topic_limits)
             path.checkpoint.commit()
         if inflight is not None:
             inflight.end(records)
+
+    def _slices(self, path: InputPath, records: list[Inbound]) -> Iterator[tuple[bool, list[Inbound]]]:
+        """The batch in slices of ``PathSpec.slice_records`` when this thread also serves a query path
+        (whole otherwise), each with whether it is the first."""
+        size = path.spec.slice_records if path is self._index and self._serves_query_path_inline() else 0
+        size = size or len(records)
+        for start in range(0, len(records), size):
+            yield start == 0, records[start:start + size]
+
+    def _serves_query_path_inline(self) -> bool:
+        return self._query is not None and self._query_thread is None
+
+    def _serve_waiting_queries(self) -> None:
+        """Between two slices of an index batch: the queries already fetched, and the handler's timers
+        (a search parked for a write the last slice applied)."""
+        assert self._query is not None
+        self._poll(self._query, 0.0)
+        self._tick(self._query)
 
     def _call(self, path: InputPath, records: list[Inbound]) -> list[Output]:
         """``handler.process(records)``: a stateless handler's in the path's worker thread, keeping this

@@ -145,6 +145,9 @@ class PathSpec:
         assigned partitions before processing the batch (0: not at all). A query fanned out to every shard
         is one record per partition; they often come in two fetches, and in two batches the shards of one
         process searched one after the other instead of side by side.
+    :param slice_records: with a query path served by the same thread (one that ``follow_index_path``),
+        process a batch in slices of this many records and serve the queries that arrived between them:
+        a search waits for one slice, not for a whole batch (0: whole batches). A batch still commits once.
     """
 
     topic: str
@@ -156,6 +159,7 @@ class PathSpec:
     consumer_config: dict[str, object] = field(default_factory=dict)
     also_reads: tuple[str, ...] = ()
     gather_ms: float = 0.0
+    slice_records: int = 0
 
     @property
     def topics(self) -> list[str]:

@@ -1,0 +1,116 @@
+"""An index path with ``slice_records`` and a query path on the same thread (a shard's): a batch is applied
+in slices, and the searches that arrived meanwhile are served between them, so a search waits for one slice
+of a bulk ingest rather than a whole batch (``StageLoop._take``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from streams.kafka.admin import ensure_topics
+from streams.kafka.producer import StageProducer
+from streams.kafka.settings import KafkaSettings
+from streams.runtime.loop import StageLoop
+from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
+from streams.wire.topics import TopicShape
+
+pytestmark = pytest.mark.kafka
+
+
+class Journal:
+    """What the two handlers saw, in the order the loop called them."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+
+
+class IndexHandler:
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    def process(self, records: Sequence[Inbound]) -> list[Output]:
+        self._journal.events.append(("slice", len(records)))
+        return []
+
+    def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
+        return []
+
+    def tick(self) -> list[Output]:
+        return []
+
+
+class QueryHandler(IndexHandler):
+    def process(self, records: Sequence[Inbound]) -> list[Output]:
+        self._journal.events.append(("search", len(records)))
+        return []
+
+
+def _loop(settings: KafkaSettings, *, slice_records: int, follow: bool) -> tuple[StageLoop, Journal, str, str]:
+    """A loop with both paths built (not subscribed): its query consumer assigned to a new search topic."""
+    ingest, search = (f"slices-{name}-{uuid.uuid4().hex[:8]}" for name in ("ingest", "search"))
+    ensure_topics(settings, [TopicShape(ingest, 1), TopicShape(search, 1)])
+    journal = Journal()
+    group = f"slices-test.{uuid.uuid4().hex[:8]}"
+    stage = StageSpec(flow="f", name="index", dead_letter_topic="f.dead-letter",
+                      index_path=PathSpec(ingest, group, IndexHandler(journal), batch_size=256,
+                                          slice_records=slice_records),
+                      query_path=PathSpec(search, f"{group}.search", QueryHandler(journal), follow_index_path=follow))
+    loop = StageLoop(stage, settings)
+    assert stage.index_path is not None and stage.query_path is not None
+    loop._index, loop._query = loop._path(stage.index_path), loop._path(stage.query_path)
+    loop._query.consumer.assign([TopicPartition(search, 0, OFFSET_BEGINNING)])
+    return loop, journal, ingest, search
+
+
+def _batch(topic: str, start: int, count: int) -> list[Inbound]:
+    return [Inbound(topic, 0, offset, b"doc", b"vector", {}) for offset in range(start, start + count)]
+
+
+def _close(loop: StageLoop) -> None:
+    for path in (loop._index, loop._query):
+        assert path is not None
+        path.consumer.close()
+        path.producer.close()
+    loop.producer.close()
+
+
+def test_a_search_that_arrives_during_a_batch_is_served_between_its_slices(kafka_settings: KafkaSettings) -> None:
+    loop, journal, ingest, search = _loop(kafka_settings, slice_records=4, follow=True)
+    producer = StageProducer(kafka_settings)
+    producer.produce(search, value=b"query", partition=0)
+    producer.flush()
+    producer.close()
+    try:
+        assert loop._index is not None
+        deadline, start = time.monotonic() + 30, 0
+        while ("search", 1) not in journal.events:  # until the consumer has fetched it, batches come and go
+            assert time.monotonic() < deadline, "the search was never served during an index batch"
+            loop._take(loop._index, _batch(ingest, start, 16))
+            start += 16
+    finally:
+        _close(loop)
+    served = journal.events.index(("search", 1))
+    assert journal.events[-1] != ("search", 1), "served after the batch, not between its slices"
+    assert served % 4 != 0 and journal.events[served - 1][0] == "slice"  # inside a batch of 4 slices
+    assert {event for event in journal.events if event[0] == "slice"} == {("slice", 4)}
+
+
+@pytest.mark.parametrize(("slice_records", "follow"), [(0, True), (4, False)])
+def test_whole_batches_without_slices_or_without_a_query_path_on_the_thread(
+        kafka_settings: KafkaSettings, slice_records: int, follow: bool) -> None:
+    """Unsliced (0), or a query path with a thread of its own (not following: the loop starts one),
+    a batch is one call: nothing to serve in between."""
+    loop, journal, ingest, _ = _loop(kafka_settings, slice_records=slice_records, follow=follow)
+    if not follow:
+        loop._query_thread = threading.Thread(target=lambda: None)  # as run() sets it (not started here)
+    try:
+        assert loop._index is not None
+        loop._take(loop._index, _batch(ingest, 0, 16))
+    finally:
+        _close(loop)
+    assert journal.events == [("slice", 16)]
