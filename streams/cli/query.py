@@ -128,6 +128,7 @@ def serve(flow: CommandFlow, host: str, port: int) -> None:
 
     from streams.client.http import create_app, warn_if_unprotected
     from streams.ops.bridge import StatusInspector
+    from streams.runtime.heap import freeze_startup_heap
 
     with _client(flow) as client:
         listener = _listen(host, port)  # a busy port is one line, before anything is started
@@ -139,6 +140,7 @@ def serve(flow: CommandFlow, host: str, port: int) -> None:
         click.echo(f"serving flow {client.topics.flow!r}: search page http://{shown}:{bound_port}/ , "
                    f"API docs http://{shown}:{bound_port}/docs (Ctrl-C stops)")
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port))
+        freeze_startup_heap()  # the bridge's modules and app: never walked by a full collection
         server.run(sockets=[listener])
 
 

@@ -44,12 +44,14 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
         claim_serving(settings, flow.topics)  # the first version to run serves; later ones wait for a reindex
         if not replicas:
             from streams.local.supervisor import stop_with_supervisor
+            from streams.runtime.heap import freeze_startup_heap
             from streams.runtime.loop import StageLoop
             from streams.stages.kinds import build_stage
 
             loop = StageLoop(build_stage(flow, stage, settings), settings)
             loop.install_signal_handlers()
             stop_with_supervisor(loop.stop)
+            freeze_startup_heap()  # its model, modules and stage: never walked by a full collection
             loop.run()
             return
         _supervise(flow, flow_path, settings.bootstrap_servers, stage, replicas)
