@@ -69,6 +69,8 @@ class InFlightVerdict:
     """Process the rest record by record, noting each alone."""
     lettered: frozenset[tuple[str, int, int]] = frozenset()
     """Poisoned records already dead-lettered by a process that died later: skip them."""
+    crashed: bool = False
+    """A process died with some of these offsets in flight (this batch carries a crash count)."""
 
 
 class InFlightLog:
@@ -140,7 +142,7 @@ class InFlightLog:
             by_partition[(record.topic, record.partition)].append(record.offset)
         poisoned: dict[tuple[str, int, int], str] = {}
         lettered: set[tuple[str, int, int]] = set()
-        isolate = False
+        isolate = crashed = False
         for (topic, partition), offsets in by_partition.items():
             first, last = min(offsets), max(offsets)
             note = self._read(topic, partition)
@@ -150,6 +152,7 @@ class InFlightLog:
                 known = {o: why for o, why in note["poisoned"].items() if first <= o <= last}
                 done = [o for o in note["lettered"] if first <= o <= last]
                 crashes = note["crashes"] + 1  # the process that wrote it died working on these offsets
+                crashed = True
                 signal = self.fault_of(note["pid"])
                 logger.warning(f"{topic}[{partition}] offsets {note['first']}..{note['last']} were in flight when "
                                f"the stage process died ({signal}); crash {crashes} over them",
@@ -163,7 +166,7 @@ class InFlightLog:
             poisoned.update({(topic, partition, o): why for o, why in known.items()})
             lettered.update((topic, partition, o) for o in done)
             self._write(topic, partition, first, last, crashes, known, done)
-        return InFlightVerdict(poisoned, isolate, frozenset(lettered))
+        return InFlightVerdict(poisoned, isolate, frozenset(lettered), crashed)
 
     def begin_record(self, record: _Record) -> None:
         """In isolation, note one record alone: if it kills the process, the next one dead-letters it."""

@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import IO
 
 from confluent_kafka import KafkaError, Message
@@ -63,6 +63,9 @@ class StageLoop:
     REPORT_EVERY_S = 5.0
     """Lag, status and membership checks."""
     ORPHANED_AFTER_S = 60.0
+    SERVE_BETWEEN_SLICES_S = 2.0
+    """For how long after an index batch began its slices let queries in: a flood of queries must not hold
+    the index consumer's next poll (``max.poll.interval.ms``) for long; later slices follow one another."""
 
     def __init__(self, spec: StageSpec, settings: KafkaSettings) -> None:
         self.spec = spec
@@ -75,6 +78,7 @@ class StageLoop:
         self._query_thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
         self._index_has_backlog = False
+        self._between_slices = False
         self._next_lag_report = 0.0
         self._failed = False
         self._topic_limits = TopicLimits(settings, spec.max_payload_bytes)
@@ -311,21 +315,30 @@ class StageLoop:
         RECORDS_IN.labels(self.spec.flow, self.spec.name, path.spec.topic).inc(len(records))
         inflight = path.inflight
         verdict = inflight.begin(records) if inflight is not None else None
+        parts = [records] if verdict is not None and verdict.crashed else self._slices(path, records)
         accepted: list[Inbound] = []
-        try:
-            for first, part in self._slices(path, records):
-                if not first:
+        serve_until = time.monotonic() + self.SERVE_BETWEEN_SLICES_S
+        for number, part in enumerate(parts):
+            if number:
+                # None of the batch is in flight while queries run: one that kills the process is not
+                # counted against the batch; the rest is noted again after.
+                if inflight is not None:
+                    inflight.end(records)
+                if time.monotonic() < serve_until:
                     self._serve_waiting_queries()
+                if inflight is not None:
+                    verdict = inflight.begin([record for rest in parts[number:] for record in rest])
+            try:
                 accepted += path.failures.take(
                     part, max_payload_bytes=self.spec.max_payload_bytes, verdict=verdict,
                     call=functools.partial(self._call, path),
                     noting=inflight.begin_record if inflight is not None else None,
                     lettered=path.lettered if inflight is not None and not path.transactional else None).accepted
-        except ProducerFailedError as exc:  # no record's fault: a fresh producer, and the batch runs again
-            path.checkpoint.recover(exc)
-            if inflight is not None:
-                inflight.end(records)
-            return
+            except ProducerFailedError as exc:  # no record's fault: a fresh producer, and the batch runs again
+                path.checkpoint.recover(exc)
+                if inflight is not None:
+                    inflight.end(records)
+                return
         for record in records:
             path.checkpoint.record(record.topic, record.partition, record.offset)
         path.processed += len(records)
@@ -337,30 +350,36 @@ class StageLoop:
         if inflight is not None:
             inflight.end(records)
 
-    def _slices(self, path: InputPath, records: list[Inbound]) -> Iterator[tuple[bool, list[Inbound]]]:
+    def _slices(self, path: InputPath, records: list[Inbound]) -> list[list[Inbound]]:
         """The batch in slices of ``PathSpec.slice_records`` when this thread also serves a query path
-        (whole otherwise), each with whether it is the first."""
+        (whole otherwise). Only a batch the crash-loop breaker found no crash over is sliced (``_take``): its
+        notes are dropped while queries run between slices and taken again for the rest, which a batch with
+        a crash count would lose."""
         size = path.spec.slice_records if path is self._index and self._serves_query_path_inline() else 0
         size = size or len(records)
-        for start in range(0, len(records), size):
-            yield start == 0, records[start:start + size]
+        return [records[start:start + size] for start in range(0, len(records), size)]
 
     def _serves_query_path_inline(self) -> bool:
         return self._query is not None and self._query_thread is None
 
     def _serve_waiting_queries(self) -> None:
         """Between two slices of an index batch: the queries already fetched, and the handler's timers
-        (a search parked for a write the last slice applied)."""
+        (a search parked for a write the last slice applied). The index consumer is not polled meanwhile
+        (``_call``): a rebalance would close the shard the rest of the batch applies to."""
         assert self._query is not None
-        self._poll(self._query, 0.0)
-        self._tick(self._query)
+        self._between_slices = True
+        try:
+            self._poll(self._query, 0.0)
+            self._tick(self._query)
+        finally:
+            self._between_slices = False
 
     def _call(self, path: InputPath, records: list[Inbound]) -> list[Output]:
         """``handler.process(records)``: a stateless handler's in the path's worker thread, keeping this
         member in its groups however long it runs (``streams/runtime/keepalive.py``)."""
         if path.keepalive is None:
             return path.spec.handler.process(records)
-        consumers = [p.consumer for p in self._paths_of_this_thread()]
+        consumers = [p.consumer for p in self._paths_of_this_thread() if not (self._between_slices and p is self._index)]
         return path.keepalive.call(path.spec.handler.process, records, consumers)
 
     def _emit(self, path: InputPath, outputs: Sequence[Output]) -> None:

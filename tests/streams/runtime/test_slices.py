@@ -4,13 +4,15 @@ of a bulk ingest rather than a whole batch (``StageLoop._take``)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streams.kafka.admin import ensure_topics
 from streams.kafka.producer import StageProducer
@@ -50,13 +52,14 @@ class QueryHandler(IndexHandler):
         return []
 
 
-def _loop(settings: KafkaSettings, *, slice_records: int, follow: bool) -> tuple[StageLoop, Journal, str, str]:
+def _loop(settings: KafkaSettings, *, slice_records: int, follow: bool,
+          inflight: Path | None = None) -> tuple[StageLoop, Journal, str, str]:
     """A loop with both paths built (not subscribed): its query consumer assigned to a new search topic."""
     ingest, search = (f"slices-{name}-{uuid.uuid4().hex[:8]}" for name in ("ingest", "search"))
     ensure_topics(settings, [TopicShape(ingest, 1), TopicShape(search, 1)])
     journal = Journal()
     group = f"slices-test.{uuid.uuid4().hex[:8]}"
-    stage = StageSpec(flow="f", name="index", dead_letter_topic="f.dead-letter",
+    stage = StageSpec(flow="f", name="index", dead_letter_topic="f.dead-letter", inflight_dir=inflight,
                       index_path=PathSpec(ingest, group, IndexHandler(journal), batch_size=256,
                                           slice_records=slice_records),
                       query_path=PathSpec(search, f"{group}.search", QueryHandler(journal), follow_index_path=follow))
@@ -65,6 +68,23 @@ def _loop(settings: KafkaSettings, *, slice_records: int, follow: bool) -> tuple
     loop._index, loop._query = loop._path(stage.index_path), loop._path(stage.query_path)
     loop._query.consumer.assign([TopicPartition(search, 0, OFFSET_BEGINNING)])
     return loop, journal, ingest, search
+
+
+def _ask(settings: KafkaSettings, search: str) -> None:
+    producer = StageProducer(settings)
+    producer.produce(search, value=b"query", partition=0)
+    producer.flush()
+    producer.close()
+
+
+def _batches_until_searched(loop: StageLoop, journal: Journal, ingest: str) -> None:
+    """Index batches of 16 until the search was served (the consumer fetches it within a few batches)."""
+    assert loop._index is not None
+    deadline, start = time.monotonic() + 30, 0
+    while ("search", 1) not in journal.events:
+        assert time.monotonic() < deadline, "the search was never served during an index batch"
+        loop._take(loop._index, _batch(ingest, start, 16))
+        start += 16
 
 
 def _batch(topic: str, start: int, count: int) -> list[Inbound]:
@@ -81,23 +101,75 @@ def _close(loop: StageLoop) -> None:
 
 def test_a_search_that_arrives_during_a_batch_is_served_between_its_slices(kafka_settings: KafkaSettings) -> None:
     loop, journal, ingest, search = _loop(kafka_settings, slice_records=4, follow=True)
-    producer = StageProducer(kafka_settings)
-    producer.produce(search, value=b"query", partition=0)
-    producer.flush()
-    producer.close()
+    _ask(kafka_settings, search)
     try:
-        assert loop._index is not None
-        deadline, start = time.monotonic() + 30, 0
-        while ("search", 1) not in journal.events:  # until the consumer has fetched it, batches come and go
-            assert time.monotonic() < deadline, "the search was never served during an index batch"
-            loop._take(loop._index, _batch(ingest, start, 16))
-            start += 16
+        _batches_until_searched(loop, journal, ingest)
     finally:
         _close(loop)
     served = journal.events.index(("search", 1))
-    assert journal.events[-1] != ("search", 1), "served after the batch, not between its slices"
-    assert served % 4 != 0 and journal.events[served - 1][0] == "slice"  # inside a batch of 4 slices
+    assert served % 4 != 0, "served before or after a batch of 4 slices, not between two of them"
     assert {event for event in journal.events if event[0] == "slice"} == {("slice", 4)}
+
+
+def test_no_index_record_is_noted_in_flight_while_queries_run_between_slices(
+        kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """A query that kills the process between slices must not be counted as a crash over the index batch."""
+    loop, journal, ingest, search = _loop(kafka_settings, slice_records=4, follow=True, inflight=tmp_path)
+    assert loop._index is not None and loop._query is not None
+    notes: list[bytes] = []
+    process = loop._query.spec.handler.process
+
+    def noting(records: Sequence[Inbound]) -> list[Output]:
+        notes.extend(path.read_bytes() for path in tmp_path.glob(f"{loop._index.spec.group_id}__*.json"))
+        return process(records)
+
+    loop._query.spec.handler.process = noting  # type: ignore[method-assign]
+    _ask(kafka_settings, search)
+    try:
+        _batches_until_searched(loop, journal, ingest)
+    finally:
+        _close(loop)
+    assert notes and all(note == b"" for note in notes)  # the batch's note file exists, empty
+
+
+def test_a_batch_with_a_crash_count_is_not_sliced(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """The crash-loop breaker judges it whole, as before slices: its notes must not be dropped between slices."""
+    loop, journal, ingest, _ = _loop(kafka_settings, slice_records=4, follow=True, inflight=tmp_path)
+    assert loop._index is not None
+    dead = {"first": 0, "last": 15, "crashes": 0, "pid": 2 ** 22 + 1, "poisoned": {}, "lettered": []}
+    (tmp_path / f"{loop._index.spec.group_id}__{ingest}__0.json").write_text(json.dumps(dead))
+    try:
+        loop._take(loop._index, _batch(ingest, 0, 16))
+    finally:
+        _close(loop)
+    assert journal.events == [("slice", 16)]
+
+
+def test_a_long_search_between_slices_keeps_the_index_consumer_unpolled(kafka_settings: KafkaSettings) -> None:
+    """A search batch runs under its path's keepalive, which polls this thread's consumers; between slices
+    the index consumer is left out: its rebalance would close the shard the rest of the batch applies to."""
+    loop, journal, ingest, search = _loop(kafka_settings, slice_records=4, follow=True)
+    assert loop._index is not None and loop._query is not None and loop._query.keepalive is not None
+    polled: list[set[int]] = []
+    run_kept_alive = loop._query.keepalive.call
+
+    def call(process: Callable[[Sequence[Inbound]], list[Output]], records: list[Inbound],
+             consumers: Sequence[Consumer]) -> list[Output]:
+        polled.append({id(consumer) for consumer in consumers})
+        return run_kept_alive(process, records, consumers)
+
+    loop._query.keepalive.call = call  # type: ignore[method-assign]
+    _ask(kafka_settings, search)
+    try:
+        _batches_until_searched(loop, journal, ingest)
+        _ask(kafka_settings, search)
+        while len(polled) < 2:  # and one from the loop's own round, outside any batch
+            loop.step()
+    finally:
+        _close(loop)
+    between, outside = polled[0], polled[-1]
+    assert id(loop._query.consumer) in between and id(loop._index.consumer) not in between
+    assert outside == {id(loop._query.consumer), id(loop._index.consumer)}
 
 
 @pytest.mark.parametrize(("slice_records", "follow"), [(0, True), (4, False)])
