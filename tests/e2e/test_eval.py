@@ -91,7 +91,10 @@ def _alive(pid: int) -> bool:
 def test_a_terminated_eval_stops_its_stages_and_says_so(tmp_path: Path) -> None:
     """SIGTERM (a CI timeout, ``kill``, a service manager) stops ``eval`` like Ctrl-C: its stage processes and the
     broker it started stop too (they used to run on, orphaned), and it exits 130 in one line."""
-    corpus = _beir(tmp_path / "corpus", {f"d-{k}": d for k, (_, d) in TOPICS.items()},
+    # Long enough that it cannot finish before it is terminated: the stages appear within seconds, and
+    # encoding 2,000 texts of ~250 tokens takes over a minute here (3 texts took 1 s, and CI once saw it end first).
+    filler = {f"f-{i}": " ".join([TOPICS["volcano"][1]] * 15) + f" {i}" for i in range(2000)}
+    corpus = _beir(tmp_path / "corpus", {**{f"d-{k}": d for k, (_, d) in TOPICS.items()}, **filler},
                    {f"q-{k}": q for k, (q, _) in TOPICS.items()}, {f"q-{k}": f"d-{k}" for k in TOPICS})
     work = tmp_path / "work"
     work.mkdir()
