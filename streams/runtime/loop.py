@@ -64,8 +64,8 @@ class StageLoop:
     """Lag, status and membership checks."""
     ORPHANED_AFTER_S = 60.0
     SERVE_BETWEEN_SLICES_S = 2.0
-    """For how long after an index batch began its slices let queries in: a flood of queries must not hold
-    the index consumer's next poll (``max.poll.interval.ms``) for long; later slices follow one another."""
+    """How long after an index batch begins queries may run between its slices; later slices follow one
+    another, so that a flood of queries cannot hold the index consumer's next poll (``max.poll.interval.ms``)."""
 
     def __init__(self, spec: StageSpec, settings: KafkaSettings) -> None:
         self.spec = spec
