@@ -101,17 +101,16 @@ class Client:
         """
         self._first_contact()
         receipt = IndexReceipt(dead_letters_from=self._dead_letters_end())
-        bar = tqdm(total=total, unit="doc", desc="ingest", disable=not progress)
-        for doc in docs:
-            validate_document(doc)  # the stages refuse what fails this anyway: say so here, before sending
-            value, headers = DOCUMENT.encode_record(doc)
-            if len(value) > self.max_payload_bytes:
-                raise PayloadTooLargeError(
-                    f"document {doc.id!r} is {len(value)} bytes, over max_payload_bytes={self.max_payload_bytes}")
-            self._send(receipt, doc.id, value, headers)
-            bar.update(1)
-        self._flush()
-        bar.close()
+        with tqdm(total=total, unit="doc", desc="ingest", disable=not progress) as bar:  # closed on an error too
+            for doc in docs:
+                validate_document(doc)  # the stages refuse what fails this anyway: say so here, before sending
+                value, headers = DOCUMENT.encode_record(doc)
+                if len(value) > self.max_payload_bytes:
+                    raise PayloadTooLargeError(
+                        f"document {doc.id!r} is {len(value)} bytes, over max_payload_bytes={self.max_payload_bytes}")
+                self._send(receipt, doc.id, value, headers)
+                bar.update(1)
+            self._flush()
         return receipt
 
     def delete(self, ids: Iterable[str]) -> IndexReceipt:

@@ -99,11 +99,11 @@ class IndexProgress:
     def __init__(self, settings: KafkaSettings, topics: FlowTopics, *, total: int, disable: bool = False) -> None:
         self._settings = settings
         self._topics = topics
-        self._bar = tqdm(total=total, unit="doc", desc="indexed", disable=disable)
         self._first = {partition: high for (_, partition), high in fetch_high_watermarks(
             settings, {topics.ingest: topics.partitions}, timeout=FIRST_OFFSETS_TIMEOUT_S).items()}
         """Per ingest partition, the first offset written after this bar started: what was written before
         (a run stopped half-way and started again re-sends its corpus) is not counted."""
+        self._bar = tqdm(total=total, unit="doc", desc="indexed", disable=disable)  # after the wait on the broker: an interrupt there leaves no bar
         self._target: dict[int, int] | None = None
         self._indexed = 0
         self._seen: dict[int, int] = {}
@@ -128,6 +128,14 @@ class IndexProgress:
         self._stop.set()
         self._thread.join(5)
         self._bar.close()
+
+    def __enter__(self) -> "IndexProgress":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        """Closed on the way out, an interrupt included: a bar left open is redrawn at exit, after the
+        command's last line ("streamsearch: interrupted")."""
+        self.close()
 
     def _tail(self) -> None:
         starts = [TopicPartition(self._topics.encoded, p, 0) for p in range(self._topics.partitions)]

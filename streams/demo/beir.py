@@ -100,11 +100,10 @@ def run_eval(beir_dir: Path, *, flow_path: Path = DEFAULT_EVAL_FLOW, state_dir: 
             runtime.wait_ready(client)
             print_fn(f"indexing {len(dataset.corpus)} documents from {beir_dir} through flow {flow.name!r} "
                      f"(its own topics and state: this corpus and flow YAML only)")
-            progress = IndexProgress(runtime.settings, runtime.flow.topics, total=len(dataset.corpus))
-            receipt = client.index(dataset.corpus)
-            progress.expect(receipt)
-            progress.wait()
-            progress.close()
+            with IndexProgress(runtime.settings, runtime.flow.topics, total=len(dataset.corpus)) as progress:
+                receipt = client.index(dataset.corpus)
+                progress.expect(receipt)
+                progress.wait()
             rankings = {run: _rankings(client, dataset, query_ids, receipt, retrieval=run, fusion=fusion)
                         for run in runs}
         finally:

@@ -117,12 +117,11 @@ def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Pa
     with demo_session(flow, flow_path=flow_path, state_dir=state_dir, bridge_port=bridge_port, broker=broker,
                       print_fn=print_fn) as (runtime, client, url):
         print_fn(f"streaming {len(docs)} docstrings of the Python standard library onto {flow.topics.ingest}")
-        progress = IndexProgress(runtime.settings, runtime.flow.topics, total=len(docs))
-        receipt = client.index(docs)
-        progress.expect(receipt)
-        _search_while_indexing(client, progress, top_k, print_fn)
-        progress.wait()
-        progress.close()
+        with IndexProgress(runtime.settings, runtime.flow.topics, total=len(docs)) as progress:
+            receipt = client.index(docs)
+            progress.expect(receipt)
+            _search_while_indexing(client, progress, top_k, print_fn)
+            progress.wait()
         print_fn("\nindexing done; final answers (read-your-writes: the shards have applied every document):")
         final = _ask(client, top_k, receipt, print_fn)
         if keep_serving:

@@ -68,11 +68,10 @@ def run_image_hello_world(*, stamps_dir: Path = STAMPS_DIR, limit: int | None = 
         labels = sorted({image.label for image in images})
         print_fn(f"streaming {len(images)} Tux Paint pictures in {len(labels)} labels ({', '.join(labels)}) "
                  f"onto {flow.topics.ingest}")
-        progress = IndexProgress(runtime.settings, runtime.flow.topics, total=len(images))
-        receipt = client.index(list(stamp_documents(images)))
-        progress.expect(receipt)
-        progress.wait()
-        progress.close()
+        with IndexProgress(runtime.settings, runtime.flow.topics, total=len(images)) as progress:
+            receipt = client.index(list(stamp_documents(images)))
+            progress.expect(receipt)
+            progress.wait()
         print_fn("\nindexing done; [label] of each match:")
         replies = _ask(client, images, top_k, receipt, print_fn)
         if keep_serving:

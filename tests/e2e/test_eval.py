@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -91,8 +92,8 @@ def _alive(pid: int) -> bool:
 def test_a_terminated_eval_stops_its_stages_and_says_so(tmp_path: Path) -> None:
     """SIGTERM (a CI timeout, ``kill``, a service manager) stops ``eval`` like Ctrl-C: its stage processes and the
     broker it started stop too (they used to run on, orphaned), and it exits 130 in one line."""
-    # Long enough that it cannot finish before it is terminated: the stages appear within seconds, and
-    # encoding 2,000 texts of ~250 tokens takes over a minute here (3 texts took 1 s, and CI once saw it end first).
+    # Long enough that it cannot finish before it is terminated once its indexing shows: encoding 2,000 texts
+    # of ~250 tokens takes over a minute here (3 texts took 1 s, and CI twice saw an eval end first).
     filler = {f"f-{i}": " ".join([TOPICS["volcano"][1]] * 15) + f" {i}" for i in range(2000)}
     corpus = _beir(tmp_path / "corpus", {**{f"d-{k}": d for k, (_, d) in TOPICS.items()}, **filler},
                    {f"q-{k}": q for k, (q, _) in TOPICS.items()}, {f"q-{k}": f"d-{k}" for k in TOPICS})
@@ -100,18 +101,23 @@ def test_a_terminated_eval_stops_its_stages_and_says_so(tmp_path: Path) -> None:
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     process = subprocess.Popen([sys.executable, "-m", "streams.cli", "eval", "--beir", str(corpus)], cwd=work, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(process.stderr.fileno(), 65536), b"")))
+    reader.start()  # drains the pipe as the eval writes, so that it never blocks on a full one
     try:
         deadline = time.monotonic() + 300
-        stages: set[int] = set()
-        while len(stages) < 3:  # encode, index, join
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            stages = {pid for pid in _descendants(process.pid) if b"--stage" in _cmdline(pid)}
+        while b"indexed:" not in b"".join(chunks):  # its documents are being indexed: its stages all run
+            assert process.poll() is None and time.monotonic() < deadline, b"".join(chunks)[-2000:]
             time.sleep(0.2)
         started = _descendants(process.pid)
+        assert len({pid for pid in started if b"--stage" in _cmdline(pid)}) >= 3  # encode, index, join
         process.terminate()
-        _, err = process.communicate(timeout=120)
+        process.wait(timeout=120)
     finally:
         process.kill()
+        reader.join()
+    err = b"".join(chunks).decode(errors="replace")
     assert process.returncode == 130 and err.strip().endswith("streamsearch: interrupted"), err[-2000:]
     assert not [pid for pid in started if _alive(pid)], "processes outlived the eval that started them"
