@@ -3,6 +3,7 @@ collection, and garbage made afterwards is still collected. In a child interpret
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -26,7 +27,7 @@ def test_the_startup_heap_is_frozen_and_later_cycles_are_still_collected() -> No
                           "walked": walked, "left": sum(ref() is not None for ref in cycles)}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    figures = __import__("json").loads(out)
+    figures = json.loads(out)
     assert figures["frozen"] == figures["count"] >= 0.9 * figures["tracked"] > 10_000
     assert figures["walked"] < 100  # a full collection no longer walks them
     assert figures["left"] == 0
