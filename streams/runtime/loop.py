@@ -313,6 +313,25 @@ class StageLoop:
         if path.transactional:
             path.checkpoint.begin()  # type: ignore[attr-defined]
         RECORDS_IN.labels(self.spec.flow, self.spec.name, path.spec.topic).inc(len(records))
+        accepted = self._process_in_slices(path, records)
+        if accepted is None:
+            return
+        for record in records:
+            path.checkpoint.record(record.topic, record.partition, record.offset)
+        path.processed += len(records)
+        try:
+            path.checkpoint.commit()
+        except DeliveryError as exc:
+            path.failures.refused(accepted, exc, self._topic_limits)
+            path.checkpoint.commit()
+        if path.inflight is not None:
+            path.inflight.end(records)
+
+    def _process_in_slices(self, path: InputPath, records: list[Inbound]) -> list[Inbound] | None:
+        """The records the handler accepted, the batch taken slice by slice (``_slices``) with the queries
+        already fetched served between two; the batch is noted in flight from here to ``_take``'s end.
+        None when the path's producer failed (no record's fault): it is fresh, and the batch runs again.
+        The serving stays outside that ``except``: a query path's fatal producer error is not this path's."""
         inflight = path.inflight
         verdict = inflight.begin(records) if inflight is not None else None
         parts = [records] if verdict is not None and verdict.crashed else self._slices(path, records)
@@ -334,21 +353,12 @@ class StageLoop:
                     call=functools.partial(self._call, path),
                     noting=inflight.begin_record if inflight is not None else None,
                     lettered=path.lettered if inflight is not None and not path.transactional else None).accepted
-            except ProducerFailedError as exc:  # no record's fault: a fresh producer, and the batch runs again
+            except ProducerFailedError as exc:
                 path.checkpoint.recover(exc)
                 if inflight is not None:
                     inflight.end(records)
-                return
-        for record in records:
-            path.checkpoint.record(record.topic, record.partition, record.offset)
-        path.processed += len(records)
-        try:
-            path.checkpoint.commit()
-        except DeliveryError as exc:
-            path.failures.refused(accepted, exc, self._topic_limits)
-            path.checkpoint.commit()
-        if inflight is not None:
-            inflight.end(records)
+                return None
+        return accepted
 
     def _slices(self, path: InputPath, records: list[Inbound]) -> list[list[Inbound]]:
         """The batch in slices of ``PathSpec.slice_records`` when this thread also serves a query path
