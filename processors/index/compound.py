@@ -113,7 +113,7 @@ class CompoundIndexer:
         planned = [(doc, list(embedded_nodes(doc))) for doc in last.values() if doc is not None]
         self._check_dims(planned)
         write = self._store.begin(term_counts=self._lexical.enabled, field_values=self._fields.enabled)
-        removed_vids = [vid for doc_id in last for vid in write.remove_document(doc_id)]
+        removed_vids = write.remove_documents(list(last))
         removed_terms = self._lexical.stored_counts(write, removed_vids)
         new_ids, new_vectors, new_owners, new_terms = self._stage_vectors(write, planned, stored)
         new_fields = self._fields.stage(write, planned, self._next_vid)

@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import json
 import struct
-from pathlib import Path
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
 
 from processors.document import Document
 from processors.exceptions import ConfigError
@@ -90,6 +90,7 @@ class ShardStore:
         self.path.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
         options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+        options.set_block_based_table_factory(_table_options())
         self._db = Rdict(str(self.path), options=options)
         self._check_config()
 
@@ -259,24 +260,32 @@ class ShardWrite:
         self.net_documents = 0
         """Root documents this write adds, less those it removes: what the shard's count moves by once committed."""
 
-    def remove_document(self, doc_id: str) -> list[int]:
-        """Stage the removal of a stored document and its vectors.
+    def remove_documents(self, doc_ids: Sequence[str]) -> list[int]:
+        """Stage the removal of these stored documents and their vectors, looked up in one multi-get
+        (a point lookup per document cost a fresh insert about 4 us of its index stage's 65).
 
-        :returns: the ids of the vectors removed; none if the document is not stored.
+        :returns: the ids of the vectors removed, in ``doc_ids`` order; none for a document not stored.
         """
-        raw = self._db.get(_DOC_VIDS + _utf8(doc_id))
-        if raw is None:
+        if not doc_ids:
             return []
+        keys = [_utf8(doc_id) for doc_id in doc_ids]
+        removed: list[int] = []
+        for key, raw in zip(keys, self._db.get([_DOC_VIDS + key for key in keys])):
+            if raw is not None:
+                removed += self._remove(key, raw)
+        return removed
+
+    def _remove(self, key: bytes, raw_vids: bytes) -> list[int]:
         self.net_documents -= 1
-        vids = np.frombuffer(raw, dtype=">i8").astype(np.int64).tolist()
+        vids = np.frombuffer(raw_vids, dtype=">i8").astype(np.int64).tolist()
         for vid in vids:
             self.batch.delete(_VEC + struct.pack(">q", vid))
             if self._term_counts:  # no tombstone per vector where no counts are kept
                 self.batch.delete(_TERMS + struct.pack(">q", vid))
-        self.batch.delete(_DOC + _utf8(doc_id))
-        self.batch.delete(_DOC_VIDS + _utf8(doc_id))
+        self.batch.delete(_DOC + key)
+        self.batch.delete(_DOC_VIDS + key)
         if self._field_values:
-            self.batch.delete(_FIELDS + _utf8(doc_id))
+            self.batch.delete(_FIELDS + key)
         return vids
 
     def put_vector(self, vid: int, vector: np.ndarray, owner: Owner) -> None:
@@ -306,6 +315,19 @@ class ShardWrite:
         self.batch.put(_DOC + _utf8(doc.id), self._codec.encode(doc) if stored is None else stored)
         self.batch.put(_DOC_VIDS + _utf8(doc.id), np.array(vids, dtype=">i8").tobytes())
         self.net_documents += 1
+
+
+BLOOM_BITS_PER_KEY = 10
+"""RocksDB's bloom filter size per key (its wiki's usual setting, about 1 % false positives): every
+upsert first looks its document up, and for a new document that lookup misses in every file."""
+
+
+def _table_options() -> BlockBasedOptions:
+    """Block-based tables with a full-key bloom filter (not the older per-block one). Files written
+    before it simply have none: readers of the same shard need no migration."""
+    table = BlockBasedOptions()
+    table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
+    return table
 
 
 def _utf8(text: str) -> bytes:

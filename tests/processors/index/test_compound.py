@@ -55,6 +55,22 @@ class TestCompoundIndexer:
         index.apply(changes=[Change("a", None)], checkpoint=b"3")
         assert index.stats().vectors == 0 and index.get("a") is None
 
+    def test_a_batch_mixing_stored_and_new_ids_removes_only_the_stored_ones_vectors(self, tmp_path: Path) -> None:
+        """The batch's stored documents are found in one multi-get, after a reopen too (read from the
+        files, through their bloom filters): each stored id loses its own vectors, a new id none."""
+        index = open_index(tmp_path)
+        index.apply(changes=[Change(d, doc_with_chunks(d, [s, s + 10])) for d, s in (("a", 1), ("b", 2), ("c", 3))],
+                    checkpoint=b"1")
+        index.close()
+        index = open_index(tmp_path)
+        result = index.apply(changes=[Change("new", doc_with_chunks("new", [4])), Change("b", doc_with_chunks("b", [5])),
+                                      Change("ghost", None), Change("c", None)], checkpoint=b"2")
+        assert (result.vectors_removed, result.vectors_added) == (4, 2)
+        assert index.stats().vectors == 4 and index.stats().documents == 3
+        assert index.search(embeddings=unit(2)[None], top_k=1)[0][0].root.id != "b"  # b's old chunk is gone
+        assert index.search(embeddings=unit(5)[None], top_k=1)[0][0].node.id == "b/0"
+        assert index.get("c") is None and index.get("a") is not None
+
     def test_the_document_count_follows_every_write_as_a_count_on_disk_would(self, tmp_path: Path) -> None:
         """Counted once at open, then followed by the writes: upserts of new and stored ids, deletes of stored
         and unknown ids, a document without any vector, the same id twice in a batch."""
