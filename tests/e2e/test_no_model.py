@@ -112,7 +112,7 @@ def _produce_raw(kafka_settings: KafkaSettings, topics: FlowTopics, doc: Documen
 @pytest.mark.parametrize("embedding, error_class, reason", [
     pytest.param(np.ones(DIM + 1, np.float32), "DimensionMismatchError", f"shape ({DIM + 1},)", id="wrong-width"),
     pytest.param(np.full(DIM, np.nan, np.float32), "InvalidDocumentError", "NaN or infinite", id="nan"),
-    pytest.param(np.ones(DIM, np.int64), None, None, id="integers-are-vectors-too"),
+    pytest.param(np.eye(DIM, dtype=np.int64)[0], None, None, id="integers-are-vectors-too"),
     pytest.param(None, "BadDocumentError", "has no encoder", id="text-only"),
 ])
 def test_a_document_whose_vector_does_not_fit_is_dead_lettered_by_the_index_stage(
@@ -125,10 +125,13 @@ def test_a_document_whose_vector_does_not_fit_is_dead_lettered_by_the_index_stag
         bad = IndexReceipt()
     else:
         bad = client.index([doc])
+    # Every vector these tests store is a unit vector (inner product: a longer one could outscore a document's
+    # own), so each search below finds its document alone at the top, at 1.0.
     later = np.random.default_rng(len(client.topics.flow) + time.monotonic_ns()).standard_normal(DIM).astype(np.float32)
+    later /= np.linalg.norm(later)
     receipt = bad.merge(client.index([Document(id=f"after-{key}", embedding=later)]))
     if error_class is None:  # indexed: found by its own vector
-        found = client.search(vectors=np.ones((1, DIM), np.float32), top_k=1, after=receipt, timeout_s=60)
+        found = client.search(vectors=embedding[None, :].astype(np.float32), top_k=1, after=receipt, timeout_s=60)
         assert found.docs[0].matches[0].id == key
         return
     reply = client.search(vectors=later[None, :], top_k=1, after=receipt, timeout_s=60)
