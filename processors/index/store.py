@@ -91,7 +91,9 @@ class ShardStore:
         options = Options(raw_mode=True)
         options.set_write_buffer_size(WRITE_BUFFER_BYTES)
         options.set_block_based_table_factory(_table_options())
-        self._db = Rdict(str(self.path), options=options)
+        # The column family's options given again: without them, reopening a shard takes its table options from
+        # the OPTIONS file, which RocksDB writes back without the bloom filter (rocksdict 0.3).
+        self._db = Rdict(str(self.path), options=options, column_families={"default": options})
         self._check_config()
 
     def close(self) -> None:
@@ -324,7 +326,8 @@ upsert first looks its document up, and for a new document that lookup misses in
 
 def _table_options() -> BlockBasedOptions:
     """Block-based tables with a full-key bloom filter (not the older per-block one). Files written
-    before it simply have none: readers of the same shard need no migration."""
+    before it simply have none: readers of the same shard need no migration, and files written from
+    then on have one (compaction rewrites the older)."""
     table = BlockBasedOptions()
     table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
     return table

@@ -56,8 +56,8 @@ class TestCompoundIndexer:
         assert index.stats().vectors == 0 and index.get("a") is None
 
     def test_a_batch_mixing_stored_and_new_ids_removes_only_the_stored_ones_vectors(self, tmp_path: Path) -> None:
-        """The batch's stored documents are found in one multi-get, after a reopen too (read from the
-        files, through their bloom filters): each stored id loses its own vectors, a new id none."""
+        """The batch's stored documents are found in one multi-get, after a reopen too: each stored id loses
+        its own vectors, a new id none."""
         index = open_index(tmp_path)
         index.apply(changes=[Change(d, doc_with_chunks(d, [s, s + 10])) for d, s in (("a", 1), ("b", 2), ("c", 3))],
                     checkpoint=b"1")
@@ -70,6 +70,16 @@ class TestCompoundIndexer:
         assert index.search(embeddings=unit(2)[None], top_k=1)[0][0].root.id != "b"  # b's old chunk is gone
         assert index.search(embeddings=unit(5)[None], top_k=1)[0][0].node.id == "b/0"
         assert index.get("c") is None and index.get("a") is not None
+
+    def test_a_reopened_shard_keeps_its_bloom_filter(self, tmp_path: Path) -> None:
+        """The table options RocksDB applies, as it records them in its newest OPTIONS file: rocksdict took them
+        from the file on a reopen, where they had been written back without the filter."""
+        for _ in range(2):
+            index = open_index(tmp_path)
+            index.apply(changes=[Change("a", doc_with_chunks("a", [1]))], checkpoint=b"1")
+            index.close()
+            newest = max(tmp_path.glob("OPTIONS-*"), key=lambda path: int(path.name.split("-")[1]))
+            assert "filter_policy=bloomfilter" in newest.read_text()
 
     def test_the_document_count_follows_every_write_as_a_count_on_disk_would(self, tmp_path: Path) -> None:
         """Counted once at open, then followed by the writes: upserts of new and stored ids, deletes of stored
