@@ -19,6 +19,7 @@ from setup import (BROKER_CHOICES, FLOW, ProcessTreePeaks, broker_kinds, broker_
 
 from processors.encoders.transformer import TransformerEncoder
 from streams.flow.parse import load_flow
+from streams.kafka.consumer import EMBEDDED_FETCH_WAIT_MS, LONG_POLL_FETCH_WAIT_MS
 from streams.local.runtime import LocalRuntime
 
 
@@ -32,10 +33,16 @@ def in_process(docs) -> float:  # type: ignore[no-untyped-def]
     return len(docs) / (time.perf_counter() - started)
 
 
-def pipeline(docs, *, query_fetch_wait_ms: int,  # type: ignore[no-untyped-def]
+OTHER_WAIT_MS = {"kafka": EMBEDDED_FETCH_WAIT_MS, "tansu": LONG_POLL_FETCH_WAIT_MS}
+"""Per broker, the query fetch wait its default is compared with: on Apache Kafka the short wait every
+broker had before (stop 37), on Tansu the long one (each hop waits it out there: bulk loads only)."""
+
+
+def pipeline(docs, *, query_fetch_wait_ms: int | None,  # type: ignore[no-untyped-def]
              broker: str) -> tuple[float, ProcessTreePeaks]:
     """Documents/s from the first produce until every shard has applied the last document, on a
-    fresh broker of this kind; and the peak RSS of every process of the run."""
+    fresh broker of this kind; and the peak RSS of every process of the run. ``query_fetch_wait_ms``:
+    the flow's ``search.fetch_wait_ms`` (None: by the broker)."""
     settings = yaml.safe_load(FLOW.read_text())
     settings["search"]["fetch_wait_ms"] = query_fetch_wait_ms
     with tempfile.TemporaryDirectory() as state, fresh_broker(broker), ProcessTreePeaks() as peaks:
@@ -63,8 +70,8 @@ def main() -> None:
     baseline = in_process(docs)
     rss_in_process = peak_rss_mib()
     kinds = broker_kinds(args.broker)
-    default = {kind: pipeline(docs, query_fetch_wait_ms=5, broker=kind) for kind in kinds}
-    bulk = {kind: pipeline(docs, query_fetch_wait_ms=100, broker=kind) for kind in kinds}
+    default = {kind: pipeline(docs, query_fetch_wait_ms=None, broker=kind) for kind in kinds}
+    other = {kind: pipeline(docs, query_fetch_wait_ms=OTHER_WAIT_MS[kind], broker=kind) for kind in kinds}
     print(f"machine: {machine()}")
     print(f"documents: {len(docs)} SciFact (title + text, max_length 256), flow streams/flows/beir.yml, 2 shards")
     print(f"in-process encoder (baseline): {baseline:6.2f} docs/s   peak RSS {rss_in_process:5.0f} MiB")
@@ -76,10 +83,10 @@ def main() -> None:
         return max((kib / 1024 for role, kib in peaks.peaks.values() if role.startswith("stage")), default=0.0)
 
     rows = [
-        ("pipeline docs/s, query fetch wait 5 ms (default)", [f"{default[k][0]:.2f}" for k in kinds]),
+        ("pipeline docs/s, query fetch wait by the broker (default)", [f"{default[k][0]:.2f}" for k in kinds]),
         ("  ratio to in-process (goal >= 0.9)", [f"{default[k][0] / baseline:.3f}" for k in kinds]),
-        ("pipeline docs/s, query fetch wait 100 ms (bulk)", [f"{bulk[k][0]:.2f}" for k in kinds]),
-        ("  ratio to in-process", [f"{bulk[k][0] / baseline:.3f}" for k in kinds]),
+        ("pipeline docs/s, the other query fetch wait", [f"{other[k][0]:.2f} ({OTHER_WAIT_MS[k]} ms)" for k in kinds]),
+        ("  ratio to in-process", [f"{other[k][0] / baseline:.3f}" for k in kinds]),
         ("peak RSS, all processes (MiB, default run)", [f"{default[k][1].total_mib():.0f}" for k in kinds]),
         ("  of which the broker (MiB)", [f"{default[k][1].by_role_mib().get('broker', 0.0):.0f}" for k in kinds]),
         ("  of which the stage processes (MiB)", [f"{stages_mib(default[k][1]):.0f}" for k in kinds]),

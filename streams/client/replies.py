@@ -16,7 +16,7 @@ from collections.abc import Callable
 from confluent_kafka import Message, TopicPartition
 
 from streams.client.versions import ServingVersion, serving_of
-from streams.kafka.consumer import headers_of
+from streams.kafka.consumer import headers_of, latency_fetch_wait_ms
 from streams.kafka.reader import TopicReader
 from streams.kafka.settings import KafkaSettings
 from streams.wire.codec import SEARCH_REPLY
@@ -67,7 +67,8 @@ class ReplyListener:
     def start(self, *, wait_for_serving: bool) -> None:
         """Start reading both topics from their beginning; with ``wait_for_serving``, return once
         ``<flow>.versions`` has been read to its end (or after ``SERVING_WAIT_S``, with a warning)."""
-        reader = TopicReader(self.settings, group_id=self.reply_topic)
+        reader = TopicReader(self.settings, group_id=self.reply_topic,
+                             **{"fetch.wait.max.ms": latency_fetch_wait_ms(self.settings)})
         reader.assign([TopicPartition(self.reply_topic, 0, 0), TopicPartition(self.versions_topic, 0, 0)])
         ready = threading.Event()
         if not wait_for_serving:

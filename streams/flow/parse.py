@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from processors.exceptions import QueryLanguageError
+from processors.exceptions import InvalidParameterError, QueryLanguageError, RequestLimitError
 from processors.query.operators import Operation, parse_operations
-from processors.query.parameters import DENSE, FUSIONS, RETRIEVALS
+from processors.query.limits import REQUEST_LIMITS
+from processors.query.parameters import DENSE, FUSIONS, RETRIEVALS, SearchParameters
 from streams.exceptions import FlowConfigError
 from streams.flow.executors import DEFAULT_RANKER, RANKERS, build_config
 from streams.flow.spec import (DEFAULT_MAX_CHUNKS_PER_DOCUMENT, DEFAULT_MAX_PAYLOAD_BYTES, PROCESSING_GUARANTEES,
                                FlowSpec, SearchDefaults, StageConfig)
+from streams.kafka.consumer import MAX_FETCH_WAIT_MS
 from streams.stages.kinds import INDEX, KINDS, STAGE_TOPIC_ROLES, StageKind
 from streams.wire.topics import FLOW_ROLES, TopicSettings
 
@@ -265,7 +268,26 @@ def _search(search: Any, fail: _Fail) -> SearchDefaults:
     for key, allowed in (("retrieval", RETRIEVALS), ("fusion", FUSIONS)):
         if key in search and search[key] not in allowed:
             raise fail(("search", key), f"search: {key} must be one of {', '.join(allowed)}, got {search[key]!r}")
+    for key in ("top_k", "chunk_oversample"):
+        if key in search:
+            try:  # the limits a request's own value meets
+                SearchParameters.parse({key: search[key]})
+            except (InvalidParameterError, RequestLimitError) as exc:
+                raise fail(("search", key), f"search: {exc}") from None
+    timeout = search.get("timeout_s", 1.0)
+    if not _number(timeout) or not 0 < timeout <= REQUEST_LIMITS.max_deadline_s:
+        raise fail(("search", "timeout_s"), f"search: timeout_s must be a number of seconds in (0, "
+                                            f"{REQUEST_LIMITS.max_deadline_s:g}], got {timeout!r}")
+    wait = search.get("fetch_wait_ms")
+    if wait is not None and (not _number(wait) or isinstance(wait, float) or not 0 <= wait <= MAX_FETCH_WAIT_MS):
+        raise fail(("search", "fetch_wait_ms"), f"search: fetch_wait_ms must be null (by the broker) or whole "
+                                                f"milliseconds in [0, {MAX_FETCH_WAIT_MS}], got {wait!r}")
     return SearchDefaults(**search)
+
+
+def _number(value: Any) -> bool:
+    """An int or a finite float, and not a YAML boolean."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_retrieval(search: SearchDefaults, stages: tuple[StageConfig, ...], fail: _Fail) -> None:

@@ -67,10 +67,10 @@ class SearchDefaults:
     the index stage's lexical arm."""
     fusion: str = DEFAULT_FUSION
     """How a hybrid search fuses its arms (``FUSIONS``)."""
-    fetch_wait_ms: int = 5
-    """Query-path consumers' fetch.wait.max.ms: per-hop latency on the embedded broker, which
-    answers a fetch only when this wait is over. Each such consumer costs that broker about
-    12% of a core at 5 ms; raise it for bulk loads. Apache Kafka answers fetches at once."""
+    fetch_wait_ms: int | None = None
+    """Query-path consumers' fetch.wait.max.ms; None: by the broker (``latency_fetch_wait_ms``: 5 ms on
+    the embedded broker, whose every hop waits this long, 100 on Apache Kafka, which answers a fetch as
+    soon as a record arrives, so the wait only sets how often an idle consumer asks)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from streams.kafka.settings import KafkaSettings
 from streams.wire.topics import RECORD_OVERHEAD_BYTES, FlowTopics, TopicRole, TopicSettings, TopicShape
 
 __all__ = ["ensure_topics", "delete_topics", "check_broker", "require_flow", "describe_topics", "TopicDescription",
-           "topic_warnings", "SHOWN_CONFIGS", "START_HINT", "max_message_bytes"]
+           "topic_warnings", "SHOWN_CONFIGS", "START_HINT", "max_message_bytes", "cluster_id"]
 
 SHOWN_CONFIGS = ("cleanup.policy", "retention.ms", "min.insync.replicas", "max.message.bytes",
                  "unclean.leader.election.enable")
@@ -29,6 +29,17 @@ START_HINT = "start it with streamsearch run FLOW.yml"
 
 def _admin(settings: KafkaSettings) -> AdminClient:
     return AdminClient(settings.base())
+
+
+def cluster_id(settings: KafkaSettings, timeout: float = 5.0) -> str | None:
+    """The cluster's id (DescribeCluster, KIP-919: one small request, no topic metadata); None when the
+    broker does not answer within ``timeout`` or does not know the request (Kafka before 2.8)."""
+    admin = _admin(settings)  # held until the answer: a client destroyed meanwhile fails its futures
+    try:
+        return admin.describe_cluster(request_timeout=timeout).result(timeout=timeout + 1).cluster_id
+    except Exception as exc:  # KafkaException, a timeout, an unsupported request: the caller has a default
+        logger.debug("no cluster id", extra={"bootstrap": settings.bootstrap_servers, "error": str(exc)})
+        return None
 
 
 def check_broker(settings: KafkaSettings, timeout: float = 10.0) -> None:

@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from confluent_kafka import Consumer, KafkaError, Message
 
+from streams.kafka.admin import cluster_id
 from streams.kafka.settings import KafkaSettings
 
-__all__ = ["make_consumer", "consume_batch", "headers_of", "Fetched", "split"]
+__all__ = ["make_consumer", "consume_batch", "headers_of", "Fetched", "split", "latency_fetch_wait_ms",
+           "EMBEDDED_FETCH_WAIT_MS", "LONG_POLL_FETCH_WAIT_MS", "MAX_FETCH_WAIT_MS"]
+
+EMBEDDED_FETCH_WAIT_MS = 5
+"""``fetch.wait.max.ms`` where a record is waited for, on the embedded broker: it answers a fetch only when
+the wait is over, even if records arrived (``shared/EMBEDDED_BROKER.md``), so the wait is every hop's
+latency; each such consumer costs it about 12 % of a core."""
+
+LONG_POLL_FETCH_WAIT_MS = 100
+"""The same on Apache Kafka, which answers a fetch as soon as a record arrives (a delayed fetch completes on
+the append): the wait only sets how often an idle consumer asks. At 5 ms a bare idle reader cost the broker
+12-22 % of a core, at 100 ms 3-6 % (stop 36's measurement); with every query path of a flow at 100 ms
+instead of 5, ``benchmarks/peers.py`` inserted 7-30 % more vectors a second, sequential query p50s unchanged
+(stop 37). Not librdkafka's 500: a read to the end of an empty partition waits this long for its answer."""
+
+MAX_FETCH_WAIT_MS = 300_000
+"""The most ``fetch.wait.max.ms`` librdkafka accepts."""
+
+EMBEDDED_CLUSTER_IDS = frozenset({"tansu_cluster"})
+"""Cluster ids of the embedded broker (Tansu's default; ``streams/local/tansu.py`` keeps it)."""
+
+_latency_waits: dict[str, int] = {}
+_latency_waits_lock = threading.Lock()
 
 
 def make_consumer(settings: KafkaSettings, *, group_id: str, **overrides: Any) -> Consumer:
@@ -34,7 +58,7 @@ def make_consumer(settings: KafkaSettings, *, group_id: str, **overrides: Any) -
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        "fetch.wait.max.ms": 5,
+        "fetch.wait.max.ms": EMBEDDED_FETCH_WAIT_MS,
         "session.timeout.ms": 20000,
         "heartbeat.interval.ms": 1000,
         "max.poll.interval.ms": 30000,
@@ -46,6 +70,24 @@ def make_consumer(settings: KafkaSettings, *, group_id: str, **overrides: Any) -
     }
     config["group.id"] = group_id
     return Consumer(config)
+
+
+def latency_fetch_wait_ms(settings: KafkaSettings) -> int:
+    """``fetch.wait.max.ms`` for a consumer whose records someone is waiting for (a query path, a client's
+    replies): ``LONG_POLL_FETCH_WAIT_MS`` on Apache Kafka, ``EMBEDDED_FETCH_WAIT_MS`` on the embedded broker
+    or when the cluster cannot tell its id (the short wait is right on both, only dearer). Asked once per
+    bootstrap address and process (one DescribeCluster request); a failed ask is not remembered."""
+    with _latency_waits_lock:
+        known = _latency_waits.get(settings.bootstrap_servers)
+    if known is not None:
+        return known
+    found = cluster_id(settings)
+    if found is None:
+        return EMBEDDED_FETCH_WAIT_MS
+    wait = EMBEDDED_FETCH_WAIT_MS if found in EMBEDDED_CLUSTER_IDS else LONG_POLL_FETCH_WAIT_MS
+    with _latency_waits_lock:
+        _latency_waits[settings.bootstrap_servers] = wait
+    return wait
 
 
 def headers_of(msg: Message) -> dict[str, bytes]:

@@ -30,7 +30,7 @@ from typing import IO
 from confluent_kafka import KafkaError, Message
 
 from streams.exceptions import DeliveryError, ProducerFailedError
-from streams.kafka.consumer import consume_batch, make_consumer
+from streams.kafka.consumer import consume_batch, latency_fetch_wait_ms, make_consumer
 from streams.kafka.producer import StageProducer
 from streams.kafka.settings import KafkaSettings
 from streams.runtime.checkpoint import Checkpoint, TransactionalCheckpoint
@@ -166,8 +166,9 @@ class StageLoop:
         """A path with its own consumer and producer: a path's commit flushes its own outputs only, never
         the other path's or a status report (one waiting for a failover of its partition's leader would
         hold the commit). ``transactional``: its outputs and offsets commit in one transaction."""
+        wait = spec.fetch_wait_ms if spec.fetch_wait_ms is not None else latency_fetch_wait_ms(self.settings)
         consumer = make_consumer(self.settings, group_id=spec.group_id, **{
-            "fetch.wait.max.ms": spec.fetch_wait_ms, **spec.consumer_config, **self.spec.consumer_overrides})
+            "fetch.wait.max.ms": wait, **spec.consumer_config, **self.spec.consumer_overrides})
         transactions = {"transactional.id": self._transactional_id(), "transaction.timeout.ms": 15000} \
             if transactional else {}
         producer = StageProducer(self.settings, max_payload_bytes=self.spec.max_payload_bytes, **transactions)

@@ -136,8 +136,9 @@ class PathSpec:
 
     :param follow_index_path: assign this path's partitions to mirror the index path's
         assignment (co-partitioning: shard p answers search partition p), no subscription.
-    :param fetch_wait_ms: the consumer's ``fetch.wait.max.ms``: short on query paths
-        (latency), longer on index paths (fewer idle fetches for the broker to serve).
+    :param fetch_wait_ms: the consumer's ``fetch.wait.max.ms``: longer on index paths (fewer idle fetches
+        for the broker to serve); None, a query path's default, asks the broker
+        (``streams.kafka.consumer.latency_fetch_wait_ms``: short only where the wait is each hop's latency).
     :param consumer_config: librdkafka settings of this path's consumer (the user's win).
     :param also_reads: more topics the same consumer subscribes to (one group, one handler that tells
         records apart by topic), so a small stage serves two topics without a second consumer.
@@ -155,7 +156,7 @@ class PathSpec:
     handler: PathHandler
     batch_size: int = 64
     follow_index_path: bool = False
-    fetch_wait_ms: int = 5
+    fetch_wait_ms: int | None = None
     consumer_config: dict[str, object] = field(default_factory=dict)
     also_reads: tuple[str, ...] = ()
     gather_ms: float = 0.0

@@ -55,10 +55,24 @@ class TestFlow:
         (GOOD + "search: {retrieval: hybrid}\n", r"retrieval 'hybrid' needs the lexical arm: give the index stage"),
         (GOOD + "search: {retrieval: sparse}\n", "retrieval must be one of dense, lexical, hybrid, got 'sparse'"),
         (GOOD + "search: {fusion: max}\n", "fusion must be one of rrf, dbsf, linear"),
+        (GOOD + "search: {top_k: -3}\n", r"search: parameter 'top_k' must be an integer in 1\.\.1000, got -3"),
+        (GOOD + "search: {top_k: true}\n", "parameter 'top_k' must be an integer"),
+        (GOOD + "search: {chunk_oversample: 100000}\n", "parameter 'chunk_oversample' is 100000; the limit"),
+        (GOOD + "search: {timeout_s: soon}\n", r"timeout_s must be a number of seconds in \(0, 300\], got 'soon'"),
+        (GOOD + "search: {timeout_s: .nan}\n", "timeout_s must be a number of seconds"),
+        (GOOD + "search: {timeout_s: 0}\n", "timeout_s must be a number of seconds"),
+        (GOOD + "search: {fetch_wait_ms: 2.5}\n", r"fetch_wait_ms must be null \(by the broker\) or whole milliseconds"),
+        (GOOD + "search: {fetch_wait_ms: -1}\n", "fetch_wait_ms must be null"),
+        (GOOD + "search: {fetch_wait_ms: '5'}\n", "fetch_wait_ms must be null"),
     ])
     def test_invalid_flows(self, text: str, message: str) -> None:
         with pytest.raises(FlowConfigError, match=message):
             parse_flow(text)
+
+    def test_the_search_defaults_a_flow_may_set(self) -> None:
+        search = parse_flow(GOOD + "search: {top_k: 20, timeout_s: 2.5, chunk_oversample: 3, fetch_wait_ms: 0}\n").search
+        assert (search.top_k, search.timeout_s, search.chunk_oversample, search.fetch_wait_ms) == (20, 2.5, 3, 0)
+        assert parse_flow(GOOD).search.fetch_wait_ms is None  # by the broker
 
     @pytest.mark.parametrize(("text", "message"), [
         (GOOD.replace("    uses: Sentencizer\n", "    shards: 2\n"), r"<flow>:4: only the index stage has shards$"),
