@@ -12,11 +12,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import TopicPartition
 from tqdm import tqdm
 
+from processors.document import Document
 from streams.wire import headers as h
 from streams.client import Client, IndexReceipt
 from streams.client.dead_letters import read_dead_letters
@@ -27,7 +29,7 @@ from streams.kafka.reader import fetch_high_watermarks, tail
 from streams.wire.records import SearchReply
 from streams.wire.topics import FlowTopics
 
-__all__ = ["IndexProgress", "Searchable", "wait_searchable", "dead_letters_of"]
+__all__ = ["IndexProgress", "Searchable", "wait_searchable", "dead_letters_of", "index_with_progress"]
 
 FIRST_OFFSETS_TIMEOUT_S = 10.0
 """How long the bar may take to learn where the ingest topic ends; past it, it counts every record."""
@@ -152,3 +154,19 @@ class IndexProgress:
             if self._target is not None and all(self._seen.get(p, -1) >= o for p, o in self._target.items()):
                 self._done.set()
                 return
+
+
+def index_with_progress(client: Client, docs: Sequence[Document], *, topics: FlowTopics,
+                        while_indexing: Callable[[IndexProgress], object] | None = None) -> IndexReceipt:
+    """Send ``docs`` under a progress bar and return once the encoder has passed them all.
+
+    :param topics: the running flow's (its partition count: a ``Client``'s own topics do not know it).
+    :param while_indexing: called between the send and the wait, with the bar (the hello-world searches there).
+    """
+    with IndexProgress(client.settings, topics, total=len(docs)) as progress:
+        receipt = client.index(docs)
+        progress.expect(receipt)
+        if while_indexing is not None:
+            while_indexing(progress)
+        progress.wait()
+    return receipt

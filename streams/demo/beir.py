@@ -16,7 +16,7 @@ from processors.evaluators.bootstrap import BootstrapInterval, paired_bootstrap
 from processors.evaluators.metrics import ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank
 from processors.query.parameters import DEFAULT_FUSION, RETRIEVALS
 from streams.client import Client, IndexReceipt
-from streams.client.progress import IndexProgress
+from streams.client.progress import index_with_progress
 from streams.demo.corpora import BeirDataset, load_beir
 from streams.flow.parse import load_flow
 from streams.local.runtime import LocalRuntime
@@ -100,10 +100,7 @@ def run_eval(beir_dir: Path, *, flow_path: Path = DEFAULT_EVAL_FLOW, state_dir: 
             runtime.wait_ready(client)
             print_fn(f"indexing {len(dataset.corpus)} documents from {beir_dir} through flow {flow.name!r} "
                      f"(its own topics and state: this corpus and flow YAML only)")
-            with IndexProgress(runtime.settings, runtime.flow.topics, total=len(dataset.corpus)) as progress:
-                receipt = client.index(dataset.corpus)
-                progress.expect(receipt)
-                progress.wait()
+            receipt = index_with_progress(client, dataset.corpus, topics=runtime.flow.topics)
             rankings = {run: _rankings(client, dataset, query_ids, receipt, retrieval=run, fusion=fusion)
                         for run in runs}
         finally:

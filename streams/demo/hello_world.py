@@ -11,7 +11,7 @@ from pathlib import Path
 from processors.document import Document
 from streams.client import Client, IndexReceipt
 from streams.client.http import create_app, serving
-from streams.client.progress import IndexProgress
+from streams.client.progress import IndexProgress, index_with_progress
 from streams.demo.corpora import TITLE_TAG, stdlib_docstrings
 from streams.flow.parse import load_flow
 from streams.flow.spec import FlowSpec
@@ -117,11 +117,9 @@ def run_hello_world(*, limit: int, flow_path: Path = DEFAULT_FLOW, state_dir: Pa
     with demo_session(flow, flow_path=flow_path, state_dir=state_dir, bridge_port=bridge_port, broker=broker,
                       print_fn=print_fn) as (runtime, client, url):
         print_fn(f"streaming {len(docs)} docstrings of the Python standard library onto {flow.topics.ingest}")
-        with IndexProgress(runtime.settings, runtime.flow.topics, total=len(docs)) as progress:
-            receipt = client.index(docs)
-            progress.expect(receipt)
-            _search_while_indexing(client, progress, top_k, print_fn)
-            progress.wait()
+        receipt = index_with_progress(client, docs, topics=runtime.flow.topics,
+                                      while_indexing=lambda progress: _search_while_indexing(client, progress, top_k,
+                                                                                             print_fn))
         print_fn("\nindexing done; final answers (read-your-writes: the shards have applied every document):")
         final = _ask(client, top_k, receipt, print_fn)
         if keep_serving:

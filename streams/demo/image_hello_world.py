@@ -13,7 +13,7 @@ from pathlib import Path
 
 from processors.document import Document
 from streams.client import Client, IndexReceipt
-from streams.client.progress import IndexProgress
+from streams.client.progress import index_with_progress
 from streams.demo.hello_world import demo_session, keep_serving_until_interrupted
 from streams.demo.stamps import LABEL_TAG, PARAPHRASES, STAMPS_DIR, LabelledImage, stamp_documents, tuxpaint_stamps
 from streams.flow.parse import load_flow
@@ -68,10 +68,7 @@ def run_image_hello_world(*, stamps_dir: Path = STAMPS_DIR, limit: int | None = 
         labels = sorted({image.label for image in images})
         print_fn(f"streaming {len(images)} Tux Paint pictures in {len(labels)} labels ({', '.join(labels)}) "
                  f"onto {flow.topics.ingest}")
-        with IndexProgress(runtime.settings, runtime.flow.topics, total=len(images)) as progress:
-            receipt = client.index(list(stamp_documents(images)))
-            progress.expect(receipt)
-            progress.wait()
+        receipt = index_with_progress(client, list(stamp_documents(images)), topics=runtime.flow.topics)
         print_fn("\nindexing done; [label] of each match:")
         replies = _ask(client, images, top_k, receipt, print_fn)
         if keep_serving:
