@@ -74,7 +74,7 @@ def parse_flow(text: str, *, source: Path | None = None) -> FlowSpec:
     data, fail = _compose(text, str(source) if source else "<flow>")
     name, version = _name(data, fail), _version(data, fail)
     stages, shards = _stages(data.get("stages"), fail)
-    state_dir = Path(data.get("state_dir") or Path(".streamsearch") / "state")
+    state_dir = _state_dir(data.get("state_dir"), fail)
     search = _search(data.get("search") or {}, fail)
     _check_retrieval(search, stages, fail)
     kafka = data.get("kafka") or {}
@@ -118,6 +118,15 @@ def _compose(text: str, where: str) -> tuple[dict[str, Any], _Fail]:
     return data, fail
 
 
+def _state_dir(value: Any, fail: _Fail) -> Path:
+    """The directory of the shards' state (``.streamsearch/state`` when unset)."""
+    if value is None:
+        return Path(".streamsearch") / "state"
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise fail(("state_dir",), f"state_dir must be a directory path, got {value!r}")
+    return Path(value)
+
+
 def _positive(value: Any) -> bool:
     """A positive integer, and not a YAML boolean."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -151,12 +160,12 @@ def _stages(stages_data: Any, fail: _Fail) -> tuple[tuple[StageConfig, ...], int
         path = ("stages", stage_name)
         _check_stage_keys(stage_name, settings, path, fail)
         replicas = settings.get("replicas", 1)
-        if not isinstance(replicas, int) or replicas < 1:
+        if not _positive(replicas):
             raise fail(path + ("replicas",), f"stage {stage_name}: replicas must be a positive integer")
         if "shards" in settings:
             _require_key(stage_name, "shards", path, fail)
             shards = settings["shards"]
-            if not isinstance(shards, int) or shards < 1:
+            if not _positive(shards):
                 raise fail(path + ("shards",), f"{stage_name}: shards must be a positive integer")
         stages.append(_stage(KINDS[stage_name], settings, replicas, path, fail))
     return tuple(stages), shards
@@ -192,7 +201,7 @@ def _stage(kind: StageKind, settings: dict[str, Any], replicas: int, path: KeyPa
     filter_by = _filter_by(name, settings, path, fail)
     operations = _operations(name, settings, path, fail)
     metrics_port = settings.get("metrics_port")
-    if metrics_port is not None and (not isinstance(metrics_port, int) or not 1 <= metrics_port <= 65535):
+    if metrics_port is not None and (not _positive(metrics_port) or metrics_port > 65535):
         raise fail(path + ("metrics_port",), f"stage {name}: metrics_port must be a port number")
     return StageConfig(
         name=name, uses=uses, config=config, replicas=replicas, ranker_uses=ranker_uses, ranker_config=ranker_config,
@@ -207,6 +216,8 @@ def _executor(kind: StageKind, settings: dict[str, Any], path: KeyPath, fail: _F
     params = settings.get("with") or {}
     if not isinstance(params, dict):
         raise fail(path + ("with",), f"stage {name}: 'with' must be a mapping")
+    if uses is not None and not isinstance(uses, str):
+        raise fail(path + ("uses",), f"stage {name}: 'uses' must name an executor, got {uses!r}")
     if not kind.executors:
         if uses is not None or params:
             raise fail(path, f"the {name} stage takes no executor: {kind.without_executor}")
@@ -219,12 +230,16 @@ def _executor(kind: StageKind, settings: dict[str, Any], path: KeyPath, fail: _F
         raise fail(path + ("with",), str(exc)) from exc
 
 
-def _ranker(name: str, ranker: dict[str, Any], path: KeyPath, fail: _Fail) -> tuple[str, Any]:
+def _ranker(name: str, ranker: Any, path: KeyPath, fail: _Fail) -> tuple[str, Any]:
+    if not isinstance(ranker, dict):
+        raise fail(path + ("ranker",), f"stage {name}: 'ranker' must be a mapping (uses, with), got {ranker!r}")
     ranker_uses = ranker.get("uses", DEFAULT_RANKER)
-    if ranker_uses not in RANKERS:
+    if not isinstance(ranker_uses, str) or ranker_uses not in RANKERS:
         raise fail(path + ("ranker",), f"unknown ranker {ranker_uses!r}; available: {', '.join(RANKERS)}")
-    return ranker_uses, build_config(RANKERS[ranker_uses].config_type, ranker.get("with") or {},
-                                     f"stage {name} ranker ({ranker_uses})")
+    params = ranker.get("with") or {}
+    if not isinstance(params, dict):
+        raise fail(path + ("ranker", "with"), f"stage {name}: the ranker's 'with' must be a mapping")
+    return ranker_uses, build_config(RANKERS[ranker_uses].config_type, params, f"stage {name} ranker ({ranker_uses})")
 
 
 def _filter_by(name: str, settings: dict[str, Any], path: KeyPath, fail: _Fail) -> tuple[str, ...]:

@@ -64,6 +64,16 @@ class TestFlow:
         (GOOD + "search: {fetch_wait_ms: 2.5}\n", r"fetch_wait_ms must be null \(by the broker\) or whole milliseconds"),
         (GOOD + "search: {fetch_wait_ms: -1}\n", "fetch_wait_ms must be null"),
         (GOOD + "search: {fetch_wait_ms: '5'}\n", "fetch_wait_ms must be null"),
+        (GOOD + "state_dir: 5\n", "state_dir must be a directory path, got 5"),
+        (GOOD + "state_dir: [a]\n", r"state_dir must be a directory path, got \['a'\]"),
+        (GOOD + "state_dir: ''\n", "state_dir must be a directory path"),
+        (GOOD.replace("shards: 3", "shards: true"), "shards must be a positive integer"),
+        (GOOD.replace("  join: {}", "  join: {replicas: true}"), "replicas must be a positive integer"),
+        (GOOD.replace("uses: TransformerEncoder", "uses: [TransformerEncoder]"), "'uses' must name an executor"),
+        (GOOD.replace("  join: {}", "  join: {metrics_port: true}"), "metrics_port must be a port number"),
+        (GOOD.replace("    shards: 3", "    ranker: 5\n    shards: 3"), r"'ranker' must be a mapping \(uses, with\), got 5"),
+        (GOOD.replace("    shards: 3", "    ranker: {with: 5}\n    shards: 3"), "the ranker's 'with' must be a mapping"),
+        (GOOD.replace("    shards: 3", "    ranker: {uses: [a]}\n    shards: 3"), r"unknown ranker \['a'\]"),
     ])
     def test_invalid_flows(self, text: str, message: str) -> None:
         with pytest.raises(FlowConfigError, match=message):
