@@ -117,15 +117,20 @@ class RequestLimits:
         """
         if queries > self.max_queries:
             raise RequestLimitError(f"{queries} query documents; the limit max_queries is {self.max_queries}")
-        fetch = queries * params.arm_depth * params.chunk_oversample
-        if fetch > self.max_fetch:
-            raise RequestLimitError(f"queries × {params.depth_rule} × chunk_oversample = {queries} × {params.arm_depth} × "
-                                    f"{params.chunk_oversample} = {fetch}; the limit max_fetch is {self.max_fetch}")
+        self.check_fetch(params, queries=queries)
         self._check_after(after, partitions)
         _check_fields(params.filter_by, fields)
         if params.filter is not None:
             check_filter(params.filter, filterable or {})
         self._check_query_language(params)
+
+    def check_fetch(self, params: SearchParameters, *, queries: int) -> None:
+        """:raises RequestLimitError: when ``queries`` queries of ``params`` would read more vectors from each
+        shard's first window than ``max_fetch``."""
+        fetch = queries * params.arm_depth * params.chunk_oversample
+        if fetch > self.max_fetch:
+            raise RequestLimitError(f"queries × {params.depth_rule} × chunk_oversample = {queries} × {params.arm_depth} × "
+                                    f"{params.chunk_oversample} = {fetch}; the limit max_fetch is {self.max_fetch}")
 
     def _check_after(self, after: Mapping[int, int], partitions: int) -> None:
         for partition, offset in after.items():

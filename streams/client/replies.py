@@ -93,7 +93,8 @@ class ReplyListener:
                         self._follow(msg)
                     elif msg.value() is not None:
                         self._resolve(msg)
-                if (self.versions_topic, 0) in fetched.ends:
+                if not ready.is_set() and ((self.versions_topic, 0) in fetched.ends
+                                           or reader.at_fetched_end(self.versions_topic, 0)):
                     ready.set()
 
     def _resolve(self, msg: Message) -> None:

@@ -283,12 +283,12 @@ def _search(search: Any, fail: _Fail) -> SearchDefaults:
     for key, allowed in (("retrieval", RETRIEVALS), ("fusion", FUSIONS)):
         if key in search and search[key] not in allowed:
             raise fail(("search", key), f"search: {key} must be one of {', '.join(allowed)}, got {search[key]!r}")
-    for key in ("top_k", "chunk_oversample"):
-        if key in search:
-            try:  # the limits a request's own value meets
-                SearchParameters.parse({key: search[key]})
-            except (InvalidParameterError, RequestLimitError) as exc:
-                raise fail(("search", key), f"search: {exc}") from None
+    given = {key: search[key] for key in ("top_k", "chunk_oversample", "retrieval", "fusion") if key in search}
+    try:  # the limits a request of one query with these defaults meets
+        REQUEST_LIMITS.check_fetch(SearchParameters.parse(given), queries=1)
+    except (InvalidParameterError, RequestLimitError) as exc:
+        at = next((key for key in ("top_k", "chunk_oversample") if key in given and key in str(exc)), None)
+        raise fail(("search", at) if at else ("search",), f"search: {exc}") from None
     timeout = search.get("timeout_s", 1.0)
     if not _number(timeout) or not 0 < timeout <= REQUEST_LIMITS.max_deadline_s:
         raise fail(("search", "timeout_s"), f"search: timeout_s must be a number of seconds in (0, "

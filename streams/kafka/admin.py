@@ -32,7 +32,7 @@ def _admin(settings: KafkaSettings) -> AdminClient:
 
 
 def cluster_id(settings: KafkaSettings, timeout: float = 5.0) -> str | None:
-    """The cluster's id (DescribeCluster, KIP-919: one small request, no topic metadata); None when the
+    """The cluster's id (DescribeCluster, KIP-700: one small request, no topic metadata); None when the
     broker does not answer within ``timeout`` or does not know the request (Kafka before 2.8)."""
     admin = _admin(settings)  # held until the answer: a client destroyed meanwhile fails its futures
     try:

@@ -12,7 +12,7 @@ from streams.kafka.admin import cluster_id
 from streams.kafka.settings import KafkaSettings
 
 __all__ = ["make_consumer", "consume_batch", "headers_of", "Fetched", "split", "latency_fetch_wait_ms",
-           "EMBEDDED_FETCH_WAIT_MS", "LONG_POLL_FETCH_WAIT_MS", "MAX_FETCH_WAIT_MS"]
+           "EMBEDDED_FETCH_WAIT_MS", "LONG_POLL_FETCH_WAIT_MS", "MAX_FETCH_WAIT_MS", "EMBEDDED_CLUSTER_ID"]
 
 EMBEDDED_FETCH_WAIT_MS = 5
 """``fetch.wait.max.ms`` where a record is waited for, on the embedded broker: it answers a fetch only when
@@ -29,8 +29,9 @@ instead of 5, ``benchmarks/peers.py`` inserted 7-30 % more vectors a second, seq
 MAX_FETCH_WAIT_MS = 300_000
 """The most ``fetch.wait.max.ms`` librdkafka accepts."""
 
-EMBEDDED_CLUSTER_IDS = frozenset({"tansu_cluster"})
-"""Cluster ids of the embedded broker (Tansu's default; ``streams/local/tansu.py`` keeps it)."""
+EMBEDDED_CLUSTER_ID = "tansu_cluster"
+"""The embedded broker's cluster id: Tansu's default, which ``streams/local/tansu.py`` passes it explicitly
+(Tansu would otherwise take ``CLUSTER_ID`` from the environment)."""
 
 _latency_waits: dict[str, int] = {}
 _latency_waits_lock = threading.Lock()
@@ -76,7 +77,8 @@ def latency_fetch_wait_ms(settings: KafkaSettings) -> int:
     """``fetch.wait.max.ms`` for a consumer whose records someone is waiting for (a query path, a client's
     replies): ``LONG_POLL_FETCH_WAIT_MS`` on Apache Kafka, ``EMBEDDED_FETCH_WAIT_MS`` on the embedded broker
     or when the cluster cannot tell its id (the short wait is right on both, only dearer). Asked once per
-    bootstrap address and process (one DescribeCluster request); a failed ask is not remembered."""
+    bootstrap address and process (one DescribeCluster request); a failed ask is not remembered, and a
+    process that later finds another kind of broker at the same address keeps the first answer."""
     with _latency_waits_lock:
         known = _latency_waits.get(settings.bootstrap_servers)
     if known is not None:
@@ -84,7 +86,7 @@ def latency_fetch_wait_ms(settings: KafkaSettings) -> int:
     found = cluster_id(settings)
     if found is None:
         return EMBEDDED_FETCH_WAIT_MS
-    wait = EMBEDDED_FETCH_WAIT_MS if found in EMBEDDED_CLUSTER_IDS else LONG_POLL_FETCH_WAIT_MS
+    wait = EMBEDDED_FETCH_WAIT_MS if found == EMBEDDED_CLUSTER_ID else LONG_POLL_FETCH_WAIT_MS
     with _latency_waits_lock:
         _latency_waits[settings.bootstrap_servers] = wait
     return wait

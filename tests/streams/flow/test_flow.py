@@ -58,6 +58,8 @@ class TestFlow:
         (GOOD + "search: {top_k: -3}\n", r"search: parameter 'top_k' must be an integer in 1\.\.1000, got -3"),
         (GOOD + "search: {top_k: true}\n", "parameter 'top_k' must be an integer"),
         (GOOD + "search: {chunk_oversample: 100000}\n", "parameter 'chunk_oversample' is 100000; the limit"),
+        (GOOD + "search: {top_k: 1000, chunk_oversample: 100}\n",
+         r"search: queries × top_k × chunk_oversample = 1 × 1000 × 100 = 100000; the limit max_fetch is 20000"),
         (GOOD + "search: {timeout_s: soon}\n", r"timeout_s must be a number of seconds in \(0, 300\], got 'soon'"),
         (GOOD + "search: {timeout_s: .nan}\n", "timeout_s must be a number of seconds"),
         (GOOD + "search: {timeout_s: 0}\n", "timeout_s must be a number of seconds"),

@@ -25,7 +25,8 @@ def test_the_session_broker_gets_the_wait_that_suits_it(kafka_settings: KafkaSet
     assert latency_fetch_wait_ms(kafka_settings) == expected
 
 
-def test_the_embedded_broker_gets_the_short_wait(tmp_path: Path) -> None:
+def test_the_embedded_broker_gets_the_short_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLUSTER_ID", "a-kafka-habit")  # Tansu reads it unless given its id
     _, tansu = start_local_broker(BrokerKind.TANSU, tmp_path)
     try:
         assert latency_fetch_wait_ms(KafkaSettings(tansu.bootstrap_servers)) == EMBEDDED_FETCH_WAIT_MS

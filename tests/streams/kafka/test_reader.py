@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -99,3 +100,25 @@ def test_tail_follows_new_records_until_stopped(kafka_settings: KafkaSettings) -
         if seen:
             stop.set()
     assert seen == [b"new"]
+
+
+def test_the_fetched_end_is_known_from_the_high_watermark_before_the_end_event(kafka_settings: KafkaSettings) -> None:
+    """A client waiting for ``<flow>.versions`` to be read: with a long poll the end-of-partition event comes
+    only after a fetch at the end has waited its time; the high watermark of the fetch that brought the
+    records says it at once."""
+    topic = _topic(kafka_settings)
+    _write(kafka_settings, topic, [b"a", b"b", b"c"])
+    with TopicReader(kafka_settings, group_id=_group(), **{"fetch.wait.max.ms": 30_000}) as reader:
+        reader.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        assert not reader.at_fetched_end(topic, 0)  # no fetch yet: unknown, not "empty"
+        values: list[bytes] = []
+        stop = threading.Event()
+        deadline = time.monotonic() + 25  # before the 30 s poll would end the wait anyway
+        for fetched in reader.follow(stop, timeout=0.1):
+            assert time.monotonic() < deadline, f"the end unknown after 25 s, {values} read"
+            values += [msg.value() for msg in fetched.records]
+            assert (topic, 0) not in fetched.ends or values == [b"a", b"b", b"c"]
+            if reader.at_fetched_end(topic, 0):
+                break
+            assert len(values) < 3, "all read, yet the end unknown"
+        assert values == [b"a", b"b", b"c"]
