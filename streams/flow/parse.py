@@ -289,8 +289,8 @@ def _search(search: Any, fail: _Fail) -> SearchDefaults:
     except (InvalidParameterError, RequestLimitError) as exc:
         at = next((key for key in ("top_k", "chunk_oversample") if key in given and key in str(exc)), None)
         raise fail(("search", at) if at else ("search",), f"search: {exc}") from None
-    timeout = search.get("timeout_s", 1.0)
-    if not _number(timeout) or not 0 < timeout <= REQUEST_LIMITS.max_deadline_s:
+    timeout = search.get("timeout_s")
+    if "timeout_s" in search and (not _number(timeout) or not 0 < timeout <= REQUEST_LIMITS.max_deadline_s):
         raise fail(("search", "timeout_s"), f"search: timeout_s must be a number of seconds in (0, "
                                             f"{REQUEST_LIMITS.max_deadline_s:g}], got {timeout!r}")
     wait = search.get("fetch_wait_ms")

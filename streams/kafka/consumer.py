@@ -30,7 +30,7 @@ MAX_FETCH_WAIT_MS = 300_000
 """The most ``fetch.wait.max.ms`` librdkafka accepts."""
 
 EMBEDDED_CLUSTER_ID = "tansu_cluster"
-"""The embedded broker's cluster id: Tansu's default, which ``streams/local/tansu.py`` passes it explicitly
+"""The embedded broker's cluster id: Tansu's default, which ``streams/local/tansu.py`` passes explicitly
 (Tansu would otherwise take ``CLUSTER_ID`` from the environment)."""
 
 _latency_waits: dict[str, int] = {}
