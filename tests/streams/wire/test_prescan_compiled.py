@@ -1,0 +1,181 @@
+"""The compiled pre-scan walk (``streams/wire/_prescan.c``) decides as the Python walk, its reference, does.
+
+Every record here, valid or damaged, goes through both walks: they must accept and refuse the same
+records, and report the same cut ranges and sized flag for those they accept. The damaged records
+are every truncation and every byte of each valid record set to the values that change a varint's
+meaning, then seeded random damage and random bytes.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors.document import Document
+from streams.exceptions import DecodeLimitError, SerdeError
+from streams.wire import codec as codecs
+from streams.wire import prescan as scan
+from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, Codec
+from streams.wire.limits import DECODE_LIMITS, DecodeLimits
+from streams.wire.prescan import Cuts, ScanNode
+from streams.wire.records import PartialResult, Request
+from tests.streams.wire.fixtures import DEFAULT_PREFIX, documents, nested, nested_docs, tree, varint
+
+CODECS: list[Codec[Any]] = [value for value in vars(codecs).values() if isinstance(value, Codec)]
+ROOTS: list[ScanNode] = [root for codec in CODECS
+                         for root in (codec._scan_root, *(r for _, r in codec._earlier.values()))]
+"""Every writer schema a codec reads: the current ones and the earlier ones."""
+SIGNIFICANT = (0x00, 0x01, 0x02, 0x03, 0x7F, 0x80, 0x81, 0xFE, 0xFF)
+"""Byte values that end or continue a varint, flip its sign, or name a union branch past the last."""
+
+
+def python_verdict(data: bytes, root: ScanNode, limits: DecodeLimits) -> tuple[list[tuple[int, int]], bool] | None:
+    cuts = Cuts()
+    try:
+        scan.prescan_python(data, root, limits, "record", cuts)
+    except (SerdeError, DecodeLimitError):
+        return None
+    return list(cuts), cuts.sized
+
+
+def compiled_verdict(data: bytes, root: ScanNode, limits: DecodeLimits) -> tuple[list[tuple[int, int]], bool] | None:
+    cuts = Cuts()
+    if not scan._compiled_accepts(data, root, limits, cuts):
+        assert not cuts and not cuts.sized  # a refusal leaves nothing behind
+        return None
+    return list(cuts), cuts.sized
+
+
+def agree(data: bytes, root: ScanNode, limits: DecodeLimits = DECODE_LIMITS) -> bool:
+    """Assert both walks decide alike on ``data``; return whether they accepted it."""
+    expected = python_verdict(data, root, limits)
+    assert compiled_verdict(data, root, limits) == expected, data.hex()
+    return expected is not None
+
+
+def damaged(record: bytes) -> list[bytes]:
+    """Every truncation, one byte past the end, and every byte set to each ``SIGNIFICANT`` value."""
+    out = [record[:end] for end in range(len(record))] + [record + b"\x00", record + b"\x02"]
+    for pos in range(len(record)):
+        out += [record[:pos] + bytes([value]) + record[pos + 1:] for value in SIGNIFICANT if value != record[pos]]
+    return out
+
+
+def embedded(doc_id: str, chunks: int) -> Document:
+    rng = np.random.default_rng(len(doc_id) + chunks)
+    return Document(id=doc_id, text="root", blob=b"\x01\x02", chunks=[
+        Document(id=f"{doc_id}/{i}", parent_id=doc_id, text="chunk", embedding=rng.random(4, dtype=np.float32),
+                 blob=b"x" if i % 2 else None) for i in range(chunks)])
+
+
+def sized_chunks() -> bytes:
+    """A Document whose chunks block is written with a negative count and its size in bytes."""
+    chunk = DOCUMENT.encode(Document(id="d/0", embedding=np.ones(2, np.float32)))
+    plain = DOCUMENT.encode(Document(id="d", chunks=[Document(id="d/0", embedding=np.ones(2, np.float32))]))
+    count = plain.index(chunk) - 1
+    return plain[:count] + varint(-1) + varint(len(chunk)) + chunk + plain[count + 1 + len(chunk):]
+
+
+VALID_DOCUMENTS = {
+    "tree": DOCUMENT.encode(tree()),
+    "nested 4": DOCUMENT.encode(nested_docs(4)),
+    "embeddings and blobs": DOCUMENT.encode(embedded("e", 3)),
+    "all defaults, 3 deep": nested(3),
+    "a sized block": sized_chunks(),
+}
+
+
+def test_the_install_built_the_compiled_walk() -> None:
+    """``pip install`` builds it here (a C compiler is on these machines); without it every other test
+    of this file would compare the Python walk with itself."""
+    assert scan.COMPILED
+
+
+@pytest.mark.parametrize("name", VALID_DOCUMENTS)
+def test_every_damage_to_a_document_is_decided_alike(name: str) -> None:
+    record = VALID_DOCUMENTS[name]
+    assert agree(record, DOCUMENT._scan_root)
+    refused = sum(not agree(data, DOCUMENT._scan_root) for data in damaged(record))
+    assert refused > len(record)  # every truncation at least
+
+
+def test_cut_ranges_and_the_sized_flag_are_reported_alike() -> None:
+    cuts, sized = compiled_verdict(VALID_DOCUMENTS["embeddings and blobs"], DOCUMENT._scan_root, DECODE_LIMITS)
+    assert len(cuts) == 5 and not sized  # the root's blob, 3 embeddings, 1 chunk's blob
+    assert compiled_verdict(VALID_DOCUMENTS["a sized block"], DOCUMENT._scan_root, DECODE_LIMITS)[1]
+
+
+def test_envelopes_and_their_damage_are_decided_alike() -> None:
+    docs = [embedded("a", 2), tree()]
+    records = [
+        REQUEST.encode(Request("r1", "search", docs, "replies", 5, {"top_k": 3}, {0: 7})),
+        PARTIAL_RESULT.encode(PartialResult("r1", 0, [0, 1], "replies", 5, {}, docs, error=None, warning="short")),
+    ]
+    roots = (REQUEST._scan_root, PARTIAL_RESULT._scan_root)
+    for record, root in zip(records, roots):
+        assert agree(record, root)
+        for data in damaged(record):
+            for other in ROOTS:  # also read as every other schema: wrong headers are hostile input too
+                agree(data, other)
+
+
+@pytest.mark.parametrize("depth, documents", [(1, 1), (2, 3), (3, 3), (3, 4), (4, 100), (2**70, 2**70)])
+def test_the_caps_are_decided_alike(depth: int, documents: int) -> None:
+    limits = DecodeLimits(max_document_depth=depth, max_documents=documents)
+    for record in (nested(3), DOCUMENT.encode(nested_docs(4)), DOCUMENT.encode(embedded("e", 2))):
+        agree(record, DOCUMENT._scan_root, limits)
+
+
+def test_seeded_random_damage_is_decided_alike() -> None:
+    rng = random.Random(17)
+    records = [*VALID_DOCUMENTS.values(), DOCUMENT.encode(embedded("big", 40))]
+    for _ in range(3000):
+        data = bytearray(rng.choice(records))
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data))
+            action = rng.randrange(3)
+            if action == 0:
+                data[at] = rng.randrange(256)
+            elif action == 1:
+                data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 3)))
+            else:
+                del data[at:at + rng.randint(1, 3)]
+        agree(bytes(data), rng.choice(ROOTS))
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents())
+def test_any_document_is_accepted_alike(doc: Document) -> None:
+    assert agree(DOCUMENT.encode(doc), DOCUMENT._scan_root)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64).map(lambda tail: DEFAULT_PREFIX[:12] + tail) | st.binary(max_size=64),
+       st.sampled_from(ROOTS))
+def test_any_bytes_are_decided_alike(data: bytes, root: ScanNode) -> None:
+    agree(data, root)
+
+
+def test_a_document_nested_far_past_the_cap_is_refused_without_recursion() -> None:
+    """The compiled walk keeps its stack on the heap: 100,000 levels under a cap that allows them all."""
+    limits = DecodeLimits(max_document_depth=200_000, max_documents=200_000)
+    assert agree(nested(100_000), DOCUMENT._scan_root, limits)
+    assert not agree(nested(100_000)[:-1], DOCUMENT._scan_root, limits)
+
+
+@pytest.mark.parametrize("length, accepted", [
+    (b"\x82" + b"\x80" * 8 + b"\x00", True),  # 1, written in 10 bytes
+    (b"\x82" + b"\x80" * 9 + b"\x00", False),  # in 11: over the limit
+    (b"\xff" * 9 + b"\x7f", False),  # 70 bits: no record is that long
+])
+def test_varints_of_ten_bytes_and_more_are_decided_alike(length: bytes, accepted: bool) -> None:
+    record = DOCUMENT.encode(Document(id="x"))
+    assert record[:2] == b"\x02x"
+    assert agree(length + record[1:], DOCUMENT._scan_root) is accepted
+    assert record[2:4] == b"\x00\x00"  # parent_id null, then granularity 0
+    assert agree(record[:3] + b"\xff" * 9 + b"\x7f" + record[4:], DOCUMENT._scan_root)  # a long of 70 bits: skipped
