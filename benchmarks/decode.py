@@ -1,7 +1,9 @@
-"""What the bounded pre-scan adds to decoding a record (``streams/wire/prescan.py``).
+"""Where decoding a record goes (``streams/wire/prescan.py``, ``program.py``, ``codec.py``).
 
-For three typical records: the pre-scan alone, fastavro's reader alone, and ``Codec.decode``
-(pre-scan, reader, dataclasses), each the fastest of many timeit rounds, in microseconds.
+For three typical records, each the fastest of many timeit rounds, in microseconds: the pre-scan's walk
+in Python and compiled (``_avro.c``), fastavro's reader and the compiled one, and ``Codec.decode``
+(walk, reader, dataclasses, validation) as it runs: compiled where the install built it. The Python
+walk and fastavro are the baseline, measured in the same run.
 
     python benchmarks/decode.py [--rounds 150]
 """
@@ -11,19 +13,21 @@ from __future__ import annotations
 import argparse
 import io
 import timeit
+from collections.abc import Callable
+from typing import Any
 
 import fastavro
 import numpy as np
 from setup import machine
 
 from processors.document import Direction, Document, Score
-from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST
+from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, Codec
 from streams.wire.limits import DECODE_LIMITS
-from streams.wire.prescan import prescan
+from streams.wire.prescan import prescan_python, program_of
 from streams.wire.records import PartialResult, Request
 
 
-def records() -> list[tuple[str, object, object]]:
+def records() -> list[tuple[str, Codec[Any], Any]]:
     rng = np.random.default_rng(0)
     chunks = [Document(id=f"d/{i}", parent_id="d", granularity=1, text=f"sentence {i} of the document",
                        offset=i, location=[i * 30, i * 30 + 30], embedding=rng.standard_normal(384).astype(np.float32))
@@ -43,19 +47,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=150)
     args = parser.parse_args()
     print(machine())
-    print(f"{'record':30s} {'bytes':>6s} {'pre-scan':>9s} {'fastavro':>9s} {'decode()':>9s} {'share':>6s}")
+    print(f"{'record':30s} {'bytes':>6s} {'walk: Python':>13s} {'compiled':>9s} {'read: fastavro':>15s} "
+          f"{'compiled':>9s} {'decode()':>9s}")
     for name, codec, value in records():
-        data = codec.encode(value)  # type: ignore[attr-defined]
-        root, schema = codec._scan_root, codec.schema  # type: ignore[attr-defined]
+        print(row(name, codec, value, args.rounds))
 
-        def best(call) -> float:  # type: ignore[no-untyped-def]
-            return min(timeit.repeat(call, number=200, repeat=args.rounds)) / 200 * 1e6
 
-        scan = best(lambda: prescan(data, root, DECODE_LIMITS, name))
-        reader = best(lambda: fastavro.schemaless_reader(io.BytesIO(data), schema, None))
-        decode = best(lambda: codec.decode(data))  # type: ignore[attr-defined]
-        print(f"{name:30s} {len(data):6d} {scan:8.1f}µ {reader:8.1f}µ {decode:8.1f}µ {scan / decode:6.0%}")
+def row(name: str, codec: Codec[Any], value: Any, rounds: int) -> str:
+    """One record's figures, as a line of the table."""
+    data = codec.encode(value)
+    root, schema = codec._scan_root, codec.schema
+    program = program_of(root)
 
+    def best(call: Callable[[], object]) -> float:
+        return min(timeit.repeat(call, number=200, repeat=rounds)) / 200 * 1e6
+
+    walk = best(lambda: prescan_python(data, root, DECODE_LIMITS, name))
+    reader = best(lambda: fastavro.schemaless_reader(io.BytesIO(data), schema, None))
+    if program is not None:
+        walk_c = f"{best(lambda: program.walk(data, 32, 100_000, None)):8.1f}µ"
+        read_c = f"{best(lambda: program.read(data)):8.1f}µ"
+    else:
+        walk_c = read_c = f"{'not built':>9s}"
+    decode = best(lambda: codec.decode(data))
+    return f"{name:30s} {len(data):6d} {walk:12.1f}µ {walk_c} {reader:14.1f}µ {read_c} {decode:8.1f}µ"
 
 if __name__ == "__main__":
     main()

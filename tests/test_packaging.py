@@ -91,7 +91,7 @@ def test_the_core_wheel_installs_without_model_or_index_libraries_and_serves_cli
     used = _run([python, "-c", "from streams.client import Client; from streams.client.http import create_app; "
                  "from streams.wire.codec import DOCUMENT, REQUEST; from streams.resources import EXAMPLE_FLOWS; "
                  "print(sorted(p.name for p in EXAMPLE_FLOWS.glob('*.yml'))); "
-                 "from streams.wire.prescan import COMPILED; print(COMPILED)"], cwd=outside)
+                 "from streams.wire.program import COMPILED; print(COMPILED)"], cwd=outside)
     assert used.returncode == 0, used.stderr
     assert used.stdout.split("\n")[:2] == ["['beir.yml', 'hello.yml', 'images.yml', 'jep3.yml']", "True"]  # C walk built
 

@@ -25,7 +25,7 @@ from streams.exceptions import SerdeError
 from streams.resources import SCHEMAS
 from streams.wire.headers import SCHEMA, Header
 from streams.wire.limits import DECODE_LIMITS, DecodeLimits
-from streams.wire.prescan import Cuts, ScanNode, compile_scan, prescan
+from streams.wire.prescan import Cuts, ScanNode, compile_scan, prescan, program_of
 from streams.wire.records import (
     LexicalCount,
     PartialResult,
@@ -136,11 +136,16 @@ def _doc_to_avro_without_embeddings(doc: Document) -> dict[str, Any]:
     return doc_to_avro(doc, embeddings=False)
 
 
+_DTYPES = {name: np.dtype(name) for name in ("<f4", "<f8", "<f2", "<i8", "<i4", "|i1", "|u1")}
+"""Embedding dtypes by their wire name, made once (``np.dtype`` of a string takes ~0.5 us); other names
+are parsed each time, and not kept: the name comes from the record."""
+
+
 def doc_from_avro(rec: dict[str, Any]) -> Document:
     embedding = None
     if rec["embedding"] is not None:
         e = rec["embedding"]
-        embedding = np.frombuffer(e["data"], dtype=np.dtype(e["dtype"])).reshape(e["shape"])
+        embedding = np.frombuffer(e["data"], dtype=_DTYPES.get(e["dtype"]) or np.dtype(e["dtype"])).reshape(e["shape"])
     return Document(
         id=rec["id"],
         parent_id=rec["parent_id"],
@@ -285,6 +290,8 @@ class Codec(Generic[T]):
         self._to_avro = to_avro
         self._from_avro = from_avro
         self._scan_root = compile_scan(self.schema)
+        self._program = program_of(self._scan_root)
+        """The compiled reader of records written with the current schema; None where it was not built."""
         self._earlier: dict[str, tuple[Any, ScanNode]] = {}
         """Earlier writer schemas by fingerprint, with their pre-scan trees."""
         for name in EARLIER_SCHEMAS.get(schema_name, ()):
@@ -332,18 +339,25 @@ class Codec(Generic[T]):
     def _decode(self, data: bytes, writer: Any, scan_root: ScanNode, limits: DecodeLimits | None,
                 cuts: Cuts | None = None) -> T:
         prescan(data, scan_root, limits or DECODE_LIMITS, self.schema["name"], cuts)
-        buffer = io.BytesIO(data)
-        reader = None if writer is self.schema else self.schema
         try:
-            value = self._from_avro(fastavro.schemaless_reader(buffer, writer, reader))
-        except Exception as exc:  # fastavro raises many types on garbage input
+            if writer is self.schema and self._program is not None:  # the walk above read it to its end
+                value = self._from_avro(self._program.read(data))
+            else:  # an earlier writer schema (resolved to this one), or no compiled reader
+                value = self._from_avro(self._read_fastavro(data, writer))
+        except SerdeError:
+            raise
+        except Exception as exc:  # the readers raise many types on garbage input
             raise SerdeError(f"malformed {self.schema['name']} record: {type(exc).__name__}: {exc}") from exc
-        if buffer.tell() != len(data):
-            raise SerdeError(
-                f"malformed {self.schema['name']} record: {len(data) - buffer.tell()} bytes left after decoding"
-            )
         if self._validate is not None:
             self._validate(value)
+        return value
+
+    def _read_fastavro(self, data: bytes, writer: Any) -> Any:
+        buffer = io.BytesIO(data)
+        value = fastavro.schemaless_reader(buffer, writer, None if writer is self.schema else self.schema)
+        if buffer.tell() != len(data):
+            raise SerdeError(
+                f"malformed {self.schema['name']} record: {len(data) - buffer.tell()} bytes left after decoding")
         return value
 
     def header(self) -> Header:

@@ -5,29 +5,21 @@ would overflow the stack, and it allocates what a declared length says before re
 pre-scan walks the writer schema's binary encoding with an explicit stack: it checks the caps
 and that every declared length fits in the bytes left, and copies nothing (strings are skipped).
 
-The walk runs compiled (``streams/wire/_prescan.c``, built with the package) where it was built, and
-in this module's Python otherwise. The Python walk is the reference: it walks again any record the
+The walk runs compiled (``streams/wire/_avro.c``, built with the package; ``program.py``) where it was
+built, and in this module's Python otherwise. The Python walk is the reference: it walks again any record the
 compiled one refuses, so that every message comes from here.
 """
 
 from __future__ import annotations
 
-import array
 from collections.abc import Mapping
 from typing import Any
 
 from streams.exceptions import SerdeError
 from streams.wire.limits import DecodeLimits, DocumentBudget
+from streams.wire.program import Program, compile_program
 
-try:
-    from streams.wire import _prescan as _compiled
-except ImportError:  # installed without a C compiler: the Python walk does it all
-    _compiled = None
-
-__all__ = ["COMPILED", "CUT_FIELDS", "Cuts", "ScanNode", "compile_scan", "prescan", "prescan_python"]
-
-COMPILED = _compiled is not None
-"""Whether the compiled walk is here (``pip install`` builds it where a C compiler is)."""
+__all__ = ["CUT_FIELDS", "Cuts", "ScanNode", "compile_scan", "prescan", "prescan_python", "program_of"]
 
 _NODE_RECORDS = frozenset({"streamsearch.Document"})
 """The records the caps count: the recursive Document."""
@@ -66,8 +58,23 @@ ScanNode = tuple[Any, ...]
 
 
 def compile_scan(schema: Any) -> ScanNode:
-    """The pre-scan tree of a schema parsed by ``fastavro.parse_schema``."""
-    return _compile(schema, schema.get("__named_schemas", {}), {})
+    """The pre-scan tree of a schema parsed by ``fastavro.parse_schema``, and its compiled program where
+    ``_avro`` was built (:func:`program_of`)."""
+    root = _compile(schema, schema.get("__named_schemas", {}), {})
+    program = compile_program(schema, documents=_NODE_RECORDS, cut_fields=CUT_FIELDS)
+    if program is not None:
+        _PROGRAMS[id(root)] = (root, program)
+    return root
+
+
+_PROGRAMS: dict[int, tuple[ScanNode, Program]] = {}
+"""Compiled programs by ``id`` of their tree's root, the root kept alive beside its program."""
+
+
+def program_of(root: ScanNode) -> Program | None:
+    """The compiled program of a tree :func:`compile_scan` made; None where ``_avro`` was not built."""
+    held = _PROGRAMS.get(id(root))
+    return None if held is None else held[1]
 
 
 def _compile(schema: Any, named: Mapping[str, Any], done: dict[str, Any]) -> ScanNode:
@@ -313,9 +320,23 @@ def prescan(data: bytes, root: ScanNode, limits: DecodeLimits, name: str, cuts: 
     :raises DecodeLimitError: if Documents nest deeper or are more than ``limits`` allow.
     :raises SerdeError: on a length or count larger than the bytes left, or malformed bytes.
     """
-    if _compiled is not None and _compiled_accepts(data, root, limits, cuts):
+    program = program_of(root)
+    if program is not None and _compiled_accepts(program, data, limits, cuts):
         return
     prescan_python(data, root, limits, name, cuts)
+
+
+def _compiled_accepts(program: Program, data: bytes, limits: DecodeLimits, cuts: Cuts | None) -> bool:
+    """Whether the compiled walk accepts the record whole; if so, ``cuts`` holds its ranges, else nothing."""
+    walked = program.walk(data, limits.max_document_depth, limits.max_documents, cuts)
+    if walked is not None and walked[0] == len(data):
+        if cuts is not None:
+            cuts.sized = walked[1]
+        return True
+    if cuts is not None:
+        del cuts[:]
+        cuts.sized = False
+    return False
 
 
 def prescan_python(data: bytes, root: ScanNode, limits: DecodeLimits, name: str, cuts: Cuts | None = None) -> None:
@@ -444,68 +465,3 @@ def _resume(data: bytes, pos: int, stack: list[Any], documents: DocumentBudget,
         else:
             return frame[0], frame[1], pos
     return (), 0, pos
-
-
-# -- the compiled walk ----------------------------------------------------------------------------------
-
-_K_LEN, _K_VARINT, _K_SKIP, _K_UNION, _K_ENUM, _K_ARRAY, _K_RECORD, _K_CUT = range(8)
-"""Node kinds of the compiled walk's program (``streams/wire/_prescan.c`` lists the words of each)."""
-_MAX_CAP = 2**62
-"""Caps above this are as good as none (a record under 2 GiB holds fewer Documents), and fit a C long long."""
-_PROGRAMS: dict[int, tuple[ScanNode, array.array, int]] = {}
-"""Compiled programs by ``id`` of their root, the root kept alive beside its program."""
-
-
-def _compiled_accepts(data: bytes, root: ScanNode, limits: DecodeLimits, cuts: Cuts | None) -> bool:
-    """Whether the compiled walk accepts the record whole; if so, ``cuts`` holds its ranges, else nothing."""
-    held = _PROGRAMS.get(id(root))
-    if held is None:
-        held = _PROGRAMS[id(root)] = (root, *_program(root))
-    _, program, start = held
-    walked = _compiled.walk(data, program, start, min(limits.max_document_depth, _MAX_CAP),
-                            min(limits.max_documents, _MAX_CAP), cuts)
-    if walked is not None and walked[0] == len(data):
-        if cuts is not None:
-            cuts.sized = walked[1]
-        return True
-    if cuts is not None:
-        del cuts[:]
-        cuts.sized = False
-    return False
-
-
-def _program(root: ScanNode) -> tuple[array.array, int]:
-    """The tree of :func:`compile_scan` as the compiled walk's program: int32 words, each node at its
-    index, a record once however often it is referred to. Returns the words and the root's index."""
-    words: list[int] = []
-    placed: dict[int, int] = {}
-
-    def place(node: ScanNode) -> int:
-        if id(node) in placed:
-            return placed[id(node)]
-        at = len(words)
-        kind = node[0]
-        if kind in (_LEN, _VARINT):
-            words.append(_K_LEN if kind == _LEN else _K_VARINT)
-            return at
-        if kind in (_SKIP, _ENUM):
-            words.extend((_K_SKIP if kind == _SKIP else _K_ENUM, node[1]))
-            return at
-        if kind == _CUT:
-            children: tuple[Any, ...] = (node[1],)
-            words.append(_K_CUT)
-        elif kind in (_OPTIONAL, _OPTIONAL_LEN, _UNION):
-            children = node[1] if kind == _UNION else (_NULL_NODE, _LEN_NODE if kind == _OPTIONAL_LEN else node[1])
-            words.extend((_K_UNION, len(children)))
-        else:  # _ARRAY (its items, whether all are strings or numbers) or _RECORD (its fields, whether a Document)
-            placed[id(node)] = at  # before its fields: a Document's chunks are Documents
-            children = tuple(node[1])
-            words.extend((_K_ARRAY if kind == _ARRAY else _K_RECORD, int(node[2]), len(children)))
-        first = len(words)
-        words.extend([0] * len(children))
-        for i, child in enumerate(children):
-            words[first + i] = place(child)
-        return at
-
-    start = place(root)
-    return array.array("i", words), start

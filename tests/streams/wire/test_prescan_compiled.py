@@ -1,15 +1,21 @@
-"""The compiled pre-scan walk (``streams/wire/_prescan.c``) decides as the Python walk, its reference, does.
+"""The compiled walk and reader (``streams/wire/_avro.c``) against their references: the Python walk
+(``prescan.py``) and fastavro's reader.
 
 Every record here, valid or damaged, goes through both walks: they must accept and refuse the same
-records, and report the same cut ranges and sized flag for those they accept. The damaged records
-are every truncation and every byte of each valid record set to the values that change a varint's
-meaning, then seeded random damage and random bytes.
+records, and report the same cut ranges and sized flag for those they accept; every record they accept
+is read by both readers, which must give equal values of the same types (or both fail). The damaged
+records are every truncation and every byte of each valid record set to the values that change a
+varint's meaning, then seeded random damage and random bytes.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import random
 from typing import Any
+
+import fastavro
 
 import numpy as np
 import pytest
@@ -20,6 +26,7 @@ from processors.document import Document
 from streams.exceptions import DecodeLimitError, SerdeError
 from streams.wire import codec as codecs
 from streams.wire import prescan as scan
+from streams.wire.program import COMPILED
 from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, Codec
 from streams.wire.limits import DECODE_LIMITS, DecodeLimits
 from streams.wire.prescan import Cuts, ScanNode
@@ -27,9 +34,10 @@ from streams.wire.records import PartialResult, Request
 from tests.streams.wire.fixtures import DEFAULT_PREFIX, documents, nested, nested_docs, tree, varint
 
 CODECS: list[Codec[Any]] = [value for value in vars(codecs).values() if isinstance(value, Codec)]
-ROOTS: list[ScanNode] = [root for codec in CODECS
-                         for root in (codec._scan_root, *(r for _, r in codec._earlier.values()))]
-"""Every writer schema a codec reads: the current ones and the earlier ones."""
+WRITERS: list[tuple[Any, ScanNode]] = [pair for codec in CODECS
+                                       for pair in ((codec.schema, codec._scan_root), *codec._earlier.values())]
+"""Every writer schema a codec reads, the current ones and the earlier ones, with its pre-scan tree."""
+ROOTS: list[ScanNode] = [root for _, root in WRITERS]
 SIGNIFICANT = (0x00, 0x01, 0x02, 0x03, 0x7F, 0x80, 0x81, 0xFE, 0xFF)
 """Byte values that end or continue a varint, flip its sign, or name a union branch past the last."""
 
@@ -45,17 +53,48 @@ def python_verdict(data: bytes, root: ScanNode, limits: DecodeLimits) -> tuple[l
 
 def compiled_verdict(data: bytes, root: ScanNode, limits: DecodeLimits) -> tuple[list[tuple[int, int]], bool] | None:
     cuts = Cuts()
-    if not scan._compiled_accepts(data, root, limits, cuts):
+    if not scan._compiled_accepts(scan.program_of(root), data, limits, cuts):
         assert not cuts and not cuts.sized  # a refusal leaves nothing behind
         return None
     return list(cuts), cuts.sized
 
 
-def agree(data: bytes, root: ScanNode, limits: DecodeLimits = DECODE_LIMITS) -> bool:
-    """Assert both walks decide alike on ``data``; return whether they accepted it."""
+def agree(data: bytes, root: ScanNode, limits: DecodeLimits = DECODE_LIMITS, *, read: bool = True) -> bool:
+    """Assert both walks decide alike on ``data``, and both readers read what they accept alike; return
+    whether they accepted it."""
     expected = python_verdict(data, root, limits)
     assert compiled_verdict(data, root, limits) == expected, data.hex()
+    if expected is not None and read:
+        read_alike(data, next(schema for schema, r in WRITERS if r is root), root)
     return expected is not None
+
+
+def read_alike(data: bytes, schema: Any, root: ScanNode) -> None:
+    try:
+        expected: Any = fastavro.schemaless_reader(io.BytesIO(data), schema, None)
+    except Exception as exc:  # noqa: BLE001 - the reader must fail alike, whatever fastavro raises
+        expected = exc
+    try:
+        read: Any = scan.program_of(root).read(data)
+    except Exception as exc:  # noqa: BLE001
+        read = exc
+    if isinstance(expected, Exception) or isinstance(read, Exception):
+        assert type(read) is type(expected) and str(read) == str(expected), (data.hex(), read, expected)
+    else:
+        assert same(read, expected), (data.hex(), read, expected)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal values of the same types, in the same order, NaN equal to NaN."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b
 
 
 def damaged(record: bytes) -> list[bytes]:
@@ -90,10 +129,10 @@ VALID_DOCUMENTS = {
 }
 
 
-def test_the_install_built_the_compiled_walk() -> None:
-    """``pip install`` builds it here (a C compiler is on these machines); without it every other test
-    of this file would compare the Python walk with itself."""
-    assert scan.COMPILED
+def test_the_install_built_the_compiled_walk_and_reader() -> None:
+    """``pip install`` builds them here (a C compiler is on these machines); without them every other test
+    of this file would fail to find a program."""
+    assert COMPILED and all(scan.program_of(root) is not None for root in ROOTS)
 
 
 @pytest.mark.parametrize("name", VALID_DOCUMENTS)
@@ -164,8 +203,10 @@ def test_any_bytes_are_decided_alike(data: bytes, root: ScanNode) -> None:
 def test_a_document_nested_far_past_the_cap_is_refused_without_recursion() -> None:
     """The compiled walk keeps its stack on the heap: 100,000 levels under a cap that allows them all."""
     limits = DecodeLimits(max_document_depth=200_000, max_documents=200_000)
-    assert agree(nested(100_000), DOCUMENT._scan_root, limits)
+    assert agree(nested(100_000), DOCUMENT._scan_root, limits, read=False)  # fastavro's reader would crash
     assert not agree(nested(100_000)[:-1], DOCUMENT._scan_root, limits)
+    with pytest.raises(RecursionError):  # the compiled reader stops at Python's recursion limit instead
+        scan.program_of(DOCUMENT._scan_root).read(nested(100_000))
 
 
 @pytest.mark.parametrize("length, accepted", [

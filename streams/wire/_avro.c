@@ -1,0 +1,451 @@
+/* Bounded Avro binary, compiled: the pre-scan's walk (streams/wire/prescan.py is its reference and gives
+ * every message) and a reader that builds the values fastavro's schemaless_reader builds.
+ *
+ * Why C: a replayed 10-chunk record spent ~60 of its ~200 us of decoding in the Python walk and ~70 in
+ * fastavro's reader, which interprets the parsed schema's dicts field by field (benchmarks/decode.py
+ * prints each). The walk decides what the Python walk decides (whether a record is within its caps and
+ * every declared length fits in the bytes left) and finds the same cut ranges; when it refuses a record,
+ * prescan.py walks it again in Python to say why, so the messages come from one place. The reader runs
+ * only on a record the walk accepted, and still checks every read against the end of the buffer. The
+ * walk keeps its stack on the heap; the reader recurses once per record or array, under Python's
+ * recursion limit, on records whose depth the walk has capped.
+ *
+ * The schema arrives as a program: int32 words, nodes addressed by their index (streams/wire/program.py),
+ * and a tuple of the Python objects it names (record field names, enum symbols).
+ *   LEN bytes                    a string (bytes 0) or bytes (1): a length, then that many bytes
+ *   VARINT                       an int or long, at most 10 bytes
+ *   SKIP n what                  n bytes: null (what 0), boolean (1), float (2), double (3), fixed (4)
+ *   UNION n b0 .. b(n-1)         a branch index, then that branch
+ *   ENUM n symbols               a symbol index below n; symbols: the object index of their tuple
+ *   ARRAY flat n i0 .. i(n-1)    blocks of items, each item the n nodes (an array's 1 item, a map's key
+ *                                and value); flat: strings and numbers only (a sized block never matters)
+ *   RECORD doc n f0 .. f(n-1) names   the fields in order; doc: a Document, counted against the caps;
+ *                                names: the object index of the field names' tuple
+ *   CUT inner                    a field whose non-null value's byte range the walk reports
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+enum { K_LEN, K_VARINT, K_SKIP, K_UNION, K_ENUM, K_ARRAY, K_RECORD, K_CUT };
+
+typedef __int128 wide;            /* a 10-byte varint holds 70 bits: no value here overflows */
+typedef unsigned __int128 uwide;
+
+typedef struct {
+    int32_t node;      /* the RECORD, ARRAY or CUT node this frame walks */
+    int32_t next;      /* the next field or item to visit */
+    int64_t left;      /* ARRAY: items left in the block after the current one */
+    Py_ssize_t start;  /* CUT: where the value began */
+} Frame;
+
+typedef struct {
+    const uint8_t *data;
+    Py_ssize_t end, pos;
+    const int32_t *prog;
+    Frame *stack;
+    Py_ssize_t depth_used, capacity;
+    long long documents_deep, documents, max_depth, max_documents;
+    int sized;
+    PyObject *cuts;    /* a list to append (start, end) to, or NULL */
+} Walk;
+
+/* Results: 0 goes on; REFUSED means the record is refused (prescan.py says why); ERROR a Python error. */
+#define REFUSED 1
+#define ERROR 2
+
+static int read_long(Walk *w, wide *out) {
+    uwide value = 0;
+    int shift = 0;
+    for (;;) {
+        if (w->pos >= w->end) return REFUSED;
+        uint8_t byte = w->data[w->pos++];
+        value |= (uwide)(byte & 0x7F) << shift;
+        if (!(byte & 0x80)) break;
+        shift += 7;
+        if (shift > 63) return REFUSED;  /* runs over 10 bytes */
+    }
+    *out = (wide)(value >> 1) ^ -(wide)(value & 1);
+    return 0;
+}
+
+/* An array or map block's item count, checked against the bytes left (each item takes one at least). */
+static int read_block(Walk *w, int64_t *count) {
+    wide n, size;
+    if (read_long(w, &n)) return REFUSED;
+    if (n < 0) {  /* a block written with its size in bytes */
+        n = -n;
+        if (read_long(w, &size)) return REFUSED;
+        if (size < 0 || size > w->end - w->pos) return REFUSED;
+    }
+    if (n > w->end - w->pos) return REFUSED;
+    *count = (int64_t)n;
+    return 0;
+}
+
+static int push(Walk *w, int32_t node, int64_t left) {
+    if (w->depth_used == w->capacity) {
+        Py_ssize_t capacity = w->capacity * 2;
+        Frame *grown = PyMem_Realloc(w->stack, (size_t)capacity * sizeof(Frame));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return ERROR;
+        }
+        w->stack = grown;
+        w->capacity = capacity;
+    }
+    Frame *frame = &w->stack[w->depth_used++];
+    frame->node = node;
+    frame->next = 0;
+    frame->left = left;
+    frame->start = w->pos;
+    return 0;
+}
+
+/* A sized block's count is a negative zigzag varint: its first byte is odd. */
+static void note_sized(Walk *w, const int32_t *array) {
+    if (!array[1] && w->pos < w->end && (w->data[w->pos] & 1)) w->sized = 1;
+}
+
+/* Read a scalar in place, or push the frame of a node that holds others. */
+static int visit(Walk *w, int32_t node) {
+    wide value;
+    for (;;) {
+        const int32_t *p = w->prog + node;
+        switch (p[0]) {
+        case K_LEN:
+            if (read_long(w, &value)) return REFUSED;
+            if (value < 0 || value > w->end - w->pos) return REFUSED;
+            w->pos += (Py_ssize_t)value;
+            return 0;
+        case K_VARINT:
+            return read_long(w, &value);
+        case K_SKIP:
+            w->pos += p[1];  /* past the end is caught by the next read or the final check */
+            return 0;
+        case K_ENUM:
+            if (read_long(w, &value)) return REFUSED;
+            return value < 0 || value >= p[1] ? REFUSED : 0;
+        case K_UNION:
+            if (read_long(w, &value)) return REFUSED;
+            if (value < 0 || value >= p[1]) return REFUSED;
+            node = p[2 + (int)value];
+            continue;
+        case K_CUT:
+            if (w->pos >= w->end) return REFUSED;
+            if (w->data[w->pos] == 0) {  /* null: nothing to cut */
+                w->pos++;
+                return 0;
+            }
+            if (push(w, node, 0)) return ERROR;
+            node = p[1];
+            continue;
+        case K_RECORD:
+            if (push(w, node, 0)) return ERROR;
+            if (p[1]) {
+                w->documents_deep++;
+                w->documents++;
+                if (w->documents_deep > w->max_depth || w->documents > w->max_documents) return REFUSED;
+            }
+            return 0;
+        case K_ARRAY: {
+            int64_t count;
+            if (w->pos >= w->end) return REFUSED;
+            if (w->data[w->pos] == 0) {  /* empty */
+                w->pos++;
+                return 0;
+            }
+            note_sized(w, p);
+            if (read_block(w, &count)) return REFUSED;
+            return count ? push(w, node, count - 1) : 0;
+        }
+        default:
+            PyErr_Format(PyExc_SystemError, "pre-scan program: unknown node kind %d", p[0]);
+            return ERROR;
+        }
+    }
+}
+
+/* Go on with the frame on top of the stack: its next field or item, or the end of it. */
+static int step(Walk *w) {
+    Frame *frame = &w->stack[w->depth_used - 1];
+    const int32_t *p = w->prog + frame->node;
+    if (p[0] == K_CUT) {
+        w->depth_used--;
+        if (w->cuts == NULL) return 0;
+        PyObject *range = Py_BuildValue("(nn)", frame->start, w->pos);
+        if (range == NULL) return ERROR;
+        int failed = PyList_Append(w->cuts, range);
+        Py_DECREF(range);
+        return failed ? ERROR : 0;
+    }
+    if (frame->next < p[2]) {
+        int32_t child = p[3 + frame->next++];
+        return visit(w, child);  /* may move the stack: frame is not used after it */
+    }
+    if (p[0] == K_RECORD) {
+        if (p[1]) w->documents_deep--;
+        w->depth_used--;
+        return 0;
+    }
+    if (frame->left > 0) {  /* K_ARRAY: the next item of the block */
+        frame->left--;
+        frame->next = 0;
+        return 0;
+    }
+    int64_t count;
+    note_sized(w, p);
+    if (read_block(w, &count)) return REFUSED;
+    if (count == 0) {
+        w->depth_used--;
+    } else {
+        frame->left = count - 1;
+        frame->next = 0;
+    }
+    return 0;
+}
+
+/* -- the reader ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    const uint8_t *data;
+    Py_ssize_t end, pos;
+    const int32_t *prog;
+    PyObject *objects;  /* a tuple */
+} Reader;
+
+static PyObject *truncated(void) {
+    PyErr_SetString(PyExc_ValueError, "truncated (the walk accepted it: a walk and reader disagreement)");
+    return NULL;
+}
+
+/* A zigzag varint as fastavro reads it (into 64 bits); -1 with an error set if it runs out or over 10 bytes. */
+static int read_int64(Reader *r, int64_t *out) {
+    uint64_t value = 0;
+    for (int shift = 0; shift <= 63; shift += 7) {
+        if (r->pos >= r->end) return -1;
+        uint8_t byte = r->data[r->pos++];
+        value |= (uint64_t)(byte & 0x7F) << shift;
+        if (!(byte & 0x80)) {
+            *out = (int64_t)((value >> 1) ^ -(value & 1));
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static PyObject *read_node(Reader *r, int32_t node);
+
+static PyObject *read_len(Reader *r, int as_bytes) {
+    int64_t length;
+    if (read_int64(r, &length) || length < 0 || length > r->end - r->pos) return truncated();
+    const char *start = (const char *)r->data + r->pos;
+    r->pos += (Py_ssize_t)length;
+    if (as_bytes) return PyBytes_FromStringAndSize(start, (Py_ssize_t)length);
+    return PyUnicode_DecodeUTF8(start, (Py_ssize_t)length, "strict");
+}
+
+static PyObject *read_fixed_size(Reader *r, int32_t size, int32_t what) {
+    if (size > r->end - r->pos) return truncated();
+    const uint8_t *at = r->data + r->pos;
+    r->pos += size;
+    switch (what) {
+    case 0:
+        Py_RETURN_NONE;
+    case 1:
+        return PyBool_FromLong(at[0] != 0);
+    case 2: {
+        union { uint32_t n; float f; } bits = {.n = (uint32_t)at[0] | (uint32_t)at[1] << 8 | (uint32_t)at[2] << 16
+                                                       | (uint32_t)at[3] << 24};
+        return PyFloat_FromDouble(bits.f);
+    }
+    case 3: {
+        union { uint64_t n; double d; } bits = {.n = 0};
+        for (int i = 7; i >= 0; i--) bits.n = bits.n << 8 | at[i];
+        return PyFloat_FromDouble(bits.d);
+    }
+    default:
+        return PyBytes_FromStringAndSize((const char *)at, size);
+    }
+}
+
+static PyObject *read_record(Reader *r, const int32_t *p) {
+    int32_t fields = p[2];
+    PyObject *names = PyTuple_GET_ITEM(r->objects, p[3 + fields]);
+    PyObject *record = PyDict_New();
+    if (record == NULL) return NULL;
+    for (int32_t i = 0; i < fields; i++) {
+        PyObject *value = read_node(r, p[3 + i]);
+        if (value == NULL || PyDict_SetItem(record, PyTuple_GET_ITEM(names, i), value)) {
+            Py_XDECREF(value);
+            Py_DECREF(record);
+            return NULL;
+        }
+        Py_DECREF(value);
+    }
+    return record;
+}
+
+/* An array (a list) or a map (a dict, later keys winning), block by block. */
+static PyObject *read_blocks(Reader *r, const int32_t *p) {
+    int is_map = p[2] == 2;
+    PyObject *items = is_map ? PyDict_New() : PyList_New(0);
+    if (items == NULL) return NULL;
+    for (;;) {
+        int64_t count, size;
+        if (read_int64(r, &count)) goto ran_out;
+        if (count == 0) return items;
+        if (count < 0) {  /* the block's size in bytes follows; unused */
+            count = -count;
+            if (read_int64(r, &size)) goto ran_out;
+        }
+        for (int64_t i = 0; i < count; i++) {
+            PyObject *first = read_node(r, p[3]);
+            if (first == NULL) goto failed;
+            if (!is_map) {
+                int appended = PyList_Append(items, first);
+                Py_DECREF(first);
+                if (appended) goto failed;
+                continue;
+            }
+            PyObject *value = read_node(r, p[4]);
+            int stored = value == NULL ? -1 : PyDict_SetItem(items, first, value);
+            Py_DECREF(first);
+            Py_XDECREF(value);
+            if (stored) goto failed;
+        }
+    }
+ran_out:
+    truncated();
+failed:
+    Py_DECREF(items);
+    return NULL;
+}
+
+static PyObject *read_node(Reader *r, int32_t node) {
+    int64_t index;
+    for (;;) {
+        const int32_t *p = r->prog + node;
+        switch (p[0]) {
+        case K_LEN:
+            return read_len(r, p[1]);
+        case K_VARINT:
+            if (read_int64(r, &index)) return truncated();
+            return PyLong_FromLongLong(index);
+        case K_SKIP:
+            return read_fixed_size(r, p[1], p[2]);
+        case K_UNION:
+            if (read_int64(r, &index) || index < 0 || index >= p[1]) return truncated();
+            node = p[2 + index];
+            continue;
+        case K_ENUM: {
+            PyObject *symbols = PyTuple_GET_ITEM(r->objects, p[2]);
+            if (read_int64(r, &index) || index < 0 || index >= PyTuple_GET_SIZE(symbols)) return truncated();
+            return Py_NewRef(PyTuple_GET_ITEM(symbols, index));
+        }
+        case K_CUT:
+            node = p[1];
+            continue;
+        case K_RECORD:
+        case K_ARRAY: {
+            if (Py_EnterRecursiveCall(" while reading an Avro record")) return NULL;
+            PyObject *value = p[0] == K_RECORD ? read_record(r, p) : read_blocks(r, p);
+            Py_LeaveRecursiveCall();
+            return value;
+        }
+        default:
+            PyErr_Format(PyExc_SystemError, "Avro program: unknown node kind %d", p[0]);
+            return NULL;
+        }
+    }
+}
+
+PyDoc_STRVAR(read_doc,
+"read(data, program, root, objects) -> value\n\n"
+"The value fastavro.schemaless_reader reads from a record the walk accepted: dicts for records and maps,\n"
+"lists for arrays, a union's branch value. Raises ValueError if the record ends early or has bytes left,\n"
+"UnicodeDecodeError for a string that is not UTF-8.");
+
+static PyObject *avro_read(PyObject *Py_UNUSED(module), PyObject *args) {
+    Py_buffer data, program;
+    Py_ssize_t root;
+    PyObject *objects;
+    if (!PyArg_ParseTuple(args, "y*y*nO!", &data, &program, &root, &PyTuple_Type, &objects)) return NULL;
+    PyObject *value = NULL;
+    Reader r = {.data = data.buf, .end = data.len, .pos = 0, .prog = program.buf, .objects = objects};
+    if (root < 0 || root >= program.len / (Py_ssize_t)sizeof(int32_t)) {
+        PyErr_SetString(PyExc_ValueError, "root is outside the program");
+    } else {
+        value = read_node(&r, (int32_t)root);
+        if (value != NULL && r.pos != r.end) {
+            Py_CLEAR(value);
+            PyErr_Format(PyExc_ValueError, "%zd bytes left after reading", r.end - r.pos);
+        }
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&program);
+    return value;
+}
+
+/* -- the walk's entry ---------------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(walk_doc,
+"walk(data, program, root, max_depth, max_documents, cuts) -> (end, sized) | None\n\n"
+"The pre-scan of one record: None if it is refused (prescan.py walks it again to say why), else the\n"
+"position after the root's value and whether a block of records was written with its size in bytes.\n"
+"cuts: a list the byte ranges of CUT fields are appended to, or None.");
+
+static PyObject *avro_walk(PyObject *Py_UNUSED(module), PyObject *args) {
+    Py_buffer data, program;
+    Py_ssize_t root;
+    long long max_depth, max_documents;
+    PyObject *cuts;
+    if (!PyArg_ParseTuple(args, "y*y*nLLO", &data, &program, &root, &max_depth, &max_documents, &cuts))
+        return NULL;
+    PyObject *result = NULL;
+    Walk w = {.data = data.buf, .end = data.len, .pos = 0, .prog = program.buf, .capacity = 64,
+              .max_depth = max_depth, .max_documents = max_documents, .cuts = cuts == Py_None ? NULL : cuts};
+    if (w.cuts != NULL && !PyList_Check(w.cuts)) {
+        PyErr_SetString(PyExc_TypeError, "cuts must be a list or None");
+        goto done;
+    }
+    if (root < 0 || root >= program.len / (Py_ssize_t)sizeof(int32_t)) {
+        PyErr_SetString(PyExc_ValueError, "root is outside the program");
+        goto done;
+    }
+    w.stack = PyMem_Malloc((size_t)w.capacity * sizeof(Frame));
+    if (w.stack == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int outcome = visit(&w, (int32_t)root);
+    while (!outcome && w.depth_used) outcome = step(&w);
+    if (outcome == REFUSED) {
+        result = Py_NewRef(Py_None);
+    } else if (!outcome) {
+        result = Py_BuildValue("(nO)", w.pos, w.sized ? Py_True : Py_False);
+    }
+done:
+    PyMem_Free(w.stack);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&program);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"walk", avro_walk, METH_VARARGS, walk_doc},
+    {"read", avro_read, METH_VARARGS, read_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "_avro",
+    .m_doc = "Bounded Avro binary, compiled: the pre-scan's walk and a reader (streams/wire/program.py).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__avro(void) {
+    return PyModule_Create(&module);
+}
