@@ -39,6 +39,7 @@ from streams.flow.spec import FlowSpec, with_state_dir
 from streams.kafka.settings import KafkaSettings
 from streams.kafka.producer import StageProducer
 from streams.ops.replay import replay_index
+from streams.runtime.heap import freeze_startup_heap
 from streams.wire.codec import DOCUMENT
 from streams.stages.shard.states import ShardCheckpoint
 
@@ -228,6 +229,7 @@ def run(kind: str, args: argparse.Namespace) -> int:
         with phase_rss(build_mem), timed(CompoundIndexer, "apply", baseline_apply):
             in_process_s, in_docs, in_vectors = build_in_process(config, built, docs)
         del docs  # a restoring process holds no Documents: measure replay's memory without them
+        freeze_startup_heap()  # as `streamsearch replay` does before it replays
 
         replayed = with_state_dir(flow, Path(tmp) / "replayed")
         with phase_rss(replay_mem), timed(CompoundIndexer, "apply", replay_apply), \

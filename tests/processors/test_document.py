@@ -1,9 +1,24 @@
 """The one validation of Documents entering the system."""
 
+import dataclasses
+from contextlib import nullcontext
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from processors.document import MAX_ID_BYTES, Document, validate_document, validate_id, validate_text
+from processors.document import (
+    MAX_ID_BYTES,
+    Direction,
+    Document,
+    Score,
+    _valid_quickly,
+    _validate_node,
+    validate_document,
+    validate_id,
+    validate_text,
+)
 from processors.exceptions import BadDocumentError, InvalidDocumentError
 
 
@@ -97,3 +112,44 @@ class TestEmbeddingValidation:
         for vector in (np.ones(384, np.float32), np.arange(8, dtype=np.int16), np.full(3, -1e15), np.empty(0),
                        np.full(384, 9e14, np.float32), np.ones((1, 384), np.float32)):
             validate_document(Document(id="d", embedding=vector))
+
+
+def _array(values: list[float], dtype: type, rows: int) -> np.ndarray:
+    """``rows`` copies of ``values`` as a (rows, n) array of ``dtype`` (an integer dtype takes what the
+    cast makes of NaN and infinities)."""
+    with np.errstate(all="ignore"):
+        return np.array(values * rows, dtype=np.float64).reshape(rows, -1).astype(dtype)
+
+
+def _hostile_documents() -> st.SearchStrategy[Document]:
+    """Documents whose every field may hold what validation refuses: NUL, lone surrogates, NaN and
+    infinities, values past the bound alone or only together, other dtypes and shapes."""
+    text = st.text(alphabet=st.sampled_from(["a", " ", "\x00", "\ud800", "\x1f", "\u00e9"]), max_size=4)
+    value = st.sampled_from([0.0, 1.0, -1e15, 1.1e15, 9e14, np.inf, -np.inf, np.nan, 1e300])
+    embedding = st.none() | st.builds(_array, st.lists(value, max_size=4),
+                                      st.sampled_from([np.float32, np.float64, np.int64]), st.integers(1, 2))
+    tag = st.one_of(text, st.booleans(), st.integers(-2**64, 2**64), value)
+    leaf = st.builds(
+        Document, id=st.just("d"), text=st.none() | text, embedding=embedding,
+        tags=st.dictionaries(text, tag, max_size=2), weight=value,
+        scores=st.dictionaries(text, st.builds(Score, value, st.just("op"), st.just(Direction.SIMILARITY)),
+                               max_size=1))
+    return st.recursive(leaf, lambda children: st.builds(
+        lambda doc, chunks, matches: dataclasses.replace(doc, chunks=chunks, matches=matches),
+        leaf, st.lists(children, max_size=3), st.lists(children, max_size=2)), max_leaves=10)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(_hostile_documents())
+def test_the_quick_pass_never_accepts_what_the_named_walk_refuses(doc: Document) -> None:
+    """``validate_document`` settles most documents without naming fields (``_valid_quickly``); whatever
+    it settles as valid, the walk that names each field must find valid too."""
+    try:
+        _validate_node(doc, "")
+        refused = None
+    except InvalidDocumentError as exc:
+        refused = str(exc)
+    if _valid_quickly(doc):
+        assert refused is None
+    with pytest.raises(InvalidDocumentError) if refused else nullcontext():
+        validate_document(doc)
