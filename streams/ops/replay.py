@@ -40,6 +40,12 @@ __all__ = ["ReplayResult", "replay_index"]
 
 logger = logging.getLogger(__name__)
 
+REPLAY_PARTITION_FETCH_BYTES = 16 << 20
+"""``max.partition.fetch.bytes`` of the replay's consumer (librdkafka's default: 1 MiB). A replay reads whole
+partitions of large records (a 10-chunk document of 384-d vectors is 17 KB: 60 to a default fetch); with
+decoding compiled it waited on fetches (``benchmarks/restore.py``: 30.7-32.2k chunks/s, 32.9-33.2k with
+this). librdkafka's prefetch queue (``queued.max.messages.kbytes``, 64 MiB) still bounds what it holds."""
+
 
 @dataclass(slots=True)
 class ReplayResult:
@@ -72,7 +78,7 @@ def replay_index(flow: FlowSpec, settings: KafkaSettings, *, from_timestamp_ms: 
     partitions = list(range(topics.partitions))
     changelog = flow.input_topic(INDEX.name)  # what the index stage reads is its shards' changelog
     reader = TopicReader(settings, group_id=f"{topics.prefix}.replay.{uuid.uuid4().hex[:8]}",
-                         **{"fetch.wait.max.ms": 100})
+                         **{"fetch.wait.max.ms": 100, "max.partition.fetch.bytes": REPLAY_PARTITION_FETCH_BYTES})
     started = time.monotonic()
     try:
         starts = _open_shards(ingest, states, partitions, rebuild=from_timestamp_ms is None)
