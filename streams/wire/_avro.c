@@ -19,8 +19,10 @@
  *   ENUM n symbols               a symbol index below n; symbols: the object index of their tuple
  *   ARRAY flat n i0 .. i(n-1)    blocks of items, each item the n nodes (an array's 1 item, a map's key
  *                                and value); flat: strings and numbers only (a sized block never matters)
- *   RECORD doc n f0 .. f(n-1) names   the fields in order; doc: a Document, counted against the caps;
- *                                names: the object index of the field names' tuple
+ *   RECORD doc n f0 .. f(n-1) names make   the fields in order; doc: a Document, counted against the caps;
+ *                                names: the object index of the field names' tuple; make: the object index
+ *                                of a callable the reader calls with the field values in order (a
+ *                                dataclass), or -1 for a dict
  *   CUT inner                    a field whose non-null value's byte range the walk reports
  */
 #define PY_SSIZE_T_CLEAN
@@ -269,8 +271,23 @@ static PyObject *read_fixed_size(Reader *r, int32_t size, int32_t what) {
     }
 }
 
+/* A record made by its constructor, called with the field values in order (a dataclass, a function). */
+static PyObject *make_record(Reader *r, const int32_t *p, PyObject *make) {
+    int32_t fields = p[2];
+    PyObject *on_stack[32];
+    PyObject **values = fields <= 32 ? on_stack : PyMem_Malloc((size_t)fields * sizeof(PyObject *));
+    if (values == NULL) return PyErr_NoMemory();
+    int32_t read = 0;
+    while (read < fields && (values[read] = read_node(r, p[3 + read])) != NULL) read++;
+    PyObject *record = read == fields ? PyObject_Vectorcall(make, values, (size_t)fields, NULL) : NULL;
+    for (int32_t i = 0; i < read; i++) Py_DECREF(values[i]);
+    if (values != on_stack) PyMem_Free(values);
+    return record;
+}
+
 static PyObject *read_record(Reader *r, const int32_t *p) {
     int32_t fields = p[2];
+    if (p[4 + fields] >= 0) return make_record(r, p, PyTuple_GET_ITEM(r->objects, p[4 + fields]));
     PyObject *names = PyTuple_GET_ITEM(r->objects, p[3 + fields]);
     PyObject *record = PyDict_New();
     if (record == NULL) return NULL;
@@ -363,8 +380,9 @@ static PyObject *read_node(Reader *r, int32_t node) {
 PyDoc_STRVAR(read_doc,
 "read(data, program, root, objects) -> value\n\n"
 "The value fastavro.schemaless_reader reads from a record the walk accepted: dicts for records and maps,\n"
-"lists for arrays, a union's branch value. Raises ValueError if the record ends early or has bytes left,\n"
-"UnicodeDecodeError for a string that is not UTF-8.");
+"lists for arrays, a union's branch value; a record whose program names a constructor is what that\n"
+"returns, called with the field values in order. Raises ValueError if the record ends early or has bytes\n"
+"left, UnicodeDecodeError for a string that is not UTF-8, and what a constructor raises.");
 
 static PyObject *avro_read(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_buffer data, program;

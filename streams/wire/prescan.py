@@ -12,7 +12,7 @@ compiled one refuses, so that every message comes from here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from streams.exceptions import SerdeError
@@ -57,11 +57,12 @@ ScanNode = tuple[Any, ...]
 # -- compiling a parsed schema into scan nodes -----------------------------------------------------
 
 
-def compile_scan(schema: Any) -> ScanNode:
+def compile_scan(schema: Any, *, constructors: Mapping[str, Callable[..., Any]] | None = None) -> ScanNode:
     """The pre-scan tree of a schema parsed by ``fastavro.parse_schema``, and its compiled program where
-    ``_avro`` was built (:func:`program_of`)."""
+    ``_avro`` was built (:func:`program_of`), whose reader calls ``constructors`` by record name
+    (:func:`streams.wire.program.compile_program`)."""
     root = _compile(schema, schema.get("__named_schemas", {}), {})
-    program = compile_program(schema, documents=_NODE_RECORDS, cut_fields=CUT_FIELDS)
+    program = compile_program(schema, documents=_NODE_RECORDS, cut_fields=CUT_FIELDS, constructors=constructors)
     if program is not None:
         _PROGRAMS[id(root)] = (root, program)
     return root

@@ -10,7 +10,7 @@ Document's chunks point back at it). ``_avro.c``'s header lists each node kind's
 from __future__ import annotations
 
 import array
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,16 +60,19 @@ class Program:
         return _avro.read(data, self.words, self.root, self.objects)
 
 
-def compile_program(schema: Any, *, documents: frozenset[str],
-                    cut_fields: Mapping[str, frozenset[str]]) -> Program | None:
+def compile_program(schema: Any, *, documents: frozenset[str], cut_fields: Mapping[str, frozenset[str]],
+                    constructors: Mapping[str, Callable[..., Any]] | None = None) -> Program | None:
     """The program of a schema parsed by ``fastavro.parse_schema``; None where ``_avro`` was not built.
 
     :param documents: the records the walk counts against the caps (the recursive Document).
     :param cut_fields: fields, by record name, whose non-null values the walk reports as byte ranges.
+    :param constructors: by record name, what the reader calls with a record's field values in order,
+        instead of making a dict (``streams/wire/codec.py``: a Document made at once, not a dict then a
+        Document); the walk does not use them.
     """
     if _avro is None:
         return None
-    compiler = _Compiler(schema.get("__named_schemas", {}), documents, cut_fields)
+    compiler = _Compiler(schema.get("__named_schemas", {}), documents, cut_fields, constructors or {})
     root = compiler.place(schema)
     return Program(array.array("i", compiler.words), root, tuple(compiler.objects))
 
@@ -77,13 +80,14 @@ def compile_program(schema: Any, *, documents: frozenset[str],
 class _Compiler:
     """Places nodes in ``words`` as ``prescan._compile`` builds its tree, with what the reader needs too."""
 
-    def __init__(self, named: Mapping[str, Any], documents: frozenset[str],
-                 cut_fields: Mapping[str, frozenset[str]]) -> None:
+    def __init__(self, named: Mapping[str, Any], documents: frozenset[str], cut_fields: Mapping[str, frozenset[str]],
+                 constructors: Mapping[str, Callable[..., Any]]) -> None:
         self.words: list[int] = []
         self.objects: list[Any] = []
         self._named = named
         self._documents = documents
         self._cut_fields = cut_fields
+        self._constructors = constructors
         self._records: dict[str, int] = {}
 
     def place(self, schema: Any) -> int:
@@ -122,8 +126,10 @@ class _Compiler:
         cut = self._cut_fields.get(name, frozenset())
         at = len(self.words)
         self._records[name] = at  # before its fields: a Document's chunks are Documents
-        self.words.extend([_RECORD, int(name in self._documents), len(fields), *[0] * len(fields), 0])
+        self.words.extend([_RECORD, int(name in self._documents), len(fields), *[0] * len(fields), 0, -1])
         self.words[at + 3 + len(fields)] = self._object(tuple(f["name"] for f in fields))
+        if name in self._constructors:
+            self.words[at + 4 + len(fields)] = self._object(self._constructors[name])
         for i, f in enumerate(fields):
             child = self.place(f["type"])
             if f["name"] in cut:

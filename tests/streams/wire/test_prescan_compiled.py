@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 import fastavro
@@ -22,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.document import Document
+from processors.document import Direction, Document
 from streams.exceptions import DecodeLimitError, SerdeError
 from streams.wire import codec as codecs
 from streams.wire import prescan as scan
@@ -38,6 +39,9 @@ WRITERS: list[tuple[Any, ScanNode]] = [pair for codec in CODECS
                                        for pair in ((codec.schema, codec._scan_root), *codec._earlier.values())]
 """Every writer schema a codec reads, the current ones and the earlier ones, with its pre-scan tree."""
 ROOTS: list[ScanNode] = [root for _, root in WRITERS]
+RAW_READERS = {id(root): scan.program_of(scan.compile_scan(schema)) for schema, root in WRITERS}
+"""Each writer schema's program without the codecs' record constructors: its reader makes what fastavro's makes."""
+CODEC_OF = {id(codec._scan_root): codec for codec in CODECS}
 SIGNIFICANT = (0x00, 0x01, 0x02, 0x03, 0x7F, 0x80, 0x81, 0xFE, 0xFF)
 """Byte values that end or continue a varint, flip its sign, or name a union branch past the last."""
 
@@ -66,22 +70,45 @@ def agree(data: bytes, root: ScanNode, limits: DecodeLimits = DECODE_LIMITS, *, 
     assert compiled_verdict(data, root, limits) == expected, data.hex()
     if expected is not None and read:
         read_alike(data, next(schema for schema, r in WRITERS if r is root), root)
+        if id(root) in CODEC_OF:
+            decoded_alike(CODEC_OF[id(root)], data)
     return expected is not None
 
 
-def read_alike(data: bytes, schema: Any, root: ScanNode) -> None:
+def outcome(call: Callable[[], Any]) -> Any:
+    """What ``call`` returns, or the exception it raises (the readers must fail alike, whatever they raise)."""
     try:
-        expected: Any = fastavro.schemaless_reader(io.BytesIO(data), schema, None)
-    except Exception as exc:  # noqa: BLE001 - the reader must fail alike, whatever fastavro raises
-        expected = exc
-    try:
-        read: Any = scan.program_of(root).read(data)
+        return call()
     except Exception as exc:  # noqa: BLE001
-        read = exc
+        return exc
+
+
+def read_alike(data: bytes, schema: Any, root: ScanNode) -> None:
+    expected = outcome(lambda: fastavro.schemaless_reader(io.BytesIO(data), schema, None))
+    read = outcome(lambda: RAW_READERS[id(root)].read(data))
     if isinstance(expected, Exception) or isinstance(read, Exception):
         assert type(read) is type(expected) and str(read) == str(expected), (data.hex(), read, expected)
     else:
         assert same(read, expected), (data.hex(), read, expected)
+
+
+def decoded_alike(codec: Codec[Any], data: bytes) -> None:
+    """The codec's value made by the compiled reader's constructors equals the one made from fastavro's dicts:
+    the same type, and the same bytes when encoded again (or the same error)."""
+    made = outcome(lambda: codec._from_avro(codec._program.read(data)))
+    expected = outcome(lambda: codec._from_avro(codec._read_fastavro(data, codec.schema)))
+    if isinstance(expected, Exception) or isinstance(made, Exception):
+        assert type(made) is type(expected) and str(made) == str(expected), (data.hex(), made, expected)
+        return
+    assert type(made) is type(expected)
+    assert same_encoding(codec, made, expected), data.hex()
+
+
+def same_encoding(codec: Codec[Any], a: Any, b: Any) -> bool:
+    first, second = outcome(lambda: codec.encode(a)), outcome(lambda: codec.encode(b))
+    if isinstance(first, Exception) or isinstance(second, Exception):
+        return type(first) is type(second) and str(first) == str(second)
+    return first == second
 
 
 def same(a: Any, b: Any) -> bool:
@@ -205,8 +232,9 @@ def test_a_document_nested_far_past_the_cap_is_refused_without_recursion() -> No
     limits = DecodeLimits(max_document_depth=200_000, max_documents=200_000)
     assert agree(nested(100_000), DOCUMENT._scan_root, limits, read=False)  # fastavro's reader would crash
     assert not agree(nested(100_000)[:-1], DOCUMENT._scan_root, limits)
-    with pytest.raises(RecursionError):  # the compiled reader stops at Python's recursion limit instead
-        scan.program_of(DOCUMENT._scan_root).read(nested(100_000))
+    for program in (scan.program_of(DOCUMENT._scan_root), RAW_READERS[id(DOCUMENT._scan_root)]):
+        with pytest.raises(RecursionError):  # the compiled reader stops at Python's recursion limit instead
+            program.read(nested(100_000))
 
 
 @pytest.mark.parametrize("length, accepted", [
@@ -220,3 +248,12 @@ def test_varints_of_ten_bytes_and_more_are_decided_alike(length: bytes, accepted
     assert agree(length + record[1:], DOCUMENT._scan_root) is accepted
     assert record[2:4] == b"\x00\x00"  # parent_id null, then granularity 0
     assert agree(record[:3] + b"\xff" * 9 + b"\x7f" + record[4:], DOCUMENT._scan_root)  # a long of 70 bits: skipped
+
+
+def test_the_codecs_reader_makes_documents_directly() -> None:
+    """``RECORD_CONSTRUCTORS``: the compiled reader returns the Document tree, not dicts for doc_from_avro."""
+    made = DOCUMENT._program.read(DOCUMENT.encode(tree()))
+    assert type(made) is Document and type(made.chunks[0]) is Document
+    assert made.chunks[0].embedding.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert made.chunks[0].scores["score"].direction is Direction.DISTANCE
+    assert DOCUMENT.encode(made) == DOCUMENT.encode(tree())
