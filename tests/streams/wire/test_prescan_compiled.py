@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import fastavro
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -27,10 +26,10 @@ from processors.document import Direction, Document
 from streams.exceptions import DecodeLimitError, SerdeError
 from streams.wire import codec as codecs
 from streams.wire import prescan as scan
-from streams.wire.program import COMPILED
 from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, Codec
 from streams.wire.limits import DECODE_LIMITS, DecodeLimits
 from streams.wire.prescan import Cuts, ScanNode
+from streams.wire.program import COMPILED
 from streams.wire.records import PartialResult, Request
 from tests.streams.wire.fixtures import DEFAULT_PREFIX, documents, nested, nested_docs, tree, varint
 
