@@ -209,11 +209,18 @@ static int step(Walk *w) {
 
 /* -- the reader ------------------------------------------------------------------------------------ */
 
+/* The reader recurses once per record or array: at most this deep, whatever Python's recursion limit says
+ * (about 256 bytes of C stack a level: 0.5 MiB at most, where a thread's default stack is 8 MiB). Documents
+ * capped at max_document_depth (32 by default) nest about 100 levels; a cap raised past ~1,000 Documents
+ * meets this first, and the record is refused with a RecursionError. */
+#define MAX_NESTING 2000
+
 typedef struct {
     const uint8_t *data;
     Py_ssize_t end, pos;
     const int32_t *prog;
     PyObject *objects;  /* a tuple */
+    int nesting;        /* records and arrays the reader is inside of */
 } Reader;
 
 static PyObject *truncated(void) {
@@ -274,14 +281,14 @@ static PyObject *read_fixed_size(Reader *r, int32_t size, int32_t what) {
 /* A record made by its constructor, called with the field values in order (a dataclass, a function). */
 static PyObject *make_record(Reader *r, const int32_t *p, PyObject *make) {
     int32_t fields = p[2];
-    PyObject *on_stack[32];
-    PyObject **values = fields <= 32 ? on_stack : PyMem_Malloc((size_t)fields * sizeof(PyObject *));
+    PyObject **values = PyMem_Malloc((size_t)(fields ? fields : 1) * sizeof(PyObject *));  /* not on the stack:
+                                                                       it would grow every level of recursion */
     if (values == NULL) return PyErr_NoMemory();
     int32_t read = 0;
     while (read < fields && (values[read] = read_node(r, p[3 + read])) != NULL) read++;
     PyObject *record = read == fields ? PyObject_Vectorcall(make, values, (size_t)fields, NULL) : NULL;
     for (int32_t i = 0; i < read; i++) Py_DECREF(values[i]);
-    if (values != on_stack) PyMem_Free(values);
+    PyMem_Free(values);
     return record;
 }
 
@@ -313,6 +320,7 @@ static PyObject *read_blocks(Reader *r, const int32_t *p) {
         if (read_int64(r, &count)) goto ran_out;
         if (count == 0) return items;
         if (count < 0) {  /* the block's size in bytes follows; unused */
+            if (count == INT64_MIN) goto ran_out;  /* no positive count (the walk refuses it first) */
             count = -count;
             if (read_int64(r, &size)) goto ran_out;
         }
@@ -365,8 +373,14 @@ static PyObject *read_node(Reader *r, int32_t node) {
             continue;
         case K_RECORD:
         case K_ARRAY: {
+            if (r->nesting >= MAX_NESTING) {
+                PyErr_Format(PyExc_RecursionError, "an Avro record nested over %d records and arrays deep", MAX_NESTING);
+                return NULL;
+            }
             if (Py_EnterRecursiveCall(" while reading an Avro record")) return NULL;
+            r->nesting++;
             PyObject *value = p[0] == K_RECORD ? read_record(r, p) : read_blocks(r, p);
+            r->nesting--;
             Py_LeaveRecursiveCall();
             return value;
         }

@@ -343,7 +343,8 @@ class Codec(Generic[T]):
         :raises SerdeError: for a fingerprint of no schema this codec reads.
         """
         if fingerprint_header is not None:
-            seen = fingerprint_header.decode() if isinstance(fingerprint_header, bytes) else fingerprint_header
+            seen = (fingerprint_header.decode("utf-8", "replace") if isinstance(fingerprint_header, bytes)
+                    else fingerprint_header)  # any header's bytes: not ours if not our hex digits
             if seen != self.fingerprint:
                 if seen not in self._earlier:
                     raise SerdeError(f"record written with schema {seen}, expected {self.schema['name']} "
