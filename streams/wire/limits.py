@@ -9,10 +9,14 @@ from dataclasses import dataclass
 
 from streams.exceptions import DecodeLimitError, FlowConfigError
 
-__all__ = ["DECODE_LIMITS", "MAX_DOCUMENTS_ENV", "MAX_DOCUMENT_DEPTH_ENV", "DecodeLimits", "DocumentBudget"]
+__all__ = ["DECODE_LIMITS", "DEPTH_CEILING", "MAX_DOCUMENTS_ENV", "MAX_DOCUMENT_DEPTH_ENV", "DecodeLimits", "DocumentBudget"]
 
 MAX_DOCUMENT_DEPTH_ENV = "STREAMSEARCH_MAX_DOCUMENT_DEPTH"
 MAX_DOCUMENTS_ENV = "STREAMSEARCH_MAX_DOCUMENTS"
+DEPTH_CEILING = 500
+"""The deepest ``STREAMSEARCH_MAX_DOCUMENT_DEPTH`` accepted. The readers recurse in C once per nested record:
+fastavro's (records of an earlier writer schema) overflowed an 8 MiB stack near 5,000 Documents deep, and the
+compiled one (``streams/wire/_avro.c``) stops at 2,000 records and arrays, about 1,000 Documents."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,9 @@ class DecodeLimits:
             if raw:
                 if not raw.isdigit() or int(raw) < 1:
                     raise FlowConfigError(f"{env}={raw!r}: expected a positive integer")
+                if env == MAX_DOCUMENT_DEPTH_ENV and int(raw) > DEPTH_CEILING:
+                    raise FlowConfigError(f"{env}={raw!r}: at most {DEPTH_CEILING} (the Avro readers recurse once per "
+                                          "nested record; deeper would risk the process's stack)")
                 values[name] = int(raw)
         return cls(**values)
 

@@ -119,6 +119,9 @@ class TestDecodeLimits:
 
     def test_limits_come_from_the_environment_and_are_checked(self) -> None:
         assert DecodeLimits.from_env({}) == DecodeLimits(32, 100_000) == DECODE_LIMITS
+        assert DecodeLimits.from_env({"STREAMSEARCH_MAX_DOCUMENT_DEPTH": "500"}).max_document_depth == 500
+        with pytest.raises(FlowConfigError, match="STREAMSEARCH_MAX_DOCUMENT_DEPTH='5000': at most 500"):
+            DecodeLimits.from_env({"STREAMSEARCH_MAX_DOCUMENT_DEPTH": "5000"})  # fastavro's reader crashed there
         assert DecodeLimits.from_env({"STREAMSEARCH_MAX_DOCUMENT_DEPTH": "64", "STREAMSEARCH_MAX_DOCUMENTS": "10"}) \
             == DecodeLimits(max_document_depth=64, max_documents=10)
         for bad in ("0", "-1", "ten", "1.5"):
