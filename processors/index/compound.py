@@ -14,6 +14,7 @@ as the vectors, and their indexes follow it likewise. Hits are made from vector 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -76,6 +77,17 @@ class CompoundIndexer:
         self._fields.open(owners, ids)
         logger.info("shard index opened", extra={"path": str(self.path), "vectors": len(ids),
                                                  "lexical_units": len(self._lexical)})
+
+    @contextlib.contextmanager
+    def bulk_load(self) -> Iterator[None]:
+        """Apply within without RocksDB's write-ahead log (``ShardStore.write_ahead_log``): for a rebuild from
+        the topic, which holds every write again. Leaving flushes what was written."""
+        self._store.write_ahead_log(False)
+        try:
+            yield
+        finally:
+            if self._store.is_open:
+                self._store.write_ahead_log(True)
 
     def close(self) -> None:
         """Close RocksDB; safe to call twice."""

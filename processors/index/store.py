@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
 from processors.document import Document
 from processors.exceptions import ConfigError
@@ -58,6 +58,8 @@ vector passes through it, and a shard process peaked 46 MiB lower at 100,000 384
 16 MiB, at the same apply rate (71 against 72 us per document, applied in one process)."""
 _OWNER_TAG = b"\xff"
 """Starts a format-2 owner; a format-1 owner is UTF-8 text, which never holds 0xFF."""
+_VID, _U32 = struct.Struct(">q"), struct.Struct(">I")
+"""A vector id in keys (big-endian, so keys sort by id); a part's byte count in an owner."""
 
 Owner = tuple[str, str, str]
 """Whose vector it is: (doc id, node path, field name); the path is '' for the root, 'c3.c1' below."""
@@ -102,6 +104,22 @@ class ShardStore:
             self._db.close()
             self._db = None
 
+    def write_ahead_log(self, enabled: bool) -> None:
+        """Whether writes go through RocksDB's write-ahead log, as they do by default.
+
+        A rebuild from the topic (replay) writes without it, as Kafka Streams' stores always do, the topic being
+        their log: writing 100,000 384-d vectors took 0.29 s instead of 0.41. A crash then loses what was written
+        since the last memtable flush, its checkpoint with it (each write batch lands in one memtable whole, so
+        what is kept is a prefix of the batches), and the shard resumes from the checkpoint kept. Turning the log
+        back on flushes the memtables first: nothing written without it is then held only in memory.
+        """
+        db = self._open_db()
+        if enabled:
+            db.flush(wait=True)
+        options = WriteOptions()
+        options.disable_wal = not enabled
+        db.set_write_options(options)
+
     def destroy(self) -> None:
         """Close and delete every file of this shard."""
         self.close()
@@ -112,7 +130,7 @@ class ShardStore:
     def next_vid(self) -> int:
         """The next vector id to give: ids are never reused."""
         raw = self._open_db().get(_NEXT_VID)
-        return struct.unpack(">q", raw)[0] if raw else 0
+        return _VID.unpack(raw)[0] if raw else 0
 
     def checkpoint(self) -> bytes | None:
         """The checkpoint stored with the last write, or None for a new shard."""
@@ -135,7 +153,7 @@ class ShardStore:
     def term_counts(self) -> Iterator[tuple[int, dict[str, int]]]:
         """Every stored unit's term counts (the lexical arm's), by vector id."""
         for key, value in self._scan(_TERMS):
-            yield struct.unpack(">q", key[len(_TERMS):])[0], _unpack_terms(value)
+            yield _VID.unpack(key[len(_TERMS):])[0], _unpack_terms(value)
 
     def field_values(self) -> Iterator[tuple[str, dict[str, list[Any]]]]:
         """Every stored document's filterable tag values (the field indexes'), by document id."""
@@ -159,7 +177,7 @@ class ShardStore:
         ids, vectors, owners = [], [], []
         width = self.dim * 4
         for key, value in self._scan(_VEC):
-            ids.append(struct.unpack(">q", key[len(_VEC) :])[0])
+            ids.append(_VID.unpack(key[len(_VEC) :])[0])
             vectors.append(np.frombuffer(value[:width], dtype="<f4"))
             owners.append(_unpack_owner(value[width:]))
         matrix = np.stack(vectors) if vectors else np.empty((0, self.dim), np.float32)
@@ -177,7 +195,7 @@ class ShardStore:
 
     def commit(self, write: ShardWrite, *, next_vid: int, checkpoint: bytes) -> None:
         """Store the staged write with the next vector id and the checkpoint, in one WriteBatch."""
-        write.batch.put(_NEXT_VID, struct.pack(">q", next_vid))
+        write.batch.put(_NEXT_VID, _VID.pack(next_vid))
         write.batch.put(_CHECKPOINT, checkpoint)
         self._open_db().write(write.batch)
 
@@ -189,7 +207,7 @@ class ShardStore:
             batch.delete(key)
         for vid, unit_counts in counts:
             if unit_counts:
-                batch.put(_TERMS + struct.pack(">q", vid), _pack_terms(unit_counts))
+                batch.put(_TERMS + _VID.pack(vid), _pack_terms(unit_counts))
         batch.put(_ANALYZER, analyzer.encode())
         self._stamp(batch, 3)
         self._open_db().write(batch)
@@ -281,9 +299,9 @@ class ShardWrite:
         self.net_documents -= 1
         vids = np.frombuffer(raw_vids, dtype=">i8").astype(np.int64).tolist()
         for vid in vids:
-            self.batch.delete(_VEC + struct.pack(">q", vid))
+            self.batch.delete(_VEC + _VID.pack(vid))
             if self._term_counts:  # no tombstone per vector where no counts are kept
-                self.batch.delete(_TERMS + struct.pack(">q", vid))
+                self.batch.delete(_TERMS + _VID.pack(vid))
         self.batch.delete(_DOC + key)
         self.batch.delete(_DOC_VIDS + key)
         if self._field_values:
@@ -292,19 +310,19 @@ class ShardWrite:
 
     def put_vector(self, vid: int, vector: np.ndarray, owner: Owner) -> None:
         """Stage one vector (little-endian float32) and its owner, in format 2."""
-        self.batch.put(_VEC + struct.pack(">q", vid), vector.tobytes() + _pack_owner(*owner))
+        self.batch.put(_VEC + _VID.pack(vid), vector.tobytes() + _pack_owner(*owner))
 
     def stored_term_counts(self, vids: Sequence[int]) -> list[tuple[int, dict[str, int]]]:
         """The stored term counts of these units, as before this write (what removing them takes away)."""
         if not vids:
             return []
-        raws = self._db.get([_TERMS + struct.pack(">q", vid) for vid in vids])  # one multi-get
+        raws = self._db.get([_TERMS + _VID.pack(vid) for vid in vids])  # one multi-get
         return [(vid, _unpack_terms(raw)) for vid, raw in zip(vids, raws) if raw is not None]
 
     def put_term_counts(self, vid: int, counts: Mapping[str, int]) -> None:
         """Stage one unit's term counts (the lexical arm's); a unit without terms stores nothing."""
         if counts:
-            self.batch.put(_TERMS + struct.pack(">q", vid), _pack_terms(counts))
+            self.batch.put(_TERMS + _VID.pack(vid), _pack_terms(counts))
 
     def put_field_values(self, doc_id: str, values: Mapping[str, Sequence[Any]]) -> None:
         """Stage a document's filterable values; a document without any stores nothing."""
@@ -358,8 +376,8 @@ def _unpack_terms(raw: bytes) -> dict[str, int]:
 
 def _pack_owner(doc_id: str, path: str, field_name: str) -> bytes:
     """A vector's owner in format 2: the tag, then each part as a uint32 byte count and its bytes."""
-    parts = [_utf8(part) for part in (doc_id, path, field_name)]
-    return _OWNER_TAG + b"".join(struct.pack(">I", len(part)) + part for part in parts)
+    doc, node, field = _utf8(doc_id), _utf8(path), _utf8(field_name)  # unrolled: once per vector, 3.0 -> 1.4 us
+    return b"".join((_OWNER_TAG, _U32.pack(len(doc)), doc, _U32.pack(len(node)), node, _U32.pack(len(field)), field))
 
 
 def _unpack_owner(raw: bytes) -> Owner:
@@ -377,7 +395,7 @@ def _unpack_owner(raw: bytes) -> Owner:
     for _ in range(3):
         if at + 4 > len(raw):
             raise ConfigError(f"a stored vector owner is truncated: {raw[:80]!r}")
-        (size,) = struct.unpack_from(">I", raw, at)
+        (size,) = _U32.unpack_from(raw, at)
         at += 4
         if at + size > len(raw):
             raise ConfigError(f"a stored vector owner is truncated: {raw[:80]!r}")

@@ -15,6 +15,7 @@ dead-letter topic names it, and replay sets it apart unprocessed, as the stage d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from tqdm import tqdm
 
+from processors.index.compound import CompoundIndexer
 from streams.exceptions import ReadTimeoutError, StreamsearchError
 from streams.flow.spec import FlowSpec
 from streams.kafka.settings import KafkaSettings
@@ -85,10 +87,12 @@ def replay_index(flow: FlowSpec, settings: KafkaSettings, *, from_timestamp_ms: 
         if from_timestamp_ms is not None:
             starts = _offsets_at(reader.consumer, changelog, partitions, from_timestamp_ms)
         reader.assign([TopicPartition(changelog, p, starts[p]) for p in partitions])
-        result.records = _apply_to_end(reader, apply, changelog, batch_size, progress, started + timeout_s)
+        with contextlib.ExitStack() as bulk:
+            for partition in partitions:
+                bulk.enter_context(_opened(states, partition).bulk_load())
+            result.records = _apply_to_end(reader, apply, changelog, batch_size, progress, started + timeout_s)
         for partition in partitions:
-            index = states.get(partition)
-            assert index is not None
+            index = _opened(states, partition)
             result.documents[partition] = index.stats().documents
             result.vectors[partition] = index.vector_count
     finally:
@@ -96,6 +100,12 @@ def replay_index(flow: FlowSpec, settings: KafkaSettings, *, from_timestamp_ms: 
         ingest.close()
     result.seconds = time.monotonic() - started
     return result
+
+
+def _opened(states: ShardStates, partition: int) -> CompoundIndexer:
+    index = states.get(partition)
+    assert index is not None, f"shard {partition} was opened by _open_shards"
+    return index
 
 
 def _open_shards(ingest: ShardIngest, states: ShardStates, partitions: list[int], *, rebuild: bool) -> dict[int, int]:

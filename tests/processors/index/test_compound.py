@@ -1,5 +1,6 @@
 import json
 import pickle
+import shutil
 import struct
 from pathlib import Path
 
@@ -124,6 +125,24 @@ class TestCompoundIndexer:
         assert reopened.search(embeddings=unit(2)[None], top_k=1)[0][0].node.id == "a/1"
         reopened.apply(changes=[Change("c", doc_with_chunks("c", [9]))], checkpoint=b"offset=42")
         assert reopened.stats().vectors == 3  # new vector ids do not collide with restored ones
+
+    def test_a_bulk_load_writes_without_the_log_and_leaving_it_leaves_everything_on_disk(self, tmp_path: Path) -> None:
+        """A copy of the directory taken mid-way stands for a crash: without the write-ahead log, what the bulk
+        load applied is only in the memtable, and the copy resumes from the checkpoint before it. After it, with
+        the memtable flushed, a copy holds everything; later writes go through the log again."""
+        index = open_index(tmp_path / "shard")
+        index.apply(changes=[Change("before", doc_with_chunks("before", [1]))], checkpoint=b"offset=1")
+        with index.bulk_load():
+            index.apply(changes=[Change("a", doc_with_chunks("a", [2, 3]))], checkpoint=b"offset=2")
+            shutil.copytree(tmp_path / "shard", tmp_path / "crashed", ignore=shutil.ignore_patterns("LOCK"))
+        shutil.copytree(tmp_path / "shard", tmp_path / "after", ignore=shutil.ignore_patterns("LOCK"))
+        index.apply(changes=[Change("b", doc_with_chunks("b", [4]))], checkpoint=b"offset=3")
+        shutil.copytree(tmp_path / "shard", tmp_path / "logged", ignore=shutil.ignore_patterns("LOCK"))
+        for copy, checkpoint, vectors in (("crashed", b"offset=1", 1), ("after", b"offset=2", 3),
+                                          ("logged", b"offset=3", 4)):
+            reopened = open_index(tmp_path / copy)
+            assert (reopened.checkpoint(), reopened.stats().vectors) == (checkpoint, vectors), copy
+            reopened.close()
 
     def test_wrong_dimension_is_rejected_and_nothing_written(self, tmp_path: Path) -> None:
         index = open_index(tmp_path)
