@@ -80,12 +80,17 @@ class CompoundIndexer:
 
     @contextlib.contextmanager
     def bulk_load(self) -> Iterator[None]:
-        """Apply within without RocksDB's write-ahead log (``ShardStore.write_ahead_log``): for a rebuild from
-        the topic, which holds every write again. Leaving flushes what was written."""
+        """Apply within without RocksDB's write-ahead log (``ShardStore.write_ahead_log``), and FAISS built once at
+        the end (``VectorIndexes.defer_adds``): for a rebuild from the topic, which holds every write again, and
+        which nothing searches meanwhile (vectors applied within are found only after it). Leaving flushes what
+        was written."""
         self._store.write_ahead_log(False)
+        self._indexes.defer_adds()
         try:
             yield
         finally:
+            self._indexes.add_deferred()
+            self._refresh_approximate()
             if self._store.is_open:
                 self._store.write_ahead_log(True)
 

@@ -44,6 +44,7 @@ class VectorIndexes:
         self.exact: FlatVectorIndex = exact
         self._approximate: dict[str, VectorIndex] = {}
         self._untrainable: set[str] = set()
+        self._deferred: _Deferred | None = None
 
     def built(self) -> tuple[str, ...]:
         """The index types built now, in ``INDEX_TYPES`` order."""
@@ -79,13 +80,36 @@ class VectorIndexes:
 
     def follow(self, gone: np.ndarray, added: np.ndarray, added_vectors: np.ndarray) -> int:
         """Every built index follows a committed write; returns how many vectors were removed.
-        Call :meth:`refresh` after."""
-        removed = self.exact.remove(gone)
-        self.exact.add(added, added_vectors)
+        Call :meth:`refresh` after. While adds are deferred (:meth:`defer_adds`), vectors wait to be added."""
+        removed = 0
+        if self._deferred is not None:
+            removed, gone = self._deferred.remove(gone)
+            self._deferred.add(added, added_vectors)
+        removed += self.exact.remove(gone)
+        if self._deferred is None:
+            self._add(added, added_vectors)
         for index in self._approximate.values():
             index.remove(gone)
-            index.add(added, added_vectors)
         return removed
+
+    def defer_adds(self) -> None:
+        """Hold added vectors back until :meth:`add_deferred`, then add them in one call: a rebuild from the
+        topic (replay) adds in batches of a few thousand, and FAISS's growing storage copied and faulted in
+        its pages again at every growth (100,000 384-d vectors: 0.29 s in batches of 500, 0.14 s in one).
+        Searches meanwhile do not see them."""
+        if self._deferred is None:
+            self._deferred = _Deferred()
+
+    def add_deferred(self) -> None:
+        """Add what :meth:`defer_adds` held back, in one call; call :meth:`refresh` after."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            self._add(*deferred.kept(self.config.dim))
+
+    def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.exact.add(ids, vectors)
+        for index in self._approximate.values():
+            index.add(ids, vectors)
 
     def refresh(self) -> None:
         """After a write: rebuild the indexes that drifted from the data, and build the default once it can be."""
@@ -93,3 +117,46 @@ class VectorIndexes:
             del self._approximate[name]
             self.index_for(name)
         self.index_for(self.config.index_type)
+
+
+class _Deferred:
+    """Vectors added while adds are deferred, and the ids among them removed since."""
+
+    def __init__(self) -> None:
+        self._ids: list[np.ndarray] = []
+        self._vectors: list[np.ndarray] = []
+        self._held: set[int] = set()
+        self._dropped: set[int] = set()
+        """Held ids removed again (a later version of their document came): never added."""
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self._ids.append(ids)
+            self._vectors.append(vectors)
+            self._held.update(ids.tolist())
+
+    def remove(self, gone: np.ndarray) -> tuple[int, np.ndarray]:
+        """Drop the held ids among ``gone``; returns how many were held, and the others (for the indexes)."""
+        if not self._held or not len(gone):
+            return 0, gone
+        held = np.fromiter((vid in self._held for vid in gone.tolist()), dtype=bool, count=len(gone))
+        dropped = set(gone[held].tolist())
+        self._held -= dropped
+        self._dropped |= dropped
+        return len(dropped), gone[~held]
+
+    def kept(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """The held ids and vectors not dropped, in the order added. Each held piece is let go once copied:
+        the copy's pages are touched only as it fills, so memory peaks near one copy, not two."""
+        ids = np.concatenate(self._ids) if self._ids else np.empty(0, np.int64)
+        keep = ~np.isin(ids, np.fromiter(self._dropped, dtype=np.int64, count=len(self._dropped)))
+        vectors = np.empty((int(keep.sum()), dim), np.float32)
+        filled = start = 0
+        while self._vectors:
+            piece = self._vectors.pop(0)
+            wanted = piece[keep[start:start + len(piece)]]
+            vectors[filled:filled + len(wanted)] = wanted
+            filled += len(wanted)
+            start += len(piece)
+        self._ids.clear()
+        return ids[keep], vectors

@@ -144,6 +144,30 @@ class TestCompoundIndexer:
             assert (reopened.checkpoint(), reopened.stats().vectors) == (checkpoint, vectors), copy
             reopened.close()
 
+    @pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+    def test_a_bulk_load_adds_to_faiss_once_at_its_end_what_is_still_stored_then(self, tmp_path: Path,
+                                                                                  index_type: str) -> None:
+        """Vectors replaced or deleted within the bulk load never reach FAISS; those stored before it are
+        removed at once; after it FAISS holds exactly the stored vectors, as a reopened shard does."""
+        config = CompoundIndexerConfig(dim=DIM, metric="inner_product", index_type=index_type)  # type: ignore[arg-type]
+        index = CompoundIndexer(config, path=tmp_path, codec=STORED_DOCUMENT)
+        index.warm_up()
+        index.apply(changes=[Change("old", doc_with_chunks("old", [1, 2])), Change("kept", doc_with_chunks("kept", [3]))],
+                    checkpoint=b"1")
+        with index.bulk_load():
+            first = index.apply(changes=[Change("a", doc_with_chunks("a", [4, 5])), Change("old", None)], checkpoint=b"2")
+            second = index.apply(changes=[Change("a", doc_with_chunks("a", [6])), Change("b", doc_with_chunks("b", [7]))],
+                                 checkpoint=b"3")
+            third = index.apply(changes=[Change("b", None)], checkpoint=b"4")
+            assert index.vector_count == 1  # only "kept" is searchable meanwhile
+        assert (first.vectors_removed, second.vectors_removed, third.vectors_removed) == (2, 2, 1)
+        assert index.vector_count == 2
+        assert index.vectors_by_node().keys() == {("kept", "c0", ""), ("a", "c0", "")}
+        for seed, doc_id in ((3, "kept"), (6, "a")):
+            assert index.search(embeddings=unit(seed)[None], top_k=1)[0][0].root.id == doc_id
+        assert {hit.root.id for hit in index.search(embeddings=unit(4)[None], top_k=5)[0]} == {"kept", "a"}
+        index.close()
+
     def test_wrong_dimension_is_rejected_and_nothing_written(self, tmp_path: Path) -> None:
         index = open_index(tmp_path)
         bad = Document(id="x", chunks=[Document(id="x/0", embedding=np.ones(DIM + 1, dtype=np.float32))])
