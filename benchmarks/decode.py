@@ -23,7 +23,8 @@ from setup import machine
 from processors.document import Direction, Document, Score
 from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, Codec
 from streams.wire.limits import DECODE_LIMITS
-from streams.wire.prescan import prescan_python, program_of
+from streams.wire.prescan import prescan_python
+from streams.wire.scan_nodes import program_of
 from streams.wire.records import PartialResult, Request
 
 

@@ -16,16 +16,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import fastavro
-import numpy as np
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from processors.document import Direction, Document, Score, validate_document
+from processors.document import Document, validate_document
 from processors.index.lexical import CorpusStats
 from streams.exceptions import SerdeError
-from streams.resources import SCHEMAS
+from streams.wire.documents import RECORD_CONSTRUCTORS, doc_from_avro, doc_to_avro, doc_to_avro_without_embeddings
 from streams.wire.headers import SCHEMA, Header
 from streams.wire.limits import DECODE_LIMITS, DecodeLimits
-from streams.wire.prescan import Cuts, ScanNode, compile_scan, prescan, program_of
+from streams.wire.prescan import Cuts, prescan
+from streams.wire.scan_nodes import ScanNode, compile_scan, program_of
 from streams.wire.records import (
     LexicalCount,
     PartialResult,
@@ -37,6 +37,7 @@ from streams.wire.records import (
     StageStatus,
     VersionBuild,
 )
+from streams.wire.schemas import EARLIER_SCHEMAS, PARSED_SCHEMAS, load_earlier
 
 __all__ = [
     "DOCUMENT",
@@ -51,145 +52,12 @@ __all__ = [
     "VERSION_BUILD",
     "Codec",
     "StoredDocumentCodec",
-    "doc_from_avro",
-    "doc_to_avro",
 ]
 
 T = TypeVar("T")
 
 
-def _load_schemas() -> dict[str, Any]:
-    named: dict[str, Any] = {}
-    parsed = {}
-    for name in ("document", "request", "partial_result", "search_reply", "stage_status", "serving_version",
-                 "version_build", "lexical_count"):
-        with open(SCHEMAS / f"{name}.avsc") as f:
-            parsed[name] = fastavro.parse_schema(json.load(f), named_schemas=named)
-    return parsed
-
-
-_PARSED = _load_schemas()
-
-EARLIER_SCHEMAS: Mapping[str, tuple[str, ...]] = {"document": ("document-1",), "request": ("request-1",)}
-"""Earlier writer schemas (``streams/schemas/earlier/<name>.avsc``) a codec still reads, resolved to the
-current one: records kept in ``<flow>.ingest``, ``<flow>.encoded`` and a shard's store outlive
-an upgrade, and a client of the release before writes requests. document-1 held tags as strings only;
-request-1 had no ``lexical_statistics``."""
-
-
-def _load_earlier(name: str) -> Any:
-    """An earlier writer schema; one that names ``streamsearch.Document`` (request-1) reads it as the
-    current Document, as it was written: its fingerprint is then the one its writers sent. (When the
-    Document schema changes, such a file must be kept with the Document it was written with.)"""
-    named: dict[str, Any] = {}
-    if not name.startswith("document"):
-        with open(SCHEMAS / "document.avsc") as f:
-            fastavro.parse_schema(json.load(f), named_schemas=named)
-    with open(SCHEMAS / "earlier" / f"{name}.avsc") as f:
-        return fastavro.parse_schema(json.load(f), named_schemas=named)
-
-
 # -- dataclass <-> Avro dicts ------------------------------------------------------------------
-
-_EMBEDDING_BRANCH: str = next(branch["name"] for f in _PARSED["document"]["fields"] if f["name"] == "embedding"
-                              for branch in f["type"] if isinstance(branch, dict))
-"""The record type of a Document's embedding union. An embedding is written as fastavro's
-``(type name, value)`` union notation: otherwise the writer validates the value against each
-branch to choose one, which took half of a 384-d document's encoding time (12 of 23 us)."""
-
-
-def doc_to_avro(doc: Document, *, embeddings: bool = True) -> dict[str, Any]:
-    """:param embeddings: False writes every node's embedding as null (a shard's stored documents:
-        its vectors are kept apart), without copying the tree to clear them."""
-    embedding = None
-    if embeddings and doc.embedding is not None:
-        array = np.asarray(doc.embedding)
-        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-        embedding = (_EMBEDDING_BRANCH,
-                     {"dtype": little.dtype.str, "shape": list(array.shape), "data": little.tobytes()})
-    return {
-        "id": doc.id,
-        "parent_id": doc.parent_id,
-        "granularity": doc.granularity,
-        "adjacency": doc.adjacency,
-        "mime_type": doc.mime_type,
-        "text": doc.text,
-        "blob": doc.blob,
-        "uri": doc.uri,
-        "embedding": embedding,
-        "tags": doc.tags,
-        "field_name": doc.field_name,
-        "modality": doc.modality,
-        "weight": doc.weight,
-        "offset": doc.offset,
-        "location": doc.location,
-        "scores": {
-            name: {"value": s.value, "op_name": s.op_name, "direction": s.direction.value}
-            for name, s in doc.scores.items()
-        },
-        "chunks": [doc_to_avro(c, embeddings=embeddings) for c in doc.chunks],
-        "matches": [doc_to_avro(m, embeddings=embeddings) for m in doc.matches],
-    }
-
-
-def _doc_to_avro_without_embeddings(doc: Document) -> dict[str, Any]:
-    return doc_to_avro(doc, embeddings=False)
-
-
-_DTYPES = {name: np.dtype(name) for name in ("<f4", "<f8", "<f2", "<i8", "<i4", "|i1", "|u1")}
-"""Embedding dtypes by their wire name, made once (``np.dtype`` of a string takes ~0.5 us); other names
-are parsed each time, and not kept: the name comes from the record."""
-
-
-def _ndarray(dtype: str, shape: list[int], data: bytes) -> np.ndarray:
-    """An embedding from its NdArray record's fields; no copy of ``data``."""
-    return np.frombuffer(data, dtype=_DTYPES.get(dtype) or np.dtype(dtype)).reshape(shape)
-
-
-def _score(value: float, op_name: str, direction: str) -> Score:
-    return Score(value, op_name, Direction(direction))
-
-
-def doc_from_avro(rec: dict[str, Any] | Document) -> Document:
-    """A Document from fastavro's dict, or the one the compiled reader made already (``RECORD_CONSTRUCTORS``)."""
-    if type(rec) is Document:
-        return rec
-    embedding = None
-    if rec["embedding"] is not None:
-        e = rec["embedding"]
-        embedding = _ndarray(e["dtype"], e["shape"], e["data"])
-    return Document(
-        id=rec["id"],
-        parent_id=rec["parent_id"],
-        granularity=rec["granularity"],
-        adjacency=rec["adjacency"],
-        mime_type=rec["mime_type"],
-        text=rec["text"],
-        blob=rec["blob"],
-        uri=rec["uri"],
-        embedding=embedding,
-        tags=rec["tags"],  # the reader's own fresh dict and list: no copy
-        field_name=rec["field_name"],
-        modality=rec["modality"],
-        weight=rec["weight"],
-        offset=rec["offset"],
-        location=rec["location"],
-        scores={name: _score(s["value"], s["op_name"], s["direction"]) for name, s in rec["scores"].items()},
-        chunks=[doc_from_avro(c) for c in rec["chunks"]],
-        matches=[doc_from_avro(m) for m in rec["matches"]],
-    )
-
-
-RECORD_CONSTRUCTORS: Mapping[str, Callable[..., Any]] = {
-    "streamsearch.Document": Document, "streamsearch.NdArray": _ndarray, "streamsearch.Score": _score}
-"""What the compiled reader (``streams/wire/program.py``) calls with a record's field values in order, by record
-name: a Document is made from the bytes at once, where the reader's dict then ``doc_from_avro`` took about 2 us a
-node. ``Document`` is called positionally: its fields are the schema's, in the schema's order (checked below)."""
-_DOCUMENT_FIELDS = [f["name"] for f in _PARSED["document"]["fields"]]
-if [f.name for f in dataclasses.fields(Document)] != _DOCUMENT_FIELDS:
-    raise ImportError(f"Document's fields must be document.avsc's, in its order ({_DOCUMENT_FIELDS}): "
-                      "RECORD_CONSTRUCTORS calls it with the record's values in order")
-
 
 def _params_to_avro(params: dict[str, Any]) -> dict[str, str]:
     return {key: json.dumps(value) for key, value in params.items()}
@@ -305,7 +173,7 @@ class Codec(Generic[T]):
                  validate: Callable[[T], None] | None = None) -> None:
         """:param validate: checks a decoded value (raising ``InvalidDocumentError``), so that every
             reader of this type refuses what no writer of ours produces (NaN vectors, NUL in ids)."""
-        self.schema = _PARSED[schema_name]
+        self.schema = PARSED_SCHEMAS[schema_name]
         self._validate = validate
         self.fingerprint = fingerprint(to_parsing_canonical_form(self.schema), "CRC-64-AVRO")
         self._to_avro = to_avro
@@ -316,7 +184,7 @@ class Codec(Generic[T]):
         self._earlier: dict[str, tuple[Any, ScanNode]] = {}
         """Earlier writer schemas by fingerprint, with their pre-scan trees."""
         for name in EARLIER_SCHEMAS.get(schema_name, ()):
-            earlier = _load_earlier(name)
+            earlier = load_earlier(name)
             self._earlier[fingerprint(to_parsing_canonical_form(earlier), "CRC-64-AVRO")] = (
                 earlier, compile_scan(earlier))
 
@@ -439,7 +307,7 @@ class StoredDocumentCodec:
     """
 
     def __init__(self) -> None:
-        self._codec: Codec[Document] = Codec("document", _doc_to_avro_without_embeddings, doc_from_avro)
+        self._codec: Codec[Document] = Codec("document", doc_to_avro_without_embeddings, doc_from_avro)
 
     def encode(self, doc: Document) -> bytes:
         """The document with every embedding written as null: the shard keeps its vectors apart."""

@@ -12,22 +12,27 @@ compiled one refuses, so that every message comes from here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from streams.exceptions import SerdeError
 from streams.wire.limits import DecodeLimits, DocumentBudget
-from streams.wire.program import Program, compile_program
+from streams.wire.program import Program
+from streams.wire.scan_nodes import (
+    ARRAY,
+    CUT,
+    ENUM,
+    LEN,
+    NULL_NODE,
+    OPTIONAL,
+    OPTIONAL_LEN,
+    RECORD,
+    SKIP,
+    VARINT,
+    ScanNode,
+    program_of,
+)
 
-__all__ = ["CUT_FIELDS", "Cuts", "ScanNode", "compile_scan", "prescan", "prescan_python", "program_of"]
-
-_NODE_RECORDS = frozenset({"streamsearch.Document"})
-"""The records the caps count: the recursive Document."""
-
-CUT_FIELDS: Mapping[str, frozenset[str]] = {"streamsearch.Document": frozenset({"embedding", "blob"})}
-"""Fields whose values a scan can report as byte ranges (``prescan(cuts=...)``): what a shard's stored
-document leaves out (its vectors are kept apart, its nodes' bytes not at all). Each is a union of null
-and a value without nested records, so null written in its place is a valid encoding of the record."""
+__all__ = ["Cuts", "prescan", "prescan_python"]
 
 class Cuts(list[tuple[int, int]]):
     """Byte ranges ``[start, end)`` of a record, in order: the non-null values of ``CUT_FIELDS``, union index
@@ -42,132 +47,6 @@ class Cuts(list[tuple[int, int]]):
     def __init__(self) -> None:
         super().__init__()
         self.sized = False
-
-# Node kinds, the commonest first (the scan tests them in this order). _OPTIONAL is a union of
-# null and one other type: one zero byte, the commonest Document field. _CUT is a field of CUT_FIELDS.
-_LEN, _OPTIONAL_LEN, _VARINT, _SKIP, _OPTIONAL, _ARRAY, _RECORD, _UNION, _ENUM, _CUT = range(10)
-_FIXED_SIZES = {"null": 0, "boolean": 1, "float": 4, "double": 8}
-_LEN_NODE = (_LEN,)
-_NULL_NODE = (_SKIP, 0)
-
-ScanNode = tuple[Any, ...]
-"""A compiled schema node, ``(kind, ...)``; a record's node is shared by every reference to it."""
-
-
-# -- compiling a parsed schema into scan nodes -----------------------------------------------------
-
-
-def compile_scan(schema: Any, *, constructors: Mapping[str, Callable[..., Any]] | None = None) -> ScanNode:
-    """The pre-scan tree of a schema parsed by ``fastavro.parse_schema``, and its compiled program where
-    ``_avro`` was built (:func:`program_of`), whose reader calls ``constructors`` by record name
-    (:func:`streams.wire.program.compile_program`)."""
-    root = _compile(schema, schema.get("__named_schemas", {}), {})
-    program = compile_program(schema, documents=_NODE_RECORDS, cut_fields=CUT_FIELDS, constructors=constructors)
-    if program is not None:
-        _PROGRAMS[id(root)] = (root, program)
-    return root
-
-
-_PROGRAMS: dict[int, tuple[ScanNode, Program]] = {}
-"""Compiled programs by ``id`` of their tree's root, the root kept alive beside its program."""
-
-
-def program_of(root: ScanNode) -> Program | None:
-    """The compiled program of a tree :func:`compile_scan` made; None where ``_avro`` was not built."""
-    held = _PROGRAMS.get(id(root))
-    return None if held is None else held[1]
-
-
-def _compile(schema: Any, named: Mapping[str, Any], done: dict[str, Any]) -> ScanNode:
-    """A parsed schema as nested tuples ``(kind, ...)``; a record is one shared node, so a
-    Document's ``chunks`` point back at it."""
-    if isinstance(schema, list):
-        return _compile_union(schema, named, done)
-    if isinstance(schema, str):
-        if schema in done:
-            return done[schema]
-        schema = named.get(schema, {"type": schema})
-    kind = schema["type"]
-    if not isinstance(kind, str) or kind in named:
-        return _compile(kind, named, done)
-    if kind in _COMPOUND:
-        return _COMPOUND[kind](schema, named, done)
-    return _compile_primitive(schema)
-
-
-def _compile_primitive(schema: Mapping[str, Any]) -> ScanNode:
-    """A type that holds no other type."""
-    kind = schema["type"]
-    if kind in _FIXED_SIZES:
-        return (_SKIP, _FIXED_SIZES[kind])
-    if kind in ("int", "long"):
-        return (_VARINT,)
-    if kind in ("string", "bytes"):
-        return _LEN_NODE
-    if kind == "fixed":
-        return (_SKIP, schema["size"])
-    if kind == "enum":
-        return (_ENUM, len(schema["symbols"]))
-    raise TypeError(f"no pre-scan for Avro type {kind!r}")
-
-
-def _compile_union(schema: list[Any], named: Mapping[str, Any], done: dict[str, Any]) -> ScanNode:
-    branches = tuple(_compile(branch, named, done) for branch in schema)
-    if len(branches) == 2 and branches[0] == _NULL_NODE:
-        return (_OPTIONAL_LEN,) if branches[1] is _LEN_NODE else (_OPTIONAL, branches[1])
-    return (_UNION, branches)
-
-
-def _compile_array(schema: Mapping[str, Any], named: Mapping[str, Any], done: dict[str, Any]) -> ScanNode:
-    items = _compile(schema["items"], named, done)
-    if not _takes_bytes(items):  # a count could not be checked against the bytes left
-        raise TypeError(f"the pre-scan cannot bound an array of zero-byte items: {schema}")
-    return _array((items,))
-
-
-def _compile_record(schema: Mapping[str, Any], named: Mapping[str, Any], done: dict[str, Any]) -> ScanNode:
-    fields: list[Any] = []
-    node = done[schema["name"]] = (_RECORD, fields, schema["name"] in _NODE_RECORDS)
-    cut = CUT_FIELDS.get(schema["name"], frozenset())
-    for f in schema["fields"]:
-        field = _compile(f["type"], named, done)
-        fields.append(_cut(field, f"{schema['name']}.{f['name']}") if f["name"] in cut else field)
-    return node
-
-
-def _cut(node: ScanNode, name: str) -> ScanNode:
-    """A field whose value a scan may cut out: a union of null and a value read in line (no record
-    inside may nest, so its end is known without the walk's stack)."""
-    if node[0] == _OPTIONAL_LEN or (node[0] == _OPTIONAL and _flat(node[1])):
-        return (_CUT, node)
-    raise TypeError(f"{name} cannot be cut: it must be a union of null and a value holding no nested record")
-
-
-def _flat(node: ScanNode) -> bool:
-    """Whether ``_skip_flat`` reads the node whole: scalars, flat arrays, and records of those."""
-    if node[0] == _RECORD:
-        return not node[2] and all(_flat(field) for field in node[1])
-    return node[0] in (_LEN, _OPTIONAL_LEN, _VARINT, _SKIP, _ENUM) or (node[0] == _ARRAY and node[2])
-
-
-def _compile_map(schema: Mapping[str, Any], named: Mapping[str, Any], done: dict[str, Any]) -> ScanNode:
-    """An array of (key, value) items, as far as the scan is concerned."""
-    return _array((_LEN_NODE, _compile(schema["values"], named, done)))
-
-
-_COMPOUND = {"array": _compile_array, "map": _compile_map, "record": _compile_record, "error": _compile_record}
-"""The types that hold others, by type name."""
-
-
-def _array(items: tuple[Any, ...]) -> ScanNode:
-    """An array node: its item's fields, and whether they are all strings or numbers (scanned in place)."""
-    return (_ARRAY, items, all(item[0] in (_LEN, _VARINT) for item in items))
-
-
-def _takes_bytes(node: ScanNode) -> bool:
-    if node[0] == _SKIP:
-        return bool(node[1])
-    return node[0] != _RECORD or any(_takes_bytes(f) for f in node[1])
 
 
 # -- reading the binary encoding -------------------------------------------------------------------
@@ -254,7 +133,7 @@ def _scan_flat(data: bytes, pos: int, count: int, items: tuple[Any, ...]) -> int
                     length, pos = _long(data, pos)
                 else:
                     length, pos = (byte >> 1) ^ -(byte & 1), pos + 1
-                if item[0] == _LEN:
+                if item[0] == LEN:
                     if not 0 <= length <= end - pos:
                         raise ValueError(f"a length of {length} at byte {pos} with {end - pos} bytes left")
                     pos += length
@@ -265,24 +144,24 @@ def _scan_flat(data: bytes, pos: int, count: int, items: tuple[Any, ...]) -> int
 def _skip_flat(data: bytes, pos: int, node: ScanNode) -> int:
     """Past a value ``_flat`` accepts, checked as the walk would check it."""
     kind = node[0]
-    if kind == _RECORD:
+    if kind == RECORD:
         for field in node[1]:
             pos = _skip_flat(data, pos, field)
         return pos
-    if kind == _LEN:
+    if kind == LEN:
         return _skip_bytes(data, pos + 1, data[pos])
-    if kind == _OPTIONAL_LEN:
+    if kind == OPTIONAL_LEN:
         return _skip_optional_bytes(data, pos)
-    if kind == _VARINT:
+    if kind == VARINT:
         return _long(data, pos)[1]
-    if kind == _SKIP:
+    if kind == SKIP:
         return pos + node[1]
-    if kind == _ENUM:
+    if kind == ENUM:
         index, pos = _long(data, pos)
         if not 0 <= index < node[1]:
             raise ValueError(f"enum symbol {index} at byte {pos} of {node[1]}")
         return pos
-    # a flat _ARRAY
+    # a flat ARRAY
     if data[pos] == 0:
         return pos + 1
     count, pos = _block(data, pos)
@@ -290,12 +169,12 @@ def _skip_flat(data: bytes, pos: int, node: ScanNode) -> int:
 
 
 def _skip_cut(data: bytes, pos: int, node: ScanNode, cuts: Cuts | None) -> int:
-    """Past a ``_CUT`` field's union; its range is added to ``cuts`` unless it is null."""
+    """Past a ``CUT`` field's union; its range is added to ``cuts`` unless it is null."""
     if data[pos] == 0:
         return pos + 1
     start = pos
     inner = node[1]
-    if inner[0] == _OPTIONAL_LEN:
+    if inner[0] == OPTIONAL_LEN:
         pos = _skip_optional_bytes(data, pos)
     else:
         index, pos = _long(data, pos)
@@ -371,7 +250,7 @@ def _walk(data: bytes, root: ScanNode, documents: DocumentBudget, cuts: Cuts | N
             node = seq[i]
             i += 1
             kind = node[0]
-            if kind == _LEN:
+            if kind == LEN:
                 byte = data[pos]
                 if byte > 0x7F:
                     pos = _skip_bytes(data, pos + 1, byte)
@@ -381,15 +260,15 @@ def _walk(data: bytes, root: ScanNode, documents: DocumentBudget, cuts: Cuts | N
                     if not 0 <= length <= end - pos:
                         raise ValueError(f"a length of {length} at byte {pos} with {end - pos} bytes left")
                     pos += length
-            elif kind == _OPTIONAL_LEN:
+            elif kind == OPTIONAL_LEN:
                 pos = pos + 1 if data[pos] == 0 else _skip_optional_bytes(data, pos)
-            elif kind == _VARINT:
+            elif kind == VARINT:
                 pos = _long(data, pos)[1] if data[pos] > 0x7F else pos + 1
-            elif kind == _SKIP:
+            elif kind == SKIP:
                 pos += node[1]
-            elif kind == _CUT:
+            elif kind == CUT:
                 pos = pos + 1 if data[pos] == 0 else _skip_cut(data, pos, node, cuts)
-            elif kind == _ARRAY and data[pos] == 0:  # empty: most tags, scores, locations, matches
+            elif kind == ARRAY and data[pos] == 0:  # empty: most tags, scores, locations, matches
                 pos += 1
             else:
                 opened, pos = _open(data, pos, node, (seq, i), documents, stack, cuts)
@@ -405,24 +284,24 @@ def _open(data: bytes, pos: int, node: ScanNode, resume: tuple[Any, int], docume
     """A node that holds others: (the sequence to walk next, ``resume`` pushed to come back to;
     or None if the node was read whole), and the next pos."""
     kind = node[0]
-    if kind == _ARRAY:
+    if kind == ARRAY:
         return _open_array(data, pos, node, resume, stack, cuts)
-    if kind == _RECORD:
+    if kind == RECORD:
         stack.append(resume)
         if node[2]:
             documents.enter()
             stack.append(None)
         return node[1], pos
-    if kind == _ENUM:
+    if kind == ENUM:
         index, pos = _long(data, pos)
         if not 0 <= index < node[1]:
             raise ValueError(f"enum symbol {index} at byte {pos} of {node[1]}")
         return None, pos
-    # _OPTIONAL or _UNION: scan the chosen branch as a sequence of one
-    if data[pos] == 0 and kind == _OPTIONAL:
+    # OPTIONAL or UNION: scan the chosen branch as a sequence of one
+    if data[pos] == 0 and kind == OPTIONAL:
         return None, pos + 1
     index, pos = _long(data, pos)
-    branches = (_NULL_NODE, node[1]) if kind == _OPTIONAL else node[1]
+    branches = (NULL_NODE, node[1]) if kind == OPTIONAL else node[1]
     if not 0 <= index < len(branches):
         raise ValueError(f"union branch {index} at byte {pos} of {len(branches)}")
     stack.append(resume)

@@ -67,7 +67,7 @@ def compile_program(schema: Any, *, documents: frozenset[str], cut_fields: Mappi
     :param documents: the records the walk counts against the caps (the recursive Document).
     :param cut_fields: fields, by record name, whose non-null values the walk reports as byte ranges.
     :param constructors: by record name, what the reader calls with a record's field values in order,
-        instead of making a dict (``streams/wire/codec.py``: a Document made at once, not a dict then a
+        instead of making a dict (``streams/wire/documents.py``: a Document made at once, not a dict then a
         Document); the walk does not use them.
     """
     if _avro is None:

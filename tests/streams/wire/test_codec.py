@@ -15,7 +15,6 @@ from processors.document import Document, validate_document
 from processors.exceptions import InvalidDocumentError
 from processors.index.compound import _without_blobs
 from streams.exceptions import DecodeLimitError, SerdeError
-from streams.wire import codec as serde
 from streams.wire.codec import (
     DOCUMENT,
     PARTIAL_RESULT,
@@ -26,12 +25,14 @@ from streams.wire.codec import (
     STORED_DOCUMENT,
     STORED_FORMAT,
     VERSION_BUILD,
-    doc_from_avro,
 )
+from streams.wire.documents import doc_from_avro, doc_to_avro
 from streams.wire.headers import SCHEMA
 from streams.wire.limits import DECODE_LIMITS
-from streams.wire.prescan import Cuts, compile_scan, prescan
+from streams.wire.prescan import Cuts, prescan
+from streams.wire.scan_nodes import compile_scan
 from streams.wire.records import PartialResult, Request, SearchReply
+from streams.wire.schemas import load_earlier
 from tests.streams.wire.fixtures import documents, tree, varint
 
 
@@ -153,9 +154,9 @@ class TestStoredFormCut:
         assert STORED_DOCUMENT.decode(STORED_DOCUMENT.cut(data, cuts)).chunks[0].text == "chunk"
 
     def test_a_record_of_the_earlier_schema_has_no_cuts(self) -> None:
-        earlier = serde._load_earlier("document-1")
+        earlier = load_earlier("document-1")
         buffer = io.BytesIO()
-        fastavro.schemaless_writer(buffer, earlier, serde.doc_to_avro(Document(id="d", embedding=np.ones(2, np.float32))))
+        fastavro.schemaless_writer(buffer, earlier, doc_to_avro(Document(id="d", embedding=np.ones(2, np.float32))))
         header = fingerprint(to_parsing_canonical_form(earlier), "CRC-64-AVRO").encode()
         doc, cuts = DOCUMENT.decode_record_cuts(buffer.getvalue(), {SCHEMA: header})
         assert cuts is None and doc.embedding.tolist() == [1.0, 1.0]
@@ -201,10 +202,10 @@ class TestTypedTags:
                 validate_document(Document(id="d", tags={"x": value}))  # type: ignore[dict-item]
 
     def test_records_of_the_earlier_schema_are_read(self) -> None:
-        earlier = serde._load_earlier("document-1")
+        earlier = load_earlier("document-1")
         old = Document(id="d", text="t", tags={"minutes": "10"}, chunks=[Document(id="d/0", tags={"field": "t"})])
         buffer = io.BytesIO()
-        fastavro.schemaless_writer(buffer, earlier, serde.doc_to_avro(old))
+        fastavro.schemaless_writer(buffer, earlier, doc_to_avro(old))
         header = fingerprint(to_parsing_canonical_form(earlier), "CRC-64-AVRO")
         assert DOCUMENT.decode(buffer.getvalue(), header) == old  # <flow>.ingest / .encoded from before
         assert STORED_DOCUMENT.decode(buffer.getvalue()) == old  # a shard's store from before

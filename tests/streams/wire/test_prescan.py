@@ -16,7 +16,8 @@ import pytest
 from processors.document import Document
 from processors.exceptions import InvalidDocumentError
 from streams.exceptions import DecodeLimitError, FlowConfigError, SerdeError
-from streams.wire.codec import DOCUMENT, REQUEST, SEARCH_REPLY, STORED_DOCUMENT, STORED_FORMAT, doc_from_avro
+from streams.wire.codec import DOCUMENT, REQUEST, SEARCH_REPLY, STORED_DOCUMENT, STORED_FORMAT
+from streams.wire.documents import doc_from_avro
 from streams.wire.limits import DECODE_LIMITS, DecodeLimits
 from streams.wire.records import Request, SearchReply
 from tests.streams.wire.fixtures import DEFAULT_PREFIX, nested, nested_docs, tree, varint

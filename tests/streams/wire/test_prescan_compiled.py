@@ -32,9 +32,10 @@ from streams.wire import codec as codecs
 from streams.wire import prescan as scan
 from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, Codec
 from streams.wire.limits import DECODE_LIMITS, DecodeLimits
-from streams.wire.prescan import Cuts, ScanNode
+from streams.wire.prescan import Cuts
 from streams.wire.program import COMPILED
 from streams.wire.records import PartialResult, Request
+from streams.wire.scan_nodes import ScanNode, compile_scan, program_of
 from tests.streams.wire.fixtures import DEFAULT_PREFIX, documents, nested, nested_docs, tree, varint
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -43,7 +44,7 @@ WRITERS: list[tuple[Any, ScanNode]] = [pair for codec in CODECS
                                        for pair in ((codec.schema, codec._scan_root), *codec._earlier.values())]
 """Every writer schema a codec reads, the current ones and the earlier ones, with its pre-scan tree."""
 ROOTS: list[ScanNode] = [root for _, root in WRITERS]
-RAW_READERS = {id(root): scan.program_of(scan.compile_scan(schema)) for schema, root in WRITERS}
+RAW_READERS = {id(root): program_of(compile_scan(schema)) for schema, root in WRITERS}
 """Each writer schema's program without the codecs' record constructors: its reader makes what fastavro's makes."""
 CODEC_OF = {id(codec._scan_root): codec for codec in CODECS}
 SIGNIFICANT = (0x00, 0x01, 0x02, 0x03, 0x7F, 0x80, 0x81, 0xFE, 0xFF)
@@ -61,7 +62,7 @@ def python_verdict(data: bytes, root: ScanNode, limits: DecodeLimits) -> tuple[l
 
 def compiled_verdict(data: bytes, root: ScanNode, limits: DecodeLimits) -> tuple[list[tuple[int, int]], bool] | None:
     cuts = Cuts()
-    if not scan._compiled_accepts(scan.program_of(root), data, limits, cuts):
+    if not scan._compiled_accepts(program_of(root), data, limits, cuts):
         assert not cuts and not cuts.sized  # a refusal leaves nothing behind
         return None
     return list(cuts), cuts.sized
@@ -165,7 +166,7 @@ VALID_DOCUMENTS = {
 def test_the_install_built_the_compiled_walk_and_reader() -> None:
     """``pip install`` builds them here (a C compiler is on these machines); without them every other test
     of this file would fail to find a program."""
-    assert COMPILED and all(scan.program_of(root) is not None for root in ROOTS)
+    assert COMPILED and all(program_of(root) is not None for root in ROOTS)
 
 
 @pytest.mark.parametrize("name", VALID_DOCUMENTS)
@@ -238,7 +239,7 @@ def test_a_document_nested_far_past_the_cap_is_refused_without_recursion() -> No
     limits = DecodeLimits(max_document_depth=200_000, max_documents=200_000)
     assert agree(nested(100_000), DOCUMENT._scan_root, limits, read=False)  # fastavro's reader would crash
     assert not agree(nested(100_000)[:-1], DOCUMENT._scan_root, limits)
-    for program in (scan.program_of(DOCUMENT._scan_root), RAW_READERS[id(DOCUMENT._scan_root)]):
+    for program in (program_of(DOCUMENT._scan_root), RAW_READERS[id(DOCUMENT._scan_root)]):
         with pytest.raises(RecursionError):  # the compiled reader stops at a bound instead
             program.read(nested(100_000))
 
@@ -250,7 +251,7 @@ def test_the_reader_stops_at_its_own_depth_bound_whatever_the_recursion_limit() 
     child = textwrap.dedent("""
         import sys
         from streams.wire.codec import DOCUMENT
-        from streams.wire.prescan import program_of
+        from streams.wire.scan_nodes import program_of
         from tests.streams.wire.fixtures import nested
         sys.setrecursionlimit(1_000_000)
         program = program_of(DOCUMENT._scan_root)
