@@ -146,17 +146,13 @@ class _Deferred:
         return len(dropped), gone[~held]
 
     def kept(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """The held ids and vectors not dropped, in the order added. Each held piece is let go once copied:
-        the copy's pages are touched only as it fills, so memory peaks near one copy, not two."""
-        ids = np.concatenate(self._ids) if self._ids else np.empty(0, np.int64)
-        keep = ~np.isin(ids, np.fromiter(self._dropped, dtype=np.int64, count=len(self._dropped)))
-        vectors = np.empty((int(keep.sum()), dim), np.float32)
-        filled = start = 0
-        while self._vectors:
-            piece = self._vectors.pop(0)
-            wanted = piece[keep[start:start + len(piece)]]
-            vectors[filled:filled + len(wanted)] = wanted
-            filled += len(wanted)
-            start += len(piece)
+        """The held ids and vectors not dropped, in the order added (one copy of them; the held pieces are let go)."""
+        if not self._ids:
+            return np.empty(0, np.int64), np.empty((0, dim), np.float32)
+        ids, vectors = np.concatenate(self._ids), np.concatenate(self._vectors)
         self._ids.clear()
-        return ids[keep], vectors
+        self._vectors.clear()
+        if not self._dropped:
+            return ids, vectors
+        keep = ~np.isin(ids, np.fromiter(self._dropped, dtype=np.int64, count=len(self._dropped)))
+        return ids[keep], vectors[keep]
