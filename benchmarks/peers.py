@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from peer_workload import Dataset, ExactIndex, Figures, Token, Workload, measure
+from peer_workload import WARM_UP_QUERIES, Dataset, ExactIndex, Figures, Token, Workload, measure
 from setup import (
     BROKER_CHOICES,
     DIM,
@@ -330,7 +330,7 @@ def report(args: argparse.Namespace, results: list[Figures], failures: list[str]
     k = args.top_k
     print(f"machine: {machine()}; load average (1 min) at start {load_at_start:.2f}, at end {os.getloadavg()[0]:.2f}")
     print(f"workload: {args.docs:,} random unit {DIM}-d float32 vectors inserted in batches of {args.batch:,}, each "
-          f"acknowledged; {args.queries:,} sequential top-{k} vector queries; concurrency {args.concurrency} ({args.qps_queries} queries each); "
+          f"acknowledged; {args.queries:,} sequential top-{k} vector queries after {args.warm_up:,} untimed ones; concurrency {args.concurrency} ({args.qps_queries} queries each); "
           f"bulk re-upsert of {args.bulk:,} during queries; write→found {args.freshness} samples at 20/s; "
           "one system at a time, each fresh")
     for line in failures:
@@ -373,6 +373,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--qps-queries", type=int, default=200, help="queries per concurrency level")
     parser.add_argument("--bulk", type=int, help="documents re-upserted while querying (default: --docs; 0 skips)")
     parser.add_argument("--freshness", type=int, default=200, help="write→found samples")
+    parser.add_argument("--warm-up", type=int, default=WARM_UP_QUERIES,
+                        help="untimed queries before the sequential ones, every system alike")
     args = parser.parse_args()
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
@@ -386,7 +388,8 @@ def main() -> None:
     args = parse_args()
     load_at_start = os.getloadavg()[0]  # other work on the machine skews every figure
     workload = Workload(top_k=args.top_k, batch=args.batch, concurrency=tuple(args.concurrency),
-                        qps_queries=args.qps_queries, freshness_samples=args.freshness, bulk=args.bulk)
+                        qps_queries=args.qps_queries, freshness_samples=args.freshness, bulk=args.bulk,
+                        warm_up=args.warm_up)
     vectors, queries = unit_vectors(args.docs, seed=1), unit_vectors(args.queries, seed=2)
     data = Dataset(vectors, queries, exact_top(vectors, queries, args.top_k))
     results, failures = [], []

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import yaml
 from confluent_kafka import TopicPartition
+from peer_workload import WARM_UP_QUERIES, warm_up_queries
 from setup import (
     NO_MODEL_FLOW_YAML,
     VECTOR_FLOW_YAML,
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
             runtime.wait_ready(client, timeout=300)
             receipt = client.index(Document(id=f"v{i}", embedding=v) for i, v in enumerate(vectors))
             client.search(vectors=queries[:1], top_k=10, after=receipt, timeout_s=300)
-            for vector in queries[:20]:  # warm: caches, fetch sessions
+            for vector in warm_up_queries(args.warm_up, queries.shape[1]):
                 client.search(vectors=vector[None, :], top_k=10, timeout_s=10)
             sent: dict[str, tuple[float, float]] = {}
             with _bulk_upsert(runtime, vectors[:args.bulk]) as writer:
@@ -133,7 +134,8 @@ def run(args: argparse.Namespace) -> None:
     during = f", while {args.bulk:,} of them are upserted again in acknowledged batches of {BULK_BATCH:,}" \
         if args.bulk else ""
     print(f"\nquery hops: {args.flow} flow, {args.shards} shard(s), flat_scan {args.flat_scan}, {broker_label(args.broker)}, "
-          f"{args.vectors:,} vectors, {len(sent)} sequential top-10 queries{during}; {machine()}; "
+          f"{args.vectors:,} vectors, {len(sent)} sequential top-10 queries{during} after {args.warm_up:,} untimed; "
+          f"{machine()}; "
           f"load {os.getloadavg()[0]:.2f}")
     print(markdown_table(["p50 ms", "p99 ms", "queries"], rows))
 
@@ -206,6 +208,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--warm-up", type=int, default=WARM_UP_QUERIES, help="untimed queries before the timed ones")
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--broker", choices=("kafka", "tansu"), default="kafka")
     parser.add_argument("--flow", choices=tuple(FLOWS), default="nomodel")

@@ -47,6 +47,22 @@ _FLOAT32 = np.dtype(np.float32)
 _ID_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 """C0 and C1 control characters (NUL included), DEL, and surrogates (never valid UTF-8 alone)."""
 _TEXT_REFUSED = re.compile(r"[\x00\ud800-\udfff]")
+"""NUL, and surrogates (never valid UTF-8 alone): what text may not hold."""
+
+
+def _text_refused(text: str) -> bool:
+    """Whether ``_TEXT_REFUSED`` matches, found without the regex: it walks a string at ~7 ns a character
+    (a 1,000-character text: 6.7 µs), where ``in`` (a memchr) and ``isascii`` (a flag) take ~50 ns, and
+    UTF-8 encoding is what refuses a surrogate anyway (~1 ns a character)."""
+    if "\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class Direction(str, enum.Enum):
@@ -155,7 +171,7 @@ def validate_text(value: str | None, *, name: str = "text") -> None:
         return
     if not isinstance(value, str):
         raise InvalidDocumentError(f"{name} must be a string, got {type(value).__name__}")
-    bad = _TEXT_REFUSED.search(value)
+    bad = _TEXT_REFUSED.search(value) if _text_refused(value) else None
     if bad is not None:
         raise InvalidDocumentError(f"{name} contains {_character(bad)} at index {bad.start()}")
 
@@ -186,7 +202,7 @@ def _valid_quickly(doc: Document) -> bool:
     while stack:
         node = stack.pop()
         text = node.text
-        if text is not None and (type(text) is not str or _TEXT_REFUSED.search(text) is not None):
+        if text is not None and (type(text) is not str or _text_refused(text)):
             return False
         if node.tags:
             try:

@@ -9,10 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processors.document import (
+    _TEXT_REFUSED,
     MAX_ID_BYTES,
     Direction,
     Document,
     Score,
+    _text_refused,
     _valid_quickly,
     _validate_node,
     validate_document,
@@ -68,6 +70,14 @@ class TestValidateText:
     def test_refused(self, text: str, message: str) -> None:
         with pytest.raises(InvalidDocumentError, match=message):
             validate_text(text)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.text(alphabet=st.characters(exclude_categories=()) | st.sampled_from(["\x00", "\ud800", "\udfff", "a", "\u00e9"])))
+def test_the_text_check_without_the_regex_refuses_exactly_what_the_regex_finds(text: str) -> None:
+    """``_text_refused`` takes shortcuts (NUL by ``in``, ASCII by its flag, surrogates by UTF-8 encoding): over
+    any text, surrogates and NUL anywhere, it must agree with the pattern that names the character."""
+    assert _text_refused(text) is (_TEXT_REFUSED.search(text) is not None)
 
 
 class TestValidateDocument:
