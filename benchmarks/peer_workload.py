@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from setup import DIM, percentiles, recall_at
+from setup import DIM, percentiles, recall_at, unit_vectors
 
 __all__ = ["WARM_UP_QUERIES", "Dataset", "ExactIndex", "Figures", "System", "Workload", "child_main", "measure",
            "warm_up_queries"]
@@ -157,11 +157,10 @@ class ExactIndex:
         return best[np.argsort(-scores[best])].tolist()
 
 
-def warm_up_queries(count: int, dim: int) -> np.ndarray:
+def warm_up_queries(count: int) -> np.ndarray:
     """``count`` random unit vectors, none of them a timed query (a system that cached answers would
     otherwise be timed on its cache)."""
-    vectors = np.random.default_rng(12345).standard_normal((count, dim), dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return unit_vectors(count, seed=12345)
 
 
 def batches(n: int, size: int, start: int = 0) -> Iterator[np.ndarray]:
@@ -182,7 +181,7 @@ def measure(system: System, data: Dataset, workload: Workload) -> Figures:
         system.wait_searchable(tokens, queries[0])
         figures.searchable_s = time.perf_counter() - acknowledged
 
-        for query in warm_up_queries(workload.warm_up, len(queries[0])):
+        for query in warm_up_queries(workload.warm_up):
             system.search(query, k)
         latencies, found = [], []
         for query in queries:

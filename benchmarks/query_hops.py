@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
             runtime.wait_ready(client, timeout=300)
             receipt = client.index(Document(id=f"v{i}", embedding=v) for i, v in enumerate(vectors))
             client.search(vectors=queries[:1], top_k=10, after=receipt, timeout_s=300)
-            for vector in warm_up_queries(args.warm_up, queries.shape[1]):
+            for vector in warm_up_queries(args.warm_up):
                 client.search(vectors=vector[None, :], top_k=10, timeout_s=10)
             sent: dict[str, tuple[float, float]] = {}
             with _bulk_upsert(runtime, vectors[:args.bulk]) as writer:
