@@ -29,6 +29,7 @@ precision merge alike.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import faiss
 import numpy as np
@@ -123,7 +124,7 @@ class HalfPrecisionScan:
         """Copy these vectors (float32, shape (n, dim)) in float16, under the flat index's ids."""
         if self._index is None or not len(ids):
             return
-        if not np.isfinite(vectors).all() or float(np.abs(vectors).max()) >= FLOAT16_LIMIT:
+        if not _within_float16(vectors):
             logger.warning("a vector component is not finite or past float16's range: the flat index scans in "
                            "float32 only")
             self._index = None
@@ -172,6 +173,27 @@ class HalfPrecisionScan:
         return np.full((1, k), worst, np.float32), np.full((1, k), -1, np.int64)
 
 
+_BLOCK_ROWS = 4_096
+"""Rows checked at a time: a float64 copy of a whole shard (100,000 384-d vectors: 307 MB, and as much
+again for its squares) peaked a float16 shard process 380 MiB above a float32 one at each compaction
+(``benchmarks/peers.py``, bulk re-upsert); a block is 12.6 MB."""
+
+
+def _blocks(vectors: np.ndarray) -> Iterator[np.ndarray]:
+    for start in range(0, len(vectors), _BLOCK_ROWS):
+        yield vectors[start:start + _BLOCK_ROWS]
+
+
+def _within_float16(vectors: np.ndarray) -> bool:
+    """Whether every component is finite and below ``FLOAT16_LIMIT`` in magnitude."""
+    return all(np.isfinite(block).all() and float(np.abs(block).max()) < FLOAT16_LIMIT
+               for block in _blocks(vectors) if block.size)
+
+
 def _max_norm(vectors: np.ndarray) -> float:
-    """The largest L2 norm among these rows, in float64."""
-    return float(np.sqrt((vectors.astype(np.float64) ** 2).sum(axis=1).max()))
+    """The largest L2 norm among these rows, in float64, a block at a time (see ``_BLOCK_ROWS``)."""
+    largest = 0.0
+    for block in _blocks(vectors):
+        wide = block.astype(np.float64)
+        largest = max(largest, float(np.einsum("ij,ij->i", wide, wide).max(initial=0.0)))
+    return float(np.sqrt(largest))

@@ -4,12 +4,14 @@ selectors, tombstones, both metrics, clustered vectors (close scores) and vector
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
 from processors.index.base import SearchTuning
 from processors.index.faiss_flat import FlatVectorIndex
-from processors.index.half_scan import FLOAT16_LIMIT, HALF_SCAN_MIN_VECTORS, error_bound
+from processors.index.half_scan import _BLOCK_ROWS, FLOAT16_LIMIT, HALF_SCAN_MIN_VECTORS, _max_norm, error_bound
 from processors.index.hits import search_past_ties
 
 COUNT = HALF_SCAN_MIN_VECTORS + 2_000
@@ -156,3 +158,28 @@ def test_a_short_answer_is_padded_as_faiss_pads_it() -> None:
     expected, got = full.search(query, 40, allowed), half.search(query, 40, allowed)
     assert got[0].shape == expected[0].shape == (1, 40)
     assert np.array_equal(expected[0], got[0]) and np.array_equal(np.sort(expected[1][0]), np.sort(got[1][0]))
+
+
+def test_a_nan_past_the_first_block_still_turns_the_half_scan_off() -> None:
+    """The range check goes a block of rows at a time: a NaN in a later block is still found."""
+    half = FlatVectorIndex(dim=8, metric="inner_product", scan="float16")
+    vectors = unit(3 * _BLOCK_ROWS, 8, 21)
+    vectors[-1, 0] = np.nan
+    half.add(np.arange(len(vectors), dtype=np.int64), vectors)
+    assert half._half is not None and not half._half.active
+
+
+def test_the_largest_norm_is_found_in_any_block_without_a_float64_copy_of_the_shard() -> None:
+    """A compaction recomputes the largest norm over every vector held: a block at a time, so that it never
+    holds a float64 copy of the shard (20,000 384-d vectors: 61 MB, and its squares as much again)."""
+    vectors = unit(20_000, 384, 22)
+    vectors[-3] *= 7.5  # the largest, in the last block
+    expected = float(np.sqrt((vectors.astype(np.float64) ** 2).sum(axis=1).max()))
+    tracemalloc.start()
+    try:
+        found = _max_norm(vectors)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found == pytest.approx(expected, rel=1e-12)
+    assert peak < 3 * _BLOCK_ROWS * 384 * 8  # two blocks in float64 at a time (the next made before the last goes)
