@@ -32,8 +32,8 @@ Metric = Literal["inner_product", "l2"]
 
 FlatScan = Literal["float32", "float16"]
 FLAT_SCANS: tuple[FlatScan, ...] = ("float32", "float16")
-"""What the flat index's single-query search scans: its float32 vectors, or a float16 copy first whose
-answers are proven exact (``processors/index/half_scan.py``)."""
+"""What the flat index holds and scans: float32 vectors, or float16 ones whose candidates are scored on the
+stored float32 vectors, answers proven the float32 scan's (``processors/index/half_scan.py``)."""
 
 
 class DocumentCodec(Protocol):

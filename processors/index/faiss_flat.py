@@ -6,6 +6,7 @@ op name, and adding and removing by our ids where FAISS keeps them itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,9 +17,9 @@ import numpy as np
 from processors.document import Direction
 from processors.exceptions import ConfigError
 from processors.index.base import FlatScan, Metric, SearchTuning
-from processors.index.half_scan import HALF_SCAN_MIN_VECTORS, HalfPrecisionScan
+from processors.index.half_scan import HalfPrecisionScan, VectorSource
 
-__all__ = ["COMPACT_FRACTION", "FaissVectorIndex", "FlatVectorIndex", "faiss_metric", "faiss_search"]
+__all__ = ["COMPACT_FRACTION", "FaissVectorIndex", "FlatVectorIndex", "faiss_metric", "faiss_search", "one_thread"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ def faiss_search(index: faiss.Index, queries: np.ndarray, k: int,
     """
     with _omp_threads(1 if len(queries) == 1 else None):
         return index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
+
+
+def one_thread() -> contextlib.AbstractContextManager[None]:
+    """FAISS on one OpenMP thread in this calling thread, for a single query's work (see :func:`faiss_search`)."""
+    return _omp_threads(1)
 
 
 @contextmanager
@@ -151,17 +157,25 @@ class FlatVectorIndex(FaissVectorIndex):
     Removed ids are tombstones until they are ``COMPACT_FRACTION`` of the index, then removed together;
     searches never return a tombstone. On a GPU (no selectors there) every removal is done at once.
 
-    :param scan: ``float32`` scans the vectors as stored; ``float16`` also keeps a half-precision copy
-        (half again the memory) that a single query scans first, answering only what it proves exact
-        (``processors/index/half_scan.py``). Not on a GPU.
+    :param scan: ``float32`` holds and scans the vectors as stored; ``float16`` holds them in half precision
+        (half the memory) and scores each search's candidates exactly on their float32 vectors from
+        ``source``, so answers are the float32 scan's (``processors/index/half_scan.py``). Not on a GPU.
+    :param source: the stored float32 vectors by id (the shard's store): needed by ``float16``.
+    :raises ConfigError: for ``float16`` without a source.
     """
 
-    def __init__(self, *, dim: int, metric: Metric, scan: FlatScan = "float32") -> None:
+    def __init__(self, *, dim: int, metric: Metric, scan: FlatScan = "float32",
+                 source: VectorSource | None = None) -> None:
         flat = _maybe_on_gpu(faiss.IndexFlat(dim, faiss_metric(metric)))
-        super().__init__(dim=dim, metric=metric, kind="flat", index=faiss.IndexIDMap2(flat))
-        self._half = HalfPrecisionScan(dim=dim, metric=metric) if scan == "float16" and not _is_gpu(flat) else None
-        if scan == "float16" and self._half is None:
-            logger.info("flat_scan float16 is not used on a GPU: the flat index scans its float32 vectors there")
+        half = scan == "float16" and not _is_gpu(flat)
+        if half and source is None:
+            raise ConfigError("flat_scan float16 scores candidates on the stored float32 vectors: give a source")
+        if scan == "float16" and not half:
+            logger.info("flat_scan float16 is not used on a GPU: the flat index holds float32 vectors there")
+        self._half = HalfPrecisionScan(dim=dim, metric=metric) if half else None
+        self._source = source
+        super().__init__(dim=dim, metric=metric, kind="flat",
+                         index=self._half.new_index() if self._half is not None else faiss.IndexIDMap2(flat))
         self._compact_fraction = 0.0 if _is_gpu(flat) else COMPACT_FRACTION
         self._present = _Bits()
         """Vector ids the FAISS index holds, tombstones included."""
@@ -182,6 +196,12 @@ class FlatVectorIndex(FaissVectorIndex):
         """Removed vectors the FAISS index still holds (searches skip them)."""
         return self._dead_count
 
+    @property
+    def scan(self) -> FlatScan:
+        """What the index holds and scans now: ``float16`` turns to ``float32`` for good on a vector float16
+        cannot hold."""
+        return "float16" if self._half is not None else "float32"
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """:raises ValueError: if an id was added before (vector ids are never reused)."""
         if not len(ids):
@@ -190,10 +210,26 @@ class FlatVectorIndex(FaissVectorIndex):
         if self._present.any(ids) or self._dead.any(ids):
             raise ValueError("flat index: vector ids are never reused, but an id was added again")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self._half is not None and not self._half.holds(vectors):
+            self._to_float32()
         super().add(ids, vectors)
         self._present.set(ids)
         if self._half is not None:
-            self._half.add(ids, vectors)
+            self._half.added(vectors)
+
+    def _to_float32(self) -> None:
+        """Hold float32 vectors from now on, read back from the source: a vector float16 cannot hold came
+        (a component not finite or past ``FLOAT16_LIMIT``), and its float16 copy would overflow the bound."""
+        logger.warning("a vector component is not finite or past float16's range: the flat index holds float32 "
+                       "vectors from now on (flat_scan float16 off for this shard until it reopens)")
+        if self._dead_count:
+            self._compact()
+        assert self._source is not None
+        held = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        self._index = faiss.IndexIDMap2(faiss.IndexFlat(self.dim, faiss_metric(self.metric)))
+        self._half = None
+        if len(held):
+            self._index.add_with_ids(np.ascontiguousarray(self._source(held), dtype=np.float32), held)
 
     def remove(self, ids: np.ndarray) -> int:
         """Tombstone the live ids among ``ids`` (compacting past ``COMPACT_FRACTION``); returns how many were."""
@@ -214,31 +250,32 @@ class FlatVectorIndex(FaissVectorIndex):
         gone = np.concatenate(self._pending)
         self._index.remove_ids(gone)
         if self._half is not None:
-            self._half.remove(gone)
-            self._half.renorm(self._stored())
+            self._half.renorm(self._index)
         self._present.clear(gone)
         self._pending.clear()
         self._dead_count = 0
 
     @property
     def half_scan_fallbacks(self) -> int:
-        """Single-query searches the half-precision scan could not prove exact (0 without one)."""
+        """Searches in float16 whose first candidates the bound could not prove (0 in float32)."""
         return self._half.fallbacks if self._half is not None else 0
 
     def search(
         self, queries: np.ndarray, k: int, tuning: SearchTuning | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`FaissVectorIndex.search`; a single query over enough vectors goes through the
-        half-precision scan when the index keeps one, and its answer is the float32 scan's."""
+        """As :meth:`FaissVectorIndex.search`; in float16 each query's answer is the float32 scan's, proven."""
         half = self._half
-        if half is None or len(queries) != 1 or self.size < HALF_SCAN_MIN_VECTORS or not half.worth_trying():
+        if half is None:
             return super().search(queries, k, tuning)
         k, params, _held = self._plan(k, tuning)
-        width = 4 * k + 16
-        if k == 0 or width >= self.size:
-            return super().search(queries, k, tuning)
-        answer = half.search(np.ascontiguousarray(queries, dtype=np.float32), k, width, params, self._index)
-        return answer if answer is not None else super().search(queries, k, tuning)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if k == 0:
+            empty = np.empty((len(queries), 0))
+            return empty.astype(np.float32), empty.astype(np.int64)
+        assert self._source is not None
+        answers = [half.search(self._index, queries[row:row + 1], k, params, self._source)
+                   for row in range(len(queries))]
+        return np.vstack([scores for scores, _ in answers]), np.vstack([ids for _, ids in answers])
 
     def _not_removed(self) -> faiss.IDSelector | None:
         """Every id but the tombstones: a bitmap, one bit test per vector scanned. FAISS points at the bits,
@@ -251,17 +288,16 @@ class FlatVectorIndex(FaissVectorIndex):
             self._skip_dead = (dead, faiss.IDSelectorNot(dead))
         return self._skip_dead[1]
 
-    def _stored(self) -> np.ndarray:
-        """Every vector FAISS holds, shape (ntotal, dim): a view of the flat index's own storage (CPU)."""
-        flat = faiss.downcast_index(self._index.index)
-        return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(flat.ntotal, self.dim)
-
     def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """The stored vectors of these ids, exactly (a flat index keeps them as added), one row each: an
-        in-memory copy, cheaper than reading RocksDB. Every id must be present."""
+        """The stored vectors of these ids, exactly (as added), one row each: from memory in float32 (cheaper
+        than reading RocksDB), from the source in float16. Every id must be present."""
         if not len(ids):
             return np.empty((0, self.dim), np.float32)
-        return self._index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if self._half is not None:
+            assert self._source is not None
+            return self._source(ids)
+        return self._index.reconstruct_batch(ids)
 
 
 class _Bits:

@@ -1,11 +1,13 @@
-"""The flat index's half-precision scan: a float16 copy of its vectors scanned first, the candidates then
-scored exactly, and the answer proven exact or the full scan run.
+"""The flat index in half precision: float16 vectors in memory, scanned for candidates, which are then scored
+exactly on their float32 vectors read from the shard's store; the answer is the float32 scan's, proven so.
 
-Why: one query's flat scan is a pass over every float32 vector, bound by memory bandwidth (384-d, 50,000
-vectors, one thread, this machine: 3.8-4.3 ms); over float16 (FAISS ``IndexScalarQuantizer`` ``QT_fp16``,
-the query kept in float32) it reads half the bytes (1.6-1.9 ms with the exact re-scoring below). This is
-Qdrant's quantization with rescoring and FAISS's ``IndexRefineFlat``, with one thing added: a bound on the
-float16 error, so that an answer is returned only when it is provably the exact one.
+Why: one query's flat scan is a pass over every stored vector, bound by memory bandwidth, and a float32 copy
+of every vector is most of a shard's memory (100,000 384-d vectors: 154 MB). In float16 (FAISS
+``IndexScalarQuantizer`` ``QT_fp16``, the query kept in float32) the scan reads half the bytes and the shard
+holds half the memory; the float32 vectors, which RocksDB holds anyway (``store.py``, ``v/<vector id>``),
+are read for the few candidates only. This is Qdrant's quantization with rescoring (``always_ram``
+quantized vectors, originals on disk) and FAISS's ``IndexRefine``, with one thing added: a bound on the
+float16 error, so that every answer is provably the float32 scan's.
 
 The bound. Rounding a component to float16 moves it by at most u = 2^-11 of itself (2^-25 absolute
 below the smallest normal float16), so the score of a stored vector x against a query q moves by at most
@@ -14,47 +16,58 @@ and for a squared distance by at most ``2u * (|q| |x| + |x|^2) + ...``. Both pat
 while they sum, each within ``gamma_d * sum|terms|`` with ``gamma_d = (d + 4) 2^-24`` (Higham's bound on a
 sum of d products, with room for FAISS's blocked sums), that is ``gamma_d |q| |x|`` for an inner product and
 ``gamma_d (|q| + |x|)^2`` for a squared distance: twice that, one per path. :func:`error_bound` adds them up,
-with u doubled for margin, for the largest norm the live vectors have. Every vector outside the ``width``
-candidates scored at most the last candidate's float16 score, so at most that plus the bound exactly;
-when that is still below the exact k-th score (a distance: above), no vector outside the candidates can
-enter or tie the top k, and the candidates' exact top k is the answer. Otherwise the caller scans in
-float32 (``fallbacks`` counts how often); after a run of such searches (vectors whose scores lie closer
-than the bound, or a few far larger than the rest) the scan is not tried for a while.
+with u doubled for margin, for the largest norm the live vectors have.
 
-The exact scores come from FAISS's own flat kernel over the candidates' float32 vectors, the kernel the
-full scan runs, so they are the full scan's to the bit (tested), and shards that scan in half and in full
-precision merge alike.
+The search. The float16 scan's best ``2k + 16`` are scored exactly (FAISS's own flat kernel over their
+float32 vectors, the kernel a float32 scan runs, so the scores are a float32 shard's to the bit). Every
+vector outside them scored at most the last candidate's float16 score, so at most that plus the bound
+exactly; when that is still below the exact k-th score (a distance: above), no vector outside can enter or
+tie the top k: the answer is proven. Otherwise (``fallbacks`` counts how often: vectors whose scores lie
+closer than the bound, near-duplicates) a range search in float16 collects every vector within twice the
+bound of the exact k-th score, which holds every vector that can be in the top k, and those are scored
+exactly: slower (a second scan, more reads), never wrong.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import faiss
 import numpy as np
 
 from processors.index.base import Metric
 
-__all__ = ["FLOAT16_LIMIT", "HALF_SCAN_MIN_VECTORS", "HalfPrecisionScan", "error_bound"]
+__all__ = ["FLOAT16_LIMIT", "HalfPrecisionScan", "VectorSource", "candidates_for", "error_bound"]
 
 logger = logging.getLogger(__name__)
 
+VectorSource = Callable[[np.ndarray], np.ndarray]
+"""The stored float32 vectors of these ids (int64, shape (n,)), one row each, shape (n, dim): the shard's
+store (``ShardStore.vectors_of``). Every id asked for is held."""
+
 FLOAT16_LIMIT = 60_000.0
-"""A component at or past this magnitude (float16 holds up to 65,504) turns the half scan off for good:
-its float16 copy would overflow, and the bound would mean nothing."""
-
-_BACKOFF_SEARCHES = 256
-"""Searches answered by the float32 scan alone after a run of fallbacks, before the half scan is tried again."""
-
-HALF_SCAN_MIN_VECTORS = 8_192
-"""Below this many vectors a float32 scan takes under a millisecond: the two-step search is not worth it."""
+"""A component at or past this magnitude (float16 holds up to 65,504) cannot be held in float16: the flat
+index then holds float32 vectors for good (``FlatVectorIndex``)."""
 
 _U = 2.0 ** -10
 """Twice float16's unit roundoff (its rounding moves a component by at most 2^-11 of itself)."""
 
 _SUBNORMAL = 2.0 ** -24
 """Twice the largest absolute rounding of a float16 subnormal."""
+
+_BLOCK_ROWS = 4_096
+"""Rows checked at a time: a float64 copy of a whole shard (100,000 384-d vectors: 307 MB, and as much
+again for its squares) once peaked a float16 shard process 380 MiB above a float32 one at each compaction
+(``benchmarks/peers.py``, bulk re-upsert); a block is 12.6 MB."""
+
+
+def candidates_for(k: int) -> int:
+    """How many float16 candidates a search for ``k`` scores exactly first: each is a read from RocksDB
+    (~2.5 us), so fewer than the ``4k + 16`` a copy in memory could afford. Random 384-d unit vectors need
+    far fewer for the proof (about 0.5 vectors score within the bound of the 10th best of 100,000, 110 of
+    the 1,000th); vectors closer than that fall back to the range search whatever the width."""
+    return 2 * k + 16
 
 
 def error_bound(query: np.ndarray, max_norm: float, metric: Metric) -> float:
@@ -72,7 +85,7 @@ def error_bound(query: np.ndarray, max_norm: float, metric: Metric) -> float:
 
 
 class HalfPrecisionScan:
-    """A float16 copy of a flat index's vectors under the same ids, and the exact search through it.
+    """The float16 index of a flat index, and the exact search through it.
 
     :param dim: vector dimension.
     :param metric: the flat index's metric.
@@ -81,113 +94,82 @@ class HalfPrecisionScan:
     def __init__(self, *, dim: int, metric: Metric) -> None:
         self.dim = dim
         self.metric = metric
-        faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "inner_product" else faiss.METRIC_L2
-        self._index: faiss.Index | None = faiss.IndexIDMap(
-            faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss_metric))
-        self._faiss_metric = faiss_metric
+        self._faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "inner_product" else faiss.METRIC_L2
         self._max_norm = 0.0
         self.fallbacks = 0
-        """Searches the bound could not prove exact, answered by the float32 scan instead."""
-        self._failing = 0.0
-        """A moving share of recent searches that fell back."""
-        self._resting = 0
-        """Searches left before the half scan is tried again."""
+        """Searches the bound could not prove from the first candidates, answered by the range search."""
 
-    @property
-    def active(self) -> bool:
-        """False once a vector float16 cannot hold was added: the flat index scans in float32 only."""
-        return self._index is not None
+    def new_index(self) -> faiss.Index:
+        """An empty float16 index under our ids (``IndexIDMap``: the vectors are never read back from it)."""
+        return faiss.IndexIDMap(faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16,
+                                                           self._faiss_metric))
 
-    def worth_trying(self) -> bool:
-        """Whether the next search should try the half scan: not while resting after a run of fallbacks,
-        where each try would cost a float16 scan on top of the float32 one."""
-        if self._index is None:
-            return False
-        if self._resting:
-            self._resting -= 1
-            return False
-        return True
+    @staticmethod
+    def holds(vectors: np.ndarray) -> bool:
+        """Whether float16 holds these vectors within the bound: every component finite and below
+        ``FLOAT16_LIMIT`` in magnitude."""
+        return all(np.isfinite(block).all() and float(np.abs(block).max()) < FLOAT16_LIMIT
+                   for block in _blocks(vectors) if block.size)
 
-    def _outcome(self, fell_back: bool) -> None:
-        self._failing = 0.9 * self._failing + (0.1 if fell_back else 0.0)
-        if fell_back:
-            self.fallbacks += 1
-            if self._failing > 0.5:
-                self._resting, self._failing = _BACKOFF_SEARCHES, 0.0
-
-    def renorm(self, live: np.ndarray) -> None:
-        """The largest norm again, over the vectors still held (after a compaction removed some):
-        one vector far larger than the rest, once gone, must not keep widening the bound."""
-        self._max_norm = _max_norm(live) if len(live) else 0.0
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Copy these vectors (float32, shape (n, dim)) in float16, under the flat index's ids."""
-        if self._index is None or not len(ids):
-            return
-        if not _within_float16(vectors):
-            logger.warning("a vector component is not finite or past float16's range: the flat index scans in "
-                           "float32 only")
-            self._index = None
-            return
+    def added(self, vectors: np.ndarray) -> None:
+        """Note vectors (float32, shape (n, dim)) added to the float16 index: the bound follows their norms."""
         self._max_norm = max(self._max_norm, _max_norm(vectors))
-        self._index.add_with_ids(vectors, ids)
 
-    def remove(self, ids: np.ndarray) -> None:
-        """Remove these ids from the copy (the flat index's compaction: its tombstones go here too)."""
-        if self._index is not None and len(ids):
-            self._index.remove_ids(ids.astype(np.int64))
+    def renorm(self, index: faiss.Index) -> None:
+        """The largest norm again, over the vectors still held (after a compaction removed some): one vector
+        far larger than the rest, once gone, must not keep widening the bound. Read from the float16 codes,
+        so widened by float16's rounding (each component within 2^-11 of itself, or 2^-25 below the normals)."""
+        codes = faiss.downcast_index(index.index).codes
+        halves = faiss.rev_swig_ptr(codes.data(), codes.size()).view(np.float16).reshape(-1, self.dim)
+        self._max_norm = _max_norm(halves) * (1.0 + _U) + _SUBNORMAL * self.dim ** 0.5 if len(halves) else 0.0
 
-    def search(self, query: np.ndarray, k: int, width: int, params: faiss.SearchParameters | None,
-               full: faiss.Index) -> tuple[np.ndarray, np.ndarray] | None:
-        """The exact top ``k`` of one query, or None when the bound cannot prove it (scan in float32 then).
+    def search(self, index: faiss.Index, query: np.ndarray, k: int, params: faiss.SearchParameters | None,
+               source: VectorSource) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top ``k`` of one query: the float32 scan's scores and ids.
 
+        :param index: the float16 index (:meth:`new_index`).
         :param query: shape (1, dim), float32.
-        :param width: float16 candidates to score exactly (> k); as many as the search may return means
-            every allowed vector was a candidate, which is exact without the bound.
-        :param params: the search's selector (allowed ids, tombstones), applied to the float16 scan.
-        :param full: the float32 flat index (``IndexIDMap2``), whose vectors the candidates are scored on.
-        :returns: (scores, ids), each shape (1, k), best first; past the candidates, ids -1 (as FAISS pads).
+        :param params: the search's selector (allowed ids, tombstones).
+        :param source: the float32 vectors of candidates, by id.
+        :returns: (scores, ids), each shape (1, k), best first; past what the search may return, ids -1
+            (as FAISS pads).
         """
-        from processors.index.faiss_flat import faiss_search
+        from processors.index.faiss_flat import faiss_search, one_thread
 
-        assert self._index is not None
-        half_scores, half_ids = faiss_search(self._index, query, width, params)
+        width = candidates_for(k)
+        half_scores, half_ids = faiss_search(index, query, width, params)
         found = half_ids[0][half_ids[0] != -1]
-        scores, ids = self._padded(k)
-        if len(found):
-            exact = faiss.IndexFlat(self.dim, self._faiss_metric)
-            exact.add(full.reconstruct_batch(found))
-            best, rows = faiss_search(exact, query, min(k, len(found)))
-            scores[0, :best.shape[1]], ids[0, :best.shape[1]] = best[0], found[rows[0]]
+        scores, ids = self._exact_top(query, k, found, source)
         if len(found) < width:
             return scores, ids  # every vector the search may return was scored exactly
         cut, boundary = float(scores[0, k - 1]), float(half_scores[0, -1])
         bound = error_bound(query[0], self._max_norm, self.metric)
-        proven = boundary + bound < cut if self.metric == "inner_product" else boundary - bound > cut
-        self._outcome(fell_back=not proven)
-        return (scores, ids) if proven else None
+        if boundary + bound < cut if self.metric == "inner_product" else boundary - bound > cut:
+            return scores, ids
+        self.fallbacks += 1
+        radius = cut - 2.0 * bound if self.metric == "inner_product" else cut + 2.0 * bound
+        with one_thread():
+            _, _, within = index.range_search(query, radius, params=params)
+        return self._exact_top(query, k, within, source)
 
-    def _padded(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """A row of ``k`` empty places, as FAISS pads one: id -1, the worst float32 score."""
+    def _exact_top(self, query: np.ndarray, k: int, candidates: np.ndarray,
+                   source: VectorSource) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` of the candidates by their float32 vectors, padded as FAISS pads a short answer."""
+        from processors.index.faiss_flat import faiss_search
+
         worst = -np.finfo(np.float32).max if self.metric == "inner_product" else np.finfo(np.float32).max
-        return np.full((1, k), worst, np.float32), np.full((1, k), -1, np.int64)
-
-
-_BLOCK_ROWS = 4_096
-"""Rows checked at a time: a float64 copy of a whole shard (100,000 384-d vectors: 307 MB, and as much
-again for its squares) peaked a float16 shard process 380 MiB above a float32 one at each compaction
-(``benchmarks/peers.py``, bulk re-upsert); a block is 12.6 MB."""
+        scores, ids = np.full((1, k), worst, np.float32), np.full((1, k), -1, np.int64)
+        if len(candidates):
+            exact = faiss.IndexFlat(self.dim, self._faiss_metric)
+            exact.add(np.ascontiguousarray(source(candidates), dtype=np.float32))
+            best, rows = faiss_search(exact, query, min(k, len(candidates)))
+            scores[0, :best.shape[1]], ids[0, :best.shape[1]] = best[0], candidates[rows[0]]
+        return scores, ids
 
 
 def _blocks(vectors: np.ndarray) -> Iterator[np.ndarray]:
     for start in range(0, len(vectors), _BLOCK_ROWS):
         yield vectors[start:start + _BLOCK_ROWS]
-
-
-def _within_float16(vectors: np.ndarray) -> bool:
-    """Whether every component is finite and below ``FLOAT16_LIMIT`` in magnitude."""
-    return all(np.isfinite(block).all() and float(np.abs(block).max()) < FLOAT16_LIMIT
-               for block in _blocks(vectors) if block.size)
 
 
 def _max_norm(vectors: np.ndarray) -> float:

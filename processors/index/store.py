@@ -183,6 +183,19 @@ class ShardStore:
         matrix = np.stack(vectors) if vectors else np.empty((0, self.dim), np.float32)
         return np.array(ids, dtype=np.int64), matrix, owners
 
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The stored float32 vectors of these vector ids, one row each, shape (len(ids), dim), in one
+        multi-get: what a float16 flat index scores its candidates on (``half_scan.py``).
+
+        :raises KeyError: for an id not stored (the index holds only stored vectors: a bug if raised).
+        """
+        width = self.dim * 4
+        raws = self._open_db().get([_VEC + _VID.pack(int(vid)) for vid in ids.tolist()])
+        if any(raw is None for raw in raws):
+            missing = [int(vid) for vid, raw in zip(ids.tolist(), raws) if raw is None]
+            raise KeyError(f"vector ids {missing[:5]} are not stored in the shard at {self.path}")
+        return np.frombuffer(b"".join(raw[:width] for raw in raws), dtype="<f4").reshape(len(raws), self.dim)
+
     # -- writes ----------------------------------------------------------------------------
 
     def begin(self, *, term_counts: bool = False, field_values: bool = False) -> ShardWrite:

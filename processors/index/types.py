@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from processors.index.base import VectorIndex
     from processors.index.config import CompoundIndexerConfig
     from processors.index.faiss_ivf import ProductQuantization
+    from processors.index.half_scan import VectorSource
 
 __all__ = ["VectorIndexType", "EXACT", "VECTOR_INDEX_TYPES", "INDEX_TYPES", "IndexType", "known_index_type"]
 
@@ -35,23 +36,25 @@ class VectorIndexType:
 
     :param name: what a flow's and a request's ``index_type`` say; also the name in shard status.
     :param build: a new index of this type holding no vectors yet, from the shard's config and the
-        vectors to train on (every vector the shard holds; a type that does not train ignores them).
+        vectors to train on (every vector the shard holds; a type that does not train ignores them); the
+        exact row also takes ``source=``, the shard's stored vectors by id (``half_scan.VectorSource``).
     :param training_size: the fewest stored vectors it can be built from (FAISS's hard limit).
     :param settings: the ``CompoundIndexerConfig`` fields it reads.
     :param knobs: the ``SearchTuning`` fields a search call may set for it; it ignores the others.
     """
 
     name: str
-    build: Callable[[CompoundIndexerConfig, np.ndarray], VectorIndex]
+    build: Callable[..., VectorIndex]
     training_size: Callable[[CompoundIndexerConfig], int] = _untrained
     settings: tuple[str, ...] = ()
     knobs: tuple[str, ...] = ()
 
 
-def _flat(config: CompoundIndexerConfig, training: np.ndarray) -> VectorIndex:
+def _flat(config: CompoundIndexerConfig, training: np.ndarray, source: VectorSource | None = None) -> VectorIndex:
+    """The exact index; ``source``: the shard's stored vectors, which ``flat_scan: float16`` scores on."""
     from processors.index.faiss_flat import FlatVectorIndex
 
-    return FlatVectorIndex(dim=config.dim, metric=config.metric, scan=config.flat_scan)
+    return FlatVectorIndex(dim=config.dim, metric=config.metric, scan=config.flat_scan, source=source)
 
 
 def _hnsw(config: CompoundIndexerConfig, training: np.ndarray) -> VectorIndex:

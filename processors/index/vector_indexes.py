@@ -39,7 +39,7 @@ class VectorIndexes:
 
     def reset(self) -> None:
         """Forget every index (derived from RocksDB): an empty exact one, no other."""
-        exact = EXACT.build(self.config, _NO_VECTORS)
+        exact = EXACT.build(self.config, _NO_VECTORS, source=self._store.vectors_of)
         assert isinstance(exact, FlatVectorIndex)  # it hands back stored vectors (``with_vectors``)
         self.exact: FlatVectorIndex = exact
         self._approximate: dict[str, VectorIndex] = {}

@@ -4,6 +4,7 @@ import shutil
 import struct
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from rocksdict import Options, Rdict
@@ -427,3 +428,44 @@ class TestSearchPastTies:
         scores, ids = _search_past_ties(index, query[None], 5, SearchTuning(), index.size)
         assert index.widths == [6, 12, 24, 48]
         assert set(range(100, 130)) <= set(ids[0].tolist())
+
+
+class TestFloat16Shard:
+    """``flat_scan: float16``: the shard holds float16 vectors and scores candidates on the float32 ones
+    in its RocksDB; every answer is a float32 shard's, through upserts, deletes, a reopen and a bulk load."""
+
+    @staticmethod
+    def changes(start: int, count: int) -> list[Change]:
+        return [Change(f"d{i:05d}", doc_with_chunks(f"d{i:05d}", [3 * i, 3 * i + 1])) for i in range(start, start + count)]
+
+    @staticmethod
+    def answers(index: CompoundIndexer) -> list[list[tuple[str, str, float]]]:
+        queries = np.stack([unit(10_000 + s) for s in range(12)])
+        return [[(h.root.id, h.node.id, h.score.value) for h in hits]
+                for hits in index.search(embeddings=queries, top_k=7)]
+
+    def test_it_answers_as_a_float32_shard_and_holds_half_the_bytes(self, tmp_path: Path) -> None:
+        shards = {scan: CompoundIndexer(CompoundIndexerConfig(dim=DIM, flat_scan=scan), path=tmp_path / scan,  # type: ignore[arg-type]
+                                        codec=STORED_DOCUMENT) for scan in ("float32", "float16")}
+        for shard in shards.values():
+            shard.warm_up()
+            with shard.bulk_load():
+                shard.apply(changes=self.changes(0, 400), checkpoint=b"1")
+            shard.apply(changes=self.changes(300, 300), checkpoint=b"2")  # 100 upserts
+            shard.apply(changes=[Change(f"d{i:05d}", None) for i in range(0, 600, 7)], checkpoint=b"3")
+        assert shards["float16"]._indexes.exact.scan == "float16"
+        assert self.answers(shards["float16"]) == self.answers(shards["float32"])
+        codes = faiss.downcast_index(shards["float16"]._indexes.exact._index.index).codes.size()
+        assert codes == 2 * DIM * shards["float16"]._indexes.exact._index.ntotal  # two bytes a component
+        hits = shards["float16"].search(embeddings=unit(3 * 302)[None], top_k=1, with_vectors=True)[0]
+        assert np.array_equal(hits[0].node.embedding, unit(3 * 302))  # the stored float32 vector, exactly
+        for shard in shards.values():
+            shard.close()
+        reopened = {scan: open_scan(tmp_path / scan, scan) for scan in shards}
+        assert self.answers(reopened["float16"]) == self.answers(reopened["float32"])
+
+
+def open_scan(path: Path, scan: str) -> CompoundIndexer:
+    index = CompoundIndexer(CompoundIndexerConfig(dim=DIM, flat_scan=scan), path=path, codec=STORED_DOCUMENT)  # type: ignore[arg-type]
+    index.warm_up()
+    return index

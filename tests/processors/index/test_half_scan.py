@@ -1,6 +1,7 @@
-"""The flat index's half-precision scan answers what the float32 scan answers, ids and scores to the bit,
-or hands the search back to it: checked against the float32 index on the same vectors, with ties,
-selectors, tombstones, both metrics, clustered vectors (close scores) and vectors past float16's range."""
+"""The flat index in float16 answers what the float32 flat index answers, ids and scores to the bit: checked
+against it on the same vectors, with ties, selectors, tombstones, both metrics, clustered vectors (close
+scores, where the first candidates cannot be proven and the range search widens them), short answers and
+vectors past float16's range (the index turns to float32, read back from the store)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,41 @@ import pytest
 
 from processors.index.base import SearchTuning
 from processors.index.faiss_flat import FlatVectorIndex
-from processors.index.half_scan import _BLOCK_ROWS, FLOAT16_LIMIT, HALF_SCAN_MIN_VECTORS, _max_norm, error_bound
+from processors.index.half_scan import _BLOCK_ROWS, FLOAT16_LIMIT, _max_norm, candidates_for, error_bound
 from processors.index.hits import search_past_ties
 
-COUNT = HALF_SCAN_MIN_VECTORS + 2_000
+COUNT = 10_000
+
+
+class Stored:
+    """The float32 vectors by id, as the shard's store holds them (``ShardStore.vectors_of``); it counts
+    what it is asked for."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, np.ndarray] = {}
+        self.reads = 0
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        self.reads += len(ids)
+        return np.stack([self.by_id[int(vid)] for vid in ids]).astype(np.float32)
 
 
 def pair(vectors: np.ndarray, metric: str) -> tuple[FlatVectorIndex, FlatVectorIndex]:
-    ids = np.arange(len(vectors), dtype=np.int64) * 3 + 5  # ids that are not positions
+    """A float32 and a float16 flat index holding the same vectors under ids that are not positions."""
+    stored = Stored()
     full, half = FlatVectorIndex(dim=vectors.shape[1], metric=metric), \
-        FlatVectorIndex(dim=vectors.shape[1], metric=metric, scan="float16")
+        FlatVectorIndex(dim=vectors.shape[1], metric=metric, scan="float16", source=stored)
+    add(full, half, np.arange(len(vectors), dtype=np.int64) * 3 + 5, vectors)
+    return full, half
+
+
+def add(full: FlatVectorIndex, half: FlatVectorIndex, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """Store, then add to both (as a shard does: FAISS follows RocksDB)."""
+    stored = half._source
+    assert isinstance(stored, Stored)
+    stored.by_id.update(zip(ids.tolist(), vectors.astype(np.float32)))
     for index in (full, half):
         index.add(ids, vectors)
-    return full, half
 
 
 def unit(rows: int, dim: int, seed: int) -> np.ndarray:
@@ -36,9 +59,9 @@ def assert_same(full: FlatVectorIndex, half: FlatVectorIndex, queries: np.ndarra
     """The same scores, and, as the shard searches (``search_past_ties``), the same top ``k`` ids with
     the whole run of any score tied at the cut (which of a run FAISS keeps depends on order)."""
     available = full.size if tuning is None else len(tuning.allowed)  # type: ignore[arg-type]
+    expected, got = full.search(queries, k, tuning), half.search(queries, k, tuning)  # a batch: one by one
+    assert np.array_equal(expected[0], got[0]), "scores differ"
     for query in queries:
-        expected, got = full.search(query[None], k, tuning), half.search(query[None], k, tuning)
-        assert np.array_equal(expected[0], got[0]), "scores differ"
         answers = []
         for index in (full, half):
             scores, ids = search_past_ties(index, query[None], k, tuning or SearchTuning(), available)
@@ -49,19 +72,33 @@ def assert_same(full: FlatVectorIndex, half: FlatVectorIndex, queries: np.ndarra
 
 
 @pytest.mark.parametrize("metric", ["inner_product", "l2"])
-def test_random_vectors_are_answered_by_the_half_scan_exactly(metric: str) -> None:
+def test_random_vectors_are_answered_exactly_from_the_first_candidates(metric: str) -> None:
     full, half = pair(unit(COUNT, 64, 1), metric)
+    half._source.reads = 0  # type: ignore[union-attr]
     assert_same(full, half, unit(40, 64, 2), 11)
-    assert half.half_scan_fallbacks == 0  # the bound proved every answer: the fast path ran
+    assert half.half_scan_fallbacks == 0  # the bound proved every answer from the first candidates
+    # each of 40 queries searched twice (k 11, then 12 past ties): candidates read, never the shard
+    assert half._source.reads <= 2 * 40 * candidates_for(12)  # type: ignore[union-attr]
 
 
-def test_clustered_vectors_with_close_scores_are_exact_proven_or_not() -> None:
-    """Near-duplicates: scores closer than float16's error, so some answers cannot be proven and fall back."""
+def test_clustered_vectors_with_close_scores_are_exact_proven_or_widened() -> None:
+    """Near-duplicates: scores closer than float16's error, so some first candidates cannot be proven and
+    the range search widens them."""
     rng = np.random.default_rng(4)
     centres = unit(20, 32, 3)
     vectors = centres[rng.integers(0, 20, COUNT)] + 1e-4 * rng.standard_normal((COUNT, 32)).astype(np.float32)
     full, half = pair(vectors.astype(np.float32), "inner_product")
-    assert_same(full, half, centres[:10], 10)
+    assert_same(full, half, np.vstack([centres[:10], unit(10, 32, 5)]), 10)
+    assert half.half_scan_fallbacks > 0
+
+
+@pytest.mark.parametrize("metric", ["inner_product", "l2"])
+def test_exact_duplicates_past_the_candidates_are_all_found(metric: str) -> None:
+    """More equal vectors than the first candidates hold: the range search finds every one of the run."""
+    vectors = unit(COUNT, 32, 23)
+    vectors[200:400] = vectors[199]  # a run of 201 equal vectors, past the 36 first candidates of k 10
+    full, half = pair(vectors, metric)
+    assert_same(full, half, np.vstack([vectors[199], unit(5, 32, 24)]), 10)
     assert half.half_scan_fallbacks > 0
 
 
@@ -76,14 +113,29 @@ def test_ties_allowed_ids_and_tombstones_are_kept() -> None:
     assert_same(full, half, np.vstack([vectors[99], unit(10, 32, 8)]), 10, allowed)
 
 
-def test_a_vector_past_float16s_range_turns_the_half_scan_off() -> None:
+def test_a_small_index_is_exact_too() -> None:
+    """Fewer vectors than the first candidates: every one is scored on its float32 vector."""
+    full, half = pair(unit(30, 16, 25), "l2")
+    assert_same(full, half, unit(5, 16, 26), 10)
+
+
+@pytest.mark.parametrize("component", [FLOAT16_LIMIT, np.inf, np.nan])
+def test_a_vector_float16_cannot_hold_turns_the_index_to_float32(component: float) -> None:
+    """Past float16's range (or not finite, which the codec refuses upstream) the bound means nothing: the
+    index holds float32 from then on, read back from the store, tombstones left out."""
     vectors = unit(COUNT, 16, 9)
     full, half = pair(vectors, "inner_product")
-    big = np.full((1, 16), FLOAT16_LIMIT, dtype=np.float32)
     for index in (full, half):
-        index.add(np.array([10**9]), big)
+        index.remove(np.array([5, 8, 11]))
+    big = unit(1, 16, 27)
+    big[0, 2] = component
+    add(full, half, np.array([10**9]), big)
+    assert half.scan == "float32" and half.size == full.size == COUNT - 2
+    if not np.isfinite(component):  # scores of NaN: compare the searches without it
+        for index in (full, half):
+            index.remove(np.array([10**9]))
     assert_same(full, half, unit(5, 16, 10), 5)
-    assert half._half is not None and not half._half.active
+    assert np.array_equal(half.vectors(np.array([14, 17])), vectors[3:5])
 
 
 def test_the_bound_covers_the_float16_error_it_claims_to() -> None:
@@ -97,14 +149,17 @@ def test_the_bound_covers_the_float16_error_it_claims_to() -> None:
         assert np.abs(exact - rounded).max() < bound < 0.05 * np.abs(exact).max()
 
 
-def test_the_flow_setting_builds_the_copy_and_refuses_other_values() -> None:
+def test_the_flow_setting_builds_a_float16_index_and_refuses_other_values() -> None:
     from processors.exceptions import ConfigError
     from processors.index.config import CompoundIndexerConfig
     from processors.index.types import EXACT
 
-    built = EXACT.build(CompoundIndexerConfig(dim=8, flat_scan="float16"), np.empty((0, 0), np.float32))
-    assert isinstance(built, FlatVectorIndex) and built._half is not None
-    assert EXACT.build(CompoundIndexerConfig(dim=8), np.empty((0, 0), np.float32))._half is None  # type: ignore[attr-defined]
+    built = EXACT.build(CompoundIndexerConfig(dim=8, flat_scan="float16"), np.empty((0, 0), np.float32),
+                        source=Stored())
+    assert isinstance(built, FlatVectorIndex) and built.scan == "float16"
+    assert EXACT.build(CompoundIndexerConfig(dim=8), np.empty((0, 0), np.float32)).scan == "float32"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="give a source"):
+        EXACT.build(CompoundIndexerConfig(dim=8, flat_scan="float16"), np.empty((0, 0), np.float32))
     with pytest.raises(ConfigError, match="flat_scan 'int8'; use one of float32, float16"):
         CompoundIndexerConfig(flat_scan="int8")  # type: ignore[arg-type]
 
@@ -121,30 +176,11 @@ def test_a_query_far_larger_than_the_vectors_is_still_exact_under_l2() -> None:
     assert_same(full, half, queries, 10)
 
 
-def test_a_vector_that_is_not_finite_turns_the_half_scan_off() -> None:
-    """A NaN would make the largest norm, and so the bound, meaningless (it is refused upstream)."""
-    _, half = pair(unit(COUNT, 16, 14), "inner_product")
-    bad = unit(1, 16, 15)
-    bad[0, 3] = np.nan
-    half.add(np.array([10**9]), bad)
-    assert half._half is not None and not half._half.active
-
-
-def test_after_a_run_of_fallbacks_the_half_scan_rests() -> None:
-    rng = np.random.default_rng(4)
-    centres = unit(20, 32, 3)
-    vectors = (centres[rng.integers(0, 20, COUNT)] + 1e-4 * rng.standard_normal((COUNT, 32))).astype(np.float32)
-    full, half = pair(vectors, "inner_product")
-    queries = np.vstack([centres] * 5)
-    assert_same(full, half, queries, 10)
-    assert 0 < half.half_scan_fallbacks < len(queries) // 2  # not one float16 scan wasted per search
-
-
 def test_a_large_vector_gone_by_compaction_no_longer_widens_the_bound() -> None:
     vectors = unit(COUNT, 64, 16)
     full, half = pair(vectors, "inner_product")
+    add(full, half, np.array([10**9]), unit(1, 64, 17) * 1e3)
     for index in (full, half):
-        index.add(np.array([10**9]), unit(1, 64, 17) * 1e3)
         index.remove(np.concatenate([[10**9], np.arange(5, 5 + 3 * 600, 3)]))  # past the compaction share
     assert half.tombstones == 0
     assert_same(full, half, unit(20, 64, 18), 10)
@@ -160,13 +196,13 @@ def test_a_short_answer_is_padded_as_faiss_pads_it() -> None:
     assert np.array_equal(expected[0], got[0]) and np.array_equal(np.sort(expected[1][0]), np.sort(got[1][0]))
 
 
-def test_a_nan_past_the_first_block_still_turns_the_half_scan_off() -> None:
+def test_a_nan_past_the_first_block_is_still_found() -> None:
     """The range check goes a block of rows at a time: a NaN in a later block is still found."""
-    half = FlatVectorIndex(dim=8, metric="inner_product", scan="float16")
     vectors = unit(3 * _BLOCK_ROWS, 8, 21)
     vectors[-1, 0] = np.nan
-    half.add(np.arange(len(vectors), dtype=np.int64), vectors)
-    assert half._half is not None and not half._half.active
+    _, half = pair(unit(10, 8, 29), "inner_product")
+    half.add(np.arange(10**6, 10**6 + len(vectors), dtype=np.int64), vectors)
+    assert half.scan == "float32"
 
 
 def test_the_largest_norm_is_found_in_any_block_without_a_float64_copy_of_the_shard() -> None:
