@@ -56,6 +56,10 @@ _U = 2.0 ** -10
 _SUBNORMAL = 2.0 ** -24
 """Twice the largest absolute rounding of a float16 subnormal."""
 
+_FLOAT32_SUBNORMAL_STEP = 2.0 ** -149
+"""float32's smallest step: a product or sum below its normals is rounded by up to half of it, absolutely,
+whatever its size; each of a path's ~4d operations may (a helper's attack: products of ~1e-44 ranked wrong)."""
+
 _BLOCK_ROWS = 4_096
 """Rows checked at a time: a float64 copy of a whole shard (100,000 384-d vectors: 307 MB, and as much
 again for its squares) once peaked a float16 shard process 380 MiB above a float32 one at each compaction
@@ -77,11 +81,17 @@ def error_bound(query: np.ndarray, max_norm: float, metric: Metric) -> float:
     :returns: the bound in score units (similarity or squared distance).
     """
     wide = query.astype(np.float64)
-    q_norm, gamma = float(np.linalg.norm(wide)), (len(query) + 4) * 2.0 ** -24
+    dim = len(query)
+    q_norm, gamma = float(np.linalg.norm(wide)), (dim + 4) * 2.0 ** -24
     tiny = _SUBNORMAL * float(np.abs(wide).sum())
+    underflow = 2.0 * 4.0 * dim * _FLOAT32_SUBNORMAL_STEP
     if metric == "inner_product":
-        return (_U + 2.0 * gamma) * q_norm * max_norm + tiny
-    return 2.0 * _U * (q_norm * max_norm + max_norm * max_norm) + 2.0 * gamma * (q_norm + max_norm) ** 2 + 2.0 * tiny
+        return (_U + 2.0 * gamma) * q_norm * max_norm + tiny + underflow
+    # A stored component rounded by up to 2^-25 absolute (below float16's normals) moves (x_i - q_i)^2 by
+    # up to 2^-24 |x_i - q_i| + 2^-50: the |q| part is ``tiny``, the |x| part at most 2^-24 sqrt(d) |x|.
+    stored_tiny = _SUBNORMAL * (dim ** 0.5 * max_norm + dim * _SUBNORMAL)
+    return (2.0 * _U * (q_norm * max_norm + max_norm * max_norm) + 2.0 * gamma * (q_norm + max_norm) ** 2
+            + 2.0 * (tiny + stored_tiny) + underflow)
 
 
 class HalfPrecisionScan:
@@ -147,10 +157,20 @@ class HalfPrecisionScan:
         if boundary + bound < cut if self.metric == "inner_product" else boundary - bound > cut:
             return scores, ids
         self.fallbacks += 1
-        radius = cut - 2.0 * bound if self.metric == "inner_product" else cut + 2.0 * bound
+        if not np.isfinite(cut):  # scores past float32's range (or a query of them): every vector a candidate
+            _, everything = faiss_search(index, query, int(index.ntotal), params)
+            return self._exact_top(query, k, everything[0][everything[0] != -1], source)
         with one_thread():
-            _, _, within = index.range_search(query, radius, params=params)
+            _, _, within = index.range_search(query, self._radius(cut, bound), params=params)
         return self._exact_top(query, k, within, source)
+
+    def _radius(self, cut: float, bound: float) -> float:
+        """Twice the bound past the exact k-th score, and one float32 step more: FAISS keeps what lies strictly
+        inside the radius, in float32, so a radius equal to the cut (a zero query: no bound) would drop the
+        k-th itself."""
+        if self.metric == "inner_product":
+            return float(np.nextafter(np.float32(cut - 2.0 * bound), np.float32(-np.inf)))
+        return float(np.nextafter(np.float32(cut + 2.0 * bound), np.float32(np.inf)))
 
     def _exact_top(self, query: np.ndarray, k: int, candidates: np.ndarray,
                    source: VectorSource) -> tuple[np.ndarray, np.ndarray]:

@@ -194,7 +194,8 @@ class ShardStore:
         if any(raw is None for raw in raws):
             missing = [int(vid) for vid, raw in zip(ids.tolist(), raws) if raw is None]
             raise KeyError(f"vector ids {missing[:5]} are not stored in the shard at {self.path}")
-        return np.frombuffer(b"".join(raw[:width] for raw in raws), dtype="<f4").reshape(len(raws), self.dim)
+        # a bytearray: the rows are the caller's to change, as a float32 index's copies are
+        return np.frombuffer(bytearray().join(raw[:width] for raw in raws), dtype="<f4").reshape(len(raws), self.dim)
 
     # -- writes ----------------------------------------------------------------------------
 

@@ -219,3 +219,61 @@ def test_the_largest_norm_is_found_in_any_block_without_a_float64_copy_of_the_sh
         tracemalloc.stop()
     assert found == pytest.approx(expected, rel=1e-12)
     assert peak < 3 * _BLOCK_ROWS * 384 * 8  # two blocks in float64 at a time (the next made before the last goes)
+
+
+@pytest.mark.parametrize("query_value", [0.0, 1e-45, 3e38])
+def test_a_query_whose_scores_all_tie_at_zero_or_overflow_is_answered(query_value: float) -> None:
+    """A helper's attack: a zero query has no bound, so a range radius equal to the cut dropped the k-th (FAISS
+    keeps what lies strictly inside); products that underflow to 0 or overflow to inf did the same."""
+    vectors = np.random.default_rng(30).uniform(0.2, 0.4, (40, 8)).astype(np.float32)
+    full, half = pair(vectors, "inner_product")
+    query = np.full((1, 8), query_value, np.float32)
+    expected, got = full.search(query, 3), half.search(query, 3)
+    assert np.array_equal(expected[0], got[0]) and (got[1] != -1).all()
+
+
+def test_zero_vectors_and_a_zero_query_under_l2_are_answered() -> None:
+    full, half = pair(np.zeros((40, 4), np.float32), "l2")
+    expected, got = full.search(np.zeros((1, 4), np.float32), 2), half.search(np.zeros((1, 4), np.float32), 2)
+    assert np.array_equal(expected[0], got[0]) and (got[1] != -1).all()
+
+
+def test_components_below_float16s_normals_are_within_the_l2_bound() -> None:
+    """A helper's attack: float16 rounds a subnormal component by up to 2^-25 absolutely, which moves a squared
+    distance by 2^-24 |x_i| too, not only by the query's part."""
+    step = 2.0 ** -24
+    near = np.zeros((40, 8), np.float32)
+    near[:, 0] = 1.6 * step  # exact 2.56 step^2, in float16 4 step^2
+    best = np.full((1, 8), 0.51 * step, np.float32)  # exact 2.08 step^2 (the best), in float16 8 step^2
+    full, half = pair(np.vstack([near, best]), "l2")
+    for query in (np.zeros((1, 8), np.float32), np.full((1, 8), 1e-12, np.float32)):
+        assert full.search(query, 1)[1][0, 0] == half.search(query, 1)[1][0, 0] == 5 + 3 * 40
+
+
+def test_products_below_float32s_normals_are_within_the_inner_product_bound() -> None:
+    """A helper's attack: float32 rounds a product below its normals by up to 2^-150 absolutely."""
+    tiny = 2.0 ** -149
+    near = np.full((40, 8), 2.0, np.float32)
+    near[:, :3] = 2.5001  # exact 19 tiny, 16 tiny in float16
+    best = np.full((1, 8), 2.5001, np.float32)  # exact 24 tiny (the best), 16 tiny in float16
+    full, half = pair(np.vstack([near, best]), "inner_product")
+    query = np.full((1, 8), tiny, np.float32)
+    assert full.search(query, 1)[1][0, 0] == half.search(query, 1)[1][0, 0] == 5 + 3 * 40
+
+
+def test_vectors_read_back_are_the_callers_to_change(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``ShardStore.vectors_of`` hands writeable rows, as a float32 index's copies are."""
+    from processors.index.store import ShardStore
+    from streams.wire.codec import STORED_DOCUMENT
+
+    store = ShardStore(tmp_path, dim=4, metric="inner_product", codec=STORED_DOCUMENT)
+    store.open()
+    write = store.begin()
+    write.put_vector(7, np.arange(4, dtype=np.float32), ("d", "", ""))
+    store.commit(write, next_vid=8, checkpoint=b"c")
+    rows = store.vectors_of(np.array([7]))
+    rows[0, 0] = 9.0
+    assert rows.flags.writeable and np.array_equal(store.vectors_of(np.array([7]))[0], np.arange(4))
+    with pytest.raises(KeyError, match=r"vector ids \[8\]"):
+        store.vectors_of(np.array([7, 8]))
+    store.close()
