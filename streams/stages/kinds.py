@@ -43,9 +43,22 @@ SHARD_SLICE_RECORDS = 32
 that arrived between slices (``PathSpec.slice_records``): a batch of upserts takes ~45 ms on 2 busy cores,
 a slice ~6 ms, so a search during a bulk ingest waits for a slice rather than a batch."""
 
+SHARD_PREFETCH_KBYTES = 16 << 10
+"""``queued.max.messages.kbytes`` of the index path's consumer (librdkafka's default: 64 MiB). A shard that
+falls behind a bulk ingest (the client inserting faster than it applies) had librdkafka prefetch up to 64 MiB
+of records into its process: ``benchmarks/peers.py`` (100,000 384-d vectors) peaked the index stage at
+400-411 MiB on 1 shard and 452-466 on 2; with 16 MiB, 349 and 369, inserts and "all searchable after" within
+the runs' spread. 16 MiB is still some 10,000 pre-embedded documents, 40 of the stage's batches."""
+
+SHARD_FETCH_QUEUE_BACKOFF_MS = 10
+"""``fetch.queue.backoff.ms`` with it (librdkafka's default: 1,000): a full queue postpones the next fetch by
+this long, and a shard drains 16 MiB in well under a second (replay's stall, ``streams/ops/replay.py``)."""
+
 SHARD_CONSUMER_CONFIG: dict[str, object] = {
     "enable.partition.eof": True,  # "restored" = the end of the partition was reached
     "auto.offset.reset": "error",  # a stored offset out of range rebuilds the shard, never skips silently
+    "queued.max.messages.kbytes": SHARD_PREFETCH_KBYTES,
+    "fetch.queue.backoff.ms": SHARD_FETCH_QUEUE_BACKOFF_MS,
 }
 
 QUERY_GROUP_SUFFIX = ".query"
