@@ -209,6 +209,11 @@ class CompoundIndexer:
         return self._store.document(doc_id)
 
     @property
+    def flat_scan_fallbacks(self) -> int:
+        """Searches since the shard opened whose float16 candidates the bound could not prove (0 in float32)."""
+        return self._indexes.exact.half_scan_fallbacks
+
+    @property
     def vector_count(self) -> int:
         """Vectors searchable now (cheap, unlike ``stats``, which counts documents on disk)."""
         return self._indexes.exact.size

@@ -8,7 +8,7 @@ import os
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
-    "RECORDS_IN", "RECORDS_OUT", "DEAD_LETTERS", "BATCH_SECONDS", "CONSUMER_LAG", "INDEX_VECTORS",
+    "RECORDS_IN", "RECORDS_OUT", "DEAD_LETTERS", "BATCH_SECONDS", "CONSUMER_LAG", "INDEX_VECTORS", "FLAT_SCAN_FALLBACKS",
     "QUERY_SECONDS", "REJECTED_REQUESTS", "EXPIRED_REQUESTS", "REPLIES", "TRANSACTIONS", "PRODUCER_RECREATIONS",
     "TRUNCATED_TEXTS", "UNDELIVERABLE_REPLIES", "LEXICAL_UNITS", "serve_metrics",
 ]
@@ -24,6 +24,10 @@ BATCH_SECONDS = Histogram("streamsearch_batch_seconds", "Time to process one con
 CONSUMER_LAG = Gauge("streamsearch_consumer_lag", "Records behind the fetch-response high watermark",
                      ["flow", "stage", "topic", "partition"])
 INDEX_VECTORS = Gauge("streamsearch_index_vectors", "Vectors in a shard's index", ["flow", "partition"])
+FLAT_SCAN_FALLBACKS = Gauge("streamsearch_flat_scan_fallbacks", "Searches of a float16 flat index (flat_scan: "
+                            "float16) since the shard opened whose first candidates the error bound could not prove "
+                            "exact, answered by a wider range search: often means float16 costs this data more "
+                            "than it saves", ["flow", "partition"])
 LEXICAL_UNITS = Gauge("streamsearch_lexical_units", "Texts in the corpus-wide lexical statistics a fan-out holds "
                       "(<flow>.lexical-stats summed over shards): it trails the shards' vectors by the topic's latency",
                       ["flow", "field"])

@@ -32,6 +32,7 @@ from streams.stages.fanout import created_ms_of, decode_live, error_reply
 from streams.wire.headers import query_headers
 from streams.wire.codec import PARTIAL_RESULT, REQUEST
 from streams.wire.records import PartialResult, Request
+from streams.runtime.metrics import FLAT_SCAN_FALLBACKS
 from streams.runtime.spec import Inbound, Output, PathHandler
 from streams.stages.shard.states import ShardStates
 from streams.wire.topics import FlowTopics
@@ -226,6 +227,7 @@ class ShardSearch(PathHandler):
             arms[DENSE_ARM] = self._window.run(index=index, queries=request.docs, top_k=params.arm_depth,
                                                chunk_oversample=params.chunk_oversample, operations=operations,
                                                search_options=options)
+            FLAT_SCAN_FALLBACKS.labels(self._topics.flow, str(partition)).set(index.flat_scan_fallbacks)
         if params.uses_lexical:
             arms[LEXICAL_ARM] = self._window.run_arm(
                 self._lexical_rows(index, request, params, field_name),

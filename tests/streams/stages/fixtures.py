@@ -10,6 +10,7 @@ import numpy as np
 
 from processors.document import Document
 from processors.encoders.base import EncodeResult
+from processors.index.base import FlatScan
 from processors.index.config import CompoundIndexerConfig
 from processors.index.lexical import Analyzer
 from processors.query.parameters import SearchParameters
@@ -59,10 +60,11 @@ def inbound(output: Output, offset: int = 0) -> Inbound:
 class Pipeline:
     """One flow's query path, stage by stage, with ``partitions`` shards in one process."""
 
-    def __init__(self, root: Path, partitions: int, *, lexical: bool = True) -> None:
-        self.topics = FlowTopics(f"lexq{partitions}", partitions)
+    def __init__(self, root: Path, partitions: int, *, lexical: bool = True, flat_scan: FlatScan = "float32",
+                 flow: str | None = None) -> None:
+        self.topics = FlowTopics(flow or f"lexq{partitions}", partitions)
         self.states = ShardStates(root=root, flow=self.topics.flow,
-                                  config=CompoundIndexerConfig(dim=DIM, lexical=lexical))
+                                  config=CompoundIndexerConfig(dim=DIM, lexical=lexical, flat_scan=flat_scan))
         self.ingest = ShardIngest(states=self.states, topics=self.topics, source=self.topics.ingest, given_dim=DIM)
         self.ingest.assigned(list(range(partitions)))
         for partition in range(partitions):
