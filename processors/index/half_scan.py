@@ -104,7 +104,9 @@ class HalfPrecisionScan:
     def __init__(self, *, dim: int, metric: Metric) -> None:
         self.dim = dim
         self.metric = metric
-        self._faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "inner_product" else faiss.METRIC_L2
+        from processors.index.faiss_flat import faiss_metric  # the module that imports this one
+
+        self._faiss_metric = faiss_metric(metric)
         self._max_norm = 0.0
         self.fallbacks = 0
         """Searches the bound could not prove from the first candidates, answered by the range search."""
