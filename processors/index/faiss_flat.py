@@ -166,8 +166,8 @@ class FlatVectorIndex(FaissVectorIndex):
 
     def __init__(self, *, dim: int, metric: Metric, scan: FlatScan = "float32",
                  source: VectorSource | None = None) -> None:
-        flat = _maybe_on_gpu(faiss.IndexFlat(dim, faiss_metric(metric)))
-        half = scan == "float16" and not _is_gpu(flat)
+        on_gpu = _gpu_present()
+        half = scan == "float16" and not on_gpu
         if half and source is None:
             raise ConfigError("flat_scan float16 scores candidates on the stored float32 vectors: give a source")
         if scan == "float16" and not half:
@@ -175,8 +175,8 @@ class FlatVectorIndex(FaissVectorIndex):
         self._half = HalfPrecisionScan(dim=dim, metric=metric) if half else None
         self._source = source
         super().__init__(dim=dim, metric=metric, kind="flat",
-                         index=self._half.new_index() if self._half is not None else faiss.IndexIDMap2(flat))
-        self._compact_fraction = 0.0 if _is_gpu(flat) else COMPACT_FRACTION
+                         index=self._half.new_index() if self._half is not None else _float32_index(dim, metric))
+        self._compact_fraction = 0.0 if on_gpu else COMPACT_FRACTION
         self._present = _Bits()
         """Vector ids the FAISS index holds, tombstones included."""
         self._dead = _Bits()
@@ -226,7 +226,7 @@ class FlatVectorIndex(FaissVectorIndex):
             self._compact()
         assert self._source is not None
         held = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-        self._index = faiss.IndexIDMap2(faiss.IndexFlat(self.dim, faiss_metric(self.metric)))
+        self._index = _float32_index(self.dim, self.metric)
         self._half = None
         if len(held):
             self._index.add_with_ids(np.ascontiguousarray(self._source(held), dtype=np.float32), held)
@@ -333,13 +333,19 @@ class _Bits:
         np.bitwise_and.at(self.bits, ids >> 3, ~(1 << (ids & 7)).astype(np.uint8))
 
 
-def _is_gpu(index: faiss.Index) -> bool:
-    return "Gpu" in type(index).__name__
+def _float32_index(dim: int, metric: Metric) -> faiss.IndexIDMap2:
+    """An empty exact index of float32 vectors with id mapping, on a GPU when there is one."""
+    return faiss.IndexIDMap2(_maybe_on_gpu(faiss.IndexFlat(dim, faiss_metric(metric))))
+
+
+def _gpu_present() -> bool:
+    """This faiss build has GPU support and sees a device."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
 def _maybe_on_gpu(index: faiss.Index) -> faiss.Index:
-    """Move the index to GPU 0 when this faiss build has GPU support and sees a device."""
-    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+    """Move the index to GPU 0 when there is one (``_gpu_present``)."""
+    if _gpu_present():
         logger.info("faiss: using GPU 0")
         return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     return index

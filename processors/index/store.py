@@ -61,6 +61,12 @@ _OWNER_TAG = b"\xff"
 _VID, _U32 = struct.Struct(">q"), struct.Struct(">I")
 """A vector id in keys (big-endian, so keys sort by id); a part's byte count in an owner."""
 
+
+def _vid_key(prefix: bytes, vid: int) -> bytes:
+    """A vector's key under ``_VEC`` or ``_TERMS``: big-endian, so a prefix scan runs in id order."""
+    return prefix + _VID.pack(vid)
+
+
 Owner = tuple[str, str, str]
 """Whose vector it is: (doc id, node path, field name); the path is '' for the root, 'c3.c1' below."""
 
@@ -190,7 +196,7 @@ class ShardStore:
         :raises KeyError: for an id not stored (the index holds only stored vectors: a bug if raised).
         """
         width = self.dim * 4
-        raws = self._open_db().get([_VEC + _VID.pack(int(vid)) for vid in ids.tolist()])
+        raws = self._open_db().get([_vid_key(_VEC, int(vid)) for vid in ids.tolist()])
         if any(raw is None for raw in raws):
             missing = [int(vid) for vid, raw in zip(ids.tolist(), raws) if raw is None]
             raise KeyError(f"vector ids {missing[:5]} are not stored in the shard at {self.path}")
@@ -221,7 +227,7 @@ class ShardStore:
             batch.delete(key)
         for vid, unit_counts in counts:
             if unit_counts:
-                batch.put(_TERMS + _VID.pack(vid), _pack_terms(unit_counts))
+                batch.put(_vid_key(_TERMS, vid), _pack_terms(unit_counts))
         batch.put(_ANALYZER, analyzer.encode())
         self._stamp(batch, 3)
         self._open_db().write(batch)
@@ -313,9 +319,9 @@ class ShardWrite:
         self.net_documents -= 1
         vids = np.frombuffer(raw_vids, dtype=">i8").astype(np.int64).tolist()
         for vid in vids:
-            self.batch.delete(_VEC + _VID.pack(vid))
+            self.batch.delete(_vid_key(_VEC, vid))
             if self._term_counts:  # no tombstone per vector where no counts are kept
-                self.batch.delete(_TERMS + _VID.pack(vid))
+                self.batch.delete(_vid_key(_TERMS, vid))
         self.batch.delete(_DOC + key)
         self.batch.delete(_DOC_VIDS + key)
         if self._field_values:
@@ -324,19 +330,19 @@ class ShardWrite:
 
     def put_vector(self, vid: int, vector: np.ndarray, owner: Owner) -> None:
         """Stage one vector (little-endian float32) and its owner, in format 2."""
-        self.batch.put(_VEC + _VID.pack(vid), vector.tobytes() + _pack_owner(*owner))
+        self.batch.put(_vid_key(_VEC, vid), vector.tobytes() + _pack_owner(*owner))
 
     def stored_term_counts(self, vids: Sequence[int]) -> list[tuple[int, dict[str, int]]]:
         """The stored term counts of these units, as before this write (what removing them takes away)."""
         if not vids:
             return []
-        raws = self._db.get([_TERMS + _VID.pack(vid) for vid in vids])  # one multi-get
+        raws = self._db.get([_vid_key(_TERMS, vid) for vid in vids])  # one multi-get
         return [(vid, _unpack_terms(raw)) for vid, raw in zip(vids, raws) if raw is not None]
 
     def put_term_counts(self, vid: int, counts: Mapping[str, int]) -> None:
         """Stage one unit's term counts (the lexical arm's); a unit without terms stores nothing."""
         if counts:
-            self.batch.put(_TERMS + _VID.pack(vid), _pack_terms(counts))
+            self.batch.put(_vid_key(_TERMS, vid), _pack_terms(counts))
 
     def put_field_values(self, doc_id: str, values: Mapping[str, Sequence[Any]]) -> None:
         """Stage a document's filterable values; a document without any stores nothing."""

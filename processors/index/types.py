@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from processors.index.faiss_ivf import ProductQuantization
     from processors.index.half_scan import VectorSource
 
-__all__ = ["VectorIndexType", "EXACT", "VECTOR_INDEX_TYPES", "INDEX_TYPES", "IndexType", "known_index_type"]
+__all__ = ["IndexInputs", "VectorIndexType", "EXACT", "VECTOR_INDEX_TYPES", "INDEX_TYPES", "IndexType",
+           "known_index_type"]
 
 
 def _untrained(config: CompoundIndexerConfig) -> int:
@@ -31,35 +32,50 @@ def _untrained(config: CompoundIndexerConfig) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class IndexInputs:
+    """What a shard hands every index type it builds; a type takes what it needs.
+
+    :param config: the shard's config (each type reads its ``settings``).
+    :param training: ``(n, dim)`` float32, the vectors to train on: every vector the shard holds (``(0, 0)``
+        for the exact index, built empty); a type that does not train ignores them.
+    :param source: the shard's stored float32 vectors by id, exactly as added (``flat_scan: float16``
+        scores its candidates on them).
+    """
+
+    config: CompoundIndexerConfig
+    training: np.ndarray
+    source: VectorSource
+
+
+@dataclass(frozen=True, slots=True)
 class VectorIndexType:
     """One vector index type a shard can build from its stored vectors and answer from.
 
     :param name: what a flow's and a request's ``index_type`` say; also the name in shard status.
-    :param build: a new index of this type holding no vectors yet, from the shard's config and the
-        vectors to train on (every vector the shard holds; a type that does not train ignores them); the
-        exact row also takes ``source=``, the shard's stored vectors by id (``half_scan.VectorSource``).
+    :param build: a new index of this type holding no vectors yet, from what the shard hands it.
     :param training_size: the fewest stored vectors it can be built from (FAISS's hard limit).
     :param settings: the ``CompoundIndexerConfig`` fields it reads.
     :param knobs: the ``SearchTuning`` fields a search call may set for it; it ignores the others.
     """
 
     name: str
-    build: Callable[..., VectorIndex]
+    build: Callable[[IndexInputs], VectorIndex]
     training_size: Callable[[CompoundIndexerConfig], int] = _untrained
     settings: tuple[str, ...] = ()
     knobs: tuple[str, ...] = ()
 
 
-def _flat(config: CompoundIndexerConfig, training: np.ndarray, source: VectorSource | None = None) -> VectorIndex:
-    """The exact index; ``source``: the shard's stored vectors, which ``flat_scan: float16`` scores on."""
+def _flat(given: IndexInputs) -> VectorIndex:
     from processors.index.faiss_flat import FlatVectorIndex
 
-    return FlatVectorIndex(dim=config.dim, metric=config.metric, scan=config.flat_scan, source=source)
+    config = given.config
+    return FlatVectorIndex(dim=config.dim, metric=config.metric, scan=config.flat_scan, source=given.source)
 
 
-def _hnsw(config: CompoundIndexerConfig, training: np.ndarray) -> VectorIndex:
+def _hnsw(given: IndexInputs) -> VectorIndex:
     from processors.index.faiss_hnsw import HnswVectorIndex
 
+    config = given.config
     return HnswVectorIndex(dim=config.dim, metric=config.metric, m=config.hnsw_m,
                            ef_construction=config.hnsw_ef_construction, ef_search=config.hnsw_ef_search)
 
@@ -91,11 +107,11 @@ VECTOR_INDEX_TYPES: Mapping[str, VectorIndexType] = {row.name: row for row in (
     VectorIndexType(
         "hnsw", build=_hnsw, settings=("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"), knobs=("ef_search",)),
     VectorIndexType(
-        "ivf", build=lambda config, training: _ivf(config, training, pq=None),
+        "ivf", build=lambda given: _ivf(given.config, given.training, pq=None),
         training_size=lambda config: _ivf_training(config, pq=None),
         settings=("ivf_nlist", "ivf_nprobe"), knobs=("nprobe",)),
     VectorIndexType(
-        "ivf_pq", build=lambda config, training: _ivf(config, training, pq=_product_quantization(config)),
+        "ivf_pq", build=lambda given: _ivf(given.config, given.training, pq=_product_quantization(given.config)),
         training_size=lambda config: _ivf_training(config, pq=_product_quantization(config)),
         settings=("ivf_nlist", "ivf_nprobe", "pq_m", "pq_bits"), knobs=("nprobe",)),
 )}

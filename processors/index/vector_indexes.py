@@ -16,7 +16,7 @@ from processors.index.base import VectorIndex
 from processors.index.config import CompoundIndexerConfig
 from processors.index.faiss_flat import FlatVectorIndex
 from processors.index.store import ShardStore
-from processors.index.types import EXACT, INDEX_TYPES, VECTOR_INDEX_TYPES
+from processors.index.types import EXACT, INDEX_TYPES, VECTOR_INDEX_TYPES, IndexInputs
 
 __all__ = ["VectorIndexes"]
 
@@ -39,12 +39,15 @@ class VectorIndexes:
 
     def reset(self) -> None:
         """Forget every index (derived from RocksDB): an empty exact one, no other."""
-        exact = EXACT.build(self.config, _NO_VECTORS, source=self._store.vectors_of)
+        exact = EXACT.build(self._inputs(_NO_VECTORS))
         assert isinstance(exact, FlatVectorIndex)  # it hands back stored vectors (``with_vectors``)
         self.exact: FlatVectorIndex = exact
         self._approximate: dict[str, VectorIndex] = {}
         self._untrainable: set[str] = set()
         self._deferred: _Deferred | None = None
+
+    def _inputs(self, training: np.ndarray) -> IndexInputs:
+        return IndexInputs(self.config, training, source=self._store.vectors_of)
 
     def built(self) -> tuple[str, ...]:
         """The index types built now, in ``INDEX_TYPES`` order."""
@@ -70,7 +73,7 @@ class VectorIndexes:
             return self.exact
         started = time.perf_counter()
         ids, vectors = stored if stored is not None else self._store.vectors()[:2]
-        index = row.build(self.config, vectors)
+        index = row.build(self._inputs(vectors))
         index.add(ids, vectors)
         self._approximate[index_type] = index
         self._untrainable.discard(index_type)

@@ -152,14 +152,17 @@ def test_the_bound_covers_the_float16_error_it_claims_to() -> None:
 def test_the_flow_setting_builds_a_float16_index_and_refuses_other_values() -> None:
     from processors.exceptions import ConfigError
     from processors.index.config import CompoundIndexerConfig
-    from processors.index.types import EXACT
+    from processors.index.types import EXACT, IndexInputs
 
-    built = EXACT.build(CompoundIndexerConfig(dim=8, flat_scan="float16"), np.empty((0, 0), np.float32),
-                        source=Stored())
-    assert isinstance(built, FlatVectorIndex) and built.scan == "float16"
-    assert EXACT.build(CompoundIndexerConfig(dim=8), np.empty((0, 0), np.float32)).scan == "float32"  # type: ignore[attr-defined]
+    def built(config: CompoundIndexerConfig) -> FlatVectorIndex:
+        index = EXACT.build(IndexInputs(config, np.empty((0, 0), np.float32), source=Stored()))
+        assert isinstance(index, FlatVectorIndex)
+        return index
+
+    assert built(CompoundIndexerConfig(dim=8, flat_scan="float16")).scan == "float16"
+    assert built(CompoundIndexerConfig(dim=8)).scan == "float32"
     with pytest.raises(ConfigError, match="give a source"):
-        EXACT.build(CompoundIndexerConfig(dim=8, flat_scan="float16"), np.empty((0, 0), np.float32))
+        FlatVectorIndex(dim=8, metric="inner_product", scan="float16")
     with pytest.raises(ConfigError, match="flat_scan 'int8'; use one of float32, float16"):
         CompoundIndexerConfig(flat_scan="int8")  # type: ignore[arg-type]
 

@@ -12,7 +12,8 @@ import pytest
 from processors.exceptions import ConfigError
 from processors.index.base import SearchTuning
 from processors.index.config import CompoundIndexerConfig
-from processors.index.types import EXACT, INDEX_TYPES, VECTOR_INDEX_TYPES, VectorIndexType, known_index_type
+from processors.index.types import (EXACT, INDEX_TYPES, VECTOR_INDEX_TYPES, IndexInputs, VectorIndexType,
+                                   known_index_type)
 
 ROWS = list(VECTOR_INDEX_TYPES.values())
 CONFIG = CompoundIndexerConfig(dim=16, pq_m=4, pq_bits=4)
@@ -41,7 +42,7 @@ class TestTable:
     def test_each_row_builds_an_empty_index_from_its_training_size(self, row: VectorIndexType) -> None:
         needed = row.training_size(CONFIG)
         training = np.random.default_rng(0).normal(size=(max(needed, 1) * 4, CONFIG.dim)).astype(np.float32)
-        index = row.build(CONFIG, training)
+        index = row.build(IndexInputs(CONFIG, training, source=lambda ids: training[ids]))  # ids: rows
         assert index.size == 0 and index.op_name.startswith("faiss.")
         index.add(np.arange(len(training), dtype=np.int64), training)
         scores, ids = index.search(training[:2], 1, SearchTuning(**{knob: 8 for knob in row.knobs}))
