@@ -20,59 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from setup import (NO_MODEL_FLOW_YAML, broker_label, flow_runtime, fresh_broker, machine, markdown_table,
-                   process_role, process_tree, unit_vectors)
+from setup import (NO_MODEL_FLOW_YAML, broker_label, cpu_seconds_by_role, flow_runtime, fresh_broker, machine,
+                   markdown_table, unit_vectors)
 
 from processors.document import Document
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-BROKER_THREADS = (("JIT compiler", ("C1 CompilerThre", "C2 CompilerThre", "Sweeper thread")),
-                  ("garbage collector", ("GC Thread", "G1 ")),
-                  ("network and request handlers", ("data-plane-kafk",)))
-"""The broker's (a JVM's) threads by what they do, from their names in ``/proc/<pid>/task/*/comm``;
-the rest counts as ``other``. A fresh JVM spends much of its first minutes compiling its hot paths."""
-
-
-def _cpu_seconds(stat_path: str) -> float | None:
-    try:
-        with open(stat_path) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None  # exited meanwhile
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def cpu_seconds_by_role() -> dict[str, float]:
-    """User + system CPU seconds of this process and its descendants now, summed by role; the broker's
-    also by thread group (``broker: <group>``, ``BROKER_THREADS``)."""
-    by_role: dict[str, float] = {}
-    for pid in process_tree():
-        seconds = _cpu_seconds(f"/proc/{pid}/stat")
-        if seconds is None:
-            continue
-        role = process_role(pid)
-        by_role[role] = by_role.get(role, 0.0) + seconds
-        if role == "broker":
-            for group, threads in _threads_by_group(pid).items():
-                by_role[f"broker: {group}"] = by_role.get(f"broker: {group}", 0.0) + threads
-    return by_role
-
-
-def _threads_by_group(pid: int) -> dict[str, float]:
-    groups: dict[str, float] = {}
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            name = (task / "comm").read_text().strip()
-        except OSError:
-            continue
-        seconds = _cpu_seconds(str(task / "stat"))
-        if seconds is None:
-            continue
-        group = next((label for label, prefixes in BROKER_THREADS if name.startswith(prefixes)), "other")
-        groups[group] = groups.get(group, 0.0) + seconds
-    return groups
 
 
 def run(args: argparse.Namespace) -> None:
