@@ -115,12 +115,15 @@ def ensure_topics(settings: KafkaSettings, shapes: Sequence[TopicShape], timeout
         futures = admin.create_topics(
             [NewTopic(s.name, s.partitions, replication,
                       config=_topic_config(s, topic_settings, replication, max_payload_bytes)) for s in missing],
-            operation_timeout=timeout,
+            operation_timeout=timeout, request_timeout=timeout + 5,  # the operation's wait included
         )
         for name, future in futures.items():
             try:
-                future.result()
+                future.result(timeout=timeout + 6)
                 logger.info("topic created", extra={"topic": name})
+            except TimeoutError as exc:
+                raise BrokerError(f"cannot create topic {name}: no answer from {settings.bootstrap_servers} "
+                                  f"within {timeout + 5:g}s") from exc
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise BrokerError(f"cannot create topic {name}: {exc.args[0]}") from exc
@@ -243,9 +246,11 @@ def delete_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
     if not names:
         return
     admin = _admin(settings)  # keep a reference: the futures fail if the client is collected
-    for name, future in admin.delete_topics(list(names), operation_timeout=10).items():
+    for name, future in admin.delete_topics(list(names), operation_timeout=10, request_timeout=15).items():
         try:
-            future.result()
+            future.result(timeout=16)
+        except TimeoutError:
+            logger.warning("topic not deleted", extra={"topic": name, "error": "no answer within 15s"})
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 logger.warning("topic not deleted", extra={"topic": name, "error": str(exc)})

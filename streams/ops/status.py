@@ -8,6 +8,7 @@ on ``<flow>.status``; a report older than ``STALE_AFTER_S`` is a process that is
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime
 import time
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, Message, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConsumerGroupDescription
 
-from streams.kafka.admin import START_HINT, TopicDescription, describe_topics, require_flow, topic_warnings
+from streams.kafka.admin import (START_HINT, TopicDescription, check_broker, describe_topics, require_flow,
+                                 topic_warnings)
 from streams.exceptions import BrokerError, ReadTimeoutError, SerdeError
 from streams.flow.spec import FlowSpec
 from streams.stages.kinds import ANSWERING_KINDS, JOIN, KINDS, QUERY_PATH_KINDS, STAGE_TOPIC_ROLES, STATEFUL_KINDS
@@ -35,6 +37,11 @@ __all__ = ["PartitionLag", "StageState", "FlowStatus", "collect_status", "collec
            "STALE_AFTER_S", "START_HINT"]
 
 STALE_AFTER_S = 15.0
+
+PROBE_TIMEOUT_S = 5.0
+"""How long each broker read that explains a missing reply may wait (``why_no_reply``). A frozen broker (a
+network partition: connections open, nothing answers) answers none, and librdkafka's own request timeout
+is a minute: the bridge's 503 for a 2 s search came after 144 s, three group descriptions in a row."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +97,13 @@ def collect_status(settings: KafkaSettings, flow: FlowSpec, *, timeout: float = 
     for stage in flow.stages:
         group = topics.group(stage.name)
         topic = inputs[stage.name]
-        committed = _committed(admin, group, topic, topics.partitions)
+        committed = _committed(admin, group, topic, topics.partitions, timeout)
         lag = _records_behind(settings, [
             PartitionLag(topic, p, committed[p], highs[(topic, p)], max(0, highs[(topic, p)] - max(committed[p], 0)))
             for p in range(topics.partitions)], timeout=min(timeout, 5.0))
         mine = [r for r in reports if r.stage == stage.name]
         # The embedded broker describes its groups with no members: live reports count them too.
-        members = max(_members(admin, group), len({r.member for r in mine}))
+        members = max(_members(admin, group, timeout), len({r.member for r in mine}))
         stages.append(StageState(stage.name, group, members, sum(r.rate for r in mine), lag, mine))
     shards = _shards(reports)
     serving = read_serving(settings, flow.name, timeout=timeout)
@@ -135,7 +142,7 @@ def collect_status_by_name(settings: KafkaSettings, flow: str, *, timeout: float
     stages = []
     for name in KINDS:
         mine = [r for r in reports if r.stage == name]
-        members = max(_members(admin, topics.group(name)), len({r.member for r in mine}))
+        members = max(_members(admin, topics.group(name), timeout), len({r.member for r in mine}))
         if members:
             stages.append(StageState(name, topics.group(name), members, sum(r.rate for r in mine), [], mine))
     shards = _shards(reports)
@@ -156,7 +163,7 @@ def running_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[st
     report on ``<flow>.status``."""
     admin = AdminClient(settings.base())
     # A shard's search path assigns itself its partitions (no group): its index path's group says.
-    members = {stage: _described_members(admin, topics.group(stage) + KINDS[stage].liveness_suffix)
+    members = {stage: _described_members(admin, topics.group(stage) + KINDS[stage].liveness_suffix, timeout)
                for stage in stages}
     running = {stage for stage, count in members.items() if count}
     if any(count is None for count in members.values()):
@@ -165,15 +172,16 @@ def running_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[st
     return running
 
 
-def expected_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[str, ...]) -> tuple[str, ...]:
+def expected_stages(settings: KafkaSettings, topics: FlowTopics, stages: tuple[str, ...], *,
+                    timeout: float = 10.0) -> tuple[str, ...]:
     """``stages`` (query-path or answering kinds) as this flow version runs them: in a flow without a
     model the join stage's consumer also reads the query topic and fans out, so no encode stage is
     expected. Told from the join group's assignment; when the broker cannot describe it, all of them."""
     admin = AdminClient(settings.base())
     group = topics.group(JOIN.name)
     try:
-        members = admin.describe_consumer_groups([group])[group].result().members
-    except Exception:  # unknown group, or a broker that does not describe groups: expect every stage
+        members = _describe_group(admin, group, timeout).members
+    except Exception:  # unknown group, a broker that does not describe groups or not in time: expect every stage
         return stages
     read = {tp.topic for member in members if member.assignment for tp in member.assignment.topic_partitions}
     return tuple(s for s in stages if not (topics.query in read and KINDS[s].query_reads == QUERY))
@@ -224,17 +232,19 @@ def why_no_reply(settings: KafkaSettings, topics: FlowTopics, timeout_s: float) 
     to run: no stage runs (and, when the serving version is one nobody runs while another version
     does, which command switches back), one answering stage is missing, or the deadline was short."""
     name, where = topics.flow, settings.bootstrap_servers
-    running = running_stages(settings, topics, ANSWERING_KINDS)
+    check_broker(settings, timeout=PROBE_TIMEOUT_S)  # a broker that does not answer: BrokerError, not a minute a read
+    running = running_stages(settings, topics, ANSWERING_KINDS, timeout=PROBE_TIMEOUT_S)
     if not running:
         others = [v for v in existing_versions(settings, name) if v != topics.version
-                  and running_stages(settings, FlowTopics(name, topics.partitions, v), ANSWERING_KINDS)]
+                  and running_stages(settings, FlowTopics(name, topics.partitions, v), ANSWERING_KINDS,
+                                     timeout=PROBE_TIMEOUT_S)]
         if others:
             return (f"no reply: version {topics.version} of flow {name!r} serves queries but none of its stages "
                     f"runs on {where}; version {others[-1]} runs: switch back with `streamsearch versions --flow "
                     f"{name} --serve {others[-1]}`, or start version {topics.version}'s stages (`streamsearch run` "
                     f"of its YAML)")
         return f"no reply: no stage of flow {name!r} is running on {where}; {START_HINT}"
-    expected = expected_stages(settings, topics, ANSWERING_KINDS)
+    expected = expected_stages(settings, topics, ANSWERING_KINDS, timeout=PROBE_TIMEOUT_S)
     if set(expected) - running:
         missing = " and ".join(sorted(set(expected) - running))
         return (f"no reply: the {missing} stage of flow {name!r} is not running on {where} "
@@ -297,19 +307,41 @@ def _records_behind(settings: KafkaSettings, lags: list[PartitionLag], *, timeou
             for g in lags]
 
 
-def _committed(admin: AdminClient, group: str, topic: str, count: int) -> dict[int, int]:
+def _committed(admin: AdminClient, group: str, topic: str, count: int, timeout: float) -> dict[int, int]:
+    """:raises KafkaException: when the broker refuses it; ``BrokerError`` when it does not answer in time."""
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(count)])
-    result = admin.list_consumer_group_offsets([request])[group].result()
+    result = _answer(admin.list_consumer_group_offsets([request], request_timeout=timeout)[group], timeout,
+                     f"list the committed offsets of group {group}")
     found = {tp.partition: tp.offset for tp in result.topic_partitions}
     return {p: found.get(p, -1) for p in range(count)}
 
 
-def _described_members(admin: AdminClient, group: str) -> int | None:
+def _describe_group(admin: AdminClient, group: str, timeout: float) -> ConsumerGroupDescription:
+    """The broker's description of a consumer group, within ``timeout`` (librdkafka's default is a minute).
+
+    :raises KafkaException: when the broker refuses it; ``BrokerError`` when it does not answer in time.
+    """
+    return _answer(admin.describe_consumer_groups([group], request_timeout=timeout)[group], timeout,
+                   f"describe consumer group {group}")
+
+
+def _answer(future: concurrent.futures.Future[Any], timeout: float, what: str) -> Any:
+    """An admin request's result, waited for a second longer than its ``request_timeout``.
+
+    :raises BrokerError: naming ``what`` when no answer came in time.
+    """
+    try:
+        return future.result(timeout=timeout + 1)
+    except TimeoutError as exc:
+        raise BrokerError(f"the broker did not {what} within {timeout:g}s") from exc
+
+
+def _described_members(admin: AdminClient, group: str, timeout: float) -> int | None:
     """The group's members as the broker describes them; None when it cannot tell: an error, or
     no members in a state other than empty or dead (the memory-only broker describes live groups
     as stable, or unknown, with no members)."""
     try:
-        described = admin.describe_consumer_groups([group])[group].result()
+        described = _describe_group(admin, group, timeout)
     except Exception:
         return None
     if not described.members and described.state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
@@ -317,10 +349,10 @@ def _described_members(admin: AdminClient, group: str) -> int | None:
     return len(described.members)
 
 
-def _members(admin: AdminClient, group: str) -> int:
+def _members(admin: AdminClient, group: str, timeout: float) -> int:
     try:
-        return len(admin.describe_consumer_groups([group])[group].result().members)
-    except Exception:  # an unknown group has no members
+        return len(_describe_group(admin, group, timeout).members)
+    except Exception:  # an unknown group has no members (nor one the broker did not describe in time)
         return 0
 
 
