@@ -338,11 +338,12 @@ def test_search_with_one_shard_paused_is_504_with_partial_results(
     assert response.json()["detail"].startswith("shards")
 
 
-def test_broker_outage_is_503_and_the_bridge_recovers_by_itself(app: FastAPI, broker: LocalBroker) -> None:
+def test_broker_outage_is_503_and_the_bridge_recovers_by_itself(
+        app: FastAPI, broker: LocalBroker, receipt: dict[str, Any]) -> None:
     """A frozen broker (a network partition) is 503 soon after the deadline: the bridge's look at why no
     reply came bounds each broker read (it answered after 144 s, three group descriptions waiting out
     librdkafka's minute each)."""
-    search = {"texts": "bake bread", "deadline_s": 2}
+    search = {"texts": "bake bread", "deadline_s": 2, "after": receipt["offsets"]}
     broker.pause()
     try:
         started = time.monotonic()
