@@ -8,9 +8,12 @@ The client's own send and receive are taken from its wall clock. Timestamps have
 resolution and the processes share one clock (one machine), so per-hop medians are exact to ~1 ms.
 
     python benchmarks/query_hops.py [--vectors 100000] [--queries 200] [--shards 2] [--broker kafka|tansu]
-                                    [--flow nomodel|vectors] [--flat-scan float32|float16] [--bulk N]
+                                    [--flow nomodel|vectors] [--flat-scan float32|float16] [--bulk N] [--fresh]
 
-Prints each hop's p50/p99 beside the in-process FAISS search of the same query on the same vectors.
+Prints each hop's p50/p99 beside the in-process FAISS search of the same query on the same vectors. With
+``--fresh`` each query is write→found (``peers.py``'s freshness): one new document is indexed, acknowledged,
+then searched for by its own vector reading that write (``after=``), and the first hop is the acknowledged
+write; the shard's hop then includes the wait for the write to be applied.
 """
 
 from __future__ import annotations
@@ -68,27 +71,44 @@ def _spread(samples_ms: Iterable[float]) -> tuple[float, float]:
     return percentiles([sample / 1000 for sample in samples_ms])
 
 
-def hops(sent: Mapping[str, tuple[float, float]], stamps: Mapping[str, Mapping[str, list[int]]],
+def hops(sent: Mapping[str, tuple[float, float, float]], stamps: Mapping[str, Mapping[str, list[int]]],
          route: list[tuple[str, str]]) -> list[tuple[str, list[float]]]:
     """Per hop, the milliseconds of every query.
 
-    :param sent: request id -> (wall clock ms at send, at reply received).
+    :param sent: request id -> wall clock ms when the query began, when it was sent (later by a write
+        acknowledged first, with ``--fresh``), when its reply was received.
     :param stamps: topic role -> request id -> record timestamps (ms).
     :param route: (hop name, topic role) in the order a query crosses them; a hop ends at the last record
         of its topic for the request (the slowest shard's partial).
     """
-    names = [name for name, _ in route] + ["client: read and decode the reply"]
+    names = ["client: write one document, acknowledged", *(name for name, _ in route), "client: read and decode the reply"]
     out: list[tuple[str, list[float]]] = [(name, []) for name in names]
-    for request, (send_ms, received_ms) in sent.items():
+    for request, (began_ms, send_ms, received_ms) in sent.items():
         previous = send_ms
         ends = [max(stamps[role].get(request, [0])) for _, role in route]
         if not all(ends):
             continue
-        for (_, samples), end in zip(out, ends):
+        out[0][1].append(send_ms - began_ms)
+        for (_, samples), end in zip(out[1:], ends):
             samples.append(end - previous)
             previous = end
         out[-1][1].append(received_ms - previous)
     return out
+
+
+def _timed_query(client: Any, vector: np.ndarray, fresh_id: str | None) -> tuple[str, tuple[float, float, float]]:
+    """One timed top-10 query: its request id, and the wall clock (ms) when it began, when it was sent (after the
+    acknowledged write of ``fresh_id``, a new document of this vector, when given) and when its reply came.
+
+    :raises RuntimeError: if the fresh document is not in the reply (read-your-writes broken).
+    """
+    began = time.time() * 1000
+    receipt = client.index([Document(id=fresh_id, embedding=vector)]) if fresh_id is not None else None
+    sent = time.time() * 1000
+    reply = client.search(vectors=vector[None, :], top_k=10, timeout_s=10, after=receipt)
+    if fresh_id is not None and fresh_id not in {match.id for match in reply.docs[0].matches}:
+        raise RuntimeError(f"{fresh_id} was written before the search that read it, yet not found")
+    return reply.request_id, (began, sent, time.time() * 1000)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -109,9 +129,8 @@ def run(args: argparse.Namespace) -> None:
             with _bulk_upsert(runtime, vectors[:args.bulk]) as writer:
                 asking = (lambda n: n < len(queries)) if writer is None else (lambda n: writer.is_alive())
                 for n in itertools.takewhile(asking, itertools.count()):
-                    started = time.time() * 1000
-                    reply = client.search(vectors=queries[n % len(queries)][None, :], top_k=10, timeout_s=10)
-                    sent[reply.request_id] = (started, time.time() * 1000)
+                    request_id, times = _timed_query(client, queries[n % len(queries)], f"fresh{n}" if args.fresh else None)
+                    sent[request_id] = times
             topics, reply_topic = runtime.flow.topics, client.reply_topic
             settings = KafkaSettings(bootstrap)
             wanted = set(sent)
@@ -126,13 +145,15 @@ def run(args: argparse.Namespace) -> None:
                       "reply": _timestamps(settings, reply_topic, 1, wanted)}
     baseline = _in_process(vectors, queries, args.shards)
     rows = [(name, [*(f"{v:.1f}" for v in _spread(samples)), str(len(samples))])
-            for name, samples in hops(sent, stamps, route)]
-    total = _spread(received - send for send, received in sent.values())
+            for name, samples in hops(sent, stamps, route) if samples and (args.fresh or not name.startswith("client: write"))]
+    total = _spread(received - began for began, _, received in sent.values())
     rows.append(("**end to end**", [f"{total[0]:.1f}", f"{total[1]:.1f}", str(len(sent))]))
     for label, (p50, p99) in baseline.items():
         rows.append((f"baseline: FAISS flat in-process, {label}", [f"{p50:.1f}", f"{p99:.1f}", str(len(queries))]))
     during = f", while {args.bulk:,} of them are upserted again in acknowledged batches of {BULK_BATCH:,}" \
         if args.bulk else ""
+    if args.fresh:
+        during += ", each after writing one new document of its vector and reading that write (write→found)"
     print(f"\nquery hops: {args.flow} flow, {args.shards} shard(s), flat_scan {args.flat_scan}, {broker_label(args.broker)}, "
           f"{args.vectors:,} vectors, {len(sent)} sequential top-10 queries{during} after {args.warm_up:,} untimed; "
           f"{machine()}; "
@@ -217,6 +238,8 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, default=0,
                         help="upsert this many of the vectors again while querying, and query until it is done "
                              "(--queries then cycles): which hop a bulk ingest slows")
+    parser.add_argument("--fresh", action="store_true",
+                        help="write→found: index one new document of each query's vector first and read that write")
     run(parser.parse_args())
 
 

@@ -30,19 +30,23 @@ def test_peers_prints_a_row_per_system_with_exact_recall() -> None:
     assert "failed" not in done.stdout, done.stdout
 
 
-@pytest.mark.parametrize("bulk", [0, 3000])
-def test_query_hops_times_every_hop_of_every_query_from_its_records(bulk: int) -> None:
+@pytest.mark.parametrize(("bulk", "fresh"), [(0, False), (3000, False), (0, True)])
+def test_query_hops_times_every_hop_of_every_query_from_its_records(bulk: int, fresh: bool) -> None:
     """Each query's records are found on every topic it crosses (matched by request id), so each hop
     row counts all the queries, also those asked while a bulk upsert runs (``--bulk``: as many as ran
-    meanwhile); the benchmark starts its own Apache Kafka broker."""
+    meanwhile) and those that each read a write of their own (``--fresh``: the benchmark fails if one misses
+    its document); the benchmark starts its own Apache Kafka broker."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "query_hops.py"), "--vectors", "3000", "--queries", "20",
-         "--bulk", str(bulk)], capture_output=True, text=True, timeout=600, check=False)
+         "--bulk", str(bulk), *(["--fresh"] if fresh else [])], capture_output=True, text=True, timeout=600,
+        check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
             for line in done.stdout.splitlines() if line.startswith("| ") and "p50 ms" not in line}
     hops = ["client -> query topic (broker append)", "join: fan out", "shard: fetch + search + rank",
             "join: fetch + merge + reply", "client: read and decode the reply", "**end to end**"]
+    assert ("client: write one document, acknowledged" in rows) == fresh, done.stdout
+    hops += ["client: write one document, acknowledged"] if fresh else []
     asked = int(rows["**end to end**"][2])
     assert all(rows[hop][2] == str(asked) for hop in hops), done.stdout
     assert asked == 20 if not bulk else asked >= 1, done.stdout

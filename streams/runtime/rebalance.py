@@ -29,6 +29,9 @@ class Rebalance:
         self._index: InputPath | None = None
         self._query: InputPath | None = None
         self.error: BaseException | None = None
+        self.releases = 0
+        """Times the index path gave partitions up (revoked or lost): a caller holding consumed records of the
+        query path compares it before and after a poll of the index consumer."""
 
     def subscribe(self, index: InputPath | None, query: InputPath | None) -> None:
         self._index, self._query = index, query
@@ -81,6 +84,7 @@ class Rebalance:
     def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self._index is not None
         numbers = [tp.partition for tp in partitions]
+        self.releases += 1
         if (following := self._following()) is not None:
             following.consumer.incremental_unassign([TopicPartition(following.spec.topic, p) for p in numbers])
         if (state := self._index.spec.partition_aware) is not None:

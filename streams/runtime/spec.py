@@ -18,7 +18,8 @@ from streams.kafka.consumer import headers_of
 from streams.wire.headers import Header
 from streams.runtime.reply_topics import ReplyTopics
 
-__all__ = ["FailurePolicy", "Inbound", "Output", "PartitionAware", "PathHandler", "PathSpec", "Restoring", "StageSpec"]
+__all__ = ["AwaitsWrites", "FailurePolicy", "Inbound", "Output", "PartitionAware", "PathHandler", "PathSpec", "Restoring",
+           "StageSpec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,28 @@ class Restoring(PartitionAware):
         reports now (< 0: unknown), returns the offset to go on from."""
 
 
+class AwaitsWrites(abc.ABC):
+    """A query-path handler that holds requests until the index path has applied a write they name
+    (read-your-writes: the shard's searches with ``min_offsets``), declared by subclassing.
+
+    The loop then applies the writes first (``streams/runtime/loop.py``): a batch of requests of which one
+    would be held is answered after what the index consumer has already fetched is applied, so that the
+    held request's search runs beside the others (two shards of one process: side by side, not the held one
+    after the other's search); and while one is held, the idle loop waits on the index consumer, not the
+    query consumer, so the awaited write is applied as soon as it is fetched.
+    """
+
+    @property
+    @abc.abstractmethod
+    def awaiting_writes(self) -> bool:
+        """Whether a request is held for a write not yet applied."""
+
+    @abc.abstractmethod
+    def would_await(self, records: Sequence[Inbound]) -> bool:
+        """Whether one of these requests names a write not yet applied (it would be held). Never raises: a
+        record it cannot read is the handler's to refuse when it processes it."""
+
+
 @dataclass(frozen=True, slots=True)
 class FailurePolicy:
     """What a record that fails alone is, as the stage decides (the loop knows no processor's errors;
@@ -176,6 +199,11 @@ class PathSpec:
     def restoring(self) -> Restoring | None:
         """The handler, if it declares that it restores before it serves."""
         return self.handler if isinstance(self.handler, Restoring) else None
+
+    @property
+    def awaits_writes(self) -> AwaitsWrites | None:
+        """The handler, if it declares that it holds requests for writes of the index path."""
+        return self.handler if isinstance(self.handler, AwaitsWrites) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from streams.kafka.admin import ensure_topics
 from streams.kafka.producer import StageProducer
 from streams.kafka.settings import KafkaSettings
 from streams.runtime.loop import StageLoop
-from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
+from streams.runtime.spec import AwaitsWrites, Inbound, Output, PathSpec, StageSpec
 from streams.wire.topics import TopicShape
 
 pytestmark = pytest.mark.kafka
@@ -52,8 +52,24 @@ class QueryHandler(IndexHandler):
         return []
 
 
-def _loop(settings: KafkaSettings, *, slice_records: int, follow: bool,
-          inflight: Path | None = None) -> tuple[StageLoop, Journal, str, str]:
+class ParkingQueryHandler(QueryHandler, AwaitsWrites):
+    """A query handler that says whether it holds a search for a write (as the shard's does)."""
+
+    def __init__(self, journal: Journal) -> None:
+        super().__init__(journal)
+        self.parked = False
+        self.would = False
+
+    @property
+    def awaiting_writes(self) -> bool:
+        return self.parked
+
+    def would_await(self, records: Sequence[Inbound]) -> bool:
+        return self.would
+
+
+def _loop(settings: KafkaSettings, *, slice_records: int, follow: bool, inflight: Path | None = None,
+          query_handler: type[QueryHandler] = QueryHandler) -> tuple[StageLoop, Journal, str, str]:
     """A loop with both paths built (not subscribed): its query consumer assigned to a new search topic."""
     ingest, search = (f"slices-{name}-{uuid.uuid4().hex[:8]}" for name in ("ingest", "search"))
     ensure_topics(settings, [TopicShape(ingest, 1), TopicShape(search, 1)])
@@ -62,7 +78,7 @@ def _loop(settings: KafkaSettings, *, slice_records: int, follow: bool,
     stage = StageSpec(flow="f", name="index", dead_letter_topic="f.dead-letter", inflight_dir=inflight,
                       index_path=PathSpec(ingest, group, IndexHandler(journal), batch_size=256,
                                           slice_records=slice_records),
-                      query_path=PathSpec(search, f"{group}.search", QueryHandler(journal), follow_index_path=follow))
+                      query_path=PathSpec(search, f"{group}.search", query_handler(journal), follow_index_path=follow))
     loop = StageLoop(stage, settings)
     assert stage.index_path is not None and stage.query_path is not None
     loop._index, loop._query = loop._path(stage.index_path), loop._path(stage.query_path)
@@ -186,3 +202,65 @@ def test_whole_batches_without_slices_or_without_a_query_path_on_the_thread(
     finally:
         _close(loop)
     assert journal.events == [("slice", 16)]
+
+
+def test_while_a_search_awaits_a_write_the_idle_loop_blocks_on_the_index_consumer(
+        kafka_settings: KafkaSettings) -> None:
+    """Idle, a shard's loop blocks on its query consumer; while a search is parked for a write (read-your-writes),
+    on its index consumer instead, so the write is applied as soon as it is fetched, not after the query
+    consumer's idle poll ran out (write→found)."""
+    loop, _, _, _ = _loop(kafka_settings, slice_records=4, follow=True, query_handler=ParkingQueryHandler)
+    assert loop._index is not None and loop._query is not None
+    handler = loop._query.spec.handler
+    assert isinstance(handler, ParkingQueryHandler)
+    waits: list[tuple[str, float]] = []
+    poll = loop._poll
+
+    def timed_poll(path: object, timeout: float) -> bool:
+        waits.append(("index" if path is loop._index else "query", timeout))
+        return poll(path, timeout)  # type: ignore[arg-type]
+
+    loop._poll = timed_poll  # type: ignore[method-assign]
+    try:
+        loop.step()
+        idle = list(waits)
+        waits.clear()
+        handler.parked = True
+        loop.step()
+        parked = list(waits)
+    finally:
+        _close(loop)
+    assert idle == [("query", StageLoop.IDLE_POLL_S), ("index", 0.0)]
+    assert parked == [("query", 0.0), ("index", StageLoop.AWAITING_POLL_S)]
+
+
+@pytest.mark.parametrize("would_await", [True, False])
+def test_a_query_batch_that_would_await_a_write_is_answered_after_the_writes_already_fetched(
+        kafka_settings: KafkaSettings, would_await: bool) -> None:
+    """A search held for a write ran after the other searches of its batch (two shards of one process: one after
+    the other, not side by side); when one would be held, what the index consumer has fetched is applied first,
+    whole (no queries served between its slices: they would overtake the batch that waits). Otherwise the
+    queries go first, as always."""
+    loop, journal, ingest, search = _loop(kafka_settings, slice_records=4, follow=True, query_handler=ParkingQueryHandler)
+    assert loop._index is not None and loop._query is not None
+    handler = loop._query.spec.handler
+    assert isinstance(handler, ParkingQueryHandler)
+    handler.would = would_await
+    producer = StageProducer(kafka_settings)
+    for _ in range(6):
+        producer.produce(ingest, value=b"doc", partition=0)
+    producer.flush()
+    producer.close()
+    loop._index.consumer.assign([TopicPartition(ingest, 0, OFFSET_BEGINNING)])
+    deadline = time.monotonic() + 30
+    while loop._index.consumer.get_watermark_offsets(TopicPartition(ingest, 0), cached=True)[1] != 6:
+        assert time.monotonic() < deadline, "the index consumer never fetched the six records"
+        time.sleep(0.01)  # between checks of the condition: librdkafka's fetcher fills its queue meanwhile
+    _ask(kafka_settings, search)
+    try:
+        while ("search", 1) not in journal.events:
+            assert time.monotonic() < deadline + 30, "the search never arrived"
+            loop._poll(loop._query, 1.0)
+    finally:
+        _close(loop)
+    assert journal.events == ([("slice", 6), ("search", 1)] if would_await else [("search", 1)])

@@ -88,3 +88,28 @@ def test_copies_of_queries_on_two_shards_are_answered_each_from_its_shard_in_rec
     assert [(part.request_id, part.shard) for part in alone] == [("r4", 1)]
     assert ranker.threads == {threading.current_thread().name}  # one shard's batch: no thread to hand it to
     ingest.close()
+
+
+def test_a_batch_would_await_a_write_only_when_a_search_names_an_offset_its_open_shard_has_not_applied(
+        tmp_path: Path) -> None:
+    """What the loop asks before answering a batch (``AwaitsWrites.would_await``): a search naming an offset its
+    shard has applied, no offset, or only another shard's offset is answered at once; one naming an offset
+    ahead would be held; a record that cannot be read says nothing (``process`` refuses it)."""
+    states = ShardStates(root=tmp_path, flow=TOPICS.flow, config=CompoundIndexerConfig(dim=DIM))
+    ingest = ShardIngest(states=states, topics=TOPICS)
+    search = ShardSearch(states=states, ranker=Chunk2DocRanker(), topics=TOPICS)
+    ingest.assigned([0, 1])
+    ingest.process([_doc(0, offset, doc_id) for offset, doc_id in enumerate(_ids_on(0, 3))])
+    for p in (0, 1):
+        ingest.end_reached(p)
+    broken = Inbound(TOPICS.search, 0, 1, b"r9", b"\xff\x00not avro", {h.SCHEMA: REQUEST.header()[1]})
+    assert not search.would_await([_search(0, "r1"), _search(0, "r2", min_offsets={0: 2}),
+                                   _search(1, "r3", min_offsets={0: 99}), broken])
+    assert search.would_await([broken, _search(0, "r4", min_offsets={0: 3})])
+    assert not search.awaiting_writes
+    search.process([_search(0, "r5", min_offsets={0: 3})])
+    assert search.awaiting_writes
+    ingest.process([_doc(0, 3, _ids_on(0, 4)[3])])
+    assert [part.request_id for part in _parts(search.tick())] == ["r5"]
+    assert not search.awaiting_writes
+    ingest.close()
