@@ -60,7 +60,8 @@ class StageLoop:
     IDLE_POLL_S = 0.02
     AWAITING_POLL_S = 0.005
     """How long an idle loop blocks on the index consumer while a search awaits a write there (``AwaitsWrites``):
-    the write is taken as soon as it is fetched, and a new query waits this long at most meanwhile."""
+    the write is taken as soon as it is fetched; a new query waits this long meanwhile, and for the first slice of
+    what that poll brings."""
     WATCH_EVERY_S = 0.1
     KEEPALIVE_S = 2.0
     REPORT_EVERY_S = 5.0
@@ -240,10 +241,13 @@ class StageLoop:
 
     def _writes_first(self, records: list[Inbound]) -> bool:
         """Whether this query batch, served on this thread, would hold a request for a write of the index path
-        not yet applied (``AwaitsWrites``), while no index batch is under way (between its slices)."""
+        not yet applied (``AwaitsWrites``), while no index batch is under way (between its slices) and the index
+        path has no backlog (its last poll found nothing): what it has fetched since is then a few writes, most
+        likely the awaited one. Behind a bulk ingest the awaited write is further back, and applying a whole
+        batch first would hold every query of this batch for it, where a slice holds them otherwise."""
         held = self._query.spec.awaits_writes if self._query is not None else None
         return (held is not None and self._index is not None and self._serves_query_path_inline()
-                and not self._between_slices and held.would_await(records))
+                and not self._between_slices and not self._index_has_backlog and held.would_await(records))
 
     def _apply_fetched_writes(self, records: list[Inbound]) -> list[Inbound]:
         """Apply what the index consumer has fetched (most likely the write a request of ``records`` names),

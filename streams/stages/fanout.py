@@ -289,7 +289,9 @@ class QueryFanout(PathHandler):
         headers = query_headers(request.request_id, request.reply_to, request.deadline_ms, created_ms)
         value, search_headers = REQUEST.encode_record(request, headers)
         for shard in shards:
-            outputs.append(Output(self._topics.search, value, request.request_id, shard, search_headers))
+            wanted = request.min_offsets.get(shard)
+            copy_headers = search_headers if wanted is None else (*search_headers, h.int_header(h.MIN_INGEST_OFFSET, wanted))
+            outputs.append(Output(self._topics.search, value, request.request_id, shard, copy_headers))
         opening = PartialResult(
             request_id=request.request_id, shard=-1, expected_shards=shards, reply_to=request.reply_to,
             deadline_ms=request.deadline_ms, parameters=request.parameters,

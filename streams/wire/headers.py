@@ -9,6 +9,7 @@ __all__ = [
     "Header",
     "SCHEMA",
     "INGEST_OFFSET",
+    "MIN_INGEST_OFFSET",
     "DEADLINE_MS",
     "TIMEOUT_MS",
     "REQUEST_ID",
@@ -28,6 +29,10 @@ SCHEMA = "ss-schema"
 """The CRC-64-AVRO fingerprint of the record's writer schema (``streams.wire.codec``)."""
 INGEST_OFFSET = "ss-ingest-offset"
 """The ingest-topic offset a record derives from: shard p's freshness watermark."""
+MIN_INGEST_OFFSET = "ss-min-ingest-offset"
+"""A search copy's: the ingest offset its partition's shard must have applied before answering (the request's
+``min_offsets`` entry for that partition, read-your-writes), so that the shard can tell a copy will wait
+without decoding it. The request's own ``min_offsets`` stay what the shard waits for."""
 DEADLINE_MS = "ss-deadline-ms"
 """Query-path records: epoch ms after which nobody waits. On ``<flow>.query`` the client's clock's
 (the encode stage rebases it, see ``TIMEOUT_MS``); downstream the flow's."""

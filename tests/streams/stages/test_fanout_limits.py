@@ -80,3 +80,13 @@ def test_filter_by_a_field_the_flow_lacks_is_refused() -> None:
 def test_plausible_after_offsets_fan_out() -> None:
     outputs = fanout().process([inbound({}, after={0: 12, 1: 2**53 - 1})])
     assert REQUEST.decode(outputs[0].value).min_offsets == {0: 12, 1: 2**53 - 1}
+
+
+def test_each_search_copy_names_in_a_header_the_offset_its_shard_must_have_applied() -> None:
+    """``ss-min-ingest-offset``: the copy for partition p carries ``min_offsets[p]``, a copy for a partition the
+    request names no offset for carries none (the shard reads it to know, undecoded, that a copy will wait)."""
+    outputs = fanout().process([inbound({}, after={1: 40})])
+    copies = {o.partition: dict(o.headers) for o in outputs if o.topic == TOPICS.search}
+    assert sorted(copies) == [0, 1]
+    assert h.MIN_INGEST_OFFSET not in copies[0]
+    assert h.read_int(copies[1], h.MIN_INGEST_OFFSET) == 40

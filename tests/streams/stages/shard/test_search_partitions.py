@@ -57,8 +57,11 @@ def _search(partition: int, request_id: str, min_offsets: dict[int, int] | None 
     request = Request(request_id=request_id, kind="search", reply_to="parts.reply.t", deadline_ms=later_ms(),
                       docs=[Document(id="q", embedding=np.eye(DIM, dtype=np.float32)[0])],
                       parameters={"top_k": 3}, min_offsets=min_offsets or {})
+    headers = [h.int_header(h.DEADLINE_MS, request.deadline_ms)]
+    if partition in request.min_offsets:  # as the fan-out writes each copy
+        headers.append(h.int_header(h.MIN_INGEST_OFFSET, request.min_offsets[partition]))
     return Inbound(TOPICS.search, partition, 0, request_id.encode(), REQUEST.encode(request),
-                   {h.SCHEMA: REQUEST.header()[1], **dict([h.int_header(h.DEADLINE_MS, request.deadline_ms)])})
+                   {h.SCHEMA: REQUEST.header()[1], **dict(headers)})
 
 
 def _parts(outputs: Sequence[Any]) -> list[PartialResult]:
@@ -90,11 +93,13 @@ def test_copies_of_queries_on_two_shards_are_answered_each_from_its_shard_in_rec
     ingest.close()
 
 
-def test_a_batch_would_await_a_write_only_when_a_search_names_an_offset_its_open_shard_has_not_applied(
+def test_a_batch_would_await_a_write_only_when_a_copy_names_an_offset_its_open_shard_has_not_applied(
         tmp_path: Path) -> None:
-    """What the loop asks before answering a batch (``AwaitsWrites.would_await``): a search naming an offset its
-    shard has applied, no offset, or only another shard's offset is answered at once; one naming an offset
-    ahead would be held; a record that cannot be read says nothing (``process`` refuses it)."""
+    """What the loop asks before answering a batch (``AwaitsWrites.would_await``), from each copy's
+    ``ss-min-ingest-offset`` header, never decoding (the crash-loop breaker has not noted the batch yet): a copy
+    naming an offset its shard has applied, none, or a header that is not a number is answered at once; one naming
+    an offset ahead would be held. A copy without the header (an older fan-out's) is not waited for here, only
+    in ``process``."""
     states = ShardStates(root=tmp_path, flow=TOPICS.flow, config=CompoundIndexerConfig(dim=DIM))
     ingest = ShardIngest(states=states, topics=TOPICS)
     search = ShardSearch(states=states, ranker=Chunk2DocRanker(), topics=TOPICS)
@@ -102,9 +107,11 @@ def test_a_batch_would_await_a_write_only_when_a_search_names_an_offset_its_open
     ingest.process([_doc(0, offset, doc_id) for offset, doc_id in enumerate(_ids_on(0, 3))])
     for p in (0, 1):
         ingest.end_reached(p)
-    broken = Inbound(TOPICS.search, 0, 1, b"r9", b"\xff\x00not avro", {h.SCHEMA: REQUEST.header()[1]})
-    assert not search.would_await([_search(0, "r1"), _search(0, "r2", min_offsets={0: 2}),
-                                   _search(1, "r3", min_offsets={0: 99}), broken])
+    broken = Inbound(TOPICS.search, 0, 1, b"r9", b"\xff\x00not avro", {h.MIN_INGEST_OFFSET: b"ahead"})
+    older = _search(0, "r0", min_offsets={0: 99})
+    older = Inbound(older.topic, older.partition, older.offset, older.key, older.value,
+                    {k: v for k, v in older.headers.items() if k != h.MIN_INGEST_OFFSET})
+    assert not search.would_await([_search(0, "r1"), _search(0, "r2", min_offsets={0: 2}), broken, older])
     assert search.would_await([broken, _search(0, "r4", min_offsets={0: 3})])
     assert not search.awaiting_writes
     search.process([_search(0, "r5", min_offsets={0: 3})])
