@@ -266,7 +266,7 @@ class StageLoop:
             self._writes_applying = False
         if self._rebalance.releases == releases:
             return records
-        assigned = {(tp.topic, tp.partition) for tp in self._query.consumer.assignment()}
+        assigned = self._query.assignment()
         return [record for record in records if (record.topic, record.partition) in assigned]
 
     def _awaiting_writes(self, query: InputPath | None) -> bool:
@@ -340,7 +340,7 @@ class StageLoop:
     def _gather(self, path: InputPath, messages: list[Message]) -> list[Message]:
         """What arrives for the path's other assigned partitions within ``PathSpec.gather_ms``, stopping as
         soon as every one has a record (or the batch is full)."""
-        wanted = {tp.partition for tp in path.consumer.assignment()}
+        wanted = {partition for _, partition in path.assignment()}
         seen = {msg.partition() for msg in messages if msg.error() is None}
         more: list[Message] = []
         deadline = time.monotonic() + path.spec.gather_ms / 1000

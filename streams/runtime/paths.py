@@ -36,6 +36,18 @@ class InputPath:
         """Runs a stateless handler's batch while the path's thread keeps its consumer in the group."""
         self.restore: RestoreHooks | None = None
         """Tells a restoring handler what the consumer sees."""
+        self.mirrored: set[int] | None = None
+        """A path that follows the index path (``PathSpec.follow_index_path``): the partitions the index path's
+        rebalances assigned it (``Rebalance``), None for any other path. Read instead of ``consumer.assignment()``,
+        a round trip to librdkafka's main thread: 0.3 ms of each query batch on a loaded host (py-spy, a shard's
+        ``_gather``, ``benchmarks/query_hops.py``)."""
+
+    def assignment(self) -> set[tuple[str, int]]:
+        """(topic, partition) of what this path's consumer is assigned: ``mirrored`` where the loop keeps it,
+        else librdkafka's."""
+        if self.mirrored is not None:
+            return {(self.spec.topic, partition) for partition in self.mirrored}
+        return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
     @property
     def transactional(self) -> bool:

@@ -35,6 +35,8 @@ class Rebalance:
 
     def subscribe(self, index: InputPath | None, query: InputPath | None) -> None:
         self._index, self._query = index, query
+        if (following := self._following()) is not None:
+            following.mirrored = set()
         if query is not None and not query.spec.follow_index_path:
             query.consumer.subscribe(query.spec.topics, on_revoke=self._guarded(self._on_revoke_query))
         if index is not None:
@@ -71,6 +73,7 @@ class Rebalance:
         consumer.incremental_assign(partitions)
         if (following := self._following()) is not None:
             following.consumer.incremental_assign([TopicPartition(following.spec.topic, p) for p in numbers])
+            following.mirrored = (following.mirrored or set()) | set(numbers)
         logger.info("partitions assigned", extra={"stage": self._stage, "partitions": numbers})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -87,6 +90,7 @@ class Rebalance:
         self.releases += 1
         if (following := self._following()) is not None:
             following.consumer.incremental_unassign([TopicPartition(following.spec.topic, p) for p in numbers])
+            following.mirrored = (following.mirrored or set()) - set(numbers)
         if (state := self._index.spec.partition_aware) is not None:
             state.revoked(numbers)
         consumer.incremental_unassign(partitions)

@@ -86,3 +86,20 @@ def test_a_record_without_a_sibling_is_held_no_longer_than_the_window(kafka_sett
         assert loop._gather(path, _first(path)) == []
     finally:
         path.consumer.close()
+
+
+def test_a_path_that_follows_the_index_path_gathers_for_the_partitions_mirrored_to_it(
+        kafka_settings: KafkaSettings) -> None:
+    """The shard's search path: the partitions it waits for are those the index path's rebalance mirrored to it
+    (``InputPath.mirrored``), not asked of librdkafka on every batch."""
+    loop, path, topic = _path(kafka_settings, partitions=2, gather_ms=60_000)
+    path.mirrored = {0}  # the consumer holds both partitions; the index path gave this process shard 0 only
+    _write(kafka_settings, topic, 0, b"copy for shard 0")
+    first = _first(path)
+    other = threading.Thread(target=_write, args=(kafka_settings, topic, 1, b"not this process's shard"))
+    other.start()  # a gather for every partition of the consumer would wait for it and take it
+    try:
+        assert loop._gather(path, first) == []  # at once: no partition of its own is missing
+    finally:
+        other.join()
+        path.consumer.close()
