@@ -187,7 +187,7 @@ class StageLoop:
             path.keepalive = KeepAlive(self.spec.name, self.KEEPALIVE_S)
         if spec.restoring is not None:
             path.restore = RestoreHooks(spec.restoring, consumer, stage=self.spec.name,
-                                        watch_every_s=self.WATCH_EVERY_S)
+                                        watch_every_s=self.WATCH_EVERY_S, assignment=path.assignment)
         path.failures = Failures(spec.handler, self.spec.failure_policy, emit=functools.partial(self._emit, path),
                                  keep=functools.partial(self._letters.keep, producer), flow=self.spec.flow,
                                  stage=self.spec.name,

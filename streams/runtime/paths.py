@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from confluent_kafka import Consumer
 
@@ -36,17 +36,32 @@ class InputPath:
         """Runs a stateless handler's batch while the path's thread keeps its consumer in the group."""
         self.restore: RestoreHooks | None = None
         """Tells a restoring handler what the consumer sees."""
-        self.mirrored: set[int] | None = None
-        """A path that follows the index path (``PathSpec.follow_index_path``): the partitions the index path's
-        rebalances assigned it (``Rebalance``), None for any other path. Read instead of ``consumer.assignment()``,
-        a round trip to librdkafka's main thread: 0.3 ms of each query batch on a loaded host (py-spy, a shard's
-        ``_gather``, ``benchmarks/query_hops.py``)."""
+        self.assigned: set[int] | None = None
+        """The partitions of ``spec.topic`` this path's consumer holds, kept by the rebalance callbacks that assign
+        them (``Rebalance``: the index path, and a path that follows it); None where librdkafka alone knows. Read
+        instead of ``consumer.assignment()``, a round trip to librdkafka's main thread, which a busy consumer
+        answers late: 0.3 ms of each query batch's gather, and 3 % of an index stage's main thread applying a
+        bulk insert (py-spy, ``benchmarks/query_hops.py``: the restore watch asked every 0.1 s)."""
+
+    def keep_assignment(self) -> None:
+        """From now on the loop's rebalance callbacks tell this path what they assign (:meth:`took`,
+        :meth:`gave_up`); a path of several topics is left to librdkafka."""
+        if not self.spec.also_reads:
+            self.assigned = set()
+
+    def took(self, partitions: Iterable[int]) -> None:
+        if self.assigned is not None:
+            self.assigned |= set(partitions)
+
+    def gave_up(self, partitions: Iterable[int]) -> None:
+        if self.assigned is not None:
+            self.assigned -= set(partitions)
 
     def assignment(self) -> set[tuple[str, int]]:
-        """(topic, partition) of what this path's consumer is assigned: ``mirrored`` where the loop keeps it,
+        """(topic, partition) of what this path's consumer is assigned: ``assigned`` where the loop keeps it,
         else librdkafka's."""
-        if self.mirrored is not None:
-            return {(self.spec.topic, partition) for partition in self.mirrored}
+        if self.assigned is not None:
+            return {(self.spec.topic, partition) for partition in self.assigned}
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
     @property

@@ -35,8 +35,9 @@ class Rebalance:
 
     def subscribe(self, index: InputPath | None, query: InputPath | None) -> None:
         self._index, self._query = index, query
-        if (following := self._following()) is not None:
-            following.mirrored = set()
+        for path in (index, self._following()):
+            if path is not None:
+                path.keep_assignment()
         if query is not None and not query.spec.follow_index_path:
             query.consumer.subscribe(query.spec.topics, on_revoke=self._guarded(self._on_revoke_query))
         if index is not None:
@@ -71,9 +72,10 @@ class Rebalance:
             if tp.partition in starts:
                 tp.offset = starts[tp.partition]
         consumer.incremental_assign(partitions)
+        self._index.took(numbers)
         if (following := self._following()) is not None:
             following.consumer.incremental_assign([TopicPartition(following.spec.topic, p) for p in numbers])
-            following.mirrored = (following.mirrored or set()) | set(numbers)
+            following.took(numbers)
         logger.info("partitions assigned", extra={"stage": self._stage, "partitions": numbers})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -90,10 +92,11 @@ class Rebalance:
         self.releases += 1
         if (following := self._following()) is not None:
             following.consumer.incremental_unassign([TopicPartition(following.spec.topic, p) for p in numbers])
-            following.mirrored = (following.mirrored or set()) - set(numbers)
+            following.gave_up(numbers)
         if (state := self._index.spec.partition_aware) is not None:
             state.revoked(numbers)
         consumer.incremental_unassign(partitions)
+        self._index.gave_up(numbers)
         logger.info("partitions revoked", extra={"stage": self._stage, "partitions": numbers})
 
     def _on_revoke_query(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

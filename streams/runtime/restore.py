@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -20,9 +20,13 @@ logger = logging.getLogger(__name__)
 class RestoreHooks:
     """One restoring handler and the consumer of its path."""
 
-    def __init__(self, handler: Restoring, consumer: Consumer, *, stage: str, watch_every_s: float) -> None:
+    def __init__(self, handler: Restoring, consumer: Consumer, *, stage: str, watch_every_s: float,
+                 assignment: Callable[[], set[tuple[str, int]]] | None = None) -> None:
+        """:param assignment: (topic, partition) the consumer holds (``InputPath.assignment``: kept by the loop,
+            not asked of a busy librdkafka); by default ``consumer.assignment()``."""
         self._handler = handler
         self._consumer = consumer
+        self._assignment = assignment or (lambda: {(tp.topic, tp.partition) for tp in consumer.assignment()})
         self._stage = stage
         self._every_s = watch_every_s
         self._next_watch = 0.0
@@ -33,15 +37,15 @@ class RestoreHooks:
         if now < self._next_watch:
             return
         self._next_watch = now + self._every_s
-        for tp in self._consumer.assignment():
+        for topic, partition in sorted(self._assignment()):
             try:
-                low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
             except KafkaException:
                 continue
-            seek_to = self._handler.watermarks(tp.partition, low, high)
+            seek_to = self._handler.watermarks(partition, low, high)
             if seek_to is not None:
-                self._consumer.seek(TopicPartition(tp.topic, tp.partition, seek_to))
-                logger.info("seeked", extra={"stage": self._stage, "topic": tp.topic, "partition": tp.partition,
+                self._consumer.seek(TopicPartition(topic, partition, seek_to))
+                logger.info("seeked", extra={"stage": self._stage, "topic": topic, "partition": partition,
                                              "offset": seek_to})
 
     def ends(self, partitions: Sequence[int]) -> None:

@@ -91,9 +91,9 @@ def test_a_record_without_a_sibling_is_held_no_longer_than_the_window(kafka_sett
 def test_a_path_that_follows_the_index_path_gathers_for_the_partitions_mirrored_to_it(
         kafka_settings: KafkaSettings) -> None:
     """The shard's search path: the partitions it waits for are those the index path's rebalance mirrored to it
-    (``InputPath.mirrored``), not asked of librdkafka on every batch."""
+    (``InputPath.assigned``), not asked of librdkafka on every batch."""
     loop, path, topic = _path(kafka_settings, partitions=2, gather_ms=60_000)
-    path.mirrored = {0}  # the consumer holds both partitions; the index path gave this process shard 0 only
+    path.assigned = {0}  # the consumer holds both partitions; the index path gave this process shard 0 only
     _write(kafka_settings, topic, 0, b"copy for shard 0")
     first = _first(path)
     other = threading.Thread(target=_write, args=(kafka_settings, topic, 1, b"not this process's shard"))
