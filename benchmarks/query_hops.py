@@ -9,6 +9,7 @@ resolution and the processes share one clock (one machine), so per-hop medians a
 
     python benchmarks/query_hops.py [--vectors 100000] [--queries 200] [--shards 2] [--broker kafka|tansu]
                                     [--flow nomodel|vectors] [--flat-scan float32|float16] [--bulk N] [--fresh]
+                                    [--chunk-oversample N]
 
 Prints each hop's p50/p99 beside the in-process FAISS search of the same query on the same vectors. With
 ``--fresh`` each query is write→found (``peers.py``'s freshness): one new document is indexed, acknowledged,
@@ -115,6 +116,8 @@ def run(args: argparse.Namespace) -> None:
     spec = yaml.safe_load(FLOWS[args.flow])
     spec["stages"]["index"]["shards"] = args.shards
     spec["stages"]["index"]["with"]["flat_scan"] = args.flat_scan
+    if args.chunk_oversample is not None:
+        spec["search"]["chunk_oversample"] = args.chunk_oversample
     vectors = unit_vectors(args.vectors, seed=7)
     queries = unit_vectors(args.queries, seed=8)
     with tempfile.TemporaryDirectory(prefix="hops-") as state, fresh_broker(args.broker) as bootstrap:
@@ -154,7 +157,8 @@ def run(args: argparse.Namespace) -> None:
         if args.bulk else ""
     if args.fresh:
         during += ", each after writing one new document of its vector and reading that write (write→found)"
-    print(f"\nquery hops: {args.flow} flow, {args.shards} shard(s), flat_scan {args.flat_scan}, {broker_label(args.broker)}, "
+    print(f"\nquery hops: {args.flow} flow, {args.shards} shard(s), flat_scan {args.flat_scan}, "
+          f"chunk_oversample {spec['search']['chunk_oversample']}, {broker_label(args.broker)}, "
           f"{args.vectors:,} vectors, {len(sent)} sequential top-10 queries{during} after {args.warm_up:,} untimed; "
           f"{machine()}; "
           f"load {os.getloadavg()[0]:.2f}")
@@ -231,6 +235,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--warm-up", type=int, default=WARM_UP_QUERIES, help="untimed queries before the timed ones")
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--chunk-oversample", type=int, default=None,
+                        help="vectors a shard reads per wanted document (default: the flow's, 1; a flow's default is 5)")
     parser.add_argument("--broker", choices=("kafka", "tansu"), default="kafka")
     parser.add_argument("--flow", choices=tuple(FLOWS), default="nomodel")
     parser.add_argument("--flat-scan", choices=FLAT_SCANS, default="float32",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -142,13 +143,55 @@ class Change:
     shard encodes ``doc``. Must decode to ``doc`` without embeddings and blobs."""
 
 
-@dataclass(frozen=True, slots=True)
 class Hit:
-    """One vector hit: the indexed node, the root document it belongs to and its score."""
+    """One vector hit: its score, the root document it belongs to and the indexed node.
 
-    root: Document
-    node: Document
-    score: Score
+    A shard's hits may read their documents only when asked (:meth:`deferred`): a window reads
+    ``top_k × chunk_oversample`` vectors, and reading, decoding and copying every hit's document cost a shard
+    more than its scan (100,000 384-d vectors, top 10 of 50 hits: 3.7 ms of Python against 5.4 ms of FAISS a
+    query, cProfile); a ranker that keeps ``top_k`` documents reads theirs only. ``doc_id`` never reads.
+    """
+
+    __slots__ = ("_node", "_read", "_root", "doc_id", "score")
+
+    def __init__(self, root: Document, node: Document, score: Score) -> None:
+        self.score = score
+        self.doc_id = root.id
+        self._read: Callable[[], tuple[Document, Document] | None] | None = None
+        self._root: Document | None = root
+        self._node: Document | None = node
+
+    @classmethod
+    def deferred(cls, doc_id: str, score: Score, read: Callable[[], tuple[Document, Document] | None]) -> Hit:
+        """A hit whose root and node ``read`` gives when first asked for, or None if the document is gone."""
+        hit = cls.__new__(cls)
+        hit.score, hit.doc_id, hit._read, hit._root, hit._node = score, doc_id, read, None, None
+        return hit
+
+    @property
+    def held(self) -> bool:
+        """Whether its document is there to read (reads it); a hit that is not is skipped by rankers."""
+        if self._read is not None:
+            read, self._read = self._read, None
+            self._root, self._node = read() or (None, None)
+        return self._root is not None
+
+    @property
+    def root(self) -> Document:
+        """:raises LookupError: if its document is gone (:attr:`held` says)."""
+        if not self.held:
+            raise LookupError(f"hit of document {self.doc_id!r}: the document is not held")
+        return self._root  # type: ignore[return-value]
+
+    @property
+    def node(self) -> Document:
+        """:raises LookupError: if its document is gone (:attr:`held` says)."""
+        if not self.held:
+            raise LookupError(f"hit of document {self.doc_id!r}: the document is not held")
+        return self._node  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"Hit(doc_id={self.doc_id!r}, score={self.score!r})"
 
 
 @dataclass(frozen=True, slots=True)

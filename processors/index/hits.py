@@ -7,11 +7,13 @@ from the stored ones when the shard opens.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from processors.document import Direction, Document, Score, copy_tree
+from processors.document import Direction, Document, Score
 from processors.index.base import Hit, SearchTuning, VectorIndex
 from processors.index.faiss_flat import FlatVectorIndex
 from processors.index.store import Owner, ShardStore
@@ -60,7 +62,8 @@ def row_hits(op_name: str, direction: Direction, row_scores: np.ndarray, row_ids
              owners: VectorOwners, store: ShardStore, roots: dict[str, Document | None],
              vectors: FlatVectorIndex | None = None) -> list[Hit]:
     """One query's hits from its row of ids and scores: owners looked up, ties cut by document id,
-    ``top_k`` kept.
+    ``top_k`` kept. Each hit reads its document when a ranker asks for it (``Hit.deferred``): the owners say
+    whose node a vector is without reading; a document gone from the store leaves its hit not ``held``.
 
     :param roots: the root documents read so far for this search, shared by its queries.
     :param vectors: give each hit's node its vector from this index (the exact one, which holds every one);
@@ -71,24 +74,24 @@ def row_hits(op_name: str, direction: Direction, row_scores: np.ndarray, row_ids
              if (owner := owners.get(int(vid))) is not None]
     # Equal scores in document id order, then node path: never in the order vectors were added.
     found.sort(key=lambda hit: (hit[0].sort_key(), hit[1][0], hit[1][1]))
-    kept: list[tuple[Hit, int]] = []
-    for score, (doc_id, path, _), vid in found:
-        if len(kept) == top_k:
-            break
-        if doc_id not in roots:
-            roots[doc_id] = store.document(doc_id)
-        root = roots[doc_id]
-        if root is None:
-            continue
-        node = copy_tree(node_at(root, path))
-        node.chunks, node.matches = [], []
-        node.scores = {**node.scores, "score": score}
-        kept.append((Hit(root=root, node=node, score=score), vid))
+    return [Hit.deferred(doc_id, score, functools.partial(_read_hit, doc_id, path, score, vid, store, roots, vectors))
+            for score, (doc_id, path, _), vid in found[:top_k]]
+
+
+def _read_hit(doc_id: str, path: str, score: Score, vid: int, store: ShardStore, roots: dict[str, Document | None],
+              vectors: FlatVectorIndex | None) -> tuple[Document, Document] | None:
+    """A hit's root document (read once per search) and a copy of its node alone, scored; None if it is gone."""
+    if doc_id not in roots:
+        roots[doc_id] = store.document(doc_id)
+    root = roots[doc_id]
+    if root is None:
+        return None
+    node = node_at(root, path)
+    node = dataclasses.replace(node, chunks=[], matches=[], tags=dict(node.tags), location=list(node.location),
+                               scores={**node.scores, "score": score})
     if vectors is not None:
-        stored = vectors.vectors(np.array([vid for _, vid in kept], dtype=np.int64))
-        for (hit, _), vector in zip(kept, stored):
-            hit.node.embedding = vector
-    return [hit for hit, _ in kept]
+        node.embedding = vectors.vectors(np.array([vid], dtype=np.int64))[0]
+    return root, node
 
 
 def search_past_ties(index: VectorIndex, queries: np.ndarray, top_k: int, tuning: SearchTuning,

@@ -123,7 +123,10 @@ class WindowedSearch:
                 break
             hits = search(pending, window)
             read += sum(len(row) for row in hits)
-            ranked = self._ranker.run(hits=hits, top_k=max(1, max(len(row) for row in hits))).matches
+            # Without operations the window's answer is the ranker's top_k; with them, every document it found
+            # (a filter passes some, and the next ones fill in).
+            depth = top_k if not operations else max(1, max(len(row) for row in hits))
+            ranked = self._ranker.run(hits=hits, top_k=depth).matches
             still = []
             for row, row_hits, matches in zip(pending, hits, ranked):
                 answers[row] = dataclasses.replace(answers[row], matches=list(matches))

@@ -120,3 +120,45 @@ class TestEqualScores:
         shards = [[match("d"), match("a")], [match("c")], [match("b"), match("e")]]
         answers = {tuple(m.id for m in merge_matches(order, 3)) for order in itertools.permutations(shards)}
         assert answers == {("a", "b", "c")}
+
+
+class TestDeferredHits:
+    """A shard's hits read their documents when asked (``Hit.deferred``): the ranker reads those it keeps only."""
+
+    @staticmethod
+    def _deferred(root_id: str, chunk: int, value: float, reads: list[str], *, gone: bool = False) -> Hit:
+        eager = hit(root_id, chunk, value, SIM)
+
+        def read() -> tuple[Document, Document] | None:
+            reads.append(f"{root_id}/{chunk}")
+            return None if gone else (eager.root, eager.node)
+
+        return Hit.deferred(root_id, eager.score, read)
+
+    def test_only_the_kept_documents_are_read_and_ranked_as_if_all_were(self) -> None:
+        reads: list[str] = []
+        values = {"a": [0.9, 0.1], "b": [0.5], "c": [0.7, 0.6], "d": [0.3], "e": [0.8]}
+        deferred = [self._deferred(doc, i, v, reads) for doc, vs in values.items() for i, v in enumerate(vs)]
+        eager = [hit(doc, i, v, SIM) for doc, vs in values.items() for i, v in enumerate(vs)]
+        ranker = Chunk2DocRanker(Chunk2DocRankerConfig(aggregation="mean"))
+        kept = ranker.run(hits=[deferred], top_k=2).matches[0]
+        assert kept == ranker.run(hits=[eager], top_k=5).matches[0][:2]
+        assert [m.id for m in kept] == ["e", "c"]
+        assert sorted(reads) == ["c/0", "c/1", "e/0"]  # nothing of a, b or d
+
+    def test_a_document_gone_from_the_store_is_passed_over_for_the_next(self) -> None:
+        reads: list[str] = []
+        hits = [self._deferred("a", 0, 0.9, reads, gone=True), self._deferred("b", 0, 0.8, reads),
+                self._deferred("c", 0, 0.7, reads)]
+        assert [m.id for m in Chunk2DocRanker().run(hits=[hits], top_k=2).matches[0]] == ["b", "c"]
+        assert reads == ["a/0", "b/0", "c/0"]
+        assert not hits[0].held
+        with pytest.raises(LookupError, match="'a'"):
+            _ = hits[0].root
+
+    def test_a_hit_reads_its_document_once(self) -> None:
+        reads: list[str] = []
+        deferred = self._deferred("a", 0, 0.9, reads)
+        assert deferred.doc_id == "a" and reads == []
+        assert deferred.root.id == "a" and deferred.node.id == "a/0" and deferred.held
+        assert reads == ["a/0"]
