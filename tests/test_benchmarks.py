@@ -94,6 +94,17 @@ def test_shard_apply_times_both_shapes_beside_the_in_process_floor() -> None:
     assert all(float(cell.replace(",", "")) > 0 for row in rows for cell in row), done.stdout
 
 
+def test_shard_search_times_the_handler_beside_the_scans_it_runs() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shard_search.py"), "--vectors", "2000",
+                           "--queries", "20", "--flat-scan", "float16"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [float(cell) for cell in line.split("|")[2:-1]]
+            for line in done.stdout.splitlines() if line.startswith("| ") and "p50 ms" not in line}
+    assert len(rows) == 4 and all(0 < p50 <= p99 for p50, p99 in rows.values()), done.stdout
+    assert "top 10 documents of 50 vectors (chunk_oversample 5)" in done.stdout
+
+
 def test_encoder_compares_count_budget_and_int8_each_against_the_first() -> None:
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "encoder.py"), "--docs", "12", "--rounds", "1",
                            "--batch-tokens", "512", "--burst-load"],
