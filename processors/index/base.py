@@ -179,16 +179,17 @@ class Hit:
     @property
     def root(self) -> Document:
         """:raises LookupError: if its document is gone (:attr:`held` says)."""
-        if not self.held:
-            raise LookupError(f"hit of document {self.doc_id!r}: the document is not held")
-        return self._root  # type: ignore[return-value]
+        return self._read_or_raise()[0]
 
     @property
     def node(self) -> Document:
         """:raises LookupError: if its document is gone (:attr:`held` says)."""
+        return self._read_or_raise()[1]
+
+    def _read_or_raise(self) -> tuple[Document, Document]:
         if not self.held:
             raise LookupError(f"hit of document {self.doc_id!r}: the document is not held")
-        return self._node  # type: ignore[return-value]
+        return self._root, self._node  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return f"Hit(doc_id={self.doc_id!r}, score={self.score!r})"

@@ -21,12 +21,12 @@ class RestoreHooks:
     """One restoring handler and the consumer of its path."""
 
     def __init__(self, handler: Restoring, consumer: Consumer, *, stage: str, watch_every_s: float,
-                 assignment: Callable[[], set[tuple[str, int]]] | None = None) -> None:
+                 assignment: Callable[[], set[tuple[str, int]]]) -> None:
         """:param assignment: (topic, partition) the consumer holds (``InputPath.assignment``: kept by the loop,
-            not asked of a busy librdkafka); by default ``consumer.assignment()``."""
+            not asked of a busy librdkafka)."""
         self._handler = handler
         self._consumer = consumer
-        self._assignment = assignment or (lambda: {(tp.topic, tp.partition) for tp in consumer.assignment()})
+        self._assignment = assignment
         self._stage = stage
         self._every_s = watch_every_s
         self._next_watch = 0.0
