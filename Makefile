@@ -26,8 +26,12 @@ hello-world: install
 # The suites the local default must keep passing on the memory-only broker as well.
 TANSU_TESTS := tests/e2e/test_hello_world.py tests/e2e/test_pipeline.py
 
+# Test sessions side by side on Apache Kafka (pytest-xdist), each with its own broker; a file's tests stay in
+# one session (their module fixtures start flows). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+
 test: install
-	STREAMSEARCH_TEST_BROKER=kafka $(PYTHON) -m pytest $(ARGS)
+	STREAMSEARCH_TEST_BROKER=kafka $(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 	STREAMSEARCH_TEST_BROKER=tansu $(PYTHON) -m pytest $(TANSU_TESTS) $(ARGS)
 
 eval: install

@@ -1,11 +1,9 @@
 """Helpers for tests in more than one folder (a helper lives in the fixtures module of the nearest
 folder that holds every test using it; see tests/README.md): a topic read to its end on the session
-broker; ports for a server the test starts; a flow spec with or without the lexical arm."""
+broker; a flow spec with or without the lexical arm."""
 
 from __future__ import annotations
 
-import random
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -37,34 +35,6 @@ def read_all(settings: KafkaSettings, topic: str, partitions: int, **config: obj
     finally:
         consumer.close()
     return records
-
-
-_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
-
-
-def free_port_block(size: int = 1) -> int:
-    """A base port whose next ``size`` ports are free now, below the kernel's ephemeral range.
-
-    Why below it: a server a test starts binds its port moments or minutes later, and in between the
-    Kafka clients of the session open connections whose local ports the kernel draws from the ephemeral
-    range (a port from ``bind(0)`` is in it too). A port outside that range is taken only by another
-    explicit bind, so it stays free (a CI run once lost a stage's metrics port this way).
-    """
-    low = int(_EPHEMERAL.read_text().split()[0]) if _EPHEMERAL.exists() else 32768
-    for _ in range(200):
-        base = random.randrange(10_000, low - size)
-        if all(_free(base + i) for i in range(size)):
-            return base
-    raise AssertionError(f"no {size} free ports in 10000..{low}")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def flow_spec(folder: Path, name: str, *, lexical: bool, dim: int = 384) -> FlowSpec:

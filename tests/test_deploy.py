@@ -21,9 +21,9 @@ from streams.exceptions import BrokerError
 from streams.flow.executors import RANKERS
 from streams.flow.parse import load_flow
 from streams.local.apache_kafka import BROKER_SETTINGS, KAFKA_VERSION, KafkaNode, install_kafka
+from streams.local.ports import free_port_block
 from streams.resources import EXAMPLE_FLOWS
 from streams.stages.kinds import KINDS
-from tests.fixtures import free_port_block
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -24,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from streams.exceptions import BrokerError
+from streams.local.ports import free_port
 from streams.resources import KAFKA_POM
 
 __all__ = [
@@ -107,12 +107,6 @@ def install_kafka(*, quiet: bool = True) -> Path:
     return target
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _new_cluster_id() -> str:
     """A Kafka cluster id: a random UUID in URL-safe base64 without padding (what StorageTool prints)."""
     while True:  # StorageTool reads an id that starts with "-" as an option (1 in 64 ids)
@@ -164,8 +158,8 @@ class KafkaNode:
             self.controller_port = _listener_port(stored["listeners"], "CONTROLLER")
             self._voters = stored["controller.quorum.voters"]
         else:
-            self.port = port or _free_port()
-            self.controller_port = controller_port or _free_port()
+            self.port = port or free_port()
+            self.controller_port = controller_port or free_port()
             self._voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
         self._settings = dict(settings or {})
         self._process: subprocess.Popen[bytes] | None = None
@@ -316,7 +310,7 @@ class KafkaCluster:
         if all(path.exists() for path in existing):
             self.nodes = [KafkaNode(self.data_dir / f"node-{i}", node_id=i) for i in ids]
         else:
-            controller_ports = {i: _free_port() for i in ids}
+            controller_ports = {i: free_port() for i in ids}
             voters = ",".join(f"{i}@127.0.0.1:{port}" for i, port in controller_ports.items())
             self.nodes = [KafkaNode(self.data_dir / f"node-{i}", node_id=i, controller_port=controller_ports[i],
                                     voters=voters, settings=settings) for i in ids]

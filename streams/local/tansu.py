@@ -15,23 +15,18 @@ from types import TracebackType
 
 from streams.exceptions import BrokerError
 from streams.kafka.consumer import EMBEDDED_CLUSTER_ID
+from streams.local.ports import free_port
 
 __all__ = ["TansuBroker"]
 
 logger = logging.getLogger(__name__)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class TansuBroker:
     """A Tansu broker on a free loopback port, stopped on exit."""
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property

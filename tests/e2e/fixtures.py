@@ -26,9 +26,9 @@ from processors.segmenters.sentence import Sentencizer, SentencizerConfig
 from streams.demo.corpora import stdlib_docstrings
 from streams.flow.parse import load_flow
 from streams.local.brokers import LocalBroker
+from streams.local.ports import free_port_block
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_log_files
-from tests.fixtures import free_port_block
 
 FlowFactory = Callable[[str], LocalRuntime]
 

@@ -14,6 +14,7 @@ import pytest
 
 from processors.query.limits import REQUEST_LIMITS
 from streams.local.brokers import BrokerKind, LocalBroker
+from streams.local.ports import free_port_block
 from streams.resources import EXAMPLE_FLOWS
 from tests.e2e.fixtures import (
     CLI_DOCS,
@@ -25,7 +26,6 @@ from tests.e2e.fixtures import (
     user_cli,
     user_env,
 )
-from tests.fixtures import free_port_block
 
 ROOT = Path(__file__).resolve().parents[2]
 
