@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -11,7 +12,7 @@ from confluent_kafka import Consumer, KafkaError, Message
 from streams.kafka.admin import cluster_id
 from streams.kafka.settings import KafkaSettings
 
-__all__ = ["make_consumer", "consume_batch", "headers_of", "Fetched", "split", "latency_fetch_wait_ms",
+__all__ = ["make_consumer", "consume_batch", "headers_of", "gather", "Fetched", "split", "latency_fetch_wait_ms",
            "EMBEDDED_FETCH_WAIT_MS", "LONG_POLL_FETCH_WAIT_MS", "MAX_FETCH_WAIT_MS", "EMBEDDED_CLUSTER_ID"]
 
 EMBEDDED_FETCH_WAIT_MS = 5
@@ -109,6 +110,26 @@ def consume_batch(consumer: Consumer, *, max_records: int, timeout: float) -> li
         return []
     rest = consumer.consume(num_messages=max_records - 1, timeout=0) if max_records > 1 else []
     return [first, *rest]
+
+
+def gather(consumer: Consumer, messages: Sequence[Message], *, partitions: set[int], max_records: int,
+           wait_s: float) -> list[Message]:
+    """What arrives for the ``partitions`` that ``messages`` holds no record of, within ``wait_s`` seconds,
+    stopping as soon as every one has a record or ``messages`` and the gathered make ``max_records``. Why: the
+    copies of one fanned-out query then reach the shards of one process in one batch, searched side by side."""
+    seen = {msg.partition() for msg in messages if msg.error() is None}
+    more: list[Message] = []
+    deadline = time.monotonic() + wait_s
+    while not partitions <= seen and (room := max_records - len(messages) - len(more)) > 0:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        got = consume_batch(consumer, max_records=room, timeout=left)
+        if not got:
+            break
+        more += got
+        seen.update(msg.partition() for msg in got if msg.error() is None)
+    return more
 
 
 @dataclass(frozen=True, slots=True)

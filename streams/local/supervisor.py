@@ -19,7 +19,7 @@ from typing import IO
 from streams.exceptions import EXIT_CONFIG
 from streams.flow.spec import FlowSpec
 from streams.runtime.metrics import PORT_ENV
-from streams.runtime.loop import REPLICA_ENV
+from streams.runtime.paths import REPLICA_ENV
 
 __all__ = ["SUPERVISOR_PID_ENV", "LocalFlow", "StageProcess", "restart_delay", "stage_log_dir", "stage_log_files",
            "stage_logs_shown", "stop_with_supervisor"]

@@ -10,8 +10,8 @@ first and the one the loop blocks on when idle, and again between slices of an i
 (``PathSpec.slice_records``). Stages differ only in their ``StageSpec``.
 
 The loop composes the parts of ``streams/runtime/``: ``spec`` (what a stage and its handlers declare),
-``paths`` (one input path), ``failures`` (isolate, retry, reject or dead-letter), ``outputs`` (sizes,
-reply gating), ``keepalive`` (long batches), ``restore`` and ``rebalance`` (what a stateful handler is
+``paths`` (one input path, opened), ``batch`` (one batch, in slices where queries wait), ``failures``
+(isolate, retry, reject or dead-letter), ``outputs`` (sizes, reply gating), ``keepalive`` (long batches), ``restore`` and ``rebalance`` (what a stateful handler is
 told), ``reporting`` (status, lag, membership) and ``checkpoint``/``inflight`` (commits, crash loops).
 """
 
@@ -20,38 +20,30 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
 from typing import IO
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError
 
-from streams.exceptions import DeliveryError, ProducerFailedError
-from streams.kafka.consumer import consume_batch, latency_fetch_wait_ms, make_consumer
+from streams.exceptions import ProducerFailedError
+from streams.kafka.consumer import consume_batch
 from streams.kafka.producer import StageProducer
 from streams.kafka.settings import KafkaSettings
-from streams.runtime.checkpoint import Checkpoint, TransactionalCheckpoint
-from streams.runtime.failures import DeadLetterTopic, Failures
+from streams.runtime.batch import Slicing, take_batch
+from streams.runtime.failures import DeadLetterTopic
 from streams.runtime.inflight import InFlightLog
-from streams.runtime.keepalive import KeepAlive
-from streams.runtime.metrics import BATCH_SECONDS, RECORDS_IN, serve_metrics
+from streams.runtime.metrics import serve_metrics
 from streams.runtime.outputs import Outputs, TopicLimits
-from streams.runtime.paths import InputPath
+from streams.runtime.paths import InputPath, open_path, transactional_id
 from streams.runtime.rebalance import Rebalance
-from streams.runtime.reporting import MEMBER, MembershipWatch, StatusReport, report_lag
-from streams.runtime.restore import RestoreHooks
+from streams.runtime.reporting import MembershipWatch, StatusReport, report_lag
 from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
 
-__all__ = ["REPLICA_ENV", "StageLoop"]
+__all__ = ["StageLoop"]
 
 logger = logging.getLogger(__name__)
-
-REPLICA_ENV = "STREAMSEARCH_REPLICA"
-"""The name the supervisor gives a stage process: the same for every restart of one replica, unique
-among the replicas of every supervisor running (its transactional id is built from it)."""
 
 
 class StageLoop:
@@ -68,8 +60,7 @@ class StageLoop:
     """Lag, status and membership checks."""
     ORPHANED_AFTER_S = 60.0
     SERVE_BETWEEN_SLICES_S = 2.0
-    """How long after an index batch begins queries may run between its slices; later slices follow one
-    another, so that a flood of queries cannot hold the index consumer's next poll (``max.poll.interval.ms``)."""
+    """``Slicing.serve_for_s`` of an index batch."""
 
     def __init__(self, spec: StageSpec, settings: KafkaSettings) -> None:
         self.spec = spec
@@ -119,7 +110,7 @@ class StageLoop:
         if self._index is not None and self._query is not None and not self._query.spec.follow_index_path:
             self._query_thread = threading.Thread(target=self._serve_queries, name="query-path", daemon=True)
             self._query_thread.start()
-        transactions = {"transactional_id": self._transactional_id()} if self.spec.exactly_once else {}
+        transactions = {"transactional_id": transactional_id(self.spec)} if self.spec.exactly_once else {}
         logger.info("stage running", extra={"stage": self.spec.name, "flow": self.spec.flow, **transactions})
         try:
             while not self._stop.is_set():
@@ -170,29 +161,8 @@ class StageLoop:
             self._query_thread.join()
 
     def _path(self, spec: PathSpec, *, transactional: bool = False) -> InputPath:
-        """A path with its own consumer and producer: a path's commit flushes its own outputs only, never
-        the other path's or a status report (one waiting for a failover of its partition's leader would
-        hold the commit). ``transactional``: its outputs and offsets commit in one transaction."""
-        wait = spec.fetch_wait_ms if spec.fetch_wait_ms is not None else latency_fetch_wait_ms(self.settings)
-        consumer = make_consumer(self.settings, group_id=spec.group_id, **{
-            "fetch.wait.max.ms": wait, **spec.consumer_config, **self.spec.consumer_overrides})
-        transactions = {"transactional.id": self._transactional_id(), "transaction.timeout.ms": 15000} \
-            if transactional else {}
-        producer = StageProducer(self.settings, max_payload_bytes=self.spec.max_payload_bytes, **transactions)
-        checkpoint = (TransactionalCheckpoint if transactional else Checkpoint)(
-            consumer, producer, flow=self.spec.flow, stage=self.spec.name)
-        inflight = InFlightLog(self.spec.inflight_dir, spec.group_id) if self.spec.inflight_dir is not None else None
-        path = InputPath(spec, consumer, producer, checkpoint, inflight=inflight)
-        if spec.partition_aware is None:  # a stateful handler runs inline: rebalances open and close its state
-            path.keepalive = KeepAlive(self.spec.name, self.KEEPALIVE_S)
-        if spec.restoring is not None:
-            path.restore = RestoreHooks(spec.restoring, consumer, stage=self.spec.name,
-                                        watch_every_s=self.WATCH_EVERY_S, assignment=path.assignment)
-        path.failures = Failures(spec.handler, self.spec.failure_policy, emit=functools.partial(self._emit, path),
-                                 keep=functools.partial(self._letters.keep, producer), flow=self.spec.flow,
-                                 stage=self.spec.name,
-                                 timed=BATCH_SECONDS.labels(self.spec.flow, self.spec.name, spec.topic).time)
-        return path
+        return open_path(self.spec, spec, self.settings, outputs=self._outputs, letters=self._letters,
+                         transactional=transactional, keepalive_s=self.KEEPALIVE_S, watch_every_s=self.WATCH_EVERY_S)
 
     def _start(self) -> None:
         serve_metrics(self.spec.metrics_port)
@@ -203,18 +173,6 @@ class StageLoop:
         if self.spec.index_path is not None:
             self._index = self._path(self.spec.index_path, transactional=self.spec.exactly_once)
         self._rebalance.subscribe(self._index, self._query)
-
-    def _transactional_id(self) -> str:
-        """Unique per live producer, stable across the restarts of one supervised replica.
-
-        Unique: two producers with one id fence each other (two runs of one flow, on two hosts or
-        added for capacity, would kill each other's stages in turn). Stable: a replica the supervisor
-        restarts after a kill -9 aborts its predecessor's open transaction at once (``init_transactions``)
-        instead of downstream read_committed readers waiting ``transaction.timeout.ms`` for it. Zombies
-        are not fenced by the id but by the group generation the offsets carry into the transaction
-        (KIP-447, Kafka >= 2.5: ``send_offsets_to_transaction`` with the consumer's group metadata), so
-        the id need not follow the input partitions. Unsupervised: this process (host and pid)."""
-        return f"{self.spec.flow}.{self.spec.name}.{os.environ.get(REPLICA_ENV) or MEMBER}"
 
     def step(self) -> None:
         """One round: queries first (blocking briefly when idle), then ingest, then timers. Queries
@@ -278,7 +236,7 @@ class StageLoop:
     def _tick(self, path: InputPath) -> None:
         """The handler's timers (expired requests, parked searches), then the path's commit."""
         try:
-            self._emit(path, path.spec.handler.tick())
+            path.emit(path.spec.handler.tick())
         except ProducerFailedError as exc:
             path.checkpoint.recover(exc)
         path.checkpoint.commit()
@@ -314,7 +272,7 @@ class StageLoop:
     def _poll(self, path: InputPath, timeout: float) -> bool:
         messages = consume_batch(path.consumer, max_records=path.spec.batch_size, timeout=timeout)
         if messages and path.spec.gather_ms:
-            messages += self._gather(path, messages)
+            messages += path.gather(messages)
         self._rebalance.raise_error()
         records, ends, out_of_range = [], [], []
         for msg in messages:
@@ -337,86 +295,14 @@ class StageLoop:
             path.restore.ends(ends)
         return bool(records)
 
-    def _gather(self, path: InputPath, messages: list[Message]) -> list[Message]:
-        """What arrives for the path's other assigned partitions within ``PathSpec.gather_ms``, stopping as
-        soon as every one has a record (or the batch is full)."""
-        wanted = {partition for _, partition in path.assignment()}
-        seen = {msg.partition() for msg in messages if msg.error() is None}
-        more: list[Message] = []
-        deadline = time.monotonic() + path.spec.gather_ms / 1000
-        while not wanted <= seen and (room := path.spec.batch_size - len(messages) - len(more)) > 0:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            got = consume_batch(path.consumer, max_records=room, timeout=left)
-            if not got:
-                break
-            more += got
-            seen.update(msg.partition() for msg in got if msg.error() is None)
-        return more
-
     def _take(self, path: InputPath, records: list[Inbound]) -> None:
-        """Process, dead-letter what fails, note the offsets and commit (in one transaction
-        with ``exactly_once``)."""
-        if path.transactional:
-            path.checkpoint.begin()  # type: ignore[attr-defined]
-        RECORDS_IN.labels(self.spec.flow, self.spec.name, path.spec.topic).inc(len(records))
-        accepted = self._process_in_slices(path, records)
-        if accepted is None:
-            return
-        for record in records:
-            path.checkpoint.record(record.topic, record.partition, record.offset)
-        path.processed += len(records)
-        try:
-            path.checkpoint.commit()
-        except DeliveryError as exc:
-            path.failures.refused(accepted, exc, self._topic_limits)
-            path.checkpoint.commit()
-        if path.inflight is not None:
-            path.inflight.end(records)
-
-    def _process_in_slices(self, path: InputPath, records: list[Inbound]) -> list[Inbound] | None:
-        """The records the handler accepted, the batch taken slice by slice (``_slices``) with the queries
-        already fetched served between two; the batch is noted in flight from here to ``_take``'s end.
-        None when the path's producer failed (no record's fault): it is fresh, and the batch runs again.
-        The serving stays outside that ``except``: a query path's fatal producer error is not this path's."""
-        inflight = path.inflight
-        verdict = inflight.begin(records) if inflight is not None else None
-        parts = [records] if verdict is not None and verdict.crashed else self._slices(path, records)
-        accepted: list[Inbound] = []
-        serve_until = time.monotonic() + self.SERVE_BETWEEN_SLICES_S
-        for number, part in enumerate(parts):
-            if number:
-                # None of the batch is in flight while queries run: one that kills the process is not
-                # counted against the batch; the rest is noted again after.
-                if inflight is not None:
-                    inflight.end(records)
-                if time.monotonic() < serve_until:
-                    self._serve_waiting_queries()
-                if inflight is not None:
-                    verdict = inflight.begin([record for rest in parts[number:] for record in rest])
-            try:
-                accepted += path.failures.take(
-                    part, max_payload_bytes=self.spec.max_payload_bytes, verdict=verdict,
-                    call=functools.partial(self._call, path),
-                    noting=inflight.begin_record if inflight is not None else None,
-                    lettered=path.lettered if inflight is not None and not path.transactional else None).accepted
-            except ProducerFailedError as exc:
-                path.checkpoint.recover(exc)
-                if inflight is not None:
-                    inflight.end(records)
-                return None
-        return accepted
-
-    def _slices(self, path: InputPath, records: list[Inbound]) -> list[list[Inbound]]:
-        """The batch in slices of ``PathSpec.slice_records`` when this thread also serves a query path
-        (whole otherwise). Only a batch the crash-loop breaker found no crash over is sliced (``_take``): its
-        notes are dropped while queries run between slices and taken again for the rest, which a batch with
-        a crash count would lose."""
+        """Take a batch (``streams/runtime/batch.py``): an index batch in slices of ``PathSpec.slice_records``
+        when this thread also serves a query path, except one applied for a query that awaits it."""
         sliced = path is self._index and self._serves_query_path_inline() and not self._writes_applying
-        size = path.spec.slice_records if sliced else 0
-        size = size or len(records)
-        return [records[start:start + size] for start in range(0, len(records), size)]
+        slicing = Slicing(path.spec.slice_records, self._serve_waiting_queries, self.SERVE_BETWEEN_SLICES_S) \
+            if sliced else None
+        take_batch(path, records, stage=self.spec, limits=self._topic_limits, call=functools.partial(self._call, path),
+                   slicing=slicing)
 
     def _serves_query_path_inline(self) -> bool:
         return self._query is not None and self._query_thread is None
@@ -440,14 +326,3 @@ class StageLoop:
             return path.spec.handler.process(records)
         consumers = [p.consumer for p in self._paths_of_this_thread() if not (self._between_slices and p is self._index)]
         return path.keepalive.call(path.spec.handler.process, records, consumers)
-
-    def _emit(self, path: InputPath, outputs: Sequence[Output]) -> None:
-        """Produce a handler's outputs with the path's producer, in its transaction with ``exactly_once``.
-
-        :raises PayloadTooLargeError: if an output is larger than its topic takes.
-        """
-        if not outputs:
-            return
-        if path.transactional:
-            path.checkpoint.begin()  # type: ignore[attr-defined]
-        self._outputs.produce(path.producer, outputs)

@@ -1,20 +1,31 @@
-"""One input path of a running stage, and what runs its records."""
+"""One input path of a running stage: how it is opened, and what runs its records."""
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterable, Sequence
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message
 
+from streams.kafka.consumer import gather, latency_fetch_wait_ms, make_consumer
 from streams.kafka.producer import StageProducer
+from streams.kafka.settings import KafkaSettings
 from streams.runtime.checkpoint import Checkpoint, TransactionalCheckpoint
-from streams.runtime.failures import Failures
+from streams.runtime.failures import DeadLetterTopic, Failures
 from streams.runtime.inflight import InFlightLog
 from streams.runtime.keepalive import KeepAlive
+from streams.runtime.metrics import BATCH_SECONDS
+from streams.runtime.outputs import Outputs
+from streams.runtime.reporting import MEMBER
 from streams.runtime.restore import RestoreHooks
-from streams.runtime.spec import Inbound, PathSpec
+from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
 
-__all__ = ["InputPath"]
+__all__ = ["REPLICA_ENV", "InputPath", "open_path", "transactional_id"]
+
+REPLICA_ENV = "STREAMSEARCH_REPLICA"
+"""The name the supervisor gives a stage process: the same for every restart of one replica, unique
+among the replicas of every supervisor running (its transactional id is built from it)."""
 
 
 class InputPath:
@@ -22,7 +33,9 @@ class InputPath:
     notes; the loop adds what runs its records (``failures``, and what its handler declares it needs)."""
 
     failures: Failures
-    """Set by the loop once the path is made: what fails is produced with the path's producer."""
+    """Set by :func:`open_path`: what fails is produced with the path's producer."""
+    outputs: Outputs
+    """Set by :func:`open_path`: checks what :meth:`emit` produces against what its topics take."""
 
     def __init__(self, spec: PathSpec, consumer: Consumer, producer: StageProducer,
                  checkpoint: Checkpoint | None = None, inflight: InFlightLog | None = None) -> None:
@@ -64,6 +77,23 @@ class InputPath:
             return {(self.spec.topic, partition) for partition in self.assigned}
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
+    def gather(self, messages: Sequence[Message]) -> list[Message]:
+        """What arrives for this path's other assigned partitions within ``PathSpec.gather_ms``, stopping as soon
+        as every one has a record (or the batch is full)."""
+        return gather(self.consumer, messages, partitions={partition for _, partition in self.assignment()},
+                      max_records=self.spec.batch_size, wait_s=self.spec.gather_ms / 1000)
+
+    def emit(self, outputs: Sequence[Output]) -> None:
+        """Produce a handler's outputs with the path's producer, in its transaction with ``exactly_once``.
+
+        :raises PayloadTooLargeError: if an output is larger than its topic takes.
+        """
+        if not outputs:
+            return
+        if self.transactional:
+            self.checkpoint.begin()  # type: ignore[attr-defined]
+        self.outputs.produce(self.producer, outputs)
+
     @property
     def transactional(self) -> bool:
         return isinstance(self.checkpoint, TransactionalCheckpoint)
@@ -74,3 +104,43 @@ class InputPath:
         self.producer.flush()
         assert self.inflight is not None
         self.inflight.lettered(killers)
+
+
+def open_path(stage: StageSpec, spec: PathSpec, settings: KafkaSettings, *, outputs: Outputs, letters: DeadLetterTopic,
+              transactional: bool = False, keepalive_s: float, watch_every_s: float) -> InputPath:
+    """A path with its own consumer and producer: a path's commit flushes its own outputs only, never
+    the other path's or a status report (one waiting for a failover of its partition's leader would
+    hold the commit). ``transactional``: its outputs and offsets commit in one transaction."""
+    wait = spec.fetch_wait_ms if spec.fetch_wait_ms is not None else latency_fetch_wait_ms(settings)
+    consumer = make_consumer(settings, group_id=spec.group_id, **{
+        "fetch.wait.max.ms": wait, **spec.consumer_config, **stage.consumer_overrides})
+    transactions = {"transactional.id": transactional_id(stage), "transaction.timeout.ms": 15000} \
+        if transactional else {}
+    producer = StageProducer(settings, max_payload_bytes=stage.max_payload_bytes, **transactions)
+    checkpoint = (TransactionalCheckpoint if transactional else Checkpoint)(
+        consumer, producer, flow=stage.flow, stage=stage.name)
+    inflight = InFlightLog(stage.inflight_dir, spec.group_id) if stage.inflight_dir is not None else None
+    path = InputPath(spec, consumer, producer, checkpoint, inflight=inflight)
+    path.outputs = outputs
+    if spec.partition_aware is None:  # a stateful handler runs inline: rebalances open and close its state
+        path.keepalive = KeepAlive(stage.name, keepalive_s)
+    if spec.restoring is not None:
+        path.restore = RestoreHooks(spec.restoring, consumer, stage=stage.name, watch_every_s=watch_every_s,
+                                    assignment=path.assignment)
+    path.failures = Failures(spec.handler, stage.failure_policy, emit=path.emit,
+                             keep=functools.partial(letters.keep, producer), flow=stage.flow, stage=stage.name,
+                             timed=BATCH_SECONDS.labels(stage.flow, stage.name, spec.topic).time)
+    return path
+
+
+def transactional_id(stage: StageSpec) -> str:
+    """Unique per live producer, stable across the restarts of one supervised replica.
+
+    Unique: two producers with one id fence each other (two runs of one flow, on two hosts or
+    added for capacity, would kill each other's stages in turn). Stable: a replica the supervisor
+    restarts after a kill -9 aborts its predecessor's open transaction at once (``init_transactions``)
+    instead of downstream read_committed readers waiting ``transaction.timeout.ms`` for it. Zombies
+    are not fenced by the id but by the group generation the offsets carry into the transaction
+    (KIP-447, Kafka >= 2.5: ``send_offsets_to_transaction`` with the consumer's group metadata), so
+    the id need not follow the input partitions. Unsupervised: this process (host and pid)."""
+    return f"{stage.flow}.{stage.name}.{os.environ.get(REPLICA_ENV) or MEMBER}"

@@ -1,4 +1,4 @@
-"""A path with ``gather_ms`` holds a batch for its other assigned partitions' records (``StageLoop._gather``):
+"""A path with ``gather_ms`` holds a batch for its other assigned partitions' records (``InputPath.gather``):
 the copies of one fanned-out query then reach the shards of one process in one batch, searched side by side."""
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from streams.kafka.admin import ensure_topics
 from streams.kafka.consumer import consume_batch, make_consumer
 from streams.kafka.producer import StageProducer
 from streams.kafka.settings import KafkaSettings
-from streams.runtime.loop import StageLoop
 from streams.runtime.paths import InputPath
-from streams.runtime.spec import PathSpec, StageSpec
+from streams.runtime.spec import PathSpec
 from streams.wire.topics import TopicShape
 from tests.streams.runtime.handlers import NoOutputs
 
@@ -29,16 +28,14 @@ def _write(settings: KafkaSettings, topic: str, partition: int, value: bytes) ->
     producer.close()
 
 
-def _path(settings: KafkaSettings, partitions: int, gather_ms: float) -> tuple[StageLoop, InputPath, str]:
-    """A loop whose query path reads a new topic of ``partitions``, all assigned to its consumer."""
+def _path(settings: KafkaSettings, partitions: int, gather_ms: float) -> tuple[InputPath, str]:
+    """A path that reads a new topic of ``partitions``, all assigned to its consumer."""
     topic = f"gather-{uuid.uuid4().hex[:8]}"
     ensure_topics(settings, [TopicShape(topic, partitions)])
     spec = PathSpec(topic, f"gather-test.{uuid.uuid4().hex[:8]}", NoOutputs(), gather_ms=gather_ms)
-    stage = StageSpec(flow="f", name="index", dead_letter_topic="f.dead-letter", query_path=spec)
-    loop = StageLoop(stage, settings)
     consumer = make_consumer(settings, group_id=spec.group_id)
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-    return loop, InputPath(spec, consumer, loop.producer), topic
+    return InputPath(spec, consumer, StageProducer(settings)), topic
 
 
 def _first(path: InputPath) -> list[Message]:
@@ -50,14 +47,14 @@ def _first(path: InputPath) -> list[Message]:
 
 
 def test_a_record_of_another_assigned_partition_written_meanwhile_joins_the_batch(kafka_settings: KafkaSettings) -> None:
-    loop, path, topic = _path(kafka_settings, partitions=2, gather_ms=60_000)
+    path, topic = _path(kafka_settings, partitions=2, gather_ms=60_000)
     _write(kafka_settings, topic, 0, b"copy for shard 0")
     first = _first(path)
     assert [msg.partition() for msg in first] == [0]
     sibling = threading.Thread(target=_write, args=(kafka_settings, topic, 1, b"copy for shard 1"))
     sibling.start()  # written while the batch is being gathered, as a fan-out's second copy may arrive
     try:
-        gathered = loop._gather(path, first)
+        gathered = path.gather(first)
     finally:
         sibling.join()
         path.consumer.close()
@@ -65,7 +62,7 @@ def test_a_record_of_another_assigned_partition_written_meanwhile_joins_the_batc
 
 
 def test_a_batch_that_covers_every_assigned_partition_takes_nothing_more(kafka_settings: KafkaSettings) -> None:
-    loop, path, topic = _path(kafka_settings, partitions=2, gather_ms=60_000)
+    path, topic = _path(kafka_settings, partitions=2, gather_ms=60_000)
     _write(kafka_settings, topic, 0, b"a")
     _write(kafka_settings, topic, 1, b"b")
     batch = _first(path)
@@ -73,17 +70,17 @@ def test_a_batch_that_covers_every_assigned_partition_takes_nothing_more(kafka_s
         batch += _first(path)
     _write(kafka_settings, topic, 0, b"next")
     try:
-        assert loop._gather(path, batch) == []  # at once: the 60 s window is not waited out
+        assert path.gather(batch) == []  # at once: the 60 s window is not waited out
         assert [msg.value() for msg in _first(path)] == [b"next"]  # left for the next batch
     finally:
         path.consumer.close()
 
 
 def test_a_record_without_a_sibling_is_held_no_longer_than_the_window(kafka_settings: KafkaSettings) -> None:
-    loop, path, topic = _path(kafka_settings, partitions=2, gather_ms=50)
+    path, topic = _path(kafka_settings, partitions=2, gather_ms=50)
     _write(kafka_settings, topic, 1, b"only shard 1 asked")
     try:
-        assert loop._gather(path, _first(path)) == []
+        assert path.gather(_first(path)) == []
     finally:
         path.consumer.close()
 
@@ -92,14 +89,14 @@ def test_a_path_that_follows_the_index_path_gathers_for_the_partitions_mirrored_
         kafka_settings: KafkaSettings) -> None:
     """The shard's search path: the partitions it waits for are those the index path's rebalance mirrored to it
     (``InputPath.assigned``), not asked of librdkafka on every batch."""
-    loop, path, topic = _path(kafka_settings, partitions=2, gather_ms=60_000)
+    path, topic = _path(kafka_settings, partitions=2, gather_ms=60_000)
     path.assigned = {0}  # the consumer holds both partitions; the index path gave this process shard 0 only
     _write(kafka_settings, topic, 0, b"copy for shard 0")
     first = _first(path)
     other = threading.Thread(target=_write, args=(kafka_settings, topic, 1, b"not this process's shard"))
     other.start()  # a gather for every partition of the consumer would wait for it and take it
     try:
-        assert loop._gather(path, first) == []  # at once: no partition of its own is missing
+        assert path.gather(first) == []  # at once: no partition of its own is missing
     finally:
         other.join()
         path.consumer.close()
