@@ -8,7 +8,7 @@ The client's own send and receive are taken from its wall clock. Timestamps have
 resolution and the processes share one clock (one machine), so per-hop medians are exact to ~1 ms.
 
     python benchmarks/query_hops.py [--vectors 100000] [--queries 200] [--shards 2] [--broker kafka|tansu]
-                                    [--flow nomodel|vectors] [--flat-scan float32|float16] [--bulk N] [--fresh]
+                                    [--flow nomodel|vectors] [--flat-scan auto|float32|float16] [--bulk N] [--fresh]
                                     [--chunk-oversample N]
 
 Prints each hop's p50/p99 beside the in-process FAISS search of the same query on the same vectors. With
@@ -239,7 +239,7 @@ def main() -> None:
                         help="vectors a shard reads per wanted document (default: the flow's, 1; a flow's default is 5)")
     parser.add_argument("--broker", choices=("kafka", "tansu"), default="kafka")
     parser.add_argument("--flow", choices=tuple(FLOWS), default="nomodel")
-    parser.add_argument("--flat-scan", choices=FLAT_SCANS, default="float32",
+    parser.add_argument("--flat-scan", choices=FLAT_SCANS, default="auto",
                         help="the flat index's single-query scan (CompoundIndexer's flat_scan)")
     parser.add_argument("--bulk", type=int, default=0,
                         help="upsert this many of the vectors again while querying, and query until it is done "

@@ -5,7 +5,7 @@ The baseline in the same run: FAISS's flat scan of one shard's vectors, alone an
 side by side in threads (as the handler runs them), which is the floor of the handler.
 
     python benchmarks/shard_search.py [--vectors 100000] [--shards 2] [--queries 300]
-                                      [--chunk-oversample 5] [--flat-scan float32|float16]
+                                      [--chunk-oversample 5] [--flat-scan auto|float32|float16]
 
 ``--chunk-oversample`` is how many vectors a shard reads per wanted document (the window; a flow's default
 is 5): the hits beyond the top 10 documents are what the handler reads and ranks beyond the floor.
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--chunk-oversample", type=int, default=5)
-    parser.add_argument("--flat-scan", choices=FLAT_SCANS, default="float32")
+    parser.add_argument("--flat-scan", choices=FLAT_SCANS, default="auto")
     args = parser.parse_args()
     topics = FlowTopics("bench", args.shards)
     vectors, queries = unit_vectors(args.vectors, seed=11), unit_vectors(args.queries + 20, seed=12)

@@ -31,10 +31,11 @@ __all__ = [
 
 Metric = Literal["inner_product", "l2"]
 
-FlatScan = Literal["float32", "float16"]
-FLAT_SCANS: tuple[FlatScan, ...] = ("float32", "float16")
+FlatScan = Literal["auto", "float32", "float16"]
+FLAT_SCANS: tuple[FlatScan, ...] = ("auto", "float32", "float16")
 """What the flat index holds and scans: float32 vectors, or float16 ones whose candidates are scored on the
-stored float32 vectors, answers proven the float32 scan's (``processors/index/half_scan.py``)."""
+stored float32 vectors, answers proven the float32 scan's (``processors/index/half_scan.py``); ``auto``: float32
+until the shard's vectors would take ``AUTO_FLOAT16_BYTES`` in float32, float16 from then on."""
 
 
 class DocumentCodec(Protocol):

@@ -55,11 +55,13 @@ class CompoundIndexerConfig:
         graph walk that steps over the vectors the filter excludes. 100,000 384-d vectors, 2 cores
         (``benchmarks/filtered_search.py``): 995 allowed, the scan answered in 2.3 ms p50 with recall 1.0,
         the HNSW walk in 6.3 ms with recall@10 0.94; 10,000 allowed, the walk in 3.2 ms (0.999), the scan 6.0.
-    :param flat_scan: ``float32`` (default) or ``float16``: the flat index holds its vectors in float16
-        (half the memory) and scans those; each search's candidates are then scored on their float32
-        vectors read from RocksDB, and a bound on float16's error proves the answer the float32 scan's, ids
-        and scores (``processors/index/half_scan.py``; where it cannot, a range search widens the
-        candidates). 384-d, 50,000 vectors, one thread: 4.4 against 5.4 ms (scan and reads).
+    :param flat_scan: ``float32``, ``float16`` or ``auto`` (default). ``float16``: the flat index holds its
+        vectors in float16 (half the memory) and scans those; each search's candidates are then scored on their
+        float32 vectors read from RocksDB, and a bound on float16's error proves the answer the float32 scan's,
+        ids and scores (``processors/index/half_scan.py``; where it cannot, a range search widens the
+        candidates). 384-d, 50,000 vectors, one thread: 4.4 against 5.4 ms (scan and reads). ``auto``: float32
+        while the shard is small (the reads cost more than the scan saves), float16 once its vectors would take
+        64 MiB in float32 (``processors.index.faiss_flat.AUTO_FLOAT16_BYTES``): the answers are the same.
     :param exact_filter_share: the share of the shard's vectors below which a filtered search scans
         exactly whatever their count: the walk's recall follows the share the filter allows (0.94 at 1 %,
         1.0 at 5 % here), so a large shard needs a bound that grows with it.
@@ -81,7 +83,7 @@ class CompoundIndexerConfig:
     filterable: Mapping[str, FieldType] = added_later(factory=dict)
     exact_filter_limit: int = added_later(5_000)
     exact_filter_share: float = added_later(0.05)
-    flat_scan: FlatScan = added_later("float32")
+    flat_scan: FlatScan = added_later("auto")
 
     def __post_init__(self) -> None:
         if self.dim < 1:

@@ -38,8 +38,8 @@ class IndexInputs:
     :param config: the shard's config (each type reads its ``settings``).
     :param training: ``(n, dim)`` float32, the vectors to train on: every vector the shard holds (``(0, 0)``
         for the exact index, built empty); a type that does not train ignores them.
-    :param source: the shard's stored float32 vectors by id, exactly as added (``flat_scan: float16``
-        scores its candidates on them).
+    :param source: the shard's stored float32 vectors by id, exactly as added (a flat index in float16,
+        ``flat_scan: float16`` or ``auto``, scores its candidates on them).
     """
 
     config: CompoundIndexerConfig

@@ -25,7 +25,7 @@ CONSUMER_LAG = Gauge("streamsearch_consumer_lag", "Records behind the fetch-resp
                      ["flow", "stage", "topic", "partition"])
 INDEX_VECTORS = Gauge("streamsearch_index_vectors", "Vectors in a shard's index", ["flow", "partition"])
 FLAT_SCAN_FALLBACKS = Gauge("streamsearch_flat_scan_fallbacks", "Searches of a float16 flat index (flat_scan: "
-                            "float16) since the shard opened whose first candidates the error bound could not prove "
+                            "float16, or auto past its size) since the shard opened whose first candidates the error bound could not prove "
                             "exact, answered by a wider range search: often means float16 costs this data more "
                             "than it saves", ["flow", "partition"])
 LEXICAL_UNITS = Gauge("streamsearch_lexical_units", "Texts in the corpus-wide lexical statistics a fan-out holds "

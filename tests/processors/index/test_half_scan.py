@@ -1,7 +1,8 @@
 """The flat index in float16 answers what the float32 flat index answers, ids and scores to the bit: checked
 against it on the same vectors, with ties, selectors, tombstones, both metrics, clustered vectors (close
 scores, where the first candidates cannot be proven and the range search widens them), short answers and
-vectors past float16's range (the index turns to float32, read back from the store)."""
+vectors past float16's range (the index turns to float32, read back from the store); ``auto`` turns to float16
+when the shard grows past its size, and answers the same before and after."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from processors.index.base import SearchTuning
+from processors.index import faiss_flat
 from processors.index.faiss_flat import FlatVectorIndex
 from processors.index.half_scan import _BLOCK_ROWS, FLOAT16_LIMIT, _max_norm, candidates_for, error_bound
 from processors.index.hits import search_past_ties
@@ -163,7 +165,7 @@ def test_the_flow_setting_builds_a_float16_index_and_refuses_other_values() -> N
     assert built(CompoundIndexerConfig(dim=8)).scan == "float32"
     with pytest.raises(ConfigError, match="give a source"):
         FlatVectorIndex(dim=8, metric="inner_product", scan="float16")
-    with pytest.raises(ConfigError, match="flat_scan 'int8'; use one of float32, float16"):
+    with pytest.raises(ConfigError, match="flat_scan 'int8'; use one of auto, float32, float16"):
         CompoundIndexerConfig(flat_scan="int8")  # type: ignore[arg-type]
 
 
@@ -280,3 +282,74 @@ def test_vectors_read_back_are_the_callers_to_change(tmp_path) -> None:  # type:
     with pytest.raises(KeyError, match=r"vector ids \[8\]"):
         store.vectors_of(np.array([7, 8]))
     store.close()
+
+
+def auto_pair(dim: int, *, past_rows: int, monkeypatch: pytest.MonkeyPatch) -> tuple[FlatVectorIndex, FlatVectorIndex]:
+    """A float32 flat index and an ``auto`` one that turns to float16 once it would hold ``past_rows`` vectors."""
+    monkeypatch.setattr(faiss_flat, "AUTO_FLOAT16_BYTES", past_rows * dim * 4)
+    return (FlatVectorIndex(dim=dim, metric="inner_product"),
+            FlatVectorIndex(dim=dim, metric="inner_product", scan="auto", source=Stored()))
+
+
+def test_auto_turns_to_float16_as_the_shard_grows_and_answers_the_same_before_and_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    full, auto = auto_pair(32, past_rows=3_000, monkeypatch=monkeypatch)
+    vectors, queries = unit(5_000, 32, 40), unit(30, 32, 41)
+    ids = np.arange(len(vectors), dtype=np.int64) * 7 + 1
+    add(full, auto, ids[:2_000], vectors[:2_000])
+    for index in (full, auto):
+        index.remove(ids[:40:2])  # tombstones (under the compaction share) the switch must not copy over
+    assert auto.scan == "float32" and auto.tombstones == 20
+    assert_same(full, auto, queries, 10)
+    add(full, auto, ids[2_000:], vectors[2_000:])  # past the size: the held vectors are copied, then the batch
+    assert auto.scan == "float16" and auto.tombstones == 0 and auto.size == full.size == 4_980
+    assert_same(full, auto, queries, 10)
+    for index in (full, auto):
+        index.remove(ids[1_000:4_000])  # well below the size again: it stays float16, no flip back and forth
+    assert auto.scan == "float16"
+    assert_same(full, auto, queries, 10)
+
+
+def test_auto_loading_a_large_shard_in_one_batch_never_holds_it_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard's bulk load at open is one batch: it goes to float16 before it is added, never into a float32 index
+    first (which would hold the shard in both)."""
+    full, auto = auto_pair(32, past_rows=1_000, monkeypatch=monkeypatch)
+    first = auto._index  # the empty float32 index it opened with
+    add(full, auto, np.arange(4_000, dtype=np.int64), unit(4_000, 32, 42))
+    assert auto.scan == "float16" and first.ntotal == 0 and auto._index.ntotal == 4_000
+    assert isinstance(faiss_flat.faiss.downcast_index(auto._index.index), faiss_flat.faiss.IndexScalarQuantizer)
+    assert_same(full, auto, unit(20, 32, 43), 10)
+
+
+@pytest.mark.parametrize("where", ["held", "coming"])
+def test_auto_stays_float32_for_good_when_float16_cannot_hold_a_vector(where: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    full, auto = auto_pair(16, past_rows=1_500, monkeypatch=monkeypatch)
+    vectors = unit(3_000, 16, 44)
+    vectors[10 if where == "held" else 2_000, 3] = 2 * FLOAT16_LIMIT  # before the size is passed, or in the batch
+    add(full, auto, np.arange(1_000, dtype=np.int64), vectors[:1_000])
+    add(full, auto, np.arange(1_000, 3_000, dtype=np.int64), vectors[1_000:])
+    assert auto.scan == "float32"
+    full_after, auto_after = unit(600, 16, 45), np.arange(3_000, 3_600, dtype=np.int64)
+    add(full, auto, auto_after, full_after)  # it does not try again
+    assert auto.scan == "float32"
+    assert_same(full, auto, unit(20, 16, 46), 10)
+
+
+def test_auto_turned_to_float16_turns_to_float32_on_a_vector_float16_cannot_hold(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    full, auto = auto_pair(16, past_rows=500, monkeypatch=monkeypatch)
+    add(full, auto, np.arange(1_000, dtype=np.int64), unit(1_000, 16, 47))
+    assert auto.scan == "float16"
+    huge = unit(1, 16, 48) * 3 * FLOAT16_LIMIT
+    add(full, auto, np.array([5_000]), huge)
+    assert auto.scan == "float32"
+    add(full, auto, np.arange(6_000, 7_000, dtype=np.int64), unit(1_000, 16, 49))  # never back to float16
+    assert auto.scan == "float32"
+    assert_same(full, auto, unit(20, 16, 50), 10)
+
+
+def test_auto_is_the_flows_default() -> None:
+    from processors.index.config import CompoundIndexerConfig
+
+    assert CompoundIndexerConfig().flat_scan == "auto"
