@@ -248,16 +248,8 @@ class StageLoop:
         # The index consumer first: closing it revokes its partitions, and the revoke callback
         # unassigns the query partitions that mirror them on the query consumer, still open.
         for path in (self._index, self._query):
-            if path is None:
-                continue
-            try:
-                if not self._failed:
-                    path.checkpoint.commit(asynchronous=False)
-            finally:
-                path.consumer.close()
-                path.producer.close()
-                if path.keepalive is not None:
-                    path.keepalive.close()
+            if path is not None:
+                path.close(commit=not self._failed)  # a failed stage's pending outputs may be undelivered
         self.producer.close()
         if self._rebalance.error is not None:
             logger.error("rebalance callback failed during close", extra={"error": repr(self._rebalance.error)})

@@ -94,6 +94,18 @@ class InputPath:
             self.checkpoint.begin()  # type: ignore[attr-defined]
         self.outputs.produce(self.producer, outputs)
 
+    def close(self, *, commit: bool) -> None:
+        """Commit what was processed (``commit``), then close the consumer (it leaves the group), the producer
+        and the keep-alive worker, whatever the commit raised."""
+        try:
+            if commit:
+                self.checkpoint.commit(asynchronous=False)
+        finally:
+            self.consumer.close()
+            self.producer.close()
+            if self.keepalive is not None:
+                self.keepalive.close()
+
     @property
     def transactional(self) -> bool:
         return isinstance(self.checkpoint, TransactionalCheckpoint)
