@@ -150,7 +150,8 @@ In-process, one query's top 10 of a 384-d shard (2026-12-05/06): 5,000 vectors 0
 float16; 49,747 vectors 6.9 against 3.1 ms for the index stage's whole answer (``benchmarks/shard_search.py``);
 100,000 vectors, k = 100, 10.8 against 10.6; k = 1,000, 11.2 against 23.0."""
 _COPY_ROWS = 16_384
-"""Rows copied at a time when ``auto`` turns an index to float16: the float32 copy in flight stays small."""
+"""Rows copied at a time when an index turns to float16 (``auto``) or back to float32: the copy in flight stays
+small."""
 
 COMPACT_FRACTION = 0.05
 """Share of a flat index that may be tombstones before they leave it in one ``remove_ids``. That call
@@ -170,7 +171,8 @@ class FlatVectorIndex(FaissVectorIndex):
         (half the memory) and scores each search's candidates exactly on their float32 vectors from
         ``source``, so answers are the float32 scan's (``processors/index/half_scan.py``). Not on a GPU.
         ``auto``: float32 until the vectors held would take ``AUTO_FLOAT16_BYTES`` in float32, then float16
-        (float32 throughout without a ``source``, on a GPU, or once a vector float16 cannot hold came).
+        (float32 throughout without a ``source``, on a GPU, or once a vector float16 cannot hold was held or
+        came, before or after the turn).
     :param source: the stored float32 vectors by id (the shard's store): needed by ``float16``.
     :raises ConfigError: for ``float16`` without a source.
     """
@@ -234,24 +236,24 @@ class FlatVectorIndex(FaissVectorIndex):
 
     def _to_float16(self, coming: np.ndarray) -> None:
         """``auto``: hold float16 vectors from now on, the float32 ones held so far copied over a block of rows
-        at a time (tombstones dropped first). Stays float32 for good if float16 cannot hold one of them or of
-        ``coming``."""
+        at a time (tombstones dropped first). Stays float32 for good if float16 cannot hold a vector of the batch
+        ``coming`` or one held now (one removed before, even a tombstone not yet compacted, is not held)."""
         self._auto = False
+        half = HalfPrecisionScan(dim=self.dim, metric=self.metric)
+        if not half.holds(coming):  # before any copy
+            logger.info("flat_scan auto: a vector float16 cannot hold, the flat index stays float32")
+            return
         if self._dead_count:
             self._compact()
-        half = HalfPrecisionScan(dim=self.dim, metric=self.metric)
         index = half.new_index()
         held = faiss.vector_to_array(self._index.id_map).astype(np.int64)
         for start in range(0, len(held), _COPY_ROWS):
             vectors = self._index.index.reconstruct_n(start, min(_COPY_ROWS, len(held) - start))
             if not half.holds(vectors):
-                coming = vectors  # reported below, like a coming one
-                break
+                logger.info("flat_scan auto: a vector float16 cannot hold, the flat index stays float32")
+                return
             index.add_with_ids(vectors, held[start:start + len(vectors)])
             half.added(vectors)
-        if not half.holds(coming):
-            logger.info("flat_scan auto: a vector float16 cannot hold, the flat index stays float32")
-            return
         self._index, self._half = index, half
         logger.info("flat_scan auto: the flat index holds float16 vectors from now on",
                     extra={"vectors": len(held), "dim": self.dim})
@@ -267,8 +269,9 @@ class FlatVectorIndex(FaissVectorIndex):
         held = faiss.vector_to_array(self._index.id_map).astype(np.int64)
         self._index = _float32_index(self.dim, self.metric)
         self._half = None
-        if len(held):
-            self._index.add_with_ids(np.ascontiguousarray(self._source(held), dtype=np.float32), held)
+        for start in range(0, len(held), _COPY_ROWS):  # a block at a time: no second copy of the shard in flight
+            block = held[start:start + _COPY_ROWS]
+            self._index.add_with_ids(np.ascontiguousarray(self._source(block), dtype=np.float32), block)
 
     def remove(self, ids: np.ndarray) -> int:
         """Tombstone the live ids among ``ids`` (compacting past ``COMPACT_FRACTION``); returns how many were."""
