@@ -5,7 +5,8 @@ cores): the member would be evicted, its commit refused and the batch run again,
 stateless handler's batch runs in a worker thread while the thread that owns the consumers pauses
 them and polls them every ``every_s`` (no records come from paused partitions; the poll serves the
 interval, heartbeats and rebalances). A handler that owns partition state (``PartitionAware``) runs
-inline instead: rebalance callbacks open and close its state, and its batches are bounded anyway.
+inline instead, and so does one that reads it (a path that ``follow_index_path``, a shard's search): rebalance
+callbacks open and close that state, and their batches are bounded anyway.
 """
 
 from __future__ import annotations

@@ -134,7 +134,10 @@ def open_path(stage: StageSpec, spec: PathSpec, settings: KafkaSettings, *, outp
     inflight = InFlightLog(stage.inflight_dir, spec.group_id) if stage.inflight_dir is not None else None
     path = InputPath(spec, consumer, producer, checkpoint, inflight=inflight)
     path.outputs = outputs
-    if spec.partition_aware is None:  # a stateful handler runs inline: rebalances open and close its state
+    if spec.partition_aware is None and not spec.follow_index_path:
+        # A stateful handler runs inline, and so does one that reads its state (a shard's search): rebalances
+        # open and close that state, and a keep-alive poll of the index consumer during a long search batch
+        # could close a shard under the search reading it.
         path.keepalive = KeepAlive(stage.name, keepalive_s)
     if spec.restoring is not None:
         path.restore = RestoreHooks(spec.restoring, consumer, stage=stage.name, watch_every_s=watch_every_s,

@@ -8,11 +8,11 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from streams.kafka.admin import ensure_topics
 from streams.kafka.producer import StageProducer
@@ -110,8 +110,7 @@ def _batch(topic: str, start: int, count: int) -> list[Inbound]:
 def _close(loop: StageLoop) -> None:
     for path in (loop._index, loop._query):
         assert path is not None
-        path.consumer.close()
-        path.producer.close()
+        path.close(commit=False)
     loop.producer.close()
 
 
@@ -159,33 +158,6 @@ def test_a_batch_with_a_crash_count_is_not_sliced(kafka_settings: KafkaSettings,
     finally:
         _close(loop)
     assert journal.events == [("slice", 16)]
-
-
-def test_a_long_search_between_slices_keeps_the_index_consumer_unpolled(kafka_settings: KafkaSettings) -> None:
-    """A search batch runs under its path's keepalive, which polls this thread's consumers; between slices
-    the index consumer is left out: its rebalance would close the shard the rest of the batch applies to."""
-    loop, journal, ingest, search = _loop(kafka_settings, slice_records=4, follow=True)
-    assert loop._index is not None and loop._query is not None and loop._query.keepalive is not None
-    polled: list[set[int]] = []
-    run_kept_alive = loop._query.keepalive.call
-
-    def call(process: Callable[[Sequence[Inbound]], list[Output]], records: list[Inbound],
-             consumers: Sequence[Consumer]) -> list[Output]:
-        polled.append({id(consumer) for consumer in consumers})
-        return run_kept_alive(process, records, consumers)
-
-    loop._query.keepalive.call = call  # type: ignore[method-assign]
-    _ask(kafka_settings, search)
-    try:
-        _batches_until_searched(loop, journal, ingest)
-        _ask(kafka_settings, search)
-        while len(polled) < 2:  # and one from the loop's own round, outside any batch
-            loop.step()
-    finally:
-        _close(loop)
-    between, outside = polled[0], polled[-1]
-    assert id(loop._query.consumer) in between and id(loop._index.consumer) not in between
-    assert outside == {id(loop._query.consumer), id(loop._index.consumer)}
 
 
 @pytest.mark.parametrize(("slice_records", "follow"), [(0, True), (4, False)])
@@ -266,3 +238,30 @@ def test_a_query_batch_that_would_await_a_write_is_answered_after_the_writes_alr
     finally:
         _close(loop)
     assert journal.events == ([("slice", 6), ("search", 1)] if would_await and not backlog else [("search", 1)])
+
+
+class ThreadNotingQueryHandler(QueryHandler):
+    """Notes the thread each search batch runs on."""
+
+    threads: list[threading.Thread]
+
+    def process(self, records: Sequence[Inbound]) -> list[Output]:
+        self.threads = [*getattr(self, "threads", []), threading.current_thread()]
+        return super().process(records)
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_a_query_path_that_follows_the_index_path_searches_on_the_loops_thread(kafka_settings: KafkaSettings,
+                                                                                 follow: bool) -> None:
+    """A shard's search reads the state the index path's rebalances open and close: run in a keep-alive worker, a
+    long search batch would have the loop's thread poll the index consumer meanwhile, and a revoke in that poll
+    closed the shard under the search. A query path of its own (the encode stage's) keeps its worker."""
+    loop, _, _, search = _loop(kafka_settings, slice_records=0, follow=follow, query_handler=ThreadNotingQueryHandler)
+    assert loop._query is not None
+    try:
+        loop._take(loop._query, [Inbound(search, 0, 0, b"k", b"query", {})])
+        handler = loop._query.spec.handler
+        assert isinstance(handler, ThreadNotingQueryHandler)
+        assert (handler.threads == [threading.current_thread()]) is follow
+    finally:
+        _close(loop)
