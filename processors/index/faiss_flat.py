@@ -226,8 +226,8 @@ class FlatVectorIndex(FaissVectorIndex):
             raise ValueError("flat index: vector ids are never reused, but an id was added again")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if self._auto and (int(self._index.ntotal) + len(ids)) * self.dim * 4 >= AUTO_FLOAT16_BYTES:
-            self._to_float16(vectors)  # before the batch: a bulk load never holds both copies of itself
-        if self._half is not None and not self._half.holds(vectors):
+            self._to_float16(vectors)  # before the batch (a bulk load is never held twice); it checks the batch
+        elif self._half is not None and not self._half.holds(vectors):
             self._to_float32()
         super().add(ids, vectors)
         self._present.set(ids)
@@ -240,9 +240,17 @@ class FlatVectorIndex(FaissVectorIndex):
         ``coming`` or one held now (one removed before, even a tombstone not yet compacted, is not held)."""
         self._auto = False
         half = HalfPrecisionScan(dim=self.dim, metric=self.metric)
-        if not half.holds(coming):  # before any copy
+        index = self._float16_copy(half) if half.holds(coming) else None  # the batch first: no copy in vain
+        if index is None:
             logger.info("flat_scan auto: a vector float16 cannot hold, the flat index stays float32")
             return
+        self._index, self._half = index, half
+        logger.info("flat_scan auto: the flat index holds float16 vectors from now on",
+                    extra={"vectors": int(index.ntotal), "dim": self.dim})
+
+    def _float16_copy(self, half: HalfPrecisionScan) -> faiss.Index | None:
+        """The vectors held, tombstones dropped, in a new float16 index, a block of rows at a time; None if
+        float16 cannot hold one of them."""
         if self._dead_count:
             self._compact()
         index = half.new_index()
@@ -250,13 +258,10 @@ class FlatVectorIndex(FaissVectorIndex):
         for start in range(0, len(held), _COPY_ROWS):
             vectors = self._index.index.reconstruct_n(start, min(_COPY_ROWS, len(held) - start))
             if not half.holds(vectors):
-                logger.info("flat_scan auto: a vector float16 cannot hold, the flat index stays float32")
-                return
+                return None
             index.add_with_ids(vectors, held[start:start + len(vectors)])
             half.added(vectors)
-        self._index, self._half = index, half
-        logger.info("flat_scan auto: the flat index holds float16 vectors from now on",
-                    extra={"vectors": len(held), "dim": self.dim})
+        return index
 
     def _to_float32(self) -> None:
         """Hold float32 vectors from now on, read back from the source: a vector float16 cannot hold came

@@ -11,7 +11,7 @@ import numpy as np
 from processors.document import Direction, Document, Score
 from processors.exceptions import ConfigError
 from processors.index.base import Hit
-from processors.rankers.base import SCORE_NAME, RankResult
+from processors.rankers.base import SCORE_NAME, RankResult, rank_order
 
 __all__ = ["Chunk2DocRankerConfig", "Chunk2DocRanker"]
 
@@ -76,8 +76,8 @@ class Chunk2DocRanker:
             if any(hit.score.direction is not first.direction for hit in group):
                 raise ConfigError("Chunk2DocRanker: chunk scores of one document mix distance and similarity")
             score = self._aggregate(group, first)
-            scored.append(((score.sort_key(), doc_id), score, group))
-        scored.sort(key=lambda entry: entry[0])  # rank_key's order: the score's direction, then the id
+            scored.append((rank_order(score, doc_id), score, group))
+        scored.sort(key=lambda entry: entry[0])
         matches: list[Document] = []
         for _, score, group in scored:
             if len(matches) == top_k:
