@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from streams.exceptions import DeliveryError, ProducerFailedError
+from streams.runtime.inflight import merged_ranges, offset_ranges
 from streams.runtime.metrics import RECORDS_IN
 from streams.runtime.outputs import TopicLimits
 from streams.runtime.paths import InputPath
@@ -72,16 +73,16 @@ def _process_in_slices(path: InputPath, records: list[Inbound], *, stage: StageS
     parts = _slices(records, 0 if crashed or slicing is None else slicing.size)
     accepted: list[Inbound] = []
     serve_until = time.monotonic() + (slicing.serve_for_s if slicing is not None else 0.0)
+    ranges = [offset_ranges(part) for part in parts] if inflight is not None and len(parts) > 1 else []
     for number, part in enumerate(parts):
-        if number and slicing is not None:
+        if number and slicing is not None and time.monotonic() < serve_until:
             # None of the batch is in flight while queries run: one that kills the process is not
             # counted against the batch; the rest is noted again after.
             if inflight is not None:
-                inflight.end(records)
-            if time.monotonic() < serve_until:
-                slicing.between()
+                inflight.clear(merged_ranges(ranges))
+            slicing.between()
             if inflight is not None:
-                verdict = inflight.begin([record for rest in parts[number:] for record in rest])
+                inflight.resume(merged_ranges(ranges[number:]))
         try:
             accepted += path.failures.take(
                 part, max_payload_bytes=stage.max_payload_bytes, verdict=verdict, call=call,

@@ -61,3 +61,12 @@ def test_a_note_another_process_renamed_over_the_open_file_is_the_one_read(tmp_p
     verdict = log.begin([Record(7)])
     assert list(verdict.poisoned) == [("t", 0, 7)]  # a lone record that crashed twice
     assert _note(path)["pid"] == os.getpid()  # and the note written after it is in the file now named
+
+
+def test_offset_ranges_and_their_merge_cover_each_partitions_first_and_last_offset() -> None:
+    from streams.runtime.inflight import merged_ranges, offset_ranges
+
+    parts = [offset_ranges([Record(7), Record(3, partition=1), Record(5), Record(4, partition=1)]),
+             offset_ranges([Record(9), Record(2)])]
+    assert parts == [{("t", 0): (5, 7), ("t", 1): (3, 4)}, {("t", 0): (2, 9)}]
+    assert merged_ranges(parts) == {("t", 0): (2, 9), ("t", 1): (3, 4)} and merged_ranges([]) == {}

@@ -5,6 +5,7 @@ of a bulk ingest rather than a whole batch (``StageLoop._take``)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -145,6 +146,30 @@ def test_no_index_record_is_noted_in_flight_while_queries_run_between_slices(
     finally:
         _close(loop)
     assert notes and all(note == b"" for note in notes)  # the batch's note file exists, empty
+
+
+def test_each_slice_runs_noted_in_flight_with_the_rest_of_its_batch(kafka_settings: KafkaSettings,
+                                                                    tmp_path: Path) -> None:
+    """Between slices the notes are dropped and the rest noted again (``InFlightLog.resume``): a crash in a
+    later slice is counted over the offsets not yet applied, by this process, and the batch through empties it."""
+    loop, _, ingest, _ = _loop(kafka_settings, slice_records=4, follow=True, inflight=tmp_path)
+    assert loop._index is not None
+    note = tmp_path / f"{loop._index.spec.group_id}__{ingest}__0.json"
+    seen: list[dict[str, object]] = []
+    process = loop._index.spec.handler.process
+
+    def noting(records: Sequence[Inbound]) -> list[Output]:
+        seen.append(json.loads(note.read_bytes()))
+        return process(records)
+
+    loop._index.spec.handler.process = noting  # type: ignore[method-assign]
+    try:
+        loop._take(loop._index, _batch(ingest, 100, 14))
+    finally:
+        _close(loop)
+    assert [(n["first"], n["last"], n["crashes"]) for n in seen] == [(100, 113, 0), (104, 113, 0), (108, 113, 0),
+                                                                     (112, 113, 0)]
+    assert {n["pid"] for n in seen} == {os.getpid()} and note.read_bytes() == b""
 
 
 def test_a_batch_with_a_crash_count_is_not_sliced(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
