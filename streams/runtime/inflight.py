@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-__all__ = ["DEFAULT_CRASH_LIMIT", "NOTE_BYTES", "CrashLoopError", "InFlightLog", "InFlightVerdict", "Ranges", "merged_ranges",
-           "offset_ranges"]
+__all__ = ["DEFAULT_CRASH_LIMIT", "NOTE_BYTES", "CrashLoopError", "InFlightLog", "InFlightVerdict", "Ranges",
+           "merged_ranges", "offset_ranges"]
 
 logger = logging.getLogger(__name__)
 

@@ -5,14 +5,13 @@ A stage has up to two input paths, each with its own consumer and producer: the 
 no state (the encode stage), the query path runs in a thread of its own, so a query never waits
 behind the index path: its backlog, a long batch, or a commit that waits for a broker failover
 (a transaction of ``exactly_once``, a flush). When they do (the shard: its search reads what its
-ingest writes, and one rebalance moves both), one thread serves both, the query consumer polled
-first and the one the loop blocks on when idle, and again between slices of an index batch
-(``PathSpec.slice_records``). Stages differ only in their ``StageSpec``.
+ingest writes, and one rebalance moves both), one thread serves both (``inline``). Stages differ
+only in their ``StageSpec``.
 
-The loop composes the parts of ``streams/runtime/``: ``spec`` (what a stage and its handlers declare),
-``paths`` (one input path, opened), ``batch`` (one batch, in slices where queries wait), ``failures``
-(isolate, retry, reject or dead-letter), ``outputs`` (sizes, reply gating), ``keepalive`` (long batches), ``restore`` and ``rebalance`` (what a stateful handler is
-told), ``reporting`` (status, lag, membership) and ``checkpoint``/``inflight`` (commits, crash loops).
+The loop composes the parts of ``streams/runtime/``: ``spec`` (what stages and handlers declare), ``paths``
+(one input path, opened), ``batch`` (one batch, in slices where queries wait), ``failures`` (isolate, retry,
+reject or dead-letter), ``outputs`` (sizes, reply gating), ``keepalive`` (long batches), ``rebalance`` (what a
+stateful handler is told), ``reporting`` (status, lag, membership), ``checkpoint``/``inflight`` (commits, crash loops).
 """
 
 
@@ -27,13 +26,13 @@ from typing import IO
 
 from confluent_kafka import KafkaError
 
-from streams.exceptions import ProducerFailedError
 from streams.kafka.consumer import consume_batch
 from streams.kafka.producer import StageProducer
 from streams.kafka.settings import KafkaSettings
-from streams.runtime.batch import Slicing, take_batch
+from streams.runtime.batch import take_batch
 from streams.runtime.failures import DeadLetterTopic
 from streams.runtime.inflight import InFlightLog
+from streams.runtime.inline import InlineQueries
 from streams.runtime.metrics import serve_metrics
 from streams.runtime.outputs import Outputs, TopicLimits
 from streams.runtime.paths import InputPath, open_path, transactional_id
@@ -49,18 +48,12 @@ logger = logging.getLogger(__name__)
 class StageLoop:
     """Runs one stage until stopped; safe to stop from a signal handler or another thread."""
 
-    IDLE_POLL_S = 0.02
-    AWAITING_POLL_S = 0.005
-    """How long an idle loop blocks on the index consumer while a search awaits a write there (``AwaitsWrites``):
-    the write is taken as soon as it is fetched; a new query waits this long meanwhile, and for the first slice of
-    what that poll brings."""
+    IDLE_POLL_S = InlineQueries.IDLE_POLL_S
     WATCH_EVERY_S = 0.1
     KEEPALIVE_S = 2.0
     REPORT_EVERY_S = 5.0
     """Lag, status and membership checks."""
     ORPHANED_AFTER_S = 60.0
-    SERVE_BETWEEN_SLICES_S = 2.0
-    """``Slicing.serve_for_s`` of an index batch."""
 
     def __init__(self, spec: StageSpec, settings: KafkaSettings) -> None:
         self.spec = spec
@@ -72,11 +65,6 @@ class StageLoop:
         self._query: InputPath | None = None
         self._query_thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
-        self._index_has_backlog = False
-        self._between_slices = False
-        self._writes_applying = False
-        """An index batch applied before a query batch that awaits it (``_apply_fetched_writes``): whole, since
-        the queries it would serve between slices would overtake the batch that waits."""
         self._next_lag_report = 0.0
         self._failed = False
         self._topic_limits = TopicLimits(settings, spec.max_payload_bytes)
@@ -85,6 +73,7 @@ class StageLoop:
         self._status = StatusReport(spec, self.producer)
         self._membership = MembershipWatch(self.ORPHANED_AFTER_S)
         self._rebalance = Rebalance(spec.name)
+        self._inline = InlineQueries(poll=self._poll, rebalance=self._rebalance)
         self._fault_report: IO[str] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -137,7 +126,7 @@ class StageLoop:
         try:
             while not self._stop.is_set():
                 self._poll(self._query, self.IDLE_POLL_S)
-                self._tick(self._query)
+                self._query.tick()
                 if time.monotonic() >= next_report:
                     next_report = time.monotonic() + self.REPORT_EVERY_S
                     report_lag(self.spec, self._paths_of_this_thread())
@@ -176,70 +165,19 @@ class StageLoop:
 
     def step(self) -> None:
         """One round: queries first (blocking briefly when idle), then ingest, then timers. Queries
-        only when this thread serves them (see :meth:`_serve_queries`)."""
-        busy = False
-        query = self._query if self._serves_query_path_inline() else None
-        awaiting = self._awaiting_writes(query)
-        if query is not None:
-            idle_wait = 0.0 if self._index is not None and (self._index_has_backlog or awaiting) else self.IDLE_POLL_S
-            busy = self._poll(query, idle_wait)
-        if self._index is not None:
-            index_wait = 0.0 if busy else self.AWAITING_POLL_S if awaiting else 0.0 if query else self.IDLE_POLL_S
-            self._index_has_backlog = self._poll(self._index, index_wait)
-            if self._index.restore is not None:
-                self._index.restore.watch()
+        only when this thread serves them (``streams/runtime/inline.py``; else :meth:`_serve_queries`)."""
+        query = self._query if self._query_thread is None else None
+        self._inline.poll(self._index, query)
+        if self._index is not None and self._index.restore is not None:
+            self._index.restore.watch()
         for path in (query, self._index):
             if path is not None:
-                self._tick(path)
+                path.tick()
         if time.monotonic() >= self._next_lag_report:
             self._next_lag_report = time.monotonic() + self.REPORT_EVERY_S
             report_lag(self.spec, self._paths_of_this_thread())
             self._status.publish(self.processed, self.dead_letters, self._index)
             self._watch_membership()
-
-    def _writes_first(self, records: list[Inbound]) -> bool:
-        """Whether this query batch, served on this thread, would hold a request for a write of the index path
-        not yet applied (``AwaitsWrites``), while no index batch is under way (between its slices) and the index
-        path has no backlog (its last poll found nothing): what it has fetched since is then a few writes, most
-        likely the awaited one. Behind a bulk ingest the awaited write is further back, and applying a whole
-        batch first would hold every query of this batch for it, where a slice holds them otherwise."""
-        held = self._query.spec.awaits_writes if self._query is not None else None
-        return (held is not None and self._index is not None and self._serves_query_path_inline()
-                and not self._between_slices and not self._index_has_backlog and held.would_await(records))
-
-    def _apply_fetched_writes(self, records: list[Inbound]) -> list[Inbound]:
-        """Apply what the index consumer has fetched (most likely the write a request of ``records`` names),
-        whole, before answering ``records``: answered first, the held request's search ran after the others'
-        (two shards of one process searched one after the other instead of side by side: 296 of 300 write→found
-        searches were held so; ``benchmarks/query_hops.py --fresh``, 2 shards of 100,000 vectors, end to end p50
-        34-36 ms before, 25 after, the shard's hop 26 then 16-17). Returns the records of partitions still assigned: a
-        rebalance during that poll gave the others to a new owner, who reads them again (uncommitted here).
-        """
-        assert self._index is not None and self._query is not None
-        releases = self._rebalance.releases
-        self._writes_applying = True
-        try:
-            self._poll(self._index, 0.0)
-        finally:
-            self._writes_applying = False
-        if self._rebalance.releases == releases:
-            return records
-        assigned = self._query.assignment()
-        return [record for record in records if (record.topic, record.partition) in assigned]
-
-    def _awaiting_writes(self, query: InputPath | None) -> bool:
-        """Whether the query path this thread serves holds a request for a write the index path has not applied
-        (``AwaitsWrites``): then the loop blocks on the index consumer when idle, not the query consumer."""
-        held = query.spec.awaits_writes if query is not None and self._index is not None else None
-        return held is not None and held.awaiting_writes
-
-    def _tick(self, path: InputPath) -> None:
-        """The handler's timers (expired requests, parked searches), then the path's commit."""
-        try:
-            path.emit(path.spec.handler.tick())
-        except ProducerFailedError as exc:
-            path.checkpoint.recover(exc)
-        path.checkpoint.commit()
 
     def _watch_membership(self) -> None:
         self._membership.check(self._paths_of_this_thread())
@@ -277,8 +215,9 @@ class StageLoop:
                 out_of_range.append((msg.topic(), msg.partition()))
             else:
                 logger.warning("consume error", extra={"stage": self.spec.name, "error": str(err)})
-        if records and path is self._query and self._writes_first(records):
-            records = self._apply_fetched_writes(records)
+        pair = self._inline_pair() if records and path is self._query else None
+        if pair is not None and self._inline.writes_first(*pair, records):
+            records = self._inline.apply_fetched_writes(*pair, records)
         if records:
             self._take(path, records)
         if path.restore is not None:
@@ -290,31 +229,22 @@ class StageLoop:
     def _take(self, path: InputPath, records: list[Inbound]) -> None:
         """Take a batch (``streams/runtime/batch.py``): an index batch in slices of ``PathSpec.slice_records``
         when this thread also serves a query path, except one applied for a query that awaits it."""
-        sliced = path is self._index and self._serves_query_path_inline() and not self._writes_applying
-        slicing = Slicing(path.spec.slice_records, self._serve_waiting_queries, self.SERVE_BETWEEN_SLICES_S) \
-            if sliced else None
+        pair = self._inline_pair()
+        slicing = self._inline.slicing(*pair) if pair is not None and path is pair[0] else None
         take_batch(path, records, stage=self.spec, limits=self._topic_limits, call=functools.partial(self._call, path),
                    slicing=slicing)
 
-    def _serves_query_path_inline(self) -> bool:
-        return self._query is not None and self._query_thread is None
-
-    def _serve_waiting_queries(self) -> None:
-        """Between two slices of an index batch: the queries already fetched, and the handler's timers
-        (a search parked for a write the last slice applied). The index consumer is not polled meanwhile
-        (``_call``): a rebalance would close the shard the rest of the batch applies to."""
-        assert self._query is not None
-        self._between_slices = True
-        try:
-            self._poll(self._query, 0.0)
-            self._tick(self._query)
-        finally:
-            self._between_slices = False
+    def _inline_pair(self) -> tuple[InputPath, InputPath] | None:
+        """The index path and the query path this thread serves inline with it (``InlineQueries``), if any."""
+        if self._index is None or self._query is None or self._query_thread is not None:
+            return None
+        return self._index, self._query
 
     def _call(self, path: InputPath, records: list[Inbound]) -> list[Output]:
         """``handler.process(records)``: a stateless handler's in the path's worker thread, keeping this
         member in its groups however long it runs (``streams/runtime/keepalive.py``)."""
         if path.keepalive is None:
             return path.spec.handler.process(records)
-        consumers = [p.consumer for p in self._paths_of_this_thread() if not (self._between_slices and p is self._index)]
+        applying = self._index if self._inline.between_slices else None  # not polled: no revoke under its batch
+        consumers = [p.consumer for p in self._paths_of_this_thread() if p is not applying]
         return path.keepalive.call(path.spec.handler.process, records, consumers)

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from confluent_kafka import Consumer, Message
 
+from streams.exceptions import ProducerFailedError
 from streams.kafka.consumer import gather, latency_fetch_wait_ms, make_consumer
 from streams.kafka.producer import StageProducer
 from streams.kafka.settings import KafkaSettings
@@ -93,6 +94,14 @@ class InputPath:
         if self.transactional:
             self.checkpoint.begin()  # type: ignore[attr-defined]
         self.outputs.produce(self.producer, outputs)
+
+    def tick(self) -> None:
+        """The handler's timers (expired requests, parked searches), then the path's commit."""
+        try:
+            self.emit(self.spec.handler.tick())
+        except ProducerFailedError as exc:
+            self.checkpoint.recover(exc)
+        self.checkpoint.commit()
 
     def close(self, *, commit: bool) -> None:
         """Commit what was processed (``commit``), then close the consumer (it leaves the group), the producer

@@ -18,6 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from streams.kafka.admin import ensure_topics
 from streams.kafka.producer import StageProducer
 from streams.kafka.settings import KafkaSettings
+from streams.runtime.inline import InlineQueries
 from streams.runtime.loop import StageLoop
 from streams.runtime.spec import AwaitsWrites, Inbound, Output, PathSpec, StageSpec
 from streams.wire.topics import TopicShape
@@ -217,7 +218,7 @@ def test_while_a_search_awaits_a_write_the_idle_loop_blocks_on_the_index_consume
         waits.append(("index" if path is loop._index else "query", timeout))
         return poll(path, timeout)  # type: ignore[arg-type]
 
-    loop._poll = timed_poll  # type: ignore[method-assign]
+    loop._inline._poll = timed_poll  # the loop's polls, in the order and with the waits InlineQueries gives
     try:
         loop.step()
         idle = list(waits)
@@ -227,8 +228,8 @@ def test_while_a_search_awaits_a_write_the_idle_loop_blocks_on_the_index_consume
         parked = list(waits)
     finally:
         _close(loop)
-    assert idle == [("query", StageLoop.IDLE_POLL_S), ("index", 0.0)]
-    assert parked == [("query", 0.0), ("index", StageLoop.AWAITING_POLL_S)]
+    assert idle == [("query", InlineQueries.IDLE_POLL_S), ("index", 0.0)]
+    assert parked == [("query", 0.0), ("index", InlineQueries.AWAITING_POLL_S)]
 
 
 @pytest.mark.parametrize(("would_await", "backlog"), [(True, False), (False, False), (True, True)])
@@ -244,7 +245,7 @@ def test_a_query_batch_that_would_await_a_write_is_answered_after_the_writes_alr
     handler = loop._query.spec.handler
     assert isinstance(handler, ParkingQueryHandler)
     handler.would = would_await
-    loop._index_has_backlog = backlog  # as the loop's last poll of the index path found
+    loop._inline.index_has_backlog = backlog  # as the loop's last poll of the index path found
     producer = StageProducer(kafka_settings)
     for _ in range(6):
         producer.produce(ingest, value=b"doc", partition=0)
