@@ -295,9 +295,10 @@ class FlatVectorIndex(FaissVectorIndex):
     def _compact(self) -> None:
         """Remove every tombstone from FAISS in one pass; the ids stay known, so they are never taken again."""
         gone = np.concatenate(self._pending)
+        rows = ~self._dead.test(faiss.vector_to_array(self._index.id_map)) if self._half is not None else None
         self._index.remove_ids(gone)
         if self._half is not None:
-            self._half.renorm(self._index)
+            self._half.kept(rows)
         self._present.clear(gone)
         self._pending.clear()
         self._dead_count = 0

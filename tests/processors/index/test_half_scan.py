@@ -14,7 +14,7 @@ import pytest
 from processors.index.base import SearchTuning
 from processors.index import faiss_flat
 from processors.index.faiss_flat import FlatVectorIndex
-from processors.index.half_scan import _BLOCK_ROWS, FLOAT16_LIMIT, _max_norm, candidates_for, error_bound
+from processors.index.half_scan import _BLOCK_ROWS, FLOAT16_LIMIT, _row_norms, candidates_for, error_bound
 from processors.index.hits import search_past_ties
 
 COUNT = 10_000
@@ -210,20 +210,42 @@ def test_a_nan_past_the_first_block_is_still_found() -> None:
     assert half.scan == "float32"
 
 
-def test_the_largest_norm_is_found_in_any_block_without_a_float64_copy_of_the_shard() -> None:
-    """A compaction recomputes the largest norm over every vector held: a block at a time, so that it never
+def test_the_norms_are_found_in_any_block_without_a_float64_copy_of_the_vectors() -> None:
+    """The norms of a bulk load (a shard turning to float16) are computed a block at a time, so that it never
     holds a float64 copy of the shard (20,000 384-d vectors: 61 MB, and its squares as much again)."""
     vectors = unit(20_000, 384, 22)
     vectors[-3] *= 7.5  # the largest, in the last block
-    expected = float(np.sqrt((vectors.astype(np.float64) ** 2).sum(axis=1).max()))
+    expected = np.sqrt((vectors.astype(np.float64) ** 2).sum(axis=1))
     tracemalloc.start()
     try:
-        found = _max_norm(vectors)
+        found = _row_norms(vectors)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert found == pytest.approx(expected, rel=1e-12)
-    assert peak < 3 * _BLOCK_ROWS * 384 * 8  # two blocks in float64 at a time (the next made before the last goes)
+    assert np.allclose(found, expected, rtol=1e-12, atol=0) and int(found.argmax()) == len(vectors) - 3
+    assert peak < 3 * _BLOCK_ROWS * 384 * 8 + found.nbytes  # two blocks in float64 at a time, and the norms
+
+
+def test_the_bound_follows_the_rows_a_compaction_keeps_in_faiss_order() -> None:
+    """The norms are kept by row, in FAISS's order (``remove_ids`` keeps the order of what stays): after
+    compactions that drop the largest vectors one by one, the bound is the largest of those held."""
+    vectors = unit(400, 16, 31)
+    scales = np.linspace(1.0, 3.0, len(vectors)).astype(np.float32)
+    rng = np.random.default_rng(32)
+    order = rng.permutation(len(vectors))  # the largest anywhere among the rows
+    vectors = vectors * scales[order][:, None]
+    _, half = pair(vectors, "inner_product")
+    held = np.ones(len(vectors), bool)
+    for largest in np.argsort(-scales[order])[:5]:
+        victims = iter(rng.permutation(np.flatnonzero(held & (np.arange(len(vectors)) != largest))))
+        half.remove(np.array([5 + 3 * int(largest)]))  # pair's ids
+        held[largest] = False
+        while half.tombstones:  # until the compaction past COMPACT_FRACTION
+            victim = next(victims)
+            half.remove(np.array([5 + 3 * int(victim)]))
+            held[victim] = False
+        expected = float(np.sqrt((vectors[held].astype(np.float64) ** 2).sum(axis=1).max()))
+        assert half._half is not None and half._half._max_norm == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("query_value", [0.0, 1e-45, 3e38])
