@@ -11,8 +11,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from processors.index.base import SearchTuning
 from processors.index import faiss_flat
+from processors.index.base import SearchTuning
 from processors.index.faiss_flat import FlatVectorIndex
 from processors.index.half_scan import _BLOCK_ROWS, FLOAT16_LIMIT, _row_norms, candidates_for, error_bound
 from processors.index.hits import search_past_ties
