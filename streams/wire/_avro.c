@@ -1,5 +1,6 @@
 /* Bounded Avro binary, compiled: the pre-scan's walk (streams/wire/prescan.py is its reference and gives
- * every message) and a reader that builds the values fastavro's schemaless_reader builds.
+ * every message), a reader that builds the values fastavro's schemaless_reader builds, and a writer that
+ * writes the bytes fastavro's schemaless_writer writes (for the values it takes; the rest go to fastavro).
  *
  * Why C: a replayed 10-chunk record spent ~60 of its ~200 us of decoding in the Python walk and ~70 in
  * fastavro's reader, which interprets the parsed schema's dicts field by field (benchmarks/decode.py
@@ -13,21 +14,23 @@
  * The schema arrives as a program: int32 words, nodes addressed by their index (streams/wire/program.py),
  * and a tuple of the Python objects it names (record field names, enum symbols).
  *   LEN bytes                    a string (bytes 0) or bytes (1): a length, then that many bytes
- *   VARINT                       an int or long, at most 10 bytes
+ *   VARINT long                  an int (long 0) or a long (1), at most 10 bytes
  *   SKIP n what                  n bytes: null (what 0), boolean (1), float (2), double (3), fixed (4)
  *   UNION n b0 .. b(n-1)         a branch index, then that branch
  *   ENUM n symbols               a symbol index below n; symbols: the object index of their tuple
  *   ARRAY flat n i0 .. i(n-1)    blocks of items, each item the n nodes (an array's 1 item, a map's key
  *                                and value); flat: strings and numbers only (a sized block never matters)
- *   RECORD doc n f0 .. f(n-1) names make   the fields in order; doc: a Document, counted against the caps;
- *                                names: the object index of the field names' tuple; make: the object index
- *                                of a callable the reader calls with the field values in order (a
- *                                dataclass), or -1 for a dict
+ *   RECORD doc n f0 .. f(n-1) names make name   the fields in order; doc: a Document, counted against the
+ *                                caps; names: the object index of the field names' tuple; make: the object
+ *                                index of a callable the reader calls with the field values in order (a
+ *                                dataclass), or -1 for a dict; name: the object index of the record's name
  *   CUT inner                    a field whose non-null value's byte range the walk reports
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 enum { K_LEN, K_VARINT, K_SKIP, K_UNION, K_ENUM, K_ARRAY, K_RECORD, K_CUT };
 
@@ -464,16 +467,294 @@ done:
     return result;
 }
 
+/* -- the writer ----------------------------------------------------------------------------------------- */
+
+/* What fastavro.schemaless_writer writes, for the values it would write the same way without a choice to
+ * make: exact str, bytes, int, float, bool, None, dict and list, a union's branch found as fastavro finds it
+ * (None: the null branch; a (name, value) tuple: the record branch of that name; the only non-null branch;
+ * or a scalar whose type the earlier branches refuse), every array and map in one block. Anything else (a
+ * subclass, a tuple for an array, a missing field that would take its default, an int written as a double,
+ * a float branch before a double one) is not written here: write() returns None and the caller hands the
+ * value to fastavro, which writes it or raises its own error. So a record is written the same bytes either
+ * way, and no value is refused here that fastavro would take. */
+
+typedef struct {
+    char *buf;
+    Py_ssize_t len, capacity;
+    const int32_t *prog;
+    PyObject *objects;
+    int nesting;
+} Writer;
+
+static int reserve(Writer *w, Py_ssize_t more) {
+    if (w->len + more <= w->capacity) return 0;
+    Py_ssize_t capacity = w->capacity * 2 > w->len + more ? w->capacity * 2 : w->len + more;
+    char *grown = PyMem_Realloc(w->buf, (size_t)capacity);
+    if (grown == NULL) return -1;
+    w->buf = grown;
+    w->capacity = capacity;
+    return 0;
+}
+
+static int write_long(Writer *w, int64_t value) {
+    if (reserve(w, 10)) return -1;
+    uint64_t n = ((uint64_t)value << 1) ^ (uint64_t)(value >> 63);
+    while (n & ~(uint64_t)0x7F) {
+        w->buf[w->len++] = (char)((n & 0x7F) | 0x80);
+        n >>= 7;
+    }
+    w->buf[w->len++] = (char)n;
+    return 0;
+}
+
+static int write_raw(Writer *w, const char *data, Py_ssize_t size) {
+    if (write_long(w, size) || reserve(w, size)) return -1;
+    memcpy(w->buf + w->len, data, (size_t)size);
+    w->len += size;
+    return 0;
+}
+
+static int write_string(Writer *w, PyObject *value) {
+    Py_ssize_t size;
+    const char *utf8 = PyUnicode_CheckExact(value) ? PyUnicode_AsUTF8AndSize(value, &size) : NULL;
+    return utf8 == NULL ? -1 : write_raw(w, utf8, size);
+}
+
+static int write_fixed(Writer *w, PyObject *value, int32_t what) {
+    switch (what) {
+    case 0:
+        return value == Py_None ? 0 : -1;
+    case 1:
+        if (value != Py_True && value != Py_False) return -1;
+        if (reserve(w, 1)) return -1;
+        w->buf[w->len++] = (char)(value == Py_True);
+        return 0;
+    case 2: {
+        if (!PyFloat_CheckExact(value)) return -1;
+        double d = PyFloat_AS_DOUBLE(value);
+        union { float f; uint32_t n; } bits = {.f = (float)d};
+        if (isfinite(d) && !isfinite(bits.f)) return -1;  /* struct.pack('<f') raises OverflowError */
+        if (reserve(w, 4)) return -1;
+        for (int i = 0; i < 4; i++) w->buf[w->len++] = (char)(bits.n >> (8 * i));
+        return 0;
+    }
+    case 3: {
+        if (!PyFloat_CheckExact(value)) return -1;
+        union { double d; uint64_t n; } bits = {.d = PyFloat_AS_DOUBLE(value)};
+        if (reserve(w, 8)) return -1;
+        for (int i = 0; i < 8; i++) w->buf[w->len++] = (char)(bits.n >> (8 * i));
+        return 0;
+    }
+    default:
+        return -1;  /* fixed: fastavro's */
+    }
+}
+
+static const int32_t *skip_cut(const Writer *w, int32_t node) {
+    const int32_t *p = w->prog + node;
+    return p[0] == K_CUT ? w->prog + p[1] : p;
+}
+
+/* Scalars of these exact types are judged by branch_takes; anything else is left to fastavro. */
+static int known_scalar(PyObject *value) {
+    return value == Py_None || PyBool_Check(value) || PyLong_CheckExact(value) || PyFloat_CheckExact(value)
+           || PyUnicode_CheckExact(value) || PyBytes_CheckExact(value);
+}
+
+/* Whether fastavro's validation takes this value for the branch: 1 takes, 0 refuses, -1 cannot say here (a
+ * named or container branch, a float branch, fastavro taking an int or a bool for a double, an int past the
+ * branch's range, a value of another type). */
+static int branch_takes(const int32_t *branch, PyObject *value) {
+    if (branch[0] == K_SKIP && branch[2] == 0) return value == Py_None;
+    if (!known_scalar(value)) return -1;
+    int number = PyBool_Check(value) || PyLong_CheckExact(value);
+    switch (branch[0]) {
+    case K_SKIP:
+        if (branch[2] == 1) return PyBool_Check(value);
+        if (branch[2] == 2) return number || PyFloat_CheckExact(value) ? -1 : 0;
+        if (branch[2] == 3) return PyFloat_CheckExact(value) ? 1 : number ? -1 : 0;
+        return PyBytes_CheckExact(value) ? -1 : 0;  /* fixed: fastavro checks the size */
+    case K_LEN:
+        return branch[1] ? PyBytes_CheckExact(value) : PyUnicode_CheckExact(value);
+    case K_VARINT: {
+        if (PyBool_Check(value)) return 0;  /* fastavro: "and not isinstance(datum, bool)" */
+        if (!PyLong_CheckExact(value)) return 0;
+        int overflow;
+        long long n = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow || (n == -1 && PyErr_Occurred())) return -1;
+        return branch[1] || (n >= INT32_MIN && n <= INT32_MAX) ? 1 : -1;
+    }
+    default:
+        return -1;
+    }
+}
+
+/* The type name a primitive branch goes by in fastavro's (name, value) notation; NULL for the others. */
+static const char *primitive_name(const int32_t *branch) {
+    static const char *const fixed_size[] = {"null", "boolean", "float", "double"};
+    switch (branch[0]) {
+    case K_LEN:
+        return branch[1] ? "bytes" : "string";
+    case K_VARINT:
+        return branch[1] ? "long" : "int";
+    case K_SKIP:
+        return branch[2] >= 0 && branch[2] <= 3 ? fixed_size[branch[2]] : NULL;
+    default:
+        return NULL;
+    }
+}
+
+static int write_node(Writer *w, int32_t node, PyObject *value);
+
+static int write_union(Writer *w, const int32_t *p, PyObject *value) {
+    int32_t n = p[1];
+    if (PyTuple_CheckExact(value)) {  /* fastavro's (name, value) notation: the first branch of that name */
+        if (PyTuple_GET_SIZE(value) != 2 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(value, 0))) return -1;
+        PyObject *name = PyTuple_GET_ITEM(value, 0);
+        for (int32_t i = 0; i < n; i++) {
+            const int32_t *branch = skip_cut(w, p[2 + i]);
+            const char *primitive = primitive_name(branch);
+            int same;
+            if (primitive != NULL) {
+                same = PyUnicode_CompareWithASCIIString(name, primitive) == 0;
+            } else if (branch[0] == K_RECORD) {
+                same = PyUnicode_Compare(name, PyTuple_GET_ITEM(w->objects, branch[5 + branch[2]])) == 0;
+            } else {
+                return -1;  /* an enum's or a fixed's name, or an unnamed array or map: fastavro's */
+            }
+            if (PyErr_Occurred()) return -1;
+            if (same) return write_long(w, i) || write_node(w, p[2 + i], PyTuple_GET_ITEM(value, 1));
+        }
+        return -1;
+    }
+    int32_t others = 0, other = -1;
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t *branch = skip_cut(w, p[2 + i]);
+        if (branch[0] == K_SKIP && branch[2] == 0) {
+            if (value == Py_None) return write_long(w, i);
+        } else {
+            others++;
+            other = i;
+        }
+    }
+    if (value == Py_None) return -1;
+    if (others == 1 && !PyTuple_Check(value)) return write_long(w, other) || write_node(w, p[2 + other], value);
+    for (int32_t i = 0; i < n; i++) {
+        int takes = branch_takes(skip_cut(w, p[2 + i]), value);
+        if (takes < 0) return -1;
+        if (takes) return write_long(w, i) || write_node(w, p[2 + i], value);
+    }
+    return -1;
+}
+
+static int write_record(Writer *w, const int32_t *p, PyObject *value) {
+    if (!PyDict_CheckExact(value)) return -1;
+    int32_t fields = p[2];
+    PyObject *names = PyTuple_GET_ITEM(w->objects, p[3 + fields]);
+    for (int32_t i = 0; i < fields; i++) {
+        PyObject *field = PyDict_GetItemWithError(value, PyTuple_GET_ITEM(names, i));
+        if (field == NULL || write_node(w, p[3 + i], field)) return -1;  /* missing: its default is fastavro's */
+    }
+    return 0;
+}
+
+static int write_blocks(Writer *w, const int32_t *p, PyObject *value) {
+    if (p[2] == 1) {
+        if (!PyList_CheckExact(value)) return -1;
+        Py_ssize_t count = PyList_GET_SIZE(value);
+        if (count && write_long(w, count)) return -1;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(value); i++)
+            if (write_node(w, p[3], PyList_GET_ITEM(value, i))) return -1;
+        return PyList_GET_SIZE(value) == count ? write_long(w, 0) : -1;  /* a list that changed meanwhile */
+    }
+    if (!PyDict_CheckExact(value)) return -1;
+    Py_ssize_t count = PyDict_GET_SIZE(value), at = 0;
+    PyObject *key, *item;
+    if (count && write_long(w, count)) return -1;
+    while (PyDict_Next(value, &at, &key, &item))
+        if (write_string(w, key) || write_node(w, p[4], item)) return -1;
+    return PyDict_GET_SIZE(value) == count ? write_long(w, 0) : -1;
+}
+
+static int write_node(Writer *w, int32_t node, PyObject *value) {
+    const int32_t *p = skip_cut(w, node);
+    switch (p[0]) {
+    case K_LEN:
+        if (p[1]) return PyBytes_CheckExact(value) ? write_raw(w, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)) : -1;
+        return write_string(w, value);
+    case K_VARINT: {
+        if (!PyLong_CheckExact(value)) return -1;
+        int overflow;
+        long long n = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow || (n == -1 && PyErr_Occurred()) || (!p[1] && (n < INT32_MIN || n > INT32_MAX))) return -1;
+        return write_long(w, n);
+    }
+    case K_SKIP:
+        return write_fixed(w, value, p[2]);
+    case K_UNION:
+        return write_union(w, p, value);
+    case K_ENUM: {
+        PyObject *symbols = PyTuple_GET_ITEM(w->objects, p[2]);
+        if (!PyUnicode_CheckExact(value)) return -1;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(symbols); i++) {
+            int same = PyUnicode_Compare(value, PyTuple_GET_ITEM(symbols, i));
+            if (same == -1 && PyErr_Occurred()) return -1;
+            if (same == 0) return write_long(w, i);
+        }
+        return -1;
+    }
+    case K_RECORD:
+    case K_ARRAY: {
+        if (w->nesting >= MAX_NESTING || Py_EnterRecursiveCall(" while writing an Avro record")) return -1;
+        w->nesting++;
+        int failed = p[0] == K_RECORD ? write_record(w, p, value) : write_blocks(w, p, value);
+        w->nesting--;
+        Py_LeaveRecursiveCall();
+        return failed;
+    }
+    default:
+        return -1;
+    }
+}
+
+PyDoc_STRVAR(write_doc,
+"write(value, program, root, objects) -> bytes | None\n\n"
+"What fastavro.schemaless_writer writes for value, or None where this writer leaves the value to fastavro\n"
+"(see the writer's comment in _avro.c): the caller then writes it with fastavro, which may raise.");
+
+static PyObject *avro_write(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *value, *objects;
+    Py_buffer program;
+    Py_ssize_t root;
+    if (!PyArg_ParseTuple(args, "Oy*nO!", &value, &program, &root, &PyTuple_Type, &objects)) return NULL;
+    PyObject *result = NULL;
+    Writer w = {.buf = PyMem_Malloc(256), .capacity = 256, .prog = program.buf, .objects = objects};
+    if (w.buf == NULL) {
+        PyErr_NoMemory();
+    } else if (root < 0 || root >= program.len / (Py_ssize_t)sizeof(int32_t)) {
+        PyErr_SetString(PyExc_ValueError, "root is outside the program");
+    } else if (write_node(&w, (int32_t)root, value)) {
+        PyErr_Clear();  /* fastavro writes it, or says what is wrong with it */
+        result = Py_NewRef(Py_None);
+    } else {
+        result = PyBytes_FromStringAndSize(w.buf, w.len);
+    }
+    PyMem_Free(w.buf);
+    PyBuffer_Release(&program);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"walk", avro_walk, METH_VARARGS, walk_doc},
     {"read", avro_read, METH_VARARGS, read_doc},
+    {"write", avro_write, METH_VARARGS, write_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_avro",
-    .m_doc = "Bounded Avro binary, compiled: the pre-scan's walk and a reader (streams/wire/program.py).",
+    .m_doc = "Bounded Avro binary, compiled: the pre-scan's walk, a reader and a writer (streams/wire/program.py).",
     .m_size = -1,
     .m_methods = methods,
 };

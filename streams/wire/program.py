@@ -1,4 +1,4 @@
-"""A parsed Avro schema compiled for ``streams/wire/_avro.c``: the program its walk and its reader run.
+"""A parsed Avro schema compiled for ``streams/wire/_avro.c``: the program its walk, its reader and its writer run.
 
 The C extension is built by ``pip install`` where a C compiler is (``pyproject.toml``, optional). Where it
 was not, :func:`compile_program` returns None: ``prescan.py`` walks in Python and fastavro reads, as
@@ -22,7 +22,7 @@ except ImportError:  # installed without a C compiler
 __all__ = ["COMPILED", "Program", "compile_program"]
 
 COMPILED = _avro is not None
-"""Whether the compiled walk and reader are here."""
+"""Whether the compiled walk, reader and writer are here."""
 
 _LEN, _VARINT, _SKIP, _UNION, _ENUM, _ARRAY, _RECORD, _CUT = range(8)
 """Node kinds, as ``_avro.c`` numbers them."""
@@ -58,6 +58,13 @@ class Program:
         :raises RecursionError: past Python's recursion limit (the walk's depth cap comes first).
         """
         return _avro.read(data, self.words, self.root, self.objects)
+
+    def write(self, value: Any) -> bytes | None:
+        """What ``fastavro.schemaless_writer`` writes for ``value`` (fastavro's form: dicts, lists, a union's
+        ``(name, value)``), with this schema; None for a value it leaves to fastavro (``_avro.c``'s writer says
+        which: a subclass, a tuple for an array, a missing field, an int for a double, ...), which the caller
+        then writes with fastavro, getting the same bytes or fastavro's error."""
+        return _avro.write(value, self.words, self.root, self.objects)
 
 
 def compile_program(schema: Any, *, documents: frozenset[str], cut_fields: Mapping[str, frozenset[str]],
@@ -115,7 +122,7 @@ class _Compiler:
         if kind in _FIXED_SIZES:
             return self._node(_SKIP, list(_FIXED_SIZES[kind]), [])
         if kind in ("int", "long"):
-            return self._node(_VARINT, [], [])
+            return self._node(_VARINT, [int(kind == "long")], [])
         if kind in ("string", "bytes"):
             return self._node(_LEN, [int(kind == "bytes")], [])
         raise TypeError(f"no compiled reader for Avro type {kind!r}")
@@ -126,8 +133,9 @@ class _Compiler:
         cut = self._cut_fields.get(name, frozenset())
         at = len(self.words)
         self._records[name] = at  # before its fields: a Document's chunks are Documents
-        self.words.extend([_RECORD, int(name in self._documents), len(fields), *[0] * len(fields), 0, -1])
+        self.words.extend([_RECORD, int(name in self._documents), len(fields), *[0] * len(fields), 0, -1, 0])
         self.words[at + 3 + len(fields)] = self._object(tuple(f["name"] for f in fields))
+        self.words[at + 5 + len(fields)] = self._object(name)
         if name in self._constructors:
             self.words[at + 4 + len(fields)] = self._object(self._constructors[name])
         for i, f in enumerate(fields):
