@@ -1,9 +1,10 @@
-"""Where decoding a record goes (``streams/wire/prescan.py``, ``program.py``, ``codec.py``).
+"""Where decoding and encoding a record go (``streams/wire/prescan.py``, ``program.py``, ``codec.py``).
 
-For three typical records, each the fastest of many timeit rounds, in microseconds: the pre-scan's walk
+For four typical records, each the fastest of many timeit rounds, in microseconds: the pre-scan's walk
 in Python and compiled (``_avro.c``), fastavro's reader and the compiled one, and ``Codec.decode``
-(walk, reader, dataclasses, validation) as it runs: compiled where the install built it. The Python
-walk and fastavro are the baseline, measured in the same run.
+(walk, reader, dataclasses, validation) as it runs: compiled where the install built it; then fastavro's
+writer and the compiled one on the same value in fastavro's form, and ``Codec.encode`` (that form made,
+then written). The Python walk and fastavro are the baseline, measured in the same run.
 
     python benchmarks/decode.py [--rounds 150]
 """
@@ -39,8 +40,9 @@ def records() -> list[tuple[str, Codec[Any], Any]]:
     matches = [Document(id=f"m{i}", text="match text " * 10, scores={"score": Score(0.5, "faiss", Direction.SIMILARITY)})
                for i in range(10)]
     part = PartialResult("r" * 32, 0, [0, 1], "replies", 1, {"top_k": 10}, [Document(id="q0", text="q", matches=matches)])
-    return [("Document, 10 chunks x 384-d", DOCUMENT, document), ("Request, one query", REQUEST, request),
-            ("PartialResult, 10 matches", PARTIAL_RESULT, part)]
+    vector = Document(id="v0000001", embedding=rng.standard_normal(384).astype(np.float32))
+    return [("Document, 10 chunks x 384-d", DOCUMENT, document), ("Document, one 384-d vector", DOCUMENT, vector),
+            ("Request, one query", REQUEST, request), ("PartialResult, 10 matches", PARTIAL_RESULT, part)]
 
 
 def main() -> None:
@@ -49,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     print(f"{'record':30s} {'bytes':>6s} {'walk: Python':>13s} {'compiled':>9s} {'read: fastavro':>15s} "
-          f"{'compiled':>9s} {'decode()':>9s}")
+          f"{'compiled':>9s} {'decode()':>9s} {'write: fastavro':>16s} {'compiled':>9s} {'encode()':>9s}")
     for name, codec, value in records():
         print(row(name, codec, value, args.rounds))
 
@@ -71,7 +73,12 @@ def row(name: str, codec: Codec[Any], value: Any, rounds: int) -> str:
     else:
         walk_c = read_c = f"{'not built':>9s}"
     decode = best(lambda: codec.decode(data))
-    return f"{name:30s} {len(data):6d} {walk:12.1f}µ {walk_c} {reader:14.1f}µ {read_c} {decode:8.1f}µ"
+    form = codec._to_avro(value)
+    writer = best(lambda: fastavro.schemaless_writer(io.BytesIO(), schema, form))
+    write_c = f"{best(lambda: program.write(form)):8.1f}µ" if program is not None else f"{'not built':>9s}"
+    encode = best(lambda: codec.encode(value))
+    return (f"{name:30s} {len(data):6d} {walk:12.1f}µ {walk_c} {reader:14.1f}µ {read_c} {decode:8.1f}µ "
+            f"{writer:15.1f}µ {write_c} {encode:8.1f}µ")
 
 if __name__ == "__main__":
     main()
