@@ -474,7 +474,8 @@ done:
  * (None: the null branch; a (name, value) tuple: the record branch of that name; the only non-null branch;
  * or a scalar whose type the earlier branches refuse), every array and map in one block. Anything else (a
  * subclass, a tuple for an array, a missing field that would take its default, an int written as a double,
- * a float branch before a double one) is not written here: write() returns None and the caller hands the
+ * a float branch before a double one, a record dict with a key that is not an exact str or is "-type") is not
+ * written here: write() returns None and the caller hands the
  * value to fastavro, which writes it or raises its own error. So a record is written the same bytes either
  * way, and no value is refused here that fastavro would take. */
 
@@ -647,13 +648,34 @@ static int write_union(Writer *w, const int32_t *p, PyObject *value) {
     return -1;
 }
 
+static PyObject *type_key;  /* "-type": fastavro's validation refuses a record whose "-type" is not its name */
+
+/* A record's dict is written only when every key is an exact str (so that looking a field up runs no Python
+ * code, which could free what is being written) and none is "-type" (fastavro's validation, in a union, would
+ * compare it with the record's name). */
+static int plain_record(PyObject *value) {
+    Py_ssize_t at = 0;
+    PyObject *key, *item;
+    while (PyDict_Next(value, &at, &key, &item))
+        if (!PyUnicode_CheckExact(key)) return 0;
+    return PyDict_GetItemWithError(value, type_key) == NULL && !PyErr_Occurred();
+}
+
+/* Write a value borrowed from a container, holding it meanwhile. */
+static int write_held(Writer *w, int32_t node, PyObject *value) {
+    Py_INCREF(value);
+    int failed = write_node(w, node, value);
+    Py_DECREF(value);
+    return failed;
+}
+
 static int write_record(Writer *w, const int32_t *p, PyObject *value) {
-    if (!PyDict_CheckExact(value)) return -1;
+    if (!PyDict_CheckExact(value) || !plain_record(value)) return -1;
     int32_t fields = p[2];
     PyObject *names = PyTuple_GET_ITEM(w->objects, p[3 + fields]);
     for (int32_t i = 0; i < fields; i++) {
         PyObject *field = PyDict_GetItemWithError(value, PyTuple_GET_ITEM(names, i));
-        if (field == NULL || write_node(w, p[3 + i], field)) return -1;  /* missing: its default is fastavro's */
+        if (field == NULL || write_held(w, p[3 + i], field)) return -1;  /* missing: its default is fastavro's */
     }
     return 0;
 }
@@ -664,7 +686,7 @@ static int write_blocks(Writer *w, const int32_t *p, PyObject *value) {
         Py_ssize_t count = PyList_GET_SIZE(value);
         if (count && write_long(w, count)) return -1;
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(value); i++)
-            if (write_node(w, p[3], PyList_GET_ITEM(value, i))) return -1;
+            if (write_held(w, p[3], PyList_GET_ITEM(value, i))) return -1;
         return PyList_GET_SIZE(value) == count ? write_long(w, 0) : -1;  /* a list that changed meanwhile */
     }
     if (!PyDict_CheckExact(value)) return -1;
@@ -672,7 +694,7 @@ static int write_blocks(Writer *w, const int32_t *p, PyObject *value) {
     PyObject *key, *item;
     if (count && write_long(w, count)) return -1;
     while (PyDict_Next(value, &at, &key, &item))
-        if (write_string(w, key) || write_node(w, p[4], item)) return -1;
+        if (write_string(w, key) || write_held(w, p[4], item)) return -1;
     return PyDict_GET_SIZE(value) == count ? write_long(w, 0) : -1;
 }
 
@@ -760,5 +782,6 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__avro(void) {
+    if (type_key == NULL && (type_key = PyUnicode_InternFromString("-type")) == NULL) return NULL;
     return PyModule_Create(&module);
 }

@@ -161,3 +161,39 @@ def test_a_value_left_to_fastavro_is_written_or_refused_as_fastavro_does() -> No
     assert PROGRAMS["document"].write(record) is None
     with pytest.raises((ValueError, TypeError)):
         fastavro.schemaless_writer(io.BytesIO(), PARSED_SCHEMAS["document"], record)
+
+
+def test_a_record_with_a_type_key_is_left_to_fastavro_which_refuses_it_in_a_union() -> None:
+    """A helper's find: fastavro's validation refuses a record whose "-type" is not its name (here the
+    embedding's, in its union with null); the compiled writer wrote it."""
+    record = doc_to_avro(Document(id="d"))
+    record["embedding"] = {"-type": "wrong", "dtype": "<f4", "shape": [0], "data": b""}
+    assert PROGRAMS["document"].write(record) is None
+    assert isinstance(_fastavro(PARSED_SCHEMAS["document"], record), ValueError)
+
+
+def test_a_key_whose_comparison_frees_what_is_being_written_is_left_to_fastavro() -> None:
+    """A helper's find: a record dict with a str-subclass key whose hash collides with a field's made the field's
+    lookup run its ``__eq__``, which freed the list being written (a use-after-free, a segfault). A record dict
+    is written only when every key is an exact str, and what is written is held meanwhile."""
+    top = doc_to_avro(Document(id="top"))
+
+    class Key(str):
+        armed = False
+
+        def __hash__(self) -> int:
+            return hash("id")
+
+        def __eq__(self, other: object) -> bool:
+            if Key.armed:
+                Key.armed = False
+                del top["chunks"]
+            return False
+
+    chunk: dict[Any, Any] = {Key("zz"): 1}
+    chunk.update(doc_to_avro(Document(id="c")))
+    top["chunks"] = [chunk, chunk]
+    del chunk
+    Key.armed = True
+    assert PROGRAMS["document"].write(top) is None
+    assert Key.armed, "no Python code ran while the compiled writer looked at the record"
