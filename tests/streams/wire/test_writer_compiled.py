@@ -107,7 +107,8 @@ def _check(name: str, value: Any) -> bool:
     schema = PARSED_SCHEMAS[name]
     expected, written = _fastavro(schema, value), PROGRAMS[name].write(value)
     if written is not None:
-        assert not isinstance(expected, Exception), f"{name}: written {written!r}, fastavro raised {expected!r} for {value!r}"
+        assert not isinstance(expected, Exception), (
+            f"{name}: written {written!r}, fastavro raised {expected!r} for {value!r}")
         assert written == expected, f"{name}: {value!r}"
     return written is not None
 
