@@ -63,7 +63,8 @@ class Program:
         """What ``fastavro.schemaless_writer`` writes for ``value`` (fastavro's form: dicts, lists, a union's
         ``(name, value)``), with this schema; None for a value it leaves to fastavro (``_avro.c``'s writer says
         which: a subclass, a tuple for an array, a missing field, an int for a double, ...), which the caller
-        then writes with fastavro, getting the same bytes or fastavro's error."""
+        then writes with fastavro, getting the same bytes or fastavro's error. Logical types are not applied
+        (none of our schemas has one: a schema that had would write its values as their underlying type)."""
         return _avro.write(value, self.words, self.root, self.objects)
 
 
