@@ -74,12 +74,13 @@ def _process_in_slices(path: InputPath, records: list[Inbound], *, stage: StageS
     accepted: list[Inbound] = []
     serve_until = time.monotonic() + (slicing.serve_for_s if slicing is not None else 0.0)
     ranges = [offset_ranges(part) for part in parts] if inflight is not None and len(parts) > 1 else []
+    partitions = list(merged_ranges(ranges))  # the batch's, whose notes are cleared between two slices
     for number, part in enumerate(parts):
         if number and slicing is not None and time.monotonic() < serve_until:
             # None of the batch is in flight while queries run: one that kills the process is not
             # counted against the batch; the rest is noted again after.
             if inflight is not None:
-                inflight.clear(merged_ranges(ranges))
+                inflight.clear(partitions)
             slicing.between()
             if inflight is not None:
                 inflight.resume(merged_ranges(ranges[number:]))
