@@ -24,8 +24,20 @@ def stop_on_sigterm() -> None:
     too: a process started in the background by a shell without job control (``cmd &`` in a script, under
     nohup) inherits SIGINT ignored, and CPython then leaves it ignored, so the "Ctrl-C stops" a command
     prints, and a supervisor's SIGINT, would do nothing."""
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
+_SIGNALLED: list[int] = []
+"""The signals that interrupted this process (``_interrupt``)."""
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    """Raise KeyboardInterrupt where the main thread is, noting that a signal came: raised inside a C library's
+    call (confluent-kafka's ``produce`` converting headers), it may come out as that library's own error
+    ("TypeError: expected header key to be unicode string", seen once in CI as an eval was stopped)."""
+    _SIGNALLED.append(signum)
+    raise KeyboardInterrupt()
 
 
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -35,14 +47,22 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (StreamsearchError, KafkaException) as exc:
+        except KeyboardInterrupt:
+            _interrupted()
+        except Exception as exc:
+            if _SIGNALLED:  # the interrupt, reported by a C library it landed in as its own error
+                _interrupted()
+            if not isinstance(exc, (StreamsearchError, KafkaException)):
+                raise
             click.echo(f"streamsearch: error: {exc}", err=True)
             sys.exit(EXIT_CONFIG if isinstance(exc, StateConfigError) else 1)  # a supervisor does not restart it
-        except KeyboardInterrupt:
-            click.echo("streamsearch: interrupted", err=True)
-            sys.exit(130)
 
     return wrapper
+
+
+def _interrupted() -> None:
+    click.echo("streamsearch: interrupted", err=True)
+    sys.exit(130)
 
 
 class Commands(click.Group):

@@ -37,3 +37,31 @@ def test_a_sigint_stops_the_wait_when_the_process_started_with_sigint_ignored() 
     done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=30, check=False,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert (done.returncode, done.stdout.strip()) == (0, "stopped"), done.stderr
+
+
+INTERRUPTED_IN_C = textwrap.dedent("""
+    import os, signal
+    from streams.cli.group import one_line_errors, stop_on_sigterm
+
+    stop_on_sigterm()
+
+    @one_line_errors
+    def command() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 0)  # a system call: the handler runs before the next bytecode
+            while True:
+                pass
+        except KeyboardInterrupt:  # as confluent-kafka's produce reported an interrupt it was converting headers in
+            raise TypeError("expected header key to be unicode string") from None
+
+    command()
+""")
+
+
+def test_an_interrupt_a_c_library_reports_as_its_own_error_still_exits_as_interrupted() -> None:
+    """CI saw an eval stopped by SIGTERM exit 1 with a traceback: the signal's KeyboardInterrupt landed in
+    confluent-kafka's ``produce``, which raised a TypeError of its own instead."""
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_IN_C], capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 130 and done.stderr.strip() == "streamsearch: interrupted", done.stderr
