@@ -80,11 +80,9 @@ class CompoundIndexer:
 
     @contextlib.contextmanager
     def bulk_load(self) -> Iterator[None]:
-        """Apply within without RocksDB's write-ahead log (``ShardStore.write_ahead_log``), and FAISS built once at
-        the end (``VectorIndexes.defer_adds``): for a rebuild from the topic, which holds every write again, and
-        which nothing searches meanwhile (vectors applied within are found only after it). Leaving flushes what
-        was written."""
-        self._store.write_ahead_log(False)
+        """Apply within with FAISS built once at the end (``VectorIndexes.defer_adds``): for a rebuild from the
+        topic, which nothing searches meanwhile (vectors applied within are found only after it). Leaving flushes
+        what was written to disk (``ShardStore.flush``)."""
         self._indexes.defer_adds()
         try:
             yield
@@ -92,10 +90,15 @@ class CompoundIndexer:
             self._indexes.add_deferred()
             self._refresh_approximate()
             if self._store.is_open:
-                self._store.write_ahead_log(True)
+                self._store.flush()
+
+    def flush_if_due(self) -> None:
+        """Flush RocksDB's memtable if a write has waited ``FLUSH_INTERVAL_S`` in it (``ShardStore.flush_if_due``):
+        for the index stage's idle rounds, so that the last write of a trickle reaches the disk too."""
+        self._store.flush_if_due()
 
     def close(self) -> None:
-        """Close RocksDB; safe to call twice."""
+        """Flush and close RocksDB; safe to call twice."""
         self._store.close()
 
     def destroy(self) -> None:

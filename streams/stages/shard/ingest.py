@@ -255,7 +255,11 @@ class ShardIngest(PathHandler, Restoring):
 
     def tick(self) -> list[Output]:
         """The whole lexical statistics of the partitions opened since the last tick, each set between a
-        begin and an end marker (``LEXICAL_SNAPSHOT_BEGIN``): readers forget the keys it did not refresh."""
+        begin and an end marker (``LEXICAL_SNAPSHOT_BEGIN``): readers forget the keys it did not refresh. And each
+        shard's RocksDB flushed where a write has waited long enough in memory (``CompoundIndexer.flush_if_due``)."""
+        for partition in self._states.partitions():
+            if (index := self._states.get(partition)) is not None:
+                index.flush_if_due()
         outputs = []
         for partition in sorted(self._unpublished):
             snapshot = self._lexical_statistics(partition, None, tombstones=False)

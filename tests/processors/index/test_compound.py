@@ -2,6 +2,7 @@ import json
 import pickle
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import faiss
@@ -11,6 +12,7 @@ from rocksdict import Options, Rdict
 
 from processors.document import Direction, Document
 from processors.exceptions import ConfigError, DimensionMismatchError
+from processors.index import store
 from processors.index.base import Change, SearchTuning
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig, _search_past_ties
 from processors.index.faiss_flat import FlatVectorIndex
@@ -127,23 +129,46 @@ class TestCompoundIndexer:
         reopened.apply(changes=[Change("c", doc_with_chunks("c", [9]))], checkpoint=b"offset=42")
         assert reopened.stats().vectors == 3  # new vector ids do not collide with restored ones
 
-    def test_a_bulk_load_writes_without_the_log_and_leaving_it_leaves_everything_on_disk(self, tmp_path: Path) -> None:
-        """A copy of the directory taken mid-way stands for a crash: without the write-ahead log, what the bulk
-        load applied is only in the memtable, and the copy resumes from the checkpoint before it. After it, with
-        the memtable flushed, a copy holds everything; later writes go through the log again."""
+    def test_writes_skip_the_log_a_crash_keeps_what_was_flushed_and_a_due_flush_happens_unasked(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A copy of the directory stands for a crash. Without the write-ahead log, a write is only in the memtable
+        until a flush: the copy resumes from the checkpoint before it, never from part of a batch. ``flush_if_due``
+        flushes once the interval has passed, in the background (waited for here as the copy that shows it); a
+        close flushes too."""
+        shard = tmp_path / "shard"
+
+        def crash_copy(name: str) -> tuple[bytes | None, int]:
+            shutil.copytree(shard, tmp_path / name, ignore=shutil.ignore_patterns("LOCK"))
+            reopened = open_index(tmp_path / name)
+            try:
+                return reopened.checkpoint(), reopened.stats().vectors
+            finally:
+                reopened.close()
+
+        index = open_index(shard)
+        index.apply(changes=[Change("a", doc_with_chunks("a", [1, 2]))], checkpoint=b"offset=1")
+        assert crash_copy("unflushed") == (None, 0)
+        monkeypatch.setattr(store, "FLUSH_INTERVAL_S", 0.0)
+        index.flush_if_due()
+        deadline, attempt = time.monotonic() + 30, 0
+        while (seen := crash_copy(f"due-{attempt}")) != (b"offset=1", 2):
+            assert seen == (None, 0) and time.monotonic() < deadline, seen
+            attempt += 1
+        monkeypatch.setattr(store, "FLUSH_INTERVAL_S", 3600.0)
+        index.apply(changes=[Change("b", doc_with_chunks("b", [3])), Change("a", None)], checkpoint=b"offset=2")
+        index.flush_if_due()  # not due: nothing flushed
+        assert crash_copy("not-due") == (b"offset=1", 2)
+        index.close()
+        assert crash_copy("closed") == (b"offset=2", 1)
+
+    def test_leaving_a_bulk_load_leaves_everything_on_disk(self, tmp_path: Path) -> None:
         index = open_index(tmp_path / "shard")
-        index.apply(changes=[Change("before", doc_with_chunks("before", [1]))], checkpoint=b"offset=1")
         with index.bulk_load():
             index.apply(changes=[Change("a", doc_with_chunks("a", [2, 3]))], checkpoint=b"offset=2")
-            shutil.copytree(tmp_path / "shard", tmp_path / "crashed", ignore=shutil.ignore_patterns("LOCK"))
         shutil.copytree(tmp_path / "shard", tmp_path / "after", ignore=shutil.ignore_patterns("LOCK"))
-        index.apply(changes=[Change("b", doc_with_chunks("b", [4]))], checkpoint=b"offset=3")
-        shutil.copytree(tmp_path / "shard", tmp_path / "logged", ignore=shutil.ignore_patterns("LOCK"))
-        for copy, checkpoint, vectors in (("crashed", b"offset=1", 1), ("after", b"offset=2", 3),
-                                          ("logged", b"offset=3", 4)):
-            reopened = open_index(tmp_path / copy)
-            assert (reopened.checkpoint(), reopened.stats().vectors) == (checkpoint, vectors), copy
-            reopened.close()
+        reopened = open_index(tmp_path / "after")
+        assert (reopened.checkpoint(), reopened.stats().vectors) == (b"offset=2", 2)
+        reopened.close()
 
     @pytest.mark.parametrize("index_type", ["flat", "hnsw"])
     def test_a_bulk_load_adds_to_faiss_once_at_its_end_what_is_still_stored_then(self, tmp_path: Path,
