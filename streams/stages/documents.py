@@ -121,10 +121,13 @@ def require_given_vectors(doc: Document, dim: int) -> Document:
     stack = [(doc, "r")]
     while stack:
         node, path = stack.pop()
-        if node.embedding is not None:
-            check_embedding_shape(np.asarray(node.embedding), dim, f"document {doc.id!r}" + (
+        embedding = node.embedding
+        if embedding is not None and not (type(embedding) is np.ndarray and embedding.ndim == 1
+                                          and embedding.size == dim):  # the usual vector, without naming it
+            check_embedding_shape(np.asarray(embedding), dim, f"document {doc.id!r}" + (
                 "" if node is doc else f" node {node.id!r} (path {path!r})"))
-        stack.extend((chunk, f"{path}c") for chunk in node.chunks)
+        if node.chunks:
+            stack.extend((chunk, f"{path}c") for chunk in node.chunks)
     try:
         return require_vectors(doc)
     except BadDocumentError as exc:
