@@ -92,10 +92,16 @@ class CompoundIndexer:
             if self._store.is_open:
                 self._store.flush()
 
-    def flush_if_due(self) -> None:
-        """Flush RocksDB's memtable if a write has waited ``FLUSH_INTERVAL_S`` in it (``ShardStore.flush_if_due``):
-        for the index stage's idle rounds, so that the last write of a trickle reaches the disk too."""
-        self._store.flush_if_due()
+    def flush(self) -> None:
+        """Write what RocksDB holds in memory to disk now, and wait (``ShardStore.flush``): for the rare writes a
+        crash must not take back, such as a shard's note that documents may be missing."""
+        self._store.flush()
+
+    def flush_if_due(self, *, interval_s: float | None = None) -> bool:
+        """Flush RocksDB's memtable if a write has waited ``interval_s`` in it (``ShardStore.flush_if_due``): for
+        the index stage's idle rounds, so that the last write of a trickle reaches the disk too. Returns whether
+        nothing written is left unflushed."""
+        return self._store.flush_if_due(interval_s=interval_s)
 
     def close(self) -> None:
         """Flush and close RocksDB; safe to call twice."""

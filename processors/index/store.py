@@ -130,21 +130,26 @@ class ShardStore:
     def close(self) -> None:
         """Flush the memtable and close RocksDB; safe to call twice."""
         if self._db is not None:
-            self._db.flush(wait=True)
-            self._db.close()
-            self._db = None
+            try:
+                self._db.flush(wait=True)
+            finally:
+                self._db.close()
+                self._db = None
 
     def flush(self) -> None:
         """Write the memtable to disk now and wait for it: what was written survives a crash from here on."""
         self._open_db().flush(wait=True)
         self._flushed_at, self._unflushed = time.monotonic(), False
 
-    def flush_if_due(self) -> None:
-        """Start a flush of the memtable if it holds a write and the last flush is ``FLUSH_INTERVAL_S`` old
-        (RocksDB's background thread writes it: no write waits); cheap to call on every round of a loop."""
-        if self._unflushed and time.monotonic() - self._flushed_at >= FLUSH_INTERVAL_S:
+    def flush_if_due(self, *, interval_s: float | None = None) -> bool:
+        """Start a flush of the memtable if it holds a write and the last flush is ``interval_s`` old
+        (``FLUSH_INTERVAL_S`` if None). RocksDB's background thread writes it: no write waits. Cheap to call on
+        every round of a loop. Returns whether the memtable holds no write unflushed now (one started counts)."""
+        if self._unflushed and time.monotonic() - self._flushed_at >= (
+                FLUSH_INTERVAL_S if interval_s is None else interval_s):
             self._open_db().flush(wait=False)
             self._flushed_at, self._unflushed = time.monotonic(), False
+        return not self._unflushed
 
     def _write(self, batch: WriteBatch) -> None:
         self._open_db().write(batch)

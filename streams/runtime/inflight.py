@@ -18,6 +18,10 @@ of one page cannot be torn by the process's death, and the pair costs two system
 a temporary file, a rename and an unlink cost five (on a query path, a note for every query). A note
 longer than a page (many poisoned offsets) is written with an atomic rename instead.
 
+A process may restart before the offsets its predecessor died on (an index stage resumes from its shard's
+stored checkpoint, and a shard's last writes may have been only in memory): the predecessor's note is then kept
+as it is, and the batches before it go unnoted, until one reaches its offsets and is judged against it.
+
 The signal comes from ``faulthandler``, which each stage process points at a file named after its
 pid; a process killed by SIGKILL (the OOM killer) leaves no report and is named so.
 """
@@ -115,6 +119,12 @@ class InFlightLog:
         self._faults: dict[int, str] = {}
         self._paths: dict[tuple[str, int], Path] = {}
         self._fds: dict[Path, int] = {}
+        self._ahead: set[tuple[str, int]] = set()
+        """(topic, partition)s whose file holds a dead predecessor's note over offsets after every batch read
+        since: kept, unjudged, until a batch reaches them. A process can restart before the offsets its
+        predecessor died on (an index stage resumes from its shard's stored checkpoint, whose last writes may
+        have been only in memory); noting the batches before would overwrite the note, and a record that
+        kills every process that reaches it would never be counted."""
         self._dir.mkdir(parents=True, exist_ok=True)
 
     # -- notes -------------------------------------------------------------------------------
@@ -169,6 +179,10 @@ class InFlightLog:
         isolate = crashed = False
         for (topic, partition), (first, last) in offset_ranges(records).items():
             note = self._read(topic, partition)
+            if note is not None and note["pid"] != os.getpid() and last < note["first"]:
+                self._ahead.add((topic, partition))  # records its predecessor got through: not noted
+                continue
+            self._ahead.discard((topic, partition))
             crashes, known, done = 0, {}, []
             if note is not None and note["pid"] != os.getpid() and note["first"] <= last and first <= note["last"]:
                 # What the dead process had judged still holds for the offsets this batch has again.
@@ -193,6 +207,8 @@ class InFlightLog:
 
     def begin_record(self, record: _Record) -> None:
         """In isolation, note one record alone: if it kills the process, the next one dead-letters it."""
+        if (record.topic, record.partition) in self._ahead:
+            return
         note = self._read(record.topic, record.partition) or {"crashes": 0, "poisoned": {}, "lettered": []}
         self._write(record.topic, record.partition, record.offset, record.offset, note["crashes"],
                     note["poisoned"], note["lettered"])
@@ -201,7 +217,7 @@ class InFlightLog:
         """These poisoned records are in the dead-letter topic (delivered): a later crash must not send them again."""
         for record in records:
             note = self._read(record.topic, record.partition)
-            if note is not None:
+            if note is not None and (record.topic, record.partition) not in self._ahead:
                 self._write(record.topic, record.partition, note["first"], note["last"], note["crashes"],
                             note["poisoned"], [*note["lettered"], record.offset])
 
@@ -221,7 +237,8 @@ class InFlightLog:
         count is sliced), and its partitions stayed this process's meanwhile (the loop does not poll their
         consumer between slices). A fifth of ``begin``'s cost, paid at every slice of every index batch."""
         for (topic, partition), (first, last) in ranges.items():
-            self._write(topic, partition, first, last, 0)
+            if (topic, partition) not in self._ahead:
+                self._write(topic, partition, first, last, 0)
 
     def end(self, records: Sequence[_Record]) -> None:
         """The batch is through (outputs delivered, offsets committed): forget its notes (an empty file
@@ -229,8 +246,11 @@ class InFlightLog:
         self.clear({(r.topic, r.partition) for r in records})
 
     def clear(self, partitions: Iterable[tuple[str, int]]) -> None:
-        """Forget the notes of these (topic, partition)s: :meth:`end`'s, for a batch's partitions known already."""
+        """Forget the notes of these (topic, partition)s: :meth:`end`'s, for a batch's partitions known already.
+        A predecessor's note ahead of them is kept (``_ahead``)."""
         for topic, partition in partitions:
+            if (topic, partition) in self._ahead:
+                continue
             try:
                 os.ftruncate(self._fd(self._path(topic, partition))[0], 0)
             except OSError:

@@ -32,7 +32,12 @@ from streams.wire.codec import LEXICAL_COUNT
 from streams.wire.records import LEXICAL_SNAPSHOT_BEGIN, LEXICAL_SNAPSHOT_END, LexicalCount, lexical_key
 from streams.wire.topics import FlowTopics
 
-__all__ = ["ShardIngest"]
+__all__ = ["DEAD_LETTERED_FLUSH_S", "ShardIngest"]
+
+DEAD_LETTERED_FLUSH_S = 0.5
+"""The longest a shard holds a dead-lettered record's count as applied only in memory (its ordinary writes:
+``FLUSH_INTERVAL_S``): a crash meanwhile sends it to the dead-letter topic again. Not a flush for each such
+record: a flood of them would write a RocksDB file each."""
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,8 @@ class ShardIngest(PathHandler, Restoring):
         self._given_dim = given_dim
         self._unpublished: set[int] = set()
         """Partitions whose lexical statistics are to be published whole at the next tick (just opened)."""
+        self._dead_lettered: set[int] = set()
+        """Partitions whose shard counts a dead-lettered record as applied in memory only, not flushed yet."""
 
     def assigned(self, partitions: Sequence[int]) -> dict[int, int]:
         starts = {}
@@ -155,6 +162,7 @@ class ShardIngest(PathHandler, Restoring):
         if index is None:
             raise RuntimeError(f"shard {partition} is not open on this process")
         index.apply(changes=[], checkpoint=checkpoint.to_bytes())
+        index.flush()  # a rebuild's note of what may be missing would not come back after a crash
         self._states.set_checkpoint(partition, checkpoint)
         return index
 
@@ -184,6 +192,7 @@ class ShardIngest(PathHandler, Restoring):
     def revoked(self, partitions: Sequence[int]) -> None:
         for partition in partitions:
             self._unpublished.discard(partition)
+            self._dead_lettered.discard(partition)  # the close flushes it
             self._states.close(partition)
 
     def close(self) -> None:
@@ -249,8 +258,10 @@ class ShardIngest(PathHandler, Restoring):
         return copy
 
     def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
-        """Count the bad record as applied, so a restart does not dead-letter it twice."""
+        """Count the bad record as applied, so a restart does not dead-letter it twice; flushed to disk at the next
+        tick half a second after the last flush at the latest (``DEAD_LETTERED_FLUSH_S``), not ``FLUSH_INTERVAL_S``."""
         self._apply(record.partition, [], [record])
+        self._dead_lettered.add(record.partition)
         return []
 
     def tick(self) -> list[Output]:
@@ -258,8 +269,9 @@ class ShardIngest(PathHandler, Restoring):
         begin and an end marker (``LEXICAL_SNAPSHOT_BEGIN``): readers forget the keys it did not refresh. And each
         shard's RocksDB flushed where a write has waited long enough in memory (``CompoundIndexer.flush_if_due``)."""
         for partition in self._states.partitions():
-            if (index := self._states.get(partition)) is not None:
-                index.flush_if_due()
+            if (index := self._states.get(partition)) is not None and index.flush_if_due(
+                    interval_s=DEAD_LETTERED_FLUSH_S if partition in self._dead_lettered else None):
+                self._dead_lettered.discard(partition)
         outputs = []
         for partition in sorted(self._unpublished):
             snapshot = self._lexical_statistics(partition, None, tombstones=False)

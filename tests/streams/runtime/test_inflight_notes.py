@@ -70,3 +70,22 @@ def test_offset_ranges_and_their_merge_cover_each_partitions_first_and_last_offs
              offset_ranges([Record(9), Record(2)])]
     assert parts == [{("t", 0): (5, 7), ("t", 1): (3, 4)}, {("t", 0): (2, 9)}]
     assert merged_ranges(parts) == {("t", 0): (2, 9), ("t", 1): (3, 4)} and merged_ranges([]) == {}
+
+
+def test_a_dead_predecessors_note_ahead_of_the_batches_is_kept_until_one_reaches_it(tmp_path: Path) -> None:
+    """An index stage resumes from its shard's stored checkpoint, which a crash can leave behind the offsets the
+    dead process was on: the batches before them must not overwrite its note, or the crash is never counted."""
+    path = tmp_path / "g__t__0.json"
+    dead = {"first": 100, "last": 103, "crashes": 1, "pid": 1, "poisoned": {}, "lettered": []}
+    path.write_text(json.dumps(dead))
+    log = InFlightLog(tmp_path, "g")
+    before = [Record(offset) for offset in range(90, 96)]
+    verdict = log.begin(before)
+    assert not verdict.crashed and not verdict.isolate and _note(path) == dead
+    log.clear([("t", 0)])
+    log.resume({("t", 0): (93, 95)})
+    log.end(before)
+    assert _note(path) == dead  # neither noted over nor emptied
+    verdict = log.begin([Record(offset) for offset in range(96, 102)])
+    assert verdict.crashed and verdict.isolate  # the second crash over those offsets: found record by record
+    assert _note(path)["pid"] == os.getpid() and _note(path)["crashes"] == 2

@@ -11,9 +11,11 @@ import pytest
 
 from processors.document import Document
 from processors.exceptions import BadDocumentError, DimensionMismatchError
+from processors.index import store
 from processors.index.config import CompoundIndexerConfig
 from streams.exceptions import InvalidRecordError
 from streams.runtime.spec import Inbound
+from streams.stages.shard import ingest as shard_ingest
 from streams.stages.shard.ingest import ShardIngest
 from streams.stages.shard.states import ShardStates
 from streams.wire import headers as h
@@ -76,3 +78,21 @@ def test_a_tombstone_and_a_watermark_pass_unchecked(ingest: ShardIngest) -> None
     marker = Inbound(TOPICS.ingest, part, 3, h.WATERMARK_KEY, None, {h.KIND: h.WATERMARK})
     ingest.process([tombstone, marker])
     assert ingest._states.get(part).vector_count == 0  # noqa: SLF001
+
+
+def test_a_dead_lettered_record_counted_as_applied_is_flushed_at_the_next_tick_an_ordinary_write_later(
+        ingest: ShardIngest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard writes without RocksDB's log: an ordinary write reaches the disk within ``FLUSH_INTERVAL_S``, a
+    dead-lettered record's count as applied within ``DEAD_LETTERED_FLUSH_S`` (a crash would letter it again)."""
+    monkeypatch.setattr(store, "FLUSH_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(shard_ingest, "DEAD_LETTERED_FLUSH_S", 0.0)
+    good = Document(id="a", embedding=np.ones(DIM, np.float32))
+    bad = Document(id="b", text="only a text")
+    index = {doc.id: ingest._states.get(partition_of(doc.id.encode(), 2)) for doc in (good, bad)}  # noqa: SLF001
+    ingest.process([record(good, offset=3)])
+    ingest.tick()
+    assert index["a"] is not None and not index["a"].flush_if_due(interval_s=3600.0)  # still only in memory
+    ingest.on_failure(record(bad, offset=4), BadDocumentError("no stages.encode"))
+    assert index["b"] is not None and not index["b"].flush_if_due(interval_s=3600.0)
+    ingest.tick()
+    assert index["b"].flush_if_due(interval_s=3600.0)  # nothing left unflushed
