@@ -12,7 +12,7 @@ from rocksdict import Options, Rdict
 
 from processors.document import Direction, Document
 from processors.exceptions import ConfigError, DimensionMismatchError
-from processors.index import store
+from processors.index import store_flush
 from processors.index.base import Change, SearchTuning
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig, _search_past_ties
 from processors.index.faiss_flat import FlatVectorIndex
@@ -148,16 +148,16 @@ class TestCompoundIndexer:
         index = open_index(shard)
         index.apply(changes=[Change("a", doc_with_chunks("a", [1, 2]))], checkpoint=b"offset=1")
         assert crash_copy("unflushed") == (None, 0)
-        monkeypatch.setattr(store, "FLUSH_INTERVAL_S", 0.0)
+        monkeypatch.setattr(store_flush, "FLUSH_INTERVAL_S", 0.0)
         index.flush_if_due()
-        db = index._store._db  # RocksDB's own count of what it still holds to flush: a copy meanwhile could be torn
+        db = index._store._open_db()  # RocksDB's own count of what it still holds to flush: a copy meanwhile could be torn
         deadline = time.monotonic() + 30
         while any(db.property_int_value(f"rocksdb.{name}") for name in (
                 "num-entries-active-mem-table", "num-immutable-mem-table", "num-running-flushes")):
             assert time.monotonic() < deadline, "the due flush did not end"
             time.sleep(0.01)
         assert crash_copy("due") == (b"offset=1", 2)
-        monkeypatch.setattr(store, "FLUSH_INTERVAL_S", 3600.0)
+        monkeypatch.setattr(store_flush, "FLUSH_INTERVAL_S", 3600.0)
         index.apply(changes=[Change("b", doc_with_chunks("b", [3])), Change("a", None)], checkpoint=b"offset=2")
         index.flush_if_due()  # not due: nothing flushed
         assert crash_copy("not-due") == (b"offset=1", 2)

@@ -14,6 +14,7 @@ from processors.document import Document
 from processors.exceptions import InvalidParameterError
 from processors.index.base import Change
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
+from processors.index.store_layout import FORMAT
 from processors.query.filter import parse_filter
 from streams.wire.codec import STORED_DOCUMENT
 
@@ -132,7 +133,7 @@ def test_a_changed_declaration_is_applied_to_the_stored_documents_on_open(tmp_pa
     index.close()
     db = Rdict(str(tmp_path), options=Options(raw_mode=True))
     try:
-        assert db[b"m/format"] == b"4" and db[b"s/d00004"] == b'{"bucket":[4.0],"parity":["even"]}'
+        assert db[b"m/format"] == str(FORMAT).encode() and db[b"s/d00004"] == b'{"bucket":[4.0],"parity":["even"]}'
     finally:
         db.close()
     index = open_index(tmp_path, filterable={"parity": "keyword"})  # narrowed: only parity kept

@@ -117,14 +117,14 @@ def test_a_shard_without_counts_from_this_analyzer_counts_its_stored_documents(t
     finally:
         db.close()
     open_index(tmp_path, lexical=False).close()
-    assert _stored(tmp_path, b"m/format") == b"2"  # left as it was: older code still opens it
+    assert _stored(tmp_path, b"m/format") == str(FORMAT).encode()  # every open shard is moved to format 5
     recounted = open_index(tmp_path)
     assert found(recounted, "insulin") == [("b", "b/1"), ("a", "a/0")]
     live = open_index(tmp_path / "live")
     live.apply(changes=[Change(d.id, d) for d in CORPUS], checkpoint=b"1")
     assert recounted.lexical_stats() == live.lexical_stats()
     recounted.close()
-    assert _stored(tmp_path, b"m/format") == b"3"  # the lexical arm's layout; 4 only once field values are kept
+    assert _stored(tmp_path, b"m/format") == str(FORMAT).encode()
     open_index(tmp_path, lexical=False).close()
     db = Rdict(str(tmp_path), options=Options(raw_mode=True))
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from processors.document import Document
 from processors.exceptions import BadDocumentError, DimensionMismatchError
-from processors.index import store
+from processors.index import store_flush
 from processors.index.config import CompoundIndexerConfig
 from streams.exceptions import InvalidRecordError
 from streams.runtime.spec import Inbound
@@ -84,7 +84,7 @@ def test_a_dead_lettered_record_counted_as_applied_is_flushed_at_the_next_tick_a
         ingest: ShardIngest, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shard writes without RocksDB's log: an ordinary write reaches the disk within ``FLUSH_INTERVAL_S``, a
     dead-lettered record's count as applied within ``DEAD_LETTERED_FLUSH_S`` (a crash would letter it again)."""
-    monkeypatch.setattr(store, "FLUSH_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(store_flush, "FLUSH_INTERVAL_S", 3600.0)
     monkeypatch.setattr(shard_ingest, "DEAD_LETTERED_FLUSH_S", 0.0)
     good = Document(id="a", embedding=np.ones(DIM, np.float32))
     bad = Document(id="b", text="only a text")

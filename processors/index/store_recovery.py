@@ -1,0 +1,108 @@
+"""What a shard's store puts right when it opens: vectors of an older layout, and a crash's uneven flushes.
+
+Both run before anything reads the shard, and both may be cut off by a crash and run again: each step is one
+WriteBatch, and redoing one that survived changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from rocksdict import ColumnFamily, Rdict, WriteBatch
+
+from processors.index.store_layout import COMMITS, DOC, DOC_VIDS, FIELDS, TERMS, VEC, VID, vid_key
+
+__all__ = ["MOVE_BATCH", "Reconciled", "move_vectors", "reconcile"]
+
+logger = logging.getLogger(__name__)
+
+MOVE_BATCH = 4096
+"""Vectors moved into their column family per WriteBatch: about 6.5 MB of 384-d vectors, never the whole shard
+in memory at once."""
+
+
+def move_vectors(db: Rdict, family: ColumnFamily) -> int:
+    """Move every vector a shard written before format 5 holds beside its documents into the vectors' column
+    family, ``MOVE_BATCH`` at a time, each a put there and a delete here in one WriteBatch. Returns how many moved.
+
+    A crash midway leaves some moved and the rest where they were (a moved vector may also still be here, when
+    the vectors' family was flushed and the rest was not): the next open moves what is here again.
+    """
+    moved = 0
+    batch = WriteBatch(raw_mode=True)
+    for key, value in _scan(db, VEC):
+        batch.put(key, value, family)
+        batch.delete(key)
+        moved += 1
+        if moved % MOVE_BATCH == 0:
+            db.write(batch)
+            batch = WriteBatch(raw_mode=True)
+    if not batch.is_empty():
+        db.write(batch)
+    return moved
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What ``reconcile`` dropped: vectors written after the stored checkpoint, and documents changed after it."""
+
+    vectors: int
+    documents: int
+
+
+def reconcile(db: Rdict, vectors: Rdict, family: ColumnFamily, *, next_vid: int) -> Reconciled:
+    """Bring the vectors' column family back to the stored checkpoint, if a crash left it ahead of the rest
+    (``store_flush``: it is flushed first, so it is never behind).
+
+    Ahead means it holds the writes of some commits after the checkpoint: vectors added by them (ids from
+    ``next_vid`` on, which is stored with the checkpoint) are deleted; vectors they removed are already gone, so
+    the documents that owned them (changed after the checkpoint) are dropped whole, with their term counts, field
+    values and remaining vectors. The shard then reads every record after the checkpoint again, and those commits
+    write both families anew. Its commit count is set equal in both families, in the same WriteBatch.
+
+    :param next_vid: the next vector id, as stored with the checkpoint.
+    """
+    batch = WriteBatch(raw_mode=True)
+    added, kept = 0, set()
+    for key in _keys(vectors, VEC):
+        vid = VID.unpack(key[len(VEC):])[0]
+        if vid < next_vid:
+            kept.add(vid)
+        else:
+            batch.delete(key, family)
+            added += 1
+    changed = 0
+    for key, raw in _scan(db, DOC_VIDS):
+        vids = np.frombuffer(raw, dtype=">i8").astype(np.int64).tolist()
+        if all(vid in kept for vid in vids):
+            continue
+        changed += 1
+        doc = key[len(DOC_VIDS):]
+        for stored_key in (DOC + doc, key, FIELDS + doc):
+            batch.delete(stored_key)
+        for vid in vids:
+            batch.delete(vid_key(VEC, vid), family)
+            batch.delete(vid_key(TERMS, vid))
+    batch.put(COMMITS, db.get(COMMITS) or VID.pack(0), family)
+    db.write(batch)
+    if added or changed:
+        logger.warning("shard store reconciled after a crash: its vectors were flushed ahead of its checkpoint",
+                       extra={"vectors_dropped": added, "documents_dropped": changed})
+    return Reconciled(vectors=added, documents=changed)
+
+
+def _scan(db: Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    for key, value in db.items(from_key=prefix):
+        if not key.startswith(prefix):
+            return
+        yield key, value
+
+
+def _keys(db: Rdict, prefix: bytes) -> Iterator[bytes]:
+    for key in db.keys(from_key=prefix):
+        if not key.startswith(prefix):
+            return
+        yield key
