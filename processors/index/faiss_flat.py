@@ -19,7 +19,8 @@ from processors.exceptions import ConfigError
 from processors.index.base import FlatScan, Metric, SearchTuning
 from processors.index.half_scan import HalfPrecisionScan, VectorSource
 
-__all__ = ["AUTO_FLOAT16_BYTES", "COMPACT_FRACTION", "FaissVectorIndex", "FlatVectorIndex", "faiss_metric", "faiss_search", "one_thread"]
+__all__ = ["AUTO_FLOAT16_BYTES", "COMPACT_FRACTION", "FaissVectorIndex", "FlatVectorIndex", "faiss_metric", "faiss_search", "one_thread",
+           "write_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,20 @@ def faiss_search(index: faiss.Index, queries: np.ndarray, k: int,
 def one_thread() -> contextlib.AbstractContextManager[None]:
     """FAISS on one OpenMP thread in this calling thread, for a single query's work (see :func:`faiss_search`)."""
     return _omp_threads(1)
+
+
+PARALLEL_WRITE_ROWS = 16_384
+"""Vectors an add or removal must hold to run on FAISS's OpenMP threads; fewer run on the calling thread alone.
+A live write is a stage batch (32-256 vectors), and after each parallel region (a float16 index encodes its
+adds in one) libgomp's idle threads spin for a while (``GOMP_SPINCOUNT``) on the core the broker and the other
+stages need: the index stage's handler took 59.9 us of CPU a record with two threads and 45.0 with one, in the
+same 37-40 us of wall time (200,000 pre-embedded records in batches of 256). A replay's single build keeps them."""
+
+
+def write_threads(rows: int) -> contextlib.AbstractContextManager[None]:
+    """FAISS's OpenMP threads for a write of ``rows`` vectors in this calling thread: one below
+    ``PARALLEL_WRITE_ROWS``, else as configured."""
+    return _omp_threads(1 if rows < PARALLEL_WRITE_ROWS else None)
 
 
 @contextmanager
@@ -102,13 +117,16 @@ class FaissVectorIndex:
         return False
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add on one OpenMP thread below ``PARALLEL_WRITE_ROWS`` vectors (:func:`write_threads`)."""
         if len(ids):
-            self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+            with write_threads(len(ids)):
+                self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
 
     def remove(self, ids: np.ndarray) -> int:
         if not len(ids):
             return 0
-        return int(self._index.remove_ids(ids.astype(np.int64)))
+        with write_threads(len(ids)):
+            return int(self._index.remove_ids(ids.astype(np.int64)))
 
     def search(
         self, queries: np.ndarray, k: int, tuning: SearchTuning | None = None

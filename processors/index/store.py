@@ -6,8 +6,9 @@ input the stored data reflects.
 
 Writes skip RocksDB's write-ahead log, as Kafka Streams' stores do: the topic a shard applies is its
 log. A crash then loses the writes since the last memtable flush, their checkpoint with them (a write
-batch lands in the memtables whole, and flushes keep the order, so what survives is a prefix of the
-batches), and the shard goes on from the checkpoint kept, reading those records again. ``store_flush.py``
+batch lands in the memtables whole, and flushes keep the order, so what survives of each column family is a
+prefix of the batches, the vectors' never shorter than the rest's), and the shard goes on from the checkpoint
+kept, reading those records again. ``store_flush.py``
 says when the memtables are flushed, and why the vectors' column family first; ``store_recovery.py`` what
 an open puts right. Measured: the log took 2.5-5 us of a 384-d vector's 5-7 us write (rocksdict, batches of
 32-256 vectors), and replaying 100,000 vectors without it took 0.29 s instead of 0.41.
@@ -33,7 +34,7 @@ from processors.index.store_layout import (ANALYZER, CHECKPOINT, COMMITS, CONFIG
                                            FORMAT, FORMAT_KEY, NEXT_VID, TERMS, VEC, VECTORS_FAMILY, VID, Owner,
                                            pack_fields, pack_owner, pack_terms, unpack_owner, unpack_terms, utf8,
                                            vid_key)
-from processors.index.store_recovery import move_vectors, reconcile
+from processors.index.store_recovery import move_vectors, reconcile, settle_commits
 
 __all__ = ["FORMAT", "Owner", "ShardStore", "ShardWrite"]
 
@@ -50,16 +51,24 @@ flushed together when one is full (``atomic_flush``), so the documents' rarely h
 class _OpenShard:
     """An open shard's RocksDB, the column family of its vectors, and what flushes them."""
 
-    db: Rdict
     vectors: Rdict
+    """Before ``db``, here and in ``flusher``: an ``Rdict`` freed unclosed flushes its family, and slots are freed
+    in order, so the vectors are flushed first then too (``store_flush.py``)."""
     family: ColumnFamily | None
     """The vectors' family as a WriteBatch names it; like ``vectors``, it keeps RocksDB open while referenced."""
+    db: Rdict
     flusher: MemtableFlusher
+    commits: int = 0
+    """Commits taken, as ``m/commits`` holds it in both families (read once, at open)."""
 
     def close(self) -> None:
-        self.vectors.close()
-        self.family = None  # RocksDB closes once nothing refers to it: its lock is free for the next open
-        self.db.close()
+        """Let go of RocksDB: it closes once nothing refers to it (a family's handle and ``Rdict`` each do), and
+        its lock is then free for the next open. A ``ShardWrite`` refers to this, never to the handle itself."""
+        try:
+            self.vectors.close()
+        finally:
+            self.family = None
+            self.db.close()
 
 
 class ShardStore:
@@ -99,8 +108,8 @@ class ShardStore:
         writes.disable_wal = True  # the topic is the log (the module's docstring)
         db.set_write_options(writes)
         vectors = db.get_column_family(VECTORS_FAMILY)
-        self._shard = _OpenShard(db, vectors, db.get_column_family_handle(VECTORS_FAMILY),
-                                 MemtableFlusher(db, vectors))
+        self._shard = _OpenShard(vectors, db.get_column_family_handle(VECTORS_FAMILY), db,
+                                 MemtableFlusher(vectors, db))
         self._check_config()
         self._recover()
 
@@ -212,15 +221,14 @@ class ShardStore:
         :param term_counts: the shard keeps the lexical arm's counts: a removal removes them too.
         :param field_values: the shard keeps filterable values: a removal removes them too.
         """
-        shard = self._open_shard()
-        return ShardWrite(shard.db, shard.family, self._codec, term_counts=term_counts, field_values=field_values)
+        return ShardWrite(self._open_shard(), self._codec, term_counts=term_counts, field_values=field_values)
 
     def commit(self, write: ShardWrite, *, next_vid: int, checkpoint: bytes) -> None:
         """Store the staged write with the next vector id and the checkpoint, in one WriteBatch, and count the
         commit in both column families (``store_recovery.reconcile`` compares them)."""
         shard = self._open_shard()
-        raw = shard.db.get(COMMITS)
-        commits = VID.pack((VID.unpack(raw)[0] if raw else 0) + 1)
+        shard.commits += 1
+        commits = VID.pack(shard.commits)
         write.batch.put(NEXT_VID, VID.pack(next_vid))
         write.batch.put(CHECKPOINT, checkpoint)
         write.batch.put(COMMITS, commits)
@@ -271,9 +279,16 @@ class ShardStore:
             shard.db.put(FORMAT_KEY, str(FORMAT).encode())
             shard.flusher.flush()
             logger.info("shard store moved to storage format 5", extra={"path": str(self.path), "vectors": moved})
-        if shard.db.get(COMMITS) != shard.vectors.get(COMMITS):
+        commits, vector_commits = _count(shard.db.get(COMMITS)), _count(shard.vectors.get(COMMITS))
+        if vector_commits < commits:  # never, if every flush writes the vectors first (``store_flush.py``)
+            raise ConfigError(f"shard index at {self.path}: its vectors are behind its checkpoint (commit "
+                              f"{vector_commits} of {commits}), so some are lost: rebuild the shard by replay")
+        if vector_commits > commits:
             reconcile(shard.db, shard.vectors, shard.family, next_vid=self.next_vid())
             shard.flusher.flush()
+            settle_commits(shard.db, shard.family)
+            shard.flusher.flush()
+        shard.commits = commits
 
     def _check_config(self) -> None:
         db = self._open_db()
@@ -303,13 +318,15 @@ class ShardStore:
 class ShardWrite:
     """One atomic write being staged (:meth:`ShardStore.begin`): documents removed and put, with their vectors.
 
-    :param db: the open RocksDB, read for what a removal removes; written only by :meth:`ShardStore.commit`.
+    :param shard: the open RocksDB, read for what a removal removes; written only by :meth:`ShardStore.commit`.
+        The vectors' family is looked up there at each use: a write left behind (in a traceback, say) never keeps
+        a closed shard's RocksDB open.
     """
 
-    def __init__(self, db: Rdict, family: ColumnFamily | None, codec: DocumentCodec, *, term_counts: bool = False,
+    def __init__(self, shard: _OpenShard, codec: DocumentCodec, *, term_counts: bool = False,
                  field_values: bool = False) -> None:
-        self._db = db
-        self._family = family
+        self._db = shard.db
+        self._shard = shard
         self._codec = codec
         self._term_counts = term_counts
         self._field_values = field_values
@@ -336,7 +353,7 @@ class ShardWrite:
         self.net_documents -= 1
         vids = np.frombuffer(raw_vids, dtype=">i8").astype(np.int64).tolist()
         for vid in vids:
-            self.batch.delete(vid_key(VEC, vid), self._family)
+            self.batch.delete(vid_key(VEC, vid), self._shard.family)
             if self._term_counts:  # no tombstone per vector where no counts are kept
                 self.batch.delete(vid_key(TERMS, vid))
         self.batch.delete(DOC + key)
@@ -347,7 +364,7 @@ class ShardWrite:
 
     def put_vector(self, vid: int, vector: np.ndarray, owner: Owner) -> None:
         """Stage one vector (little-endian float32) and its owner, in format 2."""
-        self.batch.put(vid_key(VEC, vid), vector.tobytes() + pack_owner(*owner), self._family)
+        self.batch.put(vid_key(VEC, vid), vector.tobytes() + pack_owner(*owner), self._shard.family)
 
     def stored_term_counts(self, vids: Sequence[int]) -> list[tuple[int, dict[str, int]]]:
         """The stored term counts of these units, as before this write (what removing them takes away)."""
@@ -377,6 +394,11 @@ class ShardWrite:
 BLOOM_BITS_PER_KEY = 10
 """RocksDB's bloom filter size per key (its wiki's usual setting, about 1 % false positives): every
 upsert first looks its document up, and for a new document that lookup misses in every file."""
+
+
+def _count(raw: bytes | None) -> int:
+    """A stored commit count; none stored is 0."""
+    return VID.unpack(raw)[0] if raw else 0
 
 
 def _options() -> Options:

@@ -32,13 +32,13 @@ again from the topic. Kafka Streams flushes its stores at each commit, every 30 
 class MemtableFlusher:
     """Flushes one open shard's two column families, vectors first.
 
-    :param db: the shard's RocksDB (its default column family: documents, checkpoint, ...).
-    :param vectors: the same RocksDB's column family of the vectors.
+    :param vectors: the shard's RocksDB's column family of the vectors.
+    :param db: the same RocksDB (its default column family: documents, checkpoint, ...).
     """
 
-    def __init__(self, db: Rdict, vectors: Rdict) -> None:
+    def __init__(self, vectors: Rdict, db: Rdict) -> None:
+        self._vectors = vectors  # first: an Rdict freed unclosed flushes its family, in this order
         self._db = db
-        self._vectors = vectors
         self._flushed_at = time.monotonic()
         """When the memtables were last flushed by hand (``time.monotonic``), or the store opened."""
         self._unflushed = False

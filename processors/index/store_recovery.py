@@ -1,7 +1,8 @@
 """What a shard's store puts right when it opens: vectors of an older layout, and a crash's uneven flushes.
 
-Both run before anything reads the shard, and both may be cut off by a crash and run again: each step is one
-WriteBatch, and redoing one that survived changes nothing.
+Both run before anything reads the shard, and both may be cut off by a crash and run again: redoing a step that
+survived changes nothing, and what says a job is done (the vectors gone from the default family; the commit counts
+equal) is written only once the rest of it is on disk.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rocksdict import ColumnFamily, Rdict, WriteBatch
 
 from processors.index.store_layout import COMMITS, DOC, DOC_VIDS, FIELDS, TERMS, VEC, VID, vid_key
 
-__all__ = ["MOVE_BATCH", "Reconciled", "move_vectors", "reconcile"]
+__all__ = ["MOVE_BATCH", "Reconciled", "move_vectors", "reconcile", "settle_commits"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,30 +55,28 @@ class Reconciled:
 
 
 def reconcile(db: Rdict, vectors: Rdict, family: ColumnFamily, *, next_vid: int) -> Reconciled:
-    """Bring the vectors' column family back to the stored checkpoint, if a crash left it ahead of the rest
+    """Bring the vectors' column family back to the stored checkpoint, where a crash left it ahead of the rest
     (``store_flush``: it is flushed first, so it is never behind).
 
     Ahead means it holds the writes of some commits after the checkpoint: vectors added by them (ids from
     ``next_vid`` on, which is stored with the checkpoint) are deleted; vectors they removed are already gone, so
     the documents that owned them (changed after the checkpoint) are dropped whole, with their term counts, field
     values and remaining vectors. The shard then reads every record after the checkpoint again, and those commits
-    write both families anew. Its commit count is set equal in both families, in the same WriteBatch.
+    write both families anew. The caller flushes, then settles the commit counts (``settle_commits``): until
+    then, a crash has the next open reconcile again, which finds the same to drop or less.
 
     :param next_vid: the next vector id, as stored with the checkpoint.
     """
     batch = WriteBatch(raw_mode=True)
-    added, kept = 0, set()
-    for key in _keys(vectors, VEC):
-        vid = VID.unpack(key[len(VEC):])[0]
-        if vid < next_vid:
-            kept.add(vid)
-        else:
-            batch.delete(key, family)
-            added += 1
+    added = 0
+    for key in _keys(vectors, vid_key(VEC, next_vid), prefix=VEC):
+        batch.delete(key, family)
+        added += 1
+    kept = {VID.unpack(key[len(VEC):])[0] for key in _keys(vectors, VEC)}
     changed = 0
     for key, raw in _scan(db, DOC_VIDS):
         vids = np.frombuffer(raw, dtype=">i8").astype(np.int64).tolist()
-        if all(vid in kept for vid in vids):
+        if all(vid in kept and vid < next_vid for vid in vids):
             continue
         changed += 1
         doc = key[len(DOC_VIDS):]
@@ -86,12 +85,23 @@ def reconcile(db: Rdict, vectors: Rdict, family: ColumnFamily, *, next_vid: int)
         for vid in vids:
             batch.delete(vid_key(VEC, vid), family)
             batch.delete(vid_key(TERMS, vid))
-    batch.put(COMMITS, db.get(COMMITS) or VID.pack(0), family)
     db.write(batch)
     if added or changed:
         logger.warning("shard store reconciled after a crash: its vectors were flushed ahead of its checkpoint",
                        extra={"vectors_dropped": added, "documents_dropped": changed})
     return Reconciled(vectors=added, documents=changed)
+
+
+def settle_commits(db: Rdict, family: ColumnFamily) -> None:
+    """Give the vectors' family the commit count the rest holds (none, where it holds none): once ``reconcile``'s
+    work is on disk, the two families are at the same commit again."""
+    batch = WriteBatch(raw_mode=True)
+    commits = db.get(COMMITS)
+    if commits is None:
+        batch.delete(COMMITS, family)
+    else:
+        batch.put(COMMITS, commits, family)
+    db.write(batch)
 
 
 def _scan(db: Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -101,8 +111,9 @@ def _scan(db: Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         yield key, value
 
 
-def _keys(db: Rdict, prefix: bytes) -> Iterator[bytes]:
-    for key in db.keys(from_key=prefix):
+def _keys(db: Rdict, start: bytes, *, prefix: bytes | None = None) -> Iterator[bytes]:
+    prefix = start if prefix is None else prefix
+    for key in db.keys(from_key=start):
         if not key.startswith(prefix):
             return
         yield key

@@ -160,6 +160,10 @@ class InFlightLog:
 
     def _write(self, topic: str, partition: int, first: int, last: int, crashes: int,
                poisoned: dict[int, str] | None = None, lettered: Sequence[int] = ()) -> None:
+        """Write a note over the partition's file, unless a dead predecessor's note lies ahead there (``_ahead``):
+        that one is kept for the batch that reaches it, whatever notes this process would make meanwhile."""
+        if (topic, partition) in self._ahead:
+            return
         path = self._path(topic, partition)
         note = json.dumps({"first": first, "last": last, "crashes": crashes, "pid": os.getpid(),
                            "poisoned": {str(k): v for k, v in (poisoned or {}).items()},
@@ -207,8 +211,6 @@ class InFlightLog:
 
     def begin_record(self, record: _Record) -> None:
         """In isolation, note one record alone: if it kills the process, the next one dead-letters it."""
-        if (record.topic, record.partition) in self._ahead:
-            return
         note = self._read(record.topic, record.partition) or {"crashes": 0, "poisoned": {}, "lettered": []}
         self._write(record.topic, record.partition, record.offset, record.offset, note["crashes"],
                     note["poisoned"], note["lettered"])
@@ -217,7 +219,7 @@ class InFlightLog:
         """These poisoned records are in the dead-letter topic (delivered): a later crash must not send them again."""
         for record in records:
             note = self._read(record.topic, record.partition)
-            if note is not None and (record.topic, record.partition) not in self._ahead:
+            if note is not None:
                 self._write(record.topic, record.partition, note["first"], note["last"], note["crashes"],
                             note["poisoned"], [*note["lettered"], record.offset])
 
@@ -237,8 +239,7 @@ class InFlightLog:
         count is sliced), and its partitions stayed this process's meanwhile (the loop does not poll their
         consumer between slices). A fifth of ``begin``'s cost, paid at every slice of every index batch."""
         for (topic, partition), (first, last) in ranges.items():
-            if (topic, partition) not in self._ahead:
-                self._write(topic, partition, first, last, 0)
+            self._write(topic, partition, first, last, 0)
 
     def end(self, records: Sequence[_Record]) -> None:
         """The batch is through (outputs delivered, offsets committed): forget its notes (an empty file
