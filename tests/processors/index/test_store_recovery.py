@@ -216,3 +216,17 @@ def test_an_older_shards_vectors_move_into_their_family_in_batches_and_a_move_cu
     finally:
         db.close()
     live.close()
+
+
+def test_a_key_among_the_vectors_that_is_not_a_vectors_is_refused_with_a_rebuild(tmp_path: Path) -> None:
+    index = open_index(tmp_path)
+    index.apply(changes=FIRST, checkpoint=b"1")
+    index.close()
+    db = Rdict(str(tmp_path), options=Options(raw_mode=True))
+    vectors = db.get_column_family(VECTORS_FAMILY)
+    vectors[b"w/stray"] = b"x"
+    vectors.close()
+    del vectors
+    db.close()
+    with pytest.raises(ConfigError, match="not a vector's among its vectors: rebuild"):
+        open_index(tmp_path)
