@@ -32,7 +32,7 @@ from processors.index.base import DocumentCodec, Metric
 from processors.index.store_flush import MemtableFlusher
 from processors.index.store_layout import (ANALYZER, CHECKPOINT, COMMITS, CONFIG, DOC, DOC_VIDS, FIELDS, FILTERABLE,
                                            FORMAT, FORMAT_KEY, NEXT_VID, TERMS, VEC, VECTORS_FAMILY, VID, Owner,
-                                           pack_fields, pack_owner, pack_terms, unpack_owner, unpack_terms, utf8,
+                                           pack_fields, pack_owner, pack_terms, scan, unpack_owner, unpack_terms, utf8,
                                            vid_key)
 from processors.index.store_recovery import move_vectors, reconcile, settle_commits
 
@@ -159,21 +159,21 @@ class ShardStore:
 
     def document_count(self) -> int:
         """Stored root documents, counted on disk (a scan of every one: the shard counts them once, at open)."""
-        return sum(1 for _ in self._scan(DOC_VIDS))
+        return sum(1 for _ in scan(self._open_db(), DOC_VIDS))
 
     def doc_ids(self) -> Iterator[str]:
         """Every stored root document id, in key order."""
-        for key, _ in self._scan(DOC_VIDS):
+        for key, _ in scan(self._open_db(), DOC_VIDS):
             yield key[len(DOC_VIDS) :].decode("utf-8", "surrogatepass")
 
     def term_counts(self) -> Iterator[tuple[int, dict[str, int]]]:
         """Every stored unit's term counts (the lexical arm's), by vector id."""
-        for key, value in self._scan(TERMS):
+        for key, value in scan(self._open_db(), TERMS):
             yield VID.unpack(key[len(TERMS):])[0], unpack_terms(value)
 
     def field_values(self) -> Iterator[tuple[str, dict[str, list[Any]]]]:
         """Every stored document's filterable tag values (the field indexes'), by document id."""
-        for key, value in self._scan(FIELDS):
+        for key, value in scan(self._open_db(), FIELDS):
             yield key[len(FIELDS):].decode("utf-8", "surrogatepass"), json.loads(value)
 
     @property
@@ -251,7 +251,7 @@ class ShardStore:
         """Store every unit's term counts anew, from ``analyzer``, in one WriteBatch: an older shard's first
         open, or one whose analyzer changed."""
         batch = WriteBatch(raw_mode=True)
-        for key, _ in self._scan(TERMS):
+        for key, _ in scan(self._open_db(), TERMS):
             batch.delete(key)
         for vid, unit_counts in counts:
             if unit_counts:
@@ -264,7 +264,7 @@ class ShardStore:
         """Store every document's filterable values anew, following ``schema``, in one WriteBatch: a
         shard's first open with fields declared, or one whose declaration changed."""
         batch = WriteBatch(raw_mode=True)
-        for key, _ in self._scan(FIELDS):
+        for key, _ in scan(self._open_db(), FIELDS):
             batch.delete(key)
         for doc_id, doc_values in values:
             if doc_values:
@@ -320,11 +320,6 @@ class ShardStore:
         if stored_format is None:
             db.put(FORMAT_KEY, str(FORMAT).encode())
 
-    def _scan(self, prefix: bytes, *, db: Rdict | None = None) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in (self._open_db() if db is None else db).items(from_key=prefix):
-            if not key.startswith(prefix):
-                return
-            yield key, value
 
 
 class ShardWrite:

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+
+from rocksdict import Rdict
 
 from processors.exceptions import ConfigError
 
@@ -59,6 +61,14 @@ Owner = tuple[str, str, str]
 def vid_key(prefix: bytes, vid: int) -> bytes:
     """A vector's key under ``VEC`` or ``TERMS``: big-endian, so a prefix scan runs in id order."""
     return prefix + VID.pack(vid)
+
+
+def scan(db: Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) under ``prefix`` in one column family, in key order."""
+    for key, value in db.items(from_key=prefix):
+        if not key.startswith(prefix):
+            return
+        yield key, value
 
 
 def utf8(text: str) -> bytes:

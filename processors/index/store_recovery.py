@@ -8,15 +8,13 @@ equal) is written only once the rest of it is on disk.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 from rocksdict import ColumnFamily, Rdict, WriteBatch
 
-from processors.index.store_layout import COMMITS, DOC, DOC_VIDS, FIELDS, TERMS, VEC, VID, vid_key
+from processors.index.store_layout import COMMITS, DOC, DOC_VIDS, FIELDS, TERMS, VEC, VID, scan, vid_key
 
-__all__ = ["MOVE_BATCH", "Reconciled", "move_vectors", "reconcile", "settle_commits"]
+__all__ = ["MOVE_BATCH", "move_vectors", "reconcile", "settle_commits"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +32,7 @@ def move_vectors(db: Rdict, family: ColumnFamily) -> int:
     """
     moved = 0
     batch = WriteBatch(raw_mode=True)
-    for key, value in _scan(db, VEC):
+    for key, value in scan(db, VEC):
         batch.put(key, value, family)
         batch.delete(key)
         moved += 1
@@ -46,15 +44,7 @@ def move_vectors(db: Rdict, family: ColumnFamily) -> int:
     return moved
 
 
-@dataclass(frozen=True, slots=True)
-class Reconciled:
-    """What ``reconcile`` dropped: vectors written after the stored checkpoint, and documents changed after it."""
-
-    vectors: int
-    documents: int
-
-
-def reconcile(db: Rdict, vectors: Rdict, family: ColumnFamily, *, next_vid: int) -> Reconciled:
+def reconcile(db: Rdict, vectors: Rdict, family: ColumnFamily, *, next_vid: int) -> None:
     """Bring the vectors' column family back to the stored checkpoint, where a crash left it ahead of the rest
     (``store_flush``: it is flushed first, so it is never behind).
 
@@ -68,15 +58,18 @@ def reconcile(db: Rdict, vectors: Rdict, family: ColumnFamily, *, next_vid: int)
     :param next_vid: the next vector id, as stored with the checkpoint.
     """
     batch = WriteBatch(raw_mode=True)
-    added = 0
-    for key in _keys(vectors, vid_key(VEC, next_vid), prefix=VEC):
-        batch.delete(key, family)
-        added += 1
-    kept = {VID.unpack(key[len(VEC):])[0] for key in _keys(vectors, VEC)}
+    added, kept = 0, set()
+    for key, _ in scan(vectors, VEC):
+        vid = VID.unpack(key[len(VEC):])[0]
+        if vid < next_vid:
+            kept.add(vid)
+        else:
+            batch.delete(key, family)
+            added += 1
     changed = 0
-    for key, raw in _scan(db, DOC_VIDS):
+    for key, raw in scan(db, DOC_VIDS):
         vids = np.frombuffer(raw, dtype=">i8").astype(np.int64).tolist()
-        if all(vid in kept and vid < next_vid for vid in vids):
+        if all(vid in kept for vid in vids):
             continue
         changed += 1
         doc = key[len(DOC_VIDS):]
@@ -89,7 +82,6 @@ def reconcile(db: Rdict, vectors: Rdict, family: ColumnFamily, *, next_vid: int)
     if added or changed:
         logger.warning("shard store reconciled after a crash: its vectors were flushed ahead of its checkpoint",
                        extra={"vectors_dropped": added, "documents_dropped": changed})
-    return Reconciled(vectors=added, documents=changed)
 
 
 def settle_commits(db: Rdict, family: ColumnFamily) -> None:
@@ -102,18 +94,3 @@ def settle_commits(db: Rdict, family: ColumnFamily) -> None:
     else:
         batch.put(COMMITS, commits, family)
     db.write(batch)
-
-
-def _scan(db: Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-    for key, value in db.items(from_key=prefix):
-        if not key.startswith(prefix):
-            return
-        yield key, value
-
-
-def _keys(db: Rdict, start: bytes, *, prefix: bytes | None = None) -> Iterator[bytes]:
-    prefix = start if prefix is None else prefix
-    for key in db.keys(from_key=start):
-        if not key.startswith(prefix):
-            return
-        yield key
