@@ -13,6 +13,7 @@ leader moves, a timeout or a silently incomplete reply never).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from processors.document import Document
@@ -437,16 +439,18 @@ def test_queries_do_not_wait_for_a_transaction_stuck_on_a_killed_leader(cluster:
     """``exactly_once``: kill -9 the broker that leads every partition of ``encoded`` while the encode
     stage has documents to encode and write there in transactions. Its commit waits for the failover
     (or the transaction's timeout, then an abort and a rerun); the queries it encodes meanwhile must
-    not wait with it, nor behind its batch. Every other topic lives on the two other brokers, so
-    nothing on the query path waits for the killed one: each query is answered by a deadline shorter
-    than a failover, and exactly once holds."""
-    path = tmp_path / "flow.yml"
-    path.write_text(sentence_flow_yaml(guarantee="exactly_once").replace("{name}", f"eos{os.getpid()}") + TOPICS_YAML)
-    settings, flow = KafkaSettings(cluster.bootstrap_servers), load_flow(path)
+    not wait with it, nor behind its batch. Every other topic lives on the two other brokers, and they
+    coordinate the query path's consumer groups, so nothing on the query path waits for the killed one:
+    each query is answered by a deadline shorter than a failover, and exactly once holds."""
+    settings = KafkaSettings(cluster.bootstrap_servers)
     metadata = Metadata(settings)
     controller = metadata.controller()  # once: asked per node, it changed between calls (a StopIteration in CI)
     victim = next(node for node in (1, 2, 3) if node != controller)  # no quorum election to wait for
     others = [node for node in (1, 2, 3) if node != victim]
+    path = tmp_path / "flow.yml"
+    name = _flow_away_from(settings, metadata, victim, f"eos{os.getpid()}")  # nor does any coordinator of theirs
+    path.write_text(sentence_flow_yaml(guarantee="exactly_once").replace("{name}", name) + TOPICS_YAML)
+    flow = load_flow(path)
     topics = flow.topics
 
     def replicas(shape: TopicShape) -> list[list[int]]:
@@ -490,14 +494,46 @@ def test_queries_do_not_wait_for_a_transaction_stuck_on_a_killed_leader(cluster:
 TRANSACTION_STATE = "__transaction_state"
 
 
-def _coordinator_partition(transactional_id: str) -> int:
-    """The partition of ``__transaction_state`` whose leader coordinates a transactional id, as the broker
-    computes it: ``Utils.abs(transactionalId.hashCode) % transaction.state.log.num.partitions``."""
+def _coordinator_partition(key: str, setting: str = "transaction.state.log.num.partitions") -> int:
+    """The partition of ``__transaction_state`` (or of ``__consumer_offsets``, with ``setting`` its partition
+    count's) whose leader coordinates a transactional id (a consumer group), as the broker computes it:
+    ``Utils.abs(key.hashCode) % <setting>``."""
     code = 0
-    for (unit,) in struct.iter_unpack(">H", transactional_id.encode("utf-16-be")):
+    for (unit,) in struct.iter_unpack(">H", key.encode("utf-16-be")):
         code = (31 * code + unit) & 0xFFFFFFFF  # java.lang.String.hashCode: over UTF-16 code units, in 32 bits
     signed = code - (1 << 32) if code >= 1 << 31 else code
-    return (0 if signed == -(1 << 31) else abs(signed)) % int(BROKER_SETTINGS["transaction.state.log.num.partitions"])
+    return (0 if signed == -(1 << 31) else abs(signed)) % int(BROKER_SETTINGS[setting])
+
+CONSUMER_OFFSETS = "__consumer_offsets"
+QUERY_PATH_GROUPS = ("encode.query", "index", "index.query", "join")
+"""The consumer groups (after the flow's prefix) of the stages a query passes: one whose coordinator dies
+stops its consumer until the coordinator has moved, and past ``session.timeout.ms`` (a failover of 12.5
+and 14.6 s, then the group's load on the new coordinator, two runs at a time on 2 cores) the consumer
+rejoins as a new member, queries waiting meanwhile."""
+
+
+def _flow_away_from(settings: KafkaSettings, metadata: Metadata, node: int, base: str) -> str:
+    """A flow name whose query-path consumer groups (``QUERY_PATH_GROUPS``) are coordinated by brokers other
+    than ``node``: the coordinator is where the group's name hashes in ``__consumer_offsets``."""
+    probe = f"{base}.probe"  # its coordinator's lookup creates the topic, if no group has yet
+    admin = AdminClient(settings.base())  # held until the answer: a client freed first never completes its future
+    with contextlib.suppress(KafkaException):  # Kafka 4 says GROUP_ID_NOT_FOUND of a group that never was
+        admin.describe_consumer_groups([probe], request_timeout=30)[probe].result(timeout=60)
+    partitions = int(BROKER_SETTINGS["offsets.topic.num.partitions"])
+    found: dict[int, int] = {}
+
+    def led() -> bool:
+        found.clear()
+        found.update({p: leader for (_, p), (leader, _) in metadata.partitions([CONSUMER_OFFSETS]).items()})
+        return len(found) == partitions and min(found.values()) >= 0
+
+    _wait_until(led, 60, f"a leader for every partition of {CONSUMER_OFFSETS}")
+    for attempt in range(1000):
+        name = f"{base}g{attempt}"
+        if all(found[_coordinator_partition(f"{name}.{group}", "offsets.topic.num.partitions")] != node
+               for group in QUERY_PATH_GROUPS):
+            return name
+    raise AssertionError(f"no flow name whose query-path groups {node} does not coordinate")
 
 
 def test_an_exactly_once_stage_outlives_the_death_of_its_transaction_coordinator(cluster: KafkaCluster,

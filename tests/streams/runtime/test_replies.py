@@ -3,6 +3,7 @@ reply topic deleted) or a reply_to aimed elsewhere never stops a stage or holds 
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -95,3 +96,50 @@ def test_reply_topic_names_and_existence(kafka_settings: KafkaSettings) -> None:
             replies.check(name)
     # Asking never creates the topic it asks about.
     assert not replies.exists(f"{topics.flow}.reply.gone")
+
+
+class _GatedLookups(ReplyTopics):
+    """Real lookups that first wait for the test to open a gate, as one waited for a broker coming back
+    from a kill; each notes the thread that asked."""
+
+    GATE_S = 30.0
+
+    def __init__(self, topics: FlowTopics, settings: KafkaSettings) -> None:
+        super().__init__(topics, settings)
+        self.gate = threading.Event()
+        self.asked_on: list[str] = []
+
+    def _lookup(self, name: str) -> bool:
+        self.asked_on.append(threading.current_thread().name)
+        self.gate.wait(self.GATE_S)
+        return super()._lookup(name)
+
+
+def test_a_reply_topic_seen_to_exist_is_asked_about_again_off_the_query_path(kafka_settings: KafkaSettings) -> None:
+    """Once its time is up, a topic seen to exist is asked about in the background and trusted meanwhile:
+    a query path never waits for that lookup (a query missed its deadline while one waited for a broker
+    coming back). The background answer is taken: a topic deleted meanwhile is then missing."""
+    topics = FlowTopics(f"rb{uuid.uuid4().hex[:6]}", 1)
+    mine = topics.new_reply_topic()
+    ensure_topics(kafka_settings, [TopicShape(mine, 1)])
+    replies = _GatedLookups(topics, kafka_settings)
+    replies.EXISTS_TTL_S = 0.0  # every answer after the first is out of date at once
+    replies.gate.set()
+    assert replies.exists(mine)
+    assert replies.asked_on == [threading.current_thread().name]  # never seen: asked on the caller's thread
+    replies.gate.clear()
+    delete_topics(kafka_settings, [mine])
+    # Asked on this thread, the lookup would wait GATE_S for the gate, then find the topic gone.
+    assert replies.exists(mine) and replies.exists(mine)
+    assert not replies.gate.is_set()
+    deadline = time.monotonic() + 30
+    while len(replies.asked_on) < 2:
+        assert time.monotonic() < deadline, "no background lookup"
+        time.sleep(0.01)
+    assert replies.asked_on[1] == "reply-topic-lookups"
+    replies.gate.set()
+    deadline = time.monotonic() + 30
+    while replies.exists(mine):
+        assert time.monotonic() < deadline, "the background lookup's answer was not taken"
+        time.sleep(0.01)
+    assert set(replies.asked_on[1:]) == {"reply-topic-lookups"}
