@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections import OrderedDict
 
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
@@ -100,33 +101,50 @@ class ReplyTopics:
                 if name not in self._refreshing:
                     self._refreshing.add(name)
                     self._refresh_queue.put(name)
-                    if self._refresher is None:
-                        self._refresher = threading.Thread(target=self._refresh, name="reply-topic-lookups", daemon=True)
-                        self._refresher.start()
+                    self._start_refresher()
                 return True
         found = self._lookup(name)
         self._remember(name, found, now)
         return found
 
-    def _refresh(self) -> None:
-        """Ask again, one after the other, about the topics seen to exist whose time is up (a daemon thread:
-        one lookup at a time, however many clients' topics fall due together)."""
-        while True:
-            name = self._refresh_queue.get()
-            try:
-                self._remember(name, self._lookup(name), time.monotonic())
-            except Exception:  # the next one is asked about all the same; this one stays as seen
-                logger.warning("reply topic lookup failed", exc_info=True, extra={"topic": name[:300]})
-            finally:
-                with self._lock:
-                    self._refreshing.discard(name)
+    def _start_refresher(self) -> None:
+        """The background lookups' thread, started (again, should it have died) under ``_lock``. It holds this
+        object only weakly: a ``ReplyTopics`` dropped by its owner is freed, and its thread ends."""
+        if self._refresher is not None and self._refresher.is_alive():
+            return
+        thread = threading.Thread(target=_refresh_while_alive, args=(weakref.ref(self), self._refresh_queue),
+                                  name="reply-topic-lookups", daemon=True)
+        thread.start()
+        self._refresher = thread
+
+    def _refresh(self, name: str) -> None:
+        """Ask again about a topic seen to exist (on the background thread). The answer is kept only if nothing
+        was learnt meanwhile: a reply that failed (:meth:`gone`) is fresher news than a lookup begun before it.
+        A lookup that raises keeps the topic trusted for ``MISSING_TTL_S`` before the next try."""
+        with self._lock:
+            before = self._seen.get(name)
+        asked_at = time.monotonic()
+        try:
+            found = self._lookup(name)
+            until = asked_at + (self.EXISTS_TTL_S if found else self.MISSING_TTL_S)
+        except Exception:  # the next one is asked about all the same
+            logger.warning("reply topic lookup failed", exc_info=True, extra={"topic": name[:300]})
+            found, until = True, asked_at + self.MISSING_TTL_S
+        with self._lock:
+            self._refreshing.discard(name)
+            if self._seen.get(name) is before:
+                self._store(name, found, until)
 
     def _remember(self, name: str, found: bool, asked_at: float) -> None:
         with self._lock:
-            self._seen[name] = (found, asked_at + (self.EXISTS_TTL_S if found else self.MISSING_TTL_S))
-            self._seen.move_to_end(name)
-            while len(self._seen) > self.REMEMBERED:
-                self._seen.popitem(last=False)
+            self._store(name, found, asked_at + (self.EXISTS_TTL_S if found else self.MISSING_TTL_S))
+
+    def _store(self, name: str, found: bool, until: float) -> None:
+        """Under ``_lock``: the answer about ``name``, trusted until ``until`` (``time.monotonic()``)."""
+        self._seen[name] = (found, until)
+        self._seen.move_to_end(name)
+        while len(self._seen) > self.REMEMBERED:
+            self._seen.popitem(last=False)
 
     def _lookup(self, name: str) -> bool:
         assert self._settings is not None
@@ -147,3 +165,20 @@ class ReplyTopics:
         except Exception as exc:  # a timeout, or anything else: the cluster did not say "no such topic"
             logger.debug("reply topic lookup failed", extra={"topic": name, "error": repr(exc)})
         return True
+
+
+def _refresh_while_alive(owner: weakref.ref[ReplyTopics], names: queue.SimpleQueue[str]) -> None:
+    """The background lookups of one ``ReplyTopics``, one at a time, however many clients' topics fall due together;
+    ends once its owner is freed."""
+    while True:
+        try:
+            name = names.get(timeout=5.0)
+        except queue.Empty:
+            if owner() is None:
+                return
+            continue
+        topics = owner()
+        if topics is None:
+            return
+        topics._refresh(name)
+        del topics

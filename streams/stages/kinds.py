@@ -63,6 +63,8 @@ SHARD_CONSUMER_CONFIG: dict[str, object] = {
 
 QUERY_GROUP_SUFFIX = ".query"
 """The consumer group of the fan-out's query path: ``<group>.query``."""
+SEARCH_GROUP_SUFFIX = ".search"
+"""The consumer group of a shard's search path: ``<group>.search`` (it follows the index path's assignment)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +233,7 @@ def _build_index(b: StageBuild) -> StageSpec:
         **b.common,
         index_path=PathSpec(flow.input_topic(stage.name), b.group, ingest, batch_size=256, fetch_wait_ms=INDEX_PATH_FETCH_WAIT_MS,
                             consumer_config=SHARD_CONSUMER_CONFIG, slice_records=SHARD_SLICE_RECORDS),
-        query_path=PathSpec(topics.search, f"{b.group}.search", ShardSearch(states=states, ranker=ranker, topics=topics,
+        query_path=PathSpec(topics.search, f"{b.group}{SEARCH_GROUP_SUFFIX}", ShardSearch(states=states, ranker=ranker, topics=topics,
                                                                             operations=stage.query_language),
                             follow_index_path=True, fetch_wait_ms=flow.search.fetch_wait_ms,
                             gather_ms=SEARCH_GATHER_MS),

@@ -39,6 +39,7 @@ from streams.kafka.reader import fetch_high_watermarks
 from streams.local.apache_kafka import BROKER_SETTINGS, KafkaCluster
 from streams.local.runtime import LocalRuntime
 from streams.local.supervisor import stage_log_files
+from streams.stages.kinds import ENCODE, INDEX, JOIN, QUERY_GROUP_SUFFIX, SEARCH_GROUP_SUFFIX
 from streams.wire.records import SearchReply
 from streams.wire.topics import TopicShape
 from tests.e2e.fixtures import corpus_with_unique_sentences, sentence_flow_yaml, stage_logs
@@ -505,7 +506,7 @@ def _coordinator_partition(key: str, setting: str = "transaction.state.log.num.p
     return (0 if signed == -(1 << 31) else abs(signed)) % int(BROKER_SETTINGS[setting])
 
 CONSUMER_OFFSETS = "__consumer_offsets"
-QUERY_PATH_GROUPS = ("encode.query", "index", "index.query", "join")
+QUERY_PATH_GROUPS = (f"{ENCODE.name}{QUERY_GROUP_SUFFIX}", INDEX.name, f"{INDEX.name}{SEARCH_GROUP_SUFFIX}", JOIN.name)
 """The consumer groups (after the flow's prefix) of the stages a query passes: one whose coordinator dies
 stops its consumer until the coordinator has moved, and past ``session.timeout.ms`` (a failover of 12.5
 and 14.6 s, then the group's load on the new coordinator, two runs at a time on 2 cores) the consumer

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -108,11 +109,21 @@ class _GatedLookups(ReplyTopics):
         super().__init__(topics, settings)
         self.gate = threading.Event()
         self.asked_on: list[str] = []
+        self.answers: list[bool] = []
 
     def _lookup(self, name: str) -> bool:
         self.asked_on.append(threading.current_thread().name)
         self.gate.wait(self.GATE_S)
-        return super()._lookup(name)
+        found = super()._lookup(name)
+        self.answers.append(found)
+        return found
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)  # polling interval of a condition
 
 
 def test_a_reply_topic_seen_to_exist_is_asked_about_again_off_the_query_path(kafka_settings: KafkaSettings) -> None:
@@ -128,18 +139,37 @@ def test_a_reply_topic_seen_to_exist_is_asked_about_again_off_the_query_path(kaf
     assert replies.exists(mine)
     assert replies.asked_on == [threading.current_thread().name]  # never seen: asked on the caller's thread
     replies.gate.clear()
-    delete_topics(kafka_settings, [mine])
-    # Asked on this thread, the lookup would wait GATE_S for the gate, then find the topic gone.
-    assert replies.exists(mine) and replies.exists(mine)
-    assert not replies.gate.is_set()
-    deadline = time.monotonic() + 30
-    while len(replies.asked_on) < 2:
-        assert time.monotonic() < deadline, "no background lookup"
-        time.sleep(0.01)
-    assert replies.asked_on[1] == "reply-topic-lookups"
-    replies.gate.set()
-    deadline = time.monotonic() + 30
-    while replies.exists(mine):
-        assert time.monotonic() < deadline, "the background lookup's answer was not taken"
-        time.sleep(0.01)
+    try:
+        delete_topics(kafka_settings, [mine])
+        # Asked on this thread, the lookup would wait GATE_S for the gate, then find the topic gone.
+        assert replies.exists(mine) and replies.exists(mine)
+        assert not replies.gate.is_set()
+        _wait_for(lambda: len(replies.asked_on) == 2, "no background lookup")
+        assert replies.asked_on[1] == "reply-topic-lookups"
+    finally:
+        replies.gate.set()
+    _wait_for(lambda: not replies.exists(mine), "the background lookup's answer was not taken")
     assert set(replies.asked_on[1:]) == {"reply-topic-lookups"}
+
+
+def test_a_failed_reply_is_not_undone_by_a_lookup_begun_before_it(kafka_settings: KafkaSettings) -> None:
+    """A reply that failed (``gone``) while a background lookup was under way is the fresher news: the lookup's
+    "exists" does not bring the topic back for another ``EXISTS_TTL_S`` of replies failing at delivery."""
+    topics = FlowTopics(f"rg{uuid.uuid4().hex[:6]}", 1)
+    mine = topics.new_reply_topic()
+    ensure_topics(kafka_settings, [TopicShape(mine, 1)])
+    replies = _GatedLookups(topics, kafka_settings)
+    replies.EXISTS_TTL_S, replies.MISSING_TTL_S = 0.0, 600.0
+    replies.gate.set()
+    assert replies.exists(mine)
+    replies.gate.clear()
+    try:
+        assert replies.exists(mine)  # out of date: asked again in the background, held at the gate
+        _wait_for(lambda: len(replies.asked_on) == 2, "no background lookup")
+        replies.gone(mine)
+    finally:
+        replies.gate.set()
+    _wait_for(lambda: len(replies.answers) == 2, "the background lookup did not answer")
+    assert replies.answers == [True, True]  # the topic still exists: only the failed reply says otherwise
+    _wait_for(lambda: not replies._refreshing, "the background lookup's answer was not weighed")
+    assert not replies.exists(mine)
