@@ -85,7 +85,7 @@ class ReplyTopics:
     def gone(self, name: str) -> None:
         """A reply to ``name`` failed: take it for missing without asking (its client has left)."""
         with self._lock:
-            self._seen[name] = (False, time.monotonic() + self.MISSING_TTL_S)
+            self._store(name, False, time.monotonic() + self.MISSING_TTL_S)
 
     def exists(self, name: str) -> bool:
         """Whether ``name`` exists, as last seen; asks the cluster on this thread only about a topic
@@ -126,7 +126,7 @@ class ReplyTopics:
         asked_at = time.monotonic()
         try:
             found = self._lookup(name)
-            until = asked_at + (self.EXISTS_TTL_S if found else self.MISSING_TTL_S)
+            until = self._trusted_until(found, asked_at)
         except Exception:  # the next one is asked about all the same
             logger.warning("reply topic lookup failed", exc_info=True, extra={"topic": name[:300]})
             found, until = True, asked_at + self.MISSING_TTL_S
@@ -137,7 +137,10 @@ class ReplyTopics:
 
     def _remember(self, name: str, found: bool, asked_at: float) -> None:
         with self._lock:
-            self._store(name, found, asked_at + (self.EXISTS_TTL_S if found else self.MISSING_TTL_S))
+            self._store(name, found, self._trusted_until(found, asked_at))
+
+    def _trusted_until(self, found: bool, asked_at: float) -> float:
+        return asked_at + (self.EXISTS_TTL_S if found else self.MISSING_TTL_S)
 
     def _store(self, name: str, found: bool, until: float) -> None:
         """Under ``_lock``: the answer about ``name``, trusted until ``until`` (``time.monotonic()``)."""

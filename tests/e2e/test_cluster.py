@@ -505,6 +505,7 @@ def _coordinator_partition(key: str, setting: str = "transaction.state.log.num.p
     signed = code - (1 << 32) if code >= 1 << 31 else code
     return (0 if signed == -(1 << 31) else abs(signed)) % int(BROKER_SETTINGS[setting])
 
+
 CONSUMER_OFFSETS = "__consumer_offsets"
 QUERY_PATH_GROUPS = (f"{ENCODE.name}{QUERY_GROUP_SUFFIX}", INDEX.name, f"{INDEX.name}{SEARCH_GROUP_SUFFIX}", JOIN.name)
 """The consumer groups (after the flow's prefix) of the stages a query passes: one whose coordinator dies
