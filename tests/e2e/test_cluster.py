@@ -446,10 +446,11 @@ def test_queries_do_not_wait_for_a_transaction_stuck_on_a_killed_leader(cluster:
     settings = KafkaSettings(cluster.bootstrap_servers)
     metadata = Metadata(settings)
     controller = metadata.controller()  # once: asked per node, it changed between calls (a StopIteration in CI)
-    victim = next(node for node in (1, 2, 3) if node != controller)  # no quorum election to wait for
+    # not the controller: no quorum election to wait for; nor any coordinator of the query path's groups
+    victim, name = _victim_and_flow(settings, metadata, [node for node in (1, 2, 3) if node != controller],
+                                    f"eos{os.getpid()}")
     others = [node for node in (1, 2, 3) if node != victim]
     path = tmp_path / "flow.yml"
-    name = _flow_away_from(settings, metadata, victim, f"eos{os.getpid()}")  # nor does any coordinator of theirs
     path.write_text(sentence_flow_yaml(guarantee="exactly_once").replace("{name}", name) + TOPICS_YAML)
     flow = load_flow(path)
     topics = flow.topics
@@ -514,9 +515,11 @@ and 14.6 s, then the group's load on the new coordinator, two runs at a time on 
 rejoins as a new member, queries waiting meanwhile."""
 
 
-def _flow_away_from(settings: KafkaSettings, metadata: Metadata, node: int, base: str) -> str:
-    """A flow name whose query-path consumer groups (``QUERY_PATH_GROUPS``) are coordinated by brokers other
-    than ``node``: the coordinator is where the group's name hashes in ``__consumer_offsets``."""
+def _victim_and_flow(settings: KafkaSettings, metadata: Metadata, candidates: Sequence[int], base: str) -> tuple[int, str]:
+    """The candidate node leading the fewest partitions of ``__consumer_offsets``, and a flow name whose
+    query-path consumer groups (``QUERY_PATH_GROUPS``) it does not coordinate: a group's coordinator leads the
+    partition its name hashes to. After earlier kills in the session, one node may lead every partition (seen in
+    CI): a name can avoid only a node that leads few of them."""
     probe = f"{base}.probe"  # its coordinator's lookup creates the topic, if no group has yet
     admin = AdminClient(settings.base())  # held until the answer: a client freed first never completes its future
     with contextlib.suppress(KafkaException):  # Kafka 4 says GROUP_ID_NOT_FOUND of a group that never was
@@ -530,12 +533,13 @@ def _flow_away_from(settings: KafkaSettings, metadata: Metadata, node: int, base
         return len(found) == partitions and min(found.values()) >= 0
 
     _wait_until(led, 60, f"a leader for every partition of {CONSUMER_OFFSETS}")
+    victim = min(candidates, key=lambda node: (sum(leader == node for leader in found.values()), node))
     for attempt in range(1000):
         name = f"{base}g{attempt}"
-        if all(found[_coordinator_partition(f"{name}.{group}", "offsets.topic.num.partitions")] != node
+        if all(found[_coordinator_partition(f"{name}.{group}", "offsets.topic.num.partitions")] != victim
                for group in QUERY_PATH_GROUPS):
-            return name
-    raise AssertionError(f"no flow name whose query-path groups {node} does not coordinate")
+            return victim, name
+    raise AssertionError(f"no flow name whose query-path groups node {victim} does not coordinate: {found}")
 
 
 def test_an_exactly_once_stage_outlives_the_death_of_its_transaction_coordinator(cluster: KafkaCluster,
