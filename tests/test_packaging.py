@@ -91,9 +91,11 @@ def test_the_core_wheel_installs_without_model_or_index_libraries_and_serves_cli
     used = _run([python, "-c", "from streams.client import Client; from streams.client.http import create_app; "
                  "from streams.wire.codec import DOCUMENT, REQUEST; from streams.resources import EXAMPLE_FLOWS; "
                  "print(sorted(p.name for p in EXAMPLE_FLOWS.glob('*.yml'))); "
-                 "from streams.wire.program import COMPILED; print(COMPILED)"], cwd=outside)
+                 "from streams.wire.program import COMPILED; from streams.wire.partitioner import murmur2; "
+                 "print(COMPILED, hasattr(murmur2, '__code__'))"], cwd=outside)
     assert used.returncode == 0, used.stderr
-    assert used.stdout.split("\n")[:2] == ["['beir.yml', 'hello.yml', 'images.yml', 'jep3.yml']", "True"]  # C walk built
+    assert used.stdout.split("\n")[:2] == [  # the C walk built, and the C murmur2 (no Python code object)
+        "['beir.yml', 'hello.yml', 'images.yml', 'jep3.yml']", "True False"]
 
     # A command that would run the model or the index says, in one line, which extra to install.
     hello = _run([tmp_path / "core" / "bin" / "streamsearch", "hello-world", "--limit", "5", "--no-serve"], cwd=outside)

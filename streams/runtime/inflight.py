@@ -89,8 +89,10 @@ def offset_ranges(records: Sequence[_Record]) -> Ranges:
         known = ranges.get(key)
         if known is None:
             ranges[key] = (offset, offset)
-        elif not known[0] <= offset <= known[1]:
-            ranges[key] = (min(known[0], offset), max(known[1], offset))
+        elif offset > known[1]:  # the usual: a partition's records come in offset order
+            ranges[key] = (known[0], offset)
+        elif offset < known[0]:
+            ranges[key] = (offset, known[1])
     return ranges
 
 

@@ -10,7 +10,14 @@ that reads ingest dead-letters a record on another partition, naming this partit
 
 from __future__ import annotations
 
-__all__ = ["LIBRDKAFKA_PARTITIONER", "murmur2", "partition_of"]
+from collections.abc import Callable
+
+try:
+    from streams.wire import _murmur2
+except ImportError:  # installed without a C compiler
+    _murmur2 = None
+
+__all__ = ["LIBRDKAFKA_PARTITIONER", "murmur2", "murmur2_python", "partition_of"]
 
 LIBRDKAFKA_PARTITIONER = "murmur2_random"
 """librdkafka's name for the Java producer's partitioner (same key, same partition)."""
@@ -20,8 +27,9 @@ _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 
 
-def murmur2(data: bytes) -> int:
-    """Kafka's ``Utils.murmur2`` as an unsigned 32-bit value (Java's, bit for bit)."""
+def murmur2_python(data: bytes) -> int:
+    """Kafka's ``Utils.murmur2`` as an unsigned 32-bit value (Java's, bit for bit): the reference of
+    ``_murmur2.c``, and what runs where it was not built."""
     length = len(data)
     h = (_SEED ^ length) & _MASK
     whole = length - length % 4
@@ -43,6 +51,11 @@ def murmur2(data: bytes) -> int:
     h = (h * _M) & _MASK
     h ^= h >> 15
     return h
+
+
+murmur2: Callable[[bytes], int] = _murmur2.murmur2 if _murmur2 is not None else murmur2_python
+"""Kafka's ``Utils.murmur2``, compiled where the install built ``_murmur2.c`` (a UUID's 36 bytes: 4.4 µs in
+Python, a few per cent of the index stage's work per record on a flow of several shards)."""
 
 
 def partition_of(key: bytes, partitions: int) -> int:
