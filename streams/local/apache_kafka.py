@@ -49,6 +49,16 @@ checks the compose file against them). The message size limit is Kafka's default
 JAVA_MIN_VERSION = 17
 _HEAP = os.environ.get("STREAMSEARCH_LOCAL_KAFKA_HEAP", "-Xmx512m -Xms128m")
 
+G1_REGION = "-XX:G1HeapRegionSize=4m"
+"""G1's region size for the local broker (before ``STREAMSEARCH_LOCAL_KAFKA_HEAP``, whose own wins). G1 sizes
+regions from the heap, 1 MiB for this one, and allocates an object of half a region or more as "humongous",
+straight into the old generation: each produce request's buffer (librdkafka sends up to ``message.max.bytes``,
+1 MB) was one, and each started a concurrent mark of the whole old generation (``-Xlog:gc``: 144 such cycles
+while 200,000 vectors were inserted). With 4 MiB regions a request is an ordinary young object: the broker's
+GC went from 16-29 µs of CPU per inserted vector (four runs of five) to 0.7-1.2 (three of three; 8 and 16 MiB
+alike), ``benchmarks/insert_cpu.py``, 2026-12-07. Kafka's documentation gives LinkedIn's 16 MiB for a 6 GiB heap;
+4 MiB keeps 128 regions in this 512 MiB one."""
+
 
 def kafka_libs_dir() -> Path:
     """Where the broker's jars live: ``STREAMSEARCH_LOCAL_KAFKA_LIBS``, else a per-user cache by version."""
@@ -226,7 +236,7 @@ class KafkaNode:
 
     def _java(self, main: str, *args: str) -> list[str]:
         return [
-            "java", *_HEAP.split(), "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+            "java", G1_REGION, *_HEAP.split(), "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.data_dir}",
             "-cp", str(kafka_libs_dir() / "*"), main, *args,

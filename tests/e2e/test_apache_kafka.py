@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -58,6 +59,26 @@ def kafka(broker: LocalBroker, broker_kind: BrokerKind, tmp_path_factory: pytest
     finally:
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = previous
         own.stop()
+
+
+# -- the JVM -------------------------------------------------------------------------------------
+
+
+def test_a_produce_request_of_the_largest_batch_is_no_humongous_object_in_the_local_brokers_heap(
+        kafka: LocalBroker) -> None:
+    """G1 puts an object of half a region or more straight into the old generation, and each such allocation
+    started a concurrent mark (``G1_REGION`` in ``streams/local/apache_kafka.py``): the regions the running JVM's
+    options give (asked of ``java -XX:+PrintFlagsFinal`` with them, which a JRE alone has) must hold a request
+    carrying the largest batch a topic takes by default as an ordinary object."""
+    assert isinstance(kafka, KafkaCluster)
+    for node in kafka.nodes:
+        command = Path(f"/proc/{node.pid}/cmdline").read_bytes().decode().split("\0")
+        options = [arg for arg in command[1:command.index("-cp")] if arg.startswith("-X")]
+        final = subprocess.run([command[0], *options, "-XX:+PrintFlagsFinal", "-version"], capture_output=True,
+                               text=True, timeout=60, check=False)
+        assert final.returncode == 0, final.stderr
+        [region] = [int(line.split()[3]) for line in final.stdout.splitlines() if " G1HeapRegionSize " in line]
+        assert region // 2 > KAFKA_DEFAULT_MESSAGE_MAX_BYTES + RECORD_OVERHEAD_BYTES, (region, options)
 
 
 # -- topic settings ----------------------------------------------------------------------------
