@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
 
-__all__ = ["YOUNG_COLLECTION_THRESHOLD", "freeze_startup_heap"]
+__all__ = ["MALLOC_HUGE_PAGES", "TRANSPARENT_HUGE_PAGES", "YOUNG_COLLECTION_THRESHOLD", "freeze_startup_heap",
+           "huge_pages_mode", "report_huge_pages", "with_malloc_huge_pages"]
 
 YOUNG_COLLECTION_THRESHOLD = 10_000
 """``gc.set_threshold``'s first value in a serving process (CPython's default: 700)."""
@@ -42,3 +46,54 @@ def freeze_startup_heap() -> int:
     frozen = gc.get_freeze_count()
     logger.info("startup heap frozen", extra={"objects": frozen})
     return frozen
+
+
+# -- huge pages --------------------------------------------------------------------------------
+
+MALLOC_HUGE_PAGES = "glibc.malloc.hugetlb=1"
+"""The glibc tunable (glibc >= 2.35) under which ``malloc`` asks the kernel for transparent huge pages
+(``madvise(MADV_HUGEPAGE)``) on the memory it maps, so that where the kernel's mode is ``madvise`` (Debian's,
+``TRANSPARENT_HUGE_PAGES``) a FAISS index's vectors sit in 2 MiB pages instead of 4 KiB ones. Why: a flat scan
+reads every vector at each search, and with 4 KiB pages its TLB misses cost a fifth of it. FAISS flat inner
+product over 100,000 384-d vectors in one thread, 300 single-vector searches, two runs each in turns
+(2026-12-07): float32 p50 13.92/13.55 -> 10.59/10.45 ms, float16 9.14/9.02 -> 6.92/7.52 ms; appending vectors
+32 at a time 2.04 -> 1.04 µs each (fewer page faults); peak RSS 487 -> 489 MiB. glibc reads tunables only
+when a process starts, so the supervisor sets it in the environment of the stage kinds that hold vectors
+(``StageKind.huge_pages``); a process started otherwise (a container) sets ``GLIBC_TUNABLES`` itself."""
+
+TRANSPARENT_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+"""The kernel's transparent huge page mode: ``always``, ``madvise`` or ``never``, the chosen one in brackets."""
+
+
+def with_malloc_huge_pages(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with ``MALLOC_HUGE_PAGES`` added to ``GLIBC_TUNABLES``, unless it sets ``glibc.malloc.hugetlb``
+    already: a user's own choice (``glibc.malloc.hugetlb=0`` turns it off) wins."""
+    tunables = env.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb=" in tunables:
+        return dict(env)
+    return {**env, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, MALLOC_HUGE_PAGES]))}
+
+
+def huge_pages_mode() -> str:
+    """The kernel's transparent huge page mode (``always``, ``madvise``, ``never``), or ``unknown`` where it does
+    not say (another kernel, a container without ``/sys``): what the start-up log reports beside the tunable."""
+    try:
+        text = TRANSPARENT_HUGE_PAGES.read_text()
+    except OSError:
+        return "unknown"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else "unknown"
+
+
+def report_huge_pages(wanted: bool) -> bool:
+    """Log, once at a stage's start, whether its ``malloc`` asks for huge pages and what the kernel grants; where
+    the stage's kind wants them (``wanted``) and the process was started without the tunable, say how to set it.
+    Returns whether the tunable is set."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    on = MALLOC_HUGE_PAGES in tunables.split(":")
+    logger.info("malloc huge pages " + ("asked for" if on else "not asked for"),
+                extra={"glibc_tunables": tunables, "transparent_hugepage": huge_pages_mode()})
+    if wanted and not on and "glibc.malloc.hugetlb=" not in tunables:
+        logger.info(f"this stage scans its vectors faster in huge pages: start it with GLIBC_TUNABLES="
+                    f"{MALLOC_HUGE_PAGES} (the supervisor of `streamsearch run` sets it)")
+    return on

@@ -5,6 +5,7 @@ naming the missing encoder."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from streams.kafka.reader import fetch_high_watermarks
 from streams.kafka.settings import KafkaSettings
 from streams.local.runtime import LocalRuntime
 from streams.ops.status import why_no_reply
+from streams.runtime.heap import MALLOC_HUGE_PAGES
 from tests.e2e.fixtures import FlowFactory, stage_logs
 
 pytestmark = pytest.mark.kafka
@@ -91,6 +93,17 @@ def test_no_stage_process_loads_torch(flow: LocalRuntime, indexed: tuple[np.ndar
         assert "libtorch" not in maps, f"pid {process.pid} ({process.args}) mapped torch"
     index = next(p for p in processes if "index" in p.args)
     assert "faiss" in Path(f"/proc/{index.pid}/maps").read_text()  # what is looked for would be seen
+
+
+def test_the_supervisor_starts_the_index_stage_asking_malloc_for_huge_pages_and_the_join_without(
+        flow: LocalRuntime) -> None:
+    assert flow.local_flow is not None and "glibc.malloc.hugetlb" not in os.environ.get("GLIBC_TUNABLES", "")
+    for proc in flow.local_flow.processes:
+        environ = dict(entry.split("=", 1) for entry in Path(f"/proc/{proc.process.pid}/environ").read_text()
+                       .split("\0") if "=" in entry)
+        asked = MALLOC_HUGE_PAGES in environ.get("GLIBC_TUNABLES", "").split(":")
+        assert asked == (proc.stage == "index"), (proc.stage, environ.get("GLIBC_TUNABLES"))
+    assert "malloc huge pages asked for" in stage_logs(flow)
 
 
 def test_a_text_query_is_refused_naming_the_missing_encoder(client: Client) -> None:
