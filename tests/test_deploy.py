@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from streams.exceptions import BrokerError
 from streams.flow.executors import RANKERS
 from streams.flow.parse import load_flow
-from streams.local.apache_kafka import BROKER_SETTINGS, KAFKA_VERSION, KafkaNode, install_kafka
+from streams.local.apache_kafka import BROKER_SETTINGS, G1_REGION, KAFKA_VERSION, KafkaNode, install_kafka
 from streams.local.ports import free_port_block
 from streams.resources import EXAMPLE_FLOWS
 from streams.runtime.heap import MALLOC_HUGE_PAGES
@@ -95,6 +95,7 @@ def test_compose_runs_every_stage_of_the_default_flow_against_kraft_kafka() -> N
     flow = load_flow(EXAMPLE_FLOWS / "hello.yml")
     assert services["kafka"]["image"].startswith("apache/kafka")
     assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+    assert G1_REGION in services["kafka"]["environment"]["KAFKA_OPTS"].split()  # as the local broker's JVM
     for stage in flow.stages:
         service = services[stage.name]
         assert service["command"][:4] == ["run", str(EXAMPLE_FLOWS.relative_to(ROOT) / "hello.yml"), "--stage", stage.name]

@@ -13,7 +13,7 @@ from streams.kafka.settings import KafkaSettings
 from streams.wire.partitioner import LIBRDKAFKA_PARTITIONER
 from streams.wire.topics import RECORD_OVERHEAD_BYTES
 
-__all__ = ["BATCH_LINGER_MS", "StageProducer", "DeliveryFailure", "Header", "PERMANENT_DELIVERY_ERRORS",
+__all__ = ["BATCH_LINGER_MS", "MAX_BATCH_BYTES", "StageProducer", "DeliveryFailure", "Header", "PERMANENT_DELIVERY_ERRORS",
            "UNKNOWN_TOPIC_ERRORS", "kafka_error", "producer_failed",
            "record_size"]
 
@@ -28,6 +28,11 @@ PERMANENT_DELIVERY_ERRORS = frozenset({
 UNKNOWN_TOPIC_ERRORS = frozenset({KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART})
 """The topic does not exist (librdkafka's own error, or the broker's)."""
 
+
+MAX_BATCH_BYTES = 1_000_000
+"""The largest record batch a producer builds (``batch.size``, librdkafka's default), or the flow's payload limit
+and overhead where that is smaller; a record larger than ``batch.size`` goes in a batch of its own. What the
+local broker's G1 regions are sized for (``G1_REGION`` in ``streams/local/apache_kafka.py``)."""
 
 BATCH_LINGER_MS = 5
 """``linger.ms`` of a producer whose writes end with a ``flush`` (every stage path at its commit, the
@@ -93,7 +98,7 @@ class StageProducer:
             a batch the broker refuses as too large (a record larger than ``batch.size`` goes alone).
         :param linger_ms: how long a record may wait for others before it is sent unflushed
             (``BATCH_LINGER_MS``; 0 for a producer that never flushes)."""
-        batch = {"batch.size": min(1_000_000, max_payload_bytes + RECORD_OVERHEAD_BYTES)} if max_payload_bytes else {}
+        batch = {"batch.size": min(MAX_BATCH_BYTES, max_payload_bytes + RECORD_OVERHEAD_BYTES)} if max_payload_bytes else {}
         self._config = {
             **batch,
             "enable.idempotence": True,

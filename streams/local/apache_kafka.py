@@ -52,12 +52,14 @@ _HEAP = os.environ.get("STREAMSEARCH_LOCAL_KAFKA_HEAP", "-Xmx512m -Xms128m")
 G1_REGION = "-XX:G1HeapRegionSize=4m"
 """G1's region size for the local broker (before ``STREAMSEARCH_LOCAL_KAFKA_HEAP``, whose own wins). G1 sizes
 regions from the heap, 1 MiB for this one, and allocates an object of half a region or more as "humongous",
-straight into the old generation: each produce request's buffer (librdkafka sends up to ``message.max.bytes``,
-1 MB) was one, and each started a concurrent mark of the whole old generation (``-Xlog:gc``: 144 such cycles
-while 200,000 vectors were inserted). With 4 MiB regions a request is an ordinary young object: the broker's
-GC went from 16-29 µs of CPU per inserted vector (four runs of five) to 0.7-1.2 (three of three; 8 and 16 MiB
-alike), ``benchmarks/insert_cpu.py``, 2026-12-07. Kafka's documentation gives LinkedIn's 16 MiB for a 6 GiB heap;
-4 MiB keeps 128 regions in this 512 MiB one."""
+straight into the old generation: each produce request's buffer (a record batch of up to ``MAX_BATCH_BYTES``,
+``streams/kafka/producer.py``) was one, and each started a concurrent mark of the whole old generation
+(``-Xlog:gc``: 144 such cycles while 200,000 vectors were inserted). With 4 MiB regions such a request is an
+ordinary young object: the broker's GC went from 16-29 µs of CPU per inserted vector (four runs of five) to
+0.7-1.2 (three of three; 8 and 16 MiB alike), ``benchmarks/insert_cpu.py``, 2026-12-07. A record over 2 MiB,
+which goes in a batch of its own, is still humongous: rare, and no worse than before. Kafka's documentation
+gives LinkedIn's 16 MiB for a 6 GiB heap; 4 MiB keeps 128 regions in this 512 MiB one. ``docker-compose.yml``
+sets it in ``KAFKA_OPTS``."""
 
 
 def kafka_libs_dir() -> Path:

@@ -86,14 +86,17 @@ def huge_pages_mode() -> str:
 
 
 def report_huge_pages(wanted: bool) -> bool:
-    """Log, once at a stage's start, whether its ``malloc`` asks for huge pages and what the kernel grants; where
-    the stage's kind wants them (``wanted``) and the process was started without the tunable, say how to set it.
-    Returns whether the tunable is set."""
+    """Log, once at a stage's start, whether its ``malloc`` was asked for huge pages (glibc < 2.35 and other libcs
+    ignore the tunable) and the kernel's mode; where the stage's kind wants them (``wanted``), the kernel grants
+    them only when asked (``madvise``) and the process was started without any ``glibc.malloc.hugetlb``, say how
+    to add it. Returns whether the tunable is set."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     on = MALLOC_HUGE_PAGES in tunables.split(":")
+    mode = huge_pages_mode()
     logger.info("malloc huge pages " + ("asked for" if on else "not asked for"),
-                extra={"glibc_tunables": tunables, "transparent_hugepage": huge_pages_mode()})
-    if wanted and not on and "glibc.malloc.hugetlb=" not in tunables:
-        logger.info(f"this stage scans its vectors faster in huge pages: start it with GLIBC_TUNABLES="
-                    f"{MALLOC_HUGE_PAGES} (the supervisor of `streamsearch run` sets it)")
+                extra={"glibc_tunables": tunables, "transparent_hugepage": mode})
+    if wanted and mode == "madvise" and "glibc.malloc.hugetlb=" not in tunables:
+        logger.info(f"this stage scans its vectors faster in huge pages: start it with {MALLOC_HUGE_PAGES} in "
+                    f"GLIBC_TUNABLES (added after any others, ':' between; the supervisor of `streamsearch run` "
+                    f"adds it)")
     return on

@@ -2,13 +2,12 @@
  *
  * streams/wire/partitioner.py holds the reference in Python and is the fallback where this was not built. Why C:
  * every record read from ingest on a flow of several shards is checked for its partition, and the Python loop
- * took 1.5 us for an 11-byte id and 4.4 us for a UUID's 36 bytes, a few per cent of the index stage's work per
- * record; here it is well under a tenth of that.
+ * took 1.5 us for an 11-byte id and 4.4 us for a UUID's 36 bytes (80 ns here); switching it alone, the index stage's
+ * handler on 2 shards took 32.5/31.7 against 24.4/24.1 us of CPU a document with UUID ids.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
-#include <string.h>
 
 static uint32_t murmur2(const uint8_t *data, Py_ssize_t length) {
     const uint32_t m = 0x5BD1E995u;

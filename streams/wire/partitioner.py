@@ -55,7 +55,7 @@ def murmur2_python(data: bytes) -> int:
 
 murmur2: Callable[[bytes], int] = _murmur2.murmur2 if _murmur2 is not None else murmur2_python
 """Kafka's ``Utils.murmur2``, compiled where the install built ``_murmur2.c`` (a UUID's 36 bytes: 4.4 µs in
-Python, a few per cent of the index stage's work per record on a flow of several shards)."""
+Python, 80 ns compiled; the index stage's handler on 2 shards, UUID ids: 32.5/31.7 -> 24.4/24.1 µs a document)."""
 
 
 def partition_of(key: bytes, partitions: int) -> int:

@@ -26,7 +26,7 @@ from streams.client.dead_letters import read_dead_letters
 from streams.flow.parse import load_flow
 from streams.client.http import create_app
 from streams.kafka.settings import KafkaSettings
-from streams.kafka.producer import StageProducer
+from streams.kafka.producer import MAX_BATCH_BYTES, StageProducer
 from streams.kafka.consumer import make_consumer
 from streams.kafka.reader import fetch_high_watermarks
 from streams.local.apache_kafka import KafkaCluster
@@ -68,17 +68,18 @@ def test_a_produce_request_of_the_largest_batch_is_no_humongous_object_in_the_lo
         kafka: LocalBroker) -> None:
     """G1 puts an object of half a region or more straight into the old generation, and each such allocation
     started a concurrent mark (``G1_REGION`` in ``streams/local/apache_kafka.py``): the regions the running JVM's
-    options give (asked of ``java -XX:+PrintFlagsFinal`` with them, which a JRE alone has) must hold a request
-    carrying the largest batch a topic takes by default as an ordinary object."""
+    options give (asked of its own ``java -XX:+PrintFlagsFinal`` with them, which a JRE alone has) must hold a
+    request carrying the largest batch a producer builds as an ordinary object."""
     assert isinstance(kafka, KafkaCluster)
     for node in kafka.nodes:
-        command = Path(f"/proc/{node.pid}/cmdline").read_bytes().decode().split("\0")
-        options = [arg for arg in command[1:command.index("-cp")] if arg.startswith("-X")]
-        final = subprocess.run([command[0], *options, "-XX:+PrintFlagsFinal", "-version"], capture_output=True,
-                               text=True, timeout=60, check=False)
+        assert node.pid is not None, f"node {node.node_id} is not running"
+        command = Path(f"/proc/{node.pid}/cmdline").read_bytes().split(b"\0")
+        options = [os.fsdecode(arg) for arg in command[1:command.index(b"-cp")] if arg.startswith(b"-X")]
+        final = subprocess.run([os.readlink(f"/proc/{node.pid}/exe"), *options, "-XX:+PrintFlagsFinal", "-version"],
+                               capture_output=True, text=True, timeout=60, check=False)
         assert final.returncode == 0, final.stderr
         [region] = [int(line.split()[3]) for line in final.stdout.splitlines() if " G1HeapRegionSize " in line]
-        assert region // 2 > KAFKA_DEFAULT_MESSAGE_MAX_BYTES + RECORD_OVERHEAD_BYTES, (region, options)
+        assert region // 2 > MAX_BATCH_BYTES + RECORD_OVERHEAD_BYTES, (region, options)
 
 
 # -- topic settings ----------------------------------------------------------------------------

@@ -97,13 +97,16 @@ def test_no_stage_process_loads_torch(flow: LocalRuntime, indexed: tuple[np.ndar
 
 def test_the_supervisor_starts_the_index_stage_asking_malloc_for_huge_pages_and_the_join_without(
         flow: LocalRuntime) -> None:
-    assert flow.local_flow is not None and "glibc.malloc.hugetlb" not in os.environ.get("GLIBC_TUNABLES", "")
+    assert flow.local_flow is not None
+    assert "glibc.malloc.hugetlb" not in os.environ.get("GLIBC_TUNABLES", ""), "the session's own would win"
     for proc in flow.local_flow.processes:
-        environ = dict(entry.split("=", 1) for entry in Path(f"/proc/{proc.process.pid}/environ").read_text()
-                       .split("\0") if "=" in entry)
+        assert proc.process.poll() is None, stage_logs(flow)
+        environ = dict(os.fsdecode(entry).split("=", 1) for entry in
+                       Path(f"/proc/{proc.process.pid}/environ").read_bytes().split(b"\0") if b"=" in entry)
         asked = MALLOC_HUGE_PAGES in environ.get("GLIBC_TUNABLES", "").split(":")
         assert asked == (proc.stage == "index"), (proc.stage, environ.get("GLIBC_TUNABLES"))
-    assert "malloc huge pages asked for" in stage_logs(flow)
+        said = "malloc huge pages asked for" in flow.local_flow.log_path(proc.stage, proc.replica).read_text()
+        assert said == (proc.stage == "index"), stage_logs(flow)
 
 
 def test_a_text_query_is_refused_naming_the_missing_encoder(client: Client) -> None:

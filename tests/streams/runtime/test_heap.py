@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -63,13 +64,26 @@ def _anonymous_huge_kib(env: dict[str, str]) -> int:
                               env=env).stdout)
 
 
-def test_a_process_started_with_the_tunable_holds_a_large_array_in_huge_pages_where_the_kernel_grants_them() -> None:
+def _glibc_reads_the_tunable() -> bool:
+    """glibc >= 2.35 knows ``glibc.malloc.hugetlb``; an older one, or another libc, ignores it."""
+    name, _, version = (os.confstr("CS_GNU_LIBC_VERSION") or "").partition(" ")
+    return name == "glibc" and tuple(int(part) for part in version.split(".")[:2]) >= (2, 35)
+
+
+def _huge_pages_allowed_here() -> bool:
+    """Whether this process may have transparent huge pages at all (``prctl(PR_SET_THP_DISABLE)`` says no)."""
+    status = Path("/proc/self/status").read_text()
+    return next((line.split()[1] != "0" for line in status.splitlines() if line.startswith("THP_enabled:")), True)
+
+
+def test_a_process_started_with_the_tunable_holds_a_faiss_index_in_huge_pages_where_the_kernel_grants_them() -> None:
     plain = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
     asked, not_asked = _anonymous_huge_kib(with_malloc_huge_pages(plain)), _anonymous_huge_kib(plain)
-    mode = huge_pages_mode()
+    mode = huge_pages_mode() if _huge_pages_allowed_here() else "never"
+    granted = 16 << 10  # KiB: a quarter of the index, room for pages the kernel could not find whole
     if mode == "madvise":  # Debian's default: only what malloc asks for
-        assert asked >= 32 << 10 and not_asked == 0, (asked, not_asked)
-    elif mode == "always":
-        assert asked >= 32 << 10 and not_asked >= 32 << 10, (asked, not_asked)
+        assert (asked >= granted if _glibc_reads_the_tunable() else asked == 0) and not_asked == 0, (asked, not_asked)
+    elif mode == "always":  # asked for or not; only what is asked for is compacted for (defrag: madvise)
+        assert asked >= granted, (asked, not_asked)
     else:  # never, or a kernel that does not say: none either way
         assert asked == not_asked == 0, (mode, asked, not_asked)
