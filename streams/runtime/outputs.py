@@ -10,6 +10,7 @@ counted and dropped, never retried, and holds no input back.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, Message
@@ -62,7 +63,8 @@ class Outputs:
         """
         sendable = []
         for out in outputs:
-            if out.reply and self._spec.reply_topics is not None and not self._spec.reply_topics.usable(out.topic):
+            if out.reply and self._spec.reply_topics is not None and not self._spec.reply_topics.usable(
+                    out.topic, within_s=None if out.deadline_ms is None else out.deadline_ms / 1000 - time.time()):
                 self._undeliverable_reply(out.topic, "no such reply topic of this flow")
                 continue
             size = record_size(out.key, out.value, out.headers)

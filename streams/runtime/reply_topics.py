@@ -43,13 +43,18 @@ class ReplyTopics:
     the query path, that held a query past its 5 s deadline when its topic's time was up then
     (``tests/e2e/test_cluster.py``, the exactly_once outage test: 5 runs in 12, two at a time on 2 cores).
     A topic deleted meanwhile costs a reply that fails delivery, and :meth:`gone` then takes it for
-    missing at once.
+    missing at once. A topic never seen is looked up within what its query has left (``within_s``, at least
+    ``SHORTEST_LOOKUP_S``), so a new client's first query is not held past its deadline either (unanswered, the
+    topic counts as existing, as any lookup the cluster does not answer).
     """
 
     EXISTS_TTL_S = 30.0
     MISSING_TTL_S = 2.0
     REMEMBERED = 10_000
     LOOKUP_TIMEOUT_S = 5.0
+    SHORTEST_LOOKUP_S = 0.2
+    """The least a lookup on a caller's thread is given, however little its query has left: a healthy cluster
+    answers in milliseconds, and a query past its deadline is answered with that error, which needs the topic."""
 
     def __init__(self, topics: FlowTopics, settings: KafkaSettings | None) -> None:
         """:param settings: the cluster to ask; None checks names only (processors under test)."""
@@ -64,18 +69,21 @@ class ReplyTopics:
         self._refresher: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def check(self, name: str) -> None:
-        """:raises ReplyTopicError: if ``name`` is not a reply topic of the flow, or does not exist."""
+    def check(self, name: str, *, within_s: float | None = None) -> None:
+        """:param within_s: how long its query has left: a lookup on this thread waits no longer (``exists``).
+        :raises ReplyTopicError: if ``name`` is not a reply topic of the flow, or does not exist."""
         if not self._topics.is_reply_topic(name):
             raise ReplyTopicError(f"reply_to {name[:300]!r} is not a reply topic of flow {self._topics.flow!r} "
                                   f"(expected {self._topics.flow}.reply.<id>)")
-        if not self.exists(name):
+        if not self.exists(name, within_s=within_s):
             raise ReplyTopicError(f"reply_to topic {name!r} does not exist (its client is gone)")
 
-    def usable(self, name: str) -> bool:
-        """Whether a reply to ``name`` can be sent; never raises (it runs on a stage's deadline tick)."""
+    def usable(self, name: str, *, within_s: float | None = None) -> bool:
+        """Whether a reply to ``name`` can be sent; never raises (it runs on a stage's deadline tick).
+
+        :param within_s: as for :meth:`check`."""
         try:
-            self.check(name)
+            self.check(name, within_s=within_s)
         except ReplyTopicError:
             return False
         except Exception:  # an unexpected answer of the cluster: try to send, delivery decides
@@ -87,9 +95,10 @@ class ReplyTopics:
         with self._lock:
             self._store(name, False, time.monotonic() + self.MISSING_TTL_S)
 
-    def exists(self, name: str) -> bool:
+    def exists(self, name: str, *, within_s: float | None = None) -> bool:
         """Whether ``name`` exists, as last seen; asks the cluster on this thread only about a topic
-        never seen (or seen missing, once that answer is out of date)."""
+        never seen (or seen missing, once that answer is out of date), waiting at most ``within_s`` for its answer
+        (``LOOKUP_TIMEOUT_S`` if None or longer, ``SHORTEST_LOOKUP_S`` if shorter)."""
         if self._settings is None:
             return True
         now = time.monotonic()
@@ -103,8 +112,11 @@ class ReplyTopics:
                     self._refresh_queue.put(name)
                     self._start_refresher()
                 return True
-        found = self._lookup(name)
-        self._remember(name, found, now)
+        timeout_s = self.LOOKUP_TIMEOUT_S if within_s is None else min(
+            self.LOOKUP_TIMEOUT_S, max(self.SHORTEST_LOOKUP_S, within_s))
+        found = self._lookup(name, timeout_s)
+        with self._lock:
+            self._store(name, found, self._trusted_until(found, now))
         return found
 
     def _start_refresher(self) -> None:
@@ -125,7 +137,7 @@ class ReplyTopics:
             before = self._seen.get(name)
         asked_at = time.monotonic()
         try:
-            found = self._lookup(name)
+            found = self._lookup(name, self.LOOKUP_TIMEOUT_S)
             until = self._trusted_until(found, asked_at)
         except Exception:  # the next one is asked about all the same
             logger.warning("reply topic lookup failed", exc_info=True, extra={"topic": name[:300]})
@@ -134,10 +146,6 @@ class ReplyTopics:
             self._refreshing.discard(name)
             if self._seen.get(name) is before:
                 self._store(name, found, until)
-
-    def _remember(self, name: str, found: bool, asked_at: float) -> None:
-        with self._lock:
-            self._store(name, found, self._trusted_until(found, asked_at))
 
     def _trusted_until(self, found: bool, asked_at: float) -> float:
         return asked_at + (self.EXISTS_TTL_S if found else self.MISSING_TTL_S)
@@ -149,7 +157,8 @@ class ReplyTopics:
         while len(self._seen) > self.REMEMBERED:
             self._seen.popitem(last=False)
 
-    def _lookup(self, name: str) -> bool:
+    def _lookup(self, name: str, timeout_s: float) -> bool:
+        """Whether the cluster has ``name``; True unless it said "no such topic" within ``timeout_s``."""
         assert self._settings is not None
         with self._admin_lock:
             if self._admin is None:
@@ -157,9 +166,9 @@ class ReplyTopics:
             admin = self._admin
         admin.poll(0)  # serves its librdkafka log lines and errors, which would pile up unserved
         # DescribeTopics, not a metadata request: that one may auto-create the topic it names.
-        future = admin.describe_topics(TopicCollection([name]), request_timeout=self.LOOKUP_TIMEOUT_S)[name]
+        future = admin.describe_topics(TopicCollection([name]), request_timeout=timeout_s)[name]
         try:
-            future.result(timeout=self.LOOKUP_TIMEOUT_S + 5)
+            future.result(timeout=timeout_s + 1)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
             if isinstance(error, KafkaError) and error.code() in UNKNOWN_TOPIC_ERRORS:

@@ -150,7 +150,8 @@ def error_reply(record: Inbound, error: Exception) -> list[Output]:
         errors=[f"{type(error).__name__}: {error}"],
     )
     value, headers = SEARCH_REPLY.encode_record(reply, ((h.REQUEST_ID, request_id),))
-    return [Output(reply_to.decode(errors="replace"), value, request_id, None, headers, reply=True)]
+    return [Output(reply_to.decode(errors="replace"), value, request_id, None, headers, reply=True,
+                   deadline_ms=h.read_int(record.headers, h.DEADLINE_MS))]
 
 
 class QueryFanout(PathHandler):
@@ -309,7 +310,8 @@ class QueryFanout(PathHandler):
         :raises InvalidParameterError: a request the flow refuses; the error reply says why
             (``RequestLimitError`` names the limit).
         """
-        self._reply_topics.check(request.reply_to)  # no reply possible: dead-lettered
+        # No reply possible: dead-lettered. A topic never seen is looked up within what the query has left.
+        self._reply_topics.check(request.reply_to, within_s=deadline_ms / 1000 - time.time())
         if request.kind != "search":
             raise InvalidParameterError(f"request kind {request.kind!r} on the query topic; only 'search' is served here")
         params = SearchParameters.parse(request.parameters, self._defaults)

@@ -214,7 +214,8 @@ class Joiner(PathHandler):
         REPLIES.labels(self._flow, str(reply.partial).lower()).inc()
         if pending.created_ms:
             QUERY_SECONDS.labels(self._flow).observe(max(0.0, time.time() - pending.created_ms / 1000))
-        return Output(pending.reply_to, value, pending.request_id, None, headers, reply=True)
+        return Output(pending.reply_to, value, pending.request_id, None, headers, reply=True,
+                      deadline_ms=pending.deadline_ms)
 
 
 def build_reply(pending: PendingRequest, stats: RunningStats | None = None,

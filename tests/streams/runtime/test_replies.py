@@ -13,6 +13,7 @@ from confluent_kafka import TopicPartition
 
 from streams.kafka.admin import delete_topics, ensure_topics
 from streams.kafka.settings import KafkaSettings
+from streams.local.brokers import LocalBroker
 from streams.kafka.producer import StageProducer
 from streams.kafka.consumer import make_consumer
 from streams.runtime.metrics import UNDELIVERABLE_REPLIES
@@ -111,10 +112,10 @@ class _GatedLookups(ReplyTopics):
         self.asked_on: list[str] = []
         self.answers: list[bool] = []
 
-    def _lookup(self, name: str) -> bool:
+    def _lookup(self, name: str, timeout_s: float) -> bool:
         self.asked_on.append(threading.current_thread().name)
         self.gate.wait(self.GATE_S)
-        found = super()._lookup(name)
+        found = super()._lookup(name, timeout_s)
         self.answers.append(found)
         return found
 
@@ -173,3 +174,28 @@ def test_a_failed_reply_is_not_undone_by_a_lookup_begun_before_it(kafka_settings
     assert replies.answers == [True, True]  # the topic still exists: only the failed reply says otherwise
     _wait_for(lambda: not replies._refreshing, "the background lookup's answer was not weighed")
     assert not replies.exists(mine)
+
+
+def test_a_topic_never_seen_is_looked_up_within_what_its_query_has_left(broker: LocalBroker,
+                                                                         kafka_settings: KafkaSettings) -> None:
+    """A new client's first query asks about its reply topic on the query path: with the broker frozen (a
+    network partition), that lookup waits only what the query has left, not ``LOOKUP_TIMEOUT_S``; unanswered,
+    the topic counts as existing. The answers after the broker is back are the cluster's again."""
+    topics = FlowTopics(f"rn{uuid.uuid4().hex[:6]}", 1)
+    seen, mine = topics.new_reply_topic(), topics.new_reply_topic()
+    ensure_topics(kafka_settings, [TopicShape(seen, 1), TopicShape(mine, 1)])
+    replies = ReplyTopics(topics, kafka_settings)
+    replies.LOOKUP_TIMEOUT_S = 120.0  # what an unbounded lookup would wait for the frozen broker
+    assert replies.exists(seen)  # its admin client connected, as a running stage's is
+    answered: list[bool] = []
+    lookup = threading.Thread(target=lambda: answered.append(replies.exists(mine, within_s=0.5)))
+    broker.pause()
+    try:
+        lookup.start()
+        lookup.join(30)
+        assert not lookup.is_alive(), "the first lookup waited for the frozen broker past its query's time"
+    finally:
+        broker.resume()
+    assert answered == [True]
+    gone = topics.new_reply_topic()
+    assert not replies.exists(gone, within_s=30)  # the cluster answers again: no such topic
