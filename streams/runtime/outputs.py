@@ -48,6 +48,15 @@ class TopicLimits(dict[str, int]):
         return self[topic]
 
 
+def _seconds_left(deadline_ms: int | None) -> float | None:
+    """Seconds until ``deadline_ms`` (ms since the epoch), negative once past; None for none, or for one no float
+    holds (a header's digits are a client's to choose): no bound then."""
+    try:
+        return None if deadline_ms is None else deadline_ms / 1000 - time.time()
+    except OverflowError:
+        return None
+
+
 class Outputs:
     """Checks and produces the outputs of one stage's handlers."""
 
@@ -64,7 +73,7 @@ class Outputs:
         sendable = []
         for out in outputs:
             if out.reply and self._spec.reply_topics is not None and not self._spec.reply_topics.usable(
-                    out.topic, within_s=None if out.deadline_ms is None else out.deadline_ms / 1000 - time.time()):
+                    out.topic, within_s=_seconds_left(out.deadline_ms)):
                 self._undeliverable_reply(out.topic, "no such reply topic of this flow")
                 continue
             size = record_size(out.key, out.value, out.headers)

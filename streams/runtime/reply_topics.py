@@ -9,6 +9,7 @@ closes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -44,8 +45,11 @@ class ReplyTopics:
     (``tests/e2e/test_cluster.py``, the exactly_once outage test: 5 runs in 12, two at a time on 2 cores).
     A topic deleted meanwhile costs a reply that fails delivery, and :meth:`gone` then takes it for
     missing at once. A topic never seen is looked up within what its query has left (``within_s``, at least
-    ``SHORTEST_LOOKUP_S``), so a new client's first query is not held past its deadline either (unanswered, the
-    topic counts as existing, as any lookup the cluster does not answer).
+    ``SHORTEST_LOOKUP_S``, at most ``LOOKUP_TIMEOUT_S``), so a new client's first query is not held for the
+    whole timeout either. A lookup cut short that way and unanswered counts the topic as existing for
+    ``MISSING_TTL_S`` only, then it is asked about again in the background with the whole timeout (the floor
+    is short enough for a loaded cluster to miss it); any other lookup the cluster does not answer counts it as
+    existing as before.
     """
 
     EXISTS_TTL_S = 30.0
@@ -116,8 +120,11 @@ class ReplyTopics:
             self.LOOKUP_TIMEOUT_S, max(self.SHORTEST_LOOKUP_S, within_s))
         found = self._lookup(name, timeout_s)
         with self._lock:
-            self._store(name, found, self._trusted_until(found, now))
-        return found
+            if found is None:  # no answer within what the query had left: taken for existing, briefly
+                self._store(name, True, now + self.MISSING_TTL_S)
+            else:
+                self._store(name, found, self._trusted_until(found, now))
+        return found is not False
 
     def _start_refresher(self) -> None:
         """The background lookups' thread, started (again, should it have died) under ``_lock``. It holds this
@@ -137,7 +144,7 @@ class ReplyTopics:
             before = self._seen.get(name)
         asked_at = time.monotonic()
         try:
-            found = self._lookup(name, self.LOOKUP_TIMEOUT_S)
+            found = self._lookup(name, self.LOOKUP_TIMEOUT_S) is not False
             until = self._trusted_until(found, asked_at)
         except Exception:  # the next one is asked about all the same
             logger.warning("reply topic lookup failed", exc_info=True, extra={"topic": name[:300]})
@@ -157,8 +164,9 @@ class ReplyTopics:
         while len(self._seen) > self.REMEMBERED:
             self._seen.popitem(last=False)
 
-    def _lookup(self, name: str, timeout_s: float) -> bool:
-        """Whether the cluster has ``name``; True unless it said "no such topic" within ``timeout_s``."""
+    def _lookup(self, name: str, timeout_s: float) -> bool | None:
+        """Whether the cluster has ``name``: False only if it said "no such topic"; None if it did not answer within
+        ``timeout_s``; True otherwise (it has it, or said something else)."""
         assert self._settings is not None
         with self._admin_lock:
             if self._admin is None:
@@ -174,7 +182,10 @@ class ReplyTopics:
             if isinstance(error, KafkaError) and error.code() in UNKNOWN_TOPIC_ERRORS:
                 return False
             logger.debug("reply topic lookup failed", extra={"topic": name, "error": str(exc)})
-        except Exception as exc:  # a timeout, or anything else: the cluster did not say "no such topic"
+            return None if isinstance(error, KafkaError) and error.code() == KafkaError._TIMED_OUT else True
+        except concurrent.futures.TimeoutError:
+            return None
+        except Exception as exc:  # anything else: the cluster did not say "no such topic"
             logger.debug("reply topic lookup failed", extra={"topic": name, "error": repr(exc)})
         return True
 

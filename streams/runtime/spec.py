@@ -58,8 +58,9 @@ class Output:
     """A reply to a client: sent only to an existing reply topic of the flow, best effort (a client
     that has gone loses nothing; its reply is counted, not retried, and no input is held back)."""
     deadline_ms: int | None = None
-    """A reply's: its query's deadline (ms since the epoch), which bounds a lookup of its reply topic
-    (``ReplyTopics.usable``); None: no bound beyond the lookup's own."""
+    """A reply's: its query's deadline (ms since the epoch, on the flow's clock where a stage set it, else as its
+    header said), which bounds a lookup of its reply topic (``ReplyTopics.usable``); None: no bound beyond the
+    lookup's own."""
 
 
 class PathHandler(Protocol):

@@ -13,9 +13,9 @@ from confluent_kafka import TopicPartition
 
 from streams.kafka.admin import delete_topics, ensure_topics
 from streams.kafka.settings import KafkaSettings
-from streams.local.brokers import LocalBroker
 from streams.kafka.producer import StageProducer
 from streams.kafka.consumer import make_consumer
+from streams.local.brokers import LocalBroker
 from streams.runtime.metrics import UNDELIVERABLE_REPLIES
 from streams.runtime.reply_topics import ReplyTopics
 from streams.runtime.loop import StageLoop
@@ -110,9 +110,9 @@ class _GatedLookups(ReplyTopics):
         super().__init__(topics, settings)
         self.gate = threading.Event()
         self.asked_on: list[str] = []
-        self.answers: list[bool] = []
+        self.answers: list[bool | None] = []
 
-    def _lookup(self, name: str, timeout_s: float) -> bool:
+    def _lookup(self, name: str, timeout_s: float) -> bool | None:
         self.asked_on.append(threading.current_thread().name)
         self.gate.wait(self.GATE_S)
         found = super()._lookup(name, timeout_s)
@@ -179,16 +179,19 @@ def test_a_failed_reply_is_not_undone_by_a_lookup_begun_before_it(kafka_settings
 def test_a_topic_never_seen_is_looked_up_within_what_its_query_has_left(broker: LocalBroker,
                                                                          kafka_settings: KafkaSettings) -> None:
     """A new client's first query asks about its reply topic on the query path: with the broker frozen (a
-    network partition), that lookup waits only what the query has left, not ``LOOKUP_TIMEOUT_S``; unanswered,
-    the topic counts as existing. The answers after the broker is back are the cluster's again."""
+    network partition), that lookup waits only what the query has left, not ``LOOKUP_TIMEOUT_S``. Unanswered, the
+    topic counts as existing for ``MISSING_TTL_S`` only (the short wait is easy to miss), then is asked about
+    again in the background, where the cluster, back, answers."""
     topics = FlowTopics(f"rn{uuid.uuid4().hex[:6]}", 1)
     seen, mine = topics.new_reply_topic(), topics.new_reply_topic()
     ensure_topics(kafka_settings, [TopicShape(seen, 1), TopicShape(mine, 1)])
-    replies = ReplyTopics(topics, kafka_settings)
+    replies = _GatedLookups(topics, kafka_settings)
+    replies.gate.set()
     replies.LOOKUP_TIMEOUT_S = 120.0  # what an unbounded lookup would wait for the frozen broker
+    replies.MISSING_TTL_S = 0.0  # an unanswered lookup's "exists" is out of date at once
     assert replies.exists(seen)  # its admin client connected, as a running stage's is
     answered: list[bool] = []
-    lookup = threading.Thread(target=lambda: answered.append(replies.exists(mine, within_s=0.5)))
+    lookup = threading.Thread(target=lambda: answered.append(replies.exists(mine, within_s=0.5)), daemon=True)
     broker.pause()
     try:
         lookup.start()
@@ -196,6 +199,8 @@ def test_a_topic_never_seen_is_looked_up_within_what_its_query_has_left(broker: 
         assert not lookup.is_alive(), "the first lookup waited for the frozen broker past its query's time"
     finally:
         broker.resume()
-    assert answered == [True]
-    gone = topics.new_reply_topic()
-    assert not replies.exists(gone, within_s=30)  # the cluster answers again: no such topic
+    assert answered == [True] and replies.answers == [True, None]  # no answer: taken for existing
+    assert replies.exists(mine)  # out of date: trusted, and asked about again in the background
+    _wait_for(lambda: len(replies.answers) == 3, "an unanswered lookup was trusted as long as an answer")
+    assert replies.asked_on[2] == "reply-topic-lookups" and replies.answers[2] is True
+    assert not replies.exists(topics.new_reply_topic(), within_s=30)  # the cluster answers again: no such topic
