@@ -152,7 +152,8 @@ def _on_loopback(properties: Mapping[str, str], log_dir: Path) -> dict[str, str]
     """``properties`` with only hosts, ports and the log path changed: every listener on a free
     127.0.0.1 port (advertised as such), the quorum voter on the controller listener, the log in ``log_dir``."""
     listeners = _listeners(properties["listeners"])
-    ports = {name: free_port_block() for name in listeners}
+    base = free_port_block(len(listeners))  # one block: separate draws could name one port twice (a CI's red)
+    ports = {name: base + offset for offset, name in enumerate(listeners)}
     controller = properties["controller.listener.names"].split(",")[0]
     node_id, _, _ = properties["controller.quorum.voters"].partition("@")
     return {
