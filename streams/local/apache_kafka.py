@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from streams.exceptions import BrokerError
-from streams.local.ports import free_port
+from streams.local.ports import free_port, free_port_block
 from streams.resources import KAFKA_POM
 
 __all__ = [
@@ -170,6 +170,9 @@ class KafkaNode:
             self.controller_port = _listener_port(stored["listeners"], "CONTROLLER")
             self._voters = stored["controller.quorum.voters"]
         else:
+            if not port and not controller_port:  # one block: two draws could name one port twice
+                port = free_port_block(2)
+                controller_port = port + 1
             self.port = port or free_port()
             self.controller_port = controller_port or free_port()
             self._voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
@@ -322,10 +325,11 @@ class KafkaCluster:
         if all(path.exists() for path in existing):
             self.nodes = [KafkaNode(self.data_dir / f"node-{i}", node_id=i) for i in ids]
         else:
-            controller_ports = {i: free_port() for i in ids}
+            base = free_port_block(2 * size)  # every node's two ports from one block: no port named twice
+            controller_ports = {i: base + 2 * (i - 1) + 1 for i in ids}
             voters = ",".join(f"{i}@127.0.0.1:{port}" for i, port in controller_ports.items())
-            self.nodes = [KafkaNode(self.data_dir / f"node-{i}", node_id=i, controller_port=controller_ports[i],
-                                    voters=voters, settings=settings) for i in ids]
+            self.nodes = [KafkaNode(self.data_dir / f"node-{i}", node_id=i, port=base + 2 * (i - 1),
+                                    controller_port=controller_ports[i], voters=voters, settings=settings) for i in ids]
 
     @property
     def bootstrap_servers(self) -> str:
