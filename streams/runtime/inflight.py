@@ -13,10 +13,12 @@ offsets it is about to process knows its predecessor died on them:
    "crashed the stage N times (signal)", unprocessed. Nothing else is skipped.
 
 Notes must survive the process, not the machine: no fsync. A note is one write into its file, padded to
-a page (:data:`NOTE_BYTES`), over an open descriptor, and a batch through empties the file: a write
-of one page cannot be torn by the process's death, and the pair costs two system calls a batch where
-a temporary file, a rename and an unlink cost five (on a query path, a note for every query). A note
-longer than a page (many poisoned offsets) is written with an atomic rename instead.
+a page (:data:`NOTE_BYTES`), over an open descriptor, and a batch through blanks that page (:data:`NO_NOTE`):
+a write of one page cannot be torn by the process's death, and the pair costs two system calls a batch where
+a temporary file, a rename and an unlink cost five (on a query path, a note for every query). Blanking in
+place, not truncating, keeps the file's size, so neither write changes its metadata: a truncate and the
+next write extending the file again took 9 us together on ext4, two writes in place 1.8. A note longer than
+a page (many poisoned offsets) is written with an atomic rename instead, and emptied by a truncate.
 
 A process may restart before the offsets its predecessor died on (an index stage resumes from its shard's
 stored checkpoint, and a shard's last writes may have been only in memory): the predecessor's note is then kept
@@ -31,6 +33,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import logging
+import operator
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,14 +41,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-__all__ = ["DEFAULT_CRASH_LIMIT", "NOTE_BYTES", "CrashLoopError", "InFlightLog", "InFlightVerdict", "Ranges",
-           "merged_ranges", "offset_ranges"]
+__all__ = ["DEFAULT_CRASH_LIMIT", "NOTE_BYTES", "NO_NOTE", "CrashLoopError", "InFlightLog", "InFlightVerdict", "Ranges",
+           "offset_ranges"]
 
 logger = logging.getLogger(__name__)
 
 NOTE_BYTES = 4096
 """A note's size on disk: one page, written by one ``pwrite`` at offset 0 (a process killed during it
 leaves the old page or the new one, never a mix)."""
+
+NO_NOTE = b" " * NOTE_BYTES
+"""A page that notes nothing: blanks, which no JSON reader takes for a note (``_read``: none)."""
 
 DEFAULT_CRASH_LIMIT = 2
 """Crashes over the same offsets before a batch is isolated, and the killing record dead-lettered."""
@@ -82,7 +88,16 @@ Ranges = dict[tuple[str, int], tuple[int, int]]
 
 
 def offset_ranges(records: Sequence[_Record]) -> Ranges:
-    """The first and last offsets of ``records`` on each (topic, partition)."""
+    """The first and last offsets of ``records`` on each (topic, partition).
+
+    A batch of one partition (an index stage's, mostly) is read with ``attrgetter`` and ``min``/``max``, in C:
+    256 records took 83 us in the loop below."""
+    if not records:
+        return {}
+    keys = set(map(_PARTITION_OF, records))
+    if len(keys) == 1:
+        offsets = list(map(_OFFSET_OF, records))
+        return {keys.pop(): (min(offsets), max(offsets))}
     ranges: Ranges = {}
     for record in records:
         key, offset = (record.topic, record.partition), record.offset
@@ -96,14 +111,8 @@ def offset_ranges(records: Sequence[_Record]) -> Ranges:
     return ranges
 
 
-def merged_ranges(parts: Iterable[Ranges]) -> Ranges:
-    """The ranges that cover each of ``parts`` (the rest of a batch, from its slices' ranges)."""
-    merged: Ranges = {}
-    for ranges in parts:
-        for key, (first, last) in ranges.items():
-            known = merged.get(key)
-            merged[key] = (first, last) if known is None else (min(known[0], first), max(known[1], last))
-    return merged
+_PARTITION_OF = operator.attrgetter("topic", "partition")
+_OFFSET_OF = operator.attrgetter("offset")
 
 
 class InFlightLog:
@@ -239,23 +248,27 @@ class InFlightLog:
         """Note again the rest of a batch (its :func:`offset_ranges`) whose notes :meth:`clear` dropped between
         two of its slices. Nothing is read or judged: :meth:`begin` judged the batch (only one without a crash
         count is sliced), and its partitions stayed this process's meanwhile (the loop does not poll their
-        consumer between slices). A fifth of ``begin``'s cost, paid at every slice of every index batch."""
+        consumer between slices). A fifth of ``begin``'s cost, paid at a slice where queries ran."""
         for (topic, partition), (first, last) in ranges.items():
             self._write(topic, partition, first, last, 0)
 
     def end(self, records: Sequence[_Record]) -> None:
-        """The batch is through (outputs delivered, offsets committed): forget its notes (an empty file
-        holds none)."""
-        self.clear({(r.topic, r.partition) for r in records})
+        """The batch is through (outputs delivered, offsets committed): forget its notes."""
+        self.clear(set(map(_PARTITION_OF, records)))
 
     def clear(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Forget the notes of these (topic, partition)s: :meth:`end`'s, for a batch's partitions known already.
-        A predecessor's note ahead of them is kept (``_ahead``)."""
+        A page is blanked in place (:data:`NO_NOTE`), a longer note's file emptied. A predecessor's note ahead
+        of them is kept (``_ahead``)."""
         for topic, partition in partitions:
             if (topic, partition) in self._ahead:
                 continue
             try:
-                os.ftruncate(self._fd(self._path(topic, partition))[0], 0)
+                fd, size = self._fd(self._path(topic, partition))
+                if size == NOTE_BYTES:
+                    os.pwrite(fd, NO_NOTE, 0)
+                elif size:
+                    os.ftruncate(fd, 0)
             except OSError:
                 continue  # the directory went away: nothing is noted there
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from confluent_kafka import Message
+
 from streams.runtime.batch import Slicing
 from streams.runtime.paths import InputPath
 from streams.runtime.rebalance import Rebalance
@@ -18,8 +20,10 @@ from streams.runtime.spec import Inbound
 
 __all__ = ["InlineQueries"]
 
-Poll = Callable[[InputPath, float], bool]
-"""Polls a path for up to so many seconds and takes what it fetched; whether it fetched records."""
+Fetch = Callable[[InputPath, float], list[Message]]
+"""Fetches what a path's consumer holds, waiting up to so many seconds for something."""
+Take = Callable[[InputPath, list[Message]], bool]
+"""Takes what a fetch brought (processes its records, notes partition ends); whether it held records."""
 
 
 class InlineQueries:
@@ -34,8 +38,9 @@ class InlineQueries:
     SERVE_BETWEEN_SLICES_S = 2.0
     """``Slicing.serve_for_s`` of an index batch."""
 
-    def __init__(self, *, poll: Poll, rebalance: Rebalance) -> None:
-        self._poll = poll
+    def __init__(self, *, fetch: Fetch, take: Take, rebalance: Rebalance) -> None:
+        self._fetch = fetch
+        self._take = take
         self._rebalance = rebalance
         self.index_has_backlog = False
         """The last poll of the index path fetched records: more are likely waiting."""
@@ -44,6 +49,10 @@ class InlineQueries:
         self._writes_applying = False
         """An index batch applied before a query batch that awaits it (``apply_fetched_writes``): whole, since
         the queries it would serve between slices would overtake the batch that waits."""
+
+    def _poll(self, path: InputPath, timeout: float) -> bool:
+        """Fetch for up to ``timeout`` seconds and take what came; whether records came."""
+        return self._take(path, self._fetch(path, timeout))
 
     def poll(self, index: InputPath | None, query: InputPath | None) -> None:
         """One round of polls: the query path first (blocking briefly when idle), then the index path.
@@ -101,15 +110,23 @@ class InlineQueries:
         between two; whole when applied for a query batch that awaits it."""
         if self._writes_applying:
             return None
-        return Slicing(index.spec.slice_records, lambda: self._serve_between_slices(query), self.SERVE_BETWEEN_SLICES_S)
+        return Slicing(index.spec.slice_records, lambda drop_notes: self._serve_between_slices(query, drop_notes),
+                       self.SERVE_BETWEEN_SLICES_S)
 
-    def _serve_between_slices(self, query: InputPath) -> None:
+    def _serve_between_slices(self, query: InputPath, drop_notes: Callable[[], None]) -> None:
         """Between two slices of an index batch: the queries already fetched, and the handler's timers (a search
-        parked for a write the last slice applied). The index consumer is not polled meanwhile (``StageLoop._call``):
-        a rebalance would close the shard the rest of the batch applies to."""
+        parked for a write the last slice applied), after ``drop_notes`` (the batch's in-flight notes). The index
+        consumer is not polled meanwhile (``StageLoop._call``): a rebalance would close the shard the rest of the
+        batch applies to. Nothing fetched and no search parked (``AwaitsWrites``; a handler that does not say so
+        parks none, and its timers wait for the loop's next round): nothing runs, and the notes stay."""
         self.between_slices = True
         try:
-            self._poll(query, 0.0)
+            fetched = self._fetch(query, 0.0)
+            held = query.spec.awaits_writes
+            if not fetched and (held is None or not held.awaiting_writes):
+                return
+            drop_notes()
+            self._take(query, fetched)
             query.tick()
         finally:
             self.between_slices = False

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import IO
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, Message
 
 from streams.kafka.consumer import consume_batch
 from streams.kafka.producer import StageProducer
@@ -73,7 +73,7 @@ class StageLoop:
         self._status = StatusReport(spec, self.producer)
         self._membership = MembershipWatch(self.ORPHANED_AFTER_S)
         self._rebalance = Rebalance(spec.name)
-        self._inline = InlineQueries(poll=self._poll, rebalance=self._rebalance)
+        self._inline = InlineQueries(fetch=self._fetch, take=self._took, rebalance=self._rebalance)
         self._fault_report: IO[str] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -200,9 +200,20 @@ class StageLoop:
     # -- one batch -------------------------------------------------------------------------
 
     def _poll(self, path: InputPath, timeout: float) -> bool:
+        """Fetch for up to ``timeout`` seconds and take what came; whether records came."""
+        return self._took(path, self._fetch(path, timeout))
+
+    def _fetch(self, path: InputPath, timeout: float) -> list[Message]:
+        """What the path's consumer holds (up to its batch size), waiting up to ``timeout`` seconds for the first;
+        with ``gather_ms``, and the copies that follow within it."""
         messages = consume_batch(path.consumer, max_records=path.spec.batch_size, timeout=timeout)
         if messages and path.spec.gather_ms:
             messages += path.gather(messages)
+        return messages
+
+    def _took(self, path: InputPath, messages: list[Message]) -> bool:
+        """Take what a fetch brought: its records as a batch, its partition ends and offsets out of range to the
+        restore; whether it held records."""
         self._rebalance.raise_error()
         records, ends, out_of_range = [], [], []
         for msg in messages:

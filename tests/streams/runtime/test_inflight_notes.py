@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from streams.runtime.inflight import NOTE_BYTES, InFlightLog
+from streams.runtime.inflight import NO_NOTE, NOTE_BYTES, InFlightLog, InFlightVerdict
 
 
 class Record:
@@ -20,7 +20,7 @@ def _note(path: Path) -> dict | None:  # type: ignore[type-arg]
     return json.loads(data) if data.strip() else None
 
 
-def test_a_note_is_one_page_in_place_and_a_batch_through_empties_it(tmp_path: Path) -> None:
+def test_a_note_is_one_page_in_place_and_a_batch_through_blanks_it(tmp_path: Path) -> None:
     log = InFlightLog(tmp_path, "g")
     log.begin([Record(5), Record(9)])
     path = tmp_path / "g__t__0.json"
@@ -28,7 +28,14 @@ def test_a_note_is_one_page_in_place_and_a_batch_through_empties_it(tmp_path: Pa
     assert path.stat().st_size == NOTE_BYTES
     assert _note(path) == {"first": 5, "last": 9, "crashes": 0, "pid": os.getpid(), "poisoned": {}, "lettered": []}
     log.end([Record(5), Record(9)])
-    assert path.read_bytes() == b""
+    assert path.read_bytes() == NO_NOTE and path.stat().st_size == NOTE_BYTES  # blanked in place, not truncated
+    dead = {"first": 5, "last": 9, "crashes": 0, "pid": 1, "poisoned": {}, "lettered": []}
+    with path.open("r+b") as file:  # over the page, as a process of that pid would
+        file.write(json.dumps(dead).encode().ljust(NOTE_BYTES))
+    assert log.begin([Record(5)]).crashed  # another process's note over these offsets: a crash
+    log.end([Record(5)])
+    assert log.begin([Record(5), Record(9)]) == InFlightVerdict({}, False)  # the blank page after it: none
+    log.end([Record(5), Record(9)])
     log.begin([Record(10)])
     assert _note(path)["first"] == 10 and path.stat().st_ino == inode  # the same file, written in place
 
@@ -43,7 +50,7 @@ def test_a_note_longer_than_a_page_is_renamed_into_place_and_read_back(tmp_path:
     long_note = _note(path)
     assert path.stat().st_size > NOTE_BYTES and len(long_note["poisoned"]) == 100 and long_note["pid"] == os.getpid()
     log.end([Record(0)])
-    assert path.read_bytes() == b""
+    assert path.read_bytes() == b""  # a longer note's file is emptied
     log.begin([Record(100)])  # a short note again goes in place
     assert path.stat().st_size == NOTE_BYTES and _note(path)["first"] == 100
 
@@ -63,13 +70,16 @@ def test_a_note_another_process_renamed_over_the_open_file_is_the_one_read(tmp_p
     assert _note(path)["pid"] == os.getpid()  # and the note written after it is in the file now named
 
 
-def test_offset_ranges_and_their_merge_cover_each_partitions_first_and_last_offset() -> None:
-    from streams.runtime.inflight import merged_ranges, offset_ranges
+def test_offset_ranges_cover_each_partitions_first_and_last_offset_in_any_order() -> None:
+    from streams.runtime.inflight import offset_ranges
 
-    parts = [offset_ranges([Record(7), Record(3, partition=1), Record(5), Record(4, partition=1)]),
-             offset_ranges([Record(9), Record(2)])]
-    assert parts == [{("t", 0): (5, 7), ("t", 1): (3, 4)}, {("t", 0): (2, 9)}]
-    assert merged_ranges(parts) == {("t", 0): (2, 9), ("t", 1): (3, 4)} and merged_ranges([]) == {}
+    assert offset_ranges([Record(7), Record(3, partition=1), Record(5), Record(4, partition=1), Record(9),
+                          Record(2)]) == {("t", 0): (2, 9), ("t", 1): (3, 4)}
+    assert offset_ranges([Record(7), Record(5), Record(9), Record(6)]) == {("t", 0): (5, 9)}  # one partition
+    other = Record(8)
+    other.topic = "u"  # one partition number, two topics: two ranges
+    assert offset_ranges([Record(7), other, Record(3)]) == {("t", 0): (3, 7), ("u", 0): (8, 8)}
+    assert offset_ranges([]) == {}
 
 
 def test_a_dead_predecessors_note_ahead_of_the_batches_is_kept_until_one_reaches_it(tmp_path: Path) -> None:

@@ -146,16 +146,12 @@ def test_no_index_record_is_noted_in_flight_while_queries_run_between_slices(
         _batches_until_searched(loop, journal, ingest)
     finally:
         _close(loop)
-    assert notes and all(note == b"" for note in notes)  # the batch's note file exists, empty
+    assert notes and all(not note.strip() for note in notes)  # the batch's note file exists, blank
 
 
-def test_each_slice_runs_noted_in_flight_with_the_rest_of_its_batch(kafka_settings: KafkaSettings,
-                                                                    tmp_path: Path) -> None:
-    """Between slices the notes are dropped and the rest noted again (``InFlightLog.resume``): a crash in a
-    later slice is counted over the offsets not yet applied, by this process, and the batch through empties it."""
-    loop, _, ingest, _ = _loop(kafka_settings, slice_records=4, follow=True, inflight=tmp_path)
+def _notes_at_each_slice(loop: StageLoop, note: Path) -> list[dict[str, object]]:
+    """The index handler wrapped to read, as each slice begins, the note its batch has in ``note``."""
     assert loop._index is not None
-    note = tmp_path / f"{loop._index.spec.group_id}__{ingest}__0.json"
     seen: list[dict[str, object]] = []
     process = loop._index.spec.handler.process
 
@@ -164,13 +160,43 @@ def test_each_slice_runs_noted_in_flight_with_the_rest_of_its_batch(kafka_settin
         return process(records)
 
     loop._index.spec.handler.process = noting  # type: ignore[method-assign]
+    return seen
+
+
+def test_with_nothing_to_serve_between_slices_the_whole_batch_stays_noted(kafka_settings: KafkaSettings,
+                                                                         tmp_path: Path) -> None:
+    """No query waits: the notes are not dropped and written again at every slice (two writes and two walks of the
+    batch each); a crash in any slice is counted over the batch's offsets, by this process, and the batch through
+    blanks the note."""
+    loop, _, ingest, _ = _loop(kafka_settings, slice_records=4, follow=True, inflight=tmp_path)
+    assert loop._index is not None
+    note = tmp_path / f"{loop._index.spec.group_id}__{ingest}__0.json"
+    seen = _notes_at_each_slice(loop, note)
     try:
         loop._take(loop._index, _batch(ingest, 100, 14))
     finally:
         _close(loop)
-    assert [(n["first"], n["last"], n["crashes"]) for n in seen] == [(100, 113, 0), (104, 113, 0), (108, 113, 0),
-                                                                     (112, 113, 0)]
-    assert {n["pid"] for n in seen} == {os.getpid()} and note.read_bytes() == b""
+    assert [(n["first"], n["last"], n["crashes"]) for n in seen] == [(100, 113, 0)] * 4
+    assert {n["pid"] for n in seen} == {os.getpid()} and not note.read_bytes().strip()
+
+
+def test_after_queries_ran_between_slices_the_rest_of_the_batch_is_noted_again(kafka_settings: KafkaSettings,
+                                                                             tmp_path: Path) -> None:
+    """Dropped while a search ran between two slices, the notes are written again over the offsets not yet
+    applied (``InFlightLog.resume``): a crash in a later slice is counted over them."""
+    loop, journal, ingest, search = _loop(kafka_settings, slice_records=4, follow=True, inflight=tmp_path)
+    assert loop._index is not None
+    notes = _notes_at_each_slice(loop, tmp_path / f"{loop._index.spec.group_id}__{ingest}__0.json")
+    _ask(kafka_settings, search)
+    try:
+        _batches_until_searched(loop, journal, ingest)  # batches of 16 from offset 0, in slices of 4
+    finally:
+        _close(loop)
+    after = journal.events[:journal.events.index(("search", 1))].count(("slice", 4))  # the slice after the search
+    assert after % 4 != 0, "served before or after a batch, not between two of its slices"
+    expected = [(4 * after if after <= j < 4 * (after // 4 + 1) else 16 * (j // 4), 16 * (j // 4) + 15)
+                for j in range(len(notes))]
+    assert [(n["first"], n["last"]) for n in notes] == expected
 
 
 def test_a_batch_with_a_crash_count_is_not_sliced(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
