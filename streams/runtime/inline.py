@@ -117,13 +117,15 @@ class InlineQueries:
         """Between two slices of an index batch: the queries already fetched, and the handler's timers (a search
         parked for a write the last slice applied), after ``drop_notes`` (the batch's in-flight notes). The index
         consumer is not polled meanwhile (``StageLoop._call``): a rebalance would close the shard the rest of the
-        batch applies to. Nothing fetched and no search parked (``AwaitsWrites``; a handler that does not say so
-        parks none, and its timers wait for the loop's next round): nothing runs, and the notes stay."""
+        batch applies to. Nothing fetched and no parked search to answer yet (``AwaitsWrites.answerable``; a handler
+        that does not await writes parks none, and its timers wait for the loop's next round): nothing runs, and
+        the notes stay. A search parked for a write a bulk ingest has not reached yet waits so for thousands of
+        slices."""
         self.between_slices = True
         try:
             fetched = self._fetch(query, 0.0)
             held = query.spec.awaits_writes
-            if not fetched and (held is None or not held.awaiting_writes):
+            if not fetched and (held is None or not held.answerable()):
                 return
             drop_notes()
             self._take(query, fetched)

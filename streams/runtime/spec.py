@@ -140,6 +140,11 @@ class AwaitsWrites(abc.ABC):
         """Whether a request is held for a write not yet applied."""
 
     @abc.abstractmethod
+    def answerable(self) -> bool:
+        """Whether ``tick`` would answer a held request now (its write applied, or its deadline near): between
+        the slices of an index batch, the loop runs ``tick`` only then."""
+
+    @abc.abstractmethod
     def would_await(self, records: Sequence[Inbound]) -> bool:
         """Whether one of these requests names a write not yet applied (it would be held). Never raises: a
         record it cannot read is the handler's to refuse when it processes it."""

@@ -113,12 +113,27 @@ class ShardSearch(PathHandler, AwaitsWrites):
                 return True
         return False
 
+    def answerable(self) -> bool:
+        """Whether :meth:`tick` would answer (or drop) a parked search now."""
+        now = time.time() * 1000
+        return any(self._due(waiting, now) for waiting in self._waiting)
+
+    def _due(self, waiting: _Waiting, now: float) -> bool:
+        """A parked search is answered once its partition left this process (by the new owner), is restoring,
+        has applied the write it awaits, or its deadline is near (``STALE_MARGIN_MS``: answered stale)."""
+        return (self._states.get(waiting.partition) is None or self._states.restore.is_restoring(waiting.partition)
+                or self._caught_up(waiting.partition, waiting.request)
+                or now >= waiting.request.deadline_ms - STALE_MARGIN_MS)
+
     def tick(self) -> list[Output]:
         if not self._waiting:
             return []
         now = time.time() * 1000
         outputs, still = [], []
         for waiting in self._waiting:
+            if not self._due(waiting, now):
+                still.append(waiting)
+                continue
             if self._states.get(waiting.partition) is None:
                 continue  # the partition moved away; its new owner answers
             try:
@@ -126,10 +141,8 @@ class ShardSearch(PathHandler, AwaitsWrites):
                     outputs.extend(self._answer(waiting.record, waiting.request, restoring=True))
                 elif self._caught_up(waiting.partition, waiting.request):
                     outputs.extend(self._answer(waiting.record, waiting.request, stale=False))
-                elif now >= waiting.request.deadline_ms - STALE_MARGIN_MS:
-                    outputs.extend(self._answer(waiting.record, waiting.request, stale=True))
                 else:
-                    still.append(waiting)
+                    outputs.extend(self._answer(waiting.record, waiting.request, stale=True))
             except Exception as exc:  # e.g. a spent regex budget: answer that request, keep the stage
                 outputs.extend(self.on_failure(waiting.record, exc))
         self._waiting = still

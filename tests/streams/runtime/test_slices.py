@@ -61,10 +61,18 @@ class ParkingQueryHandler(QueryHandler, AwaitsWrites):
         super().__init__(journal)
         self.parked = False
         self.would = False
+        self.due = False
 
     @property
     def awaiting_writes(self) -> bool:
         return self.parked
+
+    def answerable(self) -> bool:
+        return self.parked and self.due
+
+    def tick(self) -> list[Output]:
+        self._journal.events.append(("tick", int(self.due)))
+        return []
 
     def would_await(self, records: Sequence[Inbound]) -> bool:
         return self.would
@@ -197,6 +205,27 @@ def test_after_queries_ran_between_slices_the_rest_of_the_batch_is_noted_again(k
     expected = [(4 * after if after <= j < 4 * (after // 4 + 1) else 16 * (j // 4), 16 * (j // 4) + 15)
                 for j in range(len(notes))]
     assert [(n["first"], n["last"]) for n in notes] == expected
+
+
+@pytest.mark.parametrize("due", [False, True])
+def test_a_parked_search_has_its_timer_run_between_slices_only_once_it_can_be_answered(
+        kafka_settings: KafkaSettings, tmp_path: Path, due: bool) -> None:
+    """A search parked for a write a bulk ingest has not reached waits through thousands of slices: between two, its
+    handler's timer runs (and the batch's notes are dropped for it) only where it would answer (``answerable``)."""
+    loop, journal, ingest, _ = _loop(kafka_settings, slice_records=4, follow=True, inflight=tmp_path,
+                                     query_handler=ParkingQueryHandler)
+    assert loop._index is not None and loop._query is not None
+    handler = loop._query.spec.handler
+    assert isinstance(handler, ParkingQueryHandler)
+    handler.parked, handler.due = True, due
+    notes = _notes_at_each_slice(loop, tmp_path / f"{loop._index.spec.group_id}__{ingest}__0.json")
+    try:
+        loop._take(loop._index, _batch(ingest, 0, 12))
+    finally:
+        _close(loop)
+    assert journal.events == ([("slice", 4), ("tick", 1), ("slice", 4), ("tick", 1), ("slice", 4)] if due
+                              else [("slice", 4)] * 3)
+    assert [note["first"] for note in notes] == ([0, 4, 8] if due else [0, 0, 0])
 
 
 def test_a_batch_with_a_crash_count_is_not_sliced(kafka_settings: KafkaSettings, tmp_path: Path) -> None:

@@ -115,8 +115,10 @@ def test_a_batch_would_await_a_write_only_when_a_copy_names_an_offset_its_open_s
     assert search.would_await([broken, _search(0, "r4", min_offsets={0: 3})])
     assert not search.awaiting_writes
     search.process([_search(0, "r5", min_offsets={0: 3})])
-    assert search.awaiting_writes
+    assert search.awaiting_writes and not search.answerable()  # its write not applied yet: tick would not answer
+    assert search.tick() == [] and search.awaiting_writes
     ingest.process([_doc(0, 3, _ids_on(0, 4)[3])])
+    assert search.answerable()
     assert [part.request_id for part in _parts(search.tick())] == ["r5"]
-    assert not search.awaiting_writes
+    assert not search.awaiting_writes and not search.answerable()
     ingest.close()
