@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -37,7 +38,7 @@ from streams.client.versions import ServingVersion
 from streams.exceptions import DeliveryError, PayloadTooLargeError, RequestTimeoutError
 from streams.flow.spec import DEFAULT_MAX_PAYLOAD_BYTES
 from streams.kafka.admin import delete_topics, ensure_topics, require_flow
-from streams.kafka.producer import StageProducer
+from streams.kafka.producer import DeliveryReport, StageProducer
 from streams.kafka.reader import fetch_high_watermarks
 from streams.kafka.settings import KafkaSettings
 from streams.wire import headers as h
@@ -101,6 +102,7 @@ class Client:
         """
         self._first_contact()
         receipt = IndexReceipt(dead_letters_from=self._dead_letters_end())
+        delivered = self._producer.report(functools.partial(_note_delivery, receipt))
         with tqdm(total=total, unit="doc", desc="ingest", disable=not progress) as bar:  # closed on an error too
             for doc in docs:
                 validate_document(doc)  # the stages refuse what fails this anyway: say so here, before sending
@@ -108,7 +110,7 @@ class Client:
                 if len(value) > self.max_payload_bytes:
                     raise PayloadTooLargeError(
                         f"document {doc.id!r} is {len(value)} bytes, over max_payload_bytes={self.max_payload_bytes}")
-                self._send(receipt, doc.id, value, headers)
+                self._send(receipt, delivered, doc.id, value, headers)
                 bar.update(1)
             self._flush()
         return receipt
@@ -120,8 +122,9 @@ class Client:
         """
         self._first_contact()
         receipt = IndexReceipt()
+        delivered = self._producer.report(functools.partial(_note_delivery, receipt))
         for doc_id in ids:
-            self._send(receipt, doc_id, None, ())
+            self._send(receipt, delivered, doc_id, None, ())
         self._flush()
         return receipt
 
@@ -168,11 +171,9 @@ class Client:
                     f"the broker refused {len(writes)} records as too large: {writes[0]}") from exc
             raise
 
-    def _send(self, receipt: IndexReceipt, key: str, value: bytes | None, headers: Sequence[h.Header]) -> None:
-        def delivered(err: KafkaError | None, msg: Message) -> None:
-            if err is None:
-                receipt.note(msg.partition(), msg.offset())
-
+    def _send(self, receipt: IndexReceipt, delivered: DeliveryReport, key: str, value: bytes | None,
+              headers: Sequence[h.Header]) -> None:
+        """Produce one write; ``delivered`` notes where it landed in ``receipt`` (one for all of a call's writes)."""
         self._producer.produce(self.topics.ingest, value=value, key=key, headers=headers, on_delivery=delivered)
         receipt.count += 1
 
@@ -354,3 +355,9 @@ class Client:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _note_delivery(receipt: IndexReceipt, err: KafkaError | None, msg: Message) -> None:
+    """A write's delivery report: where it landed goes into the receipt (a failure is the producer's to raise)."""
+    if err is None:
+        receipt.note(msg.partition(), msg.offset())

@@ -87,10 +87,11 @@ class Outputs:
                 raise PayloadTooLargeError(
                     f"output record for {out.topic} is {size} bytes, over the topic's max.message.bytes={limit}")
             sendable.append(out)
+        replies = producer.report(self._reply_delivered, best_effort=True) if any(out.reply for out in sendable) else None
         for out in sendable:
             RECORDS_OUT.labels(self._spec.flow, self._spec.name).inc()
             producer.produce(out.topic, value=out.value, key=out.key, partition=out.partition, headers=out.headers,
-                             on_delivery=self._reply_delivered if out.reply else None, best_effort=out.reply)
+                             on_delivery=replies if out.reply else None)
 
     def _reply_delivered(self, error: KafkaError | None, msg: Message) -> None:
         if error is not None:  # e.g. the client deleted its topic meanwhile
