@@ -56,6 +56,8 @@ class ShardIngest(PathHandler, Restoring):
         self._topics = topics
         self._filter_by = tuple(filter_by)
         self._source = source or topics.encoded
+        self._ingest = topics.ingest
+        """Its name, asked of every record (``FlowTopics`` composes it at each call)."""
         self._given_dim = given_dim
         self._unpublished: set[int] = set()
         """Partitions whose lexical statistics are to be published whole at the next tick (just opened)."""
@@ -240,7 +242,7 @@ class ShardIngest(PathHandler, Restoring):
         """The record's document and its stored form (``decode_stored_document``: no second encoding);
         read straight from ingest (no stage before the shard), it is also checked for what a stage would
         have: its partition and, without a model, its vectors."""
-        check_partition(record, self._topics.ingest, self._topics.partitions)
+        check_partition(record, self._ingest, self._topics.partitions)
         doc, stored = decode_stored_document(record)
         return doc if self._given_dim is None else require_given_vectors(doc, self._given_dim), stored
 
@@ -294,7 +296,7 @@ class ShardIngest(PathHandler, Restoring):
         previous = self._states.checkpoint(partition)
         checkpoint = dataclasses.replace(
             previous, encoded_offset=last.offset,
-            ingest_offset=max(previous.ingest_offset, *(ingest_offset_of(r, self._topics.ingest) for r in batch)),
+            ingest_offset=max(previous.ingest_offset, *(ingest_offset_of(r, self._ingest) for r in batch)),
         )
         result = index.apply(changes=changes, checkpoint=checkpoint.to_bytes())
         self._states.set_checkpoint(partition, checkpoint)
