@@ -10,7 +10,6 @@ counted and dropped, never retried, and holds no input back.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, Message
@@ -48,15 +47,6 @@ class TopicLimits(dict[str, int]):
         return self[topic]
 
 
-def _seconds_left(deadline_ms: int | None) -> float | None:
-    """Seconds until ``deadline_ms`` (ms since the epoch), negative once past; None for none, or for one no float
-    holds (a header's digits are a client's to choose): no bound then."""
-    try:
-        return None if deadline_ms is None else deadline_ms / 1000 - time.time()
-    except OverflowError:
-        return None
-
-
 class Outputs:
     """Checks and produces the outputs of one stage's handlers."""
 
@@ -73,7 +63,7 @@ class Outputs:
         sendable = []
         for out in outputs:
             if out.reply and self._spec.reply_topics is not None and not self._spec.reply_topics.usable(
-                    out.topic, within_s=_seconds_left(out.deadline_ms)):
+                    out.topic, deadline_ms=out.deadline_ms):
                 self._undeliverable_reply(out.topic, "no such reply topic of this flow")
                 continue
             size = record_size(out.key, out.value, out.headers)

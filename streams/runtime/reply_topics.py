@@ -44,7 +44,7 @@ class ReplyTopics:
     the query path, that held a query past its 5 s deadline when its topic's time was up then
     (``tests/e2e/test_cluster.py``, the exactly_once outage test: 5 runs in 12, two at a time on 2 cores).
     A topic deleted meanwhile costs a reply that fails delivery, and :meth:`gone` then takes it for
-    missing at once. A topic never seen is looked up within what its query has left (``within_s``, at least
+    missing at once. A topic never seen is looked up within what its query has left (``deadline_ms``, at least
     ``SHORTEST_LOOKUP_S``, at most ``LOOKUP_TIMEOUT_S``), so a new client's first query is not held for the
     whole timeout either. A lookup cut short that way and unanswered counts the topic as existing for
     ``MISSING_TTL_S`` only, then it is asked about again in the background with the whole timeout (the floor
@@ -73,21 +73,22 @@ class ReplyTopics:
         self._refresher: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def check(self, name: str, *, within_s: float | None = None) -> None:
-        """:param within_s: how long its query has left: a lookup on this thread waits no longer (``exists``).
+    def check(self, name: str, *, deadline_ms: int | None = None) -> None:
+        """:param deadline_ms: its query's deadline (ms since the epoch): a lookup on this thread waits no longer
+            than what is left (``exists``).
         :raises ReplyTopicError: if ``name`` is not a reply topic of the flow, or does not exist."""
         if not self._topics.is_reply_topic(name):
             raise ReplyTopicError(f"reply_to {name[:300]!r} is not a reply topic of flow {self._topics.flow!r} "
                                   f"(expected {self._topics.flow}.reply.<id>)")
-        if not self.exists(name, within_s=within_s):
+        if not self.exists(name, deadline_ms=deadline_ms):
             raise ReplyTopicError(f"reply_to topic {name!r} does not exist (its client is gone)")
 
-    def usable(self, name: str, *, within_s: float | None = None) -> bool:
+    def usable(self, name: str, *, deadline_ms: int | None = None) -> bool:
         """Whether a reply to ``name`` can be sent; never raises (it runs on a stage's deadline tick).
 
-        :param within_s: as for :meth:`check`."""
+        :param deadline_ms: as for :meth:`check`."""
         try:
-            self.check(name, within_s=within_s)
+            self.check(name, deadline_ms=deadline_ms)
         except ReplyTopicError:
             return False
         except Exception:  # an unexpected answer of the cluster: try to send, delivery decides
@@ -99,10 +100,11 @@ class ReplyTopics:
         with self._lock:
             self._store(name, False, time.monotonic() + self.MISSING_TTL_S)
 
-    def exists(self, name: str, *, within_s: float | None = None) -> bool:
+    def exists(self, name: str, *, deadline_ms: int | None = None) -> bool:
         """Whether ``name`` exists, as last seen; asks the cluster on this thread only about a topic
-        never seen (or seen missing, once that answer is out of date), waiting at most ``within_s`` for its answer
-        (``LOOKUP_TIMEOUT_S`` if None or longer, ``SHORTEST_LOOKUP_S`` if shorter)."""
+        never seen (or seen missing, once that answer is out of date), waiting for its answer at most until
+        ``deadline_ms`` (ms since the epoch; ``LOOKUP_TIMEOUT_S`` if None or later, ``SHORTEST_LOOKUP_S`` if
+        sooner)."""
         if self._settings is None:
             return True
         now = time.monotonic()
@@ -116,6 +118,7 @@ class ReplyTopics:
                     self._refresh_queue.put(name)
                     self._start_refresher()
                 return True
+        within_s = _seconds_left(deadline_ms)
         timeout_s = self.LOOKUP_TIMEOUT_S if within_s is None else min(
             self.LOOKUP_TIMEOUT_S, max(self.SHORTEST_LOOKUP_S, within_s))
         found = self._lookup(name, timeout_s)
@@ -205,3 +208,12 @@ def _refresh_while_alive(owner: weakref.ref[ReplyTopics], names: queue.SimpleQue
             return
         topics._refresh(name)
         del topics
+
+
+def _seconds_left(deadline_ms: int | None) -> float | None:
+    """Seconds until ``deadline_ms`` (ms since the epoch), negative once past; None for none, or for one no float
+    holds (a header's digits are a client's to choose): no bound then."""
+    try:
+        return None if deadline_ms is None else deadline_ms / 1000 - time.time()
+    except OverflowError:
+        return None

@@ -311,7 +311,7 @@ class QueryFanout(PathHandler):
             (``RequestLimitError`` names the limit).
         """
         # No reply possible: dead-lettered. A topic never seen is looked up within what the query has left.
-        self._reply_topics.check(request.reply_to, within_s=deadline_ms / 1000 - time.time())
+        self._reply_topics.check(request.reply_to, deadline_ms=deadline_ms)
         if request.kind != "search":
             raise InvalidParameterError(f"request kind {request.kind!r} on the query topic; only 'search' is served here")
         params = SearchParameters.parse(request.parameters, self._defaults)

@@ -191,7 +191,8 @@ def test_a_topic_never_seen_is_looked_up_within_what_its_query_has_left(broker: 
     replies.MISSING_TTL_S = 0.0  # an unanswered lookup's "exists" is out of date at once
     assert replies.exists(seen)  # its admin client connected, as a running stage's is
     answered: list[bool] = []
-    lookup = threading.Thread(target=lambda: answered.append(replies.exists(mine, within_s=0.5)), daemon=True)
+    soon = int(time.time() * 1000) + 500  # its query's deadline
+    lookup = threading.Thread(target=lambda: answered.append(replies.exists(mine, deadline_ms=soon)), daemon=True)
     broker.pause()
     try:
         lookup.start()
@@ -203,4 +204,8 @@ def test_a_topic_never_seen_is_looked_up_within_what_its_query_has_left(broker: 
     assert replies.exists(mine)  # out of date: trusted, and asked about again in the background
     _wait_for(lambda: len(replies.answers) == 3, "an unanswered lookup was trusted as long as an answer")
     assert replies.asked_on[2] == "reply-topic-lookups" and replies.answers[2] is True
-    assert not replies.exists(topics.new_reply_topic(), within_s=30)  # the cluster answers again: no such topic
+    later = int(time.time() * 1000) + 30_000
+    assert not replies.exists(topics.new_reply_topic(), deadline_ms=later)  # the cluster answers again: no such topic
+    # A deadline no float holds (a hostile header's digits) bounds nothing, and raises nothing.
+    assert not replies.exists(topics.new_reply_topic(), deadline_ms=10 ** 400)
+    assert not replies.usable(topics.new_reply_topic(), deadline_ms=-(10 ** 400))
