@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rocksdict import BlockBasedOptions, ColumnFamily, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, ColumnFamily, DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
 
 from processors.document import Document
 from processors.exceptions import ConfigError
@@ -103,7 +103,7 @@ class ShardStore:
         # Each family's options given: without them, reopening a shard takes its table options from the OPTIONS
         # file, which RocksDB writes back without the bloom filter (rocksdict 0.3).
         db = Rdict(str(self.path), options=options,
-                   column_families={"default": options, VECTORS_FAMILY: _options()})
+                   column_families={"default": options, VECTORS_FAMILY: _vector_options()})
         writes = WriteOptions()
         writes.disable_wal = True  # the topic is the log (the module's docstring)
         db.set_write_options(writes)
@@ -413,6 +413,15 @@ def _options() -> Options:
     options = Options(raw_mode=True)
     options.set_write_buffer_size(WRITE_BUFFER_BYTES)
     options.set_block_based_table_factory(_table_options())
+    return options
+
+
+def _vector_options() -> Options:
+    """The vectors family's options: ``_options``, uncompressed. An embedding's float32 values (their mantissas
+    above all) leave a compressor nothing to take, and Snappy still tried every block at each flush and
+    compaction (a block that does not shrink by an eighth is stored as it was)."""
+    options = _options()
+    options.set_compression_type(DBCompressionType.none())
     return options
 
 

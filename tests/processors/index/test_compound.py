@@ -85,6 +85,18 @@ class TestCompoundIndexer:
             newest = max(tmp_path.glob("OPTIONS-*"), key=lambda path: int(path.name.split("-")[1]))
             assert "filter_policy=bloomfilter" in newest.read_text()
 
+    def test_the_vectors_are_stored_uncompressed_and_the_documents_compressed(self, tmp_path: Path) -> None:
+        """What RocksDB applies to each family, reopened too: float32 embeddings leave a compressor nothing to
+        take, a stored document's text does."""
+        for _ in range(2):
+            index = open_index(tmp_path)
+            index.apply(changes=[Change("a", doc_with_chunks("a", [1]))], checkpoint=b"1")
+            index.close()
+            newest = max(tmp_path.glob("OPTIONS-*"), key=lambda path: int(path.name.split("-")[1]))
+            families = {section.split('"')[0]: section for section in newest.read_text().split('[CFOptions "')[1:]}
+            assert "\n  compression=kNoCompression" in families["vectors"]
+            assert "\n  compression=kSnappyCompression" in families["default"]
+
     def test_the_document_count_follows_every_write_as_a_count_on_disk_would(self, tmp_path: Path) -> None:
         """Counted once at open, then followed by the writes: upserts of new and stored ids, deletes of stored
         and unknown ids, a document without any vector, the same id twice in a batch."""
