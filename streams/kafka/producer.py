@@ -93,16 +93,18 @@ class DeliveryReport:
     alive, tens of thousands at once in a client ingesting in bulk (its full collections then took up to 146 ms,
     which its queries waited through)."""
 
-    __slots__ = ("_best_effort", "_on_delivery", "_producer")
+    __slots__ = ("_on_delivery", "best_effort", "failures")
 
-    def __init__(self, producer: StageProducer, on_delivery: DeliveryCallback | None, best_effort: bool) -> None:
-        self._producer = producer
+    def __init__(self, failures: list[DeliveryFailure], on_delivery: DeliveryCallback | None, best_effort: bool) -> None:
+        """:param failures: its producer's list of failures (the list, not the producer: no reference cycle keeps
+            a producer dropped unclosed, and its librdkafka client, until a full collection)."""
+        self.failures = failures
         self._on_delivery = on_delivery
-        self._best_effort = best_effort
+        self.best_effort = best_effort
 
     def __call__(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None and not self._best_effort:
-            self._producer.failed(DeliveryFailure(msg.topic(), msg.partition(), msg.key(), err, len(msg)))
+        if err is not None and not self.best_effort:
+            self.failures.append(DeliveryFailure(msg.topic(), msg.partition(), msg.key(), err, len(msg)))
         if self._on_delivery is not None:
             self._on_delivery(err, msg)
 
@@ -144,17 +146,15 @@ class StageProducer:
         self._producer: Producer | None = None
         self._failures: list[DeliveryFailure] = []
         self._unflushed = 0
-        self._plain = DeliveryReport(self, None, best_effort=False)
+        """Records not delivered, for the next ``flush`` to raise: one list for the producer's life (its reports
+        hold it), emptied by each ``flush``."""
+        self._plain = DeliveryReport(self._failures, None, best_effort=False)
         """The report of a record produced without a callback: its failure is noted."""
 
     def report(self, on_delivery: DeliveryCallback | None = None, *, best_effort: bool = False) -> DeliveryReport:
         """A delivery report to give ``produce`` for many records with the same callback (made once, not a
         closure per record)."""
-        return DeliveryReport(self, on_delivery, best_effort)
-
-    def failed(self, failure: DeliveryFailure) -> None:
-        """A record was not delivered: the next ``flush`` raises it."""
-        self._failures.append(failure)
+        return DeliveryReport(self._failures, on_delivery, best_effort)
 
     @property
     def pending(self) -> bool:
@@ -194,11 +194,13 @@ class StageProducer:
         :raises KafkaException: the record cannot be taken (a partition the topic does not have).
         """
         if isinstance(on_delivery, DeliveryReport):
+            if on_delivery.failures is not self._failures or best_effort:
+                raise ValueError("a DeliveryReport is this producer's own (report()), and carries its best_effort")
             report = on_delivery
         elif on_delivery is None and not best_effort:
             report = self._plain
         else:
-            report = DeliveryReport(self, on_delivery, best_effort)
+            report = DeliveryReport(self._failures, on_delivery, best_effort)
         kwargs: dict[str, Any] = {"value": value, "key": key, "headers": list(headers), "on_delivery": report}
         if partition is not None:
             kwargs["partition"] = partition
@@ -236,7 +238,8 @@ class StageProducer:
             return
         self._unflushed = 0
         left = self._producer.flush(timeout)
-        failures, self._failures = self._failures, []
+        failures = list(self._failures)
+        self._failures.clear()
         reasons = [str(f) for f in failures[:5]] + ([f"{left} records still queued after {timeout}s"] if left else [])
         if reasons:
             # Only an error without queued records can be judged by its failures alone.

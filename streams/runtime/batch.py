@@ -97,7 +97,9 @@ def _serve_between(slicing: Slicing, inflight: InFlightLog | None, batch: list[I
     """Serve what waits between two slices. None of the batch is in flight while queries run (one that kills the
     process is not counted against the batch): its notes are dropped before the first query, and the rest of it
     noted again after. Where nothing waited they stay, over the whole batch (drop and note again cost two writes
-    of a page and two walks of the batch, at every slice of a bulk ingest)."""
+    of a page and two walks of the batch, at every slice of a bulk ingest). The fetch that finds out whether
+    anything waits runs with the notes in place: a crash inside librdkafka's consume would count against the
+    batch, as one during the batch's own fetch would not."""
     dropped = False
 
     def drop_notes() -> None:

@@ -53,6 +53,9 @@ leaves the old page or the new one, never a mix)."""
 NO_NOTE = b" " * NOTE_BYTES
 """A page that notes nothing: blanks, which no JSON reader takes for a note (``_read``: none)."""
 
+NO_OFFSET = -1
+"""The first and last offsets of a note over none: kept for its counts, never judged (no batch overlaps it)."""
+
 DEFAULT_CRASH_LIMIT = 2
 """Crashes over the same offsets before a batch is isolated, and the killing record dead-lettered."""
 
@@ -136,6 +139,8 @@ class InFlightLog:
         predecessor died on (an index stage resumes from its shard's stored checkpoint, whose last writes may
         have been only in memory); noting the batches before would overwrite the note, and a record that
         kills every process that reaches it would never be counted."""
+        self._alone: tuple[str, int] | None = None
+        """The (topic, partition) whose note names one record alone (:meth:`begin_record`)."""
         self._dir.mkdir(parents=True, exist_ok=True)
 
     # -- notes -------------------------------------------------------------------------------
@@ -192,6 +197,7 @@ class InFlightLog:
         poisoned: dict[tuple[str, int, int], str] = {}
         lettered: set[tuple[str, int, int]] = set()
         isolate = crashed = False
+        self._alone = None
         for (topic, partition), (first, last) in offset_ranges(records).items():
             note = self._read(topic, partition)
             if note is not None and note["pid"] != os.getpid() and last < note["first"]:
@@ -221,7 +227,15 @@ class InFlightLog:
         return InFlightVerdict(poisoned, isolate, frozenset(lettered), crashed)
 
     def begin_record(self, record: _Record) -> None:
-        """In isolation, note one record alone: if it kills the process, the next one dead-letters it."""
+        """In isolation, note one record alone: if it kills the process, the next one dead-letters it.
+
+        The note of the partition noted alone before, when it is another, is set over no offset (its count, its
+        poisoned and lettered offsets kept, for its next record): its record went through, and a lone record's note
+        left in place would have a crash on this partition counted against it, and dead-letter it, innocent."""
+        key = (record.topic, record.partition)
+        if self._alone is not None and self._alone != key and (before := self._read(*self._alone)) is not None:
+            self._write(*self._alone, NO_OFFSET, NO_OFFSET, before["crashes"], before["poisoned"], before["lettered"])
+        self._alone = key
         note = self._read(record.topic, record.partition) or {"crashes": 0, "poisoned": {}, "lettered": []}
         self._write(record.topic, record.partition, record.offset, record.offset, note["crashes"],
                     note["poisoned"], note["lettered"])
@@ -248,7 +262,7 @@ class InFlightLog:
         """Note again the rest of a batch (its :func:`offset_ranges`) whose notes :meth:`clear` dropped between
         two of its slices. Nothing is read or judged: :meth:`begin` judged the batch (only one without a crash
         count is sliced), and its partitions stayed this process's meanwhile (the loop does not poll their
-        consumer between slices). A fifth of ``begin``'s cost, paid at a slice where queries ran."""
+        consumer between slices). A fifth of ``begin``'s cost, paid at a slice where a query ran."""
         for (topic, partition), (first, last) in ranges.items():
             self._write(topic, partition, first, last, 0)
 

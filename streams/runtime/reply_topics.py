@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import queue
 import threading
 import time
@@ -211,9 +212,9 @@ def _refresh_while_alive(owner: weakref.ref[ReplyTopics], names: queue.SimpleQue
 
 
 def _seconds_left(deadline_ms: int | None) -> float | None:
-    """Seconds until ``deadline_ms`` (ms since the epoch), negative once past; None for none, or for one no float
-    holds (a header's digits are a client's to choose): no bound then."""
+    """Seconds until ``deadline_ms`` (ms since the epoch), negative once past; None for none. A deadline no float
+    holds (a header's digits are a client's to choose) is past if negative (-inf), else no bound (None)."""
     try:
         return None if deadline_ms is None else deadline_ms / 1000 - time.time()
     except OverflowError:
-        return None
+        return -math.inf if deadline_ms < 0 else None

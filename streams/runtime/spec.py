@@ -141,8 +141,8 @@ class AwaitsWrites(abc.ABC):
 
     @abc.abstractmethod
     def answerable(self) -> bool:
-        """Whether ``tick`` would answer a held request now (its write applied, or its deadline near): between
-        the slices of an index batch, the loop runs ``tick`` only then."""
+        """Whether ``tick`` would answer (or drop) a held request now: its write applied, its partition gone or
+        restoring, or its deadline near. Between the slices of an index batch, the loop runs ``tick`` only then."""
 
     @abc.abstractmethod
     def would_await(self, records: Sequence[Inbound]) -> bool:

@@ -131,13 +131,12 @@ class ShardSearch(PathHandler, AwaitsWrites):
         now = time.time() * 1000
         outputs, still = [], []
         for waiting in self._waiting:
-            if not self._due(waiting, now):
-                still.append(waiting)
-                continue
-            if self._states.get(waiting.partition) is None:
-                continue  # the partition moved away; its new owner answers
             try:
-                if self._states.restore.is_restoring(waiting.partition):
+                if not self._due(waiting, now):
+                    still.append(waiting)
+                elif self._states.get(waiting.partition) is None:
+                    continue  # the partition moved away; its new owner answers
+                elif self._states.restore.is_restoring(waiting.partition):
                     outputs.extend(self._answer(waiting.record, waiting.request, restoring=True))
                 elif self._caught_up(waiting.partition, waiting.request):
                     outputs.extend(self._answer(waiting.record, waiting.request, stale=False))

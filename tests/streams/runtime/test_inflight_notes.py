@@ -99,3 +99,25 @@ def test_a_dead_predecessors_note_ahead_of_the_batches_is_kept_until_one_reaches
     verdict = log.begin([Record(offset) for offset in range(96, 102)])
     assert verdict.crashed and verdict.isolate  # the second crash over those offsets: found record by record
     assert _note(path)["pid"] == os.getpid() and _note(path)["crashes"] == 2
+
+
+def test_in_isolation_a_crash_on_one_partition_is_never_counted_against_another_partitions_last_record(
+        tmp_path: Path) -> None:
+    """Record by record over two partitions: the first partition's last record went through before the second's
+    killed the process. Its note, left naming that record alone, had the crash counted against it, and the next
+    process dead-lettered it, innocent; it is set over no offset when the next record noted alone is elsewhere."""
+    batch = [Record(10), Record(11), Record(20, partition=1), Record(21, partition=1)]
+    for partition, (first, last) in ((0, (10, 11)), (1, (20, 21))):
+        dead = {"first": first, "last": last, "crashes": 1, "pid": 1, "poisoned": {}, "lettered": []}
+        (tmp_path / f"g__t__{partition}.json").write_text(json.dumps(dead))
+    log = InFlightLog(tmp_path, "g", crash_limit=2)
+    assert log.begin(batch).isolate  # the second crash over both ranges: record by record
+    for record in batch[:3]:
+        log.begin_record(record)  # ... and the process dies on offset 20 of partition 1
+    for path in tmp_path.glob("g__*.json"):  # as that dead process left them
+        with path.open("r+b") as file:
+            note = json.loads(file.read())
+            file.seek(0)
+            file.write(json.dumps({**note, "pid": 1}).encode().ljust(NOTE_BYTES))
+    verdict = InFlightLog(tmp_path, "g", crash_limit=2).begin(batch)
+    assert set(verdict.poisoned) == {("t", 1, 20)}, verdict.poisoned

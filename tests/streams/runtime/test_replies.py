@@ -206,6 +206,6 @@ def test_a_topic_never_seen_is_looked_up_within_what_its_query_has_left(broker: 
     assert replies.asked_on[2] == "reply-topic-lookups" and replies.answers[2] is True
     later = int(time.time() * 1000) + 30_000
     assert not replies.exists(topics.new_reply_topic(), deadline_ms=later)  # the cluster answers again: no such topic
-    # A deadline no float holds (a hostile header's digits) bounds nothing, and raises nothing.
+    # A deadline no float holds (a hostile header's digits) raises nothing: no bound, or long past (the shortest).
     assert not replies.exists(topics.new_reply_topic(), deadline_ms=10 ** 400)
     assert not replies.usable(topics.new_reply_topic(), deadline_ms=-(10 ** 400))
