@@ -298,6 +298,8 @@ class FlatVectorIndex(FaissVectorIndex):
 
     def remove(self, ids: np.ndarray) -> int:
         """Tombstone the live ids among ``ids`` (compacting past ``COMPACT_FRACTION``); returns how many were."""
+        if not len(ids):  # every write of new documents only: 12 us of numpy on nothing
+            return 0
         ids = np.unique(ids.astype(np.int64))
         live = ids[self._present.test(ids) & ~self._dead.test(ids)]
         if not len(live):

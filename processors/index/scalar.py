@@ -133,10 +133,11 @@ class ScalarIndex:
 
     def remove(self, vids: Iterable[int]) -> None:
         """Forget these vectors (absent ids are ignored); compacts once most rows are dead."""
-        wanted = np.unique(np.fromiter(vids, dtype=np.int64))  # an id given twice is one row
+        wanted = np.fromiter(vids, dtype=np.int64)
         known = self._vids.view
-        if not len(wanted) or not len(known):
+        if not len(wanted) or not len(known):  # every write of new documents only: nothing to look for
             return
+        wanted = np.unique(wanted)  # an id given twice is one row
         rows = np.searchsorted(known, wanted)
         rows = rows[(rows < len(known)) & (known[np.minimum(rows, len(known) - 1)] == wanted)]
         live = self._live.view
