@@ -4,7 +4,8 @@ searchable; then the same round again on the same, now warm, broker and stages.
 
 Each process's CPU is its user + system time from ``/proc/<pid>/stat`` (children included in the
 process tree of this one, by role as ``setup.ProcessTreePeaks`` names them), read before and after a
-round. The baseline in the same run: the same vectors added to an in-process FAISS flat index.
+round; the broker's and each stage's also by thread group from ``/proc/<pid>/task`` (a stage's: RocksDB's,
+librdkafka's, and the rest, its Python threads). The baseline in the same run: the same vectors added to an in-process FAISS flat index.
 The first round pays the JVM's JIT warming up on a fresh broker; the second shows a warm one.
 
     python benchmarks/insert_cpu.py [--vectors 50000] [--batch 1000] [--shards 1] [--broker kafka|tansu]

@@ -244,6 +244,10 @@ BROKER_THREADS = (("JIT compiler", ("C1 CompilerThre", "C2 CompilerThre", "Sweep
 """The broker's (a JVM's) threads by what they do, from their names in ``/proc/<pid>/task/*/comm``;
 the rest counts as ``other``. A fresh JVM spends much of its first minutes compiling its hot paths."""
 
+STAGE_THREADS = (("RocksDB", ("rocksdb:",)), ("librdkafka", ("rdk:",)))
+"""A stage's threads by the library that runs them (RocksDB's flushes and compactions, librdkafka's fetchers); the
+rest, ``other``, are Python's: the loop's main thread above all."""
+
 
 def _cpu_seconds(stat_path: str) -> float | None:
     try:
@@ -255,8 +259,8 @@ def _cpu_seconds(stat_path: str) -> float | None:
 
 
 def cpu_seconds_by_role() -> dict[str, float]:
-    """User + system CPU seconds of this process and its descendants now, summed by role; the broker's
-    also by thread group (``broker: <group>``, ``BROKER_THREADS``)."""
+    """User + system CPU seconds of this process and its descendants now, summed by role; the broker's and
+    each stage's also by thread group (``<role>: <group>``, ``BROKER_THREADS``, ``STAGE_THREADS``)."""
     by_role: dict[str, float] = {}
     for pid in process_tree():
         seconds = _cpu_seconds(f"/proc/{pid}/stat")
@@ -264,13 +268,14 @@ def cpu_seconds_by_role() -> dict[str, float]:
             continue
         role = process_role(pid)
         by_role[role] = by_role.get(role, 0.0) + seconds
-        if role == "broker":
-            for group, threads in _threads_by_group(pid).items():
-                by_role[f"broker: {group}"] = by_role.get(f"broker: {group}", 0.0) + threads
+        groups = BROKER_THREADS if role == "broker" else STAGE_THREADS if role.startswith("stage ") else None
+        if groups is not None:
+            for group, threads in _threads_by_group(pid, groups).items():
+                by_role[f"{role}: {group}"] = by_role.get(f"{role}: {group}", 0.0) + threads
     return by_role
 
 
-def _threads_by_group(pid: int) -> dict[str, float]:
+def _threads_by_group(pid: int, groups_of: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, float]:
     groups: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -280,7 +285,7 @@ def _threads_by_group(pid: int) -> dict[str, float]:
         seconds = _cpu_seconds(str(task / "stat"))
         if seconds is None:
             continue
-        group = next((label for label, prefixes in BROKER_THREADS if name.startswith(prefixes)), "other")
+        group = next((label for label, prefixes in groups_of if name.startswith(prefixes)), "other")
         groups[group] = groups.get(group, 0.0) + seconds
     return groups
 

@@ -81,6 +81,12 @@ def test_insert_cpu_splits_both_rounds_by_process() -> None:
         broker = float(rows["broker (µs of CPU per vector)"][column].replace(",", ""))
         assert abs(parts - broker) <= max(0.25 * broker, 10 * tick), done.stdout
     assert float(rows[groups[2]][0].replace(",", "")) > 0, done.stdout  # a JVM broker's request handlers are found
+    stage = [f"stage index: {group} (µs of CPU per vector)" for group in ("RocksDB", "librdkafka", "other")]
+    for column in range(2):  # the index stage's threads by library add up to the stage, as the broker's do
+        parts = sum(float(rows[group][column].replace(",", "")) for group in stage if group in rows)
+        index = float(rows["stage index (µs of CPU per vector)"][column].replace(",", ""))
+        assert abs(parts - index) <= max(0.25 * index, 10 * tick), done.stdout
+    assert float(rows[stage[2]][0].replace(",", "")) > 0, done.stdout  # its Python threads: the loop's work
     assert "baseline: FAISS flat in-process" in done.stdout
 
 
