@@ -218,7 +218,16 @@ def test_a_parked_search_has_its_timer_run_between_slices_only_once_it_can_be_an
     handler = loop._query.spec.handler
     assert isinstance(handler, ParkingQueryHandler)
     handler.parked, handler.due = True, due
-    notes = _notes_at_each_slice(loop, tmp_path / f"{loop._index.spec.group_id}__{ingest}__0.json")
+    note = tmp_path / f"{loop._index.spec.group_id}__{ingest}__0.json"
+    notes = _notes_at_each_slice(loop, note)
+    during_ticks: list[bytes] = []
+    tick = handler.tick
+
+    def noting_tick() -> list[Output]:
+        during_ticks.append(note.read_bytes())
+        return tick()
+
+    handler.tick = noting_tick  # type: ignore[method-assign]
     try:
         loop._take(loop._index, _batch(ingest, 0, 12))
     finally:
@@ -226,6 +235,7 @@ def test_a_parked_search_has_its_timer_run_between_slices_only_once_it_can_be_an
     assert journal.events == ([("slice", 4), ("tick", 1), ("slice", 4), ("tick", 1), ("slice", 4)] if due
                               else [("slice", 4)] * 3)
     assert [note["first"] for note in notes] == ([0, 4, 8] if due else [0, 0, 0])
+    assert all(not written.strip() for written in during_ticks)  # no index record noted while the timer runs
 
 
 def test_a_batch_with_a_crash_count_is_not_sliced(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
