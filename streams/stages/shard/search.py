@@ -15,7 +15,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
 
 from processors.document import Document
 from processors.query.operators import Operation
@@ -42,9 +41,6 @@ from streams.stages.kinds import INDEX
 __all__ = ["ShardSearch"]
 
 logger = logging.getLogger(__name__)
-
-Readiness = Literal["gone", "restoring", "fresh", "stale"]
-"""How a parked search is answered at a tick (``ShardSearch._readiness``)."""
 
 STALE_MARGIN_MS = 200
 """A waiting search is answered (flagged stale) this long before its deadline."""
@@ -120,19 +116,14 @@ class ShardSearch(PathHandler, AwaitsWrites):
     def answerable(self) -> bool:
         """Whether :meth:`tick` would answer (or drop) a parked search now."""
         now = time.time() * 1000
-        return any(self._readiness(waiting, now) is not None for waiting in self._waiting)
+        return any(self._due(waiting, now) for waiting in self._waiting)
 
-    def _readiness(self, waiting: _Waiting, now: float) -> Readiness | None:
-        """How a parked search is answered now: ``gone`` (its partition left this process: the new owner answers),
-        ``restoring``, ``fresh`` (the write it awaits applied) or ``stale`` (its deadline near, ``STALE_MARGIN_MS``);
-        None while it waits."""
-        if self._states.get(waiting.partition) is None:
-            return "gone"
-        if self._states.restore.is_restoring(waiting.partition):
-            return "restoring"
-        if self._caught_up(waiting.partition, waiting.request):
-            return "fresh"
-        return "stale" if now >= waiting.request.deadline_ms - STALE_MARGIN_MS else None
+    def _due(self, waiting: _Waiting, now: float) -> bool:
+        """A parked search is answered once its partition left this process (by the new owner), is restoring,
+        has applied the write it awaits, or its deadline is near (``STALE_MARGIN_MS``: answered stale)."""
+        return (self._states.get(waiting.partition) is None or self._states.restore.is_restoring(waiting.partition)
+                or self._caught_up(waiting.partition, waiting.request)
+                or now >= waiting.request.deadline_ms - STALE_MARGIN_MS)
 
     def tick(self) -> list[Output]:
         if not self._waiting:
@@ -141,12 +132,16 @@ class ShardSearch(PathHandler, AwaitsWrites):
         outputs, still = [], []
         for waiting in self._waiting:
             try:
-                readiness = self._readiness(waiting, now)
-                if readiness is None:
+                if not self._due(waiting, now):
                     still.append(waiting)
-                elif readiness != "gone":
-                    outputs.extend(self._answer(waiting.record, waiting.request, restoring=readiness == "restoring",
-                                                stale=readiness == "stale"))
+                elif self._states.get(waiting.partition) is None:
+                    continue  # the partition moved away; its new owner answers
+                elif self._states.restore.is_restoring(waiting.partition):
+                    outputs.extend(self._answer(waiting.record, waiting.request, restoring=True))
+                elif self._caught_up(waiting.partition, waiting.request):
+                    outputs.extend(self._answer(waiting.record, waiting.request, stale=False))
+                else:
+                    outputs.extend(self._answer(waiting.record, waiting.request, stale=True))
             except Exception as exc:  # e.g. a spent regex budget: answer that request, keep the stage
                 outputs.extend(self.on_failure(waiting.record, exc))
         self._waiting = still
