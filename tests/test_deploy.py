@@ -102,7 +102,7 @@ def test_compose_runs_every_stage_of_the_default_flow_against_kraft_kafka() -> N
         assert service["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
         # What the supervisor sets for a kind that scans vectors, a container sets for itself (streams/runtime/heap.py)
         asked = MALLOC_HUGE_PAGES in service["environment"].get("GLIBC_TUNABLES", "").split(":")
-        assert asked == KINDS[stage.name].huge_pages, stage.name
+        assert asked == KINDS[stage.name].holds_vectors, stage.name
     assert set(services) - {"kafka"} == {stage.name for stage in flow.stages}, "one service per stage, no other"
     for stage in flow.stages:
         if KINDS[stage.name].stateful:  # its shards on a volume, as many replicas as the flow says

@@ -61,7 +61,7 @@ class CompoundIndexerConfig:
         ids and scores (``processors/index/half_scan.py``; where it cannot, a range search widens the
         candidates). 384-d, 50,000 vectors, one thread: 4.4 against 5.4 ms (scan and reads). ``auto``: float32
         while the shard is small (the reads cost more than the scan saves), float16 once its vectors would take
-        64 MiB in float32 (``processors.index.faiss_flat.AUTO_FLOAT16_BYTES``): the answers are the same.
+        24 MiB in float32 (``processors.index.faiss_flat.AUTO_FLOAT16_BYTES``): the answers are the same.
     :param exact_filter_share: the share of the shard's vectors below which a filtered search scans
         exactly whatever their count: the walk's recall follows the share the filter allows (0.94 at 1 %,
         1.0 at 5 % here), so a large shard needs a bound that grows with it.

@@ -161,12 +161,15 @@ class FaissVectorIndex:
         return faiss.IDSelectorAnd(allowed, not_removed)
 
 
-AUTO_FLOAT16_BYTES = 1 << 26
-"""``flat_scan: auto`` turns a flat index to float16 once its vectors would take 64 MiB in float32 (43,690 384-d
+AUTO_FLOAT16_BYTES = 24 << 20
+"""``flat_scan: auto`` turns a flat index to float16 once its vectors would take 24 MiB in float32 (16,384 384-d
 vectors): a scan reads half the bytes, and each search pays a RocksDB read per candidate (2k + 16) and a bound.
-In-process, one query's top 10 of a 384-d shard (2026-12-05/06): 5,000 vectors 0.35 ms in float32, 0.45 in
-float16; 49,747 vectors 6.9 against 3.1 ms for the index stage's whole answer (``benchmarks/shard_search.py``);
-100,000 vectors, k = 100, 10.8 against 10.6; k = 1,000, 11.2 against 23.0."""
+The turn sits where the two cost the same: the index stage's answer to one query's top 10 of one 384-d shard
+(``benchmarks/shard_search.py --shards 1``, 500 queries, p50, 2026-12-07): 10,000 vectors 1.05 ms in float32
+against 1.24-1.29 in float16; 12,000 1.26-1.45 against 1.42-1.55; 16,000 1.72-1.80 against 1.76-1.85; 20,000
+2.19 against 1.78; 40,000 4.22 against 3.28. At 100,000 (2026-12-05/06) k = 100 took 10.8 against 10.6 ms, and
+k = 1,000 11.2 against 23.0. Until 2026-12-07 it was 64 MiB (43,690 vectors): a process of several shards then
+held each in float32 up to that size, and 2 shards of 50,000 peaked 43 MiB higher (the README's "Memory")."""
 _COPY_ROWS = 16_384
 """Rows copied at a time when an index turns to float16 (``auto``) or back to float32: the copy in flight stays
 small."""

@@ -80,9 +80,10 @@ def replay(flow_path: Path, stage: str, from_beginning: bool, from_timestamp: st
     flow = _spec(flow_path, state_dir)
     require_stage_extras(flow, [stage])
     from streams.ops.replay import replay_index  # the shard's FAISS and RocksDB: after the check that names their extra
-    from streams.runtime.heap import freeze_startup_heap
+    from streams.runtime.heap import fix_mmap_threshold, freeze_startup_heap
     logging.getLogger("streams").setLevel(logging.WARNING)
     freeze_startup_heap()  # a replay decodes millions of records: its modules never walked by a full collection
+    fix_mmap_threshold()  # it builds the shards' FAISS indexes
     with durable_local_broker(flow, flow_path) as broker:  # the flow may be stopped: its broker with it
         settings = KafkaSettings(broker.bootstrap_servers, {**broker.extra, "logger": QUIET_LIBRDKAFKA})
         result = replay_index(flow, settings, from_timestamp_ms=_epoch_ms(from_timestamp) if from_timestamp else None)

@@ -44,7 +44,7 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
         claim_serving(settings, flow.topics)  # the first version to run serves; later ones wait for a reindex
         if not replicas:
             from streams.local.supervisor import stop_with_supervisor
-            from streams.runtime.heap import freeze_startup_heap, report_huge_pages
+            from streams.runtime.heap import fix_mmap_threshold, freeze_startup_heap, report_huge_pages
             from streams.runtime.loop import StageLoop
             from streams.stages.kinds import build_stage
 
@@ -52,7 +52,9 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
             loop.install_signal_handlers()
             stop_with_supervisor(loop.stop)
             freeze_startup_heap()  # its model, modules and stage: never walked by a full collection
-            report_huge_pages(KINDS[stage].huge_pages)
+            report_huge_pages(KINDS[stage].holds_vectors)
+            if KINDS[stage].holds_vectors:
+                fix_mmap_threshold()
             loop.run()
             return
         _supervise(flow, flow_path, settings.bootstrap_servers, stage, replicas)

@@ -182,7 +182,7 @@ class LocalFlow:
         # The caller's working directory, absolute paths, and -P: a module in that directory (an
         # http.py, say) must not shadow the standard library or ours in the stage process.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
-        if KINDS[stage].huge_pages:
+        if KINDS[stage].holds_vectors:
             env = with_malloc_huge_pages(env)
         command = [sys.executable, "-P", "-m", "streams.cli", "run", str(self.flow_path.resolve()), "--stage", stage,
                    "--state-dir", str(Path(self.flow.state_dir).resolve())]

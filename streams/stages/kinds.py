@@ -129,9 +129,10 @@ class StageKind:
     """Every reply needs it, even a partial one (the fan-out and the fan-in)."""
     liveness_suffix: str = ""
     """A live process shows as a member of ``<group><suffix>`` (the shard's search path has no group)."""
-    huge_pages: bool = False
-    """Its process asks ``malloc`` for transparent huge pages (``MALLOC_HUGE_PAGES`` in ``streams/runtime/heap.py``,
-    set by the supervisor): it scans its vectors at every search."""
+    holds_vectors: bool = False
+    """Holds its shards' vectors in memory, scanned at every search and grown by doubling: its process asks
+    ``malloc`` for transparent huge pages (``MALLOC_HUGE_PAGES`` in ``streams/runtime/heap.py``, set by the
+    supervisor) and fixes its mmap threshold (``fix_mmap_threshold``, there too)."""
 
 
 FAILURE_POLICY = FailurePolicy(rejected=(InvalidParameterError,))
@@ -273,7 +274,7 @@ ENCODE = StageKind("encode", _build_encode, ENCODERS, default_uses="TransformerE
                    liveness_suffix=QUERY_GROUP_SUFFIX)
 INDEX = StageKind("index", _build_index, INDEXERS, default_uses="CompoundIndexer",
                   keys=frozenset({"shards", "ranker", "filter_by", "query_language"}),
-                  index_path=True, query_reads=SEARCH, stateful=True, needs_model=True, huge_pages=True)
+                  index_path=True, query_reads=SEARCH, stateful=True, needs_model=True, holds_vectors=True)
 JOIN = StageKind("join", _build_join, {}, keys=frozenset({"query_language"}),
                  without_executor="it merges shard results by score (query_language applies)",
                  query_reads=PARTIALS, answers_queries=True)

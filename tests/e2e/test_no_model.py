@@ -95,7 +95,7 @@ def test_no_stage_process_loads_torch(flow: LocalRuntime, indexed: tuple[np.ndar
     assert "faiss" in Path(f"/proc/{index.pid}/maps").read_text()  # what is looked for would be seen
 
 
-def test_the_supervisor_starts_the_index_stage_asking_malloc_for_huge_pages_and_the_join_without(
+def test_the_index_stage_asks_malloc_for_huge_pages_and_fixes_its_mmap_threshold_and_the_join_does_neither(
         flow: LocalRuntime) -> None:
     assert flow.local_flow is not None
     assert "glibc.malloc.hugetlb" not in os.environ.get("GLIBC_TUNABLES", ""), "the session's own would win"
@@ -105,8 +105,9 @@ def test_the_supervisor_starts_the_index_stage_asking_malloc_for_huge_pages_and_
                        Path(f"/proc/{proc.process.pid}/environ").read_bytes().split(b"\0") if b"=" in entry)
         asked = MALLOC_HUGE_PAGES in environ.get("GLIBC_TUNABLES", "").split(":")
         assert asked == (proc.stage == "index"), (proc.stage, environ.get("GLIBC_TUNABLES"))
-        said = "malloc huge pages asked for" in flow.local_flow.log_path(proc.stage, proc.replica).read_text()
-        assert said == (proc.stage == "index"), stage_logs(flow)
+        log = flow.local_flow.log_path(proc.stage, proc.replica).read_text()
+        assert ("malloc huge pages asked for" in log) == (proc.stage == "index"), stage_logs(flow)
+        assert ("malloc mmap threshold fixed" in log) == (proc.stage == "index"), stage_logs(flow)  # the process's own
 
 
 def test_a_text_query_is_refused_naming_the_missing_encoder(client: Client) -> None:
