@@ -169,7 +169,9 @@ The turn sits where the two cost the same: the index stage's answer to one query
 against 1.24-1.29 in float16; 12,000 1.26-1.45 against 1.42-1.55; 16,000 1.72-1.80 against 1.76-1.85; 20,000
 2.19 against 1.78; 40,000 4.22 against 3.28. At 100,000 (2026-12-05/06) k = 100 took 10.8 against 10.6 ms, and
 k = 1,000 11.2 against 23.0. Until 2026-12-07 it was 64 MiB (43,690 vectors): a process of several shards then
-held each in float32 up to that size, and 2 shards of 50,000 peaked 43 MiB higher (the README's "Memory")."""
+held each in float32 up to that size: with ``fix_mmap_threshold`` (``streams/runtime/heap.py``), 2 shards of 50,000
+peaked 173 MiB above the process's start in-process against 206 at 64 MiB (the README's "A process of several
+shards")."""
 _COPY_ROWS = 16_384
 """Rows copied at a time when an index turns to float16 (``auto``) or back to float32: the copy in flight stays
 small."""

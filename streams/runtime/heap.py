@@ -61,7 +61,7 @@ product over 100,000 384-d vectors in one thread, 300 single-vector searches, tw
 (2026-12-07): float32 p50 13.92/13.55 -> 10.59/10.45 ms, float16 9.14/9.02 -> 6.92/7.52 ms; appending vectors
 32 at a time 2.04 -> 1.04 µs each (fewer page faults); peak RSS 487 -> 489 MiB. glibc reads tunables only
 when a process starts, so the supervisor sets it in the environment of the stage kinds that hold vectors
-(``StageKind.huge_pages``); a process started otherwise (a container) sets ``GLIBC_TUNABLES`` itself."""
+(``StageKind.holds_vectors``); a process started otherwise (a container) sets ``GLIBC_TUNABLES`` itself."""
 
 _HUGETLB = MALLOC_HUGE_PAGES.partition("=")[0] + "="
 """Any setting of the tunable (``=0`` off, ``=1`` ours, ``=2`` hugetlbfs): the user's, which we leave alone."""
@@ -132,8 +132,9 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Fix glibc ``malloc``'s mmap threshold at ``threshold`` bytes (``MMAP_THRESHOLD_BYTES``; a fixed one no
     longer rises), in a process that holds vectors, after its imports and before it serves; never in a library a
     user's process imports. Left alone where ``GLIBC_TUNABLES`` sets it already. Returns whether it was set: False
-    for another libc (musl's ``mallopt`` does nothing, macOS has none) or the user's tunable."""
-    if _MMAP_THRESHOLD_TUNABLE in os.environ.get("GLIBC_TUNABLES", ""):
+    for another libc (musl has no ``mallopt`` or a stub, macOS none) or the user's own setting (the tunable, or
+    glibc's older ``MALLOC_MMAP_THRESHOLD_``)."""
+    if _MMAP_THRESHOLD_TUNABLE in os.environ.get("GLIBC_TUNABLES", "") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
