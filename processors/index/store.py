@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from rocksdict import (BlockBasedOptions, ColumnFamily, DBCompressionType, Options, Rdict, ReadOptions, WriteBatch,
-                       WriteOptions)
+                       WriteBufferManager, WriteOptions)
 
 from processors.document import Document
 from processors.exceptions import ConfigError
@@ -46,6 +46,20 @@ WRITE_BUFFER_BYTES = 16 << 20
 every vector passes through it, and a shard process peaked 46 MiB lower at 100,000 384-d vectors with
 16 MiB, at the same apply rate (71 against 72 us per document, applied in one process). Both families are
 flushed together when one is full (``atomic_flush``), so the documents' rarely holds much."""
+
+WRITE_BUFFERS_BYTES = 64 << 20
+"""The memtables of every shard of a process together (``PROCESS_WRITE_BUFFERS``): past 90 % of it in mutable
+memtables, RocksDB flushes the shard being written to (both families: ``atomic_flush``). One or two shards stay
+under it (``WRITE_BUFFER_BYTES`` a family); a process of 8 shards (``replicas: 1`` for 8 partitions) held up to 16
+memtables of 16 MiB, twice that while they flush. In-process, 8 shards of 12,500 384-d vectors written through the
+handler, then upserted again, peaked 285 MiB above the process's start against 340 (2026-12-07); on 1 and 2
+shards neither the index stage's peak nor its CPU a vector moved (``peers.py``, ``insert_cpu.py``). Kafka Streams
+bounds its stores' memtables the same way (``BoundedMemoryRocksDBConfig``: one ``WriteBufferManager`` for every
+store of an instance)."""
+
+PROCESS_WRITE_BUFFERS = WriteBufferManager(WRITE_BUFFERS_BYTES, False)
+"""One budget for the memtables of every shard this process opens; it never stalls a write (``allow_stall``
+False: a shard's loop must not wait for another shard's flush)."""
 
 
 @dataclass(slots=True)
@@ -411,9 +425,11 @@ def _count(raw: bytes | None) -> int:
 
 
 def _options() -> Options:
-    """A column family's options: raw keys, ``WRITE_BUFFER_BYTES`` memtables, ``_table_options``."""
+    """A column family's options: raw keys, ``WRITE_BUFFER_BYTES`` memtables within the process's
+    ``PROCESS_WRITE_BUFFERS``, ``_table_options``."""
     options = Options(raw_mode=True)
     options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    options.set_write_buffer_manager(PROCESS_WRITE_BUFFERS)
     options.set_block_based_table_factory(_table_options())
     return options
 
