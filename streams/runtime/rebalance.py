@@ -81,13 +81,9 @@ class Rebalance:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self._index is not None
         self._index.checkpoint.revoke(partitions)
-        if (following := self._following()) is not None:  # its commits stop at the requests it holds
-            following.checkpoint.revoke([TopicPartition(following.spec.topic, tp.partition) for tp in partitions])
         self._release(consumer, partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if (following := self._following()) is not None:  # never committed over the new owner's
-            following.checkpoint.forget([(following.spec.topic, tp.partition) for tp in partitions])
         self._release(consumer, partitions)
 
     def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -113,14 +113,6 @@ class ShardSearch(PathHandler, AwaitsWrites):
                 return True
         return False
 
-    def parked_offsets(self) -> dict[tuple[str, int], int]:
-        held: dict[tuple[str, int], int] = {}
-        for waiting in self._waiting:
-            key = (waiting.record.topic, waiting.record.partition)
-            if waiting.record.offset < held.get(key, waiting.record.offset + 1):
-                held[key] = waiting.record.offset
-        return held
-
     def answerable(self) -> bool:
         """Whether :meth:`tick` would answer (or drop) a parked search now."""
         now = time.time() * 1000
@@ -143,7 +135,7 @@ class ShardSearch(PathHandler, AwaitsWrites):
                 if not self._due(waiting, now):
                     still.append(waiting)
                 elif self._states.get(waiting.partition) is None:
-                    continue  # the partition moved away; its new owner reads it again (``parked_offsets``)
+                    continue  # the partition moved away; its new owner answers
                 elif self._states.restore.is_restoring(waiting.partition):
                     outputs.extend(self._answer(waiting.record, waiting.request, restoring=True))
                 elif self._caught_up(waiting.partition, waiting.request):

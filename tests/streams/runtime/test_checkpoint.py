@@ -71,39 +71,6 @@ class TestCheckpoint:
         checkpoint.revoke([TopicPartition("t", 0)])
         assert rec.calls == ["flush", "commit"]
 
-    def test_a_partition_is_committed_up_to_its_earliest_held_record_and_past_it_once_answered(self) -> None:
-        """``holds``: a search parked for a write is read again by a new owner of its partition."""
-        rec = Recorder()
-        held = {("t", 0): 5}
-        checkpoint = Checkpoint(rec, rec)  # type: ignore[arg-type]
-        checkpoint.holds = lambda: held
-        for offset in (4, 5, 6):
-            checkpoint.record("t", 0, offset)
-        checkpoint.record("t", 1, 9)
-        checkpoint.commit()
-        assert sorted((tp.partition, tp.offset) for tp in rec.committed) == [(0, 5), (1, 10)]
-        assert not checkpoint.empty
-        rec.calls.clear()
-        checkpoint.commit()  # still held: nothing new to commit
-        assert rec.calls == []
-        held.clear()
-        checkpoint.commit()
-        assert [(tp.partition, tp.offset) for tp in rec.committed] == [(0, 7)] and checkpoint.empty
-
-    def test_a_revoked_held_partition_is_committed_at_its_hold_and_a_lost_one_never_again(self) -> None:
-        rec = Recorder()
-        checkpoint = Checkpoint(rec, rec)  # type: ignore[arg-type]
-        checkpoint.holds = lambda: {("t", 0): 5, ("t", 1): 2}
-        checkpoint.record("t", 0, 8)
-        checkpoint.record("t", 1, 3)
-        checkpoint.revoke([TopicPartition("t", 0)])
-        assert [(tp.partition, tp.offset) for tp in rec.committed] == [(0, 5), (1, 2)]
-        checkpoint.forget([("t", 1)])  # lost: its new owner commits from here on
-        rec.calls.clear()
-        checkpoint.holds = dict
-        checkpoint.commit()
-        assert rec.calls == [] and checkpoint.empty
-
 
 def _fatal(code: int = KafkaError._FENCED) -> KafkaException:
     return KafkaException(KafkaError(code, "producer fenced", fatal=True))
