@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -38,9 +38,19 @@ class Checkpoint:
         self._consumer = consumer
         self._producer = producer
         self._offsets: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}
+        """What this checkpoint last committed per partition: a held partition is not committed again at the
+        same offset at every round. Compared for equality only: a consumer that moved backwards (a shard
+        rebuilt from the beginning, an offset reset) commits its lower offset as before."""
         self._labels = (flow, stage)
         self._recreations = 0
         """Producers replaced since the last commit."""
+        self.holds: Callable[[], Mapping[tuple[str, int], int]] | None = None
+        """Per (topic, partition), the offset of the earliest record the handler still holds unanswered (a search
+        parked for a write: ``AwaitsWrites.parked_offsets``). A commit stops there, so that a new owner of the
+        partition reads that record again: the old owner drops what it held when the partition leaves it. None:
+        the handler holds nothing."""
+
     @property
     def empty(self) -> bool:
         return not self._offsets
@@ -58,25 +68,49 @@ class Checkpoint:
         :raises DeliveryError: if an output was not delivered; offsets stay uncommitted, so
             the input is processed again after a restart (at-least-once).
         """
-        if not self._offsets:
+        targets = self._targets()
+        due = {key: target for key, target in targets.items() if target != self._committed.get(key)}
+        if not due:
+            self._offsets = self._held(targets)
             if self._producer.pending:
                 self._producer.flush()
             return
         self._producer.flush()
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in self._offsets.items()]
-        self._offsets.clear()
+        self._offsets = self._held(targets)
+        self._committed.update(due)
         self._recreations = 0
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+            self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in due.items()],
+                                  asynchronous=asynchronous)
         except KafkaException as exc:
             # A commit can fail during a rebalance; the next owner reprocesses: upserts are idempotent.
             logger.warning("commit failed", extra={"error": str(exc)})
 
+    def _targets(self) -> dict[tuple[str, int], int]:
+        """The offset to commit per partition noted: past its last record processed, or at the earliest one still
+        held (``holds``), whose partition stays noted until it is answered."""
+        held = self.holds() if self.holds is not None and self._offsets else {}
+        return {key: min(offset + 1, held.get(key, offset + 1)) for key, offset in self._offsets.items()}
+
+    def _held(self, targets: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """What stays noted after a commit: the partitions whose target stops at a held record."""
+        return {key: offset for key, offset in self._offsets.items() if targets[key] <= offset}
+
     def revoke(self, partitions: Iterable[TopicPartition]) -> None:
-        """Commit what was processed on partitions about to leave, synchronously."""
+        """Commit what was processed on partitions about to leave, synchronously, then forget them."""
         leaving = {(tp.topic, tp.partition) for tp in partitions}
-        if any(key in leaving for key in self._offsets):
-            self.commit(asynchronous=False)
+        try:
+            if any(key in leaving for key in self._offsets):
+                self.commit(asynchronous=False)
+        finally:  # undelivered outputs raise: the partitions still leave, and their next owner reprocesses
+            self.forget(leaving)
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Drop what is noted of partitions this consumer no longer holds (revoked, lost): a held record's offset
+        is never committed over its new owner's."""
+        for key in partitions:
+            self._offsets.pop(key, None)
+            self._committed.pop(key, None)
 
     def recover(self, error: ProducerFailedError) -> None:
         """The producer took no record (``StageProducer.produce``): replace it and rewind, so the batch
@@ -93,6 +127,7 @@ class Checkpoint:
             return
         for tp in self._consumer.committed(assignment, timeout=30):
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+            self._committed.pop((tp.topic, tp.partition), None)  # the broker's word from here on
 
     def _recreate(self, error: KafkaError) -> None:
         """Drop the producer, unflushed; the next use creates a fresh one. A fatal error means this

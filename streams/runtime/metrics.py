@@ -28,6 +28,9 @@ FLAT_SCAN_FALLBACKS = Gauge("streamsearch_flat_scan_fallbacks", "Searches of a f
                             "float16, or auto past its size) since the shard opened whose first candidates the error bound could not prove "
                             "exact, answered by a wider range search: often means float16 costs this data more "
                             "than it saves", ["flow", "partition"])
+HELD_SEARCHES = Gauge("streamsearch_held_searches", "Searches an index stage process holds until its shard has "
+                      "applied the write they name (read-your-writes, after=) or restored; the query path's commits stop "
+                      "at the earliest one of each partition", ["flow"])
 LEXICAL_UNITS = Gauge("streamsearch_lexical_units", "Texts in the corpus-wide lexical statistics a fan-out holds "
                       "(<flow>.lexical-stats summed over shards): it trails the shards' vectors by the topic's latency",
                       ["flow", "field"])

@@ -44,6 +44,8 @@ class InputPath:
         self.consumer = consumer
         self.producer = producer
         self.checkpoint = checkpoint or Checkpoint(consumer, producer)
+        if (held := spec.awaits_writes) is not None:
+            self.checkpoint.holds = held.parked_offsets  # a held request's offset is committed once answered
         self.inflight = inflight
         self.processed = 0
         self.keepalive: KeepAlive | None = None

@@ -80,10 +80,23 @@ class Rebalance:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self._index is not None
-        self._index.checkpoint.revoke(partitions)
-        self._release(consumer, partitions)
+        following = self._following()
+        try:  # a commit that raises (an output undelivered) must not keep the partitions here
+            self._index.checkpoint.revoke(partitions)
+        finally:
+            try:
+                if following is not None:  # its commits stop at the requests it holds
+                    following.checkpoint.revoke([TopicPartition(following.spec.topic, tp.partition)
+                                                 for tp in partitions])
+            finally:
+                self._release(consumer, partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Nothing is committed for partitions already someone else's: their offsets are forgotten."""
+        assert self._index is not None
+        self._index.checkpoint.forget([(tp.topic, tp.partition) for tp in partitions])
+        if (following := self._following()) is not None:
+            following.checkpoint.forget([(following.spec.topic, tp.partition) for tp in partitions])
         self._release(consumer, partitions)
 
     def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -149,6 +149,12 @@ class AwaitsWrites(abc.ABC):
         """Whether one of these requests names a write not yet applied (it would be held). Never raises: a
         record it cannot read is the handler's to refuse when it processes it."""
 
+    @abc.abstractmethod
+    def parked_offsets(self) -> dict[tuple[str, int], int]:
+        """Per (topic, partition), the offset of the earliest request held: the path's commits stop there
+        (``Checkpoint.holds``), so that a new owner of the partition reads it again and answers it, where the
+        old owner, the partition gone, drops it."""
+
 
 @dataclass(frozen=True, slots=True)
 class FailurePolicy:

@@ -62,16 +62,26 @@ class PendingRequest:
     parts: dict[PartKey, PartialResult] = field(default_factory=dict)
 
     def add(self, part: PartialResult) -> None:
+        """Keep ``part``, unless a better answer of its shard and field is here already.
+
+        A shard answers a search twice when its partition moved while the search waited for a write: the
+        new owner reads the searches again from its query path's commit (``Checkpoint.holds``), often while
+        it still restores, and its ``restoring`` part must not replace the old owner's answer."""
         if part.expected_shards and not self.expected:
             fields: list[str | None] = list(part.expected_fields) or [None]
             self.expected = [(shard, f) for shard in part.expected_shards for f in fields]
         if part.shard < 0:
             self.opening = part
-        elif part.error is not None and part.field_name is None:
-            # A shard that failed before splitting by field answers for all of its fields.
-            self.parts[(part.shard, None)] = part
+            return
+        # A shard that failed before splitting by field answers for all of its fields.
+        whole = part.error is not None and part.field_name is None
+        key = (part.shard, None if whole else part.field_name)
+        if whole:
+            rivals = [p for (shard, _), p in self.parts.items() if shard == part.shard]
         else:
-            self.parts[(part.shard, part.field_name)] = part
+            rivals = [self.parts[key]] if key in self.parts else []
+        if all(_quality(part) >= _quality(rival) for rival in rivals):
+            self.parts[key] = part
 
     def answered(self, key: PartKey) -> bool:
         return key in self.parts or (key[0], None) in self.parts
@@ -83,6 +93,12 @@ class PendingRequest:
     @property
     def complete(self) -> bool:
         return bool(self.expected) and not self.missing
+
+
+def _quality(part: PartialResult) -> int:
+    """How good an answer a part is: one that failed or comes from a restoring shard, a stale one (its
+    shard had not applied the write the search named), a current one."""
+    return 0 if part.error is not None or part.restoring else 1 if part.stale else 2
 
 
 class Joiner(PathHandler):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -185,6 +186,16 @@ search:
     "INDEX_PORT", str(METRICS_PORTS["index"])).replace("JOIN_PORT", str(METRICS_PORTS["join"]))
 """The small flow of test_pipeline, test_http and test_search_page: sentences, 2 shards, 2 index replicas,
 a Prometheus port per stage (``METRICS_PORTS``; ``{name}`` still to fill in)."""
+
+
+def scraped_metric(port: int, name: str, **labels: str) -> float:
+    """The sum of a metric's samples on a stage's /metrics page, filtered by labels."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 # -- the HTTP bridge in-process ------------------------------------------------------------------

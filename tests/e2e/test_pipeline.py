@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +20,8 @@ from streams.local.brokers import LocalBroker
 from streams.local.runtime import LocalRuntime
 from streams.wire.partitioner import partition_of
 from streams.wire.codec import DOCUMENT
-from tests.e2e.fixtures import METRICS_PORTS, PIPELINE_FLOW, FlowFactory, corpus_with_unique_sentences, stage_logs
+from tests.e2e.fixtures import (METRICS_PORTS, PIPELINE_FLOW, FlowFactory, corpus_with_unique_sentences, scraped_metric,
+                                stage_logs)
 
 pytestmark = pytest.mark.kafka
 
@@ -229,13 +229,13 @@ def test_refused_requests_are_answered_and_counted_not_dead_lettered(
         client: Client, flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     topics = flow.flow.topics
     letters_before = len(read_dead_letters(kafka_settings, topics))
-    rejected_before = _metric(METRICS_PORTS["encode"], "streamsearch_rejected_requests_total")
+    rejected_before = scraped_metric(METRICS_PORTS["encode"], "streamsearch_rejected_requests_total")
     refused = [{"top_k": 0}, {"index_type": "nosuch"}, {"filter_by": ["nosuchfield"]}]
     for parameters in refused:
         with pytest.raises(SearchError):
             client.search("anything", parameters=parameters, timeout_s=10)
     deadline = time.monotonic() + 30  # the metric is scraped: wait for the stage's counter
-    while _metric(METRICS_PORTS["encode"], "streamsearch_rejected_requests_total") < rejected_before + 3:
+    while scraped_metric(METRICS_PORTS["encode"], "streamsearch_rejected_requests_total") < rejected_before + 3:
         assert time.monotonic() < deadline, "rejected requests not counted"
         time.sleep(0.2)
     assert len(read_dead_letters(kafka_settings, topics)) == letters_before, "a refused request is not a dead letter"
@@ -277,40 +277,30 @@ def test_unknown_operator_gets_an_error_reply(client: Client) -> None:
     assert "__import__" in refused.value.errors[0] and "filter" in refused.value.errors[0]
 
 
-def _metric(port: int, name: str, **labels: str) -> float:
-    """The sum of a metric's samples on a stage's /metrics page, filtered by labels."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_metrics_move_after_an_ingest_and_a_search(client: Client, flow: LocalRuntime) -> None:
     topics = flow.flow.topics
-    before = _metric(METRICS_PORTS["segment"], "streamsearch_records_in_total", topic=topics.ingest)
-    replies_before = _metric(METRICS_PORTS["join"], "streamsearch_replies_total")
+    before = scraped_metric(METRICS_PORTS["segment"], "streamsearch_records_in_total", topic=topics.ingest)
+    replies_before = scraped_metric(METRICS_PORTS["join"], "streamsearch_replies_total")
     receipt = client.index([Document(id=f"metric-{i}", text=f"Metrics document number {i}.") for i in range(4)])
     client.search("metrics document", after=receipt, timeout_s=60)
-    assert _metric(METRICS_PORTS["segment"], "streamsearch_records_in_total", topic=topics.ingest) >= before + 4
-    assert _metric(METRICS_PORTS["encode"], "streamsearch_records_out_total") > 0
-    assert _metric(METRICS_PORTS["encode"], "streamsearch_batch_seconds_count", topic=topics.segmented) > 0
-    vectors = sum(_metric(METRICS_PORTS["index"] + replica, "streamsearch_index_vectors") for replica in (0, 1))
+    assert scraped_metric(METRICS_PORTS["segment"], "streamsearch_records_in_total", topic=topics.ingest) >= before + 4
+    assert scraped_metric(METRICS_PORTS["encode"], "streamsearch_records_out_total") > 0
+    assert scraped_metric(METRICS_PORTS["encode"], "streamsearch_batch_seconds_count", topic=topics.segmented) > 0
+    vectors = sum(scraped_metric(METRICS_PORTS["index"] + replica, "streamsearch_index_vectors") for replica in (0, 1))
     assert vectors >= 4
-    assert _metric(METRICS_PORTS["join"], "streamsearch_replies_total") >= replies_before + 1
-    assert _metric(METRICS_PORTS["join"], "streamsearch_query_seconds_count", flow=topics.flow) >= 1
+    assert scraped_metric(METRICS_PORTS["join"], "streamsearch_replies_total") >= replies_before + 1
+    assert scraped_metric(METRICS_PORTS["join"], "streamsearch_query_seconds_count", flow=topics.flow) >= 1
 
 
 
 def test_dead_letters_are_counted(flow: LocalRuntime, kafka_settings: KafkaSettings) -> None:
     port = METRICS_PORTS["segment"]
-    before = _metric(port, "streamsearch_dead_letters_total", error="SerdeError")
+    before = scraped_metric(port, "streamsearch_dead_letters_total", error="SerdeError")
     producer = StageProducer(kafka_settings)
     producer.produce(flow.flow.topics.ingest, value=b"\x01garbage", key="metric-bad")
     producer.flush()
     deadline = time.monotonic() + 60
-    while _metric(port, "streamsearch_dead_letters_total", error="SerdeError") < before + 1:
+    while scraped_metric(port, "streamsearch_dead_letters_total", error="SerdeError") < before + 1:
         assert time.monotonic() < deadline, "dead letter not counted within 60 s"
         time.sleep(0.1)  # polling a condition: the metric is only observable by scraping
 

@@ -3,7 +3,9 @@
 
 Until a shard has read its partition to the end, searches get a ``restoring`` part at once, never
 silently incomplete results. A search that names ``min_offsets`` waits (until shortly before its
-deadline) for the shard to apply that ingest offset: read-your-writes without sleeping.
+deadline) for the shard to apply that ingest offset: read-your-writes without sleeping. It waits so for
+a restore too, whose end it needs anyway: a new owner of a partition reads again the searches its old
+owner held for a write (``parked_offsets``), and answering them ``restoring`` would fail the read.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from streams.stages.fanout import created_ms_of, decode_live, error_reply
 from streams.wire.headers import query_headers
 from streams.wire.codec import PARTIAL_RESULT, REQUEST
 from streams.wire.records import PartialResult, Request
-from streams.runtime.metrics import FLAT_SCAN_FALLBACKS
+from streams.runtime.metrics import FLAT_SCAN_FALLBACKS, HELD_SEARCHES
 from streams.runtime.spec import AwaitsWrites, Inbound, Output, PathHandler
 from streams.stages.shard.states import ShardStates
 from streams.wire.topics import FlowTopics
@@ -83,9 +85,10 @@ class ShardSearch(PathHandler, AwaitsWrites):
         ready: list[tuple[Inbound, Request, bool]] = []
         parked: list[_Waiting] = []
         for record, request in decoded:
-            if self._states.restore.is_restoring(record.partition):
+            restoring = self._states.restore.is_restoring(record.partition)
+            if restoring and request.min_offsets.get(record.partition) is None:
                 ready.append((record, request, True))
-            elif self._caught_up(record.partition, request):
+            elif not restoring and self._caught_up(record.partition, request):
                 ready.append((record, request, False))
             else:
                 parked.append(_Waiting(record.partition, request, record))
@@ -95,6 +98,8 @@ class ShardSearch(PathHandler, AwaitsWrites):
             first = min(self._waiting, key=lambda waiting: waiting.request.deadline_ms)
             self._waiting.remove(first)
             outputs.extend(self._answer(first.record, first.request, stale=True))
+        if parked:
+            HELD_SEARCHES.labels(self._topics.flow).set(len(self._waiting))
         return outputs
 
     @property
@@ -103,15 +108,24 @@ class ShardSearch(PathHandler, AwaitsWrites):
         return bool(self._waiting)
 
     def would_await(self, records: Sequence[Inbound]) -> bool:
-        """Whether a search among these names an ingest offset its open shard has not applied, as its copy's
+        """Whether a search among these names an ingest offset its open shard has not applied (or, restoring,
+        may not have: it waits for the restore's end), as its copy's
         ``ss-min-ingest-offset`` header says (the fan-out's): read without decoding, since the loop asks before
         the crash-loop breaker notes the batch, and a record the decoder chokes on must be noted first."""
         for record in records:
             wanted = h.read_int(record.headers, h.MIN_INGEST_OFFSET)
-            if (wanted is not None and not self._states.restore.is_restoring(record.partition)
-                    and self._states.checkpoint(record.partition).ingest_offset < wanted):
+            if wanted is not None and (self._states.restore.is_restoring(record.partition)
+                                       or self._states.checkpoint(record.partition).ingest_offset < wanted):
                 return True
         return False
+
+    def parked_offsets(self) -> dict[tuple[str, int], int]:
+        held: dict[tuple[str, int], int] = {}
+        for waiting in self._waiting:
+            key = (waiting.record.topic, waiting.record.partition)
+            if waiting.record.offset < held.get(key, waiting.record.offset + 1):
+                held[key] = waiting.record.offset
+        return held
 
     def answerable(self) -> bool:
         """Whether :meth:`tick` would answer (or drop) a parked search now."""
@@ -119,10 +133,12 @@ class ShardSearch(PathHandler, AwaitsWrites):
         return any(self._due(waiting, now) for waiting in self._waiting)
 
     def _due(self, waiting: _Waiting, now: float) -> bool:
-        """A parked search is answered once its partition left this process (by the new owner), is restoring,
-        has applied the write it awaits, or its deadline is near (``STALE_MARGIN_MS``: answered stale)."""
-        return (self._states.get(waiting.partition) is None or self._states.restore.is_restoring(waiting.partition)
-                or self._caught_up(waiting.partition, waiting.request)
+        """A parked search is answered once its partition left this process (by the new owner), has restored
+        and applied the write it awaits, or its deadline is near (``STALE_MARGIN_MS``: answered stale, or
+        ``restoring`` if it still is)."""
+        return (self._states.get(waiting.partition) is None
+                or (not self._states.restore.is_restoring(waiting.partition)
+                    and self._caught_up(waiting.partition, waiting.request))
                 or now >= waiting.request.deadline_ms - STALE_MARGIN_MS)
 
     def tick(self) -> list[Output]:
@@ -135,7 +151,7 @@ class ShardSearch(PathHandler, AwaitsWrites):
                 if not self._due(waiting, now):
                     still.append(waiting)
                 elif self._states.get(waiting.partition) is None:
-                    continue  # the partition moved away; its new owner answers
+                    continue  # the partition moved away; its new owner reads it again (``parked_offsets``)
                 elif self._states.restore.is_restoring(waiting.partition):
                     outputs.extend(self._answer(waiting.record, waiting.request, restoring=True))
                 elif self._caught_up(waiting.partition, waiting.request):
@@ -145,6 +161,7 @@ class ShardSearch(PathHandler, AwaitsWrites):
             except Exception as exc:  # e.g. a spent regex budget: answer that request, keep the stage
                 outputs.extend(self.on_failure(waiting.record, exc))
         self._waiting = still
+        HELD_SEARCHES.labels(self._topics.flow).set(len(still))
         return outputs
 
     def on_failure(self, record: Inbound, error: Exception) -> list[Output]:

@@ -71,6 +71,64 @@ class TestCheckpoint:
         checkpoint.revoke([TopicPartition("t", 0)])
         assert rec.calls == ["flush", "commit"]
 
+    def test_a_partition_is_committed_up_to_its_earliest_held_record_and_past_it_once_answered(self) -> None:
+        """``holds``: a search parked for a write is read again by a new owner of its partition."""
+        rec = Recorder()
+        held = {("t", 0): 5}
+        checkpoint = Checkpoint(rec, rec)  # type: ignore[arg-type]
+        checkpoint.holds = lambda: held
+        for offset in (4, 5, 6):
+            checkpoint.record("t", 0, offset)
+        checkpoint.record("t", 1, 9)
+        checkpoint.commit()
+        assert sorted((tp.partition, tp.offset) for tp in rec.committed) == [(0, 5), (1, 10)]
+        assert not checkpoint.empty
+        rec.calls.clear()
+        checkpoint.commit()  # still held: nothing new to commit
+        assert rec.calls == []
+        held.clear()
+        checkpoint.commit()
+        assert [(tp.partition, tp.offset) for tp in rec.committed] == [(0, 7)] and checkpoint.empty
+
+    def test_a_consumer_moved_backwards_commits_its_lower_offset(self) -> None:
+        """A shard rebuilt from the beginning, an offset reset: the next commit goes back with the consumer."""
+        rec = Recorder()
+        checkpoint = Checkpoint(rec, rec)  # type: ignore[arg-type]
+        checkpoint.holds = dict
+        checkpoint.record("t", 0, 9)
+        checkpoint.commit()
+        checkpoint.record("t", 0, 2)
+        checkpoint.commit()
+        assert [(tp.partition, tp.offset) for tp in rec.committed] == [(0, 3)] and checkpoint.empty
+        rec.calls.clear()
+        checkpoint.record("t", 0, 2)  # read once more: committed there already
+        checkpoint.commit()
+        assert "commit" not in rec.calls and checkpoint.empty
+
+    def test_a_revoked_partition_is_forgotten_even_when_its_outputs_fail(self) -> None:
+        """Its next owner reprocesses; this consumer must not commit it later over the new owner's offset."""
+        rec = Recorder(fail_flush=True)
+        checkpoint = Checkpoint(rec, rec)  # type: ignore[arg-type]
+        checkpoint.holds = lambda: {("t", 0): 5}
+        checkpoint.record("t", 0, 8)
+        with pytest.raises(DeliveryError):
+            checkpoint.revoke([TopicPartition("t", 0)])
+        assert checkpoint.empty and "commit" not in rec.calls
+
+    def test_a_revoked_held_partition_is_committed_at_its_hold_and_a_lost_one_never_again(self) -> None:
+        rec = Recorder()
+        checkpoint = Checkpoint(rec, rec)  # type: ignore[arg-type]
+        checkpoint.holds = lambda: {("t", 0): 5, ("t", 1): 2}
+        checkpoint.record("t", 0, 8)
+        checkpoint.record("t", 1, 3)
+        checkpoint.revoke([TopicPartition("t", 0)])
+        assert [(tp.partition, tp.offset) for tp in rec.committed] == [(0, 5), (1, 2)]
+        checkpoint.forget([("t", 1)])  # lost: its new owner commits from here on
+        rec.calls.clear()
+        checkpoint.holds = dict
+        checkpoint.commit()
+        assert rec.calls == [] and checkpoint.empty
+
 
 def _fatal(code: int = KafkaError._FENCED) -> KafkaException:
     return KafkaException(KafkaError(code, "producer fenced", fatal=True))

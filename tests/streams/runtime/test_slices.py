@@ -77,6 +77,9 @@ class ParkingQueryHandler(QueryHandler, AwaitsWrites):
     def would_await(self, records: Sequence[Inbound]) -> bool:
         return self.would
 
+    def parked_offsets(self) -> dict[tuple[str, int], int]:
+        return {}
+
 
 def _loop(settings: KafkaSettings, *, slice_records: int, follow: bool, inflight: Path | None = None,
           query_handler: type[QueryHandler] = QueryHandler) -> tuple[StageLoop, Journal, str, str]:

@@ -18,12 +18,13 @@ from streams.runtime.spec import Inbound
 
 
 def part(shard: int, matches: list[tuple[str, float]], *, deadline_ms: int | None = None, request_id: str = "r",
-         error: str | None = None, warning: str | None = None, parameters: dict | None = None) -> Inbound:
+         error: str | None = None, warning: str | None = None, parameters: dict | None = None,
+         restoring: bool = False) -> Inbound:
     deadline_ms = deadline_ms or int(time.time() * 1000) + 60_000
     query = Document(id="q0", text="q", matches=[
         Document(id=doc_id, scores={"score": Score(value, "op", Direction.SIMILARITY)}) for doc_id, value in matches])
     value = PartialResult(request_id, shard, [0, 1], "replies", deadline_ms,
-                          parameters or {"top_k": 2}, [query], error=error, warning=warning)
+                          parameters or {"top_k": 2}, [query], error=error, warning=warning, restoring=restoring)
     return Inbound("f.partials", 0, shard + 1, request_id.encode(), PARTIAL_RESULT.encode(value),
                    {h.DEADLINE_MS: str(deadline_ms).encode()})
 
@@ -62,6 +63,23 @@ class TestJoiner:
         reply = SEARCH_REPLY.decode(outputs[0].value)
         assert reply.partial and reply.errors == ["shard 1: boom"]
         assert [m.id for m in reply.docs[0].matches] == ["a"]
+
+    def test_a_second_answer_of_a_shard_never_replaces_a_better_one(self) -> None:
+        """A shard answers twice when its partition moved while the search waited for a write: the new
+        owner, still restoring, answers without matches (or fails); the old owner's answer stays."""
+        joiner = Joiner()
+        assert joiner.process([part(-1, []), part(0, [("a", 0.5)]), part(0, [], restoring=True),
+                               part(0, [], error="shard 0: boom")]) == []
+        reply = SEARCH_REPLY.decode(joiner.process([part(1, [("b", 0.4)])])[0].value)
+        assert not reply.partial and not reply.restoring_shards and not reply.errors
+        assert [m.id for m in reply.docs[0].matches] == ["a", "b"]
+
+    def test_a_better_second_answer_replaces_a_restoring_one(self) -> None:
+        joiner = Joiner()
+        assert joiner.process([part(-1, []), part(0, [], restoring=True), part(0, [("a", 0.5)])]) == []
+        reply = SEARCH_REPLY.decode(joiner.process([part(1, [("b", 0.4)])])[0].value)
+        assert not reply.partial and not reply.restoring_shards
+        assert [m.id for m in reply.docs[0].matches] == ["a", "b"]
 
     def test_a_part_short_of_top_k_is_a_warning_not_an_error(self) -> None:
         """A shard whose window stopped at its limit answers what it found, and says so: a

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from streams.wire import headers as h
 from streams.wire.codec import DOCUMENT, PARTIAL_RESULT, REQUEST, STORED_DOCUMENT
 from streams.wire.records import PartialResult, Request
 from streams.stages.shard.ingest import ShardIngest
-from streams.stages.shard.search import ShardSearch
+from streams.stages.shard.search import STALE_MARGIN_MS, ShardSearch
 from streams.runtime.spec import Inbound, Output
 from streams.stages.shard.restore import RestoreTracker, Verdict
 from streams.stages.shard.states import PRIVATE_INFIX, ShardStates
@@ -102,13 +104,16 @@ def _encoded(offset: int, doc_id: str, seed: int) -> Inbound:
                    {h.SCHEMA: DOCUMENT.header()[1], **dict([h.int_header(h.INGEST_OFFSET, offset)])})
 
 
-def _search_record(request_id: str) -> Inbound:
+def _search_record(request_id: str, *, after: int | None = None, deadline_ms: int | None = None) -> Inbound:
+    """A search of partition 0; ``after``: the ingest offset it must read (read-your-writes)."""
     vector = np.ones(DIM, dtype=np.float32) / np.sqrt(DIM)
-    request = Request(request_id=request_id, kind="search", reply_to="restore.reply.t", deadline_ms=later_ms(),
-                      docs=[Document(id="q", text="q", embedding=vector)], parameters={"top_k": 3}, min_offsets={})
+    request = Request(request_id=request_id, kind="search", reply_to="restore.reply.t",
+                      deadline_ms=deadline_ms or later_ms(), docs=[Document(id="q", text="q", embedding=vector)],
+                      parameters={"top_k": 3}, min_offsets={} if after is None else {0: after})
+    wanted = [] if after is None else [h.int_header(h.MIN_INGEST_OFFSET, after)]
     return Inbound(TOPICS.search, 0, 0, request_id.encode(), REQUEST.encode(request),
                    {h.SCHEMA: REQUEST.header()[1], h.REQUEST_ID: request_id.encode(), h.REPLY_TO: b"restore.reply.t",
-                    **dict([h.int_header(h.DEADLINE_MS, request.deadline_ms)])})
+                    **dict([h.int_header(h.DEADLINE_MS, request.deadline_ms), *wanted])})
 
 
 def _parts(outputs: list[Output]) -> list[PartialResult]:
@@ -136,6 +141,31 @@ def test_a_restoring_shard_answers_at_once_flagged_restoring_and_without_matches
     [serving] = _parts(search.process([_search_record("r2")]))
     assert not serving.restoring
     assert {m.id for m in serving.docs[0].matches} == {"d0", "d1", "d2"}
+
+
+def test_a_search_for_a_write_waits_for_the_restore_to_end_and_is_answered_restoring_only_at_its_deadline(
+        shard: tuple[ShardStates, ShardIngest, ShardSearch]) -> None:
+    """A new owner of a partition reads again the searches its old owner held for a write (``parked_offsets``),
+    usually while it restores: answered ``restoring`` at once, the read-your-writes search would fail."""
+    _, ingest, search = shard
+    ingest.assigned([0])
+    ingest.process([_encoded(i, f"d{i}", i) for i in range(3)])  # applied up to 2, still restoring
+    soon = int(time.time() * 1000) + 400
+    assert _parts(search.process([_search_record("r1", after=2), _search_record("r2", after=2, deadline_ms=soon)])) == []
+    assert search.awaiting_writes and search.would_await([_search_record("r3", after=1)])
+    assert not search.would_await([_search_record("r4")])
+    given_up = time.monotonic() + 10
+    while not (parts := _parts(search.tick())):  # until r2's deadline comes near, its shard still restoring
+        assert time.monotonic() < given_up
+        time.sleep(0.01)
+    [late] = parts
+    assert late.request_id == "r2" and late.restoring and late.docs[0].matches == []
+    assert time.time() * 1000 >= soon - STALE_MARGIN_MS  # not before
+    assert ingest.watermarks(0, low=0, high=3) is None  # restored
+    [found] = _parts(search.tick())
+    assert found.request_id == "r1" and not found.restoring and not found.stale
+    assert {m.id for m in found.docs[0].matches} == {"d0", "d1", "d2"}
+    assert not search.awaiting_writes
 
 
 def test_a_reopened_shard_restores_again_from_its_stored_offset(

@@ -122,3 +122,32 @@ def test_a_batch_would_await_a_write_only_when_a_copy_names_an_offset_its_open_s
     assert [part.request_id for part in _parts(search.tick())] == ["r5"]
     assert not search.awaiting_writes and not search.answerable()
     ingest.close()
+
+
+def _at(record: Inbound, offset: int) -> Inbound:
+    return Inbound(record.topic, record.partition, offset, record.key, record.value, record.headers)
+
+
+def test_the_earliest_held_search_of_each_partition_is_what_its_commits_stop_at_until_answered(tmp_path: Path) -> None:
+    """``parked_offsets``: the path's checkpoint commits no further on a partition (``Checkpoint.holds``), so that
+    a new owner reads a held search again; the old owner drops it when the partition leaves (``tick``)."""
+    states = ShardStates(root=tmp_path, flow=TOPICS.flow, config=CompoundIndexerConfig(dim=DIM))
+    ingest = ShardIngest(states=states, topics=TOPICS)
+    search = ShardSearch(states=states, ranker=Chunk2DocRanker(), topics=TOPICS)
+    ingest.assigned([0, 1])
+    ids = _ids_on(0, 6)
+    ingest.process([_doc(0, offset, doc_id) for offset, doc_id in enumerate(ids[:3])])
+    for p in (0, 1):
+        ingest.end_reached(p)
+    assert search.parked_offsets() == {}
+    parts = _parts(search.process([_at(_search(0, "late", min_offsets={0: 5}), 7),
+                                   _at(_search(0, "soon", min_offsets={0: 3}), 9), _at(_search(1, "now"), 4)]))
+    assert [part.request_id for part in parts] == ["now"]
+    assert search.parked_offsets() == {(TOPICS.search, 0): 7}
+    ingest.process([_doc(0, 3, ids[3])])
+    assert [part.request_id for part in _parts(search.tick())] == ["soon"]
+    assert search.parked_offsets() == {(TOPICS.search, 0): 7}  # the earlier one still held
+    ingest.process([_doc(0, offset, ids[offset]) for offset in (4, 5)])
+    assert [part.request_id for part in _parts(search.tick())] == ["late"]
+    assert search.parked_offsets() == {}
+    ingest.close()
