@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rocksdict import (BlockBasedOptions, ColumnFamily, DBCompressionType, Options, Rdict, ReadOptions, WriteBatch,
-                       WriteBufferManager, WriteOptions)
+from rocksdict import ColumnFamily, Rdict, WriteBatch, WriteOptions
 
 from processors.document import Document
 from processors.exceptions import ConfigError
@@ -35,32 +34,12 @@ from processors.index.store_layout import (ANALYZER, CHECKPOINT, COMMITS, CONFIG
                                            FORMAT, FORMAT_KEY, NEXT_VID, TERMS, VEC, VECTORS_FAMILY, VID, Owner,
                                            pack_fields, pack_owner, pack_terms, scan, unpack_owner, unpack_terms, utf8,
                                            vid_key)
+from processors.index.store_options import db_options, vector_family_options, vector_reads
 from processors.index.store_recovery import move_vectors, reconcile, settle_commits
 
 __all__ = ["FORMAT", "Owner", "ShardStore", "ShardWrite"]
 
 logger = logging.getLogger(__name__)
-
-WRITE_BUFFER_BYTES = 16 << 20
-"""RocksDB's memtable size per column family (its default is 64 MiB, and two can be held while one flushes):
-every vector passes through it, and a shard process peaked 46 MiB lower at 100,000 384-d vectors with
-16 MiB, at the same apply rate (71 against 72 us per document, applied in one process). Both families are
-flushed together when one is full (``atomic_flush``), so the documents' rarely holds much."""
-
-WRITE_BUFFERS_BYTES = 64 << 20
-"""The memtables of every shard of a process together (``PROCESS_WRITE_BUFFERS``): past 90 % of it in mutable
-memtables, RocksDB flushes the shard being written to (both families: ``atomic_flush``). One or two shards stay
-under it (``WRITE_BUFFER_BYTES`` a family); a process of 8 shards (``replicas: 1`` for 8 partitions) held up to 16
-memtables of 16 MiB, twice that while they flush. In-process, 8 shards of 12,500 384-d vectors written through the
-handler, then upserted again, peaked 285 MiB above the process's start against 340 (2026-12-07); on 1 and 2
-shards neither the index stage's peak nor its CPU a vector moved (``peers.py``, ``insert_cpu.py``). Kafka Streams
-bounds its stores' memtables the same way (``BoundedMemoryRocksDBConfig``: one ``WriteBufferManager`` for every
-store of an instance)."""
-
-PROCESS_WRITE_BUFFERS = WriteBufferManager(WRITE_BUFFERS_BYTES, False)
-"""One budget for the memtables of every shard this process opens; it never stalls a write (``allow_stall``
-False: a shard's loop must not wait for another shard's flush)."""
-
 
 @dataclass(slots=True)
 class _OpenShard:
@@ -112,18 +91,16 @@ class ShardStore:
         :raises ConfigError: for a newer storage format, or a dim or metric other than stored.
         """
         self.path.mkdir(parents=True, exist_ok=True)
-        options = _options()
-        options.set_atomic_flush(True)  # a full memtable flushes both families at once (``store_flush.py``)
-        options.create_missing_column_families(True)
+        options = db_options()
         # Each family's options given: without them, reopening a shard takes its table options from the OPTIONS
         # file, which RocksDB writes back without the bloom filter (rocksdict 0.3).
         db = Rdict(str(self.path), options=options,
-                   column_families={"default": options, VECTORS_FAMILY: _vector_options()})
+                   column_families={"default": options, VECTORS_FAMILY: vector_family_options()})
         writes = WriteOptions()
         writes.disable_wal = True  # the topic is the log (the module's docstring)
         db.set_write_options(writes)
         vectors = db.get_column_family(VECTORS_FAMILY)
-        vectors.set_read_options(_vector_reads())
+        vectors.set_read_options(vector_reads())
         self._shard = _OpenShard(vectors, db.get_column_family_handle(VECTORS_FAMILY), db,
                                  MemtableFlusher(vectors, db))
         self._check_config()
@@ -414,53 +391,6 @@ class ShardWrite:
         self.net_documents += 1
 
 
-BLOOM_BITS_PER_KEY = 10
-"""RocksDB's bloom filter size per key (its wiki's usual setting, about 1 % false positives): every
-upsert first looks its document up, and for a new document that lookup misses in every file."""
-
-
 def _count(raw: bytes | None) -> int:
     """A stored commit count; none stored is 0."""
     return VID.unpack(raw)[0] if raw else 0
-
-
-def _options() -> Options:
-    """A column family's options: raw keys, ``WRITE_BUFFER_BYTES`` memtables within the process's
-    ``PROCESS_WRITE_BUFFERS``, ``_table_options``."""
-    options = Options(raw_mode=True)
-    options.set_write_buffer_size(WRITE_BUFFER_BYTES)
-    options.set_write_buffer_manager(PROCESS_WRITE_BUFFERS)
-    options.set_block_based_table_factory(_table_options())
-    return options
-
-
-def _vector_options() -> Options:
-    """The vectors family's options: ``_options``, uncompressed. An embedding's float32 values (their mantissas
-    above all) leave a compressor nothing to take, and Snappy still tried every block at each flush and
-    compaction (a block that does not shrink by an eighth is stored as it was)."""
-    options = _options()
-    options.set_compression_type(DBCompressionType.none())
-    return options
-
-
-def _vector_reads() -> ReadOptions:
-    """Reads of the vectors' family leave RocksDB's block cache as it was. A float16 search reads its candidates'
-    float32 vectors there (2k + 16 random vectors a shard), and those reads filled each shard's 32 MiB block cache
-    within 1,000 queries, for few hits (a block is rarely a later query's candidate again): in-process, 2 shards of
-    50,000 384-d vectors held 461 MiB after 2,000 queries, 415 without filling it, and the stage's answer to one
-    query for both shards took 4.68 and 5.16 ms p50 against 4.88 and 4.94 (``benchmarks/shard_search.py``, 1,000
-    queries, in turns, 2026-12-07). What a cache would keep, the kernel's page cache of the same files holds."""
-    reads = ReadOptions()
-    reads.fill_cache(False)
-    return reads
-
-
-def _table_options() -> BlockBasedOptions:
-    """Block-based tables with a full-key bloom filter (not the older per-block one). Files written
-    before it simply have none: readers of the same shard need no migration, and files written from
-    then on have one (compaction rewrites the older)."""
-    table = BlockBasedOptions()
-    table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
-    return table
-
-

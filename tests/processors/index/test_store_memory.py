@@ -11,7 +11,7 @@ import numpy as np
 from processors.document import Document
 from processors.index.base import Change
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
-from processors.index.store import WRITE_BUFFER_BYTES, WRITE_BUFFERS_BYTES
+from processors.index.store_options import WRITE_BUFFER_BYTES, WRITE_BUFFERS_BYTES
 from streams.wire.codec import STORED_DOCUMENT
 
 DIM = 384
