@@ -79,9 +79,19 @@ class PendingRequest:
         if whole:
             rivals = [p for (shard, _), p in self.parts.items() if shard == part.shard]
         else:
+            self._split_whole(part.shard)
             rivals = [self.parts[key]] if key in self.parts else []
         if all(_quality(part) >= _quality(rival) for rival in rivals):
             self.parts[key] = part
+
+    def _split_whole(self, shard: int) -> None:
+        """A shard's failure for all of its fields becomes one per field, so that an answer for one field can
+        replace it there."""
+        if (whole := self.parts.pop((shard, None), None)) is None:
+            return
+        fields = [f for s, f in self.expected if s == shard and f is not None]
+        for f in fields or [None]:
+            self.parts.setdefault((shard, f), whole)
 
     def answered(self, key: PartKey) -> bool:
         return key in self.parts or (key[0], None) in self.parts

@@ -69,8 +69,8 @@ class ShardSearch(PathHandler, AwaitsWrites):
         """Threads that search several partitions at once, started the first time a batch needs them."""
 
     MAX_WAITING = 10_000
-    """Requests parked for their read-your-writes offsets; past this, the one due first is answered
-    ``stale`` at once (a flood of requests naming offsets far ahead must not fill memory)."""
+    """Requests parked for their read-your-writes offsets; past this, the one due first is answered at once,
+    ``stale`` (or ``restoring``) (a flood of requests naming offsets far ahead must not fill memory)."""
 
     def process(self, records: Sequence[Inbound]) -> list[Output]:
         # Everything decoded and checked before any state changes: the loop retries a failed batch
@@ -84,7 +84,10 @@ class ShardSearch(PathHandler, AwaitsWrites):
                 raise InvalidRecordError(f"search request: {exc}") from None
         ready: list[tuple[Inbound, Request, bool]] = []
         parked: list[_Waiting] = []
+        held = {(w.record.topic, w.record.partition, w.record.offset) for w in self._waiting}
         for record, request in decoded:
+            if (record.topic, record.partition, record.offset) in held:
+                continue  # read again after a rewind to the committed offset, which stops at it
             restoring = self._states.restore.is_restoring(record.partition)
             if restoring and request.min_offsets.get(record.partition) is None:
                 ready.append((record, request, True))
@@ -97,7 +100,7 @@ class ShardSearch(PathHandler, AwaitsWrites):
         while len(self._waiting) > self.MAX_WAITING:
             first = min(self._waiting, key=lambda waiting: waiting.request.deadline_ms)
             self._waiting.remove(first)
-            outputs.extend(self._answer(first.record, first.request, stale=True))
+            outputs.extend(self._answer_now(first))
         if parked:
             HELD_SEARCHES.labels(self._topics.flow).set(len(self._waiting))
         return outputs
@@ -147,22 +150,26 @@ class ShardSearch(PathHandler, AwaitsWrites):
         now = time.time() * 1000
         outputs, still = [], []
         for waiting in self._waiting:
-            try:
-                if not self._due(waiting, now):
-                    still.append(waiting)
-                elif self._states.get(waiting.partition) is None:
-                    continue  # the partition moved away; its new owner reads it again (``parked_offsets``)
-                elif self._states.restore.is_restoring(waiting.partition):
-                    outputs.extend(self._answer(waiting.record, waiting.request, restoring=True))
-                elif self._caught_up(waiting.partition, waiting.request):
-                    outputs.extend(self._answer(waiting.record, waiting.request, stale=False))
-                else:
-                    outputs.extend(self._answer(waiting.record, waiting.request, stale=True))
-            except Exception as exc:  # e.g. a spent regex budget: answer that request, keep the stage
-                outputs.extend(self.on_failure(waiting.record, exc))
+            if self._due(waiting, now):
+                outputs.extend(self._answer_now(waiting))
+            else:
+                still.append(waiting)
         self._waiting = still
         HELD_SEARCHES.labels(self._topics.flow).set(len(still))
         return outputs
+
+    def _answer_now(self, waiting: _Waiting) -> list[Output]:
+        """A parked search answered as things stand: dropped if its partition left (the new owner reads it again:
+        ``parked_offsets``), ``restoring`` while its shard restores, else current or ``stale``. Never raises."""
+        try:
+            if self._states.get(waiting.partition) is None:
+                return []
+            if self._states.restore.is_restoring(waiting.partition):
+                return self._answer(waiting.record, waiting.request, restoring=True)
+            return self._answer(waiting.record, waiting.request,
+                                stale=not self._caught_up(waiting.partition, waiting.request))
+        except Exception as exc:  # e.g. a spent regex budget: answer that request, keep the stage
+            return self.on_failure(waiting.record, exc)
 
     def on_failure(self, record: Inbound, error: Exception) -> list[Output]:
         """Tell the joiner this shard failed (so it need not wait), or the client directly; nobody

@@ -114,29 +114,33 @@ def test_a_revoked_partition_is_committed_at_the_search_held_there_and_a_lost_on
             path.producer.close()
 
 
-def test_partitions_leave_and_are_forgotten_even_when_committing_them_fails(kafka_settings: KafkaSettings) -> None:
-    """An undelivered output makes the revoke's commit raise (``Rebalance.raise_error`` raises it after the
-    poll): the partitions still leave both paths, and the query path never commits them later."""
+@pytest.mark.parametrize("failing", ["index", "query"])
+def test_partitions_leave_and_are_forgotten_even_when_committing_them_fails(kafka_settings: KafkaSettings,
+                                                                           failing: str) -> None:
+    """An undelivered output makes a revoke's commit raise (``Rebalance.raise_error`` raises it after the poll): the
+    partitions still leave both paths, and neither path commits them later."""
     name = f"fail-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_settings, [TopicShape(f"{name}.ingest", 2), TopicShape(f"{name}.search", 2)])
-    search = f"{name}.search"
-    index = _path(kafka_settings, f"{name}.ingest", follow=False)
-    query = _path(kafka_settings, search, follow=True, handler=Holding({}))
+    search, ingest = f"{name}.search", f"{name}.ingest"
+    index = _path(kafka_settings, ingest, follow=False)
+    query = _path(kafka_settings, search, follow=True, handler=Holding({(search, 0): 2}))
     rebalance = Rebalance("index")
     rebalance.subscribe(index, query)
-
-    def undelivered(partitions: object) -> None:
-        raise DeliveryError("delivery failed: an output of the index path")
-
     try:
-        rebalance._on_assign(index.consumer, [TopicPartition(f"{name}.ingest", 0), TopicPartition(f"{name}.ingest", 1)])
-        query.checkpoint.record(search, 0, 4)
-        index.checkpoint.revoke = undelivered  # type: ignore[method-assign]
+        rebalance._on_assign(index.consumer, [TopicPartition(ingest, 0), TopicPartition(ingest, 1)])
+        query.checkpoint.record(search, 0, 4)  # held at 2: stays noted after any commit, until forgotten
+        index.checkpoint.record(ingest, 0, 7)
+        broken = index if failing == "index" else query
+        broken.producer.flush = _undelivered  # type: ignore[method-assign]
         with pytest.raises(DeliveryError):
-            rebalance._on_revoke(index.consumer, [TopicPartition(f"{name}.ingest", 0)])
-        assert index.assignment() == {(f"{name}.ingest", 1)} and query.assignment() == {(search, 1)}
-        assert query.checkpoint.empty
+            rebalance._on_revoke(index.consumer, [TopicPartition(ingest, 0)])
+        assert index.assignment() == {(ingest, 1)} and query.assignment() == {(search, 1)}
+        assert index.checkpoint.empty and query.checkpoint.empty
     finally:
         for path in (index, query):
             path.consumer.close()
             path.producer.close()
+
+
+def _undelivered(*args: object, **kwargs: object) -> None:
+    raise DeliveryError("delivery failed: an output of the path")

@@ -160,12 +160,12 @@ class TestJoiner:
         assert [(r.request_id, r.partial) for r in shed] == [("r1", True)]  # due first, answered with what it had
 
 def field_part(shard: int, field_name: str | None, expected_fields: list[str], matches: list[tuple[str, float]],
-               parameters: dict | None = None) -> Inbound:
+               parameters: dict | None = None, error: str | None = None) -> Inbound:
     deadline_ms = int(time.time() * 1000) + 60_000
     query = Document(id="q0", text="q", matches=[
         Document(id=doc_id, scores={"score": Score(value, "op", Direction.SIMILARITY)}) for doc_id, value in matches])
     value = PartialResult("r", shard, [0, 1], "replies", deadline_ms, parameters or {"top_k": 5}, [query],
-                          field_name=field_name, expected_fields=expected_fields)
+                          field_name=field_name, expected_fields=expected_fields, error=error)
     return Inbound("f.partials", 0, 0, b"r", PARTIAL_RESULT.encode(value), {h.DEADLINE_MS: str(deadline_ms).encode()})
 
 
@@ -179,6 +179,27 @@ class TestJoinerFields:
         reply = SEARCH_REPLY.decode(outputs[0].value)
         assert not reply.partial
         assert [(m.id, m.scores["score"].value) for m in reply.docs[0].matches] == [("11", 0.6), ("10", 0.5)]
+
+    def test_a_shards_answers_per_field_replace_its_earlier_failure_for_all_of_them(self) -> None:
+        """The old owner of a partition failed the search (for every field), its new owner answers each field."""
+        joiner = Joiner()
+        fields = ["title", "summary"]
+        assert joiner.process([field_part(-1, None, fields, []), field_part(0, None, [], [], error="shard 0: boom"),
+                               field_part(0, "title", fields, [("10", 0.5)]), field_part(0, "summary", fields, [("11", 0.6)]),
+                               field_part(1, "title", fields, [])]) == []  # shard 1's summary still to come
+        reply = SEARCH_REPLY.decode(joiner.process([field_part(1, "summary", fields, [])])[0].value)
+        assert not reply.partial and not reply.errors
+        assert [m.id for m in reply.docs[0].matches] == ["11", "10"]
+
+    def test_one_field_answered_keeps_the_shards_failure_for_the_others(self) -> None:
+        joiner = Joiner()
+        fields = ["title", "summary"]
+        outputs = joiner.process([field_part(-1, None, fields, []), field_part(0, None, [], [], error="shard 0: boom"),
+                                  field_part(0, "title", fields, [("10", 0.5)]), field_part(1, "title", fields, []),
+                                  field_part(1, "summary", fields, [])])
+        reply = SEARCH_REPLY.decode(outputs[0].value)  # complete: summary of shard 0 answered by the failure
+        assert reply.partial and reply.errors == ["shard 0: boom"]
+        assert [m.id for m in reply.docs[0].matches] == ["10"]
 
     def test_one_selected_field_completes_without_the_others(self) -> None:
         joiner = Joiner()

@@ -168,6 +168,18 @@ def test_a_search_for_a_write_waits_for_the_restore_to_end_and_is_answered_resto
     assert not search.awaiting_writes
 
 
+def test_past_max_waiting_a_search_held_during_a_restore_is_answered_restoring_not_from_half_a_shard(
+        shard: tuple[ShardStates, ShardIngest, ShardSearch]) -> None:
+    _, ingest, search = shard
+    search.MAX_WAITING = 1  # type: ignore[misc]
+    ingest.assigned([0])
+    ingest.process([_encoded(i, f"d{i}", i) for i in range(3)])
+    [first] = _parts(search.process([_search_record("r1", after=2, deadline_ms=later_ms(60)),
+                                     _search_record("r2", after=2)]))
+    assert first.request_id == "r1" and first.restoring and not first.stale and first.docs[0].matches == []
+    assert search.awaiting_writes
+
+
 def test_a_reopened_shard_restores_again_from_its_stored_offset(
         shard: tuple[ShardStates, ShardIngest, ShardSearch]) -> None:
     states, ingest, _ = shard

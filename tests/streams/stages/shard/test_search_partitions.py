@@ -140,14 +140,15 @@ def test_the_earliest_held_search_of_each_partition_is_what_its_commits_stop_at_
     for p in (0, 1):
         ingest.end_reached(p)
     assert search.parked_offsets() == {}
-    parts = _parts(search.process([_at(_search(0, "late", min_offsets={0: 5}), 7),
-                                   _at(_search(0, "soon", min_offsets={0: 3}), 9), _at(_search(1, "now"), 4)]))
+    late, soon = _at(_search(0, "late", min_offsets={0: 5}), 7), _at(_search(0, "soon", min_offsets={0: 3}), 9)
+    parts = _parts(search.process([soon, late, _at(_search(1, "now"), 4)]))  # parked in another order than read
     assert [part.request_id for part in parts] == ["now"]
     assert search.parked_offsets() == {(TOPICS.search, 0): 7}
+    assert _parts(search.process([late, soon])) == []  # read again after a rewind: still held once
     ingest.process([_doc(0, 3, ids[3])])
     assert [part.request_id for part in _parts(search.tick())] == ["soon"]
     assert search.parked_offsets() == {(TOPICS.search, 0): 7}  # the earlier one still held
     ingest.process([_doc(0, offset, ids[offset]) for offset in (4, 5)])
     assert [part.request_id for part in _parts(search.tick())] == ["late"]
-    assert search.parked_offsets() == {}
+    assert search.parked_offsets() == {} and not search.awaiting_writes
     ingest.close()
