@@ -20,7 +20,8 @@ every shard; peers: until the first insert can start); insert vectors/s; seconds
 searchable after the last acknowledgement (streamsearch: ``search(after=receipt)`` answered by
 every shard); sequential query p50/p99 and recall@10 against exact numpy; the most queries per
 second over ``--concurrency`` client threads, with its recall@10; query p99 while another thread
-re-upserts the same documents (``--bulk``); write->found p50/p99 (index one document, then search
+re-upserts the same documents (``--bulk``), from its first insert until all of it is searchable (and, beside it,
+over the queries that ran while the client still inserted); write->found p50/p99 (index one document, then search
 for it reading that write, paced at 20/s); peak RSS of all processes (this one, the broker, the
 stages, the peer's children); the load average before and after; then each figure as a ratio to
 the first streamsearch row.
@@ -297,7 +298,9 @@ def optional(value: float | None, pattern: str) -> str:
 def row(f: Figures) -> list[str]:
     found = "-" if f.found_p50_ms is None else f"{f.found_p50_ms:.1f} / {f.found_p99_ms:.1f}" + (
         f" ({f.found_missed} missed)" if f.found_missed else "")
-    during = "-" if f.ingest_query_p99_ms is None else f"{f.ingest_query_p99_ms:.1f} ({f.ingest_queries} q)"
+    during = "-" if f.ingest_query_p99_ms is None else (
+        f"{f.ingest_query_p99_ms:.1f} ({f.ingest_queries} q; inserting {f.inserting_query_p99_ms:.1f}, "
+        f"{f.inserting_queries} q)")
     return [optional(f.startup_s, "{:.2f}"), f"{f.insert_per_s:,.0f}", f"{f.searchable_s:.2f}",
             f"{f.query_p50_ms:.2f} / {f.query_p99_ms:.2f}", f"{f.recall:.4f}",
             f"{f.max_qps:,.0f} ({f.qps_clients}) {f.qps_recall:.4f}", during, found,

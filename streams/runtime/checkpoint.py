@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -34,9 +35,14 @@ class Checkpoint:
     fresh producers fail in a row.
     """
 
-    def __init__(self, consumer: Consumer, producer: StageProducer, *, flow: str = "", stage: str = "") -> None:
+    def __init__(self, consumer: Consumer, producer: StageProducer, *, flow: str = "", stage: str = "",
+                 interval_s: float = 0.0) -> None:
+        """:param interval_s: the least time between two asynchronous commits (``PathSpec.commit_interval_s``)."""
         self._consumer = consumer
         self._producer = producer
+        self._interval_s = interval_s
+        self._next_commit = 0.0
+        """``time.monotonic()`` from which an asynchronous commit is due again."""
         self._offsets: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
         """What this checkpoint last committed per partition: a held partition is not committed again at the
@@ -68,6 +74,8 @@ class Checkpoint:
         :raises DeliveryError: if an output was not delivered; offsets stay uncommitted, so
             the input is processed again after a restart (at-least-once).
         """
+        if asynchronous and self._interval_s and time.monotonic() < self._next_commit:
+            return  # the outputs meanwhile go as the producer batches them; delivery is checked at the commit
         targets = self._targets()
         due = {key: target for key, target in targets.items() if target != self._committed.get(key)}
         if not due:
@@ -79,6 +87,7 @@ class Checkpoint:
         self._offsets = self._held(targets)
         self._committed.update(due)
         self._recreations = 0
+        self._next_commit = time.monotonic() + self._interval_s
         try:
             self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in due.items()],
                                   asynchronous=asynchronous)

@@ -189,6 +189,9 @@ class PathSpec:
     :param slice_records: with a query path served by the same thread (one that ``follow_index_path``),
         process a batch in slices of this many records and serve the queries that arrived between them:
         a search waits for one slice, not for a whole batch (0: whole batches). A batch still commits once.
+    :param commit_interval_s: the least time between two of this path's asynchronous commits (0: after every
+        batch): for a handler whose state stores the offsets it applied, the group's are for lag and monitoring
+        only, as Kafka Streams' ``commit.interval.ms``. A revoke and a close still commit what was processed.
     """
 
     topic: str
@@ -201,6 +204,7 @@ class PathSpec:
     also_reads: tuple[str, ...] = ()
     gather_ms: float = 0.0
     slice_records: int = 0
+    commit_interval_s: float = 0.0
 
     @property
     def topics(self) -> list[str]:

@@ -90,6 +90,22 @@ class TestCheckpoint:
         checkpoint.commit()
         assert [(tp.partition, tp.offset) for tp in rec.committed] == [(0, 7)] and checkpoint.empty
 
+    def test_with_an_interval_asynchronous_commits_wait_for_it_and_synchronous_ones_never_do(self) -> None:
+        """``PathSpec.commit_interval_s``: a shard stores its applied offsets itself, the group's are for lag."""
+        rec = Recorder()
+        checkpoint = Checkpoint(rec, rec, interval_s=3600)  # type: ignore[arg-type]
+        checkpoint.record("t", 0, 1)
+        checkpoint.commit()
+        assert rec.calls == ["flush", "commit"]
+        checkpoint.record("t", 0, 2)
+        checkpoint.commit()
+        assert rec.calls == ["flush", "commit"] and not checkpoint.empty  # within the interval: kept for later
+        checkpoint.revoke([TopicPartition("t", 0)])  # synchronous
+        assert rec.calls == ["flush", "commit"] * 2 and [(tp.partition, tp.offset) for tp in rec.committed] == [(0, 3)]
+        checkpoint.record("t", 1, 5)
+        checkpoint.commit(asynchronous=False)
+        assert [(tp.partition, tp.offset) for tp in rec.committed] == [(1, 6)] and checkpoint.empty
+
     def test_a_consumer_moved_backwards_commits_its_lower_offset(self) -> None:
         """A shard rebuilt from the beginning, an offset reset: the next commit goes back with the consumer."""
         rec = Recorder()
