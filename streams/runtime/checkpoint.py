@@ -57,6 +57,12 @@ class Checkpoint:
         partition reads that record again: the old owner drops what it held when the partition leaves it. None:
         the handler holds nothing."""
 
+    def expedite(self) -> None:
+        """Make the next commit a real one, whatever the interval: after a dead letter (the shard notes its record
+        as applied, and a later flush of that note must not reach the disk before the letter is delivered), a new
+        assignment (a rewind would otherwise go back to the partition's start), a rewind."""
+        self._next_commit = 0.0
+
     @property
     def empty(self) -> bool:
         return not self._offsets
@@ -72,7 +78,8 @@ class Checkpoint:
         outputs a timer queued (a parked search answered by ``tick``) instead of letting them linger.
 
         :raises DeliveryError: if an output was not delivered; offsets stay uncommitted, so
-            the input is processed again after a restart (at-least-once).
+            the input is processed again after a restart (at-least-once). With an interval, an output of an
+            earlier batch since the last commit may be the one.
         """
         if asynchronous and self._interval_s and time.monotonic() < self._next_commit:
             return  # the outputs meanwhile go as the producer batches them; delivery is checked at the commit
@@ -131,6 +138,7 @@ class Checkpoint:
         """Forget what was processed since the last commit and seek back to the committed offsets:
         the records run again."""
         self._offsets.clear()
+        self.expedite()  # the rerun's commit confirms it
         assignment = self._consumer.assignment()
         if not assignment:
             return

@@ -66,6 +66,7 @@ class InputPath:
             self.assigned = set()
 
     def took(self, partitions: Iterable[int]) -> None:
+        self.checkpoint.expedite()  # a partition's first commit at once: a rewind then never goes back to its start
         if self.assigned is not None:
             self.assigned |= set(partitions)
 
@@ -154,7 +155,7 @@ def open_path(stage: StageSpec, spec: PathSpec, settings: KafkaSettings, *, outp
         path.restore = RestoreHooks(spec.restoring, consumer, stage=stage.name, watch_every_s=watch_every_s,
                                     assignment=path.assignment)
     path.failures = Failures(spec.handler, stage.failure_policy, emit=path.emit,
-                             keep=functools.partial(letters.keep, producer), flow=stage.flow, stage=stage.name,
+                             keep=functools.partial(_keep, letters, producer, checkpoint), flow=stage.flow, stage=stage.name,
                              timed=BATCH_SECONDS.labels(stage.flow, stage.name, spec.topic).time)
     return path
 
@@ -170,3 +171,10 @@ def transactional_id(stage: StageSpec) -> str:
     (KIP-447, Kafka >= 2.5: ``send_offsets_to_transaction`` with the consumer's group metadata), so
     the id need not follow the input partitions. Unsupervised: this process (host and pid)."""
     return f"{stage.flow}.{stage.name}.{os.environ.get(REPLICA_ENV) or MEMBER}"
+
+
+def _keep(letters: DeadLetterTopic, producer: StageProducer, checkpoint: Checkpoint, record: Inbound,
+          error: Exception) -> None:
+    """Dead-letter ``record``, and have the batch's commit wait for that letter's delivery."""
+    letters.keep(producer, record, error)
+    checkpoint.expedite()

@@ -126,6 +126,16 @@ class TestWithoutAModel:
         assert join is not None and join.topics == ["v.partials", "v.query"] and isinstance(join.handler, ByTopic)
         flow.check_dimensions()  # no encoder: nothing to compare, no model looked for
 
+    def test_only_the_shards_index_path_commits_on_an_interval(self, tmp_path: Path) -> None:
+        """Its shards store the offsets they applied; every other path commits after each batch."""
+        from streams.stages.kinds import SHARD_COMMIT_INTERVAL_S, build_stage
+
+        flow = parse_flow(self.TEXT + f"state_dir: {tmp_path}\n")
+        index, join = build_stage(flow, "index"), build_stage(flow, "join")
+        assert index.index_path is not None and index.index_path.commit_interval_s == SHARD_COMMIT_INTERVAL_S > 0
+        assert index.query_path is not None and index.query_path.commit_interval_s == 0
+        assert join.query_path is not None and join.query_path.commit_interval_s == 0
+
     def test_a_segmenter_alone_feeds_the_shards(self) -> None:
         flow = parse_flow(self.TEXT.replace("stages:\n", "stages:\n  segment: {}\n"))
         assert flow.input_topic("index") == "v.segmented" and not flow.has_model

@@ -9,6 +9,7 @@ import threading
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from streams.runtime import checkpoint as checkpoint_module
 from streams.runtime.checkpoint import MAX_RECREATIONS, Checkpoint, TransactionalCheckpoint
 from streams.runtime.metrics import PRODUCER_RECREATIONS
 from streams.exceptions import DeliveryError, ProducerFailedError
@@ -105,6 +106,26 @@ class TestCheckpoint:
         checkpoint.record("t", 1, 5)
         checkpoint.commit(asynchronous=False)
         assert [(tp.partition, tp.offset) for tp in rec.committed] == [(1, 6)] and checkpoint.empty
+
+    def test_with_an_interval_an_asynchronous_commit_comes_once_it_has_passed_or_when_expedited(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        clock = [1000.0]
+        monkeypatch.setattr(checkpoint_module.time, "monotonic", lambda: clock[0])
+        rec = Recorder()
+        checkpoint = Checkpoint(rec, rec, interval_s=1.0)  # type: ignore[arg-type]
+        checkpoint.record("t", 0, 1)
+        checkpoint.commit()
+        checkpoint.record("t", 0, 2)
+        clock[0] += 0.9
+        checkpoint.commit()
+        assert rec.calls == ["flush", "commit"]
+        clock[0] += 0.2
+        checkpoint.commit()
+        assert rec.calls == ["flush", "commit"] * 2 and [(tp.partition, tp.offset) for tp in rec.committed] == [(0, 3)]
+        checkpoint.record("t", 0, 3)
+        checkpoint.expedite()  # a dead letter: its delivery is checked at this batch's end
+        checkpoint.commit()
+        assert rec.calls == ["flush", "commit"] * 3 and checkpoint.empty
 
     def test_a_consumer_moved_backwards_commits_its_lower_offset(self) -> None:
         """A shard rebuilt from the beginning, an offset reset: the next commit goes back with the consumer."""
