@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -43,9 +44,9 @@ def _unit(seed: int) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-def _wait_for(condition: object, what: str, flow: LocalRuntime, timeout: float = 60.0) -> None:
+def _wait_for(condition: Callable[[], bool], what: str, flow: LocalRuntime, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, f"{what}\n{stage_logs(flow)}"
         time.sleep(0.05)
 
