@@ -71,6 +71,14 @@ def scan(db: Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         yield key, value
 
 
+def scan_keys(db: Rdict, prefix: bytes) -> Iterator[bytes]:
+    """Every key under ``prefix`` in one column family, in key order; the values are not read."""
+    for key in db.keys(from_key=prefix):
+        if not key.startswith(prefix):
+            return
+        yield key
+
+
 def utf8(text: str) -> bytes:
     """UTF-8, lone surrogates passed through: any str has bytes that decode back to it."""
     return text.encode("utf-8", "surrogatepass")

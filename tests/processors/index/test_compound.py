@@ -16,7 +16,7 @@ from processors.index import store_flush
 from processors.index.base import Change, SearchTuning
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig, _search_past_ties
 from processors.index.faiss_flat import FlatVectorIndex
-from processors.index.store import FORMAT
+from processors.index.store import FORMAT, ShardStore
 from streams.wire.codec import DOCUMENT, STORED_DOCUMENT
 
 DIM = 8
@@ -98,8 +98,9 @@ class TestCompoundIndexer:
             assert "\n  compression=kSnappyCompression" in families["default"]
 
     def test_the_document_count_follows_every_write_as_a_count_on_disk_would(self, tmp_path: Path) -> None:
-        """Counted once at open, then followed by the writes: upserts of new and stored ids, deletes of stored
-        and unknown ids, a document without any vector, the same id twice in a batch."""
+        """Counted once at open, then followed by the writes (as the store's ids of its documents are, which say
+        which upserts look their document up): upserts of new and stored ids, deletes of stored and unknown ids, a
+        document without any vector, the same id twice in a batch."""
         index = open_index(tmp_path)
         batches = [
             [Change("a", doc_with_chunks("a", [1, 2])), Change("b", doc_with_chunks("b", [3])),
@@ -110,10 +111,25 @@ class TestCompoundIndexer:
         ]
         for i, changes in enumerate(batches):
             index.apply(changes=changes, checkpoint=str(i).encode())
-            assert index.stats().documents == index._store.document_count()
+            on_disk = list(index.doc_ids())  # a scan, where the count and the store's known ids follow the writes
+            assert index.stats().documents == index._store.document_count() == len(on_disk)
         assert index.stats().documents == 2  # a and c
         index.close()
         assert open_index(tmp_path).stats().documents == 2
+
+    def test_a_write_rocksdb_refused_leaves_the_stored_ids_as_they_were(self, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        """The ids the store holds follow a write only once RocksDB took it: a refused delete must not have the
+        next upsert of that id skip its lookup, which would leave the old vectors beside the new."""
+        index = open_index(tmp_path)
+        index.apply(changes=[Change("a", doc_with_chunks("a", [1, 2]))], checkpoint=b"1")
+        with monkeypatch.context() as patched:
+            patched.setattr(ShardStore, "_write", lambda self, batch: (_ for _ in ()).throw(OSError("disk full")))
+            with pytest.raises(OSError):
+                index.apply(changes=[Change("a", None)], checkpoint=b"2")
+        result = index.apply(changes=[Change("a", doc_with_chunks("a", [3]))], checkpoint=b"3")
+        assert (result.vectors_removed, result.vectors_added) == (2, 1)
+        assert index.stats().vectors == 1 and index.stats().documents == 1
 
     def test_last_change_of_an_id_wins_within_a_batch(self, tmp_path: Path) -> None:
         index = open_index(tmp_path)
