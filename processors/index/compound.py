@@ -15,7 +15,6 @@ as the vectors, and their indexes follow it likewise. Hits are made from vector 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -27,11 +26,12 @@ from processors.exceptions import DimensionMismatchError
 from processors.index.base import ApplyResult, Change, DocumentCodec, Hit, IndexStats, SearchTuning
 from processors.index.config import CompoundIndexerConfig
 from processors.index.field_indexes import FieldIndexes
-from processors.index.hits import Planned, VectorOwners, embedded_nodes, row_hits
+from processors.index.hits import VectorOwners, embedded_nodes, row_hits
 from processors.index.hits import search_past_ties as _search_past_ties
 from processors.index.lexical import Analyzer, CorpusStats
-from processors.index.lexical_arm import LEXICAL_OP_NAME, FieldedTermCounts, LexicalArm
-from processors.index.store import Owner, ShardStore, ShardWrite
+from processors.index.lexical_arm import LEXICAL_OP_NAME, LexicalArm
+from processors.index.staging import StagedVectors, check_dims, stage_vectors
+from processors.index.store import Owner, ShardStore
 from processors.index.types import EXACT, known_index_type
 from processors.index.vector_indexes import VectorIndexes
 from processors.query.filter import Filter
@@ -137,73 +137,34 @@ class CompoundIndexer:
         last = {change.doc_id: change.doc for change in changes}
         stored = {change.doc_id: change.stored for change in changes}
         planned = [(doc, list(embedded_nodes(doc))) for doc in last.values() if doc is not None]
-        self._check_dims(planned)
+        check_dims(planned, self.config.dim)
         write = self._store.begin(term_counts=self._lexical.enabled, field_values=self._fields.enabled)
         removed_vids = write.remove_documents(list(last))
         removed_terms = self._lexical.stored_counts(write, removed_vids)
-        new_ids, new_vectors, new_owners, new_terms = self._stage_vectors(write, planned, stored)
         new_fields = self._fields.stage(write, planned, self._next_vid)
-        self._store.commit(write, next_vid=self._next_vid, checkpoint=checkpoint)
+        staged = stage_vectors(write, planned, stored, first_vid=self._next_vid, dim=self.config.dim,
+                               lexical=self._lexical)
+        next_vid = self._next_vid + len(staged.ids)
+        self._store.commit(write, next_vid=next_vid, checkpoint=checkpoint)
+        self._next_vid = next_vid
         self._documents += write.net_documents
         changed = self._lexical.follow(  # before FAISS, whose training below is what may fail
-            [(vid, counts, self._owners.field_of(vid)) for vid, counts in removed_terms], new_terms)
-        removed = self._follow(removed_vids, new_ids, new_vectors, new_owners)
+            [(vid, counts, self._owners.field_of(vid)) for vid, counts in removed_terms], staged.terms)
+        removed = self._follow(removed_vids, staged)
         self._fields.follow(removed_vids, new_fields)
         return ApplyResult(
             upserted=len(planned),
             deleted=sum(1 for doc in last.values() if doc is None),
-            vectors_added=len(new_ids),
+            vectors_added=len(staged.ids),
             vectors_removed=removed,
             lexical_changed=frozenset(changed),
         )
 
-    def _check_dims(self, planned: Planned) -> None:
-        """Refuse the whole batch before anything is written if one embedding has another width."""
-        for doc, nodes in planned:
-            for path, node in nodes:
-                size = int(np.asarray(node.embedding).size)
-                if size != self.config.dim:
-                    raise DimensionMismatchError(
-                        f"document {doc.id!r} node {path or 'root'}: embedding has {size} values, "
-                        f"the index holds {self.config.dim}"
-                    )
-
-    def _stage_vectors(self, write: ShardWrite, planned: Planned, stored: dict[str, bytes | None]
-                       ) -> tuple[list[int], list[np.ndarray], list[Owner], FieldedTermCounts]:
-        """Stage each upserted document (``stored``: its bytes, where the caller had them) and its vectors
-        under new ids, and each vector's node's term counts; returns the ids, vectors, owners and term
-        counts (with the node's field)."""
-        new_ids: list[int] = []
-        new_vectors: list[np.ndarray] = []
-        new_owners: list[Owner] = []
-        new_terms: FieldedTermCounts = []
-        for doc, nodes in planned:
-            vids = []
-            for path, node in nodes:
-                vid = self._next_vid
-                self._next_vid += 1
-                vector = np.asarray(node.embedding, dtype="<f4").reshape(-1)
-                owner = (doc.id, path, node.field_name or "")
-                write.put_vector(vid, vector, owner)
-                if (counts := self._lexical.stage(write, vid, node.text)) is not None:
-                    new_terms.append((vid, counts, owner[2]))
-                vids.append(vid)
-                new_ids.append(vid)
-                new_vectors.append(vector)
-                new_owners.append(owner)
-            given = stored.get(doc.id)
-            write.put_document(_without_blobs(doc) if given is None else doc, vids, stored=given)
-        return new_ids, new_vectors, new_owners, new_terms
-
-    def _follow(self, removed_vids: list[int], new_ids: list[int], new_vectors: list[np.ndarray],
-                new_owners: list[Owner]) -> int:
+    def _follow(self, removed_vids: list[int], staged: StagedVectors) -> int:
         """FAISS follows RocksDB, only after the write succeeded; returns how many vectors were removed."""
-        gone = np.array(removed_vids, dtype=np.int64)
-        added = np.array(new_ids, dtype=np.int64)
-        added_vectors = np.stack(new_vectors) if new_vectors else np.empty((0, self.config.dim), np.float32)
-        removed = self._indexes.follow(gone, added, added_vectors)
+        removed = self._indexes.follow(np.array(removed_vids, dtype=np.int64), staged.ids, staged.matrix)
         self._owners.remove(removed_vids)
-        self._owners.add(zip(new_ids, new_owners))
+        self._owners.add(zip(staged.ids.tolist(), staged.owners))
         self._refresh_approximate()
         return removed
 
@@ -380,20 +341,6 @@ class CompoundIndexer:
         """After a write: rebuild the indexes that drifted from the data, and build the default once it can be
         (``VectorIndexes.refresh``; the step after the write that may fail)."""
         self._indexes.refresh()
-
-
-def _without_blobs(doc: Document) -> Document:
-    """The document as the shard keeps it: without the bytes of any node (an image's, say). Search reads
-    vectors and texts; a reply carrying each match's image would be megabytes (an image flow's segmenter
-    leaves a small ``thumbnail`` tag instead), and the ingest topic keeps the originals."""
-    if not _has_blob(doc):
-        return doc
-    return dataclasses.replace(doc, blob=None, chunks=[_without_blobs(chunk) for chunk in doc.chunks],
-                               matches=[_without_blobs(match) for match in doc.matches])
-
-
-def _has_blob(doc: Document) -> bool:
-    return doc.blob is not None or any(_has_blob(node) for node in (*doc.chunks, *doc.matches))
 
 
 def _short(ids: np.ndarray, wanted: int) -> bool:

@@ -77,13 +77,12 @@ class FieldIndexes:
         return {name: kept for name, kind in self.schema.items()
                 if name in tags and (kept := stored_values(kind, tags[name]))}
 
-    def stage(self, write: ShardWrite, planned: Planned, next_vid: int) -> StagedFields:
-        """Stage each upserted document's filterable values; returns its vector ids with them. Called after
-        the vectors were staged, which gave each document's vectors consecutive ids in this order, the last
-        one below ``next_vid``."""
+    def stage(self, write: ShardWrite, planned: Planned, first_vid: int) -> StagedFields:
+        """Stage each upserted document's filterable values; returns its vector ids with them. The write gives
+        each document's vectors consecutive ids in this order, from ``first_vid`` on (``staging.stage_vectors``)."""
         if not self.schema:
             return []
-        staged, vid = [], next_vid - sum(len(nodes) for _, nodes in planned)
+        staged, vid = [], first_vid
         for doc, nodes in planned:
             values = self.values_of(doc)
             write.put_field_values(doc.id, values)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from processors.document import Document, validate_document
 from processors.exceptions import InvalidDocumentError
-from processors.index.compound import _without_blobs
+from processors.index.staging import without_blobs
 from streams.exceptions import DecodeLimitError, SerdeError
 from streams.wire.codec import (
     DOCUMENT,
@@ -139,8 +139,8 @@ class TestStoredFormCut:
         prescan(data, compile_scan(DOCUMENT.schema), DECODE_LIMITS, "Document", cuts)
         decoded = STORED_DOCUMENT.decode(STORED_FORMAT + data)
         stored = STORED_DOCUMENT.cut(data, cuts)
-        assert stored == STORED_DOCUMENT.encode(_without_blobs(decoded))
-        assert STORED_DOCUMENT.decode(stored) == _without_blobs(_without_embeddings(decoded))
+        assert stored == STORED_DOCUMENT.encode(without_blobs(decoded))
+        assert STORED_DOCUMENT.decode(stored) == without_blobs(_without_embeddings(decoded))
 
     def test_each_embedding_and_blob_is_cut_and_nothing_else(self) -> None:
         doc = tree()
