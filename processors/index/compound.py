@@ -144,14 +144,14 @@ class CompoundIndexer:
         new_fields = self._fields.stage(write, planned, self._next_vid)
         staged = stage_vectors(write, planned, stored, first_vid=self._next_vid, dim=self.config.dim,
                                lexical=self._lexical)
-        next_vid = self._next_vid + len(staged.ids)
-        self._store.commit(write, next_vid=next_vid, checkpoint=checkpoint)
-        self._next_vid = next_vid
+        self._next_vid += len(staged.ids)  # before the commit: an id is never given twice, even past a failed one
+        self._store.commit(write, next_vid=self._next_vid, checkpoint=checkpoint)
         self._documents += write.net_documents
         changed = self._lexical.follow(  # before FAISS, whose training below is what may fail
             [(vid, counts, self._owners.field_of(vid)) for vid, counts in removed_terms], staged.terms)
         removed = self._follow(removed_vids, staged)
         self._fields.follow(removed_vids, new_fields)
+        self._store.flush_if_due()  # once all followed the write: a flush that fails leaves them agreeing
         return ApplyResult(
             upserted=len(planned),
             deleted=sum(1 for doc in last.values() if doc is None),
@@ -185,7 +185,7 @@ class CompoundIndexer:
 
     @property
     def vector_count(self) -> int:
-        """Vectors searchable now (cheap, unlike ``stats``, which counts documents on disk)."""
+        """Vectors searchable now (cheaper than ``stats``, which also reads the stored checkpoint)."""
         return self._indexes.exact.size
 
     def stats(self) -> IndexStats:

@@ -106,11 +106,16 @@ class ShardStore:
         db.set_write_options(writes)
         vectors = db.get_column_family(VECTORS_FAMILY)
         vectors.set_read_options(vector_reads())
-        self._shard = _OpenShard(vectors, db.get_column_family_handle(VECTORS_FAMILY), db,
-                                 MemtableFlusher(vectors, db))
-        self._check_config()
-        self._recover()
-        self._shard.doc_keys = {bytes(key[len(DOC_VIDS):]) for key in scan_keys(db, DOC_VIDS)}
+        self._shard = shard = _OpenShard(vectors, db.get_column_family_handle(VECTORS_FAMILY), db,
+                                         MemtableFlusher(vectors, db))
+        try:
+            self._check_config()
+            self._recover()
+            shard.doc_keys = {bytes(key[len(DOC_VIDS):]) for key in scan_keys(db, DOC_VIDS)}
+        except BaseException:
+            self._shard = None  # not open: a second open tries again, not finds it open half-way
+            shard.close()
+            raise
 
     def close(self) -> None:
         """Flush the memtables and close RocksDB; safe to call twice."""
@@ -236,7 +241,10 @@ class ShardStore:
 
     def commit(self, write: ShardWrite, *, next_vid: int, checkpoint: bytes) -> None:
         """Store the staged write with the next vector id and the checkpoint, in one WriteBatch, and count the
-        commit in both column families (``store_recovery.reconcile`` compares them)."""
+        commit in both column families (``store_recovery.reconcile`` compares them). It lands whole, or raising,
+        not at all; the flush it may make due is left to the caller's next ``flush_if_due``, which could fail
+        after it landed (a full disk) and interrupt what the caller does once it has.
+        """
         shard = self._open_shard()
         shard.commits += 1
         commits = VID.pack(shard.commits)
@@ -244,9 +252,10 @@ class ShardStore:
         write.batch.put(CHECKPOINT, checkpoint)
         write.batch.put(COMMITS, commits)
         write.batch.put(COMMITS, commits, shard.family)
-        self._write(write.batch)
+        shard.db.write(write.batch)
         shard.doc_keys -= write.removed_keys
         shard.doc_keys |= write.put_keys
+        shard.flusher.noted()
 
     def replace_term_counts(self, counts: Iterable[tuple[int, Mapping[str, int]]], analyzer: str) -> None:
         """Store every unit's term counts anew, from ``analyzer``, in one WriteBatch: an older shard's first

@@ -46,8 +46,13 @@ class MemtableFlusher:
 
     def wrote(self) -> None:
         """Note a write; flushes it if the last flush is due (``flush_if_due``)."""
-        self._unflushed = True
+        self.noted()
         self.flush_if_due()
+
+    def noted(self) -> None:
+        """Note a write, leaving its flush to the next ``flush_if_due``: for a writer that has more to do once the
+        write landed, which a failed flush would otherwise interrupt."""
+        self._unflushed = True
 
     def flush(self) -> None:
         """Write both memtables to disk now and wait for them: what was written survives a crash from here on."""
