@@ -66,14 +66,6 @@ FIRST = [Change("keep", doc("keep", [1])), Change("a", doc("a", [2, 3])), Change
 SECOND = [Change("a", doc("a", [5], bucket="y")), Change("b", None), Change("c", doc("c", [6, 7]))]
 
 
-def never_crashed(path: Path) -> CompoundIndexer:
-    """A shard that took ``FIRST`` and ``SECOND`` and was never put right: what the others must equal."""
-    live = open_index(path)
-    live.apply(changes=FIRST, checkpoint=b"1")
-    live.apply(changes=SECOND, checkpoint=b"2")
-    return live
-
-
 def test_vectors_flushed_ahead_of_the_checkpoint_are_dropped_with_the_documents_changed_after_it(
         tmp_path: Path) -> None:
     """The vectors' family is flushed first (``store_flush.py``); a crash before the rest leaves it a commit ahead.
@@ -90,7 +82,9 @@ def test_vectors_flushed_ahead_of_the_checkpoint_are_dropped_with_the_documents_
     assert sorted(crashed.doc_ids()) == ["keep"] and crashed.stats().vectors == 1
     assert crashed.lexical_stats().units == 1
     crashed.apply(changes=SECOND, checkpoint=b"2")  # the records after the checkpoint, read again
-    live = never_crashed(tmp_path / "live")
+    live = open_index(tmp_path / "live")
+    live.apply(changes=FIRST, checkpoint=b"1")
+    live.apply(changes=SECOND, checkpoint=b"2")
     assert state(crashed) == state(live)
     assert state(crashed)[:2] == (["a", "c", "keep"], 4)
     crashed.close()
@@ -128,7 +122,9 @@ def test_a_reconcile_cut_off_by_a_crash_between_its_flushes_is_done_again_at_the
     del died
     assert again.checkpoint() == b"1" and sorted(again.doc_ids()) == ["keep"] and again.stats().vectors == 1
     again.apply(changes=SECOND, checkpoint=b"2")
-    live = never_crashed(tmp_path / "live")
+    live = open_index(tmp_path / "live")
+    live.apply(changes=FIRST, checkpoint=b"1")
+    live.apply(changes=SECOND, checkpoint=b"2")
     assert state(again) == state(live)
     again.close()
     live.close()
@@ -279,7 +275,9 @@ def test_a_format_5_shard_opens_and_goes_on_in_format_6(tmp_path: Path) -> None:
         db.close()
     again = open_index(tmp_path / "old")
     again.apply(changes=SECOND, checkpoint=b"2")
-    live = never_crashed(tmp_path / "live")
+    live = open_index(tmp_path / "live")
+    live.apply(changes=FIRST, checkpoint=b"1")
+    live.apply(changes=SECOND, checkpoint=b"2")
     assert state(again) == state(live)
     again.close()
     reopened = open_index(tmp_path / "old")
