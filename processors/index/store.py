@@ -33,10 +33,10 @@ from processors.index.base import DocumentCodec, Metric
 from processors.index.store_flush import MemtableFlusher
 from processors.index.store_layout import (ANALYZER, CHECKPOINT, COMMITS, CONFIG, DOC, DOC_VIDS, FIELDS, FILTERABLE,
                                            FORMAT, FORMAT_KEY, NEXT_VID, TERMS, VEC, VECTORS_FAMILY, VID, Owner,
-                                           commit_mark, is_vector_key, marked_next_vid, pack_fields, pack_owner, pack_terms, scan,
-                                           scan_keys, unpack_owner, unpack_terms, utf8, vid_key)
+                                           pack_fields, pack_owner, pack_terms, scan, scan_keys, unpack_owner,
+                                           unpack_terms, utf8, vid_key)
 from processors.index.store_options import db_options, vector_family_options, vector_reads
-from processors.index.store_recovery import move_vectors, reconcile, settle_commits, vector_commits_of
+from processors.index.store_recovery import move_vectors, reconcile, settle_commits
 
 __all__ = ["FORMAT", "Owner", "ShardStore", "ShardWrite"]
 
@@ -201,15 +201,14 @@ class ShardStore:
         """
         keys, values = [], []
         for key, value in self._open_shard().vectors.items(from_key=VEC):  # only m/commits sorts before them
-            if is_vector_key(key):
-                keys.append(key)
-                values.append(value)
-            elif marked_next_vid(key) is None:
-                raise ConfigError(f"shard index at {self.path} holds a key that is not a vector's among its vectors: "
-                                  "rebuild it by replay")
+            keys.append(key)
+            values.append(value)
         if not keys:
             return np.empty(0, np.int64), np.empty((0, self.dim), np.float32), []
         ids = b"".join(memoryview(key)[len(VEC):] for key in keys)
+        if len(ids) != VID.size * len(keys) or not all(key.startswith(VEC) for key in (keys[0], keys[-1])):
+            raise ConfigError(f"shard index at {self.path} holds a key that is not a vector's among its vectors: "
+                              "rebuild it by replay")
         width = self.dim * 4
         # a bytearray: the rows are the caller's to change, as np.stack's were
         matrix = np.frombuffer(bytearray().join(memoryview(value)[:width] for value in values), dtype="<f4")
@@ -242,8 +241,7 @@ class ShardStore:
 
     def commit(self, write: ShardWrite, *, next_vid: int, checkpoint: bytes) -> None:
         """Store the staged write with the next vector id and the checkpoint, in one WriteBatch, and count the
-        commit in both column families (``store_recovery.reconcile`` compares them; the vectors' under
-        ``commit_mark``'s key). It lands whole, or raising,
+        commit in both column families (``store_recovery.reconcile`` compares them). It lands whole, or raising,
         not at all; the flush it may make due is left to the caller's next ``flush_if_due``, which could fail
         after it landed (a full disk) and interrupt what the caller does once it has.
         """
@@ -253,7 +251,7 @@ class ShardStore:
         write.batch.put(NEXT_VID, VID.pack(next_vid))
         write.batch.put(CHECKPOINT, checkpoint)
         write.batch.put(COMMITS, commits)
-        write.batch.put(commit_mark(next_vid), commits, shard.family)
+        write.batch.put(COMMITS, commits, shard.family)
         shard.db.write(write.batch)
         shard.doc_keys -= write.removed_keys
         shard.doc_keys |= write.put_keys
@@ -295,23 +293,22 @@ class ShardStore:
         return self._open_shard().db
 
     def _recover(self) -> None:
-        """Move an older layout's vectors into their column family and stamp the shard's format; then, if a crash
+        """Move an older layout's vectors into their column family and stamp the shard format 5; then, if a crash
         left the vectors' family ahead of the checkpoint, bring it back (``store_recovery.py``)."""
         shard = self._open_shard()
         moved = move_vectors(shard.db, shard.family)  # a seek, where there is none
         if moved or int(shard.db.get(FORMAT_KEY) or 0) < FORMAT:
             shard.db.put(FORMAT_KEY, str(FORMAT).encode())
             shard.flusher.flush()
-            logger.info(f"shard store moved to storage format {FORMAT}", extra={"path": str(self.path),
-                                                                                "vectors": moved})
-        commits, vector_commits = _count(shard.db.get(COMMITS)), vector_commits_of(shard.vectors)
+            logger.info("shard store moved to storage format 5", extra={"path": str(self.path), "vectors": moved})
+        commits, vector_commits = _count(shard.db.get(COMMITS)), _count(shard.vectors.get(COMMITS))
         if vector_commits < commits:  # never, if every flush writes the vectors first (``store_flush.py``)
             raise ConfigError(f"shard index at {self.path}: its vectors are behind its checkpoint (commit "
                               f"{vector_commits} of {commits}), so some are lost: rebuild the shard by replay")
         if vector_commits > commits:
             reconcile(shard.db, shard.vectors, shard.family, next_vid=self.next_vid())
             shard.flusher.flush()
-            settle_commits(shard.db, shard.family, next_vid=self.next_vid())
+            settle_commits(shard.db, shard.family)
             shard.flusher.flush()
         shard.commits = commits
 

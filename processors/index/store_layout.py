@@ -10,17 +10,15 @@ Key layout (one RocksDB per shard):
     s/<doc id>     the document's filterable tag values, JSON {field: [values]}, if it has any (format 4)
     m/checkpoint   the caller's opaque checkpoint
     m/next_vid     the next vector id
-    v/<vector id>c the commit count after the write whose last vector that is (``commit_mark``; ``v/`` alone
-                   before any vector), in the ``vectors`` column family (format 6): equal to ``m/commits`` unless a
-                   crash kept that family ahead of the rest (``store_recovery.py``)
-    m/commits      how many commits the shard has taken, big-endian uint64 (format 5: in both column families)
+    m/commits      how many commits the shard has taken, big-endian uint64, in both column families (format 5):
+                   equal unless a crash kept the vectors' family ahead of the rest (``store_recovery.py``)
     m/config       dim and metric, checked on reopen
     m/analyzer     the analyzer the l/ counts come from (format 3)
     m/filterable   the field schema the s/ values follow, JSON {field: type} (format 4)
-    m/format       the layout (6); a newer one is refused. A new shard is stamped 6 on its first open, and an
-                   older one at its first open by this code (a format 4 one once its vectors are moved into their
-                   column family), after which older code refuses to open it. Before format 5, the stamp rose only
-                   with a feature's first use: 3 with the lexical arm's counts, 4 with field values.
+    m/format       the layout (5); a newer one is refused. A new shard is stamped 5 on its first open, and an
+                   older one once its vectors are moved into their column family (at its first open by this
+                   code), after which older code refuses to open it. Before format 5, the stamp rose only with a
+                   feature's first use: 3 with the lexical arm's counts, 4 with field values.
 
 A key is a fixed prefix and the whole id, and an owner is length-prefixed, so nothing stored
 depends on what an id contains (NUL, '/', control characters...). Shards written before
@@ -43,18 +41,17 @@ from processors.exceptions import ConfigError
 DOC, DOC_VIDS, VEC, TERMS, FIELDS = b"d/", b"dv/", b"v/", b"l/", b"s/"
 CHECKPOINT, NEXT_VID, COMMITS, CONFIG = b"m/checkpoint", b"m/next_vid", b"m/commits", b"m/config"
 FORMAT_KEY, ANALYZER, FILTERABLE = b"m/format", b"m/analyzer", b"m/filterable"
-FORMAT = 6
-"""The storage layout this code writes; it reads every one up to it. Format 6 keeps the vectors' family's commit
-count in keys that follow the vector ids (``commit_mark``), not in one ``COMMITS`` key."""
+FORMAT = 5
+"""The storage layout this code writes; it reads every one up to it."""
 VECTORS_FAMILY = "vectors"
 """The column family of the ``v/`` keys (format 5). Vector ids only grow, so the vectors' files need not overlap one
 another, and RocksDB could move them down its levels without rewriting them. Mixed with the documents' keys, which
 land anywhere, every flushed file overlapped every older one, and compaction rewrote each 1.6 KB vector several
 times: RocksDB's background threads took 9.9 us of CPU a 384-d vector, and 3.7 with their own family (400,000
-vectors written as the index stage writes them, ``benchmarks/README`` of stop 48). Only if nothing else is written
-there in every batch: format 5 also put the commit count there under one key (``COMMITS``), which gave every file
-the same first key, so all overlapped and none was moved (200,000 vectors applied in writes of 32: compactions wrote
-662 MB in 1.14 s of CPU; with the count under ``commit_mark``'s keys, format 6, they wrote 7 MB in 0.22 s)."""
+vectors written as the index stage writes them, ``benchmarks/README`` of stop 48). Not yet so: ``COMMITS``, which
+every write puts in this family too (``ShardStore.commit``), gives every file the same first key, so all overlap
+and no file is moved (200,000 vectors applied in writes of 32: compactions wrote 662 MB, 7 with the key left out;
+the README's "Shard state")."""
 OWNER_TAG = b"\xff"
 """Starts a format-2 owner; a format-1 owner is UTF-8 text, which never holds 0xFF."""
 VID, U32 = struct.Struct(">q"), struct.Struct(">I")
@@ -62,34 +59,6 @@ VID, U32 = struct.Struct(">q"), struct.Struct(">I")
 
 Owner = tuple[str, str, str]
 """Whose vector it is: (doc id, node path, field name); the path is '' for the root, 'c3.c1' below."""
-
-
-COMMIT_MARK = b"c"
-"""What ends a commit marker's key in the vectors' family (``commit_mark``): a vector's key is ``VEC`` and 8 bytes."""
-
-
-def commit_mark(next_vid: int) -> bytes:
-    """The key under which a write puts its commit count in the vectors' family (format 6), ``next_vid`` being the
-    next vector id after it: right after the key of the last vector given, ``VEC`` alone while none was. A write's
-    keys there then lie within its own vector ids (a write that adds none rewrites the marker before it), so the
-    family's files do not overlap and RocksDB moves them down its levels without rewriting them; the last key of
-    the family is the latest write's marker. Markers are never removed, bar those a crash left ahead
-    (``store_recovery.reconcile``): 19 bytes a write."""
-    return VEC + VID.pack(next_vid - 1) + COMMIT_MARK if next_vid > 0 else VEC
-
-
-def marked_next_vid(key: bytes) -> int | None:
-    """The next vector id a commit marker's key stands for (``commit_mark``); None for a key that is no marker."""
-    if key == VEC:
-        return 0
-    if len(key) == len(VEC) + VID.size + len(COMMIT_MARK) and key.startswith(VEC) and key.endswith(COMMIT_MARK):
-        return VID.unpack(key[len(VEC):len(VEC) + VID.size])[0] + 1
-    return None
-
-
-def is_vector_key(key: bytes) -> bool:
-    """Whether a key of the vectors' family is a vector's (``vid_key``), not a commit marker or ``COMMITS``."""
-    return len(key) == len(VEC) + VID.size and key.startswith(VEC)
 
 
 def vid_key(prefix: bytes, vid: int) -> bytes:

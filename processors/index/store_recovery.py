@@ -12,10 +12,9 @@ import logging
 import numpy as np
 from rocksdict import ColumnFamily, Rdict, WriteBatch
 
-from processors.index.store_layout import (COMMITS, DOC, DOC_VIDS, FIELDS, TERMS, VEC, VID, commit_mark,
-                                           is_vector_key, marked_next_vid, scan, vid_key)
+from processors.index.store_layout import COMMITS, DOC, DOC_VIDS, FIELDS, TERMS, VEC, VID, scan, vid_key
 
-__all__ = ["MOVE_BATCH", "move_vectors", "reconcile", "settle_commits", "vector_commits_of"]
+__all__ = ["MOVE_BATCH", "move_vectors", "reconcile", "settle_commits"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +59,7 @@ def reconcile(db: Rdict, vectors: Rdict, family: ColumnFamily, *, next_vid: int)
     """
     batch = WriteBatch(raw_mode=True)
     added, kept = 0, set()
-    settled = commit_mark(next_vid)
     for key, _ in scan(vectors, VEC):
-        if not is_vector_key(key):
-            if key > settled:  # a later commit's marker (the checkpoint's own is rewritten by ``settle_commits``)
-                batch.delete(key, family)
-            continue
         vid = VID.unpack(key[len(VEC):])[0]
         if vid < next_vid:
             kept.add(vid)
@@ -90,27 +84,13 @@ def reconcile(db: Rdict, vectors: Rdict, family: ColumnFamily, *, next_vid: int)
                        extra={"vectors_dropped": added, "documents_dropped": changed})
 
 
-def settle_commits(db: Rdict, family: ColumnFamily, *, next_vid: int) -> None:
-    """Give the vectors' family the commit count the rest holds (none, where it holds none), under the marker of
-    ``next_vid`` (``commit_mark``), the family's last key once ``reconcile`` dropped what was ahead: once its work
-    is on disk, the two families are at the same commit again. A format 5 count (``COMMITS``) goes with it."""
+def settle_commits(db: Rdict, family: ColumnFamily) -> None:
+    """Give the vectors' family the commit count the rest holds (none, where it holds none): once ``reconcile``'s
+    work is on disk, the two families are at the same commit again."""
     batch = WriteBatch(raw_mode=True)
     commits = db.get(COMMITS)
-    batch.delete(COMMITS, family)
     if commits is None:
-        batch.delete(commit_mark(next_vid), family)
+        batch.delete(COMMITS, family)
     else:
-        batch.put(commit_mark(next_vid), commits, family)
+        batch.put(COMMITS, commits, family)
     db.write(batch)
-
-
-def vector_commits_of(vectors: Rdict) -> int:
-    """The commit count the vectors' family holds: its last key's, the latest write's marker (format 6,
-    ``commit_mark``); where that is no marker (a shard written before format 6, or none yet), the ``COMMITS`` key's
-    there, 0 without one."""
-    for key, value in vectors.items(backwards=True, from_key=VEC + b"\xff"):  # the last ``VEC`` key: ids are >= 0
-        if key.startswith(VEC) and marked_next_vid(key) is not None:
-            return int(VID.unpack(value)[0])
-        break
-    raw = vectors.get(COMMITS)
-    return VID.unpack(raw)[0] if raw else 0

@@ -117,7 +117,7 @@ def test_a_shard_without_counts_from_this_analyzer_counts_its_stored_documents(t
     finally:
         db.close()
     open_index(tmp_path, lexical=False).close()
-    assert _stored(tmp_path, b"m/format") == str(FORMAT).encode()  # every open shard is moved to the current format
+    assert _stored(tmp_path, b"m/format") == str(FORMAT).encode()  # every open shard is moved to format 5
     recounted = open_index(tmp_path)
     assert found(recounted, "insulin") == [("b", "b/1"), ("a", "a/0")]
     live = open_index(tmp_path / "live")

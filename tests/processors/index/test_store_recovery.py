@@ -2,7 +2,6 @@
 family, and a crash that left that family flushed ahead of the checkpoint brought back to it. A copy of the
 directory stands for the crash: the process that wrote it never closed it."""
 
-import itertools
 import shutil
 import struct
 from pathlib import Path
@@ -17,7 +16,7 @@ from processors.index import store_recovery
 from processors.index.base import Change
 from processors.index.compound import CompoundIndexer, CompoundIndexerConfig
 from processors.index.store_flush import MemtableFlusher
-from processors.index.store_layout import FORMAT, VECTORS_FAMILY, is_vector_key
+from processors.index.store_layout import FORMAT, VECTORS_FAMILY
 from streams.wire.codec import STORED_DOCUMENT
 
 DIM = 8
@@ -138,9 +137,7 @@ def test_vectors_behind_the_checkpoint_are_refused_with_a_rebuild(tmp_path: Path
     index.close()
     db = Rdict(str(tmp_path / "shard"), options=Options(raw_mode=True))
     vectors = db.get_column_family(VECTORS_FAMILY)
-    last = next(iter(vectors.keys(backwards=True)))
-    assert not is_vector_key(last)  # the latest write's commit marker
-    vectors[last] = struct.pack(">q", 0)
+    vectors[b"m/commits"] = struct.pack(">q", 0)
     vectors.close()
     del vectors
     db.close()
@@ -173,7 +170,7 @@ def write_format_4_shard(path: Path, docs: list[Document]) -> None:
     old = Rdict(str(path), options=Options(raw_mode=True))
     try:
         for key, value in [*source.items(), *vectors.items()]:
-            if key != b"m/commits" and (not key.startswith(b"v/") or is_vector_key(key)):  # no count, no markers
+            if key != b"m/commits":
                 old[key] = value
         old[b"m/format"] = b"4"
         assert old.list_cf(str(path), Options(raw_mode=True)) == ["default"]
@@ -233,55 +230,3 @@ def test_a_key_among_the_vectors_that_is_not_a_vectors_is_refused_with_a_rebuild
     db.close()
     with pytest.raises(ConfigError, match="not a vector's among its vectors: rebuild"):
         open_index(tmp_path)
-
-
-def test_the_vectors_files_of_fresh_writes_do_not_overlap(tmp_path: Path) -> None:
-    """Vector ids only grow, and a write's commit count in the vectors' family lies right after its last vector
-    (format 6, ``commit_mark``): the family's files do not overlap, so RocksDB moves them down its levels as they
-    are. Format 5's one count key there made every file start at it, and each compaction rewrote every vector."""
-    index = open_index(tmp_path)
-    for n in range(4):
-        index.apply(changes=[Change(f"d{n}.{i}", doc(f"d{n}.{i}", [10 * n + i, 10 * n + i + 5])) for i in range(3)],
-                    checkpoint=str(n).encode())
-        index.flush()  # a file of each family
-    index.close()
-    db = Rdict(str(tmp_path), options=Options(raw_mode=True))
-    try:
-        ranges = sorted((f["start_key"], f["end_key"]) for f in db.live_files() if f["end_key"].startswith(b"v/"))
-    finally:
-        db.close()
-    assert len(ranges) == 4
-    assert all(earlier[1] < later[0] for earlier, later in itertools.pairwise(ranges)), ranges
-
-
-def test_a_format_5_shard_opens_and_goes_on_in_format_6(tmp_path: Path) -> None:
-    """A shard as format 5 left it (the vectors' family's commit count under one key, no markers) opens, takes
-    writes, and reopens holding what a shard written in format 6 holds; its count is then read from the markers."""
-    index = open_index(tmp_path / "old")
-    index.apply(changes=FIRST, checkpoint=b"1")
-    index.close()
-    db = Rdict(str(tmp_path / "old"), options=Options(raw_mode=True))
-    vectors = db.get_column_family(VECTORS_FAMILY)
-    try:
-        markers = [key for key, _ in vectors.items() if not is_vector_key(key)]
-        count = vectors[markers[-1]]
-        for key in markers:
-            del vectors[key]
-        vectors[b"m/commits"] = count
-        db[b"m/format"] = b"5"
-    finally:
-        vectors.close()
-        del vectors
-        db.close()
-    again = open_index(tmp_path / "old")
-    again.apply(changes=SECOND, checkpoint=b"2")
-    live = open_index(tmp_path / "live")
-    live.apply(changes=FIRST, checkpoint=b"1")
-    live.apply(changes=SECOND, checkpoint=b"2")
-    assert state(again) == state(live)
-    again.close()
-    reopened = open_index(tmp_path / "old")
-    assert state(reopened) == state(live) and reopened.checkpoint() == b"2"
-    assert store_recovery.vector_commits_of(reopened._store._open_shard().vectors) == 2
-    reopened.close()
-    live.close()
