@@ -45,13 +45,13 @@ FORMAT = 5
 """The storage layout this code writes; it reads every one up to it."""
 VECTORS_FAMILY = "vectors"
 """The column family of the ``v/`` keys (format 5). Vector ids only grow, so the vectors' files need not overlap one
-another, and RocksDB could move them down its levels without rewriting them. Mixed with the documents' keys, which
+another, and RocksDB can move them down its levels without rewriting them. Mixed with the documents' keys, which
 land anywhere, every flushed file overlapped every older one, and compaction rewrote each 1.6 KB vector several
 times: RocksDB's background threads took 9.9 us of CPU a 384-d vector, and 3.7 with their own family (400,000
-vectors written as the index stage writes them, ``benchmarks/README`` of stop 48). Not yet so: ``COMMITS``, which
-every write puts in this family too (``ShardStore.commit``), gives every file the same first key, so all overlap
-and no file is moved (200,000 vectors applied in writes of 32: compactions wrote 662 MB, 7 with the key left out;
-the README's "Shard state")."""
+vectors written as the index stage writes them, ``benchmarks/README`` of stop 48). ``COMMITS``, which every write
+puts here too (``ShardStore.commit``), gives every file the same first key: written back to back in-process, no
+file was moved and compactions rewrote every vector (the README's "Shard state", which says why a layout without
+it was not adopted)."""
 OWNER_TAG = b"\xff"
 """Starts a format-2 owner; a format-1 owner is UTF-8 text, which never holds 0xFF."""
 VID, U32 = struct.Struct(">q"), struct.Struct(">I")
