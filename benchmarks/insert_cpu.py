@@ -7,6 +7,9 @@ process tree of this one, by role as ``setup.ProcessTreePeaks`` names them), rea
 round; the broker's and each stage's also by thread group from ``/proc/<pid>/task`` (a stage's: RocksDB's,
 librdkafka's, and the rest, its Python threads). The baseline in the same run: the same vectors added to an in-process FAISS flat index.
 The first round pays the JVM's JIT warming up on a fresh broker; the second shows a warm one.
+Then, per round, the cores each process and thread group used and the cores' worth of its threads that waited
+runnable for one (``/proc/<pid>/task/*/schedstat``), while the client inserted and from its last acknowledgement
+until all was searchable: what is short of cores, and what waits for work.
 
     python benchmarks/insert_cpu.py [--vectors 50000] [--batch 1000] [--shards 1] [--broker kafka|tansu]
 """
@@ -14,15 +17,17 @@ The first round pays the JVM's JIT warming up on a fresh broker; the second show
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 from setup import (NO_MODEL_FLOW_YAML, broker_label, cpu_seconds_by_role, flow_runtime, fresh_broker, machine,
-                   markdown_table, unit_vectors)
+                   markdown_table, run_queue_seconds_by_role, unit_vectors)
 
 from processors.document import Document
 
@@ -32,24 +37,26 @@ def run(args: argparse.Namespace) -> None:
     spec["stages"]["index"]["shards"] = args.shards
     vectors = unit_vectors(args.vectors, seed=11)
     rounds: list[tuple[str, float, float, dict[str, float]]] = []
+    phases: list[tuple[str, list[_Mark]]] = []
     with tempfile.TemporaryDirectory(prefix="insert-cpu-") as state, fresh_broker(args.broker):
         runtime = flow_runtime(Path(state), yaml.safe_dump(spec, sort_keys=False))
         with runtime, runtime.client() as client:
             runtime.wait_ready(client, timeout=300)
             for label in ("fresh broker and stages", "the same, warm (upserts of the same ids)"):
-                before, started = cpu_seconds_by_role(), time.perf_counter()
+                marks = [_Mark.now()]
                 receipts = [client.index(Document(id=f"v{i}", embedding=vectors[i])
                                          for i in range(start, min(start + args.batch, len(vectors))))
                             for start in range(0, len(vectors), args.batch)]
-                inserted = time.perf_counter() - started
+                marks.append(_Mark.now())
                 receipt = receipts[0]
                 for later in receipts[1:]:
                     receipt = receipt.merge(later)
                 client.search(vectors=vectors[:1], top_k=1, after=receipt, timeout_s=300)
-                searchable = time.perf_counter() - started
-                after = cpu_seconds_by_role()
-                used = {role: after[role] - before.get(role, 0.0) for role in after}
+                marks.append(_Mark.now())
+                inserted, searchable = (mark.at - marks[0].at for mark in marks[1:])
+                used = marks[2].cpu_since(marks[0])
                 rounds.append((label, inserted, searchable, used))
+                phases.append((label, marks))
     started = time.perf_counter()
     _in_process(vectors)
     baseline = time.perf_counter() - started
@@ -65,6 +72,46 @@ def run(args: argparse.Namespace) -> None:
           f"384-d vectors in acknowledged batches of {args.batch}; {machine()}; load {os.getloadavg()[0]:.2f}")
     print(markdown_table([label for label, *_ in rounds], rows))
     print(f"baseline: FAISS flat in-process adds them in {baseline:.3f} s ({len(vectors) / baseline:,.0f} vectors/s)")
+    for label, marks in phases:
+        _print_cores(label, marks)
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """A moment of a round: the clock, and each role's CPU and run-queue seconds so far."""
+
+    at: float
+    cpu: dict[str, float]
+    waited: dict[str, float]
+
+    @classmethod
+    def now(cls) -> _Mark:
+        return cls(time.perf_counter(), cpu_seconds_by_role(), run_queue_seconds_by_role())
+
+    def cpu_since(self, earlier: _Mark) -> dict[str, float]:
+        return {role: seconds - earlier.cpu.get(role, 0.0) for role, seconds in self.cpu.items()}
+
+    def waited_since(self, earlier: _Mark) -> dict[str, float]:
+        return {role: seconds - earlier.waited.get(role, 0.0) for role, seconds in self.waited.items()}
+
+
+def _print_cores(label: str, marks: list[_Mark]) -> None:
+    """Cores each role used and cores' worth of its threads waited runnable for one, while the client inserted and
+    from its last acknowledgement until all was searchable: a role short of cores waits runnable; one that waits
+    for work (or a lock, or the network) does neither."""
+    spans = list(itertools.pairwise(marks))
+    roles = sorted({role for mark in marks for role in mark.cpu})
+    rows = []
+    for role in roles:
+        cells = []
+        for earlier, later in spans:
+            seconds = later.at - earlier.at
+            cells.append(f"{later.cpu_since(earlier).get(role, 0.0) / seconds:.2f} / "
+                         f"{later.waited_since(earlier).get(role, 0.0) / seconds:.2f}")
+        rows.append((role, cells))
+    print(f"\n{label}: cores used / cores' worth of threads waiting runnable for one (of {os.cpu_count()})")
+    print(markdown_table([f"while inserting ({marks[1].at - marks[0].at:.2f} s)",
+                          f"after the last acknowledgement ({marks[2].at - marks[1].at:.2f} s)"], rows))
 
 
 def _in_process(vectors: np.ndarray) -> None:

@@ -26,8 +26,14 @@ for it reading that write, paced at 20/s); peak RSS of all processes (this one, 
 stages, the peer's children); the load average before and after; then each figure as a ratio to
 the first streamsearch row.
 
+streamsearch's broker is fresh for each row, and first warmed up (``--broker-warm-up``, 100,000 vectors by default)
+by a throwaway copy of the flow, stopped before the timed one starts: a broker in production has been running, and a
+fresh JVM's compiler takes 10-14 % of both cores during the first bulk (``setup.warm_broker``). ``0`` measures the
+flow on a cold broker, as the rows before 2026-12-07's last did.
+
     python benchmarks/peers.py [--docs 100000] [--queries 1000] [--systems numpy,faiss,milvus,jina,streamsearch]
         [--flow FLOW.yml ...] [--shards 1,2] [--broker kafka|tansu|both] [--concurrency 1,2,4,8,16,32]
+        [--broker-warm-up 100000]
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ from setup import (
     machine,
     markdown_table,
     unit_vectors,
+    warm_broker,
 )
 
 from processors.document import Document
@@ -135,7 +142,11 @@ class Streamsearch:
 
     upserts = True
 
-    def __init__(self, flow_yaml: str, shards: int, broker: str, before_stop: Callable[[], None]) -> None:
+    def __init__(self, flow_yaml: str, shards: int, broker: str, before_stop: Callable[[], None],
+                 broker_warm_up: int = 0) -> None:
+        """:param broker_warm_up: vectors a throwaway copy of the flow inserts on the fresh broker before the timed
+            flow starts (``setup.warm_broker``); 0: the timed flow meets a broker whose JVM has compiled nothing."""
+        self.broker_warm_up = broker_warm_up
         spec = yaml.safe_load(flow_yaml)
         spec["stages"]["index"]["shards"] = shards
         self.flow_yaml = yaml.safe_dump(spec, sort_keys=False)
@@ -147,6 +158,8 @@ class Streamsearch:
     def start(self) -> float:
         state = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="peers-bench-")))
         self._stack.enter_context(fresh_broker(self.broker))
+        if self.broker_warm_up:
+            print(f"  broker warmed up in {warm_broker(self.flow_yaml, self.broker_warm_up):.1f} s", file=sys.stderr)
         runtime = flow_runtime(state, self.flow_yaml)
         started = time.perf_counter()
         self._stack.enter_context(runtime)
@@ -287,7 +300,7 @@ def runs(args: argparse.Namespace, data: Dataset, workload: Workload, folder: Pa
                 for kind in broker_kinds(args.broker):
                     for shards in args.shards:
                         out.append((system, lambda peaks, f=flow_yaml, s=shards, b=kind: measure(
-                            Streamsearch(f, s, b, peaks.sample), data, workload)))
+                            Streamsearch(f, s, b, peaks.sample, args.broker_warm_up), data, workload)))
     return out
 
 
@@ -335,7 +348,9 @@ def report(args: argparse.Namespace, results: list[Figures], failures: list[str]
     print(f"workload: {args.docs:,} random unit {DIM}-d float32 vectors inserted in batches of {args.batch:,}, each "
           f"acknowledged; {args.queries:,} sequential top-{k} vector queries after {args.warm_up:,} untimed ones; concurrency {args.concurrency} ({args.qps_queries} queries each); "
           f"bulk re-upsert of {args.bulk:,} during queries; write→found {args.freshness} samples at 20/s; "
-          "one system at a time, each fresh")
+          "one system at a time, each fresh" + (f" (streamsearch's broker warmed up first by {args.broker_warm_up:,} "
+                                                "vectors through a throwaway flow)" if args.broker_warm_up else
+                                                " (streamsearch's broker too: its JVM has compiled nothing)"))
     for line in failures:
         print(line)
     columns = ["start-up s", "insert vec/s", "all searchable after s", "query p50 / p99 ms", f"recall@{k}",
@@ -376,6 +391,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--qps-queries", type=int, default=200, help="queries per concurrency level")
     parser.add_argument("--bulk", type=int, help="documents re-upserted while querying (default: --docs; 0 skips)")
     parser.add_argument("--freshness", type=int, default=200, help="write→found samples")
+    parser.add_argument("--broker-warm-up", type=int, default=100_000,
+                        help="streamsearch: vectors a throwaway flow inserts on the fresh broker before the timed one "
+                             "starts, as a broker in production has run before (0: a cold JVM)")
     parser.add_argument("--warm-up", type=int, default=WARM_UP_QUERIES,
                         help="untimed queries before the sequential ones, every system alike")
     args = parser.parse_args()

@@ -33,8 +33,8 @@ from processors.index.base import DocumentCodec, Metric
 from processors.index.store_flush import MemtableFlusher
 from processors.index.store_layout import (ANALYZER, CHECKPOINT, COMMITS, CONFIG, DOC, DOC_VIDS, FIELDS, FILTERABLE,
                                            FORMAT, FORMAT_KEY, NEXT_VID, TERMS, VEC, VECTORS_FAMILY, VID, Owner,
-                                           pack_fields, pack_owner, pack_terms, scan, scan_keys, unpack_owner,
-                                           unpack_terms, utf8, vid_key)
+                                           pack_fields, pack_owner, pack_terms, pack_vids, scan, scan_keys,
+                                           unpack_owner, unpack_terms, unpack_vids, utf8, vid_key)
 from processors.index.store_options import db_options, vector_family_options, vector_reads
 from processors.index.store_recovery import move_vectors, reconcile, settle_commits
 
@@ -376,7 +376,7 @@ class ShardWrite:
     def _remove(self, key: bytes, raw_vids: bytes) -> list[int]:
         self.net_documents -= 1
         self.removed_keys.add(key)
-        vids = np.frombuffer(raw_vids, dtype=">i8").astype(np.int64).tolist()
+        vids = unpack_vids(raw_vids)
         for vid in vids:
             self.batch.delete(vid_key(VEC, vid), self._shard.family)
             if self._term_counts:  # no tombstone per vector where no counts are kept
@@ -413,7 +413,7 @@ class ShardWrite:
         made by the caller) and the ids of its vectors."""
         key = utf8(doc.id)
         self.batch.put(DOC + key, self._codec.encode(doc) if stored is None else stored)
-        self.batch.put(DOC_VIDS + key, np.array(vids, dtype=">i8").tobytes())
+        self.batch.put(DOC_VIDS + key, pack_vids(vids))
         self.net_documents += 1
         self.put_keys.add(key)
 

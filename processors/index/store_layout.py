@@ -66,6 +66,20 @@ def vid_key(prefix: bytes, vid: int) -> bytes:
     return prefix + VID.pack(vid)
 
 
+def pack_vids(vids: Sequence[int]) -> bytes:
+    """A document's vector ids under ``DOC_VIDS``: big-endian int64s (numpy's ``>i8``, which wrote them before). One
+    declaration for the writer and the three readers; ``struct`` packs one id in 0.34 us (numpy 0.45) and unpacks
+    it in 0.37 (0.82), once per stored or replaced document."""
+    return struct.pack(f">{len(vids)}q", *vids)
+
+
+def unpack_vids(raw: bytes) -> list[int]:
+    """:raises ConfigError: if ``raw`` is not a whole number of ids (a damaged shard: rebuild it by replay)."""
+    if len(raw) % VID.size:
+        raise ConfigError(f"a document's stored vector ids are unreadable ({len(raw)} bytes): rebuild the shard by replay")
+    return list(struct.unpack(f">{len(raw) // VID.size}q", raw))
+
+
 def scan(db: Rdict, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
     """Every (key, value) under ``prefix`` in one column family, in key order."""
     for key, value in db.items(from_key=prefix):

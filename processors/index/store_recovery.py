@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 from rocksdict import ColumnFamily, Rdict, WriteBatch
 
-from processors.index.store_layout import COMMITS, DOC, DOC_VIDS, FIELDS, TERMS, VEC, VID, scan, vid_key
+from processors.index.store_layout import COMMITS, DOC, DOC_VIDS, FIELDS, TERMS, VEC, VID, scan, unpack_vids, vid_key
 
 __all__ = ["MOVE_BATCH", "move_vectors", "reconcile", "settle_commits"]
 
@@ -68,7 +67,7 @@ def reconcile(db: Rdict, vectors: Rdict, family: ColumnFamily, *, next_vid: int)
             added += 1
     changed = 0
     for key, raw in scan(db, DOC_VIDS):
-        vids = np.frombuffer(raw, dtype=">i8").astype(np.int64).tolist()
+        vids = unpack_vids(raw)
         if all(vid in kept for vid in vids):
             continue
         changed += 1

@@ -230,3 +230,18 @@ def test_a_key_among_the_vectors_that_is_not_a_vectors_is_refused_with_a_rebuild
     db.close()
     with pytest.raises(ConfigError, match="not a vector's among its vectors: rebuild"):
         open_index(tmp_path)
+
+
+def test_a_documents_damaged_vector_ids_are_refused_with_a_rebuild_and_the_shard_left_as_it_was(tmp_path: Path) -> None:
+    index = open_index(tmp_path)
+    index.apply(changes=FIRST, checkpoint=b"1")
+    index.close()
+    db = Rdict(str(tmp_path), options=Options(raw_mode=True))
+    assert struct.unpack(">2q", db[b"dv/a"]) == (1, 2)  # big-endian int64s, as numpy's ">i8" wrote them
+    db[b"dv/a"] = db[b"dv/a"][:11]  # not a whole number of ids
+    db.close()
+    index = open_index(tmp_path)
+    with pytest.raises(ConfigError, match=r"vector ids are unreadable \(11 bytes\): rebuild"):
+        index.apply(changes=SECOND, checkpoint=b"2")
+    assert index.checkpoint() == b"1" and index.get("b") is not None
+    index.close()
