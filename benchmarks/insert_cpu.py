@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from setup import (NO_MODEL_FLOW_YAML, broker_label, cpu_seconds_by_role, flow_runtime, fresh_broker, machine,
-                   markdown_table, run_queue_seconds_by_role, unit_vectors)
+from setup import (NO_MODEL_FLOW_YAML, RunQueueReading, broker_label, cpu_seconds_by_role, flow_runtime, fresh_broker,
+                   machine, markdown_table, run_queue_seconds, run_queue_seconds_between, unit_vectors)
 
 from processors.document import Document
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> None:
         with runtime, runtime.client() as client:
             runtime.wait_ready(client, timeout=300)
             for label in ("fresh broker and stages", "the same, warm (upserts of the same ids)"):
-                marks = [_Mark.now()]
+                marks = [_Mark.start()]
                 receipts = [client.index(Document(id=f"v{i}", embedding=vectors[i])
                                          for i in range(start, min(start + args.batch, len(vectors))))
                             for start in range(0, len(vectors), args.batch)]
@@ -78,21 +78,28 @@ def run(args: argparse.Namespace) -> None:
 
 @dataclass(frozen=True)
 class _Mark:
-    """A moment of a round: the clock, and each role's CPU and run-queue seconds so far."""
+    """A moment of a round: the clock, and each role's CPU and each thread's run-queue seconds so far."""
 
     at: float
     cpu: dict[str, float]
-    waited: dict[str, float]
+    waited: RunQueueReading
+
+    @classmethod
+    def start(cls) -> _Mark:
+        """The clock read after the readings: a round's time does not count them."""
+        cpu, waited = cpu_seconds_by_role(), run_queue_seconds()
+        return cls(time.perf_counter(), cpu, waited)
 
     @classmethod
     def now(cls) -> _Mark:
-        return cls(time.perf_counter(), cpu_seconds_by_role(), run_queue_seconds_by_role())
+        """The clock read before the readings."""
+        return cls(time.perf_counter(), cpu_seconds_by_role(), run_queue_seconds())
 
     def cpu_since(self, earlier: _Mark) -> dict[str, float]:
         return {role: seconds - earlier.cpu.get(role, 0.0) for role, seconds in self.cpu.items()}
 
     def waited_since(self, earlier: _Mark) -> dict[str, float]:
-        return {role: seconds - earlier.waited.get(role, 0.0) for role, seconds in self.waited.items()}
+        return run_queue_seconds_between(earlier.waited, self.waited)
 
 
 def _print_cores(label: str, marks: list[_Mark]) -> None:
@@ -109,7 +116,7 @@ def _print_cores(label: str, marks: list[_Mark]) -> None:
             cells.append(f"{later.cpu_since(earlier).get(role, 0.0) / seconds:.2f} / "
                          f"{later.waited_since(earlier).get(role, 0.0) / seconds:.2f}")
         rows.append((role, cells))
-    print(f"\n{label}: cores used / cores' worth of threads waiting runnable for one (of {os.cpu_count()})")
+    print(f"\n{label}: cores used / cores' worth of threads waiting runnable for one (of {len(os.sched_getaffinity(0))})")
     print(markdown_table([f"while inserting ({marks[1].at - marks[0].at:.2f} s)",
                           f"after the last acknowledgement ({marks[2].at - marks[1].at:.2f} s)"], rows))
 

@@ -142,17 +142,19 @@ class Streamsearch:
 
     upserts = True
 
-    def __init__(self, flow_yaml: str, shards: int, broker: str, before_stop: Callable[[], None],
+    def __init__(self, flow_yaml: str, shards: int, broker: str, peaks: ProcessTreePeaks,
                  broker_warm_up: int = 0) -> None:
-        """:param broker_warm_up: vectors a throwaway copy of the flow inserts on the fresh broker before the timed
-            flow starts (``setup.warm_broker``); 0: the timed flow meets a broker whose JVM has compiled nothing."""
-        self.broker_warm_up = broker_warm_up
+        """:param peaks: the run's RSS watch: sampled before the flow stops, started over after a warm-up.
+        :param broker_warm_up: vectors a throwaway copy of the flow inserts on a fresh Apache Kafka broker before the
+            timed flow starts (``setup.warm_broker``); 0: the timed flow meets a JVM that has compiled nothing.
+            Tansu, not a JVM, is never warmed up."""
+        self.broker_warm_up = broker_warm_up if broker == "kafka" else 0
+        self.peaks = peaks
         spec = yaml.safe_load(flow_yaml)
         spec["stages"]["index"]["shards"] = shards
         self.flow_yaml = yaml.safe_dump(spec, sort_keys=False)
         self.name = f"streamsearch {spec['name']}, {broker_label(broker)}, {shards} shard{'s' * (shards > 1)}"
         self.broker = broker
-        self.before_stop = before_stop
         self._stack = ExitStack()
 
     def start(self) -> float:
@@ -160,6 +162,7 @@ class Streamsearch:
         self._stack.enter_context(fresh_broker(self.broker))
         if self.broker_warm_up:
             print(f"  broker warmed up in {warm_broker(self.flow_yaml, self.broker_warm_up):.1f} s", file=sys.stderr)
+            self.peaks.restart()  # the warm-up's stages and peaks are not the timed flow's
         runtime = flow_runtime(state, self.flow_yaml)
         started = time.perf_counter()
         self._stack.enter_context(runtime)
@@ -184,7 +187,7 @@ class Streamsearch:
         return [int(match.id[1:]) for match in reply.docs[0].matches]
 
     def stop(self) -> None:
-        self.before_stop()  # the stages' last RSS readings
+        self.peaks.sample()  # the stages' last RSS readings
         self._stack.close()
 
 
@@ -277,11 +280,10 @@ def run_child(name: str, folder: Path) -> Figures:
 
 def run_system(run: Callable[[ProcessTreePeaks], Figures]) -> Figures:
     """``run`` under a fresh peak-RSS watch of this process tree; the load average around it."""
-    load_before = os.getloadavg()[0]
     with ProcessTreePeaks() as peaks:
         figures = run(peaks)
     figures.rss_mib, figures.rss_by_role = peaks.total_mib(), peaks.by_role_mib()
-    figures.load_before, figures.load_after = load_before, os.getloadavg()[0]
+    figures.load_before, figures.load_after = peaks.load_at_start, os.getloadavg()[0]
     return figures
 
 
@@ -300,7 +302,7 @@ def runs(args: argparse.Namespace, data: Dataset, workload: Workload, folder: Pa
                 for kind in broker_kinds(args.broker):
                     for shards in args.shards:
                         out.append((system, lambda peaks, f=flow_yaml, s=shards, b=kind: measure(
-                            Streamsearch(f, s, b, peaks.sample, args.broker_warm_up), data, workload)))
+                            Streamsearch(f, s, b, peaks, args.broker_warm_up), data, workload)))
     return out
 
 
@@ -348,9 +350,9 @@ def report(args: argparse.Namespace, results: list[Figures], failures: list[str]
     print(f"workload: {args.docs:,} random unit {DIM}-d float32 vectors inserted in batches of {args.batch:,}, each "
           f"acknowledged; {args.queries:,} sequential top-{k} vector queries after {args.warm_up:,} untimed ones; concurrency {args.concurrency} ({args.qps_queries} queries each); "
           f"bulk re-upsert of {args.bulk:,} during queries; write→found {args.freshness} samples at 20/s; "
-          "one system at a time, each fresh" + (f" (streamsearch's broker warmed up first by {args.broker_warm_up:,} "
-                                                "vectors through a throwaway flow)" if args.broker_warm_up else
-                                                " (streamsearch's broker too: its JVM has compiled nothing)"))
+          "one system at a time, each fresh" + (f" (an Apache Kafka broker warmed up first by {args.broker_warm_up:,} "
+                                                "vectors through a throwaway flow, then deleted)" if args.broker_warm_up
+                                                else " (an Apache Kafka broker too: its JVM has compiled nothing)"))
     for line in failures:
         print(line)
     columns = ["start-up s", "insert vec/s", "all searchable after s", "query p50 / p99 ms", f"recall@{k}",

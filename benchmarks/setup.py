@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -181,15 +181,17 @@ BROKER_WARM_UP_BATCH = 1000
 
 def warm_broker(flow_yaml: str, vectors: int, queries: int = 300) -> float:
     """Run a throwaway copy of ``flow_yaml`` (another name, its own state) on the broker ``fresh_broker`` started:
-    ``vectors`` random 384-d vectors inserted in acknowledged batches until all are searchable, then ``queries``
-    sequential searches; then stop it. Why: a broker in production has been running for days, and a fresh JVM
-    spends its first minute compiling its hot paths (``insert_cpu.py``: 9-10 us of the broker's CPU a vector in a
-    fresh round, 3-4 once warm, 10-14 % of both cores during the first bulk); a benchmark that means to measure
-    the flow, not the broker's JIT, warms the broker first. The timed flow then starts with fresh stages and state.
-    Returns the seconds it took."""
+    ``vectors`` 384-d vectors under as many ids (10,000 random ones, repeated) inserted in acknowledged batches
+    until all are searchable, then ``queries`` sequential searches; then stop it and delete its topics. Why: a
+    broker in production has been running for days, and a fresh JVM spends its first minute compiling its hot paths
+    (``insert_cpu.py``: 9-10 us of the broker's CPU a vector in a fresh round, 3-4 once warm; its compiler took a
+    third of a core during the first bulk), and its first idempotent producer waits ~0.5 s for the transaction
+    coordinator to load; a benchmark that means to measure the flow, not the broker's start, warms the broker
+    first. The timed flow then starts with fresh stages and state. Returns the seconds it took."""
     import yaml
 
     from processors.document import Document
+    from streams.kafka.admin import delete_topics
 
     started = time.perf_counter()
     spec = yaml.safe_load(flow_yaml)
@@ -207,6 +209,7 @@ def warm_broker(flow_yaml: str, vectors: int, queries: int = 300) -> float:
             client.search(vectors=data[:1], top_k=1, after=receipt, timeout_s=300)
             for i in range(queries):
                 client.search(vectors=data[i % len(data)][None, :], top_k=10)
+        delete_topics(runtime.settings, [shape.name for shape in runtime.flow.topics.shapes()])
     return time.perf_counter() - started
 
 # -- peak RSS of a process tree ------------------------------------------------------------------
@@ -310,17 +313,14 @@ def cpu_seconds_by_role() -> dict[str, float]:
     return by_role
 
 
-def _threads_by_group(pid: int, groups_of: tuple[tuple[str, tuple[str, ...]], ...],
-                      read: Callable[[Path], float | None] = lambda task: _cpu_seconds(str(task / "stat")),
-                      ) -> dict[str, float]:
-    """``read`` of each thread of ``pid`` (its CPU seconds by default), summed by group (``other``: the rest)."""
+def _threads_by_group(pid: int, groups_of: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, float]:
     groups: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             name = (task / "comm").read_text().strip()
         except OSError:
             continue
-        seconds = read(task)
+        seconds = _cpu_seconds(str(task / "stat"))
         if seconds is None:
             continue
         group = next((label for label, prefixes in groups_of if name.startswith(prefixes)), "other")
@@ -336,20 +336,52 @@ def _run_queue_seconds(task: Path) -> float | None:
         return None  # exited meanwhile, or a kernel without schedstats
 
 
-def run_queue_seconds_by_role() -> dict[str, float]:
-    """Seconds the threads of this process and its descendants have waited runnable for a core, summed by role and,
-    for the broker and each stage, by thread group, as ``cpu_seconds_by_role`` sums their CPU. Beside the CPU a
-    phase took, it tells a process short of cores from one waiting for work (a thread that exited meanwhile is not
-    counted; its CPU is)."""
-    by_role: dict[str, float] = {}
+RunQueueReading = dict[tuple[int, str, str], tuple[tuple[str, ...], float]]
+"""Per thread, keyed by (pid, tid, its start time): the role and thread group it counts under, and the seconds it
+has waited runnable for a core so far (``run_queue_seconds``)."""
+
+
+def run_queue_seconds() -> RunQueueReading:
+    """Each thread of this process and its descendants now: the seconds it has waited runnable for a core, and where
+    it counts (its role and, for the broker and each stage, ``<role>: <group>``, as ``cpu_seconds_by_role``)."""
+    reading: RunQueueReading = {}
     for pid in process_tree():
         role = process_role(pid)
         groups = BROKER_THREADS if role == "broker" else STAGE_THREADS if role.startswith("stage ") else ()
-        for group, seconds in _threads_by_group(pid, groups, _run_queue_seconds).items():
-            by_role[role] = by_role.get(role, 0.0) + seconds
-            if groups:
-                by_role[f"{role}: {group}"] = by_role.get(f"{role}: {group}", 0.0) + seconds
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                name = (task / "comm").read_text().strip()
+                started = (task / "stat").read_text().rsplit(")", 1)[1].split()[19]
+            except (OSError, IndexError):
+                continue
+            seconds = _run_queue_seconds(task)
+            if seconds is None:
+                continue
+            group = next((label for label, prefixes in groups if name.startswith(prefixes)), "other")
+            reading[(pid, task.name, started)] = ((role, f"{role}: {group}") if groups else (role,), seconds)
+    return reading
+
+
+def run_queue_seconds_between(earlier: RunQueueReading, later: RunQueueReading) -> dict[str, float]:
+    """Seconds the threads waited runnable for a core between two readings, by role and thread group. A thread in
+    both counts its difference, one started meanwhile all of it; one that exited meanwhile is missing (its wait
+    since the earlier reading is unknown), unlike its CPU, which ``/proc/<pid>/stat`` keeps."""
+    by_role: dict[str, float] = {}
+    for thread, (roles, seconds) in later.items():
+        waited = seconds - earlier[thread][1] if thread in earlier else seconds
+        for role in roles:
+            by_role[role] = by_role.get(role, 0.0) + waited
     return by_role
+
+
+def _clear_peak_rss(pid: int) -> bool:
+    """Reset a process's VmHWM to its RSS now; False where the kernel refuses (another user's process)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 class ProcessTreePeaks:
@@ -367,16 +399,13 @@ class ProcessTreePeaks:
         self.peaks: dict[tuple[int, str], tuple[str, int]] = {}  # (pid, start time) -> (role, KiB)
         self._peak_roles: dict[str, int] = {}  # KiB by role at the sample whose sum was the largest
         self.self_reset = False
+        self.load_at_start = os.getloadavg()[0]
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "ProcessTreePeaks":
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.self_reset = True
-        except OSError:
-            self.self_reset = False
+        self.self_reset = _clear_peak_rss(os.getpid())
         self.sample()
         self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
         self._thread.start()
@@ -392,8 +421,24 @@ class ProcessTreePeaks:
         while not self._stop.wait(self.interval):
             self.sample()
 
+    def restart(self) -> None:
+        """Start over from now, as if entered now: what ran before (a broker's warm-up, ``warm_broker``) is not
+        counted, neither its processes that exited nor the peaks of those still running (their VmHWM is reset to
+        what they hold now, ``/proc/<pid>/clear_refs``); the load average at start is read again."""
+        with self._lock:
+            for pid in process_tree():
+                _clear_peak_rss(pid)
+            self.peaks.clear()
+            self._peak_roles = {}
+            self.load_at_start = os.getloadavg()[0]
+        self.sample()
+
     def sample(self) -> None:
         """Read VmHWM of every process in the tree now (call it before stopping processes too)."""
+        with self._lock:
+            self._sample()
+
+    def _sample(self) -> None:
         alive: dict[str, int] = {}
         for pid in process_tree():
             hwm = _status_kib(pid, "VmHWM")

@@ -68,7 +68,7 @@ def vid_key(prefix: bytes, vid: int) -> bytes:
 
 def pack_vids(vids: Sequence[int]) -> bytes:
     """A document's vector ids under ``DOC_VIDS``: big-endian int64s (numpy's ``>i8``, which wrote them before). One
-    declaration for the writer and the three readers; ``struct`` packs one id in 0.34 us (numpy 0.45) and unpacks
+    declaration for the writer and the two readers; ``struct`` packs one id in 0.34 us (numpy 0.45) and unpacks
     it in 0.37 (0.82), once per stored or replaced document."""
     return struct.pack(f">{len(vids)}q", *vids)
 
