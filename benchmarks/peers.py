@@ -18,7 +18,8 @@ uvicorn, urllib3 and grpcio conflict with the project's). The virtualenvs are ma
 Per system: flow start-up (streamsearch: LocalRuntime start until a vector search is answered by
 every shard; peers: until the first insert can start); insert vectors/s; seconds until all is
 searchable after the last acknowledgement (streamsearch: ``search(after=receipt)`` answered by
-every shard); sequential query p50/p99 and recall@10 against exact numpy; the most queries per
+every shard); the vectors a second from the first insert until all are searchable (end to end); sequential
+query p50/p99 and recall@10 against exact numpy; the most queries per
 second over ``--concurrency`` client threads, with its recall@10; query p99 while another thread
 re-upserts the same documents (``--bulk``), from its first insert until all of it is searchable (and, beside it,
 over the queries that ran while the client still inserted); write->found p50/p99 (index one document, then search
@@ -26,10 +27,10 @@ for it reading that write, paced at 20/s); peak RSS of all processes (this one, 
 stages, the peer's children); the load average before and after; then each figure as a ratio to
 the first streamsearch row.
 
-streamsearch's broker is fresh for each row, and first warmed up (``--broker-warm-up``, 100,000 vectors by default)
-by a throwaway copy of the flow, stopped before the timed one starts: a broker in production has been running, and a
-fresh JVM's compiler takes 10-14 % of both cores during the first bulk (``setup.warm_broker``). ``0`` measures the
-flow on a cold broker, as the rows before 2026-12-07's last did.
+streamsearch's broker is fresh for each row, and an Apache Kafka one first warmed up (``--broker-warm-up``, 100,000
+vectors by default) by a throwaway copy of the flow, stopped and its topics deleted before the timed one starts: a
+broker in production has been running, and a fresh JVM's compiler takes a third of a core during the first bulk
+(``setup.warm_broker``). ``0`` measures the flow on a cold broker, as the rows before 2026-12-07's last did.
 
     python benchmarks/peers.py [--docs 100000] [--queries 1000] [--systems numpy,faiss,milvus,jina,streamsearch]
         [--flow FLOW.yml ...] [--shards 1,2] [--broker kafka|tansu|both] [--concurrency 1,2,4,8,16,32]
@@ -317,6 +318,7 @@ def row(f: Figures) -> list[str]:
         f"{f.ingest_query_p99_ms:.1f} ({f.ingest_queries} q; inserting {f.inserting_query_p99_ms:.1f}, "
         f"{f.inserting_queries} q)")
     return [optional(f.startup_s, "{:.2f}"), f"{f.insert_per_s:,.0f}", f"{f.searchable_s:.2f}",
+            f"{f.searchable_per_s:,.0f}",
             f"{f.query_p50_ms:.2f} / {f.query_p99_ms:.2f}", f"{f.recall:.4f}",
             f"{f.max_qps:,.0f} ({f.qps_clients}) {f.qps_recall:.4f}", during, found,
             f"{f.rss_mib:,.0f}", f"{f.load_before:.2f} → {f.load_after:.2f}"]
@@ -326,6 +328,7 @@ RATIOS: tuple[tuple[str, Callable[[Figures], float | None]], ...] = (
     ("start-up", lambda f: f.startup_s),
     ("insert vec/s", lambda f: f.insert_per_s),
     ("all searchable after", lambda f: f.searchable_s),
+    ("searchable vec/s", lambda f: f.searchable_per_s),
     ("query p50", lambda f: f.query_p50_ms),
     ("query p99", lambda f: f.query_p99_ms),
     ("max QPS", lambda f: f.max_qps),
@@ -355,7 +358,8 @@ def report(args: argparse.Namespace, results: list[Figures], failures: list[str]
                                                 else " (an Apache Kafka broker too: its JVM has compiled nothing)"))
     for line in failures:
         print(line)
-    columns = ["start-up s", "insert vec/s", "all searchable after s", "query p50 / p99 ms", f"recall@{k}",
+    columns = ["start-up s", "insert vec/s", "all searchable after s", "searchable vec/s (end to end)",
+               "query p50 / p99 ms", f"recall@{k}",
                f"max QPS (clients) recall@{k}", "query p99 during bulk ingest ms", "write→found p50 / p99 ms",
                "peak RSS MiB (all processes)", "load avg before → after"]
     print(markdown_table(columns, [(f.system, row(f)) for f in results]))

@@ -25,8 +25,10 @@ def test_peers_prints_a_row_per_system_with_exact_recall() -> None:
     assert set(rows) >= {"numpy in-process (exact)", "FAISS IndexFlatIP in-process"}, done.stdout
     for line in (rows["numpy in-process (exact)"], rows["FAISS IndexFlatIP in-process"]):
         cells = [cell.strip() for cell in line.split("|")[2:-1]]
-        assert cells[4] == "1.0000", line  # recall@10 of exact search
-        assert "missed" not in cells[7], line  # every write found by the search that reads it
+        assert cells[5] == "1.0000", line  # recall@10 of exact search
+        assert "missed" not in cells[8], line  # every write found by the search that reads it
+        insert, end_to_end = float(cells[1].replace(",", "")), float(cells[3].replace(",", ""))
+        assert 0 < end_to_end <= insert, line  # from the first insert until all is searchable: never above the inserts
     assert "failed" not in done.stdout, done.stdout
 
 
@@ -88,6 +90,18 @@ def test_insert_cpu_splits_both_rounds_by_process() -> None:
         assert abs(parts - index) <= max(0.25 * index, 10 * tick), done.stdout
     assert float(rows[stage[2]][0].replace(",", "")) > 0, done.stdout  # its Python threads: the loop's work
     assert "baseline: FAISS flat in-process" in done.stdout
+    # Then, per round, the cores each process used and waited runnable for, in both phases: every process is
+    # there, and no figure is negative (a thread that exits between two readings, as a JVM's compiler threads do,
+    # once lowered its role's wait below what it was before).
+    phases = done.stdout.split("cores used / cores' worth of threads waiting runnable for one")[1:]
+    assert len(phases) == 2, done.stdout
+    for phase in phases:
+        cells = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+                 for line in phase.splitlines() if line.startswith("| ") and "while inserting" not in line}
+        assert {"benchmark", "broker", "broker: JIT compiler", "stage index", "stage index: other", "stage join"} \
+            <= set(cells), phase
+        figures = [float(part) for row in cells.values() for cell in row for part in cell.split(" / ")]
+        assert len(figures) == 4 * len(cells) and min(figures) >= 0, phase
 
 
 def test_shard_apply_times_both_shapes_beside_the_in_process_floor() -> None:
