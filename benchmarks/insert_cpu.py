@@ -105,7 +105,9 @@ class _Mark:
 def _print_cores(label: str, marks: list[_Mark]) -> None:
     """Cores each role used and cores' worth of its threads waited runnable for one, while the client inserted and
     from its last acknowledgement until all was searchable: a role short of cores waits runnable; one that waits
-    for work (or a lock, or the network) does neither."""
+    for work (or a lock, or the network) does neither. A thread group's CPU is its live threads' (one that exits in
+    a phase takes its CPU out of the group's, not out of the role's); the readings at the last acknowledgement
+    (tens of ms) fall in the second phase."""
     spans = list(itertools.pairwise(marks))
     roles = sorted({role for mark in marks for role in mark.cpu})
     rows = []

@@ -353,9 +353,10 @@ def report(args: argparse.Namespace, results: list[Figures], failures: list[str]
     print(f"workload: {args.docs:,} random unit {DIM}-d float32 vectors inserted in batches of {args.batch:,}, each "
           f"acknowledged; {args.queries:,} sequential top-{k} vector queries after {args.warm_up:,} untimed ones; concurrency {args.concurrency} ({args.qps_queries} queries each); "
           f"bulk re-upsert of {args.bulk:,} during queries; write→found {args.freshness} samples at 20/s; "
-          "one system at a time, each fresh" + (f" (an Apache Kafka broker warmed up first by {args.broker_warm_up:,} "
-                                                "vectors through a throwaway flow, then deleted)" if args.broker_warm_up
-                                                else " (an Apache Kafka broker too: its JVM has compiled nothing)"))
+          "one system at a time, each fresh" + ("" if args.broker == "tansu" else (
+              f" (an Apache Kafka broker warmed up first by {args.broker_warm_up:,} vectors through a throwaway flow, "
+              "its topics then deleted)" if args.broker_warm_up else
+              " (an Apache Kafka broker too: its JVM has compiled nothing)")))
     for line in failures:
         print(line)
     columns = ["start-up s", "insert vec/s", "all searchable after s", "searchable vec/s (end to end)",

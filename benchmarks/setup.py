@@ -391,7 +391,7 @@ class ProcessTreePeaks:
     split by role (benchmark, broker, stage <name>, other) as at that sample. Processes that never
     run at the same time are not added up: Apache Kafka's storage format step is a JVM of ~120 MiB
     that exits before the broker starts. A process that exits between two samples is counted with
-    its VmHWM at the last one. ``start`` resets this process's own VmHWM (``/proc/self/clear_refs``)
+    its VmHWM at the last one. Entering it resets this process's own VmHWM (``/proc/self/clear_refs``)
     so that an earlier phase of the same run is not counted."""
 
     def __init__(self, interval: float = 0.25) -> None:
@@ -424,7 +424,8 @@ class ProcessTreePeaks:
     def restart(self) -> None:
         """Start over from now, as if entered now: what ran before (a broker's warm-up, ``warm_broker``) is not
         counted, neither its processes that exited nor the peaks of those still running (their VmHWM is reset to
-        what they hold now, ``/proc/<pid>/clear_refs``); the load average at start is read again."""
+        what they hold now, ``/proc/<pid>/clear_refs``); the load average at start is read again (its 1-minute figure still
+        shows what ran before)."""
         with self._lock:
             for pid in process_tree():
                 _clear_peak_rss(pid)

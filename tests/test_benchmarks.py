@@ -91,8 +91,9 @@ def test_insert_cpu_splits_both_rounds_by_process() -> None:
     assert float(rows[stage[2]][0].replace(",", "")) > 0, done.stdout  # its Python threads: the loop's work
     assert "baseline: FAISS flat in-process" in done.stdout
     # Then, per round, the cores each process used and waited runnable for, in both phases: every process is
-    # there, and no figure is negative (a thread that exits between two readings, as a JVM's compiler threads do,
-    # once lowered its role's wait below what it was before).
+    # there, and no process's figure is negative (a thread that exits between two readings, as a JVM's compiler
+    # threads do, once lowered its role's wait below what it was before). A thread group's CPU may drop when one of
+    # its threads exits: the groups' waits are checked, not their CPU.
     phases = done.stdout.split("cores used / cores' worth of threads waiting runnable for one")[1:]
     assert len(phases) == 2, done.stdout
     for phase in phases:
@@ -100,8 +101,9 @@ def test_insert_cpu_splits_both_rounds_by_process() -> None:
                  for line in phase.splitlines() if line.startswith("| ") and "while inserting" not in line}
         assert {"benchmark", "broker", "broker: JIT compiler", "stage index", "stage index: other", "stage join"} \
             <= set(cells), phase
-        figures = [float(part) for row in cells.values() for cell in row for part in cell.split(" / ")]
-        assert len(figures) == 4 * len(cells) and min(figures) >= 0, phase
+        pairs = {role: [[float(part) for part in cell.split(" / ")] for cell in row] for role, row in cells.items()}
+        assert all(len(row) == 2 and all(len(pair) == 2 for pair in row) for row in pairs.values()), phase
+        assert all(pair[1] >= 0 and (":" in role or pair[0] >= 0) for role, row in pairs.items() for pair in row), phase
 
 
 def test_shard_apply_times_both_shapes_beside_the_in_process_floor() -> None:
