@@ -296,6 +296,24 @@ def _cpu_seconds(stat_path: str) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+ThreadGroups = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def thread_groups(role: str) -> ThreadGroups:
+    """The thread groups a role's figures are split by: the broker's, a stage's, or none."""
+    return BROKER_THREADS if role == "broker" else STAGE_THREADS if role.startswith("stage ") else ()
+
+
+def _group_of(name: str, groups: ThreadGroups) -> str:
+    """The group of a thread by its name (``/proc/<pid>/task/<tid>/comm``); ``other`` if none claims it."""
+    return next((label for label, prefixes in groups if name.startswith(prefixes)), "other")
+
+
+def _start_time(stat: str) -> str:
+    """A process's or thread's start time (field 22 of its ``stat``): with its id, it names one across readings."""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
 def cpu_seconds_by_role() -> dict[str, float]:
     """User + system CPU seconds of this process and its descendants now, summed by role; the broker's and
     each stage's also by thread group (``<role>: <group>``, ``BROKER_THREADS``, ``STAGE_THREADS``)."""
@@ -306,14 +324,14 @@ def cpu_seconds_by_role() -> dict[str, float]:
             continue
         role = process_role(pid)
         by_role[role] = by_role.get(role, 0.0) + seconds
-        groups = BROKER_THREADS if role == "broker" else STAGE_THREADS if role.startswith("stage ") else None
-        if groups is not None:
+        groups = thread_groups(role)
+        if groups:
             for group, threads in _threads_by_group(pid, groups).items():
                 by_role[f"{role}: {group}"] = by_role.get(f"{role}: {group}", 0.0) + threads
     return by_role
 
 
-def _threads_by_group(pid: int, groups_of: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, float]:
+def _threads_by_group(pid: int, groups_of: ThreadGroups) -> dict[str, float]:
     groups: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -323,7 +341,7 @@ def _threads_by_group(pid: int, groups_of: tuple[tuple[str, tuple[str, ...]], ..
         seconds = _cpu_seconds(str(task / "stat"))
         if seconds is None:
             continue
-        group = next((label for label, prefixes in groups_of if name.startswith(prefixes)), "other")
+        group = _group_of(name, groups_of)
         groups[group] = groups.get(group, 0.0) + seconds
     return groups
 
@@ -347,17 +365,17 @@ def run_queue_seconds() -> RunQueueReading:
     reading: RunQueueReading = {}
     for pid in process_tree():
         role = process_role(pid)
-        groups = BROKER_THREADS if role == "broker" else STAGE_THREADS if role.startswith("stage ") else ()
+        groups = thread_groups(role)
         for task in Path(f"/proc/{pid}/task").glob("*"):
             try:
                 name = (task / "comm").read_text().strip()
-                started = (task / "stat").read_text().rsplit(")", 1)[1].split()[19]
+                started = _start_time((task / "stat").read_text())
             except (OSError, IndexError):
                 continue
             seconds = _run_queue_seconds(task)
             if seconds is None:
                 continue
-            group = next((label for label, prefixes in groups if name.startswith(prefixes)), "other")
+            group = _group_of(name, groups)
             reading[(pid, task.name, started)] = ((role, f"{role}: {group}") if groups else (role,), seconds)
     return reading
 
@@ -447,7 +465,7 @@ class ProcessTreePeaks:
                 continue
             try:
                 with open(f"/proc/{pid}/stat") as f:
-                    started = f.read().rsplit(")", 1)[1].split()[19]
+                    started = _start_time(f.read())
             except (OSError, IndexError):
                 continue
             key = (pid, started)
