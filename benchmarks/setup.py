@@ -47,7 +47,12 @@ def scifact(limit: int):  # type: ignore[no-untyped-def]
 
 
 def peak_rss_mib(children: bool = False) -> float:
-    """Peak resident set size of this process (or of its largest finished child), in MiB."""
+    """Peak resident set size of this process (or of its largest finished child), in MiB. This process's own
+    from ``VmHWM`` where ``/proc`` has it: ``ru_maxrss`` survives ``exec``, so a child started by a large parent
+    would report the parent's peak."""
+    own = None if children else _status_kib("self", "VmHWM")
+    if own is not None:
+        return own / 1024
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024
 

@@ -56,6 +56,22 @@ def test_query_hops_times_every_hop_of_every_query_from_its_records(bulk: int, f
     assert float(rows["**end to end**"][0]) > 0, done.stdout
 
 
+def test_catch_up_times_an_index_stage_started_after_the_writes_by_its_malloc_setting() -> None:
+    """Both settings' rows, in turns, each on its own Apache Kafka broker, beside the in-process handler."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "catch_up.py"), "--vectors", "3000",
+                           "--malloc-huge-pages", "--settle", "3"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [float(cell.replace(",", "")) for cell in line.split("|")[2:-1]]
+            for line in done.stdout.splitlines() if line.startswith("| ") and "caught up" not in line}
+    assert [label.split(",")[0] for label in rows] == ["collapsed once writes pause (the default)",
+                                                     "malloc huge pages (glibc.malloc.hugetlb=1)"], done.stdout
+    for seconds, rate, main_thread, stage, huge in rows.values():
+        assert seconds > 0 and rate > 0 and huge >= 0, done.stdout
+        assert 0 < main_thread <= stage, done.stdout  # its loop is one of the stage's threads
+    assert "baseline: the handler in-process applies them in" in done.stdout
+
+
 def test_insert_cpu_splits_both_rounds_by_process() -> None:
     """Every process of the flow is found and charged its CPU in each round; the benchmark starts its
     own Apache Kafka broker."""
@@ -106,14 +122,18 @@ def test_insert_cpu_splits_both_rounds_by_process() -> None:
         assert all(pair[1] >= 0 and (":" in role or pair[0] >= 0) for role, row in pairs.items() for pair in row), phase
 
 
-def test_shard_apply_times_both_shapes_beside_the_in_process_floor() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shard_apply.py"), "--docs", "600"],
-                          capture_output=True, text=True, timeout=300, check=False)
+def test_shard_apply_times_both_shapes_beside_the_in_process_floor_and_the_stages_malloc_settings() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shard_apply.py"), "--docs", "600",
+                           "--malloc-huge-pages"], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [[cell.strip() for cell in line.split("|")[2:-1]] for line in done.stdout.splitlines()
-            if line.startswith("| ") and "handler" not in line]
-    assert [row[0] for row in rows] == ["600", "60"], done.stdout
-    assert all(float(cell.replace(",", "")) > 0 for row in rows for cell in row), done.stdout
+    rows = {line.split("|")[1].strip(): [float(cell.replace(",", "")) for cell in line.split("|")[2:-1]]
+            for line in done.stdout.splitlines() if line.startswith("| ") and "handler" not in line}
+    assert [row[0] for row in rows.values()] == [600, 60, 600, 600], done.stdout
+    assert all(cell > 0 for row in rows.values() for cell in row), done.stdout
+    shapes, settings = list(rows)[:2], list(rows)[2:]
+    assert all(rows[shape][2] <= rows[shape][1] * rows[shape][0] / 1000 + 1 for shape in shapes)  # whole ms, printed
+    assert [label.split()[0] for label in settings] == ["glibc.malloc.hugetlb=1", "glibc.malloc.hugetlb=0"]
+    assert all(rows[label][4] < 2048 for label in settings), done.stdout  # the child's own peak, not its parent's
 
 
 def test_shard_search_times_the_handler_beside_the_scans_it_runs() -> None:

@@ -23,7 +23,6 @@ from streams.flow.parse import load_flow
 from streams.local.apache_kafka import BROKER_SETTINGS, G1_REGION, KAFKA_VERSION, KafkaNode, install_kafka
 from streams.local.ports import free_port_block
 from streams.resources import EXAMPLE_FLOWS
-from streams.runtime.heap import MALLOC_HUGE_PAGES
 from streams.stages.kinds import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,9 +99,8 @@ def test_compose_runs_every_stage_of_the_default_flow_against_kraft_kafka() -> N
         service = services[stage.name]
         assert service["command"][:4] == ["run", str(EXAMPLE_FLOWS.relative_to(ROOT) / "hello.yml"), "--stage", stage.name]
         assert service["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
-        # What the supervisor sets for a kind that scans vectors, a container sets for itself (streams/runtime/heap.py)
-        asked = MALLOC_HUGE_PAGES in service["environment"].get("GLIBC_TUNABLES", "").split(":")
-        assert asked == KINDS[stage.name].holds_vectors, stage.name
+        # No malloc huge pages: the index stage collapses its vectors itself (processors/index/huge_pages.py)
+        assert "glibc.malloc.hugetlb" not in service["environment"].get("GLIBC_TUNABLES", ""), stage.name
     assert set(services) - {"kafka"} == {stage.name for stage in flow.stages}, "one service per stage, no other"
     for stage in flow.stages:
         if KINDS[stage.name].stateful:  # its shards on a volume, as many replicas as the flow says

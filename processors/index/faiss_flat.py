@@ -18,6 +18,7 @@ from processors.document import Direction
 from processors.exceptions import ConfigError
 from processors.index.base import FlatScan, Metric, SearchTuning
 from processors.index.half_scan import HalfPrecisionScan, VectorSource
+from processors.index.huge_pages import CodesWatch
 
 __all__ = ["AUTO_FLOAT16_BYTES", "COMPACT_FRACTION", "FaissVectorIndex", "FlatVectorIndex", "faiss_metric", "faiss_search", "one_thread",
            "write_threads"]
@@ -223,6 +224,8 @@ class FlatVectorIndex(FaissVectorIndex):
         """The tombstones' ids, for the pass that removes them."""
         self._dead_count = 0
         self._skip_dead: tuple[faiss.IDSelector, faiss.IDSelector] | None = None
+        self._codes = CodesWatch()
+        """Asks for the vectors in huge pages as they grow, where the process collapses them (``huge_pages.py``)."""
 
     @property
     def size(self) -> int:
@@ -253,6 +256,7 @@ class FlatVectorIndex(FaissVectorIndex):
         elif self._half is not None and not self._half.holds(vectors):
             self._to_float32()
         super().add(ids, vectors)
+        self._codes.follow(self._index)
         self._present.set(ids)
         if self._half is not None:
             self._half.added(vectors)

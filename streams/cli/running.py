@@ -43,8 +43,9 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
                       max_payload_bytes=flow.max_payload_bytes)  # idempotent; a real cluster may not have them yet
         claim_serving(settings, flow.topics)  # the first version to run serves; later ones wait for a reindex
         if not replicas:
+            from processors.index.huge_pages import start_collapsing
             from streams.local.supervisor import stop_with_supervisor
-            from streams.runtime.heap import fix_mmap_threshold, freeze_startup_heap, report_huge_pages
+            from streams.runtime.heap import fix_mmap_threshold, freeze_startup_heap
             from streams.runtime.loop import StageLoop
             from streams.stages.kinds import build_stage
 
@@ -52,9 +53,9 @@ def run(flow_path: Path, stage: str | None, replicas: int | None, state_dir: Pat
             loop.install_signal_handlers()
             stop_with_supervisor(loop.stop)
             freeze_startup_heap()  # its model, modules and stage: never walked by a full collection
-            report_huge_pages(KINDS[stage].holds_vectors)
             if KINDS[stage].holds_vectors:
                 fix_mmap_threshold()
+                start_collapsing()  # its vectors into huge pages whenever its writes pause
             loop.run()
             return
         _supervise(flow, flow_path, settings.bootstrap_servers, stage, replicas)

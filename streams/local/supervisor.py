@@ -18,10 +18,8 @@ from typing import IO
 
 from streams.exceptions import EXIT_CONFIG
 from streams.flow.spec import FlowSpec
-from streams.runtime.heap import with_malloc_huge_pages
 from streams.runtime.metrics import PORT_ENV
 from streams.runtime.paths import REPLICA_ENV
-from streams.stages.kinds import KINDS
 
 __all__ = ["SUPERVISOR_PID_ENV", "LocalFlow", "StageProcess", "restart_delay", "stage_log_dir", "stage_log_files",
            "stage_logs_shown", "stop_with_supervisor"]
@@ -182,8 +180,6 @@ class LocalFlow:
         # The caller's working directory, absolute paths, and -P: a module in that directory (an
         # http.py, say) must not shadow the standard library or ours in the stage process.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
-        if KINDS[stage].holds_vectors:
-            env = with_malloc_huge_pages(env)
         command = [sys.executable, "-P", "-m", "streams.cli", "run", str(self.flow_path.resolve()), "--stage", stage,
                    "--state-dir", str(Path(self.flow.state_dir).resolve())]
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

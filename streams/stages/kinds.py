@@ -138,9 +138,9 @@ class StageKind:
     liveness_suffix: str = ""
     """A live process shows as a member of ``<group><suffix>`` (the shard's search path has no group)."""
     holds_vectors: bool = False
-    """Holds its shards' vectors in memory, scanned at every search and grown by doubling: its process asks
-    ``malloc`` for transparent huge pages (``MALLOC_HUGE_PAGES`` in ``streams/runtime/heap.py``, set by the
-    supervisor) and fixes its mmap threshold (``fix_mmap_threshold``, there too)."""
+    """Holds its shards' vectors in memory, scanned at every search and grown by doubling: its process fixes its
+    mmap threshold (``fix_mmap_threshold`` in ``streams/runtime/heap.py``) and collapses the vectors into huge pages
+    whenever its writes pause (``start_collapsing`` in ``processors/index/huge_pages.py``)."""
 
 
 FAILURE_POLICY = FailurePolicy(rejected=(InvalidParameterError,))

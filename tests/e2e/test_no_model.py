@@ -25,7 +25,6 @@ from streams.kafka.reader import fetch_high_watermarks
 from streams.kafka.settings import KafkaSettings
 from streams.local.runtime import LocalRuntime
 from streams.ops.status import why_no_reply
-from streams.runtime.heap import MALLOC_HUGE_PAGES
 from tests.e2e.fixtures import FlowFactory, stage_logs
 
 pytestmark = pytest.mark.kafka
@@ -95,19 +94,17 @@ def test_no_stage_process_loads_torch(flow: LocalRuntime, indexed: tuple[np.ndar
     assert "faiss" in Path(f"/proc/{index.pid}/maps").read_text()  # what is looked for would be seen
 
 
-def test_the_index_stage_asks_malloc_for_huge_pages_and_fixes_its_mmap_threshold_and_the_join_does_neither(
+def test_the_index_stage_collapses_its_vectors_and_fixes_its_mmap_threshold_and_the_join_does_neither(
         flow: LocalRuntime) -> None:
     assert flow.local_flow is not None
-    for own in ("glibc.malloc.hugetlb", "glibc.malloc.mmap_threshold"):
-        assert own not in os.environ.get("GLIBC_TUNABLES", ""), f"the session's own {own} would win"
+    assert "glibc.malloc.mmap_threshold" not in os.environ.get("GLIBC_TUNABLES", ""), "the session's own would win"
     for proc in flow.local_flow.processes:
         assert proc.process.poll() is None, stage_logs(flow)
         environ = dict(os.fsdecode(entry).split("=", 1) for entry in
                        Path(f"/proc/{proc.process.pid}/environ").read_bytes().split(b"\0") if b"=" in entry)
-        asked = MALLOC_HUGE_PAGES in environ.get("GLIBC_TUNABLES", "").split(":")
-        assert asked == (proc.stage == "index"), (proc.stage, environ.get("GLIBC_TUNABLES"))
+        assert "glibc.malloc.hugetlb" not in environ.get("GLIBC_TUNABLES", ""), (proc.stage, environ)  # 4 KiB pages
         log = flow.local_flow.log_path(proc.stage, proc.replica).read_text()
-        assert ("malloc huge pages asked for" in log) == (proc.stage == "index"), stage_logs(flow)
+        assert ("collapsed into huge pages" in log) == (proc.stage == "index"), stage_logs(flow)
         assert ("malloc mmap threshold fixed" in log) == (proc.stage == "index"), stage_logs(flow)  # the process's own
 
 

@@ -1,0 +1,94 @@
+"""``huge_pages.py``: a flat index's vectors are collapsed into huge pages once their writes pause, the latest block
+only, whole huge pages only; a kernel without ``MADV_COLLAPSE`` turns it off. With a recording ``madvise``, and in a
+child process with the kernel's own."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from processors.index.huge_pages import HUGE_PAGE_BYTES, MADV_COLLAPSE, PageCollapser
+
+MiB = 1 << 20
+
+
+class Recorded:
+    """A ``madvise`` that notes its calls and answers with ``errno_code`` (0: success)."""
+
+    def __init__(self, errno_code: int = 0) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+        self.errno_code = errno_code
+
+    def __call__(self, address: int, length: int, advice: int) -> int:
+        self.calls.append((address, length, advice))
+        if self.errno_code:
+            ctypes.set_errno(self.errno_code)
+            return -1
+        return 0
+
+
+def test_only_the_latest_range_of_an_index_is_collapsed_once_quiet_in_whole_huge_pages() -> None:
+    madvise = Recorded()
+    collapser = PageCollapser(madvise, quiet_s=0.2)
+    base = 64 * HUGE_PAGE_BYTES
+    collapser.grew(1, base + 4096, 10 * MiB)  # the first write: its range is superseded by the next
+    collapser.grew(1, base + 4096, 20 * MiB + 5)
+    collapser.grew(2, base + 100 * MiB, MiB)  # within no whole huge page: nothing to ask
+    assert collapser.wait_idle(timeout=10)
+    start = base + HUGE_PAGE_BYTES  # rounded up to a huge page
+    end = (base + 4096 + 20 * MiB + 5) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES  # rounded down
+    assert madvise.calls == [(start, end - start, MADV_COLLAPSE)]
+    assert collapser.collapsed_bytes == end - start
+
+
+def test_a_kernel_without_the_advice_turns_collapsing_off_and_a_range_gone_is_counted() -> None:
+    refused = Recorded(errno.EINVAL)
+    collapser = PageCollapser(refused, quiet_s=0.01)
+    collapser.grew(1, 0, 8 * MiB)
+    assert collapser.wait_idle(timeout=10) and not collapser.supported
+    collapser.grew(1, 0, 16 * MiB)  # asked no more
+    assert collapser.wait_idle(timeout=10) and len(refused.calls) == 1
+
+    unmapped = Recorded(errno.ENOMEM)
+    collapser = PageCollapser(unmapped, quiet_s=0.01)
+    collapser.grew(1, 0, 8 * MiB)
+    assert collapser.wait_idle(timeout=10) and collapser.supported and collapser.gone == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_COLLAPSE) is Linux's")
+def test_a_flat_index_grown_in_a_process_that_collapses_ends_in_huge_pages_where_the_kernel_can() -> None:
+    script = textwrap.dedent("""
+        import json, numpy
+        from processors.index.faiss_flat import FlatVectorIndex
+        from processors.index.huge_pages import start_collapsing
+
+        def huge_kib():
+            return next(int(line.split()[1]) for line in open("/proc/self/smaps_rollup")
+                        if line.startswith("AnonHugePages:"))
+
+        collapser = start_collapsing()
+        index = FlatVectorIndex(dim=256, metric="inner_product")
+        block = numpy.ones((1024, 256), dtype=numpy.float32)  # 1 MiB: below numpy's own huge page requests
+        before = huge_kib()
+        for start in range(0, 48 * 1024, 1024):
+            index.add(numpy.arange(start, start + 1024), block)
+        assert collapser.wait_idle(timeout=120)
+        print(json.dumps({"supported": collapser.supported, "collapsed": collapser.collapsed_bytes,
+                          "gained_kib": huge_kib() - before, "found": index.size}))
+    """)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}  # no GLIBC_TUNABLES: malloc asks for nothing
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                           check=False)
+    assert child.returncode == 0, child.stderr[-3000:]
+    figures = json.loads(child.stdout.splitlines()[-1])
+    assert figures["found"] == 48 * 1024
+    if figures["supported"]:  # 48 MiB of vectors: their last block, whole huge pages of it
+        assert figures["collapsed"] >= 32 * MiB and figures["gained_kib"] >= 32 * 1024, figures
+    else:  # a kernel before 6.1, or a process denied huge pages: left as malloc gave it
+        assert figures["collapsed"] == 0, figures
