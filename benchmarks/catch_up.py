@@ -36,6 +36,7 @@ from setup import (
 from shard_apply import documents, through_the_handler
 
 from processors.document import Document
+from processors.index.huge_pages import QUIET_S
 from streams.flow.parse import load_flow
 from streams.local.runtime import LocalRuntime
 
@@ -63,14 +64,15 @@ def catch_up(vectors_count: int, tunables: str | None, settle_s: float) -> list[
                                        for i in range(start, min(start + 1000, vectors_count)))
                 receipt = written if receipt is None else receipt.merge(written)
             previous = os.environ.get("GLIBC_TUNABLES")
-            if tunables is not None:
-                os.environ["GLIBC_TUNABLES"] = tunables  # the supervisor passes its environment on
+            if tunables is not None:  # the supervisor passes its environment on; the caller's own tunables stay
+                os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, [previous, tunables]))
             try:
                 started = time.perf_counter()
                 with LocalRuntime(flow, flow_path=flow_path, state_dir=Path(state), stages=["index"]):
                     client.search(vectors=vectors[:1], top_k=1, after=receipt, timeout_s=300)
                     seconds = time.perf_counter() - started
-                    stage, main_thread = cpu_seconds_by_role().get(INDEX, 0.0), _main_thread_cpu()
+                    main_thread = _main_thread_cpu()  # first: the process's reading, a tick later, holds it
+                    stage = cpu_seconds_by_role().get(INDEX, 0.0)
                     huge = _settled_huge_mib(settle_s)
             finally:
                 _restore("GLIBC_TUNABLES", previous)
@@ -96,13 +98,14 @@ def _main_thread_cpu() -> float:
 
 
 def _settled_huge_mib(settle_s: float) -> float:
-    """The index stage's ``AnonHugePages`` in MiB once it has not grown for a second (or ``settle_s`` passed)."""
+    """The index stage's ``AnonHugePages`` in MiB once it has not changed for ``QUIET_S`` and 1.5 s more (the
+    collapse starts ``QUIET_S`` after the last write), or when ``settle_s`` has passed."""
     deadline, last, steady_since = time.monotonic() + settle_s, -1.0, time.monotonic()
     while time.monotonic() < deadline:
         now = sum(_huge_kib(pid) for pid in process_tree() if process_role(pid) == INDEX) / 1024
         if now != last:
             last, steady_since = now, time.monotonic()
-        elif time.monotonic() - steady_since >= 1.0:
+        elif time.monotonic() - steady_since >= QUIET_S + 1.5:
             break
         time.sleep(0.1)  # a reading of /proc, not a wait on the stage: its collapse says nothing when done
     return max(last, 0.0)

@@ -8,8 +8,9 @@ Documents straight from memory (no Avro, no checks), which is the floor of the h
 batch is where a shard answered no search: FAISS's vectors double as they grow, a new block and a copy.
 
 ``--malloc-huge-pages`` times the pre-embedded handler again in two child processes set up as the index
-stage is (``fix_mmap_threshold``), one started with ``glibc.malloc.hugetlb=1`` as the supervisor starts
-the stage (``streams/runtime/heap.py``), one with ``=0``: what huge pages cost the write path here.
+stage is (``fix_mmap_threshold``, ``start_collapsing``), one started with ``glibc.malloc.hugetlb=1`` as the
+supervisor started the stage until 2026-12-07, one with ``=0``: what malloc's huge pages cost the write path here
+(``processors/index/huge_pages.py``).
 
     python benchmarks/shard_apply.py [--docs 20000] [--chunks 10] [--malloc-huge-pages]
 """
@@ -97,7 +98,7 @@ def _timed(work: Callable[[], object], close: Callable[[], None]) -> float:
     return elapsed
 
 
-HUGE_PAGE_SETTINGS = {"glibc.malloc.hugetlb=1 (as the supervisor starts the index stage)": "glibc.malloc.hugetlb=1",
+HUGE_PAGE_SETTINGS = {"glibc.malloc.hugetlb=1 (as the supervisor started the index stage)": "glibc.malloc.hugetlb=1",
                       "glibc.malloc.hugetlb=0": "glibc.malloc.hugetlb=0"}
 """``--malloc-huge-pages``: each child's ``GLIBC_TUNABLES``, by row label."""
 
@@ -105,9 +106,11 @@ HUGE_PAGE_SETTINGS = {"glibc.malloc.hugetlb=1 (as the supervisor starts the inde
 def as_the_stage(docs: int) -> None:
     """In a child started with the stage's tunables: fix the mmap threshold as the stage does, time the pre-embedded
     handler, print its seconds, the longest batch's and the peak RSS as JSON."""
+    from processors.index.huge_pages import start_collapsing
     from streams.runtime.heap import fix_mmap_threshold
 
     fix_mmap_threshold()
+    start_collapsing()
     seconds, longest = through_the_handler(documents(docs, 0, unit_vectors(docs, seed=5)), from_ingest=True)
     print(json.dumps([seconds, longest, peak_rss_mib()]))
 

@@ -22,16 +22,19 @@ for each 2 MiB it copies, and a writer faulting in new pages meanwhile waits (in
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import logging
+import mmap
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import faiss
 
-__all__ = ["HUGE_PAGE_BYTES", "MADV_COLLAPSE", "MIN_COLLAPSE_BYTES", "QUIET_S", "CodesWatch", "PageCollapser",
-           "running_collapser", "start_collapsing"]
+__all__ = ["ATTEMPTS", "HUGE_PAGE_BYTES", "MADV_COLLAPSE", "MIN_COLLAPSE_BYTES", "QUIET_S", "CodesWatch",
+           "PageCollapser", "kernel_collapses", "running_collapser", "start_collapsing"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +49,28 @@ MIN_COLLAPSE_BYTES = 8 << 20
 fewer takes well under a millisecond either way."""
 
 QUIET_S = 1.0
-"""How long a shard's vectors must not have grown before they are collapsed: a bulk write is done, or paused."""
+"""How long a shard's vectors must have grown by less than a huge page before they are collapsed: a bulk write is
+done or paused, or the writes are a trickle."""
+
+ATTEMPTS = 3
+"""Collapses of one range the kernel may refuse (busy, no free huge page, a range changing under it) before it is
+left until its index grows again; each attempt after a quiet spell as long again."""
 
 Madvise = Callable[[int, int, int], int]
 """``madvise(address, length, advice)``: 0, or -1 with ``ctypes.get_errno()`` set."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Range:
+    """An index's vectors to collapse: whole huge pages from ``start`` to ``end``."""
+
+    start: int
+    end: int
+    due: float
+    """When to collapse them (monotonic seconds): ``QUIET_S`` after they last grew by a huge page or more."""
+    grown_to: int
+    """``end`` when ``due`` was last set."""
+    attempts: int = 0
 
 
 class PageCollapser:
@@ -62,75 +83,88 @@ class PageCollapser:
     def __init__(self, madvise: Madvise | None = None, *, quiet_s: float = QUIET_S) -> None:
         self._madvise = madvise or _libc_madvise()
         self._quiet_s = quiet_s
-        self._pending: dict[int, tuple[int, int, float]] = {}
-        """By index: the aligned range to collapse, and when its vectors last grew."""
+        self._pending: dict[int, _Range] = {}
+        self._done: dict[int, tuple[int, int]] = {}
+        """By index: the range last collapsed, not asked for again until it grows by a huge page or moves."""
         self._cond = threading.Condition()
-        self._working = False
-        self.supported = True
-        """False once the kernel refused the advice (older than 6.1, or huge pages denied to the process)."""
+        self._working: int | None = None
+        """The index whose range is being collapsed; None when idle, or when it was forgotten meanwhile."""
+        self._busy = False
         self.collapsed_bytes = 0
         """Bytes of ranges the kernel collapsed, or found collapsed already."""
-        self.gone = 0
-        """Ranges no longer mapped when their turn came: the index had grown into a new block since."""
+        self.refused = 0
+        """Collapses the kernel refused (``errno``: ``EAGAIN``, ``ENOMEM``, ``EINVAL`` for a range that changed)."""
         self._thread = threading.Thread(target=self._run, name="huge-page-collapse", daemon=True)
         self._thread.start()
 
     def grew(self, key: int, address: int, size: int) -> None:
-        """The vectors of index ``key`` now fill ``size`` bytes from ``address``: collapse their whole huge pages
-        once they have been quiet for ``quiet_s``. Called at every write: a lock and a dict entry."""
+        """The vectors of index ``key`` now fill ``size`` bytes from ``address``: collapse their whole huge pages once
+        they have grown by less than one for ``quiet_s``. Called at every write: a lock and a few comparisons."""
         start = -(-address // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
         end = (address + size) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
-        if end <= start or not self.supported:
+        if end <= start or self._done.get(key) == (start, end):
             return
+        now = time.monotonic()
         with self._cond:
-            was_empty = not self._pending
-            self._pending[key] = (start, end, time.monotonic())
-            if was_empty:
-                self._cond.notify_all()
+            known = self._pending.get(key)
+            if known is not None and known.start == start and end - known.grown_to < HUGE_PAGE_BYTES:
+                known.end = end  # a trickle: its due time stays
+                return
+            self._pending[key] = _Range(start, end, now + self._quiet_s, end)
+            self._cond.notify_all()
+
+    def forget(self, key: int) -> None:
+        """Index ``key`` is gone: its range is no longer its vectors."""
+        with self._cond:
+            self._pending.pop(key, None)
+            self._done.pop(key, None)
+            if self._working == key:
+                self._working = None
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is pending or being collapsed; returns False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._pending and not self._working, timeout)
+            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                start, end = self._next_quiet()
-                self._working = True
+                key, due = self._next_due()
+                self._working, self._busy = key, True
             try:
-                self._collapse(start, end)
-            finally:
-                with self._cond:
-                    self._working = False
-                    self._cond.notify_all()
+                collapsed = self._collapse(due.start, due.end)
+            except Exception:  # never the thread's end: the vectors stay as they are
+                logger.exception("huge page collapse failed")
+                collapsed = False
+            with self._cond:
+                forgotten, self._working, self._busy = self._working != key, None, False
+                if forgotten:
+                    pass
+                elif collapsed:
+                    self._done[key] = (due.start, due.end)
+                elif due.attempts + 1 < ATTEMPTS and key not in self._pending:  # none newer came meanwhile
+                    self._pending[key] = dataclasses.replace(
+                        due, due=time.monotonic() + self._quiet_s * (due.attempts + 2), attempts=due.attempts + 1)
+                self._cond.notify_all()
 
-    def _next_quiet(self) -> tuple[int, int]:
-        """Under the lock: wait for a range whose index has been quiet for ``quiet_s``, and take it."""
+    def _next_due(self) -> tuple[int, _Range]:
+        """Under the lock: wait for the range due first, and take it."""
         while True:
             self._cond.wait_for(lambda: bool(self._pending))
-            now = time.monotonic()
-            key, (start, end, grew_at) = min(self._pending.items(), key=lambda item: item[1][2])
-            if now - grew_at >= self._quiet_s:
+            key, first = min(self._pending.items(), key=lambda item: item[1].due)
+            wait = first.due - time.monotonic()
+            if wait <= 0:
                 del self._pending[key]
-                return start, end
-            self._cond.wait(self._quiet_s - (now - grew_at))
+                return key, first
+            self._cond.wait(wait)
 
-    def _collapse(self, start: int, end: int) -> None:
+    def _collapse(self, start: int, end: int) -> bool:
         if self._madvise(start, end - start, MADV_COLLAPSE) == 0:
             self.collapsed_bytes += end - start
-            return
-        code = ctypes.get_errno()
-        if code == errno.ENOMEM:  # unmapped: the vector grew into a new block since, whose range is pending
-            self.gone += 1
-        elif code == errno.EINVAL and self.supported:
-            self.supported = False
-            with self._cond:
-                self._pending.clear()
-            logger.info("the kernel does not collapse memory into huge pages (MADV_COLLAPSE needs Linux 6.1): "
-                        "the shards' vectors stay in 4 KiB pages, and flat scans take about a fifth longer")
-        elif code != errno.EAGAIN:  # EAGAIN: busy for now; the next quiet spell covers the range again
-            logger.debug("huge page collapse refused", extra={"errno": errno.errorcode.get(code, code)})
+            return True
+        self.refused += 1
+        logger.debug("huge page collapse refused", extra={"errno": errno.errorcode.get(ctypes.get_errno(), "?")})
+        return False
 
 
 def _libc_madvise() -> Madvise:
@@ -139,21 +173,36 @@ def _libc_madvise() -> Madvise:
     return call  # type: ignore[no-any-return]
 
 
+def kernel_collapses(madvise: Madvise | None = None) -> bool:
+    """Whether this kernel collapses memory into huge pages for this process: tried once on 2 MiB of its own, all
+    of it written (a range with pages never touched is refused too). False before Linux 6.1, for a process denied
+    huge pages (``prctl(PR_SET_THP_DISABLE)``), or where anonymous memory cannot be mapped."""
+    try:
+        call = madvise or _libc_madvise()
+        with mmap.mmap(-1, 2 * HUGE_PAGE_BYTES) as region:
+            base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+            offset = -(-base // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES - base
+            region[offset:offset + HUGE_PAGE_BYTES] = b"\1" * HUGE_PAGE_BYTES
+            return bool(call(base + offset, HUGE_PAGE_BYTES, MADV_COLLAPSE) == 0)
+    except (OSError, AttributeError, ValueError, TypeError):
+        return False
+
+
 _COLLAPSER: PageCollapser | None = None
 _START_LOCK = threading.Lock()
 
 
 def start_collapsing() -> PageCollapser | None:
     """Start this process's collapser (once; later calls return it): call it in a process's entry point, never in a
-    library a user's process imports. None where the libc has no ``madvise``."""
+    library a user's process imports. None where the kernel does not collapse (:func:`kernel_collapses`)."""
     global _COLLAPSER
     with _START_LOCK:
         if _COLLAPSER is None:
-            try:
-                _COLLAPSER = PageCollapser()
-            except (OSError, AttributeError):
-                logger.info("no madvise here: the shards' vectors stay in the pages malloc gave them")
+            if not kernel_collapses():
+                logger.info("the kernel does not collapse memory into huge pages here (MADV_COLLAPSE needs Linux "
+                            "6.1): the shards' vectors stay in 4 KiB pages, and flat scans take about a fifth longer")
                 return None
+            _COLLAPSER = PageCollapser()
             logger.info("the shards' vectors are collapsed into huge pages whenever their writes pause",
                         extra={"quiet_s": QUIET_S})
         return _COLLAPSER
@@ -166,18 +215,20 @@ def running_collapser() -> PageCollapser | None:
 
 class CodesWatch:
     """Tells the process's collapser, after each write, where one flat index's vectors are (FAISS's ``codes``:
-    float32 or float16 rows, one block that moves when it doubles) and how far they are filled."""
+    float32 or float16 rows, one block that moves when it doubles) and how far they are filled; its range is
+    forgotten when the watch (its flat index) is."""
 
     def __init__(self) -> None:
         self._index: faiss.Index | None = None
         self._codes: object = None
         """``self._index``'s vectors (SWIG's view of the member, valid while the index lives: it is held here)."""
+        self._forget: weakref.finalize | None = None
 
     def follow(self, index: faiss.Index) -> None:
         """After a write to ``index`` (an ``IndexIDMap`` of a flat index). Does nothing without a running collapser,
         for fewer than ``MIN_COLLAPSE_BYTES``, or for an index without host memory of its own (a GPU's)."""
         collapser = _COLLAPSER
-        if collapser is None or not collapser.supported:
+        if collapser is None:
             return
         if index is not self._index:  # a new index (the float16 turn): found once, not at every write
             self._index = index
@@ -187,4 +238,6 @@ class CodesWatch:
             return
         size = int(codes.size())
         if size >= MIN_COLLAPSE_BYTES:
+            if self._forget is None:
+                self._forget = weakref.finalize(self, collapser.forget, id(self))
             collapser.grew(id(self), int(codes.data()), size)

@@ -1,6 +1,6 @@
 """``huge_pages.py``: a flat index's vectors are collapsed into huge pages once their writes pause, the latest block
-only, whole huge pages only; a kernel without ``MADV_COLLAPSE`` turns it off. With a recording ``madvise``, and in a
-child process with the kernel's own."""
+only, whole huge pages only; a refused range is tried again, a forgotten one never; a kernel without
+``MADV_COLLAPSE`` is found out at start. With a recording ``madvise``, and in a child process with the kernel's."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from processors.index.huge_pages import HUGE_PAGE_BYTES, MADV_COLLAPSE, PageCollapser
+from processors.index.huge_pages import ATTEMPTS, HUGE_PAGE_BYTES, MADV_COLLAPSE, PageCollapser, kernel_collapses
 
 MiB = 1 << 20
 
@@ -35,7 +35,7 @@ class Recorded:
 
 def test_only_the_latest_range_of_an_index_is_collapsed_once_quiet_in_whole_huge_pages() -> None:
     madvise = Recorded()
-    collapser = PageCollapser(madvise, quiet_s=0.2)
+    collapser = PageCollapser(madvise, quiet_s=1.0)
     base = 64 * HUGE_PAGE_BYTES
     collapser.grew(1, base + 4096, 10 * MiB)  # the first write: its range is superseded by the next
     collapser.grew(1, base + 4096, 20 * MiB + 5)
@@ -45,20 +45,31 @@ def test_only_the_latest_range_of_an_index_is_collapsed_once_quiet_in_whole_huge
     end = (base + 4096 + 20 * MiB + 5) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES  # rounded down
     assert madvise.calls == [(start, end - start, MADV_COLLAPSE)]
     assert collapser.collapsed_bytes == end - start
+    collapser.grew(1, base + 4096, 20 * MiB + 4096)  # no new whole huge page: collapsed already
+    assert collapser.wait_idle(timeout=10) and len(madvise.calls) == 1
 
 
-def test_a_kernel_without_the_advice_turns_collapsing_off_and_a_range_gone_is_counted() -> None:
-    refused = Recorded(errno.EINVAL)
-    collapser = PageCollapser(refused, quiet_s=0.01)
+def test_a_refused_range_is_tried_again_a_few_times_and_a_forgotten_one_never() -> None:
+    busy = Recorded(errno.EAGAIN)
+    collapser = PageCollapser(busy, quiet_s=0.05)
     collapser.grew(1, 0, 8 * MiB)
-    assert collapser.wait_idle(timeout=10) and not collapser.supported
-    collapser.grew(1, 0, 16 * MiB)  # asked no more
-    assert collapser.wait_idle(timeout=10) and len(refused.calls) == 1
+    assert collapser.wait_idle(timeout=30)
+    assert busy.calls == [(0, 8 * MiB, MADV_COLLAPSE)] * ATTEMPTS and collapser.refused == ATTEMPTS
+    assert collapser.collapsed_bytes == 0
 
-    unmapped = Recorded(errno.ENOMEM)
-    collapser = PageCollapser(unmapped, quiet_s=0.01)
+    madvise = Recorded()
+    collapser = PageCollapser(madvise, quiet_s=1.0)
     collapser.grew(1, 0, 8 * MiB)
-    assert collapser.wait_idle(timeout=10) and collapser.supported and collapser.gone == 1
+    collapser.forget(1)  # its index closed before the range was due
+    assert collapser.wait_idle(timeout=10) and madvise.calls == []
+
+
+def test_a_kernel_that_refuses_the_advice_is_found_out_at_start() -> None:
+    assert not kernel_collapses(Recorded(errno.EINVAL))
+    tried = Recorded()
+    assert kernel_collapses(tried)
+    (address, length, advice), = tried.calls
+    assert address % HUGE_PAGE_BYTES == 0 and length == HUGE_PAGE_BYTES and advice == MADV_COLLAPSE
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_COLLAPSE) is Linux's")
@@ -72,15 +83,14 @@ def test_a_flat_index_grown_in_a_process_that_collapses_ends_in_huge_pages_where
             return next(int(line.split()[1]) for line in open("/proc/self/smaps_rollup")
                         if line.startswith("AnonHugePages:"))
 
-        collapser = start_collapsing()
+        collapser = start_collapsing()  # None where the kernel does not collapse
         index = FlatVectorIndex(dim=256, metric="inner_product")
         block = numpy.ones((1024, 256), dtype=numpy.float32)  # 1 MiB: below numpy's own huge page requests
         before = huge_kib()
         for start in range(0, 48 * 1024, 1024):
             index.add(numpy.arange(start, start + 1024), block)
-        assert collapser.wait_idle(timeout=120)
-        print(json.dumps({"supported": collapser.supported, "collapsed": collapser.collapsed_bytes,
-                          "gained_kib": huge_kib() - before, "found": index.size}))
+        assert collapser is None or collapser.wait_idle(timeout=120)
+        print(json.dumps({"supported": collapser is not None, "gained_kib": huge_kib() - before, "found": index.size}))
     """)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}  # no GLIBC_TUNABLES: malloc asks for nothing
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
@@ -88,7 +98,7 @@ def test_a_flat_index_grown_in_a_process_that_collapses_ends_in_huge_pages_where
     assert child.returncode == 0, child.stderr[-3000:]
     figures = json.loads(child.stdout.splitlines()[-1])
     assert figures["found"] == 48 * 1024
-    if figures["supported"]:  # 48 MiB of vectors: their last block, whole huge pages of it
-        assert figures["collapsed"] >= 32 * MiB and figures["gained_kib"] >= 32 * 1024, figures
+    if figures["supported"]:  # 48 MiB of vectors: their last block, whole huge pages of it (a few may be refused)
+        assert figures["gained_kib"] >= 32 * 1024, figures
     else:  # a kernel before 6.1, or a process denied huge pages: left as malloc gave it
-        assert figures["collapsed"] == 0, figures
+        assert figures["gained_kib"] < 8 * 1024, figures
