@@ -36,7 +36,7 @@ from setup import (
 from shard_apply import documents, through_the_handler
 
 from processors.document import Document
-from processors.index.huge_pages import QUIET_S
+from processors.index.huge_pages import ATTEMPTS, QUIET_S
 from streams.flow.parse import load_flow
 from streams.local.runtime import LocalRuntime
 
@@ -98,14 +98,15 @@ def _main_thread_cpu() -> float:
 
 
 def _settled_huge_mib(settle_s: float) -> float:
-    """The index stage's ``AnonHugePages`` in MiB once it has not changed for ``QUIET_S`` and 1.5 s more (the
-    collapse starts ``QUIET_S`` after the last write), or when ``settle_s`` has passed."""
+    """The index stage's ``AnonHugePages`` in MiB once it has not changed for ``QUIET_S`` times ``ATTEMPTS`` + 1 (the
+    collapse starts ``QUIET_S`` after the last write, a refused one is tried again later), or when ``settle_s`` has
+    passed."""
     deadline, last, steady_since = time.monotonic() + settle_s, -1.0, time.monotonic()
     while time.monotonic() < deadline:
         now = sum(_huge_kib(pid) for pid in process_tree() if process_role(pid) == INDEX) / 1024
         if now != last:
             last, steady_since = now, time.monotonic()
-        elif time.monotonic() - steady_since >= QUIET_S + 1.5:
+        elif time.monotonic() - steady_since >= QUIET_S * (ATTEMPTS + 1):
             break
         time.sleep(0.1)  # a reading of /proc, not a wait on the stage: its collapse says nothing when done
     return max(last, 0.0)
@@ -123,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vectors", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait for the huge pages to settle")
+    parser.add_argument("--settle", type=float, default=15.0, help="seconds to wait for the huge pages to settle")
     parser.add_argument("--malloc-huge-pages", action="store_true", help="also with glibc.malloc.hugetlb=1, in turns")
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import faiss
 
-__all__ = ["ATTEMPTS", "HUGE_PAGE_BYTES", "MADV_COLLAPSE", "MIN_COLLAPSE_BYTES", "QUIET_S", "CodesWatch",
+__all__ = ["ATTEMPTS", "HUGE_PAGE_BYTES", "MADV_COLLAPSE", "MAX_DELAY_S", "MIN_COLLAPSE_BYTES", "QUIET_S", "CodesWatch",
            "PageCollapser", "kernel_collapses", "running_collapser", "start_collapsing"]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,11 @@ fewer takes well under a millisecond either way."""
 QUIET_S = 1.0
 """How long a shard's vectors must have grown by less than a huge page before they are collapsed: a bulk write is
 done or paused, or the writes are a trickle."""
+
+MAX_DELAY_S = 30.0
+"""The longest a range waits for a quiet spell: writes adding a huge page each ``QUIET_S`` (about 2,700 384-d float16
+vectors a second) would otherwise keep a shard in 4 KiB pages for as long as they last. A collapse then stalls such
+writes now and then, at most once in this long."""
 
 ATTEMPTS = 3
 """Collapses of one range the kernel may refuse (busy, no free huge page, a range changing under it) before it is
@@ -70,6 +75,8 @@ class _Range:
     """When to collapse them (monotonic seconds): ``QUIET_S`` after they last grew by a huge page or more."""
     grown_to: int
     """``end`` when ``due`` was last set."""
+    since: float
+    """When the range was first asked for (monotonic seconds): ``due`` is never later than ``MAX_DELAY_S`` after."""
     attempts: int = 0
 
 
@@ -78,11 +85,14 @@ class PageCollapser:
 
     :param madvise: the system call (tests give another); None: libc's, through ``ctypes``.
     :param quiet_s: ``QUIET_S``.
+    :param max_delay_s: ``MAX_DELAY_S``.
     """
 
-    def __init__(self, madvise: Madvise | None = None, *, quiet_s: float = QUIET_S) -> None:
+    def __init__(self, madvise: Madvise | None = None, *, quiet_s: float = QUIET_S,
+                 max_delay_s: float = MAX_DELAY_S) -> None:
         self._madvise = madvise or _libc_madvise()
         self._quiet_s = quiet_s
+        self._max_delay_s = max_delay_s
         self._pending: dict[int, _Range] = {}
         self._done: dict[int, tuple[int, int]] = {}
         """By index: the range last collapsed, not asked for again until it grows by a huge page or moves."""
@@ -107,10 +117,13 @@ class PageCollapser:
         now = time.monotonic()
         with self._cond:
             known = self._pending.get(key)
-            if known is not None and known.start == start and end - known.grown_to < HUGE_PAGE_BYTES:
-                known.end = end  # a trickle: its due time stays
+            if known is None or known.start != start:  # first asked for, or the vectors moved to a new block
+                self._pending[key] = _Range(start, end, now + self._quiet_s, end, since=now)
+            elif end - known.grown_to >= HUGE_PAGE_BYTES:  # still growing: later, but not past MAX_DELAY_S
+                known.end, known.grown_to = end, end
+                known.due = min(now + self._quiet_s, known.since + self._max_delay_s)
+            else:
                 return
-            self._pending[key] = _Range(start, end, now + self._quiet_s, end)
             self._cond.notify_all()
 
     def forget(self, key: int) -> None:
@@ -138,11 +151,14 @@ class PageCollapser:
                 collapsed = False
             with self._cond:
                 forgotten, self._working, self._busy = self._working != key, None, False
+                again = self._pending.get(key)
                 if forgotten:
                     pass
-                elif collapsed:
+                elif collapsed or due.attempts + 1 >= ATTEMPTS:  # either way, not asked again until it changes
                     self._done[key] = (due.start, due.end)
-                elif due.attempts + 1 < ATTEMPTS and key not in self._pending:  # none newer came meanwhile
+                    if again is not None and (again.start, again.end) == (due.start, due.end):
+                        del self._pending[key]  # a write meanwhile that added no huge page
+                elif again is None:  # none newer came meanwhile: try again after a longer quiet spell
                     self._pending[key] = dataclasses.replace(
                         due, due=time.monotonic() + self._quiet_s * (due.attempts + 2), attempts=due.attempts + 1)
                 self._cond.notify_all()
@@ -176,15 +192,18 @@ def _libc_madvise() -> Madvise:
 def kernel_collapses(madvise: Madvise | None = None) -> bool:
     """Whether this kernel collapses memory into huge pages for this process: tried once on 2 MiB of its own, all
     of it written (a range with pages never touched is refused too). False before Linux 6.1, for a process denied
-    huge pages (``prctl(PR_SET_THP_DISABLE)``), or where anonymous memory cannot be mapped."""
+    huge pages (``prctl(PR_SET_THP_DISABLE)``: both answer ``EINVAL``), or where anonymous memory cannot be mapped."""
     try:
         call = madvise or _libc_madvise()
         with mmap.mmap(-1, 2 * HUGE_PAGE_BYTES) as region:
-            base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+            first = ctypes.c_char.from_buffer(region)
+            base = ctypes.addressof(first)
+            del first  # no view of the buffer left when the mapping closes
             offset = -(-base // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES - base
             region[offset:offset + HUGE_PAGE_BYTES] = b"\1" * HUGE_PAGE_BYTES
-            return bool(call(base + offset, HUGE_PAGE_BYTES, MADV_COLLAPSE) == 0)
-    except (OSError, AttributeError, ValueError, TypeError):
+            # EINVAL: no such advice here; a refusal for now (EAGAIN, ENOMEM: no free huge page) is not the kernel's
+            return call(base + offset, HUGE_PAGE_BYTES, MADV_COLLAPSE) == 0 or ctypes.get_errno() != errno.EINVAL
+    except (OSError, AttributeError, ValueError, TypeError, BufferError):
         return False
 
 

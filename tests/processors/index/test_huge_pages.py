@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -49,6 +50,19 @@ def test_only_the_latest_range_of_an_index_is_collapsed_once_quiet_in_whole_huge
     assert collapser.wait_idle(timeout=10) and len(madvise.calls) == 1
 
 
+def test_writes_that_never_pause_are_collapsed_once_they_have_waited_the_longest_delay() -> None:
+    madvise = Recorded()
+    collapser = PageCollapser(madvise, quiet_s=1.0, max_delay_s=0.3)
+    size, deadline = 8 * MiB, time.monotonic() + 10
+    while not madvise.calls and time.monotonic() < deadline:  # a bulk write: a new huge page every 10 ms
+        size += HUGE_PAGE_BYTES
+        collapser.grew(1, 0, size)
+        time.sleep(0.01)  # the writer's pace, not a wait for the collapser: a tight loop would starve its lock
+    assert madvise.calls, "postponed past the longest delay"
+    (address, length, _), = madvise.calls[:1]
+    assert address == 0 and 8 * MiB < length <= size
+
+
 def test_a_refused_range_is_tried_again_a_few_times_and_a_forgotten_one_never() -> None:
     busy = Recorded(errno.EAGAIN)
     collapser = PageCollapser(busy, quiet_s=0.05)
@@ -56,6 +70,10 @@ def test_a_refused_range_is_tried_again_a_few_times_and_a_forgotten_one_never() 
     assert collapser.wait_idle(timeout=30)
     assert busy.calls == [(0, 8 * MiB, MADV_COLLAPSE)] * ATTEMPTS and collapser.refused == ATTEMPTS
     assert collapser.collapsed_bytes == 0
+    collapser.grew(1, 0, 8 * MiB + 4096)  # a trickle within the same huge pages: given up on, not asked again
+    assert collapser.wait_idle(timeout=30) and len(busy.calls) == ATTEMPTS
+    collapser.grew(1, 0, 10 * MiB)  # a new huge page: tried again
+    assert collapser.wait_idle(timeout=30) and busy.calls[ATTEMPTS:] == [(0, 10 * MiB, MADV_COLLAPSE)] * ATTEMPTS
 
     madvise = Recorded()
     collapser = PageCollapser(madvise, quiet_s=1.0)
@@ -66,6 +84,7 @@ def test_a_refused_range_is_tried_again_a_few_times_and_a_forgotten_one_never() 
 
 def test_a_kernel_that_refuses_the_advice_is_found_out_at_start() -> None:
     assert not kernel_collapses(Recorded(errno.EINVAL))
+    assert kernel_collapses(Recorded(errno.EAGAIN))  # busy for now: the kernel has the advice
     tried = Recorded()
     assert kernel_collapses(tried)
     (address, length, advice), = tried.calls
