@@ -25,6 +25,7 @@ import yaml
 from setup import (
     NO_MODEL_FLOW_YAML,
     broker_label,
+    cpu_seconds,
     cpu_seconds_by_role,
     fresh_broker,
     machine,
@@ -88,13 +89,7 @@ def _restore(name: str, value: str | None) -> None:
 
 def _main_thread_cpu() -> float:
     """User + system CPU seconds of the index stage's main thread (its loop), from ``/proc/<pid>/task/<pid>/stat``."""
-    total = 0.0
-    for pid in process_tree():
-        if process_role(pid) == INDEX:
-            with open(f"/proc/{pid}/task/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(cpu_seconds(f"/proc/{pid}/task/{pid}/stat") or 0.0 for pid in process_tree() if process_role(pid) == INDEX)
 
 
 def _settled_huge_mib(settle_s: float) -> float:

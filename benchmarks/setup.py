@@ -292,7 +292,8 @@ STAGE_THREADS = (("RocksDB", ("rocksdb:",)), ("librdkafka", ("rdk:",)))
 rest, ``other``, are Python's: the loop's main thread above all."""
 
 
-def _cpu_seconds(stat_path: str) -> float | None:
+def cpu_seconds(stat_path: str) -> float | None:
+    """User + system CPU seconds from a ``/proc`` ``stat`` file (a process's or a thread's); None if it is gone."""
     try:
         with open(stat_path) as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -324,7 +325,7 @@ def cpu_seconds_by_role() -> dict[str, float]:
     each stage's also by thread group (``<role>: <group>``, ``BROKER_THREADS``, ``STAGE_THREADS``)."""
     by_role: dict[str, float] = {}
     for pid in process_tree():
-        seconds = _cpu_seconds(f"/proc/{pid}/stat")
+        seconds = cpu_seconds(f"/proc/{pid}/stat")
         if seconds is None:
             continue
         role = process_role(pid)
@@ -343,7 +344,7 @@ def _threads_by_group(pid: int, groups_of: ThreadGroups) -> dict[str, float]:
             name = (task / "comm").read_text().strip()
         except OSError:
             continue
-        seconds = _cpu_seconds(str(task / "stat"))
+        seconds = cpu_seconds(str(task / "stat"))
         if seconds is None:
             continue
         group = _group_of(name, groups_of)

@@ -10,13 +10,14 @@ a fresh huge page faults through to the host: one ``add`` at 130,848 vectors too
 catching up on 200,000 pre-embedded documents spent 7.4-8.9 s of its main thread's CPU with the tunable against
 6.0-7.1 without (three runs each, in turns).
 
-So the vectors are written into ordinary pages, and once a shard's vectors have not grown for ``QUIET_S``, a
-daemon thread asks the kernel to collapse them into huge pages (``madvise(MADV_COLLAPSE)``, Linux >= 6.1,
-whatever ``/sys/kernel/mm/transparent_hugepage/enabled`` says, unless the process is denied huge pages).
-``ctypes`` releases the GIL for the call. Not during a bulk write: a collapse holds the process's memory map
-for each 2 MiB it copies, and a writer faulting in new pages meanwhile waits (in-process, collapsing at every
-16 MiB of growth stalled 9-12 batches of 256 documents past 50 ms, against 1 without). A process opts in once
-(:func:`start_collapsing`), as the index stage does at start: a library a user imports starts no thread.
+So the vectors are written into ordinary pages, and once a shard's vectors have grown by less than a huge page
+for ``QUIET_S``, a daemon thread asks the kernel to collapse their whole huge pages (``madvise(MADV_COLLAPSE)``,
+Linux >= 6.1, whatever ``/sys/kernel/mm/transparent_hugepage/enabled`` says, unless the process is denied huge
+pages). ``ctypes`` releases the GIL for the call. Not during a bulk write, unless it has lasted ``MAX_DELAY_S``: a
+collapse holds the process's memory map for each 2 MiB it copies, and a writer faulting in new pages meanwhile
+waits (in-process, collapsing at every 16 MiB of growth stalled 9-12 batches of 256 documents past 50 ms, against 1
+without). A trickle of writes is no bulk: its new huge pages are collapsed a second after each fills. A process opts
+in once (:func:`start_collapsing`), as the index stage does at start: a library a user imports starts no thread.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections.abc import Callable
 import faiss
 
 __all__ = ["ATTEMPTS", "HUGE_PAGE_BYTES", "MADV_COLLAPSE", "MAX_DELAY_S", "MIN_COLLAPSE_BYTES", "QUIET_S", "CodesWatch",
-           "PageCollapser", "kernel_collapses", "running_collapser", "start_collapsing"]
+           "PageCollapser", "kernel_collapses", "start_collapsing"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,6 @@ class _Range:
     end: int
     due: float
     """When to collapse them (monotonic seconds): ``QUIET_S`` after they last grew by a huge page or more."""
-    grown_to: int
-    """``end`` when ``due`` was last set."""
     since: float
     """When the range was first asked for (monotonic seconds): ``due`` is never later than ``MAX_DELAY_S`` after."""
     attempts: int = 0
@@ -118,9 +117,9 @@ class PageCollapser:
         with self._cond:
             known = self._pending.get(key)
             if known is None or known.start != start:  # first asked for, or the vectors moved to a new block
-                self._pending[key] = _Range(start, end, now + self._quiet_s, end, since=now)
-            elif end - known.grown_to >= HUGE_PAGE_BYTES:  # still growing: later, but not past MAX_DELAY_S
-                known.end, known.grown_to = end, end
+                self._pending[key] = _Range(start, end, now + self._quiet_s, since=now)
+            elif end > known.end:  # still growing, by whole huge pages: later, but not past MAX_DELAY_S
+                known.end = end
                 known.due = min(now + self._quiet_s, known.since + self._max_delay_s)
             else:
                 return
@@ -225,11 +224,6 @@ def start_collapsing() -> PageCollapser | None:
             logger.info("the shards' vectors are collapsed into huge pages whenever their writes pause",
                         extra={"quiet_s": QUIET_S})
         return _COLLAPSER
-
-
-def running_collapser() -> PageCollapser | None:
-    """The collapser :func:`start_collapsing` started in this process, if any."""
-    return _COLLAPSER
 
 
 class CodesWatch:
