@@ -27,15 +27,17 @@ import dataclasses
 import errno
 import logging
 import mmap
+import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 import faiss
 
 __all__ = ["ATTEMPTS", "HUGE_PAGE_BYTES", "MADV_COLLAPSE", "MAX_DELAY_S", "MIN_COLLAPSE_BYTES", "QUIET_S", "CodesWatch",
-           "PageCollapser", "kernel_collapses", "start_collapsing"]
+           "PageCollapser", "collapse_refusal", "kernel_collapses", "start_collapsing"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,10 +190,11 @@ def _libc_madvise() -> Madvise:
     return call  # type: ignore[no-any-return]
 
 
-def kernel_collapses(madvise: Madvise | None = None) -> bool:
-    """Whether this kernel collapses memory into huge pages for this process: tried once on 2 MiB of its own, all
-    of it written (a range with pages never touched is refused too). False before Linux 6.1, for a process denied
-    huge pages (``prctl(PR_SET_THP_DISABLE)``: both answer ``EINVAL``), or where anonymous memory cannot be mapped."""
+def collapse_refusal(madvise: Madvise | None = None) -> str | None:
+    """Why this kernel does not collapse memory into huge pages for this process, or None where it does: tried once
+    on 2 MiB of its own, all of it written (a range with pages never touched is refused too). ``EINVAL`` before Linux
+    6.1, for a process denied huge pages (``prctl(PR_SET_THP_DISABLE)``) or a kernel built without transparent huge
+    pages; a refusal for now (``EAGAIN``, ``ENOMEM``: no free huge page) is not the kernel's."""
     try:
         call = madvise or _libc_madvise()
         with mmap.mmap(-1, 2 * HUGE_PAGE_BYTES) as region:
@@ -200,10 +203,26 @@ def kernel_collapses(madvise: Madvise | None = None) -> bool:
             del first  # no view of the buffer left when the mapping closes
             offset = -(-base // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES - base
             region[offset:offset + HUGE_PAGE_BYTES] = b"\1" * HUGE_PAGE_BYTES
-            # EINVAL: no such advice here; a refusal for now (EAGAIN, ENOMEM: no free huge page) is not the kernel's
-            return call(base + offset, HUGE_PAGE_BYTES, MADV_COLLAPSE) == 0 or ctypes.get_errno() != errno.EINVAL
-    except (OSError, AttributeError, ValueError, TypeError, BufferError):
-        return False
+            if call(base + offset, HUGE_PAGE_BYTES, MADV_COLLAPSE) == 0 or ctypes.get_errno() != errno.EINVAL:
+                return None
+            return "madvise(MADV_COLLAPSE) answered EINVAL"
+    except (OSError, AttributeError, ValueError, TypeError, BufferError) as error:
+        return f"madvise could not be tried: {error}"
+
+
+def kernel_collapses(madvise: Madvise | None = None) -> bool:
+    """Whether this kernel collapses memory into huge pages for this process (:func:`collapse_refusal`)."""
+    return collapse_refusal(madvise) is None
+
+
+def _thp_setting() -> str:
+    """The system's transparent huge page mode (the bracketed word of ``enabled``), for the log: "unknown" without
+    sysfs."""
+    try:
+        words = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text(encoding="ascii").split()
+    except OSError:
+        return "unknown"
+    return next((word.strip("[]") for word in words if word.startswith("[")), "unknown")
 
 
 _COLLAPSER: PageCollapser | None = None
@@ -216,9 +235,12 @@ def start_collapsing() -> PageCollapser | None:
     global _COLLAPSER
     with _START_LOCK:
         if _COLLAPSER is None:
-            if not kernel_collapses():
+            refusal = collapse_refusal()
+            if refusal is not None:
                 logger.info("the kernel does not collapse memory into huge pages here (MADV_COLLAPSE needs Linux "
-                            "6.1): the shards' vectors stay in 4 KiB pages, and flat scans take about a fifth longer")
+                            "6.1 and a process allowed huge pages): the shards' vectors stay in 4 KiB pages, and "
+                            "flat scans take about a fifth longer", extra={"reason": refusal, "thp": _thp_setting(),
+                                                                          "release": os.uname().release})
                 return None
             _COLLAPSER = PageCollapser()
             logger.info("the shards' vectors are collapsed into huge pages whenever their writes pause",
