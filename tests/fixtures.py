@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import KafkaError, Message, TopicPartition
@@ -44,3 +45,11 @@ def flow_spec(folder: Path, name: str, *, lexical: bool, dim: int = 384) -> Flow
     path.write_text(f"name: {name}\nstages:\n  index: {{with: {{dim: {dim}, lexical: {str(lexical).lower()}}}}}\n"
                     "  join: {}\n")
     return load_flow(path)
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)  # polling interval of a condition

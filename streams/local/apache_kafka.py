@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from streams.exceptions import BrokerError
+from streams.local.freezing import freeze, thaw
 from streams.local.ports import free_port, free_port_block
 from streams.resources import KAFKA_POM
 
@@ -303,11 +304,11 @@ class KafkaNode:
     def pause(self) -> None:
         """Freeze the node (SIGSTOP): unreachable with its state kept, as a network partition looks."""
         if self._process is not None:
-            self._process.send_signal(signal.SIGSTOP)
+            freeze(self._process)
 
     def resume(self) -> None:
         if self._process is not None:
-            self._process.send_signal(signal.SIGCONT)
+            thaw(self._process)
 
 
 class KafkaCluster:

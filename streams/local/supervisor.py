@@ -18,6 +18,7 @@ from typing import IO
 
 from streams.exceptions import EXIT_CONFIG
 from streams.flow.spec import FlowSpec
+from streams.local.freezing import freeze, thaw
 from streams.runtime.metrics import PORT_ENV
 from streams.runtime.paths import REPLICA_ENV
 
@@ -221,12 +222,12 @@ class LocalFlow:
 
     def pause(self, stage: str, replica: int = 0) -> None:
         proc = self.find(stage, replica)
-        proc.process.send_signal(signal.SIGSTOP)
+        freeze(proc.process)
         proc.paused = True
 
     def resume(self, stage: str, replica: int = 0) -> None:
         proc = self.find(stage, replica)
-        proc.process.send_signal(signal.SIGCONT)
+        thaw(proc.process)
         proc.paused = False
 
     def stop(self, timeout: float = 15.0) -> None:

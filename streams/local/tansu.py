@@ -7,7 +7,6 @@ disk: a restart empties every topic (see shared/EMBEDDED_BROKER.md).
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import subprocess
 import time
@@ -15,6 +14,7 @@ from types import TracebackType
 
 from streams.exceptions import BrokerError
 from streams.kafka.consumer import EMBEDDED_CLUSTER_ID
+from streams.local.freezing import freeze, thaw
 from streams.local.ports import free_port
 
 __all__ = ["TansuBroker"]
@@ -66,11 +66,11 @@ class TansuBroker:
     def pause(self) -> None:
         """Freeze the broker (SIGSTOP): unreachable, state kept, as a network partition looks."""
         if self._process is not None:
-            self._process.send_signal(signal.SIGSTOP)
+            freeze(self._process)
 
     def resume(self) -> None:
         if self._process is not None:
-            self._process.send_signal(signal.SIGCONT)
+            thaw(self._process)
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

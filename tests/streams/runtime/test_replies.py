@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -22,7 +21,7 @@ from streams.runtime.loop import StageLoop
 from streams.runtime.spec import Inbound, Output, PathSpec, StageSpec
 from streams.exceptions import ReplyTopicError
 from streams.wire.topics import FlowTopics, TopicShape
-from tests.fixtures import read_all
+from tests.fixtures import read_all, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -120,13 +119,6 @@ class _GatedLookups(ReplyTopics):
         return found
 
 
-def _wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)  # polling interval of a condition
-
-
 def test_a_reply_topic_seen_to_exist_is_asked_about_again_off_the_query_path(kafka_settings: KafkaSettings) -> None:
     """Once its time is up, a topic seen to exist is asked about in the background and trusted meanwhile:
     a query path never waits for that lookup (a query missed its deadline while one waited for a broker
@@ -145,11 +137,11 @@ def test_a_reply_topic_seen_to_exist_is_asked_about_again_off_the_query_path(kaf
         # Asked on this thread, the lookup would wait GATE_S for the gate, then find the topic gone.
         assert replies.exists(mine) and replies.exists(mine)
         assert not replies.gate.is_set()
-        _wait_for(lambda: len(replies.asked_on) == 2, "no background lookup")
+        wait_until(lambda: len(replies.asked_on) == 2, "no background lookup")
         assert replies.asked_on[1] == "reply-topic-lookups"
     finally:
         replies.gate.set()
-    _wait_for(lambda: not replies.exists(mine), "the background lookup's answer was not taken")
+    wait_until(lambda: not replies.exists(mine), "the background lookup's answer was not taken")
     assert set(replies.asked_on[1:]) == {"reply-topic-lookups"}
 
 
@@ -166,13 +158,13 @@ def test_a_failed_reply_is_not_undone_by_a_lookup_begun_before_it(kafka_settings
     replies.gate.clear()
     try:
         assert replies.exists(mine)  # out of date: asked again in the background, held at the gate
-        _wait_for(lambda: len(replies.asked_on) == 2, "no background lookup")
+        wait_until(lambda: len(replies.asked_on) == 2, "no background lookup")
         replies.gone(mine)
     finally:
         replies.gate.set()
-    _wait_for(lambda: len(replies.answers) == 2, "the background lookup did not answer")
+    wait_until(lambda: len(replies.answers) == 2, "the background lookup did not answer")
     assert replies.answers == [True, True]  # the topic still exists: only the failed reply says otherwise
-    _wait_for(lambda: not replies._refreshing, "the background lookup's answer was not weighed")
+    wait_until(lambda: not replies._refreshing, "the background lookup's answer was not weighed")
     assert not replies.exists(mine)
 
 
@@ -202,7 +194,7 @@ def test_a_topic_never_seen_is_looked_up_within_what_its_query_has_left(broker: 
         broker.resume()
     assert answered == [True] and replies.answers == [True, None]  # no answer: taken for existing
     assert replies.exists(mine)  # out of date: trusted, and asked about again in the background
-    _wait_for(lambda: len(replies.answers) == 3, "an unanswered lookup was trusted as long as an answer")
+    wait_until(lambda: len(replies.answers) == 3, "an unanswered lookup was trusted as long as an answer")
     assert replies.asked_on[2] == "reply-topic-lookups" and replies.answers[2] is True
     later = int(time.time() * 1000) + 30_000
     assert not replies.exists(topics.new_reply_topic(), deadline_ms=later)  # the cluster answers again: no such topic
