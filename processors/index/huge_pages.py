@@ -36,8 +36,8 @@ from pathlib import Path
 
 import faiss
 
-__all__ = ["ATTEMPTS", "HUGE_PAGE_BYTES", "MADV_COLLAPSE", "MAX_DELAY_S", "MIN_COLLAPSE_BYTES", "QUIET_S", "CodesWatch",
-           "PageCollapser", "collapse_refusal", "kernel_collapses", "start_collapsing"]
+__all__ = ["ATTEMPTS", "HUGE_PAGE_BYTES", "MADV_COLLAPSE", "MAX_DELAY_S", "MIN_COLLAPSE_BYTES", "PR_GET_THP_DISABLE",
+           "QUIET_S", "CodesWatch", "PageCollapser", "collapse_refusal", "kernel_collapses", "start_collapsing"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ vectors a second) would otherwise keep a shard in 4 KiB pages for as long as the
 writes now and then, at most once in this long."""
 
 ATTEMPTS = 3
-"""Collapses of one range the kernel may refuse (busy, no free huge page, a range changing under it) before it is
-left until its index grows again; each attempt after a quiet spell as long again."""
+"""Collapses of one range the kernel may refuse (busy, no free huge page, a range changing under it, another thread
+mapping memory meanwhile) before it is left until its index grows again; each attempt after a quiet spell as long
+again. A refused call still collapses the range's other huge pages: the next attempt has only the rest to do."""
 
 Madvise = Callable[[int, int, int], int]
 """``madvise(address, length, advice)``: 0, or -1 with ``ctypes.get_errno()`` set."""
@@ -104,7 +105,8 @@ class PageCollapser:
         self.collapsed_bytes = 0
         """Bytes of ranges the kernel collapsed, or found collapsed already."""
         self.refused = 0
-        """Collapses the kernel refused (``errno``: ``EAGAIN``, ``ENOMEM``, ``EINVAL`` for a range that changed)."""
+        """Collapses the kernel refused (``errno``: ``EAGAIN``, ``ENOMEM``; ``EINVAL`` for a range that changed, or
+        while another thread of the process mapped or unmapped memory)."""
         self._thread = threading.Thread(target=self._run, name="huge-page-collapse", daemon=True)
         self._thread.start()
 
@@ -190,29 +192,45 @@ def _libc_madvise() -> Madvise:
     return call  # type: ignore[no-any-return]
 
 
-def collapse_refusal(madvise: Madvise | None = None) -> str | None:
-    """Why this kernel does not collapse memory into huge pages for this process, or None where it does: tried once
-    on 2 MiB of its own, all of it written (a range with pages never touched is refused too). ``EINVAL`` before Linux
-    6.1, for a process denied huge pages (``prctl(PR_SET_THP_DISABLE)``) or a kernel built without transparent huge
-    pages; a refusal for now (``EAGAIN``, ``ENOMEM``: no free huge page) is not the kernel's."""
+PR_GET_THP_DISABLE = 42
+"""``prctl`` option: 1 if this process is denied transparent huge pages (``PR_SET_THP_DISABLE``, inherited)."""
+
+
+def collapse_refusal(madvise: Madvise | None = None, prctl: Callable[[int], int] | None = None) -> str | None:
+    """Why this kernel does not collapse memory into huge pages for this process, or None where it does.
+
+    Asked of the kernel, not of memory: ``madvise`` of no bytes answers ``EINVAL`` only for an advice it does not
+    have (before Linux 6.1, or built without transparent huge pages), and ``prctl`` tells a process denied huge
+    pages. A real collapse would not do as a probe: the kernel refuses one with ``EINVAL`` too while another
+    thread maps or unmaps memory (a stage starting its Kafka clients: the probe of 2 MiB said "no" to one stage
+    and "yes" to the next on the same machine).
+    """
     try:
         call = madvise or _libc_madvise()
-        with mmap.mmap(-1, 2 * HUGE_PAGE_BYTES) as region:
-            first = ctypes.c_char.from_buffer(region)
-            base = ctypes.addressof(first)
+        with mmap.mmap(-1, mmap.PAGESIZE) as page:
+            first = ctypes.c_char.from_buffer(page)
+            address = ctypes.addressof(first)  # page-aligned, as madvise wants
             del first  # no view of the buffer left when the mapping closes
-            offset = -(-base // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES - base
-            region[offset:offset + HUGE_PAGE_BYTES] = b"\1" * HUGE_PAGE_BYTES
-            if call(base + offset, HUGE_PAGE_BYTES, MADV_COLLAPSE) == 0 or ctypes.get_errno() != errno.EINVAL:
-                return None
-            return "madvise(MADV_COLLAPSE) answered EINVAL"
+            if call(address, 0, MADV_COLLAPSE) != 0:
+                return (f"madvise has no MADV_COLLAPSE here ({errno.errorcode.get(ctypes.get_errno(), '?')}: Linux "
+                        "before 6.1, or built without transparent huge pages)")
+        if (prctl or _thp_disabled)(PR_GET_THP_DISABLE) == 1:
+            return "this process is denied huge pages (prctl PR_SET_THP_DISABLE, inherited from its parent)"
     except (OSError, AttributeError, ValueError, TypeError, BufferError) as error:
         return f"madvise could not be tried: {error}"
+    return None
 
 
-def kernel_collapses(madvise: Madvise | None = None) -> bool:
+def _thp_disabled(option: int) -> int:
+    call = ctypes.CDLL(None, use_errno=True).prctl
+    call.argtypes, call.restype = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong), \
+        ctypes.c_int
+    return int(call(option, 0, 0, 0, 0))
+
+
+def kernel_collapses(madvise: Madvise | None = None, prctl: Callable[[int], int] | None = None) -> bool:
     """Whether this kernel collapses memory into huge pages for this process (:func:`collapse_refusal`)."""
-    return collapse_refusal(madvise) is None
+    return collapse_refusal(madvise, prctl) is None
 
 
 def _thp_setting() -> str:
@@ -237,9 +255,8 @@ def start_collapsing() -> PageCollapser | None:
         if _COLLAPSER is None:
             refusal = collapse_refusal()
             if refusal is not None:
-                logger.info("the kernel does not collapse memory into huge pages here (MADV_COLLAPSE needs Linux "
-                            "6.1 and a process allowed huge pages): the shards' vectors stay in 4 KiB pages, and "
-                            "flat scans take about a fifth longer", extra={"reason": refusal, "thp": _thp_setting(),
+                logger.info("the kernel does not collapse memory into huge pages here: the shards' vectors stay in "
+                            "4 KiB pages, and flat scans take about a fifth longer", extra={"reason": refusal, "thp": _thp_setting(),
                                                                           "release": os.uname().release})
                 return None
             _COLLAPSER = PageCollapser()

@@ -305,8 +305,11 @@ def test_the_local_kafka_keeps_everything_across_broker_restarts_and_a_full_stop
                 node.launch()
                 runtime.broker.wait_ready()
                 deadline = time.monotonic() + 120
-                while call(app, "POST", "/search", json={"texts": "anything", "deadline_s": 10}).status_code != 200:
-                    assert time.monotonic() < deadline, "the bridge did not recover after the broker came back"
+                while (answer := call(app, "POST", "/search", json={"texts": "anything", "deadline_s": 10})
+                       ).status_code != 200:  # what it last said, and where each stage waits, should it not recover
+                    assert time.monotonic() < deadline, (f"the bridge did not recover after the broker came back: "
+                                                         f"{answer.status_code} {answer.text[:2000]}\n"
+                                                         f"{stage_logs(runtime, stacks=True)}")
             wait_applied(client, client.index([doc for doc, _ in batches[1]]))
     assert all(code in (503, 504) for code in outage_codes), outage_codes
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import mmap
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -89,14 +91,38 @@ def test_a_refused_range_is_tried_again_a_few_times_and_a_forgotten_one_never() 
     assert collapser.wait_idle(timeout=10) and madvise.calls == []
 
 
-def test_a_kernel_that_refuses_the_advice_is_found_out_at_start() -> None:
-    assert not kernel_collapses(Recorded(errno.EINVAL))
-    assert "EINVAL" in (collapse_refusal(Recorded(errno.EINVAL)) or "")  # the log says why
-    assert kernel_collapses(Recorded(errno.EAGAIN))  # busy for now: the kernel has the advice
+def test_a_kernel_without_the_advice_or_a_process_denied_huge_pages_is_found_out_at_start() -> None:
+    assert not kernel_collapses(Recorded(errno.EINVAL), prctl=lambda option: 0)
+    assert "MADV_COLLAPSE" in (collapse_refusal(Recorded(errno.EINVAL), prctl=lambda option: 0) or "")  # says why
+    assert "PR_SET_THP_DISABLE" in (collapse_refusal(Recorded(), prctl=lambda option: 1) or "")
     tried = Recorded()
-    assert kernel_collapses(tried)
-    (address, length, advice), = tried.calls
-    assert address % HUGE_PAGE_BYTES == 0 and length == HUGE_PAGE_BYTES and advice == MADV_COLLAPSE
+    assert kernel_collapses(tried, prctl=lambda option: 0)
+    (address, length, advice), = tried.calls  # of no bytes: the kernel's advice is asked about, not memory
+    assert address % mmap.PAGESIZE == 0 and length == 0 and advice == MADV_COLLAPSE
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_COLLAPSE) is Linux's")
+def test_the_kernel_gives_one_answer_while_other_threads_map_and_unmap_memory() -> None:
+    """A collapse tried as the probe was refused (EINVAL) whenever another thread mapped memory meanwhile: a stage
+    starting its Kafka clients was told its kernel could not collapse, and the next stage that it could."""
+    quiet = collapse_refusal()
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            with mmap.mmap(-1, 8 * MiB) as region:
+                region[:1] = b"x"
+
+    threads = [threading.Thread(target=churn, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        answers = {collapse_refusal() for _ in range(50)}
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert answers == {quiet}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_COLLAPSE) is Linux's")
