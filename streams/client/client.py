@@ -137,6 +137,8 @@ class Client:
         if not self._contacted:
             require_flow(self.settings, self.topics)
             self._contacted = True
+            for producer in (self._producer, self._searches):  # each asks for its producer id meanwhile
+                producer.connect()
 
     def _dead_letters_end(self) -> dict[str, int]:
         """The end of the serving version's dead-letter topic, read once per version: a receipt's

@@ -141,6 +141,7 @@ def open_path(stage: StageSpec, spec: PathSpec, settings: KafkaSettings, *, outp
     transactions = {"transactional.id": transactional_id(stage), "transaction.timeout.ms": 15000} \
         if transactional else {}
     producer = StageProducer(settings, max_payload_bytes=stage.max_payload_bytes, **transactions)
+    producer.connect()  # its producer id acquired before the path's first output, not 0.5 s after it
     checkpoint = TransactionalCheckpoint(consumer, producer, flow=stage.flow, stage=stage.name) if transactional \
         else Checkpoint(consumer, producer, flow=stage.flow, stage=stage.name, interval_s=spec.commit_interval_s)
     inflight = InFlightLog(stage.inflight_dir, spec.group_id) if stage.inflight_dir is not None else None
