@@ -182,7 +182,12 @@ class PageCollapser:
             self.collapsed_bytes += end - start
             return True
         self.refused += 1
-        logger.debug("huge page collapse refused", extra={"errno": errno.errorcode.get(ctypes.get_errno(), "?")})
+        reason = errno.errorcode.get(ctypes.get_errno(), "?")
+        if self.refused == 1:  # once at INFO: a kernel that has the advice but refuses every collapse is seen
+            logger.info("the kernel refused a huge page collapse; the shard's vectors stay in 4 KiB pages until a "
+                        "later one succeeds", extra={"errno": reason, "mib": (end - start) >> 20})
+        else:
+            logger.debug("huge page collapse refused", extra={"errno": reason})
         return False
 
 
@@ -214,11 +219,13 @@ def collapse_refusal(madvise: Madvise | None = None, prctl: Callable[[int], int]
             if call(address, 0, MADV_COLLAPSE) != 0:
                 return (f"madvise has no MADV_COLLAPSE here ({errno.errorcode.get(ctypes.get_errno(), '?')}: Linux "
                         "before 6.1, or built without transparent huge pages)")
-        if (prctl or _thp_disabled)(PR_GET_THP_DISABLE) == 1:
-            return "this process is denied huge pages (prctl PR_SET_THP_DISABLE, inherited from its parent)"
     except (OSError, AttributeError, ValueError, TypeError, BufferError) as error:
         return f"madvise could not be tried: {error}"
-    return None
+    try:
+        denied = (prctl or _thp_disabled)(PR_GET_THP_DISABLE) == 1
+    except (OSError, AttributeError, TypeError) as error:
+        return f"prctl could not be asked: {error}"
+    return "this process is denied huge pages (prctl PR_SET_THP_DISABLE, inherited from its parent)" if denied else None
 
 
 def _thp_disabled(option: int) -> int:
@@ -256,8 +263,8 @@ def start_collapsing() -> PageCollapser | None:
             refusal = collapse_refusal()
             if refusal is not None:
                 logger.info("the kernel does not collapse memory into huge pages here: the shards' vectors stay in "
-                            "4 KiB pages, and flat scans take about a fifth longer", extra={"reason": refusal, "thp": _thp_setting(),
-                                                                          "release": os.uname().release})
+                            "4 KiB pages, and flat scans take about a fifth longer",
+                            extra={"reason": refusal, "thp": _thp_setting(), "release": os.uname().release})
                 return None
             _COLLAPSER = PageCollapser()
             logger.info("the shards' vectors are collapsed into huge pages whenever their writes pause",

@@ -101,6 +101,7 @@ class Client:
         :raises DeliveryError: if the broker did not take every record.
         """
         self._first_contact()
+        self._producer.connect()  # its producer id asked for while the dead-letter end is read (0.5 s otherwise)
         receipt = IndexReceipt(dead_letters_from=self._dead_letters_end())
         delivered = self._producer.report(functools.partial(_note_delivery, receipt))
         with tqdm(total=total, unit="doc", desc="ingest", disable=not progress) as bar:  # closed on an error too
@@ -121,6 +122,7 @@ class Client:
         :raises BrokerError: as ``index``; :raises UnknownFlowError: as ``index``.
         """
         self._first_contact()
+        self._producer.connect()
         receipt = IndexReceipt()
         delivered = self._producer.report(functools.partial(_note_delivery, receipt))
         for doc_id in ids:
@@ -137,8 +139,6 @@ class Client:
         if not self._contacted:
             require_flow(self.settings, self.topics)
             self._contacted = True
-            for producer in (self._producer, self._searches):  # each asks for its producer id meanwhile
-                producer.connect()
 
     def _dead_letters_end(self) -> dict[str, int]:
         """The end of the serving version's dead-letter topic, read once per version: a receipt's
@@ -326,6 +326,7 @@ class Client:
         with self._replies_lock:
             if self._replies is None:
                 self._first_contact()
+                self._searches.connect()  # its producer id asked for while the reply topic is made (0.5 s otherwise)
                 versions = self.topics.versions
                 shared = [shape for shape in self.topics.shapes() if shape.name == versions]
                 ensure_topics(self.settings, [TopicShape(self.reply_topic, 1), *shared],

@@ -266,6 +266,7 @@ class StageProducer:
                 self._producer.purge()
                 self._producer.poll(0)  # the purged records' delivery reports, before the client goes
             self._producer = None
+            self.connect()  # the fresh one asks for its producer id now, not at its first record
         self._failures.clear()
         self._unflushed = 0
 

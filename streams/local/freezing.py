@@ -44,7 +44,8 @@ def freeze(process: subprocess.Popen[Any], timeout_s: float = FREEZE_TIMEOUT_S) 
     """SIGSTOP ``process`` and return once all its threads have stopped (at once if it has exited).
 
     Raises:
-        TimeoutError: a thread still ran after ``timeout_s`` (the process is left with the signal pending).
+        TimeoutError: a thread still ran after ``timeout_s`` (the process is sent SIGCONT first: running, as
+            before the call).
     """
     if process.poll() is not None:
         return
@@ -52,6 +53,7 @@ def freeze(process: subprocess.Popen[Any], timeout_s: float = FREEZE_TIMEOUT_S) 
     deadline = time.monotonic() + timeout_s
     while not frozen(process.pid):
         if time.monotonic() > deadline:
+            process.send_signal(signal.SIGCONT)  # not left stopped: a caller that gets no pause resumes nothing
             raise TimeoutError(f"process {process.pid} still ran {timeout_s:g} s after SIGSTOP")
         time.sleep(0.001)  # polling interval of /proc: a stop takes a scheduler tick or so
 

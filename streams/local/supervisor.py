@@ -222,8 +222,8 @@ class LocalFlow:
 
     def pause(self, stage: str, replica: int = 0) -> None:
         proc = self.find(stage, replica)
+        proc.paused = True  # first: a stop() after a freeze that raised still sends SIGCONT
         freeze(proc.process)
-        proc.paused = True
 
     def resume(self, stage: str, replica: int = 0) -> None:
         proc = self.find(stage, replica)

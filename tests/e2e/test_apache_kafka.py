@@ -279,6 +279,7 @@ def test_the_encoded_log_is_compacted_and_a_replay_from_it_equals_the_live_index
 # -- persistence across broker restarts ------------------------------------------------------------
 
 
+@pytest.mark.timeout(900)  # two recoveries of up to 240 s each, and a full restart: past the default 600
 def test_the_local_kafka_keeps_everything_across_broker_restarts_and_a_full_stop(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM, then kill -9, of the broker under running stages; then everything stopped and
