@@ -87,6 +87,7 @@ class Client:
         self._replies_lock = threading.Lock()
         self._clock = clock
         self._contacted = False
+        self._contact_lock = threading.Lock()
         self._dead_letter_ends: dict[str, int] = {}
 
     # -- writes ----------------------------------------------------------------------------
@@ -136,9 +137,10 @@ class Client:
 
         :raises BrokerError: if the broker is unreachable; :raises UnknownFlowError: no such flow.
         """
-        if not self._contacted:
-            require_flow(self.settings, self.topics)
-            self._contacted = True
+        with self._contact_lock:  # concurrent first calls (the HTTP bridge's thread pool) ask once
+            if not self._contacted:
+                require_flow(self.settings, self.topics)
+                self._contacted = True
 
     def _dead_letters_end(self) -> dict[str, int]:
         """The end of the serving version's dead-letter topic, read once per version: a receipt's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -144,6 +145,9 @@ class StageProducer:
             "partitioner": LIBRDKAFKA_PARTITIONER,  # an id on another partition of ingest is refused
         }
         self._producer: Producer | None = None
+        self._creating = threading.Lock()
+        """Held while the client is made: two threads' first records (the HTTP bridge's concurrent ``index`` calls)
+        would each make one, and the one dropped would take its records with it."""
         self._failures: list[DeliveryFailure] = []
         self._unflushed = 0
         """Records not delivered, for the next ``flush`` to raise: one list for the producer's life (its reports
@@ -164,10 +168,12 @@ class StageProducer:
     @property
     def raw(self) -> Producer:
         if self._producer is None:
-            producer = Producer(self._config)
-            if "transactional.id" in self._config:
-                producer.init_transactions(30)  # fences an older instance with the same id
-            self._producer = producer  # not before: a failed init_transactions leaves none to use
+            with self._creating:
+                if self._producer is None:
+                    producer = Producer(self._config)
+                    if "transactional.id" in self._config:
+                        producer.init_transactions(30)  # fences an older instance with the same id
+                    self._producer = producer  # not before: a failed init_transactions leaves none to use
         return self._producer
 
     def connect(self) -> None:

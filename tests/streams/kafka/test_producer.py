@@ -2,6 +2,8 @@
 settings at construction)."""
 
 import gc
+import threading
+import time
 import weakref
 
 import pytest
@@ -89,3 +91,29 @@ def test_a_report_is_its_own_producers_and_a_dropped_producer_is_freed_at_once()
     dropped = weakref.ref(other)
     del other
     assert dropped() is None
+
+
+def test_concurrent_first_records_make_one_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The HTTP bridge's thread pool may send a fresh client's first writes side by side: each thread made a
+    client, and the one dropped took its queued records with it. A client that takes a while to make (as a
+    transactional one does, ``init_transactions`` waiting on the network without the GIL) widens the window."""
+
+    def slow_client(config: dict[str, object]) -> object:
+        time.sleep(0.05)
+        return object()
+
+    monkeypatch.setattr("streams.kafka.producer.Producer", slow_client)
+    producer = StageProducer(SETTINGS)
+    start = threading.Barrier(8)
+    made: list[object] = []
+
+    def first_use() -> None:
+        start.wait()
+        made.append(producer.raw)
+
+    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 8 and len({id(client) for client in made}) == 1
