@@ -63,7 +63,7 @@ writes now and then, at most once in this long."""
 ATTEMPTS = 3
 """Collapses of one range the kernel may refuse (busy, no free huge page, a range changing under it, another thread
 mapping memory meanwhile) before it is left until its index grows again; each attempt after a quiet spell as long
-again. A refused call still collapses the range's other huge pages: the next attempt has only the rest to do."""
+again."""
 
 Madvise = Callable[[int, int, int], int]
 """``madvise(address, length, advice)``: 0, or -1 with ``ctypes.get_errno()`` set."""
